@@ -1,0 +1,232 @@
+//! The config file's shape: one struct per TOML table, every key documented.
+//!
+//! Deserialising rejects unknown keys (`deny_unknown_fields`) and wrong types, so a typo never
+//! silently falls back to a default. Cross-key rules (a share path inside the volume, a node
+//! list that makes sense) live in `validate.rs`. Serialising the same structs prints the effective
+//! config for `nasgw check`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The whole `nasgw.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// What is served: the volume and how nasgw reaches it.
+    pub volume: VolumeConfig,
+    /// NFSv3 service.
+    #[serde(default)]
+    pub nfs: NfsConfig,
+    /// SMB 2/3 service and its shares.
+    #[serde(default)]
+    pub smb: SmbConfig,
+    /// Cluster membership and public addresses; absent for a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+    /// This node's local paths.
+    #[serde(default)]
+    pub node: NodeConfig,
+}
+
+/// How the volume is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// A plain local directory (`path`): the embedded default, and HA tests.
+    Local,
+    /// A GlusterFS volume reached from `servers`.
+    Gluster,
+}
+
+/// How a GlusterFS volume is accessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GlusterAccess {
+    /// nasgw mounts the volume with the GlusterFS FUSE client and serves the mount.
+    Fuse,
+    /// nasgw talks to the bricks directly through libgfapi.
+    Gfapi,
+}
+
+/// `[volume]`: the one namespace both protocols serve.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeConfig {
+    /// Name clients use: the NFS export (`data:smb`, `/smb`).
+    pub name: String,
+    /// `local` or `gluster`.
+    pub backend: BackendKind,
+    /// Directory served by the `local` backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// GlusterFS volfile servers, this node's own first by convention (`gluster` backend).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+    /// The GlusterFS volume's own name; defaults to `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gluster_volume: Option<String>,
+    /// `fuse` or `gfapi` (`gluster` backend).
+    #[serde(default = "default_access")]
+    pub access: GlusterAccess,
+}
+
+fn default_access() -> GlusterAccess {
+    GlusterAccess::Fuse
+}
+
+/// `[nfs]`: NFSv3, MOUNT and (optionally) the portmapper.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsConfig {
+    /// Serve NFS at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// NFS and MOUNT listen here (one port serves both).
+    #[serde(default = "default_nfs_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for NfsConfig {
+    fn default() -> Self {
+        Self { enabled: true, listen: default_nfs_listen() }
+    }
+}
+
+fn default_nfs_listen() -> SocketAddr {
+    "0.0.0.0:2049".parse().expect("literal address")
+}
+
+/// `[smb]`: SMB 2/3 and its shares.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmbConfig {
+    /// Serve SMB at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// SMB listens here (`445` for stock clients).
+    #[serde(default = "default_smb_listen")]
+    pub listen: SocketAddr,
+    /// NetBIOS-free server name clients see; defaults to the host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Shares (`[[smb.share]]`).
+    #[serde(default, rename = "share")]
+    pub shares: Vec<ShareConfig>,
+}
+
+impl Default for SmbConfig {
+    fn default() -> Self {
+        Self { enabled: true, listen: default_smb_listen(), server_name: None, shares: Vec::new() }
+    }
+}
+
+fn default_smb_listen() -> SocketAddr {
+    "0.0.0.0:445".parse().expect("literal address")
+}
+
+/// One `[[smb.share]]`, the seed's `[pub]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareConfig {
+    /// Share name (`\\data\pub`).
+    pub name: String,
+    /// Folder inside the volume; `/` is the volume root.
+    #[serde(default = "root_path")]
+    pub path: String,
+    /// Free text shown by `smbclient -L`.
+    #[serde(default)]
+    pub comment: String,
+    /// Listed by share enumeration.
+    #[serde(default = "yes")]
+    pub browseable: bool,
+    /// Clients may write.
+    #[serde(default)]
+    pub writable: bool,
+    /// Guests (no password) may connect.
+    #[serde(default)]
+    pub guest_ok: bool,
+    /// Every session is mapped to the guest (requires `guest_ok`).
+    #[serde(default)]
+    pub guest_only: bool,
+    /// All file access runs as this user (name or numeric uid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_user: Option<String>,
+    /// All file access runs with this group (name or numeric gid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_group: Option<String>,
+}
+
+fn root_path() -> String {
+    "/".to_string()
+}
+
+/// One public (floating) address: the seed's `public_addresses` line.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicAddress {
+    /// Address with prefix length, e.g. `192.168.122.200/24`.
+    pub address: IpNet,
+    /// Interface the address is added to on whichever node holds it.
+    pub interface: String,
+}
+
+/// `[cluster]`: what CTDB's nodes, public_addresses and sysconfig said.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Every node's private cluster address, the same list on every node.
+    pub nodes: Vec<IpAddr>,
+    /// Addresses that float between healthy nodes.
+    #[serde(default)]
+    pub public_addresses: Vec<PublicAddress>,
+    /// Lock file inside the volume that only the leader holds (split-brain guard).
+    pub recovery_lock: String,
+    /// Program run on every node state change; optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_script: Option<PathBuf>,
+    /// File holding the shared cluster secret (HMAC key for heartbeats).
+    pub secret_file: PathBuf,
+    /// TCP/UDP port nodes talk on (CTDB used 4379).
+    #[serde(default = "default_cluster_port")]
+    pub port: u16,
+    /// Move addresses back to a node when it returns healthy.
+    #[serde(default = "yes")]
+    pub failback: bool,
+}
+
+fn default_cluster_port() -> u16 {
+    4379
+}
+
+/// `[node]`: paths local to this node.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unix socket `nasgw status` and `nasgw ip` talk to.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+    /// Private state: mount points, connection lists, write verifier.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self { control_socket: default_control_socket(), state_dir: default_state_dir() }
+    }
+}
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from("/run/nasgw/control.sock")
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/nasgw")
+}
+
+fn yes() -> bool {
+    true
+}

@@ -1,0 +1,283 @@
+//! Rules that span several keys or need more than a type: share paths inside the volume,
+//! unique names, a backend with what it needs. Pure: config in, problems out.
+
+use std::collections::HashSet;
+
+use super::locate::KeyPath;
+use super::model::{BackendKind, Config};
+
+/// A rule broken at `path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where (the value, or the table missing a key).
+    pub path: KeyPath,
+    /// What is wrong.
+    pub message: String,
+    /// What would be right.
+    pub hint: String,
+}
+
+fn problem(path: impl AsRef<str>, message: impl Into<String>, hint: impl Into<String>) -> Problem {
+    Problem { path: KeyPath::parse(path.as_ref()), message: message.into(), hint: hint.into() }
+}
+
+/// Normalises a path inside the volume to `/a/b` form (`/` is the root). Fails when the path
+/// climbs above the root with `..`, or holds a NUL.
+pub fn inside_volume(path: &str) -> Result<String, String> {
+    if path.contains('\0') {
+        return Err("the path contains a NUL byte".into());
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(format!("`{path}` climbs above the volume root"));
+                }
+            }
+            p => parts.push(p),
+        }
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// Checks every cross-key rule; an empty list means the config is valid.
+pub fn validate(cfg: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    volume(cfg, &mut out);
+    listeners(cfg, &mut out);
+    shares(cfg, &mut out);
+    cluster(cfg, &mut out);
+    if cfg.node.control_socket.as_os_str().is_empty() {
+        out.push(problem(
+            "node.control_socket",
+            "the control socket path is empty",
+            "e.g. control_socket = \"/run/nasgw/control.sock\"",
+        ));
+    }
+    if cfg.node.state_dir.as_os_str().is_empty() {
+        out.push(problem("node.state_dir", "the state directory path is empty", "e.g. state_dir = \"/var/lib/nasgw\""));
+    }
+    out
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '$'))
+        && !s.starts_with('.')
+}
+
+fn volume(cfg: &Config, out: &mut Vec<Problem>) {
+    let v = &cfg.volume;
+    if !valid_name(&v.name) || v.name.contains('$') {
+        out.push(problem(
+            "volume.name",
+            format!("`{}` is not a usable volume name", v.name),
+            "use letters, digits, `-`, `_` or `.`, e.g. name = \"smb\"",
+        ));
+    }
+    match v.backend {
+        BackendKind::Local => {
+            if v.path.is_none() {
+                out.push(problem(
+                    "volume",
+                    "backend = \"local\" needs `path`",
+                    "add path = \"/srv/nasgw\" (the directory to serve)",
+                ));
+            }
+            if !v.servers.is_empty() {
+                out.push(problem(
+                    "volume.servers",
+                    "`servers` is only used by backend = \"gluster\"",
+                    "remove `servers`, or set backend = \"gluster\"",
+                ));
+            }
+        }
+        BackendKind::Gluster => {
+            if v.servers.is_empty() {
+                out.push(problem(
+                    "volume",
+                    "backend = \"gluster\" needs `servers`",
+                    "add servers = [\"gluster1\", \"gluster2\"] (volfile servers, this node first)",
+                ));
+            }
+            if v.path.is_some() {
+                out.push(problem(
+                    "volume.path",
+                    "`path` is only used by backend = \"local\"",
+                    "remove `path`; nasgw mounts the Gluster volume itself",
+                ));
+            }
+            for (i, s) in v.servers.iter().enumerate() {
+                if s.is_empty() || s.contains(['/', ' ', ':']) {
+                    out.push(problem(
+                        format!("volume.servers[{i}]"),
+                        format!("`{s}` is not a host name or address"),
+                        "write a host name or IP address, e.g. \"gluster1\"",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn listeners(cfg: &Config, out: &mut Vec<Problem>) {
+    if cfg.nfs.enabled && cfg.smb.enabled && cfg.nfs.listen.port() == cfg.smb.listen.port() {
+        out.push(problem(
+            "smb.listen",
+            format!("SMB and NFS both listen on port {}", cfg.smb.listen.port()),
+            "give each protocol its own port (445 for SMB, 2049 for NFS)",
+        ));
+    }
+    if cfg.nfs.enabled && cfg.nfs.listen.port() == 0 {
+        out.push(problem(
+            "nfs.listen",
+            "port 0 is not a fixed port clients can reach",
+            "use 2049, or another free port",
+        ));
+    }
+    if cfg.smb.enabled && cfg.smb.listen.port() == 0 {
+        out.push(problem(
+            "smb.listen",
+            "port 0 is not a fixed port clients can reach",
+            "use 445, or another free port",
+        ));
+    }
+}
+
+fn shares(cfg: &Config, out: &mut Vec<Problem>) {
+    let mut seen = HashSet::new();
+    for (i, s) in cfg.smb.shares.iter().enumerate() {
+        let at = |k: &str| format!("smb.share[{i}].{k}");
+        if !valid_name(&s.name) || s.name.contains('$') || s.name.len() > 80 {
+            out.push(problem(
+                at("name"),
+                format!("`{}` is not a usable share name", s.name),
+                "use up to 80 letters, digits, `-`, `_` or `.`, e.g. name = \"pub\"",
+            ));
+        } else if !seen.insert(s.name.to_ascii_lowercase()) {
+            out.push(problem(
+                at("name"),
+                format!("share `{}` is defined twice (share names ignore case)", s.name),
+                "rename or remove one of the two [[smb.share]] tables",
+            ));
+        }
+        if let Err(why) = inside_volume(&s.path) {
+            let mut hint = "share paths are inside the volume: \"/\" is its root, \"/pub\" a folder in it".to_string();
+            if let Some(root) = cfg.volume.path.as_ref().and_then(|p| p.to_str()) {
+                if let Some(rest) = s.path.strip_prefix(root) {
+                    hint = format!("did you mean path = \"/{}\"? {hint}", rest.trim_start_matches('/'));
+                }
+            }
+            out.push(problem(at("path"), format!("share path is outside the volume: {why}"), hint));
+        } else if let Some(root) = cfg.volume.path.as_ref().and_then(|p| p.to_str()) {
+            if root != "/" && s.path.starts_with(&format!("{}/", root.trim_end_matches('/'))) {
+                let rest = &s.path[root.trim_end_matches('/').len()..];
+                out.push(problem(
+                    at("path"),
+                    format!("`{}` looks like a host path, but share paths are inside the volume", s.path),
+                    format!("did you mean path = \"{rest}\"?"),
+                ));
+            }
+        }
+        if s.guest_only && !s.guest_ok {
+            out.push(problem(
+                at("guest_only"),
+                "guest_only = true needs guest_ok = true",
+                "add guest_ok = true, or drop guest_only",
+            ));
+        }
+        for (key, v) in [("force_user", &s.force_user), ("force_group", &s.force_group)] {
+            if v.as_deref().is_some_and(|n| n.is_empty() || n.contains([':', '/', ' '])) {
+                out.push(problem(
+                    at(key),
+                    format!("`{}` is not a user or group name", v.as_deref().unwrap_or_default()),
+                    "write a name such as \"smbcli\" or a numeric id such as \"1000\"",
+                ));
+            }
+        }
+    }
+}
+
+fn cluster(cfg: &Config, out: &mut Vec<Problem>) {
+    let Some(c) = &cfg.cluster else { return };
+    if c.nodes.is_empty() {
+        out.push(problem(
+            "cluster.nodes",
+            "the node list is empty",
+            "list every node's cluster address, e.g. nodes = [\"192.168.122.100\", \"192.168.122.101\"]",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, n) in c.nodes.iter().enumerate() {
+        if !seen.insert(*n) {
+            out.push(problem(
+                format!("cluster.nodes[{i}]"),
+                format!("node {n} is listed twice"),
+                "list each node once; the list is the same on every node",
+            ));
+        }
+        if n.is_unspecified() || n.is_multicast() {
+            out.push(problem(
+                format!("cluster.nodes[{i}]"),
+                format!("{n} is not a node's address"),
+                "use the address the node has on the cluster network",
+            ));
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, p) in c.public_addresses.iter().enumerate() {
+        if !seen.insert(p.address.addr()) {
+            out.push(problem(
+                format!("cluster.public_addresses[{i}].address"),
+                format!("public address {} is listed twice", p.address.addr()),
+                "list each public address once",
+            ));
+        }
+        if c.nodes.contains(&p.address.addr()) {
+            out.push(problem(
+                format!("cluster.public_addresses[{i}].address"),
+                format!("{} is also a node address", p.address.addr()),
+                "public addresses float between nodes; pick addresses no node owns",
+            ));
+        }
+        if p.interface.is_empty() || p.interface.len() > 15 || p.interface.contains(['/', ' ', ':']) {
+            out.push(problem(
+                format!("cluster.public_addresses[{i}].interface"),
+                format!("`{}` is not a network interface name", p.interface),
+                "interface names are 1-15 characters, e.g. interface = \"eth0\"",
+            ));
+        }
+    }
+    match inside_volume(&c.recovery_lock) {
+        Err(why) => out.push(problem(
+            "cluster.recovery_lock",
+            format!("the recovery lock is outside the volume: {why}"),
+            "the lock must live on the shared volume, e.g. recovery_lock = \"/lock/lockfile\"",
+        )),
+        Ok(p) if p == "/" => out.push(problem(
+            "cluster.recovery_lock",
+            "the recovery lock must be a file, not the volume root",
+            "e.g. recovery_lock = \"/lock/lockfile\"",
+        )),
+        Ok(_) => {}
+    }
+    if c.port == 0 {
+        out.push(problem("cluster.port", "port 0 is not a fixed port", "use 4379 (the default) or another free port"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inside_volume_normalises_and_refuses_escapes() {
+        assert_eq!(inside_volume("/").unwrap(), "/");
+        assert_eq!(inside_volume("pub//a/./b/..").unwrap(), "/pub/a");
+        assert!(inside_volume("../etc").is_err());
+        assert!(inside_volume("/a/../../b").is_err());
+        assert!(inside_volume("a\0b").is_err());
+    }
+}

@@ -1,0 +1,124 @@
+//! The local control socket: `nasgw status`, `nasgw ip` and friends talk to the running daemon
+//! through a Unix socket named by `[node] control_socket`. One JSON request line in, one JSON
+//! response line out, so several daemons on one machine (tests) never mix up.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+/// A request to the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Cluster and node states (`nasgw status`).
+    Status,
+    /// Public addresses and their owners (`nasgw ip`).
+    Ip,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    /// For [`Request::Status`].
+    Status(ha::status::ClusterStatus),
+    /// For [`Request::Ip`].
+    Ip(ha::status::IpReport),
+    /// The request could not be served.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Answers requests; implemented by the daemon.
+pub trait Handler: Send + Sync + 'static {
+    /// Serves one request.
+    fn handle(&self, req: Request) -> Response;
+}
+
+/// Longest request line accepted (a request is a few dozen bytes).
+const MAX_REQUEST: u64 = 64 * 1024;
+
+/// Serves the control socket until `stop` fires.
+pub async fn serve(listener: UnixListener, handler: std::sync::Arc<dyn Handler>, stop: CancellationToken) {
+    loop {
+        let conn = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = listener.accept() => c,
+        };
+        let (stream, _) = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let (rd, mut wr) = stream.into_split();
+            let mut line = String::new();
+            let mut rd = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(rd, MAX_REQUEST));
+            if rd.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let resp = match serde_json::from_str::<Request>(&line) {
+                Ok(req) => handler.handle(req),
+                Err(e) => Response::Error { message: format!("bad control request: {e}") },
+            };
+            let mut out = serde_json::to_vec(&resp).expect("response serialises");
+            out.push(b'\n');
+            let _ = wr.write_all(&out).await;
+        });
+    }
+}
+
+/// Why a control request failed, worded for the admin.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No daemon listens at the socket.
+    #[error("nasgw is not running (no daemon answers on {path}): {source}")]
+    NotRunning {
+        /// The socket path tried.
+        path: String,
+        /// The connect error.
+        source: std::io::Error,
+    },
+    /// The exchange broke half way.
+    #[error("control socket {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The daemon answered something unreadable.
+    #[error("control socket {path}: unreadable answer: {detail}")]
+    Protocol {
+        /// The socket path.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// Sends one request to the daemon listening on `socket` (blocking; for the CLI).
+pub fn request(socket: &Path, req: &Request) -> Result<Response, ClientError> {
+    let path = socket.display().to_string();
+    let stream =
+        UnixStream::connect(socket).map_err(|source| ClientError::NotRunning { path: path.clone(), source })?;
+    let io = |source| ClientError::Io { path: path.clone(), source };
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    let mut line = serde_json::to_vec(req).expect("request serialises");
+    line.push(b'\n');
+    (&stream).write_all(&line).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
+    serde_json::from_str(&answer).map_err(|e| ClientError::Protocol { path: path.clone(), detail: e.to_string() })
+}

@@ -1,0 +1,187 @@
+//! `nasgw serve`: prepares the node's directories, starts every service, and stops them cleanly
+//! on SIGINT/SIGTERM: listeners close first, in-flight requests finish, then data is synced.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ha::status::{ClusterStatus, IpReport, NodeState, NodeStatus, PublicIpStatus, RecoveryMode};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{BackendKind, Config, Loaded};
+use crate::control;
+
+/// How long in-flight requests may take to finish after a stop signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Stop signal and the tasks that must finish before the process exits.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
+    /// Fires when the daemon is stopping: accept loops return, connections finish their request.
+    pub stop: CancellationToken,
+    /// Every service and connection task, so the daemon can wait for them.
+    pub tasks: TaskTracker,
+}
+
+/// Runs the daemon until a stop signal; returns after a clean shutdown.
+pub fn serve(loaded: Loaded) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("nasgw").build()?;
+    rt.block_on(run(loaded))
+}
+
+async fn run(loaded: Loaded) -> Result<()> {
+    let cfg = Arc::new(loaded.config);
+    tracing::info!(config = %loaded.source.display_name(), volume = %cfg.volume.name, "nasgw starting");
+    prepare_dirs(&cfg)?;
+    let life = Lifecycle::default();
+
+    let control = bind_control(&cfg.node.control_socket)?;
+    let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone()));
+    life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
+
+    print_banner(&cfg);
+    wait_for_stop_signal().await?;
+
+    tracing::info!("stop signal received: closing listeners, finishing in-flight requests");
+    life.stop.cancel();
+    life.tasks.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, life.tasks.wait()).await.is_err() {
+        tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "some requests did not finish in time");
+    }
+    let _ = std::fs::remove_file(&cfg.node.control_socket);
+    tracing::info!("nasgw stopped");
+    Ok(())
+}
+
+/// Creates the state directory, and the served directory of a local backend.
+fn prepare_dirs(cfg: &Config) -> Result<()> {
+    std::fs::create_dir_all(&cfg.node.state_dir)
+        .with_context(|| format!("cannot create state_dir {}", cfg.node.state_dir.display()))?;
+    if let Some(dir) = cfg.node.control_socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    match cfg.volume.backend {
+        BackendKind::Local => {
+            let path = cfg.volume.path.as_ref().expect("validated: local has a path");
+            std::fs::create_dir_all(path).with_context(|| format!("cannot create volume path {}", path.display()))?;
+        }
+        BackendKind::Gluster => bail!("backend = \"gluster\" is not served by this build yet; use backend = \"local\" over a GlusterFS FUSE mount"),
+    }
+    Ok(())
+}
+
+/// Binds the control socket, refusing to steal it from a live daemon and clearing a stale one.
+fn bind_control(path: &Path) -> Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another nasgw already answers on {}; stop it or give this one its own [node] control_socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove stale control socket {}", path.display()))?;
+    }
+    UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))
+}
+
+async fn wait_for_stop_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
+
+/// The address a client on this machine would use for `listen`.
+fn reachable(listen: SocketAddr) -> IpAddr {
+    if listen.ip().is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        listen.ip()
+    }
+}
+
+/// Tells the admin how to reach what was just started.
+fn print_banner(cfg: &Config) {
+    let vol = &cfg.volume;
+    let from = vol.path.as_ref().map_or_else(|| vol.servers.join(","), |p| p.display().to_string());
+    println!("nasgw serves volume `{}` from {from}", vol.name);
+    if cfg.smb.enabled {
+        let host = reachable(cfg.smb.listen);
+        let port = cfg.smb.listen.port();
+        for s in &cfg.smb.shares {
+            let auth = if s.guest_ok { "-N" } else { "-U USER" };
+            println!("  SMB  smbclient //{host}/{} -p {port} {auth} -m SMB3", s.name);
+        }
+    }
+    if cfg.nfs.enabled {
+        let host = reachable(cfg.nfs.listen);
+        let port = cfg.nfs.listen.port();
+        println!("  NFS  nfs-ls 'nfs://{host}/{}/?version=3&nfsport={port}&mountport={port}'", vol.name);
+    }
+    println!("  control socket {} (nasgw status, nasgw ip)", cfg.node.control_socket.display());
+}
+
+/// Answers the control socket for a node without the HA module running: itself OK; the other
+/// configured nodes DISCONNECTED, because nothing is heard from them.
+struct StandaloneNode {
+    cfg: Arc<Config>,
+    nodes: Vec<NodeStatus>,
+    me: u32,
+    leader: Option<u32>,
+}
+
+impl StandaloneNode {
+    fn new(cfg: Arc<Config>) -> Self {
+        let Some(cluster) = &cfg.cluster else {
+            let me = NodeStatus { pnn: 0, address: reachable(cfg.nfs.listen), state: NodeState::Ok, this_node: true };
+            return Self { cfg, nodes: vec![me], me: 0, leader: Some(0) };
+        };
+        let local = ha::self_id::local_addresses().unwrap_or_default();
+        let me = ha::self_id::find_self(&cluster.nodes, &local);
+        if me.is_none() {
+            tracing::warn!(nodes = ?cluster.nodes, "none of [cluster] nodes is an address of this host");
+        }
+        let nodes = cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let this_node = me == Some(i as u32);
+                let state = if this_node { NodeState::Ok } else { NodeState::Disconnected };
+                NodeStatus { pnn: i as u32, address: *a, state, this_node }
+            })
+            .collect();
+        // No leader until the HA module holds the recovery lock.
+        Self { nodes, me: me.unwrap_or(0), leader: None, cfg: cfg.clone() }
+    }
+}
+
+impl control::Handler for StandaloneNode {
+    fn handle(&self, req: control::Request) -> control::Response {
+        match req {
+            control::Request::Status => control::Response::Status(ClusterStatus {
+                nodes: self.nodes.clone(),
+                generation: 1,
+                leader: self.leader,
+                recovery_mode: RecoveryMode::Normal,
+            }),
+            control::Request::Ip => {
+                let addresses = self.cfg.cluster.iter().flat_map(|c| &c.public_addresses).map(|p| PublicIpStatus {
+                    address: p.address.addr(),
+                    prefix: p.address.prefix_len(),
+                    interface: p.interface.clone(),
+                    owner: None,
+                });
+                control::Response::Ip(IpReport { this_node: self.me, addresses: addresses.collect() })
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! nasgw, the clustered NAS gateway: config, daemon lifecycle, control socket, and (as they
+//! land) the namespace layer, NFS and SMB services. `main.rs` is only the CLI front.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod listener;
+pub mod logging;

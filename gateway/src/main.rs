@@ -1,0 +1,86 @@
+//! The `nasgw` binary: parses the command line and runs one subcommand.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use nasgw::cli::{Cli, Command};
+use nasgw::{config, control, daemon, logging};
+
+/// Exit code for an invalid config (as `testparm` uses non-zero).
+const EXIT_BAD_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match config::load(cli.config.as_deref()) {
+        Ok(l) => l,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} error(s) in the config; nothing was started", errors.len());
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    match cli.command {
+        Command::Check { quiet } => {
+            if !quiet {
+                println!("# Loaded config from {}; it is valid.", loaded.source.display_name());
+                println!("# Effective config, every default filled in:\n");
+                print!("{}", config::render(&loaded.config));
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Serve => {
+            logging::init(cli.log_format, &cli.log_level);
+            match daemon::serve(loaded) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status { json } => ask(&loaded, control::Request::Status, json, |r| match r {
+            control::Response::Status(s) => Some(s.to_string()),
+            _ => None,
+        }),
+        Command::Ip { verbose, json } => ask(&loaded, control::Request::Ip, json, |r| match r {
+            control::Response::Ip(ip) => Some(ip.render(verbose).trim_end().to_string()),
+            _ => None,
+        }),
+    }
+}
+
+/// Sends `req` to the daemon of this config and prints its answer.
+fn ask(
+    loaded: &config::Loaded,
+    req: control::Request,
+    json: bool,
+    show: impl Fn(&control::Response) -> Option<String>,
+) -> ExitCode {
+    match control::request(&loaded.config.node.control_socket, &req) {
+        Ok(control::Response::Error { message }) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+        Ok(resp) if json => {
+            println!("{}", serde_json::to_string_pretty(&resp).expect("serialises"));
+            ExitCode::SUCCESS
+        }
+        Ok(resp) => match show(&resp) {
+            Some(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("error: the daemon answered a different question: {resp:?}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
