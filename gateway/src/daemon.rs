@@ -14,6 +14,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{BackendKind, Config, Loaded};
 use crate::control;
+use crate::vfs::posix::{PosixBackend, PosixOptions};
+use crate::vfs::Namespace;
+use ha::connections::ConnectionTable;
 
 /// How long in-flight requests may take to finish after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,6 +46,12 @@ async fn run(loaded: Loaded) -> Result<()> {
     let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone()));
     life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
 
+    let connections = ConnectionTable::new();
+    let namespace = open_namespace(&cfg)?;
+    if cfg.nfs.enabled {
+        crate::nfs::start(&cfg, namespace.clone(), connections.clone(), &life).await?;
+    }
+
     print_banner(&cfg);
     wait_for_stop_signal().await?;
 
@@ -51,6 +60,9 @@ async fn run(loaded: Loaded) -> Result<()> {
     life.tasks.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, life.tasks.wait()).await.is_err() {
         tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "some requests did not finish in time");
+    }
+    if let Err(e) = namespace.sync_all().await {
+        tracing::error!(error = %e, "flushing the volume on shutdown failed");
     }
     let _ = std::fs::remove_file(&cfg.node.control_socket);
     tracing::info!("nasgw stopped");
@@ -72,6 +84,14 @@ fn prepare_dirs(cfg: &Config) -> Result<()> {
         BackendKind::Gluster => bail!("backend = \"gluster\" is not served by this build yet; use backend = \"local\" over a GlusterFS FUSE mount"),
     }
     Ok(())
+}
+
+/// Opens the volume both protocols serve.
+fn open_namespace(cfg: &Config) -> Result<Namespace> {
+    let path = cfg.volume.path.as_ref().context("the local backend needs [volume] path")?;
+    let backend = PosixBackend::open(path, PosixOptions::new(&cfg.volume.name))
+        .with_context(|| format!("cannot open volume directory {}", path.display()))?;
+    Ok(Namespace::new(Arc::new(backend)))
 }
 
 /// Binds the control socket, refusing to steal it from a live daemon and clearing a stale one.

@@ -7,4 +7,5 @@ pub mod control;
 pub mod daemon;
 pub mod listener;
 pub mod logging;
+pub mod nfs;
 pub mod vfs;
