@@ -328,7 +328,10 @@ impl GlusterCluster {
         for s in &servers {
             cmd.arg(format!("--volfile-server={s}"));
         }
-        cmd.arg(format!("--volfile-id={}", self.volume)).arg(format!("--log-file={}", log.display())).arg(path);
+        cmd.arg(format!("--volfile-id={}", self.volume))
+            .arg(format!("--log-file={}", log.display()))
+            .arg("--aux-gfid-mount")
+            .arg(path);
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("glusterfs");
         let start = Instant::now();
