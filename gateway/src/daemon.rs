@@ -43,14 +43,14 @@ async fn run(loaded: Loaded) -> Result<()> {
     let life = Lifecycle::default();
 
     let control = bind_control(&cfg.node.control_socket)?;
-    let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone()));
-    life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
-
+    // Services listen before the control socket answers, so "status answers" means "serving".
     let connections = ConnectionTable::new();
     let namespace = open_namespace(&cfg)?;
     if cfg.nfs.enabled {
         crate::nfs::start(&cfg, namespace.clone(), connections.clone(), &life).await?;
     }
+    let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone()));
+    life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
 
     print_banner(&cfg);
     wait_for_stop_signal().await?;

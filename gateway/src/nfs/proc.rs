@@ -150,7 +150,14 @@ impl NfsServer {
 
     /// READ, appended to the reply buffer `out` with the data read straight into it (the hot
     /// path: no intermediate copies of up to 1 MiB).
-    pub(super) async fn read_into(&self, req: &Request, h: &[u8], offset: u64, count: u32, mut out: Vec<u8>) -> Vec<u8> {
+    pub(super) async fn read_into(
+        &self,
+        req: &Request,
+        h: &[u8],
+        offset: u64,
+        count: u32,
+        mut out: Vec<u8>,
+    ) -> Vec<u8> {
         let id = match self.id(h) {
             Ok(id) => id,
             Err(s) => {

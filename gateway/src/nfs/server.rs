@@ -18,8 +18,8 @@ use nfs3_types::portmap::mapping;
 use nfs3_types::xdr_codec::{List, Opaque, Pack};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 
 use super::args::{decode_mount, decode_nfs, decode_pmap_mapping, MountArgs, NfsArgs, MAX_IO};

@@ -474,7 +474,14 @@ impl Backend for PosixBackend {
         Ok((buf, eof, attr))
     }
 
-    fn read_append(&self, cred: &Credentials, id: &FileId, offset: u64, count: u32, out: &mut Vec<u8>) -> VfsResult<(u32, bool, Attr)> {
+    fn read_append(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+        out: &mut Vec<u8>,
+    ) -> VfsResult<(u32, bool, Attr)> {
         let node = self.node(id)?;
         match node.ftype {
             FileType::Regular => {}
