@@ -88,3 +88,43 @@ async fn stable_writes_survive_kill_9_and_the_verifier_changes_on_restart() {
     let after = commit(&mut c, &f).await.unwrap();
     assert_ne!(after, before, "a new start has a new write verifier, so clients resend unstable data");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_minted_by_one_node_works_on_another() {
+    // Two nodes of one cluster serving the same volume (a shared directory stands in for the
+    // GlusterFS mount): a client whose address moved to the other node keeps its handles.
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("volume");
+    std::fs::create_dir(&shared).unwrap();
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, b"cluster secret for the test").unwrap();
+    let ports = [nasgw_tests::free_port(), nasgw_tests::free_port()];
+    let nodes: Vec<nasgw_tests::Daemon> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let cfg = format!(
+                "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{}\"\n\n[nfs]\nlisten = \"127.0.0.1:{port}\"\nroot_squash = false\n\n[smb]\nenabled = false\n\n[cluster]\nnodes = [\"127.0.0.1\", \"127.0.0.2\"]\nrecovery_lock = \"/.lock\"\nsecret_file = \"{}\"\n\n[node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n",
+                shared.display(),
+                secret.display()
+            );
+            nasgw_tests::Daemon::start(&format!("node{i}"), &tmp.path().join(format!("node{i}")), &cfg, None)
+        })
+        .collect();
+    for port in ports {
+        nasgw_tests::wait_for(
+            "NFS port",
+            std::time::Duration::from_secs(20),
+            std::time::Duration::from_millis(20),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+        );
+    }
+    let mut a = mount(ports[0], 0, 0).await;
+    let root = a.root_nfs_fh3();
+    let f = create(&mut a, &root, "shared.txt", 0o644).await.unwrap();
+    write(&mut a, &f, 0, b"written via node 0", stable_how::FILE_SYNC).await.unwrap();
+    let mut b = mount(ports[1], 0, 0).await;
+    assert_eq!(b.root_nfs_fh3().data, root.data, "both nodes hand out the same root handle");
+    assert_eq!(read(&mut b, &f, 0, 100).await.unwrap().0, b"written via node 0", "node 1 honours node 0's handle");
+    drop(nodes);
+}

@@ -93,6 +93,9 @@ async fn namespace_operations_through_both_clients() {
     let srv = Server::start("ops", "root_squash = false");
     let mut c = mount(srv.port, 0, 0).await;
     let root = c.root_nfs_fh3();
+    let exports = c.mount_client.export().await.unwrap();
+    let dirs: Vec<Vec<u8>> = exports.0.iter().map(|e| e.ex_dir.0.to_vec()).collect();
+    assert_eq!(dirs, vec![b"/smb".to_vec()], "MOUNT EXPORT lists the volume");
 
     // Small file in with nfs-cp, back with nfs-cat and the Rust client.
     let tmp = tempfile::tempdir().unwrap();
