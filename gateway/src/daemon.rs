@@ -51,15 +51,15 @@ async fn run(loaded: Loaded) -> Result<()> {
     };
 
     let control = bind_control(&cfg.node.control_socket)?;
-    let volume_health = gluster.as_ref().map(GlusterService::health);
-    let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone(), volume_health));
-    life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
-
+    // Services listen before the control socket answers, so "status answers" means "serving".
     let connections = ConnectionTable::new();
     let namespace = open_namespace(&cfg, gluster.as_ref())?;
     if cfg.nfs.enabled {
         crate::nfs::start(&cfg, namespace.clone(), connections.clone(), &life).await?;
     }
+    let volume_health = gluster.as_ref().map(GlusterService::health);
+    let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone(), volume_health));
+    life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
 
     print_banner(&cfg);
     wait_for_stop_signal().await?;

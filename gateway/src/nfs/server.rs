@@ -18,10 +18,11 @@ use nfs3_types::portmap::mapping;
 use nfs3_types::xdr_codec::{List, Opaque, Pack};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{Mutex, Semaphore};
 
-use super::args::{decode_mount, decode_nfs, decode_pmap_mapping, MountArgs};
+use super::args::{decode_mount, decode_nfs, decode_pmap_mapping, MountArgs, NfsArgs, MAX_IO};
 use super::export::ExportPolicy;
 use super::handle::{HandleCodec, HandleError};
 use super::rpc::{self, AuthFailure, Call, CallError, ReplyStatus, MAX_FRAGMENT, MAX_RECORD};
@@ -95,16 +96,9 @@ impl NfsServer {
     /// stops (in-flight calls finish first).
     pub async fn serve_connection(self: Arc<Self>, stream: TcpStream, conn: TcpConnection, life: Lifecycle) {
         let client = conn.client;
-        let (mut rd, mut wr) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
-        let writer = tokio::spawn(async move {
-            while let Some(reply) = rx.recv().await {
-                if let Err(e) = wr.write_all(&reply).await {
-                    tracing::debug!(%client, error = %e, "NFS reply not sent");
-                    break;
-                }
-            }
-        });
+        let (mut rd, wr) = stream.into_split();
+        // Each call writes its own reply when done (no hand-off to a writer task).
+        let tx = Arc::new(ReplySink { wr: Mutex::new(wr), client });
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         loop {
             let record = tokio::select! {
@@ -122,11 +116,11 @@ impl NfsServer {
             let call = match rpc::parse_call(&record) {
                 Ok(c) => c,
                 Err(CallError::RpcVersion { xid, .. }) => {
-                    let _ = tx.send(rpc::reply_only(xid, ReplyStatus::RpcMismatch)).await;
+                    tx.send(rpc::reply_only(xid, ReplyStatus::RpcMismatch)).await;
                     continue;
                 }
                 Err(CallError::BadCredential { xid }) => {
-                    let _ = tx.send(rpc::reply_only(xid, ReplyStatus::AuthError(AuthFailure::BadCred))).await;
+                    tx.send(rpc::reply_only(xid, ReplyStatus::AuthError(AuthFailure::BadCred))).await;
                     continue;
                 }
                 Err(e) => {
@@ -138,14 +132,12 @@ impl NfsServer {
             let (me, tx) = (self.clone(), tx.clone());
             life.tasks.spawn(async move {
                 let reply = me.dispatch(&call, &record, client.ip()).await;
-                let _ = tx.send(reply).await;
+                tx.send(reply).await;
                 drop(permit);
             });
         }
         // Let in-flight calls finish and their replies go out.
         let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
-        drop(tx);
-        let _ = writer.await;
     }
 
     /// Answers one call (any program) with a complete reply record.
@@ -181,6 +173,10 @@ impl NfsServer {
             }
         };
         let req = Request { cred, client };
+        if let NfsArgs::Read { fh, offset, count } = decoded {
+            let out = rpc::begin_reply(call.xid, ReplyStatus::Success, count.min(MAX_IO) as usize + 128);
+            return rpc::finish_reply(self.read_into(&req, fh, offset, count, out).await);
+        }
         let body = self.nfs3(&req, decoded).await;
         let mut out = rpc::begin_reply(call.xid, ReplyStatus::Success, body.len());
         out.extend_from_slice(&body);
@@ -293,6 +289,23 @@ impl NfsServer {
     }
 }
 
+/// The sending half of a connection, shared by its calls.
+struct ReplySink {
+    wr: Mutex<OwnedWriteHalf>,
+    client: SocketAddr,
+}
+
+impl ReplySink {
+    /// Sends one complete reply record (a failed send is only logged: the reader sees the
+    /// connection close).
+    async fn send(&self, reply: Vec<u8>) {
+        let mut wr = self.wr.lock().await;
+        if let Err(e) = wr.write_all(&reply).await {
+            tracing::debug!(client = %self.client, error = %e, "NFS reply not sent");
+        }
+    }
+}
+
 /// Reads one complete record (all its fragments). `Ok(None)` at a clean end of stream.
 async fn read_record(rd: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<Vec<u8>>, String> {
     let mut record = Vec::new();
@@ -395,9 +408,4 @@ pub async fn start(
         ));
     }
     Ok(server)
-}
-
-/// Where a client reaches the service (for logs and tests).
-pub fn describe(listen: SocketAddr, export: &str) -> String {
-    format!("nfs://{}/{export}?version=3&nfsport={}&mountport={}", listen.ip(), listen.port(), listen.port())
 }
