@@ -39,6 +39,11 @@ async fn run(loaded: Loaded) -> Result<()> {
     prepare_dirs(&cfg)?;
     let life = Lifecycle::default();
 
+    let connections = ha::connections::ConnectionTable::new();
+    if cfg.smb.enabled {
+        crate::smb::start(&cfg, connections.clone(), life.clone()).await?;
+    }
+
     let control = bind_control(&cfg.node.control_socket)?;
     let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone()));
     life.tasks.spawn(control::serve(control, handler, life.stop.clone()));

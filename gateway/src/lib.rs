@@ -6,4 +6,6 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod listener;
+pub mod locks;
 pub mod logging;
+pub mod smb;
