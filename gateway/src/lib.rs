@@ -9,3 +9,4 @@ pub mod listener;
 pub mod locks;
 pub mod logging;
 pub mod smb;
+pub mod vfs;

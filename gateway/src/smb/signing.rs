@@ -3,10 +3,10 @@
 //! for 3.1.1 when negotiated. Pure functions over bytes; keys never leave this module in logs.
 
 use aes::Aes128;
-use aes_gcm::aead::AeadInPlace;
+use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes128Gcm, KeyInit, Nonce};
-use cmac::{Cmac, Mac};
-use hmac::Hmac;
+use cmac::Cmac;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256, Sha512};
 
 use super::wire::header::{offset, FLAG_SERVER_TO_REDIR, FLAG_SIGNED};
@@ -70,7 +70,7 @@ impl SigningAlgorithm {
 
 /// SP800-108 counter-mode KDF with HMAC-SHA256, L = 128 (MS-SMB2 3.1.4.2).
 pub fn kdf(key: &[u8], label: &[u8], context: &[u8]) -> [u8; 16] {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(&1u32.to_be_bytes());
     mac.update(label);
     mac.update(&[0]);
@@ -104,12 +104,12 @@ pub fn signature(alg: SigningAlgorithm, key: &[u8; 16], msg: &[u8]) -> [u8; 16] 
     let mut sig = [0u8; 16];
     match alg {
         SigningAlgorithm::HmacSha256 => {
-            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
+            let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
             mac.update(msg);
             sig.copy_from_slice(&mac.finalize().into_bytes()[..16]);
         }
         SigningAlgorithm::AesCmac => {
-            let mut mac = <Cmac<Aes128> as Mac>::new_from_slice(key).expect("16-byte key");
+            let mut mac = <Cmac<Aes128> as KeyInit>::new_from_slice(key).expect("16-byte key");
             mac.update(msg);
             sig.copy_from_slice(&mac.finalize().into_bytes());
         }
@@ -130,8 +130,9 @@ pub fn signature(alg: SigningAlgorithm, key: &[u8; 16], msg: &[u8]) -> [u8; 16] 
                 nonce[8..].copy_from_slice(&role.to_le_bytes());
             }
             let mut empty: [u8; 0] = [];
+            let nonce: Nonce<_> = nonce.into();
             let tag = cipher
-                .encrypt_in_place_detached(Nonce::from_slice(&nonce), msg, &mut empty)
+                .encrypt_inout_detached(&nonce, msg, (&mut empty[..]).into())
                 .expect("GMAC over any length below 2^36");
             sig.copy_from_slice(&tag);
         }

@@ -145,7 +145,7 @@ impl Authenticate {
 }
 
 fn hmac_md5(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
-    let mut mac = <Hmac<Md5> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut mac = Hmac::<Md5>::new_from_slice(key).expect("HMAC takes any key length");
     for p in parts {
         mac.update(p);
     }
@@ -177,7 +177,7 @@ pub fn verify_ntlmv2(auth: &Authenticate, nt_hash: &[u8; 16], server_challenge: 
             if auth.flags & flags::KEY_EXCH != 0 && auth.encrypted_session_key.len() == 16 {
                 let mut k = [0u8; 16];
                 k.copy_from_slice(&auth.encrypted_session_key);
-                let mut rc4 = Rc4::<rc4::consts::U16>::new_from_slice(&base).expect("16-byte key");
+                let mut rc4 = Rc4::new_from_slice(&base).expect("16-byte key");
                 rc4.apply_keystream(&mut k);
                 return Some(k);
             }
@@ -216,7 +216,7 @@ pub fn mic_signature(session_key: &[u8; 16], agreed: u32, server_to_client: bool
     checksum.copy_from_slice(&mac[..8]);
     if agreed & flags::KEY_EXCH != 0 {
         let seal_key = md5(&[session_key, seal_magic]);
-        let mut rc4 = Rc4::<rc4::consts::U16>::new_from_slice(&seal_key).expect("16-byte key");
+        let mut rc4 = Rc4::new_from_slice(&seal_key).expect("16-byte key");
         rc4.apply_keystream(&mut checksum);
     }
     let mut out = [0u8; 16];
