@@ -40,8 +40,10 @@ async fn run(loaded: Loaded) -> Result<()> {
     let life = Lifecycle::default();
 
     let connections = ha::connections::ConnectionTable::new();
+    let volume = open_volume(&cfg)?;
+    let locks = Arc::new(crate::locks::LockTable::new());
     if cfg.smb.enabled {
-        crate::smb::start(&cfg, connections.clone(), life.clone()).await?;
+        crate::smb::start(&cfg, volume.clone(), locks.clone(), connections.clone(), life.clone()).await?;
     }
 
     let control = bind_control(&cfg.node.control_socket)?;
@@ -77,6 +79,15 @@ fn prepare_dirs(cfg: &Config) -> Result<()> {
         BackendKind::Gluster => bail!("backend = \"gluster\" is not served by this build yet; use backend = \"local\" over a GlusterFS FUSE mount"),
     }
     Ok(())
+}
+
+/// The namespace both protocols serve: the local backend over `volume.path`.
+fn open_volume(cfg: &Config) -> Result<crate::vfs::Namespace> {
+    use crate::vfs::posix::{PosixBackend, PosixOptions};
+    let path = cfg.volume.path.as_ref().context("the local backend needs volume.path")?;
+    let backend = PosixBackend::open(path, PosixOptions::new(&cfg.volume.name))
+        .map_err(|e| anyhow::anyhow!("cannot open volume path {}: {e}", path.display()))?;
+    Ok(crate::vfs::Namespace::new(Arc::new(backend)))
 }
 
 /// Binds the control socket, refusing to steal it from a live daemon and clearing a stale one.

@@ -39,6 +39,10 @@ pub struct AsyncWork {
     pub work: Pin<Box<dyn Future<Output = Reply> + Send>>,
     /// The open whose close completes it.
     pub waits_on: Option<u64>,
+    /// Fires when that open closes.
+    pub closed: CancellationToken,
+    /// The status it completes with then (NOTIFY_CLEANUP for CHANGE_NOTIFY).
+    pub close_status: NtStatus,
 }
 
 /// A pending async operation, findable by CANCEL.
@@ -52,6 +56,8 @@ pub struct PendingOp {
     pub cancel: CancellationToken,
     /// The open it waits on (closing the handle completes it).
     pub volatile: Option<u64>,
+    /// Fires when that open closes.
+    pub closed: CancellationToken,
 }
 
 /// Everything one client connection knows.
@@ -131,7 +137,7 @@ impl Connection {
     pub fn cancel_pending_on(&self, volatile: u64) {
         let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for op in p.values().filter(|op| op.volatile == Some(volatile)) {
-            op.cancel.cancel();
+            op.closed.cancel();
         }
     }
 }
@@ -219,7 +225,7 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
     }
     for id in conn.opens.all_ids() {
         if let Some(open) = conn.opens.remove(id) {
-            cmd::close::release(open).await;
+            cmd::close::release(&conn.server.clone(), open).await;
         }
     }
     drop(conn);
@@ -350,6 +356,7 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
                     session_id,
                     cancel: work.cancel.clone(),
                     volatile: work.waits_on,
+                    closed: work.closed.clone(),
                 },
             );
         }
@@ -477,10 +484,11 @@ fn spawn_async(conn: &Connection, mut rh: Header, async_id: u64, work: AsyncWork
     let pending = conn.pending.clone();
     let alg = conn.signing_alg;
     tokio::spawn(async move {
-        let AsyncWork { cancel, work, .. } = work;
+        let AsyncWork { cancel, work, closed, close_status, .. } = work;
         let reply = tokio::select! {
             r = work => r,
             _ = cancel.cancelled() => Reply::err(NtStatus::CANCELLED),
+            _ = closed.cancelled() => Reply::err(close_status),
         };
         pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&async_id);
         rh.status = reply.status.0;

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod cmd;
 pub mod conn;
+pub mod fs;
 pub mod passwd;
 pub mod session;
 pub mod signing;
@@ -27,12 +28,13 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, ShareConfig};
 use crate::daemon::Lifecycle;
+use crate::locks::{LockTable, OpenKey};
+use crate::vfs::{FileId, Namespace};
 
 /// Most client connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 4096;
 
 /// Server-wide SMB state shared by every connection.
-#[derive(Debug)]
 pub struct SmbServer {
     /// Name clients see (NTLMSSP target, srvsvc).
     pub server_name: String,
@@ -50,11 +52,17 @@ pub struct SmbServer {
     pub guest_allowed: bool,
     /// Unix identity lookup for the configured users (name -> unix user).
     pub unix_users: std::collections::HashMap<String, String>,
+    /// The namespace every share is a folder of.
+    pub ns: Namespace,
+    /// The namespace-level lock table (shared with NFS).
+    pub locks: Arc<LockTable<FileId>>,
+    /// Source of [`OpenKey`]s.
+    pub next_open: std::sync::atomic::AtomicU64,
 }
 
 impl SmbServer {
     /// Server state from the config.
-    pub fn new(cfg: &Config) -> Self {
+    pub fn new(cfg: &Config, ns: Namespace, locks: Arc<LockTable<FileId>>) -> Self {
         let server_name = cfg.smb.server_name.clone().unwrap_or_else(hostname);
         let users = auth::UserDb::new(cfg.smb.users.iter().map(|u| (u.name.as_str(), u.nt_hash.as_str())));
         let unix_users = cfg
@@ -72,7 +80,15 @@ impl SmbServer {
             start_time: filetime_now(),
             guest_allowed: cfg.smb.shares.iter().any(|s| s.guest_ok),
             unix_users,
+            ns,
+            locks,
+            next_open: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// A fresh lock-table identity for a new open.
+    pub fn open_key(&self) -> OpenKey {
+        OpenKey(self.next_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The share named `name` (case-insensitive).
@@ -101,11 +117,17 @@ pub fn unix_to_filetime(secs: i64, nanos: u32) -> u64 {
 }
 
 /// Starts the SMB listener; connections are tracked tasks of `life`.
-pub async fn start(cfg: &Config, connections: Arc<ConnectionTable>, life: Lifecycle) -> Result<()> {
+pub async fn start(
+    cfg: &Config,
+    ns: Namespace,
+    locks: Arc<LockTable<FileId>>,
+    connections: Arc<ConnectionTable>,
+    life: Lifecycle,
+) -> Result<()> {
     let listener = TcpListener::bind(cfg.smb.listen)
         .await
         .with_context(|| format!("cannot listen for SMB on {}", cfg.smb.listen))?;
-    let server = Arc::new(SmbServer::new(cfg));
+    let server = Arc::new(SmbServer::new(cfg, ns, locks));
     tracing::info!(listen = %cfg.smb.listen, shares = server.shares.len(), "SMB service listening");
     let stop = life.stop.clone();
     life.tasks.spawn(crate::listener::accept_loop(

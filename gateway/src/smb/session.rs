@@ -83,6 +83,8 @@ pub struct Tree {
     pub uid: u32,
     /// Unix gid.
     pub gid: u32,
+    /// The share's folder in the namespace (None for IPC$).
+    pub root: Option<crate::vfs::FileId>,
 }
 
 /// The opens of a connection, by volatile file id.
@@ -94,7 +96,7 @@ pub struct OpenTable {
 
 impl OpenTable {
     /// Stores `open` under a fresh volatile id and returns it.
-    pub fn insert(&mut self, mut make: impl FnMut(u64) -> Open) -> u64 {
+    pub fn insert(&mut self, make: impl FnOnce(u64) -> Open) -> u64 {
         self.next += 1;
         let id = self.next;
         self.opens.insert(id, make(id));

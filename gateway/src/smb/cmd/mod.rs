@@ -2,15 +2,21 @@
 //! function and applies it to the connection's state. [`dispatch`] picks the file by command.
 
 pub mod cancel;
+pub mod change_notify;
 pub mod close;
 pub mod create;
 pub mod echo;
+pub mod flush;
 pub mod ioctl;
+pub mod lock;
 pub mod logoff;
 pub mod negotiate;
 pub mod open;
+pub mod query_directory;
+pub mod query_info;
 pub mod read;
 pub mod session_setup;
+pub mod set_info;
 pub mod tree_connect;
 pub mod tree_disconnect;
 pub mod write;
@@ -77,7 +83,7 @@ pub async fn dispatch(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcom
         command::NEGOTIATE => now(negotiate::handle(conn, msg)),
         command::SESSION_SETUP => now(session_setup::handle(conn, hdr, msg)),
         command::LOGOFF => now(logoff::handle(conn, hdr).await),
-        command::TREE_CONNECT => now(tree_connect::handle(conn, hdr, msg)),
+        command::TREE_CONNECT => now(tree_connect::handle(conn, hdr, msg).await),
         command::TREE_DISCONNECT => now(tree_disconnect::handle(conn, hdr).await),
         command::ECHO => now(Ok(echo::handle())),
         command::CANCEL => now(Ok(cancel::handle(conn, hdr))),
@@ -86,6 +92,12 @@ pub async fn dispatch(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcom
         command::READ => now(read::handle(conn, hdr, msg).await),
         command::WRITE => now(write::handle(conn, hdr, msg).await),
         command::IOCTL => now(ioctl::handle(conn, hdr, msg).await),
+        command::FLUSH => now(flush::handle(conn, hdr, msg).await),
+        command::QUERY_DIRECTORY => now(query_directory::handle(conn, hdr, msg).await),
+        command::QUERY_INFO => now(query_info::handle(conn, hdr, msg).await),
+        command::SET_INFO => now(set_info::handle(conn, hdr, msg).await),
+        command::LOCK => lock::handle(conn, hdr, msg).await,
+        command::CHANGE_NOTIFY => change_notify::handle(conn, hdr, msg).await,
         _ => now(Err(NtStatus::NOT_SUPPORTED)),
     }
 }

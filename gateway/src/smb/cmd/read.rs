@@ -1,6 +1,7 @@
 //! READ (MS-SMB2 2.2.19/2.2.20): pipe replies, or file data up to 8 MiB (multi-credit).
 
-use super::open::{read_file_id, OpenKind};
+use super::negotiate::{MAX_IO, MAX_IO_202};
+use super::open::{access, read_file_id, OpenKind};
 use super::Reply;
 use crate::smb::conn::Connection;
 use crate::smb::wire::header::Header;
@@ -48,14 +49,33 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<R
     let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
     conn.session(hdr.session_id)?;
     let vol = conn.file_id(req.file_id.0, req.file_id.1)?;
+    let max = if conn.large_mtu() { MAX_IO } else { MAX_IO_202 };
+    if req.length > max {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    let server = conn.server.clone();
     let open = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?;
-    match &mut open.kind {
+    let f = match &mut open.kind {
         OpenKind::Pipe(p) => {
             let data = p.read(req.length as usize);
             if data.is_empty() {
                 return Err(NtStatus(0xC000_00D9)); // STATUS_PIPE_EMPTY
             }
-            Ok(Reply::ok(response(&data)))
+            return Ok(Reply::ok(response(&data)));
         }
+        OpenKind::File(f) => f,
+    };
+    if f.is_dir {
+        return Err(NtStatus::INVALID_DEVICE_REQUEST);
     }
+    f.require(access::READ_DATA | access::EXECUTE)?;
+    if !server.locks.io_allowed(&f.id, f.key, req.offset, req.length as u64, false) {
+        return Err(NtStatus::FILE_LOCK_CONFLICT);
+    }
+    let (data, _eof, _) = server.ns.read(&f.cred, f.id, req.offset, req.length).await?;
+    if (data.is_empty() && req.length > 0) || (data.len() as u32) < req.minimum {
+        return Err(NtStatus::END_OF_FILE);
+    }
+    f.position = req.offset + data.len() as u64;
+    Ok(Reply::ok(response(&data)))
 }

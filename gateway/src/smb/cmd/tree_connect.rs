@@ -9,6 +9,7 @@ use crate::smb::session::{Tree, TreeKind};
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{from_utf16le, slice_at, Reader, WireError, WireResult, Writer};
+use crate::vfs::{Credentials, FileType};
 
 /// Share type: disk.
 const TYPE_DISK: u8 = 1;
@@ -82,9 +83,10 @@ pub fn identity_on(conn: &Connection, who: &Identity, share: &ShareConfig) -> (u
 }
 
 /// Handles TREE_CONNECT.
-pub fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
+pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
     let name = parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
     let who = conn.session(hdr.session_id)?.identity.clone().ok_or(NtStatus::USER_SESSION_DELETED)?;
+    let mut root = None;
     let (kind, writable, uid, gid, share_type, access) = if name.eq_ignore_ascii_case("IPC$") {
         (TreeKind::Ipc, false, 65534, 65534, TYPE_PIPE, FULL_ACCESS)
     } else {
@@ -94,13 +96,21 @@ pub fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, 
             return Err(NtStatus::ACCESS_DENIED);
         }
         let (uid, gid) = identity_on(conn, &who, &share);
+        let ns = &conn.server.ns;
+        match ns.walk(&Credentials::root(), ns.root(), share.path.as_bytes(), true).await {
+            Ok((id, a)) if a.ftype == FileType::Directory => root = Some(id),
+            other => {
+                tracing::warn!(share = %share.name, path = %share.path, result = ?other.map(|_| "not a directory"), "SMB: share folder unusable");
+                return Err(NtStatus::BAD_NETWORK_NAME);
+            }
+        }
         let access = if share.writable { FULL_ACCESS } else { READ_ACCESS };
         let writable = share.writable;
         (TreeKind::Disk(Box::new(share)), writable, uid, gid, TYPE_DISK, access)
     };
     let id = conn.new_tree_id();
     let s = conn.sessions.get_mut(&hdr.session_id).ok_or(NtStatus::USER_SESSION_DELETED)?;
-    s.trees.insert(id, Tree { id, kind, writable, uid, gid });
+    s.trees.insert(id, Tree { id, kind, writable, uid, gid, root });
     let mut w = Writer::with_capacity(16);
     w.u16(16).u8(share_type).u8(0).u32(SHI1005_FLAGS_NO_CACHING).u32(0).u32(access);
     let mut r = Reply::ok(w.buf);

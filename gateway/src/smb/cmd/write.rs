@@ -1,12 +1,13 @@
 //! WRITE (MS-SMB2 2.2.21/2.2.22): pipe requests, or file data up to 8 MiB (multi-credit).
 
-use super::open::{read_file_id, OpenKind};
+use super::open::{access, read_file_id, OpenKind};
 use super::Reply;
 use crate::smb::conn::Connection;
 use crate::smb::srvsvc;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{slice_at, Reader, WireError, WireResult, Writer};
+use crate::vfs::Stability;
 
 /// A decoded WRITE request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,11 +52,39 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<R
     conn.session(hdr.session_id)?;
     let vol = conn.file_id(req.file_id.0, req.file_id.1)?;
     let shares = srvsvc::listed_shares(&conn.server.shares);
+    let server = conn.server.clone();
     let open = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?;
-    match &mut open.kind {
+    let f = match &mut open.kind {
         OpenKind::Pipe(p) => {
             p.write(req.data, &shares).map_err(|_| NtStatus::INVALID_PARAMETER)?;
-            Ok(Reply::ok(response(req.data.len() as u32)))
+            return Ok(Reply::ok(response(req.data.len() as u32)));
         }
+        OpenKind::File(f) => f,
+    };
+    if f.is_dir {
+        return Err(NtStatus::INVALID_DEVICE_REQUEST);
     }
+    f.require(access::WRITE_DATA | access::APPEND_DATA)?;
+    let mut offset = req.offset;
+    if offset == u64::MAX || f.access & access::WRITE_DATA == 0 {
+        // Append: at the end of the file whatever the offset says.
+        offset = server.ns.getattr(f.id).await?.size;
+    }
+    if offset.checked_add(req.data.len() as u64).is_none() || offset > i64::MAX as u64 {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    if !server.locks.io_allowed(&f.id, f.key, offset, req.data.len() as u64, true) {
+        return Err(NtStatus::FILE_LOCK_CONFLICT);
+    }
+    let stable = if f.write_through || req.flags & WRITEFLAG_WRITE_THROUGH != 0 {
+        Stability::FileSync
+    } else {
+        Stability::Unstable
+    };
+    let (n, _, _) = server.ns.write(&f.cred, f.id, offset, req.data.to_vec(), stable).await?;
+    f.position = offset + n as u64;
+    Ok(Reply::ok(response(n)))
 }
+
+/// WRITE flag: write through to stable storage.
+pub const WRITEFLAG_WRITE_THROUGH: u32 = 1;

@@ -9,6 +9,7 @@ impl NtStatus {
     pub const SUCCESS: Self = Self(0);
     pub const PENDING: Self = Self(0x0000_0103);
     pub const NOTIFY_ENUM_DIR: Self = Self(0x0000_010C);
+    pub const NOTIFY_CLEANUP: Self = Self(0x0000_010B);
     pub const BUFFER_OVERFLOW: Self = Self(0x8000_0005);
     pub const NO_MORE_FILES: Self = Self(0x8000_0006);
     pub const UNSUCCESSFUL: Self = Self(0xC000_0001);
@@ -107,5 +108,11 @@ pub fn from_errno(code: i32) -> NtStatus {
         libc::ENOMEM => NtStatus::NO_MEMORY,
         libc::EFBIG => NtStatus::DISK_FULL,
         _ => NtStatus::UNSUCCESSFUL,
+    }
+}
+
+impl From<crate::vfs::VfsError> for NtStatus {
+    fn from(e: crate::vfs::VfsError) -> Self {
+        Self(e.ntstatus())
     }
 }
