@@ -128,7 +128,7 @@ impl Connection {
     /// Resolves a FileId of a request: all-ones in a compound means "the one CREATE returned".
     pub fn file_id(&self, persistent: u64, volatile: u64) -> Result<u64, NtStatus> {
         if persistent == u64::MAX && volatile == u64::MAX {
-            return self.compound_fid.map(|(_, v)| v).ok_or(NtStatus::INVALID_PARAMETER);
+            return self.compound_fid.map(|(_, v)| v).ok_or(NtStatus::FILE_CLOSED);
         }
         Ok(volatile)
     }

@@ -14,6 +14,8 @@ pub const ATTR_HIDDEN: u32 = 0x2;
 pub const ATTR_DIRECTORY: u32 = 0x10;
 /// FILE_ATTRIBUTE_ARCHIVE.
 pub const ATTR_ARCHIVE: u32 = 0x20;
+/// FILE_ATTRIBUTE_TEMPORARY.
+pub const ATTR_TEMPORARY: u32 = 0x100;
 /// FILE_ATTRIBUTE_NORMAL.
 pub const ATTR_NORMAL: u32 = 0x80;
 
@@ -115,6 +117,30 @@ pub fn end_of_file(attr: &Attr) -> u64 {
     }
 }
 
+/// The 8.3 name clients see for `name`: the name itself when it already fits 8.3 (upper
+/// case), else a stable mangled form `PREFIX~H.EXT` derived from a hash of the long name.
+pub fn short_name(name: &str) -> String {
+    let upper = name.to_uppercase();
+    let (stem, ext) = match upper.rfind('.') {
+        Some(i) if i > 0 => (&upper[..i], &upper[i + 1..]),
+        _ => (&upper[..], ""),
+    };
+    let legal = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || "$%'-_@~`!(){}^#&".contains(c));
+    if !stem.is_empty() && stem.len() <= 8 && ext.len() <= 3 && legal(stem) && legal(ext) && !ext.contains('.') {
+        return upper;
+    }
+    let hash = name.bytes().fold(5381u32, |h, b| h.wrapping_mul(33) ^ b as u32);
+    let clean = |s: &str, n: usize| s.chars().filter(|c| c.is_ascii_alphanumeric()).take(n).collect::<String>();
+    let prefix = clean(stem, 5);
+    let ext = clean(ext, 3);
+    let mut out = format!("{}~{:02X}", if prefix.is_empty() { "X".into() } else { prefix }, hash % 256);
+    if !ext.is_empty() {
+        out.push('.');
+        out.push_str(&ext);
+    }
+    out
+}
+
 /// Case-insensitive match of `name` against an SMB search pattern (`*`, `?`, and the DOS
 /// wildcards `<`, `>`, `"`).
 pub fn wildcard_match(pattern: &str, name: &str) -> bool {
@@ -158,6 +184,14 @@ mod tests {
         }
         assert_eq!(split_name("file:stream"), Err(NtStatus::OBJECT_NAME_NOT_FOUND));
         assert_eq!(split_name("file::$DATA").unwrap(), vec!["file"]);
+    }
+
+    #[test]
+    fn short_names_fit_8_3() {
+        assert_eq!(short_name("abc.txt"), "ABC.TXT");
+        let s = short_name("a long file name.text");
+        assert!(s.len() <= 12 && s.contains('~') && s.ends_with(".TEX"), "{s}");
+        assert_eq!(short_name("a long file name.text"), s, "stable");
     }
 
     #[test]
