@@ -14,6 +14,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{BackendKind, Config, Loaded};
 use crate::control;
+use crate::vfs::posix::{PosixBackend, PosixOptions};
+use crate::vfs::Namespace;
+use ha::connections::ConnectionTable;
 
 /// How long in-flight requests may take to finish after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,14 +42,18 @@ async fn run(loaded: Loaded) -> Result<()> {
     prepare_dirs(&cfg)?;
     let life = Lifecycle::default();
 
-    let connections = ha::connections::ConnectionTable::new();
-    let volume = open_volume(&cfg)?;
-    let locks = Arc::new(crate::locks::LockTable::new());
-    if cfg.smb.enabled {
-        crate::smb::start(&cfg, volume.clone(), locks.clone(), connections.clone(), life.clone()).await?;
-    }
-
     let control = bind_control(&cfg.node.control_socket)?;
+    // Services listen before the control socket answers, so "status answers" means "serving".
+    let connections = ConnectionTable::new();
+    let namespace = open_namespace(&cfg)?;
+    // The one lock table of the namespace (SMB share modes and byte-range locks; NFS can use it).
+    let locks = Arc::new(crate::locks::LockTable::new());
+    if cfg.nfs.enabled {
+        crate::nfs::start(&cfg, namespace.clone(), connections.clone(), &life).await?;
+    }
+    if cfg.smb.enabled {
+        crate::smb::start(&cfg, namespace.clone(), locks.clone(), connections.clone(), life.clone()).await?;
+    }
     let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone()));
     life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
 
@@ -58,6 +65,9 @@ async fn run(loaded: Loaded) -> Result<()> {
     life.tasks.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, life.tasks.wait()).await.is_err() {
         tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "some requests did not finish in time");
+    }
+    if let Err(e) = namespace.sync_all().await {
+        tracing::error!(error = %e, "flushing the volume on shutdown failed");
     }
     let _ = std::fs::remove_file(&cfg.node.control_socket);
     tracing::info!("nasgw stopped");
@@ -81,13 +91,12 @@ fn prepare_dirs(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// The namespace both protocols serve: the local backend over `volume.path`.
-fn open_volume(cfg: &Config) -> Result<crate::vfs::Namespace> {
-    use crate::vfs::posix::{PosixBackend, PosixOptions};
-    let path = cfg.volume.path.as_ref().context("the local backend needs volume.path")?;
+/// Opens the volume both protocols serve.
+fn open_namespace(cfg: &Config) -> Result<Namespace> {
+    let path = cfg.volume.path.as_ref().context("the local backend needs [volume] path")?;
     let backend = PosixBackend::open(path, PosixOptions::new(&cfg.volume.name))
-        .map_err(|e| anyhow::anyhow!("cannot open volume path {}: {e}", path.display()))?;
-    Ok(crate::vfs::Namespace::new(Arc::new(backend)))
+        .with_context(|| format!("cannot open volume directory {}", path.display()))?;
+    Ok(Namespace::new(Arc::new(backend)))
 }
 
 /// Binds the control socket, refusing to steal it from a live daemon and clearing a stale one.

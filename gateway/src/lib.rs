@@ -8,5 +8,6 @@ pub mod daemon;
 pub mod listener;
 pub mod locks;
 pub mod logging;
+pub mod nfs;
 pub mod smb;
 pub mod vfs;

@@ -50,6 +50,21 @@ pub trait Backend: Send + Sync + 'static {
     /// file's attributes after the read.
     fn read(&self, cred: &Credentials, id: &FileId, offset: u64, count: u32) -> VfsResult<(Vec<u8>, bool, Attr)>;
 
+    /// Like [`Backend::read`] but appends the data to `out`, so a protocol can read straight
+    /// into its reply buffer; returns (bytes appended, eof, attributes).
+    fn read_append(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+        out: &mut Vec<u8>,
+    ) -> VfsResult<(u32, bool, Attr)> {
+        let (data, eof, attr) = self.read(cred, id, offset, count)?;
+        out.extend_from_slice(&data);
+        Ok((data.len() as u32, eof, attr))
+    }
+
     /// Writes `data` at `offset` with at least the given stability; returns bytes written,
     /// the stability actually reached (>= asked), and attributes after the write.
     fn write(

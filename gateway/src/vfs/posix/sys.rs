@@ -219,8 +219,9 @@ pub fn seek_dir(dir: BorrowedFd<'_>, off: u64) -> VfsResult<()> {
     Ok(())
 }
 
-/// `pread` until `buf` is full or end of file; returns bytes read.
-pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], mut offset: u64) -> VfsResult<usize> {
+/// `pread` into uninitialised memory until it is full or end of file; returns the number of
+/// leading bytes of `buf` now initialised.
+pub fn pread_uninit(fd: BorrowedFd<'_>, buf: &mut [std::mem::MaybeUninit<u8>], mut offset: u64) -> VfsResult<usize> {
     let mut done = 0;
     while done < buf.len() {
         let rest = &mut buf[done..];
