@@ -149,26 +149,58 @@ pub fn wildcard_match(pattern: &str, name: &str) -> bool {
     }
     let p: Vec<char> = pattern.chars().flat_map(char::to_lowercase).collect();
     let n: Vec<char> = name.chars().flat_map(char::to_lowercase).collect();
-    fn go(p: &[char], n: &[char]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some('*') | Some('<') => (0..=n.len()).any(|i| go(&p[1..], &n[i..])),
-            Some('?') | Some('>') => {
-                if n.is_empty() {
-                    // DOS_QM matches nothing at the end
-                    p[0] == '>' && go(&p[1..], n)
-                } else {
-                    go(&p[1..], &n[1..])
-                }
-            }
-            Some('"') => (n.first() == Some(&'.') && go(&p[1..], &n[1..])) || (n.is_empty() && go(&p[1..], n)),
-            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
-        }
-    }
-    if p.len() > 256 {
+    if p.len() > 1024 || n.len() > 1024 {
         return false;
     }
-    go(&p, &n)
+    // Dynamic programming over (pattern position, name position): linear memory and
+    // O(len(p) * len(n)) time whatever the client sends (no exponential backtracking).
+    // reach[j] = the pattern prefix consumed so far can match name[..j].
+    let mut reach = vec![false; n.len() + 1];
+    reach[0] = true;
+    for &c in &p {
+        let mut next = vec![false; n.len() + 1];
+        match c {
+            '*' | '<' => {
+                let mut any = false;
+                for j in 0..=n.len() {
+                    any |= reach[j];
+                    next[j] = any;
+                }
+            }
+            '?' | '>' => {
+                for j in 0..n.len() {
+                    if reach[j] {
+                        next[j + 1] = true;
+                    }
+                }
+                if c == '>' {
+                    // DOS_QM also matches nothing at the end of the name.
+                    next[n.len()] |= reach[n.len()];
+                }
+            }
+            '"' => {
+                for j in 0..=n.len() {
+                    if reach[j] {
+                        if j < n.len() && n[j] == '.' {
+                            next[j + 1] = true;
+                        }
+                        if j == n.len() {
+                            next[j] = true;
+                        }
+                    }
+                }
+            }
+            c => {
+                for j in 0..n.len() {
+                    if reach[j] && n[j] == c {
+                        next[j + 1] = true;
+                    }
+                }
+            }
+        }
+        reach = next;
+    }
+    reach[n.len()]
 }
 
 #[cfg(test)]
@@ -202,6 +234,9 @@ mod tests {
         assert!(wildcard_match("a?c", "abc"));
         assert!(wildcard_match("ABC", "abc"));
         assert!(!wildcard_match("abc", "abcd"));
+        assert!(wildcard_match("*a*b*", "xxaxxbxx"));
+        let evil = "*a".repeat(200);
+        assert!(!wildcard_match(&evil, &"a".repeat(199)), "no exponential blow-up");
     }
 
     #[test]
