@@ -1,8 +1,6 @@
 //! One namespace, two protocols: a file written over SMB reads back byte-identical over NFS
 //! (libnfs `nfs-cp`), and a file written over NFS reads back byte-identical over SMB.
 
-mod smb_common;
-
 use std::process::Command;
 
 use nasgw_tests::{free_port, require_tool, run, Daemon};
