@@ -54,8 +54,13 @@ async fn run(loaded: Loaded) -> Result<()> {
     // Services listen before the control socket answers, so "status answers" means "serving".
     let connections = ConnectionTable::new();
     let namespace = open_namespace(&cfg, gluster.as_ref())?;
+    // The one lock table of the namespace (SMB share modes and byte-range locks; NFS can use it).
+    let locks = Arc::new(crate::locks::LockTable::new());
     if cfg.nfs.enabled {
         crate::nfs::start(&cfg, namespace.clone(), connections.clone(), &life).await?;
+    }
+    if cfg.smb.enabled {
+        crate::smb::start(&cfg, namespace.clone(), locks.clone(), connections.clone(), life.clone()).await?;
     }
     let volume_health = gluster.as_ref().map(GlusterService::health);
     let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone(), volume_health));
