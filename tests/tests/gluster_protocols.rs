@@ -1,6 +1,7 @@
-//! NFS end to end on a real replica 3 GlusterFS volume: nasgw on node 1 over its managed FUSE
-//! mount, nasgw on node 2 over libgfapi, one cluster secret. A file written over NFS through node
-//! 1 is read byte-identical over NFS through node 2 (and the other way), an NFS handle taken
+//! NFS and SMB end to end on a real replica 3 GlusterFS volume: nasgw on node 1 over its managed
+//! FUSE mount, nasgw on node 2 over libgfapi, one cluster secret. A file written over NFS through
+//! node 1 is read byte-identical over NFS through node 2 (and the other way), a file put over SMB
+//! through node 2 is read byte-identical over SMB and NFS through node 1, an NFS handle taken
 //! through node 1 works unchanged through node 2 (GFID identities, same on both backends), a
 //! libnfs client reads through either node, and node 1's handles keep working after its FUSE
 //! client was killed and nasgw mounted the volume again.
@@ -23,7 +24,8 @@ fn config(servers: &[String], access: &str) -> String {
     format!(
         "[volume]\nname = \"smb\"\nbackend = \"gluster\"\nservers = [{list}]\naccess = \"{access}\"\n\
          health_interval_ms = 200\nhealth_timeout_ms = 3000\n\
-         [nfs]\nlisten = \"127.0.0.1:2049\"\nroot_squash = false\n[smb]\nenabled = false\n\
+         [nfs]\nlisten = \"127.0.0.1:2049\"\nroot_squash = false\n[smb]\nlisten = \"127.0.0.1:445\"\n\
+         [[smb.share]]\nname = \"pub\"\nwritable = true\nguest_ok = true\nguest_only = true\nforce_user = \"root\"\n\
          [cluster]\nnodes = [\"198.18.0.1\", \"198.18.0.2\", \"198.18.0.3\"]\nrecovery_lock = \"/lock/lockfile\"\n\
          secret_file = \"{{dir}}/../secret\"\n\
          [node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n"
@@ -71,7 +73,7 @@ async fn write_all(c: &mut Conn, fh: &nfs3_types::nfs3::nfs_fh3, data: &[u8]) {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn nfs_through_fuse_and_gfapi_nodes_sees_one_volume_with_handles_valid_everywhere() {
+async fn nfs_and_smb_through_fuse_and_gfapi_nodes_see_one_volume_with_handles_valid_everywhere() {
     let cluster = GlusterCluster::start(GlusterSpec::default());
     std::fs::write(cluster.dir().join("secret"), b"a shared cluster secret for the test").unwrap();
     let topo = cluster.topo();
@@ -124,6 +126,25 @@ async fn nfs_through_fuse_and_gfapi_nodes_sees_one_volume_with_handles_valid_eve
         .unwrap();
     ok(&out, "nfs-cat through node 2");
     assert!(out.stdout == data, "libnfs read through node 2 differs");
+
+    // SMB: a file put through node 2 (gfapi) is read byte-identical through node 1 (FUSE), and
+    // over NFS by name.
+    let src = cluster.dir().join("smb-src.bin");
+    let smb_data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(3266489917) >> 17) as u8).collect();
+    std::fs::write(&src, &smb_data).unwrap();
+    let smb = |ns: &str, cmd: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "smbclient", "//127.0.0.1/pub", "-p", "445", "-N", "-m", "SMB3", "-c", cmd])
+            .output()
+            .unwrap();
+        ok(&out, &format!("smbclient {cmd}"));
+    };
+    smb(topo.ns("n2"), &format!("cd shared; put {} from-smb.bin", src.display()));
+    let back = cluster.dir().join("smb-back.bin");
+    smb(topo.ns("n1"), &format!("cd shared; get from-smb.bin {}", back.display()));
+    assert!(std::fs::read(&back).unwrap() == smb_data, "SMB through node 1 differs from what node 2 took");
+    let (s1, _) = lookup(&mut c1, &dir, b"from-smb.bin").await.unwrap();
+    assert!(read_all(&mut c1, &s1).await == smb_data, "NFS through node 1 differs from the SMB upload");
 
     // Deleted through node 1: node 2 answers STALE for the handle, never other data.
     remove(&mut c1, &dir, "from-n2.txt").await.unwrap();
