@@ -200,6 +200,17 @@ impl GlusterCluster {
         s
     }
 
+    /// The `[volume]` table of a nasgw on node `i` serving this volume over `access`
+    /// (`"fuse"` or `"gfapi"`), with quick health probes; paste it into a daemon's config.
+    pub fn nasgw_volume_toml(&self, i: usize, access: &str) -> String {
+        let list = self.servers_for(i).iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+        format!(
+            "[volume]\nname = \"{v}\"\nbackend = \"gluster\"\nservers = [{list}]\naccess = \"{access}\"\n\
+             health_interval_ms = 200\nhealth_timeout_ms = 3000\n",
+            v = self.volume
+        )
+    }
+
     fn spawn_glusterd(&self, name: &str, addr: &str) -> GlusterNode {
         let d = self.dir.path().join(name);
         for sub in ["lib", "run/gluster", "log"] {
