@@ -242,6 +242,10 @@ fn gfapi_handles_credentials_locks_and_health() {
         (node_state(&n3) == "UNHEALTHY").then_some(())
     });
     eprintln!("two bricks killed: UNHEALTHY after {:?}", t.elapsed());
+    let logs = n3.logs();
+    let why = logs.lines().filter(|l| l.contains("volume health changed")).last().unwrap_or_default().to_string();
+    eprintln!("reported as: {why}");
+    assert!(why.contains("quorum lost"), "two of three bricks down is quorum loss:\n{logs}");
     cluster.restart_bricks();
     let t = Instant::now();
     wait_for("healthy again", Duration::from_secs(60), Duration::from_millis(100), || {

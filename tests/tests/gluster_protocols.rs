@@ -146,7 +146,33 @@ async fn nfs_and_smb_through_fuse_and_gfapi_nodes_see_one_volume_with_handles_va
     let (s1, _) = lookup(&mut c1, &dir, b"from-smb.bin").await.unwrap();
     assert!(read_all(&mut c1, &s1).await == smb_data, "NFS through node 1 differs from the SMB upload");
 
+    // NFS throughput through each node, same volume, same client code (printed, not asserted).
+    let mb = 64usize;
+    let block = vec![0x6bu8; 1 << 20];
+    for (node, conn) in [("n1 (FUSE)", &mut c1), ("n2 (gfapi)", &mut c2)] {
+        enter(topo.ns(&node[..2]));
+        let name = format!("tp-{}", &node[..2]);
+        let h = create(conn, &dir, &name, 0o644).await.unwrap();
+        let t = Instant::now();
+        for i in 0..mb {
+            for (j, part) in block.chunks(256 * 1024).enumerate() {
+                let off = (i << 20) + j * 256 * 1024;
+                write(conn, &h, off as u64, part, stable_how::UNSTABLE).await.unwrap();
+            }
+        }
+        commit(conn, &h).await.unwrap();
+        let w = mb as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let n = read_all(conn, &h).await.len();
+        let r = mb as f64 / t.elapsed().as_secs_f64();
+        assert_eq!(n, mb << 20);
+        eprintln!(
+            "NFS through {node}: write+commit {w:.0} MB/s, read {r:.0} MB/s ({mb} MiB, 256 KiB writes, 1 MiB reads)"
+        );
+    }
+
     // Deleted through node 1: node 2 answers STALE for the handle, never other data.
+    enter(topo.ns("n1"));
     remove(&mut c1, &dir, "from-n2.txt").await.unwrap();
     enter(topo.ns("n2"));
     assert_eq!(getattr(&mut c2, &g).await.unwrap_err(), nfsstat3::NFS3ERR_STALE);

@@ -53,10 +53,22 @@ impl VolumeHealth {
         matches!(self, VolumeHealth::Healthy)
     }
 
-    /// Maps a probe's I/O error to a health state (pure: unit-tested).
+    /// Maps a probe's I/O error on the *read* step to a health state (pure: unit-tested).
     pub fn from_probe_error(e: &io::Error) -> VolumeHealth {
         match e.raw_os_error() {
             Some(libc::EROFS) => VolumeHealth::QuorumLost { reason: e.to_string() },
+            _ => VolumeHealth::Unreachable { reason: e.to_string() },
+        }
+    }
+
+    /// Maps an error of the *write* step, after the read step succeeded: the volume answers but
+    /// refuses writes. GlusterFS 10 replicas below client quorum answer ENOTCONN (EROFS on some
+    /// versions and volume types), so both mean quorum lost here.
+    pub fn from_write_error(e: &io::Error) -> VolumeHealth {
+        match e.raw_os_error() {
+            Some(libc::EROFS) | Some(libc::ENOTCONN) | Some(libc::EIO) => {
+                VolumeHealth::QuorumLost { reason: format!("reads work, writes refused: {e}") }
+            }
             _ => VolumeHealth::Unreachable { reason: e.to_string() },
         }
     }
@@ -180,11 +192,9 @@ impl HealthMonitor {
 
 fn publish(tx: &watch::Sender<VolumeHealth>, h: VolumeHealth) {
     tx.send_if_modified(|cur| {
-        // A growing Hung wait is not a change worth waking HA for; entering Hung is.
-        let same = match (&*cur, &h) {
-            (VolumeHealth::Hung { .. }, VolumeHealth::Hung { .. }) => true,
-            (a, b) => a == b,
-        };
+        // Only a change of state wakes HA and is logged; a new reason or a growing Hung wait
+        // within the same state only updates the value.
+        let same = std::mem::discriminant(&*cur) == std::mem::discriminant(&h);
         if !same {
             tracing::info!(from = %cur, to = %h, "volume health changed");
         }
@@ -214,6 +224,9 @@ mod tests {
         assert!(matches!(VolumeHealth::from_probe_error(&rofs), VolumeHealth::QuorumLost { .. }));
         let notconn = io::Error::from_raw_os_error(libc::ENOTCONN);
         assert!(matches!(VolumeHealth::from_probe_error(&notconn), VolumeHealth::Unreachable { .. }));
+        assert!(matches!(VolumeHealth::from_write_error(&notconn), VolumeHealth::QuorumLost { .. }));
+        let nospc = io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(matches!(VolumeHealth::from_write_error(&nospc), VolumeHealth::Unreachable { .. }));
         assert!(VolumeHealth::Healthy.is_healthy());
         assert!(!VolumeHealth::Hung { waited_ms: 1 }.is_healthy());
     }

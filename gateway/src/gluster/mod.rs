@@ -72,14 +72,18 @@ impl GlusterService {
                     mount_timeout: Duration::from_secs(30),
                 };
                 let mount = ManagedMount::start(spec, monitor.publisher())?;
-                monitor.run(fuse_probe(mount.clone(), tag), timing, stop.clone());
+                let mut probe = fuse_probe(mount.clone(), tag);
+                let servers = v.servers.clone();
+                monitor.run(move || probe().map_err(|h| classify(h, &servers)), timing, stop.clone());
                 VolumeAccess::Fuse(mount)
             }
             GlusterAccess::Gfapi => {
                 gfapi::library()?;
                 let slot = Arc::new(Mutex::new(None));
                 let log = cfg.node.state_dir.join("gfapi.log");
-                monitor.run(gfapi_probe(slot.clone(), volume, v.servers.clone(), log, tag), timing, stop.clone());
+                let mut probe = gfapi_probe(slot.clone(), volume, v.servers.clone(), log, tag);
+                let servers = v.servers.clone();
+                monitor.run(move || probe().map_err(|h| classify(h, &servers)), timing, stop.clone());
                 VolumeAccess::Gfapi(slot)
             }
         };
@@ -153,12 +157,13 @@ fn fuse_probe(mount: Arc<ManagedMount>, tag: String) -> impl FnMut() -> Result<(
         let dir = root.join(RESERVED_DIR);
         if let Err(e) = std::fs::create_dir(&dir) {
             if e.kind() != std::io::ErrorKind::AlreadyExists {
-                return Err(err(e));
+                return Err(VolumeHealth::from_write_error(&e));
             }
         }
-        let mut f = std::fs::File::create(dir.join(&tag)).map_err(err)?;
-        f.write_all(&probe_stamp()).map_err(err)?;
-        f.sync_data().map_err(err)?;
+        let werr = |e: std::io::Error| VolumeHealth::from_write_error(&e);
+        let mut f = std::fs::File::create(dir.join(&tag)).map_err(werr)?;
+        f.write_all(&probe_stamp()).map_err(werr)?;
+        f.sync_data().map_err(werr)?;
         Ok(())
     }
 }
@@ -198,11 +203,38 @@ fn gfapi_probe(
             },
             Err(e) => return Err(err(e)),
         };
-        let (obj, _) = vol.create(&dir, tag.as_ref(), libc::O_WRONLY | libc::O_TRUNC, 0o644).map_err(err)?;
-        let f = vol.open(&obj, libc::O_WRONLY).map_err(err)?;
-        f.write_all_at(&probe_stamp(), 0).map_err(err)?;
-        f.fsync().map_err(err)?;
+        let werr = |e: std::io::Error| VolumeHealth::from_write_error(&e);
+        let (obj, _) = vol.create(&dir, tag.as_ref(), libc::O_WRONLY | libc::O_TRUNC, 0o644).map_err(werr)?;
+        let f = vol.open(&obj, libc::O_WRONLY).map_err(werr)?;
+        f.write_all_at(&probe_stamp(), 0).map_err(werr)?;
+        f.fsync().map_err(werr)?;
         Ok(())
+    }
+}
+
+/// Refines an `Unreachable` caused by ENOTCONN: when volfile servers still answer, the volume
+/// is up but has too few bricks for quorum (GlusterFS 10 replicas below quorum answer ENOTCONN
+/// to reads and writes alike); when none answers, the node is cut off.
+fn classify(h: VolumeHealth, servers: &[String]) -> VolumeHealth {
+    let VolumeHealth::Unreachable { reason } = &h else { return h };
+    if !reason.contains("os error 107") {
+        return h;
+    }
+    let answering: Vec<&String> = servers
+        .iter()
+        .filter(|s| {
+            use std::net::ToSocketAddrs;
+            (s.as_str(), 24007u16).to_socket_addrs().ok().and_then(|mut a| a.next()).is_some_and(|a| {
+                std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_millis(500)).is_ok()
+            })
+        })
+        .collect();
+    if answering.is_empty() {
+        h
+    } else {
+        VolumeHealth::QuorumLost {
+            reason: format!("servers {answering:?} answer but the volume refuses I/O: {reason}"),
+        }
     }
 }
 
