@@ -243,7 +243,7 @@ fn gfapi_handles_credentials_locks_and_health() {
     });
     eprintln!("two bricks killed: UNHEALTHY after {:?}", t.elapsed());
     let logs = n3.logs();
-    let why = logs.lines().filter(|l| l.contains("volume health changed")).next_back().unwrap_or_default().to_string();
+    let why = logs.lines().rfind(|l| l.contains("volume health changed")).unwrap_or_default().to_string();
     eprintln!("reported as: {why}");
     assert!(why.contains("quorum lost"), "two of three bricks down is quorum loss:\n{logs}");
     cluster.restart_bricks();
