@@ -188,7 +188,7 @@ fn gfapi_handles_credentials_locks_and_health() {
     drop(b);
 
     // Throughput, same volume, same size: FUSE (node 1) vs gfapi (node 2). Printed, not asserted.
-    let mb = 128usize;
+    let mb = 64usize;
     let chunk = vec![0x5au8; 1 << 20];
     let t = Instant::now();
     {
