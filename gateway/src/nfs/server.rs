@@ -320,9 +320,14 @@ async fn read_record(rd: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<Vec<
         if len > MAX_FRAGMENT || record.len() + len as usize > MAX_RECORD {
             return Err(format!("fragment of {len} bytes over the {MAX_FRAGMENT}-byte limit"));
         }
+        // Read into spare capacity (no zero-filling of up to 1 MiB per WRITE).
         let start = record.len();
-        record.resize(start + len as usize, 0);
-        rd.read_exact(&mut record[start..]).await.map_err(|e| format!("truncated fragment: {e}"))?;
+        record.reserve(len as usize);
+        let got =
+            (&mut *rd).take(u64::from(len)).read_to_end(&mut record).await.map_err(|e| format!("read failed: {e}"))?;
+        if got != len as usize || record.len() != start + len as usize {
+            return Err(format!("truncated fragment: {got} of {len} bytes"));
+        }
         if last {
             return Ok(Some(record));
         }
