@@ -338,12 +338,20 @@ async fn read_record(rd: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<Vec<
 /// (every node must accept every node's handles), else a random key kept in `state_dir`.
 pub fn handle_key(cfg: &Config) -> Result<Vec<u8>> {
     if let Some(cluster) = &cfg.cluster {
-        let secret = std::fs::read(&cluster.secret_file)
-            .with_context(|| format!("cannot read [cluster] secret_file {}", cluster.secret_file.display()))?;
-        let mut h = Sha256::new();
-        h.update(b"nasgw nfs handle key v1\0");
-        h.update(&secret);
-        return Ok(h.finalize().to_vec());
+        match std::fs::read(&cluster.secret_file) {
+            Ok(secret) => {
+                let mut h = Sha256::new();
+                h.update(b"nasgw nfs handle key v1\0");
+                h.update(&secret);
+                return Ok(h.finalize().to_vec());
+            }
+            // Serve anyway (this node's own key), but loudly: other nodes will refuse its handles.
+            Err(e) => tracing::error!(
+                secret_file = %cluster.secret_file.display(),
+                error = %e,
+                "cannot read the cluster secret: NFS handles of this node will not be valid on other nodes"
+            ),
+        }
     }
     let path = cfg.node.state_dir.join("nfs-handle.key");
     load_or_create_key(&path)
