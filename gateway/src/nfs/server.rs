@@ -37,6 +37,10 @@ const PORTMAP_PROGRAM: u32 = 100_000;
 
 /// Calls of one connection executing at once.
 pub const MAX_IN_FLIGHT: usize = 64;
+/// Request and reply bytes all connections together may hold in memory (1 GiB, in 64 KiB units):
+/// 64 calls x 1 MiB on each of many connections must not exhaust memory.
+const MEMORY_UNITS: usize = 16384;
+const MEMORY_UNIT: usize = 64 * 1024;
 
 /// Who is calling: the identity the export maps them to and where from.
 pub struct Request {
@@ -56,6 +60,8 @@ pub struct NfsServer {
     export: String,
     nfs_port: u16,
     portmap_port: Option<u16>,
+    /// Budget of [`MEMORY_UNITS`] shared by all calls in flight.
+    memory: Arc<Semaphore>,
 }
 
 impl NfsServer {
@@ -76,7 +82,16 @@ impl NfsServer {
         for (v, b) in write_verifier.iter_mut().zip(t.to_be_bytes()) {
             *v ^= b;
         }
-        Self { ns, handles, policy, write_verifier, export: export.to_string(), nfs_port, portmap_port }
+        Self {
+            ns,
+            handles,
+            policy,
+            write_verifier,
+            export: export.to_string(),
+            nfs_port,
+            portmap_port,
+            memory: Arc::new(Semaphore::new(MEMORY_UNITS)),
+        }
     }
 
     /// The identity inside a client's handle.
@@ -129,11 +144,16 @@ impl NfsServer {
                 }
             };
             let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+            // A READ's reply is up to 1 MiB; everything else is about the size of its request.
+            let reply =
+                if call.prog == NFS_PROGRAM && call.proc_ == super::args::procs::READ { MAX_IO as usize } else { 0 };
+            let units = ((record.len() + reply) / MEMORY_UNIT + 1).min(MEMORY_UNITS) as u32;
+            let Ok(memory) = self.memory.clone().acquire_many_owned(units).await else { break };
             let (me, tx) = (self.clone(), tx.clone());
             life.tasks.spawn(async move {
                 let reply = me.dispatch(&call, &record, client.ip()).await;
                 tx.send(reply).await;
-                drop(permit);
+                drop((permit, memory));
             });
         }
         // Let in-flight calls finish and their replies go out.
