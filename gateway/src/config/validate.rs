@@ -47,6 +47,7 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     volume(cfg, &mut out);
     listeners(cfg, &mut out);
+    nfs(cfg, &mut out);
     shares(cfg, &mut out);
     smb_users(cfg, &mut out);
     cluster(cfg, &mut out);
@@ -292,6 +293,35 @@ fn cluster(cfg: &Config, out: &mut Vec<Problem>) {
     }
 }
 
+/// `[nfs]` keys that only make sense together.
+fn nfs(cfg: &Config, out: &mut Vec<Problem>) {
+    let n = &cfg.nfs;
+    if !n.enabled {
+        return;
+    }
+    if n.clients.is_empty() {
+        out.push(problem(
+            "nfs.clients",
+            "no client network is allowed, so nobody could mount the export",
+            "list the networks that may mount, e.g. clients = [\"192.168.122.0/24\"], or set enabled = false",
+        ));
+    }
+    if n.max_connections == 0 {
+        out.push(problem("nfs.max_connections", "0 connections admits no client", "e.g. max_connections = 1024"));
+    }
+    if let Some(pm) = n.portmap_listen {
+        if pm.port() == n.listen.port()
+            && (pm.ip() == n.listen.ip() || pm.ip().is_unspecified() || n.listen.ip().is_unspecified())
+        {
+            out.push(problem(
+                "nfs.portmap_listen",
+                format!("the portmapper and NFS both listen on port {}", pm.port()),
+                "the portmapper's port is 111, e.g. portmap_listen = \"0.0.0.0:111\"",
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,5 +333,16 @@ mod tests {
         assert!(inside_volume("../etc").is_err());
         assert!(inside_volume("/a/../../b").is_err());
         assert!(inside_volume("a\0b").is_err());
+    }
+
+    #[test]
+    fn nfs_keys_that_cannot_work_are_refused() {
+        let text = "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"/d\"\n[nfs]\nlisten = \"0.0.0.0:2049\"\nclients = []\nmax_connections = 0\nportmap_listen = \"127.0.0.1:2049\"\n";
+        let cfg: Config = toml::from_str(text).unwrap();
+        let paths: Vec<String> = validate(&cfg).iter().map(|p| format!("{:?}", p.path)).collect();
+        assert_eq!(paths.len(), 3, "{paths:?}");
+        let ok: Config = toml::from_str("[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"/d\"\n").unwrap();
+        assert!(validate(&ok).is_empty());
+        assert!(ok.nfs.root_squash && !ok.nfs.read_only && !ok.nfs.allow_auth_none && ok.nfs.portmap_listen.is_none());
     }
 }

@@ -37,6 +37,10 @@ const PORTMAP_PROGRAM: u32 = 100_000;
 
 /// Calls of one connection executing at once.
 pub const MAX_IN_FLIGHT: usize = 64;
+/// Request and reply bytes all connections together may hold in memory (1 GiB, in 64 KiB units):
+/// 64 calls x 1 MiB on each of many connections must not exhaust memory.
+const MEMORY_UNITS: usize = 16384;
+const MEMORY_UNIT: usize = 64 * 1024;
 
 /// Who is calling: the identity the export maps them to and where from.
 pub struct Request {
@@ -56,6 +60,8 @@ pub struct NfsServer {
     export: String,
     nfs_port: u16,
     portmap_port: Option<u16>,
+    /// Budget of [`MEMORY_UNITS`] shared by all calls in flight.
+    memory: Arc<Semaphore>,
 }
 
 impl NfsServer {
@@ -76,7 +82,16 @@ impl NfsServer {
         for (v, b) in write_verifier.iter_mut().zip(t.to_be_bytes()) {
             *v ^= b;
         }
-        Self { ns, handles, policy, write_verifier, export: export.to_string(), nfs_port, portmap_port }
+        Self {
+            ns,
+            handles,
+            policy,
+            write_verifier,
+            export: export.to_string(),
+            nfs_port,
+            portmap_port,
+            memory: Arc::new(Semaphore::new(MEMORY_UNITS)),
+        }
     }
 
     /// The identity inside a client's handle.
@@ -129,11 +144,16 @@ impl NfsServer {
                 }
             };
             let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+            // A READ's reply is up to 1 MiB; everything else is about the size of its request.
+            let reply =
+                if call.prog == NFS_PROGRAM && call.proc_ == super::args::procs::READ { MAX_IO as usize } else { 0 };
+            let units = ((record.len() + reply) / MEMORY_UNIT + 1).min(MEMORY_UNITS) as u32;
+            let Ok(memory) = self.memory.clone().acquire_many_owned(units).await else { break };
             let (me, tx) = (self.clone(), tx.clone());
             life.tasks.spawn(async move {
                 let reply = me.dispatch(&call, &record, client.ip()).await;
                 tx.send(reply).await;
-                drop(permit);
+                drop((permit, memory));
             });
         }
         // Let in-flight calls finish and their replies go out.
@@ -320,9 +340,14 @@ async fn read_record(rd: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<Vec<
         if len > MAX_FRAGMENT || record.len() + len as usize > MAX_RECORD {
             return Err(format!("fragment of {len} bytes over the {MAX_FRAGMENT}-byte limit"));
         }
+        // Read into spare capacity (no zero-filling of up to 1 MiB per WRITE).
         let start = record.len();
-        record.resize(start + len as usize, 0);
-        rd.read_exact(&mut record[start..]).await.map_err(|e| format!("truncated fragment: {e}"))?;
+        record.reserve(len as usize);
+        let got =
+            (&mut *rd).take(u64::from(len)).read_to_end(&mut record).await.map_err(|e| format!("read failed: {e}"))?;
+        if got != len as usize || record.len() != start + len as usize {
+            return Err(format!("truncated fragment: {got} of {len} bytes"));
+        }
         if last {
             return Ok(Some(record));
         }
@@ -333,12 +358,20 @@ async fn read_record(rd: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<Vec<
 /// (every node must accept every node's handles), else a random key kept in `state_dir`.
 pub fn handle_key(cfg: &Config) -> Result<Vec<u8>> {
     if let Some(cluster) = &cfg.cluster {
-        let secret = std::fs::read(&cluster.secret_file)
-            .with_context(|| format!("cannot read [cluster] secret_file {}", cluster.secret_file.display()))?;
-        let mut h = Sha256::new();
-        h.update(b"nasgw nfs handle key v1\0");
-        h.update(&secret);
-        return Ok(h.finalize().to_vec());
+        match std::fs::read(&cluster.secret_file) {
+            Ok(secret) => {
+                let mut h = Sha256::new();
+                h.update(b"nasgw nfs handle key v1\0");
+                h.update(&secret);
+                return Ok(h.finalize().to_vec());
+            }
+            // Serve anyway (this node's own key), but loudly: other nodes will refuse its handles.
+            Err(e) => tracing::error!(
+                secret_file = %cluster.secret_file.display(),
+                error = %e,
+                "cannot read the cluster secret: NFS handles of this node will not be valid on other nodes"
+            ),
+        }
     }
     let path = cfg.node.state_dir.join("nfs-handle.key");
     load_or_create_key(&path)

@@ -12,7 +12,7 @@
 //! - the POSIX backend never follows a symlink on the server while resolving a [`Name`]; only
 //!   [`Namespace::walk`] follows symlinks, and only while they stay beneath the root.
 //!
-//! See `/VFS-API.md` in the repository for a walkthrough.
+//! See `API.md` in this directory for a walkthrough.
 
 pub mod access;
 pub mod backend;

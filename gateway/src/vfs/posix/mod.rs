@@ -21,6 +21,7 @@ use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use sha2::{Digest, Sha256};
@@ -84,7 +85,14 @@ pub struct PosixBackend {
     nodes: Mutex<LruCache<FileId, Arc<Node>>>,
     /// Inode identities: inode number -> path (relative to the root) where it was last seen.
     hints: Mutex<LruCache<u64, Vec<u8>>>,
+    /// Inode identities a tree scan just failed to find: answered `Stale` without another scan
+    /// for [`STALE_MEMORY`], so a client retrying a deleted file's handle cannot make the server
+    /// walk the whole volume on every request.
+    recently_stale: Mutex<LruCache<FileId, Instant>>,
 }
+
+/// How long a failed inode-identity scan is remembered.
+const STALE_MEMORY: Duration = Duration::from_secs(30);
 
 impl PosixBackend {
     /// Opens `root` (an existing directory) as a volume.
@@ -117,6 +125,7 @@ impl PosixBackend {
             umask: sys::current_umask(),
             nodes: Mutex::new(LruCache::new(NonZeroUsize::new(cap).expect("non-zero"))),
             hints: Mutex::new(LruCache::new(NonZeroUsize::new(65536).expect("non-zero"))),
+            recently_stale: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("non-zero"))),
         };
         me.root_id = me.identity_of(me.root.path_fd.as_fd(), c"", &stx)?;
         me.hint(stx.stx_ino, Vec::new());
@@ -215,7 +224,18 @@ impl PosixBackend {
                 }
                 Ok(fd)
             }
-            (IdentityKind::Inode, Identity::Inode { ino, btime }) => self.resolve_inode(ino, btime),
+            (IdentityKind::Inode, Identity::Inode { ino, btime }) => {
+                if let Some(at) = self.recently_stale.lock().expect("stale lock").get(id) {
+                    if at.elapsed() < STALE_MEMORY {
+                        return Err(VfsError::Stale);
+                    }
+                }
+                let r = self.resolve_inode(ino, btime);
+                if matches!(r, Err(VfsError::Stale)) {
+                    self.recently_stale.lock().expect("stale lock").put(*id, Instant::now());
+                }
+                r
+            }
             _ => Err(VfsError::Stale),
         }
     }
@@ -525,7 +545,11 @@ impl Backend for PosixBackend {
         }
         let fd = self.io_fd(&node)?;
         offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
-        sys::pwrite_all(fd.as_fd(), data, offset)?;
+        sys::pwrite_all(fd.as_fd(), data, offset).map_err(|e| match e {
+            // The server itself could only open the file read-only (unprivileged server).
+            VfsError::Io(libc::EBADF) => VfsError::Access,
+            e => e,
+        })?;
         match stable {
             Stability::Unstable => {}
             Stability::DataSync => sys::sync(fd.as_fd(), true)?,
