@@ -23,6 +23,17 @@ fn guest_lists_browseable_shares_on_every_dialect() {
 }
 
 #[test]
+fn an_smb1_negotiate_is_upgraded_to_smb2() {
+    let s = start("smb1up", "");
+    // With NT1 allowed, smbclient opens with an SMB1 NEGOTIATE offering "SMB 2.002"/"SMB 2.???".
+    for m in ["SMB3", "SMB2_02"] {
+        let out = s.smbclient("pub", &["-N", "-m", m, "--option=client min protocol=NT1", "-c", "mkdir up; ls"]);
+        assert!(out.status.success(), "{m}: {}\n{}", text(&out), s.daemon.logs());
+        let _ = s.smbclient("pub", &["-N", "-c", "rmdir up"]);
+    }
+}
+
+#[test]
 fn users_log_on_with_ntlmv2_and_sign_on_every_dialect() {
     let s = start("user", "");
     let cred = format!("alice%{ALICE_PASSWORD}");

@@ -46,7 +46,36 @@ fn smbtorture_subtests_that_passed_still_pass() {
     );
     let d = Daemon::start("torture", &dir.path().join("d"), &cfg, None);
     let start = Instant::now();
-    let children: Vec<_> = SUITES
+    let mut passed = run_suites(port, &SUITES);
+    println!("smbtorture: {} subtests passed in {:?}", passed.len(), start.elapsed());
+    let expected = read_list("pass-nasgw.txt");
+    let smbd = read_list("pass-smbd-4.17.txt");
+    // A few subtests race against timers (blocking locks, cancels); on a loaded CI machine one
+    // may miss once. Suites with a missing subtest run once more; a real regression fails twice.
+    let missing: Vec<String> = expected.difference(&passed).cloned().collect();
+    if !missing.is_empty() {
+        println!("not passed on the first run, retrying their suites: {missing:?}");
+        let again: Vec<&str> =
+            SUITES.iter().copied().filter(|s| missing.iter().any(|m| m.starts_with(&format!("{s}.")))).collect();
+        passed.extend(run_suites(port, &again));
+    }
+    let regressed: Vec<_> = expected.difference(&passed).collect();
+    let new: Vec<_> = passed.difference(&expected).collect();
+    println!(
+        "nasgw passes {} listed subtests; smbd 4.17 passes {} on the same configuration; {} of smbd's are passed by nasgw",
+        expected.len(),
+        smbd.len(),
+        smbd.intersection(&passed).count()
+    );
+    if !new.is_empty() {
+        println!("newly passing (add to tests/smbtorture/pass-nasgw.txt): {new:?}");
+    }
+    assert!(regressed.is_empty(), "smbtorture subtests regressed: {regressed:?}\n--- server log:\n{}", d.logs());
+}
+
+/// Runs `suites` in parallel (one smbtorture process each) and returns the passed subtests.
+fn run_suites(port: u16, suites: &[&str]) -> BTreeSet<String> {
+    let children: Vec<_> = suites
         .iter()
         .map(|suite| {
             let child = Command::new("timeout")
@@ -77,19 +106,5 @@ fn smbtorture_subtests_that_passed_still_pass() {
             }
         }
     }
-    println!("smbtorture: {} subtests passed in {:?}", passed.len(), start.elapsed());
-    let expected = read_list("pass-nasgw.txt");
-    let smbd = read_list("pass-smbd-4.17.txt");
-    let regressed: Vec<_> = expected.difference(&passed).collect();
-    let new: Vec<_> = passed.difference(&expected).collect();
-    println!(
-        "nasgw passes {} listed subtests; smbd 4.17 passes {} on the same configuration; {} of smbd's are passed by nasgw",
-        expected.len(),
-        smbd.len(),
-        smbd.intersection(&passed).count()
-    );
-    if !new.is_empty() {
-        println!("newly passing (add to tests/smbtorture/pass-nasgw.txt): {new:?}");
-    }
-    assert!(regressed.is_empty(), "smbtorture subtests regressed: {regressed:?}\n--- server log:\n{}", d.logs());
+    passed
 }

@@ -130,6 +130,10 @@ impl Connection {
         if persistent == u64::MAX && volatile == u64::MAX {
             return self.compound_fid.map(|(_, v)| v).ok_or(NtStatus::FILE_CLOSED);
         }
+        // Both halves must match: persistent ids equal volatile ones (no durable handles).
+        if persistent != volatile {
+            return Err(NtStatus::FILE_CLOSED);
+        }
         Ok(volatile)
     }
 
@@ -159,6 +163,11 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
                 // Large replies (READ data) go out without another copy.
                 Outgoing::Message(msg) => {
                     wr.write_all(&header::frame_header(msg.len())).await.is_ok() && wr.write_all(&msg).await.is_ok()
+                }
+                Outgoing::Parts(mut head, data) => {
+                    let mut frame = header::frame_header(head.len() + data.len()).to_vec();
+                    frame.append(&mut head);
+                    wr.write_all(&frame).await.is_ok() && wr.write_all(&data).await.is_ok()
                 }
             };
             if !ok {
@@ -274,6 +283,12 @@ pub enum Outgoing {
     Raw(Vec<u8>),
     /// An SMB2 message; the writer adds the transport header.
     Message(Vec<u8>),
+    /// An SMB2 message in two pieces (header and body, then bulk data), sent without joining.
+    Parts(Vec<u8>, Vec<u8>),
+}
+
+fn send_parts(conn: &Connection, head: Vec<u8>, data: Vec<u8>) {
+    let _ = conn.out.send(Outgoing::Parts(head, data));
 }
 
 fn send(conn: &Connection, msg: Vec<u8>) {
@@ -404,7 +419,18 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
         let mut w = Writer::with_capacity(HEADER_LEN + reply.body.len() + 8);
         rh.emit(&mut w);
         w.bytes(&reply.body);
-        let resp = w.buf;
+        let mut resp = w.buf;
+        let key_now =
+            if pending.is_some() { None } else { response_key(conn, session_id, signed_in, reply.sign_final) };
+        let alone = off == 0 && hdr.next_command == 0;
+        if !reply.tail.is_empty() {
+            if alone && key_now.is_none() {
+                // A lone unsigned reply with bulk data (READ): send header and data as they are.
+                send_parts(conn, resp, reply.tail);
+                return Ok(());
+            }
+            resp.extend_from_slice(&reply.tail);
+        }
         if hdr.command == command::NEGOTIATE && conn.dialect == dialect::SMB311 {
             signing::preauth_update(&mut conn.preauth, elem);
             signing::preauth_update(&mut conn.preauth, &resp);
@@ -417,7 +443,7 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
                 signing::preauth_update(&mut s.preauth, &resp);
             }
         }
-        let key = if pending.is_some() { None } else { response_key(conn, session_id, signed_in, reply.sign_final) };
+        let key = key_now;
         prev = Some((session_id, rh.tree_id, reply.status));
         if let Some(work) = pending {
             spawn_async(conn, rh, async_id, work, response_key(conn, session_id, signed_in, false));

@@ -90,7 +90,8 @@ async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Outcome,
     let mut taken: Vec<Element> = Vec::new();
     for e in &elems {
         let kind = e.flags & !FAIL_IMMEDIATELY;
-        if kind != SHARED && kind != EXCLUSIVE {
+        // Several locks in one request must all fail immediately (only a lone lock may wait).
+        if kind != SHARED && kind != EXCLUSIVE || (elems.len() > 1 && e.flags & FAIL_IMMEDIATELY == 0) {
             for t in &taken {
                 let _ = locks.unlock(&id, key, t.offset, t.length);
             }

@@ -39,17 +39,19 @@ pub struct Reply {
     pub sign_final: bool,
     /// TreeId to answer with (TREE_CONNECT).
     pub tree_id: Option<u32>,
+    /// Bulk data that follows `body` (READ), kept apart so it is not copied again.
+    pub tail: Vec<u8>,
 }
 
 impl Reply {
     /// A successful reply with `body`.
     pub fn ok(body: Vec<u8>) -> Self {
-        Self { status: NtStatus::SUCCESS, body, session_id: None, sign_final: false, tree_id: None }
+        Self { status: NtStatus::SUCCESS, body, session_id: None, sign_final: false, tree_id: None, tail: Vec::new() }
     }
 
     /// A reply with `status` and `body`.
     pub fn with(status: NtStatus, body: Vec<u8>) -> Self {
-        Self { status, body, session_id: None, sign_final: false, tree_id: None }
+        Self { status, body, session_id: None, sign_final: false, tree_id: None, tail: Vec::new() }
     }
 
     /// An error reply (SMB2 ERROR body, MS-SMB2 2.2.2).

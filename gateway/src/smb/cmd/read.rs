@@ -77,5 +77,8 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<R
         return Err(NtStatus::END_OF_FILE);
     }
     f.position = req.offset + data.len() as u64;
-    Ok(Reply::ok(response(&data)))
+    let mut r = Reply::ok(response(&[]));
+    r.body[4..8].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    r.tail = data;
+    Ok(r)
 }
