@@ -182,8 +182,9 @@ mod tests {
             4 ok:0,1,2,3 cur:a-,b- -> a0,b1
             4 ok:2,3 cur:a0,b1 -> a2,b3
             # ip move: a pin wins and is never rebalanced away
-            3 ok:0,1,2 fb:on cur:a0,b1,c2 pin:a1 -> a1,b1,c2
-            3 ok:0,1,2 fb:on cur:a0,b1,c2 pin:a2,b2 -> a2,b2,c2
+            3 ok:0,1,2 fb:on cur:a0,b1,c2 pin:a1 -> a1,b0,c2
+            3 ok:0,1,2 fb:on cur:a0,b1,c2 pin:a2,b2 -> a2,b2,c0
+            3 ok:0,1,2 fb:off cur:a0,b1,c2 pin:a1 -> a1,b1,c2
             # a pin to a node that cannot serve is ignored
             3 ok:0,1 fb:on cur:a0,b1,c2 pin:a2 -> a0,b1,c0
             # single node cluster
