@@ -8,7 +8,11 @@
 //! This crate knows nothing of SMB, NFS or the volume's contents.
 
 pub mod connections;
+pub mod effects;
+pub mod machine;
 pub mod placement;
 pub mod self_id;
+#[cfg(test)]
+pub mod sim;
 pub mod status;
 pub mod wire;

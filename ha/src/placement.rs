@@ -65,13 +65,10 @@ pub fn place(input: &PlacementInput<'_>) -> Assignment {
         *load.get_mut(&pick).expect("eligible") += 1;
     }
     if input.failback {
-        loop {
-            let (Some((&max_node, &max)), Some((&min_node, &min))) = (
-                load.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))),
-                load.iter().min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0))),
-            ) else {
-                break;
-            };
+        while let (Some((&max_node, &max)), Some((&min_node, &min))) = (
+            load.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))),
+            load.iter().min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0))),
+        ) {
             if max <= min + 1 {
                 break;
             }
@@ -210,7 +207,8 @@ mod tests {
         let mut rng = Lcg(42);
         for _ in 0..5000 {
             let nodes = 1 + rng.next(6) as u32;
-            let addresses: Vec<IpAddr> = (0..rng.next(10)).map(|i| format!("10.1.0.{}", i + 1).parse().unwrap()).collect();
+            let addresses: Vec<IpAddr> =
+                (0..rng.next(10)).map(|i| format!("10.1.0.{}", i + 1).parse().unwrap()).collect();
             let eligible: BTreeSet<u32> = (0..nodes).filter(|_| rng.next(3) != 0).collect();
             let mut current = BTreeMap::new();
             for a in &addresses {
@@ -220,7 +218,14 @@ mod tests {
             }
             let failback = rng.next(2) == 0;
             let pins = BTreeMap::new();
-            let input = PlacementInput { nodes, eligible: &eligible, addresses: &addresses, current: &current, pins: &pins, failback };
+            let input = PlacementInput {
+                nodes,
+                eligible: &eligible,
+                addresses: &addresses,
+                current: &current,
+                pins: &pins,
+                failback,
+            };
             let out = place(&input);
             assert_eq!(out.len(), addresses.len());
             for (a, o) in &out {

@@ -67,6 +67,9 @@ pub struct Heartbeat {
     pub generation: u64,
     /// (Leader) placement is being changed.
     pub recovering: bool,
+    /// From the leader: the version of `assignment`. From a follower: the latest assignment
+    /// version it has applied (an acknowledgement: what it had to release is released).
+    pub epoch: u64,
     /// Public addresses the sender has on its interfaces now.
     pub held: Vec<IpAddr>,
     /// (Leader only) each public address and the node that must hold it; `None` = nobody yet.
@@ -186,6 +189,7 @@ impl Message {
                 out.push(state_code(h.state));
                 out.push(u8::from(h.leader) | (u8::from(h.recovering) << 1));
                 out.extend_from_slice(&h.generation.to_be_bytes());
+                out.extend_from_slice(&h.epoch.to_be_bytes());
                 out.extend_from_slice(&(h.held.len().min(u16::MAX as usize) as u16).to_be_bytes());
                 for a in h.held.iter().take(u16::MAX as usize) {
                     put_ip(out, a);
@@ -235,6 +239,7 @@ impl Message {
                     return Err(WireError::Malformed("heartbeat flags"));
                 }
                 let generation = r.u64()?;
+                let epoch = r.u64()?;
                 let n = get_count(&mut r, 5)?;
                 let held = (0..n).map(|_| get_ip(&mut r)).collect::<Result<_, _>>()?;
                 let n = get_count(&mut r, 9)?;
@@ -250,6 +255,7 @@ impl Message {
                     leader: flags & 1 != 0,
                     recovering: flags & 2 != 0,
                     generation,
+                    epoch,
                     held,
                     assignment,
                 })
@@ -347,7 +353,8 @@ mod tests {
     }
 
     fn samples() -> Vec<Message> {
-        let conn = TcpConnection { client: "198.18.0.10:40000".parse().unwrap(), server: "[fd00::1]:445".parse().unwrap() };
+        let conn =
+            TcpConnection { client: "198.18.0.10:40000".parse().unwrap(), server: "[fd00::1]:445".parse().unwrap() };
         vec![
             Message {
                 from: 2,
@@ -358,6 +365,7 @@ mod tests {
                     leader: true,
                     recovering: true,
                     generation: 5,
+                    epoch: 12,
                     held: vec!["198.18.1.1".parse().unwrap(), "fd00::2".parse().unwrap()],
                     assignment: vec![("198.18.1.1".parse().unwrap(), Some(2)), ("fd00::2".parse().unwrap(), None)],
                 }),
@@ -368,7 +376,12 @@ mod tests {
                 seq: 1,
                 body: Body::Connections(ConnectionChunk { snapshot: 3, index: 0, count: 1, conns: vec![conn] }),
             },
-            Message { from: 1, incarnation: 1, seq: 2, body: Body::Move(MoveRequest { address: "198.18.1.2".parse().unwrap(), node: 0 }) },
+            Message {
+                from: 1,
+                incarnation: 1,
+                seq: 2,
+                body: Body::Move(MoveRequest { address: "198.18.1.2".parse().unwrap(), node: 0 }),
+            },
         ]
     }
 
