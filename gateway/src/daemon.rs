@@ -40,7 +40,12 @@ async fn run(loaded: Loaded) -> Result<()> {
     let life = Lifecycle::default();
 
     let control = bind_control(&cfg.node.control_socket)?;
-    let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone()));
+    let connections = ha::connections::ConnectionTable::new();
+    let listeners = ha::health::ListenerHealth::new();
+    let handler: Arc<dyn control::Handler> = match &cfg.cluster {
+        Some(cluster) => Arc::new(crate::cluster::start(&cfg, cluster, connections.clone(), listeners.clone(), &life)?),
+        None => Arc::new(StandaloneNode::new(cfg.clone())),
+    };
     life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
 
     print_banner(&cfg);
@@ -129,8 +134,7 @@ fn print_banner(cfg: &Config) {
     println!("  control socket {} (nasgw status, nasgw ip)", cfg.node.control_socket.display());
 }
 
-/// Answers the control socket for a node without the HA module running: itself OK; the other
-/// configured nodes DISCONNECTED, because nothing is heard from them.
+/// Answers the control socket for a node without `[cluster]`: itself OK and the leader.
 struct StandaloneNode {
     cfg: Arc<Config>,
     nodes: Vec<NodeStatus>,
@@ -179,8 +183,14 @@ impl control::Handler for StandaloneNode {
                     prefix: p.address.prefix_len(),
                     interface: p.interface.clone(),
                     owner: None,
+                    connections: 0,
                 });
                 control::Response::Ip(IpReport { this_node: self.me, addresses: addresses.collect() })
+            }
+            control::Request::Disable | control::Request::Enable | control::Request::IpMove { .. } => {
+                control::Response::Error {
+                    message: "this node is not in a cluster ([cluster] is not configured)".to_string(),
+                }
             }
         }
     }

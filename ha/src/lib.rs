@@ -9,10 +9,14 @@
 
 pub mod connections;
 pub mod effects;
+pub mod health;
 pub mod machine;
 pub mod placement;
+pub mod recovery_lock;
+pub mod runtime;
 pub mod self_id;
 #[cfg(test)]
 pub mod sim;
 pub mod status;
+pub mod system;
 pub mod wire;

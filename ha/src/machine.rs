@@ -773,6 +773,18 @@ impl Machine {
         self.cfg.addresses.iter().map(|a| (*a, h.get(a).and_then(|s| s.iter().next().copied()))).collect()
     }
 
+    /// Client connections on `address` known from every node's replicated table (and this one's).
+    pub fn known_connections(&self, address: IpAddr) -> usize {
+        let mut all: BTreeSet<TcpConnection> = BTreeSet::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            if i as u32 != self.cfg.me {
+                all.extend(p.conns.iter().filter(|c| c.server.ip() == address));
+            }
+        }
+        all.extend(self.own_conns.iter().filter(|c| c.server.ip() == address));
+        all.len()
+    }
+
     /// The health monitor's last reason, empty when healthy.
     pub fn health_reason(&self) -> &str {
         &self.health_reason

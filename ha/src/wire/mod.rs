@@ -23,6 +23,16 @@ pub enum WireError {
     BadTag,
 }
 
+impl WireError {
+    /// What an admin should check when a cluster datagram is refused.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            WireError::BadTag => "the sender does not have this cluster's secret_file (or a different one)",
+            _ => "the sender is not a nasgw node of this version",
+        }
+    }
+}
+
 /// Reads big-endian fields from a byte slice, failing (never panicking) past its end.
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],
