@@ -18,9 +18,10 @@ fn partition_the_leader(failback: bool) {
 
     let t0 = Instant::now();
     c.topo.cut("n1");
-    let released = wait_for("the cut-off node to release its addresses", Duration::from_secs(5), Duration::from_millis(5), || {
-        c.held(0).is_empty().then(|| t0.elapsed())
-    });
+    let released =
+        wait_for("the cut-off node to release its addresses", Duration::from_secs(5), Duration::from_millis(5), || {
+            c.held(0).is_empty().then(|| t0.elapsed())
+        });
     c.wait_converged(Duration::from_secs(5), &[1, 2]);
     let served = t0.elapsed();
     let new_leader = wait_for("a new leader", Duration::from_secs(5), Duration::from_millis(50), || {
@@ -38,7 +39,9 @@ fn partition_the_leader(failback: bool) {
     c.topo.heal("n1");
     let t1 = Instant::now();
     if failback {
-        wait_for("failback to n1", Duration::from_secs(10), Duration::from_millis(20), || (c.held(0).len() == 1).then_some(()));
+        wait_for("failback to n1", Duration::from_secs(10), Duration::from_millis(20), || {
+            (c.held(0).len() == 1).then_some(())
+        });
         c.wait_converged(Duration::from_secs(5), &[0, 1, 2]);
         println!("  {:>7.3} s  after heal n1 serves again (failback)", t1.elapsed().as_secs_f64());
     } else {
