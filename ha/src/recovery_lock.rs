@@ -124,22 +124,14 @@ mod tests {
         let mut l = RecoveryLock::new(path.clone());
         assert_eq!(l.take(), LockOutcome::Taken);
         assert_eq!(l.check(), LockOutcome::StillHeld);
-        // Another process cannot take it: fork a child that tries.
-        // SAFETY: the child only calls async-signal-safe functions (open, fcntl, _exit).
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            let f = File::open(&path).and_then(|_| OpenOptions::new().write(true).open(&path));
-            let code = match f.map(|f| set_write_lock(&f)) {
-                Ok(Err(_)) => 0,
-                _ => 1,
-            };
-            // SAFETY: leaving the forked child without running destructors.
-            unsafe { libc::_exit(code) };
-        }
-        let mut status = 0;
-        // SAFETY: waiting for the child forked above.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert_eq!(libc::WEXITSTATUS(status), 0, "the child could take a held lock");
+        // Another process cannot take it (python's lockf is an fcntl lock too).
+        let other = std::process::Command::new("python3")
+            .args(["-c", "import fcntl,sys; f=open(sys.argv[1],'r+'); fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB)"])
+            .arg(&path)
+            .output()
+            .expect("python3 runs");
+        assert!(!other.status.success(), "another process took a held lock");
+        assert!(String::from_utf8_lossy(&other.stderr).contains("Errno"), "{other:?}");
         // Replacing the file loses the lock.
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, b"").unwrap();

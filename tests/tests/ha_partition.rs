@@ -54,7 +54,7 @@ fn partition_the_leader(failback: bool) {
     }
     let (rounds, overlaps) = sampler.finish();
     println!("  sampled every namespace {rounds} times: {} overlaps", overlaps.len());
-    assert!(rounds > 50, "the sampler must actually sample ({rounds})");
+    assert!(rounds > 10, "the sampler must actually sample ({rounds})");
     assert!(overlaps.is_empty(), "an address was on two nodes at once: {overlaps:?}\nbefore: {before:?}\n{}", c.logs());
     assert!(c.notify_log(0).contains("releaseip"), "the notify script ran on release");
     for d in c.daemons.iter_mut().filter_map(Option::take) {
