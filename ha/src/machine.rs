@@ -187,8 +187,14 @@ struct Peer {
     held: BTreeSet<IpAddr>,
     assignment: Assignment,
     conns: Vec<TcpConnection>,
+    /// Connections that left this peer's table recently (closed because it released their
+    /// address, or racing with the release): still tickled by a new owner for a while.
+    gone: Vec<(TcpConnection, Duration)>,
     pending: Option<(u64, Vec<Option<Vec<TcpConnection>>>)>,
 }
+
+/// How long a connection that left a peer's table is still tickled on takeover.
+const GONE_GRACE: Duration = Duration::from_secs(5);
 
 /// One node's HA state machine.
 #[derive(Debug)]
@@ -381,7 +387,14 @@ impl Machine {
                 };
                 pending[usize::from(c.index)] = Some(c.conns);
                 if pending.iter().all(Option::is_some) {
-                    peer.conns = pending.drain(..).flatten().flatten().collect();
+                    let new: Vec<TcpConnection> = pending.drain(..).flatten().flatten().collect();
+                    for c in std::mem::take(&mut peer.conns) {
+                        if !new.contains(&c) {
+                            peer.gone.push((c, now));
+                        }
+                    }
+                    peer.gone.retain(|(c, t)| now.saturating_sub(*t) < GONE_GRACE && !new.contains(c));
+                    peer.conns = new;
                     peer.pending = None;
                 }
                 false
@@ -624,7 +637,12 @@ impl Machine {
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i as u32 != self.cfg.me)
-                .flat_map(|(_, p)| p.conns.iter().filter(|c| c.server.ip() == a).copied())
+                .flat_map(|(_, p)| {
+                    let recent = p.gone.iter().filter(|(_, t)| now.saturating_sub(*t) < GONE_GRACE).map(|(c, _)| c);
+                    p.conns.iter().chain(recent).filter(|c| c.server.ip() == a).copied()
+                })
+                .collect::<BTreeSet<_>>()
+                .into_iter()
                 .collect();
             out.push(Action::Take { address: a, tickle });
             out.push(self.notify("takeip", vec![format!("address={a}")]));

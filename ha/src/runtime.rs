@@ -130,6 +130,7 @@ pub fn start(
         RecoveryLock::new(s.recovery_lock.clone()),
         ev_tx.clone(),
         s.notify_script.clone(),
+        connections.clone(),
     )?;
 
     // Effects run on their own thread, in order.

@@ -5,7 +5,7 @@
 //! every address is served when a majority is healthy, and how long takeovers take.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::connections::TcpConnection;
@@ -483,5 +483,21 @@ mod tests {
             c.run_until(S(5000), |c| c.all_served_by(&[0, 1, 2])).unwrap_or_else(|| panic!("seed {seed} settles"));
             assert_eq!(c.world.worst_overlap, 1, "seed {seed}");
         }
+    }
+
+    #[test]
+    fn a_connection_closed_by_the_release_is_still_tickled_by_the_new_owner() {
+        let mut c = started(3, 3, true, 12);
+        let a = c.addresses[1];
+        let owner = *c.holders(&a).iter().next().unwrap();
+        let conn = TcpConnection { client: "198.18.0.10:40001".parse().unwrap(), server: SocketAddr::new(a, 445) };
+        c.feed(owner, Event::LocalConnections(vec![conn]));
+        c.run(S(100));
+        // Disable: the owner releases and its listener closes the connection at once, so its
+        // table (now empty) races the takeover.
+        c.feed(owner, Event::Disable);
+        c.feed(owner, Event::LocalConnections(vec![]));
+        c.run_until(S(2000), |c| c.holders(&a).len() == 1 && !c.holders(&a).contains(&owner)).expect("moved");
+        assert!(c.world.tickles.iter().any(|(n, k)| *n != owner && *k == conn), "{:?}", c.world.tickles);
     }
 }

@@ -233,11 +233,14 @@ pub struct SystemEffects {
     netlink: Netlink,
     lock_ops: mpsc::Sender<LockOp>,
     notify_script: Option<PathBuf>,
+    connections: std::sync::Arc<crate::connections::ConnectionTable>,
 }
 
 impl SystemEffects {
     /// Effects for a node: `socket` to send on, `peers` the other nodes' cluster addresses,
     /// outcomes of lock operations go to `events`.
+    // Each argument is one distinct resource the effects own; a builder would add nothing.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         socket: UdpSocket,
         key: ClusterKey,
@@ -246,6 +249,7 @@ impl SystemEffects {
         lock: RecoveryLock,
         events: tokio::sync::mpsc::UnboundedSender<Event>,
         notify_script: Option<PathBuf>,
+        connections: std::sync::Arc<crate::connections::ConnectionTable>,
     ) -> io::Result<SystemEffects> {
         let (tx, rx) = mpsc::channel::<LockOp>();
         std::thread::Builder::new().name("ha-lock".into()).spawn(move || {
@@ -275,6 +279,7 @@ impl SystemEffects {
             netlink: Netlink::new()?,
             lock_ops: tx,
             notify_script,
+            connections,
         })
     }
 
@@ -334,6 +339,12 @@ impl Effects for SystemEffects {
         match self.netlink.remove(&address) {
             Ok(_) => tracing::info!(%address, connections = reset.len(), "released public address"),
             Err(e) => tracing::error!(%address, error = %e, "cannot remove public address"),
+        }
+        // Close our side of every connection on it; the clients are reset by the new owner's
+        // tickle (it knows them from our replicated table) and reconnect there.
+        let n = self.connections.reset(address);
+        if n > 0 {
+            tracing::info!(%address, connections = n, "connections on the released address closed");
         }
     }
 

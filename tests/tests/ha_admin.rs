@@ -16,13 +16,31 @@ fn disable_enable_unhealthy_volume_lock_loss_and_ip_move() {
     let mut c = Cluster::start(true);
     let sampler = Sampler::start(NODES.iter().map(|n| c.topo.ns(n).to_string()).collect());
 
-    // Admin disable: n2 releases its address, everyone sees it DISABLED.
+    // Admin disable: n2 releases its address, everyone sees it DISABLED, and a client
+    // connected through that address is cut at once (not left hanging) and reconnects.
+    let vip = c.held(1)[0].clone();
+    let client = ha_support::connect_echo(c.topo.ns("c1"), &vip);
+    wait_for("the connection to be replicated", T, POLL, || {
+        let v: serde_json::Value = serde_json::from_slice(&c.daemon(0).ctl(&["ip", "--json"]).stdout).ok()?;
+        v["addresses"].as_array()?.iter().any(|a| a["address"] == vip.as_str() && a["connections"] == 1).then_some(())
+    });
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let out = c.daemon(1).ctl(&["disable"]);
     assert!(out.status.success(), "{out:?}");
     let t = Instant::now();
     c.wait_converged(T, &[0, 2]);
     wait_for("n2 DISABLED on n1", T, POLL, || (c.state_seen(0, 1) == "DISABLED").then_some(()));
     println!("disable: addresses off n2 in {:.3} s", t.elapsed().as_secs_f64());
+    let mut b = [0u8; 4];
+    let r = std::io::Read::read(&mut &client, &mut b);
+    println!("disable: the client's read returned {r:?} after {:.3} s", t.elapsed().as_secs_f64());
+    assert!(
+        matches!(&r, Ok(0)) || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the client of a released address must be cut, got {r:?}\n{}",
+        c.logs()
+    );
+    assert!(t.elapsed() < Duration::from_secs(3));
+    ha_support::echo(&ha_support::connect_echo(c.topo.ns("c1"), &vip));
     let text = String::from_utf8_lossy(&c.daemon(0).ctl(&["status"]).stdout).into_owned();
     assert!(text.contains("DISABLED") && text.contains("Leader:0") && text.contains("Generation:"), "{text}");
     assert!(c.daemon(1).ctl(&["enable"]).status.success());
