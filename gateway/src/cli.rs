@@ -1,4 +1,4 @@
-//! The command line: `nasgw serve | check | status | ip`.
+//! The command line: `nasgw serve | check | status | ip [move ADDR NODE] | disable | enable`.
 
 use std::path::PathBuf;
 
@@ -56,5 +56,24 @@ pub enum Command {
         /// Print the daemon's JSON answer.
         #[arg(long)]
         json: bool,
+        /// `move ADDR NODE`: move a public address.
+        #[command(subcommand)]
+        action: Option<IpAction>,
+    },
+    /// Take this node out of service: its public addresses move to other nodes (like `ctdb disable`).
+    Disable,
+    /// Put this node back in service (like `ctdb enable`).
+    Enable,
+}
+
+/// `nasgw ip` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum IpAction {
+    /// Move public address ADDR to node NODE (its pnn, as `nasgw status` shows), like `ctdb moveip`.
+    Move {
+        /// The public address.
+        address: std::net::IpAddr,
+        /// The node number that should hold it.
+        node: u32,
     },
 }

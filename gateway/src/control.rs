@@ -20,6 +20,17 @@ pub enum Request {
     Status,
     /// Public addresses and their owners (`nasgw ip`).
     Ip,
+    /// Take this node out of service: it releases its public addresses (`nasgw disable`).
+    Disable,
+    /// Put this node back in service (`nasgw enable`).
+    Enable,
+    /// Move a public address to a node (`nasgw ip move ADDR NODE`).
+    IpMove {
+        /// The public address.
+        address: std::net::IpAddr,
+        /// The node number (pnn) that should hold it.
+        node: u32,
+    },
 }
 
 /// The daemon's answer.
@@ -30,6 +41,11 @@ pub enum Response {
     Status(ha::status::ClusterStatus),
     /// For [`Request::Ip`].
     Ip(ha::status::IpReport),
+    /// An admin request was accepted.
+    Done {
+        /// What happens next, for the admin.
+        message: String,
+    },
     /// The request could not be served.
     Error {
         /// Why.

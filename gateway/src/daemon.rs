@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ha::status::{ClusterStatus, IpReport, NodeState, NodeStatus, PublicIpStatus, RecoveryMode};
+use ha::status::{ClusterStatus, IpReport, NodeState, NodeStatus, RecoveryMode};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,17 +53,23 @@ async fn run(loaded: Loaded) -> Result<()> {
     let control = bind_control(&cfg.node.control_socket)?;
     // Services listen before the control socket answers, so "status answers" means "serving".
     let connections = ConnectionTable::new();
+    let listeners = ha::health::ListenerHealth::new();
     let namespace = open_namespace(&cfg, gluster.as_ref())?;
     // The one lock table of the namespace (SMB share modes and byte-range locks; NFS can use it).
     let locks = Arc::new(crate::locks::LockTable::new());
     if cfg.nfs.enabled {
         crate::nfs::start(&cfg, namespace.clone(), connections.clone(), &life).await?;
+        listeners.up("nfs");
     }
     if cfg.smb.enabled {
         crate::smb::start(&cfg, namespace.clone(), locks.clone(), connections.clone(), life.clone()).await?;
+        listeners.up("smb");
     }
     let volume_health = gluster.as_ref().map(GlusterService::health);
-    let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone(), volume_health));
+    let handler: Arc<dyn control::Handler> = match &cfg.cluster {
+        Some(cluster) => Arc::new(crate::cluster::start(&cfg, cluster, connections.clone(), listeners.clone(), &life)?),
+        None => Arc::new(StandaloneNode::new(cfg.clone(), volume_health)),
+    };
     life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
 
     print_banner(&cfg);
@@ -170,51 +176,24 @@ fn print_banner(cfg: &Config) {
     println!("  control socket {} (nasgw status, nasgw ip)", cfg.node.control_socket.display());
 }
 
-/// Answers the control socket for a node without the HA module running: itself OK; the other
-/// configured nodes DISCONNECTED, because nothing is heard from them.
+/// Answers the control socket for a node without `[cluster]`: itself, the leader, OK while its
+/// volume is usable.
 struct StandaloneNode {
-    cfg: Arc<Config>,
+    me: NodeStatus,
     volume_health: Option<HealthWatch>,
-    nodes: Vec<NodeStatus>,
-    me: u32,
-    leader: Option<u32>,
 }
 
 impl StandaloneNode {
     fn new(cfg: Arc<Config>, volume_health: Option<HealthWatch>) -> Self {
-        let Some(cluster) = &cfg.cluster else {
-            let me = NodeStatus { pnn: 0, address: reachable(cfg.nfs.listen), state: NodeState::Ok, this_node: true };
-            return Self { cfg, volume_health, nodes: vec![me], me: 0, leader: Some(0) };
-        };
-        let local = ha::self_id::local_addresses().unwrap_or_default();
-        let me = ha::self_id::find_self(&cluster.nodes, &local);
-        if me.is_none() {
-            tracing::warn!(nodes = ?cluster.nodes, "none of [cluster] nodes is an address of this host");
-        }
-        let nodes = cluster
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let this_node = me == Some(i as u32);
-                let state = if this_node { NodeState::Ok } else { NodeState::Disconnected };
-                NodeStatus { pnn: i as u32, address: *a, state, this_node }
-            })
-            .collect();
-        // No leader until the HA module holds the recovery lock.
-        Self { nodes, me: me.unwrap_or(0), leader: None, cfg: cfg.clone(), volume_health }
+        let me = NodeStatus { pnn: 0, address: reachable(cfg.nfs.listen), state: NodeState::Ok, this_node: true };
+        Self { me, volume_health }
     }
-}
 
-impl StandaloneNode {
-    /// The node list with this node UNHEALTHY while its volume is not usable.
-    fn nodes_now(&self) -> Vec<NodeStatus> {
+    /// This node, UNHEALTHY while its volume is not usable.
+    fn me_now(&self) -> NodeStatus {
         let healthy = self.volume_health.as_ref().is_none_or(|h| h.borrow().is_healthy());
-        let mut nodes = self.nodes.clone();
-        for n in nodes.iter_mut().filter(|n| n.this_node && !healthy) {
-            n.state = NodeState::Unhealthy;
-        }
-        nodes
+        let state = if healthy { NodeState::Ok } else { NodeState::Unhealthy };
+        NodeStatus { state, ..self.me.clone() }
     }
 }
 
@@ -222,19 +201,16 @@ impl control::Handler for StandaloneNode {
     fn handle(&self, req: control::Request) -> control::Response {
         match req {
             control::Request::Status => control::Response::Status(ClusterStatus {
-                nodes: self.nodes_now(),
+                nodes: vec![self.me_now()],
                 generation: 1,
-                leader: self.leader,
+                leader: Some(0),
                 recovery_mode: RecoveryMode::Normal,
             }),
-            control::Request::Ip => {
-                let addresses = self.cfg.cluster.iter().flat_map(|c| &c.public_addresses).map(|p| PublicIpStatus {
-                    address: p.address.addr(),
-                    prefix: p.address.prefix_len(),
-                    interface: p.interface.clone(),
-                    owner: None,
-                });
-                control::Response::Ip(IpReport { this_node: self.me, addresses: addresses.collect() })
+            control::Request::Ip => control::Response::Ip(IpReport { this_node: 0, addresses: Vec::new() }),
+            control::Request::Disable | control::Request::Enable | control::Request::IpMove { .. } => {
+                control::Response::Error {
+                    message: "this node is not in a cluster ([cluster] is not configured)".to_string(),
+                }
             }
         }
     }

@@ -2,6 +2,7 @@
 //! land) the namespace layer, NFS and SMB services. `main.rs` is only the CLI front.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -52,7 +52,11 @@ pub async fn accept_loop<F, Fut>(
         tracing::debug!(service, %client, %server, "connection accepted");
         let handle = handle.clone();
         life.tasks.spawn(async move {
-            handle(stream, conn).await;
+            tokio::select! {
+                _ = handle(stream, conn) => {}
+                // HA released the public address this connection came in on: drop it.
+                _ = guard.reset_requested() => tracing::info!(service, %client, %server, "connection reset: its public address moved"),
+            }
             tracing::debug!(service, %client, "connection closed");
             drop(guard);
             drop(permit);

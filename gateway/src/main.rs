@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use nasgw::cli::{Cli, Command};
+use nasgw::cli::{Cli, Command, IpAction};
 use nasgw::{config, control, daemon, logging};
 
 /// Exit code for an invalid config (as `testparm` uses non-zero).
@@ -56,10 +56,23 @@ fn main() -> ExitCode {
             control::Response::Status(s) => Some(s.to_string()),
             _ => None,
         }),
-        Command::Ip { verbose, json } => ask(&loaded, control::Request::Ip, json, |r| match r {
+        Command::Ip { verbose, json, action: None } => ask(&loaded, control::Request::Ip, json, |r| match r {
             control::Response::Ip(ip) => Some(ip.render(verbose).trim_end().to_string()),
             _ => None,
         }),
+        Command::Ip { json, action: Some(IpAction::Move { address, node }), .. } => {
+            ask(&loaded, control::Request::IpMove { address, node }, json, done)
+        }
+        Command::Disable => ask(&loaded, control::Request::Disable, false, done),
+        Command::Enable => ask(&loaded, control::Request::Enable, false, done),
+    }
+}
+
+/// Shows the daemon's acknowledgement of an admin request.
+fn done(r: &control::Response) -> Option<String> {
+    match r {
+        control::Response::Done { message } => Some(message.clone()),
+        _ => None,
     }
 }
 

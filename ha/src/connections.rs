@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 /// One client connection: the client's address and the (public) address it reached us on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TcpConnection {
     /// The client's end.
     pub client: SocketAddr,
@@ -21,7 +21,7 @@ pub struct TcpConnection {
 /// The live connection list, shared between listeners and the HA module.
 #[derive(Debug, Default)]
 pub struct ConnectionTable {
-    live: Mutex<HashMap<u64, TcpConnection>>,
+    live: Mutex<HashMap<u64, (TcpConnection, Arc<tokio::sync::Notify>)>>,
     next_id: AtomicU64,
     changes: AtomicU64,
 }
@@ -35,14 +35,29 @@ impl ConnectionTable {
     /// Records `conn` until the returned guard is dropped.
     pub fn register(self: &Arc<Self>, conn: TcpConnection) -> ConnectionGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.live.lock().expect("connection table lock").insert(id, conn);
+        let reset = Arc::new(tokio::sync::Notify::new());
+        self.live.lock().expect("connection table lock").insert(id, (conn, reset.clone()));
         self.changes.fetch_add(1, Ordering::Relaxed);
-        ConnectionGuard { table: self.clone(), id }
+        ConnectionGuard { table: self.clone(), id, reset }
     }
 
     /// Every live connection.
     pub fn snapshot(&self) -> Vec<TcpConnection> {
-        self.live.lock().expect("connection table lock").values().copied().collect()
+        self.live.lock().expect("connection table lock").values().map(|(c, _)| *c).collect()
+    }
+
+    /// Asks every connection served on `address` to close (its public address was released);
+    /// returns how many were asked. Their guards' [`ConnectionGuard::reset_requested`] resolves.
+    pub fn reset(&self, address: std::net::IpAddr) -> usize {
+        let live = self.live.lock().expect("connection table lock");
+        let mut n = 0;
+        for (c, r) in live.values() {
+            if c.server.ip() == address {
+                r.notify_one();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Counts registrations and removals, so a replicator can tell when to resend.
@@ -56,6 +71,15 @@ impl ConnectionTable {
 pub struct ConnectionGuard {
     table: Arc<ConnectionTable>,
     id: u64,
+    reset: Arc<tokio::sync::Notify>,
+}
+
+impl ConnectionGuard {
+    /// Resolves when HA released this connection's public address: the service should drop
+    /// the connection (the client is reset and reconnects to the address's new owner).
+    pub async fn reset_requested(&self) {
+        self.reset.notified().await
+    }
 }
 
 impl Drop for ConnectionGuard {
@@ -79,5 +103,21 @@ mod tests {
         drop(g);
         assert!(t.snapshot().is_empty());
         assert!(t.change_count() > before);
+    }
+
+    #[tokio::test]
+    async fn reset_wakes_only_connections_on_that_address() {
+        let t = ConnectionTable::new();
+        let a = t.register(TcpConnection {
+            client: "10.0.0.9:1".parse().unwrap(),
+            server: "10.0.0.200:445".parse().unwrap(),
+        });
+        let b = t.register(TcpConnection {
+            client: "10.0.0.9:2".parse().unwrap(),
+            server: "10.0.0.201:445".parse().unwrap(),
+        });
+        assert_eq!(t.reset("10.0.0.200".parse().unwrap()), 1);
+        tokio::time::timeout(std::time::Duration::from_secs(1), a.reset_requested()).await.expect("a is reset");
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), b.reset_requested()).await.is_err());
     }
 }

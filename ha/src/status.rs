@@ -107,6 +107,10 @@ pub struct PublicIpStatus {
     pub interface: String,
     /// Node holding it; `None` when no healthy node can.
     pub owner: Option<u32>,
+    /// Client TCP connections on it known cluster-wide (replicated connection tables): whom a
+    /// new owner tickles (like `ctdb gettickles`).
+    #[serde(default)]
+    pub connections: usize,
 }
 
 /// `nasgw ip`.
@@ -128,7 +132,10 @@ impl IpReport {
         for a in &self.addresses {
             let owner = a.owner.map_or("-1".to_string(), |o| o.to_string());
             if verbose {
-                out.push_str(&format!("{}/{} node[{}] interface[{}]\n", a.address, a.prefix, owner, a.interface));
+                out.push_str(&format!(
+                    "{}/{} node[{}] interface[{}] connections[{}]\n",
+                    a.address, a.prefix, owner, a.interface, a.connections
+                ));
             } else {
                 out.push_str(&format!("{} {}\n", a.address, owner));
             }

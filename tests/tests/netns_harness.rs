@@ -9,6 +9,10 @@ fn each_node_in_its_namespace_finds_itself() {
     let topo = Topology::new(&[("n1", "198.18.0.1"), ("n2", "198.18.0.2")]);
     let root = tempfile::tempdir().unwrap();
     let cfg = "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{dir}/data\"\n[nfs]\nlisten = \"0.0.0.0:2049\"\n[smb]\nlisten = \"0.0.0.0:445\"\n[cluster]\nnodes = [\"198.18.0.1\", \"198.18.0.2\"]\nrecovery_lock = \"/lock/lockfile\"\nsecret_file = \"{dir}/key\"\npublic_addresses = [{ address = \"198.18.1.1/16\", interface = \"eth0\" }]\n[node]\ncontrol_socket = \"{dir}/ctl.sock\"\nstate_dir = \"{dir}/state\"\n";
+    for n in ["n1", "n2"] {
+        std::fs::create_dir_all(root.path().join(n)).unwrap();
+        std::fs::write(root.path().join(n).join("key"), "harness-cluster-secret-0123456789").unwrap();
+    }
     let n1 = Daemon::start("n1", &root.path().join("n1"), cfg, Some(topo.ns("n1")));
     let n2 = Daemon::start("n2", &root.path().join("n2"), cfg, Some(topo.ns("n2")));
     for (d, me) in [(&n1, 0), (&n2, 1)] {

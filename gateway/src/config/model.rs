@@ -76,11 +76,11 @@ pub struct VolumeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_point: Option<PathBuf>,
     /// Milliseconds between two health probes of the volume (a small read and write).
-    #[serde(default = "default_health_interval_ms")]
+    #[serde(default = "default_volume_health_interval_ms")]
     pub health_interval_ms: u64,
     /// A probe taking longer than this (ms) marks the volume hung and the node unhealthy. Keep it
     /// above the volume's `network.ping-timeout` if brief brick losses must not move addresses.
-    #[serde(default = "default_health_timeout_ms")]
+    #[serde(default = "default_volume_health_timeout_ms")]
     pub health_timeout_ms: u64,
 }
 
@@ -88,11 +88,11 @@ fn default_access() -> GlusterAccess {
     GlusterAccess::Fuse
 }
 
-fn default_health_interval_ms() -> u64 {
+fn default_volume_health_interval_ms() -> u64 {
     2000
 }
 
-fn default_health_timeout_ms() -> u64 {
+fn default_volume_health_timeout_ms() -> u64 {
     10_000
 }
 
@@ -290,10 +290,51 @@ pub struct ClusterConfig {
     /// Move addresses back to a node when it returns healthy.
     #[serde(default = "yes")]
     pub failback: bool,
+    /// How often each node announces itself to the others (milliseconds).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// A node not heard from for this long is DISCONNECTED and its addresses move (milliseconds).
+    /// A cut-off node drops its own addresses before this, so they are never held twice.
+    #[serde(default = "default_dead_ms")]
+    pub dead_interval_ms: u64,
+    /// How often the leader re-checks that it still holds the recovery lock (milliseconds).
+    #[serde(default = "default_lock_check_ms")]
+    pub lock_check_interval_ms: u64,
+    /// How often the volume is probed (stat + small write) for health (milliseconds).
+    #[serde(default = "default_health_interval_ms")]
+    pub health_interval_ms: u64,
+    /// A volume probe slower than this makes the node UNHEALTHY (milliseconds).
+    #[serde(default = "default_health_timeout_ms")]
+    pub health_timeout_ms: u64,
+    /// TEST ONLY: a TCP echo service on this port (all addresses), registered in the connection
+    /// table like SMB and NFS connections, so HA tests can hold a real client connection to a
+    /// public address across a failover. Leave unset in production.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_echo_port: Option<u16>,
 }
 
 fn default_cluster_port() -> u16 {
     4379
+}
+
+fn default_heartbeat_ms() -> u64 {
+    100
+}
+
+fn default_dead_ms() -> u64 {
+    1000
+}
+
+fn default_lock_check_ms() -> u64 {
+    500
+}
+
+fn default_health_interval_ms() -> u64 {
+    500
+}
+
+fn default_health_timeout_ms() -> u64 {
+    2000
 }
 
 /// `[node]`: paths local to this node.

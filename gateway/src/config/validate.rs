@@ -312,6 +312,32 @@ fn cluster(cfg: &Config, out: &mut Vec<Problem>) {
     if c.port == 0 {
         out.push(problem("cluster.port", "port 0 is not a fixed port", "use 4379 (the default) or another free port"));
     }
+    if !(10..=10_000).contains(&c.heartbeat_interval_ms) {
+        out.push(problem(
+            "cluster.heartbeat_interval_ms",
+            format!("{} ms is outside 10..10000", c.heartbeat_interval_ms),
+            "the default 100 ms is cheap on any LAN",
+        ));
+    }
+    if c.dead_interval_ms < 5 * c.heartbeat_interval_ms {
+        out.push(problem(
+            "cluster.dead_interval_ms",
+            format!("{} ms is less than 5 heartbeats ({} ms)", c.dead_interval_ms, 5 * c.heartbeat_interval_ms),
+            "a node must miss several heartbeats before it is declared dead; e.g. 10 x heartbeat_interval_ms",
+        ));
+    }
+    for (key, v) in [
+        ("lock_check_interval_ms", c.lock_check_interval_ms),
+        ("health_interval_ms", c.health_interval_ms),
+        ("health_timeout_ms", c.health_timeout_ms),
+    ] {
+        if v == 0 {
+            out.push(problem(format!("cluster.{key}"), "0 ms is not an interval", "use a few hundred milliseconds"));
+        }
+    }
+    if c.test_echo_port == Some(0) {
+        out.push(problem("cluster.test_echo_port", "port 0 is not a fixed port", "remove the key (it is for tests)"));
+    }
 }
 
 /// `[nfs]` keys that only make sense together.

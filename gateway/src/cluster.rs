@@ -1,0 +1,164 @@
+//! Wiring the HA module into `nasgw serve`: when `[cluster]` is configured, start the HA node
+//! (membership, recovery lock, public addresses, tickles), feed it this node's connection table
+//! and listener health, and answer the control socket's `status`, `ip`, `disable`, `enable` and
+//! `ip move` from it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ha::connections::ConnectionTable;
+use ha::health::ListenerHealth;
+use ha::machine::{Event, Timings};
+use ha::runtime::{HaHandle, HaSettings};
+use ha::system::PublicAddress;
+use ha::wire::message::ClusterKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::{BackendKind, ClusterConfig, Config};
+use crate::control::{Handler, Request, Response};
+use crate::daemon::Lifecycle;
+
+/// Resolves `[cluster]` into the HA node's settings: finds this node, reads the secret.
+pub fn settings(cfg: &Config, cluster: &ClusterConfig) -> Result<HaSettings> {
+    let secret = std::fs::read(&cluster.secret_file).with_context(|| {
+        format!(
+            "cannot read [cluster] secret_file {}: create it with the same content on every node, e.g. `head -c 32 /dev/urandom | base64 > FILE`",
+            cluster.secret_file.display()
+        )
+    })?;
+    let key = ClusterKey::from_secret(&secret)
+        .map_err(|e| anyhow::anyhow!("[cluster] secret_file {}: {e}", cluster.secret_file.display()))?;
+    let local = ha::self_id::local_addresses().context("cannot list this host's addresses")?;
+    let Some(me) = ha::self_id::find_self(&cluster.nodes, &local) else {
+        bail!(
+            "none of [cluster] nodes {:?} is an address of this host; add this node's cluster address to the list",
+            cluster.nodes
+        );
+    };
+    let root = match cfg.volume.backend {
+        BackendKind::Local => cfg.volume.path.clone().context("a local volume has a path")?,
+        BackendKind::Gluster => bail!("[cluster] with backend = \"gluster\" is not served by this build yet"),
+    };
+    let ms = Duration::from_millis;
+    Ok(HaSettings {
+        me,
+        nodes: cluster.nodes.clone(),
+        port: cluster.port,
+        key,
+        public: cluster
+            .public_addresses
+            .iter()
+            .map(|p| PublicAddress {
+                address: p.address.addr(),
+                prefix: p.address.prefix_len(),
+                interface: p.interface.clone(),
+            })
+            .collect(),
+        failback: cluster.failback,
+        timings: Timings {
+            heartbeat: ms(cluster.heartbeat_interval_ms),
+            dead: ms(cluster.dead_interval_ms),
+            lock_check: ms(cluster.lock_check_interval_ms),
+        },
+        recovery_lock: root.join(cluster.recovery_lock.trim_start_matches('/')),
+        volume_root: root,
+        health_interval: ms(cluster.health_interval_ms),
+        health_timeout: ms(cluster.health_timeout_ms),
+        notify_script: cluster.notify_script.clone(),
+    })
+}
+
+/// The running HA node, answering the control socket.
+pub struct ClusterNode {
+    ha: HaHandle,
+    public: Vec<std::net::IpAddr>,
+    nodes: u32,
+}
+
+/// Starts the HA node (and the test echo service when configured) as tasks of `life`.
+pub fn start(
+    cfg: &Config,
+    cluster: &ClusterConfig,
+    connections: Arc<ConnectionTable>,
+    listeners: ListenerHealth,
+    life: &Lifecycle,
+) -> Result<ClusterNode> {
+    let s = settings(cfg, cluster)?;
+    tracing::info!(pnn = s.me, node = %s.nodes[s.me as usize], port = s.port, public = s.public.len(), "starting the HA node");
+    let public = s.public.iter().map(|p| p.address).collect();
+    let nodes = s.nodes.len() as u32;
+    let (ha, task) = ha::runtime::start(s, connections.clone(), listeners.clone(), life.stop.clone())?;
+    life.tasks.spawn(async move {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "the HA node task failed");
+        }
+    });
+    if let Some(port) = cluster.test_echo_port {
+        start_echo(port, connections, listeners, life)?;
+    }
+    Ok(ClusterNode { ha, public, nodes })
+}
+
+/// TEST ONLY (`[cluster] test_echo_port`): echoes bytes back; its connections are registered in
+/// the connection table exactly as SMB and NFS connections are, and its listener reports health.
+fn start_echo(port: u16, connections: Arc<ConnectionTable>, listeners: ListenerHealth, life: &Lifecycle) -> Result<()> {
+    let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    let std = std::net::TcpListener::bind(addr).with_context(|| format!("cannot bind test echo port {addr}"))?;
+    std.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(std)?;
+    tracing::warn!(%addr, "TEST ONLY echo service listening ([cluster] test_echo_port)");
+    listeners.up("echo");
+    let l = life.clone();
+    life.tasks.spawn(async move {
+        crate::listener::accept_loop("echo", listener, 1024, connections, l.clone(), move |mut s, _| {
+            let stop = l.stop.clone();
+            async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        r = s.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
+                    };
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+    });
+    Ok(())
+}
+
+impl Handler for ClusterNode {
+    fn handle(&self, req: Request) -> Response {
+        let ack = |r: Result<(), String>, message: String| match r {
+            Ok(()) => Response::Done { message },
+            Err(message) => Response::Error { message },
+        };
+        match req {
+            Request::Status => Response::Status(self.ha.view().status),
+            Request::Ip => Response::Ip(self.ha.view().ip),
+            Request::Disable => {
+                ack(self.ha.request(Event::Disable), "node disabled: its public addresses move to other nodes".into())
+            }
+            Request::Enable => ack(self.ha.request(Event::Enable), "node enabled".into()),
+            Request::IpMove { address, node } => {
+                if !self.public.contains(&address) {
+                    return Response::Error { message: format!("{address} is not one of [cluster] public_addresses") };
+                }
+                if node >= self.nodes {
+                    return Response::Error {
+                        message: format!("there is no node {node}; nodes are numbered 0..{}", self.nodes - 1),
+                    };
+                }
+                ack(
+                    self.ha.request(Event::Move { address, node }),
+                    format!("asked the leader to move {address} to node {node}"),
+                )
+            }
+        }
+    }
+}

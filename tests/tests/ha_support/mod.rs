@@ -1,0 +1,264 @@
+//! Shared set-up for the HA end-to-end tests: three nasgw nodes and a client on a bridge
+//! (198.18.0.0/16), a shared directory as the volume holding the recovery lock, three public
+//! addresses, the test echo service as the client-facing TCP service, and a sampler that
+//! watches every namespace's addresses to catch an address held twice.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nasgw_tests::{is_root, wait_for, Daemon, Topology};
+
+/// Public addresses of the test cluster.
+pub const VIPS: [&str; 3] = ["198.18.1.1", "198.18.1.2", "198.18.1.3"];
+/// The test echo service's port.
+pub const ECHO_PORT: u16 = 7777;
+/// Node names, in `[cluster] nodes` order (pnn 0, 1, 2).
+pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+/// Three nodes and a client.
+pub struct Cluster {
+    pub topo: Topology,
+    pub root: tempfile::TempDir,
+    pub daemons: Vec<Option<Daemon>>,
+    /// Nodes killed with their link down: their dead kernel still lists the address they had,
+    /// but nobody can reach it, so they are left out of `holders`.
+    pub dead: Vec<bool>,
+    config: String,
+}
+
+impl Cluster {
+    /// Starts the three daemons and waits until every public address is served once.
+    pub fn start(failback: bool) -> Cluster {
+        assert!(is_root(), "network namespace tests need root (the README's test command runs as root)");
+        let topo =
+            Topology::new(&[("n1", "198.18.0.1"), ("n2", "198.18.0.2"), ("n3", "198.18.0.3"), ("c1", "198.18.0.10")]);
+        let root = tempfile::tempdir().unwrap();
+        let vol = root.path().join("vol");
+        std::fs::create_dir_all(&vol).unwrap();
+        std::fs::write(root.path().join("key"), "nasgw-test-cluster-secret-0123456789\n").unwrap();
+        let notify = root.path().join("notify.sh");
+        std::fs::write(&notify, "#!/bin/sh\necho \"$(date +%s.%N) $*\" >> notify.log\n").unwrap();
+        std::fs::set_permissions(&notify, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let config = format!(
+            r#"[volume]
+name = "smb"
+backend = "local"
+path = "{{dir}}/vol"
+[nfs]
+listen = "0.0.0.0:12049"
+[smb]
+listen = "0.0.0.0:4445"
+[cluster]
+nodes = ["198.18.0.1", "198.18.0.2", "198.18.0.3"]
+recovery_lock = "/lock/lockfile"
+secret_file = "{key}"
+notify_script = "{notify}"
+failback = {failback}
+test_echo_port = {ECHO_PORT}
+public_addresses = [
+  {{ address = "198.18.1.1/16", interface = "eth0" }},
+  {{ address = "198.18.1.2/16", interface = "eth0" }},
+  {{ address = "198.18.1.3/16", interface = "eth0" }},
+]
+[node]
+control_socket = "{{dir}}/ctl.sock"
+state_dir = "{{dir}}/state"
+"#,
+            key = root.path().join("key").display(),
+            notify = notify.display(),
+        );
+        let mut c = Cluster { topo, root, daemons: Vec::new(), dead: vec![false; 3], config };
+        for i in 0..3 {
+            let d = c.start_node(i);
+            c.daemons.push(Some(d));
+        }
+        c.wait_converged(Duration::from_secs(10), &[0, 1, 2]);
+        c
+    }
+
+    /// The node's private directory; its volume is a symlink to the shared one.
+    pub fn dir(&self, i: usize) -> PathBuf {
+        self.root.path().join(NODES[i])
+    }
+
+    /// The shared volume.
+    pub fn volume(&self) -> PathBuf {
+        self.root.path().join("vol")
+    }
+
+    /// Starts (or restarts) node `i`.
+    pub fn start_node(&self, i: usize) -> Daemon {
+        let dir = self.dir(i);
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("vol");
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(self.volume(), &link).unwrap();
+        }
+        Daemon::start(NODES[i], &dir, &self.config, Some(self.topo.ns(NODES[i])))
+    }
+
+    pub fn daemon(&self, i: usize) -> &Daemon {
+        self.daemons[i].as_ref().expect("node running")
+    }
+
+    /// Public addresses on node `i`'s eth0 right now.
+    pub fn held(&self, i: usize) -> Vec<String> {
+        held_in(self.topo.ns(NODES[i]))
+    }
+
+    /// VIP -> nodes holding it.
+    pub fn holders(&self) -> BTreeMap<String, Vec<usize>> {
+        let mut m: BTreeMap<String, Vec<usize>> = VIPS.iter().map(|v| (v.to_string(), Vec::new())).collect();
+        for i in (0..3).filter(|i| !self.dead[*i]) {
+            for a in self.held(i) {
+                m.entry(a).or_default().push(i);
+            }
+        }
+        m
+    }
+
+    /// Waits until every VIP is on exactly one node of `allowed`; returns how long it took.
+    pub fn wait_converged(&self, timeout: Duration, allowed: &[usize]) -> Duration {
+        let start = Instant::now();
+        wait_for("every public address on exactly one allowed node", timeout, Duration::from_millis(20), || {
+            let h = self.holders();
+            h.values().all(|n| n.len() == 1 && allowed.contains(&n[0])).then_some(())
+        });
+        start.elapsed()
+    }
+
+    /// Logs of every node, for failure messages.
+    pub fn logs(&self) -> String {
+        self.daemons.iter().flatten().map(|d| d.logs()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// `nasgw status --json` of node `i`.
+    pub fn status(&self, i: usize) -> serde_json::Value {
+        let out = self.daemon(i).ctl(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status of {}: {e}: {:?}", NODES[i], out))
+    }
+
+    /// Node `j`'s state as node `i` sees it.
+    pub fn state_seen(&self, i: usize, j: usize) -> String {
+        self.status(i)["nodes"][j]["state"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The notify script's log of node `i`.
+    pub fn notify_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir(i).join("notify.log")).unwrap_or_default()
+    }
+}
+
+/// Public addresses (198.18.1.x) on `ns`'s eth0.
+pub fn held_in(ns: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["-n", ns, "-4", "-o", "addr", "show", "dev", "eth0"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.split_once('/').map(|(a, _)| a.to_string()))
+        .filter(|a| VIPS.contains(&a.as_str()))
+        .collect()
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns` (sockets it creates stay there).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on this thread only, with a namespace fd we opened.
+        let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A client connection from the client namespace to `vip`'s echo service, checked with one echo.
+pub fn connect_echo(ns: &str, vip: &str) -> TcpStream {
+    let addr: SocketAddr = format!("{vip}:{ECHO_PORT}").parse().unwrap();
+    let s = in_netns(ns, move || TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect to echo"));
+    echo(&s);
+    s
+}
+
+/// One echo round trip.
+pub fn echo(s: &TcpStream) {
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    (&*s).write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    (&*s).read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"ping");
+}
+
+/// Watches all node namespaces and records any instant where one address is on two nodes.
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    found: Arc<Mutex<Vec<String>>>,
+    rounds: Arc<Mutex<u64>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    /// Samples `ip -n NS addr` of every node in turn, continuously. An overlap is counted only
+    /// when node X has the address in two consecutive rounds and node Y has it in between, so
+    /// a sequential (non-atomic) sample cannot report a clean hand-over as a double owner.
+    pub fn start(namespaces: Vec<String>) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let found = Arc::new(Mutex::new(Vec::new()));
+        let rounds = Arc::new(Mutex::new(0));
+        let (s, f, r) = (stop.clone(), found.clone(), rounds.clone());
+        let thread = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut prev: Option<Vec<Vec<String>>> = None;
+            while !s.load(Ordering::Relaxed) {
+                let cur: Vec<Vec<String>> = namespaces.iter().map(|n| held_in(n)).collect();
+                if let Some(p) = &prev {
+                    for x in 0..cur.len() {
+                        for a in &p[x] {
+                            if !cur[x].contains(a) {
+                                continue;
+                            }
+                            for y in 0..cur.len() {
+                                // y was sampled after x in `p` (y > x) or before x in `cur` (y < x).
+                                let between = if y > x { &p[y] } else { &cur[y] };
+                                if y != x && between.contains(a) {
+                                    f.lock().unwrap().push(format!(
+                                        "{:.3}s: {a} on node {x} and node {y}",
+                                        t0.elapsed().as_secs_f64()
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+                prev = Some(cur);
+                *r.lock().unwrap() += 1;
+            }
+        });
+        Sampler { stop, found, rounds, thread: Some(thread) }
+    }
+
+    /// Stops sampling; returns (rounds, overlaps found).
+    pub fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let rounds = *self.rounds.lock().unwrap();
+        let found = self.found.lock().unwrap().clone();
+        (rounds, found)
+    }
+}
+
+/// Waits for a file path to exist.
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
