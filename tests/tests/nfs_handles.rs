@@ -99,13 +99,17 @@ async fn a_handle_minted_by_one_node_works_on_another() {
     let secret = tmp.path().join("secret");
     std::fs::write(&secret, b"cluster secret for the test").unwrap();
     let ports = [nasgw_tests::free_port(), nasgw_tests::free_port()];
+    // Each node is its own one-node cluster on a free cluster port (two HA nodes cannot share
+    // one loopback address); what matters here is the shared secret.
+    let cluster_ports = [nasgw_tests::free_port(), nasgw_tests::free_port()];
     let nodes: Vec<nasgw_tests::Daemon> = ports
         .iter()
         .enumerate()
         .map(|(i, port)| {
             let cfg = format!(
-                "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{}\"\n\n[nfs]\nlisten = \"127.0.0.1:{port}\"\nroot_squash = false\n\n[smb]\nenabled = false\n\n[cluster]\nnodes = [\"127.0.0.1\", \"127.0.0.2\"]\nrecovery_lock = \"/.lock\"\nsecret_file = \"{}\"\n\n[node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n",
+                "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{}\"\n\n[nfs]\nlisten = \"127.0.0.1:{port}\"\nroot_squash = false\n\n[smb]\nenabled = false\n\n[cluster]\nnodes = [\"127.0.0.1\"]\nport = {}\nrecovery_lock = \"/.lock{i}\"\nsecret_file = \"{}\"\n\n[node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n",
                 shared.display(),
+                cluster_ports[i],
                 secret.display()
             );
             nasgw_tests::Daemon::start(&format!("node{i}"), &tmp.path().join(format!("node{i}")), &cfg, None)
