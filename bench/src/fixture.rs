@@ -34,7 +34,7 @@ impl Sizes {
             small_size: 4096,
             list_entries: 10_000,
             deltree_files: 2000,
-            rounds: 3,
+            rounds: 5,
         }
     }
 

@@ -43,7 +43,7 @@ struct Args {
     /// Run only these groups (repeat or comma-separate); default: nfs and smb.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Only>,
-    /// Rounds per workload (the median is reported); default 3, or 1 with --quick.
+    /// Rounds per workload (the median is reported); default 5, or 1 with --quick.
     #[arg(long)]
     rounds: Option<usize>,
     /// Work directory for served data (must be on the disk under test); default: a new
