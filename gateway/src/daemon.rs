@@ -14,6 +14,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{BackendKind, Config, Loaded};
 use crate::control;
+use crate::gluster::health::HealthWatch;
+use crate::gluster::GlusterService;
 
 /// How long in-flight requests may take to finish after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,9 +40,16 @@ async fn run(loaded: Loaded) -> Result<()> {
     tracing::info!(config = %loaded.source.display_name(), volume = %cfg.volume.name, "nasgw starting");
     prepare_dirs(&cfg)?;
     let life = Lifecycle::default();
+    // The GlusterFS backend mounts (or connects to) the volume in the background and reports
+    // its health; while the volume is not usable this node is UNHEALTHY.
+    let gluster = match cfg.volume.backend {
+        BackendKind::Gluster => Some(GlusterService::start(&cfg)?),
+        BackendKind::Local => None,
+    };
 
     let control = bind_control(&cfg.node.control_socket)?;
-    let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone()));
+    let volume_health = gluster.as_ref().map(GlusterService::health);
+    let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone(), volume_health));
     life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
 
     print_banner(&cfg);
@@ -51,6 +60,9 @@ async fn run(loaded: Loaded) -> Result<()> {
     life.tasks.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, life.tasks.wait()).await.is_err() {
         tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "some requests did not finish in time");
+    }
+    if let Some(g) = &gluster {
+        g.shutdown().await;
     }
     let _ = std::fs::remove_file(&cfg.node.control_socket);
     tracing::info!("nasgw stopped");
@@ -69,7 +81,8 @@ fn prepare_dirs(cfg: &Config) -> Result<()> {
             let path = cfg.volume.path.as_ref().expect("validated: local has a path");
             std::fs::create_dir_all(path).with_context(|| format!("cannot create volume path {}", path.display()))?;
         }
-        BackendKind::Gluster => bail!("backend = \"gluster\" is not served by this build yet; use backend = \"local\" over a GlusterFS FUSE mount"),
+        // The mount point and its guard are prepared by the GlusterFS backend itself.
+        BackendKind::Gluster => {}
     }
     Ok(())
 }
@@ -133,16 +146,17 @@ fn print_banner(cfg: &Config) {
 /// configured nodes DISCONNECTED, because nothing is heard from them.
 struct StandaloneNode {
     cfg: Arc<Config>,
+    volume_health: Option<HealthWatch>,
     nodes: Vec<NodeStatus>,
     me: u32,
     leader: Option<u32>,
 }
 
 impl StandaloneNode {
-    fn new(cfg: Arc<Config>) -> Self {
+    fn new(cfg: Arc<Config>, volume_health: Option<HealthWatch>) -> Self {
         let Some(cluster) = &cfg.cluster else {
             let me = NodeStatus { pnn: 0, address: reachable(cfg.nfs.listen), state: NodeState::Ok, this_node: true };
-            return Self { cfg, nodes: vec![me], me: 0, leader: Some(0) };
+            return Self { cfg, volume_health, nodes: vec![me], me: 0, leader: Some(0) };
         };
         let local = ha::self_id::local_addresses().unwrap_or_default();
         let me = ha::self_id::find_self(&cluster.nodes, &local);
@@ -160,7 +174,19 @@ impl StandaloneNode {
             })
             .collect();
         // No leader until the HA module holds the recovery lock.
-        Self { nodes, me: me.unwrap_or(0), leader: None, cfg: cfg.clone() }
+        Self { nodes, me: me.unwrap_or(0), leader: None, cfg: cfg.clone(), volume_health }
+    }
+}
+
+impl StandaloneNode {
+    /// The node list with this node UNHEALTHY while its volume is not usable.
+    fn nodes_now(&self) -> Vec<NodeStatus> {
+        let healthy = self.volume_health.as_ref().is_none_or(|h| h.borrow().is_healthy());
+        let mut nodes = self.nodes.clone();
+        for n in nodes.iter_mut().filter(|n| n.this_node && !healthy) {
+            n.state = NodeState::Unhealthy;
+        }
+        nodes
     }
 }
 
@@ -168,7 +194,7 @@ impl control::Handler for StandaloneNode {
     fn handle(&self, req: control::Request) -> control::Response {
         match req {
             control::Request::Status => control::Response::Status(ClusterStatus {
-                nodes: self.nodes.clone(),
+                nodes: self.nodes_now(),
                 generation: 1,
                 leader: self.leader,
                 recovery_mode: RecoveryMode::Normal,

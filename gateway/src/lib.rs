@@ -5,5 +5,6 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod gluster;
 pub mod listener;
 pub mod logging;

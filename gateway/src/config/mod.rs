@@ -111,6 +111,9 @@ fn normalise(c: &mut Config, base: &Path) {
     if let Some(p) = c.volume.path.as_mut() {
         abs(p);
     }
+    if let Some(p) = c.volume.mount_point.as_mut() {
+        abs(p);
+    }
     abs(&mut c.node.control_socket);
     abs(&mut c.node.state_dir);
     for s in &mut c.smb.shares {

@@ -71,10 +71,29 @@ pub struct VolumeConfig {
     /// `fuse` or `gfapi` (`gluster` backend).
     #[serde(default = "default_access")]
     pub access: GlusterAccess,
+    /// Where nasgw mounts the volume (`access = "fuse"`); default `state_dir/mnt`. Private to
+    /// nasgw: it sits on a read-only guard, so nothing is written there while unmounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_point: Option<PathBuf>,
+    /// Milliseconds between two health probes of the volume (a small read and write).
+    #[serde(default = "default_health_interval_ms")]
+    pub health_interval_ms: u64,
+    /// A probe taking longer than this (ms) marks the volume hung and the node unhealthy. Keep it
+    /// above the volume's `network.ping-timeout` if brief brick losses must not move addresses.
+    #[serde(default = "default_health_timeout_ms")]
+    pub health_timeout_ms: u64,
 }
 
 fn default_access() -> GlusterAccess {
     GlusterAccess::Fuse
+}
+
+fn default_health_interval_ms() -> u64 {
+    2000
+}
+
+fn default_health_timeout_ms() -> u64 {
+    10_000
 }
 
 /// `[nfs]`: NFSv3, MOUNT and (optionally) the portmapper.

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::locate::KeyPath;
-use super::model::{BackendKind, Config};
+use super::model::{BackendKind, Config, GlusterAccess};
 
 /// A rule broken at `path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +86,13 @@ fn volume(cfg: &Config, out: &mut Vec<Problem>) {
                     "add path = \"/srv/nasgw\" (the directory to serve)",
                 ));
             }
+            if v.mount_point.is_some() {
+                out.push(problem(
+                    "volume.mount_point",
+                    "`mount_point` is only used by backend = \"gluster\"",
+                    "remove `mount_point`; a local backend serves `path`",
+                ));
+            }
             if !v.servers.is_empty() {
                 out.push(problem(
                     "volume.servers",
@@ -107,6 +114,20 @@ fn volume(cfg: &Config, out: &mut Vec<Problem>) {
                     "volume.path",
                     "`path` is only used by backend = \"local\"",
                     "remove `path`; nasgw mounts the Gluster volume itself",
+                ));
+            }
+            if v.health_interval_ms == 0 || v.health_timeout_ms < 100 {
+                out.push(problem(
+                    "volume.health_timeout_ms",
+                    "health probes need an interval above 0 and a timeout of at least 100 ms",
+                    "e.g. health_interval_ms = 2000, health_timeout_ms = 10000",
+                ));
+            }
+            if v.mount_point.is_some() && v.access == GlusterAccess::Gfapi {
+                out.push(problem(
+                    "volume.mount_point",
+                    "`mount_point` is only used by access = \"fuse\"",
+                    "remove `mount_point`; access = \"gfapi\" mounts nothing",
                 ));
             }
             for (i, s) in v.servers.iter().enumerate() {

@@ -1,0 +1,495 @@
+//! A safe layer over libgfapi (`gfapi-sys`): one connected volume, its objects (GFID handles) and
+//! open files.
+//!
+//! Objects come from the handle API (`glfs_h_*`): an [`Object`] *is* a GFID, the identity the
+//! volume gives a file on every node, so an NFS file handle built from it is valid wherever the
+//! volume is mounted, and turning a handle back into an object needs no path lookup
+//! ([`Volume::object_from_gfid`]).
+//!
+//! Every call blocks (libgfapi is synchronous): callers run them on blocking threads, never on an
+//! async executor thread. Credentials are per thread in libgfapi, so [`Credentials::apply`] is
+//! called right before the operations it covers, on the same thread.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use gfapi_sys::{glfs_fd_t, glfs_object_t, glfs_t, Gfapi};
+
+/// Length of a GFID (a UUID), the volume-wide identity of a file.
+pub const GFID_LEN: usize = 16;
+
+/// A GlusterFS file identity: the same bytes on every brick and every client.
+pub type Gfid = [u8; GFID_LEN];
+
+/// libgfapi, opened once per process on first use.
+pub fn library() -> io::Result<&'static Gfapi> {
+    static LIB: OnceLock<Result<Gfapi, String>> = OnceLock::new();
+    LIB.get_or_init(|| Gfapi::load().map_err(|e| e.to_string())).as_ref().map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("access = \"gfapi\" needs libgfapi (Debian: apt install libgfapi0): {e}"),
+        )
+    })
+}
+
+fn cstr(s: impl AsRef<OsStr>) -> io::Result<CString> {
+    CString::new(s.as_ref().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a name"))
+}
+
+/// `-1`/`NULL` from libgfapi: the reason is in errno.
+fn last_err() -> io::Error {
+    io::Error::last_os_error()
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(last_err())
+    } else {
+        Ok(())
+    }
+}
+
+/// The caller a request runs as: NFS AUTH_SYS or the SMB session's mapped user.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Credentials {
+    /// File-system user id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+impl Credentials {
+    /// root, for nasgw's own housekeeping (health probe, recovery lock).
+    pub fn root() -> Self {
+        Self::default()
+    }
+
+    /// Makes libgfapi send these ids with every operation this thread issues next.
+    pub fn apply(&self) -> io::Result<()> {
+        let lib = library()?;
+        // SAFETY: the setfs* calls only set thread-local values inside libgfapi; the group list
+        // pointer is valid for `groups.len()` entries during the call.
+        unsafe {
+            check(lib.glfs_setfsuid(self.uid))?;
+            check(lib.glfs_setfsgid(self.gid))?;
+            check(lib.glfs_setfsgroups(self.groups.len(), self.groups.as_ptr()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A connected GlusterFS volume (`glfs_t`), finalised when the last clone, object and open file
+/// are gone (each holds a reference, so nothing is used after `glfs_fini`). Shared between
+/// threads: libgfapi is thread-safe per `glfs_t`.
+#[derive(Clone)]
+pub struct Volume {
+    inner: Arc<Connection>,
+}
+
+struct Connection {
+    lib: &'static Gfapi,
+    fs: *mut glfs_t,
+    name: String,
+}
+
+// SAFETY: a glfs_t is designed to be used from many threads at once (Samba and Ganesha do).
+unsafe impl Send for Connection {}
+// SAFETY: as above; no method mutates Rust-side state.
+unsafe impl Sync for Connection {}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // SAFETY: fs is live and finalised once, after every object and fd (they hold an Arc).
+        unsafe { self.lib.glfs_fini(self.fs) };
+    }
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume").field("name", &self.name()).finish()
+    }
+}
+
+impl Volume {
+    /// Connects to `volume` through the first reachable of `servers` (port 24007, TCP), logging
+    /// libgfapi's messages to `log_file`. Blocks until the volume graph is up or fails (ENOENT
+    /// for an unknown volume, ENOTCONN when no server answers).
+    pub fn connect(volume: &str, servers: &[String], log_file: &Path) -> io::Result<Volume> {
+        let lib = library()?;
+        let name = cstr(volume)?;
+        // SAFETY: glfs_new copies the name; NULL means failure.
+        let fs = unsafe { lib.glfs_new(name.as_ptr()) };
+        if fs.is_null() {
+            return Err(last_err());
+        }
+        // From here the Volume owns `fs`: an early return finalises it.
+        let vol = Volume { inner: Arc::new(Connection { lib, fs, name: volume.to_string() }) };
+        let tcp = cstr("tcp")?;
+        for s in servers {
+            let host = cstr(s)?;
+            // SAFETY: fs is live; strings are copied by libgfapi.
+            check(unsafe { lib.glfs_set_volfile_server(fs, tcp.as_ptr(), host.as_ptr(), 24007) })?;
+        }
+        let log = cstr(log_file)?;
+        // SAFETY: fs is live; the path is copied. Level 5 = GF_LOG_WARNING.
+        check(unsafe { lib.glfs_set_logging(fs, log.as_ptr(), 5) })?;
+        // SAFETY: fs is live and configured.
+        check(unsafe { lib.glfs_init(fs) })?;
+        Ok(vol)
+    }
+
+    /// The volume's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn lib(&self) -> &'static Gfapi {
+        self.inner.lib
+    }
+
+    fn fs(&self) -> *mut glfs_t {
+        self.inner.fs
+    }
+
+    fn object(&self, ptr: *mut glfs_object_t) -> io::Result<Object> {
+        if ptr.is_null() {
+            Err(last_err())
+        } else {
+            Ok(Object { conn: self.inner.clone(), ptr })
+        }
+    }
+
+    fn file(&self, fd: *mut glfs_fd_t, dir: bool) -> io::Result<File> {
+        if fd.is_null() {
+            Err(last_err())
+        } else {
+            Ok(File { conn: self.inner.clone(), fd, dir })
+        }
+    }
+
+    /// The root directory and its attributes.
+    pub fn root(&self) -> io::Result<(Object, libc::stat)> {
+        let path = cstr("/")?;
+        let mut st = MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: NULL parent means "from the root"; st is written on success.
+        let ptr =
+            unsafe { self.lib().glfs_h_lookupat(self.fs(), std::ptr::null_mut(), path.as_ptr(), st.as_mut_ptr(), 0) };
+        let obj = self.object(ptr)?;
+        // SAFETY: a successful lookup filled st (zeroed before, so valid either way).
+        Ok((obj, unsafe { st.assume_init() }))
+    }
+
+    /// Looks `name` up in directory `dir` (one component, symlinks not followed).
+    pub fn lookup(&self, dir: &Object, name: &OsStr) -> io::Result<(Object, libc::stat)> {
+        let name = cstr(name)?;
+        let mut st = MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: dir is a live object of this volume.
+        let ptr = unsafe { self.lib().glfs_h_lookupat(self.fs(), dir.ptr, name.as_ptr(), st.as_mut_ptr(), 0) };
+        let obj = self.object(ptr)?;
+        // SAFETY: zeroed and filled on success.
+        Ok((obj, unsafe { st.assume_init() }))
+    }
+
+    /// The object with this GFID, found without any path lookup (a handle from any node).
+    pub fn object_from_gfid(&self, gfid: &Gfid) -> io::Result<(Object, libc::stat)> {
+        let mut h = *gfid;
+        let mut st = MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: h is GFID_LEN bytes; st is written on success.
+        let ptr = unsafe {
+            self.lib().glfs_h_create_from_handle(self.fs(), h.as_mut_ptr(), GFID_LEN as i32, st.as_mut_ptr())
+        };
+        let obj = self.object(ptr)?;
+        // SAFETY: zeroed and filled on success.
+        Ok((obj, unsafe { st.assume_init() }))
+    }
+
+    /// Attributes of `obj`.
+    pub fn stat(&self, obj: &Object) -> io::Result<libc::stat> {
+        let mut st = MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: live object; st written on success.
+        check(unsafe { self.lib().glfs_h_stat(self.fs(), obj.ptr, st.as_mut_ptr()) })?;
+        // SAFETY: as above.
+        Ok(unsafe { st.assume_init() })
+    }
+
+    /// File-system totals (`df`), for NFS FSSTAT and SMB volume info.
+    pub fn statfs(&self, obj: &Object) -> io::Result<libc::statvfs> {
+        let mut st = MaybeUninit::<libc::statvfs>::zeroed();
+        // SAFETY: live object; st written on success.
+        check(unsafe { self.lib().glfs_h_statfs(self.fs(), obj.ptr, st.as_mut_ptr()) })?;
+        // SAFETY: as above.
+        Ok(unsafe { st.assume_init() })
+    }
+
+    /// Creates regular file `name` in `dir` (`flags` as open(2): O_EXCL for exclusive create).
+    pub fn create(&self, dir: &Object, name: &OsStr, flags: i32, mode: u32) -> io::Result<(Object, libc::stat)> {
+        let name = cstr(name)?;
+        let mut st = MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: live parent; name copied; st written on success.
+        let ptr = unsafe { self.lib().glfs_h_creat(self.fs(), dir.ptr, name.as_ptr(), flags, mode, st.as_mut_ptr()) };
+        let obj = self.object(ptr)?;
+        // SAFETY: zeroed and filled on success.
+        Ok((obj, unsafe { st.assume_init() }))
+    }
+
+    /// Creates directory `name` in `dir`.
+    pub fn mkdir(&self, dir: &Object, name: &OsStr, mode: u32) -> io::Result<(Object, libc::stat)> {
+        let name = cstr(name)?;
+        let mut st = MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: live parent; st written on success.
+        let ptr = unsafe { self.lib().glfs_h_mkdir(self.fs(), dir.ptr, name.as_ptr(), mode, st.as_mut_ptr()) };
+        let obj = self.object(ptr)?;
+        // SAFETY: zeroed and filled on success.
+        Ok((obj, unsafe { st.assume_init() }))
+    }
+
+    /// Creates symlink `name` in `dir` pointing at `target`.
+    pub fn symlink(&self, dir: &Object, name: &OsStr, target: &OsStr) -> io::Result<(Object, libc::stat)> {
+        let name = cstr(name)?;
+        let target = cstr(target)?;
+        let mut st = MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: live parent; strings copied; st written on success.
+        let ptr =
+            unsafe { self.lib().glfs_h_symlink(self.fs(), dir.ptr, name.as_ptr(), target.as_ptr(), st.as_mut_ptr()) };
+        let obj = self.object(ptr)?;
+        // SAFETY: zeroed and filled on success.
+        Ok((obj, unsafe { st.assume_init() }))
+    }
+
+    /// The target of symlink `obj`.
+    pub fn readlink(&self, obj: &Object) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+        // SAFETY: live object; buf has the stated length.
+        let n = unsafe { self.lib().glfs_h_readlink(self.fs(), obj.ptr, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(last_err());
+        }
+        buf.truncate(n as usize);
+        Ok(buf)
+    }
+
+    /// Hard link `target` as `name` in `dir`.
+    pub fn link(&self, target: &Object, dir: &Object, name: &OsStr) -> io::Result<()> {
+        let name = cstr(name)?;
+        // SAFETY: live objects; name copied.
+        check(unsafe { self.lib().glfs_h_link(self.fs(), target.ptr, dir.ptr, name.as_ptr()) })
+    }
+
+    /// Removes `name` from `dir` (a file, or an empty directory).
+    pub fn unlink(&self, dir: &Object, name: &OsStr) -> io::Result<()> {
+        let name = cstr(name)?;
+        // SAFETY: live parent; name copied.
+        check(unsafe { self.lib().glfs_h_unlink(self.fs(), dir.ptr, name.as_ptr()) })
+    }
+
+    /// Renames `from_dir/from` to `to_dir/to` (replacing a compatible target, as rename(2)).
+    pub fn rename(&self, from_dir: &Object, from: &OsStr, to_dir: &Object, to: &OsStr) -> io::Result<()> {
+        let from = cstr(from)?;
+        let to = cstr(to)?;
+        // SAFETY: live objects; names copied.
+        check(unsafe { self.lib().glfs_h_rename(self.fs(), from_dir.ptr, from.as_ptr(), to_dir.ptr, to.as_ptr()) })
+    }
+
+    /// Sets attributes: `valid` is a mask of `gfapi_sys::GFAPI_SET_ATTR_*` naming the fields of
+    /// `st` to apply (mode, uid, gid, size, atime, mtime).
+    pub fn setattr(&self, obj: &Object, st: &libc::stat, valid: u32) -> io::Result<()> {
+        let mut st = *st;
+        // SAFETY: live object; st is a valid stat read by libgfapi.
+        check(unsafe { self.lib().glfs_h_setattrs(self.fs(), obj.ptr, &mut st, valid as i32) })
+    }
+
+    /// Truncates (or extends) `obj` to `size` bytes.
+    pub fn truncate(&self, obj: &Object, size: u64) -> io::Result<()> {
+        // SAFETY: live object.
+        check(unsafe { self.lib().glfs_h_truncate(self.fs(), obj.ptr, size as i64) })
+    }
+
+    /// Opens regular file `obj` (`flags` as open(2), without O_CREAT).
+    pub fn open(&self, obj: &Object, flags: i32) -> io::Result<File> {
+        // SAFETY: live object.
+        let fd = unsafe { self.lib().glfs_h_open(self.fs(), obj.ptr, flags) };
+        self.file(fd, false)
+    }
+
+    /// Reads a whole directory: every entry with its attributes and GFID object, `.` and `..`
+    /// left out. GlusterFS directory offsets are opaque cookies, returned with each entry.
+    pub fn read_dir(&self, dir: &Object) -> io::Result<Vec<DirEntry>> {
+        // SAFETY: live object.
+        let fd = unsafe { self.lib().glfs_h_opendir(self.fs(), dir.ptr) };
+        let dirfd = self.file(fd, true)?;
+        let mut out = Vec::new();
+        loop {
+            let mut st = MaybeUninit::<libc::stat>::zeroed();
+            let mut ent = MaybeUninit::<libc::dirent>::zeroed();
+            let mut res: *mut libc::dirent = std::ptr::null_mut();
+            // SAFETY: fd is an open directory; st/ent are valid buffers; res receives ent or NULL.
+            let rc = unsafe { self.lib().glfs_readdirplus_r(dirfd.fd, st.as_mut_ptr(), ent.as_mut_ptr(), &mut res) };
+            if rc != 0 {
+                // glfs_readdirplus_r returns the error number itself... or -1 with errno set.
+                return Err(if rc > 0 { io::Error::from_raw_os_error(rc) } else { last_err() });
+            }
+            if res.is_null() {
+                break;
+            }
+            // SAFETY: res == ent, filled by libgfapi; d_name is NUL-terminated.
+            let (ent, st) = unsafe { (ent.assume_init(), st.assume_init()) };
+            // SAFETY: d_name is a NUL-terminated array inside ent.
+            let name = unsafe { CStr::from_ptr(ent.d_name.as_ptr()) }.to_bytes().to_vec();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            out.push(DirEntry { name, stat: st, cookie: ent.d_off });
+        }
+        Ok(out)
+    }
+}
+
+/// One directory entry from [`Volume::read_dir`].
+#[derive(Clone)]
+pub struct DirEntry {
+    /// The name, as bytes (GlusterFS names are byte strings).
+    pub name: Vec<u8>,
+    /// Attributes, from the same READDIRP (no extra round trip).
+    pub stat: libc::stat,
+    /// The entry's directory offset cookie.
+    pub cookie: i64,
+}
+
+/// A GFID handle on a file or directory (`glfs_object`); closed on drop.
+pub struct Object {
+    conn: Arc<Connection>,
+    ptr: *mut glfs_object_t,
+}
+
+// SAFETY: a glfs_object is an immutable reference to an inode, usable from any thread.
+unsafe impl Send for Object {}
+// SAFETY: as above.
+unsafe impl Sync for Object {}
+
+impl Object {
+    /// The GFID: the file's identity on every node of the cluster.
+    pub fn gfid(&self) -> io::Result<Gfid> {
+        let mut h = [0u8; GFID_LEN];
+        // SAFETY: live object; h has GFID_LEN bytes.
+        let n = unsafe { self.conn.lib.glfs_h_extract_handle(self.ptr, h.as_mut_ptr(), GFID_LEN as i32) };
+        if n < 0 {
+            return Err(last_err());
+        }
+        Ok(h)
+    }
+}
+
+impl Drop for Object {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from a glfs_h_* call and is closed exactly once.
+        unsafe { self.conn.lib.glfs_h_close(self.ptr) };
+    }
+}
+
+/// An open file or directory (`glfs_fd`); closed on drop.
+pub struct File {
+    conn: Arc<Connection>,
+    fd: *mut glfs_fd_t,
+    dir: bool,
+}
+
+// SAFETY: a glfs_fd may be used from any thread (one call at a time per offset is the caller's
+// business, as with pread/pwrite).
+unsafe impl Send for File {}
+// SAFETY: pread/pwrite on one fd from several threads are safe in libgfapi.
+unsafe impl Sync for File {}
+
+impl File {
+    /// Reads up to `buf.len()` bytes at `offset`; 0 at end of file.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        // SAFETY: fd open; buf valid for its length; stats not wanted (NULL).
+        let n = unsafe {
+            self.conn.lib.glfs_pread(
+                self.fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                offset as i64,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(last_err());
+        }
+        Ok(n as usize)
+    }
+
+    /// Writes `buf` at `offset`; returns how much was written.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        // SAFETY: fd open; buf valid for its length.
+        let n = unsafe {
+            self.conn.lib.glfs_pwrite(
+                self.fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                offset as i64,
+                0,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(last_err());
+        }
+        Ok(n as usize)
+    }
+
+    /// Writes all of `buf` at `offset`.
+    pub fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = self.write_at(buf, offset)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            buf = &buf[n..];
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Makes written data stable on the bricks (NFS COMMIT, SMB FLUSH).
+    pub fn fsync(&self) -> io::Result<()> {
+        // SAFETY: fd open; stats not wanted.
+        check(unsafe { self.conn.lib.glfs_fsync(self.fd, std::ptr::null_mut(), std::ptr::null_mut()) })
+    }
+
+    /// Tags this fd's locks with `owner` (at most 255 bytes): each client's locks are then its
+    /// own on every brick, whatever node or connection they came through.
+    pub fn set_lock_owner(&self, owner: &[u8]) -> io::Result<()> {
+        let mut o = owner.to_vec();
+        // SAFETY: fd open; o valid for its length, copied by libgfapi.
+        check(unsafe { self.conn.lib.glfs_fd_set_lkowner(self.fd, o.as_mut_ptr().cast(), o.len() as i32) })
+    }
+
+    /// A POSIX byte-range lock call (`F_SETLK`, `F_SETLKW`, `F_GETLK`) on this fd, enforced by
+    /// the bricks' locks translator: cluster-wide.
+    pub fn posix_lock(&self, cmd: i32, lock: &mut libc::flock) -> io::Result<()> {
+        // SAFETY: fd open; lock is a valid flock.
+        check(unsafe { self.conn.lib.glfs_posix_lock(self.fd, cmd, lock) })
+    }
+}
+
+impl Drop for File {
+    fn drop(&mut self) {
+        // SAFETY: fd is open and closed exactly once, a directory with closedir (which also
+        // frees its cached entries).
+        unsafe {
+            if self.dir {
+                self.conn.lib.glfs_closedir(self.fd);
+            } else {
+                self.conn.lib.glfs_close(self.fd);
+            }
+        }
+    }
+}

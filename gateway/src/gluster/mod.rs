@@ -1,0 +1,201 @@
+//! The GlusterFS backend: how nasgw reaches a `[volume] backend = "gluster"` volume, and how it
+//! tells HA whether the volume is usable.
+//!
+//! - `access = "fuse"` ([`mount`]): nasgw mounts the volume itself (managed FUSE mount) and the
+//!   POSIX backend serves the mount point. File identities come from the volume's GFIDs (virtual
+//!   xattr `glusterfs.gfid.string`; `/.gfid/<uuid>` through the aux-gfid mount), the same on
+//!   every node.
+//! - `access = "gfapi"` ([`gfapi`]): nasgw talks to the bricks through libgfapi, loaded at run
+//!   time; objects are GFID handles (`glfs_h_*`).
+//! - Either way a [`health::HealthMonitor`] probes the volume with a timeout on its own thread and
+//!   publishes [`health::VolumeHealth`] on a watch ([`GlusterService::health`]).
+
+pub mod gfapi;
+pub mod health;
+pub mod mount;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, GlusterAccess};
+use health::{HealthMonitor, HealthWatch, ProbeTiming, VolumeHealth};
+use mount::{ManagedMount, MountSpec, MountState};
+
+/// nasgw's reserved directory at the volume root (health probe files).
+pub const RESERVED_DIR: &str = ".nasgw";
+
+/// How this node reaches the volume.
+pub enum VolumeAccess {
+    /// The managed FUSE mount.
+    Fuse(Arc<ManagedMount>),
+    /// A libgfapi connection, set once connected (the connection is made in the background).
+    Gfapi(Arc<Mutex<Option<gfapi::Volume>>>),
+}
+
+/// A running GlusterFS backend: the mount or connection, and its health.
+pub struct GlusterService {
+    /// How the volume is reached.
+    pub access: VolumeAccess,
+    health: HealthWatch,
+    stop: CancellationToken,
+}
+
+impl GlusterService {
+    /// Starts the backend for `cfg` (which must be `backend = "gluster"`): mounts the volume or
+    /// connects to it in the background, and starts the health probe. Returns at once; the
+    /// health watch says when the volume is usable. Must run inside the tokio runtime.
+    pub fn start(cfg: &Config) -> Result<GlusterService> {
+        let v = &cfg.volume;
+        let volume = v.gluster_volume.clone().unwrap_or_else(|| v.name.clone());
+        let timing = ProbeTiming {
+            interval: Duration::from_millis(v.health_interval_ms),
+            timeout: Duration::from_millis(v.health_timeout_ms),
+        };
+        // This node's probe file: named after its own volfile server (first in `servers`).
+        let tag = format!("health-{}", v.servers.first().map_or("node", String::as_str));
+        let (monitor, health) = HealthMonitor::new();
+        let stop = CancellationToken::new();
+        let access = match v.access {
+            GlusterAccess::Fuse => {
+                let spec = MountSpec {
+                    volume,
+                    servers: v.servers.clone(),
+                    mount_point: v.mount_point.clone().unwrap_or_else(|| cfg.node.state_dir.join("mnt")),
+                    log_file: cfg.node.state_dir.join("glusterfs-fuse.log"),
+                    mount_timeout: Duration::from_secs(30),
+                };
+                let mount = ManagedMount::start(spec, monitor.publisher())?;
+                monitor.run(fuse_probe(mount.clone(), tag), timing, stop.clone());
+                VolumeAccess::Fuse(mount)
+            }
+            GlusterAccess::Gfapi => {
+                gfapi::library()?;
+                let slot = Arc::new(Mutex::new(None));
+                let log = cfg.node.state_dir.join("gfapi.log");
+                monitor.run(gfapi_probe(slot.clone(), volume, v.servers.clone(), log, tag), timing, stop.clone());
+                VolumeAccess::Gfapi(slot)
+            }
+        };
+        Ok(GlusterService { access, health, stop })
+    }
+
+    /// The volume's health, for HA and `nasgw status`.
+    pub fn health(&self) -> HealthWatch {
+        self.health.clone()
+    }
+
+    /// The mount point the POSIX backend serves (`access = "fuse"`).
+    pub fn mount_path(&self) -> Option<&Path> {
+        match &self.access {
+            VolumeAccess::Fuse(m) => Some(m.path()),
+            VolumeAccess::Gfapi(_) => None,
+        }
+    }
+
+    /// The libgfapi connection, once made (`access = "gfapi"`).
+    pub fn gfapi_volume(&self) -> Option<gfapi::Volume> {
+        match &self.access {
+            VolumeAccess::Gfapi(slot) => slot.lock().expect("lock").clone(),
+            VolumeAccess::Fuse(_) => None,
+        }
+    }
+
+    /// Stops probing, then unmounts (FUSE) or disconnects (gfapi). Call after in-flight
+    /// requests have finished.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        match &self.access {
+            VolumeAccess::Fuse(m) => m.shutdown().await,
+            VolumeAccess::Gfapi(slot) => {
+                let vol = slot.lock().expect("lock").take();
+                // glfs_fini may block on an unreachable volume: never on an executor thread.
+                let _ = tokio::task::spawn_blocking(move || drop(vol)).await;
+            }
+        }
+    }
+}
+
+/// FUSE probe: the volume is the top mount, its root answers, a small write reaches it.
+fn fuse_probe(mount: Arc<ManagedMount>, tag: String) -> impl FnMut() -> Result<(), VolumeHealth> + Send {
+    move || {
+        match mount.state() {
+            MountState::Mounted { .. } => {}
+            MountState::Failed { reason } => return Err(VolumeHealth::Unreachable { reason }),
+            MountState::Mounting if mount.mount_count() > 0 => {
+                return Err(VolumeHealth::Remounting { reason: "the FUSE client is being restarted".into() })
+            }
+            MountState::Mounting | MountState::Stopped => {
+                return Err(VolumeHealth::Unreachable { reason: "the volume is not mounted".into() })
+            }
+        }
+        let root = mount.path();
+        if !mount::top_mount_is_glusterfs(root) {
+            return Err(VolumeHealth::Unreachable { reason: "the volume is not mounted".into() });
+        }
+        let err = |e: std::io::Error| VolumeHealth::from_probe_error(&e);
+        std::fs::metadata(root).map_err(err)?;
+        let dir = root.join(RESERVED_DIR);
+        if let Err(e) = std::fs::create_dir(&dir) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(err(e));
+            }
+        }
+        let mut f = std::fs::File::create(dir.join(&tag)).map_err(err)?;
+        f.write_all(&probe_stamp()).map_err(err)?;
+        f.sync_data().map_err(err)?;
+        Ok(())
+    }
+}
+
+/// gfapi probe: connect if not yet connected, then the same stat and small write by handles.
+fn gfapi_probe(
+    slot: Arc<Mutex<Option<gfapi::Volume>>>,
+    volume: String,
+    servers: Vec<String>,
+    log: PathBuf,
+    tag: String,
+) -> impl FnMut() -> Result<(), VolumeHealth> + Send {
+    move || {
+        let err = |e: std::io::Error| VolumeHealth::from_probe_error(&e);
+        let existing = slot.lock().expect("lock").clone();
+        let vol = match existing {
+            Some(v) => v,
+            None => {
+                let v = gfapi::Volume::connect(&volume, &servers, &log).map_err(|e| VolumeHealth::Unreachable {
+                    reason: format!("cannot connect to volume {volume} through {servers:?}: {e}"),
+                })?;
+                tracing::info!(%volume, ?servers, "connected to the volume through libgfapi");
+                *slot.lock().expect("lock") = Some(v.clone());
+                v
+            }
+        };
+        gfapi::Credentials::root().apply().map_err(err)?;
+        let (root, _) = vol.root().map_err(err)?;
+        let dir = match vol.lookup(&root, RESERVED_DIR.as_ref()) {
+            Ok((d, _)) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => match vol.mkdir(&root, RESERVED_DIR.as_ref(), 0o755) {
+                Ok((d, _)) => d,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    vol.lookup(&root, RESERVED_DIR.as_ref()).map_err(err)?.0
+                }
+                Err(e) => return Err(err(e)),
+            },
+            Err(e) => return Err(err(e)),
+        };
+        let (obj, _) = vol.create(&dir, tag.as_ref(), libc::O_WRONLY | libc::O_TRUNC, 0o644).map_err(err)?;
+        let f = vol.open(&obj, libc::O_WRONLY).map_err(err)?;
+        f.write_all_at(&probe_stamp(), 0).map_err(err)?;
+        f.fsync().map_err(err)?;
+        Ok(())
+    }
+}
+
+fn probe_stamp() -> Vec<u8> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}\n", now.as_millis()).into_bytes()
+}

@@ -1,0 +1,357 @@
+//! The managed FUSE mount (`[volume] backend = "gluster"`, `access = "fuse"`): nasgw mounts the
+//! volume itself, watches the client process, mounts again when it dies, and unmounts on stop.
+//!
+//! - The client is `glusterfs -N` (foreground), a child of nasgw: its death is seen at once
+//!   (no polling of a daemonised process), and stop reaps it.
+//! - Volfile servers are this node's own first, then the others (what `mount.glusterfs
+//!   gluster1:smb` with `backup-volfile-servers` does).
+//! - Under the volume sits a **read-only guard**: an empty read-only tmpfs mounted on the mount
+//!   point before the volume is mounted on top of it. Whenever the volume is not mounted (start,
+//!   client crash, failed mount) the directory refuses writes with EROFS, so no write ever lands
+//!   in the empty directory underneath.
+//! - A mount counts only when `/proc/self/mountinfo` shows `fuse.glusterfs` as the top mount of
+//!   the mount point *and* its root answers a stat.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use super::health::{HealthMonitor, VolumeHealth};
+
+/// What to mount where.
+#[derive(Debug, Clone)]
+pub struct MountSpec {
+    /// The GlusterFS volume name.
+    pub volume: String,
+    /// Volfile servers, this node's own first.
+    pub servers: Vec<String>,
+    /// The private mount point (created if missing).
+    pub mount_point: PathBuf,
+    /// The FUSE client's log file.
+    pub log_file: PathBuf,
+    /// How long one mount attempt may take before it counts as failed.
+    pub mount_timeout: Duration,
+}
+
+/// Where the mount stands, for the health probe and the control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountState {
+    /// Mounting (first time or again).
+    Mounting,
+    /// Mounted; `pid` is the glusterfs client.
+    Mounted {
+        /// The client process.
+        pid: u32,
+    },
+    /// The last attempt failed; retrying after a pause.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Unmounted on stop.
+    Stopped,
+}
+
+/// A supervised GlusterFS FUSE mount; [`ManagedMount::shutdown`] unmounts it.
+pub struct ManagedMount {
+    spec: MountSpec,
+    state: Arc<Mutex<MountState>>,
+    stop: CancellationToken,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    mounts: Arc<Mutex<u64>>,
+}
+
+impl ManagedMount {
+    /// Prepares the mount point and its read-only guard, then starts the supervisor task, which
+    /// mounts the volume and keeps it mounted. Returns at once: `state()` and the health watch
+    /// say when the volume is there. Fails only when the mount point cannot be prepared.
+    pub fn start(spec: MountSpec, health: HealthMonitor) -> Result<Arc<ManagedMount>> {
+        std::fs::create_dir_all(&spec.mount_point)
+            .with_context(|| format!("cannot create mount point {}", spec.mount_point.display()))?;
+        // A mount left by a crashed nasgw is cleared first (stacked guards are harmless).
+        detach_stale(&spec.mount_point);
+        mount_guard(&spec.mount_point)?;
+        let m = Arc::new(ManagedMount {
+            spec,
+            state: Arc::new(Mutex::new(MountState::Mounting)),
+            stop: CancellationToken::new(),
+            task: Mutex::new(None),
+            mounts: Arc::new(Mutex::new(0)),
+        });
+        let task = tokio::spawn(supervise(m.spec.clone(), m.state.clone(), m.mounts.clone(), health, m.stop.clone()));
+        *m.task.lock().expect("lock") = Some(task);
+        Ok(m)
+    }
+
+    /// The directory the POSIX backend serves (the volume when mounted; the read-only guard
+    /// otherwise).
+    pub fn path(&self) -> &Path {
+        &self.spec.mount_point
+    }
+
+    /// The current state.
+    pub fn state(&self) -> MountState {
+        self.state.lock().expect("lock").clone()
+    }
+
+    /// How many times the volume was mounted (1 after start, +1 per remount).
+    pub fn mount_count(&self) -> u64 {
+        *self.mounts.lock().expect("lock")
+    }
+
+    /// Unmounts the volume and the guard and reaps the client. Call after in-flight requests
+    /// have finished.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let task = self.task.lock().expect("lock").take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        unmount_all(&self.spec.mount_point);
+        *self.state.lock().expect("lock") = MountState::Stopped;
+    }
+}
+
+/// The supervisor: mount, wait for the client to die or stop, repeat.
+async fn supervise(
+    spec: MountSpec,
+    state: Arc<Mutex<MountState>>,
+    count: Arc<Mutex<u64>>,
+    health: HealthMonitor,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        *state.lock().expect("lock") = MountState::Mounting;
+        match mount_once(&spec, &stop).await {
+            Ok(mut child) => {
+                let pid = child.id().unwrap_or(0);
+                *count.lock().expect("lock") += 1;
+                *state.lock().expect("lock") = MountState::Mounted { pid };
+                tracing::info!(volume = %spec.volume, mount_point = %spec.mount_point.display(), pid, "volume mounted");
+                backoff = Duration::from_millis(200);
+                tokio::select! {
+                    status = child.wait() => {
+                        let reason = match status {
+                            Ok(s) => format!("glusterfs client {pid} exited ({s})"),
+                            Err(e) => format!("glusterfs client {pid} lost: {e}"),
+                        };
+                        tracing::warn!(%reason, "FUSE client died: mounting the volume again");
+                        health.publish(VolumeHealth::Remounting { reason });
+                        // The dead FUSE mount answers ENOTCONN; detach it so the guard shows.
+                        detach_top_fuse(&spec.mount_point);
+                    }
+                    _ = stop.cancelled() => {
+                        stop_client(&spec.mount_point, child).await;
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                tracing::error!(volume = %spec.volume, %reason, retry_in_ms = backoff.as_millis() as u64, "mount failed");
+                health.publish(VolumeHealth::Unreachable { reason: reason.clone() });
+                *state.lock().expect("lock") = MountState::Failed { reason };
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+        if stop.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// One mount attempt: start the client, wait until the mount is really there.
+async fn mount_once(spec: &MountSpec, stop: &CancellationToken) -> Result<Child> {
+    let mut cmd = Command::new(glusterfs_binary());
+    cmd.args(["-N", "--process-name", "fuse"]);
+    for s in &spec.servers {
+        cmd.arg(format!("--volfile-server={s}"));
+    }
+    cmd.arg(format!("--volfile-id={}", spec.volume))
+        .arg(format!("--log-file={}", spec.log_file.display()))
+        // /.gfid/<uuid> opens any file by its GFID (the identity NFS handles carry).
+        .arg("--aux-gfid-mount")
+        .arg(&spec.mount_point)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {}", glusterfs_binary().display()))?;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("glusterfs exited ({status}) before mounting; see {}", spec.log_file.display());
+        }
+        if top_mount_is_glusterfs(&spec.mount_point) {
+            // The kernel has the mount; the volume must answer too (stat on a blocking thread
+            // with a timeout: a mount that hangs is not a mount).
+            let p = spec.mount_point.clone();
+            let answered = tokio::time::timeout(
+                spec.mount_timeout,
+                tokio::task::spawn_blocking(move || std::fs::metadata(&p).map(|_| ())),
+            )
+            .await;
+            match answered {
+                Ok(Ok(Ok(()))) => return Ok(child),
+                Ok(Ok(Err(e))) => {
+                    stop_client(&spec.mount_point, child).await;
+                    bail!("mounted, but the volume does not answer: {e}");
+                }
+                _ => {
+                    stop_client(&spec.mount_point, child).await;
+                    bail!("mounted, but the volume did not answer within {:?}", spec.mount_timeout);
+                }
+            }
+        }
+        if start.elapsed() > spec.mount_timeout {
+            stop_client(&spec.mount_point, child).await;
+            bail!("mount did not appear within {:?}; see {}", spec.mount_timeout, spec.log_file.display());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = stop.cancelled() => {
+                stop_client(&spec.mount_point, child).await;
+                bail!("stopping");
+            }
+        }
+    }
+}
+
+/// Unmounts the FUSE mount (if it is the top one) and reaps the client: SIGTERM, then SIGKILL.
+async fn stop_client(mount_point: &Path, mut child: Child) {
+    detach_top_fuse(mount_point);
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+/// The glusterfs client binary (`/usr/sbin` is not on every PATH).
+fn glusterfs_binary() -> PathBuf {
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join("glusterfs")).find(|p| p.is_file()).unwrap_or_else(|| "glusterfs".into())
+}
+
+/// The file-system types mounted at `path`, bottom to top, in this process's mount namespace.
+pub fn mount_stack(path: &Path) -> Vec<String> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    parse_mount_stack(&info, path)
+}
+
+/// Pure part of [`mount_stack`]: mountinfo text -> fs types at `path` in mount order.
+pub fn parse_mount_stack(mountinfo: &str, path: &Path) -> Vec<String> {
+    let want = escape_mountinfo(&path.to_string_lossy());
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            (f.get(4)? == &want).then(|| f.get(sep + 1).map(|t| t.to_string())).flatten()
+        })
+        .collect()
+}
+
+fn escape_mountinfo(p: &str) -> String {
+    p.replace('\\', "\\134").replace(' ', "\\040").replace('\t', "\\011").replace('\n', "\\012")
+}
+
+/// Is the volume (not the guard, not nothing) what `path` shows right now?
+pub fn top_mount_is_glusterfs(path: &Path) -> bool {
+    mount_stack(path).last().is_some_and(|t| t == "fuse.glusterfs")
+}
+
+fn mount_guard(path: &Path) -> Result<()> {
+    if mount_stack(path).last().is_some_and(|t| t == "tmpfs") {
+        return Ok(());
+    }
+    let target = cstring(path)?;
+    // SAFETY: plain mount(2) with valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            c"nasgw-guard".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"size=4k,mode=0555".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("cannot mount the read-only guard on {} (nasgw needs root for a managed mount): {e}", path.display());
+    }
+    Ok(())
+}
+
+/// Detaches the top mount at `path` when it is a GlusterFS FUSE mount (dead or alive).
+fn detach_top_fuse(path: &Path) {
+    if top_mount_is_glusterfs(path) {
+        detach(path);
+    }
+}
+
+/// Clears mounts a crashed nasgw left (dead FUSE mounts answer ENOTCONN and would hide the guard).
+fn detach_stale(path: &Path) {
+    while top_mount_is_glusterfs(path) {
+        detach(path);
+    }
+}
+
+/// Unmounts everything nasgw stacked at `path` (volume, guard).
+fn unmount_all(path: &Path) {
+    for _ in 0..mount_stack(path).len() {
+        if matches!(mount_stack(path).last().map(String::as_str), Some("fuse.glusterfs") | Some("tmpfs")) {
+            detach(path);
+        }
+    }
+}
+
+fn detach(path: &Path) {
+    if let Ok(p) = cstring(path) {
+        // SAFETY: umount2 with a valid path; MNT_DETACH never blocks on a hung mount.
+        let rc = unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+        if rc != 0 {
+            tracing::warn!(path = %path.display(), error = %std::io::Error::last_os_error(), "unmount failed");
+        }
+    }
+}
+
+fn cstring(path: &Path) -> Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    Ok(std::ffi::CString::new(path.as_os_str().as_bytes())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_stack_reads_types_in_order() {
+        let info = "\
+22 1 8:1 / / rw - ext4 /dev/vda rw
+100 22 0:50 / /var/lib/nasgw/mnt rw - tmpfs nasgw-guard ro
+101 100 0:51 / /var/lib/nasgw/mnt rw - fuse.glusterfs 198.18.0.1:smb rw
+102 22 0:52 / /var/lib/nasgw/mnt2 rw - tmpfs x rw
+103 22 0:53 / /a\\040b rw,relatime shared:5 - fuse.glusterfs h:v rw
+";
+        let p = Path::new("/var/lib/nasgw/mnt");
+        assert_eq!(parse_mount_stack(info, p), vec!["tmpfs", "fuse.glusterfs"]);
+        assert_eq!(parse_mount_stack(info, Path::new("/a b")), vec!["fuse.glusterfs"]);
+        assert!(parse_mount_stack(info, Path::new("/nope")).is_empty());
+        assert!(parse_mount_stack("garbage line\n\n- -", p).is_empty());
+    }
+}

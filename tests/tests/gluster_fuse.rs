@@ -1,0 +1,143 @@
+//! nasgw's managed FUSE mount on a real replica 3 GlusterFS volume, one cluster for every check:
+//! nasgw mounts the volume itself on each node, a file written through node 1 is read
+//! byte-identical through node 2 with the same GFID, a killed FUSE client makes the node
+//! UNHEALTHY until nasgw has mounted again, a failed mount leaves nothing writable underneath,
+//! and stop unmounts and reaps the client.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nasgw_tests::gluster::{GlusterCluster, GlusterSpec};
+use nasgw_tests::{wait_for, Daemon};
+
+fn config(servers: &[String], volume: &str) -> String {
+    let list = servers.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        "[volume]\nname = \"smb\"\nbackend = \"gluster\"\nservers = [{list}]\ngluster_volume = \"{volume}\"\n\
+         access = \"fuse\"\nhealth_interval_ms = 200\nhealth_timeout_ms = 3000\n\
+         [nfs]\nenabled = false\n[smb]\nenabled = false\n\
+         [node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n"
+    )
+}
+
+/// This node's state as `nasgw status --json` reports it.
+fn state(d: &Daemon) -> String {
+    let out = d.ctl(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["this_node"] == true))
+        .map_or(String::new(), |n| n["state"].as_str().unwrap_or_default().to_string())
+}
+
+fn wait_state(d: &Daemon, want: &str, timeout: Duration) -> Duration {
+    let t0 = Instant::now();
+    wait_for(&format!("{} to be {want}", d.name), timeout, Duration::from_millis(50), || {
+        (state(d) == want).then_some(())
+    });
+    t0.elapsed()
+}
+
+/// The mount point seen from inside the daemon's mount namespace.
+fn inside(d: &Daemon, path: &Path) -> PathBuf {
+    PathBuf::from(format!("/proc/{}/root{}", d.pid(), path.display()))
+}
+
+/// File-system types stacked on `path` in the daemon's mount namespace, bottom first.
+fn stack(d: &Daemon, path: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string(format!("/proc/{}/mountinfo", d.pid())).unwrap_or_default();
+    let want = path.to_string_lossy();
+    info.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            (f.get(4)? == &want).then(|| f[sep + 1].to_string())
+        })
+        .collect()
+}
+
+/// The glusterfs client process nasgw started (its child).
+fn fuse_client(d: &Daemon) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (comm, rest) = stat.split_once(") ")?;
+        let ppid: u32 = rest.split(' ').nth(1)?.parse().ok()?;
+        (comm.ends_with("(glusterfs") && ppid == d.pid()).then_some(pid)
+    })
+}
+
+fn gfid(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: valid strings and buffer.
+    let n = unsafe { libc::getxattr(p.as_ptr(), c"glusterfs.gfid.string".as_ptr(), buf.as_mut_ptr().cast(), 64) };
+    assert!(n > 0, "gfid of {}: {}", path.display(), std::io::Error::last_os_error());
+    String::from_utf8_lossy(&buf[..n as usize]).into_owned()
+}
+
+#[test]
+fn managed_fuse_mount_serves_remounts_and_unmounts() {
+    let cluster = GlusterCluster::start(GlusterSpec::default());
+    let root = cluster.dir().to_path_buf();
+    let topo = cluster.topo();
+    let n1 = Daemon::start("n1", &root.join("d1"), &config(&cluster.servers_for(0), "smb"), Some(topo.ns("n1")));
+    let n2 = Daemon::start("n2", &root.join("d2"), &config(&cluster.servers_for(1), "smb"), Some(topo.ns("n2")));
+    let t = wait_state(&n1, "OK", Duration::from_secs(30));
+    wait_state(&n2, "OK", Duration::from_secs(30));
+    eprintln!("n1 healthy {:.1} s after its control socket answered", t.as_secs_f64());
+    let mnt = root.join("d1/state/mnt");
+    assert_eq!(stack(&n1, &mnt), ["tmpfs", "fuse.glusterfs"], "guard under the volume");
+    // The mount is private to nasgw's mount namespace.
+    assert!(std::fs::read_dir(&mnt).unwrap().next().is_none());
+
+    // Written through node 1's mount, read byte-identical through node 2's, same GFID.
+    let m1 = inside(&n1, &mnt);
+    let m2 = inside(&n2, &root.join("d2/state/mnt"));
+    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    std::fs::create_dir(m1.join("dir")).unwrap();
+    std::fs::write(m1.join("dir/f.bin"), &data).unwrap();
+    assert_eq!(std::fs::read(m2.join("dir/f.bin")).unwrap(), data);
+    let g = gfid(&m1.join("dir/f.bin"));
+    assert_eq!(g, gfid(&m2.join("dir/f.bin")));
+    assert_eq!(g.len(), 36, "{g}");
+    // The aux-gfid mount opens the file by identity alone, on the other node.
+    assert_eq!(std::fs::read(m2.join(format!(".gfid/{g}"))).unwrap(), data);
+
+    // Kill node 1's FUSE client: nasgw sees it, reports UNHEALTHY, mounts again, back to OK.
+    let old = fuse_client(&n1).expect("nasgw's glusterfs client");
+    // SAFETY: kill(2) on the glusterfs process the nasgw under test started.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let t0 = Instant::now();
+    wait_state(&n1, "UNHEALTHY", Duration::from_secs(10));
+    let unhealthy = t0.elapsed();
+    wait_state(&n1, "OK", Duration::from_secs(30));
+    let back = t0.elapsed();
+    eprintln!("FUSE client killed: UNHEALTHY after {unhealthy:?}, remounted and OK after {back:?}");
+    let new = fuse_client(&n1).expect("a new client");
+    assert_ne!(old, new);
+    assert_eq!(stack(&n1, &mnt), ["tmpfs", "fuse.glusterfs"], "no dead mount left stacked");
+    assert_eq!(std::fs::read(m1.join("dir/f.bin")).unwrap(), data);
+    assert!(n1.logs().contains("FUSE client died"), "{}", n1.logs());
+
+    // A mount that cannot happen (no such volume): UNHEALTHY, and the directory underneath
+    // refuses writes instead of silently taking them.
+    let n3 = Daemon::start("n3", &root.join("d3"), &config(&cluster.servers_for(2), "nosuch"), Some(topo.ns("n3")));
+    wait_for("two failed mount attempts", Duration::from_secs(30), Duration::from_millis(50), || {
+        (n3.logs().matches("mount failed").count() >= 2).then_some(())
+    });
+    assert_eq!(state(&n3), "UNHEALTHY");
+    let m3 = root.join("d3/state/mnt");
+    assert_eq!(stack(&n3, &m3), ["tmpfs"]);
+    let err = std::fs::write(inside(&n3, &m3).join("lost.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert!(n3.stop().success());
+    assert!(std::fs::read_dir(&m3).unwrap().next().is_none(), "nothing written underneath");
+
+    // Stop unmounts and reaps the client.
+    let client = fuse_client(&n1).unwrap();
+    assert!(n1.stop().success());
+    assert!(!Path::new(&format!("/proc/{client}")).exists(), "client {client} reaped on stop");
+    assert!(n2.stop().success());
+}
