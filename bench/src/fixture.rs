@@ -86,9 +86,15 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// Creates everything under `root` (which must be empty or new).
+    /// Creates everything under `root` (which must be empty or new), served data in `root/data`.
     pub fn create(root: &Path, sizes: Sizes) -> Result<Fixture> {
-        let data = root.join("data");
+        Fixture::create_serving(root, &root.join("data"), sizes)
+    }
+
+    /// Creates the local sources under `root` and the served files in `data` (e.g. the root of
+    /// a GlusterFS FUSE mount).
+    pub fn create_serving(root: &Path, data: &Path, sizes: Sizes) -> Result<Fixture> {
+        let data = data.to_path_buf();
         let src = root.join("src");
         fs::create_dir_all(&data)?;
         fs::create_dir_all(&src)?;

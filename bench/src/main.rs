@@ -7,6 +7,7 @@
 //! the machine. Needs root.
 
 mod fixture;
+mod gluster;
 mod machine;
 mod measure;
 mod nasgw;
@@ -14,6 +15,7 @@ mod nfs;
 mod nfs_client;
 mod smb;
 mod table;
+mod target;
 
 use std::path::PathBuf;
 
@@ -85,12 +87,12 @@ fn main() -> Result<()> {
             (Some(t), p)
         }
     };
-    eprintln!("bench: preparing data under {}", work.display());
-    let fx = Fixture::create(&work, sizes)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
     let mut groups = Vec::new();
     if only.contains(&Only::Nfs) || only.contains(&Only::Smb) {
+        eprintln!("bench: preparing data under {}", work.display());
+        let fx = Fixture::create(&work, sizes)?;
         let server = nasgw::start(&work.join("nasgw"), &nasgw::local_volume(&fx.data));
         if only.contains(&Only::Nfs) {
             groups.push(nfs::run(&fx, &work, &rt, &server.nfs));
@@ -103,10 +105,7 @@ fn main() -> Result<()> {
         }
     }
     if only.contains(&Only::Gluster) {
-        let mut g = table::Group::new("GlusterFS", &["nasgw"], &[]);
-        g.notes
-            .push("not measured yet: the GlusterFS group needs the replica-volume harness (branch `gluster`).".into());
-        groups.push(g);
+        groups.extend(gluster::run(&work, sizes, &rt)?);
     }
 
     let command = std::env::args().collect::<Vec<_>>().join(" ");

@@ -46,16 +46,11 @@ pub fn start(dir: &Path, volume: &str) -> Nasgw {
          [[smb.share]]\nname = \"pub\"\nwritable = true\nguest_ok = true\nguest_only = true\nforce_user = \"root\"\n\n\
          [node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n"
     );
-    let started = std::panic::catch_unwind(|| Daemon::start("nasgw", dir, &config, None));
+    let started = quietly(|| Daemon::start("nasgw", dir, &config, None));
     let daemon = match started {
         Ok(d) => d,
         Err(e) => {
-            let why = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic".into());
-            let why = format!("nasgw did not start: {}", why.lines().next().unwrap_or(""));
+            let why = format!("nasgw did not start: {}", last_error_line(&e));
             return Nasgw { daemon: None, nfs: Err(why.clone()), smb: Err(why) };
         }
     };
@@ -70,4 +65,30 @@ pub fn start(dir: &Path, volume: &str) -> Nasgw {
         Err("nasgw does not serve SMB yet (nothing listens on its [smb] port)".into())
     };
     Nasgw { daemon: Some(daemon), nfs, smb }
+}
+
+/// Runs `f`, turning a panic (the harness's way to report a failed start) into its message,
+/// without printing a backtrace into the bench's output.
+pub fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into())
+    })
+}
+
+/// The most telling line of a start-up failure: the daemon's last `error:` line, else the first.
+pub fn last_error_line(msg: &str) -> String {
+    msg.lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("error:"))
+        .or_else(|| msg.lines().next())
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }

@@ -13,19 +13,18 @@ use crate::fixture::{list_entry, Fixture, Sizes};
 use crate::measure::{run_row, timed, Done};
 use crate::nfs_client::{self, NfsEndpoint};
 use crate::table::{Group, Unit};
+use crate::target::{self, Target};
 
-/// Runs every NFS row against `subject` (nasgw; `Err` if it does not serve NFS) and `anchor`.
-pub fn run_rows(
-    group: &mut Group,
-    fx: &Fixture,
-    rt: &Runtime,
-    labels: &[&str],
-    endpoints: &[Result<NfsEndpoint, String>],
-) {
+/// Runs the NFS rows against `targets` (one per column; `Local` for the raw directory):
+/// bulk write, bulk read and small files, plus listing and stats when `all_rows`.
+pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], targets: &[Target], all_rows: bool) {
     let s = fx.sizes;
-    let avail: Vec<Result<(), String>> =
-        endpoints.iter().map(|e| e.as_ref().map(|_| ()).map_err(Clone::clone)).collect();
-    let ep = |i: usize| endpoints[i].as_ref().expect("run_row only runs available servers");
+    let avail: Vec<Result<(), String>> = targets.iter().map(Target::available).collect();
+    let ep = |i: usize| match &targets[i] {
+        Target::Nfs(ep) => Ok(ep),
+        _ => Err(anyhow::anyhow!("not an NFS server")),
+    };
+    let local = |i: usize| matches!(targets[i], Target::Local);
 
     run_row(
         group,
@@ -35,7 +34,10 @@ pub fn run_rows(
         &avail,
         Box::new(|i, r| {
             let name = format!("w-{}-{r}", labels[i]);
-            let (elapsed, _) = timed(Command::new("nfs-cp").arg(&fx.big_source).arg(ep(i).url(&name)))?;
+            if local(i) {
+                return target::local_write(fx, &name);
+            }
+            let (elapsed, _) = timed(Command::new("nfs-cp").arg(&fx.big_source).arg(ep(i)?.url(&name)))?;
             let got = std::fs::metadata(fx.data.join(&name)).map(|m| m.len()).unwrap_or(0);
             fx.remove(&name);
             if got != s.bulk_bytes {
@@ -51,8 +53,11 @@ pub fn run_rows(
         s.rounds,
         &avail,
         Box::new(|i, _| {
+            if local(i) {
+                return target::local_read(fx);
+            }
             let sink = std::fs::File::create("/dev/null")?;
-            let (elapsed, _) = timed(Command::new("nfs-cat").arg(ep(i).url(fx.read_name)).stdout(sink))?;
+            let (elapsed, _) = timed(Command::new("nfs-cat").arg(ep(i)?.url(fx.read_name)).stdout(sink))?;
             Ok(Done { amount: s.bulk_bytes, elapsed })
         }),
     );
@@ -64,9 +69,12 @@ pub fn run_rows(
         &avail,
         Box::new(|i, r| {
             let dir = format!("c-{}-{r}", labels[i]);
+            if local(i) {
+                return target::local_small_files(fx, &dir);
+            }
             let block = vec![0x5a_u8; s.small_size];
             let out = rt.block_on(async {
-                let mut sess = nfs_client::connect(ep(i)).await?;
+                let mut sess = nfs_client::connect(ep(i)?).await?;
                 let root = sess.root();
                 let d = sess.mkdir(&root, &dir).await?;
                 let start = Instant::now();
@@ -84,6 +92,9 @@ pub fn run_rows(
             Ok(out)
         }),
     );
+    if !all_rows {
+        return;
+    }
     run_row(
         group,
         &format!("list {} entries (READDIRPLUS)", Sizes::count_label(s.list_entries)),
@@ -92,7 +103,7 @@ pub fn run_rows(
         &avail,
         Box::new(|i, _| {
             rt.block_on(async {
-                let mut sess = nfs_client::connect(ep(i)).await?;
+                let mut sess = nfs_client::connect(ep(i)?).await?;
                 let root = sess.root();
                 let d = sess.lookup(&root, fx.list_name).await?;
                 let start = Instant::now();
@@ -115,7 +126,7 @@ pub fn run_rows(
         Box::new(|i, _| {
             let names: Vec<String> = (0..s.list_entries).map(list_entry).collect();
             rt.block_on(async {
-                let mut sess = nfs_client::connect(ep(i)).await?;
+                let mut sess = nfs_client::connect(ep(i)?).await?;
                 let root = sess.root();
                 let d = sess.lookup(&root, fx.list_name).await?;
                 let start = Instant::now();
@@ -134,7 +145,11 @@ pub fn run(fx: &Fixture, work: &Path, rt: &Runtime, nasgw: &Result<NfsEndpoint, 
     let ganesha = Ganesha::start(&work.join("ganesha"), GaneshaFsal::Vfs(&fx.data));
     let anchor =
         NfsEndpoint { export: ganesha.export_path.clone(), nfs_port: ganesha.nfs_port, mount_port: ganesha.mount_port };
-    run_rows(&mut group, fx, rt, &["nasgw", "ganesha"], &[nasgw.clone(), Ok(anchor)]);
+    let subject = match nasgw {
+        Ok(ep) => Target::Nfs(ep.clone()),
+        Err(why) => Target::Absent(why.clone()),
+    };
+    run_rows(&mut group, fx, rt, &["nasgw", "ganesha"], &[subject, Target::Nfs(anchor)], true);
     ganesha.stop();
     group.notes.push(
         "Both serve the same directory; clients use AUTH_UNIX uid 1000 over TCP on loopback. Bulk rows time a whole \

@@ -10,6 +10,7 @@ use nasgw_tests::anchors::Smbd;
 use crate::fixture::{Fixture, Sizes};
 use crate::measure::{run_row, timed, Done};
 use crate::table::{Group, Unit};
+use crate::target::{self, Target};
 
 /// One smbclient session against `port` running `commands` (a `-c` list).
 fn smbclient(port: u16, commands: &str) -> Command {
@@ -23,11 +24,16 @@ fn smbclient(port: u16, commands: &str) -> Command {
     c
 }
 
-/// Runs every SMB row against the servers listening on `ports` (`Err` for one that does not serve).
-pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], ports: &[Result<u16, String>]) {
+/// Runs the SMB rows against `targets` (one per column; `Local` for the raw directory):
+/// upload, download and small files, plus listing and deltree when `all_rows`.
+pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Target], all_rows: bool) {
     let s = fx.sizes;
-    let avail: Vec<Result<(), String>> = ports.iter().map(|p| p.as_ref().map(|_| ()).map_err(Clone::clone)).collect();
-    let port = |i: usize| *ports[i].as_ref().expect("run_row only runs available servers");
+    let avail: Vec<Result<(), String>> = targets.iter().map(Target::available).collect();
+    let port = |i: usize| match &targets[i] {
+        Target::Smb(p) => Ok(*p),
+        _ => Err(anyhow::anyhow!("not an SMB server")),
+    };
+    let local = |i: usize| matches!(targets[i], Target::Local);
 
     run_row(
         group,
@@ -37,8 +43,11 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], ports: &[Resul
         &avail,
         Box::new(|i, r| {
             let name = format!("u-{}-{r}", labels[i]);
+            if local(i) {
+                return target::local_write(fx, &name);
+            }
             let cmd = format!("put \"{}\" {name}", fx.big_source.display());
-            let (elapsed, _) = timed(&mut smbclient(port(i), &cmd))?;
+            let (elapsed, _) = timed(&mut smbclient(port(i)?, &cmd))?;
             let got = std::fs::metadata(fx.data.join(&name)).map(|m| m.len()).unwrap_or(0);
             fx.remove(&name);
             if got != s.bulk_bytes {
@@ -54,7 +63,10 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], ports: &[Resul
         s.rounds,
         &avail,
         Box::new(|i, _| {
-            let (elapsed, out) = timed(&mut smbclient(port(i), &format!("get {} /dev/null", fx.read_name)))?;
+            if local(i) {
+                return target::local_read(fx);
+            }
+            let (elapsed, out) = timed(&mut smbclient(port(i)?, &format!("get {} /dev/null", fx.read_name)))?;
             let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             if !text.contains(&format!("of size {} as", s.bulk_bytes)) {
                 bail!("unexpected get output: {}", text.trim());
@@ -70,8 +82,11 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], ports: &[Resul
         &avail,
         Box::new(|i, r| {
             let dir = format!("m-{}-{r}", labels[i]);
+            if local(i) {
+                return target::local_small_files(fx, &dir);
+            }
             let cmd = format!("mkdir {dir}; cd {dir}; lcd \"{}\"; prompt off; mput *", fx.small_source.display());
-            let res = timed(&mut smbclient(port(i), &cmd));
+            let res = timed(&mut smbclient(port(i)?, &cmd));
             let made = std::fs::read_dir(fx.data.join(&dir)).map(|d| d.count()).unwrap_or(0);
             fx.remove(&dir);
             let (elapsed, _) = res?;
@@ -81,6 +96,9 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], ports: &[Resul
             Ok(Done { amount: made as u64, elapsed })
         }),
     );
+    if !all_rows {
+        return;
+    }
     run_row(
         group,
         &format!("list {} entries (ls)", Sizes::count_label(s.list_entries)),
@@ -88,7 +106,7 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], ports: &[Resul
         s.rounds,
         &avail,
         Box::new(|i, _| {
-            let (elapsed, out) = timed(&mut smbclient(port(i), &format!("cd {}; ls", fx.list_name)))?;
+            let (elapsed, out) = timed(&mut smbclient(port(i)?, &format!("cd {}; ls", fx.list_name)))?;
             let n = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.trim_start().starts_with('f')).count();
             if n != s.list_entries {
                 bail!("listed {n} of {} entries", s.list_entries);
@@ -106,7 +124,7 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], ports: &[Resul
             let dir = format!("t-{}-{r}", labels[i]);
             fx.make_tree(&dir)?;
             crate::fixture::sync();
-            let res = timed(&mut smbclient(port(i), &format!("deltree {dir}")));
+            let res = timed(&mut smbclient(port(i)?, &format!("deltree {dir}")));
             let left = fx.data.join(&dir).exists();
             fx.remove(&dir);
             let (elapsed, _) = res?;
@@ -122,7 +140,11 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], ports: &[Resul
 pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<u16, String>) -> Group {
     let mut group = Group::new("SMB3: nasgw vs Samba smbd 4.17", &["nasgw", "smbd"], &[(0, 1)]);
     let smbd = Smbd::start(&work.join("smbd"), &fx.data);
-    run_rows(&mut group, fx, &["nasgw", "smbd"], &[nasgw.clone(), Ok(smbd.port)]);
+    let subject = match nasgw {
+        Ok(p) => Target::Smb(*p),
+        Err(why) => Target::Absent(why.clone()),
+    };
+    run_rows(&mut group, fx, &["nasgw", "smbd"], &[subject, Target::Smb(smbd.port)], true);
     smbd.stop();
     group.notes.push(
         "Both serve the same directory as the guest share `[pub]`; every row is one `smbclient -m SMB3 -O \

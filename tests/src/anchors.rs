@@ -5,8 +5,9 @@
 //!
 //! Ganesha needs `rpcbind` on port 111, a machine-wide singleton that nasgw's own portmapper
 //! may also want. So Ganesha runs only in a private network namespace (see
-//! [`isolate_network`]), and its `rpcbind` gets a private `/run` in a private PID namespace
-//! whose init is Ganesha: killing Ganesha takes its `rpcbind` with it.
+//! [`isolate_network`]), and it and its `rpcbind` share a private `/run` in a private mount
+//! namespace; both are stopped by PID. (Not in a private PID namespace: there Ganesha 4.3 with
+//! FSAL_GLUSTER crashes at start, in liburcu's threads.)
 
 use std::fs::File;
 use std::io::Write as _;
@@ -40,6 +41,44 @@ pub fn isolate_network() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Moves the calling thread into the named network namespace (`/run/netns/NAME`, e.g. a
+/// GlusterFS client host of [`crate::Topology`]), so anchors started afterwards reach that
+/// host's peers and its clients reach them; it then counts as isolated for [`Ganesha`] (the
+/// namespace is private to the caller's topology, so its port 111 is free). Dropping the
+/// guard moves the thread back: do so before the topology is torn down, since tearing down
+/// kills every process left in its namespaces.
+pub fn enter_netns(name: &str) -> std::io::Result<NetnsGuard> {
+    let prev = File::open("/proc/thread-self/ns/net")?;
+    let f = File::open(format!("/run/netns/{name}"))?;
+    setns(&f)?;
+    let _ = ENTERED.set(thread_netns().unwrap_or_default());
+    Ok(NetnsGuard { prev })
+}
+
+fn setns(f: &File) -> std::io::Result<()> {
+    // SAFETY: setns(2) on an open namespace file; it changes only the calling thread.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(f), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Returns the thread to the namespace it was in before [`enter_netns`] when dropped.
+pub struct NetnsGuard {
+    prev: File,
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        if let Err(e) = setns(&self.prev) {
+            eprintln!("cannot return to the previous network namespace: {e}");
+        }
+    }
+}
+
+/// The namespace [`enter_netns`] entered (`net:[inode]`).
+static ENTERED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// The namespace [`isolate_network`] made (`net:[inode]`).
 static ISOLATED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -49,9 +88,10 @@ fn thread_netns() -> Option<String> {
     Some(std::fs::read_link(format!("/proc/self/task/{tid}/ns/net")).ok()?.display().to_string())
 }
 
-/// Is the calling thread in the namespace [`isolate_network`] made (in this process)?
+/// Is the calling thread in the namespace [`isolate_network`] made or [`enter_netns`] entered?
 pub fn network_is_isolated() -> bool {
-    matches!((ISOLATED.get(), thread_netns()), (Some(a), Some(b)) if !a.is_empty() && *a == b)
+    let Some(mine) = thread_netns() else { return false };
+    [ISOLATED.get(), ENTERED.get()].into_iter().flatten().any(|ns| !ns.is_empty() && *ns == mine)
 }
 
 fn answers(port: u16) -> bool {
@@ -193,8 +233,8 @@ pub struct Ganesha {
     pub export_path: String,
     /// Its private directory (config, log, recovery root).
     pub dir: PathBuf,
+    /// `unshare` exec'd into the shell that exec'd Ganesha: this child is Ganesha.
     launcher: Option<Child>,
-    pid: u32,
 }
 
 impl Ganesha {
@@ -213,7 +253,10 @@ impl Ganesha {
             GaneshaFsal::Vfs(p) => (p.display().to_string(), "FSAL { Name = VFS; }".to_string()),
             GaneshaFsal::Gluster { server, volume } => (
                 format!("/{volume}"),
-                format!("FSAL {{ Name = GLUSTER; Hostname = \"{server}\"; Volume = \"{volume}\"; }}"),
+                format!(
+                    "FSAL {{ Name = GLUSTER; Hostname = \"{server}\"; Volume = \"{volume}\"; glfs_log = \"{}\"; }}",
+                    dir.join("gfapi.log").display()
+                ),
             ),
         };
         let conf = format!(
@@ -233,16 +276,18 @@ impl Ganesha {
         // A private /run for rpcbind's socket and lock; Ganesha registers through that socket.
         write!(
             f,
-            "set -e\nmount -t tmpfs tmpfs /run\nrpcbind -f -w &\n\
+            "set -e\nmount -t tmpfs tmpfs /run\nmkdir -p /run/gluster /run/ganesha\nrpcbind -f -w &\n\
+             echo $! > '{}'\n\
              for i in $(seq 200); do [ -S /run/rpcbind.sock ] && break; sleep 0.025; done\n\
              exec ganesha.nfsd -F -L '{}' -f '{}' -p /run/ganesha.pid\n",
+            dir.join("rpcbind.pid").display(),
             log.display(),
             conf_path.display()
         )
         .expect("write launch.sh");
         drop(f);
         let launcher = Command::new("unshare")
-            .args(["--mount", "--pid", "--fork", "--propagation", "private", "sh"])
+            .args(["--mount", "--propagation", "private", "sh"])
             .arg(&script)
             .process_group(0)
             .stdin(Stdio::null())
@@ -250,22 +295,8 @@ impl Ganesha {
             .stderr(Stdio::from(File::create(dir.join("launch.err")).expect("launch log")))
             .spawn()
             .expect("spawn unshare");
-        let uid = launcher.id();
-        let mut g = Ganesha {
-            nfs_port,
-            mount_port,
-            export_path: path,
-            dir: dir.to_path_buf(),
-            launcher: Some(launcher),
-            pid: 0,
-        };
-        g.pid = wait_for("Ganesha's process", START_TIMEOUT, Duration::from_millis(10), || {
-            if let Some(s) = g.launcher.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("Ganesha's launcher exited ({s}):\n{}", log_tail(&dir.join("launch.err")));
-            }
-            let kids = std::fs::read_to_string(format!("/proc/{uid}/task/{uid}/children")).ok()?;
-            kids.split_whitespace().next()?.parse().ok()
-        });
+        let mut g =
+            Ganesha { nfs_port, mount_port, export_path: path, dir: dir.to_path_buf(), launcher: Some(launcher) };
         wait_for("Ganesha to accept NFS and MOUNT connections", START_TIMEOUT, Duration::from_millis(50), || {
             if let Some(s) = g.launcher.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!(
@@ -290,27 +321,29 @@ impl Ganesha {
         )
     }
 
-    /// Ganesha's PID (seen from the caller; it is PID 1 of its own PID namespace).
-    pub fn pid(&self) -> u32 {
-        self.pid
+    /// Ganesha's PID.
+    pub fn pid(&self) -> Option<u32> {
+        self.launcher.as_ref().map(Child::id)
     }
 
-    /// Kills Ganesha by PID (as its namespace's init it ignores SIGTERM from outside; its
-    /// rpcbind dies with it) and reaps the launcher.
+    /// Kills Ganesha (SIGKILL: an anchor's shutdown is not under test) and its rpcbind by PID.
     pub fn stop(mut self) {
         self.halt();
     }
 
     fn halt(&mut self) {
         if let Some(mut c) = self.launcher.take() {
-            if self.pid != 0 {
-                // SAFETY: kill(2) on the PID our launcher forked.
-                unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let rpcbind = std::fs::read_to_string(self.dir.join("rpcbind.pid")).unwrap_or_default();
+        if let Ok(pid) = rpcbind.trim().parse::<i32>() {
+            // Only if that PID is still our rpcbind (not reused since).
+            if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "rpcbind") {
+                // SAFETY: kill(2) on the rpcbind our launcher started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            if wait_exit(&mut c, Duration::from_secs(10)).is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            let _ = std::fs::remove_file(self.dir.join("rpcbind.pid"));
         }
     }
 }
