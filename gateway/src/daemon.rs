@@ -16,6 +16,9 @@ use crate::config::{BackendKind, Config, Loaded};
 use crate::control;
 use crate::gluster::health::HealthWatch;
 use crate::gluster::GlusterService;
+use crate::vfs::posix::{PosixBackend, PosixOptions};
+use crate::vfs::Namespace;
+use ha::connections::ConnectionTable;
 
 /// How long in-flight requests may take to finish after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -52,6 +55,21 @@ async fn run(loaded: Loaded) -> Result<()> {
     let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone(), volume_health));
     life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
 
+    let connections = ConnectionTable::new();
+    // The namespace over the GlusterFS backend is not wired yet: NFS serves local volumes.
+    let namespace = match cfg.volume.backend {
+        BackendKind::Local => Some(open_namespace(&cfg)?),
+        BackendKind::Gluster => None,
+    };
+    if cfg.nfs.enabled {
+        match &namespace {
+            Some(ns) => {
+                crate::nfs::start(&cfg, ns.clone(), connections.clone(), &life).await?;
+            }
+            None => tracing::warn!("NFS over the gluster backend is not served yet"),
+        }
+    }
+
     print_banner(&cfg);
     wait_for_stop_signal().await?;
 
@@ -60,6 +78,12 @@ async fn run(loaded: Loaded) -> Result<()> {
     life.tasks.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, life.tasks.wait()).await.is_err() {
         tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "some requests did not finish in time");
+    }
+    if let Some(Err(e)) = match &namespace {
+        Some(ns) => Some(ns.sync_all().await),
+        None => None,
+    } {
+        tracing::error!(error = %e, "flushing the volume on shutdown failed");
     }
     if let Some(g) = &gluster {
         g.shutdown().await;
@@ -85,6 +109,14 @@ fn prepare_dirs(cfg: &Config) -> Result<()> {
         BackendKind::Gluster => {}
     }
     Ok(())
+}
+
+/// Opens the volume both protocols serve.
+fn open_namespace(cfg: &Config) -> Result<Namespace> {
+    let path = cfg.volume.path.as_ref().context("the local backend needs [volume] path")?;
+    let backend = PosixBackend::open(path, PosixOptions::new(&cfg.volume.name))
+        .with_context(|| format!("cannot open volume directory {}", path.display()))?;
+    Ok(Namespace::new(Arc::new(backend)))
 }
 
 /// Binds the control socket, refusing to steal it from a live daemon and clearing a stale one.

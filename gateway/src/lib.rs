@@ -8,3 +8,5 @@ pub mod daemon;
 pub mod gluster;
 pub mod listener;
 pub mod logging;
+pub mod nfs;
+pub mod vfs;

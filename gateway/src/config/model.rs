@@ -106,12 +106,60 @@ pub struct NfsConfig {
     /// NFS and MOUNT listen here (one port serves both).
     #[serde(default = "default_nfs_listen")]
     pub listen: SocketAddr,
+    /// Portmapper (rpcbind v2) answers GETPORT/DUMP here for stock clients (`0.0.0.0:111`
+    /// needs root and no other portmapper on the host); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portmap_listen: Option<SocketAddr>,
+    /// Client networks allowed to use the export; others are refused.
+    #[serde(default = "default_nfs_clients")]
+    pub clients: Vec<IpNet>,
+    /// Refuse every change (NFS3ERR_ROFS).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Map a client's uid 0 to `anon_uid`/`anon_gid` (NFS `root_squash`).
+    #[serde(default = "yes")]
+    pub root_squash: bool,
+    /// Identity of squashed root and AUTH_NONE callers.
+    #[serde(default = "default_anon_id")]
+    pub anon_uid: u32,
+    /// Group of squashed root and AUTH_NONE callers.
+    #[serde(default = "default_anon_id")]
+    pub anon_gid: u32,
+    /// Accept AUTH_NONE calls (as the anonymous identity).
+    #[serde(default)]
+    pub allow_auth_none: bool,
+    /// Most simultaneous client connections; more wait in the kernel's backlog.
+    #[serde(default = "default_nfs_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for NfsConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: default_nfs_listen() }
+        Self {
+            enabled: true,
+            listen: default_nfs_listen(),
+            portmap_listen: None,
+            clients: default_nfs_clients(),
+            read_only: false,
+            root_squash: true,
+            anon_uid: default_anon_id(),
+            anon_gid: default_anon_id(),
+            allow_auth_none: false,
+            max_connections: default_nfs_max_connections(),
+        }
     }
+}
+
+fn default_nfs_clients() -> Vec<IpNet> {
+    vec!["0.0.0.0/0".parse().expect("literal network"), "::/0".parse().expect("literal network")]
+}
+
+fn default_anon_id() -> u32 {
+    65534
+}
+
+fn default_nfs_max_connections() -> usize {
+    1024
 }
 
 fn default_nfs_listen() -> SocketAddr {

@@ -1,0 +1,416 @@
+//! The NFS service: one TCP listener serving NFSv3 and MOUNT v3 (and the portmapper program,
+//! also on its own optional listener), with requests of one connection processed concurrently
+//! and answered in any order.
+//!
+//! Per connection: a reader task splits the byte stream into records (refusing fragments over
+//! [`MAX_FRAGMENT`] and closing the connection on a malformed header, with a log line), parses
+//! each call header, and spawns the call; finished replies go through a channel to the writer.
+//! At most [`MAX_IN_FLIGHT`] calls of one connection run at once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ha::connections::{ConnectionTable, TcpConnection};
+use nfs3_types::mount::{dirpath, export_node, exports, fhandle3, mountres3, mountres3_ok, mountstat3, name};
+use nfs3_types::portmap::mapping;
+use nfs3_types::xdr_codec::{List, Opaque, Pack};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, Semaphore};
+
+use super::args::{decode_mount, decode_nfs, decode_pmap_mapping, MountArgs, NfsArgs, MAX_IO};
+use super::export::ExportPolicy;
+use super::handle::{HandleCodec, HandleError};
+use super::rpc::{self, AuthFailure, Call, CallError, ReplyStatus, MAX_FRAGMENT, MAX_RECORD};
+use crate::config::Config;
+use crate::daemon::Lifecycle;
+use crate::vfs::{Credentials, FileId, FileType, Namespace};
+
+/// RPC program numbers served.
+const NFS_PROGRAM: u32 = 100_003;
+const MOUNT_PROGRAM: u32 = 100_005;
+const PORTMAP_PROGRAM: u32 = 100_000;
+
+/// Calls of one connection executing at once.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Who is calling: the identity the export maps them to and where from.
+pub struct Request {
+    /// Identity the namespace runs the call with.
+    pub cred: Credentials,
+    /// Client address.
+    pub client: IpAddr,
+}
+
+/// The NFS server state shared by all connections.
+pub struct NfsServer {
+    pub(super) ns: Namespace,
+    pub(super) handles: HandleCodec,
+    pub(super) policy: ExportPolicy,
+    /// Changes on every start, so a client holding UNSTABLE data resends it after a restart.
+    pub(super) write_verifier: [u8; 8],
+    export: String,
+    nfs_port: u16,
+    portmap_port: Option<u16>,
+}
+
+impl NfsServer {
+    /// A server exporting `ns` as volume `export` with `policy`, handles keyed by `key`.
+    pub fn new(
+        ns: Namespace,
+        export: &str,
+        policy: ExportPolicy,
+        key: &[u8],
+        nfs_port: u16,
+        portmap_port: Option<u16>,
+    ) -> Self {
+        let handles = HandleCodec::new(key, ns.volume_id());
+        let mut write_verifier: [u8; 8] = rand::random();
+        // Never equal to a previous start's by accident: mix in the start time.
+        let t =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+        for (v, b) in write_verifier.iter_mut().zip(t.to_be_bytes()) {
+            *v ^= b;
+        }
+        Self { ns, handles, policy, write_verifier, export: export.to_string(), nfs_port, portmap_port }
+    }
+
+    /// The identity inside a client's handle.
+    pub(super) fn id(&self, h: &[u8]) -> Result<FileId, nfs3_types::nfs3::nfsstat3> {
+        self.handles.decode(h).map_err(|e| match e {
+            HandleError::Bad => nfs3_types::nfs3::nfsstat3::NFS3ERR_BADHANDLE,
+            HandleError::OtherVolume => nfs3_types::nfs3::nfsstat3::NFS3ERR_STALE,
+        })
+    }
+
+    /// The handle of the export root (what MOUNT returns).
+    pub fn root_handle(&self) -> Vec<u8> {
+        self.handles.encode(&self.ns.root())
+    }
+
+    /// Serves one TCP connection until the client closes it, it sends garbage, or the daemon
+    /// stops (in-flight calls finish first).
+    pub async fn serve_connection(self: Arc<Self>, stream: TcpStream, conn: TcpConnection, life: Lifecycle) {
+        let client = conn.client;
+        let (mut rd, wr) = stream.into_split();
+        // Each call writes its own reply when done (no hand-off to a writer task).
+        let tx = Arc::new(ReplySink { wr: Mutex::new(wr), client });
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        loop {
+            let record = tokio::select! {
+                _ = life.stop.cancelled() => break,
+                r = read_record(&mut rd) => r,
+            };
+            let record = match record {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(why) => {
+                    tracing::warn!(%client, %why, "NFS: closing connection after a malformed record");
+                    break;
+                }
+            };
+            let call = match rpc::parse_call(&record) {
+                Ok(c) => c,
+                Err(CallError::RpcVersion { xid, .. }) => {
+                    tx.send(rpc::reply_only(xid, ReplyStatus::RpcMismatch)).await;
+                    continue;
+                }
+                Err(CallError::BadCredential { xid }) => {
+                    tx.send(rpc::reply_only(xid, ReplyStatus::AuthError(AuthFailure::BadCred))).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(%client, error = %e, "NFS: closing connection after a malformed call");
+                    break;
+                }
+            };
+            let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+            let (me, tx) = (self.clone(), tx.clone());
+            life.tasks.spawn(async move {
+                let reply = me.dispatch(&call, &record, client.ip()).await;
+                tx.send(reply).await;
+                drop(permit);
+            });
+        }
+        // Let in-flight calls finish and their replies go out.
+        let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
+    }
+
+    /// Answers one call (any program) with a complete reply record.
+    pub async fn dispatch(&self, call: &Call, record: &[u8], client: IpAddr) -> Vec<u8> {
+        let args = &record[call.args_at..];
+        match (call.prog, call.vers) {
+            (NFS_PROGRAM, 3) => self.dispatch_nfs(call, args, client).await,
+            (NFS_PROGRAM, _) => rpc::reply_only(call.xid, ReplyStatus::ProgMismatch(3, 3)),
+            (MOUNT_PROGRAM, 3) => self.dispatch_mount(call, args, client).await,
+            (MOUNT_PROGRAM, _) => rpc::reply_only(call.xid, ReplyStatus::ProgMismatch(3, 3)),
+            (PORTMAP_PROGRAM, 2) => self.dispatch_portmap(call, args),
+            (PORTMAP_PROGRAM, _) => rpc::reply_only(call.xid, ReplyStatus::ProgMismatch(2, 2)),
+            _ => rpc::reply_only(call.xid, ReplyStatus::ProgUnavail),
+        }
+    }
+
+    async fn dispatch_nfs(&self, call: &Call, args: &[u8], client: IpAddr) -> Vec<u8> {
+        if call.proc_ != 0 && !self.policy.allows(client) {
+            tracing::info!(%client, "NFS: client not in [nfs] clients, refused");
+            return rpc::reply_only(call.xid, ReplyStatus::AuthError(AuthFailure::TooWeak));
+        }
+        let cred = match self.policy.credentials(&call.auth) {
+            Ok(c) => c,
+            Err(_) if call.proc_ == 0 => Credentials::new(self.policy.anon_uid, self.policy.anon_gid),
+            Err(why) => return rpc::reply_only(call.xid, ReplyStatus::AuthError(why)),
+        };
+        let decoded = match decode_nfs(call.proc_, args) {
+            Ok(Some(a)) => a,
+            Ok(None) => return rpc::reply_only(call.xid, ReplyStatus::ProcUnavail),
+            Err(e) => {
+                tracing::debug!(%client, proc_ = call.proc_, error = %e, "NFS: garbage arguments");
+                return rpc::reply_only(call.xid, ReplyStatus::GarbageArgs);
+            }
+        };
+        let req = Request { cred, client };
+        if let NfsArgs::Read { fh, offset, count } = decoded {
+            let out = rpc::begin_reply(call.xid, ReplyStatus::Success, count.min(MAX_IO) as usize + 128);
+            return rpc::finish_reply(self.read_into(&req, fh, offset, count, out).await);
+        }
+        let body = self.nfs3(&req, decoded).await;
+        let mut out = rpc::begin_reply(call.xid, ReplyStatus::Success, body.len());
+        out.extend_from_slice(&body);
+        rpc::finish_reply(out)
+    }
+
+    async fn dispatch_mount(&self, call: &Call, args: &[u8], client: IpAddr) -> Vec<u8> {
+        let decoded = match decode_mount(call.proc_, args) {
+            Ok(Some(a)) => a,
+            Ok(None) => return rpc::reply_only(call.xid, ReplyStatus::ProcUnavail),
+            Err(_) => return rpc::reply_only(call.xid, ReplyStatus::GarbageArgs),
+        };
+        let mut out = rpc::begin_reply(call.xid, ReplyStatus::Success, 128);
+        match decoded {
+            MountArgs::Null | MountArgs::Umnt(_) | MountArgs::Umntall => {}
+            MountArgs::Dump => List::<export_node<'_, '_>>::default().pack(&mut out).map(|_| ()).expect("Vec"),
+            MountArgs::Export => {
+                let groups = if self.policy.clients.iter().any(|n| n.prefix_len() == 0) {
+                    Vec::new()
+                } else {
+                    self.policy.clients.iter().map(|n| name(Opaque::owned(n.to_string().into_bytes()))).collect()
+                };
+                let list: exports<'_, '_> = List(vec![export_node {
+                    ex_dir: dirpath(Opaque::owned(format!("/{}", self.export).into_bytes())),
+                    ex_groups: List(groups),
+                }]);
+                list.pack(&mut out).expect("Vec");
+            }
+            MountArgs::Mnt(path) => {
+                let res = match self.mount(call, path, client).await {
+                    Ok(h) => mountres3::Ok(mountres3_ok {
+                        fhandle: fhandle3(Opaque::owned(h)),
+                        auth_flavors: self.policy.auth_flavors(),
+                    }),
+                    Err(s) => {
+                        tracing::info!(%client, path = %String::from_utf8_lossy(path), status = %s, "MOUNT refused");
+                        mountres3::Err(s)
+                    }
+                };
+                res.pack(&mut out).expect("Vec");
+            }
+        }
+        rpc::finish_reply(out)
+    }
+
+    /// MNT: the export is the volume, `smb` or `/smb`; a directory below it (`/smb/dir`) too.
+    async fn mount(&self, call: &Call, path: &[u8], client: IpAddr) -> Result<Vec<u8>, mountstat3> {
+        if !self.policy.allows(client) {
+            return Err(mountstat3::MNT3ERR_ACCES);
+        }
+        let cred = self.policy.credentials(&call.auth).map_err(|_| mountstat3::MNT3ERR_ACCES)?;
+        let p = path.strip_prefix(b"/").unwrap_or(path);
+        let export = self.export.as_bytes();
+        let rest = if p == export || p.strip_suffix(b"/") == Some(export) {
+            None
+        } else if p.len() > export.len() && p.starts_with(export) && p[export.len()] == b'/' {
+            Some(&p[export.len() + 1..])
+        } else {
+            return Err(mountstat3::MNT3ERR_NOENT);
+        };
+        let id = match rest {
+            None => self.ns.root(),
+            Some(sub) => {
+                let (id, attr) =
+                    self.ns.walk(&cred, self.ns.root(), sub, true).await.map_err(|e| match e.nfs3_status() {
+                        2 => mountstat3::MNT3ERR_NOENT,
+                        13 => mountstat3::MNT3ERR_ACCES,
+                        20 => mountstat3::MNT3ERR_NOTDIR,
+                        _ => mountstat3::MNT3ERR_IO,
+                    })?;
+                if attr.ftype != FileType::Directory {
+                    return Err(mountstat3::MNT3ERR_NOTDIR);
+                }
+                id
+            }
+        };
+        Ok(self.handles.encode(&id))
+    }
+
+    fn dispatch_portmap(&self, call: &Call, args: &[u8]) -> Vec<u8> {
+        let mut out = rpc::begin_reply(call.xid, ReplyStatus::Success, 128);
+        match call.proc_ {
+            0 => {}
+            // SET / UNSET: this portmapper only knows nasgw's own programs.
+            1 | 2 => false.pack(&mut out).map(|_| ()).expect("Vec"),
+            3 => {
+                let Ok((prog, vers, prot, _)) = decode_pmap_mapping(args) else {
+                    return rpc::reply_only(call.xid, ReplyStatus::GarbageArgs);
+                };
+                let port = match (prog, vers, prot) {
+                    (NFS_PROGRAM, 3, 6) | (MOUNT_PROGRAM, 3, 6) => u32::from(self.nfs_port),
+                    (PORTMAP_PROGRAM, 2, 6) => self.portmap_port.map_or(0, u32::from),
+                    _ => 0,
+                };
+                port.pack(&mut out).expect("Vec");
+            }
+            4 => {
+                let mut maps = vec![
+                    mapping { prog: NFS_PROGRAM, vers: 3, prot: 6, port: u32::from(self.nfs_port) },
+                    mapping { prog: MOUNT_PROGRAM, vers: 3, prot: 6, port: u32::from(self.nfs_port) },
+                ];
+                if let Some(p) = self.portmap_port {
+                    maps.push(mapping { prog: PORTMAP_PROGRAM, vers: 2, prot: 6, port: u32::from(p) });
+                }
+                List(maps).pack(&mut out).expect("Vec");
+            }
+            _ => return rpc::reply_only(call.xid, ReplyStatus::ProcUnavail),
+        }
+        rpc::finish_reply(out)
+    }
+}
+
+/// The sending half of a connection, shared by its calls.
+struct ReplySink {
+    wr: Mutex<OwnedWriteHalf>,
+    client: SocketAddr,
+}
+
+impl ReplySink {
+    /// Sends one complete reply record (a failed send is only logged: the reader sees the
+    /// connection close).
+    async fn send(&self, reply: Vec<u8>) {
+        let mut wr = self.wr.lock().await;
+        if let Err(e) = wr.write_all(&reply).await {
+            tracing::debug!(client = %self.client, error = %e, "NFS reply not sent");
+        }
+    }
+}
+
+/// Reads one complete record (all its fragments). `Ok(None)` at a clean end of stream.
+async fn read_record(rd: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<Vec<u8>>, String> {
+    let mut record = Vec::new();
+    loop {
+        let mut hdr = [0u8; 4];
+        match rd.read_exact(&mut hdr).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && record.is_empty() => return Ok(None),
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+        let (len, last) = rpc::fragment_header(hdr);
+        if len > MAX_FRAGMENT || record.len() + len as usize > MAX_RECORD {
+            return Err(format!("fragment of {len} bytes over the {MAX_FRAGMENT}-byte limit"));
+        }
+        let start = record.len();
+        record.resize(start + len as usize, 0);
+        rd.read_exact(&mut record[start..]).await.map_err(|e| format!("truncated fragment: {e}"))?;
+        if last {
+            return Ok(Some(record));
+        }
+    }
+}
+
+/// The key handles are signed with: derived from the cluster secret when there is a cluster
+/// (every node must accept every node's handles), else a random key kept in `state_dir`.
+pub fn handle_key(cfg: &Config) -> Result<Vec<u8>> {
+    if let Some(cluster) = &cfg.cluster {
+        let secret = std::fs::read(&cluster.secret_file)
+            .with_context(|| format!("cannot read [cluster] secret_file {}", cluster.secret_file.display()))?;
+        let mut h = Sha256::new();
+        h.update(b"nasgw nfs handle key v1\0");
+        h.update(&secret);
+        return Ok(h.finalize().to_vec());
+    }
+    let path = cfg.node.state_dir.join("nfs-handle.key");
+    load_or_create_key(&path)
+}
+
+fn load_or_create_key(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read(path) {
+        Ok(k) if k.len() == 32 => return Ok(k),
+        Ok(_) => {
+            anyhow::bail!("{} is not a 32-byte key; remove it to make a new one (clients must remount)", path.display())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let key: [u8; 32] = rand::random();
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(&key)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(key.to_vec())
+}
+
+/// Starts the NFS listener (and the portmapper one if configured) as tasks of `life`.
+pub async fn start(
+    cfg: &Config,
+    ns: Namespace,
+    connections: Arc<ConnectionTable>,
+    life: &Lifecycle,
+) -> Result<Arc<NfsServer>> {
+    let nfs = &cfg.nfs;
+    let listener =
+        TcpListener::bind(nfs.listen).await.with_context(|| format!("cannot listen for NFS on {}", nfs.listen))?;
+    let port = listener.local_addr()?.port();
+    let pmap = match nfs.portmap_listen {
+        Some(a) => Some(TcpListener::bind(a).await.with_context(|| {
+            format!("cannot listen for the portmapper on {a} (port 111 needs root and no rpcbind running)")
+        })?),
+        None => None,
+    };
+    let pmap_port = pmap.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
+    let key = handle_key(cfg)?;
+    let server = Arc::new(NfsServer::new(ns, &cfg.volume.name, ExportPolicy::from_config(nfs), &key, port, pmap_port));
+    tracing::info!(listen = %nfs.listen, portmap = ?nfs.portmap_listen, export = %cfg.volume.name, "NFS listening");
+    let s = server.clone();
+    let l = life.clone();
+    life.tasks.spawn(crate::listener::accept_loop(
+        "nfs",
+        listener,
+        nfs.max_connections,
+        connections.clone(),
+        life.clone(),
+        move |stream, conn| s.clone().serve_connection(stream, conn, l.clone()),
+    ));
+    if let Some(pl) = pmap {
+        let s = server.clone();
+        let l = life.clone();
+        life.tasks.spawn(crate::listener::accept_loop(
+            "portmap",
+            pl,
+            64,
+            connections,
+            life.clone(),
+            move |stream, conn| s.clone().serve_connection(stream, conn, l.clone()),
+        ));
+    }
+    Ok(server)
+}
+
+/// Where a client reaches the service (for logs and tests).
+pub fn describe(listen: SocketAddr, export: &str) -> String {
+    format!("nfs://{}/{export}?version=3&nfsport={}&mountport={}", listen.ip(), listen.port(), listen.port())
+}

@@ -1,0 +1,135 @@
+//! The backend trait: what a storage engine (a POSIX directory, a GlusterFS volume through
+//! libgfapi) implements so both protocols can serve it.
+//!
+//! Calls are **blocking** and run on blocking threads chosen by [`crate::vfs::Namespace`]; a
+//! backend may switch the calling thread's file-system identity for the duration of a call
+//! (per-thread `setfsuid`/`setfsgid`/`setgroups`) and must restore it before returning.
+//!
+//! Objects are addressed by [`FileId`], the persistent identity the backend minted: there is no
+//! server-side id table that a restart or another node would lack. A backend keeps whatever
+//! caches it likes (open descriptors, GlusterFS object handles) keyed by id, but `resolve` of an
+//! id must work on a fresh process on any node, and must fail with [`VfsError::Stale`] (never
+//! succeed on another file) once the file is deleted.
+//!
+//! Every operation takes the caller's [`Credentials`]: permission checks are the caller's and
+//! new files are owned by the caller (when the server runs as root).
+//!
+//! Names are pre-validated single components ([`Name`]). Symlinks are never followed by these
+//! operations: `lookup` of a symlink returns the symlink itself.
+
+use super::cred::Credentials;
+use super::error::VfsResult;
+use super::name::Name;
+use super::types::{Attr, CreateHow, FileId, FsStat, ReadDir, SetAttr, Stability, VolumeId};
+
+/// A storage engine the namespace layer serves.
+pub trait Backend: Send + Sync + 'static {
+    /// The volume's id: the same on every node serving it, different for another volume.
+    fn volume_id(&self) -> VolumeId;
+
+    /// The root directory's identity.
+    fn root(&self) -> FileId;
+
+    /// Checks that `id` still names a live file and returns its attributes: what a protocol
+    /// calls when a client presents a handle. Deleted file: [`VfsError::Stale`].
+    ///
+    /// [`VfsError::Stale`]: super::VfsError::Stale
+    fn getattr(&self, id: &FileId) -> VfsResult<Attr>;
+
+    /// Changes attributes as `cred` (owner/root rules of `chmod`, `chown`, `truncate`,
+    /// `utimensat`), returning the new attributes.
+    fn setattr(&self, cred: &Credentials, id: &FileId, set: &SetAttr) -> VfsResult<Attr>;
+
+    /// Finds `name` in directory `dir` (needs search permission), without following a symlink.
+    fn lookup(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<(FileId, Attr)>;
+
+    /// The parent of directory `dir` (`..`); the root is its own parent.
+    fn parent(&self, cred: &Credentials, dir: &FileId) -> VfsResult<(FileId, Attr)>;
+
+    /// Reads up to `count` bytes at `offset`: the data, whether it reached end of file, and the
+    /// file's attributes after the read.
+    fn read(&self, cred: &Credentials, id: &FileId, offset: u64, count: u32) -> VfsResult<(Vec<u8>, bool, Attr)>;
+
+    /// Like [`Backend::read`] but appends the data to `out`, so a protocol can read straight
+    /// into its reply buffer; returns (bytes appended, eof, attributes).
+    fn read_append(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+        out: &mut Vec<u8>,
+    ) -> VfsResult<(u32, bool, Attr)> {
+        let (data, eof, attr) = self.read(cred, id, offset, count)?;
+        out.extend_from_slice(&data);
+        Ok((data.len() as u32, eof, attr))
+    }
+
+    /// Writes `data` at `offset` with at least the given stability; returns bytes written,
+    /// the stability actually reached (>= asked), and attributes after the write.
+    fn write(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        data: &[u8],
+        stable: Stability,
+    ) -> VfsResult<(u32, Stability, Attr)>;
+
+    /// Creates a regular file `name` in `dir`, owned by the caller, per `how`.
+    fn create(
+        &self,
+        cred: &Credentials,
+        dir: &FileId,
+        name: &Name,
+        mode: u32,
+        how: CreateHow,
+    ) -> VfsResult<(FileId, Attr)>;
+
+    /// Creates directory `name` in `dir`, owned by the caller.
+    fn mkdir(&self, cred: &Credentials, dir: &FileId, name: &Name, mode: u32) -> VfsResult<(FileId, Attr)>;
+
+    /// Creates symlink `name` in `dir` whose target is `target` (stored verbatim).
+    fn symlink(&self, cred: &Credentials, dir: &FileId, name: &Name, target: &[u8]) -> VfsResult<(FileId, Attr)>;
+
+    /// Reads a symlink's target.
+    fn readlink(&self, cred: &Credentials, id: &FileId) -> VfsResult<Vec<u8>>;
+
+    /// Removes non-directory `name` from `dir`.
+    fn remove(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<()>;
+
+    /// Removes empty directory `name` from `dir`.
+    fn rmdir(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<()>;
+
+    /// Renames `from_dir/from` to `to_dir/to`, replacing a compatible target atomically.
+    fn rename(&self, cred: &Credentials, from_dir: &FileId, from: &Name, to_dir: &FileId, to: &Name) -> VfsResult<()>;
+
+    /// Makes a hard link `dir/name` to file `id`.
+    fn link(&self, cred: &Credentials, id: &FileId, dir: &FileId, name: &Name) -> VfsResult<Attr>;
+
+    /// Lists `dir` from `cookie` (0 = start; else an entry's `cookie` from an earlier page), at
+    /// most `max_entries` entries, with identity and attributes when `plus`. Cookies stay valid
+    /// while the directory changes, across restarts and on every node (`.`/`..` are not listed).
+    fn readdir(
+        &self,
+        cred: &Credentials,
+        dir: &FileId,
+        cookie: u64,
+        max_entries: usize,
+        plus: bool,
+    ) -> VfsResult<ReadDir>;
+
+    /// A value that changes when this backend's cookies of `dir` stop being valid (the NFS
+    /// cookie verifier); constant for backends whose cookies never expire.
+    fn cookie_verifier(&self, dir: &FileId) -> u64;
+
+    /// Makes the file's data and metadata stable (NFS COMMIT, SMB FLUSH).
+    fn fsync(&self, id: &FileId) -> VfsResult<()>;
+
+    /// File-system statistics of the volume.
+    fn statfs(&self, id: &FileId) -> VfsResult<FsStat>;
+
+    /// Flushes everything cached to stable storage and drops cached descriptors: called on
+    /// shutdown and before a node gives up its addresses.
+    fn sync_all(&self) -> VfsResult<()>;
+}

@@ -1,0 +1,300 @@
+//! [`Namespace`]: the async face of the layer that protocol handlers call. It validates names,
+//! runs each backend call on a blocking thread (backends block and switch per-thread
+//! identities), and adds path walking with symlinks confined to the root.
+
+use std::sync::Arc;
+
+use super::backend::Backend;
+use super::cred::Credentials;
+use super::error::{VfsError, VfsResult};
+use super::name::Name;
+use super::types::{Attr, CreateHow, FileId, FileType, FsStat, ReadDir, SetAttr, Stability, VolumeId};
+
+/// Most symlinks one [`Namespace::walk`] follows (Linux's `MAXSYMLINKS`).
+pub const MAX_SYMLINKS: usize = 40;
+
+/// The volume as both protocols see it. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Namespace {
+    backend: Arc<dyn Backend>,
+}
+
+/// Runs a blocking backend call without stalling other tasks. On the multi-threaded runtime
+/// the call runs in place (`block_in_place`: the runtime moves its other tasks to another
+/// thread), which saves two thread hand-offs per request compared with `spawn_blocking`; the
+/// hand-offs dominate small requests on a loaded machine.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> VfsResult<T> + Send + 'static) -> VfsResult<T> {
+    run_blocking(f).await.unwrap_or(Err(VfsError::Io(libc::EIO)))
+}
+
+async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        Some(tokio::task::block_in_place(f))
+    } else {
+        tokio::task::spawn_blocking(f).await.ok()
+    }
+}
+
+impl Namespace {
+    /// Serves `backend`.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self { backend }
+    }
+
+    /// The backend, for callers that are already on a blocking thread.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The volume's id (goes into protocol handles).
+    pub fn volume_id(&self) -> VolumeId {
+        self.backend.volume_id()
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> FileId {
+        self.backend.root()
+    }
+
+    /// Attributes of a live file; `Stale` when it was deleted.
+    pub async fn getattr(&self, id: FileId) -> VfsResult<Attr> {
+        let b = self.backend.clone();
+        blocking(move || b.getattr(&id)).await
+    }
+
+    /// Changes attributes as `cred`.
+    pub async fn setattr(&self, cred: &Credentials, id: FileId, set: SetAttr) -> VfsResult<Attr> {
+        let (b, cred) = (self.backend.clone(), cred.clone());
+        blocking(move || b.setattr(&cred, &id, &set)).await
+    }
+
+    /// Looks up one name in `dir`. `.` is `dir` itself and `..` its parent (the root's parent
+    /// is the root, as on any Unix file system); any other name must be a valid component.
+    pub async fn lookup(&self, cred: &Credentials, dir: FileId, name: &[u8]) -> VfsResult<(FileId, Attr)> {
+        let (b, cred) = (self.backend.clone(), cred.clone());
+        match name {
+            b"." => {
+                let attr = self.getattr(dir).await?;
+                if attr.ftype != FileType::Directory {
+                    return Err(VfsError::NotDir);
+                }
+                Ok((dir, attr))
+            }
+            b".." => blocking(move || b.parent(&cred, &dir)).await,
+            _ => {
+                let name = Name::new(name)?;
+                blocking(move || b.lookup(&cred, &dir, &name)).await
+            }
+        }
+    }
+
+    /// Resolves a `/`-separated path relative to `start`, following symlinks only while the
+    /// walk stays beneath the root: `..` above the root and absolute symlink targets fail with
+    /// [`VfsError::Escape`]. The last component's symlink is followed only if `follow_last`.
+    /// For SMB paths (converted to `/`) and anything else that resolves paths server-side.
+    pub async fn walk(
+        &self,
+        cred: &Credentials,
+        start: FileId,
+        path: &[u8],
+        follow_last: bool,
+    ) -> VfsResult<(FileId, Attr)> {
+        let root = self.root();
+        let mut cur = start;
+        let mut cur_attr = self.getattr(start).await?;
+        // Remaining components, next one last (a stack).
+        let mut todo: Vec<Vec<u8>> = split(path);
+        todo.reverse();
+        let mut links = 0;
+        if path.first() == Some(&b'/') {
+            cur = root;
+            cur_attr = self.getattr(root).await?;
+        }
+        while let Some(comp) = todo.pop() {
+            if comp == b"." {
+                continue;
+            }
+            if cur_attr.ftype != FileType::Directory {
+                return Err(VfsError::NotDir);
+            }
+            if comp == b".." {
+                if cur == root {
+                    return Err(VfsError::Escape);
+                }
+                (cur, cur_attr) = self.lookup(cred, cur, b"..").await?;
+                continue;
+            }
+            let (id, attr) = self.lookup(cred, cur, &comp).await?;
+            let last = todo.is_empty();
+            if attr.ftype == FileType::Symlink && (!last || follow_last) {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(VfsError::Loop);
+                }
+                let target = self.readlink(cred, id).await?;
+                if target.first() == Some(&b'/') {
+                    return Err(VfsError::Escape);
+                }
+                let mut comps = split(&target);
+                comps.reverse();
+                todo.extend(comps);
+                continue;
+            }
+            (cur, cur_attr) = (id, attr);
+        }
+        Ok((cur, cur_attr))
+    }
+
+    /// Reads up to `count` bytes: (data, eof, attributes).
+    pub async fn read(
+        &self,
+        cred: &Credentials,
+        id: FileId,
+        offset: u64,
+        count: u32,
+    ) -> VfsResult<(Vec<u8>, bool, Attr)> {
+        let (b, cred) = (self.backend.clone(), cred.clone());
+        blocking(move || b.read(&cred, &id, offset, count)).await
+    }
+
+    /// Reads up to `count` bytes appended to `out` (a reply buffer): (out, bytes, eof, attributes).
+    pub async fn read_append(
+        &self,
+        cred: &Credentials,
+        id: FileId,
+        offset: u64,
+        count: u32,
+        mut out: Vec<u8>,
+    ) -> (Vec<u8>, VfsResult<(u32, bool, Attr)>) {
+        let (b, cred) = (self.backend.clone(), cred.clone());
+        run_blocking(move || {
+            let r = b.read_append(&cred, &id, offset, count, &mut out);
+            (out, r)
+        })
+        .await
+        .unwrap_or_else(|| (Vec::new(), Err(VfsError::Io(libc::EIO))))
+    }
+
+    /// Writes `data` with at least `stable` stability: (bytes written, stability, attributes).
+    pub async fn write(
+        &self,
+        cred: &Credentials,
+        id: FileId,
+        offset: u64,
+        data: Vec<u8>,
+        stable: Stability,
+    ) -> VfsResult<(u32, Stability, Attr)> {
+        let (b, cred) = (self.backend.clone(), cred.clone());
+        blocking(move || b.write(&cred, &id, offset, &data, stable)).await
+    }
+
+    /// Creates a regular file `dir/name`.
+    pub async fn create(
+        &self,
+        cred: &Credentials,
+        dir: FileId,
+        name: &[u8],
+        mode: u32,
+        how: CreateHow,
+    ) -> VfsResult<(FileId, Attr)> {
+        let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
+        blocking(move || b.create(&cred, &dir, &name, mode, how)).await
+    }
+
+    /// Creates directory `dir/name`.
+    pub async fn mkdir(&self, cred: &Credentials, dir: FileId, name: &[u8], mode: u32) -> VfsResult<(FileId, Attr)> {
+        let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
+        blocking(move || b.mkdir(&cred, &dir, &name, mode)).await
+    }
+
+    /// Creates symlink `dir/name` -> `target` (stored verbatim, never followed by the server
+    /// except by [`Namespace::walk`]).
+    pub async fn symlink(
+        &self,
+        cred: &Credentials,
+        dir: FileId,
+        name: &[u8],
+        target: &[u8],
+    ) -> VfsResult<(FileId, Attr)> {
+        let (b, cred, name, target) = (self.backend.clone(), cred.clone(), Name::new(name)?, target.to_vec());
+        blocking(move || b.symlink(&cred, &dir, &name, &target)).await
+    }
+
+    /// Reads a symlink's target.
+    pub async fn readlink(&self, cred: &Credentials, id: FileId) -> VfsResult<Vec<u8>> {
+        let (b, cred) = (self.backend.clone(), cred.clone());
+        blocking(move || b.readlink(&cred, &id)).await
+    }
+
+    /// Removes non-directory `dir/name`.
+    pub async fn remove(&self, cred: &Credentials, dir: FileId, name: &[u8]) -> VfsResult<()> {
+        let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
+        blocking(move || b.remove(&cred, &dir, &name)).await
+    }
+
+    /// Removes empty directory `dir/name`.
+    pub async fn rmdir(&self, cred: &Credentials, dir: FileId, name: &[u8]) -> VfsResult<()> {
+        let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
+        blocking(move || b.rmdir(&cred, &dir, &name)).await
+    }
+
+    /// Renames `from_dir/from` to `to_dir/to`.
+    pub async fn rename(
+        &self,
+        cred: &Credentials,
+        from_dir: FileId,
+        from: &[u8],
+        to_dir: FileId,
+        to: &[u8],
+    ) -> VfsResult<()> {
+        let (b, cred, from, to) = (self.backend.clone(), cred.clone(), Name::new(from)?, Name::new(to)?);
+        blocking(move || b.rename(&cred, &from_dir, &from, &to_dir, &to)).await
+    }
+
+    /// Hard-links file `id` as `dir/name`; returns the file's attributes.
+    pub async fn link(&self, cred: &Credentials, id: FileId, dir: FileId, name: &[u8]) -> VfsResult<Attr> {
+        let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
+        blocking(move || b.link(&cred, &id, &dir, &name)).await
+    }
+
+    /// One page of a listing from `cookie` (0 = start).
+    pub async fn readdir(
+        &self,
+        cred: &Credentials,
+        dir: FileId,
+        cookie: u64,
+        max_entries: usize,
+        plus: bool,
+    ) -> VfsResult<ReadDir> {
+        let (b, cred) = (self.backend.clone(), cred.clone());
+        blocking(move || b.readdir(&cred, &dir, cookie, max_entries, plus)).await
+    }
+
+    /// The cookie verifier of `dir` (see [`Backend::cookie_verifier`]).
+    pub fn cookie_verifier(&self, dir: &FileId) -> u64 {
+        self.backend.cookie_verifier(dir)
+    }
+
+    /// Makes a file stable (COMMIT, FLUSH).
+    pub async fn fsync(&self, id: FileId) -> VfsResult<()> {
+        let b = self.backend.clone();
+        blocking(move || b.fsync(&id)).await
+    }
+
+    /// File-system statistics.
+    pub async fn statfs(&self, id: FileId) -> VfsResult<FsStat> {
+        let b = self.backend.clone();
+        blocking(move || b.statfs(&id)).await
+    }
+
+    /// Flushes everything to stable storage (shutdown).
+    pub async fn sync_all(&self) -> VfsResult<()> {
+        let b = self.backend.clone();
+        blocking(move || b.sync_all()).await
+    }
+}
+
+fn split(path: &[u8]) -> Vec<Vec<u8>> {
+    path.split(|&b| b == b'/').filter(|c| !c.is_empty()).map(<[u8]>::to_vec).collect()
+}

@@ -1,0 +1,782 @@
+//! The POSIX backend: serves a directory (a local file system, or a GlusterFS FUSE mount).
+//!
+//! - Objects are reached through `O_PATH` descriptors kept in a bounded cache keyed by
+//!   [`FileId`]; a regular file gets one I/O descriptor, opened once, so READ/WRITE never
+//!   reopen per request.
+//! - Every name is resolved with `openat(dir_fd, name, O_PATH | O_NOFOLLOW)`: one validated
+//!   component at a time, symlinks never followed, so nothing reaches outside the root.
+//! - When the server runs as root, each metadata operation runs under the caller's identity
+//!   (per-thread `setfsuid`/`setfsgid`/`setgroups`, like NFS-Ganesha): the kernel checks the
+//!   caller's permissions and new files belong to the caller. Reads and writes go through the
+//!   shared cached descriptor, so they are checked here against the mode bits (with the owner
+//!   override knfsd applies). Unprivileged, everything runs as the server's user.
+//! - Identities: see [`identity`].
+
+pub mod identity;
+pub mod sys;
+
+use std::collections::VecDeque;
+use std::ffi::CStr;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use lru::LruCache;
+use sha2::{Digest, Sha256};
+
+use self::identity::{Identity, IdentityKind};
+use self::sys::{ThreadIdentity, UtimeArg};
+use super::access;
+use super::backend::Backend;
+use super::cred::Credentials;
+use super::error::{VfsError, VfsResult};
+use super::name::Name;
+use super::types::DirEntry;
+use super::types::{
+    Attr, CreateHow, FileId, FileType, FsStat, ReadDir, SetAttr, SetTime, Stability, Timestamp, VolumeId,
+};
+
+/// How a [`PosixBackend`] is set up.
+#[derive(Clone, Debug)]
+pub struct PosixOptions {
+    /// The volume's name: the volume id derives from it, so every node serving the same volume
+    /// agrees.
+    pub volume_name: String,
+    /// Identity scheme; `None` picks kernel handles when the server may use them (root, not a
+    /// FUSE mount), else inode numbers.
+    pub identity: Option<IdentityKind>,
+    /// Most objects kept open at once.
+    pub cache_entries: usize,
+}
+
+impl PosixOptions {
+    /// Defaults for volume `name`.
+    pub fn new(name: &str) -> Self {
+        Self { volume_name: name.to_string(), identity: None, cache_entries: 8192 }
+    }
+}
+
+/// An object the backend holds open.
+struct Node {
+    /// `O_PATH | O_NOFOLLOW` descriptor: anchor for `*at` calls and attribute reads.
+    path_fd: OwnedFd,
+    ftype: FileType,
+    /// Descriptor for data I/O of a regular file, opened on first use.
+    io: OnceLock<OwnedFd>,
+}
+
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// A directory served as a volume.
+pub struct PosixBackend {
+    root: Arc<Node>,
+    /// The root opened for reading: `open_by_handle_at` refuses an `O_PATH` mount descriptor.
+    mount_fd: OwnedFd,
+    root_id: FileId,
+    root_dev: (u32, u32),
+    volume_id: VolumeId,
+    fsid: u64,
+    kind: IdentityKind,
+    /// Server runs as root: operations switch to the caller's identity.
+    privileged: bool,
+    umask: u32,
+    nodes: Mutex<LruCache<FileId, Arc<Node>>>,
+    /// Inode identities: inode number -> path (relative to the root) where it was last seen.
+    hints: Mutex<LruCache<u64, Vec<u8>>>,
+}
+
+impl PosixBackend {
+    /// Opens `root` (an existing directory) as a volume.
+    pub fn open(root: &Path, opts: PosixOptions) -> VfsResult<Self> {
+        let croot = sys::cstring(root.as_os_str().as_encoded_bytes())?;
+        let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+        let root_fd = sys::openat(cwd, &croot, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let stx = sys::fstatx(root_fd.as_fd())?;
+        let mount_fd = sys::openat(root_fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let privileged = sys::euid() == 0;
+        let is_fuse = sys::fstatfs(root_fd.as_fd())?.f_type == FUSE_SUPER_MAGIC;
+        let kind = match opts.identity {
+            Some(k) => k,
+            None if privileged && !is_fuse && kernel_handles_work(mount_fd.as_fd()) => IdentityKind::Kernel,
+            None => IdentityKind::Inode,
+        };
+        let digest = Sha256::digest(format!("nasgw-posix-volume:{}", opts.volume_name).as_bytes());
+        let volume_id = VolumeId(digest[..8].try_into().expect("8 bytes"));
+        let nofile = sys::raise_nofile() as usize;
+        let cap = opts.cache_entries.min(nofile / 3).max(16);
+        let mut me = Self {
+            root: Arc::new(Node { path_fd: root_fd, ftype: FileType::Directory, io: OnceLock::new() }),
+            mount_fd,
+            root_id: FileId::new(b"?").expect("non-empty"),
+            root_dev: (stx.stx_dev_major, stx.stx_dev_minor),
+            volume_id,
+            fsid: u64::from_le_bytes(volume_id.0),
+            kind,
+            privileged,
+            umask: sys::current_umask(),
+            nodes: Mutex::new(LruCache::new(NonZeroUsize::new(cap).expect("non-zero"))),
+            hints: Mutex::new(LruCache::new(NonZeroUsize::new(65536).expect("non-zero"))),
+        };
+        me.root_id = me.identity_of(me.root.path_fd.as_fd(), c"", &stx)?;
+        me.hint(stx.stx_ino, Vec::new());
+        tracing::info!(root = %root.display(), identity = ?kind, privileged, cache = cap, "POSIX backend opened");
+        Ok(me)
+    }
+
+    /// The identity scheme in use.
+    pub fn identity_kind(&self) -> IdentityKind {
+        self.kind
+    }
+
+    /// The identity of `dir/name` (`name` empty: `dir` itself) whose `statx` is `stx`.
+    fn identity_of(&self, dir: BorrowedFd<'_>, name: &CStr, stx: &libc::statx) -> VfsResult<FileId> {
+        let id = match self.kind {
+            IdentityKind::Kernel => {
+                let (handle_type, bytes) = sys::name_to_handle(dir, name)?;
+                Identity::Kernel { handle_type, bytes }
+            }
+            IdentityKind::Inode => Identity::Inode { ino: stx.stx_ino, btime: sys::btime(stx).unwrap_or_default() },
+        };
+        id.encode().ok_or(VfsError::Io(libc::EOVERFLOW))
+    }
+
+    fn hint(&self, ino: u64, path: Vec<u8>) {
+        if self.kind == IdentityKind::Inode {
+            self.hints.lock().expect("hints lock").put(ino, path);
+        }
+    }
+
+    fn hint_child(&self, dir_ino: u64, ino: u64, name: &[u8]) {
+        if self.kind != IdentityKind::Inode {
+            return;
+        }
+        let mut hints = self.hints.lock().expect("hints lock");
+        if let Some(dir) = hints.get(&dir_ino) {
+            let mut p = dir.clone();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(name);
+            hints.put(ino, p);
+        }
+    }
+
+    fn attr(&self, stx: &libc::statx) -> Attr {
+        sys::attr_from(stx, self.fsid)
+    }
+
+    /// The cached object for `id`, resolving it (as the server) on a miss.
+    fn node(&self, id: &FileId) -> VfsResult<Arc<Node>> {
+        if *id == self.root_id {
+            return Ok(self.root.clone());
+        }
+        if let Some(n) = self.nodes.lock().expect("nodes lock").get(id) {
+            return Ok(n.clone());
+        }
+        let fd = self.resolve(id)?;
+        let stx = sys::fstatx(fd.as_fd())?;
+        let node =
+            Arc::new(Node { path_fd: fd, ftype: FileType::from_mode(u32::from(stx.stx_mode)), io: OnceLock::new() });
+        Ok(self.insert(*id, node))
+    }
+
+    fn insert(&self, id: FileId, node: Arc<Node>) -> Arc<Node> {
+        let mut nodes = self.nodes.lock().expect("nodes lock");
+        if let Some(existing) = nodes.get(&id) {
+            return existing.clone();
+        }
+        nodes.put(id, node.clone());
+        node
+    }
+
+    fn evict(&self, id: &FileId) {
+        self.nodes.lock().expect("nodes lock").pop(id);
+    }
+
+    /// Opens the object an identity names, or fails with `Stale`/`BadHandle`.
+    fn resolve(&self, id: &FileId) -> VfsResult<OwnedFd> {
+        let ident = Identity::decode(id).ok_or(VfsError::BadHandle)?;
+        match (self.kind, ident) {
+            (IdentityKind::Kernel, Identity::Kernel { handle_type, bytes }) => {
+                let fd = sys::open_by_handle(self.mount_fd.as_fd(), handle_type, &bytes, libc::O_PATH).map_err(
+                    |e| match e {
+                        VfsError::NotFound | VfsError::Stale => VfsError::Stale,
+                        VfsError::Invalid => VfsError::BadHandle,
+                        e => e,
+                    },
+                )?;
+                let stx = sys::fstatx(fd.as_fd())?;
+                if (stx.stx_dev_major, stx.stx_dev_minor) != self.root_dev {
+                    return Err(VfsError::BadHandle);
+                }
+                if stx.stx_nlink == 0 {
+                    return Err(VfsError::Stale);
+                }
+                Ok(fd)
+            }
+            (IdentityKind::Inode, Identity::Inode { ino, btime }) => self.resolve_inode(ino, btime),
+            _ => Err(VfsError::Stale),
+        }
+    }
+
+    fn matches(&self, stx: &libc::statx, ino: u64, btime: Timestamp) -> bool {
+        stx.stx_ino == ino
+            && sys::btime(stx).unwrap_or_default() == btime
+            && (stx.stx_dev_major, stx.stx_dev_minor) == self.root_dev
+            && stx.stx_nlink > 0
+    }
+
+    /// Inode identity: the last path seen for it, else a scan of the tree for the inode number.
+    fn resolve_inode(&self, ino: u64, btime: Timestamp) -> VfsResult<OwnedFd> {
+        let hint = self.hints.lock().expect("hints lock").get(&ino).cloned();
+        if let Some(path) = hint {
+            if let Ok(fd) = self.open_rel(&path, libc::O_PATH | libc::O_NOFOLLOW) {
+                if sys::fstatx(fd.as_fd()).is_ok_and(|s| self.matches(&s, ino, btime)) {
+                    return Ok(fd);
+                }
+            }
+        }
+        self.scan_for(ino, btime)
+    }
+
+    /// Opens a root-relative path beneath the root without crossing symlinks.
+    fn open_rel(&self, path: &[u8], flags: libc::c_int) -> VfsResult<OwnedFd> {
+        let p = if path.is_empty() { c".".to_owned() } else { sys::cstring(path)? };
+        sys::open_beneath(self.root.path_fd.as_fd(), &p, flags)
+    }
+
+    /// Breadth-first search of the tree for an inode number (the unprivileged fallback after
+    /// a restart or for a file renamed since it was seen). Records hints for directories.
+    fn scan_for(&self, ino: u64, btime: Timestamp) -> VfsResult<OwnedFd> {
+        let mut queue: VecDeque<Vec<u8>> = VecDeque::from([Vec::new()]);
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Some(dir_path) = queue.pop_front() {
+            let Ok(dir) = self.open_rel(&dir_path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW) else {
+                continue;
+            };
+            while let Some(batch) = sys::getdents(dir.as_fd(), &mut buf).ok().filter(|b| !b.is_empty()) {
+                for e in batch {
+                    if e.name == b"." || e.name == b".." {
+                        continue;
+                    }
+                    let mut child = dir_path.clone();
+                    if !child.is_empty() {
+                        child.push(b'/');
+                    }
+                    child.extend_from_slice(&e.name);
+                    if e.ino == ino {
+                        let name = sys::cstring(&e.name)?;
+                        if let Ok(fd) = sys::openat(dir.as_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                            if sys::fstatx(fd.as_fd()).is_ok_and(|s| self.matches(&s, ino, btime)) {
+                                self.hint(ino, child);
+                                return Ok(fd);
+                            }
+                        }
+                    }
+                    let is_dir = match e.dtype {
+                        libc::DT_DIR => true,
+                        libc::DT_UNKNOWN => sys::cstring(&e.name)
+                            .and_then(|n| sys::statx(dir.as_fd(), &n))
+                            .is_ok_and(|s| u32::from(s.stx_mode) & libc::S_IFMT == libc::S_IFDIR),
+                        _ => false,
+                    };
+                    if is_dir {
+                        self.hint(e.ino, child.clone());
+                        queue.push_back(child);
+                    }
+                }
+            }
+        }
+        Err(VfsError::Stale)
+    }
+
+    /// Live attributes of a node: `Stale` (and evicted) once its last link is gone.
+    fn live_stat(&self, id: &FileId, node: &Node) -> VfsResult<libc::statx> {
+        let stx = sys::fstatx(node.path_fd.as_fd())?;
+        if stx.stx_nlink == 0 && *id != self.root_id {
+            self.evict(id);
+            return Err(VfsError::Stale);
+        }
+        Ok(stx)
+    }
+
+    fn dir_node(&self, id: &FileId) -> VfsResult<Arc<Node>> {
+        let n = self.node(id)?;
+        if n.ftype != FileType::Directory {
+            return Err(VfsError::NotDir);
+        }
+        Ok(n)
+    }
+
+    fn as_caller(&self, cred: &Credentials) -> VfsResult<ThreadIdentity> {
+        ThreadIdentity::switch(self.privileged, cred.uid, cred.gid, &cred.groups)
+    }
+
+    /// The I/O descriptor of a regular file, opened (as the server) on first use.
+    fn io_fd<'a>(&self, node: &'a Node) -> VfsResult<&'a OwnedFd> {
+        if let Some(fd) = node.io.get() {
+            return Ok(fd);
+        }
+        let fd = match sys::reopen(node.path_fd.as_fd(), libc::O_RDWR) {
+            Ok(fd) => fd,
+            Err(VfsError::Access | VfsError::Perm | VfsError::ReadOnly) => {
+                sys::reopen(node.path_fd.as_fd(), libc::O_RDONLY)?
+            }
+            Err(e) => return Err(e),
+        };
+        let _ = node.io.set(fd);
+        Ok(node.io.get().expect("just set"))
+    }
+
+    /// Looks up `dir/name` as the caller and caches it.
+    fn lookup_in(
+        &self,
+        cred: &Credentials,
+        dir: &Node,
+        dir_ino: Option<u64>,
+        name: &CStr,
+    ) -> VfsResult<(FileId, Attr)> {
+        let fd = {
+            let _as = self.as_caller(cred)?;
+            sys::openat(dir.path_fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?
+        };
+        let stx = sys::fstatx(fd.as_fd())?;
+        let id = self.identity_of(fd.as_fd(), c"", &stx)?;
+        if let Some(d) = dir_ino {
+            self.hint_child(d, stx.stx_ino, name.to_bytes());
+        }
+        let attr = self.attr(&stx);
+        self.insert(id, Arc::new(Node { path_fd: fd, ftype: attr.ftype, io: OnceLock::new() }));
+        Ok((id, attr))
+    }
+
+    fn dir_ino(&self, dir: &Node) -> Option<u64> {
+        if self.kind == IdentityKind::Inode {
+            sys::fstatx(dir.path_fd.as_fd()).ok().map(|s| s.stx_ino)
+        } else {
+            None
+        }
+    }
+
+    /// Identity of `dir/name` without opening it (for cache eviction before it disappears).
+    fn id_at(&self, dir: &Node, name: &CStr) -> Option<FileId> {
+        let stx = sys::statx(dir.path_fd.as_fd(), name).ok()?;
+        self.identity_of(dir.path_fd.as_fd(), name, &stx).ok()
+    }
+
+    /// Applies a umask-free mode to a just-created object if the process umask masked bits.
+    fn fix_mode(&self, dir: &Node, name: &CStr, mode: u32) -> VfsResult<()> {
+        if mode & self.umask != 0 {
+            let fd = sys::openat(dir.path_fd.as_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            sys::chmod_fd(fd.as_fd(), mode)?;
+        }
+        Ok(())
+    }
+
+    fn apply_setattr(&self, node: &Node, set: &SetAttr) -> VfsResult<()> {
+        let fd = node.path_fd.as_fd();
+        if let Some(size) = set.size {
+            match node.ftype {
+                FileType::Regular => sys::truncate_fd(fd, size)?,
+                FileType::Directory => return Err(VfsError::IsDir),
+                _ => return Err(VfsError::Invalid),
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::chown_fd(fd, set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(mode) = set.mode {
+            if node.ftype != FileType::Symlink {
+                sys::chmod_fd(fd, mode)?;
+            }
+        }
+        if set.atime != SetTime::DontChange || set.mtime != SetTime::DontChange {
+            let arg = |t: SetTime| match t {
+                SetTime::DontChange => UtimeArg::Omit,
+                SetTime::ServerNow => UtimeArg::Now,
+                SetTime::Client(t) => UtimeArg::At(t),
+            };
+            if node.ftype != FileType::Symlink {
+                sys::utimens_fd(fd, arg(set.atime), arg(set.mtime))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True when this process can open the root by its kernel handle (root, a file system with
+/// export support, a handle that fits a [`FileId`]).
+fn kernel_handles_work(root: BorrowedFd<'_>) -> bool {
+    match sys::name_to_handle(root, c"") {
+        Ok((t, bytes)) if bytes.len() <= identity::MAX_KERNEL_HANDLE => {
+            sys::open_by_handle(root, t, &bytes, libc::O_PATH).is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// Times that carry an NFSv3 exclusive-create verifier (as knfsd stores it).
+fn verifier_times(v: [u8; 8]) -> (Timestamp, Timestamp) {
+    let a = u32::from_be_bytes(v[0..4].try_into().expect("4 bytes"));
+    let m = u32::from_be_bytes(v[4..8].try_into().expect("4 bytes"));
+    (Timestamp { secs: i64::from(a), nanos: 0 }, Timestamp { secs: i64::from(m), nanos: 0 })
+}
+
+impl Backend for PosixBackend {
+    fn volume_id(&self) -> VolumeId {
+        self.volume_id
+    }
+
+    fn root(&self) -> FileId {
+        self.root_id
+    }
+
+    fn getattr(&self, id: &FileId) -> VfsResult<Attr> {
+        let node = self.node(id)?;
+        Ok(self.attr(&self.live_stat(id, &node)?))
+    }
+
+    fn setattr(&self, cred: &Credentials, id: &FileId, set: &SetAttr) -> VfsResult<Attr> {
+        let node = self.node(id)?;
+        self.live_stat(id, &node)?;
+        {
+            let _as = self.as_caller(cred)?;
+            self.apply_setattr(&node, set)?;
+        }
+        Ok(self.attr(&sys::fstatx(node.path_fd.as_fd())?))
+    }
+
+    fn lookup(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<(FileId, Attr)> {
+        let d = self.dir_node(dir)?;
+        self.lookup_in(cred, &d, self.dir_ino(&d), &name.to_cstring())
+    }
+
+    fn parent(&self, cred: &Credentials, dir: &FileId) -> VfsResult<(FileId, Attr)> {
+        let d = self.dir_node(dir)?;
+        if *dir == self.root_id {
+            return Ok((self.root_id, self.attr(&sys::fstatx(d.path_fd.as_fd())?)));
+        }
+        let fd = {
+            let _as = self.as_caller(cred)?;
+            sys::openat(d.path_fd.as_fd(), c"..", libc::O_PATH | libc::O_DIRECTORY, 0)?
+        };
+        let stx = sys::fstatx(fd.as_fd())?;
+        let id = self.identity_of(fd.as_fd(), c"", &stx)?;
+        let attr = self.attr(&stx);
+        self.insert(id, Arc::new(Node { path_fd: fd, ftype: FileType::Directory, io: OnceLock::new() }));
+        Ok((id, attr))
+    }
+
+    fn read(&self, cred: &Credentials, id: &FileId, offset: u64, count: u32) -> VfsResult<(Vec<u8>, bool, Attr)> {
+        let mut buf = Vec::new();
+        let (_, eof, attr) = self.read_append(cred, id, offset, count, &mut buf)?;
+        Ok((buf, eof, attr))
+    }
+
+    fn read_append(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+        out: &mut Vec<u8>,
+    ) -> VfsResult<(u32, bool, Attr)> {
+        let node = self.node(id)?;
+        match node.ftype {
+            FileType::Regular => {}
+            FileType::Directory => return Err(VfsError::IsDir),
+            _ => return Err(VfsError::Invalid),
+        }
+        let stx = self.live_stat(id, &node)?;
+        let attr = self.attr(&stx);
+        if self.privileged && cred.uid != attr.uid && access::granted(&attr, cred, access::READ) == 0 {
+            return Err(VfsError::Access);
+        }
+        let fd = self.io_fd(&node)?;
+        let want = (count as u64).min(attr.size.saturating_sub(offset)) as usize;
+        let start = out.len();
+        out.reserve(want);
+        let n = sys::pread_uninit(fd.as_fd(), &mut out.spare_capacity_mut()[..want], offset)?;
+        // SAFETY: pread_uninit initialised the first `n` spare bytes.
+        unsafe { out.set_len(start + n) };
+        let eof = offset + n as u64 >= attr.size;
+        Ok((n as u32, eof, attr))
+    }
+
+    fn write(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        data: &[u8],
+        stable: Stability,
+    ) -> VfsResult<(u32, Stability, Attr)> {
+        let node = self.node(id)?;
+        match node.ftype {
+            FileType::Regular => {}
+            FileType::Directory => return Err(VfsError::IsDir),
+            _ => return Err(VfsError::Invalid),
+        }
+        let stx = self.live_stat(id, &node)?;
+        let attr = self.attr(&stx);
+        if self.privileged && cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
+            return Err(VfsError::Access);
+        }
+        let fd = self.io_fd(&node)?;
+        offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
+        sys::pwrite_all(fd.as_fd(), data, offset)?;
+        match stable {
+            Stability::Unstable => {}
+            Stability::DataSync => sys::sync(fd.as_fd(), true)?,
+            Stability::FileSync => sys::sync(fd.as_fd(), false)?,
+        }
+        let after = self.attr(&sys::fstatx(fd.as_fd())?);
+        Ok((data.len() as u32, stable, after))
+    }
+
+    fn create(
+        &self,
+        cred: &Credentials,
+        dir: &FileId,
+        name: &Name,
+        mode: u32,
+        how: CreateHow,
+    ) -> VfsResult<(FileId, Attr)> {
+        let d = self.dir_node(dir)?;
+        let cname = name.to_cstring();
+        let mode = mode & 0o7777;
+        let created = {
+            let _as = self.as_caller(cred)?;
+            match sys::mknod_regular(d.path_fd.as_fd(), &cname, mode) {
+                Ok(()) => {
+                    self.fix_mode(&d, &cname, mode)?;
+                    true
+                }
+                Err(VfsError::Exists) => false,
+                Err(e) => return Err(e),
+            }
+        };
+        let (id, attr) = self.lookup_in(cred, &d, self.dir_ino(&d), &cname)?;
+        match how {
+            CreateHow::Guarded(_) if !created => Err(VfsError::Exists),
+            CreateHow::Unchecked(_) | CreateHow::Guarded(_) if attr.ftype != FileType::Regular => Err(VfsError::Exists),
+            CreateHow::Unchecked(set) | CreateHow::Guarded(set) => {
+                if set.is_empty() {
+                    Ok((id, attr))
+                } else {
+                    self.setattr(cred, &id, &set).map(|a| (id, a))
+                }
+            }
+            CreateHow::Exclusive(v) => {
+                let (at, mt) = verifier_times(v);
+                if created {
+                    let set = SetAttr { atime: SetTime::Client(at), mtime: SetTime::Client(mt), ..SetAttr::default() };
+                    self.setattr(cred, &id, &set).map(|a| (id, a))
+                } else if attr.ftype == FileType::Regular && attr.atime == at && attr.mtime == mt {
+                    Ok((id, attr))
+                } else {
+                    Err(VfsError::Exists)
+                }
+            }
+        }
+    }
+
+    fn mkdir(&self, cred: &Credentials, dir: &FileId, name: &Name, mode: u32) -> VfsResult<(FileId, Attr)> {
+        let d = self.dir_node(dir)?;
+        let cname = name.to_cstring();
+        {
+            let _as = self.as_caller(cred)?;
+            sys::mkdirat(d.path_fd.as_fd(), &cname, mode & 0o7777)?;
+            self.fix_mode(&d, &cname, mode & 0o7777)?;
+        }
+        self.lookup_in(cred, &d, self.dir_ino(&d), &cname)
+    }
+
+    fn symlink(&self, cred: &Credentials, dir: &FileId, name: &Name, target: &[u8]) -> VfsResult<(FileId, Attr)> {
+        let d = self.dir_node(dir)?;
+        let cname = name.to_cstring();
+        if target.is_empty() {
+            return Err(VfsError::Invalid);
+        }
+        let ctarget = sys::cstring(target)?;
+        {
+            let _as = self.as_caller(cred)?;
+            sys::symlinkat(&ctarget, d.path_fd.as_fd(), &cname)?;
+        }
+        self.lookup_in(cred, &d, self.dir_ino(&d), &cname)
+    }
+
+    fn readlink(&self, _cred: &Credentials, id: &FileId) -> VfsResult<Vec<u8>> {
+        let node = self.node(id)?;
+        if node.ftype != FileType::Symlink {
+            return Err(VfsError::Invalid);
+        }
+        self.live_stat(id, &node)?;
+        sys::readlink(node.path_fd.as_fd())
+    }
+
+    fn remove(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<()> {
+        let d = self.dir_node(dir)?;
+        let cname = name.to_cstring();
+        let victim = self.id_at(&d, &cname);
+        {
+            let _as = self.as_caller(cred)?;
+            sys::unlinkat(d.path_fd.as_fd(), &cname, 0)?;
+        }
+        if let Some(v) = victim {
+            self.evict(&v);
+        }
+        Ok(())
+    }
+
+    fn rmdir(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<()> {
+        let d = self.dir_node(dir)?;
+        let cname = name.to_cstring();
+        let victim = self.id_at(&d, &cname);
+        {
+            let _as = self.as_caller(cred)?;
+            sys::unlinkat(d.path_fd.as_fd(), &cname, libc::AT_REMOVEDIR)?;
+        }
+        if let Some(v) = victim {
+            self.evict(&v);
+        }
+        Ok(())
+    }
+
+    fn rename(&self, cred: &Credentials, from_dir: &FileId, from: &Name, to_dir: &FileId, to: &Name) -> VfsResult<()> {
+        let fd = self.dir_node(from_dir)?;
+        let td = self.dir_node(to_dir)?;
+        let (cfrom, cto) = (from.to_cstring(), to.to_cstring());
+        let victim = self.id_at(&td, &cto);
+        {
+            let _as = self.as_caller(cred)?;
+            sys::renameat(fd.path_fd.as_fd(), &cfrom, td.path_fd.as_fd(), &cto)?;
+        }
+        if let Some(v) = victim {
+            self.evict(&v);
+        }
+        if self.kind == IdentityKind::Inode {
+            if let Ok(stx) = sys::statx(td.path_fd.as_fd(), &cto) {
+                if let Some(dino) = self.dir_ino(&td) {
+                    self.hint_child(dino, stx.stx_ino, to.as_bytes());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn link(&self, cred: &Credentials, id: &FileId, dir: &FileId, name: &Name) -> VfsResult<Attr> {
+        let node = self.node(id)?;
+        let d = self.dir_node(dir)?;
+        self.live_stat(id, &node)?;
+        if node.ftype == FileType::Directory {
+            return Err(VfsError::IsDir);
+        }
+        {
+            let _as = self.as_caller(cred)?;
+            sys::link_fd(node.path_fd.as_fd(), d.path_fd.as_fd(), &name.to_cstring())?;
+        }
+        Ok(self.attr(&sys::fstatx(node.path_fd.as_fd())?))
+    }
+
+    fn readdir(
+        &self,
+        cred: &Credentials,
+        dir: &FileId,
+        cookie: u64,
+        max_entries: usize,
+        plus: bool,
+    ) -> VfsResult<ReadDir> {
+        let d = self.dir_node(dir)?;
+        let dir_ino = self.dir_ino(&d);
+        let _as = self.as_caller(cred)?;
+        let dfd = sys::openat(d.path_fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        if cookie != 0 {
+            sys::seek_dir(dfd.as_fd(), cookie).map_err(|_| VfsError::BadCookie)?;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut entries = Vec::new();
+        loop {
+            let batch = sys::getdents(dfd.as_fd(), &mut buf)?;
+            if batch.is_empty() {
+                return Ok(ReadDir { entries, eof: true });
+            }
+            for e in batch {
+                if e.name == b"." || e.name == b".." {
+                    continue;
+                }
+                if entries.len() >= max_entries {
+                    return Ok(ReadDir { entries, eof: false });
+                }
+                let plus = if plus {
+                    let cname = sys::cstring(&e.name)?;
+                    let Ok(stx) = sys::statx(dfd.as_fd(), &cname) else { continue };
+                    let Ok(id) = self.identity_of(dfd.as_fd(), &cname, &stx) else { continue };
+                    if let Some(dino) = dir_ino {
+                        self.hint_child(dino, stx.stx_ino, &e.name);
+                    }
+                    Some((id, self.attr(&stx)))
+                } else {
+                    None
+                };
+                entries.push(DirEntry { name: e.name, cookie: e.off, fileid: e.ino, plus });
+            }
+        }
+    }
+
+    fn cookie_verifier(&self, _dir: &FileId) -> u64 {
+        // Cookies are the file system's own directory offsets: valid while the directory
+        // changes and on every node, so the verifier only names the volume.
+        self.fsid
+    }
+
+    fn fsync(&self, id: &FileId) -> VfsResult<()> {
+        let node = self.node(id)?;
+        match node.ftype {
+            FileType::Regular => sys::sync(self.io_fd(&node)?.as_fd(), false),
+            FileType::Directory => {
+                let fd = sys::openat(node.path_fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                sys::sync(fd.as_fd(), false)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn statfs(&self, _id: &FileId) -> VfsResult<FsStat> {
+        let st = sys::fstatfs(self.root.path_fd.as_fd())?;
+        let bs = st.f_bsize as u64;
+        Ok(FsStat {
+            total_bytes: st.f_blocks * bs,
+            free_bytes: st.f_bfree * bs,
+            avail_bytes: st.f_bavail * bs,
+            total_files: st.f_files,
+            free_files: st.f_ffree,
+            avail_files: st.f_ffree,
+            block_size: st.f_bsize as u32,
+            name_max: st.f_namelen as u32,
+        })
+    }
+
+    fn sync_all(&self) -> VfsResult<()> {
+        let nodes: Vec<Arc<Node>> = {
+            let mut cache = self.nodes.lock().expect("nodes lock");
+            let all = cache.iter().map(|(_, n)| n.clone()).collect();
+            cache.clear();
+            all
+        };
+        let mut first_err = None;
+        for n in nodes {
+            if let Some(fd) = n.io.get() {
+                if let Err(e) = sys::sync(fd.as_fd(), false) {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        sys::syncfs(self.mount_fd.as_fd())?;
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests;

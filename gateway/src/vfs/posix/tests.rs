@@ -1,0 +1,258 @@
+//! Unit tests of the POSIX backend on a temporary directory. Kernel-handle cases need root
+//! (CI runs as root) and are skipped with a message otherwise.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::sync::Arc;
+
+use super::identity::IdentityKind;
+use super::{PosixBackend, PosixOptions};
+use crate::vfs::{
+    Backend, CreateHow, Credentials, FileType, Namespace, SetAttr, SetTime, Stability, Timestamp, VfsError,
+};
+
+fn backend(dir: &std::path::Path, kind: IdentityKind) -> PosixBackend {
+    let mut opts = PosixOptions::new("smb");
+    opts.identity = Some(kind);
+    PosixBackend::open(dir, opts).expect("open backend")
+}
+
+fn kinds() -> Vec<IdentityKind> {
+    if unsafe { libc::geteuid() } == 0 {
+        vec![IdentityKind::Kernel, IdentityKind::Inode]
+    } else {
+        eprintln!("not root: kernel-handle identities not tested");
+        vec![IdentityKind::Inode]
+    }
+}
+
+fn name(s: &str) -> crate::vfs::Name {
+    crate::vfs::Name::new(s.as_bytes()).unwrap()
+}
+
+#[test]
+fn create_write_read_and_attributes() {
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = backend(tmp.path(), kind);
+        let me = Credentials::root();
+        let root = b.root();
+        let (f, attr) = b.create(&me, &root, &name("a.txt"), 0o640, CreateHow::Guarded(SetAttr::default())).unwrap();
+        assert_eq!(attr.ftype, FileType::Regular);
+        assert_eq!(attr.mode, 0o640);
+        let (n, st, after) = b.write(&me, &f, 3, b"hello", Stability::FileSync).unwrap();
+        assert_eq!((n, st, after.size), (5, Stability::FileSync, 8));
+        let (data, eof, _) = b.read(&me, &f, 0, 100).unwrap();
+        assert_eq!(data, b"\0\0\0hello");
+        assert!(eof);
+        let (data, eof, _) = b.read(&me, &f, 3, 2).unwrap();
+        assert_eq!((data.as_slice(), eof), (&b"he"[..], false));
+        assert_eq!(std::fs::read(tmp.path().join("a.txt")).unwrap(), b"\0\0\0hello");
+        assert_eq!(
+            b.create(&me, &root, &name("a.txt"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap_err(),
+            VfsError::Exists
+        );
+        let set = SetAttr {
+            size: Some(1),
+            mode: Some(0o600),
+            mtime: SetTime::Client(Timestamp { secs: 1_000_000, nanos: 7 }),
+            ..SetAttr::default()
+        };
+        let a = b.setattr(&me, &f, &set).unwrap();
+        assert_eq!((a.size, a.mode, a.mtime), (1, 0o600, Timestamp { secs: 1_000_000, nanos: 7 }));
+        // Unchecked on an existing file applies the attributes (a truncation here).
+        let set0 = SetAttr { size: Some(0), ..SetAttr::default() };
+        let (f2, a2) = b.create(&me, &root, &name("a.txt"), 0o644, CreateHow::Unchecked(set0)).unwrap();
+        assert_eq!((f2, a2.size), (f, 0));
+    }
+}
+
+#[test]
+fn exclusive_create_is_idempotent_per_verifier() {
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = backend(tmp.path(), kind);
+        let me = Credentials::root();
+        let root = b.root();
+        let v = *b"\x01\x02\x03\x04\x05\x06\x07\x08";
+        let (id1, _) = b.create(&me, &root, &name("x"), 0o644, CreateHow::Exclusive(v)).unwrap();
+        let (id2, _) = b.create(&me, &root, &name("x"), 0o644, CreateHow::Exclusive(v)).unwrap();
+        assert_eq!(id1, id2, "a retransmitted exclusive create succeeds on its own file");
+        let other = *b"\x09\x02\x03\x04\x05\x06\x07\x08";
+        assert_eq!(b.create(&me, &root, &name("x"), 0o644, CreateHow::Exclusive(other)).unwrap_err(), VfsError::Exists);
+    }
+}
+
+#[test]
+fn identities_survive_restart_and_rename_and_go_stale_on_delete() {
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = Credentials::root();
+        let (fid, did) = {
+            let b = backend(tmp.path(), kind);
+            let (d, _) = b.mkdir(&me, &b.root(), &name("d"), 0o755).unwrap();
+            let (f, _) = b.create(&me, &d, &name("f"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
+            b.write(&me, &f, 0, b"the right file", Stability::FileSync).unwrap();
+            (f, d)
+        };
+        // "Server down": rename the file and its directory behind the backend's back.
+        std::fs::create_dir(tmp.path().join("e")).unwrap();
+        std::fs::rename(tmp.path().join("d/f"), tmp.path().join("e/g")).unwrap();
+        std::fs::rename(tmp.path().join("d"), tmp.path().join("d2")).unwrap();
+        std::fs::write(tmp.path().join("e/decoy"), b"wrong file").unwrap();
+        let b = backend(tmp.path(), kind);
+        let (data, _, _) = b.read(&me, &fid, 0, 100).unwrap();
+        assert_eq!(data, b"the right file", "{kind:?}");
+        assert_eq!(b.getattr(&did).unwrap().ftype, FileType::Directory);
+        // Delete, then create files that may reuse the inode: the old id must stay stale.
+        std::fs::remove_file(tmp.path().join("e/g")).unwrap();
+        for i in 0..20 {
+            std::fs::write(tmp.path().join(format!("e/new{i}")), b"another file").unwrap();
+        }
+        let b = backend(tmp.path(), kind);
+        assert_eq!(b.getattr(&fid).unwrap_err(), VfsError::Stale, "{kind:?}");
+        assert_eq!(b.read(&me, &fid, 0, 100).unwrap_err(), VfsError::Stale);
+    }
+}
+
+#[test]
+fn cached_file_goes_stale_when_removed() {
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = backend(tmp.path(), kind);
+        let me = Credentials::root();
+        let (f, _) = b.create(&me, &b.root(), &name("f"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
+        b.write(&me, &f, 0, b"x", Stability::Unstable).unwrap();
+        std::fs::remove_file(tmp.path().join("f")).unwrap();
+        assert_eq!(b.getattr(&f).unwrap_err(), VfsError::Stale);
+        let (g, _) = b.create(&me, &b.root(), &name("g"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
+        b.remove(&me, &b.root(), &name("g")).unwrap();
+        assert_eq!(b.getattr(&g).unwrap_err(), VfsError::Stale);
+    }
+}
+
+#[test]
+fn readdir_pages_list_every_name_exactly_once() {
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        for i in 0..1000 {
+            std::fs::write(tmp.path().join(format!("file-{i:04}")), b"").unwrap();
+        }
+        let b = backend(tmp.path(), kind);
+        let me = Credentials::root();
+        let mut seen = std::collections::HashSet::new();
+        let mut cookie = 0;
+        let mut pages = 0;
+        loop {
+            let page = b.readdir(&me, &b.root(), cookie, 37, pages % 2 == 0).unwrap();
+            pages += 1;
+            for e in &page.entries {
+                assert!(seen.insert(e.name.clone()), "{:?} listed twice", String::from_utf8_lossy(&e.name));
+                if let Some((id, attr)) = &e.plus {
+                    assert_eq!(b.getattr(id).unwrap().fileid, attr.fileid);
+                }
+                cookie = e.cookie;
+            }
+            if page.eof {
+                break;
+            }
+            assert!(pages < 1000, "listing does not end");
+        }
+        assert_eq!(seen.len(), 1000);
+    }
+}
+
+#[test]
+fn caller_identity_owns_new_files_and_is_checked() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: identity switching not tested");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let b = backend(tmp.path(), IdentityKind::Kernel);
+    let user = Credentials { uid: 1234, gid: 5678, groups: vec![42] };
+    let (f, attr) = b.create(&user, &b.root(), &name("mine"), 0o600, CreateHow::Guarded(SetAttr::default())).unwrap();
+    assert_eq!((attr.uid, attr.gid), (1234, 5678));
+    let md = std::fs::metadata(tmp.path().join("mine")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    let (d, dattr) = b.mkdir(&user, &b.root(), &name("dir"), 0o700).unwrap();
+    assert_eq!(dattr.uid, 1234);
+    // Another user: no read on a 0600 file, no create in a 0700 directory, no chmod.
+    let other = Credentials::new(999, 999);
+    assert_eq!(b.read(&other, &f, 0, 10).unwrap_err(), VfsError::Access);
+    assert_eq!(b.write(&other, &f, 0, b"x", Stability::Unstable).unwrap_err(), VfsError::Access);
+    assert_eq!(
+        b.create(&other, &d, &name("x"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap_err(),
+        VfsError::Access
+    );
+    assert_eq!(
+        b.setattr(&other, &f, &SetAttr { mode: Some(0o777), ..SetAttr::default() }).unwrap_err(),
+        VfsError::Perm
+    );
+    // The thread is root again afterwards.
+    let (r, _) = b
+        .create(&Credentials::root(), &b.root(), &name("rootfile"), 0o644, CreateHow::Guarded(SetAttr::default()))
+        .unwrap();
+    assert_eq!(b.getattr(&r).unwrap().uid, 0);
+}
+
+#[tokio::test]
+async fn names_and_walks_cannot_escape_the_root() {
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("vol");
+    std::fs::create_dir_all(root.join("a/b")).unwrap();
+    std::fs::write(outer.path().join("secret"), b"outside").unwrap();
+    std::fs::write(root.join("a/b/inside"), b"inside").unwrap();
+    std::os::unix::fs::symlink(outer.path().join("secret"), root.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../secret", root.join("a/rel")).unwrap();
+    std::os::unix::fs::symlink("b/inside", root.join("a/ok")).unwrap();
+    let kind = *kinds().last().unwrap();
+    let ns = Namespace::new(Arc::new(backend(&root, kind)));
+    let me = Credentials::root();
+    let r = ns.root();
+    for bad in [&b"a/b"[..], b"", b"x\0"] {
+        assert_eq!(ns.lookup(&me, r, bad).await.unwrap_err(), VfsError::BadName);
+    }
+    assert_eq!(ns.lookup(&me, r, b"..").await.unwrap().0, r, "the root is its own parent");
+    assert_eq!(ns.walk(&me, r, b"../secret", true).await.unwrap_err(), VfsError::Escape);
+    assert_eq!(ns.walk(&me, r, b"abs", true).await.unwrap_err(), VfsError::Escape);
+    assert_eq!(ns.walk(&me, r, b"a/rel", true).await.unwrap_err(), VfsError::Escape);
+    // Not following the last symlink returns the link itself.
+    assert_eq!(ns.walk(&me, r, b"abs", false).await.unwrap().1.ftype, FileType::Symlink);
+    let (f, _) = ns.walk(&me, r, b"a/ok", true).await.unwrap();
+    assert_eq!(ns.read(&me, f, 0, 100).await.unwrap().0, b"inside");
+    let (f2, _) = ns.walk(&me, r, b"/a/./b/../b/inside", true).await.unwrap();
+    assert_eq!(f, f2);
+    // A symlink lookup by name is never followed by the server.
+    let (l, la) = ns.lookup(&me, r, b"abs").await.unwrap();
+    assert_eq!(la.ftype, FileType::Symlink);
+    assert_eq!(ns.read(&me, l, 0, 10).await.unwrap_err(), VfsError::Invalid);
+}
+
+#[test]
+fn rename_link_symlink_and_rmdir() {
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = backend(tmp.path(), kind);
+        let me = Credentials::root();
+        let root = b.root();
+        let (d, _) = b.mkdir(&me, &root, &name("d"), 0o755).unwrap();
+        let (f, _) = b.create(&me, &d, &name("f"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
+        b.rename(&me, &d, &name("f"), &root, &name("g")).unwrap();
+        assert_eq!(b.lookup(&me, &root, &name("g")).unwrap().0, f);
+        let a = b.link(&me, &f, &d, &name("h")).unwrap();
+        assert_eq!(a.nlink, 2);
+        let (s, _) = b.symlink(&me, &root, &name("s"), b"d/h").unwrap();
+        assert_eq!(b.readlink(&me, &s).unwrap(), b"d/h");
+        assert_eq!(b.rmdir(&me, &root, &name("d")).unwrap_err(), VfsError::NotEmpty);
+        b.remove(&me, &d, &name("h")).unwrap();
+        b.rmdir(&me, &root, &name("d")).unwrap();
+        assert_eq!(b.getattr(&d).unwrap_err(), VfsError::Stale);
+        assert_eq!(b.getattr(&f).unwrap().nlink, 1);
+        assert_eq!(b.parent(&me, &root).unwrap().0, root);
+        let st = b.statfs(&root).unwrap();
+        assert!(st.total_bytes > 0 && st.name_max >= 255);
+        b.fsync(&f).unwrap();
+        b.sync_all().unwrap();
+    }
+}
