@@ -42,6 +42,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Set an SMB user's password: stores its NT hash as `[[smb.user]]` in the config file
+    /// (reads the password from the terminal, or one line of stdin).
+    Passwd {
+        /// The user's name.
+        user: String,
+    },
     /// Show the public addresses and which node holds each (like `ctdb ip`).
     Ip {
         /// Also show each address's interface.

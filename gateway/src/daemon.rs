@@ -69,6 +69,15 @@ async fn run(loaded: Loaded) -> Result<()> {
             None => tracing::warn!("NFS over the gluster backend is not served yet"),
         }
     }
+    let locks = Arc::new(crate::locks::LockTable::new());
+    if cfg.smb.enabled {
+        match &namespace {
+            Some(ns) => {
+                crate::smb::start(&cfg, ns.clone(), locks.clone(), connections.clone(), life.clone()).await?;
+            }
+            None => tracing::warn!("SMB over the gluster backend is not served yet"),
+        }
+    }
 
     print_banner(&cfg);
     wait_for_stop_signal().await?;

@@ -7,6 +7,8 @@ pub mod control;
 pub mod daemon;
 pub mod gluster;
 pub mod listener;
+pub mod locks;
 pub mod logging;
 pub mod nfs;
+pub mod smb;
 pub mod vfs;

@@ -11,6 +11,16 @@ const EXIT_BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Passwd { user } = &cli.command {
+        let path = cli.config.clone().unwrap_or_else(|| config::DEFAULT_PATH.into());
+        return match nasgw::smb::passwd::run(&path, user) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let loaded = match config::load(cli.config.as_deref()) {
         Ok(l) => l,
         Err(errors) => {
@@ -41,6 +51,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Passwd { .. } => unreachable!("handled before loading the config"),
         Command::Status { json } => ask(&loaded, control::Request::Status, json, |r| match r {
             control::Response::Status(s) => Some(s.to_string()),
             _ => None,

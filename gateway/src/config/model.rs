@@ -182,12 +182,40 @@ pub struct SmbConfig {
     /// Shares (`[[smb.share]]`).
     #[serde(default, rename = "share")]
     pub shares: Vec<ShareConfig>,
+    /// Refuse unsigned requests from every authenticated session (guests cannot sign, so they
+    /// are refused when this is set).
+    #[serde(default)]
+    pub require_signing: bool,
+    /// Users who log on with a password (`[[smb.user]]`, written by `nasgw passwd USER`).
+    #[serde(default, rename = "user", skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<SmbUser>,
 }
 
 impl Default for SmbConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: default_smb_listen(), server_name: None, shares: Vec::new() }
+        Self {
+            enabled: true,
+            listen: default_smb_listen(),
+            server_name: None,
+            shares: Vec::new(),
+            require_signing: false,
+            users: Vec::new(),
+        }
     }
+}
+
+/// One `[[smb.user]]`: an SMB account. Only the NT hash is stored, never the password.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmbUser {
+    /// Account name clients log on with (case-insensitive).
+    pub name: String,
+    /// MD4 of the UTF-16LE password, 32 hex digits (`nasgw passwd NAME` writes it).
+    pub nt_hash: String,
+    /// Unix user file access runs as when the share forces none; defaults to `name`, then
+    /// `nobody` when no such local user exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix_user: Option<String>,
 }
 
 fn default_smb_listen() -> SocketAddr {

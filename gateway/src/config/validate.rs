@@ -48,6 +48,7 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
     volume(cfg, &mut out);
     listeners(cfg, &mut out);
     shares(cfg, &mut out);
+    smb_users(cfg, &mut out);
     cluster(cfg, &mut out);
     if cfg.node.control_socket.as_os_str().is_empty() {
         out.push(problem(
@@ -217,6 +218,29 @@ fn shares(cfg: &Config, out: &mut Vec<Problem>) {
                     "write a name such as \"smbcli\" or a numeric id such as \"1000\"",
                 ));
             }
+        }
+    }
+}
+
+fn smb_users(cfg: &Config, out: &mut Vec<Problem>) {
+    let mut seen = HashSet::new();
+    for (i, u) in cfg.smb.users.iter().enumerate() {
+        let at = |k: &str| format!("smb.user[{i}].{k}");
+        if u.name.is_empty() || u.name.len() > 64 || u.name.contains(['\\', '/', ':', '@', ' ']) {
+            out.push(problem(at("name"), format!("`{}` is not a usable user name", u.name), "e.g. name = \"alice\""));
+        } else if !seen.insert(u.name.to_lowercase()) {
+            out.push(problem(
+                at("name"),
+                format!("user `{}` is defined twice (user names ignore case)", u.name),
+                "remove one of the two [[smb.user]] tables",
+            ));
+        }
+        if u.nt_hash.len() != 32 || !u.nt_hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            out.push(problem(
+                at("nt_hash"),
+                "nt_hash must be 32 hex digits (an NT hash, never a password)",
+                format!("run `nasgw passwd {}` to set it", u.name),
+            ));
         }
     }
 }

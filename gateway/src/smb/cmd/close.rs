@@ -1,0 +1,71 @@
+//! CLOSE (MS-SMB2 2.2.15/2.2.16): releases a handle (its share mode, byte-range locks and,
+//! on the last close, a pending delete), optionally answering the final attributes.
+
+use super::open::{read_file_id, Open, OpenKind};
+use super::Reply;
+use crate::smb::conn::Connection;
+use crate::smb::wire::header::Header;
+use crate::smb::wire::status::NtStatus;
+use crate::smb::wire::{Reader, Writer};
+use crate::smb::SmbServer;
+
+/// Flag: answer the attributes after close.
+pub const POSTQUERY_ATTRIB: u16 = 1;
+
+/// Releases everything an open holds; used by CLOSE, LOGOFF, TREE_DISCONNECT and disconnect.
+pub async fn release(server: &SmbServer, open: Open) {
+    let OpenKind::File(f) = open.kind else { return };
+    let out = server.locks.close(&f.id, f.key);
+    if out.delete {
+        if let Some(name) = f.path.last() {
+            let r = if f.is_dir {
+                server.ns.rmdir(&f.cred, f.parent, name.as_bytes()).await
+            } else {
+                server.ns.remove(&f.cred, f.parent, name.as_bytes()).await
+            };
+            if let Err(e) = r {
+                tracing::info!(error = %e, "SMB: delete-on-close failed");
+            }
+        }
+    }
+}
+
+/// Handles CLOSE.
+pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
+    let mut r = Reader::at(msg, 64);
+    let parse = |r: &mut Reader<'_>| -> Option<(u16, (u64, u64))> {
+        if r.u16().ok()? != 24 {
+            return None;
+        }
+        let flags = r.u16().ok()?;
+        r.skip(4).ok()?;
+        Some((flags, read_file_id(r).ok()?))
+    };
+    let (flags, fid) = parse(&mut r).ok_or(NtStatus::INVALID_PARAMETER)?;
+    conn.session(hdr.session_id)?;
+    let vol = conn.file_id(fid.0, fid.1)?;
+    conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?;
+    conn.cancel_pending_on(vol);
+    let open = conn.opens.remove(vol).ok_or(NtStatus::FILE_CLOSED)?;
+    let server = conn.server.clone();
+    let mut basics = None;
+    if flags & POSTQUERY_ATTRIB != 0 {
+        if let OpenKind::File(f) = &open.kind {
+            if let Ok(a) = server.ns.getattr(f.id).await {
+                basics = Some(super::create::basics(&a, f.name()));
+            }
+        }
+    }
+    release(&server, open).await;
+    let mut w = Writer::with_capacity(60);
+    match basics {
+        Some(b) => {
+            w.u16(60).u16(POSTQUERY_ATTRIB).u32(0);
+            w.u64(b.creation).u64(b.access).u64(b.write).u64(b.change).u64(b.allocation).u64(b.eof).u32(b.attributes);
+        }
+        None => {
+            w.u16(60).u16(0).u32(0).zeros(6 * 8).u32(0);
+        }
+    }
+    Ok(Reply::ok(w.buf))
+}

@@ -1,0 +1,379 @@
+//! CREATE (MS-SMB2 2.2.13/2.2.14): opens the srvsvc pipe on IPC$, or a file or directory of a
+//! disk share.
+
+use super::open::{access, expand_access, FileOpen, Open, OpenKind};
+use super::Reply;
+use crate::locks::{Conflict, OpenRecord};
+use crate::smb::conn::Connection;
+use crate::smb::fs;
+use crate::smb::session::{Tree, TreeKind};
+use crate::smb::srvsvc;
+use crate::smb::wire::header::Header;
+use crate::smb::wire::status::NtStatus;
+use crate::smb::wire::{from_utf16le, slice_at, Reader, WireError, WireResult, Writer};
+use crate::vfs::{Attr, CreateHow, Credentials, FileType, SetAttr, VfsError};
+
+/// A decoded CREATE request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Requested oplock level.
+    pub oplock: u8,
+    /// DesiredAccess.
+    pub desired_access: u32,
+    /// FileAttributes.
+    pub file_attributes: u32,
+    /// ShareAccess.
+    pub share_access: u32,
+    /// CreateDisposition.
+    pub disposition: u32,
+    /// CreateOptions.
+    pub options: u32,
+    /// Name relative to the share (backslashes, may be empty for the root).
+    pub name: String,
+    /// Raw create contexts.
+    pub contexts: Vec<u8>,
+}
+
+impl Request {
+    /// Decodes the body of `msg`.
+    pub fn parse(msg: &[u8]) -> WireResult<Self> {
+        let mut r = Reader::at(msg, 64);
+        if r.u16()? != 57 {
+            return Err(WireError::Malformed("CREATE structure size"));
+        }
+        r.skip(1)?;
+        let oplock = r.u8()?;
+        r.skip(4 + 8 + 8)?;
+        let desired_access = r.u32()?;
+        let file_attributes = r.u32()?;
+        let share_access = r.u32()?;
+        let disposition = r.u32()?;
+        let options = r.u32()?;
+        let name_off = r.u16()? as usize;
+        let name_len = r.u16()? as usize;
+        let ctx_off = r.u32()? as usize;
+        let ctx_len = r.u32()? as usize;
+        let name = from_utf16le(slice_at(msg, name_off, name_len)?)?;
+        let contexts = slice_at(msg, ctx_off, ctx_len)?.to_vec();
+        Ok(Self { oplock, desired_access, file_attributes, share_access, disposition, options, name, contexts })
+    }
+}
+
+/// Times, sizes and attributes a CREATE/CLOSE response carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileBasics {
+    /// CreationTime (FILETIME).
+    pub creation: u64,
+    /// LastAccessTime.
+    pub access: u64,
+    /// LastWriteTime.
+    pub write: u64,
+    /// ChangeTime.
+    pub change: u64,
+    /// AllocationSize.
+    pub allocation: u64,
+    /// EndOfFile.
+    pub eof: u64,
+    /// FileAttributes.
+    pub attributes: u32,
+}
+
+/// Encodes a CREATE response.
+pub fn response(action: u32, b: &FileBasics, fid: (u64, u64), contexts: &[u8]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(96 + contexts.len());
+    w.u16(89).u8(0).u8(0).u32(action);
+    w.u64(b.creation).u64(b.access).u64(b.write).u64(b.change).u64(b.allocation).u64(b.eof);
+    w.u32(b.attributes).u32(0).u64(fid.0).u64(fid.1);
+    if contexts.is_empty() {
+        w.u32(0).u32(0).u8(0);
+    } else {
+        w.u32(64 + 88).u32(contexts.len() as u32).bytes(contexts);
+    }
+    w.buf
+}
+
+/// CreateAction: the file existed and was opened.
+pub const FILE_OPENED: u32 = 1;
+/// CreateAction: created.
+pub const FILE_CREATED: u32 = 2;
+/// CreateAction: overwritten.
+pub const FILE_OVERWRITTEN: u32 = 3;
+
+/// Handles CREATE.
+pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
+    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+    let tree = conn.session(hdr.session_id)?.tree(hdr.tree_id)?.clone();
+    match tree.kind {
+        TreeKind::Ipc => {
+            let name = req.name.trim_start_matches('\\').to_ascii_lowercase();
+            if name != "srvsvc" {
+                return Err(NtStatus::OBJECT_NAME_NOT_FOUND);
+            }
+            let session_id = hdr.session_id;
+            let vol = conn.opens.insert(|v| Open {
+                volatile: v,
+                persistent: v,
+                session_id,
+                tree_id: tree.id,
+                kind: OpenKind::Pipe(srvsvc::Pipe::default()),
+            });
+            conn.compound_fid = Some((vol, vol));
+            let b = FileBasics { attributes: 0x80, ..Default::default() };
+            Ok(Reply::ok(response(FILE_OPENED, &b, (vol, vol), &[])))
+        }
+        TreeKind::Disk(_) => open_file(conn, hdr, &req, &tree).await,
+    }
+}
+
+/// CreateDisposition values.
+#[allow(missing_docs)]
+pub mod disposition {
+    pub const SUPERSEDE: u32 = 0;
+    pub const OPEN: u32 = 1;
+    pub const CREATE: u32 = 2;
+    pub const OPEN_IF: u32 = 3;
+    pub const OVERWRITE: u32 = 4;
+    pub const OVERWRITE_IF: u32 = 5;
+}
+
+/// CreateOptions bits.
+#[allow(missing_docs)]
+pub mod options {
+    pub const DIRECTORY_FILE: u32 = 0x1;
+    pub const WRITE_THROUGH: u32 = 0x2;
+    pub const NON_DIRECTORY_FILE: u32 = 0x40;
+    pub const DELETE_ON_CLOSE: u32 = 0x1000;
+}
+
+/// CreateAction: superseded.
+pub const FILE_SUPERSEDED: u32 = 0;
+
+/// The response basics of a file.
+pub fn basics(attr: &Attr, name: &str) -> FileBasics {
+    let [creation, access, write, change] = fs::times(attr);
+    FileBasics {
+        creation,
+        access,
+        write,
+        change,
+        allocation: fs::allocation(attr),
+        eof: fs::end_of_file(attr),
+        attributes: fs::attributes(attr, name),
+    }
+}
+
+async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tree) -> Result<Reply, NtStatus> {
+    use access::*;
+    let server = conn.server.clone();
+    let ns = &server.ns;
+    let root = tree.root.ok_or(NtStatus::INTERNAL_ERROR)?;
+    let cred = Credentials::new(tree.uid, tree.gid);
+    if req.disposition > disposition::OVERWRITE_IF {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    if req.options & options::DIRECTORY_FILE != 0 && req.options & options::NON_DIRECTORY_FILE != 0 {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    let comps = fs::split_name(&req.name)?;
+    let mut granted = expand_access(req.desired_access, tree.writable);
+    if granted & ACCESS_SYSTEM_SECURITY != 0 {
+        return Err(NtStatus::PRIVILEGE_NOT_HELD);
+    }
+    if !tree.writable && granted & WRITE_BITS != 0 {
+        return Err(NtStatus::ACCESS_DENIED);
+    }
+    let delete_on_close = req.options & options::DELETE_ON_CLOSE != 0;
+    if delete_on_close && granted & DELETE == 0 {
+        return Err(NtStatus::ACCESS_DENIED);
+    }
+    let parent = fs::parent_of(ns, &cred, root, &comps).await?;
+    let existing = match comps.last() {
+        None => Some((root, ns.getattr(root).await?)),
+        Some(last) => match ns.lookup(&cred, parent, last.as_bytes()).await {
+            Ok((_, a)) if a.ftype == FileType::Symlink => {
+                // Follow a symlink only while it stays inside the volume.
+                match ns.walk(&cred, root, comps.join("/").as_bytes(), true).await {
+                    Ok(x) => Some(x),
+                    Err(VfsError::NotFound) => return Err(NtStatus::OBJECT_NAME_NOT_FOUND),
+                    Err(VfsError::Escape) => return Err(NtStatus::ACCESS_DENIED),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(x) => Some(x),
+            Err(VfsError::NotFound) => None,
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let name = comps.last().cloned().unwrap_or_default();
+    let want_dir = req.options & options::DIRECTORY_FILE != 0;
+    let (id, mut attr, action) = match existing {
+        Some((id, attr)) => {
+            let is_dir = attr.ftype == FileType::Directory;
+            if req.disposition == disposition::CREATE {
+                return Err(NtStatus::OBJECT_NAME_COLLISION);
+            }
+            if want_dir && !is_dir {
+                return Err(NtStatus::NOT_A_DIRECTORY);
+            }
+            if req.options & options::NON_DIRECTORY_FILE != 0 && is_dir {
+                return Err(NtStatus::FILE_IS_A_DIRECTORY);
+            }
+            let overwrite =
+                matches!(req.disposition, disposition::SUPERSEDE | disposition::OVERWRITE | disposition::OVERWRITE_IF);
+            if overwrite && is_dir {
+                return Err(NtStatus::INVALID_PARAMETER);
+            }
+            if delete_on_close && !is_dir && attr.mode & 0o222 == 0 {
+                return Err(NtStatus::CANNOT_DELETE);
+            }
+            if overwrite {
+                if !tree.writable {
+                    return Err(NtStatus::ACCESS_DENIED);
+                }
+                granted |= WRITE_DATA;
+            }
+            check_unix_access(&attr, &cred, granted)?;
+            let action = match req.disposition {
+                disposition::SUPERSEDE => FILE_SUPERSEDED,
+                disposition::OVERWRITE | disposition::OVERWRITE_IF => FILE_OVERWRITTEN,
+                _ => FILE_OPENED,
+            };
+            (id, attr, action)
+        }
+        None => {
+            if comps.is_empty() {
+                return Err(NtStatus::OBJECT_NAME_INVALID);
+            }
+            if matches!(req.disposition, disposition::OPEN | disposition::OVERWRITE) {
+                return Err(NtStatus::OBJECT_NAME_NOT_FOUND);
+            }
+            if !tree.writable {
+                return Err(NtStatus::ACCESS_DENIED);
+            }
+            let readonly = req.file_attributes & fs::ATTR_READONLY != 0;
+            if delete_on_close && readonly {
+                return Err(NtStatus::CANNOT_DELETE);
+            }
+            let (id, attr) = if want_dir {
+                ns.mkdir(&cred, parent, name.as_bytes(), 0o755).await?
+            } else {
+                let mode = if readonly { 0o444 } else { 0o644 };
+                ns.create(&cred, parent, name.as_bytes(), mode, CreateHow::Guarded(SetAttr::default())).await?
+            };
+            (id, attr, FILE_CREATED)
+        }
+    };
+    let is_dir = attr.ftype == FileType::Directory;
+    let key = server.open_key();
+    let share_access = req.share_access & 7;
+    server.locks.open(&id, OpenRecord { key, access: granted, share: share_access }).map_err(|c| match c {
+        Conflict::DeletePending => NtStatus::DELETE_PENDING,
+        _ => NtStatus::SHARING_VIOLATION,
+    })?;
+    if matches!(action, FILE_OVERWRITTEN | FILE_SUPERSEDED) && attr.size != 0 {
+        match ns.setattr(&cred, id, SetAttr { size: Some(0), ..Default::default() }).await {
+            Ok(a) => attr = a,
+            Err(e) => {
+                server.locks.close(&id, key);
+                return Err(e.into());
+            }
+        }
+    }
+    if delete_on_close {
+        if is_dir && !dir_is_empty(ns, &cred, id).await {
+            // Windows refuses delete-on-close of a non-empty directory at close time; report it now.
+            server.locks.close(&id, key);
+            return Err(NtStatus::DIRECTORY_NOT_EMPTY);
+        }
+        server.locks.set_delete_on_close(&id, key, true);
+    }
+    let b = basics(&attr, &name);
+    let session_id = hdr.session_id;
+    let file = FileOpen {
+        id,
+        parent,
+        path: comps,
+        is_dir,
+        access: granted,
+        key,
+        cred,
+        root,
+        position: 0,
+        write_through: req.options & options::WRITE_THROUGH != 0,
+        listing: None,
+    };
+    let vol = conn.opens.insert(|v| Open {
+        volatile: v,
+        persistent: v,
+        session_id,
+        tree_id: tree.id,
+        kind: OpenKind::File(Box::new(file)),
+    });
+    conn.compound_fid = Some((vol, vol));
+    let contexts = response_contexts(&req.contexts, granted, &attr);
+    Ok(Reply::ok(response(action, &b, (vol, vol), &contexts)))
+}
+
+/// Whether a directory has no entries.
+pub async fn dir_is_empty(ns: &crate::vfs::Namespace, cred: &Credentials, id: crate::vfs::FileId) -> bool {
+    ns.readdir(cred, id, 0, 1, false).await.map(|r| r.entries.is_empty()).unwrap_or(false)
+}
+
+/// Refuses access the Unix mode bits deny (as the share's identity).
+fn check_unix_access(attr: &Attr, cred: &Credentials, granted: u32) -> Result<(), NtStatus> {
+    use crate::vfs::access as unix;
+    let mut want = 0;
+    if granted & (access::READ_DATA | access::EXECUTE) != 0 && attr.ftype != FileType::Directory {
+        want |= unix::READ;
+    }
+    if granted & (access::WRITE_DATA | access::APPEND_DATA) != 0 && attr.ftype != FileType::Directory {
+        want |= unix::MODIFY;
+    }
+    if want != 0 && unix::granted(attr, cred, want) & want != want {
+        return Err(NtStatus::ACCESS_DENIED);
+    }
+    Ok(())
+}
+
+/// Answers the create contexts we understand: MxAc (maximal access) and QFid (on-disk id).
+fn response_contexts(req: &[u8], granted: u32, attr: &Attr) -> Vec<u8> {
+    let mut names = Vec::new();
+    let mut off = 0usize;
+    for _ in 0..32 {
+        let mut r = Reader::at(req, off);
+        let Ok(next) = r.u32() else { break };
+        let Ok(name_off) = r.u16() else { break };
+        let Ok(name_len) = r.u16() else { break };
+        if let Ok(n) = slice_at(req, off + name_off as usize, name_len as usize) {
+            names.push(n.to_vec());
+        }
+        if next == 0 {
+            break;
+        }
+        off += next as usize;
+    }
+    let mut items: Vec<(&[u8], Vec<u8>)> = Vec::new();
+    if names.iter().any(|n| n == b"MxAc") {
+        let mut d = Writer::new();
+        d.u32(0).u32(granted | access::READ_ATTRIBUTES | access::SYNCHRONIZE);
+        items.push((b"MxAc", d.buf));
+    }
+    if names.iter().any(|n| n == b"QFid") {
+        let mut d = Writer::new();
+        d.u64(attr.fileid).u64(attr.fsid).zeros(16);
+        items.push((b"QFid", d.buf));
+    }
+    let mut w = Writer::new();
+    let n = items.len();
+    for (i, (name, data)) in items.into_iter().enumerate() {
+        let start = w.len();
+        // Next, NameOffset=16, NameLength=4, Reserved, DataOffset=24, DataLength
+        w.u32(0).u16(16).u16(4).u16(0).u16(24).u32(data.len() as u32).bytes(name).zeros(4).bytes(&data);
+        if i + 1 < n {
+            w.align(8);
+            let next = (w.len() - start) as u32;
+            w.put_u32(start, next);
+        }
+    }
+    w.buf
+}

@@ -1,0 +1,137 @@
+//! LOCK (MS-SMB2 2.2.26/2.2.27): byte-range locks in the namespace's lock table, shared or
+//! exclusive; a single lock without FAIL_IMMEDIATELY waits (STATUS_PENDING, then the final
+//! answer) until the range is free or the request is cancelled.
+
+use tokio_util::sync::CancellationToken;
+
+use super::open::read_file_id;
+use super::Reply;
+use crate::locks::{Conflict, RangeLock};
+use crate::smb::conn::{AsyncWork, Connection, Outcome};
+use crate::smb::wire::header::Header;
+use crate::smb::wire::status::NtStatus;
+use crate::smb::wire::{Reader, WireError, WireResult};
+
+/// Lock flag: shared.
+pub const SHARED: u32 = 1;
+/// Lock flag: exclusive.
+pub const EXCLUSIVE: u32 = 2;
+/// Lock flag: unlock.
+pub const UNLOCK: u32 = 4;
+/// Lock flag: do not wait.
+pub const FAIL_IMMEDIATELY: u32 = 0x10;
+
+/// One LOCK element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Element {
+    /// First byte.
+    pub offset: u64,
+    /// Length.
+    pub length: u64,
+    /// Flags.
+    pub flags: u32,
+}
+
+/// Decodes a LOCK request: FileId and elements.
+pub fn parse(msg: &[u8]) -> WireResult<((u64, u64), Vec<Element>)> {
+    let mut r = Reader::at(msg, 64);
+    if r.u16()? != 48 {
+        return Err(WireError::Malformed("LOCK structure size"));
+    }
+    let count = r.u16()? as usize;
+    r.skip(4)?;
+    let fid = read_file_id(&mut r)?;
+    if count == 0 || count > 4096 {
+        return Err(WireError::Malformed("lock count"));
+    }
+    let mut v = Vec::with_capacity(count);
+    for _ in 0..count {
+        let offset = r.u64()?;
+        let length = r.u64()?;
+        let flags = r.u32()?;
+        r.skip(4)?;
+        v.push(Element { offset, length, flags });
+    }
+    Ok((fid, v))
+}
+
+fn done() -> Reply {
+    Reply::ok(super::logoff::empty_body())
+}
+
+/// Handles LOCK.
+pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
+    match run(conn, hdr, msg).await {
+        Ok(o) => o,
+        Err(s) => Outcome::Now(Reply::err(s)),
+    }
+}
+
+async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Outcome, NtStatus> {
+    let (fid, elems) = parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+    conn.session(hdr.session_id)?;
+    let vol = conn.file_id(fid.0, fid.1)?;
+    let server = conn.server.clone();
+    let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
+    let (id, key) = (f.id, f.key);
+    let locks = &server.locks;
+    if elems[0].flags & UNLOCK != 0 {
+        for e in &elems {
+            if e.flags != UNLOCK {
+                return Err(NtStatus::INVALID_PARAMETER);
+            }
+            locks.unlock(&id, key, e.offset, e.length).map_err(|_| NtStatus::RANGE_NOT_LOCKED)?;
+        }
+        return Ok(Outcome::Now(done()));
+    }
+    let mut taken: Vec<Element> = Vec::new();
+    for e in &elems {
+        let kind = e.flags & !FAIL_IMMEDIATELY;
+        if kind != SHARED && kind != EXCLUSIVE {
+            for t in &taken {
+                let _ = locks.unlock(&id, key, t.offset, t.length);
+            }
+            return Err(NtStatus::INVALID_PARAMETER);
+        }
+        if e.length > 0 && e.offset.checked_add(e.length - 1).is_none() {
+            for t in &taken {
+                let _ = locks.unlock(&id, key, t.offset, t.length);
+            }
+            return Err(NtStatus::INVALID_LOCK_RANGE);
+        }
+        let lock = RangeLock { owner: key, offset: e.offset, len: e.length, exclusive: kind == EXCLUSIVE };
+        match locks.lock(&id, lock) {
+            Ok(()) => taken.push(*e),
+            Err(Conflict::Locked) if elems.len() == 1 && e.flags & FAIL_IMMEDIATELY == 0 => {
+                let locks = server.locks.clone();
+                let work = async move {
+                    loop {
+                        let changes = locks.changes(&id);
+                        let notified = changes.notified();
+                        tokio::pin!(notified);
+                        notified.as_mut().enable();
+                        if locks.lock(&id, lock).is_ok() {
+                            return done();
+                        }
+                        notified.await;
+                    }
+                };
+                return Ok(Outcome::Later(AsyncWork {
+                    cancel: CancellationToken::new(),
+                    work: Box::pin(work),
+                    waits_on: Some(vol),
+                    closed: CancellationToken::new(),
+                    close_status: NtStatus::RANGE_NOT_LOCKED,
+                }));
+            }
+            Err(_) => {
+                for t in &taken {
+                    let _ = locks.unlock(&id, key, t.offset, t.length);
+                }
+                locks.tidy(&id);
+                return Err(NtStatus::LOCK_NOT_GRANTED);
+            }
+        }
+    }
+    Ok(Outcome::Now(done()))
+}

@@ -1,0 +1,220 @@
+//! NEGOTIATE (MS-SMB2 2.2.3/2.2.4): pick the highest common dialect (2.0.2 to 3.1.1), answer
+//! our GUID, limits and SPNEGO hint, and for 3.1.1 the preauth-integrity (SHA-512) and
+//! signing-algorithm contexts. Encryption is not offered.
+
+use super::Reply;
+use crate::smb::auth::spnego;
+use crate::smb::conn::Connection;
+use crate::smb::filetime_now;
+use crate::smb::signing::{dialect, SigningAlgorithm};
+use crate::smb::wire::status::NtStatus;
+use crate::smb::wire::{slice_at, Reader, WireError, WireResult, Writer};
+
+/// Dialects we speak, best first.
+const OURS: [u16; 5] = [dialect::SMB311, dialect::SMB302, dialect::SMB300, dialect::SMB210, dialect::SMB202];
+/// Largest READ/WRITE/transact with large MTU.
+pub const MAX_IO: u32 = 8 * 1024 * 1024;
+/// Largest READ/WRITE for 2.0.2.
+pub const MAX_IO_202: u32 = 64 * 1024;
+
+/// Capability: large MTU (multi-credit).
+pub const CAP_LARGE_MTU: u32 = 0x4;
+/// SecurityMode: signing enabled.
+pub const SIGNING_ENABLED: u16 = 1;
+/// SecurityMode: signing required.
+pub const SIGNING_REQUIRED: u16 = 2;
+
+const CTX_PREAUTH: u16 = 1;
+const CTX_ENCRYPTION: u16 = 2;
+const CTX_SIGNING: u16 = 8;
+const SHA512: u16 = 1;
+
+/// A decoded NEGOTIATE request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Client SecurityMode.
+    pub security_mode: u16,
+    /// Client Capabilities.
+    pub capabilities: u32,
+    /// ClientGuid.
+    pub client_guid: [u8; 16],
+    /// Offered dialects.
+    pub dialects: Vec<u16>,
+    /// 3.1.1: the client offered SHA-512 preauth integrity.
+    pub preauth_sha512: bool,
+    /// 3.1.1: signing algorithms offered, in the client's order.
+    pub signing_algs: Vec<u16>,
+    /// 3.1.1: the client sent an encryption context.
+    pub encryption_offered: bool,
+}
+
+impl Request {
+    /// Decodes the body of `msg` (which starts at the SMB2 header).
+    pub fn parse(msg: &[u8]) -> WireResult<Self> {
+        let mut r = Reader::at(msg, 64);
+        if r.u16()? != 36 {
+            return Err(WireError::Malformed("NEGOTIATE structure size"));
+        }
+        let count = r.u16()? as usize;
+        let security_mode = r.u16()?;
+        r.skip(2)?;
+        let capabilities = r.u32()?;
+        let client_guid = r.array::<16>()?;
+        let ctx_offset = r.u32()? as usize;
+        let ctx_count = r.u16()? as usize;
+        r.skip(2)?;
+        if count == 0 || count > 64 {
+            return Err(WireError::Malformed("dialect count"));
+        }
+        let dialects = (0..count).map(|_| r.u16()).collect::<WireResult<Vec<_>>>()?;
+        let mut req = Self {
+            security_mode,
+            capabilities,
+            client_guid,
+            dialects,
+            preauth_sha512: false,
+            signing_algs: Vec::new(),
+            encryption_offered: false,
+        };
+        if req.dialects.contains(&dialect::SMB311) && ctx_count > 0 {
+            let mut off = ctx_offset;
+            for _ in 0..ctx_count.min(32) {
+                off = (off + 7) & !7;
+                let mut c = Reader::at(msg, off);
+                let ty = c.u16()?;
+                let len = c.u16()? as usize;
+                c.skip(4)?;
+                let data = slice_at(msg, off + 8, len)?;
+                let mut d = Reader::new(data);
+                match ty {
+                    CTX_PREAUTH => {
+                        let n = d.u16()?;
+                        let _salt = d.u16()?;
+                        for _ in 0..n {
+                            if d.u16()? == SHA512 {
+                                req.preauth_sha512 = true;
+                            }
+                        }
+                    }
+                    CTX_SIGNING => {
+                        let n = d.u16()?;
+                        for _ in 0..n.min(16) {
+                            req.signing_algs.push(d.u16()?);
+                        }
+                    }
+                    CTX_ENCRYPTION => req.encryption_offered = true,
+                    _ => {}
+                }
+                off += 8 + len;
+            }
+        }
+        Ok(req)
+    }
+}
+
+/// The response body for `chosen` (also used for the SMB1 upgrade, where `signing` is None).
+pub fn response_body(conn: &mut Connection, chosen: u16, signing: Option<SigningAlgorithm>) -> Vec<u8> {
+    let security_mode = SIGNING_ENABLED | if conn.server.require_signing { SIGNING_REQUIRED } else { 0 };
+    let caps = if chosen >= dialect::SMB210 && chosen != dialect::WILDCARD { CAP_LARGE_MTU } else { 0 };
+    let max = if chosen >= dialect::SMB210 { MAX_IO } else { MAX_IO_202 };
+    conn.server_capabilities = caps;
+    conn.server_security_mode = security_mode;
+    let blob = spnego::server_init();
+    let mut w = Writer::with_capacity(256);
+    let ctx_count_at = 6;
+    w.u16(65).u16(security_mode).u16(chosen).u16(0);
+    w.bytes(&conn.server.guid).u32(caps).u32(max).u32(max).u32(max);
+    w.u64(filetime_now()).u64(0);
+    w.u16(128).u16(blob.len() as u16);
+    let ctx_off_at = w.len();
+    w.u32(0);
+    w.bytes(&blob);
+    if chosen == dialect::SMB311 {
+        w.align(8);
+        let ctx_start = 64 + w.len();
+        w.put_u32(ctx_off_at, ctx_start as u32);
+        let salt: [u8; 32] = rand::random();
+        w.u16(CTX_PREAUTH).u16(38).u32(0).u16(1).u16(32).u16(SHA512).bytes(&salt);
+        let mut n = 1;
+        if let Some(alg) = signing {
+            w.align(8);
+            w.u16(CTX_SIGNING).u16(4).u32(0).u16(1).u16(alg.id());
+            n += 1;
+        }
+        w.put_u16(ctx_count_at, n);
+    }
+    w.buf
+}
+
+/// Handles NEGOTIATE.
+pub fn handle(conn: &mut Connection, msg: &[u8]) -> Result<Reply, NtStatus> {
+    if conn.dialect != 0 && conn.dialect != dialect::WILDCARD && conn.dialect != dialect::SMB202 {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+    let Some(chosen) = OURS.iter().copied().find(|d| req.dialects.contains(d)) else {
+        return Err(NtStatus::NOT_SUPPORTED);
+    };
+    if chosen == dialect::SMB311 && !req.preauth_sha512 {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    let signing = if chosen == dialect::SMB311 && !req.signing_algs.is_empty() {
+        let pick = req
+            .signing_algs
+            .iter()
+            .filter_map(|id| SigningAlgorithm::from_id(*id))
+            .next()
+            .unwrap_or(SigningAlgorithm::AesCmac);
+        Some(pick)
+    } else {
+        None
+    };
+    conn.dialect = chosen;
+    conn.signing_alg = signing.unwrap_or_else(|| SigningAlgorithm::for_dialect(chosen));
+    conn.client_guid = req.client_guid;
+    conn.client_security_mode = req.security_mode;
+    conn.client_capabilities = req.capabilities;
+    conn.client_dialects = req.dialects.clone();
+    Ok(Reply::ok(response_body(conn, chosen, signing)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(dialects: &[u16], contexts: bool) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.zeros(64);
+        w.u16(36).u16(dialects.len() as u16).u16(1).u16(0).u32(0x7f).bytes(&[5; 16]);
+        let ctx_at = w.len();
+        w.u32(0).u16(if contexts { 2 } else { 0 }).u16(0);
+        for d in dialects {
+            w.u16(*d);
+        }
+        if contexts {
+            w.align(8);
+            w.put_u32(ctx_at, w.len() as u32);
+            w.u16(1).u16(38).u32(0).u16(1).u16(32).u16(1).zeros(32);
+            w.align(8);
+            w.u16(8).u16(6).u32(0).u16(2).u16(2).u16(1);
+        }
+        w.buf
+    }
+
+    #[test]
+    fn a_311_request_with_contexts_parses() {
+        let r = Request::parse(&request(&[0x202, 0x311], true)).unwrap();
+        assert!(r.preauth_sha512);
+        assert_eq!(r.signing_algs, vec![2, 1]);
+        assert_eq!(r.dialects, vec![0x202, 0x311]);
+    }
+
+    #[test]
+    fn truncated_requests_are_errors() {
+        let full = request(&[0x202, 0x311], true);
+        for n in 0..full.len() {
+            let _ = Request::parse(&full[..n]);
+        }
+        assert!(Request::parse(&full[..70]).is_err());
+    }
+}

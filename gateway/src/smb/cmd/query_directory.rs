@@ -1,0 +1,196 @@
+//! QUERY_DIRECTORY (MS-SMB2 2.2.33/2.2.34): lists a directory in the information classes
+//! smbclient and Windows use, with wildcards, restart/reopen and single-entry queries.
+
+use super::open::{read_file_id, Listing};
+use super::Reply;
+use crate::smb::conn::Connection;
+use crate::smb::fs;
+use crate::smb::wire::header::Header;
+use crate::smb::wire::status::NtStatus;
+use crate::smb::wire::{from_utf16le, slice_at, utf16le, Reader, WireError, WireResult, Writer};
+use crate::vfs::{Attr, Credentials, FileId, Namespace};
+
+/// Flag: start over.
+const RESTART_SCANS: u8 = 0x01;
+/// Flag: one entry only.
+const RETURN_SINGLE_ENTRY: u8 = 0x02;
+/// Flag: start over with a new pattern.
+const REOPEN: u8 = 0x10;
+
+/// Information classes.
+#[allow(missing_docs)]
+pub mod class {
+    pub const DIRECTORY: u8 = 1;
+    pub const FULL_DIRECTORY: u8 = 2;
+    pub const BOTH_DIRECTORY: u8 = 3;
+    pub const NAMES: u8 = 12;
+    pub const ID_BOTH_DIRECTORY: u8 = 37;
+    pub const ID_FULL_DIRECTORY: u8 = 38;
+}
+
+/// A decoded QUERY_DIRECTORY request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Information class.
+    pub class: u8,
+    /// Flags.
+    pub flags: u8,
+    /// FileId.
+    pub file_id: (u64, u64),
+    /// Search pattern.
+    pub pattern: String,
+    /// Most bytes to return.
+    pub max_len: u32,
+}
+
+impl Request {
+    /// Decodes the body of `msg`.
+    pub fn parse(msg: &[u8]) -> WireResult<Self> {
+        let mut r = Reader::at(msg, 64);
+        if r.u16()? != 33 {
+            return Err(WireError::Malformed("QUERY_DIRECTORY structure size"));
+        }
+        let class = r.u8()?;
+        let flags = r.u8()?;
+        r.skip(4)?;
+        let file_id = read_file_id(&mut r)?;
+        let off = r.u16()? as usize;
+        let len = r.u16()? as usize;
+        let max_len = r.u32()?;
+        let pattern = from_utf16le(slice_at(msg, off, len)?)?;
+        Ok(Self { class, flags, file_id, pattern, max_len })
+    }
+}
+
+/// Encodes one entry of `class` (without NextEntryOffset patched).
+pub fn entry(class: u8, index: u32, name: &str, attr: &Attr) -> Option<Vec<u8>> {
+    let n = utf16le(name);
+    let mut w = Writer::with_capacity(104 + n.len());
+    w.u32(0).u32(index);
+    if class == class::NAMES {
+        w.u32(n.len() as u32).bytes(&n);
+        return Some(w.buf);
+    }
+    let [c, a, m, ch] = fs::times(attr);
+    w.u64(c).u64(a).u64(m).u64(ch).u64(fs::end_of_file(attr)).u64(fs::allocation(attr));
+    w.u32(fs::attributes(attr, name)).u32(n.len() as u32);
+    match class {
+        class::DIRECTORY => {}
+        class::FULL_DIRECTORY => {
+            w.u32(0);
+        }
+        class::ID_FULL_DIRECTORY => {
+            w.u32(0).u32(0).u64(attr.fileid);
+        }
+        class::BOTH_DIRECTORY => {
+            w.u32(0).u8(0).u8(0).zeros(24);
+        }
+        class::ID_BOTH_DIRECTORY => {
+            w.u32(0).u8(0).u8(0).zeros(24).u16(0).u64(attr.fileid);
+        }
+        _ => return None,
+    }
+    w.bytes(&n);
+    Some(w.buf)
+}
+
+async fn load(
+    ns: &Namespace,
+    cred: &Credentials,
+    id: FileId,
+    parent: FileId,
+    is_root: bool,
+) -> Result<Vec<(String, Attr)>, NtStatus> {
+    let me = ns.getattr(id).await?;
+    let parent = if is_root { me } else { ns.getattr(parent).await.unwrap_or(me) };
+    let mut out = vec![(".".to_string(), me), ("..".to_string(), parent)];
+    let mut cookie = 0;
+    loop {
+        let page = ns.readdir(cred, id, cookie, 1024, true).await?;
+        for e in &page.entries {
+            cookie = e.cookie;
+            if let (Ok(name), Some((_, a))) = (std::str::from_utf8(&e.name), e.plus) {
+                out.push((name.to_string(), a));
+            }
+        }
+        if page.eof || page.entries.is_empty() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Handles QUERY_DIRECTORY.
+pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
+    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+    conn.session(hdr.session_id)?;
+    if !matches!(
+        req.class,
+        class::DIRECTORY
+            | class::FULL_DIRECTORY
+            | class::BOTH_DIRECTORY
+            | class::NAMES
+            | class::ID_BOTH_DIRECTORY
+            | class::ID_FULL_DIRECTORY
+    ) {
+        return Err(NtStatus::INVALID_INFO_CLASS);
+    }
+    let vol = conn.file_id(req.file_id.0, req.file_id.1)?;
+    let needs_load = {
+        let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
+        if !f.is_dir {
+            return Err(NtStatus::INVALID_PARAMETER);
+        }
+        f.require(super::open::access::READ_DATA)?;
+        f.listing.is_none() || req.flags & (RESTART_SCANS | REOPEN) != 0
+    };
+    let first = needs_load;
+    if needs_load {
+        let (cred, id, parent, is_root) = {
+            let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
+            (f.cred.clone(), f.id, f.parent, f.path.is_empty())
+        };
+        let entries = load(&conn.server.ns, &cred, id, parent, is_root).await?;
+        let pattern = if req.pattern.is_empty() { "*".to_string() } else { req.pattern.clone() };
+        let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
+        f.listing = Some(Listing { entries, next: 0, pattern });
+    }
+    let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
+    let listing = f.listing.as_mut().ok_or(NtStatus::INTERNAL_ERROR)?;
+    let max = req.max_len as usize;
+    let mut w = Writer::with_capacity(max.min(1 << 20));
+    let mut last_start: Option<usize> = None;
+    let mut count = 0;
+    while listing.next < listing.entries.len() {
+        let (name, attr) = &listing.entries[listing.next];
+        if !fs::wildcard_match(&listing.pattern, name) {
+            listing.next += 1;
+            continue;
+        }
+        let Some(e) = entry(req.class, 0, name, attr) else { return Err(NtStatus::INVALID_INFO_CLASS) };
+        let start = (w.len() + 7) & !7;
+        if start + e.len() > max {
+            if count == 0 {
+                return Err(NtStatus::INFO_LENGTH_MISMATCH);
+            }
+            break;
+        }
+        w.align(8);
+        if let Some(prev) = last_start {
+            w.put_u32(prev, (start - prev) as u32);
+        }
+        w.bytes(&e);
+        last_start = Some(start);
+        listing.next += 1;
+        count += 1;
+        if req.flags & RETURN_SINGLE_ENTRY != 0 {
+            break;
+        }
+    }
+    if count == 0 {
+        return Err(if first { NtStatus::NO_SUCH_FILE } else { NtStatus::NO_MORE_FILES });
+    }
+    let mut out = Writer::with_capacity(8 + w.len());
+    out.u16(9).u16(72).u32(w.len() as u32).bytes(&w.buf);
+    Ok(Reply::ok(out.buf))
+}

@@ -1,0 +1,236 @@
+//! QUERY_INFO (MS-SMB2 2.2.37/2.2.38): file information classes (basic, standard, internal,
+//! EA, access, name, position, mode, alignment, all, stream, network open, attribute tag,
+//! compression) and file-system classes (volume, size, full size, device, attribute, sector
+//! size, object id).
+
+use super::open::{read_file_id, FileOpen};
+use super::Reply;
+use crate::smb::conn::Connection;
+use crate::smb::fs;
+use crate::smb::wire::header::Header;
+use crate::smb::wire::status::NtStatus;
+use crate::smb::wire::{utf16le, Reader, WireError, WireResult, Writer};
+use crate::vfs::{Attr, FileType, FsStat};
+
+/// InfoType: file.
+pub const INFO_FILE: u8 = 1;
+/// InfoType: file system.
+pub const INFO_FILESYSTEM: u8 = 2;
+/// InfoType: security descriptor.
+pub const INFO_SECURITY: u8 = 3;
+
+/// A decoded QUERY_INFO request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// InfoType.
+    pub info_type: u8,
+    /// FileInfoClass.
+    pub class: u8,
+    /// OutputBufferLength.
+    pub max_len: u32,
+    /// FileId.
+    pub file_id: (u64, u64),
+}
+
+impl Request {
+    /// Decodes the body of `msg`.
+    pub fn parse(msg: &[u8]) -> WireResult<Self> {
+        let mut r = Reader::at(msg, 64);
+        if r.u16()? != 41 {
+            return Err(WireError::Malformed("QUERY_INFO structure size"));
+        }
+        let info_type = r.u8()?;
+        let class = r.u8()?;
+        let max_len = r.u32()?;
+        r.skip(2 + 2 + 4 + 4 + 4)?;
+        let file_id = read_file_id(&mut r)?;
+        Ok(Self { info_type, class, max_len, file_id })
+    }
+}
+
+/// The name clients see for an open: `\dir\file` (empty for the share root).
+pub fn smb_name(f: &FileOpen) -> String {
+    if f.path.is_empty() {
+        String::new()
+    } else {
+        format!("\\{}", f.path.join("\\"))
+    }
+}
+
+fn basic(w: &mut Writer, a: &Attr, name: &str) {
+    for t in fs::times(a) {
+        w.u64(t);
+    }
+    w.u32(fs::attributes(a, name)).u32(0);
+}
+
+fn standard(w: &mut Writer, a: &Attr, delete_pending: bool) {
+    let is_dir = a.ftype == FileType::Directory;
+    w.u64(fs::allocation(a))
+        .u64(fs::end_of_file(a))
+        .u32(a.nlink.max(1))
+        .u8(delete_pending as u8)
+        .u8(is_dir as u8)
+        .u16(0);
+}
+
+/// Encodes a file information class; `None` means the class is not supported.
+pub fn file_info(class: u8, f: &FileOpen, a: &Attr, delete_pending: bool) -> Option<Vec<u8>> {
+    let mut w = Writer::with_capacity(128);
+    let name = f.name().to_string();
+    match class {
+        4 => basic(&mut w, a, &name),
+        5 => standard(&mut w, a, delete_pending),
+        6 => {
+            w.u64(a.fileid);
+        }
+        7 => {
+            w.u32(0);
+        }
+        8 => {
+            w.u32(f.access);
+        }
+        9 | 48 => {
+            let n = utf16le(&smb_name(f));
+            w.u32(n.len() as u32).bytes(&n);
+        }
+        14 => {
+            w.u64(f.position);
+        }
+        16 => {
+            w.u32(if f.write_through { 2 } else { 0 });
+        }
+        17 => {
+            w.u32(0);
+        }
+        18 => {
+            basic(&mut w, a, &name);
+            standard(&mut w, a, delete_pending);
+            w.u64(a.fileid).u32(0).u32(f.access).u64(f.position).u32(0).u32(0);
+            let n = utf16le(&smb_name(f));
+            w.u32(n.len() as u32).bytes(&n);
+        }
+        22 => {
+            if a.ftype != FileType::Directory {
+                let n = utf16le("::$DATA");
+                w.u32(0).u32(n.len() as u32).u64(a.size).u64(fs::allocation(a)).bytes(&n);
+            }
+        }
+        28 => {
+            w.u64(a.size).u16(0).u8(0).u8(0).u8(0).zeros(3);
+        }
+        34 => {
+            for t in fs::times(a) {
+                w.u64(t);
+            }
+            w.u64(fs::allocation(a)).u64(fs::end_of_file(a)).u32(fs::attributes(a, &name)).u32(0);
+        }
+        35 => {
+            w.u32(fs::attributes(a, &name)).u32(0);
+        }
+        _ => return None,
+    }
+    Some(w.buf)
+}
+
+/// Encodes a file-system information class.
+pub fn fs_info(class: u8, st: &FsStat, volume_name: &str, created: u64) -> Option<Vec<u8>> {
+    let mut w = Writer::with_capacity(64);
+    let unit = 4096u64;
+    let block = st.block_size.max(512) as u64;
+    let sectors = (unit / 512) as u32;
+    let _ = block;
+    match class {
+        1 => {
+            let label = utf16le(volume_name);
+            w.u64(created).u32(0x6e61_7367).u32(label.len() as u32).u8(0).u8(0).bytes(&label);
+        }
+        3 => {
+            w.u64(st.total_bytes / unit).u64(st.avail_bytes / unit).u32(sectors).u32(512);
+        }
+        4 => {
+            w.u32(7).u32(0x20); // FILE_DEVICE_DISK, FILE_DEVICE_IS_MOUNTED
+        }
+        5 => {
+            let n = utf16le("NTFS");
+            // case-sensitive search, case-preserved names, unicode on disk
+            w.u32(0x7).u32(st.name_max.clamp(12, 255)).u32(n.len() as u32).bytes(&n);
+        }
+        7 => {
+            w.u64(st.total_bytes / unit).u64(st.avail_bytes / unit).u64(st.free_bytes / unit).u32(sectors).u32(512);
+        }
+        8 => {
+            w.zeros(64);
+        }
+        11 => {
+            w.u32(512).u32(512).u32(512).u32(512).u32(0x3).u32(0).u32(0);
+        }
+        _ => return None,
+    }
+    Some(w.buf)
+}
+
+/// Fixed part of each class: shorter output buffers are a length mismatch; variable ones are
+/// truncated with BUFFER_OVERFLOW.
+fn min_len(info_type: u8, class: u8) -> usize {
+    match (info_type, class) {
+        (INFO_FILE, 4) => 40,
+        (INFO_FILE, 5) => 24,
+        (INFO_FILE, 6 | 14) => 8,
+        (INFO_FILE, 7 | 8 | 16 | 17) => 4,
+        (INFO_FILE, 9 | 48) => 4,
+        (INFO_FILE, 18) => 100,
+        (INFO_FILE, 22) => 0,
+        (INFO_FILE, 28) => 16,
+        (INFO_FILE, 34) => 56,
+        (INFO_FILE, 35) => 8,
+        (INFO_FILESYSTEM, 1) => 18,
+        (INFO_FILESYSTEM, 3) => 24,
+        (INFO_FILESYSTEM, 4) => 8,
+        (INFO_FILESYSTEM, 5) => 12,
+        (INFO_FILESYSTEM, 7) => 32,
+        _ => 0,
+    }
+}
+
+/// Handles QUERY_INFO.
+pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
+    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+    conn.session(hdr.session_id)?;
+    let vol = conn.file_id(req.file_id.0, req.file_id.1)?;
+    let server = conn.server.clone();
+    let share_name = match &conn.session(hdr.session_id)?.tree(hdr.tree_id)?.kind {
+        crate::smb::session::TreeKind::Disk(s) => s.name.clone(),
+        crate::smb::session::TreeKind::Ipc => "IPC$".into(),
+    };
+    let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
+    let data = match req.info_type {
+        INFO_FILE => {
+            if req.class != 8 && req.class != 14 && req.class != 16 {
+                f.require(super::open::access::READ_ATTRIBUTES | super::open::access::READ_DATA)?;
+            }
+            if req.class == 21 {
+                // FileAlternateNameInformation: no 8.3 short names are generated.
+                return Err(NtStatus::NOT_SUPPORTED);
+            }
+            let a = server.ns.getattr(f.id).await?;
+            let pending = server.locks.delete_pending(&f.id);
+            file_info(req.class, f, &a, pending).ok_or(NtStatus::INVALID_INFO_CLASS)?
+        }
+        INFO_FILESYSTEM => {
+            let st = server.ns.statfs(f.id).await?;
+            fs_info(req.class, &st, &share_name, server.start_time).ok_or(NtStatus::INVALID_INFO_CLASS)?
+        }
+        INFO_SECURITY => return Err(NtStatus::NOT_SUPPORTED),
+        _ => return Err(NtStatus::INVALID_PARAMETER),
+    };
+    let max = req.max_len as usize;
+    if max < min_len(req.info_type, req.class) {
+        return Err(NtStatus::INFO_LENGTH_MISMATCH);
+    }
+    let (status, data) =
+        if data.len() > max { (NtStatus::BUFFER_OVERFLOW, &data[..max]) } else { (NtStatus::SUCCESS, &data[..]) };
+    let mut w = Writer::with_capacity(8 + data.len());
+    w.u16(9).u16(72).u32(data.len() as u32).bytes(data);
+    Ok(Reply::with(status, w.buf))
+}

@@ -1,0 +1,144 @@
+//! TREE_CONNECT (MS-SMB2 2.2.9/2.2.10): `\\server\share` to a tree. `IPC$` reaches the
+//! srvsvc pipe; disk shares check guest rules and fix the Unix identity file access runs as.
+
+use super::Reply;
+use crate::config::ShareConfig;
+use crate::smb::auth::Identity;
+use crate::smb::conn::Connection;
+use crate::smb::session::{Tree, TreeKind};
+use crate::smb::wire::header::Header;
+use crate::smb::wire::status::NtStatus;
+use crate::smb::wire::{from_utf16le, slice_at, Reader, WireError, WireResult, Writer};
+use crate::vfs::{Credentials, FileType};
+
+/// Share type: disk.
+const TYPE_DISK: u8 = 1;
+/// Share type: named pipes.
+const TYPE_PIPE: u8 = 2;
+/// Full access mask for writable shares.
+pub const FULL_ACCESS: u32 = 0x001F_01FF;
+/// Read/execute access mask for read-only shares.
+pub const READ_ACCESS: u32 = 0x0012_00A9;
+/// Share flag: no client caching of offline files.
+const SHI1005_FLAGS_NO_CACHING: u32 = 0x30;
+
+/// The share name of a TREE_CONNECT path (`\\server\share` -> `share`).
+pub fn parse(msg: &[u8]) -> WireResult<String> {
+    let mut r = Reader::at(msg, 64);
+    if r.u16()? != 9 {
+        return Err(WireError::Malformed("TREE_CONNECT structure size"));
+    }
+    r.skip(2)?;
+    let off = r.u16()? as usize;
+    let len = r.u16()? as usize;
+    let path = from_utf16le(slice_at(msg, off, len)?)?;
+    let share = path.trim_start_matches('\\').split('\\').nth(1).ok_or(WireError::Malformed("share path"))?;
+    if share.is_empty() {
+        return Err(WireError::Malformed("share path"));
+    }
+    Ok(share.to_string())
+}
+
+/// Looks a Unix user or numeric uid up: (uid, primary gid).
+pub fn unix_user(name: &str) -> Option<(u32, u32)> {
+    if let Ok(uid) = name.parse::<u32>() {
+        return Some((uid, uid));
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
+/// Looks a Unix group or numeric gid up.
+pub fn unix_group(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    let group = std::fs::read_to_string("/etc/group").ok()?;
+    group.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[0] == name).then(|| f[2].parse().ok())?
+    })
+}
+
+/// The Unix identity a session's file access runs as on `share`.
+pub fn identity_on(conn: &Connection, who: &Identity, share: &ShareConfig) -> (u32, u32) {
+    const NOBODY: (u32, u32) = (65534, 65534);
+    let mut id = if let Some(u) = &share.force_user {
+        unix_user(u).unwrap_or(NOBODY)
+    } else {
+        match who {
+            Identity::User(name) if !share.guest_only => {
+                conn.server.unix_users.get(name).and_then(|u| unix_user(u)).unwrap_or(NOBODY)
+            }
+            _ => NOBODY,
+        }
+    };
+    if let Some(g) = share.force_group.as_deref().and_then(unix_group) {
+        id.1 = g;
+    }
+    id
+}
+
+/// Handles TREE_CONNECT.
+pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
+    let name = parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+    let who = conn.session(hdr.session_id)?.identity.clone().ok_or(NtStatus::USER_SESSION_DELETED)?;
+    let mut root = None;
+    let (kind, writable, uid, gid, share_type, access) = if name.eq_ignore_ascii_case("IPC$") {
+        (TreeKind::Ipc, false, 65534, 65534, TYPE_PIPE, FULL_ACCESS)
+    } else {
+        let share = conn.server.share(&name).ok_or(NtStatus::BAD_NETWORK_NAME)?.clone();
+        if who.is_guest_like() && !share.guest_ok {
+            tracing::info!(client = %conn.tcp.client, share = %share.name, "SMB: guest refused on a non-guest share");
+            return Err(NtStatus::ACCESS_DENIED);
+        }
+        let (uid, gid) = identity_on(conn, &who, &share);
+        let ns = &conn.server.ns;
+        match ns.walk(&Credentials::root(), ns.root(), share.path.as_bytes(), true).await {
+            Ok((id, a)) if a.ftype == FileType::Directory => root = Some(id),
+            other => {
+                tracing::warn!(share = %share.name, path = %share.path, result = ?other.map(|_| "not a directory"), "SMB: share folder unusable");
+                return Err(NtStatus::BAD_NETWORK_NAME);
+            }
+        }
+        let access = if share.writable { FULL_ACCESS } else { READ_ACCESS };
+        let writable = share.writable;
+        (TreeKind::Disk(Box::new(share)), writable, uid, gid, TYPE_DISK, access)
+    };
+    let id = conn.new_tree_id();
+    let s = conn.sessions.get_mut(&hdr.session_id).ok_or(NtStatus::USER_SESSION_DELETED)?;
+    s.trees.insert(id, Tree { id, kind, writable, uid, gid, root });
+    let mut w = Writer::with_capacity(16);
+    w.u16(16).u8(share_type).u8(0).u32(SHI1005_FLAGS_NO_CACHING).u32(0).u32(access);
+    let mut r = Reply::ok(w.buf);
+    r.session_id = Some(hdr.session_id);
+    // The response carries the new TreeId in its header.
+    r.tree_id = Some(id);
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smb::wire::utf16le;
+
+    #[test]
+    fn share_names_come_from_unc_paths() {
+        let mut w = Writer::new();
+        w.zeros(64);
+        let path = utf16le("\\\\127.0.0.1\\pub");
+        w.u16(9).u16(0).u16(72).u16(path.len() as u16).bytes(&path);
+        assert_eq!(parse(&w.buf).unwrap(), "pub");
+        assert!(parse(&w.buf[..70]).is_err());
+    }
+
+    #[test]
+    fn root_is_a_unix_user() {
+        assert_eq!(unix_user("root"), Some((0, 0)));
+        assert_eq!(unix_user("1234"), Some((1234, 1234)));
+        assert_eq!(unix_group("0"), Some(0));
+    }
+}

@@ -1,0 +1,90 @@
+//! WRITE (MS-SMB2 2.2.21/2.2.22): pipe requests, or file data up to 8 MiB (multi-credit).
+
+use super::open::{access, read_file_id, OpenKind};
+use super::Reply;
+use crate::smb::conn::Connection;
+use crate::smb::srvsvc;
+use crate::smb::wire::header::Header;
+use crate::smb::wire::status::NtStatus;
+use crate::smb::wire::{slice_at, Reader, WireError, WireResult, Writer};
+use crate::vfs::Stability;
+
+/// A decoded WRITE request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// File offset.
+    pub offset: u64,
+    /// FileId.
+    pub file_id: (u64, u64),
+    /// Flags (write-through).
+    pub flags: u32,
+    /// The data.
+    pub data: &'a [u8],
+}
+
+impl<'a> Request<'a> {
+    /// Decodes the body of `msg`.
+    pub fn parse(msg: &'a [u8]) -> WireResult<Self> {
+        let mut r = Reader::at(msg, 64);
+        if r.u16()? != 49 {
+            return Err(WireError::Malformed("WRITE structure size"));
+        }
+        let data_off = r.u16()? as usize;
+        let len = r.u32()? as usize;
+        let offset = r.u64()?;
+        let file_id = read_file_id(&mut r)?;
+        r.skip(4 + 4 + 2 + 2)?;
+        let flags = r.u32()?;
+        Ok(Self { offset, file_id, flags, data: slice_at(msg, data_off, len)? })
+    }
+}
+
+/// Encodes a WRITE response.
+pub fn response(count: u32) -> Vec<u8> {
+    let mut w = Writer::with_capacity(16);
+    w.u16(17).u16(0).u32(count).u32(0).u16(0).u16(0);
+    w.buf
+}
+
+/// Handles WRITE.
+pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
+    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+    conn.session(hdr.session_id)?;
+    let vol = conn.file_id(req.file_id.0, req.file_id.1)?;
+    let shares = srvsvc::listed_shares(&conn.server.shares);
+    let server = conn.server.clone();
+    let open = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?;
+    let f = match &mut open.kind {
+        OpenKind::Pipe(p) => {
+            p.write(req.data, &shares).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+            return Ok(Reply::ok(response(req.data.len() as u32)));
+        }
+        OpenKind::File(f) => f,
+    };
+    if f.is_dir {
+        return Err(NtStatus::INVALID_DEVICE_REQUEST);
+    }
+    f.require(access::WRITE_DATA | access::APPEND_DATA)?;
+    let mut offset = req.offset;
+    if offset == u64::MAX || f.access & access::WRITE_DATA == 0 {
+        // Append: at the end of the file whatever the offset says.
+        offset = server.ns.getattr(f.id).await?.size;
+    }
+    if offset.checked_add(req.data.len() as u64).is_none() || offset > i64::MAX as u64 {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    if !server.locks.io_allowed(&f.id, f.key, offset, req.data.len() as u64, true) {
+        return Err(NtStatus::FILE_LOCK_CONFLICT);
+    }
+    let stable = if f.write_through || req.flags & WRITEFLAG_WRITE_THROUGH != 0 {
+        Stability::FileSync
+    } else {
+        Stability::Unstable
+    };
+    let (n, _, _) = server.ns.write(&f.cred, f.id, offset, req.data.to_vec(), stable).await?;
+    f.position = offset + n as u64;
+    Ok(Reply::ok(response(n)))
+}
+
+/// WRITE flag: write through to stable storage.
+pub const WRITEFLAG_WRITE_THROUGH: u32 = 1;

@@ -1,0 +1,179 @@
+//! Between SMB names and the namespace: share-relative names checked and split (no `..`,
+//! no streams, no reserved characters), resolved to [`FileId`]s under the share root, and
+//! namespace attributes turned into SMB times and file attributes.
+
+use crate::smb::unix_to_filetime;
+use crate::smb::wire::status::NtStatus;
+use crate::vfs::{Attr, Credentials, FileId, FileType, Namespace, Timestamp, VfsError};
+
+/// FILE_ATTRIBUTE_READONLY.
+pub const ATTR_READONLY: u32 = 0x1;
+/// FILE_ATTRIBUTE_HIDDEN.
+pub const ATTR_HIDDEN: u32 = 0x2;
+/// FILE_ATTRIBUTE_DIRECTORY.
+pub const ATTR_DIRECTORY: u32 = 0x10;
+/// FILE_ATTRIBUTE_ARCHIVE.
+pub const ATTR_ARCHIVE: u32 = 0x20;
+/// FILE_ATTRIBUTE_NORMAL.
+pub const ATTR_NORMAL: u32 = 0x80;
+
+/// Splits a share-relative SMB name (`a\b\c`) into validated components. Refuses what could
+/// escape the share or that nasgw does not serve: `.`/`..`, alternate data streams (`:`),
+/// wildcard and reserved characters, control characters, empty components.
+pub fn split_name(name: &str) -> Result<Vec<String>, NtStatus> {
+    let name = name.strip_suffix("::$DATA").unwrap_or(name);
+    if name.is_empty() {
+        return Ok(Vec::new());
+    }
+    if name.starts_with('\\') || name.starts_with('/') {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    let trimmed = name.strip_suffix('\\').unwrap_or(name);
+    let mut out = Vec::new();
+    for c in trimmed.split('\\') {
+        if c.is_empty() {
+            return Err(NtStatus::OBJECT_NAME_INVALID);
+        }
+        if c == "." || c == ".." {
+            return Err(NtStatus::OBJECT_NAME_INVALID);
+        }
+        if c.contains(':') {
+            // Alternate data streams are not served.
+            return Err(NtStatus::OBJECT_NAME_NOT_FOUND);
+        }
+        if c.chars().any(|ch| ch < ' ' || matches!(ch, '<' | '>' | '"' | '|' | '?' | '*' | '/')) {
+            return Err(NtStatus::OBJECT_NAME_INVALID);
+        }
+        if c.len() > 255 {
+            return Err(NtStatus::NAME_TOO_LONG);
+        }
+        out.push(c.to_string());
+    }
+    Ok(out)
+}
+
+/// Resolves the directory holding the last component of `comps` (all but the last, from the
+/// share root). Symlinks are followed only while they stay inside the volume.
+pub async fn parent_of(ns: &Namespace, cred: &Credentials, root: FileId, comps: &[String]) -> Result<FileId, NtStatus> {
+    if comps.len() <= 1 {
+        return Ok(root);
+    }
+    let path = comps[..comps.len() - 1].join("/");
+    match ns.walk(cred, root, path.as_bytes(), true).await {
+        Ok((id, a)) if a.ftype == FileType::Directory => Ok(id),
+        Ok(_) => Err(NtStatus::OBJECT_PATH_NOT_FOUND),
+        Err(VfsError::NotFound | VfsError::NotDir) => Err(NtStatus::OBJECT_PATH_NOT_FOUND),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A timestamp as a FILETIME.
+pub fn filetime(t: Timestamp) -> u64 {
+    unix_to_filetime(t.secs, t.nanos)
+}
+
+/// A FILETIME as a timestamp.
+pub fn from_filetime(ft: u64) -> Timestamp {
+    let ticks = ft as i128 - 116_444_736_000_000_000;
+    let secs = ticks.div_euclid(10_000_000) as i64;
+    let nanos = (ticks.rem_euclid(10_000_000) * 100) as u32;
+    Timestamp { secs, nanos }
+}
+
+/// SMB file attributes of a file named `name`.
+pub fn attributes(attr: &Attr, name: &str) -> u32 {
+    let mut a = if attr.ftype == FileType::Directory { ATTR_DIRECTORY } else { ATTR_ARCHIVE };
+    if attr.ftype != FileType::Directory && attr.mode & 0o222 == 0 {
+        a |= ATTR_READONLY;
+    }
+    if name.starts_with('.') && name != "." && name != ".." {
+        a |= ATTR_HIDDEN;
+    }
+    a
+}
+
+/// The four SMB times: creation, last access, last write, change.
+pub fn times(attr: &Attr) -> [u64; 4] {
+    let birth = attr.btime.unwrap_or(std::cmp::min(attr.mtime, attr.ctime));
+    [filetime(birth), filetime(attr.atime), filetime(attr.mtime), filetime(attr.ctime)]
+}
+
+/// AllocationSize as clients expect it: bytes on disk, at least the size rounded to 4 KiB.
+pub fn allocation(attr: &Attr) -> u64 {
+    if attr.ftype == FileType::Directory {
+        return 0;
+    }
+    attr.used.max(attr.size.div_ceil(4096) * 4096)
+}
+
+/// EndOfFile (0 for directories).
+pub fn end_of_file(attr: &Attr) -> u64 {
+    if attr.ftype == FileType::Directory {
+        0
+    } else {
+        attr.size
+    }
+}
+
+/// Case-insensitive match of `name` against an SMB search pattern (`*`, `?`, and the DOS
+/// wildcards `<`, `>`, `"`).
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    if pattern == "*" || pattern == "*.*" || pattern.is_empty() {
+        return true;
+    }
+    let p: Vec<char> = pattern.chars().flat_map(char::to_lowercase).collect();
+    let n: Vec<char> = name.chars().flat_map(char::to_lowercase).collect();
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') | Some('<') => (0..=n.len()).any(|i| go(&p[1..], &n[i..])),
+            Some('?') | Some('>') => {
+                if n.is_empty() {
+                    // DOS_QM matches nothing at the end
+                    p[0] == '>' && go(&p[1..], n)
+                } else {
+                    go(&p[1..], &n[1..])
+                }
+            }
+            Some('"') => (n.first() == Some(&'.') && go(&p[1..], &n[1..])) || (n.is_empty() && go(&p[1..], n)),
+            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
+        }
+    }
+    if p.len() > 256 {
+        return false;
+    }
+    go(&p, &n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_escape_are_refused() {
+        assert_eq!(split_name("a\\b\\c.txt").unwrap(), vec!["a", "b", "c.txt"]);
+        assert!(split_name("").unwrap().is_empty());
+        for bad in ["..\\etc", "a\\..\\..", "\\abs", "a\\\\b", "a/b", "a\\.", "x*", "f\u{1}"] {
+            assert!(split_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(split_name("file:stream"), Err(NtStatus::OBJECT_NAME_NOT_FOUND));
+        assert_eq!(split_name("file::$DATA").unwrap(), vec!["file"]);
+    }
+
+    #[test]
+    fn wildcards_match_like_windows() {
+        assert!(wildcard_match("*", "x"));
+        assert!(wildcard_match("*.TXT", "a.txt"));
+        assert!(!wildcard_match("*.txt", "a.txd"));
+        assert!(wildcard_match("a?c", "abc"));
+        assert!(wildcard_match("ABC", "abc"));
+        assert!(!wildcard_match("abc", "abcd"));
+    }
+
+    #[test]
+    fn filetimes_round_trip() {
+        let t = Timestamp { secs: 1_700_000_000, nanos: 123_456_700 };
+        assert_eq!(from_filetime(filetime(t)), t);
+        assert_eq!(from_filetime(filetime(Timestamp { secs: -5, nanos: 100 })), Timestamp { secs: -5, nanos: 100 });
+    }
+}

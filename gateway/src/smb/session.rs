@@ -1,0 +1,132 @@
+//! A connection's named state: sessions (who), tree connects (which share) and opens (which
+//! file or pipe), so commands read `conn.session(id)?.tree(tid)?` instead of juggling maps.
+
+use std::collections::HashMap;
+
+use super::auth::{Identity, NtlmExchange};
+use super::cmd::open::Open;
+use super::wire::status::NtStatus;
+use crate::config::ShareConfig;
+
+/// Where a session stands.
+#[derive(Debug, Clone)]
+pub enum SessionState {
+    /// Between the NTLMSSP legs.
+    InProgress(NtlmExchange),
+    /// Authenticated.
+    Valid,
+}
+
+/// One SMB session (a logged-on user on this connection).
+#[derive(Debug)]
+pub struct Session {
+    /// SessionId.
+    pub id: u64,
+    /// Authentication progress.
+    pub state: SessionState,
+    /// Who, once valid.
+    pub identity: Option<Identity>,
+    /// Signing key (users only; guests cannot sign).
+    pub signing_key: Option<[u8; 16]>,
+    /// Every request must be signed and every response is signed.
+    pub signing_required: bool,
+    /// SMB 3.1.1 session preauth integrity hash.
+    pub preauth: [u8; 64],
+    /// Tree connects by TreeId.
+    pub trees: HashMap<u32, Tree>,
+}
+
+impl Session {
+    /// A session at its first SESSION_SETUP leg.
+    pub fn new(id: u64, ex: NtlmExchange, preauth: [u8; 64]) -> Self {
+        Self {
+            id,
+            state: SessionState::InProgress(ex),
+            identity: None,
+            signing_key: None,
+            signing_required: false,
+            preauth,
+            trees: HashMap::new(),
+        }
+    }
+
+    /// Authenticated.
+    pub fn is_valid(&self) -> bool {
+        matches!(self.state, SessionState::Valid)
+    }
+
+    /// The tree connect `id`, or `NETWORK_NAME_DELETED`.
+    pub fn tree(&self, id: u32) -> Result<&Tree, NtStatus> {
+        self.trees.get(&id).ok_or(NtStatus::NETWORK_NAME_DELETED)
+    }
+}
+
+/// What a tree connect reaches.
+#[derive(Debug, Clone)]
+pub enum TreeKind {
+    /// `IPC$`: named pipes (srvsvc).
+    Ipc,
+    /// A disk share.
+    Disk(Box<ShareConfig>),
+}
+
+/// One tree connect.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    /// TreeId.
+    pub id: u32,
+    /// Share reached.
+    pub kind: TreeKind,
+    /// Writes allowed (share writable).
+    pub writable: bool,
+    /// Unix uid/gid file access runs as.
+    pub uid: u32,
+    /// Unix gid.
+    pub gid: u32,
+    /// The share's folder in the namespace (None for IPC$).
+    pub root: Option<crate::vfs::FileId>,
+}
+
+/// The opens of a connection, by volatile file id.
+#[derive(Debug, Default)]
+pub struct OpenTable {
+    opens: HashMap<u64, Open>,
+    next: u64,
+}
+
+impl OpenTable {
+    /// Stores `open` under a fresh volatile id and returns it.
+    pub fn insert(&mut self, make: impl FnOnce(u64) -> Open) -> u64 {
+        self.next += 1;
+        let id = self.next;
+        self.opens.insert(id, make(id));
+        id
+    }
+
+    /// The open `id` if it belongs to `session`/`tree`.
+    pub fn get_mut(&mut self, id: u64, session: u64, tree: u32) -> Result<&mut Open, NtStatus> {
+        match self.opens.get_mut(&id) {
+            Some(o) if o.session_id == session && o.tree_id == tree => Ok(o),
+            _ => Err(NtStatus::FILE_CLOSED),
+        }
+    }
+
+    /// Removes and returns open `id`.
+    pub fn remove(&mut self, id: u64) -> Option<Open> {
+        self.opens.remove(&id)
+    }
+
+    /// Volatile ids of the opens of `session` (and `tree` when given).
+    pub fn ids_of(&self, session: u64, tree: Option<u32>) -> Vec<u64> {
+        self.opens
+            .values()
+            .filter(|o| o.session_id == session && tree.is_none_or(|t| o.tree_id == t))
+            .map(|o| o.volatile)
+            .collect()
+    }
+
+    /// Every volatile id.
+    pub fn all_ids(&self) -> Vec<u64> {
+        self.opens.keys().copied().collect()
+    }
+}
