@@ -42,8 +42,8 @@ pub fn describe(work: &Path, sizes: Sizes) -> String {
     let libnfs = sh("dpkg-query", &["-W", "-f=${Version}", "libnfs-utils"]);
     let ganesha = sh("dpkg-query", &["-W", "-f=${Version}", "nfs-ganesha"]);
     format!(
-        "Measured {} on {cpu}, {cores} cores, {} GiB RAM, Linux {}; data on {disk} (files in the page cache: the \
-         figures compare servers, not disks); loopback in a private network namespace. Clients: smbclient {smbd}, \
+        "Measured {} on {cpu}, {cores} cores, {} GiB RAM, Linux {}; data on {disk} (reads come from the page \
+         cache; NFS writes end with COMMIT, so reach the disk; smbclient never flushes); loopback in a private network namespace. Clients: smbclient {smbd}, \
          libnfs-utils {libnfs} and nfs3_client; anchors: Samba smbd {smbd}, NFS-Ganesha {ganesha}. {} round(s) per row, median \
          shown; servers interleaved within each round.\n",
         sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),

@@ -57,12 +57,12 @@ pub fn start(dir: &Path, volume: &str) -> Nasgw {
     let nfs = if listens(nfs_port, Duration::from_secs(5)) {
         Ok(NfsEndpoint { export: "/smb".into(), nfs_port, mount_port: nfs_port })
     } else {
-        Err("nasgw does not serve NFS yet (nothing listens on its [nfs] port)".into())
+        Err(not_served(&daemon, "NFS"))
     };
     let smb = if listens(smb_port, Duration::from_secs(1)) {
         Ok(smb_port)
     } else {
-        Err("nasgw does not serve SMB yet (nothing listens on its [smb] port)".into())
+        Err(not_served(&daemon, "SMB"))
     };
     Nasgw { daemon: Some(daemon), nfs, smb }
 }
@@ -91,4 +91,14 @@ pub fn last_error_line(msg: &str) -> String {
         .unwrap_or("")
         .trim()
         .to_string()
+}
+
+/// Why `protocol` does not listen: nasgw's own log line saying so, else the plain fact.
+fn not_served(daemon: &Daemon, protocol: &str) -> String {
+    let logs = daemon.logs();
+    let said = logs.lines().find(|l| l.contains(protocol) && l.contains("not served"));
+    match said.and_then(|l| l.split("WARN").nth(1)) {
+        Some(msg) => format!("nasgw: {}", msg.split_once(": ").map_or(msg, |(_, m)| m).trim()),
+        None => format!("nasgw does not serve {protocol} (nothing listens on its port)"),
+    }
 }

@@ -153,7 +153,7 @@ pub fn run(fx: &Fixture, work: &Path, rt: &Runtime, nasgw: &Result<NfsEndpoint, 
     ganesha.stop();
     group.notes.push(
         "Both serve the same directory; clients use AUTH_UNIX uid 1000 over TCP on loopback. Bulk rows time a whole \
-         `nfs-cp` process (mount included); the other rows time the operations on one mounted connection, one request \
+         `nfs-cp`/`nfs-cat` process (mount included); the other rows time the operations on one mounted connection, one request \
          at a time."
             .into(),
     );
