@@ -59,11 +59,7 @@ pub fn start(dir: &Path, volume: &str) -> Nasgw {
     } else {
         Err(not_served(&daemon, "NFS"))
     };
-    let smb = if listens(smb_port, Duration::from_secs(1)) {
-        Ok(smb_port)
-    } else {
-        Err(not_served(&daemon, "SMB"))
-    };
+    let smb = if listens(smb_port, Duration::from_secs(1)) { Ok(smb_port) } else { Err(not_served(&daemon, "SMB")) };
     Nasgw { daemon: Some(daemon), nfs, smb }
 }
 
