@@ -600,11 +600,6 @@ pub struct Gfapi {
     pub glfs_h_unlink:
         unsafe extern "C" fn(fs: *mut glfs_t, parent: *mut glfs_object_t, path: *const libc::c_char) -> libc::c_int,
     pub glfs_h_close: unsafe extern "C" fn(object: *mut glfs_object_t) -> libc::c_int,
-    pub glfs_caller_specific_init: unsafe extern "C" fn(
-        uid_caller_key: *mut libc::c_void,
-        gid_caller_key: *mut libc::c_void,
-        future: *mut libc::c_void,
-    ) -> libc::c_int,
     pub glfs_h_truncate:
         unsafe extern "C" fn(fs: *mut glfs_t, object: *mut glfs_object_t, offset: off_t) -> libc::c_int,
     pub glfs_h_stat: unsafe extern "C" fn(fs: *mut glfs_t, object: *mut glfs_object_t, stat: *mut stat) -> libc::c_int,
@@ -698,8 +693,6 @@ pub struct Gfapi {
     pub glfs_object_copy: unsafe extern "C" fn(src: *mut glfs_object_t) -> *mut glfs_object_t,
     pub glfs_h_lease:
         unsafe extern "C" fn(fs: *mut glfs_t, object: *mut glfs_object_t, lease: *mut glfs_lease_t) -> libc::c_int,
-    pub glfs_h_find_handle:
-        unsafe extern "C" fn(fs: *mut glfs_t, handle: *mut libc::c_uchar, len: libc::c_int) -> *mut glfs_object_t,
     pub glfs_upcall_lease_get_object: unsafe extern "C" fn(arg: *mut glfs_upcall_lease_t) -> *mut glfs_object_t,
     pub glfs_upcall_lease_get_lease_type: unsafe extern "C" fn(arg: *mut glfs_upcall_lease_t) -> u32,
 }
@@ -842,7 +835,6 @@ impl Gfapi {
         let glfs_h_symlink = __library.get(b"glfs_h_symlink\0").map(|sym| *sym)?;
         let glfs_h_unlink = __library.get(b"glfs_h_unlink\0").map(|sym| *sym)?;
         let glfs_h_close = __library.get(b"glfs_h_close\0").map(|sym| *sym)?;
-        let glfs_caller_specific_init = __library.get(b"glfs_caller_specific_init\0").map(|sym| *sym)?;
         let glfs_h_truncate = __library.get(b"glfs_h_truncate\0").map(|sym| *sym)?;
         let glfs_h_stat = __library.get(b"glfs_h_stat\0").map(|sym| *sym)?;
         let glfs_h_statfs = __library.get(b"glfs_h_statfs\0").map(|sym| *sym)?;
@@ -868,7 +860,6 @@ impl Gfapi {
         let glfs_xreaddirplus_get_object = __library.get(b"glfs_xreaddirplus_get_object\0").map(|sym| *sym)?;
         let glfs_object_copy = __library.get(b"glfs_object_copy\0").map(|sym| *sym)?;
         let glfs_h_lease = __library.get(b"glfs_h_lease\0").map(|sym| *sym)?;
-        let glfs_h_find_handle = __library.get(b"glfs_h_find_handle\0").map(|sym| *sym)?;
         let glfs_upcall_lease_get_object = __library.get(b"glfs_upcall_lease_get_object\0").map(|sym| *sym)?;
         let glfs_upcall_lease_get_lease_type = __library.get(b"glfs_upcall_lease_get_lease_type\0").map(|sym| *sym)?;
         Ok(Gfapi {
@@ -998,7 +989,6 @@ impl Gfapi {
             glfs_h_symlink,
             glfs_h_unlink,
             glfs_h_close,
-            glfs_caller_specific_init,
             glfs_h_truncate,
             glfs_h_stat,
             glfs_h_statfs,
@@ -1024,7 +1014,6 @@ impl Gfapi {
             glfs_xreaddirplus_get_object,
             glfs_object_copy,
             glfs_h_lease,
-            glfs_h_find_handle,
             glfs_upcall_lease_get_object,
             glfs_upcall_lease_get_lease_type,
         })
@@ -1821,14 +1810,6 @@ impl Gfapi {
     pub unsafe fn glfs_h_close(&self, object: *mut glfs_object_t) -> libc::c_int {
         (self.glfs_h_close)(object)
     }
-    pub unsafe fn glfs_caller_specific_init(
-        &self,
-        uid_caller_key: *mut libc::c_void,
-        gid_caller_key: *mut libc::c_void,
-        future: *mut libc::c_void,
-    ) -> libc::c_int {
-        (self.glfs_caller_specific_init)(uid_caller_key, gid_caller_key, future)
-    }
     pub unsafe fn glfs_h_truncate(&self, fs: *mut glfs_t, object: *mut glfs_object_t, offset: off_t) -> libc::c_int {
         (self.glfs_h_truncate)(fs, object, offset)
     }
@@ -1998,14 +1979,6 @@ impl Gfapi {
         lease: *mut glfs_lease_t,
     ) -> libc::c_int {
         (self.glfs_h_lease)(fs, object, lease)
-    }
-    pub unsafe fn glfs_h_find_handle(
-        &self,
-        fs: *mut glfs_t,
-        handle: *mut libc::c_uchar,
-        len: libc::c_int,
-    ) -> *mut glfs_object_t {
-        (self.glfs_h_find_handle)(fs, handle, len)
     }
     pub unsafe fn glfs_upcall_lease_get_object(&self, arg: *mut glfs_upcall_lease_t) -> *mut glfs_object_t {
         (self.glfs_upcall_lease_get_object)(arg)

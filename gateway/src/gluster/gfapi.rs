@@ -19,6 +19,12 @@ use std::sync::{Arc, OnceLock};
 
 use gfapi_sys::{glfs_fd_t, glfs_object_t, glfs_t, Gfapi};
 
+/// `valid` bits of [`Volume::setattr`]: which fields of the `stat` to apply.
+pub use gfapi_sys::{
+    GFAPI_SET_ATTR_ATIME, GFAPI_SET_ATTR_GID, GFAPI_SET_ATTR_MODE, GFAPI_SET_ATTR_MTIME, GFAPI_SET_ATTR_SIZE,
+    GFAPI_SET_ATTR_UID,
+};
+
 /// Length of a GFID (a UUID), the volume-wide identity of a file.
 pub const GFID_LEN: usize = 16;
 
