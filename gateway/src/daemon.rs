@@ -51,16 +51,15 @@ async fn run(loaded: Loaded) -> Result<()> {
     };
 
     let control = bind_control(&cfg.node.control_socket)?;
-    let volume_health = gluster.as_ref().map(GlusterService::health);
-    let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone(), volume_health));
-    life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
-
+    // Services listen before the control socket answers, so "status answers" means "serving".
     let connections = ConnectionTable::new();
-    // The namespace over the GlusterFS backend is not wired yet: NFS serves local volumes.
+    // The namespace over the GlusterFS backend is not wired yet: the protocols serve local volumes.
     let namespace = match cfg.volume.backend {
         BackendKind::Local => Some(open_namespace(&cfg)?),
         BackendKind::Gluster => None,
     };
+    // The one lock table of the namespace (SMB share modes and byte-range locks; NFS can use it).
+    let locks = Arc::new(crate::locks::LockTable::new());
     if cfg.nfs.enabled {
         match &namespace {
             Some(ns) => {
@@ -69,7 +68,6 @@ async fn run(loaded: Loaded) -> Result<()> {
             None => tracing::warn!("NFS over the gluster backend is not served yet"),
         }
     }
-    let locks = Arc::new(crate::locks::LockTable::new());
     if cfg.smb.enabled {
         match &namespace {
             Some(ns) => {
@@ -78,6 +76,9 @@ async fn run(loaded: Loaded) -> Result<()> {
             None => tracing::warn!("SMB over the gluster backend is not served yet"),
         }
     }
+    let volume_health = gluster.as_ref().map(GlusterService::health);
+    let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone(), volume_health));
+    life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
 
     print_banner(&cfg);
     wait_for_stop_signal().await?;

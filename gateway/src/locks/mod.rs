@@ -68,13 +68,15 @@ pub struct RangeLock {
 }
 
 impl RangeLock {
+    /// Windows (and Samba) overlap: half-open ranges, where a zero-length range still
+    /// conflicts with a lock that strictly contains its offset.
     fn overlaps(&self, offset: u64, len: u64) -> bool {
-        if self.len == 0 || len == 0 {
-            return false;
+        let (a0, a1) = (self.offset as u128, self.offset as u128 + self.len as u128);
+        let (b0, b1) = (offset as u128, offset as u128 + len as u128);
+        if self.len != 0 && a0 == b0 && a1 == b1 {
+            return true;
         }
-        let a_end = self.offset.saturating_add(self.len - 1);
-        let b_end = offset.saturating_add(len - 1);
-        self.offset <= b_end && offset <= a_end
+        !(a0 >= b1 || b0 >= a1)
     }
 }
 
@@ -98,7 +100,11 @@ pub enum Conflict {
 #[derive(Debug, Default)]
 struct FileState {
     opens: Vec<OpenRecord>,
+    /// Opens created with delete-on-close: the file becomes delete-pending when one closes.
     delete_on_close: Vec<OpenKey>,
+    /// Set by a disposition change or a delete-on-close open's close: no new opens, and the
+    /// last close deletes the file.
+    delete_pending: bool,
     ranges: Vec<RangeLock>,
     changes: Arc<Notify>,
 }
@@ -151,7 +157,7 @@ impl<K: Hash + Eq + Clone> LockTable<K> {
     pub fn open(&self, file: &K, rec: OpenRecord) -> Result<(), Conflict> {
         self.with(|files| {
             let st = files.entry(file.clone()).or_default();
-            if !st.delete_on_close.is_empty() {
+            if st.delete_pending {
                 return Err(Conflict::DeletePending);
             }
             if rec.access & DATA_ACCESS != 0 {
@@ -195,7 +201,8 @@ impl<K: Hash + Eq + Clone> LockTable<K> {
         })
     }
 
-    /// Sets or clears delete-on-close for `key`'s open of `file`.
+    /// Marks `key`'s open as delete-on-close (the CREATE option): when it closes, the file
+    /// becomes delete-pending.
     pub fn set_delete_on_close(&self, file: &K, key: OpenKey, on: bool) {
         self.with(|files| {
             if let Some(st) = files.get_mut(file) {
@@ -207,9 +214,30 @@ impl<K: Hash + Eq + Clone> LockTable<K> {
         })
     }
 
-    /// True when some open has set delete-on-close on `file`.
+    /// Sets or clears the file's delete-pending state (a disposition change).
+    pub fn set_delete_pending(&self, file: &K, on: bool) {
+        self.with(|files| {
+            if let Some(st) = files.get_mut(file) {
+                st.delete_pending = on;
+            }
+        })
+    }
+
+    /// True when `file` is pending deletion.
     pub fn delete_pending(&self, file: &K) -> bool {
-        self.with(|files| files.get(file).is_some_and(|st| !st.delete_on_close.is_empty()))
+        self.with(|files| files.get(file).is_some_and(|st| st.delete_pending))
+    }
+
+    /// Whether renaming an entry of directory `dir` must fail: another open of the directory
+    /// holds DELETE access, or reads/writes it without sharing delete.
+    pub fn blocks_child_rename(&self, dir: &K) -> bool {
+        self.with(|files| {
+            files.get(dir).is_some_and(|st| {
+                st.opens.iter().any(|o| {
+                    o.access & access::DELETE != 0 || (o.access & DATA_ACCESS != 0 && o.share & share::DELETE == 0)
+                })
+            })
+        })
     }
 
     /// Forgets `key`'s open of `file` and its byte-range locks, waking waiting lockers; says
@@ -219,17 +247,17 @@ impl<K: Hash + Eq + Clone> LockTable<K> {
             let Some(st) = files.get_mut(file) else { return CloseOutcome { last: true, delete: false } };
             st.opens.retain(|o| o.key != key);
             st.ranges.retain(|r| r.owner != key);
-            let delete_set = !st.delete_on_close.is_empty();
-            st.delete_on_close.retain(|k| *k != key);
+            if st.delete_on_close.contains(&key) {
+                st.delete_on_close.retain(|k| *k != key);
+                st.delete_pending = true;
+            }
             let last = st.opens.is_empty();
+            let delete = last && st.delete_pending;
             st.changes.notify_waiters();
             if last {
                 files.remove(file);
-            } else if delete_set {
-                // delete-on-close stays pending for the file until its last open closes
-                st.delete_on_close.push(key);
             }
-            CloseOutcome { last, delete: last && delete_set }
+            CloseOutcome { last, delete }
         })
     }
 
@@ -237,7 +265,11 @@ impl<K: Hash + Eq + Clone> LockTable<K> {
     pub fn lock(&self, file: &K, lock: RangeLock) -> Result<(), Conflict> {
         self.with(|files| {
             let st = files.entry(file.clone()).or_default();
-            let clash = st.ranges.iter().any(|r| r.overlaps(lock.offset, lock.len) && (r.exclusive || lock.exclusive));
+            // An exclusive lock conflicts with every overlapping lock; a shared one only with
+            // other owners' exclusive locks (it may stack on the owner's own).
+            let clash = st.ranges.iter().any(|r| {
+                r.overlaps(lock.offset, lock.len) && (lock.exclusive || (r.exclusive && r.owner != lock.owner))
+            });
             if clash {
                 return Err(Conflict::Locked);
             }
@@ -264,6 +296,9 @@ impl<K: Hash + Eq + Clone> LockTable<K> {
     /// Whether `key` may read (`write == false`) or write the range without hitting another
     /// owner's lock: shared locks block writers, exclusive locks block everyone else.
     pub fn io_allowed(&self, file: &K, key: OpenKey, offset: u64, len: u64, write: bool) -> bool {
+        if len == 0 {
+            return true;
+        }
         self.with(|files| {
             let Some(st) = files.get(file) else { return true };
             !st.ranges.iter().any(|r| {
@@ -328,9 +363,18 @@ mod tests {
         t.open(&7, rec(1, access::DELETE, share::DELETE | share::READ)).unwrap();
         t.open(&7, rec(2, access::READ_DATA, share::DELETE | share::READ)).unwrap();
         t.set_delete_on_close(&7, OpenKey(1), true);
-        assert_eq!(t.open(&7, rec(3, access::READ_DATA, 7)), Err(Conflict::DeletePending));
+        // The create option only takes effect when that open closes.
+        t.open(&7, rec(3, access::READ_DATA, 7)).unwrap();
         assert_eq!(t.close(&7, OpenKey(1)), CloseOutcome { last: false, delete: false });
+        assert_eq!(t.open(&7, rec(4, access::READ_DATA, 7)), Err(Conflict::DeletePending));
+        assert_eq!(t.close(&7, OpenKey(3)), CloseOutcome { last: false, delete: false });
         assert_eq!(t.close(&7, OpenKey(2)), CloseOutcome { last: true, delete: true });
+        // A disposition change is immediate and can be undone.
+        t.open(&8, rec(1, access::DELETE, 7)).unwrap();
+        t.set_delete_pending(&8, true);
+        assert!(t.delete_pending(&8));
+        t.set_delete_pending(&8, false);
+        assert_eq!(t.close(&8, OpenKey(1)), CloseOutcome { last: true, delete: false });
     }
 
     #[test]
@@ -340,6 +384,9 @@ mod tests {
         t.lock(&1, l(1, 0, 10, true)).unwrap();
         assert_eq!(t.lock(&1, l(2, 5, 10, false)), Err(Conflict::Locked));
         assert_eq!(t.lock(&1, l(1, 5, 1, true)), Err(Conflict::Locked), "own exclusive locks stack no further");
+        t.lock(&1, l(1, 5, 1, false)).expect("a shared lock stacks on the owner's exclusive one");
+        t.unlock(&1, OpenKey(1), 5, 1).unwrap();
+        assert_eq!(t.lock(&1, l(9, 5, 0, true)), Err(Conflict::Locked), "zero-length inside a lock conflicts");
         t.lock(&1, l(2, 10, 10, false)).unwrap();
         t.lock(&1, l(3, 10, 10, false)).unwrap();
         assert!(t.io_allowed(&1, OpenKey(1), 0, 10, true));

@@ -409,8 +409,3 @@ pub async fn start(
     }
     Ok(server)
 }
-
-/// Where a client reaches the service (for logs and tests).
-pub fn describe(listen: SocketAddr, export: &str) -> String {
-    format!("nfs://{}/{export}?version=3&nfsport={}&mountport={}", listen.ip(), listen.port(), listen.port())
-}

@@ -95,7 +95,7 @@ pub struct Connection {
     next_session: u64,
     next_tree: u32,
     next_async: u64,
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    out: mpsc::UnboundedSender<Outgoing>,
 }
 
 impl Connection {
@@ -128,7 +128,7 @@ impl Connection {
     /// Resolves a FileId of a request: all-ones in a compound means "the one CREATE returned".
     pub fn file_id(&self, persistent: u64, volatile: u64) -> Result<u64, NtStatus> {
         if persistent == u64::MAX && volatile == u64::MAX {
-            return self.compound_fid.map(|(_, v)| v).ok_or(NtStatus::INVALID_PARAMETER);
+            return self.compound_fid.map(|(_, v)| v).ok_or(NtStatus::FILE_CLOSED);
         }
         Ok(volatile)
     }
@@ -145,10 +145,23 @@ impl Connection {
 /// Serves one client until it disconnects, sends garbage, or the daemon stops.
 pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection, stop: CancellationToken) {
     let (rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if wr.write_all(&frame).await.is_err() {
+        while let Some(out) = rx.recv().await {
+            let ok = match out {
+                Outgoing::Raw(bytes) => wr.write_all(&bytes).await.is_ok(),
+                Outgoing::Message(msg) if msg.len() < 64 * 1024 => {
+                    let mut frame = Vec::with_capacity(msg.len() + 4);
+                    frame.extend_from_slice(&header::frame_header(msg.len()));
+                    frame.extend_from_slice(&msg);
+                    wr.write_all(&frame).await.is_ok()
+                }
+                // Large replies (READ data) go out without another copy.
+                Outgoing::Message(msg) => {
+                    wr.write_all(&header::frame_header(msg.len())).await.is_ok() && wr.write_all(&msg).await.is_ok()
+                }
+            };
+            if !ok {
                 break;
             }
         }
@@ -175,40 +188,18 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
         next_async: 0,
         out: tx,
     };
-    let mut rd = BufReader::with_capacity(256 * 1024, rd);
+    // The reader runs ahead of the command loop (a few frames), so the next request arrives
+    // from the network while the current one is on the backend.
+    let (ftx, mut frx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
+    let reader = tokio::spawn(read_frames(rd, ftx, conn.out.clone(), conn.tcp));
     loop {
-        let mut hdr = [0u8; 4];
-        let read = tokio::select! {
+        let msg = tokio::select! {
             _ = stop.cancelled() => break,
-            r = rd.read_exact(&mut hdr) => r,
+            m = frx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
         };
-        if read.is_err() {
-            break;
-        }
-        // NetBIOS session service (clients on a port other than 445 start with it): a
-        // session request (0x81) gets a positive response, keep-alives (0x85) are skipped.
-        if hdr[0] == 0x81 || hdr[0] == 0x85 {
-            let n = ((hdr[1] as usize & 1) << 16) | ((hdr[2] as usize) << 8) | hdr[3] as usize;
-            let mut skip = vec![0u8; n];
-            if rd.read_exact(&mut skip).await.is_err() {
-                break;
-            }
-            if hdr[0] == 0x81 {
-                let _ = conn.out.send(vec![0x82, 0, 0, 0]);
-            }
-            continue;
-        }
-        let len = match header::frame_len(hdr) {
-            Ok(l) if (4..=MAX_FRAME).contains(&l) => l,
-            _ => {
-                tracing::info!(client = %conn.tcp.client, "SMB: bad transport frame, closing");
-                break;
-            }
-        };
-        let mut msg = vec![0u8; len];
-        if rd.read_exact(&mut msg).await.is_err() {
-            break;
-        }
         let keep = match &msg[..4] {
             p if p == header::PROTOCOL_ID => handle_smb2(&mut conn, &msg).await,
             p if p == header::SMB1_PROTOCOL_ID => handle_smb1_negotiate(&mut conn, &msg),
@@ -219,6 +210,7 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
             break;
         }
     }
+    reader.abort();
     // Disconnect: cancel waiters, close every open (delete-on-close and locks are released).
     for op in conn.pending.lock().unwrap_or_else(|e| e.into_inner()).values() {
         op.cancel.cancel();
@@ -232,11 +224,60 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
     let _ = writer.await;
 }
 
+/// Frames the reader may hold ahead of the command loop.
+const READ_AHEAD: usize = 4;
+
+/// Reads transport frames until the client goes away or sends a bad frame. NetBIOS session
+/// requests (clients on a port other than 445 start with one) get a positive answer and
+/// keep-alives are skipped.
+async fn read_frames(
+    rd: tokio::net::tcp::OwnedReadHalf,
+    frames: mpsc::Sender<Vec<u8>>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    tcp: TcpConnection,
+) {
+    let mut rd = BufReader::with_capacity(256 * 1024, rd);
+    loop {
+        let mut hdr = [0u8; 4];
+        if rd.read_exact(&mut hdr).await.is_err() {
+            return;
+        }
+        if hdr[0] == 0x81 || hdr[0] == 0x85 {
+            let n = ((hdr[1] as usize & 1) << 16) | ((hdr[2] as usize) << 8) | hdr[3] as usize;
+            let mut skip = vec![0u8; n];
+            if rd.read_exact(&mut skip).await.is_err() {
+                return;
+            }
+            if hdr[0] == 0x81 {
+                let _ = out.send(Outgoing::Raw(vec![0x82, 0, 0, 0]));
+            }
+            continue;
+        }
+        let len = match header::frame_len(hdr) {
+            Ok(l) if (4..=MAX_FRAME).contains(&l) => l,
+            _ => {
+                tracing::info!(client = %tcp.client, "SMB: bad transport frame, closing");
+                return;
+            }
+        };
+        let mut msg = vec![0u8; len];
+        if rd.read_exact(&mut msg).await.is_err() || frames.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What the writer task sends.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Bytes as they are (NetBIOS session answers).
+    Raw(Vec<u8>),
+    /// An SMB2 message; the writer adds the transport header.
+    Message(Vec<u8>),
+}
+
 fn send(conn: &Connection, msg: Vec<u8>) {
-    let mut frame = Vec::with_capacity(msg.len() + 4);
-    frame.extend_from_slice(&header::frame_header(msg.len()));
-    frame.extend_from_slice(&msg);
-    let _ = conn.out.send(frame);
+    let _ = conn.out.send(Outgoing::Message(msg));
 }
 
 /// SMB1 NEGOTIATE from an old-style client: answer with an SMB2 NEGOTIATE response so it
@@ -397,6 +438,12 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
     if out.is_empty() {
         return Ok(());
     }
+    if out.len() == 1 {
+        let mut only = out.pop().expect("one part");
+        resign_chain(conn, &mut only);
+        send(conn, only);
+        return Ok(());
+    }
     // Chain the responses: NextCommand of each but the last is its padded length.
     let n = out.len();
     let mut all = Vec::with_capacity(out.iter().map(Vec::len).sum());
@@ -501,9 +548,7 @@ fn spawn_async(conn: &Connection, mut rh: Header, async_id: u64, work: AsyncWork
         if let Some(k) = key {
             signing::sign(alg, &k, &mut msg);
         }
-        let mut frame = header::frame_header(msg.len()).to_vec();
-        frame.extend_from_slice(&msg);
-        let _ = out.send(frame);
+        let _ = out.send(Outgoing::Message(msg));
     });
 }
 

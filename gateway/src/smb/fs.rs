@@ -14,6 +14,8 @@ pub const ATTR_HIDDEN: u32 = 0x2;
 pub const ATTR_DIRECTORY: u32 = 0x10;
 /// FILE_ATTRIBUTE_ARCHIVE.
 pub const ATTR_ARCHIVE: u32 = 0x20;
+/// FILE_ATTRIBUTE_TEMPORARY.
+pub const ATTR_TEMPORARY: u32 = 0x100;
 /// FILE_ATTRIBUTE_NORMAL.
 pub const ATTR_NORMAL: u32 = 0x80;
 
@@ -115,6 +117,30 @@ pub fn end_of_file(attr: &Attr) -> u64 {
     }
 }
 
+/// The 8.3 name clients see for `name`: the name itself when it already fits 8.3 (upper
+/// case), else a stable mangled form `PREFIX~H.EXT` derived from a hash of the long name.
+pub fn short_name(name: &str) -> String {
+    let upper = name.to_uppercase();
+    let (stem, ext) = match upper.rfind('.') {
+        Some(i) if i > 0 => (&upper[..i], &upper[i + 1..]),
+        _ => (&upper[..], ""),
+    };
+    let legal = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || "$%'-_@~`!(){}^#&".contains(c));
+    if !stem.is_empty() && stem.len() <= 8 && ext.len() <= 3 && legal(stem) && legal(ext) && !ext.contains('.') {
+        return upper;
+    }
+    let hash = name.bytes().fold(5381u32, |h, b| h.wrapping_mul(33) ^ b as u32);
+    let clean = |s: &str, n: usize| s.chars().filter(|c| c.is_ascii_alphanumeric()).take(n).collect::<String>();
+    let prefix = clean(stem, 5);
+    let ext = clean(ext, 3);
+    let mut out = format!("{}~{:02X}", if prefix.is_empty() { "X".into() } else { prefix }, hash % 256);
+    if !ext.is_empty() {
+        out.push('.');
+        out.push_str(&ext);
+    }
+    out
+}
+
 /// Case-insensitive match of `name` against an SMB search pattern (`*`, `?`, and the DOS
 /// wildcards `<`, `>`, `"`).
 pub fn wildcard_match(pattern: &str, name: &str) -> bool {
@@ -123,26 +149,58 @@ pub fn wildcard_match(pattern: &str, name: &str) -> bool {
     }
     let p: Vec<char> = pattern.chars().flat_map(char::to_lowercase).collect();
     let n: Vec<char> = name.chars().flat_map(char::to_lowercase).collect();
-    fn go(p: &[char], n: &[char]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some('*') | Some('<') => (0..=n.len()).any(|i| go(&p[1..], &n[i..])),
-            Some('?') | Some('>') => {
-                if n.is_empty() {
-                    // DOS_QM matches nothing at the end
-                    p[0] == '>' && go(&p[1..], n)
-                } else {
-                    go(&p[1..], &n[1..])
-                }
-            }
-            Some('"') => (n.first() == Some(&'.') && go(&p[1..], &n[1..])) || (n.is_empty() && go(&p[1..], n)),
-            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
-        }
-    }
-    if p.len() > 256 {
+    if p.len() > 1024 || n.len() > 1024 {
         return false;
     }
-    go(&p, &n)
+    // Dynamic programming over (pattern position, name position): linear memory and
+    // O(len(p) * len(n)) time whatever the client sends (no exponential backtracking).
+    // reach[j] = the pattern prefix consumed so far can match name[..j].
+    let mut reach = vec![false; n.len() + 1];
+    reach[0] = true;
+    for &c in &p {
+        let mut next = vec![false; n.len() + 1];
+        match c {
+            '*' | '<' => {
+                let mut any = false;
+                for j in 0..=n.len() {
+                    any |= reach[j];
+                    next[j] = any;
+                }
+            }
+            '?' | '>' => {
+                for j in 0..n.len() {
+                    if reach[j] {
+                        next[j + 1] = true;
+                    }
+                }
+                if c == '>' {
+                    // DOS_QM also matches nothing at the end of the name.
+                    next[n.len()] |= reach[n.len()];
+                }
+            }
+            '"' => {
+                for j in 0..=n.len() {
+                    if reach[j] {
+                        if j < n.len() && n[j] == '.' {
+                            next[j + 1] = true;
+                        }
+                        if j == n.len() {
+                            next[j] = true;
+                        }
+                    }
+                }
+            }
+            c => {
+                for j in 0..n.len() {
+                    if reach[j] && n[j] == c {
+                        next[j + 1] = true;
+                    }
+                }
+            }
+        }
+        reach = next;
+    }
+    reach[n.len()]
 }
 
 #[cfg(test)]
@@ -161,6 +219,14 @@ mod tests {
     }
 
     #[test]
+    fn short_names_fit_8_3() {
+        assert_eq!(short_name("abc.txt"), "ABC.TXT");
+        let s = short_name("a long file name.text");
+        assert!(s.len() <= 12 && s.contains('~') && s.ends_with(".TEX"), "{s}");
+        assert_eq!(short_name("a long file name.text"), s, "stable");
+    }
+
+    #[test]
     fn wildcards_match_like_windows() {
         assert!(wildcard_match("*", "x"));
         assert!(wildcard_match("*.TXT", "a.txt"));
@@ -168,6 +234,9 @@ mod tests {
         assert!(wildcard_match("a?c", "abc"));
         assert!(wildcard_match("ABC", "abc"));
         assert!(!wildcard_match("abc", "abcd"));
+        assert!(wildcard_match("*a*b*", "xxaxxbxx"));
+        let evil = "*a".repeat(200);
+        assert!(!wildcard_match(&evil, &"a".repeat(199)), "no exponential blow-up");
     }
 
     #[test]

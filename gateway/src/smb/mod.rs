@@ -58,6 +58,9 @@ pub struct SmbServer {
     pub locks: Arc<LockTable<FileId>>,
     /// Source of [`OpenKey`]s.
     pub next_open: std::sync::atomic::AtomicU64,
+    /// Share-relative path of every open file, by share root: a directory with open files
+    /// below it cannot be renamed.
+    pub open_paths: std::sync::Mutex<std::collections::HashMap<OpenKey, (FileId, Vec<String>)>>,
 }
 
 impl SmbServer {
@@ -83,7 +86,27 @@ impl SmbServer {
             ns,
             locks,
             next_open: std::sync::atomic::AtomicU64::new(1),
+            open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Records (or with `None` forgets) where open `key` is.
+    pub fn track_path(&self, key: OpenKey, at: Option<(FileId, Vec<String>)>) {
+        let mut m = self.open_paths.lock().unwrap_or_else(|e| e.into_inner());
+        match at {
+            Some(v) => {
+                m.insert(key, v);
+            }
+            None => {
+                m.remove(&key);
+            }
+        }
+    }
+
+    /// Whether some open other than `except` is below directory `dir` of share `root`.
+    pub fn has_open_below(&self, root: FileId, dir: &[String], except: OpenKey) -> bool {
+        let m = self.open_paths.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().any(|(k, (r, p))| *k != except && *r == root && p.len() > dir.len() && p.starts_with(dir))
     }
 
     /// A fresh lock-table identity for a new open.

@@ -15,6 +15,7 @@ pub const POSTQUERY_ATTRIB: u16 = 1;
 /// Releases everything an open holds; used by CLOSE, LOGOFF, TREE_DISCONNECT and disconnect.
 pub async fn release(server: &SmbServer, open: Open) {
     let OpenKind::File(f) = open.kind else { return };
+    server.track_path(f.key, None);
     let out = server.locks.close(&f.id, f.key);
     if out.delete {
         if let Some(name) = f.path.last() {

@@ -18,6 +18,8 @@ use crate::vfs::{Attr, CreateHow, Credentials, FileType, SetAttr, VfsError};
 pub struct Request {
     /// Requested oplock level.
     pub oplock: u8,
+    /// ImpersonationLevel.
+    pub impersonation: u32,
     /// DesiredAccess.
     pub desired_access: u32,
     /// FileAttributes.
@@ -43,7 +45,8 @@ impl Request {
         }
         r.skip(1)?;
         let oplock = r.u8()?;
-        r.skip(4 + 8 + 8)?;
+        let impersonation = r.u32()?;
+        r.skip(8 + 8)?;
         let desired_access = r.u32()?;
         let file_attributes = r.u32()?;
         let share_access = r.u32()?;
@@ -55,7 +58,17 @@ impl Request {
         let ctx_len = r.u32()? as usize;
         let name = from_utf16le(slice_at(msg, name_off, name_len)?)?;
         let contexts = slice_at(msg, ctx_off, ctx_len)?.to_vec();
-        Ok(Self { oplock, desired_access, file_attributes, share_access, disposition, options, name, contexts })
+        Ok(Self {
+            oplock,
+            impersonation,
+            desired_access,
+            file_attributes,
+            share_access,
+            disposition,
+            options,
+            name,
+            contexts,
+        })
     }
 }
 
@@ -168,6 +181,9 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     let ns = &server.ns;
     let root = tree.root.ok_or(NtStatus::INTERNAL_ERROR)?;
     let cred = Credentials::new(tree.uid, tree.gid);
+    if req.impersonation > 3 {
+        return Err(NtStatus::BAD_IMPERSONATION_LEVEL);
+    }
     if req.disposition > disposition::OVERWRITE_IF {
         return Err(NtStatus::INVALID_PARAMETER);
     }
@@ -254,13 +270,24 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
             if delete_on_close && readonly {
                 return Err(NtStatus::CANNOT_DELETE);
             }
-            let (id, attr) = if want_dir {
-                ns.mkdir(&cred, parent, name.as_bytes(), 0o755).await?
+            let made = if want_dir {
+                ns.mkdir(&cred, parent, name.as_bytes(), 0o755).await
             } else {
                 let mode = if readonly { 0o444 } else { 0o644 };
-                ns.create(&cred, parent, name.as_bytes(), mode, CreateHow::Guarded(SetAttr::default())).await?
+                ns.create(&cred, parent, name.as_bytes(), mode, CreateHow::Guarded(SetAttr::default())).await
             };
-            (id, attr, FILE_CREATED)
+            match made {
+                Ok((id, attr)) => (id, attr, FILE_CREATED),
+                // Another client created it between our lookup and create: open it instead.
+                Err(VfsError::Exists) if req.disposition == disposition::OPEN_IF => {
+                    let (id, attr) = ns.lookup(&cred, parent, name.as_bytes()).await?;
+                    if want_dir && attr.ftype != FileType::Directory {
+                        return Err(NtStatus::NOT_A_DIRECTORY);
+                    }
+                    (id, attr, FILE_OPENED)
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     };
     let is_dir = attr.ftype == FileType::Directory;
@@ -288,6 +315,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         server.locks.set_delete_on_close(&id, key, true);
     }
     let b = basics(&attr, &name);
+    server.track_path(key, Some((root, comps.clone())));
     let session_id = hdr.session_id;
     let file = FileOpen {
         id,

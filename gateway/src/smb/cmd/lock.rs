@@ -41,7 +41,7 @@ pub fn parse(msg: &[u8]) -> WireResult<((u64, u64), Vec<Element>)> {
     let count = r.u16()? as usize;
     r.skip(4)?;
     let fid = read_file_id(&mut r)?;
-    if count == 0 || count > 4096 {
+    if count > 4096 {
         return Err(WireError::Malformed("lock count"));
     }
     let mut v = Vec::with_capacity(count);
@@ -75,6 +75,9 @@ async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Outcome,
     let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
     let (id, key) = (f.id, f.key);
     let locks = &server.locks;
+    if elems.is_empty() {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
     if elems[0].flags & UNLOCK != 0 {
         for e in &elems {
             if e.flags != UNLOCK {

@@ -30,6 +30,8 @@ pub struct Request {
     pub max_len: u32,
     /// FileId.
     pub file_id: (u64, u64),
+    /// AdditionalInformation (which parts of a security descriptor).
+    pub additional: u32,
 }
 
 impl Request {
@@ -42,9 +44,11 @@ impl Request {
         let info_type = r.u8()?;
         let class = r.u8()?;
         let max_len = r.u32()?;
-        r.skip(2 + 2 + 4 + 4 + 4)?;
+        r.skip(2 + 2 + 4)?;
+        let additional = r.u32()?;
+        r.skip(4)?;
         let file_id = read_file_id(&mut r)?;
-        Ok(Self { info_type, class, max_len, file_id })
+        Ok(Self { info_type, class, max_len, file_id, additional })
     }
 }
 
@@ -96,6 +100,10 @@ pub fn file_info(class: u8, f: &FileOpen, a: &Attr, delete_pending: bool) -> Opt
         }
         14 => {
             w.u64(f.position);
+        }
+        21 => {
+            let n = utf16le(&crate::smb::fs::short_name(&name));
+            w.u32(n.len() as u32).bytes(&n);
         }
         16 => {
             w.u32(if f.write_through { 2 } else { 0 });
@@ -151,6 +159,10 @@ pub fn fs_info(class: u8, st: &FsStat, volume_name: &str, created: u64) -> Optio
         4 => {
             w.u32(7).u32(0x20); // FILE_DEVICE_DISK, FILE_DEVICE_IS_MOUNTED
         }
+        6 => {
+            // FileFsControlInformation: no quotas enforced.
+            w.zeros(24).u64(u64::MAX).u64(u64::MAX).u32(0).u32(0);
+        }
         5 => {
             let n = utf16le("NTFS");
             // case-sensitive search, case-preserved names, unicode on disk
@@ -179,8 +191,9 @@ fn min_len(info_type: u8, class: u8) -> usize {
         (INFO_FILE, 6 | 14) => 8,
         (INFO_FILE, 7 | 8 | 16 | 17) => 4,
         (INFO_FILE, 9 | 48) => 4,
-        (INFO_FILE, 18) => 100,
-        (INFO_FILE, 22) => 0,
+        (INFO_FILE, 21) => 8,
+        (INFO_FILE, 18) => 104,
+        (INFO_FILE, 22) => 32,
         (INFO_FILE, 28) => 16,
         (INFO_FILE, 34) => 56,
         (INFO_FILE, 35) => 8,
@@ -206,12 +219,8 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<R
     let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
     let data = match req.info_type {
         INFO_FILE => {
-            if req.class != 8 && req.class != 14 && req.class != 16 {
-                f.require(super::open::access::READ_ATTRIBUTES | super::open::access::READ_DATA)?;
-            }
-            if req.class == 21 {
-                // FileAlternateNameInformation: no 8.3 short names are generated.
-                return Err(NtStatus::NOT_SUPPORTED);
+            if matches!(req.class, 4 | 18 | 34 | 35) {
+                f.require(super::open::access::READ_ATTRIBUTES)?;
             }
             let a = server.ns.getattr(f.id).await?;
             let pending = server.locks.delete_pending(&f.id);
@@ -221,7 +230,18 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<R
             let st = server.ns.statfs(f.id).await?;
             fs_info(req.class, &st, &share_name, server.start_time).ok_or(NtStatus::INVALID_INFO_CLASS)?
         }
-        INFO_SECURITY => return Err(NtStatus::NOT_SUPPORTED),
+        INFO_SECURITY => {
+            f.require(super::open::access::READ_CONTROL)?;
+            let a = server.ns.getattr(f.id).await?;
+            let sd = security_descriptor(req.additional, a.uid, a.gid);
+            if (req.max_len as usize) < sd.len() {
+                // The client retries with the size carried in the error data.
+                let mut w = Writer::with_capacity(12);
+                w.u16(9).u8(0).u8(0).u32(4).u32(sd.len() as u32);
+                return Ok(Reply::with(NtStatus::BUFFER_TOO_SMALL, w.buf));
+            }
+            sd
+        }
         _ => return Err(NtStatus::INVALID_PARAMETER),
     };
     let max = req.max_len as usize;
@@ -233,4 +253,36 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<R
     let mut w = Writer::with_capacity(8 + data.len());
     w.u16(9).u16(72).u32(data.len() as u32).bytes(data);
     Ok(Reply::with(status, w.buf))
+}
+
+/// Appends a SID (revision 1) with `authority` and sub-authorities.
+fn sid(w: &mut Writer, authority: u8, subs: &[u32]) {
+    w.u8(1).u8(subs.len() as u8).bytes(&[0, 0, 0, 0, 0, authority]);
+    for s in subs {
+        w.u32(*s);
+    }
+}
+
+/// A self-relative security descriptor: owner and group as Samba's Unix SIDs
+/// (S-1-22-1-uid, S-1-22-2-gid) and a DACL granting Everyone full access (Unix mode bits are
+/// what really decides). `parts` selects owner (1), group (2) and DACL (4).
+pub fn security_descriptor(parts: u32, uid: u32, gid: u32) -> Vec<u8> {
+    let mut w = Writer::with_capacity(96);
+    w.u8(1).u8(0).u16(0x8004).u32(0).u32(0).u32(0).u32(0);
+    if parts & 1 != 0 {
+        w.put_u32(4, w.len() as u32);
+        sid(&mut w, 22, &[1, uid]);
+    }
+    if parts & 2 != 0 {
+        w.put_u32(8, w.len() as u32);
+        sid(&mut w, 22, &[2, gid]);
+    }
+    if parts & 4 != 0 {
+        w.put_u32(16, w.len() as u32);
+        // ACL: revision 2, size 28, one ACCESS_ALLOWED ACE for S-1-1-0 with FILE_ALL.
+        w.u8(2).u8(0).u16(28).u16(1).u16(0);
+        w.u8(0).u8(0).u16(20).u32(0x001F_01FF);
+        sid(&mut w, 1, &[0]);
+    }
+    w.buf
 }

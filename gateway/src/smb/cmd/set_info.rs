@@ -90,6 +90,9 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<R
                 if attrs & fs::ATTR_DIRECTORY != 0 && cur.ftype != FileType::Directory {
                     return Err(NtStatus::INVALID_PARAMETER);
                 }
+                if attrs & fs::ATTR_TEMPORARY != 0 && cur.ftype == FileType::Directory {
+                    return Err(NtStatus::INVALID_PARAMETER);
+                }
                 if cur.ftype != FileType::Directory {
                     let ro = attrs & fs::ATTR_READONLY != 0;
                     let mode = if ro {
@@ -121,6 +124,12 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<R
             let Some(new_name) = comps.last().cloned() else { return Err(NtStatus::INVALID_PARAMETER) };
             let Some(old_name) = f.path.last().cloned() else { return Err(NtStatus::ACCESS_DENIED) };
             server.locks.may_also(&f.id, f.key, access::DELETE).map_err(|_| NtStatus::SHARING_VIOLATION)?;
+            if server.locks.blocks_child_rename(&f.parent) {
+                return Err(NtStatus::SHARING_VIOLATION);
+            }
+            if f.is_dir && server.has_open_below(f.root, &f.path, f.key) {
+                return Err(NtStatus::ACCESS_DENIED);
+            }
             let to_dir = fs::parent_of(ns, &f.cred, f.root, &comps).await?;
             if to_dir == f.parent && new_name == old_name {
                 return Ok(ok());
@@ -143,6 +152,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<R
             ns.rename(&f.cred, f.parent, old_name.as_bytes(), to_dir, new_name.as_bytes()).await?;
             f.parent = to_dir;
             f.path = comps;
+            server.track_path(f.key, Some((f.root, f.path.clone())));
             Ok(ok())
         }
         // FileDispositionInformation / FileDispositionInformationEx
@@ -162,7 +172,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<R
                     return Err(NtStatus::CANNOT_DELETE);
                 }
             }
-            server.locks.set_delete_on_close(&f.id, f.key, on);
+            server.locks.set_delete_pending(&f.id, on);
             Ok(ok())
         }
         // FilePositionInformation

@@ -1,0 +1,42 @@
+//! Every byte string a client could send over SMB: the SMB2 header, each command's request
+//! body, SPNEGO/NTLMSSP security blobs, srvsvc DCE/RPC PDUs, and share-relative names and
+//! search patterns. Decoding must return a value or an error, never panic or hang.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use nasgw::smb::auth::{ntlmssp, spnego};
+use nasgw::smb::cmd::{
+    create, ioctl, lock, negotiate, query_directory, query_info, read, session_setup, set_info, tree_connect, write,
+};
+use nasgw::smb::wire::header::{frame_len, Header};
+use nasgw::smb::{fs, srvsvc};
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(h) = data.get(..4) {
+        let _ = frame_len(h.try_into().expect("4 bytes"));
+    }
+    let _ = Header::parse(data);
+    // Request bodies are read at offset 64 of the message; any bytes may sit there.
+    let _ = negotiate::Request::parse(data);
+    let _ = session_setup::Request::parse(data);
+    let _ = tree_connect::parse(data);
+    let _ = create::Request::parse(data);
+    let _ = read::Request::parse(data);
+    let _ = write::Request::parse(data);
+    let _ = ioctl::Request::parse(data);
+    let _ = query_directory::Request::parse(data);
+    let _ = query_info::Request::parse(data);
+    let _ = set_info::Request::parse(data);
+    let _ = lock::parse(data);
+    let _ = spnego::parse_client(data);
+    let _ = ntlmssp::parse_negotiate(data);
+    let _ = ntlmssp::Authenticate::parse(data);
+    let shares = [srvsvc::ShareInfo { name: "pub".into(), share_type: 0, comment: String::new() }];
+    let mut pipe = srvsvc::Pipe::default();
+    let _ = pipe.write(data, &shares);
+    let text = String::from_utf8_lossy(data);
+    let _ = fs::split_name(&text);
+    if let Some((pat, name)) = text.split_once('\0') {
+        let _ = fs::wildcard_match(pat, name);
+    }
+});

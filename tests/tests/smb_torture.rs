@@ -1,0 +1,95 @@
+//! Samba's own conformance tests against nasgw: the smbtorture subtests listed in
+//! `tests/smbtorture/pass-nasgw.txt` must keep passing. Suites run in parallel, one
+//! smbtorture process per suite, against one fresh daemon with the seed's guest share.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use nasgw_tests::{free_port, require_tool, workspace_root, Daemon};
+
+const SUITES: [&str; 11] = [
+    "smb2.connect",
+    "smb2.read",
+    "smb2.rw",
+    "smb2.dir",
+    "smb2.getinfo",
+    "smb2.setinfo",
+    "smb2.lock",
+    "smb2.rename",
+    "smb2.create",
+    "smb2.delete-on-close-perms",
+    "smb2.sharemode",
+];
+
+fn read_list(name: &str) -> BTreeSet<String> {
+    let path = workspace_root().join("tests/smbtorture").join(name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn smbtorture_subtests_that_passed_still_pass() {
+    require_tool("smbtorture");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = format!(
+        "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{{dir}}/data\"\n\n[nfs]\nenabled = false\n\n\
+         [smb]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [[smb.share]]\nname = \"pub\"\nwritable = true\nguest_ok = true\nguest_only = true\nforce_user = \"root\"\n\n\
+         [node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n"
+    );
+    let d = Daemon::start("torture", &dir.path().join("d"), &cfg, None);
+    let start = Instant::now();
+    let children: Vec<_> = SUITES
+        .iter()
+        .map(|suite| {
+            let child = Command::new("timeout")
+                .args([
+                    "300",
+                    "smbtorture",
+                    "//127.0.0.1/pub",
+                    "-U%",
+                    "-p",
+                    &port.to_string(),
+                    "--format=subunit",
+                    suite,
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("run smbtorture");
+            (*suite, child)
+        })
+        .collect();
+    let mut passed = BTreeSet::new();
+    for (suite, child) in children {
+        let out = child.wait_with_output().expect("smbtorture output");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(rest) = line.strip_prefix("success: ") {
+                let name = rest.split(" [").next().unwrap_or(rest).trim();
+                passed.insert(format!("{suite}.{name}"));
+            }
+        }
+    }
+    println!("smbtorture: {} subtests passed in {:?}", passed.len(), start.elapsed());
+    let expected = read_list("pass-nasgw.txt");
+    let smbd = read_list("pass-smbd-4.17.txt");
+    let regressed: Vec<_> = expected.difference(&passed).collect();
+    let new: Vec<_> = passed.difference(&expected).collect();
+    println!(
+        "nasgw passes {} listed subtests; smbd 4.17 passes {} on the same configuration; {} of smbd's are passed by nasgw",
+        expected.len(),
+        smbd.len(),
+        smbd.intersection(&passed).count()
+    );
+    if !new.is_empty() {
+        println!("newly passing (add to tests/smbtorture/pass-nasgw.txt): {new:?}");
+    }
+    assert!(regressed.is_empty(), "smbtorture subtests regressed: {regressed:?}\n--- server log:\n{}", d.logs());
+}
