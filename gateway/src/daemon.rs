@@ -53,28 +53,14 @@ async fn run(loaded: Loaded) -> Result<()> {
     let control = bind_control(&cfg.node.control_socket)?;
     // Services listen before the control socket answers, so "status answers" means "serving".
     let connections = ConnectionTable::new();
-    // The namespace over the GlusterFS backend is not wired yet: the protocols serve local volumes.
-    let namespace = match cfg.volume.backend {
-        BackendKind::Local => Some(open_namespace(&cfg)?),
-        BackendKind::Gluster => None,
-    };
+    let namespace = open_namespace(&cfg, gluster.as_ref())?;
     // The one lock table of the namespace (SMB share modes and byte-range locks; NFS can use it).
     let locks = Arc::new(crate::locks::LockTable::new());
     if cfg.nfs.enabled {
-        match &namespace {
-            Some(ns) => {
-                crate::nfs::start(&cfg, ns.clone(), connections.clone(), &life).await?;
-            }
-            None => tracing::warn!("NFS over the gluster backend is not served yet"),
-        }
+        crate::nfs::start(&cfg, namespace.clone(), connections.clone(), &life).await?;
     }
     if cfg.smb.enabled {
-        match &namespace {
-            Some(ns) => {
-                crate::smb::start(&cfg, ns.clone(), locks.clone(), connections.clone(), life.clone()).await?;
-            }
-            None => tracing::warn!("SMB over the gluster backend is not served yet"),
-        }
+        crate::smb::start(&cfg, namespace.clone(), locks.clone(), connections.clone(), life.clone()).await?;
     }
     let volume_health = gluster.as_ref().map(GlusterService::health);
     let handler: Arc<dyn control::Handler> = Arc::new(StandaloneNode::new(cfg.clone(), volume_health));
@@ -89,10 +75,7 @@ async fn run(loaded: Loaded) -> Result<()> {
     if tokio::time::timeout(DRAIN_TIMEOUT, life.tasks.wait()).await.is_err() {
         tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "some requests did not finish in time");
     }
-    if let Some(Err(e)) = match &namespace {
-        Some(ns) => Some(ns.sync_all().await),
-        None => None,
-    } {
+    if let Err(e) = namespace.sync_all().await {
         tracing::error!(error = %e, "flushing the volume on shutdown failed");
     }
     if let Some(g) = &gluster {
@@ -122,7 +105,10 @@ fn prepare_dirs(cfg: &Config) -> Result<()> {
 }
 
 /// Opens the volume both protocols serve.
-fn open_namespace(cfg: &Config) -> Result<Namespace> {
+fn open_namespace(cfg: &Config, gluster: Option<&GlusterService>) -> Result<Namespace> {
+    if let Some(g) = gluster {
+        return Ok(Namespace::new(g.backend(&cfg.volume.name)));
+    }
     let path = cfg.volume.path.as_ref().context("the local backend needs [volume] path")?;
     let backend = PosixBackend::open(path, PosixOptions::new(&cfg.volume.name))
         .with_context(|| format!("cannot open volume directory {}", path.display()))?;

@@ -323,34 +323,21 @@ impl Volume {
         self.file(fd, false)
     }
 
-    /// Reads a whole directory: every entry with its attributes and GFID object, `.` and `..`
-    /// left out. GlusterFS directory offsets are opaque cookies, returned with each entry.
-    pub fn read_dir(&self, dir: &Object) -> io::Result<Vec<DirEntry>> {
+    /// Opens directory `dir` for listing ([`File::next_entry`], [`File::seek_dir`]).
+    pub fn open_dir(&self, dir: &Object) -> io::Result<File> {
         // SAFETY: live object.
         let fd = unsafe { self.lib().glfs_h_opendir(self.fs(), dir.ptr) };
-        let dirfd = self.file(fd, true)?;
+        self.file(fd, true)
+    }
+
+    /// Reads a whole directory: every entry with its attributes, `.` and `..` left out.
+    pub fn read_dir(&self, dir: &Object) -> io::Result<Vec<DirEntry>> {
+        let d = self.open_dir(dir)?;
         let mut out = Vec::new();
-        loop {
-            let mut st = MaybeUninit::<libc::stat>::zeroed();
-            let mut ent = MaybeUninit::<libc::dirent>::zeroed();
-            let mut res: *mut libc::dirent = std::ptr::null_mut();
-            // SAFETY: fd is an open directory; st/ent are valid buffers; res receives ent or NULL.
-            let rc = unsafe { self.lib().glfs_readdirplus_r(dirfd.fd, st.as_mut_ptr(), ent.as_mut_ptr(), &mut res) };
-            if rc != 0 {
-                // glfs_readdirplus_r returns the error number itself... or -1 with errno set.
-                return Err(if rc > 0 { io::Error::from_raw_os_error(rc) } else { last_err() });
+        while let Some(e) = d.next_entry()? {
+            if e.name != b"." && e.name != b".." {
+                out.push(e);
             }
-            if res.is_null() {
-                break;
-            }
-            // SAFETY: res == ent, filled by libgfapi; d_name is NUL-terminated.
-            let (ent, st) = unsafe { (ent.assume_init(), st.assume_init()) };
-            // SAFETY: d_name is a NUL-terminated array inside ent.
-            let name = unsafe { CStr::from_ptr(ent.d_name.as_ptr()) }.to_bytes().to_vec();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            out.push(DirEntry { name, stat: st, cookie: ent.d_off });
         }
         Ok(out)
     }
@@ -468,6 +455,35 @@ impl File {
     pub fn fsync(&self) -> io::Result<()> {
         // SAFETY: fd open; stats not wanted.
         check(unsafe { self.conn.lib.glfs_fsync(self.fd, std::ptr::null_mut(), std::ptr::null_mut()) })
+    }
+
+    /// The next entry of a directory opened with [`Volume::open_dir`] (with attributes, from
+    /// READDIRP); `None` at the end. `.` and `..` are included.
+    pub fn next_entry(&self) -> io::Result<Option<DirEntry>> {
+        let mut st = MaybeUninit::<libc::stat>::zeroed();
+        let mut ent = MaybeUninit::<libc::dirent>::zeroed();
+        let mut res: *mut libc::dirent = std::ptr::null_mut();
+        // SAFETY: fd is an open directory; st/ent are valid buffers; res receives ent or NULL.
+        let rc = unsafe { self.conn.lib.glfs_readdirplus_r(self.fd, st.as_mut_ptr(), ent.as_mut_ptr(), &mut res) };
+        if rc != 0 {
+            // An error number, or -1 with errno set.
+            return Err(if rc > 0 { io::Error::from_raw_os_error(rc) } else { last_err() });
+        }
+        if res.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: res == ent, filled by libgfapi (both were zeroed, so valid either way).
+        let (ent, st) = unsafe { (ent.assume_init(), st.assume_init()) };
+        // SAFETY: d_name is a NUL-terminated array inside ent.
+        let name = unsafe { CStr::from_ptr(ent.d_name.as_ptr()) }.to_bytes().to_vec();
+        Ok(Some(DirEntry { name, stat: st, cookie: ent.d_off }))
+    }
+
+    /// Continues a listing after the entry whose cookie is `cookie` (GlusterFS offsets are
+    /// stable cookies, valid on every node).
+    pub fn seek_dir(&self, cookie: i64) {
+        // SAFETY: fd is an open directory.
+        unsafe { self.conn.lib.glfs_seekdir(self.fd, cookie) };
     }
 
     /// Tags this fd's locks with `owner` (at most 255 bytes): each client's locks are then its

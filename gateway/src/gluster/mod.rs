@@ -10,7 +10,9 @@
 //! - Either way a [`health::HealthMonitor`] probes the volume with a timeout on its own thread and
 //!   publishes [`health::VolumeHealth`] on a watch ([`GlusterService::health`]).
 
+pub mod fuse_backend;
 pub mod gfapi;
+pub mod gfapi_backend;
 pub mod health;
 pub mod mount;
 
@@ -102,6 +104,15 @@ impl GlusterService {
         match &self.access {
             VolumeAccess::Gfapi(slot) => slot.lock().expect("lock").clone(),
             VolumeAccess::Fuse(_) => None,
+        }
+    }
+
+    /// The backend both protocols serve: the POSIX backend over the managed mount (GFID
+    /// identities, reopened after a remount) or the gfapi backend.
+    pub fn backend(&self, volume_name: &str) -> Arc<dyn crate::vfs::Backend> {
+        match &self.access {
+            VolumeAccess::Fuse(m) => Arc::new(fuse_backend::FuseBackend::new(m.clone(), volume_name)),
+            VolumeAccess::Gfapi(slot) => Arc::new(gfapi_backend::GfapiBackend::new(slot.clone(), volume_name)),
         }
     }
 

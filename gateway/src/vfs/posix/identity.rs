@@ -20,6 +20,10 @@ pub enum IdentityKind {
     /// Inode number + birth time (unprivileged, FUSE mounts such as GlusterFS's, whose inode
     /// numbers derive from the GFID and so agree on every node).
     Inode,
+    /// GlusterFS GFID (a Gluster FUSE mount made with `--aux-gfid-mount`): resolved on any node
+    /// through `.gfid/<uuid>`, never by scanning (see `posix::gfid`). Same bytes as the gfapi
+    /// backend's ids, so handles are interchangeable between FUSE and gfapi nodes.
+    Gfid,
 }
 
 /// A decoded POSIX identity.
@@ -29,10 +33,14 @@ pub enum Identity {
     Kernel { handle_type: i32, bytes: Vec<u8> },
     /// Inode number and birth time (zero when the file system has none).
     Inode { ino: u64, btime: Timestamp },
+    /// GlusterFS GFID.
+    Gfid([u8; 16]),
 }
 
 const KERNEL: u8 = b'K';
 const INODE: u8 = b'I';
+/// Tag of a GFID identity: `G` + 16 bytes (also what the gfapi backend mints).
+pub const GFID: u8 = b'G';
 
 /// Longest kernel handle that fits a [`FileId`].
 pub const MAX_KERNEL_HANDLE: usize = MAX_FILE_ID_LEN - 5;
@@ -56,6 +64,10 @@ impl Identity {
                 b.extend_from_slice(&btime.secs.to_le_bytes());
                 b.extend_from_slice(&btime.nanos.to_le_bytes());
             }
+            Self::Gfid(g) => {
+                b.push(GFID);
+                b.extend_from_slice(g);
+            }
         }
         FileId::new(&b)
     }
@@ -74,6 +86,7 @@ impl Identity {
                     nanos: u32::from_le_bytes(b[17..21].try_into().ok()?),
                 },
             }),
+            GFID if b.len() == 17 => Some(Self::Gfid(b[1..17].try_into().ok()?)),
             _ => None,
         }
     }
@@ -93,5 +106,8 @@ mod tests {
         assert_eq!(Identity::decode(&FileId::new(b"I123").unwrap()), None);
         assert_eq!(Identity::decode(&FileId::new(b"K1234").unwrap()), None);
         assert_eq!(Identity::decode(&FileId::new(b"Zxxxxxxxx").unwrap()), None);
+        let g = Identity::Gfid([9; 16]);
+        assert_eq!(Identity::decode(&g.encode().unwrap()), Some(g));
+        assert_eq!(Identity::decode(&FileId::new(b"G123").unwrap()), None);
     }
 }

@@ -12,6 +12,7 @@
 //!   override knfsd applies). Unprivileged, everything runs as the server's user.
 //! - Identities: see [`identity`].
 
+pub mod gfid;
 pub mod identity;
 pub mod sys;
 
@@ -137,6 +138,7 @@ impl PosixBackend {
                 Identity::Kernel { handle_type, bytes }
             }
             IdentityKind::Inode => Identity::Inode { ino: stx.stx_ino, btime: sys::btime(stx).unwrap_or_default() },
+            IdentityKind::Gfid => Identity::Gfid(gfid::gfid_of(dir, name)?),
         };
         id.encode().ok_or(VfsError::Io(libc::EOVERFLOW))
     }
@@ -216,6 +218,9 @@ impl PosixBackend {
                 Ok(fd)
             }
             (IdentityKind::Inode, Identity::Inode { ino, btime }) => self.resolve_inode(ino, btime),
+            (IdentityKind::Gfid, Identity::Gfid(g)) => {
+                gfid::open(self.root.path_fd.as_fd(), &g, |p| self.open_rel(p, libc::O_PATH | libc::O_NOFOLLOW))
+            }
             _ => Err(VfsError::Stale),
         }
     }

@@ -1,0 +1,194 @@
+//! The backend for `access = "fuse"`: the POSIX backend over nasgw's managed mount, with GFID
+//! identities, reopened whenever the mount is made again.
+//!
+//! - Identities are GFIDs (`IdentityKind::Gfid`): the same bytes on every node and the same
+//!   as the gfapi backend mints, so an NFS handle from any node works on any other.
+//! - After the FUSE client died and was replaced, descriptors of the old mount answer ENOTCONN
+//!   for ever: the POSIX backend is reopened on the new mount (its ids stay valid: they are
+//!   GFIDs, not descriptors).
+//! - While the volume is not mounted, calls wait a little for it and then fail with an I/O
+//!   error; nothing ever reaches the read-only guard underneath.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::mount::{self, ManagedMount, MountState};
+use crate::vfs::posix::identity::{Identity, IdentityKind};
+use crate::vfs::posix::{PosixBackend, PosixOptions};
+use crate::vfs::{
+    Attr, Backend, CreateHow, Credentials, FileId, FsStat, Name, ReadDir, SetAttr, Stability, VfsError, VfsResult,
+    VolumeId,
+};
+
+/// How long a call waits for the volume to be mounted (again) before failing.
+const MOUNT_WAIT: Duration = Duration::from_secs(10);
+
+/// The GFID of every GlusterFS volume's root directory.
+pub const ROOT_GFID: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// The volume id both GlusterFS backends (and the POSIX backend) derive from the volume name, so
+/// every node agrees whatever its access mode.
+pub fn volume_id(name: &str) -> VolumeId {
+    let digest = Sha256::digest(format!("nasgw-posix-volume:{name}").as_bytes());
+    VolumeId(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// The [`FileId`] of a GFID (`G` + 16 bytes), as both GlusterFS backends mint it.
+pub fn gfid_file_id(gfid: &[u8; 16]) -> FileId {
+    Identity::Gfid(*gfid).encode().expect("17 bytes fit a FileId")
+}
+
+/// The POSIX backend over the managed mount, following remounts.
+pub struct FuseBackend {
+    mount: Arc<ManagedMount>,
+    name: String,
+    /// The backend opened on the current mount, with the client PID it was opened for.
+    current: Mutex<Option<(u32, Arc<PosixBackend>)>>,
+}
+
+impl FuseBackend {
+    /// A backend for volume `name` served from `mount` (opened lazily, once mounted).
+    pub fn new(mount: Arc<ManagedMount>, name: &str) -> Self {
+        Self { mount, name: name.to_string(), current: Mutex::new(None) }
+    }
+
+    /// The POSIX backend of the live mount, opening it when the mount is new.
+    fn backend(&self) -> VfsResult<Arc<PosixBackend>> {
+        let start = Instant::now();
+        loop {
+            if let MountState::Mounted { pid } = self.mount.state() {
+                let mut cur = self.current.lock().expect("lock");
+                if let Some((p, b)) = cur.as_ref() {
+                    if *p == pid {
+                        return Ok(b.clone());
+                    }
+                }
+                if mount::top_mount_is_glusterfs(self.mount.path()) {
+                    let mut opts = PosixOptions::new(&self.name);
+                    opts.identity = Some(IdentityKind::Gfid);
+                    let b = Arc::new(PosixBackend::open(self.mount.path(), opts)?);
+                    *cur = Some((pid, b.clone()));
+                    return Ok(b);
+                }
+            }
+            if start.elapsed() > MOUNT_WAIT {
+                return Err(VfsError::Io(libc::ENOTCONN));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Backend for FuseBackend {
+    fn volume_id(&self) -> VolumeId {
+        volume_id(&self.name)
+    }
+
+    fn root(&self) -> FileId {
+        gfid_file_id(&ROOT_GFID)
+    }
+
+    fn getattr(&self, id: &FileId) -> VfsResult<Attr> {
+        self.backend()?.getattr(id)
+    }
+
+    fn setattr(&self, cred: &Credentials, id: &FileId, set: &SetAttr) -> VfsResult<Attr> {
+        self.backend()?.setattr(cred, id, set)
+    }
+
+    fn lookup(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<(FileId, Attr)> {
+        self.backend()?.lookup(cred, dir, name)
+    }
+
+    fn parent(&self, cred: &Credentials, dir: &FileId) -> VfsResult<(FileId, Attr)> {
+        self.backend()?.parent(cred, dir)
+    }
+
+    fn read(&self, cred: &Credentials, id: &FileId, offset: u64, count: u32) -> VfsResult<(Vec<u8>, bool, Attr)> {
+        self.backend()?.read(cred, id, offset, count)
+    }
+
+    fn write(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        data: &[u8],
+        stable: Stability,
+    ) -> VfsResult<(u32, Stability, Attr)> {
+        self.backend()?.write(cred, id, offset, data, stable)
+    }
+
+    fn create(
+        &self,
+        cred: &Credentials,
+        dir: &FileId,
+        name: &Name,
+        mode: u32,
+        how: CreateHow,
+    ) -> VfsResult<(FileId, Attr)> {
+        self.backend()?.create(cred, dir, name, mode, how)
+    }
+
+    fn mkdir(&self, cred: &Credentials, dir: &FileId, name: &Name, mode: u32) -> VfsResult<(FileId, Attr)> {
+        self.backend()?.mkdir(cred, dir, name, mode)
+    }
+
+    fn symlink(&self, cred: &Credentials, dir: &FileId, name: &Name, target: &[u8]) -> VfsResult<(FileId, Attr)> {
+        self.backend()?.symlink(cred, dir, name, target)
+    }
+
+    fn readlink(&self, cred: &Credentials, id: &FileId) -> VfsResult<Vec<u8>> {
+        self.backend()?.readlink(cred, id)
+    }
+
+    fn remove(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<()> {
+        self.backend()?.remove(cred, dir, name)
+    }
+
+    fn rmdir(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<()> {
+        self.backend()?.rmdir(cred, dir, name)
+    }
+
+    fn rename(&self, cred: &Credentials, from_dir: &FileId, from: &Name, to_dir: &FileId, to: &Name) -> VfsResult<()> {
+        self.backend()?.rename(cred, from_dir, from, to_dir, to)
+    }
+
+    fn link(&self, cred: &Credentials, id: &FileId, dir: &FileId, name: &Name) -> VfsResult<Attr> {
+        self.backend()?.link(cred, id, dir, name)
+    }
+
+    fn readdir(
+        &self,
+        cred: &Credentials,
+        dir: &FileId,
+        cookie: u64,
+        max_entries: usize,
+        plus: bool,
+    ) -> VfsResult<ReadDir> {
+        self.backend()?.readdir(cred, dir, cookie, max_entries, plus)
+    }
+
+    fn cookie_verifier(&self, _dir: &FileId) -> u64 {
+        u64::from_le_bytes(volume_id(&self.name).0)
+    }
+
+    fn fsync(&self, id: &FileId) -> VfsResult<()> {
+        self.backend()?.fsync(id)
+    }
+
+    fn statfs(&self, id: &FileId) -> VfsResult<FsStat> {
+        self.backend()?.statfs(id)
+    }
+
+    fn sync_all(&self) -> VfsResult<()> {
+        // Nothing to flush when the volume is not mounted (and never wait for it on shutdown).
+        let cur = self.current.lock().expect("lock").take();
+        match cur {
+            Some((_, b)) if matches!(self.mount.state(), MountState::Mounted { .. }) => b.sync_all(),
+            _ => Ok(()),
+        }
+    }
+}

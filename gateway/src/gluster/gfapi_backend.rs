@@ -1,0 +1,626 @@
+//! The backend for `access = "gfapi"`: the namespace served straight from the bricks through
+//! libgfapi's handle API.
+//!
+//! - A [`FileId`] is `G` + the file's GFID (the same bytes the FUSE backend mints): turning a
+//!   client's handle into an object is `glfs_h_create_from_handle`, one call, no path, on any
+//!   node. A GFID the volume no longer has is `Stale`.
+//! - Each operation runs with the caller's credentials (`glfs_setfsuid`/`setfsgid`/`setfsgroups`,
+//!   per thread in libgfapi) and puts root back before returning, as the trait asks. Data I/O goes
+//!   through one cached descriptor per file, opened as root and checked against the mode bits
+//!   here (the POSIX backend's rule, with the owner override knfsd applies).
+//! - Each cached descriptor can carry a lock owner ([`GfapiBackend::lock`]): the bricks' locks
+//!   translator then keeps each client's byte-range locks apart cluster-wide.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+use super::fuse_backend::{gfid_file_id, volume_id, ROOT_GFID};
+use super::gfapi::{self, File, Object, Volume};
+use crate::vfs::posix::identity::Identity;
+use crate::vfs::{
+    access, Attr, Backend, CreateHow, Credentials, DirEntry, FileId, FileType, FsStat, Name, ReadDir, SetAttr, SetTime,
+    Stability, Timestamp, VfsError, VfsResult, VolumeId,
+};
+
+/// How long a call waits for the first connection to the volume before failing.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs the calling thread's next libgfapi calls as a caller; root again when dropped.
+struct AsCaller;
+
+impl AsCaller {
+    fn switch(cred: &Credentials) -> VfsResult<AsCaller> {
+        gfapi::Credentials { uid: cred.uid, gid: cred.gid, groups: cred.groups.clone() }.apply()?;
+        Ok(AsCaller)
+    }
+}
+
+impl Drop for AsCaller {
+    fn drop(&mut self) {
+        let _ = gfapi::Credentials::root().apply();
+    }
+}
+
+/// A cached object: its GFID handle and, for regular files, the I/O descriptor.
+struct Node {
+    obj: Object,
+    io: Mutex<Option<Arc<File>>>,
+}
+
+/// The namespace over a libgfapi connection.
+pub struct GfapiBackend {
+    slot: Arc<Mutex<Option<Volume>>>,
+    name: String,
+    fsid: u64,
+    nodes: Mutex<LruCache<FileId, Arc<Node>>>,
+}
+
+fn ts(secs: i64, nanos: i64) -> Timestamp {
+    Timestamp { secs, nanos: nanos.clamp(0, 999_999_999) as u32 }
+}
+
+fn gfid_of(id: &FileId) -> VfsResult<[u8; 16]> {
+    match Identity::decode(id) {
+        Some(Identity::Gfid(g)) => Ok(g),
+        _ => Err(VfsError::BadHandle),
+    }
+}
+
+/// ENOENT/ESTALE on an object that was found before: it is gone.
+fn stale(e: std::io::Error) -> VfsError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ESTALE) => VfsError::Stale,
+        _ => VfsError::from(e),
+    }
+}
+
+impl GfapiBackend {
+    /// A backend for volume `name` over the connection the health probe makes (`slot`).
+    pub fn new(slot: Arc<Mutex<Option<Volume>>>, name: &str) -> Self {
+        Self {
+            slot,
+            name: name.to_string(),
+            fsid: u64::from_le_bytes(volume_id(name).0),
+            nodes: Mutex::new(LruCache::new(NonZeroUsize::new(8192).expect("non-zero"))),
+        }
+    }
+
+    fn vol(&self) -> VfsResult<Volume> {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = self.slot.lock().expect("lock").clone() {
+                return Ok(v);
+            }
+            if start.elapsed() > CONNECT_WAIT {
+                return Err(VfsError::Io(libc::ENOTCONN));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn attr(&self, st: &libc::stat) -> Attr {
+        let mode = st.st_mode;
+        Attr {
+            ftype: FileType::from_mode(mode),
+            mode: mode & 0o7777,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: st.st_size as u64,
+            used: st.st_blocks as u64 * 512,
+            rdev: (libc::major(st.st_rdev), libc::minor(st.st_rdev)),
+            fsid: self.fsid,
+            fileid: st.st_ino,
+            atime: ts(st.st_atime, st.st_atime_nsec),
+            mtime: ts(st.st_mtime, st.st_mtime_nsec),
+            ctime: ts(st.st_ctime, st.st_ctime_nsec),
+            btime: None,
+        }
+    }
+
+    /// The cached object of `id`, or the object made from its GFID (no lookup by path).
+    fn node(&self, vol: &Volume, id: &FileId) -> VfsResult<Arc<Node>> {
+        if let Some(n) = self.nodes.lock().expect("lock").get(id) {
+            return Ok(n.clone());
+        }
+        let g = gfid_of(id)?;
+        let (obj, _) = vol.object_from_gfid(&g).map_err(stale)?;
+        Ok(self.insert(*id, obj))
+    }
+
+    fn insert(&self, id: FileId, obj: Object) -> Arc<Node> {
+        let mut nodes = self.nodes.lock().expect("lock");
+        if let Some(n) = nodes.get(&id) {
+            return n.clone();
+        }
+        let n = Arc::new(Node { obj, io: Mutex::new(None) });
+        nodes.put(id, n.clone());
+        n
+    }
+
+    fn evict(&self, id: &FileId) {
+        self.nodes.lock().expect("lock").pop(id);
+    }
+
+    /// Live attributes; a deleted object is `Stale` and leaves the cache.
+    fn live_stat(&self, vol: &Volume, id: &FileId, node: &Node) -> VfsResult<libc::stat> {
+        match vol.stat(&node.obj) {
+            Ok(st) if st.st_nlink > 0 || gfid_of(id)? == ROOT_GFID => Ok(st),
+            Ok(_) => {
+                self.evict(id);
+                Err(VfsError::Stale)
+            }
+            Err(e) => {
+                self.evict(id);
+                Err(stale(e))
+            }
+        }
+    }
+
+    fn dir_node(&self, vol: &Volume, id: &FileId) -> VfsResult<Arc<Node>> {
+        let n = self.node(vol, id)?;
+        let st = self.live_stat(vol, id, &n)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(VfsError::NotDir);
+        }
+        Ok(n)
+    }
+
+    /// `obj` found as `dir/name`: its id, cached, with attributes.
+    fn found(&self, obj: Object, st: &libc::stat) -> VfsResult<(FileId, Attr)> {
+        let id = gfid_file_id(&obj.gfid()?);
+        self.insert(id, obj);
+        Ok((id, self.attr(st)))
+    }
+
+    fn lookup_obj(&self, vol: &Volume, cred: &Credentials, dir: &Node, name: &[u8]) -> VfsResult<(Object, libc::stat)> {
+        let _as = AsCaller::switch(cred)?;
+        Ok(vol.lookup(&dir.obj, std::ffi::OsStr::from_bytes(name))?)
+    }
+
+    /// The I/O descriptor of a regular file, opened as root on first use.
+    fn io(&self, vol: &Volume, node: &Node) -> VfsResult<Arc<File>> {
+        let mut io = node.io.lock().expect("lock");
+        if let Some(f) = io.as_ref() {
+            return Ok(f.clone());
+        }
+        let f = match vol.open(&node.obj, libc::O_RDWR) {
+            Ok(f) => f,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)) => {
+                vol.open(&node.obj, libc::O_RDONLY)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let f = Arc::new(f);
+        *io = Some(f.clone());
+        Ok(f)
+    }
+
+    fn regular(&self, vol: &Volume, id: &FileId) -> VfsResult<(Arc<Node>, Attr)> {
+        let node = self.node(vol, id)?;
+        let st = self.live_stat(vol, id, &node)?;
+        match FileType::from_mode(st.st_mode) {
+            FileType::Regular => Ok((node, self.attr(&st))),
+            FileType::Directory => Err(VfsError::IsDir),
+            _ => Err(VfsError::Invalid),
+        }
+    }
+
+    fn apply_setattr(&self, vol: &Volume, node: &Node, set: &SetAttr) -> VfsResult<()> {
+        if let Some(size) = set.size {
+            vol.truncate(&node.obj, size)?;
+        }
+        // SAFETY: stat is plain data.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let mut valid = 0;
+        if let Some(m) = set.mode {
+            st.st_mode = m & 0o7777;
+            valid |= gfapi::GFAPI_SET_ATTR_MODE;
+        }
+        if let Some(u) = set.uid {
+            st.st_uid = u;
+            valid |= gfapi::GFAPI_SET_ATTR_UID;
+        }
+        if let Some(g) = set.gid {
+            st.st_gid = g;
+            valid |= gfapi::GFAPI_SET_ATTR_GID;
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let pick = |t: SetTime| match t {
+            SetTime::DontChange => None,
+            SetTime::ServerNow => Some((now.as_secs() as i64, i64::from(now.subsec_nanos()))),
+            SetTime::Client(t) => Some((t.secs, i64::from(t.nanos))),
+        };
+        if let Some((s, n)) = pick(set.atime) {
+            st.st_atime = s;
+            st.st_atime_nsec = n;
+            valid |= gfapi::GFAPI_SET_ATTR_ATIME;
+        }
+        if let Some((s, n)) = pick(set.mtime) {
+            st.st_mtime = s;
+            st.st_mtime_nsec = n;
+            valid |= gfapi::GFAPI_SET_ATTR_MTIME;
+        }
+        if valid != 0 {
+            vol.setattr(&node.obj, &st, valid)?;
+        }
+        Ok(())
+    }
+
+    /// A POSIX byte-range lock call on `id` for lock owner `owner` (`F_SETLK`, `F_SETLKW`,
+    /// `F_GETLK`), enforced by the bricks for every node: the base of the cluster-wide lock
+    /// table and of the recovery lock over gfapi. Each owner gets its own descriptor.
+    pub fn lock(&self, id: &FileId, owner: &[u8], cmd: i32, lock: &mut libc::flock) -> VfsResult<Arc<File>> {
+        let vol = self.vol()?;
+        let (node, _) = self.regular(&vol, id)?;
+        let f = Arc::new(vol.open(&node.obj, libc::O_RDWR)?);
+        f.set_lock_owner(owner)?;
+        f.posix_lock(cmd, lock)?;
+        Ok(f)
+    }
+}
+
+use std::os::unix::ffi::OsStrExt;
+
+impl Backend for GfapiBackend {
+    fn volume_id(&self) -> VolumeId {
+        volume_id(&self.name)
+    }
+
+    fn root(&self) -> FileId {
+        gfid_file_id(&ROOT_GFID)
+    }
+
+    fn getattr(&self, id: &FileId) -> VfsResult<Attr> {
+        let vol = self.vol()?;
+        let node = self.node(&vol, id)?;
+        Ok(self.attr(&self.live_stat(&vol, id, &node)?))
+    }
+
+    fn setattr(&self, cred: &Credentials, id: &FileId, set: &SetAttr) -> VfsResult<Attr> {
+        let vol = self.vol()?;
+        let node = self.node(&vol, id)?;
+        self.live_stat(&vol, id, &node)?;
+        {
+            let _as = AsCaller::switch(cred)?;
+            self.apply_setattr(&vol, &node, set)?;
+        }
+        Ok(self.attr(&self.live_stat(&vol, id, &node)?))
+    }
+
+    fn lookup(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<(FileId, Attr)> {
+        let vol = self.vol()?;
+        let d = self.dir_node(&vol, dir)?;
+        let (obj, st) = self.lookup_obj(&vol, cred, &d, name.as_bytes())?;
+        self.found(obj, &st)
+    }
+
+    fn parent(&self, cred: &Credentials, dir: &FileId) -> VfsResult<(FileId, Attr)> {
+        let vol = self.vol()?;
+        let d = self.dir_node(&vol, dir)?;
+        if gfid_of(dir)? == ROOT_GFID {
+            return Ok((*dir, self.attr(&vol.stat(&d.obj)?)));
+        }
+        let (obj, st) = self.lookup_obj(&vol, cred, &d, b"..")?;
+        self.found(obj, &st)
+    }
+
+    fn read(&self, cred: &Credentials, id: &FileId, offset: u64, count: u32) -> VfsResult<(Vec<u8>, bool, Attr)> {
+        let vol = self.vol()?;
+        let (node, attr) = self.regular(&vol, id)?;
+        if cred.uid != attr.uid && access::granted(&attr, cred, access::READ) == 0 {
+            return Err(VfsError::Access);
+        }
+        let f = self.io(&vol, &node)?;
+        let want = (count as u64).min(attr.size.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; want];
+        let mut n = 0;
+        while n < want {
+            let got = f.read_at(&mut buf[n..], offset + n as u64)?;
+            if got == 0 {
+                break;
+            }
+            n += got;
+        }
+        buf.truncate(n);
+        let eof = offset + n as u64 >= attr.size;
+        Ok((buf, eof, attr))
+    }
+
+    fn write(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        data: &[u8],
+        stable: Stability,
+    ) -> VfsResult<(u32, Stability, Attr)> {
+        let vol = self.vol()?;
+        let (node, attr) = self.regular(&vol, id)?;
+        if cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
+            return Err(VfsError::Access);
+        }
+        offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
+        let f = self.io(&vol, &node)?;
+        f.write_all_at(data, offset)?;
+        if stable != Stability::Unstable {
+            f.fsync()?;
+        }
+        let after = self.attr(&vol.stat(&node.obj)?);
+        Ok((data.len() as u32, stable, after))
+    }
+
+    fn create(
+        &self,
+        cred: &Credentials,
+        dir: &FileId,
+        name: &Name,
+        mode: u32,
+        how: CreateHow,
+    ) -> VfsResult<(FileId, Attr)> {
+        let vol = self.vol()?;
+        let d = self.dir_node(&vol, dir)?;
+        let mode = mode & 0o7777;
+        let os = std::ffi::OsStr::from_bytes(name.as_bytes());
+        let made = {
+            let _as = AsCaller::switch(cred)?;
+            match vol.create(&d.obj, os, libc::O_RDWR | libc::O_EXCL, mode) {
+                Ok((obj, st)) => {
+                    if st.st_mode & 0o7777 != mode {
+                        // libgfapi applied a umask: the protocol asked for exactly `mode`.
+                        let mut s = st;
+                        s.st_mode = mode;
+                        vol.setattr(&obj, &s, gfapi::GFAPI_SET_ATTR_MODE)?;
+                    }
+                    Some(obj)
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => None,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let created = made.is_some();
+        let (id, attr) = match made {
+            Some(obj) => {
+                let st = vol.stat(&obj)?;
+                self.found(obj, &st)?
+            }
+            None => {
+                let (obj, st) = self.lookup_obj(&vol, cred, &d, name.as_bytes())?;
+                self.found(obj, &st)?
+            }
+        };
+        match how {
+            CreateHow::Guarded(_) if !created => Err(VfsError::Exists),
+            CreateHow::Unchecked(_) | CreateHow::Guarded(_) if attr.ftype != FileType::Regular => Err(VfsError::Exists),
+            CreateHow::Unchecked(set) | CreateHow::Guarded(set) => {
+                if set.is_empty() {
+                    Ok((id, attr))
+                } else {
+                    self.setattr(cred, &id, &set).map(|a| (id, a))
+                }
+            }
+            CreateHow::Exclusive(v) => {
+                let at = Timestamp { secs: i64::from(u32::from_be_bytes(v[0..4].try_into().expect("4"))), nanos: 0 };
+                let mt = Timestamp { secs: i64::from(u32::from_be_bytes(v[4..8].try_into().expect("4"))), nanos: 0 };
+                if created {
+                    let set = SetAttr { atime: SetTime::Client(at), mtime: SetTime::Client(mt), ..SetAttr::default() };
+                    self.setattr(cred, &id, &set).map(|a| (id, a))
+                } else if attr.ftype == FileType::Regular && attr.atime == at && attr.mtime == mt {
+                    Ok((id, attr))
+                } else {
+                    Err(VfsError::Exists)
+                }
+            }
+        }
+    }
+
+    fn mkdir(&self, cred: &Credentials, dir: &FileId, name: &Name, mode: u32) -> VfsResult<(FileId, Attr)> {
+        let vol = self.vol()?;
+        let d = self.dir_node(&vol, dir)?;
+        let mode = mode & 0o7777;
+        let (obj, mut st) = {
+            let _as = AsCaller::switch(cred)?;
+            vol.mkdir(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), mode)?
+        };
+        if st.st_mode & 0o7777 != mode {
+            let mut s = st;
+            s.st_mode = mode;
+            vol.setattr(&obj, &s, gfapi::GFAPI_SET_ATTR_MODE)?;
+            st = vol.stat(&obj)?;
+        }
+        self.found(obj, &st)
+    }
+
+    fn symlink(&self, cred: &Credentials, dir: &FileId, name: &Name, target: &[u8]) -> VfsResult<(FileId, Attr)> {
+        if target.is_empty() || target.contains(&0) {
+            return Err(VfsError::Invalid);
+        }
+        let vol = self.vol()?;
+        let d = self.dir_node(&vol, dir)?;
+        let (obj, st) = {
+            let _as = AsCaller::switch(cred)?;
+            vol.symlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), std::ffi::OsStr::from_bytes(target))?
+        };
+        self.found(obj, &st)
+    }
+
+    fn readlink(&self, _cred: &Credentials, id: &FileId) -> VfsResult<Vec<u8>> {
+        let vol = self.vol()?;
+        let node = self.node(&vol, id)?;
+        let st = self.live_stat(&vol, id, &node)?;
+        if FileType::from_mode(st.st_mode) != FileType::Symlink {
+            return Err(VfsError::Invalid);
+        }
+        Ok(vol.readlink(&node.obj)?)
+    }
+
+    fn remove(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<()> {
+        let vol = self.vol()?;
+        let d = self.dir_node(&vol, dir)?;
+        let (obj, st) = self.lookup_obj(&vol, cred, &d, name.as_bytes())?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return Err(VfsError::IsDir);
+        }
+        let victim = obj.gfid().ok().map(|g| gfid_file_id(&g));
+        {
+            let _as = AsCaller::switch(cred)?;
+            vol.unlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))?;
+        }
+        if let Some(v) = victim {
+            if st.st_nlink <= 1 {
+                self.evict(&v);
+            }
+        }
+        Ok(())
+    }
+
+    fn rmdir(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<()> {
+        let vol = self.vol()?;
+        let d = self.dir_node(&vol, dir)?;
+        let (obj, st) = self.lookup_obj(&vol, cred, &d, name.as_bytes())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(VfsError::NotDir);
+        }
+        let victim = obj.gfid().ok().map(|g| gfid_file_id(&g));
+        {
+            let _as = AsCaller::switch(cred)?;
+            vol.unlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))?;
+        }
+        if let Some(v) = victim {
+            self.evict(&v);
+        }
+        Ok(())
+    }
+
+    fn rename(&self, cred: &Credentials, from_dir: &FileId, from: &Name, to_dir: &FileId, to: &Name) -> VfsResult<()> {
+        let vol = self.vol()?;
+        let fd = self.dir_node(&vol, from_dir)?;
+        let td = self.dir_node(&vol, to_dir)?;
+        let victim = self.lookup_obj(&vol, cred, &td, to.as_bytes()).ok().and_then(|(o, _)| o.gfid().ok());
+        {
+            let _as = AsCaller::switch(cred)?;
+            vol.rename(
+                &fd.obj,
+                std::ffi::OsStr::from_bytes(from.as_bytes()),
+                &td.obj,
+                std::ffi::OsStr::from_bytes(to.as_bytes()),
+            )?;
+        }
+        if let Some(v) = victim {
+            self.evict(&gfid_file_id(&v));
+        }
+        Ok(())
+    }
+
+    fn link(&self, cred: &Credentials, id: &FileId, dir: &FileId, name: &Name) -> VfsResult<Attr> {
+        let vol = self.vol()?;
+        let node = self.node(&vol, id)?;
+        let st = self.live_stat(&vol, id, &node)?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            return Err(VfsError::IsDir);
+        }
+        let d = self.dir_node(&vol, dir)?;
+        {
+            let _as = AsCaller::switch(cred)?;
+            vol.link(&node.obj, &d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))?;
+        }
+        Ok(self.attr(&vol.stat(&node.obj)?))
+    }
+
+    fn readdir(
+        &self,
+        cred: &Credentials,
+        dir: &FileId,
+        cookie: u64,
+        max_entries: usize,
+        plus: bool,
+    ) -> VfsResult<ReadDir> {
+        let vol = self.vol()?;
+        let d = self.dir_node(&vol, dir)?;
+        let listing = {
+            let _as = AsCaller::switch(cred)?;
+            vol.open_dir(&d.obj)?
+        };
+        if cookie != 0 {
+            listing.seek_dir(cookie as i64);
+        }
+        let mut entries = Vec::new();
+        loop {
+            let next = {
+                let _as = AsCaller::switch(cred)?;
+                listing.next_entry()?
+            };
+            let Some(e) = next else { return Ok(ReadDir { entries, eof: true }) };
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            if entries.len() >= max_entries {
+                return Ok(ReadDir { entries, eof: false });
+            }
+            let plus = if plus {
+                // READDIRP filled the volume's inode table: this lookup is answered locally.
+                match self.lookup_obj(&vol, cred, &d, &e.name) {
+                    Ok((obj, st)) => Some(self.found(obj, &st)?),
+                    Err(_) => continue, // removed meanwhile
+                }
+            } else {
+                None
+            };
+            entries.push(DirEntry { name: e.name, cookie: e.cookie as u64, fileid: e.stat.st_ino, plus });
+        }
+    }
+
+    fn cookie_verifier(&self, _dir: &FileId) -> u64 {
+        // GlusterFS directory offsets are stable cookies on every node.
+        self.fsid
+    }
+
+    fn fsync(&self, id: &FileId) -> VfsResult<()> {
+        let vol = self.vol()?;
+        let node = self.node(&vol, id)?;
+        let st = self.live_stat(&vol, id, &node)?;
+        if FileType::from_mode(st.st_mode) == FileType::Regular {
+            self.io(&vol, &node)?.fsync()?;
+        }
+        Ok(())
+    }
+
+    fn statfs(&self, id: &FileId) -> VfsResult<FsStat> {
+        let vol = self.vol()?;
+        let node = self.node(&vol, id)?;
+        let st = vol.statfs(&node.obj)?;
+        let bs = st.f_bsize;
+        Ok(FsStat {
+            total_bytes: st.f_blocks * bs,
+            free_bytes: st.f_bfree * bs,
+            avail_bytes: st.f_bavail * bs,
+            total_files: st.f_files,
+            free_files: st.f_ffree,
+            avail_files: st.f_favail,
+            block_size: bs as u32,
+            name_max: st.f_namemax as u32,
+        })
+    }
+
+    fn sync_all(&self) -> VfsResult<()> {
+        let nodes: Vec<Arc<Node>> = {
+            let mut cache = self.nodes.lock().expect("lock");
+            let all = cache.iter().map(|(_, n)| n.clone()).collect();
+            cache.clear();
+            all
+        };
+        let mut first_err = None;
+        for n in nodes {
+            let io = n.io.lock().expect("lock").take();
+            if let Some(f) = io {
+                if let Err(e) = f.fsync() {
+                    first_err.get_or_insert(VfsError::from(e));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
