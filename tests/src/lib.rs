@@ -4,6 +4,7 @@
 //!
 //! Nothing here fakes a part: daemons are the real binary, namespaces are real kernel ones.
 
+pub mod anchors;
 pub mod gluster;
 pub mod netns;
 pub mod process;

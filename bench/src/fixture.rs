@@ -1,0 +1,187 @@
+//! The data every workload starts from, made once per run before any server starts, so every
+//! server sees the same files on the same disk.
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+
+/// How much each workload moves. `full` is what the README reports; `quick` checks the plumbing.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    /// Bytes of each bulk write and read.
+    pub bulk_bytes: u64,
+    /// Number of small files created in one session/connection.
+    pub small_files: usize,
+    /// Size of each small file.
+    pub small_size: usize,
+    /// Entries of the directory that is listed and statted.
+    pub list_entries: usize,
+    /// Files in each tree removed by `deltree`.
+    pub deltree_files: usize,
+    /// Rounds per workload (the table shows the median).
+    pub rounds: usize,
+}
+
+impl Sizes {
+    /// The sizes the issues ask for.
+    pub fn full() -> Sizes {
+        Sizes {
+            bulk_bytes: 1 << 30,
+            small_files: 2000,
+            small_size: 4096,
+            list_entries: 10_000,
+            deltree_files: 2000,
+            rounds: 5,
+        }
+    }
+
+    /// Small sizes that finish in seconds.
+    pub fn quick() -> Sizes {
+        Sizes {
+            bulk_bytes: 32 << 20,
+            small_files: 200,
+            small_size: 4096,
+            list_entries: 1000,
+            deltree_files: 200,
+            rounds: 1,
+        }
+    }
+
+    /// "1 GiB", "32 MiB": the bulk size for row names.
+    pub fn bulk_label(&self) -> String {
+        if self.bulk_bytes >= 1 << 30 && self.bulk_bytes % (1 << 30) == 0 {
+            format!("{} GiB", self.bulk_bytes >> 30)
+        } else {
+            format!("{} MiB", self.bulk_bytes >> 20)
+        }
+    }
+
+    /// "10k", "1000": a count for row names.
+    pub fn count_label(n: usize) -> String {
+        if n >= 1000 && n % 1000 == 0 {
+            format!("{}k", n / 1000)
+        } else {
+            n.to_string()
+        }
+    }
+}
+
+/// The bench's directories: `data/` is what every server serves; `src/` holds local sources.
+pub struct Fixture {
+    /// The served directory (every server of a group serves this same directory).
+    pub data: PathBuf,
+    /// A local file of `bulk_bytes` that uploads read from.
+    pub big_source: PathBuf,
+    /// A local directory of `small_files` files of `small_size` bytes each.
+    pub small_source: PathBuf,
+    /// The name (inside `data`) of the file downloads read.
+    pub read_name: &'static str,
+    /// The name (inside `data`) of the directory of `list_entries` files that is listed and statted.
+    pub list_name: &'static str,
+    /// The sizes in force.
+    pub sizes: Sizes,
+}
+
+impl Fixture {
+    /// Creates everything under `root` (which must be empty or new), served data in `root/data`.
+    pub fn create(root: &Path, sizes: Sizes) -> Result<Fixture> {
+        Fixture::create_serving(root, &root.join("data"), sizes)
+    }
+
+    /// Creates the local sources under `root` and the served files in `data` (e.g. the root of
+    /// a GlusterFS FUSE mount).
+    pub fn create_serving(root: &Path, data: &Path, sizes: Sizes) -> Result<Fixture> {
+        let data = data.to_path_buf();
+        let src = root.join("src");
+        fs::create_dir_all(&data)?;
+        fs::create_dir_all(&src)?;
+        // Servers act as the client's uid (NFS AUTH_UNIX 1000) on paths below this root.
+        for d in [root, &data] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o777)).context("chmod")?;
+        }
+        let fx = Fixture {
+            data,
+            big_source: src.join("big"),
+            small_source: src.join("small"),
+            read_name: "read-big",
+            list_name: "list",
+            sizes,
+        };
+        write_pattern(&fx.big_source, sizes.bulk_bytes, 1)?;
+        write_pattern(&fx.data.join(fx.read_name), sizes.bulk_bytes, 2)?;
+        fs::create_dir_all(&fx.small_source)?;
+        let block = pattern_block(sizes.small_size, 3);
+        for i in 0..sizes.small_files {
+            fs::write(fx.small_source.join(format!("s{i:05}")), &block)?;
+        }
+        let list = fx.data.join(fx.list_name);
+        fs::create_dir_all(&list)?;
+        for i in 0..sizes.list_entries {
+            fs::write(list.join(list_entry(i)), b"")?;
+        }
+        sync();
+        Ok(fx)
+    }
+
+    /// Creates `data/name` holding `deltree_files` small files, for one deltree run.
+    pub fn make_tree(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.data.join(name);
+        fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777))?;
+        let block = pattern_block(self.sizes.small_size, 4);
+        for i in 0..self.sizes.deltree_files {
+            fs::write(dir.join(format!("d{i:05}")), &block)?;
+        }
+        Ok(dir)
+    }
+
+    /// Removes `data/name` (file or tree) after a round, so the disk does not fill up.
+    pub fn remove(&self, name: &str) {
+        let p = self.data.join(name);
+        let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+    }
+}
+
+/// The name of entry `i` of the listed directory.
+pub fn list_entry(i: usize) -> String {
+    format!("f{i:06}")
+}
+
+/// Flushes dirty pages so a workload does not pay for the previous one's writeback.
+pub fn sync() {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+}
+
+fn pattern_block(len: usize, seed: u64) -> Vec<u8> {
+    // xorshift64: incompressible enough, deterministic, no dependency.
+    let mut x = 0x9E37_79B9_7F4A_7C15_u64 ^ seed;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn write_pattern(path: &Path, bytes: u64, seed: u64) -> Result<()> {
+    let mut block = pattern_block(1 << 20, seed);
+    let mut f = fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut left = bytes;
+    let mut i = 0u8;
+    while left > 0 {
+        block[0] = i;
+        i = i.wrapping_add(1);
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! `bench`: the same workloads against nasgw and the servers it replaces (Samba's smbd,
+//! NFS-Ganesha, a raw GlusterFS mount), with real clients, interleaved in one run, printed as
+//! markdown tables with the ratio nasgw/anchor per row. See README's "Benchmark" section.
+//!
+//! Everything runs in a private network namespace (servers and clients meet on its own
+//! loopback; Ganesha's rpcbind gets port 111 there), so a run never disturbs other daemons on
+//! the machine. Needs root.
+
+mod fixture;
+mod gluster;
+mod machine;
+mod measure;
+mod nasgw;
+mod nfs;
+mod nfs_client;
+mod smb;
+mod table;
+mod target;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, ValueEnum};
+
+use crate::fixture::{Fixture, Sizes};
+
+/// The workload groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Only {
+    /// NFSv3: nasgw vs NFS-Ganesha (FSAL_VFS).
+    Nfs,
+    /// SMB3: nasgw vs Samba smbd.
+    Smb,
+    /// GlusterFS: raw FUSE mount, nasgw (FUSE, gfapi), Samba on FUSE, Ganesha FSAL_GLUSTER.
+    Gluster,
+}
+
+/// Benchmarks nasgw against its anchors with real clients and prints markdown tables.
+#[derive(Parser, Debug)]
+#[command(name = "bench")]
+struct Args {
+    /// Small sizes (32 MiB bulk, 200 files, 1000 entries, one round): checks the plumbing.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these groups (repeat or comma-separate); default: nfs and smb.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Only>,
+    /// Rounds per workload (the median is reported); default 5, or 1 with --quick.
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Work directory for served data (must be on the disk under test); default: a new
+    /// directory under /var/tmp, removed afterwards.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Where results are saved (one markdown file per run).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    out: PathBuf,
+    /// The nasgw binary; default: $NASGW_BIN, else `nasgw` next to this binary, else built.
+    #[arg(long)]
+    nasgw: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("bench needs root (private network namespace, rpcbind for Ganesha)");
+    }
+    select_nasgw_binary(args.nasgw.clone());
+    // Before any thread or child exists: everything started from here on inherits it.
+    nasgw_tests::anchors::isolate_network().context("private network namespace")?;
+
+    let mut sizes = if args.quick { Sizes::quick() } else { Sizes::full() };
+    if let Some(r) = args.rounds {
+        sizes.rounds = r.max(1);
+    }
+    let only = if args.only.is_empty() { vec![Only::Nfs, Only::Smb] } else { args.only.clone() };
+
+    let (_keep, work) = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            (None, d.clone())
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("nasgw-bench-").tempdir_in("/var/tmp")?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+
+    let mut groups = Vec::new();
+    if only.contains(&Only::Nfs) || only.contains(&Only::Smb) {
+        eprintln!("bench: preparing data under {}", work.display());
+        let fx = Fixture::create(&work, sizes)?;
+        let server = nasgw::start(&work.join("nasgw"), &nasgw::local_volume(&fx.data));
+        if only.contains(&Only::Nfs) {
+            groups.push(nfs::run(&fx, &work, &rt, &server.nfs));
+        }
+        if only.contains(&Only::Smb) {
+            groups.push(smb::run(&fx, &work, &server.smb));
+        }
+        if let Some(d) = server.daemon {
+            d.stop();
+        }
+    }
+    if only.contains(&Only::Gluster) {
+        groups.extend(gluster::run(&work, sizes, &rt)?);
+    }
+
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut report = format!("{}\nCommand: `{command}`\n", machine::describe(&work, sizes));
+    for g in &groups {
+        report.push('\n');
+        report.push_str(&g.markdown());
+    }
+    println!("{report}");
+    std::fs::create_dir_all(&args.out)?;
+    let file = args.out.join(format!("{}-{}.md", machine::stamp(), if args.quick { "quick" } else { "full" }));
+    std::fs::write(&file, &report)?;
+    eprintln!("bench: saved {}", file.display());
+    Ok(())
+}
+
+/// Points the harness at the nasgw binary to run (it reads `NASGW_BIN`).
+fn select_nasgw_binary(explicit: Option<PathBuf>) {
+    let chosen = explicit.or_else(|| std::env::var_os("NASGW_BIN").map(PathBuf::from)).or_else(|| {
+        let sibling = std::env::current_exe().ok()?.parent()?.join("nasgw");
+        sibling.is_file().then_some(sibling)
+    });
+    if let Some(p) = chosen {
+        // Called before any other thread exists.
+        std::env::set_var("NASGW_BIN", p);
+    }
+}

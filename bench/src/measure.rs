@@ -1,0 +1,79 @@
+//! Timing and the interleaving of servers: every workload runs against every server of its
+//! group in each round (A, B, then B, A next round...), so drift of the machine hits all alike.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::fixture;
+use crate::table::{Group, Unit};
+
+/// A workload's outcome in one round: how much was done (bytes or items) and how long it took.
+pub struct Done {
+    /// Bytes moved (MB/s rows) or items handled (files/entries rows).
+    pub amount: u64,
+    /// Wall time of the measured part.
+    pub elapsed: Duration,
+}
+
+impl Done {
+    /// The figure in `unit`.
+    pub fn rate(&self, unit: Unit) -> f64 {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        match unit {
+            Unit::Megabytes => self.amount as f64 / 1e6 / secs,
+            Unit::Files | Unit::Entries => self.amount as f64 / secs,
+        }
+    }
+}
+
+/// One row: what to run against server `i` in round `r`.
+pub type Workload<'a> = Box<dyn FnMut(usize, usize) -> Result<Done> + 'a>;
+
+/// Runs `workload` for every round, interleaving the servers, and records each figure.
+/// `available[i]` is `Err(reason)` for a server that cannot run this row at all.
+pub fn run_row(
+    group: &mut Group,
+    name: &str,
+    unit: Unit,
+    rounds: usize,
+    available: &[Result<(), String>],
+    mut workload: Workload<'_>,
+) {
+    let row = group.add_row(name, unit);
+    let n = group.servers.len();
+    for r in 0..rounds {
+        let order: Vec<usize> = if r % 2 == 0 { (0..n).collect() } else { (0..n).rev().collect() };
+        for i in order {
+            let outcome = match &available[i] {
+                Err(why) => Err(why.clone()),
+                Ok(()) => {
+                    fixture::sync();
+                    workload(i, r).map(|d| d.rate(unit)).map_err(|e| format!("{e:#}"))
+                }
+            };
+            match &outcome {
+                Ok(v) => eprintln!("bench: {name} [{}] round {}: {v:.1} {}", group.servers[i], r + 1, unit.label()),
+                Err(e) => eprintln!("bench: {name} [{}] round {}: FAILED: {e}", group.servers[i], r + 1),
+            }
+            group.rows[row].cells[i].record(outcome);
+        }
+    }
+}
+
+/// Runs a client command to completion, timing it; fails with its output when it fails or
+/// prints an NT_STATUS error (smbclient exits 0 after some failed commands).
+pub fn timed(cmd: &mut Command) -> Result<(Duration, Output)> {
+    cmd.stdin(Stdio::null());
+    let start = Instant::now();
+    let out = cmd.output()?;
+    let elapsed = start.elapsed();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() || text.contains("NT_STATUS_") {
+        let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = tail[tail.len().saturating_sub(3)..].join(" / ");
+        bail!("{} failed ({}): {tail}", cmd.get_program().to_string_lossy(), out.status);
+    }
+    Ok((elapsed, out))
+}

@@ -1,0 +1,100 @@
+//! nasgw as the bench runs it: the real binary through the test harness's `Daemon`, serving
+//! the bench's directory over NFS and SMB on private loopback ports.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nasgw_tests::{free_port, Daemon};
+
+use crate::nfs_client::NfsEndpoint;
+
+/// A running nasgw and what it serves; a protocol it does not serve carries the reason.
+pub struct Nasgw {
+    /// The daemon (stopped by PID on drop).
+    pub daemon: Option<Daemon>,
+    /// Its NFS endpoint, or why there is none.
+    pub nfs: Result<NfsEndpoint, String>,
+    /// Its SMB port, or why there is none.
+    pub smb: Result<u16, String>,
+}
+
+/// The `[volume]` table for a local directory.
+pub fn local_volume(path: &Path) -> String {
+    format!("[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{}\"\n", path.display())
+}
+
+fn listens(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts nasgw under `dir` with `volume` (a `[volume]` table) and the seed's guest share
+/// `[pub]`; never panics: a nasgw that fails to start yields reasons instead of endpoints.
+pub fn start(dir: &Path, volume: &str) -> Nasgw {
+    let (nfs_port, smb_port) = (free_port(), free_port());
+    let config = format!(
+        "{volume}\n[nfs]\nlisten = \"127.0.0.1:{nfs_port}\"\n\n[smb]\nlisten = \"127.0.0.1:{smb_port}\"\n\n\
+         [[smb.share]]\nname = \"pub\"\nwritable = true\nguest_ok = true\nguest_only = true\nforce_user = \"root\"\n\n\
+         [node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n"
+    );
+    let started = quietly(|| Daemon::start("nasgw", dir, &config, None));
+    let daemon = match started {
+        Ok(d) => d,
+        Err(e) => {
+            let why = format!("nasgw did not start: {}", last_error_line(&e));
+            return Nasgw { daemon: None, nfs: Err(why.clone()), smb: Err(why) };
+        }
+    };
+    let nfs = if listens(nfs_port, Duration::from_secs(5)) {
+        Ok(NfsEndpoint { export: "/smb".into(), nfs_port, mount_port: nfs_port })
+    } else {
+        Err(not_served(&daemon, "NFS"))
+    };
+    let smb = if listens(smb_port, Duration::from_secs(1)) { Ok(smb_port) } else { Err(not_served(&daemon, "SMB")) };
+    Nasgw { daemon: Some(daemon), nfs, smb }
+}
+
+/// Runs `f`, turning a panic (the harness's way to report a failed start) into its message,
+/// without printing a backtrace into the bench's output.
+pub fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into())
+    })
+}
+
+/// The most telling line of a start-up failure: the daemon's last `error:` line, else the first.
+pub fn last_error_line(msg: &str) -> String {
+    msg.lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("error:"))
+        .or_else(|| msg.lines().next())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// Why `protocol` does not listen: nasgw's own log line saying so, else the plain fact.
+fn not_served(daemon: &Daemon, protocol: &str) -> String {
+    let logs = daemon.logs();
+    let said = logs.lines().find(|l| l.contains(protocol) && l.contains("not served"));
+    match said.and_then(|l| l.split("WARN").nth(1)) {
+        Some(msg) => format!("nasgw: {}", msg.split_once(": ").map_or(msg, |(_, m)| m).trim()),
+        None => format!("nasgw does not serve {protocol} (nothing listens on its port)"),
+    }
+}

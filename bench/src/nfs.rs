@@ -1,0 +1,161 @@
+//! NFSv3 group: nasgw against NFS-Ganesha (FSAL_VFS) serving the same directory of the same
+//! disk. Bulk rows use libnfs `nfs-cp`; the many-file rows use one connection (`nfs_client`).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use nasgw_tests::anchors::{Ganesha, GaneshaFsal};
+use tokio::runtime::Runtime;
+
+use crate::fixture::{list_entry, Fixture, Sizes};
+use crate::measure::{run_row, timed, Done};
+use crate::nfs_client::{self, NfsEndpoint};
+use crate::table::{Group, Unit};
+use crate::target::{self, Target};
+
+/// Runs the NFS rows against `targets` (one per column; `Local` for the raw directory):
+/// bulk write, bulk read and small files, plus listing and stats when `all_rows`.
+pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], targets: &[Target], all_rows: bool) {
+    let s = fx.sizes;
+    let avail: Vec<Result<(), String>> = targets.iter().map(Target::available).collect();
+    let ep = |i: usize| match &targets[i] {
+        Target::Nfs(ep) => Ok(ep),
+        _ => Err(anyhow::anyhow!("not an NFS server")),
+    };
+    let local = |i: usize| matches!(targets[i], Target::Local);
+
+    run_row(
+        group,
+        &format!("{} write (nfs-cp)", s.bulk_label()),
+        Unit::Megabytes,
+        s.rounds,
+        &avail,
+        Box::new(|i, r| {
+            let name = format!("w-{}-{r}", labels[i]);
+            if local(i) {
+                return target::local_write(fx, &name);
+            }
+            let (elapsed, _) = timed(Command::new("nfs-cp").arg(&fx.big_source).arg(ep(i)?.url(&name)))?;
+            let got = std::fs::metadata(fx.data.join(&name)).map(|m| m.len()).unwrap_or(0);
+            fx.remove(&name);
+            if got != s.bulk_bytes {
+                bail!("wrote {got} bytes of {}", s.bulk_bytes);
+            }
+            Ok(Done { amount: s.bulk_bytes, elapsed })
+        }),
+    );
+    run_row(
+        group,
+        &format!("{} read (nfs-cat)", s.bulk_label()),
+        Unit::Megabytes,
+        s.rounds,
+        &avail,
+        Box::new(|i, _| {
+            if local(i) {
+                return target::local_read(fx);
+            }
+            let sink = std::fs::File::create("/dev/null")?;
+            let (elapsed, _) = timed(Command::new("nfs-cat").arg(ep(i)?.url(fx.read_name)).stdout(sink))?;
+            Ok(Done { amount: s.bulk_bytes, elapsed })
+        }),
+    );
+    run_row(
+        group,
+        &format!("{} x 4 KiB creates (one connection)", Sizes::count_label(s.small_files)),
+        Unit::Files,
+        s.rounds,
+        &avail,
+        Box::new(|i, r| {
+            let dir = format!("c-{}-{r}", labels[i]);
+            if local(i) {
+                return target::local_small_files(fx, &dir);
+            }
+            let block = vec![0x5a_u8; s.small_size];
+            let out = rt.block_on(async {
+                let mut sess = nfs_client::connect(ep(i)?).await?;
+                let root = sess.root();
+                let d = sess.mkdir(&root, &dir).await?;
+                let start = Instant::now();
+                let n = sess.create_files(&d, s.small_files, &block).await?;
+                let elapsed = start.elapsed();
+                sess.close().await?;
+                anyhow::Ok(Done { amount: n, elapsed })
+            });
+            let made = std::fs::read_dir(fx.data.join(&dir)).map(|d| d.count()).unwrap_or(0);
+            fx.remove(&dir);
+            let out = out?;
+            if made != s.small_files {
+                bail!("{made} of {} files are on disk", s.small_files);
+            }
+            Ok(out)
+        }),
+    );
+    if !all_rows {
+        return;
+    }
+    run_row(
+        group,
+        &format!("list {} entries (READDIRPLUS)", Sizes::count_label(s.list_entries)),
+        Unit::Entries,
+        s.rounds,
+        &avail,
+        Box::new(|i, _| {
+            rt.block_on(async {
+                let mut sess = nfs_client::connect(ep(i)?).await?;
+                let root = sess.root();
+                let d = sess.lookup(&root, fx.list_name).await?;
+                let start = Instant::now();
+                let names = sess.list(&d).await?;
+                let elapsed = start.elapsed();
+                sess.close().await?;
+                if names.len() != s.list_entries {
+                    bail!("listed {} of {} entries", names.len(), s.list_entries);
+                }
+                Ok(Done { amount: names.len() as u64, elapsed })
+            })
+        }),
+    );
+    run_row(
+        group,
+        &format!("stat {} files (LOOKUP+GETATTR)", Sizes::count_label(s.list_entries)),
+        Unit::Files,
+        s.rounds,
+        &avail,
+        Box::new(|i, _| {
+            let names: Vec<String> = (0..s.list_entries).map(list_entry).collect();
+            rt.block_on(async {
+                let mut sess = nfs_client::connect(ep(i)?).await?;
+                let root = sess.root();
+                let d = sess.lookup(&root, fx.list_name).await?;
+                let start = Instant::now();
+                let n = sess.stat_all(&d, &names).await?;
+                let elapsed = start.elapsed();
+                sess.close().await?;
+                Ok(Done { amount: n, elapsed })
+            })
+        }),
+    );
+}
+
+/// The NFS group: starts Ganesha on `fx.data`, runs the rows against `nasgw` and it, stops it.
+pub fn run(fx: &Fixture, work: &Path, rt: &Runtime, nasgw: &Result<NfsEndpoint, String>) -> Group {
+    let mut group = Group::new("NFSv3: nasgw vs NFS-Ganesha 4.3 (FSAL_VFS)", &["nasgw", "Ganesha"], &[(0, 1)]);
+    let ganesha = Ganesha::start(&work.join("ganesha"), GaneshaFsal::Vfs(&fx.data));
+    let anchor =
+        NfsEndpoint { export: ganesha.export_path.clone(), nfs_port: ganesha.nfs_port, mount_port: ganesha.mount_port };
+    let subject = match nasgw {
+        Ok(ep) => Target::Nfs(ep.clone()),
+        Err(why) => Target::Absent(why.clone()),
+    };
+    run_rows(&mut group, fx, rt, &["nasgw", "ganesha"], &[subject, Target::Nfs(anchor)], true);
+    ganesha.stop();
+    group.notes.push(
+        "Both serve the same directory; clients use AUTH_UNIX uid 1000 over TCP on loopback. Bulk rows time a whole \
+         `nfs-cp`/`nfs-cat` process (mount included); the other rows time the operations on one mounted connection, one request \
+         at a time."
+            .into(),
+    );
+    group
+}

@@ -1,0 +1,155 @@
+//! SMB group: nasgw against Samba's smbd serving the same directory of the same disk as the
+//! seed's guest share `[pub]`, driven by `smbclient` (SMB3, one session per workload).
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Result};
+use nasgw_tests::anchors::Smbd;
+
+use crate::fixture::{Fixture, Sizes};
+use crate::measure::{run_row, timed, Done};
+use crate::table::{Group, Unit};
+use crate::target::{self, Target};
+
+/// One smbclient session against `port` running `commands` (a `-c` list).
+fn smbclient(port: u16, commands: &str) -> Command {
+    let mut c = Command::new("smbclient");
+    c.args(["//127.0.0.1/pub", "-N", "-m", "SMB3", "-O", "SO_RCVBUF=4194304 SO_SNDBUF=4194304"]).args([
+        "-p",
+        &port.to_string(),
+        "-c",
+        commands,
+    ]);
+    c
+}
+
+/// Runs the SMB rows against `targets` (one per column; `Local` for the raw directory):
+/// upload, download and small files, plus listing and deltree when `all_rows`.
+pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Target], all_rows: bool) {
+    let s = fx.sizes;
+    let avail: Vec<Result<(), String>> = targets.iter().map(Target::available).collect();
+    let port = |i: usize| match &targets[i] {
+        Target::Smb(p) => Ok(*p),
+        _ => Err(anyhow::anyhow!("not an SMB server")),
+    };
+    let local = |i: usize| matches!(targets[i], Target::Local);
+
+    run_row(
+        group,
+        &format!("{} upload (put)", s.bulk_label()),
+        Unit::Megabytes,
+        s.rounds,
+        &avail,
+        Box::new(|i, r| {
+            let name = format!("u-{}-{r}", labels[i]);
+            if local(i) {
+                return target::local_write(fx, &name);
+            }
+            let cmd = format!("put \"{}\" {name}", fx.big_source.display());
+            let (elapsed, _) = timed(&mut smbclient(port(i)?, &cmd))?;
+            let got = std::fs::metadata(fx.data.join(&name)).map(|m| m.len()).unwrap_or(0);
+            fx.remove(&name);
+            if got != s.bulk_bytes {
+                bail!("uploaded {got} bytes of {}", s.bulk_bytes);
+            }
+            Ok(Done { amount: s.bulk_bytes, elapsed })
+        }),
+    );
+    run_row(
+        group,
+        &format!("{} download (get)", s.bulk_label()),
+        Unit::Megabytes,
+        s.rounds,
+        &avail,
+        Box::new(|i, _| {
+            if local(i) {
+                return target::local_read(fx);
+            }
+            let (elapsed, out) = timed(&mut smbclient(port(i)?, &format!("get {} /dev/null", fx.read_name)))?;
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            if !text.contains(&format!("of size {} as", s.bulk_bytes)) {
+                bail!("unexpected get output: {}", text.trim());
+            }
+            Ok(Done { amount: s.bulk_bytes, elapsed })
+        }),
+    );
+    run_row(
+        group,
+        &format!("{} x 4 KiB files (mput, one session)", Sizes::count_label(s.small_files)),
+        Unit::Files,
+        s.rounds,
+        &avail,
+        Box::new(|i, r| {
+            let dir = format!("m-{}-{r}", labels[i]);
+            if local(i) {
+                return target::local_small_files(fx, &dir);
+            }
+            let cmd = format!("mkdir {dir}; cd {dir}; lcd \"{}\"; prompt off; mput *", fx.small_source.display());
+            let res = timed(&mut smbclient(port(i)?, &cmd));
+            let made = std::fs::read_dir(fx.data.join(&dir)).map(|d| d.count()).unwrap_or(0);
+            fx.remove(&dir);
+            let (elapsed, _) = res?;
+            if made != s.small_files {
+                bail!("{made} of {} files are on disk", s.small_files);
+            }
+            Ok(Done { amount: made as u64, elapsed })
+        }),
+    );
+    if !all_rows {
+        return;
+    }
+    run_row(
+        group,
+        &format!("list {} entries (ls)", Sizes::count_label(s.list_entries)),
+        Unit::Entries,
+        s.rounds,
+        &avail,
+        Box::new(|i, _| {
+            let (elapsed, out) = timed(&mut smbclient(port(i)?, &format!("cd {}; ls", fx.list_name)))?;
+            let n = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.trim_start().starts_with('f')).count();
+            if n != s.list_entries {
+                bail!("listed {n} of {} entries", s.list_entries);
+            }
+            Ok(Done { amount: n as u64, elapsed })
+        }),
+    );
+    run_row(
+        group,
+        &format!("deltree of {} files", Sizes::count_label(s.deltree_files)),
+        Unit::Files,
+        s.rounds,
+        &avail,
+        Box::new(|i, r| {
+            let dir = format!("t-{}-{r}", labels[i]);
+            fx.make_tree(&dir)?;
+            crate::fixture::sync();
+            let res = timed(&mut smbclient(port(i)?, &format!("deltree {dir}")));
+            let left = fx.data.join(&dir).exists();
+            fx.remove(&dir);
+            let (elapsed, _) = res?;
+            if left {
+                bail!("the tree is still there after deltree");
+            }
+            Ok(Done { amount: s.deltree_files as u64, elapsed })
+        }),
+    );
+}
+
+/// The SMB group: starts smbd on `fx.data`, runs the rows against `nasgw` and it, stops it.
+pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<u16, String>) -> Group {
+    let mut group = Group::new("SMB3: nasgw vs Samba smbd 4.17", &["nasgw", "smbd"], &[(0, 1)]);
+    let smbd = Smbd::start(&work.join("smbd"), &fx.data);
+    let subject = match nasgw {
+        Ok(p) => Target::Smb(*p),
+        Err(why) => Target::Absent(why.clone()),
+    };
+    run_rows(&mut group, fx, &["nasgw", "smbd"], &[subject, Target::Smb(smbd.port)], true);
+    smbd.stop();
+    group.notes.push(
+        "Both serve the same directory as the guest share `[pub]`; every row is one `smbclient -m SMB3 -O \
+         'SO_RCVBUF=4194304 SO_SNDBUF=4194304'` session, timed as a whole (connect included); downloads go to /dev/null."
+            .into(),
+    );
+    group
+}

@@ -1,0 +1,66 @@
+//! What a table column runs its workloads against.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use crate::fixture::Fixture;
+use crate::measure::{timed, Done};
+use crate::nfs_client::NfsEndpoint;
+
+/// One column of a table.
+pub enum Target {
+    /// An NFSv3 server.
+    Nfs(NfsEndpoint),
+    /// An SMB server on this loopback port, serving `[pub]`.
+    Smb(u16),
+    /// The served directory itself, through the local filesystem (the raw FUSE mount row).
+    Local,
+    /// Not measurable, and why (e.g. nasgw does not serve this protocol yet).
+    Absent(String),
+}
+
+impl Target {
+    /// `Ok` when rows can run against it.
+    pub fn available(&self) -> Result<(), String> {
+        match self {
+            Target::Absent(why) => Err(why.clone()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `dd` of the bulk source into `data/name`, flushed (`conv=fsync`) as an NFS COMMIT would be.
+pub fn local_write(fx: &Fixture, name: &str) -> Result<Done> {
+    let of = format!("of={}", fx.data.join(name).display());
+    let (elapsed, _) =
+        timed(Command::new("dd").arg(format!("if={}", fx.big_source.display())).args([&of, "bs=1M", "conv=fsync"]))?;
+    let got = std::fs::metadata(fx.data.join(name)).map(|m| m.len()).unwrap_or(0);
+    fx.remove(name);
+    if got != fx.sizes.bulk_bytes {
+        bail!("wrote {got} bytes of {}", fx.sizes.bulk_bytes);
+    }
+    Ok(Done { amount: fx.sizes.bulk_bytes, elapsed })
+}
+
+/// `dd` of the bulk file to /dev/null.
+pub fn local_read(fx: &Fixture) -> Result<Done> {
+    let input = format!("if={}", fx.data.join(fx.read_name).display());
+    let (elapsed, _) = timed(Command::new("dd").args([&input, "of=/dev/null", "bs=1M"]))?;
+    Ok(Done { amount: fx.sizes.bulk_bytes, elapsed })
+}
+
+/// Creates the small files in `data/dir` from this process (open, write, close each; no fsync).
+pub fn local_small_files(fx: &Fixture, dir: &str) -> Result<Done> {
+    let d = fx.data.join(dir);
+    let block = vec![0x5a_u8; fx.sizes.small_size];
+    let start = Instant::now();
+    std::fs::create_dir(&d)?;
+    for i in 0..fx.sizes.small_files {
+        std::fs::write(d.join(format!("c{i:05}")), &block)?;
+    }
+    let elapsed = start.elapsed();
+    fx.remove(dir);
+    Ok(Done { amount: fx.sizes.small_files as u64, elapsed })
+}
