@@ -212,7 +212,9 @@ impl PosixBackend {
             (IdentityKind::Kernel, Identity::Kernel { handle_type, bytes }) => {
                 let fd = sys::open_by_handle(self.mount_fd.as_fd(), handle_type, &bytes, libc::O_PATH).map_err(
                     |e| match e {
-                        VfsError::NotFound | VfsError::Stale => VfsError::Stale,
+                        // The kernel's handle decoding answers ENOMEM, not ESTALE, when it cannot
+                        // reconnect the dentry of a directory that was removed (seen on ext4).
+                        VfsError::NotFound | VfsError::Stale | VfsError::Io(libc::ENOMEM) => VfsError::Stale,
                         VfsError::Invalid => VfsError::BadHandle,
                         e => e,
                     },
