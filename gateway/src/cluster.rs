@@ -11,17 +11,19 @@ use anyhow::{bail, Context, Result};
 use ha::connections::ConnectionTable;
 use ha::health::ListenerHealth;
 use ha::machine::{Event, Timings};
-use ha::runtime::{HaHandle, HaSettings};
+use ha::recovery_lock::{ClusterLock, RecoveryLock};
+use ha::runtime::{HaHandle, HaSettings, SharedVolume};
 use ha::system::PublicAddress;
 use ha::wire::message::ClusterKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{BackendKind, ClusterConfig, Config};
+use crate::config::{ClusterConfig, Config};
 use crate::control::{Handler, Request, Response};
 use crate::daemon::Lifecycle;
+use crate::gluster::{GlusterService, VolumeAccess};
 
 /// Resolves `[cluster]` into the HA node's settings: finds this node, reads the secret.
-pub fn settings(cfg: &Config, cluster: &ClusterConfig) -> Result<HaSettings> {
+pub fn settings(cluster: &ClusterConfig) -> Result<HaSettings> {
     let secret = std::fs::read(&cluster.secret_file).with_context(|| {
         format!(
             "cannot read [cluster] secret_file {}: create it with the same content on every node, e.g. `head -c 32 /dev/urandom | base64 > FILE`",
@@ -36,10 +38,6 @@ pub fn settings(cfg: &Config, cluster: &ClusterConfig) -> Result<HaSettings> {
             "none of [cluster] nodes {:?} is an address of this host; add this node's cluster address to the list",
             cluster.nodes
         );
-    };
-    let root = match cfg.volume.backend {
-        BackendKind::Local => cfg.volume.path.clone().context("a local volume has a path")?,
-        BackendKind::Gluster => bail!("[cluster] with backend = \"gluster\" is not served by this build yet"),
     };
     let ms = Duration::from_millis;
     Ok(HaSettings {
@@ -62,12 +60,50 @@ pub fn settings(cfg: &Config, cluster: &ClusterConfig) -> Result<HaSettings> {
             dead: ms(cluster.dead_interval_ms),
             lock_check: ms(cluster.lock_check_interval_ms),
         },
-        recovery_lock: root.join(cluster.recovery_lock.trim_start_matches('/')),
-        volume_root: root,
         health_interval: ms(cluster.health_interval_ms),
         health_timeout: ms(cluster.health_timeout_ms),
         notify_script: cluster.notify_script.clone(),
     })
+}
+
+/// How this node's HA reaches the shared volume: on a local backend (a directory every node
+/// mounts) an fcntl lock and a stat + write probe there; on GlusterFS the lock through the managed
+/// FUSE mount (fcntl, forwarded to the bricks' locks translator) or through libgfapi, and the
+/// backend's own health monitor (mount state, quorum, hung probes) as the probe.
+fn shared_volume(
+    cfg: &Config,
+    cluster: &ClusterConfig,
+    me: u32,
+    gluster: Option<&GlusterService>,
+) -> Result<SharedVolume> {
+    let rel = cluster.recovery_lock.trim_start_matches('/');
+    let Some(g) = gluster else {
+        let root = cfg.volume.path.clone().context("a local volume has a path")?;
+        return Ok(SharedVolume::directory(
+            root.clone(),
+            root.join(rel),
+            me,
+            Duration::from_millis(cluster.dead_interval_ms),
+        ));
+    };
+    let lock: Box<dyn ClusterLock> = match &g.access {
+        VolumeAccess::Fuse(m) => Box::new(RecoveryLock::new(m.path().join(rel))),
+        VolumeAccess::Gfapi(slot) => Box::new(crate::gluster::recovery_lock::GfapiLock::new(slot.clone(), rel)),
+    };
+    let health = g.health();
+    let probe = Box::new(move || {
+        let h = health.borrow().clone();
+        if h.is_healthy() {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    });
+    // A GlusterFS volume stalls every call for up to `network.ping-timeout` when a brick goes
+    // away: a lock call may take as long as the volume's own health probe is allowed to. Nobody
+    // else tries the lock while this node's heartbeats flow, so patience here is safe.
+    let lock_timeout = Duration::from_millis(cfg.volume.health_timeout_ms);
+    Ok(SharedVolume { lock, probe, lock_timeout })
 }
 
 /// The running HA node, answering the control socket.
@@ -83,13 +119,15 @@ pub fn start(
     cluster: &ClusterConfig,
     connections: Arc<ConnectionTable>,
     listeners: ListenerHealth,
+    gluster: Option<&GlusterService>,
     life: &Lifecycle,
 ) -> Result<ClusterNode> {
-    let s = settings(cfg, cluster)?;
+    let s = settings(cluster)?;
+    let volume = shared_volume(cfg, cluster, s.me, gluster)?;
     tracing::info!(pnn = s.me, node = %s.nodes[s.me as usize], port = s.port, public = s.public.len(), "starting the HA node");
     let public = s.public.iter().map(|p| p.address).collect();
     let nodes = s.nodes.len() as u32;
-    let (ha, task) = ha::runtime::start(s, connections.clone(), listeners.clone(), life.stop.clone())?;
+    let (ha, task) = ha::runtime::start(s, volume, connections.clone(), listeners.clone(), life.stop.clone())?;
     life.tasks.spawn(async move {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "the HA node task failed");

@@ -67,7 +67,14 @@ async fn run(loaded: Loaded) -> Result<()> {
     }
     let volume_health = gluster.as_ref().map(GlusterService::health);
     let handler: Arc<dyn control::Handler> = match &cfg.cluster {
-        Some(cluster) => Arc::new(crate::cluster::start(&cfg, cluster, connections.clone(), listeners.clone(), &life)?),
+        Some(cluster) => Arc::new(crate::cluster::start(
+            &cfg,
+            cluster,
+            connections.clone(),
+            listeners.clone(),
+            gluster.as_ref(),
+            &life,
+        )?),
         None => Arc::new(StandaloneNode::new(cfg.clone(), volume_health)),
     };
     life.tasks.spawn(control::serve(control, handler, life.stop.clone()));

@@ -12,6 +12,19 @@ use std::path::PathBuf;
 
 use crate::machine::LockOutcome;
 
+/// The recovery lock as the HA node uses it. The volume's backend supplies it: an fcntl lock on
+/// a path ([`RecoveryLock`], for a shared directory or a FUSE mount) or a lock taken through a
+/// client library (libgfapi). Every call may block on a hung volume; the runtime calls them on
+/// their own thread and treats a late answer as a failure.
+pub trait ClusterLock: Send + 'static {
+    /// Tries to take the lock without waiting: `Taken`, or `Busy` with the reason.
+    fn take(&mut self) -> LockOutcome;
+    /// Verifies a held lock is still ours (same file, lock still held): `StillHeld` or `Lost`.
+    fn check(&mut self) -> LockOutcome;
+    /// Gives the lock up.
+    fn release(&mut self);
+}
+
 /// The lock file and, while held, the open descriptor carrying the lock.
 #[derive(Debug)]
 pub struct RecoveryLock {
@@ -41,7 +54,7 @@ impl RecoveryLock {
     }
 
     /// Tries to take the lock without waiting.
-    pub fn take(&mut self) -> LockOutcome {
+    fn take_now(&mut self) -> LockOutcome {
         if self.held.is_some() {
             return self.check_as(LockOutcome::Taken);
         }
@@ -73,11 +86,6 @@ impl RecoveryLock {
         self.check_as(LockOutcome::Taken)
     }
 
-    /// Verifies the lock is still held: same inode at the path, lock still ours.
-    pub fn check(&mut self) -> LockOutcome {
-        self.check_as(LockOutcome::StillHeld)
-    }
-
     fn check_as(&mut self, ok: LockOutcome) -> LockOutcome {
         let Some((f, dev, ino)) = &self.held else {
             return LockOutcome::Lost("not held".into());
@@ -102,14 +110,25 @@ impl RecoveryLock {
         }
     }
 
-    /// Gives the lock up (closing the descriptor drops the fcntl lock).
-    pub fn release(&mut self) {
-        self.held = None;
-    }
-
     /// Is the lock held by this process (as far as it knows)?
     pub fn is_held(&self) -> bool {
         self.held.is_some()
+    }
+}
+
+impl ClusterLock for RecoveryLock {
+    fn take(&mut self) -> LockOutcome {
+        self.take_now()
+    }
+
+    /// Same inode at the path, lock still ours.
+    fn check(&mut self) -> LockOutcome {
+        self.check_as(LockOutcome::StillHeld)
+    }
+
+    /// Closing the descriptor drops the fcntl lock.
+    fn release(&mut self) {
+        self.held = None;
     }
 }
 

@@ -14,7 +14,7 @@ use crate::connections::ConnectionTable;
 use crate::effects::apply;
 use crate::health::{probe_path, probe_volume, verdict, ListenerHealth};
 use crate::machine::{Action, Event, LockOp, LockOutcome, Machine, MachineConfig, Timings};
-use crate::recovery_lock::RecoveryLock;
+use crate::recovery_lock::{ClusterLock, RecoveryLock};
 use crate::status::{ClusterStatus, IpReport, NodeStatus, PublicIpStatus};
 use crate::system::{PublicAddress, SystemEffects};
 use crate::wire::message::{open, ClusterKey, MAX_DATAGRAM};
@@ -36,16 +36,42 @@ pub struct HaSettings {
     pub failback: bool,
     /// Heartbeat, dead interval, lock check.
     pub timings: Timings,
-    /// Absolute path of the recovery lock file (inside the volume).
-    pub recovery_lock: PathBuf,
-    /// The volume's root, probed for health.
-    pub volume_root: PathBuf,
     /// How often the volume is probed.
     pub health_interval: Duration,
     /// A probe slower than this makes the node UNHEALTHY.
     pub health_timeout: Duration,
     /// `[cluster] notify_script`.
     pub notify_script: Option<PathBuf>,
+}
+
+/// A volume health probe: `Ok` while the shared volume serves, else why not. Called on its own
+/// thread every `health_interval`; one that does not return within `health_timeout` counts as a
+/// failure.
+pub type VolumeProbe = Box<dyn FnMut() -> Result<(), String> + Send>;
+
+/// How the HA node reaches the shared volume: the recovery lock and the health probe.
+pub struct SharedVolume {
+    /// The recovery lock on the volume.
+    pub lock: Box<dyn ClusterLock>,
+    /// The health probe.
+    pub probe: VolumeProbe,
+    /// A lock operation not answered within this fails (a take is `Busy`, a check `Lost`).
+    pub lock_timeout: Duration,
+}
+
+impl SharedVolume {
+    /// A volume every node sees as a directory (a local backend on a shared mount): an fcntl lock
+    /// on `lock_path`, and a probe that stats `root` and writes a small file beside the lock.
+    /// A local directory answers lock calls at once, so one slower than a fifth of `dead` means
+    /// the volume is gone.
+    pub fn directory(root: PathBuf, lock_path: PathBuf, me: u32, dead: Duration) -> SharedVolume {
+        let file = probe_path(&lock_path, me);
+        SharedVolume {
+            lock: Box::new(RecoveryLock::new(lock_path)),
+            probe: Box::new(move || probe_volume(&root, &file)),
+            lock_timeout: (dead / 5).max(Duration::from_millis(150)),
+        }
+    }
 }
 
 /// What `nasgw status` and `nasgw ip` show, refreshed after every event.
@@ -105,6 +131,7 @@ fn view_of(m: &Machine, s: &HaSettings, now: Duration) -> HaView {
 /// Returns a handle and the task to await for a clean shutdown.
 pub fn start(
     settings: HaSettings,
+    volume: SharedVolume,
     connections: Arc<ConnectionTable>,
     listeners: ListenerHealth,
     stop: CancellationToken,
@@ -121,13 +148,14 @@ pub fn start(
         .filter(|(i, _)| *i as u32 != s.me)
         .map(|(_, a)| SocketAddr::new(*a, s.port))
         .collect();
+    let lock_timeout = volume.lock_timeout;
     let (ev_tx, mut ev_rx) = unbounded_channel::<Event>();
     let mut effects = SystemEffects::new(
         socket.try_clone()?,
         s.key.clone(),
         peers,
         &s.public,
-        RecoveryLock::new(s.recovery_lock.clone()),
+        volume.lock,
         ev_tx.clone(),
         s.notify_script.clone(),
         connections.clone(),
@@ -148,11 +176,10 @@ pub fn start(
     // Health probes on their own thread.
     let (probe_tx, mut probe_rx) = unbounded_channel::<Result<(), String>>();
     {
-        let (root, file, every, stop) =
-            (s.volume_root.clone(), probe_path(&s.recovery_lock, s.me), s.health_interval, stop.clone());
+        let (mut probe, every, stop) = (volume.probe, s.health_interval, stop.clone());
         std::thread::Builder::new().name("ha-health".into()).spawn(move || {
             while !stop.is_cancelled() {
-                if probe_tx.send(probe_volume(&root, &file)).is_err() {
+                if probe_tx.send(probe()).is_err() {
                     break;
                 }
                 std::thread::sleep(every);
@@ -184,7 +211,6 @@ pub fn start(
         let mut last_probe: Option<(Duration, Result<(), String>)> = None;
         let mut healthy: Option<bool> = None;
         let mut lock_pending: Option<(LockOp, Duration)> = None;
-        let lock_timeout = (s.timings.dead / 5).max(Duration::from_millis(150));
         let mut refused_logged: Option<Instant> = None;
         let notify_start = Action::Notify { event: "startup".into(), details: vec![format!("pnn={}", s.me)] };
         let _ = act_tx.send((vec![notify_start], None));

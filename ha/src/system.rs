@@ -18,7 +18,7 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use crate::connections::TcpConnection;
 use crate::effects::Effects;
 use crate::machine::{Event, LockOp};
-use crate::recovery_lock::RecoveryLock;
+use crate::recovery_lock::ClusterLock;
 use crate::wire::arp::{ArpRepr, Operation};
 use crate::wire::message::{seal, ClusterKey, Message};
 use crate::wire::tickle::TcpSegment;
@@ -246,7 +246,7 @@ impl SystemEffects {
         key: ClusterKey,
         peers: Vec<SocketAddr>,
         public: &[PublicAddress],
-        lock: RecoveryLock,
+        lock: Box<dyn ClusterLock>,
         events: tokio::sync::mpsc::UnboundedSender<Event>,
         notify_script: Option<PathBuf>,
         connections: std::sync::Arc<crate::connections::ConnectionTable>,

@@ -444,6 +444,17 @@ pub fn is_glusterfs_mount(path: &Path) -> bool {
     })
 }
 
+/// The glusterfs FUSE client a nasgw daemon (`parent`) started as its child, if it runs.
+pub fn fuse_client_of(parent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (comm, rest) = stat.split_once(") ")?;
+        let ppid: u32 = rest.split(' ').nth(1)?.parse().ok()?;
+        (comm.ends_with("(glusterfs") && ppid == parent).then_some(pid)
+    })
+}
+
 fn tag<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     let open = format!("<{name}>");
     let start = text.find(&open)? + open.len();

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nasgw_tests::gluster::{GlusterCluster, GlusterSpec};
+use nasgw_tests::gluster::{fuse_client_of, GlusterCluster, GlusterSpec};
 use nasgw_tests::{wait_for, Daemon};
 
 fn config(servers: &[String], volume: &str) -> String {
@@ -58,13 +58,7 @@ fn stack(d: &Daemon, path: &Path) -> Vec<String> {
 
 /// The glusterfs client process nasgw started (its child).
 fn fuse_client(d: &Daemon) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (comm, rest) = stat.split_once(") ")?;
-        let ppid: u32 = rest.split(' ').nth(1)?.parse().ok()?;
-        (comm.ends_with("(glusterfs") && ppid == d.pid()).then_some(pid)
-    })
+    fuse_client_of(d.pid())
 }
 
 fn gfid(path: &Path) -> String {

@@ -73,9 +73,9 @@ async fn write_all(c: &mut Conn, fh: &nfs3_types::nfs3::nfs_fh3, data: &[u8]) {
 #[tokio::test(flavor = "current_thread")]
 async fn nfs_and_smb_through_fuse_and_gfapi_nodes_see_one_volume_with_handles_valid_everywhere() {
     let cluster = GlusterCluster::start(GlusterSpec::default());
-    // `[cluster]` over a GlusterFS backend is refused until HA takes its recovery lock through
-    // the managed mount or gfapi, so the two nodes share the NFS handle key the way a cluster's
-    // secret would give them one: the same 32-byte key in each node's state directory.
+    // These two nodes run without `[cluster]` (HA over GlusterFS is gluster_ha's subject), so they
+    // share the NFS handle key the other supported way: the same 32-byte key in each node's
+    // state directory (a cluster derives it from its secret instead).
     let key: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
     for d in ["d1", "d2"] {
         std::fs::create_dir_all(cluster.dir().join(d).join("state")).unwrap();

@@ -15,6 +15,7 @@ pub mod gfapi;
 pub mod gfapi_backend;
 pub mod health;
 pub mod mount;
+pub mod recovery_lock;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
