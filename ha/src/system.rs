@@ -90,7 +90,8 @@ impl Netlink {
     }
 }
 
-fn ifindex(name: &str) -> io::Result<u32> {
+/// The index of network interface `name` in this thread's network namespace.
+pub fn ifindex(name: &str) -> io::Result<u32> {
     let c = std::ffi::CString::new(name).map_err(|_| io::Error::other("interface name has a NUL"))?;
     // SAFETY: if_nametoindex reads a NUL-terminated string.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
@@ -99,7 +100,8 @@ fn ifindex(name: &str) -> io::Result<u32> {
     }
 }
 
-fn mac_of(name: &str) -> io::Result<[u8; 6]> {
+/// The hardware (MAC) address of network interface `name`.
+pub fn mac_of(name: &str) -> io::Result<[u8; 6]> {
     // SAFETY: a plain datagram socket used only for the ioctl below, closed at the end.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
     if fd < 0 {

@@ -7,7 +7,7 @@ mod ha_support;
 
 use std::time::{Duration, Instant};
 
-use ha_support::{Cluster, Sampler, NODES};
+use ha_support::{ArpSampler, Cluster, Sampler, NODES};
 use nasgw_tests::wait_for;
 
 fn partition_the_leader(failback: bool) {
@@ -15,6 +15,7 @@ fn partition_the_leader(failback: bool) {
     assert_eq!(c.status(1)["leader"], 0, "pnn 0 leads a fresh cluster");
     let before = c.holders();
     let sampler = Sampler::start(NODES.iter().map(|n| c.topo.ns(n).to_string()).collect());
+    let arp = ArpSampler::start(c.topo.ns("c1"), "198.18.0.10".parse().unwrap());
 
     let t0 = Instant::now();
     c.topo.cut("n1");
@@ -53,8 +54,15 @@ fn partition_the_leader(failback: bool) {
         c.wait_converged(Duration::from_secs(5), &[1, 2]);
     }
     let (rounds, overlaps) = sampler.finish();
+    let (arp_rounds, answers, double) = arp.finish();
     println!("  sampled every namespace {rounds} times: {} overlaps", overlaps.len());
+    println!("  asked the client's network who has each address {arp_rounds} times: {answers} answers, {} rounds with two answerers", double.len());
     assert!(rounds > 10, "the sampler must actually sample ({rounds})");
+    assert!(
+        arp_rounds > 10 && answers > arp_rounds,
+        "the ARP sampler must see answers ({arp_rounds} rounds, {answers} answers)"
+    );
+    assert!(double.is_empty(), "two hosts answered ARP for one address: {double:?}\n{}", c.logs());
     assert!(overlaps.is_empty(), "an address was on two nodes at once: {overlaps:?}\nbefore: {before:?}\n{}", c.logs());
     assert!(c.notify_log(0).contains("releaseip"), "the notify script ran on release");
     for d in c.daemons.iter_mut().filter_map(Option::take) {
@@ -70,4 +78,24 @@ fn partitioned_leader_fences_itself_and_fails_back_on_heal() {
 #[test]
 fn partitioned_leader_gets_nothing_back_without_failback() {
     partition_the_leader(false);
+}
+
+/// The ARP check above can fail: two hosts that both hold an address are caught.
+#[test]
+fn arp_sampler_catches_an_address_held_twice() {
+    assert!(nasgw_tests::is_root(), "network namespace tests need root");
+    let topo = nasgw_tests::Topology::new(&[("n1", "198.18.0.1"), ("n2", "198.18.0.2"), ("c1", "198.18.0.10")]);
+    for n in ["n1", "n2"] {
+        nasgw_tests::run(
+            "ip",
+            &["-n", topo.ns(n), "addr", "add", &format!("{}/16", ha_support::VIPS[0]), "dev", "eth0"],
+        );
+    }
+    let arp = ArpSampler::start(topo.ns("c1"), "198.18.0.10".parse().unwrap());
+    wait_for("20 ARP rounds", Duration::from_secs(10), Duration::from_millis(10), || {
+        (arp.rounds() >= 20).then_some(())
+    });
+    let (rounds, answers, double) = arp.finish();
+    println!("{rounds} rounds, {answers} answers, {} doubles", double.len());
+    assert!(!double.is_empty(), "two hosts answer for {} and the sampler must say so", ha_support::VIPS[0]);
 }

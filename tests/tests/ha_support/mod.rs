@@ -258,6 +258,171 @@ impl Sampler {
     }
 }
 
+/// Asks "who has VIP?" for every public address from a client namespace, continuously, and
+/// records every round in which two different hosts answered for one address: what a client
+/// would see if two nodes held it. (A cut-off node's answers cannot reach the client, so this
+/// watches hand-overs and the moment a partition heals; `Sampler` watches the namespaces.)
+pub struct ArpSampler {
+    stop: Arc<AtomicBool>,
+    found: Arc<Mutex<Vec<String>>>,
+    counts: Arc<Mutex<(u64, u64)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ArpSampler {
+    /// Starts probing from `ns`, whose eth0 has `client_ip`.
+    pub fn start(ns: &str, client_ip: std::net::Ipv4Addr) -> ArpSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let found = Arc::new(Mutex::new(Vec::new()));
+        let counts = Arc::new(Mutex::new((0, 0)));
+        let (s, f, c, path) = (stop.clone(), found.clone(), counts.clone(), format!("/run/netns/{ns}"));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let nsf = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on this thread only, with a namespace fd we opened.
+            assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&nsf), libc::CLONE_NEWNET) }, 0);
+            let sock = ArpSocket::open("eth0").expect("AF_PACKET socket on the client's eth0");
+            let _ = ready_tx.send(());
+            let vips: Vec<std::net::Ipv4Addr> = VIPS.iter().map(|v| v.parse().unwrap()).collect();
+            let t0 = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                let mut answers: BTreeMap<std::net::Ipv4Addr, std::collections::BTreeSet<[u8; 6]>> = BTreeMap::new();
+                for v in &vips {
+                    sock.ask(client_ip, *v);
+                }
+                let deadline = Instant::now() + Duration::from_millis(10);
+                while let Some(reply) = sock.next_reply(deadline) {
+                    if reply.target_ip == client_ip && vips.contains(&reply.source_ip) {
+                        answers.entry(reply.source_ip).or_default().insert(reply.source_mac);
+                        c.lock().unwrap().1 += 1;
+                    }
+                }
+                for (vip, macs) in answers.iter().filter(|(_, m)| m.len() > 1) {
+                    f.lock()
+                        .unwrap()
+                        .push(format!("{:.3}s: {vip} answered by {macs:02x?}", t0.elapsed().as_secs_f64()));
+                }
+                c.lock().unwrap().0 += 1;
+            }
+        });
+        ready_rx.recv().expect("ARP sampler started");
+        ArpSampler { stop, found, counts, thread: Some(thread) }
+    }
+
+    /// Rounds done so far (each asks for every address once).
+    pub fn rounds(&self) -> u64 {
+        self.counts.lock().unwrap().0
+    }
+
+    /// Stops probing; returns (rounds, answers received, rounds with two answerers).
+    pub fn finish(mut self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let (rounds, answers) = *self.counts.lock().unwrap();
+        let found = self.found.lock().unwrap().clone();
+        (rounds, answers, found)
+    }
+}
+
+/// A raw ARP socket on one interface: sends requests, reads replies.
+struct ArpSocket {
+    fd: std::os::fd::OwnedFd,
+    ifindex: u32,
+    mac: [u8; 6],
+}
+
+impl ArpSocket {
+    fn open(interface: &str) -> std::io::Result<ArpSocket> {
+        use std::os::fd::FromRawFd;
+        let ifindex = ha::system::ifindex(interface)?;
+        let mac = ha::system::mac_of(interface)?;
+        let proto = (libc::ETH_P_ARP as u16).to_be();
+        // SAFETY: socket(2); the descriptor is owned below.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: raw is a fresh descriptor nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let sock = ArpSocket { fd, ifindex, mac };
+        let mut sll = sock.link_addr();
+        sll.sll_protocol = proto;
+        // SAFETY: bind with a valid sockaddr_ll of the stated size.
+        let r = unsafe {
+            libc::bind(raw, (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(sock)
+    }
+
+    fn link_addr(&self) -> libc::sockaddr_ll {
+        // SAFETY: a zeroed sockaddr_ll is valid; fields set below.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+        sll.sll_ifindex = self.ifindex as i32;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        sll
+    }
+
+    /// Broadcasts "who has `target`? tell `me`".
+    fn ask(&self, me: std::net::Ipv4Addr, target: std::net::Ipv4Addr) {
+        use ha::wire::arp::{ArpRepr, Operation};
+        let req = ArpRepr {
+            operation: Operation::Request,
+            source_mac: self.mac,
+            source_ip: me,
+            target_mac: [0; 6],
+            target_ip: target,
+            eth_dst: [0xff; 6],
+        };
+        let mut buf = [0u8; 64];
+        let n = req.emit(&mut buf).expect("64 bytes hold an ARP frame");
+        let sll = self.link_addr();
+        // SAFETY: sendto with a valid buffer and sockaddr_ll.
+        unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                buf.as_ptr().cast(),
+                n,
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+    }
+
+    /// The next ARP reply received before `deadline`.
+    fn next_reply(&self, deadline: Instant) -> Option<ha::wire::arp::ArpRepr> {
+        use ha::wire::arp::{ArpRepr, Operation};
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let mut pfd =
+                libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&self.fd), events: libc::POLLIN, revents: 0 };
+            // SAFETY: poll on one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) } <= 0 {
+                return None;
+            }
+            let mut buf = [0u8; 128];
+            // SAFETY: recv into a valid buffer; non-blocking because poll said readable.
+            let n = unsafe { libc::recv(pfd.fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n <= 0 {
+                continue;
+            }
+            if let Ok(r) = ArpRepr::parse(&buf[..n as usize]) {
+                if r.operation == Operation::Reply {
+                    return Some(r);
+                }
+            }
+        }
+    }
+}
+
 /// Waits for a file path to exist.
 pub fn exists(p: &Path) -> bool {
     p.exists()
