@@ -14,7 +14,7 @@ use crate::fixture::{Fixture, Sizes};
 use crate::nasgw;
 use crate::nfs_client::NfsEndpoint;
 use crate::table::Group;
-use crate::target::Target;
+use crate::target::{Rows, Target};
 use crate::{nfs, smb};
 
 fn volume(servers: &[String], access: &str) -> String {
@@ -83,7 +83,7 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
         rt,
         &["raw", "fuse", "gfapi", "ganesha"],
         &[Target::Local, nfs_target(&fuse), nfs_target(&gfapi), ganesha_target],
-        false,
+        Rows::Gluster,
     );
     let mut smb_group = Group::new(
         "GlusterFS replica 3 over SMB3",
@@ -95,14 +95,16 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
         &fx,
         &["raw", "fuse", "gfapi", "smbd"],
         &[Target::Local, smb_target(&fuse), smb_target(&gfapi), Target::Smb(smbd.port)],
-        false,
+        Rows::Gluster,
     );
     let note = format!(
         "One replica-3 volume: three glusterd with their bricks on the same disk, in network namespaces; clients, \
          nasgw, smbd and Ganesha run on a client host. The raw column is `dd bs=1M` (write with `conv=fsync`) and \
-         small files written from one process through the FUSE mount. Reads through the FUSE mount (raw `dd`, \
+         small files written from one process through the FUSE mount. Plain reads through a FUSE mount (raw `dd`, \
          smbd, nasgw FUSE) may come from the kernel's page cache of that mount (the file was written through \
-         it); gfapi readers (Ganesha, nasgw gfapi) always fetch from the bricks. {} round(s) per row.",
+         it), while gfapi readers (Ganesha, nasgw gfapi) always fetch from the bricks; the \"caches dropped\" rows \
+         empty every cache first (`sync; echo 3 > /proc/sys/vm/drop_caches`), so every reader fetches from \
+         the bricks' disk. {} round(s) per row.",
         sizes.rounds
     );
     nfs_group.notes.push(note.clone());

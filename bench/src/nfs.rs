@@ -13,11 +13,12 @@ use crate::fixture::{list_entry, Fixture, Sizes};
 use crate::measure::{run_row, timed, Done};
 use crate::nfs_client::{self, NfsEndpoint};
 use crate::table::{Group, Unit};
-use crate::target::{self, Target};
+use crate::target::{self, Rows, Target};
 
 /// Runs the NFS rows against `targets` (one per column; `Local` for the raw directory):
-/// bulk write, bulk read and small files, plus listing and stats when `all_rows`.
-pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], targets: &[Target], all_rows: bool) {
+/// bulk write, bulk read and small files, plus listing and stats on a directory, plus a read
+/// with cold caches on GlusterFS.
+pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], targets: &[Target], rows: Rows) {
     let s = fx.sizes;
     let avail: Vec<Result<(), String>> = targets.iter().map(Target::available).collect();
     let ep = |i: usize| match &targets[i] {
@@ -46,21 +47,35 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
             Ok(Done { amount: s.bulk_bytes, elapsed })
         }),
     );
+    let read = |i: usize, cold: bool| {
+        if cold {
+            target::drop_caches()?;
+        }
+        if local(i) {
+            return target::local_read(fx);
+        }
+        let sink = std::fs::File::create("/dev/null")?;
+        let (elapsed, _) = timed(Command::new("nfs-cat").arg(ep(i)?.url(fx.read_name)).stdout(sink))?;
+        Ok(Done { amount: s.bulk_bytes, elapsed })
+    };
     run_row(
         group,
         &format!("{} read (nfs-cat)", s.bulk_label()),
         Unit::Megabytes,
         s.rounds,
         &avail,
-        Box::new(|i, _| {
-            if local(i) {
-                return target::local_read(fx);
-            }
-            let sink = std::fs::File::create("/dev/null")?;
-            let (elapsed, _) = timed(Command::new("nfs-cat").arg(ep(i)?.url(fx.read_name)).stdout(sink))?;
-            Ok(Done { amount: s.bulk_bytes, elapsed })
-        }),
+        Box::new(|i, _| read(i, false)),
     );
+    if rows == Rows::Gluster {
+        run_row(
+            group,
+            &format!("{} read, caches dropped (nfs-cat)", s.bulk_label()),
+            Unit::Megabytes,
+            s.rounds,
+            &avail,
+            Box::new(|i, _| read(i, true)),
+        );
+    }
     run_row(
         group,
         &format!("{} x 4 KiB creates (one connection)", Sizes::count_label(s.small_files)),
@@ -92,7 +107,7 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
             Ok(out)
         }),
     );
-    if !all_rows {
+    if rows != Rows::Directory {
         return;
     }
     run_row(
@@ -149,7 +164,7 @@ pub fn run(fx: &Fixture, work: &Path, rt: &Runtime, nasgw: &Result<NfsEndpoint, 
         Ok(ep) => Target::Nfs(ep.clone()),
         Err(why) => Target::Absent(why.clone()),
     };
-    run_rows(&mut group, fx, rt, &["nasgw", "ganesha"], &[subject, Target::Nfs(anchor)], true);
+    run_rows(&mut group, fx, rt, &["nasgw", "ganesha"], &[subject, Target::Nfs(anchor)], Rows::Directory);
     ganesha.stop();
     group.notes.push(
         "Both serve the same directory; clients use AUTH_UNIX uid 1000 over TCP on loopback. Bulk rows time a whole \

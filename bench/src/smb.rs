@@ -10,7 +10,7 @@ use nasgw_tests::anchors::Smbd;
 use crate::fixture::{Fixture, Sizes};
 use crate::measure::{run_row, timed, Done};
 use crate::table::{Group, Unit};
-use crate::target::{self, Target};
+use crate::target::{self, Rows, Target};
 
 /// One smbclient session against `port` running `commands` (a `-c` list).
 fn smbclient(port: u16, commands: &str) -> Command {
@@ -25,8 +25,9 @@ fn smbclient(port: u16, commands: &str) -> Command {
 }
 
 /// Runs the SMB rows against `targets` (one per column; `Local` for the raw directory):
-/// upload, download and small files, plus listing and deltree when `all_rows`.
-pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Target], all_rows: bool) {
+/// upload, download and small files, plus listing and deltree on a directory, plus a download
+/// with cold caches on GlusterFS.
+pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Target], rows: Rows) {
     let s = fx.sizes;
     let avail: Vec<Result<(), String>> = targets.iter().map(Target::available).collect();
     let port = |i: usize| match &targets[i] {
@@ -56,24 +57,38 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
             Ok(Done { amount: s.bulk_bytes, elapsed })
         }),
     );
+    let download = |i: usize, cold: bool| {
+        if cold {
+            target::drop_caches()?;
+        }
+        if local(i) {
+            return target::local_read(fx);
+        }
+        let (elapsed, out) = timed(&mut smbclient(port(i)?, &format!("get {} /dev/null", fx.read_name)))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !text.contains(&format!("of size {} as", s.bulk_bytes)) {
+            bail!("unexpected get output: {}", text.trim());
+        }
+        Ok(Done { amount: s.bulk_bytes, elapsed })
+    };
     run_row(
         group,
         &format!("{} download (get)", s.bulk_label()),
         Unit::Megabytes,
         s.rounds,
         &avail,
-        Box::new(|i, _| {
-            if local(i) {
-                return target::local_read(fx);
-            }
-            let (elapsed, out) = timed(&mut smbclient(port(i)?, &format!("get {} /dev/null", fx.read_name)))?;
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            if !text.contains(&format!("of size {} as", s.bulk_bytes)) {
-                bail!("unexpected get output: {}", text.trim());
-            }
-            Ok(Done { amount: s.bulk_bytes, elapsed })
-        }),
+        Box::new(|i, _| download(i, false)),
     );
+    if rows == Rows::Gluster {
+        run_row(
+            group,
+            &format!("{} download, caches dropped (get)", s.bulk_label()),
+            Unit::Megabytes,
+            s.rounds,
+            &avail,
+            Box::new(|i, _| download(i, true)),
+        );
+    }
     run_row(
         group,
         &format!("{} x 4 KiB files (mput, one session)", Sizes::count_label(s.small_files)),
@@ -96,7 +111,7 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
             Ok(Done { amount: made as u64, elapsed })
         }),
     );
-    if !all_rows {
+    if rows != Rows::Directory {
         return;
     }
     run_row(
@@ -144,7 +159,7 @@ pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<u16, String>) -> Group {
         Ok(p) => Target::Smb(*p),
         Err(why) => Target::Absent(why.clone()),
     };
-    run_rows(&mut group, fx, &["nasgw", "smbd"], &[subject, Target::Smb(smbd.port)], true);
+    run_rows(&mut group, fx, &["nasgw", "smbd"], &[subject, Target::Smb(smbd.port)], Rows::Directory);
     smbd.stop();
     group.notes.push(
         "Both serve the same directory as the guest share `[pub]`; every row is one `smbclient -m SMB3 -O \

@@ -45,6 +45,24 @@ pub fn local_write(fx: &Fixture, name: &str) -> Result<Done> {
 }
 
 /// `dd` of the bulk file to /dev/null.
+/// Which rows a group runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// A directory on one disk: bulk, small files, listing and the other many-file rows.
+    Directory,
+    /// A GlusterFS volume: bulk (the read also with every cache dropped first), small files.
+    Gluster,
+}
+
+/// Writes dirty pages out and empties the kernel's page, dentry and inode caches, so the next
+/// read comes from the disk through every layer (the FUSE mount's cache, the bricks' cache).
+pub fn drop_caches() -> Result<()> {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n")?;
+    Ok(())
+}
+
 pub fn local_read(fx: &Fixture) -> Result<Done> {
     let input = format!("if={}", fx.data.join(fx.read_name).display());
     let (elapsed, _) = timed(Command::new("dd").args([&input, "of=/dev/null", "bs=1M"]))?;

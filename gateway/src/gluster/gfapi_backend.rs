@@ -28,6 +28,65 @@ use crate::vfs::{
 /// How long a call waits for the first connection to the volume before failing.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
+/// A read larger than this is split into pieces read at the same time: a GlusterFS read is one
+/// request to one brick answered in one piece, so a single 8 MiB read (an SMB READ) waits for
+/// the whole transfer, while pieces in flight together keep bricks and network busy.
+const MIN_PIECE: usize = 256 << 10;
+/// At most this many pieces (threads) per read.
+const MAX_PIECES: usize = 8;
+
+/// Fills `buf` from `offset` on with `read_at`; returns how much was read (less only at end of
+/// file).
+fn read_full(
+    read_at: &impl Fn(&mut [u8], u64) -> std::io::Result<usize>,
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let got = read_at(&mut buf[n..], offset + n as u64)?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    Ok(n)
+}
+
+/// Reads `buf.len()` bytes at `offset` with `read_at`, in pieces on parallel threads when it is
+/// larger than [`MIN_PIECE`]; returns how many bytes form the file's data from `offset` on (short
+/// only at end of file).
+fn read_pieces(
+    read_at: &(impl Fn(&mut [u8], u64) -> std::io::Result<usize> + Sync),
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<usize> {
+    if buf.len() <= MIN_PIECE {
+        return read_full(read_at, buf, offset);
+    }
+    let piece = buf.len().div_ceil(MAX_PIECES).max(MIN_PIECE);
+    let results: Vec<std::io::Result<usize>> = std::thread::scope(|s| {
+        let pieces: Vec<_> = buf
+            .chunks_mut(piece)
+            .enumerate()
+            .map(|(i, part)| s.spawn(move || read_full(read_at, part, offset + (i * piece) as u64)))
+            .collect();
+        pieces
+            .into_iter()
+            .map(|p| p.join().unwrap_or_else(|_| Err(std::io::Error::other("read thread panicked"))))
+            .collect()
+    });
+    let mut total = 0;
+    for r in results {
+        let n = r?;
+        total += n;
+        if n < piece {
+            break; // end of file inside this piece: later pieces hold nothing of it
+        }
+    }
+    Ok(total)
+}
+
 /// Runs the calling thread's next libgfapi calls as a caller; root again when dropped.
 struct AsCaller;
 
@@ -317,14 +376,7 @@ impl Backend for GfapiBackend {
         let f = self.io(&vol, &node)?;
         let want = (count as u64).min(attr.size.saturating_sub(offset)) as usize;
         let mut buf = vec![0u8; want];
-        let mut n = 0;
-        while n < want {
-            let got = f.read_at(&mut buf[n..], offset + n as u64)?;
-            if got == 0 {
-                break;
-            }
-            n += got;
-        }
+        let n = read_pieces(&|b: &mut [u8], at| f.read_at(b, at), &mut buf, offset)?;
         buf.truncate(n);
         let eof = offset + n as u64 >= attr.size;
         Ok((buf, eof, attr))
@@ -622,5 +674,41 @@ impl Backend for GfapiBackend {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `len` bytes whose reads return at most 100 KiB each, as a brick may.
+    fn source(len: usize) -> impl Fn(&mut [u8], u64) -> std::io::Result<usize> + Sync {
+        move |buf: &mut [u8], at: u64| {
+            let at = at as usize;
+            let n = buf.len().min(len.saturating_sub(at)).min(100 << 10);
+            for (i, b) in buf[..n].iter_mut().enumerate() {
+                *b = ((at + i) % 251) as u8;
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn pieces_read_exactly_the_file_up_to_its_end() {
+        let len = 5 * 1024 * 1024 + 12345;
+        for (offset, count) in
+            [(0, 8 << 20), (0, 1 << 20), (3 << 20, 8 << 20), (len - 10, 1 << 20), (len, 1 << 20), (7, 300 << 10)]
+        {
+            let mut buf = vec![0u8; count];
+            let n = read_pieces(&source(len), &mut buf, offset as u64).unwrap();
+            assert_eq!(n, count.min(len.saturating_sub(offset)), "offset {offset} count {count}");
+            assert!(buf[..n].iter().enumerate().all(|(i, b)| *b == ((offset + i) % 251) as u8), "offset {offset}");
+        }
+        let failing =
+            |_: &mut [u8], at: u64| if at >= 1 << 20 { Err(std::io::Error::other("brick gone")) } else { Ok(0) };
+        assert!(
+            read_pieces(&failing, &mut vec![0u8; 8 << 20], 1 << 20).is_err(),
+            "an error in any piece fails the read"
+        );
     }
 }
