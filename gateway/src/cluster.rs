@@ -90,8 +90,16 @@ fn shared_volume(
         VolumeAccess::Fuse(m) => Box::new(RecoveryLock::new(m.path().join(rel))),
         VolumeAccess::Gfapi(slot) => Box::new(crate::gluster::recovery_lock::GfapiLock::new(slot.clone(), rel)),
     };
-    let health = g.health();
+    let (health, lapses) = (g.health(), g.lapses());
+    let mut seen = lapses.get().0;
     let probe = Box::new(move || {
+        // A lapse since the last look counts even if it is over (a FUSE client that died and
+        // was mounted again in between): the node's open files on the old mount are gone.
+        let (count, reason) = lapses.get();
+        if count != seen {
+            seen = count;
+            return Err(reason);
+        }
         let h = health.borrow().clone();
         if h.is_healthy() {
             Ok(())
@@ -122,8 +130,12 @@ pub fn start(
     gluster: Option<&GlusterService>,
     life: &Lifecycle,
 ) -> Result<ClusterNode> {
-    let s = settings(cluster)?;
+    let mut s = settings(cluster)?;
     let volume = shared_volume(cfg, cluster, s.me, gluster)?;
+    if gluster.is_some() {
+        // The GlusterFS backend probes the volume itself; HA only reads its verdict, cheaply.
+        s.health_interval = s.health_interval.min(Duration::from_millis(100));
+    }
     tracing::info!(pnn = s.me, node = %s.nodes[s.me as usize], port = s.port, public = s.public.len(), "starting the HA node");
     let public = s.public.iter().map(|p| p.address).collect();
     let nodes = s.nodes.len() as u32;

@@ -244,6 +244,28 @@ impl Volume {
         Ok((obj, unsafe { st.assume_init() }))
     }
 
+    /// Creates regular file `name` in `dir` and opens it with `flags` in the same call (one
+    /// request to the bricks instead of a create and an open).
+    pub fn create_open(
+        &self,
+        dir: &Object,
+        name: &OsStr,
+        flags: i32,
+        mode: u32,
+    ) -> io::Result<(Object, libc::stat, File)> {
+        let name = cstr(name)?;
+        let mut st = MaybeUninit::<libc::stat>::zeroed();
+        let mut fd: *mut glfs_fd_t = std::ptr::null_mut();
+        // SAFETY: live parent; name copied; st and fd written on success.
+        let ptr = unsafe {
+            self.lib().glfs_h_creat_open(self.fs(), dir.ptr, name.as_ptr(), flags, mode, st.as_mut_ptr(), &mut fd)
+        };
+        let obj = self.object(ptr)?;
+        let file = self.file(fd, false)?;
+        // SAFETY: zeroed and filled on success.
+        Ok((obj, unsafe { st.assume_init() }, file))
+    }
+
     /// Creates directory `name` in `dir`.
     pub fn mkdir(&self, dir: &Object, name: &OsStr, mode: u32) -> io::Result<(Object, libc::stat)> {
         let name = cstr(name)?;

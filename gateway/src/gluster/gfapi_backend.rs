@@ -31,7 +31,7 @@ const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// A read larger than this is split into pieces read at the same time: a GlusterFS read is one
 /// request to one brick answered in one piece, so a single 8 MiB read (an SMB READ) waits for
 /// the whole transfer, while pieces in flight together keep bricks and network busy.
-const MIN_PIECE: usize = 256 << 10;
+const MIN_PIECE: usize = 1 << 20;
 /// At most this many pieces (threads) per read.
 const MAX_PIECES: usize = 8;
 
@@ -107,6 +107,11 @@ impl Drop for AsCaller {
 struct Node {
     obj: Object,
     io: Mutex<Option<Arc<File>>>,
+    /// Set once a stat showed a directory: a GFID never changes type, so operations inside it
+    /// need not stat it again (a changed directory's stat always reaches a brick, since
+    /// libgfapi's metadata cache drops it on every create or remove inside). A directory
+    /// deleted meanwhile makes the operation itself fail with ESTALE.
+    is_dir: std::sync::OnceLock<()>,
 }
 
 /// The namespace over a libgfapi connection.
@@ -195,7 +200,7 @@ impl GfapiBackend {
         if let Some(n) = nodes.get(&id) {
             return n.clone();
         }
-        let n = Arc::new(Node { obj, io: Mutex::new(None) });
+        let n = Arc::new(Node { obj, io: Mutex::new(None), is_dir: std::sync::OnceLock::new() });
         nodes.put(id, n.clone());
         n
     }
@@ -221,10 +226,14 @@ impl GfapiBackend {
 
     fn dir_node(&self, vol: &Volume, id: &FileId) -> VfsResult<Arc<Node>> {
         let n = self.node(vol, id)?;
+        if n.is_dir.get().is_some() {
+            return Ok(n);
+        }
         let st = self.live_stat(vol, id, &n)?;
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Err(VfsError::NotDir);
         }
+        let _ = n.is_dir.set(());
         Ok(n)
     }
 
@@ -417,17 +426,18 @@ impl Backend for GfapiBackend {
         let d = self.dir_node(&vol, dir)?;
         let mode = mode & 0o7777;
         let os = std::ffi::OsStr::from_bytes(name.as_bytes());
+        // Created and opened in one request: the descriptor becomes the file's cached I/O
+        // descriptor (libgfapi checks permissions at open only, as the POSIX backend's root fd).
         let made = {
             let _as = AsCaller::switch(cred)?;
-            match vol.create(&d.obj, os, libc::O_RDWR | libc::O_EXCL, mode) {
-                Ok((obj, st)) => {
+            match vol.create_open(&d.obj, os, libc::O_RDWR | libc::O_EXCL, mode) {
+                Ok((obj, mut st, file)) => {
                     if st.st_mode & 0o7777 != mode {
                         // libgfapi applied a umask: the protocol asked for exactly `mode`.
-                        let mut s = st;
-                        s.st_mode = mode;
-                        vol.setattr(&obj, &s, gfapi::GFAPI_SET_ATTR_MODE)?;
+                        st.st_mode = (st.st_mode & !0o7777) | mode;
+                        vol.setattr(&obj, &st, gfapi::GFAPI_SET_ATTR_MODE)?;
                     }
-                    Some(obj)
+                    Some((obj, st, file))
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => None,
                 Err(e) => return Err(e.into()),
@@ -435,9 +445,11 @@ impl Backend for GfapiBackend {
         };
         let created = made.is_some();
         let (id, attr) = match made {
-            Some(obj) => {
-                let st = vol.stat(&obj)?;
-                self.found(obj, &st)?
+            Some((obj, st, file)) => {
+                let id = gfid_file_id(&obj.gfid()?);
+                let node = self.insert(id, obj);
+                node.io.lock().expect("lock").get_or_insert_with(|| Arc::new(file));
+                (id, self.attr(&st))
             }
             None => {
                 let (obj, st) = self.lookup_obj(&vol, cred, &d, name.as_bytes())?;
@@ -594,7 +606,8 @@ impl Backend for GfapiBackend {
         let d = self.dir_node(&vol, dir)?;
         let listing = {
             let _as = AsCaller::switch(cred)?;
-            vol.open_dir(&d.obj)?
+            // A directory removed since it was last seen: its handle is stale.
+            vol.open_dir(&d.obj).map_err(stale)?
         };
         if cookie != 0 {
             listing.seek_dir(cookie as i64);

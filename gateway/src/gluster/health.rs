@@ -9,7 +9,8 @@
 //! changes; `nasgw status` shows the node UNHEALTHY while it is not [`VolumeHealth::Healthy`].
 
 use std::io;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -113,27 +114,52 @@ pub struct ProbeTiming {
     pub timeout: Duration,
 }
 
+/// Counts the volume's lapses (each change to a state that is not healthy) and keeps the last
+/// one's reason, so a reader that looks at the health now and then (HA) still learns of a lapse
+/// shorter than its interval, such as a FUSE client that died and was mounted again at once.
+#[derive(Debug, Clone, Default)]
+pub struct Lapses(Arc<(AtomicU64, Mutex<String>)>);
+
+impl Lapses {
+    fn record(&self, h: &VolumeHealth) {
+        *self.0 .1.lock().expect("lapse reason") = h.to_string();
+        self.0 .0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many lapses so far, and the last one's reason.
+    pub fn get(&self) -> (u64, String) {
+        let reason = self.0 .1.lock().expect("lapse reason").clone();
+        (self.0 .0.load(Ordering::SeqCst), reason)
+    }
+}
+
 /// Runs a [`Probe`] periodically and publishes the result; stops when `stop` fires.
 pub struct HealthMonitor {
     tx: watch::Sender<VolumeHealth>,
+    lapses: Lapses,
 }
 
 impl HealthMonitor {
     /// A monitor in state `Starting`, and the watch HA subscribes to.
     pub fn new() -> (HealthMonitor, HealthWatch) {
         let (tx, rx) = watch::channel(VolumeHealth::Starting);
-        (HealthMonitor { tx }, rx)
+        (HealthMonitor { tx, lapses: Lapses::default() }, rx)
     }
 
     /// Publishes a state now (the mount supervisor uses it when the client dies, without
     /// waiting for the next probe).
     pub fn publish(&self, h: VolumeHealth) {
-        publish(&self.tx, h);
+        publish(&self.tx, &self.lapses, h);
     }
 
     /// A second handle that publishes to the same watch.
     pub fn publisher(&self) -> HealthMonitor {
-        HealthMonitor { tx: self.tx.clone() }
+        HealthMonitor { tx: self.tx.clone(), lapses: self.lapses.clone() }
+    }
+
+    /// The lapse counter of this monitor's volume.
+    pub fn lapses(&self) -> Lapses {
+        self.lapses.clone()
     }
 
     /// Starts the probe loop on two threads of its own: the prober (may block in the volume) and
@@ -152,7 +178,7 @@ impl HealthMonitor {
                 }
             })
             .expect("spawn probe thread");
-        let tx = self.tx;
+        let (tx, lapses) = (self.tx, self.lapses);
         std::thread::Builder::new()
             .name("nasgw-health".into())
             .spawn(move || {
@@ -173,14 +199,15 @@ impl HealthMonitor {
                                 }
                                 let waited = start.elapsed();
                                 if waited >= timing.timeout {
-                                    publish(&tx, VolumeHealth::Hung { waited_ms: waited.as_millis() as u64 });
+                                    let hung = VolumeHealth::Hung { waited_ms: waited.as_millis() as u64 };
+                                    publish(&tx, &lapses, hung);
                                 }
                             }
                         }
                     };
                     match result {
-                        Some(Ok(())) => publish(&tx, VolumeHealth::Healthy),
-                        Some(Err(h)) => publish(&tx, h),
+                        Some(Ok(())) => publish(&tx, &lapses, VolumeHealth::Healthy),
+                        Some(Err(h)) => publish(&tx, &lapses, h),
                         None => return,
                     }
                     sleep_unless_stopped(&stop, timing.interval);
@@ -190,13 +217,16 @@ impl HealthMonitor {
     }
 }
 
-fn publish(tx: &watch::Sender<VolumeHealth>, h: VolumeHealth) {
+fn publish(tx: &watch::Sender<VolumeHealth>, lapses: &Lapses, h: VolumeHealth) {
     tx.send_if_modified(|cur| {
         // Only a change of state wakes HA and is logged; a new reason or a growing Hung wait
         // within the same state only updates the value.
         let same = std::mem::discriminant(&*cur) == std::mem::discriminant(&h);
         if !same {
             tracing::info!(from = %cur, to = %h, "volume health changed");
+            if !h.is_healthy() && cur.is_healthy() {
+                lapses.record(&h);
+            }
         }
         *cur = h;
         !same
@@ -229,6 +259,21 @@ mod tests {
         assert!(matches!(VolumeHealth::from_write_error(&nospc), VolumeHealth::Unreachable { .. }));
         assert!(VolumeHealth::Healthy.is_healthy());
         assert!(!VolumeHealth::Hung { waited_ms: 1 }.is_healthy());
+    }
+
+    #[test]
+    fn a_short_lapse_is_counted_even_when_over() {
+        let (mon, rx) = HealthMonitor::new();
+        let lapses = mon.lapses();
+        mon.publish(VolumeHealth::Healthy);
+        assert_eq!(lapses.get().0, 0, "starting up is not a lapse");
+        mon.publish(VolumeHealth::Remounting { reason: "client died".into() });
+        mon.publish(VolumeHealth::Unreachable { reason: "not mounted".into() });
+        mon.publish(VolumeHealth::Healthy);
+        assert!(rx.borrow().is_healthy());
+        let (n, reason) = lapses.get();
+        assert_eq!(n, 1, "one lapse: healthy -> not healthy -> healthy");
+        assert!(reason.contains("client died"), "{reason}");
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub struct GlusterService {
     /// How the volume is reached.
     pub access: VolumeAccess,
     health: HealthWatch,
+    lapses: health::Lapses,
     stop: CancellationToken,
 }
 
@@ -62,6 +63,7 @@ impl GlusterService {
         // This node's probe file: named after its own volfile server (first in `servers`).
         let tag = format!("health-{}", v.servers.first().map_or("node", String::as_str));
         let (monitor, health) = HealthMonitor::new();
+        let lapses = monitor.lapses();
         let stop = CancellationToken::new();
         let access = match v.access {
             GlusterAccess::Fuse => {
@@ -88,12 +90,17 @@ impl GlusterService {
                 VolumeAccess::Gfapi(slot)
             }
         };
-        Ok(GlusterService { access, health, stop })
+        Ok(GlusterService { access, health, lapses, stop })
     }
 
     /// The volume's health, for HA and `nasgw status`.
     pub fn health(&self) -> HealthWatch {
         self.health.clone()
+    }
+
+    /// The volume's lapses from healthy (counted even when they are over by the next look).
+    pub fn lapses(&self) -> health::Lapses {
+        self.lapses.clone()
     }
 
     /// The mount point the POSIX backend serves (`access = "fuse"`).
