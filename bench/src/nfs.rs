@@ -58,22 +58,16 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
         let (elapsed, _) = timed(Command::new("nfs-cat").arg(ep(i)?.url(fx.read_name)).stdout(sink))?;
         Ok(Done { amount: s.bulk_bytes, elapsed })
     };
-    run_row(
-        group,
-        &format!("{} read (nfs-cat)", s.bulk_label()),
-        Unit::Megabytes,
-        s.rounds,
-        &avail,
-        Box::new(|i, _| read(i, false)),
-    );
-    if rows == Rows::Gluster {
+    // On GlusterFS also with every cache dropped first (see `Rows::Gluster`).
+    for cold in [false, true].into_iter().filter(|c| !c || rows == Rows::Gluster) {
+        let label = if cold { "read, caches dropped" } else { "read" };
         run_row(
             group,
-            &format!("{} read, caches dropped (nfs-cat)", s.bulk_label()),
+            &format!("{} {label} (nfs-cat)", s.bulk_label()),
             Unit::Megabytes,
             s.rounds,
             &avail,
-            Box::new(|i, _| read(i, true)),
+            Box::new(move |i, _| read(i, cold)),
         );
     }
     run_row(

@@ -71,22 +71,16 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
         }
         Ok(Done { amount: s.bulk_bytes, elapsed })
     };
-    run_row(
-        group,
-        &format!("{} download (get)", s.bulk_label()),
-        Unit::Megabytes,
-        s.rounds,
-        &avail,
-        Box::new(|i, _| download(i, false)),
-    );
-    if rows == Rows::Gluster {
+    // On GlusterFS also with every cache dropped first (see `Rows::Gluster`).
+    for cold in [false, true].into_iter().filter(|c| !c || rows == Rows::Gluster) {
+        let label = if cold { "download, caches dropped" } else { "download" };
         run_row(
             group,
-            &format!("{} download, caches dropped (get)", s.bulk_label()),
+            &format!("{} {label} (get)", s.bulk_label()),
             Unit::Megabytes,
             s.rounds,
             &avail,
-            Box::new(|i, _| download(i, true)),
+            Box::new(move |i, _| download(i, cold)),
         );
     }
     run_row(
