@@ -191,7 +191,7 @@ impl NfsServer {
                 StableHow::DataSync => Stability::DataSync,
                 StableHow::FileSync => Stability::FileSync,
             };
-            let (n, got, a) = self.ns.write(&req.cred, id, offset, data.to_vec(), how).await.map_err(status)?;
+            let (n, got, a) = self.ns.write_from(&req.cred, id, offset, data, how).await.map_err(status)?;
             let committed = match got {
                 Stability::Unstable => stable_how::UNSTABLE,
                 Stability::DataSync => stable_how::DATA_SYNC,

@@ -220,6 +220,24 @@ impl Namespace {
         blocking(move || b.write(&cred, &id, offset, &data, stable)).await
     }
 
+    /// Like [`Namespace::write`] with borrowed data: on the multi-threaded runtime the data goes
+    /// to the backend without a copy (a 1 MiB WRITE costs one memcpy less).
+    pub async fn write_from(
+        &self,
+        cred: &Credentials,
+        id: FileId,
+        offset: u64,
+        data: &[u8],
+        stable: Stability,
+    ) -> VfsResult<(u32, Stability, Attr)> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+            tokio::task::block_in_place(|| self.backend.write(cred, &id, offset, data, stable))
+        } else {
+            self.write(cred, id, offset, data.to_vec(), stable).await
+        }
+    }
+
     /// Creates a regular file `dir/name`.
     pub async fn create(
         &self,

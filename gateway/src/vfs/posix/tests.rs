@@ -376,3 +376,25 @@ fn reads_leave_cached_data_in_the_file_and_read_the_rest() {
         assert!(data.is_empty() && eof);
     }
 }
+
+async fn write_from_reaches_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = Namespace::new(Arc::new(backend(tmp.path(), *kinds().last().unwrap())));
+    let me = Credentials::root();
+    let (f, _) = ns.create(&me, ns.root(), b"w", 0o644, CreateHow::Guarded(SetAttr::default())).await.unwrap();
+    let data = vec![9u8; 100_000];
+    let (n, st, a) = ns.write_from(&me, f, 10, &data, Stability::FileSync).await.unwrap();
+    assert_eq!((n, st, a.size), (100_000, Stability::FileSync, 100_010));
+    assert_eq!(std::fs::read(tmp.path().join("w")).unwrap()[10..], data[..]);
+    assert!(ns.is_local(), "a temporary directory is on a local file system");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_from_on_the_multi_threaded_runtime() {
+    write_from_reaches_the_file().await;
+}
+
+#[tokio::test]
+async fn write_from_on_a_current_thread_runtime() {
+    write_from_reaches_the_file().await;
+}
