@@ -2,9 +2,7 @@
 //! XDR straight into the reply within the client's byte budget: no per-entry wire structs, and
 //! names and handles are copied once, into the reply.
 
-use nfs3_types::xdr_codec::Pack;
-
-use super::attr::fattr;
+use super::attr::put_fattr;
 use super::handle::HandleCodec;
 use crate::vfs::{Attr, FileId};
 
@@ -65,7 +63,7 @@ impl<'a> EntryList<'a> {
         match plus {
             Some((id, a)) => {
                 self.u32(1);
-                fattr(a).pack(self.out).expect("packing into a Vec cannot fail");
+                put_fattr(self.out, a);
                 self.u32(1);
                 self.u32(HandleCodec::len_of(id) as u32);
                 handles.encode_into(id, self.out);
@@ -123,7 +121,7 @@ mod tests {
         cookieverf3, dirlist3, dirlistplus3, entry3, entryplus3, filename3, nfs_fh3, Nfs3Option, READDIR3resok,
         READDIRPLUS3resok,
     };
-    use nfs3_types::xdr_codec::{List, Opaque};
+    use nfs3_types::xdr_codec::{List, Opaque, Pack};
 
     use super::*;
     use crate::nfs::attr::post_op;

@@ -44,7 +44,7 @@ fn read_entries(dfd: BorrowedFd<'_>, max_entries: usize) -> VfsResult<(Vec<Liste
             if entries.len() >= max_entries {
                 return Ok((entries, false));
             }
-            entries.push(Listed { name: e.name.to_owned(), cookie: e.off, ino: e.ino, seen: None });
+            entries.push(Listed { name: e.name.into(), cookie: e.off, ino: e.ino, seen: None });
         }
     }
 }
@@ -84,7 +84,7 @@ impl PosixBackend {
         let mut recalled_ids = Vec::new();
         for l in &mut listed {
             let plus = if plus {
-                let cname = l.name.as_c_str();
+                let cname = &*l.name;
                 let Ok(stx) = sys::statx(dfd.as_fd(), cname) else { continue };
                 let id = match l.seen {
                     Some(s) if s == seen_of(&stx, s.id) => {
@@ -99,13 +99,13 @@ impl PosixBackend {
                     }
                 };
                 if let Some(dino) = dir_ino {
-                    self.hint_child(dino, stx.stx_ino, l.name.as_bytes());
+                    self.hint_child(dino, stx.stx_ino, l.name.to_bytes());
                 }
                 Some((id, self.attr(&stx)))
             } else {
                 None
             };
-            entries.push(DirEntry { name: l.name.as_bytes().to_vec(), cookie: l.cookie, fileid: l.ino, plus });
+            entries.push(DirEntry { name: l.name.to_bytes().to_vec(), cookie: l.cookie, fileid: l.ino, plus });
         }
         let after = sys::fstatx(d.path_fd.as_fd())?;
         if stamp_of(&after) == stamp {

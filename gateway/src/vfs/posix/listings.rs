@@ -19,7 +19,8 @@
 //! Pure data: the caller does the system calls and passes the stamps and the current time.
 
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ffi::CStr;
+use std::sync::Arc;
 
 use lru::LruCache;
 
@@ -64,8 +65,9 @@ pub struct Seen {
 /// One remembered directory entry.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Listed {
-    /// The name (NUL-terminated, ready for `*at` calls).
-    pub name: CString,
+    /// The name (NUL-terminated, ready for `*at` calls; shared, so a page is copied out of
+    /// memory without copying names).
+    pub name: Arc<CStr>,
     /// Position after this entry (its `getdents64` offset).
     pub cookie: u64,
     /// Inode number as the directory entry gives it.
@@ -201,7 +203,7 @@ mod tests {
     fn listed(i: u64) -> Listed {
         let id = FileId::new(&i.to_le_bytes()).unwrap();
         Listed {
-            name: CString::new(format!("n{i}")).unwrap(),
+            name: std::ffi::CString::new(format!("n{i}")).unwrap().into(),
             cookie: 10 * i,
             ino: i,
             seen: Some(Seen { dev: (8, 1), ino: i, id }),
