@@ -20,7 +20,7 @@
 use super::cred::Credentials;
 use super::error::VfsResult;
 use super::name::Name;
-use super::types::{Attr, CreateHow, FileId, FsStat, ReadData, ReadDir, SetAttr, Stability, VolumeId};
+use super::types::{Attr, CreateHow, FileId, FileSlice, FsStat, ReadData, ReadDir, SetAttr, Stability, VolumeId};
 
 /// A storage engine the namespace layer serves.
 pub trait Backend: Send + Sync + 'static {
@@ -83,6 +83,19 @@ pub trait Backend: Send + Sync + 'static {
     ) -> VfsResult<(ReadData, bool, Attr)> {
         let (data, eof, attr) = self.read(cred, id, offset, count)?;
         Ok((ReadData::Bytes(data), eof, attr))
+    }
+
+    /// Like [`Backend::read_slice`] but never waits for the disk: the data left in the file
+    /// when all of it is in the page cache, `Ok(None)` otherwise (or when the backend cannot
+    /// tell). Lets a caller on a local file system skip handing the thread off for cached reads.
+    fn read_cached(
+        &self,
+        _cred: &Credentials,
+        _id: &FileId,
+        _offset: u64,
+        _count: u32,
+    ) -> VfsResult<Option<(FileSlice, bool, Attr)>> {
+        Ok(None)
     }
 
     /// Writes `data` at `offset` with at least the given stability; returns bytes written,

@@ -203,6 +203,13 @@ impl Namespace {
         offset: u64,
         count: u32,
     ) -> VfsResult<(ReadData, bool, Attr)> {
+        if self.local {
+            // Cached data is answered in place; only a read that may wait for the disk is
+            // handed off.
+            if let Some((f, eof, attr)) = self.backend.read_cached(cred, &id, offset, count)? {
+                return Ok((ReadData::File(f), eof, attr));
+            }
+        }
         let (b, cred) = (self.backend.clone(), cred.clone());
         blocking(move || b.read_slice(&cred, &id, offset, count)).await
     }

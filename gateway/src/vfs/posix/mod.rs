@@ -565,17 +565,28 @@ impl Backend for PosixBackend {
         offset: u64,
         count: u32,
     ) -> VfsResult<(ReadData, bool, Attr)> {
+        if let Some((slice, eof, attr)) = self.read_cached(cred, id, offset, count)? {
+            return Ok((ReadData::File(slice), eof, attr));
+        }
+        let mut buf = Vec::new();
+        let (_, eof, attr) = self.read_append(cred, id, offset, count, &mut buf)?;
+        Ok((ReadData::Bytes(buf), eof, attr))
+    }
+
+    fn read_cached(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+    ) -> VfsResult<Option<(FileSlice, bool, Attr)>> {
         let (fd, attr) = self.readable(cred, id)?;
         let len = (count as u64).min(attr.size.saturating_sub(offset)) as u32;
-        // Left in the file only when it is all in the page cache: the caller sends it from an
-        // async task, which must not wait for the disk.
         if !sys::all_cached(fd.as_fd(), offset, u64::from(len)) {
-            let mut buf = Vec::new();
-            let (_, eof, attr) = self.read_append(cred, id, offset, count, &mut buf)?;
-            return Ok((ReadData::Bytes(buf), eof, attr));
+            return Ok(None);
         }
         let eof = offset + len as u64 >= attr.size;
-        Ok((ReadData::File(FileSlice { fd, offset, len }), eof, attr))
+        Ok(Some((FileSlice { fd, offset, len }, eof, attr)))
     }
 
     fn write(

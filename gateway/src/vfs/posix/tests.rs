@@ -362,12 +362,15 @@ fn reads_leave_cached_data_in_the_file_and_read_the_rest() {
         let file = std::fs::File::open(tmp.path().join("data")).unwrap();
         if sys::all_cached(file.as_fd(), 0, 1) {
             assert!(matches!(data, ReadData::File(_)), "cached data is left in the file");
+            let (slice, eof, _) = b.read_cached(&me, &f, 100, 5000).unwrap().expect("cached");
+            assert_eq!((bytes_of(&ReadData::File(slice)), eof), (content[100..5100].to_vec(), false));
         }
         let (data, eof, _) = b.read_slice(&me, &f, 19_990, 5000).unwrap();
         assert_eq!((bytes_of(&data), eof), (content[19_990..].to_vec(), true));
         // Dropped from the cache: read into memory, never sent from an async task.
         assert_eq!(unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
         if !sys::all_cached(file.as_fd(), 0, 20_000) {
+            assert!(b.read_cached(&me, &f, 0, 20_000).unwrap().is_none(), "never waits for the disk");
             let (data, _, _) = b.read_slice(&me, &f, 0, 20_000).unwrap();
             assert!(matches!(data, ReadData::Bytes(_)));
             assert_eq!(bytes_of(&data), content);
