@@ -1,7 +1,7 @@
 //! RPC record marking over TCP (RFC 5531 section 11): the byte stream of a connection cut into
 //! records, each made of fragments with a 4-byte header, every length bounded.
 //!
-//! Reads are buffered, so a small call usually costs one `recv` for its header and body
+//! Reads are buffered (16 KiB), so a small call usually costs one `recv` for its header and body
 //! together; a large fragment's payload (a WRITE's data) goes straight into the record. The
 //! reader also says whether more of the stream has already arrived ([`RecordReader::buffered`]),
 //! which tells the server whether a client is waiting on one call only.
@@ -10,8 +10,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::rpc::{self, MAX_FRAGMENT, MAX_RECORD};
 
-/// Bytes read from the socket at once for small calls.
-const BUFFER: usize = 64 * 1024;
+/// Bytes read from the socket at once: room for several small calls (a 4 KiB WRITE with its
+/// header is 4.2 KiB), and 16 MiB over 1024 connections.
+const BUFFER: usize = 16 * 1024;
 
 /// Splits a byte stream into RPC records.
 pub struct RecordReader<R> {
@@ -82,7 +83,13 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
                 self.end -= self.start;
                 self.start = 0;
             }
-            let got = self.rd.read(&mut self.buf[self.end..]).await.map_err(|e| format!("read failed: {e}"))?;
+            let got = match self.rd.read(&mut self.buf[self.end..]).await {
+                Ok(got) => got,
+                // A client that resets its connection between calls (libnfs tools on exit)
+                // ends the stream like a close.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+                Err(e) => return Err(format!("read failed: {e}")),
+            };
             if got == 0 {
                 return Ok(false);
             }
@@ -118,6 +125,34 @@ mod tests {
         assert_eq!(r.next().await.unwrap().unwrap(), b"");
         assert_eq!(r.buffered(), 0);
         assert_eq!(r.next().await.unwrap(), None);
+    }
+
+    /// A stream that yields `data`, then fails with a connection reset.
+    struct ThenReset(&'static [u8]);
+
+    impl AsyncRead for ThenReset {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.0.is_empty() {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+            }
+            let n = self.0.len().min(buf.remaining());
+            buf.put_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_between_records_ends_the_stream_inside_one_is_an_error() {
+        let mut r = RecordReader::new(ThenReset(b"\x80\x00\x00\x02ok"));
+        assert_eq!(r.next().await.unwrap().unwrap(), b"ok");
+        assert_eq!(r.next().await.unwrap(), None);
+        let mut r = RecordReader::new(ThenReset(b"\x80\x00\x00\x09cut"));
+        assert!(r.next().await.is_err());
     }
 
     #[tokio::test]
