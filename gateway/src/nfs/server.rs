@@ -504,3 +504,60 @@ pub async fn start(
     }
     Ok(server)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// A connected pair: the server's write half (in a [`ReplySink`]) and the client's stream.
+    async fn pair() -> (ReplySink, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, peer) = l.accept().await.unwrap();
+        let (_, half) = server.into_split();
+        (ReplySink { wr: Mutex::new(Sender { half, broken: false }), client: peer }, client)
+    }
+
+    fn slice(content: &[u8], offset: u64, len: u32) -> (tempfile::TempDir, FileSlice) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, content).unwrap();
+        let fd = OwnedFd::from(std::fs::File::open(&path).unwrap());
+        (dir, FileSlice { fd: Arc::new(fd), offset, len })
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn file_data_follows_the_head_then_its_padding() {
+        let (sink, mut client) = pair().await;
+        let content: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let (_dir, f) = slice(&content, 7, 200_001);
+        sink.send(Reply { bytes: b"head".to_vec(), file: Some(f) }).await;
+        sink.send(Reply::from(b"next".to_vec())).await;
+        drop(sink);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let mut want = b"head".to_vec();
+        want.extend_from_slice(&content[7..200_008]);
+        want.extend_from_slice(&[0, 0, 0]);
+        want.extend_from_slice(b"next");
+        assert_eq!(got.len(), want.len());
+        assert!(got == want);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_file_that_shrank_closes_the_connection_instead_of_lying() {
+        let (sink, mut client) = pair().await;
+        // The reply promised 2000 bytes; the file has 1000 left.
+        let (_dir, f) = slice(&[1; 1000], 0, 2000);
+        sink.send(Reply { bytes: b"head".to_vec(), file: Some(f) }).await;
+        sink.send(Reply::from(b"later".to_vec())).await;
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 4 + 1000, "the stream ends at the cut: nothing after it");
+        assert!(sink.wr.lock().await.broken);
+    }
+}
