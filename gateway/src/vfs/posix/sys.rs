@@ -344,9 +344,9 @@ impl ThreadIdentity {
             return Ok(Self { active: false });
         }
         let guard = Self { active: true };
-        let groups: Vec<libc::gid_t> = groups.iter().take(65536).copied().collect();
+        let groups = &groups[..groups.len().min(65536)];
+        set_thread_groups(groups)?;
         unsafe {
-            check_long(libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()))?;
             libc::syscall(libc::SYS_setfsgid, gid);
             libc::syscall(libc::SYS_setfsuid, uid);
             // setfs*id return the previous value and never fail visibly: verify instead.
@@ -366,10 +366,32 @@ impl Drop for ThreadIdentity {
             unsafe {
                 libc::syscall(libc::SYS_setfsuid, 0);
                 libc::syscall(libc::SYS_setfsgid, 0);
-                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
             }
+            let _ = set_thread_groups(&[]);
         }
     }
+}
+
+thread_local! {
+    /// The supplementary groups [`set_thread_groups`] last gave this thread (`None`: as the
+    /// thread started, or unknown after a failure).
+    static THREAD_GROUPS: std::cell::RefCell<Option<Vec<libc::gid_t>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sets the calling thread's supplementary groups (raw syscall: this thread only), skipping
+/// the call when the thread already has exactly these: `setgroups` allocates and replaces the
+/// thread's credentials, the dearest part of running a call as its caller.
+fn set_thread_groups(groups: &[libc::gid_t]) -> VfsResult<()> {
+    THREAD_GROUPS.with(|current| {
+        let mut current = current.borrow_mut();
+        if current.as_deref() == Some(groups) {
+            return Ok(());
+        }
+        *current = None;
+        check_long(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })?;
+        *current = Some(groups.to_vec());
+        Ok(())
+    })
 }
 
 /// The process umask (read without changing it for longer than two calls).
@@ -520,6 +542,40 @@ mod tests {
         r.extend_from_slice(name);
         r.resize(reclen, 0);
         r
+    }
+
+    /// The calling thread's (fsuid, fsgid, supplementary groups).
+    fn thread_ids() -> (u32, u32, Vec<libc::gid_t>) {
+        let mut groups = vec![0; 256];
+        let n = unsafe { libc::syscall(libc::SYS_getgroups, groups.len(), groups.as_mut_ptr()) };
+        groups.truncate(usize::try_from(n).unwrap());
+        unsafe {
+            (
+                libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32,
+                libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
+                groups,
+            )
+        }
+    }
+
+    #[test]
+    fn thread_identity_switches_and_restores_groups_too() {
+        if euid() != 0 {
+            eprintln!("not root: identity switching not tested");
+            return;
+        }
+        // A thread of its own: identities are per thread.
+        std::thread::spawn(|| {
+            for groups in [vec![], vec![42, 43], vec![42, 43], vec![], vec![7]] {
+                {
+                    let _as = ThreadIdentity::switch(true, 1234, 5678, &groups).unwrap();
+                    assert_eq!(thread_ids(), (1234, 5678, groups.clone()));
+                }
+                assert_eq!(thread_ids(), (0, 0, vec![]), "root again, without the caller's groups");
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
