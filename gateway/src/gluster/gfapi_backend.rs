@@ -618,12 +618,12 @@ impl Backend for GfapiBackend {
                 let _as = AsCaller::switch(cred)?;
                 listing.next_entry()?
             };
-            let Some(e) = next else { return Ok(ReadDir { entries, eof: true }) };
+            let Some(e) = next else { return Ok(ReadDir { entries, eof: true, dir_attr: None }) };
             if e.name == b"." || e.name == b".." {
                 continue;
             }
             if entries.len() >= max_entries {
-                return Ok(ReadDir { entries, eof: false });
+                return Ok(ReadDir { entries, eof: false, dir_attr: None });
             }
             let plus = if plus {
                 // READDIRP filled the volume's inode table: this lookup is answered locally.

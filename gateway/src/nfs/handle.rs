@@ -42,17 +42,28 @@ impl HandleCodec {
         m.finalize().into_bytes()[..TAG].try_into().expect("8 bytes")
     }
 
+    /// The length of the handle of `id`.
+    pub fn len_of(id: &FileId) -> usize {
+        10 + id.as_bytes().len() + TAG
+    }
+
     /// The handle of `id`.
     pub fn encode(&self, id: &FileId) -> Vec<u8> {
-        let bytes = id.as_bytes();
-        let mut h = Vec::with_capacity(10 + bytes.len() + TAG);
-        h.push(VERSION);
-        h.extend_from_slice(&self.volume.0);
-        h.push(bytes.len() as u8);
-        h.extend_from_slice(bytes);
-        let tag = self.tag(&h);
-        h.extend_from_slice(&tag);
+        let mut h = Vec::with_capacity(Self::len_of(id));
+        self.encode_into(id, &mut h);
         h
+    }
+
+    /// Appends the handle of `id` to `out` (a reply being built).
+    pub fn encode_into(&self, id: &FileId, out: &mut Vec<u8>) {
+        let bytes = id.as_bytes();
+        let start = out.len();
+        out.push(VERSION);
+        out.extend_from_slice(&self.volume.0);
+        out.push(bytes.len() as u8);
+        out.extend_from_slice(bytes);
+        let tag = self.tag(&out[start..]);
+        out.extend_from_slice(&tag);
     }
 
     /// The identity inside a handle a client sent, if the handle is genuine and of this volume.
@@ -87,6 +98,10 @@ mod tests {
         let h = c.encode(&id);
         assert!(h.len() <= 64);
         assert_eq!(c.decode(&h), Ok(id));
+        assert_eq!(h.len(), HandleCodec::len_of(&id));
+        let mut appended = b"xy".to_vec();
+        c.encode_into(&id, &mut appended);
+        assert_eq!(appended[2..], h[..]);
         let mut forged = h.clone();
         forged[12] ^= 1;
         assert_eq!(c.decode(&forged), Err(HandleError::Bad));

@@ -7,9 +7,11 @@
 
 pub mod args;
 pub mod attr;
+mod dirlist;
 pub mod export;
 pub mod handle;
 mod proc;
+pub mod record;
 pub mod rpc;
 pub mod server;
 pub mod xdr;

@@ -1,27 +1,28 @@
 //! The NFSv3 procedures (RFC 1813 section 3.3), one method each, named for the procedure.
-//! Each turns decoded arguments into namespace calls and returns the packed result body.
+//! Each turns decoded arguments into namespace calls and appends its result to the reply.
 
 use nfs3_types::nfs3::*;
-use nfs3_types::xdr_codec::{BoundedList, Opaque, Pack, Void};
+use nfs3_types::xdr_codec::{Opaque, Pack, Void};
 
 use super::args::{CreateMode, DirOp, NfsArgs, Sattr, StableHow, MAX_IO};
 use super::attr::{fattr, post_op, set_attr, status, wcc};
+use super::dirlist::{self, EntryList};
+use super::handle::HandleCodec;
 use super::server::{NfsServer, Request};
-use crate::vfs::{access, Attr, CreateHow, FileId, FileType, Stability};
+use crate::vfs::{access, Attr, CreateHow, FileId, FileSlice, FileType, ReadData, ReadDir, Stability};
 
 type R<T> = Result<T, nfsstat3>;
 
-/// Packs `v` into a fresh body buffer.
-fn packed<T: Pack>(v: &T) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.packed_size());
-    v.pack(&mut out).expect("packing into a Vec cannot fail");
-    out
+/// Appends `v` to the reply being built.
+fn put<T: Pack>(out: &mut Vec<u8>, v: &T) {
+    v.pack(out).expect("packing into a Vec cannot fail");
 }
 
-fn res<T: Pack, E: Pack>(r: R<T>, fail: impl FnOnce() -> E) -> Vec<u8> {
+/// Appends a procedure's result: `ok`, or the status and what `fail` gives.
+fn res<T: Pack, E: Pack>(out: &mut Vec<u8>, r: R<T>, fail: impl FnOnce() -> E) {
     match r {
-        Ok(ok) => packed(&Nfs3Result::<T, E>::Ok(ok)),
-        Err(s) => packed(&Nfs3Result::<T, E>::Err((s, fail()))),
+        Ok(ok) => put(out, &Nfs3Result::<T, E>::Ok(ok)),
+        Err(s) => put(out, &Nfs3Result::<T, E>::Err((s, fail()))),
     }
 }
 
@@ -29,39 +30,37 @@ fn fh(h: Vec<u8>) -> nfs_fh3 {
     nfs_fh3 { data: Opaque::owned(h) }
 }
 
-/// Entry size budgets of READDIR/READDIRPLUS replies: status, directory attributes, verifier,
-/// list terminator and eof flag.
-const READDIR_OVERHEAD: usize = 4 + 4 + 84 + 8 + 4 + 4;
-
 impl NfsServer {
-    /// Runs one decoded NFSv3 call and returns its packed result.
-    pub(super) async fn nfs3(&self, req: &Request, args: NfsArgs<'_>) -> Vec<u8> {
+    /// Runs one decoded NFSv3 call and appends its result to `out`; a READ may leave its data
+    /// in the file, to be sent after `out` (see [`NfsServer::read`]).
+    pub(super) async fn nfs3(&self, req: &Request, args: NfsArgs<'_>, out: &mut Vec<u8>) -> Option<FileSlice> {
         match args {
-            NfsArgs::Null => Vec::new(),
-            NfsArgs::Getattr { fh } => self.getattr(fh).await,
-            NfsArgs::Setattr { fh, set, guard } => self.setattr(req, fh, set, guard).await,
-            NfsArgs::Lookup(at) => self.lookup(req, at).await,
-            NfsArgs::Access { fh, mask } => self.access(req, fh, mask).await,
-            NfsArgs::Readlink { fh } => self.readlink(req, fh).await,
-            NfsArgs::Read { fh, offset, count } => self.read_into(req, fh, offset, count, Vec::new()).await,
-            NfsArgs::Write { fh, offset, stable, data } => self.write(req, fh, offset, stable, data).await,
-            NfsArgs::Create { at, how } => self.create(req, at, how).await,
-            NfsArgs::Mkdir { at, set } => self.mkdir(req, at, set).await,
-            NfsArgs::Symlink { at, target, .. } => self.symlink(req, at, target).await,
-            NfsArgs::Mknod { at, .. } => self.mknod(at).await,
-            NfsArgs::Remove(at) => self.remove(req, at, false).await,
-            NfsArgs::Rmdir(at) => self.remove(req, at, true).await,
-            NfsArgs::Rename { from, to } => self.rename(req, from, to).await,
-            NfsArgs::Link { fh, at } => self.link(req, fh, at).await,
-            NfsArgs::Readdir { dir, cookie, verf, count } => self.readdir(req, dir, cookie, verf, count).await,
+            NfsArgs::Null => {}
+            NfsArgs::Getattr { fh } => self.getattr(fh, out).await,
+            NfsArgs::Setattr { fh, set, guard } => self.setattr(req, fh, set, guard, out).await,
+            NfsArgs::Lookup(at) => self.lookup(req, at, out).await,
+            NfsArgs::Access { fh, mask } => self.access(req, fh, mask, out).await,
+            NfsArgs::Readlink { fh } => self.readlink(req, fh, out).await,
+            NfsArgs::Read { fh, offset, count } => return self.read(req, fh, offset, count, out).await,
+            NfsArgs::Write { fh, offset, stable, data } => self.write(req, fh, offset, stable, data, out).await,
+            NfsArgs::Create { at, how } => self.create(req, at, how, out).await,
+            NfsArgs::Mkdir { at, set } => self.mkdir(req, at, set, out).await,
+            NfsArgs::Symlink { at, target, .. } => self.symlink(req, at, target, out).await,
+            NfsArgs::Mknod { at, .. } => self.mknod(at, out).await,
+            NfsArgs::Remove(at) => self.remove(req, at, false, out).await,
+            NfsArgs::Rmdir(at) => self.remove(req, at, true, out).await,
+            NfsArgs::Rename { from, to } => self.rename(req, from, to, out).await,
+            NfsArgs::Link { fh, at } => self.link(req, fh, at, out).await,
+            NfsArgs::Readdir { dir, cookie, verf, count } => self.readdir(req, dir, cookie, verf, count, out).await,
             NfsArgs::Readdirplus { dir, cookie, verf, maxcount, .. } => {
-                self.readdirplus(req, dir, cookie, verf, maxcount).await
+                self.readdirplus(req, dir, cookie, verf, maxcount, out).await
             }
-            NfsArgs::Fsstat { fh } => self.fsstat(fh).await,
-            NfsArgs::Fsinfo { fh } => self.fsinfo(fh).await,
-            NfsArgs::Pathconf { fh } => self.pathconf(fh).await,
-            NfsArgs::Commit { fh, .. } => self.commit(fh).await,
+            NfsArgs::Fsstat { fh } => self.fsstat(fh, out).await,
+            NfsArgs::Fsinfo { fh } => self.fsinfo(fh, out).await,
+            NfsArgs::Pathconf { fh } => self.pathconf(fh, out).await,
+            NfsArgs::Commit { fh, .. } => self.commit(fh, out).await,
         }
+        None
     }
 
     fn writable(&self) -> R<()> {
@@ -76,17 +75,17 @@ impl NfsServer {
         self.ns.getattr(id).await.ok()
     }
 
-    async fn getattr(&self, h: &[u8]) -> Vec<u8> {
+    async fn getattr(&self, h: &[u8], out: &mut Vec<u8>) {
         let r: R<GETATTR3resok> = async {
             let id = self.id(h)?;
             let a = self.ns.getattr(id).await.map_err(status)?;
             Ok(GETATTR3resok { obj_attributes: fattr(&a) })
         }
         .await;
-        res(r, || Void)
+        res(out, r, || Void)
     }
 
-    async fn setattr(&self, req: &Request, h: &[u8], set: Sattr, guard: Option<(u32, u32)>) -> Vec<u8> {
+    async fn setattr(&self, req: &Request, h: &[u8], set: Sattr, guard: Option<(u32, u32)>, out: &mut Vec<u8>) {
         let mut before = None;
         let r: R<SETATTR3resok> = async {
             let id = self.id(h)?;
@@ -103,10 +102,10 @@ impl NfsServer {
             Ok(SETATTR3resok { obj_wcc: wcc(Some(&pre), Some(&after)) })
         }
         .await;
-        res(r, || SETATTR3resfail { obj_wcc: wcc(before.as_ref(), None) })
+        res(out, r, || SETATTR3resfail { obj_wcc: wcc(before.as_ref(), None) })
     }
 
-    async fn lookup(&self, req: &Request, at: DirOp<'_>) -> Vec<u8> {
+    async fn lookup(&self, req: &Request, at: DirOp<'_>, out: &mut Vec<u8>) {
         let mut dir_attr = None;
         let r: R<LOOKUP3resok> = async {
             let dir = self.id(at.dir)?;
@@ -120,10 +119,10 @@ impl NfsServer {
             })
         }
         .await;
-        res(r, || LOOKUP3resfail { dir_attributes: post_op(dir_attr.as_ref()) })
+        res(out, r, || LOOKUP3resfail { dir_attributes: post_op(dir_attr.as_ref()) })
     }
 
-    async fn access(&self, req: &Request, h: &[u8], mask: u32) -> Vec<u8> {
+    async fn access(&self, req: &Request, h: &[u8], mask: u32, out: &mut Vec<u8>) {
         let r: R<ACCESS3resok> = async {
             let id = self.id(h)?;
             let a = self.ns.getattr(id).await.map_err(status)?;
@@ -134,10 +133,10 @@ impl NfsServer {
             Ok(ACCESS3resok { obj_attributes: post_op(Some(&a)), access: granted })
         }
         .await;
-        res(r, ACCESS3resfail::default)
+        res(out, r, ACCESS3resfail::default)
     }
 
-    async fn readlink(&self, req: &Request, h: &[u8]) -> Vec<u8> {
+    async fn readlink(&self, req: &Request, h: &[u8], out: &mut Vec<u8>) {
         let r: R<READLINK3resok<'static>> = async {
             let id = self.id(h)?;
             let target = self.ns.readlink(&req.cred, id).await.map_err(status)?;
@@ -145,52 +144,45 @@ impl NfsServer {
             Ok(READLINK3resok { symlink_attributes: post_op(a.as_ref()), data: nfspath3(Opaque::owned(target)) })
         }
         .await;
-        res(r, READLINK3resfail::default)
+        res(out, r, READLINK3resfail::default)
     }
 
-    /// READ, appended to the reply buffer `out` with the data read straight into it (the hot
-    /// path: no intermediate copies of up to 1 MiB).
-    pub(super) async fn read_into(
-        &self,
-        req: &Request,
-        h: &[u8],
-        offset: u64,
-        count: u32,
-        mut out: Vec<u8>,
-    ) -> Vec<u8> {
+    /// READ: the result's head in `out`; the data appended to it, or, when the backend leaves
+    /// it in the file, returned for the caller to send after `out` (with `sendfile`: no copy
+    /// through user space), followed by its XDR padding.
+    async fn read(&self, req: &Request, h: &[u8], offset: u64, count: u32, out: &mut Vec<u8>) -> Option<FileSlice> {
         let id = match self.id(h) {
             Ok(id) => id,
             Err(s) => {
-                out.extend_from_slice(&res::<READ3resok<'static>, _>(Err(s), READ3resfail::default));
-                return out;
+                res::<READ3resok<'static>, _>(out, Err(s), READ3resfail::default);
+                return None;
             }
         };
-        // status, post_op_attr (present), count, eof, data length.
-        const HEAD: usize = 4 + 4 + 84 + 4 + 4 + 4;
-        let at = out.len();
-        out.resize(at + HEAD, 0);
-        let (mut out, r) = self.ns.read_append(&req.cred, id, offset, count.min(MAX_IO), out).await;
-        match r {
-            Ok((n, eof, a)) => {
-                let mut head = Vec::with_capacity(HEAD);
-                nfsstat3::NFS3_OK.pack(&mut head).expect("Vec");
-                post_op(Some(&a)).pack(&mut head).expect("Vec");
-                n.pack(&mut head).expect("Vec");
-                eof.pack(&mut head).expect("Vec");
-                n.pack(&mut head).expect("Vec");
-                debug_assert_eq!(head.len(), HEAD);
-                out[at..at + HEAD].copy_from_slice(&head);
-                out.resize(out.len() + (4 - n as usize % 4) % 4, 0);
+        match self.ns.read_slice(&req.cred, id, offset, count.min(MAX_IO)).await {
+            Ok((data, eof, a)) => {
+                let n = data.len() as u32;
+                put(out, &nfsstat3::NFS3_OK);
+                put(out, &post_op(Some(&a)));
+                put(out, &n);
+                put(out, &eof);
+                put(out, &n);
+                match data {
+                    ReadData::Bytes(b) => {
+                        out.extend_from_slice(&b);
+                        out.resize(out.len() + xdr_pad(b.len()), 0);
+                        None
+                    }
+                    ReadData::File(f) => Some(f),
+                }
             }
             Err(e) => {
-                out.truncate(at);
-                out.extend_from_slice(&res::<READ3resok<'static>, _>(Err(status(e)), READ3resfail::default));
+                res::<READ3resok<'static>, _>(out, Err(status(e)), READ3resfail::default);
+                None
             }
         }
-        out
     }
 
-    async fn write(&self, req: &Request, h: &[u8], offset: u64, stable: StableHow, data: &[u8]) -> Vec<u8> {
+    async fn write(&self, req: &Request, h: &[u8], offset: u64, stable: StableHow, data: &[u8], out: &mut Vec<u8>) {
         let r: R<WRITE3resok> = async {
             let id = self.id(h)?;
             self.writable()?;
@@ -199,7 +191,7 @@ impl NfsServer {
                 StableHow::DataSync => Stability::DataSync,
                 StableHow::FileSync => Stability::FileSync,
             };
-            let (n, got, a) = self.ns.write(&req.cred, id, offset, data.to_vec(), how).await.map_err(status)?;
+            let (n, got, a) = self.ns.write_from(&req.cred, id, offset, data, how).await.map_err(status)?;
             let committed = match got {
                 Stability::Unstable => stable_how::UNSTABLE,
                 Stability::DataSync => stable_how::DATA_SYNC,
@@ -213,7 +205,7 @@ impl NfsServer {
             })
         }
         .await;
-        res(r, WRITE3resfail::default)
+        res(out, r, WRITE3resfail::default)
     }
 
     /// Common tail of CREATE, MKDIR and SYMLINK: the new object's handle and attributes plus the
@@ -236,7 +228,7 @@ impl NfsServer {
         }
     }
 
-    async fn create(&self, req: &Request, at: DirOp<'_>, how: CreateMode) -> Vec<u8> {
+    async fn create(&self, req: &Request, at: DirOp<'_>, how: CreateMode, out: &mut Vec<u8>) {
         let dir = self.id(at.dir).ok();
         let made = async {
             let dir = self.id(at.dir)?;
@@ -251,10 +243,10 @@ impl NfsServer {
         .await;
         let (r, fail) = self.made(dir, made).await;
         let r = r.map(|(obj, obj_attributes, dir_wcc)| CREATE3resok { obj, obj_attributes, dir_wcc });
-        res(r, || CREATE3resfail { dir_wcc: fail })
+        res(out, r, || CREATE3resfail { dir_wcc: fail })
     }
 
-    async fn mkdir(&self, req: &Request, at: DirOp<'_>, set: Sattr) -> Vec<u8> {
+    async fn mkdir(&self, req: &Request, at: DirOp<'_>, set: Sattr, out: &mut Vec<u8>) {
         let dir = self.id(at.dir).ok();
         let made = async {
             let dir = self.id(at.dir)?;
@@ -264,10 +256,10 @@ impl NfsServer {
         .await;
         let (r, fail) = self.made(dir, made).await;
         let r = r.map(|(obj, obj_attributes, dir_wcc)| MKDIR3resok { obj, obj_attributes, dir_wcc });
-        res(r, || MKDIR3resfail { dir_wcc: fail })
+        res(out, r, || MKDIR3resfail { dir_wcc: fail })
     }
 
-    async fn symlink(&self, req: &Request, at: DirOp<'_>, target: &[u8]) -> Vec<u8> {
+    async fn symlink(&self, req: &Request, at: DirOp<'_>, target: &[u8], out: &mut Vec<u8>) {
         let dir = self.id(at.dir).ok();
         let made = async {
             let dir = self.id(at.dir)?;
@@ -277,20 +269,20 @@ impl NfsServer {
         .await;
         let (r, fail) = self.made(dir, made).await;
         let r = r.map(|(obj, obj_attributes, dir_wcc)| SYMLINK3resok { obj, obj_attributes, dir_wcc });
-        res(r, || SYMLINK3resfail { dir_wcc: fail })
+        res(out, r, || SYMLINK3resfail { dir_wcc: fail })
     }
 
-    async fn mknod(&self, at: DirOp<'_>) -> Vec<u8> {
+    async fn mknod(&self, at: DirOp<'_>, out: &mut Vec<u8>) {
         let r: R<MKNOD3resok> = async {
             self.id(at.dir)?;
             self.writable()?;
             Err(nfsstat3::NFS3ERR_NOTSUPP)
         }
         .await;
-        res(r, || MKNOD3resfail { dir_wcc: wcc_data::default() })
+        res(out, r, || MKNOD3resfail { dir_wcc: wcc_data::default() })
     }
 
-    async fn remove(&self, req: &Request, at: DirOp<'_>, dir_only: bool) -> Vec<u8> {
+    async fn remove(&self, req: &Request, at: DirOp<'_>, dir_only: bool, out: &mut Vec<u8>) {
         let dir = self.id(at.dir).ok();
         let r: R<()> = async {
             let dir = self.id(at.dir)?;
@@ -308,14 +300,14 @@ impl NfsServer {
         };
         if dir_only {
             let r = r.map(|()| RMDIR3resok { dir_wcc: wcc(None, after.as_ref()) });
-            res(r, || RMDIR3resfail { dir_wcc: wcc(None, after.as_ref()) })
+            res(out, r, || RMDIR3resfail { dir_wcc: wcc(None, after.as_ref()) })
         } else {
             let r = r.map(|()| REMOVE3resok { dir_wcc: wcc(None, after.as_ref()) });
-            res(r, || REMOVE3resfail { dir_wcc: wcc(None, after.as_ref()) })
+            res(out, r, || REMOVE3resfail { dir_wcc: wcc(None, after.as_ref()) })
         }
     }
 
-    async fn rename(&self, req: &Request, from: DirOp<'_>, to: DirOp<'_>) -> Vec<u8> {
+    async fn rename(&self, req: &Request, from: DirOp<'_>, to: DirOp<'_>, out: &mut Vec<u8>) {
         let (fd, td) = (self.id(from.dir).ok(), self.id(to.dir).ok());
         let r: R<()> = async {
             let (fd, td) = (self.id(from.dir)?, self.id(to.dir)?);
@@ -332,10 +324,10 @@ impl NfsServer {
             None => None,
         };
         let r = r.map(|()| RENAME3resok { fromdir_wcc: wcc(None, fa.as_ref()), todir_wcc: wcc(None, ta.as_ref()) });
-        res(r, || RENAME3resfail { fromdir_wcc: wcc(None, fa.as_ref()), todir_wcc: wcc(None, ta.as_ref()) })
+        res(out, r, || RENAME3resfail { fromdir_wcc: wcc(None, fa.as_ref()), todir_wcc: wcc(None, ta.as_ref()) })
     }
 
-    async fn link(&self, req: &Request, h: &[u8], at: DirOp<'_>) -> Vec<u8> {
+    async fn link(&self, req: &Request, h: &[u8], at: DirOp<'_>, out: &mut Vec<u8>) {
         let dir = self.id(at.dir).ok();
         let r: R<Attr> = async {
             let (id, dir) = (self.id(h)?, self.id(at.dir)?);
@@ -348,14 +340,20 @@ impl NfsServer {
             None => None,
         };
         match r {
-            Ok(a) => packed(&LINK3res::Ok(LINK3resok {
-                file_attributes: post_op(Some(&a)),
-                linkdir_wcc: wcc(None, after.as_ref()),
-            })),
-            Err(s) => packed(&LINK3res::Err((
-                s,
-                LINK3resfail { file_attributes: Nfs3Option::None, linkdir_wcc: wcc(None, after.as_ref()) },
-            ))),
+            Ok(a) => put(
+                out,
+                &LINK3res::Ok(LINK3resok {
+                    file_attributes: post_op(Some(&a)),
+                    linkdir_wcc: wcc(None, after.as_ref()),
+                }),
+            ),
+            Err(s) => put(
+                out,
+                &LINK3res::Err((
+                    s,
+                    LINK3resfail { file_attributes: Nfs3Option::None, linkdir_wcc: wcc(None, after.as_ref()) },
+                )),
+            ),
         }
     }
 
@@ -367,81 +365,76 @@ impl NfsServer {
         Ok(cookieverf3(ours))
     }
 
-    async fn readdir(&self, req: &Request, h: &[u8], cookie: u64, verf: [u8; 8], count: u32) -> Vec<u8> {
-        let r: R<READDIR3resok<'static>> = async {
-            let dir = self.id(h)?;
-            let cookieverf = self.check_cookie(&dir, cookie, verf)?;
-            let budget = (count as usize).min(MAX_IO as usize).saturating_sub(READDIR_OVERHEAD);
-            let want = (budget / 24).clamp(1, 8192);
-            let page = self.ns.readdir(&req.cred, dir, cookie, want, false).await.map_err(status)?;
-            let attrs = self.attr_of(dir).await;
-            let total = page.entries.len();
-            let mut list = BoundedList::new(budget);
-            let mut fitted = 0;
-            for e in page.entries {
-                let entry = entry3 { fileid: e.fileid, name: filename3(Opaque::owned(e.name)), cookie: e.cookie };
-                if list.try_push(entry).is_err() {
-                    break;
-                }
-                fitted += 1;
-            }
-            if fitted == 0 && total > 0 {
-                return Err(nfsstat3::NFS3ERR_TOOSMALL);
-            }
-            let eof = page.eof && fitted == total;
-            Ok(READDIR3resok {
-                dir_attributes: post_op(attrs.as_ref()),
-                cookieverf,
-                reply: dirlist3 { entries: list.into_inner(), eof },
-            })
-        }
-        .await;
-        res(r, READDIR3resfail::default)
+    /// The directory, cookie verifier, page and directory attributes of a READDIR(PLUS) call.
+    async fn page(
+        &self,
+        req: &Request,
+        h: &[u8],
+        cookie: u64,
+        verf: [u8; 8],
+        want: impl FnOnce(&FileId) -> usize,
+        plus: bool,
+    ) -> R<(cookieverf3, ReadDir, Option<Attr>)> {
+        let dir = self.id(h)?;
+        let cookieverf = self.check_cookie(&dir, cookie, verf)?;
+        let page = self.ns.readdir(&req.cred, dir, cookie, want(&dir), plus).await.map_err(status)?;
+        let attrs = match page.dir_attr {
+            Some(a) => Some(a),
+            None => self.attr_of(dir).await,
+        };
+        Ok((cookieverf, page, attrs))
     }
 
-    async fn readdirplus(&self, req: &Request, h: &[u8], cookie: u64, verf: [u8; 8], maxcount: u32) -> Vec<u8> {
-        let r: R<READDIRPLUS3resok<'static>> = async {
-            let dir = self.id(h)?;
-            let cookieverf = self.check_cookie(&dir, cookie, verf)?;
-            let budget = (maxcount as usize).min(MAX_IO as usize).saturating_sub(READDIR_OVERHEAD);
-            let want = (budget / 180).clamp(1, 4096);
-            let page = self.ns.readdir(&req.cred, dir, cookie, want, true).await.map_err(status)?;
-            let attrs = self.attr_of(dir).await;
-            let total = page.entries.len();
-            let mut list = BoundedList::new(budget);
-            let mut fitted = 0;
-            for e in page.entries {
-                let (handle, attr) = match &e.plus {
-                    Some((id, a)) => (Nfs3Option::Some(fh(self.handles.encode(id))), post_op(Some(a))),
-                    None => (Nfs3Option::None, Nfs3Option::None),
-                };
-                let entry = entryplus3 {
-                    fileid: e.fileid,
-                    name: filename3(Opaque::owned(e.name)),
-                    cookie: e.cookie,
-                    name_attributes: attr,
-                    name_handle: handle,
-                };
-                if list.try_push(entry).is_err() {
-                    break;
-                }
-                fitted += 1;
+    async fn readdir(&self, req: &Request, h: &[u8], cookie: u64, verf: [u8; 8], count: u32, out: &mut Vec<u8>) {
+        let budget = (count as usize).min(MAX_IO as usize).saturating_sub(dirlist::OVERHEAD);
+        // An entry with a name of up to 12 bytes takes 36 bytes.
+        let page = self.page(req, h, cookie, verf, |_| (budget / 36).clamp(1, 8192), false).await;
+        let (cookieverf, page, attrs) = match page {
+            Ok(p) => p,
+            Err(s) => return res::<READDIR3resok<'static>, _>(out, Err(s), READDIR3resfail::default),
+        };
+        let at = out.len();
+        put(out, &nfsstat3::NFS3_OK);
+        put(out, &post_op(attrs.as_ref()));
+        put(out, &cookieverf);
+        let mut list = EntryList::new(out, budget);
+        for e in &page.entries {
+            if !list.push(e.fileid, &e.name, e.cookie) {
+                break;
             }
-            if fitted == 0 && total > 0 {
-                return Err(nfsstat3::NFS3ERR_TOOSMALL);
-            }
-            let eof = page.eof && fitted == total;
-            Ok(READDIRPLUS3resok {
-                dir_attributes: post_op(attrs.as_ref()),
-                cookieverf,
-                reply: dirlistplus3 { entries: list.into_inner(), eof },
-            })
         }
-        .await;
-        res(r, READDIRPLUS3resfail::default)
+        finish_list(list, at, page.entries.len(), page.eof, || READDIR3resfail {
+            dir_attributes: post_op(attrs.as_ref()),
+        });
     }
 
-    async fn fsstat(&self, h: &[u8]) -> Vec<u8> {
+    async fn readdirplus(&self, req: &Request, h: &[u8], cookie: u64, verf: [u8; 8], maxcount: u32, out: &mut Vec<u8>) {
+        let budget = (maxcount as usize).min(MAX_IO as usize).saturating_sub(dirlist::OVERHEAD);
+        // An entry with a name of up to 12 bytes, attributes and a handle as long as the
+        // directory's: no more are read (and stat'ed) than will probably fit.
+        let want = |dir: &FileId| (budget / (36 + 96 + HandleCodec::len_of(dir).div_ceil(4) * 4)).clamp(1, 4096);
+        let page = self.page(req, h, cookie, verf, want, true).await;
+        let (cookieverf, page, attrs) = match page {
+            Ok(p) => p,
+            Err(s) => return res::<READDIRPLUS3resok<'static>, _>(out, Err(s), READDIRPLUS3resfail::default),
+        };
+        let at = out.len();
+        put(out, &nfsstat3::NFS3_OK);
+        put(out, &post_op(attrs.as_ref()));
+        put(out, &cookieverf);
+        let mut list = EntryList::new(out, budget);
+        for e in &page.entries {
+            let plus = e.plus.as_ref().map(|(id, a)| (id, a));
+            if !list.push_plus(e.fileid, &e.name, e.cookie, plus, &self.handles) {
+                break;
+            }
+        }
+        finish_list(list, at, page.entries.len(), page.eof, || READDIRPLUS3resfail {
+            dir_attributes: post_op(attrs.as_ref()),
+        });
+    }
+
+    async fn fsstat(&self, h: &[u8], out: &mut Vec<u8>) {
         let r: R<FSSTAT3resok> = async {
             let id = self.id(h)?;
             let st = self.ns.statfs(id).await.map_err(status)?;
@@ -458,10 +451,10 @@ impl NfsServer {
             })
         }
         .await;
-        res(r, FSSTAT3resfail::default)
+        res(out, r, FSSTAT3resfail::default)
     }
 
-    async fn fsinfo(&self, h: &[u8]) -> Vec<u8> {
+    async fn fsinfo(&self, h: &[u8], out: &mut Vec<u8>) {
         let r: R<FSINFO3resok> = async {
             let id = self.id(h)?;
             let a = self.ns.getattr(id).await.map_err(status)?;
@@ -480,10 +473,10 @@ impl NfsServer {
             })
         }
         .await;
-        res(r, FSINFO3resfail::default)
+        res(out, r, FSINFO3resfail::default)
     }
 
-    async fn pathconf(&self, h: &[u8]) -> Vec<u8> {
+    async fn pathconf(&self, h: &[u8], out: &mut Vec<u8>) {
         let r: R<PATHCONF3resok> = async {
             let id = self.id(h)?;
             let a = self.ns.getattr(id).await.map_err(status)?;
@@ -498,10 +491,10 @@ impl NfsServer {
             })
         }
         .await;
-        res(r, PATHCONF3resfail::default)
+        res(out, r, PATHCONF3resfail::default)
     }
 
-    async fn commit(&self, h: &[u8]) -> Vec<u8> {
+    async fn commit(&self, h: &[u8], out: &mut Vec<u8>) {
         let r: R<COMMIT3resok> = async {
             let id = self.id(h)?;
             let a = self.ns.getattr(id).await.map_err(status)?;
@@ -512,8 +505,25 @@ impl NfsServer {
             Ok(COMMIT3resok { file_wcc: wcc(Some(&a), after.as_ref()), verf: writeverf3(self.write_verifier) })
         }
         .await;
-        res(r, || COMMIT3resfail { file_wcc: wcc_data::default() })
+        res(out, r, || COMMIT3resfail { file_wcc: wcc_data::default() })
     }
+}
+
+/// Ends a READDIR(PLUS) entry list begun at `at` with `total` entries read: eof only when
+/// every entry fitted; TOOSMALL (the list replaced by the failure) when none did.
+fn finish_list<E: Pack>(list: EntryList<'_>, at: usize, total: usize, eof: bool, fail: impl FnOnce() -> E) {
+    let fitted = list.count();
+    if fitted == 0 && total > 0 {
+        let out = list.into_out();
+        out.truncate(at);
+        return res::<Void, E>(out, Err(nfsstat3::NFS3ERR_TOOSMALL), fail);
+    }
+    list.finish(eof && fitted == total);
+}
+
+/// Zero bytes that pad `n` bytes of opaque data to a multiple of 4 (XDR).
+pub(super) fn xdr_pad(n: usize) -> usize {
+    (4 - n % 4) % 4
 }
 
 fn without_mode(s: &Sattr) -> crate::vfs::SetAttr {

@@ -181,8 +181,14 @@ pub fn begin_reply(xid: u32, status: ReplyStatus, body_hint: usize) -> Vec<u8> {
 }
 
 /// Writes the record mark (one last fragment) into a buffer from [`begin_reply`].
-pub fn finish_reply(mut out: Vec<u8>) -> Vec<u8> {
-    let len = (out.len() - 4) as u32 | 0x8000_0000;
+pub fn finish_reply(out: Vec<u8>) -> Vec<u8> {
+    finish_reply_followed(out, 0)
+}
+
+/// Like [`finish_reply`] for a record whose last `more` bytes are sent after `out` (file data
+/// sent with `sendfile`).
+pub fn finish_reply_followed(mut out: Vec<u8>, more: usize) -> Vec<u8> {
+    let len = (out.len() - 4 + more) as u32 | 0x8000_0000;
     out[..4].copy_from_slice(&len.to_be_bytes());
     out
 }
@@ -255,5 +261,7 @@ mod tests {
         assert_eq!(len as usize, r.len() - 4);
         // xid, REPLY, MSG_ACCEPTED, verf (0,0), PROC_UNAVAIL
         assert_eq!(&r[4..], &[0, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
+        let followed = finish_reply_followed(begin_reply(9, ReplyStatus::Success, 0), 1000);
+        assert_eq!(fragment_header(followed[..4].try_into().unwrap()), (followed.len() as u32 - 4 + 1000, true));
     }
 }

@@ -20,7 +20,7 @@
 use super::cred::Credentials;
 use super::error::VfsResult;
 use super::name::Name;
-use super::types::{Attr, CreateHow, FileId, FsStat, ReadDir, SetAttr, Stability, VolumeId};
+use super::types::{Attr, CreateHow, FileId, FileSlice, FsStat, ReadData, ReadDir, SetAttr, Stability, VolumeId};
 
 /// A storage engine the namespace layer serves.
 pub trait Backend: Send + Sync + 'static {
@@ -29,6 +29,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The root directory's identity.
     fn root(&self) -> FileId;
+
+    /// True when the volume is a local file system: metadata calls answer in microseconds
+    /// (from the kernel's caches almost always), so callers may run them in place instead of
+    /// handing the thread's other work off first. False for anything reached over a network.
+    fn is_local(&self) -> bool {
+        false
+    }
 
     /// Checks that `id` still names a live file and returns its attributes: what a protocol
     /// calls when a client presents a handle. Deleted file: [`VfsError::Stale`].
@@ -63,6 +70,32 @@ pub trait Backend: Send + Sync + 'static {
         let (data, eof, attr) = self.read(cred, id, offset, count)?;
         out.extend_from_slice(&data);
         Ok((data.len() as u32, eof, attr))
+    }
+
+    /// Like [`Backend::read`] but the data may stay in the file ([`ReadData::File`]) for the
+    /// caller to send without copying it through user space; returns (data, eof, attributes).
+    fn read_slice(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+    ) -> VfsResult<(ReadData, bool, Attr)> {
+        let (data, eof, attr) = self.read(cred, id, offset, count)?;
+        Ok((ReadData::Bytes(data), eof, attr))
+    }
+
+    /// Like [`Backend::read_slice`] but never waits for the disk: the data left in the file
+    /// when all of it is in the page cache, `Ok(None)` otherwise (or when the backend cannot
+    /// tell). Lets a caller on a local file system skip handing the thread off for cached reads.
+    fn read_cached(
+        &self,
+        _cred: &Credentials,
+        _id: &FileId,
+        _offset: u64,
+        _count: u32,
+    ) -> VfsResult<Option<(FileSlice, bool, Attr)>> {
+        Ok(None)
     }
 
     /// Writes `data` at `offset` with at least the given stability; returns bytes written,

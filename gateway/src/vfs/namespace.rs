@@ -8,7 +8,7 @@ use super::backend::Backend;
 use super::cred::Credentials;
 use super::error::{VfsError, VfsResult};
 use super::name::Name;
-use super::types::{Attr, CreateHow, FileId, FileType, FsStat, ReadDir, SetAttr, Stability, VolumeId};
+use super::types::{Attr, CreateHow, FileId, FileType, FsStat, ReadData, ReadDir, SetAttr, Stability, VolumeId};
 
 /// Most symlinks one [`Namespace::walk`] follows (Linux's `MAXSYMLINKS`).
 pub const MAX_SYMLINKS: usize = 40;
@@ -17,6 +17,8 @@ pub const MAX_SYMLINKS: usize = 40;
 #[derive(Clone)]
 pub struct Namespace {
     backend: Arc<dyn Backend>,
+    /// Metadata calls run in place (see [`quick`]).
+    local: bool,
 }
 
 /// Runs a blocking backend call without stalling other tasks. On the multi-threaded runtime
@@ -36,10 +38,26 @@ async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
     }
 }
 
+/// Runs a metadata call: in place on a local file system, where it takes microseconds and a
+/// thread hand-off would cost more than the call; otherwise like [`blocking`].
+async fn quick<T: Send + 'static>(local: bool, f: impl FnOnce() -> VfsResult<T> + Send + 'static) -> VfsResult<T> {
+    if local {
+        f()
+    } else {
+        blocking(f).await
+    }
+}
+
 impl Namespace {
     /// Serves `backend`.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Self { backend }
+        let local = backend.is_local();
+        Self { backend, local }
+    }
+
+    /// True when the volume is a local file system (see [`Backend::is_local`]).
+    pub fn is_local(&self) -> bool {
+        self.local
     }
 
     /// The backend, for callers that are already on a blocking thread.
@@ -60,13 +78,13 @@ impl Namespace {
     /// Attributes of a live file; `Stale` when it was deleted.
     pub async fn getattr(&self, id: FileId) -> VfsResult<Attr> {
         let b = self.backend.clone();
-        blocking(move || b.getattr(&id)).await
+        quick(self.local, move || b.getattr(&id)).await
     }
 
     /// Changes attributes as `cred`.
     pub async fn setattr(&self, cred: &Credentials, id: FileId, set: SetAttr) -> VfsResult<Attr> {
         let (b, cred) = (self.backend.clone(), cred.clone());
-        blocking(move || b.setattr(&cred, &id, &set)).await
+        quick(self.local, move || b.setattr(&cred, &id, &set)).await
     }
 
     /// Looks up one name in `dir`. `.` is `dir` itself and `..` its parent (the root's parent
@@ -81,10 +99,10 @@ impl Namespace {
                 }
                 Ok((dir, attr))
             }
-            b".." => blocking(move || b.parent(&cred, &dir)).await,
+            b".." => quick(self.local, move || b.parent(&cred, &dir)).await,
             _ => {
                 let name = Name::new(name)?;
-                blocking(move || b.lookup(&cred, &dir, &name)).await
+                quick(self.local, move || b.lookup(&cred, &dir, &name)).await
             }
         }
     }
@@ -176,6 +194,26 @@ impl Namespace {
         .unwrap_or_else(|| (Vec::new(), Err(VfsError::Io(libc::EIO))))
     }
 
+    /// Reads up to `count` bytes, possibly leaving them in the file for `sendfile`: (data, eof,
+    /// attributes).
+    pub async fn read_slice(
+        &self,
+        cred: &Credentials,
+        id: FileId,
+        offset: u64,
+        count: u32,
+    ) -> VfsResult<(ReadData, bool, Attr)> {
+        if self.local {
+            // Cached data is answered in place; only a read that may wait for the disk is
+            // handed off.
+            if let Some((f, eof, attr)) = self.backend.read_cached(cred, &id, offset, count)? {
+                return Ok((ReadData::File(f), eof, attr));
+            }
+        }
+        let (b, cred) = (self.backend.clone(), cred.clone());
+        blocking(move || b.read_slice(&cred, &id, offset, count)).await
+    }
+
     /// Writes `data` with at least `stable` stability: (bytes written, stability, attributes).
     pub async fn write(
         &self,
@@ -189,6 +227,24 @@ impl Namespace {
         blocking(move || b.write(&cred, &id, offset, &data, stable)).await
     }
 
+    /// Like [`Namespace::write`] with borrowed data: on the multi-threaded runtime the data goes
+    /// to the backend without a copy (a 1 MiB WRITE costs one memcpy less).
+    pub async fn write_from(
+        &self,
+        cred: &Credentials,
+        id: FileId,
+        offset: u64,
+        data: &[u8],
+        stable: Stability,
+    ) -> VfsResult<(u32, Stability, Attr)> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+            tokio::task::block_in_place(|| self.backend.write(cred, &id, offset, data, stable))
+        } else {
+            self.write(cred, id, offset, data.to_vec(), stable).await
+        }
+    }
+
     /// Creates a regular file `dir/name`.
     pub async fn create(
         &self,
@@ -199,13 +255,13 @@ impl Namespace {
         how: CreateHow,
     ) -> VfsResult<(FileId, Attr)> {
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
-        blocking(move || b.create(&cred, &dir, &name, mode, how)).await
+        quick(self.local, move || b.create(&cred, &dir, &name, mode, how)).await
     }
 
     /// Creates directory `dir/name`.
     pub async fn mkdir(&self, cred: &Credentials, dir: FileId, name: &[u8], mode: u32) -> VfsResult<(FileId, Attr)> {
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
-        blocking(move || b.mkdir(&cred, &dir, &name, mode)).await
+        quick(self.local, move || b.mkdir(&cred, &dir, &name, mode)).await
     }
 
     /// Creates symlink `dir/name` -> `target` (stored verbatim, never followed by the server
@@ -218,25 +274,25 @@ impl Namespace {
         target: &[u8],
     ) -> VfsResult<(FileId, Attr)> {
         let (b, cred, name, target) = (self.backend.clone(), cred.clone(), Name::new(name)?, target.to_vec());
-        blocking(move || b.symlink(&cred, &dir, &name, &target)).await
+        quick(self.local, move || b.symlink(&cred, &dir, &name, &target)).await
     }
 
     /// Reads a symlink's target.
     pub async fn readlink(&self, cred: &Credentials, id: FileId) -> VfsResult<Vec<u8>> {
         let (b, cred) = (self.backend.clone(), cred.clone());
-        blocking(move || b.readlink(&cred, &id)).await
+        quick(self.local, move || b.readlink(&cred, &id)).await
     }
 
     /// Removes non-directory `dir/name`.
     pub async fn remove(&self, cred: &Credentials, dir: FileId, name: &[u8]) -> VfsResult<()> {
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
-        blocking(move || b.remove(&cred, &dir, &name)).await
+        quick(self.local, move || b.remove(&cred, &dir, &name)).await
     }
 
     /// Removes empty directory `dir/name`.
     pub async fn rmdir(&self, cred: &Credentials, dir: FileId, name: &[u8]) -> VfsResult<()> {
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
-        blocking(move || b.rmdir(&cred, &dir, &name)).await
+        quick(self.local, move || b.rmdir(&cred, &dir, &name)).await
     }
 
     /// Renames `from_dir/from` to `to_dir/to`.
@@ -249,13 +305,13 @@ impl Namespace {
         to: &[u8],
     ) -> VfsResult<()> {
         let (b, cred, from, to) = (self.backend.clone(), cred.clone(), Name::new(from)?, Name::new(to)?);
-        blocking(move || b.rename(&cred, &from_dir, &from, &to_dir, &to)).await
+        quick(self.local, move || b.rename(&cred, &from_dir, &from, &to_dir, &to)).await
     }
 
     /// Hard-links file `id` as `dir/name`; returns the file's attributes.
     pub async fn link(&self, cred: &Credentials, id: FileId, dir: FileId, name: &[u8]) -> VfsResult<Attr> {
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
-        blocking(move || b.link(&cred, &id, &dir, &name)).await
+        quick(self.local, move || b.link(&cred, &id, &dir, &name)).await
     }
 
     /// One page of a listing from `cookie` (0 = start).
@@ -268,7 +324,7 @@ impl Namespace {
         plus: bool,
     ) -> VfsResult<ReadDir> {
         let (b, cred) = (self.backend.clone(), cred.clone());
-        blocking(move || b.readdir(&cred, &dir, cookie, max_entries, plus)).await
+        quick(self.local, move || b.readdir(&cred, &dir, cookie, max_entries, plus)).await
     }
 
     /// The cookie verifier of `dir` (see [`Backend::cookie_verifier`]).
@@ -285,7 +341,7 @@ impl Namespace {
     /// File-system statistics.
     pub async fn statfs(&self, id: FileId) -> VfsResult<FsStat> {
         let b = self.backend.clone();
-        blocking(move || b.statfs(&id)).await
+        quick(self.local, move || b.statfs(&id)).await
     }
 
     /// Flushes everything to stable storage (shutdown).

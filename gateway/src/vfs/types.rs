@@ -2,6 +2,8 @@
 //! entries and file-system statistics. Plain data, shared by every backend and protocol.
 
 use std::fmt;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 /// Longest persistent identity a backend may hand out, in bytes. An NFSv3 handle (64 bytes)
 /// carries a version byte, the 8-byte [`VolumeId`], the identity and an 8-byte MAC.
@@ -204,6 +206,46 @@ pub struct ReadDir {
     pub entries: Vec<DirEntry>,
     /// True when the listing reached the end of the directory.
     pub eof: bool,
+    /// The directory's attributes after the listing, when the backend has them at hand (saves
+    /// the protocol another call for the reply's directory attributes).
+    pub dir_attr: Option<Attr>,
+}
+
+/// Bytes of an open file, left there for the caller to send with `sendfile` (no copy through
+/// user space).
+#[derive(Clone, Debug)]
+pub struct FileSlice {
+    /// The file, open for reading.
+    pub fd: Arc<OwnedFd>,
+    /// Where the bytes start.
+    pub offset: u64,
+    /// How many bytes: the file had at least this many there when the read was answered (if it
+    /// shrinks meanwhile, the sender cannot send them all and must say so).
+    pub len: u32,
+}
+
+/// The data of a read ([`crate::vfs::Backend::read_slice`]).
+#[derive(Clone, Debug)]
+pub enum ReadData {
+    /// Already in memory.
+    Bytes(Vec<u8>),
+    /// Still in the file.
+    File(FileSlice),
+}
+
+impl ReadData {
+    /// Number of bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Bytes(b) => b.len(),
+            Self::File(f) => f.len as usize,
+        }
+    }
+
+    /// True when there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// File-system statistics (NFS FSSTAT, SMB FileFsSizeInformation).

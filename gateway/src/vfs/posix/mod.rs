@@ -14,6 +14,8 @@
 
 pub mod gfid;
 pub mod identity;
+mod listing;
+pub mod listings;
 pub mod sys;
 
 use std::collections::VecDeque;
@@ -28,15 +30,16 @@ use lru::LruCache;
 use sha2::{Digest, Sha256};
 
 use self::identity::{Identity, IdentityKind};
+use self::listings::Listings;
 use self::sys::{ThreadIdentity, UtimeArg};
 use super::access;
 use super::backend::Backend;
 use super::cred::Credentials;
 use super::error::{VfsError, VfsResult};
 use super::name::Name;
-use super::types::DirEntry;
 use super::types::{
-    Attr, CreateHow, FileId, FileType, FsStat, ReadDir, SetAttr, SetTime, Stability, Timestamp, VolumeId,
+    Attr, CreateHow, FileId, FileSlice, FileType, FsStat, ReadData, ReadDir, SetAttr, SetTime, Stability, Timestamp,
+    VolumeId,
 };
 
 /// How a [`PosixBackend`] is set up.
@@ -64,11 +67,19 @@ struct Node {
     /// `O_PATH | O_NOFOLLOW` descriptor: anchor for `*at` calls and attribute reads.
     path_fd: OwnedFd,
     ftype: FileType,
-    /// Descriptor for data I/O of a regular file, opened on first use.
-    io: OnceLock<OwnedFd>,
+    /// Descriptor for data I/O of a regular file, opened on first use (shared with replies
+    /// that send from it).
+    io: OnceLock<Arc<OwnedFd>>,
 }
 
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Local file systems (ext2/3/4, XFS, Btrfs, tmpfs): metadata is answered from this kernel's
+/// caches, and time stamps come from its clock, which [`listings`] relies on.
+const LOCAL_FS: [i64; 4] = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994];
+
+/// Most directory entries remembered (about 100 bytes each).
+const LISTED_ENTRIES: usize = 131_072;
 
 /// A directory served as a volume.
 pub struct PosixBackend {
@@ -82,10 +93,15 @@ pub struct PosixBackend {
     kind: IdentityKind,
     /// Server runs as root: operations switch to the caller's identity.
     privileged: bool,
+    /// The root is on a local file system (see [`LOCAL_FS`]).
+    local: bool,
     umask: u32,
     nodes: Mutex<LruCache<FileId, Arc<Node>>>,
     /// Inode identities: inode number -> path (relative to the root) where it was last seen.
     hints: Mutex<LruCache<u64, Vec<u8>>>,
+    /// Listings of recently listed directories, while those are unchanged: only with kernel
+    /// handles on a local file system (see [`listings`]).
+    listings: Option<Mutex<Listings>>,
     /// Inode identities a tree scan just failed to find: answered `Stale` without another scan
     /// for [`STALE_MEMORY`], so a client retrying a deleted file's handle cannot make the server
     /// walk the whole volume on every request.
@@ -104,7 +120,8 @@ impl PosixBackend {
         let stx = sys::fstatx(root_fd.as_fd())?;
         let mount_fd = sys::openat(root_fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
         let privileged = sys::euid() == 0;
-        let is_fuse = sys::fstatfs(root_fd.as_fd())?.f_type == FUSE_SUPER_MAGIC;
+        let fs_type = sys::fstatfs(root_fd.as_fd())?.f_type;
+        let is_fuse = fs_type == FUSE_SUPER_MAGIC;
         let kind = match opts.identity {
             Some(k) => k,
             None if privileged && !is_fuse && kernel_handles_work(mount_fd.as_fd()) => IdentityKind::Kernel,
@@ -123,10 +140,13 @@ impl PosixBackend {
             fsid: u64::from_le_bytes(volume_id.0),
             kind,
             privileged,
+            local: LOCAL_FS.contains(&fs_type),
             umask: sys::current_umask(),
             nodes: Mutex::new(LruCache::new(NonZeroUsize::new(cap).expect("non-zero"))),
             hints: Mutex::new(LruCache::new(NonZeroUsize::new(65536).expect("non-zero"))),
             recently_stale: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("non-zero"))),
+            listings: (kind == IdentityKind::Kernel && LOCAL_FS.contains(&fs_type))
+                .then(|| Mutex::new(Listings::new(LISTED_ENTRIES))),
         };
         me.root_id = me.identity_of(me.root.path_fd.as_fd(), c"", &stx)?;
         me.hint(stx.stx_ino, Vec::new());
@@ -282,19 +302,18 @@ impl PosixBackend {
             let Ok(dir) = self.open_rel(&dir_path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW) else {
                 continue;
             };
-            while let Some(batch) = sys::getdents(dir.as_fd(), &mut buf).ok().filter(|b| !b.is_empty()) {
-                for e in batch {
-                    if e.name == b"." || e.name == b".." {
+            while let Some(n) = sys::getdents(dir.as_fd(), &mut buf).ok().filter(|&n| n > 0) {
+                for e in sys::dirents(&buf[..n]) {
+                    if e.is_dot() {
                         continue;
                     }
                     let mut child = dir_path.clone();
                     if !child.is_empty() {
                         child.push(b'/');
                     }
-                    child.extend_from_slice(&e.name);
+                    child.extend_from_slice(e.name.to_bytes());
                     if e.ino == ino {
-                        let name = sys::cstring(&e.name)?;
-                        if let Ok(fd) = sys::openat(dir.as_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                        if let Ok(fd) = sys::openat(dir.as_fd(), e.name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
                             if sys::fstatx(fd.as_fd()).is_ok_and(|s| self.matches(&s, ino, btime)) {
                                 self.hint(ino, child);
                                 return Ok(fd);
@@ -303,8 +322,7 @@ impl PosixBackend {
                     }
                     let is_dir = match e.dtype {
                         libc::DT_DIR => true,
-                        libc::DT_UNKNOWN => sys::cstring(&e.name)
-                            .and_then(|n| sys::statx(dir.as_fd(), &n))
+                        libc::DT_UNKNOWN => sys::statx(dir.as_fd(), e.name)
                             .is_ok_and(|s| u32::from(s.stx_mode) & libc::S_IFMT == libc::S_IFDIR),
                         _ => false,
                     };
@@ -341,7 +359,7 @@ impl PosixBackend {
     }
 
     /// The I/O descriptor of a regular file, opened (as the server) on first use.
-    fn io_fd<'a>(&self, node: &'a Node) -> VfsResult<&'a OwnedFd> {
+    fn io_fd<'a>(&self, node: &'a Node) -> VfsResult<&'a Arc<OwnedFd>> {
         if let Some(fd) = node.io.get() {
             return Ok(fd);
         }
@@ -352,8 +370,24 @@ impl PosixBackend {
             }
             Err(e) => return Err(e),
         };
-        let _ = node.io.set(fd);
+        let _ = node.io.set(Arc::new(fd));
         Ok(node.io.get().expect("just set"))
+    }
+
+    /// The I/O descriptor and live attributes of a regular file the caller may read.
+    fn readable(&self, cred: &Credentials, id: &FileId) -> VfsResult<(Arc<OwnedFd>, Attr)> {
+        let node = self.node(id)?;
+        match node.ftype {
+            FileType::Regular => {}
+            FileType::Directory => return Err(VfsError::IsDir),
+            _ => return Err(VfsError::Invalid),
+        }
+        let stx = self.live_stat(id, &node)?;
+        let attr = self.attr(&stx);
+        if self.privileged && cred.uid != attr.uid && access::granted(&attr, cred, access::READ) == 0 {
+            return Err(VfsError::Access);
+        }
+        Ok((self.io_fd(&node)?.clone(), attr))
     }
 
     /// Looks up `dir/name` as the caller and caches it.
@@ -459,6 +493,10 @@ impl Backend for PosixBackend {
         self.root_id
     }
 
+    fn is_local(&self) -> bool {
+        self.local
+    }
+
     fn getattr(&self, id: &FileId) -> VfsResult<Attr> {
         let node = self.node(id)?;
         Ok(self.attr(&self.live_stat(id, &node)?))
@@ -509,18 +547,7 @@ impl Backend for PosixBackend {
         count: u32,
         out: &mut Vec<u8>,
     ) -> VfsResult<(u32, bool, Attr)> {
-        let node = self.node(id)?;
-        match node.ftype {
-            FileType::Regular => {}
-            FileType::Directory => return Err(VfsError::IsDir),
-            _ => return Err(VfsError::Invalid),
-        }
-        let stx = self.live_stat(id, &node)?;
-        let attr = self.attr(&stx);
-        if self.privileged && cred.uid != attr.uid && access::granted(&attr, cred, access::READ) == 0 {
-            return Err(VfsError::Access);
-        }
-        let fd = self.io_fd(&node)?;
+        let (fd, attr) = self.readable(cred, id)?;
         let want = (count as u64).min(attr.size.saturating_sub(offset)) as usize;
         let start = out.len();
         out.reserve(want);
@@ -529,6 +556,37 @@ impl Backend for PosixBackend {
         unsafe { out.set_len(start + n) };
         let eof = offset + n as u64 >= attr.size;
         Ok((n as u32, eof, attr))
+    }
+
+    fn read_slice(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+    ) -> VfsResult<(ReadData, bool, Attr)> {
+        if let Some((slice, eof, attr)) = self.read_cached(cred, id, offset, count)? {
+            return Ok((ReadData::File(slice), eof, attr));
+        }
+        let mut buf = Vec::new();
+        let (_, eof, attr) = self.read_append(cred, id, offset, count, &mut buf)?;
+        Ok((ReadData::Bytes(buf), eof, attr))
+    }
+
+    fn read_cached(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+    ) -> VfsResult<Option<(FileSlice, bool, Attr)>> {
+        let (fd, attr) = self.readable(cred, id)?;
+        let len = (count as u64).min(attr.size.saturating_sub(offset)) as u32;
+        if !sys::all_cached(fd.as_fd(), offset, u64::from(len)) {
+            return Ok(None);
+        }
+        let eof = offset + len as u64 >= attr.size;
+        Ok(Some((FileSlice { fd, offset, len }, eof, attr)))
     }
 
     fn write(
@@ -719,41 +777,7 @@ impl Backend for PosixBackend {
         max_entries: usize,
         plus: bool,
     ) -> VfsResult<ReadDir> {
-        let d = self.dir_node(dir)?;
-        let dir_ino = self.dir_ino(&d);
-        let _as = self.as_caller(cred)?;
-        let dfd = sys::openat(d.path_fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-        if cookie != 0 {
-            sys::seek_dir(dfd.as_fd(), cookie).map_err(|_| VfsError::BadCookie)?;
-        }
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut entries = Vec::new();
-        loop {
-            let batch = sys::getdents(dfd.as_fd(), &mut buf)?;
-            if batch.is_empty() {
-                return Ok(ReadDir { entries, eof: true });
-            }
-            for e in batch {
-                if e.name == b"." || e.name == b".." {
-                    continue;
-                }
-                if entries.len() >= max_entries {
-                    return Ok(ReadDir { entries, eof: false });
-                }
-                let plus = if plus {
-                    let cname = sys::cstring(&e.name)?;
-                    let Ok(stx) = sys::statx(dfd.as_fd(), &cname) else { continue };
-                    let Ok(id) = self.identity_of(dfd.as_fd(), &cname, &stx) else { continue };
-                    if let Some(dino) = dir_ino {
-                        self.hint_child(dino, stx.stx_ino, &e.name);
-                    }
-                    Some((id, self.attr(&stx)))
-                } else {
-                    None
-                };
-                entries.push(DirEntry { name: e.name, cookie: e.off, fileid: e.ino, plus });
-            }
-        }
+        self.list(cred, dir, cookie, max_entries, plus)
     }
 
     fn cookie_verifier(&self, _dir: &FileId) -> u64 {

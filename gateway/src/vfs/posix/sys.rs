@@ -175,39 +175,53 @@ pub fn open_by_handle(
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// One raw entry of `getdents64`.
-pub struct RawDirent {
+/// One raw entry of `getdents64`, borrowed from the buffer it was read into.
+pub struct RawDirent<'a> {
     /// Inode number.
     pub ino: u64,
     /// Position after this entry (the directory cookie).
     pub off: u64,
     /// `d_type` (`DT_DIR`, ...; `DT_UNKNOWN` when the file system does not say).
     pub dtype: u8,
-    /// Name bytes.
-    pub name: Vec<u8>,
+    /// Name, NUL-terminated in the buffer (so it goes to `*at` calls without a copy).
+    pub name: &'a CStr,
 }
 
-/// Reads the next batch of entries from an open directory (empty at end).
-pub fn getdents(dir: BorrowedFd<'_>, buf: &mut [u8]) -> VfsResult<Vec<RawDirent>> {
+impl RawDirent<'_> {
+    /// True for `.` and `..`.
+    pub fn is_dot(&self) -> bool {
+        matches!(self.name.to_bytes(), b"." | b"..")
+    }
+}
+
+/// Reads the next batch of entries from an open directory into `buf`; returns how many bytes
+/// it filled (0 at end). Parse them with [`dirents`].
+pub fn getdents(dir: BorrowedFd<'_>, buf: &mut [u8]) -> VfsResult<usize> {
     let n = retry(|| {
         check_long(unsafe { libc::syscall(libc::SYS_getdents64, dir.as_raw_fd(), buf.as_mut_ptr(), buf.len()) })
-    })? as usize;
-    let mut out = Vec::new();
+    })?;
+    Ok(n as usize)
+}
+
+/// The entries of a `getdents64` batch (`linux_dirent64`: u64 ino, i64 off, u16 reclen, u8
+/// type, NUL-terminated name). Pure; stops at the first malformed record.
+pub fn dirents(batch: &[u8]) -> impl Iterator<Item = RawDirent<'_>> {
     let mut pos = 0;
-    // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name NUL-terminated.
-    while pos + 19 <= n {
-        let ino = u64::from_ne_bytes(buf[pos..pos + 8].try_into().expect("8 bytes"));
-        let off = i64::from_ne_bytes(buf[pos + 8..pos + 16].try_into().expect("8 bytes")) as u64;
-        let reclen = u16::from_ne_bytes(buf[pos + 16..pos + 18].try_into().expect("2 bytes")) as usize;
-        if reclen == 0 || pos + reclen > n {
-            break;
+    std::iter::from_fn(move || {
+        let rec = batch.get(pos..)?;
+        if rec.len() < 20 {
+            return None;
         }
-        let name_area = &buf[pos + 19..pos + reclen];
-        let len = name_area.iter().position(|&b| b == 0).unwrap_or(name_area.len());
-        out.push(RawDirent { ino, off, dtype: buf[pos + 18], name: name_area[..len].to_vec() });
+        let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
+        let name = CStr::from_bytes_until_nul(rec.get(19..reclen)?).ok()?;
         pos += reclen;
-    }
-    Ok(out)
+        Some(RawDirent {
+            ino: u64::from_ne_bytes(rec[0..8].try_into().expect("8 bytes")),
+            off: i64::from_ne_bytes(rec[8..16].try_into().expect("8 bytes")) as u64,
+            dtype: rec[18],
+            name,
+        })
+    })
 }
 
 /// `lseek(fd, off, SEEK_SET)` on a directory: resumes a listing at a cookie.
@@ -240,6 +254,41 @@ pub fn pread_uninit(fd: BorrowedFd<'_>, buf: &mut [std::mem::MaybeUninit<u8>], m
         offset += n as u64;
     }
     Ok(done)
+}
+
+/// `cachestat(2)` (Linux 6.5; the same number on every architecture).
+const SYS_CACHESTAT: libc::c_long = 451;
+
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+/// True when every page of the `len` bytes at `offset` of `fd` is in the page cache, so reading
+/// them cannot wait for the disk; false when some are not or the kernel cannot tell.
+pub fn all_cached(fd: BorrowedFd<'_>, offset: u64, len: u64) -> bool {
+    if len == 0 {
+        return true;
+    }
+    let page = 4096;
+    let pages = (offset + len - 1) / page - offset / page + 1;
+    let range = CachestatRange { off: offset, len };
+    let mut st = Cachestat::default();
+    let r = unsafe {
+        libc::syscall(SYS_CACHESTAT, fd.as_raw_fd(), &range as *const CachestatRange, &mut st as *mut Cachestat, 0)
+    };
+    r == 0 && st.nr_cache >= pages
 }
 
 /// `pwrite` of the whole buffer (or an error).
@@ -295,9 +344,9 @@ impl ThreadIdentity {
             return Ok(Self { active: false });
         }
         let guard = Self { active: true };
-        let groups: Vec<libc::gid_t> = groups.iter().take(65536).copied().collect();
+        let groups = &groups[..groups.len().min(65536)];
+        set_thread_groups(groups)?;
         unsafe {
-            check_long(libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()))?;
             libc::syscall(libc::SYS_setfsgid, gid);
             libc::syscall(libc::SYS_setfsuid, uid);
             // setfs*id return the previous value and never fail visibly: verify instead.
@@ -317,10 +366,32 @@ impl Drop for ThreadIdentity {
             unsafe {
                 libc::syscall(libc::SYS_setfsuid, 0);
                 libc::syscall(libc::SYS_setfsgid, 0);
-                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
             }
+            let _ = set_thread_groups(&[]);
         }
     }
+}
+
+thread_local! {
+    /// The supplementary groups [`set_thread_groups`] last gave this thread (`None`: as the
+    /// thread started, or unknown after a failure).
+    static THREAD_GROUPS: std::cell::RefCell<Option<Vec<libc::gid_t>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sets the calling thread's supplementary groups (raw syscall: this thread only), skipping
+/// the call when the thread already has exactly these: `setgroups` allocates and replaces the
+/// thread's credentials, the dearest part of running a call as its caller.
+fn set_thread_groups(groups: &[libc::gid_t]) -> VfsResult<()> {
+    THREAD_GROUPS.with(|current| {
+        let mut current = current.borrow_mut();
+        if current.as_deref() == Some(groups) {
+            return Ok(());
+        }
+        *current = None;
+        check_long(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })?;
+        *current = Some(groups.to_vec());
+        Ok(())
+    })
 }
 
 /// The process umask (read without changing it for longer than two calls).
@@ -455,4 +526,80 @@ pub fn utimens_fd(fd: BorrowedFd<'_>, atime: UtimeArg, mtime: UtimeArg) -> VfsRe
 /// `syncfs` of the file system behind `fd`.
 pub fn syncfs(fd: BorrowedFd<'_>) -> VfsResult<()> {
     check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ino: u64, off: u64, dtype: u8, name: &[u8]) -> Vec<u8> {
+        let reclen = (19 + name.len() + 1).div_ceil(8) * 8;
+        let mut r = Vec::new();
+        r.extend_from_slice(&ino.to_ne_bytes());
+        r.extend_from_slice(&off.to_ne_bytes());
+        r.extend_from_slice(&(reclen as u16).to_ne_bytes());
+        r.push(dtype);
+        r.extend_from_slice(name);
+        r.resize(reclen, 0);
+        r
+    }
+
+    /// The calling thread's (fsuid, fsgid, supplementary groups).
+    fn thread_ids() -> (u32, u32, Vec<libc::gid_t>) {
+        let mut groups = vec![0; 256];
+        let n = unsafe { libc::syscall(libc::SYS_getgroups, groups.len(), groups.as_mut_ptr()) };
+        groups.truncate(usize::try_from(n).unwrap());
+        unsafe {
+            (
+                libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32,
+                libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
+                groups,
+            )
+        }
+    }
+
+    #[test]
+    fn thread_identity_switches_and_restores_groups_too() {
+        if euid() != 0 {
+            eprintln!("not root: identity switching not tested");
+            return;
+        }
+        // A thread of its own: identities are per thread.
+        std::thread::spawn(|| {
+            for groups in [vec![], vec![42, 43], vec![42, 43], vec![], vec![7]] {
+                {
+                    let _as = ThreadIdentity::switch(true, 1234, 5678, &groups).unwrap();
+                    assert_eq!(thread_ids(), (1234, 5678, groups.clone()));
+                }
+                assert_eq!(thread_ids(), (0, 0, vec![]), "root again, without the caller's groups");
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn dirents_parse_records_and_stop_at_garbage() {
+        let mut batch = record(7, 1, libc::DT_DIR, b".");
+        batch.extend(record(9, 2, libc::DT_REG, b"a-longer-name.txt"));
+        let got: Vec<_> =
+            dirents(&batch).map(|e| (e.ino, e.off, e.dtype, e.name.to_bytes().to_vec(), e.is_dot())).collect();
+        assert_eq!(
+            got,
+            [(7, 1, libc::DT_DIR, b".".to_vec(), true), (9, 2, libc::DT_REG, b"a-longer-name.txt".to_vec(), false)]
+        );
+        // A record claiming more bytes than the batch holds, a zero length, no NUL: nothing.
+        let mut bad = record(1, 1, 0, b"x");
+        bad[16] = 200;
+        assert_eq!(dirents(&bad).count(), 0);
+        let mut zero = record(1, 1, 0, b"x");
+        zero[16] = 0;
+        zero[17] = 0;
+        assert_eq!(dirents(&zero).count(), 0);
+        let mut no_nul = record(1, 1, 0, b"abcd");
+        let len = no_nul.len();
+        no_nul[19..len].fill(b'a');
+        assert_eq!(dirents(&no_nul).count(), 0);
+        assert_eq!(dirents(&[]).count(), 0);
+    }
 }

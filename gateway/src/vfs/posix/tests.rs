@@ -6,6 +6,10 @@ use std::sync::Arc;
 
 use super::identity::IdentityKind;
 use super::{PosixBackend, PosixOptions};
+use std::os::fd::AsFd;
+
+use super::sys;
+use crate::vfs::{Attr, FileId, ReadData};
 use crate::vfs::{
     Backend, CreateHow, Credentials, FileType, Namespace, SetAttr, SetTime, Stability, Timestamp, VfsError,
 };
@@ -255,4 +259,145 @@ fn rename_link_symlink_and_rmdir() {
         b.fsync(&f).unwrap();
         b.sync_all().unwrap();
     }
+}
+
+/// Every name with its identity and attributes, listed in pages of 7 with attributes.
+fn list_plus(b: &PosixBackend, cred: &Credentials, dir: &FileId) -> Result<Vec<(Vec<u8>, FileId, Attr)>, VfsError> {
+    let (mut out, mut cookie) = (Vec::new(), 0);
+    loop {
+        let page = b.readdir(cred, dir, cookie, 7, true)?;
+        for e in page.entries {
+            cookie = e.cookie;
+            let (id, a) = e.plus.expect("a plus listing has identities");
+            out.push((e.name, id, a));
+        }
+        if page.eof {
+            return Ok(out);
+        }
+    }
+}
+
+#[test]
+fn remembered_listings_follow_every_change() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: remembered listings need kernel handles");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for i in 0..50 {
+        std::fs::write(tmp.path().join(format!("f{i:02}")), b"").unwrap();
+    }
+    let sub = tmp.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("secret"), b"").unwrap();
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o711)).unwrap();
+    // Only a directory unchanged for a while is remembered.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let b = backend(tmp.path(), IdentityKind::Kernel);
+    let me = Credentials::root();
+    let remembered = |b: &PosixBackend| b.listings.as_ref().expect("ext4, tmpfs...").lock().unwrap().len();
+    let first = list_plus(&b, &me, &b.root()).unwrap();
+    assert_eq!(first.len(), 51);
+    assert_eq!(remembered(&b), 51);
+    assert_eq!(list_plus(&b, &me, &b.root()).unwrap(), first, "a remembered listing is the same listing");
+    let names: Vec<_> = b.readdir(&me, &b.root(), 0, 100, false).unwrap().entries.into_iter().map(|e| e.name).collect();
+    assert_eq!(names, first.iter().map(|e| e.0.clone()).collect::<Vec<_>>());
+
+    // A file changed behind the server's back: its attributes are fresh.
+    std::fs::write(tmp.path().join("f03"), b"hello").unwrap();
+    let now = list_plus(&b, &me, &b.root()).unwrap();
+    assert_eq!(now.iter().find(|e| e.0 == b"f03").unwrap().2.size, 5);
+
+    // A name removed and made again (its inode number is likely reused): the listing has the
+    // new file's identity, and the old identity is stale.
+    let old = first.iter().find(|e| e.0 == b"f05").unwrap().1;
+    std::fs::remove_file(tmp.path().join("f05")).unwrap();
+    std::fs::write(tmp.path().join("f05"), b"new").unwrap();
+    let now = list_plus(&b, &me, &b.root()).unwrap();
+    let (_, new, attr) = now.iter().find(|e| e.0 == b"f05").unwrap().clone();
+    assert_ne!(new, old);
+    assert_eq!(b.lookup(&me, &b.root(), &name("f05")).unwrap(), (new, attr));
+    assert_eq!(b.getattr(&old).unwrap_err(), VfsError::Stale);
+    assert_eq!(now.len(), 51);
+
+    // Reading a directory needs read permission, remembered or not.
+    let (sub_id, _) = b.lookup(&me, &b.root(), &name("sub")).unwrap();
+    assert_eq!(list_plus(&b, &me, &sub_id).unwrap().len(), 1);
+    let other = Credentials::new(999, 999);
+    assert_eq!(list_plus(&b, &other, &sub_id).unwrap_err(), VfsError::Access);
+}
+
+/// The bytes a read gave, wherever they are.
+fn bytes_of(data: &ReadData) -> Vec<u8> {
+    match data {
+        ReadData::Bytes(b) => b.clone(),
+        ReadData::File(s) => {
+            let mut buf = vec![0; s.len as usize];
+            let n = nix_pread(s.fd.as_fd(), &mut buf, s.offset);
+            buf.truncate(n);
+            buf
+        }
+    }
+}
+
+fn nix_pread(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> usize {
+    use std::os::fd::AsRawFd;
+    let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset as libc::off_t) };
+    usize::try_from(n).unwrap()
+}
+
+#[test]
+fn reads_leave_cached_data_in_the_file_and_read_the_rest() {
+    use std::os::fd::AsRawFd;
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = backend(tmp.path(), kind);
+        let me = Credentials::root();
+        let (f, _) = b.create(&me, &b.root(), &name("data"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
+        let content: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        b.write(&me, &f, 0, &content, Stability::FileSync).unwrap();
+        // Just written: in the page cache (if the kernel can tell, cachestat is Linux 6.5+).
+        let (data, eof, attr) = b.read_slice(&me, &f, 100, 5000).unwrap();
+        assert_eq!((bytes_of(&data), eof, attr.size), (content[100..5100].to_vec(), false, 20_000));
+        let file = std::fs::File::open(tmp.path().join("data")).unwrap();
+        if sys::all_cached(file.as_fd(), 0, 1) {
+            assert!(matches!(data, ReadData::File(_)), "cached data is left in the file");
+            let (slice, eof, _) = b.read_cached(&me, &f, 100, 5000).unwrap().expect("cached");
+            assert_eq!((bytes_of(&ReadData::File(slice)), eof), (content[100..5100].to_vec(), false));
+        }
+        let (data, eof, _) = b.read_slice(&me, &f, 19_990, 5000).unwrap();
+        assert_eq!((bytes_of(&data), eof), (content[19_990..].to_vec(), true));
+        // Dropped from the cache: read into memory, never sent from an async task.
+        assert_eq!(unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
+        if !sys::all_cached(file.as_fd(), 0, 20_000) {
+            assert!(b.read_cached(&me, &f, 0, 20_000).unwrap().is_none(), "never waits for the disk");
+            let (data, _, _) = b.read_slice(&me, &f, 0, 20_000).unwrap();
+            assert!(matches!(data, ReadData::Bytes(_)));
+            assert_eq!(bytes_of(&data), content);
+        }
+        let (data, eof, _) = b.read_slice(&me, &f, 30_000, 10).unwrap();
+        assert!(data.is_empty() && eof);
+    }
+}
+
+async fn write_from_reaches_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = Namespace::new(Arc::new(backend(tmp.path(), *kinds().last().unwrap())));
+    let me = Credentials::root();
+    let (f, _) = ns.create(&me, ns.root(), b"w", 0o644, CreateHow::Guarded(SetAttr::default())).await.unwrap();
+    let data = vec![9u8; 100_000];
+    let (n, st, a) = ns.write_from(&me, f, 10, &data, Stability::FileSync).await.unwrap();
+    assert_eq!((n, st, a.size), (100_000, Stability::FileSync, 100_010));
+    assert_eq!(std::fs::read(tmp.path().join("w")).unwrap()[10..], data[..]);
+    assert!(ns.is_local(), "a temporary directory is on a local file system");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_from_on_the_multi_threaded_runtime() {
+    write_from_reaches_the_file().await;
+}
+
+#[tokio::test]
+async fn write_from_on_a_current_thread_runtime() {
+    write_from_reaches_the_file().await;
 }
