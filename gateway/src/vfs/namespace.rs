@@ -29,11 +29,31 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> VfsResult<T> + Send + '
 
 async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     use tokio::runtime::{Handle, RuntimeFlavor};
+    if calls_run_in_place() {
+        return Some(f());
+    }
     if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
         Some(tokio::task::block_in_place(f))
     } else {
         tokio::task::spawn_blocking(f).await.ok()
     }
+}
+
+thread_local! {
+    static IN_PLACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes every backend call made from the calling thread run in place, blocking it. For a
+/// thread that serves one client and nothing else (an SMB connection, as smbd's process per
+/// client): a call then costs no hand-off to another thread, and a slow call stalls only
+/// that client. Never call it on a runtime worker shared by other tasks.
+pub fn run_calls_in_place() {
+    IN_PLACE.with(|c| c.set(true));
+}
+
+/// Whether [`run_calls_in_place`] was called on this thread.
+pub fn calls_run_in_place() -> bool {
+    IN_PLACE.with(std::cell::Cell::get)
 }
 
 impl Namespace {
@@ -187,6 +207,27 @@ impl Namespace {
     ) -> VfsResult<(u32, Stability, Attr)> {
         let (b, cred) = (self.backend.clone(), cred.clone());
         blocking(move || b.write(&cred, &id, offset, &data, stable)).await
+    }
+
+    /// [`Namespace::write`] of borrowed data (a protocol's receive buffer): not copied when
+    /// the call can run on this thread (in place or on a multi-threaded runtime).
+    pub async fn write_from(
+        &self,
+        cred: &Credentials,
+        id: FileId,
+        offset: u64,
+        data: &[u8],
+        stable: Stability,
+    ) -> VfsResult<(u32, Stability, Attr)> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let b = &self.backend;
+        if calls_run_in_place() {
+            b.write(cred, &id, offset, data, stable)
+        } else if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+            tokio::task::block_in_place(|| b.write(cred, &id, offset, data, stable))
+        } else {
+            self.write(cred, id, offset, data.to_vec(), stable).await
+        }
     }
 
     /// Creates a regular file `dir/name`.

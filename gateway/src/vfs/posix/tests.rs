@@ -256,3 +256,35 @@ fn rename_link_symlink_and_rmdir() {
         b.sync_all().unwrap();
     }
 }
+
+#[test]
+fn borrowed_writes_land_whether_calls_run_in_place_or_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = Namespace::new(Arc::new(backend(tmp.path(), IdentityKind::Inode)));
+    let write = |ns: Namespace, rt: tokio::runtime::Runtime, name: &'static str, in_place: bool| {
+        std::thread::spawn(move || {
+            if in_place {
+                crate::vfs::namespace::run_calls_in_place();
+            }
+            assert_eq!(crate::vfs::namespace::calls_run_in_place(), in_place);
+            rt.block_on(async {
+                let me = Credentials::root();
+                let (f, _) =
+                    ns.create(&me, ns.root(), name.as_bytes(), 0o644, CreateHow::Guarded(SetAttr::default())).await?;
+                ns.write_from(&me, f, 0, name.as_bytes(), Stability::Unstable).await
+            })
+        })
+        .join()
+        .unwrap()
+    };
+    let current = || tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+    assert_eq!(write(ns.clone(), current(), "in-place", true).unwrap().0, 8);
+    assert_eq!(write(ns.clone(), current(), "handed-off", false).unwrap().0, 10);
+    assert_eq!(write(ns.clone(), multi, "multi", false).unwrap().0, 5);
+    for name in ["in-place", "handed-off", "multi"] {
+        assert_eq!(std::fs::read(tmp.path().join(name)).unwrap(), name.as_bytes());
+    }
+    // The mode belongs to the thread that asked for it.
+    assert!(!crate::vfs::namespace::calls_run_in_place());
+}
