@@ -612,6 +612,9 @@ mod tests {
         client.read_exact(&mut msg).unwrap();
         let h = Header::parse(&msg).unwrap();
         assert_eq!((h.command, h.status), (command::NEGOTIATE, 0));
+        let limit = |at: usize| u32::from_le_bytes(msg[at..at + 4].try_into().unwrap());
+        let (transact, read, write) = (limit(HEADER_LEN + 28), limit(HEADER_LEN + 32), limit(HEADER_LEN + 36));
+        assert_eq!((transact, read, write), (8 << 20, 8 << 20, 1 << 20), "MaxTransact/Read/WriteSize");
     }
 
     fn closed_by_server(client: &mut std::net::TcpStream) -> bool {
