@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use ha::connections::TcpConnection;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -212,27 +212,15 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
         next_async: 0,
         out: FrameWriter::new(wr),
     };
-    loop {
-        let frame = tokio::select! {
-            _ = stop.cancelled() => break,
-            f = frames.next() => f,
-        };
-        let keep = match frame {
-            Ok(Frame::SessionRequest) => conn.out.raw(&SESSION_GRANTED).await.map_err(|_| "send failed"),
-            Ok(Frame::Message) => {
-                let msg = frames.message();
-                match &msg[..4] {
-                    p if p == header::PROTOCOL_ID => handle_smb2(&mut conn, msg).await,
-                    p if p == header::SMB1_PROTOCOL_ID => handle_smb1_negotiate(&mut conn, msg).await,
-                    _ => Err("not an SMB2 message (encrypted transform or unknown protocol)"),
-                }
+    // Stop interrupts the loop wherever it waits, including a reply to a client that does not
+    // read. Handlers never wait in the middle (backend calls run in place), so it is always
+    // between requests or on the socket: the cleanup below then sees consistent state.
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        why = command_loop(&mut conn, &mut frames) => {
+            if let Some(why) = why {
+                tracing::info!(client = %conn.tcp.client, why, "SMB: closing connection");
             }
-            Err(ReadError::Closed) => break,
-            Err(ReadError::BadFrame) => Err("bad transport frame"),
-        };
-        if let Err(why) = keep {
-            tracing::info!(client = %conn.tcp.client, why, "SMB: closing connection");
-            break;
         }
     }
     // Disconnect: cancel waiters, close every open (delete-on-close and locks are released).
@@ -245,6 +233,28 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
         }
     }
     conn.out.shutdown().await;
+}
+
+/// Serves requests until the client goes away (`None`) or must be cut off (why).
+async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadHalf>) -> Option<&'static str> {
+    loop {
+        let keep = match frames.next().await {
+            Ok(Frame::SessionRequest) => conn.out.raw(&SESSION_GRANTED).await.map_err(|_| "send failed"),
+            Ok(Frame::Message) => {
+                let msg = frames.message();
+                match &msg[..4] {
+                    p if p == header::PROTOCOL_ID => handle_smb2(conn, msg).await,
+                    p if p == header::SMB1_PROTOCOL_ID => handle_smb1_negotiate(conn, msg).await,
+                    _ => Err("not an SMB2 message (encrypted transform or unknown protocol)"),
+                }
+            }
+            Err(ReadError::Closed) => return None,
+            Err(ReadError::BadFrame) => Err("bad transport frame"),
+        };
+        if let Err(why) = keep {
+            return Some(why);
+        }
+    }
 }
 
 /// SMB1 NEGOTIATE from an old-style client: answer with an SMB2 NEGOTIATE response so it
@@ -562,6 +572,7 @@ async fn dispatch(conn: &mut Connection, hdr: &Header, elem: &[u8]) -> Outcome {
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
     use std::time::Duration;
 
     use super::*;
@@ -600,6 +611,21 @@ mod tests {
         let client = std::net::TcpStream::connect(addr).unwrap();
         client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
+        // Small buffers, so a client that does not read blocks the server's sends quickly.
+        for (fd, opt) in [(client.as_raw_fd(), libc::SO_RCVBUF), (stream.as_raw_fd(), libc::SO_SNDBUF)] {
+            let size: libc::c_int = 4096;
+            // SAFETY: setsockopt on a socket we own, with a c_int option value.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&raw const size).cast(),
+                    std::mem::size_of_val(&size) as u32,
+                )
+            };
+            assert_eq!(rc, 0);
+        }
         let tcp = TcpConnection { client: peer, server: addr };
         (client, tokio::spawn(serve(server, stream, tcp, stop)))
     }
@@ -641,6 +667,30 @@ mod tests {
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(5), task).await.expect("serve returns on stop").unwrap();
         assert!(tokio::task::spawn_blocking(move || closed_by_server(&mut client)).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_cuts_off_a_client_that_does_not_read_its_replies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let (mut client, task) = connect(server(tmp.path()), stop.clone()).await;
+        // Echo requests, sent and never answered-read: the server ends up blocked sending.
+        let flood = std::thread::spawn(move || {
+            answers_negotiate(&mut client);
+            let mut w = Writer::new();
+            Header { command: command::ECHO, credits: 1, ..Default::default() }.emit(&mut w);
+            w.u16(4).u16(0);
+            let mut frame = header::frame_header(w.buf.len()).to_vec();
+            frame.extend_from_slice(&w.buf);
+            let batch: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 1000).collect();
+            client.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            while client.write_all(&batch).is_ok() {}
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!task.is_finished(), "the client is still connected");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("stop interrupts a blocked send").unwrap();
+        tokio::task::spawn_blocking(move || flood.join().unwrap()).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

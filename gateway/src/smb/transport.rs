@@ -135,9 +135,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.wr.lock().await.write_all(bytes).await
     }
 
-    /// Closes the sending direction.
+    /// Closes the sending direction, unless a send is stuck on a client that does not read
+    /// (the socket then closes when the connection's thread ends).
     pub async fn shutdown(&self) {
-        let _ = self.wr.lock().await.shutdown().await;
+        if let Ok(mut wr) = self.wr.try_lock() {
+            let _ = wr.shutdown().await;
+        }
     }
 }
 
