@@ -288,3 +288,39 @@ fn borrowed_writes_land_whether_calls_run_in_place_or_not() {
     // The mode belongs to the thread that asked for it.
     assert!(!crate::vfs::namespace::calls_run_in_place());
 }
+
+/// Descriptors of this process open on a removed file named `name`.
+fn open_on_removed(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.to_string_lossy().ends_with(&format!("{name} (deleted)")))
+        .count()
+}
+
+#[test]
+fn a_removed_files_last_close_waits_for_the_reply_on_in_place_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = Arc::new(backend(tmp.path(), IdentityKind::Inode));
+    let me = Credentials::root();
+    let root = b.root();
+    for n in ["later.txt", "now.txt"] {
+        b.create(&me, &root, &name(n), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
+        // Cached with a descriptor (what an SMB open or an NFS handle use leaves behind).
+        b.lookup(&me, &root, &name(n)).unwrap();
+    }
+    let (b2, later) = (b.clone(), tmp.path().join("later.txt"));
+    std::thread::spawn(move || {
+        crate::vfs::namespace::run_calls_in_place();
+        b2.remove(&Credentials::root(), &b2.root(), &name("later.txt")).unwrap();
+        assert!(std::fs::symlink_metadata(later).is_err(), "the name is gone at once");
+        assert_eq!(open_on_removed("later.txt"), 1, "the file itself is freed after the reply");
+        crate::vfs::namespace::drop_deferred();
+        assert_eq!(open_on_removed("later.txt"), 0);
+    })
+    .join()
+    .unwrap();
+    // Other threads (NFS on the shared runtime) free it at once.
+    b.remove(&me, &root, &name("now.txt")).unwrap();
+    assert_eq!(open_on_removed("now.txt"), 0);
+}
