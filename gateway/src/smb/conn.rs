@@ -251,6 +251,9 @@ async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadH
             Err(ReadError::Closed) => return None,
             Err(ReadError::BadFrame) => Err("bad transport frame"),
         };
+        // The answer is out: now the work backends left for later (a removed file's last
+        // close, where ext4 may wait on a discard) overlaps with the client's next step.
+        crate::vfs::namespace::drop_deferred();
         if let Err(why) = keep {
             return Some(why);
         }
