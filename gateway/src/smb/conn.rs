@@ -1,7 +1,7 @@
-//! One client connection: reads transport frames, upgrades an SMB1 negotiate, walks compound
-//! chains, checks and adds signatures, grants credits, runs each command, and sends replies
-//! (async ones through the writer task). Malformed input closes the connection, logged; it
-//! never panics.
+//! One client connection, on a thread of its own: reads transport frames, upgrades an SMB1
+//! negotiate, walks compound chains, checks and adds signatures, grants credits, runs each
+//! command, and sends replies (async ones from tasks on the connection's runtime). Malformed
+//! input closes the connection, logged; it never panics.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -232,6 +232,7 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
             cmd::close::release(&conn.server.clone(), open).await;
         }
     }
+    crate::vfs::namespace::drop_deferred();
     conn.out.shutdown().await;
 }
 
