@@ -171,7 +171,7 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
                 return;
             }
         };
-        crate::vfs::namespace::run_calls_in_place();
+        crate::vfs::in_place::run_calls_in_place();
         rt.block_on(Box::pin(async move {
             match TcpStream::from_std(stream) {
                 Ok(stream) => serve_here(server, stream, tcp, quit).await,
@@ -232,7 +232,7 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
             cmd::close::release(&conn.server.clone(), open).await;
         }
     }
-    crate::vfs::namespace::drop_deferred();
+    crate::vfs::in_place::drop_deferred();
     conn.out.shutdown().await;
 }
 
@@ -254,7 +254,7 @@ async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadH
         };
         // The answer is out: now the work backends left for later (a removed file's last
         // close, where ext4 may wait on a discard) overlaps with the client's next step.
-        crate::vfs::namespace::drop_deferred();
+        crate::vfs::in_place::drop_deferred();
         if let Err(why) = keep {
             return Some(why);
         }

@@ -208,11 +208,11 @@ impl PosixBackend {
     /// Evicts a file whose name was just removed. Our descriptor may be its last reference,
     /// and closing it is where the file system frees the file (on ext4 mounted with `discard`,
     /// a synchronous discard to the disk): that close waits until the protocol has answered
-    /// when the calling thread allows it (see [`super::namespace::drop_after_reply`]).
+    /// when the calling thread allows it (see [`super::in_place::drop_after_reply`]).
     fn evict_removed(&self, id: &FileId) {
         let node = self.nodes.lock().expect("nodes lock").pop(id);
         if let Some(node) = node {
-            super::namespace::drop_after_reply(node);
+            super::in_place::drop_after_reply(node);
         }
     }
 

@@ -264,9 +264,9 @@ fn borrowed_writes_land_whether_calls_run_in_place_or_not() {
     let write = |ns: Namespace, rt: tokio::runtime::Runtime, name: &'static str, in_place: bool| {
         std::thread::spawn(move || {
             if in_place {
-                crate::vfs::namespace::run_calls_in_place();
+                crate::vfs::in_place::run_calls_in_place();
             }
-            assert_eq!(crate::vfs::namespace::calls_run_in_place(), in_place);
+            assert_eq!(crate::vfs::in_place::calls_run_in_place(), in_place);
             rt.block_on(async {
                 let me = Credentials::root();
                 let (f, _) =
@@ -286,7 +286,7 @@ fn borrowed_writes_land_whether_calls_run_in_place_or_not() {
         assert_eq!(std::fs::read(tmp.path().join(name)).unwrap(), name.as_bytes());
     }
     // The mode belongs to the thread that asked for it.
-    assert!(!crate::vfs::namespace::calls_run_in_place());
+    assert!(!crate::vfs::in_place::calls_run_in_place());
 }
 
 /// Descriptors of this process open on a removed file named `name`.
@@ -311,11 +311,11 @@ fn a_removed_files_last_close_waits_for_the_reply_on_in_place_threads() {
     }
     let (b2, later) = (b.clone(), tmp.path().join("later.txt"));
     std::thread::spawn(move || {
-        crate::vfs::namespace::run_calls_in_place();
+        crate::vfs::in_place::run_calls_in_place();
         b2.remove(&Credentials::root(), &b2.root(), &name("later.txt")).unwrap();
         assert!(std::fs::symlink_metadata(later).is_err(), "the name is gone at once");
         assert_eq!(open_on_removed("later.txt"), 1, "the file itself is freed after the reply");
-        crate::vfs::namespace::drop_deferred();
+        crate::vfs::in_place::drop_deferred();
         assert_eq!(open_on_removed("later.txt"), 0);
     })
     .join()
