@@ -1,7 +1,7 @@
-//! One client connection: reads transport frames, upgrades an SMB1 negotiate, walks compound
-//! chains, checks and adds signatures, grants credits, runs each command, and sends replies
-//! (async ones through the writer task). Malformed input closes the connection, logged; it
-//! never panics.
+//! One client connection, on a thread of its own: reads transport frames, upgrades an SMB1
+//! negotiate, walks compound chains, checks and adds signatures, grants credits, runs each
+//! command, and sends replies (async ones from tasks on the connection's runtime). Malformed
+//! input closes the connection, logged; it never panics.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,14 +9,14 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use ha::connections::TcpConnection;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::cmd::{self, Reply};
 use super::session::{OpenTable, Session};
 use super::signing::{self, dialect, SigningAlgorithm};
+use super::transport::{Frame, FrameReader, FrameWriter, ReadError, SESSION_GRANTED};
 use super::wire::header::{
     self, command, Header, FLAG_ASYNC_COMMAND, FLAG_RELATED_OPERATIONS, FLAG_SERVER_TO_REDIR, FLAG_SIGNED, HEADER_LEN,
 };
@@ -24,8 +24,6 @@ use super::wire::status::NtStatus;
 use super::wire::{Reader, Writer};
 use super::SmbServer;
 
-/// Largest transport frame accepted: an 8 MiB write plus headers.
-const MAX_FRAME: usize = 8 * 1024 * 1024 + 64 * 1024;
 /// Most credits granted in one response.
 const MAX_GRANT: u16 = 512;
 
@@ -95,7 +93,7 @@ pub struct Connection {
     next_session: u64,
     next_tree: u32,
     next_async: u64,
-    out: mpsc::UnboundedSender<Outgoing>,
+    out: FrameWriter<OwnedWriteHalf>,
 }
 
 impl Connection {
@@ -146,36 +144,53 @@ impl Connection {
     }
 }
 
-/// Serves one client until it disconnects, sends garbage, or the daemon stops.
+/// Serves one client until it disconnects, sends garbage, or the daemon stops (or this
+/// future is dropped: HA moved the address the client came in on).
+///
+/// The connection runs on a thread of its own with a single-threaded runtime, and backend
+/// calls run in place on it (like smbd's process per client): a request is read, executed
+/// and answered by one thread, with no hand-off between threads, and a slow backend call
+/// stalls only this client.
 pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection, stop: CancellationToken) {
-    let (rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
-    let writer = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
-            let ok = match out {
-                Outgoing::Raw(bytes) => wr.write_all(&bytes).await.is_ok(),
-                Outgoing::Message(msg) if msg.len() < 64 * 1024 => {
-                    let mut frame = Vec::with_capacity(msg.len() + 4);
-                    frame.extend_from_slice(&header::frame_header(msg.len()));
-                    frame.extend_from_slice(&msg);
-                    wr.write_all(&frame).await.is_ok()
-                }
-                // Large replies (READ data) go out without another copy.
-                Outgoing::Message(msg) => {
-                    wr.write_all(&header::frame_header(msg.len())).await.is_ok() && wr.write_all(&msg).await.is_ok()
-                }
-                Outgoing::Parts(mut head, data) => {
-                    let mut frame = header::frame_header(head.len() + data.len()).to_vec();
-                    frame.append(&mut head);
-                    wr.write_all(&frame).await.is_ok() && wr.write_all(&data).await.is_ok()
-                }
-            };
-            if !ok {
-                break;
-            }
+    let quit = stop.child_token();
+    // Dropping this future (connection reset by HA) stops the thread too.
+    let _stop_thread = quit.clone().drop_guard();
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(client = %tcp.client, error = %e, "SMB: cannot take over the connection");
+            return;
         }
-        let _ = wr.shutdown().await;
+    };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new().name("nasgw-smb".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::warn!(client = %tcp.client, error = %e, "SMB: cannot start the connection's runtime");
+                return;
+            }
+        };
+        crate::vfs::in_place::run_calls_in_place();
+        rt.block_on(Box::pin(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve_here(server, stream, tcp, quit).await,
+                Err(e) => tracing::warn!(client = %tcp.client, error = %e, "SMB: cannot register the connection"),
+            }
+        }));
+        drop(done_tx);
     });
+    if let Err(e) = spawned {
+        tracing::warn!(client = %tcp.client, error = %e, "SMB: cannot start the connection's thread");
+        return;
+    }
+    let _ = done_rx.await;
+}
+
+/// The connection's command loop, on its own thread: read a message, run its chain, answer.
+async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection, stop: CancellationToken) {
+    let (rd, wr) = stream.into_split();
+    let mut frames = FrameReader::new(rd);
     let mut conn = Connection {
         server,
         tcp,
@@ -195,31 +210,19 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
         next_session: 0,
         next_tree: 0,
         next_async: 0,
-        out: tx,
+        out: FrameWriter::new(wr),
     };
-    // The reader runs ahead of the command loop (a few frames), so the next request arrives
-    // from the network while the current one is on the backend.
-    let (ftx, mut frx) = mpsc::channel::<Vec<u8>>(READ_AHEAD);
-    let reader = tokio::spawn(read_frames(rd, ftx, conn.out.clone(), conn.tcp));
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            m = frx.recv() => match m {
-                Some(m) => m,
-                None => break,
-            },
-        };
-        let keep = match &msg[..4] {
-            p if p == header::PROTOCOL_ID => handle_smb2(&mut conn, &msg).await,
-            p if p == header::SMB1_PROTOCOL_ID => handle_smb1_negotiate(&mut conn, &msg),
-            _ => Err("not an SMB2 message (encrypted transform or unknown protocol)"),
-        };
-        if let Err(why) = keep {
-            tracing::info!(client = %conn.tcp.client, why, "SMB: closing connection");
-            break;
+    // Stop interrupts the loop wherever it waits, including a reply to a client that does not
+    // read. Handlers never wait in the middle (backend calls run in place), so it is always
+    // between requests or on the socket: the cleanup below then sees consistent state.
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        why = command_loop(&mut conn, &mut frames) => {
+            if let Some(why) = why {
+                tracing::info!(client = %conn.tcp.client, why, "SMB: closing connection");
+            }
         }
     }
-    reader.abort();
     // Disconnect: cancel waiters, close every open (delete-on-close and locks are released).
     for op in conn.pending.lock().unwrap_or_else(|e| e.into_inner()).values() {
         op.cancel.cancel();
@@ -229,75 +232,38 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
             cmd::close::release(&conn.server.clone(), open).await;
         }
     }
-    drop(conn);
-    let _ = writer.await;
+    crate::vfs::in_place::drop_deferred();
+    conn.out.shutdown().await;
 }
 
-/// Frames the reader may hold ahead of the command loop.
-const READ_AHEAD: usize = 4;
-
-/// Reads transport frames until the client goes away or sends a bad frame. NetBIOS session
-/// requests (clients on a port other than 445 start with one) get a positive answer and
-/// keep-alives are skipped.
-async fn read_frames(
-    rd: tokio::net::tcp::OwnedReadHalf,
-    frames: mpsc::Sender<Vec<u8>>,
-    out: mpsc::UnboundedSender<Outgoing>,
-    tcp: TcpConnection,
-) {
-    let mut rd = BufReader::with_capacity(256 * 1024, rd);
+/// Serves requests until the client goes away (`None`) or must be cut off (why).
+async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadHalf>) -> Option<&'static str> {
     loop {
-        let mut hdr = [0u8; 4];
-        if rd.read_exact(&mut hdr).await.is_err() {
-            return;
-        }
-        if hdr[0] == 0x81 || hdr[0] == 0x85 {
-            let n = ((hdr[1] as usize & 1) << 16) | ((hdr[2] as usize) << 8) | hdr[3] as usize;
-            let mut skip = vec![0u8; n];
-            if rd.read_exact(&mut skip).await.is_err() {
-                return;
+        let keep = match frames.next().await {
+            Ok(Frame::SessionRequest) => conn.out.raw(&SESSION_GRANTED).await.map_err(|_| "send failed"),
+            Ok(Frame::Message) => {
+                let msg = frames.message();
+                match &msg[..4] {
+                    p if p == header::PROTOCOL_ID => handle_smb2(conn, msg).await,
+                    p if p == header::SMB1_PROTOCOL_ID => handle_smb1_negotiate(conn, msg).await,
+                    _ => Err("not an SMB2 message (encrypted transform or unknown protocol)"),
+                }
             }
-            if hdr[0] == 0x81 {
-                let _ = out.send(Outgoing::Raw(vec![0x82, 0, 0, 0]));
-            }
-            continue;
-        }
-        let len = match header::frame_len(hdr) {
-            Ok(l) if (4..=MAX_FRAME).contains(&l) => l,
-            _ => {
-                tracing::info!(client = %tcp.client, "SMB: bad transport frame, closing");
-                return;
-            }
+            Err(ReadError::Closed) => return None,
+            Err(ReadError::BadFrame) => Err("bad transport frame"),
         };
-        let mut msg = vec![0u8; len];
-        if rd.read_exact(&mut msg).await.is_err() || frames.send(msg).await.is_err() {
-            return;
+        // The answer is out: now the work backends left for later (a removed file's last
+        // close, where ext4 may wait on a discard) overlaps with the client's next step.
+        crate::vfs::in_place::drop_deferred();
+        if let Err(why) = keep {
+            return Some(why);
         }
     }
 }
 
-/// What the writer task sends.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// Bytes as they are (NetBIOS session answers).
-    Raw(Vec<u8>),
-    /// An SMB2 message; the writer adds the transport header.
-    Message(Vec<u8>),
-    /// An SMB2 message in two pieces (header and body, then bulk data), sent without joining.
-    Parts(Vec<u8>, Vec<u8>),
-}
-
-fn send_parts(conn: &Connection, head: Vec<u8>, data: Vec<u8>) {
-    let _ = conn.out.send(Outgoing::Parts(head, data));
-}
-
-fn send(conn: &Connection, msg: Vec<u8>) {
-    let _ = conn.out.send(Outgoing::Message(msg));
-}
-
 /// SMB1 NEGOTIATE from an old-style client: answer with an SMB2 NEGOTIATE response so it
 /// switches to SMB2 ("SMB 2.???" -> renegotiate; "SMB 2.002" only -> 2.0.2).
-fn handle_smb1_negotiate(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static str> {
+async fn handle_smb1_negotiate(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static str> {
     if conn.dialect != 0 || msg.len() < 35 || msg[4] != 0x72 {
         return Err("SMB1 request other than a first NEGOTIATE");
     }
@@ -322,14 +288,16 @@ fn handle_smb1_negotiate(conn: &mut Connection, msg: &[u8]) -> Result<(), &'stat
     let mut w = Writer::with_capacity(HEADER_LEN + body.len());
     h.emit(&mut w);
     w.bytes(&body);
-    send(conn, w.buf);
-    Ok(())
+    conn.out.message(&[&w.buf]).await.map_err(|_| "send failed")
 }
 
 /// Walks one SMB2 message (a compound chain of one or more requests).
 async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static str> {
     let mut off = 0usize;
     let mut out: Vec<Vec<u8>> = Vec::new();
+    // Async work starts once its interim response is on the wire, so its final response
+    // can never overtake it.
+    let mut later: Vec<Later> = Vec::new();
     let mut prev: Option<(u64, u32, NtStatus)> = None;
     conn.compound_fid = None;
     loop {
@@ -426,8 +394,7 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
         if !reply.tail.is_empty() {
             if alone && key_now.is_none() {
                 // A lone unsigned reply with bulk data (READ): send header and data as they are.
-                send_parts(conn, resp, reply.tail);
-                return Ok(());
+                return conn.out.message(&[&resp, &reply.tail]).await.map_err(|_| "send failed");
             }
             resp.extend_from_slice(&reply.tail);
         }
@@ -446,7 +413,7 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
         let key = key_now;
         prev = Some((session_id, rh.tree_id, reply.status));
         if let Some(work) = pending {
-            spawn_async(conn, rh, async_id, work, response_key(conn, session_id, signed_in, false));
+            later.push(Later { rh, async_id, work, key: response_key(conn, session_id, signed_in, false) });
         }
         out.push(resp);
         if let Some(k) = key {
@@ -467,7 +434,8 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
     if out.len() == 1 {
         let mut only = out.pop().expect("one part");
         resign_chain(conn, &mut only);
-        send(conn, only);
+        conn.out.message(&[&only]).await.map_err(|_| "send failed")?;
+        start_later(conn, later);
         return Ok(());
     }
     // Chain the responses: NextCommand of each but the last is its padded length.
@@ -483,8 +451,23 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
     // Signatures were computed with NextCommand = 0 for chained parts; recompute them now
     // that NextCommand is set.
     resign_chain(conn, &mut all);
-    send(conn, all);
+    conn.out.message(&[&all]).await.map_err(|_| "send failed")?;
+    start_later(conn, later);
     Ok(())
+}
+
+/// Async work whose interim response is being sent.
+struct Later {
+    rh: Header,
+    async_id: u64,
+    work: AsyncWork,
+    key: Option<[u8; 16]>,
+}
+
+fn start_later(conn: &Connection, later: Vec<Later>) {
+    for l in later {
+        spawn_async(conn, l.rh, l.async_id, l.work, l.key);
+    }
 }
 
 fn pad8(v: &mut Vec<u8>) {
@@ -574,7 +557,7 @@ fn spawn_async(conn: &Connection, mut rh: Header, async_id: u64, work: AsyncWork
         if let Some(k) = key {
             signing::sign(alg, &k, &mut msg);
         }
-        let _ = out.send(Outgoing::Message(msg));
+        let _ = out.message(&[&msg]).await;
     });
 }
 
@@ -588,4 +571,144 @@ pub enum Outcome {
 
 async fn dispatch(conn: &mut Connection, hdr: &Header, elem: &[u8]) -> Outcome {
     cmd::dispatch(conn, hdr, elem).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::locks::LockTable;
+    use crate::vfs::posix::{PosixBackend, PosixOptions};
+    use crate::vfs::Namespace;
+
+    fn server(dir: &std::path::Path) -> Arc<SmbServer> {
+        let text = format!(
+            "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{}\"\n\n[smb]\nlisten = \"127.0.0.1:4445\"\n\n\
+             [[smb.share]]\nname = \"pub\"\nwritable = true\nguest_ok = true\n",
+            dir.display()
+        );
+        let cfg = crate::config::parse(&text, "test", dir).expect("config");
+        let ns = Namespace::new(Arc::new(PosixBackend::open(dir, PosixOptions::new("smb")).expect("backend")));
+        Arc::new(SmbServer::new(&cfg, ns, Arc::new(LockTable::new())))
+    }
+
+    /// A NEGOTIATE for SMB 2.1 in its transport frame.
+    fn negotiate() -> Vec<u8> {
+        let mut w = Writer::new();
+        Header { command: command::NEGOTIATE, credits: 1, ..Default::default() }.emit(&mut w);
+        w.u16(36).u16(1).u16(1).u16(0).u32(0).bytes(&[5; 16]).u64(0).u16(dialect::SMB210);
+        let mut frame = header::frame_header(w.buf.len()).to_vec();
+        frame.extend_from_slice(&w.buf);
+        frame
+    }
+
+    /// Accepts one client and serves it as a spawned task; returns the client's end.
+    async fn connect(
+        server: Arc<SmbServer>,
+        stop: CancellationToken,
+    ) -> (std::net::TcpStream, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        // Small buffers, so a client that does not read blocks the server's sends quickly.
+        for (fd, opt) in [(client.as_raw_fd(), libc::SO_RCVBUF), (stream.as_raw_fd(), libc::SO_SNDBUF)] {
+            let size: libc::c_int = 4096;
+            // SAFETY: setsockopt on a socket we own, with a c_int option value.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&raw const size).cast(),
+                    std::mem::size_of_val(&size) as u32,
+                )
+            };
+            assert_eq!(rc, 0);
+        }
+        let tcp = TcpConnection { client: peer, server: addr };
+        (client, tokio::spawn(serve(server, stream, tcp, stop)))
+    }
+
+    fn answers_negotiate(client: &mut std::net::TcpStream) {
+        client.write_all(&negotiate()).unwrap();
+        let mut hdr = [0u8; 4];
+        client.read_exact(&mut hdr).unwrap();
+        let mut msg = vec![0u8; header::frame_len(hdr).unwrap()];
+        client.read_exact(&mut msg).unwrap();
+        let h = Header::parse(&msg).unwrap();
+        assert_eq!((h.command, h.status), (command::NEGOTIATE, 0));
+        let limit = |at: usize| u32::from_le_bytes(msg[at..at + 4].try_into().unwrap());
+        let (transact, read, write) = (limit(HEADER_LEN + 28), limit(HEADER_LEN + 32), limit(HEADER_LEN + 36));
+        assert_eq!((transact, read, write), (8 << 20, 8 << 20, 1 << 20), "MaxTransact/Read/WriteSize");
+    }
+
+    fn closed_by_server(client: &mut std::net::TcpStream) -> bool {
+        let mut b = [0u8; 1];
+        matches!(client.read(&mut b), Ok(0))
+            || matches!(client.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_runs_on_its_own_thread_until_the_daemon_stops() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let (mut client, task) = connect(server(tmp.path()), stop.clone()).await;
+        let mut client = tokio::task::spawn_blocking(move || {
+            answers_negotiate(&mut client);
+            client
+        })
+        .await
+        .unwrap();
+        let threads = std::fs::read_dir("/proc/self/task").unwrap().filter_map(|t| {
+            std::fs::read_to_string(t.ok()?.path().join("comm")).ok().filter(|c| c.trim() == "nasgw-smb")
+        });
+        assert!(threads.count() >= 1, "the connection has a thread of its own");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("serve returns on stop").unwrap();
+        assert!(tokio::task::spawn_blocking(move || closed_by_server(&mut client)).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stop_cuts_off_a_client_that_does_not_read_its_replies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let (mut client, task) = connect(server(tmp.path()), stop.clone()).await;
+        // Echo requests, sent and never answered-read: the server ends up blocked sending.
+        let flood = std::thread::spawn(move || {
+            answers_negotiate(&mut client);
+            let mut w = Writer::new();
+            Header { command: command::ECHO, credits: 1, ..Default::default() }.emit(&mut w);
+            w.u16(4).u16(0);
+            let mut frame = header::frame_header(w.buf.len()).to_vec();
+            frame.extend_from_slice(&w.buf);
+            let batch: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 1000).collect();
+            client.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            while client.write_all(&batch).is_ok() {}
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!task.is_finished(), "the client is still connected");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("stop interrupts a blocked send").unwrap();
+        tokio::task::spawn_blocking(move || flood.join().unwrap()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_connection_future_closes_the_client() {
+        // What the listener does when HA releases the address the client came in on.
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut client, task) = connect(server(tmp.path()), CancellationToken::new()).await;
+        let mut client = tokio::task::spawn_blocking(move || {
+            answers_negotiate(&mut client);
+            client
+        })
+        .await
+        .unwrap();
+        task.abort();
+        assert!(tokio::task::spawn_blocking(move || closed_by_server(&mut client)).await.unwrap());
+    }
 }

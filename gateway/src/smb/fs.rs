@@ -57,11 +57,25 @@ pub fn split_name(name: &str) -> Result<Vec<String>, NtStatus> {
 /// Resolves the directory holding the last component of `comps` (all but the last, from the
 /// share root). Symlinks are followed only while they stay inside the volume.
 pub async fn parent_of(ns: &Namespace, cred: &Credentials, root: FileId, comps: &[String]) -> Result<FileId, NtStatus> {
-    if comps.len() <= 1 {
-        return Ok(root);
+    let Some((_, dirs)) = comps.split_last() else { return Ok(root) };
+    // One lookup per component (the components are validated: no `.`, `..` or `/`); only a
+    // symlink on the way needs `walk`, which follows it while it stays inside the volume.
+    let mut dir = root;
+    for c in dirs {
+        match ns.lookup(cred, dir, c.as_bytes()).await {
+            Ok((id, a)) if a.ftype == FileType::Directory => dir = id,
+            Ok((_, a)) if a.ftype == FileType::Symlink => return walk_dir(ns, cred, root, dirs).await,
+            Ok(_) => return Err(NtStatus::OBJECT_PATH_NOT_FOUND),
+            Err(VfsError::NotFound | VfsError::NotDir) => return Err(NtStatus::OBJECT_PATH_NOT_FOUND),
+            Err(e) => return Err(e.into()),
+        }
     }
-    let path = comps[..comps.len() - 1].join("/");
-    match ns.walk(cred, root, path.as_bytes(), true).await {
+    Ok(dir)
+}
+
+/// Resolves the directory `dirs` from the share root, following symlinks inside the volume.
+async fn walk_dir(ns: &Namespace, cred: &Credentials, root: FileId, dirs: &[String]) -> Result<FileId, NtStatus> {
+    match ns.walk(cred, root, dirs.join("/").as_bytes(), true).await {
         Ok((id, a)) if a.ftype == FileType::Directory => Ok(id),
         Ok(_) => Err(NtStatus::OBJECT_PATH_NOT_FOUND),
         Err(VfsError::NotFound | VfsError::NotDir) => Err(NtStatus::OBJECT_PATH_NOT_FOUND),
@@ -206,6 +220,34 @@ pub fn wildcard_match(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn parents_resolve_inside_the_volume_only() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().join("vol");
+        std::fs::create_dir_all(vol.join("a/b")).unwrap();
+        std::fs::write(vol.join("a/file"), b"x").unwrap();
+        symlink("a/b", vol.join("inside")).unwrap();
+        symlink("../..", vol.join("a/up")).unwrap();
+        symlink(tmp.path(), vol.join("abs")).unwrap();
+        let backend = crate::vfs::posix::PosixBackend::open(&vol, crate::vfs::posix::PosixOptions::new("smb")).unwrap();
+        let ns = Namespace::new(std::sync::Arc::new(backend));
+        let (cred, root) = (Credentials::root(), ns.root());
+        let parent = |name: &str| {
+            let (ns, cred) = (ns.clone(), cred.clone());
+            let comps = split_name(name).unwrap();
+            async move { parent_of(&ns, &cred, root, &comps).await }
+        };
+        let b = ns.walk(&cred, root, b"a/b", false).await.unwrap().0;
+        assert_eq!(parent("top.txt").await, Ok(root));
+        assert_eq!(parent("a\\b\\new.txt").await, Ok(b));
+        assert_eq!(parent("inside\\new.txt").await, Ok(b), "a symlink inside the volume is followed");
+        assert_eq!(parent("a\\up\\x").await, Err(NtStatus::ACCESS_DENIED), "above the root");
+        assert_eq!(parent("abs\\x").await, Err(NtStatus::ACCESS_DENIED), "absolute target");
+        assert_eq!(parent("a\\nope\\x").await, Err(NtStatus::OBJECT_PATH_NOT_FOUND));
+        assert_eq!(parent("a\\file\\x").await, Err(NtStatus::OBJECT_PATH_NOT_FOUND));
+    }
 
     #[test]
     fn names_that_could_escape_are_refused() {

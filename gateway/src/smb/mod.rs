@@ -4,7 +4,9 @@
 //! - [`wire`]: pure decoders/encoders of SMB2 bytes (header, status codes);
 //! - [`auth`]: SPNEGO + NTLMSSP, users from the config;
 //! - [`signing`]: key derivation and message signing for every dialect;
-//! - [`conn`]: one client connection: frames, compound chains, credits, signing, async replies;
+//! - [`transport`]: transport frames in (one reused buffer), framed messages out;
+//! - [`conn`]: one client connection on its own thread: compound chains, credits, signing,
+//!   async replies;
 //! - [`session`]: sessions, tree connects and opens as named types;
 //! - [`cmd`]: one file per SMB2 command;
 //! - [`srvsvc`]: the DCE/RPC share-enumeration pipe on `IPC$`.
@@ -17,6 +19,7 @@ pub mod passwd;
 pub mod session;
 pub mod signing;
 pub mod srvsvc;
+pub mod transport;
 pub mod wire;
 
 use std::sync::Arc;

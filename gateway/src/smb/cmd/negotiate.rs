@@ -12,8 +12,15 @@ use crate::smb::wire::{slice_at, Reader, WireError, WireResult, Writer};
 
 /// Dialects we speak, best first.
 const OURS: [u16; 5] = [dialect::SMB311, dialect::SMB302, dialect::SMB300, dialect::SMB210, dialect::SMB202];
-/// Largest READ/WRITE/transact with large MTU.
+/// Largest READ/transact with large MTU.
 pub const MAX_IO: u32 = 8 * 1024 * 1024;
+/// Largest WRITE we ask clients for with large MTU (MaxWriteSize). Smaller than reads on
+/// purpose: a 1 MiB write is received into a buffer that stays in the CPU cache until
+/// `pwrite` copies it on (an 8 MiB one goes through memory twice), and a client then keeps
+/// more, smaller writes in flight (smbclient: 16 MiB / MaxWriteSize), so sending and
+/// writing overlap. Measured on uploads: about a quarter less server CPU per byte. Larger
+/// writes that a client sends anyway are still served (up to the frame limit).
+pub const MAX_WRITE: u32 = 1024 * 1024;
 /// Largest READ/WRITE for 2.0.2.
 pub const MAX_IO_202: u32 = 64 * 1024;
 
@@ -116,14 +123,14 @@ impl Request {
 pub fn response_body(conn: &mut Connection, chosen: u16, signing: Option<SigningAlgorithm>) -> Vec<u8> {
     let security_mode = SIGNING_ENABLED | if conn.server.require_signing { SIGNING_REQUIRED } else { 0 };
     let caps = if chosen >= dialect::SMB210 && chosen != dialect::WILDCARD { CAP_LARGE_MTU } else { 0 };
-    let max = if chosen >= dialect::SMB210 { MAX_IO } else { MAX_IO_202 };
+    let (max, max_write) = if chosen >= dialect::SMB210 { (MAX_IO, MAX_WRITE) } else { (MAX_IO_202, MAX_IO_202) };
     conn.server_capabilities = caps;
     conn.server_security_mode = security_mode;
     let blob = spnego::server_init();
     let mut w = Writer::with_capacity(256);
     let ctx_count_at = 6;
     w.u16(65).u16(security_mode).u16(chosen).u16(0);
-    w.bytes(&conn.server.guid).u32(caps).u32(max).u32(max).u32(max);
+    w.bytes(&conn.server.guid).u32(caps).u32(max).u32(max).u32(max_write);
     w.u64(filetime_now()).u64(0);
     w.u16(128).u16(blob.len() as u16);
     let ctx_off_at = w.len();

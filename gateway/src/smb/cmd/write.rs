@@ -81,7 +81,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<R
     } else {
         Stability::Unstable
     };
-    let (n, _, _) = server.ns.write(&f.cred, f.id, offset, req.data.to_vec(), stable).await?;
+    let (n, _, _) = server.ns.write_from(&f.cred, f.id, offset, req.data, stable).await?;
     f.position = offset + n as u64;
     Ok(Reply::ok(response(n)))
 }

@@ -225,6 +225,17 @@ impl PosixBackend {
         self.nodes.lock().expect("nodes lock").pop(id);
     }
 
+    /// Evicts a file whose name was just removed. Our descriptor may be its last reference,
+    /// and closing it is where the file system frees the file (on ext4 mounted with `discard`,
+    /// a synchronous discard to the disk): that close waits until the protocol has answered
+    /// when the calling thread allows it (see [`super::in_place::drop_after_reply`]).
+    fn evict_removed(&self, id: &FileId) {
+        let node = self.nodes.lock().expect("nodes lock").pop(id);
+        if let Some(node) = node {
+            super::in_place::drop_after_reply(node);
+        }
+    }
+
     /// Opens the object an identity names, or fails with `Stale`/`BadHandle`.
     fn resolve(&self, id: &FileId) -> VfsResult<OwnedFd> {
         let ident = Identity::decode(id).ok_or(VfsError::BadHandle)?;
@@ -714,7 +725,7 @@ impl Backend for PosixBackend {
             sys::unlinkat(d.path_fd.as_fd(), &cname, 0)?;
         }
         if let Some(v) = victim {
-            self.evict(&v);
+            self.evict_removed(&v);
         }
         Ok(())
     }
@@ -728,7 +739,7 @@ impl Backend for PosixBackend {
             sys::unlinkat(d.path_fd.as_fd(), &cname, libc::AT_REMOVEDIR)?;
         }
         if let Some(v) = victim {
-            self.evict(&v);
+            self.evict_removed(&v);
         }
         Ok(())
     }
@@ -743,7 +754,7 @@ impl Backend for PosixBackend {
             sys::renameat(fd.path_fd.as_fd(), &cfrom, td.path_fd.as_fd(), &cto)?;
         }
         if let Some(v) = victim {
-            self.evict(&v);
+            self.evict_removed(&v);
         }
         if self.kind == IdentityKind::Inode {
             if let Ok(stx) = sys::statx(td.path_fd.as_fd(), &cto) {

@@ -401,3 +401,71 @@ async fn write_from_on_the_multi_threaded_runtime() {
 async fn write_from_on_a_current_thread_runtime() {
     write_from_reaches_the_file().await;
 }
+
+#[test]
+fn borrowed_writes_land_whether_calls_run_in_place_or_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = Namespace::new(Arc::new(backend(tmp.path(), IdentityKind::Inode)));
+    let write = |ns: Namespace, rt: tokio::runtime::Runtime, name: &'static str, in_place: bool| {
+        std::thread::spawn(move || {
+            if in_place {
+                crate::vfs::in_place::run_calls_in_place();
+            }
+            assert_eq!(crate::vfs::in_place::calls_run_in_place(), in_place);
+            rt.block_on(async {
+                let me = Credentials::root();
+                let (f, _) =
+                    ns.create(&me, ns.root(), name.as_bytes(), 0o644, CreateHow::Guarded(SetAttr::default())).await?;
+                ns.write_from(&me, f, 0, name.as_bytes(), Stability::Unstable).await
+            })
+        })
+        .join()
+        .unwrap()
+    };
+    let current = || tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+    assert_eq!(write(ns.clone(), current(), "in-place", true).unwrap().0, 8);
+    assert_eq!(write(ns.clone(), current(), "handed-off", false).unwrap().0, 10);
+    assert_eq!(write(ns.clone(), multi, "multi", false).unwrap().0, 5);
+    for name in ["in-place", "handed-off", "multi"] {
+        assert_eq!(std::fs::read(tmp.path().join(name)).unwrap(), name.as_bytes());
+    }
+    // The mode belongs to the thread that asked for it.
+    assert!(!crate::vfs::in_place::calls_run_in_place());
+}
+
+/// Descriptors of this process open on a removed file named `name`.
+fn open_on_removed(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.to_string_lossy().ends_with(&format!("{name} (deleted)")))
+        .count()
+}
+
+#[test]
+fn a_removed_files_last_close_waits_for_the_reply_on_in_place_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = Arc::new(backend(tmp.path(), IdentityKind::Inode));
+    let me = Credentials::root();
+    let root = b.root();
+    for n in ["later.txt", "now.txt"] {
+        b.create(&me, &root, &name(n), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
+        // Cached with a descriptor (what an SMB open or an NFS handle use leaves behind).
+        b.lookup(&me, &root, &name(n)).unwrap();
+    }
+    let (b2, later) = (b.clone(), tmp.path().join("later.txt"));
+    std::thread::spawn(move || {
+        crate::vfs::in_place::run_calls_in_place();
+        b2.remove(&Credentials::root(), &b2.root(), &name("later.txt")).unwrap();
+        assert!(std::fs::symlink_metadata(later).is_err(), "the name is gone at once");
+        assert_eq!(open_on_removed("later.txt"), 1, "the file itself is freed after the reply");
+        crate::vfs::in_place::drop_deferred();
+        assert_eq!(open_on_removed("later.txt"), 0);
+    })
+    .join()
+    .unwrap();
+    // Other threads (NFS on the shared runtime) free it at once.
+    b.remove(&me, &root, &name("now.txt")).unwrap();
+    assert_eq!(open_on_removed("now.txt"), 0);
+}

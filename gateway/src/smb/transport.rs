@@ -1,0 +1,222 @@
+//! The byte stream under SMB2 (MS-SMB2 2.1, direct TCP): transport frames in, one reused
+//! buffer per connection; framed messages out, written by whoever made them.
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::Mutex;
+
+use super::wire::header;
+
+/// Largest transport frame accepted: an 8 MiB write plus headers.
+pub const MAX_FRAME: usize = 8 * 1024 * 1024 + 64 * 1024;
+/// Receive buffer of the stream: one read picks up several small requests a client pipelined.
+const READ_BUFFER: usize = 256 * 1024;
+/// A frame buffer grown beyond this (by a large WRITE) is given back once small frames
+/// follow, so an idle connection does not pin megabytes.
+const KEEP_FRAME_BUFFER: usize = 1024 * 1024;
+
+/// What [`FrameReader::next`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// An SMB message, now in [`FrameReader::message`].
+    Message,
+    /// A NetBIOS session request (clients on a port other than 445 start with one): answer
+    /// [`SESSION_GRANTED`].
+    SessionRequest,
+}
+
+/// The NetBIOS positive session response.
+pub const SESSION_GRANTED: [u8; 4] = [0x82, 0, 0, 0];
+
+/// Why reading stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The client went away (or the socket failed).
+    Closed,
+    /// A frame that is not a session message or exceeds [`MAX_FRAME`].
+    BadFrame,
+}
+
+/// Reads transport frames. The message lands in one buffer that is reused, so a stream of
+/// 8 MiB WRITEs neither allocates nor zero-fills per request.
+pub struct FrameReader<R> {
+    rd: BufReader<R>,
+    buf: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Reads frames from `rd`.
+    pub fn new(rd: R) -> Self {
+        Self { rd: BufReader::with_capacity(READ_BUFFER, rd), buf: Vec::new() }
+    }
+
+    /// The message of the last [`Frame::Message`].
+    pub fn message(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Reads the next frame; NetBIOS keep-alives are skipped.
+    pub async fn next(&mut self) -> Result<Frame, ReadError> {
+        loop {
+            let mut hdr = [0u8; 4];
+            self.rd.read_exact(&mut hdr).await.map_err(|_| ReadError::Closed)?;
+            if hdr[0] == 0x81 || hdr[0] == 0x85 {
+                let n = ((hdr[1] as u64 & 1) << 16) | ((hdr[2] as u64) << 8) | hdr[3] as u64;
+                let skipped = tokio::io::copy(&mut (&mut self.rd).take(n), &mut tokio::io::sink()).await;
+                if skipped.map_err(|_| ReadError::Closed)? != n {
+                    return Err(ReadError::Closed);
+                }
+                if hdr[0] == 0x81 {
+                    return Ok(Frame::SessionRequest);
+                }
+                continue;
+            }
+            let len = match header::frame_len(hdr) {
+                Ok(l) if (4..=MAX_FRAME).contains(&l) => l,
+                _ => return Err(ReadError::BadFrame),
+            };
+            self.fill(len).await?;
+            return Ok(Frame::Message);
+        }
+    }
+
+    /// Reads exactly `len` bytes into the buffer, without zero-filling it first.
+    async fn fill(&mut self, len: usize) -> Result<(), ReadError> {
+        if self.buf.capacity() > KEEP_FRAME_BUFFER && len <= KEEP_FRAME_BUFFER {
+            self.buf = Vec::new();
+        }
+        self.buf.clear();
+        self.buf.reserve_exact(len);
+        while self.buf.len() < len {
+            let want = (len - self.buf.len()) as u64;
+            match (&mut self.rd).take(want).read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Err(ReadError::Closed),
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The sending side of a connection, shared by the command loop and the tasks that finish
+/// async work: each message goes out whole, with its transport header, in one gathered write
+/// where possible (no copy of READ data).
+pub struct FrameWriter<W> {
+    wr: Arc<Mutex<W>>,
+}
+
+impl<W> Clone for FrameWriter<W> {
+    fn clone(&self) -> Self {
+        Self { wr: self.wr.clone() }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Writes to `wr`.
+    pub fn new(wr: W) -> Self {
+        Self { wr: Arc::new(Mutex::new(wr)) }
+    }
+
+    /// Sends one SMB message made of `parts` (header and body, then bulk data).
+    pub async fn message(&self, parts: &[&[u8]]) -> io::Result<()> {
+        let len = parts.iter().map(|p| p.len()).sum();
+        let hdr = header::frame_header(len);
+        let mut slices = Vec::with_capacity(parts.len() + 1);
+        slices.push(IoSlice::new(&hdr));
+        slices.extend(parts.iter().map(|p| IoSlice::new(p)));
+        let mut wr = self.wr.lock().await;
+        write_all_vectored(&mut *wr, &mut slices).await
+    }
+
+    /// Sends bytes as they are (NetBIOS session answers).
+    pub async fn raw(&self, bytes: &[u8]) -> io::Result<()> {
+        self.wr.lock().await.write_all(bytes).await
+    }
+
+    /// Closes the sending direction, unless a send is stuck on a client that does not read
+    /// (the socket then closes when the connection's thread ends).
+    pub async fn shutdown(&self) {
+        if let Ok(mut wr) = self.wr.try_lock() {
+            let _ = wr.shutdown().await;
+        }
+    }
+}
+
+async fn write_all_vectored<W: AsyncWrite + Unpin>(wr: &mut W, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        let n = wr.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(msg: &[u8]) -> Vec<u8> {
+        let mut f = header::frame_header(msg.len()).to_vec();
+        f.extend_from_slice(msg);
+        f
+    }
+
+    #[tokio::test]
+    async fn reads_frames_skips_keepalives_and_answers_session_requests() {
+        let mut input = frame(b"\xfeSMBfirst");
+        input.extend_from_slice(&[0x85, 0, 0, 0]);
+        input.extend_from_slice(&[0x81, 0, 0, 2, 9, 9]);
+        input.extend(frame(&vec![7u8; 3 * 1024 * 1024]));
+        input.extend(frame(b"\xfeSMBsmall"));
+        let mut r = FrameReader::new(&input[..]);
+        assert_eq!(r.next().await.unwrap(), Frame::Message);
+        assert_eq!(r.message(), b"\xfeSMBfirst");
+        assert_eq!(r.next().await.unwrap(), Frame::SessionRequest);
+        assert_eq!(r.next().await.unwrap(), Frame::Message);
+        assert_eq!(r.message().len(), 3 * 1024 * 1024);
+        assert!(r.message().iter().all(|b| *b == 7));
+        assert_eq!(r.next().await.unwrap(), Frame::Message);
+        assert_eq!(r.message(), b"\xfeSMBsmall");
+        // The big buffer was given back after the small frame.
+        assert!(r.buf.capacity() <= KEEP_FRAME_BUFFER);
+        assert!(matches!(r.next().await, Err(ReadError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn refuses_oversized_and_unknown_frames() {
+        let mut too_big = header::frame_header(MAX_FRAME + 1).to_vec();
+        too_big.extend_from_slice(&[0; 16]);
+        assert!(matches!(FrameReader::new(&too_big[..]).next().await, Err(ReadError::BadFrame)));
+        let unknown = [0x42u8, 0, 0, 4, 1, 2, 3, 4];
+        assert!(matches!(FrameReader::new(&unknown[..]).next().await, Err(ReadError::BadFrame)));
+        let truncated = [0u8, 0, 0, 10, 1, 2];
+        assert!(matches!(FrameReader::new(&truncated[..]).next().await, Err(ReadError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn writes_each_message_with_its_transport_header() {
+        let (client, server) = tokio::io::duplex(64);
+        let w = FrameWriter::new(server);
+        let big = vec![3u8; 100_000];
+        let sender = tokio::spawn({
+            let w = w.clone();
+            async move {
+                w.message(&[b"\xfeSMBhead", &big]).await.unwrap();
+                w.raw(&SESSION_GRANTED).await.unwrap();
+                w.shutdown().await;
+            }
+        });
+        let mut got = Vec::new();
+        let mut client = client;
+        client.read_to_end(&mut got).await.unwrap();
+        sender.await.unwrap();
+        assert_eq!(&got[..4], &header::frame_header(8 + 100_000));
+        assert_eq!(&got[4..12], b"\xfeSMBhead");
+        assert_eq!(got.len(), 4 + 8 + 100_000 + 4);
+        assert_eq!(&got[got.len() - 4..], &SESSION_GRANTED);
+    }
+}
