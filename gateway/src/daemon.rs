@@ -20,6 +20,9 @@ use crate::vfs::posix::{PosixBackend, PosixOptions};
 use crate::vfs::Namespace;
 use ha::connections::ConnectionTable;
 
+/// How often cached descriptors of files removed behind the server's back are dropped.
+const RELEASE_REMOVED_EVERY: Duration = Duration::from_secs(10);
+
 /// How long in-flight requests may take to finish after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -78,6 +81,7 @@ async fn run(loaded: Loaded) -> Result<()> {
         None => Arc::new(StandaloneNode::new(cfg.clone(), volume_health)),
     };
     life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
+    life.tasks.spawn(release_removed(namespace.clone(), life.stop.clone()));
 
     print_banner(&cfg);
     wait_for_stop_signal().await?;
@@ -97,6 +101,21 @@ async fn run(loaded: Loaded) -> Result<()> {
     let _ = std::fs::remove_file(&cfg.node.control_socket);
     tracing::info!("nasgw stopped");
     Ok(())
+}
+
+/// Periodically frees the space of files another node (or anything but this server) removed
+/// while this server still held them open in its descriptor cache.
+async fn release_removed(namespace: Namespace, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RELEASE_REMOVED_EVERY) => {}
+        }
+        let n = namespace.release_removed().await;
+        if n > 0 {
+            tracing::debug!(files = n, "dropped cached descriptors of removed files");
+        }
+    }
 }
 
 /// Creates the state directory, and the served directory of a local backend.

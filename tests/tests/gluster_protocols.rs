@@ -258,6 +258,19 @@ async fn nfs_and_smb_through_fuse_and_gfapi_nodes_see_one_volume_with_handles_va
         let same = std::process::Command::new("cmp").arg(&big).arg(n.brick.join("big.bin")).status().unwrap();
         assert!(same.success(), "{}'s brick differs from what was uploaded", n.name);
     }
+
+    // Removed through node 1 while node 2 (gfapi) still holds it open from the upload: the
+    // bricks keep it (in `.glusterfs/unlink`) only until node 2 lets go of it.
+    smb(topo.ns("n1"), "del big.bin");
+    let unlinked = |n: &nasgw_tests::gluster::GlusterNode| {
+        std::fs::read_dir(n.brick.join(".glusterfs/unlink")).map_or(0, |d| d.count())
+    };
+    assert!(cluster.nodes.iter().any(|n| unlinked(n) > 0), "node 2's open descriptor pins the removed file");
+    let t = Instant::now();
+    wait_for("node 2 to let go of the removed file", Duration::from_secs(60), Duration::from_millis(200), || {
+        cluster.nodes.iter().all(|n| unlinked(n) == 0).then_some(())
+    });
+    eprintln!("the removed 1 GiB file's space was freed on every brick {:?} after the delete", t.elapsed());
     assert!(n1.stop().success());
     assert!(n2.stop().success());
 }

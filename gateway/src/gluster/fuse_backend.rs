@@ -183,6 +183,12 @@ impl Backend for FuseBackend {
         self.backend()?.statfs(id)
     }
 
+    fn release_removed(&self) -> usize {
+        // The backend of the current mount only: never wait for a mount to sweep a cache.
+        let cur = self.current.lock().expect("lock").as_ref().map(|(_, b)| b.clone());
+        cur.map_or(0, |b| b.release_removed())
+    }
+
     fn sync_all(&self) -> VfsResult<()> {
         // Nothing to flush when the volume is not mounted (and never wait for it on shutdown).
         let cur = self.current.lock().expect("lock").take();

@@ -670,6 +670,33 @@ impl Backend for GfapiBackend {
         })
     }
 
+    fn release_removed(&self) -> usize {
+        // Only objects with an open descriptor hold a removed file on the bricks (an fd keeps
+        // it in the brick's unlink directory); a bare handle does not, and each stat is a
+        // request to a brick, so those are left alone.
+        let Ok(vol) = self.vol() else { return 0 };
+        let open: Vec<(FileId, Arc<Node>)> = self
+            .nodes
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, n)| n.io.lock().expect("lock").is_some())
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        let removed: Vec<FileId> = open
+            .into_iter()
+            .filter(|(_, n)| match vol.stat(&n.obj) {
+                Ok(st) => st.st_nlink == 0,
+                Err(e) => matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESTALE)),
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in &removed {
+            self.evict(id);
+        }
+        removed.len()
+    }
+
     fn sync_all(&self) -> VfsResult<()> {
         let nodes: Vec<Arc<Node>> = {
             let mut cache = self.nodes.lock().expect("lock");

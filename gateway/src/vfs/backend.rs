@@ -165,4 +165,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Flushes everything cached to stable storage and drops cached descriptors: called on
     /// shutdown and before a node gives up its addresses.
     fn sync_all(&self) -> VfsResult<()>;
+
+    /// Drops cached descriptors of files whose last name is gone (removed by another node, or
+    /// behind the server's back): a descriptor keeps a removed file's space allocated, so
+    /// without this a quiet server would hold deleted data until its cache evicts it. Called
+    /// periodically; returns how many were dropped.
+    fn release_removed(&self) -> usize {
+        0
+    }
 }

@@ -350,6 +350,12 @@ impl Namespace {
         quick(self.local, move || b.statfs(&id)).await
     }
 
+    /// Drops cached descriptors of removed files (see [`Backend::release_removed`]).
+    pub async fn release_removed(&self) -> usize {
+        let b = self.backend.clone();
+        tokio::task::spawn_blocking(move || b.release_removed()).await.unwrap_or(0)
+    }
+
     /// Flushes everything to stable storage (shutdown).
     pub async fn sync_all(&self) -> VfsResult<()> {
         let b = self.backend.clone();

@@ -824,6 +824,22 @@ impl Backend for PosixBackend {
         })
     }
 
+    fn release_removed(&self) -> usize {
+        // Stat outside the lock: the cache keeps serving meanwhile.
+        let nodes: Vec<(FileId, Arc<Node>)> =
+            self.nodes.lock().expect("nodes lock").iter().map(|(id, n)| (*id, n.clone())).collect();
+        let removed: Vec<FileId> = nodes
+            .into_iter()
+            .filter(|(id, n)| *id != self.root_id && sys::fstatx(n.path_fd.as_fd()).is_ok_and(|st| st.stx_nlink == 0))
+            .map(|(id, _)| id)
+            .collect();
+        let mut cache = self.nodes.lock().expect("nodes lock");
+        for id in &removed {
+            cache.pop(id);
+        }
+        removed.len()
+    }
+
     fn sync_all(&self) -> VfsResult<()> {
         let nodes: Vec<Arc<Node>> = {
             let mut cache = self.nodes.lock().expect("nodes lock");

@@ -469,3 +469,23 @@ fn a_removed_files_last_close_waits_for_the_reply_on_in_place_threads() {
     b.remove(&me, &root, &name("now.txt")).unwrap();
     assert_eq!(open_on_removed("now.txt"), 0);
 }
+
+#[test]
+fn files_removed_behind_the_servers_back_are_let_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = backend(tmp.path(), IdentityKind::Inode);
+    let me = Credentials::root();
+    let root = b.root();
+    let (f, _) = b.create(&me, &root, &name("elsewhere.bin"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
+    b.write(&me, &f, 0, &[1u8; 4096], Stability::FileSync).unwrap();
+    let (kept, _) = b.create(&me, &root, &name("kept.bin"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
+    b.write(&me, &kept, 0, &[2u8; 10], Stability::Unstable).unwrap();
+    // Another node (or anything but this server) removes it: the cache still holds it open.
+    std::fs::remove_file(tmp.path().join("elsewhere.bin")).unwrap();
+    assert!(open_on_removed("elsewhere.bin") >= 1, "the cached descriptors pin the removed file");
+    assert_eq!(b.release_removed(), 1);
+    assert_eq!(open_on_removed("elsewhere.bin"), 0, "its space is free");
+    assert_eq!(b.release_removed(), 0);
+    assert_eq!(b.getattr(&kept).unwrap().size, 10, "files still named stay served");
+    assert!(matches!(b.getattr(&f), Err(VfsError::Stale)));
+}
