@@ -1,6 +1,6 @@
 //! The one boundary between HA decisions and the world: [`Effects`]. The daemon implements it
 //! with netlink, raw sockets, an fcntl lock and a child process ([`crate::system`]); the
-//! simulated cluster ([`crate::sim`], tests) implements it with an in-memory network.
+//! simulated cluster (`sim`, tests) implements it with an in-memory network.
 
 use std::net::IpAddr;
 

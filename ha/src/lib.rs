@@ -3,7 +3,7 @@
 //! Decisions (membership, leader election, public address placement, failover) are pure state
 //! machines fed by events ([`machine`], [`placement`]); side effects (netlink, ARP, tickle ACKs,
 //! the recovery lock, the notify script) sit behind one small trait ([`effects::Effects`]) so the
-//! same logic runs in deterministic tests ([`sim`]) and in the daemon ([`runtime`]).
+//! same logic runs in deterministic tests (`sim`, test-only) and in the daemon ([`runtime`]).
 //! Wire formats are pure parsers/emitters ([`wire`]).
 //! This crate knows nothing of SMB, NFS or the volume's contents.
 
