@@ -9,7 +9,7 @@ use super::attr::{fattr, post_op, set_attr, status, wcc};
 use super::dirlist::{self, EntryList};
 use super::handle::HandleCodec;
 use super::server::{NfsServer, Request};
-use crate::vfs::{access, Attr, CreateHow, FileId, FileSlice, FileType, ReadData, ReadDir, Stability};
+use crate::vfs::{access, Attr, CreateHow, FileId, FileType, ReadData, ReadDir, Stability};
 
 type R<T> = Result<T, nfsstat3>;
 
@@ -31,9 +31,9 @@ fn fh(h: Vec<u8>) -> nfs_fh3 {
 }
 
 impl NfsServer {
-    /// Runs one decoded NFSv3 call and appends its result to `out`; a READ may leave its data
-    /// in the file, to be sent after `out` (see [`NfsServer::read`]).
-    pub(super) async fn nfs3(&self, req: &Request, args: NfsArgs<'_>, out: &mut Vec<u8>) -> Option<FileSlice> {
+    /// Runs one decoded NFSv3 call and appends its result to `out`; a READ returns its data
+    /// separately, to be sent after `out` (see [`NfsServer::read`]).
+    pub(super) async fn nfs3(&self, req: &Request, args: NfsArgs<'_>, out: &mut Vec<u8>) -> Option<ReadData> {
         match args {
             NfsArgs::Null => {}
             NfsArgs::Getattr { fh } => self.getattr(fh, out).await,
@@ -147,10 +147,10 @@ impl NfsServer {
         res(out, r, READLINK3resfail::default)
     }
 
-    /// READ: the result's head in `out`; the data appended to it, or, when the backend leaves
-    /// it in the file, returned for the caller to send after `out` (with `sendfile`: no copy
-    /// through user space), followed by its XDR padding.
-    async fn read(&self, req: &Request, h: &[u8], offset: u64, count: u32, out: &mut Vec<u8>) -> Option<FileSlice> {
+    /// READ: the result's head in `out`; the data returned for the caller to send after `out`
+    /// (never copied into it: from memory as it is, or from the file with `sendfile`), followed
+    /// by its XDR padding.
+    async fn read(&self, req: &Request, h: &[u8], offset: u64, count: u32, out: &mut Vec<u8>) -> Option<ReadData> {
         let id = match self.id(h) {
             Ok(id) => id,
             Err(s) => {
@@ -166,14 +166,7 @@ impl NfsServer {
                 put(out, &n);
                 put(out, &eof);
                 put(out, &n);
-                match data {
-                    ReadData::Bytes(b) => {
-                        out.extend_from_slice(&b);
-                        out.resize(out.len() + xdr_pad(b.len()), 0);
-                        None
-                    }
-                    ReadData::File(f) => Some(f),
-                }
+                Some(data)
             }
             Err(e) => {
                 res::<READ3resok<'static>, _>(out, Err(status(e)), READ3resfail::default);
