@@ -11,6 +11,7 @@
 //! - Each cached descriptor can carry a lock owner ([`GfapiBackend::lock`]): the bricks' locks
 //!   translator then keeps each client's byte-range locks apart cluster-wide.
 
+use std::mem::MaybeUninit;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,13 +36,13 @@ const MIN_PIECE: usize = 1 << 20;
 /// At most this many pieces (threads) per read.
 const MAX_PIECES: usize = 8;
 
+/// A read into a buffer that need not be initialised: returns how many of its first bytes it
+/// filled, 0 at end of file ([`File::read_uninit`]).
+type ReadAt<'a> = dyn Fn(&mut [MaybeUninit<u8>], u64) -> std::io::Result<usize> + Sync + 'a;
+
 /// Fills `buf` from `offset` on with `read_at`; returns how much was read (less only at end of
-/// file).
-fn read_full(
-    read_at: &impl Fn(&mut [u8], u64) -> std::io::Result<usize>,
-    buf: &mut [u8],
-    offset: u64,
-) -> std::io::Result<usize> {
+/// file); that many first bytes of `buf` are initialised.
+fn read_full(read_at: &ReadAt<'_>, buf: &mut [MaybeUninit<u8>], offset: u64) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         let got = read_at(&mut buf[n..], offset + n as u64)?;
@@ -55,12 +56,8 @@ fn read_full(
 
 /// Reads `buf.len()` bytes at `offset` with `read_at`, in pieces on parallel threads when it is
 /// larger than [`MIN_PIECE`]; returns how many bytes form the file's data from `offset` on (short
-/// only at end of file).
-fn read_pieces(
-    read_at: &(impl Fn(&mut [u8], u64) -> std::io::Result<usize> + Sync),
-    buf: &mut [u8],
-    offset: u64,
-) -> std::io::Result<usize> {
+/// only at end of file); that many first bytes of `buf` are initialised.
+fn read_pieces(read_at: &ReadAt<'_>, buf: &mut [MaybeUninit<u8>], offset: u64) -> std::io::Result<usize> {
     if buf.len() <= MIN_PIECE {
         return read_full(read_at, buf, offset);
     }
@@ -85,6 +82,15 @@ fn read_pieces(
         }
     }
     Ok(total)
+}
+
+/// Reads `want` bytes at `offset` into a new buffer (never zeroed first: the read fills it).
+fn read_new(read_at: &ReadAt<'_>, want: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(want);
+    let n = read_pieces(read_at, &mut buf.spare_capacity_mut()[..want], offset)?;
+    // SAFETY: read_pieces initialised the first `n` bytes.
+    unsafe { buf.set_len(n) };
+    Ok(buf)
 }
 
 /// Runs the calling thread's next libgfapi calls as a caller; root again when dropped.
@@ -384,10 +390,8 @@ impl Backend for GfapiBackend {
         }
         let f = self.io(&vol, &node)?;
         let want = (count as u64).min(attr.size.saturating_sub(offset)) as usize;
-        let mut buf = vec![0u8; want];
-        let n = read_pieces(&|b: &mut [u8], at| f.read_at(b, at), &mut buf, offset)?;
-        buf.truncate(n);
-        let eof = offset + n as u64 >= attr.size;
+        let buf = read_new(&|b, at| f.read_uninit(b, at), want, offset)?;
+        let eof = offset + buf.len() as u64 >= attr.size;
         Ok((buf, eof, attr))
     }
 
@@ -695,12 +699,12 @@ mod tests {
     use super::*;
 
     /// A file of `len` bytes whose reads return at most 100 KiB each, as a brick may.
-    fn source(len: usize) -> impl Fn(&mut [u8], u64) -> std::io::Result<usize> + Sync {
-        move |buf: &mut [u8], at: u64| {
+    fn source(len: usize) -> impl Fn(&mut [MaybeUninit<u8>], u64) -> std::io::Result<usize> + Sync {
+        move |buf: &mut [MaybeUninit<u8>], at: u64| {
             let at = at as usize;
             let n = buf.len().min(len.saturating_sub(at)).min(100 << 10);
             for (i, b) in buf[..n].iter_mut().enumerate() {
-                *b = ((at + i) % 251) as u8;
+                b.write(((at + i) % 251) as u8);
             }
             Ok(n)
         }
@@ -712,16 +716,17 @@ mod tests {
         for (offset, count) in
             [(0, 8 << 20), (0, 1 << 20), (3 << 20, 8 << 20), (len - 10, 1 << 20), (len, 1 << 20), (7, 300 << 10)]
         {
-            let mut buf = vec![0u8; count];
-            let n = read_pieces(&source(len), &mut buf, offset as u64).unwrap();
-            assert_eq!(n, count.min(len.saturating_sub(offset)), "offset {offset} count {count}");
-            assert!(buf[..n].iter().enumerate().all(|(i, b)| *b == ((offset + i) % 251) as u8), "offset {offset}");
+            let buf = read_new(&source(len), count, offset as u64).unwrap();
+            assert_eq!(buf.len(), count.min(len.saturating_sub(offset)), "offset {offset} count {count}");
+            assert!(buf.iter().enumerate().all(|(i, b)| *b == ((offset + i) % 251) as u8), "offset {offset}");
         }
-        let failing =
-            |_: &mut [u8], at: u64| if at >= 1 << 20 { Err(std::io::Error::other("brick gone")) } else { Ok(0) };
-        assert!(
-            read_pieces(&failing, &mut vec![0u8; 8 << 20], 1 << 20).is_err(),
-            "an error in any piece fails the read"
-        );
+        let failing = |_: &mut [MaybeUninit<u8>], at: u64| {
+            if at >= 1 << 20 {
+                Err(std::io::Error::other("brick gone"))
+            } else {
+                Ok(0)
+            }
+        };
+        assert!(read_new(&failing, 8 << 20, 1 << 20).is_err(), "an error in any piece fails the read");
     }
 }
