@@ -1,7 +1,8 @@
 //! NFS and SMB end to end on a real replica 3 GlusterFS volume: nasgw on node 1 over its managed
 //! FUSE mount, nasgw on node 2 over libgfapi, one shared NFS handle key. A file written over NFS through
 //! node 1 is read byte-identical over NFS through node 2 (and the other way), a file put over SMB
-//! through node 2 is read byte-identical over SMB and NFS through node 1, an NFS handle taken
+//! through node 2 is read byte-identical over SMB and NFS through node 1 (twice: the second time
+//! from node 1's page cache, sent with sendfile), an NFS handle taken
 //! through node 1 works unchanged through node 2 (GFID identities, same on both backends), a
 //! libnfs client reads through either node, node 1's handles keep working after its FUSE
 //! client was killed and nasgw mounted the volume again, and a brick killed during a 1 GiB SMB
@@ -151,6 +152,8 @@ async fn nfs_and_smb_through_fuse_and_gfapi_nodes_see_one_volume_with_handles_va
     assert!(std::fs::read(&back).unwrap() == smb_data, "SMB through node 1 differs from what node 2 took");
     let (s1, _) = lookup(&mut c1, &dir, b"from-smb.bin").await.unwrap();
     assert!(read_all(&mut c1, &s1).await == smb_data, "NFS through node 1 differs from the SMB upload");
+    // Again: now the pages are in node 1's mount cache and go out with sendfile.
+    assert!(read_all(&mut c1, &s1).await == smb_data, "a cached NFS read through node 1 differs");
 
     // NFS throughput through each node, same volume, same client code (printed, not asserted).
     let mb = 64usize;

@@ -18,8 +18,8 @@ use super::mount::{self, ManagedMount, MountState};
 use crate::vfs::posix::identity::{Identity, IdentityKind};
 use crate::vfs::posix::{PosixBackend, PosixOptions};
 use crate::vfs::{
-    Attr, Backend, CreateHow, Credentials, FileId, FsStat, Name, ReadDir, SetAttr, Stability, VfsError, VfsResult,
-    VolumeId,
+    Attr, Backend, CreateHow, Credentials, FileId, FileSlice, FsStat, Name, ReadData, ReadDir, SetAttr, Stability,
+    VfsError, VfsResult, VolumeId,
 };
 
 /// How long a call waits for the volume to be mounted (again) before failing.
@@ -108,6 +108,40 @@ impl Backend for FuseBackend {
 
     fn read(&self, cred: &Credentials, id: &FileId, offset: u64, count: u32) -> VfsResult<(Vec<u8>, bool, Attr)> {
         self.backend()?.read(cred, id, offset, count)
+    }
+
+    // The POSIX backend's own read paths, not the trait's defaults built on `read`: data the
+    // mount's page cache holds is sent from it with `sendfile`, the rest read into the reply
+    // without zeroing or copying. Both read the same pages a plain `pread` on the mount would.
+    fn read_append(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+        out: &mut Vec<u8>,
+    ) -> VfsResult<(u32, bool, Attr)> {
+        self.backend()?.read_append(cred, id, offset, count, out)
+    }
+
+    fn read_slice(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+    ) -> VfsResult<(ReadData, bool, Attr)> {
+        self.backend()?.read_slice(cred, id, offset, count)
+    }
+
+    fn read_cached(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+    ) -> VfsResult<Option<(FileSlice, bool, Attr)>> {
+        self.backend()?.read_cached(cred, id, offset, count)
     }
 
     fn write(
