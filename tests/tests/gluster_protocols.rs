@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use nasgw_tests::gluster::{fuse_client_of, GlusterCluster, GlusterSpec};
 use nasgw_tests::{wait_for, Daemon};
-use nfs3_types::nfs3::{nfsstat3, stable_how};
+use nfs3_types::nfs3::{nfsstat3, stable_how, Nfs3Option};
 use nfs_common::*;
 
 fn config(servers: &[String], access: &str) -> String {
@@ -118,7 +118,9 @@ async fn nfs_and_smb_through_fuse_and_gfapi_nodes_see_one_volume_with_handles_va
 
     // The other way: written through node 2, read through node 1 by node 2's handle.
     let g = create(&mut c2, &dir, "from-n2.txt", 0o600).await.unwrap();
-    write(&mut c2, &g, 0, b"written through the gfapi node", stable_how::FILE_SYNC).await.unwrap();
+    let w = write(&mut c2, &g, 0, b"written through the gfapi node", stable_how::FILE_SYNC).await.unwrap();
+    assert_eq!(w.committed, stable_how::FILE_SYNC);
+    assert!(matches!(&w.file_wcc.after, Nfs3Option::Some(a) if a.size == 30), "a synced write has its attributes");
     enter(topo.ns("n1"));
     assert_eq!(read_all(&mut c1, &g).await, b"written through the gfapi node");
     let out = std::process::Command::new("ip")
@@ -180,11 +182,27 @@ async fn nfs_and_smb_through_fuse_and_gfapi_nodes_see_one_volume_with_handles_va
         );
     }
 
-    // Deleted through node 1: node 2 answers STALE for the handle, never other data.
+    // An UNSTABLE write through either node is answered without waiting for the bricks (no
+    // attributes after it: a stat would wait for write-behind's flush); COMMIT makes it stable
+    // and its attributes show it.
+    for (node, conn) in [("n1", &mut c1), ("n2", &mut c2)] {
+        enter(topo.ns(node));
+        let h = create(conn, &dir, &format!("unstable-{node}"), 0o644).await.unwrap();
+        let w = write(conn, &h, 5, b"not yet stable", stable_how::UNSTABLE).await.unwrap();
+        assert_eq!((w.count, w.committed), (14, stable_how::UNSTABLE));
+        assert!(matches!(w.file_wcc.after, Nfs3Option::None), "{node}: no stat after an UNSTABLE write");
+        commit(conn, &h).await.unwrap();
+        assert_eq!(getattr(conn, &h).await.unwrap().size, 19, "{node}");
+        assert_eq!(read_all(conn, &h).await, b"\0\0\0\0\0not yet stable");
+    }
+
+    // Deleted through node 1: node 2 answers STALE for the handle, never other data, also to
+    // a COMMIT of the file it wrote (which syncs its cached descriptor first).
     enter(topo.ns("n1"));
     remove(&mut c1, &dir, "from-n2.txt").await.unwrap();
     enter(topo.ns("n2"));
     assert_eq!(getattr(&mut c2, &g).await.unwrap_err(), nfsstat3::NFS3ERR_STALE);
+    assert_eq!(commit(&mut c2, &g).await.unwrap_err(), nfsstat3::NFS3ERR_STALE);
 
     // Node 1's FUSE client killed: nasgw remounts; the old handles work again on node 1.
     let client = fuse_client_of(n1.pid()).expect("node 1's FUSE client");

@@ -324,6 +324,31 @@ impl GfapiBackend {
         Ok(())
     }
 
+    /// `write`, then the attributes after it if `want_attr`.
+    fn write_then(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        data: &[u8],
+        stable: Stability,
+        want_attr: bool,
+    ) -> VfsResult<(u32, Stability, Option<Attr>)> {
+        let vol = self.vol()?;
+        let (node, attr) = self.regular(&vol, id)?;
+        if cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
+            return Err(VfsError::Access);
+        }
+        offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
+        let f = self.io(&vol, &node)?;
+        f.write_all_at(data, offset)?;
+        if stable != Stability::Unstable {
+            f.fsync()?;
+        }
+        let after = if want_attr { Some(self.attr(&vol.stat(&node.obj)?)) } else { None };
+        Ok((data.len() as u32, stable, after))
+    }
+
     /// A POSIX byte-range lock call on `id` for lock owner `owner` (`F_SETLK`, `F_SETLKW`,
     /// `F_GETLK`), enforced by the bricks for every node: the base of the cluster-wide lock
     /// table and of the recovery lock over gfapi. Each owner gets its own descriptor.
@@ -403,19 +428,22 @@ impl Backend for GfapiBackend {
         data: &[u8],
         stable: Stability,
     ) -> VfsResult<(u32, Stability, Attr)> {
-        let vol = self.vol()?;
-        let (node, attr) = self.regular(&vol, id)?;
-        if cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
-            return Err(VfsError::Access);
-        }
-        offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
-        let f = self.io(&vol, &node)?;
-        f.write_all_at(data, offset)?;
-        if stable != Stability::Unstable {
-            f.fsync()?;
-        }
-        let after = self.attr(&vol.stat(&node.obj)?);
-        Ok((data.len() as u32, stable, after))
+        let (n, got, attr) = self.write_then(cred, id, offset, data, stable, true)?;
+        Ok((n, got, attr.ok_or(VfsError::Io(libc::EIO))?))
+    }
+
+    fn write_attr_if_cheap(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        data: &[u8],
+        stable: Stability,
+    ) -> VfsResult<(u32, Stability, Option<Attr>)> {
+        // After an UNSTABLE write the data may still be in libgfapi's write-behind: a stat
+        // would wait until it reached every brick. After a sync, the stat is answered from the
+        // attributes the sync brought back.
+        self.write_then(cred, id, offset, data, stable, stable != Stability::Unstable)
     }
 
     fn create(
@@ -650,6 +678,15 @@ impl Backend for GfapiBackend {
     fn fsync(&self, id: &FileId) -> VfsResult<()> {
         let vol = self.vol()?;
         let node = self.node(&vol, id)?;
+        // A file written through this node: sync its descriptor first. A stat before the sync
+        // would wait for write-behind's flush and cost a brick round trip of its own; after it,
+        // the stat (for STALE) is answered from the attributes the sync returned.
+        let written = node.io.lock().expect("lock").clone();
+        if let Some(f) = written {
+            f.fsync().map_err(stale)?;
+            self.live_stat(&vol, id, &node)?;
+            return Ok(());
+        }
         let st = self.live_stat(&vol, id, &node)?;
         if FileType::from_mode(st.st_mode) == FileType::Regular {
             self.io(&vol, &node)?.fsync()?;

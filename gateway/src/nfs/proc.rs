@@ -9,7 +9,7 @@ use super::attr::{fattr, post_op, set_attr, status, wcc};
 use super::dirlist::{self, EntryList};
 use super::handle::HandleCodec;
 use super::server::{NfsServer, Request};
-use crate::vfs::{access, Attr, CreateHow, FileId, FileType, ReadData, ReadDir, Stability};
+use crate::vfs::{access, Attr, CreateHow, FileId, ReadData, ReadDir, Stability};
 
 type R<T> = Result<T, nfsstat3>;
 
@@ -191,7 +191,9 @@ impl NfsServer {
                 Stability::FileSync => stable_how::FILE_SYNC,
             };
             Ok(WRITE3resok {
-                file_wcc: wcc(None, Some(&a)),
+                // No attributes when the backend would have to wait for them (GlusterFS after
+                // an UNSTABLE write): they are optional, and a client that wants them asks.
+                file_wcc: wcc(None, a.as_ref()),
                 count: n,
                 committed,
                 verf: writeverf3(self.write_verifier),
@@ -490,12 +492,13 @@ impl NfsServer {
     async fn commit(&self, h: &[u8], out: &mut Vec<u8>) {
         let r: R<COMMIT3resok> = async {
             let id = self.id(h)?;
-            let a = self.ns.getattr(id).await.map_err(status)?;
-            if a.ftype == FileType::Regular {
-                self.ns.fsync(id).await.map_err(status)?;
-            }
-            let after = self.attr_of(id).await;
-            Ok(COMMIT3resok { file_wcc: wcc(Some(&a), after.as_ref()), verf: writeverf3(self.write_verifier) })
+            // The sync first (the backend checks that the file is still there): on GlusterFS a
+            // stat before it would wait for the same flush, and one after it is answered from
+            // the attributes the sync brought back. The attributes before are optional.
+            self.ns.fsync(id).await.map_err(status)?;
+            // A file deleted meanwhile: STALE (its data went nowhere a client can read).
+            let after = self.ns.getattr(id).await.map_err(status)?;
+            Ok(COMMIT3resok { file_wcc: wcc(None, Some(&after)), verf: writeverf3(self.write_verifier) })
         }
         .await;
         res(out, r, || COMMIT3resfail { file_wcc: wcc_data::default() })

@@ -214,7 +214,9 @@ impl Namespace {
         blocking(move || b.read_slice(&cred, &id, offset, count)).await
     }
 
-    /// Writes `data` with at least `stable` stability: (bytes written, stability, attributes).
+    /// Writes `data` with at least `stable` stability: (bytes written, stability, attributes
+    /// after the write when the backend has them without waiting; see
+    /// [`Backend::write_attr_if_cheap`]).
     pub async fn write(
         &self,
         cred: &Credentials,
@@ -222,9 +224,9 @@ impl Namespace {
         offset: u64,
         data: Vec<u8>,
         stable: Stability,
-    ) -> VfsResult<(u32, Stability, Attr)> {
+    ) -> VfsResult<(u32, Stability, Option<Attr>)> {
         let (b, cred) = (self.backend.clone(), cred.clone());
-        blocking(move || b.write(&cred, &id, offset, &data, stable)).await
+        blocking(move || b.write_attr_if_cheap(&cred, &id, offset, &data, stable)).await
     }
 
     /// Like [`Namespace::write`] with borrowed data: on the multi-threaded runtime the data goes
@@ -236,10 +238,10 @@ impl Namespace {
         offset: u64,
         data: &[u8],
         stable: Stability,
-    ) -> VfsResult<(u32, Stability, Attr)> {
+    ) -> VfsResult<(u32, Stability, Option<Attr>)> {
         use tokio::runtime::{Handle, RuntimeFlavor};
         if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-            tokio::task::block_in_place(|| self.backend.write(cred, &id, offset, data, stable))
+            tokio::task::block_in_place(|| self.backend.write_attr_if_cheap(cred, &id, offset, data, stable))
         } else {
             self.write(cred, id, offset, data.to_vec(), stable).await
         }

@@ -435,6 +435,43 @@ impl PosixBackend {
         Ok(())
     }
 
+    /// `write`, then the attributes after it if `want_attr`.
+    fn write_then(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        data: &[u8],
+        stable: Stability,
+        want_attr: bool,
+    ) -> VfsResult<(u32, Stability, Option<Attr>)> {
+        let node = self.node(id)?;
+        match node.ftype {
+            FileType::Regular => {}
+            FileType::Directory => return Err(VfsError::IsDir),
+            _ => return Err(VfsError::Invalid),
+        }
+        let stx = self.live_stat(id, &node)?;
+        let attr = self.attr(&stx);
+        if self.privileged && cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
+            return Err(VfsError::Access);
+        }
+        let fd = self.io_fd(&node)?;
+        offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
+        sys::pwrite_all(fd.as_fd(), data, offset).map_err(|e| match e {
+            // The server itself could only open the file read-only (unprivileged server).
+            VfsError::Io(libc::EBADF) => VfsError::Access,
+            e => e,
+        })?;
+        match stable {
+            Stability::Unstable => {}
+            Stability::DataSync => sys::sync(fd.as_fd(), true)?,
+            Stability::FileSync => sys::sync(fd.as_fd(), false)?,
+        }
+        let after = if want_attr { Some(self.attr(&sys::fstatx(fd.as_fd())?)) } else { None };
+        Ok((data.len() as u32, stable, after))
+    }
+
     fn apply_setattr(&self, node: &Node, set: &SetAttr) -> VfsResult<()> {
         let fd = node.path_fd.as_fd();
         if let Some(size) = set.size {
@@ -597,31 +634,22 @@ impl Backend for PosixBackend {
         data: &[u8],
         stable: Stability,
     ) -> VfsResult<(u32, Stability, Attr)> {
-        let node = self.node(id)?;
-        match node.ftype {
-            FileType::Regular => {}
-            FileType::Directory => return Err(VfsError::IsDir),
-            _ => return Err(VfsError::Invalid),
-        }
-        let stx = self.live_stat(id, &node)?;
-        let attr = self.attr(&stx);
-        if self.privileged && cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
-            return Err(VfsError::Access);
-        }
-        let fd = self.io_fd(&node)?;
-        offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
-        sys::pwrite_all(fd.as_fd(), data, offset).map_err(|e| match e {
-            // The server itself could only open the file read-only (unprivileged server).
-            VfsError::Io(libc::EBADF) => VfsError::Access,
-            e => e,
-        })?;
-        match stable {
-            Stability::Unstable => {}
-            Stability::DataSync => sys::sync(fd.as_fd(), true)?,
-            Stability::FileSync => sys::sync(fd.as_fd(), false)?,
-        }
-        let after = self.attr(&sys::fstatx(fd.as_fd())?);
-        Ok((data.len() as u32, stable, after))
+        let (n, got, attr) = self.write_then(cred, id, offset, data, stable, true)?;
+        Ok((n, got, attr.ok_or(VfsError::Io(libc::EIO))?))
+    }
+
+    fn write_attr_if_cheap(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        data: &[u8],
+        stable: Stability,
+    ) -> VfsResult<(u32, Stability, Option<Attr>)> {
+        // A stat after an UNSTABLE write through a network file system's mount (GlusterFS
+        // FUSE) waits until the written data reached the servers.
+        let want = self.local || stable != Stability::Unstable;
+        self.write_then(cred, id, offset, data, stable, want)
     }
 
     fn create(
