@@ -663,18 +663,29 @@ impl Backend for PosixBackend {
         let d = self.dir_node(dir)?;
         let cname = name.to_cstring();
         let mode = mode & 0o7777;
-        let created = {
+        // Created and opened in one call (on a GlusterFS mount one CREATE instead of a MKNOD and
+        // an OPEN on every brick); the descriptor becomes the file's I/O descriptor.
+        let made = {
             let _as = self.as_caller(cred)?;
-            match sys::mknod_regular(d.path_fd.as_fd(), &cname, mode) {
-                Ok(()) => {
+            match sys::openat(d.path_fd.as_fd(), &cname, libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, mode) {
+                Ok(fd) => {
                     self.fix_mode(&d, &cname, mode)?;
-                    true
+                    Some(fd)
                 }
-                Err(VfsError::Exists) => false,
+                Err(VfsError::Exists) => None,
                 Err(e) => return Err(e),
             }
         };
+        let created = made.is_some();
         let (id, attr) = self.lookup_in(cred, &d, self.dir_ino(&d), &cname)?;
+        if let Some(fd) = made {
+            // Only if the name still denotes the file just created (not one renamed over it).
+            if sys::fstatx(fd.as_fd()).is_ok_and(|s| s.stx_ino == attr.fileid) {
+                if let Some(node) = self.nodes.lock().expect("nodes lock").get(&id) {
+                    let _ = node.io.set(Arc::new(fd));
+                }
+            }
+        }
         match how {
             CreateHow::Guarded(_) if !created => Err(VfsError::Exists),
             CreateHow::Unchecked(_) | CreateHow::Guarded(_) if attr.ftype != FileType::Regular => Err(VfsError::Exists),

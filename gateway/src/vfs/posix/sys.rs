@@ -446,11 +446,6 @@ pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> VfsResult<()> {
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(|_| ())
 }
 
-/// `mknodat` of a regular file: creates exactly (EEXIST if present) without opening it.
-pub fn mknod_regular(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> VfsResult<()> {
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), libc::S_IFREG | (mode & 0o7777), 0) }).map(|_| ())
-}
-
 /// `symlinkat`.
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> VfsResult<()> {
     check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(|_| ())

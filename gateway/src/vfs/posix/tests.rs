@@ -119,6 +119,24 @@ fn identities_survive_restart_and_rename_and_go_stale_on_delete() {
 }
 
 #[test]
+fn a_created_file_is_written_through_the_descriptor_that_created_it() {
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = backend(tmp.path(), kind);
+        let me = Credentials::root();
+        // Read-only for everyone, yet written through the creating descriptor (as open(2)
+        // with O_CREAT allows), as an NFS client writes a file it just created with mode 0444.
+        let (f, _) = b.create(&me, &b.root(), &name("ro"), 0o444, CreateHow::Guarded(SetAttr::default())).unwrap();
+        let opened = b.nodes.lock().unwrap().get(&f).and_then(|n| n.io.get().cloned()).expect("creation kept its fd");
+        b.write(&me, &f, 0, b"data", Stability::FileSync).unwrap();
+        let used = b.nodes.lock().unwrap().get(&f).and_then(|n| n.io.get().cloned()).unwrap();
+        assert!(Arc::ptr_eq(&opened, &used), "no second open");
+        assert_eq!(std::fs::read(tmp.path().join("ro")).unwrap(), b"data");
+        assert_eq!(std::fs::metadata(tmp.path().join("ro")).unwrap().permissions().mode() & 0o777, 0o444);
+    }
+}
+
+#[test]
 fn writes_on_a_local_file_system_always_come_with_attributes() {
     let tmp = tempfile::tempdir().unwrap();
     let b = backend(tmp.path(), IdentityKind::Inode);
