@@ -70,7 +70,19 @@ struct Node {
     /// Descriptor for data I/O of a regular file, opened on first use (shared with replies
     /// that send from it).
     io: OnceLock<Arc<OwnedFd>>,
+    /// When a WRITE last asked the file system for fresh attributes (see
+    /// [`PosixBackend::write_then`]).
+    checked: Mutex<Option<Instant>>,
 }
+
+impl Node {
+    fn new(path_fd: OwnedFd, ftype: FileType) -> Node {
+        Node { path_fd, ftype, io: OnceLock::new(), checked: Mutex::new(None) }
+    }
+}
+
+/// How long a WRITE may rely on the attributes the kernel already has (a network mount's).
+const WRITE_CHECK: Duration = Duration::from_secs(1);
 
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
@@ -132,7 +144,7 @@ impl PosixBackend {
         let nofile = sys::raise_nofile() as usize;
         let cap = opts.cache_entries.min(nofile / 3).max(16);
         let mut me = Self {
-            root: Arc::new(Node { path_fd: root_fd, ftype: FileType::Directory, io: OnceLock::new() }),
+            root: Arc::new(Node::new(root_fd, FileType::Directory)),
             mount_fd,
             root_id: FileId::new(b"?").expect("non-empty"),
             root_dev: (stx.stx_dev_major, stx.stx_dev_minor),
@@ -207,8 +219,7 @@ impl PosixBackend {
         }
         let fd = self.resolve(id)?;
         let stx = sys::fstatx(fd.as_fd())?;
-        let node =
-            Arc::new(Node { path_fd: fd, ftype: FileType::from_mode(u32::from(stx.stx_mode)), io: OnceLock::new() });
+        let node = Arc::new(Node::new(fd, FileType::from_mode(u32::from(stx.stx_mode))));
         Ok(self.insert(*id, node))
     }
 
@@ -408,7 +419,7 @@ impl PosixBackend {
             self.hint_child(d, stx.stx_ino, name.to_bytes());
         }
         let attr = self.attr(&stx);
-        self.insert(id, Arc::new(Node { path_fd: fd, ftype: attr.ftype, io: OnceLock::new() }));
+        self.insert(id, Arc::new(Node::new(fd, attr.ftype)));
         Ok((id, attr))
     }
 
@@ -451,7 +462,25 @@ impl PosixBackend {
             FileType::Directory => return Err(VfsError::IsDir),
             _ => return Err(VfsError::Invalid),
         }
-        let stx = self.live_stat(id, &node)?;
+        // Owner, mode and link count: through a network file system's mount a fresh stat after
+        // an earlier write waits until that write reached the servers (GlusterFS: write-behind
+        // flushes, then one FSTAT per WRITE), which would make a stream of UNSTABLE writes
+        // synchronous. So a file checked less than WRITE_CHECK ago uses what the kernel already
+        // knows: a change made through another node (a chmod, a delete) is seen by WRITEs at
+        // most that late. A local file system answers either way at once.
+        let fresh = !self.local && lock(&node.checked).is_some_and(|t| t.elapsed() < WRITE_CHECK);
+        let stx = if fresh {
+            let stx = sys::fstatx_cached(node.path_fd.as_fd())?;
+            if stx.stx_nlink == 0 {
+                self.evict(id);
+                return Err(VfsError::Stale);
+            }
+            stx
+        } else {
+            let stx = self.live_stat(id, &node)?;
+            *lock(&node.checked) = Some(Instant::now());
+            stx
+        };
         let attr = self.attr(&stx);
         if self.privileged && cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
             return Err(VfsError::Access);
@@ -501,6 +530,10 @@ impl PosixBackend {
         }
         Ok(())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// True when this process can open the root by its kernel handle (root, a file system with
@@ -566,7 +599,7 @@ impl Backend for PosixBackend {
         let stx = sys::fstatx(fd.as_fd())?;
         let id = self.identity_of(fd.as_fd(), c"", &stx)?;
         let attr = self.attr(&stx);
-        self.insert(id, Arc::new(Node { path_fd: fd, ftype: FileType::Directory, io: OnceLock::new() }));
+        self.insert(id, Arc::new(Node::new(fd, FileType::Directory)));
         Ok((id, attr))
     }
 

@@ -159,6 +159,7 @@ fn cached_file_goes_stale_when_removed() {
         let (f, _) = b.create(&me, &b.root(), &name("f"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
         b.write(&me, &f, 0, b"x", Stability::Unstable).unwrap();
         std::fs::remove_file(tmp.path().join("f")).unwrap();
+        assert_eq!(b.write(&me, &f, 0, b"y", Stability::Unstable).unwrap_err(), VfsError::Stale);
         assert_eq!(b.getattr(&f).unwrap_err(), VfsError::Stale);
         let (g, _) = b.create(&me, &b.root(), &name("g"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
         b.remove(&me, &b.root(), &name("g")).unwrap();
