@@ -204,25 +204,31 @@ async fn nfs_and_smb_through_fuse_and_gfapi_nodes_see_one_volume_with_handles_va
     assert_eq!(getattr(&mut c2, &g).await.unwrap_err(), nfsstat3::NFS3ERR_STALE);
     assert_eq!(commit(&mut c2, &g).await.unwrap_err(), nfsstat3::NFS3ERR_STALE);
 
-    // The other way round: a file being written through node 1 (FUSE, whose WRITEs rely on the
-    // attributes the kernel has for up to 1 s) and deleted through node 2: node 1's WRITEs
-    // answer STALE within that second (plus the mount's attribute timeout), never for ever.
-    enter(topo.ns("n1"));
-    let h = create(&mut c1, &dir, "deleted-while-written", 0o644).await.unwrap();
-    write(&mut c1, &h, 0, b"first", stable_how::UNSTABLE).await.unwrap();
-    enter(topo.ns("n2"));
-    remove(&mut c2, &dir, "deleted-while-written").await.unwrap();
-    enter(topo.ns("n1"));
-    let t = Instant::now();
-    loop {
-        match write(&mut c1, &h, 5, b"more", stable_how::UNSTABLE).await {
-            Err(nfsstat3::NFS3ERR_STALE) => break,
-            Ok(_) => assert!(t.elapsed() < Duration::from_secs(5), "WRITEs to a deleted file still succeed"),
-            Err(e) => panic!("WRITE to a deleted file: {e:?}"),
+    // A file being written through one node and deleted through the other: WRITEs rely on
+    // the attributes the writing node checked up to 1 s before (a stat would wait for
+    // write-behind's flush), so they answer STALE within that second (plus, on FUSE, the
+    // mount's attribute timeout), never for ever.
+    for (writer, deleter) in [("n1", "n2"), ("n2", "n1")] {
+        let name = format!("deleted-while-written-{writer}");
+        enter(topo.ns(writer));
+        let mut cw = mount(2049, 0, 0).await;
+        let h = create(&mut cw, &dir, &name, 0o644).await.unwrap();
+        write(&mut cw, &h, 0, b"first", stable_how::UNSTABLE).await.unwrap();
+        enter(topo.ns(deleter));
+        let mut cd = mount(2049, 0, 0).await;
+        remove(&mut cd, &dir, &name).await.unwrap();
+        enter(topo.ns(writer));
+        let t = Instant::now();
+        loop {
+            match write(&mut cw, &h, 5, b"more", stable_how::UNSTABLE).await {
+                Err(nfsstat3::NFS3ERR_STALE) => break,
+                Ok(_) => assert!(t.elapsed() < Duration::from_secs(5), "{writer}: WRITEs to a deleted file succeed"),
+                Err(e) => panic!("{writer}: WRITE to a deleted file: {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        eprintln!("{writer} answered STALE to WRITEs {:?} after {deleter} deleted the file", t.elapsed());
     }
-    eprintln!("node 1 answered STALE to WRITEs {:?} after node 2 deleted the file", t.elapsed());
 
     // Node 1's FUSE client killed: nasgw remounts; the old handles work again on node 1.
     let client = fuse_client_of(n1.pid()).expect("node 1's FUSE client");

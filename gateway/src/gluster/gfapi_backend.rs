@@ -33,6 +33,9 @@ const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// request to one brick answered in one piece, so a single 8 MiB read (an SMB READ) waits for
 /// the whole transfer, while pieces in flight together keep bricks and network busy.
 const MIN_PIECE: usize = 1 << 20;
+/// How long a WRITE may rely on the attributes the previous WRITE checked.
+const WRITE_CHECK: Duration = Duration::from_secs(1);
+
 /// At most this many pieces (threads) per read.
 const MAX_PIECES: usize = 8;
 
@@ -118,6 +121,8 @@ struct Node {
     /// libgfapi's metadata cache drops it on every create or remove inside). A directory
     /// deleted meanwhile makes the operation itself fail with ESTALE.
     is_dir: std::sync::OnceLock<()>,
+    /// The attributes a WRITE last checked and when (see [`GfapiBackend::write_then`]).
+    checked: Mutex<Option<(Instant, Attr)>>,
 }
 
 /// The namespace over a libgfapi connection.
@@ -206,7 +211,8 @@ impl GfapiBackend {
         if let Some(n) = nodes.get(&id) {
             return n.clone();
         }
-        let n = Arc::new(Node { obj, io: Mutex::new(None), is_dir: std::sync::OnceLock::new() });
+        let n =
+            Arc::new(Node { obj, io: Mutex::new(None), is_dir: std::sync::OnceLock::new(), checked: Mutex::new(None) });
         nodes.put(id, n.clone());
         n
     }
@@ -335,7 +341,22 @@ impl GfapiBackend {
         want_attr: bool,
     ) -> VfsResult<(u32, Stability, Option<Attr>)> {
         let vol = self.vol()?;
-        let (node, attr) = self.regular(&vol, id)?;
+        // Owner and mode for the permission check, and whether the file still exists: a stat
+        // right after the previous WRITE waits until write-behind has sent that write to the
+        // bricks and then costs a STAT, which would make a stream of UNSTABLE writes
+        // synchronous. So a file checked less than WRITE_CHECK ago is not stat'ed again: a
+        // chmod or delete through another node reaches WRITEs at most that late (the data of a
+        // WRITE to a file deleted meanwhile goes with the file).
+        let node = self.node(&vol, id)?;
+        let known = *node.checked.lock().expect("lock");
+        let attr = match known {
+            Some((at, attr)) if at.elapsed() < WRITE_CHECK => attr,
+            _ => {
+                let (_, attr) = self.regular(&vol, id)?;
+                *node.checked.lock().expect("lock") = Some((Instant::now(), attr));
+                attr
+            }
+        };
         if cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
             return Err(VfsError::Access);
         }
@@ -385,6 +406,8 @@ impl Backend for GfapiBackend {
         self.live_stat(&vol, id, &node)?;
         {
             let _as = AsCaller::switch(cred)?;
+            // A chmod or chown through this node counts for the next WRITE at once.
+            *node.checked.lock().expect("lock") = None;
             self.apply_setattr(&vol, &node, set)?;
         }
         Ok(self.attr(&self.live_stat(&vol, id, &node)?))
