@@ -1,7 +1,8 @@
 //! NFS and SMB end to end on a real replica 3 GlusterFS volume: nasgw on node 1 over its managed
 //! FUSE mount, nasgw on node 2 over libgfapi, one shared NFS handle key. A file written over NFS through
 //! node 1 is read byte-identical over NFS through node 2 (and the other way), a file put over SMB
-//! through node 2 is read byte-identical over SMB and NFS through node 1, an NFS handle taken
+//! through node 2 is read byte-identical over SMB and NFS through node 1 (twice: the second time
+//! from node 1's page cache, sent with sendfile), an NFS handle taken
 //! through node 1 works unchanged through node 2 (GFID identities, same on both backends), a
 //! libnfs client reads through either node, node 1's handles keep working after its FUSE
 //! client was killed and nasgw mounted the volume again, and a brick killed during a 1 GiB SMB
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use nasgw_tests::gluster::{fuse_client_of, GlusterCluster, GlusterSpec};
 use nasgw_tests::{wait_for, Daemon};
-use nfs3_types::nfs3::{nfsstat3, stable_how};
+use nfs3_types::nfs3::{nfsstat3, stable_how, Nfs3Option};
 use nfs_common::*;
 
 fn config(servers: &[String], access: &str) -> String {
@@ -117,7 +118,9 @@ async fn nfs_and_smb_through_fuse_and_gfapi_nodes_see_one_volume_with_handles_va
 
     // The other way: written through node 2, read through node 1 by node 2's handle.
     let g = create(&mut c2, &dir, "from-n2.txt", 0o600).await.unwrap();
-    write(&mut c2, &g, 0, b"written through the gfapi node", stable_how::FILE_SYNC).await.unwrap();
+    let w = write(&mut c2, &g, 0, b"written through the gfapi node", stable_how::FILE_SYNC).await.unwrap();
+    assert_eq!(w.committed, stable_how::FILE_SYNC);
+    assert!(matches!(&w.file_wcc.after, Nfs3Option::Some(a) if a.size == 30), "a synced write has its attributes");
     enter(topo.ns("n1"));
     assert_eq!(read_all(&mut c1, &g).await, b"written through the gfapi node");
     let out = std::process::Command::new("ip")
@@ -151,6 +154,8 @@ async fn nfs_and_smb_through_fuse_and_gfapi_nodes_see_one_volume_with_handles_va
     assert!(std::fs::read(&back).unwrap() == smb_data, "SMB through node 1 differs from what node 2 took");
     let (s1, _) = lookup(&mut c1, &dir, b"from-smb.bin").await.unwrap();
     assert!(read_all(&mut c1, &s1).await == smb_data, "NFS through node 1 differs from the SMB upload");
+    // Again: now the pages are in node 1's mount cache and go out with sendfile.
+    assert!(read_all(&mut c1, &s1).await == smb_data, "a cached NFS read through node 1 differs");
 
     // NFS throughput through each node, same volume, same client code (printed, not asserted).
     let mb = 64usize;
@@ -177,11 +182,53 @@ async fn nfs_and_smb_through_fuse_and_gfapi_nodes_see_one_volume_with_handles_va
         );
     }
 
-    // Deleted through node 1: node 2 answers STALE for the handle, never other data.
+    // An UNSTABLE write through either node is answered without waiting for the bricks (no
+    // attributes after it: a stat would wait for write-behind's flush); COMMIT makes it stable
+    // and its attributes show it.
+    for (node, conn) in [("n1", &mut c1), ("n2", &mut c2)] {
+        enter(topo.ns(node));
+        let h = create(conn, &dir, &format!("unstable-{node}"), 0o644).await.unwrap();
+        let w = write(conn, &h, 5, b"not yet stable", stable_how::UNSTABLE).await.unwrap();
+        assert_eq!((w.count, w.committed), (14, stable_how::UNSTABLE));
+        assert!(matches!(w.file_wcc.after, Nfs3Option::None), "{node}: no stat after an UNSTABLE write");
+        commit(conn, &h).await.unwrap();
+        assert_eq!(getattr(conn, &h).await.unwrap().size, 19, "{node}");
+        assert_eq!(read_all(conn, &h).await, b"\0\0\0\0\0not yet stable");
+    }
+
+    // Deleted through node 1: node 2 answers STALE for the handle, never other data, also to
+    // a COMMIT of the file it wrote (which syncs its cached descriptor first).
     enter(topo.ns("n1"));
     remove(&mut c1, &dir, "from-n2.txt").await.unwrap();
     enter(topo.ns("n2"));
     assert_eq!(getattr(&mut c2, &g).await.unwrap_err(), nfsstat3::NFS3ERR_STALE);
+    assert_eq!(commit(&mut c2, &g).await.unwrap_err(), nfsstat3::NFS3ERR_STALE);
+
+    // A file being written through one node and deleted through the other: WRITEs rely on
+    // the attributes the writing node checked up to 1 s before (a stat would wait for
+    // write-behind's flush), so they answer STALE within that second (plus, on FUSE, the
+    // mount's attribute timeout), never for ever.
+    for (writer, deleter) in [("n1", "n2"), ("n2", "n1")] {
+        let name = format!("deleted-while-written-{writer}");
+        enter(topo.ns(writer));
+        let mut cw = mount(2049, 0, 0).await;
+        let h = create(&mut cw, &dir, &name, 0o644).await.unwrap();
+        write(&mut cw, &h, 0, b"first", stable_how::UNSTABLE).await.unwrap();
+        enter(topo.ns(deleter));
+        let mut cd = mount(2049, 0, 0).await;
+        remove(&mut cd, &dir, &name).await.unwrap();
+        enter(topo.ns(writer));
+        let t = Instant::now();
+        loop {
+            match write(&mut cw, &h, 5, b"more", stable_how::UNSTABLE).await {
+                Err(nfsstat3::NFS3ERR_STALE) => break,
+                Ok(_) => assert!(t.elapsed() < Duration::from_secs(5), "{writer}: WRITEs to a deleted file succeed"),
+                Err(e) => panic!("{writer}: WRITE to a deleted file: {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("{writer} answered STALE to WRITEs {:?} after {deleter} deleted the file", t.elapsed());
+    }
 
     // Node 1's FUSE client killed: nasgw remounts; the old handles work again on node 1.
     let client = fuse_client_of(n1.pid()).expect("node 1's FUSE client");

@@ -18,8 +18,8 @@ use super::mount::{self, ManagedMount, MountState};
 use crate::vfs::posix::identity::{Identity, IdentityKind};
 use crate::vfs::posix::{PosixBackend, PosixOptions};
 use crate::vfs::{
-    Attr, Backend, CreateHow, Credentials, FileId, FsStat, Name, ReadDir, SetAttr, Stability, VfsError, VfsResult,
-    VolumeId,
+    Attr, Backend, CreateHow, Credentials, FileId, FileSlice, FsStat, Name, ReadData, ReadDir, SetAttr, Stability,
+    VfsError, VfsResult, VolumeId,
 };
 
 /// How long a call waits for the volume to be mounted (again) before failing.
@@ -110,6 +110,40 @@ impl Backend for FuseBackend {
         self.backend()?.read(cred, id, offset, count)
     }
 
+    // The POSIX backend's own read paths, not the trait's defaults built on `read`: data the
+    // mount's page cache holds is sent from it with `sendfile`, the rest read into the reply
+    // without zeroing or copying. Both read the same pages a plain `pread` on the mount would.
+    fn read_append(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+        out: &mut Vec<u8>,
+    ) -> VfsResult<(u32, bool, Attr)> {
+        self.backend()?.read_append(cred, id, offset, count, out)
+    }
+
+    fn read_slice(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+    ) -> VfsResult<(ReadData, bool, Attr)> {
+        self.backend()?.read_slice(cred, id, offset, count)
+    }
+
+    fn read_cached(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+    ) -> VfsResult<Option<(FileSlice, bool, Attr)>> {
+        self.backend()?.read_cached(cred, id, offset, count)
+    }
+
     fn write(
         &self,
         cred: &Credentials,
@@ -119,6 +153,17 @@ impl Backend for FuseBackend {
         stable: Stability,
     ) -> VfsResult<(u32, Stability, Attr)> {
         self.backend()?.write(cred, id, offset, data, stable)
+    }
+
+    fn write_attr_if_cheap(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        data: &[u8],
+        stable: Stability,
+    ) -> VfsResult<(u32, Stability, Option<Attr>)> {
+        self.backend()?.write_attr_if_cheap(cred, id, offset, data, stable)
     }
 
     fn create(

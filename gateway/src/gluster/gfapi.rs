@@ -423,17 +423,20 @@ unsafe impl Sync for File {}
 impl File {
     /// Reads up to `buf.len()` bytes at `offset`; 0 at end of file.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        // SAFETY: fd open; buf valid for its length; stats not wanted (NULL).
-        let n = unsafe {
-            self.conn.lib.glfs_pread(
-                self.fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                offset as i64,
-                0,
-                std::ptr::null_mut(),
-            )
-        };
+        self.pread(buf.as_mut_ptr(), buf.len(), offset)
+    }
+
+    /// Like [`File::read_at`] into a buffer that need not be initialised (so nobody zeroes it
+    /// first): returns how many of its first bytes were read, and are now initialised.
+    pub fn read_uninit(&self, buf: &mut [MaybeUninit<u8>], offset: u64) -> io::Result<usize> {
+        self.pread(buf.as_mut_ptr().cast(), buf.len(), offset)
+    }
+
+    /// `glfs_pread` into `len` bytes at `buf` (no attributes wanted).
+    fn pread(&self, buf: *mut u8, len: usize, offset: u64) -> io::Result<usize> {
+        // SAFETY: fd open; the callers pass a buffer valid for writes of `len` bytes (libgfapi
+        // only writes into it); stats not wanted (NULL).
+        let n = unsafe { self.conn.lib.glfs_pread(self.fd, buf.cast(), len, offset as i64, 0, std::ptr::null_mut()) };
         if n < 0 {
             return Err(last_err());
         }

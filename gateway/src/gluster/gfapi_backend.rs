@@ -11,6 +11,7 @@
 //! - Each cached descriptor can carry a lock owner ([`GfapiBackend::lock`]): the bricks' locks
 //!   translator then keeps each client's byte-range locks apart cluster-wide.
 
+use std::mem::MaybeUninit;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,16 +33,19 @@ const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// request to one brick answered in one piece, so a single 8 MiB read (an SMB READ) waits for
 /// the whole transfer, while pieces in flight together keep bricks and network busy.
 const MIN_PIECE: usize = 1 << 20;
+/// How long a WRITE may rely on the attributes the previous WRITE checked.
+const WRITE_CHECK: Duration = Duration::from_secs(1);
+
 /// At most this many pieces (threads) per read.
 const MAX_PIECES: usize = 8;
 
+/// A read into a buffer that need not be initialised: returns how many of its first bytes it
+/// filled, 0 at end of file ([`File::read_uninit`]).
+type ReadAt<'a> = dyn Fn(&mut [MaybeUninit<u8>], u64) -> std::io::Result<usize> + Sync + 'a;
+
 /// Fills `buf` from `offset` on with `read_at`; returns how much was read (less only at end of
-/// file).
-fn read_full(
-    read_at: &impl Fn(&mut [u8], u64) -> std::io::Result<usize>,
-    buf: &mut [u8],
-    offset: u64,
-) -> std::io::Result<usize> {
+/// file); that many first bytes of `buf` are initialised.
+fn read_full(read_at: &ReadAt<'_>, buf: &mut [MaybeUninit<u8>], offset: u64) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         let got = read_at(&mut buf[n..], offset + n as u64)?;
@@ -55,12 +59,8 @@ fn read_full(
 
 /// Reads `buf.len()` bytes at `offset` with `read_at`, in pieces on parallel threads when it is
 /// larger than [`MIN_PIECE`]; returns how many bytes form the file's data from `offset` on (short
-/// only at end of file).
-fn read_pieces(
-    read_at: &(impl Fn(&mut [u8], u64) -> std::io::Result<usize> + Sync),
-    buf: &mut [u8],
-    offset: u64,
-) -> std::io::Result<usize> {
+/// only at end of file); that many first bytes of `buf` are initialised.
+fn read_pieces(read_at: &ReadAt<'_>, buf: &mut [MaybeUninit<u8>], offset: u64) -> std::io::Result<usize> {
     if buf.len() <= MIN_PIECE {
         return read_full(read_at, buf, offset);
     }
@@ -85,6 +85,15 @@ fn read_pieces(
         }
     }
     Ok(total)
+}
+
+/// Reads `want` bytes at `offset` into a new buffer (never zeroed first: the read fills it).
+fn read_new(read_at: &ReadAt<'_>, want: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(want);
+    let n = read_pieces(read_at, &mut buf.spare_capacity_mut()[..want], offset)?;
+    // SAFETY: read_pieces initialised the first `n` bytes.
+    unsafe { buf.set_len(n) };
+    Ok(buf)
 }
 
 /// Runs the calling thread's next libgfapi calls as a caller; root again when dropped.
@@ -112,6 +121,8 @@ struct Node {
     /// libgfapi's metadata cache drops it on every create or remove inside). A directory
     /// deleted meanwhile makes the operation itself fail with ESTALE.
     is_dir: std::sync::OnceLock<()>,
+    /// The attributes a WRITE last checked and when (see [`GfapiBackend::write_then`]).
+    checked: Mutex<Option<(Instant, Attr)>>,
 }
 
 /// The namespace over a libgfapi connection.
@@ -200,7 +211,8 @@ impl GfapiBackend {
         if let Some(n) = nodes.get(&id) {
             return n.clone();
         }
-        let n = Arc::new(Node { obj, io: Mutex::new(None), is_dir: std::sync::OnceLock::new() });
+        let n =
+            Arc::new(Node { obj, io: Mutex::new(None), is_dir: std::sync::OnceLock::new(), checked: Mutex::new(None) });
         nodes.put(id, n.clone());
         n
     }
@@ -318,6 +330,46 @@ impl GfapiBackend {
         Ok(())
     }
 
+    /// `write`, then the attributes after it if `want_attr`.
+    fn write_then(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        data: &[u8],
+        stable: Stability,
+        want_attr: bool,
+    ) -> VfsResult<(u32, Stability, Option<Attr>)> {
+        let vol = self.vol()?;
+        // Owner and mode for the permission check, and whether the file still exists: a stat
+        // right after the previous WRITE waits until write-behind has sent that write to the
+        // bricks and then costs a STAT, which would make a stream of UNSTABLE writes
+        // synchronous. So a file checked less than WRITE_CHECK ago is not stat'ed again: a
+        // chmod or delete through another node reaches WRITEs at most that late (the data of a
+        // WRITE to a file deleted meanwhile goes with the file).
+        let node = self.node(&vol, id)?;
+        let known = *node.checked.lock().expect("lock");
+        let attr = match known {
+            Some((at, attr)) if at.elapsed() < WRITE_CHECK => attr,
+            _ => {
+                let (_, attr) = self.regular(&vol, id)?;
+                *node.checked.lock().expect("lock") = Some((Instant::now(), attr));
+                attr
+            }
+        };
+        if cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
+            return Err(VfsError::Access);
+        }
+        offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
+        let f = self.io(&vol, &node)?;
+        f.write_all_at(data, offset)?;
+        if stable != Stability::Unstable {
+            f.fsync()?;
+        }
+        let after = if want_attr { Some(self.attr(&vol.stat(&node.obj)?)) } else { None };
+        Ok((data.len() as u32, stable, after))
+    }
+
     /// A POSIX byte-range lock call on `id` for lock owner `owner` (`F_SETLK`, `F_SETLKW`,
     /// `F_GETLK`), enforced by the bricks for every node: the base of the cluster-wide lock
     /// table and of the recovery lock over gfapi. Each owner gets its own descriptor.
@@ -354,6 +406,8 @@ impl Backend for GfapiBackend {
         self.live_stat(&vol, id, &node)?;
         {
             let _as = AsCaller::switch(cred)?;
+            // A chmod or chown through this node counts for the next WRITE at once.
+            *node.checked.lock().expect("lock") = None;
             self.apply_setattr(&vol, &node, set)?;
         }
         Ok(self.attr(&self.live_stat(&vol, id, &node)?))
@@ -384,10 +438,8 @@ impl Backend for GfapiBackend {
         }
         let f = self.io(&vol, &node)?;
         let want = (count as u64).min(attr.size.saturating_sub(offset)) as usize;
-        let mut buf = vec![0u8; want];
-        let n = read_pieces(&|b: &mut [u8], at| f.read_at(b, at), &mut buf, offset)?;
-        buf.truncate(n);
-        let eof = offset + n as u64 >= attr.size;
+        let buf = read_new(&|b, at| f.read_uninit(b, at), want, offset)?;
+        let eof = offset + buf.len() as u64 >= attr.size;
         Ok((buf, eof, attr))
     }
 
@@ -399,19 +451,22 @@ impl Backend for GfapiBackend {
         data: &[u8],
         stable: Stability,
     ) -> VfsResult<(u32, Stability, Attr)> {
-        let vol = self.vol()?;
-        let (node, attr) = self.regular(&vol, id)?;
-        if cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
-            return Err(VfsError::Access);
-        }
-        offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
-        let f = self.io(&vol, &node)?;
-        f.write_all_at(data, offset)?;
-        if stable != Stability::Unstable {
-            f.fsync()?;
-        }
-        let after = self.attr(&vol.stat(&node.obj)?);
-        Ok((data.len() as u32, stable, after))
+        let (n, got, attr) = self.write_then(cred, id, offset, data, stable, true)?;
+        Ok((n, got, attr.ok_or(VfsError::Io(libc::EIO))?))
+    }
+
+    fn write_attr_if_cheap(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        data: &[u8],
+        stable: Stability,
+    ) -> VfsResult<(u32, Stability, Option<Attr>)> {
+        // After an UNSTABLE write the data may still be in libgfapi's write-behind: a stat
+        // would wait until it reached every brick. After a sync, the stat is answered from the
+        // attributes the sync brought back.
+        self.write_then(cred, id, offset, data, stable, stable != Stability::Unstable)
     }
 
     fn create(
@@ -646,6 +701,15 @@ impl Backend for GfapiBackend {
     fn fsync(&self, id: &FileId) -> VfsResult<()> {
         let vol = self.vol()?;
         let node = self.node(&vol, id)?;
+        // A file written through this node: sync its descriptor first. A stat before the sync
+        // would wait for write-behind's flush and cost a brick round trip of its own; after it,
+        // the stat (for STALE) is answered from the attributes the sync returned.
+        let written = node.io.lock().expect("lock").clone();
+        if let Some(f) = written {
+            f.fsync().map_err(stale)?;
+            self.live_stat(&vol, id, &node)?;
+            return Ok(());
+        }
         let st = self.live_stat(&vol, id, &node)?;
         if FileType::from_mode(st.st_mode) == FileType::Regular {
             self.io(&vol, &node)?.fsync()?;
@@ -722,12 +786,12 @@ mod tests {
     use super::*;
 
     /// A file of `len` bytes whose reads return at most 100 KiB each, as a brick may.
-    fn source(len: usize) -> impl Fn(&mut [u8], u64) -> std::io::Result<usize> + Sync {
-        move |buf: &mut [u8], at: u64| {
+    fn source(len: usize) -> impl Fn(&mut [MaybeUninit<u8>], u64) -> std::io::Result<usize> + Sync {
+        move |buf: &mut [MaybeUninit<u8>], at: u64| {
             let at = at as usize;
             let n = buf.len().min(len.saturating_sub(at)).min(100 << 10);
             for (i, b) in buf[..n].iter_mut().enumerate() {
-                *b = ((at + i) % 251) as u8;
+                b.write(((at + i) % 251) as u8);
             }
             Ok(n)
         }
@@ -739,16 +803,17 @@ mod tests {
         for (offset, count) in
             [(0, 8 << 20), (0, 1 << 20), (3 << 20, 8 << 20), (len - 10, 1 << 20), (len, 1 << 20), (7, 300 << 10)]
         {
-            let mut buf = vec![0u8; count];
-            let n = read_pieces(&source(len), &mut buf, offset as u64).unwrap();
-            assert_eq!(n, count.min(len.saturating_sub(offset)), "offset {offset} count {count}");
-            assert!(buf[..n].iter().enumerate().all(|(i, b)| *b == ((offset + i) % 251) as u8), "offset {offset}");
+            let buf = read_new(&source(len), count, offset as u64).unwrap();
+            assert_eq!(buf.len(), count.min(len.saturating_sub(offset)), "offset {offset} count {count}");
+            assert!(buf.iter().enumerate().all(|(i, b)| *b == ((offset + i) % 251) as u8), "offset {offset}");
         }
-        let failing =
-            |_: &mut [u8], at: u64| if at >= 1 << 20 { Err(std::io::Error::other("brick gone")) } else { Ok(0) };
-        assert!(
-            read_pieces(&failing, &mut vec![0u8; 8 << 20], 1 << 20).is_err(),
-            "an error in any piece fails the read"
-        );
+        let failing = |_: &mut [MaybeUninit<u8>], at: u64| {
+            if at >= 1 << 20 {
+                Err(std::io::Error::other("brick gone"))
+            } else {
+                Ok(0)
+            }
+        };
+        assert!(read_new(&failing, 8 << 20, 1 << 20).is_err(), "an error in any piece fails the read");
     }
 }

@@ -9,7 +9,7 @@ use super::attr::{fattr, post_op, set_attr, status, wcc};
 use super::dirlist::{self, EntryList};
 use super::handle::HandleCodec;
 use super::server::{NfsServer, Request};
-use crate::vfs::{access, Attr, CreateHow, FileId, FileSlice, FileType, ReadData, ReadDir, Stability};
+use crate::vfs::{access, Attr, CreateHow, FileId, ReadData, ReadDir, Stability};
 
 type R<T> = Result<T, nfsstat3>;
 
@@ -31,9 +31,9 @@ fn fh(h: Vec<u8>) -> nfs_fh3 {
 }
 
 impl NfsServer {
-    /// Runs one decoded NFSv3 call and appends its result to `out`; a READ may leave its data
-    /// in the file, to be sent after `out` (see [`NfsServer::read`]).
-    pub(super) async fn nfs3(&self, req: &Request, args: NfsArgs<'_>, out: &mut Vec<u8>) -> Option<FileSlice> {
+    /// Runs one decoded NFSv3 call and appends its result to `out`; a READ returns its data
+    /// separately, to be sent after `out` (see [`NfsServer::read`]).
+    pub(super) async fn nfs3(&self, req: &Request, args: NfsArgs<'_>, out: &mut Vec<u8>) -> Option<ReadData> {
         match args {
             NfsArgs::Null => {}
             NfsArgs::Getattr { fh } => self.getattr(fh, out).await,
@@ -147,10 +147,10 @@ impl NfsServer {
         res(out, r, READLINK3resfail::default)
     }
 
-    /// READ: the result's head in `out`; the data appended to it, or, when the backend leaves
-    /// it in the file, returned for the caller to send after `out` (with `sendfile`: no copy
-    /// through user space), followed by its XDR padding.
-    async fn read(&self, req: &Request, h: &[u8], offset: u64, count: u32, out: &mut Vec<u8>) -> Option<FileSlice> {
+    /// READ: the result's head in `out`; the data returned for the caller to send after `out`
+    /// (never copied into it: from memory as it is, or from the file with `sendfile`), followed
+    /// by its XDR padding.
+    async fn read(&self, req: &Request, h: &[u8], offset: u64, count: u32, out: &mut Vec<u8>) -> Option<ReadData> {
         let id = match self.id(h) {
             Ok(id) => id,
             Err(s) => {
@@ -166,14 +166,7 @@ impl NfsServer {
                 put(out, &n);
                 put(out, &eof);
                 put(out, &n);
-                match data {
-                    ReadData::Bytes(b) => {
-                        out.extend_from_slice(&b);
-                        out.resize(out.len() + xdr_pad(b.len()), 0);
-                        None
-                    }
-                    ReadData::File(f) => Some(f),
-                }
+                Some(data)
             }
             Err(e) => {
                 res::<READ3resok<'static>, _>(out, Err(status(e)), READ3resfail::default);
@@ -198,7 +191,9 @@ impl NfsServer {
                 Stability::FileSync => stable_how::FILE_SYNC,
             };
             Ok(WRITE3resok {
-                file_wcc: wcc(None, Some(&a)),
+                // No attributes when the backend would have to wait for them (GlusterFS after
+                // an UNSTABLE write): they are optional, and a client that wants them asks.
+                file_wcc: wcc(None, a.as_ref()),
                 count: n,
                 committed,
                 verf: writeverf3(self.write_verifier),
@@ -497,12 +492,13 @@ impl NfsServer {
     async fn commit(&self, h: &[u8], out: &mut Vec<u8>) {
         let r: R<COMMIT3resok> = async {
             let id = self.id(h)?;
-            let a = self.ns.getattr(id).await.map_err(status)?;
-            if a.ftype == FileType::Regular {
-                self.ns.fsync(id).await.map_err(status)?;
-            }
-            let after = self.attr_of(id).await;
-            Ok(COMMIT3resok { file_wcc: wcc(Some(&a), after.as_ref()), verf: writeverf3(self.write_verifier) })
+            // The sync first (the backend checks that the file is still there): on GlusterFS a
+            // stat before it would wait for the same flush, and one after it is answered from
+            // the attributes the sync brought back. The attributes before are optional.
+            self.ns.fsync(id).await.map_err(status)?;
+            // A file deleted meanwhile: STALE (its data went nowhere a client can read).
+            let after = self.ns.getattr(id).await.map_err(status)?;
+            Ok(COMMIT3resok { file_wcc: wcc(None, Some(&after)), verf: writeverf3(self.write_verifier) })
         }
         .await;
         res(out, r, || COMMIT3resfail { file_wcc: wcc_data::default() })

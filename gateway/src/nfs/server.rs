@@ -9,6 +9,7 @@
 //! waits on alone is answered by the reader task itself on a local file system (see
 //! [`NfsServer::serve_connection`]).
 
+use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -33,7 +34,7 @@ use super::record::RecordReader;
 use super::rpc::{self, AuthFailure, Call, CallError, ReplyStatus};
 use crate::config::Config;
 use crate::daemon::Lifecycle;
-use crate::vfs::{Credentials, FileId, FileSlice, FileType, Namespace};
+use crate::vfs::{Credentials, FileId, FileSlice, FileType, Namespace, ReadData};
 
 /// RPC program numbers served.
 const NFS_PROGRAM: u32 = 100_003;
@@ -222,9 +223,9 @@ impl NfsServer {
         let mut out = rpc::begin_reply(call.xid, ReplyStatus::Success, hint);
         match self.nfs3(&req, decoded, &mut out).await {
             None => rpc::finish_reply(out).into(),
-            Some(f) => {
-                let more = f.len as usize + proc::xdr_pad(f.len as usize);
-                Reply { bytes: rpc::finish_reply_followed(out, more), file: Some(f) }
+            Some(data) => {
+                let more = data.len() + proc::xdr_pad(data.len());
+                Reply { bytes: rpc::finish_reply_followed(out, more), data: Some(data) }
             }
         }
     }
@@ -337,15 +338,16 @@ impl NfsServer {
 
 /// A complete reply record.
 pub struct Reply {
-    /// Record mark, reply header and result; the record mark also counts `file` and its padding.
+    /// Record mark, reply header and result; the record mark also counts `data` and its padding.
     pub bytes: Vec<u8>,
-    /// READ data sent after `bytes` straight from the file, then its XDR padding.
-    pub file: Option<FileSlice>,
+    /// READ data sent after `bytes` (from memory as it is, or from the file with `sendfile`),
+    /// then its XDR padding.
+    pub data: Option<ReadData>,
 }
 
 impl From<Vec<u8>> for Reply {
     fn from(bytes: Vec<u8>) -> Self {
-        Self { bytes, file: None }
+        Self { bytes, data: None }
     }
 }
 
@@ -370,10 +372,19 @@ impl ReplySink {
             return;
         }
         let sent = async {
-            wr.half.write_all(&reply.bytes).await?;
-            if let Some(f) = &reply.file {
-                send_file(&wr.half, f).await?;
-                wr.half.write_all(&[0; 3][..proc::xdr_pad(f.len as usize)]).await?;
+            let pad = [0; 3];
+            match &reply.data {
+                None => wr.half.write_all(&reply.bytes).await?,
+                Some(ReadData::Bytes(b)) => {
+                    let mut parts =
+                        [IoSlice::new(&reply.bytes), IoSlice::new(b), IoSlice::new(&pad[..proc::xdr_pad(b.len())])];
+                    write_all_vectored(&mut wr.half, &mut parts).await?;
+                }
+                Some(ReadData::File(f)) => {
+                    wr.half.write_all(&reply.bytes).await?;
+                    send_file(&wr.half, f).await?;
+                    wr.half.write_all(&pad[..proc::xdr_pad(f.len as usize)]).await?;
+                }
             }
             std::io::Result::Ok(())
         }
@@ -385,6 +396,21 @@ impl ReplySink {
             let _ = wr.half.shutdown().await;
         }
     }
+}
+
+/// Writes every byte of `parts` in as few system calls as the socket allows (one `writev` when
+/// it takes everything): a READ reply's head and data go out together, never copied into one
+/// buffer first.
+async fn write_all_vectored(half: &mut OwnedWriteHalf, mut parts: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        let n = half.write_vectored(parts).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    Ok(())
 }
 
 /// Sends a file slice on the socket with `sendfile` (the data goes from the page cache to the
@@ -535,7 +561,7 @@ mod tests {
         let (sink, mut client) = pair().await;
         let content: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
         let (_dir, f) = slice(&content, 7, 200_001);
-        sink.send(Reply { bytes: b"head".to_vec(), file: Some(f) }).await;
+        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::File(f)) }).await;
         sink.send(Reply::from(b"next".to_vec())).await;
         drop(sink);
         let mut got = Vec::new();
@@ -549,11 +575,34 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn data_in_memory_follows_the_head_then_its_padding() {
+        let (sink, mut client) = pair().await;
+        // Bigger than the socket buffers: written in several parts.
+        let data: Vec<u8> = (0..3_000_001u32).map(|i| (i % 253) as u8).collect();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::Bytes(data.clone())) }).await;
+        sink.send(Reply { bytes: b"empty".to_vec(), data: Some(ReadData::Bytes(Vec::new())) }).await;
+        sink.send(Reply::from(b"next".to_vec())).await;
+        drop(sink);
+        let got = reader.await.unwrap();
+        let mut want = b"head".to_vec();
+        want.extend_from_slice(&data);
+        want.extend_from_slice(&[0, 0, 0]);
+        want.extend_from_slice(b"emptynext");
+        assert_eq!(got.len(), want.len());
+        assert!(got == want);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_file_that_shrank_closes_the_connection_instead_of_lying() {
         let (sink, mut client) = pair().await;
         // The reply promised 2000 bytes; the file has 1000 left.
         let (_dir, f) = slice(&[1; 1000], 0, 2000);
-        sink.send(Reply { bytes: b"head".to_vec(), file: Some(f) }).await;
+        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::File(f)) }).await;
         sink.send(Reply::from(b"later".to_vec())).await;
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();

@@ -217,7 +217,9 @@ impl Namespace {
         blocking(move || b.read_slice(&cred, &id, offset, count)).await
     }
 
-    /// Writes `data` with at least `stable` stability: (bytes written, stability, attributes).
+    /// Writes `data` with at least `stable` stability: (bytes written, stability, attributes
+    /// after the write when the backend has them without waiting; see
+    /// [`Backend::write_attr_if_cheap`]).
     pub async fn write(
         &self,
         cred: &Credentials,
@@ -225,9 +227,9 @@ impl Namespace {
         offset: u64,
         data: Vec<u8>,
         stable: Stability,
-    ) -> VfsResult<(u32, Stability, Attr)> {
+    ) -> VfsResult<(u32, Stability, Option<Attr>)> {
         let (b, cred) = (self.backend.clone(), cred.clone());
-        blocking(move || b.write(&cred, &id, offset, &data, stable)).await
+        blocking(move || b.write_attr_if_cheap(&cred, &id, offset, &data, stable)).await
     }
 
     /// [`Namespace::write`] of borrowed data (a protocol's receive buffer): not copied when
@@ -239,13 +241,13 @@ impl Namespace {
         offset: u64,
         data: &[u8],
         stable: Stability,
-    ) -> VfsResult<(u32, Stability, Attr)> {
+    ) -> VfsResult<(u32, Stability, Option<Attr>)> {
         use tokio::runtime::{Handle, RuntimeFlavor};
         let b = &self.backend;
         if super::in_place::calls_run_in_place() {
-            b.write(cred, &id, offset, data, stable)
+            b.write_attr_if_cheap(cred, &id, offset, data, stable)
         } else if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-            tokio::task::block_in_place(|| b.write(cred, &id, offset, data, stable))
+            tokio::task::block_in_place(|| b.write_attr_if_cheap(cred, &id, offset, data, stable))
         } else {
             self.write(cred, id, offset, data.to_vec(), stable).await
         }

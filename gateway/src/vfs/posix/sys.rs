@@ -91,6 +91,17 @@ pub fn fstatx(fd: BorrowedFd<'_>) -> VfsResult<libc::statx> {
     statx(fd, EMPTY)
 }
 
+/// `statx` of the descriptor itself as the kernel last knew it (`AT_STATX_DONT_SYNC`): on a
+/// network file system's mount (FUSE) no request to the file server; on a local file system the
+/// same as [`fstatx`].
+pub fn fstatx_cached(fd: BorrowedFd<'_>) -> VfsResult<libc::statx> {
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC;
+    let mask = libc::STATX_BASIC_STATS | libc::STATX_BTIME;
+    retry(|| check(unsafe { libc::statx(fd.as_raw_fd(), EMPTY.as_ptr(), flags, mask, &mut stx) }))?;
+    Ok(stx)
+}
+
 fn ts(t: libc::statx_timestamp) -> Timestamp {
     Timestamp { secs: t.tv_sec, nanos: t.tv_nsec }
 }
@@ -444,11 +455,6 @@ pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> VfsResu
 /// `mkdirat`.
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> VfsResult<()> {
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(|_| ())
-}
-
-/// `mknodat` of a regular file: creates exactly (EEXIST if present) without opening it.
-pub fn mknod_regular(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> VfsResult<()> {
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), libc::S_IFREG | (mode & 0o7777), 0) }).map(|_| ())
 }
 
 /// `symlinkat`.
