@@ -157,6 +157,26 @@ async fn nfs_and_smb_through_fuse_and_gfapi_nodes_see_one_volume_with_handles_va
     // Again: now the pages are in node 1's mount cache and go out with sendfile.
     assert!(read_all(&mut c1, &s1).await == smb_data, "a cached NFS read through node 1 differs");
 
+    // Close-to-open across nodes: the moment smbclient has closed a file it put through one
+    // node, the other node and a plain FUSE client of the volume read all of it. (Writes the
+    // volume's client acknowledged early, GlusterFS's write-behind, must be flushed by the
+    // CLOSE; its last 1 MiB WRITE was missing before.)
+    let raw = cluster.mount("n3", &cluster.dir().join("raw"));
+    let big: Vec<u8> = (0..5_300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(&src, &big).unwrap();
+    for round in 0..3 {
+        for (writer, reader) in [("n1", 2), ("n2", 1)] {
+            let name = format!("closed-{writer}-{round}.bin");
+            smb(topo.ns(writer), &format!("cd shared; put {} {name}", src.display()));
+            let on_raw = std::fs::metadata(raw.join("shared").join(&name)).map(|m| m.len()).unwrap_or(0);
+            assert_eq!(on_raw, big.len() as u64, "{name}: size on a FUSE client right after the CLOSE");
+            let (conn, node) = if reader == 1 { (&mut c1, "n1") } else { (&mut c2, "n2") };
+            enter(topo.ns(node));
+            let (h, _) = lookup(conn, &dir, name.as_bytes()).await.unwrap();
+            assert!(read_all(conn, &h).await == big, "{name} read through {node} right after the CLOSE");
+        }
+    }
+
     // NFS throughput through each node, same volume, same client code (printed, not asserted).
     let mb = 64usize;
     let block = vec![0x6bu8; 1 << 20];
@@ -306,8 +326,14 @@ async fn nfs_and_smb_through_fuse_and_gfapi_nodes_see_one_volume_with_handles_va
         assert!(same.success(), "{}'s brick differs from what was uploaded", n.name);
     }
 
-    // Removed through node 1 while node 2 (gfapi) still holds it open from the upload: the
-    // bricks keep it (in `.glusterfs/unlink`) only until node 2 lets go of it.
+    // Removed through node 1 while node 2 (gfapi) holds it open for an NFS reader (its SMB
+    // CLOSE closed the upload's descriptor): the bricks keep it (in `.glusterfs/unlink`) only
+    // until node 2 lets go of it.
+    enter(topo.ns("n2"));
+    let mut c2 = mount(2049, 0, 0).await;
+    let root2 = c2.root_nfs_fh3();
+    let (h, _) = lookup(&mut c2, &root2, b"big.bin").await.unwrap();
+    assert_eq!(read(&mut c2, &h, 0, 4096).await.unwrap().0.len(), 4096);
     smb(topo.ns("n1"), "del big.bin");
     let unlinked = |n: &nasgw_tests::gluster::GlusterNode| {
         std::fs::read_dir(n.brick.join(".glusterfs/unlink")).map_or(0, |d| d.count())

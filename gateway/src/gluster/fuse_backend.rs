@@ -224,6 +224,10 @@ impl Backend for FuseBackend {
         self.backend()?.fsync(id)
     }
 
+    fn flush(&self, id: &FileId) -> VfsResult<()> {
+        self.backend()?.flush(id)
+    }
+
     fn statfs(&self, id: &FileId) -> VfsResult<FsStat> {
         self.backend()?.statfs(id)
     }

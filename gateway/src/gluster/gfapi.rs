@@ -527,6 +527,20 @@ impl File {
     }
 }
 
+impl File {
+    /// Closes a file, with the error of its flush: the errors of writes libgfapi's
+    /// write-behind acknowledged early, which the flush waits for.
+    pub fn close(self) -> io::Result<()> {
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: fd open; ManuallyDrop keeps Drop from closing it again; the connection
+        // reference is released after the close.
+        let r = check(unsafe { me.conn.lib.glfs_close(me.fd) });
+        // SAFETY: read once from the ManuallyDrop, never used again.
+        drop(unsafe { std::ptr::read(&me.conn) });
+        r
+    }
+}
+
 impl Drop for File {
     fn drop(&mut self) {
         // SAFETY: fd is open and closed exactly once, a directory with closedir (which also

@@ -698,6 +698,21 @@ impl Backend for GfapiBackend {
         self.fsid
     }
 
+    fn flush(&self, id: &FileId) -> VfsResult<()> {
+        // Writes libgfapi's write-behind acknowledged may not have reached the bricks yet; a
+        // close (its flush) waits for them. The cached descriptor is closed when nothing else
+        // uses it (the next I/O opens another); otherwise an fsync waits for them instead.
+        let Some(node) = self.nodes.lock().expect("lock").peek(id).cloned() else { return Ok(()) };
+        let Some(f) = node.io.lock().expect("lock").take() else { return Ok(()) };
+        match Arc::try_unwrap(f) {
+            Ok(f) => f.close().map_err(stale),
+            Err(shared) => {
+                node.io.lock().expect("lock").get_or_insert_with(|| shared.clone());
+                shared.fsync().map_err(stale)
+            }
+        }
+    }
+
     fn fsync(&self, id: &FileId) -> VfsResult<()> {
         let vol = self.vol()?;
         let node = self.node(&vol, id)?;

@@ -229,7 +229,7 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
     }
     for id in conn.opens.all_ids() {
         if let Some(open) = conn.opens.remove(id) {
-            cmd::close::release(&conn.server.clone(), open).await;
+            cmd::close::release(&conn.server.clone(), open).await.ok(); // logged there
         }
     }
     crate::vfs::in_place::drop_deferred();

@@ -177,6 +177,16 @@ pub trait Backend: Send + Sync + 'static {
     /// Makes the file's data and metadata stable (NFS COMMIT, SMB FLUSH).
     fn fsync(&self, id: &FileId) -> VfsResult<()>;
 
+    /// Makes the data written to `id` through this server visible to every other client of
+    /// the volume, without asking for stable storage: what a `close` does, for an SMB CLOSE
+    /// after writes (a client that closed a file expects another node to read all of it). A
+    /// network file system's client may still hold acknowledged writes (GlusterFS's
+    /// write-behind) until then; a local file system's page cache is shared, so the default
+    /// does nothing.
+    fn flush(&self, _id: &FileId) -> VfsResult<()> {
+        Ok(())
+    }
+
     /// File-system statistics of the volume.
     fn statfs(&self, id: &FileId) -> VfsResult<FsStat>;
 

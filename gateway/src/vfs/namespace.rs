@@ -346,6 +346,16 @@ impl Namespace {
         blocking(move || b.fsync(&id)).await
     }
 
+    /// Makes data written through this server visible to the volume's other clients (the
+    /// close of a file that was written; see [`Backend::flush`]).
+    pub async fn flush(&self, id: FileId) -> VfsResult<()> {
+        if self.local {
+            return Ok(());
+        }
+        let b = self.backend.clone();
+        blocking(move || b.flush(&id)).await
+    }
+
     /// File-system statistics.
     pub async fn statfs(&self, id: FileId) -> VfsResult<FsStat> {
         let b = self.backend.clone();

@@ -13,8 +13,15 @@ use crate::smb::SmbServer;
 pub const POSTQUERY_ATTRIB: u16 = 1;
 
 /// Releases everything an open holds; used by CLOSE, LOGOFF, TREE_DISCONNECT and disconnect.
-pub async fn release(server: &SmbServer, open: Open) {
-    let OpenKind::File(f) = open.kind else { return };
+/// A file written through the open is flushed first, so that every other node reads what was
+/// written once the client saw it closed; the flush's error (a write the volume's client had
+/// acknowledged early failed) is returned, after the release.
+pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
+    let OpenKind::File(f) = open.kind else { return Ok(()) };
+    let flushed = if f.wrote { server.ns.flush(f.id).await } else { Ok(()) };
+    if let Err(e) = flushed {
+        tracing::warn!(error = %e, file = f.name(), "SMB: data written through a closed handle failed to reach the volume");
+    }
     server.track_path(f.key, None);
     let out = server.locks.close(&f.id, f.key);
     if out.delete {
@@ -29,6 +36,7 @@ pub async fn release(server: &SmbServer, open: Open) {
             }
         }
     }
+    flushed.map_err(NtStatus::from)
 }
 
 /// Handles CLOSE.
@@ -57,7 +65,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<R
             }
         }
     }
-    release(&server, open).await;
+    release(&server, open).await?;
     let mut w = Writer::with_capacity(60);
     match basics {
         Some(b) => {

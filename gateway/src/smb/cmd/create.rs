@@ -328,6 +328,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         root,
         position: 0,
         write_through: req.options & options::WRITE_THROUGH != 0,
+        wrote: false,
         listing: None,
     };
     let vol = conn.opens.insert(|v| Open {

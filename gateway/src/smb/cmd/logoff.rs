@@ -19,7 +19,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header) -> Result<Reply, NtStat
     for id in conn.opens.ids_of(hdr.session_id, None) {
         conn.cancel_pending_on(id);
         if let Some(open) = conn.opens.remove(id) {
-            super::close::release(&conn.server.clone(), open).await;
+            super::close::release(&conn.server.clone(), open).await.ok(); // logged there
         }
     }
     conn.sessions.remove(&hdr.session_id);

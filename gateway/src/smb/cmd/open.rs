@@ -50,6 +50,9 @@ pub struct FileOpen {
     pub position: u64,
     /// Writes go to stable storage before they are answered.
     pub write_through: bool,
+    /// Written through this open since its last flush: its close must flush the file (see
+    /// [`crate::vfs::Backend::flush`]).
+    pub wrote: bool,
     /// QUERY_DIRECTORY state.
     pub listing: Option<Listing>,
 }

@@ -83,6 +83,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<R
     };
     let (n, _, _) = server.ns.write_from(&f.cred, f.id, offset, req.data, stable).await?;
     f.position = offset + n as u64;
+    f.wrote = true;
     Ok(Reply::ok(response(n)))
 }
 

@@ -881,6 +881,22 @@ impl Backend for PosixBackend {
         }
     }
 
+    fn flush(&self, id: &FileId) -> VfsResult<()> {
+        if self.local {
+            return Ok(());
+        }
+        // Through a network file system's mount (the managed GlusterFS mount) writes may still
+        // sit in its client's write-behind. Closing a duplicate of the I/O descriptor makes the
+        // kernel send that open file's FLUSH (as any close does), which waits for them; the
+        // descriptor itself stays cached for the next open.
+        // A node no longer cached had its descriptors closed (and so flushed) when it left.
+        let Some(node) = self.nodes.lock().expect("nodes lock").peek(id).cloned() else { return Ok(()) };
+        match node.io.get() {
+            Some(fd) => sys::flush(fd.as_fd()),
+            None => Ok(()),
+        }
+    }
+
     fn statfs(&self, _id: &FileId) -> VfsResult<FsStat> {
         let st = sys::fstatfs(self.root.path_fd.as_fd())?;
         let bs = st.f_bsize as u64;

@@ -102,6 +102,15 @@ pub fn fstatx_cached(fd: BorrowedFd<'_>) -> VfsResult<libc::statx> {
     Ok(stx)
 }
 
+/// What closing `fd` would do to its open file (a network file system's FLUSH, with the
+/// errors of writes it had acknowledged early), keeping `fd` open: closes a duplicate.
+pub fn flush(fd: BorrowedFd<'_>) -> VfsResult<()> {
+    let dup = fd.try_clone_to_owned()?;
+    // SAFETY: `dup` is ours; into_raw_fd hands it to close(2), which takes it even on error.
+    check(unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(dup)) })?;
+    Ok(())
+}
+
 fn ts(t: libc::statx_timestamp) -> Timestamp {
     Timestamp { secs: t.tv_sec, nanos: t.tv_nsec }
 }

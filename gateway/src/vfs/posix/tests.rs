@@ -523,3 +523,15 @@ fn files_removed_behind_the_servers_back_are_let_go() {
     assert_eq!(b.getattr(&kept).unwrap().size, 10, "files still named stay served");
     assert!(matches!(b.getattr(&f), Err(VfsError::Stale)));
 }
+
+#[test]
+fn a_flush_closes_a_duplicate_and_keeps_the_descriptor() {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let mut f = tempfile::tempfile().unwrap();
+    super::sys::flush(f.as_fd()).unwrap();
+    f.write_all(b"still open").unwrap();
+    let open = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    super::sys::flush(f.as_fd()).unwrap();
+    assert_eq!(std::fs::read_dir("/proc/self/fd").unwrap().count(), open, "no descriptor left behind");
+}
