@@ -154,8 +154,12 @@ pub fn start(
 /// TEST ONLY (`[cluster] test_echo_port`): echoes bytes back; its connections are registered in
 /// the connection table exactly as SMB and NFS connections are, and its listener reports health.
 fn start_echo(port: u16, connections: Arc<ConnectionTable>, listeners: ListenerHealth, life: &Lifecycle) -> Result<()> {
+    // Both IPv4 and IPv6 public addresses (a dual-stack socket), IPv4 alone where IPv6 is off.
+    let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
-    let std = std::net::TcpListener::bind(addr).with_context(|| format!("cannot bind test echo port {addr}"))?;
+    let std = std::net::TcpListener::bind(any6)
+        .or_else(|_| std::net::TcpListener::bind(addr))
+        .with_context(|| format!("cannot bind test echo port {addr}"))?;
     std.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(std)?;
     tracing::warn!(%addr, "TEST ONLY echo service listening ([cluster] test_echo_port)");

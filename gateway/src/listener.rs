@@ -47,7 +47,8 @@ pub async fn accept_loop<F, Fut>(
             Err(_) => continue,
         };
         let _ = stream.set_nodelay(true);
-        let conn = TcpConnection { client, server };
+        let conn = TcpConnection::accepted(client, server);
+        let client = conn.client;
         let guard = connections.register(conn);
         tracing::debug!(service, %client, %server, "connection accepted");
         let handle = handle.clone();

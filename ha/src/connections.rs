@@ -18,6 +18,16 @@ pub struct TcpConnection {
     pub server: SocketAddr,
 }
 
+impl TcpConnection {
+    /// A connection as an accept returned it, with IPv4-mapped IPv6 addresses (a listener on
+    /// `[::]` accepting an IPv4 client) written as the IPv4 addresses they are: the public
+    /// address it came in on must match the configured one, and its tickle go out over IPv4.
+    pub fn accepted(client: SocketAddr, server: SocketAddr) -> TcpConnection {
+        let plain = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        TcpConnection { client: plain(client), server: plain(server) }
+    }
+}
+
 /// The live connection list, shared between listeners and the HA module.
 #[derive(Debug, Default)]
 pub struct ConnectionTable {
@@ -92,6 +102,20 @@ impl Drop for ConnectionGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_clients_of_a_dual_stack_listener_are_ipv4_connections() {
+        let c = TcpConnection::accepted(
+            "[::ffff:10.0.0.9]:5000".parse().unwrap(),
+            "[::ffff:10.0.0.200]:445".parse().unwrap(),
+        );
+        assert_eq!(
+            c,
+            TcpConnection { client: "10.0.0.9:5000".parse().unwrap(), server: "10.0.0.200:445".parse().unwrap() }
+        );
+        let v6 = TcpConnection::accepted("[fd18::10]:5000".parse().unwrap(), "[fd18::101]:445".parse().unwrap());
+        assert_eq!(v6.server, "[fd18::101]:445".parse().unwrap(), "real IPv6 stays IPv6");
+    }
 
     #[test]
     fn a_connection_is_listed_while_its_guard_lives() {

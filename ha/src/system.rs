@@ -56,7 +56,16 @@ impl Netlink {
     }
 
     fn add(&self, ifindex: u32, a: &PublicAddress) -> Result<(), String> {
-        let r = self.rt.block_on(self.handle.address().add(ifindex, a.address, a.prefix).execute());
+        let mut req = self.handle.address().add(ifindex, a.address, a.prefix);
+        if a.address.is_ipv6() {
+            // No duplicate address detection: the address moved here from a node that gave it
+            // up (or died), and a tentative address would not answer for ~1 s.
+            use rtnetlink::packet_route::address::{AddressFlags, AddressHeaderFlags};
+            let m = req.message_mut();
+            m.header.flags |= AddressHeaderFlags::Nodad;
+            m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        let r = self.rt.block_on(req.execute());
         match r {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
@@ -170,8 +179,65 @@ fn send_garp(interface: &str, ip: std::net::Ipv4Addr) -> io::Result<()> {
     result
 }
 
-/// Sends a tickle ACK to each IPv4 connection; returns how many were sent.
+/// Sends an unsolicited Neighbor Advertisement for `ip` on `interface` to all nodes (IPv6's
+/// gratuitous ARP): hosts that knew `ip` at another MAC switch to this interface's.
+fn send_na(interface: &str, ip: std::net::Ipv6Addr) -> io::Result<()> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let idx = ifindex(interface)?;
+    let mac = mac_of(interface)?;
+    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+    // Hosts accept neighbor discovery only with hop limit 255 (never routed).
+    s.set_multicast_hops_v6(255)?;
+    s.set_multicast_if_v6(idx)?;
+    // From the address itself (bound once it is on the interface; no DAD, see Netlink::add).
+    s.bind(&SockAddr::from(std::net::SocketAddrV6::new(ip, 0, 0, 0)))?;
+    let all_nodes = std::net::SocketAddrV6::new(std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), 0, 0, idx);
+    s.send_to(&crate::wire::ndp::unsolicited_na(ip, mac), &SockAddr::from(all_nodes))?;
+    Ok(())
+}
+
+/// Sends a tickle ACK to each connection (IPv4 and IPv6); returns how many were sent.
 pub fn send_tickles(conns: &[TcpConnection]) -> io::Result<usize> {
+    let v6: Vec<_> = conns
+        .iter()
+        .filter_map(|c| match (c.server, c.client) {
+            (SocketAddr::V6(s), SocketAddr::V6(c)) => Some((s, c)),
+            _ => None,
+        })
+        .collect();
+    let sent = if v6.is_empty() { 0 } else { send_tickles_v6(&v6)? };
+    Ok(sent + send_tickles_v4(conns)?)
+}
+
+/// IPv6 tickles: a raw IPv6 socket takes the TCP header only, from the public address it is
+/// bound to (one socket per address).
+fn send_tickles_v6(conns: &[(std::net::SocketAddrV6, std::net::SocketAddrV6)]) -> io::Result<usize> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let mut sent = 0;
+    let mut by_vip: BTreeMap<std::net::Ipv6Addr, Vec<_>> = BTreeMap::new();
+    for (s, c) in conns {
+        by_vip.entry(*s.ip()).or_default().push((*s, *c));
+    }
+    for (vip, conns) in by_vip {
+        let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::TCP))?;
+        s.bind(&SockAddr::from(std::net::SocketAddrV6::new(vip, 0, 0, 0)))?;
+        for (server, client) in conns {
+            let segment = crate::wire::tickle::tickle_v6(server, client);
+            // The port of a raw socket's destination must be 0 (or the protocol number).
+            let to = std::net::SocketAddrV6::new(*client.ip(), 0, 0, client.scope_id());
+            if s.send_to(&segment, &SockAddr::from(to)).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// IPv4 tickles: a raw IPv4 socket with the whole packet; returns how many were sent.
+fn send_tickles_v4(conns: &[TcpConnection]) -> io::Result<usize> {
+    if !conns.iter().any(|c| matches!((c.server, c.client), (SocketAddr::V4(_), SocketAddr::V4(_)))) {
+        return Ok(0);
+    }
     // SAFETY: a raw IPv4 socket (IPPROTO_RAW implies IP_HDRINCL), closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
     if fd < 0 {
@@ -180,7 +246,7 @@ pub fn send_tickles(conns: &[TcpConnection]) -> io::Result<usize> {
     let mut sent = 0;
     for c in conns {
         let (SocketAddr::V4(server), SocketAddr::V4(client)) = (c.server, c.client) else {
-            continue; // IPv6 tickles are not implemented yet
+            continue; // IPv6: send_tickles_v6
         };
         let mut buf = [0u8; 64];
         let n = TcpSegment::tickle(server, client).emit(&mut buf).expect("64 bytes hold a tickle");
@@ -322,10 +388,12 @@ impl Effects for SystemEffects {
         let tickle = tickle.to_vec();
         std::thread::spawn(move || {
             for round in 0..ANNOUNCE_ROUNDS {
-                if let IpAddr::V4(v4) = address {
-                    if let Err(e) = send_garp(&p.interface, v4) {
-                        tracing::warn!(%address, error = %e, "gratuitous ARP failed");
-                    }
+                let announced = match address {
+                    IpAddr::V4(v4) => send_garp(&p.interface, v4),
+                    IpAddr::V6(v6) => send_na(&p.interface, v6),
+                };
+                if let Err(e) = announced {
+                    tracing::warn!(%address, error = %e, "announcing the address (ARP/NDP) failed");
                 }
                 match send_tickles(&tickle) {
                     Ok(n) if round == 0 && n > 0 => tracing::info!(%address, sent = n, "tickle ACKs sent"),

@@ -217,6 +217,19 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_public_addresses_need_listeners_on_ipv6() {
+        let cluster = "[cluster]\nnodes=[\"10.0.0.1\"]\nrecovery_lock=\"/lock\"\nsecret_file=\"k\"\npublic_addresses=[{address=\"fd18::101/64\", interface=\"eth0\"}]\n";
+        let base = "[volume]\nname=\"smb\"\nbackend=\"local\"\npath=\"/x\"\n";
+        let e = errors(&format!("{base}[smb]\nlisten=\"0.0.0.0:445\"\n[nfs]\nenabled=false\n{cluster}"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].line, 6, "{}", e[0]);
+        assert!(e[0].message.contains("fd18::101 is IPv6 but SMB listens on IPv4 only"), "{}", e[0]);
+        assert!(e[0].hint.as_deref().unwrap().contains("listen = \"[::]:445\""), "{}", e[0]);
+        let ok = format!("{base}[smb]\nlisten=\"[::]:445\"\n[nfs]\nlisten=\"[::]:2049\"\n{cluster}");
+        assert!(parse(&ok, "t.toml", Path::new("/etc/nasgw")).is_ok());
+    }
+
+    #[test]
     fn share_outside_volume_is_refused_with_a_hint() {
         let text =
             "[volume]\nname=\"smb\"\nbackend=\"local\"\npath=\"/srv\"\n[[smb.share]]\nname=\"pub\"\npath=\"../etc\"\n";

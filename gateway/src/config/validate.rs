@@ -2,6 +2,7 @@
 //! unique names, a backend with what it needs. Pure: config in, problems out.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 
 use super::locate::KeyPath;
 use super::model::{BackendKind, Config, GlusterAccess};
@@ -294,6 +295,21 @@ fn cluster(cfg: &Config, out: &mut Vec<Problem>) {
                 format!("`{}` is not a network interface name", p.interface),
                 "interface names are 1-15 characters, e.g. interface = \"eth0\"",
             ));
+        }
+    }
+    // An IPv6 public address is useless to a protocol listening on IPv4 only.
+    if let Some(v6) = c.public_addresses.iter().map(|p| p.address.addr()).find(IpAddr::is_ipv6) {
+        for (key, name, on, listen) in [
+            ("smb.listen", "SMB", cfg.smb.enabled, cfg.smb.listen),
+            ("nfs.listen", "NFS", cfg.nfs.enabled, cfg.nfs.listen),
+        ] {
+            if on && listen.is_ipv4() {
+                out.push(problem(
+                    key,
+                    format!("public address {v6} is IPv6 but {name} listens on IPv4 only ({listen})"),
+                    format!("listen = \"[::]:{}\" serves IPv4 and IPv6 clients", listen.port()),
+                ));
+            }
         }
     }
     match inside_volume(&c.recovery_lock) {

@@ -3,10 +3,13 @@
 //!
 //! - [`message`]: the cluster datagrams (heartbeat, connection list, move request), HMAC-sealed.
 //! - [`arp`]: the gratuitous ARP frame a new owner of a public address broadcasts.
-//! - [`tickle`]: the IPv4+TCP "tickle ACK" (seq 0, ack 0) that makes a client reset and reconnect.
+//! - [`ndp`]: the unsolicited Neighbor Advertisement, IPv6's gratuitous ARP.
+//! - [`tickle`]: the TCP "tickle ACK" (seq 0, ack 0) that makes a client reset and reconnect,
+//!   over IPv4 and IPv6.
 
 pub mod arp;
 pub mod message;
+pub mod ndp;
 pub mod tickle;
 
 /// Why bytes were not a valid frame.

@@ -5,7 +5,7 @@
 //! reaches our kernel, which has no such connection and answers RST; the client's connection
 //! breaks at once and it reconnects, instead of waiting for TCP retransmission timeouts.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use super::{checksum_add, checksum_finish, WireError};
 
@@ -110,6 +110,31 @@ impl TcpSegment {
     }
 }
 
+/// The TCP header (20 bytes) of a tickle ACK from `vip` to `client` over IPv6, checksum set:
+/// a raw IPv6 socket adds the IP header itself (IPv6 raw sockets never take one).
+pub fn tickle_v6(vip: SocketAddrV6, client: SocketAddrV6) -> [u8; TCP_LEN] {
+    let mut t = [0u8; TCP_LEN];
+    t[0..2].copy_from_slice(&vip.port().to_be_bytes());
+    t[2..4].copy_from_slice(&client.port().to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = FLAG_ACK;
+    t[14..16].copy_from_slice(&WINDOW.to_be_bytes());
+    let sum = tcp_checksum_v6(*vip.ip(), *client.ip(), &t);
+    t[16..18].copy_from_slice(&sum.to_be_bytes());
+    t
+}
+
+/// A TCP header without options.
+pub const TCP_LEN: usize = 20;
+
+/// TCP checksum with the IPv6 pseudo header (RFC 8200 8.1), same use as [`tcp_checksum`].
+pub fn tcp_checksum_v6(src: Ipv6Addr, dst: Ipv6Addr, segment: &[u8]) -> u16 {
+    let mut sum = checksum_add(0, &src.octets());
+    sum = checksum_add(sum, &dst.octets());
+    sum += segment.len() as u32 + 6;
+    checksum_finish(checksum_add(sum, segment))
+}
+
 /// TCP checksum with the IPv4 pseudo header; over a segment whose checksum field is zero it is
 /// the value to store, over a complete segment it is 0 when valid.
 fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
@@ -137,6 +162,19 @@ mod tests {
         for k in 0..n {
             assert!(TcpSegment::parse(&buf[..k]).is_err());
         }
+    }
+
+    #[test]
+    fn ipv6_tickle_is_an_ack_from_the_vip_with_a_valid_checksum() {
+        let (vip, client): (SocketAddrV6, SocketAddrV6) =
+            ("[fd18::101]:445".parse().unwrap(), "[fd18::10]:51000".parse().unwrap());
+        let t = tickle_v6(vip, client);
+        assert_eq!(u16::from_be_bytes([t[0], t[1]]), 445);
+        assert_eq!(u16::from_be_bytes([t[2], t[3]]), 51000);
+        assert_eq!(&t[4..12], &[0; 8], "seq 0, ack 0");
+        assert_eq!((t[12], t[13]), (5 << 4, FLAG_ACK));
+        assert_eq!(tcp_checksum_v6(*vip.ip(), *client.ip(), &t), 0, "a valid segment sums to 0");
+        assert_ne!(tcp_checksum_v6(*client.ip(), "fd18::102".parse().unwrap(), &t), 0, "bound to its addresses");
     }
 
     #[test]
