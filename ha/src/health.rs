@@ -9,7 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One probe of the volume: stat its root, then write a small file next to the recovery lock.
-pub fn probe_volume(root: &Path, probe_file: &Path) -> Result<(), String> {
+/// A volume that answers but is full (ENOSPC, EDQUOT) passes: every node shares it, and
+/// calling it unhealthy would take every public address down, reads included, instead of
+/// failing writes with a disk-full error. `full` remembers it, so that filling up and having
+/// room again are each logged once.
+pub fn probe_volume(root: &Path, probe_file: &Path, full: &mut bool) -> Result<(), String> {
     let meta = std::fs::metadata(root).map_err(|e| format!("volume {} does not answer: {e}", root.display()))?;
     if !meta.is_dir() {
         return Err(format!("volume {} is not a directory", root.display()));
@@ -18,8 +22,21 @@ pub fn probe_volume(root: &Path, probe_file: &Path) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-    std::fs::write(probe_file, format!("{stamp}\n"))
-        .map_err(|e| format!("cannot write probe {}: {e}", probe_file.display()))
+    let written = std::fs::write(probe_file, format!("{stamp}\n"));
+    let now_full = matches!(&written, Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)));
+    if now_full != *full {
+        *full = now_full;
+        match &written {
+            Err(e) if now_full => {
+                tracing::warn!(error = %e, "the volume is full: writes fail with disk-full errors (the node stays healthy)")
+            }
+            _ => tracing::info!("the volume has room again"),
+        }
+    }
+    match written {
+        Err(_) if now_full => Ok(()),
+        r => r.map_err(|e| format!("cannot write probe {}: {e}", probe_file.display())),
+    }
 }
 
 /// Where each node writes its probe: beside the recovery lock, one file per node.
@@ -102,8 +119,10 @@ mod tests {
     fn probe_fails_on_a_missing_volume() {
         let d = std::env::temp_dir().join(format!("nasgw-probe-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
-        assert!(probe_volume(&d, &d.join("lock/.health.0")).is_ok());
-        assert!(probe_volume(&d.join("nope"), &d.join("nope/lock/.health.0")).is_err());
+        let mut full = false;
+        assert!(probe_volume(&d, &d.join("lock/.health.0"), &mut full).is_ok());
+        assert!(probe_volume(&d.join("nope"), &d.join("nope/lock/.health.0"), &mut full).is_err());
+        assert!(!full);
         let _ = std::fs::remove_dir_all(d);
     }
 }

@@ -66,9 +66,10 @@ impl SharedVolume {
     /// the volume is gone.
     pub fn directory(root: PathBuf, lock_path: PathBuf, me: u32, dead: Duration) -> SharedVolume {
         let file = probe_path(&lock_path, me);
+        let mut full = false;
         SharedVolume {
             lock: Box::new(RecoveryLock::new(lock_path)),
-            probe: Box::new(move || probe_volume(&root, &file)),
+            probe: Box::new(move || probe_volume(&root, &file, &mut full)),
             lock_timeout: (dead / 5).max(Duration::from_millis(150)),
         }
     }

@@ -73,6 +73,20 @@ pub fn wait_for<T>(what: &str, timeout: Duration, every: Duration, mut f: impl F
     }
 }
 
+/// Like [`wait_for`], but `None` after `timeout` instead of failing.
+pub fn wait_for_opt<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// A loopback TCP port that was free a moment ago (the kernel picked it).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");

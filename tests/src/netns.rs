@@ -60,6 +60,16 @@ impl Topology {
     }
 }
 
+/// Moves the calling thread into network namespace `ns`: sockets it opens from now on live
+/// there (a current-thread async test can then reach a node's loopback services).
+pub fn enter(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("namespace");
+    // SAFETY: setns on a valid namespace fd; affects only the calling thread.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(r, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
         for (_, ns) in self.hosts.iter().chain(std::iter::once(&(String::new(), self.switch.clone()))) {

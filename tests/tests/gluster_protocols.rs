@@ -13,7 +13,6 @@
 
 mod nfs_common;
 
-use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
 
 use nasgw_tests::gluster::{fuse_client_of, GlusterCluster, GlusterSpec};
@@ -32,12 +31,7 @@ fn config(servers: &[String], access: &str) -> String {
     )
 }
 
-/// Moves this thread into namespace `ns` (sockets it opens from now on live there).
-fn enter(ns: &str) {
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    // SAFETY: setns on a valid namespace fd; affects only the calling thread.
-    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "{}", std::io::Error::last_os_error());
-}
+use nasgw_tests::netns::enter;
 
 fn this_node_state(d: &Daemon) -> String {
     let out = d.ctl(&["status", "--json"]);

@@ -36,12 +36,19 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the three daemons and waits until every public address is served once.
     pub fn start(failback: bool) -> Cluster {
+        Cluster::start_with(failback, |_| {})
+    }
+
+    /// Like [`Cluster::start`], with `prepare` run on the shared volume's directory before the
+    /// daemons start (to mount something there).
+    pub fn start_with(failback: bool, prepare: impl FnOnce(&Path)) -> Cluster {
         assert!(is_root(), "network namespace tests need root (the README's test command runs as root)");
         let topo =
             Topology::new(&[("n1", "198.18.0.1"), ("n2", "198.18.0.2"), ("n3", "198.18.0.3"), ("c1", "198.18.0.10")]);
         let root = tempfile::tempdir().unwrap();
         let vol = root.path().join("vol");
         std::fs::create_dir_all(&vol).unwrap();
+        prepare(&vol);
         std::fs::write(root.path().join("key"), "nasgw-test-cluster-secret-0123456789\n").unwrap();
         let notify = root.path().join("notify.sh");
         std::fs::write(&notify, "#!/bin/sh\necho \"$(date +%s.%N) $*\" >> notify.log\n").unwrap();
@@ -55,6 +62,12 @@ path = "{{dir}}/vol"
 listen = "0.0.0.0:12049"
 [smb]
 listen = "0.0.0.0:4445"
+[[smb.share]]
+name = "pub"
+path = "/"
+writable = true
+guest_ok = true
+guest_only = true
 [cluster]
 nodes = ["198.18.0.1", "198.18.0.2", "198.18.0.3"]
 recovery_lock = "/lock/lockfile"
