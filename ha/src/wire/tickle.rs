@@ -127,7 +127,8 @@ pub fn tickle_v6(vip: SocketAddrV6, client: SocketAddrV6) -> [u8; TCP_LEN] {
 /// A TCP header without options.
 pub const TCP_LEN: usize = 20;
 
-/// TCP checksum with the IPv6 pseudo header (RFC 8200 8.1), same use as [`tcp_checksum`].
+/// TCP checksum with the IPv6 pseudo header (RFC 8200 8.1): over a segment whose checksum field
+/// is zero it is the value to store, over a complete segment it is 0 when valid.
 pub fn tcp_checksum_v6(src: Ipv6Addr, dst: Ipv6Addr, segment: &[u8]) -> u16 {
     let mut sum = checksum_add(0, &src.octets());
     sum = checksum_add(sum, &dst.octets());
