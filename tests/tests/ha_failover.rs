@@ -7,7 +7,7 @@ mod ha_support;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use ha_support::{connect_echo, echo, Cluster, NODES, VIPS};
+use ha_support::{connect_echo, echo, wait_connection_known, Cluster, NODES, VIPS};
 use nasgw_tests::wait_for;
 
 #[test]
@@ -21,12 +21,7 @@ fn killed_node_address_moves_within_3s_and_its_client_is_reset_within_1s() {
     let client = connect_echo(c.topo.ns("c1"), vip);
     // The survivors learn the connection through the replicated connection tables.
     for i in (0..3).filter(|i| *i != victim) {
-        wait_for("the connection to be replicated", Duration::from_secs(5), Duration::from_millis(20), || {
-            let out = c.daemon(i).ctl(&["ip", "--json"]);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            let a = v["addresses"].as_array()?.iter().find(|a| a["address"] == vip)?.clone();
-            (a["connections"].as_u64()? >= 1).then_some(())
-        });
+        wait_connection_known(c.daemon(i), vip);
     }
 
     // The client blocks in read; the tickle must make it fail with a reset.

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ha_support::{echo, in_netns, ECHO_PORT, NODES};
+use ha_support::{echo, in_netns, wait_connection_known, ECHO_PORT, NODES};
 use nasgw_tests::{is_root, wait_for, Daemon, Topology};
 
 const VIPS6: [&str; 3] = ["fd18::101", "fd18::102", "fd18::103"];
@@ -101,12 +101,7 @@ state_dir = "{{dir}}/state"
     let vip = VIPS6[k];
     let client = connect6(&topo, vip);
     for i in (0..3).filter(|i| *i != victim) {
-        wait_for("the connection to be replicated", Duration::from_secs(5), Duration::from_millis(20), || {
-            let out = daemons[i].as_ref().unwrap().ctl(&["ip", "--json"]);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            let a = v["addresses"].as_array()?.iter().find(|a| a["address"] == vip)?.clone();
-            (a["connections"].as_u64()? >= 1).then_some(())
-        });
+        wait_connection_known(daemons[i].as_ref().unwrap(), vip);
     }
     let reader = client.try_clone().unwrap();
     reader.set_read_timeout(Some(Duration::from_secs(15))).unwrap();

@@ -169,6 +169,17 @@ state_dir = "{{dir}}/state"
     }
 }
 
+/// Waits until node daemon `d` lists at least one client connection on `vip` (its own, or
+/// learnt from the replicated connection tables).
+pub fn wait_connection_known(d: &Daemon, vip: &str) {
+    wait_for("the connection to be replicated", Duration::from_secs(5), Duration::from_millis(20), || {
+        let out = d.ctl(&["ip", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let a = v["addresses"].as_array()?.iter().find(|a| a["address"] == vip)?.clone();
+        (a["connections"].as_u64()? >= 1).then_some(())
+    });
+}
+
 /// Public addresses (198.18.1.x) on `ns`'s eth0.
 pub fn held_in(ns: &str) -> Vec<String> {
     let out = Command::new("ip").args(["-n", ns, "-4", "-o", "addr", "show", "dev", "eth0"]).output().unwrap();
