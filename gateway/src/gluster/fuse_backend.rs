@@ -151,19 +151,8 @@ impl Backend for FuseBackend {
         offset: u64,
         data: &[u8],
         stable: Stability,
-    ) -> VfsResult<(u32, Stability, Attr)> {
-        self.backend()?.write(cred, id, offset, data, stable)
-    }
-
-    fn write_attr_if_cheap(
-        &self,
-        cred: &Credentials,
-        id: &FileId,
-        offset: u64,
-        data: &[u8],
-        stable: Stability,
     ) -> VfsResult<(u32, Stability, Option<Attr>)> {
-        self.backend()?.write_attr_if_cheap(cred, id, offset, data, stable)
+        self.backend()?.write(cred, id, offset, data, stable)
     }
 
     fn create(

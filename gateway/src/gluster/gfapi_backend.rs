@@ -121,7 +121,8 @@ struct Node {
     /// libgfapi's metadata cache drops it on every create or remove inside). A directory
     /// deleted meanwhile makes the operation itself fail with ESTALE.
     is_dir: std::sync::OnceLock<()>,
-    /// The attributes a WRITE last checked and when (see [`GfapiBackend::write_then`]).
+    /// The attributes a WRITE last checked and when (see `write` in [`GfapiBackend`]'s
+    /// `Backend` impl).
     checked: Mutex<Option<(Instant, Attr)>>,
 }
 
@@ -330,46 +331,6 @@ impl GfapiBackend {
         Ok(())
     }
 
-    /// `write`, then the attributes after it if `want_attr`.
-    fn write_then(
-        &self,
-        cred: &Credentials,
-        id: &FileId,
-        offset: u64,
-        data: &[u8],
-        stable: Stability,
-        want_attr: bool,
-    ) -> VfsResult<(u32, Stability, Option<Attr>)> {
-        let vol = self.vol()?;
-        // Owner and mode for the permission check, and whether the file still exists: a stat
-        // right after the previous WRITE waits until write-behind has sent that write to the
-        // bricks and then costs a STAT, which would make a stream of UNSTABLE writes
-        // synchronous. So a file checked less than WRITE_CHECK ago is not stat'ed again: a
-        // chmod or delete through another node reaches WRITEs at most that late (the data of a
-        // WRITE to a file deleted meanwhile goes with the file).
-        let node = self.node(&vol, id)?;
-        let known = *node.checked.lock().expect("lock");
-        let attr = match known {
-            Some((at, attr)) if at.elapsed() < WRITE_CHECK => attr,
-            _ => {
-                let (_, attr) = self.regular(&vol, id)?;
-                *node.checked.lock().expect("lock") = Some((Instant::now(), attr));
-                attr
-            }
-        };
-        if cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
-            return Err(VfsError::Access);
-        }
-        offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
-        let f = self.io(&vol, &node)?;
-        f.write_all_at(data, offset)?;
-        if stable != Stability::Unstable {
-            f.fsync()?;
-        }
-        let after = if want_attr { Some(self.attr(&vol.stat(&node.obj)?)) } else { None };
-        Ok((data.len() as u32, stable, after))
-    }
-
     /// A POSIX byte-range lock call on `id` for lock owner `owner` (`F_SETLK`, `F_SETLKW`,
     /// `F_GETLK`), enforced by the bricks for every node: the base of the cluster-wide lock
     /// table and of the recovery lock over gfapi. Each owner gets its own descriptor.
@@ -450,23 +411,40 @@ impl Backend for GfapiBackend {
         offset: u64,
         data: &[u8],
         stable: Stability,
-    ) -> VfsResult<(u32, Stability, Attr)> {
-        let (n, got, attr) = self.write_then(cred, id, offset, data, stable, true)?;
-        Ok((n, got, attr.ok_or(VfsError::Io(libc::EIO))?))
-    }
-
-    fn write_attr_if_cheap(
-        &self,
-        cred: &Credentials,
-        id: &FileId,
-        offset: u64,
-        data: &[u8],
-        stable: Stability,
     ) -> VfsResult<(u32, Stability, Option<Attr>)> {
+        let vol = self.vol()?;
+        // Owner and mode for the permission check, and whether the file still exists: a stat
+        // right after the previous WRITE waits until write-behind has sent that write to the
+        // bricks and then costs a STAT, which would make a stream of UNSTABLE writes
+        // synchronous. So a file checked less than WRITE_CHECK ago is not stat'ed again: a
+        // chmod or delete through another node reaches WRITEs at most that late (the data of a
+        // WRITE to a file deleted meanwhile goes with the file).
+        let node = self.node(&vol, id)?;
+        let known = *node.checked.lock().expect("lock");
+        let attr = match known {
+            Some((at, attr)) if at.elapsed() < WRITE_CHECK => attr,
+            _ => {
+                let (_, attr) = self.regular(&vol, id)?;
+                *node.checked.lock().expect("lock") = Some((Instant::now(), attr));
+                attr
+            }
+        };
+        if cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
+            return Err(VfsError::Access);
+        }
+        offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
+        let f = self.io(&vol, &node)?;
+        f.write_all_at(data, offset)?;
         // After an UNSTABLE write the data may still be in libgfapi's write-behind: a stat
         // would wait until it reached every brick. After a sync, the stat is answered from the
         // attributes the sync brought back.
-        self.write_then(cred, id, offset, data, stable, stable != Stability::Unstable)
+        let after = if stable == Stability::Unstable {
+            None
+        } else {
+            f.fsync()?;
+            Some(self.attr(&vol.stat(&node.obj)?))
+        };
+        Ok((data.len() as u32, stable, after))
     }
 
     fn create(

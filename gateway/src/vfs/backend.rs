@@ -99,7 +99,11 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Writes `data` at `offset` with at least the given stability; returns bytes written,
-    /// the stability actually reached (>= asked), and attributes after the write.
+    /// the stability actually reached (>= asked), and the attributes after the write when the
+    /// backend has them without waiting (`None` otherwise: an SMB WRITE reply has none, an
+    /// NFS WRITE's post-operation attributes are optional). On a network file system a stat
+    /// right after an UNSTABLE write waits until the data has reached the servers (GlusterFS's
+    /// write-behind must flush first), which would make every such write synchronous.
     fn write(
         &self,
         cred: &Credentials,
@@ -107,25 +111,7 @@ pub trait Backend: Send + Sync + 'static {
         offset: u64,
         data: &[u8],
         stable: Stability,
-    ) -> VfsResult<(u32, Stability, Attr)>;
-
-    /// Like [`Backend::write`], but returns the attributes after the write only when the
-    /// backend has them without waiting (`None` otherwise), for callers that can answer
-    /// without them (an SMB WRITE reply has none; an NFS WRITE's post-operation attributes
-    /// are optional). On a network file system a stat right after an UNSTABLE write waits
-    /// until the data has reached the servers (GlusterFS's write-behind must flush first),
-    /// which would make every such write synchronous. The default returns `write`'s.
-    fn write_attr_if_cheap(
-        &self,
-        cred: &Credentials,
-        id: &FileId,
-        offset: u64,
-        data: &[u8],
-        stable: Stability,
-    ) -> VfsResult<(u32, Stability, Option<Attr>)> {
-        let (n, got, attr) = self.write(cred, id, offset, data, stable)?;
-        Ok((n, got, Some(attr)))
-    }
+    ) -> VfsResult<(u32, Stability, Option<Attr>)>;
 
     /// Creates a regular file `name` in `dir`, owned by the caller, per `how`.
     fn create(

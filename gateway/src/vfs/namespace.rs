@@ -219,7 +219,7 @@ impl Namespace {
 
     /// Writes `data` with at least `stable` stability: (bytes written, stability, attributes
     /// after the write when the backend has them without waiting; see
-    /// [`Backend::write_attr_if_cheap`]).
+    /// [`Backend::write`]).
     pub async fn write(
         &self,
         cred: &Credentials,
@@ -229,7 +229,7 @@ impl Namespace {
         stable: Stability,
     ) -> VfsResult<(u32, Stability, Option<Attr>)> {
         let (b, cred) = (self.backend.clone(), cred.clone());
-        blocking(move || b.write_attr_if_cheap(&cred, &id, offset, &data, stable)).await
+        blocking(move || b.write(&cred, &id, offset, &data, stable)).await
     }
 
     /// [`Namespace::write`] of borrowed data (a protocol's receive buffer): not copied when
@@ -245,9 +245,9 @@ impl Namespace {
         use tokio::runtime::{Handle, RuntimeFlavor};
         let b = &self.backend;
         if super::in_place::calls_run_in_place() {
-            b.write_attr_if_cheap(cred, &id, offset, data, stable)
+            b.write(cred, &id, offset, data, stable)
         } else if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-            tokio::task::block_in_place(|| b.write_attr_if_cheap(cred, &id, offset, data, stable))
+            tokio::task::block_in_place(|| b.write(cred, &id, offset, data, stable))
         } else {
             self.write(cred, id, offset, data.to_vec(), stable).await
         }

@@ -70,8 +70,8 @@ struct Node {
     /// Descriptor for data I/O of a regular file, opened on first use (shared with replies
     /// that send from it).
     io: OnceLock<Arc<OwnedFd>>,
-    /// When a WRITE last asked the file system for fresh attributes (see
-    /// [`PosixBackend::write_then`]).
+    /// When a WRITE last asked the file system for fresh attributes (see `write` in
+    /// [`PosixBackend`]'s `Backend` impl).
     checked: Mutex<Option<Instant>>,
 }
 
@@ -457,61 +457,6 @@ impl PosixBackend {
         Ok(())
     }
 
-    /// `write`, then the attributes after it if `want_attr`.
-    fn write_then(
-        &self,
-        cred: &Credentials,
-        id: &FileId,
-        offset: u64,
-        data: &[u8],
-        stable: Stability,
-        want_attr: bool,
-    ) -> VfsResult<(u32, Stability, Option<Attr>)> {
-        let node = self.node(id)?;
-        match node.ftype {
-            FileType::Regular => {}
-            FileType::Directory => return Err(VfsError::IsDir),
-            _ => return Err(VfsError::Invalid),
-        }
-        // Owner, mode and link count: through a network file system's mount a fresh stat after
-        // an earlier write waits until that write reached the servers (GlusterFS: write-behind
-        // flushes, then one FSTAT per WRITE), which would make a stream of UNSTABLE writes
-        // synchronous. So a file checked less than WRITE_CHECK ago uses what the kernel already
-        // knows: a change made through another node (a chmod, a delete) is seen by WRITEs at
-        // most that late. A local file system answers either way at once.
-        let fresh = !self.local && lock(&node.checked).is_some_and(|t| t.elapsed() < WRITE_CHECK);
-        let stx = if fresh {
-            let stx = sys::fstatx_cached(node.path_fd.as_fd())?;
-            if stx.stx_nlink == 0 {
-                self.evict(id);
-                return Err(VfsError::Stale);
-            }
-            stx
-        } else {
-            let stx = self.live_stat(id, &node)?;
-            *lock(&node.checked) = Some(Instant::now());
-            stx
-        };
-        let attr = self.attr(&stx);
-        if self.privileged && cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
-            return Err(VfsError::Access);
-        }
-        let fd = self.io_fd(&node)?;
-        offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
-        sys::pwrite_all(fd.as_fd(), data, offset).map_err(|e| match e {
-            // The server itself could only open the file read-only (unprivileged server).
-            VfsError::Io(libc::EBADF) => VfsError::Access,
-            e => e,
-        })?;
-        match stable {
-            Stability::Unstable => {}
-            Stability::DataSync => sys::sync(fd.as_fd(), true)?,
-            Stability::FileSync => sys::sync(fd.as_fd(), false)?,
-        }
-        let after = if want_attr { Some(self.attr(&sys::fstatx(fd.as_fd())?)) } else { None };
-        Ok((data.len() as u32, stable, after))
-    }
-
     fn apply_setattr(&self, node: &Node, set: &SetAttr) -> VfsResult<()> {
         let fd = node.path_fd.as_fd();
         if let Some(size) = set.size {
@@ -677,23 +622,53 @@ impl Backend for PosixBackend {
         offset: u64,
         data: &[u8],
         stable: Stability,
-    ) -> VfsResult<(u32, Stability, Attr)> {
-        let (n, got, attr) = self.write_then(cred, id, offset, data, stable, true)?;
-        Ok((n, got, attr.ok_or(VfsError::Io(libc::EIO))?))
-    }
-
-    fn write_attr_if_cheap(
-        &self,
-        cred: &Credentials,
-        id: &FileId,
-        offset: u64,
-        data: &[u8],
-        stable: Stability,
     ) -> VfsResult<(u32, Stability, Option<Attr>)> {
+        let node = self.node(id)?;
+        match node.ftype {
+            FileType::Regular => {}
+            FileType::Directory => return Err(VfsError::IsDir),
+            _ => return Err(VfsError::Invalid),
+        }
+        // Owner, mode and link count: through a network file system's mount a fresh stat after
+        // an earlier write waits until that write reached the servers (GlusterFS: write-behind
+        // flushes, then one FSTAT per WRITE), which would make a stream of UNSTABLE writes
+        // synchronous. So a file checked less than WRITE_CHECK ago uses what the kernel already
+        // knows: a change made through another node (a chmod, a delete) is seen by WRITEs at
+        // most that late. A local file system answers either way at once.
+        let fresh = !self.local && lock(&node.checked).is_some_and(|t| t.elapsed() < WRITE_CHECK);
+        let stx = if fresh {
+            let stx = sys::fstatx_cached(node.path_fd.as_fd())?;
+            if stx.stx_nlink == 0 {
+                self.evict(id);
+                return Err(VfsError::Stale);
+            }
+            stx
+        } else {
+            let stx = self.live_stat(id, &node)?;
+            *lock(&node.checked) = Some(Instant::now());
+            stx
+        };
+        let attr = self.attr(&stx);
+        if self.privileged && cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
+            return Err(VfsError::Access);
+        }
+        let fd = self.io_fd(&node)?;
+        offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
+        sys::pwrite_all(fd.as_fd(), data, offset).map_err(|e| match e {
+            // The server itself could only open the file read-only (unprivileged server).
+            VfsError::Io(libc::EBADF) => VfsError::Access,
+            e => e,
+        })?;
+        match stable {
+            Stability::Unstable => {}
+            Stability::DataSync => sys::sync(fd.as_fd(), true)?,
+            Stability::FileSync => sys::sync(fd.as_fd(), false)?,
+        }
         // A stat after an UNSTABLE write through a network file system's mount (GlusterFS
-        // FUSE) waits until the written data reached the servers.
-        let want = self.local || stable != Stability::Unstable;
-        self.write_then(cred, id, offset, data, stable, want)
+        // FUSE) waits until the written data reached the servers; a local one costs nothing.
+        let after =
+            if self.local || stable != Stability::Unstable { Some(self.attr(&sys::fstatx(fd.as_fd())?)) } else { None };
+        Ok((data.len() as u32, stable, after))
     }
 
     fn create(
