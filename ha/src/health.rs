@@ -8,12 +8,38 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// One probe of the volume: stat its root, then write a small file next to the recovery lock.
-/// A volume that answers but is full (ENOSPC, EDQUOT) passes: every node shares it, and
-/// calling it unhealthy would take every public address down, reads included, instead of
-/// failing writes with a disk-full error. `full` remembers it, so that filling up and having
-/// room again are each logged once.
-pub fn probe_volume(root: &Path, probe_file: &Path, full: &mut bool) -> Result<(), String> {
+/// The write step of a volume probe, judged: a volume that answers but is full (ENOSPC,
+/// EDQUOT; GlusterFS bricks refuse writes below `storage.reserve`) passes. Every node shares the
+/// volume, so calling it unhealthy would take every public address down, reads included,
+/// instead of failing writes with a disk-full error. Remembers the state, so that filling up
+/// and having room again are each logged once.
+#[derive(Debug, Default)]
+pub struct FullVolume(bool);
+
+impl FullVolume {
+    /// `written` (the probe's write) as the probe's verdict: a full volume's error becomes Ok.
+    pub fn check(&mut self, written: std::io::Result<()>) -> std::io::Result<()> {
+        let full = matches!(&written, Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)));
+        if full != self.0 {
+            self.0 = full;
+            match &written {
+                Err(e) if full => {
+                    tracing::warn!(error = %e, "the volume is full: writes fail with disk-full errors (the node stays healthy)")
+                }
+                _ => tracing::info!("the volume has room again"),
+            }
+        }
+        if full {
+            Ok(())
+        } else {
+            written
+        }
+    }
+}
+
+/// One probe of the volume: stat its root, then write a small file next to the recovery lock
+/// (a full volume passes, see [`FullVolume`]).
+pub fn probe_volume(root: &Path, probe_file: &Path, full: &mut FullVolume) -> Result<(), String> {
     let meta = std::fs::metadata(root).map_err(|e| format!("volume {} does not answer: {e}", root.display()))?;
     if !meta.is_dir() {
         return Err(format!("volume {} is not a directory", root.display()));
@@ -22,21 +48,8 @@ pub fn probe_volume(root: &Path, probe_file: &Path, full: &mut bool) -> Result<(
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-    let written = std::fs::write(probe_file, format!("{stamp}\n"));
-    let now_full = matches!(&written, Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)));
-    if now_full != *full {
-        *full = now_full;
-        match &written {
-            Err(e) if now_full => {
-                tracing::warn!(error = %e, "the volume is full: writes fail with disk-full errors (the node stays healthy)")
-            }
-            _ => tracing::info!("the volume has room again"),
-        }
-    }
-    match written {
-        Err(_) if now_full => Ok(()),
-        r => r.map_err(|e| format!("cannot write probe {}: {e}", probe_file.display())),
-    }
+    full.check(std::fs::write(probe_file, format!("{stamp}\n")))
+        .map_err(|e| format!("cannot write probe {}: {e}", probe_file.display()))
 }
 
 /// Where each node writes its probe: beside the recovery lock, one file per node.
@@ -116,13 +129,25 @@ mod tests {
     }
 
     #[test]
+    fn a_full_volume_passes_the_write_probe_and_other_errors_do_not() {
+        use std::io::Error;
+        let mut f = FullVolume::default();
+        assert!(f.check(Ok(())).is_ok());
+        assert!(f.check(Err(Error::from_raw_os_error(libc::ENOSPC))).is_ok(), "full is not unhealthy");
+        assert!(f.0, "remembered, so the warning is logged once");
+        assert!(f.check(Err(Error::from_raw_os_error(libc::EDQUOT))).is_ok());
+        assert_eq!(f.check(Err(Error::from_raw_os_error(libc::EIO))).unwrap_err().raw_os_error(), Some(libc::EIO));
+        assert!(!f.0);
+    }
+
+    #[test]
     fn probe_fails_on_a_missing_volume() {
         let d = std::env::temp_dir().join(format!("nasgw-probe-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
-        let mut full = false;
+        let mut full = FullVolume::default();
         assert!(probe_volume(&d, &d.join("lock/.health.0"), &mut full).is_ok());
         assert!(probe_volume(&d.join("nope"), &d.join("nope/lock/.health.0"), &mut full).is_err());
-        assert!(!full);
+        assert!(!full.0);
         let _ = std::fs::remove_dir_all(d);
     }
 }

@@ -66,7 +66,7 @@ impl SharedVolume {
     /// the volume is gone.
     pub fn directory(root: PathBuf, lock_path: PathBuf, me: u32, dead: Duration) -> SharedVolume {
         let file = probe_path(&lock_path, me);
-        let mut full = false;
+        let mut full = crate::health::FullVolume::default();
         SharedVolume {
             lock: Box::new(RecoveryLock::new(lock_path)),
             probe: Box::new(move || probe_volume(&root, &file, &mut full)),

@@ -145,7 +145,7 @@ impl GlusterService {
 
 /// FUSE probe: the volume is the top mount, its root answers, a small write reaches it.
 fn fuse_probe(mount: Arc<ManagedMount>, tag: String) -> impl FnMut() -> Result<(), VolumeHealth> + Send {
-    let mut full = FullVolume::default();
+    let mut full = ha::health::FullVolume::default();
     move || {
         match mount.state() {
             MountState::Mounted { .. } => {}
@@ -177,33 +177,6 @@ fn fuse_probe(mount: Arc<ManagedMount>, tag: String) -> impl FnMut() -> Result<(
     }
 }
 
-/// A volume that answers but is full (ENOSPC, EDQUOT; GlusterFS bricks refuse writes below
-/// `storage.reserve`) is not unhealthy: every node sees the same full volume, and calling it
-/// unhealthy would take every public address down, reads included, instead of failing writes
-/// with a disk-full error. The probe logs when the volume fills up and when it has room again.
-#[derive(Default)]
-struct FullVolume(bool);
-
-impl FullVolume {
-    fn check(&mut self, written: std::io::Result<()>) -> std::io::Result<()> {
-        let full = matches!(&written, Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)));
-        if full != self.0 {
-            self.0 = full;
-            match &written {
-                Err(e) if full => {
-                    tracing::warn!(error = %e, "the volume is full: writes fail with disk-full errors (the node stays healthy)")
-                }
-                _ => tracing::info!("the volume has room again"),
-            }
-        }
-        if full {
-            Ok(())
-        } else {
-            written
-        }
-    }
-}
-
 /// gfapi probe: connect if not yet connected, then the same stat and small write by handles.
 fn gfapi_probe(
     slot: Arc<Mutex<Option<gfapi::Volume>>>,
@@ -212,7 +185,7 @@ fn gfapi_probe(
     log: PathBuf,
     tag: String,
 ) -> impl FnMut() -> Result<(), VolumeHealth> + Send {
-    let mut full = FullVolume::default();
+    let mut full = ha::health::FullVolume::default();
     move || {
         let err = |e: std::io::Error| VolumeHealth::from_probe_error(&e);
         let existing = slot.lock().expect("lock").clone();
@@ -278,21 +251,4 @@ fn classify(h: VolumeHealth, servers: &[String]) -> VolumeHealth {
 fn probe_stamp() -> Vec<u8> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     format!("{}\n", now.as_millis()).into_bytes()
-}
-
-#[cfg(test)]
-mod full_volume_tests {
-    use super::FullVolume;
-    use std::io::Error;
-
-    #[test]
-    fn a_full_volume_passes_the_write_probe_and_other_errors_do_not() {
-        let mut f = FullVolume::default();
-        assert!(f.check(Ok(())).is_ok());
-        assert!(f.check(Err(Error::from_raw_os_error(libc::ENOSPC))).is_ok(), "full is not unhealthy");
-        assert!(f.0, "remembered, so the warning is logged once");
-        assert!(f.check(Err(Error::from_raw_os_error(libc::EDQUOT))).is_ok());
-        assert_eq!(f.check(Err(Error::from_raw_os_error(libc::EIO))).unwrap_err().raw_os_error(), Some(libc::EIO));
-        assert!(!f.0);
-    }
 }

@@ -349,9 +349,6 @@ impl Namespace {
     /// Makes data written through this server visible to the volume's other clients (the
     /// close of a file that was written; see [`Backend::flush`]).
     pub async fn flush(&self, id: FileId) -> VfsResult<()> {
-        if self.local {
-            return Ok(());
-        }
         let b = self.backend.clone();
         blocking(move || b.flush(&id)).await
     }
