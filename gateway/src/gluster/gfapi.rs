@@ -530,27 +530,30 @@ impl File {
 impl File {
     /// Closes a file, with the error of its flush: the errors of writes libgfapi's
     /// write-behind acknowledged early, which the flush waits for.
-    pub fn close(self) -> io::Result<()> {
-        let me = std::mem::ManuallyDrop::new(self);
-        // SAFETY: fd open; ManuallyDrop keeps Drop from closing it again; the connection
-        // reference is released after the close.
-        let r = check(unsafe { me.conn.lib.glfs_close(me.fd) });
-        // SAFETY: read once from the ManuallyDrop, never used again.
-        drop(unsafe { std::ptr::read(&me.conn) });
-        r
+    pub fn close(mut self) -> io::Result<()> {
+        check(self.close_once())
+    }
+
+    /// Closes the descriptor unless already closed (then 0): a directory with closedir, which
+    /// also frees its cached entries.
+    fn close_once(&mut self) -> libc::c_int {
+        let fd = std::mem::replace(&mut self.fd, std::ptr::null_mut());
+        if fd.is_null() {
+            return 0;
+        }
+        // SAFETY: fd was open and is closed exactly once (self.fd is null from now on).
+        unsafe {
+            if self.dir {
+                self.conn.lib.glfs_closedir(fd)
+            } else {
+                self.conn.lib.glfs_close(fd)
+            }
+        }
     }
 }
 
 impl Drop for File {
     fn drop(&mut self) {
-        // SAFETY: fd is open and closed exactly once, a directory with closedir (which also
-        // frees its cached entries).
-        unsafe {
-            if self.dir {
-                self.conn.lib.glfs_closedir(self.fd);
-            } else {
-                self.conn.lib.glfs_close(self.fd);
-            }
-        }
+        self.close_once();
     }
 }
