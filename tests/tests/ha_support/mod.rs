@@ -17,6 +17,8 @@ use nasgw_tests::{is_root, wait_for, Daemon, Topology};
 
 /// Public addresses of the test cluster.
 pub const VIPS: [&str; 3] = ["198.18.1.1", "198.18.1.2", "198.18.1.3"];
+/// Public addresses of the IPv6 test cluster ([`Cluster::start_ipv6`]), on fd18::/64.
+pub const VIPS6: [&str; 3] = ["fd18::101", "fd18::102", "fd18::103"];
 /// The test echo service's port.
 pub const ECHO_PORT: u16 = 7777;
 /// Node names, in `[cluster] nodes` order (pnn 0, 1, 2).
@@ -30,6 +32,8 @@ pub struct Cluster {
     /// Nodes killed with their link down: their dead kernel still lists the address they had,
     /// but nobody can reach it, so they are left out of `holders`.
     pub dead: Vec<bool>,
+    /// Its public addresses ([`VIPS`] or [`VIPS6`]).
+    pub vips: [&'static str; 3],
     config: String,
 }
 
@@ -42,9 +46,29 @@ impl Cluster {
     /// Like [`Cluster::start`], with `prepare` run on the shared volume's directory before the
     /// daemons start (to mount something there).
     pub fn start_with(failback: bool, prepare: impl FnOnce(&Path)) -> Cluster {
+        Cluster::start_on(failback, VIPS, prepare)
+    }
+
+    /// Like [`Cluster::start`] with IPv6 public addresses ([`VIPS6`]): every host also gets an
+    /// IPv6 address on fd18::/64 and the listeners listen on `[::]`.
+    pub fn start_ipv6() -> Cluster {
+        Cluster::start_on(true, VIPS6, |_| {})
+    }
+
+    fn start_on(failback: bool, vips: [&'static str; 3], prepare: impl FnOnce(&Path)) -> Cluster {
         assert!(is_root(), "network namespace tests need root (the README's test command runs as root)");
         let topo =
             Topology::new(&[("n1", "198.18.0.1"), ("n2", "198.18.0.2"), ("n3", "198.18.0.3"), ("c1", "198.18.0.10")]);
+        let v6 = vips[0].contains(':');
+        if v6 {
+            for (host, a) in [("n1", "fd18::1"), ("n2", "fd18::2"), ("n3", "fd18::3"), ("c1", "fd18::10")] {
+                let out = topo.exec(host, "ip", &["addr", "add", &format!("{a}/64"), "dev", "eth0", "nodad"]);
+                assert!(out.status.success(), "ip addr add {a}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        let (any, prefix) = if v6 { ("[::]", 64) } else { ("0.0.0.0", 16) };
+        let public: String =
+            vips.iter().map(|v| format!("  {{ address = \"{v}/{prefix}\", interface = \"eth0\" }},\n")).collect();
         let root = tempfile::tempdir().unwrap();
         let vol = root.path().join("vol");
         std::fs::create_dir_all(&vol).unwrap();
@@ -59,9 +83,9 @@ name = "smb"
 backend = "local"
 path = "{{dir}}/vol"
 [nfs]
-listen = "0.0.0.0:12049"
+listen = "{any}:12049"
 [smb]
-listen = "0.0.0.0:4445"
+listen = "{any}:4445"
 [[smb.share]]
 name = "pub"
 path = "/"
@@ -76,10 +100,7 @@ notify_script = "{notify}"
 failback = {failback}
 test_echo_port = {ECHO_PORT}
 public_addresses = [
-  {{ address = "198.18.1.1/16", interface = "eth0" }},
-  {{ address = "198.18.1.2/16", interface = "eth0" }},
-  {{ address = "198.18.1.3/16", interface = "eth0" }},
-]
+{public}]
 [node]
 control_socket = "{{dir}}/ctl.sock"
 state_dir = "{{dir}}/state"
@@ -87,7 +108,7 @@ state_dir = "{{dir}}/state"
             key = root.path().join("key").display(),
             notify = notify.display(),
         );
-        let mut c = Cluster { topo, root, daemons: Vec::new(), dead: vec![false; 3], config };
+        let mut c = Cluster { topo, root, daemons: Vec::new(), dead: vec![false; 3], vips, config };
         for i in 0..3 {
             let d = c.start_node(i);
             c.daemons.push(Some(d));
@@ -128,7 +149,7 @@ state_dir = "{{dir}}/state"
 
     /// VIP -> nodes holding it.
     pub fn holders(&self) -> BTreeMap<String, Vec<usize>> {
-        let mut m: BTreeMap<String, Vec<usize>> = VIPS.iter().map(|v| (v.to_string(), Vec::new())).collect();
+        let mut m: BTreeMap<String, Vec<usize>> = self.vips.iter().map(|v| (v.to_string(), Vec::new())).collect();
         for i in (0..3).filter(|i| !self.dead[*i]) {
             for a in self.held(i) {
                 m.entry(a).or_default().push(i);
@@ -180,13 +201,13 @@ pub fn wait_connection_known(d: &Daemon, vip: &str) {
     });
 }
 
-/// Public addresses (198.18.1.x) on `ns`'s eth0.
+/// Public addresses ([`VIPS`], [`VIPS6`]) on `ns`'s eth0.
 pub fn held_in(ns: &str) -> Vec<String> {
-    let out = Command::new("ip").args(["-n", ns, "-4", "-o", "addr", "show", "dev", "eth0"]).output().unwrap();
+    let out = Command::new("ip").args(["-n", ns, "-o", "addr", "show", "dev", "eth0"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .filter_map(|w| w.split_once('/').map(|(a, _)| a.to_string()))
-        .filter(|a| VIPS.contains(&a.as_str()))
+        .filter(|a| VIPS.contains(&a.as_str()) || VIPS6.contains(&a.as_str()))
         .collect()
 }
 
@@ -206,7 +227,7 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
 
 /// A client connection from the client namespace to `vip`'s echo service, checked with one echo.
 pub fn connect_echo(ns: &str, vip: &str) -> TcpStream {
-    let addr: SocketAddr = format!("{vip}:{ECHO_PORT}").parse().unwrap();
+    let addr = SocketAddr::new(vip.parse().unwrap(), ECHO_PORT);
     let s = in_netns(ns, move || TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect to echo"));
     echo(&s);
     s
