@@ -82,6 +82,8 @@ pub struct HaView {
     pub status: ClusterStatus,
     /// `nasgw ip`.
     pub ip: IpReport,
+    /// This node sees quorum and a fresh leader ([`Machine::in_quorum`]).
+    pub in_quorum: bool,
 }
 
 /// A running HA node: admin requests in, its view out.
@@ -125,7 +127,7 @@ fn view_of(m: &Machine, s: &HaSettings, now: Duration) -> HaView {
             connections: m.known_connections(p.address),
         })
         .collect();
-    HaView { status, ip: IpReport { this_node: s.me, addresses } }
+    HaView { status, ip: IpReport { this_node: s.me, addresses }, in_quorum: m.in_quorum(now) }
 }
 
 /// Starts the HA node; it runs until `stop` fires, then releases its addresses and the lock.

@@ -8,6 +8,13 @@
 //! table is a plain data structure behind a mutex with no I/O; waiting for a conflicting lock
 //! uses [`LockTable::changes`], a notifier that fires when anything on the file is released.
 
+pub mod machine;
+pub mod record;
+pub mod service;
+#[cfg(test)]
+pub mod sim;
+pub mod types;
+
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
