@@ -9,6 +9,7 @@
 //! uses [`LockTable::changes`], a notifier that fires when anything on the file is released.
 
 pub mod machine;
+pub mod mesh;
 pub mod record;
 pub mod service;
 #[cfg(test)]
