@@ -480,9 +480,10 @@ impl PosixBackend {
                 SetTime::ServerNow => UtimeArg::Now,
                 SetTime::Client(t) => UtimeArg::At(t),
             };
-            if node.ftype != FileType::Symlink {
-                sys::utimens_fd(fd, arg(set.atime), arg(set.mtime))?;
-            }
+            // Through the descriptor's /proc path even for a symlink: the magic link lands on
+            // the symlink itself (never its target), so a client's `utimensat(..,
+            // AT_SYMLINK_NOFOLLOW)` (an NFS SETATTR of the link's handle) sets the link's times.
+            sys::utimens_fd(fd, arg(set.atime), arg(set.mtime))?;
         }
         Ok(())
     }

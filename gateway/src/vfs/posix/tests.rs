@@ -594,3 +594,21 @@ async fn special_files_are_made_listed_and_never_opened_for_io() {
         }
     }
 }
+
+#[test]
+fn times_of_a_symlink_are_its_own() {
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = backend(tmp.path(), kind);
+        let me = Credentials::root();
+        let root = b.root();
+        b.create(&me, &root, &name("target"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
+        let (link, _) = b.symlink(&me, &root, &name("link"), b"target").unwrap();
+        let t = Timestamp { secs: 1_234_567, nanos: 89 };
+        let set = SetAttr { atime: SetTime::Client(t), mtime: SetTime::Client(t), ..SetAttr::default() };
+        let a = b.setattr(&me, &link, &set).unwrap();
+        assert_eq!((a.ftype, a.mtime, a.atime), (FileType::Symlink, t, t));
+        assert_eq!(std::fs::symlink_metadata(tmp.path().join("link")).unwrap().mtime(), 1_234_567);
+        assert_ne!(std::fs::metadata(tmp.path().join("target")).unwrap().mtime(), 1_234_567, "not the target's");
+    }
+}

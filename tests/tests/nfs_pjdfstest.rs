@@ -1,0 +1,104 @@
+//! pjdfstest (the Rust crate, a static binary copied into a kclient VM) run as root through the
+//! Linux kernel NFSv3 client against nasgw and against NFS-Ganesha 4.3 (FSAL_VFS,
+//! `No_Root_Squash`) in the same VM run. Prints both counts; fails when a case Ganesha passes
+//! fails on nasgw.
+//!
+//! CI runs the cases about special files (every case whose name mentions fifos, sockets or
+//! devices, and the mkfifo/mknod suites); the whole suite (398 cases, several minutes under
+//! TCG) is `cargo nextest run -p nasgw-tests --test nfs_pjdfstest --run-ignored only`.
+
+mod nfs_common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Instant;
+
+use nasgw_tests::anchors::{self, Ganesha, GaneshaFsal};
+use nasgw_tests::pjdfstest::{self, Outcome, Report};
+use nasgw_tests::{kclient, workspace_root};
+use nfs_common::Server;
+
+/// Runs pjdfstest (`patterns`: its name filters, empty for all) on nasgw and on Ganesha, each
+/// through the kernel client, in one VM; returns (nasgw, Ganesha).
+fn nasgw_and_ganesha(patterns: &str, timeout_s: u64) -> (Report, Report) {
+    anchors::isolate_network().expect("a private network namespace for Ganesha's rpcbind");
+    let srv = Server::start("pjd", "root_squash = false");
+    let tmp = tempfile::tempdir().unwrap();
+    let export = tmp.path().join("ganesha-export");
+    std::fs::create_dir_all(&export).unwrap();
+    std::fs::set_permissions(&export, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ganesha = Ganesha::start(&tmp.path().join("ganesha"), GaneshaFsal::Vfs(&export));
+    let targets = format!(
+        "nasgw:{p}:{p}:/smb ganesha:{}:{}:{}",
+        ganesha.nfs_port,
+        ganesha.mount_port,
+        ganesha.export_path,
+        p = srv.port
+    );
+    let t = Instant::now();
+    let out = kclient::GuestRun { timeout_s, ..Default::default() }
+        .env("KC_TARGETS", targets)
+        .env("KC_PATTERNS", patterns)
+        .env("KC_CASE_TIMEOUT", timeout_s / 2)
+        .file(pjdfstest::binary())
+        .run(&workspace_root().join("tests/kclient/pjdfstest.sh"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let elapsed = t.elapsed();
+    let s = pjdfstest::sections(&stdout);
+    let (ours, anchor) = (
+        pjdfstest::parse(s.get("nasgw").map_or("", String::as_str)),
+        pjdfstest::parse(s.get("ganesha").map_or("", String::as_str)),
+    );
+    for line in stdout.lines().filter(|l| l.starts_with("== ")) {
+        println!("{line}");
+    }
+    println!("VM run with both servers: {elapsed:.1?}");
+    println!("pjdfstest through the Linux NFSv3 client, patterns {patterns:?}:");
+    println!("  NFS-Ganesha 4.3: {}", anchor.summary());
+    println!("  nasgw:           {}", ours.summary());
+    if !(out.status.success() && ours.finished && anchor.finished) {
+        panic!(
+            "the VM run did not finish both suites ({}):\n{stdout}\n--- stderr ---\n{stderr}\n{}",
+            out.status,
+            srv.logs()
+        );
+    }
+    assert!(!srv.logs().contains("panicked"), "{}", srv.logs());
+    drop(ganesha);
+    (ours, anchor)
+}
+
+/// Fails with every case Ganesha passes and nasgw does not, with pjdfstest's message for it.
+fn assert_no_regressions(ours: &Report, anchor: &Report) {
+    let better = pjdfstest::improvements(ours, anchor);
+    println!("  nasgw passes {} case(s) Ganesha fails: {better:?}", better.len());
+    for (name, o) in ours.cases.iter().filter(|(_, o)| **o != Outcome::Passed) {
+        println!("  nasgw {o:?}: {name} {}", ours.details.get(name).map_or("", String::as_str).replace('\n', " | "));
+    }
+    let worse = pjdfstest::regressions(ours, anchor);
+    assert!(
+        worse.is_empty(),
+        "{} case(s) pass on Ganesha and not on nasgw:\n{}",
+        worse.len(),
+        worse
+            .iter()
+            .map(|n| format!("  {n}: {}", ours.details.get(n).map_or("(not run)", String::as_str).replace('\n', " | ")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn special_file_cases_pass_wherever_ganesha_passes_them() {
+    let (ours, anchor) = nasgw_and_ganesha("mkfifo mknod fifo socket char block", 600);
+    assert!(anchor.count(Outcome::Passed) >= 50, "the subset ran: {}", anchor.summary());
+    assert_no_regressions(&ours, &anchor);
+}
+
+#[test]
+#[ignore = "the whole suite: several minutes; run with --run-ignored only (README)"]
+fn whole_suite_passes_wherever_ganesha_passes() {
+    let (ours, anchor) = nasgw_and_ganesha("", 3000);
+    assert!(anchor.count(Outcome::Passed) >= 300, "the suite ran: {}", anchor.summary());
+    assert_no_regressions(&ours, &anchor);
+}
