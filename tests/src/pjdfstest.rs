@@ -78,13 +78,14 @@ fn strip_ansi(s: &str) -> String {
 }
 
 /// Reads the output of one pjdfstest run: `NAME <spaces> ok|FAILED|skipped` per case, indented
-/// detail lines after it, a `Summary:` line at the end. Pure.
+/// detail lines after it (a failure's panic message: a tab, then more lines indented with
+/// spaces), a `Summary:` line at the end. Pure.
 pub fn parse(output: &str) -> Report {
     let mut r = Report::default();
     let mut last: Option<String> = None;
     for raw in output.lines() {
         let line = strip_ansi(raw);
-        if line.starts_with('\t') || line.starts_with("    ") {
+        if line.starts_with(char::is_whitespace) {
             if let Some(name) = &last {
                 if r.cases.get(name) == Some(&Outcome::Failed) {
                     let d = r.details.entry(name.clone()).or_default();
@@ -161,7 +162,7 @@ mod tests {
         "\u{1b}[34mmkfifo::eexist_file_exists::dir\u{1b}[0m                                    \u{1b}[32mok\u{1b}[0m
 chmod::clear_isgid_after_chown                                          FAILED
 \tassertion `left == right` failed
-\t  left: 0o2755
+  left: 0o2755
 chown::ctime                                                            ok
 utimensat::y2038                                              failed as expected
 posix_fallocate::eperm                                                  skipped
