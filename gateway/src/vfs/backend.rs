@@ -8,7 +8,7 @@
 //! Objects are addressed by [`FileId`], the persistent identity the backend minted: there is no
 //! server-side id table that a restart or another node would lack. A backend keeps whatever
 //! caches it likes (open descriptors, GlusterFS object handles) keyed by id, but `resolve` of an
-//! id must work on a fresh process on any node, and must fail with [`VfsError::Stale`](super::VfsError::Stale) (never
+//! id must work on a fresh process on any node, and must fail with [`VfsError::Stale`] (never
 //! succeed on another file) once the file is deleted.
 //!
 //! Every operation takes the caller's [`Credentials`]: permission checks are the caller's and
