@@ -207,8 +207,7 @@ fn min_len(info_type: u8, class: u8) -> usize {
 }
 
 /// Handles QUERY_INFO.
-pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
-    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Reply, NtStatus> {
     conn.session(hdr.session_id)?;
     let vol = conn.file_id(req.file_id.0, req.file_id.1)?;
     let server = conn.server.clone();

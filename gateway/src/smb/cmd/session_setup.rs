@@ -56,8 +56,8 @@ fn body(session_flags: u16, blob: &[u8]) -> Vec<u8> {
 }
 
 /// Handles SESSION_SETUP.
-pub fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
-    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+/// `msg` is the whole request, for the SMB 3.1.1 preauth hash.
+pub fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8]) -> Result<Reply, NtStatus> {
     if req.flags & BINDING != 0 {
         return Err(NtStatus::REQUEST_NOT_ACCEPTED);
     }
