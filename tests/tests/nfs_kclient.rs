@@ -6,7 +6,7 @@
 mod nfs_common;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::time::Instant;
+use std::time::Duration;
 
 use nasgw_tests::kclient;
 use nfs_common::Server;
@@ -25,21 +25,20 @@ fn special_files_through_the_linux_nfs_client() {
     let tmp = tempfile::tempdir().unwrap();
     let uds = kclient::static_binary(&script("uds.rs"), &tmp.path().join("uds"));
 
-    let t = Instant::now();
-    let out = kclient::GuestRun::default()
-        .env("KC_PORT", srv.port)
-        .env("KC_SQUASH_PORT", squash.port)
-        .file(&uds)
-        .run(&script("special-files.sh"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}\n--- stderr ---\n{stderr}\nVM run took {:.1?}", t.elapsed());
+    let run = kclient::run_guest_with_files(
+        "tests/kclient/special-files.sh",
+        &[("KC_PORT", srv.port.to_string()), ("KC_SQUASH_PORT", squash.port.to_string())],
+        &[&uds],
+        Duration::from_secs(300),
+    );
+    let (stdout, stderr) = (&run.stdout, &run.stderr);
+    println!("{stdout}\n--- stderr ---\n{stderr}\nVM run took {:.1?}", run.elapsed);
     let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("CHECK ") && !l.ends_with(" ok")).collect();
     let passed = stdout.lines().filter(|l| l.starts_with("CHECK ") && l.ends_with(" ok")).count();
     assert!(
-        out.status.success() && failed.is_empty() && passed == 22,
-        "guest checks failed ({}): {failed:?} ({passed} passed)\n{}\n{}",
-        out.status,
+        run.ok() && failed.is_empty() && passed == 22,
+        "guest checks failed ({:?}): {failed:?} ({passed} passed)\n{}\n{}",
+        run.code,
         srv.logs(),
         squash.logs()
     );

@@ -9,11 +9,11 @@
 mod nfs_common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::Instant;
+use std::time::Duration;
 
 use nasgw_tests::anchors::{self, Ganesha, GaneshaFsal};
+use nasgw_tests::kclient;
 use nasgw_tests::pjdfstest::{self, Outcome, Report};
-use nasgw_tests::{kclient, workspace_root};
 use nfs_common::Server;
 
 /// Runs pjdfstest (`patterns`: its name filters, empty for all) on nasgw and on Ganesha, each
@@ -33,17 +33,19 @@ fn nasgw_and_ganesha(patterns: &str, timeout_s: u64) -> (Report, Report) {
         ganesha.export_path,
         p = srv.port
     );
-    let t = Instant::now();
-    let out = kclient::GuestRun { timeout_s, ..Default::default() }
-        .env("KC_TARGETS", targets)
-        .env("KC_PATTERNS", patterns)
-        .env("KC_CASE_TIMEOUT", timeout_s / 2)
-        .file(pjdfstest::binary())
-        .run(&workspace_root().join("tests/kclient/pjdfstest.sh"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let elapsed = t.elapsed();
-    let s = pjdfstest::sections(&stdout);
+    let pjd = pjdfstest::binary();
+    let run = kclient::run_guest_with_files(
+        "tests/kclient/pjdfstest.sh",
+        &[
+            ("KC_TARGETS", targets),
+            ("KC_PATTERNS", patterns.to_string()),
+            ("KC_CASE_TIMEOUT", (timeout_s / 2).to_string()),
+        ],
+        &[&pjd],
+        Duration::from_secs(timeout_s),
+    );
+    let (stdout, stderr, elapsed) = (&run.stdout, &run.stderr, run.elapsed);
+    let s = pjdfstest::sections(stdout);
     let (ours, anchor) = (
         pjdfstest::parse(s.get("nasgw").map_or("", String::as_str)),
         pjdfstest::parse(s.get("ganesha").map_or("", String::as_str)),
@@ -55,10 +57,10 @@ fn nasgw_and_ganesha(patterns: &str, timeout_s: u64) -> (Report, Report) {
     println!("pjdfstest through the Linux NFSv3 client, patterns {patterns:?}:");
     println!("  NFS-Ganesha 4.3: {}", anchor.summary());
     println!("  nasgw:           {}", ours.summary());
-    if !(out.status.success() && ours.finished && anchor.finished) {
+    if !(run.ok() && ours.finished && anchor.finished) {
         panic!(
-            "the VM run did not finish both suites ({}):\n{stdout}\n--- stderr ---\n{stderr}\n{}",
-            out.status,
+            "the VM run did not finish both suites ({:?}):\n{stdout}\n--- stderr ---\n{stderr}\n{}",
+            run.code,
             srv.logs()
         );
     }
