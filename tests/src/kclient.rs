@@ -1,0 +1,64 @@
+//! The Linux kernel's NFS and SMB clients, in a throwaway qemu VM: `kclient` (see its README
+//! beside it) boots a Debian kernel and runs a shell script as root in it. The guest reaches the
+//! host's 127.0.0.1 as 10.0.2.2, so a daemon listening on loopback serves it.
+//!
+//! Located through `$KCLIENT`, else the shared tools directory. A missing kclient fails the test
+//! loudly: a kernel-client test that skipped itself would look like a pass.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Where kclient is when `$KCLIENT` does not say.
+pub const DEFAULT_KCLIENT: &str = "/work/shared/tools/kclient/kclient";
+
+/// The kclient command: `$KCLIENT`, else [`DEFAULT_KCLIENT`]; panics when it is missing.
+pub fn kclient_bin() -> PathBuf {
+    let path = std::env::var_os("KCLIENT").map_or_else(|| PathBuf::from(DEFAULT_KCLIENT), PathBuf::from);
+    assert!(
+        path.is_file(),
+        "kclient not found at {} (set KCLIENT to its path): the kernel-client tests need it",
+        path.display()
+    );
+    path
+}
+
+/// What a script run in the VM printed and how it ended.
+#[derive(Debug)]
+pub struct GuestRun {
+    /// The script's standard output.
+    pub stdout: String,
+    /// Its standard error, then kclient's own messages (boot time, console on failure).
+    pub stderr: String,
+    /// The script's exit code (124: timed out; 125: kclient itself failed).
+    pub code: Option<i32>,
+    /// Wall time of the whole run, boot included.
+    pub elapsed: Duration,
+}
+
+impl GuestRun {
+    /// True when the script exited 0.
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Runs `script` (a path in the workspace, e.g. `tests/kclient/cifs-checks.sh`) as root in a
+/// fresh VM with `env` exported to it (names must start with `KC_`), bounded by `timeout`.
+pub fn run_guest(script: &str, env: &[(&str, String)], timeout: Duration) -> GuestRun {
+    let script = crate::workspace_root().join(script);
+    let mut cmd = Command::new(kclient_bin());
+    cmd.arg("run").arg("-t").arg(timeout.as_secs().to_string()).arg(&script);
+    for (k, v) in env {
+        assert!(k.starts_with("KC_"), "kclient passes only KC_* variables, not {k}");
+        cmd.env(k, v);
+    }
+    let start = Instant::now();
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run kclient: {e}"));
+    GuestRun {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: out.status.code(),
+        elapsed: start.elapsed(),
+    }
+}
