@@ -18,6 +18,23 @@ use super::wire::status::NtStatus;
 /// Most credits granted in one response.
 pub const MAX_GRANT: u16 = 512;
 
+/// Most requests in one compound chain. Clients chain a handful (CREATE, QUERY_INFO, CLOSE);
+/// without a cap one 8 MiB message could chain ~70,000 READs.
+pub const MAX_CHAIN: usize = 128;
+
+/// Most bytes of one chained reply: one full 8 MiB READ and 1 MiB for everything else. An
+/// element whose response would go past it fails with INSUFFICIENT_RESOURCES instead, so a
+/// reply never outgrows memory or the 24-bit transport length.
+pub const MAX_REPLY: usize = 9 * 1024 * 1024;
+
+// A reply's length always fits the 24-bit transport header.
+const _: () = assert!(MAX_REPLY <= crate::smb::wire::header::MAX_FRAME_LEN);
+
+/// Whether a response of `next` bytes still fits after `sofar` bytes of its chain.
+pub fn fits(sofar: usize, next: usize) -> bool {
+    sofar.saturating_add(next) <= MAX_REPLY
+}
+
 /// Why a message cannot be split into elements; the connection is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
@@ -27,6 +44,9 @@ pub enum ChainError {
     /// NextCommand is too small, unaligned, or points past the message.
     #[error("bad NextCommand offset")]
     NextCommand,
+    /// More than [`MAX_CHAIN`] requests.
+    #[error("compound chain too long")]
+    TooLong,
 }
 
 impl ChainError {
@@ -35,6 +55,7 @@ impl ChainError {
         match self {
             Self::Header => "malformed SMB2 header",
             Self::NextCommand => "bad NextCommand offset",
+            Self::TooLong => "compound chain too long",
         }
     }
 }
@@ -66,6 +87,9 @@ pub fn split(msg: &[u8]) -> Result<Vec<Element>, ChainError> {
             off + n
         };
         let last = header.next_command == 0;
+        if out.len() == MAX_CHAIN {
+            return Err(ChainError::TooLong);
+        }
         out.push(Element { header, range: off..end });
         if last {
             return Ok(out);
@@ -130,13 +154,18 @@ pub enum SignatureCheck {
 
 /// The signature rule for a request on a session with `session`'s facts (`None`: no such
 /// session on this connection; the command itself answers that).
+///
+/// A SESSION_SETUP may come unsigned only while its session has no key yet: a
+/// re-authentication of a session that signs must be signed (MS-SMB2 3.3.5.2.4), else an
+/// attacker on the path could swap the session's identity or drop its signing.
 pub fn signature_check(header: &Header, session: Option<SessionSigning>) -> SignatureCheck {
-    if matches!(header.command, command::NEGOTIATE | command::SESSION_SETUP) && !header.is_signed() {
+    if header.command == command::NEGOTIATE && !header.is_signed() {
         return SignatureCheck::Accept;
     }
     let Some(s) = session else { return SignatureCheck::Accept };
     match s.key {
         Some(key) if header.is_signed() => SignatureCheck::Verify(key),
+        Some(_) if header.command == command::SESSION_SETUP && s.valid => SignatureCheck::Refuse,
         _ if s.required && s.valid && header.command != command::CANCEL => SignatureCheck::Refuse,
         _ => SignatureCheck::Accept,
     }
@@ -293,6 +322,23 @@ mod tests {
     }
 
     #[test]
+    fn chains_are_capped_and_replies_bounded() {
+        let chain = |n: usize| {
+            let mut msg = Vec::new();
+            for i in 0..n {
+                msg.extend(elem(command::ECHO, 0, if i + 1 < n { 72 } else { 0 }, 0, 0, 8));
+            }
+            msg
+        };
+        assert_eq!(split(&chain(MAX_CHAIN)).unwrap().len(), MAX_CHAIN);
+        assert_eq!(split(&chain(MAX_CHAIN + 1)), Err(ChainError::TooLong));
+        assert!(fits(0, MAX_REPLY));
+        assert!(fits(MAX_REPLY - 100, 100));
+        assert!(!fits(MAX_REPLY - 100, 101));
+        assert!(!fits(usize::MAX, 1));
+    }
+
+    #[test]
     fn related_elements_inherit_ids_and_failures() {
         let prev = Previous { session_id: 5, tree_id: 6, status: NtStatus::SUCCESS };
         let mut h =
@@ -331,7 +377,12 @@ mod tests {
         // (command, signed, session) -> rule
         let table = [
             (command::NEGOTIATE, false, user(true), Accept),
-            (command::SESSION_SETUP, false, user(true), Accept),
+            (command::SESSION_SETUP, false, None, Accept),
+            (command::SESSION_SETUP, false, Some(SessionSigning { key: None, required: false, valid: false }), Accept),
+            (command::SESSION_SETUP, false, guest, Accept),
+            // Re-authentication of a signing session must be signed, required or not.
+            (command::SESSION_SETUP, false, user(true), Refuse),
+            (command::SESSION_SETUP, false, user(false), Refuse),
             (command::SESSION_SETUP, true, user(true), Verify(key)),
             (command::READ, true, user(false), Verify(key)),
             (command::READ, false, user(false), Accept),

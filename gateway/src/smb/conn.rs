@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cmd::{self, Reply};
 use super::compound::{self, ReplyChain};
+use super::sequence::SequenceWindow;
 use super::session::{OpenTable, Session};
 use super::signing::{self, dialect, SigningAlgorithm};
 use super::transport::{Frame, FrameReader, FrameWriter, ReadError, SESSION_GRANTED};
@@ -100,13 +101,15 @@ pub struct Link {
     pub out: FrameWriter<OwnedWriteHalf>,
     /// Pending async operations by AsyncId (CANCEL finds them here).
     pub pending: Arc<Mutex<HashMap<u64, PendingOp>>>,
+    /// The MessageIds the client may use next.
+    pub sequence: SequenceWindow,
     next_async: u64,
 }
 
 impl Link {
     /// A link that writes to `out`.
     pub fn new(out: FrameWriter<OwnedWriteHalf>) -> Self {
-        Self { out, pending: Arc::new(Mutex::new(HashMap::new())), next_async: 0 }
+        Self { out, pending: Arc::new(Mutex::new(HashMap::new())), sequence: SequenceWindow::new(), next_async: 0 }
     }
 
     /// Records async `work` answering request `hdr` in `session_id`; returns its AsyncId.
@@ -310,7 +313,9 @@ async fn handle_smb1_negotiate(conn: &mut Connection, msg: &[u8]) -> Result<(), 
     if chosen == dialect::SMB202 {
         conn.dialect = dialect::SMB202;
     }
-    let h = Header { command: command::NEGOTIATE, credits: 1, flags: FLAG_SERVER_TO_REDIR, ..Default::default() };
+    conn.link.sequence.take(0, 1).map_err(|_| "SMB1 NEGOTIATE after MessageId 0")?;
+    let credits = conn.link.sequence.grant(1);
+    let h = Header { command: command::NEGOTIATE, credits, flags: FLAG_SERVER_TO_REDIR, ..Default::default() };
     let mut w = Writer::with_capacity(HEADER_LEN + body.len());
     h.emit(&mut w);
     w.bytes(&body);
@@ -342,6 +347,13 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
         if hdr.command == command::NEGOTIATE && conn.dialect == dialect::SMB311 {
             return Err("second NEGOTIATE");
         }
+        // CANCEL reuses the MessageId of the request it cancels.
+        if hdr.command != command::CANCEL {
+            if let Err(e) = conn.link.sequence.take(hdr.message_id, hdr.credit_charge) {
+                tracing::info!(client = %conn.tcp.client, message_id = hdr.message_id, error = %e, "SMB: request outside the sequence window");
+                return Err("MessageId replayed or not granted");
+            }
+        }
         let signed_in = hdr.is_signed();
         let reply = match check_signature(conn, &hdr, elem) {
             Err(s) => Outcome::Now(Reply::err(s)),
@@ -355,11 +367,16 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
             continue;
         }
         let (reply, pending) = match reply {
+            Outcome::Now(r) if !compound::fits(out.bytes(), HEADER_LEN + 8 + r.body.len() + r.tail.len()) => {
+                tracing::info!(client = %conn.tcp.client, command = hdr.command, "SMB: compound reply over its size limit");
+                (Reply::err(NtStatus::INSUFFICIENT_RESOURCES), None)
+            }
             Outcome::Now(r) => (r, None),
             Outcome::Later(work) => (Reply { status: NtStatus::PENDING, ..Reply::err(NtStatus::PENDING) }, Some(work)),
         };
         let session_id = reply.session_id.unwrap_or(hdr.session_id);
         let mut rh = compound::response_header(&hdr, reply.status, session_id, reply.tree_id.unwrap_or(hdr.tree_id));
+        rh.credits = conn.link.sequence.grant(rh.credits);
         let mut async_id = 0;
         if let Some(work) = &pending {
             async_id = conn.link.register(&hdr, session_id, work);
@@ -504,7 +521,7 @@ mod tests {
         let mut w = Writer::new();
         Header { command: command::NEGOTIATE, credits: 1, ..Default::default() }.emit(&mut w);
         w.u16(36).u16(1).u16(1).u16(0).u32(0).bytes(&[5; 16]).u64(0).u16(dialect::SMB210);
-        let mut frame = header::frame_header(w.buf.len()).to_vec();
+        let mut frame = header::frame_header(w.buf.len()).unwrap().to_vec();
         frame.extend_from_slice(&w.buf);
         frame
     }
@@ -585,20 +602,124 @@ mod tests {
         // Echo requests, sent and never answered-read: the server ends up blocked sending.
         let flood = std::thread::spawn(move || {
             answers_negotiate(&mut client);
-            let mut w = Writer::new();
-            Header { command: command::ECHO, credits: 1, ..Default::default() }.emit(&mut w);
-            w.u16(4).u16(0);
-            let mut frame = header::frame_header(w.buf.len()).to_vec();
-            frame.extend_from_slice(&w.buf);
-            let batch: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 1000).collect();
             client.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-            while client.write_all(&batch).is_ok() {}
+            // Each ECHO uses the next MessageId, which the previous answer granted.
+            for message_id in 1.. {
+                let mut w = Writer::new();
+                Header { command: command::ECHO, credits: 1, message_id, ..Default::default() }.emit(&mut w);
+                w.u16(4).u16(0);
+                let mut frame = header::frame_header(w.buf.len()).unwrap().to_vec();
+                frame.extend_from_slice(&w.buf);
+                if client.write_all(&frame).is_err() {
+                    break;
+                }
+            }
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!task.is_finished(), "the client is still connected");
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(5), task).await.expect("stop interrupts a blocked send").unwrap();
         tokio::task::spawn_blocking(move || flood.join().unwrap()).await.unwrap();
+    }
+
+    /// ECHO requests with these MessageIds, chained into one message when `chained`.
+    fn echoes(ids: &[u64], chained: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut chain = Vec::new();
+        for (i, &message_id) in ids.iter().enumerate() {
+            let next = if chained && i + 1 < ids.len() { 72 } else { 0 };
+            let mut w = Writer::new();
+            Header { command: command::ECHO, credits: 1, message_id, next_command: next, ..Default::default() }
+                .emit(&mut w);
+            w.u16(4).u16(0).zeros(4);
+            if chained {
+                chain.extend_from_slice(&w.buf);
+            } else {
+                out.extend_from_slice(&header::frame_header(w.buf.len()).unwrap());
+                out.extend_from_slice(&w.buf);
+            }
+        }
+        if chained {
+            out.extend_from_slice(&header::frame_header(chain.len()).unwrap());
+            out.extend_from_slice(&chain);
+        }
+        out
+    }
+
+    /// Reads one reply message, or `None` when the server closed the connection.
+    fn reply(client: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+        let mut hdr = [0u8; 4];
+        client.read_exact(&mut hdr).ok()?;
+        let mut msg = vec![0u8; header::frame_len(hdr).ok()?];
+        client.read_exact(&mut msg).ok()?;
+        Some(msg)
+    }
+
+    async fn negotiated(tmp: &std::path::Path) -> std::net::TcpStream {
+        let (mut client, _task) = connect(server(tmp), CancellationToken::new()).await;
+        tokio::task::spawn_blocking(move || {
+            answers_negotiate(&mut client);
+            client
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replayed_message_id_closes_the_connection() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut client = negotiated(tmp.path()).await;
+        tokio::task::spawn_blocking(move || {
+            client.write_all(&echoes(&[1], false)).unwrap();
+            assert!(reply(&mut client).is_some(), "MessageId 1 was granted");
+            client.write_all(&echoes(&[1], false)).unwrap();
+            assert!(reply(&mut client).is_none(), "a replayed MessageId is refused");
+        })
+        .await
+        .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut client = negotiated(tmp.path()).await;
+        tokio::task::spawn_blocking(move || {
+            client.write_all(&echoes(&[1000], false)).unwrap();
+            assert!(reply(&mut client).is_none(), "a MessageId never granted is refused");
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compound_chains_are_capped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut client = negotiated(tmp.path()).await;
+        tokio::task::spawn_blocking(move || {
+            // The NEGOTIATE granted one credit: give the client enough for two chains.
+            let mut id = 1u64;
+            client.write_all(&echoes(&[id], false)).unwrap();
+            let mut got = reply(&mut client).unwrap();
+            id += 1;
+            let mut have = u64::from(Header::parse(&got).unwrap().credits);
+            while have < compound::MAX_CHAIN as u64 + 1 {
+                let mut w = Writer::new();
+                Header { command: command::ECHO, credits: 512, message_id: id, ..Default::default() }.emit(&mut w);
+                w.u16(4).u16(0);
+                let mut f = header::frame_header(w.buf.len()).unwrap().to_vec();
+                f.extend_from_slice(&w.buf);
+                client.write_all(&f).unwrap();
+                got = reply(&mut client).unwrap();
+                have += u64::from(Header::parse(&got).unwrap().credits) - 1;
+                id += 1;
+            }
+            let ok: Vec<u64> = (id..id + compound::MAX_CHAIN as u64).collect();
+            client.write_all(&echoes(&ok, true)).unwrap();
+            let all = reply(&mut client).expect("a chain of MAX_CHAIN is answered");
+            assert_eq!(compound::split(&all).unwrap().len(), compound::MAX_CHAIN);
+            let next = id + compound::MAX_CHAIN as u64;
+            let too_long: Vec<u64> = (next..next + compound::MAX_CHAIN as u64 + 1).collect();
+            client.write_all(&echoes(&too_long, true)).unwrap();
+            assert!(reply(&mut client).is_none(), "a longer chain closes the connection");
+        })
+        .await
+        .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

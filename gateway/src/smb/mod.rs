@@ -10,6 +10,7 @@
 //! - [`conn`]: one client connection on its own thread: its [`conn::Link`] (framing, async
 //!   replies) apart from its session and open state, running each chain through [`compound`]
 //!   and [`cmd`];
+//! - [`sequence`]: the MessageId window (each granted id used once: no replays);
 //! - [`session`]: sessions, tree connects and opens as named types;
 //! - [`cmd`]: one file per SMB2 command;
 //! - [`srvsvc`]: the DCE/RPC share-enumeration pipe on `IPC$`.
@@ -20,6 +21,7 @@ pub mod compound;
 pub mod conn;
 pub mod fs;
 pub mod passwd;
+pub mod sequence;
 pub mod session;
 pub mod signing;
 pub mod srvsvc;
