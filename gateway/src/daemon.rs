@@ -58,8 +58,16 @@ async fn run(loaded: Loaded) -> Result<()> {
     let connections = ConnectionTable::new();
     let listeners = ha::health::ListenerHealth::new();
     let namespace = open_namespace(&cfg, gluster.as_ref())?;
-    // The one lock table of the namespace (SMB share modes and byte-range locks; NFS can use it).
-    let locks = Arc::new(crate::locks::LockTable::new());
+    // The one file-sharing state (opens, share modes, byte-range locks, leases) of every
+    // protocol: this node's own, or the cluster's.
+    let locks = match &cfg.cluster {
+        Some(cluster) => crate::cluster::lock_service(cluster, &life).await?,
+        None => {
+            let l = crate::locks::LockService::single();
+            life.tasks.spawn(l.clone().run(Duration::from_millis(100), None, life.stop.clone()));
+            l
+        }
+    };
     if cfg.nfs.enabled {
         crate::nfs::start(&cfg, namespace.clone(), connections.clone(), &life).await?;
         listeners.up("nfs");
@@ -76,6 +84,7 @@ async fn run(loaded: Loaded) -> Result<()> {
             connections.clone(),
             listeners.clone(),
             gluster.as_ref(),
+            locks.clone(),
             &life,
         )?),
         None => Arc::new(StandaloneNode::new(cfg.clone(), volume_health)),

@@ -222,6 +222,20 @@ impl LockService {
         r
     }
 
+    /// Closes an open without waiting for the answer (an open abandoned on an error path).
+    pub fn close_detached(&self, file: &FileId, key: OpenKey) {
+        let (tx, _rx) = oneshot::channel();
+        let now = self.t0.elapsed();
+        let mut st = self.lock();
+        let rid = st.next_rid;
+        st.next_rid += 1;
+        st.waiting.insert(rid, tx);
+        let outs = st.m.handle(now, Input::Request { rid, file: *file, op: Op::Close(key) });
+        let later = self.apply(&mut st, outs);
+        drop(st);
+        self.after(later);
+    }
+
     /// Closes an open (its locks and, if unused, its lease go with it).
     pub async fn close(&self, file: &FileId, key: OpenKey) -> Result<CloseOutcome, Conflict> {
         answer(self.call(file, Op::Close(key)).await, |a| match a {
@@ -329,32 +343,29 @@ impl LockService {
 
     /// Ticks the machine every `every` and feeds it HA's verdict from `ha` (none for a single
     /// node), until `stop`.
-    pub fn run(
-        self: &Arc<Self>,
+    pub async fn run(
+        self: Arc<Self>,
         every: Duration,
         ha: Option<Box<dyn Fn() -> HaInput + Send>>,
         stop: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last = None;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                if let Some(ha) = &ha {
-                    let h = ha();
-                    if last != Some(h) {
-                        last = Some(h);
-                        me.feed(Input::Ha(h));
-                    }
-                }
-                me.feed(Input::Tick);
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
             }
-        })
+            if let Some(ha) = &ha {
+                let h = ha();
+                if last != Some(h) {
+                    last = Some(h);
+                    self.feed(Input::Ha(h));
+                }
+            }
+            self.feed(Input::Tick);
+        }
     }
 }
 
