@@ -379,6 +379,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
             if truncate {
                 granted |= WRITE_DATA;
             }
+            granted = special_file_access(&attr, req.desired_access, granted)?;
             check_unix_access(&attr, &cred, granted)?;
             (id, attr, action)
         }
@@ -454,6 +455,25 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
 /// Whether a directory has no entries.
 pub async fn dir_is_empty(ns: &crate::vfs::Namespace, cred: &Credentials, id: crate::vfs::FileId) -> bool {
     ns.readdir(cred, id, 0, 1, false).await.map(|r| r.entries.is_empty()).unwrap_or(false)
+}
+
+/// Data access to a special file (fifo, socket, device) is refused: reading or writing one
+/// would block the connection's thread on a fifo, or reach a device of the server itself (as
+/// smbd 4.17 does: it reads `/dev/zero` through a node in the share, and writes block devices).
+/// Everything else (attributes, rename, delete) works as on a file; MAXIMUM_ALLOWED is granted
+/// without the data bits.
+fn special_file_access(attr: &Attr, desired: u32, granted: u32) -> Result<u32, NtStatus> {
+    use access::*;
+    const DATA: u32 = READ_DATA | WRITE_DATA | APPEND_DATA | EXECUTE;
+    if matches!(attr.ftype, FileType::Regular | FileType::Directory) || granted & DATA == 0 {
+        return Ok(granted);
+    }
+    if desired & MAXIMUM_ALLOWED != 0
+        && desired & !MAXIMUM_ALLOWED & (DATA | GENERIC_READ | GENERIC_WRITE | GENERIC_EXECUTE | GENERIC_ALL) == 0
+    {
+        return Ok(granted & !DATA);
+    }
+    Err(NtStatus::ACCESS_DENIED)
 }
 
 /// Refuses access the Unix mode bits deny (as the share's identity).
