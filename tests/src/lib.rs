@@ -8,6 +8,7 @@ pub mod anchors;
 pub mod gluster;
 pub mod netns;
 pub mod process;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -387,31 +387,6 @@ fn nfs(cfg: &Config, out: &mut Vec<Problem>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inside_volume_normalises_and_refuses_escapes() {
-        assert_eq!(inside_volume("/").unwrap(), "/");
-        assert_eq!(inside_volume("pub//a/./b/..").unwrap(), "/pub/a");
-        assert!(inside_volume("../etc").is_err());
-        assert!(inside_volume("/a/../../b").is_err());
-        assert!(inside_volume("a\0b").is_err());
-    }
-
-    #[test]
-    fn nfs_keys_that_cannot_work_are_refused() {
-        let text = "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"/d\"\n[nfs]\nlisten = \"0.0.0.0:2049\"\nclients = []\nmax_connections = 0\nportmap_listen = \"127.0.0.1:2049\"\n";
-        let cfg: Config = toml::from_str(text).unwrap();
-        let paths: Vec<String> = validate(&cfg).iter().map(|p| format!("{:?}", p.path)).collect();
-        assert_eq!(paths.len(), 3, "{paths:?}");
-        let ok: Config = toml::from_str("[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"/d\"\n").unwrap();
-        assert!(validate(&ok).is_empty());
-        assert!(ok.nfs.root_squash && !ok.nfs.read_only && !ok.nfs.allow_auth_none && ok.nfs.portmap_listen.is_none());
-    }
-}
-
 /// Splits a brick `HOST:/PATH` into its host and absolute path.
 pub fn split_brick(brick: &str) -> Option<(&str, &str)> {
     let (host, _) = brick.rsplit_once(":/")?;
@@ -456,7 +431,11 @@ fn bricks(cfg: &Config, out: &mut Vec<Problem>) {
                 "write HOST:/ABSOLUTE/PATH, e.g. \"192.168.122.100:/data/brick1/smb\"",
             ));
         } else if !seen.insert(b.as_str()) {
-            out.push(problem(format!("volume.bricks[{i}]"), format!("brick `{b}` is listed twice"), "list each brick once"));
+            out.push(problem(
+                format!("volume.bricks[{i}]"),
+                format!("brick `{b}` is listed twice"),
+                "list each brick once",
+            ));
         }
     }
     let Some(replica) = v.replica else {
@@ -523,7 +502,11 @@ fn system(cfg: &Config, out: &mut Vec<Problem>) {
                 "six hex pairs, e.g. mac = \"52:54:00:12:34:01\"",
             ));
         } else if !macs.insert(h.mac.to_ascii_lowercase()) {
-            out.push(problem(format!("system.host[{i}].mac"), format!("MAC {} is listed twice", h.mac), "list each card once"));
+            out.push(problem(
+                format!("system.host[{i}].mac"),
+                format!("MAC {} is listed twice", h.mac),
+                "list each card once",
+            ));
         }
         if let Some(c) = &cfg.cluster {
             if !c.nodes.contains(&h.address.addr()) {
@@ -549,7 +532,10 @@ fn system(cfg: &Config, out: &mut Vec<Problem>) {
         }
     }
     for (i, k) in sys.ssh_keys.iter().enumerate() {
-        if k.split_whitespace().count() < 2 || k.contains('\n') || !["ssh-", "ecdsa-", "sk-"].iter().any(|p| k.starts_with(p)) {
+        if k.split_whitespace().count() < 2
+            || k.contains('\n')
+            || !["ssh-", "ecdsa-", "sk-"].iter().any(|p| k.starts_with(p))
+        {
             out.push(problem(
                 format!("system.ssh_keys[{i}]"),
                 "not an OpenSSH public key line",
@@ -559,7 +545,36 @@ fn system(cfg: &Config, out: &mut Vec<Problem>) {
     }
     for (i, n) in sys.ntp.iter().enumerate() {
         if n.is_empty() || n.contains([' ', '/']) {
-            out.push(problem(format!("system.ntp[{i}]"), format!("`{n}` is not an NTP server"), "a host name or address"));
+            out.push(problem(
+                format!("system.ntp[{i}]"),
+                format!("`{n}` is not an NTP server"),
+                "a host name or address",
+            ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inside_volume_normalises_and_refuses_escapes() {
+        assert_eq!(inside_volume("/").unwrap(), "/");
+        assert_eq!(inside_volume("pub//a/./b/..").unwrap(), "/pub/a");
+        assert!(inside_volume("../etc").is_err());
+        assert!(inside_volume("/a/../../b").is_err());
+        assert!(inside_volume("a\0b").is_err());
+    }
+
+    #[test]
+    fn nfs_keys_that_cannot_work_are_refused() {
+        let text = "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"/d\"\n[nfs]\nlisten = \"0.0.0.0:2049\"\nclients = []\nmax_connections = 0\nportmap_listen = \"127.0.0.1:2049\"\n";
+        let cfg: Config = toml::from_str(text).unwrap();
+        let paths: Vec<String> = validate(&cfg).iter().map(|p| format!("{:?}", p.path)).collect();
+        assert_eq!(paths.len(), 3, "{paths:?}");
+        let ok: Config = toml::from_str("[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"/d\"\n").unwrap();
+        assert!(validate(&ok).is_empty());
+        assert!(ok.nfs.root_squash && !ok.nfs.read_only && !ok.nfs.allow_auth_none && ok.nfs.portmap_listen.is_none());
     }
 }

@@ -179,7 +179,10 @@ mod tests {
         let at = vec!["/data/b0".to_string(), "/data/b1".to_string(), "/data/b2".to_string()];
         let p = plan(&at, &[boot, ext4, blank, ours]);
         assert_eq!(p[0], DiskStep::Mount { label: "nasgw-b0".into(), at: "/data/b0".into() });
-        assert_eq!(p[1], DiskStep::Format { device: "/dev/vdc".into(), label: "nasgw-b1".into(), at: "/data/b1".into() });
+        assert_eq!(
+            p[1],
+            DiskStep::Format { device: "/dev/vdc".into(), label: "nasgw-b1".into(), at: "/data/b1".into() }
+        );
         assert_eq!(p[2], DiskStep::Missing { label: "nasgw-b2".into(), at: "/data/b2".into() });
     }
 
@@ -190,6 +193,9 @@ mod tests {
             {"path":"/dev/vdb","type":"disk","fstype":null,"label":null,"pttype":null,"ro":false}]}"#;
         let l: Lsblk = serde_json::from_str(j).unwrap();
         let p = plan(&["/data".to_string()], &l.blockdevices);
-        assert_eq!(p, vec![DiskStep::Format { device: "/dev/vdb".into(), label: "nasgw-b0".into(), at: "/data".into() }]);
+        assert_eq!(
+            p,
+            vec![DiskStep::Format { device: "/dev/vdb".into(), label: "nasgw-b0".into(), at: "/data".into() }]
+        );
     }
 }

@@ -107,8 +107,23 @@ fn load(path: &Path) -> Option<Config> {
 }
 
 fn disks_for(cfg: &Config) -> anyhow::Result<()> {
-    let local = ha::self_id::local_addresses()?;
-    let Some(want) = provision::desired(cfg, &local) else { return Ok(()) };
+    if cfg.volume.bricks.is_empty() {
+        return Ok(());
+    }
+    // The node's address comes up with the network (a static one within a second, DHCP later).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let want = loop {
+        let local = ha::self_id::local_addresses()?;
+        let want = provision::desired(cfg, &local).expect("bricks are listed");
+        if want.me.is_some() || std::time::Instant::now() > deadline {
+            break want;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    if want.me.is_none() {
+        println!("nasgw-appliance: no brick of [volume] bricks is on this node's addresses: no disk to prepare");
+        return Ok(());
+    }
     let mount_points: Vec<String> = want
         .my_bricks()
         .iter()
@@ -131,11 +146,16 @@ fn issue(config: &Path) -> String {
             .map(|o| String::from_utf8_lossy(if o.status.success() { &o.stdout } else { &o.stderr }).into_owned())
             .unwrap_or_default()
     };
-    let mut s = format!("{}", read("/etc/nasgw-image").trim());
+    let mut s = read("/etc/nasgw-image").trim().to_string();
     s.push_str(&format!("  -  {}\n", read("/etc/hostname").trim()));
     s.push_str(&cmd("ip", &["-brief", "address", "show", "scope", "global"]));
     let errors = read(CONFIG_ERRORS);
-    if errors.is_empty() {
+    if !config.exists() {
+        s.push_str(&format!(
+            "config {} IS MISSING: no partition labelled NASGW, or no nasgw.toml on it\n",
+            config.display()
+        ));
+    } else if errors.is_empty() {
         s.push_str(&format!("config {}: valid\n", config.display()));
     } else {
         s.push_str(&format!("config {} HAS ERRORS:\n{errors}", config.display()));

@@ -41,7 +41,11 @@ pub fn network(cfg: &Config, nics: &[Nic]) -> NetworkPlan {
     let found = sys.hosts.iter().find_map(|h| nics.iter().find(|n| n.mac.eq_ignore_ascii_case(&h.mac)).map(|n| (h, n)));
     let Some((host, nic)) = found else {
         let file = "[Match]\nType=ether\nName=eth* en*\n\n[Network]\nDHCP=yes\nLinkLocalAddressing=no\n".to_string();
-        return NetworkPlan { files: vec![("90-nasgw-dhcp.network".into(), file)], hostname: "nasgw".into(), dhcp: true };
+        return NetworkPlan {
+            files: vec![("90-nasgw-dhcp.network".into(), file)],
+            hostname: "nasgw".into(),
+            dhcp: true,
+        };
     };
     let mut f = format!("[Match]\nMACAddress={}\n\n[Network]\nAddress={}\n", nic.mac, host.address);
     if let Some(gw) = sys.gateway {
@@ -69,7 +73,9 @@ pub fn firewall(cfg: &Config, dhcp: bool) -> String {
         rules.push(format!("tcp dport {} accept comment \"SMB\"", cfg.smb.listen.port()));
     }
     if cfg.nfs.enabled {
-        for r in with_sources(&nfs_from, &format!("tcp dport {} accept comment \"NFS and MOUNT\"", cfg.nfs.listen.port())) {
+        for r in
+            with_sources(&nfs_from, &format!("tcp dport {} accept comment \"NFS and MOUNT\"", cfg.nfs.listen.port()))
+        {
             rules.push(r);
         }
         if let Some(pm) = cfg.nfs.portmap_listen {
@@ -90,7 +96,9 @@ pub fn firewall(cfg: &Config, dhcp: bool) -> String {
     let peer_nets: Vec<IpNet> = peers.iter().map(|ip| IpNet::from(*ip)).collect();
     let peer_src = sources(&peer_nets);
     if let Some(c) = &cfg.cluster {
-        for r in with_sources(&peer_src, &format!("meta l4proto {{ tcp, udp }} th dport {} accept comment \"cluster\"", c.port)) {
+        for r in
+            with_sources(&peer_src, &format!("meta l4proto {{ 6, 17 }} th dport {} accept comment \"cluster\"", c.port))
+        {
             rules.push(r);
         }
     }
@@ -111,7 +119,7 @@ pub fn firewall(cfg: &Config, dhcp: bool) -> String {
         "# Written at boot by nasgw-appliance from nasgw.toml: exactly the ports the file uses.\n\
          flush ruleset\ntable inet nasgw {\n  chain input {\n    type filter hook input priority 0; policy drop;\n\
          \x20   ct state established,related accept\n    ct state invalid drop\n    iif lo accept\n\
-         \x20   meta l4proto { icmp, ipv6-icmp } accept\n",
+         \x20   meta l4proto { 1, 58 } accept comment \"ICMP, ICMPv6\"\n",
     );
     for r in rules {
         let _ = writeln!(out, "    {r}");
@@ -188,7 +196,8 @@ pub fn accounts(cfg: &Config) -> Result<Vec<Account>> {
     for u in &cfg.smb.users {
         users.insert(u.unix_user.clone().unwrap_or_else(|| u.name.to_ascii_lowercase()));
     }
-    let mut out: Vec<Account> = users.iter().map(|n| Account { name: n.clone(), id: account_id(n), group_only: false }).collect();
+    let mut out: Vec<Account> =
+        users.iter().map(|n| Account { name: n.clone(), id: account_id(n), group_only: false }).collect();
     for g in groups.difference(&users) {
         out.push(Account { name: g.clone(), id: account_id(g), group_only: true });
     }
@@ -241,11 +250,18 @@ pub fn apply(cfg: &Config, root: &Path) -> Result<()> {
     }
     println!(
         "nasgw-appliance: network: {}",
-        if net.dhcp { "DHCP on every card (no [[system.host]] MAC matched)".to_string() } else { net.files[0].1.lines().nth(4).unwrap_or("").to_string() }
+        if net.dhcp {
+            "DHCP on every card (no [[system.host]] MAC matched)".to_string()
+        } else {
+            net.files[0].1.lines().nth(4).unwrap_or("").to_string()
+        }
     );
     run("hostname", &[&net.hostname])?;
     std::fs::write(root.join("etc/hostname"), format!("{}\n", net.hostname))?;
-    std::fs::write(root.join("etc/hosts"), format!("127.0.0.1 localhost\n127.0.1.1 {}\n::1 localhost\n", net.hostname))?;
+    std::fs::write(
+        root.join("etc/hosts"),
+        format!("127.0.0.1 localhost\n127.0.1.1 {}\n::1 localhost\n", net.hostname),
+    )?;
 
     let rules = firewall(cfg, net.dhcp);
     let fw = root.join("run/nasgw/nftables.conf");
@@ -257,6 +273,7 @@ pub fn apply(cfg: &Config, root: &Path) -> Result<()> {
     for a in accounts(cfg)? {
         ensure_account(&a)?;
     }
+    local_volume(cfg)?;
     if let Some(t) = timesync(cfg) {
         let d = root.join("run/systemd/timesyncd.conf.d");
         std::fs::create_dir_all(&d)?;
@@ -288,6 +305,23 @@ pub fn apply(cfg: &Config, root: &Path) -> Result<()> {
     // With DHCP the address is not known yet: glusterd starts when provisioning finds a brick.
     if runs_glusterd(cfg, &local) || (net.dhcp && !cfg.volume.bricks.is_empty()) {
         std::fs::write(root.join("run/nasgw/bricks"), "")?;
+    }
+    Ok(())
+}
+
+/// A local backend's folder, made on first boot and given to the root share's `force_user`, so
+/// the shipped guest share is writable.
+fn local_volume(cfg: &Config) -> Result<()> {
+    let Some(path) = cfg.volume.path.as_ref().filter(|_| cfg.volume.backend == BackendKind::Local) else {
+        return Ok(());
+    };
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let owner = cfg.smb.shares.iter().find(|s| s.path == "/").and_then(|s| s.force_user.clone());
+    if let Some(user) = owner {
+        run("chown", &[&format!("{user}:"), &path.to_string_lossy()])?;
     }
     Ok(())
 }
@@ -357,8 +391,16 @@ mod tests {
         assert!(fw.contains("policy drop;"), "{fw}");
         assert!(fw.contains("tcp dport 445 accept"), "{fw}");
         assert!(fw.contains("ip saddr { 198.18.0.0/24 } tcp dport 2049 accept"), "{fw}");
-        assert!(fw.contains("ip saddr { 198.18.0.1/32, 198.18.0.2/32, 198.18.0.3/32 } meta l4proto { tcp, udp } th dport 4379"), "{fw}");
-        assert!(fw.contains("ip saddr { 198.18.0.1/32, 198.18.0.2/32, 198.18.0.3/32 } tcp dport { 24007-24008"), "{fw}");
+        assert!(
+            fw.contains(
+                "ip saddr { 198.18.0.1/32, 198.18.0.2/32, 198.18.0.3/32 } meta l4proto { 6, 17 } th dport 4379"
+            ),
+            "{fw}"
+        );
+        assert!(
+            fw.contains("ip saddr { 198.18.0.1/32, 198.18.0.2/32, 198.18.0.3/32 } tcp dport { 24007-24008"),
+            "{fw}"
+        );
         assert!(!fw.contains("dport 22 ") && !fw.contains("dport 68 ") && !fw.contains("dport 111 "), "{fw}");
         // The embedded default: no cluster, no bricks, NFS clients anywhere.
         let d = nasgw::config::parse(nasgw::config::EMBEDDED_DEFAULT, "d", Path::new("/")).unwrap();

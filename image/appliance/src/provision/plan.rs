@@ -260,7 +260,9 @@ fn member(want: &Desired, seen: &Observed, me: &str, vol: &VolumeInfo) -> Vec<St
             h == me || peer(seen, h).is_some_and(|p| p.connected)
         });
         if (want.bricks.len() - have.len()) % want.set_size() != 0 {
-            return vec![Step::Conflict(format!("the bricks added to the file, {added:?}, are not whole replica sets"))];
+            return vec![Step::Conflict(format!(
+                "the bricks added to the file, {added:?}, are not whole replica sets"
+            ))];
         }
         if hosts_ready {
             steps.push(Step::AddBricks(added));
@@ -303,7 +305,10 @@ fn outsider(want: &Desired, seen: &Observed, me: &str) -> Vec<Step> {
     let hosts = want.hosts();
     let founder = hosts[0];
     if founder != me {
-        return vec![Step::Wait(format!("waiting for {founder} (the first brick's host) to create volume {}", want.volume))];
+        return vec![Step::Wait(format!(
+            "waiting for {founder} (the first brick's host) to create volume {}",
+            want.volume
+        ))];
     }
     let mut steps = Vec::new();
     let mut waiting = Vec::new();
@@ -373,7 +378,11 @@ mod tests {
             bricks: bricks(hosts).into_iter().zip(hosts.iter().map(|h| uuid(h))).collect(),
             replica_count: 3,
             arbiter_count: 0,
-            options: if opts { [("network.ping-timeout".to_string(), "5".to_string())].into() } else { BTreeMap::new() },
+            options: if opts {
+                [("network.ping-timeout".to_string(), "5".to_string())].into()
+            } else {
+                BTreeMap::new()
+            },
         }
     }
 
@@ -382,7 +391,10 @@ mod tests {
         Observed {
             glusterd_up: true,
             my_uuid: uuid(me),
-            peers: peers.iter().map(|h| Peer { hostnames: vec![h.to_string()], uuid: uuid(h), connected: true }).collect(),
+            peers: peers
+                .iter()
+                .map(|h| Peer { hostnames: vec![h.to_string()], uuid: uuid(h), connected: true })
+                .collect(),
             volume,
             remote: BTreeMap::new(),
             local_bricks: [(format!("{me}:/data/b1/smb"), dir)].into(),
