@@ -6,7 +6,9 @@
 
 pub mod anchors;
 pub mod gluster;
+pub mod kclient;
 pub mod netns;
+pub mod pjdfstest;
 pub mod process;
 pub mod vm;
 
