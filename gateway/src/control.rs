@@ -76,6 +76,12 @@ pub fn may_change(uid: Option<u32>) -> bool {
 pub trait Handler: Send + Sync + 'static {
     /// Serves one request.
     fn handle(&self, req: Request) -> Response;
+
+    /// Whether the node's own loops still run (the service watchdog asks); `Err` says which
+    /// one stalled.
+    fn alive(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Longest request line accepted (a request is a few dozen bytes).

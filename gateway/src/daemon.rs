@@ -81,11 +81,14 @@ async fn run(loaded: Loaded) -> Result<()> {
         )?),
         None => Arc::new(StandaloneNode::new(cfg.clone(), volume_health)),
     };
-    life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
+    life.tasks.spawn(control::serve(control, handler.clone(), life.stop.clone()));
     life.tasks.spawn(release_removed(namespace.clone(), life.stop.clone()));
 
     print_banner(&cfg);
+    crate::systemd::ready(handler.as_ref());
+    life.tasks.spawn(crate::systemd::watchdog(handler, life.stop.clone()));
     wait_for_stop_signal().await?;
+    crate::systemd::stopping();
 
     tracing::info!("stop signal received: closing listeners, finishing in-flight requests");
     life.stop.cancel();
