@@ -12,4 +12,5 @@ pub mod locks;
 pub mod logging;
 pub mod nfs;
 pub mod smb;
+pub mod systemd;
 pub mod vfs;

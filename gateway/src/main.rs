@@ -33,6 +33,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { quiet } => {
+            for w in config::secret_file_warnings(&loaded) {
+                eprintln!("warning: {w}");
+            }
             if !quiet {
                 println!("# Loaded config from {}; it is valid.", loaded.source.display_name());
                 println!("# Effective config, every default filled in:\n");
@@ -42,6 +45,9 @@ fn main() -> ExitCode {
         }
         Command::Serve => {
             logging::init(cli.log_format, &cli.log_level);
+            for w in config::secret_file_warnings(&loaded) {
+                tracing::warn!("{w}");
+            }
             match daemon::serve(loaded) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
