@@ -750,7 +750,7 @@ impl Machine {
         let since = self.since_leader(now);
         let leader_ok = self.leading
             || (self.leader.is_some() && self.leader_heard.is_some() && since < self.cfg.timings.hold_limit());
-        (majority || (tie && leader_ok)) && leader_ok
+        (majority || tie) && leader_ok
     }
 
     /// Addresses this node holds.

@@ -164,7 +164,7 @@ pub async fn start(
     let cfg = Arc::new(cfg);
     let n = cfg.nodes.len();
     let mut to_peer: Vec<Option<mpsc::UnboundedSender<Vec<u8>>>> = vec![None; n];
-    let mut inbound: Vec<Option<mpsc::UnboundedSender<(TcpStream, [u8; HELLO_LEN])>>> = vec![None; n];
+    let mut inbound: Vec<Option<mpsc::UnboundedSender<Inbound>>> = vec![None; n];
     for p in 0..n as u16 {
         if p == cfg.me {
             continue;
@@ -224,6 +224,9 @@ pub async fn start(
     Ok(())
 }
 
+/// An accepted connection and the hello it opened with, on its way to its peer's loop.
+type Inbound = (TcpStream, [u8; HELLO_LEN]);
+
 /// An authenticated connection: the stream, the key and first sequence number of each direction.
 struct Link {
     stream: TcpStream,
@@ -240,7 +243,7 @@ async fn peer_loop(
     peer: u16,
     service: Arc<LockService>,
     mut out: mpsc::UnboundedReceiver<Vec<u8>>,
-    mut inbound: mpsc::UnboundedReceiver<(TcpStream, [u8; HELLO_LEN])>,
+    mut inbound: mpsc::UnboundedReceiver<Inbound>,
     stop: CancellationToken,
 ) {
     let dial = cfg.me < peer;

@@ -31,7 +31,7 @@ impl Rng {
         Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
     /// Next value.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -41,7 +41,7 @@ impl Rng {
     }
     /// 0..n.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
     /// True with probability p/1000.
     pub fn chance(&mut self, per_mille: u64) -> bool {
@@ -59,6 +59,9 @@ struct Node {
     leader_seen: Option<(u16, Duration)>,
 }
 
+/// Messages in flight on one directed link, with when each arrives.
+type Wire = VecDeque<(Duration, Msg<SimKey>)>;
+
 /// What a client asked and waits for.
 #[derive(Debug, Clone)]
 struct Asked {
@@ -75,7 +78,7 @@ pub struct World {
     /// Links (a < b) up.
     up: BTreeSet<(u16, u16)>,
     /// In flight per ordered pair.
-    wire: BTreeMap<(u16, u16), VecDeque<(Duration, Msg<SimKey>)>>,
+    wire: BTreeMap<(u16, u16), Wire>,
     /// Lease breaks clients will acknowledge at a time (or never).
     acks: Vec<(Duration, u16, SimKey, LeaseId, u8)>,
     asked: BTreeMap<u64, Asked>,
@@ -493,13 +496,13 @@ impl World {
     }
 
     /// Number of nodes.
-    pub fn len(&self) -> u16 {
+    pub fn nodes(&self) -> u16 {
         self.nodes.len() as u16
     }
 
     /// A random client action on a random live node.
     pub fn random_op(&mut self, rng: &mut Rng, files: u8) {
-        let n = rng.below(u64::from(self.len())) as u16;
+        let n = rng.below(u64::from(self.nodes())) as u16;
         if !self.alive(n) {
             return;
         }

@@ -25,7 +25,7 @@ fn open_req(w: &mut World, n: u16, acc: u32, sh: u32, caching: CachingRequest) -
 fn settle(w: &mut World) {
     for _ in 0..400 {
         w.step(ms(10));
-        if (0..w.len()).all(|n| !w.alive(n) || (w.licensed(n) && w.machine(n).is_ready())) {
+        if (0..w.nodes()).all(|n| !w.alive(n) || (w.licensed(n) && w.machine(n).is_ready())) {
             return;
         }
     }
