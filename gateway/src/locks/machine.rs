@@ -2,7 +2,7 @@
 //! (a client's request, a message from a peer, a link going up or down, what HA says, a tick)
 //! in, outputs (a reply, a message to send, a lease break to deliver, a wake-up for waiters,
 //! the node's license changing) out. No I/O, no clock: the caller passes `now`. The daemon drives
-//! it in [`super::service`]; [`super::sim`] drives many on a simulated network.
+//! it in [`super::service`]; the test-only `sim` drives many on a simulated network.
 //!
 //! # Who decides
 //! Every file has a **home**: the member of the current *view* that wins a rendezvous hash of the

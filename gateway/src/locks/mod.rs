@@ -10,7 +10,7 @@
 //!   lease and oplock break rules): pure;
 //! - [`machine`]: which node applies the rules to which file (a home per file, delegation to the
 //!   only node using it, replicas, views rebuilt from every node's holdings, fencing): a pure
-//!   state machine, exercised by [`sim`] under loss, partitions, crashes and restarts;
+//!   state machine, exercised by `sim` (tests) under loss, partitions, crashes and restarts;
 //! - [`mesh`]: authenticated TCP links between nodes;
 //! - [`service`]: the async facade over the machine that the protocols call.
 //!

@@ -1,6 +1,6 @@
 //! The value types of the file-sharing state: who holds an open, a byte-range lock or a lease,
 //! and the access, share and caching bits the rules look at. Plain data, the same on every node
-//! (they travel between nodes in [`super::proto`]).
+//! (they travel between nodes in [`super::machine::Msg`]).
 
 use serde::{Deserialize, Serialize};
 
