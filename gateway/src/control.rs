@@ -24,6 +24,8 @@ pub enum Request {
     Disable,
     /// Put this node back in service (`nasgw enable`).
     Enable,
+    /// This node's client connections (`nasgw connections`).
+    Connections,
     /// Move a public address to a node (`nasgw ip move ADDR NODE`).
     IpMove {
         /// The public address.
@@ -41,6 +43,13 @@ pub enum Response {
     Status(ha::status::ClusterStatus),
     /// For [`Request::Ip`].
     Ip(ha::status::IpReport),
+    /// For [`Request::Connections`].
+    Connections {
+        /// When the node answered (seconds since the Unix epoch).
+        now: u64,
+        /// Every client connection of the node.
+        connections: Vec<crate::clients::ClientConnection>,
+    },
     /// An admin request was accepted.
     Done {
         /// What happens next, for the admin.
@@ -85,6 +94,11 @@ pub async fn serve(listener: UnixListener, handler: std::sync::Arc<dyn Handler>,
                 return;
             }
             let resp = match serde_json::from_str::<Request>(&line) {
+                // The same on every node, cluster or not: answered from the client registry.
+                Ok(Request::Connections) => Response::Connections {
+                    now: crate::daemon::unix_secs(std::time::SystemTime::now()),
+                    connections: crate::clients::CLIENTS.snapshot(),
+                },
                 Ok(req) => handler.handle(req),
                 Err(e) => Response::Error { message: format!("bad control request: {e}") },
             };

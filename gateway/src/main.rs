@@ -33,6 +33,11 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { quiet } => {
+            // Facts of this node a valid config still fails on (unknown force_user, a guest
+            // share its guests cannot write): warnings, since the file itself is valid.
+            for w in nasgw::provision::host_warnings(&loaded.config) {
+                eprintln!("warning: {w}");
+            }
             if !quiet {
                 println!("# Loaded config from {}; it is valid.", loaded.source.display_name());
                 println!("# Effective config, every default filled in:\n");
@@ -63,6 +68,12 @@ fn main() -> ExitCode {
         Command::Ip { json, action: Some(IpAction::Move { address, node }), .. } => {
             ask(&loaded, control::Request::IpMove { address, node }, json, done)
         }
+        Command::Connections { json } => ask(&loaded, control::Request::Connections, json, |r| match r {
+            control::Response::Connections { now, connections } => {
+                Some(nasgw::clients::render(connections, *now).trim_end().to_string())
+            }
+            _ => None,
+        }),
         Command::Disable => ask(&loaded, control::Request::Disable, false, done),
         Command::Enable => ask(&loaded, control::Request::Enable, false, done),
     }

@@ -6,6 +6,7 @@
 
 pub mod anchors;
 pub mod gluster;
+pub mod kclient;
 pub mod netns;
 pub mod process;
 

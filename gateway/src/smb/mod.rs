@@ -19,6 +19,7 @@ pub mod passwd;
 pub mod session;
 pub mod signing;
 pub mod srvsvc;
+pub mod status;
 pub mod transport;
 pub mod wire;
 

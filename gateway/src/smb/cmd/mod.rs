@@ -79,8 +79,15 @@ fn now(r: Result<Reply, NtStatus>) -> Outcome {
 }
 
 /// Runs the command of `hdr` against the connection. `msg` is the request from its header on
-/// (SMB2 buffer offsets count from the header).
+/// (SMB2 buffer offsets count from the header). Counted in the metrics and `nasgw connections`.
 pub async fn dispatch(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
+    let started = std::time::Instant::now();
+    let out = run(conn, hdr, msg).await;
+    crate::smb::status::account(conn, hdr, msg, &out, started);
+    out
+}
+
+async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
     match hdr.command {
         command::NEGOTIATE => now(negotiate::handle(conn, msg)),
         command::SESSION_SETUP => now(session_setup::handle(conn, hdr, msg)),
