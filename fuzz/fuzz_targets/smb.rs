@@ -5,9 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use nasgw::smb::auth::{ntlmssp, spnego};
-use nasgw::smb::cmd::{
-    create, ioctl, lock, negotiate, query_directory, query_info, read, session_setup, set_info, tree_connect, write,
-};
+use nasgw::smb::cmd::Request;
+use nasgw::smb::compound;
 use nasgw::smb::wire::header::{frame_len, Header};
 use nasgw::smb::{fs, srvsvc};
 
@@ -16,18 +15,16 @@ fuzz_target!(|data: &[u8]| {
         let _ = frame_len(h.try_into().expect("4 bytes"));
     }
     let _ = Header::parse(data);
-    // Request bodies are read at offset 64 of the message; any bytes may sit there.
-    let _ = negotiate::Request::parse(data);
-    let _ = session_setup::Request::parse(data);
-    let _ = tree_connect::parse(data);
-    let _ = create::Request::parse(data);
-    let _ = read::Request::parse(data);
-    let _ = write::Request::parse(data);
-    let _ = ioctl::Request::parse(data);
-    let _ = query_directory::Request::parse(data);
-    let _ = query_info::Request::parse(data);
-    let _ = set_info::Request::parse(data);
-    let _ = lock::parse(data);
+    // The compound layer, then every command's decoder on every element. Request bodies are
+    // read at offset 64 of the element; any bytes may sit there.
+    if let Ok(elements) = compound::split(data) {
+        for e in elements {
+            let _ = Request::parse(e.header.command, &data[e.range]);
+        }
+    }
+    for command in 0..=0x12u16 {
+        let _ = Request::parse(command, data);
+    }
     let _ = spnego::parse_client(data);
     let _ = ntlmssp::parse_negotiate(data);
     let _ = ntlmssp::Authenticate::parse(data);

@@ -14,18 +14,17 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::cmd::{self, Reply};
+use super::compound::{self, ReplyChain};
+use super::sequence::SequenceWindow;
 use super::session::{OpenTable, Session};
 use super::signing::{self, dialect, SigningAlgorithm};
 use super::transport::{Frame, FrameReader, FrameWriter, ReadError, SESSION_GRANTED};
 use super::wire::header::{
-    self, command, Header, FLAG_ASYNC_COMMAND, FLAG_RELATED_OPERATIONS, FLAG_SERVER_TO_REDIR, FLAG_SIGNED, HEADER_LEN,
+    self, command, Header, FLAG_ASYNC_COMMAND, FLAG_RELATED_OPERATIONS, FLAG_SERVER_TO_REDIR, HEADER_LEN,
 };
 use super::wire::status::NtStatus;
 use super::wire::{Reader, Writer};
 use super::SmbServer;
-
-/// Most credits granted in one response.
-const MAX_GRANT: u16 = 512;
 
 /// Work a command finishes later (a blocking lock, a change notification): the connection
 /// answers STATUS_PENDING at once and sends this future's reply when it completes or is
@@ -88,12 +87,44 @@ pub struct Connection {
     pub opens: OpenTable,
     /// The FileId a CREATE earlier in the current compound chain returned.
     pub compound_fid: Option<(u64, u64)>,
-    /// Pending async operations by AsyncId.
-    pub pending: Arc<Mutex<HashMap<u64, PendingOp>>>,
+    /// The framing side: where replies go and which async replies are still owed.
+    pub link: Link,
     next_session: u64,
     next_tree: u32,
+}
+
+/// The framing side of a connection, apart from its session and open state: the writer
+/// every reply goes through (async ones included, from their own tasks) and the async
+/// operations whose final reply is still owed.
+pub struct Link {
+    /// Framed messages out.
+    pub out: FrameWriter<OwnedWriteHalf>,
+    /// Pending async operations by AsyncId (CANCEL finds them here).
+    pub pending: Arc<Mutex<HashMap<u64, PendingOp>>>,
+    /// The MessageIds the client may use next.
+    pub sequence: SequenceWindow,
     next_async: u64,
-    out: FrameWriter<OwnedWriteHalf>,
+}
+
+impl Link {
+    /// A link that writes to `out`.
+    pub fn new(out: FrameWriter<OwnedWriteHalf>) -> Self {
+        Self { out, pending: Arc::new(Mutex::new(HashMap::new())), sequence: SequenceWindow::new(), next_async: 0 }
+    }
+
+    /// Records async `work` answering request `hdr` in `session_id`; returns its AsyncId.
+    pub fn register(&mut self, hdr: &Header, session_id: u64, work: &AsyncWork) -> u64 {
+        self.next_async += 1;
+        let op = PendingOp {
+            message_id: hdr.message_id,
+            session_id,
+            cancel: work.cancel.clone(),
+            volatile: work.waits_on,
+            closed: work.closed.clone(),
+        };
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(self.next_async, op);
+        self.next_async
+    }
 }
 
 impl Connection {
@@ -137,7 +168,7 @@ impl Connection {
 
     /// Cancels pending operations waiting on open `volatile` (its handle is closing).
     pub fn cancel_pending_on(&self, volatile: u64) {
-        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let p = self.link.pending.lock().unwrap_or_else(|e| e.into_inner());
         for op in p.values().filter(|op| op.volatile == Some(volatile)) {
             op.closed.cancel();
         }
@@ -206,11 +237,9 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
         sessions: HashMap::new(),
         opens: OpenTable::default(),
         compound_fid: None,
-        pending: Arc::new(Mutex::new(HashMap::new())),
+        link: Link::new(FrameWriter::new(wr)),
         next_session: 0,
         next_tree: 0,
-        next_async: 0,
-        out: FrameWriter::new(wr),
     };
     // Stop interrupts the loop wherever it waits, including a reply to a client that does not
     // read. Handlers never wait in the middle (backend calls run in place), so it is always
@@ -224,7 +253,7 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
         }
     }
     // Disconnect: cancel waiters, close every open (delete-on-close and locks are released).
-    for op in conn.pending.lock().unwrap_or_else(|e| e.into_inner()).values() {
+    for op in conn.link.pending.lock().unwrap_or_else(|e| e.into_inner()).values() {
         op.cancel.cancel();
     }
     for id in conn.opens.all_ids() {
@@ -233,14 +262,14 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
         }
     }
     crate::vfs::in_place::drop_deferred();
-    conn.out.shutdown().await;
+    conn.link.out.shutdown().await;
 }
 
 /// Serves requests until the client goes away (`None`) or must be cut off (why).
 async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadHalf>) -> Option<&'static str> {
     loop {
         let keep = match frames.next().await {
-            Ok(Frame::SessionRequest) => conn.out.raw(&SESSION_GRANTED).await.map_err(|_| "send failed"),
+            Ok(Frame::SessionRequest) => conn.link.out.raw(&SESSION_GRANTED).await.map_err(|_| "send failed"),
             Ok(Frame::Message) => {
                 let msg = frames.message();
                 match &msg[..4] {
@@ -284,45 +313,32 @@ async fn handle_smb1_negotiate(conn: &mut Connection, msg: &[u8]) -> Result<(), 
     if chosen == dialect::SMB202 {
         conn.dialect = dialect::SMB202;
     }
-    let h = Header { command: command::NEGOTIATE, credits: 1, flags: FLAG_SERVER_TO_REDIR, ..Default::default() };
+    conn.link.sequence.take(0, 1).map_err(|_| "SMB1 NEGOTIATE after MessageId 0")?;
+    let credits = conn.link.sequence.grant(1);
+    let h = Header { command: command::NEGOTIATE, credits, flags: FLAG_SERVER_TO_REDIR, ..Default::default() };
     let mut w = Writer::with_capacity(HEADER_LEN + body.len());
     h.emit(&mut w);
     w.bytes(&body);
-    conn.out.message(&[&w.buf]).await.map_err(|_| "send failed")
+    conn.link.out.message(&[&w.buf]).await.map_err(|_| "send failed")
 }
 
-/// Walks one SMB2 message (a compound chain of one or more requests).
+/// Walks one SMB2 message (a compound chain of one or more requests): the chain rules are
+/// [`compound`]'s, the commands [`cmd`]'s; this only runs them in order and sends the result.
 async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static str> {
-    let mut off = 0usize;
-    let mut out: Vec<Vec<u8>> = Vec::new();
+    let elements = compound::split(msg).map_err(compound::ChainError::why)?;
+    let mut out = ReplyChain::new();
     // Async work starts once its interim response is on the wire, so its final response
     // can never overtake it.
     let mut later: Vec<Later> = Vec::new();
-    let mut prev: Option<(u64, u32, NtStatus)> = None;
+    let mut prev: Option<compound::Previous> = None;
     conn.compound_fid = None;
-    loop {
-        let rest = &msg[off..];
-        let mut hdr = Header::parse(rest).map_err(|_| "malformed SMB2 header")?;
-        let end = if hdr.next_command == 0 {
-            msg.len()
-        } else {
-            let n = hdr.next_command as usize;
-            if n < HEADER_LEN || n % 8 != 0 || off + n > msg.len() {
-                return Err("bad NextCommand offset");
-            }
-            off + n
-        };
-        let elem = &msg[off..end];
-        let related = hdr.flags & FLAG_RELATED_OPERATIONS != 0 && prev.is_some();
-        if related {
-            let (sid, tid, _) = prev.expect("checked");
-            if hdr.session_id == u64::MAX {
-                hdr.session_id = sid;
-            }
-            if hdr.tree_id == u32::MAX {
-                hdr.tree_id = tid;
-            }
-        } else {
+    let count = elements.len();
+    for (i, element) in elements.into_iter().enumerate() {
+        let more = i + 1 < count;
+        let mut hdr = element.header;
+        let elem = &msg[element.range];
+        let related = compound::inherit(&mut hdr, prev.as_ref());
+        if !related {
             conn.compound_fid = None;
         }
         if conn.dialect == 0 && hdr.command != command::NEGOTIATE {
@@ -331,70 +347,55 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
         if hdr.command == command::NEGOTIATE && conn.dialect == dialect::SMB311 {
             return Err("second NEGOTIATE");
         }
+        // CANCEL reuses the MessageId of the request it cancels.
+        if hdr.command != command::CANCEL {
+            if let Err(e) = conn.link.sequence.take(hdr.message_id, hdr.credit_charge) {
+                tracing::info!(client = %conn.tcp.client, message_id = hdr.message_id, error = %e, "SMB: request outside the sequence window");
+                return Err("MessageId replayed or not granted");
+            }
+        }
         let signed_in = hdr.is_signed();
         let reply = match check_signature(conn, &hdr, elem) {
             Err(s) => Outcome::Now(Reply::err(s)),
-            Ok(()) => match prev {
-                Some((_, _, st)) if related && st.is_error() && hdr.command != command::NEGOTIATE => {
-                    Outcome::Now(Reply::err(st))
-                }
-                _ => dispatch(conn, &hdr, elem).await,
+            Ok(()) => match compound::inherited_failure(&hdr, related, prev.as_ref()) {
+                Some(st) => Outcome::Now(Reply::err(st)),
+                None => dispatch(conn, &hdr, elem).await,
             },
         };
         if hdr.command == command::CANCEL {
             // CANCEL has no response.
-            if hdr.next_command == 0 {
-                break;
-            }
-            off = end;
             continue;
         }
         let (reply, pending) = match reply {
+            Outcome::Now(r) if !compound::fits(out.bytes(), HEADER_LEN + 8 + r.body.len() + r.tail.len()) => {
+                tracing::info!(client = %conn.tcp.client, command = hdr.command, "SMB: compound reply over its size limit");
+                (Reply::err(NtStatus::INSUFFICIENT_RESOURCES), None)
+            }
             Outcome::Now(r) => (r, None),
             Outcome::Later(work) => (Reply { status: NtStatus::PENDING, ..Reply::err(NtStatus::PENDING) }, Some(work)),
         };
         let session_id = reply.session_id.unwrap_or(hdr.session_id);
-        let mut rh = Header {
-            credit_charge: hdr.credit_charge,
-            status: reply.status.0,
-            command: hdr.command,
-            credits: hdr.credits.clamp(1, MAX_GRANT),
-            flags: FLAG_SERVER_TO_REDIR | (hdr.flags & FLAG_RELATED_OPERATIONS),
-            next_command: 0,
-            message_id: hdr.message_id,
-            async_id: 0,
-            tree_id: reply.tree_id.unwrap_or(hdr.tree_id),
-            session_id,
-            signature: [0; 16],
-        };
+        let mut rh = compound::response_header(&hdr, reply.status, session_id, reply.tree_id.unwrap_or(hdr.tree_id));
+        rh.credits = conn.link.sequence.grant(rh.credits);
         let mut async_id = 0;
         if let Some(work) = &pending {
-            conn.next_async += 1;
-            async_id = conn.next_async;
+            async_id = conn.link.register(&hdr, session_id, work);
             rh.flags |= FLAG_ASYNC_COMMAND;
             rh.async_id = async_id;
-            conn.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                async_id,
-                PendingOp {
-                    message_id: hdr.message_id,
-                    session_id,
-                    cancel: work.cancel.clone(),
-                    volatile: work.waits_on,
-                    closed: work.closed.clone(),
-                },
-            );
         }
         let mut w = Writer::with_capacity(HEADER_LEN + reply.body.len() + 8);
         rh.emit(&mut w);
         w.bytes(&reply.body);
         let mut resp = w.buf;
-        let key_now =
-            if pending.is_some() { None } else { response_key(conn, session_id, signed_in, reply.sign_final) };
-        let alone = off == 0 && hdr.next_command == 0;
+        let key = if pending.is_some() {
+            None
+        } else {
+            compound::response_key(signing_facts(conn, session_id), signed_in, reply.sign_final, conn.dialect)
+        };
         if !reply.tail.is_empty() {
-            if alone && key_now.is_none() {
+            if count == 1 && key.is_none() {
                 // A lone unsigned reply with bulk data (READ): send header and data as they are.
-                return conn.out.message(&[&resp, &reply.tail]).await.map_err(|_| "send failed");
+                return conn.link.out.message(&[&resp, &reply.tail]).await.map_err(|_| "send failed");
             }
             resp.extend_from_slice(&reply.tail);
         }
@@ -410,49 +411,21 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
                 signing::preauth_update(&mut s.preauth, &resp);
             }
         }
-        let key = key_now;
-        prev = Some((session_id, rh.tree_id, reply.status));
+        prev = Some(compound::Previous { session_id, tree_id: rh.tree_id, status: reply.status });
         if let Some(work) = pending {
-            later.push(Later { rh, async_id, work, key: response_key(conn, session_id, signed_in, false) });
+            let key = compound::response_key(signing_facts(conn, session_id), signed_in, false, conn.dialect);
+            later.push(Later { rh, async_id, work, key });
         }
-        out.push(resp);
-        if let Some(k) = key {
-            let last = out.last_mut().expect("just pushed");
-            out_key_sign(conn.signing_alg, &k, last, hdr.next_command != 0);
-        } else if hdr.next_command != 0 {
-            let last = out.last_mut().expect("just pushed");
-            pad8(last);
-        }
-        if hdr.next_command == 0 {
-            break;
-        }
-        off = end;
+        out.push(resp, key, more);
     }
     if out.is_empty() {
         return Ok(());
     }
-    if out.len() == 1 {
-        let mut only = out.pop().expect("one part");
-        resign_chain(conn, &mut only);
-        conn.out.message(&[&only]).await.map_err(|_| "send failed")?;
-        start_later(conn, later);
-        return Ok(());
+    let all = out.finish(conn.signing_alg);
+    conn.link.out.message(&[&all]).await.map_err(|_| "send failed")?;
+    for l in later {
+        spawn_async(conn, l.rh, l.async_id, l.work, l.key);
     }
-    // Chain the responses: NextCommand of each but the last is its padded length.
-    let n = out.len();
-    let mut all = Vec::with_capacity(out.iter().map(Vec::len).sum());
-    for (i, mut part) in out.into_iter().enumerate() {
-        if i + 1 < n {
-            let l = part.len() as u32;
-            part[header::offset::NEXT_COMMAND..header::offset::NEXT_COMMAND + 4].copy_from_slice(&l.to_le_bytes());
-        }
-        all.extend_from_slice(&part);
-    }
-    // Signatures were computed with NextCommand = 0 for chained parts; recompute them now
-    // that NextCommand is set.
-    resign_chain(conn, &mut all);
-    conn.out.message(&[&all]).await.map_err(|_| "send failed")?;
-    start_later(conn, later);
     Ok(())
 }
 
@@ -464,80 +437,28 @@ struct Later {
     key: Option<[u8; 16]>,
 }
 
-fn start_later(conn: &Connection, later: Vec<Later>) {
-    for l in later {
-        spawn_async(conn, l.rh, l.async_id, l.work, l.key);
-    }
-}
-
-fn pad8(v: &mut Vec<u8>) {
-    while v.len() % 8 != 0 {
-        v.push(0);
-    }
-}
-
-fn out_key_sign(_alg: SigningAlgorithm, _key: &[u8; 16], part: &mut Vec<u8>, chained: bool) {
-    if chained {
-        pad8(part);
-    }
-    // Mark as to-be-signed; the signature itself is written by resign_chain once the
-    // chain's NextCommand offsets are final.
-    let flags = u32::from_le_bytes([part[16], part[17], part[18], part[19]]) | FLAG_SIGNED;
-    part[16..20].copy_from_slice(&flags.to_le_bytes());
-}
-
-fn resign_chain(conn: &Connection, all: &mut [u8]) {
-    let mut off = 0usize;
-    loop {
-        let Ok(h) = Header::parse(&all[off..]) else { return };
-        let end = if h.next_command == 0 { all.len() } else { off + h.next_command as usize };
-        if h.flags & FLAG_SIGNED != 0 {
-            if let Some(key) = conn.sessions.get(&h.session_id).and_then(|s| s.signing_key) {
-                signing::sign(conn.signing_alg, &key, &mut all[off..end]);
-            }
-        }
-        if h.next_command == 0 || end > all.len() {
-            return;
-        }
-        off = end;
-    }
+/// The signing facts of session `id` on this connection, for [`compound`]'s rules.
+fn signing_facts(conn: &Connection, id: u64) -> Option<compound::SessionSigning> {
+    conn.sessions.get(&id).map(|s| compound::SessionSigning {
+        key: s.signing_key,
+        required: s.signing_required,
+        valid: s.is_valid(),
+    })
 }
 
 /// Verifies a signed request; refuses an unsigned one where signing is required.
 fn check_signature(conn: &Connection, hdr: &Header, elem: &[u8]) -> Result<(), NtStatus> {
-    if matches!(hdr.command, command::NEGOTIATE | command::SESSION_SETUP) && !hdr.is_signed() {
-        return Ok(());
+    let r = compound::verify(conn.signing_alg, hdr, elem, signing_facts(conn, hdr.session_id));
+    if r.is_err() && hdr.is_signed() {
+        tracing::info!(client = %conn.tcp.client, command = hdr.command, "SMB: bad signature");
     }
-    let Some(s) = conn.sessions.get(&hdr.session_id) else { return Ok(()) };
-    match s.signing_key {
-        Some(key) if hdr.is_signed() => {
-            if signing::verify(conn.signing_alg, &key, elem) {
-                Ok(())
-            } else {
-                tracing::info!(client = %conn.tcp.client, command = hdr.command, "SMB: bad signature");
-                Err(NtStatus::ACCESS_DENIED)
-            }
-        }
-        _ if s.signing_required && s.is_valid() && hdr.command != command::CANCEL => Err(NtStatus::ACCESS_DENIED),
-        _ => Ok(()),
-    }
-}
-
-/// The key a response must be signed with, if any.
-fn response_key(conn: &Connection, session_id: u64, signed_in: bool, final_setup: bool) -> Option<[u8; 16]> {
-    let s = conn.sessions.get(&session_id)?;
-    let key = s.signing_key?;
-    if signed_in || s.signing_required || (final_setup && conn.dialect >= dialect::SMB300) {
-        Some(key)
-    } else {
-        None
-    }
+    r
 }
 
 /// Sends the final reply of async work when it completes or is cancelled.
 fn spawn_async(conn: &Connection, mut rh: Header, async_id: u64, work: AsyncWork, key: Option<[u8; 16]>) {
-    let out = conn.out.clone();
-    let pending = conn.pending.clone();
+    let out = conn.link.out.clone();
+    let pending = conn.link.pending.clone();
     let alg = conn.signing_alg;
     tokio::spawn(async move {
         let AsyncWork { cancel, work, closed, close_status, .. } = work;
@@ -600,7 +521,7 @@ mod tests {
         let mut w = Writer::new();
         Header { command: command::NEGOTIATE, credits: 1, ..Default::default() }.emit(&mut w);
         w.u16(36).u16(1).u16(1).u16(0).u32(0).bytes(&[5; 16]).u64(0).u16(dialect::SMB210);
-        let mut frame = header::frame_header(w.buf.len()).to_vec();
+        let mut frame = header::frame_header(w.buf.len()).unwrap().to_vec();
         frame.extend_from_slice(&w.buf);
         frame
     }
@@ -681,20 +602,124 @@ mod tests {
         // Echo requests, sent and never answered-read: the server ends up blocked sending.
         let flood = std::thread::spawn(move || {
             answers_negotiate(&mut client);
-            let mut w = Writer::new();
-            Header { command: command::ECHO, credits: 1, ..Default::default() }.emit(&mut w);
-            w.u16(4).u16(0);
-            let mut frame = header::frame_header(w.buf.len()).to_vec();
-            frame.extend_from_slice(&w.buf);
-            let batch: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 1000).collect();
             client.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-            while client.write_all(&batch).is_ok() {}
+            // Each ECHO uses the next MessageId, which the previous answer granted.
+            for message_id in 1.. {
+                let mut w = Writer::new();
+                Header { command: command::ECHO, credits: 1, message_id, ..Default::default() }.emit(&mut w);
+                w.u16(4).u16(0);
+                let mut frame = header::frame_header(w.buf.len()).unwrap().to_vec();
+                frame.extend_from_slice(&w.buf);
+                if client.write_all(&frame).is_err() {
+                    break;
+                }
+            }
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!task.is_finished(), "the client is still connected");
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(5), task).await.expect("stop interrupts a blocked send").unwrap();
         tokio::task::spawn_blocking(move || flood.join().unwrap()).await.unwrap();
+    }
+
+    /// ECHO requests with these MessageIds, chained into one message when `chained`.
+    fn echoes(ids: &[u64], chained: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut chain = Vec::new();
+        for (i, &message_id) in ids.iter().enumerate() {
+            let next = if chained && i + 1 < ids.len() { 72 } else { 0 };
+            let mut w = Writer::new();
+            Header { command: command::ECHO, credits: 1, message_id, next_command: next, ..Default::default() }
+                .emit(&mut w);
+            w.u16(4).u16(0).zeros(4);
+            if chained {
+                chain.extend_from_slice(&w.buf);
+            } else {
+                out.extend_from_slice(&header::frame_header(w.buf.len()).unwrap());
+                out.extend_from_slice(&w.buf);
+            }
+        }
+        if chained {
+            out.extend_from_slice(&header::frame_header(chain.len()).unwrap());
+            out.extend_from_slice(&chain);
+        }
+        out
+    }
+
+    /// Reads one reply message, or `None` when the server closed the connection.
+    fn reply(client: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+        let mut hdr = [0u8; 4];
+        client.read_exact(&mut hdr).ok()?;
+        let mut msg = vec![0u8; header::frame_len(hdr).ok()?];
+        client.read_exact(&mut msg).ok()?;
+        Some(msg)
+    }
+
+    async fn negotiated(tmp: &std::path::Path) -> std::net::TcpStream {
+        let (mut client, _task) = connect(server(tmp), CancellationToken::new()).await;
+        tokio::task::spawn_blocking(move || {
+            answers_negotiate(&mut client);
+            client
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replayed_message_id_closes_the_connection() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut client = negotiated(tmp.path()).await;
+        tokio::task::spawn_blocking(move || {
+            client.write_all(&echoes(&[1], false)).unwrap();
+            assert!(reply(&mut client).is_some(), "MessageId 1 was granted");
+            client.write_all(&echoes(&[1], false)).unwrap();
+            assert!(reply(&mut client).is_none(), "a replayed MessageId is refused");
+        })
+        .await
+        .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut client = negotiated(tmp.path()).await;
+        tokio::task::spawn_blocking(move || {
+            client.write_all(&echoes(&[1000], false)).unwrap();
+            assert!(reply(&mut client).is_none(), "a MessageId never granted is refused");
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compound_chains_are_capped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut client = negotiated(tmp.path()).await;
+        tokio::task::spawn_blocking(move || {
+            // The NEGOTIATE granted one credit: give the client enough for two chains.
+            let mut id = 1u64;
+            client.write_all(&echoes(&[id], false)).unwrap();
+            let mut got = reply(&mut client).unwrap();
+            id += 1;
+            let mut have = u64::from(Header::parse(&got).unwrap().credits);
+            while have < compound::MAX_CHAIN as u64 + 1 {
+                let mut w = Writer::new();
+                Header { command: command::ECHO, credits: 512, message_id: id, ..Default::default() }.emit(&mut w);
+                w.u16(4).u16(0);
+                let mut f = header::frame_header(w.buf.len()).unwrap().to_vec();
+                f.extend_from_slice(&w.buf);
+                client.write_all(&f).unwrap();
+                got = reply(&mut client).unwrap();
+                have += u64::from(Header::parse(&got).unwrap().credits) - 1;
+                id += 1;
+            }
+            let ok: Vec<u64> = (id..id + compound::MAX_CHAIN as u64).collect();
+            client.write_all(&echoes(&ok, true)).unwrap();
+            let all = reply(&mut client).expect("a chain of MAX_CHAIN is answered");
+            assert_eq!(compound::split(&all).unwrap().len(), compound::MAX_CHAIN);
+            let next = id + compound::MAX_CHAIN as u64;
+            let too_long: Vec<u64> = (next..next + compound::MAX_CHAIN as u64 + 1).collect();
+            client.write_all(&echoes(&too_long, true)).unwrap();
+            assert!(reply(&mut client).is_none(), "a longer chain closes the connection");
+        })
+        .await
+        .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,17 +5,23 @@
 //! - [`auth`]: SPNEGO + NTLMSSP, users from the config;
 //! - [`signing`]: key derivation and message signing for every dialect;
 //! - [`transport`]: transport frames in (one reused buffer), framed messages out;
-//! - [`conn`]: one client connection on its own thread: compound chains, credits, signing,
-//!   async replies;
+//! - [`compound`]: the message rules around commands as pure functions: chain splitting,
+//!   related operations, which signatures are checked and made, reply assembly;
+//! - [`conn`]: one client connection on its own thread: its [`conn::Link`] (framing, async
+//!   replies) apart from its session and open state, running each chain through [`compound`]
+//!   and [`cmd`];
+//! - [`sequence`]: the MessageId window (each granted id used once: no replays);
 //! - [`session`]: sessions, tree connects and opens as named types;
 //! - [`cmd`]: one file per SMB2 command;
 //! - [`srvsvc`]: the DCE/RPC share-enumeration pipe on `IPC$`.
 
 pub mod auth;
 pub mod cmd;
+pub mod compound;
 pub mod conn;
 pub mod fs;
 pub mod passwd;
+pub mod sequence;
 pub mod session;
 pub mod signing;
 pub mod srvsvc;

@@ -32,6 +32,9 @@ pub struct Session {
     pub signing_required: bool,
     /// SMB 3.1.1 session preauth integrity hash.
     pub preauth: [u8; 64],
+    /// A re-authentication in progress: the session stays valid, with its identity and
+    /// signing key, until it completes as the same user (MS-SMB2 3.3.5.5.3).
+    pub reauth: Option<NtlmExchange>,
     /// Tree connects by TreeId.
     pub trees: HashMap<u32, Tree>,
 }
@@ -46,6 +49,7 @@ impl Session {
             signing_key: None,
             signing_required: false,
             preauth,
+            reauth: None,
             trees: HashMap::new(),
         }
     }

@@ -120,9 +120,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Sends one SMB message made of `parts` (header and body, then bulk data).
+    /// A message longer than the 24-bit transport length can say is refused, never sent with
+    /// a wrapped length.
     pub async fn message(&self, parts: &[&[u8]]) -> io::Result<()> {
         let len = parts.iter().map(|p| p.len()).sum();
-        let hdr = header::frame_header(len);
+        let hdr = header::frame_header(len).ok_or_else(|| io::Error::other("SMB message too long for its frame"))?;
         let mut slices = Vec::with_capacity(parts.len() + 1);
         slices.push(IoSlice::new(&hdr));
         slices.extend(parts.iter().map(|p| IoSlice::new(p)));
@@ -160,7 +162,7 @@ mod tests {
     use super::*;
 
     fn frame(msg: &[u8]) -> Vec<u8> {
-        let mut f = header::frame_header(msg.len()).to_vec();
+        let mut f = header::frame_header(msg.len()).unwrap().to_vec();
         f.extend_from_slice(msg);
         f
     }
@@ -188,7 +190,7 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_oversized_and_unknown_frames() {
-        let mut too_big = header::frame_header(MAX_FRAME + 1).to_vec();
+        let mut too_big = header::frame_header(MAX_FRAME + 1).unwrap().to_vec();
         too_big.extend_from_slice(&[0; 16]);
         assert!(matches!(FrameReader::new(&too_big[..]).next().await, Err(ReadError::BadFrame)));
         let unknown = [0x42u8, 0, 0, 4, 1, 2, 3, 4];
@@ -214,7 +216,7 @@ mod tests {
         let mut client = client;
         client.read_to_end(&mut got).await.unwrap();
         sender.await.unwrap();
-        assert_eq!(&got[..4], &header::frame_header(8 + 100_000));
+        assert_eq!(&got[..4], &header::frame_header(8 + 100_000).unwrap());
         assert_eq!(&got[4..12], b"\xfeSMBhead");
         assert_eq!(got.len(), 4 + 8 + 100_000 + 4);
         assert_eq!(&got[got.len() - 4..], &SESSION_GRANTED);

@@ -7,7 +7,7 @@ use crate::smb::wire::status::NtStatus;
 
 /// Handles CANCEL (the connection sends nothing back for it).
 pub fn handle(conn: &mut Connection, hdr: &Header) -> Reply {
-    let pending = conn.pending.lock().unwrap_or_else(|e| e.into_inner());
+    let pending = conn.link.pending.lock().unwrap_or_else(|e| e.into_inner());
     let hit = if hdr.flags & FLAG_ASYNC_COMMAND != 0 {
         pending.get(&hdr.async_id)
     } else {

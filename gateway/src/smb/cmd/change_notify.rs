@@ -9,20 +9,40 @@ use super::Reply;
 use crate::smb::conn::{AsyncWork, Connection, Outcome};
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
-use crate::smb::wire::Reader;
+use crate::smb::wire::{Reader, WireError, WireResult};
+
+/// A decoded CHANGE_NOTIFY request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Flags (WATCH_TREE).
+    pub flags: u16,
+    /// OutputBufferLength.
+    pub output_length: u32,
+    /// FileId (persistent, volatile) of the watched directory.
+    pub file_id: (u64, u64),
+    /// CompletionFilter.
+    pub filter: u32,
+}
+
+impl Request {
+    /// Decodes the body of `msg`.
+    pub fn parse(msg: &[u8]) -> WireResult<Self> {
+        let mut r = Reader::at(msg, 64);
+        if r.u16()? != 32 {
+            return Err(WireError::Malformed("CHANGE_NOTIFY structure size"));
+        }
+        let flags = r.u16()?;
+        let output_length = r.u32()?;
+        let file_id = read_file_id(&mut r)?;
+        let filter = r.u32()?;
+        Ok(Self { flags, output_length, file_id, filter })
+    }
+}
 
 /// Handles CHANGE_NOTIFY.
-pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Outcome {
     let mut run = || -> Result<Outcome, NtStatus> {
-        let mut r = Reader::at(msg, 64);
-        let fid = (|| {
-            if r.u16().ok()? != 32 {
-                return None;
-            }
-            r.skip(2 + 4).ok()?;
-            read_file_id(&mut r).ok()
-        })()
-        .ok_or(NtStatus::INVALID_PARAMETER)?;
+        let fid = req.file_id;
         conn.session(hdr.session_id)?;
         let vol = conn.file_id(fid.0, fid.1)?;
         let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;

@@ -6,7 +6,7 @@ use super::Reply;
 use crate::smb::conn::Connection;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
-use crate::smb::wire::{Reader, Writer};
+use crate::smb::wire::{Reader, WireError, WireResult, Writer};
 use crate::smb::SmbServer;
 
 /// Flag: answer the attributes after close.
@@ -39,18 +39,31 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
     flushed.map_err(NtStatus::from)
 }
 
-/// Handles CLOSE.
-pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
-    let mut r = Reader::at(msg, 64);
-    let parse = |r: &mut Reader<'_>| -> Option<(u16, (u64, u64))> {
-        if r.u16().ok()? != 24 {
-            return None;
+/// A decoded CLOSE request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Flags ([`POSTQUERY_ATTRIB`]).
+    pub flags: u16,
+    /// FileId (persistent, volatile).
+    pub file_id: (u64, u64),
+}
+
+impl Request {
+    /// Decodes the body of `msg`.
+    pub fn parse(msg: &[u8]) -> WireResult<Self> {
+        let mut r = Reader::at(msg, 64);
+        if r.u16()? != 24 {
+            return Err(WireError::Malformed("CLOSE structure size"));
         }
-        let flags = r.u16().ok()?;
-        r.skip(4).ok()?;
-        Some((flags, read_file_id(r).ok()?))
-    };
-    let (flags, fid) = parse(&mut r).ok_or(NtStatus::INVALID_PARAMETER)?;
+        let flags = r.u16()?;
+        r.skip(4)?;
+        Ok(Self { flags, file_id: read_file_id(&mut r)? })
+    }
+}
+
+/// Handles CLOSE.
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Reply, NtStatus> {
+    let Request { flags, file_id: fid } = req;
     conn.session(hdr.session_id)?;
     let vol = conn.file_id(fid.0, fid.1)?;
     conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?;

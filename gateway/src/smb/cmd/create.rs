@@ -113,8 +113,7 @@ pub const FILE_CREATED: u32 = 2;
 pub const FILE_OVERWRITTEN: u32 = 3;
 
 /// Handles CREATE.
-pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
-    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Reply, NtStatus> {
     let tree = conn.session(hdr.session_id)?.tree(hdr.tree_id)?.clone();
     match tree.kind {
         TreeKind::Ipc => {
@@ -175,12 +174,70 @@ pub fn basics(attr: &Attr, name: &str) -> FileBasics {
     }
 }
 
-async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tree) -> Result<Reply, NtStatus> {
-    use access::*;
-    let server = conn.server.clone();
-    let ns = &server.ns;
-    let root = tree.root.ok_or(NtStatus::INTERNAL_ERROR)?;
-    let cred = Credentials::new(tree.uid, tree.gid);
+/// What a CREATE asks, as far as the disposition rules care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ask {
+    /// CreateDisposition.
+    pub disposition: u32,
+    /// CreateOptions DIRECTORY_FILE.
+    pub directory: bool,
+    /// CreateOptions NON_DIRECTORY_FILE.
+    pub non_directory: bool,
+    /// CreateOptions DELETE_ON_CLOSE.
+    pub delete_on_close: bool,
+    /// FileAttributes has READONLY (for a new file).
+    pub read_only_attribute: bool,
+    /// The share is writable.
+    pub writable: bool,
+    /// The name is the share root (no components).
+    pub root: bool,
+}
+
+impl Ask {
+    /// The rule inputs of `req` on a share that is `writable`, for a name of `components`.
+    pub fn of(req: &Request, writable: bool, components: usize) -> Self {
+        Self {
+            disposition: req.disposition,
+            directory: req.options & options::DIRECTORY_FILE != 0,
+            non_directory: req.options & options::NON_DIRECTORY_FILE != 0,
+            delete_on_close: req.options & options::DELETE_ON_CLOSE != 0,
+            read_only_attribute: req.file_attributes & fs::ATTR_READONLY != 0,
+            writable,
+            root: components == 0,
+        }
+    }
+}
+
+/// What exists at the name, as far as the disposition rules care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// It is a directory.
+    pub directory: bool,
+    /// No write bit is set in its mode (a read-only file).
+    pub read_only: bool,
+}
+
+/// What a CREATE does, decided by [`plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Open what exists, answering `action`; `truncate` empties it (and needs write access).
+    Open {
+        /// CreateAction to answer.
+        action: u32,
+        /// Overwrite/supersede: the file is truncated.
+        truncate: bool,
+    },
+    /// Make a new file (`directory: false`, with `mode`) or directory.
+    Make {
+        /// A directory.
+        directory: bool,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+/// Checks of a CREATE request that come before any lookup (MS-SMB2 3.3.5.9).
+pub fn validate(req: &Request) -> Result<(), NtStatus> {
     if req.impersonation > 3 {
         return Err(NtStatus::BAD_IMPERSONATION_LEVEL);
     }
@@ -190,6 +247,99 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     if req.options & options::DIRECTORY_FILE != 0 && req.options & options::NON_DIRECTORY_FILE != 0 {
         return Err(NtStatus::INVALID_PARAMETER);
     }
+    Ok(())
+}
+
+/// The CREATE disposition rules (MS-FSA 2.1.5.1): what to do given what the client asks and
+/// what exists at the name. Pure; the table test below lists every case.
+pub fn plan(ask: Ask, found: Option<Found>) -> Result<Plan, NtStatus> {
+    use disposition::*;
+    match found {
+        Some(f) => {
+            if ask.disposition == CREATE {
+                return Err(NtStatus::OBJECT_NAME_COLLISION);
+            }
+            if ask.directory && !f.directory {
+                return Err(NtStatus::NOT_A_DIRECTORY);
+            }
+            if ask.non_directory && f.directory {
+                return Err(NtStatus::FILE_IS_A_DIRECTORY);
+            }
+            let truncate = matches!(ask.disposition, SUPERSEDE | OVERWRITE | OVERWRITE_IF);
+            if truncate && f.directory {
+                return Err(NtStatus::INVALID_PARAMETER);
+            }
+            if ask.delete_on_close && !f.directory && f.read_only {
+                return Err(NtStatus::CANNOT_DELETE);
+            }
+            if truncate && !ask.writable {
+                return Err(NtStatus::ACCESS_DENIED);
+            }
+            let action = match ask.disposition {
+                SUPERSEDE => FILE_SUPERSEDED,
+                OVERWRITE | OVERWRITE_IF => FILE_OVERWRITTEN,
+                _ => FILE_OPENED,
+            };
+            Ok(Plan::Open { action, truncate })
+        }
+        None => {
+            if ask.root {
+                return Err(NtStatus::OBJECT_NAME_INVALID);
+            }
+            if matches!(ask.disposition, OPEN | OVERWRITE) {
+                return Err(NtStatus::OBJECT_NAME_NOT_FOUND);
+            }
+            if !ask.writable {
+                return Err(NtStatus::ACCESS_DENIED);
+            }
+            if ask.delete_on_close && ask.read_only_attribute {
+                return Err(NtStatus::CANNOT_DELETE);
+            }
+            let mode = if ask.directory {
+                0o755
+            } else if ask.read_only_attribute {
+                0o444
+            } else {
+                0o644
+            };
+            Ok(Plan::Make { directory: ask.directory, mode })
+        }
+    }
+}
+
+/// An open recorded in the lock table that is taken back when dropped, unless [`kept`]: every
+/// early return of CREATE after the share-mode check releases it.
+///
+/// [`kept`]: ShareModeGuard::kept
+struct ShareModeGuard<'a> {
+    locks: &'a crate::locks::LockTable<crate::vfs::FileId>,
+    id: crate::vfs::FileId,
+    key: crate::locks::OpenKey,
+    armed: bool,
+}
+
+impl ShareModeGuard<'_> {
+    /// The open succeeded: keep the record (CLOSE releases it).
+    fn kept(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ShareModeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.locks.close(&self.id, self.key);
+        }
+    }
+}
+
+async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tree) -> Result<Reply, NtStatus> {
+    use access::*;
+    let server = conn.server.clone();
+    let ns = &server.ns;
+    let root = tree.root.ok_or(NtStatus::INTERNAL_ERROR)?;
+    let cred = Credentials::new(tree.uid, tree.gid);
+    validate(req)?;
     let comps = fs::split_name(&req.name)?;
     let mut granted = expand_access(req.desired_access, tree.writable);
     if granted & ACCESS_SYSTEM_SECURITY != 0 {
@@ -198,8 +348,8 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     if !tree.writable && granted & WRITE_BITS != 0 {
         return Err(NtStatus::ACCESS_DENIED);
     }
-    let delete_on_close = req.options & options::DELETE_ON_CLOSE != 0;
-    if delete_on_close && granted & DELETE == 0 {
+    let ask = Ask::of(req, tree.writable, comps.len());
+    if ask.delete_on_close && granted & DELETE == 0 {
         return Err(NtStatus::ACCESS_DENIED);
     }
     let parent = fs::parent_of(ns, &cred, root, &comps).await?;
@@ -221,59 +371,22 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         },
     };
     let name = comps.last().cloned().unwrap_or_default();
-    let want_dir = req.options & options::DIRECTORY_FILE != 0;
-    let (id, mut attr, action) = match existing {
-        Some((id, attr)) => {
-            let is_dir = attr.ftype == FileType::Directory;
-            if req.disposition == disposition::CREATE {
-                return Err(NtStatus::OBJECT_NAME_COLLISION);
-            }
-            if want_dir && !is_dir {
-                return Err(NtStatus::NOT_A_DIRECTORY);
-            }
-            if req.options & options::NON_DIRECTORY_FILE != 0 && is_dir {
-                return Err(NtStatus::FILE_IS_A_DIRECTORY);
-            }
-            let overwrite =
-                matches!(req.disposition, disposition::SUPERSEDE | disposition::OVERWRITE | disposition::OVERWRITE_IF);
-            if overwrite && is_dir {
-                return Err(NtStatus::INVALID_PARAMETER);
-            }
-            if delete_on_close && !is_dir && attr.mode & 0o222 == 0 {
-                return Err(NtStatus::CANNOT_DELETE);
-            }
-            if overwrite {
-                if !tree.writable {
-                    return Err(NtStatus::ACCESS_DENIED);
-                }
+    let found = existing
+        .as_ref()
+        .map(|(_, a)| Found { directory: a.ftype == FileType::Directory, read_only: a.mode & 0o222 == 0 });
+    let (id, mut attr, action) = match (plan(ask, found)?, existing) {
+        (Plan::Open { action, truncate }, Some((id, attr))) => {
+            if truncate {
                 granted |= WRITE_DATA;
             }
+            granted = special_file_access(&attr, req.desired_access, granted)?;
             check_unix_access(&attr, &cred, granted)?;
-            let action = match req.disposition {
-                disposition::SUPERSEDE => FILE_SUPERSEDED,
-                disposition::OVERWRITE | disposition::OVERWRITE_IF => FILE_OVERWRITTEN,
-                _ => FILE_OPENED,
-            };
             (id, attr, action)
         }
-        None => {
-            if comps.is_empty() {
-                return Err(NtStatus::OBJECT_NAME_INVALID);
-            }
-            if matches!(req.disposition, disposition::OPEN | disposition::OVERWRITE) {
-                return Err(NtStatus::OBJECT_NAME_NOT_FOUND);
-            }
-            if !tree.writable {
-                return Err(NtStatus::ACCESS_DENIED);
-            }
-            let readonly = req.file_attributes & fs::ATTR_READONLY != 0;
-            if delete_on_close && readonly {
-                return Err(NtStatus::CANNOT_DELETE);
-            }
-            let made = if want_dir {
-                ns.mkdir(&cred, parent, name.as_bytes(), 0o755).await
+        (Plan::Make { directory, mode }, _) => {
+            let made = if directory {
+                ns.mkdir(&cred, parent, name.as_bytes(), mode).await
             } else {
-                let mode = if readonly { 0o444 } else { 0o644 };
                 ns.create(&cred, parent, name.as_bytes(), mode, CreateHow::Guarded(SetAttr::default())).await
             };
             match made {
@@ -281,7 +394,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
                 // Another client created it between our lookup and create: open it instead.
                 Err(VfsError::Exists) if req.disposition == disposition::OPEN_IF => {
                     let (id, attr) = ns.lookup(&cred, parent, name.as_bytes()).await?;
-                    if want_dir && attr.ftype != FileType::Directory {
+                    if directory && attr.ftype != FileType::Directory {
                         return Err(NtStatus::NOT_A_DIRECTORY);
                     }
                     (id, attr, FILE_OPENED)
@@ -289,6 +402,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
                 Err(e) => return Err(e.into()),
             }
         }
+        (Plan::Open { .. }, None) => return Err(NtStatus::INTERNAL_ERROR),
     };
     let is_dir = attr.ftype == FileType::Directory;
     let key = server.open_key();
@@ -297,23 +411,18 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         Conflict::DeletePending => NtStatus::DELETE_PENDING,
         _ => NtStatus::SHARING_VIOLATION,
     })?;
+    let guard = ShareModeGuard { locks: &server.locks, id, key, armed: true };
     if matches!(action, FILE_OVERWRITTEN | FILE_SUPERSEDED) && attr.size != 0 {
-        match ns.setattr(&cred, id, SetAttr { size: Some(0), ..Default::default() }).await {
-            Ok(a) => attr = a,
-            Err(e) => {
-                server.locks.close(&id, key);
-                return Err(e.into());
-            }
-        }
+        attr = ns.setattr(&cred, id, SetAttr { size: Some(0), ..Default::default() }).await?;
     }
-    if delete_on_close {
+    if ask.delete_on_close {
         if is_dir && !dir_is_empty(ns, &cred, id).await {
             // Windows refuses delete-on-close of a non-empty directory at close time; report it now.
-            server.locks.close(&id, key);
             return Err(NtStatus::DIRECTORY_NOT_EMPTY);
         }
         server.locks.set_delete_on_close(&id, key, true);
     }
+    guard.kept();
     let b = basics(&attr, &name);
     server.track_path(key, Some((root, comps.clone())));
     let session_id = hdr.session_id;
@@ -346,6 +455,25 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
 /// Whether a directory has no entries.
 pub async fn dir_is_empty(ns: &crate::vfs::Namespace, cred: &Credentials, id: crate::vfs::FileId) -> bool {
     ns.readdir(cred, id, 0, 1, false).await.map(|r| r.entries.is_empty()).unwrap_or(false)
+}
+
+/// Data access to a special file (fifo, socket, device) is refused: reading or writing one
+/// would block the connection's thread on a fifo, or reach a device of the server itself (as
+/// smbd 4.17 does: it reads `/dev/zero` through a node in the share, and writes block devices).
+/// Everything else (attributes, rename, delete) works as on a file; MAXIMUM_ALLOWED is granted
+/// without the data bits.
+fn special_file_access(attr: &Attr, desired: u32, granted: u32) -> Result<u32, NtStatus> {
+    use access::*;
+    const DATA: u32 = READ_DATA | WRITE_DATA | APPEND_DATA | EXECUTE;
+    if matches!(attr.ftype, FileType::Regular | FileType::Directory) || granted & DATA == 0 {
+        return Ok(granted);
+    }
+    if desired & MAXIMUM_ALLOWED != 0
+        && desired & !MAXIMUM_ALLOWED & (DATA | GENERIC_READ | GENERIC_WRITE | GENERIC_EXECUTE | GENERIC_ALL) == 0
+    {
+        return Ok(granted & !DATA);
+    }
+    Err(NtStatus::ACCESS_DENIED)
 }
 
 /// Refuses access the Unix mode bits deny (as the share's identity).
@@ -405,4 +533,95 @@ fn response_contexts(req: &[u8], granted: u32, attr: &Attr) -> Vec<u8> {
         }
     }
     w.buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disposition_table() {
+        use disposition::*;
+        use NtStatus as S;
+        let file = Some(Found { directory: false, read_only: false });
+        let ro_file = Some(Found { directory: false, read_only: true });
+        let dir = Some(Found { directory: true, read_only: false });
+        let w = Ask { writable: true, ..Default::default() };
+        let ro = Ask { writable: false, ..Default::default() };
+        let open = |action| Ok(Plan::Open { action, truncate: false });
+        let trunc = |action| Ok(Plan::Open { action, truncate: true });
+        let mk = |directory, mode| Ok(Plan::Make { directory, mode });
+        // (what is asked, what exists) -> what happens
+        let table: Vec<(Ask, Option<Found>, Result<Plan, NtStatus>)> = vec![
+            (Ask { disposition: OPEN, ..w }, file, open(FILE_OPENED)),
+            (Ask { disposition: OPEN, ..w }, None, Err(S::OBJECT_NAME_NOT_FOUND)),
+            (Ask { disposition: OPEN_IF, ..w }, file, open(FILE_OPENED)),
+            (Ask { disposition: OPEN_IF, ..w }, None, mk(false, 0o644)),
+            (Ask { disposition: CREATE, ..w }, file, Err(S::OBJECT_NAME_COLLISION)),
+            (Ask { disposition: CREATE, ..w }, dir, Err(S::OBJECT_NAME_COLLISION)),
+            (Ask { disposition: CREATE, ..w }, None, mk(false, 0o644)),
+            (Ask { disposition: CREATE, directory: true, ..w }, None, mk(true, 0o755)),
+            (Ask { disposition: CREATE, read_only_attribute: true, ..w }, None, mk(false, 0o444)),
+            (Ask { disposition: OVERWRITE, ..w }, file, trunc(FILE_OVERWRITTEN)),
+            (Ask { disposition: OVERWRITE, ..w }, None, Err(S::OBJECT_NAME_NOT_FOUND)),
+            (Ask { disposition: OVERWRITE_IF, ..w }, file, trunc(FILE_OVERWRITTEN)),
+            (Ask { disposition: OVERWRITE_IF, ..w }, None, mk(false, 0o644)),
+            (Ask { disposition: SUPERSEDE, ..w }, file, trunc(FILE_SUPERSEDED)),
+            (Ask { disposition: SUPERSEDE, ..w }, None, mk(false, 0o644)),
+            (Ask { disposition: OVERWRITE, ..w }, dir, Err(S::INVALID_PARAMETER)),
+            (Ask { disposition: SUPERSEDE, ..w }, dir, Err(S::INVALID_PARAMETER)),
+            (Ask { disposition: OPEN, directory: true, ..w }, file, Err(S::NOT_A_DIRECTORY)),
+            (Ask { disposition: OPEN, directory: true, ..w }, dir, open(FILE_OPENED)),
+            (Ask { disposition: OPEN, non_directory: true, ..w }, dir, Err(S::FILE_IS_A_DIRECTORY)),
+            (Ask { disposition: OPEN, delete_on_close: true, ..w }, ro_file, Err(S::CANNOT_DELETE)),
+            (Ask { disposition: OPEN, delete_on_close: true, ..w }, file, open(FILE_OPENED)),
+            (
+                Ask { disposition: CREATE, delete_on_close: true, read_only_attribute: true, ..w },
+                None,
+                Err(S::CANNOT_DELETE),
+            ),
+            (Ask { disposition: OPEN, ..ro }, file, open(FILE_OPENED)),
+            (Ask { disposition: OVERWRITE_IF, ..ro }, file, Err(S::ACCESS_DENIED)),
+            (Ask { disposition: OPEN_IF, ..ro }, None, Err(S::ACCESS_DENIED)),
+            (Ask { disposition: CREATE, root: true, ..w }, None, Err(S::OBJECT_NAME_INVALID)),
+            (Ask { disposition: OPEN, root: true, ..w }, dir, open(FILE_OPENED)),
+        ];
+        for (ask, found, want) in table {
+            assert_eq!(plan(ask, found), want, "{ask:?} {found:?}");
+        }
+    }
+
+    #[test]
+    fn requests_are_validated_before_any_lookup() {
+        let base = Request {
+            oplock: 0,
+            impersonation: 2,
+            desired_access: 0,
+            file_attributes: 0,
+            share_access: 7,
+            disposition: disposition::OPEN,
+            options: 0,
+            name: String::new(),
+            contexts: Vec::new(),
+        };
+        assert_eq!(validate(&base), Ok(()));
+        assert_eq!(validate(&Request { impersonation: 4, ..base.clone() }), Err(NtStatus::BAD_IMPERSONATION_LEVEL));
+        assert_eq!(validate(&Request { disposition: 6, ..base.clone() }), Err(NtStatus::INVALID_PARAMETER));
+        let both = options::DIRECTORY_FILE | options::NON_DIRECTORY_FILE;
+        assert_eq!(validate(&Request { options: both, ..base }), Err(NtStatus::INVALID_PARAMETER));
+    }
+
+    #[test]
+    fn a_share_mode_guard_releases_unless_kept() {
+        use crate::locks::{LockTable, OpenKey};
+        use crate::vfs::FileId;
+        let locks = LockTable::<FileId>::new();
+        let id = FileId::new(&[1, 2, 3]).unwrap();
+        let rec = |k| OpenRecord { key: OpenKey(k), access: access::WRITE_DATA, share: 0 };
+        locks.open(&id, rec(1)).unwrap();
+        drop(ShareModeGuard { locks: &locks, id, key: OpenKey(1), armed: true });
+        locks.open(&id, rec(2)).expect("the dropped guard released its open");
+        ShareModeGuard { locks: &locks, id, key: OpenKey(2), armed: true }.kept();
+        assert!(locks.open(&id, rec(3)).is_err(), "a kept open still holds its share mode");
+    }
 }

@@ -5,19 +5,30 @@ use super::Reply;
 use crate::smb::conn::Connection;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
-use crate::smb::wire::Reader;
+use crate::smb::wire::{Reader, WireError, WireResult};
+
+/// A decoded FLUSH request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// FileId (persistent, volatile).
+    pub file_id: (u64, u64),
+}
+
+impl Request {
+    /// Decodes the body of `msg`.
+    pub fn parse(msg: &[u8]) -> WireResult<Self> {
+        let mut r = Reader::at(msg, 64);
+        if r.u16()? != 24 {
+            return Err(WireError::Malformed("FLUSH structure size"));
+        }
+        r.skip(6)?;
+        Ok(Self { file_id: read_file_id(&mut r)? })
+    }
+}
 
 /// Handles FLUSH.
-pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
-    let mut r = Reader::at(msg, 64);
-    let fid = (|| {
-        if r.u16().ok()? != 24 {
-            return None;
-        }
-        r.skip(6).ok()?;
-        read_file_id(&mut r).ok()
-    })()
-    .ok_or(NtStatus::INVALID_PARAMETER)?;
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Reply, NtStatus> {
+    let fid = req.file_id;
     conn.session(hdr.session_id)?;
     let vol = conn.file_id(fid.0, fid.1)?;
     let server = conn.server.clone();

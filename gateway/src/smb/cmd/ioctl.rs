@@ -64,8 +64,7 @@ pub fn response(ctl_code: u32, file_id: (u64, u64), output: &[u8]) -> Vec<u8> {
 }
 
 /// Handles IOCTL.
-pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
-    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Result<Reply, NtStatus> {
     conn.session(hdr.session_id)?.tree(hdr.tree_id)?;
     match req.ctl_code {
         FSCTL_VALIDATE_NEGOTIATE_INFO => validate_negotiate(conn, &req),

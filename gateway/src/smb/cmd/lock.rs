@@ -32,6 +32,22 @@ pub struct Element {
     pub flags: u32,
 }
 
+/// A decoded LOCK request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// FileId (persistent, volatile).
+    pub file_id: (u64, u64),
+    /// The lock elements, in order.
+    pub elements: Vec<Element>,
+}
+
+impl Request {
+    /// Decodes the body of `msg`.
+    pub fn parse(msg: &[u8]) -> WireResult<Self> {
+        parse(msg).map(|(file_id, elements)| Self { file_id, elements })
+    }
+}
+
 /// Decodes a LOCK request: FileId and elements.
 pub fn parse(msg: &[u8]) -> WireResult<((u64, u64), Vec<Element>)> {
     let mut r = Reader::at(msg, 64);
@@ -60,15 +76,15 @@ fn done() -> Reply {
 }
 
 /// Handles LOCK.
-pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
-    match run(conn, hdr, msg).await {
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Outcome {
+    match run(conn, hdr, req).await {
         Ok(o) => o,
         Err(s) => Outcome::Now(Reply::err(s)),
     }
 }
 
-async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Outcome, NtStatus> {
-    let (fid, elems) = parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+async fn run(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outcome, NtStatus> {
+    let Request { file_id: fid, elements: elems } = req;
     conn.session(hdr.session_id)?;
     let vol = conn.file_id(fid.0, fid.1)?;
     let server = conn.server.clone();

@@ -78,8 +78,102 @@ fn now(r: Result<Reply, NtStatus>) -> Outcome {
     Outcome::Now(r.unwrap_or_else(Reply::err))
 }
 
+/// One decoded SMB2 request body: every command's typed request, so that everything a client
+/// can send goes through one pure decoder ([`Request::parse`]) before any handler runs.
+#[derive(Debug, Clone)]
+pub enum Request<'a> {
+    /// NEGOTIATE.
+    Negotiate(negotiate::Request),
+    /// SESSION_SETUP.
+    SessionSetup(session_setup::Request<'a>),
+    /// LOGOFF (its body carries nothing we use).
+    Logoff,
+    /// TREE_CONNECT.
+    TreeConnect(tree_connect::Request),
+    /// TREE_DISCONNECT (its body carries nothing we use).
+    TreeDisconnect,
+    /// CREATE.
+    Create(create::Request),
+    /// CLOSE.
+    Close(close::Request),
+    /// FLUSH.
+    Flush(flush::Request),
+    /// READ.
+    Read(read::Request),
+    /// WRITE.
+    Write(write::Request<'a>),
+    /// LOCK.
+    Lock(lock::Request),
+    /// IOCTL.
+    Ioctl(ioctl::Request<'a>),
+    /// CANCEL (identified by the header alone).
+    Cancel,
+    /// ECHO.
+    Echo,
+    /// QUERY_DIRECTORY.
+    QueryDirectory(query_directory::Request),
+    /// CHANGE_NOTIFY.
+    ChangeNotify(change_notify::Request),
+    /// QUERY_INFO.
+    QueryInfo(query_info::Request),
+    /// SET_INFO.
+    SetInfo(set_info::Request<'a>),
+}
+
+/// Why a request body could not be decoded, as the status the client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// A command code we do not implement (OPLOCK_BREAK, SMB1 codes, garbage).
+    Unsupported,
+    /// The body is malformed: truncated, a bad structure size, an offset out of bounds.
+    Malformed,
+}
+
+impl From<ParseError> for NtStatus {
+    fn from(e: ParseError) -> Self {
+        match e {
+            ParseError::Unsupported => NtStatus::NOT_SUPPORTED,
+            ParseError::Malformed => NtStatus::INVALID_PARAMETER,
+        }
+    }
+}
+
+impl<'a> Request<'a> {
+    /// Decodes the body of request `msg` (the message from its SMB2 header on; body offsets
+    /// count from the header) for `command`. Pure: never panics, allocates at most what the
+    /// message bounds.
+    pub fn parse(command: u16, msg: &'a [u8]) -> Result<Self, ParseError> {
+        fn m<T>(r: super::wire::WireResult<T>) -> Result<T, ParseError> {
+            r.map_err(|_| ParseError::Malformed)
+        }
+        Ok(match command {
+            command::NEGOTIATE => Self::Negotiate(m(negotiate::Request::parse(msg))?),
+            command::SESSION_SETUP => Self::SessionSetup(m(session_setup::Request::parse(msg))?),
+            command::LOGOFF => Self::Logoff,
+            command::TREE_CONNECT => Self::TreeConnect(m(tree_connect::Request::parse(msg))?),
+            command::TREE_DISCONNECT => Self::TreeDisconnect,
+            command::CREATE => Self::Create(m(create::Request::parse(msg))?),
+            command::CLOSE => Self::Close(m(close::Request::parse(msg))?),
+            command::FLUSH => Self::Flush(m(flush::Request::parse(msg))?),
+            command::READ => Self::Read(m(read::Request::parse(msg))?),
+            command::WRITE => Self::Write(m(write::Request::parse(msg))?),
+            command::LOCK => Self::Lock(m(lock::Request::parse(msg))?),
+            command::IOCTL => Self::Ioctl(m(ioctl::Request::parse(msg))?),
+            command::CANCEL => Self::Cancel,
+            command::ECHO => Self::Echo,
+            command::QUERY_DIRECTORY => Self::QueryDirectory(m(query_directory::Request::parse(msg))?),
+            command::CHANGE_NOTIFY => Self::ChangeNotify(m(change_notify::Request::parse(msg))?),
+            command::QUERY_INFO => Self::QueryInfo(m(query_info::Request::parse(msg))?),
+            command::SET_INFO => Self::SetInfo(m(set_info::Request::parse(msg))?),
+            _ => return Err(ParseError::Unsupported),
+        })
+    }
+}
+
 /// Runs the command of `hdr` against the connection. `msg` is the request from its header on
-/// (SMB2 buffer offsets count from the header). Counted in the metrics and `nasgw connections`.
+/// (SMB2 buffer offsets count from the header): it is decoded by [`Request::parse`] first, and
+/// a request that does not decode is answered with an error without touching any state.
+/// Every request is counted in the metrics and `nasgw connections` ([`crate::smb::status`]).
 pub async fn dispatch(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
     let started = std::time::Instant::now();
     let out = run(conn, hdr, msg).await;
@@ -88,25 +182,104 @@ pub async fn dispatch(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcom
 }
 
 async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
-    match hdr.command {
-        command::NEGOTIATE => now(negotiate::handle(conn, msg)),
-        command::SESSION_SETUP => now(session_setup::handle(conn, hdr, msg)),
-        command::LOGOFF => now(logoff::handle(conn, hdr).await),
-        command::TREE_CONNECT => now(tree_connect::handle(conn, hdr, msg).await),
-        command::TREE_DISCONNECT => now(tree_disconnect::handle(conn, hdr).await),
-        command::ECHO => now(Ok(echo::handle())),
-        command::CANCEL => now(Ok(cancel::handle(conn, hdr))),
-        command::CREATE => now(create::handle(conn, hdr, msg).await),
-        command::CLOSE => now(close::handle(conn, hdr, msg).await),
-        command::READ => now(read::handle(conn, hdr, msg).await),
-        command::WRITE => now(write::handle(conn, hdr, msg).await),
-        command::IOCTL => now(ioctl::handle(conn, hdr, msg).await),
-        command::FLUSH => now(flush::handle(conn, hdr, msg).await),
-        command::QUERY_DIRECTORY => now(query_directory::handle(conn, hdr, msg).await),
-        command::QUERY_INFO => now(query_info::handle(conn, hdr, msg).await),
-        command::SET_INFO => now(set_info::handle(conn, hdr, msg).await),
-        command::LOCK => lock::handle(conn, hdr, msg).await,
-        command::CHANGE_NOTIFY => change_notify::handle(conn, hdr, msg).await,
-        _ => now(Err(NtStatus::NOT_SUPPORTED)),
+    let req = match Request::parse(hdr.command, msg) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Now(Reply::err(e.into())),
+    };
+    match req {
+        Request::Negotiate(r) => now(negotiate::handle(conn, r)),
+        Request::SessionSetup(r) => now(session_setup::handle(conn, hdr, r, msg)),
+        Request::Logoff => now(logoff::handle(conn, hdr).await),
+        Request::TreeConnect(r) => now(tree_connect::handle(conn, hdr, r).await),
+        Request::TreeDisconnect => now(tree_disconnect::handle(conn, hdr).await),
+        Request::Echo => now(Ok(echo::handle())),
+        Request::Cancel => now(Ok(cancel::handle(conn, hdr))),
+        Request::Create(r) => now(create::handle(conn, hdr, r).await),
+        Request::Close(r) => now(close::handle(conn, hdr, r).await),
+        Request::Read(r) => now(read::handle(conn, hdr, r).await),
+        Request::Write(r) => now(write::handle(conn, hdr, r).await),
+        Request::Ioctl(r) => now(ioctl::handle(conn, hdr, r).await),
+        Request::Flush(r) => now(flush::handle(conn, hdr, r).await),
+        Request::QueryDirectory(r) => now(query_directory::handle(conn, hdr, r).await),
+        Request::QueryInfo(r) => now(query_info::handle(conn, hdr, r).await),
+        Request::SetInfo(r) => now(set_info::handle(conn, hdr, r).await),
+        Request::Lock(r) => lock::handle(conn, hdr, r).await,
+        Request::ChangeNotify(r) => change_notify::handle(conn, hdr, r).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smb::wire::header::HEADER_LEN;
+
+    /// A request with a zeroed header and `body`.
+    fn msg(body: &[u8]) -> Vec<u8> {
+        let mut m = vec![0u8; HEADER_LEN];
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn every_command_with_a_body_refuses_an_empty_one() {
+        for c in [
+            command::NEGOTIATE,
+            command::SESSION_SETUP,
+            command::TREE_CONNECT,
+            command::CREATE,
+            command::CLOSE,
+            command::FLUSH,
+            command::READ,
+            command::WRITE,
+            command::LOCK,
+            command::IOCTL,
+            command::QUERY_DIRECTORY,
+            command::CHANGE_NOTIFY,
+            command::QUERY_INFO,
+            command::SET_INFO,
+        ] {
+            assert_eq!(Request::parse(c, &msg(&[])).unwrap_err(), ParseError::Malformed, "command {c:#x}");
+            assert_eq!(Request::parse(c, &[]).unwrap_err(), ParseError::Malformed, "command {c:#x}");
+        }
+    }
+
+    #[test]
+    fn header_only_commands_and_unknown_codes() {
+        for c in [command::LOGOFF, command::TREE_DISCONNECT, command::CANCEL, command::ECHO] {
+            assert!(Request::parse(c, &msg(&[4, 0, 0, 0])).is_ok(), "command {c:#x}");
+        }
+        for c in [0x12u16, 0x13, 0xffff] {
+            assert_eq!(Request::parse(c, &msg(&[])).unwrap_err(), ParseError::Unsupported);
+        }
+    }
+
+    #[test]
+    fn close_flush_and_notify_decode_their_file_ids() {
+        let mut close = vec![24, 0, 1, 0, 0, 0, 0, 0];
+        close.extend_from_slice(&7u64.to_le_bytes());
+        close.extend_from_slice(&9u64.to_le_bytes());
+        match Request::parse(command::CLOSE, &msg(&close)).unwrap() {
+            Request::Close(c) => assert_eq!((c.flags, c.file_id), (close::POSTQUERY_ATTRIB, (7, 9))),
+            other => panic!("{other:?}"),
+        }
+        let mut flush = vec![24, 0, 0, 0, 0, 0, 0, 0];
+        flush.extend_from_slice(&3u64.to_le_bytes());
+        flush.extend_from_slice(&4u64.to_le_bytes());
+        match Request::parse(command::FLUSH, &msg(&flush)).unwrap() {
+            Request::Flush(f) => assert_eq!(f.file_id, (3, 4)),
+            other => panic!("{other:?}"),
+        }
+        let mut notify = vec![32, 0, 1, 0, 0, 16, 0, 0];
+        notify.extend_from_slice(&5u64.to_le_bytes());
+        notify.extend_from_slice(&6u64.to_le_bytes());
+        notify.extend_from_slice(&[0x17, 0, 0, 0, 0, 0, 0, 0]);
+        match Request::parse(command::CHANGE_NOTIFY, &msg(&notify)).unwrap() {
+            Request::ChangeNotify(n) => {
+                assert_eq!((n.flags, n.output_length, n.file_id, n.filter), (1, 4096, (5, 6), 0x17))
+            }
+            other => panic!("{other:?}"),
+        }
+        close[0] = 25;
+        assert_eq!(Request::parse(command::CLOSE, &msg(&close)).unwrap_err(), ParseError::Malformed);
     }
 }

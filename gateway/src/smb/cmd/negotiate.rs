@@ -154,11 +154,10 @@ pub fn response_body(conn: &mut Connection, chosen: u16, signing: Option<Signing
 }
 
 /// Handles NEGOTIATE.
-pub fn handle(conn: &mut Connection, msg: &[u8]) -> Result<Reply, NtStatus> {
+pub fn handle(conn: &mut Connection, req: Request) -> Result<Reply, NtStatus> {
     if conn.dialect != 0 && conn.dialect != dialect::WILDCARD && conn.dialect != dialect::SMB202 {
         return Err(NtStatus::INVALID_PARAMETER);
     }
-    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
     let Some(chosen) = OURS.iter().copied().find(|d| req.dialects.contains(d)) else {
         return Err(NtStatus::NOT_SUPPORTED);
     };

@@ -121,8 +121,7 @@ async fn load(
 }
 
 /// Handles QUERY_DIRECTORY.
-pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
-    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Reply, NtStatus> {
     conn.session(hdr.session_id)?;
     if !matches!(
         req.class,

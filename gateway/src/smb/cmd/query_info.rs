@@ -52,13 +52,10 @@ impl Request {
     }
 }
 
-/// The name clients see for an open: `\dir\file` (empty for the share root).
+/// The name clients see for an open: `\dir\file`, and `\` for the share root (as Windows
+/// and Samba answer; the Linux kernel refuses a FileAllInformation without a name).
 pub fn smb_name(f: &FileOpen) -> String {
-    if f.path.is_empty() {
-        String::new()
-    } else {
-        format!("\\{}", f.path.join("\\"))
-    }
+    format!("\\{}", f.path.join("\\"))
 }
 
 fn basic(w: &mut Writer, a: &Attr, name: &str) {
@@ -207,8 +204,7 @@ fn min_len(info_type: u8, class: u8) -> usize {
 }
 
 /// Handles QUERY_INFO.
-pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
-    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Reply, NtStatus> {
     conn.session(hdr.session_id)?;
     let vol = conn.file_id(req.file_id.0, req.file_id.1)?;
     let server = conn.server.clone();
@@ -285,4 +281,63 @@ pub fn security_descriptor(parts: u32, uid: u32, gid: u32) -> Vec<u8> {
         sid(&mut w, 1, &[0]);
     }
     w.buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::locks::OpenKey;
+    use crate::vfs::{Credentials, FileId, Timestamp};
+
+    fn open(path: &[&str]) -> FileOpen {
+        let id = FileId::new(b"x").unwrap();
+        FileOpen {
+            id,
+            parent: id,
+            path: path.iter().map(|s| s.to_string()).collect(),
+            is_dir: path.is_empty(),
+            access: 0x1f01ff,
+            key: OpenKey(1),
+            cred: Credentials::root(),
+            root: id,
+            position: 0,
+            write_through: false,
+            wrote: false,
+            listing: None,
+        }
+    }
+
+    fn attr() -> Attr {
+        let t = Timestamp { secs: 1_700_000_000, nanos: 0 };
+        Attr {
+            ftype: FileType::Directory,
+            mode: 0o755,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            used: 0,
+            rdev: (0, 0),
+            fsid: 1,
+            fileid: 2,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            btime: None,
+        }
+    }
+
+    #[test]
+    fn the_share_root_is_named_backslash() {
+        // Linux's cifs refuses a FileAllInformation shorter than its struct with a one-byte
+        // name (101 bytes): "buffer length 100 smaller than minimum size 101".
+        let root = open(&[]);
+        let all = file_info(18, &root, &attr(), false).unwrap();
+        assert_eq!(all.len(), 102);
+        assert_eq!(&all[96..], &[2, 0, 0, 0, b'\\', 0]);
+        let name = file_info(9, &root, &attr(), false).unwrap();
+        assert_eq!(name, [2, 0, 0, 0, b'\\', 0]);
+        let deep = file_info(9, &open(&["a", "b"]), &attr(), false).unwrap();
+        assert_eq!(deep[4..], utf16le("\\a\\b")[..]);
+    }
 }

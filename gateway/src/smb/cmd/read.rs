@@ -45,8 +45,7 @@ pub fn response(data: &[u8]) -> Vec<u8> {
 }
 
 /// Handles READ.
-pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
-    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Reply, NtStatus> {
     conn.session(hdr.session_id)?;
     let vol = conn.file_id(req.file_id.0, req.file_id.1)?;
     let max = if conn.large_mtu() { MAX_IO } else { MAX_IO_202 };

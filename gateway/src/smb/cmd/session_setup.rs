@@ -55,39 +55,87 @@ fn body(session_flags: u16, blob: &[u8]) -> Vec<u8> {
     w.buf
 }
 
+/// Most sessions one connection may hold (Windows clients use one per user).
+pub const MAX_SESSIONS: usize = 64;
+/// Most sessions one connection may have between their first and last SESSION_SETUP leg:
+/// each holds an NTLM exchange, so unbounded first legs would grow the server.
+pub const MAX_SESSIONS_IN_SETUP: usize = 4;
+
+/// Where a SESSION_SETUP stands.
+enum Step {
+    /// First leg of a new session.
+    New,
+    /// First leg of a re-authentication of a valid session.
+    Reauth,
+    /// Last leg of a re-authentication.
+    FinishReauth,
+    /// Last leg of a new session.
+    Finish,
+}
+
 /// Handles SESSION_SETUP.
-pub fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
-    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+/// `msg` is the whole request, for the SMB 3.1.1 preauth hash.
+pub fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8]) -> Result<Reply, NtStatus> {
     if req.flags & BINDING != 0 {
         return Err(NtStatus::REQUEST_NOT_ACCEPTED);
     }
     let is311 = conn.dialect == dialect::SMB311;
     let server = conn.server.clone();
-    let restart = match conn.sessions.get(&hdr.session_id) {
+    let step = match conn.sessions.get(&hdr.session_id) {
         None if hdr.session_id != 0 => return Err(NtStatus::USER_SESSION_DELETED),
-        None => true,
-        Some(s) => matches!(s.state, SessionState::Valid),
+        None => Step::New,
+        Some(s) if s.is_valid() && s.reauth.is_none() => Step::Reauth,
+        Some(s) if s.is_valid() => Step::FinishReauth,
+        Some(_) => Step::Finish,
     };
-    if restart {
-        let (ex, out) = auth::start(req.blob, &server.server_name, filetime_now())?;
-        let id = if hdr.session_id == 0 { conn.new_session_id() } else { hdr.session_id };
-        let mut preauth = conn.preauth;
-        if is311 {
-            signing::preauth_update(&mut preauth, msg);
-        }
-        match conn.sessions.get_mut(&id) {
-            Some(s) => {
-                // Re-authentication of a live session: keep its trees, restart the exchange.
-                s.state = SessionState::InProgress(ex);
-                s.preauth = preauth;
+    match step {
+        Step::New => {
+            let setting_up = conn.sessions.values().filter(|s| !s.is_valid()).count();
+            if setting_up >= MAX_SESSIONS_IN_SETUP || conn.sessions.len() >= MAX_SESSIONS {
+                tracing::info!(client = %conn.tcp.client, sessions = conn.sessions.len(), setting_up, "SMB: too many sessions on one connection");
+                return Err(NtStatus::INSUFFICIENT_RESOURCES);
             }
-            None => {
-                conn.sessions.insert(id, Session::new(id, ex, preauth));
+            let (ex, out) = auth::start(req.blob, &server.server_name, filetime_now())?;
+            let id = conn.new_session_id();
+            let mut preauth = conn.preauth;
+            if is311 {
+                signing::preauth_update(&mut preauth, msg);
             }
+            conn.sessions.insert(id, Session::new(id, ex, preauth));
+            let mut r = Reply::with(NtStatus::MORE_PROCESSING_REQUIRED, body(0, &out));
+            r.session_id = Some(id);
+            return Ok(r);
         }
-        let mut r = Reply::with(NtStatus::MORE_PROCESSING_REQUIRED, body(0, &out));
-        r.session_id = Some(id);
-        return Ok(r);
+        Step::Reauth => {
+            // Re-authentication of a live session (the request was signed if the session
+            // signs: see compound::signature_check). The session keeps its identity, key and
+            // trees meanwhile; only the same user can complete it.
+            let (ex, out) = auth::start(req.blob, &server.server_name, filetime_now())?;
+            let s = conn.sessions.get_mut(&hdr.session_id).ok_or(NtStatus::USER_SESSION_DELETED)?;
+            s.reauth = Some(ex);
+            let mut r = Reply::with(NtStatus::MORE_PROCESSING_REQUIRED, body(0, &out));
+            r.session_id = Some(hdr.session_id);
+            return Ok(r);
+        }
+        Step::FinishReauth => {
+            let s = conn.sessions.get_mut(&hdr.session_id).ok_or(NtStatus::USER_SESSION_DELETED)?;
+            let ex = s.reauth.take().ok_or(NtStatus::INVALID_PARAMETER)?;
+            let a = auth::finish(&ex, req.blob, &server.users, server.guest_allowed)?;
+            if s.identity.as_ref() != Some(&a.identity) {
+                tracing::info!(client = %conn.tcp.client, was = ?s.identity, asked = ?a.identity, "SMB: re-authentication as another identity refused");
+                return Err(NtStatus::ACCESS_DENIED);
+            }
+            let flags = match a.identity {
+                Identity::Anonymous => IS_NULL,
+                Identity::Guest => IS_GUEST,
+                Identity::User(_) => 0,
+            };
+            let mut r = Reply::ok(body(flags, &a.blob));
+            r.session_id = Some(hdr.session_id);
+            r.sign_final = true;
+            return Ok(r);
+        }
+        Step::Finish => {}
     }
     let id = hdr.session_id;
     let s = conn.sessions.get_mut(&id).ok_or(NtStatus::USER_SESSION_DELETED)?;

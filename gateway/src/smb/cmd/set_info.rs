@@ -57,8 +57,7 @@ fn time_of(ft: u64) -> SetTime {
 }
 
 /// Handles SET_INFO.
-pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
-    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Result<Reply, NtStatus> {
     conn.session(hdr.session_id)?;
     let writable = conn.session(hdr.session_id)?.tree(hdr.tree_id)?.writable;
     let vol = conn.file_id(req.file_id.0, req.file_id.1)?;

@@ -22,6 +22,20 @@ pub const READ_ACCESS: u32 = 0x0012_00A9;
 /// Share flag: no client caching of offline files.
 const SHI1005_FLAGS_NO_CACHING: u32 = 0x30;
 
+/// A decoded TREE_CONNECT request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The share name of the path (`\\server\share` -> `share`).
+    pub share: String,
+}
+
+impl Request {
+    /// Decodes the body of `msg`.
+    pub fn parse(msg: &[u8]) -> WireResult<Self> {
+        parse(msg).map(|share| Self { share })
+    }
+}
+
 /// The share name of a TREE_CONNECT path (`\\server\share` -> `share`).
 pub fn parse(msg: &[u8]) -> WireResult<String> {
     let mut r = Reader::at(msg, 64);
@@ -83,8 +97,8 @@ pub fn identity_on(conn: &Connection, who: &Identity, share: &ShareConfig) -> (u
 }
 
 /// Handles TREE_CONNECT.
-pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
-    let name = parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Reply, NtStatus> {
+    let name = req.share;
     let who = conn.session(hdr.session_id)?.identity.clone().ok_or(NtStatus::USER_SESSION_DELETED)?;
     let mut root = None;
     let (kind, writable, uid, gid, share_type, access) = if name.eq_ignore_ascii_case("IPC$") {

@@ -47,8 +47,7 @@ pub fn response(count: u32) -> Vec<u8> {
 }
 
 /// Handles WRITE.
-pub async fn handle(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Result<Reply, NtStatus> {
-    let req = Request::parse(msg).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Result<Reply, NtStatus> {
     conn.session(hdr.session_id)?;
     let vol = conn.file_id(req.file_id.0, req.file_id.1)?;
     let shares = srvsvc::listed_shares(&conn.server.shares);

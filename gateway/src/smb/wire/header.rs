@@ -157,10 +157,17 @@ pub fn frame_len(hdr: [u8; 4]) -> WireResult<usize> {
     Ok(((hdr[1] as usize) << 16) | ((hdr[2] as usize) << 8) | hdr[3] as usize)
 }
 
-/// The 4-byte transport header for a message of `len` bytes.
-pub fn frame_header(len: usize) -> [u8; 4] {
+/// Longest message a transport frame can carry (24-bit length).
+pub const MAX_FRAME_LEN: usize = 0xFF_FFFF;
+
+/// The 4-byte transport header for a message of `len` bytes; `None` past [`MAX_FRAME_LEN`]
+/// (the length would wrap).
+pub fn frame_header(len: usize) -> Option<[u8; 4]> {
+    if len > MAX_FRAME_LEN {
+        return None;
+    }
     let l = len as u32;
-    [0, (l >> 16) as u8, (l >> 8) as u8, l as u8]
+    Some([0, (l >> 16) as u8, (l >> 8) as u8, l as u8])
 }
 
 #[cfg(test)]
@@ -195,6 +202,7 @@ mod tests {
         assert!(Header::parse(b"\xFESMB").is_err());
         assert!(Header::parse(&[0u8; 64]).is_err());
         assert!(frame_len([1, 0, 0, 0]).is_err());
-        assert_eq!(frame_len(frame_header(0x12345)).unwrap(), 0x12345);
+        assert_eq!(frame_len(frame_header(0x12345).unwrap()).unwrap(), 0x12345);
+        assert_eq!(frame_header(MAX_FRAME_LEN + 1), None, "a length that does not fit is refused");
     }
 }
