@@ -193,6 +193,14 @@ fn start_echo(port: u16, connections: Arc<ConnectionTable>, listeners: ListenerH
 }
 
 impl Handler for ClusterNode {
+    fn alive(&self) -> Result<(), String> {
+        let idle = self.ha.since_last_turn();
+        if idle > std::time::Duration::from_secs(5) {
+            return Err(format!("the HA loop has not run for {} ms", idle.as_millis()));
+        }
+        Ok(())
+    }
+
     fn handle(&self, req: Request) -> Response {
         let ack = |r: Result<(), String>, message: String| match r {
             Ok(()) => Response::Done { message },

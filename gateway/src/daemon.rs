@@ -2,6 +2,7 @@
 //! on SIGINT/SIGTERM: listeners close first, in-flight requests finish, then data is synced.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,11 +119,14 @@ async fn run(loaded: Loaded) -> Result<()> {
         };
         crate::dns::start(&cfg, d, handler.clone(), &own, &life).await?;
     }
-    life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
+    life.tasks.spawn(control::serve(control, handler.clone(), life.stop.clone()));
     life.tasks.spawn(release_removed(namespace.clone(), life.stop.clone()));
 
     print_banner(&cfg);
+    crate::systemd::ready(handler.as_ref());
+    life.tasks.spawn(crate::systemd::watchdog(handler, life.stop.clone()));
     wait_for_stop_signal().await?;
+    crate::systemd::stopping();
 
     tracing::info!("stop signal received: closing listeners, finishing in-flight requests");
     life.stop.cancel();
@@ -157,9 +161,17 @@ async fn release_removed(namespace: Namespace, stop: CancellationToken) {
 }
 
 /// Creates the state directory, and the served directory of a local backend.
+/// `state_dir` holds the NFS handle key: it is made 0700 whatever the umask (anyone who could
+/// replace the key could forge file handles).
 fn prepare_dirs(cfg: &Config) -> Result<()> {
-    std::fs::create_dir_all(&cfg.node.state_dir)
-        .with_context(|| format!("cannot create state_dir {}", cfg.node.state_dir.display()))?;
+    let state = &cfg.node.state_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state)
+        .with_context(|| format!("cannot create state_dir {}", state.display()))?;
+    std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict state_dir {}", state.display()))?;
     if let Some(dir) = cfg.node.control_socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -196,7 +208,13 @@ fn bind_control(path: &Path) -> Result<UnixListener> {
         }
         std::fs::remove_file(path).with_context(|| format!("cannot remove stale control socket {}", path.display()))?;
     }
-    UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
+    // Only root (the daemon's user) may connect, whatever the umask; changing commands also
+    // check the peer's credentials (control::serve), which covers the instant before this.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict control socket {}", path.display()))?;
+    Ok(listener)
 }
 
 async fn wait_for_stop_signal() -> Result<()> {
@@ -321,5 +339,33 @@ impl control::Handler for StandaloneNode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_control_socket_and_state_dir_are_private_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{d}/data\"\n[node]\ncontrol_socket = \"{d}/run/ctl.sock\"\nstate_dir = \"{d}/state\"\n",
+            d = dir.path().display()
+        );
+        let cfg = crate::config::parse(&text, "t", dir.path()).unwrap();
+        // SAFETY: umask only changes the file creation mask; restored below.
+        let old = unsafe { libc::umask(0) };
+        let prepared = prepare_dirs(&cfg);
+        let bound = bind_control(&cfg.node.control_socket);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        prepared.unwrap();
+        let _listener = bound.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&cfg.node.state_dir), 0o700);
+        assert_eq!(mode(&cfg.node.control_socket), 0o600);
     }
 }

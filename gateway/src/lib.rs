@@ -20,4 +20,5 @@ pub mod metrics;
 pub mod nfs;
 pub mod provision;
 pub mod smb;
+pub mod systemd;
 pub mod vfs;

@@ -33,9 +33,10 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { quiet } => {
-            // Facts of this node a valid config still fails on (unknown force_user, a guest
-            // share its guests cannot write): warnings, since the file itself is valid.
-            for w in nasgw::provision::host_warnings(&loaded.config) {
+            // Facts of this node a valid config still fails on (a readable secret, an unknown
+            // force_user, a guest share its guests cannot write): warnings, the file is valid.
+            let host = nasgw::provision::host_warnings(&loaded.config);
+            for w in config::secret_file_warnings(&loaded).into_iter().chain(host) {
                 eprintln!("warning: {w}");
             }
             if !quiet {
@@ -47,6 +48,9 @@ fn main() -> ExitCode {
         }
         Command::Serve => {
             logging::init(cli.log_format, &cli.log_level);
+            for w in config::secret_file_warnings(&loaded) {
+                tracing::warn!("{w}");
+            }
             match daemon::serve(loaded) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

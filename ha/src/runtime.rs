@@ -143,12 +143,32 @@ pub struct HaView {
 pub struct HaHandle {
     events: UnboundedSender<Event>,
     view: Arc<Mutex<HaView>>,
+    pulse: Arc<Pulse>,
+}
+
+/// When the HA loop last went round: the service watchdog's proof that decisions still run.
+struct Pulse {
+    start: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Pulse {
+    fn beat(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl HaHandle {
     /// The current view.
     pub fn view(&self) -> HaView {
         self.view.lock().expect("ha view").clone()
+    }
+
+    /// How long ago the HA loop last went round (it ticks every few milliseconds).
+    pub fn since_last_turn(&self) -> Duration {
+        let last = Duration::from_millis(self.pulse.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.pulse.start.elapsed().saturating_sub(last)
     }
 
     /// Feeds an admin event (`Disable`, `Enable`, `Move`).
@@ -287,7 +307,8 @@ pub fn start(
     facts.infos[s.me as usize] = Some(NodeInfo { version: s.version.clone(), started, reason: String::new() });
     let view = Arc::new(Mutex::new(view_of(&machine, &s, Duration::ZERO, &mut facts)));
     let info_peers = peer_addresses(&s);
-    let handle = HaHandle { events: ev_tx, view: view.clone() };
+    let pulse = Arc::new(Pulse { start: t0, last_ms: Default::default() });
+    let handle = HaHandle { events: ev_tx, view: view.clone(), pulse: pulse.clone() };
     socket.set_nonblocking(true)?;
     let socket = tokio::net::UdpSocket::from_std(socket)?;
 
@@ -306,6 +327,7 @@ pub fn start(
         let _ = act_tx.send((vec![notify_start], None));
         loop {
             let now = t0.elapsed();
+            pulse.beat();
             let mut events = Vec::new();
             tokio::select! {
                 _ = stop.cancelled() => break,

@@ -5,6 +5,7 @@
 //! list that makes sense) live in `validate.rs`. Serialising the same structs prints the effective
 //! config for `nasgw check`.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -29,6 +30,10 @@ pub struct Config {
     /// This node's local paths.
     #[serde(default)]
     pub node: NodeConfig,
+    /// The appliance's operating system (network, time, login); read by the image's boot
+    /// services, ignored by `nasgw serve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemConfig>,
     /// Prometheus metrics endpoint; absent: no endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
@@ -141,6 +146,21 @@ pub struct VolumeConfig {
     /// above the volume's `network.ping-timeout` if brief brick losses must not move addresses.
     #[serde(default = "default_volume_health_timeout_ms")]
     pub health_timeout_ms: u64,
+    /// Bricks of a GlusterFS volume the nodes create themselves (`HOST:/PATH`, in GlusterFS's
+    /// order: each run of `replica` bricks is one replica set). Empty: the volume exists already.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bricks: Vec<String>,
+    /// Copies of each file (`bricks`): 3, or 2 with `arbiter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<u32>,
+    /// With `replica = 2`: every third brick is an arbiter (metadata only), so each replica set
+    /// is three bricks and has quorum without a third full copy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub arbiter: bool,
+    /// Extra GlusterFS volume options set when the nodes provision the volume (`bricks`); they
+    /// override the failover defaults of the same name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
 }
 
 fn default_access() -> GlusterAccess {
@@ -424,4 +444,39 @@ fn default_state_dir() -> PathBuf {
 
 fn yes() -> bool {
     true
+}
+
+/// `[system]`: the appliance image's operating system, applied at boot by `nasgw-appliance`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemConfig {
+    /// Static addresses by network card: a node whose card has one of these MACs takes that
+    /// address; a node with none of them asks DHCP on every card.
+    #[serde(default, rename = "host", skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<SystemHost>,
+    /// Default gateway for static addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+    /// DNS servers for static addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<IpAddr>,
+    /// NTP servers (names or addresses); empty: DHCP's, else Debian's pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ntp: Vec<String>,
+    /// Public keys allowed to log in as root over SSH (no password login exists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
+}
+
+/// One `[[system.host]]`: which card of which machine gets which address.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemHost {
+    /// The network card's MAC address, e.g. `52:54:00:12:34:01`.
+    pub mac: String,
+    /// Its address with prefix length, e.g. `192.168.122.100/24`.
+    pub address: IpNet,
+    /// Host name; defaults to `nasgw-N` from the address's place in `[cluster] nodes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }

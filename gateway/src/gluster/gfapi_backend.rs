@@ -435,6 +435,10 @@ impl Backend for GfapiBackend {
         offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
         let f = self.io(&vol, &node)?;
         f.write_all_at(data, offset)?;
+        if let Some(mode) = access::mode_after_write(attr.mode, cred) {
+            self.apply_setattr(&vol, &node, &SetAttr { mode: Some(mode), ..Default::default() })?;
+            *node.checked.lock().expect("lock") = None;
+        }
         // After an UNSTABLE write the data may still be in libgfapi's write-behind: a stat
         // would wait until it reached every brick. After a sync, the stat is answered from the
         // attributes the sync brought back.

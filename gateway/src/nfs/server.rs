@@ -278,7 +278,7 @@ impl NfsServer {
                         auth_flavors: self.policy.auth_flavors(),
                     }),
                     Err(s) => {
-                        tracing::info!(%client, path = %String::from_utf8_lossy(path), status = %s, "MOUNT refused");
+                        tracing::info!(%client, path = %crate::logging::untrusted(path), status = %s, "MOUNT refused");
                         mountres3::Err(s)
                     }
                 };

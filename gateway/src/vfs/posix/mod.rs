@@ -660,6 +660,10 @@ impl Backend for PosixBackend {
             VfsError::Io(libc::EBADF) => VfsError::Access,
             e => e,
         })?;
+        if let Some(mode) = access::mode_after_write(attr.mode, cred) {
+            sys::chmod_fd(node.path_fd.as_fd(), mode)?;
+            *lock(&node.checked) = None;
+        }
         match stable {
             Stability::Unstable => {}
             Stability::DataSync => sys::sync(fd.as_fd(), true)?,
