@@ -34,6 +34,65 @@ pub struct Config {
     /// services, ignored by `nasgw serve`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<SystemConfig>,
+    /// Prometheus metrics endpoint; absent: no endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+    /// Authoritative DNS for the cluster's name; absent: no DNS service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsConfig>,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `GET /metrics` is served here, e.g. `0.0.0.0:9431`.
+    pub listen: SocketAddr,
+}
+
+/// Which public address a DNS answer lists first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsOrder {
+    /// Rotate the list on every query (round robin).
+    RoundRobin,
+    /// The address with the fewest client connections first (ties rotate).
+    LeastConnections,
+}
+
+/// `[dns]`: the cluster answers for its own name (Isilon SmartConnect style). The site DNS
+/// delegates `name` to the public addresses; each node answers A/AAAA queries with the public
+/// addresses served right now, NS/SOA for the delegation, and nothing without quorum.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// The cluster's name, e.g. `data.example.com` (the zone nasgw is authoritative for).
+    pub name: String,
+    /// UDP and TCP port 53 here; an unspecified address means every public address plus this
+    /// node's cluster address (each bound on its own, so answers leave from the queried address).
+    #[serde(default = "default_dns_listen")]
+    pub listen: SocketAddr,
+    /// Seconds resolvers may cache an answer (short, so clients follow moves and load).
+    #[serde(default = "default_dns_ttl")]
+    pub ttl: u32,
+    /// `round_robin` or `least_connections`.
+    #[serde(default = "default_dns_order")]
+    pub order: DnsOrder,
+    /// Mailbox in the SOA record (`hostmaster.NAME` by default), written as a domain name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostmaster: Option<String>,
+}
+
+fn default_dns_listen() -> SocketAddr {
+    "0.0.0.0:53".parse().expect("literal address")
+}
+
+fn default_dns_ttl() -> u32 {
+    1
+}
+
+fn default_dns_order() -> DnsOrder {
+    DnsOrder::RoundRobin
 }
 
 /// How the volume is reached.

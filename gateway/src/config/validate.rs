@@ -54,6 +54,14 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
     cluster(cfg, &mut out);
     bricks(cfg, &mut out);
     system(cfg, &mut out);
+    dns(cfg, &mut out);
+    if cfg.metrics.as_ref().is_some_and(|m| m.listen.port() == 0) {
+        out.push(problem(
+            "metrics.listen",
+            "port 0 is not a fixed port Prometheus can scrape",
+            "e.g. listen = \"0.0.0.0:9431\"",
+        ));
+    }
     if cfg.node.control_socket.as_os_str().is_empty() {
         out.push(problem(
             "node.control_socket",
@@ -358,6 +366,59 @@ fn cluster(cfg: &Config, out: &mut Vec<Problem>) {
     }
 }
 
+/// Whether `name` is a usable DNS name: dot-separated labels of letters, digits and `-` (not at
+/// either end of a label), 1-63 bytes each, at most 253 bytes, a trailing dot allowed.
+pub fn dns_name(name: &str) -> bool {
+    let n = name.strip_suffix('.').unwrap_or(name);
+    !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// `[dns]`: a name to answer for and public addresses to answer with.
+fn dns(cfg: &Config, out: &mut Vec<Problem>) {
+    let Some(d) = &cfg.dns else { return };
+    if !dns_name(&d.name) || !d.name.contains('.') {
+        out.push(problem(
+            "dns.name",
+            format!("`{}` is not a fully qualified DNS name", d.name),
+            "the cluster's name in your domain, e.g. name = \"data.example.com\"",
+        ));
+    }
+    if let Some(h) = &d.hostmaster {
+        if !dns_name(h) {
+            out.push(problem(
+                "dns.hostmaster",
+                format!("`{h}` is not a DNS name"),
+                "write the mailbox as a name, e.g. \"hostmaster.example.com\"",
+            ));
+        }
+    }
+    if d.listen.port() == 0 {
+        out.push(problem("dns.listen", "port 0 is not a fixed port", "resolvers ask port 53: listen = \"0.0.0.0:53\""));
+    }
+    if d.ttl > 86_400 {
+        out.push(problem(
+            "dns.ttl",
+            format!("{} s is more than a day", d.ttl),
+            "keep it short (the default 1 s) so clients follow moves",
+        ));
+    }
+    if cfg.cluster.as_ref().is_none_or(|c| c.public_addresses.is_empty()) {
+        out.push(problem(
+            "dns",
+            "[dns] answers with the cluster's public addresses, but none is configured",
+            "add [cluster] public_addresses, or remove [dns]",
+        ));
+    }
+}
+
 /// `[nfs]` keys that only make sense together.
 fn nfs(cfg: &Config, out: &mut Vec<Problem>) {
     let n = &cfg.nfs;
@@ -565,6 +626,21 @@ mod tests {
         assert!(inside_volume("../etc").is_err());
         assert!(inside_volume("/a/../../b").is_err());
         assert!(inside_volume("a\0b").is_err());
+    }
+
+    #[test]
+    fn dns_names_follow_the_label_rules() {
+        for good in ["data.example.com", "data.example.com.", "a-1.b2.example"] {
+            assert!(dns_name(good), "{good}");
+        }
+        for bad in ["", ".", "a..b", "-a.b", "a-.b", "a_b.c", &format!("{}.com", "a".repeat(64))] {
+            assert!(!dns_name(bad), "{bad}");
+        }
+        let text =
+            "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"/d\"\n[dns]\nname = \"data\"\nttl = 999999\n";
+        let cfg: Config = toml::from_str(text).unwrap();
+        let paths: Vec<String> = validate(&cfg).iter().map(|p| p.path.to_string()).collect();
+        assert_eq!(paths, ["dns.name", "dns.ttl", "dns"], "{paths:?}");
     }
 
     #[test]
