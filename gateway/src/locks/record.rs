@@ -500,7 +500,7 @@ impl FileRecord {
         let l = self.leases.iter_mut().find(|l| l.id == *id).ok_or(Conflict::NoSuchOpen)?;
         let told = l.told.ok_or(Conflict::NoBreak)?;
         if state & !told != 0 {
-            return Err(Conflict::NoBreak);
+            return Err(Conflict::NotAccepted);
         }
         l.state = state;
         l.told = None;

@@ -291,6 +291,15 @@ impl LockService {
         self.done(file, Op::Contend { by }).await
     }
 
+    /// A write or truncate through `by`: breaks other opens' read caching, asking the node that
+    /// decides only when this node's copy shows some (or it has none).
+    pub async fn contend_if_needed(&self, file: &FileId, by: Option<LeaseId>) -> Result<(), Conflict> {
+        if self.local(file, |r| r.contend(by.as_ref()).is_empty()) == Some(true) {
+            return Ok(());
+        }
+        self.contend(file, by).await
+    }
+
     /// A client acknowledged a break.
     pub async fn ack_break(&self, file: &FileId, lease: LeaseId, state: u8) -> Result<(), Conflict> {
         self.done(file, Op::AckBreak { lease, state }).await

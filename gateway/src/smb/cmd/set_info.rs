@@ -192,6 +192,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             let alloc = r.u64().map_err(short)?;
             let a = ns.getattr(f.id).await?;
             if alloc < a.size {
+                server.locks.contend_if_needed(&f.id, f.lease).await?;
                 ns.setattr(&f.cred, f.id, SetAttr { size: Some(alloc), ..Default::default() }).await?;
             }
             Ok(ok())
@@ -206,6 +207,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             if f.is_dir {
                 return Err(NtStatus::INVALID_PARAMETER);
             }
+            server.locks.contend_if_needed(&f.id, f.lease).await?;
             ns.setattr(&f.cred, f.id, SetAttr { size: Some(size), ..Default::default() }).await?;
             Ok(ok())
         }
