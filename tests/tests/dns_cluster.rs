@@ -127,6 +127,25 @@ fn the_cluster_answers_for_its_name_with_live_addresses_and_only_with_quorum() {
     let (_, a) = dig(&c, "198.18.0.2", "A");
     assert_eq!(a.iter().cloned().collect::<BTreeSet<_>>(), all, "every address is answered again, now on survivors");
 
+    // `nasgw status` says why n3 is out, and versions and uptimes of the others; `ip -v` shows
+    // where its address went and when.
+    let st = c.status(0);
+    let why = st["nodes"][victim]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(why.starts_with("not heard for"), "{st}");
+    for i in 0..2 {
+        assert!(
+            !st["nodes"][i]["version"].as_str().unwrap_or_default().is_empty()
+                && st["nodes"][i]["started"].as_u64() > Some(0),
+            "{st}"
+        );
+    }
+    let text = String::from_utf8_lossy(&c.daemon(0).ctl(&["status"]).stdout).into_owned();
+    assert!(text.contains("DISCONNECTED") && text.contains("why: not heard for") && text.contains(" up "), "{text}");
+    let ip = String::from_utf8_lossy(&c.daemon(0).ctl(&["ip", "-v"]).stdout).into_owned();
+    println!("{text}\n{ip}");
+    let line = ip.lines().find(|l| l.starts_with(&format!("{vip}/"))).unwrap_or_default().to_string();
+    assert!(line.contains("last_move[") && line.contains(&format!("node {victim} -> ")), "{ip}");
+
     // Kill n2 too: n1 alone has no quorum; it answers SERVFAIL instead of addresses.
     let t1 = Instant::now();
     c.topo.cut(NODES[1]);
