@@ -19,12 +19,15 @@ pub mod auth;
 pub mod cmd;
 pub mod compound;
 pub mod conn;
+pub mod dosattrib;
+pub mod file_state;
 pub mod fs;
 pub mod passwd;
 pub mod sequence;
 pub mod session;
 pub mod signing;
 pub mod srvsvc;
+pub mod streams;
 pub mod transport;
 pub mod wire;
 
@@ -70,6 +73,9 @@ pub struct SmbServer {
     /// Share-relative path of every open file, by share root: a directory with open files
     /// below it cannot be renamed.
     pub open_paths: std::sync::Mutex<std::collections::HashMap<OpenKey, (FileId, Vec<String>)>>,
+    /// Alternate data streams open on this node, per file (deletion rules between a file and
+    /// its streams).
+    pub open_streams: streams::OpenStreams,
 }
 
 impl SmbServer {
@@ -96,6 +102,7 @@ impl SmbServer {
             locks,
             next_open: std::sync::atomic::AtomicU64::new(1),
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
+            open_streams: streams::OpenStreams::default(),
         }
     }
 
