@@ -2,6 +2,7 @@
 //! on SIGINT/SIGTERM: listeners close first, in-flight requests finish, then data is synced.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +61,25 @@ async fn run(loaded: Loaded) -> Result<()> {
     let namespace = open_namespace(&cfg, gluster.as_ref())?;
     // The one lock table of the namespace (SMB share modes and byte-range locks; NFS can use it).
     let locks = Arc::new(crate::locks::LockTable::new());
+    // Share folders for their writers (a fresh volume needs no admin chown). A local directory
+    // is ready now, so the first client already finds them; a GlusterFS volume once it answers.
+    match &gluster {
+        None => {
+            crate::provision::share_folders(&cfg, &namespace).await;
+        }
+        Some(g) => {
+            let (cfg, ns, mut health, stop) = (cfg.clone(), namespace.clone(), g.health(), life.stop.clone());
+            life.tasks.spawn(async move {
+                let ready = tokio::select! {
+                    _ = stop.cancelled() => false,
+                    r = health.wait_for(|h| h.is_healthy()) => r.is_ok(),
+                };
+                if ready {
+                    crate::provision::share_folders(&cfg, &ns).await;
+                }
+            });
+        }
+    }
     if cfg.nfs.enabled {
         crate::nfs::start(&cfg, namespace.clone(), connections.clone(), &life).await?;
         listeners.up("nfs");
@@ -80,11 +100,33 @@ async fn run(loaded: Loaded) -> Result<()> {
         )?),
         None => Arc::new(StandaloneNode::new(cfg.clone(), volume_health)),
     };
-    life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
+    if let Some(m) = &cfg.metrics {
+        let lock_table = locks.clone();
+        let source = crate::metrics::collect::NodeSource {
+            node: handler.clone(),
+            lock_files: Box::new(move || lock_table.len()),
+        };
+        crate::metrics::serve::start(m.listen, crate::metrics::collect::registry(source), &life).await?;
+    }
+    if let Some(d) = &cfg.dns {
+        // This node's own cluster addresses: a resolver may be pointed at them too.
+        let own: Vec<IpAddr> = match &cfg.cluster {
+            Some(c) => {
+                let local = ha::self_id::local_addresses().unwrap_or_default();
+                c.nodes.iter().filter(|n| local.contains(n)).copied().collect()
+            }
+            None => Vec::new(),
+        };
+        crate::dns::start(&cfg, d, handler.clone(), &own, &life).await?;
+    }
+    life.tasks.spawn(control::serve(control, handler.clone(), life.stop.clone()));
     life.tasks.spawn(release_removed(namespace.clone(), life.stop.clone()));
 
     print_banner(&cfg);
+    crate::systemd::ready(handler.as_ref());
+    life.tasks.spawn(crate::systemd::watchdog(handler, life.stop.clone()));
     wait_for_stop_signal().await?;
+    crate::systemd::stopping();
 
     tracing::info!("stop signal received: closing listeners, finishing in-flight requests");
     life.stop.cancel();
@@ -119,9 +161,17 @@ async fn release_removed(namespace: Namespace, stop: CancellationToken) {
 }
 
 /// Creates the state directory, and the served directory of a local backend.
+/// `state_dir` holds the NFS handle key: it is made 0700 whatever the umask (anyone who could
+/// replace the key could forge file handles).
 fn prepare_dirs(cfg: &Config) -> Result<()> {
-    std::fs::create_dir_all(&cfg.node.state_dir)
-        .with_context(|| format!("cannot create state_dir {}", cfg.node.state_dir.display()))?;
+    let state = &cfg.node.state_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state)
+        .with_context(|| format!("cannot create state_dir {}", state.display()))?;
+    std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict state_dir {}", state.display()))?;
     if let Some(dir) = cfg.node.control_socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -158,7 +208,13 @@ fn bind_control(path: &Path) -> Result<UnixListener> {
         }
         std::fs::remove_file(path).with_context(|| format!("cannot remove stale control socket {}", path.display()))?;
     }
-    UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
+    // Only root (the daemon's user) may connect, whatever the umask; changing commands also
+    // check the peer's credentials (control::serve), which covers the instant before this.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict control socket {}", path.display()))?;
+    Ok(listener)
 }
 
 async fn wait_for_stop_signal() -> Result<()> {
@@ -199,7 +255,31 @@ fn print_banner(cfg: &Config) {
         let port = cfg.nfs.listen.port();
         println!("  NFS  nfs-ls 'nfs://{host}/{}/?version=3&nfsport={port}&mountport={port}'", vol.name);
     }
+    // Commands that write through both protocols, when a guest may write: copy them verbatim.
+    let guest_share = cfg.smb.shares.iter().find(|s| s.guest_ok && s.writable).filter(|_| cfg.smb.enabled);
+    if let (Some(share), true) = (guest_share, cfg.nfs.enabled) {
+        let (smb, nfs) = (reachable(cfg.smb.listen), reachable(cfg.nfs.listen));
+        let (sp, np) = (cfg.smb.listen.port(), cfg.nfs.listen.port());
+        println!("  try it:");
+        println!("    echo hello > /tmp/nasgw-hello.txt");
+        println!("    smbclient //{smb}/{} -p {sp} -N -m SMB3 -c 'put /tmp/nasgw-hello.txt hello-smb.txt'", share.name);
+        println!(
+            "    nfs-cp /tmp/nasgw-hello.txt 'nfs://{nfs}/{}/hello-nfs.txt?version=3&nfsport={np}&mountport={np}'",
+            vol.name
+        );
+    }
+    if let Some(m) = &cfg.metrics {
+        println!("  metrics http://{}:{}/metrics", reachable(m.listen), m.listen.port());
+    }
+    if let Some(d) = &cfg.dns {
+        println!("  DNS  dig @{} -p {} {} A", reachable(d.listen), d.listen.port(), d.name);
+    }
     println!("  control socket {} (nasgw status, nasgw ip)", cfg.node.control_socket.display());
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
 /// Answers the control socket for a node without `[cluster]`: itself, the leader, OK while its
@@ -211,15 +291,25 @@ struct StandaloneNode {
 
 impl StandaloneNode {
     fn new(cfg: Arc<Config>, volume_health: Option<HealthWatch>) -> Self {
-        let me = NodeStatus { pnn: 0, address: reachable(cfg.nfs.listen), state: NodeState::Ok, this_node: true };
+        let me = NodeStatus {
+            pnn: 0,
+            address: reachable(cfg.nfs.listen),
+            state: NodeState::Ok,
+            this_node: true,
+            reason: String::new(),
+            version: crate::VERSION.to_string(),
+            started: unix_secs(*crate::metrics::STARTED),
+        };
         Self { me, volume_health }
     }
 
     /// This node, UNHEALTHY while its volume is not usable.
     fn me_now(&self) -> NodeStatus {
-        let healthy = self.volume_health.as_ref().is_none_or(|h| h.borrow().is_healthy());
-        let state = if healthy { NodeState::Ok } else { NodeState::Unhealthy };
-        NodeStatus { state, ..self.me.clone() }
+        let unhealthy = self.volume_health.as_ref().map(|h| h.borrow().clone()).filter(|h| !h.is_healthy());
+        match unhealthy {
+            None => self.me.clone(),
+            Some(h) => NodeStatus { state: NodeState::Unhealthy, reason: h.to_string(), ..self.me.clone() },
+        }
     }
 }
 
@@ -231,13 +321,51 @@ impl control::Handler for StandaloneNode {
                 generation: 1,
                 leader: Some(0),
                 recovery_mode: RecoveryMode::Normal,
+                quorum: true,
+                counters: Default::default(),
+                now: unix_secs(std::time::SystemTime::now()),
             }),
-            control::Request::Ip => control::Response::Ip(IpReport { this_node: 0, addresses: Vec::new() }),
+            control::Request::Ip => control::Response::Ip(IpReport {
+                this_node: 0,
+                addresses: Vec::new(),
+                now: unix_secs(std::time::SystemTime::now()),
+            }),
+            control::Request::Connections => {
+                control::Response::Error { message: "answered by the control socket itself".to_string() }
+            }
             control::Request::Disable | control::Request::Enable | control::Request::IpMove { .. } => {
                 control::Response::Error {
                     message: "this node is not in a cluster ([cluster] is not configured)".to_string(),
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_control_socket_and_state_dir_are_private_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{d}/data\"\n[node]\ncontrol_socket = \"{d}/run/ctl.sock\"\nstate_dir = \"{d}/state\"\n",
+            d = dir.path().display()
+        );
+        let cfg = crate::config::parse(&text, "t", dir.path()).unwrap();
+        // SAFETY: umask only changes the file creation mask; restored below.
+        let old = unsafe { libc::umask(0) };
+        let prepared = prepare_dirs(&cfg);
+        let bound = bind_control(&cfg.node.control_socket);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        prepared.unwrap();
+        let _listener = bound.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&cfg.node.state_dir), 0o700);
+        assert_eq!(mode(&cfg.node.control_socket), 0o600);
     }
 }

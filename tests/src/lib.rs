@@ -8,7 +8,9 @@ pub mod anchors;
 pub mod gluster;
 pub mod kclient;
 pub mod netns;
+pub mod pjdfstest;
 pub mod process;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -6,7 +6,8 @@
 //! through node 1 works unchanged through node 2 (GFID identities, same on both backends), a
 //! libnfs client reads through either node, node 1's handles keep working after its FUSE
 //! client was killed and nasgw mounted the volume again, and a brick killed during a 1 GiB SMB
-//! upload through the gfapi node costs the client nothing.
+//! upload through the gfapi node costs the client nothing. Fifos, sockets and device nodes made
+//! over NFS MKNOD through either node are seen with their types through the other.
 //!
 //! Each nasgw listens on 127.0.0.1:2049 inside its node's namespace; the test client reaches it
 //! by moving its (single) thread into that namespace before connecting.
@@ -129,6 +130,43 @@ async fn nfs_and_smb_through_fuse_and_gfapi_nodes_see_one_volume_with_handles_va
         .unwrap();
     ok(&out, "nfs-cat through node 2");
     assert!(out.stdout == data, "libnfs read through node 2 differs");
+
+    // Special files: a fifo and a socket made through each node (FUSE: mknod on the mount;
+    // gfapi: glfs_h_mknod), a device through the gfapi node, each seen with its type (and
+    // numbers) through the other node by name and by the maker's handle; READ of a fifo
+    // answers INVAL through either node instead of blocking.
+    use nfs3_types::nfs3::ftype3;
+    for (maker, seer) in [("n1", "n2"), ("n2", "n1")] {
+        let (cm, cs) = if maker == "n1" { (&mut c1, &mut c2) } else { (&mut c2, &mut c1) };
+        enter(topo.ns(maker));
+        let mut made = Vec::new();
+        for (n, what, t) in [
+            (format!("fifo-{maker}"), fifo(0o640), ftype3::NF3FIFO),
+            (format!("sock-{maker}"), socket(0o755), ftype3::NF3SOCK),
+            (format!("null-{maker}"), char_device(0o600, 1, 3), ftype3::NF3CHR),
+        ] {
+            let (h, a) = mknod(cm, &dir, &n, what).await.unwrap_or_else(|e| panic!("MKNOD {n} through {maker}: {e}"));
+            assert_eq!(a.type_, t, "{n}");
+            made.push((n, h, a));
+        }
+        assert_eq!(read(cm, &made[0].1, 0, 100).await.unwrap_err(), nfsstat3::NFS3ERR_INVAL);
+        enter(topo.ns(seer));
+        for (n, h, a) in &made {
+            let (h2, a2) = lookup(cs, &dir, n.as_bytes()).await.unwrap();
+            assert_eq!(&h2, h, "{n}: the same handle through {seer}");
+            assert_eq!(
+                (a2.type_, a2.mode, a2.rdev.specdata1, a2.rdev.specdata2),
+                (a.type_, a.mode, a.rdev.specdata1, a.rdev.specdata2),
+                "{n} through {seer}"
+            );
+            assert_eq!(getattr(cs, h).await.unwrap().type_, a.type_);
+        }
+        assert_eq!((made[2].2.rdev.specdata1, made[2].2.rdev.specdata2), (1, 3));
+        assert_eq!(read(cs, &made[0].1, 0, 100).await.unwrap_err(), nfsstat3::NFS3ERR_INVAL);
+        for (n, _, _) in &made {
+            remove(cs, &dir, n).await.unwrap();
+        }
+    }
 
     // SMB: a file put through node 2 (gfapi) is read byte-identical through node 1 (FUSE), and
     // over NFS by name.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub use error::ConfigError;
 pub use locate::KeyPath;
 pub use model::*;
-pub use validate::{inside_volume, validate, Problem};
+pub use validate::{inside_volume, split_brick, validate, Problem};
 
 use locate::SpannedDoc;
 
@@ -114,6 +114,15 @@ fn normalise(c: &mut Config, base: &Path) {
     if let Some(p) = c.volume.mount_point.as_mut() {
         abs(p);
     }
+    if c.volume.servers.is_empty() {
+        // A volume the nodes create: its volfile servers are the brick hosts, in brick order.
+        for b in &c.volume.bricks {
+            let (host, _) = validate::split_brick(b).expect("validated");
+            if !c.volume.servers.iter().any(|s| s == host) {
+                c.volume.servers.push(host.to_string());
+            }
+        }
+    }
     abs(&mut c.node.control_socket);
     abs(&mut c.node.state_dir);
     for s in &mut c.smb.shares {
@@ -176,9 +185,44 @@ fn hint_for(msg: &str, path: &KeyPath) -> Option<String> {
     Some(hint.to_string())
 }
 
-/// The effective config as TOML, defaults filled in (what `nasgw check` prints).
+/// The effective config as TOML, defaults filled in (what `nasgw check` prints). NT hashes are
+/// password equivalents: they are shown as `<redacted>`, never printed.
 pub fn render(c: &Config) -> String {
-    toml::to_string_pretty(c).expect("config serialises")
+    let mut v = toml::Value::try_from(c).expect("config serialises");
+    let users = v.get_mut("smb").and_then(|s| s.get_mut("user")).and_then(|u| u.as_array_mut());
+    for u in users.into_iter().flatten() {
+        if let Some(h) = u.get_mut("nt_hash") {
+            *h = toml::Value::String("<redacted>".into());
+        }
+    }
+    toml::to_string_pretty(&v).expect("config serialises")
+}
+
+/// Warnings about files that hold secrets but are readable by other local users: the config
+/// when it has `[[smb.user]]` NT hashes (password equivalents), and the cluster secret (it
+/// signs heartbeats and file handles). `nasgw check` prints them and the daemon logs them.
+pub fn secret_file_warnings(loaded: &Loaded) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut look = |path: &Path, what: &str| {
+        if let Ok(m) = std::fs::metadata(path) {
+            if m.mode() & 0o044 != 0 {
+                out.push(format!(
+                    "{} holds {what} but is readable by other users (mode {:o}); run `chmod 600 {}`",
+                    path.display(),
+                    m.mode() & 0o7777,
+                    path.display()
+                ));
+            }
+        }
+    };
+    if let (Source::File(p), false) = (&loaded.source, loaded.config.smb.users.is_empty()) {
+        look(p, "SMB users' NT hashes");
+    }
+    if let Some(c) = &loaded.config.cluster {
+        look(&c.secret_file, "the cluster secret");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -187,6 +231,27 @@ mod tests {
 
     fn errors(text: &str) -> Vec<ConfigError> {
         parse(text, "t.toml", Path::new("/etc/nasgw")).unwrap_err()
+    }
+
+    #[test]
+    fn render_never_prints_nt_hashes_and_warns_about_readable_secret_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let hash = "0123456789abcdef0123456789abcdef";
+        let text = format!(
+            "[volume]\nname=\"smb\"\nbackend=\"local\"\npath=\"/x\"\n[[smb.user]]\nname=\"alice\"\nnt_hash=\"{hash}\"\n"
+        );
+        let path = dir.path().join("nasgw.toml");
+        std::fs::write(&path, &text).unwrap();
+        let loaded = load(Some(&path)).unwrap();
+        let shown = render(&loaded.config);
+        assert!(!shown.contains(hash) && shown.contains("<redacted>"), "{shown}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = secret_file_warnings(&loaded);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("NT hashes") && w[0].contains("644"), "{w:?}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(secret_file_warnings(&loaded).is_empty());
     }
 
     #[test]

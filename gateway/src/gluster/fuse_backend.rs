@@ -18,8 +18,8 @@ use super::mount::{self, ManagedMount, MountState};
 use crate::vfs::posix::identity::{Identity, IdentityKind};
 use crate::vfs::posix::{PosixBackend, PosixOptions};
 use crate::vfs::{
-    Attr, Backend, CreateHow, Credentials, FileId, FileSlice, FsStat, Name, ReadData, ReadDir, SetAttr, Stability,
-    VfsError, VfsResult, VolumeId,
+    Attr, Backend, CreateHow, Credentials, FileId, FileSlice, FsStat, Name, ReadData, ReadDir, SetAttr, SpecialFile,
+    Stability, VfsError, VfsResult, VolumeId,
 };
 
 /// How long a call waits for the volume to be mounted (again) before failing.
@@ -172,6 +172,17 @@ impl Backend for FuseBackend {
 
     fn symlink(&self, cred: &Credentials, dir: &FileId, name: &Name, target: &[u8]) -> VfsResult<(FileId, Attr)> {
         self.backend()?.symlink(cred, dir, name, target)
+    }
+
+    fn mknod(
+        &self,
+        cred: &Credentials,
+        dir: &FileId,
+        name: &Name,
+        kind: SpecialFile,
+        mode: u32,
+    ) -> VfsResult<(FileId, Attr)> {
+        self.backend()?.mknod(cred, dir, name, kind, mode)
     }
 
     fn readlink(&self, cred: &Credentials, id: &FileId) -> VfsResult<Vec<u8>> {

@@ -290,6 +290,18 @@ impl Volume {
         Ok((obj, unsafe { st.assume_init() }))
     }
 
+    /// Creates special file `name` in `dir`: `mode` carries the `S_IFMT` type (fifo, socket,
+    /// character or block device) and the permission bits, `dev` the device numbers.
+    pub fn mknod(&self, dir: &Object, name: &OsStr, mode: u32, dev: libc::dev_t) -> io::Result<(Object, libc::stat)> {
+        let name = cstr(name)?;
+        let mut st = MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: live parent; name copied; st written on success.
+        let ptr = unsafe { self.lib().glfs_h_mknod(self.fs(), dir.ptr, name.as_ptr(), mode, dev, st.as_mut_ptr()) };
+        let obj = self.object(ptr)?;
+        // SAFETY: zeroed and filled on success.
+        Ok((obj, unsafe { st.assume_init() }))
+    }
+
     /// The target of symlink `obj`.
     pub fn readlink(&self, obj: &Object) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];

@@ -23,7 +23,7 @@ use super::gfapi::{self, File, Object, Volume};
 use crate::vfs::posix::identity::Identity;
 use crate::vfs::{
     access, Attr, Backend, CreateHow, Credentials, DirEntry, FileId, FileType, FsStat, Name, ReadDir, SetAttr, SetTime,
-    Stability, Timestamp, VfsError, VfsResult, VolumeId,
+    SpecialFile, Stability, Timestamp, VfsError, VfsResult, VolumeId,
 };
 
 /// How long a call waits for the first connection to the volume before failing.
@@ -444,6 +444,10 @@ impl Backend for GfapiBackend {
         offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
         let f = self.io(&vol, &node)?;
         f.write_all_at(data, offset)?;
+        if let Some(mode) = access::mode_after_write(attr.mode, cred) {
+            self.apply_setattr(&vol, &node, &SetAttr { mode: Some(mode), ..Default::default() })?;
+            *node.checked.lock().expect("lock") = None;
+        }
         // After an UNSTABLE write the data may still be in libgfapi's write-behind: a stat
         // would wait until it reached every brick. After a sync, the stat is answered from the
         // attributes the sync brought back.
@@ -550,6 +554,36 @@ impl Backend for GfapiBackend {
             let _as = AsCaller::switch(cred)?;
             vol.symlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), std::ffi::OsStr::from_bytes(target))?
         };
+        self.found(obj, &st)
+    }
+
+    fn mknod(
+        &self,
+        cred: &Credentials,
+        dir: &FileId,
+        name: &Name,
+        kind: SpecialFile,
+        mode: u32,
+    ) -> VfsResult<(FileId, Attr)> {
+        // The bricks make the node as root whoever asks: a device is refused here to anyone
+        // else, whatever the caller above checked (mknod(2) needs CAP_MKNOD for one).
+        if kind.is_device() && !cred.is_root() {
+            return Err(VfsError::Perm);
+        }
+        let vol = self.vol()?;
+        let d = self.dir_node(&vol, dir)?;
+        let mode = mode & 0o7777;
+        let (obj, mut st) = {
+            let _as = AsCaller::switch(cred)?;
+            vol.mknod(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), kind.mode_type() | mode, kind.dev())?
+        };
+        if st.st_mode & 0o7777 != mode {
+            // libgfapi applied a umask: the protocol asked for exactly `mode`.
+            let mut s = st;
+            s.st_mode = mode;
+            vol.setattr(&obj, &s, gfapi::GFAPI_SET_ATTR_MODE)?;
+            st = vol.stat(&obj)?;
+        }
         self.found(obj, &st)
     }
 

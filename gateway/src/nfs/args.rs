@@ -80,6 +80,21 @@ pub enum CreateMode {
     Exclusive([u8; 8]),
 }
 
+/// `mknoddata3`: what MKNOD makes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MknodData {
+    /// NF3CHR: attributes and (major, minor).
+    CharDevice(Sattr, (u32, u32)),
+    /// NF3BLK: attributes and (major, minor).
+    BlockDevice(Sattr, (u32, u32)),
+    /// NF3SOCK with its attributes.
+    Socket(Sattr),
+    /// NF3FIFO with its attributes.
+    Fifo(Sattr),
+    /// Any other type (regular, directory, symlink, or no type at all): NFS3ERR_BADTYPE.
+    BadType(u32),
+}
+
 /// `stable_how`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum StableHow {
@@ -115,7 +130,7 @@ pub enum NfsArgs<'a> {
     Create { at: DirOp<'a>, how: CreateMode },
     Mkdir { at: DirOp<'a>, set: Sattr },
     Symlink { at: DirOp<'a>, set: Sattr, target: &'a [u8] },
-    Mknod { at: DirOp<'a>, ftype: u32 },
+    Mknod { at: DirOp<'a>, what: MknodData },
     Remove(DirOp<'a>),
     Rmdir(DirOp<'a>),
     Rename { from: DirOp<'a>, to: DirOp<'a> },
@@ -207,8 +222,17 @@ pub fn decode_nfs(proc_: u32, args: &[u8]) -> Result<Option<NfsArgs<'_>>, XdrErr
         }
         MKDIR => NfsArgs::Mkdir { at: dirop(r)?, set: sattr(r)? },
         SYMLINK => NfsArgs::Symlink { at: dirop(r)?, set: sattr(r)?, target: r.opaque(MAX_PATH)? },
-        // The device data is not needed to refuse MKNOD.
-        MKNOD => NfsArgs::Mknod { at: dirop(r)?, ftype: r.u32()? },
+        MKNOD => {
+            let at = dirop(r)?;
+            let what = match r.u32()? {
+                3 => MknodData::BlockDevice(sattr(r)?, (r.u32()?, r.u32()?)),
+                4 => MknodData::CharDevice(sattr(r)?, (r.u32()?, r.u32()?)),
+                6 => MknodData::Socket(sattr(r)?),
+                7 => MknodData::Fifo(sattr(r)?),
+                t => MknodData::BadType(t),
+            };
+            NfsArgs::Mknod { at, what }
+        }
         REMOVE => NfsArgs::Remove(dirop(r)?),
         RMDIR => NfsArgs::Rmdir(dirop(r)?),
         RENAME => NfsArgs::Rename { from: dirop(r)?, to: dirop(r)? },
@@ -286,6 +310,49 @@ mod tests {
             panic!("not a write")
         };
         assert_eq!((fh, offset, stable, data), (&b"FHFH"[..], 7, StableHow::FileSync, &b"hel"[..]));
+    }
+
+    #[test]
+    fn decodes_mknod_of_every_type() {
+        let head = |t: u32| {
+            let mut a = be(&[4]);
+            a.extend_from_slice(b"FHFH");
+            a.extend(be(&[1]));
+            a.extend_from_slice(b"p\0\0\0");
+            a.extend(be(&[t]));
+            a
+        };
+        let set = be(&[1, 0o640, 1, 1000, 0, 0, 0, 0]);
+        let s = Sattr { mode: Some(0o640), uid: Some(1000), ..Sattr::default() };
+        let what = |a: &[u8]| match decode_nfs(procs::MKNOD, a) {
+            Ok(Some(NfsArgs::Mknod { at, what })) => {
+                assert_eq!((at.dir, at.name), (&b"FHFH"[..], &b"p"[..]));
+                Ok(what)
+            }
+            Ok(other) => panic!("not a mknod: {other:?}"),
+            Err(e) => Err(e),
+        };
+        let mut chr = head(4);
+        chr.extend(&set);
+        chr.extend(be(&[1, 3]));
+        assert_eq!(what(&chr), Ok(MknodData::CharDevice(s, (1, 3))));
+        let mut blk = head(3);
+        blk.extend(&set);
+        blk.extend(be(&[8, 0]));
+        assert_eq!(what(&blk), Ok(MknodData::BlockDevice(s, (8, 0))));
+        for (t, want) in [(6, MknodData::Socket(s)), (7, MknodData::Fifo(s))] {
+            let mut a = head(t);
+            a.extend(&set);
+            assert_eq!(what(&a), Ok(want));
+        }
+        // A regular file, a directory, a symlink or no type: nothing follows, BADTYPE later.
+        for t in [1, 2, 5, 0, 99] {
+            assert_eq!(what(&head(t)), Ok(MknodData::BadType(t)));
+        }
+        // A device without its numbers is truncated.
+        let mut short = head(4);
+        short.extend(&set);
+        assert_eq!(what(&short), Err(XdrError::Truncated));
     }
 
     #[test]

@@ -49,12 +49,17 @@ impl ExportPolicy {
         self.clients.iter().any(|n| n.contains(&ip))
     }
 
-    /// The identity a call runs with, or why it is refused.
+    /// The identity a call runs with, or why it is refused. With root squash, uid 0 becomes
+    /// the anonymous user, and gid 0 (primary or supplementary) of any caller becomes the
+    /// anonymous group, as knfsd and Ganesha do: group root opens `root:root 0640` files.
     pub fn credentials(&self, auth: &Auth) -> Result<Credentials, AuthFailure> {
         match auth {
             Auth::Unix { uid, gid, gids } => {
                 if *uid == 0 && self.root_squash {
                     Ok(self.anonymous())
+                } else if self.root_squash {
+                    let squash = |g: u32| if g == 0 { self.anon_gid } else { g };
+                    Ok(Credentials { uid: *uid, gid: squash(*gid), groups: gids.iter().copied().map(squash).collect() })
                 } else {
                     Ok(Credentials { uid: *uid, gid: *gid, groups: gids.clone() })
                 }
@@ -109,11 +114,14 @@ mod tests {
         assert_eq!(p.credentials(&root), Ok(Credentials::new(65534, 65533)));
         let user = Auth::Unix { uid: 1000, gid: 100, gids: vec![5] };
         assert_eq!(p.credentials(&user), Ok(Credentials { uid: 1000, gid: 100, groups: vec![5] }));
+        let group_root = Auth::Unix { uid: 1000, gid: 0, gids: vec![5, 0] };
+        assert_eq!(p.credentials(&group_root), Ok(Credentials { uid: 1000, gid: 65533, groups: vec![5, 65533] }));
         assert_eq!(p.credentials(&Auth::None), Err(AuthFailure::TooWeak));
         assert_eq!(p.credentials(&Auth::Other(6)), Err(AuthFailure::TooWeak));
         p.root_squash = false;
         p.allow_auth_none = true;
         assert_eq!(p.credentials(&root).unwrap().uid, 0);
+        assert_eq!(p.credentials(&group_root).unwrap().groups, vec![5, 0], "no squash, no change");
         assert_eq!(p.credentials(&Auth::None), Ok(Credentials::new(65534, 65533)));
         assert_eq!(p.auth_flavors(), vec![1, 0]);
     }

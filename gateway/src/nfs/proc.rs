@@ -4,12 +4,12 @@
 use nfs3_types::nfs3::*;
 use nfs3_types::xdr_codec::{Opaque, Pack, Void};
 
-use super::args::{CreateMode, DirOp, NfsArgs, Sattr, StableHow, MAX_IO};
+use super::args::{CreateMode, DirOp, MknodData, NfsArgs, Sattr, StableHow, MAX_IO};
 use super::attr::{fattr, post_op, set_attr, status, wcc};
 use super::dirlist::{self, EntryList};
 use super::handle::HandleCodec;
 use super::server::{NfsServer, Request};
-use crate::vfs::{access, Attr, CreateHow, FileId, ReadData, ReadDir, Stability};
+use crate::vfs::{access, Attr, CreateHow, FileId, ReadData, ReadDir, SpecialFile, Stability};
 
 type R<T> = Result<T, nfsstat3>;
 
@@ -46,7 +46,7 @@ impl NfsServer {
             NfsArgs::Create { at, how } => self.create(req, at, how, out).await,
             NfsArgs::Mkdir { at, set } => self.mkdir(req, at, set, out).await,
             NfsArgs::Symlink { at, target, .. } => self.symlink(req, at, target, out).await,
-            NfsArgs::Mknod { at, .. } => self.mknod(at, out).await,
+            NfsArgs::Mknod { at, what } => self.mknod(req, at, what, out).await,
             NfsArgs::Remove(at) => self.remove(req, at, false, out).await,
             NfsArgs::Rmdir(at) => self.remove(req, at, true, out).await,
             NfsArgs::Rename { from, to } => self.rename(req, from, to, out).await,
@@ -203,7 +203,7 @@ impl NfsServer {
         res(out, r, WRITE3resfail::default)
     }
 
-    /// Common tail of CREATE, MKDIR and SYMLINK: the new object's handle and attributes plus the
+    /// Common tail of CREATE, MKDIR, SYMLINK and MKNOD: the new object's handle and attributes plus the
     /// directory's after-attributes.
     async fn made(
         &self,
@@ -267,14 +267,36 @@ impl NfsServer {
         res(out, r, || SYMLINK3resfail { dir_wcc: fail })
     }
 
-    async fn mknod(&self, at: DirOp<'_>, out: &mut Vec<u8>) {
-        let r: R<MKNOD3resok> = async {
-            self.id(at.dir)?;
+    /// MKNOD: a fifo, a socket's name or (for a non-squashed root only: NFS3ERR_PERM otherwise)
+    /// a device node, with the requested mode; other attributes (owner, times) are applied
+    /// afterwards as for CREATE.
+    async fn mknod(&self, req: &Request, at: DirOp<'_>, what: MknodData, out: &mut Vec<u8>) {
+        let dir = self.id(at.dir).ok();
+        let made = async {
+            let dir = self.id(at.dir)?;
             self.writable()?;
-            Err(nfsstat3::NFS3ERR_NOTSUPP)
+            let (kind, set) = match what {
+                MknodData::CharDevice(s, (major, minor)) => (SpecialFile::CharDevice(major, minor), s),
+                MknodData::BlockDevice(s, (major, minor)) => (SpecialFile::BlockDevice(major, minor), s),
+                MknodData::Socket(s) => (SpecialFile::Socket, s),
+                MknodData::Fifo(s) => (SpecialFile::Fifo, s),
+                MknodData::BadType(_) => return Err(nfsstat3::NFS3ERR_BADTYPE),
+            };
+            let mode = set.mode.unwrap_or(0o644);
+            let (id, attr) = self.ns.mknod(&req.cred, dir, at.name, kind, mode).await.map_err(status)?;
+            // A special file has no size to set; owner and times as the client asked.
+            let mut rest = without_mode(&set);
+            rest.size = None;
+            if rest.is_empty() {
+                return Ok((id, attr));
+            }
+            let attr = self.ns.setattr(&req.cred, id, rest).await.map_err(status)?;
+            Ok((id, attr))
         }
         .await;
-        res(out, r, || MKNOD3resfail { dir_wcc: wcc_data::default() })
+        let (r, fail) = self.made(dir, made).await;
+        let r = r.map(|(obj, obj_attributes, dir_wcc)| MKNOD3resok { obj, obj_attributes, dir_wcc });
+        res(out, r, || MKNOD3resfail { dir_wcc: fail })
     }
 
     async fn remove(&self, req: &Request, at: DirOp<'_>, dir_only: bool, out: &mut Vec<u8>) {

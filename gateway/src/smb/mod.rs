@@ -27,6 +27,7 @@ pub mod sequence;
 pub mod session;
 pub mod signing;
 pub mod srvsvc;
+pub mod status;
 pub mod streams;
 pub mod transport;
 pub mod wire;

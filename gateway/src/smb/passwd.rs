@@ -83,16 +83,65 @@ pub fn run(path: &Path, user: &str) -> Result<()> {
         bail!("empty password refused; nothing was changed");
     }
     let new = set_in_text(&text, user, &password)?;
-    let tmp = path.with_extension("toml.nasgw-tmp");
-    std::fs::write(&tmp, new).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    replace_keeping_owner_and_mode(path, new.as_bytes())?;
     println!("SMB password of `{user}` set in {} (restart nasgw to apply)", path.display());
     Ok(())
+}
+
+/// Replaces `path` with `content` atomically (a temporary file renamed over it) that keeps
+/// the original's owner, group and mode: the file holds NT hashes, which are password
+/// equivalents, so a umask must never widen who can read it. The temporary file is created
+/// 0600 and only then given the original's mode.
+pub fn replace_keeping_owner_and_mode(path: &Path, content: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    let tmp = path.with_extension("toml.nasgw-tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let done = (|| -> Result<()> {
+        f.write_all(content)?;
+        std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))
+            .context("cannot give the new file the original's owner")?;
+        f.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done.with_context(|| format!("cannot replace {}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_replaced_config_keeps_its_mode_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nasgw.toml");
+        std::fs::write(&path, "old").unwrap();
+        for mode in [0o600, 0o640] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            // SAFETY: umask only changes this process's file creation mask.
+            let old = unsafe { libc::umask(0) };
+            let r = replace_keeping_owner_and_mode(&path, b"new");
+            // SAFETY: as above, restoring it.
+            unsafe { libc::umask(old) };
+            r.unwrap();
+            let m = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(m, mode, "mode kept");
+            assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        }
+    }
 
     #[test]
     fn adds_then_updates_a_user_keeping_comments() {

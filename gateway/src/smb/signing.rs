@@ -158,8 +158,17 @@ pub fn verify(alg: SigningAlgorithm, key: &[u8; 16], msg: &[u8]) -> bool {
         return false;
     }
     let want = signature(alg, key, msg);
-    let got = &msg[offset::SIGNATURE..offset::SIGNATURE + 16];
-    want.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    ct_eq(&want, &msg[offset::SIGNATURE..offset::SIGNATURE + 16])
+}
+
+/// Compares two MACs in time that depends only on their length, not on where they differ,
+/// so a client cannot learn a valid MAC byte by byte from response times.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
 }
 
 /// SMB 3.1.1 preauth integrity: `H = SHA-512(H || message)`, starting from 64 zero bytes.
@@ -173,6 +182,15 @@ pub fn preauth_update(hash: &mut [u8; 64], msg: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macs_compare_equal_only_when_identical() {
+        assert!(ct_eq(&[1, 2, 3], &[1, 2, 3]));
+        assert!(!ct_eq(&[1, 2, 3], &[1, 2, 4]));
+        assert!(!ct_eq(&[0, 2, 3], &[1, 2, 3]));
+        assert!(!ct_eq(&[1, 2], &[1, 2, 3]));
+        assert!(ct_eq(&[], &[]));
+    }
 
     #[test]
     fn a_signed_message_verifies_and_a_changed_one_does_not() {

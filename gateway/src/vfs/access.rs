@@ -17,6 +17,22 @@ pub const DELETE: u32 = 0x10;
 /// Execute a file.
 pub const EXECUTE: u32 = 0x20;
 
+/// The mode a regular file must get after `cred` wrote to it, when it changes: a write by a
+/// caller other than root clears set-user-ID, and set-group-ID when group execute is set (a
+/// set-group-ID file without it marks mandatory locking), as the kernel does for writers
+/// without CAP_FSETID. The server writes through its own descriptor, so it applies this
+/// itself; otherwise anyone allowed to write could plant code in a set-user-ID program.
+pub fn mode_after_write(mode: u32, cred: &Credentials) -> Option<u32> {
+    if cred.is_root() {
+        return None;
+    }
+    let mut clear = 0o4000;
+    if mode & 0o010 != 0 {
+        clear |= 0o2000;
+    }
+    (mode & clear != 0).then_some(mode & 0o7777 & !clear)
+}
+
 /// Which of `wanted` (a mask of the constants above, the NFSv3 ACCESS bits) the caller is granted
 /// on a file with attributes `attr`. Root is granted everything except executing a file with no
 /// execute bit at all. POSIX ACLs are not consulted.
@@ -107,5 +123,17 @@ mod tests {
         assert_eq!(granted(&f, &Credentials::root(), ALL), ALL & !EXECUTE);
         let x = attr(FileType::Regular, 0o700, 10, 20);
         assert_eq!(granted(&x, &Credentials::root(), ALL), ALL);
+    }
+
+    #[test]
+    fn writes_by_anyone_but_root_clear_setuid_and_setgid() {
+        let user = Credentials::new(10, 20);
+        assert_eq!(mode_after_write(0o4755, &user), Some(0o755));
+        assert_eq!(mode_after_write(0o6755, &user), Some(0o755));
+        assert_eq!(mode_after_write(0o6745, &user), Some(0o2745), "setgid without group exec stays");
+        assert_eq!(mode_after_write(0o2775, &user), Some(0o775));
+        assert_eq!(mode_after_write(0o0644, &user), None);
+        assert_eq!(mode_after_write(0o1777, &user), None, "sticky is not touched");
+        assert_eq!(mode_after_write(0o6755, &Credentials::root()), None);
     }
 }

@@ -8,7 +8,7 @@
 //! Objects are addressed by [`FileId`], the persistent identity the backend minted: there is no
 //! server-side id table that a restart or another node would lack. A backend keeps whatever
 //! caches it likes (open descriptors, GlusterFS object handles) keyed by id, but `resolve` of an
-//! id must work on a fresh process on any node, and must fail with [`VfsError::Stale`](super::VfsError::Stale) (never
+//! id must work on a fresh process on any node, and must fail with [`VfsError::Stale`] (never
 //! succeed on another file) once the file is deleted.
 //!
 //! Every operation takes the caller's [`Credentials`]: permission checks are the caller's and
@@ -20,7 +20,9 @@
 use super::cred::Credentials;
 use super::error::{VfsError, VfsResult};
 use super::name::Name;
-use super::types::{Attr, CreateHow, FileId, FileSlice, FsStat, ReadData, ReadDir, SetAttr, Stability, VolumeId};
+use super::types::{
+    Attr, CreateHow, FileId, FileSlice, FsStat, ReadData, ReadDir, SetAttr, SpecialFile, Stability, VolumeId,
+};
 
 /// A storage engine the namespace layer serves.
 pub trait Backend: Send + Sync + 'static {
@@ -128,6 +130,20 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Creates symlink `name` in `dir` whose target is `target` (stored verbatim).
     fn symlink(&self, cred: &Credentials, dir: &FileId, name: &Name, target: &[u8]) -> VfsResult<(FileId, Attr)>;
+
+    /// Makes special file `name` in `dir` (a fifo, a socket's name, a device node) with
+    /// permission bits `mode`, owned by the caller. Callers have already refused devices to
+    /// anyone but root; a backend that cannot make special files keeps this default.
+    fn mknod(
+        &self,
+        _cred: &Credentials,
+        _dir: &FileId,
+        _name: &Name,
+        _kind: SpecialFile,
+        _mode: u32,
+    ) -> VfsResult<(FileId, Attr)> {
+        Err(VfsError::NotSupported)
+    }
 
     /// Reads a symlink's target.
     fn readlink(&self, cred: &Credentials, id: &FileId) -> VfsResult<Vec<u8>>;

@@ -11,7 +11,7 @@ use super::folding::{FoldedIndexes, FoldedNames};
 use super::name::Name;
 use super::posix::listings::DirStamp;
 use super::types::{
-    Attr, CreateHow, FileId, FileType, FsStat, ReadData, ReadDir, SetAttr, Stability, Timestamp, VolumeId,
+    Attr, CreateHow, FileId, FileType, FsStat, ReadData, ReadDir, SetAttr, SpecialFile, Stability, Timestamp, VolumeId,
 };
 
 /// Most symlinks one [`Namespace::walk`] follows (Linux's `MAXSYMLINKS`).
@@ -312,6 +312,25 @@ impl Namespace {
     ) -> VfsResult<(FileId, Attr)> {
         let (b, cred, name, target) = (self.backend.clone(), cred.clone(), Name::new(name)?, target.to_vec());
         quick(self.local, move || b.symlink(&cred, &dir, &name, &target)).await
+    }
+
+    /// Makes special file `dir/name` (fifo, socket, device) with permission bits `mode`.
+    /// Device nodes are for root only: anyone else (a squashed root included) gets
+    /// [`VfsError::Perm`], as `mknod(2)` answers without `CAP_MKNOD`; the backend is not asked.
+    pub async fn mknod(
+        &self,
+        cred: &Credentials,
+        dir: FileId,
+        name: &[u8],
+        kind: SpecialFile,
+        mode: u32,
+    ) -> VfsResult<(FileId, Attr)> {
+        let name = Name::new(name)?;
+        if kind.is_device() && !cred.is_root() {
+            return Err(VfsError::Perm);
+        }
+        let (b, cred) = (self.backend.clone(), cred.clone());
+        quick(self.local, move || b.mknod(&cred, &dir, &name, kind, mode & 0o7777)).await
     }
 
     /// Reads a symlink's target.

@@ -84,6 +84,56 @@ impl FileType {
     }
 }
 
+/// A special file [`crate::vfs::Backend::mknod`] makes: a named pipe, a Unix socket's name, or
+/// a device node with its numbers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SpecialFile {
+    /// Named pipe (`mkfifo`).
+    Fifo,
+    /// Unix-domain socket name (what `bind()` of an `AF_UNIX` socket creates).
+    Socket,
+    /// Character device (major, minor).
+    CharDevice(u32, u32),
+    /// Block device (major, minor).
+    BlockDevice(u32, u32),
+}
+
+impl SpecialFile {
+    /// The file type it has once made.
+    pub fn file_type(self) -> FileType {
+        match self {
+            Self::Fifo => FileType::Fifo,
+            Self::Socket => FileType::Socket,
+            Self::CharDevice(..) => FileType::CharDevice,
+            Self::BlockDevice(..) => FileType::BlockDevice,
+        }
+    }
+
+    /// True for device nodes: only a privileged (non-squashed root) caller may make them, as
+    /// `mknod(2)` needs `CAP_MKNOD` for them and not for fifos or sockets.
+    pub fn is_device(self) -> bool {
+        matches!(self, Self::CharDevice(..) | Self::BlockDevice(..))
+    }
+
+    /// The `S_IFMT` bits of `mknod(2)`'s mode.
+    pub fn mode_type(self) -> u32 {
+        match self {
+            Self::Fifo => libc::S_IFIFO,
+            Self::Socket => libc::S_IFSOCK,
+            Self::CharDevice(..) => libc::S_IFCHR,
+            Self::BlockDevice(..) => libc::S_IFBLK,
+        }
+    }
+
+    /// `mknod(2)`'s `dev` argument (0 unless a device).
+    pub fn dev(self) -> libc::dev_t {
+        match self {
+            Self::CharDevice(major, minor) | Self::BlockDevice(major, minor) => libc::makedev(major, minor),
+            Self::Fifo | Self::Socket => 0,
+        }
+    }
+}
+
 /// A point in time, seconds and nanoseconds since the Unix epoch.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Default, Hash)]
 pub struct Timestamp {

@@ -187,6 +187,33 @@ pub async fn symlink(c: &mut Conn, dir: &nfs_fh3, n: &str, target: &str) -> Resu
     }
 }
 
+/// MKNOD of `what` (`mknoddata3`: a fifo, socket or device with its attributes).
+pub async fn mknod(c: &mut Conn, dir: &nfs_fh3, n: &str, what: mknoddata3) -> Result<(nfs_fh3, fattr3), nfsstat3> {
+    let args = MKNOD3args { where_: diropargs3 { dir: dir.clone(), name: name(n) }, what };
+    match c.mknod(&args).await.expect("rpc") {
+        Nfs3Result::Ok(ok) => Ok((ok.obj.unwrap(), ok.obj_attributes.unwrap())),
+        Nfs3Result::Err((s, _)) => Err(s),
+    }
+}
+
+/// `mknoddata3` of a fifo with `mode`.
+pub fn fifo(mode: u32) -> mknoddata3 {
+    mknoddata3::NF3FIFO(sattr3 { mode: Nfs3Option::Some(mode), ..Default::default() })
+}
+
+/// `mknoddata3` of a socket with `mode`.
+pub fn socket(mode: u32) -> mknoddata3 {
+    mknoddata3::NF3SOCK(sattr3 { mode: Nfs3Option::Some(mode), ..Default::default() })
+}
+
+/// `mknoddata3` of a character device (major, minor) with `mode`.
+pub fn char_device(mode: u32, major: u32, minor: u32) -> mknoddata3 {
+    mknoddata3::NF3CHR(devicedata3 {
+        dev_attributes: sattr3 { mode: Nfs3Option::Some(mode), ..Default::default() },
+        spec: specdata3 { specdata1: major, specdata2: minor },
+    })
+}
+
 /// REMOVE.
 pub async fn remove(c: &mut Conn, dir: &nfs_fh3, n: &str) -> Result<(), nfsstat3> {
     match c.remove(&REMOVE3args { object: diropargs3 { dir: dir.clone(), name: name(n) } }).await.expect("rpc") {

@@ -117,22 +117,22 @@ pub fn finish(ex: &NtlmExchange, blob: &[u8], users: &UserDb, guest_allowed: boo
         match ntlmssp::verify_ntlmv2(&auth, hash, &ex.server_challenge) {
             Some(k) => (Identity::User(auth.user.to_lowercase()), Some(k)),
             None => {
-                tracing::info!(user = %auth.user, "SMB logon refused: wrong password");
+                tracing::info!(user = %crate::logging::untrusted(&auth.user), "SMB logon refused: wrong password");
                 return Err(NtStatus::LOGON_FAILURE);
             }
         }
     } else if guest_allowed {
         (Identity::Guest, None)
     } else {
-        tracing::info!(user = %auth.user, "SMB logon refused: unknown user and no guest share");
+        tracing::info!(user = %crate::logging::untrusted(&auth.user), "SMB logon refused: unknown user and no guest share");
         return Err(NtStatus::LOGON_FAILURE);
     };
     let mut mic = None;
     if let (Some(k), Some(types)) = (&key, &ex.mech_types) {
         if let Some(client_mic) = tok.mech_list_mic {
             let want = ntlmssp::mic_signature(k, ex.agreed, false, types);
-            if client_mic != want {
-                tracing::info!(user = %auth.user, "SMB logon refused: SPNEGO mechListMIC mismatch");
+            if !crate::smb::signing::ct_eq(client_mic, &want) {
+                tracing::info!(user = %crate::logging::untrusted(&auth.user), "SMB logon refused: SPNEGO mechListMIC mismatch");
                 return Err(NtStatus::LOGON_FAILURE);
             }
             mic = Some(ntlmssp::mic_signature(k, ex.agreed, true, types));

@@ -172,7 +172,7 @@ pub fn verify_ntlmv2(auth: &Authenticate, nt_hash: &[u8; 16], server_challenge: 
         let identity = utf16le(&(auth.user.to_uppercase() + &domain));
         let owf = hmac_md5(nt_hash, &[&identity]);
         let want = hmac_md5(&owf, &[server_challenge, blob]);
-        if want.iter().zip(proof).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 {
+        if crate::smb::signing::ct_eq(&want, proof) {
             let base = hmac_md5(&owf, &[proof]);
             if auth.flags & flags::KEY_EXCH != 0 && auth.encrypted_session_key.len() == 16 {
                 let mut k = [0u8; 16];

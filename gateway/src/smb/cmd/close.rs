@@ -20,7 +20,7 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
     let OpenKind::File(f) = open.kind else { return Ok(()) };
     let flushed = if f.wrote { server.ns.flush(crate::smb::fs::file_of(&f)).await } else { Ok(()) };
     if let Err(e) = flushed {
-        tracing::warn!(error = %e, file = f.name(), "SMB: data written through a closed handle failed to reach the volume");
+        tracing::warn!(error = %e, file = %crate::logging::untrusted(f.name()), "SMB: data written through a closed handle failed to reach the volume");
     }
     server.track_path(f.key, None);
     let out = server.locks.close(&f.id, f.key);

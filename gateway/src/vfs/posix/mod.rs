@@ -39,8 +39,8 @@ use super::cred::Credentials;
 use super::error::{VfsError, VfsResult};
 use super::name::Name;
 use super::types::{
-    Attr, CreateHow, FileId, FileSlice, FileType, FsStat, ReadData, ReadDir, SetAttr, SetTime, Stability, Timestamp,
-    VolumeId,
+    Attr, CreateHow, FileId, FileSlice, FileType, FsStat, ReadData, ReadDir, SetAttr, SetTime, SpecialFile, Stability,
+    Timestamp, VolumeId,
 };
 
 /// How a [`PosixBackend`] is set up.
@@ -481,9 +481,10 @@ impl PosixBackend {
                 SetTime::ServerNow => UtimeArg::Now,
                 SetTime::Client(t) => UtimeArg::At(t),
             };
-            if node.ftype != FileType::Symlink {
-                sys::utimens_fd(fd, arg(set.atime), arg(set.mtime))?;
-            }
+            // Through the descriptor's /proc path even for a symlink: the magic link lands on
+            // the symlink itself (never its target), so a client's `utimensat(..,
+            // AT_SYMLINK_NOFOLLOW)` (an NFS SETATTR of the link's handle) sets the link's times.
+            sys::utimens_fd(fd, arg(set.atime), arg(set.mtime))?;
         }
         Ok(())
     }
@@ -660,6 +661,10 @@ impl Backend for PosixBackend {
             VfsError::Io(libc::EBADF) => VfsError::Access,
             e => e,
         })?;
+        if let Some(mode) = access::mode_after_write(attr.mode, cred) {
+            sys::chmod_fd(node.path_fd.as_fd(), mode)?;
+            *lock(&node.checked) = None;
+        }
         match stable {
             Stability::Unstable => {}
             Stability::DataSync => sys::sync(fd.as_fd(), true)?,
@@ -751,6 +756,28 @@ impl Backend for PosixBackend {
         {
             let _as = self.as_caller(cred)?;
             sys::symlinkat(&ctarget, d.path_fd.as_fd(), &cname)?;
+        }
+        self.lookup_in(cred, &d, self.dir_ino(&d), &cname)
+    }
+
+    fn mknod(
+        &self,
+        cred: &Credentials,
+        dir: &FileId,
+        name: &Name,
+        kind: SpecialFile,
+        mode: u32,
+    ) -> VfsResult<(FileId, Attr)> {
+        let d = self.dir_node(dir)?;
+        let cname = name.to_cstring();
+        let mode = mode & 0o7777;
+        {
+            // As the caller: the kernel checks write permission on the directory and, for a
+            // device, CAP_MKNOD (which a thread running as another fsuid does not have). The
+            // new object is never opened: only reached through O_PATH descriptors.
+            let _as = self.as_caller(cred)?;
+            sys::mknodat(d.path_fd.as_fd(), &cname, kind.mode_type() | mode, kind.dev())?;
+            self.fix_mode(&d, &cname, mode)?;
         }
         self.lookup_in(cred, &d, self.dir_ino(&d), &cname)
     }

@@ -466,6 +466,11 @@ pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> VfsResult<()> {
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(|_| ())
 }
 
+/// `mknodat` (`mode` carries the `S_IFMT` type bits).
+pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, dev: libc::dev_t) -> VfsResult<()> {
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, dev) }).map(|_| ())
+}
+
 /// `symlinkat`.
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> VfsResult<()> {
     check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(|_| ())

@@ -535,3 +535,80 @@ fn a_flush_closes_a_duplicate_and_keeps_the_descriptor() {
     super::sys::flush(f.as_fd()).unwrap();
     assert_eq!(std::fs::read_dir("/proc/self/fd").unwrap().count(), open, "no descriptor left behind");
 }
+
+#[tokio::test]
+async fn special_files_are_made_listed_and_never_opened_for_io() {
+    use crate::vfs::SpecialFile;
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ns = Namespace::new(Arc::new(backend(tmp.path(), kind)));
+        let root_cred = Credentials::root();
+        let root = ns.root();
+        let mut made = Vec::new();
+        for (n, k, mode) in [
+            ("fifo", SpecialFile::Fifo, 0o640),
+            ("sock", SpecialFile::Socket, 0o777),
+            ("chr", SpecialFile::CharDevice(1, 3), 0o600),
+            ("blk", SpecialFile::BlockDevice(7, 200), 0o660),
+        ] {
+            if k.is_device() && unsafe { libc::geteuid() } != 0 {
+                continue;
+            }
+            let (id, a) = ns.mknod(&root_cred, root, n.as_bytes(), k, mode).await.unwrap();
+            assert_eq!((a.ftype, a.mode), (k.file_type(), mode), "{n}");
+            let meta = std::fs::symlink_metadata(tmp.path().join(n)).unwrap();
+            assert_eq!(meta.mode() & 0o7777, mode, "{n}: exactly the mode asked, whatever the umask");
+            if let SpecialFile::CharDevice(ma, mi) | SpecialFile::BlockDevice(ma, mi) = k {
+                assert_eq!(a.rdev, (ma, mi), "{n}");
+                assert_eq!(meta.rdev(), libc::makedev(ma, mi), "{n}");
+            }
+            assert_eq!(ns.getattr(id).await.unwrap().ftype, k.file_type());
+            // Reading or writing a fifo or a device would block or touch hardware: refused.
+            assert_eq!(ns.read(&root_cred, id, 0, 10).await.unwrap_err(), VfsError::Invalid, "{n}");
+            let w = ns.write(&root_cred, id, 0, b"x".to_vec(), Stability::FileSync).await;
+            assert_eq!(w.unwrap_err(), VfsError::Invalid, "{n}");
+            made.push((n, id, k));
+        }
+        // The same names again: EEXIST.
+        assert_eq!(ns.mknod(&root_cred, root, b"fifo", SpecialFile::Fifo, 0o644).await.unwrap_err(), VfsError::Exists);
+        // A listing with attributes shows each with its type and numbers.
+        let page = ns.readdir(&root_cred, root, 0, 100, true).await.unwrap();
+        for (n, id, k) in &made {
+            let e = page.entries.iter().find(|e| e.name == n.as_bytes()).unwrap();
+            let (eid, a) = e.plus.unwrap();
+            assert_eq!((eid, a.ftype), (*id, k.file_type()), "{n}");
+        }
+        // Devices are for root only; fifos and sockets for anyone who may write the folder.
+        if unsafe { libc::geteuid() } == 0 {
+            let user = Credentials::new(4242, 4242);
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+            let dev = ns.mknod(&user, root, b"c2", SpecialFile::CharDevice(1, 3), 0o644).await;
+            assert_eq!(dev.unwrap_err(), VfsError::Perm);
+            // Even past the namespace's check, the kernel refuses it (no CAP_MKNOD as the user).
+            let b = ns.backend();
+            let direct = b.mknod(&user, &root, &name("c3"), SpecialFile::BlockDevice(1, 3), 0o644);
+            assert_eq!(direct.unwrap_err(), VfsError::Perm);
+            let (_, a) = ns.mknod(&user, root, b"userfifo", SpecialFile::Fifo, 0o600).await.unwrap();
+            assert_eq!((a.uid, a.gid, a.ftype), (4242, 4242, FileType::Fifo));
+            assert!(!tmp.path().join("c2").exists() && !tmp.path().join("c3").exists());
+        }
+    }
+}
+
+#[test]
+fn times_of_a_symlink_are_its_own() {
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = backend(tmp.path(), kind);
+        let me = Credentials::root();
+        let root = b.root();
+        b.create(&me, &root, &name("target"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
+        let (link, _) = b.symlink(&me, &root, &name("link"), b"target").unwrap();
+        let t = Timestamp { secs: 1_234_567, nanos: 89 };
+        let set = SetAttr { atime: SetTime::Client(t), mtime: SetTime::Client(t), ..SetAttr::default() };
+        let a = b.setattr(&me, &link, &set).unwrap();
+        assert_eq!((a.ftype, a.mtime, a.atime), (FileType::Symlink, t, t));
+        assert_eq!(std::fs::symlink_metadata(tmp.path().join("link")).unwrap().mtime(), 1_234_567);
+        assert_ne!(std::fs::metadata(tmp.path().join("target")).unwrap().mtime(), 1_234_567, "not the target's");
+    }
+}
