@@ -41,7 +41,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, ShareConfig};
 use crate::daemon::Lifecycle;
-use crate::locks::{LockTable, OpenKey};
+use crate::locks::{LockService, OpenKey};
 use crate::vfs::{FileId, Namespace};
 
 /// Most client connections served at once; more wait in the kernel's backlog.
@@ -67,10 +67,8 @@ pub struct SmbServer {
     pub unix_users: std::collections::HashMap<String, String>,
     /// The namespace every share is a folder of.
     pub ns: Namespace,
-    /// The namespace-level lock table (shared with NFS).
-    pub locks: Arc<LockTable<FileId>>,
-    /// Source of [`OpenKey`]s.
-    pub next_open: std::sync::atomic::AtomicU64,
+    /// The cluster-wide file-sharing state (shared with NFS).
+    pub locks: Arc<LockService>,
     /// Share-relative path of every open file, by share root: a directory with open files
     /// below it cannot be renamed.
     pub open_paths: std::sync::Mutex<std::collections::HashMap<OpenKey, (FileId, Vec<String>)>>,
@@ -81,7 +79,7 @@ pub struct SmbServer {
 
 impl SmbServer {
     /// Server state from the config.
-    pub fn new(cfg: &Config, ns: Namespace, locks: Arc<LockTable<FileId>>) -> Self {
+    pub fn new(cfg: &Config, ns: Namespace, locks: Arc<LockService>) -> Self {
         let server_name = cfg.smb.server_name.clone().unwrap_or_else(hostname);
         let users = auth::UserDb::new(cfg.smb.users.iter().map(|u| (u.name.as_str(), u.nt_hash.as_str())));
         let unix_users = cfg
@@ -101,7 +99,6 @@ impl SmbServer {
             unix_users,
             ns,
             locks,
-            next_open: std::sync::atomic::AtomicU64::new(1),
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
             open_streams: streams::OpenStreams::default(),
         }
@@ -126,9 +123,9 @@ impl SmbServer {
         m.iter().any(|(k, (r, p))| *k != except && *r == root && p.len() > dir.len() && p.starts_with(dir))
     }
 
-    /// A fresh lock-table identity for a new open.
+    /// A fresh identity for a new open, unique in the cluster.
     pub fn open_key(&self) -> OpenKey {
-        OpenKey(self.next_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        self.locks.new_key()
     }
 
     /// The share named `name` (case-insensitive).
@@ -160,7 +157,7 @@ pub fn unix_to_filetime(secs: i64, nanos: u32) -> u64 {
 pub async fn start(
     cfg: &Config,
     ns: Namespace,
-    locks: Arc<LockTable<FileId>>,
+    locks: Arc<LockService>,
     connections: Arc<ConnectionTable>,
     life: Lifecycle,
 ) -> Result<()> {

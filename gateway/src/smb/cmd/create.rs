@@ -3,7 +3,7 @@
 
 use super::open::{access, expand_access, FileOpen, Open, OpenKind};
 use super::Reply;
-use crate::locks::{Conflict, OpenRecord};
+use crate::locks::{flags, CachingRequest, Conflict, LockService, OpenKey, OpenRequest};
 use crate::smb::conn::Connection;
 use crate::smb::dosattrib::DosInfo;
 use crate::smb::fs;
@@ -314,9 +314,9 @@ pub fn plan(ask: Ask, found: Option<Found>) -> Result<Plan, NtStatus> {
 ///
 /// [`kept`]: ShareModeGuard::kept
 pub(super) struct ShareModeGuard<'a> {
-    pub(super) locks: &'a crate::locks::LockTable<crate::vfs::FileId>,
+    pub(super) locks: &'a LockService,
     pub(super) id: crate::vfs::FileId,
-    pub(super) key: crate::locks::OpenKey,
+    pub(super) key: OpenKey,
     pub(super) armed: bool,
 }
 
@@ -330,7 +330,7 @@ impl ShareModeGuard<'_> {
 impl Drop for ShareModeGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.locks.close(&self.id, self.key);
+            self.locks.close_detached(&self.id, self.key);
         }
     }
 }
@@ -458,13 +458,22 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     if server.open_streams.delete_pending(&id) {
         return Err(NtStatus::DELETE_PENDING);
     }
-    server.locks.open(&id, OpenRecord { key, access: granted, share: share_access }).map_err(|c| match c {
+    let open = OpenRequest {
+        key,
+        access: granted,
+        share: share_access,
+        caching: CachingRequest::None,
+        overwrite: matches!(action, FILE_OVERWRITTEN | FILE_SUPERSEDED),
+        is_dir,
+        flags: flags::HANDLE,
+    };
+    server.locks.open(&id, open).await.map_err(|c| match c {
         Conflict::DeletePending => NtStatus::DELETE_PENDING,
-        _ => NtStatus::SHARING_VIOLATION,
+        c => c.into(),
     })?;
     let guard = ShareModeGuard { locks: &server.locks, id, key, armed: true };
     if granted & DELETE != 0 {
-        super::create_stream::streams_allow_delete(&server, &id)?;
+        super::create_stream::streams_allow_delete(&server, &id).await?;
     }
     if matches!(action, FILE_OVERWRITTEN | FILE_SUPERSEDED) {
         if attr.size != 0 {
@@ -482,7 +491,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
             // Windows refuses delete-on-close of a non-empty directory at close time; report it now.
             return Err(NtStatus::DIRECTORY_NOT_EMPTY);
         }
-        server.locks.set_delete_on_close(&id, key, true);
+        server.locks.set_delete_on_close(&id, key, true).await?;
     }
     guard.kept();
     let b = basics(&attr, &dos, &name);
@@ -495,6 +504,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         is_dir,
         access: granted,
         key,
+        lease: None,
         cred,
         root,
         position: 0,
@@ -699,17 +709,25 @@ mod tests {
         assert_eq!(validate(&Request { options: both, ..base }), Err(NtStatus::INVALID_PARAMETER));
     }
 
-    #[test]
-    fn a_share_mode_guard_releases_unless_kept() {
-        use crate::locks::{LockTable, OpenKey};
+    #[tokio::test]
+    async fn a_share_mode_guard_releases_unless_kept() {
         use crate::vfs::FileId;
-        let locks = LockTable::<FileId>::new();
+        let locks = LockService::single();
         let id = FileId::new(&[1, 2, 3]).unwrap();
-        let rec = |k| OpenRecord { key: OpenKey(k), access: access::WRITE_DATA, share: 0 };
-        locks.open(&id, rec(1)).unwrap();
-        drop(ShareModeGuard { locks: &locks, id, key: OpenKey(1), armed: true });
-        locks.open(&id, rec(2)).expect("the dropped guard released its open");
-        ShareModeGuard { locks: &locks, id, key: OpenKey(2), armed: true }.kept();
-        assert!(locks.open(&id, rec(3)).is_err(), "a kept open still holds its share mode");
+        let rec = |key| OpenRequest {
+            key,
+            access: access::WRITE_DATA,
+            share: 0,
+            caching: CachingRequest::None,
+            overwrite: false,
+            is_dir: false,
+            flags: flags::HANDLE,
+        };
+        let (k1, k2, k3) = (locks.new_key(), locks.new_key(), locks.new_key());
+        locks.open(&id, rec(k1)).await.unwrap();
+        drop(ShareModeGuard { locks: &locks, id, key: k1, armed: true });
+        locks.open(&id, rec(k2)).await.expect("the dropped guard released its open");
+        ShareModeGuard { locks: &locks, id, key: k2, armed: true }.kept();
+        assert!(locks.open(&id, rec(k3)).await.is_err(), "a kept open still holds its share mode");
     }
 }

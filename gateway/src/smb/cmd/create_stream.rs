@@ -9,7 +9,7 @@ use super::create::{
 };
 use super::open::{access, FileOpen, Open, OpenKind};
 use super::Reply;
-use crate::locks::{Conflict, OpenRecord};
+use crate::locks::{flags, CachingRequest, Conflict, OpenRequest};
 use crate::smb::conn::Connection;
 use crate::smb::file_state::FileState;
 use crate::smb::fs::{self, Case};
@@ -55,14 +55,11 @@ pub fn stream_plan(disp: u32, exists: bool) -> Result<(u32, bool), NtStatus> {
 /// An open of `file` with DELETE access must be one each of its open streams would also
 /// admit (NTFS opens every stream for the deletion): SHARING_VIOLATION when one of them was
 /// opened without FILE_SHARE_DELETE.
-pub fn streams_allow_delete(server: &crate::smb::SmbServer, file: &FileId) -> Result<(), NtStatus> {
+pub async fn streams_allow_delete(server: &crate::smb::SmbServer, file: &FileId) -> Result<(), NtStatus> {
     for key in server.open_streams.keys(file) {
-        let probe = server.open_key();
-        match server.locks.open(&key, OpenRecord { key: probe, access: access::DELETE, share: 7 }) {
-            Ok(()) => {
-                server.locks.close(&key, probe);
-            }
-            Err(_) => return Err(NtStatus::SHARING_VIOLATION),
+        // A client without an open of the stream asking for DELETE: its share modes decide.
+        if server.locks.may_also(&key, None, access::DELETE, false, None).await.is_err() {
+            return Err(NtStatus::SHARING_VIOLATION);
         }
     }
     Ok(())
@@ -127,22 +124,31 @@ pub async fn open(
     if base_attr.ftype != FileType::Directory {
         check_unix_access(&base_attr, &cred, granted)?;
     }
-    if server.open_streams.delete_pending(&base) || server.locks.delete_pending(&base) {
+    if server.open_streams.delete_pending(&base) || server.locks.record(&base).await?.delete_pending {
         return Err(NtStatus::DELETE_PENDING);
     }
     let stream = StreamOpen { base, name: stored.unwrap_or(name) };
     let id = streams::lock_id(&base, &stream.name);
     let key = server.open_key();
-    server.locks.open(&id, OpenRecord { key, access: granted, share: req.share_access & 7 }).map_err(|c| match c {
+    let open = OpenRequest {
+        key,
+        access: granted,
+        share: req.share_access & 7,
+        caching: CachingRequest::None,
+        overwrite: empty,
+        is_dir: false,
+        flags: flags::HANDLE,
+    };
+    server.locks.open(&id, open).await.map_err(|c| match c {
         Conflict::DeletePending => NtStatus::DELETE_PENDING,
-        _ => NtStatus::SHARING_VIOLATION,
+        c => c.into(),
     })?;
     let guard = ShareModeGuard { locks: &server.locks, id, key, armed: true };
     if empty {
         streams::write_all(ns, &cred, &stream, Vec::new()).await?;
     }
     if req.options & options::DELETE_ON_CLOSE != 0 {
-        server.locks.set_delete_on_close(&id, key, true);
+        server.locks.set_delete_on_close(&id, key, true).await?;
     }
     guard.kept();
     server.open_streams.opened(base, id);
@@ -167,6 +173,7 @@ pub async fn open(
         is_dir: false,
         access: granted,
         key,
+        lease: None,
         cred,
         root,
         position: 0,

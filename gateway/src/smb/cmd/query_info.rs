@@ -275,7 +275,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
                 let shown = super::create_stream::stream_attributes(fs::attributes(&a, &dos, f.name()));
                 dos.attributes = Some(shown);
             }
-            let pending = server.locks.delete_pending(&f.id);
+            let pending = server.locks.record(&f.id).await?.delete_pending;
             match req.class {
                 22 => {
                     let file_attr = server.ns.getattr(file).await?;
@@ -362,7 +362,8 @@ mod tests {
             path: path.iter().map(|s| s.to_string()).collect(),
             is_dir: path.is_empty(),
             access: 0x1f01ff,
-            key: OpenKey(1),
+            key: OpenKey { node: 0, seq: 1 },
+            lease: None,
             cred: Credentials::root(),
             root: id,
             position: 0,

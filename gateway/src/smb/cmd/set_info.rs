@@ -200,8 +200,9 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             let name = name.trim_start_matches('\\');
             let mut comps = fs::split_name(name)?;
             let Some(old_name) = f.path.last().cloned() else { return Err(NtStatus::ACCESS_DENIED) };
-            server.locks.may_also(&f.id, f.key, access::DELETE).map_err(|_| NtStatus::SHARING_VIOLATION)?;
-            if server.locks.blocks_child_rename(&f.parent) {
+            // Other clients' handle caching goes first (they may close), then share modes decide.
+            server.locks.may_also(&f.id, Some(f.key), access::DELETE, true, f.lease).await?;
+            if server.locks.record(&f.parent).await?.blocks_child_rename() {
                 return Err(NtStatus::SHARING_VIOLATION);
             }
             if f.is_dir && server.has_open_below(f.root, &f.path, f.key) {
@@ -220,7 +221,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
                     if !replace {
                         return Err(NtStatus::OBJECT_NAME_COLLISION);
                     }
-                    if ta.ftype == FileType::Directory || server.locks.has_other_opens(&tid, f.key) {
+                    if ta.ftype == FileType::Directory || server.locks.record(&tid).await?.has_other_opens(f.key) {
                         return Err(NtStatus::ACCESS_DENIED);
                     }
                     Some(real)
@@ -258,7 +259,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
                     return Err(NtStatus::CANNOT_DELETE);
                 }
             }
-            server.locks.set_delete_pending(&f.id, on);
+            server.locks.set_delete_pending(&f.id, on).await?;
             Ok(ok())
         }
         // FilePositionInformation
