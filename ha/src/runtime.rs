@@ -212,7 +212,9 @@ fn view_of(m: &Machine, s: &HaSettings, now: Duration, facts: &mut Facts) -> HaV
     for (a, o) in &owners {
         let before = facts.owners.insert(*a, *o);
         if let Some(before) = before.filter(|b| b != o) {
-            facts.moves.insert(*a, AddressMove { at: wall, from: before, to: *o });
+            // A move between two nodes passes through "nobody": report it from the last holder.
+            let from = before.or_else(|| facts.moves.get(a).and_then(|m| m.from.filter(|_| m.to.is_none())));
+            facts.moves.insert(*a, AddressMove { at: wall, from, to: *o });
         }
     }
     let addresses = s
