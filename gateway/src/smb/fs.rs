@@ -59,7 +59,7 @@ pub fn split_name(name: &str) -> Result<Vec<String>, NtStatus> {
 pub async fn parent_of(ns: &Namespace, cred: &Credentials, root: FileId, comps: &[String]) -> Result<FileId, NtStatus> {
     let Some((_, dirs)) = comps.split_last() else { return Ok(root) };
     // One lookup per component (the components are validated: no `.`, `..` or `/`); only a
-    // symlink on the way needs `walk`, which follows it while it stays inside the volume.
+    // symlink on the way needs `walk_beneath`, which follows it while it stays inside the share.
     let mut dir = root;
     for c in dirs {
         match ns.lookup(cred, dir, c.as_bytes()).await {
@@ -73,9 +73,9 @@ pub async fn parent_of(ns: &Namespace, cred: &Credentials, root: FileId, comps: 
     Ok(dir)
 }
 
-/// Resolves the directory `dirs` from the share root, following symlinks inside the volume.
+/// Resolves the directory `dirs` from the share root, following symlinks inside the share.
 async fn walk_dir(ns: &Namespace, cred: &Credentials, root: FileId, dirs: &[String]) -> Result<FileId, NtStatus> {
-    match ns.walk(cred, root, dirs.join("/").as_bytes(), true).await {
+    match ns.walk_beneath(cred, root, root, dirs.join("/").as_bytes(), true).await {
         Ok((id, a)) if a.ftype == FileType::Directory => Ok(id),
         Ok(_) => Err(NtStatus::OBJECT_PATH_NOT_FOUND),
         Err(VfsError::NotFound | VfsError::NotDir) => Err(NtStatus::OBJECT_PATH_NOT_FOUND),
