@@ -1,4 +1,4 @@
-//! The command line: `nasgw serve | check | status | ip [move ADDR NODE] | disable | enable`.
+//! The command line: `nasgw serve | check | status | ip [move ADDR NODE] | connections | disable | enable`.
 
 use std::path::PathBuf;
 
@@ -50,7 +50,7 @@ pub enum Command {
     },
     /// Show the public addresses and which node holds each (like `ctdb ip`).
     Ip {
-        /// Also show each address's interface.
+        /// Also show each address's interface, connections and last move.
         #[arg(long, short)]
         verbose: bool,
         /// Print the daemon's JSON answer.
@@ -59,6 +59,13 @@ pub enum Command {
         /// `move ADDR NODE`: move a public address.
         #[command(subcommand)]
         action: Option<IpAction>,
+    },
+    /// List this node's client connections: protocol, addresses, users and open files (like
+    /// `smbstatus`).
+    Connections {
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
     },
     /// Take this node out of service: its public addresses move to other nodes (like `ctdb disable`).
     Disable,

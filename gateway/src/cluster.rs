@@ -63,6 +63,7 @@ pub fn settings(cluster: &ClusterConfig) -> Result<HaSettings> {
         health_interval: ms(cluster.health_interval_ms),
         health_timeout: ms(cluster.health_timeout_ms),
         notify_script: cluster.notify_script.clone(),
+        version: crate::VERSION.to_string(),
     })
 }
 
@@ -79,12 +80,17 @@ fn shared_volume(
     let rel = cluster.recovery_lock.trim_start_matches('/');
     let Some(g) = gluster else {
         let root = cfg.volume.path.clone().context("a local volume has a path")?;
-        return Ok(SharedVolume::directory(
-            root.clone(),
-            root.join(rel),
-            me,
-            Duration::from_millis(cluster.dead_interval_ms),
-        ));
+        let mut shared =
+            SharedVolume::directory(root.clone(), root.join(rel), me, Duration::from_millis(cluster.dead_interval_ms));
+        // The probe's latency and verdict are the volume metrics of a local backend.
+        let mut probe = shared.probe;
+        shared.probe = Box::new(move || {
+            let start = std::time::Instant::now();
+            let r = probe();
+            crate::metrics::VOLUME.record(start.elapsed(), r.is_ok());
+            r
+        });
+        return Ok(shared);
     };
     let lock: Box<dyn ClusterLock> = match &g.access {
         VolumeAccess::Fuse(m) => Box::new(RecoveryLock::new(m.path().join(rel))),
@@ -187,6 +193,14 @@ fn start_echo(port: u16, connections: Arc<ConnectionTable>, listeners: ListenerH
 }
 
 impl Handler for ClusterNode {
+    fn alive(&self) -> Result<(), String> {
+        let idle = self.ha.since_last_turn();
+        if idle > std::time::Duration::from_secs(5) {
+            return Err(format!("the HA loop has not run for {} ms", idle.as_millis()));
+        }
+        Ok(())
+    }
+
     fn handle(&self, req: Request) -> Response {
         let ack = |r: Result<(), String>, message: String| match r {
             Ok(()) => Response::Done { message },
@@ -199,6 +213,7 @@ impl Handler for ClusterNode {
                 ack(self.ha.request(Event::Disable), "node disabled: its public addresses move to other nodes".into())
             }
             Request::Enable => ack(self.ha.request(Event::Enable), "node enabled".into()),
+            Request::Connections => Response::Error { message: "answered by the control socket itself".into() },
             Request::IpMove { address, node } => {
                 if !self.public.contains(&address) {
                     return Response::Error { message: format!("{address} is not one of [cluster] public_addresses") };

@@ -24,6 +24,8 @@ pub enum Request {
     Disable,
     /// Put this node back in service (`nasgw enable`).
     Enable,
+    /// This node's client connections (`nasgw connections`).
+    Connections,
     /// Move a public address to a node (`nasgw ip move ADDR NODE`).
     IpMove {
         /// The public address.
@@ -41,6 +43,13 @@ pub enum Response {
     Status(ha::status::ClusterStatus),
     /// For [`Request::Ip`].
     Ip(ha::status::IpReport),
+    /// For [`Request::Connections`].
+    Connections {
+        /// When the node answered (seconds since the Unix epoch).
+        now: u64,
+        /// Every client connection of the node.
+        connections: Vec<crate::clients::ClientConnection>,
+    },
     /// An admin request was accepted.
     Done {
         /// What happens next, for the admin.
@@ -58,7 +67,7 @@ impl Request {
     /// reading its state.
     pub fn changes_state(&self) -> bool {
         match self {
-            Request::Status | Request::Ip => false,
+            Request::Status | Request::Ip | Request::Connections => false,
             Request::Disable | Request::Enable | Request::IpMove { .. } => true,
         }
     }
@@ -76,6 +85,12 @@ pub fn may_change(uid: Option<u32>) -> bool {
 pub trait Handler: Send + Sync + 'static {
     /// Serves one request.
     fn handle(&self, req: Request) -> Response;
+
+    /// Whether the node's own loops still run (the service watchdog asks); `Err` says which
+    /// one stalled.
+    fn alive(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Longest request line accepted (a request is a few dozen bytes).
@@ -109,6 +124,11 @@ pub async fn serve(listener: UnixListener, handler: std::sync::Arc<dyn Handler>,
                     tracing::warn!(uid = ?peer, request = ?req, "control request refused: only root may change the node");
                     Response::Error { message: "permission denied: only root may change the node".into() }
                 }
+                // The same on every node, cluster or not: answered from the client registry.
+                Ok(Request::Connections) => Response::Connections {
+                    now: crate::daemon::unix_secs(std::time::SystemTime::now()),
+                    connections: crate::clients::CLIENTS.snapshot(),
+                },
                 Ok(req) => handler.handle(req),
                 Err(e) => Response::Error { message: format!("bad control request: {e}") },
             };

@@ -61,6 +61,25 @@ async fn run(loaded: Loaded) -> Result<()> {
     let namespace = open_namespace(&cfg, gluster.as_ref())?;
     // The one lock table of the namespace (SMB share modes and byte-range locks; NFS can use it).
     let locks = Arc::new(crate::locks::LockTable::new());
+    // Share folders for their writers (a fresh volume needs no admin chown). A local directory
+    // is ready now, so the first client already finds them; a GlusterFS volume once it answers.
+    match &gluster {
+        None => {
+            crate::provision::share_folders(&cfg, &namespace).await;
+        }
+        Some(g) => {
+            let (cfg, ns, mut health, stop) = (cfg.clone(), namespace.clone(), g.health(), life.stop.clone());
+            life.tasks.spawn(async move {
+                let ready = tokio::select! {
+                    _ = stop.cancelled() => false,
+                    r = health.wait_for(|h| h.is_healthy()) => r.is_ok(),
+                };
+                if ready {
+                    crate::provision::share_folders(&cfg, &ns).await;
+                }
+            });
+        }
+    }
     if cfg.nfs.enabled {
         crate::nfs::start(&cfg, namespace.clone(), connections.clone(), &life).await?;
         listeners.up("nfs");
@@ -81,11 +100,33 @@ async fn run(loaded: Loaded) -> Result<()> {
         )?),
         None => Arc::new(StandaloneNode::new(cfg.clone(), volume_health)),
     };
-    life.tasks.spawn(control::serve(control, handler, life.stop.clone()));
+    if let Some(m) = &cfg.metrics {
+        let lock_table = locks.clone();
+        let source = crate::metrics::collect::NodeSource {
+            node: handler.clone(),
+            lock_files: Box::new(move || lock_table.len()),
+        };
+        crate::metrics::serve::start(m.listen, crate::metrics::collect::registry(source), &life).await?;
+    }
+    if let Some(d) = &cfg.dns {
+        // This node's own cluster addresses: a resolver may be pointed at them too.
+        let own: Vec<IpAddr> = match &cfg.cluster {
+            Some(c) => {
+                let local = ha::self_id::local_addresses().unwrap_or_default();
+                c.nodes.iter().filter(|n| local.contains(n)).copied().collect()
+            }
+            None => Vec::new(),
+        };
+        crate::dns::start(&cfg, d, handler.clone(), &own, &life).await?;
+    }
+    life.tasks.spawn(control::serve(control, handler.clone(), life.stop.clone()));
     life.tasks.spawn(release_removed(namespace.clone(), life.stop.clone()));
 
     print_banner(&cfg);
+    crate::systemd::ready(handler.as_ref());
+    life.tasks.spawn(crate::systemd::watchdog(handler, life.stop.clone()));
     wait_for_stop_signal().await?;
+    crate::systemd::stopping();
 
     tracing::info!("stop signal received: closing listeners, finishing in-flight requests");
     life.stop.cancel();
@@ -214,7 +255,31 @@ fn print_banner(cfg: &Config) {
         let port = cfg.nfs.listen.port();
         println!("  NFS  nfs-ls 'nfs://{host}/{}/?version=3&nfsport={port}&mountport={port}'", vol.name);
     }
+    // Commands that write through both protocols, when a guest may write: copy them verbatim.
+    let guest_share = cfg.smb.shares.iter().find(|s| s.guest_ok && s.writable).filter(|_| cfg.smb.enabled);
+    if let (Some(share), true) = (guest_share, cfg.nfs.enabled) {
+        let (smb, nfs) = (reachable(cfg.smb.listen), reachable(cfg.nfs.listen));
+        let (sp, np) = (cfg.smb.listen.port(), cfg.nfs.listen.port());
+        println!("  try it:");
+        println!("    echo hello > /tmp/nasgw-hello.txt");
+        println!("    smbclient //{smb}/{} -p {sp} -N -m SMB3 -c 'put /tmp/nasgw-hello.txt hello-smb.txt'", share.name);
+        println!(
+            "    nfs-cp /tmp/nasgw-hello.txt 'nfs://{nfs}/{}/hello-nfs.txt?version=3&nfsport={np}&mountport={np}'",
+            vol.name
+        );
+    }
+    if let Some(m) = &cfg.metrics {
+        println!("  metrics http://{}:{}/metrics", reachable(m.listen), m.listen.port());
+    }
+    if let Some(d) = &cfg.dns {
+        println!("  DNS  dig @{} -p {} {} A", reachable(d.listen), d.listen.port(), d.name);
+    }
     println!("  control socket {} (nasgw status, nasgw ip)", cfg.node.control_socket.display());
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
 /// Answers the control socket for a node without `[cluster]`: itself, the leader, OK while its
@@ -226,15 +291,25 @@ struct StandaloneNode {
 
 impl StandaloneNode {
     fn new(cfg: Arc<Config>, volume_health: Option<HealthWatch>) -> Self {
-        let me = NodeStatus { pnn: 0, address: reachable(cfg.nfs.listen), state: NodeState::Ok, this_node: true };
+        let me = NodeStatus {
+            pnn: 0,
+            address: reachable(cfg.nfs.listen),
+            state: NodeState::Ok,
+            this_node: true,
+            reason: String::new(),
+            version: crate::VERSION.to_string(),
+            started: unix_secs(*crate::metrics::STARTED),
+        };
         Self { me, volume_health }
     }
 
     /// This node, UNHEALTHY while its volume is not usable.
     fn me_now(&self) -> NodeStatus {
-        let healthy = self.volume_health.as_ref().is_none_or(|h| h.borrow().is_healthy());
-        let state = if healthy { NodeState::Ok } else { NodeState::Unhealthy };
-        NodeStatus { state, ..self.me.clone() }
+        let unhealthy = self.volume_health.as_ref().map(|h| h.borrow().clone()).filter(|h| !h.is_healthy());
+        match unhealthy {
+            None => self.me.clone(),
+            Some(h) => NodeStatus { state: NodeState::Unhealthy, reason: h.to_string(), ..self.me.clone() },
+        }
     }
 }
 
@@ -246,8 +321,18 @@ impl control::Handler for StandaloneNode {
                 generation: 1,
                 leader: Some(0),
                 recovery_mode: RecoveryMode::Normal,
+                quorum: true,
+                counters: Default::default(),
+                now: unix_secs(std::time::SystemTime::now()),
             }),
-            control::Request::Ip => control::Response::Ip(IpReport { this_node: 0, addresses: Vec::new() }),
+            control::Request::Ip => control::Response::Ip(IpReport {
+                this_node: 0,
+                addresses: Vec::new(),
+                now: unix_secs(std::time::SystemTime::now()),
+            }),
+            control::Request::Connections => {
+                control::Response::Error { message: "answered by the control socket itself".to_string() }
+            }
             control::Request::Disable | control::Request::Enable | control::Request::IpMove { .. } => {
                 control::Response::Error {
                     message: "this node is not in a cluster ([cluster] is not configured)".to_string(),

@@ -114,6 +114,8 @@ pub async fn accept_loop<F, Fut>(
         let conn = TcpConnection::accepted(client, server);
         let client = conn.client;
         let guard = connections.register(conn);
+        let counted = crate::metrics::CONNECTIONS.opened(service);
+        let listed = crate::clients::CLIENTS.register(service, conn);
         tracing::debug!(service, %client, %server, "connection accepted");
         let handle = handle.clone();
         life.tasks.spawn(async move {
@@ -124,6 +126,8 @@ pub async fn accept_loop<F, Fut>(
             }
             tracing::debug!(service, %client, "connection closed");
             drop(guard);
+drop(counted);
+            drop(listed);
             drop((permit, slot));
         });
     }

@@ -33,7 +33,10 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { quiet } => {
-            for w in config::secret_file_warnings(&loaded) {
+            // Facts of this node a valid config still fails on (a readable secret, an unknown
+            // force_user, a guest share its guests cannot write): warnings, the file is valid.
+            let host = nasgw::provision::host_warnings(&loaded.config);
+            for w in config::secret_file_warnings(&loaded).into_iter().chain(host) {
                 eprintln!("warning: {w}");
             }
             if !quiet {
@@ -69,6 +72,12 @@ fn main() -> ExitCode {
         Command::Ip { json, action: Some(IpAction::Move { address, node }), .. } => {
             ask(&loaded, control::Request::IpMove { address, node }, json, done)
         }
+        Command::Connections { json } => ask(&loaded, control::Request::Connections, json, |r| match r {
+            control::Response::Connections { now, connections } => {
+                Some(nasgw::clients::render(connections, *now).trim_end().to_string())
+            }
+            _ => None,
+        }),
         Command::Disable => ask(&loaded, control::Request::Disable, false, done),
         Command::Enable => ask(&loaded, control::Request::Enable, false, done),
     }

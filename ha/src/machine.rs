@@ -406,6 +406,8 @@ impl Machine {
                 }
                 false
             }
+            // Facts for `nasgw status`, kept by the runtime; nothing to decide.
+            Body::Info(_) => false,
         }
     }
 
@@ -806,5 +808,21 @@ impl Machine {
     /// The health monitor's last reason, empty when healthy.
     pub fn health_reason(&self) -> &str {
         &self.health_reason
+    }
+
+    /// Whether this node holds quorum now: a majority of the nodes heard within the fence
+    /// interval, or exactly half with a live leader on its side. Without it the node holds no
+    /// public address (and answers no DNS query for the cluster).
+    pub fn has_quorum(&self, now: Duration) -> bool {
+        let (majority, tie) = self.quorum(now);
+        majority || (tie && self.leader(now).is_some())
+    }
+
+    /// When this node last heard from node `n` (`None`: never, or `n` is this node).
+    pub fn last_heard(&self, n: u32) -> Option<Duration> {
+        if n == self.cfg.me {
+            return None;
+        }
+        self.peers.get(n as usize).and_then(|p| p.last_seen)
     }
 }

@@ -15,9 +15,9 @@ use crate::effects::apply;
 use crate::health::{probe_path, probe_volume, verdict, ListenerHealth};
 use crate::machine::{Action, Event, LockOp, LockOutcome, Machine, MachineConfig, Timings};
 use crate::recovery_lock::{ClusterLock, RecoveryLock};
-use crate::status::{ClusterStatus, IpReport, NodeStatus, PublicIpStatus};
+use crate::status::{AddressMove, ClusterStatus, HaCounters, IpReport, NodeState, NodeStatus, PublicIpStatus};
 use crate::system::{PublicAddress, SystemEffects};
-use crate::wire::message::{open, ClusterKey, MAX_DATAGRAM};
+use crate::wire::message::{open, seal, Body, ClusterKey, Message, NodeInfo, MAX_DATAGRAM};
 
 /// Everything the HA node needs, resolved from `[cluster]`.
 #[derive(Debug, Clone)]
@@ -42,6 +42,60 @@ pub struct HaSettings {
     pub health_timeout: Duration,
     /// `[cluster] notify_script`.
     pub notify_script: Option<PathBuf>,
+    /// This node's software version, shown by `nasgw status` on every node.
+    pub version: String,
+}
+
+/// How often a node tells the others its [`NodeInfo`] when nothing changed.
+const INFO_EVERY: Duration = Duration::from_secs(1);
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// What the view shows beyond the machine's decisions: the nodes' facts, counters, and the
+/// owner changes this node saw.
+struct Facts {
+    /// Each node's last [`NodeInfo`] (this node's own included).
+    infos: Vec<Option<NodeInfo>>,
+    counters: HaCounters,
+    owners: std::collections::BTreeMap<IpAddr, Option<u32>>,
+    moves: std::collections::BTreeMap<IpAddr, AddressMove>,
+}
+
+impl Facts {
+    /// Counts what the machine just decided.
+    fn count(&mut self, actions: &[Action]) {
+        for a in actions {
+            match a {
+                Action::Take { .. } => self.counters.takeovers += 1,
+                Action::Release { .. } => self.counters.releases += 1,
+                Action::Notify { event, .. } if event == "leader" => self.counters.leader_changes += 1,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Why node `i` is not OK, as this node knows it.
+fn reason_of(m: &Machine, s: &HaSettings, facts: &Facts, now: Duration, i: usize, state: NodeState) -> String {
+    if i as u32 == s.me {
+        return match state {
+            NodeState::Ok => String::new(),
+            NodeState::Unhealthy => m.health_reason().to_string(),
+            NodeState::Disabled => "disabled by an admin (nasgw disable)".to_string(),
+            NodeState::Stopped => "stopping".to_string(),
+            NodeState::Disconnected => String::new(),
+        };
+    }
+    match state {
+        NodeState::Ok => String::new(),
+        NodeState::Disconnected => match m.last_heard(i as u32) {
+            Some(t) => format!("not heard for {} ms", now.saturating_sub(t).as_millis()),
+            None => "never heard since this node started".to_string(),
+        },
+        _ => facts.infos[i].as_ref().map(|f| f.reason.clone()).unwrap_or_default(),
+    }
 }
 
 /// A volume health probe: `Ok` while the shared volume serves, else why not. Called on its own
@@ -89,6 +143,20 @@ pub struct HaView {
 pub struct HaHandle {
     events: UnboundedSender<Event>,
     view: Arc<Mutex<HaView>>,
+    pulse: Arc<Pulse>,
+}
+
+/// When the HA loop last went round: the service watchdog's proof that decisions still run.
+struct Pulse {
+    start: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Pulse {
+    fn beat(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl HaHandle {
@@ -97,23 +165,54 @@ impl HaHandle {
         self.view.lock().expect("ha view").clone()
     }
 
+    /// How long ago the HA loop last went round (it ticks every few milliseconds).
+    pub fn since_last_turn(&self) -> Duration {
+        let last = Duration::from_millis(self.pulse.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.pulse.start.elapsed().saturating_sub(last)
+    }
+
     /// Feeds an admin event (`Disable`, `Enable`, `Move`).
     pub fn request(&self, e: Event) -> Result<(), String> {
         self.events.send(e).map_err(|_| "the HA node has stopped".to_string())
     }
 }
 
-fn view_of(m: &Machine, s: &HaSettings, now: Duration) -> HaView {
+fn view_of(m: &Machine, s: &HaSettings, now: Duration, facts: &mut Facts) -> HaView {
     let states = m.states(now);
+    let wall = unix_now();
     let nodes = s
         .nodes
         .iter()
         .enumerate()
-        .map(|(i, a)| NodeStatus { pnn: i as u32, address: *a, state: states[i], this_node: i as u32 == s.me })
+        .map(|(i, a)| {
+            let info = facts.infos[i].clone().unwrap_or_default();
+            NodeStatus {
+                pnn: i as u32,
+                address: *a,
+                state: states[i],
+                this_node: i as u32 == s.me,
+                reason: reason_of(m, s, facts, now, i, states[i]),
+                version: info.version,
+                started: info.started,
+            }
+        })
         .collect();
-    let status =
-        ClusterStatus { nodes, generation: m.generation(), leader: m.leader(now), recovery_mode: m.recovery_mode(now) };
+    let status = ClusterStatus {
+        nodes,
+        generation: m.generation(),
+        leader: m.leader(now),
+        recovery_mode: m.recovery_mode(now),
+        quorum: m.has_quorum(now),
+        counters: facts.counters,
+        now: wall,
+    };
     let owners = m.owners(now);
+    for (a, o) in &owners {
+        let before = facts.owners.insert(*a, *o);
+        if let Some(before) = before.filter(|b| b != o) {
+            facts.moves.insert(*a, AddressMove { at: wall, from: before, to: *o });
+        }
+    }
     let addresses = s
         .public
         .iter()
@@ -123,9 +222,15 @@ fn view_of(m: &Machine, s: &HaSettings, now: Duration) -> HaView {
             interface: p.interface.clone(),
             owner: owners.get(&p.address).copied().flatten(),
             connections: m.known_connections(p.address),
+            last_move: facts.moves.get(&p.address).copied(),
         })
         .collect();
-    HaView { status, ip: IpReport { this_node: s.me, addresses } }
+    HaView { status, ip: IpReport { this_node: s.me, addresses, now: wall } }
+}
+
+/// The other nodes' cluster sockets.
+fn peer_addresses(s: &HaSettings) -> Vec<SocketAddr> {
+    s.nodes.iter().enumerate().filter(|(i, _)| *i as u32 != s.me).map(|(_, a)| SocketAddr::new(*a, s.port)).collect()
 }
 
 /// Starts the HA node; it runs until `stop` fires, then releases its addresses and the lock.
@@ -142,13 +247,7 @@ pub fn start(
     let socket = UdpSocket::bind(SocketAddr::new(me_addr, s.port)).map_err(|e| {
         std::io::Error::new(e.kind(), format!("cannot bind the cluster port {me_addr}:{}: {e}", s.port))
     })?;
-    let peers: Vec<SocketAddr> = s
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i as u32 != s.me)
-        .map(|(_, a)| SocketAddr::new(*a, s.port))
-        .collect();
+    let peers = peer_addresses(&s);
     let lock_timeout = volume.lock_timeout;
     let (ev_tx, mut ev_rx) = unbounded_channel::<Event>();
     let mut effects = SystemEffects::new(
@@ -198,8 +297,18 @@ pub fn start(
         incarnation,
     });
     let t0 = Instant::now();
-    let view = Arc::new(Mutex::new(view_of(&machine, &s, Duration::ZERO)));
-    let handle = HaHandle { events: ev_tx, view: view.clone() };
+    let mut facts = Facts {
+        infos: vec![None; s.nodes.len()],
+        counters: HaCounters::default(),
+        owners: Default::default(),
+        moves: Default::default(),
+    };
+    let started = unix_now();
+    facts.infos[s.me as usize] = Some(NodeInfo { version: s.version.clone(), started, reason: String::new() });
+    let view = Arc::new(Mutex::new(view_of(&machine, &s, Duration::ZERO, &mut facts)));
+    let info_peers = peer_addresses(&s);
+    let pulse = Arc::new(Pulse { start: t0, last_ms: Default::default() });
+    let handle = HaHandle { events: ev_tx, view: view.clone(), pulse: pulse.clone() };
     socket.set_nonblocking(true)?;
     let socket = tokio::net::UdpSocket::from_std(socket)?;
 
@@ -213,10 +322,12 @@ pub fn start(
         let mut healthy: Option<bool> = None;
         let mut lock_pending: Option<(LockOp, Duration)> = None;
         let mut refused_logged: Option<Instant> = None;
+        let mut info_sent: Option<(Instant, String)> = None;
         let notify_start = Action::Notify { event: "startup".into(), details: vec![format!("pnn={}", s.me)] };
         let _ = act_tx.send((vec![notify_start], None));
         loop {
             let now = t0.elapsed();
+            pulse.beat();
             let mut events = Vec::new();
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -247,10 +358,25 @@ pub fn start(
                         }
                     }
                     events.push(Event::Tick);
+                    // Tell the others this node's facts for their `nasgw status`.
+                    let reason = reason_of(&machine, &s, &facts, now, s.me as usize, machine.own_state());
+                    if info_sent.as_ref().is_none_or(|(at, r)| at.elapsed() >= INFO_EVERY || *r != reason) {
+                        let info = NodeInfo { version: s.version.clone(), started, reason: reason.clone() };
+                        facts.infos[s.me as usize] = Some(info.clone());
+                        let msg = Message { from: s.me, incarnation, seq: 0, body: Body::Info(info) };
+                        let datagram = seal(&s.key, &msg);
+                        for p in &info_peers {
+                            let _ = socket.try_send_to(&datagram, *p);
+                        }
+                        info_sent = Some((Instant::now(), reason));
+                    }
                 }
                 r = socket.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {
                         match open(&s.key, &buf[..n]) {
+                            Ok(Message { from: n, body: Body::Info(info), .. }) if s.nodes.get(n as usize) == Some(&from.ip()) => {
+                                facts.infos[n as usize] = Some(info);
+                            }
                             Ok(msg) if s.nodes.get(msg.from as usize) == Some(&from.ip()) => events.push(Event::Received(msg)),
                             Ok(msg) => tracing::warn!(%from, claimed = msg.from, "cluster datagram from an address that is not that node's; ignored"),
                             Err(e) => {
@@ -285,19 +411,21 @@ pub fn start(
                     lock_pending = Some((*op, now));
                 }
             }
+            facts.count(&actions);
             if !actions.is_empty() {
                 let _ = act_tx.send((actions, None));
             }
-            *view.lock().expect("ha view") = view_of(&machine, &s, now);
+            *view.lock().expect("ha view") = view_of(&machine, &s, now, &mut facts);
         }
         // Clean stop: release everything, tell the others, wait until done.
         let now = t0.elapsed();
         let mut actions = machine.handle(now, Event::Stop);
         actions.push(Action::Notify { event: "shutdown".into(), details: vec![format!("pnn={}", s.me)] });
+        facts.count(&actions);
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let _ = act_tx.send((actions, Some(done_tx)));
         let _ = tokio::task::spawn_blocking(move || done_rx.recv_timeout(Duration::from_secs(5))).await;
-        *view.lock().expect("ha view") = view_of(&machine, &s, now);
+        *view.lock().expect("ha view") = view_of(&machine, &s, now, &mut facts);
         tracing::info!("HA node stopped: public addresses and recovery lock released");
     });
     Ok((handle, task))

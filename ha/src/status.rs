@@ -64,6 +64,16 @@ pub struct NodeStatus {
     pub state: NodeState,
     /// Is this the node answering?
     pub this_node: bool,
+    /// Why it is not OK (the failed health check, "disabled by an admin", "not heard for
+    /// 1200 ms"); empty when OK.
+    #[serde(default)]
+    pub reason: String,
+    /// Its software version, once heard.
+    #[serde(default)]
+    pub version: String,
+    /// When it started (seconds since the Unix epoch), 0 when not heard yet.
+    #[serde(default)]
+    pub started: u64,
 }
 
 /// `nasgw status`.
@@ -77,6 +87,38 @@ pub struct ClusterStatus {
     pub leader: Option<u32>,
     /// Settled or recovering.
     pub recovery_mode: RecoveryMode,
+    /// This node sees a majority of the nodes (or exactly half, with the leader): only then
+    /// may it hold public addresses and answer for the cluster's name.
+    #[serde(default)]
+    pub quorum: bool,
+    /// What happened on this node since it started.
+    #[serde(default)]
+    pub counters: HaCounters,
+    /// When the answering node took this status (seconds since the Unix epoch), for uptimes.
+    #[serde(default)]
+    pub now: u64,
+}
+
+/// Events counted on one node since it started (Prometheus counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaCounters {
+    /// Public addresses this node took over (added).
+    pub takeovers: u64,
+    /// Public addresses this node released.
+    pub releases: u64,
+    /// Times this node saw the leader change (including to itself).
+    pub leader_changes: u64,
+}
+
+/// "3d 4h", "5m 2s": a short uptime.
+pub fn short_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
 }
 
 impl fmt::Display for ClusterStatus {
@@ -85,10 +127,25 @@ impl fmt::Display for ClusterStatus {
         writeln!(f, "Number of nodes:{}", self.nodes.len())?;
         for n in &self.nodes {
             let me = if n.this_node { " (THIS NODE)" } else { "" };
-            writeln!(f, "pnn:{:<3} {:<16} {}{}", n.pnn, n.address, n.state, me)?;
+            write!(f, "pnn:{:<3} {:<16} {:<13}", n.pnn, n.address, n.state.to_string())?;
+            if !n.version.is_empty() {
+                write!(f, " version {}", n.version)?;
+            }
+            if n.started > 0 && self.now >= n.started {
+                write!(f, " up {}", short_duration(self.now - n.started))?;
+            }
+            writeln!(f, "{me}")?;
+            if !n.reason.is_empty() {
+                writeln!(f, "       why: {}", n.reason)?;
+            }
         }
         writeln!(f, "Generation:{}", self.generation)?;
         writeln!(f, "Recovery mode:{}", self.recovery_mode)?;
+        writeln!(
+            f,
+            "Quorum:{}",
+            if self.quorum { "yes" } else { "NO (holds no public address, answers no DNS query)" }
+        )?;
         match self.leader {
             Some(l) => write!(f, "Leader:{l}"),
             None => write!(f, "Leader:none"),
@@ -111,6 +168,20 @@ pub struct PublicIpStatus {
     /// new owner tickles (like `ctdb gettickles`).
     #[serde(default)]
     pub connections: usize,
+    /// The last owner change this node saw, if any since it started.
+    #[serde(default)]
+    pub last_move: Option<AddressMove>,
+}
+
+/// An owner change of a public address, as one node saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressMove {
+    /// When (seconds since the Unix epoch).
+    pub at: u64,
+    /// The owner before (`None`: nobody).
+    pub from: Option<u32>,
+    /// The owner after (`None`: nobody).
+    pub to: Option<u32>,
 }
 
 /// `nasgw ip`.
@@ -120,6 +191,9 @@ pub struct IpReport {
     pub this_node: u32,
     /// Every configured public address.
     pub addresses: Vec<PublicIpStatus>,
+    /// When the answering node took this report (seconds since the Unix epoch).
+    #[serde(default)]
+    pub now: u64,
 }
 
 impl IpReport {
@@ -132,8 +206,18 @@ impl IpReport {
         for a in &self.addresses {
             let owner = a.owner.map_or("-1".to_string(), |o| o.to_string());
             if verbose {
+                let node = |n: Option<u32>| n.map_or("none".to_string(), |n| n.to_string());
+                let moved = match a.last_move {
+                    Some(m) => format!(
+                        " last_move[{} ago: node {} -> {}]",
+                        short_duration(self.now.saturating_sub(m.at)),
+                        node(m.from),
+                        node(m.to)
+                    ),
+                    None => " last_move[none seen]".to_string(),
+                };
                 out.push_str(&format!(
-                    "{}/{} node[{}] interface[{}] connections[{}]\n",
+                    "{}/{} node[{}] interface[{}] connections[{}]{moved}\n",
                     a.address, a.prefix, owner, a.interface, a.connections
                 ));
             } else {
@@ -141,5 +225,63 @@ impl IpReport {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_why_versions_and_uptime() {
+        let node = |pnn, state, reason: &str| NodeStatus {
+            pnn,
+            address: format!("198.18.0.{}", pnn + 1).parse().unwrap(),
+            state,
+            this_node: pnn == 0,
+            reason: reason.into(),
+            version: "0.1.0".into(),
+            started: 1000,
+        };
+        let s = ClusterStatus {
+            nodes: vec![node(0, NodeState::Ok, ""), node(1, NodeState::Unhealthy, "volume hung")],
+            generation: 3,
+            leader: Some(0),
+            recovery_mode: RecoveryMode::Normal,
+            quorum: true,
+            counters: HaCounters::default(),
+            now: 1000 + 3 * 3600 + 60,
+        };
+        let text = s.to_string();
+        assert!(text.contains("pnn:0   198.18.0.1       OK            version 0.1.0 up 3h 1m (THIS NODE)"), "{text}");
+        assert!(text.contains("UNHEALTHY     version 0.1.0 up 3h 1m\n       why: volume hung\n"), "{text}");
+        assert!(text.contains("Quorum:yes"), "{text}");
+        assert_eq!(short_duration(59), "59s");
+        assert_eq!(short_duration(61), "1m 1s");
+        assert_eq!(short_duration(2 * 86_400 + 7200), "2d 2h");
+    }
+
+    #[test]
+    fn ip_verbose_shows_connections_and_the_last_move() {
+        let ip = |last_move| PublicIpStatus {
+            address: "198.18.1.1".parse().unwrap(),
+            prefix: 24,
+            interface: "eth0".into(),
+            owner: Some(2),
+            connections: 4,
+            last_move,
+        };
+        let r = IpReport {
+            this_node: 0,
+            addresses: vec![ip(Some(AddressMove { at: 90, from: Some(1), to: Some(2) })), ip(None)],
+            now: 100,
+        };
+        let text = r.render(true);
+        assert!(
+            text.contains("198.18.1.1/24 node[2] interface[eth0] connections[4] last_move[10s ago: node 1 -> 2]"),
+            "{text}"
+        );
+        assert!(text.contains("last_move[none seen]"), "{text}");
+        assert_eq!(r.render(false).lines().nth(1), Some("198.18.1.1 2"));
     }
 }

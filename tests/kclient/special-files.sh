@@ -16,15 +16,17 @@ mkdir $D
 # server: a fifo's data stays in the client's kernel).
 mkfifo -m 0640 $D/fifo; check mkfifo $?
 ( echo "through the fifo" > $D/fifo ) &
+WP=$!
 got=$(timeout 20 cat $D/fifo); check fifo_data $([ "$got" = "through the fifo" ]; echo $?)
-wait
+kill $WP 2>/dev/null; wait $WP
 
 # A Unix socket bound on the mount, a client connecting through its name.
 $U listen $D/sock > /tmp/listen.out 2>&1 &
+LP=$!
 for i in $(seq 100); do [ -S $D/sock ] && break; sleep 0.1; done
 check socket_bound $([ -S $D/sock ]; echo $?)
 got=$(timeout 20 $U talk $D/sock ping); check socket_talk $([ "$got" = "pong ping" ]; echo $?)
-wait; cat /tmp/listen.out
+kill $LP 2>/dev/null; wait $LP; cat /tmp/listen.out   # (it has exited after one client)
 
 # Device nodes as (non-squashed) root.
 mknod -m 0600 $D/null c 1 3; check mknod_c $?

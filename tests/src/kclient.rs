@@ -96,3 +96,19 @@ pub fn static_binary(source: &Path, out: &Path) -> PathBuf {
     assert!(o.status.success(), "rustc {} failed:\n{}", source.display(), String::from_utf8_lossy(&o.stderr));
     out.to_path_buf()
 }
+
+/// Runs `script` (its text) as root in a fresh VM whose eth0 is tap device `tap` in namespace
+/// `netns` (already attached to the test bridge: the guest sets its own address), with `env`
+/// exported to it, bounded by `timeout_s` seconds.
+pub fn run_on_tap(tap: &str, netns: &str, script: &str, env: &[(&str, &str)], timeout_s: u32) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("guest.sh");
+    std::fs::write(&file, script).expect("write guest script");
+    let mut cmd = Command::new(kclient_bin());
+    cmd.arg("run").arg("-t").arg(timeout_s.to_string());
+    for (k, v) in env {
+        cmd.arg("-e").arg(format!("{k}={v}"));
+    }
+    cmd.arg(&file).env("KCLIENT_NET", format!("tap:{tap}@{netns}"));
+    cmd.output().expect("run kclient")
+}

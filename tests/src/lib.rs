@@ -10,6 +10,7 @@ pub mod kclient;
 pub mod netns;
 pub mod pjdfstest;
 pub mod process;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub use error::ConfigError;
 pub use locate::KeyPath;
 pub use model::*;
-pub use validate::{inside_volume, validate, Problem};
+pub use validate::{inside_volume, split_brick, validate, Problem};
 
 use locate::SpannedDoc;
 
@@ -113,6 +113,15 @@ fn normalise(c: &mut Config, base: &Path) {
     }
     if let Some(p) = c.volume.mount_point.as_mut() {
         abs(p);
+    }
+    if c.volume.servers.is_empty() {
+        // A volume the nodes create: its volfile servers are the brick hosts, in brick order.
+        for b in &c.volume.bricks {
+            let (host, _) = validate::split_brick(b).expect("validated");
+            if !c.volume.servers.iter().any(|s| s == host) {
+                c.volume.servers.push(host.to_string());
+            }
+        }
     }
     abs(&mut c.node.control_socket);
     abs(&mut c.node.state_dir);

@@ -5,6 +5,7 @@
 //! list that makes sense) live in `validate.rs`. Serialising the same structs prints the effective
 //! config for `nasgw check`.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -29,6 +30,69 @@ pub struct Config {
     /// This node's local paths.
     #[serde(default)]
     pub node: NodeConfig,
+    /// The appliance's operating system (network, time, login); read by the image's boot
+    /// services, ignored by `nasgw serve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemConfig>,
+    /// Prometheus metrics endpoint; absent: no endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+    /// Authoritative DNS for the cluster's name; absent: no DNS service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsConfig>,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `GET /metrics` is served here, e.g. `0.0.0.0:9431`.
+    pub listen: SocketAddr,
+}
+
+/// Which public address a DNS answer lists first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsOrder {
+    /// Rotate the list on every query (round robin).
+    RoundRobin,
+    /// The address with the fewest client connections first (ties rotate).
+    LeastConnections,
+}
+
+/// `[dns]`: the cluster answers for its own name (Isilon SmartConnect style). The site DNS
+/// delegates `name` to the public addresses; each node answers A/AAAA queries with the public
+/// addresses served right now, NS/SOA for the delegation, and nothing without quorum.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// The cluster's name, e.g. `data.example.com` (the zone nasgw is authoritative for).
+    pub name: String,
+    /// UDP and TCP port 53 here; an unspecified address means every public address plus this
+    /// node's cluster address (each bound on its own, so answers leave from the queried address).
+    #[serde(default = "default_dns_listen")]
+    pub listen: SocketAddr,
+    /// Seconds resolvers may cache an answer (short, so clients follow moves and load).
+    #[serde(default = "default_dns_ttl")]
+    pub ttl: u32,
+    /// `round_robin` or `least_connections`.
+    #[serde(default = "default_dns_order")]
+    pub order: DnsOrder,
+    /// Mailbox in the SOA record (`hostmaster.NAME` by default), written as a domain name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostmaster: Option<String>,
+}
+
+fn default_dns_listen() -> SocketAddr {
+    "0.0.0.0:53".parse().expect("literal address")
+}
+
+fn default_dns_ttl() -> u32 {
+    1
+}
+
+fn default_dns_order() -> DnsOrder {
+    DnsOrder::RoundRobin
 }
 
 /// How the volume is reached.
@@ -82,6 +146,21 @@ pub struct VolumeConfig {
     /// above the volume's `network.ping-timeout` if brief brick losses must not move addresses.
     #[serde(default = "default_volume_health_timeout_ms")]
     pub health_timeout_ms: u64,
+    /// Bricks of a GlusterFS volume the nodes create themselves (`HOST:/PATH`, in GlusterFS's
+    /// order: each run of `replica` bricks is one replica set). Empty: the volume exists already.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bricks: Vec<String>,
+    /// Copies of each file (`bricks`): 3, or 2 with `arbiter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<u32>,
+    /// With `replica = 2`: every third brick is an arbiter (metadata only), so each replica set
+    /// is three bricks and has quorum without a third full copy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub arbiter: bool,
+    /// Extra GlusterFS volume options set when the nodes provision the volume (`bricks`); they
+    /// override the failover defaults of the same name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
 }
 
 fn default_access() -> GlusterAccess {
@@ -365,4 +444,39 @@ fn default_state_dir() -> PathBuf {
 
 fn yes() -> bool {
     true
+}
+
+/// `[system]`: the appliance image's operating system, applied at boot by `nasgw-appliance`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemConfig {
+    /// Static addresses by network card: a node whose card has one of these MACs takes that
+    /// address; a node with none of them asks DHCP on every card.
+    #[serde(default, rename = "host", skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<SystemHost>,
+    /// Default gateway for static addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+    /// DNS servers for static addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<IpAddr>,
+    /// NTP servers (names or addresses); empty: DHCP's, else Debian's pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ntp: Vec<String>,
+    /// Public keys allowed to log in as root over SSH (no password login exists).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
+}
+
+/// One `[[system.host]]`: which card of which machine gets which address.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemHost {
+    /// The network card's MAC address, e.g. `52:54:00:12:34:01`.
+    pub mac: String,
+    /// Its address with prefix length, e.g. `192.168.122.100/24`.
+    pub address: IpNet,
+    /// Host name; defaults to `nasgw-N` from the address's place in `[cluster] nodes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }

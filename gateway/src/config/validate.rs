@@ -52,6 +52,16 @@ pub fn validate(cfg: &Config) -> Vec<Problem> {
     shares(cfg, &mut out);
     smb_users(cfg, &mut out);
     cluster(cfg, &mut out);
+    bricks(cfg, &mut out);
+    system(cfg, &mut out);
+    dns(cfg, &mut out);
+    if cfg.metrics.as_ref().is_some_and(|m| m.listen.port() == 0) {
+        out.push(problem(
+            "metrics.listen",
+            "port 0 is not a fixed port Prometheus can scrape",
+            "e.g. listen = \"0.0.0.0:9431\"",
+        ));
+    }
     if cfg.node.control_socket.as_os_str().is_empty() {
         out.push(problem(
             "node.control_socket",
@@ -105,10 +115,10 @@ fn volume(cfg: &Config, out: &mut Vec<Problem>) {
             }
         }
         BackendKind::Gluster => {
-            if v.servers.is_empty() {
+            if v.servers.is_empty() && v.bricks.is_empty() {
                 out.push(problem(
                     "volume",
-                    "backend = \"gluster\" needs `servers`",
+                    "backend = \"gluster\" needs `servers` (or `bricks`, to have the nodes create the volume)",
                     "add servers = [\"gluster1\", \"gluster2\"] (volfile servers, this node first)",
                 ));
             }
@@ -356,6 +366,59 @@ fn cluster(cfg: &Config, out: &mut Vec<Problem>) {
     }
 }
 
+/// Whether `name` is a usable DNS name: dot-separated labels of letters, digits and `-` (not at
+/// either end of a label), 1-63 bytes each, at most 253 bytes, a trailing dot allowed.
+pub fn dns_name(name: &str) -> bool {
+    let n = name.strip_suffix('.').unwrap_or(name);
+    !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// `[dns]`: a name to answer for and public addresses to answer with.
+fn dns(cfg: &Config, out: &mut Vec<Problem>) {
+    let Some(d) = &cfg.dns else { return };
+    if !dns_name(&d.name) || !d.name.contains('.') {
+        out.push(problem(
+            "dns.name",
+            format!("`{}` is not a fully qualified DNS name", d.name),
+            "the cluster's name in your domain, e.g. name = \"data.example.com\"",
+        ));
+    }
+    if let Some(h) = &d.hostmaster {
+        if !dns_name(h) {
+            out.push(problem(
+                "dns.hostmaster",
+                format!("`{h}` is not a DNS name"),
+                "write the mailbox as a name, e.g. \"hostmaster.example.com\"",
+            ));
+        }
+    }
+    if d.listen.port() == 0 {
+        out.push(problem("dns.listen", "port 0 is not a fixed port", "resolvers ask port 53: listen = \"0.0.0.0:53\""));
+    }
+    if d.ttl > 86_400 {
+        out.push(problem(
+            "dns.ttl",
+            format!("{} s is more than a day", d.ttl),
+            "keep it short (the default 1 s) so clients follow moves",
+        ));
+    }
+    if cfg.cluster.as_ref().is_none_or(|c| c.public_addresses.is_empty()) {
+        out.push(problem(
+            "dns",
+            "[dns] answers with the cluster's public addresses, but none is configured",
+            "add [cluster] public_addresses, or remove [dns]",
+        ));
+    }
+}
+
 /// `[nfs]` keys that only make sense together.
 fn nfs(cfg: &Config, out: &mut Vec<Problem>) {
     let n = &cfg.nfs;
@@ -385,6 +448,173 @@ fn nfs(cfg: &Config, out: &mut Vec<Problem>) {
     }
 }
 
+/// Splits a brick `HOST:/PATH` into its host and absolute path.
+pub fn split_brick(brick: &str) -> Option<(&str, &str)> {
+    let (host, _) = brick.rsplit_once(":/")?;
+    let path = &brick[host.len() + 1..];
+    let host_ok = !host.is_empty() && !host.contains(['/', ' ', ':']);
+    let path_ok = path.len() > 1 && !path.contains(['\0', ' ']) && !path.split('/').any(|c| c == "." || c == "..");
+    (host_ok && path_ok && !path.ends_with('/')).then_some((host, path))
+}
+
+fn bricks(cfg: &Config, out: &mut Vec<Problem>) {
+    let v = &cfg.volume;
+    if v.bricks.is_empty() {
+        for key in ["replica", "arbiter", "options"] {
+            let set = match key {
+                "replica" => v.replica.is_some(),
+                "arbiter" => v.arbiter,
+                _ => !v.options.is_empty(),
+            };
+            if set {
+                out.push(problem(
+                    format!("volume.{key}"),
+                    format!("`{key}` only applies to a volume the nodes create from `bricks`"),
+                    "add bricks = [\"HOST:/PATH\", ...], or remove the key",
+                ));
+            }
+        }
+        return;
+    }
+    if v.backend != BackendKind::Gluster {
+        out.push(problem(
+            "volume.bricks",
+            "`bricks` needs backend = \"gluster\"",
+            "set backend = \"gluster\" (the nodes then create the GlusterFS volume from these bricks)",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, b) in v.bricks.iter().enumerate() {
+        if split_brick(b).is_none() {
+            out.push(problem(
+                format!("volume.bricks[{i}]"),
+                format!("`{b}` is not a brick"),
+                "write HOST:/ABSOLUTE/PATH, e.g. \"192.168.122.100:/data/brick1/smb\"",
+            ));
+        } else if !seen.insert(b.as_str()) {
+            out.push(problem(
+                format!("volume.bricks[{i}]"),
+                format!("brick `{b}` is listed twice"),
+                "list each brick once",
+            ));
+        }
+    }
+    let Some(replica) = v.replica else {
+        out.push(problem(
+            "volume",
+            "`bricks` needs `replica`",
+            "add replica = 3 (three copies), or replica = 2 with arbiter = true",
+        ));
+        return;
+    };
+    let set = if v.arbiter { replica as usize + 1 } else { replica as usize };
+    if v.arbiter && replica != 2 {
+        out.push(problem(
+            "volume.arbiter",
+            "an arbiter goes with replica = 2 (two copies and one arbiter per set)",
+            "set replica = 2, or remove arbiter",
+        ));
+    } else if !v.arbiter && !(2..=4).contains(&replica) {
+        out.push(problem(
+            "volume.replica",
+            format!("replica = {replica} gives no useful redundancy"),
+            "use replica = 3 (or replica = 2 with arbiter = true)",
+        ));
+    } else if v.bricks.len() % set != 0 {
+        out.push(problem(
+            "volume.bricks",
+            format!("{} bricks do not make whole replica sets of {set}", v.bricks.len()),
+            format!("list a multiple of {set} bricks (each run of {set} is one replica set)"),
+        ));
+    } else {
+        for (k, chunk) in v.bricks.chunks(set).enumerate() {
+            let hosts: HashSet<&str> = chunk.iter().filter_map(|b| split_brick(b)).map(|(h, _)| h).collect();
+            if hosts.len() < chunk.len() {
+                out.push(problem(
+                    format!("volume.bricks[{}]", k * set),
+                    format!("replica set {} has two bricks on one host", k + 1),
+                    "put the bricks of one replica set on different nodes, or a lost node loses copies",
+                ));
+            }
+        }
+    }
+    for (k, value) in &v.options {
+        if k.is_empty() || k.contains([' ', '=']) || value.contains('\n') {
+            out.push(problem(
+                format!("volume.options.{k}"),
+                format!("`{k}` = `{value}` is not a GlusterFS option"),
+                "e.g. options = { \"performance.cache-size\" = \"256MB\" }",
+            ));
+        }
+    }
+}
+
+fn system(cfg: &Config, out: &mut Vec<Problem>) {
+    let Some(sys) = &cfg.system else { return };
+    let mut macs = HashSet::new();
+    for (i, h) in sys.hosts.iter().enumerate() {
+        let mac_ok = h.mac.len() == 17
+            && h.mac.split(':').count() == 6
+            && h.mac.split(':').all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()));
+        if !mac_ok {
+            out.push(problem(
+                format!("system.host[{i}].mac"),
+                format!("`{}` is not a MAC address", h.mac),
+                "six hex pairs, e.g. mac = \"52:54:00:12:34:01\"",
+            ));
+        } else if !macs.insert(h.mac.to_ascii_lowercase()) {
+            out.push(problem(
+                format!("system.host[{i}].mac"),
+                format!("MAC {} is listed twice", h.mac),
+                "list each card once",
+            ));
+        }
+        if let Some(c) = &cfg.cluster {
+            if !c.nodes.contains(&h.address.addr()) {
+                out.push(problem(
+                    format!("system.host[{i}].address"),
+                    format!("{} is not one of [cluster] nodes", h.address.addr()),
+                    "give each node the address it has in [cluster] nodes",
+                ));
+            }
+        }
+        if let Some(name) = &h.hostname {
+            let ok = !name.is_empty()
+                && name.len() <= 63
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !name.starts_with('-');
+            if !ok {
+                out.push(problem(
+                    format!("system.host[{i}].hostname"),
+                    format!("`{name}` is not a host name"),
+                    "letters, digits and `-`, e.g. hostname = \"gluster1\"",
+                ));
+            }
+        }
+    }
+    for (i, k) in sys.ssh_keys.iter().enumerate() {
+        if k.split_whitespace().count() < 2
+            || k.contains('\n')
+            || !["ssh-", "ecdsa-", "sk-"].iter().any(|p| k.starts_with(p))
+        {
+            out.push(problem(
+                format!("system.ssh_keys[{i}]"),
+                "not an OpenSSH public key line",
+                "paste one line of a .pub file, e.g. \"ssh-ed25519 AAAA... admin@laptop\"",
+            ));
+        }
+    }
+    for (i, n) in sys.ntp.iter().enumerate() {
+        if n.is_empty() || n.contains([' ', '/']) {
+            out.push(problem(
+                format!("system.ntp[{i}]"),
+                format!("`{n}` is not an NTP server"),
+                "a host name or address",
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,6 +626,21 @@ mod tests {
         assert!(inside_volume("../etc").is_err());
         assert!(inside_volume("/a/../../b").is_err());
         assert!(inside_volume("a\0b").is_err());
+    }
+
+    #[test]
+    fn dns_names_follow_the_label_rules() {
+        for good in ["data.example.com", "data.example.com.", "a-1.b2.example"] {
+            assert!(dns_name(good), "{good}");
+        }
+        for bad in ["", ".", "a..b", "-a.b", "a-.b", "a_b.c", &format!("{}.com", "a".repeat(64))] {
+            assert!(!dns_name(bad), "{bad}");
+        }
+        let text =
+            "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"/d\"\n[dns]\nname = \"data\"\nttl = 999999\n";
+        let cfg: Config = toml::from_str(text).unwrap();
+        let paths: Vec<String> = validate(&cfg).iter().map(|p| p.path.to_string()).collect();
+        assert_eq!(paths, ["dns.name", "dns.ttl", "dns"], "{paths:?}");
     }
 
     #[test]

@@ -205,6 +205,9 @@ impl HealthMonitor {
                             }
                         }
                     };
+                    if let Some(r) = &result {
+                        crate::metrics::VOLUME.record(start.elapsed(), r.is_ok());
+                    }
                     match result {
                         Some(Ok(())) => publish(&tx, &lapses, VolumeHealth::Healthy),
                         Some(Err(h)) => publish(&tx, &lapses, h),

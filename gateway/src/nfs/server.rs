@@ -219,8 +219,24 @@ impl NfsServer {
         let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
     }
 
-    /// Answers one call (any program) with a complete reply record.
+    /// Answers one call (any program) with a complete reply record, and counts it in the
+    /// metrics (operation, latency, status, bytes read).
     pub async fn dispatch(&self, call: &Call, record: &[u8], client: IpAddr) -> Reply {
+        let started = std::time::Instant::now();
+        let reply = self.answer(call, record, client).await;
+        let stats = match call.prog {
+            NFS_PROGRAM => &crate::metrics::NFS,
+            MOUNT_PROGRAM => &crate::metrics::MOUNT,
+            _ => return reply,
+        };
+        stats.request(call.proc_ as usize, started, crate::metrics::rpc_reply_status(&reply.bytes));
+        if let Some(d) = &reply.data {
+            stats.read(d.len());
+        }
+        reply
+    }
+
+    async fn answer(&self, call: &Call, record: &[u8], client: IpAddr) -> Reply {
         let args = &record[call.args_at..];
         let bytes = match (call.prog, call.vers) {
             (NFS_PROGRAM, 3) => return self.dispatch_nfs(call, args, client).await,
@@ -252,6 +268,9 @@ impl NfsServer {
                 return rpc::reply_only(call.xid, ReplyStatus::GarbageArgs).into();
             }
         };
+        if let NfsArgs::Write { data, .. } = &decoded {
+            crate::metrics::NFS.written(data.len());
+        }
         let req = Request { cred, client };
         let hint = match decoded {
             NfsArgs::Read { count, .. } => count.min(MAX_IO) as usize + 128,

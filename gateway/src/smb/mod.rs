@@ -25,6 +25,7 @@ pub mod sequence;
 pub mod session;
 pub mod signing;
 pub mod srvsvc;
+pub mod status;
 pub mod transport;
 pub mod wire;
 

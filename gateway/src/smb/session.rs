@@ -133,4 +133,9 @@ impl OpenTable {
     pub fn all_ids(&self) -> Vec<u64> {
         self.opens.keys().copied().collect()
     }
+
+    /// Every open (for `nasgw connections`).
+    pub fn iter(&self) -> impl Iterator<Item = &Open> {
+        self.opens.values()
+    }
 }

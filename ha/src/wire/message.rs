@@ -54,7 +54,23 @@ pub enum Body {
     Connections(ConnectionChunk),
     /// `nasgw ip move`: asks the leader to move an address.
     Move(MoveRequest),
+    /// What `nasgw status` shows about the sender: version, start time, why it is not OK.
+    Info(NodeInfo),
 }
+
+/// A node's facts for `nasgw status` on the others (sent every second and on change).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeInfo {
+    /// The sender's software version (at most [`MAX_INFO_TEXT`] bytes).
+    pub version: String,
+    /// When the sender started (seconds since the Unix epoch).
+    pub started: u64,
+    /// Why the sender is not OK (its health verdict, "disabled by an admin"...); empty when OK.
+    pub reason: String,
+}
+
+/// Longest text field of a [`NodeInfo`] (longer texts are cut at a character boundary).
+pub const MAX_INFO_TEXT: usize = 512;
 
 /// A node's periodic announcement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +117,7 @@ pub struct MoveRequest {
 const KIND_HEARTBEAT: u8 = 1;
 const KIND_CONNECTIONS: u8 = 2;
 const KIND_MOVE: u8 = 3;
+const KIND_INFO: u8 = 4;
 const NO_NODE: u32 = u32::MAX;
 
 fn state_code(s: NodeState) -> u8 {
@@ -151,6 +168,24 @@ fn get_ip(r: &mut Reader<'_>) -> Result<IpAddr, WireError> {
     }
 }
 
+/// A length-prefixed UTF-8 text, cut to [`MAX_INFO_TEXT`] bytes at a character boundary.
+fn put_text(out: &mut Vec<u8>, s: &str) {
+    let mut end = s.len().min(MAX_INFO_TEXT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&(end as u16).to_be_bytes());
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+fn get_text(r: &mut Reader<'_>) -> Result<String, WireError> {
+    let n = usize::from(r.u16()?);
+    if n > MAX_INFO_TEXT {
+        return Err(WireError::Malformed("text length"));
+    }
+    String::from_utf8(r.take(n)?.to_vec()).map_err(|_| WireError::Malformed("text encoding"))
+}
+
 fn put_sock(out: &mut Vec<u8>, s: &SocketAddr) {
     put_ip(out, &s.ip());
     out.extend_from_slice(&s.port().to_be_bytes());
@@ -179,6 +214,7 @@ impl Message {
             Body::Heartbeat(_) => KIND_HEARTBEAT,
             Body::Connections(_) => KIND_CONNECTIONS,
             Body::Move(_) => KIND_MOVE,
+            Body::Info(_) => KIND_INFO,
         });
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&self.from.to_be_bytes());
@@ -213,6 +249,11 @@ impl Message {
             Body::Move(m) => {
                 put_ip(out, &m.address);
                 out.extend_from_slice(&m.node.to_be_bytes());
+            }
+            Body::Info(i) => {
+                out.extend_from_slice(&i.started.to_be_bytes());
+                put_text(out, &i.version);
+                put_text(out, &i.reason);
             }
         }
     }
@@ -276,6 +317,10 @@ impl Message {
                 Body::Connections(ConnectionChunk { snapshot, index, count, conns })
             }
             KIND_MOVE => Body::Move(MoveRequest { address: get_ip(&mut r)?, node: r.u32()? }),
+            KIND_INFO => {
+                let started = r.u64()?;
+                Body::Info(NodeInfo { started, version: get_text(&mut r)?, reason: get_text(&mut r)? })
+            }
             _ => return Err(WireError::Malformed("kind")),
         };
         if r.remaining() != 0 {
@@ -384,7 +429,36 @@ mod tests {
                 seq: 2,
                 body: Body::Move(MoveRequest { address: "198.18.1.2".parse().unwrap(), node: 0 }),
             },
+            Message {
+                from: 2,
+                incarnation: 1,
+                seq: 0,
+                body: Body::Info(NodeInfo {
+                    version: "0.1.0".into(),
+                    started: 1_790_000_000,
+                    reason: "volume hung: no answer within 10000 ms".into(),
+                }),
+            },
         ]
+    }
+
+    #[test]
+    fn info_texts_are_cut_at_a_character_boundary_and_bounded_on_input() {
+        let long = "é".repeat(MAX_INFO_TEXT); // 2 bytes each
+        let m = Message {
+            from: 0,
+            incarnation: 1,
+            seq: 0,
+            body: Body::Info(NodeInfo { reason: long, ..NodeInfo::default() }),
+        };
+        let Body::Info(got) = open(&key(), &seal(&key(), &m)).unwrap().body else { panic!("kind") };
+        assert_eq!(got.reason.len(), MAX_INFO_TEXT);
+        let mut raw = Vec::new();
+        Message { from: 0, incarnation: 1, seq: 0, body: Body::Info(NodeInfo::default()) }.emit(&mut raw);
+        let at = raw.len() - 4; // version length, reason length
+        raw[at..at + 2].copy_from_slice(&(MAX_INFO_TEXT as u16 + 1).to_be_bytes());
+        raw.extend(std::iter::repeat_n(b'a', MAX_INFO_TEXT + 1));
+        assert!(Message::parse(&raw).is_err());
     }
 
     #[test]

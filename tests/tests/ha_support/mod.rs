@@ -55,7 +55,16 @@ impl Cluster {
         Cluster::start_on(true, VIPS6, |_| {})
     }
 
+    /// Like [`Cluster::start`], with `extra` TOML tables appended to every node's config.
+    pub fn start_extra(extra: &str) -> Cluster {
+        Cluster::start_full(true, VIPS, |_| {}, extra)
+    }
+
     fn start_on(failback: bool, vips: [&'static str; 3], prepare: impl FnOnce(&Path)) -> Cluster {
+        Cluster::start_full(failback, vips, prepare, "")
+    }
+
+    fn start_full(failback: bool, vips: [&'static str; 3], prepare: impl FnOnce(&Path), extra: &str) -> Cluster {
         assert!(is_root(), "network namespace tests need root (the README's test command runs as root)");
         let topo =
             Topology::new(&[("n1", "198.18.0.1"), ("n2", "198.18.0.2"), ("n3", "198.18.0.3"), ("c1", "198.18.0.10")]);
@@ -104,7 +113,7 @@ public_addresses = [
 [node]
 control_socket = "{{dir}}/ctl.sock"
 state_dir = "{{dir}}/state"
-"#,
+{extra}"#,
             key = root.path().join("key").display(),
             notify = notify.display(),
         );

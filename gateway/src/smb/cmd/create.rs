@@ -379,7 +379,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
             if truncate {
                 granted |= WRITE_DATA;
             }
-            granted = special_file_access(&attr, req.desired_access, granted)?;
+            granted = special_file_access(attr.ftype, req.desired_access, granted)?;
             check_unix_access(&attr, &cred, granted)?;
             (id, attr, action)
         }
@@ -460,20 +460,19 @@ pub async fn dir_is_empty(ns: &crate::vfs::Namespace, cred: &Credentials, id: cr
 /// Data access to a special file (fifo, socket, device) is refused: reading or writing one
 /// would block the connection's thread on a fifo, or reach a device of the server itself (as
 /// smbd 4.17 does: it reads `/dev/zero` through a node in the share, and writes block devices).
-/// Everything else (attributes, rename, delete) works as on a file; MAXIMUM_ALLOWED is granted
-/// without the data bits.
-fn special_file_access(attr: &Attr, desired: u32, granted: u32) -> Result<u32, NtStatus> {
+/// Everything else (attributes, rename, delete) works as on a file; a MAXIMUM_ALLOWED open
+/// that names no data access is granted without the data bits. Returns the access to grant.
+fn special_file_access(ftype: FileType, desired: u32, granted: u32) -> Result<u32, NtStatus> {
     use access::*;
     const DATA: u32 = READ_DATA | WRITE_DATA | APPEND_DATA | EXECUTE;
-    if matches!(attr.ftype, FileType::Regular | FileType::Directory) || granted & DATA == 0 {
-        return Ok(granted);
+    const ASKS_DATA: u32 = DATA | GENERIC_READ | GENERIC_WRITE | GENERIC_EXECUTE | GENERIC_ALL;
+    if matches!(ftype, FileType::Regular | FileType::Directory) || granted & DATA == 0 {
+        Ok(granted)
+    } else if desired & MAXIMUM_ALLOWED != 0 && desired & ASKS_DATA == 0 && granted & DATA == DATA & FILE_ALL {
+        Ok(granted & !DATA)
+    } else {
+        Err(NtStatus::ACCESS_DENIED)
     }
-    if desired & MAXIMUM_ALLOWED != 0
-        && desired & !MAXIMUM_ALLOWED & (DATA | GENERIC_READ | GENERIC_WRITE | GENERIC_EXECUTE | GENERIC_ALL) == 0
-    {
-        return Ok(granted & !DATA);
-    }
-    Err(NtStatus::ACCESS_DENIED)
 }
 
 /// Refuses access the Unix mode bits deny (as the share's identity).
@@ -538,6 +537,32 @@ fn response_contexts(req: &[u8], granted: u32, attr: &Attr) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_files_grant_everything_but_data() {
+        use access::*;
+        let max = MAXIMUM_ALLOWED;
+        let all = expand_access(max, true);
+        let attrs = READ_ATTRIBUTES | SYNCHRONIZE;
+        // (type, desired, granted before) -> granted, or the refusal
+        let table = [
+            (FileType::Fifo, READ_DATA, READ_DATA, Err(NtStatus::ACCESS_DENIED)),
+            (FileType::CharDevice, GENERIC_READ, expand_access(GENERIC_READ, true), Err(NtStatus::ACCESS_DENIED)),
+            (FileType::BlockDevice, WRITE_DATA, WRITE_DATA, Err(NtStatus::ACCESS_DENIED)),
+            (FileType::Socket, attrs, attrs, Ok(attrs)),
+            (FileType::Fifo, DELETE | attrs, DELETE | attrs, Ok(DELETE | attrs)),
+            (FileType::Fifo, max, all, Ok(all & !(READ_DATA | WRITE_DATA | APPEND_DATA | EXECUTE))),
+            // MAXIMUM_ALLOWED with an overwrite (WRITE_DATA added for the truncation) still
+            // has every data bit, so it is granted without them and the truncation is refused
+            // later; MAXIMUM_ALLOWED plus an explicit read is refused.
+            (FileType::Socket, max | READ_DATA, all, Err(NtStatus::ACCESS_DENIED)),
+            (FileType::Regular, READ_DATA | WRITE_DATA, READ_DATA | WRITE_DATA, Ok(READ_DATA | WRITE_DATA)),
+            (FileType::Directory, max, all, Ok(all)),
+        ];
+        for (t, desired, granted, want) in table {
+            assert_eq!(special_file_access(t, desired, granted), want, "{t:?} {desired:#x}");
+        }
+    }
 
     #[test]
     fn disposition_table() {

@@ -173,7 +173,15 @@ impl<'a> Request<'a> {
 /// Runs the command of `hdr` against the connection. `msg` is the request from its header on
 /// (SMB2 buffer offsets count from the header): it is decoded by [`Request::parse`] first, and
 /// a request that does not decode is answered with an error without touching any state.
+/// Every request is counted in the metrics and `nasgw connections` ([`crate::smb::status`]).
 pub async fn dispatch(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
+    let started = std::time::Instant::now();
+    let out = run(conn, hdr, msg).await;
+    crate::smb::status::account(conn, hdr, msg, &out, started);
+    out
+}
+
+async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
     let req = match Request::parse(hdr.command, msg) {
         Ok(r) => r,
         Err(e) => return Outcome::Now(Reply::err(e.into())),
