@@ -16,11 +16,15 @@ use ha::runtime::{HaHandle, HaSettings, SharedVolume};
 use ha::system::PublicAddress;
 use ha::wire::message::ClusterKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterConfig, Config};
 use crate::control::{Handler, Request, Response};
 use crate::daemon::Lifecycle;
 use crate::gluster::{GlusterService, VolumeAccess};
+use crate::locks::machine::HaInput;
+use crate::locks::mesh::MeshConfig;
+use crate::locks::LockService;
 
 /// Resolves `[cluster]` into the HA node's settings: finds this node, reads the secret.
 pub fn settings(cluster: &ClusterConfig) -> Result<HaSettings> {
@@ -120,6 +124,74 @@ fn shared_volume(
     Ok(SharedVolume { lock, probe, lock_timeout })
 }
 
+/// How long a break waits for the client's acknowledgement (MS-SMB2's 35 s, as Windows and Samba).
+const BREAK_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// How long a node may stay out of sync with the cluster's file-sharing state (not licensed
+/// although HA sees quorum) before it reports itself unhealthy so its addresses move.
+const OUT_OF_SYNC_UNHEALTHY: Duration = Duration::from_secs(5);
+
+/// Starts this node's part of the cluster-wide file-sharing state: its machine and the
+/// authenticated mesh to the other nodes (TCP on `[cluster] port`). HA's verdict is fed to it
+/// by [`start`].
+pub async fn lock_service(cluster: &ClusterConfig, life: &Lifecycle) -> Result<Arc<LockService>> {
+    let s = settings(cluster)?;
+    let incarnation =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let cfg = crate::locks::machine::Config {
+        me: s.me as u16,
+        nodes: s.nodes.len() as u16,
+        incarnation,
+        heartbeat: s.timings.heartbeat,
+        dead: s.timings.dead,
+        // A follower stops acting when HA's hold limit runs out: the same instant it drops its
+        // addresses, before anyone declares it dead.
+        license: s.timings.hold_limit(),
+        break_timeout: BREAK_TIMEOUT,
+        request_timeout: Duration::from_secs(10),
+        max_idle_delegations: 65_536,
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let svc = LockService::clustered(cfg, tx);
+    let mesh = MeshConfig {
+        me: s.me as u16,
+        nodes: s.nodes.clone(),
+        port: s.port,
+        key: s.key.derive(b"lock-mesh"),
+        incarnation,
+    };
+    crate::locks::mesh::start(mesh, svc.clone(), rx, life.stop.clone()).await?;
+    Ok(svc)
+}
+
+/// Reports the node unhealthy (so HA moves its addresses) while it has been out of sync with
+/// the cluster's file-sharing state for [`OUT_OF_SYNC_UNHEALTHY`] although HA sees quorum: its
+/// clients could do nothing that needs the state (opens, locks, I/O checks) meanwhile.
+async fn watch_sync(locks: Arc<LockService>, ha: HaHandle, listeners: ListenerHealth, stop: CancellationToken) {
+    const NAME: &str = "file-state";
+    let mut licensed = locks.licensed();
+    let mut since: Option<std::time::Instant> = None;
+    let mut down = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = licensed.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let ok = *licensed.borrow() || !ha.view().in_quorum;
+        since = if ok { None } else { since.or(Some(std::time::Instant::now())) };
+        let bad = since.is_some_and(|t| t.elapsed() >= OUT_OF_SYNC_UNHEALTHY);
+        if bad != down {
+            down = bad;
+            if bad {
+                listeners.down(NAME, "this node is out of sync with the cluster's file-sharing state");
+            } else {
+                listeners.up(NAME);
+            }
+        }
+    }
+}
+
 /// The running HA node, answering the control socket.
 pub struct ClusterNode {
     ha: HaHandle,
@@ -134,9 +206,11 @@ pub fn start(
     connections: Arc<ConnectionTable>,
     listeners: ListenerHealth,
     gluster: Option<&GlusterService>,
+    locks: Arc<LockService>,
     life: &Lifecycle,
 ) -> Result<ClusterNode> {
     let mut s = settings(cluster)?;
+    let heartbeat = s.timings.heartbeat;
     let volume = shared_volume(cfg, cluster, s.me, gluster)?;
     if gluster.is_some() {
         // The GlusterFS backend probes the volume itself; HA only reads its verdict, cheaply.
@@ -151,6 +225,15 @@ pub fn start(
             tracing::error!(error = %e, "the HA node task failed");
         }
     });
+    // The file-sharing state follows HA's leader and quorum.
+    let view = ha.clone();
+    let verdict = Box::new(move || {
+        let v = view.view();
+        HaInput { leader: v.status.leader.and_then(|l| u16::try_from(l).ok()), ok: v.in_quorum }
+    });
+    let tick = (heartbeat / 4).clamp(Duration::from_millis(5), Duration::from_millis(25));
+    life.tasks.spawn(locks.clone().run(tick, Some(verdict), life.stop.clone()));
+    life.tasks.spawn(watch_sync(locks, ha.clone(), listeners.clone(), life.stop.clone()));
     if let Some(port) = cluster.test_echo_port {
         start_echo(port, connections, listeners, life)?;
     }

@@ -59,8 +59,16 @@ async fn run(loaded: Loaded) -> Result<()> {
     let connections = ConnectionTable::new();
     let listeners = ha::health::ListenerHealth::new();
     let namespace = open_namespace(&cfg, gluster.as_ref())?;
-    // The one lock table of the namespace (SMB share modes and byte-range locks; NFS can use it).
-    let locks = Arc::new(crate::locks::LockTable::new());
+    // The one file-sharing state (opens, share modes, byte-range locks, leases) of every
+    // protocol: this node's own, or the cluster's.
+    let locks = match &cfg.cluster {
+        Some(cluster) => crate::cluster::lock_service(cluster, &life).await?,
+        None => {
+            let l = crate::locks::LockService::single();
+            life.tasks.spawn(l.clone().run(Duration::from_millis(100), None, life.stop.clone()));
+            l
+        }
+    };
     // Share folders for their writers (a fresh volume needs no admin chown). A local directory
     // is ready now, so the first client already finds them; a GlusterFS volume once it answers.
     match &gluster {
@@ -96,6 +104,7 @@ async fn run(loaded: Loaded) -> Result<()> {
             connections.clone(),
             listeners.clone(),
             gluster.as_ref(),
+            locks.clone(),
             &life,
         )?),
         None => Arc::new(StandaloneNode::new(cfg.clone(), volume_health)),
@@ -104,7 +113,11 @@ async fn run(loaded: Loaded) -> Result<()> {
         let lock_table = locks.clone();
         let source = crate::metrics::collect::NodeSource {
             node: handler.clone(),
-            lock_files: Box::new(move || lock_table.len()),
+            // Files whose state this node decides or keeps a copy of.
+            lock_files: Box::new(move || {
+                let (decided, kept) = lock_table.record_count();
+                decided + kept
+            }),
         };
         crate::metrics::serve::start(m.listen, crate::metrics::collect::registry(source), &life).await?;
     }

@@ -552,7 +552,6 @@ impl Machine {
             }
         }
         self.last_states = states.clone();
-        let (majority, tie) = self.quorum(now);
 
         // Leadership: keep it only with quorum; otherwise release the lock so the majority can lead.
         if self.lock == LockState::Held && !self.may_lead(now) {
@@ -614,11 +613,7 @@ impl Machine {
         }
 
         // Which addresses this node must hold now.
-        let since = self.since_leader(now);
-        let leader_ok =
-            self.leading || (self.leader.is_some() && self.leader_heard.is_some() && since < t.hold_limit());
-        let quorum_ok = majority || (tie && leader_ok);
-        let allowed = self.own_state() == NodeState::Ok && quorum_ok && leader_ok;
+        let allowed = self.own_state() == NodeState::Ok && self.in_quorum(now);
         let target: BTreeSet<IpAddr> = if !allowed {
             BTreeSet::new()
         } else if self.leading {
@@ -748,6 +743,16 @@ impl Machine {
 
     fn recovering(&self) -> bool {
         self.cfg.addresses.iter().any(|a| self.published.get(a).copied().flatten() != self.desired.get(a).copied())
+    }
+
+    /// This node sees quorum and a leader heard recently (or leads): what a node needs, besides
+    /// being OK, to hold addresses, and what the file-sharing state layer needs to act at all.
+    pub fn in_quorum(&self, now: Duration) -> bool {
+        let (majority, tie) = self.quorum(now);
+        let since = self.since_leader(now);
+        let leader_ok = self.leading
+            || (self.leader.is_some() && self.leader_heard.is_some() && since < self.cfg.timings.hold_limit());
+        (majority || tie) && leader_ok
     }
 
     /// Addresses this node holds.

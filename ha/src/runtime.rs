@@ -136,6 +136,8 @@ pub struct HaView {
     pub status: ClusterStatus,
     /// `nasgw ip`.
     pub ip: IpReport,
+    /// This node sees quorum and a fresh leader ([`Machine::in_quorum`]).
+    pub in_quorum: bool,
 }
 
 /// A running HA node: admin requests in, its view out.
@@ -225,7 +227,7 @@ fn view_of(m: &Machine, s: &HaSettings, now: Duration, facts: &mut Facts) -> HaV
             last_move: facts.moves.get(&p.address).copied(),
         })
         .collect();
-    HaView { status, ip: IpReport { this_node: s.me, addresses, now: wall } }
+    HaView { status, ip: IpReport { this_node: s.me, addresses, now: wall }, in_quorum: m.in_quorum(now) }
 }
 
 /// The other nodes' cluster sockets.

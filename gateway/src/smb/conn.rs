@@ -509,7 +509,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::locks::LockTable;
+    use crate::locks::LockService;
     use crate::vfs::posix::{PosixBackend, PosixOptions};
     use crate::vfs::Namespace;
 
@@ -521,7 +521,7 @@ mod tests {
         );
         let cfg = crate::config::parse(&text, "test", dir).expect("config");
         let ns = Namespace::new(Arc::new(PosixBackend::open(dir, PosixOptions::new("smb")).expect("backend")));
-        Arc::new(SmbServer::new(&cfg, ns, Arc::new(LockTable::new())))
+        Arc::new(SmbServer::new(&cfg, ns, LockService::single()))
     }
 
     /// A NEGOTIATE for SMB 2.1 in its transport frame.

@@ -38,7 +38,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, ShareConfig};
 use crate::daemon::Lifecycle;
-use crate::locks::{LockTable, OpenKey};
+use crate::locks::{LockService, OpenKey};
 use crate::vfs::{FileId, Namespace};
 
 /// Most client connections served at once; more wait in the kernel's backlog.
@@ -67,10 +67,8 @@ pub struct SmbServer {
     pub unix_users: std::collections::HashMap<String, String>,
     /// The namespace every share is a folder of.
     pub ns: Namespace,
-    /// The namespace-level lock table (shared with NFS).
-    pub locks: Arc<LockTable<FileId>>,
-    /// Source of [`OpenKey`]s.
-    pub next_open: std::sync::atomic::AtomicU64,
+    /// The cluster-wide file-sharing state (shared with NFS).
+    pub locks: Arc<LockService>,
     /// How long a connection without an authenticated session may stay idle before it is
     /// closed (a client that connects and sends nothing, or stops half way through logon,
     /// holds a descriptor and a thread).
@@ -82,7 +80,7 @@ pub struct SmbServer {
 
 impl SmbServer {
     /// Server state from the config.
-    pub fn new(cfg: &Config, ns: Namespace, locks: Arc<LockTable<FileId>>) -> Self {
+    pub fn new(cfg: &Config, ns: Namespace, locks: Arc<LockService>) -> Self {
         let server_name = cfg.smb.server_name.clone().unwrap_or_else(hostname);
         let users = auth::UserDb::new(cfg.smb.users.iter().map(|u| (u.name.as_str(), u.nt_hash.as_str())));
         let unix_users = cfg
@@ -102,7 +100,6 @@ impl SmbServer {
             unix_users,
             ns,
             locks,
-            next_open: std::sync::atomic::AtomicU64::new(1),
             idle_without_session: IDLE_WITHOUT_SESSION,
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
@@ -127,9 +124,9 @@ impl SmbServer {
         m.iter().any(|(k, (r, p))| *k != except && *r == root && p.len() > dir.len() && p.starts_with(dir))
     }
 
-    /// A fresh lock-table identity for a new open.
+    /// A fresh identity for a new open, unique in the cluster.
     pub fn open_key(&self) -> OpenKey {
-        OpenKey(self.next_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        self.locks.new_key()
     }
 
     /// The share named `name` (case-insensitive).
@@ -161,7 +158,7 @@ pub fn unix_to_filetime(secs: i64, nanos: u32) -> u64 {
 pub async fn start(
     cfg: &Config,
     ns: Namespace,
-    locks: Arc<LockTable<FileId>>,
+    locks: Arc<LockService>,
     connections: Arc<ConnectionTable>,
     life: Lifecycle,
 ) -> Result<()> {

@@ -318,3 +318,38 @@ pub struct FsStat {
     /// Longest name a directory entry may have.
     pub name_max: u32,
 }
+
+/// On the wire between nodes (the cluster-wide lock state): the identity bytes.
+impl serde::Serialize for FileId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.as_bytes())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FileId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FileId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "1 to {MAX_FILE_ID_LEN} identity bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<FileId, E> {
+                FileId::new(v).ok_or_else(|| E::invalid_length(v.len(), &self))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<FileId, A::Error> {
+                let mut buf = [0u8; MAX_FILE_ID_LEN];
+                let mut n = 0;
+                while let Some(b) = seq.next_element::<u8>()? {
+                    if n == MAX_FILE_ID_LEN {
+                        return Err(serde::de::Error::invalid_length(n + 1, &self));
+                    }
+                    buf[n] = b;
+                    n += 1;
+                }
+                FileId::new(&buf[..n]).ok_or_else(|| serde::de::Error::invalid_length(n, &self))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}

@@ -351,6 +351,15 @@ impl ClusterKey {
         Ok(ClusterKey(s.to_vec()))
     }
 
+    /// A key for another purpose, derived from the secret and `label` (HMAC-SHA256), so one
+    /// secret authenticates HA datagrams and other cluster channels without reusing a key.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        let mut m = self.mac();
+        m.update(b"nasgw-derive:");
+        m.update(label);
+        m.finalize().into_bytes().into()
+    }
+
     fn mac(&self) -> HmacSha256 {
         <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length")
     }

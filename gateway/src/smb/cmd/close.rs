@@ -23,7 +23,13 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         tracing::warn!(error = %e, file = %crate::logging::untrusted(f.name()), "SMB: data written through a closed handle failed to reach the volume");
     }
     server.track_path(f.key, None);
-    let out = server.locks.close(&f.id, f.key);
+    let out = match server.locks.close(&f.id, f.key).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, file = f.name(), "SMB: the cluster did not confirm a close");
+            crate::locks::CloseOutcome::default()
+        }
+    };
     if out.delete {
         if let Some(name) = f.path.last() {
             let r = if f.is_dir {

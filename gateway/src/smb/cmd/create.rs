@@ -3,7 +3,7 @@
 
 use super::open::{access, expand_access, FileOpen, Open, OpenKind};
 use super::Reply;
-use crate::locks::{Conflict, OpenRecord};
+use crate::locks::{flags, CachingRequest, Conflict, LockService, OpenKey, OpenRequest};
 use crate::smb::conn::Connection;
 use crate::smb::fs;
 use crate::smb::session::{Tree, TreeKind};
@@ -312,9 +312,9 @@ pub fn plan(ask: Ask, found: Option<Found>) -> Result<Plan, NtStatus> {
 ///
 /// [`kept`]: ShareModeGuard::kept
 struct ShareModeGuard<'a> {
-    locks: &'a crate::locks::LockTable<crate::vfs::FileId>,
+    locks: &'a LockService,
     id: crate::vfs::FileId,
-    key: crate::locks::OpenKey,
+    key: OpenKey,
     armed: bool,
 }
 
@@ -328,7 +328,7 @@ impl ShareModeGuard<'_> {
 impl Drop for ShareModeGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.locks.close(&self.id, self.key);
+            self.locks.close_detached(&self.id, self.key);
         }
     }
 }
@@ -407,9 +407,18 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     let is_dir = attr.ftype == FileType::Directory;
     let key = server.open_key();
     let share_access = req.share_access & 7;
-    server.locks.open(&id, OpenRecord { key, access: granted, share: share_access }).map_err(|c| match c {
+    let open = OpenRequest {
+        key,
+        access: granted,
+        share: share_access,
+        caching: CachingRequest::None,
+        overwrite: matches!(action, FILE_OVERWRITTEN | FILE_SUPERSEDED),
+        is_dir,
+        flags: flags::HANDLE,
+    };
+    server.locks.open(&id, open).await.map_err(|c| match c {
         Conflict::DeletePending => NtStatus::DELETE_PENDING,
-        _ => NtStatus::SHARING_VIOLATION,
+        c => c.into(),
     })?;
     let guard = ShareModeGuard { locks: &server.locks, id, key, armed: true };
     if matches!(action, FILE_OVERWRITTEN | FILE_SUPERSEDED) && attr.size != 0 {
@@ -420,7 +429,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
             // Windows refuses delete-on-close of a non-empty directory at close time; report it now.
             return Err(NtStatus::DIRECTORY_NOT_EMPTY);
         }
-        server.locks.set_delete_on_close(&id, key, true);
+        server.locks.set_delete_on_close(&id, key, true).await?;
     }
     guard.kept();
     let b = basics(&attr, &name);
@@ -433,6 +442,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         is_dir,
         access: granted,
         key,
+        lease: None,
         cred,
         root,
         position: 0,
@@ -636,17 +646,25 @@ mod tests {
         assert_eq!(validate(&Request { options: both, ..base }), Err(NtStatus::INVALID_PARAMETER));
     }
 
-    #[test]
-    fn a_share_mode_guard_releases_unless_kept() {
-        use crate::locks::{LockTable, OpenKey};
+    #[tokio::test]
+    async fn a_share_mode_guard_releases_unless_kept() {
         use crate::vfs::FileId;
-        let locks = LockTable::<FileId>::new();
+        let locks = LockService::single();
         let id = FileId::new(&[1, 2, 3]).unwrap();
-        let rec = |k| OpenRecord { key: OpenKey(k), access: access::WRITE_DATA, share: 0 };
-        locks.open(&id, rec(1)).unwrap();
-        drop(ShareModeGuard { locks: &locks, id, key: OpenKey(1), armed: true });
-        locks.open(&id, rec(2)).expect("the dropped guard released its open");
-        ShareModeGuard { locks: &locks, id, key: OpenKey(2), armed: true }.kept();
-        assert!(locks.open(&id, rec(3)).is_err(), "a kept open still holds its share mode");
+        let rec = |key| OpenRequest {
+            key,
+            access: access::WRITE_DATA,
+            share: 0,
+            caching: CachingRequest::None,
+            overwrite: false,
+            is_dir: false,
+            flags: flags::HANDLE,
+        };
+        let (k1, k2, k3) = (locks.new_key(), locks.new_key(), locks.new_key());
+        locks.open(&id, rec(k1)).await.unwrap();
+        drop(ShareModeGuard { locks: &locks, id, key: k1, armed: true });
+        locks.open(&id, rec(k2)).await.expect("the dropped guard released its open");
+        ShareModeGuard { locks: &locks, id, key: k2, armed: true }.kept();
+        assert!(locks.open(&id, rec(k3)).await.is_err(), "a kept open still holds its share mode");
     }
 }

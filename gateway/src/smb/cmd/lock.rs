@@ -6,11 +6,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::open::read_file_id;
 use super::Reply;
-use crate::locks::{Conflict, RangeLock};
+use crate::locks::{Conflict, LockService, Owner, RangeLock};
 use crate::smb::conn::{AsyncWork, Connection, Outcome};
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{Reader, WireError, WireResult};
+use crate::vfs::FileId;
 
 /// Lock flag: shared.
 pub const SHARED: u32 = 1;
@@ -89,7 +90,7 @@ async fn run(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outcom
     let vol = conn.file_id(fid.0, fid.1)?;
     let server = conn.server.clone();
     let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
-    let (id, key) = (f.id, f.key);
+    let (id, owner) = (f.id, Owner::Open(f.key));
     let locks = &server.locks;
     if elems.is_empty() {
         return Err(NtStatus::INVALID_PARAMETER);
@@ -99,7 +100,10 @@ async fn run(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outcom
             if e.flags != UNLOCK {
                 return Err(NtStatus::INVALID_PARAMETER);
             }
-            locks.unlock(&id, key, e.offset, e.length).map_err(|_| NtStatus::RANGE_NOT_LOCKED)?;
+            locks.unlock(&id, owner, e.offset, e.length).await.map_err(|c| match c {
+                Conflict::NotLocked => NtStatus::RANGE_NOT_LOCKED,
+                c => c.into(),
+            })?;
         }
         return Ok(Outcome::Now(done()));
     }
@@ -108,34 +112,18 @@ async fn run(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outcom
         let kind = e.flags & !FAIL_IMMEDIATELY;
         // Several locks in one request must all fail immediately (only a lone lock may wait).
         if kind != SHARED && kind != EXCLUSIVE || (elems.len() > 1 && e.flags & FAIL_IMMEDIATELY == 0) {
-            for t in &taken {
-                let _ = locks.unlock(&id, key, t.offset, t.length);
-            }
+            release(locks, &id, owner, &taken).await;
             return Err(NtStatus::INVALID_PARAMETER);
         }
         if e.length > 0 && e.offset.checked_add(e.length - 1).is_none() {
-            for t in &taken {
-                let _ = locks.unlock(&id, key, t.offset, t.length);
-            }
+            release(locks, &id, owner, &taken).await;
             return Err(NtStatus::INVALID_LOCK_RANGE);
         }
-        let lock = RangeLock { owner: key, offset: e.offset, len: e.length, exclusive: kind == EXCLUSIVE };
-        match locks.lock(&id, lock) {
+        let lock = RangeLock { owner, offset: e.offset, len: e.length, exclusive: kind == EXCLUSIVE };
+        match locks.lock_range(&id, lock).await {
             Ok(()) => taken.push(*e),
             Err(Conflict::Locked) if elems.len() == 1 && e.flags & FAIL_IMMEDIATELY == 0 => {
-                let locks = server.locks.clone();
-                let work = async move {
-                    loop {
-                        let changes = locks.changes(&id);
-                        let notified = changes.notified();
-                        tokio::pin!(notified);
-                        notified.as_mut().enable();
-                        if locks.lock(&id, lock).is_ok() {
-                            return done();
-                        }
-                        notified.await;
-                    }
-                };
+                let work = wait_for(server.locks.clone(), id, lock);
                 return Ok(Outcome::Later(AsyncWork {
                     cancel: CancellationToken::new(),
                     work: Box::pin(work),
@@ -144,14 +132,42 @@ async fn run(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outcom
                     close_status: NtStatus::RANGE_NOT_LOCKED,
                 }));
             }
-            Err(_) => {
-                for t in &taken {
-                    let _ = locks.unlock(&id, key, t.offset, t.length);
-                }
-                locks.tidy(&id);
-                return Err(NtStatus::LOCK_NOT_GRANTED);
+            Err(c) => {
+                release(locks, &id, owner, &taken).await;
+                return Err(match c {
+                    Conflict::Locked => NtStatus::LOCK_NOT_GRANTED,
+                    c => c.into(),
+                });
             }
         }
     }
     Ok(Outcome::Now(done()))
+}
+
+/// A blocking lock: tries again whenever the file's state changes on this node (a release
+/// anywhere in the cluster reaches it as a change of its copy of the record), and at least
+/// every second in case a change came in another way.
+async fn wait_for(locks: std::sync::Arc<LockService>, id: FileId, lock: RangeLock) -> Reply {
+    loop {
+        let changes = locks.changes(&id);
+        let notified = changes.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match locks.lock_range(&id, lock).await {
+            Ok(()) => return done(),
+            Err(Conflict::Locked) => {}
+            Err(c) => return Reply::err(c.into()),
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Gives back the locks a failed request took before it failed.
+async fn release(locks: &LockService, id: &FileId, owner: Owner, taken: &[Element]) {
+    for t in taken {
+        let _ = locks.unlock(id, owner, t.offset, t.length).await;
+    }
 }

@@ -1,7 +1,7 @@
 //! An open handle: a named pipe or a file/directory of a disk share. Commands find it through
 //! the connection's [`crate::smb::session::OpenTable`] by its volatile id.
 
-use crate::locks::OpenKey;
+use crate::locks::{Conflict, LeaseId, OpenKey};
 use crate::smb::srvsvc;
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{Reader, WireResult};
@@ -42,6 +42,8 @@ pub struct FileOpen {
     pub access: u32,
     /// This open in the lock table.
     pub key: OpenKey,
+    /// The lease (or the oplock's own lease) it caches through.
+    pub lease: Option<LeaseId>,
     /// Identity file access runs as.
     pub cred: Credentials,
     /// The share root (rename targets are resolved from it).
@@ -94,6 +96,23 @@ impl Open {
         match &mut self.kind {
             OpenKind::File(f) => Ok(f),
             OpenKind::Pipe(_) => Err(NtStatus::INVALID_DEVICE_REQUEST),
+        }
+    }
+}
+
+/// What a refusal of the cluster's file-sharing state means to an SMB client.
+impl From<Conflict> for NtStatus {
+    fn from(c: Conflict) -> Self {
+        match c {
+            Conflict::Sharing => NtStatus::SHARING_VIOLATION,
+            Conflict::DeletePending => NtStatus::DELETE_PENDING,
+            Conflict::Locked => NtStatus::LOCK_NOT_GRANTED,
+            Conflict::NotLocked => NtStatus::RANGE_NOT_LOCKED,
+            Conflict::NoSuchOpen => NtStatus::FILE_CLOSED,
+            Conflict::LeaseKeyInUse => NtStatus::INVALID_PARAMETER,
+            Conflict::NoBreak => NtStatus::UNSUCCESSFUL,
+            // The node is out of sync with the cluster for now: the client may retry.
+            Conflict::Unavailable => NtStatus::IO_TIMEOUT,
         }
     }
 }

@@ -219,7 +219,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
                 f.require(super::open::access::READ_ATTRIBUTES)?;
             }
             let a = server.ns.getattr(f.id).await?;
-            let pending = server.locks.delete_pending(&f.id);
+            let pending = server.locks.record(&f.id).await?.delete_pending;
             file_info(req.class, f, &a, pending).ok_or(NtStatus::INVALID_INFO_CLASS)?
         }
         INFO_FILESYSTEM => {
@@ -297,7 +297,8 @@ mod tests {
             path: path.iter().map(|s| s.to_string()).collect(),
             is_dir: path.is_empty(),
             access: 0x1f01ff,
-            key: OpenKey(1),
+            key: OpenKey { node: 0, seq: 1 },
+            lease: None,
             cred: Credentials::root(),
             root: id,
             position: 0,

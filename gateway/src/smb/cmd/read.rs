@@ -68,7 +68,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
         return Err(NtStatus::INVALID_DEVICE_REQUEST);
     }
     f.require(access::READ_DATA | access::EXECUTE)?;
-    if !server.locks.io_allowed(&f.id, f.key, req.offset, req.length as u64, false) {
+    if !server.locks.io_allowed(&f.id, Some(f.key), req.offset, req.length as u64, false).await? {
         return Err(NtStatus::FILE_LOCK_CONFLICT);
     }
     let (data, _eof, _) = server.ns.read(&f.cred, f.id, req.offset, req.length).await?;

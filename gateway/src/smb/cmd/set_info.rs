@@ -122,8 +122,9 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             let comps = fs::split_name(name)?;
             let Some(new_name) = comps.last().cloned() else { return Err(NtStatus::INVALID_PARAMETER) };
             let Some(old_name) = f.path.last().cloned() else { return Err(NtStatus::ACCESS_DENIED) };
-            server.locks.may_also(&f.id, f.key, access::DELETE).map_err(|_| NtStatus::SHARING_VIOLATION)?;
-            if server.locks.blocks_child_rename(&f.parent) {
+            // Other clients' handle caching goes first (they may close), then share modes decide.
+            server.locks.may_also(&f.id, Some(f.key), access::DELETE, true, f.lease).await?;
+            if server.locks.record(&f.parent).await?.blocks_child_rename() {
                 return Err(NtStatus::SHARING_VIOLATION);
             }
             if f.is_dir && server.has_open_below(f.root, &f.path, f.key) {
@@ -140,7 +141,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
                         if !replace {
                             return Err(NtStatus::OBJECT_NAME_COLLISION);
                         }
-                        if ta.ftype == FileType::Directory || server.locks.has_other_opens(&tid, f.key) {
+                        if ta.ftype == FileType::Directory || server.locks.record(&tid).await?.has_other_opens(f.key) {
                             return Err(NtStatus::ACCESS_DENIED);
                         }
                     }
@@ -171,7 +172,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
                     return Err(NtStatus::CANNOT_DELETE);
                 }
             }
-            server.locks.set_delete_pending(&f.id, on);
+            server.locks.set_delete_pending(&f.id, on).await?;
             Ok(ok())
         }
         // FilePositionInformation

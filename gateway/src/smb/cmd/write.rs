@@ -72,7 +72,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
     if offset.checked_add(req.data.len() as u64).is_none() || offset > i64::MAX as u64 {
         return Err(NtStatus::INVALID_PARAMETER);
     }
-    if !server.locks.io_allowed(&f.id, f.key, offset, req.data.len() as u64, true) {
+    if !server.locks.io_allowed(&f.id, Some(f.key), offset, req.data.len() as u64, true).await? {
         return Err(NtStatus::FILE_LOCK_CONFLICT);
     }
     let stable = if f.write_through || req.flags & WRITEFLAG_WRITE_THROUGH != 0 {

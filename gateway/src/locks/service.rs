@@ -1,0 +1,432 @@
+//! The file-sharing state as a service: the one interface SMB, NFS (and later NLM and the node's
+//! own mount) call, asynchronous and fallible because a decision may be made on another node. It
+//! wraps one [`Machine`] behind a mutex: a request runs the machine in place, so when this node
+//! decides (a single node, a file whose home is here, a file delegated here) the answer is ready
+//! before the call returns, with no hand-off to another task; otherwise the call waits for the
+//! answer the mesh brings back. A background task ticks the machine (break timeouts, pings,
+//! views) and feeds it what HA says.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::machine::{Answer, Config, HaInput, Input, Machine, Msg, Op, Outcome, Output};
+use super::record::{BreakNotice, CloseOutcome, FileRecord, Granted, OpenRequest};
+use super::types::{Conflict, LeaseId, OpenKey, Owner, RangeLock};
+use crate::vfs::FileId;
+
+/// Where breaks and evictions go: the SMB server (lease and oplock holders are its clients).
+pub trait Holders: Send + Sync {
+    /// Tell the client holding `notice.lease` on `file`.
+    fn deliver_break(&self, file: FileId, notice: BreakNotice);
+    /// This node was left out of a view: what its clients held is gone cluster-wide; their
+    /// handles must go too (close their connections).
+    fn evicted(&self);
+}
+
+struct State {
+    m: Machine<FileId>,
+    next_rid: u64,
+    waiting: HashMap<u64, oneshot::Sender<Outcome>>,
+    changes: HashMap<FileId, Arc<Notify>>,
+}
+
+/// The cluster-wide (or, without `[cluster]`, this node's) table of opens, share modes,
+/// byte-range locks, leases and oplocks.
+pub struct LockService {
+    state: Mutex<State>,
+    t0: Instant,
+    me: u16,
+    next_seq: AtomicU64,
+    net: Option<mpsc::UnboundedSender<(u16, Msg<FileId>)>>,
+    licensed: watch::Sender<bool>,
+    holders: OnceLock<Arc<dyn Holders>>,
+}
+
+impl std::fmt::Debug for LockService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockService").field("me", &self.me).finish()
+    }
+}
+
+/// Turns "nothing held" into the error callers expect.
+fn answer<T>(o: Outcome, f: impl FnOnce(Answer) -> Option<T>) -> Result<T, Conflict> {
+    match o {
+        Ok(a) => f(a).ok_or(Conflict::Unavailable),
+        Err(c) => Err(c),
+    }
+}
+
+impl LockService {
+    /// One node on its own: every decision is made here, at once.
+    pub fn single() -> Arc<LockService> {
+        let s = Self::new(Config::single(), None);
+        s.feed(Input::Ha(HaInput { leader: Some(0), ok: true }));
+        s.feed(Input::Tick);
+        s
+    }
+
+    /// A node of a cluster: `net` takes the messages for peers (the mesh), which call
+    /// [`LockService::receive`] and [`LockService::link`] with what arrives.
+    pub fn clustered(cfg: Config, net: mpsc::UnboundedSender<(u16, Msg<FileId>)>) -> Arc<LockService> {
+        Self::new(cfg, Some(net))
+    }
+
+    fn new(cfg: Config, net: Option<mpsc::UnboundedSender<(u16, Msg<FileId>)>>) -> Arc<LockService> {
+        // Open keys start at this run's start time in microseconds: a restarted node never
+        // reuses one its previous run handed out.
+        let start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
+        Arc::new(LockService {
+            me: cfg.me,
+            state: Mutex::new(State {
+                m: Machine::new(cfg),
+                next_rid: 1,
+                waiting: HashMap::new(),
+                changes: HashMap::new(),
+            }),
+            t0: Instant::now(),
+            next_seq: AtomicU64::new(start),
+            net,
+            licensed: watch::channel(false).0,
+            holders: OnceLock::new(),
+        })
+    }
+
+    /// Registers where breaks and evictions go (once).
+    pub fn set_holders(&self, h: Arc<dyn Holders>) {
+        let _ = self.holders.set(h);
+    }
+
+    /// This node's number.
+    pub fn node(&self) -> u16 {
+        self.me
+    }
+
+    /// A fresh open key, unique in the cluster.
+    pub fn new_key(&self) -> OpenKey {
+        OpenKey { node: self.me, seq: self.next_seq.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    /// Whether this node may act now, and its changes.
+    pub fn licensed(&self) -> watch::Receiver<bool> {
+        self.licensed.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Feeds one input and carries out what it produced.
+    pub fn feed(&self, input: Input<FileId>) {
+        let now = self.t0.elapsed();
+        let mut st = self.lock();
+        let outs = st.m.handle(now, input);
+        let later = self.apply(&mut st, outs);
+        drop(st);
+        self.after(later);
+    }
+
+    /// A message from peer `from` (the mesh calls this).
+    pub fn receive(&self, from: u16, msg: Msg<FileId>) {
+        self.feed(Input::Message { from, msg });
+    }
+
+    /// The mesh link to `peer` came up or went down.
+    pub fn link(&self, peer: u16, up: bool) {
+        self.feed(if up { Input::LinkUp(peer) } else { Input::LinkDown(peer) });
+    }
+
+    fn apply(&self, st: &mut State, outs: Vec<Output<FileId>>) -> Vec<Output<FileId>> {
+        let mut later = Vec::new();
+        for o in outs {
+            match o {
+                Output::Reply { rid, outcome } => {
+                    if let Some(tx) = st.waiting.remove(&rid) {
+                        let _ = tx.send(outcome);
+                    }
+                }
+                Output::Send { to, msg } => {
+                    if let Some(net) = &self.net {
+                        let _ = net.send((to, msg));
+                    }
+                }
+                Output::Changed(f) => {
+                    if let Some(n) = st.changes.get(&f) {
+                        n.notify_waiters();
+                        if Arc::strong_count(n) == 1 {
+                            st.changes.remove(&f);
+                        }
+                    }
+                }
+                Output::Licensed(on) => {
+                    self.licensed.send_replace(on);
+                    if on {
+                        tracing::info!("file-sharing state: this node is in sync with the cluster");
+                    } else {
+                        tracing::warn!("file-sharing state: this node is not in sync with the cluster; requests wait");
+                    }
+                }
+                other @ (Output::Break { .. } | Output::Evicted) => later.push(other),
+            }
+        }
+        later
+    }
+
+    fn after(&self, later: Vec<Output<FileId>>) {
+        let Some(h) = self.holders.get() else { return };
+        for o in later {
+            match o {
+                Output::Break { file, notice } => h.deliver_break(file, notice),
+                Output::Evicted => {
+                    tracing::warn!(
+                        "file-sharing state: this node was left out of the cluster view; closing its clients' handles"
+                    );
+                    h.evicted();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn call(&self, file: &FileId, op: Op) -> Outcome {
+        let (tx, rx) = oneshot::channel();
+        {
+            let now = self.t0.elapsed();
+            let mut st = self.lock();
+            let rid = st.next_rid;
+            st.next_rid += 1;
+            st.waiting.insert(rid, tx);
+            let outs = st.m.handle(now, Input::Request { rid, file: *file, op });
+            let later = self.apply(&mut st, outs);
+            drop(st);
+            self.after(later);
+        }
+        rx.await.unwrap_or(Err(Conflict::Unavailable))
+    }
+
+    /// Opens: share modes, delete-pending, lease and oplock breaks (waiting for them).
+    pub async fn open(&self, file: &FileId, req: OpenRequest) -> Result<Granted, Conflict> {
+        let key = req.key;
+        let r = answer(self.call(file, Op::Open(req)).await, |a| match a {
+            Answer::Opened(g) => Some(g),
+            _ => None,
+        });
+        if r == Err(Conflict::Unavailable) {
+            // It may have been granted after all: make sure it is not left behind.
+            let _ = self.call(file, Op::Close(key)).await;
+        }
+        r
+    }
+
+    /// Closes an open without waiting for the answer (an open abandoned on an error path).
+    pub fn close_detached(&self, file: &FileId, key: OpenKey) {
+        let (tx, _rx) = oneshot::channel();
+        let now = self.t0.elapsed();
+        let mut st = self.lock();
+        let rid = st.next_rid;
+        st.next_rid += 1;
+        st.waiting.insert(rid, tx);
+        let outs = st.m.handle(now, Input::Request { rid, file: *file, op: Op::Close(key) });
+        let later = self.apply(&mut st, outs);
+        drop(st);
+        self.after(later);
+    }
+
+    /// Closes an open (its locks and, if unused, its lease go with it).
+    pub async fn close(&self, file: &FileId, key: OpenKey) -> Result<CloseOutcome, Conflict> {
+        answer(self.call(file, Op::Close(key)).await, |a| match a {
+            Answer::Closed(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    async fn done(&self, file: &FileId, op: Op) -> Result<(), Conflict> {
+        answer(self.call(file, op).await, |a| matches!(a, Answer::Done).then_some(()))
+    }
+
+    /// Takes a byte-range lock (breaking other opens' read caching).
+    pub async fn lock_range(&self, file: &FileId, lock: RangeLock) -> Result<(), Conflict> {
+        self.done(file, Op::Lock(lock)).await
+    }
+
+    /// Releases one.
+    pub async fn unlock(&self, file: &FileId, owner: Owner, offset: u64, len: u64) -> Result<(), Conflict> {
+        self.done(file, Op::Unlock { owner, offset, len }).await
+    }
+
+    /// Releases every lock of a POSIX owner on the file.
+    pub async fn unlock_all(&self, file: &FileId, owner: Owner) -> Result<(), Conflict> {
+        self.done(file, Op::UnlockAll(owner)).await
+    }
+
+    /// Marks an open delete-on-close.
+    pub async fn set_delete_on_close(&self, file: &FileId, key: OpenKey, on: bool) -> Result<(), Conflict> {
+        self.done(file, Op::SetDeleteOnClose { key, on }).await
+    }
+
+    /// Sets or clears the file's delete-pending state.
+    pub async fn set_delete_pending(&self, file: &FileId, on: bool) -> Result<(), Conflict> {
+        self.done(file, Op::SetDeletePending(on)).await
+    }
+
+    /// Whether `key` (or a client without an open) may also do what `access` stands for; with
+    /// `handle_breaks` (a rename or delete) other leases' handle caching is broken first.
+    pub async fn may_also(
+        &self,
+        file: &FileId,
+        key: Option<OpenKey>,
+        access: u32,
+        handle_breaks: bool,
+        lease: Option<LeaseId>,
+    ) -> Result<(), Conflict> {
+        self.done(file, Op::MayAlso { key, access, handle_breaks, lease }).await
+    }
+
+    /// A write, truncate or lock through `by`: other opens' read caching is broken (no wait).
+    pub async fn contend(&self, file: &FileId, by: Option<LeaseId>) -> Result<(), Conflict> {
+        self.done(file, Op::Contend { by }).await
+    }
+
+    /// A client acknowledged a break.
+    pub async fn ack_break(&self, file: &FileId, lease: LeaseId, state: u8) -> Result<(), Conflict> {
+        self.done(file, Op::AckBreak { lease, state }).await
+    }
+
+    /// `f` of the record when this node has it at hand (it decides the file or holds something
+    /// on it); `None` otherwise.
+    pub fn local<R>(&self, file: &FileId, f: impl FnOnce(&FileRecord) -> R) -> Option<R> {
+        self.lock().m.local_record(file).map(f)
+    }
+
+    /// The file's record, from here or from the node that decides it.
+    pub async fn record(&self, file: &FileId) -> Result<FileRecord, Conflict> {
+        if let Some(r) = self.local(file, Clone::clone) {
+            return Ok(r);
+        }
+        answer(self.call(file, Op::Read).await, |a| match a {
+            Answer::Record(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// Whether `who` (an open; `None` for NFS) may read or write the range: byte-range locks are
+    /// mandatory for everyone but their owner.
+    pub async fn io_allowed(
+        &self,
+        file: &FileId,
+        who: Option<OpenKey>,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<bool, Conflict> {
+        if let Some(ok) = self.local(file, |r| r.io_allowed(who, offset, len, write)) {
+            return Ok(ok);
+        }
+        Ok(self.record(file).await?.io_allowed(who, offset, len, write))
+    }
+
+    /// A notifier that fires when the file's state changes here (a lock or open released, a
+    /// break acknowledged): waiters subscribe (`notified()`, then `enable()`) before they retry,
+    /// so no wake-up is lost.
+    pub fn changes(&self, file: &FileId) -> Arc<Notify> {
+        self.lock().changes.entry(*file).or_default().clone()
+    }
+
+    /// Records decided here and copies kept here (status and tests).
+    pub fn record_count(&self) -> (usize, usize) {
+        self.lock().m.record_count()
+    }
+
+    /// Ticks the machine every `every` and feeds it HA's verdict from `ha` (none for a single
+    /// node), until `stop`.
+    pub async fn run(
+        self: Arc<Self>,
+        every: Duration,
+        ha: Option<Box<dyn Fn() -> HaInput + Send>>,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Some(ha) = &ha {
+                let h = ha();
+                if last != Some(h) {
+                    last = Some(h);
+                    self.feed(Input::Ha(h));
+                }
+            }
+            self.feed(Input::Tick);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::locks::record::{flags, CachingRequest};
+    use crate::locks::types::{access, caching, share};
+
+    fn fid(n: u8) -> FileId {
+        FileId::new(&[n]).unwrap()
+    }
+
+    struct Sink(Mutex<Vec<BreakNotice>>);
+    impl Holders for Sink {
+        fn deliver_break(&self, _file: FileId, notice: BreakNotice) {
+            self.0.lock().unwrap().push(notice);
+        }
+        fn evicted(&self) {}
+    }
+
+    #[tokio::test]
+    async fn a_single_node_answers_in_place_and_breaks_reach_the_holder() {
+        let s = LockService::single();
+        let sink = Arc::new(Sink(Mutex::new(Vec::new())));
+        s.set_holders(sink.clone());
+        let lease = LeaseId { client: [1; 16], key: [2; 16] };
+        let a = OpenRequest {
+            key: s.new_key(),
+            access: access::READ_DATA | access::WRITE_DATA,
+            share: share::ALL,
+            caching: CachingRequest::Lease { id: lease, state: caching::RWH, version: 2, epoch: 0, parent: None },
+            overwrite: false,
+            is_dir: false,
+            flags: flags::HANDLE,
+        };
+        assert_eq!(s.open(&fid(1), a).await.unwrap().state, caching::RWH);
+        let b = OpenRequest {
+            key: s.new_key(),
+            access: access::READ_DATA,
+            share: share::ALL,
+            caching: CachingRequest::None,
+            overwrite: false,
+            is_dir: false,
+            flags: flags::HANDLE,
+        };
+        let s2 = s.clone();
+        let second = tokio::spawn(async move { s2.open(&fid(1), b).await });
+        // The break reaches the holder; the second open waits for its acknowledgement.
+        for _ in 0..100 {
+            if !sink.0.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let n = sink.0.lock().unwrap()[0];
+        assert_eq!((n.from, n.to), (caching::RWH, caching::R | caching::H));
+        assert!(!second.is_finished());
+        s.ack_break(&fid(1), lease, caching::R | caching::H).await.unwrap();
+        let g = second.await.unwrap().unwrap();
+        assert_eq!(g.state, 0);
+        assert!(s.io_allowed(&fid(1), None, 0, 10, true).await.unwrap());
+    }
+}
