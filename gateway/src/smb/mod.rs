@@ -19,6 +19,8 @@ pub mod auth;
 pub mod cmd;
 pub mod compound;
 pub mod conn;
+pub mod dosattrib;
+pub mod file_state;
 pub mod fs;
 pub mod passwd;
 pub mod sequence;
@@ -26,6 +28,7 @@ pub mod session;
 pub mod signing;
 pub mod srvsvc;
 pub mod status;
+pub mod streams;
 pub mod transport;
 pub mod wire;
 
@@ -76,6 +79,9 @@ pub struct SmbServer {
     /// Share-relative path of every open file, by share root: a directory with open files
     /// below it cannot be renamed.
     pub open_paths: std::sync::Mutex<std::collections::HashMap<OpenKey, (FileId, Vec<String>)>>,
+    /// Alternate data streams open on this node, per file (deletion rules between a file and
+    /// its streams).
+    pub open_streams: streams::OpenStreams,
 }
 
 impl SmbServer {
@@ -102,6 +108,7 @@ impl SmbServer {
             locks,
             idle_without_session: IDLE_WITHOUT_SESSION,
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
+            open_streams: streams::OpenStreams::default(),
         }
     }
 
