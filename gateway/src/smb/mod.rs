@@ -47,6 +47,9 @@ use crate::vfs::{FileId, Namespace};
 /// Most client connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 4096;
 
+/// Default of [`SmbServer::idle_without_session`].
+pub const IDLE_WITHOUT_SESSION: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Server-wide SMB state shared by every connection.
 pub struct SmbServer {
     /// Name clients see (NTLMSSP target, srvsvc).
@@ -69,6 +72,10 @@ pub struct SmbServer {
     pub ns: Namespace,
     /// The cluster-wide file-sharing state (shared with NFS).
     pub locks: Arc<LockService>,
+    /// How long a connection without an authenticated session may stay idle before it is
+    /// closed (a client that connects and sends nothing, or stops half way through logon,
+    /// holds a descriptor and a thread).
+    pub idle_without_session: std::time::Duration,
     /// Share-relative path of every open file, by share root: a directory with open files
     /// below it cannot be renamed.
     pub open_paths: std::sync::Mutex<std::collections::HashMap<OpenKey, (FileId, Vec<String>)>>,
@@ -99,6 +106,7 @@ impl SmbServer {
             unix_users,
             ns,
             locks,
+            idle_without_session: IDLE_WITHOUT_SESSION,
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
             open_streams: streams::OpenStreams::default(),
         }
