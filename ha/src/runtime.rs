@@ -382,7 +382,14 @@ pub fn start(
                                 facts.infos[n as usize] = Some(info);
                             }
                             Ok(msg) if s.nodes.get(msg.from as usize) == Some(&from.ip()) => events.push(Event::Received(msg)),
-                            Ok(msg) => tracing::warn!(%from, claimed = msg.from, "cluster datagram from an address that is not that node's; ignored"),
+                            Ok(msg) => {
+                                // Validly signed but replayed or relayed from elsewhere: rate
+                                // limited like refused ones, so a flood cannot flood the log.
+                                if refused_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                                    refused_logged = Some(Instant::now());
+                                    tracing::warn!(%from, claimed = msg.from, "cluster datagram from an address that is not that node's; ignored (logged once per 10 s)");
+                                }
+                            }
                             Err(e) => {
                                 if refused_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                                     refused_logged = Some(Instant::now());

@@ -134,7 +134,7 @@ pub async fn parent_of(
 ) -> Result<FileId, NtStatus> {
     let n = comps.len().saturating_sub(1);
     // One lookup per component (the components are validated: no `.`, `..` or `/`); only a
-    // symlink on the way needs `walk`, which follows it while it stays inside the volume.
+    // symlink on the way needs `walk_beneath`, which follows it while it stays inside the share.
     let mut dir = root;
     for i in 0..n {
         match lookup(ns, cred, dir, &comps[i], case).await {
@@ -154,9 +154,9 @@ pub async fn parent_of(
     Ok(dir)
 }
 
-/// Resolves the directory `dirs` from the share root, following symlinks inside the volume.
+/// Resolves the directory `dirs` from the share root, following symlinks inside the share.
 async fn walk_dir(ns: &Namespace, cred: &Credentials, root: FileId, dirs: &[String]) -> Result<FileId, NtStatus> {
-    match ns.walk(cred, root, dirs.join("/").as_bytes(), true).await {
+    match ns.walk_beneath(cred, root, root, dirs.join("/").as_bytes(), true).await {
         Ok((id, a)) if a.ftype == FileType::Directory => Ok(id),
         Ok(_) => Err(NtStatus::OBJECT_PATH_NOT_FOUND),
         Err(VfsError::NotFound | VfsError::NotDir) => Err(NtStatus::OBJECT_PATH_NOT_FOUND),

@@ -48,6 +48,9 @@ use crate::vfs::{FileId, Namespace};
 /// Most client connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 4096;
 
+/// Default of [`SmbServer::idle_without_session`].
+pub const IDLE_WITHOUT_SESSION: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Server-wide SMB state shared by every connection.
 pub struct SmbServer {
     /// Name clients see (NTLMSSP target, srvsvc).
@@ -75,6 +78,10 @@ pub struct SmbServer {
     /// Fires to close every connection (this node left the cluster's view: what its clients
     /// held was released cluster-wide, so their handles are gone too); replaced after firing.
     pub evict: Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
+    /// How long a connection without an authenticated session may stay idle before it is
+    /// closed (a client that connects and sends nothing, or stops half way through logon,
+    /// holds a descriptor and a thread).
+    pub idle_without_session: std::time::Duration,
     /// Share-relative path of every open file, by share root: a directory with open files
     /// below it cannot be renamed.
     pub open_paths: std::sync::Mutex<std::collections::HashMap<OpenKey, (FileId, Vec<String>)>>,
@@ -116,6 +123,7 @@ impl SmbServer {
             unix_users,
             ns,
             locks,
+            idle_without_session: IDLE_WITHOUT_SESSION,
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
             open_streams: streams::OpenStreams::default(),
         }

@@ -150,7 +150,23 @@ impl Namespace {
         path: &[u8],
         follow_last: bool,
     ) -> VfsResult<(FileId, Attr)> {
-        let root = self.root();
+        self.walk_beneath(cred, self.root(), start, path, follow_last).await
+    }
+
+    /// [`Namespace::walk`] confined to `top` instead of the volume root: `..` above `top`, an
+    /// absolute symlink, or a relative one that climbs above `top` fails with
+    /// [`VfsError::Escape`]. An SMB share is confined to its own folder this way, so a symlink
+    /// made through NFS (`pub/esc -> ../priv`) cannot reach another share. `start` must be
+    /// `top` or beneath it; an absolute `path` starts at `top`.
+    pub async fn walk_beneath(
+        &self,
+        cred: &Credentials,
+        top: FileId,
+        start: FileId,
+        path: &[u8],
+        follow_last: bool,
+    ) -> VfsResult<(FileId, Attr)> {
+        let root = top;
         let mut cur = start;
         let mut cur_attr = self.getattr(start).await?;
         // Remaining components, next one last (a stack).

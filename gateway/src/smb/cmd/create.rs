@@ -390,8 +390,8 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         Some(last) => match fs::lookup(ns, &cred, parent, last, case).await {
             Ok((real, _, a)) if a.ftype == FileType::Symlink => {
                 *last = real;
-                // Follow a symlink only while it stays inside the volume.
-                match ns.walk(&cred, root, comps.join("/").as_bytes(), true).await {
+                // Follow a symlink only while it stays inside the share.
+                match ns.walk_beneath(&cred, root, root, comps.join("/").as_bytes(), true).await {
                     Ok(x) => Some(x),
                     Err(VfsError::NotFound) => return Err(NtStatus::OBJECT_NAME_NOT_FOUND),
                     Err(VfsError::Escape) => return Err(NtStatus::ACCESS_DENIED),
