@@ -34,6 +34,8 @@ pub mod flags {
     pub const DELETE_ON_CLOSE: u8 = 4;
     /// What an SMB or local open carries.
     pub const HANDLE: u8 = SHARE_MODES | PINS;
+    /// What NFS's stateless use of a file carries: none of the above.
+    pub const STATELESS: u8 = 0;
 }
 
 /// One open of a file.
