@@ -176,8 +176,8 @@ impl Connection {
         if persistent == u64::MAX && volatile == u64::MAX {
             return self.compound_fid.map(|(_, v)| v).ok_or(NtStatus::FILE_CLOSED);
         }
-        // Both halves must match: persistent ids equal volatile ones (no durable handles).
-        if persistent != volatile {
+        // Both halves must name the same open.
+        if self.opens.persistent_of(volatile).is_some_and(|p| p != persistent) {
             return Err(NtStatus::FILE_CLOSED);
         }
         Ok(volatile)
@@ -262,25 +262,38 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
     // Stop interrupts the loop wherever it waits, including a reply to a client that does not
     // read. Handlers never wait in the middle (backend calls run in place), so it is always
     // between requests or on the socket: the cleanup below then sees consistent state.
+    // Only a lost client keeps its durable opens: a stopping daemon or an evicted node
+    // releases everything.
+    let mut lost = false;
     tokio::select! {
         _ = stop.cancelled() => {}
         _ = evict.cancelled() => {
             tracing::warn!(client = %conn.tcp.client, "SMB: closing connection: this node left the cluster's file-sharing view");
         }
         why = command_loop(&mut conn, &mut frames) => {
+            lost = true;
             if let Some(why) = why {
                 tracing::info!(client = %conn.tcp.client, why, "SMB: closing connection");
             }
         }
     }
-    // Disconnect: cancel waiters, close every open (delete-on-close and locks are released).
+    // Disconnect: cancel waiters, close every open (delete-on-close and locks are released)
+    // but the durable ones, which wait for their client's reconnect.
     for op in conn.link.pending.lock().unwrap_or_else(|e| e.into_inner()).values() {
         op.cancel.cancel();
     }
+    let server = conn.server.clone();
+    let mut ghost = None;
     for id in conn.opens.all_ids() {
-        if let Some(open) = conn.opens.remove(id) {
-            cmd::close::release(&conn.server.clone(), open).await.ok(); // logged there
+        let Some(mut open) = conn.opens.remove(id) else { continue };
+        if lost && server.durable.is_durable(open.persistent) {
+            let to = ghost.get_or_insert_with(|| server.durable.ghost(&server));
+            match server.durable.detach(&server, open, to) {
+                None => continue,
+                Some(o) => open = o,
+            }
         }
+        cmd::close::release(&server, open).await.ok(); // logged there
     }
     crate::vfs::in_place::drop_deferred();
     conn.link.out.shutdown().await;
