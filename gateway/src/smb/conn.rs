@@ -89,6 +89,8 @@ pub struct Connection {
     pub compound_fid: Option<(u64, u64)>,
     /// The framing side: where replies go and which async replies are still owed.
     pub link: Link,
+    /// Where breaks of this connection's detached durable opens go (made at the first one).
+    ghost: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
     next_session: u64,
     next_tree: u32,
 }
@@ -183,6 +185,22 @@ impl Connection {
         Ok(volatile)
     }
 
+    /// Ends `open` as its session or connection goes away without a CLOSE: a durable open is
+    /// kept for its client's reconnect ([`super::durable::DurableTable::detach`]), anything
+    /// else is released.
+    pub async fn end_open(&mut self, open: super::cmd::open::Open) {
+        let server = self.server.clone();
+        let mut open = open;
+        if server.durable.is_durable(open.persistent) {
+            let to = self.ghost.get_or_insert_with(|| server.durable.ghost(&server)).clone();
+            match server.durable.detach(&server, open, &to) {
+                None => return,
+                Some(o) => open = o,
+            }
+        }
+        cmd::close::release(&server, open).await.ok(); // logged there
+    }
+
     /// Cancels pending operations waiting on open `volatile` (its handle is closing).
     pub fn cancel_pending_on(&self, volatile: u64) {
         let p = self.link.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -255,6 +273,7 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
         opens: OpenTable::default(),
         compound_fid: None,
         link: Link::new(FrameWriter::new(wr)),
+        ghost: None,
         next_session: 0,
         next_tree: 0,
     };
@@ -283,17 +302,13 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
         op.cancel.cancel();
     }
     let server = conn.server.clone();
-    let mut ghost = None;
     for id in conn.opens.all_ids() {
-        let Some(mut open) = conn.opens.remove(id) else { continue };
-        if lost && server.durable.is_durable(open.persistent) {
-            let to = ghost.get_or_insert_with(|| server.durable.ghost(&server));
-            match server.durable.detach(&server, open, to) {
-                None => continue,
-                Some(o) => open = o,
-            }
+        let Some(open) = conn.opens.remove(id) else { continue };
+        if lost {
+            conn.end_open(open).await;
+        } else {
+            cmd::close::release(&server, open).await.ok(); // logged there
         }
-        cmd::close::release(&server, open).await.ok(); // logged there
     }
     crate::vfs::in_place::drop_deferred();
     conn.link.out.shutdown().await;

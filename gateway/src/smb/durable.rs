@@ -272,20 +272,22 @@ pub struct Presented<'a> {
 }
 
 /// May `p` take back the durable open `d` (MS-SMB2 3.3.5.9.7 and 3.3.5.9.12, as smbd 4.17
-/// answers)? An open that does not match is OBJECT_NAME_NOT_FOUND, as if it did not exist;
+/// answers: the ClientGuid only matters for an open with a lease)? An open that does not match is OBJECT_NAME_NOT_FOUND, as if it did not exist;
 /// a lease of another version INVALID_PARAMETER; another user ACCESS_DENIED. Pure.
 pub fn check_reconnect(d: &Durability, p: &Presented<'_>) -> Result<(), NtStatus> {
-    match p.reconnect {
-        Reconnect::V1 { .. } if d.version != 1 => return Err(NtStatus::OBJECT_NAME_NOT_FOUND),
-        Reconnect::V2 { create_guid, .. } if d.version != 2 || d.create_guid != Some(create_guid) => {
-            return Err(NtStatus::OBJECT_NAME_NOT_FOUND)
+    // A DHnC may take back a v2 open too (smbd); a DH2C needs the open's CreateGuid (a v1
+    // open's is all zeros, as in smbd).
+    if let Reconnect::V2 { create_guid, .. } = p.reconnect {
+        if d.create_guid.unwrap_or([0; 16]) != create_guid {
+            return Err(NtStatus::OBJECT_NAME_NOT_FOUND);
         }
-        _ => {}
     }
     if !p.same_share {
         return Err(NtStatus::OBJECT_NAME_NOT_FOUND);
     }
-    if d.version == 2 && p.client_guid != d.client_guid {
+    // A lease belongs to its client GUID; an oplock's open may come back from another one
+    // (smbd 4.17, and smbtorture's reopen tests rely on it).
+    if d.lease_key.is_some() && p.client_guid != d.client_guid {
         return Err(NtStatus::OBJECT_NAME_NOT_FOUND);
     }
     match (d.lease_key, p.lease) {
@@ -423,12 +425,22 @@ impl DurableTable {
         let mut m = self.map();
         let Some(e) = m.get_mut(&open.persistent) else { return Some(open) };
         let OpenKind::File(f) = &open.kind else { return Some(open) };
-        // A break already sent to the lost connection will never be acknowledged: it is
-        // settled below as the ghost settles the ones that come later.
-        let in_flight = f.lease.and_then(|l| {
-            let told = server.locks.local(&f.id, |r| r.lease(&l).and_then(|x| x.told)).flatten()?;
-            Some((f.id, l, told))
-        });
+        // Not kept (smbd's rules): an open whose close deletes the file (the delete happens
+        // now), and one whose lease or oplock is being broken (the break sent to the lost
+        // connection will never be acknowledged; the other client goes ahead).
+        let (delete, breaking) = server
+            .locks
+            .local(&f.id, |r| {
+                let delete = r.delete_pending
+                    || r.open_of(f.key).is_some_and(|o| o.flags & crate::locks::flags::DELETE_ON_CLOSE != 0);
+                let breaking = f.lease.is_some_and(|l| r.lease(&l).is_some_and(|x| x.told.is_some()));
+                (delete, breaking)
+            })
+            .unwrap_or((false, false));
+        if delete || breaking {
+            m.remove(&open.persistent);
+            return Some(open);
+        }
         if let Some(l) = &f.lease {
             server.breaks.redirect(l, ghost.clone(), None);
         }
@@ -443,10 +455,6 @@ impl DurableTable {
         drop(m);
         self.detached.notify_waiters();
         let server = server.clone();
-        if let Some((file, l, to)) = in_flight {
-            let server = server.clone();
-            self.spawn(async move { settle_break(&server, persistent, file, l, to, true).await });
-        }
         let run = async move {
             tokio::select! {
                 _ = expiry.cancelled() => {}
@@ -554,64 +562,23 @@ impl DurableTable {
     }
 
     /// A queue standing in for a lost connection in [`super::leases::Breaks`]: the client of
-    /// a detached open cannot acknowledge a break, so the break is settled here (MS-SMB2
-    /// 3.3.4.6/3.3.4.7 for opens without a connection): a lease break that keeps handle
-    /// caching is acknowledged on its behalf (the open stays, with less caching: its share
-    /// mode and byte-range locks still hold), any other break (handle caching lost, an oplock
-    /// broken) closes the opens it names, so the conflicting open goes ahead.
+    /// a detached open cannot acknowledge a break, so any break aimed at it closes the opens
+    /// it names and the conflicting open goes ahead (what smbd 4.17 and current Windows do:
+    /// smbtorture's `durable-open.lease` and `.oplock` check it). Only a persistent handle
+    /// keeps its caching against other clients while its own client reconnects.
     pub fn ghost(&self, server: &Arc<SmbServer>) -> mpsc::UnboundedSender<Vec<u8>> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let server = server.clone();
         self.spawn(async move {
             while let Some(m) = rx.recv().await {
                 let (key, fid) = break_target(&m);
-                let to = lease_break_to(&m);
-                let mut acked = Vec::new();
-                for (p, file, lease) in server.durable.detached_matching(key, fid) {
-                    match (to, lease) {
-                        (Some(to), Some(l)) if fid.is_none() => {
-                            let first = !acked.contains(&l);
-                            acked.push(l);
-                            settle_break(&server, p, file, l, to, first).await;
-                        }
-                        _ => {
-                            server.durable.close_detached(&server, p, "a conflicting open broke its oplock").await;
-                        }
-                    }
+                for (p, _, _) in server.durable.detached_matching(key, fid) {
+                    server.durable.close_detached(&server, p, "a conflicting open broke its lease or oplock").await;
                 }
             }
         });
         tx
     }
-}
-
-/// Settles a lease break to `to` aimed at the detached open `p` of `file`: acknowledged on
-/// its client's behalf (once per lease: `ack`) when handle caching stays, else the open is
-/// closed.
-async fn settle_break(server: &Arc<SmbServer>, p: u64, file: FileId, l: LeaseId, to: u8, ack: bool) {
-    if to & caching::H == 0 || l.client == [0xff; 16] {
-        server.durable.close_detached(server, p, "a conflicting open broke its handle caching").await;
-    } else if ack {
-        if let Err(e) = server.locks.ack_break(&file, l, to).await {
-            tracing::debug!(error = %e, "SMB: acknowledging a break for a detached durable open");
-        }
-    }
-}
-
-/// The new lease state of a lease break notification that needs an acknowledgement. Pure.
-pub fn lease_break_to(msg: &[u8]) -> Option<u8> {
-    let body = super::wire::header::HEADER_LEN;
-    let mut r = Reader::at(msg, body);
-    if r.u16().ok()? != 44 {
-        return None;
-    }
-    r.skip(2).ok()?;
-    let flags = r.u32().ok()?;
-    if flags & super::leases::NOTIFY_ACK_REQUIRED == 0 {
-        return None;
-    }
-    let mut r = Reader::at(msg, body + 28);
-    Some(r.u32().ok()? as u8)
 }
 
 /// The lease key or oplock persistent FileId a break notification is about. Pure.
@@ -763,7 +730,7 @@ mod tests {
         assert_eq!(check_reconnect(&d, &ok), Ok(()));
         let nf = Err(NtStatus::OBJECT_NAME_NOT_FOUND);
         let table: Vec<(Presented<'_>, Result<(), NtStatus>)> = vec![
-            (Presented { reconnect: Reconnect::V1 { fid: (1, 1) }, ..ok.clone() }, nf),
+            (Presented { reconnect: Reconnect::V1 { fid: (1, 1) }, ..ok.clone() }, Ok(())),
             (
                 Presented {
                     reconnect: Reconnect::V2 { fid: (1, 1), create_guid: [5; 16], persistent: false },
@@ -782,11 +749,17 @@ mod tests {
         for (p, want) in table {
             assert_eq!(check_reconnect(&d, &p), want, "{p:?}");
         }
-        // A v1 open with a batch oplock: any client GUID (SMB 2.x has none to compare), no lease.
+        // An open with a batch oplock: any client GUID, no lease.
+        let v2_oplock = Durability { lease_key: None, lease_version: 0, ..d.clone() };
+        let p = Presented { client_guid: [7; 16], lease: None, ..ok.clone() };
+        assert_eq!(check_reconnect(&v2_oplock, &p), Ok(()));
         let v1 = Durability { version: 1, create_guid: None, lease_key: None, lease_version: 0, ..d };
         let p = Presented { reconnect: Reconnect::V1 { fid: (1, 1) }, client_guid: [7; 16], lease: None, ..ok };
         assert_eq!(check_reconnect(&v1, &p), Ok(()));
-        assert_eq!(check_reconnect(&v1, &Presented { lease: Some(([9; 16], 1)), ..p }), nf);
+        assert_eq!(check_reconnect(&v1, &Presented { lease: Some(([9; 16], 1)), ..p.clone() }), nf);
+        let zero = Reconnect::V2 { fid: (1, 1), create_guid: [0; 16], persistent: false };
+        assert_eq!(check_reconnect(&v1, &Presented { reconnect: zero, ..p.clone() }), Ok(()));
+        assert_eq!(check_reconnect(&v2_oplock, &Presented { reconnect: zero, ..p }), nf);
     }
 
     #[test]
@@ -802,11 +775,6 @@ mod tests {
             ack_required: true,
         };
         assert_eq!(break_target(&super::super::leases::break_message(&n, None)), (Some([5; 16]), None));
-        assert_eq!(lease_break_to(&super::super::leases::break_message(&n, None)), Some(caching::R));
-        let no_ack = BreakNotice { ack_required: false, ..n };
-        assert_eq!(lease_break_to(&super::super::leases::break_message(&no_ack, None)), None);
-        assert_eq!(break_target(&super::super::leases::break_message(&n, Some((77, 3)))), (None, Some(77)));
-        assert_eq!(break_target(&[1, 2, 3]), (None, None));
     }
 
     #[test]

@@ -55,17 +55,24 @@ pub async fn reconnect(
     let client_guid = conn.client_guid;
     let server = conn.server.clone();
     server.durable.settle(r.persistent_id(), &conn.link.notices, SETTLE).await;
-    let taken = server.durable.take(r.persistent_id(), |d, f| {
-        let p = Presented {
-            reconnect: r,
-            client_guid,
-            user: &user,
-            lease,
-            same_name: same_name(&req.name, f),
-            same_share: tree.root == Some(f.root),
-        };
-        durable::check_reconnect(d, &p)
-    })?;
+    let taken = server
+        .durable
+        .take(r.persistent_id(), |d, f| {
+            let p = Presented {
+                reconnect: r,
+                client_guid,
+                user: &user,
+                lease,
+                same_name: same_name(&req.name, f),
+                same_share: tree.root == Some(f.root),
+            };
+            let r = durable::check_reconnect(d, &p);
+            if let Err(s) = r {
+                tracing::debug!(status = ?s, ?p, "SMB: durable reconnect refused");
+            }
+            r
+        })
+        .inspect_err(|s| tracing::debug!(status = ?s, "SMB: durable reconnect failed"))?;
     // A reconnect's response carries no DH2Q context (smbd 4.17; smbtorture checks it).
     reattach(conn, hdr, req, tree, *taken.open, taken.facts, false).await
 }
