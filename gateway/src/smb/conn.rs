@@ -103,13 +103,30 @@ pub struct Link {
     pub pending: Arc<Mutex<HashMap<u64, PendingOp>>>,
     /// The MessageIds the client may use next.
     pub sequence: SequenceWindow,
+    /// Unsolicited messages (oplock and lease breaks), sent by a task of the connection.
+    pub notices: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
     next_async: u64,
 }
 
 impl Link {
     /// A link that writes to `out`.
     pub fn new(out: FrameWriter<OwnedWriteHalf>) -> Self {
-        Self { out, pending: Arc::new(Mutex::new(HashMap::new())), sequence: SequenceWindow::new(), next_async: 0 }
+        let (notices, mut queued) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let writer = out.clone();
+        tokio::spawn(async move {
+            while let Some(m) = queued.recv().await {
+                if writer.message(&[&m]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            out,
+            pending: Arc::new(Mutex::new(HashMap::new())),
+            sequence: SequenceWindow::new(),
+            notices,
+            next_async: 0,
+        }
     }
 
     /// Records async `work` answering request `hdr` in `session_id`; returns its AsyncId.
@@ -241,11 +258,15 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
         next_session: 0,
         next_tree: 0,
     };
+    let evict = conn.server.evict.lock().unwrap_or_else(|p| p.into_inner()).clone();
     // Stop interrupts the loop wherever it waits, including a reply to a client that does not
     // read. Handlers never wait in the middle (backend calls run in place), so it is always
     // between requests or on the socket: the cleanup below then sees consistent state.
     tokio::select! {
         _ = stop.cancelled() => {}
+        _ = evict.cancelled() => {
+            tracing::warn!(client = %conn.tcp.client, "SMB: closing connection: this node left the cluster's file-sharing view");
+        }
         why = command_loop(&mut conn, &mut frames) => {
             if let Some(why) = why {
                 tracing::info!(client = %conn.tcp.client, why, "SMB: closing connection");
@@ -268,7 +289,15 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
 /// Serves requests until the client goes away (`None`) or must be cut off (why).
 async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadHalf>) -> Option<&'static str> {
     loop {
-        let keep = match frames.next().await {
+        let next = if conn.sessions.values().any(|s| s.is_valid()) {
+            frames.next().await
+        } else {
+            match tokio::time::timeout(conn.server.idle_without_session, frames.next()).await {
+                Ok(r) => r,
+                Err(_) => return Some("idle without an authenticated session"),
+            }
+        };
+        let keep = match next {
             Ok(Frame::SessionRequest) => conn.link.out.raw(&SESSION_GRANTED).await.map_err(|_| "send failed"),
             Ok(Frame::Message) => {
                 let msg = frames.message();
@@ -663,6 +692,26 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_connection_without_a_session_is_closed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = server(tmp.path());
+        Arc::get_mut(&mut s).unwrap().idle_without_session = Duration::from_millis(300);
+        let (mut client, task) = connect(s, CancellationToken::new()).await;
+        let start = std::time::Instant::now();
+        let closed = tokio::task::spawn_blocking(move || {
+            answers_negotiate(&mut client);
+            closed_by_server(&mut client)
+        })
+        .await
+        .unwrap();
+        let took = start.elapsed();
+        println!("closed after {took:?}");
+        assert!(closed, "the server closed the idle connection");
+        assert!(took < Duration::from_secs(4), "closed after {took:?}, the read timeout is 5 s");
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("serve returned").unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

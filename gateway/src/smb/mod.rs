@@ -19,13 +19,17 @@ pub mod auth;
 pub mod cmd;
 pub mod compound;
 pub mod conn;
+pub mod dosattrib;
+pub mod file_state;
 pub mod fs;
+pub mod leases;
 pub mod passwd;
 pub mod sequence;
 pub mod session;
 pub mod signing;
 pub mod srvsvc;
 pub mod status;
+pub mod streams;
 pub mod transport;
 pub mod wire;
 
@@ -43,6 +47,9 @@ use crate::vfs::{FileId, Namespace};
 
 /// Most client connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 4096;
+
+/// Default of [`SmbServer::idle_without_session`].
+pub const IDLE_WITHOUT_SESSION: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Server-wide SMB state shared by every connection.
 pub struct SmbServer {
@@ -66,9 +73,21 @@ pub struct SmbServer {
     pub ns: Namespace,
     /// The cluster-wide file-sharing state (shared with NFS).
     pub locks: Arc<LockService>,
+    /// This node's leases and oplocks: where their breaks go.
+    pub breaks: Arc<leases::Breaks>,
+    /// Fires to close every connection (this node left the cluster's view: what its clients
+    /// held was released cluster-wide, so their handles are gone too); replaced after firing.
+    pub evict: Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
+    /// How long a connection without an authenticated session may stay idle before it is
+    /// closed (a client that connects and sends nothing, or stops half way through logon,
+    /// holds a descriptor and a thread).
+    pub idle_without_session: std::time::Duration,
     /// Share-relative path of every open file, by share root: a directory with open files
     /// below it cannot be renamed.
     pub open_paths: std::sync::Mutex<std::collections::HashMap<OpenKey, (FileId, Vec<String>)>>,
+    /// Alternate data streams open on this node, per file (deletion rules between a file and
+    /// its streams).
+    pub open_streams: streams::OpenStreams,
 }
 
 impl SmbServer {
@@ -82,7 +101,18 @@ impl SmbServer {
             .iter()
             .map(|u| (u.name.to_lowercase(), u.unix_user.clone().unwrap_or_else(|| u.name.clone())))
             .collect();
+        let breaks = Arc::new(leases::Breaks::default());
+        let evict = Arc::new(std::sync::Mutex::new(tokio_util::sync::CancellationToken::new()));
+        let hook = evict.clone();
+        breaks.on_evict(Box::new(move || {
+            let mut t = hook.lock().unwrap_or_else(|p| p.into_inner());
+            t.cancel();
+            *t = tokio_util::sync::CancellationToken::new();
+        }));
+        locks.set_holders(breaks.clone());
         Self {
+            breaks,
+            evict,
             server_name,
             shares: cfg.smb.shares.clone(),
             users,
@@ -93,7 +123,9 @@ impl SmbServer {
             unix_users,
             ns,
             locks,
+            idle_without_session: IDLE_WITHOUT_SESSION,
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
+            open_streams: streams::OpenStreams::default(),
         }
     }
 
