@@ -111,19 +111,11 @@ impl Vm {
                 write_config(&disk, &spec.config_files);
             }
         }
-        let mut args: Vec<String> = [
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-machine",
-            "q35,accel=tcg",
-            "-cpu",
-            "max",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> =
+            ["-nodefaults", "-no-user-config", "-display", "none", "-machine", "q35,accel=tcg", "-cpu", "max"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         args.extend(["-smp".into(), spec.smp.max(1).to_string()]);
         args.extend(["-m".into(), spec.mem_mib.to_string()]);
         args.extend(["-drive".into(), format!("file={},if=virtio,format=qcow2,discard=unmap", disk.display())]);

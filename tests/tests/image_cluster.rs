@@ -47,7 +47,12 @@ fn mac(i: usize) -> String {
 fn config(ssh_key: &str) -> String {
     let hosts: String = (0..3)
         .map(|i| {
-            format!("\n[[system.host]]\nmac = \"{}\"\naddress = \"{}/24\"\nhostname = \"gluster{}\"\n", mac(i), NODES[i], i + 1)
+            format!(
+                "\n[[system.host]]\nmac = \"{}\"\naddress = \"{}/24\"\nhostname = \"gluster{}\"\n",
+                mac(i),
+                NODES[i],
+                i + 1
+            )
         })
         .collect();
     format!(
@@ -181,7 +186,11 @@ impl Cluster {
         let t = Instant::now();
         loop {
             if let Some(v) = check(self) {
-                eprintln!("image_cluster: {what}: {:.0} s (at {:.0} s)", t.elapsed().as_secs_f64(), self.t0.elapsed().as_secs_f64());
+                eprintln!(
+                    "image_cluster: {what}: {:.0} s (at {:.0} s)",
+                    t.elapsed().as_secs_f64(),
+                    self.t0.elapsed().as_secs_f64()
+                );
                 return v;
             }
             if t.elapsed() > limit {
@@ -228,7 +237,8 @@ impl Cluster {
 
     /// How many nodes `nasgw status` on node `i` shows OK.
     fn ok_nodes(&self, i: usize) -> usize {
-        self.ssh(i, "nasgw status").map_or(0, |s| s.lines().filter(|l| l.starts_with("pnn:") && l.contains(" OK")).count())
+        self.ssh(i, "nasgw status")
+            .map_or(0, |s| s.lines().filter(|l| l.starts_with("pnn:") && l.contains(" OK")).count())
     }
 
     /// `gluster volume info smb`'s Volume ID, as node `i`'s glusterd knows it.
@@ -368,7 +378,10 @@ fn update_disk(dir: &Path) -> PathBuf {
     run("cp", &["--sparse=always", &raw.to_string_lossy(), &content.join("nasgw.img").to_string_lossy()]);
     let disk = dir.join("update.ext4");
     let mib = std::fs::metadata(&raw).unwrap().len() / 1048576 + 256;
-    run("mkfs.ext4", &["-q", "-L", "nasgw-update", "-d", &content.to_string_lossy(), &disk.to_string_lossy(), &format!("{mib}M")]);
+    run(
+        "mkfs.ext4",
+        &["-q", "-L", "nasgw-update", "-d", &content.to_string_lossy(), &disk.to_string_lossy(), &format!("{mib}M")],
+    );
     std::fs::remove_dir_all(&content).unwrap();
     disk
 }
@@ -420,7 +433,12 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
     assert!(info.contains("Status: Started") && info.contains("Number of Bricks: 1 x 3 = 3"), "{info}");
     assert!(info.contains("network.ping-timeout: 5"), "failover options not set:\n{info}");
     let created: Vec<usize> = (0..3)
-        .map(|i| c.ssh_ok(i, "journalctl -b -u nasgw-provision --no-pager -o cat | grep -c 'creating the volume' || true").trim().parse().unwrap_or(99))
+        .map(|i| {
+            c.ssh_ok(i, "journalctl -b -u nasgw-provision --no-pager -o cat | grep -c 'creating the volume' || true")
+                .trim()
+                .parse()
+                .unwrap_or(99)
+        })
         .collect();
     assert_eq!(created, vec![1, 0, 0], "only the first brick's host creates the volume, once");
     // UEFI on node 2, BIOS on the others.
@@ -458,9 +476,11 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
     let update = update_disk(dir.path());
     let reboot_at = Instant::now();
     c.boot(killed, vec![update]);
-    let rejoin = c.wait(&format!("node{} back: three nodes OK, bricks online and healed", killed + 1), Duration::from_secs(1800), |c| {
-        (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| reboot_at.elapsed())
-    });
+    let rejoin = c.wait(
+        &format!("node{} back: three nodes OK, bricks online and healed", killed + 1),
+        Duration::from_secs(1800),
+        |c| (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| reboot_at.elapsed()),
+    );
     assert_eq!(c.volume_id(killed).as_deref(), Some(founding_id.as_str()), "the volume changed");
     assert_eq!(c.uuid(killed).as_deref(), Some(uuids[killed].as_str()), "the rebooted node's glusterd UUID changed");
     let again = c.ssh_ok(killed, "journalctl -b -u nasgw-provision --no-pager -o cat | grep -cE 'creating the volume|reset-brick|taking UUID' || true");
@@ -473,7 +493,10 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
 
     // 5. Update that node to the image in its other slot, reboot into it.
     let update_at = Instant::now();
-    let out = c.ssh_ok(killed, "mkdir -p /mnt/u && mount -o ro LABEL=nasgw-update /mnt/u && nasgw-update /mnt/u/nasgw.img && umount /mnt/u");
+    let out = c.ssh_ok(
+        killed,
+        "mkdir -p /mnt/u && mount -o ro LABEL=nasgw-update /mnt/u && nasgw-update /mnt/u/nasgw.img && umount /mnt/u",
+    );
     eprintln!("image_cluster: {}", out.trim());
     let state_before = c.ssh_ok(killed, "ls /var/lib/nasgw | sort | tr '\\n' ' '");
     let _ = c.ssh(killed, "systemctl reboot");
@@ -484,7 +507,11 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
         (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| update_at.elapsed())
     });
     assert_eq!(c.uuid(killed).as_deref(), Some(uuids[killed].as_str()), "the update lost glusterd's state");
-    assert_eq!(c.ssh_ok(killed, "ls /var/lib/nasgw | sort | tr '\\n' ' '"), state_before, "the update lost nasgw's state");
+    assert_eq!(
+        c.ssh_ok(killed, "ls /var/lib/nasgw | sort | tr '\\n' ' '"),
+        state_before,
+        "the update lost nasgw's state"
+    );
     assert_eq!(c.volume_id(killed).as_deref(), Some(founding_id.as_str()));
 
     // 6. Node 3 is replaced by a blank machine with its MAC: blank system and data disks.
@@ -495,9 +522,11 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
     }
     let replace_at = Instant::now();
     c.boot(replaced, Vec::new());
-    let replacement = c.wait("the replaced node3: three nodes OK, its blank brick reset and healed", Duration::from_secs(2400), |c| {
-        (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| replace_at.elapsed())
-    });
+    let replacement = c.wait(
+        "the replaced node3: three nodes OK, its blank brick reset and healed",
+        Duration::from_secs(2400),
+        |c| (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| replace_at.elapsed()),
+    );
     assert_eq!(c.uuid(replaced).as_deref(), Some(uuids[replaced].as_str()), "the new node3 did not take its UUID");
     assert_eq!(c.volume_id(replaced).as_deref(), Some(founding_id.as_str()));
     let log = c.ssh_ok(replaced, "journalctl -b -u nasgw-provision --no-pager -o cat");

@@ -170,7 +170,9 @@ fn partition(label: &str) -> Result<PathBuf> {
         .context("cannot run blkid")?;
     let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if dev.is_empty() {
-        bail!("no partition named {label} on this node (first boot adds nasgw-root-b; is the system disk large enough?)");
+        bail!(
+            "no partition named {label} on this node (first boot adds nasgw-root-b; is the system disk large enough?)"
+        );
     }
     Ok(PathBuf::from(dev))
 }
@@ -197,10 +199,16 @@ pub fn update(image: &Path) -> Result<()> {
     if !is_appliance_root(&sb) {
         bail!("the root partition of {} is not a nasgw appliance root file system", image.display());
     }
-    let mut dst = OpenOptions::new().write(true).open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
+    let mut dst =
+        OpenOptions::new().write(true).open(&dev).with_context(|| format!("cannot open {}", dev.display()))?;
     let slot_len = dst.seek(SeekFrom::End(0))?;
     if root.len > slot_len {
-        bail!("the image's root ({} MiB) is larger than slot {} ({} MiB)", root.len >> 20, target.letter(), slot_len >> 20);
+        bail!(
+            "the image's root ({} MiB) is larger than slot {} ({} MiB)",
+            root.len >> 20,
+            target.letter(),
+            slot_len >> 20
+        );
     }
 
     println!(
@@ -303,7 +311,7 @@ fn newest_kernel(boot: &Path) -> Result<(String, String)> {
         .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("vmlinuz-").map(str::to_string))
         .filter(|v| boot.join(format!("initrd.img-{v}")).exists())
         .collect();
-    versions.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    versions.sort_by_key(|v| version_key(v));
     let v = versions.pop().context("the new root has no kernel with an initrd in /boot")?;
     Ok((format!("vmlinuz-{v}"), format!("initrd.img-{v}")))
 }
