@@ -31,6 +31,8 @@ pub const MAX_IO_202: u32 = 64 * 1024;
 
 /// Capability: large MTU (multi-credit).
 pub const CAP_LARGE_MTU: u32 = 0x4;
+/// Capability: leases (SMB 2.1 and later).
+pub const CAP_LEASING: u32 = 0x2;
 /// Capability: encryption (SMB 3.0/3.0.2; 3.1.1 negotiates a cipher in a context instead).
 pub const CAP_ENCRYPTION: u32 = 0x40;
 /// SecurityMode: signing enabled.
@@ -162,7 +164,7 @@ pub fn response_body(
     encryption: EncryptionAnswer,
 ) -> Vec<u8> {
     let security_mode = SIGNING_ENABLED | if conn.server.require_signing { SIGNING_REQUIRED } else { 0 };
-    let mut caps = if chosen >= dialect::SMB210 && chosen != dialect::WILDCARD { CAP_LARGE_MTU } else { 0 };
+    let mut caps = if chosen >= dialect::SMB210 && chosen != dialect::WILDCARD { CAP_LARGE_MTU | CAP_LEASING } else { 0 };
     if encryption.capability {
         caps |= CAP_ENCRYPTION;
     }
