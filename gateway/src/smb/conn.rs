@@ -110,6 +110,9 @@ pub struct Link {
     pub sequence: SequenceWindow,
     /// Unsolicited messages (oplock and lease breaks), sent by a task of the connection.
     pub notices: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    /// The keys that encrypt those notices: a session of this connection that encrypts
+    /// (MS-SMB2 3.3.4.6/3.3.4.7), kept current by [`refresh_notice_seal`].
+    notice_seal: Arc<Mutex<Option<Arc<SessionCipher>>>>,
     next_async: u64,
 }
 
@@ -118,9 +121,19 @@ impl Link {
     pub fn new(out: FrameWriter<OwnedWriteHalf>) -> Self {
         let (notices, mut queued) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         let writer = out.clone();
+        let notice_seal: Arc<Mutex<Option<Arc<SessionCipher>>>> = Arc::default();
+        let seal = notice_seal.clone();
         tokio::spawn(async move {
-            while let Some(m) = queued.recv().await {
-                if writer.message(&[&m]).await.is_err() {
+            while let Some(mut m) = queued.recv().await {
+                let cipher = seal.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let sent = match cipher {
+                    Some(c) => match c.seal(&mut m) {
+                        Ok(th) => writer.message(&[&th, &m]).await,
+                        Err(_) => return,
+                    },
+                    None => writer.message(&[&m]).await,
+                };
+                if sent.is_err() {
                     return;
                 }
             }
@@ -130,6 +143,7 @@ impl Link {
             pending: Arc::new(Mutex::new(HashMap::new())),
             sequence: SequenceWindow::new(),
             notices,
+            notice_seal,
             next_async: 0,
         }
     }
@@ -313,6 +327,7 @@ async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadH
                     p if p == transform::PROTOCOL_ID => handle_encrypted(conn, frames.message_mut()).await,
                     _ => Err("not an SMB2 message (unknown protocol)"),
                 }
+                .inspect(|_| refresh_notice_seal(conn))
             }
             Err(ReadError::Closed) => return None,
             Err(ReadError::BadFrame) => Err("bad transport frame"),
@@ -388,6 +403,21 @@ async fn handle_encrypted(conn: &mut Connection, msg: &mut [u8]) -> Result<(), &
         return Err("the encrypted message is not an SMB2 message");
     }
     handle_smb2(conn, plain, Some(cipher)).await
+}
+
+/// Points the connection's break notices at the keys of its first session that encrypts
+/// (told to, by itself or one of its tree connects, or sending encrypted requests), or at none.
+fn refresh_notice_seal(conn: &Connection) {
+    let want = conn
+        .sessions
+        .iter()
+        .filter(|(_, s)| s.is_valid() && s.encrypts_anything())
+        .min_by_key(|(id, _)| **id)
+        .and_then(|(_, s)| s.cipher.clone());
+    let mut cur = conn.link.notice_seal.lock().unwrap_or_else(|e| e.into_inner());
+    if cur.as_ref().map(|c| c.session_id()) != want.as_ref().map(|c| c.session_id()) {
+        *cur = want;
+    }
 }
 
 /// What the request of session `id` on tree `tree_id` must satisfy, and who seals its reply.
