@@ -82,7 +82,8 @@ impl Session {
     /// Whether any of this session's traffic is encrypted: it was told to, one of its tree
     /// connects was, or the client encrypts of its own accord.
     pub fn encrypts_anything(&self) -> bool {
-        self.cipher.is_some() && (self.encrypt_data || self.seen_encrypted || self.trees.values().any(|t| t.encrypt_data))
+        self.cipher.is_some()
+            && (self.encrypt_data || self.seen_encrypted || self.trees.values().any(|t| t.encrypt_data))
     }
 
     /// What this session and its tree connect `tree_id` say about encryption.

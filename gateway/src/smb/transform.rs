@@ -414,6 +414,24 @@ mod tests {
     }
 
     #[test]
+    fn messages_sealed_by_another_implementation_open() {
+        // Sealed by Python `cryptography` (fuzz/seeds/smb_transform), session 1, key 9s.
+        let seeds: [(Cipher, &[u8]); 4] = [
+            (Cipher::Aes128Gcm, include_bytes!("../../../fuzz/seeds/smb_transform/gcm128")),
+            (Cipher::Aes128Ccm, include_bytes!("../../../fuzz/seeds/smb_transform/ccm128")),
+            (Cipher::Aes256Gcm, include_bytes!("../../../fuzz/seeds/smb_transform/gcm256")),
+            (Cipher::Aes256Ccm, include_bytes!("../../../fuzz/seeds/smb_transform/ccm256")),
+        ];
+        for (cipher, msg) in seeds {
+            let k = vec![9u8; cipher.key_len()];
+            let server = SessionCipher::new(1, cipher, &k, &k).unwrap();
+            let mut m = msg.to_vec();
+            server.open(&mut m).unwrap_or_else(|e| panic!("{cipher:?}: {e}"));
+            assert_eq!(&m[HEADER_LEN..HEADER_LEN + 4], b"\xfeSMB", "{cipher:?}");
+        }
+    }
+
+    #[test]
     fn debug_output_shows_no_key() {
         let (server, _) = pair(Cipher::Aes256Gcm);
         let text = format!("{server:?}");

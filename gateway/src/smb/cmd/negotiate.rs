@@ -164,7 +164,8 @@ pub fn response_body(
     encryption: EncryptionAnswer,
 ) -> Vec<u8> {
     let security_mode = SIGNING_ENABLED | if conn.server.require_signing { SIGNING_REQUIRED } else { 0 };
-    let mut caps = if chosen >= dialect::SMB210 && chosen != dialect::WILDCARD { CAP_LARGE_MTU | CAP_LEASING } else { 0 };
+    let mut caps =
+        if chosen >= dialect::SMB210 && chosen != dialect::WILDCARD { CAP_LARGE_MTU | CAP_LEASING } else { 0 };
     if encryption.capability {
         caps |= CAP_ENCRYPTION;
     }
