@@ -14,7 +14,7 @@ import uuid
 
 from smbprotocol import transport
 from smbprotocol.connection import Ciphers, Connection, Dialects
-from smbprotocol.exceptions import SMBResponseException
+from smbprotocol.exceptions import SMBConnectionClosed, SMBResponseException
 from smbprotocol.open import (
     CreateDisposition,
     CreateOptions,
@@ -43,6 +43,23 @@ def recv(self, timeout):
 
 
 transport.Tcp.recv = recv
+
+# When set, the next TRANSFORM message sent has one ciphertext bit flipped.
+tamper = [False]
+_send = transport.Tcp.send
+
+
+def send(self, msg):
+    raw = msg if isinstance(msg, (bytes, bytearray)) else msg.pack()
+    if tamper[0] and raw[:4] == b"\xfdSMB":
+        tamper[0] = False
+        flipped = bytearray(raw)
+        flipped[-1] ^= 1
+        msg = bytes(flipped)
+    return _send(self, msg)
+
+
+transport.Tcp.send = send
 
 
 def check(name, cond):
@@ -148,4 +165,15 @@ f = open_file(tree, "enc-required.bin", CreateDisposition.FILE_OPEN)
 check("the session still works encrypted after the refusal", f.read(0, 6) == b"sealed")
 f.close()
 conn.disconnect()
+
+# A message that does not decrypt closes the connection.
+conn, sess = session(Dialects.SMB_3_1_1, None)
+tree = TreeConnect(sess, rf"\\{host}\{share}")
+tree.connect()
+tamper[0] = True
+try:
+    open_file(tree, "enc-tampered.bin", CreateDisposition.FILE_OVERWRITE_IF)
+    check("a tampered encrypted message closes the connection", False)
+except SMBConnectionClosed:
+    check("a tampered encrypted message closes the connection", True)
 print("ALL OK")

@@ -2,7 +2,8 @@
 //! user (3.0 and 3.1.1), Python smbprotocol on 3.0.2 and on 3.1.1 with each of the four
 //! ciphers (every reply a TRANSFORM), the Linux kernel's `mount -t cifs -o seal` (3.0, 3.1.1)
 //! in a kclient VM, a share with `encryption = "required"` refusing clients that cannot
-//! encrypt (SMB 2.x, guests) and unencrypted requests, `[smb] encryption = "required"`
+//! encrypt (SMB 2.x, guests) and unencrypted requests, a tampered message closing the
+//! connection, `[smb] encryption = "required"`
 //! refusing guest sessions, and `"off"` offering no cipher.
 
 mod smb_common;
@@ -68,9 +69,11 @@ fn smbprotocol_encrypts_on_3_0_2_and_with_each_3_1_1_cipher() {
         "smbprotocol encryption checks failed:\n{t}\n--- server log:\n{}",
         s.daemon.logs()
     );
+    let logs = s.daemon.logs();
     for c in ["AES-128-CCM", "AES-128-GCM", "AES-256-CCM", "AES-256-GCM"] {
-        assert!(s.daemon.logs().contains(c), "no session with {c} logged");
+        assert!(logs.contains(c), "no session with {c} logged");
     }
+    assert!(logs.contains("closing connection") && logs.contains("decryption failed"), "{logs}");
 }
 
 #[test]
