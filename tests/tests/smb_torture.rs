@@ -28,6 +28,22 @@ const SUITES: [&str; 17] = [
     "smb2.durable-v2-open",
 ];
 
+/// Subtests of `smb2.replay` run one by one: the whole suite waits out break timeouts in its
+/// pending-CREATE subtests (3.5 minutes), which nasgw does not pass yet.
+const REPLAY: [&str; 11] = [
+    "replay-regular",
+    "replay7",
+    "replay-dhv2-oplock1",
+    "replay-dhv2-oplock2",
+    "replay-dhv2-oplock3",
+    "replay-dhv2-oplock-lease",
+    "replay-dhv2-lease1",
+    "replay-dhv2-lease2",
+    "replay-dhv2-lease3",
+    "replay-dhv2-lease-oplock",
+    "dhv2-pending1n-vs-violation-lease-ack-windows",
+];
+
 fn read_list(name: &str) -> BTreeSet<String> {
     let path = workspace_root().join("tests/smbtorture").join(name);
     std::fs::read_to_string(&path)
@@ -53,6 +69,7 @@ fn smbtorture_subtests_that_passed_still_pass() {
     let d = Daemon::start("torture", &dir.path().join("d"), &cfg, None);
     let start = Instant::now();
     let mut passed = run_suites(port, &SUITES);
+    passed.extend(run_subtests(port, "smb2.replay", &REPLAY));
     println!("smbtorture: {} subtests passed in {:?}", passed.len(), start.elapsed());
     let expected = read_list("pass-nasgw.txt");
     let smbd = read_list("pass-smbd-4.17.txt");
@@ -64,6 +81,9 @@ fn smbtorture_subtests_that_passed_still_pass() {
         let again: Vec<&str> =
             SUITES.iter().copied().filter(|s| missing.iter().any(|m| m.starts_with(&format!("{s}.")))).collect();
         passed.extend(run_suites(port, &again));
+        if missing.iter().any(|m| m.starts_with("smb2.replay.")) {
+            passed.extend(run_subtests(port, "smb2.replay", &REPLAY));
+        }
     }
     let regressed: Vec<_> = expected.difference(&passed).collect();
     let new: Vec<_> = passed.difference(&expected).collect();
@@ -77,6 +97,22 @@ fn smbtorture_subtests_that_passed_still_pass() {
         println!("newly passing (add to tests/smbtorture/pass-nasgw.txt): {new:?}");
     }
     assert!(regressed.is_empty(), "smbtorture subtests regressed: {regressed:?}\n--- server log:\n{}", d.logs());
+}
+
+/// Runs the `names` of `suite` in one smbtorture process and returns the passed ones.
+fn run_subtests(port: u16, suite: &str, names: &[&str]) -> BTreeSet<String> {
+    let full: Vec<String> = names.iter().map(|n| format!("{suite}.{n}")).collect();
+    let out = Command::new("timeout")
+        .args(["300", "smbtorture", "//127.0.0.1/pub", "-U%", "-p", &port.to_string(), "--format=subunit"])
+        .args(&full)
+        .stderr(Stdio::null())
+        .output()
+        .expect("run smbtorture");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("success: "))
+        .map(|rest| format!("{suite}.{}", rest.split(" [").next().unwrap_or(rest).trim()))
+        .collect()
 }
 
 /// Runs `suites` in parallel (one smbtorture process each) and returns the passed subtests.
