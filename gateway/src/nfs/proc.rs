@@ -8,6 +8,7 @@ use super::args::{CreateMode, DirOp, MknodData, NfsArgs, Sattr, StableHow, MAX_I
 use super::attr::{fattr, post_op, set_attr, status, wcc};
 use super::dirlist::{self, EntryList};
 use super::handle::HandleCodec;
+use super::budget::Reservation;
 use super::server::{NfsServer, Request};
 use crate::vfs::{access, Attr, CreateHow, FileId, ReadData, ReadDir, SpecialFile, Stability};
 
@@ -32,8 +33,13 @@ fn fh(h: Vec<u8>) -> nfs_fh3 {
 
 impl NfsServer {
     /// Runs one decoded NFSv3 call and appends its result to `out`; a READ returns its data
-    /// separately, to be sent after `out` (see [`NfsServer::read`]).
-    pub(super) async fn nfs3(&self, req: &Request, args: NfsArgs<'_>, out: &mut Vec<u8>) -> Option<ReadData> {
+    /// separately, to be sent after `out`, with the budget it holds (see [`NfsServer::read`]).
+    pub(super) async fn nfs3(
+        &self,
+        req: &Request,
+        args: NfsArgs<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<(ReadData, Option<Reservation>)> {
         match args {
             NfsArgs::Null => {}
             NfsArgs::Getattr { fh } => self.getattr(fh, out).await,
@@ -150,7 +156,17 @@ impl NfsServer {
     /// READ: the result's head in `out`; the data returned for the caller to send after `out`
     /// (never copied into it: from memory as it is, or from the file with `sendfile`), followed
     /// by its XDR padding.
-    async fn read(&self, req: &Request, h: &[u8], offset: u64, count: u32, out: &mut Vec<u8>) -> Option<ReadData> {
+    /// READ. The reply's memory is reserved only once the handle is known good, and shrunk to
+    /// what the reply keeps once the backend (which checks the caller's permission) answered:
+    /// nothing for a file slice sent with `sendfile`, nothing for an error.
+    async fn read(
+        &self,
+        req: &Request,
+        h: &[u8],
+        offset: u64,
+        count: u32,
+        out: &mut Vec<u8>,
+    ) -> Option<(ReadData, Option<Reservation>)> {
         let id = match self.id(h) {
             Ok(id) => id,
             Err(s) => {
@@ -158,15 +174,23 @@ impl NfsServer {
                 return None;
             }
         };
-        match self.ns.read_slice(&req.cred, id, offset, count.min(MAX_IO)).await {
+        let count = count.min(MAX_IO);
+        let mut hold = self.budget.reply(req.client, count as usize).await;
+        match self.ns.read_slice(&req.cred, id, offset, count).await {
             Ok((data, eof, a)) => {
+                if let Some(h) = &mut hold {
+                    h.shrink_to(match &data {
+                        ReadData::Bytes(b) => b.len(),
+                        ReadData::File(_) => 0,
+                    });
+                }
                 let n = data.len() as u32;
                 put(out, &nfsstat3::NFS3_OK);
                 put(out, &post_op(Some(&a)));
                 put(out, &n);
                 put(out, &eof);
                 put(out, &n);
-                Some(data)
+                Some((data, hold))
             }
             Err(e) => {
                 res::<READ3resok<'static>, _>(out, Err(status(e)), READ3resfail::default);

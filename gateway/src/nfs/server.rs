@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 
 use super::args::{decode_mount, decode_nfs, decode_pmap_mapping, procs, MountArgs, NfsArgs, MAX_IO};
+use super::budget::{self, Reservation, ReplyBudget};
 use super::export::ExportPolicy;
 use super::handle::{HandleCodec, HandleError};
 use super::proc;
@@ -43,13 +44,6 @@ const PORTMAP_PROGRAM: u32 = 100_000;
 
 /// Calls of one connection executing at once.
 pub const MAX_IN_FLIGHT: usize = 64;
-/// Request and reply bytes all connections together may hold in memory (1 GiB, in 64 KiB units):
-/// 64 calls x 1 MiB on each of many connections must not exhaust memory.
-const MEMORY_UNITS: usize = 16384;
-const MEMORY_UNIT: usize = 64 * 1024;
-/// Share of [`MEMORY_UNITS`] one connection may hold at once (64 MiB): a client that pipelines
-/// READs and never reads the replies stalls itself, not every other client.
-const CONNECTION_MEMORY_UNITS: usize = 1024;
 /// A reply the client has not taken within this long closes the connection (its calls and
 /// their memory are released; a live client resends on a new connection).
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -72,8 +66,8 @@ pub struct NfsServer {
     export: String,
     nfs_port: u16,
     portmap_port: Option<u16>,
-    /// Budget of [`MEMORY_UNITS`] shared by all calls in flight.
-    memory: Arc<Semaphore>,
+    /// Memory the calls in flight and their unsent replies may hold (see [`ReplyBudget`]).
+    pub(super) budget: ReplyBudget,
     /// How long a connection may stay open without sending a first RPC call.
     pub first_call_timeout: std::time::Duration,
 }
@@ -108,7 +102,7 @@ impl NfsServer {
             export: export.to_string(),
             nfs_port,
             portmap_port,
-            memory: Arc::new(Semaphore::new(MEMORY_UNITS)),
+            budget: ReplyBudget::default(),
             first_call_timeout: FIRST_CALL_TIMEOUT,
         }
     }
@@ -138,7 +132,7 @@ impl NfsServer {
             client,
             dead: std::sync::atomic::AtomicBool::new(false),
         });
-        let own_memory = Arc::new(Semaphore::new(CONNECTION_MEMORY_UNITS));
+        let own_memory = Arc::new(Semaphore::new(budget::CONNECTION_UNITS));
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let local = self.ns.is_local();
         let mut called = false;
@@ -189,13 +183,8 @@ impl NfsServer {
                 }
             };
             let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
-            // A READ's reply is up to 1 MiB; everything else is about the size of its request.
-            let reply = if call.prog == NFS_PROGRAM && call.proc_ == procs::READ { MAX_IO as usize } else { 0 };
-            let units = ((record.len() + reply) / MEMORY_UNIT + 1).min(CONNECTION_MEMORY_UNITS) as u32;
-            // This connection's share first, so a greedy client waits on itself alone.
-            let Ok(own) = own_memory.clone().acquire_many_owned(units).await else { break };
-            let Ok(memory) = self.memory.clone().acquire_many_owned(units).await else { break };
-            let memory = (own, memory);
+            // The request's bytes (a READ reserves its reply itself, once its handle is checked).
+            let Some(memory) = self.budget.request(&own_memory, record.len()).await else { break };
             // The client waits on this call alone (nothing else in flight, nothing more sent):
             // answer it here, saving a task and a thread hand-off. Only on a local file system
             // (calls take microseconds) and never for calls that may wait for the disk, which
@@ -282,9 +271,9 @@ impl NfsServer {
         let mut out = rpc::begin_reply(call.xid, ReplyStatus::Success, hint);
         match self.nfs3(&req, decoded, &mut out).await {
             None => rpc::finish_reply(out).into(),
-            Some(data) => {
+            Some((data, hold)) => {
                 let more = data.len() + proc::xdr_pad(data.len());
-                Reply { bytes: rpc::finish_reply_followed(out, more), data: Some(data) }
+                Reply { bytes: rpc::finish_reply_followed(out, more), data: Some(data), hold }
             }
         }
     }
@@ -402,11 +391,13 @@ pub struct Reply {
     /// READ data sent after `bytes` (from memory as it is, or from the file with `sendfile`),
     /// then its XDR padding.
     pub data: Option<ReadData>,
+    /// The budget `data` holds until it is sent.
+    pub hold: Option<Reservation>,
 }
 
 impl From<Vec<u8>> for Reply {
     fn from(bytes: Vec<u8>) -> Self {
-        Self { bytes, data: None }
+        Self { bytes, data: None, hold: None }
     }
 }
 
@@ -625,7 +616,7 @@ mod tests {
         let (sink, mut client) = pair().await;
         let content: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
         let (_dir, f) = slice(&content, 7, 200_001);
-        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::File(f)) }).await;
+        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::File(f)), hold: None }).await;
         sink.send(Reply::from(b"next".to_vec())).await;
         drop(sink);
         let mut got = Vec::new();
@@ -648,8 +639,8 @@ mod tests {
             client.read_to_end(&mut got).await.unwrap();
             got
         });
-        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::Bytes(data.clone())) }).await;
-        sink.send(Reply { bytes: b"empty".to_vec(), data: Some(ReadData::Bytes(Vec::new())) }).await;
+        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::Bytes(data.clone())), hold: None }).await;
+        sink.send(Reply { bytes: b"empty".to_vec(), data: Some(ReadData::Bytes(Vec::new())), hold: None }).await;
         sink.send(Reply::from(b"next".to_vec())).await;
         drop(sink);
         let got = reader.await.unwrap();
@@ -666,7 +657,7 @@ mod tests {
         let (sink, mut client) = pair().await;
         // The reply promised 2000 bytes; the file has 1000 left.
         let (_dir, f) = slice(&[1; 1000], 0, 2000);
-        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::File(f)) }).await;
+        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::File(f)), hold: None }).await;
         sink.send(Reply::from(b"later".to_vec())).await;
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
