@@ -89,7 +89,7 @@ async fn run(loaded: Loaded) -> Result<()> {
         }
     }
     if cfg.nfs.enabled {
-        crate::nfs::start(&cfg, namespace.clone(), connections.clone(), &life).await?;
+        crate::nfs::start(&cfg, namespace.clone(), locks.clone(), connections.clone(), &life).await?;
         listeners.up("nfs");
     }
     if cfg.smb.enabled {

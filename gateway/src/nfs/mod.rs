@@ -15,6 +15,7 @@ mod proc;
 pub mod record;
 pub mod rpc;
 pub mod server;
+pub mod sharing;
 pub mod xdr;
 
 pub use server::{start, NfsServer};

@@ -104,6 +104,9 @@ impl NfsServer {
                     return Err(nfsstat3::NFS3ERR_NOT_SYNC);
                 }
             }
+            if set.size.is_some() && pre.ftype == crate::vfs::FileType::Regular {
+                self.sharing.may_resize(id).await?;
+            }
             let after = self.ns.setattr(&req.cred, id, set_attr(&set)).await.map_err(status)?;
             Ok(SETATTR3resok { obj_wcc: wcc(Some(&pre), Some(&after)) })
         }
@@ -155,8 +158,7 @@ impl NfsServer {
 
     /// READ: the result's head in `out`; the data returned for the caller to send after `out`
     /// (never copied into it: from memory as it is, or from the file with `sendfile`), followed
-    /// by its XDR padding.
-    /// READ. The reply's memory is reserved only once the handle is known good, and shrunk to
+    /// by its XDR padding. The reply's memory is reserved only once the handle is known good, and shrunk to
     /// what the reply keeps once the backend (which checks the caller's permission) answered:
     /// nothing for a file slice sent with `sendfile`, nothing for an error.
     async fn read(
@@ -175,6 +177,10 @@ impl NfsServer {
             }
         };
         let count = count.min(MAX_IO);
+        if let Err(s) = self.sharing.io(id, offset, u64::from(count), false).await {
+            res::<READ3resok<'static>, _>(out, Err(s), READ3resfail::default);
+            return None;
+        }
         let mut hold = self.budget.reply(req.client, count as usize).await;
         match self.ns.read_slice(&req.cred, id, offset, count).await {
             Ok((data, eof, a)) => {
@@ -203,6 +209,7 @@ impl NfsServer {
         let r: R<WRITE3resok> = async {
             let id = self.id(h)?;
             self.writable()?;
+            self.sharing.io(id, offset, data.len() as u64, true).await?;
             let how = match stable {
                 StableHow::Unstable => Stability::Unstable,
                 StableHow::DataSync => Stability::DataSync,
@@ -328,6 +335,9 @@ impl NfsServer {
         let r: R<()> = async {
             let dir = self.id(at.dir)?;
             self.writable()?;
+            if let Ok((target, _)) = self.ns.lookup(&req.cred, dir, at.name).await {
+                self.sharing.may_remove(target).await?;
+            }
             if dir_only {
                 self.ns.rmdir(&req.cred, dir, at.name).await.map_err(status)
             } else {
@@ -353,6 +363,12 @@ impl NfsServer {
         let r: R<()> = async {
             let (fd, td) = (self.id(from.dir)?, self.id(to.dir)?);
             self.writable()?;
+            // The file renamed, and the one the new name replaces, must both allow it.
+            for (d, n) in [(fd, from.name), (td, to.name)] {
+                if let Ok((target, _)) = self.ns.lookup(&req.cred, d, n).await {
+                    self.sharing.may_remove(target).await?;
+                }
+            }
             self.ns.rename(&req.cred, fd, from.name, td, to.name).await.map_err(status)
         }
         .await;

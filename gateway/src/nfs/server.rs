@@ -70,6 +70,8 @@ pub struct NfsServer {
     pub(super) budget: ReplyBudget,
     /// How long a connection may stay open without sending a first RPC call.
     pub first_call_timeout: std::time::Duration,
+    /// NFS's part in the cluster's file-sharing state (SMB opens, locks and leases).
+    pub(super) sharing: Arc<super::sharing::NfsSharing>,
 }
 
 /// Default of [`NfsServer::first_call_timeout`]: a client sends its first call right after
@@ -85,6 +87,7 @@ impl NfsServer {
         key: &[u8],
         nfs_port: u16,
         portmap_port: Option<u16>,
+        locks: Arc<crate::locks::LockService>,
     ) -> Self {
         let handles = HandleCodec::new(key, ns.volume_id());
         let mut write_verifier: [u8; 8] = rand::random();
@@ -104,6 +107,7 @@ impl NfsServer {
             portmap_port,
             budget: ReplyBudget::default(),
             first_call_timeout: FIRST_CALL_TIMEOUT,
+            sharing: super::sharing::NfsSharing::new(locks),
         }
     }
 
@@ -544,6 +548,7 @@ fn load_or_create_key(path: &Path) -> Result<Vec<u8>> {
 pub async fn start(
     cfg: &Config,
     ns: Namespace,
+    locks: Arc<crate::locks::LockService>,
     connections: Arc<ConnectionTable>,
     life: &Lifecycle,
 ) -> Result<Arc<NfsServer>> {
@@ -559,7 +564,9 @@ pub async fn start(
     };
     let pmap_port = pmap.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
     let key = handle_key(cfg)?;
-    let server = Arc::new(NfsServer::new(ns, &cfg.volume.name, ExportPolicy::from_config(nfs), &key, port, pmap_port));
+    let server =
+        Arc::new(NfsServer::new(ns, &cfg.volume.name, ExportPolicy::from_config(nfs), &key, port, pmap_port, locks));
+    life.tasks.spawn(server.sharing.clone().run(life.stop.clone()));
     tracing::info!(listen = %nfs.listen, portmap = ?nfs.portmap_listen, export = %cfg.volume.name, "NFS listening");
     let s = server.clone();
     let l = life.clone();
