@@ -6,9 +6,9 @@ use nfs3_types::xdr_codec::{Opaque, Pack, Void};
 
 use super::args::{CreateMode, DirOp, MknodData, NfsArgs, Sattr, StableHow, MAX_IO};
 use super::attr::{fattr, post_op, set_attr, status, wcc};
+use super::budget::Reservation;
 use super::dirlist::{self, EntryList};
 use super::handle::HandleCodec;
-use super::budget::Reservation;
 use super::server::{NfsServer, Request};
 use crate::vfs::{access, Attr, CreateHow, FileId, ReadData, ReadDir, SpecialFile, Stability};
 

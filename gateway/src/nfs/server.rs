@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 
 use super::args::{decode_mount, decode_nfs, decode_pmap_mapping, procs, MountArgs, NfsArgs, MAX_IO};
-use super::budget::{self, Reservation, ReplyBudget};
+use super::budget::{self, ReplyBudget, Reservation};
 use super::export::ExportPolicy;
 use super::handle::{HandleCodec, HandleError};
 use super::proc;
@@ -596,10 +596,142 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use std::os::fd::OwnedFd;
+    use std::time::Duration;
 
     use tokio::io::AsyncReadExt;
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::locks::LockService;
+    use crate::vfs::posix::{PosixBackend, PosixOptions};
+
+    /// A server exporting `dir` (local backend, default `[nfs]` policy).
+    fn server(dir: &Path) -> NfsServer {
+        let text = format!(
+            "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{}\"\n\n[smb]\nenabled = false\n",
+            dir.display()
+        );
+        let cfg = crate::config::parse(&text, "test", dir).expect("config");
+        let ns = Namespace::new(Arc::new(PosixBackend::open(dir, PosixOptions::new("smb")).expect("backend")));
+        NfsServer::new(ns, "smb", ExportPolicy::from_config(&cfg.nfs), &[9; 32], 2049, None, LockService::single())
+    }
+
+    /// Accepts one client and serves it as a spawned task; returns the client's end.
+    async fn connect(server: Arc<NfsServer>) -> (TcpStream, tokio::task::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = l.accept().await.unwrap();
+        let life = Lifecycle { stop: CancellationToken::new(), tasks: tokio_util::task::TaskTracker::new() };
+        let tcp = TcpConnection { client: peer, server: addr };
+        (client, tokio::spawn(server.serve_connection(stream, tcp, life)))
+    }
+
+    /// One record-marked NFSv3 call `proc_` from AUTH_UNIX uid/gid 1000 with `args`.
+    fn nfs_call(xid: u32, proc_: u32, args: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for x in [xid, 0, 2, NFS_PROGRAM, 3, proc_, 1, 24, 1, 4] {
+            body.extend_from_slice(&x.to_be_bytes());
+        }
+        body.extend_from_slice(b"host");
+        for x in [1000u32, 1000, 0, 0, 0] {
+            body.extend_from_slice(&x.to_be_bytes());
+        }
+        body.extend_from_slice(args);
+        let mut rec = (0x8000_0000u32 | body.len() as u32).to_be_bytes().to_vec();
+        rec.extend_from_slice(&body);
+        rec
+    }
+
+    /// READ arguments: `count` bytes at 0 of handle `fh`.
+    fn read_args(fh: &[u8], count: u32) -> Vec<u8> {
+        let mut a = (fh.len() as u32).to_be_bytes().to_vec();
+        a.extend_from_slice(fh);
+        a.resize(4 + fh.len().div_ceil(4) * 4, 0);
+        a.extend_from_slice(&0u64.to_be_bytes());
+        a.extend_from_slice(&count.to_be_bytes());
+        a
+    }
+
+    /// Reads one accepted reply record: (xid, the result's nfsstat3, `None` for a void result).
+    async fn reply(c: &mut TcpStream) -> Option<(u32, Option<u32>)> {
+        let mut mark = [0u8; 4];
+        c.read_exact(&mut mark).await.ok()?;
+        let mut rec = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+        c.read_exact(&mut rec).await.ok()?;
+        let word = |i: usize| u32::from_be_bytes(rec[i * 4..i * 4 + 4].try_into().unwrap());
+        // xid, REPLY, MSG_ACCEPTED, verifier (flavor, empty), SUCCESS, then the result.
+        assert_eq!((word(1), word(2), word(5)), (1, 0, 0), "an accepted, successful RPC reply");
+        Some((word(0), (rec.len() >= 28).then(|| word(6))))
+    }
+
+    async fn closed_by_server(c: &mut TcpStream) -> bool {
+        let mut b = [0u8; 1];
+        matches!(c.read(&mut b).await, Ok(0))
+            || matches!(c.read(&mut b).await, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_sends_no_call_is_closed_and_one_that_called_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = server(tmp.path());
+        s.first_call_timeout = Duration::from_millis(300);
+        let s = Arc::new(s);
+        let (mut silent, task) = connect(s.clone()).await;
+        let (mut caller, _caller_task) = connect(s).await;
+        caller.write_all(&nfs_call(1, 0, &[])).await.unwrap();
+        assert_eq!(reply(&mut caller).await, Some((1, None)), "NULL answered");
+        let start = std::time::Instant::now();
+        let closed = tokio::time::timeout(Duration::from_secs(10), closed_by_server(&mut silent)).await;
+        let took = start.elapsed();
+        println!("silent connection closed after {took:?} (first-call timeout 300 ms)");
+        assert_eq!(closed, Ok(true), "the silent connection was closed");
+        assert!(took < Duration::from_secs(5), "closed after {took:?}");
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("serve returned").unwrap();
+        // The connection that called stays open past the first-call timeout.
+        caller.write_all(&nfs_call(2, 0, &[])).await.unwrap();
+        assert_eq!(reply(&mut caller).await, Some((2, None)), "a connection that called is kept");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_reserves_its_reply_only_after_the_handle_is_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), vec![7u8; 4096]).unwrap();
+        let s = Arc::new(server(tmp.path()));
+        let cred = Credentials::new(0, 0);
+        let (id, _) = s.ns.lookup(&cred, s.ns.root(), b"f").await.unwrap();
+        let good = s.handles.encode(&id);
+        let mut forged = good.clone();
+        *forged.last_mut().unwrap() ^= 1;
+        // Another connection of this address holds the whole of its share.
+        let me: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..budget::CLIENT_UNITS / budget::CONNECTION_UNITS {
+            held.push(s.budget.reply(me, budget::CONNECTION_UNITS * budget::UNIT).await.unwrap());
+        }
+        let (mut c, _task) = connect(s.clone()).await;
+        // A forged handle is refused at once: it never waits for (or holds) any budget.
+        c.write_all(&nfs_call(1, 6, &read_args(&forged, 1 << 20))).await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(5), reply(&mut c)).await.expect("answered at once");
+        assert_eq!(refused, Some((1, Some(nfs3_types::nfs3::nfsstat3::NFS3ERR_BADHANDLE as u32))));
+        // A good one waits for the share...
+        c.write_all(&nfs_call(2, 6, &read_args(&good, 1 << 20))).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(300), reply(&mut c)).await;
+        assert!(waited.is_err(), "a READ went past its address's share");
+        // ...and NULL calls of the same client are still answered meanwhile.
+        let (mut other, _t) = connect(s.clone()).await;
+        other.write_all(&nfs_call(3, 0, &[])).await.unwrap();
+        let null = tokio::time::timeout(Duration::from_secs(5), reply(&mut other)).await.expect("NULL answered");
+        assert_eq!(null, Some((3, None)));
+        held.clear();
+        let read = tokio::time::timeout(Duration::from_secs(5), reply(&mut c)).await.expect("READ answered");
+        assert_eq!(read, Some((2, Some(0))));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while s.budget.available() != budget::SERVER_UNITS && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(s.budget.available(), budget::SERVER_UNITS, "nothing left held");
+    }
 
     /// A connected pair: the server's write half (in a [`ReplySink`]) and the client's stream.
     async fn pair() -> (ReplySink, TcpStream) {
