@@ -1,5 +1,6 @@
 //! Hostile SMB clients (issue 10): a replayed signed WRITE, an unsigned re-authentication of
-//! a signed session, unbounded first SESSION_SETUP legs. The clients are in
+//! a signed session, unbounded first SESSION_SETUP legs, a large directory listed through a
+//! small buffer, and more pending CHANGE_NOTIFYs than a connection may hold. The clients are in
 //! `tests/smb/hostile.py` (smbprotocol plus raw sends); compound-chain caps and the sequence
 //! window are also covered by `smb::conn`'s unit tests.
 
@@ -13,6 +14,11 @@ use smb_common::{start, ALICE_PASSWORD};
 fn hostile_smb_clients_are_refused() {
     nasgw_tests::require_tool("python3");
     let s = start("hostile", "");
+    let big = s.data.join("priv/big");
+    std::fs::create_dir(&big).unwrap();
+    for i in 0..700 {
+        std::fs::write(big.join(format!("f{i:04}")), b"").unwrap();
+    }
     let script = nasgw_tests::workspace_root().join("tests/smb/hostile.py");
     let out = Command::new("python3")
         .arg(&script)
