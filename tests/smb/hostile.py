@@ -11,7 +11,8 @@ import sys
 import uuid
 
 from smbprotocol.change_notify import CompletionFilter, SMB2ChangeNotifyRequest
-from smbprotocol.connection import Connection
+from smbprotocol.connection import Connection, Dialects
+from smbprotocol.ioctl import CtlCode, IOCTLFlags, SMB2IOCTLRequest, SMB2ValidateNegotiateInfoRequest
 from smbprotocol.exceptions import SMBException, SMBResponseException
 from smbprotocol.file_info import FileAttributes, FileInformationClass
 from smbprotocol.open import (
@@ -191,6 +192,37 @@ for _ in range(520):
 statuses = [status_of(conn, r) for r in sent]
 pending, refused = statuses.count(0x00000103), statuses.count(0xC000009A)
 check("CHANGE_NOTIFYs past 512 pending are refused", (pending, refused) == (512, 8), f"{pending} pending, {refused} refused")
+# Drop the connection (a polite close would have the server complete the pending requests
+# smbprotocol no longer waits for).
+conn.transport.close()
+
+# 6. VALIDATE_NEGOTIATE_INFO (SMB 3.0/3.0.2): the real negotiate is confirmed (smbprotocol
+#    checks it in TreeConnect), one a man in the middle altered (dialects or security mode
+#    downgraded) is refused.
+conn = Connection(uuid.uuid4(), host, port, require_signing=True)
+conn.connect(Dialects.SMB_3_0_2)
+sess = Session(conn, user, password, require_encryption=False, auth_protocol="ntlm")
+sess.connect()
+tree = TreeConnect(sess, rf"\\{host}\priv")
+tree.connect(require_secure_negotiate=True)
+check("a true VALIDATE_NEGOTIATE_INFO is confirmed", conn.dialect == Dialects.SMB_3_0_2, hex(conn.dialect))
+for what, dialects, mode in [
+    ("dialects", [Dialects.SMB_2_0_2], conn.client_security_mode),
+    ("security mode", conn.negotiated_dialects, 0),
+]:
+    val = SMB2ValidateNegotiateInfoRequest()
+    val["capabilities"] = conn.client_capabilities
+    val["guid"] = conn.client_guid
+    val["security_mode"] = mode
+    val["dialects"] = dialects
+    ioctl = SMB2IOCTLRequest()
+    ioctl["ctl_code"] = CtlCode.FSCTL_VALIDATE_NEGOTIATE_INFO
+    ioctl["file_id"] = b"\xff" * 16
+    ioctl["buffer"] = val
+    ioctl["max_output_response"] = len(val)
+    ioctl["flags"] = IOCTLFlags.SMB2_0_IOCTL_IS_FSCTL
+    st = status_of(conn, conn.send(ioctl, sid=sess.session_id, tid=tree.tree_connect_id, force_signature=True), True)
+    check(f"a VALIDATE_NEGOTIATE_INFO with altered {what} is refused", st == 0xC0000022, hex(st))
 conn.disconnect()
 
 print("ALL OK")

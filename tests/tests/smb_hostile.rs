@@ -65,3 +65,27 @@ fn a_symlink_cannot_leave_its_share() {
         assert!(text.contains("NT_STATUS_ACCESS_DENIED"), "{escape}: {text}");
     }
 }
+
+#[test]
+fn ntlmv1_and_lm_logons_are_refused_with_the_right_password() {
+    let s = start("ntlmv1", "");
+    let cred = format!("alice%{ALICE_PASSWORD}");
+    let run = |opts: &[&str]| {
+        let mut args = vec!["-U", &cred, "-m", "SMB3", "-c", "ls"];
+        args.extend_from_slice(opts);
+        let out = s.smbclient("priv", &args);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    // The control: the same client and password with NTLMv2 get in.
+    let (ok, text) = run(&[]);
+    assert!(ok, "NTLMv2 logon failed:\n{text}");
+    for (what, opts) in [
+        ("NTLMv1", &["--option=client ntlmv2 auth=no"][..]),
+        ("LM and NTLMv1", &["--option=client ntlmv2 auth=no", "--option=client lanman auth=yes"][..]),
+    ] {
+        let (ok, text) = run(opts);
+        assert!(!ok, "{what} logon accepted:\n{text}");
+        assert!(text.contains("NT_STATUS_LOGON_FAILURE"), "{what}: {text}");
+    }
+}
