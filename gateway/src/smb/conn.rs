@@ -100,6 +100,12 @@ pub struct Connection {
     next_tree: u32,
 }
 
+/// Async operations one connection may have outstanding (as Windows' default
+/// `Smb2MaxAsyncCredits`): each holds a task and its state until it completes. A
+/// CHANGE_NOTIFY or blocking LOCK that would go past it is answered
+/// STATUS_INSUFFICIENT_RESOURCES at once.
+pub const MAX_PENDING: usize = 512;
+
 /// The framing side of a connection, apart from its session and open state: the writer
 /// every reply goes through (async ones included, from their own tasks) and the async
 /// operations whose final reply is still owed.
@@ -148,6 +154,11 @@ impl Link {
             notice_seal,
             next_async: 0,
         }
+    }
+
+    /// Async operations still owed a final reply.
+    pub fn pending_count(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Records async `work` answering request `hdr` in `session_id`; returns its AsyncId.
@@ -531,6 +542,15 @@ async fn handle_smb2(
                 (Reply::err(NtStatus::INSUFFICIENT_RESOURCES), None)
             }
             Outcome::Now(r) => (r, None),
+            Outcome::Later(_)
+                if matches!(hdr.command, command::CHANGE_NOTIFY | command::LOCK)
+                    && conn.link.pending_count() + later.len() >= MAX_PENDING =>
+            {
+                // The work is dropped unstarted. (A CREATE waiting for a break is not refused
+                // here: its open is already reserved; CREATEs are bounded by MAX_OPENS.)
+                tracing::info!(client = %conn.tcp.client, command = hdr.command, "SMB: too many pending requests");
+                (Reply::err(NtStatus::INSUFFICIENT_RESOURCES), None)
+            }
             Outcome::Later(work) => (Reply { status: NtStatus::PENDING, ..Reply::err(NtStatus::PENDING) }, Some(work)),
         };
         let session_id = reply.session_id.unwrap_or(hdr.session_id);
