@@ -194,6 +194,26 @@ fn a_dead_nodes_locks_are_released_and_a_cut_off_node_stops() {
     assert!(granted_at < ms(3000), "released within the takeover time and a margin");
 }
 
+/// A leader that loses leadership for a moment (its recovery-lock check timed out) and gets it
+/// back with the same members issues a view of its own again and is licensed again (found on
+/// real nodes: it stayed unlicensed forever, holding every request on its files).
+#[test]
+fn a_leader_that_regains_leadership_is_licensed_again() {
+    let mut w = World::new(3);
+    settle(&mut w);
+    let leader = w.machine(0).view().map(|v| v.leader).unwrap();
+    w.flap_leadership(leader);
+    settle(&mut w);
+    assert!(w.licensed(leader));
+    let f = (0..=255u8).map(|b| SimKey([b])).find(|k| home_of(k, &[0, 1, 2]) == Some(leader)).unwrap();
+    let other = (leader + 1) % 3;
+    let r = open_req(&mut w, other, access::READ_DATA, share::ALL, CachingRequest::None);
+    let g = w.stats.granted;
+    w.ask(other, f, Op::Open(r));
+    drain(&mut w);
+    assert_eq!(w.stats.granted, g + 1, "a request on the leader's file is answered");
+}
+
 /// A file whose home and backup are not `avoid`.
 fn file_away_from(avoid: u16, members: &[u16]) -> SimKey {
     (0..=255u8)
@@ -353,6 +373,14 @@ fn random_faults_never_break_the_invariant() {
                     let v = rng.below(u64::from(n)) as u16;
                     if w.alive(v) {
                         w.crash(v);
+                    }
+                }
+                21..=22 => {
+                    // HA's recovery-lock check times out for a moment on the leader.
+                    if let Some(l) =
+                        (0..n).find(|v| w.alive(*v) && w.machine(*v).view().is_some_and(|x| x.leader == *v))
+                    {
+                        w.flap_leadership(l);
                     }
                 }
                 17..=20 => {
