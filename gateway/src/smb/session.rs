@@ -197,6 +197,11 @@ impl OpenTable {
         self.opens.get_mut(&id).ok_or(NtStatus::FILE_CLOSED)
     }
 
+    /// The persistent FileId of open `id`.
+    pub fn persistent_of(&self, id: u64) -> Option<u64> {
+        self.opens.get(&id).map(|o| o.persistent)
+    }
+
     /// Removes and returns open `id`.
     pub fn remove(&mut self, id: u64) -> Option<Open> {
         self.opens.remove(&id)
