@@ -141,6 +141,20 @@ state_dir = "{{dir}}/state"
         start.elapsed()
     }
 
+    /// The cluster events (leader, node states, sync with the file-sharing state) in every
+    /// running node's log: a timeline to print next to a slow figure.
+    pub fn events(&self) -> String {
+        let mut out = String::new();
+        for d in self.daemons.iter().flatten() {
+            for line in d.logs().lines() {
+                if ["cluster event", "in sync", "lock operation"].iter().any(|k| line.contains(k)) {
+                    out.push_str(&format!("{}: {line}\n", d.name));
+                }
+            }
+        }
+        out
+    }
+
     /// Every running node's logs, for failure messages.
     pub fn logs(&self) -> String {
         self.daemons.iter().flatten().map(Daemon::logs).collect::<Vec<_>>().join("\n")
