@@ -3,8 +3,8 @@
 Several SMB clients (each its own TCP connection, client GUID and guest session) driven by the
 test through JSON lines: one request per line on stdin, one answer per line on stdout. Requests
 with "bg": true run on their own thread (a blocking lock, a CREATE that waits for a lease break),
-so the test can act meanwhile; every answer carries the request's "id" and "t", the
-CLOCK_MONOTONIC second it finished (one clock for every measured latency).
+so the test can act meanwhile; every answer carries the request's "id", "t0" and "t", the
+CLOCK_MONOTONIC seconds it started and finished (one clock for every measured latency).
 
 Python smbprotocol does not handle unsolicited server messages (lease and oplock break
 notifications come with MessageId 0xFFFFFFFFFFFFFFFF); each connection gets a sink registered
@@ -330,12 +330,13 @@ OPS = {k[3:]: v for k, v in globals().items() if k.startswith("op_")}
 
 
 def run(req):
+    t0 = time.monotonic()
     try:
-        reply(req, ok=True, **(OPS[req["op"]](req) or {}))
+        reply(req, ok=True, t0=t0, **(OPS[req["op"]](req) or {}))
     except SMBResponseException as e:
-        reply(req, ok=False, status=status_name(e.status))
+        reply(req, ok=False, t0=t0, status=status_name(e.status))
     except Exception as e:  # noqa: BLE001 - every failure goes back to the test, typed
-        reply(req, ok=False, status="EXCEPTION", error=f"{type(e).__name__}: {e}")
+        reply(req, ok=False, t0=t0, status="EXCEPTION", error=f"{type(e).__name__}: {e}")
 
 
 def main():

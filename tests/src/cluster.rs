@@ -170,6 +170,8 @@ pub struct Reply {
     pub status: String,
     /// CLOCK_MONOTONIC seconds when it finished (the driver's clock, one for all requests).
     pub t: f64,
+    /// CLOCK_MONOTONIC seconds when the driver started it.
+    pub t0: f64,
     /// The whole answer.
     pub v: Value,
 }
@@ -298,6 +300,7 @@ fn reply(v: Value) -> Reply {
         ok: v["ok"].as_bool().unwrap_or(false),
         status: v["status"].as_str().unwrap_or_default().to_string(),
         t: v["t"].as_f64().unwrap_or_default(),
+        t0: v["t0"].as_f64().unwrap_or_default(),
         v,
     }
 }

@@ -128,16 +128,16 @@ fn locks(d: &mut SmbClient, ca: &str, cb: &str, f: &str) {
     let unlocked = d.ok(json!({"op": "unlock", "h": "a", "off": 0, "len": 100}));
     let granted = d.wait(waiting, Duration::from_secs(10));
     assert!(granted.ok, "blocking lock: {}", granted.v);
-    let after_unlock = granted.t - unlocked.t;
+    let after_unlock = granted.t - unlocked.t0;
     // Now A waits for B's lock, and B's close releases it.
     let waiting = d.start(json!({"op": "lock", "h": "a", "off": 60, "len": 10, "wait": true}));
     assert!(d.try_wait(waiting, Duration::from_millis(300)).is_none(), "a blocking lock was granted over B's");
     let closed = d.ok(json!({"op": "close", "h": "b"}));
     let granted = d.wait(waiting, Duration::from_secs(10));
     assert!(granted.ok, "blocking lock: {}", granted.v);
-    let after_close = granted.t - closed.t;
+    let after_close = granted.t - closed.t0;
     println!(
-        "locks: ok; blocking lock granted {:.1} ms after the holder's unlock, {:.1} ms after its close",
+        "locks: ok; blocking lock granted {:.1} ms after the holder sent its unlock, {:.1} ms after it sent its close",
         after_unlock * 1e3,
         after_close * 1e3
     );
@@ -165,11 +165,12 @@ fn lease_break(d: &mut SmbClient, ca: &str, cb: &str, f: &str) {
     assert!(opened.ok, "B's open: {}", opened.v);
     let broke_after = brk["t"].as_f64().unwrap() - asked;
     println!(
-        "lease: RWH broken to {to} {:.1} ms after B's open was sent; B's open completed {:.1} ms after A's ack answered",
+        "lease: RWH broken to {to} {:.1} ms after B's open was sent; B's open completed {:.1} ms after A sent its ack",
         broke_after * 1e3,
-        (opened.t - acked.t) * 1e3
+        (opened.t - acked.t0) * 1e3
     );
     assert!(broke_after < 2.0, "the break took {broke_after} s");
+    assert!(opened.t >= acked.t0, "B's open completed before A acknowledged");
     assert_eq!(d.ok(json!({"op": "read", "h": "lb", "off": 0, "len": 6})).s("data"), hex(b"cached"));
     d.ok(json!({"op": "close", "h": "lb"}));
     d.ok(json!({"op": "close", "h": "la"}));
@@ -190,10 +191,11 @@ fn batch_oplock(d: &mut SmbClient, ca: &str, cb: &str, f: &str) {
     let opened = d.wait(open, Duration::from_secs(10));
     assert!(opened.ok, "B's open: {}", opened.v);
     println!(
-        "batch oplock: broken to {to} {:.1} ms after B's open was sent; B's open completed {:.1} ms after the ack",
+        "batch oplock: broken to {to} {:.1} ms after B's open was sent; B's open completed {:.1} ms after A sent its ack",
         (brk["t"].as_f64().unwrap() - asked) * 1e3,
-        (opened.t - acked.t) * 1e3
+        (opened.t - acked.t0) * 1e3
     );
+    assert!(opened.t >= acked.t0, "B's open completed before A acknowledged");
     d.ok(json!({"op": "close", "h": "ob"}));
     d.ok(json!({"op": "close", "h": "oa"}));
 }

@@ -94,6 +94,9 @@ fn state_held_through_a_dead_or_cut_off_node_is_released_and_fenced() {
     c.topo.heal(NODES[2]);
     let back = c.wait_serving(&[2], Duration::from_secs(30));
     println!("n3 healed: grants opens again after {:.3} s", back.as_secs_f64());
+    if back > Duration::from_secs(3) {
+        println!("slow: the cluster events:\n{}", c.events());
+    }
 
     // 3. The leader dies holding a lock.
     d.connect("L", 0);
