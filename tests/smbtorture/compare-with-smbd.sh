@@ -28,11 +28,12 @@ guest ok = yes
 guest only = yes
 force user = root
 CONF
-smbd -F --no-process-group --debug-stdout -s $T/smb.conf > $T/smbd.log 2>&1 &
+# setsid: with --no-process-group, smbd answers SIGTERM by signalling its whole process group.
+setsid smbd -F --no-process-group --debug-stdout -s $T/smb.conf > $T/smbd.log 2>&1 &
 SMBD=$!
 trap 'kill $SMBD 2>/dev/null; rm -rf $T' EXIT
 for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
-for s in smb2.connect smb2.read smb2.rw smb2.dir smb2.getinfo smb2.setinfo smb2.lock smb2.rename smb2.create smb2.delete-on-close-perms smb2.sharemode; do
+for s in smb2.connect smb2.read smb2.rw smb2.dir smb2.getinfo smb2.setinfo smb2.lock smb2.rename smb2.create smb2.delete-on-close-perms smb2.sharemode smb2.lease smb2.oplock; do
   timeout 300 smbtorture //127.0.0.1/pub -U% -p $PORT --format=subunit $s > $T/res/$s.out 2>&1 &
 done
 wait $(jobs -p | grep -v "^$SMBD$") 2>/dev/null || true
