@@ -1084,7 +1084,9 @@ impl<K: RecordKey> Machine<K> {
         if self.broken && cur.is_some() {
             lead.rebuild = true;
         }
-        let changed = cur.as_ref().is_none_or(|v| v.members != members) || lead.rebuild;
+        // A new leadership always issues its own view (its license rests on one), even over the
+        // same members as the view it issued in an earlier leadership.
+        let changed = !lead.issued || cur.as_ref().is_none_or(|v| v.members != members) || lead.rebuild;
         if !changed {
             return;
         }
@@ -1455,6 +1457,10 @@ impl<K: RecordKey> Machine<K> {
         lead.max_view = lead.max_view.max(view);
         lead.pings.insert(from, PeerPing { at: now, incarnation, view, links: links.into_iter().collect(), broken });
         let Some(v) = cur else { return };
+        if !lead.issued {
+            // A view of an earlier leadership of this node: not confirmed by this one.
+            return;
+        }
         if lead.restarted.contains(&from) {
             // Not in a view again until one without it has turned its earlier run's durable
             // holdings into orphans (else its new run would take them for its own).
@@ -1819,8 +1825,17 @@ fn execute(record: &mut FileRecord, op: &Op, first: bool, notices: &mut Vec<Brea
                 Answer::Done
             })
         }
-        Op::Unlock { owner, offset, len } => record.unlock(*owner, *offset, *len).map(|()| Answer::Done),
+        Op::Unlock { owner, offset, len } => {
+            if let Owner::Posix { node, id } = *owner {
+                // An owner's unlock through another node after its node died covers its orphans.
+                record.adopt_posix(node, id);
+            }
+            record.unlock(*owner, *offset, *len).map(|()| Answer::Done)
+        }
         Op::UnlockAll(owner) => {
+            if let Owner::Posix { node, id } = *owner {
+                record.adopt_posix(node, id);
+            }
             record.unlock_all(*owner);
             Ok(Answer::Done)
         }

@@ -390,6 +390,12 @@ impl World {
         self.feed(n, Input::Request { rid, file, op });
     }
 
+    /// Node `n`'s HA says for a moment that it leads no more, then that it leads again.
+    pub fn flap_leadership(&mut self, n: u16) {
+        self.feed(n, Input::Ha(HaInput { leader: None, ok: true }));
+        self.feed(n, Input::Ha(HaInput { leader: Some(n), ok: true }));
+    }
+
     /// Node `n` says the POSIX grace ended.
     pub fn end_grace_on(&mut self, n: u16) {
         self.feed(n, Input::EndGrace);

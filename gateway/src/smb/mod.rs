@@ -4,6 +4,8 @@
 //! - [`wire`]: pure decoders/encoders of SMB2 bytes (header, status codes);
 //! - [`auth`]: SPNEGO + NTLMSSP, users from the config;
 //! - [`signing`]: key derivation and message signing for every dialect;
+//! - [`transform`]: SMB 3 encryption: the TRANSFORM header, sealing and opening messages;
+//! - [`encryption`]: which requests must come encrypted and which replies are encrypted;
 //! - [`transport`]: transport frames in (one reused buffer), framed messages out;
 //! - [`compound`]: the message rules around commands as pure functions: chain splitting,
 //!   related operations, which signatures are checked and made, reply assembly;
@@ -12,6 +14,8 @@
 //!   and [`cmd`];
 //! - [`sequence`]: the MessageId window (each granted id used once: no replays);
 //! - [`session`]: sessions, tree connects and opens as named types;
+//! - [`durable`]: durable handles: their create contexts, rules, and the opens that outlive
+//!   their connection;
 //! - [`cmd`]: one file per SMB2 command;
 //! - [`srvsvc`]: the DCE/RPC share-enumeration pipe on `IPC$`.
 
@@ -20,6 +24,8 @@ pub mod cmd;
 pub mod compound;
 pub mod conn;
 pub mod dosattrib;
+pub mod durable;
+pub mod encryption;
 pub mod file_state;
 pub mod fs;
 pub mod leases;
@@ -30,6 +36,7 @@ pub mod signing;
 pub mod srvsvc;
 pub mod status;
 pub mod streams;
+pub mod transform;
 pub mod transport;
 pub mod wire;
 
@@ -40,7 +47,7 @@ use anyhow::{Context, Result};
 use ha::connections::ConnectionTable;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, ShareConfig};
+use crate::config::{Config, ShareConfig, SmbEncryption};
 use crate::daemon::Lifecycle;
 use crate::locks::{LockService, OpenKey};
 use crate::vfs::{FileId, Namespace};
@@ -61,6 +68,8 @@ pub struct SmbServer {
     pub users: auth::UserDb,
     /// `[smb] require_signing`.
     pub require_signing: bool,
+    /// `[smb] encryption`: offered at all, and asked of every session or not.
+    pub encryption: SmbEncryption,
     /// Our GUID, stable for the process.
     pub guid: [u8; 16],
     /// When the process started, as a FILETIME.
@@ -88,6 +97,8 @@ pub struct SmbServer {
     /// Alternate data streams open on this node, per file (deletion rules between a file and
     /// its streams).
     pub open_streams: streams::OpenStreams,
+    /// Durable opens by persistent FileId, those whose connection was lost included.
+    pub durable: durable::DurableTable,
 }
 
 impl SmbServer {
@@ -117,15 +128,17 @@ impl SmbServer {
             shares: cfg.smb.shares.clone(),
             users,
             require_signing: cfg.smb.require_signing,
+            encryption: cfg.smb.encryption,
             guid: rand::random(),
             start_time: filetime_now(),
             guest_allowed: cfg.smb.shares.iter().any(|s| s.guest_ok),
             unix_users,
             ns,
-            locks,
             idle_without_session: IDLE_WITHOUT_SESSION,
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
             open_streams: streams::OpenStreams::default(),
+            durable: durable::DurableTable::new(locks.node()),
+            locks,
         }
     }
 
@@ -151,6 +164,12 @@ impl SmbServer {
     /// A fresh identity for a new open, unique in the cluster.
     pub fn open_key(&self) -> OpenKey {
         self.locks.new_key()
+    }
+
+    /// What a tree connect of `share` asks for: the share's own `encryption`, never less
+    /// than `[smb] encryption`.
+    pub fn share_encryption(&self, share: &ShareConfig) -> SmbEncryption {
+        share.encryption.unwrap_or(self.encryption).max(self.encryption)
     }
 
     /// The share named `name` (case-insensitive).

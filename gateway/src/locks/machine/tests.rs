@@ -194,6 +194,26 @@ fn a_dead_nodes_locks_are_released_and_a_cut_off_node_stops() {
     assert!(granted_at < ms(3000), "released within the takeover time and a margin");
 }
 
+/// A leader that loses leadership for a moment (its recovery-lock check timed out) and gets it
+/// back with the same members issues a view of its own again and is licensed again (found on
+/// real nodes: it stayed unlicensed forever, holding every request on its files).
+#[test]
+fn a_leader_that_regains_leadership_is_licensed_again() {
+    let mut w = World::new(3);
+    settle(&mut w);
+    let leader = w.machine(0).view().map(|v| v.leader).unwrap();
+    w.flap_leadership(leader);
+    settle(&mut w);
+    assert!(w.licensed(leader));
+    let f = (0..=255u8).map(|b| SimKey([b])).find(|k| home_of(k, &[0, 1, 2]) == Some(leader)).unwrap();
+    let other = (leader + 1) % 3;
+    let r = open_req(&mut w, other, access::READ_DATA, share::ALL, CachingRequest::None);
+    let g = w.stats.granted;
+    w.ask(other, f, Op::Open(r));
+    drain(&mut w);
+    assert_eq!(w.stats.granted, g + 1, "a request on the leader's file is answered");
+}
+
 /// A file whose home and backup are not `avoid`.
 fn file_away_from(avoid: u16, members: &[u16]) -> SimKey {
     (0..=255u8)
@@ -289,10 +309,18 @@ fn posix_locks_outlive_their_node_for_the_grace() {
     let mut w = World::new(3);
     w.set_posix_grace(ms(60_000));
     settle(&mut w);
-    let f = file_away_from(1, &[0, 1, 2]);
-    let g = file_away_from(1, &[0, 1, 2]);
-    let g = if g == f { SimKey([f.0[0].wrapping_add(1)]) } else { g };
-    for file in [&f, &g] {
+    let away: Vec<SimKey> = (0..=255u8)
+        .map(|b| SimKey([b]))
+        .filter(|k| {
+            let members = [0u16, 1, 2];
+            let home = home_of(k, &members).unwrap();
+            let rest: Vec<u16> = members.iter().copied().filter(|m| *m != home).collect();
+            home != 1 && home_of(k, &rest) != Some(1)
+        })
+        .take(3)
+        .collect();
+    let (f, g, h) = (away[0].clone(), away[1].clone(), away[2].clone());
+    for file in [&f, &g, &h] {
         let l = RangeLock { owner: Owner::Posix { node: 1, id: 7 }, offset: 0, len: 100, exclusive: true };
         w.ask(1, file.clone(), Op::Lock(l));
     }
@@ -310,6 +338,12 @@ fn posix_locks_outlive_their_node_for_the_grace() {
     drain(&mut w);
     let held = w.machine(0).holdings();
     assert_eq!(held[&f].ranges, vec![mine], "adopted, merged with the reclaim");
+    // The owner's unlock through another node reaches its orphan on `h` at once.
+    let (granted, _) = outcome_count(&w);
+    w.ask(2, h.clone(), Op::Unlock { owner: Owner::Posix { node: 2, id: 7 }, offset: 0, len: 100 });
+    w.ask(2, h.clone(), Op::Lock(other));
+    drain(&mut w);
+    assert_eq!(outcome_count(&w).0, granted + 2, "unlocked through node 2, then free for another owner");
     // Grace ends: the unreclaimed lock on `g` goes.
     let (granted, _) = outcome_count(&w);
     w.end_grace_on(0);
@@ -353,6 +387,14 @@ fn random_faults_never_break_the_invariant() {
                     let v = rng.below(u64::from(n)) as u16;
                     if w.alive(v) {
                         w.crash(v);
+                    }
+                }
+                21..=22 => {
+                    // HA's recovery-lock check times out for a moment on the leader.
+                    if let Some(l) =
+                        (0..n).find(|v| w.alive(*v) && w.machine(*v).view().is_some_and(|x| x.leader == *v))
+                    {
+                        w.flap_leadership(l);
                     }
                 }
                 17..=20 => {
