@@ -8,6 +8,7 @@ pub mod anchors;
 pub mod gluster;
 pub mod kclient;
 pub mod netns;
+pub mod nlm;
 pub mod pjdfstest;
 pub mod process;
 pub mod vm;

@@ -1,0 +1,110 @@
+#!/bin/sh
+# Guest side of tests/tests/nlm_kclient.rs: the Linux NFSv3 client (kernel lockd, rpc.statd)
+# mounts the server with the seed recipe's exact options and takes fcntl and flock locks.
+# It talks with the host test through marker files on a second mount of the same export
+# (no attribute or lookup caching there, so each side sees the other's markers at once).
+# Env: KC_SERVER (address), KC_ADDR (ours), KC_NAME (host name). Prints CHECK lines.
+ip addr flush dev eth0
+ip addr add "$KC_ADDR/16" dev eth0
+ip link set eth0 up
+hostname "$KC_NAME"
+mkdir -p /run/rpcbind /var/lib/nfs/sm /var/lib/nfs/sm.bak
+rpcbind -w && rpc.statd || { echo "CHECK statd FAIL"; exit 1; }
+mkdir -p /mnt/n /mnt/sig
+now() { cut -d' ' -f1 /proc/uptime; }
+ms_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%d", (b - a) * 1000 }'; }
+check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL: $3"; fi; }
+# await MARKER [tenths]: wait for the host's marker file
+await() {
+	n=0
+	until [ -e "/mnt/sig/$1" ]; do
+		sleep 0.1; n=$((n+1))
+		[ $n -lt "${2:-1800}" ] || { echo "CHECK await-$1 FAIL: timed out"; return 1; }
+	done
+}
+signal() { : > "/mnt/sig/$1"; }
+# saw FILE WORD [tenths]: wait until a lock holder printed WORD
+saw() {
+	n=0
+	until grep -q "$2" "$1" 2>/dev/null; do
+		sleep 0.1; n=$((n+1))
+		[ $n -lt "${3:-600}" ] || return 1
+	done
+}
+
+T=$(now)
+mount -o mountproto=tcp,async -t nfs "$KC_SERVER:smb" /mnt/n || { echo "CHECK mount FAIL"; exit 1; }
+echo "recipe mount took $(ms_since "$T") ms: $(grep ' /mnt/n ' /proc/mounts)"
+mount -o vers=3,nolock,noac,lookupcache=none -t nfs "$KC_SERVER:smb" /mnt/sig || { echo "CHECK sigmount FAIL"; exit 1; }
+L=$KCLIENT_JOB/files/nlmlock
+F=/mnt/n/locked.db
+echo data > $F
+
+# 1. fcntl from two processes: one holds, the other waits and gets it on release.
+$L hold fcntl $F w 0 0 nowait /tmp/r1 > /tmp/a 2>&1 &
+saw /tmp/a locked && check fcntl-first ok || check fcntl-first FAIL "$(cat /tmp/a)"
+$L hold fcntl $F w 0 0 wait /tmp/r2 > /tmp/b 2>&1 &
+sleep 1
+grep -q locked /tmp/b && check fcntl-waits FAIL "granted while held" || check fcntl-waits ok
+T=$(now); touch /tmp/r1
+if saw /tmp/b locked 600; then
+	W=$(ms_since "$T"); echo "fcntl: the waiter got the lock $W ms after the release"
+	[ "$W" -lt 5000 ] && check fcntl-handoff ok || check fcntl-handoff FAIL "$W ms (a client re-poll, not a callback)"
+else check fcntl-handoff FAIL "never granted"; fi
+touch /tmp/r2; saw /tmp/b unlocked; rm -f /tmp/r1 /tmp/r2
+
+# 2. flock (the client turns it into a whole-file lock on the server) from two processes.
+$L hold flock $F w 0 0 nowait /tmp/r1 > /tmp/a 2>&1 &
+saw /tmp/a locked && check flock-first ok || check flock-first FAIL "$(cat /tmp/a)"
+$L hold flock $F w 0 0 nowait /tmp/r9 > /tmp/c 2>&1
+grep -q "denied 11" /tmp/c && check flock-nowait-denied ok || check flock-nowait-denied FAIL "$(cat /tmp/c)"
+$L hold flock $F w 0 0 wait /tmp/r2 > /tmp/b 2>&1 &
+sleep 1
+T=$(now); touch /tmp/r1
+if saw /tmp/b locked 600; then
+	W=$(ms_since "$T"); echo "flock: the waiter got the lock $W ms after the release"
+	[ "$W" -lt 5000 ] && check flock-handoff ok || check flock-handoff FAIL "$W ms"
+else check flock-handoff FAIL "never granted"; fi
+touch /tmp/r2; saw /tmp/b unlocked; rm -f /tmp/r1 /tmp/r2
+
+# 3. Byte ranges: disjoint ranges coexist, overlapping ones conflict.
+$L hold fcntl $F w 0 10 nowait /tmp/r1 > /tmp/a 2>&1 &
+saw /tmp/a locked
+$L hold fcntl $F w 10 10 nowait /tmp/r3 > /tmp/c 2>&1 &
+saw /tmp/c locked 100 && check ranges-disjoint ok || check ranges-disjoint FAIL "$(cat /tmp/c)"
+$L hold fcntl $F r 5 1 nowait /tmp/r9 > /tmp/d 2>&1
+grep -q "denied 11" /tmp/d && check ranges-overlap-denied ok || check ranges-overlap-denied FAIL "$(cat /tmp/d)"
+touch /tmp/r1 /tmp/r3; saw /tmp/a unlocked; saw /tmp/c unlocked; rm -f /tmp/r1 /tmp/r3
+
+# 4. Another client (the host's NLM client) sees this client's lock, and the reverse.
+$L hold fcntl $F w 0 0 nowait /tmp/r1 > /tmp/a 2>&1 &
+saw /tmp/a locked
+signal held
+await host-checked
+touch /tmp/r1; saw /tmp/a unlocked; rm -f /tmp/r1
+signal released
+await host-holds
+$L hold fcntl $F w 0 0 nowait /tmp/r9 > /tmp/d 2>&1
+grep -q "denied 11" /tmp/d && check host-lock-seen ok || check host-lock-seen FAIL "$(cat /tmp/d)"
+$L hold fcntl $F w 0 0 wait /tmp/r2 > /tmp/b 2>&1 &
+sleep 1
+T=$(now)
+signal waiting
+if saw /tmp/b locked 600; then
+	W=$(ms_since "$T"); echo "waited $W ms for the host client's lock"
+	[ "$W" -lt 10000 ] && check host-handoff ok || check host-handoff FAIL "$W ms"
+else check host-handoff FAIL "never granted"; fi
+touch /tmp/r2; saw /tmp/b unlocked; rm -f /tmp/r2
+
+# 5. The server restarts while this client holds a lock: told by SM_NOTIFY, the client
+#    reclaims it (the host checks nobody else gets it meanwhile).
+$L hold fcntl $F w 0 0 nowait /tmp/r1 > /tmp/a 2>&1 &
+saw /tmp/a locked
+signal held2
+await host-checked2 3000
+touch /tmp/r1; saw /tmp/a unlocked 1200 && check unlock-after-restart ok || check unlock-after-restart FAIL "$(cat /tmp/a)"
+signal released2
+dmesg | grep -i -E "lockd|statd" | tail -5
+umount /mnt/n
+umount /mnt/sig
+echo "GUEST DONE"
