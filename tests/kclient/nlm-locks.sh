@@ -3,40 +3,8 @@
 # mounts the server with the seed recipe's exact options and takes fcntl and flock locks.
 # It talks with the host test through marker files on a second mount of the same export
 # (no attribute or lookup caching there, so each side sees the other's markers at once).
-# Env: KC_SERVER (address), KC_ADDR (ours), KC_NAME (host name). Prints CHECK lines.
-ip addr flush dev eth0
-ip addr add "$KC_ADDR/16" dev eth0
-ip link set eth0 up
-hostname "$KC_NAME"
-mkdir -p /run/rpcbind /var/lib/nfs/sm /var/lib/nfs/sm.bak
-rpcbind -w && rpc.statd || { echo "CHECK statd FAIL"; exit 1; }
-mkdir -p /mnt/n /mnt/sig
-now() { cut -d' ' -f1 /proc/uptime; }
-ms_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%d", (b - a) * 1000 }'; }
-check() { if [ "$2" = ok ]; then echo "CHECK $1 ok"; else echo "CHECK $1 FAIL: $3"; fi; }
-# await MARKER [tenths]: wait for the host's marker file
-await() {
-	n=0
-	until [ -e "/mnt/sig/$1" ]; do
-		sleep 0.1; n=$((n+1))
-		[ $n -lt "${2:-1800}" ] || { echo "CHECK await-$1 FAIL: timed out"; return 1; }
-	done
-}
-signal() { : > "/mnt/sig/$1"; }
-# saw FILE WORD [tenths]: wait until a lock holder printed WORD
-saw() {
-	n=0
-	until grep -q "$2" "$1" 2>/dev/null; do
-		sleep 0.1; n=$((n+1))
-		[ $n -lt "${3:-600}" ] || return 1
-	done
-}
-
-T=$(now)
-mount -o mountproto=tcp,async -t nfs "$KC_SERVER:smb" /mnt/n || { echo "CHECK mount FAIL"; exit 1; }
-echo "recipe mount took $(ms_since "$T") ms: $(grep ' /mnt/n ' /proc/mounts)"
-mount -o vers=3,nolock,noac,lookupcache=none -t nfs "$KC_SERVER:smb" /mnt/sig || { echo "CHECK sigmount FAIL"; exit 1; }
-L=$KCLIENT_JOB/files/nlmlock
+# Env: see nlm-lib.sh. Prints CHECK lines.
+. "$KCLIENT_JOB/files/nlm-lib.sh"
 F=/mnt/n/locked.db
 echo data > $F
 

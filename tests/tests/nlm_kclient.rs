@@ -94,7 +94,7 @@ fn kernel_client_locks_hand_off_and_survive_a_restart() {
         &topo.switch,
         &script,
         &[("KC_SERVER", SERVER), ("KC_ADDR", "198.18.0.20"), ("KC_NAME", "kvm-nlm")],
-        &[&lockbin],
+        &[&lockbin, &nasgw_tests::workspace_root().join("tests/kclient/nlm-lib.sh")],
         600,
     );
     let mut guest = Some(guest);
