@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let _ = fs::split_name(&text);
     if let Some((pat, name)) = text.split_once('\0') {
-        let _ = fs::wildcard_match(pat, name);
+        let _ = fs::wildcard_match(pat, name, fs::Case::Insensitive);
+        let _ = fs::wildcard_match(pat, name, fs::Case::Sensitive);
     }
 });

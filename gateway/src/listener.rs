@@ -1,8 +1,10 @@
 //! The accept loop both protocol services share: bounded connections, every connection
 //! registered in the HA module's [`ConnectionTable`], and a clean stop.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use ha::connections::{ConnectionTable, TcpConnection};
 use tokio::net::{TcpListener, TcpStream};
@@ -10,9 +12,60 @@ use tokio::sync::Semaphore;
 
 use crate::daemon::Lifecycle;
 
+/// Most connections one client address may hold on one service: a client uses one or two; a
+/// NAT gateway in front of an office may use more. Past it new connections from that address
+/// are closed at once, so one host cannot take every slot (and descriptor) of a service.
+pub const MAX_PER_CLIENT: usize = 128;
+
+/// Connections per client address, and the decision whether one more is allowed.
+#[derive(Debug, Default)]
+pub struct PerClient {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+    limit: usize,
+}
+
+impl PerClient {
+    /// A table allowing `limit` connections per address.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self { counts: Mutex::new(HashMap::new()), limit })
+    }
+
+    /// Counts one more connection from `ip`, or `None` when it already has `limit`; the
+    /// returned guard gives the slot back when dropped.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut m = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { table: self.clone(), ip })
+    }
+}
+
+/// One counted connection of a client address (see [`PerClient::admit`]).
+#[derive(Debug)]
+pub struct ClientSlot {
+    table: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.table.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts on `listener` until the daemon stops, running `handle` for each connection as a
 /// tracked task. `service` names the protocol in logs. Beyond `max_connections` new clients
-/// wait in the kernel's backlog instead of exhausting memory.
+/// wait in the kernel's backlog instead of exhausting memory; one address gets at most
+/// [`MAX_PER_CLIENT`] of them.
 pub async fn accept_loop<F, Fut>(
     service: &'static str,
     listener: TcpListener,
@@ -25,6 +78,8 @@ pub async fn accept_loop<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let per_client = PerClient::new(MAX_PER_CLIENT);
+    let mut refused_logged: Option<std::time::Instant> = None;
     let handle = Arc::new(handle);
     loop {
         let permit = tokio::select! {
@@ -41,6 +96,15 @@ pub async fn accept_loop<F, Fut>(
                 tracing::warn!(service, error = %e, "accept failed");
                 continue;
             }
+        };
+        let Some(slot) = per_client.admit(client.ip()) else {
+            // Logged at most once a minute: a flood must not flood the log too.
+            if refused_logged.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+                tracing::warn!(service, client = %client.ip(), limit = MAX_PER_CLIENT, "connection refused: too many from one address");
+                refused_logged = Some(std::time::Instant::now());
+            }
+            drop(stream);
+            continue;
         };
         let server = match stream.local_addr() {
             Ok(a) => a,
@@ -62,9 +126,27 @@ pub async fn accept_loop<F, Fut>(
             }
             tracing::debug!(service, %client, "connection closed");
             drop(guard);
-            drop(counted);
+drop(counted);
             drop(listed);
-            drop(permit);
+            drop((permit, slot));
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_gets_at_most_its_limit() {
+        let t = PerClient::new(2);
+        let a: IpAddr = "198.18.0.1".parse().unwrap();
+        let b: IpAddr = "198.18.0.2".parse().unwrap();
+        let first = t.admit(a).unwrap();
+        let _second = t.admit(a).unwrap();
+        assert!(t.admit(a).is_none(), "a third connection from one address is refused");
+        let _other = t.admit(b).expect("another address is not affected");
+        drop(first);
+        assert!(t.admit(a).is_some(), "a closed connection frees its slot");
     }
 }

@@ -212,7 +212,9 @@ fn view_of(m: &Machine, s: &HaSettings, now: Duration, facts: &mut Facts) -> HaV
     for (a, o) in &owners {
         let before = facts.owners.insert(*a, *o);
         if let Some(before) = before.filter(|b| b != o) {
-            facts.moves.insert(*a, AddressMove { at: wall, from: before, to: *o });
+            // A move between two nodes passes through "nobody": report it from the last holder.
+            let from = before.or_else(|| facts.moves.get(a).and_then(|m| m.from.filter(|_| m.to.is_none())));
+            facts.moves.insert(*a, AddressMove { at: wall, from, to: *o });
         }
     }
     let addresses = s
@@ -380,7 +382,14 @@ pub fn start(
                                 facts.infos[n as usize] = Some(info);
                             }
                             Ok(msg) if s.nodes.get(msg.from as usize) == Some(&from.ip()) => events.push(Event::Received(msg)),
-                            Ok(msg) => tracing::warn!(%from, claimed = msg.from, "cluster datagram from an address that is not that node's; ignored"),
+                            Ok(msg) => {
+                                // Validly signed but replayed or relayed from elsewhere: rate
+                                // limited like refused ones, so a flood cannot flood the log.
+                                if refused_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                                    refused_logged = Some(Instant::now());
+                                    tracing::warn!(%from, claimed = msg.from, "cluster datagram from an address that is not that node's; ignored (logged once per 10 s)");
+                                }
+                            }
                             Err(e) => {
                                 if refused_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                                     refused_logged = Some(Instant::now());

@@ -55,13 +55,16 @@ def open_file(tree, name, disposition=CreateDisposition.FILE_OVERWRITE_IF):
 
 
 def server_closed(conn, timeout=5.0):
-    """The server closed the connection (a send or a receive fails)."""
+    """The server closed the connection: a receive sees EOF or a reset, or smbprotocol's
+    receiver thread already saw that and closed the socket (EBADF)."""
     sock = conn.transport._sock
-    sock.settimeout(timeout)
     try:
+        sock.settimeout(timeout)
         return sock.recv(1) == b""
-    except (ConnectionResetError, socket.timeout, OSError) as e:
-        return not isinstance(e, socket.timeout)
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
 
 
 def read_back(name):

@@ -89,8 +89,16 @@ fn the_cluster_answers_for_its_name_with_live_addresses_and_only_with_quorum() {
     mount_by_name(&c);
 
     // Kill n3 (link down + kill -9). Sample every 20 ms: DNS answers vs who really holds.
-    let victim = 2;
-    let vip = c.held(victim).first().cloned().expect("n3 holds an address");
+    println!(
+        "holders before the kill: {:?}\n{}",
+        c.holders(),
+        String::from_utf8_lossy(&c.daemon(0).ctl(&["status"]).stdout)
+    );
+    let (victim, vip) =
+        wait_for("n2 or n3 to hold an address", Duration::from_secs(10), Duration::from_millis(50), || {
+            [2, 1].into_iter().find_map(|i| c.held(i).first().cloned().map(|a| (i, a)))
+        });
+    let other = 3 - victim; // the node killed second (n1 is the one we ask)
     let t0 = Instant::now();
     c.topo.cut(NODES[victim]);
     let mut c = c;
@@ -127,11 +135,30 @@ fn the_cluster_answers_for_its_name_with_live_addresses_and_only_with_quorum() {
     let (_, a) = dig(&c, "198.18.0.2", "A");
     assert_eq!(a.iter().cloned().collect::<BTreeSet<_>>(), all, "every address is answered again, now on survivors");
 
-    // Kill n2 too: n1 alone has no quorum; it answers SERVFAIL instead of addresses.
+    // `nasgw status` says why n3 is out, and versions and uptimes of the others; `ip -v` shows
+    // where its address went and when.
+    let st = c.status(0);
+    let why = st["nodes"][victim]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(why.starts_with("not heard for"), "{st}");
+    for i in 0..2 {
+        assert!(
+            !st["nodes"][i]["version"].as_str().unwrap_or_default().is_empty()
+                && st["nodes"][i]["started"].as_u64() > Some(0),
+            "{st}"
+        );
+    }
+    let text = String::from_utf8_lossy(&c.daemon(0).ctl(&["status"]).stdout).into_owned();
+    assert!(text.contains("DISCONNECTED") && text.contains("why: not heard for") && text.contains(" up "), "{text}");
+    let ip = String::from_utf8_lossy(&c.daemon(0).ctl(&["ip", "-v"]).stdout).into_owned();
+    println!("{text}\n{ip}");
+    let line = ip.lines().find(|l| l.starts_with(&format!("{vip}/"))).unwrap_or_default().to_string();
+    assert!(line.contains("last_move[") && line.contains(&format!("node {victim} -> ")), "{ip}");
+
+    // Kill the other one too: n1 alone has no quorum; it answers SERVFAIL instead of addresses.
     let t1 = Instant::now();
-    c.topo.cut(NODES[1]);
-    c.daemons[1].take().unwrap().kill();
-    c.dead[1] = true;
+    c.topo.cut(NODES[other]);
+    c.daemons[other].take().unwrap().kill();
+    c.dead[other] = true;
     let gone = wait_for("n1 to refuse without quorum", Duration::from_secs(5), Duration::from_millis(20), || {
         (dig(&c, "198.18.0.1", "A").0 == "SERVFAIL").then(|| t1.elapsed())
     });

@@ -132,5 +132,23 @@ fn prometheus_scrapes_request_rates_bytes_and_connections() {
     assert!(lat > 0.0 && lat < 10.0, "{lat}");
     let accepted = query(prom, "sum(nasgw_connections_accepted_total)").expect("connections counted");
     assert!(accepted >= 2.0, "{accepted}");
+
+    // Every metric the shipped Grafana dashboard graphs exists (cluster-only and volume-probe
+    // families need [cluster] or a probed volume, which this single node has not).
+    let dash = std::fs::read_to_string(nasgw_tests::workspace_root().join("examples/grafana-nasgw.json")).unwrap();
+    let scraped = http_get(metrics, "/metrics").unwrap();
+    let mut names: Vec<&str> = dash
+        .match_indices("nasgw_")
+        .map(|(i, _)| {
+            let rest = &dash[i..];
+            &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    for n in names.iter().filter(|n| !n.starts_with("nasgw_public_address_") && !n.starts_with("nasgw_volume_")) {
+        assert!(scraped.contains(n), "the dashboard graphs {n}, which nasgw does not export");
+    }
+    println!("dashboard metrics checked: {names:?}");
     drop(d);
 }

@@ -28,3 +28,34 @@ fn hostile_smb_clients_are_refused() {
     );
     assert!(!s.daemon.logs().contains(ALICE_PASSWORD));
 }
+
+#[test]
+fn a_symlink_cannot_leave_its_share() {
+    // Share `sub` is the folder /pub of the volume; /priv refuses guests. A symlink made
+    // behind the share's back (through NFS or on the volume) points from /pub to /priv.
+    let extra =
+        "[[smb.share]]\nname = \"sub\"\npath = \"/pub\"\nwritable = true\nguest_ok = true\nforce_user = \"root\"\n";
+    let s = start("confine", extra);
+    std::fs::create_dir_all(s.data.join("pub/inner")).unwrap();
+    std::fs::write(s.data.join("pub/inner/ok.txt"), b"inside").unwrap();
+    std::fs::write(s.data.join("priv/secret.txt"), b"secret").unwrap();
+    std::os::unix::fs::symlink("../priv", s.data.join("pub/esc")).unwrap();
+    std::os::unix::fs::symlink("inner", s.data.join("pub/in")).unwrap();
+    std::os::unix::fs::symlink("../priv/secret.txt", s.data.join("pub/esc.txt")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let got = tmp.path().join("got");
+    let get = |remote: &str| {
+        let _ = std::fs::remove_file(&got);
+        let cmd = format!("get {remote} {}", got.display());
+        let out = s.smbclient("sub", &["-N", "-c", &cmd]);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (std::fs::read(&got).ok(), text)
+    };
+    let (inside, text) = get("in\\ok.txt");
+    assert_eq!(inside.as_deref(), Some(&b"inside"[..]), "a symlink inside the share is followed:\n{text}");
+    for escape in ["esc\\secret.txt", "esc.txt"] {
+        let (data, text) = get(escape);
+        assert!(data.is_none(), "{escape} reached another share's file:\n{text}");
+        assert!(text.contains("NT_STATUS_ACCESS_DENIED"), "{escape}: {text}");
+    }
+}

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use nasgw_tests::{free_port, require_tool, workspace_root, Daemon};
 
-const SUITES: [&str; 11] = [
+const SUITES: [&str; 15] = [
     "smb2.connect",
     "smb2.read",
     "smb2.rw",
@@ -20,6 +20,10 @@ const SUITES: [&str; 11] = [
     "smb2.create",
     "smb2.delete-on-close-perms",
     "smb2.sharemode",
+    "smb2.streams",
+    "smb2.timestamps",
+    "smb2.winattr",
+    "smb2.openattr",
 ];
 
 fn read_list(name: &str) -> BTreeSet<String> {

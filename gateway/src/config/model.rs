@@ -340,6 +340,9 @@ pub struct ShareConfig {
     /// All file access runs with this group (name or numeric gid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_group: Option<String>,
+    /// Names match exactly (as on the volume) instead of ignoring case as Windows does.
+    #[serde(default)]
+    pub case_sensitive: bool,
 }
 
 fn root_path() -> String {

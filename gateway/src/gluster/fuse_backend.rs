@@ -228,6 +228,42 @@ impl Backend for FuseBackend {
         self.backend()?.flush(id)
     }
 
+    fn find_name_nocase(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<Option<Vec<u8>>> {
+        self.backend()?.find_name_nocase(cred, dir, name)
+    }
+
+    fn get_xattr(&self, cred: &Credentials, id: &FileId, name: &[u8]) -> VfsResult<Option<Vec<u8>>> {
+        self.backend()?.get_xattr(cred, id, name)
+    }
+
+    fn get_xattr_at(&self, cred: &Credentials, dir: &FileId, entry: &Name, name: &[u8]) -> VfsResult<Option<Vec<u8>>> {
+        self.backend()?.get_xattr_at(cred, dir, entry, name)
+    }
+
+    fn set_xattr(&self, cred: &Credentials, id: &FileId, name: &[u8], value: &[u8]) -> VfsResult<()> {
+        self.backend()?.set_xattr(cred, id, name, value)
+    }
+
+    fn remove_xattr(&self, cred: &Credentials, id: &FileId, name: &[u8]) -> VfsResult<()> {
+        self.backend()?.remove_xattr(cred, id, name)
+    }
+
+    fn list_xattrs(&self, cred: &Credentials, id: &FileId) -> VfsResult<Vec<Vec<u8>>> {
+        self.backend()?.list_xattrs(cred, id)
+    }
+
+    fn copy_range(
+        &self,
+        cred: &Credentials,
+        src: &FileId,
+        src_offset: u64,
+        dst: &FileId,
+        dst_offset: u64,
+        len: u64,
+    ) -> VfsResult<u64> {
+        self.backend()?.copy_range(cred, src, src_offset, dst, dst_offset, len)
+    }
+
     fn statfs(&self, id: &FileId) -> VfsResult<FsStat> {
         self.backend()?.statfs(id)
     }

@@ -344,6 +344,79 @@ impl Volume {
         check(unsafe { self.lib().glfs_h_setattrs(self.fs(), obj.ptr, &mut st, valid as i32) })
     }
 
+    /// Extended attribute `name` of `obj` (`Ok(None)` when it has none); with a virtual name
+    /// such as `glusterfs.get_real_filename:NAME` on a directory, what the bricks answer.
+    pub fn get_xattr(&self, obj: &Object, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        for _ in 0..4 {
+            // SAFETY: live object; a null buffer with size 0 asks the size.
+            let size =
+                unsafe { self.lib().glfs_h_getxattrs(self.fs(), obj.ptr, name.as_ptr(), std::ptr::null_mut(), 0) };
+            if size < 0 {
+                let e = last_err();
+                return if e.raw_os_error() == Some(libc::ENODATA) { Ok(None) } else { Err(e) };
+            }
+            let mut buf = vec![0u8; size as usize];
+            // SAFETY: buf has buf.len() writable bytes.
+            let got = unsafe {
+                self.lib().glfs_h_getxattrs(self.fs(), obj.ptr, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            if got >= 0 {
+                buf.truncate(got as usize);
+                return Ok(Some(buf));
+            }
+            let e = last_err();
+            match e.raw_os_error() {
+                Some(libc::ERANGE) => continue,
+                Some(libc::ENODATA) => return Ok(None),
+                _ => return Err(e),
+            }
+        }
+        Err(io::Error::from_raw_os_error(libc::ERANGE))
+    }
+
+    /// Names of `obj`'s extended attributes.
+    pub fn list_xattrs(&self, obj: &Object) -> io::Result<Vec<Vec<u8>>> {
+        for _ in 0..4 {
+            // SAFETY: a null name lists; a null buffer with size 0 asks the size.
+            let size =
+                unsafe { self.lib().glfs_h_getxattrs(self.fs(), obj.ptr, std::ptr::null(), std::ptr::null_mut(), 0) };
+            if size < 0 {
+                return Err(last_err());
+            }
+            let mut buf = vec![0u8; size as usize];
+            // SAFETY: buf has buf.len() writable bytes.
+            let got = unsafe {
+                self.lib().glfs_h_getxattrs(self.fs(), obj.ptr, std::ptr::null(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            if got >= 0 {
+                buf.truncate(got as usize);
+                return Ok(buf.split(|&b| b == 0).filter(|n| !n.is_empty()).map(<[u8]>::to_vec).collect());
+            }
+            let e = last_err();
+            if e.raw_os_error() != Some(libc::ERANGE) {
+                return Err(e);
+            }
+        }
+        Err(io::Error::from_raw_os_error(libc::ERANGE))
+    }
+
+    /// Sets extended attribute `name` of `obj`.
+    pub fn set_xattr(&self, obj: &Object, name: &[u8], value: &[u8]) -> io::Result<()> {
+        let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: live object; value readable for its length.
+        check(unsafe {
+            self.lib().glfs_h_setxattrs(self.fs(), obj.ptr, name.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+        })
+    }
+
+    /// Removes extended attribute `name` of `obj`.
+    pub fn remove_xattr(&self, obj: &Object, name: &[u8]) -> io::Result<()> {
+        let name = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: live object; name copied.
+        check(unsafe { self.lib().glfs_h_removexattrs(self.fs(), obj.ptr, name.as_ptr()) })
+    }
+
     /// Truncates (or extends) `obj` to `size` bytes.
     pub fn truncate(&self, obj: &Object, size: u64) -> io::Result<()> {
         // SAFETY: live object.
@@ -465,6 +538,32 @@ impl File {
                 buf.len(),
                 offset as i64,
                 0,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(last_err());
+        }
+        Ok(n as usize)
+    }
+
+    /// Copies up to `len` bytes from this file at `offset` to `dst` at `dst_offset` inside the
+    /// volume (`glfs_copy_file_range`: the bricks copy, no data through this client); returns
+    /// how many were copied (0 at end of file).
+    pub fn copy_range_to(&self, offset: u64, dst: &File, dst_offset: u64, len: usize) -> io::Result<usize> {
+        let mut off_in = offset as i64;
+        let mut off_out = dst_offset as i64;
+        // SAFETY: both fds open; offsets are valid pointers; stats not wanted (NULL).
+        let n = unsafe {
+            self.conn.lib.glfs_copy_file_range(
+                self.fd,
+                &mut off_in,
+                dst.fd,
+                &mut off_out,
+                len,
+                0,
+                std::ptr::null_mut(),
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
             )

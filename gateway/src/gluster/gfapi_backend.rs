@@ -96,6 +96,15 @@ fn read_new(read_at: &ReadAt<'_>, want: usize, offset: u64) -> std::io::Result<V
     Ok(buf)
 }
 
+/// Errors of extended attribute calls: a value too large for the bricks is `NoSpace`.
+fn xattr_error(e: std::io::Error) -> VfsError {
+    match e.raw_os_error() {
+        Some(libc::E2BIG | libc::ERANGE | libc::ENOSPC) => VfsError::NoSpace,
+        Some(libc::ENODATA) => VfsError::NotFound,
+        _ => e.into(),
+    }
+}
+
 /// Runs the calling thread's next libgfapi calls as a caller; root again when dropped.
 struct AsCaller;
 
@@ -751,6 +760,109 @@ impl Backend for GfapiBackend {
             self.io(&vol, &node)?.fsync()?;
         }
         Ok(())
+    }
+
+    fn find_name_nocase(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<Option<Vec<u8>>> {
+        // Every brick looks the name up ignoring case on its own disk (what Samba's
+        // vfs_glusterfs asks): one round trip instead of listing the directory.
+        let vol = self.vol()?;
+        let d = self.dir_node(&vol, dir)?;
+        let mut key = b"glusterfs.get_real_filename:".to_vec();
+        key.extend_from_slice(name.as_bytes());
+        let _as = AsCaller::switch(cred)?;
+        match vol.get_xattr(&d.obj, &key) {
+            Ok(Some(mut real)) => {
+                while real.last() == Some(&0) {
+                    real.pop();
+                }
+                Ok(Some(real).filter(|r| !r.is_empty()))
+            }
+            Ok(None) => Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENODATA)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn get_xattr(&self, cred: &Credentials, id: &FileId, name: &[u8]) -> VfsResult<Option<Vec<u8>>> {
+        let vol = self.vol()?;
+        let node = self.node(&vol, id)?;
+        let _as = AsCaller::switch(cred)?;
+        vol.get_xattr(&node.obj, name).map_err(xattr_error)
+    }
+
+    fn set_xattr(&self, cred: &Credentials, id: &FileId, name: &[u8], value: &[u8]) -> VfsResult<()> {
+        let vol = self.vol()?;
+        let node = self.node(&vol, id)?;
+        let _as = AsCaller::switch(cred)?;
+        vol.set_xattr(&node.obj, name, value).map_err(xattr_error)
+    }
+
+    fn remove_xattr(&self, cred: &Credentials, id: &FileId, name: &[u8]) -> VfsResult<()> {
+        let vol = self.vol()?;
+        let node = self.node(&vol, id)?;
+        let _as = AsCaller::switch(cred)?;
+        vol.remove_xattr(&node.obj, name).map_err(xattr_error)
+    }
+
+    fn list_xattrs(&self, cred: &Credentials, id: &FileId) -> VfsResult<Vec<Vec<u8>>> {
+        let vol = self.vol()?;
+        let node = self.node(&vol, id)?;
+        let _as = AsCaller::switch(cred)?;
+        let names = vol.list_xattrs(&node.obj).map_err(xattr_error)?;
+        Ok(names.into_iter().filter(|n| n.starts_with(b"user.") && n.len() > 5).collect())
+    }
+
+    fn copy_range(
+        &self,
+        cred: &Credentials,
+        src: &FileId,
+        src_offset: u64,
+        dst: &FileId,
+        dst_offset: u64,
+        len: u64,
+    ) -> VfsResult<u64> {
+        let vol = self.vol()?;
+        let (snode, sattr) = self.regular(&vol, src)?;
+        if cred.uid != sattr.uid && access::granted(&sattr, cred, access::READ) == 0 {
+            return Err(VfsError::Access);
+        }
+        let (dnode, dattr) = self.regular(&vol, dst)?;
+        if cred.uid != dattr.uid && access::granted(&dattr, cred, access::MODIFY) == 0 {
+            return Err(VfsError::Access);
+        }
+        dst_offset.checked_add(len).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
+        *dnode.checked.lock().expect("lock") = None;
+        let (sf, df) = (self.io(&vol, &snode)?, self.io(&vol, &dnode)?);
+        let len = len.min(sattr.size.saturating_sub(src_offset));
+        let mut done = 0u64;
+        while done < len {
+            let chunk = (len - done).min(1 << 30) as usize;
+            match sf.copy_range_to(src_offset + done, &df, dst_offset + done, chunk) {
+                Ok(0) => break,
+                Ok(n) => done += n as u64,
+                // Volumes without the copy_file_range fop: through this client.
+                Err(e)
+                    if done == 0
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EXDEV) | Some(libc::EINVAL)
+                        ) =>
+                {
+                    while done < len {
+                        let want = (len - done).min(1 << 20) as usize;
+                        let buf = read_new(&|b, at| sf.read_uninit(b, at), want, src_offset + done)?;
+                        if buf.is_empty() {
+                            break;
+                        }
+                        df.write_all_at(&buf, dst_offset + done)?;
+                        done += buf.len() as u64;
+                    }
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(done)
     }
 
     fn statfs(&self, id: &FileId) -> VfsResult<FsStat> {

@@ -198,7 +198,7 @@ pub async fn start(
                         return;
                     };
                     let known = cfg.nodes.get(h.from as usize).is_some_and(|a| *a == from.ip());
-                    if h.to != cfg.me || h.from <= cfg.me || !known {
+                    if h.to != cfg.me || h.from >= cfg.me || !known {
                         tracing::warn!(%from, claimed = h.from, "lock mesh: hello from an address that is not that node's; refused");
                         return;
                     }

@@ -52,6 +52,12 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// 64 calls x 1 MiB on each of many connections must not exhaust memory.
 const MEMORY_UNITS: usize = 16384;
 const MEMORY_UNIT: usize = 64 * 1024;
+/// Share of [`MEMORY_UNITS`] one connection may hold at once (64 MiB): a client that pipelines
+/// READs and never reads the replies stalls itself, not every other client.
+const CONNECTION_MEMORY_UNITS: usize = 1024;
+/// A reply the client has not taken within this long closes the connection (its calls and
+/// their memory are released; a live client resends on a new connection).
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Who is calling: the identity the export maps them to and where from.
 pub struct Request {
@@ -75,7 +81,13 @@ pub struct NfsServer {
     nlm: std::sync::OnceLock<Arc<NlmService>>,
     /// Budget of [`MEMORY_UNITS`] shared by all calls in flight.
     memory: Arc<Semaphore>,
+    /// How long a connection may stay open without sending a first RPC call.
+    pub first_call_timeout: std::time::Duration,
 }
+
+/// Default of [`NfsServer::first_call_timeout`]: a client sends its first call right after
+/// connecting; a connection that sends nothing only holds a slot and a descriptor.
+pub const FIRST_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl NfsServer {
     /// A server exporting `ns` as volume `export` with `policy`, handles keyed by `key`.
@@ -104,6 +116,7 @@ impl NfsServer {
             portmap: Portmap::nasgw(nfs_port, portmap_port),
             nlm: std::sync::OnceLock::new(),
             memory: Arc::new(Semaphore::new(MEMORY_UNITS)),
+            first_call_timeout: FIRST_CALL_TIMEOUT,
         }
     }
 
@@ -133,14 +146,38 @@ impl NfsServer {
         let (rd, wr) = stream.into_split();
         let mut rd = RecordReader::new(rd);
         // Each call writes its own reply when done (no hand-off to a writer task).
-        let tx = Arc::new(ReplySink { wr: Mutex::new(Sender { half: wr, broken: false }), client });
+        let tx = Arc::new(ReplySink {
+            wr: Mutex::new(Sender { half: wr, broken: false }),
+            client,
+            dead: std::sync::atomic::AtomicBool::new(false),
+        });
+        let own_memory = Arc::new(Semaphore::new(CONNECTION_MEMORY_UNITS));
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let local = self.ns.is_local();
+        let mut called = false;
         loop {
+            if tx.dead.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let first_call_timeout = self.first_call_timeout;
+            let next = async {
+                if called {
+                    Ok(rd.next().await)
+                } else {
+                    tokio::time::timeout(first_call_timeout, rd.next()).await
+                }
+            };
             let record = tokio::select! {
                 _ = life.stop.cancelled() => break,
-                r = rd.next() => r,
+                r = next => match r {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::info!(%client, "NFS: closing a connection that sent no call");
+                        break;
+                    }
+                },
             };
+            called = true;
             let record = match record {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
@@ -167,8 +204,11 @@ impl NfsServer {
             let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
             // A READ's reply is up to 1 MiB; everything else is about the size of its request.
             let reply = if call.prog == NFS_PROGRAM && call.proc_ == procs::READ { MAX_IO as usize } else { 0 };
-            let units = ((record.len() + reply) / MEMORY_UNIT + 1).min(MEMORY_UNITS) as u32;
+            let units = ((record.len() + reply) / MEMORY_UNIT + 1).min(CONNECTION_MEMORY_UNITS) as u32;
+            // This connection's share first, so a greedy client waits on itself alone.
+            let Ok(own) = own_memory.clone().acquire_many_owned(units).await else { break };
             let Ok(memory) = self.memory.clone().acquire_many_owned(units).await else { break };
+            let memory = (own, memory);
             // The client waits on this call alone (nothing else in flight, nothing more sent):
             // answer it here, saving a task and a thread hand-off. Only on a local file system
             // (calls take microseconds) and never for calls that may wait for the disk, which
@@ -392,6 +432,8 @@ impl From<Vec<u8>> for Reply {
 struct ReplySink {
     wr: Mutex<Sender>,
     client: SocketAddr,
+    /// A send failed or timed out: the connection is closing.
+    dead: std::sync::atomic::AtomicBool,
 }
 
 struct Sender {
@@ -424,9 +466,12 @@ impl ReplySink {
                 }
             }
             std::io::Result::Ok(())
-        }
-        .await;
+        };
+        let sent = tokio::time::timeout(SEND_TIMEOUT, sent).await.unwrap_or_else(|_| {
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client took no reply for 30 s"))
+        });
         if let Err(e) = sent {
+            self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!(client = %self.client, error = %e, "NFS reply not sent: closing the connection");
             // The client sees the connection close and sends its calls again on a new one.
             wr.broken = true;
@@ -664,7 +709,7 @@ mod tests {
         let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (server, peer) = l.accept().await.unwrap();
         let (_, half) = server.into_split();
-        (ReplySink { wr: Mutex::new(Sender { half, broken: false }), client: peer }, client)
+        (ReplySink { wr: Mutex::new(Sender { half, broken: false }), client: peer, dead: Default::default() }, client)
     }
 
     fn slice(content: &[u8], offset: u64, len: u32) -> (tempfile::TempDir, FileSlice) {

@@ -268,7 +268,15 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
 /// Serves requests until the client goes away (`None`) or must be cut off (why).
 async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadHalf>) -> Option<&'static str> {
     loop {
-        let keep = match frames.next().await {
+        let next = if conn.sessions.values().any(|s| s.is_valid()) {
+            frames.next().await
+        } else {
+            match tokio::time::timeout(conn.server.idle_without_session, frames.next()).await {
+                Ok(r) => r,
+                Err(_) => return Some("idle without an authenticated session"),
+            }
+        };
+        let keep = match next {
             Ok(Frame::SessionRequest) => conn.link.out.raw(&SESSION_GRANTED).await.map_err(|_| "send failed"),
             Ok(Frame::Message) => {
                 let msg = frames.message();
@@ -663,6 +671,26 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_connection_without_a_session_is_closed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = server(tmp.path());
+        Arc::get_mut(&mut s).unwrap().idle_without_session = Duration::from_millis(300);
+        let (mut client, task) = connect(s, CancellationToken::new()).await;
+        let start = std::time::Instant::now();
+        let closed = tokio::task::spawn_blocking(move || {
+            answers_negotiate(&mut client);
+            closed_by_server(&mut client)
+        })
+        .await
+        .unwrap();
+        let took = start.elapsed();
+        println!("closed after {took:?}");
+        assert!(closed, "the server closed the idle connection");
+        assert!(took < Duration::from_secs(4), "closed after {took:?}, the read timeout is 5 s");
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("serve returned").unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,8 @@ pub mod auth;
 pub mod cmd;
 pub mod compound;
 pub mod conn;
+pub mod dosattrib;
+pub mod file_state;
 pub mod fs;
 pub mod passwd;
 pub mod sequence;
@@ -26,6 +28,7 @@ pub mod session;
 pub mod signing;
 pub mod srvsvc;
 pub mod status;
+pub mod streams;
 pub mod transport;
 pub mod wire;
 
@@ -43,6 +46,9 @@ use crate::vfs::{FileId, Namespace};
 
 /// Most client connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 4096;
+
+/// Default of [`SmbServer::idle_without_session`].
+pub const IDLE_WITHOUT_SESSION: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Server-wide SMB state shared by every connection.
 pub struct SmbServer {
@@ -66,9 +72,16 @@ pub struct SmbServer {
     pub ns: Namespace,
     /// The cluster-wide file-sharing state (shared with NFS).
     pub locks: Arc<LockService>,
+    /// How long a connection without an authenticated session may stay idle before it is
+    /// closed (a client that connects and sends nothing, or stops half way through logon,
+    /// holds a descriptor and a thread).
+    pub idle_without_session: std::time::Duration,
     /// Share-relative path of every open file, by share root: a directory with open files
     /// below it cannot be renamed.
     pub open_paths: std::sync::Mutex<std::collections::HashMap<OpenKey, (FileId, Vec<String>)>>,
+    /// Alternate data streams open on this node, per file (deletion rules between a file and
+    /// its streams).
+    pub open_streams: streams::OpenStreams,
 }
 
 impl SmbServer {
@@ -93,7 +106,9 @@ impl SmbServer {
             unix_users,
             ns,
             locks,
+            idle_without_session: IDLE_WITHOUT_SESSION,
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
+            open_streams: streams::OpenStreams::default(),
         }
     }
 

@@ -18,8 +18,7 @@
 //! operations: `lookup` of a symlink returns the symlink itself.
 
 use super::cred::Credentials;
-use super::error::VfsError;
-use super::error::VfsResult;
+use super::error::{VfsError, VfsResult};
 use super::name::Name;
 use super::types::{
     Attr, CreateHow, FileId, FileSlice, FsStat, ReadData, ReadDir, SetAttr, SpecialFile, Stability, VolumeId,
@@ -188,6 +187,76 @@ pub trait Backend: Send + Sync + 'static {
     /// does nothing.
     fn flush(&self, _id: &FileId) -> VfsResult<()> {
         Ok(())
+    }
+
+    /// The name of the entry of `dir` that matches `name` ignoring case, when the volume can
+    /// answer without listing the directory to the caller (GlusterFS: every brick answers the
+    /// virtual attribute `glusterfs.get_real_filename:NAME` from its own disk). `Ok(None)`: no
+    /// such entry. `Err(NotSupported)` (the default): the namespace lists the directory itself
+    /// (see [`crate::vfs::folding`]).
+    fn find_name_nocase(&self, _cred: &Credentials, _dir: &FileId, _name: &Name) -> VfsResult<Option<Vec<u8>>> {
+        Err(VfsError::NotSupported)
+    }
+
+    /// Extended attribute `name` (always in the `user.` namespace) of `id`, read as `cred`;
+    /// `Ok(None)` when the file has none of that name.
+    fn get_xattr(&self, _cred: &Credentials, _id: &FileId, _name: &[u8]) -> VfsResult<Option<Vec<u8>>> {
+        Err(VfsError::NotSupported)
+    }
+
+    /// Extended attribute `name` of the entry `entry` of directory `dir`, without resolving the
+    /// entry first (a listing reads one attribute per entry). A symlink has none.
+    fn get_xattr_at(&self, cred: &Credentials, dir: &FileId, entry: &Name, name: &[u8]) -> VfsResult<Option<Vec<u8>>> {
+        let (id, attr) = self.lookup(cred, dir, entry)?;
+        if attr.ftype == super::types::FileType::Symlink {
+            return Ok(None);
+        }
+        self.get_xattr(cred, &id, name)
+    }
+
+    /// Sets extended attribute `name` of `id` to `value` as `cred`. A value larger than the
+    /// file system stores for one attribute fails with [`VfsError::NoSpace`].
+    fn set_xattr(&self, _cred: &Credentials, _id: &FileId, _name: &[u8], _value: &[u8]) -> VfsResult<()> {
+        Err(VfsError::NotSupported)
+    }
+
+    /// Removes extended attribute `name` of `id`; [`VfsError::NotFound`] when it has none.
+    fn remove_xattr(&self, _cred: &Credentials, _id: &FileId, _name: &[u8]) -> VfsResult<()> {
+        Err(VfsError::NotSupported)
+    }
+
+    /// Names of the `user.` extended attributes of `id`.
+    fn list_xattrs(&self, _cred: &Credentials, _id: &FileId) -> VfsResult<Vec<Vec<u8>>> {
+        Err(VfsError::NotSupported)
+    }
+
+    /// Copies `len` bytes of `src` at `src_offset` to `dst` at `dst_offset` inside the volume
+    /// (no data through the caller where the file system can: `copy_file_range`), as `cred`
+    /// (read access to `src`, write access to `dst`); returns the bytes copied, fewer only at
+    /// the end of `src`. The default reads and writes in 1 MiB pieces.
+    fn copy_range(
+        &self,
+        cred: &Credentials,
+        src: &FileId,
+        src_offset: u64,
+        dst: &FileId,
+        dst_offset: u64,
+        len: u64,
+    ) -> VfsResult<u64> {
+        let mut done = 0u64;
+        while done < len {
+            let want = (len - done).min(1 << 20) as u32;
+            let (data, eof, _) = self.read(cred, src, src_offset + done, want)?;
+            if data.is_empty() {
+                break;
+            }
+            self.write(cred, dst, dst_offset + done, &data, Stability::Unstable)?;
+            done += data.len() as u64;
+            if eof {
+                break;
+            }
+        }
+        Ok(done)
     }
 
     /// File-system statistics of the volume.

@@ -18,6 +18,7 @@ pub mod access;
 pub mod backend;
 pub mod cred;
 pub mod error;
+pub mod folding;
 pub mod in_place;
 pub mod name;
 pub mod namespace;

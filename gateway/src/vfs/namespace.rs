@@ -2,25 +2,52 @@
 //! runs each backend call on a blocking thread (backends block and switch per-thread
 //! identities), and adds path walking with symlinks confined to the root.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::backend::Backend;
 use super::cred::Credentials;
 use super::error::{VfsError, VfsResult};
+use super::folding::{FoldedIndexes, FoldedNames};
 use super::name::Name;
+use super::posix::listings::DirStamp;
 use super::types::{
-    Attr, CreateHow, FileId, FileType, FsStat, ReadData, ReadDir, SetAttr, SpecialFile, Stability, VolumeId,
+    Attr, CreateHow, FileId, FileType, FsStat, ReadData, ReadDir, SetAttr, SpecialFile, Stability, Timestamp, VolumeId,
 };
 
 /// Most symlinks one [`Namespace::walk`] follows (Linux's `MAXSYMLINKS`).
 pub const MAX_SYMLINKS: usize = 40;
 
-/// The volume as both protocols see it. Cheap to clone (one `Arc`).
+/// The volume as both protocols see it. Cheap to clone (two `Arc`s).
 #[derive(Clone)]
 pub struct Namespace {
     backend: Arc<dyn Backend>,
     /// Metadata calls run in place (see [`quick`]).
     local: bool,
+    /// Directories' names by folded form, for case-insensitive lookups (local volumes only).
+    folded: Arc<Mutex<FoldedIndexes>>,
+}
+
+/// Longest extended attribute value Linux stores (`XATTR_SIZE_MAX`); file systems may store
+/// less (ext4: about a block for all of a file's attributes).
+pub const XATTR_VALUE_MAX: usize = 65536;
+
+/// Checks an extended attribute name: in the `user.` namespace, no NUL, at most 255 bytes.
+fn xattr_name(name: &[u8]) -> VfsResult<()> {
+    if !name.starts_with(b"user.") || name.len() <= 5 || name.len() > 255 || name.contains(&0) {
+        return Err(VfsError::Invalid);
+    }
+    Ok(())
+}
+
+/// The change stamp of a directory from its attributes.
+fn stamp(a: &Attr) -> DirStamp {
+    DirStamp { ino: a.fileid, ctime: a.ctime, mtime: a.mtime }
+}
+
+/// This kernel's clock now.
+fn now() -> Timestamp {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() }
 }
 
 /// Runs a blocking backend call without stalling other tasks. On the multi-threaded runtime
@@ -57,7 +84,7 @@ impl Namespace {
     /// Serves `backend`.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
         let local = backend.is_local();
-        Self { backend, local }
+        Self { backend, local, folded: Arc::new(Mutex::new(FoldedIndexes::default())) }
     }
 
     /// True when the volume is a local file system (see [`Backend::is_local`]).
@@ -123,7 +150,23 @@ impl Namespace {
         path: &[u8],
         follow_last: bool,
     ) -> VfsResult<(FileId, Attr)> {
-        let root = self.root();
+        self.walk_beneath(cred, self.root(), start, path, follow_last).await
+    }
+
+    /// [`Namespace::walk`] confined to `top` instead of the volume root: `..` above `top`, an
+    /// absolute symlink, or a relative one that climbs above `top` fails with
+    /// [`VfsError::Escape`]. An SMB share is confined to its own folder this way, so a symlink
+    /// made through NFS (`pub/esc -> ../priv`) cannot reach another share. `start` must be
+    /// `top` or beneath it; an absolute `path` starts at `top`.
+    pub async fn walk_beneath(
+        &self,
+        cred: &Credentials,
+        top: FileId,
+        start: FileId,
+        path: &[u8],
+        follow_last: bool,
+    ) -> VfsResult<(FileId, Attr)> {
+        let root = top;
         let mut cur = start;
         let mut cur_attr = self.getattr(start).await?;
         // Remaining components, next one last (a stack).
@@ -378,6 +421,128 @@ impl Namespace {
     pub async fn statfs(&self, id: FileId) -> VfsResult<FsStat> {
         let b = self.backend.clone();
         quick(self.local, move || b.statfs(&id)).await
+    }
+
+    /// Finds `name` in `dir` as Windows does: the exact name first, else the entry whose name
+    /// folds like it ([`crate::vfs::folding`]). Returns the entry's own name with it.
+    pub async fn lookup_nocase(
+        &self,
+        cred: &Credentials,
+        dir: FileId,
+        name: &str,
+    ) -> VfsResult<(Vec<u8>, FileId, Attr)> {
+        match self.lookup(cred, dir, name.as_bytes()).await {
+            Ok((id, a)) => return Ok((name.as_bytes().to_vec(), id, a)),
+            Err(VfsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        match self.find_nocase(cred, dir, name).await? {
+            Some(real) if real != name.as_bytes() => {
+                let (id, a) = self.lookup(cred, dir, &real).await?;
+                Ok((real, id, a))
+            }
+            _ => Err(VfsError::NotFound),
+        }
+    }
+
+    /// The name of the entry of `dir` whose name folds like `name` (the first in listing order
+    /// when several do), if any. Asks the backend when it can answer by itself, else lists the
+    /// directory, or answers from the names remembered while the directory is unchanged.
+    pub async fn find_nocase(&self, cred: &Credentials, dir: FileId, name: &str) -> VfsResult<Option<Vec<u8>>> {
+        let checked = Name::new(name.as_bytes())?;
+        let (b, c) = (self.backend.clone(), cred.clone());
+        match quick(self.local, move || b.find_name_nocase(&c, &dir, &checked)).await {
+            Err(VfsError::NotSupported) => {}
+            other => return other,
+        }
+        let before = stamp(&self.getattr(dir).await?);
+        if self.local {
+            let known = self.folded.lock().unwrap_or_else(|e| e.into_inner()).get(&dir, before);
+            if let Some(names) = known {
+                return Ok(names.find(name).map(<[u8]>::to_vec));
+            }
+        }
+        let mut names = FoldedNames::new();
+        let mut cookie = 0;
+        loop {
+            let page = self.readdir(cred, dir, cookie, 4096, false).await?;
+            for e in &page.entries {
+                names.add(&e.name);
+                cookie = e.cookie;
+            }
+            if page.eof || page.entries.is_empty() {
+                break;
+            }
+        }
+        let found = names.find(name).map(<[u8]>::to_vec);
+        if self.local {
+            let after = stamp(&self.getattr(dir).await?);
+            self.folded.lock().unwrap_or_else(|e| e.into_inner()).record(dir, before, after, now(), Arc::new(names));
+        }
+        Ok(found)
+    }
+
+    /// How many directories' folded names are remembered (tests, diagnostics).
+    pub fn remembered_folded_dirs(&self) -> usize {
+        self.folded.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Extended attribute `name` (`user.` namespace) of `id`; `None` when it has none.
+    pub async fn get_xattr(&self, cred: &Credentials, id: FileId, name: &[u8]) -> VfsResult<Option<Vec<u8>>> {
+        xattr_name(name)?;
+        let (b, cred, name) = (self.backend.clone(), cred.clone(), name.to_vec());
+        quick(self.local, move || b.get_xattr(&cred, &id, &name)).await
+    }
+
+    /// Extended attribute `name` of the entry `entry` of `dir` (one per entry of a listing).
+    pub async fn get_xattr_at(
+        &self,
+        cred: &Credentials,
+        dir: FileId,
+        entry: &[u8],
+        name: &[u8],
+    ) -> VfsResult<Option<Vec<u8>>> {
+        xattr_name(name)?;
+        let (b, cred, entry, name) = (self.backend.clone(), cred.clone(), Name::new(entry)?, name.to_vec());
+        quick(self.local, move || b.get_xattr_at(&cred, &dir, &entry, &name)).await
+    }
+
+    /// Sets extended attribute `name` of `id`; a value larger than an attribute can hold fails
+    /// with [`VfsError::NoSpace`].
+    pub async fn set_xattr(&self, cred: &Credentials, id: FileId, name: &[u8], value: &[u8]) -> VfsResult<()> {
+        xattr_name(name)?;
+        if value.len() > XATTR_VALUE_MAX {
+            return Err(VfsError::NoSpace);
+        }
+        let (b, cred, name, value) = (self.backend.clone(), cred.clone(), name.to_vec(), value.to_vec());
+        quick(self.local, move || b.set_xattr(&cred, &id, &name, &value)).await
+    }
+
+    /// Removes extended attribute `name` of `id` ([`VfsError::NotFound`] when it has none).
+    pub async fn remove_xattr(&self, cred: &Credentials, id: FileId, name: &[u8]) -> VfsResult<()> {
+        xattr_name(name)?;
+        let (b, cred, name) = (self.backend.clone(), cred.clone(), name.to_vec());
+        quick(self.local, move || b.remove_xattr(&cred, &id, &name)).await
+    }
+
+    /// Names of the `user.` extended attributes of `id`.
+    pub async fn list_xattrs(&self, cred: &Credentials, id: FileId) -> VfsResult<Vec<Vec<u8>>> {
+        let (b, cred) = (self.backend.clone(), cred.clone());
+        quick(self.local, move || b.list_xattrs(&cred, &id)).await
+    }
+
+    /// Copies a byte range between two files inside the volume (see [`Backend::copy_range`]).
+    pub async fn copy_range(
+        &self,
+        cred: &Credentials,
+        src: FileId,
+        src_offset: u64,
+        dst: FileId,
+        dst_offset: u64,
+        len: u64,
+    ) -> VfsResult<u64> {
+        let (b, cred) = (self.backend.clone(), cred.clone());
+        blocking(move || b.copy_range(&cred, &src, src_offset, &dst, dst_offset, len)).await
     }
 
     /// Drops cached descriptors of removed files (see [`Backend::release_removed`]).

@@ -18,7 +18,7 @@ pub const POSTQUERY_ATTRIB: u16 = 1;
 /// acknowledged early failed) is returned, after the release.
 pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
     let OpenKind::File(f) = open.kind else { return Ok(()) };
-    let flushed = if f.wrote { server.ns.flush(f.id).await } else { Ok(()) };
+    let flushed = if f.wrote { server.ns.flush(crate::smb::fs::file_of(&f)).await } else { Ok(()) };
     if let Err(e) = flushed {
         tracing::warn!(error = %e, file = %crate::logging::untrusted(f.name()), "SMB: data written through a closed handle failed to reach the volume");
     }
@@ -30,8 +30,30 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
             crate::locks::CloseOutcome::default()
         }
     };
-    if out.delete {
-        if let Some(name) = f.path.last() {
+    if let Some(s) = &f.state.stream {
+        if out.delete {
+            // Delete-on-close of a stream removes the stream, never the file.
+            if let Err(e) = server.ns.remove_xattr(&f.cred, s.base, &s.xattr()).await {
+                tracing::info!(error = %e, "SMB: delete-on-close of a stream failed");
+            }
+        }
+        // The file was deleted while this stream was open: it goes now.
+        if let Some(d) = server.open_streams.closed(&s.base, &f.id) {
+            if let Err(e) = server.ns.remove(&d.cred, d.parent, d.name.as_bytes()).await {
+                tracing::info!(error = %e, "SMB: deferred delete of a file with streams failed");
+            }
+        }
+    } else if out.delete {
+        let deferred = match f.path.last() {
+            Some(name) if !f.is_dir => server.open_streams.defer_delete(
+                &f.id,
+                crate::smb::streams::DeferredDelete { parent: f.parent, name: name.clone(), cred: f.cred.clone() },
+            ),
+            _ => false,
+        };
+        if deferred {
+            // Its streams are still open: it is deleted when the last of them closes.
+        } else if let Some(name) = f.path.last() {
             let r = if f.is_dir {
                 server.ns.rmdir(&f.cred, f.parent, name.as_bytes()).await
             } else {
@@ -79,8 +101,17 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
     let mut basics = None;
     if flags & POSTQUERY_ATTRIB != 0 {
         if let OpenKind::File(f) = &open.kind {
-            if let Ok(a) = server.ns.getattr(f.id).await {
-                basics = Some(super::create::basics(&a, f.name()));
+            let file = crate::smb::fs::file_of(f);
+            if let Ok(a) = server.ns.getattr(file).await {
+                let dos = crate::smb::fs::dos_of(&server.ns, &f.cred, file).await;
+                let mut b = super::create::basics(&a, &dos, f.name());
+                if let Some(s) = &f.state.stream {
+                    let size =
+                        crate::smb::streams::read_all(&server.ns, &f.cred, s).await.map_or(0, |v| v.len() as u64);
+                    (b.eof, b.allocation) = (size, size.div_ceil(4096) * 4096);
+                    b.attributes = super::create_stream::stream_attributes(b.attributes);
+                }
+                basics = Some(b);
             }
         }
     }

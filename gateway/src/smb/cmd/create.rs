@@ -5,9 +5,11 @@ use super::open::{access, expand_access, FileOpen, Open, OpenKind};
 use super::Reply;
 use crate::locks::{flags, CachingRequest, Conflict, LockService, OpenKey, OpenRequest};
 use crate::smb::conn::Connection;
+use crate::smb::dosattrib::DosInfo;
 use crate::smb::fs;
 use crate::smb::session::{Tree, TreeKind};
 use crate::smb::srvsvc;
+use crate::smb::streams::StreamPart;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{from_utf16le, slice_at, Reader, WireError, WireResult, Writer};
@@ -161,8 +163,8 @@ pub mod options {
 pub const FILE_SUPERSEDED: u32 = 0;
 
 /// The response basics of a file.
-pub fn basics(attr: &Attr, name: &str) -> FileBasics {
-    let [creation, access, write, change] = fs::times(attr);
+pub fn basics(attr: &Attr, dos: &crate::smb::dosattrib::DosInfo, name: &str) -> FileBasics {
+    let [creation, access, write, change] = fs::times(attr, dos);
     FileBasics {
         creation,
         access,
@@ -170,7 +172,7 @@ pub fn basics(attr: &Attr, name: &str) -> FileBasics {
         change,
         allocation: fs::allocation(attr),
         eof: fs::end_of_file(attr),
-        attributes: fs::attributes(attr, name),
+        attributes: fs::attributes(attr, dos, name),
     }
 }
 
@@ -311,16 +313,16 @@ pub fn plan(ask: Ask, found: Option<Found>) -> Result<Plan, NtStatus> {
 /// early return of CREATE after the share-mode check releases it.
 ///
 /// [`kept`]: ShareModeGuard::kept
-struct ShareModeGuard<'a> {
-    locks: &'a LockService,
-    id: crate::vfs::FileId,
-    key: OpenKey,
-    armed: bool,
+pub(super) struct ShareModeGuard<'a> {
+    pub(super) locks: &'a LockService,
+    pub(super) id: crate::vfs::FileId,
+    pub(super) key: OpenKey,
+    pub(super) armed: bool,
 }
 
 impl ShareModeGuard<'_> {
     /// The open succeeded: keep the record (CLOSE releases it).
-    fn kept(mut self) {
+    pub(super) fn kept(mut self) {
         self.armed = false;
     }
 }
@@ -340,7 +342,11 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     let root = tree.root.ok_or(NtStatus::INTERNAL_ERROR)?;
     let cred = Credentials::new(tree.uid, tree.gid);
     validate(req)?;
-    let comps = fs::split_name(&req.name)?;
+    let (mut comps, stream) = fs::parse_name(&req.name)?;
+    let case = match &tree.kind {
+        TreeKind::Disk(share) => fs::Case::of(share),
+        TreeKind::Ipc => fs::Case::Sensitive,
+    };
     let mut granted = expand_access(req.desired_access, tree.writable);
     if granted & ACCESS_SYSTEM_SECURITY != 0 {
         return Err(NtStatus::PRIVILEGE_NOT_HELD);
@@ -352,32 +358,58 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     if ask.delete_on_close && granted & DELETE == 0 {
         return Err(NtStatus::ACCESS_DENIED);
     }
-    let parent = fs::parent_of(ns, &cred, root, &comps).await?;
-    let existing = match comps.last() {
+    let parent = fs::parent_of(ns, &cred, root, &mut comps, case).await?;
+    let existing = match comps.last_mut() {
         None => Some((root, ns.getattr(root).await?)),
-        Some(last) => match ns.lookup(&cred, parent, last.as_bytes()).await {
-            Ok((_, a)) if a.ftype == FileType::Symlink => {
-                // Follow a symlink only while it stays inside the volume.
-                match ns.walk(&cred, root, comps.join("/").as_bytes(), true).await {
+        Some(last) => match fs::lookup(ns, &cred, parent, last, case).await {
+            Ok((real, _, a)) if a.ftype == FileType::Symlink => {
+                *last = real;
+                // Follow a symlink only while it stays inside the share.
+                match ns.walk_beneath(&cred, root, root, comps.join("/").as_bytes(), true).await {
                     Ok(x) => Some(x),
                     Err(VfsError::NotFound) => return Err(NtStatus::OBJECT_NAME_NOT_FOUND),
                     Err(VfsError::Escape) => return Err(NtStatus::ACCESS_DENIED),
                     Err(e) => return Err(e.into()),
                 }
             }
-            Ok(x) => Some(x),
+            Ok((real, id, a)) => {
+                // The name as it is on the volume: a name differing only in case is this file.
+                *last = real;
+                Some((id, a))
+            }
             Err(VfsError::NotFound) => None,
             Err(e) => return Err(e.into()),
         },
     };
+    match stream {
+        Some(StreamPart::Named(stream)) => {
+            let at = super::create_stream::Base { cred, root, parent, comps, existing, granted, case };
+            return super::create_stream::open(conn, hdr, req, tree, at, stream).await;
+        }
+        // `dir::$DATA`: a directory has no unnamed data stream.
+        Some(StreamPart::Unnamed) if existing.as_ref().is_some_and(|(_, a)| a.ftype == FileType::Directory) => {
+            return Err(if ask.directory { NtStatus::NOT_A_DIRECTORY } else { NtStatus::FILE_IS_A_DIRECTORY });
+        }
+        _ => {}
+    }
     let name = comps.last().cloned().unwrap_or_default();
-    let found = existing
-        .as_ref()
-        .map(|(_, a)| Found { directory: a.ftype == FileType::Directory, read_only: a.mode & 0o222 == 0 });
+    // What the existing file's user.DOSATTRIB says (READONLY, HIDDEN, SYSTEM, creation time).
+    let mut dos = match &existing {
+        Some((id, _)) => fs::dos_of(ns, &cred, *id).await,
+        None => DosInfo::default(),
+    };
+    let found = existing.as_ref().map(|(_, a)| Found {
+        directory: a.ftype == FileType::Directory,
+        read_only: fs::attributes(a, &dos, "") & fs::ATTR_READONLY != 0 && a.ftype != FileType::Directory,
+    });
     let (id, mut attr, action) = match (plan(ask, found)?, existing) {
         (Plan::Open { action, truncate }, Some((id, attr))) => {
             if truncate {
                 granted |= WRITE_DATA;
+                // Overwriting replaces the attributes; a HIDDEN or SYSTEM file only by a
+                // request that keeps them (MS-FSA 2.1.5.1.2.1).
+                let now = fs::attributes(&attr, &dos, "");
+                dos.attributes = Some(fs::overwrite_attributes(now, req.file_attributes)?);
             }
             granted = special_file_access(attr.ftype, req.desired_access, granted)?;
             check_unix_access(&attr, &cred, granted)?;
@@ -390,13 +422,29 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
                 ns.create(&cred, parent, name.as_bytes(), mode, CreateHow::Guarded(SetAttr::default())).await
             };
             match made {
-                Ok((id, attr)) => (id, attr, FILE_CREATED),
+                Ok((id, attr)) => {
+                    // Stored when the client asked for more than the defaults, or when the
+                    // volume keeps no birth time (GlusterFS): the creation time then lives
+                    // here, or it would move with every change.
+                    let wanted = fs::new_attributes(req.file_attributes, directory);
+                    let plain = if directory { fs::ATTR_DIRECTORY } else { fs::ATTR_ARCHIVE };
+                    if wanted != plain || attr.btime.is_none() {
+                        let created = attr.btime.unwrap_or(attr.mtime);
+                        dos = DosInfo { attributes: Some(wanted), create_time: Some(fs::filetime(created)) };
+                        if let Err(e) = fs::store_dos(ns, &cred, id, &dos).await {
+                            tracing::debug!(error = ?e, "SMB: cannot store DOS attributes of a new file");
+                            dos = DosInfo::default();
+                        }
+                    }
+                    (id, attr, FILE_CREATED)
+                }
                 // Another client created it between our lookup and create: open it instead.
                 Err(VfsError::Exists) if req.disposition == disposition::OPEN_IF => {
                     let (id, attr) = ns.lookup(&cred, parent, name.as_bytes()).await?;
                     if directory && attr.ftype != FileType::Directory {
                         return Err(NtStatus::NOT_A_DIRECTORY);
                     }
+                    dos = fs::dos_of(ns, &cred, id).await;
                     (id, attr, FILE_OPENED)
                 }
                 Err(e) => return Err(e.into()),
@@ -407,6 +455,9 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     let is_dir = attr.ftype == FileType::Directory;
     let key = server.open_key();
     let share_access = req.share_access & 7;
+    if server.open_streams.delete_pending(&id) {
+        return Err(NtStatus::DELETE_PENDING);
+    }
     let open = OpenRequest {
         key,
         access: granted,
@@ -421,8 +472,19 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         c => c.into(),
     })?;
     let guard = ShareModeGuard { locks: &server.locks, id, key, armed: true };
-    if matches!(action, FILE_OVERWRITTEN | FILE_SUPERSEDED) && attr.size != 0 {
-        attr = ns.setattr(&cred, id, SetAttr { size: Some(0), ..Default::default() }).await?;
+    if granted & DELETE != 0 {
+        super::create_stream::streams_allow_delete(&server, &id).await?;
+    }
+    if matches!(action, FILE_OVERWRITTEN | FILE_SUPERSEDED) {
+        if attr.size != 0 {
+            attr = ns.setattr(&cred, id, SetAttr { size: Some(0), ..Default::default() }).await?;
+        }
+        if dos.create_time.is_none() && attr.btime.is_none() {
+            dos.create_time = Some(fs::filetime(attr.mtime));
+        }
+        if let Err(e) = fs::store_dos(ns, &cred, id, &dos).await {
+            tracing::debug!(error = ?e, "SMB: cannot store DOS attributes of an overwritten file");
+        }
     }
     if ask.delete_on_close {
         if is_dir && !dir_is_empty(ns, &cred, id).await {
@@ -432,7 +494,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         server.locks.set_delete_on_close(&id, key, true).await?;
     }
     guard.kept();
-    let b = basics(&attr, &name);
+    let b = basics(&attr, &dos, &name);
     server.track_path(key, Some((root, comps.clone())));
     let session_id = hdr.session_id;
     let file = FileOpen {
@@ -449,6 +511,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         write_through: req.options & options::WRITE_THROUGH != 0,
         wrote: false,
         listing: None,
+        state: Default::default(),
     };
     let vol = conn.opens.insert(|v| Open {
         volatile: v,
@@ -486,7 +549,7 @@ fn special_file_access(ftype: FileType, desired: u32, granted: u32) -> Result<u3
 }
 
 /// Refuses access the Unix mode bits deny (as the share's identity).
-fn check_unix_access(attr: &Attr, cred: &Credentials, granted: u32) -> Result<(), NtStatus> {
+pub(super) fn check_unix_access(attr: &Attr, cred: &Credentials, granted: u32) -> Result<(), NtStatus> {
     use crate::vfs::access as unix;
     let mut want = 0;
     if granted & (access::READ_DATA | access::EXECUTE) != 0 && attr.ftype != FileType::Directory {
@@ -502,7 +565,7 @@ fn check_unix_access(attr: &Attr, cred: &Credentials, granted: u32) -> Result<()
 }
 
 /// Answers the create contexts we understand: MxAc (maximal access) and QFid (on-disk id).
-fn response_contexts(req: &[u8], granted: u32, attr: &Attr) -> Vec<u8> {
+pub(super) fn response_contexts(req: &[u8], granted: u32, attr: &Attr) -> Vec<u8> {
     let mut names = Vec::new();
     let mut off = 0usize;
     for _ in 0..32 {

@@ -37,7 +37,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
         return Err(NtStatus::ACCESS_DENIED);
     }
     if !f.is_dir {
-        server.ns.fsync(f.id).await?;
+        server.ns.fsync(crate::smb::fs::file_of(f)).await?;
     }
     Ok(Reply::ok(super::logoff::empty_body()))
 }

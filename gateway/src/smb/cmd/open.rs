@@ -5,7 +5,7 @@ use crate::locks::{Conflict, LeaseId, OpenKey};
 use crate::smb::srvsvc;
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{Reader, WireResult};
-use crate::vfs::{Attr, Credentials, FileId};
+use crate::vfs::{Credentials, FileId};
 
 /// What an open refers to.
 #[derive(Debug)]
@@ -20,7 +20,7 @@ pub enum OpenKind {
 #[derive(Debug, Default)]
 pub struct Listing {
     /// Entries (with `.` and `..` first), names and attributes.
-    pub entries: Vec<(String, Attr)>,
+    pub entries: Vec<super::query_directory::Entry>,
     /// Next entry to return.
     pub next: usize,
     /// The search pattern of the first query.
@@ -57,6 +57,8 @@ pub struct FileOpen {
     pub wrote: bool,
     /// QUERY_DIRECTORY state.
     pub listing: Option<Listing>,
+    /// Windows semantics of this handle (times the client fixed).
+    pub state: crate::smb::file_state::FileState,
 }
 
 impl FileOpen {

@@ -4,6 +4,7 @@
 use super::open::{read_file_id, Listing};
 use super::Reply;
 use crate::smb::conn::Connection;
+use crate::smb::dosattrib::DosInfo;
 use crate::smb::fs;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
@@ -62,8 +63,21 @@ impl Request {
     }
 }
 
+/// One directory entry as a listing hands it out: its name, attributes and what its
+/// `user.DOSATTRIB` says.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The name as on the volume.
+    pub name: String,
+    /// Its attributes.
+    pub attr: Attr,
+    /// Its stored DOS attributes and creation time.
+    pub dos: DosInfo,
+}
+
 /// Encodes one entry of `class` (without NextEntryOffset patched).
-pub fn entry(class: u8, index: u32, name: &str, attr: &Attr) -> Option<Vec<u8>> {
+pub fn entry(class: u8, index: u32, e: &Entry) -> Option<Vec<u8>> {
+    let (name, attr) = (e.name.as_str(), &e.attr);
     let n = utf16le(name);
     let mut w = Writer::with_capacity(104 + n.len());
     w.u32(0).u32(index);
@@ -71,9 +85,9 @@ pub fn entry(class: u8, index: u32, name: &str, attr: &Attr) -> Option<Vec<u8>> 
         w.u32(n.len() as u32).bytes(&n);
         return Some(w.buf);
     }
-    let [c, a, m, ch] = fs::times(attr);
+    let [c, a, m, ch] = fs::times(attr, &e.dos);
     w.u64(c).u64(a).u64(m).u64(ch).u64(fs::end_of_file(attr)).u64(fs::allocation(attr));
-    w.u32(fs::attributes(attr, name)).u32(n.len() as u32);
+    w.u32(fs::attributes(attr, &e.dos, name)).u32(n.len() as u32);
     match class {
         class::DIRECTORY => {}
         class::FULL_DIRECTORY => {
@@ -100,17 +114,26 @@ async fn load(
     id: FileId,
     parent: FileId,
     is_root: bool,
-) -> Result<Vec<(String, Attr)>, NtStatus> {
+) -> Result<Vec<Entry>, NtStatus> {
     let me = ns.getattr(id).await?;
-    let parent = if is_root { me } else { ns.getattr(parent).await.unwrap_or(me) };
-    let mut out = vec![(".".to_string(), me), ("..".to_string(), parent)];
+    let parent = if is_root { id } else { parent };
+    let up = if is_root { me } else { ns.getattr(parent).await.unwrap_or(me) };
+    let mut out = vec![
+        Entry { name: ".".into(), attr: me, dos: fs::dos_of(ns, cred, id).await },
+        Entry { name: "..".into(), attr: up, dos: fs::dos_of(ns, cred, parent).await },
+    ];
     let mut cookie = 0;
     loop {
         let page = ns.readdir(cred, id, cookie, 1024, true).await?;
         for e in &page.entries {
             cookie = e.cookie;
             if let (Ok(name), Some((_, a))) = (std::str::from_utf8(&e.name), e.plus) {
-                out.push((name.to_string(), a));
+                let dos = if a.ftype == crate::vfs::FileType::Symlink {
+                    DosInfo::default()
+                } else {
+                    fs::dos_at(ns, cred, id, name).await
+                };
+                out.push(Entry { name: name.to_string(), attr: a, dos });
             }
         }
         if page.eof || page.entries.is_empty() {
@@ -144,13 +167,29 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
         f.listing.is_none() || req.flags & (RESTART_SCANS | REOPEN) != 0
     };
     let first = needs_load;
+    let case = match &conn.session(hdr.session_id)?.tree(hdr.tree_id)?.kind {
+        crate::smb::session::TreeKind::Disk(share) => fs::Case::of(share),
+        crate::smb::session::TreeKind::Ipc => fs::Case::Sensitive,
+    };
     if needs_load {
         let (cred, id, parent, is_root) = {
             let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
             (f.cred.clone(), f.id, f.parent, f.path.is_empty())
         };
-        let entries = load(&conn.server.ns, &cred, id, parent, is_root).await?;
         let pattern = if req.pattern.is_empty() { "*".to_string() } else { req.pattern.clone() };
+        let ns = &conn.server.ns;
+        let entries = if fs::has_wildcard(&pattern) || pattern == "." || pattern == ".." {
+            load(ns, &cred, id, parent, is_root).await?
+        } else {
+            // One name (what Windows asks before most opens): a lookup by the share's case
+            // rule, not a listing of the whole directory.
+            match fs::lookup(ns, &cred, id, &pattern, case).await {
+                Ok((real, fid, attr)) => vec![Entry { dos: fs::dos_of(ns, &cred, fid).await, name: real, attr }],
+                Err(crate::vfs::VfsError::NotFound) => Vec::new(),
+                Err(crate::vfs::VfsError::BadName | crate::vfs::VfsError::NameTooLong) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            }
+        };
         let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
         f.listing = Some(Listing { entries, next: 0, pattern });
     }
@@ -161,12 +200,12 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
     let mut last_start: Option<usize> = None;
     let mut count = 0;
     while listing.next < listing.entries.len() {
-        let (name, attr) = &listing.entries[listing.next];
-        if !fs::wildcard_match(&listing.pattern, name) {
+        let listed = &listing.entries[listing.next];
+        if !fs::wildcard_match(&listing.pattern, &listed.name, case) {
             listing.next += 1;
             continue;
         }
-        let Some(e) = entry(req.class, 0, name, attr) else { return Err(NtStatus::INVALID_INFO_CLASS) };
+        let Some(e) = entry(req.class, 0, listed) else { return Err(NtStatus::INVALID_INFO_CLASS) };
         let start = (w.len() + 7) & !7;
         if start + e.len() > max {
             if count == 0 {

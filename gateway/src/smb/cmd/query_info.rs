@@ -6,6 +6,7 @@
 use super::open::{read_file_id, FileOpen};
 use super::Reply;
 use crate::smb::conn::Connection;
+use crate::smb::dosattrib::DosInfo;
 use crate::smb::fs;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
@@ -55,14 +56,55 @@ impl Request {
 /// The name clients see for an open: `\dir\file`, and `\` for the share root (as Windows
 /// and Samba answer; the Linux kernel refuses a FileAllInformation without a name).
 pub fn smb_name(f: &FileOpen) -> String {
-    format!("\\{}", f.path.join("\\"))
+    match &f.state.stream {
+        Some(s) => format!("\\{}:{}", f.path.join("\\"), s.name),
+        None => format!("\\{}", f.path.join("\\")),
+    }
 }
 
-fn basic(w: &mut Writer, a: &Attr, name: &str) {
-    for t in fs::times(a) {
+/// FileNormalizedNameInformation: the name from the share root without a leading `\` (empty
+/// for the root), in its case on the volume, with the stream when one was opened.
+pub fn normalized_name(f: &FileOpen) -> Vec<u8> {
+    let mut name = f.path.join("\\");
+    if let Some(s) = &f.state.stream {
+        name = format!("{name}:{}", s.name);
+    }
+    let n = utf16le(&name);
+    let mut w = Writer::with_capacity(4 + n.len());
+    w.u32(n.len() as u32).bytes(&n);
+    w.buf
+}
+
+/// FileStreamInformation (MS-FSCC 2.4.43): the unnamed data stream of a file (not of a
+/// directory), then each named stream, entries 8-byte aligned.
+pub fn stream_info(a: &Attr, named: &[(String, u64)]) -> Vec<u8> {
+    let mut all: Vec<(String, u64, u64)> = Vec::new();
+    if a.ftype != FileType::Directory {
+        all.push(("::$DATA".into(), a.size, fs::allocation(a)));
+    }
+    for (n, size) in named {
+        all.push((format!(":{n}:$DATA"), *size, size.div_ceil(4096) * 4096));
+    }
+    let mut w = Writer::with_capacity(64 * all.len());
+    let mut last: Option<usize> = None;
+    for (name, size, alloc) in all {
+        w.align(8);
+        let start = w.len();
+        if let Some(prev) = last {
+            w.put_u32(prev, (start - prev) as u32);
+        }
+        let n = utf16le(&name);
+        w.u32(0).u32(n.len() as u32).u64(size).u64(alloc).bytes(&n);
+        last = Some(start);
+    }
+    w.buf
+}
+
+fn basic(w: &mut Writer, a: &Attr, dos: &DosInfo, name: &str) {
+    for t in fs::times(a, dos) {
         w.u64(t);
     }
-    w.u32(fs::attributes(a, name)).u32(0);
+    w.u32(fs::attributes(a, dos, name)).u32(0);
 }
 
 fn standard(w: &mut Writer, a: &Attr, delete_pending: bool) {
@@ -75,12 +117,18 @@ fn standard(w: &mut Writer, a: &Attr, delete_pending: bool) {
         .u16(0);
 }
 
+/// Whether a file information class carries times or attributes (its answer needs the file's
+/// `user.DOSATTRIB`).
+pub fn needs_dos(class: u8) -> bool {
+    matches!(class, 4 | 18 | 34 | 35)
+}
+
 /// Encodes a file information class; `None` means the class is not supported.
-pub fn file_info(class: u8, f: &FileOpen, a: &Attr, delete_pending: bool) -> Option<Vec<u8>> {
+pub fn file_info(class: u8, f: &FileOpen, a: &Attr, dos: &DosInfo, delete_pending: bool) -> Option<Vec<u8>> {
     let mut w = Writer::with_capacity(128);
     let name = f.name().to_string();
     match class {
-        4 => basic(&mut w, a, &name),
+        4 => basic(&mut w, a, dos, &name),
         5 => standard(&mut w, a, delete_pending),
         6 => {
             w.u64(a.fileid);
@@ -91,7 +139,7 @@ pub fn file_info(class: u8, f: &FileOpen, a: &Attr, delete_pending: bool) -> Opt
         8 => {
             w.u32(f.access);
         }
-        9 | 48 => {
+        9 => {
             let n = utf16le(&smb_name(f));
             w.u32(n.len() as u32).bytes(&n);
         }
@@ -109,29 +157,26 @@ pub fn file_info(class: u8, f: &FileOpen, a: &Attr, delete_pending: bool) -> Opt
             w.u32(0);
         }
         18 => {
-            basic(&mut w, a, &name);
+            basic(&mut w, a, dos, &name);
             standard(&mut w, a, delete_pending);
             w.u64(a.fileid).u32(0).u32(f.access).u64(f.position).u32(0).u32(0);
             let n = utf16le(&smb_name(f));
             w.u32(n.len() as u32).bytes(&n);
         }
         22 => {
-            if a.ftype != FileType::Directory {
-                let n = utf16le("::$DATA");
-                w.u32(0).u32(n.len() as u32).u64(a.size).u64(fs::allocation(a)).bytes(&n);
-            }
+            w.bytes(&stream_info(a, &[]));
         }
         28 => {
             w.u64(a.size).u16(0).u8(0).u8(0).u8(0).zeros(3);
         }
         34 => {
-            for t in fs::times(a) {
+            for t in fs::times(a, dos) {
                 w.u64(t);
             }
-            w.u64(fs::allocation(a)).u64(fs::end_of_file(a)).u32(fs::attributes(a, &name)).u32(0);
+            w.u64(fs::allocation(a)).u64(fs::end_of_file(a)).u32(fs::attributes(a, dos, &name)).u32(0);
         }
         35 => {
-            w.u32(fs::attributes(a, &name)).u32(0);
+            w.u32(fs::attributes(a, dos, &name)).u32(0);
         }
         _ => return None,
     }
@@ -162,8 +207,8 @@ pub fn fs_info(class: u8, st: &FsStat, volume_name: &str, created: u64) -> Optio
         }
         5 => {
             let n = utf16le("NTFS");
-            // case-sensitive search, case-preserved names, unicode on disk
-            w.u32(0x7).u32(st.name_max.clamp(12, 255)).u32(n.len() as u32).bytes(&n);
+            // case-sensitive search, case-preserved names, unicode on disk, named streams
+            w.u32(0x4_0007).u32(st.name_max.clamp(12, 255)).u32(n.len() as u32).bytes(&n);
         }
         7 => {
             w.u64(st.total_bytes / unit).u64(st.avail_bytes / unit).u64(st.free_bytes / unit).u32(sectors).u32(512);
@@ -212,15 +257,35 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
         crate::smb::session::TreeKind::Disk(s) => s.name.clone(),
         crate::smb::session::TreeKind::Ipc => "IPC$".into(),
     };
+    let dialect = conn.dialect;
     let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
     let data = match req.info_type {
         INFO_FILE => {
             if matches!(req.class, 4 | 18 | 34 | 35) {
                 f.require(super::open::access::READ_ATTRIBUTES)?;
             }
-            let a = server.ns.getattr(f.id).await?;
+            let file = fs::file_of(f);
+            let mut a = server.ns.getattr(file).await?;
+            let mut dos =
+                if needs_dos(req.class) { fs::dos_of(&server.ns, &f.cred, file).await } else { DosInfo::default() };
+            if let Some(s) = &f.state.stream {
+                // A stream is data of its own size; times and attributes are its file's.
+                let size = crate::smb::streams::read_all(&server.ns, &f.cred, s).await?.len() as u64;
+                (a.size, a.used, a.ftype) = (size, size.div_ceil(4096) * 4096, FileType::Regular);
+                let shown = super::create_stream::stream_attributes(fs::attributes(&a, &dos, f.name()));
+                dos.attributes = Some(shown);
+            }
             let pending = server.locks.record(&f.id).await?.delete_pending;
-            file_info(req.class, f, &a, pending).ok_or(NtStatus::INVALID_INFO_CLASS)?
+            match req.class {
+                22 => {
+                    let file_attr = server.ns.getattr(file).await?;
+                    let named = crate::smb::streams::list(&server.ns, &f.cred, file).await.unwrap_or_default();
+                    stream_info(&file_attr, &named)
+                }
+                48 if dialect < crate::smb::signing::dialect::SMB311 => return Err(NtStatus::NOT_SUPPORTED),
+                48 => normalized_name(f),
+                _ => file_info(req.class, f, &a, &dos, pending).ok_or(NtStatus::INVALID_INFO_CLASS)?,
+            }
         }
         INFO_FILESYSTEM => {
             let st = server.ns.statfs(f.id).await?;
@@ -305,6 +370,7 @@ mod tests {
             write_through: false,
             wrote: false,
             listing: None,
+            state: Default::default(),
         }
     }
 
@@ -333,12 +399,13 @@ mod tests {
         // Linux's cifs refuses a FileAllInformation shorter than its struct with a one-byte
         // name (101 bytes): "buffer length 100 smaller than minimum size 101".
         let root = open(&[]);
-        let all = file_info(18, &root, &attr(), false).unwrap();
+        let d = DosInfo::default();
+        let all = file_info(18, &root, &attr(), &d, false).unwrap();
         assert_eq!(all.len(), 102);
         assert_eq!(&all[96..], &[2, 0, 0, 0, b'\\', 0]);
-        let name = file_info(9, &root, &attr(), false).unwrap();
+        let name = file_info(9, &root, &attr(), &d, false).unwrap();
         assert_eq!(name, [2, 0, 0, 0, b'\\', 0]);
-        let deep = file_info(9, &open(&["a", "b"]), &attr(), false).unwrap();
+        let deep = file_info(9, &open(&["a", "b"]), &attr(), &d, false).unwrap();
         assert_eq!(deep[4..], utf16le("\\a\\b")[..]);
     }
 }

@@ -71,7 +71,10 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
     if !server.locks.io_allowed(&f.id, Some(f.key), req.offset, req.length as u64, false).await? {
         return Err(NtStatus::FILE_LOCK_CONFLICT);
     }
-    let (data, _eof, _) = server.ns.read(&f.cred, f.id, req.offset, req.length).await?;
+    let data = match &f.state.stream {
+        Some(s) => crate::smb::streams::read_at(&server.ns, &f.cred, s, req.offset, req.length).await?,
+        None => server.ns.read(&f.cred, f.id, req.offset, req.length).await?.0,
+    };
     if (data.is_empty() && req.length > 0) || (data.len() as u32) < req.minimum {
         return Err(NtStatus::END_OF_FILE);
     }

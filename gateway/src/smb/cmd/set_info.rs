@@ -7,6 +7,7 @@ use super::query_info::{INFO_FILE, INFO_FILESYSTEM, INFO_SECURITY};
 use super::Reply;
 use crate::smb::conn::Connection;
 use crate::smb::fs;
+use crate::smb::streams;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{from_utf16le, slice_at, Reader, WireError, WireResult, Writer};
@@ -48,18 +49,114 @@ fn ok() -> Reply {
     Reply::ok(w.buf)
 }
 
-fn time_of(ft: u64) -> SetTime {
-    if ft == 0 || ft == u64::MAX || ft == u64::MAX - 1 {
-        SetTime::DontChange
-    } else {
-        SetTime::Client(fs::from_filetime(ft))
+/// FileBasicInformation (MS-FSA 2.1.5.14.2): times (0: leave it; -1: keep it through this
+/// handle's writes; -2: let writes move it again; else set it, and keep it), the creation
+/// time and the attributes in `user.DOSATTRIB`, READONLY also as the mode's write bits.
+async fn set_basic(
+    ns: &crate::vfs::Namespace,
+    f: &mut super::open::FileOpen,
+    b: fs::BasicInfo,
+) -> Result<(), NtStatus> {
+    let file = fs::file_of(f);
+    let cur = ns.getattr(file).await?;
+    let mut dos = fs::dos_of(ns, &f.cred, file).await;
+    let mut set = SetAttr::default();
+    let mut store = false;
+    for (ft, now, sticky, time) in [
+        (b.mtime, cur.mtime, &mut f.state.sticky_write_time, &mut set.mtime),
+        (b.atime, cur.atime, &mut f.state.sticky_access_time, &mut set.atime),
+    ] {
+        match ft {
+            0 => {}
+            fs::TIME_FREEZE => *sticky = Some(now),
+            fs::TIME_THAW => *sticky = None,
+            t => {
+                let t = fs::from_filetime(t);
+                *time = SetTime::Client(t);
+                *sticky = Some(t);
+            }
+        }
     }
+    if !matches!(b.create, 0 | fs::TIME_FREEZE | fs::TIME_THAW) {
+        dos.create_time = Some(b.create);
+        store = true;
+    }
+    let dir = cur.ftype == FileType::Directory;
+    if b.attributes != 0 {
+        if b.attributes & fs::ATTR_DIRECTORY != 0 && !dir {
+            return Err(NtStatus::INVALID_PARAMETER);
+        }
+        if b.attributes & fs::ATTR_TEMPORARY != 0 && dir {
+            return Err(NtStatus::INVALID_PARAMETER);
+        }
+        dos.attributes = Some(b.attributes & fs::ATTR_SETTABLE | if dir { fs::ATTR_DIRECTORY } else { 0 });
+        store = true;
+        if !dir {
+            // READONLY is also the mode's write bits, so NFS clients and local programs see it.
+            let mode = if b.attributes & fs::ATTR_READONLY != 0 {
+                cur.mode & !0o222
+            } else if cur.mode & 0o222 == 0 {
+                cur.mode | 0o200
+            } else {
+                cur.mode
+            };
+            if mode != cur.mode {
+                set.mode = Some(mode);
+            }
+        }
+    }
+    if store {
+        if dos.create_time.is_none() {
+            // Keep the creation time clients saw so far: without a birth time from the
+            // volume it would otherwise follow mtime/ctime.
+            dos.create_time = Some(fs::times(&cur, &dos)[0]);
+        }
+        // Before a chmod a-w, while the caller may still write the file's attributes.
+        fs::store_dos(ns, &f.cred, file, &dos).await?;
+    }
+    if !set.is_empty() {
+        ns.setattr(&f.cred, file, set).await?;
+    }
+    Ok(())
+}
+
+/// Renames the stream an open refers to (FileRenameInformation with a name `:new[:$DATA]`):
+/// the value moves to the new attribute; an existing target is replaced only when asked.
+async fn rename_stream(
+    server: &crate::smb::SmbServer,
+    f: &mut super::open::FileOpen,
+    to: &str,
+    replace: bool,
+    case: fs::Case,
+) -> Result<Reply, NtStatus> {
+    let ns = &server.ns;
+    let Some(from) = f.state.stream.clone() else { return Err(NtStatus::INVALID_PARAMETER) };
+    let Some(to) = streams::parse(to)? else { return Err(NtStatus::INVALID_PARAMETER) };
+    if let Some(existing) = streams::find(ns, &f.cred, from.base, &to, case).await? {
+        if existing == from.name {
+            return Ok(ok());
+        }
+        // NTFS never replaces a stream by a rename (Samba answers the same).
+        return Err(if replace { NtStatus::INVALID_PARAMETER } else { NtStatus::OBJECT_NAME_COLLISION });
+    }
+    let data = streams::read_all(ns, &f.cred, &from).await?;
+    let target = streams::StreamOpen { base: from.base, name: to };
+    streams::write_all(ns, &f.cred, &target, data).await?;
+    ns.remove_xattr(&f.cred, from.base, &from.xattr()).await?;
+    // The open follows its stream; its lock key stays (the lock table keeps its records).
+    f.state.stream = Some(target);
+    Ok(ok())
 }
 
 /// Handles SET_INFO.
 pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Result<Reply, NtStatus> {
     conn.session(hdr.session_id)?;
-    let writable = conn.session(hdr.session_id)?.tree(hdr.tree_id)?.writable;
+    let tree = conn.session(hdr.session_id)?.tree(hdr.tree_id)?;
+    let writable = tree.writable;
+    let case = match &tree.kind {
+        crate::smb::session::TreeKind::Disk(share) => fs::Case::of(share),
+        crate::smb::session::TreeKind::Ipc => fs::Case::Sensitive,
+    };
     let vol = conn.file_id(req.file_id.0, req.file_id.1)?;
     let server = conn.server.clone();
     let ns = &server.ns;
@@ -78,37 +175,12 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
         // FileBasicInformation
         4 => {
             f.require(access::WRITE_ATTRIBUTES)?;
-            let _create = r.u64().map_err(short)?;
-            let atime = time_of(r.u64().map_err(short)?);
-            let mtime = time_of(r.u64().map_err(short)?);
+            let create = r.u64().map_err(short)?;
+            let atime = r.u64().map_err(short)?;
+            let mtime = r.u64().map_err(short)?;
             let _change = r.u64().map_err(short)?;
             let attrs = r.u32().map_err(short)?;
-            let cur = ns.getattr(f.id).await?;
-            let mut set = SetAttr { atime, mtime, ..Default::default() };
-            if attrs != 0 {
-                if attrs & fs::ATTR_DIRECTORY != 0 && cur.ftype != FileType::Directory {
-                    return Err(NtStatus::INVALID_PARAMETER);
-                }
-                if attrs & fs::ATTR_TEMPORARY != 0 && cur.ftype == FileType::Directory {
-                    return Err(NtStatus::INVALID_PARAMETER);
-                }
-                if cur.ftype != FileType::Directory {
-                    let ro = attrs & fs::ATTR_READONLY != 0;
-                    let mode = if ro {
-                        cur.mode & !0o222
-                    } else if cur.mode & 0o222 == 0 {
-                        cur.mode | 0o200
-                    } else {
-                        cur.mode
-                    };
-                    if mode != cur.mode {
-                        set.mode = Some(mode);
-                    }
-                }
-            }
-            if !set.is_empty() {
-                ns.setattr(&f.cred, f.id, set).await?;
-            }
+            set_basic(ns, f, fs::BasicInfo { create, atime, mtime, attributes: attrs }).await?;
             Ok(ok())
         }
         // FileRenameInformation
@@ -118,9 +190,15 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             r.skip(7 + 8).map_err(short)?;
             let len = r.u32().map_err(short)? as usize;
             let name = from_utf16le(r.bytes(len).map_err(short)?).map_err(|_| NtStatus::OBJECT_NAME_INVALID)?;
+            if let Some(to) = name.strip_prefix(':') {
+                // A stream renamed to another stream of its file (`:new` or `:new:$DATA`).
+                return rename_stream(&server, f, to, replace, case).await;
+            }
+            if f.state.stream.is_some() {
+                return Err(NtStatus::INVALID_PARAMETER);
+            }
             let name = name.trim_start_matches('\\');
-            let comps = fs::split_name(name)?;
-            let Some(new_name) = comps.last().cloned() else { return Err(NtStatus::INVALID_PARAMETER) };
+            let mut comps = fs::split_name(name)?;
             let Some(old_name) = f.path.last().cloned() else { return Err(NtStatus::ACCESS_DENIED) };
             // Other clients' handle caching goes first (they may close), then share modes decide.
             server.locks.may_also(&f.id, Some(f.key), access::DELETE, true, f.lease).await?;
@@ -130,26 +208,35 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             if f.is_dir && server.has_open_below(f.root, &f.path, f.key) {
                 return Err(NtStatus::ACCESS_DENIED);
             }
-            let to_dir = fs::parent_of(ns, &f.cred, f.root, &comps).await?;
+            let to_dir = fs::parent_of(ns, &f.cred, f.root, &mut comps, case).await?;
+            let Some(new_name) = comps.last().cloned() else { return Err(NtStatus::INVALID_PARAMETER) };
             if to_dir == f.parent && new_name == old_name {
                 return Ok(ok());
             }
-            match ns.lookup(&f.cred, to_dir, new_name.as_bytes()).await {
-                Ok((tid, ta)) => {
-                    let same_file = tid == f.id;
-                    if !same_file {
-                        if !replace {
-                            return Err(NtStatus::OBJECT_NAME_COLLISION);
-                        }
-                        if ta.ftype == FileType::Directory || server.locks.record(&tid).await?.has_other_opens(f.key) {
-                            return Err(NtStatus::ACCESS_DENIED);
-                        }
+            // The target by the share's case rule: on a case-insensitive share `B.txt` is the
+            // existing `b.txt` (replaced, or a collision), and renaming a file to its own name
+            // in another case changes only the case.
+            let replaced = match fs::lookup(ns, &f.cred, to_dir, &new_name, case).await {
+                Ok((real, tid, ta)) if tid != f.id => {
+                    if !replace {
+                        return Err(NtStatus::OBJECT_NAME_COLLISION);
                     }
+                    if ta.ftype == FileType::Directory || server.locks.record(&tid).await?.has_other_opens(f.key) {
+                        return Err(NtStatus::ACCESS_DENIED);
+                    }
+                    Some(real)
                 }
-                Err(VfsError::NotFound) => {}
+                Ok(_) | Err(VfsError::NotFound) => None,
                 Err(e) => return Err(e.into()),
+            };
+            match replaced {
+                Some(real) if real != new_name => {
+                    // Replace the file under its own name, then give ours the name asked for.
+                    ns.rename(&f.cred, f.parent, old_name.as_bytes(), to_dir, real.as_bytes()).await?;
+                    ns.rename(&f.cred, to_dir, real.as_bytes(), to_dir, new_name.as_bytes()).await?;
+                }
+                _ => ns.rename(&f.cred, f.parent, old_name.as_bytes(), to_dir, new_name.as_bytes()).await?,
             }
-            ns.rename(&f.cred, f.parent, old_name.as_bytes(), to_dir, new_name.as_bytes()).await?;
             f.parent = to_dir;
             f.path = comps;
             server.track_path(f.key, Some((f.root, f.path.clone())));
@@ -159,7 +246,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
         13 | 64 => {
             let on = if req.class == 13 { r.u8().map_err(short)? != 0 } else { r.u32().map_err(short)? & 1 != 0 };
             f.require(access::DELETE)?;
-            if on {
+            if on && f.state.stream.is_none() {
                 if f.path.is_empty() {
                     return Err(NtStatus::ACCESS_DENIED);
                 }
@@ -168,7 +255,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
                     if !super::create::dir_is_empty(ns, &f.cred, f.id).await {
                         return Err(NtStatus::DIRECTORY_NOT_EMPTY);
                     }
-                } else if a.mode & 0o222 == 0 {
+                } else if fs::attributes(&a, &fs::dos_of(ns, &f.cred, f.id).await, "") & fs::ATTR_READONLY != 0 {
                     return Err(NtStatus::CANNOT_DELETE);
                 }
             }
@@ -190,6 +277,13 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
         19 => {
             f.require(access::WRITE_DATA)?;
             let alloc = r.u64().map_err(short)?;
+            if let Some(s) = &f.state.stream {
+                let len = streams::read_all(ns, &f.cred, s).await?.len() as u64;
+                if alloc < len {
+                    streams::set_size(ns, &f.cred, s, alloc).await?;
+                }
+                return Ok(ok());
+            }
             let a = ns.getattr(f.id).await?;
             if alloc < a.size {
                 ns.setattr(&f.cred, f.id, SetAttr { size: Some(alloc), ..Default::default() }).await?;
@@ -202,6 +296,10 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             let size = r.u64().map_err(short)?;
             if size > i64::MAX as u64 {
                 return Err(NtStatus::INVALID_PARAMETER);
+            }
+            if let Some(s) = &f.state.stream {
+                streams::set_size(ns, &f.cred, s, size).await?;
+                return Ok(ok());
             }
             if f.is_dir {
                 return Err(NtStatus::INVALID_PARAMETER);

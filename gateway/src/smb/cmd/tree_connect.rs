@@ -77,11 +77,14 @@ pub fn unix_group(name: &str) -> Option<u32> {
     })
 }
 
-/// The Unix identity a session's file access runs as on `share`.
-pub fn identity_on(conn: &Connection, who: &Identity, share: &ShareConfig) -> (u32, u32) {
-    const NOBODY: (u32, u32) = (65534, 65534);
+/// The Unix identity a session's file access runs as on `share`, or `None` when the share
+/// forces a user or group this node does not have (the tree connect is refused rather than run
+/// as somebody else; `nasgw check` reports it).
+pub fn identity_on(conn: &Connection, who: &Identity, share: &ShareConfig) -> Option<(u32, u32)> {
+    const NOBODY: (u32, u32) = crate::accounts::GUEST;
     let mut id = if let Some(u) = &share.force_user {
-        unix_user(u).unwrap_or(NOBODY)
+        let u = crate::accounts::user(u)?;
+        (u.uid, u.gid)
     } else {
         match who {
             Identity::User(name) if !share.guest_only => {
@@ -90,10 +93,10 @@ pub fn identity_on(conn: &Connection, who: &Identity, share: &ShareConfig) -> (u
             _ => NOBODY,
         }
     };
-    if let Some(g) = share.force_group.as_deref().and_then(unix_group) {
-        id.1 = g;
+    if let Some(g) = share.force_group.as_deref() {
+        id.1 = crate::accounts::group(g)?;
     }
-    id
+    Some(id)
 }
 
 /// Handles TREE_CONNECT.
@@ -109,7 +112,10 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
             tracing::info!(client = %conn.tcp.client, share = %share.name, "SMB: guest refused on a non-guest share");
             return Err(NtStatus::ACCESS_DENIED);
         }
-        let (uid, gid) = identity_on(conn, &who, &share);
+        let Some((uid, gid)) = identity_on(conn, &who, &share) else {
+            tracing::warn!(share = %share.name, force_user = ?share.force_user, force_group = ?share.force_group, "SMB: the share forces a user or group this node does not have; tree connect refused");
+            return Err(NtStatus::ACCESS_DENIED);
+        };
         let ns = &conn.server.ns;
         match ns.walk(&Credentials::root(), ns.root(), share.path.as_bytes(), true).await {
             Ok((id, a)) if a.ftype == FileType::Directory => root = Some(id),

@@ -65,6 +65,9 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
     }
     f.require(access::WRITE_DATA | access::APPEND_DATA)?;
     let mut offset = req.offset;
+    if let Some(s) = f.state.stream.clone() {
+        return write_stream(&server, f, &s, offset, req.data).await;
+    }
     if offset == u64::MAX || f.access & access::WRITE_DATA == 0 {
         // Append: at the end of the file whatever the offset says.
         offset = server.ns.getattr(f.id).await?.size;
@@ -83,7 +86,30 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
     let (n, _, _) = server.ns.write_from(&f.cred, f.id, offset, req.data, stable).await?;
     f.position = offset + n as u64;
     f.wrote = true;
+    crate::smb::fs::keep_sticky_times(&server.ns, f).await;
     Ok(Reply::ok(response(n)))
+}
+
+/// A WRITE to an alternate data stream (see [`crate::smb::streams`]): one DISK_FULL when the
+/// stream would outgrow what an extended attribute holds, and nothing changed.
+async fn write_stream(
+    server: &crate::smb::SmbServer,
+    f: &mut super::open::FileOpen,
+    s: &crate::smb::streams::StreamOpen,
+    mut offset: u64,
+    data: &[u8],
+) -> Result<Reply, NtStatus> {
+    let ns = &server.ns;
+    if offset == u64::MAX || f.access & access::WRITE_DATA == 0 {
+        offset = crate::smb::streams::read_all(ns, &f.cred, s).await?.len() as u64;
+    }
+    if !server.locks.io_allowed(&f.id, Some(f.key), offset, data.len() as u64, true).await? {
+        return Err(NtStatus::FILE_LOCK_CONFLICT);
+    }
+    crate::smb::streams::write_at(ns, &f.cred, s, offset, data).await?;
+    f.position = offset + data.len() as u64;
+    f.wrote = true;
+    Ok(Reply::ok(response(data.len() as u32)))
 }
 
 /// WRITE flag: write through to stable storage.

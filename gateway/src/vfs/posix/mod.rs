@@ -17,6 +17,7 @@ pub mod identity;
 mod listing;
 pub mod listings;
 pub mod sys;
+mod xattr;
 
 use std::collections::VecDeque;
 use std::ffi::CStr;
@@ -897,6 +898,42 @@ impl Backend for PosixBackend {
             Some(fd) => sys::flush(fd.as_fd()),
             None => Ok(()),
         }
+    }
+
+    fn find_name_nocase(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<Option<Vec<u8>>> {
+        self.gluster_find_nocase(cred, dir, name)
+    }
+
+    fn get_xattr(&self, cred: &Credentials, id: &FileId, name: &[u8]) -> VfsResult<Option<Vec<u8>>> {
+        self.xattr_get(cred, id, name)
+    }
+
+    fn get_xattr_at(&self, cred: &Credentials, dir: &FileId, entry: &Name, name: &[u8]) -> VfsResult<Option<Vec<u8>>> {
+        self.xattr_get_at(cred, dir, entry, name)
+    }
+
+    fn set_xattr(&self, cred: &Credentials, id: &FileId, name: &[u8], value: &[u8]) -> VfsResult<()> {
+        self.xattr_set(cred, id, name, value)
+    }
+
+    fn remove_xattr(&self, cred: &Credentials, id: &FileId, name: &[u8]) -> VfsResult<()> {
+        self.xattr_remove(cred, id, name)
+    }
+
+    fn list_xattrs(&self, cred: &Credentials, id: &FileId) -> VfsResult<Vec<Vec<u8>>> {
+        self.xattr_list(cred, id)
+    }
+
+    fn copy_range(
+        &self,
+        cred: &Credentials,
+        src: &FileId,
+        src_offset: u64,
+        dst: &FileId,
+        dst_offset: u64,
+        len: u64,
+    ) -> VfsResult<u64> {
+        self.copy(cred, src, src_offset, dst, dst_offset, len)
     }
 
     fn statfs(&self, _id: &FileId) -> VfsResult<FsStat> {
