@@ -207,6 +207,10 @@ pub fn getport(pmap: IpAddr, prog: u32, vers: u32, prot: u32, tcp: bool) -> u32 
     let mut a = W(Vec::new());
     a.u32(prog).u32(vers).u32(prot).u32(0);
     let to = SocketAddr::new(pmap, 111);
-    let b = if tcp { call_tcp(to, 100_000, 2, 3, &a.0) } else { call_udp(to, 100_000, 2, 3, &a.0, 3).expect("portmapper answers") };
+    let b = if tcp {
+        call_tcp(to, 100_000, 2, 3, &a.0)
+    } else {
+        call_udp(to, 100_000, 2, 3, &a.0, 3).expect("portmapper answers")
+    };
     R(&b).u32()
 }

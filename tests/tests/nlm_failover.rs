@@ -160,9 +160,12 @@ fn failover(strict_everywhere: bool) {
         let holders_thread = {
             let vip = vip_s.clone();
             std::thread::spawn(move || {
-                let at = wait_for("a survivor to serve the address", Duration::from_secs(15), Duration::from_millis(10), || {
-                    survivors.iter().any(|ns| ha_support::held_in(ns).contains(&vip)).then(|| t0.elapsed())
-                });
+                let at = wait_for(
+                    "a survivor to serve the address",
+                    Duration::from_secs(15),
+                    Duration::from_millis(10),
+                    || survivors.iter().any(|ns| ha_support::held_in(ns).contains(&vip)).then(|| t0.elapsed()),
+                );
                 let _ = tx.send(at);
             })
         };
@@ -191,7 +194,11 @@ fn failover(strict_everywhere: bool) {
     println!("  LOCK through {vip}: {lock_seen:?}");
     println!("  TEST through {nlm_vip}: {test_seen:?}");
     if let Some(r) = reclaimed {
-        println!("  {:>7.3} s  the VM's reclaim holds the lock ({:.3} s after the takeover)", r.as_secs_f64(), (r.saturating_sub(takeover)).as_secs_f64());
+        println!(
+            "  {:>7.3} s  the VM's reclaim holds the lock ({:.3} s after the takeover)",
+            r.as_secs_f64(),
+            (r.saturating_sub(takeover)).as_secs_f64()
+        );
     }
     assert!(
         lock_seen.iter().all(|(_, s)| *s != Some(stat::GRANTED)),
@@ -203,12 +210,28 @@ fn failover(strict_everywhere: bool) {
         "the taken-over address was in grace: {lock_seen:?}\n{}",
         c.logs()
     );
-    assert_eq!(lock_seen.last().map(|(_, s)| *s), Some(Some(stat::DENIED)), "after grace, the reclaimed lock holds: {lock_seen:?}\n{}", c.logs());
-    assert_eq!(test_seen.last().map(|(_, s)| *s), Some(Some(stat::DENIED)), "the VM reclaimed: {test_seen:?}\n{}", c.logs());
+    assert_eq!(
+        lock_seen.last().map(|(_, s)| *s),
+        Some(Some(stat::DENIED)),
+        "after grace, the reclaimed lock holds: {lock_seen:?}\n{}",
+        c.logs()
+    );
+    assert_eq!(
+        test_seen.last().map(|(_, s)| *s),
+        Some(Some(stat::DENIED)),
+        "the VM reclaimed: {test_seen:?}\n{}",
+        c.logs()
+    );
     if strict_everywhere {
-        assert!(free.is_empty(), "the lock was free cluster-wide during the failover: {free:?} (of {test_seen:?})\n{}", c.logs());
+        assert!(
+            free.is_empty(),
+            "the lock was free cluster-wide during the failover: {free:?} (of {test_seen:?})\n{}",
+            c.logs()
+        );
     } else if !free.is_empty() {
-        println!("  NOTE: the lock was free through other nodes at {free:?} (the dead node's locks went before the reclaim)");
+        println!(
+            "  NOTE: the lock was free through other nodes at {free:?} (the dead node's locks went before the reclaim)"
+        );
     }
     std::fs::write(vol.join("host-checked"), b"").unwrap();
 

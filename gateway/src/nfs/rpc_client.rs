@@ -113,13 +113,25 @@ pub async fn call_udp(
     tries: u32,
     wait: Duration,
 ) -> Result<Vec<u8>, CallError> {
-    let Proc { prog, vers, proc_ } = p;
     let local = match from {
         Some(ip) => SocketAddr::new(ip, 0),
         None if to.is_ipv4() => SocketAddr::from(([0, 0, 0, 0], 0)),
         None => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
     };
     let sock = UdpSocket::bind(local).await.map_err(|e| CallError::Io(format!("bind {local}: {e}")))?;
+    call_on(&sock, to, p, args, tries, wait).await
+}
+
+/// [`call_udp`] on a socket the caller bound.
+async fn call_on(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    p: Proc,
+    args: &[u8],
+    tries: u32,
+    wait: Duration,
+) -> Result<Vec<u8>, CallError> {
+    let Proc { prog, vers, proc_ } = p;
     let xid: u32 = rand::random();
     let msg = encode_call(xid, prog, vers, proc_, "nasgw", args);
     let mut buf = vec![0u8; 65_536];
@@ -178,10 +190,24 @@ pub async fn pmap_set(
     let mut a = XdrWriter::default();
     a.u32(prog).u32(vers).u32(prot).u32(u32::from(port));
     let proc_ = if set { 1 } else { 2 };
-    let body =
-        call_udp(None, pmap, Proc { prog: PORTMAP_PROGRAM, vers: 2, proc_ }, &a.buf, 2, Duration::from_millis(500))
-            .await?;
+    // rpcbind takes SET and UNSET only from a reserved port of the host itself.
+    let sock = bind_reserved(pmap.ip()).await?;
+    let p = Proc { prog: PORTMAP_PROGRAM, vers: 2, proc_ };
+    let body = call_on(&sock, pmap, p, &a.buf, 2, Duration::from_millis(500)).await?;
     XdrReader::new(&body).bool().map_err(|e| CallError::Rejected(ReplyError::Malformed(e)))
+}
+
+/// A UDP socket on a reserved port (600-1023) of the local address that reaches `to` (needs
+/// root), or on any port when none is free or allowed.
+async fn bind_reserved(to: IpAddr) -> Result<UdpSocket, CallError> {
+    let ip: IpAddr =
+        if to.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+    for port in (600..1024).rev() {
+        if let Ok(s) = UdpSocket::bind(SocketAddr::new(ip, port)).await {
+            return Ok(s);
+        }
+    }
+    UdpSocket::bind(SocketAddr::new(ip, 0)).await.map_err(|e| CallError::Io(format!("bind: {e}")))
 }
 
 #[cfg(test)]

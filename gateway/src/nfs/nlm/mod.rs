@@ -26,6 +26,8 @@
 mod callback;
 pub mod grace;
 pub mod owner;
+#[cfg(test)]
+mod sim;
 pub mod store;
 pub mod table;
 pub mod volume;
