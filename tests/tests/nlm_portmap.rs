@@ -64,7 +64,9 @@ fn the_portmapper_and_the_lock_manager_answer_over_udp_and_tcp() {
     }
     let v4 = rpcinfo(&topo, "c1", &["198.18.0.5"]);
     assert!(v4.contains("198.18.0.5.8.1") && v4.contains("nlockmgr"), "rpcbind 4 dump names the address asked:\n{v4}");
-    for (flag, prog, vers) in [("-u", "nlockmgr", "4"), ("-t", "nlockmgr", "4"), ("-u", "status", "1"), ("-u", "mountd", "3")] {
+    for (flag, prog, vers) in
+        [("-u", "nlockmgr", "4"), ("-t", "nlockmgr", "4"), ("-u", "status", "1"), ("-u", "mountd", "3")]
+    {
         let out = rpcinfo(&topo, "c1", &[flag, "198.18.0.5", prog, vers]);
         assert!(out.contains("ready and waiting"), "rpcinfo {flag} {prog} {vers}: {out}");
     }
@@ -117,10 +119,11 @@ fn without_its_own_portmapper_nasgw_registers_with_the_hosts_rpcbind() {
     });
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start("n1", &tmp.path().join("n1"), &config(false), Some(topo.ns("n1")));
-    let listed = wait_for("nasgw's programs in rpcbind's table", Duration::from_secs(10), Duration::from_millis(50), || {
-        let t = rpcinfo(&topo, "n1", &["-p", "127.0.0.1"]);
-        (t.contains("nlockmgr") && t.contains("status") && t.contains("mountd")).then_some(t)
-    });
+    let listed =
+        wait_for("nasgw's programs in rpcbind's table", Duration::from_secs(10), Duration::from_millis(50), || {
+            let t = rpcinfo(&topo, "n1", &["-p", "127.0.0.1"]);
+            (t.contains("nlockmgr") && t.contains("status") && t.contains("mountd")).then_some(t)
+        });
     println!("{listed}");
     assert!(listed.lines().filter(|l| l.contains("nlockmgr")).all(|l| l.contains(" 2049 ")), "{listed}");
     assert!(d.logs().contains("registered MOUNT, NFS, NLM and NSM with the host's rpcbind"), "{}", d.logs());

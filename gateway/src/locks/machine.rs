@@ -273,6 +273,14 @@ pub enum Msg<K> {
         /// File.
         file: K,
     },
+    /// Any node -> every member: an event for the protocols on other nodes (a directory
+    /// change for CHANGE_NOTIFY watchers), opaque to the state machine.
+    Event {
+        /// View.
+        view: u64,
+        /// What happened, encoded by the protocol that sent it.
+        payload: Vec<u8>,
+    },
     /// Home -> lease holder's node: tell the client.
     Break {
         /// View.
@@ -300,6 +308,7 @@ impl<K> Msg<K> {
             | Msg::Recall { view, .. }
             | Msg::RecallAck { view, .. }
             | Msg::Drop { view, .. }
+            | Msg::Event { view, .. }
             | Msg::Break { view, .. } => Some(*view),
         }
     }
@@ -324,6 +333,8 @@ pub enum Input<K> {
         /// Message.
         msg: Msg<K>,
     },
+    /// Tell every other member about an event (best effort: lost with a view change).
+    Broadcast(Vec<u8>),
     /// The mesh link to a peer is up.
     LinkUp(u16),
     /// The mesh link to a peer went down (messages on it may be lost).
@@ -375,6 +386,8 @@ pub enum Output<K> {
     /// A view without this node was adopted: what its clients held was released cluster-wide,
     /// so their handles must be invalidated (connections closed).
     Evicted,
+    /// An event another node broadcast.
+    Event(Vec<u8>),
 }
 
 /// Timing knobs.
@@ -717,6 +730,13 @@ impl<K: RecordKey> Machine<K> {
         match input {
             Input::Request { rid, file, op } => self.request(now, rid, file, op, &mut out),
             Input::Message { from, msg } => self.message(now, from, msg, &mut out),
+            Input::Broadcast(payload) => {
+                if let Some(v) = &self.view {
+                    for m in v.members.iter().filter(|m| **m != self.cfg.me) {
+                        out.push(Output::Send { to: *m, msg: Msg::Event { view: v.id(), payload: payload.clone() } });
+                    }
+                }
+            }
             Input::LinkUp(p) => {
                 self.links.insert(p);
             }
@@ -1181,6 +1201,7 @@ impl<K: RecordKey> Machine<K> {
                 }
             }
             Msg::Break { file, notice, .. } => out.push(Output::Break { file, notice }),
+            Msg::Event { payload, .. } => out.push(Output::Event(payload)),
         }
     }
 

@@ -34,6 +34,8 @@ pub mod flags {
     pub const DELETE_ON_CLOSE: u8 = 4;
     /// What an SMB or local open carries.
     pub const HANDLE: u8 = SHARE_MODES | PINS;
+    /// What NFS's stateless use of a file carries: none of the above.
+    pub const STATELESS: u8 = 0;
 }
 
 /// One open of a file.
@@ -500,7 +502,7 @@ impl FileRecord {
         let l = self.leases.iter_mut().find(|l| l.id == *id).ok_or(Conflict::NoSuchOpen)?;
         let told = l.told.ok_or(Conflict::NoBreak)?;
         if state & !told != 0 {
-            return Err(Conflict::NoBreak);
+            return Err(Conflict::NotAccepted);
         }
         l.state = state;
         l.told = None;

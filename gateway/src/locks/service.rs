@@ -28,6 +28,9 @@ pub trait Holders: Send + Sync {
     fn evicted(&self);
 }
 
+/// Where events broadcast by other nodes go (see [`LockService::broadcast`]).
+pub type EventSink = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 struct State {
     m: Machine<FileId>,
     next_rid: u64,
@@ -45,6 +48,7 @@ pub struct LockService {
     net: Option<mpsc::UnboundedSender<(u16, Msg<FileId>)>>,
     licensed: watch::Sender<bool>,
     holders: OnceLock<Arc<dyn Holders>>,
+    events: OnceLock<EventSink>,
 }
 
 impl std::fmt::Debug for LockService {
@@ -93,12 +97,26 @@ impl LockService {
             net,
             licensed: watch::channel(false).0,
             holders: OnceLock::new(),
+            events: OnceLock::new(),
         })
     }
 
     /// Registers where breaks and evictions go (once).
     pub fn set_holders(&self, h: Arc<dyn Holders>) {
         let _ = self.holders.set(h);
+    }
+
+    /// Registers where events from other nodes go (once).
+    pub fn set_events(&self, sink: EventSink) {
+        let _ = self.events.set(sink);
+    }
+
+    /// Sends `payload` to every other node of the current view, whose event sink gets it; best
+    /// effort (nothing is sent without a view, nothing is resent after a link failure).
+    pub fn broadcast(&self, payload: Vec<u8>) {
+        if self.net.is_some() {
+            self.feed(Input::Broadcast(payload));
+        }
     }
 
     /// This node's number.
@@ -170,15 +188,21 @@ impl LockService {
                         tracing::warn!("file-sharing state: this node is not in sync with the cluster; requests wait");
                     }
                 }
-                other @ (Output::Break { .. } | Output::Evicted) => later.push(other),
+                other @ (Output::Break { .. } | Output::Evicted | Output::Event(_)) => later.push(other),
             }
         }
         later
     }
 
     fn after(&self, later: Vec<Output<FileId>>) {
-        let Some(h) = self.holders.get() else { return };
         for o in later {
+            if let Output::Event(p) = &o {
+                if let Some(sink) = self.events.get() {
+                    sink(p);
+                }
+                continue;
+            }
+            let Some(h) = self.holders.get() else { continue };
             match o {
                 Output::Break { file, notice } => h.deliver_break(file, notice),
                 Output::Evicted => {
@@ -289,6 +313,15 @@ impl LockService {
     /// A write, truncate or lock through `by`: other opens' read caching is broken (no wait).
     pub async fn contend(&self, file: &FileId, by: Option<LeaseId>) -> Result<(), Conflict> {
         self.done(file, Op::Contend { by }).await
+    }
+
+    /// A write or truncate through `by`: breaks other opens' read caching, asking the node that
+    /// decides only when this node's copy shows some (or it has none).
+    pub async fn contend_if_needed(&self, file: &FileId, by: Option<LeaseId>) -> Result<(), Conflict> {
+        if self.local(file, |r| r.contend(by.as_ref()).is_empty()) == Some(true) {
+            return Ok(());
+        }
+        self.contend(file, by).await
     }
 
     /// A client acknowledged a break.

@@ -322,7 +322,7 @@ impl World {
                         }
                     }
                 }
-                Output::Changed(_) | Output::Licensed(_) => {}
+                Output::Changed(_) | Output::Licensed(_) | Output::Event(_) => {}
                 Output::Evicted => {
                     self.stats.evictions += 1;
                     self.opens.remove(&n);

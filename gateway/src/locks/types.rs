@@ -170,6 +170,9 @@ pub enum Conflict {
     /// A break acknowledgement that does not match a break in progress.
     #[error("no break in progress")]
     NoBreak,
+    /// A break acknowledgement that keeps more than the break allowed.
+    #[error("acknowledgement keeps more than the break allowed")]
+    NotAccepted,
     /// The cluster could not decide (node cut off, not yet in sync, timed out).
     #[error("the cluster state is unavailable")]
     Unavailable,

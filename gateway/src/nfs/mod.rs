@@ -21,6 +21,7 @@ pub mod record;
 pub mod rpc;
 pub mod rpc_client;
 pub mod server;
+pub mod sharing;
 pub mod udp;
 pub mod xdr;
 

@@ -98,6 +98,9 @@ impl NfsServer {
                     return Err(nfsstat3::NFS3ERR_NOT_SYNC);
                 }
             }
+            if set.size.is_some() && pre.ftype == crate::vfs::FileType::Regular {
+                self.sharing.may_resize(id).await?;
+            }
             let after = self.ns.setattr(&req.cred, id, set_attr(&set)).await.map_err(status)?;
             Ok(SETATTR3resok { obj_wcc: wcc(Some(&pre), Some(&after)) })
         }
@@ -158,6 +161,10 @@ impl NfsServer {
                 return None;
             }
         };
+        if let Err(s) = self.sharing.io(id, offset, u64::from(count.min(MAX_IO)), false).await {
+            res::<READ3resok<'static>, _>(out, Err(s), READ3resfail::default);
+            return None;
+        }
         match self.ns.read_slice(&req.cred, id, offset, count.min(MAX_IO)).await {
             Ok((data, eof, a)) => {
                 let n = data.len() as u32;
@@ -179,6 +186,7 @@ impl NfsServer {
         let r: R<WRITE3resok> = async {
             let id = self.id(h)?;
             self.writable()?;
+            self.sharing.io(id, offset, data.len() as u64, true).await?;
             let how = match stable {
                 StableHow::Unstable => Stability::Unstable,
                 StableHow::DataSync => Stability::DataSync,
@@ -304,6 +312,9 @@ impl NfsServer {
         let r: R<()> = async {
             let dir = self.id(at.dir)?;
             self.writable()?;
+            if let Ok((target, _)) = self.ns.lookup(&req.cred, dir, at.name).await {
+                self.sharing.may_remove(target).await?;
+            }
             if dir_only {
                 self.ns.rmdir(&req.cred, dir, at.name).await.map_err(status)
             } else {
@@ -329,6 +340,12 @@ impl NfsServer {
         let r: R<()> = async {
             let (fd, td) = (self.id(from.dir)?, self.id(to.dir)?);
             self.writable()?;
+            // The file renamed, and the one the new name replaces, must both allow it.
+            for (d, n) in [(fd, from.name), (td, to.name)] {
+                if let Ok((target, _)) = self.ns.lookup(&req.cred, d, n).await {
+                    self.sharing.may_remove(target).await?;
+                }
+            }
             self.ns.rename(&req.cred, fd, from.name, td, to.name).await.map_err(status)
         }
         .await;

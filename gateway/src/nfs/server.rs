@@ -83,6 +83,8 @@ pub struct NfsServer {
     memory: Arc<Semaphore>,
     /// How long a connection may stay open without sending a first RPC call.
     pub first_call_timeout: std::time::Duration,
+    /// NFS's part in the cluster's file-sharing state (SMB opens, locks and leases).
+    pub(super) sharing: Arc<super::sharing::NfsSharing>,
 }
 
 /// Default of [`NfsServer::first_call_timeout`]: a client sends its first call right after
@@ -98,6 +100,7 @@ impl NfsServer {
         key: &[u8],
         nfs_port: u16,
         portmap_port: Option<u16>,
+        locks: Arc<crate::locks::LockService>,
     ) -> Self {
         let handles = HandleCodec::new(key, ns.volume_id());
         let mut write_verifier: [u8; 8] = rand::random();
@@ -117,6 +120,7 @@ impl NfsServer {
             nlm: std::sync::OnceLock::new(),
             memory: Arc::new(Semaphore::new(MEMORY_UNITS)),
             first_call_timeout: FIRST_CALL_TIMEOUT,
+            sharing: super::sharing::NfsSharing::new(locks),
         }
     }
 
@@ -604,7 +608,16 @@ pub async fn start(
         None => None,
     };
     let key = handle_key(cfg)?;
-    let server = Arc::new(NfsServer::new(ns, &cfg.volume.name, ExportPolicy::from_config(nfs), &key, port, pmap_port));
+    let server = Arc::new(NfsServer::new(
+        ns,
+        &cfg.volume.name,
+        ExportPolicy::from_config(nfs),
+        &key,
+        port,
+        pmap_port,
+        locks.clone(),
+    ));
+    life.tasks.spawn(server.sharing.clone().run(life.stop.clone()));
     let public =
         cfg.cluster.as_ref().map_or_else(Vec::new, |c| c.public_addresses.iter().map(|p| p.address.addr()).collect());
     let nlm = NlmService::new(

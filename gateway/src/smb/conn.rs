@@ -103,13 +103,30 @@ pub struct Link {
     pub pending: Arc<Mutex<HashMap<u64, PendingOp>>>,
     /// The MessageIds the client may use next.
     pub sequence: SequenceWindow,
+    /// Unsolicited messages (oplock and lease breaks), sent by a task of the connection.
+    pub notices: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
     next_async: u64,
 }
 
 impl Link {
     /// A link that writes to `out`.
     pub fn new(out: FrameWriter<OwnedWriteHalf>) -> Self {
-        Self { out, pending: Arc::new(Mutex::new(HashMap::new())), sequence: SequenceWindow::new(), next_async: 0 }
+        let (notices, mut queued) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let writer = out.clone();
+        tokio::spawn(async move {
+            while let Some(m) = queued.recv().await {
+                if writer.message(&[&m]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            out,
+            pending: Arc::new(Mutex::new(HashMap::new())),
+            sequence: SequenceWindow::new(),
+            notices,
+            next_async: 0,
+        }
     }
 
     /// Records async `work` answering request `hdr` in `session_id`; returns its AsyncId.
@@ -241,11 +258,15 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
         next_session: 0,
         next_tree: 0,
     };
+    let evict = conn.server.evict.lock().unwrap_or_else(|p| p.into_inner()).clone();
     // Stop interrupts the loop wherever it waits, including a reply to a client that does not
     // read. Handlers never wait in the middle (backend calls run in place), so it is always
     // between requests or on the socket: the cleanup below then sees consistent state.
     tokio::select! {
         _ = stop.cancelled() => {}
+        _ = evict.cancelled() => {
+            tracing::warn!(client = %conn.tcp.client, "SMB: closing connection: this node left the cluster's file-sharing view");
+        }
         why = command_loop(&mut conn, &mut frames) => {
             if let Some(why) = why {
                 tracing::info!(client = %conn.tcp.client, why, "SMB: closing connection");

@@ -22,6 +22,7 @@ pub mod conn;
 pub mod dosattrib;
 pub mod file_state;
 pub mod fs;
+pub mod leases;
 pub mod passwd;
 pub mod sequence;
 pub mod session;
@@ -72,6 +73,11 @@ pub struct SmbServer {
     pub ns: Namespace,
     /// The cluster-wide file-sharing state (shared with NFS).
     pub locks: Arc<LockService>,
+    /// This node's leases and oplocks: where their breaks go.
+    pub breaks: Arc<leases::Breaks>,
+    /// Fires to close every connection (this node left the cluster's view: what its clients
+    /// held was released cluster-wide, so their handles are gone too); replaced after firing.
+    pub evict: Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
     /// How long a connection without an authenticated session may stay idle before it is
     /// closed (a client that connects and sends nothing, or stops half way through logon,
     /// holds a descriptor and a thread).
@@ -95,7 +101,18 @@ impl SmbServer {
             .iter()
             .map(|u| (u.name.to_lowercase(), u.unix_user.clone().unwrap_or_else(|| u.name.clone())))
             .collect();
+        let breaks = Arc::new(leases::Breaks::default());
+        let evict = Arc::new(std::sync::Mutex::new(tokio_util::sync::CancellationToken::new()));
+        let hook = evict.clone();
+        breaks.on_evict(Box::new(move || {
+            let mut t = hook.lock().unwrap_or_else(|p| p.into_inner());
+            t.cancel();
+            *t = tokio_util::sync::CancellationToken::new();
+        }));
+        locks.set_holders(breaks.clone());
         Self {
+            breaks,
+            evict,
             server_name,
             shares: cfg.smb.shares.clone(),
             users,

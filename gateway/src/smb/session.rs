@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::auth::{Identity, NtlmExchange};
-use super::cmd::open::Open;
+use super::cmd::open::{Open, OpenKind, PendingOpen};
 use super::wire::status::NtStatus;
 use crate::config::ShareConfig;
 
@@ -107,12 +107,47 @@ impl OpenTable {
         id
     }
 
-    /// The open `id` if it belongs to `session`/`tree`.
+    /// A fresh volatile id, for an open stored later with [`OpenTable::insert_at`].
+    pub fn reserve(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    /// Stores `open` under id `id` (from [`OpenTable::reserve`]).
+    pub fn insert_at(&mut self, id: u64, open: Open) {
+        self.opens.insert(id, open);
+    }
+
+    /// The open `id` if it belongs to `session`/`tree`. A CREATE that finished while waiting
+    /// becomes an ordinary open here; one that failed is forgotten.
     pub fn get_mut(&mut self, id: u64, session: u64, tree: u32) -> Result<&mut Open, NtStatus> {
-        match self.opens.get_mut(&id) {
-            Some(o) if o.session_id == session && o.tree_id == tree => Ok(o),
-            _ => Err(NtStatus::FILE_CLOSED),
+        let settled = match self.opens.get(&id) {
+            Some(o) if o.session_id == session && o.tree_id == tree => match &o.kind {
+                OpenKind::Pending(slot) => {
+                    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+                    match std::mem::replace(&mut *slot, PendingOpen::Waiting) {
+                        PendingOpen::Ready(f) => Some(Some(f)),
+                        PendingOpen::Failed => Some(None),
+                        PendingOpen::Waiting => return Err(NtStatus::FILE_CLOSED),
+                    }
+                }
+                _ => None,
+            },
+            _ => return Err(NtStatus::FILE_CLOSED),
+        };
+        match settled {
+            Some(Some(f)) => {
+                if let Some(o) = self.opens.get_mut(&id) {
+                    o.kind = OpenKind::File(f);
+                }
+            }
+            Some(None) => {
+                self.opens.remove(&id);
+                return Err(NtStatus::FILE_CLOSED);
+            }
+            None => {}
         }
+        self.opens.get_mut(&id).ok_or(NtStatus::FILE_CLOSED)
     }
 
     /// Removes and returns open `id`.

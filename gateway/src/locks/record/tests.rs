@@ -167,7 +167,7 @@ fn a_lone_open_gets_rwh_and_a_second_open_breaks_w_and_waits() {
     // While the break is outstanding the second open keeps waiting.
     let mut more = Vec::new();
     assert_eq!(f.decide_open(&b, false, &mut more), OpenVerdict::Wait);
-    assert_eq!(f.ack_break(&lease_id(1), R | W), Err(Conflict::NoBreak), "W was to go");
+    assert_eq!(f.ack_break(&lease_id(1), R | W), Err(Conflict::NotAccepted), "W was to go");
     assert_eq!(f.ack_break(&lease_id(1), R | H), Ok(None));
     more.clear();
     let v = f.decide_open(&b, false, &mut more);

@@ -1,7 +1,7 @@
 //! CLOSE (MS-SMB2 2.2.15/2.2.16): releases a handle (its share mode, byte-range locks and,
 //! on the last close, a pending delete), optionally answering the final attributes.
 
-use super::open::{read_file_id, Open, OpenKind};
+use super::open::{read_file_id, Open, OpenKind, PendingOpen};
 use super::Reply;
 use crate::smb::conn::Connection;
 use crate::smb::wire::header::Header;
@@ -17,7 +17,20 @@ pub const POSTQUERY_ATTRIB: u16 = 1;
 /// written once the client saw it closed; the flush's error (a write the volume's client had
 /// acknowledged early failed) is returned, after the release.
 pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
-    let OpenKind::File(f) = open.kind else { return Ok(()) };
+    let f = match open.kind {
+        OpenKind::File(f) => f,
+        // A CREATE that finished but was never used (the client went away first).
+        OpenKind::Pending(slot) => {
+            match std::mem::replace(&mut *slot.lock().unwrap_or_else(|p| p.into_inner()), PendingOpen::Failed) {
+                PendingOpen::Ready(f) => f,
+                _ => return Ok(()),
+            }
+        }
+        OpenKind::Pipe(_) => return Ok(()),
+    };
+    if let Some(l) = &f.lease {
+        server.breaks.release(l);
+    }
     let flushed = if f.wrote { server.ns.flush(crate::smb::fs::file_of(&f)).await } else { Ok(()) };
     if let Err(e) = flushed {
         tracing::warn!(error = %e, file = %crate::logging::untrusted(f.name()), "SMB: data written through a closed handle failed to reach the volume");

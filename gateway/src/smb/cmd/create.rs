@@ -1,18 +1,26 @@
 //! CREATE (MS-SMB2 2.2.13/2.2.14): opens the srvsvc pipe on IPC$, or a file or directory of a
 //! disk share.
 
-use super::open::{access, expand_access, FileOpen, Open, OpenKind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::open::{access, expand_access, FileOpen, Open, OpenKind, PendingOpen};
 use super::Reply;
-use crate::locks::{flags, CachingRequest, Conflict, LockService, OpenKey, OpenRequest};
+use crate::locks::{flags, CachingRequest, Conflict, Granted, LeaseId, OpenKey, OpenRequest};
 use crate::smb::conn::Connection;
+use crate::smb::conn::{AsyncWork, Outcome};
 use crate::smb::dosattrib::DosInfo;
 use crate::smb::fs;
+use crate::smb::leases;
 use crate::smb::session::{Tree, TreeKind};
 use crate::smb::srvsvc;
 use crate::smb::streams::StreamPart;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{from_utf16le, slice_at, Reader, WireError, WireResult, Writer};
+use crate::smb::SmbServer;
 use crate::vfs::{Attr, CreateHow, Credentials, FileType, SetAttr, VfsError};
 
 /// A decoded CREATE request.
@@ -93,10 +101,10 @@ pub struct FileBasics {
     pub attributes: u32,
 }
 
-/// Encodes a CREATE response.
-pub fn response(action: u32, b: &FileBasics, fid: (u64, u64), contexts: &[u8]) -> Vec<u8> {
+/// Encodes a CREATE response; `oplock` is the OplockLevel granted ([`leases::level`]).
+pub fn response(action: u32, b: &FileBasics, fid: (u64, u64), contexts: &[u8], oplock: u8) -> Vec<u8> {
     let mut w = Writer::with_capacity(96 + contexts.len());
-    w.u16(89).u8(0).u8(0).u32(action);
+    w.u16(89).u8(oplock).u8(0).u32(action);
     w.u64(b.creation).u64(b.access).u64(b.write).u64(b.change).u64(b.allocation).u64(b.eof);
     w.u32(b.attributes).u32(0).u64(fid.0).u64(fid.1);
     if contexts.is_empty() {
@@ -114,8 +122,21 @@ pub const FILE_CREATED: u32 = 2;
 /// CreateAction: overwritten.
 pub const FILE_OVERWRITTEN: u32 = 3;
 
-/// Handles CREATE.
-pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Reply, NtStatus> {
+/// Handles CREATE. An open that must wait (a lease or oplock break to be acknowledged, a
+/// decision on another node that is slow to come) is answered STATUS_PENDING after
+/// [`WAIT_INLINE`] and finished later, so the connection goes on reading, the holder's
+/// acknowledgement included.
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Outcome {
+    match create(conn, hdr, req).await {
+        Ok(o) => o,
+        Err(s) => Outcome::Now(Reply::err(s)),
+    }
+}
+
+/// How long a CREATE waits for the file-sharing state's answer before it goes async.
+pub const WAIT_INLINE: Duration = Duration::from_millis(50);
+
+async fn create(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outcome, NtStatus> {
     let tree = conn.session(hdr.session_id)?.tree(hdr.tree_id)?.clone();
     match tree.kind {
         TreeKind::Ipc => {
@@ -133,7 +154,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
             });
             conn.compound_fid = Some((vol, vol));
             let b = FileBasics { attributes: 0x80, ..Default::default() };
-            Ok(Reply::ok(response(FILE_OPENED, &b, (vol, vol), &[])))
+            Ok(Outcome::Now(Reply::ok(response(FILE_OPENED, &b, (vol, vol), &[], leases::level::NONE))))
         }
         TreeKind::Disk(_) => open_file(conn, hdr, &req, &tree).await,
     }
@@ -309,33 +330,38 @@ pub fn plan(ask: Ask, found: Option<Found>) -> Result<Plan, NtStatus> {
     }
 }
 
-/// An open recorded in the lock table that is taken back when dropped, unless [`kept`]: every
-/// early return of CREATE after the share-mode check releases it.
+/// An open recorded in the file-sharing state that is taken back when dropped, unless
+/// [`kept`]: every early return of CREATE after the open was granted (or while its answer was
+/// awaited) releases it, and the lease registration made for its breaks.
 ///
 /// [`kept`]: ShareModeGuard::kept
-pub(super) struct ShareModeGuard<'a> {
-    pub(super) locks: &'a LockService,
+pub(super) struct ShareModeGuard {
+    pub(super) server: Arc<SmbServer>,
     pub(super) id: crate::vfs::FileId,
     pub(super) key: OpenKey,
+    pub(super) lease: Option<LeaseId>,
     pub(super) armed: bool,
 }
 
-impl ShareModeGuard<'_> {
+impl ShareModeGuard {
     /// The open succeeded: keep the record (CLOSE releases it).
     pub(super) fn kept(mut self) {
         self.armed = false;
     }
 }
 
-impl Drop for ShareModeGuard<'_> {
+impl Drop for ShareModeGuard {
     fn drop(&mut self) {
         if self.armed {
-            self.locks.close_detached(&self.id, self.key);
+            self.server.locks.close_detached(&self.id, self.key);
+            if let Some(l) = &self.lease {
+                self.server.breaks.release(l);
+            }
         }
     }
 }
 
-async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tree) -> Result<Reply, NtStatus> {
+async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tree) -> Result<Outcome, NtStatus> {
     use access::*;
     let server = conn.server.clone();
     let ns = &server.ns;
@@ -384,7 +410,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     match stream {
         Some(StreamPart::Named(stream)) => {
             let at = super::create_stream::Base { cred, root, parent, comps, existing, granted, case };
-            return super::create_stream::open(conn, hdr, req, tree, at, stream).await;
+            return super::create_stream::open(conn, hdr, req, tree, at, stream).await.map(Outcome::Now);
         }
         // `dir::$DATA`: a directory has no unnamed data stream.
         Some(StreamPart::Unnamed) if existing.as_ref().is_some_and(|(_, a)| a.ftype == FileType::Directory) => {
@@ -402,7 +428,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         directory: a.ftype == FileType::Directory,
         read_only: fs::attributes(a, &dos, "") & fs::ATTR_READONLY != 0 && a.ftype != FileType::Directory,
     });
-    let (id, mut attr, action) = match (plan(ask, found)?, existing) {
+    let (id, attr, action) = match (plan(ask, found)?, existing) {
         (Plan::Open { action, truncate }, Some((id, attr))) => {
             if truncate {
                 granted |= WRITE_DATA;
@@ -454,75 +480,229 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     };
     let is_dir = attr.ftype == FileType::Directory;
     let key = server.open_key();
-    let share_access = req.share_access & 7;
     if server.open_streams.delete_pending(&id) {
         return Err(NtStatus::DELETE_PENDING);
     }
+    let lease_req = find_context(&req.contexts, b"RqLs").and_then(|d| leases::parse_lease(d).ok());
+    // No directory leases (the capability is not offered): a directory gets no caching.
+    let caching = if is_dir {
+        CachingRequest::None
+    } else {
+        leases::caching_request(req.oplock, lease_req, conn.client_guid, conn.dialect)
+    };
+    let lease = match caching {
+        CachingRequest::Lease { id: l, .. } => {
+            // A lease key names one file (MS-SMB2 3.3.5.9.8).
+            if server.breaks.file_of(&l).is_some_and(|f| f != id) {
+                return Err(NtStatus::INVALID_PARAMETER);
+            }
+            Some(l)
+        }
+        CachingRequest::Oplock(_) => Some(LeaseId::oplock(key)),
+        CachingRequest::None => None,
+    };
+    // Breaks can follow the grant at once: the connection is registered before asking.
+    let vol = conn.opens.reserve();
+    if let Some(l) = lease {
+        let oplock_fid = matches!(caching, CachingRequest::Oplock(_)).then_some((vol, vol));
+        server.breaks.hold(l, id, oplock_fid, conn.link.notices.clone());
+    }
+    let opening = Opening {
+        server: server.clone(),
+        id,
+        parent,
+        comps,
+        root,
+        cred,
+        attr,
+        dos,
+        action,
+        granted,
+        is_dir,
+        key,
+        lease,
+        lease_req: lease_req.filter(|_| matches!(caching, CachingRequest::Lease { .. })),
+        delete_on_close: ask.delete_on_close,
+        write_through: req.options & options::WRITE_THROUGH != 0,
+        contexts: req.contexts.clone(),
+        vol,
+    };
     let open = OpenRequest {
         key,
         access: granted,
-        share: share_access,
-        caching: CachingRequest::None,
+        share: req.share_access & 7,
+        caching,
         overwrite: matches!(action, FILE_OVERWRITTEN | FILE_SUPERSEDED),
         is_dir,
         flags: flags::HANDLE,
     };
-    server.locks.open(&id, open).await.map_err(|c| match c {
-        Conflict::DeletePending => NtStatus::DELETE_PENDING,
-        c => c.into(),
-    })?;
-    let guard = ShareModeGuard { locks: &server.locks, id, key, armed: true };
-    if granted & DELETE != 0 {
-        super::create_stream::streams_allow_delete(&server, &id).await?;
-    }
-    if matches!(action, FILE_OVERWRITTEN | FILE_SUPERSEDED) {
-        if attr.size != 0 {
-            attr = ns.setattr(&cred, id, SetAttr { size: Some(0), ..Default::default() }).await?;
-        }
-        if dos.create_time.is_none() && attr.btime.is_none() {
-            dos.create_time = Some(fs::filetime(attr.mtime));
-        }
-        if let Err(e) = fs::store_dos(ns, &cred, id, &dos).await {
-            tracing::debug!(error = ?e, "SMB: cannot store DOS attributes of an overwritten file");
-        }
-    }
-    if ask.delete_on_close {
-        if is_dir && !dir_is_empty(ns, &cred, id).await {
-            // Windows refuses delete-on-close of a non-empty directory at close time; report it now.
-            return Err(NtStatus::DIRECTORY_NOT_EMPTY);
-        }
-        server.locks.set_delete_on_close(&id, key, true).await?;
-    }
-    guard.kept();
-    let b = basics(&attr, &dos, &name);
-    server.track_path(key, Some((root, comps.clone())));
+    // Until the answer is in, a dropped future (the connection closed, the request cancelled)
+    // must not leave the open or its lease registration behind.
+    let waiting = ShareModeGuard { server: server.clone(), id, key, lease, armed: true };
+    let locks = server.locks.clone();
+    let mut decided = Box::pin(async move { locks.open(&id, open).await });
     let session_id = hdr.session_id;
-    let file = FileOpen {
-        id,
-        parent,
-        path: comps,
-        is_dir,
-        access: granted,
-        key,
-        lease: None,
-        cred,
-        root,
-        position: 0,
-        write_through: req.options & options::WRITE_THROUGH != 0,
-        wrote: false,
-        listing: None,
-        state: Default::default(),
-    };
-    let vol = conn.opens.insert(|v| Open {
-        volatile: v,
-        persistent: v,
-        session_id,
-        tree_id: tree.id,
-        kind: OpenKind::File(Box::new(file)),
-    });
-    conn.compound_fid = Some((vol, vol));
-    let contexts = response_contexts(&req.contexts, granted, &attr);
-    Ok(Reply::ok(response(action, &b, (vol, vol), &contexts)))
+    let tree_id = tree.id;
+    match tokio::time::timeout(WAIT_INLINE, &mut decided).await {
+        Ok(d) => {
+            waiting.kept();
+            let (file, reply) = opening.finish(d).await?;
+            conn.opens.insert_at(
+                vol,
+                Open { volatile: vol, persistent: vol, session_id, tree_id, kind: OpenKind::File(file) },
+            );
+            conn.compound_fid = Some((vol, vol));
+            Ok(Outcome::Now(reply))
+        }
+        Err(_) => {
+            let slot = Arc::new(std::sync::Mutex::new(PendingOpen::Waiting));
+            let kind = OpenKind::Pending(slot.clone());
+            conn.opens.insert_at(vol, Open { volatile: vol, persistent: vol, session_id, tree_id, kind });
+            let work = async move {
+                let d = decided.await;
+                waiting.kept();
+                let (done, reply) = match opening.finish(d).await {
+                    Ok((file, reply)) => (PendingOpen::Ready(file), reply),
+                    Err(s) => (PendingOpen::Failed, Reply::err(s)),
+                };
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = done;
+                reply
+            };
+            Ok(Outcome::Later(AsyncWork {
+                cancel: CancellationToken::new(),
+                work: Box::pin(work),
+                waits_on: None,
+                closed: CancellationToken::new(),
+                close_status: NtStatus::CANCELLED,
+            }))
+        }
+    }
+}
+
+/// Everything a CREATE needs to finish once the file-sharing state has answered (now, or later
+/// for an open that waited).
+struct Opening {
+    server: Arc<SmbServer>,
+    id: crate::vfs::FileId,
+    parent: crate::vfs::FileId,
+    comps: Vec<String>,
+    root: crate::vfs::FileId,
+    cred: Credentials,
+    attr: Attr,
+    dos: DosInfo,
+    action: u32,
+    granted: u32,
+    is_dir: bool,
+    key: OpenKey,
+    lease: Option<LeaseId>,
+    lease_req: Option<leases::LeaseRequest>,
+    delete_on_close: bool,
+    write_through: bool,
+    contexts: Vec<u8>,
+    vol: u64,
+}
+
+impl Opening {
+    /// Truncates an overwritten file, marks delete-on-close, and builds the open and the reply.
+    async fn finish(self, decided: Result<Granted, Conflict>) -> Result<(Box<FileOpen>, Reply), NtStatus> {
+        let server = self.server.clone();
+        let ns = &server.ns;
+        let g = match decided {
+            Ok(g) => g,
+            Err(c) => {
+                if let Some(l) = &self.lease {
+                    server.breaks.release(l);
+                }
+                return Err(match c {
+                    Conflict::DeletePending => NtStatus::DELETE_PENDING,
+                    c => c.into(),
+                });
+            }
+        };
+        let (id, key) = (self.id, self.key);
+        // An oplock that came out as none holds nothing to break; a lease is kept even at none
+        // (the client may upgrade it through another open).
+        let lease = match (self.lease, self.lease_req.is_some()) {
+            (Some(l), false) if g.state == 0 => {
+                server.breaks.release(&l);
+                None
+            }
+            (l, _) => l,
+        };
+        let guard = ShareModeGuard { server: server.clone(), id, key, lease, armed: true };
+        if self.granted & access::DELETE != 0 {
+            super::create_stream::streams_allow_delete(&server, &id).await?;
+        }
+        let mut attr = self.attr;
+        let mut dos = self.dos;
+        if matches!(self.action, FILE_OVERWRITTEN | FILE_SUPERSEDED) {
+            if attr.size != 0 {
+                attr = ns.setattr(&self.cred, id, SetAttr { size: Some(0), ..Default::default() }).await?;
+            }
+            if dos.create_time.is_none() && attr.btime.is_none() {
+                dos.create_time = Some(fs::filetime(attr.mtime));
+            }
+            if let Err(e) = fs::store_dos(ns, &self.cred, id, &dos).await {
+                tracing::debug!(error = ?e, "SMB: cannot store DOS attributes of an overwritten file");
+            }
+        }
+        if self.delete_on_close {
+            if self.is_dir && !dir_is_empty(ns, &self.cred, id).await {
+                // Windows refuses delete-on-close of a non-empty directory at close time; report it now.
+                return Err(NtStatus::DIRECTORY_NOT_EMPTY);
+            }
+            server.locks.set_delete_on_close(&id, key, true).await?;
+        }
+        guard.kept();
+        let name = self.comps.last().cloned().unwrap_or_default();
+        let b = basics(&attr, &dos, &name);
+        server.track_path(key, Some((self.root, self.comps.clone())));
+        let (oplock, lease_ctx) = match &self.lease_req {
+            Some(l) => (leases::level::LEASE, Some(leases::lease_response(l, g.state, g.epoch, g.breaking))),
+            None => (leases::state_level(g.state), None),
+        };
+        let contexts = response_contexts(&self.contexts, self.granted, &attr, lease_ctx);
+        let reply = Reply::ok(response(self.action, &b, (self.vol, self.vol), &contexts, oplock));
+        let file = FileOpen {
+            id,
+            parent: self.parent,
+            path: self.comps,
+            is_dir: self.is_dir,
+            access: self.granted,
+            key,
+            lease,
+            cred: self.cred,
+            root: self.root,
+            position: 0,
+            write_through: self.write_through,
+            wrote: false,
+            listing: None,
+            state: Default::default(),
+        };
+        Ok((Box::new(file), reply))
+    }
+}
+
+/// The data of the request create context named `name`, if the client sent one.
+pub fn find_context<'a>(contexts: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let mut off = 0usize;
+    for _ in 0..32 {
+        let mut r = Reader::at(contexts, off);
+        let next = r.u32().ok()?;
+        let name_off = r.u16().ok()? as usize;
+        let name_len = r.u16().ok()? as usize;
+        r.skip(2).ok()?;
+        let data_off = r.u16().ok()? as usize;
+        let data_len = r.u32().ok()? as usize;
+        if slice_at(contexts, off + name_off, name_len).ok()? == name {
+            return slice_at(contexts, off + data_off, data_len).ok();
+        }
+        if next == 0 {
+            return None;
+        }
+        off = off.checked_add(next as usize)?;
+    }
+    None
 }
 
 /// Whether a directory has no entries.
@@ -564,8 +744,9 @@ pub(super) fn check_unix_access(attr: &Attr, cred: &Credentials, granted: u32) -
     Ok(())
 }
 
-/// Answers the create contexts we understand: MxAc (maximal access) and QFid (on-disk id).
-pub(super) fn response_contexts(req: &[u8], granted: u32, attr: &Attr) -> Vec<u8> {
+/// Answers the create contexts we understand: MxAc (maximal access), QFid (on-disk id) and
+/// RqLs (the lease granted, `lease`).
+pub(super) fn response_contexts(req: &[u8], granted: u32, attr: &Attr, lease: Option<Vec<u8>>) -> Vec<u8> {
     let mut names = Vec::new();
     let mut off = 0usize;
     for _ in 0..32 {
@@ -591,6 +772,9 @@ pub(super) fn response_contexts(req: &[u8], granted: u32, attr: &Attr) -> Vec<u8
         let mut d = Writer::new();
         d.u64(attr.fileid).u64(attr.fsid).zeros(16);
         items.push((b"QFid", d.buf));
+    }
+    if let Some(l) = lease {
+        items.push((b"RqLs", l));
     }
     let mut w = Writer::new();
     let n = items.len();
@@ -712,7 +896,17 @@ mod tests {
     #[tokio::test]
     async fn a_share_mode_guard_releases_unless_kept() {
         use crate::vfs::FileId;
-        let locks = LockService::single();
+        let tmp = tempfile::tempdir().unwrap();
+        let text = format!("[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{}\"\n", tmp.path().display());
+        let cfg = crate::config::parse(&text, "test", tmp.path()).expect("config");
+        let backend =
+            crate::vfs::posix::PosixBackend::open(tmp.path(), crate::vfs::posix::PosixOptions::new("smb")).unwrap();
+        let server = Arc::new(SmbServer::new(
+            &cfg,
+            crate::vfs::Namespace::new(Arc::new(backend)),
+            crate::locks::LockService::single(),
+        ));
+        let locks = server.locks.clone();
         let id = FileId::new(&[1, 2, 3]).unwrap();
         let rec = |key| OpenRequest {
             key,
@@ -725,9 +919,9 @@ mod tests {
         };
         let (k1, k2, k3) = (locks.new_key(), locks.new_key(), locks.new_key());
         locks.open(&id, rec(k1)).await.unwrap();
-        drop(ShareModeGuard { locks: &locks, id, key: k1, armed: true });
+        drop(ShareModeGuard { server: server.clone(), id, key: k1, lease: None, armed: true });
         locks.open(&id, rec(k2)).await.expect("the dropped guard released its open");
-        ShareModeGuard { locks: &locks, id, key: k2, armed: true }.kept();
+        ShareModeGuard { server: server.clone(), id, key: k2, lease: None, armed: true }.kept();
         assert!(locks.open(&id, rec(k3)).await.is_err(), "a kept open still holds its share mode");
     }
 }

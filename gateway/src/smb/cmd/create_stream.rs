@@ -143,7 +143,7 @@ pub async fn open(
         Conflict::DeletePending => NtStatus::DELETE_PENDING,
         c => c.into(),
     })?;
-    let guard = ShareModeGuard { locks: &server.locks, id, key, armed: true };
+    let guard = ShareModeGuard { server: server.clone(), id, key, lease: None, armed: true };
     if empty {
         streams::write_all(ns, &cred, &stream, Vec::new()).await?;
     }
@@ -190,8 +190,8 @@ pub async fn open(
         kind: OpenKind::File(Box::new(file)),
     });
     conn.compound_fid = Some((vol, vol));
-    let contexts = response_contexts(&req.contexts, granted, &base_attr);
-    Ok(Reply::ok(response(action, &b, (vol, vol), &contexts)))
+    let contexts = response_contexts(&req.contexts, granted, &base_attr, None);
+    Ok(Reply::ok(response(action, &b, (vol, vol), &contexts, crate::smb::leases::level::NONE)))
 }
 
 #[cfg(test)]

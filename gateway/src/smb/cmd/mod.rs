@@ -13,6 +13,7 @@ pub mod lock;
 pub mod logoff;
 pub mod negotiate;
 pub mod open;
+pub mod oplock_break;
 pub mod query_directory;
 pub mod query_info;
 pub mod read;
@@ -119,6 +120,8 @@ pub enum Request<'a> {
     QueryInfo(query_info::Request),
     /// SET_INFO.
     SetInfo(set_info::Request<'a>),
+    /// OPLOCK_BREAK (an oplock or lease break acknowledgement).
+    OplockBreak(oplock_break::Request),
 }
 
 /// Why a request body could not be decoded, as the status the client gets.
@@ -166,6 +169,7 @@ impl<'a> Request<'a> {
             command::CHANGE_NOTIFY => Self::ChangeNotify(m(change_notify::Request::parse(msg))?),
             command::QUERY_INFO => Self::QueryInfo(m(query_info::Request::parse(msg))?),
             command::SET_INFO => Self::SetInfo(m(set_info::Request::parse(msg))?),
+            command::OPLOCK_BREAK => Self::OplockBreak(m(oplock_break::Request::parse(msg))?),
             _ => return Err(ParseError::Unsupported),
         })
     }
@@ -195,7 +199,8 @@ async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
         Request::TreeDisconnect => now(tree_disconnect::handle(conn, hdr).await),
         Request::Echo => now(Ok(echo::handle())),
         Request::Cancel => now(Ok(cancel::handle(conn, hdr))),
-        Request::Create(r) => now(create::handle(conn, hdr, r).await),
+        Request::Create(r) => create::handle(conn, hdr, r).await,
+        Request::OplockBreak(r) => now(oplock_break::handle(conn, hdr, r).await),
         Request::Close(r) => now(close::handle(conn, hdr, r).await),
         Request::Read(r) => now(read::handle(conn, hdr, r).await),
         Request::Write(r) => now(write::handle(conn, hdr, r).await),
@@ -249,7 +254,7 @@ mod tests {
         for c in [command::LOGOFF, command::TREE_DISCONNECT, command::CANCEL, command::ECHO] {
             assert!(Request::parse(c, &msg(&[4, 0, 0, 0])).is_ok(), "command {c:#x}");
         }
-        for c in [0x12u16, 0x13, 0xffff] {
+        for c in [0x13u16, 0xffff] {
             assert_eq!(Request::parse(c, &msg(&[])).unwrap_err(), ParseError::Unsupported);
         }
     }

@@ -26,6 +26,8 @@ pub const MAX_IO_202: u32 = 64 * 1024;
 
 /// Capability: large MTU (multi-credit).
 pub const CAP_LARGE_MTU: u32 = 0x4;
+/// Capability: leases (SMB 2.1 and later).
+pub const CAP_LEASING: u32 = 0x2;
 /// SecurityMode: signing enabled.
 pub const SIGNING_ENABLED: u16 = 1;
 /// SecurityMode: signing required.
@@ -122,7 +124,7 @@ impl Request {
 /// The response body for `chosen` (also used for the SMB1 upgrade, where `signing` is None).
 pub fn response_body(conn: &mut Connection, chosen: u16, signing: Option<SigningAlgorithm>) -> Vec<u8> {
     let security_mode = SIGNING_ENABLED | if conn.server.require_signing { SIGNING_REQUIRED } else { 0 };
-    let caps = if chosen >= dialect::SMB210 && chosen != dialect::WILDCARD { CAP_LARGE_MTU } else { 0 };
+    let caps = if chosen >= dialect::SMB210 && chosen != dialect::WILDCARD { CAP_LARGE_MTU | CAP_LEASING } else { 0 };
     let (max, max_write) = if chosen >= dialect::SMB210 { (MAX_IO, MAX_WRITE) } else { (MAX_IO_202, MAX_IO_202) };
     conn.server_capabilities = caps;
     conn.server_security_mode = security_mode;

@@ -1,6 +1,8 @@
 //! An open handle: a named pipe or a file/directory of a disk share. Commands find it through
 //! the connection's [`crate::smb::session::OpenTable`] by its volatile id.
 
+use std::sync::{Arc, Mutex};
+
 use crate::locks::{Conflict, LeaseId, OpenKey};
 use crate::smb::srvsvc;
 use crate::smb::wire::status::NtStatus;
@@ -14,6 +16,20 @@ pub enum OpenKind {
     Pipe(srvsvc::Pipe),
     /// A file or directory.
     File(Box<FileOpen>),
+    /// A CREATE still waiting (for a break to be acknowledged): its FileId is reserved, the
+    /// client learns it with the final answer, which fills the slot.
+    Pending(Arc<Mutex<PendingOpen>>),
+}
+
+/// Where a waiting CREATE stands.
+#[derive(Debug)]
+pub enum PendingOpen {
+    /// Not answered yet.
+    Waiting,
+    /// Granted: the open, moved into the table at its first use.
+    Ready(Box<FileOpen>),
+    /// Refused or abandoned: the reserved FileId is dropped at its first use.
+    Failed,
 }
 
 /// A directory listing being handed out by QUERY_DIRECTORY.
@@ -98,6 +114,7 @@ impl Open {
         match &mut self.kind {
             OpenKind::File(f) => Ok(f),
             OpenKind::Pipe(_) => Err(NtStatus::INVALID_DEVICE_REQUEST),
+            OpenKind::Pending(_) => Err(NtStatus::FILE_CLOSED),
         }
     }
 }
@@ -113,6 +130,7 @@ impl From<Conflict> for NtStatus {
             Conflict::NoSuchOpen => NtStatus::FILE_CLOSED,
             Conflict::LeaseKeyInUse => NtStatus::INVALID_PARAMETER,
             Conflict::NoBreak => NtStatus::UNSUCCESSFUL,
+            Conflict::NotAccepted => NtStatus::REQUEST_NOT_ACCEPTED,
             // The node is out of sync with the cluster for now: the client may retry.
             Conflict::Unavailable => NtStatus::IO_TIMEOUT,
         }

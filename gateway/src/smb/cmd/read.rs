@@ -63,6 +63,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
             return Ok(Reply::ok(response(&data)));
         }
         OpenKind::File(f) => f,
+        OpenKind::Pending(_) => return Err(NtStatus::FILE_CLOSED),
     };
     if f.is_dir {
         return Err(NtStatus::INVALID_DEVICE_REQUEST);

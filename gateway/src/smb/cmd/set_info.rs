@@ -286,6 +286,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             }
             let a = ns.getattr(f.id).await?;
             if alloc < a.size {
+                server.locks.contend_if_needed(&f.id, f.lease).await?;
                 ns.setattr(&f.cred, f.id, SetAttr { size: Some(alloc), ..Default::default() }).await?;
             }
             Ok(ok())
@@ -304,6 +305,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             if f.is_dir {
                 return Err(NtStatus::INVALID_PARAMETER);
             }
+            server.locks.contend_if_needed(&f.id, f.lease).await?;
             ns.setattr(&f.cred, f.id, SetAttr { size: Some(size), ..Default::default() }).await?;
             Ok(ok())
         }

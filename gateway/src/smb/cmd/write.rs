@@ -59,6 +59,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             return Ok(Reply::ok(response(req.data.len() as u32)));
         }
         OpenKind::File(f) => f,
+        OpenKind::Pending(_) => return Err(NtStatus::FILE_CLOSED),
     };
     if f.is_dir {
         return Err(NtStatus::INVALID_DEVICE_REQUEST);
@@ -78,6 +79,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
     if !server.locks.io_allowed(&f.id, Some(f.key), offset, req.data.len() as u64, true).await? {
         return Err(NtStatus::FILE_LOCK_CONFLICT);
     }
+    server.locks.contend_if_needed(&f.id, f.lease).await?;
     let stable = if f.write_through || req.flags & WRITEFLAG_WRITE_THROUGH != 0 {
         Stability::FileSync
     } else {
