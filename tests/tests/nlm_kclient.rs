@@ -8,7 +8,7 @@
 //! refused throughout (grace period, then the reclaimed lock).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nasgw_tests::nlm::{file_handle, stat, NlmClient};
@@ -164,7 +164,7 @@ fn kernel_client_locks_hand_off_and_survive_a_restart() {
     drop(daemon);
 }
 
-fn logs(dir: &PathBuf) -> String {
+fn logs(dir: &Path) -> String {
     let mut s = String::new();
     for f in ["stdout.log", "stderr.log"] {
         s.push_str(&std::fs::read_to_string(dir.join(f)).unwrap_or_default());
