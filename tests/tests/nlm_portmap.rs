@@ -126,6 +126,28 @@ fn without_its_own_portmapper_nasgw_registers_with_the_hosts_rpcbind() {
         });
     println!("{listed}");
     assert!(listed.lines().filter(|l| l.contains("nlockmgr")).all(|l| l.contains(" 2049 ")), "{listed}");
+    // Every program on both protocols (UNSET clears a version on all protocols at once).
+    for (vers, proto, prog) in [
+        ("3", "tcp", "nfs"),
+        ("3", "tcp", "mountd"),
+        ("3", "udp", "mountd"),
+        ("4", "tcp", "nlockmgr"),
+        ("4", "udp", "nlockmgr"),
+        ("1", "tcp", "nlockmgr"),
+        ("1", "tcp", "status"),
+        ("1", "udp", "status"),
+    ] {
+        let t = wait_for("every registration", Duration::from_secs(10), Duration::from_millis(50), || {
+            let t = rpcinfo(&topo, "n1", &["-p", "127.0.0.1"]);
+            t.lines()
+                .any(|l| {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    w.len() == 5 && w[1] == vers && w[2] == proto && w[4] == prog
+                })
+                .then_some(t)
+        });
+        assert!(t.contains(" 2049 "), "{t}");
+    }
     assert!(d.logs().contains("registered MOUNT, NFS, NLM and NSM with the host's rpcbind"), "{}", d.logs());
     assert!(d.stop().success());
     wait_for("nasgw's programs gone from rpcbind's table", Duration::from_secs(10), Duration::from_millis(50), || {

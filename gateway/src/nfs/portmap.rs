@@ -157,15 +157,42 @@ pub fn universal_address(a: SocketAddr) -> String {
     format!("{}.{}.{}", a.ip().to_canonical(), a.port() >> 8, a.port() & 0xff)
 }
 
+/// nasgw's program versions in `map` (not the portmapper itself), each once.
+fn versions(map: &Portmap) -> Vec<(u32, u32)> {
+    let mut v: Vec<(u32, u32)> =
+        map.maps.iter().filter(|m| m.prog != PORTMAP_PROGRAM).map(|m| (m.prog, m.vers)).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Whether the host rpcbind at `pmap` maps `prog`/`vers` on some protocol (`.0`) and whether
+/// any of those mappings is another service's, not on a port of `map` (`.1`).
+async fn registered(pmap: SocketAddr, map: &Portmap, prog: u32, vers: u32) -> Result<(bool, bool), String> {
+    let (mut any, mut foreign) = (false, false);
+    for prot in [IPPROTO_TCP, IPPROTO_UDP] {
+        let port = super::rpc_client::getport(None, pmap.ip(), prog, vers, prot).await.map_err(|e| e.to_string())?;
+        any |= port != 0;
+        foreign |= port != 0 && !map.maps.iter().any(|m| m.prog == prog && m.vers == vers && m.port == port);
+    }
+    Ok((any, foreign))
+}
+
 /// Puts nasgw's programs (`map`, except the portmapper itself) in the table of the host's
-/// rpcbind at `pmap`, replacing what an earlier run left there. Returns the programs it
-/// refused (another service, e.g. a host rpc.statd, already holds them); `Err` when no
-/// portmapper answers.
+/// rpcbind at `pmap`, replacing what an earlier run left there (mappings on nasgw's own ports).
+/// Returns the programs it refused (another service, e.g. a host rpc.statd, already holds
+/// them: left alone); `Err` when no portmapper answers.
 pub async fn register_with_host(pmap: SocketAddr, map: &Portmap) -> Result<Vec<Mapping>, String> {
     use super::rpc_client::pmap_set;
+    // UNSET drops a program version on every protocol at once: clear each stale version first,
+    // then register every protocol.
+    for (prog, vers) in versions(map) {
+        if let (true, false) = registered(pmap, map, prog, vers).await? {
+            pmap_set(pmap, false, prog, vers, 0, 0).await.map_err(|e| e.to_string())?;
+        }
+    }
     let mut refused = Vec::new();
     for m in map.maps.iter().filter(|m| m.prog != PORTMAP_PROGRAM) {
-        let _ = pmap_set(pmap, false, m.prog, m.vers, m.prot, 0).await.map_err(|e| e.to_string())?;
         if !pmap_set(pmap, true, m.prog, m.vers, m.prot, m.port).await.map_err(|e| e.to_string())? {
             refused.push(*m);
         }
@@ -173,10 +200,13 @@ pub async fn register_with_host(pmap: SocketAddr, map: &Portmap) -> Result<Vec<M
     Ok(refused)
 }
 
-/// Removes nasgw's programs from the host rpcbind's table (at a clean stop).
+/// Removes nasgw's programs from the host rpcbind's table (at a clean stop); another
+/// service's registrations of the same programs stay.
 pub async fn unregister_from_host(pmap: SocketAddr, map: &Portmap) {
-    for m in map.maps.iter().filter(|m| m.prog != PORTMAP_PROGRAM) {
-        let _ = super::rpc_client::pmap_set(pmap, false, m.prog, m.vers, m.prot, m.port).await;
+    for (prog, vers) in versions(map) {
+        if let Ok((true, false)) = registered(pmap, map, prog, vers).await {
+            let _ = super::rpc_client::pmap_set(pmap, false, prog, vers, 0, 0).await;
+        }
     }
 }
 
