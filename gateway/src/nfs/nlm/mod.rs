@@ -9,7 +9,7 @@
 //!   client recorded on the shared volume's monitor list ([`store`]) before the first grant,
 //!   then taken in the lock table (and on the volume). A blocking LOCK that conflicts answers
 //!   BLOCKED; a task retries whenever the file's state changes (and every half second), takes
-//!   the lock when it frees and calls the client back (GRANTED, [`callback`]). A client that
+//!   the lock when it frees and calls the client back (GRANTED, `callback.rs`). A client that
 //!   no longer waits answers the callback with DENIED and the lock is given back.
 //! - **Takeover / restart**: when this node starts serving an address whose monitor list names
 //!   clients, the address enters its grace period, its NSM state number moves on, and each
