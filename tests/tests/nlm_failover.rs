@@ -273,19 +273,11 @@ fn failover(strict_everywhere: bool) {
     }
 }
 
+/// The lock is reclaimed through the new owner of the address, refused to the other client
+/// through it throughout grace, and never free through *any* node while the VM has not
+/// reclaimed it: the dead node's NLM locks stay in the lock table as orphans of their owner
+/// (`LockService::set_posix_grace`) until the reclaim adopts them.
 #[test]
-fn a_kernel_clients_lock_is_reclaimed_on_the_new_owner_and_refused_to_others_through_it() {
-    failover(false);
-}
-
-/// The same failover, also requiring that the lock is never free through *any* node while the
-/// VM has not reclaimed it. The lock table drops a dead node's locks as soon as its view
-/// excludes the node; until the reclaim arrives (SM_NOTIFY, then the client's LOCK), a client
-/// of another address (not in grace) could take it. Closing that window needs POSIX locks that
-/// outlive their node until their owner reclaims them or the address's grace period ends
-/// (durable holdings in the lock service, issue 12).
-#[test]
-#[ignore = "needs durable POSIX holdings in the lock service (issue 12): a dead node's NLM locks are dropped before the reclaim, so another node may grant them meanwhile"]
-fn a_kernel_clients_lock_is_never_free_anywhere_during_a_failover() {
+fn a_kernel_clients_lock_is_reclaimed_on_the_new_owner_and_never_free_meanwhile() {
     failover(true);
 }

@@ -620,6 +620,9 @@ pub async fn start(
     life.tasks.spawn(server.sharing.clone().run(life.stop.clone()));
     let public =
         cfg.cluster.as_ref().map_or_else(Vec::new, |c| c.public_addresses.iter().map(|p| p.address.addr()).collect());
+    // A dead node's NLM locks stay in the lock table as orphans of their owners for the grace
+    // period, so nobody (through any address) takes them before their client reclaims them.
+    locks.set_posix_grace(std::time::Duration::from_millis(nfs.grace_period_ms));
     let nlm = NlmService::new(
         locks,
         server.handles.clone(),

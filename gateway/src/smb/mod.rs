@@ -4,6 +4,8 @@
 //! - [`wire`]: pure decoders/encoders of SMB2 bytes (header, status codes);
 //! - [`auth`]: SPNEGO + NTLMSSP, users from the config;
 //! - [`signing`]: key derivation and message signing for every dialect;
+//! - [`transform`]: SMB 3 encryption: the TRANSFORM header, sealing and opening messages;
+//! - [`encryption`]: which requests must come encrypted and which replies are encrypted;
 //! - [`transport`]: transport frames in (one reused buffer), framed messages out;
 //! - [`compound`]: the message rules around commands as pure functions: chain splitting,
 //!   related operations, which signatures are checked and made, reply assembly;
@@ -20,6 +22,7 @@ pub mod cmd;
 pub mod compound;
 pub mod conn;
 pub mod dosattrib;
+pub mod encryption;
 pub mod file_state;
 pub mod fs;
 pub mod leases;
@@ -30,6 +33,7 @@ pub mod signing;
 pub mod srvsvc;
 pub mod status;
 pub mod streams;
+pub mod transform;
 pub mod transport;
 pub mod wire;
 
@@ -40,7 +44,7 @@ use anyhow::{Context, Result};
 use ha::connections::ConnectionTable;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, ShareConfig};
+use crate::config::{Config, ShareConfig, SmbEncryption};
 use crate::daemon::Lifecycle;
 use crate::locks::{LockService, OpenKey};
 use crate::vfs::{FileId, Namespace};
@@ -61,6 +65,8 @@ pub struct SmbServer {
     pub users: auth::UserDb,
     /// `[smb] require_signing`.
     pub require_signing: bool,
+    /// `[smb] encryption`: offered at all, and asked of every session or not.
+    pub encryption: SmbEncryption,
     /// Our GUID, stable for the process.
     pub guid: [u8; 16],
     /// When the process started, as a FILETIME.
@@ -117,6 +123,7 @@ impl SmbServer {
             shares: cfg.smb.shares.clone(),
             users,
             require_signing: cfg.smb.require_signing,
+            encryption: cfg.smb.encryption,
             guid: rand::random(),
             start_time: filetime_now(),
             guest_allowed: cfg.smb.shares.iter().any(|s| s.guest_ok),
@@ -151,6 +158,12 @@ impl SmbServer {
     /// A fresh identity for a new open, unique in the cluster.
     pub fn open_key(&self) -> OpenKey {
         self.locks.new_key()
+    }
+
+    /// What a tree connect of `share` asks for: the share's own `encryption`, never less
+    /// than `[smb] encryption`.
+    pub fn share_encryption(&self, share: &ShareConfig) -> SmbEncryption {
+        share.encryption.unwrap_or(self.encryption).max(self.encryption)
     }
 
     /// The share named `name` (case-insensitive).

@@ -131,6 +131,7 @@ impl From<Conflict> for NtStatus {
             Conflict::LeaseKeyInUse => NtStatus::INVALID_PARAMETER,
             Conflict::NoBreak => NtStatus::UNSUCCESSFUL,
             Conflict::NotAccepted => NtStatus::REQUEST_NOT_ACCEPTED,
+            Conflict::NotFound => NtStatus::OBJECT_NAME_NOT_FOUND,
             // The node is out of sync with the cluster for now: the client may retry.
             Conflict::Unavailable => NtStatus::IO_TIMEOUT,
         }
