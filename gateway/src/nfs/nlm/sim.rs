@@ -171,13 +171,10 @@ fn a_reclaim_follows_the_dead_nodes_locks_and_grace_keeps_others_out() {
 /// never gets the lock: the dead node's lock stays an orphan of X until X reclaims it.
 #[test]
 fn no_client_of_another_address_takes_a_lock_before_its_reclaim() {
-    let mut worst = Duration::ZERO;
     for seed in 0..40 {
-        let (gone, got, z_held) = run(seed, true, true);
+        let (_, _, z_held) = run(seed, true, true);
         assert!(!z_held, "seed {seed}: a client of another address took the lock before its reclaim");
-        worst = worst.max(got - gone);
     }
-    println!("longest gap between the orphan's end and the reclaim: {worst:?}");
 }
 
 /// Without durable POSIX holdings (`set_posix_grace` zero), the gap exists: the dead node's
