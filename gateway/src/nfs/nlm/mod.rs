@@ -756,6 +756,9 @@ impl NlmService {
         let r = if reclaim { self.take_reclaim(peer.server, file, rl).await } else { self.take(file, rl, true).await };
         match r {
             Ok(()) => {
+                if reclaim {
+                    tracing::info!(address = %peer.server, client = %peer.client.ip(), "NLM: lock reclaimed");
+                }
                 let mut i = self.inner();
                 i.table.note_lock(k, id, l.oh, file);
                 if i.waiters.remove(&key).is_some() {
