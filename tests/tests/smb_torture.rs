@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use nasgw_tests::{free_port, require_tool, workspace_root, Daemon};
 
-const SUITES: [&str; 15] = [
+const SUITES: [&str; 17] = [
     "smb2.connect",
     "smb2.read",
     "smb2.rw",
@@ -24,6 +24,8 @@ const SUITES: [&str; 15] = [
     "smb2.timestamps",
     "smb2.winattr",
     "smb2.openattr",
+    "smb2.durable-open",
+    "smb2.durable-v2-open",
 ];
 
 fn read_list(name: &str) -> BTreeSet<String> {

@@ -10,6 +10,7 @@
 
 pub mod args;
 pub mod attr;
+pub mod budget;
 mod dirlist;
 pub mod export;
 pub mod handle;

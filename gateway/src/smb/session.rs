@@ -128,6 +128,11 @@ pub struct Tree {
     pub require_encryption: bool,
 }
 
+/// Opens one connection may hold (Samba's default `max open files` is about as many): each
+/// holds memory, and a directory open a listing window. A CREATE past it fails with
+/// STATUS_INSUFFICIENT_RESOURCES.
+pub const MAX_OPENS: usize = 16384;
+
 /// The opens of a connection, by volatile file id.
 #[derive(Debug, Default)]
 pub struct OpenTable {
@@ -136,6 +141,11 @@ pub struct OpenTable {
 }
 
 impl OpenTable {
+    /// True when the connection holds [`MAX_OPENS`] opens: no CREATE may add one.
+    pub fn is_full(&self) -> bool {
+        self.opens.len() >= MAX_OPENS
+    }
+
     /// Stores `open` under a fresh volatile id and returns it.
     pub fn insert(&mut self, make: impl FnOnce(u64) -> Open) -> u64 {
         self.next += 1;
@@ -185,6 +195,11 @@ impl OpenTable {
             None => {}
         }
         self.opens.get_mut(&id).ok_or(NtStatus::FILE_CLOSED)
+    }
+
+    /// The persistent FileId of open `id`.
+    pub fn persistent_of(&self, id: u64) -> Option<u64> {
+        self.opens.get(&id).map(|o| o.persistent)
     }
 
     /// Removes and returns open `id`.
