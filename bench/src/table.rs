@@ -11,6 +11,8 @@ pub enum Unit {
     Files,
     /// Directory entries listed per second.
     Entries,
+    /// Lock+unlock pairs (or lock hand-offs) per second.
+    Locks,
 }
 
 impl Unit {
@@ -20,6 +22,7 @@ impl Unit {
             Unit::Megabytes => "MB/s",
             Unit::Files => "files/s",
             Unit::Entries => "entries/s",
+            Unit::Locks => "locks/s",
         }
     }
 }
