@@ -434,7 +434,7 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
     assert!(info.contains("network.ping-timeout: 5"), "failover options not set:\n{info}");
     let created: Vec<usize> = (0..3)
         .map(|i| {
-            c.ssh_ok(i, "journalctl -b -u nasgw-provision --no-pager -o cat | grep -c 'creating the volume' || true")
+            c.ssh_ok(i, "journalctl -b -u nasgw-provision --no-pager -o cat | grep -c 'creating the volume$' || true")
                 .trim()
                 .parse()
                 .unwrap_or(99)
