@@ -1,6 +1,7 @@
-//! The NFS service: one TCP listener serving NFSv3 and MOUNT v3 (and the portmapper program,
-//! also on its own optional listener), with requests of one connection processed concurrently
-//! and answered in any order.
+//! The NFS service: one TCP listener serving NFSv3 and MOUNT v3, NLM and NSM (and the
+//! portmapper program, also on its own optional listener), with requests of one connection
+//! processed concurrently and answered in any order; the same port over UDP serves MOUNT, NLM,
+//! NSM and the portmapper (see [`super::udp`]).
 //!
 //! Per connection: a reader task splits the byte stream into records ([`RecordReader`], which
 //! refuses fragments over [`super::rpc::MAX_FRAGMENT`]; a malformed header closes the
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use ha::connections::{ConnectionTable, TcpConnection};
 use nfs3_types::mount::{dirpath, export_node, exports, fhandle3, mountres3, mountres3_ok, mountstat3, name};
-use nfs3_types::portmap::mapping;
 use nfs3_types::xdr_codec::{List, Opaque, Pack};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, Interest};
@@ -26,30 +26,29 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 
-use super::args::{decode_mount, decode_nfs, decode_pmap_mapping, procs, MountArgs, NfsArgs, MAX_IO};
+use super::args::{decode_mount, decode_nfs, procs, MountArgs, NfsArgs, MAX_IO};
+use super::budget::{self, ReplyBudget, Reservation};
 use super::export::ExportPolicy;
 use super::handle::{HandleCodec, HandleError};
+use super::nlm::{self, NlmService, Peer};
+use super::portmap::Portmap;
 use super::proc;
 use super::record::RecordReader;
 use super::rpc::{self, AuthFailure, Call, CallError, ReplyStatus};
 use crate::config::Config;
 use crate::daemon::Lifecycle;
+use crate::locks::LockService;
 use crate::vfs::{Credentials, FileId, FileSlice, FileType, Namespace, ReadData};
 
 /// RPC program numbers served.
 const NFS_PROGRAM: u32 = 100_003;
 const MOUNT_PROGRAM: u32 = 100_005;
 const PORTMAP_PROGRAM: u32 = 100_000;
+const NLM_PROGRAM: u32 = nlm::wire::PROGRAM;
+const NSM_PROGRAM: u32 = super::nsm::PROGRAM;
 
 /// Calls of one connection executing at once.
 pub const MAX_IN_FLIGHT: usize = 64;
-/// Request and reply bytes all connections together may hold in memory (1 GiB, in 64 KiB units):
-/// 64 calls x 1 MiB on each of many connections must not exhaust memory.
-const MEMORY_UNITS: usize = 16384;
-const MEMORY_UNIT: usize = 64 * 1024;
-/// Share of [`MEMORY_UNITS`] one connection may hold at once (64 MiB): a client that pipelines
-/// READs and never reads the replies stalls itself, not every other client.
-const CONNECTION_MEMORY_UNITS: usize = 1024;
 /// A reply the client has not taken within this long closes the connection (its calls and
 /// their memory are released; a live client resends on a new connection).
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -70,10 +69,12 @@ pub struct NfsServer {
     /// Changes on every start, so a client holding UNSTABLE data resends it after a restart.
     pub(super) write_verifier: [u8; 8],
     export: String,
-    nfs_port: u16,
-    portmap_port: Option<u16>,
-    /// Budget of [`MEMORY_UNITS`] shared by all calls in flight.
-    memory: Arc<Semaphore>,
+    /// What the portmapper answers.
+    portmap: Portmap,
+    /// The lock manager (NLM and NSM), once started.
+    nlm: std::sync::OnceLock<Arc<NlmService>>,
+    /// Memory the calls in flight and their unsent replies may hold (see [`ReplyBudget`]).
+    pub(super) budget: ReplyBudget,
     /// How long a connection may stay open without sending a first RPC call.
     pub first_call_timeout: std::time::Duration,
     /// NFS's part in the cluster's file-sharing state (SMB opens, locks and leases).
@@ -109,9 +110,9 @@ impl NfsServer {
             policy,
             write_verifier,
             export: export.to_string(),
-            nfs_port,
-            portmap_port,
-            memory: Arc::new(Semaphore::new(MEMORY_UNITS)),
+            portmap: Portmap::nasgw(nfs_port, portmap_port),
+            nlm: std::sync::OnceLock::new(),
+            budget: ReplyBudget::default(),
             first_call_timeout: FIRST_CALL_TIMEOUT,
             sharing: super::sharing::NfsSharing::new(locks),
         }
@@ -125,6 +126,11 @@ impl NfsServer {
         })
     }
 
+    /// The lock manager, when NFS serves locks.
+    pub fn nlm(&self) -> Option<&Arc<NlmService>> {
+        self.nlm.get()
+    }
+
     /// The handle of the export root (what MOUNT returns).
     pub fn root_handle(&self) -> Vec<u8> {
         self.handles.encode(&self.ns.root())
@@ -134,6 +140,7 @@ impl NfsServer {
     /// stops (in-flight calls finish first).
     pub async fn serve_connection(self: Arc<Self>, stream: TcpStream, conn: TcpConnection, life: Lifecycle) {
         let client = conn.client;
+        let server = conn.server.ip();
         let (rd, wr) = stream.into_split();
         let mut rd = RecordReader::new(rd);
         // Each call writes its own reply when done (no hand-off to a writer task).
@@ -142,7 +149,7 @@ impl NfsServer {
             client,
             dead: std::sync::atomic::AtomicBool::new(false),
         });
-        let own_memory = Arc::new(Semaphore::new(CONNECTION_MEMORY_UNITS));
+        let own_memory = Arc::new(Semaphore::new(budget::CONNECTION_UNITS));
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let local = self.ns.is_local();
         let mut called = false;
@@ -193,28 +200,25 @@ impl NfsServer {
                 }
             };
             let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
-            // A READ's reply is up to 1 MiB; everything else is about the size of its request.
-            let reply = if call.prog == NFS_PROGRAM && call.proc_ == procs::READ { MAX_IO as usize } else { 0 };
-            let units = ((record.len() + reply) / MEMORY_UNIT + 1).min(CONNECTION_MEMORY_UNITS) as u32;
-            // This connection's share first, so a greedy client waits on itself alone.
-            let Ok(own) = own_memory.clone().acquire_many_owned(units).await else { break };
-            let Ok(memory) = self.memory.clone().acquire_many_owned(units).await else { break };
-            let memory = (own, memory);
+            // The request's bytes (a READ reserves its reply itself, once its handle is checked).
+            let Some(memory) = self.budget.request(&own_memory, record.len()).await else { break };
             // The client waits on this call alone (nothing else in flight, nothing more sent):
             // answer it here, saving a task and a thread hand-off. Only on a local file system
             // (calls take microseconds) and never for calls that may wait for the disk, which
             // would hold up calls the client sends meanwhile.
             let alone = in_flight.available_permits() == MAX_IN_FLIGHT - 1 && rd.buffered() == 0;
-            let syncs = call.prog == NFS_PROGRAM && matches!(call.proc_, procs::WRITE | procs::COMMIT);
+            // Lock calls may wait (a reclaim for the cluster's lock table to settle).
+            let syncs = call.prog == NFS_PROGRAM && matches!(call.proc_, procs::WRITE | procs::COMMIT)
+                || call.prog == NLM_PROGRAM;
             if local && alone && !syncs {
-                let reply = self.dispatch(&call, &record, client.ip()).await;
+                let reply = self.dispatch(&call, &record, client, server).await;
                 tx.send(reply).await;
                 drop((permit, memory));
                 continue;
             }
             let (me, tx) = (self.clone(), tx.clone());
             life.tasks.spawn(async move {
-                let reply = me.dispatch(&call, &record, client.ip()).await;
+                let reply = me.dispatch(&call, &record, client, server).await;
                 tx.send(reply).await;
                 drop((permit, memory));
             });
@@ -223,11 +227,12 @@ impl NfsServer {
         let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
     }
 
-    /// Answers one call (any program) with a complete reply record, and counts it in the
-    /// metrics (operation, latency, status, bytes read).
-    pub async fn dispatch(&self, call: &Call, record: &[u8], client: IpAddr) -> Reply {
+    /// Answers one call (any program) from `client` to local address `server` with a complete
+    /// reply record (empty: no reply at all), and counts it in the metrics (operation, latency,
+    /// status, bytes read).
+    pub async fn dispatch(&self, call: &Call, record: &[u8], client: SocketAddr, server: IpAddr) -> Reply {
         let started = std::time::Instant::now();
-        let reply = self.answer(call, record, client).await;
+        let reply = self.answer(call, record, client, server).await;
         let stats = match call.prog {
             NFS_PROGRAM => &crate::metrics::NFS,
             MOUNT_PROGRAM => &crate::metrics::MOUNT,
@@ -240,18 +245,52 @@ impl NfsServer {
         reply
     }
 
-    async fn answer(&self, call: &Call, record: &[u8], client: IpAddr) -> Reply {
+    async fn answer(&self, call: &Call, record: &[u8], peer: SocketAddr, server: IpAddr) -> Reply {
         let args = &record[call.args_at..];
+        let client = peer.ip();
         let bytes = match (call.prog, call.vers) {
             (NFS_PROGRAM, 3) => return self.dispatch_nfs(call, args, client).await,
             (NFS_PROGRAM, _) => rpc::reply_only(call.xid, ReplyStatus::ProgMismatch(3, 3)),
             (MOUNT_PROGRAM, 3) => self.dispatch_mount(call, args, client).await,
             (MOUNT_PROGRAM, _) => rpc::reply_only(call.xid, ReplyStatus::ProgMismatch(3, 3)),
-            (PORTMAP_PROGRAM, 2) => self.dispatch_portmap(call, args),
-            (PORTMAP_PROGRAM, _) => rpc::reply_only(call.xid, ReplyStatus::ProgMismatch(2, 2)),
+            (PORTMAP_PROGRAM, v) => match self.portmap.answer(v, call.proc_, args, server) {
+                Ok(body) => {
+                    let mut out = rpc::begin_reply(call.xid, ReplyStatus::Success, body.len());
+                    out.extend_from_slice(&body);
+                    rpc::finish_reply(out)
+                }
+                Err(status) => rpc::reply_only(call.xid, status),
+            },
+            (NLM_PROGRAM | NSM_PROGRAM, _) => return self.dispatch_locks(call, args, peer, server).await,
             _ => rpc::reply_only(call.xid, ReplyStatus::ProgUnavail),
         };
         Reply::from(bytes)
+    }
+
+    /// NLM and NSM calls, for clients the export admits.
+    async fn dispatch_locks(&self, call: &Call, args: &[u8], client: SocketAddr, server: IpAddr) -> Reply {
+        let Some(nlm) = self.nlm.get() else {
+            return rpc::reply_only(call.xid, ReplyStatus::ProgUnavail).into();
+        };
+        if call.proc_ != 0 && !self.policy.allows(client.ip()) {
+            tracing::info!(client = %client.ip(), "NLM: client not in [nfs] clients, refused");
+            return rpc::reply_only(call.xid, ReplyStatus::AuthError(AuthFailure::TooWeak)).into();
+        }
+        let peer = Peer { client, server };
+        let answer = if call.prog == NLM_PROGRAM {
+            nlm.call(peer, call.vers, call.proc_, args).await
+        } else {
+            nlm.nsm_call(peer, call.vers, call.proc_, args).await
+        };
+        match answer {
+            nlm::Answer::Body(body) => {
+                let mut out = rpc::begin_reply(call.xid, ReplyStatus::Success, body.len());
+                out.extend_from_slice(&body);
+                rpc::finish_reply(out).into()
+            }
+            nlm::Answer::Status(s) => rpc::reply_only(call.xid, s).into(),
+            nlm::Answer::Silent => Reply::from(Vec::new()),
+        }
     }
 
     async fn dispatch_nfs(&self, call: &Call, args: &[u8], client: IpAddr) -> Reply {
@@ -286,9 +325,9 @@ impl NfsServer {
         let mut out = rpc::begin_reply(call.xid, ReplyStatus::Success, hint);
         match self.nfs3(&req, decoded, &mut out).await {
             None => rpc::finish_reply(out).into(),
-            Some(data) => {
+            Some((data, hold)) => {
                 let more = data.len() + proc::xdr_pad(data.len());
-                Reply { bytes: rpc::finish_reply_followed(out, more), data: Some(data) }
+                Reply { bytes: rpc::finish_reply_followed(out, more), data: Some(data), hold }
             }
         }
     }
@@ -365,38 +404,6 @@ impl NfsServer {
         };
         Ok(self.handles.encode(&id))
     }
-
-    fn dispatch_portmap(&self, call: &Call, args: &[u8]) -> Vec<u8> {
-        let mut out = rpc::begin_reply(call.xid, ReplyStatus::Success, 128);
-        match call.proc_ {
-            0 => {}
-            // SET / UNSET: this portmapper only knows nasgw's own programs.
-            1 | 2 => false.pack(&mut out).map(|_| ()).expect("Vec"),
-            3 => {
-                let Ok((prog, vers, prot, _)) = decode_pmap_mapping(args) else {
-                    return rpc::reply_only(call.xid, ReplyStatus::GarbageArgs);
-                };
-                let port = match (prog, vers, prot) {
-                    (NFS_PROGRAM, 3, 6) | (MOUNT_PROGRAM, 3, 6) => u32::from(self.nfs_port),
-                    (PORTMAP_PROGRAM, 2, 6) => self.portmap_port.map_or(0, u32::from),
-                    _ => 0,
-                };
-                port.pack(&mut out).expect("Vec");
-            }
-            4 => {
-                let mut maps = vec![
-                    mapping { prog: NFS_PROGRAM, vers: 3, prot: 6, port: u32::from(self.nfs_port) },
-                    mapping { prog: MOUNT_PROGRAM, vers: 3, prot: 6, port: u32::from(self.nfs_port) },
-                ];
-                if let Some(p) = self.portmap_port {
-                    maps.push(mapping { prog: PORTMAP_PROGRAM, vers: 2, prot: 6, port: u32::from(p) });
-                }
-                List(maps).pack(&mut out).expect("Vec");
-            }
-            _ => return rpc::reply_only(call.xid, ReplyStatus::ProcUnavail),
-        }
-        rpc::finish_reply(out)
-    }
 }
 
 /// A complete reply record.
@@ -406,11 +413,13 @@ pub struct Reply {
     /// READ data sent after `bytes` (from memory as it is, or from the file with `sendfile`),
     /// then its XDR padding.
     pub data: Option<ReadData>,
+    /// The budget `data` holds until it is sent.
+    pub hold: Option<Reservation>,
 }
 
 impl From<Vec<u8>> for Reply {
     fn from(bytes: Vec<u8>) -> Self {
-        Self { bytes, data: None }
+        Self { bytes, data: None, hold: None }
     }
 }
 
@@ -553,11 +562,13 @@ fn load_or_create_key(path: &Path) -> Result<Vec<u8>> {
     Ok(key.to_vec())
 }
 
-/// Starts the NFS listener (and the portmapper one if configured) as tasks of `life`.
+/// Starts the NFS listener, the UDP socket beside it (MOUNT, NLM, NSM), the lock manager, and
+/// the portmapper (TCP and UDP) if configured, as tasks of `life`. Without a portmapper of its
+/// own, nasgw puts its programs in a host rpcbind's table when one answers on 127.0.0.1:111.
 pub async fn start(
     cfg: &Config,
     ns: Namespace,
-    locks: Arc<crate::locks::LockService>,
+    locks: Arc<LockService>,
     connections: Arc<ConnectionTable>,
     life: &Lifecycle,
 ) -> Result<Arc<NfsServer>> {
@@ -565,6 +576,11 @@ pub async fn start(
     let listener =
         TcpListener::bind(nfs.listen).await.with_context(|| format!("cannot listen for NFS on {}", nfs.listen))?;
     let port = listener.local_addr()?.port();
+    let udp_addr = SocketAddr::new(nfs.listen.ip(), port);
+    let udp = Arc::new(
+        super::udp::PktSocket::bind(udp_addr)
+            .with_context(|| format!("cannot listen for NLM, NSM and MOUNT on UDP {udp_addr}"))?,
+    );
     let pmap = match nfs.portmap_listen {
         Some(a) => Some(TcpListener::bind(a).await.with_context(|| {
             format!("cannot listen for the portmapper on {a} (port 111 needs root and no rpcbind running)")
@@ -572,11 +588,43 @@ pub async fn start(
         None => None,
     };
     let pmap_port = pmap.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
+    let pmap_udp = match pmap_port {
+        Some(p) => {
+            let a = SocketAddr::new(nfs.portmap_listen.map_or(nfs.listen.ip(), |a| a.ip()), p);
+            Some(Arc::new(
+                super::udp::PktSocket::bind(a)
+                    .with_context(|| format!("cannot listen for the portmapper on UDP {a}"))?,
+            ))
+        }
+        None => None,
+    };
     let key = handle_key(cfg)?;
-    let server =
-        Arc::new(NfsServer::new(ns, &cfg.volume.name, ExportPolicy::from_config(nfs), &key, port, pmap_port, locks));
+    let server = Arc::new(NfsServer::new(
+        ns,
+        &cfg.volume.name,
+        ExportPolicy::from_config(nfs),
+        &key,
+        port,
+        pmap_port,
+        locks.clone(),
+    ));
     life.tasks.spawn(server.sharing.clone().run(life.stop.clone()));
-    tracing::info!(listen = %nfs.listen, portmap = ?nfs.portmap_listen, export = %cfg.volume.name, "NFS listening");
+    let public =
+        cfg.cluster.as_ref().map_or_else(Vec::new, |c| c.public_addresses.iter().map(|p| p.address.addr()).collect());
+    // A dead node's NLM locks stay in the lock table as orphans of their owners for the grace
+    // period, so nobody (through any address) takes them before their client reclaims them.
+    locks.set_posix_grace(std::time::Duration::from_millis(nfs.grace_period_ms));
+    let nlm = NlmService::new(
+        locks,
+        server.handles.clone(),
+        server.ns.clone(),
+        public,
+        std::time::Duration::from_millis(nfs.grace_period_ms),
+        life.stop.clone(),
+    );
+    nlm.start();
+    let _ = server.nlm.set(nlm);
+    tracing::info!(listen = %nfs.listen, portmap = ?nfs.portmap_listen, export = %cfg.volume.name, "NFS listening (TCP; NLM, NSM and MOUNT also on UDP)");
     let s = server.clone();
     let l = life.clone();
     life.tasks.spawn(crate::listener::accept_loop(
@@ -587,6 +635,13 @@ pub async fn start(
         life.clone(),
         move |stream, conn| s.clone().serve_connection(stream, conn, l.clone()),
     ));
+    for (sock, service) in std::iter::once((udp, "nfs-udp")).chain(pmap_udp.map(|u| (u, "portmap-udp"))) {
+        let s = server.clone();
+        life.tasks.spawn(super::udp::serve(sock, service, life.stop.clone(), move |data, from, to| {
+            let s = s.clone();
+            async move { s.answer_datagram(&data, from, to).await }
+        }));
+    }
     if let Some(pl) = pmap {
         let s = server.clone();
         let l = life.clone();
@@ -598,17 +653,194 @@ pub async fn start(
             life.clone(),
             move |stream, conn| s.clone().serve_connection(stream, conn, l.clone()),
         ));
+    } else {
+        let (map, stop) = (server.portmap.clone(), life.stop.clone());
+        life.tasks.spawn(async move {
+            let host = SocketAddr::from(([127, 0, 0, 1], 111));
+            match super::portmap::register_with_host(host, &map).await {
+                Ok(refused) if refused.is_empty() => {
+                    tracing::info!("NFS: registered MOUNT, NFS, NLM and NSM with the host's rpcbind");
+                }
+                Ok(refused) => {
+                    let progs: Vec<String> = refused.iter().map(|m| format!("{}/{}", m.prog, m.vers)).collect();
+                    tracing::warn!(
+                        refused = %progs.join(" "),
+                        "NFS: the host's rpcbind already has some of nasgw's programs (a kernel lockd or rpc.statd running?): clients reach those instead"
+                    );
+                }
+                Err(_) => {
+                    tracing::debug!("NFS: no portmapper on this host and none configured ([nfs] portmap_listen): clients need port options");
+                    return;
+                }
+            }
+            stop.cancelled().await;
+            super::portmap::unregister_from_host(host, &map).await;
+        });
     }
     Ok(server)
+}
+
+impl NfsServer {
+    /// Answers one datagram (a call over UDP): MOUNT, NLM, NSM and the portmapper; NFS itself
+    /// only over TCP. Returns the reply message, or nothing.
+    async fn answer_datagram(&self, data: &[u8], from: SocketAddr, to: IpAddr) -> Option<Vec<u8>> {
+        let call = match rpc::parse_call(data) {
+            Ok(c) => c,
+            Err(CallError::RpcVersion { xid, .. }) => {
+                return Some(rpc::reply_only(xid, ReplyStatus::RpcMismatch)[4..].to_vec())
+            }
+            Err(CallError::BadCredential { xid }) => {
+                return Some(rpc::reply_only(xid, ReplyStatus::AuthError(AuthFailure::BadCred))[4..].to_vec())
+            }
+            Err(_) => return None,
+        };
+        if call.prog == NFS_PROGRAM {
+            return Some(rpc::reply_only(call.xid, ReplyStatus::ProgUnavail)[4..].to_vec());
+        }
+        let reply = self.dispatch(&call, data, from, to).await;
+        (reply.bytes.len() > 4).then(|| reply.bytes[4..].to_vec())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::os::fd::OwnedFd;
+    use std::time::Duration;
 
     use tokio::io::AsyncReadExt;
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::locks::LockService;
+    use crate::vfs::posix::{PosixBackend, PosixOptions};
+
+    /// A server exporting `dir` (local backend, default `[nfs]` policy).
+    fn server(dir: &Path) -> NfsServer {
+        let text = format!(
+            "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{}\"\n\n[smb]\nenabled = false\n",
+            dir.display()
+        );
+        let cfg = crate::config::parse(&text, "test", dir).expect("config");
+        let ns = Namespace::new(Arc::new(PosixBackend::open(dir, PosixOptions::new("smb")).expect("backend")));
+        NfsServer::new(ns, "smb", ExportPolicy::from_config(&cfg.nfs), &[9; 32], 2049, None, LockService::single())
+    }
+
+    /// Accepts one client and serves it as a spawned task; returns the client's end.
+    async fn connect(server: Arc<NfsServer>) -> (TcpStream, tokio::task::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = l.accept().await.unwrap();
+        let life = Lifecycle { stop: CancellationToken::new(), tasks: tokio_util::task::TaskTracker::new() };
+        let tcp = TcpConnection { client: peer, server: addr };
+        (client, tokio::spawn(server.serve_connection(stream, tcp, life)))
+    }
+
+    /// One record-marked NFSv3 call `proc_` from AUTH_UNIX uid/gid 1000 with `args`.
+    fn nfs_call(xid: u32, proc_: u32, args: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for x in [xid, 0, 2, NFS_PROGRAM, 3, proc_, 1, 24, 1, 4] {
+            body.extend_from_slice(&x.to_be_bytes());
+        }
+        body.extend_from_slice(b"host");
+        for x in [1000u32, 1000, 0, 0, 0] {
+            body.extend_from_slice(&x.to_be_bytes());
+        }
+        body.extend_from_slice(args);
+        let mut rec = (0x8000_0000u32 | body.len() as u32).to_be_bytes().to_vec();
+        rec.extend_from_slice(&body);
+        rec
+    }
+
+    /// READ arguments: `count` bytes at 0 of handle `fh`.
+    fn read_args(fh: &[u8], count: u32) -> Vec<u8> {
+        let mut a = (fh.len() as u32).to_be_bytes().to_vec();
+        a.extend_from_slice(fh);
+        a.resize(4 + fh.len().div_ceil(4) * 4, 0);
+        a.extend_from_slice(&0u64.to_be_bytes());
+        a.extend_from_slice(&count.to_be_bytes());
+        a
+    }
+
+    /// Reads one accepted reply record: (xid, the result's nfsstat3, `None` for a void result).
+    async fn reply(c: &mut TcpStream) -> Option<(u32, Option<u32>)> {
+        let mut mark = [0u8; 4];
+        c.read_exact(&mut mark).await.ok()?;
+        let mut rec = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+        c.read_exact(&mut rec).await.ok()?;
+        let word = |i: usize| u32::from_be_bytes(rec[i * 4..i * 4 + 4].try_into().unwrap());
+        // xid, REPLY, MSG_ACCEPTED, verifier (flavor, empty), SUCCESS, then the result.
+        assert_eq!((word(1), word(2), word(5)), (1, 0, 0), "an accepted, successful RPC reply");
+        Some((word(0), (rec.len() >= 28).then(|| word(6))))
+    }
+
+    async fn closed_by_server(c: &mut TcpStream) -> bool {
+        let mut b = [0u8; 1];
+        matches!(c.read(&mut b).await, Ok(0))
+            || matches!(c.read(&mut b).await, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_sends_no_call_is_closed_and_one_that_called_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = server(tmp.path());
+        s.first_call_timeout = Duration::from_millis(300);
+        let s = Arc::new(s);
+        let (mut silent, task) = connect(s.clone()).await;
+        let (mut caller, _caller_task) = connect(s).await;
+        caller.write_all(&nfs_call(1, 0, &[])).await.unwrap();
+        assert_eq!(reply(&mut caller).await, Some((1, None)), "NULL answered");
+        let start = std::time::Instant::now();
+        let closed = tokio::time::timeout(Duration::from_secs(10), closed_by_server(&mut silent)).await;
+        let took = start.elapsed();
+        println!("silent connection closed after {took:?} (first-call timeout 300 ms)");
+        assert_eq!(closed, Ok(true), "the silent connection was closed");
+        assert!(took < Duration::from_secs(5), "closed after {took:?}");
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("serve returned").unwrap();
+        // The connection that called stays open past the first-call timeout.
+        caller.write_all(&nfs_call(2, 0, &[])).await.unwrap();
+        assert_eq!(reply(&mut caller).await, Some((2, None)), "a connection that called is kept");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_reserves_its_reply_only_after_the_handle_is_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), vec![7u8; 4096]).unwrap();
+        let s = Arc::new(server(tmp.path()));
+        let cred = Credentials::new(0, 0);
+        let (id, _) = s.ns.lookup(&cred, s.ns.root(), b"f").await.unwrap();
+        let good = s.handles.encode(&id);
+        let mut forged = good.clone();
+        *forged.last_mut().unwrap() ^= 1;
+        // Another connection of this address holds the whole of its share.
+        let me: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..budget::CLIENT_UNITS / budget::CONNECTION_UNITS {
+            held.push(s.budget.reply(me, budget::CONNECTION_UNITS * budget::UNIT).await.unwrap());
+        }
+        let (mut c, _task) = connect(s.clone()).await;
+        // A forged handle is refused at once: it never waits for (or holds) any budget.
+        c.write_all(&nfs_call(1, 6, &read_args(&forged, 1 << 20))).await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(5), reply(&mut c)).await.expect("answered at once");
+        assert_eq!(refused, Some((1, Some(nfs3_types::nfs3::nfsstat3::NFS3ERR_BADHANDLE as u32))));
+        // A good one waits for the share...
+        c.write_all(&nfs_call(2, 6, &read_args(&good, 1 << 20))).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(300), reply(&mut c)).await;
+        assert!(waited.is_err(), "a READ went past its address's share");
+        // ...and NULL calls of the same client are still answered meanwhile.
+        let (mut other, _t) = connect(s.clone()).await;
+        other.write_all(&nfs_call(3, 0, &[])).await.unwrap();
+        let null = tokio::time::timeout(Duration::from_secs(5), reply(&mut other)).await.expect("NULL answered");
+        assert_eq!(null, Some((3, None)));
+        held.clear();
+        let read = tokio::time::timeout(Duration::from_secs(5), reply(&mut c)).await.expect("READ answered");
+        assert_eq!(read, Some((2, Some(0))));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while s.budget.available() != budget::SERVER_UNITS && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(s.budget.available(), budget::SERVER_UNITS, "nothing left held");
+    }
 
     /// A connected pair: the server's write half (in a [`ReplySink`]) and the client's stream.
     async fn pair() -> (ReplySink, TcpStream) {
@@ -632,7 +864,7 @@ mod tests {
         let (sink, mut client) = pair().await;
         let content: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
         let (_dir, f) = slice(&content, 7, 200_001);
-        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::File(f)) }).await;
+        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::File(f)), hold: None }).await;
         sink.send(Reply::from(b"next".to_vec())).await;
         drop(sink);
         let mut got = Vec::new();
@@ -655,8 +887,8 @@ mod tests {
             client.read_to_end(&mut got).await.unwrap();
             got
         });
-        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::Bytes(data.clone())) }).await;
-        sink.send(Reply { bytes: b"empty".to_vec(), data: Some(ReadData::Bytes(Vec::new())) }).await;
+        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::Bytes(data.clone())), hold: None }).await;
+        sink.send(Reply { bytes: b"empty".to_vec(), data: Some(ReadData::Bytes(Vec::new())), hold: None }).await;
         sink.send(Reply::from(b"next".to_vec())).await;
         drop(sink);
         let got = reader.await.unwrap();
@@ -673,7 +905,7 @@ mod tests {
         let (sink, mut client) = pair().await;
         // The reply promised 2000 bytes; the file has 1000 left.
         let (_dir, f) = slice(&[1; 1000], 0, 2000);
-        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::File(f)) }).await;
+        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::File(f)), hold: None }).await;
         sink.send(Reply::from(b"later".to_vec())).await;
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();

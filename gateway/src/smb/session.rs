@@ -128,6 +128,11 @@ pub struct Tree {
     pub require_encryption: bool,
 }
 
+/// Opens one connection may hold (Samba's default `max open files` is about as many): each
+/// holds memory, and a directory open a listing window. A CREATE past it fails with
+/// STATUS_INSUFFICIENT_RESOURCES.
+pub const MAX_OPENS: usize = 16384;
+
 /// The opens of a connection, by volatile file id.
 #[derive(Debug, Default)]
 pub struct OpenTable {
@@ -136,6 +141,11 @@ pub struct OpenTable {
 }
 
 impl OpenTable {
+    /// True when the connection holds [`MAX_OPENS`] opens: no CREATE may add one.
+    pub fn is_full(&self) -> bool {
+        self.opens.len() >= MAX_OPENS
+    }
+
     /// Stores `open` under a fresh volatile id and returns it.
     pub fn insert(&mut self, make: impl FnOnce(u64) -> Open) -> u64 {
         self.next += 1;
@@ -187,6 +197,11 @@ impl OpenTable {
         self.opens.get_mut(&id).ok_or(NtStatus::FILE_CLOSED)
     }
 
+    /// The persistent FileId of open `id`.
+    pub fn persistent_of(&self, id: u64) -> Option<u64> {
+        self.opens.get(&id).map(|o| o.persistent)
+    }
+
     /// Removes and returns open `id`.
     pub fn remove(&mut self, id: u64) -> Option<Open> {
         self.opens.remove(&id)
@@ -209,5 +224,34 @@ impl OpenTable {
     /// Every open (for `nasgw connections`).
     pub fn iter(&self) -> impl Iterator<Item = &Open> {
         self.opens.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smb::cmd::open::{Open, OpenKind};
+
+    #[test]
+    fn a_table_is_full_at_max_opens_and_frees_a_slot_on_close() {
+        let mut t = OpenTable::default();
+        let pipe = |v| Open {
+            volatile: v,
+            persistent: v,
+            session_id: 1,
+            tree_id: 1,
+            kind: OpenKind::Pipe(Default::default()),
+        };
+        for _ in 0..MAX_OPENS {
+            assert!(!t.is_full());
+            t.insert(pipe);
+        }
+        assert!(t.is_full(), "{} opens", MAX_OPENS);
+        let first = t.all_ids().into_iter().min().unwrap();
+        assert!(t.remove(first).is_some());
+        assert!(!t.is_full(), "a close makes room");
+        let id = t.reserve();
+        t.insert_at(id, pipe(id));
+        assert!(t.is_full());
     }
 }

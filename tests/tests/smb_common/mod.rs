@@ -53,7 +53,7 @@ pub fn start_shares(name: &str, extra_smb: &str, shares: &str) -> SmbServer {
     std::fs::create_dir_all(ddir.join("data/priv")).unwrap();
     // The password is set the way an admin does it: `nasgw passwd alice` on the config file.
     let cfg_path = ddir.join("nasgw.toml");
-    std::fs::write(&cfg_path, cfg.replace("{dir}", &ddir.display().to_string())).unwrap();
+    nasgw_tests::process::write_private(&cfg_path, &cfg.replace("{dir}", &ddir.display().to_string()));
     set_password(&cfg_path, "alice", ALICE_PASSWORD);
     let text = std::fs::read_to_string(&cfg_path).unwrap();
     let daemon = Daemon::start(name, &ddir, &text, None);
