@@ -6,6 +6,7 @@
 //! loopback; Ganesha's rpcbind gets port 111 there), so a run never disturbs other daemons on
 //! the machine. Needs root.
 
+mod cluster;
 mod fixture;
 mod gluster;
 mod machine;
@@ -34,6 +35,8 @@ enum Only {
     Smb,
     /// GlusterFS: raw FUSE mount, nasgw (FUSE, gfapi), Samba on FUSE, Ganesha FSAL_GLUSTER.
     Gluster,
+    /// Cluster: one shared file from two clients through two nodes vs one (3 nasgw nodes).
+    Cluster,
     /// NFS locks (NLM 4): nasgw vs NFS-Ganesha with NLM and rpc.statd.
     Nlm,
 }
@@ -45,7 +48,7 @@ struct Args {
     /// Small sizes (32 MiB bulk, 200 files, 1000 entries, one round): checks the plumbing.
     #[arg(long)]
     quick: bool,
-    /// Run only these groups (repeat or comma-separate); default: nfs, smb and nlm.
+    /// Run only these groups (repeat or comma-separate); default: nfs, smb, cluster and nlm.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Only>,
     /// Rounds per workload (the median is reported); default 5, or 1 with --quick.
@@ -77,7 +80,8 @@ fn main() -> Result<()> {
     if let Some(r) = args.rounds {
         sizes.rounds = r.max(1);
     }
-    let only = if args.only.is_empty() { vec![Only::Nfs, Only::Smb, Only::Nlm] } else { args.only.clone() };
+    let only =
+        if args.only.is_empty() { vec![Only::Nfs, Only::Smb, Only::Cluster, Only::Nlm] } else { args.only.clone() };
 
     let (_keep, work) = match &args.dir {
         Some(d) => {
@@ -112,6 +116,9 @@ fn main() -> Result<()> {
     }
     if only.contains(&Only::Gluster) {
         groups.extend(gluster::run(&work, sizes, &rt)?);
+    }
+    if only.contains(&Only::Cluster) {
+        groups.push(cluster::run(sizes));
     }
 
     let command = std::env::args().collect::<Vec<_>>().join(" ");

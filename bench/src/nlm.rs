@@ -81,7 +81,7 @@ pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<NfsEndpoint, String>) -> Gr
     run_row(
         &mut group,
         &format!("{pairs} lock+unlock pairs (one owner, TCP)"),
-        Unit::Locks,
+        Unit::Operations,
         fx.sizes.rounds,
         &avail,
         Box::new(|i, r| {

@@ -11,8 +11,8 @@ pub enum Unit {
     Files,
     /// Directory entries listed per second.
     Entries,
-    /// Lock+unlock pairs (or lock hand-offs) per second.
-    Locks,
+    /// Operation pairs (open+close, lock+unlock) per second.
+    Operations,
 }
 
 impl Unit {
@@ -22,7 +22,7 @@ impl Unit {
             Unit::Megabytes => "MB/s",
             Unit::Files => "files/s",
             Unit::Entries => "entries/s",
-            Unit::Locks => "locks/s",
+            Unit::Operations => "ops/s",
         }
     }
 }
