@@ -15,6 +15,7 @@
 //! - [`cmd`]: one file per SMB2 command;
 //! - [`srvsvc`]: the DCE/RPC share-enumeration pipe on `IPC$`.
 
+pub mod aapl;
 pub mod auth;
 pub mod cmd;
 pub mod compound;

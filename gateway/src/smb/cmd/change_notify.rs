@@ -54,18 +54,22 @@ impl Request {
     }
 }
 
-/// The reply to a request with `max` bytes of buffer, from what `w` has queued.
-fn answer(w: &WatchHandle, max: usize) -> Reply {
+/// The reply to a request with `max` bytes of buffer, from what `w` has queued; `None` when
+/// another request of the handle took it first.
+fn answer(w: &WatchHandle, max: usize) -> Option<Reply> {
     let q = w.take();
+    if q.events.is_empty() && !q.overflow {
+        return None;
+    }
     let body = if q.overflow { None } else { notify::encode(&q.events, max) };
-    match body {
+    Some(match body {
         None => Reply::err(NtStatus::NOTIFY_ENUM_DIR),
         Some(buf) => {
             let mut out = Writer::with_capacity(8 + buf.len());
             out.u16(9).u16(if buf.is_empty() { 0 } else { 72 }).u32(buf.len() as u32).bytes(&buf);
             Reply::ok(out.buf)
         }
-    }
+    })
 }
 
 /// Handles CHANGE_NOTIFY.
@@ -102,14 +106,18 @@ async fn start(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outc
     };
     let max = req.output_length as usize;
     w.set_limit(max);
-    if w.has_queued() {
-        return Ok(Outcome::Now(answer(&w, max)));
+    if let Some(reply) = answer(&w, max) {
+        return Ok(Outcome::Now(reply));
     }
     Ok(Outcome::Later(AsyncWork {
         cancel: CancellationToken::new(),
         work: Box::pin(async move {
-            w.ready().await;
-            answer(&w, max)
+            loop {
+                w.ready().await;
+                if let Some(reply) = answer(&w, max) {
+                    return reply;
+                }
+            }
         }),
         waits_on: Some(vol),
         closed: CancellationToken::new(),

@@ -744,8 +744,8 @@ pub(super) fn check_unix_access(attr: &Attr, cred: &Credentials, granted: u32) -
     Ok(())
 }
 
-/// Answers the create contexts we understand: MxAc (maximal access), QFid (on-disk id) and
-/// RqLs (the lease granted, `lease`).
+/// Answers the create contexts we understand: MxAc (maximal access), QFid (on-disk id),
+/// RqLs (the lease granted, `lease`) and AAPL (macOS, see [`crate::smb::aapl`]).
 pub(super) fn response_contexts(req: &[u8], granted: u32, attr: &Attr, lease: Option<Vec<u8>>) -> Vec<u8> {
     let mut names = Vec::new();
     let mut off = 0usize;
@@ -775,6 +775,10 @@ pub(super) fn response_contexts(req: &[u8], granted: u32, attr: &Attr, lease: Op
     }
     if let Some(l) = lease {
         items.push((b"RqLs", l));
+    }
+    // macOS's AAPL query (the volume caps say case-insensitive: the default share rule).
+    if let Some(a) = find_context(req, b"AAPL").and_then(|d| crate::smb::aapl::answer(d, false)) {
+        items.push((b"AAPL", a));
     }
     let mut w = Writer::new();
     let n = items.len();
