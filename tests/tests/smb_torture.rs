@@ -26,9 +26,17 @@ const SUITES: [&str; 17] = [
     "smb2.timestamps",
     "smb2.winattr",
     "smb2.openattr",
-    "smb2.notify",
+    NOTIFY,
     COPYCHUNK,
 ];
+
+/// smb2.notify's subtests that finish on nasgw: `session-reconnect` waits forever on nasgw and on
+/// smbd 4.17 alike; `basedir` and `rmdir1`-`rmdir4` wait for events nasgw does not send (see
+/// tests/smbtorture/README.md), so they are left out rather than left to time out.
+const NOTIFY: &str = "smb2.notify.valid-req smb2.notify.tcon smb2.notify.dir smb2.notify.mask \
+     smb2.notify.tdis smb2.notify.tdis1 smb2.notify.close smb2.notify.logoff smb2.notify.double \
+     smb2.notify.file smb2.notify.handle-permissions smb2.notify.overflow smb2.notify.tcp \
+     smb2.notify.mask-change smb2.notify.invalid-reauth smb2.notify.tree";
 
 /// smb2.ioctl's server-side copy subtests (the rest of smb2.ioctl is about sparse files,
 /// compression, shadow copies, ... nasgw does not offer).

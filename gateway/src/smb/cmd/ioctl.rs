@@ -164,7 +164,8 @@ async fn copy_chunks(conn: &mut Connection, hdr: &Header, req: &Request<'_>) -> 
     if f.is_dir || src.is_dir || f.state.stream.is_some() {
         return Err(NtStatus::INVALID_DEVICE_REQUEST);
     }
-    if src.access & access::READ_DATA == 0 {
+    // MS-SMB2 3.3.5.15.6: the source must have been opened for reading or executing.
+    if src.access & (access::READ_DATA | access::EXECUTE) == 0 {
         return Err(NtStatus::ACCESS_DENIED);
     }
     f.require(access::WRITE_DATA)?;
@@ -173,23 +174,26 @@ async fn copy_chunks(conn: &mut Connection, hdr: &Header, req: &Request<'_>) -> 
     }
     let ns = &server.ns;
     let src_size = ns.getattr(src.id).await?.size;
-    for c in &copy.chunks {
-        if c.src.checked_add(u64::from(c.len)).is_none_or(|end| end > src_size) {
-            return Err(NtStatus::INVALID_VIEW_SIZE);
-        }
-        if c.dst.checked_add(u64::from(c.len)).is_none_or(|end| end > i64::MAX as u64) {
-            return Err(NtStatus::INVALID_PARAMETER);
-        }
-        if !server.locks.io_allowed(&src.id, Some(src.open), c.src, u64::from(c.len), false).await?
-            || !server.locks.io_allowed(&f.id, Some(f.key), c.dst, u64::from(c.len), true).await?
-        {
-            return Err(NtStatus::FILE_LOCK_CONFLICT);
-        }
-    }
     server.locks.contend_if_needed(&f.id, f.lease).await?;
+    // Chunk by chunk: a refused chunk ends the copy, answered with what was written before it.
     let (mut chunks, mut total) = (0u32, 0u32);
+    let mut refused = None;
     for c in &copy.chunks {
         let len = u64::from(c.len);
+        if c.src.checked_add(len).is_none_or(|end| end > src_size) {
+            refused = Some(NtStatus::INVALID_VIEW_SIZE);
+            break;
+        }
+        if c.dst.checked_add(len).is_none_or(|end| end > i64::MAX as u64) {
+            refused = Some(NtStatus::INVALID_PARAMETER);
+            break;
+        }
+        if !server.locks.io_allowed(&src.id, Some(src.open), c.src, len, false).await?
+            || !server.locks.io_allowed(&f.id, Some(f.key), c.dst, len, true).await?
+        {
+            refused = Some(NtStatus::FILE_LOCK_CONFLICT);
+            break;
+        }
         let done = match ns.copy_range(&f.cred, src.id, c.src, f.id, c.dst, len).await {
             Ok(n) if n == len => n,
             // Overlapping ranges of one file, or a backend without a copy call: through
@@ -208,6 +212,9 @@ async fn copy_chunks(conn: &mut Connection, hdr: &Header, req: &Request<'_>) -> 
         }
         chunks += 1;
     }
-    crate::smb::fs::keep_sticky_times(ns, f).await;
-    Ok(Reply::ok(response(req.ctl_code, req.file_id, &copychunk::response(chunks, 0, total))))
+    if f.wrote {
+        crate::smb::fs::keep_sticky_times(ns, f).await;
+    }
+    let out = response(req.ctl_code, req.file_id, &copychunk::response(chunks, 0, total));
+    Ok(Reply::with(refused.unwrap_or(NtStatus::SUCCESS), out))
 }
