@@ -37,15 +37,22 @@ fn listens(port: u16, within: Duration) -> bool {
     }
 }
 
-/// Starts nasgw under `dir` with `volume` (a `[volume]` table) and the seed's guest share
-/// `[pub]`; never panics: a nasgw that fails to start yields reasons instead of endpoints.
+/// Starts nasgw under `dir` with `volume` (a `[volume]` table), the seed's guest share `[pub]`
+/// and, on the same folder, `[sealed]` (`encryption = "required"`) for user
+/// [`crate::smb::SEALED_USER`]; never panics: a nasgw that fails to start yields reasons
+/// instead of endpoints.
 pub fn start(dir: &Path, volume: &str) -> Nasgw {
     let (nfs_port, smb_port) = (free_port(), free_port());
     let config = format!(
         "{volume}\n[nfs]\nlisten = \"127.0.0.1:{nfs_port}\"\n\n[smb]\nlisten = \"127.0.0.1:{smb_port}\"\n\n\
          [[smb.share]]\nname = \"pub\"\nwritable = true\nguest_ok = true\nguest_only = true\nforce_user = \"root\"\n\n\
+         [[smb.share]]\nname = \"sealed\"\nwritable = true\nforce_user = \"root\"\nencryption = \"required\"\n\n\
          [node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n"
     );
+    let config = match with_password(dir, &config, crate::smb::SEALED_USER, crate::smb::SEALED_PASSWORD) {
+        Ok(c) => c,
+        Err(why) => return Nasgw { daemon: None, nfs: Err(why.clone()), smb: Err(why) },
+    };
     let started = quietly(|| Daemon::start("nasgw", dir, &config, None));
     let daemon = match started {
         Ok(d) => d,
@@ -97,4 +104,30 @@ fn not_served(daemon: &Daemon, protocol: &str) -> String {
         Some(msg) => format!("nasgw: {}", msg.split_once(": ").map_or(msg, |(_, m)| m).trim()),
         None => format!("nasgw does not serve {protocol} (nothing listens on its port)"),
     }
+}
+
+/// `config` with `user`'s password set the way an admin does it: `nasgw passwd USER` on a file.
+fn with_password(dir: &Path, config: &str, user: &str, password: &str) -> Result<String, String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let file = dir.join("passwd.toml");
+    std::fs::write(&file, config).map_err(|e| e.to_string())?;
+    let mut child = Command::new(nasgw_tests::nasgw_bin())
+        .arg("--config")
+        .arg(&file)
+        .args(["passwd", user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nasgw passwd: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{password}").map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("nasgw passwd {user} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    std::fs::read_to_string(&file).map_err(|e| e.to_string())
 }

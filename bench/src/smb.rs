@@ -1,5 +1,7 @@
 //! SMB group: nasgw against Samba's smbd serving the same directory of the same disk as the
-//! seed's guest share `[pub]`, driven by `smbclient` (SMB3, one session per workload).
+//! seed's guest share `[pub]`, driven by `smbclient` (SMB3, one session per workload); and the
+//! same directory as `[sealed]`, which requires encryption, for the encrypted rows (a user's
+//! session, AES-128-GCM).
 
 use std::path::Path;
 use std::process::Command;
@@ -11,6 +13,70 @@ use crate::fixture::{Fixture, Sizes};
 use crate::measure::{run_row, timed, Done};
 use crate::table::{Group, Unit};
 use crate::target::{self, Rows, Target};
+
+/// The user of the encrypted rows (guests cannot encrypt): smbd maps it to a Unix account,
+/// so it is one that exists everywhere.
+pub const SEALED_USER: &str = "root";
+/// Its password on both servers (each bench run sets it afresh, in their private state).
+pub const SEALED_PASSWORD: &str = "bench-Sealed-7";
+
+/// One encrypted smbclient session as [`SEALED_USER`] on `[sealed]` (SMB 3.1.1, AES-128-GCM
+/// only) against `port`, running `commands`.
+fn smbclient_sealed(port: u16, commands: &str) -> Command {
+    let mut c = Command::new("smbclient");
+    c.args(["//127.0.0.1/sealed", "-U", &format!("{SEALED_USER}%{SEALED_PASSWORD}"), "-m", "SMB3"])
+        .args(["--client-protection=encrypt", "--option=client smb3 encryption algorithms = AES-128-GCM"])
+        .args(["-O", "SO_RCVBUF=4194304 SO_SNDBUF=4194304", "-p", &port.to_string(), "-c", commands]);
+    c
+}
+
+/// The encrypted rows: bulk upload and download through `[sealed]`.
+fn run_encrypted_rows(
+    group: &mut Group,
+    fx: &Fixture,
+    labels: &[&str],
+    targets: &[Target],
+    avail: &[Result<(), String>],
+) {
+    let s = fx.sizes;
+    let port = |i: usize| match &targets[i] {
+        Target::Smb(p) => Ok(*p),
+        _ => Err(anyhow::anyhow!("not an SMB server")),
+    };
+    run_row(
+        group,
+        &format!("{} upload, encrypted AES-128-GCM (put)", s.bulk_label()),
+        Unit::Megabytes,
+        s.rounds,
+        avail,
+        Box::new(|i, r| {
+            let name = format!("e-{}-{r}", labels[i]);
+            let cmd = format!("put \"{}\" {name}", fx.big_source.display());
+            let (elapsed, _) = timed(&mut smbclient_sealed(port(i)?, &cmd))?;
+            let got = std::fs::metadata(fx.data.join(&name)).map(|m| m.len()).unwrap_or(0);
+            fx.remove(&name);
+            if got != s.bulk_bytes {
+                bail!("uploaded {got} bytes of {}", s.bulk_bytes);
+            }
+            Ok(Done { amount: s.bulk_bytes, elapsed })
+        }),
+    );
+    run_row(
+        group,
+        &format!("{} download, encrypted AES-128-GCM (get)", s.bulk_label()),
+        Unit::Megabytes,
+        s.rounds,
+        avail,
+        Box::new(|i, _| {
+            let (elapsed, out) = timed(&mut smbclient_sealed(port(i)?, &format!("get {} /dev/null", fx.read_name)))?;
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            if !text.contains(&format!("of size {} as", s.bulk_bytes)) {
+                bail!("unexpected get output: {}", text.trim());
+            }
+            Ok(Done { amount: s.bulk_bytes, elapsed })
+        }),
+    );
+}
 
 /// One smbclient session against `port` running `commands` (a `-c` list).
 fn smbclient(port: u16, commands: &str) -> Command {
@@ -148,16 +214,31 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
 /// The SMB group: starts smbd on `fx.data`, runs the rows against `nasgw` and it, stops it.
 pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<u16, String>) -> Group {
     let mut group = Group::new("SMB3: nasgw vs Samba smbd 4.17", &["nasgw", "smbd"], &[(0, 1)]);
-    let smbd = Smbd::start(&work.join("smbd"), &fx.data);
+    let sealed = format!(
+        "\n[sealed]\npath = {}\nwritable = yes\nforce user = root\nsmb encrypt = required\n",
+        fx.data.display()
+    );
+    let smbd = Smbd::start_with(&work.join("smbd"), &fx.data, &sealed);
     let subject = match nasgw {
         Ok(p) => Target::Smb(*p),
         Err(why) => Target::Absent(why.clone()),
     };
-    run_rows(&mut group, fx, &["nasgw", "smbd"], &[subject, Target::Smb(smbd.port)], Rows::Directory);
+    let targets = [subject, Target::Smb(smbd.port)];
+    run_rows(&mut group, fx, &["nasgw", "smbd"], &targets, Rows::Directory);
+    let mut avail: Vec<Result<(), String>> = targets.iter().map(Target::available).collect();
+    if let Err(e) = smbd.add_user(SEALED_USER, SEALED_PASSWORD) {
+        avail[1] = Err(format!("smbd has no user for the encrypted rows: {e}"));
+    }
+    run_encrypted_rows(&mut group, fx, &["nasgw", "smbd"], &targets, &avail);
     smbd.stop();
     group.notes.push(
         "Both serve the same directory as the guest share `[pub]`; every row is one `smbclient -m SMB3 -O \
          'SO_RCVBUF=4194304 SO_SNDBUF=4194304'` session, timed as a whole (connect included); downloads go to /dev/null."
+            .into(),
+    );
+    group.notes.push(
+        "The encrypted rows use `[sealed]` on the same directory (nasgw `encryption = \"required\"`, smbd \
+         `smb encrypt = required`) as a user, with `--client-protection=encrypt` and only AES-128-GCM offered."
             .into(),
     );
     group

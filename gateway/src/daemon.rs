@@ -261,6 +261,11 @@ fn reachable(listen: SocketAddr) -> IpAddr {
     }
 }
 
+/// Whether `share` requires encryption (then guests cannot use it).
+fn sealed(cfg: &Config, share: &crate::config::ShareConfig) -> bool {
+    share.encryption.unwrap_or(cfg.smb.encryption).max(cfg.smb.encryption) == crate::config::SmbEncryption::Required
+}
+
 /// Tells the admin how to reach what was just started.
 fn print_banner(cfg: &Config) {
     let vol = &cfg.volume;
@@ -270,7 +275,11 @@ fn print_banner(cfg: &Config) {
         let host = reachable(cfg.smb.listen);
         let port = cfg.smb.listen.port();
         for s in &cfg.smb.shares {
-            let auth = if s.guest_ok { "-N" } else { "-U USER" };
+            let auth = match (s.guest_ok, sealed(cfg, s)) {
+                (_, true) => "-U USER --client-protection=encrypt",
+                (true, false) => "-N",
+                (false, false) => "-U USER",
+            };
             println!("  SMB  smbclient //{host}/{} -p {port} {auth} -m SMB3", s.name);
         }
     }
@@ -280,7 +289,8 @@ fn print_banner(cfg: &Config) {
         println!("  NFS  nfs-ls 'nfs://{host}/{}/?version=3&nfsport={port}&mountport={port}'", vol.name);
     }
     // Commands that write through both protocols, when a guest may write: copy them verbatim.
-    let guest_share = cfg.smb.shares.iter().find(|s| s.guest_ok && s.writable).filter(|_| cfg.smb.enabled);
+    let guest_share =
+        cfg.smb.shares.iter().find(|s| s.guest_ok && s.writable && !sealed(cfg, s)).filter(|_| cfg.smb.enabled);
     if let (Some(share), true) = (guest_share, cfg.nfs.enabled) {
         let (smb, nfs) = (reachable(cfg.smb.listen), reachable(cfg.nfs.listen));
         let (sp, np) = (cfg.smb.listen.port(), cfg.nfs.listen.port());

@@ -17,6 +17,11 @@
 //!   connected node other than the new owner reports holding it (heartbeats carry each node's
 //!   held addresses), so moves between live nodes never overlap either.
 //! - Datagrams carry `(incarnation, seq)`: duplicates and reordered stale ones are dropped.
+//! - **Freshness across restarts**: a node believes a peer's heartbeat only when it echoes the
+//!   node's own current incarnation (the peer heard this run), and the peer's other datagrams
+//!   only once such a heartbeat arrived. A restarted node has no sequence numbers to compare,
+//!   so without this, heartbeats recorded before its restart could be replayed to it and show
+//!   a dead (or cut-off) node as alive, or an old leader's placement as current.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -176,6 +181,9 @@ enum LockState {
 
 #[derive(Debug, Clone, Default)]
 struct Peer {
+    /// The newest run of this peer heard in any authenticated datagram (echoed in heartbeats).
+    heard: u64,
+    /// The run believed: set by a heartbeat that echoed this node's run; 0 until then.
     incarnation: u64,
     seq: u64,
     last_seen: Option<Duration>,
@@ -349,12 +357,21 @@ impl Machine {
         if msg.from == self.cfg.me || from >= self.peers.len() {
             return false;
         }
+        let me = (self.cfg.me, self.cfg.incarnation);
         let peer = &mut self.peers[from];
+        peer.heard = peer.heard.max(msg.incarnation);
         if msg.incarnation < peer.incarnation || (msg.incarnation == peer.incarnation && msg.seq <= peer.seq) {
             return false; // stale run, duplicate or reordered
         }
+        let fresh = match &msg.body {
+            Body::Heartbeat(h) => h.seen.contains(&me),
+            _ => msg.incarnation == peer.incarnation,
+        };
+        if !fresh {
+            return false; // sent before this node's run started (or replayed): not proof of life
+        }
         if msg.incarnation > peer.incarnation {
-            *peer = Peer { incarnation: msg.incarnation, ..Peer::default() };
+            *peer = Peer { heard: peer.heard, incarnation: msg.incarnation, ..Peer::default() };
         }
         peer.seq = msg.seq;
         peer.last_seen = Some(now);
@@ -665,6 +682,13 @@ impl Machine {
                 } else {
                     Vec::new()
                 },
+                seen: self
+                    .peers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.heard != 0)
+                    .map(|(i, p)| (i as u32, p.heard))
+                    .collect(),
             };
             out.push(Action::Send(self.message(Body::Heartbeat(hb))));
         }
@@ -829,5 +853,71 @@ impl Machine {
             return None;
         }
         self.peers.get(n as usize).and_then(|p| p.last_seen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::message::ConnectionChunk;
+
+    fn machine(me: u32, incarnation: u64) -> Machine {
+        Machine::new(MachineConfig {
+            me,
+            nodes: 3,
+            addresses: vec!["198.18.1.1".parse().unwrap()],
+            failback: true,
+            timings: Timings::default(),
+            incarnation,
+        })
+    }
+
+    fn heartbeat(from: u32, incarnation: u64, seq: u64, seen: Vec<(u32, u64)>) -> Event {
+        Event::Received(Message {
+            from,
+            incarnation,
+            seq,
+            body: Body::Heartbeat(Heartbeat {
+                state: NodeState::Ok,
+                leader: false,
+                generation: 1,
+                recovering: false,
+                epoch: 0,
+                held: Vec::new(),
+                assignment: Vec::new(),
+                seen,
+            }),
+        })
+    }
+
+    #[test]
+    fn a_heartbeat_counts_only_when_it_echoes_this_run() {
+        let ms = Duration::from_millis;
+        let mut m = machine(0, 500);
+        // Recorded during node 0's previous run (incarnation 400): not proof that node 1 lives.
+        let sent = m.handle(ms(10), heartbeat(1, 7, 100, vec![(0, 400), (2, 9)]));
+        assert_eq!(m.states(ms(10))[1], NodeState::Disconnected);
+        assert_eq!(m.last_heard(1), None);
+        // Node 0 still echoes the run it heard, so node 1 can prove it heard node 0's run.
+        let echoed = sent
+            .iter()
+            .any(|a| matches!(a, Action::Send(Message { body: Body::Heartbeat(h), .. }) if h.seen == vec![(1, 7)]));
+        assert!(echoed, "{sent:?}");
+        // A non-heartbeat of that run before any believed heartbeat: ignored too.
+        let conns = Event::Received(Message {
+            from: 1,
+            incarnation: 7,
+            seq: 101,
+            body: Body::Connections(ConnectionChunk { snapshot: 1, index: 0, count: 1, conns: Vec::new() }),
+        });
+        m.handle(ms(25), conns);
+        assert_eq!(m.last_heard(1), None);
+        // Node 1's next heartbeat echoes run 500: believed (its seq is newer than anything seen).
+        m.handle(ms(30), heartbeat(1, 7, 102, vec![(0, 500)]));
+        assert_eq!(m.states(ms(30))[1], NodeState::Ok);
+        assert_eq!(m.last_heard(1), Some(ms(30)));
+        // A replay of the stale-run heartbeat is a duplicate now as well.
+        m.handle(ms(40), heartbeat(1, 7, 100, vec![(0, 400)]));
+        assert_eq!(m.last_heard(1), Some(ms(30)));
     }
 }

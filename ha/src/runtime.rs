@@ -116,15 +116,17 @@ pub struct SharedVolume {
 impl SharedVolume {
     /// A volume every node sees as a directory (a local backend on a shared mount): an fcntl lock
     /// on `lock_path`, and a probe that stats `root` and writes a small file beside the lock.
-    /// A local directory answers lock calls at once, so one slower than a fifth of `dead` means
-    /// the volume is gone.
+    /// A local directory answers lock calls at once, so one slower than half of `dead` means the
+    /// volume is gone. (A fifth was too tight: on a loaded 2-core machine the lock thread was
+    /// starved past 200 ms every few minutes, and each time the leader gave up leadership.) The
+    /// timeout only decides when a hung call counts as failed: exclusion is the fcntl lock's.
     pub fn directory(root: PathBuf, lock_path: PathBuf, me: u32, dead: Duration) -> SharedVolume {
         let file = probe_path(&lock_path, me);
         let mut full = crate::health::FullVolume::default();
         SharedVolume {
             lock: Box::new(RecoveryLock::new(lock_path)),
             probe: Box::new(move || probe_volume(&root, &file, &mut full)),
-            lock_timeout: (dead / 5).max(Duration::from_millis(150)),
+            lock_timeout: (dead / 2).max(Duration::from_millis(300)),
         }
     }
 }

@@ -54,6 +54,12 @@ pub struct World {
     pub notifications: Vec<(usize, String)>,
     /// Largest number of nodes that ever held one address at once.
     pub worst_overlap: usize,
+    /// While true, every datagram sent is copied into `recorded` (an attacker's capture).
+    pub record: bool,
+    /// Captured datagrams: (time sent, sealed bytes).
+    pub recorded: Vec<(Duration, Vec<u8>)>,
+    /// Datagrams an attacker on a node's own wire delivers: (at, to, bytes); links do not stop them.
+    injected: Vec<(Duration, usize, Vec<u8>)>,
 }
 
 struct NodeEffects<'a> {
@@ -66,6 +72,9 @@ impl Effects for NodeEffects<'_> {
     fn send(&mut self, msg: &Message) {
         let w = &mut *self.world;
         let datagram = seal(&w.key, msg);
+        if w.record {
+            w.recorded.push((w.now, datagram.clone()));
+        }
         for to in 0..self.nodes {
             if to == self.me || !w.link_up[self.me] || !w.link_up[to] || w.rng.chance(w.loss) {
                 continue;
@@ -148,6 +157,9 @@ impl Cluster {
             tickles: Vec::new(),
             notifications: Vec::new(),
             worst_overlap: 0,
+            record: false,
+            recorded: Vec::new(),
+            injected: Vec::new(),
         };
         let mut c =
             Cluster { world, nodes: Vec::new(), addresses, timings: Timings::default(), failback, incarnation: 0 };
@@ -203,6 +215,14 @@ impl Cluster {
                 }
                 self.feed(to, ev);
             }
+            let (injected, later): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.world.injected).into_iter().partition(|e| e.0 <= now);
+            self.world.injected = later;
+            for (_, to, datagram) in injected {
+                // Replayed bytes still pass the authentication: they were sealed with the key.
+                let msg = open(&self.world.key, &datagram).expect("recorded datagram opens");
+                self.feed(to, Event::Received(msg));
+            }
             for i in 0..self.nodes.len() {
                 self.feed(i, Event::Tick);
             }
@@ -238,6 +258,16 @@ impl Cluster {
         self.world.link_up[i] = true;
         let m = self.machine(i);
         self.nodes[i] = Some(m);
+    }
+
+    /// Replays `datagrams` (captured with [`World::record`]) to node `to`, keeping their
+    /// original spacing, starting now: what an attacker on `to`'s network segment can do.
+    pub fn replay(&mut self, to: usize, datagrams: &[(Duration, Vec<u8>)]) {
+        let Some(first) = datagrams.first().map(|d| d.0) else { return };
+        let now = self.world.now;
+        for (t, d) in datagrams {
+            self.world.injected.push((now + (*t - first), to, d.clone()));
+        }
     }
 
     /// Who holds `a` on its interface.
@@ -483,6 +513,40 @@ mod tests {
             c.run_until(S(5000), |c| c.all_served_by(&[0, 1, 2])).unwrap_or_else(|| panic!("seed {seed} settles"));
             assert_eq!(c.world.worst_overlap, 1, "seed {seed}");
         }
+    }
+
+    #[test]
+    fn heartbeats_recorded_before_a_restart_cannot_be_replayed_to_the_restarted_node() {
+        // An attacker records the leader's and a follower's heartbeats while node 2 is in the
+        // cluster, node 2 is cut off (the others take its address over), then restarts there
+        // and the attacker replays the recordings to it. It must not believe them: they show
+        // a majority and a leader assigning it an address the others now serve.
+        let mut c = started(3, 3, true, 13);
+        c.world.record = true;
+        c.run(S(2000));
+        c.world.record = false;
+        let recorded: Vec<_> = std::mem::take(&mut c.world.recorded)
+            .into_iter()
+            .filter(|(_, d)| open(&c.world.key, d).is_ok_and(|m| m.from != 2))
+            .collect();
+        assert!(recorded.len() > 20, "{} datagrams captured", recorded.len());
+        c.world.link_up[2] = false;
+        c.run_until(S(3000), |c| c.all_served_by(&[0, 1])).expect("the majority serves node 2's address");
+        c.crash(2);
+        c.restart(2);
+        c.world.link_up[2] = false; // still cut off: only the attacker reaches it
+        c.replay(2, &recorded);
+        c.run(S(2000));
+        let now = c.world.now;
+        let states = c.nodes[2].as_ref().unwrap().states(now);
+        assert_eq!(states[0], NodeState::Disconnected, "replayed heartbeats show node 0 alive: {states:?}");
+        assert_eq!(states[1], NodeState::Disconnected, "{states:?}");
+        assert_eq!(c.load(2), 0, "the restarted node took an address on replayed heartbeats");
+        assert_eq!(c.world.worst_overlap, 1, "two nodes held one address at once");
+        // Healed, it joins for real (the others' heartbeats now echo its new run).
+        c.world.link_up[2] = true;
+        c.run_until(S(3000), |c| c.load(2) == 1 && c.all_served_by(&[0, 1, 2])).expect("rejoins after heal");
+        assert_eq!(c.world.worst_overlap, 1);
     }
 
     #[test]

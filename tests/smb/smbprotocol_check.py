@@ -1,7 +1,8 @@
 """Exercises nasgw's SMB server with Python smbprotocol's `smbclient` module.
 
-Usage: smbprotocol_check.py HOST PORT SHARE [USER PASSWORD]
-Without USER the session is a guest one (no signing, no secure negotiate, as Samba needs too).
+Usage: smbprotocol_check.py HOST PORT SHARE [USER PASSWORD [encrypt]]
+Without USER the session is a guest one (no signing, no secure negotiate, as Samba needs too);
+with `encrypt` the user's session is encrypted (SMB 3 TRANSFORM) instead of signed.
 Prints one line per check and exits non-zero on the first failure.
 """
 import hashlib
@@ -16,12 +17,15 @@ from smbprotocol.exceptions import SMBOSError, SMBResponseException
 host, port, share = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 user = sys.argv[4] if len(sys.argv) > 4 else None
 password = sys.argv[5] if len(sys.argv) > 5 else None
+encrypt = len(sys.argv) > 6 and sys.argv[6] == "encrypt"
 
 if user is None:
     smbclient.ClientConfig(require_secure_negotiate=False)
     smbclient.register_session(host, port=port, username="guest", password="guest", require_signing=False, auth_protocol="ntlm")
 else:
-    smbclient.register_session(host, port=port, username=user, password=password, require_signing=True, auth_protocol="ntlm")
+    smbclient.register_session(
+        host, port=port, username=user, password=password, require_signing=True, auth_protocol="ntlm", encrypt=encrypt
+    )
 
 root = rf"\\{host}\{share}"
 base = root + r"\pytest"

@@ -131,6 +131,12 @@ impl Smbd {
     /// Writes a config under `dir` and starts `smbd -F` serving `share` as `[pub]`; returns
     /// once the port accepts connections.
     pub fn start(dir: &Path, share: &Path) -> Smbd {
+        Self::start_with(dir, share, "")
+    }
+
+    /// [`Smbd::start`] with `extra` appended to smb.conf (more shares, e.g. one with
+    /// `smb encrypt = required`).
+    pub fn start_with(dir: &Path, share: &Path, extra: &str) -> Smbd {
         crate::require_tool("smbd");
         let port = free_port();
         let mut global = format!("[global]\nsmb ports = {port}\ninterfaces = 127.0.0.1\nbind interfaces only = yes\n");
@@ -150,7 +156,7 @@ impl Smbd {
             "map to guest = Bad User\ndisable netbios = yes\nload printers = no\nprinting = bsd\nprintcap name = /dev/null\nlog level = 0\n",
         );
         let conf = format!(
-            "{global}\n[pub]\npath = {}\nbrowseable = yes\nwritable = yes\nguest ok = yes\nguest only = yes\nforce user = root\n",
+            "{global}\n[pub]\npath = {}\nbrowseable = yes\nwritable = yes\nguest ok = yes\nguest only = yes\nforce user = root\n{extra}",
             share.display()
         );
         let conf_path = dir.join("smb.conf");
@@ -174,6 +180,29 @@ impl Smbd {
             answers(port).then_some(())
         });
         smbd
+    }
+
+    /// Adds `user` (an existing Unix account) with `password` to smbd's own passdb
+    /// (`smbpasswd -a`), for shares that need a signed-in user.
+    pub fn add_user(&self, user: &str, password: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut child = Command::new("smbpasswd")
+            .args(["-c"])
+            .arg(self.dir.join("smb.conf"))
+            .args(["-s", "-a", user])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        write!(child.stdin.take().expect("piped"), "{password}\n{password}\n")?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "smbpasswd -a {user}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
     }
 
     /// The UNC name smbclient takes (`//127.0.0.1/pub`; add `-p port`).

@@ -27,7 +27,7 @@ impl Daemon {
     pub fn start(name: &str, dir: &Path, config_toml: &str, netns: Option<&str>) -> Daemon {
         std::fs::create_dir_all(dir).expect("create daemon dir");
         let config = dir.join("nasgw.toml");
-        std::fs::write(&config, config_toml.replace("{dir}", &dir.display().to_string())).expect("write config");
+        write_private(&config, &config_toml.replace("{dir}", &dir.display().to_string()));
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -130,4 +130,20 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// Writes a config file the way an admin keeps one: mode 0600 (it may hold NT hashes), whatever
+/// the umask and whatever mode an earlier file at `path` had, so `nasgw` does not warn about it.
+pub fn write_private(path: &Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    f.set_permissions(std::fs::Permissions::from_mode(0o600)).expect("chmod 600 config");
+    f.write_all(text.as_bytes()).expect("write config");
 }

@@ -74,6 +74,10 @@ pub struct VmSpec {
     pub data_disk_mib: Option<u64>,
     /// Memory (MiB).
     pub mem_mib: u64,
+    /// Virtual CPUs (TCG runs one host thread per vCPU: several VMs on a 2-core host get 1).
+    pub smp: u32,
+    /// More disks, attached read-only after the data disk (raw files).
+    pub extra_drives: Vec<PathBuf>,
     /// Run qemu under `ip netns exec NS`.
     pub netns: Option<String>,
     /// Replace the NASGW partition's nasgw.toml (and add files beside it) before booting.
@@ -107,21 +111,12 @@ impl Vm {
                 write_config(&disk, &spec.config_files);
             }
         }
-        let mut args: Vec<String> = [
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-machine",
-            "q35,accel=tcg",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> =
+            ["-nodefaults", "-no-user-config", "-display", "none", "-machine", "q35,accel=tcg", "-cpu", "max"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        args.extend(["-smp".into(), spec.smp.max(1).to_string()]);
         args.extend(["-m".into(), spec.mem_mib.to_string()]);
         args.extend(["-drive".into(), format!("file={},if=virtio,format=qcow2,discard=unmap", disk.display())]);
         if let Some(mib) = spec.data_disk_mib {
@@ -130,6 +125,9 @@ impl Vm {
                 crate::run("qemu-img", &["create", "-q", "-f", "qcow2", &data.to_string_lossy(), &format!("{mib}M")]);
             }
             args.extend(["-drive".into(), format!("file={},if=virtio,format=qcow2", data.display())]);
+        }
+        for d in &spec.extra_drives {
+            args.extend(["-drive".into(), format!("file={},if=virtio,format=raw,readonly=on", d.display())]);
         }
         if spec.firmware == Firmware::Uefi {
             let vars = spec.dir.join(format!("{}-vars.fd", spec.name));
@@ -185,6 +183,16 @@ impl Vm {
             std::thread::sleep(Duration::from_secs(1));
         }
         panic!("{what}: not within {} s; console:\n{}", limit.as_secs(), tail(&self.console_text(), 80));
+    }
+
+    /// qemu's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether qemu still runs (a guest that powered off or rebooted into nothing ends it).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Kills the VM at once (power cut).

@@ -1,5 +1,6 @@
 //! Hostile SMB clients (issue 10): a replayed signed WRITE, an unsigned re-authentication of
-//! a signed session, unbounded first SESSION_SETUP legs. The clients are in
+//! a signed session, unbounded first SESSION_SETUP legs, a large directory listed through a
+//! small buffer, and more pending CHANGE_NOTIFYs than a connection may hold. The clients are in
 //! `tests/smb/hostile.py` (smbprotocol plus raw sends); compound-chain caps and the sequence
 //! window are also covered by `smb::conn`'s unit tests.
 
@@ -13,6 +14,11 @@ use smb_common::{start, ALICE_PASSWORD};
 fn hostile_smb_clients_are_refused() {
     nasgw_tests::require_tool("python3");
     let s = start("hostile", "");
+    let big = s.data.join("priv/big");
+    std::fs::create_dir(&big).unwrap();
+    for i in 0..700 {
+        std::fs::write(big.join(format!("f{i:04}")), b"").unwrap();
+    }
     let script = nasgw_tests::workspace_root().join("tests/smb/hostile.py");
     let out = Command::new("python3")
         .arg(&script)
@@ -57,5 +63,29 @@ fn a_symlink_cannot_leave_its_share() {
         let (data, text) = get(escape);
         assert!(data.is_none(), "{escape} reached another share's file:\n{text}");
         assert!(text.contains("NT_STATUS_ACCESS_DENIED"), "{escape}: {text}");
+    }
+}
+
+#[test]
+fn ntlmv1_and_lm_logons_are_refused_with_the_right_password() {
+    let s = start("ntlmv1", "");
+    let cred = format!("alice%{ALICE_PASSWORD}");
+    let run = |opts: &[&str]| {
+        let mut args = vec!["-U", &cred, "-m", "SMB3", "-c", "ls"];
+        args.extend_from_slice(opts);
+        let out = s.smbclient("priv", &args);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    // The control: the same client and password with NTLMv2 get in.
+    let (ok, text) = run(&[]);
+    assert!(ok, "NTLMv2 logon failed:\n{text}");
+    for (what, opts) in [
+        ("NTLMv1", &["--option=client ntlmv2 auth=no"][..]),
+        ("LM and NTLMv1", &["--option=client ntlmv2 auth=no", "--option=client lanman auth=yes"][..]),
+    ] {
+        let (ok, text) = run(opts);
+        assert!(!ok, "{what} logon accepted:\n{text}");
+        assert!(text.contains("NT_STATUS_LOGON_FAILURE"), "{what}: {text}");
     }
 }

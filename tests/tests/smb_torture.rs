@@ -10,7 +10,7 @@ use nasgw_tests::{free_port, require_tool, workspace_root, Daemon};
 
 /// One smbtorture process per entry; an entry of several tests (space-separated, one suite)
 /// runs them in one process and names their subtests after that suite.
-const SUITES: [&str; 17] = [
+const SUITES: [&str; 19] = [
     "smb2.connect",
     "smb2.read",
     "smb2.rw",
@@ -26,6 +26,8 @@ const SUITES: [&str; 17] = [
     "smb2.timestamps",
     "smb2.winattr",
     "smb2.openattr",
+    "smb2.durable-open",
+    "smb2.durable-v2-open",
     NOTIFY,
     COPYCHUNK,
 ];

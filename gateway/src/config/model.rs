@@ -265,6 +265,10 @@ pub struct SmbConfig {
     /// are refused when this is set).
     #[serde(default)]
     pub require_signing: bool,
+    /// SMB 3 encryption of every session (`off`, `allowed`, `desired`, `required`); a share's
+    /// own `encryption` can ask for more on that share.
+    #[serde(default)]
+    pub encryption: SmbEncryption,
     /// Users who log on with a password (`[[smb.user]]`, written by `nasgw passwd USER`).
     #[serde(default, rename = "user", skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<SmbUser>,
@@ -278,7 +282,40 @@ impl Default for SmbConfig {
             server_name: None,
             shares: Vec::new(),
             require_signing: false,
+            encryption: SmbEncryption::default(),
             users: Vec::new(),
+        }
+    }
+}
+
+/// How much SMB 3 encryption (AES-CCM/GCM) `[smb] encryption` or a share's `encryption` asks
+/// for. Guest and anonymous sessions have no keys and can never encrypt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmbEncryption {
+    /// Never offered: NEGOTIATE names no cipher, an encrypted message closes the connection.
+    /// (On a share: the same as `allowed`.)
+    Off,
+    /// Offered; a client that asks for it (`mount -o seal`, smbclient
+    /// `--client-protection=encrypt`, Windows "encrypt data") gets it, nobody is forced.
+    #[default]
+    Allowed,
+    /// Every session (on a share: every tree connect of it) whose client can encrypt is told
+    /// to, and its traffic is encrypted; clients that cannot (SMB 2.x, guests) still work.
+    Desired,
+    /// As `desired`, and sessions (tree connects) that cannot encrypt are refused, as is any
+    /// unencrypted request on them.
+    Required,
+}
+
+impl SmbEncryption {
+    /// The config word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Allowed => "allowed",
+            Self::Desired => "desired",
+            Self::Required => "required",
         }
     }
 }
@@ -334,6 +371,10 @@ pub struct ShareConfig {
     /// Names match exactly (as on the volume) instead of ignoring case as Windows does.
     #[serde(default)]
     pub case_sensitive: bool,
+    /// SMB 3 encryption on this share (`off`, `allowed`, `desired`, `required`); absent: what
+    /// `[smb] encryption` says. `desired` and `required` need `[smb] encryption` not `off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<SmbEncryption>,
 }
 
 fn root_path() -> String {

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use super::locate::KeyPath;
-use super::model::{BackendKind, Config, GlusterAccess};
+use super::model::{BackendKind, Config, GlusterAccess, SmbEncryption};
 
 /// A rule broken at `path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +220,37 @@ fn shares(cfg: &Config, out: &mut Vec<Problem>) {
                 at("guest_only"),
                 "guest_only = true needs guest_ok = true",
                 "add guest_ok = true, or drop guest_only",
+            ));
+        }
+        if cfg.smb.encryption == SmbEncryption::Off && s.encryption >= Some(SmbEncryption::Desired) {
+            out.push(problem(
+                at("encryption"),
+                format!(
+                    "share `{}` asks for encryption = \"{}\", but [smb] encryption = \"off\" offers no cipher",
+                    s.name,
+                    s.encryption.unwrap_or_default().as_str()
+                ),
+                "set [smb] encryption = \"allowed\" (or drop this share's encryption)",
+            ));
+        }
+        if s.guest_ok && cfg.smb.encryption == SmbEncryption::Required {
+            out.push(problem(
+                at("guest_ok"),
+                format!(
+                    "share `{}` admits guests, but [smb] encryption = \"required\" refuses every guest session (guests have no keys and cannot encrypt)",
+                    s.name
+                ),
+                "drop guest_ok, or require encryption per share ([[smb.share]] encryption = \"required\") and keep [smb] encryption = \"allowed\"",
+            ));
+        }
+        if s.guest_only && s.encryption == Some(SmbEncryption::Required) {
+            out.push(problem(
+                at("encryption"),
+                format!(
+                    "share `{}` is guest_only, and guests cannot encrypt: every tree connect would be refused",
+                    s.name
+                ),
+                "drop guest_only, or use encryption = \"desired\"",
             ));
         }
         for (key, v) in [("force_user", &s.force_user), ("force_group", &s.force_group)] {
@@ -641,6 +672,34 @@ mod tests {
         let cfg: Config = toml::from_str(text).unwrap();
         let paths: Vec<String> = validate(&cfg).iter().map(|p| p.path.to_string()).collect();
         assert_eq!(paths, ["dns.name", "dns.ttl", "dns"], "{paths:?}");
+    }
+
+    #[test]
+    fn encryption_settings_that_contradict_each_other_are_refused() {
+        let base = "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"/d\"\n";
+        let paths = |extra: &str| -> Vec<String> {
+            let cfg: Config = toml::from_str(&format!("{base}{extra}")).unwrap();
+            validate(&cfg).iter().map(|p| p.path.to_string()).collect()
+        };
+        let share = |keys: &str| format!("[[smb.share]]\nname = \"s\"\n{keys}\n");
+        assert!(paths(&format!("[smb]\nencryption = \"desired\"\n{}", share("encryption = \"required\""))).is_empty());
+        assert!(paths(&share("guest_ok = true\nencryption = \"desired\"")).is_empty());
+        assert_eq!(
+            paths(&format!("[smb]\nencryption = \"off\"\n{}", share("encryption = \"required\""))),
+            ["smb.share[0].encryption"]
+        );
+        assert_eq!(
+            paths(&format!("[smb]\nencryption = \"required\"\n{}", share("guest_ok = true"))),
+            ["smb.share[0].guest_ok"]
+        );
+        assert_eq!(
+            paths(&share("guest_ok = true\nguest_only = true\nencryption = \"required\"")),
+            ["smb.share[0].encryption"]
+        );
+        let bad: Result<Config, _> = toml::from_str(&format!("{base}[smb]\nencryption = \"yes\"\n"));
+        assert!(bad.unwrap_err().to_string().contains("unknown variant"));
+        let d: Config = toml::from_str(base).unwrap();
+        assert_eq!(d.smb.encryption, SmbEncryption::Allowed);
     }
 
     #[test]

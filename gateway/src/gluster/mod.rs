@@ -60,8 +60,13 @@ impl GlusterService {
             interval: Duration::from_millis(v.health_interval_ms),
             timeout: Duration::from_millis(v.health_timeout_ms),
         };
-        // This node's probe file: named after its own volfile server (first in `servers`).
-        let tag = format!("health-{}", v.servers.first().map_or("node", String::as_str));
+        // This node's own volfile server first, and its probe file named after this node: the
+        // same file on every node lists the same servers, and two nodes writing one probe file
+        // would hide each other's failures.
+        let local = ha::self_id::local_addresses().unwrap_or_default();
+        let node = NodeName::of(&v.servers, cfg.cluster.as_ref().map_or(&[][..], |c| &c.nodes), &local, &host_name());
+        let servers = node.servers_own_first(&v.servers);
+        let tag = format!("health-{}", node.0);
         let (monitor, health) = HealthMonitor::new();
         let lapses = monitor.lapses();
         let stop = CancellationToken::new();
@@ -69,14 +74,13 @@ impl GlusterService {
             GlusterAccess::Fuse => {
                 let spec = MountSpec {
                     volume,
-                    servers: v.servers.clone(),
+                    servers: servers.clone(),
                     mount_point: v.mount_point.clone().unwrap_or_else(|| cfg.node.state_dir.join("mnt")),
                     log_file: cfg.node.state_dir.join("glusterfs-fuse.log"),
                     mount_timeout: Duration::from_secs(30),
                 };
                 let mount = ManagedMount::start(spec, monitor.publisher())?;
                 let mut probe = fuse_probe(mount.clone(), tag);
-                let servers = v.servers.clone();
                 monitor.run(move || probe().map_err(|h| classify(h, &servers)), timing, stop.clone());
                 VolumeAccess::Fuse(mount)
             }
@@ -84,8 +88,7 @@ impl GlusterService {
                 gfapi::library()?;
                 let slot = Arc::new(Mutex::new(None));
                 let log = cfg.node.state_dir.join("gfapi.log");
-                let mut probe = gfapi_probe(slot.clone(), volume, v.servers.clone(), log, tag);
-                let servers = v.servers.clone();
+                let mut probe = gfapi_probe(slot.clone(), volume, servers.clone(), log, tag);
                 monitor.run(move || probe().map_err(|h| classify(h, &servers)), timing, stop.clone());
                 VolumeAccess::Gfapi(slot)
             }
@@ -248,7 +251,78 @@ fn classify(h: VolumeHealth, servers: &[String]) -> VolumeHealth {
     }
 }
 
+/// What this node calls itself on the volume: the volfile server (or `[cluster]` node
+/// address) that is one of its own addresses, else its host name. It names the node's health
+/// probe file, so every node writes its own even when they all share one config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeName(pub String);
+
+impl NodeName {
+    /// Pure: picks the name from the volfile servers, the cluster's node addresses, this
+    /// host's addresses and its host name (the last resort, when no listed address is local).
+    pub fn of(servers: &[String], nodes: &[std::net::IpAddr], local: &[std::net::IpAddr], hostname: &str) -> NodeName {
+        let is_local = |s: &str| s.parse::<std::net::IpAddr>().is_ok_and(|ip| local.contains(&ip));
+        if let Some(s) = servers.iter().find(|s| is_local(s) || (!hostname.is_empty() && s.as_str() == hostname)) {
+            return NodeName(s.clone());
+        }
+        if let Some(n) = nodes.iter().find(|n| local.contains(n)) {
+            return NodeName(n.to_string());
+        }
+        NodeName(if hostname.is_empty() { "node".into() } else { hostname.to_string() })
+    }
+
+    /// `servers` with this node's own server first (the mount asks it for the volfile; the
+    /// others are backups), the rest in their order.
+    pub fn servers_own_first(&self, servers: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = servers.iter().filter(|s| **s == self.0).cloned().collect();
+        out.extend(servers.iter().filter(|s| **s != self.0).cloned());
+        out
+    }
+}
+
+/// This host's name (`/proc/sys/kernel/hostname`); empty when unreadable.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
 fn probe_stamp() -> Vec<u8> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     format!("{}\n", now.as_millis()).into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NodeName;
+    use std::net::IpAddr;
+
+    fn ips(v: &[&str]) -> Vec<IpAddr> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn every_node_of_one_config_names_its_own_probe_file() {
+        let servers: Vec<String> = ["198.18.0.1", "198.18.0.2", "198.18.0.3"].map(String::from).to_vec();
+        let nodes = ips(&["198.18.0.1", "198.18.0.2", "198.18.0.3"]);
+        let names: Vec<NodeName> = ["198.18.0.1", "198.18.0.2", "198.18.0.3"]
+            .iter()
+            .map(|me| NodeName::of(&servers, &nodes, &ips(&["127.0.0.1", me, "198.18.0.200"]), "nasgw"))
+            .collect();
+        assert_eq!(names[1], NodeName("198.18.0.2".into()));
+        assert!(names[0] != names[1] && names[1] != names[2] && names[0] != names[2], "{names:?}");
+        assert_eq!(names[2].servers_own_first(&servers), ["198.18.0.3", "198.18.0.1", "198.18.0.2"]);
+    }
+
+    #[test]
+    fn a_node_outside_the_server_list_uses_its_cluster_address_or_host_name() {
+        let servers = vec!["gluster1".to_string(), "10.0.0.9".to_string()];
+        // A server named by this host's name.
+        assert_eq!(NodeName::of(&servers, &[], &ips(&["127.0.0.1"]), "gluster1").0, "gluster1");
+        // A client-only node of the cluster.
+        let nodes = ips(&["10.0.0.1", "10.0.0.2"]);
+        let me = NodeName::of(&servers, &nodes, &ips(&["10.0.0.2"]), "n2");
+        assert_eq!(me.0, "10.0.0.2");
+        assert_eq!(me.servers_own_first(&servers), servers);
+        assert_eq!(NodeName::of(&servers, &[], &[], "n7").0, "n7");
+        assert_eq!(NodeName::of(&servers, &[], &[], "").0, "node");
+    }
 }

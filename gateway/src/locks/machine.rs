@@ -40,8 +40,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{BreakNotice, CloseOutcome, FileRecord, Granted, OpenRequest, OpenVerdict};
-use super::types::{Conflict, LeaseId, OpenKey, Owner, RangeLock};
+use super::record::{BreakNotice, CloseOutcome, FileRecord, Granted, Lease, OpenRecord, OpenRequest, OpenVerdict};
+use super::types::{Conflict, LeaseId, OpenKey, Owner, RangeLock, ORPHAN};
 
 /// A file's identity as the cluster state sees it: its bytes decide its home.
 pub trait RecordKey: Clone + Eq + Hash + Ord + Debug {
@@ -112,6 +112,46 @@ pub enum Op {
     Read,
     /// Internal: a break was not acknowledged in time; take the lease down (MS-SMB2 3.3.6.5).
     ForceBreak(LeaseId),
+    /// Make an open outlive its node for this many milliseconds (0: not at all).
+    SetDurable {
+        /// The open.
+        key: OpenKey,
+        /// Milliseconds.
+        ms: u32,
+    },
+    /// Take over an orphaned durable open (or this node's own), as open `new`.
+    Reclaim {
+        /// Its key so far.
+        old: OpenKey,
+        /// Its key from now on.
+        new: OpenKey,
+    },
+    /// Internal: orphan opens whose time ran out, and (with `posix`) the orphaned POSIX locks.
+    Expire {
+        /// The opens.
+        opens: Vec<OpenKey>,
+        /// Drop orphaned POSIX locks too.
+        posix: bool,
+    },
+}
+
+impl Op {
+    /// Only the home may decide it (a delegate gives the record back first): it makes the
+    /// record one that must not be delegated.
+    fn needs_home(&self) -> bool {
+        matches!(self, Op::SetDurable { .. } | Op::Reclaim { .. })
+    }
+}
+
+/// A reclaimed durable open: what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenEntry {
+    /// The open (access, share mode, lease key, flags, durability), under its new key.
+    pub open: OpenRecord,
+    /// Its lease, if any, now held through the reclaiming node.
+    pub lease: Option<Lease>,
+    /// Its byte-range locks.
+    pub locks: Vec<RangeLock>,
 }
 
 /// A successful answer.
@@ -125,6 +165,8 @@ pub enum Answer {
     Done,
     /// The record.
     Record(FileRecord),
+    /// A durable open was reclaimed.
+    Reclaimed(OpenEntry),
 }
 
 /// An answer or why not.
@@ -177,12 +219,21 @@ pub enum Msg<K> {
         /// The ping answered (0: unsolicited).
         seq: u64,
     },
-    /// Member -> home: what the sender's clients hold on these files.
+    /// Member -> home: what the sender's clients hold on these files, and the orphans in the
+    /// copies it keeps (with their record's version: the home keeps the lowest, the last state
+    /// every copy had).
     Holdings {
         /// View.
         view: u64,
         /// Files and holdings.
         files: Vec<(K, FileRecord)>,
+        /// Files, versions and orphans.
+        orphans: Vec<(K, u64, FileRecord)>,
+    },
+    /// Any node -> every member: the grace for reclaiming POSIX locks ended; drop their orphans.
+    EndGrace {
+        /// View.
+        view: u64,
     },
     /// Member -> every member: all its holdings were sent.
     HoldingsDone {
@@ -309,6 +360,7 @@ impl<K> Msg<K> {
             | Msg::RecallAck { view, .. }
             | Msg::Drop { view, .. }
             | Msg::Event { view, .. }
+            | Msg::EndGrace { view }
             | Msg::Break { view, .. } => Some(*view),
         }
     }
@@ -335,6 +387,8 @@ pub enum Input<K> {
     },
     /// Tell every other member about an event (best effort: lost with a view change).
     Broadcast(Vec<u8>),
+    /// The grace for reclaiming POSIX locks ended: drop their orphans everywhere.
+    EndGrace,
     /// The mesh link to a peer is up.
     LinkUp(u16),
     /// The mesh link to a peer went down (messages on it may be lost).
@@ -475,6 +529,14 @@ struct HomeFile {
     push: Option<Push>,
     /// Breaks awaiting acknowledgement, with when they started.
     timers: BTreeMap<LeaseId, Duration>,
+    /// When this home first saw the record's orphans (their timeouts run from then).
+    orphans_since: Option<Duration>,
+}
+
+impl HomeFile {
+    fn new(state: HomeState) -> HomeFile {
+        HomeFile { state, queue: VecDeque::new(), push: None, timers: BTreeMap::new(), orphans_since: None }
+    }
 }
 
 /// A file another node is the home of.
@@ -501,11 +563,24 @@ struct Outstanding<K> {
 struct Collecting<K: Ord> {
     done: BTreeSet<u16>,
     records: BTreeMap<K, FileRecord>,
+    /// Orphans by file, from the copy with the lowest version.
+    orphans: BTreeMap<K, (u64, FileRecord)>,
 }
 
 impl<K: Ord> Default for Collecting<K> {
     fn default() -> Self {
-        Collecting { done: BTreeSet::new(), records: BTreeMap::new() }
+        Collecting { done: BTreeSet::new(), records: BTreeMap::new(), orphans: BTreeMap::new() }
+    }
+}
+
+impl<K: Ord> Collecting<K> {
+    fn add_orphans(&mut self, file: K, version: u64, record: FileRecord) {
+        match self.orphans.get(&file) {
+            Some((v, _)) if *v <= version => {}
+            _ => {
+                self.orphans.insert(file, (version, record));
+            }
+        }
     }
 }
 
@@ -533,6 +608,9 @@ struct Leading {
     issued: bool,
     /// The current view must be rebuilt (a member restarted, a link broke).
     rebuild: bool,
+    /// Members that restarted: left out of the next view, so the others turn what their
+    /// earlier run held durably into orphans before they come back.
+    restarted: BTreeSet<u16>,
 }
 
 /// One node's file-sharing state machine.
@@ -559,6 +637,8 @@ pub struct Machine<K: RecordKey> {
     local: HashMap<K, LocalFile>,
     outstanding: HashMap<u64, Outstanding<K>>,
     clock: u64,
+    /// POSIX locks outlive their node for this long (NLM's grace); zero: they die with it.
+    posix_grace: Duration,
 }
 
 fn fnv(bytes: &[u8], seed: u16) -> u64 {
@@ -601,7 +681,28 @@ impl<K: RecordKey> Machine<K> {
             local: HashMap::new(),
             outstanding: HashMap::new(),
             clock: 0,
+            posix_grace: Duration::ZERO,
         }
+    }
+
+    /// How long POSIX-owner locks outlive their node, as orphans their owner may reclaim
+    /// through any node (NLM's grace period); zero, the default, releases them with the node.
+    /// Every node must be given the same value.
+    pub fn set_posix_grace(&mut self, d: Duration) {
+        self.posix_grace = d;
+    }
+
+    fn posix_durable(&self) -> bool {
+        !self.posix_grace.is_zero()
+    }
+
+    /// The node keeping a second copy of `file`'s record when it must survive a node's death:
+    /// the runner-up of the rendezvous hash.
+    fn backup_of(&self, file: &K) -> Option<u16> {
+        let v = self.view.as_ref()?;
+        let home = home_of(file, &v.members)?;
+        let rest: Vec<u16> = v.members.iter().copied().filter(|m| *m != home).collect();
+        home_of(file, &rest)
     }
 
     /// This node's number.
@@ -718,6 +819,64 @@ impl<K: RecordKey> Machine<K> {
         held
     }
 
+    #[doc(hidden)]
+    pub fn dbg_file(&self, f: &K) -> (String, String) {
+        (format!("{:?}", self.homes.get(f)), format!("{:?}", self.local.get(f)))
+    }
+
+    /// The orphans a view with only `members` keeps, from the copies of records this node has
+    /// (as home or as a replica), with each copy's version.
+    fn orphans(&self, members: &[u16]) -> Vec<(K, u64, FileRecord)> {
+        let posix = self.posix_durable();
+        let mut found = Vec::new();
+        for (f, h) in &self.homes {
+            if let HomeState::Owned { record, version } = &h.state {
+                let o = record.orphans(members, posix);
+                if !o.is_empty() {
+                    found.push((f.clone(), *version, o));
+                }
+            }
+        }
+        for (f, l) in &self.local {
+            if let LocalFile::Replica { record, version } = l {
+                let o = record.orphans(members, posix);
+                if !o.is_empty() {
+                    found.push((f.clone(), *version, o));
+                }
+            }
+        }
+        found
+    }
+
+    /// The orphans of the records this node decides (tests: the simulator's invariant).
+    pub fn orphans_here(&self) -> BTreeMap<K, FileRecord> {
+        let (Some(v), true) = (&self.view, self.ready) else { return BTreeMap::new() };
+        let mut found = BTreeMap::new();
+        for (f, h) in &self.homes {
+            if let HomeState::Owned { record, .. } = &h.state {
+                let o = record.orphans(&v.members, false);
+                if !o.is_empty() {
+                    found.insert(f.clone(), o);
+                }
+            }
+        }
+        found
+    }
+
+    /// Drops the orphaned POSIX locks of the files this node is home of.
+    fn end_grace(&mut self, now: Duration, out: &mut Vec<Output<K>>) {
+        let files: Vec<K> = self
+            .homes
+            .iter()
+            .filter(|(_, h)| matches!(&h.state, HomeState::Owned { record, .. } if record.has_posix_orphans()))
+            .map(|(f, _)| f.clone())
+            .collect();
+        for f in files {
+            let p = Pending { from: u16::MAX, rid: 0, op: Op::Expire { opens: Vec::new(), posix: true }, first: true };
+            self.enqueue_local(now, &f, p, out);
+        }
+    }
+
     /// Records this node decides as home, and records it keeps (delegated or replicas).
     pub fn record_count(&self) -> (usize, usize) {
         (self.homes.len(), self.local.len())
@@ -736,6 +895,14 @@ impl<K: RecordKey> Machine<K> {
                         out.push(Output::Send { to: *m, msg: Msg::Event { view: v.id(), payload: payload.clone() } });
                     }
                 }
+            }
+            Input::EndGrace => {
+                if let Some(v) = &self.view {
+                    for m in v.members.iter().filter(|m| **m != self.cfg.me) {
+                        out.push(Output::Send { to: *m, msg: Msg::EndGrace { view: v.id() } });
+                    }
+                }
+                self.end_grace(now, &mut out);
             }
             Input::LinkUp(p) => {
                 self.links.insert(p);
@@ -762,6 +929,7 @@ impl<K: RecordKey> Machine<K> {
                         max_view: self.view_id(),
                         issued: false,
                         rebuild: false,
+                        restarted: BTreeSet::new(),
                     });
                 }
             }
@@ -833,6 +1001,31 @@ impl<K: RecordKey> Machine<K> {
                 out,
             );
         }
+        // Orphans whose time ran out.
+        let mut ended: Vec<(K, Vec<OpenKey>, bool)> = Vec::new();
+        if self.licensed && self.ready {
+            for (f, h) in &self.homes {
+                let (Some(since), HomeState::Owned { record, .. }) = (h.orphans_since, &h.state) else { continue };
+                if h.queue.iter().any(|p| matches!(p.op, Op::Expire { .. })) {
+                    continue;
+                }
+                let age = now.saturating_sub(since);
+                let opens: Vec<OpenKey> = record
+                    .opens
+                    .iter()
+                    .filter(|o| o.orphan && age >= Duration::from_millis(u64::from(o.durable_ms)))
+                    .map(|o| o.key)
+                    .collect();
+                let posix = record.has_posix_orphans() && age >= self.posix_grace;
+                if !opens.is_empty() || posix {
+                    ended.push((f.clone(), opens, posix));
+                }
+            }
+        }
+        for (f, opens, posix) in ended {
+            let p = Pending { from: u16::MAX, rid: 0, op: Op::Expire { opens, posix }, first: true };
+            self.enqueue_local(now, &f, p, out);
+        }
         // Local requests that waited too long.
         let late: Vec<u64> = self.outstanding.iter().filter(|(_, o)| now >= o.deadline).map(|(r, _)| *r).collect();
         for rid in late {
@@ -850,6 +1043,11 @@ impl<K: RecordKey> Machine<K> {
         lead.pings.retain(|_, p| now.saturating_sub(p.at) < self.cfg.dead);
         let mut alive: BTreeSet<u16> = lead.pings.keys().copied().collect();
         alive.insert(me);
+        if cur.is_some() {
+            for r in &lead.restarted {
+                alive.remove(r);
+            }
+        }
         // Members must all be linked to each other: drop the higher-numbered end of a missing link.
         let links_of = |n: u16| -> BTreeSet<u16> {
             if n == me {
@@ -886,7 +1084,9 @@ impl<K: RecordKey> Machine<K> {
         if self.broken && cur.is_some() {
             lead.rebuild = true;
         }
-        let changed = cur.as_ref().is_none_or(|v| v.members != members) || lead.rebuild;
+        // A new leadership always issues its own view (its license rests on one), even over the
+        // same members as the view it issued in an earlier leadership.
+        let changed = !lead.issued || cur.as_ref().is_none_or(|v| v.members != members) || lead.rebuild;
         if !changed {
             return;
         }
@@ -913,6 +1113,8 @@ impl<K: RecordKey> Machine<K> {
         lead.rebuild = false;
         let view = View { number, leader: me, members, prev };
         lead.max_view = view.id();
+        // A restarted node left out once may come back in the next view.
+        lead.restarted.retain(|r| view.members.contains(r));
         for m in view.members.iter().filter(|m| **m != me) {
             lead.confirmed.insert(*m, now);
             out.push(Output::Send { to: *m, msg: Msg::Pong { view: view.clone(), seq: 0 } });
@@ -924,6 +1126,7 @@ impl<K: RecordKey> Machine<K> {
         let me = self.cfg.me;
         let continuous = self.member() && self.view_id() == view.prev;
         let mut held = self.holdings();
+        let orphans = if continuous { self.orphans(&view.members) } else { Vec::new() };
         if !continuous && !held.is_empty() {
             // This node missed a view: what its clients hold may have been released and given
             // to others meanwhile.
@@ -955,17 +1158,36 @@ impl<K: RecordKey> Machine<K> {
                 by_home.entry(h).or_default().push((f, r));
             }
         }
+        let mut orphans_by_home: BTreeMap<u16, Vec<(K, u64, FileRecord)>> = BTreeMap::new();
+        for (f, v, r) in orphans {
+            if let Some(h) = home_of(&f, &view.members) {
+                orphans_by_home.entry(h).or_default().push((f, v, r));
+            }
+        }
         for m in &view.members {
             let files = by_home.remove(m).unwrap_or_default();
+            let orphans = orphans_by_home.remove(m).unwrap_or_default();
             if *m == me {
                 let c = self.collecting.as_mut().expect("just set");
                 for (f, r) in files {
                     c.records.entry(f).or_default().merge(r);
                 }
+                for (f, v, r) in orphans {
+                    c.add_orphans(f, v, r);
+                }
                 c.done.insert(me);
             } else {
                 for chunk in files.chunks(256) {
-                    out.push(Output::Send { to: *m, msg: Msg::Holdings { view: view.id(), files: chunk.to_vec() } });
+                    out.push(Output::Send {
+                        to: *m,
+                        msg: Msg::Holdings { view: view.id(), files: chunk.to_vec(), orphans: Vec::new() },
+                    });
+                }
+                for chunk in orphans.chunks(256) {
+                    out.push(Output::Send {
+                        to: *m,
+                        msg: Msg::Holdings { view: view.id(), files: Vec::new(), orphans: chunk.to_vec() },
+                    });
                 }
                 out.push(Output::Send { to: *m, msg: Msg::HoldingsDone { view: view.id() } });
             }
@@ -983,22 +1205,28 @@ impl<K: RecordKey> Machine<K> {
         if !v.members.iter().all(|m| c.done.contains(m)) {
             return;
         }
-        let c = self.collecting.take().expect("checked");
+        let mut c = self.collecting.take().expect("checked");
         let me = self.cfg.me;
         let view = v.id();
+        for (f, (_, orphans)) in std::mem::take(&mut c.orphans) {
+            c.records.entry(f).or_default().merge(orphans);
+        }
         for (f, record) in c.records {
             let timers = record.breaking().map(|l| (l.id, now)).collect();
-            for n in record.nodes().into_iter().filter(|n| *n != me) {
+            let orphans_since = record.has_orphans().then_some(now);
+            let backup = self.backup_of(&f).filter(|_| record.needs_backup(!self.posix_grace.is_zero()));
+            let copies: BTreeSet<u16> = record.nodes().into_iter().chain(backup).filter(|n| *n != me).collect();
+            for n in copies {
                 out.push(Output::Send {
                     to: n,
                     msg: Msg::Update { view, file: f.clone(), version: 1, record: record.clone() },
                 });
             }
             out.push(Output::Changed(f.clone()));
-            self.homes.insert(
-                f,
-                HomeFile { state: HomeState::Owned { record, version: 1 }, queue: VecDeque::new(), push: None, timers },
-            );
+            let mut h = HomeFile::new(HomeState::Owned { record, version: 1 });
+            h.timers = timers;
+            h.orphans_since = orphans_since;
+            self.homes.insert(f, h);
         }
         self.ready = true;
         self.replay_held(now, out);
@@ -1050,7 +1278,7 @@ impl<K: RecordKey> Machine<K> {
         }
         if home == me {
             self.home_request(now, me, rid, file, op, out);
-        } else if let Some(LocalFile::Delegated { .. }) = self.local.get(&file) {
+        } else if matches!(self.local.get(&file), Some(LocalFile::Delegated { .. })) && !op.needs_home() {
             self.enqueue_local(now, &file, Pending { from: me, rid, op, first: true }, out);
         } else {
             out.push(Output::Send { to: home, msg: Msg::Req { view: number, rid, file, op } });
@@ -1112,13 +1340,17 @@ impl<K: RecordKey> Machine<K> {
                     self.accept_view(now, view, out);
                 }
             }
-            Msg::Holdings { files, .. } => {
+            Msg::Holdings { files, orphans, .. } => {
                 if let Some(c) = self.collecting.as_mut() {
                     for (f, r) in files {
                         c.records.entry(f).or_default().merge(r);
                     }
+                    for (f, v, r) in orphans {
+                        c.add_orphans(f, v, r);
+                    }
                 }
             }
+            Msg::EndGrace { .. } => self.end_grace(now, out),
             Msg::HoldingsDone { .. } => {
                 if let Some(c) = self.collecting.as_mut() {
                     c.done.insert(from);
@@ -1137,7 +1369,7 @@ impl<K: RecordKey> Machine<K> {
             }
             Msg::Redirect { rid, file, .. } => {
                 let Some(o) = self.outstanding.get(&rid).cloned() else { return };
-                if let Some(LocalFile::Delegated { .. }) = self.local.get(&file) {
+                if matches!(self.local.get(&file), Some(LocalFile::Delegated { .. })) && !o.op.needs_home() {
                     self.enqueue_local(now, &file, Pending { from: self.cfg.me, rid, op: o.op, first: true }, out);
                 } else {
                     // Recalled meanwhile: the home decides after all.
@@ -1190,6 +1422,7 @@ impl<K: RecordKey> Machine<K> {
                 let Some(h) = self.homes.get_mut(&file) else { return };
                 if matches!(h.state, HomeState::Recalling(n) if n == from) {
                     h.timers = record.breaking().map(|l| (l.id, now)).collect();
+                    h.orphans_since = record.has_orphans().then_some(now);
                     h.state = HomeState::Owned { record, version: 1 };
                     self.run_home(now, &file, out);
                 }
@@ -1224,10 +1457,21 @@ impl<K: RecordKey> Machine<K> {
         lead.max_view = lead.max_view.max(view);
         lead.pings.insert(from, PeerPing { at: now, incarnation, view, links: links.into_iter().collect(), broken });
         let Some(v) = cur else { return };
+        if !lead.issued {
+            // A view of an earlier leadership of this node: not confirmed by this one.
+            return;
+        }
+        if lead.restarted.contains(&from) {
+            // Not in a view again until one without it has turned its earlier run's durable
+            // holdings into orphans (else its new run would take them for its own).
+            return;
+        }
         if v.members.contains(&from) {
             if restarted {
-                // Its earlier run's holdings died with it: rebuild without it at once.
+                // Its earlier run's holdings died with it: rebuild without it at once (and
+                // only then with it, so that what it held durably becomes orphans first).
                 lead.rebuild = true;
+                lead.restarted.insert(from);
                 return;
             }
             // Confirm membership only to nodes meant to stay: one about to be excluded must let
@@ -1250,7 +1494,9 @@ impl<K: RecordKey> Machine<K> {
         if !newer {
             return;
         }
-        if record.nodes().contains(&self.cfg.me) {
+        let me = self.cfg.me;
+        let backup = record.needs_backup(self.posix_durable()) && self.backup_of(&file) == Some(me);
+        if record.nodes().contains(&me) || backup {
             self.local.insert(file, LocalFile::Replica { record, version });
         } else {
             self.local.remove(&file);
@@ -1274,14 +1520,12 @@ impl<K: RecordKey> Machine<K> {
             return;
         }
         let view = self.view_id();
-        let h = self.homes.entry(file.clone()).or_insert_with(|| HomeFile {
-            state: HomeState::Owned { record: FileRecord::default(), version: 0 },
-            queue: VecDeque::new(),
-            push: None,
-            timers: BTreeMap::new(),
-        });
+        let h = self
+            .homes
+            .entry(file.clone())
+            .or_insert_with(|| HomeFile::new(HomeState::Owned { record: FileRecord::default(), version: 0 }));
         match h.state {
-            HomeState::Delegated(n) if n == from => {
+            HomeState::Delegated(n) if n == from && !op.needs_home() => {
                 out.push(Output::Send { to: from, msg: Msg::Redirect { view, rid, file } });
                 return;
             }
@@ -1314,6 +1558,8 @@ impl<K: RecordKey> Machine<K> {
     fn run_home(&mut self, now: Duration, file: &K, out: &mut Vec<Output<K>>) {
         let me = self.cfg.me;
         let view = self.view_id();
+        let backup = self.backup_of(file);
+        let posix = self.posix_durable();
         loop {
             let Some(h) = self.homes.get_mut(file) else { return };
             if h.push.is_some() {
@@ -1326,8 +1572,10 @@ impl<K: RecordKey> Machine<K> {
             let progressed = run_queue(&mut next, &mut h.queue, &mut h.timers, now, true, &mut done, &mut notices);
             let changed = next != *record;
             let version_now = if changed { *version + 1 } else { *version };
+            // A record that must survive a node keeps a copy on its backup node too.
+            let backup = backup.filter(|_| record.needs_backup(posix) || next.needs_backup(posix));
             let participants: BTreeSet<u16> =
-                record.nodes().into_iter().chain(next.nodes()).filter(|n| *n != me).collect();
+                record.nodes().into_iter().chain(next.nodes()).chain(backup).filter(|n| *n != me).collect();
             let requesters: BTreeSet<u16> = done.iter().map(|(n, _, _)| *n).collect();
             let push_to: BTreeSet<u16> =
                 if changed { participants.difference(&requesters).copied().collect() } else { BTreeSet::new() };
@@ -1340,7 +1588,9 @@ impl<K: RecordKey> Machine<K> {
             // Remote holders hear of their breaks after the record that shows them; this node's
             // own clients when it commits.
             let (local, remote): (Vec<BreakNotice>, Vec<BreakNotice>) = notices.into_iter().partition(|n| n.node == me);
-            for n in remote {
+            // An orphan's lease has no client to tell: its break runs out (`break_timeout`)
+            // unless the open is reclaimed and acknowledged first.
+            for n in remote.into_iter().filter(|n| n.node != ORPHAN) {
                 out.push(Output::Send { to: n.node, msg: Msg::Break { view, file: file.clone(), notice: n } });
             }
             let last_requester = done.last().map(|(n, _, _)| *n);
@@ -1365,7 +1615,13 @@ impl<K: RecordKey> Machine<K> {
             }
             // A file only one other node uses is delegated to it; an unused one is forgotten.
             let HomeState::Owned { record, .. } = &h.state else { return };
+            if !record.has_orphans() {
+                h.orphans_since = None;
+            }
             let users = record.nodes();
+            if record.needs_backup(posix) {
+                return;
+            }
             let sole = match users.as_slice() {
                 [n] if *n != me => Some(*n),
                 [] => last_requester.filter(|n| *n != me && *n != u16::MAX),
@@ -1432,6 +1688,9 @@ impl<K: RecordKey> Machine<K> {
     }
 
     fn deliver_break(&mut self, view: u64, file: &K, n: BreakNotice, out: &mut Vec<Output<K>>) {
+        if n.node == ORPHAN {
+            return;
+        }
         if n.node == self.cfg.me {
             out.push(Output::Break { file: file.clone(), notice: n });
         } else {
@@ -1530,6 +1789,16 @@ fn execute(record: &mut FileRecord, op: &Op, first: bool, notices: &mut Vec<Brea
         }
     };
     Some(match op {
+        Op::Open(req) if record.open_of(req.key).is_some() => {
+            // Sent again after a view change although it was applied (its answer was lost):
+            // the same answer, not a second open.
+            let lease = record.open_of(req.key).and_then(|o| o.lease).and_then(|id| record.lease(&id).cloned());
+            Ok(Answer::Opened(lease.map_or(Granted::default(), |l| Granted {
+                state: l.state,
+                epoch: l.epoch,
+                breaking: l.told.is_some(),
+            })))
+        }
         Op::Open(req) => {
             let mut breaks = Vec::new();
             let v = record.decide_open(req, first, &mut breaks);
@@ -1544,7 +1813,11 @@ fn execute(record: &mut FileRecord, op: &Op, first: bool, notices: &mut Vec<Brea
         Op::Lock(l) => {
             let by = match l.owner {
                 Owner::Open(k) => record.open_of(k).and_then(|o| o.lease),
-                Owner::Posix { .. } => None,
+                Owner::Posix { node, id } => {
+                    // The owner's first lock through a node after its node died: its reclaim.
+                    record.adopt_posix(node, id);
+                    None
+                }
             };
             record.lock(*l).map(|()| {
                 let b = record.contend(by.as_ref());
@@ -1552,8 +1825,17 @@ fn execute(record: &mut FileRecord, op: &Op, first: bool, notices: &mut Vec<Brea
                 Answer::Done
             })
         }
-        Op::Unlock { owner, offset, len } => record.unlock(*owner, *offset, *len).map(|()| Answer::Done),
+        Op::Unlock { owner, offset, len } => {
+            if let Owner::Posix { node, id } = *owner {
+                // An owner's unlock through another node after its node died covers its orphans.
+                record.adopt_posix(node, id);
+            }
+            record.unlock(*owner, *offset, *len).map(|()| Answer::Done)
+        }
         Op::UnlockAll(owner) => {
+            if let Owner::Posix { node, id } = *owner {
+                record.adopt_posix(node, id);
+            }
             record.unlock_all(*owner);
             Ok(Answer::Done)
         }
@@ -1584,6 +1866,14 @@ fn execute(record: &mut FileRecord, op: &Op, first: bool, notices: &mut Vec<Brea
         Op::Read => Ok(Answer::Record(record.clone())),
         Op::ForceBreak(lease) => {
             record.force_break(lease);
+            Ok(Answer::Done)
+        }
+        Op::SetDurable { key, ms } => record.set_durable(*key, *ms).map(|()| Answer::Done),
+        Op::Reclaim { old, new } => {
+            record.reclaim(*old, *new).map(|(open, lease, locks)| Answer::Reclaimed(OpenEntry { open, lease, locks }))
+        }
+        Op::Expire { opens, posix } => {
+            record.expire(opens, *posix);
             Ok(Answer::Done)
         }
     })

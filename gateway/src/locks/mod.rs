@@ -25,6 +25,9 @@ pub mod service;
 pub mod sim;
 pub mod types;
 
-pub use record::{flags, BreakNotice, CachingRequest, CloseOutcome, FileRecord, Granted, OpenRequest};
+pub use machine::OpenEntry;
+pub use record::{
+    flags, BreakNotice, CachingRequest, CloseOutcome, FileRecord, Granted, Lease, OpenRecord, OpenRequest,
+};
 pub use service::{Holders, LockService};
-pub use types::{access, caching, share, Conflict, LeaseId, OpenKey, Owner, RangeLock};
+pub use types::{access, caching, share, Conflict, LeaseId, OpenKey, Owner, RangeLock, ORPHAN};

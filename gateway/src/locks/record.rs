@@ -20,7 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{access, caching, end_of, lock_end, share, Conflict, LeaseId, OpenKey, Owner, RangeLock};
+use super::types::{access, caching, end_of, lock_end, share, Conflict, LeaseId, OpenKey, Owner, RangeLock, ORPHAN};
 
 /// Open flags.
 pub mod flags {
@@ -51,6 +51,13 @@ pub struct OpenRecord {
     pub lease: Option<LeaseId>,
     /// [`flags`].
     pub flags: u8,
+    /// Milliseconds the open outlives its node (a persistent handle): if the node dies it
+    /// stays, with its locks and lease, as an orphan for that long. 0: it dies with its node.
+    #[serde(default)]
+    pub durable_ms: u32,
+    /// Its node is gone: it waits to be reclaimed ([`FileRecord::reclaim`]) or to expire.
+    #[serde(default)]
+    pub orphan: bool,
 }
 
 impl OpenRecord {
@@ -220,14 +227,24 @@ impl FileRecord {
         self.opens.is_empty() && self.ranges.is_empty() && self.leases.is_empty() && !self.delete_pending
     }
 
-    /// Nodes holding anything here.
+    /// The node holding a lock, `ORPHAN` for one of an orphan (its open's node is gone).
+    fn lock_node(&self, r: &RangeLock) -> u16 {
+        match r.owner {
+            Owner::Open(k) if self.opens.iter().any(|o| o.key == k && o.orphan) => ORPHAN,
+            o => o.node(),
+        }
+    }
+
+    /// Nodes holding anything here (orphans belong to none).
     pub fn nodes(&self) -> Vec<u16> {
         let mut v: Vec<u16> = self
             .opens
             .iter()
+            .filter(|o| !o.orphan)
             .map(|o| o.key.node)
-            .chain(self.ranges.iter().map(|r| r.owner.node()))
+            .chain(self.ranges.iter().map(|r| self.lock_node(r)))
             .chain(self.leases.iter().map(|l| l.node))
+            .filter(|n| *n != ORPHAN)
             .collect();
         v.sort_unstable();
         v.dedup();
@@ -236,12 +253,149 @@ impl FileRecord {
 
     /// What `node` holds, and the file-wide flag (for rebuilding a record after a membership change).
     pub fn holdings_of(&self, node: u16) -> FileRecord {
-        let has_opens = self.opens.iter().any(|o| o.key.node == node);
+        let has_opens = self.opens.iter().any(|o| o.key.node == node && !o.orphan);
         FileRecord {
-            opens: self.opens.iter().filter(|o| o.key.node == node).cloned().collect(),
-            ranges: self.ranges.iter().filter(|r| r.owner.node() == node).copied().collect(),
+            opens: self.opens.iter().filter(|o| o.key.node == node && !o.orphan).cloned().collect(),
+            ranges: self.ranges.iter().filter(|r| self.lock_node(r) == node).copied().collect(),
             leases: self.leases.iter().filter(|l| l.node == node).cloned().collect(),
             delete_pending: self.delete_pending && has_opens,
+        }
+    }
+
+    /// Whether it has orphans (opens or POSIX locks whose node is gone).
+    pub fn has_orphans(&self) -> bool {
+        self.opens.iter().any(|o| o.orphan) || self.has_posix_orphans()
+    }
+
+    /// Whether it has orphaned POSIX locks.
+    pub fn has_posix_orphans(&self) -> bool {
+        self.ranges.iter().any(|r| matches!(r.owner, Owner::Posix { node: ORPHAN, .. }))
+    }
+
+    /// Whether the record holds what must survive its holder's node: a durable open, an orphan,
+    /// or (with `posix_durable`) POSIX locks. Such a record is never delegated and always has a
+    /// second copy on another node, so one node's death never loses it.
+    pub fn needs_backup(&self, posix_durable: bool) -> bool {
+        self.opens.iter().any(|o| o.durable_ms > 0 || o.orphan)
+            || self.ranges.iter().any(|r| match r.owner {
+                Owner::Posix { node, .. } => posix_durable || node == ORPHAN,
+                Owner::Open(_) => false,
+            })
+    }
+
+    /// What stays of this record when the view has only `members`: the orphans it has, plus the
+    /// durable opens (with their locks and lease) and, with `posix_durable`, the POSIX locks of
+    /// the nodes that are gone, now orphans.
+    pub fn orphans(&self, members: &[u16], posix_durable: bool) -> FileRecord {
+        let gone = |n: u16| n != ORPHAN && !members.contains(&n);
+        let opens: Vec<OpenRecord> = self
+            .opens
+            .iter()
+            .filter(|o| o.orphan || (o.durable_ms > 0 && gone(o.key.node)))
+            .map(|o| OpenRecord { orphan: true, ..o.clone() })
+            .collect();
+        let of_orphan = |k: OpenKey| opens.iter().any(|o| o.key == k);
+        let ranges: Vec<RangeLock> = self
+            .ranges
+            .iter()
+            .filter_map(|r| match r.owner {
+                Owner::Open(k) if of_orphan(k) => Some(*r),
+                Owner::Posix { node, id } if node == ORPHAN || (posix_durable && gone(node)) => {
+                    Some(RangeLock { owner: Owner::Posix { node: ORPHAN, id }, ..*r })
+                }
+                _ => None,
+            })
+            .collect();
+        let leases: Vec<Lease> = self
+            .leases
+            .iter()
+            .filter(|l| opens.iter().any(|o| o.lease == Some(l.id)))
+            .map(|l| Lease { node: ORPHAN, ..l.clone() })
+            .collect();
+        let pins = opens.iter().any(|o| o.flags & flags::PINS != 0);
+        FileRecord { opens, ranges, leases, delete_pending: self.delete_pending && pins }
+    }
+
+    /// Makes orphan (or this node's own disconnected) open `old` the open `new`, held through
+    /// `new.node`: its locks and lease follow. Idempotent: if `new` is already there, it is the
+    /// answer again. A live open of another node is refused (its client still has it).
+    pub fn reclaim(
+        &mut self,
+        old: OpenKey,
+        new: OpenKey,
+    ) -> Result<(OpenRecord, Option<Lease>, Vec<RangeLock>), Conflict> {
+        if let Some(o) = self.open_of(new) {
+            let o = o.clone();
+            let lease = o.lease.and_then(|id| self.lease(&id).cloned());
+            let locks = self.ranges.iter().filter(|r| r.owner == Owner::Open(new)).copied().collect();
+            return Ok((o, lease, locks));
+        }
+        let o = self.opens.iter_mut().find(|o| o.key == old).ok_or(Conflict::NotFound)?;
+        if !o.orphan && old.node != new.node {
+            return Err(Conflict::Sharing);
+        }
+        o.key = new;
+        o.orphan = false;
+        let o = o.clone();
+        for r in self.ranges.iter_mut().filter(|r| r.owner == Owner::Open(old)) {
+            r.owner = Owner::Open(new);
+        }
+        let mut lease = None;
+        if let Some(l) = o.lease.and_then(|id| self.leases.iter_mut().find(|l| l.id == id)) {
+            l.node = new.node;
+            lease = Some(l.clone());
+        }
+        let locks = self.ranges.iter().filter(|r| r.owner == Owner::Open(new)).copied().collect();
+        Ok((o, lease, locks))
+    }
+
+    /// Sets how long open `key` outlives its node (0: not at all).
+    pub fn set_durable(&mut self, key: OpenKey, ms: u32) -> Result<(), Conflict> {
+        let o = self.opens.iter_mut().find(|o| o.key == key).ok_or(Conflict::NoSuchOpen)?;
+        o.durable_ms = ms;
+        Ok(())
+    }
+
+    /// POSIX owner `id`'s orphaned locks become `node`'s (its NLM reclaim through any node).
+    pub fn adopt_posix(&mut self, node: u16, id: u128) {
+        let mut any = false;
+        for r in self.ranges.iter_mut() {
+            if r.owner == (Owner::Posix { node: ORPHAN, id }) {
+                r.owner = Owner::Posix { node, id };
+                any = true;
+            }
+        }
+        if any {
+            self.posix_merge(Owner::Posix { node, id });
+        }
+    }
+
+    /// Drops orphan opens `keys` (their time ran out), with their locks and unused leases, and
+    /// with `posix` every orphaned POSIX lock (the grace for reclaiming them ended).
+    pub fn expire(&mut self, keys: &[OpenKey], posix: bool) {
+        for k in keys {
+            if self.open_of(*k).is_some_and(|o| o.orphan) {
+                self.forget_open(*k);
+            }
+        }
+        if posix {
+            self.ranges.retain(|r| !matches!(r.owner, Owner::Posix { node: ORPHAN, .. }));
+        }
+    }
+
+    /// Removes open `key`, its locks, and its lease if no other open uses it, with none of a
+    /// close's effects (delete-on-close).
+    fn forget_open(&mut self, key: OpenKey) {
+        let Some(i) = self.opens.iter().position(|o| o.key == key) else { return };
+        let o = self.opens.remove(i);
+        self.ranges.retain(|r| r.owner != Owner::Open(key));
+        if let Some(id) = o.lease {
+            if !self.opens.iter().any(|x| x.lease == Some(id)) {
+                self.leases.retain(|l| l.id != id);
+            }
+        }
+        if !self.opens.iter().any(|o| o.flags & flags::PINS != 0) {
+            self.delete_pending = false;
         }
     }
 
@@ -448,11 +602,21 @@ impl FileRecord {
                     share: req.share,
                     lease: Some(id),
                     flags: req.flags,
+                    durable_ms: 0,
+                    orphan: false,
                 });
                 return answer;
             }
         };
-        self.opens.push(OpenRecord { key: req.key, access: req.access, share: req.share, lease, flags: req.flags });
+        self.opens.push(OpenRecord {
+            key: req.key,
+            access: req.access,
+            share: req.share,
+            lease,
+            flags: req.flags,
+            durable_ms: 0,
+            orphan: false,
+        });
         g
     }
 

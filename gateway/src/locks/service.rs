@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::machine::{Answer, Config, HaInput, Input, Machine, Msg, Op, Outcome, Output};
+use super::machine::{Answer, Config, HaInput, Input, Machine, Msg, Op, OpenEntry, Outcome, Output};
 use super::record::{BreakNotice, CloseOutcome, FileRecord, Granted, OpenRequest};
 use super::types::{Conflict, LeaseId, OpenKey, Owner, RangeLock};
 use crate::vfs::FileId;
@@ -290,6 +290,39 @@ impl LockService {
     /// Marks an open delete-on-close.
     pub async fn set_delete_on_close(&self, file: &FileId, key: OpenKey, on: bool) -> Result<(), Conflict> {
         self.done(file, Op::SetDeleteOnClose { key, on }).await
+    }
+
+    /// Makes open `key` (with its byte-range locks and lease) outlive its node: if the node dies
+    /// or is left out of the view, the open stays in the cluster as an orphan for `timeout`,
+    /// conflicting as before, until it is reclaimed ([`LockService::reclaim_open`]) or its time
+    /// runs out. Zero makes it ordinary again. The file's record then always has a second copy
+    /// on another node and is never delegated (every request on it costs a round trip).
+    pub async fn set_durable(&self, file: &FileId, key: OpenKey, timeout: Duration) -> Result<(), Conflict> {
+        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        self.done(file, Op::SetDurable { key, ms }).await
+    }
+
+    /// Takes over durable open `old` through this node as open `new` (rekeying its locks and
+    /// moving its lease here): an orphan, or an open of this node whose connection is gone.
+    /// [`Conflict::NotFound`] when there is no such open; [`Conflict::Sharing`] when it is a
+    /// live open of another node. Asking again with the same `new` gives the same answer.
+    pub async fn reclaim_open(&self, file: &FileId, old: OpenKey, new: OpenKey) -> Result<OpenEntry, Conflict> {
+        answer(self.call(file, Op::Reclaim { old, new }).await, |a| match a {
+            Answer::Reclaimed(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    /// How long POSIX-owner locks (`Owner::Posix`) outlive their node as orphans that a lock of
+    /// the same owner id through any node adopts (NLM reclaim); zero, the default, releases
+    /// them with their node. Set the same value on every node, before serving.
+    pub fn set_posix_grace(&self, d: Duration) {
+        self.lock().m.set_posix_grace(d);
+    }
+
+    /// The grace for reclaiming POSIX locks is over: every node drops their orphans now.
+    pub fn end_grace(&self) {
+        self.feed(Input::EndGrace);
     }
 
     /// Sets or clears the file's delete-pending state.

@@ -86,6 +86,12 @@ pub struct World {
     next_seq: u64,
     /// Opens each node's clients got (file, key, lease).
     opens: BTreeMap<u16, Vec<(SimKey, OpenKey, Option<LeaseId>)>>,
+    /// Opens made durable (their clients may reclaim them through any node once theirs is gone).
+    durable: BTreeMap<OpenKey, (SimKey, Option<LeaseId>)>,
+    /// Durable opens whose node died or was left out: candidates for a reclaim.
+    orphaned: Vec<(SimKey, OpenKey, Option<LeaseId>)>,
+    /// POSIX locks outlive their node this long (NLM's grace); zero: they do not.
+    posix_grace: Duration,
     /// Statistics.
     pub stats: Stats,
     cfg: Config,
@@ -109,6 +115,8 @@ pub struct Stats {
     pub messages: u64,
     /// Views adopted (summed over nodes).
     pub evictions: u64,
+    /// Durable opens reclaimed after their node was gone.
+    pub reclaimed: u64,
 }
 
 fn ms(n: u64) -> Duration {
@@ -139,6 +147,9 @@ impl World {
             next_rid: 1,
             next_seq: 1,
             opens: BTreeMap::new(),
+            durable: BTreeMap::new(),
+            orphaned: Vec::new(),
+            posix_grace: Duration::ZERO,
             stats: Stats::default(),
             cfg,
             lock: None,
@@ -160,6 +171,23 @@ impl World {
             }
         }
         w
+    }
+
+    /// Makes POSIX locks outlive their node for `d` on every node (as NLM does).
+    pub fn set_posix_grace(&mut self, d: Duration) {
+        self.posix_grace = d;
+        for n in &mut self.nodes {
+            n.m.set_posix_grace(d);
+        }
+    }
+
+    /// What node `n`'s clients held durably becomes reclaimable (their node is gone for them).
+    fn orphan_opens_of(&mut self, n: u16) {
+        for (f, k, l) in self.opens.remove(&n).unwrap_or_default() {
+            if self.durable.contains_key(&k) {
+                self.orphaned.push((f, k, l));
+            }
+        }
     }
 
     fn pair(a: u16, b: u16) -> (u16, u16) {
@@ -226,7 +254,7 @@ impl World {
         }
         let node = &mut self.nodes[n as usize];
         node.alive = false;
-        self.opens.remove(&n);
+        self.orphan_opens_of(n);
         self.asked.retain(|_, a| a.node != n);
         self.acks.retain(|a| a.1 != n);
     }
@@ -235,14 +263,10 @@ impl World {
     pub fn restart(&mut self, n: u16) {
         let inc = self.nodes[n as usize].incarnation + 1;
         let cfg = Config { me: n, incarnation: inc, ..self.cfg };
-        self.nodes[n as usize] = Node {
-            m: Machine::new(cfg),
-            alive: true,
-            incarnation: inc,
-            ha_ok_since: None,
-            ha_lost_since: None,
-            leader_seen: None,
-        };
+        let mut m = Machine::new(cfg);
+        m.set_posix_grace(self.posix_grace);
+        self.nodes[n as usize] =
+            Node { m, alive: true, incarnation: inc, ha_ok_since: None, ha_lost_since: None, leader_seen: None };
         for p in 0..self.nodes.len() as u16 {
             if p != n && self.up.contains(&Self::pair(n, p)) && self.nodes[p as usize].alive {
                 self.feed(n, Input::LinkUp(p));
@@ -303,6 +327,30 @@ impl World {
                                 if let Some(v) = self.opens.get_mut(&n) {
                                     v.retain(|(_, key, _)| key != k);
                                 }
+                                self.durable.remove(k);
+                            }
+                            if let Op::SetDurable { key, ms } = &a.op {
+                                let lease = self
+                                    .opens
+                                    .get(&n)
+                                    .and_then(|v| v.iter().find(|(_, k, _)| k == key))
+                                    .map(|(_, _, l)| *l);
+                                match lease {
+                                    Some(l) if *ms > 0 => {
+                                        self.durable.insert(*key, (a.file.clone(), l));
+                                    }
+                                    _ => {
+                                        self.durable.remove(key);
+                                    }
+                                }
+                            }
+                            if let (Op::Reclaim { new, .. }, Answer::Reclaimed(e)) = (&a.op, &ans) {
+                                self.stats.reclaimed += 1;
+                                let lease = e.open.lease;
+                                self.opens.entry(n).or_default().push((a.file.clone(), *new, lease));
+                                if e.open.durable_ms > 0 {
+                                    self.durable.insert(*new, (a.file.clone(), lease));
+                                }
                             }
                         }
                         Err(super::types::Conflict::Unavailable) => self.stats.unavailable += 1,
@@ -325,7 +373,7 @@ impl World {
                 Output::Changed(_) | Output::Licensed(_) | Output::Event(_) => {}
                 Output::Evicted => {
                     self.stats.evictions += 1;
-                    self.opens.remove(&n);
+                    self.orphan_opens_of(n);
                 }
             }
         }
@@ -340,6 +388,17 @@ impl World {
         self.next_rid += 1;
         self.asked.insert(rid, Asked { node: n, op: op.clone(), file: file.clone() });
         self.feed(n, Input::Request { rid, file, op });
+    }
+
+    /// Node `n`'s HA says for a moment that it leads no more, then that it leads again.
+    pub fn flap_leadership(&mut self, n: u16) {
+        self.feed(n, Input::Ha(HaInput { leader: None, ok: true }));
+        self.feed(n, Input::Ha(HaInput { leader: Some(n), ok: true }));
+    }
+
+    /// Node `n` says the POSIX grace ended.
+    pub fn end_grace_on(&mut self, n: u16) {
+        self.feed(n, Input::EndGrace);
     }
 
     /// A fresh open key for node `n`.
@@ -451,6 +510,8 @@ impl World {
     /// The invariant: the holdings of all licensed nodes, put together, never conflict.
     pub fn check(&self) {
         let mut all: BTreeMap<SimKey, Vec<(u16, FileRecord)>> = BTreeMap::new();
+        // Orphans are held by the cluster, not by a node: several nodes may show the same one.
+        let mut orphans: BTreeMap<SimKey, FileRecord> = BTreeMap::new();
         for (i, node) in self.nodes.iter().enumerate() {
             if !node.alive || !node.m.is_licensed() {
                 continue;
@@ -458,6 +519,27 @@ impl World {
             for (f, r) in node.m.holdings() {
                 all.entry(f).or_default().push((i as u16, r));
             }
+            for (f, r) in node.m.orphans_here() {
+                let o = orphans.entry(f).or_default();
+                for x in r.opens {
+                    if !o.opens.iter().any(|y| y.key == x.key) {
+                        o.opens.push(x);
+                    }
+                }
+                for x in r.ranges {
+                    if !o.ranges.contains(&x) {
+                        o.ranges.push(x);
+                    }
+                }
+                for x in r.leases {
+                    if !o.leases.iter().any(|y| y.id == x.id) {
+                        o.leases.push(x);
+                    }
+                }
+            }
+        }
+        for (f, o) in orphans {
+            all.entry(f).or_default().push((super::types::ORPHAN, o));
         }
         for (f, parts) in all {
             let mut merged = FileRecord::default();
@@ -509,6 +591,14 @@ impl World {
         let file = SimKey([rng.below(u64::from(files)) as u8]);
         let mine: Vec<(SimKey, OpenKey, Option<LeaseId>)> =
             self.opens_of(n).into_iter().filter(|(f, _, _)| *f == file).collect();
+        if !self.orphaned.is_empty() && rng.chance(50) {
+            // A client whose node is gone comes back through this one.
+            let i = rng.below(self.orphaned.len() as u64) as usize;
+            let (f, old, _) = self.orphaned.remove(i);
+            let new = self.key(n);
+            self.ask(n, f, Op::Reclaim { old, new });
+            return;
+        }
         match rng.below(10) {
             0..=3 => {
                 let key = self.key(n);
@@ -563,6 +653,17 @@ impl World {
                     } else {
                         self.ask(n, file, Op::Unlock { owner, offset: off, len });
                     }
+                }
+            }
+            8 if rng.chance(600) => {
+                if let Some((_, k, _)) = mine.first().cloned() {
+                    let ms = [0, 300, 2000][rng.below(3) as usize];
+                    self.ask(n, file, Op::SetDurable { key: k, ms });
+                } else if !self.orphaned.is_empty() {
+                    let i = rng.below(self.orphaned.len() as u64) as usize;
+                    let (f, old, _) = self.orphaned.remove(i);
+                    let new = self.key(n);
+                    self.ask(n, f, Op::Reclaim { old, new });
                 }
             }
             8 => {

@@ -16,6 +16,11 @@ pub struct OpenKey {
     pub seq: u64,
 }
 
+/// The node number an orphan's lease and POSIX locks carry: what the holder of a durable open or
+/// of POSIX locks had when its node died, kept for its reclaim (see [`super::record`]'s orphans).
+/// No node has it: nothing is delivered to it and no node reports it as its own.
+pub const ORPHAN: u16 = u16::MAX - 1;
+
 /// Who owns a byte-range lock: an SMB open (Windows rules: locks stack, unlock exactly what was
 /// locked, mandatory for every other reader and writer) or a POSIX lock owner (an NLM client's
 /// owner, a local process: locks merge and split, advisory).
@@ -173,6 +178,9 @@ pub enum Conflict {
     /// A break acknowledgement that keeps more than the break allowed.
     #[error("acknowledgement keeps more than the break allowed")]
     NotAccepted,
+    /// No durable open of that key to reclaim (MS-SMB2: STATUS_OBJECT_NAME_NOT_FOUND).
+    #[error("no such durable open")]
+    NotFound,
     /// The cluster could not decide (node cut off, not yet in sync, timed out).
     #[error("the cluster state is unavailable")]
     Unavailable,

@@ -7,6 +7,7 @@
 
 pub mod args;
 pub mod attr;
+pub mod budget;
 mod dirlist;
 pub mod export;
 pub mod handle;

@@ -6,6 +6,7 @@ use nfs3_types::xdr_codec::{Opaque, Pack, Void};
 
 use super::args::{CreateMode, DirOp, MknodData, NfsArgs, Sattr, StableHow, MAX_IO};
 use super::attr::{fattr, post_op, set_attr, status, wcc};
+use super::budget::Reservation;
 use super::dirlist::{self, EntryList};
 use super::handle::HandleCodec;
 use super::server::{NfsServer, Request};
@@ -32,8 +33,13 @@ fn fh(h: Vec<u8>) -> nfs_fh3 {
 
 impl NfsServer {
     /// Runs one decoded NFSv3 call and appends its result to `out`; a READ returns its data
-    /// separately, to be sent after `out` (see [`NfsServer::read`]).
-    pub(super) async fn nfs3(&self, req: &Request, args: NfsArgs<'_>, out: &mut Vec<u8>) -> Option<ReadData> {
+    /// separately, to be sent after `out`, with the budget it holds (see [`NfsServer::read`]).
+    pub(super) async fn nfs3(
+        &self,
+        req: &Request,
+        args: NfsArgs<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<(ReadData, Option<Reservation>)> {
         match args {
             NfsArgs::Null => {}
             NfsArgs::Getattr { fh } => self.getattr(fh, out).await,
@@ -152,8 +158,17 @@ impl NfsServer {
 
     /// READ: the result's head in `out`; the data returned for the caller to send after `out`
     /// (never copied into it: from memory as it is, or from the file with `sendfile`), followed
-    /// by its XDR padding.
-    async fn read(&self, req: &Request, h: &[u8], offset: u64, count: u32, out: &mut Vec<u8>) -> Option<ReadData> {
+    /// by its XDR padding. The reply's memory is reserved only once the handle is known good, and shrunk to
+    /// what the reply keeps once the backend (which checks the caller's permission) answered:
+    /// nothing for a file slice sent with `sendfile`, nothing for an error.
+    async fn read(
+        &self,
+        req: &Request,
+        h: &[u8],
+        offset: u64,
+        count: u32,
+        out: &mut Vec<u8>,
+    ) -> Option<(ReadData, Option<Reservation>)> {
         let id = match self.id(h) {
             Ok(id) => id,
             Err(s) => {
@@ -161,19 +176,27 @@ impl NfsServer {
                 return None;
             }
         };
-        if let Err(s) = self.sharing.io(id, offset, u64::from(count.min(MAX_IO)), false).await {
+        let count = count.min(MAX_IO);
+        if let Err(s) = self.sharing.io(id, offset, u64::from(count), false).await {
             res::<READ3resok<'static>, _>(out, Err(s), READ3resfail::default);
             return None;
         }
-        match self.ns.read_slice(&req.cred, id, offset, count.min(MAX_IO)).await {
+        let mut hold = self.budget.reply(req.client, count as usize).await;
+        match self.ns.read_slice(&req.cred, id, offset, count).await {
             Ok((data, eof, a)) => {
+                if let Some(h) = &mut hold {
+                    h.shrink_to(match &data {
+                        ReadData::Bytes(b) => b.len(),
+                        ReadData::File(_) => 0,
+                    });
+                }
                 let n = data.len() as u32;
                 put(out, &nfsstat3::NFS3_OK);
                 put(out, &post_op(Some(&a)));
                 put(out, &n);
                 put(out, &eof);
                 put(out, &n);
-                Some(data)
+                Some((data, hold))
             }
             Err(e) => {
                 res::<READ3resok<'static>, _>(out, Err(status(e)), READ3resfail::default);

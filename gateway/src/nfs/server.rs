@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 
 use super::args::{decode_mount, decode_nfs, decode_pmap_mapping, procs, MountArgs, NfsArgs, MAX_IO};
+use super::budget::{self, ReplyBudget, Reservation};
 use super::export::ExportPolicy;
 use super::handle::{HandleCodec, HandleError};
 use super::proc;
@@ -43,13 +44,6 @@ const PORTMAP_PROGRAM: u32 = 100_000;
 
 /// Calls of one connection executing at once.
 pub const MAX_IN_FLIGHT: usize = 64;
-/// Request and reply bytes all connections together may hold in memory (1 GiB, in 64 KiB units):
-/// 64 calls x 1 MiB on each of many connections must not exhaust memory.
-const MEMORY_UNITS: usize = 16384;
-const MEMORY_UNIT: usize = 64 * 1024;
-/// Share of [`MEMORY_UNITS`] one connection may hold at once (64 MiB): a client that pipelines
-/// READs and never reads the replies stalls itself, not every other client.
-const CONNECTION_MEMORY_UNITS: usize = 1024;
 /// A reply the client has not taken within this long closes the connection (its calls and
 /// their memory are released; a live client resends on a new connection).
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -72,8 +66,8 @@ pub struct NfsServer {
     export: String,
     nfs_port: u16,
     portmap_port: Option<u16>,
-    /// Budget of [`MEMORY_UNITS`] shared by all calls in flight.
-    memory: Arc<Semaphore>,
+    /// Memory the calls in flight and their unsent replies may hold (see [`ReplyBudget`]).
+    pub(super) budget: ReplyBudget,
     /// How long a connection may stay open without sending a first RPC call.
     pub first_call_timeout: std::time::Duration,
     /// NFS's part in the cluster's file-sharing state (SMB opens, locks and leases).
@@ -111,7 +105,7 @@ impl NfsServer {
             export: export.to_string(),
             nfs_port,
             portmap_port,
-            memory: Arc::new(Semaphore::new(MEMORY_UNITS)),
+            budget: ReplyBudget::default(),
             first_call_timeout: FIRST_CALL_TIMEOUT,
             sharing: super::sharing::NfsSharing::new(locks),
         }
@@ -142,7 +136,7 @@ impl NfsServer {
             client,
             dead: std::sync::atomic::AtomicBool::new(false),
         });
-        let own_memory = Arc::new(Semaphore::new(CONNECTION_MEMORY_UNITS));
+        let own_memory = Arc::new(Semaphore::new(budget::CONNECTION_UNITS));
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let local = self.ns.is_local();
         let mut called = false;
@@ -193,13 +187,8 @@ impl NfsServer {
                 }
             };
             let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
-            // A READ's reply is up to 1 MiB; everything else is about the size of its request.
-            let reply = if call.prog == NFS_PROGRAM && call.proc_ == procs::READ { MAX_IO as usize } else { 0 };
-            let units = ((record.len() + reply) / MEMORY_UNIT + 1).min(CONNECTION_MEMORY_UNITS) as u32;
-            // This connection's share first, so a greedy client waits on itself alone.
-            let Ok(own) = own_memory.clone().acquire_many_owned(units).await else { break };
-            let Ok(memory) = self.memory.clone().acquire_many_owned(units).await else { break };
-            let memory = (own, memory);
+            // The request's bytes (a READ reserves its reply itself, once its handle is checked).
+            let Some(memory) = self.budget.request(&own_memory, record.len()).await else { break };
             // The client waits on this call alone (nothing else in flight, nothing more sent):
             // answer it here, saving a task and a thread hand-off. Only on a local file system
             // (calls take microseconds) and never for calls that may wait for the disk, which
@@ -286,9 +275,9 @@ impl NfsServer {
         let mut out = rpc::begin_reply(call.xid, ReplyStatus::Success, hint);
         match self.nfs3(&req, decoded, &mut out).await {
             None => rpc::finish_reply(out).into(),
-            Some(data) => {
+            Some((data, hold)) => {
                 let more = data.len() + proc::xdr_pad(data.len());
-                Reply { bytes: rpc::finish_reply_followed(out, more), data: Some(data) }
+                Reply { bytes: rpc::finish_reply_followed(out, more), data: Some(data), hold }
             }
         }
     }
@@ -406,11 +395,13 @@ pub struct Reply {
     /// READ data sent after `bytes` (from memory as it is, or from the file with `sendfile`),
     /// then its XDR padding.
     pub data: Option<ReadData>,
+    /// The budget `data` holds until it is sent.
+    pub hold: Option<Reservation>,
 }
 
 impl From<Vec<u8>> for Reply {
     fn from(bytes: Vec<u8>) -> Self {
-        Self { bytes, data: None }
+        Self { bytes, data: None, hold: None }
     }
 }
 
@@ -605,10 +596,142 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use std::os::fd::OwnedFd;
+    use std::time::Duration;
 
     use tokio::io::AsyncReadExt;
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::locks::LockService;
+    use crate::vfs::posix::{PosixBackend, PosixOptions};
+
+    /// A server exporting `dir` (local backend, default `[nfs]` policy).
+    fn server(dir: &Path) -> NfsServer {
+        let text = format!(
+            "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{}\"\n\n[smb]\nenabled = false\n",
+            dir.display()
+        );
+        let cfg = crate::config::parse(&text, "test", dir).expect("config");
+        let ns = Namespace::new(Arc::new(PosixBackend::open(dir, PosixOptions::new("smb")).expect("backend")));
+        NfsServer::new(ns, "smb", ExportPolicy::from_config(&cfg.nfs), &[9; 32], 2049, None, LockService::single())
+    }
+
+    /// Accepts one client and serves it as a spawned task; returns the client's end.
+    async fn connect(server: Arc<NfsServer>) -> (TcpStream, tokio::task::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = l.accept().await.unwrap();
+        let life = Lifecycle { stop: CancellationToken::new(), tasks: tokio_util::task::TaskTracker::new() };
+        let tcp = TcpConnection { client: peer, server: addr };
+        (client, tokio::spawn(server.serve_connection(stream, tcp, life)))
+    }
+
+    /// One record-marked NFSv3 call `proc_` from AUTH_UNIX uid/gid 1000 with `args`.
+    fn nfs_call(xid: u32, proc_: u32, args: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for x in [xid, 0, 2, NFS_PROGRAM, 3, proc_, 1, 24, 1, 4] {
+            body.extend_from_slice(&x.to_be_bytes());
+        }
+        body.extend_from_slice(b"host");
+        for x in [1000u32, 1000, 0, 0, 0] {
+            body.extend_from_slice(&x.to_be_bytes());
+        }
+        body.extend_from_slice(args);
+        let mut rec = (0x8000_0000u32 | body.len() as u32).to_be_bytes().to_vec();
+        rec.extend_from_slice(&body);
+        rec
+    }
+
+    /// READ arguments: `count` bytes at 0 of handle `fh`.
+    fn read_args(fh: &[u8], count: u32) -> Vec<u8> {
+        let mut a = (fh.len() as u32).to_be_bytes().to_vec();
+        a.extend_from_slice(fh);
+        a.resize(4 + fh.len().div_ceil(4) * 4, 0);
+        a.extend_from_slice(&0u64.to_be_bytes());
+        a.extend_from_slice(&count.to_be_bytes());
+        a
+    }
+
+    /// Reads one accepted reply record: (xid, the result's nfsstat3, `None` for a void result).
+    async fn reply(c: &mut TcpStream) -> Option<(u32, Option<u32>)> {
+        let mut mark = [0u8; 4];
+        c.read_exact(&mut mark).await.ok()?;
+        let mut rec = vec![0u8; (u32::from_be_bytes(mark) & 0x7fff_ffff) as usize];
+        c.read_exact(&mut rec).await.ok()?;
+        let word = |i: usize| u32::from_be_bytes(rec[i * 4..i * 4 + 4].try_into().unwrap());
+        // xid, REPLY, MSG_ACCEPTED, verifier (flavor, empty), SUCCESS, then the result.
+        assert_eq!((word(1), word(2), word(5)), (1, 0, 0), "an accepted, successful RPC reply");
+        Some((word(0), (rec.len() >= 28).then(|| word(6))))
+    }
+
+    async fn closed_by_server(c: &mut TcpStream) -> bool {
+        let mut b = [0u8; 1];
+        matches!(c.read(&mut b).await, Ok(0))
+            || matches!(c.read(&mut b).await, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_sends_no_call_is_closed_and_one_that_called_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = server(tmp.path());
+        s.first_call_timeout = Duration::from_millis(300);
+        let s = Arc::new(s);
+        let (mut silent, task) = connect(s.clone()).await;
+        let (mut caller, _caller_task) = connect(s).await;
+        caller.write_all(&nfs_call(1, 0, &[])).await.unwrap();
+        assert_eq!(reply(&mut caller).await, Some((1, None)), "NULL answered");
+        let start = std::time::Instant::now();
+        let closed = tokio::time::timeout(Duration::from_secs(10), closed_by_server(&mut silent)).await;
+        let took = start.elapsed();
+        println!("silent connection closed after {took:?} (first-call timeout 300 ms)");
+        assert_eq!(closed, Ok(true), "the silent connection was closed");
+        assert!(took < Duration::from_secs(5), "closed after {took:?}");
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("serve returned").unwrap();
+        // The connection that called stays open past the first-call timeout.
+        caller.write_all(&nfs_call(2, 0, &[])).await.unwrap();
+        assert_eq!(reply(&mut caller).await, Some((2, None)), "a connection that called is kept");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_reserves_its_reply_only_after_the_handle_is_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), vec![7u8; 4096]).unwrap();
+        let s = Arc::new(server(tmp.path()));
+        let cred = Credentials::new(0, 0);
+        let (id, _) = s.ns.lookup(&cred, s.ns.root(), b"f").await.unwrap();
+        let good = s.handles.encode(&id);
+        let mut forged = good.clone();
+        *forged.last_mut().unwrap() ^= 1;
+        // Another connection of this address holds the whole of its share.
+        let me: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..budget::CLIENT_UNITS / budget::CONNECTION_UNITS {
+            held.push(s.budget.reply(me, budget::CONNECTION_UNITS * budget::UNIT).await.unwrap());
+        }
+        let (mut c, _task) = connect(s.clone()).await;
+        // A forged handle is refused at once: it never waits for (or holds) any budget.
+        c.write_all(&nfs_call(1, 6, &read_args(&forged, 1 << 20))).await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(5), reply(&mut c)).await.expect("answered at once");
+        assert_eq!(refused, Some((1, Some(nfs3_types::nfs3::nfsstat3::NFS3ERR_BADHANDLE as u32))));
+        // A good one waits for the share...
+        c.write_all(&nfs_call(2, 6, &read_args(&good, 1 << 20))).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(300), reply(&mut c)).await;
+        assert!(waited.is_err(), "a READ went past its address's share");
+        // ...and NULL calls of the same client are still answered meanwhile.
+        let (mut other, _t) = connect(s.clone()).await;
+        other.write_all(&nfs_call(3, 0, &[])).await.unwrap();
+        let null = tokio::time::timeout(Duration::from_secs(5), reply(&mut other)).await.expect("NULL answered");
+        assert_eq!(null, Some((3, None)));
+        held.clear();
+        let read = tokio::time::timeout(Duration::from_secs(5), reply(&mut c)).await.expect("READ answered");
+        assert_eq!(read, Some((2, Some(0))));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while s.budget.available() != budget::SERVER_UNITS && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(s.budget.available(), budget::SERVER_UNITS, "nothing left held");
+    }
 
     /// A connected pair: the server's write half (in a [`ReplySink`]) and the client's stream.
     async fn pair() -> (ReplySink, TcpStream) {
@@ -632,7 +755,7 @@ mod tests {
         let (sink, mut client) = pair().await;
         let content: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
         let (_dir, f) = slice(&content, 7, 200_001);
-        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::File(f)) }).await;
+        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::File(f)), hold: None }).await;
         sink.send(Reply::from(b"next".to_vec())).await;
         drop(sink);
         let mut got = Vec::new();
@@ -655,8 +778,8 @@ mod tests {
             client.read_to_end(&mut got).await.unwrap();
             got
         });
-        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::Bytes(data.clone())) }).await;
-        sink.send(Reply { bytes: b"empty".to_vec(), data: Some(ReadData::Bytes(Vec::new())) }).await;
+        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::Bytes(data.clone())), hold: None }).await;
+        sink.send(Reply { bytes: b"empty".to_vec(), data: Some(ReadData::Bytes(Vec::new())), hold: None }).await;
         sink.send(Reply::from(b"next".to_vec())).await;
         drop(sink);
         let got = reader.await.unwrap();
@@ -673,7 +796,7 @@ mod tests {
         let (sink, mut client) = pair().await;
         // The reply promised 2000 bytes; the file has 1000 left.
         let (_dir, f) = slice(&[1; 1000], 0, 2000);
-        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::File(f)) }).await;
+        sink.send(Reply { bytes: b"head".to_vec(), data: Some(ReadData::File(f)), hold: None }).await;
         sink.send(Reply::from(b"later".to_vec())).await;
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();

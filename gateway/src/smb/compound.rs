@@ -10,9 +10,7 @@
 use std::ops::Range;
 
 use super::signing::{self, dialect, SigningAlgorithm};
-use super::wire::header::{
-    command, offset, Header, FLAG_RELATED_OPERATIONS, FLAG_SERVER_TO_REDIR, FLAG_SIGNED, HEADER_LEN,
-};
+use super::wire::header::{command, offset, Header, FLAG_RELATED_OPERATIONS, FLAG_SERVER_TO_REDIR, HEADER_LEN};
 use super::wire::status::NtStatus;
 
 /// Most credits granted in one response.
@@ -241,11 +239,6 @@ impl ReplyChain {
         if more {
             pad8(&mut part);
         }
-        if key.is_some() && part.len() >= HEADER_LEN {
-            let at = offset::FLAGS;
-            let flags = u32::from_le_bytes([part[at], part[at + 1], part[at + 2], part[at + 3]]) | FLAG_SIGNED;
-            part[at..at + 4].copy_from_slice(&flags.to_le_bytes());
-        }
         self.parts.push((part, key));
     }
 
@@ -265,18 +258,23 @@ impl ReplyChain {
     }
 
     /// The assembled message: NextCommand set on every part but the last, then each signed
-    /// part signed over its final bytes (padding included).
-    pub fn finish(self, alg: SigningAlgorithm) -> Vec<u8> {
+    /// part signed over its final bytes (padding included). `sign: None` signs nothing: the
+    /// message goes out encrypted, and the cipher's tag authenticates all of it. A lone
+    /// response is returned as it is, not copied (an encrypted 8 MiB READ).
+    pub fn finish(self, sign: Option<SigningAlgorithm>) -> Vec<u8> {
         let n = self.parts.len();
-        let mut all = Vec::with_capacity(self.bytes());
+        let mut all = Vec::with_capacity(if n == 1 { 0 } else { self.bytes() });
         for (i, (mut part, key)) in self.parts.into_iter().enumerate() {
             if i + 1 < n && part.len() >= HEADER_LEN {
                 let at = offset::NEXT_COMMAND;
                 let len = part.len() as u32;
                 part[at..at + 4].copy_from_slice(&len.to_le_bytes());
             }
-            if let Some(k) = key {
+            if let (Some(alg), Some(k)) = (sign, key) {
                 signing::sign(alg, &k, &mut part);
+            }
+            if n == 1 {
+                return part;
             }
             all.extend_from_slice(&part);
         }
@@ -287,6 +285,7 @@ impl ReplyChain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smb::wire::header::FLAG_SIGNED;
     use crate::smb::wire::Writer;
 
     fn elem(cmd: u16, flags: u32, next: u32, sid: u64, tid: u32, body: usize) -> Vec<u8> {
@@ -451,7 +450,7 @@ mod tests {
         chain.push(elem(command::READ, FLAG_SERVER_TO_REDIR, 0, 1, 1, 17), None, true);
         chain.push(elem(command::CLOSE, FLAG_SERVER_TO_REDIR, 0, 1, 1, 60), Some(key), false);
         assert_eq!(chain.len(), 3);
-        let all = chain.finish(SigningAlgorithm::AesCmac);
+        let all = chain.finish(Some(SigningAlgorithm::AesCmac));
         let parts = split(&all).unwrap();
         let lens: Vec<usize> = parts.iter().map(|e| e.range.len()).collect();
         assert_eq!(lens, vec![(64 + 89usize).next_multiple_of(8), (64 + 17usize).next_multiple_of(8), 64 + 60]);
@@ -461,5 +460,21 @@ mod tests {
                 assert!(signing::verify(SigningAlgorithm::AesCmac, &key, &all[e.range.clone()]));
             }
         }
+    }
+
+    #[test]
+    fn a_chain_that_goes_out_encrypted_is_not_signed() {
+        let key = [9u8; 16];
+        let mut chain = ReplyChain::new();
+        chain.push(elem(command::CREATE, FLAG_SERVER_TO_REDIR, 0, 1, 1, 89), Some(key), true);
+        chain.push(elem(command::CLOSE, FLAG_SERVER_TO_REDIR, 0, 1, 1, 60), Some(key), false);
+        let all = chain.finish(None);
+        let parts = split(&all).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert!(parts.iter().all(|e| !e.header.is_signed() && e.header.signature == [0; 16]));
+        let mut one = ReplyChain::new();
+        let lone = elem(command::READ, FLAG_SERVER_TO_REDIR, 0, 1, 1, 1000);
+        one.push(lone.clone(), None, false);
+        assert_eq!(one.finish(None), lone, "a lone response is returned as it is");
     }
 }

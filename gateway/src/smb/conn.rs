@@ -1,7 +1,8 @@
 //! One client connection, on a thread of its own: reads transport frames, upgrades an SMB1
-//! negotiate, walks compound chains, checks and adds signatures, grants credits, runs each
-//! command, and sends replies (async ones from tasks on the connection's runtime). Malformed
-//! input closes the connection, logged; it never panics.
+//! negotiate, decrypts TRANSFORM messages, walks compound chains, checks and adds signatures,
+//! grants credits, runs each command, and sends replies, encrypted where [`encryption`] says
+//! (async ones from tasks on the connection's runtime). Malformed input, a bad transform or a
+//! failed decryption closes the connection, logged; it never panics.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,9 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::cmd::{self, Reply};
 use super::compound::{self, ReplyChain};
+use super::encryption;
 use super::sequence::SequenceWindow;
 use super::session::{OpenTable, Session};
 use super::signing::{self, dialect, SigningAlgorithm};
+use super::transform::{self, Cipher, SessionCipher, TransformHeader};
 use super::transport::{Frame, FrameReader, FrameWriter, ReadError, SESSION_GRANTED};
 use super::wire::header::{
     self, command, Header, FLAG_ASYNC_COMMAND, FLAG_RELATED_OPERATIONS, FLAG_SERVER_TO_REDIR, HEADER_LEN,
@@ -79,6 +82,8 @@ pub struct Connection {
     pub server_security_mode: u16,
     /// Signing algorithm of this connection.
     pub signing_alg: SigningAlgorithm,
+    /// Cipher of this connection (`None`: nothing encrypts on it).
+    pub cipher: Option<Cipher>,
     /// SMB 3.1.1 connection preauth hash.
     pub preauth: [u8; 64],
     /// Sessions by SessionId.
@@ -89,9 +94,17 @@ pub struct Connection {
     pub compound_fid: Option<(u64, u64)>,
     /// The framing side: where replies go and which async replies are still owed.
     pub link: Link,
+    /// Where breaks of this connection's detached durable opens go (made at the first one).
+    ghost: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
     next_session: u64,
     next_tree: u32,
 }
+
+/// Async operations one connection may have outstanding (as Windows' default
+/// `Smb2MaxAsyncCredits`): each holds a task and its state until it completes. A
+/// CHANGE_NOTIFY or blocking LOCK that would go past it is answered
+/// STATUS_INSUFFICIENT_RESOURCES at once.
+pub const MAX_PENDING: usize = 512;
 
 /// The framing side of a connection, apart from its session and open state: the writer
 /// every reply goes through (async ones included, from their own tasks) and the async
@@ -105,6 +118,9 @@ pub struct Link {
     pub sequence: SequenceWindow,
     /// Unsolicited messages (oplock and lease breaks), sent by a task of the connection.
     pub notices: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    /// The keys that encrypt those notices: a session of this connection that encrypts
+    /// (MS-SMB2 3.3.4.6/3.3.4.7), kept current by [`refresh_notice_seal`].
+    notice_seal: Arc<Mutex<Option<Arc<SessionCipher>>>>,
     next_async: u64,
 }
 
@@ -113,9 +129,19 @@ impl Link {
     pub fn new(out: FrameWriter<OwnedWriteHalf>) -> Self {
         let (notices, mut queued) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         let writer = out.clone();
+        let notice_seal: Arc<Mutex<Option<Arc<SessionCipher>>>> = Arc::default();
+        let seal = notice_seal.clone();
         tokio::spawn(async move {
-            while let Some(m) = queued.recv().await {
-                if writer.message(&[&m]).await.is_err() {
+            while let Some(mut m) = queued.recv().await {
+                let cipher = seal.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let sent = match cipher {
+                    Some(c) => match c.seal(&mut m) {
+                        Ok(th) => writer.message(&[&th, &m]).await,
+                        Err(_) => return,
+                    },
+                    None => writer.message(&[&m]).await,
+                };
+                if sent.is_err() {
                     return;
                 }
             }
@@ -125,8 +151,14 @@ impl Link {
             pending: Arc::new(Mutex::new(HashMap::new())),
             sequence: SequenceWindow::new(),
             notices,
+            notice_seal,
             next_async: 0,
         }
+    }
+
+    /// Async operations still owed a final reply.
+    pub fn pending_count(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Records async `work` answering request `hdr` in `session_id`; returns its AsyncId.
@@ -176,11 +208,27 @@ impl Connection {
         if persistent == u64::MAX && volatile == u64::MAX {
             return self.compound_fid.map(|(_, v)| v).ok_or(NtStatus::FILE_CLOSED);
         }
-        // Both halves must match: persistent ids equal volatile ones (no durable handles).
-        if persistent != volatile {
+        // Both halves must name the same open.
+        if self.opens.persistent_of(volatile).is_some_and(|p| p != persistent) {
             return Err(NtStatus::FILE_CLOSED);
         }
         Ok(volatile)
+    }
+
+    /// Ends `open` as its session or connection goes away without a CLOSE: a durable open is
+    /// kept for its client's reconnect ([`super::durable::DurableTable::detach`]), anything
+    /// else is released.
+    pub async fn end_open(&mut self, open: super::cmd::open::Open) {
+        let server = self.server.clone();
+        let mut open = open;
+        if server.durable.is_durable(open.persistent) {
+            let to = self.ghost.get_or_insert_with(|| server.durable.ghost(&server)).clone();
+            match server.durable.detach(&server, open, &to) {
+                None => return,
+                Some(o) => open = o,
+            }
+        }
+        cmd::close::release(&server, open).await.ok(); // logged there
     }
 
     /// Cancels pending operations waiting on open `volatile` (its handle is closing).
@@ -250,11 +298,13 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
         server_capabilities: 0,
         server_security_mode: 0,
         signing_alg: SigningAlgorithm::HmacSha256,
+        cipher: None,
         preauth: [0; 64],
         sessions: HashMap::new(),
         opens: OpenTable::default(),
         compound_fid: None,
         link: Link::new(FrameWriter::new(wr)),
+        ghost: None,
         next_session: 0,
         next_tree: 0,
     };
@@ -262,24 +312,33 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
     // Stop interrupts the loop wherever it waits, including a reply to a client that does not
     // read. Handlers never wait in the middle (backend calls run in place), so it is always
     // between requests or on the socket: the cleanup below then sees consistent state.
+    // Only a lost client keeps its durable opens: a stopping daemon or an evicted node
+    // releases everything.
+    let mut lost = false;
     tokio::select! {
         _ = stop.cancelled() => {}
         _ = evict.cancelled() => {
             tracing::warn!(client = %conn.tcp.client, "SMB: closing connection: this node left the cluster's file-sharing view");
         }
         why = command_loop(&mut conn, &mut frames) => {
+            lost = true;
             if let Some(why) = why {
                 tracing::info!(client = %conn.tcp.client, why, "SMB: closing connection");
             }
         }
     }
-    // Disconnect: cancel waiters, close every open (delete-on-close and locks are released).
+    // Disconnect: cancel waiters, close every open (delete-on-close and locks are released)
+    // but the durable ones, which wait for their client's reconnect.
     for op in conn.link.pending.lock().unwrap_or_else(|e| e.into_inner()).values() {
         op.cancel.cancel();
     }
+    let server = conn.server.clone();
     for id in conn.opens.all_ids() {
-        if let Some(open) = conn.opens.remove(id) {
-            cmd::close::release(&conn.server.clone(), open).await.ok(); // logged there
+        let Some(open) = conn.opens.remove(id) else { continue };
+        if lost {
+            conn.end_open(open).await;
+        } else {
+            cmd::close::release(&server, open).await.ok(); // logged there
         }
     }
     crate::vfs::in_place::drop_deferred();
@@ -302,10 +361,12 @@ async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadH
             Ok(Frame::Message) => {
                 let msg = frames.message();
                 match &msg[..4] {
-                    p if p == header::PROTOCOL_ID => handle_smb2(conn, msg).await,
+                    p if p == header::PROTOCOL_ID => handle_smb2(conn, msg, None).await,
                     p if p == header::SMB1_PROTOCOL_ID => handle_smb1_negotiate(conn, msg).await,
-                    _ => Err("not an SMB2 message (encrypted transform or unknown protocol)"),
+                    p if p == transform::PROTOCOL_ID => handle_encrypted(conn, frames.message_mut()).await,
+                    _ => Err("not an SMB2 message (unknown protocol)"),
                 }
+                .inspect(|_| refresh_notice_seal(conn))
             }
             Err(ReadError::Closed) => return None,
             Err(ReadError::BadFrame) => Err("bad transport frame"),
@@ -338,7 +399,7 @@ async fn handle_smb1_negotiate(conn: &mut Connection, msg: &[u8]) -> Result<(), 
     } else {
         return Err("client speaks only SMB1");
     };
-    let body = cmd::negotiate::response_body(conn, chosen, None);
+    let body = cmd::negotiate::response_body(conn, chosen, None, cmd::negotiate::EncryptionAnswer::default());
     if chosen == dialect::SMB202 {
         conn.dialect = dialect::SMB202;
     }
@@ -351,15 +412,77 @@ async fn handle_smb1_negotiate(conn: &mut Connection, msg: &[u8]) -> Result<(), 
     conn.link.out.message(&[&w.buf]).await.map_err(|_| "send failed")
 }
 
+/// Decrypts a TRANSFORM message in place (MS-SMB2 3.3.5.2.1.1) and runs the SMB2 message
+/// inside it. Anything wrong (no cipher negotiated, a malformed header, an unknown session or
+/// one without keys, a failed decryption, no SMB2 message inside) closes the connection.
+async fn handle_encrypted(conn: &mut Connection, msg: &mut [u8]) -> Result<(), &'static str> {
+    if conn.cipher.is_none() {
+        return Err("encrypted message on a connection that negotiated no cipher");
+    }
+    let hdr = TransformHeader::parse(msg).map_err(|e| match e {
+        transform::TransformError::Flags => "transform flags are not 'encrypted'",
+        transform::TransformError::Size => "transform OriginalMessageSize does not match the message",
+        _ => "malformed transform header",
+    })?;
+    let Some(session) = conn.sessions.get_mut(&hdr.session_id) else {
+        return Err("encrypted message for an unknown session");
+    };
+    let Some(cipher) = session.cipher.clone() else {
+        return Err("encrypted message for a session without keys (guest, anonymous or in setup)");
+    };
+    if cipher.open(msg).is_err() {
+        return Err("decryption failed");
+    }
+    if !session.seen_encrypted {
+        session.seen_encrypted = true;
+        tracing::info!(client = %conn.tcp.client, session = hdr.session_id, cipher = cipher.cipher().name(), "SMB: session encrypts");
+    }
+    let plain = &msg[transform::HEADER_LEN..];
+    if plain.len() < 4 || plain[..4] != header::PROTOCOL_ID {
+        return Err("the encrypted message is not an SMB2 message");
+    }
+    handle_smb2(conn, plain, Some(cipher)).await
+}
+
+/// Points the connection's break notices at the keys of its first session that encrypts
+/// (told to, by itself or one of its tree connects, or sending encrypted requests), or at none.
+fn refresh_notice_seal(conn: &Connection) {
+    let want = conn
+        .sessions
+        .iter()
+        .filter(|(_, s)| s.is_valid() && s.encrypts_anything())
+        .min_by_key(|(id, _)| **id)
+        .and_then(|(_, s)| s.cipher.clone());
+    let mut cur = conn.link.notice_seal.lock().unwrap_or_else(|e| e.into_inner());
+    if cur.as_ref().map(|c| c.session_id()) != want.as_ref().map(|c| c.session_id()) {
+        *cur = want;
+    }
+}
+
+/// What the request of session `id` on tree `tree_id` must satisfy, and who seals its reply.
+fn encryption_facts(conn: &Connection, id: u64, tree_id: u32) -> (encryption::Facts, Option<Arc<SessionCipher>>) {
+    match conn.sessions.get(&id) {
+        Some(s) => (s.encryption_facts(tree_id), s.cipher.clone()),
+        None => (encryption::Facts::default(), None),
+    }
+}
+
 /// Walks one SMB2 message (a compound chain of one or more requests): the chain rules are
 /// [`compound`]'s, the commands [`cmd`]'s; this only runs them in order and sends the result.
-async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static str> {
+/// `encrypted`: the message came in a TRANSFORM of that session; its reply goes out in one.
+async fn handle_smb2(
+    conn: &mut Connection,
+    msg: &[u8],
+    encrypted: Option<Arc<SessionCipher>>,
+) -> Result<(), &'static str> {
     let elements = compound::split(msg).map_err(compound::ChainError::why)?;
     let mut out = ReplyChain::new();
     // Async work starts once its interim response is on the wire, so its final response
     // can never overtake it.
     let mut later: Vec<Later> = Vec::new();
     let mut prev: Option<compound::Previous> = None;
+    // The session whose keys seal the whole reply, once an element needs it.
+    let mut seal: Option<Arc<SessionCipher>> = encrypted.clone();
     conn.compound_fid = None;
     let count = elements.len();
     for (i, element) in elements.into_iter().enumerate() {
@@ -383,8 +506,26 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
                 return Err("MessageId replayed or not granted");
             }
         }
-        let signed_in = hdr.is_signed();
-        let reply = match check_signature(conn, &hdr, elem) {
+        if encrypted.as_ref().is_some_and(|c| c.session_id() != hdr.session_id) {
+            return Err("an encrypted request names another session than its transform");
+        }
+        let (facts, session_cipher) = encryption_facts(conn, hdr.session_id, hdr.tree_id);
+        let refused = encryption::refuse_unencrypted(hdr.command, encrypted.is_some(), facts);
+        if refused {
+            tracing::info!(client = %conn.tcp.client, command = hdr.command, "SMB: unencrypted request refused: encryption is required");
+        }
+        let seal_this = match &encrypted {
+            Some(c) => Some(c.clone()),
+            None => session_cipher.filter(|_| encryption::seal_reply(hdr.command, false, facts)),
+        };
+        if seal.is_none() {
+            seal = seal_this.clone();
+        }
+        // Inside an encrypted message, the decryption authenticated every element.
+        let signed_in = hdr.is_signed() && encrypted.is_none();
+        let checked = if encrypted.is_some() { Ok(()) } else { check_signature(conn, &hdr, elem) };
+        let checked = if refused { Err(NtStatus::ACCESS_DENIED) } else { checked };
+        let reply = match checked {
             Err(s) => Outcome::Now(Reply::err(s)),
             Ok(()) => match compound::inherited_failure(&hdr, related, prev.as_ref()) {
                 Some(st) => Outcome::Now(Reply::err(st)),
@@ -401,6 +542,15 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
                 (Reply::err(NtStatus::INSUFFICIENT_RESOURCES), None)
             }
             Outcome::Now(r) => (r, None),
+            Outcome::Later(_)
+                if matches!(hdr.command, command::CHANGE_NOTIFY | command::LOCK)
+                    && conn.link.pending_count() + later.len() >= MAX_PENDING =>
+            {
+                // The work is dropped unstarted. (A CREATE waiting for a break is not refused
+                // here: its open is already reserved; CREATEs are bounded by MAX_OPENS.)
+                tracing::info!(client = %conn.tcp.client, command = hdr.command, "SMB: too many pending requests");
+                (Reply::err(NtStatus::INSUFFICIENT_RESOURCES), None)
+            }
             Outcome::Later(work) => (Reply { status: NtStatus::PENDING, ..Reply::err(NtStatus::PENDING) }, Some(work)),
         };
         let session_id = reply.session_id.unwrap_or(hdr.session_id);
@@ -416,13 +566,13 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
         rh.emit(&mut w);
         w.bytes(&reply.body);
         let mut resp = w.buf;
-        let key = if pending.is_some() {
+        let key = if pending.is_some() || seal_this.is_some() {
             None
         } else {
             compound::response_key(signing_facts(conn, session_id), signed_in, reply.sign_final, conn.dialect)
         };
         if !reply.tail.is_empty() {
-            if count == 1 && key.is_none() {
+            if count == 1 && key.is_none() && seal.is_none() {
                 // A lone unsigned reply with bulk data (READ): send header and data as they are.
                 return conn.link.out.message(&[&resp, &reply.tail]).await.map_err(|_| "send failed");
             }
@@ -443,17 +593,27 @@ async fn handle_smb2(conn: &mut Connection, msg: &[u8]) -> Result<(), &'static s
         prev = Some(compound::Previous { session_id, tree_id: rh.tree_id, status: reply.status });
         if let Some(work) = pending {
             let key = compound::response_key(signing_facts(conn, session_id), signed_in, false, conn.dialect);
-            later.push(Later { rh, async_id, work, key });
+            later.push(Later { rh, async_id, work, key, seal: seal_this.clone() });
         }
         out.push(resp, key, more);
     }
     if out.is_empty() {
         return Ok(());
     }
-    let all = out.finish(conn.signing_alg);
-    conn.link.out.message(&[&all]).await.map_err(|_| "send failed")?;
+    match seal {
+        // An encrypted reply carries no signatures: the cipher's tag authenticates it.
+        Some(cipher) => {
+            let mut all = out.finish(None);
+            let th = cipher.seal(&mut all).map_err(|_| "cannot encrypt the reply")?;
+            conn.link.out.message(&[&th, &all]).await.map_err(|_| "send failed")?;
+        }
+        None => {
+            let all = out.finish(Some(conn.signing_alg));
+            conn.link.out.message(&[&all]).await.map_err(|_| "send failed")?;
+        }
+    }
     for l in later {
-        spawn_async(conn, l.rh, l.async_id, l.work, l.key);
+        spawn_async(conn, l);
     }
     Ok(())
 }
@@ -463,7 +623,11 @@ struct Later {
     rh: Header,
     async_id: u64,
     work: AsyncWork,
+    /// Signs the final reply.
     key: Option<[u8; 16]>,
+    /// Encrypts the final reply instead (the request came encrypted, or its session or tree
+    /// encrypts).
+    seal: Option<Arc<SessionCipher>>,
 }
 
 /// The signing facts of session `id` on this connection, for [`compound`]'s rules.
@@ -485,7 +649,8 @@ fn check_signature(conn: &Connection, hdr: &Header, elem: &[u8]) -> Result<(), N
 }
 
 /// Sends the final reply of async work when it completes or is cancelled.
-fn spawn_async(conn: &Connection, mut rh: Header, async_id: u64, work: AsyncWork, key: Option<[u8; 16]>) {
+fn spawn_async(conn: &Connection, later: Later) {
+    let Later { mut rh, async_id, work, key, seal } = later;
     let out = conn.link.out.clone();
     let pending = conn.link.pending.clone();
     let alg = conn.signing_alg;
@@ -504,10 +669,19 @@ fn spawn_async(conn: &Connection, mut rh: Header, async_id: u64, work: AsyncWork
         rh.emit(&mut w);
         w.bytes(&reply.body);
         let mut msg = w.buf;
-        if let Some(k) = key {
-            signing::sign(alg, &k, &mut msg);
+        match seal {
+            Some(cipher) => {
+                if let Ok(th) = cipher.seal(&mut msg) {
+                    let _ = out.message(&[&th, &msg]).await;
+                }
+            }
+            None => {
+                if let Some(k) = key {
+                    signing::sign(alg, &k, &mut msg);
+                }
+                let _ = out.message(&[&msg]).await;
+            }
         }
-        let _ = out.message(&[&msg]).await;
     });
 }
 

@@ -4,6 +4,8 @@
 //! - [`wire`]: pure decoders/encoders of SMB2 bytes (header, status codes);
 //! - [`auth`]: SPNEGO + NTLMSSP, users from the config;
 //! - [`signing`]: key derivation and message signing for every dialect;
+//! - [`transform`]: SMB 3 encryption: the TRANSFORM header, sealing and opening messages;
+//! - [`encryption`]: which requests must come encrypted and which replies are encrypted;
 //! - [`transport`]: transport frames in (one reused buffer), framed messages out;
 //! - [`compound`]: the message rules around commands as pure functions: chain splitting,
 //!   related operations, which signatures are checked and made, reply assembly;
@@ -12,6 +14,8 @@
 //!   and [`cmd`];
 //! - [`sequence`]: the MessageId window (each granted id used once: no replays);
 //! - [`session`]: sessions, tree connects and opens as named types;
+//! - [`durable`]: durable handles: their create contexts, rules, and the opens that outlive
+//!   their connection;
 //! - [`cmd`]: one file per SMB2 command;
 //! - [`srvsvc`]: the DCE/RPC share-enumeration pipe on `IPC$`.
 
@@ -22,6 +26,8 @@ pub mod compound;
 pub mod conn;
 pub mod copychunk;
 pub mod dosattrib;
+pub mod durable;
+pub mod encryption;
 pub mod file_state;
 pub mod fs;
 pub mod leases;
@@ -33,6 +39,7 @@ pub mod signing;
 pub mod srvsvc;
 pub mod status;
 pub mod streams;
+pub mod transform;
 pub mod transport;
 pub mod wire;
 
@@ -43,7 +50,7 @@ use anyhow::{Context, Result};
 use ha::connections::ConnectionTable;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, ShareConfig};
+use crate::config::{Config, ShareConfig, SmbEncryption};
 use crate::daemon::Lifecycle;
 use crate::locks::{LockService, OpenKey};
 use crate::vfs::{FileId, Namespace};
@@ -64,6 +71,8 @@ pub struct SmbServer {
     pub users: auth::UserDb,
     /// `[smb] require_signing`.
     pub require_signing: bool,
+    /// `[smb] encryption`: offered at all, and asked of every session or not.
+    pub encryption: SmbEncryption,
     /// Our GUID, stable for the process.
     pub guid: [u8; 16],
     /// When the process started, as a FILETIME.
@@ -95,6 +104,8 @@ pub struct SmbServer {
     pub watches: notify::Watches,
     /// Resume keys of server-side copy sources.
     pub resume_keys: copychunk::ResumeKeys,
+    /// Durable opens by persistent FileId, those whose connection was lost included.
+    pub durable: durable::DurableTable,
 }
 
 impl SmbServer {
@@ -124,17 +135,19 @@ impl SmbServer {
             shares: cfg.smb.shares.clone(),
             users,
             require_signing: cfg.smb.require_signing,
+            encryption: cfg.smb.encryption,
             guid: rand::random(),
             start_time: filetime_now(),
             guest_allowed: cfg.smb.shares.iter().any(|s| s.guest_ok),
             unix_users,
             ns,
-            locks,
             idle_without_session: IDLE_WITHOUT_SESSION,
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
             open_streams: streams::OpenStreams::default(),
             watches: notify::Watches::default(),
             resume_keys: copychunk::ResumeKeys::default(),
+            durable: durable::DurableTable::new(locks.node()),
+            locks,
         }
     }
 
@@ -160,6 +173,12 @@ impl SmbServer {
     /// A fresh identity for a new open, unique in the cluster.
     pub fn open_key(&self) -> OpenKey {
         self.locks.new_key()
+    }
+
+    /// What a tree connect of `share` asks for: the share's own `encryption`, never less
+    /// than `[smb] encryption`.
+    pub fn share_encryption(&self, share: &ShareConfig) -> SmbEncryption {
+        share.encryption.unwrap_or(self.encryption).max(self.encryption)
     }
 
     /// The share named `name` (case-insensitive).

@@ -2,9 +2,12 @@
 //! file or pipe), so commands read `conn.session(id)?.tree(tid)?` instead of juggling maps.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::auth::{Identity, NtlmExchange};
 use super::cmd::open::{Open, OpenKind, PendingOpen};
+use super::encryption::Facts;
+use super::transform::SessionCipher;
 use super::wire::status::NtStatus;
 use crate::config::ShareConfig;
 
@@ -32,6 +35,14 @@ pub struct Session {
     pub signing_required: bool,
     /// SMB 3.1.1 session preauth integrity hash.
     pub preauth: [u8; 64],
+    /// Encryption keys (users on SMB 3.x with a negotiated cipher; never guests).
+    pub cipher: Option<Arc<SessionCipher>>,
+    /// The session was told to encrypt (SESSION_FLAG_ENCRYPT_DATA): every reply is encrypted.
+    pub encrypt_data: bool,
+    /// Unencrypted requests are refused (`[smb] encryption = "required"`).
+    pub require_encryption: bool,
+    /// An encrypted request was seen (logged once per session).
+    pub seen_encrypted: bool,
     /// A re-authentication in progress: the session stays valid, with its identity and
     /// signing key, until it completes as the same user (MS-SMB2 3.3.5.5.3).
     pub reauth: Option<NtlmExchange>,
@@ -49,6 +60,10 @@ impl Session {
             signing_key: None,
             signing_required: false,
             preauth,
+            cipher: None,
+            encrypt_data: false,
+            require_encryption: false,
+            seen_encrypted: false,
             reauth: None,
             trees: HashMap::new(),
         }
@@ -62,6 +77,24 @@ impl Session {
     /// The tree connect `id`, or `NETWORK_NAME_DELETED`.
     pub fn tree(&self, id: u32) -> Result<&Tree, NtStatus> {
         self.trees.get(&id).ok_or(NtStatus::NETWORK_NAME_DELETED)
+    }
+
+    /// Whether any of this session's traffic is encrypted: it was told to, one of its tree
+    /// connects was, or the client encrypts of its own accord.
+    pub fn encrypts_anything(&self) -> bool {
+        self.cipher.is_some()
+            && (self.encrypt_data || self.seen_encrypted || self.trees.values().any(|t| t.encrypt_data))
+    }
+
+    /// What this session and its tree connect `tree_id` say about encryption.
+    pub fn encryption_facts(&self, tree_id: u32) -> Facts {
+        let tree = self.trees.get(&tree_id);
+        Facts {
+            session_encrypts: self.encrypt_data,
+            session_requires: self.require_encryption,
+            tree_encrypts: tree.is_some_and(|t| t.encrypt_data),
+            tree_requires: tree.is_some_and(|t| t.require_encryption),
+        }
     }
 }
 
@@ -89,7 +122,16 @@ pub struct Tree {
     pub gid: u32,
     /// The share's folder in the namespace (None for IPC$).
     pub root: Option<crate::vfs::FileId>,
+    /// The share asked this tree connect to encrypt (SHI1005_FLAGS_ENCRYPT_DATA).
+    pub encrypt_data: bool,
+    /// The share requires encryption: unencrypted requests on this tree are refused.
+    pub require_encryption: bool,
 }
+
+/// Opens one connection may hold (Samba's default `max open files` is about as many): each
+/// holds memory, and a directory open a listing window. A CREATE past it fails with
+/// STATUS_INSUFFICIENT_RESOURCES.
+pub const MAX_OPENS: usize = 16384;
 
 /// The opens of a connection, by volatile file id.
 #[derive(Debug, Default)]
@@ -99,6 +141,11 @@ pub struct OpenTable {
 }
 
 impl OpenTable {
+    /// True when the connection holds [`MAX_OPENS`] opens: no CREATE may add one.
+    pub fn is_full(&self) -> bool {
+        self.opens.len() >= MAX_OPENS
+    }
+
     /// Stores `open` under a fresh volatile id and returns it.
     pub fn insert(&mut self, make: impl FnOnce(u64) -> Open) -> u64 {
         self.next += 1;
@@ -148,6 +195,11 @@ impl OpenTable {
             None => {}
         }
         self.opens.get_mut(&id).ok_or(NtStatus::FILE_CLOSED)
+    }
+
+    /// The persistent FileId of open `id`.
+    pub fn persistent_of(&self, id: u64) -> Option<u64> {
+        self.opens.get(&id).map(|o| o.persistent)
     }
 
     /// Removes and returns open `id`.

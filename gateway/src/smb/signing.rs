@@ -70,16 +70,50 @@ impl SigningAlgorithm {
 
 /// SP800-108 counter-mode KDF with HMAC-SHA256, L = 128 (MS-SMB2 3.1.4.2).
 pub fn kdf(key: &[u8], label: &[u8], context: &[u8]) -> [u8; 16] {
+    let out = kdf_bits(key, label, context, 128);
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&out[..16]);
+    k
+}
+
+/// The same KDF with output length `bits` (128 or 256: one HMAC-SHA256 block covers both;
+/// L is part of the input, so the first 16 bytes of a 256-bit key differ from a 128-bit one).
+fn kdf_bits(key: &[u8], label: &[u8], context: &[u8], bits: u32) -> [u8; 32] {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(&1u32.to_be_bytes());
     mac.update(label);
     mac.update(&[0]);
     mac.update(context);
-    mac.update(&128u32.to_be_bytes());
-    let out = mac.finalize().into_bytes();
-    let mut k = [0u8; 16];
-    k.copy_from_slice(&out[..16]);
+    mac.update(&bits.to_be_bytes());
+    let mut k = [0u8; 32];
+    k.copy_from_slice(&mac.finalize().into_bytes());
     k
+}
+
+/// A session's two encryption keys (MS-SMB2 3.3.5.5.3), each as long as `cipher` needs:
+/// `(server to client, client to server)`, i.e. the key the server encrypts with and the one
+/// it decrypts with. SMB 3.0/3.0.2 derive them from fixed labels ("ServerOut", "ServerIn "),
+/// 3.1.1 from the session's preauth integrity hash.
+pub fn encryption_keys(
+    dialect_: u16,
+    cipher: super::transform::Cipher,
+    session_key: &[u8; 16],
+    preauth_hash: &[u8; 64],
+) -> (Vec<u8>, Vec<u8>) {
+    let len = cipher.key_len();
+    let bits = 8 * len as u32;
+    let (out, inn) = if dialect_ >= dialect::SMB311 {
+        (
+            kdf_bits(session_key, b"SMBS2CCipherKey\0", preauth_hash, bits),
+            kdf_bits(session_key, b"SMBC2SCipherKey\0", preauth_hash, bits),
+        )
+    } else {
+        (
+            kdf_bits(session_key, b"SMB2AESCCM\0", b"ServerOut\0", bits),
+            kdf_bits(session_key, b"SMB2AESCCM\0", b"ServerIn \0", bits),
+        )
+    };
+    (out[..len].to_vec(), inn[..len].to_vec())
 }
 
 /// The signing key of a session from its 16-byte session key.

@@ -57,6 +57,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &self.buf
     }
 
+    /// The message of the last [`Frame::Message`], to decrypt in place.
+    pub fn message_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
     /// Reads the next frame; NetBIOS keep-alives are skipped.
     pub async fn next(&mut self) -> Result<Frame, ReadError> {
         loop {

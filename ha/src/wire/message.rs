@@ -3,9 +3,15 @@
 //! ```text
 //! magic "NGW1" | version u8 | kind u8 | reserved u16 | from u32 | incarnation u64 | seq u64
 //! body (by kind) | HMAC-SHA256 tag (32 bytes) over everything before it
+//! heartbeat body = state u8 | flags u8 | generation u64 | epoch u64
+//!                  | n u16 | held address * n | n u16 | (address, owner u32) * n
+//!                  | n u16 | (node u32, incarnation u64) * n       (the runs the sender has heard)
 //! ```
 //! `incarnation` is fixed for a daemon's life (its start time), `seq` grows with every datagram,
-//! so a receiver drops duplicates, stale reorderings and replays of an older run. The tag is
+//! so a receiver drops duplicates, stale reorderings and replays of an older run. A heartbeat
+//! also echoes the run of every node its sender has heard: a receiver believes a heartbeat only
+//! when it echoes the receiver's *own* current run, so heartbeats recorded before a node
+//! restarted cannot be replayed to it (its fresh run has no sequence numbers to compare yet). The tag is
 //! computed with the shared cluster secret: a datagram from a node without the secret fails
 //! [`open`] and is ignored. Decoding never panics on any input (fuzzed).
 
@@ -21,8 +27,8 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// First bytes of every cluster datagram.
 pub const MAGIC: [u8; 4] = *b"NGW1";
-/// Format version; a node refuses others.
-pub const VERSION: u8 = 1;
+/// Format version; a node refuses others (2: heartbeats echo the runs they have heard).
+pub const VERSION: u8 = 2;
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 28;
 /// Length of the authentication tag.
@@ -90,6 +96,9 @@ pub struct Heartbeat {
     pub held: Vec<IpAddr>,
     /// (Leader only) each public address and the node that must hold it; `None` = nobody yet.
     pub assignment: Vec<(IpAddr, Option<u32>)>,
+    /// Each node the sender has heard and the run (incarnation) it heard: proof to a receiver
+    /// that this heartbeat was sent after the receiver's current run started.
+    pub seen: Vec<(u32, u64)>,
 }
 
 /// One chunk of a connection list snapshot.
@@ -235,6 +244,11 @@ impl Message {
                     put_ip(out, a);
                     out.extend_from_slice(&owner.unwrap_or(NO_NODE).to_be_bytes());
                 }
+                out.extend_from_slice(&(h.seen.len().min(u16::MAX as usize) as u16).to_be_bytes());
+                for (node, run) in h.seen.iter().take(u16::MAX as usize) {
+                    out.extend_from_slice(&node.to_be_bytes());
+                    out.extend_from_slice(&run.to_be_bytes());
+                }
             }
             Body::Connections(c) => {
                 out.extend_from_slice(&c.snapshot.to_be_bytes());
@@ -293,6 +307,8 @@ impl Message {
                         Ok((a, (o != NO_NODE).then_some(o)))
                     })
                     .collect::<Result<_, WireError>>()?;
+                let n = get_count(&mut r, 12)?;
+                let seen = (0..n).map(|_| Ok((r.u32()?, r.u64()?))).collect::<Result<_, WireError>>()?;
                 Body::Heartbeat(Heartbeat {
                     state,
                     leader: flags & 1 != 0,
@@ -301,6 +317,7 @@ impl Message {
                     epoch,
                     held,
                     assignment,
+                    seen,
                 })
             }
             KIND_CONNECTIONS => {
@@ -424,6 +441,7 @@ mod tests {
                     epoch: 12,
                     held: vec!["198.18.1.1".parse().unwrap(), "fd00::2".parse().unwrap()],
                     assignment: vec![("198.18.1.1".parse().unwrap(), Some(2)), ("fd00::2".parse().unwrap(), None)],
+                    seen: vec![(0, 1_700_000_000_000_000_000), (1, 3)],
                 }),
             },
             Message {

@@ -6,10 +6,12 @@
 //! - `disks`: formats blank data disks for this node's bricks and mounts them ([`disks`]).
 //! - `provision`: forms the GlusterFS pool and creates the volume ([`provision`]).
 //! - `issue`: the console's login banner: addresses, provisioning, `nasgw status`.
+//! - `update`: writes a new image into the root slot not running ([`update`]).
 
 mod disks;
 mod provision;
 mod system;
+mod update;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -49,6 +51,16 @@ enum Cmd {
     },
     /// Print the console banner (addresses, provisioning, `nasgw status`).
     Issue,
+    /// Write a new appliance image (the raw `nasgw.img`) into the root slot not running and
+    /// boot it next; the config, state and data disks are kept (also `nasgw-update IMAGE`).
+    Update {
+        /// The new image file.
+        #[arg(required_unless_present = "rollback")]
+        image: Option<PathBuf>,
+        /// Boot the other slot next instead (undo an update, or redo it).
+        #[arg(long, conflicts_with = "image")]
+        rollback: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +68,20 @@ fn main() -> ExitCode {
     if let Cmd::Issue = cli.command {
         print!("{}", issue(&cli.config));
         return ExitCode::SUCCESS;
+    }
+    if let Cmd::Update { image, rollback } = &cli.command {
+        // An update needs no valid config: it may be what fixes the node.
+        let r = match image {
+            Some(img) if !rollback => update::update(img),
+            _ => update::rollback(),
+        };
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nasgw-update: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let cfg = match load(&cli.config) {
         Some(c) => c,
@@ -65,7 +91,7 @@ fn main() -> ExitCode {
         Cmd::System { root } => system::apply(&cfg, &root),
         Cmd::Disks => disks_for(&cfg),
         Cmd::Provision { watch } => provision::run(&cfg, watch, &provision::status_file()),
-        Cmd::Issue => unreachable!(),
+        Cmd::Issue | Cmd::Update { .. } => unreachable!(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,6 +150,9 @@ fn disks_for(cfg: &Config) -> anyhow::Result<()> {
         println!("nasgw-appliance: no brick of [volume] bricks is on this node's addresses: no disk to prepare");
         return Ok(());
     }
+    // Every disk must be known and probed by udev before one is judged blank (only brick
+    // nodes wait for that; the boot of the others does not).
+    let _ = Command::new("udevadm").args(["settle", "--timeout=120"]).status();
     let mount_points: Vec<String> = want
         .my_bricks()
         .iter()
@@ -151,10 +180,13 @@ fn issue(config: &Path) -> String {
     s.push_str(&cmd("ip", &["-brief", "address", "show", "scope", "global"]));
     let errors = read(CONFIG_ERRORS);
     if !config.exists() {
+        // Early in the boot the partition may not be mounted yet: no status to ask for then.
         s.push_str(&format!(
             "config {} IS MISSING: no partition labelled NASGW, or no nasgw.toml on it\n",
             config.display()
         ));
+        s.push_str("\nNo password login: SSH with a key from [system] ssh_keys.\n\n");
+        return s.replace('\\', "\\\\");
     } else if errors.is_empty() {
         s.push_str(&format!("config {}: valid\n", config.display()));
     } else {

@@ -82,7 +82,7 @@ impl Cluster {
         let vol = root.path().join("vol");
         std::fs::create_dir_all(&vol).unwrap();
         prepare(&vol);
-        std::fs::write(root.path().join("key"), "nasgw-test-cluster-secret-0123456789\n").unwrap();
+        nasgw_tests::process::write_private(&root.path().join("key"), "nasgw-test-cluster-secret-0123456789\n");
         let notify = root.path().join("notify.sh");
         std::fs::write(&notify, "#!/bin/sh\necho \"$(date +%s.%N) $*\" >> notify.log\n").unwrap();
         std::fs::set_permissions(&notify, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

@@ -25,21 +25,35 @@ pub struct SmbServer {
 /// Starts nasgw with `pub` (guest, writable, force_user root), `priv` (users only) and alice;
 /// `extra_smb` is added to the `[smb]` table.
 pub fn start(name: &str, extra_smb: &str) -> SmbServer {
+    start_with_shares(name, extra_smb, "")
+}
+
+/// The guest share `pub` of [`start`].
+const PUB: &str = "[[smb.share]]\nname = \"pub\"\ncomment = \"seed guest share\"\nwritable = true\nguest_ok = true\nguest_only = true\nforce_user = \"root\"\n\n";
+/// The users' share `priv` of [`start`].
+pub const PRIV: &str = "[[smb.share]]\nname = \"priv\"\npath = \"/priv\"\nwritable = true\nforce_user = \"root\"\n\n";
+
+/// [`start`] with more `[[smb.share]]` tables (`extra_shares`, TOML text) after `pub` and `priv`.
+pub fn start_with_shares(name: &str, extra_smb: &str, extra_shares: &str) -> SmbServer {
+    start_shares(name, extra_smb, &format!("{PUB}{PRIV}{extra_shares}"))
+}
+
+/// nasgw with exactly the `[[smb.share]]` tables `shares` (TOML text) and alice.
+pub fn start_shares(name: &str, extra_smb: &str, shares: &str) -> SmbServer {
     require_tool("smbclient");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = format!(
         "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{{dir}}/data\"\n\n[nfs]\nenabled = false\n\n\
          [smb]\nlisten = \"127.0.0.1:{port}\"\n{extra_smb}\n\n\
-         [[smb.share]]\nname = \"pub\"\ncomment = \"seed guest share\"\nwritable = true\nguest_ok = true\nguest_only = true\nforce_user = \"root\"\n\n\
-         [[smb.share]]\nname = \"priv\"\npath = \"/priv\"\nwritable = true\nforce_user = \"root\"\n\n\
+         {shares}\n\n\
          [node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n"
     );
     let ddir = dir.path().join(name);
     std::fs::create_dir_all(ddir.join("data/priv")).unwrap();
     // The password is set the way an admin does it: `nasgw passwd alice` on the config file.
     let cfg_path = ddir.join("nasgw.toml");
-    std::fs::write(&cfg_path, cfg.replace("{dir}", &ddir.display().to_string())).unwrap();
+    nasgw_tests::process::write_private(&cfg_path, &cfg.replace("{dir}", &ddir.display().to_string()));
     set_password(&cfg_path, "alice", ALICE_PASSWORD);
     let text = std::fs::read_to_string(&cfg_path).unwrap();
     let daemon = Daemon::start(name, &ddir, &text, None);

@@ -32,6 +32,22 @@ fn settle(w: &mut World) {
     panic!("the cluster did not settle");
 }
 
+/// Runs until the dead node `gone` is out of every live node's view and they are ready.
+fn settle_without(w: &mut World, gone: u16) {
+    for _ in 0..600 {
+        w.step(ms(10));
+        let live: Vec<u16> = (0..w.nodes()).filter(|n| w.alive(*n)).collect();
+        if live.iter().all(|n| {
+            w.licensed(*n)
+                && w.machine(*n).is_ready()
+                && w.machine(*n).view().is_some_and(|v| !v.members.contains(&gone))
+        }) {
+            return;
+        }
+    }
+    panic!("the cluster did not settle without node {gone}");
+}
+
 fn drain(w: &mut World) {
     for _ in 0..500 {
         w.step(ms(10));
@@ -178,6 +194,167 @@ fn a_dead_nodes_locks_are_released_and_a_cut_off_node_stops() {
     assert!(granted_at < ms(3000), "released within the takeover time and a margin");
 }
 
+/// A leader that loses leadership for a moment (its recovery-lock check timed out) and gets it
+/// back with the same members issues a view of its own again and is licensed again (found on
+/// real nodes: it stayed unlicensed forever, holding every request on its files).
+#[test]
+fn a_leader_that_regains_leadership_is_licensed_again() {
+    let mut w = World::new(3);
+    settle(&mut w);
+    let leader = w.machine(0).view().map(|v| v.leader).unwrap();
+    w.flap_leadership(leader);
+    settle(&mut w);
+    assert!(w.licensed(leader));
+    let f = (0..=255u8).map(|b| SimKey([b])).find(|k| home_of(k, &[0, 1, 2]) == Some(leader)).unwrap();
+    let other = (leader + 1) % 3;
+    let r = open_req(&mut w, other, access::READ_DATA, share::ALL, CachingRequest::None);
+    let g = w.stats.granted;
+    w.ask(other, f, Op::Open(r));
+    drain(&mut w);
+    assert_eq!(w.stats.granted, g + 1, "a request on the leader's file is answered");
+}
+
+/// A file whose home and backup are not `avoid`.
+fn file_away_from(avoid: u16, members: &[u16]) -> SimKey {
+    (0..=255u8)
+        .map(|b| SimKey([b]))
+        .find(|k| {
+            let home = home_of(k, members).unwrap();
+            let rest: Vec<u16> = members.iter().copied().filter(|m| *m != home).collect();
+            home != avoid && home_of(k, &rest) != Some(avoid)
+        })
+        .unwrap()
+}
+
+fn outcome_count(w: &World) -> (u64, u64) {
+    (w.stats.granted, w.stats.refused)
+}
+
+/// A durable open outlives its node: nobody else gets the file meanwhile, its client reclaims
+/// it (with its lock) through another node, and an unreclaimed one expires.
+#[test]
+fn a_durable_open_outlives_its_node_and_is_reclaimed_elsewhere() {
+    for home_side in [false, true] {
+        let mut w = World::new(3);
+        settle(&mut w);
+        // The durable open's node is the file's home in one run, neither home nor backup in the other.
+        let f = if home_side {
+            (0..=255u8).map(|b| SimKey([b])).find(|k| home_of(k, &[0, 1, 2]) == Some(1)).unwrap()
+        } else {
+            file_away_from(1, &[0, 1, 2])
+        };
+        let a = open_req(&mut w, 1, access::READ_DATA | access::WRITE_DATA, share::READ, CachingRequest::None);
+        let key = a.key;
+        w.ask(1, f.clone(), Op::Open(a));
+        w.ask(1, f.clone(), Op::Lock(RangeLock { owner: Owner::Open(key), offset: 0, len: 10, exclusive: true }));
+        w.ask(1, f.clone(), Op::SetDurable { key, ms: 5000 });
+        drain(&mut w);
+        assert_eq!(outcome_count(&w).1, 0);
+        w.crash(1);
+        settle_without(&mut w, 1);
+        let (_, refused) = outcome_count(&w);
+        let b = open_req(&mut w, 2, access::READ_DATA | access::WRITE_DATA, share::ALL, CachingRequest::None);
+        w.ask(2, f.clone(), Op::Open(b));
+        drain(&mut w);
+        assert_eq!(outcome_count(&w).1, refused + 1, "home_side={home_side}: the orphan's share mode still holds");
+        // Its client comes back through node 0.
+        let new = w.key(0);
+        w.ask(0, f.clone(), Op::Reclaim { old: key, new });
+        drain(&mut w);
+        let held = w.machine(0).holdings();
+        let r = held.get(&f).expect("node 0 holds the reclaimed open");
+        assert!(r.opens.iter().any(|o| o.key == new && !o.orphan), "{r:?}");
+        assert!(r.ranges.iter().any(|l| l.owner == Owner::Open(new)), "its lock followed: {r:?}");
+        // A second reclaim of the same old open finds nothing.
+        let (_, refused) = outcome_count(&w);
+        let other = w.key(2);
+        w.ask(2, f.clone(), Op::Reclaim { old: key, new: other });
+        drain(&mut w);
+        assert_eq!(outcome_count(&w).1, refused + 1);
+    }
+    // Never reclaimed: it expires and the file is free again.
+    let mut w = World::new(3);
+    settle(&mut w);
+    let f = file_away_from(1, &[0, 1, 2]);
+    let a = open_req(&mut w, 1, access::READ_DATA | access::WRITE_DATA, 0, CachingRequest::None);
+    let key = a.key;
+    w.ask(1, f.clone(), Op::Open(a));
+    w.ask(1, f.clone(), Op::SetDurable { key, ms: 1000 });
+    drain(&mut w);
+    w.crash(1);
+    settle_without(&mut w, 1);
+    let t0 = w.now;
+    let mut free_after = None;
+    for _ in 0..100 {
+        let (granted, _) = outcome_count(&w);
+        let b = open_req(&mut w, 2, access::READ_DATA, share::ALL, CachingRequest::None);
+        let k = b.key;
+        w.ask(2, f.clone(), Op::Open(b));
+        drain(&mut w);
+        if outcome_count(&w).0 > granted {
+            free_after = Some(w.now - t0);
+            w.ask(2, f.clone(), Op::Close(k));
+            break;
+        }
+        w.step(ms(50));
+    }
+    let free_after = free_after.expect("the orphan expired");
+    assert!(free_after >= ms(900) && free_after < ms(3000), "expired after {free_after:?}");
+}
+
+/// With a POSIX grace (NLM), a dead node's POSIX locks stay for their owner: another owner is
+/// refused, the same owner adopts them through another node, and the end of grace drops the rest.
+#[test]
+fn posix_locks_outlive_their_node_for_the_grace() {
+    let mut w = World::new(3);
+    w.set_posix_grace(ms(60_000));
+    settle(&mut w);
+    let away: Vec<SimKey> = (0..=255u8)
+        .map(|b| SimKey([b]))
+        .filter(|k| {
+            let members = [0u16, 1, 2];
+            let home = home_of(k, &members).unwrap();
+            let rest: Vec<u16> = members.iter().copied().filter(|m| *m != home).collect();
+            home != 1 && home_of(k, &rest) != Some(1)
+        })
+        .take(3)
+        .collect();
+    let (f, g, h) = (away[0].clone(), away[1].clone(), away[2].clone());
+    for file in [&f, &g, &h] {
+        let l = RangeLock { owner: Owner::Posix { node: 1, id: 7 }, offset: 0, len: 100, exclusive: true };
+        w.ask(1, file.clone(), Op::Lock(l));
+    }
+    drain(&mut w);
+    w.crash(1);
+    settle_without(&mut w, 1);
+    let (_, refused) = outcome_count(&w);
+    let other = RangeLock { owner: Owner::Posix { node: 2, id: 8 }, offset: 10, len: 1, exclusive: true };
+    w.ask(2, f.clone(), Op::Lock(other));
+    drain(&mut w);
+    assert_eq!(outcome_count(&w).1, refused + 1, "the orphaned lock still holds");
+    // The owner reclaims through node 0.
+    let mine = RangeLock { owner: Owner::Posix { node: 0, id: 7 }, offset: 0, len: 100, exclusive: true };
+    w.ask(0, f.clone(), Op::Lock(mine));
+    drain(&mut w);
+    let held = w.machine(0).holdings();
+    assert_eq!(held[&f].ranges, vec![mine], "adopted, merged with the reclaim");
+    // The owner's unlock through another node reaches its orphan on `h` at once.
+    let (granted, _) = outcome_count(&w);
+    w.ask(2, h.clone(), Op::Unlock { owner: Owner::Posix { node: 2, id: 7 }, offset: 0, len: 100 });
+    w.ask(2, h.clone(), Op::Lock(other));
+    drain(&mut w);
+    assert_eq!(outcome_count(&w).0, granted + 2, "unlocked through node 2, then free for another owner");
+    // Grace ends: the unreclaimed lock on `g` goes.
+    let (granted, _) = outcome_count(&w);
+    w.end_grace_on(0);
+    for _ in 0..20 {
+        w.step(ms(10));
+    }
+    w.ask(2, g.clone(), Op::Lock(other));
+    drain(&mut w);
+    assert_eq!(outcome_count(&w).0, granted + 1, "orphan dropped at the end of grace");
+}
+
 /// Random operations with random faults; the invariant is checked after every step by the
 /// simulator. Then the network heals: every request is answered and the cluster settles.
 #[test]
@@ -188,6 +365,9 @@ fn random_faults_never_break_the_invariant() {
         let mut rng = Rng::new(seed + 1);
         let n = 3 + (seed % 3) as u16;
         let mut w = World::new(n);
+        if seed % 2 == 1 {
+            w.set_posix_grace(ms(1500));
+        }
         settle(&mut w);
         for step in 0..600 {
             for _ in 0..rng.below(4) {
@@ -207,6 +387,14 @@ fn random_faults_never_break_the_invariant() {
                     let v = rng.below(u64::from(n)) as u16;
                     if w.alive(v) {
                         w.crash(v);
+                    }
+                }
+                21..=22 => {
+                    // HA's recovery-lock check times out for a moment on the leader.
+                    if let Some(l) =
+                        (0..n).find(|v| w.alive(*v) && w.machine(*v).view().is_some_and(|x| x.leader == *v))
+                    {
+                        w.flap_leadership(l);
                     }
                 }
                 17..=20 => {

@@ -5,6 +5,7 @@ pub mod cancel;
 pub mod change_notify;
 pub mod close;
 pub mod create;
+pub mod create_durable;
 pub mod create_stream;
 pub mod echo;
 pub mod flush;
@@ -199,6 +200,10 @@ async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
         Request::TreeDisconnect => now(tree_disconnect::handle(conn, hdr).await),
         Request::Echo => now(Ok(echo::handle())),
         Request::Cancel => now(Ok(cancel::handle(conn, hdr))),
+        Request::Create(_) if conn.opens.is_full() => {
+            tracing::info!(client = %conn.tcp.client, "SMB: CREATE refused, the connection holds too many opens");
+            Outcome::Now(Reply::err(NtStatus::INSUFFICIENT_RESOURCES))
+        }
         Request::Create(r) => create::handle(conn, hdr, r).await,
         Request::OplockBreak(r) => now(oplock_break::handle(conn, hdr, r).await),
         Request::Close(r) => now(close::handle(conn, hdr, r).await),

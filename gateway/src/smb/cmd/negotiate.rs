@@ -1,12 +1,17 @@
 //! NEGOTIATE (MS-SMB2 2.2.3/2.2.4): pick the highest common dialect (2.0.2 to 3.1.1), answer
 //! our GUID, limits and SPNEGO hint, and for 3.1.1 the preauth-integrity (SHA-512) and
-//! signing-algorithm contexts. Encryption is not offered.
+//! signing-algorithm contexts. Encryption (unless `[smb] encryption = "off"`): the
+//! ENCRYPTION capability for 3.0/3.0.2 clients that announce it (AES-128-CCM), and for 3.1.1
+//! the ENCRYPTION_CAPABILITIES context with the first cipher of the client's list nasgw
+//! speaks (all four do), so a client gets the cipher it prefers.
 
 use super::Reply;
+use crate::config::SmbEncryption;
 use crate::smb::auth::spnego;
 use crate::smb::conn::Connection;
 use crate::smb::filetime_now;
 use crate::smb::signing::{dialect, SigningAlgorithm};
+use crate::smb::transform::Cipher;
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{slice_at, Reader, WireError, WireResult, Writer};
 
@@ -28,6 +33,8 @@ pub const MAX_IO_202: u32 = 64 * 1024;
 pub const CAP_LARGE_MTU: u32 = 0x4;
 /// Capability: leases (SMB 2.1 and later).
 pub const CAP_LEASING: u32 = 0x2;
+/// Capability: encryption (SMB 3.0/3.0.2; 3.1.1 negotiates a cipher in a context instead).
+pub const CAP_ENCRYPTION: u32 = 0x40;
 /// SecurityMode: signing enabled.
 pub const SIGNING_ENABLED: u16 = 1;
 /// SecurityMode: signing required.
@@ -53,8 +60,9 @@ pub struct Request {
     pub preauth_sha512: bool,
     /// 3.1.1: signing algorithms offered, in the client's order.
     pub signing_algs: Vec<u16>,
-    /// 3.1.1: the client sent an encryption context.
-    pub encryption_offered: bool,
+    /// 3.1.1: the ciphers of the client's ENCRYPTION_CAPABILITIES context, in its order of
+    /// preference (`None`: it sent no such context).
+    pub ciphers: Option<Vec<u16>>,
 }
 
 impl Request {
@@ -83,7 +91,7 @@ impl Request {
             dialects,
             preauth_sha512: false,
             signing_algs: Vec::new(),
-            encryption_offered: false,
+            ciphers: None,
         };
         if req.dialects.contains(&dialect::SMB311) && ctx_count > 0 {
             let mut off = ctx_offset;
@@ -111,7 +119,11 @@ impl Request {
                             req.signing_algs.push(d.u16()?);
                         }
                     }
-                    CTX_ENCRYPTION => req.encryption_offered = true,
+                    CTX_ENCRYPTION => {
+                        let n = d.u16()?;
+                        let list = (0..n.min(16)).map(|_| d.u16()).collect::<WireResult<Vec<_>>>()?;
+                        req.ciphers = Some(list);
+                    }
                     _ => {}
                 }
                 off += 8 + len;
@@ -121,10 +133,42 @@ impl Request {
     }
 }
 
+/// The cipher a connection uses, if any: `None` when encryption is off, the dialect has none
+/// (2.x), a 3.0/3.0.2 client did not announce the capability, or a 3.1.1 client offered no
+/// cipher nasgw speaks. 3.1.1 takes the first of the client's ciphers nasgw speaks.
+pub fn choose_cipher(setting: SmbEncryption, chosen: u16, client_caps: u32, offered: Option<&[u16]>) -> Option<Cipher> {
+    if setting == SmbEncryption::Off {
+        return None;
+    }
+    match chosen {
+        dialect::SMB311 => offered?.iter().find_map(|id| Cipher::from_id(*id)),
+        dialect::SMB300 | dialect::SMB302 if client_caps & CAP_ENCRYPTION != 0 => Some(Cipher::Aes128Ccm),
+        _ => None,
+    }
+}
+
+/// What the response says about encryption.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncryptionAnswer {
+    /// Set CAP_ENCRYPTION (3.0/3.0.2).
+    pub capability: bool,
+    /// The 3.1.1 ENCRYPTION_CAPABILITIES context with this cipher id (0: none in common).
+    pub context: Option<u16>,
+}
+
 /// The response body for `chosen` (also used for the SMB1 upgrade, where `signing` is None).
-pub fn response_body(conn: &mut Connection, chosen: u16, signing: Option<SigningAlgorithm>) -> Vec<u8> {
+pub fn response_body(
+    conn: &mut Connection,
+    chosen: u16,
+    signing: Option<SigningAlgorithm>,
+    encryption: EncryptionAnswer,
+) -> Vec<u8> {
     let security_mode = SIGNING_ENABLED | if conn.server.require_signing { SIGNING_REQUIRED } else { 0 };
-    let caps = if chosen >= dialect::SMB210 && chosen != dialect::WILDCARD { CAP_LARGE_MTU | CAP_LEASING } else { 0 };
+    let mut caps =
+        if chosen >= dialect::SMB210 && chosen != dialect::WILDCARD { CAP_LARGE_MTU | CAP_LEASING } else { 0 };
+    if encryption.capability {
+        caps |= CAP_ENCRYPTION;
+    }
     let (max, max_write) = if chosen >= dialect::SMB210 { (MAX_IO, MAX_WRITE) } else { (MAX_IO_202, MAX_IO_202) };
     conn.server_capabilities = caps;
     conn.server_security_mode = security_mode;
@@ -148,6 +192,11 @@ pub fn response_body(conn: &mut Connection, chosen: u16, signing: Option<Signing
         if let Some(alg) = signing {
             w.align(8);
             w.u16(CTX_SIGNING).u16(4).u32(0).u16(1).u16(alg.id());
+            n += 1;
+        }
+        if let Some(id) = encryption.context {
+            w.align(8);
+            w.u16(CTX_ENCRYPTION).u16(4).u32(0).u16(1).u16(id);
             n += 1;
         }
         w.put_u16(ctx_count_at, n);
@@ -183,7 +232,18 @@ pub fn handle(conn: &mut Connection, req: Request) -> Result<Reply, NtStatus> {
     conn.client_security_mode = req.security_mode;
     conn.client_capabilities = req.capabilities;
     conn.client_dialects = req.dialects.clone();
-    Ok(Reply::ok(response_body(conn, chosen, signing)))
+    let setting = conn.server.encryption;
+    conn.cipher = choose_cipher(setting, chosen, req.capabilities, req.ciphers.as_deref());
+    let answer = EncryptionAnswer {
+        capability: chosen < dialect::SMB311 && conn.cipher.is_some(),
+        context: match &req.ciphers {
+            Some(_) if chosen == dialect::SMB311 && setting != SmbEncryption::Off => {
+                Some(conn.cipher.map_or(0, Cipher::id))
+            }
+            _ => None,
+        },
+    };
+    Ok(Reply::ok(response_body(conn, chosen, signing, answer)))
 }
 
 #[cfg(test)]
@@ -215,6 +275,33 @@ mod tests {
         assert!(r.preauth_sha512);
         assert_eq!(r.signing_algs, vec![2, 1]);
         assert_eq!(r.dialects, vec![0x202, 0x311]);
+    }
+
+    #[test]
+    fn the_client_order_picks_the_cipher_and_off_offers_none() {
+        use SmbEncryption::*;
+        let both = Some(&[4u16, 2][..]);
+        assert_eq!(choose_cipher(Allowed, dialect::SMB311, 0, both), Some(Cipher::Aes256Gcm));
+        assert_eq!(choose_cipher(Required, dialect::SMB311, 0, Some(&[9, 1, 2])), Some(Cipher::Aes128Ccm));
+        assert_eq!(choose_cipher(Allowed, dialect::SMB311, 0, Some(&[9])), None);
+        assert_eq!(choose_cipher(Allowed, dialect::SMB311, CAP_ENCRYPTION, None), None);
+        assert_eq!(choose_cipher(Off, dialect::SMB311, 0, both), None);
+        assert_eq!(choose_cipher(Desired, dialect::SMB302, CAP_ENCRYPTION, None), Some(Cipher::Aes128Ccm));
+        assert_eq!(choose_cipher(Desired, dialect::SMB300, 0, None), None);
+        assert_eq!(choose_cipher(Off, dialect::SMB300, CAP_ENCRYPTION, None), None);
+        assert_eq!(choose_cipher(Required, dialect::SMB210, CAP_ENCRYPTION, None), None);
+    }
+
+    #[test]
+    fn encryption_contexts_parse() {
+        let mut msg = request(&[0x311], true);
+        let count_at = 64 + 32;
+        msg[count_at..count_at + 2].copy_from_slice(&3u16.to_le_bytes());
+        msg.resize(msg.len().next_multiple_of(8), 0);
+        msg.extend_from_slice(&[2, 0, 6, 0, 0, 0, 0, 0, 2, 0, 2, 0, 1, 0]);
+        let r = Request::parse(&msg).unwrap();
+        assert_eq!(r.ciphers, Some(vec![2, 1]));
+        assert_eq!(Request::parse(&request(&[0x311], true)).unwrap().ciphers, None);
     }
 
     #[test]

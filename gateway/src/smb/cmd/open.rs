@@ -32,15 +32,20 @@ pub enum PendingOpen {
     Failed,
 }
 
-/// A directory listing being handed out by QUERY_DIRECTORY.
+/// A directory listing being handed out by QUERY_DIRECTORY: a window of the directory read
+/// from the backend ([`super::query_directory::WINDOW`] entries at most), not the whole
+/// directory, so a handle holds little memory however large the directory.
 #[derive(Debug, Default)]
 pub struct Listing {
-    /// Entries (with `.` and `..` first), names and attributes.
+    /// Entries read and not all handed out yet (`.` and `..` first in the first window).
     pub entries: Vec<super::query_directory::Entry>,
-    /// Next entry to return.
+    /// Next entry of `entries` to return.
     pub next: usize,
     /// The search pattern of the first query.
     pub pattern: String,
+    /// Where the backend's next window starts (its readdir cookie); `None` once the directory
+    /// was read to its end.
+    pub cookie: Option<u64>,
 }
 
 /// An open file or directory of a disk share.
@@ -131,6 +136,7 @@ impl From<Conflict> for NtStatus {
             Conflict::LeaseKeyInUse => NtStatus::INVALID_PARAMETER,
             Conflict::NoBreak => NtStatus::UNSUCCESSFUL,
             Conflict::NotAccepted => NtStatus::REQUEST_NOT_ACCEPTED,
+            Conflict::NotFound => NtStatus::OBJECT_NAME_NOT_FOUND,
             // The node is out of sync with the cluster for now: the client may retry.
             Conflict::Unavailable => NtStatus::IO_TIMEOUT,
         }

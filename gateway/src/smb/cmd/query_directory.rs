@@ -108,7 +108,11 @@ pub fn entry(class: u8, index: u32, e: &Entry) -> Option<Vec<u8>> {
     Some(w.buf)
 }
 
-async fn load(
+/// Entries read from the backend at a time and kept by a handle between queries.
+pub const WINDOW: usize = 128;
+
+/// The first window of a listing: `.` and `..` (the rest is read by [`window`]).
+async fn dots(
     ns: &Namespace,
     cred: &Credentials,
     id: FileId,
@@ -118,29 +122,36 @@ async fn load(
     let me = ns.getattr(id).await?;
     let parent = if is_root { id } else { parent };
     let up = if is_root { me } else { ns.getattr(parent).await.unwrap_or(me) };
-    let mut out = vec![
+    Ok(vec![
         Entry { name: ".".into(), attr: me, dos: fs::dos_of(ns, cred, id).await },
         Entry { name: "..".into(), attr: up, dos: fs::dos_of(ns, cred, parent).await },
-    ];
-    let mut cookie = 0;
-    loop {
-        let page = ns.readdir(cred, id, cookie, 1024, true).await?;
-        for e in &page.entries {
-            cookie = e.cookie;
-            if let (Ok(name), Some((_, a))) = (std::str::from_utf8(&e.name), e.plus) {
-                let dos = if a.ftype == crate::vfs::FileType::Symlink {
-                    DosInfo::default()
-                } else {
-                    fs::dos_at(ns, cred, id, name).await
-                };
-                out.push(Entry { name: name.to_string(), attr: a, dos });
-            }
-        }
-        if page.eof || page.entries.is_empty() {
-            break;
+    ])
+}
+
+/// Up to [`WINDOW`] entries of directory `id` from `cookie`, and the cookie after them
+/// (`None` at the end of the directory).
+async fn window(
+    ns: &Namespace,
+    cred: &Credentials,
+    id: FileId,
+    cookie: u64,
+) -> Result<(Vec<Entry>, Option<u64>), NtStatus> {
+    let page = ns.readdir(cred, id, cookie, WINDOW, true).await?;
+    let mut out = Vec::with_capacity(page.entries.len());
+    let mut next = cookie;
+    for e in &page.entries {
+        next = e.cookie;
+        if let (Ok(name), Some((_, a))) = (std::str::from_utf8(&e.name), e.plus) {
+            let dos = if a.ftype == crate::vfs::FileType::Symlink {
+                DosInfo::default()
+            } else {
+                fs::dos_at(ns, cred, id, name).await
+            };
+            out.push(Entry { name: name.to_string(), attr: a, dos });
         }
     }
-    Ok(out)
+    let more = !page.eof && !page.entries.is_empty();
+    Ok((out, more.then_some(next)))
 }
 
 /// Handles QUERY_DIRECTORY.
@@ -178,52 +189,65 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
         };
         let pattern = if req.pattern.is_empty() { "*".to_string() } else { req.pattern.clone() };
         let ns = &conn.server.ns;
-        let entries = if fs::has_wildcard(&pattern) || pattern == "." || pattern == ".." {
-            load(ns, &cred, id, parent, is_root).await?
+        let (entries, cookie) = if fs::has_wildcard(&pattern) || pattern == "." || pattern == ".." {
+            (dots(ns, &cred, id, parent, is_root).await?, Some(0))
         } else {
             // One name (what Windows asks before most opens): a lookup by the share's case
             // rule, not a listing of the whole directory.
-            match fs::lookup(ns, &cred, id, &pattern, case).await {
+            let found = match fs::lookup(ns, &cred, id, &pattern, case).await {
                 Ok((real, fid, attr)) => vec![Entry { dos: fs::dos_of(ns, &cred, fid).await, name: real, attr }],
                 Err(crate::vfs::VfsError::NotFound) => Vec::new(),
                 Err(crate::vfs::VfsError::BadName | crate::vfs::VfsError::NameTooLong) => Vec::new(),
                 Err(e) => return Err(e.into()),
-            }
+            };
+            (found, None)
         };
         let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
-        f.listing = Some(Listing { entries, next: 0, pattern });
+        f.listing = Some(Listing { entries, next: 0, pattern, cookie });
     }
+    let server = conn.server.clone();
     let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
+    let (cred, id) = (f.cred.clone(), f.id);
     let listing = f.listing.as_mut().ok_or(NtStatus::INTERNAL_ERROR)?;
     let max = req.max_len as usize;
     let mut w = Writer::with_capacity(max.min(1 << 20));
     let mut last_start: Option<usize> = None;
     let mut count = 0;
-    while listing.next < listing.entries.len() {
-        let listed = &listing.entries[listing.next];
-        if !fs::wildcard_match(&listing.pattern, &listed.name, case) {
-            listing.next += 1;
-            continue;
-        }
-        let Some(e) = entry(req.class, 0, listed) else { return Err(NtStatus::INVALID_INFO_CLASS) };
-        let start = (w.len() + 7) & !7;
-        if start + e.len() > max {
-            if count == 0 {
-                return Err(NtStatus::INFO_LENGTH_MISMATCH);
+    'fill: loop {
+        while listing.next < listing.entries.len() {
+            let listed = &listing.entries[listing.next];
+            if !fs::wildcard_match(&listing.pattern, &listed.name, case) {
+                listing.next += 1;
+                continue;
             }
-            break;
+            let Some(e) = entry(req.class, 0, listed) else { return Err(NtStatus::INVALID_INFO_CLASS) };
+            let start = (w.len() + 7) & !7;
+            if start + e.len() > max {
+                if count == 0 {
+                    return Err(NtStatus::INFO_LENGTH_MISMATCH);
+                }
+                break 'fill;
+            }
+            w.align(8);
+            if let Some(prev) = last_start {
+                w.put_u32(prev, (start - prev) as u32);
+            }
+            w.bytes(&e);
+            last_start = Some(start);
+            listing.next += 1;
+            count += 1;
+            if req.flags & RETURN_SINGLE_ENTRY != 0 {
+                break 'fill;
+            }
         }
-        w.align(8);
-        if let Some(prev) = last_start {
-            w.put_u32(prev, (start - prev) as u32);
-        }
-        w.bytes(&e);
-        last_start = Some(start);
-        listing.next += 1;
-        count += 1;
-        if req.flags & RETURN_SINGLE_ENTRY != 0 {
-            break;
-        }
+        // This window is handed out: read the next one (the handle keeps one at a time).
+        let Some(cookie) = listing.cookie else { break };
+        let (entries, next) = match window(&server.ns, &cred, id, cookie).await {
+            Ok(w) => w,
+            Err(e) if count == 0 => return Err(e),
+            Err(_) => break, // hand out what this reply holds; the next query retries the window
+        };
+        *listing = Listing { entries, next: 0, pattern: std::mem::take(&mut listing.pattern), cookie: next };
     }
     if count == 0 {
         return Err(if first { NtStatus::NO_SUCH_FILE } else { NtStatus::NO_MORE_FILES });

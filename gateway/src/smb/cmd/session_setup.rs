@@ -1,13 +1,18 @@
 //! SESSION_SETUP (MS-SMB2 2.2.5/2.2.6): the two NTLMSSP legs, then the session's signing key
-//! (3.1.1 derives it from the session's preauth hash). Guests and anonymous sessions get no
-//! key and are flagged so clients know they cannot sign.
+//! (3.1.1 derives it from the session's preauth hash) and, when the connection negotiated a
+//! cipher, its encryption keys. Guests and anonymous sessions get no keys and are flagged so
+//! clients know they cannot sign or encrypt; `[smb] encryption = "required"` refuses them.
+
+use std::sync::Arc;
 
 use super::Reply;
+use crate::config::SmbEncryption;
 use crate::smb::auth::{self, Identity};
 use crate::smb::conn::Connection;
 use crate::smb::filetime_now;
 use crate::smb::session::{Session, SessionState};
 use crate::smb::signing::{self, dialect};
+use crate::smb::transform::SessionCipher;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{slice_at, Reader, WireError, WireResult, Writer};
@@ -16,6 +21,8 @@ use crate::smb::wire::{slice_at, Reader, WireError, WireResult, Writer};
 const IS_GUEST: u16 = 1;
 /// SessionFlags: anonymous.
 const IS_NULL: u16 = 2;
+/// SessionFlags: the client must encrypt all of the session's traffic.
+pub const ENCRYPT_DATA: u16 = 4;
 /// Request flag: bind an existing session to this connection (multichannel; not offered).
 const BINDING: u8 = 1;
 
@@ -128,6 +135,7 @@ pub fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8])
             let flags = match a.identity {
                 Identity::Anonymous => IS_NULL,
                 Identity::Guest => IS_GUEST,
+                Identity::User(_) if s.encrypt_data => ENCRYPT_DATA,
                 Identity::User(_) => 0,
             };
             let mut r = Reply::ok(body(flags, &a.blob));
@@ -158,15 +166,37 @@ pub fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8])
         conn.sessions.remove(&id);
         return Err(NtStatus::LOGON_FAILURE);
     }
-    let flags = match a.identity {
+    let mut flags = match a.identity {
         Identity::Anonymous => IS_NULL,
         Identity::Guest => IS_GUEST,
         Identity::User(_) => 0,
     };
     s.signing_key = a.session_key.map(|k| signing::signing_key(conn.dialect, &k, &s.preauth));
+    s.cipher = conn.cipher.zip(a.session_key).and_then(|(cipher, k)| {
+        let (seal, open) = signing::encryption_keys(conn.dialect, cipher, &k, &s.preauth);
+        SessionCipher::new(id, cipher, &seal, &open).map(Arc::new)
+    });
+    if server.encryption == SmbEncryption::Required && s.cipher.is_none() {
+        let why = if a.identity.is_guest_like() {
+            "guest and anonymous sessions have no keys and cannot encrypt"
+        } else if conn.dialect < dialect::SMB300 {
+            "the client negotiated SMB 2.x, which has no encryption"
+        } else {
+            "the client negotiated no cipher"
+        };
+        tracing::info!(client = %conn.tcp.client, identity = ?a.identity, why, "SMB: session refused because [smb] encryption = \"required\"");
+        conn.sessions.remove(&id);
+        return Err(NtStatus::ACCESS_DENIED);
+    }
+    if server.encryption >= SmbEncryption::Desired && s.cipher.is_some() {
+        s.encrypt_data = true;
+        flags |= ENCRYPT_DATA;
+    }
+    s.require_encryption = server.encryption == SmbEncryption::Required;
     s.signing_required = s.signing_key.is_some()
         && (server.require_signing || req.security_mode & 2 != 0 || conn.client_security_mode & 2 != 0);
-    tracing::info!(client = %conn.tcp.client, identity = ?a.identity, signing = s.signing_required, "SMB session established");
+    let cipher = s.cipher.as_ref().map(|c| c.cipher().name());
+    tracing::info!(client = %conn.tcp.client, identity = ?a.identity, signing = s.signing_required, cipher, encrypt_data = s.encrypt_data, "SMB session established");
     s.identity = Some(a.identity);
     s.state = SessionState::Valid;
     let mut r = Reply::ok(body(flags, &a.blob));

@@ -1,8 +1,10 @@
 //! TREE_CONNECT (MS-SMB2 2.2.9/2.2.10): `\\server\share` to a tree. `IPC$` reaches the
-//! srvsvc pipe; disk shares check guest rules and fix the Unix identity file access runs as.
+//! srvsvc pipe; disk shares check guest rules and fix the Unix identity file access runs as,
+//! and a share that wants encryption says so (SHI1005_FLAGS_ENCRYPT_DATA) or, when it
+//! requires it, refuses sessions that cannot encrypt.
 
 use super::Reply;
-use crate::config::ShareConfig;
+use crate::config::{ShareConfig, SmbEncryption};
 use crate::smb::auth::Identity;
 use crate::smb::conn::Connection;
 use crate::smb::session::{Tree, TreeKind};
@@ -21,6 +23,8 @@ pub const FULL_ACCESS: u32 = 0x001F_01FF;
 pub const READ_ACCESS: u32 = 0x0012_00A9;
 /// Share flag: no client caching of offline files.
 const SHI1005_FLAGS_NO_CACHING: u32 = 0x30;
+/// Share flag: the client must encrypt the tree connect's traffic.
+pub const SHI1005_FLAGS_ENCRYPT_DATA: u32 = 0x8000;
 
 /// A decoded TREE_CONNECT request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +108,9 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
     let name = req.share;
     let who = conn.session(hdr.session_id)?.identity.clone().ok_or(NtStatus::USER_SESSION_DELETED)?;
     let mut root = None;
+    let can_encrypt = conn.session(hdr.session_id)?.cipher.is_some();
+    let mut encrypt_data = false;
+    let mut require_encryption = false;
     let (kind, writable, uid, gid, share_type, access) = if name.eq_ignore_ascii_case("IPC$") {
         (TreeKind::Ipc, false, 65534, 65534, TYPE_PIPE, FULL_ACCESS)
     } else {
@@ -112,6 +119,20 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
             tracing::info!(client = %conn.tcp.client, share = %share.name, "SMB: guest refused on a non-guest share");
             return Err(NtStatus::ACCESS_DENIED);
         }
+        let mode = conn.server.share_encryption(&share);
+        if mode == SmbEncryption::Required && !can_encrypt {
+            let why = if who.is_guest_like() {
+                "guest and anonymous sessions have no keys and cannot encrypt"
+            } else if conn.dialect < crate::smb::signing::dialect::SMB300 {
+                "the client negotiated SMB 2.x, which has no encryption"
+            } else {
+                "the client negotiated no cipher"
+            };
+            tracing::info!(client = %conn.tcp.client, share = %share.name, why, "SMB: tree connect refused: the share requires encryption");
+            return Err(NtStatus::ACCESS_DENIED);
+        }
+        encrypt_data = mode >= SmbEncryption::Desired && can_encrypt;
+        require_encryption = mode == SmbEncryption::Required;
         let Some((uid, gid)) = identity_on(conn, &who, &share) else {
             tracing::warn!(share = %share.name, force_user = ?share.force_user, force_group = ?share.force_group, "SMB: the share forces a user or group this node does not have; tree connect refused");
             return Err(NtStatus::ACCESS_DENIED);
@@ -130,9 +151,10 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
     };
     let id = conn.new_tree_id();
     let s = conn.sessions.get_mut(&hdr.session_id).ok_or(NtStatus::USER_SESSION_DELETED)?;
-    s.trees.insert(id, Tree { id, kind, writable, uid, gid, root });
+    s.trees.insert(id, Tree { id, kind, writable, uid, gid, root, encrypt_data, require_encryption });
+    let flags = SHI1005_FLAGS_NO_CACHING | if encrypt_data { SHI1005_FLAGS_ENCRYPT_DATA } else { 0 };
     let mut w = Writer::with_capacity(16);
-    w.u16(16).u8(share_type).u8(0).u32(SHI1005_FLAGS_NO_CACHING).u32(0).u32(access);
+    w.u16(16).u8(share_type).u8(0).u32(flags).u32(0).u32(access);
     let mut r = Reply::ok(w.buf);
     r.session_id = Some(hdr.session_id);
     // The response carries the new TreeId in its header.

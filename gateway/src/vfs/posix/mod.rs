@@ -119,6 +119,9 @@ pub struct PosixBackend {
     /// for [`STALE_MEMORY`], so a client retrying a deleted file's handle cannot make the server
     /// walk the whole volume on every request.
     recently_stale: Mutex<LruCache<FileId, Instant>>,
+    /// Held by the one tree scan that may run at a time: handles of deleted files (MACed, so
+    /// only ones this volume gave out) can keep one thread scanning, never every thread.
+    scanning: Mutex<()>,
 }
 
 /// How long a failed inode-identity scan is remembered.
@@ -158,6 +161,7 @@ impl PosixBackend {
             nodes: Mutex::new(LruCache::new(NonZeroUsize::new(cap).expect("non-zero"))),
             hints: Mutex::new(LruCache::new(NonZeroUsize::new(65536).expect("non-zero"))),
             recently_stale: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("non-zero"))),
+            scanning: Mutex::new(()),
             listings: (kind == IdentityKind::Kernel && LOCAL_FS.contains(&fs_type))
                 .then(|| Mutex::new(Listings::new(LISTED_ENTRIES))),
         };
@@ -272,12 +276,17 @@ impl PosixBackend {
                 Ok(fd)
             }
             (IdentityKind::Inode, Identity::Inode { ino, btime }) => {
-                if let Some(at) = self.recently_stale.lock().expect("stale lock").get(id) {
-                    if at.elapsed() < STALE_MEMORY {
-                        return Err(VfsError::Stale);
-                    }
+                let recently_stale = || {
+                    self.recently_stale
+                        .lock()
+                        .expect("stale lock")
+                        .get(id)
+                        .is_some_and(|at| at.elapsed() < STALE_MEMORY)
+                };
+                if recently_stale() {
+                    return Err(VfsError::Stale);
                 }
-                let r = self.resolve_inode(ino, btime);
+                let r = self.resolve_inode(ino, btime, recently_stale);
                 if matches!(r, Err(VfsError::Stale)) {
                     self.recently_stale.lock().expect("stale lock").put(*id, Instant::now());
                 }
@@ -298,14 +307,23 @@ impl PosixBackend {
     }
 
     /// Inode identity: the last path seen for it, else a scan of the tree for the inode number.
-    fn resolve_inode(&self, ino: u64, btime: Timestamp) -> VfsResult<OwnedFd> {
-        let hint = self.hints.lock().expect("hints lock").get(&ino).cloned();
-        if let Some(path) = hint {
-            if let Ok(fd) = self.open_rel(&path, libc::O_PATH | libc::O_NOFOLLOW) {
-                if sys::fstatx(fd.as_fd()).is_ok_and(|s| self.matches(&s, ino, btime)) {
-                    return Ok(fd);
-                }
-            }
+    /// Scans run one at a time; `stale_now` tells whether the scan another thread just finished
+    /// found this identity gone (no need to walk the tree again).
+    fn resolve_inode(&self, ino: u64, btime: Timestamp, stale_now: impl Fn() -> bool) -> VfsResult<OwnedFd> {
+        let by_hint = || {
+            let hint = self.hints.lock().expect("hints lock").get(&ino).cloned()?;
+            let fd = self.open_rel(&hint, libc::O_PATH | libc::O_NOFOLLOW).ok()?;
+            sys::fstatx(fd.as_fd()).is_ok_and(|s| self.matches(&s, ino, btime)).then_some(fd)
+        };
+        if let Some(fd) = by_hint() {
+            return Ok(fd);
+        }
+        let _one_scan = self.scanning.lock().unwrap_or_else(|e| e.into_inner());
+        if stale_now() {
+            return Err(VfsError::Stale);
+        }
+        if let Some(fd) = by_hint() {
+            return Ok(fd);
         }
         self.scan_for(ino, btime)
     }

@@ -41,6 +41,7 @@ pub fn desired(cfg: &Config, local: &[IpAddr]) -> Option<Desired> {
         return None;
     }
     let mut options = failover_options();
+    options.extend(root_owner(cfg));
     options.extend(v.options.clone());
     let me = v.bricks.iter().map(|b| host_of(b)).find(|h| is_local(h, local)).map(str::to_string);
     Some(Desired {
@@ -51,6 +52,23 @@ pub fn desired(cfg: &Config, local: &[IpAddr]) -> Option<Desired> {
         options,
         me,
     })
+}
+
+/// The volume root's owner (`storage.owner-uid`/`-gid`): the `force_user` (and `force_group`)
+/// of a share of the whole volume, so that share is writable as the recipe's `chown smbcli` made
+/// it; none when no such share forces a user.
+pub fn root_owner(cfg: &Config) -> BTreeMap<String, String> {
+    let id = |name: &str| match name.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) if name == "root" => 0,
+        Err(_) => crate::system::account_id(name),
+    };
+    let Some(share) = cfg.smb.shares.iter().find(|s| s.path == "/" && s.force_user.is_some()) else {
+        return BTreeMap::new();
+    };
+    let uid = id(share.force_user.as_deref().expect("found with a force_user"));
+    let gid = share.force_group.as_deref().map_or(uid, id);
+    [("storage.owner-uid".to_string(), uid.to_string()), ("storage.owner-gid".to_string(), gid.to_string())].into()
 }
 
 /// Whether `host` (an address or a name) is one of this node's addresses.
@@ -346,5 +364,31 @@ mod tests {
         assert_eq!(d.options["network.ping-timeout"], "5");
         assert_eq!(cfg.volume.servers, vec!["10.9.0.1", "127.0.0.1", "10.9.0.3"]);
         assert_eq!(layout_args(&d), vec!["replica", "3"]);
+        assert!(!d.options.contains_key("storage.owner-uid"));
+    }
+
+    #[test]
+    fn a_share_of_the_whole_volume_owns_its_root() {
+        let text = |share: &str, opts: &str| {
+            format!(
+                "[volume]\nname = \"smb\"\nbackend = \"gluster\"\nreplica = 3\n\
+                 bricks = [\"10.9.0.1:/d/b\", \"10.9.0.2:/d/b\", \"10.9.0.3:/d/b\"]\n{opts}\n[[smb.share]]\nname = \"pub\"\n{share}\n"
+            )
+        };
+        let d = |share: &str, opts: &str| {
+            let cfg = nasgw::config::parse(&text(share, opts), "t", Path::new("/")).unwrap();
+            desired(&cfg, &[]).unwrap().options
+        };
+        let id = crate::system::account_id("smbcli").to_string();
+        let o = d("force_user = \"smbcli\"", "");
+        assert_eq!((o["storage.owner-uid"].as_str(), o["storage.owner-gid"].as_str()), (id.as_str(), id.as_str()));
+        let o = d("force_user = \"1001\"\nforce_group = \"100\"", "");
+        assert_eq!((o["storage.owner-uid"].as_str(), o["storage.owner-gid"].as_str()), ("1001", "100"));
+        // A share of a folder, or no forced user: the root stays as GlusterFS makes it.
+        assert!(!d("path = \"/x\"\nforce_user = \"smbcli\"", "").contains_key("storage.owner-uid"));
+        assert!(!d("", "").contains_key("storage.owner-uid"));
+        // The file's own options win.
+        let o = d("force_user = \"smbcli\"", "options = { \"storage.owner-uid\" = \"0\" }");
+        assert_eq!(o["storage.owner-uid"], "0");
     }
 }

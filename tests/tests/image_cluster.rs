@@ -1,0 +1,550 @@
+//! The appliance as a cluster, end to end (slow: a separate command, see image/README.md):
+//! `image/build` builds the image; three node VMs boot it (qemu, TCG) on one bridge in a
+//! network namespace, each with a blank data disk and the same NASGW partition (one
+//! `nasgw.toml` naming the nodes by MAC, the bricks, three public addresses, an SSH key, and
+//! the cluster secret). Node 2 boots under UEFI (OVMF), nodes 1 and 3 under BIOS. Then:
+//!
+//! 1. the nodes format their data disks, form the GlusterFS pool, create the volume and serve
+//!    every public address (power-on to serving is measured);
+//! 2. a kclient VM on the same bridge mounts one public address over NFS and CIFS, writes and
+//!    reads back;
+//! 3. the node holding that address is killed (qemu killed: a power cut): the address moves,
+//!    the client's same mounts keep working;
+//! 4. the node boots again: it rejoins, the volume is not recreated (same volume id, same
+//!    glusterd UUID, its brick heals), the client reads everything;
+//! 5. that node is updated to the image in its other root slot (`nasgw-update`, from a disk
+//!    attached to it) and rebooted: it runs slot b and keeps its config, state and brick;
+//! 6. node 3 is replaced by a blank machine with the same MAC (blank system and data disks):
+//!    it takes its old glusterd UUID, its blank brick is reset and healed.
+//!
+//! The test reaches the nodes with SSH (the key from `[system] ssh_keys`) from a namespace on
+//! the bridge, and prints its figures (image size, power-on to serving, failover, rejoin,
+//! update, replacement, duration).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nasgw_tests::vm::{image, tail, Firmware, Vm, VmSpec};
+use nasgw_tests::{kclient, netns, run, Topology};
+
+const NODES: [&str; 3] = ["198.18.0.1", "198.18.0.2", "198.18.0.3"];
+const VIPS: [&str; 3] = ["198.18.0.201", "198.18.0.202", "198.18.0.203"];
+const PROBE: &str = "198.18.0.100";
+const CLIENT: &str = "198.18.0.20/24";
+const PHASE_PORT: u16 = 7000;
+
+fn mac(i: usize) -> String {
+    format!("52:54:00:4e:47:{:02x}", i + 1)
+}
+
+/// The one config file every node gets.
+fn config(ssh_key: &str) -> String {
+    let hosts: String = (0..3)
+        .map(|i| {
+            format!(
+                "\n[[system.host]]\nmac = \"{}\"\naddress = \"{}/24\"\nhostname = \"gluster{}\"\n",
+                mac(i),
+                NODES[i],
+                i + 1
+            )
+        })
+        .collect();
+    format!(
+        r#"# The three-node test cluster of tests/tests/image_cluster.rs.
+[volume]
+name = "smb"
+backend = "gluster"
+bricks = ["198.18.0.1:/data/b0/smb", "198.18.0.2:/data/b0/smb", "198.18.0.3:/data/b0/smb"]
+replica = 3
+
+[nfs]
+listen = "0.0.0.0:2049"
+portmap_listen = "0.0.0.0:111"
+root_squash = false
+
+[smb]
+listen = "0.0.0.0:445"
+
+[[smb.share]]
+name = "pub"
+writable = true
+guest_ok = true
+guest_only = true
+force_user = "smbcli"
+
+[cluster]
+nodes = ["198.18.0.1", "198.18.0.2", "198.18.0.3"]
+public_addresses = [{{ address = "198.18.0.201/24", interface = "eth0" }},
+                    {{ address = "198.18.0.202/24", interface = "eth0" }},
+                    {{ address = "198.18.0.203/24", interface = "eth0" }}]
+recovery_lock = "/.nasgw/lock"
+secret_file = "/etc/nasgw/secret"
+
+[system]
+ssh_keys = ["{ssh_key}"]
+{hosts}"#
+    )
+}
+
+/// The bridge, the probe namespace the test talks from, the node VMs.
+struct Cluster {
+    topo: Topology,
+    dir: PathBuf,
+    key: PathBuf,
+    files: Vec<(String, Vec<u8>)>,
+    vms: Vec<Option<Vm>>,
+    t0: Instant,
+}
+
+impl Cluster {
+    fn probe(&self) -> &str {
+        self.topo.ns("probe")
+    }
+
+    fn spec(&self, i: usize, extra_drives: Vec<PathBuf>) -> VmSpec {
+        VmSpec {
+            name: format!("node{}", i + 1),
+            dir: self.dir.clone(),
+            firmware: if i == 1 { Firmware::Uefi } else { Firmware::Bios },
+            netdev: format!("tap,id=n0,ifname=tap{},script=no,downscript=no", i + 1),
+            mac: mac(i),
+            data_disk_mib: Some(2048),
+            mem_mib: 1536,
+            smp: 1,
+            netns: Some(self.topo.switch.clone()),
+            config_files: self.files.clone(),
+            extra_drives,
+        }
+    }
+
+    fn boot(&mut self, i: usize, extra_drives: Vec<PathBuf>) {
+        let spec = self.spec(i, extra_drives);
+        self.vms[i] = Some(Vm::boot(&spec));
+    }
+
+    /// Kills node `i` at once (its qemu: a power cut).
+    fn kill(&mut self, i: usize) {
+        if let Some(mut vm) = self.vms[i].take() {
+            vm.kill();
+        }
+    }
+
+    /// Runs `cmd` on node `i` as root over SSH; `None` when SSH or the command fails.
+    fn ssh(&self, i: usize, cmd: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.probe(), "timeout", "120", "ssh", "-i"])
+            .arg(&self.key)
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "ServerAliveInterval=5",
+                "-o",
+                "ServerAliveCountMax=3",
+            ])
+            .arg(format!("root@{}", NODES[i]))
+            .arg(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// [`Cluster::ssh`] that must succeed.
+    fn ssh_ok(&self, i: usize, cmd: &str) -> String {
+        for _ in 0..3 {
+            if let Some(o) = self.ssh(i, cmd) {
+                return o;
+            }
+            std::thread::sleep(Duration::from_secs(5));
+        }
+        panic!("ssh node{} `{cmd}` failed; its console:\n{}", i + 1, self.console(i, 60));
+    }
+
+    fn console(&self, i: usize, lines: usize) -> String {
+        let text = std::fs::read(self.dir.join(format!("node{}-console.log", i + 1))).unwrap_or_default();
+        tail(&String::from_utf8_lossy(&text), lines)
+    }
+
+    /// Polls `check` every 2 s until it returns `Some`, or fails after `limit` with every
+    /// running node's console.
+    fn wait<T>(&self, what: &str, limit: Duration, mut check: impl FnMut(&Cluster) -> Option<T>) -> T {
+        let t = Instant::now();
+        loop {
+            if let Some(v) = check(self) {
+                eprintln!(
+                    "image_cluster: {what}: {:.0} s (at {:.0} s)",
+                    t.elapsed().as_secs_f64(),
+                    self.t0.elapsed().as_secs_f64()
+                );
+                return v;
+            }
+            if t.elapsed() > limit {
+                let consoles: String = (0..3)
+                    .filter(|i| self.vms[*i].is_some())
+                    .map(|i| format!("--- node{} console:\n{}\n", i + 1, self.console(i, 40)))
+                    .collect();
+                panic!("{what}: not within {} s\n{consoles}", limit.as_secs());
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    /// Whether `addr:port` accepts a TCP connection from the probe namespace.
+    fn answers(&self, addr: &str, port: u16) -> bool {
+        let ns = self.probe().to_string();
+        let sa: SocketAddr = format!("{addr}:{port}").parse().expect("address");
+        std::thread::spawn(move || {
+            netns::enter(&ns);
+            TcpStream::connect_timeout(&sa, Duration::from_secs(3)).is_ok()
+        })
+        .join()
+        .unwrap_or(false)
+    }
+
+    /// Every public address answers SMB and NFS.
+    fn all_served(&self) -> bool {
+        VIPS.iter().all(|v| self.answers(v, 445) && self.answers(v, 2049))
+    }
+
+    /// `nasgw ip` as node `i` sees it: address -> owner (pnn), `None` for -1.
+    fn owners(&self, i: usize) -> Option<Vec<(String, Option<usize>)>> {
+        let out = self.ssh(i, "nasgw ip")?;
+        Some(
+            out.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let (a, o) = l.split_once(' ')?;
+                    Some((a.to_string(), o.trim().parse::<usize>().ok()))
+                })
+                .collect(),
+        )
+    }
+
+    /// How many nodes `nasgw status` on node `i` shows OK.
+    fn ok_nodes(&self, i: usize) -> usize {
+        self.ssh(i, "nasgw status")
+            .map_or(0, |s| s.lines().filter(|l| l.starts_with("pnn:") && l.contains(" OK")).count())
+    }
+
+    /// `gluster volume info smb`'s Volume ID, as node `i`'s glusterd knows it.
+    fn volume_id(&self, i: usize) -> Option<String> {
+        let out = self.ssh(i, "gluster volume info smb")?;
+        out.lines().find_map(|l| l.strip_prefix("Volume ID: ")).map(|s| s.trim().to_string())
+    }
+
+    /// Node `i`'s glusterd UUID.
+    fn uuid(&self, i: usize) -> Option<String> {
+        let out = self.ssh(i, "cat /var/lib/glusterd/glusterd.info")?;
+        out.lines().find_map(|l| l.strip_prefix("UUID=")).map(|s| s.trim().to_string())
+    }
+
+    /// Whether `gluster volume status smb` on node `i` shows every brick online and the
+    /// self-heal has nothing left (`heal info` counts 0 on every brick).
+    fn bricks_online_and_healed(&self, i: usize) -> bool {
+        let Some(status) = self.ssh(i, "gluster volume status smb detail") else { return false };
+        let online = status.lines().filter(|l| l.starts_with("Online") && l.trim_end().ends_with(": Y")).count();
+        if online != 3 {
+            return false;
+        }
+        let Some(heal) = self.ssh(i, "gluster volume heal smb info") else { return false };
+        let entries: Vec<&str> = heal.lines().filter(|l| l.starts_with("Number of entries:")).collect();
+        entries.len() == 3 && entries.iter().all(|l| l.trim_end().ends_with(": 0"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for vm in self.vms.iter_mut() {
+            if let Some(mut v) = vm.take() {
+                v.kill();
+            }
+        }
+    }
+}
+
+/// Answers the phase the test is in to the client VM (`wget -qO- http://PROBE:7000/`).
+fn serve_phase(ns: String, phase: Arc<AtomicU32>) {
+    std::thread::spawn(move || {
+        netns::enter(&ns);
+        let l = TcpListener::bind((PROBE, PHASE_PORT)).expect("bind the phase port");
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let body = phase.load(Ordering::SeqCst).to_string();
+            let _ = write!(s, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+}
+
+/// The client VM: kclient on a tap of the bridge, its stdout lines on a channel.
+struct Client {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: PathBuf,
+}
+
+impl Client {
+    fn start(switch: &str, dir: &Path, vip: &str) -> Client {
+        run("ip", &["-n", switch, "tuntap", "add", "dev", "tapc", "mode", "tap"]);
+        run("ip", &["-n", switch, "link", "set", "tapc", "master", "br0", "up"]);
+        let script = nasgw_tests::workspace_root().join("tests/kclient/image-cluster-client.sh");
+        let stderr = dir.join("client-stderr.log");
+        let mut child = Command::new(kclient::kclient_bin())
+            .args(["run", "-t", "5400"])
+            .args(["-e", &format!("KC_ADDR={CLIENT}")])
+            .args(["-e", &format!("KC_VIP={vip}")])
+            .args(["-e", &format!("KC_PHASE_URL=http://{PROBE}:{PHASE_PORT}/")])
+            .arg(&script)
+            .env("KCLIENT_NET", format!("tap:tapc@{switch}"))
+            .env("KCLIENT_MAC", "52:54:00:4e:47:20")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("client stderr"))
+            .spawn()
+            .expect("start kclient");
+        let out = child.stdout.take().expect("piped");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                eprintln!("image_cluster: client: {l}");
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Client { child, lines, stderr }
+    }
+
+    /// Waits for the client's line starting with `prefix`.
+    fn expect(&mut self, prefix: &str, limit: Duration) -> String {
+        let t = Instant::now();
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(5)) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) if t.elapsed() < limit => {}
+                Err(e) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!(
+                        "the client VM did not print `{prefix}` ({e:?} after {:.0} s); its stderr:\n{}",
+                        t.elapsed().as_secs_f64(),
+                        tail(&std::fs::read_to_string(&self.stderr).unwrap_or_default(), 40)
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) {
+        let st = self.child.wait().expect("wait for kclient");
+        assert!(
+            st.success(),
+            "the client VM failed ({st}):\n{}",
+            tail(&std::fs::read_to_string(&self.stderr).unwrap_or_default(), 40)
+        );
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An ext4 disk holding the image file, the way an admin brings a new image to a node.
+fn update_disk(dir: &Path) -> PathBuf {
+    let raw = image().qcow2.with_extension("img");
+    let content = dir.join("update-content");
+    std::fs::create_dir_all(&content).unwrap();
+    run("cp", &["--sparse=always", &raw.to_string_lossy(), &content.join("nasgw.img").to_string_lossy()]);
+    let disk = dir.join("update.ext4");
+    let mib = std::fs::metadata(&raw).unwrap().len() / 1048576 + 256;
+    run(
+        "mkfs.ext4",
+        &["-q", "-L", "nasgw-update", "-d", &content.to_string_lossy(), &disk.to_string_lossy(), &format!("{mib}M")],
+    );
+    std::fs::remove_dir_all(&content).unwrap();
+    disk
+}
+
+#[test]
+#[ignore = "slow (tens of minutes under TCG): run with `cargo nextest run -p nasgw-tests --test image_cluster --run-ignored all --no-capture` (image/README.md)"]
+fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
+    assert!(nasgw_tests::is_root(), "image tests need root (image/build, qemu, namespaces)");
+    nasgw_tests::require_tool("ssh");
+    let started = Instant::now();
+    let img = image();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id_ed25519");
+    run("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", "image_cluster", "-f", &key.to_string_lossy()]);
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap().trim().to_string();
+    let mut random = [0u8; 32];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut random).unwrap();
+    let secret: String = random.iter().map(|x| format!("{x:02x}")).collect();
+    let topo = Topology::new(&[("probe", PROBE)]);
+    for i in 1..=3 {
+        let tap = format!("tap{i}");
+        run("ip", &["-n", &topo.switch, "tuntap", "add", "dev", &tap, "mode", "tap"]);
+        run("ip", &["-n", &topo.switch, "link", "set", &tap, "master", "br0", "up"]);
+    }
+    let mut c = Cluster {
+        topo,
+        dir: dir.path().to_path_buf(),
+        key,
+        files: vec![("nasgw.toml".into(), config(&pubkey).into_bytes()), ("secret".into(), secret.into_bytes())],
+        vms: vec![None, None, None],
+        t0: Instant::now(),
+    };
+
+    // 1. Power on three blank nodes: they form the cluster and serve every address.
+    let power_on = Instant::now();
+    c.t0 = power_on;
+    for i in 0..3 {
+        c.boot(i, Vec::new());
+    }
+    let serving = c.wait("every public address served (SMB and NFS)", Duration::from_secs(2400), |c| {
+        c.all_served().then(|| power_on.elapsed())
+    });
+    let founding_id = c.wait("the volume created and started", Duration::from_secs(300), |c| c.volume_id(0));
+    for i in 0..3 {
+        assert_eq!(c.volume_id(i).as_deref(), Some(founding_id.as_str()), "node{} knows another volume", i + 1);
+    }
+    c.wait("three nodes OK in nasgw status", Duration::from_secs(300), |c| (c.ok_nodes(0) == 3).then_some(()));
+    let info = c.ssh_ok(0, "gluster volume info smb");
+    assert!(info.contains("Status: Started") && info.contains("Number of Bricks: 1 x 3 = 3"), "{info}");
+    assert!(info.contains("network.ping-timeout: 5"), "failover options not set:\n{info}");
+    let created: Vec<usize> = (0..3)
+        .map(|i| {
+            c.ssh_ok(i, "journalctl -b -u nasgw-provision --no-pager -o cat | grep -c 'creating the volume' || true")
+                .trim()
+                .parse()
+                .unwrap_or(99)
+        })
+        .collect();
+    assert_eq!(created, vec![1, 0, 0], "only the first brick's host creates the volume, once");
+    // UEFI on node 2, BIOS on the others.
+    assert_eq!(c.ssh_ok(1, "test -d /sys/firmware/efi && echo uefi || echo bios").trim(), "uefi");
+    assert_eq!(c.ssh_ok(0, "test -d /sys/firmware/efi && echo uefi || echo bios").trim(), "bios");
+    let uuids: Vec<String> = (0..3).map(|i| c.uuid(i).expect("glusterd UUID")).collect();
+    let blame = c.ssh(0, "systemd-analyze; systemd-analyze blame | head -12").unwrap_or_default();
+    eprintln!("image_cluster: node1 boot:\n{blame}");
+
+    // 2. A kernel client mounts the address node 2 holds, over NFS and CIFS.
+    let owners = c.owners(0).expect("nasgw ip");
+    eprintln!("image_cluster: addresses: {owners:?}");
+    let killed = 1;
+    let vip = owners.iter().find(|(_, o)| *o == Some(killed)).map(|(a, _)| a.clone()).unwrap_or_else(|| {
+        panic!("node{} holds no address: {owners:?}", killed + 1);
+    });
+    let phase = Arc::new(AtomicU32::new(1));
+    serve_phase(c.probe().to_string(), phase.clone());
+    let mut client = Client::start(&c.topo.switch, dir.path(), &vip);
+    client.expect("PHASE1 OK", Duration::from_secs(900));
+
+    // 3. Power cut on that node: its address moves, the client's mounts keep working.
+    let kill_at = Instant::now();
+    c.kill(killed);
+    let failover = c.wait(&format!("{vip} served by a survivor"), Duration::from_secs(300), |c| {
+        let o = c.owners(0)?;
+        let moved = o.iter().any(|(a, n)| *a == vip && n.is_some() && *n != Some(killed));
+        (moved && c.answers(&vip, 445) && c.answers(&vip, 2049)).then(|| kill_at.elapsed())
+    });
+    phase.store(2, Ordering::SeqCst);
+    client.expect("PHASE2 OK", Duration::from_secs(900));
+
+    // 4. It boots again (same disks, plus a disk with the image for step 5): it rejoins,
+    // nothing is recreated, its brick heals.
+    let update = update_disk(dir.path());
+    let reboot_at = Instant::now();
+    c.boot(killed, vec![update]);
+    let rejoin = c.wait(
+        &format!("node{} back: three nodes OK, bricks online and healed", killed + 1),
+        Duration::from_secs(1800),
+        |c| (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| reboot_at.elapsed()),
+    );
+    assert_eq!(c.volume_id(killed).as_deref(), Some(founding_id.as_str()), "the volume changed");
+    assert_eq!(c.uuid(killed).as_deref(), Some(uuids[killed].as_str()), "the rebooted node's glusterd UUID changed");
+    let again = c.ssh_ok(killed, "journalctl -b -u nasgw-provision --no-pager -o cat | grep -cE 'creating the volume|reset-brick|taking UUID' || true");
+    assert_eq!(again.trim(), "0", "the rebooted node recreated something");
+    let brick = c.ssh_ok(killed, "ls /data/b0/smb");
+    assert!(brick.contains("nfs-1") && brick.contains("cifs-2"), "node{}'s brick lacks files:\n{brick}", killed + 1);
+    phase.store(3, Ordering::SeqCst);
+    client.expect("PHASE3 OK", Duration::from_secs(900));
+    client.finish();
+
+    // 5. Update that node to the image in its other slot, reboot into it.
+    let update_at = Instant::now();
+    let out = c.ssh_ok(
+        killed,
+        "mkdir -p /mnt/u && mount -o ro LABEL=nasgw-update /mnt/u && nasgw-update /mnt/u/nasgw.img && umount /mnt/u",
+    );
+    eprintln!("image_cluster: {}", out.trim());
+    let state_before = c.ssh_ok(killed, "ls /var/lib/nasgw | sort | tr '\\n' ' '");
+    let _ = c.ssh(killed, "systemctl reboot");
+    c.wait(&format!("node{} running slot b", killed + 1), Duration::from_secs(1200), |c| {
+        c.ssh(killed, "cat /proc/cmdline").filter(|l| l.contains("root=PARTLABEL=nasgw-root-b"))
+    });
+    let updated = c.wait("three nodes OK after the update, bricks online and healed", Duration::from_secs(1200), |c| {
+        (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| update_at.elapsed())
+    });
+    assert_eq!(c.uuid(killed).as_deref(), Some(uuids[killed].as_str()), "the update lost glusterd's state");
+    assert_eq!(
+        c.ssh_ok(killed, "ls /var/lib/nasgw | sort | tr '\\n' ' '"),
+        state_before,
+        "the update lost nasgw's state"
+    );
+    assert_eq!(c.volume_id(killed).as_deref(), Some(founding_id.as_str()));
+
+    // 6. Node 3 is replaced by a blank machine with its MAC: blank system and data disks.
+    let replaced = 2;
+    c.kill(replaced);
+    for f in ["node3.qcow2", "node3-data.qcow2"] {
+        std::fs::remove_file(dir.path().join(f)).unwrap();
+    }
+    let replace_at = Instant::now();
+    c.boot(replaced, Vec::new());
+    let replacement = c.wait(
+        "the replaced node3: three nodes OK, its blank brick reset and healed",
+        Duration::from_secs(2400),
+        |c| (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| replace_at.elapsed()),
+    );
+    assert_eq!(c.uuid(replaced).as_deref(), Some(uuids[replaced].as_str()), "the new node3 did not take its UUID");
+    assert_eq!(c.volume_id(replaced).as_deref(), Some(founding_id.as_str()));
+    let log = c.ssh_ok(replaced, "journalctl -b -u nasgw-provision --no-pager -o cat");
+    assert!(log.contains("taking UUID") && log.contains("rebuilding blank brick"), "node3's provisioning:\n{log}");
+    let brick = c.ssh_ok(replaced, "ls /data/b0/smb");
+    assert!(brick.contains("nfs-1") && brick.contains("cifs-3"), "the new node3's brick did not heal:\n{brick}");
+    c.wait("every public address served", Duration::from_secs(300), |c| c.all_served().then_some(()));
+
+    eprintln!(
+        "image_cluster figures: {}; build {:.0} s; power-on to serving (3 nodes, TCG) {:.0} s; failover after a power cut {:.1} s; \
+         reboot to rejoined and healed {:.0} s; update + reboot into slot b {:.0} s; blank replacement to healed {:.0} s; test duration {:.0} s",
+        img.summary,
+        img.build_time.as_secs_f64(),
+        serving.as_secs_f64(),
+        failover.as_secs_f64(),
+        rejoin.as_secs_f64(),
+        updated.as_secs_f64(),
+        replacement.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
