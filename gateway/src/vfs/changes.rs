@@ -197,8 +197,8 @@ impl Watch {
         std::mem::take(&mut *self.queued.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Sets the most bytes (counted by `cost` of each event, see [`Watch::deliver`]) the
-    /// watcher takes at once; a queue beyond it overflows.
+    /// Sets the most bytes the watcher takes at once (each change counted as its
+    /// FILE_NOTIFY_INFORMATION entry); a queue beyond it overflows.
     pub fn set_limit(&self, bytes: usize) {
         self.limit.store(bytes, Ordering::Relaxed);
     }
@@ -469,7 +469,8 @@ mod tests {
         use Action::*;
         let fname = what::FILE_NAME;
         // (change, watch dir, watch path, recursive, filter) -> reported
-        let rows: Vec<(Change, u8, Option<&str>, bool, u32, Vec<(Action, &str)>)> = vec![
+        type Row<'a> = (Change, u8, Option<&'a str>, bool, u32, Vec<(Action, &'a str)>);
+        let rows: Vec<Row> = vec![
             (ch(Kind::Added, fname, place(1, Some("a"), "f"), None), 1, Some("a"), false, fname, vec![(Added, "f")]),
             (ch(Kind::Added, fname, place(1, Some("a"), "f"), None), 1, Some("a"), false, what::DIR_NAME, vec![]),
             (ch(Kind::Added, fname, place(2, Some("a/b"), "f"), None), 1, Some("a"), false, fname, vec![]),
