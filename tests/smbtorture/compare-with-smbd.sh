@@ -29,7 +29,8 @@ guest ok = yes
 guest only = yes
 force user = root
 CONF
-smbd -F --no-process-group --debug-stdout -s $T/smb.conf > $T/smbd.log 2>&1 &
+# setsid: with --no-process-group, smbd answers SIGTERM by signalling its whole process group.
+setsid smbd -F --no-process-group --debug-stdout -s $T/smb.conf > $T/smbd.log 2>&1 &
 SMBD=$!
 trap 'kill $SMBD 2>/dev/null; rm -rf $T' EXIT
 for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done

@@ -5,6 +5,7 @@
 //! Nothing here fakes a part: daemons are the real binary, namespaces are real kernel ones.
 
 pub mod anchors;
+pub mod cluster;
 pub mod gluster;
 pub mod kclient;
 pub mod netns;

@@ -226,3 +226,32 @@ impl OpenTable {
         self.opens.values()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smb::cmd::open::{Open, OpenKind};
+
+    #[test]
+    fn a_table_is_full_at_max_opens_and_frees_a_slot_on_close() {
+        let mut t = OpenTable::default();
+        let pipe = |v| Open {
+            volatile: v,
+            persistent: v,
+            session_id: 1,
+            tree_id: 1,
+            kind: OpenKind::Pipe(Default::default()),
+        };
+        for _ in 0..MAX_OPENS {
+            assert!(!t.is_full());
+            t.insert(pipe);
+        }
+        assert!(t.is_full(), "{} opens", MAX_OPENS);
+        let first = t.all_ids().into_iter().min().unwrap();
+        assert!(t.remove(first).is_some());
+        assert!(!t.is_full(), "a close makes room");
+        let id = t.reserve();
+        t.insert_at(id, pipe(id));
+        assert!(t.is_full());
+    }
+}
