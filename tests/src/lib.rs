@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod gluster;
 pub mod kclient;
 pub mod netns;
+pub mod nlm;
 pub mod pjdfstest;
 pub mod process;
 pub mod vm;

@@ -2,8 +2,9 @@
 //! volume, SMB clients (Python smbprotocol) A and B reaching the same file through two
 //! different nodes, in both directions, and an NFS client through a third path:
 //! - share modes: ShareAccess=0 refuses the other node's open; a denied FILE_SHARE_DELETE
-//!   refuses DELETE access; delete-pending is seen on the other node, and the file outlives
-//!   the deleter's close while the other node's handle is open (no STATUS_FILE_INVALID);
+//!   refuses DELETE access; delete-pending (set by SET_INFO, or by closing a delete-on-close
+//!   open) is seen on the other node, and the file outlives the deleter's close while the other
+//!   node's handle is open (no STATUS_FILE_INVALID); the last close deletes it;
 //! - byte-range locks: an exclusive lock refuses the other node's lock, WRITE and READ into the
 //!   range (mandatory); a blocking lock on one node is granted when the holder on the other
 //!   unlocks or closes (latency printed);
@@ -27,6 +28,8 @@ const DELETE: u32 = 0x0001_0000;
 /// FILE_READ_ATTRIBUTES | SYNCHRONIZE.
 const READ_ATTRS: u32 = 0x0010_0080;
 const SHARE_ALL: u32 = 7;
+const FILE_NON_DIRECTORY_FILE: u32 = 0x40;
+const FILE_DELETE_ON_CLOSE: u32 = 0x1000;
 const SHARE_RW: u32 = 3;
 
 #[test]
@@ -99,7 +102,24 @@ fn delete_pending(d: &mut SmbClient, c: &SmbCluster, ca: &str, cb: &str, f: &str
         (!c.volume().join(f).exists()).then_some(())
     });
     d.fails(json!({"op": "open", "c": ca, "h": "a2", "path": f, "disposition": 1}), "STATUS_OBJECT_NAME_NOT_FOUND");
-    println!("delete-pending: ok");
+
+    // Delete-on-close (the create option): A's close makes the file delete-pending for B's node,
+    // B's close deletes it.
+    let opts = FILE_NON_DIRECTORY_FILE | FILE_DELETE_ON_CLOSE;
+    d.ok(
+        json!({"op": "open", "c": ca, "h": "a", "path": f, "access": RW | DELETE, "share": SHARE_ALL, "options": opts}),
+    );
+    d.ok(json!({"op": "write", "h": "a", "off": 0, "data": hex(b"doc")}));
+    d.ok(json!({"op": "open", "c": cb, "h": "b", "path": f, "share": SHARE_ALL}));
+    d.ok(json!({"op": "close", "h": "a"}));
+    assert!(c.volume().join(f).exists(), "deleted under the other node's open handle");
+    d.fails(json!({"op": "open", "c": ca, "h": "a2", "path": f, "share": SHARE_ALL}), "STATUS_DELETE_PENDING");
+    assert_eq!(d.ok(json!({"op": "read", "h": "b", "off": 0, "len": 3})).s("data"), hex(b"doc"));
+    d.ok(json!({"op": "close", "h": "b"}));
+    wait_for("the last close to delete the file", Duration::from_secs(5), Duration::from_millis(20), || {
+        (!c.volume().join(f).exists()).then_some(())
+    });
+    println!("delete-pending and delete-on-close: ok");
 }
 
 fn locks(d: &mut SmbClient, ca: &str, cb: &str, f: &str) {
