@@ -714,6 +714,7 @@ impl Opening {
                     user: self.durable.user.clone(),
                     lease_key: self.lease_req.map(|l| l.key),
                     lease_version: self.durable.lease_version,
+                    action: self.action,
                 }
             });
         let dh = made_durable.as_ref().map(durable::response);
