@@ -36,22 +36,33 @@ fn quick_run_prints_a_table_per_group_with_figures() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed ({}):\n{report}\n{log}", out.status);
     println!("{report}");
-    // The cluster table's columns are nasgw through two nodes and through one.
-    for (heading, rows_wanted) in [
-        ("### NFSv3: nasgw vs NFS-Ganesha", 5),
-        ("### SMB3: nasgw vs Samba smbd", 7), // five plain rows, upload and download encrypted
-        ("### Cluster: one shared file", 2),
+    // (heading, rows, server columns, ratio columns): every server column has a figure on every
+    // row, every ratio a value. The cluster tables set nasgw on 3 nodes against Samba + CTDB on
+    // the same 3 nodes (the shared-file table also has nasgw with both clients through one node).
+    for (heading, rows_wanted, servers, ratios) in [
+        ("### NFSv3: nasgw vs NFS-Ganesha", 5, 2, 1),
+        ("### SMB3: nasgw vs Samba smbd", 7, 2, 1), // five plain rows, upload and download encrypted
+        ("### Cluster: one shared file", 2, 3, 2),
+        ("### Cluster: the SMB rows on 3 nodes", 4, 2, 1),
     ] {
         let rows = rows(&report, heading);
         assert_eq!(rows.len(), rows_wanted, "{heading}: {rows:?}");
         for r in &rows {
-            assert_eq!(r.len(), 5, "workload, unit, nasgw, anchor, ratio: {r:?}");
-            assert!(is_figure(&r[3]), "{heading}: the anchor has no figure for `{}`: {r:?}\n{log}", r[0]);
-            // nasgw serves both protocols: every row has its figure and a ratio.
-            assert!(is_figure(&r[2]), "{heading}: nasgw has no figure for `{}`: {r:?}\n{log}", r[0]);
-            assert!(r[4].ends_with('x') && is_figure(r[4].trim_end_matches('x')), "{heading}: no ratio: {r:?}");
+            assert_eq!(r.len(), 2 + servers + ratios, "workload, unit, {servers} servers, {ratios} ratio(s): {r:?}");
+            // nasgw serves both protocols and the anchors run everywhere: every cell has a figure.
+            for (i, cell) in r[2..2 + servers].iter().enumerate() {
+                assert!(is_figure(cell), "{heading}: column {i} has no figure for `{}`: {r:?}\n{log}", r[0]);
+            }
+            for ratio in &r[2 + servers..] {
+                assert!(ratio.ends_with('x') && is_figure(ratio.trim_end_matches('x')), "{heading}: no ratio: {r:?}");
+            }
         }
     }
+    assert!(
+        report.contains("| nasgw, two nodes | Samba+CTDB, two nodes | nasgw, one node |")
+            && report.contains("| nasgw | Samba+CTDB | nasgw / Samba+CTDB |"),
+        "the cluster tables have their Samba + CTDB column:\n{report}"
+    );
     assert!(report.contains("Measured ") && report.contains(" cores"), "the machine is described:\n{report}");
     let saved: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(saved.len(), 1, "one result file: {saved:?}");
