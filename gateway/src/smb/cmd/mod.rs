@@ -218,7 +218,7 @@ async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
     }
     match req {
         Request::Negotiate(r) => now(negotiate::handle(conn, r)),
-        Request::SessionSetup(r) => now(session_setup::handle(conn, hdr, r, msg)),
+        Request::SessionSetup(r) => now(session_setup::run(conn, hdr, r, msg).await),
         Request::Logoff => now(logoff::handle(conn, hdr).await),
         Request::TreeConnect(r) => now(tree_connect::handle(conn, hdr, r).await),
         Request::TreeDisconnect => now(tree_disconnect::handle(conn, hdr).await),
