@@ -291,9 +291,9 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
                 48 if dialect < crate::smb::signing::dialect::SMB311 => return Err(NtStatus::NOT_SUPPORTED),
                 48 => normalized_name(f),
                 // nasgw stores no extended attributes (the volume's user.* xattrs hold DOS
-                // attributes and streams, which are not EAs to a client): an empty list, as
-                // smbd answers for a file without EAs.
-                FULL_EA => Vec::new(),
+                // attributes and streams, which are not EAs to a client): what smbd answers
+                // for a file without EAs.
+                FULL_EA => return Err(NtStatus::NO_EAS_ON_FILE),
                 _ => file_info(req.class, f, &a, &dos, pending).ok_or(NtStatus::INVALID_INFO_CLASS)?,
             }
         }
