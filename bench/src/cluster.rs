@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 use nasgw_tests::cluster::{SmbClient, SmbCluster};
 use serde_json::json;
 
+use crate::cpu::{self, Meter};
 use crate::fixture::Sizes;
 use crate::measure::{run_row, Done};
 use crate::table::{Group, Unit};
@@ -49,6 +50,14 @@ pub fn run(sizes: Sizes) -> Group {
             return group;
         }
     };
+    // Both columns are the same three nodes: their CPU time together.
+    let nodes = cluster
+        .daemons
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| Some(cpu::track(&format!("node{i}"), d.as_ref()?.pid())));
+    let all = nodes.fold(Meter::default(), |a, m| a.plus(&m));
+    group.meters = vec![all.clone(), all];
     d.connect("A", 0);
     d.connect("B2", 1);
     d.connect("B1", 0);

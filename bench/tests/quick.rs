@@ -5,21 +5,40 @@
 
 use std::process::Command;
 
-/// The cells of every data row of the table under `heading`.
-fn rows(report: &str, heading: &str) -> Vec<Vec<String>> {
+/// The cells of every data row of each table under `heading`, up to the next heading: the
+/// figures table, then the servers' CPU-time table.
+fn tables(report: &str, heading: &str) -> Vec<Vec<Vec<String>>> {
     let start = report.find(heading).unwrap_or_else(|| panic!("no table `{heading}` in:\n{report}"));
-    report[start..]
-        .lines()
-        .skip(1)
-        .skip_while(|l| !l.starts_with('|'))
-        .take_while(|l| l.starts_with('|'))
-        .filter(|l| !l.starts_with("| workload") && !l.starts_with("|---"))
-        .map(|l| l.trim_matches('|').split(" | ").map(|c| c.trim().to_string()).collect())
-        .collect()
+    let section = &report[start + heading.len()..];
+    let section = &section[..section.find("\n### ").unwrap_or(section.len())];
+    let mut tables: Vec<Vec<Vec<String>>> = Vec::new();
+    let mut in_table = false;
+    for l in section.lines() {
+        if !l.starts_with('|') {
+            in_table = false;
+            continue;
+        }
+        if !in_table {
+            tables.push(Vec::new());
+            in_table = true;
+        }
+        if !l.starts_with("| workload") && !l.starts_with("|---") {
+            tables.last_mut().unwrap().push(l.trim_matches('|').split(" | ").map(|c| c.trim().to_string()).collect());
+        }
+    }
+    tables
 }
 
 fn is_figure(cell: &str) -> bool {
     cell.parse::<f64>().is_ok_and(|v| v > 0.0)
+}
+
+/// A median with its spread over rounds: "1234 (1100-1300)", min <= median <= max.
+fn is_figure_with_spread(cell: &str) -> bool {
+    let Some((m, rest)) = cell.split_once(" (") else { return false };
+    let Some((lo, hi)) = rest.strip_suffix(')').and_then(|r| r.split_once('-')) else { return false };
+    let [m, lo, hi] = [m, lo, hi].map(|v| v.parse::<f64>().unwrap_or(-1.0));
+    lo >= 0.0 && lo <= m && m <= hi && m > 0.0
 }
 
 #[test]
@@ -42,15 +61,28 @@ fn quick_run_prints_a_table_per_group_with_figures() {
         ("### SMB3: nasgw vs Samba smbd", 7), // five plain rows, upload and download encrypted
         ("### Cluster: one shared file", 2),
     ] {
-        let rows = rows(&report, heading);
-        assert_eq!(rows.len(), rows_wanted, "{heading}: {rows:?}");
-        for r in &rows {
-            assert_eq!(r.len(), 5, "workload, unit, nasgw, anchor, ratio: {r:?}");
-            assert!(is_figure(&r[3]), "{heading}: the anchor has no figure for `{}`: {r:?}\n{log}", r[0]);
-            // nasgw serves both protocols: every row has its figure and a ratio.
-            assert!(is_figure(&r[2]), "{heading}: nasgw has no figure for `{}`: {r:?}\n{log}", r[0]);
-            assert!(r[4].ends_with('x') && is_figure(r[4].trim_end_matches('x')), "{heading}: no ratio: {r:?}");
+        let tables = tables(&report, heading);
+        assert_eq!(tables.len(), 2, "{heading}: a figures table and a CPU-time table: {tables:?}");
+        for (t, rows) in tables.iter().enumerate() {
+            let what = ["figure", "CPU time"][t];
+            assert_eq!(rows.len(), rows_wanted, "{heading}: {rows:?}");
+            for r in rows {
+                assert_eq!(r.len(), 5, "workload, unit, nasgw, anchor, ratio: {r:?}");
+                assert!(
+                    is_figure_with_spread(&r[3]),
+                    "{heading}: the anchor has no {what} with its spread for `{}`: {r:?}\n{log}",
+                    r[0]
+                );
+                // nasgw serves both protocols: every row has its figure and a ratio.
+                assert!(
+                    is_figure_with_spread(&r[2]),
+                    "{heading}: nasgw has no {what} with its spread for `{}`: {r:?}\n{log}",
+                    r[0]
+                );
+                assert!(r[4].ends_with('x') && is_figure(r[4].trim_end_matches('x')), "{heading}: no ratio: {r:?}");
+            }
         }
+        assert!(tables[1].iter().all(|r| r[1].starts_with("CPU ")), "{heading}: CPU units: {:?}", tables[1]);
     }
     assert!(report.contains("Measured ") && report.contains(" cores"), "the machine is described:\n{report}");
     let saved: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
