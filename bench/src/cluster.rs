@@ -49,7 +49,8 @@ pub fn run(work: &Path, sizes: Sizes) -> Vec<Group> {
     shared.notes.push(format!(
         "Three nodes in network namespaces on one shared directory (nasgw: local backend; Samba: `clustering = yes`, \
          CTDB 4.17 with its databases per node), clients in a fourth namespace. Each client runs {n} iterations per \
-         round with Python smbprotocol (client-side cost included, the same in every column); the figure is the two \
+         round with Python smbprotocol, each in its own process (client-side cost included, the same in every \
+         column); the figure is the two \
          clients' operations over the wall time of both. \"two nodes\": client A through n1, B through n2; \"one \
          node\": both through n1."
     ));
@@ -62,7 +63,8 @@ pub fn run(work: &Path, sizes: Sizes) -> Vec<Group> {
 
     let started = std::panic::catch_unwind(|| {
         let c = SmbCluster::start("");
-        let d = SmbClient::spawn(c.topo.ns("c1"));
+        // One driver process per client side, so the two clients' Python never shares a GIL.
+        let d = [SmbClient::spawn(c.topo.ns("c1")), SmbClient::spawn(c.topo.ns("c1"))];
         (c, d)
     });
     let (cluster, mut d) = match started {
@@ -92,17 +94,18 @@ pub fn run(work: &Path, sizes: Sizes) -> Vec<Group> {
             avail[1] = Err(format!("Samba + CTDB did not start: {e:#}"));
         }
     }
-    // Clients: A (A0, A1) through n1 and B (B0, B1) through n2 of each system; C0 through n1 of nasgw.
+    // Clients (name, node, driver): A (A0, A1) through n1 and B (B0, B1) through n2 of each
+    // system; C0 through n1 of nasgw. A clients run in driver 0, the others in driver 1.
     for s in 0..2 {
         if avail[s].is_err() {
             continue;
         }
-        let mut conns = vec![(format!("A{s}"), 0), (format!("B{s}"), 1)];
+        let mut conns = vec![(format!("A{s}"), 0, 0), (format!("B{s}"), 1, 1)];
         if s == 0 {
-            conns.push(("C0".to_string(), 0));
+            conns.push(("C0".to_string(), 0, 1));
         }
-        for (c, node) in &conns {
-            let r = d.call(json!({"op": "connect", "c": c, "host": ADDRS[*node], "port": PORTS[s]}));
+        for (c, node, k) in &conns {
+            let r = d[*k].call(json!({"op": "connect", "c": c, "host": ADDRS[*node], "port": PORTS[s]}));
             if !r.ok {
                 avail[s] = Err(format!("an SMB session through {} failed: {}", NODES[*node], r.v));
                 break;
@@ -131,33 +134,33 @@ pub fn run(work: &Path, sizes: Sizes) -> Vec<Group> {
         }),
     );
 
-    // Lock handles: per column, A's and B's open of the system's lock file.
-    let mut lock_avail = shared_avail.clone();
-    for (i, ok) in lock_avail.iter_mut().enumerate() {
-        if ok.is_err() {
-            continue;
-        }
-        let (a, b) = names(i);
-        for (c, h) in [(a, format!("la{i}")), (b, format!("lb{i}"))] {
-            let path = format!("shared-lock-{}", LABELS[i % 2]);
-            let r = d.call(json!({"op": "open", "c": c, "h": h, "path": path, "share": 7}));
-            if !r.ok {
-                *ok = Err(format!("open of the lock file failed: {}", r.v));
-            }
-        }
-    }
+    // Each column's two clients open the system's lock file before their loops and close it
+    // after, so no other column's idle opens are in the file's record while it runs.
     run_row(
         &mut shared,
         "lock+unlock of overlapping ranges",
         Unit::Operations,
         sizes.rounds,
-        &lock_avail,
-        Box::new(|i, _| {
+        &shared_avail,
+        Box::new(|i, r| {
+            let (a, b) = names(i);
+            let path = format!("shared-lock-{}", LABELS[i % 2]);
+            let handles = [format!("la{i}-{r}"), format!("lb{i}-{r}")];
+            for (k, c) in [a, b].into_iter().enumerate() {
+                let o = d[k].call(json!({"op": "open", "c": c, "h": handles[k], "path": path, "share": 7}));
+                if !o.ok {
+                    bail!("open of the lock file failed: {}", o.v);
+                }
+            }
             let reqs = [
-                json!({"op": "loop", "what": "lockunlock", "h": format!("la{i}"), "off": 0, "len": 100, "n": n}),
-                json!({"op": "loop", "what": "lockunlock", "h": format!("lb{i}"), "off": 50, "len": 100, "n": n}),
+                json!({"op": "loop", "what": "lockunlock", "h": handles[0], "off": 0, "len": 100, "n": n}),
+                json!({"op": "loop", "what": "lockunlock", "h": handles[1], "off": 50, "len": 100, "n": n}),
             ];
-            both(&mut d, reqs, 2 * n)
+            let res = both(&mut d, reqs, 2 * n);
+            for (k, h) in handles.iter().enumerate() {
+                d[k].call(json!({"op": "close", "h": h}));
+            }
+            res
         }),
     );
     drop(d);
@@ -177,17 +180,17 @@ fn names(i: usize) -> (&'static str, &'static str) {
     }
 }
 
-/// Checks that the system is one file-sharing state: `a` (through n1) opens `path` sharing
-/// nothing; `b` (through n2) must then get a sharing violation.
-fn coherent(d: &mut SmbClient, a: &str, b: &str, path: &str) -> Result<(), String> {
-    let held = d.call(json!({"op": "open", "c": a, "h": "coh-a", "path": path, "share": 0}));
+/// Checks that the system is one file-sharing state: `a` (driver 0, through n1) opens `path`
+/// sharing nothing; `b` (driver 1, through n2) must then get a sharing violation.
+fn coherent(d: &mut [SmbClient; 2], a: &str, b: &str, path: &str) -> Result<(), String> {
+    let held = d[0].call(json!({"op": "open", "c": a, "h": "coh-a", "path": path, "share": 0}));
     if !held.ok {
         return Err(format!("the coherence check's first open failed: {}", held.v));
     }
-    let second = d.call(json!({"op": "open", "c": b, "h": "coh-b", "path": path, "share": 7}));
-    d.call(json!({"op": "close", "h": "coh-a"}));
+    let second = d[1].call(json!({"op": "open", "c": b, "h": "coh-b", "path": path, "share": 7}));
+    d[0].call(json!({"op": "close", "h": "coh-a"}));
     if second.ok {
-        d.call(json!({"op": "close", "h": "coh-b"}));
+        d[1].call(json!({"op": "close", "h": "coh-b"}));
         return Err("not one state: an open through n2 was granted beside a no-sharing open through n1".into());
     }
     if second.status != "STATUS_SHARING_VIOLATION" {
@@ -196,13 +199,15 @@ fn coherent(d: &mut SmbClient, a: &str, b: &str, path: &str) -> Result<(), Strin
     Ok(())
 }
 
-/// Runs both loops at once; the figure is `ops` (open+close or lock+unlock pairs) over the span from the first start to the
-/// last end.
-fn both(d: &mut SmbClient, reqs: [serde_json::Value; 2], ops: u64) -> Result<Done> {
-    let ids: Vec<u64> = reqs.into_iter().map(|r| d.start(r)).collect();
+/// Runs both loops at once, `reqs[k]` in driver `k`; the figure is `ops` (open+close or
+/// lock+unlock pairs) over the span from the first start to the last end (both drivers read
+/// the same CLOCK_MONOTONIC).
+fn both(d: &mut [SmbClient; 2], reqs: [serde_json::Value; 2], ops: u64) -> Result<Done> {
+    let [ra, rb] = reqs;
+    let ids = [d[0].start(ra), d[1].start(rb)];
     let mut span = (f64::MAX, 0f64);
-    for id in ids {
-        let r = d.wait(id, Duration::from_secs(600));
+    for (k, id) in ids.into_iter().enumerate() {
+        let r = d[k].wait(id, Duration::from_secs(600));
         if !r.ok {
             bail!("{}", r.v);
         }
