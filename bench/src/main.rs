@@ -8,6 +8,7 @@
 
 mod cluster;
 mod cpu;
+mod ctdb;
 mod fixture;
 mod gluster;
 mod machine;
@@ -36,7 +37,7 @@ enum Only {
     Smb,
     /// GlusterFS: raw FUSE mount, nasgw (FUSE, gfapi), Samba on FUSE, Ganesha FSAL_GLUSTER.
     Gluster,
-    /// Cluster: one shared file from two clients through two nodes vs one (3 nasgw nodes).
+    /// Cluster: 3 nasgw nodes vs Samba + CTDB on 3 nodes: one shared file from two clients, the SMB rows.
     Cluster,
     /// NFS locks (NLM 4): nasgw vs NFS-Ganesha with NLM and rpc.statd.
     Nlm,
@@ -119,7 +120,7 @@ fn main() -> Result<()> {
         groups.extend(gluster::run(&work, sizes, &rt)?);
     }
     if only.contains(&Only::Cluster) {
-        groups.push(cluster::run(sizes));
+        groups.extend(cluster::run(&work, sizes));
     }
 
     cpu::cleanup();
