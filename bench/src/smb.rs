@@ -187,7 +187,7 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
             Ok(Done { amount: made as u64, elapsed })
         }),
     );
-    if rows != Rows::Directory {
+    if s.list_entries == 0 {
         return;
     }
     run_row(
@@ -197,6 +197,9 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
         s.rounds,
         &avail,
         Box::new(|i, _| {
+            if local(i) {
+                return target::local_list(fx);
+            }
             let (elapsed, out) = timed(&mut smbclient(port(i)?, &format!("cd {}; ls", fx.list_name)))?;
             let n = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.trim_start().starts_with('f')).count();
             if n != s.list_entries {
@@ -205,6 +208,9 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
             Ok(Done { amount: n as u64, elapsed })
         }),
     );
+    if s.deltree_files == 0 {
+        return;
+    }
     run_row(
         group,
         &format!("deltree of {} files", Sizes::count_label(s.deltree_files)),
