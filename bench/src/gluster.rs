@@ -10,6 +10,7 @@ use nasgw_tests::anchors::{self, Ganesha, GaneshaFsal, Smbd};
 use nasgw_tests::gluster::{GlusterCluster, GlusterSpec};
 use tokio::runtime::Runtime;
 
+use crate::cpu::{self, Meter};
 use crate::fixture::{Fixture, Sizes};
 use crate::nasgw;
 use crate::nfs_client::NfsEndpoint;
@@ -72,11 +73,20 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
         &[(2, 0), (2, 3), (1, 0)],
     );
     let ganesha_target = match &ganesha {
-        Ok(g) => {
-            Target::Nfs(NfsEndpoint { export: g.export_path.clone(), nfs_port: g.nfs_port, mount_port: g.mount_port })
-        }
+        Ok(g) => Target::Nfs(NfsEndpoint {
+            export: g.export_path.clone(),
+            nfs_port: g.nfs_port,
+            mount_port: g.mount_port,
+            metrics_port: None,
+        }),
         Err(e) => Target::Absent(format!("Ganesha did not start: {}", e.lines().next().unwrap_or(""))),
     };
+    let fuse_client = match cluster.mount_pid(&mnt) {
+        Some(pid) => cpu::track("fuse-client", pid),
+        None => Meter::missing("no FUSE client process"),
+    };
+    let ganesha_cpu = ganesha.as_ref().map_or_else(|_| Meter::missing("Ganesha did not start"), nfs::ganesha_meter);
+    nfs_group.meters = vec![fuse_client.clone(), fuse.cpu.clone(), gfapi.cpu.clone(), ganesha_cpu];
     nfs::run_rows(
         &mut nfs_group,
         &fx,
@@ -90,6 +100,13 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
         &["raw FUSE (dd)", "nasgw FUSE", "nasgw gfapi", "smbd on FUSE"],
         &[(2, 0), (2, 3), (1, 0)],
     );
+    // smbd serves the FUSE mount: its column counts the FUSE client too.
+    smb_group.meters = vec![
+        fuse_client.clone(),
+        fuse.cpu.clone(),
+        gfapi.cpu.clone(),
+        cpu::track("smbd", smbd.pid()).plus(&fuse_client),
+    ];
     smb::run_rows(
         &mut smb_group,
         &fx,
@@ -104,7 +121,9 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
          smbd, nasgw FUSE) may come from the kernel's page cache of that mount (the file was written through \
          it), while gfapi readers (Ganesha, nasgw gfapi) always fetch from the bricks; the \"caches dropped\" rows \
          empty every cache first (`sync; echo 3 > /proc/sys/vm/drop_caches`), so every reader fetches from \
-         the bricks' disk. {} round(s) per row.",
+         the bricks' disk. CPU time: the raw column counts the FUSE client process, nasgw's columns the daemon \
+         with its children (its own FUSE client), smbd's column smbd and the FUSE client it serves from, Ganesha's \
+         ganesha.nfsd (libgfapi runs inside it); the bricks (glusterfsd) are in no column. {} round(s) per row.",
         sizes.rounds
     );
     nfs_group.notes.push(note.clone());

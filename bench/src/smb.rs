@@ -9,6 +9,7 @@ use std::process::Command;
 use anyhow::{bail, Result};
 use nasgw_tests::anchors::Smbd;
 
+use crate::cpu::{self, Meter};
 use crate::fixture::{Fixture, Sizes};
 use crate::measure::{run_row, timed, Done};
 use crate::table::{Group, Unit};
@@ -212,13 +213,14 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
 }
 
 /// The SMB group: starts smbd on `fx.data`, runs the rows against `nasgw` and it, stops it.
-pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<u16, String>) -> Group {
+pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<u16, String>, nasgw_cpu: &Meter) -> Group {
     let mut group = Group::new("SMB3: nasgw vs Samba smbd 4.17", &["nasgw", "smbd"], &[(0, 1)]);
     let sealed = format!(
         "\n[sealed]\npath = {}\nwritable = yes\nforce user = root\nsmb encrypt = required\n",
         fx.data.display()
     );
     let smbd = Smbd::start_with(&work.join("smbd"), &fx.data, &sealed);
+    group.meters = vec![nasgw_cpu.clone(), cpu::track("smbd", smbd.pid())];
     let subject = match nasgw {
         Ok(p) => Target::Smb(*p),
         Err(why) => Target::Absent(why.clone()),
