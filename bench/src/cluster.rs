@@ -21,6 +21,7 @@ use anyhow::{bail, Result};
 use nasgw_tests::cluster::{SmbClient, SmbCluster, ADDRS, NODES, SMB_PORT};
 use serde_json::json;
 
+use crate::cpu::{self, Meter};
 use crate::ctdb::{self, Host, SambaCtdb};
 use crate::fixture::{Fixture, Sizes};
 use crate::measure::{run_row, timed, Done};
@@ -94,6 +95,21 @@ pub fn run(work: &Path, sizes: Sizes) -> Vec<Group> {
             avail[1] = Err(format!("Samba + CTDB did not start: {e:#}"));
         }
     }
+    // CPU time: the three nasgw nodes together, and the three nodes' ctdbd and smbd (with the
+    // smbd children serving the connections) together.
+    let sum = |ms: Vec<Meter>| ms.iter().fold(Meter::default(), |a, m| a.plus(m));
+    let nasgw_cpu = sum(cluster
+        .daemons
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| Some(cpu::track(&format!("nasgw-n{}", i + 1), d.as_ref()?.pid())))
+        .collect());
+    let samba_cpu = match &samba {
+        Ok(s) => sum(s.pids().into_iter().map(|(what, pid)| cpu::track(what, pid)).collect()),
+        Err(_) => Meter::missing("Samba + CTDB did not start"),
+    };
+    shared.meters = vec![nasgw_cpu.clone(), samba_cpu.clone(), nasgw_cpu.clone()];
+    rows.meters = vec![nasgw_cpu, samba_cpu];
     // Clients (name, node, driver): A (A0, A1) through n1 and B (B0, B1) through n2 of each
     // system; C0 through n1 of nasgw. A clients run in driver 0, the others in driver 1.
     for s in 0..2 {

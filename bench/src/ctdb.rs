@@ -55,6 +55,16 @@ struct Node {
 }
 
 impl SambaCtdb {
+    /// Every node's `ctdbd` and `smbd` process (each execs in place of the `ip netns exec` that
+    /// started it), for the bench's CPU accounting.
+    pub fn pids(&self) -> Vec<(&'static str, u32)> {
+        self.nodes
+            .iter()
+            .flat_map(|n| [("ctdbd", &n.ctdbd), ("smbd", &n.smbd)])
+            .filter_map(|(what, c)| Some((what, c.as_ref()?.id())))
+            .collect()
+    }
+
     /// Starts `ctdbd` on every host, waits until `ctdb status` shows them all OK, then starts
     /// an smbd per host serving `share` as the seed's guest share `[pub]` and waits until each
     /// accepts connections. Every file the daemons write lives under `dir`, except the cluster

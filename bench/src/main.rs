@@ -7,6 +7,7 @@
 //! the machine. Needs root.
 
 mod cluster;
+mod cpu;
 mod ctdb;
 mod fixture;
 mod gluster;
@@ -103,13 +104,13 @@ fn main() -> Result<()> {
         let fx = Fixture::create(&work, sizes)?;
         let server = nasgw::start(&work.join("nasgw"), &nasgw::local_volume(&fx.data));
         if only.contains(&Only::Nfs) {
-            groups.push(nfs::run(&fx, &work, &rt, &server.nfs));
+            groups.push(nfs::run(&fx, &work, &rt, &server.nfs, &server.cpu));
         }
         if only.contains(&Only::Smb) {
-            groups.push(smb::run(&fx, &work, &server.smb));
+            groups.push(smb::run(&fx, &work, &server.smb, &server.cpu));
         }
         if only.contains(&Only::Nlm) {
-            groups.push(nlm::run(&fx, &work, &server.nfs));
+            groups.push(nlm::run(&fx, &work, &server.nfs, &server.cpu));
         }
         if let Some(d) = server.daemon {
             d.stop();
@@ -121,6 +122,8 @@ fn main() -> Result<()> {
     if only.contains(&Only::Cluster) {
         groups.extend(cluster::run(&work, sizes));
     }
+
+    cpu::cleanup();
 
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut report = format!("{}\nCommand: `{command}`\n", machine::describe(&work, sizes));

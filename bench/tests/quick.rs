@@ -7,17 +7,28 @@
 use std::path::Path;
 use std::process::Command;
 
-/// The cells of every data row of the table under `heading`.
-fn rows(report: &str, heading: &str) -> Vec<Vec<String>> {
+/// The cells of every data row of each table under `heading`, up to the next heading: the
+/// figures table, then the servers' CPU-time table.
+fn tables(report: &str, heading: &str) -> Vec<Vec<Vec<String>>> {
     let start = report.find(heading).unwrap_or_else(|| panic!("no table `{heading}` in:\n{report}"));
-    report[start..]
-        .lines()
-        .skip(1)
-        .skip_while(|l| !l.starts_with('|'))
-        .take_while(|l| l.starts_with('|'))
-        .filter(|l| !l.starts_with("| workload") && !l.starts_with("|---"))
-        .map(|l| l.trim_matches('|').split(" | ").map(|c| c.trim().to_string()).collect())
-        .collect()
+    let section = &report[start + heading.len()..];
+    let section = &section[..section.find("\n### ").unwrap_or(section.len())];
+    let mut tables: Vec<Vec<Vec<String>>> = Vec::new();
+    let mut in_table = false;
+    for l in section.lines() {
+        if !l.starts_with('|') {
+            in_table = false;
+            continue;
+        }
+        if !in_table {
+            tables.push(Vec::new());
+            in_table = true;
+        }
+        if !l.starts_with("| workload") && !l.starts_with("|---") {
+            tables.last_mut().unwrap().push(l.trim_matches('|').split(" | ").map(|c| c.trim().to_string()).collect());
+        }
+    }
+    tables
 }
 
 /// Processes whose command line or an open file names a path under `dir`, as "pid: command".
@@ -44,6 +55,14 @@ fn users_of(dir: &Path) -> Vec<String> {
 
 fn is_figure(cell: &str) -> bool {
     cell.parse::<f64>().is_ok_and(|v| v > 0.0)
+}
+
+/// A median with its spread over rounds: "1234 (1100-1300)", min <= median <= max.
+fn is_figure_with_spread(cell: &str) -> bool {
+    let Some((m, rest)) = cell.split_once(" (") else { return false };
+    let Some((lo, hi)) = rest.strip_suffix(')').and_then(|r| r.split_once('-')) else { return false };
+    let [m, lo, hi] = [m, lo, hi].map(|v| v.parse::<f64>().unwrap_or(-1.0));
+    lo >= 0.0 && lo <= m && m <= hi && m > 0.0
 }
 
 #[test]
@@ -76,18 +95,35 @@ fn quick_run_prints_a_table_per_group_with_figures() {
         ("### Cluster: one shared file", 2, 3, 2),
         ("### Cluster: the SMB rows on 3 nodes", 4, 2, 1),
     ] {
-        let rows = rows(&report, heading);
-        assert_eq!(rows.len(), rows_wanted, "{heading}: {rows:?}");
-        for r in &rows {
-            assert_eq!(r.len(), 2 + servers + ratios, "workload, unit, {servers} servers, {ratios} ratio(s): {r:?}");
-            // nasgw serves both protocols and the anchors run everywhere: every cell has a figure.
-            for (i, cell) in r[2..2 + servers].iter().enumerate() {
-                assert!(is_figure(cell), "{heading}: column {i} has no figure for `{}`: {r:?}\n{log}", r[0]);
-            }
-            for ratio in &r[2 + servers..] {
-                assert!(ratio.ends_with('x') && is_figure(ratio.trim_end_matches('x')), "{heading}: no ratio: {r:?}");
+        let tables = tables(&report, heading);
+        assert_eq!(tables.len(), 2, "{heading}: a figures table and a CPU-time table: {tables:?}");
+        for (t, rows) in tables.iter().enumerate() {
+            let what = ["figure", "CPU time"][t];
+            assert_eq!(rows.len(), rows_wanted, "{heading}: {rows:?}");
+            for r in rows {
+                assert_eq!(
+                    r.len(),
+                    2 + servers + ratios,
+                    "workload, unit, {servers} servers, {ratios} ratio(s): {r:?}"
+                );
+                // nasgw serves both protocols and the anchors run everywhere: every cell has a
+                // figure (median and min-max spread over rounds), every ratio a value.
+                for (i, cell) in r[2..2 + servers].iter().enumerate() {
+                    assert!(
+                        is_figure_with_spread(cell),
+                        "{heading}: column {i} has no {what} with its spread for `{}`: {r:?}\n{log}",
+                        r[0]
+                    );
+                }
+                for ratio in &r[2 + servers..] {
+                    assert!(
+                        ratio.ends_with('x') && is_figure(ratio.trim_end_matches('x')),
+                        "{heading}: no ratio: {r:?}"
+                    );
+                }
             }
         }
+        assert!(tables[1].iter().all(|r| r[1].starts_with("CPU ")), "{heading}: CPU units: {:?}", tables[1]);
     }
     assert!(
         report.contains("| nasgw, two nodes | Samba+CTDB, two nodes | nasgw, one node |")
