@@ -44,10 +44,10 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
         GlusterCluster::start(GlusterSpec { clients: vec![("c1".into(), "198.18.0.10".into())], ..Default::default() });
     let client_ns = anchors::enter_netns(cluster.topo().ns("c1")).context("enter the client namespace")?;
     let mnt = cluster.mount("c1", &work.join("gluster-mnt"));
-    // Replica 3 on one disk is slow (tens of small files per second through FUSE): the bulk and
-    // small-file rows only, at most 500 small files and 3 rounds.
+    // Replica 3 on one disk is slow (tens of small files per second through FUSE): at most 500
+    // small files, a listed directory of at most 2000 entries, no deltree, at most 3 rounds.
     let sizes = Sizes {
-        list_entries: 0,
+        list_entries: sizes.list_entries.min(2000),
         deltree_files: 0,
         small_files: sizes.small_files.min(500),
         rounds: sizes.rounds.min(3),
@@ -117,7 +117,8 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
     let note = format!(
         "One replica-3 volume: three glusterd with their bricks on the same disk, in network namespaces; clients, \
          nasgw, smbd and Ganesha run on a client host. The raw column is `dd bs=1M` (write with `conv=fsync`) and \
-         small files written from one process through the FUSE mount. Plain reads through a FUSE mount (raw `dd`, \
+         small files written from one process through the FUSE mount; its list and stat rows are `readdir` + `lstat` \
+         of each entry, and `lstat` of each name, through the FUSE mount. Plain reads through a FUSE mount (raw `dd`, \
          smbd, nasgw FUSE) may come from the kernel's page cache of that mount (the file was written through \
          it), while gfapi readers (Ganesha, nasgw gfapi) always fetch from the bricks; the \"caches dropped\" rows \
          empty every cache first (`sync; echo 3 > /proc/sys/vm/drop_caches`), so every reader fetches from \

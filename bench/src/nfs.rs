@@ -166,7 +166,7 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
             Ok(out)
         }),
     );
-    if rows != Rows::Directory {
+    if s.list_entries == 0 {
         return;
     }
     run_row(
@@ -176,6 +176,9 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
         s.rounds,
         &avail,
         Box::new(|i, _| {
+            if local(i) {
+                return target::local_list(fx);
+            }
             rt.block_on(async {
                 let mut sess = nfs_client::connect(ep(i)?).await?;
                 let root = sess.root();
@@ -199,6 +202,9 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
         &avail,
         Box::new(|i, _| {
             let names: Vec<String> = (0..s.list_entries).map(list_entry).collect();
+            if local(i) {
+                return target::local_stat(fx, &names);
+            }
             rt.block_on(async {
                 let mut sess = nfs_client::connect(ep(i)?).await?;
                 let root = sess.root();
