@@ -155,7 +155,7 @@ async fn run(loaded: Loaded) -> Result<()> {
     }
     // The node's own mount, on threads of its own, once SMB and NFS serve.
     let fuse = match &cfg.fuse {
-        Some(f) => Some(crate::fuse::FuseMount::start(f, namespace.clone(), &cfg.volume.name).await?),
+        Some(f) => Some(crate::fuse::FuseMount::start(f, namespace.clone(), locks.clone(), &cfg.volume.name).await?),
         None => None,
     };
     life.tasks.spawn(control::serve(control, handler.clone(), life.stop.clone()));
