@@ -27,7 +27,7 @@ pub fn check(current: u16, request: u16) -> Result<u16, NtStatus> {
 pub fn lock_sequence(msg: &[u8]) -> Option<(usize, u8)> {
     let v = u32::from_le_bytes(msg.get(64 + 4..64 + 8)?.try_into().ok()?);
     let bucket = (v >> 4) as usize;
-    (1..=64).contains(&bucket).then_some((bucket - 1, (v & 0xf) as u8))
+    (1..=64).contains(&bucket).then(|| (bucket - 1, (v & 0xf) as u8))
 }
 
 /// A durable open's lock-sequence buckets (each the number of the last LOCK that succeeded in
