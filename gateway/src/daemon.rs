@@ -78,7 +78,7 @@ async fn run(loaded: Loaded) -> Result<()> {
             }
         }));
         let hub = namespace.changes().clone();
-        locks.set_events(Box::new(move |b| hub.receive(b)));
+        locks.add_events(Box::new(move |b| hub.receive(b)));
     }
     // Share folders for their writers (a fresh volume needs no admin chown). A local directory
     // is ready now, so the first client already finds them; a GlusterFS volume once it answers.

@@ -27,6 +27,8 @@ pub mod conn;
 pub mod copychunk;
 pub mod dosattrib;
 pub mod durable;
+pub mod durable_cluster;
+pub mod durable_replay;
 pub mod encryption;
 pub mod file_state;
 pub mod fs;
@@ -106,6 +108,10 @@ pub struct SmbServer {
     pub resume_keys: copychunk::ResumeKeys,
     /// Durable opens by persistent FileId, those whose connection was lost included.
     pub durable: durable::DurableTable,
+    /// Persistent opens held through other nodes (what a reconnect here may reclaim).
+    pub cluster_opens: durable_cluster::ClusterOpens,
+    /// This node is part of a `[cluster]` (every node serves every share).
+    pub clustered: bool,
 }
 
 impl SmbServer {
@@ -147,6 +153,8 @@ impl SmbServer {
             watches: notify::Watches::default(),
             resume_keys: copychunk::ResumeKeys::default(),
             durable: durable::DurableTable::new(locks.node()),
+            cluster_opens: durable_cluster::ClusterOpens::default(),
+            clustered: cfg.cluster.is_some(),
             locks,
         }
     }
@@ -217,7 +225,16 @@ pub async fn start(
     let listener = TcpListener::bind(cfg.smb.listen)
         .await
         .with_context(|| format!("cannot listen for SMB on {}", cfg.smb.listen))?;
-    let server = Arc::new(SmbServer::new(cfg, ns, locks));
+    let server = Arc::new(SmbServer::new(cfg, ns, locks.clone()));
+    if cfg.cluster.is_some() {
+        // Persistent opens of other nodes, announced on the lock mesh.
+        let s = Arc::downgrade(&server);
+        locks.add_events(Box::new(move |b| {
+            if let Some(s) = s.upgrade() {
+                s.cluster_opens.receive(b);
+            }
+        }));
+    }
     tracing::info!(listen = %cfg.smb.listen, shares = server.shares.len(), "SMB service listening");
     let stop = life.stop.clone();
     life.tasks.spawn(crate::listener::accept_loop(
