@@ -19,6 +19,7 @@
 
 pub mod machine;
 pub mod mesh;
+pub mod posix_view;
 pub mod record;
 pub mod service;
 #[cfg(test)]
