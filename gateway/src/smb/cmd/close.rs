@@ -43,6 +43,7 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
             crate::locks::CloseOutcome::default()
         }
     };
+    server.volume_locks.close(f.id, f.key);
     if let Some(s) = &f.state.stream {
         if out.delete {
             // Delete-on-close of a stream removes the stream, never the file.
