@@ -10,6 +10,7 @@ pub mod kclient;
 pub mod netns;
 pub mod pjdfstest;
 pub mod process;
+pub mod smb_locker;
 pub mod vm;
 
 use std::path::{Path, PathBuf};
