@@ -6,6 +6,7 @@
 //! loopback; Ganesha's rpcbind gets port 111 there), so a run never disturbs other daemons on
 //! the machine. Needs root.
 
+mod cluster;
 mod fixture;
 mod gluster;
 mod machine;
@@ -33,6 +34,8 @@ enum Only {
     Smb,
     /// GlusterFS: raw FUSE mount, nasgw (FUSE, gfapi), Samba on FUSE, Ganesha FSAL_GLUSTER.
     Gluster,
+    /// Cluster: one shared file from two clients through two nodes vs one (3 nasgw nodes).
+    Cluster,
 }
 
 /// Benchmarks nasgw against its anchors with real clients and prints markdown tables.
@@ -42,7 +45,7 @@ struct Args {
     /// Small sizes (32 MiB bulk, 200 files, 1000 entries, one round): checks the plumbing.
     #[arg(long)]
     quick: bool,
-    /// Run only these groups (repeat or comma-separate); default: nfs and smb.
+    /// Run only these groups (repeat or comma-separate); default: nfs, smb and cluster.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Only>,
     /// Rounds per workload (the median is reported); default 5, or 1 with --quick.
@@ -74,7 +77,7 @@ fn main() -> Result<()> {
     if let Some(r) = args.rounds {
         sizes.rounds = r.max(1);
     }
-    let only = if args.only.is_empty() { vec![Only::Nfs, Only::Smb] } else { args.only.clone() };
+    let only = if args.only.is_empty() { vec![Only::Nfs, Only::Smb, Only::Cluster] } else { args.only.clone() };
 
     let (_keep, work) = match &args.dir {
         Some(d) => {
@@ -106,6 +109,9 @@ fn main() -> Result<()> {
     }
     if only.contains(&Only::Gluster) {
         groups.extend(gluster::run(&work, sizes, &rt)?);
+    }
+    if only.contains(&Only::Cluster) {
+        groups.push(cluster::run(sizes));
     }
 
     let command = std::env::args().collect::<Vec<_>>().join(" ");

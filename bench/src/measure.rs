@@ -23,7 +23,7 @@ impl Done {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         match unit {
             Unit::Megabytes => self.amount as f64 / 1e6 / secs,
-            Unit::Files | Unit::Entries => self.amount as f64 / secs,
+            Unit::Files | Unit::Entries | Unit::Operations => self.amount as f64 / secs,
         }
     }
 }

@@ -11,6 +11,8 @@ pub enum Unit {
     Files,
     /// Directory entries listed per second.
     Entries,
+    /// Operation pairs (open+close, lock+unlock) per second.
+    Operations,
 }
 
 impl Unit {
@@ -20,6 +22,7 @@ impl Unit {
             Unit::Megabytes => "MB/s",
             Unit::Files => "files/s",
             Unit::Entries => "entries/s",
+            Unit::Operations => "ops/s",
         }
     }
 }

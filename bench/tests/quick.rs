@@ -27,7 +27,7 @@ fn quick_run_prints_a_table_per_group_with_figures() {
     assert!(nasgw_tests::is_root(), "the bench needs root (network namespace, rpcbind): run as scripts/test does");
     let out_dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--quick", "--only", "nfs,smb", "--out"])
+        .args(["--quick", "--only", "nfs,smb,cluster", "--out"])
         .arg(out_dir.path())
         .env("NASGW_BIN", nasgw_tests::nasgw_bin())
         .output()
@@ -36,7 +36,12 @@ fn quick_run_prints_a_table_per_group_with_figures() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed ({}):\n{report}\n{log}", out.status);
     println!("{report}");
-    for (heading, rows_wanted) in [("### NFSv3: nasgw vs NFS-Ganesha", 5), ("### SMB3: nasgw vs Samba smbd", 5)] {
+    // The cluster table's columns are nasgw through two nodes and through one.
+    for (heading, rows_wanted) in [
+        ("### NFSv3: nasgw vs NFS-Ganesha", 5),
+        ("### SMB3: nasgw vs Samba smbd", 5),
+        ("### Cluster: one shared file", 2),
+    ] {
         let rows = rows(&report, heading);
         assert_eq!(rows.len(), rows_wanted, "{heading}: {rows:?}");
         for r in &rows {

@@ -275,6 +275,17 @@ fn start_echo(port: u16, connections: Arc<ConnectionTable>, listeners: ListenerH
     Ok(())
 }
 
+impl ClusterNode {
+    /// A function listing the public addresses HA assigns to this node now.
+    pub fn held_addresses(&self) -> Box<dyn Fn() -> Vec<std::net::IpAddr> + Send + Sync> {
+        let ha = self.ha.clone();
+        Box::new(move || {
+            let ip = ha.view().ip;
+            ip.addresses.iter().filter(|a| a.owner == Some(ip.this_node)).map(|a| a.address).collect()
+        })
+    }
+}
+
 impl Handler for ClusterNode {
     fn alive(&self) -> Result<(), String> {
         let idle = self.ha.since_last_turn();

@@ -88,25 +88,35 @@ async fn run(loaded: Loaded) -> Result<()> {
             });
         }
     }
-    if cfg.nfs.enabled {
-        crate::nfs::start(&cfg, namespace.clone(), locks.clone(), connections.clone(), &life).await?;
+    let nfs = if cfg.nfs.enabled {
+        let s = crate::nfs::start(&cfg, namespace.clone(), locks.clone(), connections.clone(), &life).await?;
         listeners.up("nfs");
-    }
+        Some(s)
+    } else {
+        None
+    };
     if cfg.smb.enabled {
         crate::smb::start(&cfg, namespace.clone(), locks.clone(), connections.clone(), life.clone()).await?;
         listeners.up("smb");
     }
     let volume_health = gluster.as_ref().map(GlusterService::health);
     let handler: Arc<dyn control::Handler> = match &cfg.cluster {
-        Some(cluster) => Arc::new(crate::cluster::start(
-            &cfg,
-            cluster,
-            connections.clone(),
-            listeners.clone(),
-            gluster.as_ref(),
-            locks.clone(),
-            &life,
-        )?),
+        Some(cluster) => {
+            let node = crate::cluster::start(
+                &cfg,
+                cluster,
+                connections.clone(),
+                listeners.clone(),
+                gluster.as_ref(),
+                locks.clone(),
+                &life,
+            )?;
+            // NLM's grace periods and notifications follow the public addresses HA gives this node.
+            if let Some(nlm) = nfs.as_ref().and_then(|n| n.nlm()) {
+                nlm.follow(node.held_addresses());
+            }
+            Arc::new(node)
+        }
         None => Arc::new(StandaloneNode::new(cfg.clone(), volume_health)),
     };
     if let Some(m) = &cfg.metrics {

@@ -3,17 +3,20 @@ cipher: SMB 3.0.2 (AES-128-CCM) and SMB 3.1.1 with each of AES-128-GCM, AES-128-
 AES-256-GCM and AES-256-CCM offered alone. Each writes and reads back a file through an
 encrypted session and checks that every message the server sent after the session was set up
 was a TRANSFORM (0xFD 'SMB'), never plaintext. Then, on a share that requires encryption, a
-request sent unencrypted is refused with ACCESS_DENIED.
+request sent unencrypted is refused with ACCESS_DENIED; an oplock break for an encrypting
+session's open arrives as a TRANSFORM; and a tampered encrypted message closes the connection.
 
 Usage: smbprotocol_encrypt.py HOST PORT SHARE USER PASSWORD REQUIRED_SHARE
 Prints one line per check and "ALL OK"; exits non-zero on the first failure.
 """
 import os
 import sys
+import threading
+import time
 import uuid
 
 from smbprotocol import transport
-from smbprotocol.connection import Ciphers, Connection, Dialects
+from smbprotocol.connection import Ciphers, Connection, Dialects, SMB2TransformHeader
 from smbprotocol.exceptions import SMBConnectionClosed, SMBResponseException
 from smbprotocol.open import (
     CreateDisposition,
@@ -22,6 +25,7 @@ from smbprotocol.open import (
     FilePipePrinterAccessMask,
     ImpersonationLevel,
     Open,
+    RequestedOplockLevel,
     ShareAccess,
 )
 from smbprotocol.session import Session
@@ -35,10 +39,16 @@ seen = []
 _recv = transport.Tcp.recv
 
 
+# Small messages each transport received, whole (to find an oplock break).
+small = {}
+
+
 def recv(self, timeout):
     b = _recv(self, timeout)
     if b:
         seen.append(bytes(b[:4]))
+        if len(b) < 1024:
+            small.setdefault(id(self), []).append(bytes(b))
     return b
 
 
@@ -69,15 +79,16 @@ def check(name, cond):
     print(f"ok   {name}")
 
 
-def open_file(tree, name, disposition):
+def open_file(tree, name, disposition, oplock=RequestedOplockLevel.SMB2_OPLOCK_LEVEL_NONE):
     f = Open(tree, name)
     f.create(
         ImpersonationLevel.Impersonation,
         FilePipePrinterAccessMask.GENERIC_READ | FilePipePrinterAccessMask.GENERIC_WRITE | FilePipePrinterAccessMask.DELETE,
         FileAttributes.FILE_ATTRIBUTE_NORMAL,
-        ShareAccess.FILE_SHARE_READ,
+        ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE,
         disposition,
         CreateOptions.FILE_NON_DIRECTORY_FILE,
+        oplock_level=oplock,
     )
     return f
 
@@ -165,6 +176,39 @@ f = open_file(tree, "enc-required.bin", CreateDisposition.FILE_OPEN)
 check("the session still works encrypted after the refusal", f.read(0, 6) == b"sealed")
 f.close()
 conn.disconnect()
+
+# An oplock break for an encrypting session's open goes out encrypted: A holds a batch oplock,
+# B's open of the file breaks it; A's connection is then dropped, which lets B's open finish.
+conn_a, sess_a = session(Dialects.SMB_3_1_1, None)
+tree_a = TreeConnect(sess_a, rf"\\{host}\{share}")
+tree_a.connect()
+fa = open_file(tree_a, "enc-oplock.bin", CreateDisposition.FILE_OVERWRITE_IF, RequestedOplockLevel.SMB2_OPLOCK_LEVEL_BATCH)
+check("A holds a batch oplock", fa.oplock_level == RequestedOplockLevel.SMB2_OPLOCK_LEVEL_BATCH)
+a_msgs = small.setdefault(id(conn_a.transport), [])
+before = len(a_msgs)
+conn_b, sess_b = session(Dialects.SMB_3_1_1, None)
+tree_b = TreeConnect(sess_b, rf"\\{host}\{share}")
+tree_b.connect()
+b_result = []
+tb = threading.Thread(target=lambda: b_result.append(open_file(tree_b, "enc-oplock.bin", CreateDisposition.FILE_OPEN)))
+tb.start()
+brk = None
+deadline = time.monotonic() + 20
+while brk is None and time.monotonic() < deadline:
+    for m in a_msgs[before:]:
+        check("the break reached A as a TRANSFORM", m[:4] == b"\xfdSMB")
+        th = SMB2TransformHeader()
+        th.unpack(m)
+        plain = conn_a._decrypt(th)
+        if plain[12:14] == b"\x12\x00":
+            brk = plain
+    time.sleep(0.05)
+check("A got an encrypted oplock break", brk is not None)
+conn_a.transport.close()
+tb.join(20)
+check("B's open finished once A was gone", len(b_result) == 1)
+b_result[0].close()
+conn_b.disconnect()
 
 # A message that does not decrypt closes the connection.
 conn, sess = session(Dialects.SMB_3_1_1, None)

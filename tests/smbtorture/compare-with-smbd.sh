@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs the smbtorture suites against Samba's smbd on the seed's guest share configuration and
 # prints the subtests it passes (suite.subtest), for pass-smbd-4.17.txt.
-# Usage: compare-with-smbd.sh PORT   (smbd is started and stopped by this script, by PID)
+# Usage: compare-with-smbd.sh PORT [SUITE...]   (smbd is started and stopped by this script, by PID;
+# without suites: the ones smb_torture.rs runs)
 set -euo pipefail
 PORT=${1:-14446}
 T=$(mktemp -d)
@@ -28,11 +29,15 @@ guest ok = yes
 guest only = yes
 force user = root
 CONF
-smbd -F --no-process-group --debug-stdout -s $T/smb.conf > $T/smbd.log 2>&1 &
+# setsid: with --no-process-group, smbd answers SIGTERM by signalling its whole process group.
+setsid smbd -F --no-process-group --debug-stdout -s $T/smb.conf > $T/smbd.log 2>&1 &
 SMBD=$!
 trap 'kill $SMBD 2>/dev/null; rm -rf $T' EXIT
 for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
-for s in smb2.connect smb2.read smb2.rw smb2.dir smb2.getinfo smb2.setinfo smb2.lock smb2.rename smb2.create smb2.delete-on-close-perms smb2.sharemode; do
+shift || true
+SUITES=("$@")
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(smb2.connect smb2.read smb2.rw smb2.dir smb2.getinfo smb2.setinfo smb2.lock smb2.rename smb2.create smb2.delete-on-close-perms smb2.sharemode)
+for s in "${SUITES[@]}"; do
   timeout 300 smbtorture //127.0.0.1/pub -U% -p $PORT --format=subunit $s > $T/res/$s.out 2>&1 &
 done
 wait $(jobs -p | grep -v "^$SMBD$") 2>/dev/null || true

@@ -112,3 +112,31 @@ pub fn run_on_tap(tap: &str, netns: &str, script: &str, env: &[(&str, &str)], ti
     cmd.arg(&file).env("KCLIENT_NET", format!("tap:{tap}@{netns}"));
     cmd.output().expect("run kclient")
 }
+
+/// [`run_on_tap`] with `files` copied into the guest's `$KCLIENT_JOB/files/`, started in the
+/// background: the test talks to the guest meanwhile; [`std::process::Child::wait_with_output`]
+/// collects what it printed.
+pub fn spawn_on_tap(
+    tap: &str,
+    netns: &str,
+    script: &str,
+    env: &[(&str, &str)],
+    files: &[&Path],
+    timeout_s: u32,
+) -> (tempfile::TempDir, std::process::Child) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("guest.sh");
+    std::fs::write(&file, script).expect("write guest script");
+    let mut cmd = Command::new(kclient_bin());
+    cmd.arg("run").arg("-t").arg(timeout_s.to_string());
+    for (k, v) in env {
+        cmd.arg("-e").arg(format!("{k}={v}"));
+    }
+    for f in files {
+        cmd.arg("-f").arg(f);
+    }
+    cmd.arg(&file).env("KCLIENT_NET", format!("tap:{tap}@{netns}"));
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("run kclient");
+    (dir, child)
+}

@@ -5,9 +5,11 @@
 //! Nothing here fakes a part: daemons are the real binary, namespaces are real kernel ones.
 
 pub mod anchors;
+pub mod cluster;
 pub mod gluster;
 pub mod kclient;
 pub mod netns;
+pub mod nlm;
 pub mod pjdfstest;
 pub mod process;
 pub mod smb_locker;

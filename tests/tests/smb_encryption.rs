@@ -1,6 +1,6 @@
 //! SMB 3 encryption with real clients: smbclient `--client-protection=encrypt` put/get as a
 //! user (3.0 and 3.1.1), Python smbprotocol on 3.0.2 and on 3.1.1 with each of the four
-//! ciphers (every reply a TRANSFORM), the Linux kernel's `mount -t cifs -o seal` (3.0, 3.1.1)
+//! ciphers (every reply a TRANSFORM, an oplock break too), the Linux kernel's `mount -t cifs -o seal` (3.0, 3.1.1)
 //! in a kclient VM, a share with `encryption = "required"` refusing clients that cannot
 //! encrypt (SMB 2.x, guests) and unencrypted requests, a tampered message closing the
 //! connection, `[smb] encryption = "required"`

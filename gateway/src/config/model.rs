@@ -210,6 +210,10 @@ pub struct NfsConfig {
     /// Most simultaneous client connections; more wait in the kernel's backlog.
     #[serde(default = "default_nfs_max_connections")]
     pub max_connections: usize,
+    /// NLM grace period after a restart or takeover of an address whose clients held locks:
+    /// only reclaims are granted meanwhile.
+    #[serde(default = "default_nfs_grace_period_ms")]
+    pub grace_period_ms: u64,
 }
 
 impl Default for NfsConfig {
@@ -225,8 +229,13 @@ impl Default for NfsConfig {
             anon_gid: default_anon_id(),
             allow_auth_none: false,
             max_connections: default_nfs_max_connections(),
+            grace_period_ms: default_nfs_grace_period_ms(),
         }
     }
+}
+
+fn default_nfs_grace_period_ms() -> u64 {
+    90_000
 }
 
 fn default_nfs_clients() -> Vec<IpNet> {

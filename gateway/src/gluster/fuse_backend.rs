@@ -274,6 +274,10 @@ impl Backend for FuseBackend {
         cur.map_or(0, |b| b.release_removed())
     }
 
+    fn owner_locks(&self, id: &FileId, owner: &[u8]) -> VfsResult<Box<dyn crate::vfs::backend::OwnerLocks>> {
+        self.backend()?.owner_locks(id, owner)
+    }
+
     fn sync_all(&self) -> VfsResult<()> {
         // Nothing to flush when the volume is not mounted (and never wait for it on shutdown).
         let cur = self.current.lock().expect("lock").take();

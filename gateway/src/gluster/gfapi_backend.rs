@@ -356,6 +356,15 @@ impl GfapiBackend {
 use std::os::unix::ffi::OsStrExt;
 
 impl Backend for GfapiBackend {
+    fn owner_locks(&self, id: &FileId, owner: &[u8]) -> VfsResult<Box<dyn crate::vfs::backend::OwnerLocks>> {
+        let vol = self.vol()?;
+        let (node, _) = self.regular(&vol, id)?;
+        let f = vol.open(&node.obj, libc::O_RDWR)?;
+        // The bricks know a lock's owner by (client, lock owner): each NLM owner is its own.
+        f.set_lock_owner(owner)?;
+        Ok(Box::new(GfapiOwnerLocks(f)))
+    }
+
     fn volume_id(&self) -> VolumeId {
         volume_id(&self.name)
     }
@@ -917,6 +926,24 @@ impl Backend for GfapiBackend {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// One lock owner's descriptor of a file (`glfs_fd_set_lkowner`), its locks held by the bricks.
+struct GfapiOwnerLocks(File);
+
+impl crate::vfs::backend::OwnerLocks for GfapiOwnerLocks {
+    fn set(&self, kind: i32, start: u64, len: u64) -> VfsResult<()> {
+        match crate::vfs::backend::flock_of(kind, start, len) {
+            Some(mut fl) => Ok(self.0.posix_lock(libc::F_SETLK, &mut fl)?),
+            None => Ok(()),
+        }
+    }
+
+    fn test(&self, kind: i32, start: u64, len: u64) -> VfsResult<Option<(bool, u64, u64)>> {
+        let Some(mut fl) = crate::vfs::backend::flock_of(kind, start, len) else { return Ok(None) };
+        self.0.posix_lock(libc::F_GETLK, &mut fl)?;
+        Ok(crate::vfs::backend::conflict_of(&fl))
     }
 }
 

@@ -1825,8 +1825,17 @@ fn execute(record: &mut FileRecord, op: &Op, first: bool, notices: &mut Vec<Brea
                 Answer::Done
             })
         }
-        Op::Unlock { owner, offset, len } => record.unlock(*owner, *offset, *len).map(|()| Answer::Done),
+        Op::Unlock { owner, offset, len } => {
+            if let Owner::Posix { node, id } = *owner {
+                // An owner's unlock through another node after its node died covers its orphans.
+                record.adopt_posix(node, id);
+            }
+            record.unlock(*owner, *offset, *len).map(|()| Answer::Done)
+        }
         Op::UnlockAll(owner) => {
+            if let Owner::Posix { node, id } = *owner {
+                record.adopt_posix(node, id);
+            }
             record.unlock_all(*owner);
             Ok(Answer::Done)
         }

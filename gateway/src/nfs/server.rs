@@ -1,6 +1,7 @@
-//! The NFS service: one TCP listener serving NFSv3 and MOUNT v3 (and the portmapper program,
-//! also on its own optional listener), with requests of one connection processed concurrently
-//! and answered in any order.
+//! The NFS service: one TCP listener serving NFSv3 and MOUNT v3, NLM and NSM (and the
+//! portmapper program, also on its own optional listener), with requests of one connection
+//! processed concurrently and answered in any order; the same port over UDP serves MOUNT, NLM,
+//! NSM and the portmapper (see [`super::udp`]).
 //!
 //! Per connection: a reader task splits the byte stream into records ([`RecordReader`], which
 //! refuses fragments over [`super::rpc::MAX_FRAGMENT`]; a malformed header closes the
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use ha::connections::{ConnectionTable, TcpConnection};
 use nfs3_types::mount::{dirpath, export_node, exports, fhandle3, mountres3, mountres3_ok, mountstat3, name};
-use nfs3_types::portmap::mapping;
 use nfs3_types::xdr_codec::{List, Opaque, Pack};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, Interest};
@@ -26,21 +26,26 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 
-use super::args::{decode_mount, decode_nfs, decode_pmap_mapping, procs, MountArgs, NfsArgs, MAX_IO};
+use super::args::{decode_mount, decode_nfs, procs, MountArgs, NfsArgs, MAX_IO};
 use super::budget::{self, ReplyBudget, Reservation};
 use super::export::ExportPolicy;
 use super::handle::{HandleCodec, HandleError};
+use super::nlm::{self, NlmService, Peer};
+use super::portmap::Portmap;
 use super::proc;
 use super::record::RecordReader;
 use super::rpc::{self, AuthFailure, Call, CallError, ReplyStatus};
 use crate::config::Config;
 use crate::daemon::Lifecycle;
+use crate::locks::LockService;
 use crate::vfs::{Credentials, FileId, FileSlice, FileType, Namespace, ReadData};
 
 /// RPC program numbers served.
 const NFS_PROGRAM: u32 = 100_003;
 const MOUNT_PROGRAM: u32 = 100_005;
 const PORTMAP_PROGRAM: u32 = 100_000;
+const NLM_PROGRAM: u32 = nlm::wire::PROGRAM;
+const NSM_PROGRAM: u32 = super::nsm::PROGRAM;
 
 /// Calls of one connection executing at once.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -64,8 +69,10 @@ pub struct NfsServer {
     /// Changes on every start, so a client holding UNSTABLE data resends it after a restart.
     pub(super) write_verifier: [u8; 8],
     export: String,
-    nfs_port: u16,
-    portmap_port: Option<u16>,
+    /// What the portmapper answers.
+    portmap: Portmap,
+    /// The lock manager (NLM and NSM), once started.
+    nlm: std::sync::OnceLock<Arc<NlmService>>,
     /// Memory the calls in flight and their unsent replies may hold (see [`ReplyBudget`]).
     pub(super) budget: ReplyBudget,
     /// How long a connection may stay open without sending a first RPC call.
@@ -103,8 +110,8 @@ impl NfsServer {
             policy,
             write_verifier,
             export: export.to_string(),
-            nfs_port,
-            portmap_port,
+            portmap: Portmap::nasgw(nfs_port, portmap_port),
+            nlm: std::sync::OnceLock::new(),
             budget: ReplyBudget::default(),
             first_call_timeout: FIRST_CALL_TIMEOUT,
             sharing: super::sharing::NfsSharing::new(locks),
@@ -119,6 +126,11 @@ impl NfsServer {
         })
     }
 
+    /// The lock manager, when NFS serves locks.
+    pub fn nlm(&self) -> Option<&Arc<NlmService>> {
+        self.nlm.get()
+    }
+
     /// The handle of the export root (what MOUNT returns).
     pub fn root_handle(&self) -> Vec<u8> {
         self.handles.encode(&self.ns.root())
@@ -128,6 +140,7 @@ impl NfsServer {
     /// stops (in-flight calls finish first).
     pub async fn serve_connection(self: Arc<Self>, stream: TcpStream, conn: TcpConnection, life: Lifecycle) {
         let client = conn.client;
+        let server = conn.server.ip();
         let (rd, wr) = stream.into_split();
         let mut rd = RecordReader::new(rd);
         // Each call writes its own reply when done (no hand-off to a writer task).
@@ -194,16 +207,18 @@ impl NfsServer {
             // (calls take microseconds) and never for calls that may wait for the disk, which
             // would hold up calls the client sends meanwhile.
             let alone = in_flight.available_permits() == MAX_IN_FLIGHT - 1 && rd.buffered() == 0;
-            let syncs = call.prog == NFS_PROGRAM && matches!(call.proc_, procs::WRITE | procs::COMMIT);
+            // Lock calls may wait (a reclaim for the cluster's lock table to settle).
+            let syncs = call.prog == NFS_PROGRAM && matches!(call.proc_, procs::WRITE | procs::COMMIT)
+                || call.prog == NLM_PROGRAM;
             if local && alone && !syncs {
-                let reply = self.dispatch(&call, &record, client.ip()).await;
+                let reply = self.dispatch(&call, &record, client, server).await;
                 tx.send(reply).await;
                 drop((permit, memory));
                 continue;
             }
             let (me, tx) = (self.clone(), tx.clone());
             life.tasks.spawn(async move {
-                let reply = me.dispatch(&call, &record, client.ip()).await;
+                let reply = me.dispatch(&call, &record, client, server).await;
                 tx.send(reply).await;
                 drop((permit, memory));
             });
@@ -212,11 +227,12 @@ impl NfsServer {
         let _ = in_flight.acquire_many(MAX_IN_FLIGHT as u32).await;
     }
 
-    /// Answers one call (any program) with a complete reply record, and counts it in the
-    /// metrics (operation, latency, status, bytes read).
-    pub async fn dispatch(&self, call: &Call, record: &[u8], client: IpAddr) -> Reply {
+    /// Answers one call (any program) from `client` to local address `server` with a complete
+    /// reply record (empty: no reply at all), and counts it in the metrics (operation, latency,
+    /// status, bytes read).
+    pub async fn dispatch(&self, call: &Call, record: &[u8], client: SocketAddr, server: IpAddr) -> Reply {
         let started = std::time::Instant::now();
-        let reply = self.answer(call, record, client).await;
+        let reply = self.answer(call, record, client, server).await;
         let stats = match call.prog {
             NFS_PROGRAM => &crate::metrics::NFS,
             MOUNT_PROGRAM => &crate::metrics::MOUNT,
@@ -229,18 +245,52 @@ impl NfsServer {
         reply
     }
 
-    async fn answer(&self, call: &Call, record: &[u8], client: IpAddr) -> Reply {
+    async fn answer(&self, call: &Call, record: &[u8], peer: SocketAddr, server: IpAddr) -> Reply {
         let args = &record[call.args_at..];
+        let client = peer.ip();
         let bytes = match (call.prog, call.vers) {
             (NFS_PROGRAM, 3) => return self.dispatch_nfs(call, args, client).await,
             (NFS_PROGRAM, _) => rpc::reply_only(call.xid, ReplyStatus::ProgMismatch(3, 3)),
             (MOUNT_PROGRAM, 3) => self.dispatch_mount(call, args, client).await,
             (MOUNT_PROGRAM, _) => rpc::reply_only(call.xid, ReplyStatus::ProgMismatch(3, 3)),
-            (PORTMAP_PROGRAM, 2) => self.dispatch_portmap(call, args),
-            (PORTMAP_PROGRAM, _) => rpc::reply_only(call.xid, ReplyStatus::ProgMismatch(2, 2)),
+            (PORTMAP_PROGRAM, v) => match self.portmap.answer(v, call.proc_, args, server) {
+                Ok(body) => {
+                    let mut out = rpc::begin_reply(call.xid, ReplyStatus::Success, body.len());
+                    out.extend_from_slice(&body);
+                    rpc::finish_reply(out)
+                }
+                Err(status) => rpc::reply_only(call.xid, status),
+            },
+            (NLM_PROGRAM | NSM_PROGRAM, _) => return self.dispatch_locks(call, args, peer, server).await,
             _ => rpc::reply_only(call.xid, ReplyStatus::ProgUnavail),
         };
         Reply::from(bytes)
+    }
+
+    /// NLM and NSM calls, for clients the export admits.
+    async fn dispatch_locks(&self, call: &Call, args: &[u8], client: SocketAddr, server: IpAddr) -> Reply {
+        let Some(nlm) = self.nlm.get() else {
+            return rpc::reply_only(call.xid, ReplyStatus::ProgUnavail).into();
+        };
+        if call.proc_ != 0 && !self.policy.allows(client.ip()) {
+            tracing::info!(client = %client.ip(), "NLM: client not in [nfs] clients, refused");
+            return rpc::reply_only(call.xid, ReplyStatus::AuthError(AuthFailure::TooWeak)).into();
+        }
+        let peer = Peer { client, server };
+        let answer = if call.prog == NLM_PROGRAM {
+            nlm.call(peer, call.vers, call.proc_, args).await
+        } else {
+            nlm.nsm_call(peer, call.vers, call.proc_, args).await
+        };
+        match answer {
+            nlm::Answer::Body(body) => {
+                let mut out = rpc::begin_reply(call.xid, ReplyStatus::Success, body.len());
+                out.extend_from_slice(&body);
+                rpc::finish_reply(out).into()
+            }
+            nlm::Answer::Status(s) => rpc::reply_only(call.xid, s).into(),
+            nlm::Answer::Silent => Reply::from(Vec::new()),
+        }
     }
 
     async fn dispatch_nfs(&self, call: &Call, args: &[u8], client: IpAddr) -> Reply {
@@ -353,38 +403,6 @@ impl NfsServer {
             }
         };
         Ok(self.handles.encode(&id))
-    }
-
-    fn dispatch_portmap(&self, call: &Call, args: &[u8]) -> Vec<u8> {
-        let mut out = rpc::begin_reply(call.xid, ReplyStatus::Success, 128);
-        match call.proc_ {
-            0 => {}
-            // SET / UNSET: this portmapper only knows nasgw's own programs.
-            1 | 2 => false.pack(&mut out).map(|_| ()).expect("Vec"),
-            3 => {
-                let Ok((prog, vers, prot, _)) = decode_pmap_mapping(args) else {
-                    return rpc::reply_only(call.xid, ReplyStatus::GarbageArgs);
-                };
-                let port = match (prog, vers, prot) {
-                    (NFS_PROGRAM, 3, 6) | (MOUNT_PROGRAM, 3, 6) => u32::from(self.nfs_port),
-                    (PORTMAP_PROGRAM, 2, 6) => self.portmap_port.map_or(0, u32::from),
-                    _ => 0,
-                };
-                port.pack(&mut out).expect("Vec");
-            }
-            4 => {
-                let mut maps = vec![
-                    mapping { prog: NFS_PROGRAM, vers: 3, prot: 6, port: u32::from(self.nfs_port) },
-                    mapping { prog: MOUNT_PROGRAM, vers: 3, prot: 6, port: u32::from(self.nfs_port) },
-                ];
-                if let Some(p) = self.portmap_port {
-                    maps.push(mapping { prog: PORTMAP_PROGRAM, vers: 2, prot: 6, port: u32::from(p) });
-                }
-                List(maps).pack(&mut out).expect("Vec");
-            }
-            _ => return rpc::reply_only(call.xid, ReplyStatus::ProcUnavail),
-        }
-        rpc::finish_reply(out)
     }
 }
 
@@ -544,11 +562,13 @@ fn load_or_create_key(path: &Path) -> Result<Vec<u8>> {
     Ok(key.to_vec())
 }
 
-/// Starts the NFS listener (and the portmapper one if configured) as tasks of `life`.
+/// Starts the NFS listener, the UDP socket beside it (MOUNT, NLM, NSM), the lock manager, and
+/// the portmapper (TCP and UDP) if configured, as tasks of `life`. Without a portmapper of its
+/// own, nasgw puts its programs in a host rpcbind's table when one answers on 127.0.0.1:111.
 pub async fn start(
     cfg: &Config,
     ns: Namespace,
-    locks: Arc<crate::locks::LockService>,
+    locks: Arc<LockService>,
     connections: Arc<ConnectionTable>,
     life: &Lifecycle,
 ) -> Result<Arc<NfsServer>> {
@@ -556,6 +576,11 @@ pub async fn start(
     let listener =
         TcpListener::bind(nfs.listen).await.with_context(|| format!("cannot listen for NFS on {}", nfs.listen))?;
     let port = listener.local_addr()?.port();
+    let udp_addr = SocketAddr::new(nfs.listen.ip(), port);
+    let udp = Arc::new(
+        super::udp::PktSocket::bind(udp_addr)
+            .with_context(|| format!("cannot listen for NLM, NSM and MOUNT on UDP {udp_addr}"))?,
+    );
     let pmap = match nfs.portmap_listen {
         Some(a) => Some(TcpListener::bind(a).await.with_context(|| {
             format!("cannot listen for the portmapper on {a} (port 111 needs root and no rpcbind running)")
@@ -563,11 +588,43 @@ pub async fn start(
         None => None,
     };
     let pmap_port = pmap.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
+    let pmap_udp = match pmap_port {
+        Some(p) => {
+            let a = SocketAddr::new(nfs.portmap_listen.map_or(nfs.listen.ip(), |a| a.ip()), p);
+            Some(Arc::new(
+                super::udp::PktSocket::bind(a)
+                    .with_context(|| format!("cannot listen for the portmapper on UDP {a}"))?,
+            ))
+        }
+        None => None,
+    };
     let key = handle_key(cfg)?;
-    let server =
-        Arc::new(NfsServer::new(ns, &cfg.volume.name, ExportPolicy::from_config(nfs), &key, port, pmap_port, locks));
+    let server = Arc::new(NfsServer::new(
+        ns,
+        &cfg.volume.name,
+        ExportPolicy::from_config(nfs),
+        &key,
+        port,
+        pmap_port,
+        locks.clone(),
+    ));
     life.tasks.spawn(server.sharing.clone().run(life.stop.clone()));
-    tracing::info!(listen = %nfs.listen, portmap = ?nfs.portmap_listen, export = %cfg.volume.name, "NFS listening");
+    let public =
+        cfg.cluster.as_ref().map_or_else(Vec::new, |c| c.public_addresses.iter().map(|p| p.address.addr()).collect());
+    // A dead node's NLM locks stay in the lock table as orphans of their owners for the grace
+    // period, so nobody (through any address) takes them before their client reclaims them.
+    locks.set_posix_grace(std::time::Duration::from_millis(nfs.grace_period_ms));
+    let nlm = NlmService::new(
+        locks,
+        server.handles.clone(),
+        server.ns.clone(),
+        public,
+        std::time::Duration::from_millis(nfs.grace_period_ms),
+        life.stop.clone(),
+    );
+    nlm.start();
+    let _ = server.nlm.set(nlm);
+    tracing::info!(listen = %nfs.listen, portmap = ?nfs.portmap_listen, export = %cfg.volume.name, "NFS listening (TCP; NLM, NSM and MOUNT also on UDP)");
     let s = server.clone();
     let l = life.clone();
     life.tasks.spawn(crate::listener::accept_loop(
@@ -578,6 +635,13 @@ pub async fn start(
         life.clone(),
         move |stream, conn| s.clone().serve_connection(stream, conn, l.clone()),
     ));
+    for (sock, service) in std::iter::once((udp, "nfs-udp")).chain(pmap_udp.map(|u| (u, "portmap-udp"))) {
+        let s = server.clone();
+        life.tasks.spawn(super::udp::serve(sock, service, life.stop.clone(), move |data, from, to| {
+            let s = s.clone();
+            async move { s.answer_datagram(&data, from, to).await }
+        }));
+    }
     if let Some(pl) = pmap {
         let s = server.clone();
         let l = life.clone();
@@ -589,8 +653,53 @@ pub async fn start(
             life.clone(),
             move |stream, conn| s.clone().serve_connection(stream, conn, l.clone()),
         ));
+    } else {
+        let (map, stop) = (server.portmap.clone(), life.stop.clone());
+        life.tasks.spawn(async move {
+            let host = SocketAddr::from(([127, 0, 0, 1], 111));
+            match super::portmap::register_with_host(host, &map).await {
+                Ok(refused) if refused.is_empty() => {
+                    tracing::info!("NFS: registered MOUNT, NFS, NLM and NSM with the host's rpcbind");
+                }
+                Ok(refused) => {
+                    let progs: Vec<String> = refused.iter().map(|m| format!("{}/{}", m.prog, m.vers)).collect();
+                    tracing::warn!(
+                        refused = %progs.join(" "),
+                        "NFS: the host's rpcbind already has some of nasgw's programs (a kernel lockd or rpc.statd running?): clients reach those instead"
+                    );
+                }
+                Err(_) => {
+                    tracing::debug!("NFS: no portmapper on this host and none configured ([nfs] portmap_listen): clients need port options");
+                    return;
+                }
+            }
+            stop.cancelled().await;
+            super::portmap::unregister_from_host(host, &map).await;
+        });
     }
     Ok(server)
+}
+
+impl NfsServer {
+    /// Answers one datagram (a call over UDP): MOUNT, NLM, NSM and the portmapper; NFS itself
+    /// only over TCP. Returns the reply message, or nothing.
+    async fn answer_datagram(&self, data: &[u8], from: SocketAddr, to: IpAddr) -> Option<Vec<u8>> {
+        let call = match rpc::parse_call(data) {
+            Ok(c) => c,
+            Err(CallError::RpcVersion { xid, .. }) => {
+                return Some(rpc::reply_only(xid, ReplyStatus::RpcMismatch)[4..].to_vec())
+            }
+            Err(CallError::BadCredential { xid }) => {
+                return Some(rpc::reply_only(xid, ReplyStatus::AuthError(AuthFailure::BadCred))[4..].to_vec())
+            }
+            Err(_) => return None,
+        };
+        if call.prog == NFS_PROGRAM {
+            return Some(rpc::reply_only(call.xid, ReplyStatus::ProgUnavail)[4..].to_vec());
+        }
+        let reply = self.dispatch(&call, data, from, to).await;
+        (reply.bytes.len() > 4).then(|| reply.bytes[4..].to_vec())
+    }
 }
 
 #[cfg(test)]

@@ -88,6 +88,56 @@ impl<'a> XdrReader<'a> {
     }
 }
 
+/// Appends XDR values to a buffer (for the small bodies of NLM, NSM and portmapper messages;
+/// NFS replies are encoded with `nfs3_types`).
+#[derive(Debug, Default)]
+pub struct XdrWriter {
+    /// The encoded bytes so far.
+    pub buf: Vec<u8>,
+}
+
+impl XdrWriter {
+    /// Appends to `buf`.
+    pub fn new(buf: Vec<u8>) -> Self {
+        Self { buf }
+    }
+
+    /// An unsigned 32-bit integer.
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    /// An unsigned 64-bit integer.
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    /// A boolean.
+    pub fn bool(&mut self, v: bool) -> &mut Self {
+        self.u32(u32::from(v))
+    }
+
+    /// Fixed-length opaque data (padded to 4).
+    pub fn fixed(&mut self, v: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(v);
+        self.buf.resize(self.buf.len() + (4 - v.len() % 4) % 4, 0);
+        self
+    }
+
+    /// Variable-length opaque data or a string (length, bytes, padding).
+    pub fn opaque(&mut self, v: &[u8]) -> &mut Self {
+        self.u32(v.len() as u32);
+        self.fixed(v)
+    }
+
+    /// The bytes.
+    pub fn into_inner(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +155,18 @@ mod tests {
         assert_eq!(XdrReader::new(&huge).opaque(usize::MAX), Err(XdrError::Truncated));
         assert_eq!(XdrReader::new(&huge).opaque(64), Err(XdrError::TooLong(u32::MAX)));
         assert_eq!(XdrReader::new(&[0, 0, 0, 2]).bool(), Err(XdrError::BadValue(2)));
+    }
+
+    #[test]
+    fn writer_pads_and_reader_reads_it_back() {
+        let mut w = XdrWriter::default();
+        w.opaque(b"abcde").bool(true).u64(7).fixed(b"xy");
+        assert_eq!(w.buf.len(), 4 + 8 + 4 + 8 + 4);
+        let mut r = XdrReader::new(&w.buf);
+        assert_eq!(r.opaque(8).unwrap(), b"abcde");
+        assert!(r.bool().unwrap());
+        assert_eq!(r.u64().unwrap(), 7);
+        assert_eq!(r.fixed(2).unwrap(), b"xy");
+        assert_eq!(r.remaining(), 0);
     }
 }

@@ -94,6 +94,8 @@ pub struct Connection {
     pub compound_fid: Option<(u64, u64)>,
     /// The framing side: where replies go and which async replies are still owed.
     pub link: Link,
+    /// Where breaks of this connection's detached durable opens go (made at the first one).
+    ghost: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
     next_session: u64,
     next_tree: u32,
 }
@@ -206,11 +208,27 @@ impl Connection {
         if persistent == u64::MAX && volatile == u64::MAX {
             return self.compound_fid.map(|(_, v)| v).ok_or(NtStatus::FILE_CLOSED);
         }
-        // Both halves must match: persistent ids equal volatile ones (no durable handles).
-        if persistent != volatile {
+        // Both halves must name the same open.
+        if self.opens.persistent_of(volatile).is_some_and(|p| p != persistent) {
             return Err(NtStatus::FILE_CLOSED);
         }
         Ok(volatile)
+    }
+
+    /// Ends `open` as its session or connection goes away without a CLOSE: a durable open is
+    /// kept for its client's reconnect ([`super::durable::DurableTable::detach`]), anything
+    /// else is released.
+    pub async fn end_open(&mut self, open: super::cmd::open::Open) {
+        let server = self.server.clone();
+        let mut open = open;
+        if server.durable.is_durable(open.persistent) {
+            let to = self.ghost.get_or_insert_with(|| server.durable.ghost(&server)).clone();
+            match server.durable.detach(&server, open, &to) {
+                None => return,
+                Some(o) => open = o,
+            }
+        }
+        cmd::close::release(&server, open).await.ok(); // logged there
     }
 
     /// Cancels pending operations waiting on open `volatile` (its handle is closing).
@@ -286,6 +304,7 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
         opens: OpenTable::default(),
         compound_fid: None,
         link: Link::new(FrameWriter::new(wr)),
+        ghost: None,
         next_session: 0,
         next_tree: 0,
     };
@@ -293,24 +312,33 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
     // Stop interrupts the loop wherever it waits, including a reply to a client that does not
     // read. Handlers never wait in the middle (backend calls run in place), so it is always
     // between requests or on the socket: the cleanup below then sees consistent state.
+    // Only a lost client keeps its durable opens: a stopping daemon or an evicted node
+    // releases everything.
+    let mut lost = false;
     tokio::select! {
         _ = stop.cancelled() => {}
         _ = evict.cancelled() => {
             tracing::warn!(client = %conn.tcp.client, "SMB: closing connection: this node left the cluster's file-sharing view");
         }
         why = command_loop(&mut conn, &mut frames) => {
+            lost = true;
             if let Some(why) = why {
                 tracing::info!(client = %conn.tcp.client, why, "SMB: closing connection");
             }
         }
     }
-    // Disconnect: cancel waiters, close every open (delete-on-close and locks are released).
+    // Disconnect: cancel waiters, close every open (delete-on-close and locks are released)
+    // but the durable ones, which wait for their client's reconnect.
     for op in conn.link.pending.lock().unwrap_or_else(|e| e.into_inner()).values() {
         op.cancel.cancel();
     }
+    let server = conn.server.clone();
     for id in conn.opens.all_ids() {
-        if let Some(open) = conn.opens.remove(id) {
-            cmd::close::release(&conn.server.clone(), open).await.ok(); // logged there
+        let Some(open) = conn.opens.remove(id) else { continue };
+        if lost {
+            conn.end_open(open).await;
+        } else {
+            cmd::close::release(&server, open).await.ok(); // logged there
         }
     }
     crate::vfs::in_place::drop_deferred();

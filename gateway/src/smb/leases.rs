@@ -199,6 +199,18 @@ impl Breaks {
         h.refs += 1;
     }
 
+    /// The opens using lease `id` moved to another connection (a durable open reconnected,
+    /// or its connection was lost and `to` stands for it): breaks go to `to` now; with
+    /// `oplock_fid`, an oplock's break names that FileId.
+    pub fn redirect(&self, id: &LeaseId, to: mpsc::UnboundedSender<Vec<u8>>, oplock_fid: Option<(u64, u64)>) {
+        if let Some(h) = self.map().get_mut(id) {
+            h.to = to;
+            if oplock_fid.is_some() && h.oplock_fid.is_some() {
+                h.oplock_fid = oplock_fid;
+            }
+        }
+    }
+
     /// An open using lease `id` closed.
     pub fn release(&self, id: &LeaseId) {
         let mut m = self.map();

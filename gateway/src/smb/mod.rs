@@ -14,6 +14,8 @@
 //!   and [`cmd`];
 //! - [`sequence`]: the MessageId window (each granted id used once: no replays);
 //! - [`session`]: sessions, tree connects and opens as named types;
+//! - [`durable`]: durable handles: their create contexts, rules, and the opens that outlive
+//!   their connection;
 //! - [`cmd`]: one file per SMB2 command;
 //! - [`srvsvc`]: the DCE/RPC share-enumeration pipe on `IPC$`.
 
@@ -22,6 +24,7 @@ pub mod cmd;
 pub mod compound;
 pub mod conn;
 pub mod dosattrib;
+pub mod durable;
 pub mod encryption;
 pub mod file_state;
 pub mod fs;
@@ -97,6 +100,8 @@ pub struct SmbServer {
     /// Alternate data streams open on this node, per file (deletion rules between a file and
     /// its streams).
     pub open_streams: streams::OpenStreams,
+    /// Durable opens by persistent FileId, those whose connection was lost included.
+    pub durable: durable::DurableTable,
 }
 
 impl SmbServer {
@@ -133,10 +138,11 @@ impl SmbServer {
             guest_allowed: cfg.smb.shares.iter().any(|s| s.guest_ok),
             unix_users,
             ns,
-            locks,
             idle_without_session: IDLE_WITHOUT_SESSION,
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
             open_streams: streams::OpenStreams::default(),
+            durable: durable::DurableTable::new(locks.node()),
+            locks,
         }
     }
 

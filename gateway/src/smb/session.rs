@@ -197,6 +197,11 @@ impl OpenTable {
         self.opens.get_mut(&id).ok_or(NtStatus::FILE_CLOSED)
     }
 
+    /// The persistent FileId of open `id`.
+    pub fn persistent_of(&self, id: u64) -> Option<u64> {
+        self.opens.get(&id).map(|o| o.persistent)
+    }
+
     /// Removes and returns open `id`.
     pub fn remove(&mut self, id: u64) -> Option<Open> {
         self.opens.remove(&id)
@@ -219,5 +224,34 @@ impl OpenTable {
     /// Every open (for `nasgw connections`).
     pub fn iter(&self) -> impl Iterator<Item = &Open> {
         self.opens.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smb::cmd::open::{Open, OpenKind};
+
+    #[test]
+    fn a_table_is_full_at_max_opens_and_frees_a_slot_on_close() {
+        let mut t = OpenTable::default();
+        let pipe = |v| Open {
+            volatile: v,
+            persistent: v,
+            session_id: 1,
+            tree_id: 1,
+            kind: OpenKind::Pipe(Default::default()),
+        };
+        for _ in 0..MAX_OPENS {
+            assert!(!t.is_full());
+            t.insert(pipe);
+        }
+        assert!(t.is_full(), "{} opens", MAX_OPENS);
+        let first = t.all_ids().into_iter().min().unwrap();
+        assert!(t.remove(first).is_some());
+        assert!(!t.is_full(), "a close makes room");
+        let id = t.reserve();
+        t.insert_at(id, pipe(id));
+        assert!(t.is_full());
     }
 }

@@ -266,6 +266,14 @@ pub trait Backend: Send + Sync + 'static {
     /// shutdown and before a node gives up its addresses.
     fn sync_all(&self) -> VfsResult<()>;
 
+    /// A descriptor of regular file `id` through which `owner` (a lock owner's bytes, at most
+    /// 255) takes POSIX byte-range locks on the volume itself, so that every other client of
+    /// the volume sees them: what NLM locks are mirrored to (see `nfs::nlm::volume`). A backend
+    /// that cannot keeps this default, and NLM locks then live in the lock table only.
+    fn owner_locks(&self, _id: &FileId, _owner: &[u8]) -> VfsResult<Box<dyn OwnerLocks>> {
+        Err(VfsError::NotSupported)
+    }
+
     /// Drops cached descriptors of files whose last name is gone (removed by another node, or
     /// behind the server's back): a descriptor keeps a removed file's space allocated, so
     /// without this a quiet server would hold deleted data until its cache evicts it. Called
@@ -273,4 +281,39 @@ pub trait Backend: Send + Sync + 'static {
     fn release_removed(&self) -> usize {
         0
     }
+}
+
+/// One lock owner's locks on one file of the volume ([`Backend::owner_locks`]). Dropping it
+/// releases every lock taken through it.
+pub trait OwnerLocks: Send + Sync {
+    /// Sets (`kind` = `F_RDLCK`, `F_WRLCK`) or clears (`F_UNLCK`) this owner's lock on
+    /// `start..start + len` (`len` 0: to the end of the file) without waiting. Another owner's
+    /// conflicting lock: `Err(VfsError::Io(EAGAIN))`.
+    fn set(&self, kind: i32, start: u64, len: u64) -> VfsResult<()>;
+
+    /// The first lock of another owner that a `kind` lock on the range would conflict with:
+    /// (exclusive, start, len).
+    fn test(&self, kind: i32, start: u64, len: u64) -> VfsResult<Option<(bool, u64, u64)>>;
+}
+
+/// A `struct flock` for `kind` over `start..start + len` (`len` 0: to the end); `None` when the
+/// range starts beyond what `off_t` can express. A range reaching past it runs to the end.
+pub fn flock_of(kind: i32, start: u64, len: u64) -> Option<libc::flock> {
+    let s = i64::try_from(start).ok()?;
+    let l = if len == 0 || start.checked_add(len).is_none_or(|e| e > i64::MAX as u64) { 0 } else { len as i64 };
+    // SAFETY: a zeroed flock is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    fl.l_start = s;
+    fl.l_len = l;
+    Some(fl)
+}
+
+/// What a `F_GETLK` answered: `None` when nothing conflicts.
+pub fn conflict_of(fl: &libc::flock) -> Option<(bool, u64, u64)> {
+    if i32::from(fl.l_type) == libc::F_UNLCK {
+        return None;
+    }
+    Some((i32::from(fl.l_type) == libc::F_WRLCK, fl.l_start.max(0) as u64, fl.l_len.max(0) as u64))
 }

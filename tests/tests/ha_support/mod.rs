@@ -57,14 +57,26 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with `extra` TOML tables appended to every node's config.
     pub fn start_extra(extra: &str) -> Cluster {
-        Cluster::start_full(true, VIPS, |_| {}, extra)
+        Cluster::start_full(true, VIPS, |_| {}, extra, "")
+    }
+
+    /// Like [`Cluster::start`], with `nfs` as the `[nfs]` keys (instead of `listen` on 12049)
+    /// and `extra` TOML tables appended.
+    pub fn start_nfs(nfs: &str, extra: &str) -> Cluster {
+        Cluster::start_full(true, VIPS, |_| {}, extra, nfs)
     }
 
     fn start_on(failback: bool, vips: [&'static str; 3], prepare: impl FnOnce(&Path)) -> Cluster {
-        Cluster::start_full(failback, vips, prepare, "")
+        Cluster::start_full(failback, vips, prepare, "", "")
     }
 
-    fn start_full(failback: bool, vips: [&'static str; 3], prepare: impl FnOnce(&Path), extra: &str) -> Cluster {
+    fn start_full(
+        failback: bool,
+        vips: [&'static str; 3],
+        prepare: impl FnOnce(&Path),
+        extra: &str,
+        nfs: &str,
+    ) -> Cluster {
         assert!(is_root(), "network namespace tests need root (the README's test command runs as root)");
         let topo =
             Topology::new(&[("n1", "198.18.0.1"), ("n2", "198.18.0.2"), ("n3", "198.18.0.3"), ("c1", "198.18.0.10")]);
@@ -78,6 +90,7 @@ impl Cluster {
         let (any, prefix) = if v6 { ("[::]", 64) } else { ("0.0.0.0", 16) };
         let public: String =
             vips.iter().map(|v| format!("  {{ address = \"{v}/{prefix}\", interface = \"eth0\" }},\n")).collect();
+        let nfs = if nfs.is_empty() { format!("listen = \"{any}:12049\"") } else { nfs.to_string() };
         let root = tempfile::tempdir().unwrap();
         let vol = root.path().join("vol");
         std::fs::create_dir_all(&vol).unwrap();
@@ -92,7 +105,7 @@ name = "smb"
 backend = "local"
 path = "{{dir}}/vol"
 [nfs]
-listen = "{any}:12049"
+{nfs}
 [smb]
 listen = "{any}:4445"
 [[smb.share]]

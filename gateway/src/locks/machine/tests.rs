@@ -309,10 +309,18 @@ fn posix_locks_outlive_their_node_for_the_grace() {
     let mut w = World::new(3);
     w.set_posix_grace(ms(60_000));
     settle(&mut w);
-    let f = file_away_from(1, &[0, 1, 2]);
-    let g = file_away_from(1, &[0, 1, 2]);
-    let g = if g == f { SimKey([f.0[0].wrapping_add(1)]) } else { g };
-    for file in [&f, &g] {
+    let away: Vec<SimKey> = (0..=255u8)
+        .map(|b| SimKey([b]))
+        .filter(|k| {
+            let members = [0u16, 1, 2];
+            let home = home_of(k, &members).unwrap();
+            let rest: Vec<u16> = members.iter().copied().filter(|m| *m != home).collect();
+            home != 1 && home_of(k, &rest) != Some(1)
+        })
+        .take(3)
+        .collect();
+    let (f, g, h) = (away[0].clone(), away[1].clone(), away[2].clone());
+    for file in [&f, &g, &h] {
         let l = RangeLock { owner: Owner::Posix { node: 1, id: 7 }, offset: 0, len: 100, exclusive: true };
         w.ask(1, file.clone(), Op::Lock(l));
     }
@@ -330,6 +338,12 @@ fn posix_locks_outlive_their_node_for_the_grace() {
     drain(&mut w);
     let held = w.machine(0).holdings();
     assert_eq!(held[&f].ranges, vec![mine], "adopted, merged with the reclaim");
+    // The owner's unlock through another node reaches its orphan on `h` at once.
+    let (granted, _) = outcome_count(&w);
+    w.ask(2, h.clone(), Op::Unlock { owner: Owner::Posix { node: 2, id: 7 }, offset: 0, len: 100 });
+    w.ask(2, h.clone(), Op::Lock(other));
+    drain(&mut w);
+    assert_eq!(outcome_count(&w).0, granted + 2, "unlocked through node 2, then free for another owner");
     // Grace ends: the unreclaimed lock on `g` goes.
     let (granted, _) = outcome_count(&w);
     w.end_grace_on(0);

@@ -17,6 +17,7 @@ pub const POSTQUERY_ATTRIB: u16 = 1;
 /// written once the client saw it closed; the flush's error (a write the volume's client had
 /// acknowledged early failed) is returned, after the release.
 pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
+    server.durable.forget(open.persistent);
     let f = match open.kind {
         OpenKind::File(f) => f,
         // A CREATE that finished but was never used (the client went away first).

@@ -12,12 +12,13 @@ use crate::locks::{flags, CachingRequest, Conflict, Granted, LeaseId, OpenKey, O
 use crate::smb::conn::Connection;
 use crate::smb::conn::{AsyncWork, Outcome};
 use crate::smb::dosattrib::DosInfo;
+use crate::smb::durable;
 use crate::smb::fs;
 use crate::smb::leases;
 use crate::smb::session::{Tree, TreeKind};
 use crate::smb::srvsvc;
 use crate::smb::streams::StreamPart;
-use crate::smb::wire::header::Header;
+use crate::smb::wire::header::{Header, FLAG_REPLAY_OPERATION};
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{from_utf16le, slice_at, Reader, WireError, WireResult, Writer};
 use crate::smb::SmbServer;
@@ -367,6 +368,17 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     let ns = &server.ns;
     let root = tree.root.ok_or(NtStatus::INTERNAL_ERROR)?;
     let cred = Credentials::new(tree.uid, tree.gid);
+    let dur = durable::parse(&req.contexts, conn.dialect >= crate::smb::signing::dialect::SMB300)?;
+    if let Some(r) = dur.reconnect {
+        return super::create_durable::reconnect(conn, hdr, req, tree, r).await.map(Outcome::Now);
+    }
+    if let durable::Ask::V2 { create_guid, .. } = dur.ask {
+        if hdr.flags & FLAG_REPLAY_OPERATION != 0 {
+            if let Some(reply) = super::create_durable::replay(conn, hdr, req, tree, create_guid).await? {
+                return Ok(Outcome::Now(reply));
+            }
+        }
+    }
     validate(req)?;
     let (mut comps, stream) = fs::parse_name(&req.name)?;
     let case = match &tree.kind {
@@ -503,8 +515,9 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     };
     // Breaks can follow the grant at once: the connection is registered before asking.
     let vol = conn.opens.reserve();
+    let pid = server.durable.new_persistent_id();
     if let Some(l) = lease {
-        let oplock_fid = matches!(caching, CachingRequest::Oplock(_)).then_some((vol, vol));
+        let oplock_fid = matches!(caching, CachingRequest::Oplock(_)).then_some((pid, vol));
         server.breaks.hold(l, id, oplock_fid, conn.link.notices.clone());
     }
     let opening = Opening {
@@ -526,6 +539,18 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         write_through: req.options & options::WRITE_THROUGH != 0,
         contexts: req.contexts.clone(),
         vol,
+        pid,
+        durable: DurableAsk {
+            ask: dur.ask,
+            client_guid: conn.client_guid,
+            user: conn.session(hdr.session_id)?.identity.clone().unwrap_or(crate::smb::auth::Identity::Anonymous),
+            ca: false,
+            link: conn.link.notices.clone(),
+            lease_version: match caching {
+                CachingRequest::Lease { version, .. } => version,
+                _ => 0,
+            },
+        },
     };
     let open = OpenRequest {
         key,
@@ -549,15 +574,15 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
             let (file, reply) = opening.finish(d).await?;
             conn.opens.insert_at(
                 vol,
-                Open { volatile: vol, persistent: vol, session_id, tree_id, kind: OpenKind::File(file) },
+                Open { volatile: vol, persistent: pid, session_id, tree_id, kind: OpenKind::File(file) },
             );
-            conn.compound_fid = Some((vol, vol));
+            conn.compound_fid = Some((pid, vol));
             Ok(Outcome::Now(reply))
         }
         Err(_) => {
             let slot = Arc::new(std::sync::Mutex::new(PendingOpen::Waiting));
             let kind = OpenKind::Pending(slot.clone());
-            conn.opens.insert_at(vol, Open { volatile: vol, persistent: vol, session_id, tree_id, kind });
+            conn.opens.insert_at(vol, Open { volatile: vol, persistent: pid, session_id, tree_id, kind });
             let work = async move {
                 let d = decided.await;
                 waiting.kept();
@@ -600,6 +625,20 @@ struct Opening {
     write_through: bool,
     contexts: Vec<u8>,
     vol: u64,
+    pid: u64,
+    durable: DurableAsk,
+}
+
+/// What decides whether a new open is made durable, and what it then records.
+struct DurableAsk {
+    ask: durable::Ask,
+    client_guid: [u8; 16],
+    user: crate::smb::auth::Identity,
+    /// The share is continuously available (persistent handles).
+    ca: bool,
+    /// The connection's queue (where the durable table finds the open while attached).
+    link: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    lease_version: u8,
 }
 
 impl Opening {
@@ -661,8 +700,28 @@ impl Opening {
             Some(l) => (leases::level::LEASE, Some(leases::lease_response(l, g.state, g.epoch, g.breaking))),
             None => (leases::state_level(g.state), None),
         };
-        let contexts = response_contexts(&self.contexts, self.granted, &attr, lease_ctx);
-        let reply = Reply::ok(response(self.action, &b, (self.vol, self.vol), &contexts, oplock));
+        let made_durable =
+            durable::grant(self.durable.ask, g.state, self.is_dir, self.durable.ca).map(|(timeout, persistent)| {
+                durable::Durability {
+                    version: if matches!(self.durable.ask, durable::Ask::V1) { 1 } else { 2 },
+                    timeout,
+                    persistent,
+                    create_guid: match self.durable.ask {
+                        durable::Ask::V2 { create_guid, .. } => Some(create_guid),
+                        _ => None,
+                    },
+                    client_guid: self.durable.client_guid,
+                    user: self.durable.user.clone(),
+                    lease_key: self.lease_req.map(|l| l.key),
+                    lease_version: self.durable.lease_version,
+                }
+            });
+        let dh = made_durable.as_ref().map(durable::response);
+        let contexts = response_contexts(&self.contexts, self.granted, &attr, lease_ctx, dh);
+        if let Some(d) = made_durable {
+            server.durable.attach(self.pid, d, self.durable.link.clone(), self.vol);
+        }
+        let reply = Reply::ok(response(self.action, &b, (self.pid, self.vol), &contexts, oplock));
         let file = FileOpen {
             id,
             parent: self.parent,
@@ -744,9 +803,15 @@ pub(super) fn check_unix_access(attr: &Attr, cred: &Credentials, granted: u32) -
     Ok(())
 }
 
-/// Answers the create contexts we understand: MxAc (maximal access), QFid (on-disk id) and
-/// RqLs (the lease granted, `lease`).
-pub(super) fn response_contexts(req: &[u8], granted: u32, attr: &Attr, lease: Option<Vec<u8>>) -> Vec<u8> {
+/// Answers the create contexts we understand: MxAc (maximal access), QFid (on-disk id),
+/// RqLs (the lease granted, `lease`) and DHnQ/DH2Q (the durability granted, `durable`).
+pub(super) fn response_contexts(
+    req: &[u8],
+    granted: u32,
+    attr: &Attr,
+    lease: Option<Vec<u8>>,
+    durable: Option<(&'static [u8], Vec<u8>)>,
+) -> Vec<u8> {
     let mut names = Vec::new();
     let mut off = 0usize;
     for _ in 0..32 {
@@ -775,6 +840,9 @@ pub(super) fn response_contexts(req: &[u8], granted: u32, attr: &Attr, lease: Op
     }
     if let Some(l) = lease {
         items.push((b"RqLs", l));
+    }
+    if let Some((name, d)) = durable {
+        items.push((name, d));
     }
     let mut w = Writer::new();
     let n = items.len();

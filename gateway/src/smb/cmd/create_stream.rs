@@ -190,7 +190,7 @@ pub async fn open(
         kind: OpenKind::File(Box::new(file)),
     });
     conn.compound_fid = Some((vol, vol));
-    let contexts = response_contexts(&req.contexts, granted, &base_attr, None);
+    let contexts = response_contexts(&req.contexts, granted, &base_attr, None, None);
     Ok(Reply::ok(response(action, &b, (vol, vol), &contexts, crate::smb::leases::level::NONE)))
 }
 

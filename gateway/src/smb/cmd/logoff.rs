@@ -1,4 +1,5 @@
-//! LOGOFF: ends a session, closing its opens and trees.
+//! LOGOFF: ends a session, closing its opens and trees (durable opens are kept for a
+//! reconnect, as smbd does).
 
 use super::Reply;
 use crate::smb::conn::Connection;
@@ -19,7 +20,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header) -> Result<Reply, NtStat
     for id in conn.opens.ids_of(hdr.session_id, None) {
         conn.cancel_pending_on(id);
         if let Some(open) = conn.opens.remove(id) {
-            super::close::release(&conn.server.clone(), open).await.ok(); // logged there
+            conn.end_open(open).await;
         }
     }
     conn.sessions.remove(&hdr.session_id);

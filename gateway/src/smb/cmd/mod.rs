@@ -5,6 +5,7 @@ pub mod cancel;
 pub mod change_notify;
 pub mod close;
 pub mod create;
+pub mod create_durable;
 pub mod create_stream;
 pub mod echo;
 pub mod flush;

@@ -34,7 +34,7 @@ use self::identity::{Identity, IdentityKind};
 use self::listings::Listings;
 use self::sys::{ThreadIdentity, UtimeArg};
 use super::access;
-use super::backend::Backend;
+use super::backend::{conflict_of, flock_of, Backend, OwnerLocks};
 use super::cred::Credentials;
 use super::error::{VfsError, VfsResult};
 use super::name::Name;
@@ -1002,6 +1002,52 @@ impl Backend for PosixBackend {
         }
         sys::syncfs(self.mount_fd.as_fd())?;
         first_err.map_or(Ok(()), Err)
+    }
+
+    fn owner_locks(&self, id: &FileId, _owner: &[u8]) -> VfsResult<Box<dyn OwnerLocks>> {
+        let node = self.node(id)?;
+        if node.ftype != FileType::Regular {
+            return Err(VfsError::Invalid);
+        }
+        // Open file description locks: each descriptor is an owner of its own, in this process
+        // and on a FUSE mount (GlusterFS forwards them to the bricks as locks of that owner).
+        let fd = match sys::reopen(node.path_fd.as_fd(), libc::O_RDWR) {
+            Ok(fd) => fd,
+            Err(VfsError::Access | VfsError::Perm | VfsError::ReadOnly) => {
+                sys::reopen(node.path_fd.as_fd(), libc::O_RDONLY)?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Box::new(OfdLocks(fd)))
+    }
+}
+
+/// Open file description locks on one descriptor.
+struct OfdLocks(OwnedFd);
+
+impl OfdLocks {
+    fn fcntl(&self, cmd: i32, fl: &mut libc::flock) -> VfsResult<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid descriptor and a valid flock.
+        if unsafe { libc::fcntl(self.0.as_raw_fd(), cmd, fl as *mut libc::flock) } < 0 {
+            return Err(VfsError::last_os());
+        }
+        Ok(())
+    }
+}
+
+impl OwnerLocks for OfdLocks {
+    fn set(&self, kind: i32, start: u64, len: u64) -> VfsResult<()> {
+        match flock_of(kind, start, len) {
+            Some(mut fl) => self.fcntl(libc::F_OFD_SETLK, &mut fl),
+            None => Ok(()),
+        }
+    }
+
+    fn test(&self, kind: i32, start: u64, len: u64) -> VfsResult<Option<(bool, u64, u64)>> {
+        let Some(mut fl) = flock_of(kind, start, len) else { return Ok(None) };
+        self.fcntl(libc::F_OFD_GETLK, &mut fl)?;
+        Ok(conflict_of(&fl))
     }
 }
 

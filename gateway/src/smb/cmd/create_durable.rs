@@ -1,0 +1,184 @@
+//! CREATE that takes back a durable open ([`crate::smb::durable`]): a `DHnC`/`DH2C`
+//! reconnect, or a `DH2Q` replayed with the replay flag (MS-SMB2 3.3.5.9.7, 3.3.5.9.10,
+//! 3.3.5.9.12). The open keeps its lock-service key, so its share mode, byte-range locks and
+//! lease are what they were; only its connection, session, tree and volatile id change.
+
+use super::create::{basics, response, response_contexts, Request, FILE_OPENED};
+use super::open::{FileOpen, Open, OpenKind};
+use super::Reply;
+use crate::locks::LeaseId;
+use crate::smb::conn::Connection;
+use crate::smb::durable::{self, Durability, Presented, Reconnect};
+use crate::smb::fs;
+use crate::smb::leases;
+use crate::smb::session::Tree;
+use crate::smb::signing::dialect;
+use crate::smb::wire::header::Header;
+use crate::smb::wire::status::NtStatus;
+
+/// How long a reconnect waits for the open's old connection to end (see
+/// [`crate::smb::durable::DurableTable::settle`]).
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The lease key and version a request's `RqLs` context presents, as the lock service would
+/// take them on this dialect. A reconnect's requested oplock level is ignored (smbd checks the
+/// context alone).
+fn presented_lease(conn: &Connection, req: &Request) -> Option<([u8; 16], u8)> {
+    if conn.dialect < dialect::SMB210 {
+        return None;
+    }
+    let l = super::create::find_context(&req.contexts, b"RqLs").and_then(|d| leases::parse_lease(d).ok())?;
+    Some((l.key, if conn.dialect >= dialect::SMB300 { l.version } else { 1 }))
+}
+
+/// Whether `name` (a request's share-relative name) names the open's file.
+fn same_name(name: &str, f: &FileOpen) -> bool {
+    match fs::parse_name(name) {
+        Ok((comps, None)) => {
+            comps.len() == f.path.len() && comps.iter().zip(&f.path).all(|(a, b)| a.eq_ignore_ascii_case(b))
+        }
+        _ => false,
+    }
+}
+
+/// `DHnC` / `DH2C`: the open named must be durable, detached, and pass
+/// [`durable::check_reconnect`]; anything else is OBJECT_NAME_NOT_FOUND.
+pub async fn reconnect(
+    conn: &mut Connection,
+    hdr: &Header,
+    req: &Request,
+    tree: &Tree,
+    r: Reconnect,
+) -> Result<Reply, NtStatus> {
+    let user = conn.session(hdr.session_id)?.identity.clone().ok_or(NtStatus::USER_SESSION_DELETED)?;
+    let lease = presented_lease(conn, req);
+    let client_guid = conn.client_guid;
+    let server = conn.server.clone();
+    server.durable.settle(r.persistent_id(), &conn.link.notices, SETTLE).await;
+    let taken = server
+        .durable
+        .take(r.persistent_id(), |d, f| {
+            let p = Presented {
+                reconnect: r,
+                client_guid,
+                user: &user,
+                lease,
+                same_name: same_name(&req.name, f),
+                same_share: tree.root == Some(f.root),
+            };
+            let r = durable::check_reconnect(d, &p);
+            if let Err(s) = r {
+                tracing::debug!(status = ?s, ?p, "SMB: durable reconnect refused");
+            }
+            r
+        })
+        .inspect_err(|s| tracing::debug!(status = ?s, "SMB: durable reconnect failed"))?;
+    // A reconnect's response carries no DH2Q context (smbd 4.17; smbtorture checks it).
+    reattach(conn, hdr, req, tree, *taken.open, taken.facts, false).await
+}
+
+/// A `DH2Q` with the replay flag: the open its CreateGuid made is answered again instead of
+/// a second one being made. `None`: there is none (the CREATE runs as new).
+pub async fn replay(
+    conn: &mut Connection,
+    hdr: &Header,
+    req: &Request,
+    tree: &Tree,
+    create_guid: [u8; 16],
+) -> Result<Option<Reply>, NtStatus> {
+    let server = conn.server.clone();
+    let Some((pid, here)) = server.durable.by_create_guid(conn.client_guid, create_guid, &conn.link.notices) else {
+        return Ok(None);
+    };
+    let user = conn.session(hdr.session_id)?.identity.clone().ok_or(NtStatus::USER_SESSION_DELETED)?;
+    if let Some(vol) = here {
+        // Still open on this connection: answer it again.
+        let (facts, _) = server.durable.facts(pid).ok_or(NtStatus::OBJECT_NAME_NOT_FOUND)?;
+        if facts.user != user {
+            return Err(NtStatus::ACCESS_DENIED);
+        }
+        let open = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?;
+        let f = open.file()?;
+        let reply = answer(&server, req, f, (pid, vol), Some(&facts)).await?;
+        conn.compound_fid = Some((pid, vol));
+        return Ok(Some(reply));
+    }
+    let client_guid = conn.client_guid;
+    let lease = presented_lease(conn, req);
+    server.durable.settle(pid, &conn.link.notices, SETTLE).await;
+    let taken = server.durable.take(pid, |d, f| {
+        let p = Presented {
+            reconnect: Reconnect::V2 { fid: (pid, 0), create_guid, persistent: d.persistent },
+            client_guid,
+            user: &user,
+            lease,
+            same_name: same_name(&req.name, f),
+            same_share: tree.root == Some(f.root),
+        };
+        durable::check_reconnect(d, &p)
+    });
+    match taken {
+        Ok(t) => reattach(conn, hdr, req, tree, *t.open, t.facts, true).await.map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Puts a taken-back open into this connection's table under a new volatile id, points its
+/// lease's breaks here, and answers the CREATE.
+async fn reattach(
+    conn: &mut Connection,
+    hdr: &Header,
+    req: &Request,
+    tree: &Tree,
+    mut open: Open,
+    facts: Durability,
+    with_dh2q: bool,
+) -> Result<Reply, NtStatus> {
+    let server = conn.server.clone();
+    let vol = conn.opens.reserve();
+    let pid = open.persistent;
+    open.volatile = vol;
+    open.session_id = hdr.session_id;
+    open.tree_id = tree.id;
+    let OpenKind::File(f) = &open.kind else { return Err(NtStatus::INTERNAL_ERROR) };
+    if let Some(l) = &f.lease {
+        server.breaks.redirect(l, conn.link.notices.clone(), Some((pid, vol)));
+    }
+    tracing::info!(file = %crate::logging::untrusted(f.name()), "SMB: durable open reconnected");
+    let reply = answer(&server, req, f, (pid, vol), with_dh2q.then_some(&facts)).await;
+    server.durable.attach(pid, facts, conn.link.notices.clone(), vol);
+    conn.opens.insert_at(vol, open);
+    let reply = reply?;
+    conn.compound_fid = Some((pid, vol));
+    Ok(reply)
+}
+
+/// The CREATE response for an existing open `f` at FileId `fid`: its attributes now, the
+/// caching it holds now, and (with `facts`) the `DH2Q` response.
+async fn answer(
+    server: &crate::smb::SmbServer,
+    req: &Request,
+    f: &FileOpen,
+    fid: (u64, u64),
+    facts: Option<&Durability>,
+) -> Result<Reply, NtStatus> {
+    let file = fs::file_of(f);
+    let attr = server.ns.getattr(file).await?;
+    let dos = fs::dos_of(&server.ns, &f.cred, file).await;
+    let b = basics(&attr, &dos, f.name());
+    let record = server.locks.record(&f.id).await.ok();
+    let held = |id: &LeaseId| record.as_ref().and_then(|r| r.lease(id).map(|l| (l.state, l.epoch, l.told.is_some())));
+    let (oplock, lease_ctx) = match (&f.lease, super::create::find_context(&req.contexts, b"RqLs")) {
+        (Some(l), Some(d)) if *l != LeaseId::oplock(f.key) => {
+            // A reconnect's RqLs matched the open's lease key: answer in the open's terms.
+            let (state, epoch, breaking) = held(l).unwrap_or((0, 0, false));
+            let r = leases::parse_lease(d).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+            (leases::level::LEASE, Some(leases::lease_response(&r, state, epoch, breaking)))
+        }
+        (Some(l), _) if *l == LeaseId::oplock(f.key) => (leases::state_level(held(l).map_or(0, |(s, _, _)| s)), None),
+        _ => (leases::level::NONE, None),
+    };
+    let dh = facts.map(durable::response);
+    let contexts = response_contexts(&req.contexts, f.access, &attr, lease_ctx, dh);
+    Ok(Reply::ok(response(FILE_OPENED, &b, fid, &contexts, oplock)))
+}

@@ -1,0 +1,356 @@
+"""A scriptable SMB client for the cluster coherence tests (tests/tests/cluster_*.rs).
+
+Several SMB clients (each its own TCP connection, client GUID and guest session) driven by the
+test through JSON lines: one request per line on stdin, one answer per line on stdout. Requests
+with "bg": true run on their own thread (a blocking lock, a CREATE that waits for a lease break),
+so the test can act meanwhile; every answer carries the request's "id", "t0" and "t", the
+CLOCK_MONOTONIC seconds it started and finished (one clock for every measured latency).
+
+Python smbprotocol does not handle unsolicited server messages (lease and oplock break
+notifications come with MessageId 0xFFFFFFFFFFFFFFFF); each connection gets a sink registered
+under that id which records them, so "breaks" can wait for them and "ack" can answer them.
+
+Requests (every one has "id" and "op"):
+  connect  c host port              a new client c (guest, no signing)
+  open     c h path [access share disposition options lease lease_key oplock]
+           -> granted lease state / oplock level, or the NTSTATUS name
+  close    h          read h off len       write h off data(hex)
+  lock     h off len [excl=true wait=false]  unlock h off len
+  delete   h          (SET_INFO FileDispositionInformation DeletePending=1)
+  breaks   c n timeout  -> the first n break notifications c received (waits up to timeout s)
+  ack      c h state    -> answers the last lease break on c's handle h with `state` (R/RH/RW...)
+  ack_oplock h level
+  loop     c what(openclose|lockunlock) n [path | h off len]   a benchmark loop, timed
+  drop     c          closes c's TCP connection without logging off
+"""
+import binascii
+import json
+import struct
+import sys
+import threading
+import time
+import uuid
+
+from smbprotocol.connection import Commands, Connection
+from smbprotocol.create_contexts import (
+    CreateContextName,
+    SMB2CreateContextRequest,
+    SMB2CreateRequestLeaseV2,
+)
+from smbprotocol.exceptions import SMBResponseException
+from smbprotocol.header import NtStatus
+from smbprotocol.open import (
+    CreateDisposition,
+    CreateOptions,
+    FileAttributes,
+    ImpersonationLevel,
+    Open,
+    RequestedOplockLevel,
+)
+from smbprotocol.session import Session
+from smbprotocol.tree import TreeConnect
+from smbprotocol.file_info import FileInformationClass, InfoType
+from smbprotocol.open import LockFlags, SMB2LockElement, SMB2SetInfoRequest
+
+STATUS_NAMES = {v: k for k, v in vars(NtStatus).items() if k.startswith("STATUS_")}
+STATUS_NAMES.setdefault(0xC0000054, "STATUS_FILE_LOCK_CONFLICT")
+STATUS_NAMES.setdefault(0xC0000055, "STATUS_LOCK_NOT_GRANTED")
+STATUS_NAMES.setdefault(0xC0000056, "STATUS_DELETE_PENDING")
+STATUS_NAMES.setdefault(0xC0000098, "STATUS_FILE_INVALID")
+STATUS_NAMES.setdefault(0xC0000128, "STATUS_FILE_CLOSED")
+
+LEASE_BITS = {"R": 1, "H": 2, "W": 4}
+OPLOCKS = {"none": 0x00, "ii": 0x01, "exclusive": 0x08, "batch": 0x09}
+OPLOCK_NAMES = {v: k for k, v in OPLOCKS.items()}
+OPLOCKS["lease"] = 0xFF
+
+
+def lease_bits(s):
+    return sum(LEASE_BITS[c] for c in s)
+
+
+def lease_name(v):
+    return "".join(c for c in "RHW" if v & LEASE_BITS[c]) or "none"
+
+
+def status_name(code):
+    return STATUS_NAMES.get(code, "0x%08x" % code)
+
+
+class _Reserved:
+    def get_value(self):
+        return 0
+
+
+class BreakSink:
+    """Stands in smbprotocol's table of outstanding requests for MessageId 0xFFFF...: the
+    receive thread hands every unsolicited message to `response`, which records it."""
+
+    def __init__(self):
+        self.session_id = None
+        self.async_id = None
+        self.message = {"reserved": _Reserved()}
+        self.response_event_lock = threading.Lock()
+        self.response_event = threading.Event()
+        self.cond = threading.Condition()
+        self.breaks = []
+
+    @property
+    def response(self):
+        return None
+
+    @response.setter
+    def response(self, header):
+        data = header["data"].get_value()
+        now = time.monotonic()
+        size = struct.unpack_from("<H", data, 0)[0] if len(data) >= 2 else 0
+        if size == 44 and len(data) >= 32:
+            epoch, flags = struct.unpack_from("<HI", data, 2)
+            key = data[8:24]
+            cur, new = struct.unpack_from("<II", data, 24)
+            b = {"kind": "lease", "key": key.hex(), "from": lease_name(cur), "to": lease_name(new),
+                 "epoch": epoch, "ack_required": bool(flags & 1), "t": now}
+        elif size == 24 and len(data) >= 24:
+            level = data[2]
+            b = {"kind": "oplock", "to": OPLOCK_NAMES.get(level, str(level)), "file_id": data[8:24].hex(), "t": now}
+        else:
+            b = {"kind": "unknown", "data": data.hex(), "t": now}
+        with self.cond:
+            self.breaks.append(b)
+            self.cond.notify_all()
+
+
+class LeaseBreakAck:
+    COMMAND = Commands.SMB2_OPLOCK_BREAK
+
+    def __init__(self, key, state):
+        self.key, self.state = key, state
+
+    def pack(self):
+        return struct.pack("<HHI", 36, 0, 0) + self.key + struct.pack("<IQ", self.state, 0)
+
+    def __len__(self):
+        return 36
+
+
+class OplockBreakAck:
+    COMMAND = Commands.SMB2_OPLOCK_BREAK
+
+    def __init__(self, file_id, level):
+        self.file_id, self.level = file_id, level
+
+    def pack(self):
+        return struct.pack("<HBBI", 24, self.level, 0, 0) + self.file_id
+
+    def __len__(self):
+        return 24
+
+
+class Client:
+    def __init__(self, host, port):
+        self.conn = Connection(uuid.uuid4(), host, port, require_signing=False)
+        self.conn.connect(timeout=10)
+        self.sink = BreakSink()
+        self.conn.outstanding_requests[0xFFFFFFFFFFFFFFFF] = self.sink
+        self.session = Session(self.conn, "guest", "guest", require_encryption=False, auth_protocol="ntlm")
+        self.session.connect()
+        self.tree = TreeConnect(self.session, rf"\\{host}\pub")
+        self.tree.connect(require_secure_negotiate=False)
+
+
+clients = {}
+handles = {}  # h -> (client name, Open, lease key)
+out_lock = threading.Lock()
+
+
+def reply(req, **kw):
+    kw["id"] = req.get("id")
+    kw["t"] = time.monotonic()
+    with out_lock:
+        sys.stdout.write(json.dumps(kw) + "\n")
+        sys.stdout.flush()
+
+
+def op_connect(r):
+    clients[r["c"]] = Client(r["host"], int(r["port"]))
+    return {}
+
+
+def op_open(r):
+    c = clients[r["c"]]
+    o = Open(c.tree, r["path"])
+    contexts = []
+    oplock = OPLOCKS[r.get("oplock", "none")]
+    key = None
+    if r.get("lease"):
+        key = bytes.fromhex(r["lease_key"]) if r.get("lease_key") else uuid.uuid4().bytes
+        lease = SMB2CreateRequestLeaseV2()
+        lease["lease_key"] = key
+        lease["lease_state"] = lease_bits(r["lease"])
+        lease["parent_lease_key"] = b"\x00" * 16
+        lease["epoch"] = b"\x00\x00"
+        ctx = SMB2CreateContextRequest()
+        ctx["buffer_name"] = CreateContextName.SMB2_CREATE_REQUEST_LEASE_V2
+        ctx["buffer_data"] = lease
+        contexts.append(ctx)
+        oplock = 0xFF
+    resp = o.create(
+        ImpersonationLevel.Impersonation,
+        int(r.get("access", 0x0012019F)),  # generic read + write
+        FileAttributes.FILE_ATTRIBUTE_NORMAL,
+        int(r.get("share", 7)),
+        int(r.get("disposition", CreateDisposition.FILE_OPEN_IF)),
+        int(r.get("options", CreateOptions.FILE_NON_DIRECTORY_FILE)),
+        create_contexts=contexts or None,
+        oplock_level=oplock,
+    )
+    handles[r["h"]] = (r["c"], o, key)
+    out = {"oplock": OPLOCK_NAMES.get(o.oplock_level, "lease" if o.oplock_level == 0xFF else str(o.oplock_level))}
+    for ctx in resp or []:
+        if hasattr(ctx, "fields") and "lease_state" in ctx.fields:
+            out["lease"] = lease_name(ctx["lease_state"].get_value())
+    if key is not None:
+        out["lease_key"] = key.hex()
+    return out
+
+
+def op_close(r):
+    _, o, _ = handles.pop(r["h"])
+    o.close()
+    return {}
+
+
+def op_read(r):
+    _, o, _ = handles[r["h"]]
+    return {"data": o.read(int(r["off"]), int(r["len"])).hex()}
+
+
+def op_write(r):
+    _, o, _ = handles[r["h"]]
+    return {"count": o.write(bytes.fromhex(r["data"]), int(r["off"]))}
+
+
+def op_lock(r):
+    _, o, _ = handles[r["h"]]
+    e = SMB2LockElement()
+    e["offset"] = int(r["off"])
+    e["length"] = int(r["len"])
+    flags = LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK if r.get("excl", True) else LockFlags.SMB2_LOCKFLAG_SHARED_LOCK
+    if not r.get("wait", False):
+        flags |= LockFlags.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
+    e["flags"] = flags
+    o.lock([e])
+    return {}
+
+
+def op_unlock(r):
+    _, o, _ = handles[r["h"]]
+    e = SMB2LockElement()
+    e["offset"] = int(r["off"])
+    e["length"] = int(r["len"])
+    e["flags"] = LockFlags.SMB2_LOCKFLAG_UNLOCK
+    o.lock([e])
+    return {}
+
+
+def op_delete(r):
+    cname, o, _ = handles[r["h"]]
+    c = clients[cname]
+    req = SMB2SetInfoRequest()
+    req["info_type"] = InfoType.SMB2_0_INFO_FILE
+    req["file_info_class"] = FileInformationClass.FILE_DISPOSITION_INFORMATION
+    req["file_id"] = o.file_id
+    req["buffer"] = b"\x01"
+    sent = c.conn.send(req, sid=c.session.session_id, tid=c.tree.tree_connect_id)
+    c.conn.receive(sent)
+    return {}
+
+
+def op_breaks(r):
+    c = clients[r["c"]]
+    n, deadline = int(r.get("n", 1)), time.monotonic() + float(r.get("timeout", 10))
+    with c.sink.cond:
+        while len(c.sink.breaks) < n and time.monotonic() < deadline:
+            c.sink.cond.wait(timeout=max(0.0, deadline - time.monotonic()))
+        return {"breaks": list(c.sink.breaks[:n])}
+
+
+def op_ack(r):
+    cname, _, key = handles[r["h"]]
+    c = clients[cname]
+    sent = c.conn.send(LeaseBreakAck(key, lease_bits(r["state"])), sid=c.session.session_id, tid=c.tree.tree_connect_id)
+    resp = c.conn.receive(sent)
+    data = resp["data"].get_value()
+    return {"lease": lease_name(struct.unpack_from("<I", data, 24)[0]) if len(data) >= 28 else None}
+
+
+def op_ack_oplock(r):
+    cname, o, _ = handles[r["h"]]
+    c = clients[cname]
+    sent = c.conn.send(OplockBreakAck(o.file_id, OPLOCKS[r["level"]]), sid=c.session.session_id,
+                       tid=c.tree.tree_connect_id)
+    resp = c.conn.receive(sent)
+    data = resp["data"].get_value()
+    return {"oplock": OPLOCK_NAMES.get(data[2], str(data[2])) if len(data) >= 3 else None}
+
+
+def op_loop(r):
+    """n x (open+close) of `path`, or n x (blocking lock + unlock) of off/len on handle h;
+    for the benchmark's cluster rows. Returns the elapsed seconds."""
+    n = int(r["n"])
+    start = time.monotonic()
+    if r["what"] == "openclose":
+        c = clients[r["c"]]
+        for _ in range(n):
+            o = Open(c.tree, r["path"])
+            o.create(ImpersonationLevel.Impersonation, 0x0012019F, FileAttributes.FILE_ATTRIBUTE_NORMAL, 7,
+                     CreateDisposition.FILE_OPEN_IF, CreateOptions.FILE_NON_DIRECTORY_FILE)
+            o.close()
+    else:
+        _, o, _ = handles[r["h"]]
+        for _ in range(n):
+            e = SMB2LockElement()
+            e["offset"], e["length"] = int(r["off"]), int(r["len"])
+            e["flags"] = LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK
+            o.lock([e])
+            u = SMB2LockElement()
+            u["offset"], u["length"] = int(r["off"]), int(r["len"])
+            u["flags"] = LockFlags.SMB2_LOCKFLAG_UNLOCK
+            o.lock([u])
+    return {"n": n, "start": start, "elapsed": time.monotonic() - start}
+
+
+def op_drop(r):
+    c = clients.pop(r["c"])
+    c.conn.transport.close() if hasattr(c.conn.transport, "close") else None
+    return {}
+
+
+OPS = {k[3:]: v for k, v in globals().items() if k.startswith("op_")}
+
+
+def run(req):
+    t0 = time.monotonic()
+    try:
+        reply(req, ok=True, t0=t0, **(OPS[req["op"]](req) or {}))
+    except SMBResponseException as e:
+        reply(req, ok=False, t0=t0, status=status_name(e.status))
+    except Exception as e:  # noqa: BLE001 - every failure goes back to the test, typed
+        reply(req, ok=False, t0=t0, status="EXCEPTION", error=f"{type(e).__name__}: {e}")
+
+
+def main():
+    reply({"id": "ready"}, ok=True)
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        req = json.loads(line)
+        if req.get("bg"):
+            threading.Thread(target=run, args=(req,), daemon=True).start()
+        else:
+            run(req)
+
+
+if __name__ == "__main__":
+    main()

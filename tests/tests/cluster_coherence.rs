@@ -1,0 +1,270 @@
+//! One cluster, one file-sharing state (issue 12): three nasgw nodes in namespaces on one
+//! volume, SMB clients (Python smbprotocol) A and B reaching the same file through two
+//! different nodes, in both directions, and an NFS client through a third path:
+//! - share modes: ShareAccess=0 refuses the other node's open; a denied FILE_SHARE_DELETE
+//!   refuses DELETE access; delete-pending (set by SET_INFO, or by closing a delete-on-close
+//!   open) is seen on the other node, and the file outlives the deleter's close while the other
+//!   node's handle is open (no STATUS_FILE_INVALID); the last close deletes it;
+//! - byte-range locks: an exclusive lock refuses the other node's lock, WRITE and READ into the
+//!   range (mandatory); a blocking lock on one node is granted when the holder on the other
+//!   unlocks or closes (latency printed);
+//! - an RWH lease broken across nodes to RH, the second open completing after the ack; a batch
+//!   oplock broken by an open through another node (times printed);
+//! - an NFS WRITE through node 2 into a range locked through SMB on node 1: NFS3ERR_JUKEBOX
+//!   until the lock goes.
+
+mod nfs_common;
+
+use std::time::Duration;
+
+use nasgw_tests::cluster::{SmbClient, SmbCluster, NFS_PORT, NODES};
+use nasgw_tests::wait_for;
+use serde_json::json;
+
+/// FILE_GENERIC_READ | FILE_GENERIC_WRITE.
+const RW: u32 = 0x0012_019F;
+/// DELETE.
+const DELETE: u32 = 0x0001_0000;
+/// FILE_READ_ATTRIBUTES | SYNCHRONIZE.
+const READ_ATTRS: u32 = 0x0010_0080;
+const SHARE_ALL: u32 = 7;
+const FILE_NON_DIRECTORY_FILE: u32 = 0x40;
+const FILE_DELETE_ON_CLOSE: u32 = 0x1000;
+const SHARE_RW: u32 = 3;
+
+#[test]
+fn two_clients_on_two_nodes_share_one_state() {
+    let c = SmbCluster::start("");
+    let mut d = SmbClient::spawn(c.topo.ns("c1"));
+    for (a, b) in [(0, 1), (1, 0)] {
+        let (ca, cb) = (format!("A{a}{b}"), format!("B{a}{b}"));
+        d.connect(&ca, a);
+        d.connect(&cb, b);
+        println!("--- A through {}, B through {}", NODES[a], NODES[b]);
+        share_modes(&mut d, &c, &ca, &cb, &format!("share-{a}{b}"));
+        delete_pending(&mut d, &c, &ca, &cb, &format!("doc-{a}{b}"));
+        locks(&mut d, &ca, &cb, &format!("lock-{a}{b}"));
+    }
+    d.connect("LA", 0);
+    d.connect("LB", 1);
+    lease_break(&mut d, "LA", "LB", "lease");
+    batch_oplock(&mut d, "LB", "LA", "batch");
+    nfs_write_into_smb_lock(&c, &mut d);
+    for d in c.daemons.iter().flatten() {
+        let logs = d.logs();
+        assert!(!logs.contains("panicked"), "{logs}");
+    }
+}
+
+fn share_modes(d: &mut SmbClient, c: &SmbCluster, ca: &str, cb: &str, f: &str) {
+    d.ok(json!({"op": "open", "c": ca, "h": "a", "path": f, "share": 0}));
+    d.fails(json!({"op": "open", "c": cb, "h": "b", "path": f, "share": SHARE_ALL}), "STATUS_SHARING_VIOLATION");
+    d.fails(
+        json!({"op": "open", "c": cb, "h": "b", "path": f, "access": READ_ATTRS | 1, "share": SHARE_ALL}),
+        "STATUS_SHARING_VIOLATION",
+    );
+    d.ok(json!({"op": "close", "h": "a"}));
+    // Released on the other node at once.
+    d.ok(json!({"op": "open", "c": cb, "h": "b", "path": f, "share": 0}));
+    d.fails(json!({"op": "open", "c": ca, "h": "a", "path": f}), "STATUS_SHARING_VIOLATION");
+    d.ok(json!({"op": "close", "h": "b"}));
+
+    // A denies FILE_SHARE_DELETE: B's open with DELETE access is refused, a plain read is not.
+    d.ok(json!({"op": "open", "c": ca, "h": "a", "path": f, "share": SHARE_RW}));
+    d.fails(
+        json!({"op": "open", "c": cb, "h": "b", "path": f, "access": DELETE | READ_ATTRS, "share": SHARE_ALL}),
+        "STATUS_SHARING_VIOLATION",
+    );
+    d.ok(json!({"op": "open", "c": cb, "h": "b", "path": f, "access": READ_ATTRS | 1, "share": SHARE_ALL}));
+    d.ok(json!({"op": "close", "h": "b"}));
+    d.ok(json!({"op": "close", "h": "a"}));
+    assert!(c.volume().join(f).exists());
+    println!("share modes: ok");
+}
+
+fn delete_pending(d: &mut SmbClient, c: &SmbCluster, ca: &str, cb: &str, f: &str) {
+    d.ok(json!({"op": "open", "c": ca, "h": "a", "path": f, "access": RW | DELETE, "share": SHARE_ALL}));
+    d.ok(json!({"op": "write", "h": "a", "off": 0, "data": hex(b"still here")}));
+    d.ok(json!({"op": "open", "c": cb, "h": "b", "path": f, "share": SHARE_ALL}));
+    d.ok(json!({"op": "delete", "h": "a"}));
+    // The other node sees the file delete-pending.
+    d.fails(json!({"op": "open", "c": cb, "h": "b2", "path": f, "share": SHARE_ALL}), "STATUS_DELETE_PENDING");
+    d.ok(json!({"op": "close", "h": "a"}));
+    // A's close is not the last one: the file stays for B's handle, which keeps working.
+    assert!(c.volume().join(f).exists(), "deleted under the other node's open handle");
+    let r = d.ok(json!({"op": "read", "h": "b", "off": 0, "len": 10}));
+    assert_eq!(r.s("data"), hex(b"still here"));
+    d.ok(json!({"op": "write", "h": "b", "off": 10, "data": hex(b"!")}));
+    d.fails(json!({"op": "open", "c": ca, "h": "a2", "path": f, "share": SHARE_ALL}), "STATUS_DELETE_PENDING");
+    // The last close deletes it.
+    d.ok(json!({"op": "close", "h": "b"}));
+    wait_for("the last close to delete the file", Duration::from_secs(5), Duration::from_millis(20), || {
+        (!c.volume().join(f).exists()).then_some(())
+    });
+    d.fails(json!({"op": "open", "c": ca, "h": "a2", "path": f, "disposition": 1}), "STATUS_OBJECT_NAME_NOT_FOUND");
+
+    // Delete-on-close (the create option): A's close makes the file delete-pending for B's node,
+    // B's close deletes it.
+    let opts = FILE_NON_DIRECTORY_FILE | FILE_DELETE_ON_CLOSE;
+    d.ok(
+        json!({"op": "open", "c": ca, "h": "a", "path": f, "access": RW | DELETE, "share": SHARE_ALL, "options": opts}),
+    );
+    d.ok(json!({"op": "write", "h": "a", "off": 0, "data": hex(b"doc")}));
+    d.ok(json!({"op": "open", "c": cb, "h": "b", "path": f, "share": SHARE_ALL}));
+    d.ok(json!({"op": "close", "h": "a"}));
+    assert!(c.volume().join(f).exists(), "deleted under the other node's open handle");
+    d.fails(json!({"op": "open", "c": ca, "h": "a2", "path": f, "share": SHARE_ALL}), "STATUS_DELETE_PENDING");
+    assert_eq!(d.ok(json!({"op": "read", "h": "b", "off": 0, "len": 3})).s("data"), hex(b"doc"));
+    d.ok(json!({"op": "close", "h": "b"}));
+    wait_for("the last close to delete the file", Duration::from_secs(5), Duration::from_millis(20), || {
+        (!c.volume().join(f).exists()).then_some(())
+    });
+    println!("delete-pending and delete-on-close: ok");
+}
+
+fn locks(d: &mut SmbClient, ca: &str, cb: &str, f: &str) {
+    let data: Vec<u8> = (0..200u8).collect();
+    d.ok(json!({"op": "open", "c": ca, "h": "a", "path": f, "share": SHARE_ALL}));
+    d.ok(json!({"op": "write", "h": "a", "off": 0, "data": hex(&data)}));
+    d.ok(json!({"op": "open", "c": cb, "h": "b", "path": f, "share": SHARE_ALL}));
+    d.ok(json!({"op": "lock", "h": "a", "off": 0, "len": 100}));
+    let r = d.call(json!({"op": "lock", "h": "b", "off": 50, "len": 100}));
+    assert!(
+        !r.ok && (r.status == "STATUS_LOCK_NOT_GRANTED" || r.status == "STATUS_FILE_LOCK_CONFLICT"),
+        "overlapping lock on the other node: {}",
+        r.v
+    );
+    d.fails(json!({"op": "write", "h": "b", "off": 0, "data": hex(b"BBBBBBBBBB")}), "STATUS_FILE_LOCK_CONFLICT");
+    d.fails(json!({"op": "read", "h": "b", "off": 90, "len": 20}), "STATUS_FILE_LOCK_CONFLICT");
+    assert_eq!(d.ok(json!({"op": "read", "h": "a", "off": 0, "len": 10})).s("data"), hex(&data[..10]));
+    d.ok(json!({"op": "write", "h": "b", "off": 150, "data": hex(b"ok")}));
+    // A shared lock of B's outside A's range is fine.
+    d.ok(json!({"op": "lock", "h": "b", "off": 100, "len": 10, "excl": false}));
+    d.ok(json!({"op": "unlock", "h": "b", "off": 100, "len": 10}));
+
+    // A blocking lock on B's node waits, and is granted when A unlocks on the other node.
+    let waiting = d.start(json!({"op": "lock", "h": "b", "off": 50, "len": 100, "wait": true}));
+    assert!(d.try_wait(waiting, Duration::from_millis(300)).is_none(), "a blocking lock was granted over A's");
+    let unlocked = d.ok(json!({"op": "unlock", "h": "a", "off": 0, "len": 100}));
+    let granted = d.wait(waiting, Duration::from_secs(10));
+    assert!(granted.ok, "blocking lock: {}", granted.v);
+    let after_unlock = granted.t - unlocked.t0;
+    // Now A waits for B's lock, and B's close releases it.
+    let waiting = d.start(json!({"op": "lock", "h": "a", "off": 60, "len": 10, "wait": true}));
+    assert!(d.try_wait(waiting, Duration::from_millis(300)).is_none(), "a blocking lock was granted over B's");
+    let closed = d.ok(json!({"op": "close", "h": "b"}));
+    let granted = d.wait(waiting, Duration::from_secs(10));
+    assert!(granted.ok, "blocking lock: {}", granted.v);
+    let after_close = granted.t - closed.t0;
+    println!(
+        "locks: ok; blocking lock granted {:.1} ms after the holder sent its unlock, {:.1} ms after it sent its close",
+        after_unlock * 1e3,
+        after_close * 1e3
+    );
+    assert!(after_unlock < 2.0 && after_close < 2.0, "blocking locks slow: {after_unlock} s, {after_close} s");
+    d.ok(json!({"op": "close", "h": "a"}));
+}
+
+fn lease_break(d: &mut SmbClient, ca: &str, cb: &str, f: &str) {
+    let r = d.ok(json!({"op": "open", "c": ca, "h": "la", "path": f, "lease": "RWH", "share": SHARE_ALL}));
+    assert_eq!(r.s("lease"), "RHW", "A's lease: {}", r.v);
+    d.ok(json!({"op": "write", "h": "la", "off": 0, "data": hex(b"cached")}));
+    let asked = d.ok(json!({"op": "breaks", "c": ca, "n": 1, "timeout": 0})).t;
+    let open = d.start(json!({"op": "open", "c": cb, "h": "lb", "path": f, "share": SHARE_ALL}));
+    let b = d.ok(json!({"op": "breaks", "c": ca, "n": 1, "timeout": 10}));
+    let brk = b.v["breaks"][0].clone();
+    assert_eq!(brk["kind"], "lease", "A got no lease break: {}", b.v);
+    assert_eq!(brk["from"], "RHW");
+    let to = brk["to"].as_str().unwrap().to_string();
+    assert!(to == "RH" || to == "R", "broken to {to}");
+    assert_eq!(brk["ack_required"], true);
+    // B's open waits for A's acknowledgement.
+    assert!(d.try_wait(open, Duration::from_millis(200)).is_none(), "B's open completed before A acknowledged");
+    let acked = d.ok(json!({"op": "ack", "h": "la", "state": to}));
+    let opened = d.wait(open, Duration::from_secs(10));
+    assert!(opened.ok, "B's open: {}", opened.v);
+    let broke_after = brk["t"].as_f64().unwrap() - asked;
+    println!(
+        "lease: RWH broken to {to} {:.1} ms after B's open was sent; B's open completed {:.1} ms after A sent its ack",
+        broke_after * 1e3,
+        (opened.t - acked.t0) * 1e3
+    );
+    assert!(broke_after < 2.0, "the break took {broke_after} s");
+    assert!(opened.t >= acked.t0, "B's open completed before A acknowledged");
+    assert_eq!(d.ok(json!({"op": "read", "h": "lb", "off": 0, "len": 6})).s("data"), hex(b"cached"));
+    d.ok(json!({"op": "close", "h": "lb"}));
+    d.ok(json!({"op": "close", "h": "la"}));
+}
+
+fn batch_oplock(d: &mut SmbClient, ca: &str, cb: &str, f: &str) {
+    let r = d.ok(json!({"op": "open", "c": ca, "h": "oa", "path": f, "oplock": "batch", "share": SHARE_ALL}));
+    assert_eq!(r.s("oplock"), "batch", "{}", r.v);
+    let asked = d.ok(json!({"op": "breaks", "c": ca, "n": 1, "timeout": 0})).t;
+    let open = d.start(json!({"op": "open", "c": cb, "h": "ob", "path": f, "share": SHARE_ALL}));
+    let b = d.ok(json!({"op": "breaks", "c": ca, "n": 1, "timeout": 10}));
+    let brk = b.v["breaks"][0].clone();
+    assert_eq!(brk["kind"], "oplock", "A got no oplock break: {}", b.v);
+    let to = brk["to"].as_str().unwrap().to_string();
+    assert!(to == "ii" || to == "none", "broken to {to}");
+    assert!(d.try_wait(open, Duration::from_millis(200)).is_none(), "B's open completed before A acknowledged");
+    let acked = d.ok(json!({"op": "ack_oplock", "h": "oa", "level": to}));
+    let opened = d.wait(open, Duration::from_secs(10));
+    assert!(opened.ok, "B's open: {}", opened.v);
+    println!(
+        "batch oplock: broken to {to} {:.1} ms after B's open was sent; B's open completed {:.1} ms after A sent its ack",
+        (brk["t"].as_f64().unwrap() - asked) * 1e3,
+        (opened.t - acked.t0) * 1e3
+    );
+    assert!(opened.t >= acked.t0, "B's open completed before A acknowledged");
+    d.ok(json!({"op": "close", "h": "ob"}));
+    d.ok(json!({"op": "close", "h": "oa"}));
+}
+
+/// A locks bytes 0-99 through SMB on n1; an NFS client of n2 writes into them.
+fn nfs_write_into_smb_lock(c: &SmbCluster, d: &mut SmbClient) {
+    use nfs3_types::nfs3::{nfsstat3, stable_how};
+    d.ok(json!({"op": "open", "c": "LA", "h": "na", "path": "nfs-vs-smb", "share": SHARE_ALL}));
+    d.ok(json!({"op": "write", "h": "na", "off": 0, "data": hex(&[b'S'; 200])}));
+    d.ok(json!({"op": "lock", "h": "na", "off": 0, "len": 100}));
+    let ns = c.topo.ns("n2").to_string();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let nfs = std::thread::spawn(move || {
+        nasgw_tests::netns::enter(&ns);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let mut conn = nfs_common::mount(NFS_PORT, 0, 0).await;
+            let root = conn.root_nfs_fh3();
+            let (fh, _) = nfs_common::lookup(&mut conn, &root, b"nfs-vs-smb").await.expect("lookup");
+            let inside = nfs_common::write(&mut conn, &fh, 10, b"NFS", stable_how::FILE_SYNC).await.err();
+            let outside = nfs_common::write(&mut conn, &fh, 150, b"NFS", stable_how::FILE_SYNC).await.err();
+            done_tx.send((inside, outside)).unwrap();
+            rx.recv().unwrap();
+            // After the SMB unlock, the write goes through (a client retries JUKEBOX the same way).
+            let start = std::time::Instant::now();
+            loop {
+                match nfs_common::write(&mut conn, &fh, 10, b"NFS", stable_how::FILE_SYNC).await {
+                    Ok(_) => return Ok(start.elapsed()),
+                    Err(nfsstat3::NFS3ERR_JUKEBOX) if start.elapsed() < Duration::from_secs(10) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+    });
+    let (inside, outside) = done_rx.recv_timeout(Duration::from_secs(60)).expect("the NFS client answers");
+    assert_eq!(inside, Some(nfsstat3::NFS3ERR_JUKEBOX), "NFS WRITE into an SMB-locked range");
+    assert_eq!(outside, None, "NFS WRITE outside the locked range");
+    d.ok(json!({"op": "unlock", "h": "na", "off": 0, "len": 100}));
+    tx.send(()).unwrap();
+    let took = nfs.join().unwrap().expect("NFS WRITE after the unlock");
+    let r = d.ok(json!({"op": "read", "h": "na", "off": 0, "len": 16}));
+    assert_eq!(r.s("data"), hex(b"SSSSSSSSSSNFSSSS"));
+    println!("nfs vs smb: JUKEBOX inside the SMB lock, written {:.1} ms after the unlock", took.as_secs_f64() * 1e3);
+    d.ok(json!({"op": "close", "h": "na"}));
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
