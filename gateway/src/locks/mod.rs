@@ -25,6 +25,7 @@ pub mod service;
 #[cfg(test)]
 pub mod sim;
 pub mod types;
+pub mod volume;
 
 pub use machine::OpenEntry;
 pub use record::{
