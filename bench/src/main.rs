@@ -14,6 +14,7 @@ mod measure;
 mod nasgw;
 mod nfs;
 mod nfs_client;
+mod nlm;
 mod smb;
 mod table;
 mod target;
@@ -36,6 +37,8 @@ enum Only {
     Gluster,
     /// Cluster: one shared file from two clients through two nodes vs one (3 nasgw nodes).
     Cluster,
+    /// NFS locks (NLM 4): nasgw vs NFS-Ganesha with NLM and rpc.statd.
+    Nlm,
 }
 
 /// Benchmarks nasgw against its anchors with real clients and prints markdown tables.
@@ -45,7 +48,7 @@ struct Args {
     /// Small sizes (32 MiB bulk, 200 files, 1000 entries, one round): checks the plumbing.
     #[arg(long)]
     quick: bool,
-    /// Run only these groups (repeat or comma-separate); default: nfs, smb and cluster.
+    /// Run only these groups (repeat or comma-separate); default: nfs, smb, cluster and nlm.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Only>,
     /// Rounds per workload (the median is reported); default 5, or 1 with --quick.
@@ -77,7 +80,8 @@ fn main() -> Result<()> {
     if let Some(r) = args.rounds {
         sizes.rounds = r.max(1);
     }
-    let only = if args.only.is_empty() { vec![Only::Nfs, Only::Smb, Only::Cluster] } else { args.only.clone() };
+    let only =
+        if args.only.is_empty() { vec![Only::Nfs, Only::Smb, Only::Cluster, Only::Nlm] } else { args.only.clone() };
 
     let (_keep, work) = match &args.dir {
         Some(d) => {
@@ -93,7 +97,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
     let mut groups = Vec::new();
-    if only.contains(&Only::Nfs) || only.contains(&Only::Smb) {
+    if only.contains(&Only::Nfs) || only.contains(&Only::Smb) || only.contains(&Only::Nlm) {
         eprintln!("bench: preparing data under {}", work.display());
         let fx = Fixture::create(&work, sizes)?;
         let server = nasgw::start(&work.join("nasgw"), &nasgw::local_volume(&fx.data));
@@ -102,6 +106,9 @@ fn main() -> Result<()> {
         }
         if only.contains(&Only::Smb) {
             groups.push(smb::run(&fx, &work, &server.smb));
+        }
+        if only.contains(&Only::Nlm) {
+            groups.push(nlm::run(&fx, &work, &server.nfs));
         }
         if let Some(d) = server.daemon {
             d.stop();

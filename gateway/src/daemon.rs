@@ -69,6 +69,17 @@ async fn run(loaded: Loaded) -> Result<()> {
             l
         }
     };
+    if cfg.cluster.is_some() {
+        // Change notifications cross nodes on the lock mesh's broadcast (best effort).
+        let l = Arc::downgrade(&locks);
+        namespace.changes().set_remote(Box::new(move |b| {
+            if let Some(l) = l.upgrade() {
+                l.broadcast(b);
+            }
+        }));
+        let hub = namespace.changes().clone();
+        locks.set_events(Box::new(move |b| hub.receive(b)));
+    }
     // Share folders for their writers (a fresh volume needs no admin chown). A local directory
     // is ready now, so the first client already finds them; a GlusterFS volume once it answers.
     match &gluster {

@@ -260,6 +260,8 @@ pub struct Ganesha {
     pub mount_port: u16,
     /// The export's path as NFSv3 clients mount it (Ganesha's v3 mounts use the real `Path`).
     pub export_path: String,
+    /// NLM 4 port (TCP) when started with [`Ganesha::start_with_nlm`].
+    pub nlm_port: Option<u16>,
     /// Its private directory (config, log, recovery root).
     pub dir: PathBuf,
     /// `unshare` exec'd into the shell that exec'd Ganesha: this child is Ganesha.
@@ -270,7 +272,21 @@ impl Ganesha {
     /// Starts `ganesha.nfsd -F` and its `rpcbind` (see the module doc); returns once NFS and
     /// MOUNT accept connections. The caller must have called [`isolate_network`].
     pub fn start(dir: &Path, fsal: GaneshaFsal<'_>) -> Ganesha {
+        Self::launch(dir, fsal, false)
+    }
+
+    /// [`Ganesha::start`] with its lock manager (NLM 4 over TCP on [`Ganesha::nlm_port`]) and an
+    /// `rpc.statd` beside its rpcbind (state under `dir`, no notifications), as an admin runs it
+    /// for clients that lock.
+    pub fn start_with_nlm(dir: &Path, fsal: GaneshaFsal<'_>) -> Ganesha {
+        Self::launch(dir, fsal, true)
+    }
+
+    fn launch(dir: &Path, fsal: GaneshaFsal<'_>, nlm: bool) -> Ganesha {
         crate::require_tool("ganesha.nfsd");
+        if nlm {
+            crate::require_tool("rpc.statd");
+        }
         crate::require_tool("rpcbind");
         assert!(
             network_is_isolated(),
@@ -278,6 +294,11 @@ impl Ganesha {
         );
         std::fs::create_dir_all(dir.join("recovery")).expect("create ganesha dir");
         let (nfs_port, mount_port) = (free_port(), free_port());
+        let nlm_port = nlm.then(free_port);
+        let nlm_conf = match nlm_port {
+            Some(p) => format!("Enable_NLM = true; NLM_Port = {p};"),
+            None => "Enable_NLM = false;".to_string(),
+        };
         let (path, fsal_block) = match fsal {
             GaneshaFsal::Vfs(p) => (p.display().to_string(), "FSAL { Name = VFS; }".to_string()),
             GaneshaFsal::Gluster { server, volume } => (
@@ -290,7 +311,7 @@ impl Ganesha {
         };
         let conf = format!(
             "NFS_CORE_PARAM {{ Bind_addr = 127.0.0.1; NFS_Port = {nfs_port}; MNT_Port = {mount_port}; Protocols = 3,4; \
-             Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = false; \
+             {nlm_conf} Enable_RQUOTA = false; Enable_UDP = false; \
              Plugins_Dir = \"/usr/lib/x86_64-linux-gnu/ganesha\"; }}\n\
              NFSv4 {{ RecoveryRoot = \"{rec}\"; Graceless = true; }}\n\
              EXPORT {{ Export_Id = 1; Path = \"{path}\"; Pseudo = /x; Access_Type = RW; Squash = No_Root_Squash; \
@@ -303,12 +324,26 @@ impl Ganesha {
         let script = dir.join("launch.sh");
         let mut f = File::create(&script).expect("write launch.sh");
         // A private /run for rpcbind's socket and lock; Ganesha registers through that socket.
+        let statd = if nlm {
+            let sd = dir.join("statd");
+            for sub in ["sm", "sm.bak"] {
+                std::fs::create_dir_all(sd.join(sub)).expect("create statd dir");
+            }
+            format!(
+                "rpc.statd -F --no-notify -P '{}' &\necho $! > '{}'\n\
+                 for i in $(seq 200); do rpcinfo -p 127.0.0.1 2>/dev/null | grep -q status && break; sleep 0.025; done\n",
+                sd.display(),
+                dir.join("statd.pid").display()
+            )
+        } else {
+            String::new()
+        };
         write!(
             f,
             "set -e\nmount -t tmpfs tmpfs /run\nmkdir -p /run/gluster /run/ganesha\nrpcbind -f -w &\n\
              echo $! > '{}'\n\
              for i in $(seq 200); do [ -S /run/rpcbind.sock ] && break; sleep 0.025; done\n\
-             exec ganesha.nfsd -F -L '{}' -f '{}' -p /run/ganesha.pid\n",
+             {statd}exec ganesha.nfsd -F -L '{}' -f '{}' -p /run/ganesha.pid\n",
             dir.join("rpcbind.pid").display(),
             log.display(),
             conf_path.display()
@@ -324,8 +359,14 @@ impl Ganesha {
             .stderr(Stdio::from(File::create(dir.join("launch.err")).expect("launch log")))
             .spawn()
             .expect("spawn unshare");
-        let mut g =
-            Ganesha { nfs_port, mount_port, export_path: path, dir: dir.to_path_buf(), launcher: Some(launcher) };
+        let mut g = Ganesha {
+            nfs_port,
+            mount_port,
+            export_path: path,
+            nlm_port,
+            dir: dir.to_path_buf(),
+            launcher: Some(launcher),
+        };
         wait_for("Ganesha to accept NFS and MOUNT connections", START_TIMEOUT, Duration::from_millis(50), || {
             if let Some(s) = g.launcher.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!(
@@ -335,7 +376,7 @@ impl Ganesha {
                 );
             }
             let up = std::fs::read_to_string(&log).unwrap_or_default().contains("NFS SERVER INITIALIZED");
-            (up && answers(nfs_port) && answers(mount_port)).then_some(())
+            (up && answers(nfs_port) && answers(mount_port) && nlm_port.is_none_or(answers)).then_some(())
         });
         g
     }
@@ -365,14 +406,16 @@ impl Ganesha {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let rpcbind = std::fs::read_to_string(self.dir.join("rpcbind.pid")).unwrap_or_default();
-        if let Ok(pid) = rpcbind.trim().parse::<i32>() {
-            // Only if that PID is still our rpcbind (not reused since).
-            if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "rpcbind") {
-                // SAFETY: kill(2) on the rpcbind our launcher started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+        for (file, comm) in [("rpcbind.pid", "rpcbind"), ("statd.pid", "rpc.statd")] {
+            let pid = std::fs::read_to_string(self.dir.join(file)).unwrap_or_default();
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                // Only if that PID is still ours (not reused since).
+                if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm) {
+                    // SAFETY: kill(2) on a daemon our launcher started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                let _ = std::fs::remove_file(self.dir.join(file));
             }
-            let _ = std::fs::remove_file(self.dir.join("rpcbind.pid"));
         }
     }
 }

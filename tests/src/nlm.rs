@@ -214,3 +214,86 @@ pub fn getport(pmap: IpAddr, prog: u32, vers: u32, prot: u32, tcp: bool) -> u32 
     };
     R(&b).u32()
 }
+
+/// The handle of `path` at an NFS server whose MOUNT listens on `mount` (Ganesha's own port)
+/// and NFS on `nfs`.
+pub fn file_handle_at(nfs: SocketAddr, mount: SocketAddr, export: &str, path: &str) -> Vec<u8> {
+    let mut a = W(Vec::new());
+    a.opaque(export.as_bytes());
+    let b = call_tcp(mount, 100_005, 3, 1, &a.0);
+    let mut r = R(&b);
+    assert_eq!(r.u32(), 0, "MOUNT of {export} refused");
+    let mut fh = r.opaque();
+    for name in path.split('/').filter(|n| !n.is_empty()) {
+        let mut a = W(Vec::new());
+        a.opaque(&fh).opaque(name.as_bytes());
+        let b = call_tcp(nfs, 100_003, 3, 3, &a.0);
+        let mut r = R(&b);
+        assert_eq!(r.u32(), 0, "LOOKUP {name} failed");
+        fh = r.opaque();
+    }
+    fh
+}
+
+/// One NLM 4 lock owner on one kept TCP connection, one call at a time (the bench's client):
+/// errors are returned, never panics.
+pub struct NlmConn {
+    stream: TcpStream,
+    owner: NlmClient,
+    xid: u32,
+}
+
+impl NlmConn {
+    /// Connects to the lock manager at `server` as owner `caller`/`svid`.
+    pub fn connect(server: SocketAddr, caller: &str, svid: i32) -> std::io::Result<NlmConn> {
+        let stream = TcpStream::connect_timeout(&server, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_nodelay(true)?;
+        Ok(NlmConn { stream, owner: NlmClient::new(server, caller, svid), xid: rand_u32() })
+    }
+
+    fn call(&mut self, proc_: u32, args: &[u8]) -> std::io::Result<u32> {
+        use std::io::{Error, ErrorKind};
+        self.xid = self.xid.wrapping_add(1);
+        let msg = call_msg(self.xid, 100_021, 4, proc_, args);
+        let mut rec = ((msg.len() as u32) | 0x8000_0000).to_be_bytes().to_vec();
+        rec.extend_from_slice(&msg);
+        self.stream.write_all(&rec)?;
+        let mut hdr = [0u8; 4];
+        self.stream.read_exact(&mut hdr)?;
+        let len = (u32::from_be_bytes(hdr) & 0x7fff_ffff) as usize;
+        if len > 65_536 {
+            return Err(Error::new(ErrorKind::InvalidData, "reply too long"));
+        }
+        let mut reply = vec![0; len];
+        self.stream.read_exact(&mut reply)?;
+        // xid, REPLY, MSG_ACCEPTED, verifier (flavor, empty body), SUCCESS, cookie, stat.
+        let word = |i: usize| reply.get(i * 4..i * 4 + 4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+        let bad = || Error::new(ErrorKind::InvalidData, "not a successful NLM reply");
+        if word(0) != Some(self.xid) || word(1) != Some(1) || word(2) != Some(0) || word(4) != Some(0) {
+            return Err(bad());
+        }
+        if word(5) != Some(0) {
+            return Err(bad());
+        }
+        let cookie = word(6).ok_or_else(bad)? as usize;
+        word(7 + cookie.div_ceil(4)).ok_or_else(bad)
+    }
+
+    /// A non-blocking exclusive LOCK of `offset`/`len`; the NLM status.
+    pub fn lock(&mut self, fh: &[u8], offset: u64, len: u64) -> std::io::Result<u32> {
+        let mut w = W(Vec::new());
+        w.opaque(b"c").u32(0).u32(1);
+        self.owner.lock_args(&mut w, fh, offset, len);
+        w.u32(0).u32(1);
+        self.call(2, &w.0)
+    }
+
+    /// UNLOCK of `offset`/`len`; the NLM status.
+    pub fn unlock(&mut self, fh: &[u8], offset: u64, len: u64) -> std::io::Result<u32> {
+        let mut w = W(Vec::new());
+        w.opaque(b"c");
+        self.owner.lock_args(&mut w, fh, offset, len);
+        self.call(4, &w.0)
+    }
+}

@@ -253,6 +253,16 @@ impl Cluster {
         out.lines().find_map(|l| l.strip_prefix("UUID=")).map(|s| s.trim().to_string())
     }
 
+    /// [`Cluster::volume_id`], polled: one SSH or CLI call may fail on a loaded host.
+    fn known_volume_id(&self, i: usize) -> String {
+        self.wait(&format!("node{}'s volume id", i + 1), Duration::from_secs(300), |c| c.volume_id(i))
+    }
+
+    /// [`Cluster::uuid`], polled.
+    fn known_uuid(&self, i: usize) -> String {
+        self.wait(&format!("node{}'s glusterd UUID", i + 1), Duration::from_secs(300), |c| c.uuid(i))
+    }
+
     /// Whether `gluster volume status smb` on node `i` shows every brick online and the
     /// self-heal has nothing left (`heal info` counts 0 on every brick).
     fn bricks_online_and_healed(&self, i: usize) -> bool {
@@ -426,15 +436,17 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
     });
     let founding_id = c.wait("the volume created and started", Duration::from_secs(300), |c| c.volume_id(0));
     for i in 0..3 {
-        assert_eq!(c.volume_id(i).as_deref(), Some(founding_id.as_str()), "node{} knows another volume", i + 1);
+        assert_eq!(c.known_volume_id(i), founding_id, "node{} knows another volume", i + 1);
     }
     c.wait("three nodes OK in nasgw status", Duration::from_secs(300), |c| (c.ok_nodes(0) == 3).then_some(()));
-    let info = c.ssh_ok(0, "gluster volume info smb");
+    // The provisioning loop sets the failover options once the volume is started.
+    let info = c.wait("the failover options set", Duration::from_secs(300), |c| {
+        c.ssh(0, "gluster volume info smb").filter(|i| i.contains("network.ping-timeout: 5"))
+    });
     assert!(info.contains("Status: Started") && info.contains("Number of Bricks: 1 x 3 = 3"), "{info}");
-    assert!(info.contains("network.ping-timeout: 5"), "failover options not set:\n{info}");
     let created: Vec<usize> = (0..3)
         .map(|i| {
-            c.ssh_ok(i, "journalctl -b -u nasgw-provision --no-pager -o cat | grep -c 'creating the volume' || true")
+            c.ssh_ok(i, "journalctl -b -u nasgw-provision --no-pager -o cat | grep -c 'creating the volume$' || true")
                 .trim()
                 .parse()
                 .unwrap_or(99)
@@ -444,7 +456,7 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
     // UEFI on node 2, BIOS on the others.
     assert_eq!(c.ssh_ok(1, "test -d /sys/firmware/efi && echo uefi || echo bios").trim(), "uefi");
     assert_eq!(c.ssh_ok(0, "test -d /sys/firmware/efi && echo uefi || echo bios").trim(), "bios");
-    let uuids: Vec<String> = (0..3).map(|i| c.uuid(i).expect("glusterd UUID")).collect();
+    let uuids: Vec<String> = (0..3).map(|i| c.known_uuid(i)).collect();
     let blame = c.ssh(0, "systemd-analyze; systemd-analyze blame | head -12").unwrap_or_default();
     eprintln!("image_cluster: node1 boot:\n{blame}");
 
@@ -481,8 +493,8 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
         Duration::from_secs(1800),
         |c| (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| reboot_at.elapsed()),
     );
-    assert_eq!(c.volume_id(killed).as_deref(), Some(founding_id.as_str()), "the volume changed");
-    assert_eq!(c.uuid(killed).as_deref(), Some(uuids[killed].as_str()), "the rebooted node's glusterd UUID changed");
+    assert_eq!(c.known_volume_id(killed), founding_id, "the volume changed");
+    assert_eq!(c.known_uuid(killed), uuids[killed], "the rebooted node's glusterd UUID changed");
     let again = c.ssh_ok(killed, "journalctl -b -u nasgw-provision --no-pager -o cat | grep -cE 'creating the volume|reset-brick|taking UUID' || true");
     assert_eq!(again.trim(), "0", "the rebooted node recreated something");
     let brick = c.ssh_ok(killed, "ls /data/b0/smb");
@@ -506,13 +518,13 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
     let updated = c.wait("three nodes OK after the update, bricks online and healed", Duration::from_secs(1200), |c| {
         (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| update_at.elapsed())
     });
-    assert_eq!(c.uuid(killed).as_deref(), Some(uuids[killed].as_str()), "the update lost glusterd's state");
+    assert_eq!(c.known_uuid(killed), uuids[killed], "the update lost glusterd's state");
     assert_eq!(
         c.ssh_ok(killed, "ls /var/lib/nasgw | sort | tr '\\n' ' '"),
         state_before,
         "the update lost nasgw's state"
     );
-    assert_eq!(c.volume_id(killed).as_deref(), Some(founding_id.as_str()));
+    assert_eq!(c.known_volume_id(killed), founding_id);
 
     // 6. Node 3 is replaced by a blank machine with its MAC: blank system and data disks.
     let replaced = 2;
@@ -527,8 +539,8 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
         Duration::from_secs(2400),
         |c| (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| replace_at.elapsed()),
     );
-    assert_eq!(c.uuid(replaced).as_deref(), Some(uuids[replaced].as_str()), "the new node3 did not take its UUID");
-    assert_eq!(c.volume_id(replaced).as_deref(), Some(founding_id.as_str()));
+    assert_eq!(c.known_uuid(replaced), uuids[replaced], "the new node3 did not take its UUID");
+    assert_eq!(c.known_volume_id(replaced), founding_id);
     let log = c.ssh_ok(replaced, "journalctl -b -u nasgw-provision --no-pager -o cat");
     assert!(log.contains("taking UUID") && log.contains("rebuilding blank brick"), "node3's provisioning:\n{log}");
     let brick = c.ssh_ok(replaced, "ls /data/b0/smb");

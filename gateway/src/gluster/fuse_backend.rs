@@ -90,6 +90,10 @@ impl Backend for FuseBackend {
         gfid_file_id(&ROOT_GFID)
     }
 
+    fn path_of(&self, dir: &FileId) -> VfsResult<Vec<u8>> {
+        self.backend()?.path_of(dir)
+    }
+
     fn getattr(&self, id: &FileId) -> VfsResult<Attr> {
         self.backend()?.getattr(id)
     }

@@ -699,9 +699,11 @@ impl FileRecord {
     /// lease holding R is broken to none, without waiting (MS-FSA 2.1.5.17's level II breaks;
     /// Samba's contend_level2_oplocks). Returns the breaks to start.
     pub fn contend(&self, by: Option<&LeaseId>) -> Vec<(LeaseId, u8)> {
+        // A lease is not broken by its own client's writes; a level II oplock is, even by its
+        // own open's (MS-SMB2 3.3.4.7, smbtorture smb2.oplock.batch1: "self break to none").
         self.leases
             .iter()
-            .filter(|l| Some(&l.id) != by && l.state & caching::R != 0 && l.state & caching::W == 0)
+            .filter(|l| (Some(&l.id) != by || l.is_oplock()) && l.state & caching::R != 0 && l.state & caching::W == 0)
             .map(|l| (l.id, 0))
             .collect()
     }

@@ -214,6 +214,8 @@ pub struct Durability {
     pub lease_key: Option<[u8; 16]>,
     /// The version of that lease (1 or 2).
     pub lease_version: u8,
+    /// The CreateAction the open was answered with (a replayed CREATE gets it again).
+    pub action: u32,
 }
 
 /// Whether a new open is made durable (MS-SMB2 3.3.5.9.6, 3.3.5.9.10; smbd's rules): a v1 or
@@ -717,6 +719,7 @@ mod tests {
             user: alice.clone(),
             lease_key: Some([9; 16]),
             lease_version: 2,
+            action: 2,
         };
         let v2 = Reconnect::V2 { fid: (1, 1), create_guid: [4; 16], persistent: false };
         let ok = Presented {

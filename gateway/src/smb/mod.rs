@@ -19,16 +19,19 @@
 //! - [`cmd`]: one file per SMB2 command;
 //! - [`srvsvc`]: the DCE/RPC share-enumeration pipe on `IPC$`.
 
+pub mod aapl;
 pub mod auth;
 pub mod cmd;
 pub mod compound;
 pub mod conn;
+pub mod copychunk;
 pub mod dosattrib;
 pub mod durable;
 pub mod encryption;
 pub mod file_state;
 pub mod fs;
 pub mod leases;
+pub mod notify;
 pub mod passwd;
 pub mod sequence;
 pub mod session;
@@ -100,6 +103,10 @@ pub struct SmbServer {
     /// Alternate data streams open on this node, per file (deletion rules between a file and
     /// its streams).
     pub open_streams: streams::OpenStreams,
+    /// CHANGE_NOTIFY watches of open directories.
+    pub watches: notify::Watches,
+    /// Resume keys of server-side copy sources.
+    pub resume_keys: copychunk::ResumeKeys,
     /// Durable opens by persistent FileId, those whose connection was lost included.
     pub durable: durable::DurableTable,
 }
@@ -141,6 +148,8 @@ impl SmbServer {
             idle_without_session: IDLE_WITHOUT_SESSION,
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
             open_streams: streams::OpenStreams::default(),
+            watches: notify::Watches::default(),
+            resume_keys: copychunk::ResumeKeys::default(),
             durable: durable::DurableTable::new(locks.node()),
             locks,
         }

@@ -259,6 +259,13 @@ pub trait Backend: Send + Sync + 'static {
         Ok(done)
     }
 
+    /// The path of directory `dir` from the volume root (`a/b`, empty for the root), so that
+    /// recursive change watches can place events; [`VfsError::NotSupported`] where the backend
+    /// cannot tell.
+    fn path_of(&self, _dir: &FileId) -> VfsResult<Vec<u8>> {
+        Err(VfsError::NotSupported)
+    }
+
     /// File-system statistics of the volume.
     fn statfs(&self, id: &FileId) -> VfsResult<FsStat>;
 

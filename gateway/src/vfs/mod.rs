@@ -16,6 +16,7 @@
 
 pub mod access;
 pub mod backend;
+pub mod changes;
 pub mod cred;
 pub mod error;
 pub mod folding;

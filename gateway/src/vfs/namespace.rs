@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::backend::Backend;
+use super::changes::{what, Change, ChangeHub, Kind, Place};
 use super::cred::Credentials;
 use super::error::{VfsError, VfsResult};
 use super::folding::{FoldedIndexes, FoldedNames};
@@ -25,6 +26,8 @@ pub struct Namespace {
     local: bool,
     /// Directories' names by folded form, for case-insensitive lookups (local volumes only).
     folded: Arc<Mutex<FoldedIndexes>>,
+    /// Change events: watchers and where changes go (see [`super::changes`]).
+    changes: Arc<ChangeHub>,
 }
 
 /// Longest extended attribute value Linux stores (`XATTR_SIZE_MAX`); file systems may store
@@ -84,7 +87,12 @@ impl Namespace {
     /// Serves `backend`.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
         let local = backend.is_local();
-        Self { backend, local, folded: Arc::new(Mutex::new(FoldedIndexes::default())) }
+        Self {
+            backend,
+            local,
+            folded: Arc::new(Mutex::new(FoldedIndexes::default())),
+            changes: Arc::new(ChangeHub::default()),
+        }
     }
 
     /// True when the volume is a local file system (see [`Backend::is_local`]).
@@ -105,6 +113,43 @@ impl Namespace {
     /// The root directory.
     pub fn root(&self) -> FileId {
         self.backend.root()
+    }
+
+    /// The change events of this namespace (watchers register here).
+    pub fn changes(&self) -> &Arc<ChangeHub> {
+        &self.changes
+    }
+
+    /// The path of directory `dir` from the volume root (`a/b`, empty for the root), when the
+    /// backend can tell (see [`Backend::path_of`]).
+    pub async fn path_of(&self, dir: FileId) -> VfsResult<Vec<u8>> {
+        let b = self.backend.clone();
+        quick(self.local, move || b.path_of(&dir)).await
+    }
+
+    async fn place(&self, dir: FileId, name: &[u8]) -> Place {
+        let dir_path = if self.changes.wants_paths() { self.path_of(dir).await.ok() } else { None };
+        Place { dir, dir_path, name: name.to_vec() }
+    }
+
+    /// Publishes that `dir/name` appeared or went.
+    async fn named(&self, kind: Kind, dir: FileId, name: &[u8], is_dir: bool) {
+        if !self.changes.wanted() {
+            return;
+        }
+        let what = if is_dir { what::DIR_NAME } else { what::FILE_NAME };
+        let at = self.place(dir, name).await;
+        self.changes.publish(&Change { kind, what, at, to: None });
+    }
+
+    /// Publishes that the file at `dir/name` changed (`bits`: [`super::changes::what`]): for
+    /// protocols, which know under which name they changed a file's data or attributes.
+    pub async fn modified(&self, dir: FileId, name: &[u8], bits: u32) {
+        if !self.changes.wanted() || bits == 0 || name.is_empty() {
+            return;
+        }
+        let at = self.place(dir, name).await;
+        self.changes.publish(&Change { kind: Kind::Modified, what: bits, at, to: None });
     }
 
     /// Attributes of a live file; `Stale` when it was deleted.
@@ -307,14 +352,24 @@ impl Namespace {
         mode: u32,
         how: CreateHow,
     ) -> VfsResult<(FileId, Attr)> {
+        let raw = name.to_vec();
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
-        quick(self.local, move || b.create(&cred, &dir, &name, mode, how)).await
+        let r = quick(self.local, move || b.create(&cred, &dir, &name, mode, how)).await;
+        if r.is_ok() {
+            self.named(Kind::Added, dir, &raw, false).await;
+        }
+        r
     }
 
     /// Creates directory `dir/name`.
     pub async fn mkdir(&self, cred: &Credentials, dir: FileId, name: &[u8], mode: u32) -> VfsResult<(FileId, Attr)> {
+        let raw = name.to_vec();
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
-        quick(self.local, move || b.mkdir(&cred, &dir, &name, mode)).await
+        let r = quick(self.local, move || b.mkdir(&cred, &dir, &name, mode)).await;
+        if r.is_ok() {
+            self.named(Kind::Added, dir, &raw, true).await;
+        }
+        r
     }
 
     /// Creates symlink `dir/name` -> `target` (stored verbatim, never followed by the server
@@ -326,8 +381,13 @@ impl Namespace {
         name: &[u8],
         target: &[u8],
     ) -> VfsResult<(FileId, Attr)> {
+        let raw = name.to_vec();
         let (b, cred, name, target) = (self.backend.clone(), cred.clone(), Name::new(name)?, target.to_vec());
-        quick(self.local, move || b.symlink(&cred, &dir, &name, &target)).await
+        let r = quick(self.local, move || b.symlink(&cred, &dir, &name, &target)).await;
+        if r.is_ok() {
+            self.named(Kind::Added, dir, &raw, false).await;
+        }
+        r
     }
 
     /// Makes special file `dir/name` (fifo, socket, device) with permission bits `mode`.
@@ -341,12 +401,17 @@ impl Namespace {
         kind: SpecialFile,
         mode: u32,
     ) -> VfsResult<(FileId, Attr)> {
+        let raw = name.to_vec();
         let name = Name::new(name)?;
         if kind.is_device() && !cred.is_root() {
             return Err(VfsError::Perm);
         }
         let (b, cred) = (self.backend.clone(), cred.clone());
-        quick(self.local, move || b.mknod(&cred, &dir, &name, kind, mode & 0o7777)).await
+        let r = quick(self.local, move || b.mknod(&cred, &dir, &name, kind, mode & 0o7777)).await;
+        if r.is_ok() {
+            self.named(Kind::Added, dir, &raw, false).await;
+        }
+        r
     }
 
     /// Reads a symlink's target.
@@ -357,14 +422,24 @@ impl Namespace {
 
     /// Removes non-directory `dir/name`.
     pub async fn remove(&self, cred: &Credentials, dir: FileId, name: &[u8]) -> VfsResult<()> {
+        let raw = name.to_vec();
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
-        quick(self.local, move || b.remove(&cred, &dir, &name)).await
+        let r = quick(self.local, move || b.remove(&cred, &dir, &name)).await;
+        if r.is_ok() {
+            self.named(Kind::Removed, dir, &raw, false).await;
+        }
+        r
     }
 
     /// Removes empty directory `dir/name`.
     pub async fn rmdir(&self, cred: &Credentials, dir: FileId, name: &[u8]) -> VfsResult<()> {
+        let raw = name.to_vec();
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
-        quick(self.local, move || b.rmdir(&cred, &dir, &name)).await
+        let r = quick(self.local, move || b.rmdir(&cred, &dir, &name)).await;
+        if r.is_ok() {
+            self.named(Kind::Removed, dir, &raw, true).await;
+        }
+        r
     }
 
     /// Renames `from_dir/from` to `to_dir/to`.
@@ -376,14 +451,29 @@ impl Namespace {
         to_dir: FileId,
         to: &[u8],
     ) -> VfsResult<()> {
-        let (b, cred, from, to) = (self.backend.clone(), cred.clone(), Name::new(from)?, Name::new(to)?);
-        quick(self.local, move || b.rename(&cred, &from_dir, &from, &to_dir, &to)).await
+        let (raw_from, raw_to) = (from.to_vec(), to.to_vec());
+        let (b, c, from, to) = (self.backend.clone(), cred.clone(), Name::new(from)?, Name::new(to)?);
+        quick(self.local, move || b.rename(&c, &from_dir, &from, &to_dir, &to)).await?;
+        if self.changes.wanted() {
+            let is_dir =
+                matches!(self.lookup(cred, to_dir, &raw_to).await, Ok((_, a)) if a.ftype == FileType::Directory);
+            let what = if is_dir { what::DIR_NAME } else { what::FILE_NAME };
+            let at = self.place(from_dir, &raw_from).await;
+            let to = Some(self.place(to_dir, &raw_to).await);
+            self.changes.publish(&Change { kind: Kind::Renamed, what, at, to });
+        }
+        Ok(())
     }
 
     /// Hard-links file `id` as `dir/name`; returns the file's attributes.
     pub async fn link(&self, cred: &Credentials, id: FileId, dir: FileId, name: &[u8]) -> VfsResult<Attr> {
+        let raw = name.to_vec();
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
-        quick(self.local, move || b.link(&cred, &id, &dir, &name)).await
+        let r = quick(self.local, move || b.link(&cred, &id, &dir, &name)).await;
+        if r.is_ok() {
+            self.named(Kind::Added, dir, &raw, false).await;
+        }
+        r
     }
 
     /// One page of a listing from `cookie` (0 = start).

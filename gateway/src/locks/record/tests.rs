@@ -266,6 +266,20 @@ fn writes_and_locks_break_other_read_leases_to_none_without_waiting() {
 }
 
 #[test]
+fn a_write_breaks_its_own_level_ii_oplock_but_not_its_own_lease() {
+    let mut f = FileRecord::default();
+    let mut a = req(1, RD | WR, share::ALL);
+    a.caching = CachingRequest::Oplock(R);
+    granted(&open(&mut f, &a).0);
+    let own = LeaseId::oplock(a.key);
+    assert_eq!(f.lease(&own).unwrap().state, R, "level II");
+    assert_eq!(f.contend(Some(&own)), vec![(own, 0)], "self break to none");
+    let mut g = FileRecord::default();
+    granted(&open(&mut g, &with_lease(req(2, RD | WR, share::ALL), 2, R)).0);
+    assert!(g.contend(Some(&lease_id(2))).is_empty());
+}
+
+#[test]
 fn renames_and_deletes_wait_for_handle_caching_to_go() {
     let mut f = FileRecord::default();
     granted(&open(&mut f, &with_lease(req(1, RD, share::ALL), 1, R | H)).0);

@@ -1,20 +1,35 @@
-//! CHANGE_NOTIFY (MS-SMB2 2.2.35/2.2.36): accepted and kept pending (STATUS_PENDING) until
-//! the client cancels it or closes the directory, so clients that watch folders keep working.
-//! Change events themselves are not reported yet.
+//! CHANGE_NOTIFY (MS-SMB2 2.2.35/2.2.36, 3.3.5.19): reports changes below a directory handle.
+//! The handle's first request registers a watch on the namespace's change events
+//! ([`crate::vfs::changes`]) with its CompletionFilter and WATCH_TREE; changes queue in it
+//! between requests. A request completes at once when something is queued, else stays pending
+//! (STATUS_PENDING) until a change arrives, the client cancels it, or the handle closes
+//! (STATUS_NOTIFY_CLEANUP). More changes than the client's buffer holds are answered
+//! STATUS_NOTIFY_ENUM_DIR: the client re-reads the directory.
+
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::open::read_file_id;
+use super::negotiate::MAX_IO;
+use super::open::{access, read_file_id};
 use super::Reply;
 use crate::smb::conn::{AsyncWork, Connection, Outcome};
+use crate::smb::notify;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
-use crate::smb::wire::{Reader, WireError, WireResult};
+use crate::smb::wire::{Reader, WireError, WireResult, Writer};
+use crate::vfs::changes::WatchHandle;
+
+/// Flags: watch the whole tree below the directory.
+pub const WATCH_TREE: u16 = 0x0001;
+
+/// Every CompletionFilter bit MS-FSCC defines.
+pub const FILTER_ALL: u32 = 0x0FFF;
 
 /// A decoded CHANGE_NOTIFY request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
-    /// Flags (WATCH_TREE).
+    /// Flags ([`WATCH_TREE`]).
     pub flags: u16,
     /// OutputBufferLength.
     pub output_length: u32,
@@ -39,23 +54,73 @@ impl Request {
     }
 }
 
+/// The reply to a request with `max` bytes of buffer, from what `w` has queued; `None` when
+/// another request of the handle took it first.
+fn answer(w: &WatchHandle, max: usize) -> Option<Reply> {
+    let q = w.take();
+    if q.events.is_empty() && !q.overflow {
+        return None;
+    }
+    let body = if q.overflow { None } else { notify::encode(&q.events, max) };
+    Some(match body {
+        None => Reply::err(NtStatus::NOTIFY_ENUM_DIR),
+        Some(buf) => {
+            let mut out = Writer::with_capacity(8 + buf.len());
+            out.u16(9).u16(if buf.is_empty() { 0 } else { 72 }).u32(buf.len() as u32).bytes(&buf);
+            Reply::ok(out.buf)
+        }
+    })
+}
+
 /// Handles CHANGE_NOTIFY.
 pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Outcome {
-    let mut run = || -> Result<Outcome, NtStatus> {
-        let fid = req.file_id;
-        conn.session(hdr.session_id)?;
-        let vol = conn.file_id(fid.0, fid.1)?;
-        let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
-        if !f.is_dir {
-            return Err(NtStatus::INVALID_PARAMETER);
+    match start(conn, hdr, req).await {
+        Ok(o) => o,
+        Err(s) => Outcome::Now(Reply::err(s)),
+    }
+}
+
+async fn start(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outcome, NtStatus> {
+    let fid = req.file_id;
+    conn.session(hdr.session_id)?;
+    let vol = conn.file_id(fid.0, fid.1)?;
+    if req.output_length > MAX_IO {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    let server = conn.server.clone();
+    let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
+    if !f.is_dir {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    // FILE_LIST_DIRECTORY is the directory's READ_DATA bit.
+    f.require(access::READ_DATA)?;
+    let (key, id) = (f.key, f.id);
+    let w = match server.watches.get(key) {
+        Some(w) => w,
+        None => {
+            let recursive = req.flags & WATCH_TREE != 0;
+            let path = if recursive { server.ns.path_of(id).await.ok() } else { None };
+            let w = server.ns.changes().watch(id, path, recursive, req.filter & FILTER_ALL);
+            server.watches.insert(key, Arc::new(w))
         }
-        Ok(Outcome::Later(AsyncWork {
-            cancel: CancellationToken::new(),
-            work: Box::pin(std::future::pending::<Reply>()),
-            waits_on: Some(vol),
-            closed: CancellationToken::new(),
-            close_status: NtStatus::NOTIFY_CLEANUP,
-        }))
     };
-    run().unwrap_or_else(|s| Outcome::Now(Reply::err(s)))
+    let max = req.output_length as usize;
+    w.set_limit(max);
+    if let Some(reply) = answer(&w, max) {
+        return Ok(Outcome::Now(reply));
+    }
+    Ok(Outcome::Later(AsyncWork {
+        cancel: CancellationToken::new(),
+        work: Box::pin(async move {
+            loop {
+                w.ready().await;
+                if let Some(reply) = answer(&w, max) {
+                    return reply;
+                }
+            }
+        }),
+        waits_on: Some(vol),
+        closed: CancellationToken::new(),
+        close_status: NtStatus::NOTIFY_CLEANUP,
+    }))
 }

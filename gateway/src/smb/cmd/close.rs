@@ -37,6 +37,21 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         tracing::warn!(error = %e, file = %crate::logging::untrusted(f.name()), "SMB: data written through a closed handle failed to reach the volume");
     }
     server.track_path(f.key, None);
+    server.resume_keys.forget(f.key);
+    if f.is_dir {
+        server.watches.forget(f.key);
+    } else if f.wrote {
+        // Written through this handle: watchers see the new size and write time now (as
+        // Windows and Samba report a write, once, when the handle closes).
+        let bits = if f.state.stream.is_some() {
+            crate::vfs::changes::what::STREAM_SIZE | crate::vfs::changes::what::STREAM_WRITE
+        } else {
+            crate::vfs::changes::what::SIZE | crate::vfs::changes::what::LAST_WRITE
+        };
+        if let Some(name) = f.path.last() {
+            server.ns.modified(f.parent, name.as_bytes(), bits).await;
+        }
+    }
     let out = match server.locks.close(&f.id, f.key).await {
         Ok(o) => o,
         Err(e) => {

@@ -714,6 +714,7 @@ impl Opening {
                     user: self.durable.user.clone(),
                     lease_key: self.lease_req.map(|l| l.key),
                     lease_version: self.durable.lease_version,
+                    action: self.action,
                 }
             });
         let dh = made_durable.as_ref().map(durable::response);
@@ -804,7 +805,8 @@ pub(super) fn check_unix_access(attr: &Attr, cred: &Credentials, granted: u32) -
 }
 
 /// Answers the create contexts we understand: MxAc (maximal access), QFid (on-disk id),
-/// RqLs (the lease granted, `lease`) and DHnQ/DH2Q (the durability granted, `durable`).
+/// RqLs (the lease granted, `lease`), DHnQ/DH2Q (the durability granted, `durable`) and AAPL
+/// (macOS, see [`crate::smb::aapl`]).
 pub(super) fn response_contexts(
     req: &[u8],
     granted: u32,
@@ -843,6 +845,10 @@ pub(super) fn response_contexts(
     }
     if let Some((name, d)) = durable {
         items.push((name, d));
+    }
+    // macOS's AAPL query (the volume caps say case-insensitive: the default share rule).
+    if let Some(a) = find_context(req, b"AAPL").and_then(|d| crate::smb::aapl::answer(d, false)) {
+        items.push((b"AAPL", a));
     }
     let mut w = Writer::new();
     let n = items.len();

@@ -6,7 +6,7 @@
 use super::create::{basics, response, response_contexts, Request, FILE_OPENED};
 use super::open::{FileOpen, Open, OpenKind};
 use super::Reply;
-use crate::locks::LeaseId;
+use crate::locks::{caching, LeaseId};
 use crate::smb::conn::Connection;
 use crate::smb::durable::{self, Durability, Presented, Reconnect};
 use crate::smb::fs;
@@ -97,15 +97,17 @@ pub async fn replay(
         if facts.user != user {
             return Err(NtStatus::ACCESS_DENIED);
         }
+        replay_matches(&facts, req, conn.dialect)?;
         let open = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?;
         let f = open.file()?;
-        let reply = answer(&server, req, f, (pid, vol), Some(&facts)).await?;
+        let reply = answer(&server, req, f, (pid, vol), &facts, Replayed::Again(facts.action)).await?;
         conn.compound_fid = Some((pid, vol));
         return Ok(Some(reply));
     }
     let client_guid = conn.client_guid;
     let lease = presented_lease(conn, req);
     server.durable.settle(pid, &conn.link.notices, SETTLE).await;
+    let dialect = conn.dialect;
     let taken = server.durable.take(pid, |d, f| {
         let p = Presented {
             reconnect: Reconnect::V2 { fid: (pid, 0), create_guid, persistent: d.persistent },
@@ -115,10 +117,12 @@ pub async fn replay(
             same_name: same_name(&req.name, f),
             same_share: tree.root == Some(f.root),
         };
+        replay_matches(d, req, dialect)?;
         durable::check_reconnect(d, &p)
     });
     match taken {
         Ok(t) => reattach(conn, hdr, req, tree, *t.open, t.facts, true).await.map(Some),
+        Err(NtStatus::ACCESS_DENIED) => Err(NtStatus::ACCESS_DENIED),
         Err(_) => Ok(None),
     }
 }
@@ -145,7 +149,8 @@ async fn reattach(
         server.breaks.redirect(l, conn.link.notices.clone(), Some((pid, vol)));
     }
     tracing::info!(file = %crate::logging::untrusted(f.name()), "SMB: durable open reconnected");
-    let reply = answer(&server, req, f, (pid, vol), with_dh2q.then_some(&facts)).await;
+    let how = if with_dh2q { Replayed::Again(facts.action) } else { Replayed::Reconnect };
+    let reply = answer(&server, req, f, (pid, vol), &facts, how).await;
     server.durable.attach(pid, facts, conn.link.notices.clone(), vol);
     conn.opens.insert_at(vol, open);
     let reply = reply?;
@@ -153,14 +158,38 @@ async fn reattach(
     Ok(reply)
 }
 
+/// Why an existing open is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replayed {
+    /// A DHnC/DH2C reconnect: FILE_OPENED, no DH2Q context.
+    Reconnect,
+    /// A replayed CREATE: the original CreateAction, and the oplock and DH2Q context as the
+    /// replayed request asks (smbd's replay cache: a replay asking for no oplock gets none).
+    Again(u32),
+}
+
+/// A replayed CREATE must ask for the same kind of caching as the open has: a lease for a
+/// lease (with its key), an oplock for an oplock; anything else is ACCESS_DENIED (smbd).
+fn replay_matches(facts: &Durability, req: &Request, dialect: u16) -> Result<(), NtStatus> {
+    let asks_lease = req.oplock == leases::level::LEASE && dialect >= dialect::SMB210;
+    let key =
+        super::create::find_context(&req.contexts, b"RqLs").and_then(|d| leases::parse_lease(d).ok()).map(|l| l.key);
+    match (facts.lease_key, asks_lease) {
+        (Some(k), true) if key == Some(k) => Ok(()),
+        (None, false) => Ok(()),
+        _ => Err(NtStatus::ACCESS_DENIED),
+    }
+}
+
 /// The CREATE response for an existing open `f` at FileId `fid`: its attributes now, the
-/// caching it holds now, and (with `facts`) the `DH2Q` response.
+/// caching it holds now, and for a replay the original CreateAction and the `DH2Q` response.
 async fn answer(
     server: &crate::smb::SmbServer,
     req: &Request,
     f: &FileOpen,
     fid: (u64, u64),
-    facts: Option<&Durability>,
+    facts: &Durability,
+    how: Replayed,
 ) -> Result<Reply, NtStatus> {
     let file = fs::file_of(f);
     let attr = server.ns.getattr(file).await?;
@@ -175,10 +204,26 @@ async fn answer(
             let r = leases::parse_lease(d).map_err(|_| NtStatus::INVALID_PARAMETER)?;
             (leases::level::LEASE, Some(leases::lease_response(&r, state, epoch, breaking)))
         }
-        (Some(l), _) if *l == LeaseId::oplock(f.key) => (leases::state_level(held(l).map_or(0, |(s, _, _)| s)), None),
+        (Some(l), _) if *l == LeaseId::oplock(f.key) => {
+            let held = leases::state_level(held(l).map_or(0, |(s, _, _)| s));
+            match how {
+                Replayed::Again(_) => (held.min(req.oplock), None),
+                Replayed::Reconnect => (held, None),
+            }
+        }
         _ => (leases::level::NONE, None),
     };
-    let dh = facts.map(durable::response);
+    let (action, dh) = match how {
+        Replayed::Reconnect => (FILE_OPENED, None),
+        // The DH2Q answer only where the replayed request could have been granted it.
+        Replayed::Again(action) => {
+            let state = match oplock {
+                leases::level::LEASE => caching::H,
+                o => leases::oplock_state(o),
+            };
+            (action, durable::grant(durable::Ask::V1, state, f.is_dir, false).map(|_| durable::response(facts)))
+        }
+    };
     let contexts = response_contexts(&req.contexts, f.access, &attr, lease_ctx, dh);
-    Ok(Reply::ok(response(FILE_OPENED, &b, fid, &contexts, oplock)))
+    Ok(Reply::ok(response(action, &b, fid, &contexts, oplock)))
 }

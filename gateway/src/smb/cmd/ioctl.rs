@@ -1,10 +1,12 @@
 //! IOCTL (MS-SMB2 2.2.31/2.2.32): FSCTL_VALIDATE_NEGOTIATE_INFO (answered signed, so a
 //! man in the middle cannot downgrade the dialect or strip signing), pipe transceive for
-//! srvsvc, and a clean "not supported" for the rest.
+//! srvsvc, server-side copy ([`crate::smb::copychunk`]), and a clean "not supported" for the
+//! rest.
 
-use super::open::{read_file_id, OpenKind};
+use super::open::{access, read_file_id, OpenKind};
 use super::Reply;
 use crate::smb::conn::Connection;
+use crate::smb::copychunk::{self, CopyRequest, Refused, Source};
 use crate::smb::srvsvc;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
@@ -84,6 +86,8 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             Ok(Reply::with(status, response(req.ctl_code, req.file_id, &out)))
         }
         FSCTL_DFS_GET_REFERRALS | FSCTL_DFS_GET_REFERRALS_EX => Err(NtStatus::NOT_FOUND),
+        copychunk::FSCTL_SRV_REQUEST_RESUME_KEY => resume_key(conn, hdr, &req),
+        copychunk::FSCTL_SRV_COPYCHUNK | copychunk::FSCTL_SRV_COPYCHUNK_WRITE => copy_chunks(conn, hdr, &req).await,
         _ => Err(NtStatus::NOT_SUPPORTED),
     }
 }
@@ -110,4 +114,107 @@ fn validate_negotiate(conn: &Connection, req: &Request<'_>) -> Result<Reply, NtS
     let mut w = Writer::with_capacity(24);
     w.u32(conn.server_capabilities).bytes(&conn.server.guid).u16(conn.server_security_mode).u16(conn.dialect);
     Ok(Reply::ok(response(req.ctl_code, req.file_id, &w.buf)))
+}
+
+/// FSCTL_SRV_REQUEST_RESUME_KEY: a key for this handle as the source of a server-side copy.
+fn resume_key(conn: &mut Connection, hdr: &Header, req: &Request<'_>) -> Result<Reply, NtStatus> {
+    if req.max_output < 32 {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    let vol = conn.file_id(req.file_id.0, req.file_id.1)?;
+    let server = conn.server.clone();
+    let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
+    if f.state.stream.is_some() {
+        return Err(NtStatus::NOT_SUPPORTED);
+    }
+    let key = server.resume_keys.issue(Source {
+        id: f.id,
+        open: f.key,
+        access: f.access,
+        cred: f.cred.clone(),
+        is_dir: f.is_dir,
+    });
+    // SRV_REQUEST_RESUME_KEY: the key, ContextLength 0, 4 bytes of (empty) context.
+    let mut out = key.to_vec();
+    out.extend_from_slice(&[0; 8]);
+    Ok(Reply::ok(response(req.ctl_code, req.file_id, &out)))
+}
+
+/// FSCTL_SRV_COPYCHUNK(_WRITE): copies the requested ranges of the key's source into this
+/// handle's file, inside the volume.
+async fn copy_chunks(conn: &mut Connection, hdr: &Header, req: &Request<'_>) -> Result<Reply, NtStatus> {
+    if req.max_output < 12 {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    let limits = || {
+        Ok(Reply::with(NtStatus::INVALID_PARAMETER, response(req.ctl_code, req.file_id, &copychunk::limits_response())))
+    };
+    let copy = match CopyRequest::parse(req.input) {
+        Ok(c) => c,
+        Err(Refused::Limits) => return limits(),
+        Err(Refused::Malformed) => return Err(NtStatus::INVALID_PARAMETER),
+    };
+    if copychunk::check_limits(&copy).is_err() {
+        return limits();
+    }
+    let vol = conn.file_id(req.file_id.0, req.file_id.1)?;
+    let server = conn.server.clone();
+    let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
+    let src = server.resume_keys.find(&copy.key).ok_or(NtStatus::OBJECT_NAME_NOT_FOUND)?;
+    if f.is_dir || src.is_dir || f.state.stream.is_some() {
+        return Err(NtStatus::INVALID_DEVICE_REQUEST);
+    }
+    // MS-SMB2 3.3.5.15.6: the source must have been opened for reading or executing.
+    if src.access & (access::READ_DATA | access::EXECUTE) == 0 {
+        return Err(NtStatus::ACCESS_DENIED);
+    }
+    f.require(access::WRITE_DATA)?;
+    if req.ctl_code == copychunk::FSCTL_SRV_COPYCHUNK {
+        f.require(access::READ_DATA)?;
+    }
+    let ns = &server.ns;
+    let src_size = ns.getattr(src.id).await?.size;
+    server.locks.contend_if_needed(&f.id, f.lease).await?;
+    // Chunk by chunk: a refused chunk ends the copy, answered with what was written before it.
+    let (mut chunks, mut total) = (0u32, 0u32);
+    let mut refused = None;
+    for c in &copy.chunks {
+        let len = u64::from(c.len);
+        if c.src.checked_add(len).is_none_or(|end| end > src_size) {
+            refused = Some(NtStatus::INVALID_VIEW_SIZE);
+            break;
+        }
+        if c.dst.checked_add(len).is_none_or(|end| end > i64::MAX as u64) {
+            refused = Some(NtStatus::INVALID_PARAMETER);
+            break;
+        }
+        if !server.locks.io_allowed(&src.id, Some(src.open), c.src, len, false).await?
+            || !server.locks.io_allowed(&f.id, Some(f.key), c.dst, len, true).await?
+        {
+            refused = Some(NtStatus::FILE_LOCK_CONFLICT);
+            break;
+        }
+        let done = match ns.copy_range(&f.cred, src.id, c.src, f.id, c.dst, len).await {
+            Ok(n) if n == len => n,
+            // Overlapping ranges of one file, or a backend without a copy call: through
+            // this server's memory, still without crossing the network.
+            Ok(_) | Err(crate::vfs::VfsError::Invalid | crate::vfs::VfsError::NotSupported) => {
+                let (data, _, _) = ns.read(&src.cred, src.id, c.src, c.len).await?;
+                let (n, _, _) = ns.write(&f.cred, f.id, c.dst, data, crate::vfs::Stability::Unstable).await?;
+                u64::from(n)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        f.wrote = true;
+        total += done as u32;
+        if done < len {
+            break;
+        }
+        chunks += 1;
+    }
+    if f.wrote {
+        crate::smb::fs::keep_sticky_times(ns, f).await;
+    }
+    let out = response(req.ctl_code, req.file_id, &copychunk::response(chunks, 0, total));
+    Ok(Reply::with(refused.unwrap_or(NtStatus::SUCCESS), out))
 }

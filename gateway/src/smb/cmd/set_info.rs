@@ -11,6 +11,7 @@ use crate::smb::streams;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{from_utf16le, slice_at, Reader, WireError, WireResult, Writer};
+use crate::vfs::changes::what;
 use crate::vfs::{FileType, SetAttr, SetTime, VfsError};
 
 /// A decoded SET_INFO request.
@@ -148,6 +149,17 @@ async fn rename_stream(
     Ok(ok())
 }
 
+/// Tells change watchers that the file of `f` changed (`bits`: [`what`]); a stream's change
+/// is reported as its file's stream bits.
+async fn changed(ns: &crate::vfs::Namespace, f: &super::open::FileOpen, mut bits: u32) {
+    if f.state.stream.is_some() {
+        bits = if bits & what::SIZE != 0 { what::STREAM_SIZE } else { 0 };
+    }
+    if let Some(name) = f.path.last() {
+        ns.modified(f.parent, name.as_bytes(), bits).await;
+    }
+}
+
 /// Handles SET_INFO.
 pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Result<Reply, NtStatus> {
     conn.session(hdr.session_id)?;
@@ -181,6 +193,12 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             let _change = r.u64().map_err(short)?;
             let attrs = r.u32().map_err(short)?;
             set_basic(ns, f, fs::BasicInfo { create, atime, mtime, attributes: attrs }).await?;
+            let set = |t: u64, bit: u32| if matches!(t, 0 | fs::TIME_FREEZE | fs::TIME_THAW) { 0 } else { bit };
+            let bits = set(create, what::CREATION)
+                | set(atime, what::LAST_ACCESS)
+                | set(mtime, what::LAST_WRITE)
+                | if attrs != 0 { what::ATTRIBUTES } else { 0 };
+            changed(ns, f, bits).await;
             Ok(ok())
         }
         // FileRenameInformation
@@ -288,6 +306,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             if alloc < a.size {
                 server.locks.contend_if_needed(&f.id, f.lease).await?;
                 ns.setattr(&f.cred, f.id, SetAttr { size: Some(alloc), ..Default::default() }).await?;
+                changed(ns, f, what::SIZE).await;
             }
             Ok(ok())
         }
@@ -307,6 +326,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             }
             server.locks.contend_if_needed(&f.id, f.lease).await?;
             ns.setattr(&f.cred, f.id, SetAttr { size: Some(size), ..Default::default() }).await?;
+            changed(ns, f, what::SIZE).await;
             Ok(ok())
         }
         15 => Err(NtStatus::EAS_NOT_SUPPORTED),

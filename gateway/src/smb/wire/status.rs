@@ -18,6 +18,7 @@ impl NtStatus {
     pub const INFO_LENGTH_MISMATCH: Self = Self(0xC000_0004);
     pub const INVALID_HANDLE: Self = Self(0xC000_0008);
     pub const INVALID_PARAMETER: Self = Self(0xC000_000D);
+    pub const INVALID_VIEW_SIZE: Self = Self(0xC000_001F);
     pub const NO_SUCH_FILE: Self = Self(0xC000_000F);
     pub const INVALID_DEVICE_REQUEST: Self = Self(0xC000_0010);
     pub const END_OF_FILE: Self = Self(0xC000_0011);

@@ -22,7 +22,7 @@ mod xattr;
 use std::collections::VecDeque;
 use std::ffi::CStr;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -952,6 +952,25 @@ impl Backend for PosixBackend {
         len: u64,
     ) -> VfsResult<u64> {
         self.copy(cred, src, src_offset, dst, dst_offset, len)
+    }
+
+    fn path_of(&self, dir: &FileId) -> VfsResult<Vec<u8>> {
+        // The kernel knows where an open descriptor's object is now: `/proc/self/fd/N`.
+        let link = |fd: BorrowedFd<'_>| {
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+                .map(|p| p.into_os_string().into_encoded_bytes())
+                .map_err(|e| VfsError::Io(e.raw_os_error().unwrap_or(libc::EIO)))
+        };
+        let root = link(self.root.path_fd.as_fd())?;
+        let at = link(self.node(dir)?.path_fd.as_fd())?;
+        if at.ends_with(b" (deleted)") {
+            return Err(VfsError::Stale);
+        }
+        let rest = at.strip_prefix(root.as_slice()).ok_or(VfsError::NotSupported)?;
+        if rest.is_empty() {
+            return Ok(Vec::new());
+        }
+        rest.strip_prefix(b"/").map(<[u8]>::to_vec).ok_or(VfsError::NotSupported)
     }
 
     fn statfs(&self, _id: &FileId) -> VfsResult<FsStat> {

@@ -16,8 +16,9 @@ use super::plan::{Peer, VolumeInfo};
 /// glusterd's management port.
 pub const GLUSTERD_PORT: u16 = 24007;
 
-/// How long one CLI call may take.
-const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one CLI call may take: longer than the CLI's own 120 s, so glusterd's answer (or
+/// the CLI's own timeout) comes first; a `volume create` on a slow machine took over 60 s.
+const CLI_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// What one `gluster` call answered.
 #[derive(Debug)]

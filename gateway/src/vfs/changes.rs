@@ -1,0 +1,587 @@
+//! Change events of the namespace: what SMB CHANGE_NOTIFY (and any later watcher) reports.
+//!
+//! The [`Namespace`](super::Namespace) publishes a [`Change`] after every name operation it
+//! performs (create, mkdir, symlink, mknod, link, remove, rmdir, rename), whichever protocol
+//! asked for it; a protocol that changes a file's data or attributes publishes a modification
+//! itself with [`Namespace::modified`](super::Namespace::modified), because only it knows under
+//! which name it opened the file. Watchers register a [`Watch`] on a directory (optionally the
+//! whole tree below it) and a filter; matching changes queue in the watch, as names relative to
+//! the watched directory, until the watcher takes them.
+//!
+//! Changes made on another node arrive through [`ChangeHub::receive`] (the cluster broadcast of
+//! the lock mesh carries them, encoded by [`encode`]); every change made here goes to the
+//! [`ChangeHub::set_remote`] sink. A directory is matched by its [`FileId`] (the same on every
+//! node serving the volume); a recursive watch matches deeper directories by their path from the
+//! volume root, which the publisher adds when a backend can tell it
+//! ([`Backend::path_of`](super::Backend::path_of)).
+//!
+//! Invariants: publishing never blocks on a watcher (a full watch drops its queue and reports an
+//! overflow instead); [`decode`] is a pure function that never panics on any input.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::Notify;
+
+use super::types::FileId;
+
+/// What changed, as a bit set; the values are MS-FSCC's `FILE_NOTIFY_CHANGE_*` bits, so SMB
+/// passes its CompletionFilter through.
+pub mod what {
+    /// A file's name appeared, went or changed.
+    pub const FILE_NAME: u32 = 0x001;
+    /// A directory's name appeared, went or changed.
+    pub const DIR_NAME: u32 = 0x002;
+    /// Attributes (DOS attributes, mode bits).
+    pub const ATTRIBUTES: u32 = 0x004;
+    /// Size.
+    pub const SIZE: u32 = 0x008;
+    /// Last write time.
+    pub const LAST_WRITE: u32 = 0x010;
+    /// Last access time.
+    pub const LAST_ACCESS: u32 = 0x020;
+    /// Creation time.
+    pub const CREATION: u32 = 0x040;
+    /// Extended attributes.
+    pub const EA: u32 = 0x080;
+    /// Security (owner, group, permissions).
+    pub const SECURITY: u32 = 0x100;
+    /// A named stream appeared or went.
+    pub const STREAM_NAME: u32 = 0x200;
+    /// A named stream's size.
+    pub const STREAM_SIZE: u32 = 0x400;
+    /// A named stream's data.
+    pub const STREAM_WRITE: u32 = 0x800;
+}
+
+/// How a name changed (MS-FSCC FILE_NOTIFY_INFORMATION actions, in their order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The name appeared.
+    Added = 1,
+    /// The name went.
+    Removed = 2,
+    /// The file behind the name changed.
+    Modified = 3,
+    /// A rename's old name.
+    RenamedOld = 4,
+    /// A rename's new name.
+    RenamedNew = 5,
+}
+
+/// The kind of a published change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `at` was created.
+    Added,
+    /// `at` was removed.
+    Removed,
+    /// The file at `at` changed.
+    Modified,
+    /// `at` was renamed to `to`.
+    Renamed,
+}
+
+/// A name in a directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// The directory.
+    pub dir: FileId,
+    /// The directory's path from the volume root (`a/b`, empty for the root), when known.
+    pub dir_path: Option<Vec<u8>>,
+    /// The entry's name in it.
+    pub name: Vec<u8>,
+}
+
+/// One change of the namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// What happened.
+    pub kind: Kind,
+    /// Which [`what`] bits it touches.
+    pub what: u32,
+    /// Where.
+    pub at: Place,
+    /// The new place of a rename.
+    pub to: Option<Place>,
+}
+
+/// The name of `p` relative to a watch of `dir` (at `dir_path`), if the watch sees it.
+fn relative(p: &Place, dir: &FileId, dir_path: Option<&[u8]>, recursive: bool) -> Option<Vec<u8>> {
+    if p.dir == *dir {
+        return Some(p.name.clone());
+    }
+    if !recursive {
+        return None;
+    }
+    let (top, inner) = (dir_path?, p.dir_path.as_deref()?);
+    let rest = if top.is_empty() { inner } else { inner.strip_prefix(top)?.strip_prefix(b"/")? };
+    if rest.is_empty() {
+        return None;
+    }
+    let mut name = rest.to_vec();
+    name.push(b'/');
+    name.extend_from_slice(&p.name);
+    Some(name)
+}
+
+/// What a watch of `dir` (at `dir_path`, with `filter`) reports for `c`: (action, name
+/// relative to `dir`, `/`-separated). A pure function (the decision table of notifications).
+pub fn matches(
+    c: &Change,
+    dir: &FileId,
+    dir_path: Option<&[u8]>,
+    recursive: bool,
+    filter: u32,
+) -> Vec<(Action, Vec<u8>)> {
+    if c.what & filter == 0 {
+        return Vec::new();
+    }
+    let at = relative(&c.at, dir, dir_path, recursive);
+    match c.kind {
+        Kind::Added => at.map(|n| vec![(Action::Added, n)]).unwrap_or_default(),
+        Kind::Removed => at.map(|n| vec![(Action::Removed, n)]).unwrap_or_default(),
+        Kind::Modified => at.map(|n| vec![(Action::Modified, n)]).unwrap_or_default(),
+        Kind::Renamed => {
+            let to = c.to.as_ref().and_then(|t| relative(t, dir, dir_path, recursive));
+            match (at, to) {
+                (Some(a), Some(b)) => vec![(Action::RenamedOld, a), (Action::RenamedNew, b)],
+                (Some(a), None) => vec![(Action::Removed, a)],
+                (None, Some(b)) => vec![(Action::Added, b)],
+                (None, None) => Vec::new(),
+            }
+        }
+    }
+}
+
+/// Most changes one watch queues before it reports an overflow instead.
+pub const MAX_QUEUED: usize = 4096;
+
+/// What a watch has queued.
+#[derive(Debug, Default)]
+pub struct Queued {
+    /// Changes in order: action and name relative to the watched directory.
+    pub events: Vec<(Action, Vec<u8>)>,
+    /// More changed than the queue holds: the watcher must re-read the directory.
+    pub overflow: bool,
+}
+
+/// A watcher's registration: a directory, optionally its whole tree, and a filter.
+#[derive(Debug)]
+pub struct Watch {
+    dir: FileId,
+    dir_path: Option<Vec<u8>>,
+    recursive: bool,
+    filter: u32,
+    queued: Mutex<Queued>,
+    /// Most bytes the watcher can take at once (set by it; 0 = no limit).
+    limit: AtomicUsize,
+    ready: Notify,
+}
+
+impl Watch {
+    /// The watched directory.
+    pub fn dir(&self) -> FileId {
+        self.dir
+    }
+
+    /// Whether anything is queued.
+    pub fn has_queued(&self) -> bool {
+        let q = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        q.overflow || !q.events.is_empty()
+    }
+
+    /// Takes everything queued.
+    pub fn take(&self) -> Queued {
+        std::mem::take(&mut *self.queued.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Sets the most bytes the watcher takes at once (each change counted as its
+    /// FILE_NOTIFY_INFORMATION entry); a queue beyond it overflows.
+    pub fn set_limit(&self, bytes: usize) {
+        self.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Waits until something is queued.
+    pub async fn ready(&self) {
+        loop {
+            let n = self.ready.notified();
+            if self.has_queued() {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    /// Queues what this watch sees of `c`.
+    fn deliver(&self, c: &Change) {
+        let seen = matches(c, &self.dir, self.dir_path.as_deref(), self.recursive, self.filter);
+        if seen.is_empty() {
+            return;
+        }
+        {
+            let mut q = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+            if !q.overflow {
+                q.events.extend(seen);
+                let limit = self.limit.load(Ordering::Relaxed);
+                // FILE_NOTIFY_INFORMATION: 12 bytes, the UTF-16 name, 4-byte alignment.
+                let bytes: usize = q.events.iter().map(|(_, n)| (12 + 2 * n.len() + 3) & !3).sum();
+                if q.events.len() > MAX_QUEUED || (limit > 0 && bytes > limit) {
+                    q.events.clear();
+                    q.overflow = true;
+                }
+            }
+        }
+        self.ready.notify_waiters();
+    }
+}
+
+/// A registered [`Watch`]; dropping it unregisters the watch.
+#[derive(Debug)]
+pub struct WatchHandle {
+    hub: Arc<ChangeHub>,
+    id: u64,
+    watch: Arc<Watch>,
+}
+
+impl std::ops::Deref for WatchHandle {
+    type Target = Watch;
+    fn deref(&self) -> &Watch {
+        &self.watch
+    }
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        let mut w = self.hub.watches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(gone) = w.remove(&self.id) {
+            if gone.recursive {
+                self.hub.recursive.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Where changes made here go besides local watchers (the cluster broadcast).
+pub type RemoteSink = Box<dyn Fn(Vec<u8>) + Send + Sync>;
+
+/// The change events of one namespace: its watches and where its changes go.
+#[derive(Default)]
+pub struct ChangeHub {
+    watches: Mutex<HashMap<u64, Arc<Watch>>>,
+    recursive: AtomicUsize,
+    next: AtomicU64,
+    remote: OnceLock<RemoteSink>,
+}
+
+impl std::fmt::Debug for ChangeHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeHub").field("watches", &self.watch_count()).finish()
+    }
+}
+
+impl ChangeHub {
+    /// Registers a watch of `dir` (at `dir_path` from the volume root, if known).
+    pub fn watch(
+        self: &Arc<Self>,
+        dir: FileId,
+        dir_path: Option<Vec<u8>>,
+        recursive: bool,
+        filter: u32,
+    ) -> WatchHandle {
+        let watch = Arc::new(Watch {
+            dir,
+            dir_path,
+            recursive,
+            filter,
+            queued: Mutex::new(Queued::default()),
+            limit: AtomicUsize::new(0),
+            ready: Notify::new(),
+        });
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if recursive {
+            self.recursive.fetch_add(1, Ordering::Relaxed);
+        }
+        self.watches.lock().unwrap_or_else(|e| e.into_inner()).insert(id, watch.clone());
+        WatchHandle { hub: self.clone(), id, watch }
+    }
+
+    /// Registers the sink every change made here is sent to, encoded (once).
+    pub fn set_remote(&self, sink: RemoteSink) {
+        let _ = self.remote.set(sink);
+    }
+
+    /// Whether a change made now would reach anyone (publishers skip the work otherwise).
+    pub fn wanted(&self) -> bool {
+        self.remote.get().is_some() || self.watch_count() > 0
+    }
+
+    /// Whether publishers should add directory paths (a recursive watch here, or other nodes
+    /// that may have one).
+    pub fn wants_paths(&self) -> bool {
+        self.remote.get().is_some() || self.recursive.load(Ordering::Relaxed) > 0
+    }
+
+    /// Number of registered watches.
+    pub fn watch_count(&self) -> usize {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// A change made here: to local watchers and to the other nodes.
+    pub fn publish(&self, c: &Change) {
+        self.deliver(c);
+        if let Some(sink) = self.remote.get() {
+            sink(encode(c));
+        }
+    }
+
+    /// A change another node sent (bytes from its [`ChangeHub::set_remote`] sink); garbage is
+    /// ignored.
+    pub fn receive(&self, bytes: &[u8]) {
+        if let Ok(c) = decode(bytes) {
+            self.deliver(&c);
+        }
+    }
+
+    fn deliver(&self, c: &Change) {
+        let watches: Vec<Arc<Watch>> =
+            self.watches.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for w in watches {
+            w.deliver(c);
+        }
+    }
+}
+
+/// First byte of an encoded change (the cluster broadcast may carry other kinds later).
+pub const TAG: u8 = b'N';
+
+fn put(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn put_place(out: &mut Vec<u8>, p: &Place) {
+    put(out, p.dir.as_bytes());
+    match &p.dir_path {
+        Some(path) => {
+            out.push(1);
+            put(out, path);
+        }
+        None => out.push(0),
+    }
+    put(out, &p.name);
+}
+
+/// Encodes `c` for another node.
+pub fn encode(c: &Change) -> Vec<u8> {
+    let mut out = vec![TAG, c.kind as u8];
+    out.extend_from_slice(&c.what.to_le_bytes());
+    put_place(&mut out, &c.at);
+    if let Some(to) = &c.to {
+        put_place(&mut out, to);
+    }
+    out
+}
+
+/// Why bytes are not a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadChange;
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BadChange> {
+        if self.0.len() < n {
+            return Err(BadChange);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, BadChange> {
+        Ok(self.take(1)?[0])
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], BadChange> {
+        let n = self.take(2)?;
+        self.take(u16::from_le_bytes([n[0], n[1]]) as usize)
+    }
+    fn place(&mut self) -> Result<Place, BadChange> {
+        let dir = FileId::new(self.bytes()?).ok_or(BadChange)?;
+        let dir_path = match self.u8()? {
+            0 => None,
+            1 => Some(self.bytes()?.to_vec()),
+            _ => return Err(BadChange),
+        };
+        let name = self.bytes()?.to_vec();
+        if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+            return Err(BadChange);
+        }
+        Ok(Place { dir, dir_path, name })
+    }
+}
+
+/// Decodes a change another node encoded; never panics.
+pub fn decode(bytes: &[u8]) -> Result<Change, BadChange> {
+    let mut r = Cursor(bytes);
+    if r.u8()? != TAG {
+        return Err(BadChange);
+    }
+    let kind = match r.u8()? {
+        0 => Kind::Added,
+        1 => Kind::Removed,
+        2 => Kind::Modified,
+        3 => Kind::Renamed,
+        _ => return Err(BadChange),
+    };
+    let w = r.take(4)?;
+    let what = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+    let at = r.place()?;
+    let to = if kind == Kind::Renamed { Some(r.place()?) } else { None };
+    if !r.0.is_empty() {
+        return Err(BadChange);
+    }
+    Ok(Change { kind, what, at, to })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> FileId {
+        FileId::new(&[n; 8]).unwrap()
+    }
+
+    fn place(dir: u8, path: Option<&str>, name: &str) -> Place {
+        Place { dir: id(dir), dir_path: path.map(|p| p.as_bytes().to_vec()), name: name.as_bytes().to_vec() }
+    }
+
+    fn ch(kind: Kind, what: u32, at: Place, to: Option<Place>) -> Change {
+        Change { kind, what, at, to }
+    }
+
+    fn names(v: Vec<(Action, Vec<u8>)>) -> Vec<(Action, String)> {
+        v.into_iter().map(|(a, n)| (a, String::from_utf8(n).unwrap())).collect()
+    }
+
+    #[test]
+    fn decision_table() {
+        use Action::*;
+        let fname = what::FILE_NAME;
+        // (change, watch dir, watch path, recursive, filter) -> reported
+        type Row<'a> = (Change, u8, Option<&'a str>, bool, u32, Vec<(Action, &'a str)>);
+        let rows: Vec<Row> = vec![
+            (ch(Kind::Added, fname, place(1, Some("a"), "f"), None), 1, Some("a"), false, fname, vec![(Added, "f")]),
+            (ch(Kind::Added, fname, place(1, Some("a"), "f"), None), 1, Some("a"), false, what::DIR_NAME, vec![]),
+            (ch(Kind::Added, fname, place(2, Some("a/b"), "f"), None), 1, Some("a"), false, fname, vec![]),
+            (ch(Kind::Added, fname, place(2, Some("a/b"), "f"), None), 1, Some("a"), true, fname, vec![(Added, "b/f")]),
+            (ch(Kind::Added, fname, place(2, Some("ab/c"), "f"), None), 1, Some("a"), true, fname, vec![]),
+            (
+                ch(Kind::Added, fname, place(2, Some("a/b"), "f"), None),
+                0,
+                Some(""),
+                true,
+                fname,
+                vec![(Added, "a/b/f")],
+            ),
+            (ch(Kind::Added, fname, place(2, None, "f"), None), 1, Some("a"), true, fname, vec![]),
+            (ch(Kind::Removed, fname, place(1, None, "f"), None), 1, None, true, fname, vec![(Removed, "f")]),
+            (
+                ch(Kind::Modified, what::SIZE | what::LAST_WRITE, place(1, None, "f"), None),
+                1,
+                None,
+                false,
+                what::LAST_WRITE,
+                vec![(Modified, "f")],
+            ),
+            (
+                ch(Kind::Renamed, fname, place(1, Some("a"), "x"), Some(place(1, Some("a"), "y"))),
+                1,
+                Some("a"),
+                false,
+                fname,
+                vec![(RenamedOld, "x"), (RenamedNew, "y")],
+            ),
+            (
+                ch(Kind::Renamed, fname, place(1, Some("a"), "x"), Some(place(2, Some("b"), "y"))),
+                1,
+                Some("a"),
+                false,
+                fname,
+                vec![(Removed, "x")],
+            ),
+            (
+                ch(Kind::Renamed, fname, place(1, Some("a"), "x"), Some(place(2, Some("b"), "y"))),
+                2,
+                Some("b"),
+                false,
+                fname,
+                vec![(Added, "y")],
+            ),
+            (
+                ch(Kind::Renamed, fname, place(1, Some("a"), "x"), Some(place(2, Some("a/s"), "y"))),
+                1,
+                Some("a"),
+                true,
+                fname,
+                vec![(RenamedOld, "x"), (RenamedNew, "s/y")],
+            ),
+        ];
+        for (i, (c, d, p, rec, filter, want)) in rows.into_iter().enumerate() {
+            let got = names(matches(&c, &id(d), p.map(str::as_bytes), rec, filter));
+            let want: Vec<(Action, String)> = want.into_iter().map(|(a, n)| (a, n.to_string())).collect();
+            assert_eq!(got, want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let cs = [
+            ch(Kind::Added, what::FILE_NAME, place(1, Some("a/b"), "f"), None),
+            ch(Kind::Removed, what::DIR_NAME, place(1, None, "d"), None),
+            ch(Kind::Renamed, what::FILE_NAME, place(1, Some(""), "x"), Some(place(2, None, "y"))),
+        ];
+        for c in cs {
+            assert_eq!(decode(&encode(&c)), Ok(c));
+        }
+    }
+
+    #[test]
+    fn decode_never_panics() {
+        let good = encode(&ch(Kind::Renamed, 3, place(1, Some("a"), "x"), Some(place(2, Some("b"), "y"))));
+        for n in 0..good.len() {
+            assert!(decode(&good[..n]).is_err(), "truncated at {n}");
+        }
+        let mut x: u64 = 1;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 64) as usize;
+            let bytes: Vec<u8> =
+                (0..len).map(|i| (x >> (i % 8 * 8)) as u8 ^ good.get(i).copied().unwrap_or(0)).collect();
+            let _ = decode(&bytes);
+        }
+    }
+
+    #[tokio::test]
+    async fn watch_queues_overflows_and_unregisters() {
+        let hub = Arc::new(ChangeHub::default());
+        let w = hub.watch(id(1), None, false, what::FILE_NAME);
+        assert!(hub.wanted());
+        hub.publish(&ch(Kind::Added, what::FILE_NAME, place(1, None, "f"), None));
+        w.ready().await;
+        let q = w.take();
+        assert_eq!(q.events, vec![(Action::Added, b"f".to_vec())]);
+        assert!(!q.overflow);
+        w.set_limit(64);
+        for i in 0..10 {
+            hub.publish(&ch(Kind::Added, what::FILE_NAME, place(1, None, &format!("file{i}")), None));
+        }
+        let q = w.take();
+        assert!(q.overflow && q.events.is_empty());
+        drop(w);
+        assert_eq!(hub.watch_count(), 0);
+        assert!(!hub.wanted());
+    }
+}
