@@ -39,7 +39,7 @@ fn quick_run_prints_a_table_per_group_with_figures() {
     // The cluster table's columns are nasgw through two nodes and through one.
     for (heading, rows_wanted) in [
         ("### NFSv3: nasgw vs NFS-Ganesha", 5),
-        ("### SMB3: nasgw vs Samba smbd", 5),
+        ("### SMB3: nasgw vs Samba smbd", 7), // five plain rows, upload and download encrypted
         ("### Cluster: one shared file", 2),
     ] {
         let rows = rows(&report, heading);

@@ -383,16 +383,24 @@ impl FileRecord {
         }
     }
 
-    /// Removes open `key`, its locks, and its lease if no other open uses it, with none of a
-    /// close's effects (delete-on-close).
-    fn forget_open(&mut self, key: OpenKey) {
-        let Some(i) = self.opens.iter().position(|o| o.key == key) else { return };
+    /// Takes open `key` out with its locks, and its lease if no other open uses it.
+    fn remove_open(&mut self, key: OpenKey) -> Option<OpenRecord> {
+        let i = self.opens.iter().position(|o| o.key == key)?;
         let o = self.opens.remove(i);
         self.ranges.retain(|r| r.owner != Owner::Open(key));
         if let Some(id) = o.lease {
             if !self.opens.iter().any(|x| x.lease == Some(id)) {
                 self.leases.retain(|l| l.id != id);
             }
+        }
+        Some(o)
+    }
+
+    /// Removes open `key`, its locks, and its lease if no other open uses it, with none of a
+    /// close's effects (delete-on-close).
+    fn forget_open(&mut self, key: OpenKey) {
+        if self.remove_open(key).is_none() {
+            return;
         }
         if !self.opens.iter().any(|o| o.flags & flags::PINS != 0) {
             self.delete_pending = false;
@@ -729,14 +737,7 @@ impl FileRecord {
     /// Forgets open `key`, its byte-range locks and (if no other open uses it) its lease; says
     /// whether it was the last open that pins the file and whether the file must now be deleted.
     pub fn close(&mut self, key: OpenKey) -> Option<CloseOutcome> {
-        let i = self.opens.iter().position(|o| o.key == key)?;
-        let o = self.opens.remove(i);
-        self.ranges.retain(|r| r.owner != Owner::Open(key));
-        if let Some(id) = o.lease {
-            if !self.opens.iter().any(|x| x.lease == Some(id)) {
-                self.leases.retain(|l| l.id != id);
-            }
-        }
+        let o = self.remove_open(key)?;
         if o.flags & flags::DELETE_ON_CLOSE != 0 {
             self.delete_pending = true;
         }

@@ -214,16 +214,22 @@ fn a_leader_that_regains_leadership_is_licensed_again() {
     assert_eq!(w.stats.granted, g + 1, "a request on the leader's file is answered");
 }
 
-/// A file whose home and backup are not `avoid`.
-fn file_away_from(avoid: u16, members: &[u16]) -> SimKey {
+/// The first `n` files whose home and backup are not `avoid`.
+fn files_away_from(avoid: u16, members: &[u16], n: usize) -> Vec<SimKey> {
     (0..=255u8)
         .map(|b| SimKey([b]))
-        .find(|k| {
+        .filter(|k| {
             let home = home_of(k, members).unwrap();
             let rest: Vec<u16> = members.iter().copied().filter(|m| *m != home).collect();
             home != avoid && home_of(k, &rest) != Some(avoid)
         })
-        .unwrap()
+        .take(n)
+        .collect()
+}
+
+/// A file whose home and backup are not `avoid`.
+fn file_away_from(avoid: u16, members: &[u16]) -> SimKey {
+    files_away_from(avoid, members, 1).remove(0)
 }
 
 fn outcome_count(w: &World) -> (u64, u64) {
@@ -309,16 +315,7 @@ fn posix_locks_outlive_their_node_for_the_grace() {
     let mut w = World::new(3);
     w.set_posix_grace(ms(60_000));
     settle(&mut w);
-    let away: Vec<SimKey> = (0..=255u8)
-        .map(|b| SimKey([b]))
-        .filter(|k| {
-            let members = [0u16, 1, 2];
-            let home = home_of(k, &members).unwrap();
-            let rest: Vec<u16> = members.iter().copied().filter(|m| *m != home).collect();
-            home != 1 && home_of(k, &rest) != Some(1)
-        })
-        .take(3)
-        .collect();
+    let away = files_away_from(1, &[0, 1, 2], 3);
     let (f, g, h) = (away[0].clone(), away[1].clone(), away[2].clone());
     for file in [&f, &g, &h] {
         let l = RangeLock { owner: Owner::Posix { node: 1, id: 7 }, offset: 0, len: 100, exclusive: true };
