@@ -22,7 +22,6 @@ use nasgw_tests::{kclient, run, wait_for};
 
 const GRACE_MS: u64 = 15_000;
 
-
 fn wait_marker(vol: &Path, name: &str, guest: &mut Option<Child>, logs: &dyn Fn() -> String) {
     let start = Instant::now();
     loop {

@@ -44,12 +44,12 @@ use self::grace::{Grace, Kind, Served};
 use self::owner::{holder_svid, owner_id, table_len, wire_len};
 use self::store::MonitorStore;
 use self::table::{ClientKey, Holdings, Table, WaitKey};
-use crate::locks::volume::VolumeLocks;
 use self::wire::{Args, Holder, Lock, OwnedLock, Share, Stat, Version};
 use super::handle::HandleCodec;
 use super::nsm;
 use super::rpc::ReplyStatus;
 use super::xdr::XdrWriter;
+use crate::locks::volume::VolumeLocks;
 use crate::locks::{
     access, flags, share, CachingRequest, Conflict, FileRecord, LockService, OpenRequest, Owner, RangeLock,
 };
