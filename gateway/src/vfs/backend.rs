@@ -281,6 +281,14 @@ pub trait Backend: Send + Sync + 'static {
         Err(VfsError::NotSupported)
     }
 
+    /// A descriptor of regular file `id` of its own, open for reading (and writing when
+    /// `write`), for a local program's open through the node's FUSE mount to read and write
+    /// directly (FUSE passthrough). The caller checked the opener's permission already.
+    /// [`VfsError::NotSupported`] (the default) where the volume has no such file (gfapi).
+    fn open_data(&self, _id: &FileId, _write: bool) -> VfsResult<std::os::fd::OwnedFd> {
+        Err(VfsError::NotSupported)
+    }
+
     /// Drops cached descriptors of files whose last name is gone (removed by another node, or
     /// behind the server's back): a descriptor keeps a removed file's space allocated, so
     /// without this a quiet server would hold deleted data until its cache evicts it. Called

@@ -60,6 +60,13 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         }
     };
     server.volume_locks.close(f.id, f.key);
+    if f.is_dir && !out.delete && server.watches.watching(&f.id) {
+        // A delete-on-close handle closed while watchers keep the directory open: it is
+        // delete-pending now, and their requests end.
+        if server.locks.record(&f.id).await.is_ok_and(|r| r.delete_pending) {
+            server.watches.delete_pending(&f.id);
+        }
+    }
     if let Some(s) = &f.state.stream {
         if out.delete {
             // Delete-on-close of a stream removes the stream, never the file.

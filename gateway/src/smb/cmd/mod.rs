@@ -176,6 +176,24 @@ impl<'a> Request<'a> {
     }
 }
 
+impl Request<'_> {
+    /// The bytes this request moves, for the CreditCharge check
+    /// ([`crate::smb::sequence::charge_covers`]): the larger of what it sends and the most it
+    /// asks back; 0 for commands without a bulk buffer.
+    pub fn payload(&self) -> u64 {
+        match self {
+            Self::Read(r) => u64::from(r.length),
+            Self::Write(r) => r.data.len() as u64,
+            Self::Ioctl(r) => (r.input.len() as u64).max(u64::from(r.max_output)),
+            Self::QueryDirectory(r) => u64::from(r.max_len),
+            Self::ChangeNotify(r) => u64::from(r.output_length),
+            Self::QueryInfo(r) => u64::from(r.max_len),
+            Self::SetInfo(r) => r.data.len() as u64,
+            _ => 0,
+        }
+    }
+}
+
 /// Runs the command of `hdr` against the connection. `msg` is the request from its header on
 /// (SMB2 buffer offsets count from the header): it is decoded by [`Request::parse`] first, and
 /// a request that does not decode is answered with an error without touching any state.
@@ -192,9 +210,15 @@ async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
         Ok(r) => r,
         Err(e) => return Outcome::Now(Reply::err(e.into())),
     };
+    let multi_credit =
+        conn.dialect >= super::signing::dialect::SMB210 && conn.dialect != super::signing::dialect::WILDCARD;
+    if !super::sequence::charge_covers(multi_credit, hdr.credit_charge, req.payload()) {
+        tracing::info!(client = %conn.tcp.client, command = hdr.command, charge = hdr.credit_charge, payload = req.payload(), "SMB: CreditCharge too small for the request");
+        return Outcome::Now(Reply::err(NtStatus::INVALID_PARAMETER));
+    }
     match req {
         Request::Negotiate(r) => now(negotiate::handle(conn, r)),
-        Request::SessionSetup(r) => now(session_setup::handle(conn, hdr, r, msg)),
+        Request::SessionSetup(r) => now(session_setup::run(conn, hdr, r, msg).await),
         Request::Logoff => now(logoff::handle(conn, hdr).await),
         Request::TreeConnect(r) => now(tree_connect::handle(conn, hdr, r).await),
         Request::TreeDisconnect => now(tree_disconnect::handle(conn, hdr).await),

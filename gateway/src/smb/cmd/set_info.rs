@@ -278,6 +278,9 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
                 }
             }
             server.locks.set_delete_pending(&f.id, on).await?;
+            if on && f.is_dir && f.state.stream.is_none() {
+                server.watches.delete_pending(&f.id);
+            }
             Ok(ok())
         }
         // FilePositionInformation
