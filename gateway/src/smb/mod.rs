@@ -43,6 +43,7 @@ pub mod status;
 pub mod streams;
 pub mod transform;
 pub mod transport;
+pub mod volume_locks;
 pub mod wire;
 
 use std::sync::Arc;
@@ -89,6 +90,8 @@ pub struct SmbServer {
     pub locks: Arc<LockService>,
     /// This node's leases and oplocks: where their breaks go.
     pub breaks: Arc<leases::Breaks>,
+    /// Byte-range locks of this node's opens, mirrored onto the volume.
+    pub volume_locks: volume_locks::SmbVolumeLocks,
     /// Fires to close every connection (this node left the cluster's view: what its clients
     /// held was released cluster-wide, so their handles are gone too); replaced after firing.
     pub evict: Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
@@ -136,6 +139,7 @@ impl SmbServer {
         locks.set_holders(breaks.clone());
         Self {
             breaks,
+            volume_locks: volume_locks::SmbVolumeLocks::new(ns.clone()),
             evict,
             server_name,
             shares: cfg.smb.shares.clone(),

@@ -61,6 +61,7 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
             crate::locks::CloseOutcome::default()
         }
     };
+    server.volume_locks.close(f.id, f.key);
     if f.is_dir && !out.delete && server.watches.watching(&f.id) {
         // A delete-on-close handle closed while watchers keep the directory open: it is
         // delete-pending now, and their requests end.

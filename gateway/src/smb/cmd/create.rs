@@ -501,7 +501,14 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     let caching = if is_dir {
         CachingRequest::None
     } else {
-        leases::caching_request(req.oplock, lease_req, conn.client_guid, conn.dialect)
+        match leases::caching_request(req.oplock, lease_req, conn.client_guid, conn.dialect) {
+            // A stat open of an existing file asking for an oplock gets none (a lease it may
+            // have), as on Windows; one that creates the file gets what it asks.
+            CachingRequest::Oplock(_) if action != FILE_CREATED && crate::locks::record::is_stat_access(granted) => {
+                CachingRequest::None
+            }
+            c => c,
+        }
     };
     let lease = match caching {
         CachingRequest::Lease { id: l, .. } => {
