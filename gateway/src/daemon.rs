@@ -78,7 +78,7 @@ async fn run(loaded: Loaded) -> Result<()> {
             }
         }));
         let hub = namespace.changes().clone();
-        locks.set_events(Box::new(move |b| hub.receive(b)));
+        locks.add_events(Box::new(move |b| hub.receive(b)));
     }
     // Share folders for their writers (a fresh volume needs no admin chown). A local directory
     // is ready now, so the first client already finds them; a GlusterFS volume once it answers.
@@ -155,7 +155,7 @@ async fn run(loaded: Loaded) -> Result<()> {
     }
     // The node's own mount, on threads of its own, once SMB and NFS serve.
     let fuse = match &cfg.fuse {
-        Some(f) => Some(crate::fuse::FuseMount::start(f, namespace.clone(), &cfg.volume.name).await?),
+        Some(f) => Some(crate::fuse::FuseMount::start(f, namespace.clone(), locks.clone(), &cfg.volume.name).await?),
         None => None,
     };
     life.tasks.spawn(control::serve(control, handler.clone(), life.stop.clone()));

@@ -13,10 +13,14 @@ use nasgw_tests::pjdfstest::{self, Outcome, Report};
 use nasgw_tests::{free_port, nasgw_bin, wait_for, Daemon};
 
 fn config(passthrough: bool) -> String {
+    config_on(passthrough, free_port())
+}
+
+fn config_on(passthrough: bool, smb: u16) -> String {
     format!(
         "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{{dir}}/data\"\n\n[nfs]\nlisten = \"127.0.0.1:{}\"\n\n[smb]\nlisten = \"127.0.0.1:{}\"\n\n[[smb.share]]\nname = \"pub\"\nguest_ok = true\nwritable = true\n\n[fuse]\nmountpoint = \"{{dir}}/mnt\"\npassthrough = {passthrough}\n\n[node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n",
         free_port(),
-        free_port()
+        smb
     )
 }
 
@@ -287,4 +291,112 @@ fn the_mount_answers_while_smb_and_nfs_serve() {
             .count();
         (n == 2000).then_some(())
     });
+}
+
+/// A `struct flock` for fcntl.
+fn flock(kind: i32, start: i64, len: i64) -> libc::flock {
+    // SAFETY: a zeroed flock is valid.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    fl.l_start = start;
+    fl.l_len = len;
+    fl
+}
+
+fn fcntl(f: &std::fs::File, cmd: i32, fl: &mut libc::flock) -> Result<(), i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor and flock.
+    match unsafe { libc::fcntl(f.as_raw_fd(), cmd, fl as *mut libc::flock) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+    }
+}
+
+#[test]
+fn a_local_fcntl_lock_and_an_smb_byte_range_lock_exclude_each_other() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let smb = free_port();
+    std::fs::create_dir_all(dir.path().join("mnt")).unwrap();
+    let d = Daemon::start("fuse", dir.path(), &config_on(true, smb), None);
+    let _unmount = Unmount(dir.path().join("mnt"));
+    let mnt = dir.path().join("mnt");
+    std::fs::write(mnt.join("locked.bin"), [0u8; 100]).unwrap();
+    // smbprotocol writes into the share as its guest (nobody): let it.
+    std::fs::set_permissions(mnt.join("locked.bin"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = nasgw_tests::workspace_root().join("tests/smb/smb_lock.py");
+    let mut client = Command::new("python3")
+        .arg(&script)
+        .args(["127.0.0.1", &smb.to_string(), "pub", "locked.bin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to = client.stdin.take().unwrap();
+    let mut from = BufReader::new(client.stdout.take().unwrap());
+    let mut ready = String::new();
+    from.read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready", "smbprotocol could not open the file:\n{}", d.logs());
+    let mut say = |cmd: &str| {
+        writeln!(to, "{cmd}").unwrap();
+        let mut line = String::new();
+        from.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(mnt.join("locked.bin")).unwrap();
+    // SMB first: the local lock is refused, GETLK names the SMB lock, a range beside it is free.
+    assert_eq!(say("lock 0 10"), "granted");
+    let e = fcntl(&f, libc::F_SETLK, &mut flock(libc::F_WRLCK, 0, 10)).unwrap_err();
+    assert!(e == libc::EAGAIN || e == libc::EACCES, "errno {e}");
+    let mut probe = flock(libc::F_RDLCK, 5, 1);
+    fcntl(&f, libc::F_GETLK, &mut probe).unwrap();
+    assert_eq!((i32::from(probe.l_type), probe.l_start, probe.l_len), (libc::F_WRLCK, 0, 10));
+    fcntl(&f, libc::F_SETLK, &mut flock(libc::F_WRLCK, 20, 10)).unwrap();
+    assert_eq!(say("unlock 0 10"), "unlocked");
+
+    // Local first: the SMB lock is refused until the local unlock.
+    fcntl(&f, libc::F_SETLK, &mut flock(libc::F_WRLCK, 0, 10)).unwrap();
+    assert!(say("lock 5 1").starts_with("denied"), "an SMB lock inside a local fcntl lock was granted");
+    fcntl(&f, libc::F_SETLK, &mut flock(libc::F_UNLCK, 0, 0)).unwrap();
+    assert_eq!(say("lock 5 1"), "granted");
+
+    // A waiting local lock (F_SETLKW) is granted once the SMB client unlocks.
+    let f2 = f.try_clone().unwrap();
+    let t = Instant::now();
+    let waiter = std::thread::spawn(move || fcntl(&f2, libc::F_SETLKW, &mut flock(libc::F_WRLCK, 0, 10)));
+    std::thread::sleep(Duration::from_millis(300)); // let the waiter start waiting (it cannot finish)
+    assert!(!waiter.is_finished(), "F_SETLKW returned while SMB held the range");
+    let unlocked = Instant::now();
+    assert_eq!(say("unlock 5 1"), "unlocked");
+    waiter.join().unwrap().unwrap();
+    println!("F_SETLKW granted {:?} after the SMB unlock ({:?} in all)", unlocked.elapsed(), t.elapsed());
+    assert!(unlocked.elapsed() < Duration::from_secs(3), "{:?}", unlocked.elapsed());
+    // Closing the file drops its locks: SMB gets the range.
+    drop(f);
+    assert_eq!(say("lock 0 10"), "granted");
+    let _ = say("quit");
+    let _ = client.wait();
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_local_mv_through_the_mount_fires_smb_change_notify() {
+    let dir = tempfile::tempdir().unwrap();
+    let smb = free_port();
+    std::fs::create_dir_all(dir.path().join("mnt")).unwrap();
+    let d = Daemon::start("fuse", dir.path(), &config_on(true, smb), None);
+    let _unmount = Unmount(dir.path().join("mnt"));
+    let script = nasgw_tests::workspace_root().join("tests/smb/fuse_notify.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["127.0.0.1", &smb.to_string(), "pub"])
+        .arg(dir.path().join("mnt"))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success() && text.contains("ALL OK"), "{text}\n{}", d.logs());
+    assert!(d.stop().success());
 }

@@ -402,6 +402,12 @@ pub struct ShareConfig {
     /// `[smb] encryption` says. `desired` and `required` need `[smb] encryption` not `off`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<SmbEncryption>,
+    /// A continuously available share: clients may ask for persistent handles, which the
+    /// cluster keeps when their node dies, so the client reopens them (with their byte-range
+    /// locks and share mode) on whichever node now holds the address. Writes to such opens
+    /// are written through.
+    #[serde(default)]
+    pub continuously_available: bool,
 }
 
 fn root_path() -> String {

@@ -8,7 +8,7 @@
 //! as an NFS call runs as its AUTH_UNIX credential. Reads and writes of an open file were
 //! checked by the kernel at `open`; with passthrough they never reach nasgw.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -20,11 +20,12 @@ use std::time::Duration;
 use fuser::{
     AccessFlags, BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::convert::{attr as fuse_attr, errno, groups_of_status, kind, set_attr};
 use super::inodes::{generation, Inodes};
+use crate::locks::{Conflict, LockService, Owner, RangeLock};
 use crate::vfs::{
     access, Attr, CreateHow, Credentials, FileId, FileType, Namespace, SetAttr, SpecialFile, Stability, VfsError,
 };
@@ -83,27 +84,49 @@ struct OpenFile {
 pub struct VolumeFs {
     ns: Namespace,
     inodes: Mutex<Inodes>,
-    opens: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    opens: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>>,
     backings: Mutex<HashMap<FileId, Backing>>,
     next_fh: AtomicU64,
     /// Passthrough asked for by the config.
     want_passthrough: bool,
     /// Passthrough granted by the kernel at INIT (and still working).
     passthrough: Arc<AtomicBool>,
+    /// The cluster's lock table, where the mount's fcntl and flock locks live.
+    locks: Option<Arc<LockService>>,
+    /// Owner ids of this mount: this value with the kernel's lock owner in the low 64 bits.
+    owner_base: u128,
+    /// (file, kernel lock owner) that took a lock through the mount: whose close unlocks.
+    lockers: Arc<Mutex<HashSet<(FileId, u64)>>>,
 }
+
+/// How often a waiting lock (F_SETLKW) retries besides every change of the file's record.
+const LOCK_RETRY: Duration = Duration::from_millis(500);
 
 impl VolumeFs {
     /// Serves `ns`; `passthrough`: try kernel passthrough for regular files.
-    pub fn new(ns: Namespace, root_fileid: u64, passthrough: bool) -> (Self, Arc<AtomicBool>) {
+    pub fn new(
+        ns: Namespace,
+        root_fileid: u64,
+        passthrough: bool,
+        locks: Option<Arc<LockService>>,
+    ) -> (Self, Arc<AtomicBool>) {
+        // Unique to this node and this start: a lock owner of a previous run never matches.
+        let node = locks.as_ref().map_or(0, |l| l.node());
+        let nonce: u64 = rand::random();
+        let owner_base =
+            (u128::from(0x4655_5345u32) << 96) | (u128::from(node) << 80) | (u128::from(nonce >> 16) << 64);
         let granted = Arc::new(AtomicBool::new(false));
         let fs = Self {
             inodes: Mutex::new(Inodes::new(ns.root(), root_fileid)),
             ns,
-            opens: Mutex::new(HashMap::new()),
+            opens: Arc::new(Mutex::new(HashMap::new())),
             backings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             want_passthrough: passthrough,
             passthrough: granted.clone(),
+            locks,
+            owner_base,
+            lockers: Arc::new(Mutex::new(HashSet::new())),
         };
         (fs, granted)
     }
@@ -191,6 +214,20 @@ impl VolumeFs {
         }
     }
 
+    /// Releases every lock `lock_owner` took on `file` (a close): one call to the lock table,
+    /// made only when it took one through this mount.
+    fn drop_locks(&self, file: FileId, lock_owner: LockOwner) {
+        let took = self.lockers.lock().expect("lockers lock").remove(&(file, lock_owner.0));
+        if let (true, Some(l)) = (took, &self.locks) {
+            let _ = run(l.unlock_all(&file, self.owner(lock_owner)));
+        }
+    }
+
+    fn owner(&self, lock_owner: LockOwner) -> Owner {
+        let node = self.locks.as_ref().map_or(0, |l| l.node());
+        Owner::Posix { node, id: self.owner_base | u128::from(lock_owner.0) }
+    }
+
     fn name<'a>(&self, name: &'a OsStr) -> &'a [u8] {
         name.as_bytes()
     }
@@ -199,6 +236,10 @@ impl VolumeFs {
 impl Filesystem for VolumeFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if self.locks.is_some() {
+            // fcntl and flock locks come to nasgw, into the cluster's lock table.
+            let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
+        }
         if self.want_passthrough {
             match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
                 Ok(()) => {
@@ -511,7 +552,12 @@ impl Filesystem for VolumeFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Every close of a descriptor drops the closing process's POSIX locks on the file (the
+        // kernel keeps none itself with FUSE_POSIX_LOCKS: it sends FLUSH with the owner).
+        if let Ok(file) = self.id(_ino) {
+            self.drop_locks(file, lock_owner);
+        }
         let Some(open) = self.open_of(fh) else { return reply.ok() };
         // What a close promises other nodes: the volume client's write-behind is flushed.
         if let Some(f) = &open.data {
@@ -534,11 +580,15 @@ impl Filesystem for VolumeFs {
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let open = self.opens.lock().expect("opens lock").remove(&fh.0);
+        if let (Some(o), Some(owner)) = (&open, lock_owner) {
+            // flock locks belong to the open file; POSIX ones were dropped at close already.
+            self.drop_locks(o.file, owner);
+        }
         if let Some(o) = open.filter(|o| o.passthrough) {
             self.release_backing(&o.file);
         }
@@ -717,6 +767,106 @@ impl Filesystem for VolumeFs {
         }
     }
 
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let (Some(l), Ok(file)) = (&self.locks, self.id(ino)) else { return reply.error(Errno::EIO) };
+        let probe = RangeLock {
+            owner: self.owner(lock_owner),
+            offset: start,
+            len: lock_len(start, end),
+            exclusive: typ == libc::F_WRLCK,
+        };
+        match run(l.record(&file)) {
+            Ok(r) => match r.conflicting(&probe) {
+                Some(c) => {
+                    let end = if c.len == 0 || c.offset.saturating_add(c.len) >= i64::MAX as u64 {
+                        i64::MAX as u64
+                    } else {
+                        c.offset + c.len - 1
+                    };
+                    // The holder may be an SMB client or another node: no local pid to name.
+                    reply.locked(c.offset, end, if c.exclusive { libc::F_WRLCK } else { libc::F_RDLCK }, 0)
+                }
+                None => reply.locked(start, end, libc::F_UNLCK, pid),
+            },
+            Err(e) => reply.error(lock_errno(e)),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let (Some(l), Ok(file)) = (self.locks.clone(), self.id(ino)) else { return reply.error(Errno::EIO) };
+        let owner = self.owner(lock_owner);
+        let len = lock_len(start, end);
+        if typ == libc::F_UNLCK {
+            return match run(l.unlock(&file, owner, start, len)) {
+                Ok(()) | Err(Conflict::NotLocked) => reply.ok(),
+                Err(e) => reply.error(lock_errno(e)),
+            };
+        }
+        let lock = RangeLock { owner, offset: start, len, exclusive: typ == libc::F_WRLCK };
+        self.lockers.lock().expect("lockers lock").insert((file, lock_owner.0));
+        match run(l.lock_range(&file, lock)) {
+            Ok(()) => return reply.ok(),
+            Err(Conflict::Locked) if sleep => {}
+            Err(e) => return reply.error(lock_errno(e)),
+        }
+        // F_SETLKW: wait on a thread of its own (the FUSE threads keep serving), retrying on
+        // every change of the file's record and every LOCK_RETRY. The wait ends when the
+        // open it came through is released (the process died or closed it), so a killed
+        // waiter never gets a lock afterwards.
+        let opens = self.opens.clone();
+        let spawned = std::thread::Builder::new().name("nasgw-fuse-lockw".into()).spawn(move || {
+            run(async move {
+                loop {
+                    let changed = l.changes(&file);
+                    let wake = changed.notified();
+                    tokio::pin!(wake);
+                    wake.as_mut().enable();
+                    match l.lock_range(&file, lock).await {
+                        Ok(()) => {
+                            if opens.lock().expect("opens lock").contains_key(&fh.0) {
+                                return reply.ok();
+                            }
+                            let _ = l.unlock(&file, owner, start, len).await;
+                            return reply.error(Errno::EINTR);
+                        }
+                        Err(Conflict::Locked) => {}
+                        Err(e) => return reply.error(lock_errno(e)),
+                    }
+                    if !opens.lock().expect("opens lock").contains_key(&fh.0) {
+                        return reply.error(Errno::EINTR);
+                    }
+                    let _ = tokio::time::timeout(LOCK_RETRY, wake).await;
+                }
+            })
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a lock waiter");
+        }
+    }
+
     fn create(
         &self,
         req: &Request,
@@ -758,6 +908,25 @@ impl Filesystem for VolumeFs {
                 reply.created(&TTL, &fa, g, self.new_fh(id, data, false), FopenFlags::empty())
             }
         }
+    }
+}
+
+/// A FUSE lock range (`end` inclusive, `OFFSET_MAX` for "to the end") as the lock table's
+/// length (POSIX "to the end": `u64::MAX - start`).
+fn lock_len(start: u64, end: u64) -> u64 {
+    if end >= i64::MAX as u64 {
+        u64::MAX - start
+    } else {
+        end.saturating_sub(start) + 1
+    }
+}
+
+/// The errno of a lock-table refusal: another owner's lock (EAGAIN), the cluster not
+/// answering (EIO, after the lock service's own bound).
+fn lock_errno(c: Conflict) -> Errno {
+    match c {
+        Conflict::Locked | Conflict::Sharing => Errno::EAGAIN,
+        _ => Errno::EIO,
     }
 }
 

@@ -41,13 +41,18 @@ pub struct FuseMount {
 
 impl FuseMount {
     /// Mounts `ns` at `cfg.mountpoint` (replacing a stale mount from a crash first).
-    pub async fn start(cfg: &FuseConfig, ns: Namespace, volume: &str) -> Result<Self> {
+    pub async fn start(
+        cfg: &FuseConfig,
+        ns: Namespace,
+        locks: Arc<crate::locks::LockService>,
+        volume: &str,
+    ) -> Result<Self> {
         let path = cfg.mountpoint.clone();
         mountpoint::prepare(&path)?;
         // The root's own inode number (GlusterFS: 1, from its GFID); the volume may not answer
         // yet (GlusterFS still mounting), and then its root is the GlusterFS one.
         let root_fileid = ns.getattr(ns.root()).await.map_or(1, |a| a.fileid);
-        let (fs, passthrough) = fs::VolumeFs::new(ns, root_fileid, cfg.passthrough);
+        let (fs, passthrough) = fs::VolumeFs::new(ns, root_fileid, cfg.passthrough, Some(locks));
         let mut options = fuser::Config::default();
         options.mount_options = vec![
             MountOption::FSName(format!("nasgw:{volume}")),

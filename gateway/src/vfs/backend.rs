@@ -275,7 +275,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A descriptor of regular file `id` through which `owner` (a lock owner's bytes, at most
     /// 255) takes POSIX byte-range locks on the volume itself, so that every other client of
-    /// the volume sees them: what NLM locks are mirrored to (see `nfs::nlm::volume`). A backend
+    /// the volume sees them: what NLM and SMB locks are mirrored to (see `locks::volume`). A backend
     /// that cannot keeps this default, and NLM locks then live in the lock table only.
     fn owner_locks(&self, _id: &FileId, _owner: &[u8]) -> VfsResult<Box<dyn OwnerLocks>> {
         Err(VfsError::NotSupported)
