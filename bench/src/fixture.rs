@@ -185,3 +185,40 @@ fn write_pattern(path: &Path, bytes: u64, seed: u64) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
     Ok(())
 }
+
+/// Reads `path` once through the page cache (so a warm read row starts from memory, whatever
+/// the rows before it evicted) and returns the share of its pages resident afterwards (0..=1):
+/// below 1 when the machine is short of memory, which the report then says.
+pub fn preload(path: &Path) -> Result<f64> {
+    use std::io::Read as _;
+    let mut f = fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    while f.read(&mut buf)? > 0 {}
+    resident_share(&f)
+}
+
+/// The share of `f`'s pages in the page cache now (`mincore` over a mapping of it).
+pub fn resident_share(f: &fs::File) -> Result<f64> {
+    use std::os::fd::AsRawFd as _;
+    let len = f.metadata()?.len() as usize;
+    if len == 0 {
+        return Ok(1.0);
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+    // SAFETY: a fresh shared read-only mapping of an open file; unmapped below, never read.
+    let addr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0) };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error()).context("mmap");
+    }
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: addr..addr+len is our mapping; vec has one byte per page of it.
+    let rc = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: the mapping made above, unmapped once.
+    unsafe { libc::munmap(addr, len) };
+    if rc != 0 {
+        return Err(err).context("mincore");
+    }
+    Ok(vec.iter().filter(|b| **b & 1 == 1).count() as f64 / vec.len() as f64)
+}

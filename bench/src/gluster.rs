@@ -10,6 +10,7 @@ use nasgw_tests::anchors::{self, Ganesha, GaneshaFsal, Smbd};
 use nasgw_tests::gluster::{GlusterCluster, GlusterSpec};
 use tokio::runtime::Runtime;
 
+use crate::cpu::{self, Meter};
 use crate::fixture::{Fixture, Sizes};
 use crate::nasgw;
 use crate::nfs_client::NfsEndpoint;
@@ -43,10 +44,10 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
         GlusterCluster::start(GlusterSpec { clients: vec![("c1".into(), "198.18.0.10".into())], ..Default::default() });
     let client_ns = anchors::enter_netns(cluster.topo().ns("c1")).context("enter the client namespace")?;
     let mnt = cluster.mount("c1", &work.join("gluster-mnt"));
-    // Replica 3 on one disk is slow (tens of small files per second through FUSE): the bulk and
-    // small-file rows only, at most 500 small files and 3 rounds.
+    // Replica 3 on one disk is slow (tens of small files per second through FUSE): at most 500
+    // small files, a listed directory of at most 2000 entries, no deltree, at most 3 rounds.
     let sizes = Sizes {
-        list_entries: 0,
+        list_entries: sizes.list_entries.min(2000),
         deltree_files: 0,
         small_files: sizes.small_files.min(500),
         rounds: sizes.rounds.min(3),
@@ -72,11 +73,20 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
         &[(2, 0), (2, 3), (1, 0)],
     );
     let ganesha_target = match &ganesha {
-        Ok(g) => {
-            Target::Nfs(NfsEndpoint { export: g.export_path.clone(), nfs_port: g.nfs_port, mount_port: g.mount_port })
-        }
+        Ok(g) => Target::Nfs(NfsEndpoint {
+            export: g.export_path.clone(),
+            nfs_port: g.nfs_port,
+            mount_port: g.mount_port,
+            metrics_port: None,
+        }),
         Err(e) => Target::Absent(format!("Ganesha did not start: {}", e.lines().next().unwrap_or(""))),
     };
+    let fuse_client = match cluster.mount_pid(&mnt) {
+        Some(pid) => cpu::track("fuse-client", pid),
+        None => Meter::missing("no FUSE client process"),
+    };
+    let ganesha_cpu = ganesha.as_ref().map_or_else(|_| Meter::missing("Ganesha did not start"), nfs::ganesha_meter);
+    nfs_group.meters = vec![fuse_client.clone(), fuse.cpu.clone(), gfapi.cpu.clone(), ganesha_cpu];
     nfs::run_rows(
         &mut nfs_group,
         &fx,
@@ -90,6 +100,13 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
         &["raw FUSE (dd)", "nasgw FUSE", "nasgw gfapi", "smbd on FUSE"],
         &[(2, 0), (2, 3), (1, 0)],
     );
+    // smbd serves the FUSE mount: its column counts the FUSE client too.
+    smb_group.meters = vec![
+        fuse_client.clone(),
+        fuse.cpu.clone(),
+        gfapi.cpu.clone(),
+        cpu::track("smbd", smbd.pid()).plus(&fuse_client),
+    ];
     smb::run_rows(
         &mut smb_group,
         &fx,
@@ -100,11 +117,14 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
     let note = format!(
         "One replica-3 volume: three glusterd with their bricks on the same disk, in network namespaces; clients, \
          nasgw, smbd and Ganesha run on a client host. The raw column is `dd bs=1M` (write with `conv=fsync`) and \
-         small files written from one process through the FUSE mount. Plain reads through a FUSE mount (raw `dd`, \
+         small files written from one process through the FUSE mount; its list and stat rows are `readdir` + `lstat` \
+         of each entry, and `lstat` of each name, through the FUSE mount. Plain reads through a FUSE mount (raw `dd`, \
          smbd, nasgw FUSE) may come from the kernel's page cache of that mount (the file was written through \
          it), while gfapi readers (Ganesha, nasgw gfapi) always fetch from the bricks; the \"caches dropped\" rows \
          empty every cache first (`sync; echo 3 > /proc/sys/vm/drop_caches`), so every reader fetches from \
-         the bricks' disk. {} round(s) per row.",
+         the bricks' disk. CPU time: the raw column counts the FUSE client process, nasgw's columns the daemon \
+         with its children (its own FUSE client), smbd's column smbd and the FUSE client it serves from, Ganesha's \
+         ganesha.nfsd (libgfapi runs inside it); the bricks (glusterfsd) are in no column. {} round(s) per row.",
         sizes.rounds
     );
     nfs_group.notes.push(note.clone());

@@ -45,10 +45,12 @@ pub fn describe(work: &Path, sizes: Sizes) -> String {
         "Measured {} on {cpu}, {cores} cores, {} GiB RAM, Linux {}; data on {disk} (reads come from the page \
          cache; NFS writes end with COMMIT, so reach the disk; smbclient never flushes); loopback in a private network namespace. Clients: smbclient {smbd}, \
          libnfs-utils {libnfs} and nfs3_client; anchors: Samba smbd {smbd}, NFS-Ganesha {ganesha}. {} round(s) per row, median \
-         shown; servers interleaved within each round.\n",
+         shown with the min-max spread over rounds; servers interleaved within each round. Servers' CPU time \
+         (user+sys) measured around each round from {}.\n",
         sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         mem_kib / (1 << 20),
         sh("uname", &["-r"]),
-        sizes.rounds
+        sizes.rounds,
+        crate::cpu::method()
     )
 }

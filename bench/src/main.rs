@@ -7,6 +7,8 @@
 //! the machine. Needs root.
 
 mod cluster;
+mod cpu;
+mod ctdb;
 mod fixture;
 mod gluster;
 mod machine;
@@ -35,7 +37,7 @@ enum Only {
     Smb,
     /// GlusterFS: raw FUSE mount, nasgw (FUSE, gfapi), Samba on FUSE, Ganesha FSAL_GLUSTER.
     Gluster,
-    /// Cluster: one shared file from two clients through two nodes vs one (3 nasgw nodes).
+    /// Cluster: 3 nasgw nodes vs Samba + CTDB on 3 nodes: one shared file from two clients, the SMB rows.
     Cluster,
     /// NFS locks (NLM 4): nasgw vs NFS-Ganesha with NLM and rpc.statd.
     Nlm,
@@ -102,13 +104,13 @@ fn main() -> Result<()> {
         let fx = Fixture::create(&work, sizes)?;
         let server = nasgw::start(&work.join("nasgw"), &nasgw::local_volume(&fx.data));
         if only.contains(&Only::Nfs) {
-            groups.push(nfs::run(&fx, &work, &rt, &server.nfs));
+            groups.push(nfs::run(&fx, &work, &rt, &server.nfs, &server.cpu));
         }
         if only.contains(&Only::Smb) {
-            groups.push(smb::run(&fx, &work, &server.smb));
+            groups.push(smb::run(&fx, &work, &server.smb, &server.cpu));
         }
         if only.contains(&Only::Nlm) {
-            groups.push(nlm::run(&fx, &work, &server.nfs));
+            groups.push(nlm::run(&fx, &work, &server.nfs, &server.cpu));
         }
         if let Some(d) = server.daemon {
             d.stop();
@@ -118,8 +120,10 @@ fn main() -> Result<()> {
         groups.extend(gluster::run(&work, sizes, &rt)?);
     }
     if only.contains(&Only::Cluster) {
-        groups.push(cluster::run(sizes));
+        groups.extend(cluster::run(&work, sizes));
     }
+
+    cpu::cleanup();
 
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let mut report = format!("{}\nCommand: `{command}`\n", machine::describe(&work, sizes));

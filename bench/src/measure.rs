@@ -31,7 +31,8 @@ impl Done {
 /// One row: what to run against server `i` in round `r`.
 pub type Workload<'a> = Box<dyn FnMut(usize, usize) -> Result<Done> + 'a>;
 
-/// Runs `workload` for every round, interleaving the servers, and records each figure.
+/// Runs `workload` for every round, interleaving the servers, and records each figure and the
+/// CPU time the server of the column spent meanwhile (read from `group.meters`).
 /// `available[i]` is `Err(reason)` for a server that cannot run this row at all.
 pub fn run_row(
     group: &mut Group,
@@ -46,18 +47,44 @@ pub fn run_row(
     for r in 0..rounds {
         let order: Vec<usize> = if r % 2 == 0 { (0..n).collect() } else { (0..n).rev().collect() };
         for i in order {
-            let outcome = match &available[i] {
-                Err(why) => Err(why.clone()),
+            let meter = group.meters.get(i).cloned().unwrap_or_default();
+            let (outcome, cpu) = match &available[i] {
+                Err(why) => (Err(why.clone()), Err(why.clone())),
                 Ok(()) => {
                     fixture::sync();
-                    workload(i, r).map(|d| d.rate(unit)).map_err(|e| format!("{e:#}"))
+                    let before = meter.read();
+                    let done = workload(i, r).map_err(|e| format!("{e:#}"));
+                    let after = meter.read();
+                    let cpu = match (&done, before, after) {
+                        (Ok(d), Ok(b), Ok(a)) => unit
+                            .cpu_figure(a.saturating_sub(b).as_secs_f64(), d.amount)
+                            .ok_or_else(|| "nothing done".to_string()),
+                        (Err(e), _, _) => Err(e.clone()),
+                        (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+                    };
+                    (done.map(|d| d.rate(unit)), cpu)
                 }
             };
-            match &outcome {
-                Ok(v) => eprintln!("bench: {name} [{}] round {}: {v:.1} {}", group.servers[i], r + 1, unit.label()),
-                Err(e) => eprintln!("bench: {name} [{}] round {}: FAILED: {e}", group.servers[i], r + 1),
+            match (&outcome, &cpu) {
+                (Ok(v), Ok(c)) => eprintln!(
+                    "bench: {name} [{}] round {}: {v:.1} {}, {c:.3} {}",
+                    group.servers[i],
+                    r + 1,
+                    unit.label(),
+                    unit.cpu_label()
+                ),
+                (Ok(v), Err(e)) => {
+                    eprintln!(
+                        "bench: {name} [{}] round {}: {v:.1} {} (CPU: {e})",
+                        group.servers[i],
+                        r + 1,
+                        unit.label()
+                    )
+                }
+                (Err(e), _) => eprintln!("bench: {name} [{}] round {}: FAILED: {e}", group.servers[i], r + 1),
             }
             group.rows[row].cells[i].record(outcome);
+            group.rows[row].cells[i].record_cpu(cpu);
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use nasgw_tests::{free_port, Daemon};
 
+use crate::cpu::{self, Meter};
 use crate::nfs_client::NfsEndpoint;
 
 /// A running nasgw and what it serves; a protocol it does not serve carries the reason.
@@ -17,6 +18,8 @@ pub struct Nasgw {
     pub nfs: Result<NfsEndpoint, String>,
     /// Its SMB port, or why there is none.
     pub smb: Result<u16, String>,
+    /// Its CPU time (the daemon and its children, e.g. a managed GlusterFS client).
+    pub cpu: Meter,
 }
 
 /// The `[volume]` table for a local directory.
@@ -42,32 +45,34 @@ fn listens(port: u16, within: Duration) -> bool {
 /// [`crate::smb::SEALED_USER`]; never panics: a nasgw that fails to start yields reasons
 /// instead of endpoints.
 pub fn start(dir: &Path, volume: &str) -> Nasgw {
-    let (nfs_port, smb_port) = (free_port(), free_port());
+    let (nfs_port, smb_port, metrics_port) = (free_port(), free_port(), free_port());
     let config = format!(
         "{volume}\n[nfs]\nlisten = \"127.0.0.1:{nfs_port}\"\n\n[smb]\nlisten = \"127.0.0.1:{smb_port}\"\n\n\
          [[smb.share]]\nname = \"pub\"\nwritable = true\nguest_ok = true\nguest_only = true\nforce_user = \"root\"\n\n\
          [[smb.share]]\nname = \"sealed\"\nwritable = true\nforce_user = \"root\"\nencryption = \"required\"\n\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n\
          [node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n"
     );
     let config = match with_password(dir, &config, crate::smb::SEALED_USER, crate::smb::SEALED_PASSWORD) {
         Ok(c) => c,
-        Err(why) => return Nasgw { daemon: None, nfs: Err(why.clone()), smb: Err(why) },
+        Err(why) => return Nasgw { daemon: None, nfs: Err(why.clone()), cpu: Meter::missing(&why), smb: Err(why) },
     };
     let started = quietly(|| Daemon::start("nasgw", dir, &config, None));
     let daemon = match started {
         Ok(d) => d,
         Err(e) => {
             let why = format!("nasgw did not start: {}", last_error_line(&e));
-            return Nasgw { daemon: None, nfs: Err(why.clone()), smb: Err(why) };
+            return Nasgw { daemon: None, nfs: Err(why.clone()), cpu: Meter::missing(&why), smb: Err(why) };
         }
     };
     let nfs = if listens(nfs_port, Duration::from_secs(5)) {
-        Ok(NfsEndpoint { export: "/smb".into(), nfs_port, mount_port: nfs_port })
+        Ok(NfsEndpoint { export: "/smb".into(), nfs_port, mount_port: nfs_port, metrics_port: Some(metrics_port) })
     } else {
         Err(not_served(&daemon, "NFS"))
     };
     let smb = if listens(smb_port, Duration::from_secs(1)) { Ok(smb_port) } else { Err(not_served(&daemon, "SMB")) };
-    Nasgw { daemon: Some(daemon), nfs, smb }
+    let cpu = cpu::track("nasgw", daemon.pid());
+    Nasgw { daemon: Some(daemon), nfs, smb, cpu }
 }
 
 /// Runs `f`, turning a panic (the harness's way to report a failed start) into its message,
@@ -130,4 +135,22 @@ fn with_password(dir: &Path, config: &str, user: &str, password: &str) -> Result
         return Err(format!("nasgw passwd {user} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     std::fs::read_to_string(&file).map_err(|e| e.to_string())
+}
+
+/// nasgw's NFS read counters: (bytes read for clients, of which sent with `sendfile`), from
+/// its `GET /metrics` on `port`.
+pub fn nfs_read_counters(port: u16) -> anyhow::Result<(u64, u64)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let value = |name: &str| {
+        let key = format!("{name}{{protocol=\"nfs\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key)?.trim().parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {name} for NFS in nasgw's metrics"))
+    };
+    Ok((value("nasgw_read_bytes_total")?, value("nasgw_read_sendfile_bytes_total")?))
 }

@@ -1,6 +1,7 @@
 //! NFSv3 group: nasgw against NFS-Ganesha (FSAL_VFS) serving the same directory of the same
 //! disk. Bulk rows use libnfs `nfs-cp`; the many-file rows use one connection (`nfs_client`).
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -9,11 +10,56 @@ use anyhow::{bail, Result};
 use nasgw_tests::anchors::{Ganesha, GaneshaFsal};
 use tokio::runtime::Runtime;
 
-use crate::fixture::{list_entry, Fixture, Sizes};
+use crate::cpu::{self, Meter};
+use crate::fixture::{self, list_entry, Fixture, Sizes};
 use crate::measure::{run_row, timed, Done};
+use crate::nasgw;
 use crate::nfs_client::{self, NfsEndpoint};
 use crate::table::{Group, Unit};
 use crate::target::{self, Rows, Target};
+
+/// What the read rows observed about the path that served them.
+#[derive(Default)]
+struct ReadPaths {
+    /// The share of the file in the page cache after the preload of each warm round.
+    resident: Vec<f64>,
+    /// Per nasgw read round: "label warm|cold" and the share of READ bytes sent with sendfile,
+    /// or why it is unknown.
+    sendfile: Vec<(String, Result<f64, String>)>,
+}
+
+impl ReadPaths {
+    /// Notes for the report (none when no read ran).
+    fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if !self.resident.is_empty() {
+            let min = self.resident.iter().copied().fold(1.0, f64::min);
+            notes.push(format!(
+                "Read rows: before every round the bench reads the file once locally, so each server starts with it \
+                 in the page cache; then at least {:.1}% of its pages were resident (mincore).",
+                min * 100.0
+            ));
+        }
+        let mut labels: Vec<&str> = self.sendfile.iter().map(|(l, _)| l.as_str()).collect();
+        labels.dedup();
+        for l in labels {
+            let shares: Vec<String> = self
+                .sendfile
+                .iter()
+                .filter(|(x, _)| x == l)
+                .map(|(_, v)| match v {
+                    Ok(v) => format!("{:.0}%", v * 100.0),
+                    Err(e) => format!("unknown ({e})"),
+                })
+                .collect();
+            notes.push(format!(
+                "{l} read: share of nasgw's READ bytes sent with sendfile (the rest copied), per round: {}.",
+                shares.join(", ")
+            ));
+        }
+        notes
+    }
+}
 
 /// Runs the NFS rows against `targets` (one per column; `Local` for the raw directory):
 /// bulk write, bulk read and small files, plus listing and stats on a directory, plus a read
@@ -47,15 +93,33 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
             Ok(Done { amount: s.bulk_bytes, elapsed })
         }),
     );
+    // What served each read round: the file's page-cache state before it, and the share of
+    // nasgw's READ bytes that went out with sendfile (from its metrics).
+    let seen = RefCell::new(ReadPaths::default());
     let read = |i: usize, cold: bool| {
         if cold {
             target::drop_caches()?;
+        } else if rows == Rows::Directory {
+            // The rows before may have evicted it: every server starts from the page cache.
+            seen.borrow_mut().resident.push(fixture::preload(&fx.data.join(fx.read_name))?);
         }
         if local(i) {
             return target::local_read(fx);
         }
+        let ep = ep(i)?;
+        let before = ep.metrics_port.map(nasgw::nfs_read_counters);
         let sink = std::fs::File::create("/dev/null")?;
-        let (elapsed, _) = timed(Command::new("nfs-cat").arg(ep(i)?.url(fx.read_name)).stdout(sink))?;
+        let (elapsed, _) = timed(Command::new("nfs-cat").arg(ep.url(fx.read_name)).stdout(sink))?;
+        if let (Some(port), Some(before)) = (ep.metrics_port, before) {
+            // An older nasgw (a comparison run with --nasgw) may lack the counter: the row
+            // still counts, the note says the path is unknown.
+            let share = before.and_then(|(read0, sf0)| {
+                let (read1, sf1) = nasgw::nfs_read_counters(port)?;
+                Ok(sf1.saturating_sub(sf0) as f64 / read1.saturating_sub(read0).max(1) as f64)
+            });
+            let label = format!("{} {}", labels[i], if cold { "cold" } else { "warm" });
+            seen.borrow_mut().sendfile.push((label, share.map_err(|e| format!("{e:#}"))));
+        }
         Ok(Done { amount: s.bulk_bytes, elapsed })
     };
     // On GlusterFS also with every cache dropped first (see `Rows::Gluster`).
@@ -70,6 +134,7 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
             Box::new(move |i, _| read(i, cold)),
         );
     }
+    group.notes.extend(seen.into_inner().notes());
     run_row(
         group,
         &format!("{} x 4 KiB creates (one connection)", Sizes::count_label(s.small_files)),
@@ -101,7 +166,7 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
             Ok(out)
         }),
     );
-    if rows != Rows::Directory {
+    if s.list_entries == 0 {
         return;
     }
     run_row(
@@ -111,6 +176,9 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
         s.rounds,
         &avail,
         Box::new(|i, _| {
+            if local(i) {
+                return target::local_list(fx);
+            }
             rt.block_on(async {
                 let mut sess = nfs_client::connect(ep(i)?).await?;
                 let root = sess.root();
@@ -134,6 +202,9 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
         &avail,
         Box::new(|i, _| {
             let names: Vec<String> = (0..s.list_entries).map(list_entry).collect();
+            if local(i) {
+                return target::local_stat(fx, &names);
+            }
             rt.block_on(async {
                 let mut sess = nfs_client::connect(ep(i)?).await?;
                 let root = sess.root();
@@ -149,11 +220,16 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
 }
 
 /// The NFS group: starts Ganesha on `fx.data`, runs the rows against `nasgw` and it, stops it.
-pub fn run(fx: &Fixture, work: &Path, rt: &Runtime, nasgw: &Result<NfsEndpoint, String>) -> Group {
+pub fn run(fx: &Fixture, work: &Path, rt: &Runtime, nasgw: &Result<NfsEndpoint, String>, nasgw_cpu: &Meter) -> Group {
     let mut group = Group::new("NFSv3: nasgw vs NFS-Ganesha 4.3 (FSAL_VFS)", &["nasgw", "Ganesha"], &[(0, 1)]);
     let ganesha = Ganesha::start(&work.join("ganesha"), GaneshaFsal::Vfs(&fx.data));
-    let anchor =
-        NfsEndpoint { export: ganesha.export_path.clone(), nfs_port: ganesha.nfs_port, mount_port: ganesha.mount_port };
+    group.meters = vec![nasgw_cpu.clone(), ganesha_meter(&ganesha)];
+    let anchor = NfsEndpoint {
+        export: ganesha.export_path.clone(),
+        nfs_port: ganesha.nfs_port,
+        mount_port: ganesha.mount_port,
+        metrics_port: None,
+    };
     let subject = match nasgw {
         Ok(ep) => Target::Nfs(ep.clone()),
         Err(why) => Target::Absent(why.clone()),
@@ -167,4 +243,12 @@ pub fn run(fx: &Fixture, work: &Path, rt: &Runtime, nasgw: &Result<NfsEndpoint, 
             .into(),
     );
     group
+}
+
+/// Ganesha's CPU time (with the rpcbind and rpc.statd it starts).
+pub fn ganesha_meter(g: &Ganesha) -> Meter {
+    match g.pid() {
+        Some(pid) => cpu::track("ganesha", pid),
+        None => Meter::missing("Ganesha is not running"),
+    }
 }

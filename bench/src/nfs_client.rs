@@ -26,6 +26,9 @@ pub struct NfsEndpoint {
     pub nfs_port: u16,
     /// MOUNT port.
     pub mount_port: u16,
+    /// nasgw's metrics port (`GET /metrics`), to tell which path served its READs; `None`
+    /// for an anchor.
+    pub metrics_port: Option<u16>,
 }
 
 /// The AUTH_UNIX identity every client of the bench uses: an ordinary user, so no server's

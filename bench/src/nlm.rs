@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use nasgw_tests::anchors::{Ganesha, GaneshaFsal};
 use nasgw_tests::nlm::{file_handle_at, stat, NlmConn};
 
+use crate::cpu::Meter;
 use crate::fixture::Fixture;
 use crate::measure::{run_row, Done};
 use crate::nasgw::quietly;
@@ -57,12 +58,16 @@ fn lock_unlock(t: &LockTarget, pairs: u64, round: usize) -> Result<Done> {
 
 /// The NLM group: starts Ganesha with NLM on `fx.data`, runs the rows against `nasgw` (whose
 /// lock manager shares its NFS port) and it, stops it.
-pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<NfsEndpoint, String>) -> Group {
+pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<NfsEndpoint, String>, nasgw_cpu: &Meter) -> Group {
     let mut group =
         Group::new("NFS locks (NLM 4): nasgw vs NFS-Ganesha 4.3 with NLM", &["nasgw", "Ganesha"], &[(0, 1)]);
     let pairs = fx.sizes.small_files as u64 * 5;
     let created = std::fs::write(fx.data.join(LOCKED), b"locked by the bench\n");
     let ganesha = quietly(|| Ganesha::start_with_nlm(&work.join("ganesha-nlm"), GaneshaFsal::Vfs(&fx.data)));
+    group.meters = vec![
+        nasgw_cpu.clone(),
+        ganesha.as_ref().map_or_else(|_| Meter::missing("Ganesha did not start"), crate::nfs::ganesha_meter),
+    ];
     let targets: Vec<Result<LockTarget, String>> = vec![
         match (&created, nasgw) {
             (Err(e), _) => Err(format!("cannot create {LOCKED}: {e}")),
@@ -72,7 +77,12 @@ pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<NfsEndpoint, String>) -> Gr
         match &ganesha {
             Err(why) => Err(format!("Ganesha did not start: {}", crate::nasgw::last_error_line(why))),
             Ok(g) => {
-                let ep = NfsEndpoint { export: g.export_path.clone(), nfs_port: g.nfs_port, mount_port: g.mount_port };
+                let ep = NfsEndpoint {
+                    export: g.export_path.clone(),
+                    nfs_port: g.nfs_port,
+                    mount_port: g.mount_port,
+                    metrics_port: None,
+                };
                 g.nlm_port.ok_or_else(|| "no NLM port".to_string()).and_then(|p| target(&ep, p))
             }
         },

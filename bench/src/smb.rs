@@ -9,7 +9,8 @@ use std::process::Command;
 use anyhow::{bail, Result};
 use nasgw_tests::anchors::Smbd;
 
-use crate::fixture::{Fixture, Sizes};
+use crate::cpu::{self, Meter};
+use crate::fixture::{self, Fixture, Sizes};
 use crate::measure::{run_row, timed, Done};
 use crate::table::{Group, Unit};
 use crate::target::{self, Rows, Target};
@@ -68,6 +69,8 @@ fn run_encrypted_rows(
         s.rounds,
         avail,
         Box::new(|i, _| {
+            // From the page cache, as the plain download row.
+            fixture::preload(&fx.data.join(fx.read_name))?;
             let (elapsed, out) = timed(&mut smbclient_sealed(port(i)?, &format!("get {} /dev/null", fx.read_name)))?;
             let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
             if !text.contains(&format!("of size {} as", s.bulk_bytes)) {
@@ -123,9 +126,15 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
             Ok(Done { amount: s.bulk_bytes, elapsed })
         }),
     );
+    // The least share of the file found in the page cache before a warm download round.
+    let resident = std::cell::Cell::new(None::<f64>);
     let download = |i: usize, cold: bool| {
         if cold {
             target::drop_caches()?;
+        } else if rows == Rows::Directory {
+            // The rows before may have evicted it: every server starts from the page cache.
+            let share = fixture::preload(&fx.data.join(fx.read_name))?;
+            resident.set(Some(resident.get().map_or(share, |r: f64| r.min(share))));
         }
         if local(i) {
             return target::local_read(fx);
@@ -149,6 +158,13 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
             Box::new(move |i, _| download(i, cold)),
         );
     }
+    if let Some(r) = resident.get() {
+        group.notes.push(format!(
+            "Download rows: before every round the bench reads the file once locally, so each server starts with it \
+             in the page cache; then at least {:.1}% of its pages were resident (mincore).",
+            r * 100.0
+        ));
+    }
     run_row(
         group,
         &format!("{} x 4 KiB files (mput, one session)", Sizes::count_label(s.small_files)),
@@ -171,7 +187,7 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
             Ok(Done { amount: made as u64, elapsed })
         }),
     );
-    if rows != Rows::Directory {
+    if s.list_entries == 0 {
         return;
     }
     run_row(
@@ -181,6 +197,9 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
         s.rounds,
         &avail,
         Box::new(|i, _| {
+            if local(i) {
+                return target::local_list(fx);
+            }
             let (elapsed, out) = timed(&mut smbclient(port(i)?, &format!("cd {}; ls", fx.list_name)))?;
             let n = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.trim_start().starts_with('f')).count();
             if n != s.list_entries {
@@ -189,6 +208,9 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
             Ok(Done { amount: n as u64, elapsed })
         }),
     );
+    if s.deltree_files == 0 {
+        return;
+    }
     run_row(
         group,
         &format!("deltree of {} files", Sizes::count_label(s.deltree_files)),
@@ -212,13 +234,14 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
 }
 
 /// The SMB group: starts smbd on `fx.data`, runs the rows against `nasgw` and it, stops it.
-pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<u16, String>) -> Group {
+pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<u16, String>, nasgw_cpu: &Meter) -> Group {
     let mut group = Group::new("SMB3: nasgw vs Samba smbd 4.17", &["nasgw", "smbd"], &[(0, 1)]);
     let sealed = format!(
         "\n[sealed]\npath = {}\nwritable = yes\nforce user = root\nsmb encrypt = required\n",
         fx.data.display()
     );
     let smbd = Smbd::start_with(&work.join("smbd"), &fx.data, &sealed);
+    group.meters = vec![nasgw_cpu.clone(), cpu::track("smbd", smbd.pid())];
     let subject = match nasgw {
         Ok(p) => Target::Smb(*p),
         Err(why) => Target::Absent(why.clone()),

@@ -50,7 +50,8 @@ pub fn local_write(fx: &Fixture, name: &str) -> Result<Done> {
 pub enum Rows {
     /// A directory on one disk: bulk, small files, listing and the other many-file rows.
     Directory,
-    /// A GlusterFS volume: bulk (the read also with every cache dropped first), small files.
+    /// A GlusterFS volume: bulk (the read also with every cache dropped first), small files,
+    /// and the listing and stat rows when the sizes have a listed directory.
     Gluster,
 }
 
@@ -67,6 +68,32 @@ pub fn local_read(fx: &Fixture) -> Result<Done> {
     let input = format!("if={}", fx.data.join(fx.read_name).display());
     let (elapsed, _) = timed(Command::new("dd").args([&input, "of=/dev/null", "bs=1M"]))?;
     Ok(Done { amount: fx.sizes.bulk_bytes, elapsed })
+}
+
+/// Lists the listed directory with every entry's attributes (what a READDIRPLUS gives):
+/// `readdir` + `lstat` of each entry.
+pub fn local_list(fx: &Fixture) -> Result<Done> {
+    let start = Instant::now();
+    let mut n = 0u64;
+    for e in std::fs::read_dir(fx.data.join(fx.list_name))? {
+        std::fs::symlink_metadata(e?.path())?;
+        n += 1;
+    }
+    let elapsed = start.elapsed();
+    if n != fx.sizes.list_entries as u64 {
+        bail!("listed {n} of {} entries", fx.sizes.list_entries);
+    }
+    Ok(Done { amount: n, elapsed })
+}
+
+/// `lstat` of each of `names` in the listed directory (LOOKUP + GETATTR).
+pub fn local_stat(fx: &Fixture, names: &[String]) -> Result<Done> {
+    let dir = fx.data.join(fx.list_name);
+    let start = Instant::now();
+    for n in names {
+        std::fs::symlink_metadata(dir.join(n))?;
+    }
+    Ok(Done { amount: names.len() as u64, elapsed: start.elapsed() })
 }
 
 /// Creates the small files in `data/dir` from this process (open, write, close each; no fsync).

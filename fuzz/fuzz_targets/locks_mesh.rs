@@ -1,5 +1,6 @@
 //! The lock service's mesh decoders: a peer's hello (both the dialer's and the acceptor's form,
-//! checked against the cluster key), a frame's tag, and a frame's payload (a postcard `Msg`).
+//! checked against the cluster key), a frame's tag, a frame's payload (a postcard `Msg`), and
+//! the SMB persistent-open events carried by its broadcasts.
 //! Any bytes give a value or a refusal, never a panic or an allocation beyond the input. A hello
 //! built from the input and encoded with the key must decode back to itself.
 #![no_main]
@@ -29,4 +30,5 @@ fuzz_target!(|data: &[u8]| {
         let _ = open_frame(&[1u8; 32], 0, payload, tag);
     }
     let _ = decode_msg(data);
+    let _ = nasgw::smb::durable_cluster::decode(data);
 });

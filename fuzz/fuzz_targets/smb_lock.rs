@@ -8,4 +8,6 @@ use nasgw::smb::wire::header::command;
 
 fuzz_target!(|data: &[u8]| {
     let _ = Request::parse(command::LOCK, data);
+    // The lock sequence a durable open's replay detection reads from the same message.
+    let _ = nasgw::smb::durable_replay::lock_sequence(data);
 });

@@ -78,7 +78,7 @@ async fn run(loaded: Loaded) -> Result<()> {
             }
         }));
         let hub = namespace.changes().clone();
-        locks.set_events(Box::new(move |b| hub.receive(b)));
+        locks.add_events(Box::new(move |b| hub.receive(b)));
     }
     // Share folders for their writers (a fresh volume needs no admin chown). A local directory
     // is ready now, so the first client already finds them; a GlusterFS volume once it answers.
@@ -153,6 +153,11 @@ async fn run(loaded: Loaded) -> Result<()> {
         };
         crate::dns::start(&cfg, d, handler.clone(), &own, &life).await?;
     }
+    // The node's own mount, on threads of its own, once SMB and NFS serve.
+    let fuse = match &cfg.fuse {
+        Some(f) => Some(crate::fuse::FuseMount::start(f, namespace.clone(), locks.clone(), &cfg.volume.name).await?),
+        None => None,
+    };
     life.tasks.spawn(control::serve(control, handler.clone(), life.stop.clone()));
     life.tasks.spawn(release_removed(namespace.clone(), life.stop.clone()));
 
@@ -167,6 +172,9 @@ async fn run(loaded: Loaded) -> Result<()> {
     life.tasks.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, life.tasks.wait()).await.is_err() {
         tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "some requests did not finish in time");
+    }
+    if let Some(f) = fuse {
+        f.stop().await;
     }
     if let Err(e) = namespace.sync_all().await {
         tracing::error!(error = %e, "flushing the volume on shutdown failed");

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dns;
+pub mod fuse;
 pub mod gluster;
 pub mod listener;
 pub mod locks;

@@ -33,6 +33,12 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { quiet } => {
+            // The mount point is a fact of this node, but as much the file's business as a
+            // typo: an error at its line.
+            if let Some((message, hint)) = nasgw::fuse::mountpoint::check(&loaded.config) {
+                eprintln!("error: {}", config::located(&loaded, "fuse.mountpoint", message, Some(hint)));
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
             // Facts of this node a valid config still fails on (a readable secret, an unknown
             // force_user, a guest share its guests cannot write): warnings, the file is valid.
             let host = nasgw::provision::host_warnings(&loaded.config);

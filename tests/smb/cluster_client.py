@@ -11,9 +11,14 @@ notifications come with MessageId 0xFFFFFFFFFFFFFFFF); each connection gets a si
 under that id which records them, so "breaks" can wait for them and "ack" can answer them.
 
 Requests (every one has "id" and "op"):
-  connect  c host port              a new client c (guest, no signing)
-  open     c h path [access share disposition options lease lease_key oplock]
-           -> granted lease state / oplock level, or the NTSTATUS name
+  connect  c host port [guid share]  a new client c (guest, no signing; ClientGuid `guid` hex)
+           -> the tree's "ca" (continuously available) and "scaleout" capabilities
+  open     c h path [access share disposition options lease lease_key oplock
+                     durable(persistent timeout)]
+           -> granted lease state / oplock level, or the NTSTATUS name; with "durable" a
+              DH2Q is sent and the answer has "file_id", "create_guid" (hex) and "durable"
+              (the DH2Q response's flags and timeout, or null when not granted)
+  reconnect c h path file_id create_guid [persistent]   a DH2C reopening that FileId as h
   close    h          read h off len       write h off data(hex)
   lock     h off len [excl=true wait=false]  unlock h off len
   delete   h          (SET_INFO FileDispositionInformation DeletePending=1)
@@ -35,6 +40,8 @@ from smbprotocol.connection import Commands, Connection
 from smbprotocol.create_contexts import (
     CreateContextName,
     SMB2CreateContextRequest,
+    SMB2CreateDurableHandleReconnectV2,
+    SMB2CreateDurableHandleRequestV2,
     SMB2CreateRequestLeaseV2,
 )
 from smbprotocol.exceptions import SMBResponseException
@@ -147,14 +154,14 @@ class OplockBreakAck:
 
 
 class Client:
-    def __init__(self, host, port):
-        self.conn = Connection(uuid.uuid4(), host, port, require_signing=False)
+    def __init__(self, host, port, guid=None, share="pub"):
+        self.conn = Connection(guid or uuid.uuid4(), host, port, require_signing=False)
         self.conn.connect(timeout=10)
         self.sink = BreakSink()
         self.conn.outstanding_requests[0xFFFFFFFFFFFFFFFF] = self.sink
         self.session = Session(self.conn, "guest", "guest", require_encryption=False, auth_protocol="ntlm")
         self.session.connect()
-        self.tree = TreeConnect(self.session, rf"\\{host}\pub")
+        self.tree = TreeConnect(self.session, rf"\\{host}\{share}")
         self.tree.connect(require_secure_negotiate=False)
 
 
@@ -172,8 +179,10 @@ def reply(req, **kw):
 
 
 def op_connect(r):
-    clients[r["c"]] = Client(r["host"], int(r["port"]))
-    return {}
+    guid = uuid.UUID(hex=r["guid"]) if r.get("guid") else None
+    c = Client(r["host"], int(r["port"]), guid, r.get("share", "pub"))
+    clients[r["c"]] = c
+    return {"ca": bool(c.tree.is_ca_share), "scaleout": bool(getattr(c.tree, "is_scaleout_share", False))}
 
 
 def op_open(r):
@@ -194,6 +203,17 @@ def op_open(r):
         ctx["buffer_data"] = lease
         contexts.append(ctx)
         oplock = 0xFF
+    create_guid = None
+    if r.get("durable") is not None:
+        create_guid = uuid.uuid4()
+        dh = SMB2CreateDurableHandleRequestV2()
+        dh["timeout"] = int(r["durable"].get("timeout", 0))
+        dh["flags"] = 0x2 if r["durable"].get("persistent") else 0
+        dh["create_guid"] = create_guid
+        ctx = SMB2CreateContextRequest()
+        ctx["buffer_name"] = CreateContextName.SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2
+        ctx["buffer_data"] = dh
+        contexts.append(ctx)
     resp = o.create(
         ImpersonationLevel.Impersonation,
         int(r.get("access", 0x0012019F)),  # generic read + write
@@ -209,9 +229,38 @@ def op_open(r):
     for ctx in resp or []:
         if hasattr(ctx, "fields") and "lease_state" in ctx.fields:
             out["lease"] = lease_name(ctx["lease_state"].get_value())
+        if hasattr(ctx, "fields") and "timeout" in ctx.fields and "flags" in ctx.fields:
+            out["durable"] = {"timeout": ctx["timeout"].get_value(), "flags": int(ctx["flags"].get_value())}
     if key is not None:
         out["lease_key"] = key.hex()
+    if create_guid is not None:
+        out.setdefault("durable", None)
+        out["file_id"] = o.file_id.hex()
+        out["create_guid"] = create_guid.hex
     return out
+
+
+def op_reconnect(r):
+    c = clients[r["c"]]
+    o = Open(c.tree, r["path"])
+    dh = SMB2CreateDurableHandleReconnectV2()
+    dh["file_id"] = bytes.fromhex(r["file_id"])
+    dh["create_guid"] = uuid.UUID(hex=r["create_guid"])
+    dh["flags"] = 0x2 if r.get("persistent") else 0
+    ctx = SMB2CreateContextRequest()
+    ctx["buffer_name"] = CreateContextName.SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2
+    ctx["buffer_data"] = dh
+    o.create(
+        ImpersonationLevel.Impersonation,
+        0x0012019F,
+        FileAttributes.FILE_ATTRIBUTE_NORMAL,
+        7,
+        CreateDisposition.FILE_OPEN,
+        CreateOptions.FILE_NON_DIRECTORY_FILE,
+        create_contexts=[ctx],
+    )
+    handles[r["h"]] = (r["c"], o, None)
+    return {"file_id": o.file_id.hex()}
 
 
 def op_close(r):

@@ -36,7 +36,7 @@ trap 'kill $SMBD 2>/dev/null; rm -rf $T' EXIT
 for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 shift || true
 SUITES=("$@")
-[ ${#SUITES[@]} -gt 0 ] || SUITES=(smb2.connect smb2.read smb2.rw smb2.dir smb2.getinfo smb2.setinfo smb2.lock smb2.rename smb2.create smb2.delete-on-close-perms smb2.sharemode)
+[ ${#SUITES[@]} -gt 0 ] || SUITES=(smb2.connect smb2.credits smb2.read smb2.rw smb2.dir smb2.getinfo smb2.setinfo smb2.lock smb2.rename smb2.create smb2.delete-on-close-perms smb2.sharemode)
 for s in "${SUITES[@]}"; do
   timeout 300 smbtorture //127.0.0.1/pub -U% -p $PORT --format=subunit $s > $T/res/$s.out 2>&1 &
 done

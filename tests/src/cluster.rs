@@ -26,6 +26,8 @@ pub const ADDRS: [&str; 3] = ["198.18.0.1", "198.18.0.2", "198.18.0.3"];
 pub const SMB_PORT: u16 = 445;
 /// NFS (and MOUNT) port on every node.
 pub const NFS_PORT: u16 = 2049;
+/// The public address of a cluster started with [`SmbCluster::start_with_public_address`].
+pub const VIP: &str = "198.18.0.100";
 
 /// Three nodes on one shared volume and a client host.
 pub struct SmbCluster {
@@ -43,6 +45,32 @@ impl SmbCluster {
     /// node is in the cluster's view and licensed to decide opens). `extra` is appended to every
     /// node's config.
     pub fn start(extra: &str) -> SmbCluster {
+        Self::start_with("", extra)
+    }
+
+    /// As [`SmbCluster::start`], with one public address ([`VIP`]) that HA places on a node.
+    pub fn start_with_public_address(extra: &str) -> SmbCluster {
+        let c = Self::start_with(
+            &format!("public_addresses = [{{ address = \"{VIP}/16\", interface = \"eth0\" }}]\n"),
+            extra,
+        );
+        wait_for("the public address to be placed", Duration::from_secs(30), Duration::from_millis(100), || {
+            c.holder(VIP)
+        });
+        c
+    }
+
+    /// The running node that has `addr` on its interface now.
+    pub fn holder(&self, addr: &str) -> Option<usize> {
+        let needle = format!(" {addr}/");
+        (0..3).filter(|&i| self.daemons.get(i).is_some_and(Option::is_some)).find(|&i| {
+            let out = self.topo.exec(NODES[i], "ip", &["-o", "addr", "show", "dev", "eth0"]);
+            String::from_utf8_lossy(&out.stdout).contains(&needle)
+        })
+    }
+
+    /// As [`SmbCluster::start`], with `cluster` added to the `[cluster]` section.
+    pub fn start_with(cluster: &str, extra: &str) -> SmbCluster {
         assert!(is_root(), "network namespace tests need root (the README's test command runs as root)");
         require_tool("python3");
         let topo = Topology::new(&[("n1", ADDRS[0]), ("n2", ADDRS[1]), ("n3", ADDRS[2]), ("c1", "198.18.0.10")]);
@@ -70,7 +98,7 @@ force_user = "root"
 nodes = ["{}", "{}", "{}"]
 recovery_lock = "/lock/lockfile"
 secret_file = "{key}"
-[node]
+{cluster}[node]
 control_socket = "{{dir}}/ctl.sock"
 state_dir = "{{dir}}/state"
 {extra}"#,
@@ -292,6 +320,11 @@ impl SmbClient {
     /// A new SMB client `c` connected to node `node` (guest session, tree `pub`).
     pub fn connect(&mut self, c: &str, node: usize) {
         self.ok(json!({"op": "connect", "c": c, "host": ADDRS[node], "port": SMB_PORT}));
+    }
+
+    /// A new SMB client `c` connected to node `node`'s share `share` (guest session).
+    pub fn connect_share(&mut self, c: &str, node: usize, share: &str) {
+        self.ok(json!({"op": "connect", "c": c, "host": ADDRS[node], "port": SMB_PORT, "share": share}));
     }
 }
 

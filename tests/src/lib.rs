@@ -12,6 +12,7 @@ pub mod netns;
 pub mod nlm;
 pub mod pjdfstest;
 pub mod process;
+pub mod smb_locker;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

@@ -115,6 +115,24 @@ impl Daemon {
         unsafe { libc::kill(self.pid() as i32, signal) };
     }
 
+    /// This node's state as `nasgw status --json` shows it ("OK", "UNHEALTHY", ...; empty when
+    /// it cannot tell yet).
+    pub fn this_node_state(&self) -> String {
+        let out = self.ctl(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["this_node"] == true))
+            .map_or(String::new(), |n| n["state"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Waits (polling) until this node is OK: its volume answers and its listeners are up.
+    pub fn wait_ok(&self, timeout: Duration) {
+        crate::wait_for(&format!("{} healthy", self.name), timeout, Duration::from_millis(50), || {
+            (self.this_node_state() == "OK").then_some(())
+        });
+    }
+
     /// SIGTERM, then waits for the exit (fails the test after 40 s; the drop then kills it).
     pub fn stop(mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);

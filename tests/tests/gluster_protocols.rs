@@ -34,19 +34,8 @@ fn config(servers: &[String], access: &str) -> String {
 
 use nasgw_tests::netns::enter;
 
-fn this_node_state(d: &Daemon) -> String {
-    let out = d.ctl(&["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["nodes"]
-        .as_array()
-        .and_then(|n| n.iter().find(|n| n["this_node"] == true))
-        .map_or(String::new(), |n| n["state"].as_str().unwrap_or_default().to_string())
-}
-
 fn wait_ok(d: &Daemon) {
-    wait_for(&format!("{} healthy", d.name), Duration::from_secs(40), Duration::from_millis(50), || {
-        (this_node_state(d) == "OK").then_some(())
-    });
+    d.wait_ok(Duration::from_secs(40));
 }
 
 async fn read_all(c: &mut Conn, fh: &nfs3_types::nfs3::nfs_fh3) -> Vec<u8> {

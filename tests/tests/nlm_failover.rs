@@ -10,59 +10,17 @@
 
 mod ha_support;
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use ha_support::{in_netns, wait_connection_known, Cluster, NODES, VIPS};
 use nasgw_tests::nlm::{file_handle, stat, NlmClient};
+use nasgw_tests::smb_locker::SmbLocker;
 use nasgw_tests::{kclient, run, wait_for};
 
 const GRACE_MS: u64 = 15_000;
-
-/// The SMB client holding locks (tests/smb/smb_lock.py), driven line by line.
-struct SmbLocker {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl SmbLocker {
-    fn open(ns: &str, vip: &str, path: &str) -> SmbLocker {
-        nasgw_tests::require_tool("python3");
-        let script = nasgw_tests::workspace_root().join("tests/smb/smb_lock.py");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3"])
-            .arg(&script)
-            .args([vip, "4445", "pub", path])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("run python3");
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "smb_lock.py did not open {path}");
-        SmbLocker { child, stdin, stdout }
-    }
-
-    fn cmd(&mut self, c: &str) -> String {
-        writeln!(self.stdin, "{c}").unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    }
-}
-
-impl Drop for SmbLocker {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.child.wait();
-    }
-}
 
 fn wait_marker(vol: &Path, name: &str, guest: &mut Option<Child>, logs: &dyn Fn() -> String) {
     let start = Instant::now();
@@ -180,7 +138,7 @@ fn failover(strict_everywhere: bool) {
         }
     });
     assert_eq!(first, Some(stat::DENIED), "{}", c.logs());
-    let mut smb = SmbLocker::open(&c1, smb_vip, "db");
+    let mut smb = SmbLocker::open(&c1, smb_vip, 4445, "pub", "db");
     assert!(smb.cmd("lock 0 1").starts_with("denied"), "SMB sees the NFS lock");
     // The survivors know the VM's connections to the address (whom to tickle).
     for i in (0..3).filter(|i| *i != victim) {

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use nasgw_tests::{free_port, require_tool, workspace_root, Daemon};
 
-const SUITES: [&str; 17] = [
+const SUITES: [&str; 18] = [
     "smb2.connect",
+    "smb2.credits",
     "smb2.read",
     "smb2.rw",
     "smb2.dir",

@@ -123,6 +123,9 @@ fn normalise(c: &mut Config, base: &Path) {
             }
         }
     }
+    if let Some(f) = c.fuse.as_mut() {
+        abs(&mut f.mountpoint);
+    }
     abs(&mut c.node.control_socket);
     abs(&mut c.node.state_dir);
     for s in &mut c.smb.shares {
@@ -196,6 +199,19 @@ pub fn render(c: &Config) -> String {
         }
     }
     toml::to_string_pretty(&v).expect("config serialises")
+}
+
+/// An error about key `key` (e.g. `fuse.mountpoint`) found by a check of this node rather
+/// than of the file alone, placed at the key's line and column in the loaded file.
+pub fn located(loaded: &Loaded, key: &str, message: String, hint: Option<String>) -> ConfigError {
+    let origin = loaded.source.display_name();
+    let text = match &loaded.source {
+        Source::File(p) => std::fs::read_to_string(p).unwrap_or_default(),
+        Source::Embedded => EMBEDDED_DEFAULT.to_string(),
+    };
+    let path = KeyPath::parse(key);
+    let offset = SpannedDoc::parse(&text).map_or(0, |d| d.span_of(&path).start);
+    ConfigError::at(&origin, &text, offset, format!("{path}: {message}"), hint)
 }
 
 /// Warnings about files that hold secrets but are readable by other local users: the config

@@ -40,6 +40,24 @@ pub struct Config {
     /// Authoritative DNS for the cluster's name; absent: no DNS service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsConfig>,
+    /// The node's own mount of the volume (FUSE); absent: no mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuse: Option<FuseConfig>,
+}
+
+/// `[fuse]`: nasgw mounts the volume it serves on this node, so local programs (backup agents,
+/// rsync, the admin's shell) see the same namespace and rules as SMB and NFS clients.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FuseConfig {
+    /// Where the volume is mounted, e.g. `/srv/data`: an existing, empty directory outside
+    /// the volume.
+    pub mountpoint: PathBuf,
+    /// Let reads and writes of regular files go straight to the backing file (kernel FUSE
+    /// passthrough, Linux 6.9+) on the local and GlusterFS-FUSE backends; ordinary FUSE I/O
+    /// elsewhere.
+    #[serde(default = "yes")]
+    pub passthrough: bool,
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -384,6 +402,12 @@ pub struct ShareConfig {
     /// `[smb] encryption` says. `desired` and `required` need `[smb] encryption` not `off`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<SmbEncryption>,
+    /// A continuously available share: clients may ask for persistent handles, which the
+    /// cluster keeps when their node dies, so the client reopens them (with their byte-range
+    /// locks and share mode) on whichever node now holds the address. Writes to such opens
+    /// are written through.
+    #[serde(default)]
+    pub continuously_available: bool,
 }
 
 fn root_path() -> String {

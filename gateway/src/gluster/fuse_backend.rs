@@ -268,6 +268,10 @@ impl Backend for FuseBackend {
         self.backend()?.copy_range(cred, src, src_offset, dst, dst_offset, len)
     }
 
+    fn open_data(&self, id: &FileId, write: bool) -> VfsResult<std::os::fd::OwnedFd> {
+        self.backend()?.open_data(id, write)
+    }
+
     fn statfs(&self, id: &FileId) -> VfsResult<FsStat> {
         self.backend()?.statfs(id)
     }

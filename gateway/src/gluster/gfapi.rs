@@ -17,7 +17,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use gfapi_sys::{glfs_fd_t, glfs_object_t, glfs_t, Gfapi};
+use gfapi_sys::{
+    glfs_fd_t, glfs_object_t, glfs_t, glfs_xreaddirp_stat_t, Gfapi, GFAPI_XREADDIRP_HANDLE, GFAPI_XREADDIRP_STAT,
+};
 
 /// `valid` bits of [`Volume::setattr`]: which fields of the `stat` to apply.
 pub use gfapi_sys::{
@@ -145,6 +147,15 @@ impl Volume {
         let log = cstr(log_file)?;
         // SAFETY: fs is live; the path is copied. Level 5 = GF_LOG_WARNING.
         check(unsafe { lib.glfs_set_logging(fs, log.as_ptr(), 5) })?;
+        // Attributes come from the bricks on every call: nothing tells this client when another
+        // client of the volume changes a file (no upcalls yet), and md-cache would otherwise
+        // answer a GETATTR or a lookup with what it saw up to a second before (a size grown
+        // through a FUSE mount on another node showed the old size). READDIRP stays one call
+        // per page: only the cache's lifetime is zero.
+        // SAFETY: fs is live; the strings are copied.
+        check(unsafe {
+            lib.glfs_set_xlator_option(fs, c"*-md-cache".as_ptr(), c"md-cache-timeout".as_ptr(), c"0".as_ptr())
+        })?;
         // SAFETY: fs is live and configured.
         check(unsafe { lib.glfs_init(fs) })?;
         Ok(vol)
@@ -461,6 +472,33 @@ pub struct DirEntry {
     pub cookie: i64,
 }
 
+/// One directory entry from [`File::next_entry_plus`].
+pub struct DirEntryPlus {
+    /// The name, as bytes.
+    pub name: Vec<u8>,
+    /// The entry's directory offset cookie.
+    pub cookie: i64,
+    /// Attributes from the READDIRP, when the volume gave them.
+    pub stat: Option<libc::stat>,
+    /// The entry's object, when the listing linked its inode (never for `.` and `..`).
+    pub object: Option<Object>,
+}
+
+/// Frees a `glfs_xreaddirp_stat` (and the object inside it) with `glfs_free`.
+struct XstatGuard<'a> {
+    conn: &'a Connection,
+    ptr: *mut glfs_xreaddirp_stat_t,
+}
+
+impl Drop for XstatGuard<'_> {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: allocated by glfs_xreaddirplus_r for this call, freed once.
+            unsafe { self.conn.lib.glfs_free(self.ptr.cast()) };
+        }
+    }
+}
+
 /// A GFID handle on a file or directory (`glfs_object`); closed on drop.
 pub struct Object {
     conn: Arc<Connection>,
@@ -613,6 +651,63 @@ impl File {
         // SAFETY: d_name is a NUL-terminated array inside ent.
         let name = unsafe { CStr::from_ptr(ent.d_name.as_ptr()) }.to_bytes().to_vec();
         Ok(Some(DirEntry { name, stat: st, cookie: ent.d_off }))
+    }
+
+    /// The next entry with its attributes and its object handle, both from the same READDIRP
+    /// (`glfs_xreaddirplus_r`: the listing links each entry's inode, so no lookup per entry is
+    /// needed); `None` at the end. `.` and `..` are included, without an object. `stat` or
+    /// `object` is `None` when the volume did not provide it for this entry (write-behind
+    /// withholds both for a file with writes pending): the caller looks that one up.
+    pub fn next_entry_plus(&self) -> io::Result<Option<DirEntryPlus>> {
+        let lib = &self.conn.lib;
+        let mut ent = MaybeUninit::<libc::dirent>::zeroed();
+        let mut res: *mut libc::dirent = std::ptr::null_mut();
+        let mut xstat: *mut glfs_xreaddirp_stat_t = std::ptr::null_mut();
+        let wanted = GFAPI_XREADDIRP_STAT | GFAPI_XREADDIRP_HANDLE;
+        // SAFETY: fd is an open directory; ent is a valid dirent buffer; res receives ent or
+        // NULL; xstat receives an allocation this function frees below.
+        let rc = unsafe { lib.glfs_xreaddirplus_r(self.fd, wanted, &mut xstat, ent.as_mut_ptr(), &mut res) };
+        if rc < 0 {
+            return Err(last_err());
+        }
+        // Freed on every path from here (libgfapi frees it itself at the end of the listing
+        // and leaves the pointer NULL).
+        let _free = XstatGuard { conn: &self.conn, ptr: xstat };
+        if res.is_null() {
+            return Ok(None);
+        }
+        let handled = rc as u32;
+        // SAFETY: res == ent, filled by libgfapi (zeroed first, so valid either way).
+        let ent = unsafe { ent.assume_init() };
+        // SAFETY: d_name is a NUL-terminated array inside ent.
+        let name = unsafe { CStr::from_ptr(ent.d_name.as_ptr()) }.to_bytes().to_vec();
+        let mut stat = None;
+        let mut object = None;
+        if !xstat.is_null() {
+            if handled & GFAPI_XREADDIRP_STAT != 0 {
+                // SAFETY: xstat is live until the guard frees it; the stat is copied out.
+                let st = unsafe { lib.glfs_xreaddirplus_get_stat(xstat) };
+                if !st.is_null() {
+                    // SAFETY: non-null, points to a struct stat inside xstat.
+                    let st = unsafe { *st };
+                    // A translator that cannot vouch for an entry's attributes (write-behind
+                    // with writes pending on it) zeroes them.
+                    stat = Some(st).filter(|s| s.st_ino != 0);
+                }
+            }
+            if handled & GFAPI_XREADDIRP_HANDLE != 0 {
+                // SAFETY: xstat is live; the object it holds is freed with it, so it is copied.
+                let held = unsafe { lib.glfs_xreaddirplus_get_object(xstat) };
+                if !held.is_null() {
+                    // SAFETY: held is a live object; the copy takes its own inode reference.
+                    let copy = unsafe { lib.glfs_object_copy(held) };
+                    if !copy.is_null() {
+                        object = Some(Object { conn: self.conn.clone(), ptr: copy });
+                    }
+                }
+            }
+        }
+        Ok(Some(DirEntryPlus { name, cookie: ent.d_off, stat, object }))
     }
 
     /// Continues a listing after the entry whose cookie is `cookie` (GlusterFS offsets are

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 
 use super::fuse_backend::{gfid_file_id, volume_id, ROOT_GFID};
-use super::gfapi::{self, File, Object, Volume};
+use super::gfapi::{self, DirEntryPlus, File, Object, Volume};
 use crate::vfs::posix::identity::Identity;
 use crate::vfs::{
     access, Attr, Backend, CreateHow, Credentials, DirEntry, FileId, FileType, FsStat, Name, ReadDir, SetAttr, SetTime,
@@ -699,9 +699,20 @@ impl Backend for GfapiBackend {
         }
         let mut entries = Vec::new();
         loop {
+            // One READDIRP gives every entry's attributes and (plus) its object: no lookup per
+            // entry, and the attributes are the bricks' own at listing time.
             let next = {
                 let _as = AsCaller::switch(cred)?;
-                listing.next_entry()?
+                if plus {
+                    listing.next_entry_plus()?
+                } else {
+                    listing.next_entry()?.map(|e| DirEntryPlus {
+                        name: e.name,
+                        cookie: e.cookie,
+                        stat: Some(e.stat),
+                        object: None,
+                    })
+                }
             };
             let Some(e) = next else { return Ok(ReadDir { entries, eof: true, dir_attr: None }) };
             if e.name == b"." || e.name == b".." {
@@ -710,16 +721,21 @@ impl Backend for GfapiBackend {
             if entries.len() >= max_entries {
                 return Ok(ReadDir { entries, eof: false, dir_attr: None });
             }
-            let plus = if plus {
-                // READDIRP filled the volume's inode table: this lookup is answered locally.
-                match self.lookup_obj(&vol, cred, &d, &e.name) {
+            let found = match (plus, e.object, e.stat) {
+                (false, _, _) => None,
+                (true, Some(obj), Some(st)) => Some(self.found(obj, &st)?),
+                // The volume gave no object or attributes for this one: look it up.
+                (true, _, _) => match self.lookup_obj(&vol, cred, &d, &e.name) {
                     Ok((obj, st)) => Some(self.found(obj, &st)?),
                     Err(_) => continue, // removed meanwhile
-                }
-            } else {
-                None
+                },
             };
-            entries.push(DirEntry { name: e.name, cookie: e.cookie as u64, fileid: e.stat.st_ino, plus });
+            let fileid = match (&found, e.stat) {
+                (Some((_, attr)), _) => attr.fileid,
+                (None, Some(st)) => st.st_ino,
+                (None, None) => 0,
+            };
+            entries.push(DirEntry { name: e.name, cookie: e.cookie as u64, fileid, plus: found });
         }
     }
 

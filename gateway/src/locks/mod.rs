@@ -19,11 +19,13 @@
 
 pub mod machine;
 pub mod mesh;
+pub mod posix_view;
 pub mod record;
 pub mod service;
 #[cfg(test)]
 pub mod sim;
 pub mod types;
+pub mod volume;
 
 pub use machine::OpenEntry;
 pub use record::{

@@ -66,7 +66,9 @@ impl OpenRecord {
     }
 }
 
-fn is_stat_access(a: u32) -> bool {
+/// A "stat open": only attribute and synchronize access (Samba's `is_oplock_stat_open`). It
+/// neither conflicts nor breaks, and is granted no oplock.
+pub fn is_stat_access(a: u32) -> bool {
     a & !access::STAT == 0
 }
 

@@ -28,7 +28,8 @@ pub trait Holders: Send + Sync {
     fn evicted(&self);
 }
 
-/// Where events broadcast by other nodes go (see [`LockService::broadcast`]).
+/// Where events broadcast by other nodes go (see [`LockService::broadcast`]). Every sink gets
+/// every event; each takes the payloads whose first byte is its own tag and ignores the rest.
 pub type EventSink = Box<dyn Fn(&[u8]) + Send + Sync>;
 
 struct State {
@@ -48,7 +49,7 @@ pub struct LockService {
     net: Option<mpsc::UnboundedSender<(u16, Msg<FileId>)>>,
     licensed: watch::Sender<bool>,
     holders: OnceLock<Arc<dyn Holders>>,
-    events: OnceLock<EventSink>,
+    events: Mutex<Vec<Arc<EventSink>>>,
 }
 
 impl std::fmt::Debug for LockService {
@@ -97,7 +98,7 @@ impl LockService {
             net,
             licensed: watch::channel(false).0,
             holders: OnceLock::new(),
-            events: OnceLock::new(),
+            events: Mutex::new(Vec::new()),
         })
     }
 
@@ -106,9 +107,9 @@ impl LockService {
         let _ = self.holders.set(h);
     }
 
-    /// Registers where events from other nodes go (once).
-    pub fn set_events(&self, sink: EventSink) {
-        let _ = self.events.set(sink);
+    /// Adds a sink for the events from other nodes (change notifications, persistent opens).
+    pub fn add_events(&self, sink: EventSink) {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::new(sink));
     }
 
     /// Sends `payload` to every other node of the current view, whose event sink gets it; best
@@ -197,7 +198,9 @@ impl LockService {
     fn after(&self, later: Vec<Output<FileId>>) {
         for o in later {
             if let Output::Event(p) = &o {
-                if let Some(sink) = self.events.get() {
+                // Called outside the lock: a sink may broadcast in turn.
+                let sinks = self.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                for sink in sinks {
                     sink(p);
                 }
                 continue;

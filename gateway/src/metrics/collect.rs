@@ -159,6 +159,13 @@ fn requests(e: &mut DescriptorEncoder) -> std::fmt::Result {
         [&*SMB, &*NFS].into_iter().map(|p| (vec![("protocol", p.name.to_string())], f(p))).collect()
     };
     counter(e, "nasgw_read_bytes", "File data read by clients.", &bytes(|p| p.read_bytes.load(Relaxed)))?;
+    counter(
+        e,
+        "nasgw_read_sendfile_bytes",
+        "File data read by clients sent with sendfile, from the page cache straight to the socket (the rest of \
+         nasgw_read_bytes was copied through memory).",
+        &bytes(|p| p.sendfile_bytes.load(Relaxed)),
+    )?;
     counter(e, "nasgw_written_bytes", "File data written by clients.", &bytes(|p| p.written_bytes.load(Relaxed)))?;
     Ok(())
 }
@@ -291,6 +298,7 @@ mod tests {
             "nasgw_request_errors_total{protocol=\"smb\",status=\"0xC0000034\"}",
             "nasgw_request_errors_total{protocol=\"nfs\",status=\"NFS3ERR_STALE\"}",
             "nasgw_read_bytes_total{protocol=\"smb\"}",
+            "nasgw_read_sendfile_bytes_total{protocol=\"nfs\"}",
             "nasgw_connections{protocol=\"nfs\"} 1",
             "nasgw_lock_table_files 3",
             "nasgw_build_info{version=",

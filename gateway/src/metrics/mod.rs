@@ -33,6 +33,9 @@ pub struct ProtocolStats {
     pub read_bytes: AtomicU64,
     /// File data written by clients (bytes).
     pub written_bytes: AtomicU64,
+    /// The part of `read_bytes` sent with `sendfile`, from the page cache straight to the
+    /// socket (the rest was copied through memory): says which path served a read workload.
+    pub sendfile_bytes: AtomicU64,
 }
 
 impl ProtocolStats {
@@ -43,6 +46,7 @@ impl ProtocolStats {
             statuses: StatusCounts::default(),
             read_bytes: AtomicU64::new(0),
             written_bytes: AtomicU64::new(0),
+            sendfile_bytes: AtomicU64::new(0),
         }
     }
 
@@ -60,6 +64,13 @@ impl ProtocolStats {
     #[inline]
     pub fn read(&self, bytes: usize) {
         self.read_bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// Counts file data read for a client that goes out with `sendfile` (also counted by
+    /// [`ProtocolStats::read`]).
+    #[inline]
+    pub fn read_by_sendfile(&self, bytes: usize) {
+        self.sendfile_bytes.fetch_add(bytes as u64, Relaxed);
     }
 
     /// Counts file data a client wrote.

@@ -241,6 +241,9 @@ impl NfsServer {
         stats.request(call.proc_ as usize, started, crate::metrics::rpc_reply_status(&reply.bytes));
         if let Some(d) = &reply.data {
             stats.read(d.len());
+            if matches!(d, ReadData::File(_)) {
+                stats.read_by_sendfile(d.len());
+            }
         }
         reply
     }

@@ -13,8 +13,10 @@ use super::signing::{self, dialect, SigningAlgorithm};
 use super::wire::header::{command, offset, Header, FLAG_RELATED_OPERATIONS, FLAG_SERVER_TO_REDIR, HEADER_LEN};
 use super::wire::status::NtStatus;
 
-/// Most credits granted in one response.
-pub const MAX_GRANT: u16 = 512;
+/// Most credits granted in one response: as many as a connection may hold
+/// ([`super::sequence::MAX_OUTSTANDING`]), as Windows Server and smbd grant (smbtorture
+/// `smb2.credits` asks for 65535 in one request and wants at least 8192 back).
+pub const MAX_GRANT: u16 = super::sequence::MAX_OUTSTANDING as u16;
 
 /// Most requests in one compound chain. Clients chain a handful (CREATE, QUERY_INFO, CLOSE);
 /// without a cap one 8 MiB message could chain ~70,000 READs.

@@ -324,6 +324,8 @@ enum Place {
 struct Entry {
     facts: Durability,
     place: Place,
+    /// Its LOCK replay buckets (they follow the open across reconnects).
+    lock_sequences: super::durable_replay::LockSequences,
 }
 
 /// This node's durable opens by persistent FileId (see the module doc).
@@ -350,6 +352,8 @@ pub struct Taken {
     pub open: Box<Open>,
     /// Its durability.
     pub facts: Durability,
+    /// Its LOCK replay buckets (for [`DurableTable::attach_with`]).
+    pub lock_sequences: super::durable_replay::LockSequences,
 }
 
 impl DurableTable {
@@ -378,12 +382,38 @@ impl DurableTable {
     /// Records that the open `persistent`, at `volatile` on the connection whose queue is
     /// `link`, is durable.
     pub fn attach(&self, persistent: u64, facts: Durability, link: mpsc::UnboundedSender<Vec<u8>>, volatile: u64) {
-        self.map().insert(persistent, Entry { facts, place: Place::Attached { link, volatile } });
+        self.attach_with(persistent, facts, link, volatile, Default::default());
     }
 
-    /// Forgets open `persistent` (closed by its client, or by logoff or tree disconnect).
-    pub fn forget(&self, persistent: u64) {
-        self.map().remove(&persistent);
+    /// [`DurableTable::attach`] for an open taken back, with the LOCK replay buckets it had.
+    pub fn attach_with(
+        &self,
+        persistent: u64,
+        facts: Durability,
+        link: mpsc::UnboundedSender<Vec<u8>>,
+        volatile: u64,
+        lock_sequences: super::durable_replay::LockSequences,
+    ) {
+        self.map().insert(persistent, Entry { facts, place: Place::Attached { link, volatile }, lock_sequences });
+    }
+
+    /// Forgets open `persistent` (closed by its client, or by logoff or tree disconnect);
+    /// returns its durability if it was durable.
+    pub fn forget(&self, persistent: u64) -> Option<Durability> {
+        self.map().remove(&persistent).map(|e| e.facts)
+    }
+
+    /// Before a LOCK on open `persistent` with lock sequence `seq`: `Some(true)` for a replay
+    /// of one that succeeded, `None` when the open is not durable (no replay detection).
+    pub fn lock_replayed(&self, persistent: u64, seq: (usize, u8)) -> Option<bool> {
+        self.map().get_mut(&persistent).map(|e| e.lock_sequences.replayed(seq))
+    }
+
+    /// The LOCK with lock sequence `seq` on open `persistent` succeeded.
+    pub fn lock_succeeded(&self, persistent: u64, seq: (usize, u8)) {
+        if let Some(e) = self.map().get_mut(&persistent) {
+            e.lock_sequences.succeeded(seq);
+        }
     }
 
     /// Whether open `persistent` is durable.
@@ -486,8 +516,11 @@ impl DurableTable {
             let mut m = self.map();
             match m.get(&persistent) {
                 Some(Entry { place: Place::Detached { .. }, .. }) => match m.remove(&persistent) {
-                    Some(Entry { place: Place::Detached { open, expiry }, .. }) => {
+                    Some(Entry { place: Place::Detached { open, expiry }, facts, .. }) => {
                         expiry.cancel();
+                        if facts.persistent {
+                            super::durable_cluster::announce_gone(&server.locks, persistent);
+                        }
                         open
                     }
                     _ => return,
@@ -537,11 +570,12 @@ impl DurableTable {
         let Place::Detached { open, .. } = &e.place else { return Err(NtStatus::OBJECT_NAME_NOT_FOUND) };
         let OpenKind::File(f) = &open.kind else { return Err(NtStatus::OBJECT_NAME_NOT_FOUND) };
         check(&e.facts, f)?;
-        let Some(Entry { facts, place: Place::Detached { open, expiry } }) = m.remove(&persistent) else {
+        let Some(Entry { facts, place: Place::Detached { open, expiry }, lock_sequences }) = m.remove(&persistent)
+        else {
             return Err(NtStatus::OBJECT_NAME_NOT_FOUND);
         };
         expiry.cancel();
-        Ok(Taken { open, facts })
+        Ok(Taken { open, facts, lock_sequences })
     }
 
     /// Every detached open whose lease key is `key` (or, for an oplock, whose persistent id

@@ -33,9 +33,11 @@ pub const ATTR_SETTABLE: u32 =
     ATTR_READONLY | ATTR_HIDDEN | ATTR_SYSTEM | ATTR_ARCHIVE | ATTR_TEMPORARY | ATTR_OFFLINE | ATTR_NOT_CONTENT_INDEXED;
 
 /// Splits a share-relative SMB name (`a\\b\\c`; `/` separates too, as Samba accepts it) into
-/// validated components. Refuses what could escape the share or that nasgw does not serve:
-/// `.`/`..`, `:` (streams are split off first by [`parse_name`]), wildcard and reserved
-/// characters, control characters, empty components.
+/// validated components. `.` components are dropped and `..` removes the component before it,
+/// by the name alone, as Windows resolves `dir\\sub\\..` (never through the volume: a `..`
+/// that would climb above the share root is refused with OBJECT_PATH_SYNTAX_BAD). Refuses what
+/// nasgw does not serve: `:` (streams are split off first by [`parse_name`]), wildcard and
+/// reserved characters, control characters, empty components.
 pub fn split_name(name: &str) -> Result<Vec<String>, NtStatus> {
     if name.is_empty() {
         return Ok(Vec::new());
@@ -49,8 +51,12 @@ pub fn split_name(name: &str) -> Result<Vec<String>, NtStatus> {
         if c.is_empty() {
             return Err(NtStatus::OBJECT_NAME_INVALID);
         }
-        if c == "." || c == ".." {
-            return Err(NtStatus::OBJECT_NAME_INVALID);
+        if c == "." {
+            continue;
+        }
+        if c == ".." {
+            out.pop().ok_or(NtStatus::OBJECT_PATH_SYNTAX_BAD)?;
+            continue;
         }
         if c.contains(':') {
             return Err(NtStatus::OBJECT_NAME_INVALID);
@@ -450,9 +456,15 @@ mod tests {
     fn names_that_could_escape_are_refused() {
         assert_eq!(split_name("a\\b\\c.txt").unwrap(), vec!["a", "b", "c.txt"]);
         assert!(split_name("").unwrap().is_empty());
-        for bad in ["..\\etc", "a\\..\\..", "\\abs", "a\\\\b", "a//b", "a/..", "/abs", "a\\.", "x*", "f\u{1}"] {
+        for bad in ["..\\etc", "a\\..\\..", "a\\..\\..\\a", "\\abs", "a\\\\b", "a//b", "/abs", "..", "x*", "f\u{1}"] {
             assert!(split_name(bad).is_err(), "{bad:?} accepted");
         }
+        assert_eq!(split_name("..\\etc"), Err(NtStatus::OBJECT_PATH_SYNTAX_BAD));
+        // `.` and `..` resolve by name, inside the share (smbtorture notify.tree opens `d\\zqy\\..`).
+        assert_eq!(split_name("d\\zqy\\..").unwrap(), vec!["d"]);
+        assert!(split_name("a/..").unwrap().is_empty(), "the share root");
+        assert_eq!(split_name("a\\.\\b\\.").unwrap(), vec!["a", "b"]);
+        assert_eq!(split_name("a\\b\\..\\..\\c").unwrap(), vec!["c"]);
         assert_eq!(split_name("file:stream"), Err(NtStatus::OBJECT_NAME_INVALID));
         let named = |s: &str| Some(StreamPart::Named(s.into()));
         assert_eq!(

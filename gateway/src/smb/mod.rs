@@ -27,6 +27,8 @@ pub mod conn;
 pub mod copychunk;
 pub mod dosattrib;
 pub mod durable;
+pub mod durable_cluster;
+pub mod durable_replay;
 pub mod encryption;
 pub mod file_state;
 pub mod fs;
@@ -41,6 +43,7 @@ pub mod status;
 pub mod streams;
 pub mod transform;
 pub mod transport;
+pub mod volume_locks;
 pub mod wire;
 
 use std::sync::Arc;
@@ -87,6 +90,8 @@ pub struct SmbServer {
     pub locks: Arc<LockService>,
     /// This node's leases and oplocks: where their breaks go.
     pub breaks: Arc<leases::Breaks>,
+    /// Byte-range locks of this node's opens, mirrored onto the volume.
+    pub volume_locks: volume_locks::SmbVolumeLocks,
     /// Fires to close every connection (this node left the cluster's view: what its clients
     /// held was released cluster-wide, so their handles are gone too); replaced after firing.
     pub evict: Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
@@ -106,6 +111,10 @@ pub struct SmbServer {
     pub resume_keys: copychunk::ResumeKeys,
     /// Durable opens by persistent FileId, those whose connection was lost included.
     pub durable: durable::DurableTable,
+    /// Persistent opens held through other nodes (what a reconnect here may reclaim).
+    pub cluster_opens: durable_cluster::ClusterOpens,
+    /// This node is part of a `[cluster]` (every node serves every share).
+    pub clustered: bool,
 }
 
 impl SmbServer {
@@ -130,6 +139,7 @@ impl SmbServer {
         locks.set_holders(breaks.clone());
         Self {
             breaks,
+            volume_locks: volume_locks::SmbVolumeLocks::new(ns.clone()),
             evict,
             server_name,
             shares: cfg.smb.shares.clone(),
@@ -147,6 +157,8 @@ impl SmbServer {
             watches: notify::Watches::default(),
             resume_keys: copychunk::ResumeKeys::default(),
             durable: durable::DurableTable::new(locks.node()),
+            cluster_opens: durable_cluster::ClusterOpens::default(),
+            clustered: cfg.cluster.is_some(),
             locks,
         }
     }
@@ -217,7 +229,16 @@ pub async fn start(
     let listener = TcpListener::bind(cfg.smb.listen)
         .await
         .with_context(|| format!("cannot listen for SMB on {}", cfg.smb.listen))?;
-    let server = Arc::new(SmbServer::new(cfg, ns, locks));
+    let server = Arc::new(SmbServer::new(cfg, ns, locks.clone()));
+    if cfg.cluster.is_some() {
+        // Persistent opens of other nodes, announced on the lock mesh.
+        let s = Arc::downgrade(&server);
+        locks.add_events(Box::new(move |b| {
+            if let Some(s) = s.upgrade() {
+                s.cluster_opens.receive(b);
+            }
+        }));
+    }
     tracing::info!(listen = %cfg.smb.listen, shares = server.shares.len(), "SMB service listening");
     let stop = life.stop.clone();
     life.tasks.spawn(crate::listener::accept_loop(

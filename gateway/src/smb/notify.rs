@@ -1,6 +1,7 @@
 //! Change notification state of the SMB server: one [`Watch`](crate::vfs::changes::Watch) per
 //! directory handle that asked for CHANGE_NOTIFY (registered at its first request, with that
-//! request's filter and WATCH_TREE, as Windows does; changes between requests queue in it), and
+//! request's filter and WATCH_TREE, as Windows does; changes between requests queue in it;
+//! a watched directory that becomes delete-pending ends its requests with DELETE_PENDING), and
 //! the FILE_NOTIFY_INFORMATION encoding of what it saw (MS-FSCC 2.7.1).
 
 use std::collections::HashMap;
@@ -8,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::locks::OpenKey;
 use crate::vfs::changes::{Action, WatchHandle};
+use crate::vfs::FileId;
 
 /// The watches of open directory handles, by open.
 #[derive(Debug, Default)]
@@ -29,6 +31,19 @@ impl Watches {
     /// Open `key` closed: its watch goes (pending requests end with NOTIFY_CLEANUP).
     pub fn forget(&self, key: OpenKey) {
         self.by_open.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    }
+
+    /// Whether some open watches directory `dir`.
+    pub fn watching(&self, dir: &FileId) -> bool {
+        self.by_open.lock().unwrap_or_else(|e| e.into_inner()).values().any(|w| w.dir() == *dir)
+    }
+
+    /// Directory `dir` became delete-pending: every watch of it ends its requests with
+    /// DELETE_PENDING (as Windows and smbd answer a watcher whose directory is being removed).
+    pub fn delete_pending(&self, dir: &FileId) {
+        for w in self.by_open.lock().unwrap_or_else(|e| e.into_inner()).values().filter(|w| w.dir() == *dir) {
+            w.set_delete_pending();
+        }
     }
 }
 

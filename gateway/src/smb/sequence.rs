@@ -4,12 +4,27 @@
 //! the connection closed.
 //!
 //! Pure state: [`SequenceWindow::take`] for each request, [`SequenceWindow::grant`] for the
-//! credits of each response.
+//! credits of each response. [`charge_covers`] is the multi-credit rule: a request moving
+//! more than 64 KiB must have paid one credit per 64 KiB.
 
 use std::collections::BTreeSet;
 
 /// Most MessageIds granted and not yet used at once; grants stop there.
 pub const MAX_OUTSTANDING: u64 = 8192;
+
+/// Bytes one credit pays for (MS-SMB2 3.1.5.2).
+pub const CREDIT_BYTES: u64 = 65536;
+
+/// Whether a request's CreditCharge pays for its payload (MS-SMB2 3.3.5.2.5): `payload` is
+/// the larger of the bytes it sends and the most it asks back (READ length, WRITE data,
+/// IOCTL input or output, QUERY_DIRECTORY / QUERY_INFO / CHANGE_NOTIFY output buffer).
+/// Without multi-credit (SMB 2.0.2, where CreditCharge is reserved) no request moves more
+/// than one credit's worth; with it, a charge of 0 counts as 1 and each credit pays 64 KiB.
+/// A request that fails this gets INVALID_PARAMETER, as from Windows and smbd.
+pub fn charge_covers(multi_credit: bool, charge: u16, payload: u64) -> bool {
+    let paid = if multi_credit { u64::from(charge.max(1)) } else { 1 };
+    payload <= paid * CREDIT_BYTES
+}
 
 /// Why a MessageId is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +120,28 @@ mod tests {
         assert_eq!(w.take(11, 1), Err(SequenceError::NotGranted));
         assert_eq!(w.outstanding(), 0);
         assert_eq!(w.take(u64::MAX, 2), Err(SequenceError::NotGranted));
+    }
+
+    #[test]
+    fn a_charge_pays_64k_per_credit() {
+        for (multi, charge, payload, ok) in [
+            (true, 0, 0, true),
+            (true, 0, 65536, true),
+            (true, 0, 65537, false),
+            (true, 1, 65537, false),
+            (true, 2, 65537, true),
+            (true, 2, 131072, true),
+            (true, 2, 131073, false),
+            (true, 128, 8 << 20, true),
+            (true, 127, 8 << 20, false),
+            (true, u16::MAX, u64::from(u16::MAX) * 65536, true),
+            (true, u16::MAX, u64::MAX, false),
+            // SMB 2.0.2: the charge field is reserved, 64 KiB at most whatever it says.
+            (false, 0, 65536, true),
+            (false, 4, 65537, false),
+        ] {
+            assert_eq!(charge_covers(multi, charge, payload), ok, "{multi} {charge} {payload}");
+        }
     }
 
     #[test]

@@ -240,6 +240,7 @@ mod tests {
             persistent: v,
             session_id: 1,
             tree_id: 1,
+            channel_sequence: 0,
             kind: OpenKind::Pipe(Default::default()),
         };
         for _ in 0..MAX_OPENS {

@@ -275,9 +275,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A descriptor of regular file `id` through which `owner` (a lock owner's bytes, at most
     /// 255) takes POSIX byte-range locks on the volume itself, so that every other client of
-    /// the volume sees them: what NLM locks are mirrored to (see `nfs::nlm::volume`). A backend
+    /// the volume sees them: what NLM and SMB locks are mirrored to (see `locks::volume`). A backend
     /// that cannot keeps this default, and NLM locks then live in the lock table only.
     fn owner_locks(&self, _id: &FileId, _owner: &[u8]) -> VfsResult<Box<dyn OwnerLocks>> {
+        Err(VfsError::NotSupported)
+    }
+
+    /// A descriptor of regular file `id` of its own, open for reading (and writing when
+    /// `write`), for a local program's open through the node's FUSE mount to read and write
+    /// directly (FUSE passthrough). The caller checked the opener's permission already.
+    /// [`VfsError::NotSupported`] (the default) where the volume has no such file (gfapi).
+    fn open_data(&self, _id: &FileId, _write: bool) -> VfsResult<std::os::fd::OwnedFd> {
         Err(VfsError::NotSupported)
     }
 

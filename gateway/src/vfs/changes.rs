@@ -19,7 +19,7 @@
 //! overflow instead); [`decode`] is a pure function that never panics on any input.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
@@ -178,6 +178,8 @@ pub struct Watch {
     /// Most bytes the watcher can take at once (set by it; 0 = no limit).
     limit: AtomicUsize,
     ready: Notify,
+    /// The watched directory is delete-pending: requests end with DELETE_PENDING.
+    doomed: AtomicBool,
 }
 
 impl Watch {
@@ -203,15 +205,27 @@ impl Watch {
         self.limit.store(bytes, Ordering::Relaxed);
     }
 
-    /// Waits until something is queued.
+    /// Waits until something is queued or the directory became delete-pending.
     pub async fn ready(&self) {
         loop {
             let n = self.ready.notified();
-            if self.has_queued() {
+            if self.has_queued() || self.is_delete_pending() {
                 return;
             }
             n.await;
         }
+    }
+
+    /// Marks the watched directory delete-pending (a client set delete-on-close on it while
+    /// this watcher's handle is still open) and wakes the waiting request.
+    pub fn set_delete_pending(&self) {
+        self.doomed.store(true, Ordering::Relaxed);
+        self.ready.notify_waiters();
+    }
+
+    /// Whether the watched directory is delete-pending.
+    pub fn is_delete_pending(&self) -> bool {
+        self.doomed.load(Ordering::Relaxed)
     }
 
     /// Queues what this watch sees of `c`.
@@ -298,6 +312,7 @@ impl ChangeHub {
             queued: Mutex::new(Queued::default()),
             limit: AtomicUsize::new(0),
             ready: Notify::new(),
+            doomed: AtomicBool::new(false),
         });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         if recursive {
@@ -583,5 +598,22 @@ mod tests {
         drop(w);
         assert_eq!(hub.watch_count(), 0);
         assert!(!hub.wanted());
+    }
+
+    #[tokio::test]
+    async fn a_delete_pending_directory_wakes_its_watcher_for_good() {
+        let hub = Arc::new(ChangeHub::default());
+        let w = Arc::new(hub.watch(id(1), None, false, what::FILE_NAME));
+        let waiter = tokio::spawn({
+            let w = w.clone();
+            async move { w.ready().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!w.is_delete_pending());
+        w.set_delete_pending();
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiter).await.unwrap().unwrap();
+        assert!(w.is_delete_pending());
+        // Every later wait ends at once too.
+        w.ready().await;
     }
 }

@@ -1,7 +1,7 @@
 //! The Network Lock Manager (NLM versions 1, 3 and 4) and the server side of the status monitor
 //! (NSM), on the cluster's lock table: an NLM lock is a byte-range lock of POSIX owner
 //! [`owner::owner_id`] in [`LockService`], so it conflicts with SMB locks and with NLM locks
-//! taken through any node, and it is mirrored onto the volume ([`volume`]) for every other
+//! taken through any node, and it is mirrored onto the volume ([`crate::locks::volume`]) for every other
 //! client of it.
 //!
 //! Flows:
@@ -30,7 +30,6 @@ pub mod owner;
 mod sim;
 pub mod store;
 pub mod table;
-pub mod volume;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -45,12 +44,12 @@ use self::grace::{Grace, Kind, Served};
 use self::owner::{holder_svid, owner_id, table_len, wire_len};
 use self::store::MonitorStore;
 use self::table::{ClientKey, Holdings, Table, WaitKey};
-use self::volume::VolumeLocks;
 use self::wire::{Args, Holder, Lock, OwnedLock, Share, Stat, Version};
 use super::handle::HandleCodec;
 use super::nsm;
 use super::rpc::ReplyStatus;
 use super::xdr::XdrWriter;
+use crate::locks::volume::VolumeLocks;
 use crate::locks::{
     access, flags, share, CachingRequest, Conflict, FileRecord, LockService, OpenRequest, Owner, RangeLock,
 };

@@ -57,6 +57,9 @@ impl Request {
 /// The reply to a request with `max` bytes of buffer, from what `w` has queued; `None` when
 /// another request of the handle took it first.
 fn answer(w: &WatchHandle, max: usize) -> Option<Reply> {
+    if w.is_delete_pending() {
+        return Some(Reply::err(NtStatus::DELETE_PENDING));
+    }
     let q = w.take();
     if q.events.is_empty() && !q.overflow {
         return None;
@@ -95,6 +98,10 @@ async fn start(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outc
     // FILE_LIST_DIRECTORY is the directory's READ_DATA bit.
     f.require(access::READ_DATA)?;
     let (key, id) = (f.key, f.id);
+    if server.locks.record(&id).await?.delete_pending {
+        // The directory is being removed (by this node or another): nothing more to watch.
+        return Err(NtStatus::DELETE_PENDING);
+    }
     let w = match server.watches.get(key) {
         Some(w) => w,
         None => {

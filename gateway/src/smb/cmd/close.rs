@@ -17,7 +17,9 @@ pub const POSTQUERY_ATTRIB: u16 = 1;
 /// written once the client saw it closed; the flush's error (a write the volume's client had
 /// acknowledged early failed) is returned, after the release.
 pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
-    server.durable.forget(open.persistent);
+    if server.durable.forget(open.persistent).is_some_and(|d| d.persistent) {
+        crate::smb::durable_cluster::announce_gone(&server.locks, open.persistent);
+    }
     let f = match open.kind {
         OpenKind::File(f) => f,
         // A CREATE that finished but was never used (the client went away first).
@@ -59,6 +61,14 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
             crate::locks::CloseOutcome::default()
         }
     };
+    server.volume_locks.close(f.id, f.key);
+    if f.is_dir && !out.delete && server.watches.watching(&f.id) {
+        // A delete-on-close handle closed while watchers keep the directory open: it is
+        // delete-pending now, and their requests end.
+        if server.locks.record(&f.id).await.is_ok_and(|r| r.delete_pending) {
+            server.watches.delete_pending(&f.id);
+        }
+    }
     if let Some(s) = &f.state.stream {
         if out.delete {
             // Delete-on-close of a stream removes the stream, never the file.

@@ -151,6 +151,7 @@ async fn create(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Out
                 persistent: v,
                 session_id,
                 tree_id: tree.id,
+                channel_sequence: hdr.status as u16,
                 kind: OpenKind::Pipe(srvsvc::Pipe::default()),
             });
             conn.compound_fid = Some((vol, vol));
@@ -500,7 +501,14 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     let caching = if is_dir {
         CachingRequest::None
     } else {
-        leases::caching_request(req.oplock, lease_req, conn.client_guid, conn.dialect)
+        match leases::caching_request(req.oplock, lease_req, conn.client_guid, conn.dialect) {
+            // A stat open of an existing file asking for an oplock gets none (a lease it may
+            // have), as on Windows; one that creates the file gets what it asks.
+            CachingRequest::Oplock(_) if action != FILE_CREATED && crate::locks::record::is_stat_access(granted) => {
+                CachingRequest::None
+            }
+            c => c,
+        }
     };
     let lease = match caching {
         CachingRequest::Lease { id: l, .. } => {
@@ -544,7 +552,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
             ask: dur.ask,
             client_guid: conn.client_guid,
             user: conn.session(hdr.session_id)?.identity.clone().unwrap_or(crate::smb::auth::Identity::Anonymous),
-            ca: false,
+            ca: matches!(&tree.kind, TreeKind::Disk(share) if share.continuously_available),
             link: conn.link.notices.clone(),
             lease_version: match caching {
                 CachingRequest::Lease { version, .. } => version,
@@ -568,13 +576,21 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     let mut decided = Box::pin(async move { locks.open(&id, open).await });
     let session_id = hdr.session_id;
     let tree_id = tree.id;
+    let channel_sequence = hdr.status as u16;
     match tokio::time::timeout(WAIT_INLINE, &mut decided).await {
         Ok(d) => {
             waiting.kept();
             let (file, reply) = opening.finish(d).await?;
             conn.opens.insert_at(
                 vol,
-                Open { volatile: vol, persistent: pid, session_id, tree_id, kind: OpenKind::File(file) },
+                Open {
+                    volatile: vol,
+                    persistent: pid,
+                    session_id,
+                    tree_id,
+                    channel_sequence,
+                    kind: OpenKind::File(file),
+                },
             );
             conn.compound_fid = Some((pid, vol));
             Ok(Outcome::Now(reply))
@@ -582,7 +598,8 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         Err(_) => {
             let slot = Arc::new(std::sync::Mutex::new(PendingOpen::Waiting));
             let kind = OpenKind::Pending(slot.clone());
-            conn.opens.insert_at(vol, Open { volatile: vol, persistent: pid, session_id, tree_id, kind });
+            conn.opens
+                .insert_at(vol, Open { volatile: vol, persistent: pid, session_id, tree_id, channel_sequence, kind });
             let work = async move {
                 let d = decided.await;
                 waiting.kept();
@@ -700,7 +717,7 @@ impl Opening {
             Some(l) => (leases::level::LEASE, Some(leases::lease_response(l, g.state, g.epoch, g.breaking))),
             None => (leases::state_level(g.state), None),
         };
-        let made_durable =
+        let mut made_durable =
             durable::grant(self.durable.ask, g.state, self.is_dir, self.durable.ca).map(|(timeout, persistent)| {
                 durable::Durability {
                     version: if matches!(self.durable.ask, durable::Ask::V1) { 1 } else { 2 },
@@ -717,8 +734,18 @@ impl Opening {
                     action: self.action,
                 }
             });
+        if let Some(d) = made_durable.as_ref().filter(|d| d.persistent) {
+            // A persistent open outlives this node: the cluster keeps it (and its locks) as an
+            // orphan for its timeout, and every node learns how to find it.
+            if let Err(e) = server.locks.set_durable(&id, key, d.timeout).await {
+                tracing::warn!(error = %e, "SMB: the cluster did not keep an open persistent; granted without durability");
+                made_durable = None;
+            }
+        }
         let dh = made_durable.as_ref().map(durable::response);
         let contexts = response_contexts(&self.contexts, self.granted, &attr, lease_ctx, dh);
+        let persistent = made_durable.as_ref().is_some_and(|d| d.persistent);
+        let announced = made_durable.clone().filter(|d| d.persistent);
         if let Some(d) = made_durable {
             server.durable.attach(self.pid, d, self.durable.link.clone(), self.vol);
         }
@@ -734,11 +761,20 @@ impl Opening {
             cred: self.cred,
             root: self.root,
             position: 0,
-            write_through: self.write_through,
+            // A persistent open's writes are on the volume before they are answered: the node
+            // may die right after, and the client will not send them again.
+            write_through: self.write_through || persistent,
             wrote: false,
             listing: None,
             state: Default::default(),
         };
+        if let Some(d) = announced {
+            // Every node learns how to find it when its client comes back through them.
+            crate::smb::durable_cluster::announce(
+                &server.locks,
+                crate::smb::durable_cluster::Held::of(self.pid, &file, &d),
+            );
+        }
         Ok((Box::new(file), reply))
     }
 }

@@ -4,7 +4,7 @@
 //! lease are what they were; only its connection, session, tree and volatile id change.
 
 use super::create::{basics, response, response_contexts, Request, FILE_OPENED};
-use super::open::{FileOpen, Open, OpenKind};
+use super::open::{FileOpen, OpenKind};
 use super::Reply;
 use crate::locks::{caching, LeaseId};
 use crate::smb::conn::Connection;
@@ -23,7 +23,7 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 /// The lease key and version a request's `RqLs` context presents, as the lock service would
 /// take them on this dialect. A reconnect's requested oplock level is ignored (smbd checks the
 /// context alone).
-fn presented_lease(conn: &Connection, req: &Request) -> Option<([u8; 16], u8)> {
+pub(super) fn presented_lease(conn: &Connection, req: &Request) -> Option<([u8; 16], u8)> {
     if conn.dialect < dialect::SMB210 {
         return None;
     }
@@ -32,10 +32,15 @@ fn presented_lease(conn: &Connection, req: &Request) -> Option<([u8; 16], u8)> {
 }
 
 /// Whether `name` (a request's share-relative name) names the open's file.
-fn same_name(name: &str, f: &FileOpen) -> bool {
+pub(super) fn same_name(name: &str, f: &FileOpen) -> bool {
+    same_path(name, &f.path)
+}
+
+/// Whether `name` (a request's share-relative name) names the file at `path`.
+pub(super) fn same_path(name: &str, path: &[String]) -> bool {
     match fs::parse_name(name) {
         Ok((comps, None)) => {
-            comps.len() == f.path.len() && comps.iter().zip(&f.path).all(|(a, b)| a.eq_ignore_ascii_case(b))
+            comps.len() == path.len() && comps.iter().zip(path).all(|(a, b)| a.eq_ignore_ascii_case(b))
         }
         _ => false,
     }
@@ -54,6 +59,11 @@ pub async fn reconnect(
     let lease = presented_lease(conn, req);
     let client_guid = conn.client_guid;
     let server = conn.server.clone();
+    if server.durable.facts(r.persistent_id()).is_none() {
+        if let Some(held) = server.cluster_opens.get(r.persistent_id()) {
+            return super::create_persistent::reclaim(conn, hdr, req, tree, r, held).await;
+        }
+    }
     server.durable.settle(r.persistent_id(), &conn.link.notices, SETTLE).await;
     let taken = server
         .durable
@@ -74,7 +84,7 @@ pub async fn reconnect(
         })
         .inspect_err(|s| tracing::debug!(status = ?s, "SMB: durable reconnect failed"))?;
     // A reconnect's response carries no DH2Q context (smbd 4.17; smbtorture checks it).
-    reattach(conn, hdr, req, tree, *taken.open, taken.facts, false).await
+    reattach(conn, hdr, req, tree, taken, false).await
 }
 
 /// A `DH2Q` with the replay flag: the open its CreateGuid made is answered again instead of
@@ -121,7 +131,7 @@ pub async fn replay(
         durable::check_reconnect(d, &p)
     });
     match taken {
-        Ok(t) => reattach(conn, hdr, req, tree, *t.open, t.facts, true).await.map(Some),
+        Ok(t) => reattach(conn, hdr, req, tree, t, true).await.map(Some),
         Err(NtStatus::ACCESS_DENIED) => Err(NtStatus::ACCESS_DENIED),
         Err(_) => Ok(None),
     }
@@ -134,15 +144,17 @@ async fn reattach(
     hdr: &Header,
     req: &Request,
     tree: &Tree,
-    mut open: Open,
-    facts: Durability,
+    taken: durable::Taken,
     with_dh2q: bool,
 ) -> Result<Reply, NtStatus> {
+    let durable::Taken { open, facts, lock_sequences } = taken;
+    let mut open = *open;
     let server = conn.server.clone();
     let vol = conn.opens.reserve();
     let pid = open.persistent;
     open.volatile = vol;
     open.session_id = hdr.session_id;
+    open.channel_sequence = hdr.status as u16;
     open.tree_id = tree.id;
     let OpenKind::File(f) = &open.kind else { return Err(NtStatus::INTERNAL_ERROR) };
     if let Some(l) = &f.lease {
@@ -151,7 +163,7 @@ async fn reattach(
     tracing::info!(file = %crate::logging::untrusted(f.name()), "SMB: durable open reconnected");
     let how = if with_dh2q { Replayed::Again(facts.action) } else { Replayed::Reconnect };
     let reply = answer(&server, req, f, (pid, vol), &facts, how).await;
-    server.durable.attach(pid, facts, conn.link.notices.clone(), vol);
+    server.durable.attach_with(pid, facts, conn.link.notices.clone(), vol, lock_sequences);
     conn.opens.insert_at(vol, open);
     let reply = reply?;
     conn.compound_fid = Some((pid, vol));
@@ -160,7 +172,7 @@ async fn reattach(
 
 /// Why an existing open is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Replayed {
+pub(super) enum Replayed {
     /// A DHnC/DH2C reconnect: FILE_OPENED, no DH2Q context.
     Reconnect,
     /// A replayed CREATE: the original CreateAction, and the oplock and DH2Q context as the
@@ -183,7 +195,7 @@ fn replay_matches(facts: &Durability, req: &Request, dialect: u16) -> Result<(),
 
 /// The CREATE response for an existing open `f` at FileId `fid`: its attributes now, the
 /// caching it holds now, and for a replay the original CreateAction and the `DH2Q` response.
-async fn answer(
+pub(super) async fn answer(
     server: &crate::smb::SmbServer,
     req: &Request,
     f: &FileOpen,

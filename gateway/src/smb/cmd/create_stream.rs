@@ -187,6 +187,7 @@ pub async fn open(
         persistent: v,
         session_id,
         tree_id: tree.id,
+        channel_sequence: hdr.status as u16,
         kind: OpenKind::File(Box::new(file)),
     });
     conn.compound_fid = Some((vol, vol));

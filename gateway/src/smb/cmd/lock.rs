@@ -1,16 +1,21 @@
-//! LOCK (MS-SMB2 2.2.26/2.2.27): byte-range locks in the namespace's lock table, shared or
-//! exclusive; a single lock without FAIL_IMMEDIATELY waits (STATUS_PENDING, then the final
-//! answer) until the range is free or the request is cancelled.
+//! LOCK (MS-SMB2 2.2.26/2.2.27): byte-range locks in the cluster's file-sharing state, shared or
+//! exclusive, and then on the volume (`smb/volume_locks.rs`) so its other clients see them; a
+//! single lock without FAIL_IMMEDIATELY waits (STATUS_PENDING, then the final answer) until the
+//! range is free or the request is cancelled.
+
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use super::open::read_file_id;
 use super::Reply;
-use crate::locks::{Conflict, LockService, Owner, RangeLock};
+use crate::locks::posix_view::WinLock;
+use crate::locks::{Conflict, OpenKey, Owner, RangeLock};
 use crate::smb::conn::{AsyncWork, Connection, Outcome};
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{Reader, WireError, WireResult};
+use crate::smb::SmbServer;
 use crate::vfs::FileId;
 
 /// Lock flag: shared.
@@ -90,7 +95,9 @@ async fn run(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outcom
     let vol = conn.file_id(fid.0, fid.1)?;
     let server = conn.server.clone();
     let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
-    let (id, owner) = (f.id, Owner::Open(f.key));
+    // A stream's locks are its own (per-stream identity): the volume file is not theirs.
+    let who = Holder { id: f.id, key: f.key, mirror: f.state.stream.is_none() };
+    let (id, owner) = (who.id, Owner::Open(who.key));
     let locks = &server.locks;
     if elems.is_empty() {
         return Err(NtStatus::INVALID_PARAMETER);
@@ -104,6 +111,9 @@ async fn run(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outcom
                 Conflict::NotLocked => NtStatus::RANGE_NOT_LOCKED,
                 c => c.into(),
             })?;
+            if who.mirror {
+                server.volume_locks.unlock(id, who.key, e.offset, e.length).await;
+            }
         }
         return Ok(Outcome::Now(done()));
     }
@@ -112,18 +122,18 @@ async fn run(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outcom
         let kind = e.flags & !FAIL_IMMEDIATELY;
         // Several locks in one request must all fail immediately (only a lone lock may wait).
         if kind != SHARED && kind != EXCLUSIVE || (elems.len() > 1 && e.flags & FAIL_IMMEDIATELY == 0) {
-            release(locks, &id, owner, &taken).await;
+            release(&server, who, &taken).await;
             return Err(NtStatus::INVALID_PARAMETER);
         }
         if e.length > 0 && e.offset.checked_add(e.length - 1).is_none() {
-            release(locks, &id, owner, &taken).await;
+            release(&server, who, &taken).await;
             return Err(NtStatus::INVALID_LOCK_RANGE);
         }
         let lock = RangeLock { owner, offset: e.offset, len: e.length, exclusive: kind == EXCLUSIVE };
-        match locks.lock_range(&id, lock).await {
+        match take(&server, who, lock).await {
             Ok(()) => taken.push(*e),
             Err(Conflict::Locked) if elems.len() == 1 && e.flags & FAIL_IMMEDIATELY == 0 => {
-                let work = wait_for(server.locks.clone(), id, lock);
+                let work = wait_for(server.clone(), who, lock);
                 return Ok(Outcome::Later(AsyncWork {
                     cancel: CancellationToken::new(),
                     work: Box::pin(work),
@@ -133,7 +143,7 @@ async fn run(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outcom
                 }));
             }
             Err(c) => {
-                release(locks, &id, owner, &taken).await;
+                release(&server, who, &taken).await;
                 return Err(match c {
                     Conflict::Locked => NtStatus::LOCK_NOT_GRANTED,
                     c => c.into(),
@@ -144,16 +154,40 @@ async fn run(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outcom
     Ok(Outcome::Now(done()))
 }
 
+/// The open a lock request is for.
+#[derive(Clone, Copy)]
+struct Holder {
+    id: FileId,
+    key: OpenKey,
+    /// Its locks are mirrored onto the volume (a file, not a stream).
+    mirror: bool,
+}
+
+/// Takes `lock` in the cluster's state, then on the volume: a lock another client of the volume
+/// holds is given back and refused like any conflict.
+async fn take(server: &SmbServer, who: Holder, lock: RangeLock) -> Result<(), Conflict> {
+    server.locks.lock_range(&who.id, lock).await?;
+    if who.mirror {
+        let w = WinLock { offset: lock.offset, len: lock.len, exclusive: lock.exclusive };
+        if server.volume_locks.lock(who.id, who.key, w).await.is_err() {
+            let _ = server.locks.unlock(&who.id, lock.owner, lock.offset, lock.len).await;
+            return Err(Conflict::Locked);
+        }
+    }
+    Ok(())
+}
+
 /// A blocking lock: tries again whenever the file's state changes on this node (a release
 /// anywhere in the cluster reaches it as a change of its copy of the record), and at least
-/// every second in case a change came in another way.
-async fn wait_for(locks: std::sync::Arc<LockService>, id: FileId, lock: RangeLock) -> Reply {
+/// every second in case a change came in another way (a release by another client of the
+/// volume).
+async fn wait_for(server: Arc<SmbServer>, who: Holder, lock: RangeLock) -> Reply {
     loop {
-        let changes = locks.changes(&id);
+        let changes = server.locks.changes(&who.id);
         let notified = changes.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match locks.lock_range(&id, lock).await {
+        match take(&server, who, lock).await {
             Ok(()) => return done(),
             Err(Conflict::Locked) => {}
             Err(c) => return Reply::err(c.into()),
@@ -166,8 +200,11 @@ async fn wait_for(locks: std::sync::Arc<LockService>, id: FileId, lock: RangeLoc
 }
 
 /// Gives back the locks a failed request took before it failed.
-async fn release(locks: &LockService, id: &FileId, owner: Owner, taken: &[Element]) {
+async fn release(server: &SmbServer, who: Holder, taken: &[Element]) {
     for t in taken {
-        let _ = locks.unlock(id, owner, t.offset, t.length).await;
+        let _ = server.locks.unlock(&who.id, Owner::Open(who.key), t.offset, t.length).await;
+        if who.mirror {
+            server.volume_locks.unlock(who.id, who.key, t.offset, t.length).await;
+        }
     }
 }

@@ -17,12 +17,18 @@ pub fn empty_body() -> Vec<u8> {
 /// Handles LOGOFF.
 pub async fn handle(conn: &mut Connection, hdr: &Header) -> Result<Reply, NtStatus> {
     conn.session(hdr.session_id)?;
-    for id in conn.opens.ids_of(hdr.session_id, None) {
-        conn.cancel_pending_on(id);
-        if let Some(open) = conn.opens.remove(id) {
+    end_session(conn, hdr.session_id).await;
+    Ok(Reply::ok(empty_body()))
+}
+
+/// Ends session `id`: its opens close (pending requests on them end), then it goes. Used by
+/// LOGOFF and by a failed re-authentication.
+pub async fn end_session(conn: &mut Connection, id: u64) {
+    for open in conn.opens.ids_of(id, None) {
+        conn.cancel_pending_on(open);
+        if let Some(open) = conn.opens.remove(open) {
             conn.end_open(open).await;
         }
     }
-    conn.sessions.remove(&hdr.session_id);
-    Ok(Reply::ok(empty_body()))
+    conn.sessions.remove(&id);
 }

@@ -6,6 +6,7 @@ pub mod change_notify;
 pub mod close;
 pub mod create;
 pub mod create_durable;
+pub mod create_persistent;
 pub mod create_stream;
 pub mod echo;
 pub mod flush;
@@ -176,6 +177,24 @@ impl<'a> Request<'a> {
     }
 }
 
+impl Request<'_> {
+    /// The bytes this request moves, for the CreditCharge check
+    /// ([`crate::smb::sequence::charge_covers`]): the larger of what it sends and the most it
+    /// asks back; 0 for commands without a bulk buffer.
+    pub fn payload(&self) -> u64 {
+        match self {
+            Self::Read(r) => u64::from(r.length),
+            Self::Write(r) => r.data.len() as u64,
+            Self::Ioctl(r) => (r.input.len() as u64).max(u64::from(r.max_output)),
+            Self::QueryDirectory(r) => u64::from(r.max_len),
+            Self::ChangeNotify(r) => u64::from(r.output_length),
+            Self::QueryInfo(r) => u64::from(r.max_len),
+            Self::SetInfo(r) => r.data.len() as u64,
+            _ => 0,
+        }
+    }
+}
+
 /// Runs the command of `hdr` against the connection. `msg` is the request from its header on
 /// (SMB2 buffer offsets count from the header): it is decoded by [`Request::parse`] first, and
 /// a request that does not decode is answered with an error without touching any state.
@@ -192,9 +211,15 @@ async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
         Ok(r) => r,
         Err(e) => return Outcome::Now(Reply::err(e.into())),
     };
+    let multi_credit =
+        conn.dialect >= super::signing::dialect::SMB210 && conn.dialect != super::signing::dialect::WILDCARD;
+    if !super::sequence::charge_covers(multi_credit, hdr.credit_charge, req.payload()) {
+        tracing::info!(client = %conn.tcp.client, command = hdr.command, charge = hdr.credit_charge, payload = req.payload(), "SMB: CreditCharge too small for the request");
+        return Outcome::Now(Reply::err(NtStatus::INVALID_PARAMETER));
+    }
     match req {
         Request::Negotiate(r) => now(negotiate::handle(conn, r)),
-        Request::SessionSetup(r) => now(session_setup::handle(conn, hdr, r, msg)),
+        Request::SessionSetup(r) => now(session_setup::run(conn, hdr, r, msg).await),
         Request::Logoff => now(logoff::handle(conn, hdr).await),
         Request::TreeConnect(r) => now(tree_connect::handle(conn, hdr, r).await),
         Request::TreeDisconnect => now(tree_disconnect::handle(conn, hdr).await),
@@ -208,15 +233,59 @@ async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
         Request::OplockBreak(r) => now(oplock_break::handle(conn, hdr, r).await),
         Request::Close(r) => now(close::handle(conn, hdr, r).await),
         Request::Read(r) => now(read::handle(conn, hdr, r).await),
-        Request::Write(r) => now(write::handle(conn, hdr, r).await),
-        Request::Ioctl(r) => now(ioctl::handle(conn, hdr, r).await),
+        Request::Write(r) => match channel_sequence(conn, hdr, r.file_id) {
+            Ok(()) => now(write::handle(conn, hdr, r).await),
+            Err(s) => Outcome::Now(Reply::err(s)),
+        },
+        Request::Ioctl(r) => match channel_sequence(conn, hdr, r.file_id) {
+            Ok(()) => now(ioctl::handle(conn, hdr, r).await),
+            Err(s) => Outcome::Now(Reply::err(s)),
+        },
         Request::Flush(r) => now(flush::handle(conn, hdr, r).await),
         Request::QueryDirectory(r) => now(query_directory::handle(conn, hdr, r).await),
         Request::QueryInfo(r) => now(query_info::handle(conn, hdr, r).await),
-        Request::SetInfo(r) => now(set_info::handle(conn, hdr, r).await),
-        Request::Lock(r) => lock::handle(conn, hdr, r).await,
+        Request::SetInfo(r) => match channel_sequence(conn, hdr, r.file_id) {
+            Ok(()) => now(set_info::handle(conn, hdr, r).await),
+            Err(s) => Outcome::Now(Reply::err(s)),
+        },
+        Request::Lock(r) => {
+            // A durable open's LOCK replayed with the lock sequence of one that succeeded is
+            // answered as it was, not applied again (MS-SMB2 3.3.5.14).
+            let seq = crate::smb::durable_replay::lock_sequence(msg);
+            let pid = conn.file_id(r.file_id.0, r.file_id.1).ok().and_then(|v| conn.opens.persistent_of(v));
+            let tracked = match (seq, pid) {
+                (Some(seq), Some(pid)) => match conn.server.durable.lock_replayed(pid, seq) {
+                    Some(true) => return Outcome::Now(Reply::ok(logoff::empty_body())),
+                    Some(false) => Some((pid, seq)),
+                    None => None,
+                },
+                _ => None,
+            };
+            let out = lock::handle(conn, hdr, r).await;
+            if let (Some((pid, seq)), Outcome::Now(reply)) = (tracked, &out) {
+                if reply.status == NtStatus::SUCCESS {
+                    conn.server.durable.lock_succeeded(pid, seq);
+                }
+            }
+            out
+        }
         Request::ChangeNotify(r) => change_notify::handle(conn, hdr, r).await,
     }
+}
+
+/// SMB 3.x: a WRITE, SET_INFO or IOCTL whose channel sequence is older than its open's is
+/// refused ([`crate::smb::durable_replay::check`]); a newer one becomes the open's. A FileId
+/// that names no open is left to the command (its own FILE_CLOSED).
+fn channel_sequence(conn: &mut Connection, hdr: &Header, fid: (u64, u64)) -> Result<(), NtStatus> {
+    // An IOCTL not about a file (FSCTL_VALIDATE_NEGOTIATE_INFO) names the all-ones FileId.
+    let all_ones = fid == (u64::MAX, u64::MAX) && hdr.command == command::IOCTL;
+    if conn.dialect < crate::smb::signing::dialect::SMB300 || all_ones {
+        return Ok(());
+    }
+    let Ok(vol) = conn.file_id(fid.0, fid.1) else { return Ok(()) };
+    let Ok(open) = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id) else { return Ok(()) };
+    open.channel_sequence = crate::smb::durable_replay::check(open.channel_sequence, hdr.status as u16)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -35,6 +35,9 @@ pub const CAP_LARGE_MTU: u32 = 0x4;
 pub const CAP_LEASING: u32 = 0x2;
 /// Capability: encryption (SMB 3.0/3.0.2; 3.1.1 negotiates a cipher in a context instead).
 pub const CAP_ENCRYPTION: u32 = 0x40;
+/// Global capability: persistent handles (offered on SMB 3.0+ when a share is continuously
+/// available; clients ask for them only then).
+pub const CAP_PERSISTENT_HANDLES: u32 = 0x10;
 /// SecurityMode: signing enabled.
 pub const SIGNING_ENABLED: u16 = 1;
 /// SecurityMode: signing required.
@@ -168,6 +171,12 @@ pub fn response_body(
         if chosen >= dialect::SMB210 && chosen != dialect::WILDCARD { CAP_LARGE_MTU | CAP_LEASING } else { 0 };
     if encryption.capability {
         caps |= CAP_ENCRYPTION;
+    }
+    if chosen >= dialect::SMB300
+        && chosen != dialect::WILDCARD
+        && conn.server.shares.iter().any(|s| s.continuously_available)
+    {
+        caps |= CAP_PERSISTENT_HANDLES;
     }
     let (max, max_write) = if chosen >= dialect::SMB210 { (MAX_IO, MAX_WRITE) } else { (MAX_IO_202, MAX_IO_202) };
     conn.server_capabilities = caps;

@@ -109,6 +109,9 @@ pub struct Open {
     pub session_id: u64,
     /// Tree it was opened on.
     pub tree_id: u32,
+    /// The newest channel sequence a request on it carried (SMB 3.x replay detection, see
+    /// [`crate::smb::durable_replay`]).
+    pub channel_sequence: u16,
     /// The handle's target.
     pub kind: OpenKind,
 }

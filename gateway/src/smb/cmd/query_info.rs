@@ -1,6 +1,6 @@
 //! QUERY_INFO (MS-SMB2 2.2.37/2.2.38): file information classes (basic, standard, internal,
-//! EA, access, name, position, mode, alignment, all, stream, network open, attribute tag,
-//! compression) and file-system classes (volume, size, full size, device, attribute, sector
+//! EA, full EA (always empty), access, name, position, mode, alignment, all, stream, network
+//! open, attribute tag, compression) and file-system classes (volume, size, full size, device, attribute, sector
 //! size, object id).
 
 use super::open::{read_file_id, FileOpen};
@@ -19,6 +19,9 @@ pub const INFO_FILE: u8 = 1;
 pub const INFO_FILESYSTEM: u8 = 2;
 /// InfoType: security descriptor.
 pub const INFO_SECURITY: u8 = 3;
+
+/// FileFullEaInformation: the file's extended attributes.
+pub const FULL_EA: u8 = 15;
 
 /// A decoded QUERY_INFO request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,6 +267,9 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
             if matches!(req.class, 4 | 18 | 34 | 35) {
                 f.require(super::open::access::READ_ATTRIBUTES)?;
             }
+            if req.class == FULL_EA {
+                f.require(super::open::access::READ_EA)?;
+            }
             let file = fs::file_of(f);
             let mut a = server.ns.getattr(file).await?;
             let mut dos =
@@ -284,6 +290,10 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
                 }
                 48 if dialect < crate::smb::signing::dialect::SMB311 => return Err(NtStatus::NOT_SUPPORTED),
                 48 => normalized_name(f),
+                // nasgw stores no extended attributes (the volume's user.* xattrs hold DOS
+                // attributes and streams, which are not EAs to a client): what smbd answers
+                // for a file without EAs.
+                FULL_EA => return Err(NtStatus::NO_EAS_ON_FILE),
                 _ => file_info(req.class, f, &a, &dos, pending).ok_or(NtStatus::INVALID_INFO_CLASS)?,
             }
         }

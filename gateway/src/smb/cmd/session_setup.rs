@@ -80,6 +80,19 @@ enum Step {
     Finish,
 }
 
+/// Runs SESSION_SETUP ([`handle`]); a re-authentication that fails ends the session, its
+/// trees and opens (MS-SMB2 3.3.5.5.3: a failed authentication removes the session; smbd does
+/// the same, and smbtorture notify.invalid-reauth expects the watch to end).
+pub async fn run(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8]) -> Result<Reply, NtStatus> {
+    let finishing_reauth = conn.sessions.get(&hdr.session_id).is_some_and(|s| s.is_valid() && s.reauth.is_some());
+    let r = handle(conn, hdr, req, msg);
+    if finishing_reauth && r.is_err() {
+        tracing::info!(client = %conn.tcp.client, session = hdr.session_id, "SMB: re-authentication failed: the session ends");
+        super::logoff::end_session(conn, hdr.session_id).await;
+    }
+    r
+}
+
 /// Handles SESSION_SETUP.
 /// `msg` is the whole request, for the SMB 3.1.1 preauth hash.
 pub fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8]) -> Result<Reply, NtStatus> {
@@ -129,8 +142,11 @@ pub fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8])
             let ex = s.reauth.take().ok_or(NtStatus::INVALID_PARAMETER)?;
             let a = auth::finish(&ex, req.blob, &server.users, server.guest_allowed)?;
             if s.identity.as_ref() != Some(&a.identity) {
+                // The credentials do not prove the session's user (wrong ones mapped to guest,
+                // or another user's): a failed logon, as Windows answers (smbtorture
+                // notify.invalid-reauth); [`run`] then ends the session.
                 tracing::info!(client = %conn.tcp.client, was = ?s.identity, asked = ?a.identity, "SMB: re-authentication as another identity refused");
-                return Err(NtStatus::ACCESS_DENIED);
+                return Err(NtStatus::LOGON_FAILURE);
             }
             let flags = match a.identity {
                 Identity::Anonymous => IS_NULL,

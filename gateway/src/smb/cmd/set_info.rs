@@ -278,6 +278,9 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
                 }
             }
             server.locks.set_delete_pending(&f.id, on).await?;
+            if on && f.is_dir && f.state.stream.is_none() {
+                server.watches.delete_pending(&f.id);
+            }
             Ok(ok())
         }
         // FilePositionInformation
@@ -302,9 +305,11 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
                 }
                 return Ok(ok());
             }
+            // Growing or shrinking, the allocation changes: other opens' read caching goes
+            // (smbd breaks level II oplocks either way).
+            server.locks.contend_if_needed(&f.id, f.lease).await?;
             let a = ns.getattr(f.id).await?;
             if alloc < a.size {
-                server.locks.contend_if_needed(&f.id, f.lease).await?;
                 ns.setattr(&f.cred, f.id, SetAttr { size: Some(alloc), ..Default::default() }).await?;
                 changed(ns, f, what::SIZE).await;
             }

@@ -25,6 +25,21 @@ pub const READ_ACCESS: u32 = 0x0012_00A9;
 const SHI1005_FLAGS_NO_CACHING: u32 = 0x30;
 /// Share flag: the client must encrypt the tree connect's traffic.
 pub const SHI1005_FLAGS_ENCRYPT_DATA: u32 = 0x8000;
+/// Share capability: continuously available (persistent handles are granted).
+pub const SHARE_CAP_CONTINUOUS_AVAILABILITY: u32 = 0x10;
+/// Share capability: scale-out (every node serves the share at once; a durable open is
+/// reclaimed on whichever node the client reaches).
+pub const SHARE_CAP_SCALEOUT: u32 = 0x20;
+
+/// The share capabilities a disk share answers: CONTINUOUS_AVAILABILITY for a continuously
+/// available share on SMB 3.0 or later (persistent handles need DH2Q), with SCALEOUT in a
+/// cluster. Not CLUSTER: that one promises a Witness service (MS-SWN), which nasgw lacks. Pure.
+pub fn share_capabilities(continuously_available: bool, clustered: bool, dialect: u16) -> u32 {
+    if !continuously_available || dialect < crate::smb::signing::dialect::SMB300 {
+        return 0;
+    }
+    SHARE_CAP_CONTINUOUS_AVAILABILITY | if clustered { SHARE_CAP_SCALEOUT } else { 0 }
+}
 
 /// A decoded TREE_CONNECT request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +126,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
     let can_encrypt = conn.session(hdr.session_id)?.cipher.is_some();
     let mut encrypt_data = false;
     let mut require_encryption = false;
+    let mut caps = 0;
     let (kind, writable, uid, gid, share_type, access) = if name.eq_ignore_ascii_case("IPC$") {
         (TreeKind::Ipc, false, 65534, 65534, TYPE_PIPE, FULL_ACCESS)
     } else {
@@ -147,6 +163,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
         }
         let access = if share.writable { FULL_ACCESS } else { READ_ACCESS };
         let writable = share.writable;
+        caps = share_capabilities(share.continuously_available, conn.server.clustered, conn.dialect);
         (TreeKind::Disk(Box::new(share)), writable, uid, gid, TYPE_DISK, access)
     };
     let id = conn.new_tree_id();
@@ -154,7 +171,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
     s.trees.insert(id, Tree { id, kind, writable, uid, gid, root, encrypt_data, require_encryption });
     let flags = SHI1005_FLAGS_NO_CACHING | if encrypt_data { SHI1005_FLAGS_ENCRYPT_DATA } else { 0 };
     let mut w = Writer::with_capacity(16);
-    w.u16(16).u8(share_type).u8(0).u32(flags).u32(0).u32(access);
+    w.u16(16).u8(share_type).u8(0).u32(flags).u32(caps).u32(access);
     let mut r = Reply::ok(w.buf);
     r.session_id = Some(hdr.session_id);
     // The response carries the new TreeId in its header.
@@ -166,6 +183,22 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
 mod tests {
     use super::*;
     use crate::smb::wire::utf16le;
+
+    #[test]
+    fn only_continuously_available_shares_on_smb3_announce_ca() {
+        use crate::smb::signing::dialect::{SMB210, SMB300, SMB311};
+        let ca = SHARE_CAP_CONTINUOUS_AVAILABILITY;
+        // (CA share, clustered, dialect) -> capabilities
+        let table = [
+            (false, true, SMB311, 0),
+            (true, false, SMB210, 0),
+            (true, false, SMB300, ca),
+            (true, true, SMB311, ca | SHARE_CAP_SCALEOUT),
+        ];
+        for (share, clustered, d, want) in table {
+            assert_eq!(share_capabilities(share, clustered, d), want, "{share} {clustered} {d:#x}");
+        }
+    }
 
     #[test]
     fn share_names_come_from_unc_paths() {

@@ -52,6 +52,7 @@ impl NtStatus {
     pub const CANCELLED: Self = Self(0xC000_0120);
     pub const CANNOT_DELETE: Self = Self(0xC000_0121);
     pub const FILE_CLOSED: Self = Self(0xC000_0128);
+    pub const FILE_NOT_AVAILABLE: Self = Self(0xC000_0467);
     pub const USER_SESSION_DELETED: Self = Self(0xC000_0203);
     pub const NOT_FOUND: Self = Self(0xC000_0225);
     pub const FS_DRIVER_REQUIRED: Self = Self(0xC000_019C);

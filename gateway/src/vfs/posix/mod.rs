@@ -973,6 +973,17 @@ impl Backend for PosixBackend {
         rest.strip_prefix(b"/").map(<[u8]>::to_vec).ok_or(VfsError::NotSupported)
     }
 
+    fn open_data(&self, id: &FileId, write: bool) -> VfsResult<OwnedFd> {
+        let node = self.node(id)?;
+        match node.ftype {
+            FileType::Regular => {}
+            FileType::Directory => return Err(VfsError::IsDir),
+            _ => return Err(VfsError::Invalid),
+        }
+        self.live_stat(id, &node)?;
+        sys::reopen(node.path_fd.as_fd(), if write { libc::O_RDWR } else { libc::O_RDONLY })
+    }
+
     fn statfs(&self, _id: &FileId) -> VfsResult<FsStat> {
         let st = sys::fstatfs(self.root.path_fd.as_fd())?;
         let bs = st.f_bsize as u64;

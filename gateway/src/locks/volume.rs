@@ -1,6 +1,8 @@
-//! NLM locks mirrored onto the volume, so every other client of it sees them: a GlusterFS FUSE
-//! or gfapi client elsewhere, a local process on the node (`fcntl` on the local directory or the
-//! node's mount). Each NLM owner gets its own descriptor per file (an open file description on
+//! Byte-range locks mirrored onto the volume, so every other client of it sees them: a GlusterFS
+//! FUSE or gfapi client elsewhere, a local process on the node (`fcntl` on the local directory or
+//! the node's mount). Used by NLM (an owner per NLM lock owner) and SMB (an owner per open, its
+//! Windows locks as their POSIX coverage: `smb/volume_locks.rs`). Each owner gets its own
+//! descriptor per file (an open file description on
 //! a POSIX backend, whose OFD locks GlusterFS's FUSE client forwards to the bricks; a gfapi
 //! descriptor tagged with the owner's 16-byte id as lock owner), and its locks are set there
 //! after the cluster's lock table granted them.
@@ -60,9 +62,9 @@ impl VolumeLocks {
     fn note_failure(&self, what: &str, e: VfsError) {
         if e == VfsError::NotSupported {
             self.unsupported.store(true, Ordering::Relaxed);
-            tracing::info!("NLM: this volume takes no byte-range locks; NLM locks live in nasgw's lock table only");
+            tracing::info!("this volume takes no byte-range locks; NLM and SMB locks live in nasgw's lock table only");
         } else if !self.warned.swap(true, Ordering::Relaxed) {
-            tracing::warn!(error = %e, "NLM: cannot {what} on the volume; the lock is kept in nasgw's table only (logged once)");
+            tracing::warn!(error = %e, "cannot {what} on the volume; the lock is kept in nasgw's table only (logged once)");
         }
     }
 

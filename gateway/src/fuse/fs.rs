@@ -1,0 +1,943 @@
+//! The FUSE file system: each kernel request becomes one [`Namespace`] call as the calling
+//! process, on the FUSE session's own threads (never a runtime worker of SMB, NFS or HA).
+//!
+//! Each FUSE thread runs its namespace calls in place on a single-threaded runtime of its
+//! own, as an SMB connection's thread does (`vfs::in_place`): a slow backend call stalls that
+//! one FUSE thread, nothing else. The kernel checks mode bits (`default_permissions`), and
+//! every metadata call runs as the caller's uid, gid and groups (read from `/proc/PID/status`),
+//! as an NFS call runs as its AUTH_UNIX credential. Reads and writes of an open file were
+//! checked by the kernel at `open`; with passthrough they never reach nasgw.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use super::convert::{attr as fuse_attr, errno, groups_of_status, kind, set_attr};
+use super::inodes::{generation, Inodes};
+use crate::locks::{Conflict, LockService, Owner, RangeLock};
+use crate::vfs::{
+    access, Attr, CreateHow, Credentials, FileId, FileType, Namespace, SetAttr, SpecialFile, Stability, VfsError,
+};
+
+/// How long the kernel may trust a name or attributes without asking again. Changes made
+/// through the mount itself update the kernel's view at once; changes made by SMB, NFS or
+/// another node are seen after at most this long.
+pub const TTL: Duration = Duration::from_secs(1);
+
+/// Entries one READDIR asks the backend for (the kernel's buffer takes what fits).
+const READDIR_BATCH: usize = 256;
+
+thread_local! {
+    /// This FUSE thread's runtime: namespace calls run in place on it.
+    static RUNTIME: tokio::runtime::Runtime = {
+        crate::vfs::in_place::run_calls_in_place();
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a FUSE thread's runtime")
+    };
+}
+
+/// Runs a namespace call to completion on this FUSE thread.
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    RUNTIME.with(|rt| rt.block_on(f))
+}
+
+/// The caller of a request: its uid, gid and supplementary groups.
+fn caller(req: &Request) -> Credentials {
+    let groups = match req.pid() {
+        0 => Vec::new(),
+        pid => std::fs::read_to_string(format!("/proc/{pid}/status")).map(|s| groups_of_status(&s)).unwrap_or_default(),
+    };
+    Credentials { uid: req.uid(), gid: req.gid(), groups }
+}
+
+/// A backing file shared by every open of one inode (the kernel wants one per inode).
+struct Backing {
+    id: Arc<BackingId>,
+    file: Arc<File>,
+    opens: usize,
+}
+
+/// One open of a file through the mount.
+struct OpenFile {
+    file: FileId,
+    /// The open's own descriptor of the file on the volume (POSIX backends): reads and writes
+    /// through nasgw use it, and it keeps a file removed while open readable, as on any
+    /// local file system. `None` on backends without one (gfapi): the namespace is used.
+    data: Option<Arc<File>>,
+    /// Reads and writes go straight to `data` in the kernel (passthrough).
+    passthrough: bool,
+    /// Written through nasgw since the last flush.
+    wrote: AtomicBool,
+}
+
+/// The volume as the node's FUSE mount serves it.
+pub struct VolumeFs {
+    ns: Namespace,
+    inodes: Mutex<Inodes>,
+    opens: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>>,
+    backings: Mutex<HashMap<FileId, Backing>>,
+    next_fh: AtomicU64,
+    /// Passthrough asked for by the config.
+    want_passthrough: bool,
+    /// Passthrough granted by the kernel at INIT (and still working).
+    passthrough: Arc<AtomicBool>,
+    /// The cluster's lock table, where the mount's fcntl and flock locks live.
+    locks: Option<Arc<LockService>>,
+    /// Owner ids of this mount: this value with the kernel's lock owner in the low 64 bits.
+    owner_base: u128,
+    /// (file, kernel lock owner) that took a lock through the mount: whose close unlocks.
+    lockers: Arc<Mutex<HashSet<(FileId, u64)>>>,
+}
+
+/// How often a waiting lock (F_SETLKW) retries besides every change of the file's record.
+const LOCK_RETRY: Duration = Duration::from_millis(500);
+
+impl VolumeFs {
+    /// Serves `ns`; `passthrough`: try kernel passthrough for regular files.
+    pub fn new(
+        ns: Namespace,
+        root_fileid: u64,
+        passthrough: bool,
+        locks: Option<Arc<LockService>>,
+    ) -> (Self, Arc<AtomicBool>) {
+        // Unique to this node and this start: a lock owner of a previous run never matches.
+        let node = locks.as_ref().map_or(0, |l| l.node());
+        let nonce: u64 = rand::random();
+        let owner_base =
+            (u128::from(0x4655_5345u32) << 96) | (u128::from(node) << 80) | (u128::from(nonce >> 16) << 64);
+        let granted = Arc::new(AtomicBool::new(false));
+        let fs = Self {
+            inodes: Mutex::new(Inodes::new(ns.root(), root_fileid)),
+            ns,
+            opens: Arc::new(Mutex::new(HashMap::new())),
+            backings: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            want_passthrough: passthrough,
+            passthrough: granted.clone(),
+            locks,
+            owner_base,
+            lockers: Arc::new(Mutex::new(HashSet::new())),
+        };
+        (fs, granted)
+    }
+
+    fn id(&self, ino: INodeNo) -> Result<FileId, Errno> {
+        self.inodes.lock().expect("inodes lock").get(ino.0).ok_or(Errno::ESTALE)
+    }
+
+    /// Hands `id` to the kernel as an entry (one lookup counted).
+    fn entry(&self, reply: ReplyEntry, id: FileId, a: &Attr) {
+        match self.inodes.lock().expect("inodes lock").remember(id, a.fileid) {
+            Some(ino) => reply.entry(&TTL, &fuse_attr(a, ino), Generation(generation(&id))),
+            None => {
+                tracing::warn!(file = ?id, fileid = a.fileid, "a file has the root's inode number; not shown");
+                reply.error(Errno::EIO)
+            }
+        }
+    }
+
+    fn attr_reply(&self, reply: ReplyAttr, ino: INodeNo, r: Result<Attr, VfsError>) {
+        match r {
+            Ok(a) => reply.attr(&TTL, &fuse_attr(&a, ino.0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn new_fh(&self, file: FileId, data: Option<Arc<File>>, passthrough: bool) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let open = OpenFile { file, data, passthrough, wrote: AtomicBool::new(false) };
+        self.opens.lock().expect("opens lock").insert(fh, Arc::new(open));
+        FileHandle(fh)
+    }
+
+    /// A descriptor of `file` some open still holds: what is left of a file removed while
+    /// open (the kernel asks for its attributes by inode, without the handle).
+    fn held(&self, file: &FileId) -> Option<Arc<File>> {
+        self.opens.lock().expect("opens lock").values().find(|o| o.file == *file).and_then(|o| o.data.clone())
+    }
+
+    fn open_of(&self, fh: FileHandle) -> Option<Arc<OpenFile>> {
+        self.opens.lock().expect("opens lock").get(&fh.0).cloned()
+    }
+
+    /// The inode's backing file for passthrough, opened on its first open (read-write when
+    /// the file system allows, so every open of the inode can share it). `None`: serve the
+    /// open through nasgw.
+    fn backing(
+        &self,
+        file: FileId,
+        open_backing: impl FnOnce(&File) -> std::io::Result<BackingId>,
+    ) -> Option<(Arc<BackingId>, Arc<File>)> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut b = self.backings.lock().expect("backings lock");
+        if let Some(x) = b.get_mut(&file) {
+            x.opens += 1;
+            return Some((x.id.clone(), x.file.clone()));
+        }
+        let backend = self.ns.backend();
+        let fd = backend.open_data(&file, true).or_else(|_| backend.open_data(&file, false)).ok()?;
+        let f = Arc::new(File::from(fd));
+        match open_backing(&f) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                b.insert(file, Backing { id: id.clone(), file: f.clone(), opens: 1 });
+                Some((id, f))
+            }
+            Err(e) => {
+                // EPERM without CAP_SYS_ADMIN, EOPNOTSUPP where the kernel lacks it: stop trying.
+                tracing::warn!(error = %e, "FUSE passthrough refused by the kernel; serving reads and writes through nasgw");
+                self.passthrough.store(false, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn release_backing(&self, file: &FileId) {
+        let mut b = self.backings.lock().expect("backings lock");
+        if let Some(x) = b.get_mut(file) {
+            x.opens -= 1;
+            if x.opens == 0 {
+                b.remove(file);
+            }
+        }
+    }
+
+    /// Releases every lock `lock_owner` took on `file` (a close): one call to the lock table,
+    /// made only when it took one through this mount.
+    fn drop_locks(&self, file: FileId, lock_owner: LockOwner) {
+        let took = self.lockers.lock().expect("lockers lock").remove(&(file, lock_owner.0));
+        if let (true, Some(l)) = (took, &self.locks) {
+            let _ = run(l.unlock_all(&file, self.owner(lock_owner)));
+        }
+    }
+
+    fn owner(&self, lock_owner: LockOwner) -> Owner {
+        let node = self.locks.as_ref().map_or(0, |l| l.node());
+        Owner::Posix { node, id: self.owner_base | u128::from(lock_owner.0) }
+    }
+
+    fn name<'a>(&self, name: &'a OsStr) -> &'a [u8] {
+        name.as_bytes()
+    }
+}
+
+impl Filesystem for VolumeFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if self.locks.is_some() {
+            // fcntl and flock locks come to nasgw, into the cluster's lock table.
+            let _ = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS);
+        }
+        if self.want_passthrough {
+            match config.add_capabilities(InitFlags::FUSE_PASSTHROUGH) {
+                Ok(()) => {
+                    let _ = config.set_max_stack_depth(1);
+                    self.passthrough.store(true, Ordering::Relaxed);
+                }
+                Err(_) => tracing::info!("this kernel has no FUSE passthrough; reads and writes go through nasgw"),
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let cred = caller(req);
+        let dir = match self.id(parent) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        match run(self.ns.lookup(&cred, dir, self.name(name))) {
+            Ok((id, a)) => self.entry(reply, id, &a),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.lock().expect("inodes lock").forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let id = match self.id(ino) {
+            Ok(id) => id,
+            Err(e) => return reply.error(e),
+        };
+        match run(self.ns.getattr(id)) {
+            // A file removed while open (`fstat` of its descriptor): its own descriptor.
+            Err(VfsError::Stale | VfsError::NotFound) => {
+                let held = fh.and_then(|fh| self.open_of(fh)).and_then(|o| o.data.clone()).or_else(|| self.held(&id));
+                match held.map(|f| f.metadata()) {
+                    Some(Ok(m)) => reply.attr(&TTL, &super::convert::attr_of_metadata(&m, ino.0)),
+                    _ => reply.error(Errno::ENOENT),
+                }
+            }
+            r => self.attr_reply(reply, ino, r),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let id = match self.id(ino) {
+            Ok(id) => id,
+            Err(e) => return reply.error(e),
+        };
+        let set = set_attr(mode, uid, gid, size, atime, mtime);
+        // `ftruncate` of a descriptor open for writing: the kernel checked the descriptor,
+        // so the file's mode (which may forbid the caller now) does not matter.
+        let cred = if fh.is_some() && set == (SetAttr { size, ..SetAttr::default() }) {
+            Credentials::root()
+        } else {
+            caller(req)
+        };
+        match run(self.ns.setattr(&cred, id, set)) {
+            // `ftruncate` of a file removed while open: through its descriptor.
+            Err(VfsError::Stale | VfsError::NotFound) if set == (SetAttr { size, ..SetAttr::default() }) => {
+                let Some(f) =
+                    fh.and_then(|fh| self.open_of(fh)).and_then(|o| o.data.clone()).or_else(|| self.held(&id))
+                else {
+                    return reply.error(Errno::ENOENT);
+                };
+                match f.set_len(size.unwrap_or(0)).and_then(|()| f.metadata()) {
+                    Ok(m) => reply.attr(&TTL, &super::convert::attr_of_metadata(&m, ino.0)),
+                    Err(e) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))),
+                }
+            }
+            r => self.attr_reply(reply, ino, r),
+        }
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let cred = caller(req);
+        match self.id(ino).map(|id| run(self.ns.readlink(&cred, id))) {
+            Ok(Ok(t)) => reply.data(&t),
+            Ok(Err(e)) => reply.error(errno(e)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let cred = caller(req);
+        let dir = match self.id(parent) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        let perm = mode & !umask & 0o7777;
+        let dev = libc::dev_t::from(rdev);
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        let r = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => {
+                run(self.ns.create(&cred, dir, self.name(name), perm, CreateHow::Guarded(SetAttr::default())))
+            }
+            libc::S_IFIFO => run(self.ns.mknod(&cred, dir, self.name(name), SpecialFile::Fifo, perm)),
+            libc::S_IFSOCK => run(self.ns.mknod(&cred, dir, self.name(name), SpecialFile::Socket, perm)),
+            libc::S_IFCHR => {
+                run(self.ns.mknod(&cred, dir, self.name(name), SpecialFile::CharDevice(major, minor), perm))
+            }
+            libc::S_IFBLK => {
+                run(self.ns.mknod(&cred, dir, self.name(name), SpecialFile::BlockDevice(major, minor), perm))
+            }
+            _ => Err(VfsError::Invalid),
+        };
+        match r {
+            Ok((id, a)) => self.entry(reply, id, &a),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let cred = caller(req);
+        let dir = match self.id(parent) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        match run(self.ns.mkdir(&cred, dir, self.name(name), mode & !umask & 0o7777)) {
+            Ok((id, a)) => self.entry(reply, id, &a),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let cred = caller(req);
+        match self.id(parent).map(|dir| run(self.ns.remove(&cred, dir, self.name(name)))) {
+            Ok(Ok(())) => reply.ok(),
+            Ok(Err(e)) => reply.error(errno(e)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let cred = caller(req);
+        match self.id(parent).map(|dir| run(self.ns.rmdir(&cred, dir, self.name(name)))) {
+            Ok(Ok(())) => reply.ok(),
+            Ok(Err(e)) => reply.error(errno(e)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        let cred = caller(req);
+        let dir = match self.id(parent) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        match run(self.ns.symlink(&cred, dir, self.name(link_name), target.as_os_str().as_bytes())) {
+            Ok((id, a)) => self.entry(reply, id, &a),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let cred = caller(req);
+        let (from, to) = match (self.id(parent), self.id(newparent)) {
+            (Ok(f), Ok(t)) => (f, t),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        let mut flags = flags.bits();
+        if flags & libc::RENAME_NOREPLACE != 0 {
+            // No atomic no-replace rename in the namespace: refuse when the target exists
+            // (a race with another client can still replace it, as over NFSv3).
+            match run(self.ns.lookup(&cred, to, self.name(newname))) {
+                Ok(_) => return reply.error(Errno::EEXIST),
+                Err(VfsError::NotFound) => flags &= !libc::RENAME_NOREPLACE,
+                Err(e) => return reply.error(errno(e)),
+            }
+        }
+        if flags != 0 {
+            return reply.error(Errno::EINVAL);
+        }
+        match run(self.ns.rename(&cred, from, self.name(name), to, self.name(newname))) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let cred = caller(req);
+        let (id, dir) = match (self.id(ino), self.id(newparent)) {
+            (Ok(i), Ok(d)) => (i, d),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        match run(self.ns.link(&cred, id, dir, self.name(newname))) {
+            Ok(a) => self.entry(reply, id, &a),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let id = match self.id(ino) {
+            Ok(id) => id,
+            Err(e) => return reply.error(e),
+        };
+        let a = match run(self.ns.getattr(id)) {
+            Ok(a) => a,
+            Err(e) => return reply.error(errno(e)),
+        };
+        if a.ftype != FileType::Regular {
+            // The kernel never opens a directory here; special files are not served.
+            return reply.error(Errno::from_i32(libc::ENXIO));
+        }
+        match self.backing(id, |f| reply.open_backing(f)) {
+            Some((b, f)) => reply.opened_passthrough(self.new_fh(id, Some(f), true), FopenFlags::empty(), &b),
+            None => {
+                let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+                let data = self.ns.backend().open_data(&id, write).ok().map(|fd| Arc::new(File::from(fd)));
+                reply.opened(self.new_fh(id, data, false), FopenFlags::empty())
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(open) = self.open_of(fh) else { return reply.error(Errno::EBADF) };
+        if let Some(f) = &open.data {
+            let mut buf = vec![0u8; size as usize];
+            let mut n = 0;
+            while n < buf.len() {
+                match f.read_at(&mut buf[n..], offset + n as u64) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))),
+                }
+            }
+            return reply.data(&buf[..n]);
+        }
+        // The kernel checked the descriptor's access mode at open.
+        match run(self.ns.read(&Credentials::root(), open.file, offset, size)) {
+            Ok((data, _, _)) => reply.data(&data),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(open) = self.open_of(fh) else { return reply.error(Errno::EBADF) };
+        let stable = if flags.0 & libc::O_SYNC == libc::O_SYNC {
+            Stability::FileSync
+        } else if flags.0 & libc::O_DSYNC != 0 {
+            Stability::DataSync
+        } else {
+            Stability::Unstable
+        };
+        open.wrote.store(true, Ordering::Relaxed);
+        if let Some(f) = &open.data {
+            let r = f.write_all_at(data, offset).and_then(|()| match stable {
+                Stability::FileSync => f.sync_all(),
+                Stability::DataSync => f.sync_data(),
+                Stability::Unstable => Ok(()),
+            });
+            return match r {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))),
+            };
+        }
+        match run(self.ns.write_from(&Credentials::root(), open.file, offset, data, stable)) {
+            Ok((n, _, _)) => reply.written(n),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Every close of a descriptor drops the closing process's POSIX locks on the file (the
+        // kernel keeps none itself with FUSE_POSIX_LOCKS: it sends FLUSH with the owner).
+        if let Ok(file) = self.id(_ino) {
+            self.drop_locks(file, lock_owner);
+        }
+        let Some(open) = self.open_of(fh) else { return reply.ok() };
+        // What a close promises other nodes: the volume client's write-behind is flushed.
+        if let Some(f) = &open.data {
+            // Closing a duplicate is a close to the volume's client (GlusterFS's FUSE client
+            // then flushes write-behind) without giving up the descriptor.
+            if let Err(e) = f.try_clone() {
+                return reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)));
+            }
+        } else if open.wrote.swap(false, Ordering::Relaxed) {
+            if let Err(e) = run(self.ns.flush(open.file)) {
+                return reply.error(errno(e));
+            }
+        }
+        reply.ok()
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let open = self.opens.lock().expect("opens lock").remove(&fh.0);
+        if let (Some(o), Some(owner)) = (&open, lock_owner) {
+            // flock locks belong to the open file; POSIX ones were dropped at close already.
+            self.drop_locks(o.file, owner);
+        }
+        if let Some(o) = open.filter(|o| o.passthrough) {
+            self.release_backing(&o.file);
+        }
+        reply.ok()
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.id(ino).map(|id| run(self.ns.fsync(id))) {
+            Ok(Ok(())) => reply.ok(),
+            Ok(Err(e)) => reply.error(errno(e)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let cred = caller(req);
+        let dir = match self.id(ino) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        // `.` and `..` are not listed by the namespace; programs do not need them from here
+        // (the kernel resolves both itself).
+        match run(self.ns.readdir(&cred, dir, offset, READDIR_BATCH, true)) {
+            Ok(page) => {
+                for e in page.entries {
+                    let t = e.plus.as_ref().map_or(fuser::FileType::RegularFile, |(_, a)| kind(a.ftype));
+                    if reply.add(INodeNo(e.fileid), e.cookie, t, OsStr::from_bytes(&e.name)) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.id(ino).map(|id| run(self.ns.fsync(id))) {
+            Ok(Ok(())) => reply.ok(),
+            Ok(Err(e)) => reply.error(errno(e)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match run(self.ns.statfs(self.ns.root())) {
+            Ok(s) => {
+                let bs = u64::from(s.block_size.max(512));
+                reply.statfs(
+                    s.total_bytes / bs,
+                    s.free_bytes / bs,
+                    s.avail_bytes / bs,
+                    s.total_files,
+                    s.free_files,
+                    bs as u32,
+                    s.name_max,
+                    bs as u32,
+                )
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let cred = caller(req);
+        let name = name.as_bytes();
+        if !name.starts_with(b"user.") {
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
+        let id = match self.id(ino) {
+            Ok(id) => id,
+            Err(e) => return reply.error(e),
+        };
+        if flags & (libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
+            let exists = match run(self.ns.get_xattr(&cred, id, name)) {
+                Ok(v) => v.is_some(),
+                Err(e) => return reply.error(errno(e)),
+            };
+            if exists && flags & libc::XATTR_CREATE != 0 {
+                return reply.error(Errno::EEXIST);
+            }
+            if !exists && flags & libc::XATTR_REPLACE != 0 {
+                return reply.error(Errno::from_i32(libc::ENODATA));
+            }
+        }
+        match run(self.ns.set_xattr(&cred, id, name, value)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name.as_bytes();
+        // Only the `user.` namespace is the volume's (DOS attributes and streams live there);
+        // `security.*` (asked on every write for capabilities) and the rest have nothing.
+        if !name.starts_with(b"user.") {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
+        let cred = caller(req);
+        let id = match self.id(ino) {
+            Ok(id) => id,
+            Err(e) => return reply.error(e),
+        };
+        match run(self.ns.get_xattr(&cred, id, name)) {
+            Ok(Some(v)) => xattr_reply(reply, size, &v),
+            Ok(None) => reply.error(Errno::from_i32(libc::ENODATA)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let cred = caller(req);
+        let id = match self.id(ino) {
+            Ok(id) => id,
+            Err(e) => return reply.error(e),
+        };
+        match run(self.ns.list_xattrs(&cred, id)) {
+            Ok(names) => {
+                let mut out = Vec::new();
+                for n in names {
+                    out.extend_from_slice(&n);
+                    out.push(0);
+                }
+                xattr_reply(reply, size, &out)
+            }
+            Err(VfsError::NotSupported) => xattr_reply(reply, size, &[]),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes();
+        if !name.starts_with(b"user.") {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        }
+        let cred = caller(req);
+        match self.id(ino).map(|id| run(self.ns.remove_xattr(&cred, id, name))) {
+            Ok(Ok(())) => reply.ok(),
+            Ok(Err(VfsError::NotFound)) => reply.error(Errno::from_i32(libc::ENODATA)),
+            Ok(Err(e)) => reply.error(errno(e)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let cred = caller(req);
+        let a = match self.id(ino).map(|id| run(self.ns.getattr(id))) {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return reply.error(errno(e)),
+            Err(e) => return reply.error(e),
+        };
+        let m = mask.bits();
+        let mut want = 0;
+        if m & libc::R_OK != 0 {
+            want |= access::READ;
+        }
+        if m & libc::W_OK != 0 {
+            want |= access::MODIFY;
+        }
+        if m & libc::X_OK != 0 {
+            want |= if a.ftype == FileType::Directory { access::LOOKUP } else { access::EXECUTE };
+        }
+        if want == 0 || access::granted(&a, &cred, want) == want {
+            reply.ok()
+        } else {
+            reply.error(Errno::EACCES)
+        }
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let (Some(l), Ok(file)) = (&self.locks, self.id(ino)) else { return reply.error(Errno::EIO) };
+        let probe = RangeLock {
+            owner: self.owner(lock_owner),
+            offset: start,
+            len: lock_len(start, end),
+            exclusive: typ == libc::F_WRLCK,
+        };
+        match run(l.record(&file)) {
+            Ok(r) => match r.conflicting(&probe) {
+                Some(c) => {
+                    let end = if c.len == 0 || c.offset.saturating_add(c.len) >= i64::MAX as u64 {
+                        i64::MAX as u64
+                    } else {
+                        c.offset + c.len - 1
+                    };
+                    // The holder may be an SMB client or another node: no local pid to name.
+                    reply.locked(c.offset, end, if c.exclusive { libc::F_WRLCK } else { libc::F_RDLCK }, 0)
+                }
+                None => reply.locked(start, end, libc::F_UNLCK, pid),
+            },
+            Err(e) => reply.error(lock_errno(e)),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let (Some(l), Ok(file)) = (self.locks.clone(), self.id(ino)) else { return reply.error(Errno::EIO) };
+        let owner = self.owner(lock_owner);
+        let len = lock_len(start, end);
+        if typ == libc::F_UNLCK {
+            return match run(l.unlock(&file, owner, start, len)) {
+                Ok(()) | Err(Conflict::NotLocked) => reply.ok(),
+                Err(e) => reply.error(lock_errno(e)),
+            };
+        }
+        let lock = RangeLock { owner, offset: start, len, exclusive: typ == libc::F_WRLCK };
+        self.lockers.lock().expect("lockers lock").insert((file, lock_owner.0));
+        match run(l.lock_range(&file, lock)) {
+            Ok(()) => return reply.ok(),
+            Err(Conflict::Locked) if sleep => {}
+            Err(e) => return reply.error(lock_errno(e)),
+        }
+        // F_SETLKW: wait on a thread of its own (the FUSE threads keep serving), retrying on
+        // every change of the file's record and every LOCK_RETRY. The wait ends when the
+        // open it came through is released (the process died or closed it), so a killed
+        // waiter never gets a lock afterwards.
+        let opens = self.opens.clone();
+        let spawned = std::thread::Builder::new().name("nasgw-fuse-lockw".into()).spawn(move || {
+            run(async move {
+                loop {
+                    let changed = l.changes(&file);
+                    let wake = changed.notified();
+                    tokio::pin!(wake);
+                    wake.as_mut().enable();
+                    match l.lock_range(&file, lock).await {
+                        Ok(()) => {
+                            if opens.lock().expect("opens lock").contains_key(&fh.0) {
+                                return reply.ok();
+                            }
+                            let _ = l.unlock(&file, owner, start, len).await;
+                            return reply.error(Errno::EINTR);
+                        }
+                        Err(Conflict::Locked) => {}
+                        Err(e) => return reply.error(lock_errno(e)),
+                    }
+                    if !opens.lock().expect("opens lock").contains_key(&fh.0) {
+                        return reply.error(Errno::EINTR);
+                    }
+                    let _ = tokio::time::timeout(LOCK_RETRY, wake).await;
+                }
+            })
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a lock waiter");
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let cred = caller(req);
+        let dir = match self.id(parent) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        let how = if flags & libc::O_EXCL != 0 {
+            CreateHow::Guarded(SetAttr::default())
+        } else {
+            let size = (flags & libc::O_TRUNC != 0).then_some(0);
+            CreateHow::Unchecked(SetAttr { size, ..SetAttr::default() })
+        };
+        let (id, a) = match run(self.ns.create(&cred, dir, self.name(name), mode & !umask & 0o7777, how)) {
+            Ok(x) => x,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let ino = match self.inodes.lock().expect("inodes lock").remember(id, a.fileid) {
+            Some(ino) => ino,
+            None => return reply.error(Errno::EIO),
+        };
+        let fa = fuse_attr(&a, ino);
+        let g = Generation(generation(&id));
+        match self.backing(id, |f| reply.open_backing(f)) {
+            Some((b, f)) => {
+                reply.created_passthrough(&TTL, &fa, g, self.new_fh(id, Some(f), true), FopenFlags::empty(), &b)
+            }
+            None => {
+                let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+                let data = self.ns.backend().open_data(&id, write).ok().map(|fd| Arc::new(File::from(fd)));
+                reply.created(&TTL, &fa, g, self.new_fh(id, data, false), FopenFlags::empty())
+            }
+        }
+    }
+}
+
+/// A FUSE lock range (`end` inclusive, `OFFSET_MAX` for "to the end") as the lock table's
+/// length (POSIX "to the end": `u64::MAX - start`).
+fn lock_len(start: u64, end: u64) -> u64 {
+    if end >= i64::MAX as u64 {
+        u64::MAX - start
+    } else {
+        end.saturating_sub(start) + 1
+    }
+}
+
+/// The errno of a lock-table refusal: another owner's lock (EAGAIN), the cluster not
+/// answering (EIO, after the lock service's own bound).
+fn lock_errno(c: Conflict) -> Errno {
+    match c {
+        Conflict::Locked | Conflict::Sharing => Errno::EAGAIN,
+        _ => Errno::EIO,
+    }
+}
+
+/// Answers a getxattr/listxattr: the size when asked for it (`size` 0), `ERANGE` when the
+/// caller's buffer is too small, else the bytes.
+fn xattr_reply(reply: ReplyXattr, size: u32, v: &[u8]) {
+    if size == 0 {
+        reply.size(v.len() as u32)
+    } else if (size as usize) < v.len() {
+        reply.error(Errno::from_i32(libc::ERANGE))
+    } else {
+        reply.data(v)
+    }
+}

@@ -1,0 +1,98 @@
+//! The node's own mount of the volume (`[fuse] mountpoint`): local programs (backup agents,
+//! rsync, the admin's shell) reach the same namespace, through the same [`Namespace`], with the
+//! same name rules, inode numbers and permission checks as SMB and NFS clients.
+//!
+//! - `mountpoint.rs`: the mount point's checks (`nasgw check`) and the stale mount a crash
+//!   leaves, replaced at the next start.
+//! - `inodes.rs`: FUSE node ids = the files' inode numbers (NFS `fileid`), with lookup counts.
+//! - `convert.rs`: attributes, errors and attribute changes between FUSE and the namespace.
+//! - `fs.rs`: the file system: one namespace call per kernel request, as the calling process,
+//!   on the session's own threads; regular files opened with a passthrough backing file where
+//!   the kernel and backend allow it.
+//!
+//! The FUSE session runs on [`THREADS`] threads of its own (`fuser`, one cloned `/dev/fuse`
+//! descriptor each): a FUSE request never occupies a runtime worker that SMB, NFS or HA use.
+
+pub mod convert;
+pub mod fs;
+pub mod inodes;
+pub mod mountpoint;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use fuser::{BackgroundSession, MountOption, SessionACL};
+
+use crate::config::FuseConfig;
+use crate::vfs::Namespace;
+
+/// Threads serving the mount's requests.
+pub const THREADS: usize = 4;
+
+/// The mounted volume; unmounted by [`FuseMount::stop`] (or at process exit, when the kernel
+/// drops the connection; the next start replaces what is left).
+pub struct FuseMount {
+    path: PathBuf,
+    session: Option<BackgroundSession>,
+    passthrough: Arc<AtomicBool>,
+}
+
+impl FuseMount {
+    /// Mounts `ns` at `cfg.mountpoint` (replacing a stale mount from a crash first).
+    pub async fn start(
+        cfg: &FuseConfig,
+        ns: Namespace,
+        locks: Arc<crate::locks::LockService>,
+        volume: &str,
+    ) -> Result<Self> {
+        let path = cfg.mountpoint.clone();
+        mountpoint::prepare(&path)?;
+        // The root's own inode number (GlusterFS: 1, from its GFID); the volume may not answer
+        // yet (GlusterFS still mounting), and then its root is the GlusterFS one.
+        let root_fileid = ns.getattr(ns.root()).await.map_or(1, |a| a.fileid);
+        let (fs, passthrough) = fs::VolumeFs::new(ns, root_fileid, cfg.passthrough, Some(locks));
+        let mut options = fuser::Config::default();
+        options.mount_options = vec![
+            MountOption::FSName(format!("nasgw:{volume}")),
+            MountOption::Subtype("nasgw".into()),
+            MountOption::DefaultPermissions,
+            MountOption::Dev,
+            MountOption::Suid,
+        ];
+        options.acl = SessionACL::All;
+        options.n_threads = Some(THREADS);
+        options.clone_fd = true;
+        let p = path.clone();
+        let session = tokio::task::spawn_blocking(move || fuser::Session::new(fs, &p, &options)?.spawn())
+            .await
+            .context("the FUSE mount task failed")?
+            .with_context(|| format!("cannot mount the volume at [fuse] mountpoint {}", path.display()))?;
+        let pt = if passthrough.load(Ordering::Relaxed) { "on" } else { "off" };
+        tracing::info!(mountpoint = %path.display(), passthrough = pt, "volume mounted for local programs");
+        Ok(Self { path, session: Some(session), passthrough })
+    }
+
+    /// Whether reads and writes of regular files go straight to their backing files now.
+    pub fn passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// Unmounts: at once when nothing uses the mount, else lazily (programs that still hold
+    /// files there keep them until they close them, new lookups no longer reach it).
+    pub async fn stop(mut self) {
+        let Some(session) = self.session.take() else { return };
+        let path = self.path.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            // A clean unmount ends the connection and every session thread returns.
+            if let Err(e) = session.umount_and_join() {
+                tracing::warn!(mountpoint = %path.display(), error = %e, "mount busy: detaching it lazily");
+                // Its threads end when the last program using it lets go (or at exit).
+                mountpoint::detach(&path);
+            }
+            tracing::info!(mountpoint = %path.display(), "volume unmounted");
+        })
+        .await;
+    }
+}

@@ -1,0 +1,125 @@
+//! CREATE that takes back, through this node, a persistent open held through another node
+//! (usually a dead one: its client reconnected to the address this node took over). The open
+//! is found by its persistent id in [`crate::smb::durable_cluster::ClusterOpens`], checked as
+//! any durable reconnect ([`durable::check_reconnect`]), then reclaimed in the lock service
+//! ([`crate::locks::LockService::reclaim_open`]) with its share mode, byte-range locks and
+//! lease, and rebuilt here under the same persistent id.
+
+use std::time::Duration;
+
+use super::create_durable::{answer, presented_lease, same_path, Replayed};
+use super::open::{FileOpen, Open, OpenKind};
+use super::Reply;
+use crate::locks::{Conflict, LeaseId};
+use crate::smb::conn::Connection;
+use crate::smb::durable::{self, Presented, Reconnect};
+use crate::smb::durable_cluster::{self, Held};
+use crate::smb::session::Tree;
+use crate::smb::wire::header::Header;
+use crate::smb::wire::status::NtStatus;
+use crate::vfs::Credentials;
+
+/// How long a reclaim waits while the lock service still counts the open as live on its old
+/// node (that node has not yet been dropped from the view: about one license, ~1 s, after it
+/// died; more on a loaded machine).
+pub const RECLAIM_WAIT: Duration = Duration::from_secs(10);
+
+/// How often it asks again meanwhile.
+const RETRY_EVERY: Duration = Duration::from_millis(100);
+
+/// Takes back the persistent open `held` for the reconnect `r`.
+pub async fn reclaim(
+    conn: &mut Connection,
+    hdr: &Header,
+    req: &super::create::Request,
+    tree: &Tree,
+    r: Reconnect,
+    held: Held,
+) -> Result<Reply, NtStatus> {
+    let server = conn.server.clone();
+    let user = conn.session(hdr.session_id)?.identity.clone().ok_or(NtStatus::USER_SESSION_DELETED)?;
+    let facts = held.durability();
+    let p = Presented {
+        reconnect: r,
+        client_guid: conn.client_guid,
+        user: &user,
+        lease: presented_lease(conn, req),
+        same_name: same_path(&req.name, &held.path),
+        same_share: tree.root == Some(held.root),
+    };
+    if let Err(s) = durable::check_reconnect(&facts, &p) {
+        tracing::debug!(status = ?s, ?p, "SMB: persistent reconnect refused");
+        return Err(s);
+    }
+    let pid = held.persistent;
+    let new = server.open_key();
+    let deadline = tokio::time::Instant::now() + RECLAIM_WAIT;
+    let entry = loop {
+        match server.locks.reclaim_open(&held.file, held.key, new).await {
+            Ok(e) => break e,
+            // Its old node is still in the view (or this node is not in sync yet): wait.
+            Err(Conflict::Sharing | Conflict::Unavailable) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+            Err(Conflict::NotFound) => {
+                // Expired, or closed without this node hearing of it.
+                server.cluster_opens.remove(pid);
+                return Err(NtStatus::OBJECT_NAME_NOT_FOUND);
+            }
+            Err(c) => {
+                tracing::info!(conflict = %c, file = %crate::logging::untrusted(held.path.last().map_or("", String::as_str)), "SMB: a persistent open could not be reclaimed");
+                return Err(match c {
+                    Conflict::Sharing => NtStatus::OBJECT_NAME_NOT_FOUND,
+                    c => c.into(),
+                });
+            }
+        }
+    };
+    server.cluster_opens.remove(pid);
+    let lease: Option<LeaseId> = entry.open.lease;
+    let vol = conn.opens.reserve();
+    if let Some(l) = lease {
+        let oplock_fid = (l == LeaseId::oplock(held.key)).then_some((pid, vol));
+        server.breaks.hold(l, held.file, oplock_fid, conn.link.notices.clone());
+    }
+    server.track_path(new, Some((held.root, held.path.clone())));
+    let file = FileOpen {
+        id: held.file,
+        parent: held.parent,
+        path: held.path.clone(),
+        is_dir: false,
+        access: entry.open.access,
+        key: new,
+        lease,
+        cred: Credentials::new(tree.uid, tree.gid),
+        root: held.root,
+        position: 0,
+        write_through: true,
+        wrote: false,
+        listing: None,
+        state: Default::default(),
+    };
+    tracing::info!(
+        file = %crate::logging::untrusted(file.name()),
+        from_node = held.key.node,
+        locks = entry.locks.len(),
+        "SMB: persistent open reclaimed from another node"
+    );
+    let reply = answer(&server, req, &file, (pid, vol), &facts, Replayed::Reconnect).await;
+    server.durable.attach(pid, facts, conn.link.notices.clone(), vol);
+    durable_cluster::announce(&server.locks, Held { key: new, lease, ..held });
+    conn.opens.insert_at(
+        vol,
+        Open {
+            volatile: vol,
+            persistent: pid,
+            session_id: hdr.session_id,
+            tree_id: tree.id,
+            channel_sequence: hdr.status as u16,
+            kind: OpenKind::File(Box::new(file)),
+        },
+    );
+    let reply = reply?;
+    conn.compound_fid = Some((pid, vol));
+    Ok(reply)
+}

@@ -1,0 +1,87 @@
+//! SMB byte-range locks mirrored onto the volume, so that clients nasgw does not serve (a
+//! GlusterFS FUSE mount on an application server, a local process on a node) respect them, as
+//! Samba does with `posix locking = yes`. The cluster's file-sharing state decides between
+//! nasgw's own clients first; then each open's locks are set on the volume as one POSIX owner
+//! (the open's key) through [`VolumeLocks`], as their coverage (`locks::posix_view`). A lock the
+//! volume refuses (another client of it holds the range) is given back and refused. The bricks
+//! drop a dead node's volume locks with its connection to them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::locks::posix_view::{plan, WinLock};
+use crate::locks::volume::{HeldElsewhere, VolumeLocks};
+use crate::locks::OpenKey;
+use crate::vfs::{FileId, Namespace};
+
+/// The volume owner of an open's locks: its key, tagged so it never equals an NLM owner id.
+pub fn owner_of(key: OpenKey) -> u128 {
+    (0x534d_4232u128 << 96) | (u128::from(key.node) << 64) | u128::from(key.seq)
+}
+
+type Held = Arc<tokio::sync::Mutex<Vec<WinLock>>>;
+
+/// This node's SMB opens' locks on the volume.
+pub struct SmbVolumeLocks {
+    volume: VolumeLocks,
+    held: Mutex<HashMap<(FileId, OpenKey), Held>>,
+}
+
+impl SmbVolumeLocks {
+    /// Mirrors onto `ns`'s volume.
+    pub fn new(ns: Namespace) -> SmbVolumeLocks {
+        SmbVolumeLocks { volume: VolumeLocks::new(ns), held: Mutex::new(HashMap::new()) }
+    }
+
+    fn entry(&self, file: FileId, key: OpenKey) -> Held {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).entry((file, key)).or_default().clone()
+    }
+
+    async fn apply(&self, file: FileId, key: OpenKey, old: &[WinLock], new: &[WinLock]) -> Result<(), HeldElsewhere> {
+        let owner = owner_of(key);
+        for s in plan(old, new) {
+            match s.set {
+                Some(exclusive) => self.volume.lock(file, owner, exclusive, s.start, s.len).await?,
+                None => self.volume.unlock(file, owner, s.start, s.len).await,
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `lock` (granted by the cluster) to open `key`'s locks on the volume; `Err` when
+    /// another client of the volume holds a conflicting lock (nothing changed then).
+    pub async fn lock(&self, file: FileId, key: OpenKey, lock: WinLock) -> Result<(), HeldElsewhere> {
+        if lock.len == 0 {
+            return Ok(());
+        }
+        let held = self.entry(file, key);
+        let mut locks = held.lock().await;
+        let mut next = locks.clone();
+        next.push(lock);
+        if let Err(e) = self.apply(file, key, &locks, &next).await {
+            // Back to what it held: takes first, so this only converts or unlocks.
+            let _ = self.apply(file, key, &next, &locks).await;
+            return Err(e);
+        }
+        *locks = next;
+        Ok(())
+    }
+
+    /// Removes one lock `offset`/`len` of open `key` (the cluster released it).
+    pub async fn unlock(&self, file: FileId, key: OpenKey, offset: u64, len: u64) {
+        let held = self.entry(file, key);
+        let mut locks = held.lock().await;
+        let Some(i) = locks.iter().position(|l| l.offset == offset && l.len == len) else { return };
+        let mut next = locks.clone();
+        next.remove(i);
+        let _ = self.apply(file, key, &locks, &next).await;
+        *locks = next;
+    }
+
+    /// Open `key` closed: whatever it held on the volume goes with its descriptor.
+    pub fn close(&self, file: FileId, key: OpenKey) {
+        if self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&(file, key)).is_some() {
+            self.volume.release(file, owner_of(key));
+        }
+    }
+}
