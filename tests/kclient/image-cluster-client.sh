@@ -47,7 +47,7 @@ mkdir -p /mnt/n /mnt/c
 # One port serves NFS and MOUNT (no portmapper round trip needed).
 mount -t nfs -o vers=3,proto=tcp,port=2049,mountport=2049,mountproto=tcp,nolock,hard "$KC_VIP:/smb" /mnt/n ||
 	fail "mount -t nfs $KC_VIP:/smb"
-mount -t cifs "//$KC_VIP/pub" /mnt/c -o guest,vers=3.1.1 || fail "mount -t cifs //$KC_VIP/pub"
+mount -t cifs "//$KC_VIP/pub" /mnt/c -o guest,vers=3.1.1,hard || fail "mount -t cifs //$KC_VIP/pub"
 t=$(now)
 round 1
 echo "PHASE1 OK: NFS and CIFS mounts of $KC_VIP, $MB MiB written and read back through each ($(awk "BEGIN{print $(now) - $t}") s)"

@@ -25,10 +25,7 @@ impl Daemon {
     /// when given), then waits until its control socket answers. `{dir}` in the text is replaced
     /// by the daemon's directory, so each daemon gets its own data, state and socket.
     pub fn start(name: &str, dir: &Path, config_toml: &str, netns: Option<&str>) -> Daemon {
-        std::fs::create_dir_all(dir).expect("create daemon dir");
-        let config = dir.join("nasgw.toml");
-        write_private(&config, &config_toml.replace("{dir}", &dir.display().to_string()));
-        let mut cmd = match netns {
+        let cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(nasgw_bin());
@@ -36,6 +33,22 @@ impl Daemon {
             }
             None => Command::new(nasgw_bin()),
         };
+        Self::spawn(name, dir, config_toml, netns, cmd)
+    }
+
+    /// [`Daemon::start`] in network namespace `netns` but in the test's own mount namespace
+    /// (`nsenter --net`, not `ip netns exec`, which gives each process a fresh one): mounts
+    /// nasgw makes outlive it, as under systemd on a node.
+    pub fn start_sharing_mounts(name: &str, dir: &Path, config_toml: &str, netns: &str) -> Daemon {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{netns}")).arg(nasgw_bin());
+        Self::spawn(name, dir, config_toml, Some(netns), cmd)
+    }
+
+    fn spawn(name: &str, dir: &Path, config_toml: &str, netns: Option<&str>, mut cmd: Command) -> Daemon {
+        std::fs::create_dir_all(dir).expect("create daemon dir");
+        let config = dir.join("nasgw.toml");
+        write_private(&config, &config_toml.replace("{dir}", &dir.display().to_string()));
         cmd.arg("--config").arg(&config).arg("serve").current_dir(dir);
         cmd.stdout(File::create(dir.join("stdout.log")).expect("log file"));
         cmd.stderr(File::create(dir.join("stderr.log")).expect("log file"));

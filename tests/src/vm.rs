@@ -19,11 +19,28 @@ pub struct Image {
 }
 
 /// Builds the appliance image with `image/build` (cached base, so ~1 min after the first build).
+/// With `NASGW_IMAGE_REUSE=1` an image already in `target/image` is used as it is (for
+/// re-running a slow VM test against the image just built; the summary says so).
 pub fn image() -> &'static Image {
     static IMG: OnceLock<Image> = OnceLock::new();
     IMG.get_or_init(|| {
         let root = workspace_root();
         let out = root.join("target/image");
+        let qcow2 = out.join("nasgw.qcow2");
+        if std::env::var_os("NASGW_IMAGE_REUSE").is_some_and(|v| v == "1")
+            && qcow2.exists()
+            && out.join("nasgw.img").exists()
+        {
+            let mib = |f: &str| std::fs::metadata(out.join(f)).map_or(0, |m| m.len() / 1048576);
+            let summary = format!(
+                "image: reused {} (NASGW_IMAGE_REUSE=1, not rebuilt): raw {} MiB, qcow2 {} MiB",
+                qcow2.display(),
+                mib("nasgw.img"),
+                mib("nasgw.qcow2")
+            );
+            eprintln!("{summary}");
+            return Image { qcow2, summary, build_time: Duration::ZERO };
+        }
         let t = Instant::now();
         let o = Command::new(root.join("image/build"))
             .args(["--out", &out.to_string_lossy()])
@@ -35,7 +52,7 @@ pub fn image() -> &'static Image {
         assert!(o.status.success(), "image/build failed:\n{stdout}");
         let summary = stdout.lines().last().unwrap_or("").to_string();
         eprintln!("{summary}");
-        Image { qcow2: out.join("nasgw.qcow2"), summary, build_time: t.elapsed() }
+        Image { qcow2, summary, build_time: t.elapsed() }
     })
 }
 

@@ -154,6 +154,30 @@ fn managed_fuse_mount_serves_remounts_and_unmounts() {
     assert_eq!(std::fs::read(m1.join("dir/f.bin")).unwrap(), data);
     assert!(n1.logs().contains("FUSE client died"), "{}", n1.logs());
 
+    // Under systemd nasgw shares the node's mount namespace, so a nasgw killed together with
+    // its FUSE client (a watchdog abort) leaves a dead mount: the next start clears it and
+    // serves (it used to fail on EEXIST at every restart, for ever).
+    let d4 = root.join("d4");
+    let m4 = d4.join("state/mnt");
+    let cfg4 = config(&cluster.servers_for(0), "smb");
+    let n4 = Daemon::start_sharing_mounts("n4", &d4, &cfg4, topo.ns("n1"));
+    wait_state(&n4, "OK", Duration::from_secs(30));
+    let client = fuse_client(&n4).expect("n4's glusterfs client");
+    assert!(!n4.kill().success());
+    // SAFETY: kill(2) on the glusterfs process the killed nasgw had started.
+    unsafe { libc::kill(client as i32, libc::SIGKILL) };
+    wait_for("the FUSE client to die", Duration::from_secs(10), Duration::from_millis(20), || {
+        (!Path::new(&format!("/proc/{client}")).exists()).then_some(())
+    });
+    let dead = std::fs::metadata(&m4).unwrap_err();
+    assert_eq!(dead.raw_os_error(), Some(libc::ENOTCONN), "a dead mount is left: {dead}");
+    let n4 = Daemon::start_sharing_mounts("n4", &d4, &cfg4, topo.ns("n1"));
+    let t = wait_state(&n4, "OK", Duration::from_secs(30));
+    eprintln!("restart over a dead FUSE mount: OK after {:.1} s", t.as_secs_f64());
+    assert_eq!(std::fs::read(m4.join("dir/f.bin")).unwrap(), data);
+    assert!(n4.stop().success());
+    assert!(std::fs::read_dir(&m4).unwrap().next().is_none(), "stop unmounted everything");
+
     // A mount that cannot happen (no such volume): UNHEALTHY, and the directory underneath
     // refuses writes instead of silently taking them.
     let n3 = Daemon::start("n3", &root.join("d3"), &config(&cluster.servers_for(2), "nosuch"), Some(topo.ns("n3")));

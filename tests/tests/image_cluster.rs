@@ -62,6 +62,9 @@ name = "smb"
 backend = "gluster"
 bricks = ["198.18.0.1:/data/b0/smb", "198.18.0.2:/data/b0/smb", "198.18.0.3:/data/b0/smb"]
 replica = 3
+health_timeout_ms = 30000
+# Likewise: bricks of a stalled VM must not be dropped after 5 s (the appliance's default).
+options = {{ "network.ping-timeout" = "20" }}
 
 [nfs]
 listen = "0.0.0.0:2049"
@@ -85,6 +88,14 @@ public_addresses = [{{ address = "198.18.0.201/24", interface = "eth0" }},
                     {{ address = "198.18.0.203/24", interface = "eth0" }}]
 recovery_lock = "/.nasgw/lock"
 secret_file = "/etc/nasgw/secret"
+# TCG VMs on a shared host stall for seconds (a vCPU thread descheduled, a 1-vCPU guest busy
+# with glusterfsd): the LAN defaults (100 ms heartbeats, 1 s dead, a 2 s health probe) made the
+# addresses flap between the nodes every second and reset every client connection. Timings of
+# a slow network instead; real nodes keep the defaults.
+heartbeat_interval_ms = 500
+dead_interval_ms = 10000
+health_interval_ms = 2000
+health_timeout_ms = 30000
 
 [system]
 ssh_keys = ["{ssh_key}"]
@@ -198,6 +209,7 @@ impl Cluster {
                     .filter(|i| self.vms[*i].is_some())
                     .map(|i| format!("--- node{} console:\n{}\n", i + 1, self.console(i, 40)))
                     .collect();
+                self.hold();
                 panic!("{what}: not within {} s\n{consoles}", limit.as_secs());
             }
             std::thread::sleep(Duration::from_secs(2));
@@ -261,6 +273,44 @@ impl Cluster {
     /// [`Cluster::uuid`], polled.
     fn known_uuid(&self, i: usize) -> String {
         self.wait(&format!("node{}'s glusterd UUID", i + 1), Duration::from_secs(300), |c| c.uuid(i))
+    }
+
+    /// What each running node says about itself, for a failure message: nasgw's restarts,
+    /// the addresses on eth0, `nasgw status`/`ip`, and the last lines of nasgw's journal.
+    fn diagnose(&self) -> String {
+        (0..3)
+            .filter(|i| self.vms[*i].is_some())
+            .map(|i| {
+                let cmd =
+                    "systemctl show nasgw -p NRestarts -p ActiveEnterTimestampMonotonic; ip -br addr show dev eth0; \
+                           nasgw status; nasgw ip; journalctl -b -u nasgw --no-pager -o short-monotonic | tail -n 80";
+                let out = self.ssh(i, cmd).unwrap_or_else(|| format!("(ssh failed)\n{}", self.console(i, 30)));
+                format!("--- node{}:\n{out}\n", i + 1)
+            })
+            .collect()
+    }
+
+    /// Waits for the client's line starting with `prefix`; on failure panics with the client's
+    /// log and every node's [`Cluster::diagnose`].
+    fn expect(&self, client: &mut Client, prefix: &str, limit: Duration) -> String {
+        client.expect(prefix, limit).unwrap_or_else(|e| {
+            let d = self.diagnose();
+            self.hold();
+            panic!("{e}\n{d}")
+        })
+    }
+
+    /// On a failure with `IMAGE_CLUSTER_HOLD=SECS` set, keeps the VMs running that long and
+    /// says how to reach them, for a look inside before they are killed.
+    fn hold(&self) {
+        let Some(secs) = std::env::var("IMAGE_CLUSTER_HOLD").ok().and_then(|s| s.parse::<u64>().ok()) else { return };
+        eprintln!(
+            "image_cluster: holding the VMs for {secs} s: ip netns exec {} ssh -i {} root@{}",
+            self.probe(),
+            self.key.display(),
+            NODES[0]
+        );
+        std::thread::sleep(Duration::from_secs(secs));
     }
 
     /// Whether `gluster volume status smb` on node `i` shows every brick online and the
@@ -342,22 +392,22 @@ impl Client {
         Client { child, lines, stderr }
     }
 
-    /// Waits for the client's line starting with `prefix`.
-    fn expect(&mut self, prefix: &str, limit: Duration) -> String {
+    /// Waits for the client's line starting with `prefix`; the error says what the client printed.
+    fn expect(&mut self, prefix: &str, limit: Duration) -> Result<String, String> {
         let t = Instant::now();
         loop {
             match self.lines.recv_timeout(Duration::from_secs(5)) {
-                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(l) if l.starts_with(prefix) => return Ok(l),
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) if t.elapsed() < limit => {}
                 Err(e) => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
-                    panic!(
+                    return Err(format!(
                         "the client VM did not print `{prefix}` ({e:?} after {:.0} s); its stderr:\n{}",
                         t.elapsed().as_secs_f64(),
                         tail(&std::fs::read_to_string(&self.stderr).unwrap_or_default(), 40)
-                    );
+                    ));
                 }
             }
         }
@@ -470,7 +520,7 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
     let phase = Arc::new(AtomicU32::new(1));
     serve_phase(c.probe().to_string(), phase.clone());
     let mut client = Client::start(&c.topo.switch, dir.path(), &vip);
-    client.expect("PHASE1 OK", Duration::from_secs(900));
+    c.expect(&mut client, "PHASE1 OK", Duration::from_secs(900));
 
     // 3. Power cut on that node: its address moves, the client's mounts keep working.
     let kill_at = Instant::now();
@@ -481,7 +531,7 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
         (moved && c.answers(&vip, 445) && c.answers(&vip, 2049)).then(|| kill_at.elapsed())
     });
     phase.store(2, Ordering::SeqCst);
-    client.expect("PHASE2 OK", Duration::from_secs(900));
+    c.expect(&mut client, "PHASE2 OK", Duration::from_secs(900));
 
     // 4. It boots again (same disks, plus a disk with the image for step 5): it rejoins,
     // nothing is recreated, its brick heals.
@@ -500,7 +550,7 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
     let brick = c.ssh_ok(killed, "ls /data/b0/smb");
     assert!(brick.contains("nfs-1") && brick.contains("cifs-2"), "node{}'s brick lacks files:\n{brick}", killed + 1);
     phase.store(3, Ordering::SeqCst);
-    client.expect("PHASE3 OK", Duration::from_secs(900));
+    c.expect(&mut client, "PHASE3 OK", Duration::from_secs(900));
     client.finish();
 
     // 5. Update that node to the image in its other slot, reboot into it.

@@ -71,10 +71,13 @@ impl ManagedMount {
     /// mounts the volume and keeps it mounted. Returns at once: `state()` and the health watch
     /// say when the volume is there. Fails only when the mount point cannot be prepared.
     pub fn start(spec: MountSpec, health: HealthMonitor) -> Result<Arc<ManagedMount>> {
+        // A mount left by a killed nasgw (a watchdog abort, `kill -9`) is cleared first: when
+        // its FUSE client died too, the dead mount answers ENOTCONN to every stat, so creating
+        // the directory would fail with EEXIST and every restart would fail the same way.
+        // (Stacked guards are harmless.)
+        detach_stale(&spec.mount_point);
         std::fs::create_dir_all(&spec.mount_point)
             .with_context(|| format!("cannot create mount point {}", spec.mount_point.display()))?;
-        // A mount left by a crashed nasgw is cleared first (stacked guards are harmless).
-        detach_stale(&spec.mount_point);
         mount_guard(&spec.mount_point)?;
         let m = Arc::new(ManagedMount {
             spec,
@@ -306,7 +309,11 @@ fn detach_top_fuse(path: &Path) {
 
 /// Clears mounts a crashed nasgw left (dead FUSE mounts answer ENOTCONN and would hide the guard).
 fn detach_stale(path: &Path) {
-    while top_mount_is_glusterfs(path) {
+    // Bounded: a detach that fails (no privilege) must not spin.
+    for _ in 0..mount_stack(path).len() {
+        if !top_mount_is_glusterfs(path) {
+            break;
+        }
         detach(path);
     }
 }
