@@ -265,10 +265,26 @@ impl LockService {
 
     /// Closes an open (its locks and, if unused, its lease go with it).
     pub async fn close(&self, file: &FileId, key: OpenKey) -> Result<CloseOutcome, Conflict> {
-        answer(self.call(file, Op::Close(key)).await, |a| match a {
+        let r = answer(self.call(file, Op::Close(key)).await, |a| match a {
             Answer::Closed(c) => Some(c),
             _ => None,
-        })
+        });
+        if r.is_ok() {
+            self.released(file);
+        }
+        r
+    }
+
+    /// Wakes this node's waiters on `file` (see [`LockService::changes`]) after a release made
+    /// through this node. A release decided here has woken them already; one decided by a
+    /// remote home comes back only as the answer to this node's request (the home updates the
+    /// copies of the *other* nodes holding the file, and the requester's copy with its answer),
+    /// which wakes nobody: a blocking lock of another client of this node would otherwise wait
+    /// for its one-second retry.
+    fn released(&self, file: &FileId) {
+        if let Some(n) = self.lock().changes.get(file) {
+            n.notify_waiters();
+        }
     }
 
     async fn done(&self, file: &FileId, op: Op) -> Result<(), Conflict> {
@@ -282,12 +298,20 @@ impl LockService {
 
     /// Releases one.
     pub async fn unlock(&self, file: &FileId, owner: Owner, offset: u64, len: u64) -> Result<(), Conflict> {
-        self.done(file, Op::Unlock { owner, offset, len }).await
+        let r = self.done(file, Op::Unlock { owner, offset, len }).await;
+        if r.is_ok() {
+            self.released(file);
+        }
+        r
     }
 
     /// Releases every lock of a POSIX owner on the file.
     pub async fn unlock_all(&self, file: &FileId, owner: Owner) -> Result<(), Conflict> {
-        self.done(file, Op::UnlockAll(owner)).await
+        let r = self.done(file, Op::UnlockAll(owner)).await;
+        if r.is_ok() {
+            self.released(file);
+        }
+        r
     }
 
     /// Marks an open delete-on-close.
