@@ -86,16 +86,19 @@ fn the_mount_is_the_volume_with_its_inode_numbers_and_its_callers_rights() {
 
     // Extended attributes in the user namespace are the volume's (Samba's DOSATTRIB layout
     // included), others are refused.
-    let set = Command::new("setfattr").args(["-n", "user.DOSATTRIB", "-v", "0x0102"]).arg(mnt.join("d/b.txt")).output();
-    if let Ok(out) = set {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let got = Command::new("getfattr")
-            .args(["--only-values", "-n", "user.DOSATTRIB"])
-            .arg(data.join("d/b.txt"))
-            .output()
-            .unwrap();
-        assert_eq!(got.stdout, [1, 2]);
-    }
+    // setfattr/getfattr come from `attr` (scripts/install-deps): missing, the test fails.
+    let out = Command::new("setfattr")
+        .args(["-n", "user.DOSATTRIB", "-v", "0x0102"])
+        .arg(mnt.join("d/b.txt"))
+        .output()
+        .expect("setfattr (package attr)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = Command::new("getfattr")
+        .args(["--only-values", "-n", "user.DOSATTRIB"])
+        .arg(data.join("d/b.txt"))
+        .output()
+        .expect("getfattr (package attr)");
+    assert_eq!(got.stdout, [1, 2]);
 
     // Permissions are the caller's: nobody cannot write into root's 0755 directory, can into
     // a 1777 one, and what it makes is its own on the volume.
