@@ -162,6 +162,11 @@ state_dir = "{{dir}}/state"
             let h = format!("probe{i}");
             wait_for(&format!("{} to grant an open", NODES[i]), timeout, Duration::from_millis(100), || {
                 let r = probe.call(json!({"op": "open", "c": c, "h": h, "path": format!("probe-{i}")}));
+                if !r.ok && r.v["status"] == "EXCEPTION" {
+                    // The node reset the probe's connection (it was fencing itself or
+                    // rejoining when the probe connected): a client connects again.
+                    probe.call(json!({"op": "connect", "c": c, "host": ADDRS[i], "port": SMB_PORT}));
+                }
                 r.ok.then_some(())
             });
             probe.ok(json!({"op": "close", "h": h}));

@@ -159,6 +159,18 @@ impl VolumeLocks {
         }
     }
 
+    /// Every owner's descriptors go, with whatever they held on the volume: this node is out of
+    /// sync with the cluster, whose other nodes may now grant those ranges to their clients.
+    pub fn release_all(&self) {
+        let all: Vec<_> = self.handles.lock().expect("volume locks").drain().map(|(_, h)| h).collect();
+        if self.ns.is_local() {
+            drop(all);
+        } else if !all.is_empty() {
+            // Closing a network file system's descriptor waits for its servers.
+            tokio::task::spawn_blocking(move || drop(all));
+        }
+    }
+
     /// Descriptors held (for tests).
     pub fn open_count(&self) -> usize {
         self.handles.lock().expect("volume locks").len()

@@ -91,7 +91,7 @@ pub struct SmbServer {
     /// This node's leases and oplocks: where their breaks go.
     pub breaks: Arc<leases::Breaks>,
     /// Byte-range locks of this node's opens, mirrored onto the volume.
-    pub volume_locks: volume_locks::SmbVolumeLocks,
+    pub volume_locks: Arc<volume_locks::SmbVolumeLocks>,
     /// Fires to close every connection (this node left the cluster's view: what its clients
     /// held was released cluster-wide, so their handles are gone too); replaced after firing.
     pub evict: Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
@@ -137,9 +137,21 @@ impl SmbServer {
             *t = tokio_util::sync::CancellationToken::new();
         }));
         locks.set_holders(breaks.clone());
+        let volume_locks = Arc::new(volume_locks::SmbVolumeLocks::new(ns.clone()));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // Out of sync = cut off: give the volume locks back (see `release_all`).
+            let (mirror, mut licensed) = (volume_locks.clone(), locks.licensed());
+            rt.spawn(async move {
+                while licensed.changed().await.is_ok() {
+                    if !*licensed.borrow_and_update() {
+                        mirror.release_all();
+                    }
+                }
+            });
+        }
         Self {
             breaks,
-            volume_locks: volume_locks::SmbVolumeLocks::new(ns.clone()),
+            volume_locks,
             evict,
             server_name,
             shares: cfg.smb.shares.clone(),

@@ -78,6 +78,14 @@ impl SmbVolumeLocks {
         *locks = next;
     }
 
+    /// This node fell out of sync with the cluster (cut off): the others release its clients'
+    /// locks and may grant the ranges, so nothing of them may stay on the volume to refuse
+    /// those clients. The cluster's table decides again once the node is back.
+    pub fn release_all(&self) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.volume.release_all();
+    }
+
     /// Open `key` closed: whatever it held on the volume goes with its descriptor.
     pub fn close(&self, file: FileId, key: OpenKey) {
         if self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&(file, key)).is_some() {
