@@ -124,21 +124,7 @@ fn rand_u32() -> u32 {
 /// The NFS handle of `path` (components separated by `/`) in export `export` at `server`
 /// (MOUNT and NFS on its port).
 pub fn file_handle(server: SocketAddr, export: &str, path: &str) -> Vec<u8> {
-    let mut a = W(Vec::new());
-    a.opaque(export.as_bytes());
-    let b = call_tcp(server, 100_005, 3, 1, &a.0);
-    let mut r = R(&b);
-    assert_eq!(r.u32(), 0, "MOUNT of {export} refused");
-    let mut fh = r.opaque();
-    for name in path.split('/').filter(|n| !n.is_empty()) {
-        let mut a = W(Vec::new());
-        a.opaque(&fh).opaque(name.as_bytes());
-        let b = call_tcp(server, 100_003, 3, 3, &a.0);
-        let mut r = R(&b);
-        assert_eq!(r.u32(), 0, "LOOKUP {name} failed");
-        fh = r.opaque();
-    }
-    fh
+    file_handle_at(server, server, export, path)
 }
 
 /// One lock owner of a client.
