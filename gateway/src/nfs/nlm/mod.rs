@@ -524,6 +524,27 @@ impl NlmService {
         }
     }
 
+    /// What a LOCK or SHARE does before taking anything: the file, the grace rules for
+    /// `reclaim`, the caller's liveness, and (when `monitored`) its place in the monitor list.
+    /// `Err` carries the answer (`None`: no answer, as [`Self::admit`] decides).
+    async fn begin_take(
+        self: &Arc<Self>,
+        peer: &Peer,
+        fh: &[u8],
+        caller: &[u8],
+        reclaim: bool,
+        monitored: bool,
+    ) -> Result<FileId, Option<Stat>> {
+        let file = self.file(fh).map_err(Some)?;
+        self.admit(peer, Kind::Take { reclaim }).await?;
+        let k = peer.key();
+        self.inner().table.touch(k, caller, self.now());
+        if monitored && !self.ensure_recorded(k, caller).await {
+            return Err(Some(Stat::DeniedNoLocks));
+        }
+        Ok(file)
+    }
+
     fn file(&self, fh: &[u8]) -> Result<FileId, Stat> {
         self.handles.decode(fh).map_err(|_| Stat::StaleFh)
     }
@@ -729,19 +750,11 @@ impl NlmService {
         reclaim: bool,
         monitored: bool,
     ) -> Option<Stat> {
-        let file = match self.file(l.fh) {
+        let file = match self.begin_take(peer, l.fh, l.caller, reclaim, monitored).await {
             Ok(f) => f,
-            Err(s) => return Some(s),
-        };
-        match self.admit(peer, Kind::Take { reclaim }).await {
-            Ok(()) => {}
             Err(s) => return s,
-        }
+        };
         let k = peer.key();
-        self.inner().table.touch(k, l.caller, self.now());
-        if monitored && !self.ensure_recorded(k, l.caller).await {
-            return Some(Stat::DeniedNoLocks);
-        }
         let id = owner_id(l.caller, peer.client.ip(), l.oh, l.svid);
         let rl = RangeLock { owner: self.owner(id), offset: l.offset, len: table_len(l.offset, l.len), exclusive };
         let key = WaitKey { file, owner: id, offset: rl.offset, len: rl.len, exclusive };
@@ -928,19 +941,11 @@ impl NlmService {
     }
 
     async fn share(self: &Arc<Self>, peer: &Peer, s: &Share<'_>, reclaim: bool) -> Option<Stat> {
-        let file = match self.file(s.fh) {
+        let file = match self.begin_take(peer, s.fh, s.caller, reclaim, true).await {
             Ok(f) => f,
-            Err(st) => return Some(st),
-        };
-        match self.admit(peer, Kind::Take { reclaim }).await {
-            Ok(()) => {}
             Err(st) => return st,
-        }
+        };
         let k = peer.key();
-        self.inner().table.touch(k, s.caller, self.now());
-        if !self.ensure_recorded(k, s.caller).await {
-            return Some(Stat::DeniedNoLocks);
-        }
         let id = owner_id(s.caller, peer.client.ip(), s.oh, 0);
         let old = self.inner().table.remove_share(file, id);
         if let Some(old) = old {
