@@ -18,6 +18,8 @@ mod nfs;
 mod nfs_client;
 mod nlm;
 mod smb;
+mod smb_kernel;
+mod smb_server_side;
 mod table;
 mod target;
 
