@@ -340,6 +340,25 @@ mod tests {
     }
 
     #[test]
+    fn durations_and_counts_print_without_a_cpu_table() {
+        let mut g = Group::new("Failover", &["nasgw", "Samba+CTDB"], &[(0, 1)]);
+        g.cpu_table = false;
+        g.notes.push("how it is measured".into());
+        let gap = g.add_row("longest gap", Unit::Seconds);
+        let errors = g.add_row("application errors", Unit::Count);
+        g.rows[gap].cells[0].record(Ok(1.25));
+        g.rows[gap].cells[1].record(Ok(5.0));
+        g.rows[errors].cells[0].record(Ok(0.0));
+        g.rows[errors].cells[1].record(Ok(1.0));
+        let md = g.markdown();
+        assert!(md.contains("| longest gap | s | 1.25 (1.25-1.25) | 5.00 (5.00-5.00) | 0.25x |"), "{md}");
+        assert!(md.contains("| application errors | count | 0.00 (0.00-0.00) | 1.00 (1.00-1.00) | 0.00x |"), "{md}");
+        assert!(!md.contains("CPU"), "no CPU table: {md}");
+        assert!(md.ends_with("\nhow it is measured\n"), "{md}");
+        assert_eq!(Unit::Seconds.cpu_figure(1.0, 10), None);
+    }
+
+    #[test]
     fn cpu_figures_are_per_gib_or_per_thousand_items() {
         assert_eq!(Unit::Megabytes.cpu_figure(3.0, 2 << 30), Some(1.5));
         // 0.5 s for 10,000 entries: 50 ms per 1000.
