@@ -47,6 +47,8 @@ enum Only {
     /// Failover: a writer's stall when its node dies (nasgw vs Samba + CTDB, 3 nodes), and
     /// the time an address takes to move with 3, 5 and 7 nasgw nodes.
     Failover,
+    /// The Linux kernel's SMB client in a VM: nasgw vs Samba smbd, same boot.
+    SmbKernel,
 }
 
 /// Benchmarks nasgw against its anchors with real clients and prints markdown tables.
@@ -90,7 +92,7 @@ fn main() -> Result<()> {
         sizes.rounds = r.max(1);
     }
     let only = if args.only.is_empty() {
-        vec![Only::Nfs, Only::Smb, Only::Cluster, Only::Nlm, Only::Failover]
+        vec![Only::Nfs, Only::Smb, Only::SmbKernel, Only::Cluster, Only::Nlm, Only::Failover]
     } else {
         args.only.clone()
     };
@@ -109,7 +111,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
     let mut groups = Vec::new();
-    if only.contains(&Only::Nfs) || only.contains(&Only::Smb) || only.contains(&Only::Nlm) {
+    if [Only::Nfs, Only::Smb, Only::SmbKernel, Only::Nlm].iter().any(|o| only.contains(o)) {
         eprintln!("bench: preparing data under {}", work.display());
         let fx = Fixture::create(&work, sizes)?;
         let server = nasgw::start(&work.join("nasgw"), &nasgw::local_volume(&fx.data));
@@ -118,6 +120,9 @@ fn main() -> Result<()> {
         }
         if only.contains(&Only::Smb) {
             groups.push(smb::run(&fx, &work, &server.smb, &server.cpu));
+        }
+        if only.contains(&Only::SmbKernel) {
+            groups.push(smb_kernel::run(&fx, &work, &server.smb, &server.cpu));
         }
         if only.contains(&Only::Nlm) {
             groups.push(nlm::run(&fx, &work, &server.nfs, &server.cpu));

@@ -250,7 +250,6 @@ pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<u16, String>, nasgw_cpu: &M
     run_rows(&mut group, fx, &["nasgw", "smbd"], &targets, Rows::Directory);
     let plain: Vec<Result<(), String>> = targets.iter().map(Target::available).collect();
     crate::smb_server_side::run_rows(&mut group, fx, &["nasgw", "smbd"], &targets, &plain);
-    crate::smb_kernel::run_rows(&mut group, fx, work, &["nasgw", "smbd"], &targets, &plain);
     let mut avail: Vec<Result<(), String>> = targets.iter().map(Target::available).collect();
     if let Err(e) = smbd.add_user(SEALED_USER, SEALED_PASSWORD) {
         avail[1] = Err(format!("smbd has no user for the encrypted rows: {e}"));

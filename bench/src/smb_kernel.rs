@@ -19,6 +19,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
+use nasgw_tests::anchors::Smbd;
+
+use crate::cpu::{self, Meter};
 use crate::fixture::Fixture;
 use crate::measure::{run_row, Done};
 use crate::table::{Group, Unit};
@@ -188,6 +191,24 @@ fn kclient() -> Result<PathBuf, String> {
     } else {
         Err(format!("kclient not found at {} (set KCLIENT)", path.display()))
     }
+}
+
+/// The kernel-client group: starts smbd on `fx.data`, runs the rows against `nasgw` and it in
+/// one VM, stops it.
+pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<u16, String>, nasgw_cpu: &Meter) -> Group {
+    let mut group =
+        Group::new("SMB3, the Linux kernel client: nasgw vs Samba smbd 4.17", &["nasgw", "smbd"], &[(0, 1)]);
+    let smbd = Smbd::start(&work.join("smbd-kernel"), &fx.data);
+    group.meters = vec![nasgw_cpu.clone(), cpu::track("smbd", smbd.pid())];
+    let subject = match nasgw {
+        Ok(p) => Target::Smb(*p),
+        Err(why) => Target::Absent(why.clone()),
+    };
+    let targets = [subject, Target::Smb(smbd.port)];
+    let avail: Vec<Result<(), String>> = targets.iter().map(Target::available).collect();
+    run_rows(&mut group, fx, work, &["nasgw", "smbd"], &targets, &avail);
+    smbd.stop();
+    group
 }
 
 /// Runs the kernel-client write and read rows against the SMB `targets` in one VM.
