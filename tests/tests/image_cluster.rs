@@ -214,7 +214,6 @@ impl Cluster {
                     .filter(|i| self.vms[*i].is_some())
                     .map(|i| format!("--- node{} console:\n{}\n", i + 1, self.console(i, 40)))
                     .collect();
-                self.hold();
                 panic!("{what}: not within {} s\n{consoles}", limit.as_secs());
             }
             std::thread::sleep(Duration::from_secs(2));
@@ -300,13 +299,12 @@ impl Cluster {
     fn expect(&self, client: &mut Client, prefix: &str, limit: Duration) -> String {
         client.expect(prefix, limit).unwrap_or_else(|e| {
             let d = self.diagnose();
-            self.hold();
             panic!("{e}\n{d}")
         })
     }
 
-    /// On a failure with `IMAGE_CLUSTER_HOLD=SECS` set, keeps the VMs running that long and
-    /// says how to reach them, for a look inside before they are killed.
+    /// On a failure (any panic, from [`Drop`]) with `IMAGE_CLUSTER_HOLD=SECS` set, keeps the VMs
+    /// running that long and says how to reach them, for a look inside before they are killed.
     fn hold(&self) {
         let Some(secs) = std::env::var("IMAGE_CLUSTER_HOLD").ok().and_then(|s| s.parse::<u64>().ok()) else { return };
         eprintln!(
@@ -334,6 +332,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.hold();
+        }
         for vm in self.vms.iter_mut() {
             if let Some(mut v) = vm.take() {
                 v.kill();
@@ -518,7 +519,7 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
     eprintln!("image_cluster: node1 boot:\n{blame}");
 
     // 2. A kernel client mounts the address node 2 holds, over NFS and CIFS.
-    let owners = c.owners(0).expect("nasgw ip");
+    let owners = c.wait("nasgw ip on node1", Duration::from_secs(300), |c| c.owners(0));
     eprintln!("image_cluster: addresses: {owners:?}");
     let killed = 1;
     let vip = owners.iter().find(|(_, o)| *o == Some(killed)).map(|(a, _)| a.clone()).unwrap_or_else(|| {
