@@ -390,9 +390,12 @@ impl Client {
             .expect("start kclient");
         let out = child.stdout.take().expect("piped");
         let (tx, lines) = channel();
+        let t0 = Instant::now();
         std::thread::spawn(move || {
+            // The host's clock: the TCG client's own clock ran faster than the host's on the loaded
+            // host (a round it measured as 570 s took at most 450 s), so its figures are rough.
             for l in BufReader::new(out).lines().map_while(Result::ok) {
-                eprintln!("image_cluster: client: {l}");
+                eprintln!("image_cluster: client ({:.0} s after its start): {l}", t0.elapsed().as_secs_f64());
                 if tx.send(l).is_err() {
                     break;
                 }
