@@ -176,7 +176,7 @@ fn copy_across_a_node_kill(share: &str, opts: &str, mode: Mode, reclaim_log: &st
 
     // Stream: mid-copy, a quarter of the file on the volume. Open: half of it written and
     // flushed through the open the guest keeps.
-    let mut ready = || match mode {
+    let ready = || match mode {
         Mode::Stream => file_size(&target) >= mb << 18,
         Mode::Open => half_rx.try_recv().is_ok_and(|l| l.trim() == "half"),
     };
