@@ -14,11 +14,13 @@ Requests (every one has "id" and "op"):
   connect  c host port [guid share]  a new client c (guest, no signing; ClientGuid `guid` hex)
            -> the tree's "ca" (continuously available) and "scaleout" capabilities
   open     c h path [access share disposition options lease lease_key oplock
-                     durable(persistent timeout)]
+                     durable(persistent timeout v1)]
            -> granted lease state / oplock level, or the NTSTATUS name; with "durable" a
-              DH2Q is sent and the answer has "file_id", "create_guid" (hex) and "durable"
-              (the DH2Q response's flags and timeout, or null when not granted)
-  reconnect c h path file_id create_guid [persistent]   a DH2C reopening that FileId as h
+              DH2Q (with "v1": a DHnQ) is sent and the answer has "file_id", "create_guid"
+              (hex) and "durable" (the response's flags and timeout, {} for a DHnQ, or null
+              when not granted)
+  reconnect c h path file_id [create_guid persistent lease_key]   a DH2C (without
+           create_guid: a DHnC) reopening that FileId as h; with lease_key its RqLs v2
   close    h          read h off len       write h off data(hex)
   lock     h off len [excl=true wait=false]  unlock h off len
   delete   h          (SET_INFO FileDispositionInformation DeletePending=1)
@@ -40,8 +42,11 @@ from smbprotocol.connection import Commands, Connection
 from smbprotocol.create_contexts import (
     CreateContextName,
     SMB2CreateContextRequest,
+    SMB2CreateDurableHandleReconnect,
     SMB2CreateDurableHandleReconnectV2,
+    SMB2CreateDurableHandleRequest,
     SMB2CreateDurableHandleRequestV2,
+    SMB2CreateDurableHandleResponse,
     SMB2CreateRequestLeaseV2,
 )
 from smbprotocol.exceptions import SMBResponseException
@@ -204,7 +209,13 @@ def op_open(r):
         contexts.append(ctx)
         oplock = 0xFF
     create_guid = None
-    if r.get("durable") is not None:
+    v1 = r.get("durable") is not None and r["durable"].get("v1")
+    if v1:
+        ctx = SMB2CreateContextRequest()
+        ctx["buffer_name"] = CreateContextName.SMB2_CREATE_DURABLE_HANDLE_REQUEST
+        ctx["buffer_data"] = SMB2CreateDurableHandleRequest()
+        contexts.append(ctx)
+    elif r.get("durable") is not None:
         create_guid = uuid.uuid4()
         dh = SMB2CreateDurableHandleRequestV2()
         dh["timeout"] = int(r["durable"].get("timeout", 0))
@@ -231,11 +242,14 @@ def op_open(r):
             out["lease"] = lease_name(ctx["lease_state"].get_value())
         if hasattr(ctx, "fields") and "timeout" in ctx.fields and "flags" in ctx.fields:
             out["durable"] = {"timeout": ctx["timeout"].get_value(), "flags": int(ctx["flags"].get_value())}
+        if v1 and isinstance(ctx, SMB2CreateDurableHandleResponse):
+            out["durable"] = {}
     if key is not None:
         out["lease_key"] = key.hex()
-    if create_guid is not None:
+    if create_guid is not None or v1:
         out.setdefault("durable", None)
         out["file_id"] = o.file_id.hex()
+    if create_guid is not None:
         out["create_guid"] = create_guid.hex
     return out
 
@@ -243,24 +257,52 @@ def op_open(r):
 def op_reconnect(r):
     c = clients[r["c"]]
     o = Open(c.tree, r["path"])
-    dh = SMB2CreateDurableHandleReconnectV2()
-    dh["file_id"] = bytes.fromhex(r["file_id"])
-    dh["create_guid"] = uuid.UUID(hex=r["create_guid"])
-    dh["flags"] = 0x2 if r.get("persistent") else 0
     ctx = SMB2CreateContextRequest()
-    ctx["buffer_name"] = CreateContextName.SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2
+    if r.get("create_guid"):
+        dh = SMB2CreateDurableHandleReconnectV2()
+        dh["file_id"] = bytes.fromhex(r["file_id"])
+        dh["create_guid"] = uuid.UUID(hex=r["create_guid"])
+        dh["flags"] = 0x2 if r.get("persistent") else 0
+        ctx["buffer_name"] = CreateContextName.SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2
+    else:
+        dh = SMB2CreateDurableHandleReconnect()
+        dh["data"] = bytes.fromhex(r["file_id"])
+        ctx["buffer_name"] = CreateContextName.SMB2_CREATE_DURABLE_HANDLE_RECONNECT
     ctx["buffer_data"] = dh
-    o.create(
+    contexts = [ctx]
+    key = None
+    oplock = 0
+    if r.get("lease_key"):
+        key = bytes.fromhex(r["lease_key"])
+        lease = SMB2CreateRequestLeaseV2()
+        lease["lease_key"] = key
+        lease["lease_state"] = lease_bits(r.get("lease", "RWH"))
+        lease["parent_lease_key"] = b"\x00" * 16
+        lease["epoch"] = b"\x00\x00"
+        lctx = SMB2CreateContextRequest()
+        lctx["buffer_name"] = CreateContextName.SMB2_CREATE_REQUEST_LEASE_V2
+        lctx["buffer_data"] = lease
+        contexts.append(lctx)
+        oplock = 0xFF
+    elif r.get("oplock"):
+        oplock = OPLOCKS[r["oplock"]]
+    resp = o.create(
         ImpersonationLevel.Impersonation,
         0x0012019F,
         FileAttributes.FILE_ATTRIBUTE_NORMAL,
         7,
         CreateDisposition.FILE_OPEN,
         CreateOptions.FILE_NON_DIRECTORY_FILE,
-        create_contexts=[ctx],
+        create_contexts=contexts,
+        oplock_level=oplock,
     )
-    handles[r["h"]] = (r["c"], o, None)
-    return {"file_id": o.file_id.hex()}
+    handles[r["h"]] = (r["c"], o, key)
+    out = {"file_id": o.file_id.hex(),
+           "oplock": OPLOCK_NAMES.get(o.oplock_level, "lease" if o.oplock_level == 0xFF else str(o.oplock_level))}
+    for c2 in resp or []:
+        if hasattr(c2, "fields") and "lease_state" in c2.fields:
+            out["lease"] = lease_name(c2["lease_state"].get_value())
+    return out
 
 
 def op_close(r):
