@@ -11,8 +11,10 @@ notifications come with MessageId 0xFFFFFFFFFFFFFFFF); each connection gets a si
 under that id which records them, so "breaks" can wait for them and "ack" can answer them.
 
 Requests (every one has "id" and "op"):
-  connect  c host port [guid share]  a new client c (guest, no signing; ClientGuid `guid` hex)
-           -> the tree's "ca" (continuously available) and "scaleout" capabilities
+  connect  c host port [guid share previous]  a new client c (guest, no signing; ClientGuid
+           `guid` hex; SESSION_SETUP's PreviousSessionId `previous`, the "session" of an earlier
+           answer) -> the tree's "ca" (continuously available) and "scaleout" capabilities, and
+           the SessionId
   open     c h path [access share disposition options lease lease_key oplock
                      durable(persistent timeout v1)]
            -> granted lease state / oplock level, or the NTSTATUS name; with "durable" a
@@ -59,6 +61,7 @@ from smbprotocol.open import (
     Open,
     RequestedOplockLevel,
 )
+import smbprotocol.session
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 from smbprotocol.file_info import FileInformationClass, InfoType
@@ -158,14 +161,31 @@ class OplockBreakAck:
         return 24
 
 
+class _SetupWithPrevious(smbprotocol.session.SMB2SessionSetupRequest):
+    """smbprotocol's SESSION_SETUP request, with the PreviousSessionId the next connect asks."""
+
+    previous = 0
+
+    def __init__(self):
+        super().__init__()
+        self["previous_session_id"] = _SetupWithPrevious.previous
+
+
+smbprotocol.session.SMB2SessionSetupRequest = _SetupWithPrevious
+
+
 class Client:
-    def __init__(self, host, port, guid=None, share="pub"):
+    def __init__(self, host, port, guid=None, share="pub", previous=0):
         self.conn = Connection(guid or uuid.uuid4(), host, port, require_signing=False)
         self.conn.connect(timeout=10)
         self.sink = BreakSink()
         self.conn.outstanding_requests[0xFFFFFFFFFFFFFFFF] = self.sink
         self.session = Session(self.conn, "guest", "guest", require_encryption=False, auth_protocol="ntlm")
-        self.session.connect()
+        _SetupWithPrevious.previous = previous
+        try:
+            self.session.connect()
+        finally:
+            _SetupWithPrevious.previous = 0
         self.tree = TreeConnect(self.session, rf"\\{host}\{share}")
         self.tree.connect(require_secure_negotiate=False)
 
@@ -185,9 +205,10 @@ def reply(req, **kw):
 
 def op_connect(r):
     guid = uuid.UUID(hex=r["guid"]) if r.get("guid") else None
-    c = Client(r["host"], int(r["port"]), guid, r.get("share", "pub"))
+    c = Client(r["host"], int(r["port"]), guid, r.get("share", "pub"), int(r.get("previous", 0)))
     clients[r["c"]] = c
-    return {"ca": bool(c.tree.is_ca_share), "scaleout": bool(getattr(c.tree, "is_scaleout_share", False))}
+    return {"ca": bool(c.tree.is_ca_share), "scaleout": bool(getattr(c.tree, "is_scaleout_share", False)),
+            "session": c.session.session_id}
 
 
 def op_open(r):
