@@ -325,14 +325,23 @@ impl LockService {
     /// runs out. Zero makes it ordinary again. The file's record then always has a second copy
     /// on another node and is never delegated (every request on it costs a round trip).
     pub async fn set_durable(&self, file: &FileId, key: OpenKey, timeout: Duration) -> Result<(), Conflict> {
-        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).min(super::record::HAND_OVER_MS - 1);
         self.done(file, Op::SetDurable { key, ms }).await
     }
 
+    /// Lets another node reclaim durable open `key` of this node ([`LockService::reclaim_open`])
+    /// although this node lives: its client came back through that node (the address moved).
+    /// The open keeps conflicting as before until it is reclaimed; [`Conflict::NotFound`] when
+    /// it is not durable.
+    pub async fn hand_over(&self, file: &FileId, key: OpenKey) -> Result<(), Conflict> {
+        self.done(file, Op::SetDurable { key, ms: super::record::HAND_OVER_MS }).await
+    }
+
     /// Takes over durable open `old` through this node as open `new` (rekeying its locks and
-    /// moving its lease here): an orphan, or an open of this node whose connection is gone.
-    /// [`Conflict::NotFound`] when there is no such open; [`Conflict::Sharing`] when it is a
-    /// live open of another node. Asking again with the same `new` gives the same answer.
+    /// moving its lease here): an orphan, an open of this node whose connection is gone, or
+    /// one its node handed over ([`LockService::hand_over`]). [`Conflict::NotFound`] when
+    /// there is no such open; [`Conflict::Sharing`] when it is a live open of another node.
+    /// Asking again with the same `new` gives the same answer.
     pub async fn reclaim_open(&self, file: &FileId, old: OpenKey, new: OpenKey) -> Result<OpenEntry, Conflict> {
         answer(self.call(file, Op::Reclaim { old, new }).await, |a| match a {
             Answer::Reclaimed(e) => Some(e),
