@@ -32,6 +32,9 @@ pub trait Holders: Send + Sync {
 /// every event; each takes the payloads whose first byte is its own tag and ignores the rest.
 pub type EventSink = Box<dyn Fn(&[u8]) + Send + Sync>;
 
+/// Holders of the leases of one client GUID (see [`LockService::add_lease_holder`]).
+type LeaseHolder = ([u8; 16], Arc<dyn Holders>);
+
 struct State {
     m: Machine<FileId>,
     next_rid: u64,
@@ -49,6 +52,8 @@ pub struct LockService {
     net: Option<mpsc::UnboundedSender<(u16, Msg<FileId>)>>,
     licensed: watch::Sender<bool>,
     holders: OnceLock<Arc<dyn Holders>>,
+    /// Holders of leases whose client GUID is the key (the node's own mount), besides SMB's.
+    lease_holders: Mutex<Vec<LeaseHolder>>,
     events: Mutex<Vec<Arc<EventSink>>>,
 }
 
@@ -98,6 +103,7 @@ impl LockService {
             net,
             licensed: watch::channel(false).0,
             holders: OnceLock::new(),
+            lease_holders: Mutex::new(Vec::new()),
             events: Mutex::new(Vec::new()),
         })
     }
@@ -105,6 +111,13 @@ impl LockService {
     /// Registers where breaks and evictions go (once).
     pub fn set_holders(&self, h: Arc<dyn Holders>) {
         let _ = self.holders.set(h);
+    }
+
+    /// Sends the breaks of leases whose client GUID is `client` to `h` instead of the holders
+    /// of [`LockService::set_holders`], and tells `h` of evictions too (the node's own mount
+    /// holds leases under a client GUID of its own).
+    pub fn add_lease_holder(&self, client: [u8; 16], h: Arc<dyn Holders>) {
+        self.lease_holders.lock().unwrap_or_else(|p| p.into_inner()).push((client, h));
     }
 
     /// Adds a sink for the events from other nodes (change notifications, persistent opens).
@@ -204,6 +217,18 @@ impl LockService {
                     sink(p);
                 }
                 continue;
+            }
+            let extra: Vec<LeaseHolder> = self.lease_holders.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Output::Break { file, notice } = &o {
+                if let Some((_, h)) = extra.iter().find(|(c, _)| *c == notice.lease.client) {
+                    h.deliver_break(*file, *notice);
+                    continue;
+                }
+            }
+            if matches!(o, Output::Evicted) {
+                for (_, h) in &extra {
+                    h.evicted();
+                }
             }
             let Some(h) = self.holders.get() else { continue };
             match o {
