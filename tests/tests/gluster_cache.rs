@@ -183,7 +183,8 @@ async fn cached_attributes_are_dropped_on_upcalls_and_served_while_unchanged() {
     assert_eq!(size_in(&listing(&mut c, &d).await, "c"), None, "READDIRPLUS after a FUSE client removed c");
 
     // A write through another nasgw node.
-    let (d3, _) = lookup(&mut c3, &c3.root_nfs_fh3(), b"cache").await.unwrap();
+    let root3 = c3.root_nfs_fh3();
+    let (d3, _) = lookup(&mut c3, &root3, b"cache").await.unwrap();
     let (fa3, _) = lookup(&mut c3, &d3, b"a").await.unwrap();
     assert_eq!(getattr(&mut c, &fa).await.unwrap().size, 5100);
     write(&mut c3, &fa3, 5100, &[b'z'; 900], stable_how::FILE_SYNC).await.unwrap();

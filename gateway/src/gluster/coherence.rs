@@ -294,3 +294,47 @@ impl Prover {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_start_off_and_change_with_every_switch_and_drop() {
+        let c = Coherence::new();
+        assert_eq!(c.epoch(), 0, "off until proved");
+        c.drop_all();
+        assert_eq!(c.epoch(), 0, "dropping while off leaves it off");
+        c.set_on(true);
+        let e1 = c.epoch();
+        assert_ne!(e1, 0);
+        c.set_on(true);
+        assert_eq!(c.epoch(), e1, "a repeated proof keeps the entries");
+        c.drop_all();
+        let e2 = c.epoch();
+        assert!(e2 != 0 && e2 != e1, "a rename starts a new epoch");
+        c.set_on(false);
+        assert_eq!(c.epoch(), 0);
+        c.set_on(true);
+        assert!(![0, e1, e2].contains(&c.epoch()), "back on: nothing from before counts");
+    }
+
+    #[test]
+    fn upcalls_reach_the_sink_count_as_changes_and_answer_the_probe() {
+        let c = Coherence::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        c.set_sink(Arc::new(move |g: &Gfid| s.lock().unwrap().push(*g)));
+        let before = c.changes();
+        c.await_probe([7; 16]);
+        c.upcall(&[[1; 16], [2; 16]]);
+        assert_eq!(*seen.lock().unwrap(), vec![[1; 16], [2; 16]]);
+        assert!(c.changes() > before);
+        let stop = CancellationToken::new();
+        assert!(!c.heard(Duration::from_millis(20), &stop), "not the probe's file");
+        c.await_probe([7; 16]);
+        c.upcall(&[[7; 16]]);
+        assert!(c.heard(Duration::from_millis(20), &stop));
+        assert_eq!(c.stats().invalidations, 2);
+    }
+}
