@@ -295,6 +295,13 @@ fn a_kernel_clients_open_file_survives_the_death_of_its_node_with_persistent_han
     copy_across_a_node_kill("ca", "persistenthandles", Mode::Open, RECLAIMED, 256);
 }
 
+/// cifs.ko's default durable handle on an ordinary share, an open file across the kill: the
+/// durable open outlives its node in the cluster and the new node hands it back.
+#[test]
+fn a_kernel_clients_open_file_survives_the_death_of_its_node_with_durable_handles() {
+    copy_across_a_node_kill("pub", "", Mode::Open, RECLAIMED, 64);
+}
+
 /// The test as written: `cp` of 256 MiB with the kill mid-copy. **Fails with Debian
 /// 12's kernel (6.1)**, whatever the server: the kill leaves cifs.ko blocked sending a WRITE
 /// (the dead node stopped acknowledging, the socket's send buffer is full); the reset that
