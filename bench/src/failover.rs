@@ -5,9 +5,10 @@
 //!   address dies (link down, then SIGKILL). Rows: the longest gap between two acknowledged
 //!   writes, the application errors (what a redirector cannot hide: a handle that could not be
 //!   reclaimed, an error status), and when a survivor served the address. nasgw serves a
-//!   continuously available share (the writer gets a persistent handle); Samba + CTDB serves the
-//!   recipe's share (a durable handle with a lease, what Samba 4.17 grants), on the same three
-//!   namespaces, with one CTDB public address.
+//!   continuously available share (the writer gets a persistent handle) and the seed's plain
+//!   share (a durable handle with a lease); Samba + CTDB serves the recipe's share (a durable
+//!   handle with a lease, what Samba 4.17 grants), on the same three namespaces, with one CTDB
+//!   public address.
 //! - Failover time by cluster size: 3, 5 and 7 nasgw nodes in namespaces (local backend: moving
 //!   an address involves HA only, not the volume), one public address per node; the node
 //!   holding the measured address is killed, and the figure is the time until a TCP connection
@@ -33,7 +34,8 @@ use crate::fixture::Sizes;
 use crate::table::{Group, Unit};
 
 /// Columns of the stall table.
-const STALL_COLUMNS: [&str; 2] = ["nasgw (CA share, persistent handle)", "Samba+CTDB (durable handle)"];
+const STALL_COLUMNS: [&str; 3] =
+    ["nasgw (CA share, persistent handle)", "nasgw (plain share, durable handle)", "Samba+CTDB (durable handle)"];
 /// CTDB's public address (nasgw's is [`VIP`]; the two systems run one after the other).
 const CTDB_VIP: &str = "198.18.0.101";
 /// Cluster sizes of the failover-time table.
@@ -69,7 +71,7 @@ fn stall(work: &Path, sizes: Sizes) -> Group {
     let mut g = Group::new(
         "Failover: one client writing through a public address while its node dies, 3 nodes: nasgw vs Samba 4.17 + CTDB 4.17",
         &STALL_COLUMNS,
-        &[(0, 1)],
+        &[(0, 2), (1, 2)],
     );
     g.cpu_table = false;
     g.notes.push(
@@ -79,7 +81,7 @@ fn stall(work: &Path, sizes: Sizes) -> Group {
          writer does what a redirector does: connects to the address again and reopens its handle (DH2C), then \
          repeats the write. An *application error* is what a redirector cannot hide: the handle could not be \
          reclaimed (the open file is gone), or a request failed. nasgw: a continuously available share, a \
-         persistent handle with a lease; Samba + CTDB: the recipe's guest share, a durable v2 handle with a lease \
+         persistent handle with a lease, and the seed's plain share, a durable v2 handle with a lease; Samba + CTDB: the recipe's guest share, a durable v2 handle with a lease \
          (Samba 4.17 grants no persistent handles), CTDB keepalives tuned for fast failover (KeepaliveInterval=1, \
          KeepaliveLimit=3). Figures: median (min-max) over rounds, each round on a fresh cluster."
             .into(),
@@ -88,10 +90,11 @@ fn stall(work: &Path, sizes: Sizes) -> Group {
     let errors = g.add_row("application errors", Unit::Count);
     let moved = g.add_row("address served by a survivor after the kill", Unit::Seconds);
     for r in 0..sizes.rounds {
-        let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+        let order = if r % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
         for i in order {
             let outcome = match i {
-                0 => nasgw_stall(),
+                0 => nasgw_stall("ca"),
+                1 => nasgw_stall("pub"),
                 _ => ctdb_stall(&work.join(format!("failover-ctdb-{r}"))),
             };
             let outcome = outcome.map_err(|e| format!("{e:#}"));
@@ -114,14 +117,15 @@ fn stall(work: &Path, sizes: Sizes) -> Group {
     g
 }
 
-/// nasgw: three nodes, the CA share, the writer through [`VIP`].
-fn nasgw_stall() -> Result<Stall> {
+/// nasgw: three nodes, the writer through [`VIP`] on `share` (`ca`: continuously available;
+/// `pub`: the seed's share, where the writer gets a durable handle).
+fn nasgw_stall(share: &str) -> Result<Stall> {
     let mut c = std::panic::catch_unwind(|| SmbCluster::start_with_public_address(CA_SHARE))
         .map_err(|_| anyhow!("the 3-node cluster did not start (see the panic above)"))?;
     let client = c.topo.ns("c1").to_string();
     let held = |ns: &str| holds(ns, VIP);
     let nss: Vec<String> = NODES.iter().map(|n| c.topo.ns(n).to_string()).collect();
-    let result = measure_stall(&client, VIP, SMB_PORT, "ca", &nss, &held, &mut |victim| c.kill(victim));
+    let result = measure_stall(&client, VIP, SMB_PORT, share, &nss, &held, &mut |victim| c.kill(victim));
     if result.is_err() {
         eprintln!("bench: nasgw nodes' logs:\n{}", tail(&c.logs(), 40));
     }

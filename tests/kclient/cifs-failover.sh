@@ -9,8 +9,9 @@
 #   KC_MB     size of the copy in MiB
 #   KC_NAME   the file's name on the share
 #   KC_MODE   `stream`: `cp` while the host kills the node (a kill mid-send); `open`: half the
-#             file through one open, the kill while that open is idle (the host waits for
-#             NAME.half on the volume, then creates NAME.go), the rest through the same open
+#             file through one open, the kill while that open is idle (the guest says so on
+#             TCP to KC_SIGNAL_ADDR:KC_SIGNAL_PORT; the host kills the node, then creates
+#             NAME.go on the volume), the rest through the same open
 #   KC_DEBUG_FUNCS  more cifs.ko functions whose debug messages go to the kernel log (optional)
 # Prints SOURCE/READBACK checksums, COPY (seconds), STALL (stream: the longest time between
 # two acknowledged writes, from the client's own byte counter; open: the longest time between
@@ -57,7 +58,9 @@ if [ "$KC_MODE" = open ]; then
 	t=$(now)
 	exec 3> "/mnt/c/$KC_NAME" || fail "open"
 	dd if=/tmp/data bs=1M count=$half conv=fsync status=none >&3 || fail "first half"
-	: > "/mnt/c/$KC_NAME.half"
+	# Tell the host, outside SMB (a marker file on the share could reach the volume before its
+	# reply reaches us, and the kill would then cut that request): the open is idle now.
+	echo half | nc -w 5 "$KC_SIGNAL_ADDR" "$KC_SIGNAL_PORT" || fail "signal the host"
 	# Ask the share every 0.1 s until the host says go: the longest time between two answers
 	# (the file is there, or "No such file") is what an application saw; any other answer is
 	# an error an application would have seen.
