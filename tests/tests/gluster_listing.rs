@@ -5,7 +5,9 @@
 //! FUSE client of the volume sees, over several pages; every handle it gives is the one LOOKUP
 //! gives and answers GETATTR alike. A size change, a new file and a removal made through the
 //! plain FUSE client (another client of the volume, on another node) are seen by the very next
-//! GETATTR and READDIRPLUS through nasgw, without waiting.
+//! GETATTR and READDIRPLUS through nasgw, without waiting. The volume has no upcalls
+//! (`features.cache-invalidation` off), so nasgw caches no attributes and logs that it does not
+//! (`gluster_cache.rs` has the volume with upcalls).
 //!
 //! nasgw listens on 127.0.0.1:2049 inside node 2's namespace; the test client reaches it by
 //! moving its (single) thread into that namespace before connecting.
@@ -218,5 +220,12 @@ async fn gfapi_readdirplus_matches_a_fuse_client_and_sees_its_changes_at_once() 
     assert_eq!(size_in(&entries, "new-on-fuse"), Some(5), "a file made through the FUSE client is listed at once");
     assert_eq!(size_in(&entries, "f0020"), None, "a file removed through the FUSE client is gone at once");
     assert_eq!(entries.len(), FILES + 2);
+
+    // This volume leaves features.cache-invalidation off (the default): the bricks send no
+    // upcalls, so nasgw caches no attributes (every GETATTR above reached the bricks) and
+    // its log says why.
+    wait_for("node 2 says its attribute cache is off", Duration::from_secs(60), Duration::from_millis(200), || {
+        n2.logs().contains("attribute cache off").then_some(())
+    });
     drop(n2);
 }

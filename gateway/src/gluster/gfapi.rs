@@ -104,7 +104,13 @@ struct Connection {
     lib: &'static Gfapi,
     fs: *mut glfs_t,
     name: String,
+    /// Told the GFIDs of every cache-invalidation upcall ([`Volume::watch_invalidations`]).
+    upcalls: OnceLock<Box<InvalidationSink>>,
 }
+
+/// What [`Volume::watch_invalidations`] calls: the GFIDs an upcall names (the file, and for a
+/// change of names its parent directory and a rename's old parent).
+pub type InvalidationSink = dyn Fn(&[Gfid]) + Send + Sync;
 
 // SAFETY: a glfs_t is designed to be used from many threads at once (Samba and Ganesha do).
 unsafe impl Send for Connection {}
@@ -113,6 +119,10 @@ unsafe impl Sync for Connection {}
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        if self.upcalls.get().is_some() {
+            // SAFETY: fs is live; no callback may run once this returns.
+            unsafe { self.lib.glfs_upcall_unregister(self.fs, gfapi_sys::GLFS_EVENT_INODE_INVALIDATE) };
+        }
         // SAFETY: fs is live and finalised once, after every object and fd (they hold an Arc).
         unsafe { self.lib.glfs_fini(self.fs) };
     }
@@ -137,7 +147,8 @@ impl Volume {
             return Err(last_err());
         }
         // From here the Volume owns `fs`: an early return finalises it.
-        let vol = Volume { inner: Arc::new(Connection { lib, fs, name: volume.to_string() }) };
+        let vol =
+            Volume { inner: Arc::new(Connection { lib, fs, name: volume.to_string(), upcalls: OnceLock::new() }) };
         let tcp = cstr("tcp")?;
         for s in servers {
             let host = cstr(s)?;
@@ -147,11 +158,11 @@ impl Volume {
         let log = cstr(log_file)?;
         // SAFETY: fs is live; the path is copied. Level 5 = GF_LOG_WARNING.
         check(unsafe { lib.glfs_set_logging(fs, log.as_ptr(), 5) })?;
-        // Attributes come from the bricks on every call: nothing tells this client when another
-        // client of the volume changes a file (no upcalls yet), and md-cache would otherwise
-        // answer a GETATTR or a lookup with what it saw up to a second before (a size grown
-        // through a FUSE mount on another node showed the old size). READDIRP stays one call
-        // per page: only the cache's lifetime is zero.
+        // libgfapi's md-cache answers from what it saw up to a second before (a size grown
+        // through a FUSE mount on another node showed the old size), and on a volume without
+        // upcalls nothing would tell it otherwise: its lifetime is zero, and nasgw caches
+        // attributes itself only while upcalls are proved to arrive (`coherence.rs`). READDIRP
+        // stays one call per page: only the cache's lifetime is zero.
         // SAFETY: fs is live; the strings are copied.
         check(unsafe {
             lib.glfs_set_xlator_option(fs, c"*-md-cache".as_ptr(), c"md-cache-timeout".as_ptr(), c"0".as_ptr())
@@ -159,6 +170,24 @@ impl Volume {
         // SAFETY: fs is live and configured.
         check(unsafe { lib.glfs_init(fs) })?;
         Ok(vol)
+    }
+
+    /// Calls `sink` with the GFIDs of every cache-invalidation upcall the bricks send this
+    /// connection (another client changed a file this one used; never for this connection's
+    /// own changes). The bricks send them only when the volume has `features.cache-invalidation
+    /// on`, and libgfapi passes them on only for files this process still holds an object of.
+    /// Once per connection.
+    pub fn watch_invalidations(&self, sink: Box<InvalidationSink>) -> io::Result<()> {
+        if self.inner.upcalls.set(sink).is_err() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "upcalls are already watched"));
+        }
+        let data = Arc::as_ptr(&self.inner) as *mut libc::c_void;
+        // SAFETY: fs is live; `data` points to the Connection, which outlives the registration
+        // (unregistered in its Drop before glfs_fini).
+        let rc = unsafe {
+            self.lib().glfs_upcall_register(self.fs(), gfapi_sys::GLFS_EVENT_INODE_INVALIDATE, Some(upcall), data)
+        };
+        check(rc)
     }
 
     /// The volume's name.
@@ -458,6 +487,49 @@ impl Volume {
             }
         }
         Ok(out)
+    }
+}
+
+/// The GFID of `obj`, a live object owned by an upcall (NULL: none).
+///
+/// # Safety
+/// `obj` is NULL or a live `glfs_object`.
+unsafe fn upcall_gfid(lib: &Gfapi, obj: *mut glfs_object_t) -> Option<Gfid> {
+    if obj.is_null() {
+        return None;
+    }
+    let mut h = [0u8; GFID_LEN];
+    // SAFETY: live object (the caller's promise); h has GFID_LEN bytes.
+    let n = unsafe { lib.glfs_h_extract_handle(obj, h.as_mut_ptr(), GFID_LEN as i32) };
+    (n >= 0).then_some(h)
+}
+
+/// libgfapi's upcall callback: hands the GFIDs to the connection's sink, frees the upcall.
+unsafe extern "C" fn upcall(up: *mut gfapi_sys::glfs_upcall_t, data: *mut libc::c_void) {
+    if up.is_null() || data.is_null() {
+        return;
+    }
+    // SAFETY: data is the Connection registered in watch_invalidations, alive until it
+    // unregisters.
+    let conn = unsafe { &*(data as *const Connection) };
+    let lib = conn.lib;
+    let mut gfids = Vec::with_capacity(3);
+    // SAFETY: up is the live upcall libgfapi hands over; its event and objects live until the
+    // glfs_free below.
+    unsafe {
+        if lib.glfs_upcall_get_reason(up) == gfapi_sys::glfs_upcall_reason_GLFS_UPCALL_INODE_INVALIDATE {
+            let ev = lib.glfs_upcall_get_event(up) as *mut gfapi_sys::glfs_upcall_inode_t;
+            if !ev.is_null() {
+                gfids.extend(upcall_gfid(lib, lib.glfs_upcall_inode_get_object(ev)));
+                gfids.extend(upcall_gfid(lib, lib.glfs_upcall_inode_get_pobject(ev)));
+                gfids.extend(upcall_gfid(lib, lib.glfs_upcall_inode_get_oldpobject(ev)));
+            }
+        }
+        lib.glfs_free(up.cast());
+    }
+    if let Some(sink) = conn.upcalls.get() {
+        // A panic must not unwind into C.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(&gfids)));
     }
 }
 

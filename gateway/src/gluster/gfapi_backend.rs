@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
+use super::attr_cache::CachedAttr;
+use super::coherence::Coherence;
 use super::fuse_backend::{gfid_file_id, volume_id, ROOT_GFID};
 use super::gfapi::{self, DirEntryPlus, File, Object, Volume};
 use crate::vfs::posix::identity::Identity;
@@ -133,14 +135,21 @@ struct Node {
     /// The attributes a WRITE last checked and when (see `write` in [`GfapiBackend`]'s
     /// `Backend` impl).
     checked: Mutex<Option<(Instant, Attr)>>,
+    /// Attributes cached while the volume's upcalls are proved to reach this node
+    /// (`attr_cache.rs`, `coherence.rs`).
+    attr: Mutex<CachedAttr<libc::stat>>,
 }
+
+/// The cached objects, by id: shared with the upcall callback, which invalidates them.
+type Nodes = Mutex<LruCache<FileId, Arc<Node>>>;
 
 /// The namespace over a libgfapi connection.
 pub struct GfapiBackend {
     slot: Arc<Mutex<Option<Volume>>>,
     name: String,
     fsid: u64,
-    nodes: Mutex<LruCache<FileId, Arc<Node>>>,
+    nodes: Arc<Nodes>,
+    coherence: Arc<Coherence>,
 }
 
 fn ts(secs: i64, nanos: i64) -> Timestamp {
@@ -163,13 +172,49 @@ fn stale(e: std::io::Error) -> VfsError {
 }
 
 impl GfapiBackend {
-    /// A backend for volume `name` over the connection the health probe makes (`slot`).
-    pub fn new(slot: Arc<Mutex<Option<Volume>>>, name: &str) -> Self {
-        Self {
-            slot,
-            name: name.to_string(),
-            fsid: u64::from_le_bytes(volume_id(name).0),
-            nodes: Mutex::new(LruCache::new(NonZeroUsize::new(8192).expect("non-zero"))),
+    /// A backend for volume `name` over the connection the health probe makes (`slot`),
+    /// caching attributes while `coherence` says the volume's upcalls reach this node.
+    pub fn new(slot: Arc<Mutex<Option<Volume>>>, name: &str, coherence: Arc<Coherence>) -> Self {
+        let nodes: Arc<Nodes> = Arc::new(Mutex::new(LruCache::new(NonZeroUsize::new(8192).expect("non-zero"))));
+        let weak = Arc::downgrade(&nodes);
+        coherence.set_sink(Arc::new(move |g: &gfapi::Gfid| {
+            let Some(nodes) = weak.upgrade() else { return };
+            let node = nodes.lock().expect("lock").peek(&gfid_file_id(g)).cloned();
+            if let Some(n) = node {
+                n.attr.lock().expect("lock").invalidate();
+            }
+        }));
+        Self { slot, name: name.to_string(), fsid: u64::from_le_bytes(volume_id(name).0), nodes, coherence }
+    }
+
+    /// Attributes of a cached object: from the cache while it is coherent, else from the bricks
+    /// (then cached, unless an invalidation came meanwhile). A deleted object is `Stale`.
+    fn cached_stat(&self, vol: &Volume, id: &FileId, node: &Node) -> VfsResult<libc::stat> {
+        let epoch = self.coherence.epoch();
+        let ticket = {
+            let a = node.attr.lock().expect("lock");
+            if let Some(st) = a.get(epoch, Instant::now()) {
+                self.coherence.count(true);
+                return Ok(st);
+            }
+            a.ticket()
+        };
+        let at = Instant::now();
+        let st = self.live_stat(vol, id, node)?;
+        if epoch != 0 {
+            self.coherence.count(false);
+            node.attr.lock().expect("lock").fill(ticket, epoch, at, st);
+        }
+        Ok(st)
+    }
+
+    /// `id` changed through this node (the bricks tell only the other clients): its cached
+    /// attributes go.
+    fn invalidate(&self, id: &FileId) {
+        self.coherence.note_change();
+        let node = self.nodes.lock().expect("lock").peek(id).cloned();
+        if let Some(n) = node {
+            n.attr.lock().expect("lock").invalidate();
         }
     }
 
@@ -221,8 +266,13 @@ impl GfapiBackend {
         if let Some(n) = nodes.get(&id) {
             return n.clone();
         }
-        let n =
-            Arc::new(Node { obj, io: Mutex::new(None), is_dir: std::sync::OnceLock::new(), checked: Mutex::new(None) });
+        let n = Arc::new(Node {
+            obj,
+            io: Mutex::new(None),
+            is_dir: std::sync::OnceLock::new(),
+            checked: Mutex::new(None),
+            attr: Mutex::new(CachedAttr::default()),
+        });
         nodes.put(id, n.clone());
         n
     }
@@ -259,10 +309,21 @@ impl GfapiBackend {
         Ok(n)
     }
 
-    /// `obj` found as `dir/name`: its id, cached, with attributes.
-    fn found(&self, obj: Object, st: &libc::stat) -> VfsResult<(FileId, Attr)> {
+    /// `obj` found as `dir/name`: its id, cached, with attributes. `mark` is
+    /// [`Coherence::changes`] from before the call that found it: the attributes are cached
+    /// too if nothing was invalidated since.
+    fn found(&self, obj: Object, st: &libc::stat, mark: u64) -> VfsResult<(FileId, Attr)> {
+        let at = Instant::now();
         let id = gfid_file_id(&obj.gfid()?);
-        self.insert(id, obj);
+        let node = self.insert(id, obj);
+        let epoch = self.coherence.epoch();
+        if epoch != 0 && st.st_nlink > 0 {
+            let mut a = node.attr.lock().expect("lock");
+            if self.coherence.changes() == mark {
+                let t = a.ticket();
+                a.fill(t, epoch, at, *st);
+            }
+        }
         Ok((id, self.attr(st)))
     }
 
@@ -291,7 +352,7 @@ impl GfapiBackend {
 
     fn regular(&self, vol: &Volume, id: &FileId) -> VfsResult<(Arc<Node>, Attr)> {
         let node = self.node(vol, id)?;
-        let st = self.live_stat(vol, id, &node)?;
+        let st = self.cached_stat(vol, id, &node)?;
         match FileType::from_mode(st.st_mode) {
             FileType::Regular => Ok((node, self.attr(&st))),
             FileType::Directory => Err(VfsError::IsDir),
@@ -376,27 +437,31 @@ impl Backend for GfapiBackend {
     fn getattr(&self, id: &FileId) -> VfsResult<Attr> {
         let vol = self.vol()?;
         let node = self.node(&vol, id)?;
-        Ok(self.attr(&self.live_stat(&vol, id, &node)?))
+        Ok(self.attr(&self.cached_stat(&vol, id, &node)?))
     }
 
     fn setattr(&self, cred: &Credentials, id: &FileId, set: &SetAttr) -> VfsResult<Attr> {
         let vol = self.vol()?;
         let node = self.node(&vol, id)?;
-        self.live_stat(&vol, id, &node)?;
-        {
+        self.cached_stat(&vol, id, &node)?;
+        let done = {
             let _as = AsCaller::switch(cred)?;
             // A chmod or chown through this node counts for the next WRITE at once.
             *node.checked.lock().expect("lock") = None;
-            self.apply_setattr(&vol, &node, set)?;
-        }
-        Ok(self.attr(&self.live_stat(&vol, id, &node)?))
+            self.apply_setattr(&vol, &node, set)
+        };
+        // Even a failed setattr may have changed something (a truncate before a refused chmod).
+        self.invalidate(id);
+        done?;
+        Ok(self.attr(&self.cached_stat(&vol, id, &node)?))
     }
 
     fn lookup(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<(FileId, Attr)> {
         let vol = self.vol()?;
         let d = self.dir_node(&vol, dir)?;
+        let mark = self.coherence.changes();
         let (obj, st) = self.lookup_obj(&vol, cred, &d, name.as_bytes())?;
-        self.found(obj, &st)
+        self.found(obj, &st, mark)
     }
 
     fn parent(&self, cred: &Credentials, dir: &FileId) -> VfsResult<(FileId, Attr)> {
@@ -405,8 +470,9 @@ impl Backend for GfapiBackend {
         if gfid_of(dir)? == ROOT_GFID {
             return Ok((*dir, self.attr(&vol.stat(&d.obj)?)));
         }
+        let mark = self.coherence.changes();
         let (obj, st) = self.lookup_obj(&vol, cred, &d, b"..")?;
-        self.found(obj, &st)
+        self.found(obj, &st, mark)
     }
 
     fn read(&self, cred: &Credentials, id: &FileId, offset: u64, count: u32) -> VfsResult<(Vec<u8>, bool, Attr)> {
@@ -452,10 +518,14 @@ impl Backend for GfapiBackend {
         }
         offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
         let f = self.io(&vol, &node)?;
-        f.write_all_at(data, offset)?;
+        let written = f.write_all_at(data, offset);
+        // Size and times changed (or may have, if the write failed half way).
+        self.invalidate(id);
+        written?;
         if let Some(mode) = access::mode_after_write(attr.mode, cred) {
             self.apply_setattr(&vol, &node, &SetAttr { mode: Some(mode), ..Default::default() })?;
             *node.checked.lock().expect("lock") = None;
+            self.invalidate(id);
         }
         // After an UNSTABLE write the data may still be in libgfapi's write-behind: a stat
         // would wait until it reached every brick. After a sync, the stat is answered from the
@@ -481,6 +551,7 @@ impl Backend for GfapiBackend {
         let d = self.dir_node(&vol, dir)?;
         let mode = mode & 0o7777;
         let os = std::ffi::OsStr::from_bytes(name.as_bytes());
+        let mark = self.coherence.changes();
         // Created and opened in one request: the descriptor becomes the file's cached I/O
         // descriptor (libgfapi checks permissions at open only, as the POSIX backend's root fd).
         let made = {
@@ -499,6 +570,9 @@ impl Backend for GfapiBackend {
             }
         };
         let created = made.is_some();
+        if created {
+            self.invalidate(dir);
+        }
         let (id, attr) = match made {
             Some((obj, st, file)) => {
                 let id = gfid_file_id(&obj.gfid()?);
@@ -508,7 +582,7 @@ impl Backend for GfapiBackend {
             }
             None => {
                 let (obj, st) = self.lookup_obj(&vol, cred, &d, name.as_bytes())?;
-                self.found(obj, &st)?
+                self.found(obj, &st, mark)?
             }
         };
         match how {
@@ -544,13 +618,15 @@ impl Backend for GfapiBackend {
             let _as = AsCaller::switch(cred)?;
             vol.mkdir(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), mode)?
         };
+        self.invalidate(dir);
+        let mark = self.coherence.changes();
         if st.st_mode & 0o7777 != mode {
             let mut s = st;
             s.st_mode = mode;
             vol.setattr(&obj, &s, gfapi::GFAPI_SET_ATTR_MODE)?;
             st = vol.stat(&obj)?;
         }
-        self.found(obj, &st)
+        self.found(obj, &st, mark)
     }
 
     fn symlink(&self, cred: &Credentials, dir: &FileId, name: &Name, target: &[u8]) -> VfsResult<(FileId, Attr)> {
@@ -563,7 +639,8 @@ impl Backend for GfapiBackend {
             let _as = AsCaller::switch(cred)?;
             vol.symlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), std::ffi::OsStr::from_bytes(target))?
         };
-        self.found(obj, &st)
+        self.invalidate(dir);
+        self.found(obj, &st, self.coherence.changes())
     }
 
     fn mknod(
@@ -586,6 +663,8 @@ impl Backend for GfapiBackend {
             let _as = AsCaller::switch(cred)?;
             vol.mknod(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), kind.mode_type() | mode, kind.dev())?
         };
+        self.invalidate(dir);
+        let mark = self.coherence.changes();
         if st.st_mode & 0o7777 != mode {
             // libgfapi applied a umask: the protocol asked for exactly `mode`.
             let mut s = st;
@@ -593,13 +672,13 @@ impl Backend for GfapiBackend {
             vol.setattr(&obj, &s, gfapi::GFAPI_SET_ATTR_MODE)?;
             st = vol.stat(&obj)?;
         }
-        self.found(obj, &st)
+        self.found(obj, &st, mark)
     }
 
     fn readlink(&self, _cred: &Credentials, id: &FileId) -> VfsResult<Vec<u8>> {
         let vol = self.vol()?;
         let node = self.node(&vol, id)?;
-        let st = self.live_stat(&vol, id, &node)?;
+        let st = self.cached_stat(&vol, id, &node)?;
         if FileType::from_mode(st.st_mode) != FileType::Symlink {
             return Err(VfsError::Invalid);
         }
@@ -618,7 +697,9 @@ impl Backend for GfapiBackend {
             let _as = AsCaller::switch(cred)?;
             vol.unlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))?;
         }
+        self.invalidate(dir);
         if let Some(v) = victim {
+            self.invalidate(&v); // its link count changed
             if st.st_nlink <= 1 {
                 self.evict(&v);
             }
@@ -638,6 +719,7 @@ impl Backend for GfapiBackend {
             let _as = AsCaller::switch(cred)?;
             vol.unlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))?;
         }
+        self.invalidate(dir);
         if let Some(v) = victim {
             self.evict(&v);
         }
@@ -649,15 +731,19 @@ impl Backend for GfapiBackend {
         let fd = self.dir_node(&vol, from_dir)?;
         let td = self.dir_node(&vol, to_dir)?;
         let victim = self.lookup_obj(&vol, cred, &td, to.as_bytes()).ok().and_then(|(o, _)| o.gfid().ok());
-        {
+        let renamed = {
             let _as = AsCaller::switch(cred)?;
             vol.rename(
                 &fd.obj,
                 std::ffi::OsStr::from_bytes(from.as_bytes()),
                 &td.obj,
                 std::ffi::OsStr::from_bytes(to.as_bytes()),
-            )?;
-        }
+            )
+        };
+        // Both directories, the replaced file and the moved object (whose ctime and, for a
+        // directory, `..` changed; its id is not known here) changed: every entry goes.
+        self.coherence.drop_all();
+        renamed?;
         if let Some(v) = victim {
             self.evict(&gfid_file_id(&v));
         }
@@ -667,7 +753,7 @@ impl Backend for GfapiBackend {
     fn link(&self, cred: &Credentials, id: &FileId, dir: &FileId, name: &Name) -> VfsResult<Attr> {
         let vol = self.vol()?;
         let node = self.node(&vol, id)?;
-        let st = self.live_stat(&vol, id, &node)?;
+        let st = self.cached_stat(&vol, id, &node)?;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(VfsError::IsDir);
         }
@@ -676,7 +762,9 @@ impl Backend for GfapiBackend {
             let _as = AsCaller::switch(cred)?;
             vol.link(&node.obj, &d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))?;
         }
-        Ok(self.attr(&vol.stat(&node.obj)?))
+        self.invalidate(dir);
+        self.invalidate(id);
+        Ok(self.attr(&self.cached_stat(&vol, id, &node)?))
     }
 
     fn readdir(
@@ -699,6 +787,7 @@ impl Backend for GfapiBackend {
         }
         let mut entries = Vec::new();
         loop {
+            let mark = self.coherence.changes();
             // One READDIRP gives every entry's attributes and (plus) its object: no lookup per
             // entry, and the attributes are the bricks' own at listing time.
             let next = {
@@ -723,10 +812,10 @@ impl Backend for GfapiBackend {
             }
             let found = match (plus, e.object, e.stat) {
                 (false, _, _) => None,
-                (true, Some(obj), Some(st)) => Some(self.found(obj, &st)?),
+                (true, Some(obj), Some(st)) => Some(self.found(obj, &st, mark)?),
                 // The volume gave no object or attributes for this one: look it up.
                 (true, _, _) => match self.lookup_obj(&vol, cred, &d, &e.name) {
-                    Ok((obj, st)) => Some(self.found(obj, &st)?),
+                    Ok((obj, st)) => Some(self.found(obj, &st, mark)?),
                     Err(_) => continue, // removed meanwhile
                 },
             };
@@ -809,15 +898,23 @@ impl Backend for GfapiBackend {
     fn set_xattr(&self, cred: &Credentials, id: &FileId, name: &[u8], value: &[u8]) -> VfsResult<()> {
         let vol = self.vol()?;
         let node = self.node(&vol, id)?;
-        let _as = AsCaller::switch(cred)?;
-        vol.set_xattr(&node.obj, name, value).map_err(xattr_error)
+        let done = {
+            let _as = AsCaller::switch(cred)?;
+            vol.set_xattr(&node.obj, name, value).map_err(xattr_error)
+        };
+        self.invalidate(id); // ctime
+        done
     }
 
     fn remove_xattr(&self, cred: &Credentials, id: &FileId, name: &[u8]) -> VfsResult<()> {
         let vol = self.vol()?;
         let node = self.node(&vol, id)?;
-        let _as = AsCaller::switch(cred)?;
-        vol.remove_xattr(&node.obj, name).map_err(xattr_error)
+        let done = {
+            let _as = AsCaller::switch(cred)?;
+            vol.remove_xattr(&node.obj, name).map_err(xattr_error)
+        };
+        self.invalidate(id); // ctime
+        done
     }
 
     fn list_xattrs(&self, cred: &Credentials, id: &FileId) -> VfsResult<Vec<Vec<u8>>> {
@@ -848,6 +945,8 @@ impl Backend for GfapiBackend {
         }
         dst_offset.checked_add(len).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
         *dnode.checked.lock().expect("lock") = None;
+        // However the copy ends, the destination's attributes changed.
+        let _changed = InvalidateOnDrop(self, dst);
         let (sf, df) = (self.io(&vol, &snode)?, self.io(&vol, &dnode)?);
         let len = len.min(sattr.size.saturating_sub(src_offset));
         let mut done = 0u64;
@@ -942,6 +1041,15 @@ impl Backend for GfapiBackend {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Invalidates a file's cached attributes when dropped (a change that may end on any path).
+struct InvalidateOnDrop<'a>(&'a GfapiBackend, &'a FileId);
+
+impl Drop for InvalidateOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.invalidate(self.1);
     }
 }
 

@@ -10,6 +10,8 @@
 //! - Either way a [`health::HealthMonitor`] probes the volume with a timeout on its own thread and
 //!   publishes [`health::VolumeHealth`] on a watch ([`GlusterService::health`]).
 
+pub mod attr_cache;
+pub mod coherence;
 pub mod fuse_backend;
 pub mod gfapi;
 pub mod gfapi_backend;
@@ -47,6 +49,8 @@ pub struct GlusterService {
     health: HealthWatch,
     lapses: health::Lapses,
     stop: CancellationToken,
+    /// Whether attributes may be cached over libgfapi (upcalls proved), and the cache's counters.
+    coherence: Arc<coherence::Coherence>,
 }
 
 impl GlusterService {
@@ -70,6 +74,7 @@ impl GlusterService {
         let (monitor, health) = HealthMonitor::new();
         let lapses = monitor.lapses();
         let stop = CancellationToken::new();
+        let coherence = coherence::Coherence::new();
         let access = match v.access {
             GlusterAccess::Fuse => {
                 let spec = MountSpec {
@@ -88,12 +93,23 @@ impl GlusterService {
                 gfapi::library()?;
                 let slot = Arc::new(Mutex::new(None));
                 let log = cfg.node.state_dir.join("gfapi.log");
-                let mut probe = gfapi_probe(slot.clone(), volume, servers.clone(), log, tag);
+                let prover = ProverSpec {
+                    file: format!("upcall-{}", node.0),
+                    witness_log: cfg.node.state_dir.join("gfapi-witness.log"),
+                    coherence: coherence.clone(),
+                    stop: stop.clone(),
+                };
+                let mut probe = gfapi_probe(slot.clone(), volume, servers.clone(), log, tag, prover);
                 monitor.run(move || probe().map_err(|h| classify(h, &servers)), timing, stop.clone());
                 VolumeAccess::Gfapi(slot)
             }
         };
-        Ok(GlusterService { access, health, lapses, stop })
+        Ok(GlusterService { access, health, lapses, stop, coherence })
+    }
+
+    /// The attribute cache's counters (gfapi access; all zero over FUSE).
+    pub fn cache_stats(&self) -> coherence::CacheStats {
+        self.coherence.stats()
     }
 
     /// The volume's health, for HA and `nasgw status`.
@@ -127,7 +143,9 @@ impl GlusterService {
     pub fn backend(&self, volume_name: &str) -> Arc<dyn crate::vfs::Backend> {
         match &self.access {
             VolumeAccess::Fuse(m) => Arc::new(fuse_backend::FuseBackend::new(m.clone(), volume_name)),
-            VolumeAccess::Gfapi(slot) => Arc::new(gfapi_backend::GfapiBackend::new(slot.clone(), volume_name)),
+            VolumeAccess::Gfapi(slot) => {
+                Arc::new(gfapi_backend::GfapiBackend::new(slot.clone(), volume_name, self.coherence.clone()))
+            }
         }
     }
 
@@ -180,13 +198,23 @@ fn fuse_probe(mount: Arc<ManagedMount>, tag: String) -> impl FnMut() -> Result<(
     }
 }
 
-/// gfapi probe: connect if not yet connected, then the same stat and small write by handles.
+/// What the gfapi probe needs to start the coherence prover once connected.
+struct ProverSpec {
+    file: String,
+    witness_log: PathBuf,
+    coherence: Arc<coherence::Coherence>,
+    stop: CancellationToken,
+}
+
+/// gfapi probe: connect if not yet connected (then start proving upcalls: `coherence.rs`), then
+/// the same stat and small write by handles.
 fn gfapi_probe(
     slot: Arc<Mutex<Option<gfapi::Volume>>>,
     volume: String,
     servers: Vec<String>,
     log: PathBuf,
     tag: String,
+    prover: ProverSpec,
 ) -> impl FnMut() -> Result<(), VolumeHealth> + Send {
     let mut full = ha::health::FullVolume::default();
     move || {
@@ -200,6 +228,16 @@ fn gfapi_probe(
                 })?;
                 tracing::info!(%volume, ?servers, "connected to the volume through libgfapi");
                 *slot.lock().expect("lock") = Some(v.clone());
+                coherence::Prover {
+                    vol: v.clone(),
+                    volume: volume.clone(),
+                    servers: servers.clone(),
+                    log: prover.witness_log.clone(),
+                    file: prover.file.clone(),
+                    coherence: prover.coherence.clone(),
+                    stop: prover.stop.clone(),
+                }
+                .start();
                 v
             }
         };

@@ -1,0 +1,147 @@
+//! One file's cached attributes over libgfapi, and the rule that keeps them true (pure).
+//!
+//! nasgw keeps a file's attributes only while the volume has promised to say when they change:
+//! the bricks' upcall translator (`features.cache-invalidation`) tells every client that used a
+//! file within `features.cache-invalidation-timeout` of each change made by another client, and
+//! `gluster/coherence.rs` proves that promise holds for this node's connection before it turns
+//! the cache on (an *epoch*, 0 while off). The rule, for each file:
+//!
+//! - an entry is good only in the epoch it was filled in (a connection that lost its upcalls,
+//!   or a rename through this node, starts a new epoch and so drops every entry at once), and
+//!   only for [`LIFETIME`] (below the bricks' default 60 s timeout, after which they would stop
+//!   telling this client: the proof checks that an access that old is still told);
+//! - an invalidation (an upcall for the file, or a change this node made: the bricks never tell
+//!   a client of its own changes) drops the entry and bumps the file's generation;
+//! - a fill is a [`Ticket`] taken *before* asking the bricks, stored only if no invalidation came
+//!   in between: attributes fetched while a change was being announced never outlive it.
+
+use std::time::{Duration, Instant};
+
+/// How long attributes stay cached without any news: well below the bricks' default
+/// `features.cache-invalidation-timeout` (60 s). The coherence proof checks that the volume still
+/// tells a client that last used a file this long ago.
+pub const LIFETIME: Duration = Duration::from_secs(10);
+
+/// A fill permit: the file's generation when the fetch began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+/// One file's cached attributes (`T`: the attributes, `libc::stat` in the backend).
+#[derive(Debug, Clone)]
+pub struct CachedAttr<T> {
+    generation: u64,
+    entry: Option<(u64, Instant, T)>,
+}
+
+impl<T> Default for CachedAttr<T> {
+    fn default() -> Self {
+        Self { generation: 0, entry: None }
+    }
+}
+
+impl<T: Copy> CachedAttr<T> {
+    /// The cached attributes, if filled in the current `epoch` (0 = cache off) less than
+    /// [`LIFETIME`] before `now`.
+    pub fn get(&self, epoch: u64, now: Instant) -> Option<T> {
+        match self.entry {
+            Some((e, at, v)) if epoch != 0 && e == epoch && now.saturating_duration_since(at) < LIFETIME => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Taken before fetching attributes from the bricks.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.generation)
+    }
+
+    /// Stores attributes fetched under `ticket` at `at` (taken before the fetch), unless the file
+    /// was invalidated since the ticket or the cache is off (`epoch` 0). Returns whether it was
+    /// stored.
+    pub fn fill(&mut self, ticket: Ticket, epoch: u64, at: Instant, value: T) -> bool {
+        if epoch == 0 || ticket.0 != self.generation {
+            return false;
+        }
+        self.entry = Some((epoch, at, value));
+        true
+    }
+
+    /// The file changed (or may have): drop the entry; fills begun before now are refused.
+    pub fn invalidate(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        self.entry = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fill_is_served_in_its_epoch_and_lifetime_only() {
+        let t0 = Instant::now();
+        let mut c = CachedAttr::<u32>::default();
+        assert_eq!(c.get(1, t0), None);
+        let t = c.ticket();
+        assert!(c.fill(t, 1, t0, 7));
+        assert_eq!(c.get(1, t0 + Duration::from_secs(1)), Some(7));
+        assert_eq!(c.get(2, t0), None, "another epoch");
+        assert_eq!(c.get(0, t0), None, "cache off");
+        assert_eq!(c.get(1, t0 + LIFETIME), None, "expired");
+    }
+
+    #[test]
+    fn nothing_is_stored_while_the_cache_is_off() {
+        let mut c = CachedAttr::<u32>::default();
+        let t = c.ticket();
+        assert!(!c.fill(t, 0, Instant::now(), 1));
+        assert_eq!(c.get(0, Instant::now()), None);
+    }
+
+    #[test]
+    fn an_invalidation_during_a_fetch_wins() {
+        let now = Instant::now();
+        let mut c = CachedAttr::<u32>::default();
+        let t = c.ticket();
+        c.invalidate(); // the upcall arrives while the stat is in flight
+        assert!(!c.fill(t, 1, now, 1), "the old attributes are not stored");
+        assert_eq!(c.get(1, now), None);
+        let t = c.ticket();
+        assert!(c.fill(t, 1, now, 2));
+        assert_eq!(c.get(1, now), Some(2));
+        c.invalidate();
+        assert_eq!(c.get(1, now), None);
+    }
+
+    #[test]
+    fn tickets_interleave_like_the_backend_threads() {
+        // Random interleavings of fetch-begin, fetch-end, invalidate: a stored value is never
+        // one whose fetch began before the last invalidation.
+        let now = Instant::now();
+        let mut seed = 0x2545F4914F6CDD1Du64;
+        for _ in 0..2000 {
+            let mut c = CachedAttr::<u64>::default();
+            let mut version = 0u64; // the file's true version
+            let mut inflight: Vec<(Ticket, u64)> = Vec::new();
+            for _ in 0..20 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                match seed % 3 {
+                    0 => inflight.push((c.ticket(), version)),
+                    1 => {
+                        if let Some((t, v)) = inflight.pop() {
+                            c.fill(t, 1, now, v);
+                        }
+                    }
+                    _ => {
+                        version += 1;
+                        c.invalidate();
+                    }
+                }
+                if let Some(v) = c.get(1, now) {
+                    assert_eq!(v, version, "a stale value is served");
+                }
+            }
+        }
+    }
+}

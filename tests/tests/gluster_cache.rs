@@ -1,0 +1,200 @@
+//! nasgw's attribute cache over libgfapi on a real replica 3 volume with
+//! `features.cache-invalidation on`: once the node has proved that the bricks' upcalls reach it
+//! (log: "attribute cache on"), repeated GETATTRs of an unchanged file are answered without the
+//! bricks (their own FOP counters, `gluster volume profile`, stay near zero), while a size
+//! change, a rename and an unlink made through a plain FUSE client on another node, and a write
+//! through another nasgw node, are seen by nasgw's next GETATTR and READDIRPLUS (the delay from
+//! the change to nasgw seeing it is printed; the bound asserted is generous). A write through
+//! the node itself is seen at once. (Volumes without upcalls: `gluster_listing.rs` checks the
+//! cache stays off and says so.)
+//!
+//! nasgw listens on 127.0.0.1:2049 inside nodes 2 and 3's namespaces; the test client reaches
+//! each by moving its (single) thread into the namespace before connecting.
+
+mod nfs_common;
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use nasgw_tests::gluster::{GlusterCluster, GlusterSpec};
+use nasgw_tests::netns::enter;
+use nasgw_tests::{wait_for, Daemon};
+use nfs3_types::nfs3::{fattr3, nfs_fh3, nfsstat3, stable_how};
+use nfs_common::*;
+
+/// Repeated GETATTRs of one unchanged file.
+const REPEATS: u64 = 200;
+/// How long a change may take to reach nasgw (measured: milliseconds; the machine is shared).
+const SEEN_WITHIN: Duration = Duration::from_secs(3);
+
+fn config(servers: &[String]) -> String {
+    let list = servers.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        "[volume]\nname = \"smb\"\nbackend = \"gluster\"\nservers = [{list}]\naccess = \"gfapi\"\n\
+         [nfs]\nlisten = \"127.0.0.1:2049\"\nroot_squash = false\n\
+         [node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n"
+    )
+}
+
+/// FOPs named `fop` the bricks answered since the last `info incremental` (one "Interval"
+/// section per brick; the count is the column before the FOP's name).
+fn brick_fops(cluster: &GlusterCluster, fop: &str) -> u64 {
+    let text = cluster.gluster_ok(0, &["volume", "profile", "smb", "info", "incremental"]);
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.last() == Some(&fop) && f.len() >= 2).then(|| f[f.len() - 2].parse::<u64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Calls `getattr` until `ok` holds for its answer; returns how many calls and how long it took
+/// (panics after [`SEEN_WITHIN`]).
+async fn until_seen(
+    what: &str,
+    c: &mut Conn,
+    fh: &nfs_fh3,
+    ok: impl Fn(&Result<fattr3, nfsstat3>) -> bool,
+) -> (u32, Duration) {
+    let t = Instant::now();
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        let got = getattr(c, fh).await;
+        if ok(&got) {
+            let took = t.elapsed();
+            eprintln!("{what}: seen by GETATTR number {calls} through nasgw, {took:?} after the change");
+            return (calls, took);
+        }
+        assert!(t.elapsed() < SEEN_WITHIN, "{what}: nasgw still answers {got:?} after {SEEN_WITHIN:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One READDIRPLUS entry: name, attributes, handle.
+type Entry = (Vec<u8>, fattr3, nfs_fh3);
+
+fn size_in(entries: &[Entry], name: &str) -> Option<u64> {
+    entries.iter().find(|(n, _, _)| n == name.as_bytes()).map(|(_, a, _)| a.size)
+}
+
+/// Every entry of `dir` with its attributes and handle, by READDIRPLUS.
+async fn listing(c: &mut Conn, dir: &nfs_fh3) -> Vec<Entry> {
+    use nfs3_types::nfs3::{cookieverf3, Nfs3Option, Nfs3Result, READDIRPLUS3args};
+    let mut out = Vec::new();
+    let (mut cookie, mut verf) = (0u64, cookieverf3([0; 8]));
+    loop {
+        let args = READDIRPLUS3args { dir: dir.clone(), cookie, cookieverf: verf, dircount: 8192, maxcount: 8192 };
+        match c.readdirplus(&args).await.expect("rpc") {
+            Nfs3Result::Ok(ok) => {
+                verf = ok.cookieverf;
+                for e in ok.reply.entries.0 {
+                    cookie = e.cookie;
+                    let Nfs3Option::Some(a) = e.name_attributes else { panic!("no attributes") };
+                    let Nfs3Option::Some(fh) = e.name_handle else { panic!("no handle") };
+                    out.push((e.name.0.to_vec(), a, fh));
+                }
+                if ok.reply.eof {
+                    return out;
+                }
+            }
+            Nfs3Result::Err((s, _)) => panic!("READDIRPLUS failed: {s}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn cached_attributes_are_dropped_on_upcalls_and_served_while_unchanged() {
+    let spec =
+        GlusterSpec { options: vec![("features.cache-invalidation".into(), "on".into())], ..GlusterSpec::default() };
+    let cluster = GlusterCluster::start(spec);
+    // The other client of the volume: a plain FUSE mount on node 1.
+    let fuse = cluster.mount("n1", &cluster.dir().join("fuse-n1"));
+    let dir = fuse.join("cache");
+    std::fs::create_dir(&dir).unwrap();
+    for (n, len) in [("a", 100), ("b", 200), ("c", 300), ("d", 400)] {
+        std::fs::write(dir.join(n), vec![b'x'; len]).unwrap();
+    }
+
+    let topo = cluster.topo();
+    let n2 = Daemon::start("n2", &cluster.dir().join("d2"), &config(&cluster.servers_for(1)), Some(topo.ns("n2")));
+    let n3 = Daemon::start("n3", &cluster.dir().join("d3"), &config(&cluster.servers_for(2)), Some(topo.ns("n3")));
+    let t = Instant::now();
+    wait_for("node 2 proves upcalls reach it", Duration::from_secs(90), Duration::from_millis(200), || {
+        n2.logs().contains("attribute cache on").then_some(())
+    });
+    eprintln!("attribute cache on {:?} after nasgw started", t.elapsed());
+    n2.wait_ok(Duration::from_secs(30));
+    n3.wait_ok(Duration::from_secs(30));
+    enter(topo.ns("n3"));
+    let mut c3 = mount(2049, 0, 0).await;
+    enter(topo.ns("n2"));
+    let mut c = mount(2049, 0, 0).await;
+    let root = c.root_nfs_fh3();
+    let (d, _) = lookup(&mut c, &root, b"cache").await.unwrap();
+    let (fa, a) = lookup(&mut c, &d, b"a").await.unwrap();
+    assert_eq!(a.size, 100);
+
+    // Repeated GETATTRs of an unchanged file: from the cache, not the bricks.
+    cluster.gluster_ok(0, &["volume", "profile", "smb", "start"]);
+    brick_fops(&cluster, "STAT");
+    for _ in 0..REPEATS {
+        assert_eq!(getattr(&mut c, &fa).await.unwrap().size, 100);
+    }
+    let (stats, lookups) = (brick_fops(&cluster, "STAT"), brick_fops(&cluster, "LOOKUP"));
+    eprintln!("{REPEATS} GETATTRs of an unchanged file through nasgw: {stats} brick STATs, {lookups} LOOKUPs");
+    // Without the cache each GETATTR is a STAT on a brick; the health probes of two nodes add
+    // a few per second.
+    assert!(stats + lookups < REPEATS / 4, "{stats} STATs and {lookups} LOOKUPs for {REPEATS} GETATTRs");
+
+    // A size change through the FUSE client on node 1.
+    let mut f = std::fs::OpenOptions::new().append(true).open(dir.join("a")).unwrap();
+    f.write_all(&[b'y'; 5000]).unwrap();
+    drop(f); // close: the FUSE client's flush sends the write to the bricks
+    until_seen("a grown through FUSE", &mut c, &fa, |r| r.as_ref().is_ok_and(|a| a.size == 5100)).await;
+    assert_eq!(size_in(&listing(&mut c, &d).await, "a"), Some(5100), "READDIRPLUS after a FUSE client grew a");
+
+    // A file known to nasgw only from a listing (attributes cached from READDIRPLUS, never
+    // looked up or stat'ed by name): the bricks registered nasgw for it during the READDIRP.
+    let entries = listing(&mut c, &d).await;
+    assert_eq!(size_in(&entries, "d"), Some(400));
+    let fd = entries.iter().find(|(n, _, _)| n == b"d").map(|(_, _, fh)| fh.clone()).unwrap();
+    brick_fops(&cluster, "STAT");
+    assert_eq!(getattr(&mut c, &fd).await.unwrap().size, 400);
+    eprintln!("GETATTR of a file listed just before: {} brick STATs", brick_fops(&cluster, "STAT"));
+    std::fs::OpenOptions::new().write(true).open(dir.join("d")).unwrap().set_len(7).unwrap();
+    until_seen("d truncated through FUSE", &mut c, &fd, |r| r.as_ref().is_ok_and(|a| a.size == 7)).await;
+
+    // A rename through FUSE: the old name is gone and the new one listed at once; the handle
+    // (same GFID) still answers.
+    let (fb, _) = lookup(&mut c, &d, b"b").await.unwrap();
+    getattr(&mut c, &fb).await.unwrap();
+    std::fs::rename(dir.join("b"), dir.join("b2")).unwrap();
+    assert_eq!(lookup(&mut c, &d, b"b").await.err(), Some(nfsstat3::NFS3ERR_NOENT), "old name after a FUSE rename");
+    let entries = listing(&mut c, &d).await;
+    assert_eq!((size_in(&entries, "b"), size_in(&entries, "b2")), (None, Some(200)));
+    assert_eq!(getattr(&mut c, &fb).await.unwrap().size, 200);
+
+    // An unlink through FUSE: the handle goes stale.
+    let (fc, _) = lookup(&mut c, &d, b"c").await.unwrap();
+    assert_eq!(getattr(&mut c, &fc).await.unwrap().size, 300);
+    std::fs::remove_file(dir.join("c")).unwrap();
+    until_seen("c removed through FUSE", &mut c, &fc, |r| r.as_ref().err() == Some(&nfsstat3::NFS3ERR_STALE)).await;
+    assert_eq!(size_in(&listing(&mut c, &d).await, "c"), None, "READDIRPLUS after a FUSE client removed c");
+
+    // A write through another nasgw node.
+    let root3 = c3.root_nfs_fh3();
+    let (d3, _) = lookup(&mut c3, &root3, b"cache").await.unwrap();
+    let (fa3, _) = lookup(&mut c3, &d3, b"a").await.unwrap();
+    assert_eq!(getattr(&mut c, &fa).await.unwrap().size, 5100);
+    write(&mut c3, &fa3, 5100, &[b'z'; 900], stable_how::FILE_SYNC).await.unwrap();
+    until_seen("a grown through node 3", &mut c, &fa, |r| r.as_ref().is_ok_and(|a| a.size == 6000)).await;
+
+    // A write through this node: the bricks do not tell it of its own changes; it drops the
+    // entry itself, so the very next GETATTR sees it.
+    assert_eq!(getattr(&mut c, &fa).await.unwrap().size, 6000);
+    write(&mut c, &fa, 6000, &[b'w'; 1000], stable_how::UNSTABLE).await.unwrap();
+    assert_eq!(getattr(&mut c, &fa).await.unwrap().size, 7000, "GETATTR right after a WRITE through this node");
+    assert_eq!(std::fs::metadata(dir.join("a")).unwrap().len(), 7000);
+    drop((n2, n3));
+}
