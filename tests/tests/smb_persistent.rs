@@ -13,7 +13,8 @@
 //!
 //! The second test moves a durable open with its address while the node lives (`nasgw
 //! disable`: the node hands it over), then to a node restarted after the open was made (it
-//! asked the others for their records).
+//! asked the others for their records), and ends a client's previous session
+//! (PreviousSessionId) on one node.
 
 use std::time::{Duration, Instant};
 
@@ -280,6 +281,32 @@ fn a_durable_open_follows_its_address_on_disable_and_reaches_a_node_that_joined_
     d.ok(json!({"op": "close", "h": "p3"}));
     d.ok(json!({"op": "close", "h": "br"}));
 
+    // PreviousSessionId: a client whose connection is stuck sets up a new session naming its
+    // old one; the old session's plain open closes at once, its durable open waits for it.
+    let qguid = "0b1e0c2a9b8d4e7f8a6b5c4d3e2f1a0e";
+    let r = d.ok(json!({"op": "connect", "c": "Q", "host": VIP, "port": SMB_PORT, "guid": qguid}));
+    let old_session = r.v["session"].as_u64().expect("a SessionId");
+    d.ok(json!({"op": "open", "c": "Q", "h": "q-plain", "path": "prev-plain.bin", "access": READ_WRITE,
+        "share": SHARE_READ}));
+    let r = d.ok(json!({"op": "open", "c": "Q", "h": "q-dur", "path": "prev-durable.bin", "access": READ_WRITE,
+        "share": SHARE_READ, "lease": "RH", "durable": {"timeout": 60000}}));
+    let (qid, qcg, qkey) = (r.s("file_id").to_string(), r.s("create_guid").to_string(), r.s("lease_key").to_string());
+    let bw =
+        json!({"op": "open", "c": "B", "h": "bw", "path": "prev-plain.bin", "access": READ_WRITE, "share": SHARE_ALL});
+    assert_eq!(d.call(bw.clone()).status, "STATUS_SHARING_VIOLATION");
+    let t = Instant::now();
+    d.ok(json!({"op": "connect", "c": "Q2", "host": VIP, "port": SMB_PORT, "guid": qguid, "previous": old_session}));
+    wait_for("the previous session's plain open to close", STALL_BOUND, Duration::from_millis(50), || {
+        d.call(bw.clone()).ok.then_some(())
+    });
+    println!(
+        "PreviousSessionId: the old session's plain open closed {:.3} s after the new session",
+        t.elapsed().as_secs_f64()
+    );
+    d.ok(json!({"op": "close", "h": "bw"}));
+    d.ok(json!({"op": "reconnect", "c": "Q2", "h": "q2-dur", "path": "prev-durable.bin", "file_id": qid,
+        "create_guid": qcg, "lease_key": qkey, "lease": "RH"}));
+    d.ok(json!({"op": "close", "h": "q2-dur"}));
     for d in c.daemons.iter().flatten() {
         assert!(!d.logs().contains("panicked"), "{}", d.logs());
     }

@@ -96,6 +96,9 @@ pub struct Connection {
     pub link: Link,
     /// Where breaks of this connection's detached durable opens go (made at the first one).
     ghost: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
+    /// Ends this connection as lost: a new session named one of its sessions as its
+    /// PreviousSessionId ([`crate::smb::previous_session`]).
+    pub end: crate::smb::previous_session::ConnectionEnd,
     next_session: u64,
     next_tree: u32,
 }
@@ -312,6 +315,7 @@ async fn serve_here(
         compound_fid: None,
         link: Link::new(FrameWriter::new(wr)),
         ghost: None,
+        end: crate::smb::previous_session::ConnectionEnd::new(),
         next_session: 0,
         next_tree: 0,
     };
@@ -323,10 +327,15 @@ async fn serve_here(
     // to another node, where it reconnects): a stopping daemon or an evicted node releases
     // everything.
     let mut lost = false;
+    let superseded = conn.end.token.clone();
     tokio::select! {
         biased;
         _ = stop.cancelled() => {}
         _ = moved.cancelled() => lost = true,
+        _ = superseded.cancelled() => {
+            lost = true;
+            tracing::info!(client = %conn.tcp.client, "SMB: closing connection: its client set up a new session in place of one of its sessions (PreviousSessionId)");
+        }
         _ = evict.cancelled() => {
             tracing::warn!(client = %conn.tcp.client, "SMB: closing connection: this node left the cluster's file-sharing view");
         }
@@ -343,6 +352,9 @@ async fn serve_here(
         op.cancel.cancel();
     }
     let server = conn.server.clone();
+    for id in conn.sessions.keys() {
+        server.sessions.unregister(*id);
+    }
     for id in conn.opens.all_ids() {
         let Some(open) = conn.opens.remove(id) else { continue };
         if lost {

@@ -36,6 +36,7 @@ pub mod fs;
 pub mod leases;
 pub mod notify;
 pub mod passwd;
+pub mod previous_session;
 pub mod sequence;
 pub mod session;
 pub mod signing;
@@ -112,8 +113,10 @@ pub struct SmbServer {
     pub resume_keys: copychunk::ResumeKeys,
     /// Durable opens by persistent FileId, those whose connection was lost included.
     pub durable: durable::DurableTable,
-    /// Persistent opens held through other nodes (what a reconnect here may reclaim).
+    /// Durable opens of the cluster (what a reconnect here may reclaim from another node).
     pub cluster_opens: durable_cluster::ClusterOpens,
+    /// This node's valid sessions (PreviousSessionId).
+    pub sessions: previous_session::SessionDirectory,
     /// This node is part of a `[cluster]` (every node serves every share).
     pub clustered: bool,
 }
@@ -171,6 +174,7 @@ impl SmbServer {
             resume_keys: copychunk::ResumeKeys::default(),
             durable: durable::DurableTable::new(locks.node()),
             cluster_opens: durable_cluster::ClusterOpens::default(),
+            sessions: previous_session::SessionDirectory::default(),
             clustered: cfg.cluster.is_some(),
             locks,
         }

@@ -31,4 +31,5 @@ pub async fn end_session(conn: &mut Connection, id: u64) {
         }
     }
     conn.sessions.remove(&id);
+    conn.server.sessions.unregister(id);
 }

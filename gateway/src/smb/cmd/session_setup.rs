@@ -35,6 +35,8 @@ pub struct Request<'a> {
     pub security_mode: u8,
     /// Security blob (SPNEGO).
     pub blob: &'a [u8],
+    /// The session this client had before it lost its connection (0: none).
+    pub previous_session_id: u64,
 }
 
 impl<'a> Request<'a> {
@@ -49,7 +51,8 @@ impl<'a> Request<'a> {
         r.skip(8)?;
         let off = r.u16()? as usize;
         let len = r.u16()? as usize;
-        Ok(Self { flags, security_mode, blob: slice_at(msg, off, len)? })
+        let previous_session_id = r.u64()?;
+        Ok(Self { flags, security_mode, blob: slice_at(msg, off, len)?, previous_session_id })
     }
 }
 
@@ -213,6 +216,16 @@ pub fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8])
         && (server.require_signing || req.security_mode & 2 != 0 || conn.client_security_mode & 2 != 0);
     let cipher = s.cipher.as_ref().map(|c| c.cipher().name());
     tracing::info!(client = %conn.tcp.client, identity = ?a.identity, signing = s.signing_required, cipher, encrypt_data = s.encrypt_data, "SMB session established");
+    let previous = req.previous_session_id;
+    if previous != 0
+        && previous != id
+        && server.sessions.end_previous(previous, &a.identity, conn.client_guid, conn.end.serial)
+    {
+        // MS-SMB2 3.3.5.5.3: the client's old session ends (here: its connection, as lost, so
+        // its durable opens wait for their reconnect and the others close).
+        tracing::info!(client = %conn.tcp.client, previous, "SMB: the client's previous session ends");
+    }
+    server.sessions.register(id, a.identity.clone(), conn.client_guid, conn.end.clone());
     s.identity = Some(a.identity);
     s.state = SessionState::Valid;
     let mut r = Reply::ok(body(flags, &a.blob));
