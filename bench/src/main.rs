@@ -17,6 +17,7 @@ mod nasgw;
 mod nfs;
 mod nfs_client;
 mod nlm;
+mod scale;
 mod smb;
 mod table;
 mod target;
@@ -41,6 +42,9 @@ enum Only {
     Cluster,
     /// NFS locks (NLM 4): nasgw vs NFS-Ganesha with NLM and rpc.statd.
     Nlm,
+    /// Scale: 16 and 64 NFS clients at once, 10,000 idle connections, a 1M-entry directory
+    /// (not in the default set: it makes a million files).
+    Scale,
 }
 
 /// Benchmarks nasgw against its anchors with real clients and prints markdown tables.
@@ -121,6 +125,10 @@ fn main() -> Result<()> {
     }
     if only.contains(&Only::Cluster) {
         groups.extend(cluster::run(&work, sizes));
+    }
+    if only.contains(&Only::Scale) {
+        let scale = if args.quick { scale::Scale::quick(&sizes) } else { scale::Scale::full(&sizes) };
+        groups.push(scale::run(&work, sizes, scale, &rt)?);
     }
 
     cpu::cleanup();
