@@ -71,6 +71,33 @@ impl SambaCtdb {
     /// lock, which is on `shared` (the directory every node sees, as the recipe puts it on the
     /// volume). On failure everything started is stopped and the error says why.
     pub fn start(hosts: &[Host<'_>], share: &Path, shared: &Path, dir: &Path) -> Result<SambaCtdb> {
+        Self::start_with(hosts, share, shared, dir, None)
+    }
+
+    /// [`SambaCtdb::start`] with one public address (`198.18.0.101/16`, on every node's
+    /// `eth0`) that CTDB places on a node and moves when that node dies, as the recipe runs
+    /// it: smbd listens on every address, registers its clients' connections with its ctdbd
+    /// (which sends tickle ACKs after a takeover), and CTDB's keepalives are tuned for fast
+    /// failover (`KeepaliveInterval=1`, `KeepaliveLimit=3`: a silent node is dropped after
+    /// ~4 s instead of the default ~29 s), as `bench/failover/run.sh` runs it. The packaged
+    /// `10.interface` event script adds and removes the address.
+    pub fn start_with_public_address(
+        hosts: &[Host<'_>],
+        share: &Path,
+        shared: &Path,
+        dir: &Path,
+        public: &str,
+    ) -> Result<SambaCtdb> {
+        Self::start_with(hosts, share, shared, dir, Some(public))
+    }
+
+    fn start_with(
+        hosts: &[Host<'_>],
+        share: &Path,
+        shared: &Path,
+        dir: &Path,
+        public: Option<&str>,
+    ) -> Result<SambaCtdb> {
         for tool in ["ctdbd", "ctdb", "smbd"] {
             if !on_path(tool) {
                 bail!("{tool} is not installed (scripts/install-deps installs samba and ctdb)");
@@ -84,7 +111,7 @@ impl SambaCtdb {
         let mut cluster = SambaCtdb { nodes: Vec::new() };
         for (i, h) in hosts.iter().enumerate() {
             let node_dir = dir.join(format!("node{i}"));
-            let ctdbd = spawn_ctdbd(h, &node_dir, &nodes_file, &reclock, &services)
+            let ctdbd = spawn_ctdbd(h, &node_dir, &nodes_file, &reclock, &services, public)
                 .with_context(|| format!("start ctdbd on {}", h.addr))?;
             cluster.nodes.push(Node { dir: node_dir, ctdbd: Some(ctdbd), smbd: None });
         }
@@ -93,13 +120,25 @@ impl SambaCtdb {
         eprintln!("bench: CTDB healthy on {} nodes after {:.1} s", hosts.len(), started.elapsed().as_secs_f64());
         for (i, h) in hosts.iter().enumerate() {
             let node_dir = cluster.nodes[i].dir.clone();
-            let smbd = spawn_smbd(h, &node_dir, share).with_context(|| format!("start smbd on {}", h.addr))?;
+            let smbd = spawn_smbd(h, &node_dir, share, public.is_none())
+                .with_context(|| format!("start smbd on {}", h.addr))?;
             cluster.nodes[i].smbd = Some(smbd);
         }
         for (i, h) in hosts.iter().enumerate() {
             cluster.wait_smbd(i, h)?;
         }
         Ok(cluster)
+    }
+
+    /// A node dies: SIGKILL to its smbd (with the children serving connections) and its
+    /// ctdbd. The caller takes its link down first, as a dead host sends nothing.
+    pub fn kill_node(&mut self, i: usize) {
+        for c in [self.nodes[i].smbd.take(), self.nodes[i].ctdbd.take()].into_iter().flatten() {
+            let mut c = c;
+            // SAFETY: kill(2) on the process group this bench created for the daemon.
+            unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+            let _ = c.wait();
+        }
     }
 
     /// Polls `ctdb status` on the first node until it shows `n` nodes OK and recovery over.
@@ -195,9 +234,34 @@ fn socket(node_dir: &Path) -> PathBuf {
 
 /// Writes node `h`'s `/etc/ctdb` under `dir` and starts `ctdbd --interactive` in its own
 /// process group, in the node's namespace and a private mount namespace.
-fn spawn_ctdbd(h: &Host<'_>, dir: &Path, nodes: &str, reclock: &Path, services: &Path) -> Result<Child> {
+fn spawn_ctdbd(
+    h: &Host<'_>,
+    dir: &Path,
+    nodes: &str,
+    reclock: &Path,
+    services: &Path,
+    public: Option<&str>,
+) -> Result<Child> {
     let etc = dir.join("etc");
     fs::create_dir_all(etc.join("events/legacy"))?;
+    let mut tunables = "RerecoveryTimeout=1\n".to_string();
+    if let Some(addr) = public {
+        // The packaged event scripts' helpers (`functions`...), with only 10.interface enabled:
+        // it adds and removes the address (ctdbd sends the gratuitous ARPs and tickle ACKs).
+        let st = Command::new("cp").arg("-a").arg("/etc/ctdb/.").arg(&etc).status()?;
+        if !st.success() {
+            bail!("cp -a /etc/ctdb/. {}: {st}", etc.display());
+        }
+        for e in fs::read_dir(etc.join("events/legacy"))? {
+            fs::remove_file(e?.path())?;
+        }
+        std::os::unix::fs::symlink(
+            "/usr/share/ctdb/events/legacy/10.interface.script",
+            etc.join("events/legacy/10.interface.script"),
+        )?;
+        fs::write(etc.join("public_addresses"), format!("{addr} eth0\n"))?;
+        tunables.push_str("KeepaliveInterval=1\nKeepaliveLimit=3\n");
+    }
     for sub in ["run/ctdb", "lib/volatile", "lib/persistent", "lib/state"] {
         fs::create_dir_all(dir.join(sub))?;
     }
@@ -215,7 +279,7 @@ fn spawn_ctdbd(h: &Host<'_>, dir: &Path, nodes: &str, reclock: &Path, services: 
             lib.display()
         ),
     )?;
-    fs::write(etc.join("ctdb.tunables"), "RerecoveryTimeout=1\n")?;
+    fs::write(etc.join("ctdb.tunables"), tunables)?;
     let log = File::create(dir.join("ctdbd.log"))?;
     let child = Command::new("ip")
         .args(["netns", "exec", h.ns, "unshare", "-m", "--propagation", "private", "sh", "-c"])
@@ -235,13 +299,16 @@ fn spawn_ctdbd(h: &Host<'_>, dir: &Path, nodes: &str, reclock: &Path, services: 
 
 /// Writes node `h`'s clustered smb.conf under `dir/smb` and starts `smbd -F` in its own
 /// process group in the node's namespace.
-fn spawn_smbd(h: &Host<'_>, dir: &Path, share: &Path) -> Result<Child> {
+/// `bind_only`: listen on the node's own address only (else on every address, public ones
+/// included).
+fn spawn_smbd(h: &Host<'_>, dir: &Path, share: &Path, bind_only: bool) -> Result<Child> {
     let smb = dir.join("smb");
     let mut global = format!(
         "[global]\nclustering = yes\nctdbd socket = {}\nnetbios name = NASGWBENCH\nsmb ports = {SMB_PORT}\n\
-         interfaces = {}\nbind interfaces only = yes\n",
+         interfaces = {}\nbind interfaces only = {}\n",
         socket(dir).display(),
-        h.addr
+        h.addr,
+        if bind_only { "yes" } else { "no" }
     );
     for (key, sub) in [
         ("private dir", "private"),

@@ -9,6 +9,7 @@
 mod cluster;
 mod cpu;
 mod ctdb;
+mod failover;
 mod fixture;
 mod gluster;
 mod machine;
@@ -42,6 +43,9 @@ enum Only {
     Cluster,
     /// NFS locks (NLM 4): nasgw vs NFS-Ganesha with NLM and rpc.statd.
     Nlm,
+    /// Failover: a writer's stall when its node dies (nasgw vs Samba + CTDB, 3 nodes), and
+    /// the time an address takes to move with 3, 5 and 7 nasgw nodes.
+    Failover,
     /// Scale: 16 and 64 NFS clients at once, 10,000 idle connections, a 1M-entry directory
     /// (not in the default set: it makes a million files).
     Scale,
@@ -54,7 +58,8 @@ struct Args {
     /// Small sizes (32 MiB bulk, 200 files, 1000 entries, one round): checks the plumbing.
     #[arg(long)]
     quick: bool,
-    /// Run only these groups (repeat or comma-separate); default: nfs, smb, cluster and nlm.
+    /// Run only these groups (repeat or comma-separate); default: nfs, smb, cluster, nlm and
+    /// failover.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Only>,
     /// Rounds per workload (the median is reported); default 5, or 1 with --quick.
@@ -86,8 +91,11 @@ fn main() -> Result<()> {
     if let Some(r) = args.rounds {
         sizes.rounds = r.max(1);
     }
-    let only =
-        if args.only.is_empty() { vec![Only::Nfs, Only::Smb, Only::Cluster, Only::Nlm] } else { args.only.clone() };
+    let only = if args.only.is_empty() {
+        vec![Only::Nfs, Only::Smb, Only::Cluster, Only::Nlm, Only::Failover]
+    } else {
+        args.only.clone()
+    };
 
     let (_keep, work) = match &args.dir {
         Some(d) => {
@@ -125,6 +133,9 @@ fn main() -> Result<()> {
     }
     if only.contains(&Only::Cluster) {
         groups.extend(cluster::run(&work, sizes));
+    }
+    if only.contains(&Only::Failover) {
+        groups.extend(failover::run(&work, sizes));
     }
     if only.contains(&Only::Scale) {
         let scale = if args.quick { scale::Scale::quick(&sizes) } else { scale::Scale::full(&sizes) };

@@ -24,6 +24,8 @@ impl Done {
         match unit {
             Unit::Megabytes => self.amount as f64 / 1e6 / secs,
             Unit::Files | Unit::Entries | Unit::Operations => self.amount as f64 / secs,
+            Unit::Seconds => self.elapsed.as_secs_f64(),
+            Unit::Count => self.amount as f64,
         }
     }
 }

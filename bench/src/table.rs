@@ -17,6 +17,11 @@ pub enum Unit {
     Entries,
     /// Operation pairs (open+close, lock+unlock) per second.
     Operations,
+    /// A duration in seconds, not a rate (failover: a stall, the time an address takes to
+    /// move); lower is better.
+    Seconds,
+    /// A plain count, not a rate (failover: application errors); lower is better.
+    Count,
 }
 
 impl Unit {
@@ -27,6 +32,8 @@ impl Unit {
             Unit::Files => "files/s",
             Unit::Entries => "entries/s",
             Unit::Operations => "ops/s",
+            Unit::Seconds => "s",
+            Unit::Count => "count",
         }
     }
 
@@ -37,18 +44,20 @@ impl Unit {
             Unit::Files => "CPU ms/1k files",
             Unit::Entries => "CPU ms/1k entries",
             Unit::Operations => "CPU ms/1k ops",
+            Unit::Seconds | Unit::Count => "n/a",
         }
     }
 
     /// `cpu_secs` of server CPU time spent on `amount` (bytes or items) in this row's CPU unit;
     /// `None` when nothing was done.
     pub fn cpu_figure(self, cpu_secs: f64, amount: u64) -> Option<f64> {
-        if amount == 0 {
+        if amount == 0 || matches!(self, Unit::Seconds | Unit::Count) {
             return None;
         }
         Some(match self {
             Unit::Megabytes => cpu_secs / (amount as f64 / (1u64 << 30) as f64),
             Unit::Files | Unit::Entries | Unit::Operations => cpu_secs * 1000.0 / (amount as f64 / 1000.0),
+            Unit::Seconds | Unit::Count => return None,
         })
     }
 }
@@ -158,6 +167,9 @@ pub struct Group {
     /// Where each column's server CPU time is read (in column order; a column without one
     /// shows `n/a`). Data only: [`crate::measure::run_row`] reads them.
     pub meters: Vec<Meter>,
+    /// Whether the CPU-time table is printed (not for durations and counts: the failover
+    /// groups).
+    pub cpu_table: bool,
 }
 
 impl Group {
@@ -170,6 +182,7 @@ impl Group {
             rows: Vec::new(),
             notes: Vec::new(),
             meters: Vec::new(),
+            cpu_table: true,
         }
     }
 
@@ -183,6 +196,12 @@ impl Group {
     pub fn markdown(&self) -> String {
         let mut out = format!("### {}\n\n", self.title);
         self.table(&mut out, "unit", |r| r.unit.label(), Cell::text, Cell::median);
+        if !self.cpu_table {
+            for n in &self.notes {
+                let _ = write!(out, "\n{n}\n");
+            }
+            return out;
+        }
         let _ = write!(
             out,
             "\nServers' CPU time (user+sys of their processes) per GiB or per 1000 items, median (min-max) over \
@@ -318,6 +337,25 @@ mod tests {
         assert!(md.contains("| workload | CPU unit | nasgw | Ganesha | nasgw / Ganesha |"), "{md}");
         assert!(md.contains("| 1 GiB write | CPU s/GiB | 1.50 (1.25-2.00) | 3.00 (3.00-3.00) | 0.50x |"), "{md}");
         assert!(md.contains("| list 10k | CPU ms/1k entries | n/a | n/a: not measured | n/a |"), "{md}");
+    }
+
+    #[test]
+    fn durations_and_counts_print_without_a_cpu_table() {
+        let mut g = Group::new("Failover", &["nasgw", "Samba+CTDB"], &[(0, 1)]);
+        g.cpu_table = false;
+        g.notes.push("how it is measured".into());
+        let gap = g.add_row("longest gap", Unit::Seconds);
+        let errors = g.add_row("application errors", Unit::Count);
+        g.rows[gap].cells[0].record(Ok(1.25));
+        g.rows[gap].cells[1].record(Ok(5.0));
+        g.rows[errors].cells[0].record(Ok(0.0));
+        g.rows[errors].cells[1].record(Ok(1.0));
+        let md = g.markdown();
+        assert!(md.contains("| longest gap | s | 1.25 (1.25-1.25) | 5.00 (5.00-5.00) | 0.25x |"), "{md}");
+        assert!(md.contains("| application errors | count | 0.00 (0.00-0.00) | 1.00 (1.00-1.00) | 0.00x |"), "{md}");
+        assert!(!md.contains("CPU"), "no CPU table: {md}");
+        assert!(md.ends_with("\nhow it is measured\n"), "{md}");
+        assert_eq!(Unit::Seconds.cpu_figure(1.0, 10), None);
     }
 
     #[test]

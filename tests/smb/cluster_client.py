@@ -11,14 +11,18 @@ notifications come with MessageId 0xFFFFFFFFFFFFFFFF); each connection gets a si
 under that id which records them, so "breaks" can wait for them and "ack" can answer them.
 
 Requests (every one has "id" and "op"):
-  connect  c host port [guid share]  a new client c (guest, no signing; ClientGuid `guid` hex)
-           -> the tree's "ca" (continuously available) and "scaleout" capabilities
+  connect  c host port [guid share previous]  a new client c (guest, no signing; ClientGuid
+           `guid` hex; SESSION_SETUP's PreviousSessionId `previous`, the "session" of an earlier
+           answer) -> the tree's "ca" (continuously available) and "scaleout" capabilities, and
+           the SessionId
   open     c h path [access share disposition options lease lease_key oplock
-                     durable(persistent timeout)]
+                     durable(persistent timeout v1)]
            -> granted lease state / oplock level, or the NTSTATUS name; with "durable" a
-              DH2Q is sent and the answer has "file_id", "create_guid" (hex) and "durable"
-              (the DH2Q response's flags and timeout, or null when not granted)
-  reconnect c h path file_id create_guid [persistent]   a DH2C reopening that FileId as h
+              DH2Q (with "v1": a DHnQ) is sent and the answer has "file_id", "create_guid"
+              (hex) and "durable" (the response's flags and timeout, {} for a DHnQ, or null
+              when not granted)
+  reconnect c h path file_id [create_guid persistent lease_key]   a DH2C (without
+           create_guid: a DHnC) reopening that FileId as h; with lease_key its RqLs v2
   close    h          read h off len       write h off data(hex)
   lock     h off len [excl=true wait=false]  unlock h off len
   delete   h          (SET_INFO FileDispositionInformation DeletePending=1)
@@ -40,8 +44,11 @@ from smbprotocol.connection import Commands, Connection
 from smbprotocol.create_contexts import (
     CreateContextName,
     SMB2CreateContextRequest,
+    SMB2CreateDurableHandleReconnect,
     SMB2CreateDurableHandleReconnectV2,
+    SMB2CreateDurableHandleRequest,
     SMB2CreateDurableHandleRequestV2,
+    SMB2CreateDurableHandleResponse,
     SMB2CreateRequestLeaseV2,
 )
 from smbprotocol.exceptions import SMBResponseException
@@ -54,6 +61,7 @@ from smbprotocol.open import (
     Open,
     RequestedOplockLevel,
 )
+import smbprotocol.session
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 from smbprotocol.file_info import FileInformationClass, InfoType
@@ -153,14 +161,31 @@ class OplockBreakAck:
         return 24
 
 
+class _SetupWithPrevious(smbprotocol.session.SMB2SessionSetupRequest):
+    """smbprotocol's SESSION_SETUP request, with the PreviousSessionId the next connect asks."""
+
+    previous = 0
+
+    def __init__(self):
+        super().__init__()
+        self["previous_session_id"] = _SetupWithPrevious.previous
+
+
+smbprotocol.session.SMB2SessionSetupRequest = _SetupWithPrevious
+
+
 class Client:
-    def __init__(self, host, port, guid=None, share="pub"):
+    def __init__(self, host, port, guid=None, share="pub", previous=0):
         self.conn = Connection(guid or uuid.uuid4(), host, port, require_signing=False)
         self.conn.connect(timeout=10)
         self.sink = BreakSink()
         self.conn.outstanding_requests[0xFFFFFFFFFFFFFFFF] = self.sink
         self.session = Session(self.conn, "guest", "guest", require_encryption=False, auth_protocol="ntlm")
-        self.session.connect()
+        _SetupWithPrevious.previous = previous
+        try:
+            self.session.connect()
+        finally:
+            _SetupWithPrevious.previous = 0
         self.tree = TreeConnect(self.session, rf"\\{host}\{share}")
         self.tree.connect(require_secure_negotiate=False)
 
@@ -180,9 +205,10 @@ def reply(req, **kw):
 
 def op_connect(r):
     guid = uuid.UUID(hex=r["guid"]) if r.get("guid") else None
-    c = Client(r["host"], int(r["port"]), guid, r.get("share", "pub"))
+    c = Client(r["host"], int(r["port"]), guid, r.get("share", "pub"), int(r.get("previous", 0)))
     clients[r["c"]] = c
-    return {"ca": bool(c.tree.is_ca_share), "scaleout": bool(getattr(c.tree, "is_scaleout_share", False))}
+    return {"ca": bool(c.tree.is_ca_share), "scaleout": bool(getattr(c.tree, "is_scaleout_share", False)),
+            "session": c.session.session_id}
 
 
 def op_open(r):
@@ -204,7 +230,13 @@ def op_open(r):
         contexts.append(ctx)
         oplock = 0xFF
     create_guid = None
-    if r.get("durable") is not None:
+    v1 = r.get("durable") is not None and r["durable"].get("v1")
+    if v1:
+        ctx = SMB2CreateContextRequest()
+        ctx["buffer_name"] = CreateContextName.SMB2_CREATE_DURABLE_HANDLE_REQUEST
+        ctx["buffer_data"] = SMB2CreateDurableHandleRequest()
+        contexts.append(ctx)
+    elif r.get("durable") is not None:
         create_guid = uuid.uuid4()
         dh = SMB2CreateDurableHandleRequestV2()
         dh["timeout"] = int(r["durable"].get("timeout", 0))
@@ -231,11 +263,14 @@ def op_open(r):
             out["lease"] = lease_name(ctx["lease_state"].get_value())
         if hasattr(ctx, "fields") and "timeout" in ctx.fields and "flags" in ctx.fields:
             out["durable"] = {"timeout": ctx["timeout"].get_value(), "flags": int(ctx["flags"].get_value())}
+        if v1 and isinstance(ctx, SMB2CreateDurableHandleResponse):
+            out["durable"] = {}
     if key is not None:
         out["lease_key"] = key.hex()
-    if create_guid is not None:
+    if create_guid is not None or v1:
         out.setdefault("durable", None)
         out["file_id"] = o.file_id.hex()
+    if create_guid is not None:
         out["create_guid"] = create_guid.hex
     return out
 
@@ -243,24 +278,52 @@ def op_open(r):
 def op_reconnect(r):
     c = clients[r["c"]]
     o = Open(c.tree, r["path"])
-    dh = SMB2CreateDurableHandleReconnectV2()
-    dh["file_id"] = bytes.fromhex(r["file_id"])
-    dh["create_guid"] = uuid.UUID(hex=r["create_guid"])
-    dh["flags"] = 0x2 if r.get("persistent") else 0
     ctx = SMB2CreateContextRequest()
-    ctx["buffer_name"] = CreateContextName.SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2
+    if r.get("create_guid"):
+        dh = SMB2CreateDurableHandleReconnectV2()
+        dh["file_id"] = bytes.fromhex(r["file_id"])
+        dh["create_guid"] = uuid.UUID(hex=r["create_guid"])
+        dh["flags"] = 0x2 if r.get("persistent") else 0
+        ctx["buffer_name"] = CreateContextName.SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2
+    else:
+        dh = SMB2CreateDurableHandleReconnect()
+        dh["data"] = bytes.fromhex(r["file_id"])
+        ctx["buffer_name"] = CreateContextName.SMB2_CREATE_DURABLE_HANDLE_RECONNECT
     ctx["buffer_data"] = dh
-    o.create(
+    contexts = [ctx]
+    key = None
+    oplock = 0
+    if r.get("lease_key"):
+        key = bytes.fromhex(r["lease_key"])
+        lease = SMB2CreateRequestLeaseV2()
+        lease["lease_key"] = key
+        lease["lease_state"] = lease_bits(r.get("lease", "RWH"))
+        lease["parent_lease_key"] = b"\x00" * 16
+        lease["epoch"] = b"\x00\x00"
+        lctx = SMB2CreateContextRequest()
+        lctx["buffer_name"] = CreateContextName.SMB2_CREATE_REQUEST_LEASE_V2
+        lctx["buffer_data"] = lease
+        contexts.append(lctx)
+        oplock = 0xFF
+    elif r.get("oplock"):
+        oplock = OPLOCKS[r["oplock"]]
+    resp = o.create(
         ImpersonationLevel.Impersonation,
         0x0012019F,
         FileAttributes.FILE_ATTRIBUTE_NORMAL,
         7,
         CreateDisposition.FILE_OPEN,
         CreateOptions.FILE_NON_DIRECTORY_FILE,
-        create_contexts=[ctx],
+        create_contexts=contexts,
+        oplock_level=oplock,
     )
-    handles[r["h"]] = (r["c"], o, None)
-    return {"file_id": o.file_id.hex()}
+    handles[r["h"]] = (r["c"], o, key)
+    out = {"file_id": o.file_id.hex(),
+           "oplock": OPLOCK_NAMES.get(o.oplock_level, "lease" if o.oplock_level == 0xFF else str(o.oplock_level))}
+    for c2 in resp or []:
+        if hasattr(c2, "fields") and "lease_state" in c2.fields:
+            out["lease"] = lease_name(c2["lease_state"].get_value())
+    return out
 
 
 def op_close(r):

@@ -130,6 +130,9 @@ state_dir = "{{dir}}/state"
     pub fn start_node(&self, i: usize) -> Daemon {
         let dir = self.dir(i);
         std::fs::create_dir_all(&dir).unwrap();
+        // Where a `[fuse] mountpoint = "{dir}/mnt"` in the extra config mounts (a dead mount a
+        // kill left there answers ENOTCONN, which the restart replaces).
+        let _ = std::fs::create_dir(dir.join("mnt"));
         let link = dir.join("vol");
         if std::fs::symlink_metadata(&link).is_err() {
             std::os::unix::fs::symlink(self.volume(), &link).unwrap();
@@ -232,9 +235,21 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 impl SmbClient {
     /// Starts the driver inside network namespace `ns`.
     pub fn spawn(ns: &str) -> SmbClient {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "python3", "-u"]);
+        Self::spawn_with(cmd)
+    }
+
+    /// Starts the driver in this process's own network namespace (a node on loopback).
+    pub fn spawn_local() -> SmbClient {
+        let mut cmd = Command::new("python3");
+        cmd.arg("-u");
+        Self::spawn_with(cmd)
+    }
+
+    fn spawn_with(mut cmd: Command) -> SmbClient {
         let script = workspace_root().join("tests/smb/cluster_client.py");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-u"])
+        let mut child = cmd
             .arg(&script)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

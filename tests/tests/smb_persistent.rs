@@ -1,17 +1,23 @@
-//! Persistent handles across nodes (issue 14): three nasgw nodes in namespaces on one volume,
-//! a continuously available share, a public address.
+//! Durable and persistent handles across nodes (issue 14): three nasgw nodes in namespaces on
+//! one volume, a continuously available share, a public address.
 //!
-//! Client A (Python smbprotocol) opens a file persistently through the public address, writes,
-//! and locks a range; client B, through another node's own address, is refused a conflicting
-//! open and the lock. The node holding the address dies (link down + kill -9). A connects to
-//! the address again (now on a survivor) and reclaims the open with a DH2C naming only its
-//! FileId and CreateGuid: the lock is still A's (B is refused the open and the lock before,
-//! during and after), A's data is intact and A goes on writing. The stall (kill -> reclaimed
-//! open) is printed.
+//! Client A (Python smbprotocol) opens a file persistently through the public address on the
+//! continuously available share; client P, through the same address on the ordinary share,
+//! opens one file with a durable v2 open (`DH2Q`, lease RH) and another with a durable v1 open
+//! (`DHnQ`, batch oplock). Each writes and locks a range; client B, through another node's own
+//! address, is refused a conflicting open and the lock. The node holding the address dies (link
+//! down + kill -9). A and P connect to the address again (now on a survivor) and reclaim their
+//! opens with a `DH2C` / `DHnC` naming only the FileId (and CreateGuid, lease key): the locks
+//! are still theirs (B is refused the open and the lock before, during and after), the data is
+//! intact and they go on writing. The stall (kill -> reclaimed open) is printed.
+//!
+//! The second test moves a durable open with its address while the node lives (`nasgw
+//! disable`: the node hands it over), then to a node restarted after the open was made (it
+//! asked the others for their records).
 
 use std::time::{Duration, Instant};
 
-use nasgw_tests::cluster::{SmbClient, SmbCluster, SMB_PORT, VIP};
+use nasgw_tests::cluster::{SmbClient, SmbCluster, NODES, SMB_PORT, VIP};
 use nasgw_tests::wait_for;
 use serde_json::json;
 
@@ -36,7 +42,7 @@ const SHARE_ALL: u32 = 7;
 const STALL_BOUND: Duration = Duration::from_secs(20);
 
 #[test]
-fn a_persistent_open_is_reclaimed_with_its_lock_on_the_node_that_takes_over_the_address() {
+fn persistent_and_durable_opens_are_reclaimed_with_their_locks_on_the_node_that_takes_over_the_address() {
     let mut c = SmbCluster::start_with_public_address(CA_SHARE);
     let victim = c.holder(VIP).expect("the address is placed");
     let other = (victim + 1) % 3;
@@ -44,7 +50,8 @@ fn a_persistent_open_is_reclaimed_with_its_lock_on_the_node_that_takes_over_the_
     let guid = "5e1f0c2a9b8d4e7f8a6b5c4d3e2f1a0b";
     let r = d.ok(json!({"op": "connect", "c": "A", "host": VIP, "port": SMB_PORT, "share": "ca", "guid": guid}));
     assert_eq!((r.v["ca"].as_bool(), r.v["scaleout"].as_bool()), (Some(true), Some(true)), "{}", r.v);
-    let r = d.ok(json!({"op": "connect", "c": "P", "host": VIP, "port": SMB_PORT}));
+    let pguid = "7a1e0c2a9b8d4e7f8a6b5c4d3e2f1a0c";
+    let r = d.ok(json!({"op": "connect", "c": "P", "host": VIP, "port": SMB_PORT, "guid": pguid}));
     assert_eq!(r.v["ca"].as_bool(), Some(false), "the plain share is not continuously available: {}", r.v);
     // Not persistent on a share that is not continuously available (and no durability at all
     // without a handle lease or batch oplock).
@@ -59,16 +66,50 @@ fn a_persistent_open_is_reclaimed_with_its_lock_on_the_node_that_takes_over_the_
     d.ok(json!({"op": "write", "h": "a", "off": 0, "data": hex(&[b'A'; 4096])}));
     d.ok(json!({"op": "lock", "h": "a", "off": 0, "len": 100}));
 
+    // Durable (not persistent) opens on the ordinary share: v2 with a handle lease, v1 with a
+    // batch oplock.
+    let r = d.ok(json!({"op": "open", "c": "P", "h": "dv2", "path": "durable-v2.bin", "access": READ_WRITE,
+        "share": SHARE_READ, "lease": "RH", "durable": {"timeout": 60000}}));
+    assert_eq!((r.v["durable"]["flags"].as_u64(), r.s("lease")), (Some(0), "RH"), "a durable v2 open: {}", r.v);
+    let (v2_id, v2_guid, v2_lease) =
+        (r.s("file_id").to_string(), r.s("create_guid").to_string(), r.s("lease_key").to_string());
+    let r = d.ok(json!({"op": "open", "c": "P", "h": "dv1", "path": "durable-v1.bin", "access": READ_WRITE,
+        "share": SHARE_READ, "oplock": "batch", "durable": {"v1": true}}));
+    assert!(r.v["durable"].is_object() && r.s("oplock") == "batch", "a durable v1 open: {}", r.v);
+    let v1_id = r.s("file_id").to_string();
+    for (h, b) in [("dv2", b'D'), ("dv1", b'E')] {
+        d.ok(json!({"op": "write", "h": h, "off": 0, "data": hex(&[b; 4096])}));
+        d.ok(json!({"op": "lock", "h": h, "off": 0, "len": 100}));
+    }
+
     d.connect_share("B", other, "ca");
-    let refused = |d: &mut SmbClient, when: &str| {
-        let r = d.call(
-            json!({"op": "open", "c": "B", "h": "bw", "path": "persist.bin", "access": READ_WRITE, "share": SHARE_ALL}),
-        );
-        assert!(!r.ok, "{when}: B opened for writing past A's share mode: {}", r.v);
-        let r = d.call(json!({"op": "lock", "h": "br", "off": 0, "len": 100}));
-        assert!(!r.ok, "{when}: B got A's lock: {}", r.v);
-    };
+    // B's read-only handles on the three files (the durable ones' caching is broken down to
+    // read first: P answers the breaks as a client would).
     d.ok(json!({"op": "open", "c": "B", "h": "br", "path": "persist.bin", "access": READ_ONLY, "share": SHARE_ALL}));
+    d.ok(json!({"op": "open", "c": "B", "h": "br-dv2", "path": "durable-v2.bin", "access": READ_ONLY, "share": SHARE_ALL}));
+    let id = d.start(json!({"op": "open", "c": "B", "h": "bw-dv2", "path": "durable-v2.bin", "access": READ_WRITE,
+        "share": SHARE_ALL, "bg": true}));
+    let r = d.ok(json!({"op": "breaks", "c": "P", "n": 1, "timeout": 20}));
+    assert_eq!(r.v["breaks"][0]["to"].as_str(), Some("R"), "B's write open breaks P's handle caching: {}", r.v);
+    d.ok(json!({"op": "ack", "c": "P", "h": "dv2", "state": "R"}));
+    let r = d.wait(id, Duration::from_secs(30));
+    assert_eq!(r.status, "STATUS_SHARING_VIOLATION", "{}", r.v);
+    let id = d.start(json!({"op": "open", "c": "B", "h": "br-dv1", "path": "durable-v1.bin", "access": READ_ONLY,
+        "share": SHARE_ALL, "bg": true}));
+    let r = d.ok(json!({"op": "breaks", "c": "P", "n": 2, "timeout": 20}));
+    assert_eq!(r.v["breaks"][1]["to"].as_str(), Some("ii"), "B's open breaks P's batch oplock: {}", r.v);
+    d.ok(json!({"op": "ack_oplock", "h": "dv1", "level": "ii"}));
+    assert!(d.wait(id, Duration::from_secs(30)).ok);
+    let refused = |d: &mut SmbClient, when: &str| {
+        for (path, h) in [("persist.bin", "br"), ("durable-v2.bin", "br-dv2"), ("durable-v1.bin", "br-dv1")] {
+            let r = d.call(
+                json!({"op": "open", "c": "B", "h": "bw", "path": path, "access": READ_WRITE, "share": SHARE_ALL}),
+            );
+            assert!(!r.ok, "{when}: B opened {path} for writing past its share mode: {}", r.v);
+            let r = d.call(json!({"op": "lock", "h": h, "off": 0, "len": 100}));
+            assert!(!r.ok, "{when}: B got the lock on {path}: {}", r.v);
+        }
+    };
     refused(&mut d, "before");
 
     let t0 = Instant::now();
@@ -98,7 +139,33 @@ fn a_persistent_open_is_reclaimed_with_its_lock_on_the_node_that_takes_over_the_
     assert!(reclaimed_at < STALL_BOUND, "{}", c.logs());
     assert_ne!(now_at, Some(victim));
 
+    // The durable opens come back the same way (their node is out of the view by now).
+    let t = Instant::now();
+    d.ok(json!({"op": "connect", "c": "P2", "host": VIP, "port": SMB_PORT, "guid": pguid}));
+    let r = d.ok(json!({"op": "reconnect", "c": "P2", "h": "p2v2", "path": "durable-v2.bin",
+        "file_id": v2_id, "create_guid": v2_guid, "lease_key": v2_lease, "lease": "RH"}));
+    // The same persistent FileId (the volatile half is the new node's).
+    assert_eq!(r.s("file_id")[..16], v2_id[..16], "{}", r.v);
+    let r = d.ok(json!({"op": "reconnect", "c": "P2", "h": "p2v1", "path": "durable-v1.bin", "file_id": v1_id,
+        "oplock": "batch"}));
+    assert_eq!(r.s("file_id")[..16], v1_id[..16], "{}", r.v);
+    println!("durable v2 and v1 opens reclaimed on node {now_at:?} in {:.3} s", t.elapsed().as_secs_f64());
     refused(&mut d, "after the reclaim");
+    for (h, bh, b) in [("p2v2", "br-dv2", b'D'), ("p2v1", "br-dv1", b'E')] {
+        let r = d.ok(json!({"op": "read", "h": h, "off": 0, "len": 4096}));
+        assert_eq!(r.s("data"), hex(&[b; 4096]), "{h}: the data is intact");
+        d.ok(json!({"op": "write", "h": h, "off": 0, "data": hex(b"xxxx")}));
+        d.ok(json!({"op": "unlock", "h": h, "off": 0, "len": 100}));
+        d.ok(json!({"op": "lock", "h": bh, "off": 0, "len": 100}));
+        d.ok(json!({"op": "unlock", "h": bh, "off": 0, "len": 100}));
+        d.ok(json!({"op": "close", "h": h}));
+        d.ok(json!({"op": "close", "h": bh}));
+    }
+    for (name, b) in [("durable-v2.bin", b'D'), ("durable-v1.bin", b'E')] {
+        let mut want = b"xxxx".to_vec();
+        want.extend_from_slice(&[b; 4092]);
+        assert!(std::fs::read(c.volume().join(name)).unwrap() == want, "the volume holds P's bytes in {name}");
+    }
     let r = d.ok(json!({"op": "read", "h": "a2", "off": 0, "len": 4096}));
     assert_eq!(r.s("data"), hex(&[b'A'; 4096]), "A's data is intact");
     // A's lock is A's: it writes inside it, and on past it.
@@ -127,4 +194,93 @@ fn a_persistent_open_is_reclaimed_with_its_lock_on_the_node_that_takes_over_the_
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The address moves while its node lives (`nasgw disable`): the client's durable open is
+/// handed over to the node it reconnects to, with its lock. Then a node restarts (it missed
+/// every announcement) and, once the address has moved to it, takes the open back too.
+#[test]
+fn a_durable_open_follows_its_address_on_disable_and_reaches_a_node_that_joined_later() {
+    let mut c = SmbCluster::start_with_public_address("");
+    let first = c.holder(VIP).expect("the address is placed");
+    let mut d = SmbClient::spawn(c.topo.ns("c1"));
+    let guid = "0b1e0c2a9b8d4e7f8a6b5c4d3e2f1a0d";
+    d.ok(json!({"op": "connect", "c": "P", "host": VIP, "port": SMB_PORT, "guid": guid}));
+    let r = d.ok(json!({"op": "open", "c": "P", "h": "p", "path": "follow.bin", "access": READ_WRITE,
+        "share": SHARE_READ, "lease": "RH", "durable": {"timeout": 60000}}));
+    assert_eq!(r.v["durable"]["flags"].as_u64(), Some(0), "a durable v2 open: {}", r.v);
+    let (id, cg, key) = (r.s("file_id").to_string(), r.s("create_guid").to_string(), r.s("lease_key").to_string());
+    d.ok(json!({"op": "write", "h": "p", "off": 0, "data": hex(&[b'F'; 4096])}));
+    d.ok(json!({"op": "lock", "h": "p", "off": 0, "len": 100}));
+    // B works through the disabled node's own address (it stays in the cluster).
+    d.connect("B", first);
+    d.ok(json!({"op": "open", "c": "B", "h": "br", "path": "follow.bin", "access": READ_ONLY, "share": SHARE_ALL}));
+    let refused = |d: &mut SmbClient, when: &str| {
+        let r = d.call(json!({"op": "lock", "h": "br", "off": 0, "len": 100}));
+        assert!(!r.ok, "{when}: B got P's lock: {}", r.v);
+    };
+    refused(&mut d, "before");
+
+    // Graceful: the holder is disabled, the address moves, the node lives on.
+    let out = c.daemon(first).ctl(&["disable"]);
+    assert!(out.status.success(), "{out:?}");
+    let t0 = Instant::now();
+    let second = wait_for("the address to move off the disabled node", STALL_BOUND, Duration::from_millis(50), || {
+        c.holder(VIP).filter(|&h| h != first)
+    });
+    let reclaimed = |d: &mut SmbClient, c: &str, h: &str| {
+        wait_for("P to reclaim its durable open", STALL_BOUND, Duration::from_millis(100), || {
+            if !d.call(json!({"op": "connect", "c": c, "host": VIP, "port": SMB_PORT, "guid": guid})).ok {
+                return None;
+            }
+            let r = d.call(json!({"op": "reconnect", "c": c, "h": h, "path": "follow.bin", "file_id": id,
+                "create_guid": cg, "lease_key": key, "lease": "RH"}));
+            if !r.ok {
+                println!("reconnect: {}", r.v);
+            }
+            r.ok.then_some(())
+        })
+    };
+    reclaimed(&mut d, "P2", "p2");
+    println!(
+        "disable: node {first} disabled; the address moved to node {second}; the durable open was handed over \
+         and reclaimed there {:.3} s after the disable",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(c.daemon(first).logs().contains("handed over"), "{}", c.logs());
+    refused(&mut d, "after the hand-over");
+    d.ok(json!({"op": "write", "h": "p2", "off": 4096, "data": hex(&[b'G'; 100])}));
+
+    // The third node restarts: it missed the announcements, and asks when it joins.
+    let third = 3 - first - second;
+    c.kill(third);
+    c.topo.heal(NODES[third]);
+    c.daemons[third] = Some(c.start_node(third));
+    c.wait_serving(&[third], STALL_BOUND * 2);
+    // The address's holder dies: the disabled node takes no address, so it goes to the third.
+    let t0 = Instant::now();
+    c.kill(second);
+    let at = wait_for("the address to move to the restarted node", STALL_BOUND * 2, Duration::from_millis(50), || {
+        c.holder(VIP)
+    });
+    assert_eq!(at, third);
+    reclaimed(&mut d, "P3", "p3");
+    println!(
+        "joined later: node {third} restarted, node {second} killed; the durable open was reclaimed on node {third} \
+         {:.3} s after the kill",
+        t0.elapsed().as_secs_f64()
+    );
+    refused(&mut d, "after the reclaim on the restarted node");
+    let r = d.ok(json!({"op": "read", "h": "p3", "off": 0, "len": 4196}));
+    let mut want = vec![b'F'; 4096];
+    want.extend_from_slice(&[b'G'; 100]);
+    assert_eq!(r.s("data"), hex(&want), "the data is intact");
+    d.ok(json!({"op": "unlock", "h": "p3", "off": 0, "len": 100}));
+    d.ok(json!({"op": "lock", "h": "br", "off": 0, "len": 100}));
+    d.ok(json!({"op": "close", "h": "p3"}));
+    d.ok(json!({"op": "close", "h": "br"}));
+
+    for d in c.daemons.iter().flatten() {
+        assert!(!d.logs().contains("panicked"), "{}", d.logs());
+    }
 }

@@ -14,18 +14,19 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fuser::{
     AccessFlags, BackingId, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::convert::{attr as fuse_attr, errno, groups_of_status, kind, set_attr};
 use super::inodes::{generation, Inodes};
-use crate::locks::{Conflict, LockService, Owner, RangeLock};
+use super::sharing::{Invalidator, MountSharing};
+use crate::locks::{Conflict, LockService, OpenKey, Owner, RangeLock};
 use crate::vfs::{
     access, Attr, CreateHow, Credentials, FileId, FileType, Namespace, SetAttr, SpecialFile, Stability, VfsError,
 };
@@ -42,6 +43,7 @@ thread_local! {
     /// This FUSE thread's runtime: namespace calls run in place on it.
     static RUNTIME: tokio::runtime::Runtime = {
         crate::vfs::in_place::run_calls_in_place();
+        super::sharing::mark_fuse_thread();
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a FUSE thread's runtime")
     };
 }
@@ -78,12 +80,16 @@ struct OpenFile {
     passthrough: bool,
     /// Written through nasgw since the last flush.
     wrote: AtomicBool,
+    /// Its open in the cluster's file-sharing state (none without a lock service).
+    key: Option<OpenKey>,
+    /// Opened for writing.
+    write: bool,
 }
 
 /// The volume as the node's FUSE mount serves it.
 pub struct VolumeFs {
     ns: Namespace,
-    inodes: Mutex<Inodes>,
+    inodes: Arc<Mutex<Inodes>>,
     opens: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>>,
     backings: Mutex<HashMap<FileId, Backing>>,
     next_fh: AtomicU64,
@@ -97,6 +103,11 @@ pub struct VolumeFs {
     owner_base: u128,
     /// (file, kernel lock owner) that took a lock through the mount: whose close unlocks.
     lockers: Arc<Mutex<HashSet<(FileId, u64)>>>,
+    /// The mount in the file-sharing state: share modes, lease breaks, the kernel told of
+    /// changes made elsewhere (none without a lock service).
+    sharing: Option<Arc<MountSharing>>,
+    /// The session's notifier, once it runs.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 /// How often a waiting lock (F_SETLKW) retries besides every change of the file's record.
@@ -116,8 +127,20 @@ impl VolumeFs {
         let owner_base =
             (u128::from(0x4655_5345u32) << 96) | (u128::from(node) << 80) | (u128::from(nonce >> 16) << 64);
         let granted = Arc::new(AtomicBool::new(false));
+        let inodes = Arc::new(Mutex::new(Inodes::new(ns.root(), root_fileid)));
+        let notifier = Arc::new(OnceLock::new());
+        let inval = Invalidator::new(notifier.clone());
+        // Names changed by SMB, NFS or another node: the kernel forgets its cached entry.
+        let known = inodes.clone();
+        ns.changes().listen(super::sharing::listener(inval.clone(), move |dir| {
+            known.lock().unwrap_or_else(|p| p.into_inner()).ino_of(dir)
+        }));
+        let sharing = match (&locks, tokio::runtime::Handle::try_current()) {
+            (Some(l), Ok(rt)) => Some(MountSharing::new(l.clone(), inval, rt)),
+            _ => None,
+        };
         let fs = Self {
-            inodes: Mutex::new(Inodes::new(ns.root(), root_fileid)),
+            inodes,
             ns,
             opens: Arc::new(Mutex::new(HashMap::new())),
             backings: Mutex::new(HashMap::new()),
@@ -127,8 +150,34 @@ impl VolumeFs {
             locks,
             owner_base,
             lockers: Arc::new(Mutex::new(HashSet::new())),
+            sharing,
+            notifier,
         };
         (fs, granted)
+    }
+
+    /// Where the session's notifier goes once the session runs.
+    pub fn notifier_cell(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Opens `id` (node `ino`) in the file-sharing state for `open(2)` flags `oflags`.
+    fn share_open(&self, id: FileId, ino: u64, oflags: i32) -> Result<Option<super::sharing::Opened>, Errno> {
+        match &self.sharing {
+            Some(s) => run(s.open(id, ino, oflags)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Before an unlink, rmdir or rename of `dir/name` (when it exists): share modes and
+    /// handle-caching breaks.
+    fn may_remove(&self, cred: &Credentials, dir: FileId, name: &[u8]) -> Result<(), Errno> {
+        let Some(s) = &self.sharing else { return Ok(()) };
+        match run(self.ns.lookup(cred, dir, name)) {
+            Ok((id, _)) => run(s.may_remove(id)),
+            // The operation itself says what is wrong.
+            Err(_) => Ok(()),
+        }
     }
 
     fn id(&self, ino: INodeNo) -> Result<FileId, Errno> {
@@ -153,9 +202,16 @@ impl VolumeFs {
         }
     }
 
-    fn new_fh(&self, file: FileId, data: Option<Arc<File>>, passthrough: bool) -> FileHandle {
+    fn new_fh(
+        &self,
+        file: FileId,
+        data: Option<Arc<File>>,
+        passthrough: bool,
+        key: Option<OpenKey>,
+        write: bool,
+    ) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let open = OpenFile { file, data, passthrough, wrote: AtomicBool::new(false) };
+        let open = OpenFile { file, data, passthrough, wrote: AtomicBool::new(false), key, write };
         self.opens.lock().expect("opens lock").insert(fh, Arc::new(open));
         FileHandle(fh)
     }
@@ -273,6 +329,9 @@ impl Filesystem for VolumeFs {
             Ok(id) => id,
             Err(e) => return reply.error(e),
         };
+        if let Some(s) = &self.sharing {
+            run(s.ensure_cached(id));
+        }
         match run(self.ns.getattr(id)) {
             // A file removed while open (`fstat` of its descriptor): its own descriptor.
             Err(VfsError::Stale | VfsError::NotFound) => {
@@ -309,6 +368,11 @@ impl Filesystem for VolumeFs {
             Err(e) => return reply.error(e),
         };
         let set = set_attr(mode, uid, gid, size, atime, mtime);
+        if let (Some(_), Some(s)) = (size, &self.sharing) {
+            if let Err(e) = run(s.may_resize(id)) {
+                return reply.error(e);
+            }
+        }
         // `ftruncate` of a descriptor open for writing: the kernel checked the descriptor,
         // so the file's mode (which may forbid the caller now) does not matter.
         let cred = if fh.is_some() && set == (SetAttr { size, ..SetAttr::default() }) {
@@ -385,6 +449,9 @@ impl Filesystem for VolumeFs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let cred = caller(req);
+        if let Err(e) = self.id(parent).and_then(|dir| self.may_remove(&cred, dir, self.name(name))) {
+            return reply.error(e);
+        }
         match self.id(parent).map(|dir| run(self.ns.remove(&cred, dir, self.name(name)))) {
             Ok(Ok(())) => reply.ok(),
             Ok(Err(e)) => reply.error(errno(e)),
@@ -394,6 +461,9 @@ impl Filesystem for VolumeFs {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let cred = caller(req);
+        if let Err(e) = self.id(parent).and_then(|dir| self.may_remove(&cred, dir, self.name(name))) {
+            return reply.error(e);
+        }
         match self.id(parent).map(|dir| run(self.ns.rmdir(&cred, dir, self.name(name)))) {
             Ok(Ok(())) => reply.ok(),
             Ok(Err(e)) => reply.error(errno(e)),
@@ -441,6 +511,12 @@ impl Filesystem for VolumeFs {
         if flags != 0 {
             return reply.error(Errno::EINVAL);
         }
+        // The file renamed and the one it replaces: neither may be denied delete.
+        if let Err(e) =
+            self.may_remove(&cred, from, self.name(name)).and_then(|()| self.may_remove(&cred, to, self.name(newname)))
+        {
+            return reply.error(e);
+        }
         match run(self.ns.rename(&cred, from, self.name(name), to, self.name(newname))) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -472,12 +548,25 @@ impl Filesystem for VolumeFs {
             // The kernel never opens a directory here; special files are not served.
             return reply.error(Errno::from_i32(libc::ENXIO));
         }
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let shared = match self.share_open(id, ino.0, flags.0) {
+            Ok(s) => s,
+            Err(e) => return reply.error(e),
+        };
+        let key = shared.map(|s| s.key);
         match self.backing(id, |f| reply.open_backing(f)) {
-            Some((b, f)) => reply.opened_passthrough(self.new_fh(id, Some(f), true), FopenFlags::empty(), &b),
+            Some((b, f)) => {
+                reply.opened_passthrough(self.new_fh(id, Some(f), true, key, write), FopenFlags::empty(), &b)
+            }
             None => {
-                let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
                 let data = self.ns.backend().open_data(&id, write).ok().map(|fd| Arc::new(File::from(fd)));
-                reply.opened(self.new_fh(id, data, false), FopenFlags::empty())
+                // The page cache stays only while the mount's read lease held since it was filled.
+                let keep = if shared.is_some_and(|s| s.keep_cache) {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(self.new_fh(id, data, false, key, write), keep)
             }
         }
     }
@@ -494,6 +583,10 @@ impl Filesystem for VolumeFs {
         reply: ReplyData,
     ) {
         let Some(open) = self.open_of(fh) else { return reply.error(Errno::EBADF) };
+        if let Some(s) = &self.sharing {
+            // The kernel caches what this returns: hold the lease that tells it of changes.
+            run(s.ensure_cached(open.file));
+        }
         if let Some(f) = &open.data {
             let mut buf = vec![0u8; size as usize];
             let mut n = 0;
@@ -588,6 +681,11 @@ impl Filesystem for VolumeFs {
         if let (Some(o), Some(owner)) = (&open, lock_owner) {
             // flock locks belong to the open file; POSIX ones were dropped at close already.
             self.drop_locks(o.file, owner);
+        }
+        if let (Some(o), Some(s)) = (&open, &self.sharing) {
+            if let Some(key) = o.key {
+                run(s.close(o.file, key, o.write));
+            }
         }
         if let Some(o) = open.filter(|o| o.passthrough) {
             self.release_backing(&o.file);
@@ -898,14 +996,27 @@ impl Filesystem for VolumeFs {
         };
         let fa = fuse_attr(&a, ino);
         let g = Generation(generation(&id));
-        match self.backing(id, |f| reply.open_backing(f)) {
-            Some((b, f)) => {
-                reply.created_passthrough(&TTL, &fa, g, self.new_fh(id, Some(f), true), FopenFlags::empty(), &b)
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let key = match self.share_open(id, ino, flags) {
+            Ok(s) => s.map(|s| s.key),
+            Err(e) => {
+                // The kernel was handed the entry: give its lookup back.
+                self.inodes.lock().expect("inodes lock").forget(ino, 1);
+                return reply.error(e);
             }
+        };
+        match self.backing(id, |f| reply.open_backing(f)) {
+            Some((b, f)) => reply.created_passthrough(
+                &TTL,
+                &fa,
+                g,
+                self.new_fh(id, Some(f), true, key, write),
+                FopenFlags::empty(),
+                &b,
+            ),
             None => {
-                let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
                 let data = self.ns.backend().open_data(&id, write).ok().map(|fd| Arc::new(File::from(fd)));
-                reply.created(&TTL, &fa, g, self.new_fh(id, data, false), FopenFlags::empty())
+                reply.created(&TTL, &fa, g, self.new_fh(id, data, false, key, write), FopenFlags::empty())
             }
         }
     }

@@ -22,12 +22,14 @@ pub struct Inodes {
     root: FileId,
     root_fileid: u64,
     known: HashMap<u64, (FileId, u64)>,
+    /// The node id of each known identity (invalidations name files by identity).
+    by_id: HashMap<FileId, u64>,
 }
 
 impl Inodes {
     /// A table whose node 1 is `root` (whose own inode number is `root_fileid`).
     pub fn new(root: FileId, root_fileid: u64) -> Self {
-        Self { root, root_fileid, known: HashMap::new() }
+        Self { root, root_fileid, known: HashMap::new(), by_id: HashMap::new() }
     }
 
     /// The identity of node `ino`, if the kernel may still name it.
@@ -52,8 +54,12 @@ impl Inodes {
         // The same inode number with another identity: the old file is gone and its number was
         // reused; the kernel's lookups of the number now name the new file (its generation
         // differs, so the kernel drops the old inode).
-        e.0 = id;
+        if e.0 != id {
+            let old = std::mem::replace(&mut e.0, id);
+            self.by_id.remove(&old);
+        }
         e.1 += 1;
+        self.by_id.insert(id, fileid);
         Some(fileid)
     }
 
@@ -62,9 +68,19 @@ impl Inodes {
         if let Some(e) = self.known.get_mut(&ino) {
             e.1 = e.1.saturating_sub(n);
             if e.1 == 0 {
-                self.known.remove(&ino);
+                if let Some((id, _)) = self.known.remove(&ino) {
+                    self.by_id.remove(&id);
+                }
             }
         }
+    }
+
+    /// The node id the kernel knows file `id` by, if it knows it.
+    pub fn ino_of(&self, id: &FileId) -> Option<u64> {
+        if *id == self.root {
+            return Some(ROOT);
+        }
+        self.by_id.get(id).copied()
     }
 
     /// How many node ids (besides the root) are remembered.
@@ -106,10 +122,13 @@ mod tests {
         assert_eq!(t.remember(id(1), 77), Some(77));
         assert_eq!(t.remember(id(1), 77), Some(77));
         assert_eq!(t.get(77), Some(id(1)));
+        assert_eq!(t.ino_of(&id(1)), Some(77));
+        assert_eq!(t.ino_of(&id(0)), Some(ROOT));
         t.forget(77, 1);
         assert_eq!(t.get(77), Some(id(1)), "one lookup left");
         t.forget(77, 1);
         assert_eq!(t.get(77), None);
+        assert_eq!(t.ino_of(&id(1)), None, "forgotten");
         assert!(t.is_empty());
         t.forget(12345, 3); // unknown: ignored
     }
@@ -122,6 +141,7 @@ mod tests {
         t.remember(id(1), 9);
         t.remember(id(2), 9);
         assert_eq!(t.get(9), Some(id(2)));
+        assert_eq!((t.ino_of(&id(1)), t.ino_of(&id(2))), (None, Some(9)), "the old file is no longer known");
         t.forget(9, 1);
         assert_eq!(t.get(9), Some(id(2)), "both lookups share the number");
         assert_ne!(generation(&id(1)), generation(&id(2)));

@@ -6,6 +6,8 @@
 //!   leaves, replaced at the next start.
 //! - `inodes.rs`: FUSE node ids = the files' inode numbers (NFS `fileid`), with lookup counts.
 //! - `convert.rs`: attributes, errors and attribute changes between FUSE and the namespace.
+//! - `sharing.rs`: the mount in the cluster's file-sharing state (share modes, lease breaks both
+//!   ways) and the kernel told of changes made elsewhere (`notify_inval_*`).
 //! - `fs.rs`: the file system: one namespace call per kernel request, as the calling process,
 //!   on the session's own threads; regular files opened with a passthrough backing file where
 //!   the kernel and backend allow it.
@@ -17,6 +19,7 @@ pub mod convert;
 pub mod fs;
 pub mod inodes;
 pub mod mountpoint;
+pub mod sharing;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,11 +67,13 @@ impl FuseMount {
         options.acl = SessionACL::All;
         options.n_threads = Some(THREADS);
         options.clone_fd = true;
+        let notifier = fs.notifier_cell();
         let p = path.clone();
         let session = tokio::task::spawn_blocking(move || fuser::Session::new(fs, &p, &options)?.spawn())
             .await
             .context("the FUSE mount task failed")?
             .with_context(|| format!("cannot mount the volume at [fuse] mountpoint {}", path.display()))?;
+        let _ = notifier.set(session.notifier());
         let pt = if passthrough.load(Ordering::Relaxed) { "on" } else { "off" };
         tracing::info!(mountpoint = %path.display(), passthrough = pt, "volume mounted for local programs");
         Ok(Self { path, session: Some(session), passthrough })

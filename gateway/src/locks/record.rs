@@ -32,11 +32,19 @@ pub mod flags {
     pub const PINS: u8 = 2;
     /// Created with FILE_DELETE_ON_CLOSE: its close makes the file delete-pending.
     pub const DELETE_ON_CLOSE: u8 = 4;
+    /// Its node let it go ([`super::FileRecord::set_durable`] with
+    /// [`super::HAND_OVER_MS`]): its client came back through another node, which may reclaim
+    /// it although its node is alive.
+    pub const HANDED_OVER: u8 = 8;
     /// What an SMB or local open carries.
     pub const HANDLE: u8 = SHARE_MODES | PINS;
     /// What NFS's stateless use of a file carries: none of the above.
     pub const STATELESS: u8 = 0;
 }
+
+/// The `ms` of [`FileRecord::set_durable`] that hands a durable open over (sets
+/// [`flags::HANDED_OVER`]) instead of setting its timeout; no timeout is that long.
+pub const HAND_OVER_MS: u32 = u32::MAX;
 
 /// One open of a file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -320,7 +328,8 @@ impl FileRecord {
 
     /// Makes orphan (or this node's own disconnected) open `old` the open `new`, held through
     /// `new.node`: its locks and lease follow. Idempotent: if `new` is already there, it is the
-    /// answer again. A live open of another node is refused (its client still has it).
+    /// answer again. A live open of another node is refused (its client still has it) unless
+    /// that node handed it over ([`flags::HANDED_OVER`]).
     pub fn reclaim(
         &mut self,
         old: OpenKey,
@@ -333,11 +342,12 @@ impl FileRecord {
             return Ok((o, lease, locks));
         }
         let o = self.opens.iter_mut().find(|o| o.key == old).ok_or(Conflict::NotFound)?;
-        if !o.orphan && old.node != new.node {
+        if !o.orphan && old.node != new.node && o.flags & flags::HANDED_OVER == 0 {
             return Err(Conflict::Sharing);
         }
         o.key = new;
         o.orphan = false;
+        o.flags &= !flags::HANDED_OVER;
         let o = o.clone();
         for r in self.ranges.iter_mut().filter(|r| r.owner == Owner::Open(old)) {
             r.owner = Owner::Open(new);
@@ -351,10 +361,18 @@ impl FileRecord {
         Ok((o, lease, locks))
     }
 
-    /// Sets how long open `key` outlives its node (0: not at all).
+    /// Sets how long open `key` outlives its node (0: not at all); [`HAND_OVER_MS`] instead
+    /// lets another node reclaim it while its node lives (a durable open only).
     pub fn set_durable(&mut self, key: OpenKey, ms: u32) -> Result<(), Conflict> {
         let o = self.opens.iter_mut().find(|o| o.key == key).ok_or(Conflict::NoSuchOpen)?;
-        o.durable_ms = ms;
+        if ms == HAND_OVER_MS {
+            if o.durable_ms == 0 {
+                return Err(Conflict::NotFound);
+            }
+            o.flags |= flags::HANDED_OVER;
+        } else {
+            o.durable_ms = ms;
+        }
         Ok(())
     }
 

@@ -32,6 +32,9 @@ pub trait Holders: Send + Sync {
 /// every event; each takes the payloads whose first byte is its own tag and ignores the rest.
 pub type EventSink = Box<dyn Fn(&[u8]) + Send + Sync>;
 
+/// Holders of the leases of one client GUID (see [`LockService::add_lease_holder`]).
+type LeaseHolder = ([u8; 16], Arc<dyn Holders>);
+
 struct State {
     m: Machine<FileId>,
     next_rid: u64,
@@ -49,6 +52,8 @@ pub struct LockService {
     net: Option<mpsc::UnboundedSender<(u16, Msg<FileId>)>>,
     licensed: watch::Sender<bool>,
     holders: OnceLock<Arc<dyn Holders>>,
+    /// Holders of leases whose client GUID is the key (the node's own mount), besides SMB's.
+    lease_holders: Mutex<Vec<LeaseHolder>>,
     events: Mutex<Vec<Arc<EventSink>>>,
 }
 
@@ -98,6 +103,7 @@ impl LockService {
             net,
             licensed: watch::channel(false).0,
             holders: OnceLock::new(),
+            lease_holders: Mutex::new(Vec::new()),
             events: Mutex::new(Vec::new()),
         })
     }
@@ -105,6 +111,13 @@ impl LockService {
     /// Registers where breaks and evictions go (once).
     pub fn set_holders(&self, h: Arc<dyn Holders>) {
         let _ = self.holders.set(h);
+    }
+
+    /// Sends the breaks of leases whose client GUID is `client` to `h` instead of the holders
+    /// of [`LockService::set_holders`], and tells `h` of evictions too (the node's own mount
+    /// holds leases under a client GUID of its own).
+    pub fn add_lease_holder(&self, client: [u8; 16], h: Arc<dyn Holders>) {
+        self.lease_holders.lock().unwrap_or_else(|p| p.into_inner()).push((client, h));
     }
 
     /// Adds a sink for the events from other nodes (change notifications, persistent opens).
@@ -204,6 +217,18 @@ impl LockService {
                     sink(p);
                 }
                 continue;
+            }
+            let extra: Vec<LeaseHolder> = self.lease_holders.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Output::Break { file, notice } = &o {
+                if let Some((_, h)) = extra.iter().find(|(c, _)| *c == notice.lease.client) {
+                    h.deliver_break(*file, *notice);
+                    continue;
+                }
+            }
+            if matches!(o, Output::Evicted) {
+                for (_, h) in &extra {
+                    h.evicted();
+                }
             }
             let Some(h) = self.holders.get() else { continue };
             match o {
@@ -325,14 +350,23 @@ impl LockService {
     /// runs out. Zero makes it ordinary again. The file's record then always has a second copy
     /// on another node and is never delegated (every request on it costs a round trip).
     pub async fn set_durable(&self, file: &FileId, key: OpenKey, timeout: Duration) -> Result<(), Conflict> {
-        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX).min(super::record::HAND_OVER_MS - 1);
         self.done(file, Op::SetDurable { key, ms }).await
     }
 
+    /// Lets another node reclaim durable open `key` of this node ([`LockService::reclaim_open`])
+    /// although this node lives: its client came back through that node (the address moved).
+    /// The open keeps conflicting as before until it is reclaimed; [`Conflict::NotFound`] when
+    /// it is not durable.
+    pub async fn hand_over(&self, file: &FileId, key: OpenKey) -> Result<(), Conflict> {
+        self.done(file, Op::SetDurable { key, ms: super::record::HAND_OVER_MS }).await
+    }
+
     /// Takes over durable open `old` through this node as open `new` (rekeying its locks and
-    /// moving its lease here): an orphan, or an open of this node whose connection is gone.
-    /// [`Conflict::NotFound`] when there is no such open; [`Conflict::Sharing`] when it is a
-    /// live open of another node. Asking again with the same `new` gives the same answer.
+    /// moving its lease here): an orphan, an open of this node whose connection is gone, or
+    /// one its node handed over ([`LockService::hand_over`]). [`Conflict::NotFound`] when
+    /// there is no such open; [`Conflict::Sharing`] when it is a live open of another node.
+    /// Asking again with the same `new` gives the same answer.
     pub async fn reclaim_open(&self, file: &FileId, old: OpenKey, new: OpenKey) -> Result<OpenEntry, Conflict> {
         answer(self.call(file, Op::Reclaim { old, new }).await, |a| match a {
             Answer::Reclaimed(e) => Some(e),

@@ -248,9 +248,10 @@ impl Connection {
 /// and answered by one thread, with no hand-off between threads, and a slow backend call
 /// stalls only this client.
 pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection, stop: CancellationToken) {
-    let quit = stop.child_token();
-    // Dropping this future (connection reset by HA) stops the thread too.
-    let _stop_thread = quit.clone().drop_guard();
+    // Dropping this future (connection reset by HA: the address moved) stops the thread too;
+    // the client is then lost, not sent away: its durable opens wait for it.
+    let moved = CancellationToken::new();
+    let _stop_thread = moved.clone().drop_guard();
     let stream = match stream.into_std() {
         Ok(s) => s,
         Err(e) => {
@@ -270,7 +271,7 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
         crate::vfs::in_place::run_calls_in_place();
         rt.block_on(Box::pin(async move {
             match TcpStream::from_std(stream) {
-                Ok(stream) => serve_here(server, stream, tcp, quit).await,
+                Ok(stream) => serve_here(server, stream, tcp, stop, moved).await,
                 Err(e) => tracing::warn!(client = %tcp.client, error = %e, "SMB: cannot register the connection"),
             }
         }));
@@ -284,7 +285,13 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
 }
 
 /// The connection's command loop, on its own thread: read a message, run its chain, answer.
-async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection, stop: CancellationToken) {
+async fn serve_here(
+    server: Arc<SmbServer>,
+    stream: TcpStream,
+    tcp: TcpConnection,
+    stop: CancellationToken,
+    moved: CancellationToken,
+) {
     let (rd, wr) = stream.into_split();
     let mut frames = FrameReader::new(rd);
     let mut conn = Connection {
@@ -312,11 +319,14 @@ async fn serve_here(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnectio
     // Stop interrupts the loop wherever it waits, including a reply to a client that does not
     // read. Handlers never wait in the middle (backend calls run in place), so it is always
     // between requests or on the socket: the cleanup below then sees consistent state.
-    // Only a lost client keeps its durable opens: a stopping daemon or an evicted node
-    // releases everything.
+    // Only a lost client keeps its durable opens (its connection ended, or its address moved
+    // to another node, where it reconnects): a stopping daemon or an evicted node releases
+    // everything.
     let mut lost = false;
     tokio::select! {
+        biased;
         _ = stop.cancelled() => {}
+        _ = moved.cancelled() => lost = true,
         _ = evict.cancelled() => {
             tracing::warn!(client = %conn.tcp.client, "SMB: closing connection: this node left the cluster's file-sharing view");
         }

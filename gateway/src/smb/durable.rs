@@ -499,7 +499,8 @@ impl DurableTable {
         None
     }
 
-    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+    /// Runs `f` on the daemon's runtime (a connection's own runtime ends with its thread).
+    pub fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
         match &self.runtime {
             Some(rt) => {
                 rt.spawn(f);
@@ -516,10 +517,10 @@ impl DurableTable {
             let mut m = self.map();
             match m.get(&persistent) {
                 Some(Entry { place: Place::Detached { .. }, .. }) => match m.remove(&persistent) {
-                    Some(Entry { place: Place::Detached { open, expiry }, facts, .. }) => {
+                    Some(Entry { place: Place::Detached { open, expiry }, .. }) => {
                         expiry.cancel();
-                        if facts.persistent {
-                            super::durable_cluster::announce_gone(&server.locks, persistent);
+                        if server.clustered {
+                            server.cluster_opens.drop_mine(&server.locks, persistent, true);
                         }
                         open
                     }
@@ -532,6 +533,50 @@ impl DurableTable {
             tracing::info!(file = %crate::logging::untrusted(f.name()), why, "SMB: durable open closed");
         }
         super::cmd::close::release(server, *open).await.ok();
+    }
+
+    /// The file and lock-service key of open `persistent` if it is detached (its connection
+    /// lost): what this node can hand over to another ([`crate::locks::LockService::hand_over`]).
+    pub fn detached_key(&self, persistent: u64) -> Option<(FileId, crate::locks::OpenKey)> {
+        match self.map().get(&persistent) {
+            Some(Entry { place: Place::Detached { open, .. }, .. }) => match &open.kind {
+                OpenKind::File(f) => Some((f.id, f.key)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether open `persistent` is attached to a connection of this node.
+    pub fn is_attached(&self, persistent: u64) -> bool {
+        matches!(self.map().get(&persistent), Some(Entry { place: Place::Attached { .. }, .. }))
+    }
+
+    /// Detached open `persistent` was reclaimed through another node (it holds it under a new
+    /// key now): forgets it here without closing it in the lock service, and lets go of what
+    /// this node kept for it (its lease's break route, its locks on the volume).
+    pub fn forget_moved(&self, server: &SmbServer, persistent: u64) {
+        let open = {
+            let mut m = self.map();
+            if !matches!(m.get(&persistent), Some(Entry { place: Place::Detached { .. }, .. })) {
+                return;
+            }
+            match m.remove(&persistent) {
+                Some(Entry { place: Place::Detached { open, expiry }, .. }) => {
+                    expiry.cancel();
+                    open
+                }
+                _ => return,
+            }
+        };
+        if let OpenKind::File(f) = &open.kind {
+            if let Some(l) = &f.lease {
+                server.breaks.release(l);
+            }
+            server.volume_locks.close(f.id, f.key);
+            server.track_path(f.key, None);
+            tracing::info!(file = %crate::logging::untrusted(f.name()), "SMB: durable open now held through another node");
+        }
     }
 
     /// Waits up to `limit` while open `persistent` is still attached to a connection other

@@ -1,22 +1,30 @@
-//! Persistent handles across nodes: what lets a node that never saw an open take it back when
-//! its client reconnects there after the open's node died.
+//! Durable and persistent handles across nodes: what lets a node that never saw an open take
+//! it back when its client reconnects there after the open's node died (or gave up the
+//! client's address).
 //!
-//! Two halves make a persistent open valid on another node:
+//! Two halves make a durable open (v1 `DHnQ`, v2 `DH2Q`, or persistent) valid on another node:
 //! - the **lock service** keeps the open itself (share mode, byte-range locks, lease) as an
 //!   orphan for the open's timeout when its node dies
 //!   ([`crate::locks::LockService::set_durable`]), conflicting as before, so nobody else can
 //!   take it meanwhile; [`crate::locks::LockService::reclaim_open`] moves it to the reclaiming
 //!   node under a new key;
-//! - **this registry** answers what a reconnect names: a `DH2C` carries only the 16-byte FileId
-//!   (and the CreateGuid), so every node must map the persistent id to the file, the open's
-//!   lock-service key and the facts a reconnect is checked against (user, client GUID, lease
-//!   key, CreateGuid). The node holding the open broadcasts a [`Held`] record over the lock
-//!   mesh when the open is made persistent (and again after each reclaim, with the new key),
+//! - **this registry** answers what a reconnect names: a `DHnC`/`DH2C` carries only the 16-byte
+//!   FileId (and the CreateGuid), so every node must map the persistent id to the file, the
+//!   open's lock-service key and the facts a reconnect is checked against (user, client GUID,
+//!   lease key, CreateGuid). The node holding the open broadcasts a [`Held`] record over the
+//!   lock mesh when the open is made durable (and again after each reclaim, with the new key),
 //!   and [`Event::Gone`] when it is closed; every other node keeps the records it heard.
 //!
-//! The broadcast is best effort: a node that joins (or rejoins) the cluster after an open was
-//! made persistent has no record of it, and a reconnect reaching that node fails with
-//! OBJECT_NAME_NOT_FOUND (the client then reopens by name, as after any lost handle).
+//! A node that joins (or rejoins) the cluster asks for the records ([`Event::Ask`]) as soon as
+//! it is in sync with the cluster; every node answers with the records it knows
+//! ([`Event::Known`]), its own and those it heard, so the records of a dead node's opens
+//! survive as long as one node knows them.
+//!
+//! While the open's node is alive (its client moved because the address did, `nasgw
+//! disable`), the reclaiming node asks it to let the open go ([`Event::Release`]): the holder
+//! drops its client's old connection if it still has it, and hands the open over
+//! ([`crate::locks::LockService::hand_over`]) instead of keeping it for a connection that
+//! will never come back.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -99,6 +107,10 @@ pub struct Held {
     pub lease_version: u8,
     /// The CreateAction first answered.
     pub action: u32,
+    /// 1 (`DHnQ`) or 2 (`DH2Q`).
+    pub version: u8,
+    /// A persistent handle (continuously available share), not only a durable one.
+    pub is_persistent: bool,
 }
 
 impl Held {
@@ -119,15 +131,17 @@ impl Held {
             lease_key: d.lease_key,
             lease_version: d.lease_version,
             action: d.action,
+            version: d.version,
+            is_persistent: d.persistent,
         }
     }
 
     /// The durability a reconnect is checked against.
     pub fn durability(&self) -> Durability {
         Durability {
-            version: 2,
+            version: self.version,
             timeout: Duration::from_millis(u64::from(self.timeout_ms)),
-            persistent: true,
+            persistent: self.is_persistent,
             create_guid: self.create_guid,
             client_guid: self.client_guid,
             user: Identity::from(&self.user),
@@ -138,13 +152,23 @@ impl Held {
     }
 }
 
-/// What nodes tell each other about persistent opens.
+/// The most records one [`Event::Known`] carries (a bound on one mesh message).
+pub const KNOWN_CHUNK: usize = 128;
+
+/// What nodes tell each other about durable opens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
-    /// The open is held (made persistent, or reclaimed) through the sending node.
+    /// The open is held (made durable, or reclaimed) through the sending node.
     Held(Box<Held>),
     /// The open with this persistent id was closed (or expired).
     Gone(u64),
+    /// A node that just joined asks every node for the records it knows.
+    Ask,
+    /// The answer to [`Event::Ask`]: records the sender knows (its own and those it heard).
+    Known(Vec<Held>),
+    /// A client reconnected through another node and presented this open (checked there):
+    /// its node, still alive, must let it go (see the module doc).
+    Release(u64),
 }
 
 /// Encodes an event for [`LockService::broadcast`].
@@ -163,10 +187,27 @@ pub fn decode(b: &[u8]) -> Option<Event> {
     }
 }
 
-/// The persistent opens held through other nodes, by persistent id (see the module doc).
+/// What a received event asks this node to do (beyond updating the registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Nothing.
+    None,
+    /// Broadcast the records this node knows ([`Event::Ask`]).
+    Tell,
+    /// Let the open with this persistent id go, if this node holds it ([`Event::Release`]).
+    Release(u64),
+    /// The open with this persistent id is held through another node now: if it was this
+    /// node's, forget it here (its new node has it).
+    Moved(u64),
+}
+
+/// The durable opens of the cluster by persistent id (see the module doc): those held
+/// through other nodes (what a reconnect here may reclaim), and this node's own (what it
+/// tells a joining node).
 #[derive(Debug, Default)]
 pub struct ClusterOpens {
     map: Mutex<HashMap<u64, Held>>,
+    mine: Mutex<HashMap<u64, Held>>,
 }
 
 impl ClusterOpens {
@@ -174,22 +215,67 @@ impl ClusterOpens {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes in a broadcast payload (ignored unless it is one of ours).
-    pub fn receive(&self, payload: &[u8]) {
+    fn mine(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Held>> {
+        self.mine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `h` is held through this node now (made durable, or reclaimed here): tells the other
+    /// nodes.
+    pub fn hold(&self, locks: &LockService, h: Held) {
+        self.map().remove(&h.persistent);
+        self.mine().insert(h.persistent, h.clone());
+        locks.broadcast(encode(&Event::Held(Box::new(h))));
+    }
+
+    /// This node's durable open `p` is closed (or handed to another node, with `tell` false:
+    /// that node announces it): forgets it, and with `tell` tells the other nodes.
+    pub fn drop_mine(&self, locks: &LockService, p: u64, tell: bool) {
+        self.mine().remove(&p);
+        if tell {
+            locks.broadcast(encode(&Event::Gone(p)));
+        }
+    }
+
+    /// Takes in a broadcast payload (ignored unless it is one of ours); returns what the
+    /// event asks of this node.
+    pub fn receive(&self, payload: &[u8]) -> Request {
         match decode(payload) {
             Some(Event::Held(h)) => {
-                let mut m = self.map();
-                if m.len() >= MAX_RECORDS && !m.contains_key(&h.persistent) {
-                    tracing::warn!("SMB: too many persistent opens announced by other nodes; one is not recorded");
-                    return;
+                let p = h.persistent;
+                self.insert(*h);
+                Request::Moved(p)
+            }
+            Some(Event::Known(all)) => {
+                for h in all.into_iter().take(KNOWN_CHUNK) {
+                    self.insert(h);
                 }
-                m.insert(h.persistent, *h);
+                Request::None
             }
             Some(Event::Gone(p)) => {
                 self.map().remove(&p);
+                Request::None
             }
-            None => {}
+            Some(Event::Ask) => Request::Tell,
+            Some(Event::Release(p)) => Request::Release(p),
+            None => Request::None,
         }
+    }
+
+    fn insert(&self, h: Held) {
+        self.mine().remove(&h.persistent);
+        let mut m = self.map();
+        if m.len() >= MAX_RECORDS && !m.contains_key(&h.persistent) {
+            tracing::warn!("SMB: too many durable opens announced by other nodes; one is not recorded");
+            return;
+        }
+        m.insert(h.persistent, h);
+    }
+
+    /// Every record known, this node's own first (for [`Event::Known`]).
+    pub fn all(&self) -> Vec<Held> {
+        let mut all: Vec<Held> = self.mine().values().cloned().collect();
+        all.extend(self.map().values().cloned());
+        all
     }
 
     /// The record of persistent id `p`.
@@ -213,14 +299,21 @@ impl ClusterOpens {
     }
 }
 
-/// Tells the other nodes that `h` is held through this node.
-pub fn announce(locks: &LockService, h: Held) {
-    locks.broadcast(encode(&Event::Held(Box::new(h))));
+/// Tells the other nodes the records `all` (in chunks of [`KNOWN_CHUNK`]).
+pub fn tell(locks: &LockService, all: Vec<Held>) {
+    for chunk in all.chunks(KNOWN_CHUNK) {
+        locks.broadcast(encode(&Event::Known(chunk.to_vec())));
+    }
 }
 
-/// Tells the other nodes that persistent open `p` is closed.
-pub fn announce_gone(locks: &LockService, p: u64) {
-    locks.broadcast(encode(&Event::Gone(p)));
+/// Asks every node for the records it knows.
+pub fn ask(locks: &LockService) {
+    locks.broadcast(encode(&Event::Ask));
+}
+
+/// Asks the node holding durable open `p` to let it go.
+pub fn ask_release(locks: &LockService, p: u64) {
+    locks.broadcast(encode(&Event::Release(p)));
 }
 
 #[cfg(test)]
@@ -255,6 +348,8 @@ mod tests {
             lease_key: None,
             lease_version: 0,
             action: 2,
+            version: 2,
+            is_persistent: true,
         }
     }
 
@@ -263,6 +358,9 @@ mod tests {
         let e = Event::Held(Box::new(held(7)));
         assert_eq!(decode(&encode(&e)), Some(e));
         assert_eq!(decode(&encode(&Event::Gone(9))), Some(Event::Gone(9)));
+        for e in [Event::Ask, Event::Release(5), Event::Known(vec![held(1), held(2)])] {
+            assert_eq!(decode(&encode(&e)), Some(e));
+        }
         let good = encode(&Event::Held(Box::new(held(7))));
         for n in 0..good.len() {
             assert_eq!(decode(&good[..n]), None, "truncated at {n}");
@@ -285,12 +383,35 @@ mod tests {
     #[test]
     fn the_registry_follows_held_and_gone() {
         let r = ClusterOpens::default();
-        r.receive(&encode(&Event::Held(Box::new(held(7)))));
-        r.receive(b"Nsomething else");
+        assert_eq!(r.receive(&encode(&Event::Held(Box::new(held(7))))), Request::Moved(7));
+        assert_eq!(r.receive(b"Nsomething else"), Request::None);
         assert_eq!(r.get(7).map(|h| h.key.seq), Some(99));
         let d = r.get(7).unwrap().durability();
         assert_eq!((d.persistent, d.user, d.create_guid), (true, Identity::User("alice".into()), Some([3; 16])));
         r.receive(&encode(&Event::Gone(7)));
         assert!(r.get(7).is_none() && r.is_empty());
+        // A joining node's question, and the answers it gets.
+        assert_eq!(r.receive(&encode(&Event::Ask)), Request::Tell);
+        assert_eq!(r.receive(&encode(&Event::Release(3))), Request::Release(3));
+        let v1 = Held { version: 1, is_persistent: false, create_guid: None, ..held(8) };
+        assert_eq!(r.receive(&encode(&Event::Known(vec![held(7), v1.clone()]))), Request::None);
+        assert_eq!(r.len(), 2);
+        // This node's own records are told too, and are not what a reconnect here looks up.
+        let locks = LockService::single();
+        r.hold(&locks, held(9));
+        assert!(r.get(9).is_none());
+        assert_eq!(r.all().first(), Some(&held(9)));
+        // Another node announcing it (it reclaimed it) makes it that node's.
+        assert_eq!(r.receive(&encode(&Event::Held(Box::new(held(9))))), Request::Moved(9));
+        assert_eq!(r.get(9), Some(held(9)));
+        r.remove(9);
+        let d = r.get(8).unwrap().durability();
+        assert_eq!((d.version, d.persistent, d.create_guid), (1, false, None));
+        let mut all = r.all();
+        all.sort_by_key(|h| h.persistent);
+        assert_eq!(all, vec![held(7), v1]);
+        r.hold(&locks, held(10));
+        r.drop_mine(&locks, 10, true);
+        assert_eq!(r.all().len(), 2);
     }
 }

@@ -233,6 +233,13 @@ impl Breaks {
     }
 }
 
+/// Whether `id` is an oplock's own lease ([`LeaseId::oplock`]) rather than a client's lease.
+/// An open reclaimed on another node keeps its oplock's lease under a new open key, so the
+/// key alone does not tell.
+pub fn is_oplock(id: &LeaseId) -> bool {
+    id.client == LeaseId::oplock(OpenKey { node: 0, seq: 0 }).client
+}
+
 impl Holders for Breaks {
     fn deliver_break(&self, _file: FileId, notice: BreakNotice) {
         let m = self.map();

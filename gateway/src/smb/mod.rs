@@ -28,6 +28,7 @@ pub mod copychunk;
 pub mod dosattrib;
 pub mod durable;
 pub mod durable_cluster;
+pub mod durable_handover;
 pub mod durable_replay;
 pub mod encryption;
 pub mod file_state;
@@ -243,13 +244,14 @@ pub async fn start(
         .with_context(|| format!("cannot listen for SMB on {}", cfg.smb.listen))?;
     let server = Arc::new(SmbServer::new(cfg, ns, locks.clone()));
     if cfg.cluster.is_some() {
-        // Persistent opens of other nodes, announced on the lock mesh.
+        // Durable opens of other nodes, announced on the lock mesh.
         let s = Arc::downgrade(&server);
         locks.add_events(Box::new(move |b| {
             if let Some(s) = s.upgrade() {
-                s.cluster_opens.receive(b);
+                durable_handover::on_event(&s, b);
             }
         }));
+        durable_handover::ask_on_join(&server);
     }
     tracing::info!(listen = %cfg.smb.listen, shares = server.shares.len(), "SMB service listening");
     let stop = life.stop.clone();

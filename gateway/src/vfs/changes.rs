@@ -280,6 +280,10 @@ impl Drop for WatchHandle {
 /// Where changes made here go besides local watchers (the cluster broadcast).
 pub type RemoteSink = Box<dyn Fn(Vec<u8>) + Send + Sync>;
 
+/// Gets every change, made here or on another node, as it is delivered (the node's own mount
+/// invalidates the kernel's cached names with it). Must not block.
+pub type Listener = Box<dyn Fn(&Change) + Send + Sync>;
+
 /// The change events of one namespace: its watches and where its changes go.
 #[derive(Default)]
 pub struct ChangeHub {
@@ -287,6 +291,7 @@ pub struct ChangeHub {
     recursive: AtomicUsize,
     next: AtomicU64,
     remote: OnceLock<RemoteSink>,
+    listeners: Mutex<Vec<Arc<Listener>>>,
 }
 
 impl std::fmt::Debug for ChangeHub {
@@ -327,9 +332,16 @@ impl ChangeHub {
         let _ = self.remote.set(sink);
     }
 
+    /// Adds a listener that gets every change delivered here (never removed).
+    pub fn listen(&self, l: Listener) {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::new(l));
+    }
+
     /// Whether a change made now would reach anyone (publishers skip the work otherwise).
     pub fn wanted(&self) -> bool {
-        self.remote.get().is_some() || self.watch_count() > 0
+        self.remote.get().is_some()
+            || self.watch_count() > 0
+            || !self.listeners.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 
     /// Whether publishers should add directory paths (a recursive watch here, or other nodes
@@ -360,6 +372,10 @@ impl ChangeHub {
     }
 
     fn deliver(&self, c: &Change) {
+        let listeners: Vec<Arc<Listener>> = self.listeners.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for l in listeners {
+            l(c);
+        }
         let watches: Vec<Arc<Watch>> =
             self.watches.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for w in watches {

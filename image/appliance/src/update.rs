@@ -162,19 +162,53 @@ pub fn syslinux_current(cfg: &str) -> Option<Slot> {
     })
 }
 
-/// The device of the partition named `label`, found by blkid (no udev needed).
+#[derive(Deserialize)]
+struct LsblkList {
+    blockdevices: Vec<LsblkDev>,
+}
+
+#[derive(Deserialize)]
+struct LsblkDev {
+    name: String,
+    #[serde(default)]
+    pkname: Option<String>,
+    #[serde(default)]
+    partlabel: Option<String>,
+}
+
+/// Pure: the partition named `label` on the disk that holds `root` (the running root's device),
+/// from `lsblk --json --list --paths -o NAME,PKNAME,PARTLABEL`. Only the system disk counts: a
+/// USB stick with an appliance image written to it carries partitions of the same names, and
+/// writing its ESP or its slots instead of the node's own would update the wrong disk.
+pub fn system_partition(lsblk_json: &str, root: &str, label: &str) -> Result<PathBuf> {
+    let list: LsblkList = serde_json::from_str(lsblk_json).context("lsblk answered unexpected JSON")?;
+    let disk = list
+        .blockdevices
+        .iter()
+        .find(|d| d.name == root)
+        .and_then(|d| d.pkname.clone())
+        .with_context(|| format!("cannot find the disk that holds the running root {root}"))?;
+    list.blockdevices
+        .iter()
+        .find(|d| d.pkname.as_deref() == Some(disk.as_str()) && d.partlabel.as_deref() == Some(label))
+        .map(|d| PathBuf::from(&d.name))
+        .with_context(|| {
+            format!("no partition named {label} on the system disk {disk} (first boot adds nasgw-root-b; is the disk large enough?)")
+        })
+}
+
+/// The device of the partition named `label` on this node's system disk.
 fn partition(label: &str) -> Result<PathBuf> {
-    let out = Command::new("blkid")
-        .args(["-l", "-o", "device", "-t", &format!("PARTLABEL={label}")])
+    let root = Command::new("findmnt").args(["-n", "-o", "SOURCE", "/"]).output().context("cannot run findmnt")?;
+    let root = String::from_utf8_lossy(&root.stdout).trim().to_string();
+    let out = Command::new("lsblk")
+        .args(["--json", "--list", "--paths", "-o", "NAME,PKNAME,PARTLABEL"])
         .output()
-        .context("cannot run blkid")?;
-    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if dev.is_empty() {
-        bail!(
-            "no partition named {label} on this node (first boot adds nasgw-root-b; is the system disk large enough?)"
-        );
+        .context("cannot run lsblk")?;
+    if !out.status.success() {
+        bail!("lsblk failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(PathBuf::from(dev))
+    system_partition(&String::from_utf8_lossy(&out.stdout), &root, label)
 }
 
 /// Where the update mounts things.
@@ -369,6 +403,28 @@ mod tests {
         let other = r#"{"partitiontable": {"label": "dos", "partitions": [{"start": 2048, "size": 100}]}}"#;
         assert!(image_root(other).is_err());
         assert!(image_root("not json").is_err());
+    }
+
+    #[test]
+    fn slots_and_the_esp_are_taken_from_the_system_disk_only() {
+        // A stick with the image written to it (vdc) has partitions of the same names.
+        let json = r#"{"blockdevices": [
+            {"name": "/dev/vda", "pkname": null, "partlabel": null},
+            {"name": "/dev/vda1", "pkname": "/dev/vda", "partlabel": "nasgw-boot"},
+            {"name": "/dev/vda3", "pkname": "/dev/vda", "partlabel": "nasgw-root-a"},
+            {"name": "/dev/vda4", "pkname": "/dev/vda", "partlabel": "nasgw-root-b"},
+            {"name": "/dev/vdc", "pkname": null, "partlabel": null},
+            {"name": "/dev/vdc1", "pkname": "/dev/vdc", "partlabel": "nasgw-boot"},
+            {"name": "/dev/vdc3", "pkname": "/dev/vdc", "partlabel": "nasgw-root-a"}]}"#;
+        let p = |root: &str, label: &str| system_partition(json, root, label).map_err(|e| e.to_string());
+        assert_eq!(p("/dev/vda3", "nasgw-boot"), Ok(PathBuf::from("/dev/vda1")));
+        assert_eq!(p("/dev/vda4", "nasgw-root-a"), Ok(PathBuf::from("/dev/vda3")));
+        assert_eq!(p("/dev/vda3", "nasgw-root-b"), Ok(PathBuf::from("/dev/vda4")));
+        // Booted from the stick: its own partitions, never the disk's.
+        assert_eq!(p("/dev/vdc3", "nasgw-boot"), Ok(PathBuf::from("/dev/vdc1")));
+        assert!(p("/dev/vdc3", "nasgw-root-b").unwrap_err().contains("no partition named nasgw-root-b"));
+        assert!(p("/dev/sdz1", "nasgw-boot").unwrap_err().contains("cannot find the disk"));
+        assert!(system_partition("[]", "/dev/vda3", "nasgw-boot").is_err());
     }
 
     #[test]

@@ -308,6 +308,49 @@ fn a_durable_open_outlives_its_node_and_is_reclaimed_elsewhere() {
     assert!(free_after >= ms(900) && free_after < ms(3000), "expired after {free_after:?}");
 }
 
+/// A durable open of a live node is refused to a reclaim through another node until its node
+/// hands it over (its client moved with the address); then it moves with its lock, and an
+/// ordinary open cannot be handed over.
+#[test]
+fn a_live_node_hands_a_durable_open_over() {
+    let mut w = World::new(3);
+    settle(&mut w);
+    let f = file_away_from(1, &[0, 1, 2]);
+    let a = open_req(&mut w, 1, access::READ_DATA | access::WRITE_DATA, share::READ, CachingRequest::None);
+    let key = a.key;
+    w.ask(1, f.clone(), Op::Open(a));
+    w.ask(1, f.clone(), Op::Lock(RangeLock { owner: Owner::Open(key), offset: 0, len: 10, exclusive: true }));
+    w.ask(1, f.clone(), Op::SetDurable { key, ms: 5000 });
+    drain(&mut w);
+    let (_, refused) = outcome_count(&w);
+    let new = w.key(0);
+    w.ask(0, f.clone(), Op::Reclaim { old: key, new });
+    drain(&mut w);
+    assert_eq!(outcome_count(&w).1, refused + 1, "a live open is not taken from its node");
+    w.ask(1, f.clone(), Op::SetDurable { key, ms: crate::locks::record::HAND_OVER_MS });
+    drain(&mut w);
+    // Still conflicting until reclaimed.
+    let (_, refused) = outcome_count(&w);
+    let b = open_req(&mut w, 2, access::READ_DATA | access::WRITE_DATA, share::ALL, CachingRequest::None);
+    w.ask(2, f.clone(), Op::Open(b));
+    drain(&mut w);
+    assert_eq!(outcome_count(&w).1, refused + 1, "a handed-over open keeps its share mode");
+    w.ask(0, f.clone(), Op::Reclaim { old: key, new });
+    drain(&mut w);
+    let held = w.machine(0).holdings();
+    let r = held.get(&f).expect("node 0 holds the reclaimed open");
+    assert!(r.opens.iter().any(|o| o.key == new && o.flags & flags::HANDED_OVER == 0), "{r:?}");
+    assert!(r.ranges.iter().any(|l| l.owner == Owner::Open(new)), "its lock followed: {r:?}");
+    // An ordinary open is not handed over.
+    let (_, refused) = outcome_count(&w);
+    let c = open_req(&mut w, 2, access::READ_DATA, share::ALL, CachingRequest::None);
+    let ck = c.key;
+    w.ask(2, f.clone(), Op::Open(c));
+    w.ask(2, f.clone(), Op::SetDurable { key: ck, ms: crate::locks::record::HAND_OVER_MS });
+    drain(&mut w);
+    assert_eq!(outcome_count(&w).1, refused + 1);
+}
+
 /// With a POSIX grace (NLM), a dead node's POSIX locks stay for their owner: another owner is
 /// refused, the same owner adopts them through another node, and the end of grace drops the rest.
 #[test]

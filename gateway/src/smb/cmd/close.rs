@@ -17,8 +17,8 @@ pub const POSTQUERY_ATTRIB: u16 = 1;
 /// written once the client saw it closed; the flush's error (a write the volume's client had
 /// acknowledged early failed) is returned, after the release.
 pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
-    if server.durable.forget(open.persistent).is_some_and(|d| d.persistent) {
-        crate::smb::durable_cluster::announce_gone(&server.locks, open.persistent);
+    if server.durable.forget(open.persistent).is_some() && server.clustered {
+        server.cluster_opens.drop_mine(&server.locks, open.persistent, true);
     }
     let f = match open.kind {
         OpenKind::File(f) => f,

@@ -734,18 +734,18 @@ impl Opening {
                     action: self.action,
                 }
             });
-        if let Some(d) = made_durable.as_ref().filter(|d| d.persistent) {
-            // A persistent open outlives this node: the cluster keeps it (and its locks) as an
+        if let Some(d) = made_durable.as_ref().filter(|d| d.persistent || server.clustered) {
+            // A durable open outlives this node: the cluster keeps it (and its locks) as an
             // orphan for its timeout, and every node learns how to find it.
             if let Err(e) = server.locks.set_durable(&id, key, d.timeout).await {
-                tracing::warn!(error = %e, "SMB: the cluster did not keep an open persistent; granted without durability");
+                tracing::warn!(error = %e, "SMB: the cluster did not keep an open durable; granted without durability");
                 made_durable = None;
             }
         }
         let dh = made_durable.as_ref().map(durable::response);
         let contexts = response_contexts(&self.contexts, self.granted, &attr, lease_ctx, dh);
         let persistent = made_durable.as_ref().is_some_and(|d| d.persistent);
-        let announced = made_durable.clone().filter(|d| d.persistent);
+        let announced = made_durable.clone().filter(|_| server.clustered);
         if let Some(d) = made_durable {
             server.durable.attach(self.pid, d, self.durable.link.clone(), self.vol);
         }
@@ -762,7 +762,8 @@ impl Opening {
             root: self.root,
             position: 0,
             // A persistent open's writes are on the volume before they are answered: the node
-            // may die right after, and the client will not send them again.
+            // may die right after, and the client will not send them again. (A durable open's
+            // are not: MS-SMB2 asks write-through of continuously available shares only.)
             write_through: self.write_through || persistent,
             wrote: false,
             listing: None,
@@ -770,10 +771,7 @@ impl Opening {
         };
         if let Some(d) = announced {
             // Every node learns how to find it when its client comes back through them.
-            crate::smb::durable_cluster::announce(
-                &server.locks,
-                crate::smb::durable_cluster::Held::of(self.pid, &file, &d),
-            );
+            server.cluster_opens.hold(&server.locks, crate::smb::durable_cluster::Held::of(self.pid, &file, &d));
         }
         Ok((Box::new(file), reply))
     }

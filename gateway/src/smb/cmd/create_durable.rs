@@ -210,13 +210,13 @@ pub(super) async fn answer(
     let record = server.locks.record(&f.id).await.ok();
     let held = |id: &LeaseId| record.as_ref().and_then(|r| r.lease(id).map(|l| (l.state, l.epoch, l.told.is_some())));
     let (oplock, lease_ctx) = match (&f.lease, super::create::find_context(&req.contexts, b"RqLs")) {
-        (Some(l), Some(d)) if *l != LeaseId::oplock(f.key) => {
+        (Some(l), Some(d)) if !leases::is_oplock(l) => {
             // A reconnect's RqLs matched the open's lease key: answer in the open's terms.
             let (state, epoch, breaking) = held(l).unwrap_or((0, 0, false));
             let r = leases::parse_lease(d).map_err(|_| NtStatus::INVALID_PARAMETER)?;
             (leases::level::LEASE, Some(leases::lease_response(&r, state, epoch, breaking)))
         }
-        (Some(l), _) if *l == LeaseId::oplock(f.key) => {
+        (Some(l), _) if leases::is_oplock(l) => {
             let held = leases::state_level(held(l).map_or(0, |(s, _, _)| s));
             match how {
                 Replayed::Again(_) => (held.min(req.oplock), None),

@@ -1,9 +1,12 @@
-//! CREATE that takes back, through this node, a persistent open held through another node
-//! (usually a dead one: its client reconnected to the address this node took over). The open
-//! is found by its persistent id in [`crate::smb::durable_cluster::ClusterOpens`], checked as
-//! any durable reconnect ([`durable::check_reconnect`]), then reclaimed in the lock service
+//! CREATE that takes back, through this node, a durable or persistent open held through
+//! another node (a dead one: its client reconnected to the address this node took over; or a
+//! live one that gave the address up). The open is found by its persistent id in
+//! [`crate::smb::durable_cluster::ClusterOpens`], checked as any durable reconnect
+//! ([`durable::check_reconnect`]), then reclaimed in the lock service
 //! ([`crate::locks::LockService::reclaim_open`]) with its share mode, byte-range locks and
-//! lease, and rebuilt here under the same persistent id.
+//! lease, and rebuilt here under the same persistent id. While its node is alive the reclaim
+//! is refused; this node then asks that node to let the open go
+//! ([`durable_cluster::ask_release`]) and tries again.
 
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ use crate::locks::{Conflict, LeaseId};
 use crate::smb::conn::Connection;
 use crate::smb::durable::{self, Presented, Reconnect};
 use crate::smb::durable_cluster::{self, Held};
+use crate::smb::leases;
 use crate::smb::session::Tree;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
@@ -27,7 +31,10 @@ pub const RECLAIM_WAIT: Duration = Duration::from_secs(10);
 /// How often it asks again meanwhile.
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
-/// Takes back the persistent open `held` for the reconnect `r`.
+/// How often it asks a live holder again to let the open go.
+const ASK_AGAIN: Duration = Duration::from_secs(1);
+
+/// Takes back the durable open `held` for the reconnect `r`.
 pub async fn reclaim(
     conn: &mut Connection,
     hdr: &Header,
@@ -54,11 +61,17 @@ pub async fn reclaim(
     let pid = held.persistent;
     let new = server.open_key();
     let deadline = tokio::time::Instant::now() + RECLAIM_WAIT;
+    let mut asked: Option<tokio::time::Instant> = None;
     let entry = loop {
         match server.locks.reclaim_open(&held.file, held.key, new).await {
             Ok(e) => break e,
-            // Its old node is still in the view (or this node is not in sync yet): wait.
-            Err(Conflict::Sharing | Conflict::Unavailable) if tokio::time::Instant::now() < deadline => {
+            // Its old node is still in the view (or this node is not in sync yet): ask it to
+            // let the open go (again every second: a broadcast is best effort), and wait.
+            Err(c @ (Conflict::Sharing | Conflict::Unavailable)) if tokio::time::Instant::now() < deadline => {
+                if c == Conflict::Sharing && asked.is_none_or(|t| t.elapsed() >= ASK_AGAIN) {
+                    durable_cluster::ask_release(&server.locks, pid);
+                    asked = Some(tokio::time::Instant::now());
+                }
                 tokio::time::sleep(RETRY_EVERY).await;
             }
             Err(Conflict::NotFound) => {
@@ -67,7 +80,7 @@ pub async fn reclaim(
                 return Err(NtStatus::OBJECT_NAME_NOT_FOUND);
             }
             Err(c) => {
-                tracing::info!(conflict = %c, file = %crate::logging::untrusted(held.path.last().map_or("", String::as_str)), "SMB: a persistent open could not be reclaimed");
+                tracing::info!(conflict = %c, file = %crate::logging::untrusted(held.path.last().map_or("", String::as_str)), "SMB: a durable open could not be reclaimed");
                 return Err(match c {
                     Conflict::Sharing => NtStatus::OBJECT_NAME_NOT_FOUND,
                     c => c.into(),
@@ -79,7 +92,7 @@ pub async fn reclaim(
     let lease: Option<LeaseId> = entry.open.lease;
     let vol = conn.opens.reserve();
     if let Some(l) = lease {
-        let oplock_fid = (l == LeaseId::oplock(held.key)).then_some((pid, vol));
+        let oplock_fid = leases::is_oplock(&l).then_some((pid, vol));
         server.breaks.hold(l, held.file, oplock_fid, conn.link.notices.clone());
     }
     server.track_path(new, Some((held.root, held.path.clone())));
@@ -94,7 +107,7 @@ pub async fn reclaim(
         cred: Credentials::new(tree.uid, tree.gid),
         root: held.root,
         position: 0,
-        write_through: true,
+        write_through: facts.persistent,
         wrote: false,
         listing: None,
         state: Default::default(),
@@ -103,11 +116,12 @@ pub async fn reclaim(
         file = %crate::logging::untrusted(file.name()),
         from_node = held.key.node,
         locks = entry.locks.len(),
-        "SMB: persistent open reclaimed from another node"
+        persistent = facts.persistent,
+        "SMB: durable open reclaimed from another node"
     );
     let reply = answer(&server, req, &file, (pid, vol), &facts, Replayed::Reconnect).await;
     server.durable.attach(pid, facts, conn.link.notices.clone(), vol);
-    durable_cluster::announce(&server.locks, Held { key: new, lease, ..held });
+    server.cluster_opens.hold(&server.locks, Held { key: new, lease, ..held });
     conn.opens.insert_at(
         vol,
         Open {

@@ -63,8 +63,8 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
         Request::Oplock { level, file_id } => {
             let vol = conn.file_id(file_id.0, file_id.1)?;
             let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
-            let lease = LeaseId::oplock(f.key);
-            if f.lease != Some(lease) || !matches!(level, leases::level::NONE | leases::level::II) {
+            let Some(lease) = f.lease.filter(leases::is_oplock) else { return Err(INVALID_OPLOCK_PROTOCOL) };
+            if !matches!(level, leases::level::NONE | leases::level::II) {
                 return Err(INVALID_OPLOCK_PROTOCOL);
             }
             server.locks.ack_break(&f.id, lease, leases::oplock_state(level)).await.map_err(|c| match c {
