@@ -18,6 +18,7 @@ mod nasgw;
 mod nfs;
 mod nfs_client;
 mod nlm;
+mod scale;
 mod smb;
 mod table;
 mod target;
@@ -45,6 +46,9 @@ enum Only {
     /// Failover: a writer's stall when its node dies (nasgw vs Samba + CTDB, 3 nodes), and
     /// the time an address takes to move with 3, 5 and 7 nasgw nodes.
     Failover,
+    /// Scale: 16 and 64 NFS clients at once, 10,000 idle connections, a 1M-entry directory
+    /// (not in the default set: it makes a million files).
+    Scale,
 }
 
 /// Benchmarks nasgw against its anchors with real clients and prints markdown tables.
@@ -132,6 +136,10 @@ fn main() -> Result<()> {
     }
     if only.contains(&Only::Failover) {
         groups.extend(failover::run(&work, sizes));
+    }
+    if only.contains(&Only::Scale) {
+        let scale = if args.quick { scale::Scale::quick(&sizes) } else { scale::Scale::full(&sizes) };
+        groups.push(scale::run(&work, sizes, scale, &rt)?);
     }
 
     cpu::cleanup();
