@@ -18,6 +18,7 @@ mod nasgw;
 mod nfs;
 mod nfs_client;
 mod nlm;
+mod scale;
 mod smb;
 mod smb_kernel;
 mod smb_server_side;
@@ -49,6 +50,9 @@ enum Only {
     Failover,
     /// The Linux kernel's SMB client in a VM: nasgw vs Samba smbd, same boot.
     SmbKernel,
+    /// Scale: 16 and 64 NFS clients at once, 10,000 idle connections, a 1M-entry directory
+    /// (not in the default set: it makes a million files).
+    Scale,
 }
 
 /// Benchmarks nasgw against its anchors with real clients and prints markdown tables.
@@ -139,6 +143,10 @@ fn main() -> Result<()> {
     }
     if only.contains(&Only::Failover) {
         groups.extend(failover::run(&work, sizes));
+    }
+    if only.contains(&Only::Scale) {
+        let scale = if args.quick { scale::Scale::quick(&sizes) } else { scale::Scale::full(&sizes) };
+        groups.push(scale::run(&work, sizes, scale, &rt)?);
     }
 
     cpu::cleanup();

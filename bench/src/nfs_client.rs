@@ -9,7 +9,7 @@ use nfs3_client::io::{AsyncRead, AsyncWrite};
 use nfs3_client::net::Connector;
 use nfs3_client::nfs3_types::nfs3::{
     self, createhow3, diropargs3, filename3, nfs_fh3, sattr3, stable_how, COMMIT3args, CREATE3args, GETATTR3args,
-    LOOKUP3args, MKDIR3args, Nfs3Option, Nfs3Result, READDIRPLUS3args, WRITE3args,
+    LOOKUP3args, MKDIR3args, Nfs3Option, Nfs3Result, READ3args, READDIRPLUS3args, WRITE3args,
 };
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
@@ -191,6 +191,39 @@ impl<IO: AsyncRead + AsyncWrite + Send> Session<IO> {
             ok(&format!("GETATTR {n}"), r)?;
         }
         Ok(names.len() as u64)
+    }
+
+    /// Whether `n` exists in `dir` (LOOKUP; NOENT is `false`).
+    pub async fn exists(&mut self, dir: &nfs_fh3, n: &str) -> Result<bool> {
+        let r = self.conn.lookup(&LOOKUP3args { what: diropargs3 { dir: dir.clone(), name: name(n) } }).await?;
+        match r {
+            Nfs3Result::Ok(_) => Ok(true),
+            Nfs3Result::Err((nfs3::nfsstat3::NFS3ERR_NOENT, _)) => Ok(false),
+            Nfs3Result::Err((status, _)) => bail!("LOOKUP {n}: {status:?}"),
+        }
+    }
+
+    /// GETATTR of `fh`.
+    pub async fn getattr(&mut self, fh: &nfs_fh3) -> Result<()> {
+        let r = self.conn.getattr(&GETATTR3args { object: fh.clone() }).await?;
+        ok("GETATTR", r)?;
+        Ok(())
+    }
+
+    /// READs `len` bytes of `fh` from `offset` on in `chunk`-byte calls, one at a time;
+    /// returns the bytes read (less only at end of file).
+    pub async fn read_range(&mut self, fh: &nfs_fh3, offset: u64, len: u64, chunk: u32) -> Result<u64> {
+        let mut done = 0;
+        while done < len {
+            let count = (len - done).min(u64::from(chunk)) as u32;
+            let r = self.conn.read(&READ3args { file: fh.clone(), offset: offset + done, count }).await?;
+            let got = ok("READ", r)?;
+            done += got.data.len() as u64;
+            if got.eof || got.data.is_empty() {
+                break;
+            }
+        }
+        Ok(done)
     }
 
     /// Unmounts (MOUNT UMNT) and closes.

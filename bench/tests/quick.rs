@@ -71,7 +71,7 @@ fn quick_run_prints_a_table_per_group_with_figures() {
     let out_dir = tempfile::tempdir().unwrap();
     let work = tempfile::Builder::new().prefix("nasgw-bench-quick-").tempdir_in("/var/tmp").unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--quick", "--only", "nfs,smb,cluster", "--out"])
+        .args(["--quick", "--only", "nfs,smb,cluster,scale", "--out"])
         .arg(out_dir.path())
         .arg("--dir")
         .arg(work.path())
@@ -96,6 +96,9 @@ fn quick_run_prints_a_table_per_group_with_figures() {
         ("### SMB3: nasgw vs Samba smbd", 9, 2, 1),
         ("### Cluster: one shared file", 2, 3, 2),
         ("### Cluster: the SMB rows on 3 nodes", 4, 2, 1),
+        // 2 client counts x (creates, reads), GETATTR with and without idle connections, list
+        // and search of the huge directory.
+        ("### Scale (NFSv3): nasgw vs NFS-Ganesha", 8, 2, 1),
     ] {
         let tables = tables(&report, heading);
         assert_eq!(tables.len(), 2, "{heading}: a figures table and a CPU-time table: {tables:?}");
@@ -141,6 +144,12 @@ fn quick_run_prints_a_table_per_group_with_figures() {
     let ours: Vec<&str> = netns.lines().filter(|l| l.starts_with(&format!("t{bench_pid}x"))).collect();
     assert!(ours.is_empty(), "network namespaces of the run are left: {ours:?}");
     assert!(report.contains("Measured ") && report.contains(" cores"), "the machine is described:\n{report}");
+    for server in ["nasgw", "Ganesha"] {
+        assert!(
+            report.contains(&format!("{server}: resident set ")) && report.contains("KiB per connection"),
+            "the memory per idle connection of {server} is reported:\n{report}"
+        );
+    }
     let saved: Vec<_> = std::fs::read_dir(out_dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(saved.len(), 1, "one result file: {saved:?}");
     assert_eq!(std::fs::read_to_string(&saved[0]).unwrap().trim(), report.trim(), "the file holds the printed report");

@@ -272,17 +272,23 @@ impl Ganesha {
     /// Starts `ganesha.nfsd -F` and its `rpcbind` (see the module doc); returns once NFS and
     /// MOUNT accept connections. The caller must have called [`isolate_network`].
     pub fn start(dir: &Path, fsal: GaneshaFsal<'_>) -> Ganesha {
-        Self::launch(dir, fsal, false)
+        Self::launch(dir, fsal, false, "")
+    }
+
+    /// [`Ganesha::start`] with more `NFS_CORE_PARAM` settings (`Key = value;` each), e.g.
+    /// `RPC_Max_Connections = 20000;` for the bench's idle-connection rows.
+    pub fn start_with_core(dir: &Path, fsal: GaneshaFsal<'_>, core_extra: &str) -> Ganesha {
+        Self::launch(dir, fsal, false, core_extra)
     }
 
     /// [`Ganesha::start`] with its lock manager (NLM 4 over TCP on [`Ganesha::nlm_port`]) and an
     /// `rpc.statd` beside its rpcbind (state under `dir`, no notifications), as an admin runs it
     /// for clients that lock.
     pub fn start_with_nlm(dir: &Path, fsal: GaneshaFsal<'_>) -> Ganesha {
-        Self::launch(dir, fsal, true)
+        Self::launch(dir, fsal, true, "")
     }
 
-    fn launch(dir: &Path, fsal: GaneshaFsal<'_>, nlm: bool) -> Ganesha {
+    fn launch(dir: &Path, fsal: GaneshaFsal<'_>, nlm: bool, core_extra: &str) -> Ganesha {
         crate::require_tool("ganesha.nfsd");
         if nlm {
             crate::require_tool("rpc.statd");
@@ -311,7 +317,7 @@ impl Ganesha {
         };
         let conf = format!(
             "NFS_CORE_PARAM {{ Bind_addr = 127.0.0.1; NFS_Port = {nfs_port}; MNT_Port = {mount_port}; Protocols = 3,4; \
-             {nlm_conf} Enable_RQUOTA = false; Enable_UDP = false; \
+             {nlm_conf} Enable_RQUOTA = false; Enable_UDP = false; {core_extra} \
              Plugins_Dir = \"/usr/lib/x86_64-linux-gnu/ganesha\"; }}\n\
              NFSv4 {{ RecoveryRoot = \"{rec}\"; Graceless = true; }}\n\
              EXPORT {{ Export_Id = 1; Path = \"{path}\"; Pseudo = /x; Access_Type = RW; Squash = No_Root_Squash; \

@@ -556,6 +556,36 @@ struct Outstanding<K> {
     deadline: Duration,
     /// Sent (or queued) in the current view.
     sent: bool,
+    /// Nobody waits for the answer any more (the caller was told it timed out, or closed the
+    /// open it asked for). A release is still carried out; a grant is undone on arrival.
+    answered: bool,
+}
+
+impl Op {
+    /// A release (close, unlock, acknowledgement): the client has given the state up whatever the
+    /// answer, so it is carried out even after its caller stopped waiting; dropping it would
+    /// leave the cluster keeping, for a handle nobody has any more, an open that refuses others.
+    fn releases(&self) -> bool {
+        matches!(self, Op::Close(_) | Op::Unlock { .. } | Op::UnlockAll(_) | Op::AckBreak { .. })
+    }
+
+    /// What gives back what this request was granted, for a grant that arrives after its caller
+    /// stopped waiting (its client never learns of it, so nobody else would ever release it).
+    fn undo(&self, outcome: &Outcome) -> Option<Op> {
+        match (self, outcome) {
+            (Op::Open(req), Ok(Answer::Opened(_))) => Some(Op::Close(req.key)),
+            (Op::Reclaim { new, .. }, Ok(Answer::Reclaimed(_))) => Some(Op::Close(*new)),
+            (Op::Lock(l @ RangeLock { owner: Owner::Open(_), .. }), Ok(Answer::Done)) => {
+                Some(Op::Unlock { owner: l.owner, offset: l.offset, len: l.len })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a grant of this could still come back after its caller stopped waiting.
+    fn undoable(&self) -> bool {
+        matches!(self, Op::Open(_) | Op::Reclaim { .. } | Op::Lock(RangeLock { owner: Owner::Open(_), .. }))
+    }
 }
 
 /// Holdings arriving for a view being rebuilt.
@@ -636,6 +666,14 @@ pub struct Machine<K: RecordKey> {
     homes: HashMap<K, HomeFile>,
     local: HashMap<K, LocalFile>,
     outstanding: HashMap<u64, Outstanding<K>>,
+    /// Ids of the requests this machine makes itself (undoing late grants), above any caller's.
+    internal_rid: u64,
+    /// What this node reported of its clients' holdings for the view being built, for each file
+    /// it has not yet heard of in this view: until the file's new home sends its record, this is
+    /// the only copy (records were dropped at the view change). A further view change before
+    /// then reports it again instead of losing it. (Orphans are not carried: other nodes keep
+    /// copies of them, and a stale copy could bring back an expired one.)
+    carried: HashMap<K, FileRecord>,
     clock: u64,
     /// POSIX locks outlive their node for this long (NLM's grace); zero: they die with it.
     posix_grace: Duration,
@@ -680,6 +718,8 @@ impl<K: RecordKey> Machine<K> {
             homes: HashMap::new(),
             local: HashMap::new(),
             outstanding: HashMap::new(),
+            internal_rid: 1 << 63,
+            carried: HashMap::new(),
             clock: 0,
             posix_grace: Duration::ZERO,
         }
@@ -801,6 +841,11 @@ impl<K: RecordKey> Machine<K> {
     fn recorded_holdings(&self) -> BTreeMap<K, FileRecord> {
         let me = self.cfg.me;
         let mut held: BTreeMap<K, FileRecord> = BTreeMap::new();
+        for (f, r) in &self.carried {
+            if !r.is_empty() {
+                held.insert(f.clone(), r.clone());
+            }
+        }
         for (f, h) in &self.homes {
             if let HomeState::Owned { record, .. } = &h.state {
                 let mine = record.holdings_of(me);
@@ -817,6 +862,20 @@ impl<K: RecordKey> Machine<K> {
             }
         }
         held
+    }
+
+    /// The records this node decides as home (tests: the simulator's phantom-open check).
+    #[cfg(test)]
+    pub fn decided(&self) -> BTreeMap<K, FileRecord> {
+        let mut found = BTreeMap::new();
+        if self.licensed && self.ready {
+            for (f, h) in &self.homes {
+                if let HomeState::Owned { record, .. } = &h.state {
+                    found.insert(f.clone(), record.clone());
+                }
+            }
+        }
+        found
     }
 
     #[doc(hidden)]
@@ -1029,9 +1088,9 @@ impl<K: RecordKey> Machine<K> {
         // Local requests that waited too long.
         let late: Vec<u64> = self.outstanding.iter().filter(|(_, o)| now >= o.deadline).map(|(r, _)| *r).collect();
         for rid in late {
-            self.outstanding.remove(&rid);
-            out.push(Output::Reply { rid, outcome: Err(Conflict::Unavailable) });
+            self.give_up(rid, out);
         }
+        self.send_internal(now, out);
         self.evict_idle(out);
     }
 
@@ -1133,6 +1192,7 @@ impl<K: RecordKey> Machine<K> {
             held.clear();
             out.push(Output::Evicted);
         }
+        self.carried = held.iter().map(|(f, r)| (f.clone(), r.clone())).collect();
         self.homes.clear();
         self.local.clear();
         self.held.clear();
@@ -1145,6 +1205,7 @@ impl<K: RecordKey> Machine<K> {
         self.broken = false;
         if !view.members.contains(&me) {
             self.collecting = None;
+            self.carried.clear();
             if was_member && !held.is_empty() {
                 out.push(Output::Evicted);
             }
@@ -1226,6 +1287,7 @@ impl<K: RecordKey> Machine<K> {
             let mut h = HomeFile::new(HomeState::Owned { record, version: 1 });
             h.timers = timers;
             h.orphans_since = orphans_since;
+            self.carried.remove(&f);
             self.homes.insert(f, h);
         }
         self.ready = true;
@@ -1258,11 +1320,72 @@ impl<K: RecordKey> Machine<K> {
 
     // ---------------------------------------------------------------- requests
 
+    /// Tells the caller of `rid` it is unavailable. A release or a possible grant stays
+    /// outstanding, answered: it is still carried out, or undone when it arrives.
+    fn give_up(&mut self, rid: u64, out: &mut Vec<Output<K>>) {
+        match self.outstanding.get_mut(&rid) {
+            Some(o) if o.answered => return,
+            Some(o) if o.op.releases() || o.op.undoable() => {
+                o.answered = true;
+                o.deadline = Duration::MAX;
+            }
+            Some(_) => {
+                self.outstanding.remove(&rid);
+            }
+            None => return,
+        }
+        out.push(Output::Reply { rid, outcome: Err(Conflict::Unavailable) });
+    }
+
+    /// The answer to local request `rid` arrived: to its caller, or, if nobody waits any more,
+    /// the grant is given back.
+    /// (The undo is sent at the next tick, not from inside the round that answered.)
+    fn answered(&mut self, rid: u64, outcome: Outcome, out: &mut Vec<Output<K>>) {
+        let Some(o) = self.outstanding.remove(&rid) else { return };
+        if !o.answered {
+            out.push(Output::Reply { rid, outcome });
+        } else if let Some(undo) = o.op.undo(&outcome) {
+            self.internal_rid += 1;
+            let o = Outstanding { file: o.file, op: undo, deadline: Duration::MAX, sent: false, answered: true };
+            self.outstanding.insert(self.internal_rid, o);
+        }
+    }
+
+    /// Sends this machine's own requests (undos) not sent in this view yet.
+    fn send_internal(&mut self, now: Duration, out: &mut Vec<Output<K>>) {
+        if !self.licensed || self.view.is_none() {
+            return;
+        }
+        let mut rids: Vec<u64> =
+            self.outstanding.iter().filter(|(r, o)| **r > 1 << 63 && !o.sent).map(|(r, _)| *r).collect();
+        rids.sort_unstable();
+        for rid in rids {
+            if let Some(o) = self.outstanding.get(&rid).cloned() {
+                self.route(now, rid, o.file, o.op, out);
+            }
+        }
+    }
+
     fn request(&mut self, now: Duration, rid: u64, file: K, op: Op, out: &mut Vec<Output<K>>) {
+        if let Op::Close(key) = &op {
+            // Closing an open still being asked for (its caller went away): the open, if
+            // granted, is given back when its answer comes.
+            let asking: Vec<u64> = self
+                .outstanding
+                .iter()
+                .filter(|(_, o)| !o.answered && matches!(&o.op, Op::Open(r) if r.key == *key))
+                .map(|(r, _)| *r)
+                .collect();
+            for r in asking {
+                self.give_up(r, out);
+            }
+        }
         let waits_for_breaks = matches!(op, Op::Open(_) | Op::MayAlso { handle_breaks: true, .. });
         let wait = self.cfg.request_timeout + if waits_for_breaks { self.cfg.break_timeout } else { Duration::ZERO };
-        self.outstanding
-            .insert(rid, Outstanding { file: file.clone(), op: op.clone(), deadline: now + wait, sent: false });
+        self.outstanding.insert(
+            rid,
+            Outstanding { file: file.clone(), op: op.clone(), deadline: now + wait, sent: false, answered: false },
+        );
         if self.licensed && self.view.is_some() {
             self.route(now, rid, file, op, out);
         }
@@ -1297,9 +1420,7 @@ impl<K: RecordKey> Machine<K> {
             return;
         }
         if to == self.cfg.me {
-            if self.outstanding.remove(&rid).is_some() {
-                out.push(Output::Reply { rid, outcome });
-            }
+            self.answered(rid, outcome, out);
         } else {
             out.push(Output::Send { to, msg: Msg::Resp { view: self.view_id(), rid, outcome, record } });
         }
@@ -1363,9 +1484,7 @@ impl<K: RecordKey> Machine<K> {
                 {
                     self.set_replica(file, version, record);
                 }
-                if self.outstanding.remove(&rid).is_some() {
-                    out.push(Output::Reply { rid, outcome });
-                }
+                self.answered(rid, outcome, out);
             }
             Msg::Redirect { rid, file, .. } => {
                 let Some(o) = self.outstanding.get(&rid).cloned() else { return };
@@ -1392,6 +1511,7 @@ impl<K: RecordKey> Machine<K> {
                 }
             }
             Msg::Delegate { file, record, .. } => {
+                self.carried.remove(&file);
                 self.clock += 1;
                 let timers = record.breaking().map(|l| (l.id, now)).collect();
                 self.local.insert(
@@ -1486,6 +1606,7 @@ impl<K: RecordKey> Machine<K> {
 
     /// Keeps (or, when this node holds nothing on it any more, drops) a copy of `file`'s record.
     fn set_replica(&mut self, file: K, version: u64, record: FileRecord) {
+        self.carried.remove(&file);
         let newer = match self.local.get(&file) {
             Some(LocalFile::Replica { version: v, .. }) => *v < version,
             Some(LocalFile::Delegated { .. }) => false,

@@ -262,16 +262,12 @@ impl LockService {
 
     /// Opens: share modes, delete-pending, lease and oplock breaks (waiting for them).
     pub async fn open(&self, file: &FileId, req: OpenRequest) -> Result<Granted, Conflict> {
-        let key = req.key;
-        let r = answer(self.call(file, Op::Open(req)).await, |a| match a {
+        // An open that timed out here may still be granted later: the machine gives it back
+        // then (`Op::undo`), so nothing is left behind for a handle nobody has.
+        answer(self.call(file, Op::Open(req)).await, |a| match a {
             Answer::Opened(g) => Some(g),
             _ => None,
-        });
-        if r == Err(Conflict::Unavailable) {
-            // It may have been granted after all: make sure it is not left behind.
-            let _ = self.call(file, Op::Close(key)).await;
-        }
-        r
+        })
     }
 
     /// Closes an open without waiting for the answer (an open abandoned on an error path).

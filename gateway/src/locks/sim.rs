@@ -323,12 +323,6 @@ impl World {
                                 };
                                 self.opens.entry(n).or_default().push((a.file.clone(), req.key, lease));
                             }
-                            if let Op::Close(k) = &a.op {
-                                if let Some(v) = self.opens.get_mut(&n) {
-                                    v.retain(|(_, key, _)| key != k);
-                                }
-                                self.durable.remove(k);
-                            }
                             if let Op::SetDurable { key, ms } = &a.op {
                                 let lease = self
                                     .opens
@@ -383,6 +377,13 @@ impl World {
     pub fn ask(&mut self, n: u16, file: SimKey, op: Op) {
         if !self.nodes[n as usize].alive {
             return;
+        }
+        if let Op::Close(k) = &op {
+            // The client's handle is gone as it asks, whatever the answer.
+            if let Some(v) = self.opens.get_mut(&n) {
+                v.retain(|(_, key, _)| key != k);
+            }
+            self.durable.remove(k);
         }
         let rid = self.next_rid;
         self.next_rid += 1;
@@ -550,6 +551,56 @@ impl World {
                 panic!("t={:?} file {f:?}: {why}\nholdings by node: {parts:#?}", self.now);
             }
         }
+    }
+
+    /// No phantom opens: once no request is pending, the opens the cluster's records give each
+    /// licensed, ready node are exactly those its clients were granted and have not closed.
+    /// (An open the cluster keeps for a client that never learned of it would refuse others
+    /// for ever.)
+    pub fn check_opens_match(&self) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !node.alive || !node.m.is_licensed() || !node.m.is_ready() {
+                continue;
+            }
+            let n = i as u16;
+            let mut recorded: Vec<(SimKey, OpenKey)> = node
+                .m
+                .holdings()
+                .into_iter()
+                .flat_map(|(f, r)| r.opens.into_iter().filter(|o| !o.orphan).map(move |o| (f.clone(), o.key)))
+                .collect();
+            let mut granted: Vec<(SimKey, OpenKey)> = self.opens_of(n).into_iter().map(|(f, k, _)| (f, k)).collect();
+            recorded.sort();
+            granted.sort();
+            assert_eq!(
+                recorded, granted,
+                "t={:?} node {n}: opens in the cluster's records vs opens its clients hold",
+                self.now
+            );
+        }
+        // And the homes keep no open that no client holds (nor waits to reclaim).
+        let held: BTreeSet<OpenKey> =
+            self.opens.values().flatten().map(|(_, k, _)| *k).chain(self.orphaned.iter().map(|(_, k, _)| *k)).collect();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !node.alive {
+                continue;
+            }
+            for (f, r) in node.m.decided() {
+                for o in r.opens.iter().filter(|o| !o.orphan) {
+                    assert!(
+                        held.contains(&o.key),
+                        "t={:?} home {i}, file {f:?}: open {:?} held by no client",
+                        self.now,
+                        o.key
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether nothing but pings is in flight (no state is on its way to any node).
+    pub fn quiet(&self) -> bool {
+        self.wire.values().flatten().all(|(_, m)| matches!(m, Msg::Ping { .. } | Msg::Pong { .. }))
     }
 
     /// Requests not answered yet.

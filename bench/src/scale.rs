@@ -1,0 +1,401 @@
+//! Scale group (`--only scale`): NFSv3 with many clients at once, nasgw against NFS-Ganesha
+//! (FSAL_VFS) serving the same directory: 16 and 64 concurrent clients (aggregate small-file
+//! creates and aggregate reads), one active client while 10,000 idle connections are open
+//! (and each server's memory per idle connection, from its resident set), and a directory of
+//! 1,000,000 entries listed and searched. `--quick` makes everything far smaller.
+//!
+//! Every client is an `nfs3_client` connection of this process, all driven by one thread: the
+//! client side is the same for both servers, and may be what bounds the aggregate rows (the
+//! note says so). Idle connections come from many loopback source addresses (nasgw admits 128
+//! connections per client address), each having made one NULL call, as a mounted but quiet
+//! kernel client would have.
+
+use std::cell::RefCell;
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use nasgw_tests::anchors::{Ganesha, GaneshaFsal};
+use tokio::runtime::Runtime;
+
+use crate::fixture::{Fixture, Sizes};
+use crate::measure::{run_row, Done};
+use crate::nasgw;
+use crate::nfs::ganesha_meter;
+use crate::nfs_client::{self, NfsEndpoint};
+use crate::table::{Group, Unit};
+
+/// How big the scale rows are.
+#[derive(Clone, Copy, Debug)]
+pub struct Scale {
+    /// Concurrent client counts.
+    pub clients: [usize; 2],
+    /// Files each concurrent client creates.
+    pub files_per_client: usize,
+    /// Bytes all concurrent clients read together, per round.
+    pub read_total: u64,
+    /// Idle connections held open during the active client's row.
+    pub idle: usize,
+    /// GETATTRs the active client makes.
+    pub getattrs: usize,
+    /// Entries of the huge directory.
+    pub huge_entries: usize,
+    /// Names looked up in it (every other one absent).
+    pub searches: usize,
+}
+
+impl Scale {
+    /// What issue 17 asks for.
+    pub fn full(s: &Sizes) -> Scale {
+        Scale {
+            clients: [16, 64],
+            files_per_client: 250,
+            read_total: 4 * s.bulk_bytes,
+            idle: 10_000,
+            getattrs: 20_000,
+            huge_entries: 1_000_000,
+            searches: 2000,
+        }
+    }
+
+    /// Plumbing only.
+    pub fn quick(s: &Sizes) -> Scale {
+        Scale {
+            clients: [4, 8],
+            files_per_client: 20,
+            read_total: 2 * s.bulk_bytes,
+            idle: 300,
+            getattrs: 500,
+            huge_entries: 3000,
+            searches: 200,
+        }
+    }
+}
+
+/// Connections per loopback source address (below nasgw's 128 per client address).
+const PER_ADDRESS: usize = 100;
+
+/// The huge directory's entry names.
+fn huge_entry(i: usize) -> String {
+    format!("h{i:07}")
+}
+
+/// Makes `count` empty files in `dir` (once per run, before any server starts).
+fn make_huge_dir(dir: &Path, count: usize) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for i in 0..count {
+        std::fs::File::create(dir.join(huge_entry(i))).with_context(|| format!("create entry {i}"))?;
+    }
+    Ok(())
+}
+
+/// A kernel client's first call on a new connection: NFSv3 NULL (record-marked, AUTH_NONE).
+fn null_call(xid: u32) -> [u8; 44] {
+    let words: [u32; 11] = [0x8000_0000 | 40, xid, 0, 2, 100_003, 3, 0, 0, 0, 0, 0];
+    let mut out = [0u8; 44];
+    for (i, w) in words.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&w.to_be_bytes());
+    }
+    out
+}
+
+/// Opens `n` connections to `port`, each from `127.0.X.Y` and each answered one NULL call.
+fn open_idle(port: u16, n: usize) -> Result<Vec<TcpStream>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let a = i / PER_ADDRESS;
+        let src = Ipv4Addr::new(127, 1, (a / 250) as u8, (a % 250 + 1) as u8);
+        let sock = socket2_connect(src, port).with_context(|| format!("idle connection {i} from {src}"))?;
+        let mut s = sock;
+        s.write_all(&null_call(i as u32 + 1))?;
+        let mut reply = [0u8; 28];
+        s.read_exact(&mut reply).with_context(|| format!("NULL reply on idle connection {i}"))?;
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// A TCP connection to `127.0.0.1:port` from source address `src` (any port).
+fn socket2_connect(src: Ipv4Addr, port: u16) -> Result<TcpStream> {
+    // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let s = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let sin = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let local = sin(src, 0);
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let remote = sin(Ipv4Addr::LOCALHOST, port);
+        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(s)
+    }
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS`).
+fn rss_kib(pid: u32) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .context("no VmRSS")
+}
+
+/// Raises this process's open-file limit (inherited by the servers it starts).
+fn raise_nofile(want: u64) {
+    let lim = libc::rlimit { rlim_cur: want, rlim_max: want };
+    // SAFETY: setrlimit reads a valid struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+}
+
+/// Runs the scale group under `work`.
+pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Group> {
+    raise_nofile((scale.idle as u64 * 2 + 4096).max(65_536));
+    let root = work.join("scale");
+    let fx = Fixture::create(&root, sizes)?;
+    let huge = "huge";
+    eprintln!("bench: scale: making a directory of {} entries", scale.huge_entries);
+    make_huge_dir(&fx.data.join(huge), scale.huge_entries)?;
+    let max = scale.idle + 1024;
+    let server =
+        nasgw::start_with(&root.join("nasgw"), &nasgw::local_volume(&fx.data), &format!("max_connections = {max}\n"));
+    let ganesha = Ganesha::start_with_core(
+        &root.join("ganesha"),
+        GaneshaFsal::Vfs(&fx.data),
+        &format!("RPC_Max_Connections = {max};"),
+    );
+    let mut group = Group::new(
+        "Scale (NFSv3): nasgw vs NFS-Ganesha 4.3 (FSAL_VFS), many clients",
+        &["nasgw", "Ganesha"],
+        &[(0, 1)],
+    );
+    group.meters = vec![server.cpu.clone(), ganesha_meter(&ganesha)];
+    let anchor = NfsEndpoint {
+        export: ganesha.export_path.clone(),
+        nfs_port: ganesha.nfs_port,
+        mount_port: ganesha.mount_port,
+        metrics_port: None,
+    };
+    let eps: Vec<Result<NfsEndpoint, String>> = vec![server.nfs.clone(), Ok(anchor)];
+    let pids: Vec<Option<u32>> = vec![server.daemon.as_ref().map(|d| d.pid()), ganesha.pid()];
+    let avail: Vec<Result<(), String>> = eps.iter().map(|e| e.as_ref().map(|_| ()).map_err(Clone::clone)).collect();
+    let ep = |i: usize| eps[i].as_ref().map_err(|e| anyhow::anyhow!("{e}"));
+    let s = sizes;
+
+    for n in scale.clients {
+        run_row(
+            &mut group,
+            &format!("{n} clients: 4 KiB creates, {} each", scale.files_per_client),
+            Unit::Files,
+            s.rounds,
+            &avail,
+            Box::new(|i, r| {
+                let ep = ep(i)?.clone();
+                let dirs: Vec<String> = (0..n).map(|c| format!("s{n}-{i}-{r}-{c}")).collect();
+                let out = rt.block_on(concurrent_creates(&ep, &dirs, scale.files_per_client, s.small_size));
+                for d in &dirs {
+                    fx.remove(d);
+                }
+                out
+            }),
+        );
+        run_row(
+            &mut group,
+            &format!("{n} clients: read {} MiB together (1 MiB READs)", scale.read_total >> 20),
+            Unit::Megabytes,
+            s.rounds,
+            &avail,
+            Box::new(|i, _| {
+                crate::fixture::preload(&fx.data.join(fx.read_name))?;
+                rt.block_on(concurrent_reads(ep(i)?, fx.read_name, n, scale.read_total, s.bulk_bytes))
+            }),
+        );
+    }
+
+    let memory = RefCell::new(Vec::<String>::new());
+    for idle in [0, scale.idle] {
+        run_row(
+            &mut group,
+            &format!("1 client: GETATTR, {} idle connections open", crate::fixture::Sizes::count_label(idle)),
+            Unit::Operations,
+            s.rounds,
+            &avail,
+            Box::new(|i, _| {
+                let ep = ep(i)?;
+                let pid = pids[i].context("no server process")?;
+                let before = rss_kib(pid)?;
+                let conns = open_idle(ep.nfs_port, idle)?;
+                let after = rss_kib(pid)?;
+                if idle > 0 {
+                    let per = (after.saturating_sub(before)) as f64 / idle as f64;
+                    memory.borrow_mut().push(format!(
+                        "{}: resident set {} MiB -> {} MiB with {idle} idle connections: {per:.1} KiB per connection",
+                        ["nasgw", "Ganesha"][i],
+                        before / 1024,
+                        after / 1024
+                    ));
+                }
+                let done = rt.block_on(async {
+                    let mut sess = nfs_client::connect(ep).await?;
+                    let root = sess.root();
+                    let start = Instant::now();
+                    for _ in 0..scale.getattrs {
+                        sess.getattr(&root).await?;
+                    }
+                    let elapsed = start.elapsed();
+                    sess.close().await?;
+                    anyhow::Ok(Done { amount: scale.getattrs as u64, elapsed })
+                });
+                drop(conns);
+                done
+            }),
+        );
+    }
+    group.notes.extend(memory.into_inner());
+
+    let label = crate::fixture::Sizes::count_label(scale.huge_entries);
+    run_row(
+        &mut group,
+        &format!("list a {label}-entry directory (READDIRPLUS)"),
+        Unit::Entries,
+        s.rounds,
+        &avail,
+        Box::new(|i, _| {
+            rt.block_on(async {
+                let mut sess = nfs_client::connect(ep(i)?).await?;
+                let root = sess.root();
+                let d = sess.lookup(&root, huge).await?;
+                let start = Instant::now();
+                let names = sess.list(&d).await?;
+                let elapsed = start.elapsed();
+                sess.close().await?;
+                if names.len() != scale.huge_entries {
+                    bail!("listed {} of {} entries", names.len(), scale.huge_entries);
+                }
+                Ok(Done { amount: names.len() as u64, elapsed })
+            })
+        }),
+    );
+    run_row(
+        &mut group,
+        &format!("search a {label}-entry directory: LOOKUP {} names, half absent", scale.searches),
+        Unit::Operations,
+        s.rounds,
+        &avail,
+        Box::new(|i, r| {
+            rt.block_on(async {
+                let mut sess = nfs_client::connect(ep(i)?).await?;
+                let root = sess.root();
+                let d = sess.lookup(&root, huge).await?;
+                let start = Instant::now();
+                let mut found = 0;
+                for k in 0..scale.searches {
+                    // Spread over the directory; odd ones name nothing.
+                    let idx = (k * 7919 + r * 104_729) % scale.huge_entries;
+                    let name = if k % 2 == 0 { huge_entry(idx) } else { format!("{}-absent", huge_entry(idx)) };
+                    found += usize::from(sess.exists(&d, &name).await?);
+                }
+                let elapsed = start.elapsed();
+                sess.close().await?;
+                if found != scale.searches.div_ceil(2) {
+                    bail!("found {found} of {} present names", scale.searches.div_ceil(2));
+                }
+                Ok(Done { amount: scale.searches as u64, elapsed })
+            })
+        }),
+    );
+    ganesha.stop();
+    if let Some(d) = server.daemon {
+        d.stop();
+    }
+    group.notes.push(
+        "All clients are `nfs3_client` connections (AUTH_UNIX uid 1000) driven by one thread of the bench, \
+         one request in flight per connection: with many clients the client side may bound the aggregate rows \
+         for both servers. Idle connections each made one NULL call, from loopback source addresses 127.1.x.y \
+         (100 per address). Memory per idle connection is the growth of the server's resident set (VmRSS) \
+         after opening them, divided by their number."
+            .into(),
+    );
+    Ok(group)
+}
+
+/// `dirs.len()` clients at once, each creating `per` files of `size` bytes in its own directory.
+async fn concurrent_creates(ep: &NfsEndpoint, dirs: &[String], per: usize, size: usize) -> Result<Done> {
+    let mut sessions = Vec::new();
+    for d in dirs {
+        let mut sess = nfs_client::connect(ep).await?;
+        let root = sess.root();
+        let fh = sess.mkdir(&root, d).await?;
+        sessions.push((sess, fh));
+    }
+    let block = std::sync::Arc::new(vec![0x5a_u8; size]);
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for (mut sess, fh) in sessions {
+        let block = block.clone();
+        set.spawn(async move {
+            let n = sess.create_files(&fh, per, &block).await?;
+            sess.close().await?;
+            anyhow::Ok(n)
+        });
+    }
+    let mut total = 0;
+    while let Some(r) = set.join_next().await {
+        total += r??;
+    }
+    Ok(Done { amount: total, elapsed: start.elapsed() })
+}
+
+/// `n` clients at once reading `total` bytes of `file` together (each its share, from its own
+/// offset, wrapping at the file's end `size`).
+async fn concurrent_reads(ep: &NfsEndpoint, file: &str, n: usize, total: u64, size: u64) -> Result<Done> {
+    let mut sessions = Vec::new();
+    for _ in 0..n {
+        let mut sess = nfs_client::connect(ep).await?;
+        let root = sess.root();
+        let fh = sess.lookup(&root, file).await?;
+        sessions.push((sess, fh));
+    }
+    let share = total / n as u64;
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for (c, (mut sess, fh)) in sessions.into_iter().enumerate() {
+        let from = (c as u64 * size / n as u64) & !((1 << 20) - 1);
+        set.spawn(async move {
+            let mut done = 0;
+            let mut at = from;
+            while done < share {
+                let want = (share - done).min(size - at);
+                let got = sess.read_range(&fh, at, want, 1 << 20).await?;
+                if got == 0 {
+                    bail!("READ at {at} returned nothing");
+                }
+                done += got;
+                at = (at + got) % size;
+            }
+            sess.close().await?;
+            anyhow::Ok(done)
+        });
+    }
+    let mut bytes = 0;
+    while let Some(r) = set.join_next().await {
+        bytes += r??;
+    }
+    if bytes != share * n as u64 {
+        bail!("read {bytes} of {} bytes", share * n as u64);
+    }
+    Ok(Done { amount: bytes, elapsed: start.elapsed() })
+}
