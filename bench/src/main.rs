@@ -20,6 +20,8 @@ mod nfs_client;
 mod nlm;
 mod scale;
 mod smb;
+mod smb_kernel;
+mod smb_server_side;
 mod table;
 mod target;
 
@@ -46,6 +48,8 @@ enum Only {
     /// Failover: a writer's stall when its node dies (nasgw vs Samba + CTDB, 3 nodes), and
     /// the time an address takes to move with 3, 5 and 7 nasgw nodes.
     Failover,
+    /// The Linux kernel's SMB client in a VM: nasgw vs Samba smbd, same boot.
+    SmbKernel,
     /// Scale: 16 and 64 NFS clients at once, 10,000 idle connections, a 1M-entry directory
     /// (not in the default set: it makes a million files).
     Scale,
@@ -92,7 +96,7 @@ fn main() -> Result<()> {
         sizes.rounds = r.max(1);
     }
     let only = if args.only.is_empty() {
-        vec![Only::Nfs, Only::Smb, Only::Cluster, Only::Nlm, Only::Failover]
+        vec![Only::Nfs, Only::Smb, Only::SmbKernel, Only::Cluster, Only::Nlm, Only::Failover]
     } else {
         args.only.clone()
     };
@@ -111,7 +115,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
     let mut groups = Vec::new();
-    if only.contains(&Only::Nfs) || only.contains(&Only::Smb) || only.contains(&Only::Nlm) {
+    if [Only::Nfs, Only::Smb, Only::SmbKernel, Only::Nlm].iter().any(|o| only.contains(o)) {
         eprintln!("bench: preparing data under {}", work.display());
         let fx = Fixture::create(&work, sizes)?;
         let server = nasgw::start(&work.join("nasgw"), &nasgw::local_volume(&fx.data));
@@ -120,6 +124,9 @@ fn main() -> Result<()> {
         }
         if only.contains(&Only::Smb) {
             groups.push(smb::run(&fx, &work, &server.smb, &server.cpu));
+        }
+        if only.contains(&Only::SmbKernel) {
+            groups.push(smb_kernel::run(&fx, &work, &server.smb, &server.cpu));
         }
         if only.contains(&Only::Nlm) {
             groups.push(nlm::run(&fx, &work, &server.nfs, &server.cpu));

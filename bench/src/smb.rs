@@ -82,7 +82,7 @@ fn run_encrypted_rows(
 }
 
 /// One smbclient session against `port` running `commands` (a `-c` list).
-fn smbclient(port: u16, commands: &str) -> Command {
+pub fn smbclient(port: u16, commands: &str) -> Command {
     let mut c = Command::new("smbclient");
     c.args(["//127.0.0.1/pub", "-N", "-m", "SMB3", "-O", "SO_RCVBUF=4194304 SO_SNDBUF=4194304"]).args([
         "-p",
@@ -248,6 +248,8 @@ pub fn run(fx: &Fixture, work: &Path, nasgw: &Result<u16, String>, nasgw_cpu: &M
     };
     let targets = [subject, Target::Smb(smbd.port)];
     run_rows(&mut group, fx, &["nasgw", "smbd"], &targets, Rows::Directory);
+    let plain: Vec<Result<(), String>> = targets.iter().map(Target::available).collect();
+    crate::smb_server_side::run_rows(&mut group, fx, &["nasgw", "smbd"], &targets, &plain);
     let mut avail: Vec<Result<(), String>> = targets.iter().map(Target::available).collect();
     if let Err(e) = smbd.add_user(SEALED_USER, SEALED_PASSWORD) {
         avail[1] = Err(format!("smbd has no user for the encrypted rows: {e}"));

@@ -14,6 +14,8 @@
 //!   and [`cmd`];
 //! - [`sequence`]: the MessageId window (each granted id used once: no replays);
 //! - [`session`]: sessions, tree connects and opens as named types;
+//! - [`eas`], [`security`]: extended attributes and the security descriptors clients set,
+//!   kept in the volume's `user.` attributes;
 //! - [`durable`]: durable handles: their create contexts, rules, and the opens that outlive
 //!   their connection;
 //! - [`cmd`]: one file per SMB2 command;
@@ -30,6 +32,7 @@ pub mod durable;
 pub mod durable_cluster;
 pub mod durable_handover;
 pub mod durable_replay;
+pub mod eas;
 pub mod encryption;
 pub mod file_state;
 pub mod fs;
@@ -37,6 +40,7 @@ pub mod leases;
 pub mod notify;
 pub mod passwd;
 pub mod previous_session;
+pub mod security;
 pub mod sequence;
 pub mod session;
 pub mod signing;

@@ -22,7 +22,7 @@ use crate::smb::wire::header::{Header, FLAG_REPLAY_OPERATION};
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{from_utf16le, slice_at, Reader, WireError, WireResult, Writer};
 use crate::smb::SmbServer;
-use crate::vfs::{Attr, CreateHow, Credentials, FileType, SetAttr, VfsError};
+use crate::vfs::{Attr, CreateHow, Credentials, FileId, FileType, SetAttr, VfsError};
 
 /// A decoded CREATE request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -381,6 +381,8 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         }
     }
     validate(req)?;
+    // EAs to give a file this CREATE makes or overwrites: refused before anything changes.
+    let create_eas = find_context(&req.contexts, b"ExtA").map(crate::smb::eas::parse).transpose()?;
     let (mut comps, stream) = fs::parse_name(&req.name)?;
     let case = match &tree.kind {
         TreeKind::Disk(share) => fs::Case::of(share),
@@ -452,6 +454,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
             }
             granted = special_file_access(attr.ftype, req.desired_access, granted)?;
             check_unix_access(&attr, &cred, granted)?;
+            granted = kept_descriptor_access(ns, &cred, id, req.desired_access, ask.delete_on_close, granted).await?;
             (id, attr, action)
         }
         (Plan::Make { directory, mode }, _) => {
@@ -491,6 +494,9 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         }
         (Plan::Open { .. }, None) => return Err(NtStatus::INTERNAL_ERROR),
     };
+    if let Some(eas) = create_eas.filter(|_| matches!(action, FILE_CREATED | FILE_OVERWRITTEN | FILE_SUPERSEDED)) {
+        crate::smb::eas::store(ns, &cred, id, &eas).await?;
+    }
     let is_dir = attr.ftype == FileType::Directory;
     let key = server.open_key();
     if server.open_streams.delete_pending(&id) {
@@ -823,6 +829,35 @@ fn special_file_access(ftype: FileType, desired: u32, granted: u32) -> Result<u3
 }
 
 /// Refuses access the Unix mode bits deny (as the share's identity).
+/// DELETE by the descriptor a client set on the file, if any (see [`crate::smb::security`]):
+/// refused when its DACL grants the caller (other than root) no DELETE, unless the open only asked for the
+/// maximum allowed (then it is granted without DELETE). Returns the access to grant.
+async fn kept_descriptor_access(
+    ns: &crate::vfs::Namespace,
+    cred: &Credentials,
+    id: FileId,
+    desired: u32,
+    delete_on_close: bool,
+    granted: u32,
+) -> Result<u32, NtStatus> {
+    use crate::smb::security;
+    // Root is not held back by a DACL, as smbd does not hold it back (the seed's share forces
+    // every client to one user; that user may be root).
+    if granted & access::DELETE == 0 || cred.uid == 0 {
+        return Ok(granted);
+    }
+    let Some(sd) = security::load(ns, cred, id).await else { return Ok(granted) };
+    if security::grants(&sd, &security::caller_sids(cred), access::DELETE) {
+        return Ok(granted);
+    }
+    let explicit = desired & (access::DELETE | access::GENERIC_ALL) != 0 || delete_on_close;
+    if explicit {
+        Err(NtStatus::ACCESS_DENIED)
+    } else {
+        Ok(granted & !access::DELETE)
+    }
+}
+
 pub(super) fn check_unix_access(attr: &Attr, cred: &Credentials, granted: u32) -> Result<(), NtStatus> {
     use crate::vfs::access as unix;
     let mut want = 0;

@@ -1,5 +1,5 @@
 //! QUERY_INFO (MS-SMB2 2.2.37/2.2.38): file information classes (basic, standard, internal,
-//! EA, full EA (always empty), access, name, position, mode, alignment, all, stream, network
+//! EA, full EA (the `user.` extended attributes, see [`crate::smb::eas`]), access, name, position, mode, alignment, all, stream, network
 //! open, attribute tag, compression) and file-system classes (volume, size, full size, device, attribute, sector
 //! size, object id).
 
@@ -290,10 +290,30 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
                 }
                 48 if dialect < crate::smb::signing::dialect::SMB311 => return Err(NtStatus::NOT_SUPPORTED),
                 48 => normalized_name(f),
-                // nasgw stores no extended attributes (the volume's user.* xattrs hold DOS
-                // attributes and streams, which are not EAs to a client): what smbd answers
-                // for a file without EAs.
-                FULL_EA => return Err(NtStatus::NO_EAS_ON_FILE),
+                FULL_EA => {
+                    let all = crate::smb::eas::load(&server.ns, &f.cred, file).await?;
+                    if all.is_empty() {
+                        // What smbd answers for a file without EAs.
+                        return Err(NtStatus::NO_EAS_ON_FILE);
+                    }
+                    // Whole entries only: none fits is BUFFER_TOO_SMALL, some BUFFER_OVERFLOW.
+                    let (list, whole) = crate::smb::eas::encode(&all, req.max_len as usize);
+                    if list.is_empty() {
+                        return Err(NtStatus::BUFFER_TOO_SMALL);
+                    }
+                    let status = if whole { NtStatus::SUCCESS } else { NtStatus::BUFFER_OVERFLOW };
+                    let mut w = Writer::with_capacity(8 + list.len());
+                    w.u16(9).u16(72).u32(list.len() as u32).bytes(&list);
+                    return Ok(Reply::with(status, w.buf));
+                }
+                7 | 18 => {
+                    let eas = crate::smb::eas::load(&server.ns, &f.cred, file).await.unwrap_or_default();
+                    let mut data = file_info(req.class, f, &a, &dos, pending).ok_or(NtStatus::INVALID_INFO_CLASS)?;
+                    // EaSize: FileEaInformation's only field, FileAllInformation's after the ids.
+                    let at = if req.class == 7 { 0 } else { 40 + 24 + 8 };
+                    data[at..at + 4].copy_from_slice(&crate::smb::eas::list_size(&eas).to_le_bytes());
+                    data
+                }
                 _ => file_info(req.class, f, &a, &dos, pending).ok_or(NtStatus::INVALID_INFO_CLASS)?,
             }
         }
@@ -304,7 +324,16 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
         INFO_SECURITY => {
             f.require(super::open::access::READ_CONTROL)?;
             let a = server.ns.getattr(f.id).await?;
-            let sd = security_descriptor(req.additional, a.uid, a.gid);
+            let shown = match crate::smb::security::load(&server.ns, &f.cred, fs::file_of(f)).await {
+                // The parts a client set, the made-up ones for the rest.
+                Some(kept) => crate::smb::security::merge(
+                    crate::smb::security::made_up(a.uid, a.gid),
+                    kept.clone(),
+                    kept_parts(&kept),
+                ),
+                None => crate::smb::security::made_up(a.uid, a.gid),
+            };
+            let sd = crate::smb::security::encode(&shown, req.additional);
             if (req.max_len as usize) < sd.len() {
                 // The client retries with the size carried in the error data.
                 let mut w = Writer::with_capacity(12);
@@ -326,36 +355,10 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
     Ok(Reply::with(status, w.buf))
 }
 
-/// Appends a SID (revision 1) with `authority` and sub-authorities.
-fn sid(w: &mut Writer, authority: u8, subs: &[u32]) {
-    w.u8(1).u8(subs.len() as u8).bytes(&[0, 0, 0, 0, 0, authority]);
-    for s in subs {
-        w.u32(*s);
-    }
-}
-
-/// A self-relative security descriptor: owner and group as Samba's Unix SIDs
-/// (S-1-22-1-uid, S-1-22-2-gid) and a DACL granting Everyone full access (Unix mode bits are
-/// what really decides). `parts` selects owner (1), group (2) and DACL (4).
-pub fn security_descriptor(parts: u32, uid: u32, gid: u32) -> Vec<u8> {
-    let mut w = Writer::with_capacity(96);
-    w.u8(1).u8(0).u16(0x8004).u32(0).u32(0).u32(0).u32(0);
-    if parts & 1 != 0 {
-        w.put_u32(4, w.len() as u32);
-        sid(&mut w, 22, &[1, uid]);
-    }
-    if parts & 2 != 0 {
-        w.put_u32(8, w.len() as u32);
-        sid(&mut w, 22, &[2, gid]);
-    }
-    if parts & 4 != 0 {
-        w.put_u32(16, w.len() as u32);
-        // ACL: revision 2, size 28, one ACCESS_ALLOWED ACE for S-1-1-0 with FILE_ALL.
-        w.u8(2).u8(0).u16(28).u16(1).u16(0);
-        w.u8(0).u8(0).u16(20).u32(0x001F_01FF);
-        sid(&mut w, 1, &[0]);
-    }
-    w.buf
+/// The parts a kept descriptor has (a kept DACL may be NULL: it is always a part).
+fn kept_parts(d: &crate::smb::security::Descriptor) -> u32 {
+    use crate::smb::security::part;
+    part::DACL | if d.owner.is_some() { part::OWNER } else { 0 } | if d.group.is_some() { part::GROUP } else { 0 }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! SET_INFO (MS-SMB2 2.2.39/2.2.40): basic (times, read-only), rename, disposition
-//! (delete-on-close), end of file, allocation, position, mode. Renames and deletes go through
+//! (delete-on-close), end of file, allocation, position, mode, full EA (see
+//! [`crate::smb::eas`]). Renames and deletes go through
 //! the lock table's share modes.
 
 use super::open::{access, read_file_id};
@@ -23,6 +24,8 @@ pub struct Request<'a> {
     pub class: u8,
     /// FileId.
     pub file_id: (u64, u64),
+    /// AdditionalInformation (which parts of a security descriptor are set).
+    pub additional: u32,
     /// The information buffer.
     pub data: &'a [u8],
 }
@@ -38,9 +41,10 @@ impl<'a> Request<'a> {
         let class = r.u8()?;
         let len = r.u32()? as usize;
         let off = r.u16()? as usize;
-        r.skip(2 + 4)?;
+        r.skip(2)?;
+        let additional = r.u32()?;
         let file_id = read_file_id(&mut r)?;
-        Ok(Self { info_type, class, file_id, data: slice_at(msg, off, len)? })
+        Ok(Self { info_type, class, file_id, additional, data: slice_at(msg, off, len)? })
     }
 }
 
@@ -160,6 +164,38 @@ async fn changed(ns: &crate::vfs::Namespace, f: &super::open::FileOpen, mut bits
     }
 }
 
+/// SET_INFO of a security descriptor: the `parts` of `data` are kept (see
+/// [`crate::smb::security`]); WRITE_OWNER for the owner and group, WRITE_DAC for the DACL.
+async fn set_security(
+    ns: &crate::vfs::Namespace,
+    f: &super::open::FileOpen,
+    parts: u32,
+    data: &[u8],
+) -> Result<Reply, NtStatus> {
+    use crate::smb::security::{self, part};
+    if parts & part::SACL != 0 {
+        return Err(NtStatus::PRIVILEGE_NOT_HELD);
+    }
+    if parts & (part::OWNER | part::GROUP) != 0 {
+        f.require(access::WRITE_OWNER)?;
+    }
+    if parts & part::DACL != 0 {
+        f.require(access::WRITE_DAC)?;
+    }
+    let (new, _) = security::parse(data)?;
+    let file = fs::file_of(f);
+    let base = match security::load(ns, &f.cred, file).await {
+        Some(kept) => kept,
+        None => {
+            let a = ns.getattr(file).await?;
+            security::made_up(a.uid, a.gid)
+        }
+    };
+    security::store(ns, &f.cred, file, &security::merge(base, new, parts)).await?;
+    changed(ns, f, what::SECURITY).await;
+    Ok(ok())
+}
+
 /// Handles SET_INFO.
 pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Result<Reply, NtStatus> {
     conn.session(hdr.session_id)?;
@@ -175,7 +211,13 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
     let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
     match req.info_type {
         INFO_FILE => {}
-        INFO_FILESYSTEM | INFO_SECURITY => return Err(NtStatus::NOT_SUPPORTED),
+        INFO_SECURITY => {
+            if !writable {
+                return Err(NtStatus::ACCESS_DENIED);
+            }
+            return set_security(ns, f, req.additional, req.data).await;
+        }
+        INFO_FILESYSTEM => return Err(NtStatus::NOT_SUPPORTED),
         _ => return Err(NtStatus::INVALID_PARAMETER),
     }
     if !writable && req.class != 14 {
@@ -334,7 +376,14 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             changed(ns, f, what::SIZE).await;
             Ok(ok())
         }
-        15 => Err(NtStatus::EAS_NOT_SUPPORTED),
+        // FileFullEaInformation: set (or, with an empty value, remove) EAs.
+        15 => {
+            f.require(access::WRITE_EA)?;
+            let eas = crate::smb::eas::parse(req.data)?;
+            crate::smb::eas::store(ns, &f.cred, fs::file_of(f), &eas).await?;
+            changed(ns, f, what::EA).await;
+            Ok(ok())
+        }
         _ => Err(NtStatus::INVALID_INFO_CLASS),
     }
 }

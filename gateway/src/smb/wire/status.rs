@@ -34,6 +34,11 @@ impl NtStatus {
     pub const OBJECT_PATH_SYNTAX_BAD: Self = Self(0xC000_003B);
     pub const SHARING_VIOLATION: Self = Self(0xC000_0043);
     pub const EAS_NOT_SUPPORTED: Self = Self(0xC000_004F);
+    pub const EA_TOO_LARGE: Self = Self(0xC000_0050);
+    pub const INVALID_ACL: Self = Self(0xC000_0077);
+    pub const INVALID_SID: Self = Self(0xC000_0078);
+    pub const INVALID_SECURITY_DESCR: Self = Self(0xC000_0079);
+    pub const INVALID_EA_NAME: Self = Self(0x8000_0013);
     pub const LOCK_NOT_GRANTED: Self = Self(0xC000_0055);
     pub const FILE_LOCK_CONFLICT: Self = Self(0xC000_0054);
     pub const DELETE_PENDING: Self = Self(0xC000_0056);
