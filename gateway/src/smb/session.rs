@@ -167,6 +167,29 @@ impl OpenTable {
 
     /// The open `id` if it belongs to `session`/`tree`. A CREATE that finished while waiting
     /// becomes an ordinary open here; one that failed is forgotten.
+    /// Closes open `id` if it is a CREATE still waiting for its answer: it leaves the table, and
+    /// the CREATE gives back what it is granted when the answer comes. `false` if it is not one.
+    pub fn close_waiting(&mut self, id: u64, session: u64, tree: u32) -> bool {
+        let waiting = match self.opens.get(&id) {
+            Some(o) if o.session_id == session && o.tree_id == tree => match &o.kind {
+                OpenKind::Pending(slot) => {
+                    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+                    let w = matches!(*slot, PendingOpen::Waiting);
+                    if w {
+                        *slot = PendingOpen::Failed;
+                    }
+                    w
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if waiting {
+            self.opens.remove(&id);
+        }
+        waiting
+    }
+
     pub fn get_mut(&mut self, id: u64, session: u64, tree: u32) -> Result<&mut Open, NtStatus> {
         let settled = match self.opens.get(&id) {
             Some(o) if o.session_id == session && o.tree_id == tree => match &o.kind {

@@ -606,6 +606,10 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
             let kind = OpenKind::Pending(slot.clone());
             conn.opens
                 .insert_at(vol, Open { volatile: vol, persistent: pid, session_id, tree_id, channel_sequence, kind });
+            // A related request later in the same compound (CREATE + CLOSE, as smbprotocol's
+            // mkdir sends) names this open too.
+            conn.compound_fid = Some((pid, vol));
+            let server = server.clone();
             let work = async move {
                 let d = decided.await;
                 waiting.kept();
@@ -613,7 +617,28 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
                     Ok((file, reply)) => (PendingOpen::Ready(file), reply),
                     Err(s) => (PendingOpen::Failed, Reply::err(s)),
                 };
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = done;
+                let closed = {
+                    let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+                    if matches!(*s, PendingOpen::Failed) {
+                        // Closed while it waited (its compound's CLOSE, or its session went):
+                        // what was granted is given back, not kept for a handle nobody has.
+                        Some(done)
+                    } else {
+                        *s = done;
+                        None
+                    }
+                };
+                if let Some(PendingOpen::Ready(file)) = closed {
+                    let open = Open {
+                        volatile: vol,
+                        persistent: pid,
+                        session_id,
+                        tree_id,
+                        channel_sequence,
+                        kind: OpenKind::File(file),
+                    };
+                    let _ = super::close::release(&server, open).await;
+                }
                 reply
             };
             Ok(Outcome::Later(AsyncWork {
