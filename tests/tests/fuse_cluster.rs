@@ -2,7 +2,8 @@
 //! namespaces sharing the test's mount namespace (`SmbCluster` with `[fuse]`): a local open for
 //! writing on node 1 breaks an RWH lease an SMB client holds through node 2 and returns only
 //! after the acknowledgement; SMB writes through node 2 are read at once through node 1's mount
-//! (passthrough off: the kernel's page cache is in play).
+//! (passthrough off: the kernel's page cache is in play); on a node cut off from the cluster,
+//! local opens and locks fail with EIO within `[fuse] timeout_ms`.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -139,4 +140,45 @@ fn stop_all(cluster: &mut SmbCluster) {
             }
         }
     }
+}
+
+#[test]
+fn a_node_cut_off_from_the_cluster_fails_local_opens_and_locks_with_eio_within_the_bound() {
+    const BOUND: Duration = Duration::from_secs(3);
+    let mut cluster =
+        SmbCluster::start(&format!("[fuse]\nmountpoint = \"{{dir}}/mnt\"\ntimeout_ms = {}\n", BOUND.as_millis()));
+    let _unmount: Vec<Unmount> = (0..3).map(|i| Unmount(cluster.dir(i).join("mnt"))).collect();
+    let mnt = cluster.dir(0).join("mnt");
+    assert!(is_nasgw_mount(&mnt), "node 1's mount is not in the test's mount namespace");
+    let f = mnt.join("cut.txt");
+    std::fs::write(&f, b"before the cut").unwrap();
+    let held = OpenOptions::new().read(true).write(true).open(&f).unwrap();
+
+    cluster.topo.cut("n1");
+    // Within its license the node still decides; then it knows it is out.
+    nasgw_tests::wait_for("node 1 to know it is cut off", Duration::from_secs(20), Duration::from_millis(20), || {
+        cluster.daemon(0).logs().contains("this node is not in sync with the cluster").then_some(())
+    });
+    let t = Instant::now();
+    let r = OpenOptions::new().read(true).open(&f);
+    let took = t.elapsed();
+    println!("a local open on the cut-off node failed after {took:?}: {r:?}");
+    assert_eq!(r.map(drop).map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)));
+    assert!(took < BOUND + Duration::from_secs(4), "{took:?}");
+    let t = Instant::now();
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_len = 10;
+    // SAFETY: fcntl F_SETLK on an open descriptor with a valid flock.
+    let r = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&held), libc::F_SETLK, &fl) };
+    let err = std::io::Error::last_os_error().raw_os_error();
+    let took = t.elapsed();
+    println!("a local lock on the cut-off node failed after {took:?}");
+    assert_eq!((r, err), (-1, Some(libc::EIO)));
+    assert!(took < BOUND + Duration::from_secs(4), "{took:?}");
+    drop(held);
+    // The cut-off node goes as a cut-off host would (its dead mount is detached at the end).
+    cluster.daemons[0].take().expect("node 1").kill();
+    stop_all(&mut cluster);
 }
