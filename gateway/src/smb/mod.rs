@@ -64,9 +64,6 @@ use crate::daemon::Lifecycle;
 use crate::locks::{LockService, OpenKey};
 use crate::vfs::{FileId, Namespace};
 
-/// Most client connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 4096;
-
 /// Default of [`SmbServer::idle_without_session`].
 pub const IDLE_WITHOUT_SESSION: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -266,7 +263,7 @@ pub async fn start(
     life.tasks.spawn(crate::listener::accept_loop(
         "smb",
         listener,
-        MAX_CONNECTIONS,
+        cfg.smb.max_connections,
         connections,
         life.clone(),
         move |stream, tcp| conn::serve(server.clone(), stream, tcp, stop.clone()),
