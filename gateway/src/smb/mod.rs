@@ -40,6 +40,7 @@ pub mod leases;
 pub mod notify;
 pub mod passwd;
 pub mod previous_session;
+pub mod quota_fake;
 pub mod security;
 pub mod sequence;
 pub mod session;
@@ -51,6 +52,7 @@ pub mod transform;
 pub mod transport;
 pub mod volume_locks;
 pub mod wire;
+pub mod write_time;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -112,6 +114,8 @@ pub struct SmbServer {
     pub watches: notify::Watches,
     /// Resume keys of server-side copy sources.
     pub resume_keys: copychunk::ResumeKeys,
+    /// The delayed write-time updates of files written through this node's handles.
+    pub write_times: write_time::WriteTimes,
     /// Durable opens by persistent FileId, those whose connection was lost included.
     pub durable: durable::DurableTable,
     /// Durable opens of the cluster (what a reconnect here may reclaim from another node).
@@ -173,6 +177,7 @@ impl SmbServer {
             open_streams: streams::OpenStreams::default(),
             watches: notify::Watches::default(),
             resume_keys: copychunk::ResumeKeys::default(),
+            write_times: write_time::WriteTimes::default(),
             durable: durable::DurableTable::new(locks.node()),
             cluster_opens: durable_cluster::ClusterOpens::default(),
             sessions: previous_session::SessionDirectory::default(),
