@@ -163,6 +163,25 @@ async fn create(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Out
     }
 }
 
+/// Opens the quota pseudo-file ([`crate::smb::quota_fake`]); as smbd, only for root (an admin).
+fn open_quota_fake(conn: &mut Connection, hdr: &Header, tree: &Tree) -> Result<Reply, NtStatus> {
+    if tree.uid != 0 {
+        return Err(NtStatus::ACCESS_DENIED);
+    }
+    let session_id = hdr.session_id;
+    let vol = conn.opens.insert(|v| Open {
+        volatile: v,
+        persistent: v,
+        session_id,
+        tree_id: tree.id,
+        channel_sequence: hdr.status as u16,
+        kind: OpenKind::QuotaFake,
+    });
+    conn.compound_fid = Some((vol, vol));
+    let b = crate::smb::quota_fake::basics();
+    Ok(Reply::ok(response(FILE_OPENED, &b, (vol, vol), &[], leases::level::NONE)))
+}
+
 /// CreateDisposition values.
 #[allow(missing_docs)]
 pub mod disposition {
@@ -397,6 +416,9 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         replay_pending = Some(server.replay_cache.begin(conn.client_guid, create_guid));
     }
     validate(req)?;
+    if crate::smb::quota_fake::is_quota_file(&req.name) {
+        return open_quota_fake(conn, hdr, tree).map(Outcome::Now);
+    }
     // EAs to give a file this CREATE makes or overwrites: refused before anything changes.
     let create_eas = find_context(&req.contexts, b"ExtA").map(crate::smb::eas::parse).transpose()?;
     let (mut comps, stream) = fs::parse_name(&req.name)?;

@@ -12,6 +12,7 @@ impl NtStatus {
     pub const NOTIFY_CLEANUP: Self = Self(0x0000_010B);
     pub const BUFFER_OVERFLOW: Self = Self(0x8000_0005);
     pub const NO_MORE_FILES: Self = Self(0x8000_0006);
+    pub const NO_MORE_ENTRIES: Self = Self(0x8000_001A);
     pub const UNSUCCESSFUL: Self = Self(0xC000_0001);
     pub const NOT_IMPLEMENTED: Self = Self(0xC000_0002);
     pub const INVALID_INFO_CLASS: Self = Self(0xC000_0003);
