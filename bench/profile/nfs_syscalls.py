@@ -21,8 +21,8 @@ def unescape(s):
             out.append({'n':10,'t':9,'v':11,'f':12,'r':13,'"':34,'\\':92}.get(n, ord(n))); i += 2; continue
         out.append(ord(c)); i += 1
     return bytes(out)
-call = re.compile(r'^(\d+) [\d:.]+ ([a-z_0-9]+)\((.*)')
-resumed = re.compile(r'^\d+ [\d:.]+ <\.\.\. ([a-z_0-9]+) resumed>(.*)')
+call = re.compile(r'^(\d+) +[\d:.]+ ([a-z_0-9]+)\((.*)')
+resumed = re.compile(r'^\d+ +[\d:.]+ <\.\.\. ([a-z_0-9]+) resumed>(.*)')
 recv = re.compile(r'^(?:recvfrom|read|recvmsg)\(\d+, "((?:[^"\\]|\\.)*)"')
 def main(path):
     ops = collections.defaultdict(list); cur = None; c = None
