@@ -11,6 +11,7 @@ mod cpu;
 mod ctdb;
 mod failover;
 mod fixture;
+mod fuse_mount;
 mod gluster;
 mod machine;
 mod measure;
@@ -51,6 +52,9 @@ enum Only {
     Failover,
     /// The Linux kernel's SMB client in a VM: nasgw vs Samba smbd, same boot.
     SmbKernel,
+    /// The node's own mount: a local process on the backing directory, nasgw's mount with
+    /// and without passthrough, GlusterFS's own FUSE mount and nasgw's mount of that volume.
+    Fuse,
     /// Scale: 16 and 64 NFS and SMB clients at once, 10,000 idle connections, a 1M-entry
     /// directory (not in the default set: it makes a million files).
     Scale,
@@ -63,8 +67,8 @@ struct Args {
     /// Small sizes (32 MiB bulk, 200 files, 1000 entries, one round): checks the plumbing.
     #[arg(long)]
     quick: bool,
-    /// Run only these groups (repeat or comma-separate); default: nfs, smb, cluster, nlm and
-    /// failover.
+    /// Run only these groups (repeat or comma-separate); default: nfs, smb, smb-kernel,
+    /// cluster, nlm, failover and fuse.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Only>,
     /// Rounds per workload (the median is reported); default 5, or 1 with --quick.
@@ -97,7 +101,7 @@ fn main() -> Result<()> {
         sizes.rounds = r.max(1);
     }
     let only = if args.only.is_empty() {
-        vec![Only::Nfs, Only::Smb, Only::SmbKernel, Only::Cluster, Only::Nlm, Only::Failover]
+        vec![Only::Nfs, Only::Smb, Only::SmbKernel, Only::Cluster, Only::Nlm, Only::Failover, Only::Fuse]
     } else {
         args.only.clone()
     };
@@ -144,6 +148,9 @@ fn main() -> Result<()> {
     }
     if only.contains(&Only::Failover) {
         groups.extend(failover::run(&work, sizes));
+    }
+    if only.contains(&Only::Fuse) {
+        groups.extend(fuse_mount::run(&work, sizes)?);
     }
     if only.contains(&Only::Scale) {
         let scale = if args.quick { scale::Scale::quick(&sizes) } else { scale::Scale::full(&sizes) };
