@@ -18,6 +18,7 @@
 //!   kept in the volume's `user.` attributes;
 //! - [`durable`]: durable handles: their create contexts, rules, and the opens that outlive
 //!   their connection;
+//! - [`object_id`]: file object ids (FSCTL_CREATE_OR_GET_OBJECT_ID), derived from file ids;
 //! - [`cmd`]: one file per SMB2 command;
 //! - [`srvsvc`]: the DCE/RPC share-enumeration pipe on `IPC$`.
 
@@ -39,6 +40,7 @@ pub mod fs;
 pub mod leases;
 pub mod notify;
 pub mod notify_local;
+pub mod object_id;
 pub mod passwd;
 pub mod previous_session;
 pub mod quota_fake;
@@ -122,6 +124,8 @@ pub struct SmbServer {
     pub write_times: write_time::WriteTimes,
     /// Durable opens by persistent FileId, those whose connection was lost included.
     pub durable: durable::DurableTable,
+    /// CREATEs with a CreateGuid, for replay detection ([`durable_replay::ReplayCache`]).
+    pub replay_cache: durable_replay::ReplayCache,
     /// Durable opens of the cluster (what a reconnect here may reclaim from another node).
     pub cluster_opens: durable_cluster::ClusterOpens,
     /// This node's valid sessions (PreviousSessionId).
@@ -190,6 +194,7 @@ impl SmbServer {
             resume_keys: copychunk::ResumeKeys::default(),
             write_times: write_time::WriteTimes::default(),
             durable: durable::DurableTable::new(locks.node()),
+            replay_cache: durable_replay::ReplayCache::default(),
             cluster_opens: durable_cluster::ClusterOpens::default(),
             sessions: previous_session::SessionDirectory::default(),
             clustered: cfg.cluster.is_some(),
@@ -273,6 +278,19 @@ pub async fn start(
             }
         }));
         durable_handover::ask_on_join(&server);
+        // Records of opens whose timeout ended (their node died) are dropped on every node.
+        let s = Arc::downgrade(&server);
+        let stop = life.stop.clone();
+        life.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(durable_cluster::SWEEP_EVERY) => {}
+                }
+                let Some(s) = s.upgrade() else { return };
+                s.cluster_opens.sweep(&s.locks).await;
+            }
+        });
     }
     tracing::info!(listen = %cfg.smb.listen, shares = server.shares.len(), "SMB service listening");
     let stop = life.stop.clone();

@@ -17,6 +17,7 @@ pub const POSTQUERY_ATTRIB: u16 = 1;
 /// written once the client saw it closed; the flush's error (a write the volume's client had
 /// acknowledged early failed) is returned, after the release.
 pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
+    server.replay_cache.purge(open.persistent);
     if server.durable.forget(open.persistent).is_some() && server.clustered {
         server.cluster_opens.drop_mine(&server.locks, open.persistent, true);
     }

@@ -61,6 +61,7 @@ impl NtStatus {
     pub const FILE_NOT_AVAILABLE: Self = Self(0xC000_0467);
     pub const USER_SESSION_DELETED: Self = Self(0xC000_0203);
     pub const NOT_FOUND: Self = Self(0xC000_0225);
+    pub const DUPLICATE_OBJECTID: Self = Self(0xC000_022A);
     pub const FS_DRIVER_REQUIRED: Self = Self(0xC000_019C);
     pub const NETWORK_SESSION_EXPIRED: Self = Self(0xC000_035C);
     pub const STOPPED_ON_SYMLINK: Self = Self(0x8000_002D);
