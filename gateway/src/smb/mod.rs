@@ -39,6 +39,7 @@ pub mod file_state;
 pub mod fs;
 pub mod leases;
 pub mod notify;
+pub mod notify_local;
 pub mod object_id;
 pub mod passwd;
 pub mod previous_session;
@@ -114,6 +115,9 @@ pub struct SmbServer {
     pub open_streams: streams::OpenStreams,
     /// CHANGE_NOTIFY watches of open directories.
     pub watches: notify::Watches,
+    /// inotify watches of those directories on a local volume (names changed on the node
+    /// outside nasgw); `None` on other backends.
+    pub local_events: Option<Arc<notify_local::LocalEvents>>,
     /// Resume keys of server-side copy sources.
     pub resume_keys: copychunk::ResumeKeys,
     /// The delayed write-time updates of files written through this node's handles.
@@ -162,6 +166,12 @@ impl SmbServer {
                 }
             });
         }
+        let local_events = match (cfg.volume.backend, &cfg.volume.path) {
+            (crate::config::BackendKind::Local, Some(root)) => {
+                Some(Arc::new(notify_local::LocalEvents::new(root.clone(), ns.clone())))
+            }
+            _ => None,
+        };
         Self {
             breaks,
             volume_locks,
@@ -180,6 +190,7 @@ impl SmbServer {
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
             open_streams: streams::OpenStreams::default(),
             watches: notify::Watches::default(),
+            local_events,
             resume_keys: copychunk::ResumeKeys::default(),
             write_times: write_time::WriteTimes::default(),
             durable: durable::DurableTable::new(locks.node()),

@@ -44,6 +44,9 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
     server.resume_keys.forget(f.key);
     if f.is_dir {
         server.watches.forget(f.key);
+        if let Some(local) = &server.local_events {
+            local.forget(f.key);
+        }
     } else if f.wrote {
         // Written through this handle: watchers see the new size and write time now (as
         // Windows and Samba report a write, once, when the handle closes).
