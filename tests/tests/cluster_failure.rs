@@ -106,7 +106,7 @@ fn state_held_through_a_dead_or_cut_off_node_is_released_and_fenced() {
     d.connect("O", 2);
     let r = d.ok(json!({"op": "open", "c": "O", "h": "o", "path": "orphan", "share": SHARE_ALL,
         "lease": "RWH", "durable": {"timeout": 60000}}));
-    assert_eq!(r.s("lease"), "RWH", "{}", r.v);
+    assert_eq!(r.s("lease"), "RHW", "{}", r.v);
     assert!(r.v["durable"].is_object(), "not made durable: {}", r.v);
     let w = d.start(json!({"op": "open", "c": "B", "h": "ob", "path": "orphan", "share": SHARE_ALL}));
     let b = d.call(json!({"op": "breaks", "c": "O", "n": 1, "timeout": 10}));

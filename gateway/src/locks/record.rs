@@ -577,7 +577,12 @@ impl FileRecord {
                         l.state & state == l.state && granted != l.state && granted == state && l.told.is_none();
                     let s = if upgrade { granted } else { l.state };
                     let epoch = if upgrade { l.epoch.wrapping_add(1) } else { l.epoch };
-                    return OpenVerdict::Grant(Granted { state: s, epoch, breaking: l.told.is_some(), version: l.version });
+                    return OpenVerdict::Grant(Granted {
+                        state: s,
+                        epoch,
+                        breaking: l.told.is_some(),
+                        version: l.version,
+                    });
                 }
                 OpenVerdict::Grant(Granted { state: granted, epoch: 0, breaking: false, version })
             }
@@ -585,7 +590,12 @@ impl FileRecord {
                 if got_handle_lease {
                     granted = 0;
                 }
-                OpenVerdict::Grant(Granted { state: oplock_level_state(granted), epoch: 0, breaking: false, version: 0 })
+                OpenVerdict::Grant(Granted {
+                    state: oplock_level_state(granted),
+                    epoch: 0,
+                    breaking: false,
+                    version: 0,
+                })
             }
             CachingRequest::None => OpenVerdict::Grant(Granted::default()),
         }

@@ -159,6 +159,9 @@ pub fn break_message(notice: &BreakNotice, fid: Option<(u64, u64)>) -> Vec<u8> {
     w.buf
 }
 
+/// A connection's queue of unsolicited messages.
+type Notices = mpsc::UnboundedSender<Vec<u8>>;
+
 /// Where a lease's or oplock's breaks go.
 #[derive(Debug, Clone)]
 struct Holder {
@@ -183,7 +186,7 @@ pub struct Breaks {
     /// The connections of each client GUID that took a lease here, oldest first: a lease break
     /// goes to the client's oldest connection still up, as Samba sends it (smbtorture
     /// `smb2.lease.v2_complex1` expects every break of a two-connection client on its first).
-    clients: Mutex<HashMap<[u8; 16], Vec<mpsc::UnboundedSender<Vec<u8>>>>>,
+    clients: Mutex<HashMap<[u8; 16], Vec<Notices>>>,
     evict: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 

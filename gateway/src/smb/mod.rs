@@ -159,7 +159,11 @@ impl SmbServer {
                     let Some(table) = table.upgrade() else { return };
                     let (set, refused) = mirror.restore(&table.holdings()).await;
                     if set > 0 {
-                        tracing::info!(opens = set, refused, "SMB: in sync again: byte-range locks set on the volume again");
+                        tracing::info!(
+                            opens = set,
+                            refused,
+                            "SMB: in sync again: byte-range locks set on the volume again"
+                        );
                     }
                 }
             });

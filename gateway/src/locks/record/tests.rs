@@ -172,7 +172,11 @@ fn a_lone_open_gets_rwh_and_a_second_open_breaks_w_and_waits() {
     more.clear();
     let v = f.decide_open(&b, false, &mut more);
     assert!(more.is_empty());
-    assert_eq!(v, OpenVerdict::Grant(Granted { state: R | H, epoch: 0, breaking: false, version: 2 }), "W only for a lone open");
+    assert_eq!(
+        v,
+        OpenVerdict::Grant(Granted { state: R | H, epoch: 0, breaking: false, version: 2 }),
+        "W only for a lone open"
+    );
 }
 
 #[test]
@@ -222,7 +226,10 @@ fn same_lease_key_shares_and_upgrades_the_lease() {
     let a = with_lease(req(1, RD, share::ALL), 1, R);
     assert_eq!(open(&mut f, &a).0, OpenVerdict::Grant(Granted { state: R, epoch: 1, breaking: false, version: 2 }));
     let a2 = with_lease(req(2, RD, share::ALL), 1, R | H);
-    assert_eq!(open(&mut f, &a2).0, OpenVerdict::Grant(Granted { state: R | H, epoch: 2, breaking: false, version: 2 }));
+    assert_eq!(
+        open(&mut f, &a2).0,
+        OpenVerdict::Grant(Granted { state: R | H, epoch: 2, breaking: false, version: 2 })
+    );
     // a downgrade request keeps the lease as it is
     let a3 = with_lease(req(3, RD, share::ALL), 1, R);
     assert_eq!(granted(&open(&mut f, &a3).0), R | H);

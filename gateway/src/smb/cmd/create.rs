@@ -745,7 +745,9 @@ impl Opening {
         let b = basics(&attr, &dos, &name);
         server.track_path(key, Some((self.root, self.comps.clone())));
         let (oplock, lease_ctx) = match &self.lease_req {
-            Some(l) => (leases::level::LEASE, Some(leases::lease_response_as(l, g.version, g.state, g.epoch, g.breaking))),
+            Some(l) => {
+                (leases::level::LEASE, Some(leases::lease_response_as(l, g.version, g.state, g.epoch, g.breaking)))
+            }
             None => (leases::state_level(g.state), None),
         };
         let mut made_durable =
