@@ -198,8 +198,8 @@ pub fn stat_ppid(stat: &str) -> Option<u32> {
     stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Every live descendant of `pid` (children, their children...).
-fn descendants(pid: u32) -> Vec<u32> {
+/// Every live descendant of `pid` (children, their children...), without `pid` itself.
+pub fn descendants(pid: u32) -> Vec<u32> {
     let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())

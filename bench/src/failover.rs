@@ -25,7 +25,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use nasgw_tests::cluster::{SmbCluster, ADDRS, NODES, SMB_PORT, VIP};
+use nasgw_tests::cluster::{SmbCluster, ADDRS, CA_SHARE, NODES, SMB_PORT, VIP};
 use nasgw_tests::{Daemon, Topology};
 use serde_json::Value;
 
@@ -42,18 +42,6 @@ const CTDB_VIP: &str = "198.18.0.101";
 const SIZES: [usize; 3] = [3, 5, 7];
 /// How long a survivor may take to serve the address before the round fails.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// A continuously available share beside the seed's `pub`, on the same folder.
-const CA_SHARE: &str = r#"
-[[smb.share]]
-name = "ca"
-path = "/"
-writable = true
-guest_ok = true
-guest_only = true
-force_user = "root"
-continuously_available = true
-"#;
 
 /// Runs both failover tables.
 pub fn run(work: &Path, sizes: Sizes) -> Vec<Group> {

@@ -170,7 +170,8 @@ fn pattern_block(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-fn write_pattern(path: &Path, bytes: u64, seed: u64) -> Result<()> {
+/// Writes `bytes` of a deterministic pattern (from `seed`) to a new file at `path`.
+pub fn write_pattern(path: &Path, bytes: u64, seed: u64) -> Result<()> {
     let mut block = pattern_block(1 << 20, seed);
     let mut f = fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
     let mut left = bytes;

@@ -19,6 +19,7 @@ mod nfs;
 mod nfs_client;
 mod nlm;
 mod scale;
+mod scale_smb;
 mod smb;
 mod smb_kernel;
 mod smb_server_side;
@@ -50,8 +51,8 @@ enum Only {
     Failover,
     /// The Linux kernel's SMB client in a VM: nasgw vs Samba smbd, same boot.
     SmbKernel,
-    /// Scale: 16 and 64 NFS clients at once, 10,000 idle connections, a 1M-entry directory
-    /// (not in the default set: it makes a million files).
+    /// Scale: 16 and 64 NFS and SMB clients at once, 10,000 idle connections, a 1M-entry
+    /// directory (not in the default set: it makes a million files).
     Scale,
 }
 
@@ -146,7 +147,7 @@ fn main() -> Result<()> {
     }
     if only.contains(&Only::Scale) {
         let scale = if args.quick { scale::Scale::quick(&sizes) } else { scale::Scale::full(&sizes) };
-        groups.push(scale::run(&work, sizes, scale, &rt)?);
+        groups.extend(scale::run(&work, sizes, scale, &rt)?);
     }
 
     cpu::cleanup();

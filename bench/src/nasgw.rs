@@ -50,9 +50,14 @@ pub fn start(dir: &Path, volume: &str) -> Nasgw {
 
 /// [`start`] with more keys in `[nfs]` (one per line), e.g. `max_connections`.
 pub fn start_with(dir: &Path, volume: &str, nfs_extra: &str) -> Nasgw {
+    start_with_keys(dir, volume, nfs_extra, "")
+}
+
+/// [`start`] with more keys in `[nfs]` and in `[smb]` (one per line each).
+pub fn start_with_keys(dir: &Path, volume: &str, nfs_extra: &str, smb_extra: &str) -> Nasgw {
     let (nfs_port, smb_port, metrics_port) = (free_port(), free_port(), free_port());
     let config = format!(
-        "{volume}\n[nfs]\nlisten = \"127.0.0.1:{nfs_port}\"\n{nfs_extra}\n[smb]\nlisten = \"127.0.0.1:{smb_port}\"\n\n\
+        "{volume}\n[nfs]\nlisten = \"127.0.0.1:{nfs_port}\"\n{nfs_extra}\n[smb]\nlisten = \"127.0.0.1:{smb_port}\"\n{smb_extra}\n\
          [[smb.share]]\nname = \"pub\"\nwritable = true\nguest_ok = true\nguest_only = true\nforce_user = \"root\"\n\n\
          [[smb.share]]\nname = \"sealed\"\nwritable = true\nforce_user = \"root\"\nencryption = \"required\"\n\n\
          [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n\

@@ -2,7 +2,8 @@
 //! (FSAL_VFS) serving the same directory: 16 and 64 concurrent clients (aggregate small-file
 //! creates and aggregate reads), one active client while 10,000 idle connections are open
 //! (and each server's memory per idle connection, from its resident set), and a directory of
-//! 1,000,000 entries listed and searched. `--quick` makes everything far smaller.
+//! 1,000,000 entries listed and searched. `--quick` makes everything far smaller. The same
+//! nasgw then meets Samba's smbd in a second table (see [`crate::scale_smb`]).
 //!
 //! Every client is an `nfs3_client` connection of this process, all driven by one thread: the
 //! client side is the same for both servers, and may be what bounds the aggregate rows (the
@@ -17,7 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use nasgw_tests::anchors::{Ganesha, GaneshaFsal};
+use nasgw_tests::anchors::{Ganesha, GaneshaFsal, Smbd};
 use tokio::runtime::Runtime;
 
 use crate::fixture::{Fixture, Sizes};
@@ -38,6 +39,8 @@ pub struct Scale {
     pub read_total: u64,
     /// Idle connections held open during the active client's row.
     pub idle: usize,
+    /// Idle connections opened to smbd instead (it forks a process for each).
+    pub smbd_idle: usize,
     /// GETATTRs the active client makes.
     pub getattrs: usize,
     /// Entries of the huge directory.
@@ -54,6 +57,7 @@ impl Scale {
             files_per_client: 250,
             read_total: 4 * s.bulk_bytes,
             idle: 10_000,
+            smbd_idle: 1000,
             getattrs: 20_000,
             huge_entries: 1_000_000,
             searches: 2000,
@@ -67,6 +71,7 @@ impl Scale {
             files_per_client: 20,
             read_total: 2 * s.bulk_bytes,
             idle: 300,
+            smbd_idle: 50,
             getattrs: 500,
             huge_entries: 3000,
             searches: 200,
@@ -105,9 +110,8 @@ fn null_call(xid: u32) -> [u8; 44] {
 fn open_idle(port: u16, n: usize) -> Result<Vec<TcpStream>> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let a = i / PER_ADDRESS;
-        let src = Ipv4Addr::new(127, 1, (a / 250) as u8, (a % 250 + 1) as u8);
-        let sock = socket2_connect(src, port).with_context(|| format!("idle connection {i} from {src}"))?;
+        let src = source_address(i);
+        let sock = socket2_connect_from(src, port).with_context(|| format!("idle connection {i} from {src}"))?;
         let mut s = sock;
         s.write_all(&null_call(i as u32 + 1))?;
         let mut reply = [0u8; 28];
@@ -117,8 +121,15 @@ fn open_idle(port: u16, n: usize) -> Result<Vec<TcpStream>> {
     Ok(out)
 }
 
+/// The loopback source address of idle connection `i`: [`PER_ADDRESS`] connections each
+/// from 127.1.0.1, 127.1.0.2...
+pub fn source_address(i: usize) -> Ipv4Addr {
+    let a = i / PER_ADDRESS;
+    Ipv4Addr::new(127, 1, (a / 250) as u8, (a % 250 + 1) as u8)
+}
+
 /// A TCP connection to `127.0.0.1:port` from source address `src` (any port).
-fn socket2_connect(src: Ipv4Addr, port: u16) -> Result<TcpStream> {
+pub fn socket2_connect_from(src: Ipv4Addr, port: u16) -> Result<TcpStream> {
     // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -161,8 +172,8 @@ fn raise_nofile(want: u64) {
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
 }
 
-/// Runs the scale group under `work`.
-pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Group> {
+/// Runs the scale group under `work`: the NFS table, then the SMB one.
+pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Vec<Group>> {
     raise_nofile((scale.idle as u64 * 2 + 4096).max(65_536));
     let root = work.join("scale");
     let fx = Fixture::create(&root, sizes)?;
@@ -170,8 +181,8 @@ pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Grou
     eprintln!("bench: scale: making a directory of {} entries", scale.huge_entries);
     make_huge_dir(&fx.data.join(huge), scale.huge_entries)?;
     let max = scale.idle + 1024;
-    let server =
-        nasgw::start_with(&root.join("nasgw"), &nasgw::local_volume(&fx.data), &format!("max_connections = {max}\n"));
+    let caps = format!("max_connections = {max}\n");
+    let server = nasgw::start_with_keys(&root.join("nasgw"), &nasgw::local_volume(&fx.data), &caps, &caps);
     let ganesha = Ganesha::start_with_core(
         &root.join("ganesha"),
         GaneshaFsal::Vfs(&fx.data),
@@ -318,9 +329,19 @@ pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Grou
         }),
     );
     ganesha.stop();
+
+    let smbd = Smbd::start(&root.join("smbd"), &fx.data);
+    let mut smb_group =
+        Group::new("Scale (SMB3): nasgw vs Samba smbd 4.17, many clients", &["nasgw", "smbd"], &[(0, 1)]);
+    smb_group.meters = vec![server.cpu.clone(), crate::cpu::track("smbd", smbd.pid())];
+    let smb_pids = [server.daemon.as_ref().map(|d| d.pid()), Some(smbd.pid())];
+    let smb_rows =
+        crate::scale_smb::run_rows(&mut smb_group, &fx, scale, [server.smb.clone(), Ok(smbd.port)], smb_pids);
+    smbd.stop();
     if let Some(d) = server.daemon {
         d.stop();
     }
+    smb_rows?;
     group.notes.push(
         "All clients are `nfs3_client` connections (AUTH_UNIX uid 1000) driven by one thread of the bench, \
          one request in flight per connection: with many clients the client side may bound the aggregate rows \
@@ -329,7 +350,7 @@ pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Grou
          after opening them, divided by their number."
             .into(),
     );
-    Ok(group)
+    Ok(vec![group, smb_group])
 }
 
 /// `dirs.len()` clients at once, each creating `per` files of `size` bytes in its own directory.

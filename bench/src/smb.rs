@@ -40,10 +40,7 @@ fn run_encrypted_rows(
     avail: &[Result<(), String>],
 ) {
     let s = fx.sizes;
-    let port = |i: usize| match &targets[i] {
-        Target::Smb(p) => Ok(*p),
-        _ => Err(anyhow::anyhow!("not an SMB server")),
-    };
+    let port = |i: usize| targets[i].smb_port();
     run_row(
         group,
         &format!("{} upload, encrypted AES-128-GCM (put)", s.bulk_label()),
@@ -99,10 +96,7 @@ pub fn smbclient(port: u16, commands: &str) -> Command {
 pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Target], rows: Rows) {
     let s = fx.sizes;
     let avail: Vec<Result<(), String>> = targets.iter().map(Target::available).collect();
-    let port = |i: usize| match &targets[i] {
-        Target::Smb(p) => Ok(*p),
-        _ => Err(anyhow::anyhow!("not an SMB server")),
-    };
+    let port = |i: usize| targets[i].smb_port();
     let local = |i: usize| matches!(targets[i], Target::Local);
 
     run_row(

@@ -233,10 +233,7 @@ pub fn run_rows(
             None
         }
     };
-    let port = |i: usize| match &targets[i] {
-        Target::Smb(p) => Ok(*p),
-        _ => Err(anyhow!("not an SMB server")),
-    };
+    let port = |i: usize| targets[i].smb_port();
     let file = |i: usize| format!("kc-{}", labels[i]);
     let bytes = mib << 20;
     run_row(

@@ -22,10 +22,7 @@ const CASE_MISS_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/smb/case_mi
 /// Runs the server-side copy and case-insensitive miss rows against the SMB `targets`.
 pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Target], avail: &[Result<(), String>]) {
     let s = fx.sizes;
-    let port = |i: usize| match &targets[i] {
-        Target::Smb(p) => Ok(*p),
-        _ => Err(anyhow::anyhow!("not an SMB server")),
-    };
+    let port = |i: usize| targets[i].smb_port();
     run_row(
         group,
         &format!("{} server-side copy (scopy, FSCTL_SRV_COPYCHUNK)", s.bulk_label()),

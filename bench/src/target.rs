@@ -29,6 +29,14 @@ impl Target {
             _ => Ok(()),
         }
     }
+
+    /// The loopback port of an SMB server; an error for any other target.
+    pub fn smb_port(&self) -> anyhow::Result<u16> {
+        match self {
+            Target::Smb(p) => Ok(*p),
+            _ => Err(anyhow::anyhow!("not an SMB server")),
+        }
+    }
 }
 
 /// `dd` of the bulk source into `data/name`, flushed (`conv=fsync`) as an NFS COMMIT would be.

@@ -99,6 +99,8 @@ fn quick_run_prints_a_table_per_group_with_figures() {
         // 2 client counts x (creates, reads), GETATTR with and without idle connections, list
         // and search of the huge directory.
         ("### Scale (NFSv3): nasgw vs NFS-Ganesha", 8, 2, 1),
+        // 2 client counts x (uploads, downloads), uploads with and without idle connections.
+        ("### Scale (SMB3): nasgw vs Samba smbd", 6, 2, 1),
     ] {
         let tables = tables(&report, heading);
         assert_eq!(tables.len(), 2, "{heading}: a figures table and a CPU-time table: {tables:?}");

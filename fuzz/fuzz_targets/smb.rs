@@ -28,6 +28,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = spnego::parse_client(data);
     let _ = ntlmssp::parse_negotiate(data);
     let _ = ntlmssp::Authenticate::parse(data);
+    let _ = ntlmssp::ntlmv2_response_well_formed(data);
+    let _ = nasgw::smb::quota_fake::is_quota_file(&String::from_utf8_lossy(data));
     let shares = [srvsvc::ShareInfo { name: "pub".into(), share_type: 0, comment: String::new() }];
     let mut pipe = srvsvc::Pipe::default();
     let _ = pipe.write(data, &shares);

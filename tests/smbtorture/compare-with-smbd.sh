@@ -3,6 +3,8 @@
 # prints the subtests it passes (suite.subtest), for pass-smbd-4.17.txt.
 # Usage: compare-with-smbd.sh PORT [SUITE...]   (smbd is started and stopped by this script, by PID;
 # without suites: the ones smb_torture.rs runs)
+# With TORTURE_USER_PASSWORD=P set, smbtorture logs on as the user root with password P (added to
+# smbd's own passdb) on a share without `guest only`, as smb_torture.rs's user run does.
 set -euo pipefail
 PORT=${1:-14446}
 T=$(mktemp -d)
@@ -26,9 +28,15 @@ path = $T/share
 browseable = yes
 writable = yes
 guest ok = yes
-guest only = yes
 force user = root
 CONF
+if [ -n "${TORTURE_USER_PASSWORD:-}" ]; then
+  CRED="root%$TORTURE_USER_PASSWORD"
+  printf '%s\n%s\n' "$TORTURE_USER_PASSWORD" "$TORTURE_USER_PASSWORD" | smbpasswd -c $T/smb.conf -s -a root > /dev/null
+else
+  CRED=%
+  sed -i 's/^force user = root$/guest only = yes\nforce user = root/' $T/smb.conf
+fi
 # setsid: with --no-process-group, smbd answers SIGTERM by signalling its whole process group.
 setsid smbd -F --no-process-group --debug-stdout -s $T/smb.conf > $T/smbd.log 2>&1 &
 SMBD=$!
@@ -38,7 +46,7 @@ shift || true
 SUITES=("$@")
 [ ${#SUITES[@]} -gt 0 ] || SUITES=(smb2.connect smb2.credits smb2.read smb2.rw smb2.dir smb2.getinfo smb2.setinfo smb2.lock smb2.rename smb2.create smb2.delete-on-close-perms smb2.sharemode)
 for s in "${SUITES[@]}"; do
-  timeout 300 smbtorture //127.0.0.1/pub -U% -p $PORT --format=subunit $s > $T/res/$s.out 2>&1 &
+  timeout 300 smbtorture //127.0.0.1/pub -U$CRED -p $PORT --format=subunit $s > $T/res/$s.out 2>&1 &
 done
 wait $(jobs -p | grep -v "^$SMBD$") 2>/dev/null || true
 for f in $T/res/*.out; do s=$(basename $f .out); sed -nE "s/^success: ([^[]*[^[ ]).*/$s.\1/p" $f; done | sort -u

@@ -26,6 +26,19 @@ pub const ADDRS: [&str; 3] = ["198.18.0.1", "198.18.0.2", "198.18.0.3"];
 pub const SMB_PORT: u16 = 445;
 /// NFS (and MOUNT) port on every node.
 pub const NFS_PORT: u16 = 2049;
+/// A share named `ca` beside the seed's `pub`, on the same folder, continuously available
+/// (persistent handles): pass it to [`SmbCluster::start_with_public_address`].
+pub const CA_SHARE: &str = r#"
+[[smb.share]]
+name = "ca"
+path = "/"
+writable = true
+guest_ok = true
+guest_only = true
+force_user = "root"
+continuously_available = true
+"#;
+
 /// The public address of a cluster started with [`SmbCluster::start_with_public_address`].
 pub const VIP: &str = "198.18.0.100";
 

@@ -18,20 +18,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nasgw_tests::cluster::{SmbCluster, NODES, VIP};
+use nasgw_tests::cluster::{SmbCluster, CA_SHARE, NODES, VIP};
 use nasgw_tests::{kclient, run};
-
-/// A second share on the same folder, continuously available.
-const CA_SHARE: &str = r#"
-[[smb.share]]
-name = "ca"
-path = "/"
-writable = true
-guest_ok = true
-guest_only = true
-force_user = "root"
-continuously_available = true
-"#;
 
 /// What the node that takes the address over logs when it hands a client its durable or
 /// persistent open back (`SMB: persistent open reclaimed...`, `SMB: durable open reclaimed...`).

@@ -18,21 +18,9 @@
 
 use std::time::{Duration, Instant};
 
-use nasgw_tests::cluster::{SmbClient, SmbCluster, NODES, SMB_PORT, VIP};
+use nasgw_tests::cluster::{SmbClient, SmbCluster, CA_SHARE, NODES, SMB_PORT, VIP};
 use nasgw_tests::wait_for;
 use serde_json::json;
-
-/// A second share on the same folder, continuously available.
-const CA_SHARE: &str = r#"
-[[smb.share]]
-name = "ca"
-path = "/"
-writable = true
-guest_ok = true
-guest_only = true
-force_user = "root"
-continuously_available = true
-"#;
 
 const READ_WRITE: u32 = 0x0012_019F;
 const READ_ONLY: u32 = 0x0012_0089;

@@ -299,6 +299,9 @@ pub struct SmbConfig {
     /// Users who log on with a password (`[[smb.user]]`, written by `nasgw passwd USER`).
     #[serde(default, rename = "user", skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<SmbUser>,
+    /// Most simultaneous client connections; more wait in the kernel's backlog.
+    #[serde(default = "default_smb_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for SmbConfig {
@@ -311,8 +314,15 @@ impl Default for SmbConfig {
             require_signing: false,
             encryption: SmbEncryption::default(),
             users: Vec::new(),
+            max_connections: default_smb_max_connections(),
         }
     }
+}
+
+/// Default of `[smb] max_connections`: every Windows desktop of a large office with a few
+/// connections each, at a few KiB of server memory per idle connection.
+fn default_smb_max_connections() -> usize {
+    4096
 }
 
 /// How much SMB 3 encryption (AES-CCM/GCM) `[smb] encryption` or a share's `encryption` asks

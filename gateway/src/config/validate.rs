@@ -178,6 +178,9 @@ fn listeners(cfg: &Config, out: &mut Vec<Problem>) {
             "use 445, or another free port",
         ));
     }
+    if cfg.smb.enabled && cfg.smb.max_connections == 0 {
+        out.push(problem("smb.max_connections", "0 connections admits no client", "e.g. max_connections = 4096"));
+    }
 }
 
 fn shares(cfg: &Config, out: &mut Vec<Problem>) {
@@ -711,5 +714,20 @@ mod tests {
         let ok: Config = toml::from_str("[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"/d\"\n").unwrap();
         assert!(validate(&ok).is_empty());
         assert!(ok.nfs.root_squash && !ok.nfs.read_only && !ok.nfs.allow_auth_none && ok.nfs.portmap_listen.is_none());
+    }
+
+    #[test]
+    fn smb_connection_cap_is_a_key_and_zero_is_refused() {
+        let base = "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"/d\"\n";
+        let d: Config = toml::from_str(base).unwrap();
+        assert_eq!(d.smb.max_connections, 4096);
+        let big: Config = toml::from_str(&format!("{base}[smb]\nmax_connections = 20000\n")).unwrap();
+        assert_eq!(big.smb.max_connections, 20000);
+        assert!(validate(&big).is_empty());
+        let zero: Config = toml::from_str(&format!("{base}[smb]\nmax_connections = 0\n")).unwrap();
+        let paths: Vec<String> = validate(&zero).iter().map(|p| p.path.to_string()).collect();
+        assert_eq!(paths, ["smb.max_connections"]);
+        let off: Config = toml::from_str(&format!("{base}[smb]\nenabled = false\nmax_connections = 0\n")).unwrap();
+        assert!(validate(&off).is_empty(), "a disabled service's cap does not matter");
     }
 }

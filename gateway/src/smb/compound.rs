@@ -155,9 +155,11 @@ pub enum SignatureCheck {
 /// The signature rule for a request on a session with `session`'s facts (`None`: no such
 /// session on this connection; the command itself answers that).
 ///
-/// A SESSION_SETUP may come unsigned only while its session has no key yet: a
-/// re-authentication of a session that signs must be signed (MS-SMB2 3.3.5.2.4), else an
-/// attacker on the path could swap the session's identity or drop its signing.
+/// A re-authentication (SESSION_SETUP on a valid session) follows the session's rule: it must
+/// be signed when the session requires signing, else an attacker on the path could swap the
+/// session's identity or drop its signing; on a session that does not sign (none of its
+/// traffic is protected), an unsigned one is accepted, as Windows and smbd accept it
+/// (smbtorture `smb2.session.reauth*`), and must still prove the session's user.
 pub fn signature_check(header: &Header, session: Option<SessionSigning>) -> SignatureCheck {
     if header.command == command::NEGOTIATE && !header.is_signed() {
         return SignatureCheck::Accept;
@@ -165,7 +167,6 @@ pub fn signature_check(header: &Header, session: Option<SessionSigning>) -> Sign
     let Some(s) = session else { return SignatureCheck::Accept };
     match s.key {
         Some(key) if header.is_signed() => SignatureCheck::Verify(key),
-        Some(_) if header.command == command::SESSION_SETUP && s.valid => SignatureCheck::Refuse,
         _ if s.required && s.valid && header.command != command::CANCEL => SignatureCheck::Refuse,
         _ => SignatureCheck::Accept,
     }
@@ -381,9 +382,10 @@ mod tests {
             (command::SESSION_SETUP, false, None, Accept),
             (command::SESSION_SETUP, false, Some(SessionSigning { key: None, required: false, valid: false }), Accept),
             (command::SESSION_SETUP, false, guest, Accept),
-            // Re-authentication of a signing session must be signed, required or not.
+            // Re-authentication of a session that signs must be signed; of one that does not,
+            // need not be.
             (command::SESSION_SETUP, false, user(true), Refuse),
-            (command::SESSION_SETUP, false, user(false), Refuse),
+            (command::SESSION_SETUP, false, user(false), Accept),
             (command::SESSION_SETUP, true, user(true), Verify(key)),
             (command::READ, true, user(false), Verify(key)),
             (command::READ, false, user(false), Accept),

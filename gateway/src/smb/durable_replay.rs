@@ -5,11 +5,137 @@
 //! request carrying an older one comes from a connection the client has given up on and must not
 //! be applied (FILE_NOT_AVAILABLE), so a stale write cannot land after a newer one.
 //!
+//! A CREATE with a `DH2Q` CreateGuid is remembered in the node's [`ReplayCache`] (smbd's replay
+//! cache, MS-SMB2 3.3.5.9.10): while it waits (for a break), a replay of it is answered
+//! FILE_NOT_AVAILABLE and not run a second time; once it succeeded, a replay gets the same open
+//! back, and the same CreateGuid without the replay flag is DUPLICATE_OBJECTID. The first other
+//! request on the open ends that (the client has seen the answer): a replay after it runs as a
+//! new CREATE.
+//!
 //! LOCK has its own rule (MS-SMB2 3.3.5.14): a durable open keeps 64 lock-sequence buckets; a
 //! LOCK naming bucket 1-64 with the sequence number its bucket already holds is a replay of
 //! one that succeeded, answered with success and not applied again.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use super::wire::status::NtStatus;
+
+/// What the replay cache holds for one (ClientGuid, CreateGuid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cached {
+    /// The CREATE is still running (waiting for a break or a share-mode answer).
+    Pending,
+    /// It made the open with this persistent FileId, answered with `action`.
+    Open {
+        /// The open's persistent FileId.
+        persistent: u64,
+        /// Its CreateAction.
+        action: u32,
+    },
+}
+
+/// Key of the cache: the client's ClientGuid and the request's CreateGuid.
+type Key = ([u8; 16], [u8; 16]);
+
+/// The node's replay cache of CREATEs with a CreateGuid (see the module doc). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayCache {
+    map: Arc<Mutex<HashMap<Key, Cached>>>,
+}
+
+/// How a CREATE with CreateGuid must be handled, from [`ReplayCache::check`]. Pure decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Run it as a new CREATE (and [`ReplayCache::begin`] it).
+    Run,
+    /// A replay of the open that succeeded: answer that open again.
+    Again {
+        /// The open's persistent FileId.
+        persistent: u64,
+        /// Its CreateAction.
+        action: u32,
+    },
+    /// Refuse it with this status.
+    Refuse(NtStatus),
+}
+
+/// What a CREATE with CreateGuid meets: `cached` is the cache entry, `replay` the request's
+/// replay flag. Pure.
+pub fn decide(cached: Option<Cached>, replay: bool) -> Decision {
+    match (cached, replay) {
+        (None, _) => Decision::Run,
+        // The original is still running: never run it twice (Samba bug 14449's "sane" answer).
+        (Some(Cached::Pending), _) => Decision::Refuse(NtStatus::FILE_NOT_AVAILABLE),
+        (Some(Cached::Open { persistent, action }), true) => Decision::Again { persistent, action },
+        (Some(Cached::Open { .. }), false) => Decision::Refuse(NtStatus::DUPLICATE_OBJECTID),
+    }
+}
+
+/// A CREATE marked pending in the cache; dropped without [`PendingCreate::done`], the mark goes.
+#[derive(Debug)]
+pub struct PendingCreate {
+    cache: ReplayCache,
+    key: Key,
+    finished: bool,
+}
+
+impl PendingCreate {
+    /// The CREATE made open `persistent` with `action`: replays now get it back.
+    pub fn done(mut self, persistent: u64, action: u32) {
+        self.finished = true;
+        self.cache.lock().insert(self.key, Cached::Open { persistent, action });
+    }
+}
+
+impl Drop for PendingCreate {
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut m = self.cache.lock();
+            if m.get(&self.key) == Some(&Cached::Pending) {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl ReplayCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Cached>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How the CREATE with `create_guid` from `client` is handled ([`decide`]).
+    pub fn check(&self, client: [u8; 16], create_guid: [u8; 16], replay: bool) -> Decision {
+        decide(self.lock().get(&(client, create_guid)).copied(), replay)
+    }
+
+    /// Marks the CREATE with `create_guid` from `client` running.
+    pub fn begin(&self, client: [u8; 16], create_guid: [u8; 16]) -> PendingCreate {
+        let key = (client, create_guid);
+        self.lock().insert(key, Cached::Pending);
+        PendingCreate { cache: self.clone(), key, finished: false }
+    }
+
+    /// The open `persistent` served another request or was closed: replays of its CREATE are
+    /// new CREATEs from now on.
+    pub fn purge(&self, persistent: u64) {
+        let mut m = self.lock();
+        if m.is_empty() {
+            return;
+        }
+        m.retain(|_, c| !matches!(c, Cached::Open { persistent: p, .. } if *p == persistent));
+    }
+
+    /// Entries held (for tests and status).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
 
 /// Checks the channel sequence `request` of a WRITE, SET_INFO or IOCTL against the open's
 /// `current` one, in 16-bit circular arithmetic: equal or up to 0x7FFF newer is accepted (and
@@ -88,6 +214,27 @@ mod tests {
         assert!(!s.replayed((0, 2)), "a new number is not");
         assert!(!s.replayed((0, 1)), "and it invalidated the bucket");
         assert!(!s.replayed((1, 1)), "buckets are separate");
+    }
+
+    #[test]
+    fn the_replay_cache_answers_replays_once_and_refuses_duplicates() {
+        let c = ReplayCache::default();
+        let (client, guid) = ([1; 16], [2; 16]);
+        assert_eq!(c.check(client, guid, true), Decision::Run, "nothing cached: a replay runs as new");
+        let p = c.begin(client, guid);
+        let na = Decision::Refuse(NtStatus::FILE_NOT_AVAILABLE);
+        assert_eq!(c.check(client, guid, true), na, "the original is pending");
+        assert_eq!(c.check(client, guid, false), na);
+        assert_eq!(c.check([9; 16], guid, true), Decision::Run, "another client's CreateGuid is its own");
+        p.done(7, 2);
+        assert_eq!(c.check(client, guid, true), Decision::Again { persistent: 7, action: 2 });
+        assert_eq!(c.check(client, guid, false), Decision::Refuse(NtStatus::DUPLICATE_OBJECTID));
+        c.purge(8);
+        assert_eq!(c.len(), 1, "another open's purge leaves it");
+        c.purge(7);
+        assert_eq!(c.check(client, guid, true), Decision::Run, "used once: a replay is a new CREATE");
+        drop(c.begin(client, guid));
+        assert!(c.is_empty(), "a CREATE that failed leaves nothing");
     }
 
     #[test]

@@ -19,4 +19,8 @@ pub struct FileState {
     pub sticky_write_time: Option<Timestamp>,
     /// Likewise for the last-access time.
     pub sticky_access_time: Option<Timestamp>,
+    /// The AllocationSize (`AlSi` context, rounded up to 4 KiB) of the CREATE that made or
+    /// overwrote the file: this handle's CREATE answers (a durable reconnect's included) report
+    /// at least that much allocated, as smbd's `initial_allocation_size`.
+    pub initial_allocation: u64,
 }

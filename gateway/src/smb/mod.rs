@@ -18,6 +18,7 @@
 //!   kept in the volume's `user.` attributes;
 //! - [`durable`]: durable handles: their create contexts, rules, and the opens that outlive
 //!   their connection;
+//! - [`object_id`]: file object ids (FSCTL_CREATE_OR_GET_OBJECT_ID), derived from file ids;
 //! - [`cmd`]: one file per SMB2 command;
 //! - [`srvsvc`]: the DCE/RPC share-enumeration pipe on `IPC$`.
 
@@ -38,8 +39,10 @@ pub mod file_state;
 pub mod fs;
 pub mod leases;
 pub mod notify;
+pub mod object_id;
 pub mod passwd;
 pub mod previous_session;
+pub mod quota_fake;
 pub mod security;
 pub mod sequence;
 pub mod session;
@@ -51,6 +54,7 @@ pub mod transform;
 pub mod transport;
 pub mod volume_locks;
 pub mod wire;
+pub mod write_time;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -63,9 +67,6 @@ use crate::config::{Config, ShareConfig, SmbEncryption};
 use crate::daemon::Lifecycle;
 use crate::locks::{LockService, OpenKey};
 use crate::vfs::{FileId, Namespace};
-
-/// Most client connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 4096;
 
 /// Default of [`SmbServer::idle_without_session`].
 pub const IDLE_WITHOUT_SESSION: std::time::Duration = std::time::Duration::from_secs(60);
@@ -115,8 +116,12 @@ pub struct SmbServer {
     pub watches: notify::Watches,
     /// Resume keys of server-side copy sources.
     pub resume_keys: copychunk::ResumeKeys,
+    /// The delayed write-time updates of files written through this node's handles.
+    pub write_times: write_time::WriteTimes,
     /// Durable opens by persistent FileId, those whose connection was lost included.
     pub durable: durable::DurableTable,
+    /// CREATEs with a CreateGuid, for replay detection ([`durable_replay::ReplayCache`]).
+    pub replay_cache: durable_replay::ReplayCache,
     /// Durable opens of the cluster (what a reconnect here may reclaim from another node).
     pub cluster_opens: durable_cluster::ClusterOpens,
     /// This node's valid sessions (PreviousSessionId).
@@ -187,7 +192,9 @@ impl SmbServer {
             open_streams: streams::OpenStreams::default(),
             watches: notify::Watches::default(),
             resume_keys: copychunk::ResumeKeys::default(),
+            write_times: write_time::WriteTimes::default(),
             durable: durable::DurableTable::new(locks.node()),
+            replay_cache: durable_replay::ReplayCache::default(),
             cluster_opens: durable_cluster::ClusterOpens::default(),
             sessions: previous_session::SessionDirectory::default(),
             clustered: cfg.cluster.is_some(),
@@ -277,7 +284,7 @@ pub async fn start(
     life.tasks.spawn(crate::listener::accept_loop(
         "smb",
         listener,
-        MAX_CONNECTIONS,
+        cfg.smb.max_connections,
         connections,
         life.clone(),
         move |stream, tcp| conn::serve(server.clone(), stream, tcp, stop.clone()),

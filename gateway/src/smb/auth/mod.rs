@@ -108,6 +108,10 @@ pub fn finish(ex: &NtlmExchange, blob: &[u8], users: &UserDb, guest_allowed: boo
     let tok = spnego::parse_client(blob).map_err(|_| NtStatus::INVALID_PARAMETER)?;
     let inner = tok.mech_token.ok_or(NtStatus::INVALID_PARAMETER)?;
     let auth = ntlmssp::Authenticate::parse(inner).map_err(|_| NtStatus::INVALID_PARAMETER)?;
+    if !ntlmssp::ntlmv2_response_well_formed(&auth.nt_response) {
+        tracing::info!(user = %crate::logging::untrusted(&auth.user), "SMB logon refused: malformed NTLMv2 response");
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
     let (identity, key) = if auth.is_anonymous() {
         if !guest_allowed {
             return Err(NtStatus::LOGON_FAILURE);

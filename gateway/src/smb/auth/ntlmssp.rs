@@ -160,6 +160,34 @@ pub fn nt_hash(password: &str) -> [u8; 16] {
     h.finalize().into()
 }
 
+/// Whether an NTLMv2 NtChallengeResponse is well formed (MS-NLMP 2.2.2.7): a 16-byte
+/// NTProofStr, then an NTLMv2_CLIENT_CHALLENGE (RespType and HiRespType 1, times, the client
+/// challenge) whose AV pairs stay inside it and end with MsvAvEOL. Responses of 24 bytes or
+/// less (NTLMv1, LM) are not NTLMv2 and pass here (the password check refuses them). Samba
+/// answers a malformed one INVALID_PARAMETER, not LOGON_FAILURE (its bug 14932, smbtorture
+/// `smb2.session.ntlmssp_bug14932`). Pure; never panics on any input.
+pub fn ntlmv2_response_well_formed(nt_response: &[u8]) -> bool {
+    if nt_response.len() <= 24 {
+        return true;
+    }
+    let Some(blob) = nt_response.get(16..) else { return false };
+    if blob.len() < 28 || blob[0] != 1 || blob[1] != 1 {
+        return false;
+    }
+    let mut at = 28;
+    loop {
+        let (Some(id), Some(len)) = (blob.get(at..at + 2), blob.get(at + 2..at + 4)) else { return false };
+        let (id, len) = (u16::from_le_bytes([id[0], id[1]]), u16::from_le_bytes([len[0], len[1]]) as usize);
+        if id == 0 {
+            return true; // MsvAvEOL
+        }
+        at += 4 + len;
+        if at > blob.len() {
+            return false;
+        }
+    }
+}
+
 /// Checks an NTLMv2 response against the user's NT hash; returns the exported session key.
 /// `None` means the password is wrong (or the response is not NTLMv2).
 pub fn verify_ntlmv2(auth: &Authenticate, nt_hash: &[u8; 16], server_challenge: &[u8; 8]) -> Option<[u8; 16]> {
@@ -185,6 +213,35 @@ pub fn verify_ntlmv2(auth: &Authenticate, nt_hash: &[u8; 16], server_challenge: 
         }
     }
     None
+}
+
+#[cfg(test)]
+mod well_formed_tests {
+    use super::ntlmv2_response_well_formed as ok;
+
+    fn response(av_pairs: &[u8]) -> Vec<u8> {
+        let mut r = vec![0xab; 16];
+        r.extend_from_slice(&[1, 1, 0, 0, 0, 0, 0, 0]);
+        r.extend_from_slice(&[0x3f; 8]);
+        r.extend_from_slice(&[0x11; 8]);
+        r.extend_from_slice(&[0; 4]);
+        r.extend_from_slice(av_pairs);
+        r
+    }
+
+    #[test]
+    fn av_pairs_must_end_with_eol_inside_the_response() {
+        // MsvAvNbDomainName "A", then MsvAvEOL.
+        assert!(ok(&response(&[2, 0, 2, 0, b'A', 0, 0, 0, 0, 0])));
+        assert!(!ok(&response(&[2, 0, 2, 0, b'A', 0])), "no EOL");
+        assert!(!ok(&response(&[0x11, 0xa2, 0x08, 0x81, 0x50, 0x38])), "a pair longer than the response (bug 14932)");
+        assert!(!ok(&response(&[])), "nothing after the header");
+        let mut bad_type = response(&[0, 0, 0, 0]);
+        bad_type[16] = 2;
+        assert!(!ok(&bad_type));
+        assert!(ok(&[0u8; 24]), "NTLMv1 sizes are left to the password check");
+        assert!(!ok(&[1u8; 30]));
+    }
 }
 
 fn md5(parts: &[&[u8]]) -> [u8; 16] {

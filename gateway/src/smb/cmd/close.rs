@@ -17,6 +17,7 @@ pub const POSTQUERY_ATTRIB: u16 = 1;
 /// written once the client saw it closed; the flush's error (a write the volume's client had
 /// acknowledged early failed) is returned, after the release.
 pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
+    server.replay_cache.purge(open.persistent);
     if server.durable.forget(open.persistent).is_some() && server.clustered {
         server.cluster_opens.drop_mine(&server.locks, open.persistent, true);
     }
@@ -29,7 +30,7 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
                 _ => return Ok(()),
             }
         }
-        OpenKind::Pipe(_) => return Ok(()),
+        OpenKind::Pipe(_) | OpenKind::QuotaFake => return Ok(()),
     };
     if let Some(l) = &f.lease {
         server.breaks.release_open(l, Some(f.key));
@@ -38,6 +39,7 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
     if let Err(e) = flushed {
         tracing::warn!(error = %e, file = %crate::logging::untrusted(f.name()), "SMB: data written through a closed handle failed to reach the volume");
     }
+    crate::smb::write_time::closed(server, &f).await;
     server.track_path(f.key, None);
     server.resume_keys.forget(f.key);
     if f.is_dir {
@@ -145,10 +147,15 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
     let open = conn.opens.remove(vol).ok_or(NtStatus::FILE_CLOSED)?;
     let server = conn.server.clone();
     let mut basics = None;
+    if let OpenKind::File(f) = &open.kind {
+        // The close's write-time update comes before the times it answers.
+        crate::smb::write_time::closed(&server, f).await;
+    }
     if flags & POSTQUERY_ATTRIB != 0 {
         if let OpenKind::File(f) = &open.kind {
             let file = crate::smb::fs::file_of(f);
-            if let Ok(a) = server.ns.getattr(file).await {
+            if let Ok(mut a) = server.ns.getattr(file).await {
+                crate::smb::write_time::show(&server, file, &mut a);
                 let dos = crate::smb::fs::dos_of(&server.ns, &f.cred, file).await;
                 let mut b = super::create::basics(&a, &dos, f.name());
                 if let Some(s) = &f.state.stream {

@@ -13,6 +13,7 @@ use crate::smb::conn::Connection;
 use crate::smb::conn::{AsyncWork, Outcome};
 use crate::smb::dosattrib::DosInfo;
 use crate::smb::durable;
+use crate::smb::durable_replay::Decision;
 use crate::smb::fs;
 use crate::smb::leases;
 use crate::smb::session::{Tree, TreeKind};
@@ -160,6 +161,25 @@ async fn create(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Out
         }
         TreeKind::Disk(_) => open_file(conn, hdr, &req, &tree).await,
     }
+}
+
+/// Opens the quota pseudo-file ([`crate::smb::quota_fake`]); as smbd, only for root (an admin).
+fn open_quota_fake(conn: &mut Connection, hdr: &Header, tree: &Tree) -> Result<Reply, NtStatus> {
+    if tree.uid != 0 {
+        return Err(NtStatus::ACCESS_DENIED);
+    }
+    let session_id = hdr.session_id;
+    let vol = conn.opens.insert(|v| Open {
+        volatile: v,
+        persistent: v,
+        session_id,
+        tree_id: tree.id,
+        channel_sequence: hdr.status as u16,
+        kind: OpenKind::QuotaFake,
+    });
+    conn.compound_fid = Some((vol, vol));
+    let b = crate::smb::quota_fake::basics();
+    Ok(Reply::ok(response(FILE_OPENED, &b, (vol, vol), &[], leases::level::NONE)))
 }
 
 /// CreateDisposition values.
@@ -373,14 +393,32 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     if let Some(r) = dur.reconnect {
         return super::create_durable::reconnect(conn, hdr, req, tree, r).await.map(Outcome::Now);
     }
+    // A CREATE with a CreateGuid goes through the node's replay cache: a replay of one still
+    // running is refused, one of an open made is answered with it, and a durable open of a
+    // lost connection is taken back (MS-SMB2 3.3.5.9.10).
+    let mut replay_pending = None;
     if let durable::Ask::V2 { create_guid, .. } = dur.ask {
-        if hdr.flags & FLAG_REPLAY_OPERATION != 0 {
+        let replay = hdr.flags & FLAG_REPLAY_OPERATION != 0;
+        match server.replay_cache.check(conn.client_guid, create_guid, replay) {
+            Decision::Refuse(s) => return Err(s),
+            Decision::Again { persistent, action } => {
+                if let Some(reply) = super::create_durable::again(conn, hdr, req, persistent, action).await? {
+                    return Ok(Outcome::Now(reply));
+                }
+            }
+            Decision::Run => {}
+        }
+        if replay {
             if let Some(reply) = super::create_durable::replay(conn, hdr, req, tree, create_guid).await? {
                 return Ok(Outcome::Now(reply));
             }
         }
+        replay_pending = Some(server.replay_cache.begin(conn.client_guid, create_guid));
     }
     validate(req)?;
+    if crate::smb::quota_fake::is_quota_file(&req.name) {
+        return open_quota_fake(conn, hdr, tree).map(Outcome::Now);
+    }
     // EAs to give a file this CREATE makes or overwrites: refused before anything changes.
     let create_eas = find_context(&req.contexts, b"ExtA").map(crate::smb::eas::parse).transpose()?;
     let (mut comps, stream) = fs::parse_name(&req.name)?;
@@ -587,6 +625,9 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
         Ok(d) => {
             waiting.kept();
             let (file, reply) = opening.finish(d).await?;
+            if let Some(p) = replay_pending {
+                p.done(pid, action);
+            }
             conn.opens.insert_at(
                 vol,
                 Open {
@@ -614,7 +655,12 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
                 let d = decided.await;
                 waiting.kept();
                 let (done, reply) = match opening.finish(d).await {
-                    Ok((file, reply)) => (PendingOpen::Ready(file), reply),
+                    Ok((file, reply)) => {
+                        if let Some(p) = replay_pending {
+                            p.done(pid, action);
+                        }
+                        (PendingOpen::Ready(file), reply)
+                    }
                     Err(s) => (PendingOpen::Failed, Reply::err(s)),
                 };
                 let closed = {
@@ -742,7 +788,12 @@ impl Opening {
         }
         guard.kept();
         let name = self.comps.last().cloned().unwrap_or_default();
-        let b = basics(&attr, &dos, &name);
+        let mut b = basics(&attr, &dos, &name);
+        let initial_allocation = match self.action {
+            FILE_CREATED | FILE_OVERWRITTEN | FILE_SUPERSEDED if !self.is_dir => initial_allocation(&self.contexts),
+            _ => 0,
+        };
+        b.allocation = b.allocation.max(initial_allocation);
         server.track_path(key, Some((self.root, self.comps.clone())));
         let (oplock, lease_ctx) = match &self.lease_req {
             Some(l) => {
@@ -800,7 +851,7 @@ impl Opening {
             write_through: self.write_through || persistent,
             wrote: false,
             listing: None,
-            state: Default::default(),
+            state: crate::smb::file_state::FileState { initial_allocation, ..Default::default() },
         };
         if let Some(d) = announced {
             // Every node learns how to find it when its client comes back through them.
@@ -808,6 +859,15 @@ impl Opening {
         }
         Ok((Box::new(file), reply))
     }
+}
+
+/// The AllocationSize a CREATE's `AlSi` context asks (MS-SMB2 2.2.13.2.6), rounded up to
+/// 4 KiB; 0 without one (or a malformed one). Pure.
+pub fn initial_allocation(contexts: &[u8]) -> u64 {
+    find_context(contexts, b"AlSi")
+        .and_then(|d| d.get(..8))
+        .map(|d| u64::from_le_bytes(d.try_into().unwrap_or([0; 8])))
+        .map_or(0, |a| a.min(i64::MAX as u64).div_ceil(4096) * 4096)
 }
 
 /// The data of the request create context named `name`, if the client sent one.

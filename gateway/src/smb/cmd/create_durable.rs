@@ -87,8 +87,38 @@ pub async fn reconnect(
     reattach(conn, hdr, req, tree, taken, false).await
 }
 
-/// A `DH2Q` with the replay flag: the open its CreateGuid made is answered again instead of
-/// a second one being made. `None`: there is none (the CREATE runs as new).
+/// A replayed CREATE the node's replay cache matched with open `persistent`, made with
+/// `action`: that open is answered again, not made twice. `None`: it is not on this connection
+/// (a durable one is then taken back by [`replay`]).
+pub async fn again(
+    conn: &mut Connection,
+    hdr: &Header,
+    req: &Request,
+    persistent: u64,
+    action: u32,
+) -> Result<Option<Reply>, NtStatus> {
+    let Some(vol) = conn.opens.iter().find(|o| o.persistent == persistent).map(|o| o.volatile) else {
+        return Ok(None);
+    };
+    let server = conn.server.clone();
+    let facts = server.durable.facts(persistent).map(|(f, _)| f);
+    if let Some(facts) = &facts {
+        let user = conn.session(hdr.session_id)?.identity.clone().ok_or(NtStatus::USER_SESSION_DELETED)?;
+        if facts.user != user {
+            return Err(NtStatus::ACCESS_DENIED);
+        }
+        replay_matches(facts, req, conn.dialect)?;
+    }
+    let open = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?;
+    let f = open.file()?;
+    let reply = answer(&server, req, f, (persistent, vol), facts.as_ref(), Replayed::Again(action)).await?;
+    conn.compound_fid = Some((persistent, vol));
+    Ok(Some(reply))
+}
+
+/// A `DH2Q` with the replay flag the replay cache did not match: a durable open with its
+/// CreateGuid whose connection was lost is taken back instead of a second one being made.
+/// `None`: there is none (the CREATE runs as new).
 pub async fn replay(
     conn: &mut Connection,
     hdr: &Header,
@@ -100,20 +130,12 @@ pub async fn replay(
     let Some((pid, here)) = server.durable.by_create_guid(conn.client_guid, create_guid, &conn.link.notices) else {
         return Ok(None);
     };
-    let user = conn.session(hdr.session_id)?.identity.clone().ok_or(NtStatus::USER_SESSION_DELETED)?;
-    if let Some(vol) = here {
-        // Still open on this connection: answer it again.
-        let (facts, _) = server.durable.facts(pid).ok_or(NtStatus::OBJECT_NAME_NOT_FOUND)?;
-        if facts.user != user {
-            return Err(NtStatus::ACCESS_DENIED);
-        }
-        replay_matches(&facts, req, conn.dialect)?;
-        let open = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?;
-        let f = open.file()?;
-        let reply = answer(&server, req, f, (pid, vol), &facts, Replayed::Again(facts.action)).await?;
-        conn.compound_fid = Some((pid, vol));
-        return Ok(Some(reply));
+    if here.is_some() {
+        // Attached to this connection but not in the replay cache: the client used the open
+        // since, so this is a new CREATE.
+        return Ok(None);
     }
+    let user = conn.session(hdr.session_id)?.identity.clone().ok_or(NtStatus::USER_SESSION_DELETED)?;
     let client_guid = conn.client_guid;
     let lease = presented_lease(conn, req);
     server.durable.settle(pid, &conn.link.notices, SETTLE).await;
@@ -131,7 +153,12 @@ pub async fn replay(
         durable::check_reconnect(d, &p)
     });
     match taken {
-        Ok(t) => reattach(conn, hdr, req, tree, t, true).await.map(Some),
+        Ok(t) => {
+            let action = t.facts.action;
+            let reply = reattach(conn, hdr, req, tree, t, true).await?;
+            server.replay_cache.begin(client_guid, create_guid).done(pid, action);
+            Ok(Some(reply))
+        }
         Err(NtStatus::ACCESS_DENIED) => Err(NtStatus::ACCESS_DENIED),
         Err(_) => Ok(None),
     }
@@ -162,7 +189,7 @@ async fn reattach(
     }
     tracing::info!(file = %crate::logging::untrusted(f.name()), "SMB: durable open reconnected");
     let how = if with_dh2q { Replayed::Again(facts.action) } else { Replayed::Reconnect };
-    let reply = answer(&server, req, f, (pid, vol), &facts, how).await;
+    let reply = answer(&server, req, f, (pid, vol), Some(&facts), how).await;
     server.durable.attach_with(pid, facts, conn.link.notices.clone(), vol, lock_sequences);
     conn.opens.insert_at(vol, open);
     let reply = reply?;
@@ -200,13 +227,14 @@ pub(super) async fn answer(
     req: &Request,
     f: &FileOpen,
     fid: (u64, u64),
-    facts: &Durability,
+    facts: Option<&Durability>,
     how: Replayed,
 ) -> Result<Reply, NtStatus> {
     let file = fs::file_of(f);
     let attr = server.ns.getattr(file).await?;
     let dos = fs::dos_of(&server.ns, &f.cred, file).await;
-    let b = basics(&attr, &dos, f.name());
+    let mut b = basics(&attr, &dos, f.name());
+    b.allocation = b.allocation.max(f.state.initial_allocation);
     let record = server.locks.record(&f.id).await.ok();
     let held = |id: &LeaseId| record.as_ref().and_then(|r| r.lease(id).map(|l| (l.state, l.epoch, l.told.is_some())));
     let (oplock, lease_ctx) = match (&f.lease, super::create::find_context(&req.contexts, b"RqLs")) {
@@ -233,7 +261,8 @@ pub(super) async fn answer(
                 leases::level::LEASE => caching::H,
                 o => leases::oplock_state(o),
             };
-            (action, durable::grant(durable::Ask::V1, state, f.is_dir, false).map(|_| durable::response(facts)))
+            let dh = facts.filter(|_| durable::grant(durable::Ask::V1, state, f.is_dir, false).is_some());
+            (action, dh.map(durable::response))
         }
     };
     let contexts = response_contexts(&req.contexts, f.access, &attr, lease_ctx, dh);

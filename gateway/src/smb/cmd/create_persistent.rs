@@ -119,7 +119,7 @@ pub async fn reclaim(
         persistent = facts.persistent,
         "SMB: durable open reclaimed from another node"
     );
-    let reply = answer(&server, req, &file, (pid, vol), &facts, Replayed::Reconnect).await;
+    let reply = answer(&server, req, &file, (pid, vol), Some(&facts), Replayed::Reconnect).await;
     server.durable.attach(pid, facts, conn.link.notices.clone(), vol);
     server.cluster_opens.hold(&server.locks, Held { key: new, lease, ..held });
     conn.opens.insert_at(

@@ -38,6 +38,8 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
     }
     if !f.is_dir {
         server.ns.fsync(crate::smb::fs::file_of(f)).await?;
+        // A pending write-time update happens now (see `write_time`).
+        server.write_times.flush(&f.id, crate::smb::filetime_now());
     }
     Ok(Reply::ok(super::logoff::empty_body()))
 }

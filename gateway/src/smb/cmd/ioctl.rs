@@ -1,12 +1,14 @@
 //! IOCTL (MS-SMB2 2.2.31/2.2.32): FSCTL_VALIDATE_NEGOTIATE_INFO (answered signed, so a
 //! man in the middle cannot downgrade the dialect or strip signing), pipe transceive for
-//! srvsvc, server-side copy ([`crate::smb::copychunk`]), and a clean "not supported" for the
+//! srvsvc, server-side copy ([`crate::smb::copychunk`]), file object ids
+//! ([`crate::smb::object_id`]), and a clean "not supported" for the
 //! rest.
 
 use super::open::{access, read_file_id, OpenKind};
 use super::Reply;
 use crate::smb::conn::Connection;
 use crate::smb::copychunk::{self, CopyRequest, Refused, Source};
+use crate::smb::object_id;
 use crate::smb::srvsvc;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
@@ -88,6 +90,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
         FSCTL_DFS_GET_REFERRALS | FSCTL_DFS_GET_REFERRALS_EX => Err(NtStatus::NOT_FOUND),
         copychunk::FSCTL_SRV_REQUEST_RESUME_KEY => resume_key(conn, hdr, &req),
         copychunk::FSCTL_SRV_COPYCHUNK | copychunk::FSCTL_SRV_COPYCHUNK_WRITE => copy_chunks(conn, hdr, &req).await,
+        object_id::FSCTL_CREATE_OR_GET_OBJECT_ID => get_object_id(conn, hdr, &req),
         _ => Err(NtStatus::NOT_SUPPORTED),
     }
 }
@@ -114,6 +117,20 @@ fn validate_negotiate(conn: &Connection, req: &Request<'_>) -> Result<Reply, NtS
     let mut w = Writer::with_capacity(24);
     w.u32(conn.server_capabilities).bytes(&conn.server.guid).u16(conn.server_security_mode).u16(conn.dialect);
     Ok(Reply::ok(response(req.ctl_code, req.file_id, &w.buf)))
+}
+
+/// FSCTL_CREATE_OR_GET_OBJECT_ID: the file's object id ([`object_id`]), the same on every node.
+fn get_object_id(conn: &mut Connection, hdr: &Header, req: &Request<'_>) -> Result<Reply, NtStatus> {
+    if (req.max_output as usize) < object_id::BUFFER_LEN {
+        return Err(NtStatus::BUFFER_TOO_SMALL);
+    }
+    let vol = conn.file_id(req.file_id.0, req.file_id.1)?;
+    let volume = conn.server.ns.volume_id();
+    let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
+    if f.state.stream.is_some() {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    Ok(Reply::ok(response(req.ctl_code, req.file_id, &object_id::buffer(volume, &f.id))))
 }
 
 /// FSCTL_SRV_REQUEST_RESUME_KEY: a key for this handle as the source of a server-side copy.

@@ -178,6 +178,24 @@ impl<'a> Request<'a> {
 }
 
 impl Request<'_> {
+    /// The FileId a request on an open names (`None` for CREATE, session and tree commands,
+    /// and break acknowledgements).
+    pub fn file_id(&self) -> Option<(u64, u64)> {
+        Some(match self {
+            Self::Close(r) => r.file_id,
+            Self::Flush(r) => r.file_id,
+            Self::Read(r) => r.file_id,
+            Self::Write(r) => r.file_id,
+            Self::Lock(r) => r.file_id,
+            Self::Ioctl(r) => r.file_id,
+            Self::QueryDirectory(r) => r.file_id,
+            Self::ChangeNotify(r) => r.file_id,
+            Self::QueryInfo(r) => r.file_id,
+            Self::SetInfo(r) => r.file_id,
+            _ => return None,
+        })
+    }
+
     /// The bytes this request moves, for the CreditCharge check
     /// ([`crate::smb::sequence::charge_covers`]): the larger of what it sends and the most it
     /// asks back; 0 for commands without a bulk buffer.
@@ -216,6 +234,14 @@ async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
     if !super::sequence::charge_covers(multi_credit, hdr.credit_charge, req.payload()) {
         tracing::info!(client = %conn.tcp.client, command = hdr.command, charge = hdr.credit_charge, payload = req.payload(), "SMB: CreditCharge too small for the request");
         return Outcome::Now(Reply::err(NtStatus::INVALID_PARAMETER));
+    }
+    // A request on an open whose CREATE is in the replay cache: the client has the answer, a
+    // replay of that CREATE from now on is a new one (smbd purges its replay cache the same way).
+    if !conn.server.replay_cache.is_empty() {
+        let pid = req.file_id().and_then(|(p, v)| conn.file_id(p, v).ok()).and_then(|v| conn.opens.persistent_of(v));
+        if let Some(pid) = pid {
+            conn.server.replay_cache.purge(pid);
+        }
     }
     match req {
         Request::Negotiate(r) => now(negotiate::handle(conn, r)),

@@ -19,6 +19,8 @@ pub enum OpenKind {
     /// A CREATE still waiting (for a break to be acknowledged): its FileId is reserved, the
     /// client learns it with the final answer, which fills the slot.
     Pending(Arc<Mutex<PendingOpen>>),
+    /// The NTFS quota pseudo-file ([`crate::smb::quota_fake`]): only quota queries answer.
+    QuotaFake,
 }
 
 /// Where a waiting CREATE stands.
@@ -121,7 +123,7 @@ impl Open {
     pub fn file(&mut self) -> Result<&mut FileOpen, NtStatus> {
         match &mut self.kind {
             OpenKind::File(f) => Ok(f),
-            OpenKind::Pipe(_) => Err(NtStatus::INVALID_DEVICE_REQUEST),
+            OpenKind::Pipe(_) | OpenKind::QuotaFake => Err(NtStatus::INVALID_DEVICE_REQUEST),
             OpenKind::Pending(_) => Err(NtStatus::FILE_CLOSED),
         }
     }

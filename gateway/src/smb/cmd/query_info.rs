@@ -19,6 +19,8 @@ pub const INFO_FILE: u8 = 1;
 pub const INFO_FILESYSTEM: u8 = 2;
 /// InfoType: security descriptor.
 pub const INFO_SECURITY: u8 = 3;
+/// InfoType: quota (answered only on the quota pseudo-file, [`crate::smb::quota_fake`]).
+pub const INFO_QUOTA: u8 = 4;
 
 /// FileFullEaInformation: the file's extended attributes.
 pub const FULL_EA: u8 = 15;
@@ -261,7 +263,17 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
         crate::smb::session::TreeKind::Ipc => "IPC$".into(),
     };
     let dialect = conn.dialect;
-    let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
+    let open = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?;
+    if matches!(open.kind, super::open::OpenKind::QuotaFake) {
+        // No per-user quotas to list (what smbd answers on a volume without quotas); the
+        // pseudo-file has no other information.
+        return Err(if req.info_type == INFO_QUOTA {
+            NtStatus::NO_MORE_ENTRIES
+        } else {
+            NtStatus::INVALID_DEVICE_REQUEST
+        });
+    }
+    let f = open.file()?;
     let data = match req.info_type {
         INFO_FILE => {
             if matches!(req.class, 4 | 18 | 34 | 35) {
@@ -272,6 +284,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
             }
             let file = fs::file_of(f);
             let mut a = server.ns.getattr(file).await?;
+            crate::smb::write_time::show(&server, file, &mut a);
             let mut dos =
                 if needs_dos(req.class) { fs::dos_of(&server.ns, &f.cred, file).await } else { DosInfo::default() };
             if let Some(s) = &f.state.stream {

@@ -64,6 +64,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
         }
         OpenKind::File(f) => f,
         OpenKind::Pending(_) => return Err(NtStatus::FILE_CLOSED),
+        OpenKind::QuotaFake => return Err(NtStatus::INVALID_DEVICE_REQUEST),
     };
     if f.is_dir {
         return Err(NtStatus::INVALID_DEVICE_REQUEST);

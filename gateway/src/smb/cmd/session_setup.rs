@@ -96,6 +96,47 @@ pub async fn run(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u
     r
 }
 
+/// A re-authentication proved another identity than the session's: the session becomes
+/// theirs, as smbd and Windows allow (smbtorture `smb2.session.reauth2`-`5`: a session
+/// re-authenticated as anonymous and back), and its trees run as what the new identity runs
+/// as on their shares. Refused (LOGON_FAILURE; [`run`] then ends the session) when the
+/// credentials were wrong and mapped to the guest (smbtorture notify.invalid-reauth, as
+/// Windows answers), or when a tree's share would not take the new identity (a guest on a
+/// share without `guest_ok`, a forced user this node lacks): a session never keeps a tree
+/// its user could not connect.
+fn reidentify(conn: &mut Connection, session: u64, new: &Identity) -> Result<(), NtStatus> {
+    let refuse = |why: &str| {
+        tracing::info!(client = %conn.tcp.client, session, asked = ?new, why, "SMB: re-authentication as another identity refused");
+        Err(NtStatus::LOGON_FAILURE)
+    };
+    if *new == Identity::Guest {
+        return refuse("wrong credentials mapped to the guest");
+    }
+    let s = conn.sessions.get(&session).ok_or(NtStatus::USER_SESSION_DELETED)?;
+    let mut ids = Vec::new();
+    for (tid, t) in &s.trees {
+        if let crate::smb::session::TreeKind::Disk(share) = &t.kind {
+            if new.is_guest_like() && !share.guest_ok {
+                return refuse("a tree of the session is on a share without guest access");
+            }
+            let Some(id) = super::tree_connect::identity_on(conn, new, share) else {
+                return refuse("a tree's share forces a user or group this node lacks");
+            };
+            ids.push((*tid, id));
+        }
+    }
+    tracing::info!(client = %conn.tcp.client, session, identity = ?new, "SMB: session re-authenticated as another identity");
+    let s = conn.sessions.get_mut(&session).ok_or(NtStatus::USER_SESSION_DELETED)?;
+    for (tid, (uid, gid)) in ids {
+        if let Some(t) = s.trees.get_mut(&tid) {
+            (t.uid, t.gid) = (uid, gid);
+        }
+    }
+    s.identity = Some(new.clone());
+    conn.server.sessions.register(session, new.clone(), conn.client_guid, conn.end.clone());
+    Ok(())
+}
+
 /// Handles SESSION_SETUP.
 /// `msg` is the whole request, for the SMB 3.1.1 preauth hash.
 pub fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8]) -> Result<Reply, NtStatus> {
@@ -145,12 +186,9 @@ pub fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8])
             let ex = s.reauth.take().ok_or(NtStatus::INVALID_PARAMETER)?;
             let a = auth::finish(&ex, req.blob, &server.users, server.guest_allowed)?;
             if s.identity.as_ref() != Some(&a.identity) {
-                // The credentials do not prove the session's user (wrong ones mapped to guest,
-                // or another user's): a failed logon, as Windows answers (smbtorture
-                // notify.invalid-reauth); [`run`] then ends the session.
-                tracing::info!(client = %conn.tcp.client, was = ?s.identity, asked = ?a.identity, "SMB: re-authentication as another identity refused");
-                return Err(NtStatus::LOGON_FAILURE);
+                reidentify(conn, hdr.session_id, &a.identity)?;
             }
+            let s = conn.sessions.get_mut(&hdr.session_id).ok_or(NtStatus::USER_SESSION_DELETED)?;
             let flags = match a.identity {
                 Identity::Anonymous => IS_NULL,
                 Identity::Guest => IS_GUEST,

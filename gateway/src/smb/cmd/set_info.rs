@@ -58,12 +58,23 @@ fn ok() -> Reply {
 /// handle's writes; -2: let writes move it again; else set it, and keep it), the creation
 /// time and the attributes in `user.DOSATTRIB`, READONLY also as the mode's write bits.
 async fn set_basic(
-    ns: &crate::vfs::Namespace,
+    server: &crate::smb::SmbServer,
     f: &mut super::open::FileOpen,
     b: fs::BasicInfo,
 ) -> Result<(), NtStatus> {
+    let ns = &server.ns;
     let file = fs::file_of(f);
-    let cur = ns.getattr(file).await?;
+    let mut cur = ns.getattr(file).await?;
+    // Any basic-information set makes a pending write-time update happen (as Windows and
+    // smbd); a freeze keeps the time clients see.
+    let now = crate::smb::filetime_now();
+    server.write_times.flush(&file, now);
+    if let Some(t) = server.write_times.shown(&file, now) {
+        cur.mtime = fs::from_filetime(t);
+    }
+    if !matches!(b.mtime, 0 | fs::TIME_FREEZE | fs::TIME_THAW) {
+        server.write_times.set_by_client(&file, b.mtime);
+    }
     let mut dos = fs::dos_of(ns, &f.cred, file).await;
     let mut set = SetAttr::default();
     let mut store = false;
@@ -234,7 +245,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             let mtime = r.u64().map_err(short)?;
             let _change = r.u64().map_err(short)?;
             let attrs = r.u32().map_err(short)?;
-            set_basic(ns, f, fs::BasicInfo { create, atime, mtime, attributes: attrs }).await?;
+            set_basic(&server, f, fs::BasicInfo { create, atime, mtime, attributes: attrs }).await?;
             let set = |t: u64, bit: u32| if matches!(t, 0 | fs::TIME_FREEZE | fs::TIME_THAW) { 0 } else { bit };
             let bits = set(create, what::CREATION)
                 | set(atime, what::LAST_ACCESS)
@@ -373,6 +384,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             }
             server.locks.contend_if_needed(&f.id, f.lease).await?;
             ns.setattr(&f.cred, f.id, SetAttr { size: Some(size), ..Default::default() }).await?;
+            server.write_times.flush(&f.id, crate::smb::filetime_now());
             changed(ns, f, what::SIZE).await;
             Ok(ok())
         }

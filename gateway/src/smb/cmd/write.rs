@@ -60,6 +60,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
         }
         OpenKind::File(f) => f,
         OpenKind::Pending(_) => return Err(NtStatus::FILE_CLOSED),
+        OpenKind::QuotaFake => return Err(NtStatus::INVALID_DEVICE_REQUEST),
     };
     if f.is_dir {
         return Err(NtStatus::INVALID_DEVICE_REQUEST);
@@ -85,9 +86,19 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
     } else {
         Stability::Unstable
     };
+    // The write time clients see moves later (see `write_time`): the time before the first
+    // write of a handle that keeps no time of its own.
+    let delayed = f.state.sticky_write_time.is_none();
+    let base = match delayed && !server.write_times.tracks(&f.id) {
+        true => crate::smb::fs::filetime(server.ns.getattr(f.id).await?.mtime),
+        false => 0,
+    };
     let (n, _, _) = server.ns.write_from(&f.cred, f.id, offset, req.data, stable).await?;
     f.position = offset + n as u64;
     f.wrote = true;
+    if delayed {
+        server.write_times.wrote(f.id, f.key, base, crate::smb::filetime_now());
+    }
     crate::smb::fs::keep_sticky_times(&server.ns, f).await;
     Ok(Reply::ok(response(n)))
 }

@@ -12,6 +12,7 @@ impl NtStatus {
     pub const NOTIFY_CLEANUP: Self = Self(0x0000_010B);
     pub const BUFFER_OVERFLOW: Self = Self(0x8000_0005);
     pub const NO_MORE_FILES: Self = Self(0x8000_0006);
+    pub const NO_MORE_ENTRIES: Self = Self(0x8000_001A);
     pub const UNSUCCESSFUL: Self = Self(0xC000_0001);
     pub const NOT_IMPLEMENTED: Self = Self(0xC000_0002);
     pub const INVALID_INFO_CLASS: Self = Self(0xC000_0003);
@@ -60,6 +61,7 @@ impl NtStatus {
     pub const FILE_NOT_AVAILABLE: Self = Self(0xC000_0467);
     pub const USER_SESSION_DELETED: Self = Self(0xC000_0203);
     pub const NOT_FOUND: Self = Self(0xC000_0225);
+    pub const DUPLICATE_OBJECTID: Self = Self(0xC000_022A);
     pub const FS_DRIVER_REQUIRED: Self = Self(0xC000_019C);
     pub const NETWORK_SESSION_EXPIRED: Self = Self(0xC000_035C);
     pub const STOPPED_ON_SYMLINK: Self = Self(0x8000_002D);

@@ -453,6 +453,23 @@ impl PosixBackend {
         Ok((id, attr))
     }
 
+    /// Caches a regular file this server just created, from `fd`, the read-write descriptor
+    /// the create returned (it becomes the file's I/O descriptor), instead of looking its name
+    /// up again: no second identity switch, open and stat. The handle names the inode created
+    /// even if its name was renamed or replaced meanwhile.
+    fn adopt_created(&self, dir: &Node, name: &CStr, fd: OwnedFd) -> VfsResult<(FileId, Attr)> {
+        let stx = sys::fstatx(fd.as_fd())?;
+        let id = self.identity_of(fd.as_fd(), c"", &stx)?;
+        if let Some(d) = self.dir_ino(dir) {
+            self.hint_child(d, stx.stx_ino, name.to_bytes());
+        }
+        let attr = self.attr(&stx);
+        let path_fd = sys::reopen(fd.as_fd(), libc::O_PATH)?;
+        let node = self.insert(id, Arc::new(Node::new(path_fd, FileType::Regular)));
+        let _ = node.io.set(Arc::new(fd));
+        Ok((id, attr))
+    }
+
     fn dir_ino(&self, dir: &Node) -> Option<u64> {
         if self.kind == IdentityKind::Inode {
             sys::fstatx(dir.path_fd.as_fd()).ok().map(|s| s.stx_ino)
@@ -720,15 +737,10 @@ impl Backend for PosixBackend {
             }
         };
         let created = made.is_some();
-        let (id, attr) = self.lookup_in(cred, &d, self.dir_ino(&d), &cname)?;
-        if let Some(fd) = made {
-            // Only if the name still denotes the file just created (not one renamed over it).
-            if sys::fstatx(fd.as_fd()).is_ok_and(|s| s.stx_ino == attr.fileid) {
-                if let Some(node) = self.nodes.lock().expect("nodes lock").get(&id) {
-                    let _ = node.io.set(Arc::new(fd));
-                }
-            }
-        }
+        let (id, attr) = match made {
+            Some(fd) => self.adopt_created(&d, &cname, fd)?,
+            None => self.lookup_in(cred, &d, self.dir_ino(&d), &cname)?,
+        };
         match how {
             CreateHow::Guarded(_) if !created => Err(VfsError::Exists),
             CreateHow::Unchecked(_) | CreateHow::Guarded(_) if attr.ftype != FileType::Regular => Err(VfsError::Exists),
