@@ -16,11 +16,12 @@ Requests (every one has "id" and "op"):
            answer) -> the tree's "ca" (continuously available) and "scaleout" capabilities, and
            the SessionId
   open     c h path [access share disposition options lease lease_key oplock
-                     durable(persistent timeout v1)]
+                     durable(persistent timeout v1 create_guid) replay]
            -> granted lease state / oplock level, or the NTSTATUS name; with "durable" a
               DH2Q (with "v1": a DHnQ) is sent and the answer has "file_id", "create_guid"
-              (hex) and "durable" (the response's flags and timeout, {} for a DHnQ, or null
-              when not granted)
+              (hex; the one given, or a new one) and "durable" (the response's flags and
+              timeout, {} for a DHnQ, or null when not granted); "replay": true sends it with
+              the replay flag (SMB2_FLAGS_REPLAY_OPERATION)
   reconnect c h path file_id [create_guid persistent lease_key]   a DH2C (without
            create_guid: a DHnC) reopening that FileId as h; with lease_key its RqLs v2
   close    h          read h off len       write h off data(hex)
@@ -52,7 +53,8 @@ from smbprotocol.create_contexts import (
     SMB2CreateRequestLeaseV2,
 )
 from smbprotocol.exceptions import SMBResponseException
-from smbprotocol.header import NtStatus
+from smbprotocol.header import NtStatus, Smb2Flags
+import smbprotocol.connection
 from smbprotocol.open import (
     CreateDisposition,
     CreateOptions,
@@ -73,6 +75,20 @@ STATUS_NAMES.setdefault(0xC0000055, "STATUS_LOCK_NOT_GRANTED")
 STATUS_NAMES.setdefault(0xC0000056, "STATUS_DELETE_PENDING")
 STATUS_NAMES.setdefault(0xC0000098, "STATUS_FILE_INVALID")
 STATUS_NAMES.setdefault(0xC0000128, "STATUS_FILE_CLOSED")
+
+# smbprotocol sets no replay flag of its own: requests built while REPLAY is set carry it.
+REPLAY = threading.local()
+_PlainHeader = smbprotocol.connection.SMB2HeaderRequest
+
+
+class _ReplayableHeader(_PlainHeader):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        if getattr(REPLAY, "on", False):
+            self["flags"].set_flag(Smb2Flags.SMB2_FLAGS_REPLAY_OPERATIONS)
+
+
+smbprotocol.connection.SMB2HeaderRequest = _ReplayableHeader
 
 LEASE_BITS = {"R": 1, "H": 2, "W": 4}
 OPLOCKS = {"none": 0x00, "ii": 0x01, "exclusive": 0x08, "batch": 0x09}
@@ -237,7 +253,8 @@ def op_open(r):
         ctx["buffer_data"] = SMB2CreateDurableHandleRequest()
         contexts.append(ctx)
     elif r.get("durable") is not None:
-        create_guid = uuid.uuid4()
+        given = r["durable"].get("create_guid")
+        create_guid = uuid.UUID(hex=given) if given else uuid.uuid4()
         dh = SMB2CreateDurableHandleRequestV2()
         dh["timeout"] = int(r["durable"].get("timeout", 0))
         dh["flags"] = 0x2 if r["durable"].get("persistent") else 0
@@ -246,16 +263,20 @@ def op_open(r):
         ctx["buffer_name"] = CreateContextName.SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2
         ctx["buffer_data"] = dh
         contexts.append(ctx)
-    resp = o.create(
-        ImpersonationLevel.Impersonation,
-        int(r.get("access", 0x0012019F)),  # generic read + write
-        FileAttributes.FILE_ATTRIBUTE_NORMAL,
-        int(r.get("share", 7)),
-        int(r.get("disposition", CreateDisposition.FILE_OPEN_IF)),
-        int(r.get("options", CreateOptions.FILE_NON_DIRECTORY_FILE)),
-        create_contexts=contexts or None,
-        oplock_level=oplock,
-    )
+    REPLAY.on = bool(r.get("replay"))
+    try:
+        resp = o.create(
+            ImpersonationLevel.Impersonation,
+            int(r.get("access", 0x0012019F)),  # generic read + write
+            FileAttributes.FILE_ATTRIBUTE_NORMAL,
+            int(r.get("share", 7)),
+            int(r.get("disposition", CreateDisposition.FILE_OPEN_IF)),
+            int(r.get("options", CreateOptions.FILE_NON_DIRECTORY_FILE)),
+            create_contexts=contexts or None,
+            oplock_level=oplock,
+        )
+    finally:
+        REPLAY.on = False
     handles[r["h"]] = (r["c"], o, key)
     out = {"oplock": OPLOCK_NAMES.get(o.oplock_level, "lease" if o.oplock_level == 0xFF else str(o.oplock_level))}
     for ctx in resp or []:

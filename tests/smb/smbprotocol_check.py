@@ -122,6 +122,17 @@ with smbclient.open_file(base + r"\t.txt", mode="r+b", share_access="rw", **kw) 
     raw2.lock([e])
     check("the lock is granted after unlock", True)
 
+# EaSize in listings (scandir asks FileIdFullDirectoryInformation), as smbd reports it: the size
+# of the file's EAs as one FILE_FULL_EA_INFORMATION list (8 + name + NUL + value), 0 without.
+with smbclient.open_file(base + r"\ea.txt", mode="wb", **kw) as f:
+    f.write(b"x")
+with smbclient.open_file(base + r"\plain.txt", mode="wb", **kw) as f:
+    f.write(b"x")
+smbclient.setxattr(base + r"\ea.txt", b"Colour", b"blue", **kw)
+sizes = {e.name: e.smb_info.ea_size for e in smbclient.scandir(base, **kw)}
+check("a listing reports a file's EaSize", sizes.get("ea.txt") == 8 + len("Colour") + 1 + len("blue"))
+check("a listing reports EaSize 0 for a file without EAs", sizes.get("plain.txt") == 0)
+
 smbclient.shutil.rmtree(base, **kw)
 check("rmtree", not smbclient.path.exists(base, **kw))
 print("ALL OK")

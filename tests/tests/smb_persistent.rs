@@ -9,7 +9,12 @@
 //! down + kill -9). A and P connect to the address again (now on a survivor) and reclaim their
 //! opens with a `DH2C` / `DHnC` naming only the FileId (and CreateGuid, lease key): the locks
 //! are still theirs (B is refused the open and the lock before, during and after), the data is
-//! intact and they go on writing. The stall (kill -> reclaimed open) is printed.
+//! intact and they go on writing. A durable v2 CREATE that P sends again with the replay flag
+//! through the new node gets the open its CreateGuid made on the dead one. The locks are on
+//! the volume too (an OFD F_GETLK from the
+//! test sees them), leave it with the dead node, and are set there again by the reclaiming
+//! node. A fourth durable open nobody reclaims has its record dropped by both survivors once
+//! its 2 s timeout has run out. The stall (kill -> reclaimed open) is printed.
 //!
 //! The second test moves a durable open with its address while the node lives (`nasgw
 //! disable`: the node hands it over), then to a node restarted after the open was made (it
@@ -70,6 +75,17 @@ fn persistent_and_durable_opens_are_reclaimed_with_their_locks_on_the_node_that_
         d.ok(json!({"op": "write", "h": h, "off": 0, "data": hex(&[b; 4096])}));
         d.ok(json!({"op": "lock", "h": h, "off": 0, "len": 100}));
     }
+    // A durable v2 open whose CREATE P will send again (replay flag) through another node.
+    let replay_guid = "9c1e0c2a9b8d4e7f8a6b5c4d3e2f1a0e";
+    let r = d.ok(json!({"op": "open", "c": "P", "h": "rp", "path": "replayed.bin", "access": READ_WRITE,
+        "share": SHARE_READ, "lease": "RH", "durable": {"timeout": 60000, "create_guid": replay_guid}}));
+    let (rp_id, rp_lease) = (r.s("file_id").to_string(), r.s("lease_key").to_string());
+    // One that nobody reclaims: when its timeout has run out after its node died, every node
+    // drops its record.
+    let r = d.ok(json!({"op": "open", "c": "P", "h": "st", "path": "stale.bin", "access": READ_WRITE,
+        "share": SHARE_READ, "lease": "RH", "durable": {"timeout": 2000}}));
+    assert_eq!(r.v["durable"]["timeout"].as_u64(), Some(2000), "{}", r.v);
+    let stale = persistent_of(r.s("file_id"));
 
     d.connect_share("B", other, "ca");
     // B's read-only handles on the three files (the durable ones' caching is broken down to
@@ -100,9 +116,17 @@ fn persistent_and_durable_opens_are_reclaimed_with_their_locks_on_the_node_that_
         }
     };
     refused(&mut d, "before");
+    let volume = c.volume();
+    let on_volume = |name: &str| volume_locked(&volume.join(name), 0, 100);
+    for name in ["persist.bin", "durable-v2.bin", "durable-v1.bin"] {
+        assert!(on_volume(name), "{name}: the lock is on the volume too");
+    }
 
     let t0 = Instant::now();
     c.kill(victim);
+    for name in ["persist.bin", "durable-v2.bin", "durable-v1.bin"] {
+        assert!(!on_volume(name), "{name}: the dead node's locks left the volume with it");
+    }
     refused(&mut d, "right after the kill");
     // A's client sees its connection die and comes back through the same address.
     let reclaimed_at = wait_for("A to reclaim its persistent open", STALL_BOUND * 2, Duration::from_millis(50), || {
@@ -127,6 +151,7 @@ fn persistent_and_durable_opens_are_reclaimed_with_their_locks_on_the_node_that_
     }
     assert!(reclaimed_at < STALL_BOUND, "{}", c.logs());
     assert_ne!(now_at, Some(victim));
+    assert!(on_volume("persist.bin"), "the reclaiming node set A's lock on the volume again");
 
     // The durable opens come back the same way (their node is out of the view by now).
     let t = Instant::now();
@@ -139,6 +164,17 @@ fn persistent_and_durable_opens_are_reclaimed_with_their_locks_on_the_node_that_
         "oplock": "batch"}));
     assert_eq!(r.s("file_id")[..16], v1_id[..16], "{}", r.v);
     println!("durable v2 and v1 opens reclaimed on node {now_at:?} in {:.3} s", t.elapsed().as_secs_f64());
+    for name in ["durable-v2.bin", "durable-v1.bin"] {
+        assert!(on_volume(name), "{name}: the reclaiming node set P's lock on the volume again");
+    }
+    // The CREATE replayed through the new node finds the open its CreateGuid made on the dead
+    // one (matched cluster-wide), not a second open; without the replay flag it would be a
+    // duplicate.
+    let r = d.ok(json!({"op": "open", "c": "P2", "h": "rp2", "path": "replayed.bin", "access": READ_WRITE,
+        "share": SHARE_READ, "lease": "RH", "lease_key": rp_lease,
+        "durable": {"timeout": 60000, "create_guid": replay_guid}, "replay": true}));
+    assert_eq!(r.s("file_id")[..16], rp_id[..16], "the replayed CREATE got the original open: {}", r.v);
+    d.ok(json!({"op": "close", "h": "rp2"}));
     refused(&mut d, "after the reclaim");
     for (h, bh, b) in [("p2v2", "br-dv2", b'D'), ("p2v1", "br-dv1", b'E')] {
         let r = d.ok(json!({"op": "read", "h": h, "off": 0, "len": 4096}));
@@ -155,6 +191,21 @@ fn persistent_and_durable_opens_are_reclaimed_with_their_locks_on_the_node_that_
         want.extend_from_slice(&[b; 4092]);
         assert!(std::fs::read(c.volume().join(name)).unwrap() == want, "the volume holds P's bytes in {name}");
     }
+    // The unclaimed open's record: gone from both survivors once its timeout ended.
+    let dropped = format!("persistent={stale}");
+    let t = Instant::now();
+    wait_for("every survivor to drop the expired open's record", STALL_BOUND * 3, Duration::from_millis(200), || {
+        c.daemons
+            .iter()
+            .flatten()
+            .all(|n| n.logs().lines().any(|l| l.contains("record dropped") && l.split(' ').any(|w| w == dropped)))
+            .then_some(())
+    });
+    println!(
+        "the expired durable open's record dropped on both survivors {:.1} s after the kill ({:.1} s after the check began)",
+        t0.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
     let r = d.ok(json!({"op": "read", "h": "a2", "off": 0, "len": 4096}));
     assert_eq!(r.s("data"), hex(&[b'A'; 4096]), "A's data is intact");
     // A's lock is A's: it writes inside it, and on past it.
@@ -179,6 +230,28 @@ fn persistent_and_durable_opens_are_reclaimed_with_their_locks_on_the_node_that_
     for d in c.daemons.iter().flatten() {
         assert!(!d.logs().contains("panicked"), "{}", d.logs());
     }
+}
+
+/// Whether a lock over `off..off + len` of `path` is held on the volume by anyone (an OFD
+/// F_GETLK from this process, which holds none: the nasgw nodes' locks show).
+fn volume_locked(path: &std::path::Path, off: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open the file on the volume");
+    // SAFETY: a plain C struct, all zeroes is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = off as i64;
+    fl.l_len = len as i64;
+    // SAFETY: F_OFD_GETLK reads and writes the flock we pass, on a descriptor we own.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    assert_eq!(r, 0, "F_OFD_GETLK: {}", std::io::Error::last_os_error());
+    fl.l_type != libc::F_UNLCK as i16
+}
+
+/// The persistent half of a FileId as the client prints it (32 hex digits, little-endian).
+fn persistent_of(file_id: &str) -> u64 {
+    (0..8).map(|i| u64::from_str_radix(&file_id[2 * i..2 * i + 2], 16).unwrap() << (8 * i)).sum()
 }
 
 fn hex(b: &[u8]) -> String {

@@ -20,6 +20,12 @@
 //! ([`Event::Known`]), its own and those it heard, so the records of a dead node's opens
 //! survive as long as one node knows them.
 //!
+//! A record heard from another node lives as long as its open does in the lock service: every
+//! node checks the records it heard there ([`ClusterOpens::sweep`], every [`SWEEP_EVERY`]) and
+//! drops those whose open is gone (its timeout ended after its node died, or it was closed
+//! and the `Gone` never arrived), so a stale record never sends a reconnect after an open
+//! that no longer exists, nor outlives it in memory.
+//!
 //! While the open's node is alive (its client moved because the address did, `nasgw
 //! disable`), the reclaiming node asks it to let the open go ([`Event::Release`]): the holder
 //! drops its client's old connection if it still has it, and hands the open over
@@ -152,6 +158,13 @@ impl Held {
     }
 }
 
+/// How often a node checks the records it heard against the lock service.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The most records one sweep checks (each is one lock-service read); the next sweep goes on
+/// from there.
+pub const SWEEP_BATCH: usize = 512;
+
 /// The most records one [`Event::Known`] carries (a bound on one mesh message).
 pub const KNOWN_CHUNK: usize = 128;
 
@@ -208,6 +221,8 @@ pub enum Request {
 pub struct ClusterOpens {
     map: Mutex<HashMap<u64, Held>>,
     mine: Mutex<HashMap<u64, Held>>,
+    /// Where the next sweep starts (records in persistent-id order).
+    sweep_from: Mutex<u64>,
 }
 
 impl ClusterOpens {
@@ -283,9 +298,47 @@ impl ClusterOpens {
         self.map().get(&p).cloned()
     }
 
+    /// The record, held through another node, of the open client `client` made with CreateGuid
+    /// `guid` (what a replayed `DH2Q` names).
+    pub fn by_create_guid(&self, client: [u8; 16], guid: [u8; 16]) -> Option<Held> {
+        self.map().values().find(|h| h.client_guid == client && h.create_guid == Some(guid)).cloned()
+    }
+
     /// Forgets persistent id `p` (reclaimed here, or no longer in the cluster).
     pub fn remove(&self, p: u64) {
         self.map().remove(&p);
+    }
+
+    /// Drops up to [`SWEEP_BATCH`] records heard from other nodes whose open the lock service
+    /// no longer holds under the recorded key (see the module doc); returns how many it
+    /// dropped. A record the lock service cannot answer for now (a partition) is kept.
+    pub async fn sweep(&self, locks: &LockService) -> usize {
+        let from = *self.sweep_from.lock().unwrap_or_else(|p| p.into_inner());
+        let mut heard: Vec<(u64, FileId, OpenKey)> =
+            self.map().values().map(|h| (h.persistent, h.file, h.key)).collect();
+        heard.sort_unstable_by_key(|h| h.0);
+        let start = heard.partition_point(|h| h.0 < from);
+        let batch: Vec<_> = heard[start..].iter().chain(&heard[..start]).take(SWEEP_BATCH).copied().collect();
+        let next = heard.get(start + batch.len()).map_or(0, |h| h.0);
+        *self.sweep_from.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        let mut dropped = 0;
+        for (p, file, key) in batch {
+            let Ok(record) = locks.record(&file).await else { continue };
+            if record.open_of(key).is_some() {
+                continue;
+            }
+            let mut m = self.map();
+            // Unless a newer record (a reclaim, under a new key) came in meanwhile.
+            if m.get(&p).is_some_and(|h| h.key == key) {
+                m.remove(&p);
+                dropped += 1;
+                tracing::info!(
+                    persistent = p,
+                    "SMB: a durable open's record dropped: its open is gone from the cluster"
+                );
+            }
+        }
+        dropped
     }
 
     /// Records known (status and tests).
@@ -404,6 +457,8 @@ mod tests {
         // Another node announcing it (it reclaimed it) makes it that node's.
         assert_eq!(r.receive(&encode(&Event::Held(Box::new(held(9))))), Request::Moved(9));
         assert_eq!(r.get(9), Some(held(9)));
+        assert!(r.by_create_guid([4; 16], [3; 16]).is_some());
+        assert!(r.by_create_guid([5; 16], [3; 16]).is_none(), "another client's CreateGuid");
         r.remove(9);
         let d = r.get(8).unwrap().durability();
         assert_eq!((d.version, d.persistent, d.create_guid), (1, false, None));

@@ -56,6 +56,9 @@ async fn release(server: &Arc<SmbServer>, p: u64) {
     };
     match server.locks.hand_over(&file, key).await {
         Ok(()) => {
+            // The node the client reconnected to sets the open's locks on the volume under
+            // its own key: this node's copy goes now, not when it hears of the reclaim.
+            server.volume_locks.close(file, key);
             server.cluster_opens.drop_mine(&server.locks, p, false);
             tracing::info!(persistent = p, "SMB: durable open handed over to the node its client reconnected to");
         }

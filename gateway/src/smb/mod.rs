@@ -278,6 +278,19 @@ pub async fn start(
             }
         }));
         durable_handover::ask_on_join(&server);
+        // Records of opens whose timeout ended (their node died) are dropped on every node.
+        let s = Arc::downgrade(&server);
+        let stop = life.stop.clone();
+        life.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(durable_cluster::SWEEP_EVERY) => {}
+                }
+                let Some(s) = s.upgrade() else { return };
+                s.cluster_opens.sweep(&s.locks).await;
+            }
+        });
     }
     tracing::info!(listen = %cfg.smb.listen, shares = server.shares.len(), "SMB service listening");
     let stop = life.stop.clone();

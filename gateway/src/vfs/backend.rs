@@ -230,6 +230,14 @@ pub trait Backend: Send + Sync + 'static {
         Err(VfsError::NotSupported)
     }
 
+    /// Names of the `user.` extended attributes of the entry `entry` of `dir`, whose identity
+    /// a listing gave as `id` (a listing reads them per entry, for SMB's EaSize): by `id` unless
+    /// the backend reaches an entry more cheaply by its name. A symlink has none.
+    fn list_xattrs_at(&self, cred: &Credentials, dir: &FileId, entry: &Name, id: &FileId) -> VfsResult<Vec<Vec<u8>>> {
+        let _ = (dir, entry);
+        self.list_xattrs(cred, id)
+    }
+
     /// Copies `len` bytes of `src` at `src_offset` to `dst` at `dst_offset` inside the volume
     /// (no data through the caller where the file system can: `copy_file_range`), as `cred`
     /// (read access to `src`, write access to `dst`); returns the bytes copied, fewer only at

@@ -615,6 +615,19 @@ impl Namespace {
         quick(self.local, move || b.remove_xattr(&cred, &id, &name)).await
     }
 
+    /// Names of the `user.` extended attributes of the entry `entry` of `dir` (identity `id`,
+    /// from the listing): one per entry of a listing (see [`Backend::list_xattrs_at`]).
+    pub async fn list_xattrs_at(
+        &self,
+        cred: &Credentials,
+        dir: FileId,
+        entry: &[u8],
+        id: FileId,
+    ) -> VfsResult<Vec<Vec<u8>>> {
+        let (b, cred, entry) = (self.backend.clone(), cred.clone(), Name::new(entry)?);
+        quick(self.local, move || b.list_xattrs_at(&cred, &dir, &entry, &id)).await
+    }
+
     /// Names of the `user.` extended attributes of `id`.
     pub async fn list_xattrs(&self, cred: &Credentials, id: FileId) -> VfsResult<Vec<Vec<u8>>> {
         let (b, cred) = (self.backend.clone(), cred.clone());

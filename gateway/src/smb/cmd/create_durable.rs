@@ -61,7 +61,7 @@ pub async fn reconnect(
     let server = conn.server.clone();
     if server.durable.facts(r.persistent_id()).is_none() {
         if let Some(held) = server.cluster_opens.get(r.persistent_id()) {
-            return super::create_persistent::reclaim(conn, hdr, req, tree, r, held).await;
+            return super::create_persistent::reclaim(conn, hdr, req, tree, r, held, Replayed::Reconnect).await;
         }
     }
     server.durable.settle(r.persistent_id(), &conn.link.notices, SETTLE).await;
@@ -128,7 +128,7 @@ pub async fn replay(
 ) -> Result<Option<Reply>, NtStatus> {
     let server = conn.server.clone();
     let Some((pid, here)) = server.durable.by_create_guid(conn.client_guid, create_guid, &conn.link.notices) else {
-        return Ok(None);
+        return replay_from_cluster(conn, hdr, req, tree, create_guid).await;
     };
     if here.is_some() {
         // Attached to this connection but not in the replay cache: the client used the open
@@ -161,6 +161,39 @@ pub async fn replay(
         }
         Err(NtStatus::ACCESS_DENIED) => Err(NtStatus::ACCESS_DENIED),
         Err(_) => Ok(None),
+    }
+}
+
+/// A replayed `DH2Q` whose open is held through another node (its client reconnected here
+/// after that node died or gave the address up, and sends the CREATE it never got an answer
+/// to again): the open is reclaimed here, as a `DH2C` would, and answered as the original.
+/// `None`: the cluster knows no such open, or it cannot be reclaimed (the CREATE runs as new).
+async fn replay_from_cluster(
+    conn: &mut Connection,
+    hdr: &Header,
+    req: &Request,
+    tree: &Tree,
+    create_guid: [u8; 16],
+) -> Result<Option<Reply>, NtStatus> {
+    let server = conn.server.clone();
+    if !server.clustered {
+        return Ok(None);
+    }
+    let Some(held) = server.cluster_opens.by_create_guid(conn.client_guid, create_guid) else { return Ok(None) };
+    replay_matches(&held.durability(), req, conn.dialect)?;
+    let (pid, action) = (held.persistent, held.action);
+    let r = Reconnect::V2 { fid: (pid, 0), create_guid, persistent: held.is_persistent };
+    match super::create_persistent::reclaim(conn, hdr, req, tree, r, held, Replayed::Again(action)).await {
+        Ok(reply) => {
+            // Replayed once more before the client uses it, it is answered again.
+            server.replay_cache.begin(conn.client_guid, create_guid).done(pid, action);
+            Ok(Some(reply))
+        }
+        Err(NtStatus::ACCESS_DENIED) => Err(NtStatus::ACCESS_DENIED),
+        Err(s) => {
+            tracing::debug!(status = ?s, "SMB: a replayed CREATE's open could not be reclaimed; it runs as new");
+            Ok(None)
+        }
     }
 }
 

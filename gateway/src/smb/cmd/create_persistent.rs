@@ -6,14 +6,16 @@
 //! ([`crate::locks::LockService::reclaim_open`]) with its share mode, byte-range locks and
 //! lease, and rebuilt here under the same persistent id. While its node is alive the reclaim
 //! is refused; this node then asks that node to let the open go
-//! ([`durable_cluster::ask_release`]) and tries again.
+//! ([`durable_cluster::ask_release`]) and tries again. The reclaimed open's byte-range locks
+//! are then set on the volume again under its new key.
 
 use std::time::Duration;
 
 use super::create_durable::{answer, presented_lease, same_path, Replayed};
 use super::open::{FileOpen, Open, OpenKind};
 use super::Reply;
-use crate::locks::{Conflict, LeaseId};
+use crate::locks::posix_view::WinLock;
+use crate::locks::{Conflict, LeaseId, OpenKey, RangeLock};
 use crate::smb::conn::Connection;
 use crate::smb::durable::{self, Presented, Reconnect};
 use crate::smb::durable_cluster::{self, Held};
@@ -34,14 +36,48 @@ const RETRY_EVERY: Duration = Duration::from_millis(100);
 /// How often it asks a live holder again to let the open go.
 const ASK_AGAIN: Duration = Duration::from_secs(1);
 
-/// Takes back the durable open `held` for the reconnect `r`.
-pub async fn reclaim(
+/// How long a reclaimed open's lock waits for the volume to let it go: a live node that
+/// handed the open over releases its own copy on the volume right after the hand-over.
+const VOLUME_WAIT: Duration = Duration::from_secs(3);
+
+/// Sets a reclaimed open's byte-range locks on the volume again, as its POSIX owner (its new
+/// key), as a fresh grant does: the bricks dropped them with the dead node's connection (or
+/// the node that handed the open over released them), and clients nasgw does not serve must
+/// see them again. A range another client of the volume took meanwhile stays in the cluster's
+/// table only (nasgw's own clients are still refused it), logged.
+async fn restore_volume_locks(
+    server: &crate::smb::SmbServer,
+    file: crate::vfs::FileId,
+    key: OpenKey,
+    locks: &[RangeLock],
+) {
+    let deadline = tokio::time::Instant::now() + VOLUME_WAIT;
+    for l in locks {
+        let w = WinLock { offset: l.offset, len: l.len, exclusive: l.exclusive };
+        while server.volume_locks.lock(file, key, w).await.is_err() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    offset = l.offset,
+                    len = l.len,
+                    "SMB: a reclaimed open's lock is held on the volume by another client; kept in the cluster only"
+                );
+                break;
+            }
+            tokio::time::sleep(RETRY_EVERY).await;
+        }
+    }
+}
+
+/// Takes back the durable open `held` for the reconnect `r` (a `DHnC`/`DH2C`, or a replayed
+/// `DH2Q`: `how` says which answer it gets).
+pub(super) async fn reclaim(
     conn: &mut Connection,
     hdr: &Header,
     req: &super::create::Request,
     tree: &Tree,
     r: Reconnect,
     held: Held,
+    how: Replayed,
 ) -> Result<Reply, NtStatus> {
     let server = conn.server.clone();
     let user = conn.session(hdr.session_id)?.identity.clone().ok_or(NtStatus::USER_SESSION_DELETED)?;
@@ -89,6 +125,7 @@ pub async fn reclaim(
         }
     };
     server.cluster_opens.remove(pid);
+    restore_volume_locks(&server, held.file, new, &entry.locks).await;
     let lease: Option<LeaseId> = entry.open.lease;
     let vol = conn.opens.reserve();
     if let Some(l) = lease {
@@ -119,7 +156,7 @@ pub async fn reclaim(
         persistent = facts.persistent,
         "SMB: durable open reclaimed from another node"
     );
-    let reply = answer(&server, req, &file, (pid, vol), Some(&facts), Replayed::Reconnect).await;
+    let reply = answer(&server, req, &file, (pid, vol), Some(&facts), how).await;
     server.durable.attach(pid, facts, conn.link.notices.clone(), vol);
     server.cluster_opens.hold(&server.locks, Held { key: new, lease, ..held });
     conn.opens.insert_at(

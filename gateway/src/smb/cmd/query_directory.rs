@@ -73,6 +73,54 @@ pub struct Entry {
     pub attr: Attr,
     /// Its stored DOS attributes and creation time.
     pub dos: DosInfo,
+    /// The size of its EAs as one FILE_FULL_EA_INFORMATION list (the EaSize of the classes
+    /// that carry one; 0 without EAs, or when the listing's class has no EaSize).
+    pub ea_size: u32,
+}
+
+/// Whether `class` carries an EaSize (FileFullDirectory, FileBothDirectory and their Id forms).
+pub fn has_ea_size(class: u8) -> bool {
+    matches!(class, class::FULL_DIRECTORY | class::BOTH_DIRECTORY | class::ID_FULL_DIRECTORY | class::ID_BOTH_DIRECTORY)
+}
+
+/// What a listing reads of one entry besides its attributes: its DOS information and, for a
+/// class with an EaSize, the size of its EAs, as smbd reports them. One `listxattr` of the
+/// entry tells both whether it has a `user.DOSATTRIB` (read only then) and whether it has EAs
+/// (read only then): on the local backend an entry without EAs costs one `llistxattr` more
+/// than the DOS information alone when it has a `user.DOSATTRIB`, and the same when it has
+/// none; over gfapi, one `listxattr` round trip more per entry.
+async fn entry_meta(
+    ns: &Namespace,
+    cred: &Credentials,
+    dir: FileId,
+    name: &str,
+    file: FileId,
+    ftype: crate::vfs::FileType,
+    with_ea: bool,
+) -> (DosInfo, u32) {
+    if ftype == crate::vfs::FileType::Symlink {
+        return (DosInfo::default(), 0);
+    }
+    if !with_ea {
+        return (fs::dos_at(ns, cred, dir, name).await, 0);
+    }
+    let Ok(names) = ns.list_xattrs_at(cred, dir, name.as_bytes(), file).await else {
+        return (fs::dos_at(ns, cred, dir, name).await, 0);
+    };
+    let dos = if names.iter().any(|n| n == crate::smb::dosattrib::XATTR_NAME) {
+        fs::dos_at(ns, cred, dir, name).await
+    } else {
+        DosInfo::default()
+    };
+    let mut eas = Vec::new();
+    for x in &names {
+        let Some(ea) = crate::smb::eas::ea_of(x) else { continue };
+        if let Ok(Some(value)) = ns.get_xattr_at(cred, dir, name.as_bytes(), x).await {
+            eas.push(crate::smb::eas::Ea { name: ea.to_string(), value, flags: 0 });
+        }
+    }
+    let size = if eas.is_empty() { 0 } else { crate::smb::eas::list_size(&eas) };
+    (dos, size)
 }
 
 /// Encodes one entry of `class` (without NextEntryOffset patched).
@@ -91,16 +139,16 @@ pub fn entry(class: u8, index: u32, e: &Entry) -> Option<Vec<u8>> {
     match class {
         class::DIRECTORY => {}
         class::FULL_DIRECTORY => {
-            w.u32(0);
+            w.u32(e.ea_size);
         }
         class::ID_FULL_DIRECTORY => {
-            w.u32(0).u32(0).u64(attr.fileid);
+            w.u32(e.ea_size).u32(0).u64(attr.fileid);
         }
         class::BOTH_DIRECTORY => {
-            w.u32(0).u8(0).u8(0).zeros(24);
+            w.u32(e.ea_size).u8(0).u8(0).zeros(24);
         }
         class::ID_BOTH_DIRECTORY => {
-            w.u32(0).u8(0).u8(0).zeros(24).u16(0).u64(attr.fileid);
+            w.u32(e.ea_size).u8(0).u8(0).zeros(24).u16(0).u64(attr.fileid);
         }
         _ => return None,
     }
@@ -123,8 +171,8 @@ async fn dots(
     let parent = if is_root { id } else { parent };
     let up = if is_root { me } else { ns.getattr(parent).await.unwrap_or(me) };
     Ok(vec![
-        Entry { name: ".".into(), attr: me, dos: fs::dos_of(ns, cred, id).await },
-        Entry { name: "..".into(), attr: up, dos: fs::dos_of(ns, cred, parent).await },
+        Entry { name: ".".into(), attr: me, dos: fs::dos_of(ns, cred, id).await, ea_size: 0 },
+        Entry { name: "..".into(), attr: up, dos: fs::dos_of(ns, cred, parent).await, ea_size: 0 },
     ])
 }
 
@@ -135,19 +183,16 @@ async fn window(
     cred: &Credentials,
     id: FileId,
     cookie: u64,
+    with_ea: bool,
 ) -> Result<(Vec<Entry>, Option<u64>), NtStatus> {
     let page = ns.readdir(cred, id, cookie, WINDOW, true).await?;
     let mut out = Vec::with_capacity(page.entries.len());
     let mut next = cookie;
     for e in &page.entries {
         next = e.cookie;
-        if let (Ok(name), Some((_, a))) = (std::str::from_utf8(&e.name), e.plus) {
-            let dos = if a.ftype == crate::vfs::FileType::Symlink {
-                DosInfo::default()
-            } else {
-                fs::dos_at(ns, cred, id, name).await
-            };
-            out.push(Entry { name: name.to_string(), attr: a, dos });
+        if let (Ok(name), Some((fid, a))) = (std::str::from_utf8(&e.name), e.plus) {
+            let (dos, ea_size) = entry_meta(ns, cred, id, name, fid, a.ftype, with_ea).await;
+            out.push(Entry { name: name.to_string(), attr: a, dos, ea_size });
         }
     }
     let more = !page.eof && !page.entries.is_empty();
@@ -195,7 +240,11 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
             // One name (what Windows asks before most opens): a lookup by the share's case
             // rule, not a listing of the whole directory.
             let found = match fs::lookup(ns, &cred, id, &pattern, case).await {
-                Ok((real, fid, attr)) => vec![Entry { dos: fs::dos_of(ns, &cred, fid).await, name: real, attr }],
+                Ok((real, fid, attr)) => {
+                    let (dos, ea_size) =
+                        entry_meta(ns, &cred, id, &real, fid, attr.ftype, has_ea_size(req.class)).await;
+                    vec![Entry { dos, name: real, attr, ea_size }]
+                }
                 Err(crate::vfs::VfsError::NotFound) => Vec::new(),
                 Err(crate::vfs::VfsError::BadName | crate::vfs::VfsError::NameTooLong) => Vec::new(),
                 Err(e) => return Err(e.into()),
@@ -242,7 +291,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
         }
         // This window is handed out: read the next one (the handle keeps one at a time).
         let Some(cookie) = listing.cookie else { break };
-        let (entries, next) = match window(&server.ns, &cred, id, cookie).await {
+        let (entries, next) = match window(&server.ns, &cred, id, cookie, has_ea_size(req.class)).await {
             Ok(w) => w,
             Err(e) if count == 0 => return Err(e),
             Err(_) => break, // hand out what this reply holds; the next query retries the window

@@ -954,6 +954,10 @@ impl Backend for PosixBackend {
         self.xattr_list(cred, id)
     }
 
+    fn list_xattrs_at(&self, cred: &Credentials, dir: &FileId, entry: &Name, _id: &FileId) -> VfsResult<Vec<Vec<u8>>> {
+        self.xattr_list_at(cred, dir, entry)
+    }
+
     fn copy_range(
         &self,
         cred: &Credentials,

@@ -79,6 +79,11 @@ fn get(call: GetFn, path: &CString, name: &CString) -> VfsResult<Option<Vec<u8>>
     Err(VfsError::Io(libc::ERANGE))
 }
 
+/// The `user.` names of a `listxattr` buffer (NUL-separated).
+fn user_names(buf: &[u8]) -> Vec<Vec<u8>> {
+    buf.split(|&b| b == 0).filter(|n| n.starts_with(b"user.") && n.len() > 5).map(<[u8]>::to_vec).collect()
+}
+
 fn cname(name: &[u8]) -> VfsResult<CString> {
     CString::new(name).map_err(|_| VfsError::Invalid)
 }
@@ -150,6 +155,37 @@ impl PosixBackend {
         Ok(())
     }
 
+    /// `llistxattr` of `dir/entry` by its path under the directory's descriptor (no lookup of
+    /// the entry; one call when the names fit in 256 bytes, as most lists do).
+    pub(super) fn xattr_list_at(&self, cred: &Credentials, dir: &FileId, entry: &Name) -> VfsResult<Vec<Vec<u8>>> {
+        let d = self.dir_node(dir)?;
+        let path = entry_path(d.path_fd.as_fd(), entry)?;
+        let _as = self.as_caller(cred)?;
+        let mut buf = vec![0u8; 256];
+        for _ in 0..4 {
+            // SAFETY: path is NUL-terminated; buf has buf.len() writable bytes.
+            let got = unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            if got >= 0 {
+                buf.truncate(got as usize);
+                return Ok(user_names(&buf));
+            }
+            match last_errno() {
+                libc::ERANGE => {
+                    // SAFETY: a null buffer with size 0 asks the size.
+                    let size = unsafe { libc::llistxattr(path.as_ptr(), std::ptr::null_mut(), 0) };
+                    if size < 0 {
+                        return Err(xattr_error(last_errno()));
+                    }
+                    buf = vec![0u8; size as usize];
+                }
+                // A symlink: Linux keeps no user attributes on it.
+                libc::EPERM | libc::ENOTSUP => return Ok(Vec::new()),
+                e => return Err(xattr_error(e)),
+            }
+        }
+        Err(VfsError::Io(libc::ERANGE))
+    }
+
     pub(super) fn xattr_list(&self, cred: &Credentials, id: &FileId) -> VfsResult<Vec<Vec<u8>>> {
         let (_node, path) = match self.xattr_target(id) {
             Err(VfsError::NotSupported) => return Ok(Vec::new()),
@@ -172,11 +208,7 @@ impl PosixBackend {
                 return Err(xattr_error(last_errno()));
             }
             buf.truncate(got as usize);
-            return Ok(buf
-                .split(|&b| b == 0)
-                .filter(|n| n.starts_with(b"user.") && n.len() > 5)
-                .map(<[u8]>::to_vec)
-                .collect());
+            return Ok(user_names(&buf));
         }
         Err(VfsError::Io(libc::ERANGE))
     }
