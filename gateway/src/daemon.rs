@@ -168,13 +168,15 @@ async fn run(loaded: Loaded) -> Result<()> {
     crate::systemd::stopping();
 
     tracing::info!("stop signal received: closing listeners, finishing in-flight requests");
+    // The mount first, while the cluster still answers what its last requests ask (a close,
+    // an unlock): its threads are joined, none is left waiting for a lock service that stopped.
+    if let Some(f) = fuse {
+        f.stop().await;
+    }
     life.stop.cancel();
     life.tasks.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, life.tasks.wait()).await.is_err() {
         tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "some requests did not finish in time");
-    }
-    if let Some(f) = fuse {
-        f.stop().await;
     }
     if let Err(e) = namespace.sync_all().await {
         tracing::error!(error = %e, "flushing the volume on shutdown failed");

@@ -150,6 +150,11 @@ state_dir = "{{dir}}/state"
         if std::fs::symlink_metadata(&link).is_err() {
             std::os::unix::fs::symlink(self.volume(), &link).unwrap();
         }
+        if self.config.contains("[fuse]") {
+            // The node's own mount must be the test's too (`ip netns exec` would give the
+            // daemon a mount namespace of its own, and the test would see the bare directory).
+            return Daemon::start_sharing_mounts(NODES[i], &dir, &self.config, self.topo.ns(NODES[i]));
+        }
         Daemon::start(NODES[i], &dir, &self.config, Some(self.topo.ns(NODES[i])))
     }
 

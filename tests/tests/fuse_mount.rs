@@ -379,6 +379,36 @@ fn a_local_fcntl_lock_and_an_smb_byte_range_lock_exclude_each_other() {
     // Closing the file drops its locks: SMB gets the range.
     drop(f);
     assert_eq!(say("lock 0 10"), "granted");
+
+    // A process killed while its F_SETLKW waits ends at once (the kernel waits for the
+    // answer; nasgw watches the waiter) and never gets the lock afterwards.
+    let mut waiter = Command::new("python3")
+        .args(["-c", "import fcntl,sys; f=open(sys.argv[1],'r+b'); fcntl.lockf(f, fcntl.LOCK_EX, 10, 0); print('got')"])
+        .arg(mnt.join("locked.bin"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = waiter.id();
+    // Waiting: blocked in fcntl (syscall 72 on x86_64, 25 on aarch64).
+    let nr = if cfg!(target_arch = "aarch64") { "25 " } else { "72 " };
+    wait_for("the waiter to block in F_SETLKW", Duration::from_secs(20), Duration::from_millis(20), || {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok().filter(|s| s.starts_with(nr))
+    });
+    let killed = Instant::now();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let status = wait_for("the killed waiter to end", Duration::from_secs(20), Duration::from_millis(10), || {
+        waiter.try_wait().ok().flatten()
+    });
+    println!("a killed F_SETLKW waiter ended {:?} after the kill", killed.elapsed());
+    assert!(!status.success());
+    assert!(killed.elapsed() < Duration::from_secs(5), "{:?}", killed.elapsed());
+    // Its wait left nothing behind: once SMB lets go, the range is free.
+    assert_eq!(say("unlock 0 10"), "unlocked");
+    let g = std::fs::OpenOptions::new().read(true).write(true).open(mnt.join("locked.bin")).unwrap();
+    fcntl(&g, libc::F_SETLK, &mut flock(libc::F_WRLCK, 0, 10)).expect("the range after the killed waiter");
+    drop(g);
+    assert_eq!(say("lock 0 10"), "granted");
     let _ = say("quit");
     let _ = client.wait();
     assert!(d.stop().success());

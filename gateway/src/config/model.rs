@@ -58,6 +58,17 @@ pub struct FuseConfig {
     /// elsewhere.
     #[serde(default = "yes")]
     pub passthrough: bool,
+    /// A local operation that waits for the cluster's file-sharing state (an open, close,
+    /// truncate, unlink, rename or lock) fails with EIO when the cluster has not answered it
+    /// within this many milliseconds (a node cut off from the cluster). The default covers the
+    /// lock service's own bound for an open waiting for an SMB client's lease break (10 s +
+    /// 35 s).
+    #[serde(default = "default_fuse_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_fuse_timeout_ms() -> u64 {
+    45_000
 }
 
 /// `[metrics]`: the Prometheus endpoint.

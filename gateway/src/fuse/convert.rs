@@ -146,9 +146,49 @@ pub fn groups_of_status(status: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Whether the thread a `/proc/TID/status` describes has given up waiting: it is exiting
+/// (a zombie, or dead) or a signal it does not block is pending for it (SIGKILL can never be
+/// blocked). The kernel has sent FUSE an INTERRUPT then, which `fuser` does not pass on; a
+/// killed process waits for the answer uninterruptibly, so only an answer frees it.
+pub fn gave_up_waiting(status: &str) -> bool {
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    let state = status.lines().find_map(|l| l.strip_prefix("State:")).map(str::trim).unwrap_or("");
+    if state.starts_with('Z') || state.starts_with('X') {
+        return true;
+    }
+    const SIGKILL: u64 = 1 << (libc::SIGKILL - 1);
+    let pending = field("SigPnd:").unwrap_or(0) | field("ShdPnd:").unwrap_or(0);
+    let blocked = field("SigBlk:").unwrap_or(0) & !SIGKILL;
+    pending & !blocked != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiter_gave_up_when_killed_or_signalled_or_gone() {
+        let status = |state: &str, pnd: &str, shd: &str, blk: &str| {
+            format!("Name:\tflock\nState:\t{state}\nSigQ:\t0/1\nSigPnd:\t{pnd}\nShdPnd:\t{shd}\nSigBlk:\t{blk}\n")
+        };
+        let table = [
+            (status("S (sleeping)", "0000000000000000", "0000000000000000", "0000000000000000"), false),
+            // kill -9: SIGKILL pending for the thread, even with every signal blocked.
+            (status("D (disk sleep)", "0000000000000100", "0000000000000100", "fffffffffffffeff"), true),
+            (status("D (disk sleep)", "0000000000000000", "0000000000000100", "ffffffffffffffff"), true),
+            // SIGINT (2) pending, not blocked: the caller would be interrupted.
+            (status("D (disk sleep)", "0000000000000000", "0000000000000002", "0000000000000000"), true),
+            // SIGINT pending but blocked: it still waits.
+            (status("D (disk sleep)", "0000000000000002", "0000000000000000", "0000000000000002"), false),
+            (status("Z (zombie)", "0000000000000000", "0000000000000000", "0000000000000000"), true),
+            (String::new(), false),
+        ];
+        for (s, gave_up) in table {
+            assert_eq!(gave_up_waiting(&s), gave_up, "{s}");
+        }
+    }
 
     #[test]
     fn times_round_trip_before_and_after_the_epoch() {

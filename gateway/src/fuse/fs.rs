@@ -25,7 +25,7 @@ use fuser::{
 
 use super::convert::{attr as fuse_attr, errno, groups_of_status, kind, set_attr};
 use super::inodes::{generation, Inodes};
-use super::sharing::{Invalidator, MountSharing};
+use super::sharing::{bounded, Invalidator, MountSharing};
 use crate::locks::{Conflict, LockService, OpenKey, Owner, RangeLock};
 use crate::vfs::{
     access, Attr, CreateHow, Credentials, FileId, FileType, Namespace, SetAttr, SpecialFile, Stability, VfsError,
@@ -108,10 +108,18 @@ pub struct VolumeFs {
     sharing: Option<Arc<MountSharing>>,
     /// The session's notifier, once it runs.
     notifier: Arc<OnceLock<Notifier>>,
+    /// How long a call to the cluster's lock table may take before the caller gets EIO.
+    limit: Duration,
+    /// The daemon's runtime (none in tests without one): what must still happen after a
+    /// caller got its answer (giving back a lock granted too late) runs there.
+    rt: Option<tokio::runtime::Handle>,
 }
 
 /// How often a waiting lock (F_SETLKW) retries besides every change of the file's record.
 const LOCK_RETRY: Duration = Duration::from_millis(500);
+
+/// How often a waiting lock checks that its caller still waits.
+const WAITER_CHECK: Duration = Duration::from_millis(50);
 
 impl VolumeFs {
     /// Serves `ns`; `passthrough`: try kernel passthrough for regular files.
@@ -120,6 +128,7 @@ impl VolumeFs {
         root_fileid: u64,
         passthrough: bool,
         locks: Option<Arc<LockService>>,
+        limit: Duration,
     ) -> (Self, Arc<AtomicBool>) {
         // Unique to this node and this start: a lock owner of a previous run never matches.
         let node = locks.as_ref().map_or(0, |l| l.node());
@@ -135,8 +144,9 @@ impl VolumeFs {
         ns.changes().listen(super::sharing::listener(inval.clone(), move |dir| {
             known.lock().unwrap_or_else(|p| p.into_inner()).ino_of(dir)
         }));
-        let sharing = match (&locks, tokio::runtime::Handle::try_current()) {
-            (Some(l), Ok(rt)) => Some(MountSharing::new(l.clone(), inval, rt)),
+        let rt = tokio::runtime::Handle::try_current().ok();
+        let sharing = match (&locks, &rt) {
+            (Some(l), Some(rt)) => Some(MountSharing::new(l.clone(), inval, rt.clone(), limit)),
             _ => None,
         };
         let fs = Self {
@@ -152,6 +162,8 @@ impl VolumeFs {
             lockers: Arc::new(Mutex::new(HashSet::new())),
             sharing,
             notifier,
+            limit,
+            rt,
         };
         (fs, granted)
     }
@@ -275,7 +287,8 @@ impl VolumeFs {
     fn drop_locks(&self, file: FileId, lock_owner: LockOwner) {
         let took = self.lockers.lock().expect("lockers lock").remove(&(file, lock_owner.0));
         if let (true, Some(l)) = (took, &self.locks) {
-            let _ = run(l.unlock_all(&file, self.owner(lock_owner)));
+            // Not answered in time: still carried out when the cluster can.
+            let _ = run(bounded(self.limit, l.unlock_all(&file, self.owner(lock_owner))));
         }
     }
 
@@ -884,7 +897,7 @@ impl Filesystem for VolumeFs {
             len: lock_len(start, end),
             exclusive: typ == libc::F_WRLCK,
         };
-        match run(l.record(&file)) {
+        match run(bounded(self.limit, l.record(&file))) {
             Ok(r) => match r.conflicting(&probe) {
                 Some(c) => {
                     let end = if c.len == 0 || c.offset.saturating_add(c.len) >= i64::MAX as u64 {
@@ -903,7 +916,7 @@ impl Filesystem for VolumeFs {
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
@@ -918,45 +931,60 @@ impl Filesystem for VolumeFs {
         let owner = self.owner(lock_owner);
         let len = lock_len(start, end);
         if typ == libc::F_UNLCK {
-            return match run(l.unlock(&file, owner, start, len)) {
+            return match run(bounded(self.limit, l.unlock(&file, owner, start, len))) {
                 Ok(()) | Err(Conflict::NotLocked) => reply.ok(),
                 Err(e) => reply.error(lock_errno(e)),
             };
         }
         let lock = RangeLock { owner, offset: start, len, exclusive: typ == libc::F_WRLCK };
         self.lockers.lock().expect("lockers lock").insert((file, lock_owner.0));
-        match run(l.lock_range(&file, lock)) {
+        let (limit, rt) = (self.limit, self.rt.clone());
+        match run(lock_bounded(&l, &file, lock, limit, rt.as_ref())) {
             Ok(()) => return reply.ok(),
             Err(Conflict::Locked) if sleep => {}
             Err(e) => return reply.error(lock_errno(e)),
         }
         // F_SETLKW: wait on a thread of its own (the FUSE threads keep serving), retrying on
-        // every change of the file's record and every LOCK_RETRY. The wait ends when the
-        // open it came through is released (the process died or closed it), so a killed
-        // waiter never gets a lock afterwards.
+        // every change of the file's record and every LOCK_RETRY. The wait ends (EINTR) when
+        // the waiting thread gave up (killed or signalled: `fuser` drops the kernel's
+        // INTERRUPT, so its /proc status is watched) or the open it came through is released,
+        // so a killed waiter never gets a lock afterwards.
         let opens = self.opens.clone();
+        let pid = req.pid();
         let spawned = std::thread::Builder::new().name("nasgw-fuse-lockw".into()).spawn(move || {
             run(async move {
+                let gone = || {
+                    !opens.lock().expect("opens lock").contains_key(&fh.0)
+                        || (pid != 0
+                            && std::fs::read_to_string(format!("/proc/{pid}/status"))
+                                .map_or(true, |s| super::convert::gave_up_waiting(&s)))
+                };
                 loop {
                     let changed = l.changes(&file);
                     let wake = changed.notified();
                     tokio::pin!(wake);
                     wake.as_mut().enable();
-                    match l.lock_range(&file, lock).await {
+                    match lock_bounded(&l, &file, lock, limit, rt.as_ref()).await {
                         Ok(()) => {
-                            if opens.lock().expect("opens lock").contains_key(&fh.0) {
+                            if !gone() {
                                 return reply.ok();
                             }
-                            let _ = l.unlock(&file, owner, start, len).await;
+                            let _ = bounded(limit, l.unlock(&file, owner, start, len)).await;
                             return reply.error(Errno::EINTR);
                         }
                         Err(Conflict::Locked) => {}
                         Err(e) => return reply.error(lock_errno(e)),
                     }
-                    if !opens.lock().expect("opens lock").contains_key(&fh.0) {
-                        return reply.error(Errno::EINTR);
+                    let until = tokio::time::Instant::now() + LOCK_RETRY;
+                    loop {
+                        if gone() {
+                            return reply.error(Errno::EINTR);
+                        }
+                        let left = until.saturating_duration_since(tokio::time::Instant::now());
+                        if left.is_zero() || tokio::time::timeout(left.min(WAITER_CHECK), wake.as_mut()).await.is_ok() {
+                            break;
+                        }
                     }
-                    let _ = tokio::time::timeout(LOCK_RETRY, wake).await;
                 }
             })
         });
@@ -1034,6 +1062,30 @@ fn lock_len(start: u64, end: u64) -> u64 {
 
 /// The errno of a lock-table refusal: another owner's lock (EAGAIN), the cluster not
 /// answering (EIO, after the lock service's own bound).
+/// Takes `lock` within `limit`; a grant that comes after that is given back (on `rt`: the
+/// caller's answer, EIO, is already on its way). (An unanswered upgrade of a range the owner
+/// held gives that range back too: the node is cut off, and its locks go anyway.)
+async fn lock_bounded(
+    l: &Arc<LockService>,
+    file: &FileId,
+    lock: RangeLock,
+    limit: Duration,
+    rt: Option<&tokio::runtime::Handle>,
+) -> Result<(), Conflict> {
+    match tokio::time::timeout(limit, l.lock_range(file, lock)).await {
+        Ok(r) => r,
+        Err(_) => {
+            if let Some(rt) = rt {
+                let (l, file) = (l.clone(), *file);
+                rt.spawn(async move {
+                    let _ = l.unlock(&file, lock.owner, lock.offset, lock.len).await;
+                });
+            }
+            Err(Conflict::Unavailable)
+        }
+    }
+}
+
 fn lock_errno(c: Conflict) -> Errno {
     match c {
         Conflict::Locked | Conflict::Sharing => Errno::EAGAIN,

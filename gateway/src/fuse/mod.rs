@@ -34,6 +34,9 @@ use crate::vfs::Namespace;
 /// Threads serving the mount's requests.
 pub const THREADS: usize = 4;
 
+/// How long a stop waits for the session's threads to end.
+pub const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The mounted volume; unmounted by [`FuseMount::stop`] (or at process exit, when the kernel
 /// drops the connection; the next start replaces what is left).
 pub struct FuseMount {
@@ -55,7 +58,13 @@ impl FuseMount {
         // The root's own inode number (GlusterFS: 1, from its GFID); the volume may not answer
         // yet (GlusterFS still mounting), and then its root is the GlusterFS one.
         let root_fileid = ns.getattr(ns.root()).await.map_or(1, |a| a.fileid);
-        let (fs, passthrough) = fs::VolumeFs::new(ns, root_fileid, cfg.passthrough, Some(locks));
+        let (fs, passthrough) = fs::VolumeFs::new(
+            ns,
+            root_fileid,
+            cfg.passthrough,
+            Some(locks),
+            std::time::Duration::from_millis(cfg.timeout_ms),
+        );
         let mut options = fuser::Config::default();
         options.mount_options = vec![
             MountOption::FSName(format!("nasgw:{volume}")),
@@ -85,11 +94,18 @@ impl FuseMount {
     }
 
     /// Unmounts: at once when nothing uses the mount, else lazily (programs that still hold
-    /// files there keep them until they close them, new lookups no longer reach it).
+    /// files there keep them until they close them, new lookups no longer reach it). Waits at
+    /// most [`STOP_WAIT`] for the session's threads: a copy of the mount in another mount
+    /// namespace (a process started with `unshare -m` or `ip netns exec` where `/` is not a
+    /// shared mount) keeps the connection open; it ends when nasgw exits.
     pub async fn stop(mut self) {
         let Some(session) = self.session.take() else { return };
         let path = self.path.clone();
-        let _ = tokio::task::spawn_blocking(move || {
+        let shown = path.clone();
+        let (done, joined) = tokio::sync::oneshot::channel::<()>();
+        // A thread of its own (not the runtime's blocking pool, which the runtime waits for
+        // at exit): if the join never ends, the process still does.
+        let spawned = std::thread::Builder::new().name("nasgw-fuse-stop".into()).spawn(move || {
             // A clean unmount ends the connection and every session thread returns.
             if let Err(e) = session.umount_and_join() {
                 tracing::warn!(mountpoint = %path.display(), error = %e, "mount busy: detaching it lazily");
@@ -97,7 +113,18 @@ impl FuseMount {
                 mountpoint::detach(&path);
             }
             tracing::info!(mountpoint = %path.display(), "volume unmounted");
-        })
-        .await;
+            let _ = done.send(());
+        });
+        if spawned.is_err() {
+            tracing::warn!(mountpoint = %shown.display(), "cannot start the unmount; the mount ends when nasgw exits");
+            return;
+        }
+        let join = joined;
+        if tokio::time::timeout(STOP_WAIT, join).await.is_err() {
+            tracing::warn!(
+                mountpoint = %shown.display(),
+                "the mount's connection is still held (a copy of the mount in another mount namespace?); it ends when nasgw exits"
+            );
+        }
     }
 }

@@ -15,7 +15,8 @@
 //! - The mount's opens of a file share one **read lease** of the mount's own (client GUID
 //!   [`MountSharing::client`]): any write, truncate or overwrite through SMB or NFS on any node
 //!   breaks it, and the break invalidates the kernel's pages and attributes of the file
-//!   (`notify_inval_inode`); while the file stays open the lease is taken again before the
+//!   (`notify_inval_inode`) before the write is answered, on whichever node it was made (the
+//!   lease is a [`SYNC_BREAKS`] one: the writer waits for the mount's acknowledgement); while the file stays open the lease is taken again before the
 //!   kernel next reads it or asks for its attributes (so it is held before anything is cached
 //!   again). An open made
 //!   while the lease was held, unbroken, keeps the kernel's page cache (`FOPEN_KEEP_CACHE`).
@@ -26,18 +27,19 @@
 //! ([`Invalidator`]), so a local `cat` that starts after an SMB WRITE was acknowledged reads
 //! the new data. Changes made through the mount itself are not told (the kernel knows them).
 //!
-//! Bounds: every call here waits at most what the lock service allows (its request timeout,
-//! 10 s, plus the break timeout, 35 s, for an open that waits for a break); a node cut off from
-//! the cluster answers **EIO** after that.
+//! Bounds: every call here waits at most `[fuse] timeout_ms` ([`bounded`]; 45 s by default, the
+//! lock service's own bound for an open that waits for a break) and then fails with **EIO** (a
+//! node cut off from the cluster); what the cluster grants after that is given back.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use fuser::{Errno, INodeNo, Notifier};
 
-use crate::locks::record::BreakNotice;
+use crate::locks::record::{BreakNotice, SYNC_BREAKS};
 use crate::locks::OpenRequest;
 use crate::locks::{access, caching, flags, share, CachingRequest, Conflict, Holders, LeaseId, LockService, OpenKey};
 use crate::vfs::changes::Change;
@@ -124,6 +126,15 @@ pub fn errno_of(c: Conflict) -> Errno {
     }
 }
 
+/// `call`, or [`Conflict::Unavailable`] (EIO) when the cluster has not answered it within
+/// `limit`. The caller gives back what may still be granted after that.
+pub async fn bounded<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, Conflict>>,
+) -> Result<T, Conflict> {
+    tokio::time::timeout(limit, call).await.unwrap_or(Err(Conflict::Unavailable))
+}
+
 /// The mount's state of one file it has open.
 #[derive(Debug)]
 struct Cached {
@@ -155,18 +166,25 @@ pub struct MountSharing {
     files: Mutex<HashMap<FileId, Cached>>,
     inval: Invalidator,
     rt: tokio::runtime::Handle,
+    limit: Duration,
 }
 
 impl MountSharing {
     /// The mount's part in `locks`; breaks of its leases reach it from now on; tasks (lease
-    /// refreshes, break acknowledgements) run on `rt`.
-    pub fn new(locks: Arc<LockService>, inval: Invalidator, rt: tokio::runtime::Handle) -> Arc<MountSharing> {
+    /// refreshes, break acknowledgements) run on `rt`; calls the cluster does not answer within
+    /// `limit` fail with EIO.
+    pub fn new(
+        locks: Arc<LockService>,
+        inval: Invalidator,
+        rt: tokio::runtime::Handle,
+        limit: Duration,
+    ) -> Arc<MountSharing> {
         // A GUID no SMB client sends: "nasgw-fuse", this node, this start.
         let mut client = [0u8; 16];
         client[..10].copy_from_slice(b"nasgw-fuse");
         client[10..12].copy_from_slice(&locks.node().to_le_bytes());
         client[12..].copy_from_slice(&rand::random::<u32>().to_le_bytes());
-        let me = Arc::new(MountSharing { locks, client, files: Mutex::new(HashMap::new()), inval, rt });
+        let me = Arc::new(MountSharing { locks, client, files: Mutex::new(HashMap::new()), inval, rt, limit });
         me.locks.add_lease_holder(client, me.clone());
         me
     }
@@ -189,7 +207,14 @@ impl MountSharing {
     }
 
     fn lease_request(&self, file: &FileId) -> CachingRequest {
-        CachingRequest::Lease { id: self.lease_of(file), state: caching::R, version: 1, epoch: 0, parent: None }
+        // SYNC_BREAKS: a write anywhere in the cluster waits until the kernel forgot the file.
+        CachingRequest::Lease {
+            id: self.lease_of(file),
+            state: caching::R,
+            version: SYNC_BREAKS,
+            epoch: 0,
+            parent: None,
+        }
     }
 
     /// Opens `file` (node `ino`) for `open(2)` flags `oflags`: share modes checked, other
@@ -213,17 +238,19 @@ impl MountSharing {
             is_dir: false,
             flags: flags::HANDLE,
         };
-        let granted = match self.locks.open(&file, req).await {
+        let granted = match bounded(self.limit, self.locks.open(&file, req)).await {
             Ok(g) => g,
             Err(c) => {
+                // Granted later, it is given back then.
+                self.locks.close_detached(&file, key);
                 self.forget_open(&file);
                 return Err(errno_of(c));
             }
         };
         if access & (access::WRITE_DATA | access::APPEND_DATA) != 0 {
             // Its writes bypass nasgw: no other client may keep reading from its cache.
-            if let Err(c) = self.locks.contend(&file, Some(self.lease_of(&file))).await {
-                let _ = self.locks.close(&file, key).await;
+            if let Err(c) = bounded(self.limit, self.locks.contend(&file, Some(self.lease_of(&file)))).await {
+                self.locks.close_detached(&file, key);
                 self.forget_open(&file);
                 return Err(errno_of(c));
             }
@@ -249,26 +276,30 @@ impl MountSharing {
     /// Closes open `key` of `file`; `wrote`: it was open for writing (other clients' read
     /// caching, taken while it wrote past nasgw, is broken again).
     pub async fn close(&self, file: FileId, key: OpenKey, wrote: bool) {
+        // A close the cluster does not answer in time is still carried out when it can.
         if wrote {
-            let _ = self.locks.contend(&file, Some(self.lease_of(&file))).await;
+            let _ = bounded(self.limit, self.locks.contend(&file, Some(self.lease_of(&file)))).await;
         }
-        let _ = self.locks.close(&file, key).await;
+        let _ = bounded(self.limit, self.locks.close(&file, key)).await;
         if let Some(refresh) = self.forget_open(&file) {
-            let _ = self.locks.close(&file, refresh).await;
+            let _ = bounded(self.limit, self.locks.close(&file, refresh)).await;
         }
     }
 
     /// Before a truncate of `file`: opens that deny write refuse it (EACCES); other clients'
     /// read caching is broken.
     pub async fn may_resize(&self, file: FileId) -> Result<(), Errno> {
-        self.locks.may_also(&file, None, access::WRITE_DATA, false, None).await.map_err(errno_of)?;
-        self.locks.contend(&file, Some(self.lease_of(&file))).await.map_err(errno_of)
+        bounded(self.limit, self.locks.may_also(&file, None, access::WRITE_DATA, false, None))
+            .await
+            .map_err(errno_of)?;
+        bounded(self.limit, self.locks.contend(&file, Some(self.lease_of(&file)))).await.map_err(errno_of)
     }
 
     /// Before an unlink, rmdir or rename of `file`: other clients' handle caching goes first
     /// (they may close), then opens that deny delete refuse it (EACCES).
     pub async fn may_remove(&self, file: FileId) -> Result<(), Errno> {
-        self.locks.may_also(&file, None, access::DELETE, true, Some(self.lease_of(&file))).await.map_err(errno_of)
+        let ask = self.locks.may_also(&file, None, access::DELETE, true, Some(self.lease_of(&file)));
+        bounded(self.limit, ask).await.map_err(errno_of)
     }
 
     /// Before the kernel caches what it asks for (a READ, attributes) of a file the mount has
@@ -295,7 +326,13 @@ impl MountSharing {
             is_dir: false,
             flags: flags::STATELESS,
         };
-        let Ok(g) = self.locks.open(&file, req).await else { return };
+        let g = match bounded(self.limit, self.locks.open(&file, req)).await {
+            Ok(g) => g,
+            Err(_) => {
+                self.locks.close_detached(&file, key);
+                return;
+            }
+        };
         let stale = {
             let mut m = self.files();
             match m.get_mut(&file) {

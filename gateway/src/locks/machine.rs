@@ -96,7 +96,8 @@ pub enum Op {
         /// The asker's own lease (not broken).
         lease: Option<LeaseId>,
     },
-    /// A write, truncate or lock through `by`: break other read caching (no waiting).
+    /// A write, truncate or lock through `by`: break other read caching (no waiting, but for
+    /// the acknowledgement of a [`SYNC_BREAKS`](super::record::SYNC_BREAKS) lease's break).
     Contend {
         /// The writer's lease.
         by: Option<LeaseId>,
@@ -1993,6 +1994,10 @@ fn execute(record: &mut FileRecord, op: &Op, first: bool, notices: &mut Vec<Brea
         Op::Contend { by } => {
             let b = record.contend(by.as_ref());
             start(record, b);
+            if record.sync_breaking() {
+                // The node's mount forgets its cached pages first (`SYNC_BREAKS`).
+                return None;
+            }
             Ok(Answer::Done)
         }
         Op::AckBreak { lease, state } => record.ack_break(lease, *state).map(|next| {

@@ -95,7 +95,7 @@ pub struct Lease {
     pub state: u8,
     /// Lease epoch (v2); bumped by every state change the client is told about.
     pub epoch: u16,
-    /// 0 for an oplock, else the lease version (1 or 2).
+    /// 0 for an oplock, else the lease version (1 or 2), or [`SYNC_BREAKS`].
     pub version: u8,
     /// A break the client was told about and has not acknowledged: it must answer with a
     /// state within `told`.
@@ -110,12 +110,22 @@ impl Lease {
     fn is_oplock(&self) -> bool {
         self.version == 0
     }
+    /// Its holder confirms every break, and the change that caused one waits for that.
+    pub fn sync_breaks(&self) -> bool {
+        self.version == SYNC_BREAKS
+    }
     /// The client must acknowledge a break from `state`: it holds W or H (dirty data, cached
     /// handles); breaking away R alone is only a notification.
     fn ack_required(state: u8) -> bool {
         state & (caching::W | caching::H) != 0
     }
 }
+
+/// The lease "version" of a holder whose caches must be gone before a change is answered
+/// (the node's own mount: the kernel's pages and attributes of the file): every break of it,
+/// R alone included, needs its acknowledgement, and a write or truncate that breaks it
+/// ([`Op::Contend`](super::machine::Op::Contend)) waits for that, on whichever node it holds it.
+pub const SYNC_BREAKS: u8 = 0x80;
 
 /// A break to tell a lease holder about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,7 +159,7 @@ pub enum CachingRequest {
         id: LeaseId,
         /// Requested state.
         state: u8,
-        /// 1 or 2.
+        /// 1 or 2 ([`SYNC_BREAKS`] for the node's own mount).
         version: u8,
         /// The client's epoch (v2).
         epoch: u16,
@@ -696,7 +706,7 @@ impl FileRecord {
     /// down at once, so nobody waits out the break timeout for it.
     fn notify(l: &mut Lease, to: u8) -> BreakNotice {
         let from = l.state;
-        let ack_required = Lease::ack_required(from) && l.node != ORPHAN;
+        let ack_required = (Lease::ack_required(from) || l.sync_breaks()) && l.node != ORPHAN;
         let n = BreakNotice { lease: l.id, node: l.node, from, to, epoch: l.epoch, version: l.version, ack_required };
         if ack_required {
             l.told = Some(to);
@@ -770,6 +780,12 @@ impl FileRecord {
             .filter(|l| (Some(&l.id) != by || l.is_oplock()) && l.state & caching::R != 0 && l.state & caching::W == 0)
             .map(|l| (l.id, 0))
             .collect()
+    }
+
+    /// A break of a [`SYNC_BREAKS`] lease awaits its acknowledgement: a write or truncate that
+    /// broke it waits.
+    pub fn sync_breaking(&self) -> bool {
+        self.leases.iter().any(|l| l.sync_breaks() && l.told.is_some())
     }
 
     /// A rename or delete of the file through `by`: other leases' H caching must go first, and

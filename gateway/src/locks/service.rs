@@ -400,7 +400,9 @@ impl LockService {
         self.done(file, Op::MayAlso { key, access, handle_breaks, lease }).await
     }
 
-    /// A write, truncate or lock through `by`: other opens' read caching is broken (no wait).
+    /// A write, truncate or lock through `by`: other opens' read caching is broken (no wait,
+    /// except for the node mounts' [`SYNC_BREAKS`](super::record::SYNC_BREAKS) leases, whose
+    /// kernel caches are gone when this returns).
     pub async fn contend(&self, file: &FileId, by: Option<LeaseId>) -> Result<(), Conflict> {
         self.done(file, Op::Contend { by }).await
     }

@@ -23,15 +23,25 @@ use super::types::{FileId, Timestamp};
 /// Windows' folded (upper-case) form of `name`: each character mapped to its upper case when
 /// that is a single character.
 pub fn fold(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            let mut up = c.to_uppercase();
-            match (up.next(), up.next()) {
-                (Some(u), None) => u,
-                _ => c,
-            }
-        })
-        .collect()
+    name.chars().map(fold_char).collect()
+}
+
+/// True when `name` folds to `folded` (a [`fold`]ed name), without building its folded form:
+/// what a search that will not be remembered needs for each entry. Pure.
+pub fn folds_to(name: &[u8], folded: &str) -> bool {
+    match std::str::from_utf8(name) {
+        Ok(s) => s.chars().map(fold_char).eq(folded.chars()),
+        Err(_) => false,
+    }
+}
+
+/// One character's folded form (see [`fold`]).
+fn fold_char(c: char) -> char {
+    let mut up = c.to_uppercase();
+    match (up.next(), up.next()) {
+        (Some(u), None) => u,
+        _ => c,
+    }
 }
 
 /// A directory's names by folded form.
@@ -164,6 +174,19 @@ mod tests {
 
     fn stamp(secs: i64) -> DirStamp {
         DirStamp { ino: 7, ctime: ts(secs), mtime: ts(secs) }
+    }
+
+    #[test]
+    fn folds_to_agrees_with_fold() {
+        let names: [&[u8]; 8] =
+            [b"readme.TXT", b"README.txt", b"Stra\xc3\x9fe", b"STRASSE", b"a", b"", b"\xff\xfe", b"\xef\xac\x80x"];
+        for a in names {
+            for b in names {
+                let Ok(b) = std::str::from_utf8(b) else { continue };
+                let want = std::str::from_utf8(a).is_ok_and(|a| fold(a) == fold(b));
+                assert_eq!(folds_to(a, &fold(b)), want, "{a:?} vs {b:?}");
+            }
+        }
     }
 
     #[test]

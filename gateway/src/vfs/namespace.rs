@@ -8,7 +8,7 @@ use super::backend::Backend;
 use super::changes::{what, Change, ChangeHub, Kind, Place};
 use super::cred::Credentials;
 use super::error::{VfsError, VfsResult};
-use super::folding::{FoldedIndexes, FoldedNames};
+use super::folding::{self, FoldedIndexes, FoldedNames};
 use super::name::Name;
 use super::posix::listings::DirStamp;
 use super::types::{
@@ -550,6 +550,24 @@ impl Namespace {
             let known = self.folded.lock().unwrap_or_else(|e| e.into_inner()).get(&dir, before);
             if let Some(names) = known {
                 return Ok(names.find(name).map(<[u8]>::to_vec));
+            }
+        }
+        if !self.local || !before.settled(now()) {
+            // Nothing read now will be remembered (see FoldedIndexes::record), as while a
+            // folder is being filled: compare each entry as it comes, building nothing, and
+            // stop at the first match (the first in listing order, as a remembered index
+            // answers).
+            let folded = folding::fold(name);
+            let mut cookie = 0;
+            loop {
+                let page = self.readdir(cred, dir, cookie, 4096, false).await?;
+                if let Some(e) = page.entries.iter().find(|e| folding::folds_to(&e.name, &folded)) {
+                    return Ok(Some(e.name.clone()));
+                }
+                match page.entries.last() {
+                    Some(last) if !page.eof => cookie = last.cookie,
+                    _ => return Ok(None),
+                }
             }
         }
         let mut names = FoldedNames::new();

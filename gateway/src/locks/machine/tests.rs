@@ -552,3 +552,46 @@ fn requests_before_the_first_view_leave_no_phantom_opens() {
         println!("seed {seed}: {n} nodes, {:?}", w.stats);
     }
 }
+
+#[test]
+fn a_write_waits_until_a_sync_breaks_lease_acknowledged_its_break() {
+    use crate::locks::record::SYNC_BREAKS;
+    let mut m: Machine<SimKey> = Machine::new(Config::single());
+    m.handle(ms(0), Input::Ha(HaInput { leader: Some(0), ok: true }));
+    m.handle(ms(1), Input::Tick);
+    let f = SimKey([3]);
+    let lease = LeaseId { client: [9; 16], key: [9; 16] };
+    let req = OpenRequest {
+        key: OpenKey { node: 0, seq: 1 },
+        access: access::READ_DATA,
+        share: share::ALL,
+        caching: CachingRequest::Lease { id: lease, state: caching::R, version: SYNC_BREAKS, epoch: 0, parent: None },
+        overwrite: false,
+        is_dir: false,
+        flags: flags::HANDLE,
+    };
+    let out = m.handle(ms(2), Input::Request { rid: 1, file: f.clone(), op: Op::Open(req) });
+    assert!(out.iter().any(|o| matches!(o, Output::Reply { rid: 1, outcome: Ok(Answer::Opened(_)) })), "{out:?}");
+    // A write: the R lease's break needs an acknowledgement, and the write waits for it.
+    let out = m.handle(ms(3), Input::Request { rid: 2, file: f.clone(), op: Op::Contend { by: None } });
+    let told =
+        out.iter().any(|o| matches!(o, Output::Break { notice, .. } if notice.lease == lease && notice.ack_required));
+    assert!(told, "the lease's break asks for an acknowledgement: {out:?}");
+    assert!(!out.iter().any(|o| matches!(o, Output::Reply { rid: 2, .. })), "answered before the ack: {out:?}");
+    let out = m.handle(ms(4), Input::Request { rid: 3, file: f.clone(), op: Op::AckBreak { lease, state: 0 } });
+    assert!(out.iter().any(|o| matches!(o, Output::Reply { rid: 2, outcome: Ok(Answer::Done) })), "{out:?}");
+    // An ordinary R lease's break is a notification: the write does not wait.
+    let plain = LeaseId { client: [8; 16], key: [8; 16] };
+    let req = OpenRequest {
+        key: OpenKey { node: 0, seq: 2 },
+        access: access::READ_DATA,
+        share: share::ALL,
+        caching: CachingRequest::Lease { id: plain, state: caching::R, version: 2, epoch: 0, parent: None },
+        overwrite: false,
+        is_dir: false,
+        flags: flags::HANDLE,
+    };
+    m.handle(ms(5), Input::Request { rid: 4, file: f.clone(), op: Op::Open(req) });
+    let out = m.handle(ms(6), Input::Request { rid: 5, file: f, op: Op::Contend { by: None } });
+    assert!(out.iter().any(|o| matches!(o, Output::Reply { rid: 5, outcome: Ok(Answer::Done) })), "{out:?}");
+}

@@ -394,6 +394,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_directory_being_filled_is_searched_page_by_page() {
+        // While the stamp is fresh (the directory changed less than a second ago) nothing is
+        // remembered and every search reads the listing, here more than one page of 4096
+        // entries (on a slow machine the later searches may find the stamp settled: the
+        // answers are the same either way).
+        let tmp = tempfile::tempdir().unwrap();
+        let ns = ns(tmp.path());
+        let (me, root) = (Credentials::root(), ns.root());
+        for i in 0..5000 {
+            std::fs::write(tmp.path().join(format!("f{i:05}")), b"").unwrap();
+        }
+        std::fs::write(tmp.path().join("Late.Name"), b"").unwrap();
+        assert_eq!(ns.find_nocase(&me, root, "LATE.name").await.unwrap().as_deref(), Some(&b"Late.Name"[..]));
+        assert_eq!(ns.find_nocase(&me, root, "F04999").await.unwrap().as_deref(), Some(&b"f04999"[..]));
+        assert_eq!(ns.find_nocase(&me, root, "absent").await.unwrap(), None);
+    }
+
+    #[tokio::test]
     async fn ranges_are_copied_inside_the_volume() {
         let tmp = tempfile::tempdir().unwrap();
         let b = PosixBackend::open(tmp.path(), PosixOptions::new("smb")).unwrap();

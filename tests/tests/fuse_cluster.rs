@@ -1,0 +1,184 @@
+//! The node's own mount in a three-node cluster (issue 19, items 4 and 5), nodes in network
+//! namespaces sharing the test's mount namespace (`SmbCluster` with `[fuse]`): a local open for
+//! writing on node 1 breaks an RWH lease an SMB client holds through node 2 and returns only
+//! after the acknowledgement; SMB writes through node 2 are read at once through node 1's mount
+//! (passthrough off: the kernel's page cache is in play); on a node cut off from the cluster,
+//! local opens and locks fail with EIO within `[fuse] timeout_ms`.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nasgw_tests::cluster::{SmbClient, SmbCluster, ADDRS, SMB_PORT};
+use serde_json::json;
+
+const SHARE_ALL: u32 = 7;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Detaches a mount point when a test ends, however it ends (the nodes share the test's mount
+/// namespace, so a killed node's mount would outlive it).
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if let Ok(c) = std::ffi::CString::new(self.0.to_str().unwrap_or_default()) {
+            // SAFETY: umount2 with a valid path; MNT_DETACH never blocks.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// The kernel's view of `f` through a descriptor opened earlier and through a fresh open.
+fn seen(held: &File, f: &Path, len: usize) -> (Vec<u8>, Vec<u8>) {
+    let mut a = vec![0u8; len];
+    let n = held.read_at(&mut a, 0).unwrap();
+    a.truncate(n);
+    (a, std::fs::read(f).unwrap())
+}
+
+/// Whether `path` is a FUSE mount of nasgw's (not the bare directory under it).
+fn is_nasgw_mount(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let p = path.to_str().unwrap();
+    mounts.lines().any(|l| l.split(' ').nth(4) == Some(p) && l.contains(" - fuse") && l.contains(" nasgw:"))
+}
+
+#[test]
+fn a_local_write_breaks_a_lease_held_through_another_node_and_smb_writes_reach_the_mount() {
+    // Every node mounts at its own `{dir}/mnt`; the test uses node 1's.
+    let mut cluster = SmbCluster::start("[fuse]\nmountpoint = \"{dir}/mnt\"\npassthrough = false\n");
+    let _unmount: Vec<Unmount> = (0..3).map(|i| Unmount(cluster.dir(i).join("mnt"))).collect();
+    let mnt = cluster.dir(0).join("mnt");
+    assert!(
+        is_nasgw_mount(&mnt),
+        "node 1's mount {} is not in the test's mount namespace:\n{}\n{}",
+        mnt.display(),
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("fuse"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        cluster.logs()
+    );
+    let f = mnt.join("x.txt");
+    std::fs::write(&f, b"0000000000").unwrap();
+    assert!(cluster.volume().join("x.txt").exists(), "the file written through the mount is not on the volume");
+    let mut c = SmbClient::spawn(cluster.topo.ns("c1"));
+    c.ok(json!({"op": "connect", "c": "b", "host": ADDRS[1], "port": SMB_PORT}));
+
+    // A client of node 2 holds an RWH lease; a local open for writing on node 1 breaks it and
+    // returns only after the acknowledgement.
+    let r = c.ok(json!({"op": "open", "c": "b", "h": "lb", "path": "x.txt", "lease": "RWH", "share": SHARE_ALL}));
+    assert_eq!(r.s("lease"), "RHW", "{}", r.v);
+    c.ok(json!({"op": "write", "h": "lb", "off": 0, "data": hex(b"remote")}));
+    let path = f.clone();
+    let t0 = Instant::now();
+    let opener = std::thread::spawn(move || {
+        let r = OpenOptions::new().read(true).write(true).open(&path);
+        (Instant::now(), r)
+    });
+    let b = c.ok(json!({"op": "breaks", "c": "b", "n": 1, "timeout": 10}));
+    let brk = b.v["breaks"][0].clone();
+    assert_eq!((brk["kind"].as_str(), brk["from"].as_str()), (Some("lease"), Some("RHW")), "{}", b.v);
+    let to = brk["to"].as_str().unwrap_or("?").to_string();
+    assert!(!to.contains('W'), "{}", b.v);
+    println!("the lease held through node 2 was broken {:?} after the local open on node 1 began", t0.elapsed());
+    std::thread::sleep(Duration::from_millis(200)); // the open cannot finish before the ack
+    assert!(!opener.is_finished(), "the local open on node 1 returned before node 2's client acknowledged the break");
+    let acked = Instant::now();
+    c.ok(json!({"op": "ack", "h": "lb", "state": to}));
+    let (opened, r) = opener.join().unwrap();
+    let w = r.expect("the local open after the acknowledgement");
+    println!("the local open on node 1 completed {:?} after the acknowledgement through node 2", opened - acked);
+    // Its writes bypass nasgw: the client's read caching goes too (acknowledged, as a client
+    // does; an unacknowledged break would hold up every later open of the file).
+    let b = c.ok(json!({"op": "breaks", "c": "b", "n": 2, "timeout": 10}));
+    let second = b.v["breaks"][1]["to"].as_str().unwrap_or("?").to_string();
+    assert!(!second.contains('R'), "the read caching of node 2's client was not broken: {}", b.v);
+    let second = if second == "none" { String::new() } else { second };
+    c.ok(json!({"op": "ack", "h": "lb", "state": second}));
+    let mut got = [0u8; 6];
+    w.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(&got, b"remote", "the write the client cached under its lease is not what node 1 reads");
+    drop(w);
+
+    // SMB writes through node 2 are read at once on node 1's mount, through a descriptor opened
+    // before them and through a fresh open.
+    let held = File::open(&f).unwrap();
+    assert_eq!(seen(&held, &f, 64).0, b"remote0000");
+    for i in 0..10u8 {
+        let data = [b'k' + i; 4];
+        c.ok(json!({"op": "write", "h": "lb", "off": 0, "data": hex(&data)}));
+        let (a, b) = seen(&held, &f, 64);
+        assert_eq!(&a[..4], &data, "write {i} through node 2: node 1's open descriptor read stale data");
+        assert_eq!(&b[..4], &data, "write {i} through node 2: a fresh open on node 1 read stale data");
+    }
+    c.ok(json!({"op": "close", "h": "lb"}));
+    drop(held);
+    // The client runs in a mount namespace of its own (`ip netns exec`) holding a copy of the
+    // mounts; gone, it holds none of node 1's connection.
+    drop(c);
+    stop_all(&mut cluster);
+}
+
+/// Stops every node (SIGTERM), with their logs if one does not stop cleanly.
+fn stop_all(cluster: &mut SmbCluster) {
+    for i in 0..3 {
+        if let Some(d) = cluster.daemons[i].take() {
+            let name = d.name.clone();
+            let dir = d.dir.clone();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.stop()));
+            let log = || std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+            match r {
+                Ok(s) => assert!(s.success(), "{name} exited with {s}:\n{}", log()),
+                Err(_) => panic!("{name} did not stop:\n{}", log()),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_node_cut_off_from_the_cluster_fails_local_opens_and_locks_with_eio_within_the_bound() {
+    const BOUND: Duration = Duration::from_secs(3);
+    let mut cluster =
+        SmbCluster::start(&format!("[fuse]\nmountpoint = \"{{dir}}/mnt\"\ntimeout_ms = {}\n", BOUND.as_millis()));
+    let _unmount: Vec<Unmount> = (0..3).map(|i| Unmount(cluster.dir(i).join("mnt"))).collect();
+    let mnt = cluster.dir(0).join("mnt");
+    assert!(is_nasgw_mount(&mnt), "node 1's mount is not in the test's mount namespace");
+    let f = mnt.join("cut.txt");
+    std::fs::write(&f, b"before the cut").unwrap();
+    let held = OpenOptions::new().read(true).write(true).open(&f).unwrap();
+
+    cluster.topo.cut("n1");
+    // Within its license the node still decides; then it knows it is out.
+    nasgw_tests::wait_for("node 1 to know it is cut off", Duration::from_secs(20), Duration::from_millis(20), || {
+        cluster.daemon(0).logs().contains("this node is not in sync with the cluster").then_some(())
+    });
+    let t = Instant::now();
+    let r = OpenOptions::new().read(true).open(&f);
+    let took = t.elapsed();
+    println!("a local open on the cut-off node failed after {took:?}: {r:?}");
+    assert_eq!(r.map(drop).map_err(|e| e.raw_os_error()), Err(Some(libc::EIO)));
+    assert!(took < BOUND + Duration::from_secs(4), "{took:?}");
+    let t = Instant::now();
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_len = 10;
+    // SAFETY: fcntl F_SETLK on an open descriptor with a valid flock.
+    let r = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&held), libc::F_SETLK, &fl) };
+    let err = std::io::Error::last_os_error().raw_os_error();
+    let took = t.elapsed();
+    println!("a local lock on the cut-off node failed after {took:?}");
+    assert_eq!((r, err), (-1, Some(libc::EIO)));
+    assert!(took < BOUND + Duration::from_secs(4), "{took:?}");
+    drop(held);
+    // The cut-off node goes as a cut-off host would (its dead mount is detached at the end).
+    cluster.daemons[0].take().expect("node 1").kill();
+    stop_all(&mut cluster);
+}
