@@ -156,12 +156,23 @@ impl SmbServer {
         locks.set_holders(breaks.clone());
         let volume_locks = Arc::new(volume_locks::SmbVolumeLocks::new(ns.clone()));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            // Out of sync = cut off: give the volume locks back (see `release_all`).
-            let (mirror, mut licensed) = (volume_locks.clone(), locks.licensed());
+            // Out of sync = cut off: give the volume locks back (see `release_all`); in sync
+            // again: set those the cluster still holds for this node's opens (`restore`).
+            let (mirror, mut licensed, table) = (volume_locks.clone(), locks.licensed(), Arc::downgrade(&locks));
             rt.spawn(async move {
                 while licensed.changed().await.is_ok() {
                     if !*licensed.borrow_and_update() {
                         mirror.release_all();
+                        continue;
+                    }
+                    let Some(table) = table.upgrade() else { return };
+                    let (set, refused) = mirror.restore(&table.holdings()).await;
+                    if set > 0 {
+                        tracing::info!(
+                            opens = set,
+                            refused,
+                            "SMB: in sync again: byte-range locks set on the volume again"
+                        );
                     }
                 }
             });

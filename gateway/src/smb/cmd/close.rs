@@ -33,7 +33,7 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         OpenKind::Pipe(_) | OpenKind::QuotaFake => return Ok(()),
     };
     if let Some(l) = &f.lease {
-        server.breaks.release(l);
+        server.breaks.release_open(l, Some(f.key));
     }
     let flushed = if f.wrote { server.ns.flush(crate::smb::fs::file_of(&f)).await } else { Ok(()) };
     if let Err(e) = flushed {
