@@ -40,8 +40,13 @@ fn smb_target(n: &nasgw::Nasgw) -> Target {
 /// Builds the volume, runs both tables, tears everything down. Moves the calling thread into
 /// the cluster's client namespace for the run, and back.
 pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
-    let cluster =
-        GlusterCluster::start(GlusterSpec { clients: vec![("c1".into(), "198.18.0.10".into())], ..Default::default() });
+    // Upcalls on, as the README tells admins and the appliance sets it: nasgw's gfapi attribute
+    // cache and Ganesha's cache invalidation both use them.
+    let cluster = GlusterCluster::start(GlusterSpec {
+        clients: vec![("c1".into(), "198.18.0.10".into())],
+        options: vec![("features.cache-invalidation".into(), "on".into())],
+        ..Default::default()
+    });
     let client_ns = anchors::enter_netns(cluster.topo().ns("c1")).context("enter the client namespace")?;
     let mnt = cluster.mount("c1", &work.join("gluster-mnt"));
     // Replica 3 on one disk is slow (tens of small files per second through FUSE): at most 500
@@ -115,7 +120,7 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
         Rows::Gluster,
     );
     let note = format!(
-        "One replica-3 volume: three glusterd with their bricks on the same disk, in network namespaces; clients, \
+        "One replica-3 volume (`features.cache-invalidation on`, so nasgw caches gfapi attributes): three glusterd with their bricks on the same disk, in network namespaces; clients, \
          nasgw, smbd and Ganesha run on a client host. The raw column is `dd bs=1M` (write with `conv=fsync`) and \
          small files written from one process through the FUSE mount; its list and stat rows are `readdir` + `lstat` \
          of each entry, and `lstat` of each name, through the FUSE mount. Plain reads through a FUSE mount (raw `dd`, \

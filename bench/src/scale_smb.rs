@@ -258,7 +258,8 @@ pub fn run_rows(
          the page cache. An idle SMB connection has negotiated (SMB 2.1) and sits there, as a client between \
          NEGOTIATE and logon; nasgw closes such connections after 60 s (its `IDLE_WITHOUT_SESSION`), so the row \
          fails if any was closed before its end. smbd forks a process per connection: its idle row opens at most \
-         {} (the row's title says so).",
+         {} (the row's title says so). The idle rows' CPU time also counts accepting and negotiating the idle \
+         connections (opened inside the measured round), so it says what they cost, not what a file costs.",
         scale.smbd_idle
     ));
     Ok(())

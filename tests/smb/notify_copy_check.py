@@ -1,10 +1,13 @@
 """CHANGE_NOTIFY and server-side copy against nasgw, as Windows Explorer and `copy` use them.
 
 Usage: notify_copy_check.py HOST PORT SHARE [--user USER PASSWORD] [--nfs NFS_URL_WITH_{name}_IN_THE_notify_FOLDER]
+       [--local SHARE_FOLDER_ON_THIS_HOST]
                             [--other HOST2 PORT2]
 - a watcher on one connection sees what another connection creates, renames, writes, deletes
   (names and actions), recursively with WATCH_TREE, NOTIFY_ENUM_DIR on overflow, cancel;
 - with --nfs: a file created through NFS (nfs-cp into the share's `notify` folder) is seen;
+- with --local: names created, renamed, removed directly in the share's folder on this host are
+  seen, and an SMB change is reported once (not again as its inotify echo);
 - with --other: only the cross-node check runs: a file created through HOST2 (another node)
   reaches the watcher on HOST;
 - without --other: FSCTL_SRV_COPYCHUNK_WRITE (smbclient.copyfile does REQUEST_RESUME_KEY then
@@ -32,7 +35,7 @@ from smbprotocol.tree import TreeConnect
 
 args = sys.argv[1:]
 host, port, share = args[0], int(args[1]), args[2]
-user, password, nfs_url, other = None, None, None, None
+user, password, nfs_url, other, local = None, None, None, None, None
 i = 3
 while i < len(args):
     if args[i] == "--user":
@@ -40,6 +43,9 @@ while i < len(args):
         i += 3
     elif args[i] == "--nfs":
         nfs_url = args[i + 1]
+        i += 2
+    elif args[i] == "--local":
+        local = args[i + 1]
         i += 2
     elif args[i] == "--other":
         other = (args[i + 1], int(args[i + 2]))
@@ -246,6 +252,39 @@ if nfs_url is not None:
         subprocess.run(["nfs-cp", tmp.name, nfs_url.replace("{name}", "nfs.txt")], check=True)
     got = events(w)
     check("a file created through NFS is reported ADDED nfs.txt", got is not None and (FileAction.FILE_ACTION_ADDED, "nfs.txt") in got, got)
+
+if local is not None:
+    # A program on the node changes names directly in the watched folder (inotify).
+    ldir = os.path.join(local, top)
+    ADDED, REMOVED = FileAction.FILE_ACTION_ADDED, FileAction.FILE_ACTION_REMOVED
+    OLD, NEW = FileAction.FILE_ACTION_RENAMED_OLD_NAME, FileAction.FILE_ACTION_RENAMED_NEW_NAME
+    for what, change, want in [
+        ("created", lambda: open(os.path.join(ldir, "local.txt"), "wb").close(), [(ADDED, "local.txt")]),
+        ("renamed", lambda: os.rename(os.path.join(ldir, "local.txt"), os.path.join(ldir, "local2.txt")),
+         [(OLD, "local.txt"), (NEW, "local2.txt")]),
+        ("removed", lambda: os.remove(os.path.join(ldir, "local2.txt")), [(REMOVED, "local2.txt")]),
+    ]:
+        w = watch(d)
+        t0 = time.time()
+        change()
+        got = events(w) or []
+        if not all(x in got for x in want):
+            got += until(d, want)
+        check(f"a file {what} directly on the volume is reported {want} ({(time.time() - t0) * 1000:.0f} ms)",
+              all(x in got for x in want), got)
+    # nasgw's own change raises an inotify event too: reported once, not twice.
+    w = watch(d)
+    with smbclient.open_file(unc(host, top, "once.txt"), mode="wb", **kw) as f:
+        f.write(b"x")
+    got = events(w) or []
+    w = watch(d)
+    more = events(w, 1.5)
+    if more is None:
+        w.cancel()
+        events(w, 5)
+        more = []
+    n = [e for e in got + more if e == (ADDED, "once.txt")]
+    check("a file created through SMB is reported once (its inotify echo is dropped)", len(n) == 1, got + more)
 d.close()
 
 # macOS: the AAPL create context on the first CREATE, then Finder's metadata streams.

@@ -1,6 +1,7 @@
 //! CHANGE_NOTIFY and server-side copy with real clients (Python smbprotocol; checks in
 //! `tests/smb/notify_copy_check.py`): changes made through SMB and NFS reach a watcher with
-//! the right actions and names (recursive watches, overflow, cancel); a change made through
+//! the right actions and names (recursive watches, overflow, cancel), and so do names changed
+//! directly in the local volume's folder (inotify); a change made through
 //! another node of a 2-node cluster in network namespaces reaches a watcher on the first;
 //! FSCTL_SRV_COPYCHUNK_WRITE copies inside the volume within MS-SMB2's limits.
 
@@ -41,6 +42,7 @@ fn notify_reports_smb_and_nfs_changes_and_copychunk_copies_inside_the_volume() {
     let out = Command::new("python3")
         .arg(script())
         .args(["127.0.0.1", &smb.to_string(), "pub", "--nfs", &url])
+        .args(["--local", &dir.path().join("data").display().to_string()])
         .output()
         .expect("run python3");
     assert_all_ok(out, &d.logs());

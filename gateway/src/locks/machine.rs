@@ -733,6 +733,12 @@ impl<K: RecordKey> Machine<K> {
         self.posix_grace = d;
     }
 
+    /// Sets the break timeout (simulator tests that must tell a break's timeout from its end).
+    #[cfg(test)]
+    pub(crate) fn set_break_timeout(&mut self, d: Duration) {
+        self.cfg.break_timeout = d;
+    }
+
     fn posix_durable(&self) -> bool {
         !self.posix_grace.is_zero()
     }
@@ -1919,12 +1925,20 @@ fn execute(record: &mut FileRecord, op: &Op, first: bool, notices: &mut Vec<Brea
                 state: l.state,
                 epoch: l.epoch,
                 breaking: l.told.is_some(),
+                version: l.version,
             })))
         }
         Op::Open(req) => {
             let mut breaks = Vec::new();
-            let v = record.decide_open(req, first, &mut breaks);
+            let mut v = record.decide_open(req, first, &mut breaks);
             start(record, breaks);
+            // Breaks that took effect at once (an orphan's lease: no client to wait for) leave
+            // nothing to wait for: decide again now.
+            if v == OpenVerdict::Wait && !record.leases.iter().any(|l| l.told.is_some()) {
+                let mut again = Vec::new();
+                v = record.decide_open(req, false, &mut again);
+                start(record, again);
+            }
             match v {
                 OpenVerdict::Grant(g) => Ok(Answer::Opened(record.apply_open(req, g))),
                 OpenVerdict::Refuse(c) => Err(c),
@@ -1970,7 +1984,8 @@ fn execute(record: &mut FileRecord, op: &Op, first: bool, notices: &mut Vec<Brea
             if *handle_breaks {
                 let (b, wait) = record.handle_breaks(lease.as_ref());
                 start(record, b);
-                if wait {
+                // Breaks that took effect at once (an orphan's lease) are not waited for.
+                if wait && record.handle_breaks(lease.as_ref()).1 {
                     return None;
                 }
             }

@@ -196,6 +196,11 @@ pub struct Granted {
     pub epoch: u16,
     /// Flags of the lease in the answer: a break is in progress on it.
     pub breaking: bool,
+    /// The lease's version (1 or 2; 0 for an oplock or nothing): the answer's lease context
+    /// has the lease's format whatever the format of this open's request (smbtorture
+    /// `smb2.lease.v2_epoch2`/`v2_epoch3`: a v1 open of a v2 lease gets a v2 answer).
+    #[serde(default)]
+    pub version: u8,
 }
 
 /// The decision on an open.
@@ -330,7 +335,14 @@ impl FileRecord {
             .leases
             .iter()
             .filter(|l| opens.iter().any(|o| o.lease == Some(l.id)))
-            .map(|l| Lease { node: ORPHAN, ..l.clone() })
+            .map(|l| match l.told {
+                // A break its client can no longer answer ends now, as far as it had to go.
+                Some(_) => {
+                    let state = l.state & l.required;
+                    Lease { node: ORPHAN, state, required: state, told: None, ..l.clone() }
+                }
+                None => Lease { node: ORPHAN, ..l.clone() },
+            })
             .collect();
         let pins = opens.iter().any(|o| o.flags & flags::PINS != 0);
         FileRecord { opens, ranges, leases, delete_pending: self.delete_pending && pins }
@@ -564,7 +576,7 @@ impl FileRecord {
             granted &= !caching::W;
         }
         match req.caching {
-            CachingRequest::Lease { id, state, .. } => {
+            CachingRequest::Lease { id, state, version, .. } => {
                 if got_oplock {
                     granted &= !caching::H;
                 }
@@ -575,15 +587,25 @@ impl FileRecord {
                         l.state & state == l.state && granted != l.state && granted == state && l.told.is_none();
                     let s = if upgrade { granted } else { l.state };
                     let epoch = if upgrade { l.epoch.wrapping_add(1) } else { l.epoch };
-                    return OpenVerdict::Grant(Granted { state: s, epoch, breaking: l.told.is_some() });
+                    return OpenVerdict::Grant(Granted {
+                        state: s,
+                        epoch,
+                        breaking: l.told.is_some(),
+                        version: l.version,
+                    });
                 }
-                OpenVerdict::Grant(Granted { state: granted, epoch: 0, breaking: false })
+                OpenVerdict::Grant(Granted { state: granted, epoch: 0, breaking: false, version })
             }
             CachingRequest::Oplock(_) => {
                 if got_handle_lease {
                     granted = 0;
                 }
-                OpenVerdict::Grant(Granted { state: oplock_level_state(granted), epoch: 0, breaking: false })
+                OpenVerdict::Grant(Granted {
+                    state: oplock_level_state(granted),
+                    epoch: 0,
+                    breaking: false,
+                    version: 0,
+                })
             }
             CachingRequest::None => OpenVerdict::Grant(Granted::default()),
         }
@@ -616,7 +638,7 @@ impl FileRecord {
                             l.required = g.state;
                             l.epoch = g.epoch;
                         }
-                        Granted { state: l.state, epoch: l.epoch, breaking: l.told.is_some() }
+                        Granted { state: l.state, epoch: l.epoch, breaking: l.told.is_some(), version: l.version }
                     }
                     None => {
                         // A new lease starts at the client's epoch, bumped when it caches anything.
@@ -631,7 +653,7 @@ impl FileRecord {
                             required: g.state,
                             parent,
                         });
-                        Granted { state: g.state, epoch: e, breaking: false }
+                        Granted { state: g.state, epoch: e, breaking: false, version }
                     }
                 };
                 self.opens.push(OpenRecord {
@@ -671,35 +693,39 @@ impl FileRecord {
         if l.told.is_some() {
             return None;
         }
-        Some(Self::notify(l))
-    }
-
-    fn notify(l: &mut Lease) -> BreakNotice {
-        let from = l.state;
-        let ack_required = Lease::ack_required(from) || l.sync_breaks();
+        // A new break: a v2 lease's epoch goes up (MS-SMB2 3.3.4.7).
         if l.version >= 2 {
             l.epoch = l.epoch.wrapping_add(1);
         }
-        let n = BreakNotice {
-            lease: l.id,
-            node: l.node,
-            from,
-            to: l.required,
-            epoch: l.epoch,
-            version: l.version,
-            ack_required,
-        };
+        let to = l.required;
+        Some(Self::notify(l, to))
+    }
+
+    /// Tells the holder to come down to `to` (at least `l.required`). An orphan's lease (its
+    /// node is gone, its durable open waits for a reclaim) has no client to answer: it comes
+    /// down at once, so nobody waits out the break timeout for it.
+    fn notify(l: &mut Lease, to: u8) -> BreakNotice {
+        let from = l.state;
+        let ack_required = (Lease::ack_required(from) || l.sync_breaks()) && l.node != ORPHAN;
+        let n = BreakNotice { lease: l.id, node: l.node, from, to, epoch: l.epoch, version: l.version, ack_required };
         if ack_required {
-            l.told = Some(l.required);
+            l.told = Some(to);
         } else {
             // Nothing cached that needs flushing or closing: the break takes effect at once.
-            l.state = l.required;
+            l.state = to;
+            if to == l.required {
+                l.required = l.state;
+            }
         }
         n
     }
 
     /// The client acknowledged a break with `state`: it must be within what it was told. Returns
-    /// a further break notice when more must go than the client was told.
+    /// a further break notice when more must go than the client was told. That further break
+    /// goes in steps, as Windows and Samba do (smbtorture `smb2.lease.breaking3`): a lease
+    /// still holding more than R is first taken to R (keeping R if it must go too), then R
+    /// goes without an acknowledgement; these follow-ups are part of the same break and keep
+    /// its epoch.
     pub fn ack_break(&mut self, id: &LeaseId, state: u8) -> Result<Option<BreakNotice>, Conflict> {
         let l = self.leases.iter_mut().find(|l| l.id == *id).ok_or(Conflict::NoSuchOpen)?;
         let told = l.told.ok_or(Conflict::NoBreak)?;
@@ -709,18 +735,28 @@ impl FileRecord {
         l.state = state;
         l.told = None;
         if l.state & !l.required != 0 {
-            return Ok(Some(Self::notify(l)));
+            let mut to = l.required;
+            if !l.is_oplock() && l.state & !caching::R != 0 {
+                to |= l.state & caching::R;
+            }
+            return Ok(Some(Self::notify(l, to)));
         }
         l.required = l.state;
         Ok(None)
     }
 
-    /// A break was not acknowledged in time: the lease is taken down to what it had to give up
-    /// (MS-SMB2 3.3.6.5; Samba's lease timeout).
+    /// A break was not acknowledged in time (MS-SMB2 3.3.6.5): a lease loses all its caching,
+    /// as Samba's lease timeout does (smbtorture `smb2.lease.timeout` then finds it at none);
+    /// an oplock is taken down to what it had to give up.
     pub fn force_break(&mut self, id: &LeaseId) -> bool {
         match self.leases.iter_mut().find(|l| l.id == *id) {
             Some(l) if l.told.is_some() => {
-                l.state &= l.required;
+                if l.is_oplock() {
+                    l.state &= l.required;
+                } else {
+                    l.state = 0;
+                }
+                l.required = l.state;
                 l.told = None;
                 true
             }

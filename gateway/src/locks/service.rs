@@ -461,6 +461,12 @@ impl LockService {
         self.lock().changes.entry(*file).or_default().clone()
     }
 
+    /// What this node's own clients hold, file by file (the truth it reports at a view
+    /// change): what its volume locks are set again from once it is back in sync.
+    pub fn holdings(&self) -> std::collections::BTreeMap<FileId, FileRecord> {
+        self.lock().m.holdings()
+    }
+
     /// Records decided here and copies kept here (status and tests).
     pub fn record_count(&self) -> (usize, usize) {
         self.lock().m.record_count()

@@ -181,6 +181,14 @@ impl World {
         }
     }
 
+    /// Sets every node's break timeout (also for nodes restarted later).
+    pub fn set_break_timeout(&mut self, d: Duration) {
+        self.cfg.break_timeout = d;
+        for n in &mut self.nodes {
+            n.m.set_break_timeout(d);
+        }
+    }
+
     /// What node `n`'s clients held durably becomes reclaimable (their node is gone for them).
     fn orphan_opens_of(&mut self, n: u16) {
         for (f, k, l) in self.opens.remove(&n).unwrap_or_default() {

@@ -92,12 +92,20 @@ pub fn parse_lease(data: &[u8]) -> WireResult<LeaseRequest> {
     Ok(LeaseRequest { key, state, version: 2, parent, epoch })
 }
 
-/// The `RqLs` response context's data for a granted lease.
+/// The `RqLs` response context's data for a granted lease, in the request's format.
 pub fn lease_response(req: &LeaseRequest, state: u8, epoch: u16, breaking: bool) -> Vec<u8> {
+    lease_response_as(req, req.version, state, epoch, breaking)
+}
+
+/// The `RqLs` response context's data for a granted lease, in the format of lease `version`
+/// (the lease's own, set by the open that made it: a v1 request on a v2 lease is answered in
+/// v2, with the epoch, as Windows and Samba do; 0: the request's).
+pub fn lease_response_as(req: &LeaseRequest, version: u8, state: u8, epoch: u16, breaking: bool) -> Vec<u8> {
+    let version = if version == 0 { req.version } else { version };
     let mut w = Writer::with_capacity(52);
     let mut flags = if breaking { FLAG_BREAK_IN_PROGRESS } else { 0 };
     w.bytes(&req.key).u32(u32::from(state));
-    if req.version >= 2 {
+    if version >= 2 {
         if req.parent.is_some() {
             flags |= FLAG_PARENT_LEASE_KEY_SET;
         }
@@ -151,17 +159,22 @@ pub fn break_message(notice: &BreakNotice, fid: Option<(u64, u64)>) -> Vec<u8> {
     w.buf
 }
 
+/// A connection's queue of unsolicited messages.
+type Notices = mpsc::UnboundedSender<Vec<u8>>;
+
 /// Where a lease's or oplock's breaks go.
 #[derive(Debug, Clone)]
 struct Holder {
-    /// The connection's queue of unsolicited messages.
-    to: mpsc::UnboundedSender<Vec<u8>>,
     /// The file the lease is on.
     file: FileId,
     /// For an oplock: the open's FileId (persistent, volatile).
     oplock_fid: Option<(u64, u64)>,
-    /// Opens using it on this node.
-    refs: u32,
+    /// The opens using it on this node (their key, when the caller named it) and the queue of
+    /// unsolicited messages of the connection each was made on, oldest first. A break goes to
+    /// the connection of the latest open still using the lease: a client with two connections
+    /// (one client GUID) that closed the lease's open on one hears the break on the other
+    /// (smbtorture `smb2.lease.v2_complex1`).
+    uses: Vec<(Option<OpenKey>, mpsc::UnboundedSender<Vec<u8>>)>,
 }
 
 /// This node's leases and oplocks by id: the lock service tells it to break one, it finds the
@@ -170,6 +183,10 @@ struct Holder {
 #[derive(Default)]
 pub struct Breaks {
     holders: Mutex<HashMap<LeaseId, Holder>>,
+    /// The connections of each client GUID that took a lease here, oldest first: a lease break
+    /// goes to the client's oldest connection still up, as Samba sends it (smbtorture
+    /// `smb2.lease.v2_complex1` expects every break of a two-connection client on its first).
+    clients: Mutex<HashMap<[u8; 16], Vec<Notices>>>,
     evict: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
@@ -192,11 +209,48 @@ impl Breaks {
     /// An open of `file` got lease `id` (or, with `oplock_fid`, an oplock) from a client whose
     /// connection queues unsolicited messages on `to`.
     pub fn hold(&self, id: LeaseId, file: FileId, oplock_fid: Option<(u64, u64)>, to: mpsc::UnboundedSender<Vec<u8>>) {
+        self.hold_open(id, file, oplock_fid, to, None);
+    }
+
+    /// [`Breaks::hold`] for open `key`, which [`Breaks::release_open`] then lets go.
+    pub fn hold_open(
+        &self,
+        id: LeaseId,
+        file: FileId,
+        oplock_fid: Option<(u64, u64)>,
+        to: mpsc::UnboundedSender<Vec<u8>>,
+        key: Option<OpenKey>,
+    ) {
+        if oplock_fid.is_none() {
+            let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            let conns = c.entry(id.client).or_default();
+            conns.retain(|t| !t.is_closed());
+            if !conns.iter().any(|t| t.same_channel(&to)) {
+                conns.push(to.clone());
+            }
+        }
         let mut m = self.map();
-        let h = m.entry(id).or_insert(Holder { to: to.clone(), file, oplock_fid, refs: 0 });
-        // The latest connection of the client is where it listens now.
-        h.to = to;
-        h.refs += 1;
+        let h = m.entry(id).or_insert(Holder { file, oplock_fid, uses: Vec::new() });
+        h.uses.push((key, to));
+    }
+
+    /// Where lease `id`'s breaks go: its client's oldest connection still up that this node
+    /// knows, else the connection of its latest open.
+    fn lease_channel(&self, id: &LeaseId, h: &Holder) -> Option<mpsc::UnboundedSender<Vec<u8>>> {
+        if h.oplock_fid.is_none() {
+            let mut c = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(conns) = c.get_mut(&id.client) {
+                conns.retain(|t| !t.is_closed());
+                let first = conns.first().cloned();
+                if conns.is_empty() {
+                    c.remove(&id.client);
+                }
+                if first.is_some() {
+                    return first;
+                }
+            }
+        }
+        h.uses.last().map(|u| u.1.clone())
     }
 
     /// The opens using lease `id` moved to another connection (a durable open reconnected,
@@ -204,19 +258,29 @@ impl Breaks {
     /// `oplock_fid`, an oplock's break names that FileId.
     pub fn redirect(&self, id: &LeaseId, to: mpsc::UnboundedSender<Vec<u8>>, oplock_fid: Option<(u64, u64)>) {
         if let Some(h) = self.map().get_mut(id) {
-            h.to = to;
+            for u in h.uses.iter_mut() {
+                u.1 = to.clone();
+            }
             if oplock_fid.is_some() && h.oplock_fid.is_some() {
                 h.oplock_fid = oplock_fid;
             }
         }
     }
 
-    /// An open using lease `id` closed.
+    /// An open using lease `id` closed (one held without naming its key, else the latest).
     pub fn release(&self, id: &LeaseId) {
+        self.release_open(id, None);
+    }
+
+    /// Open `key` (held with [`Breaks::hold_open`]) no longer uses lease `id`.
+    pub fn release_open(&self, id: &LeaseId, key: Option<OpenKey>) {
         let mut m = self.map();
         if let Some(h) = m.get_mut(id) {
-            h.refs = h.refs.saturating_sub(1);
-            if h.refs == 0 {
+            let i = h.uses.iter().rposition(|u| u.0 == key).or_else(|| h.uses.len().checked_sub(1));
+            if let Some(i) = i {
+                h.uses.remove(i);
+            }
+            if h.uses.is_empty() {
                 m.remove(id);
             }
         }
@@ -245,7 +309,9 @@ impl Holders for Breaks {
         let m = self.map();
         match m.get(&notice.lease) {
             Some(h) => {
-                let _ = h.to.send(break_message(&notice, h.oplock_fid));
+                if let Some(to) = self.lease_channel(&notice.lease, h) {
+                    let _ = to.send(break_message(&notice, h.oplock_fid));
+                }
             }
             None => tracing::debug!(lease = ?notice.lease, "SMB: break for a lease no connection holds"),
         }

@@ -39,6 +39,7 @@ pub mod file_state;
 pub mod fs;
 pub mod leases;
 pub mod notify;
+pub mod notify_local;
 pub mod object_id;
 pub mod passwd;
 pub mod previous_session;
@@ -114,6 +115,9 @@ pub struct SmbServer {
     pub open_streams: streams::OpenStreams,
     /// CHANGE_NOTIFY watches of open directories.
     pub watches: notify::Watches,
+    /// inotify watches of those directories on a local volume (names changed on the node
+    /// outside nasgw); `None` on other backends.
+    pub local_events: Option<Arc<notify_local::LocalEvents>>,
     /// Resume keys of server-side copy sources.
     pub resume_keys: copychunk::ResumeKeys,
     /// The delayed write-time updates of files written through this node's handles.
@@ -152,16 +156,33 @@ impl SmbServer {
         locks.set_holders(breaks.clone());
         let volume_locks = Arc::new(volume_locks::SmbVolumeLocks::new(ns.clone()));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            // Out of sync = cut off: give the volume locks back (see `release_all`).
-            let (mirror, mut licensed) = (volume_locks.clone(), locks.licensed());
+            // Out of sync = cut off: give the volume locks back (see `release_all`); in sync
+            // again: set those the cluster still holds for this node's opens (`restore`).
+            let (mirror, mut licensed, table) = (volume_locks.clone(), locks.licensed(), Arc::downgrade(&locks));
             rt.spawn(async move {
                 while licensed.changed().await.is_ok() {
                     if !*licensed.borrow_and_update() {
                         mirror.release_all();
+                        continue;
+                    }
+                    let Some(table) = table.upgrade() else { return };
+                    let (set, refused) = mirror.restore(&table.holdings()).await;
+                    if set > 0 {
+                        tracing::info!(
+                            opens = set,
+                            refused,
+                            "SMB: in sync again: byte-range locks set on the volume again"
+                        );
                     }
                 }
             });
         }
+        let local_events = match (cfg.volume.backend, &cfg.volume.path) {
+            (crate::config::BackendKind::Local, Some(root)) => {
+                Some(Arc::new(notify_local::LocalEvents::new(root.clone(), ns.clone())))
+            }
+            _ => None,
+        };
         Self {
             breaks,
             volume_locks,
@@ -180,6 +201,7 @@ impl SmbServer {
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
             open_streams: streams::OpenStreams::default(),
             watches: notify::Watches::default(),
+            local_events,
             resume_keys: copychunk::ResumeKeys::default(),
             write_times: write_time::WriteTimes::default(),
             durable: durable::DurableTable::new(locks.node()),

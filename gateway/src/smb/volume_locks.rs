@@ -6,12 +6,12 @@
 //! volume refuses (another client of it holds the range) is given back and refused. The bricks
 //! drop a dead node's volume locks with its connection to them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::locks::posix_view::{plan, WinLock};
 use crate::locks::volume::{HeldElsewhere, VolumeLocks};
-use crate::locks::OpenKey;
+use crate::locks::{FileRecord, OpenKey};
 use crate::vfs::{FileId, Namespace};
 
 /// The volume owner of an open's locks: its key, tagged so it never equals an NLM owner id.
@@ -78,12 +78,38 @@ impl SmbVolumeLocks {
         *locks = next;
     }
 
-    /// This node fell out of sync with the cluster (cut off): the others release its clients'
-    /// locks and may grant the ranges, so nothing of them may stay on the volume to refuse
-    /// those clients. The cluster's table decides again once the node is back.
+    /// This node fell out of sync with the cluster (cut off, or for the moment it takes over
+    /// leadership): the others release its clients' locks and may grant the ranges, so nothing
+    /// of them may stay on the volume to refuse those clients. What each open held is kept, for
+    /// [`SmbVolumeLocks::restore`].
     pub fn release_all(&self) {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.volume.release_all();
+    }
+
+    /// This node is in sync again: the locks of the opens that the cluster's table still holds
+    /// for this node (`holdings`) are set on the volume again, so other clients of the volume
+    /// see them again; those of opens it no longer holds (the node was evicted: its
+    /// connections and their opens are closing) are forgotten. Returns how many opens had
+    /// locks set again and how many of those the volume refused (another client of it took a
+    /// range meanwhile: the cluster's table still protects the range from nasgw's clients).
+    pub async fn restore(&self, holdings: &BTreeMap<FileId, FileRecord>) -> (usize, usize) {
+        let entries: Vec<((FileId, OpenKey), Held)> = {
+            let mut m = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            m.retain(|(f, k), _| holdings.get(f).is_some_and(|r| r.open_of(*k).is_some()));
+            m.iter().map(|(k, v)| (*k, v.clone())).collect()
+        };
+        let (mut set, mut refused) = (0, 0);
+        for ((file, key), held) in entries {
+            let locks = held.lock().await;
+            if locks.is_empty() {
+                continue;
+            }
+            set += 1;
+            if self.apply(file, key, &[], &locks).await.is_err() {
+                refused += 1;
+            }
+        }
+        (set, refused)
     }
 
     /// Open `key` closed: whatever it held on the volume goes with its descriptor.

@@ -308,6 +308,63 @@ fn a_durable_open_outlives_its_node_and_is_reclaimed_elsewhere() {
     assert!(free_after >= ms(900) && free_after < ms(3000), "expired after {free_after:?}");
 }
 
+/// A lease whose holder cannot be reached does not make a conflicting open wait out the break
+/// timeout (10 s here): a durable open's lease (an orphan once its node is gone) is broken at
+/// once and the open stays for its reclaim; a plain open's lease goes with its node. The
+/// conflicting open is answered within the takeover time, whether it was asked after the node
+/// was gone or while its break was in flight to the dying node.
+#[test]
+fn a_lease_whose_holder_is_gone_is_broken_at_once() {
+    for (durable, in_flight) in [(true, false), (true, true), (false, true)] {
+        let mut w = World::new(3);
+        w.set_break_timeout(Duration::from_secs(10));
+        settle(&mut w);
+        let f = file_away_from(1, &[0, 1, 2]);
+        let lease = LeaseId { client: [3; 16], key: [4; 16] };
+        let rw = access::READ_DATA | access::WRITE_DATA;
+        let want = CachingRequest::Lease { id: lease, state: caching::RWH, version: 2, epoch: 0, parent: None };
+        let a = open_req(&mut w, 1, rw, share::ALL, want);
+        let key = a.key;
+        w.ask(1, f.clone(), Op::Open(a));
+        if durable {
+            w.ask(1, f.clone(), Op::SetDurable { key, ms: 60_000 });
+        }
+        drain(&mut w);
+        let (granted, _) = outcome_count(&w);
+        let b = open_req(&mut w, 2, rw, share::ALL, CachingRequest::None);
+        let t0 = w.now;
+        if in_flight {
+            // The break goes out to node 1, which dies before its client can answer.
+            w.ask(2, f.clone(), Op::Open(b.clone()));
+            w.crash(1);
+        } else {
+            w.crash(1);
+            settle_without(&mut w, 1);
+            w.ask(2, f.clone(), Op::Open(b.clone()));
+        }
+        while outcome_count(&w).0 == granted && w.now - t0 < Duration::from_secs(20) {
+            w.step(ms(10));
+        }
+        let took = w.now - t0;
+        println!("durable={durable} in_flight={in_flight}: the second open answered after {took:?}");
+        assert_eq!(outcome_count(&w).0, granted + 1, "the second open was granted");
+        assert!(took < Duration::from_secs(4), "answered after {took:?}, not after the 10 s break timeout");
+        let r = w.machine(2).holdings()[&f].clone();
+        assert!(r.opens.iter().any(|o| o.key == b.key), "{r:?}");
+        drain(&mut w);
+        // The orphan stays for its reclaim, without write caching; a plain open is gone.
+        let home = home_of(&f, &[0, 2]).unwrap();
+        let rec = w.machine(home).decided()[&f].clone();
+        let orphan = rec.opens.iter().find(|o| o.key == key);
+        assert_eq!(orphan.is_some(), durable, "{rec:?}");
+        if durable {
+            let l = rec.lease(&lease).expect("the orphan keeps its lease");
+            assert_eq!(l.state & caching::W, 0, "{l:?}");
+            assert!(l.told.is_none(), "{l:?}");
+        }
+    }
+}
+
 /// A durable open of a live node is refused to a reclaim through another node until its node
 /// hands it over (its client moved with the address); then it moves with its lock, and an
 /// ordinary open cannot be handed over.

@@ -172,7 +172,11 @@ fn a_lone_open_gets_rwh_and_a_second_open_breaks_w_and_waits() {
     more.clear();
     let v = f.decide_open(&b, false, &mut more);
     assert!(more.is_empty());
-    assert_eq!(v, OpenVerdict::Grant(Granted { state: R | H, epoch: 0, breaking: false }), "W only for a lone open");
+    assert_eq!(
+        v,
+        OpenVerdict::Grant(Granted { state: R | H, epoch: 0, breaking: false, version: 2 }),
+        "W only for a lone open"
+    );
 }
 
 #[test]
@@ -220,9 +224,12 @@ fn stat_opens_neither_break_nor_conflict() {
 fn same_lease_key_shares_and_upgrades_the_lease() {
     let mut f = FileRecord::default();
     let a = with_lease(req(1, RD, share::ALL), 1, R);
-    assert_eq!(open(&mut f, &a).0, OpenVerdict::Grant(Granted { state: R, epoch: 1, breaking: false }));
+    assert_eq!(open(&mut f, &a).0, OpenVerdict::Grant(Granted { state: R, epoch: 1, breaking: false, version: 2 }));
     let a2 = with_lease(req(2, RD, share::ALL), 1, R | H);
-    assert_eq!(open(&mut f, &a2).0, OpenVerdict::Grant(Granted { state: R | H, epoch: 2, breaking: false }));
+    assert_eq!(
+        open(&mut f, &a2).0,
+        OpenVerdict::Grant(Granted { state: R | H, epoch: 2, breaking: false, version: 2 })
+    );
     // a downgrade request keeps the lease as it is
     let a3 = with_lease(req(3, RD, share::ALL), 1, R);
     assert_eq!(granted(&open(&mut f, &a3).0), R | H);
@@ -248,7 +255,7 @@ fn oplocks_map_to_levels_and_break_to_level_ii() {
     let mut more = Vec::new();
     assert_eq!(
         f.decide_open(&b, false, &mut more),
-        OpenVerdict::Grant(Granted { state: R, epoch: 0, breaking: false })
+        OpenVerdict::Grant(Granted { state: R, epoch: 0, breaking: false, version: 0 })
     );
 }
 
@@ -311,7 +318,7 @@ fn an_unanswered_break_is_forced() {
     granted(&open(&mut f, &with_lease(req(1, RD | WR, share::ALL), 1, RWH)).0);
     f.begin_break(&lease_id(1), R).unwrap();
     assert!(f.force_break(&lease_id(1)));
-    assert_eq!(f.lease(&lease_id(1)).unwrap().state, R);
+    assert_eq!(f.lease(&lease_id(1)).unwrap().state, 0, "a timed-out lease keeps nothing (smbd)");
     assert!(!f.force_break(&lease_id(1)));
 }
 
@@ -334,4 +341,70 @@ fn holdings_split_by_node_and_merge_back() {
     assert!(g.delete_pending);
     g.drop_node(2);
     assert_eq!(g.nodes(), vec![1]);
+}
+
+/// smbtorture `smb2.lease.breaking3`: an overwrite asks for more while RWH -> RH awaits its
+/// acknowledgement; nothing more is sent until then, after it the lease is taken down in
+/// steps (RH -> R, acknowledged, then R -> none without one), all with the break's epoch.
+#[test]
+fn a_break_tightened_while_pending_goes_on_in_steps_after_the_ack() {
+    let mut f = FileRecord::default();
+    let a = with_lease(req(1, RD | WR, share::ALL), 1, RWH);
+    assert_eq!(granted(&open(&mut f, &a).0), RWH);
+    let b = req(2, RD, share::ALL);
+    let (v, n) = open(&mut f, &b);
+    assert_eq!(v, OpenVerdict::Wait);
+    assert_eq!((n[0].from, n[0].to, n[0].epoch), (RWH, R | H, 2));
+    let mut c = req(3, RD | WR, share::ALL);
+    c.overwrite = true;
+    let (v, n) = open(&mut f, &c);
+    assert_eq!(v, OpenVerdict::Wait);
+    assert!(n.is_empty(), "no second break while the first awaits its ack: {n:?}");
+    let next = f.ack_break(&lease_id(1), R | H).unwrap().expect("a further break");
+    assert_eq!((next.from, next.to, next.ack_required, next.epoch), (R | H, R, true, 2));
+    let last = f.ack_break(&lease_id(1), R).unwrap().expect("the last step");
+    assert_eq!((last.from, last.to, last.ack_required, last.epoch), (R, 0, false, 2));
+    assert_eq!(f.lease(&lease_id(1)).unwrap().state, 0);
+    let mut more = Vec::new();
+    assert!(matches!(f.decide_open(&b, false, &mut more), OpenVerdict::Grant(_)));
+    assert!(matches!(f.decide_open(&c, false, &mut more), OpenVerdict::Grant(_)));
+}
+
+/// MS-SMB2 3.3.6.5 as Samba does it (smbtorture `smb2.lease.timeout`): a lease whose break
+/// times out has no caching left; an oplock keeps what its break allowed.
+#[test]
+fn a_timed_out_break_leaves_a_lease_nothing() {
+    let mut f = FileRecord::default();
+    let a = with_lease(req(1, RD | WR, share::ALL), 1, RWH);
+    open(&mut f, &a);
+    open(&mut f, &req(2, RD, share::ALL));
+    assert!(f.force_break(&lease_id(1)));
+    let l = f.lease(&lease_id(1)).unwrap();
+    assert_eq!((l.state, l.told), (0, None));
+    assert_eq!(f.ack_break(&lease_id(1), R | H), Err(Conflict::NoBreak), "a late ack");
+}
+
+/// A durable open's lease whose node is gone (an orphan) has no client to answer a break: it
+/// comes down at once, and a break in flight when its node went ends as far as it had to go.
+#[test]
+fn an_orphans_lease_breaks_at_once() {
+    let mut f = FileRecord::default();
+    let mut a = with_lease(req(1, RD | WR, share::ALL), 1, RWH);
+    a.key = OpenKey { node: 3, seq: 1 };
+    open(&mut f, &a);
+    f.set_durable(a.key, 60_000).unwrap();
+    let mut orphaned = f.orphans(&[1, 2], false);
+    let (v, n) = open(&mut orphaned, &req(2, RD | WR, share::ALL));
+    assert_eq!(v, OpenVerdict::Wait, "decided again by the caller once the break took effect");
+    assert_eq!((n[0].to, n[0].ack_required), (R | H, false));
+    assert_eq!(orphaned.lease(&lease_id(1)).unwrap().state, R | H);
+    assert!(orphaned.breaking().next().is_none());
+    let mut more = Vec::new();
+    assert!(matches!(orphaned.decide_open(&req(2, RD | WR, share::ALL), false, &mut more), OpenVerdict::Grant(_)));
+    // A break already told to the client when its node went.
+    open(&mut f, &req(4, RD, share::ALL));
+    assert!(f.breaking().next().is_some());
+    let orphaned = f.orphans(&[1, 2], false);
+    let l = orphaned.lease(&lease_id(1)).unwrap();
+    assert_eq!((l.state, l.told, l.node), (R | H, None, ORPHAN));
 }

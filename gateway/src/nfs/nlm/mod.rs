@@ -152,6 +152,19 @@ fn own_ranges(r: &FileRecord, owner: Owner, offset: u64, len: u64) -> Vec<RangeL
         .collect()
 }
 
+/// The POSIX (NLM) locks node `me`'s clients hold in `held` (this node's holdings), with the
+/// volume owner of each: what is set on the volume again once the node is back in sync.
+fn own_posix_locks(me: u16, held: &std::collections::BTreeMap<FileId, FileRecord>) -> Vec<(FileId, u128, RangeLock)> {
+    held.iter()
+        .flat_map(|(f, r)| {
+            r.ranges.iter().filter_map(move |l| match l.owner {
+                Owner::Posix { node, id } if node == me => Some((*f, id, *l)),
+                _ => None,
+            })
+        })
+        .collect()
+}
+
 /// The share mode and access of an NLM share reservation as an open of the lock table.
 fn share_open(s: &Share<'_>) -> (u32, u32) {
     let mut acc = 0;
@@ -225,6 +238,7 @@ impl NlmService {
     pub fn start(self: &Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move { me.restart_notify().await });
+        self.follow_license();
         let me = self.clone();
         tokio::spawn(async move {
             let mut last_sweep = Instant::now();
@@ -240,6 +254,43 @@ impl NlmService {
                 if last_sweep.elapsed() >= SWEEP_EVERY {
                     last_sweep = Instant::now();
                     me.sweep_idle().await;
+                }
+            }
+        });
+    }
+
+    /// Mirrors the node's standing in the cluster onto the volume: a node that falls out of
+    /// sync (cut off, or for the moment it takes over leadership) gives its NLM clients' locks
+    /// back on the volume at once, as SMB's are (the others release them and may grant the
+    /// ranges to clients the volume must then not refuse); once it is in sync again, the locks
+    /// the cluster's table still holds for its clients are set on the volume again, so other
+    /// clients of the volume see them again.
+    fn follow_license(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let mut licensed = self.locks.licensed();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = licensed.changed() => if r.is_err() { return },
+                }
+                let on = *licensed.borrow_and_update();
+                let Some(me) = me.upgrade() else { return };
+                if !on {
+                    me.volume.release_all();
+                    continue;
+                }
+                let held = own_posix_locks(me.me, &me.locks.holdings());
+                let n = held.len();
+                let mut refused = 0;
+                for (file, id, l) in held {
+                    if me.volume.lock(file, id, l.exclusive, l.offset, wire_len(l.offset, l.len)).await.is_err() {
+                        refused += 1;
+                    }
+                }
+                if n > 0 {
+                    tracing::info!(locks = n, refused, "NLM: in sync again: clients' locks set on the volume again");
                 }
             }
         });

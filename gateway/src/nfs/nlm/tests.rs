@@ -319,3 +319,32 @@ async fn old_versions_async_forms_and_garbage() {
     s.bool(false).u32(1);
     assert_eq!(stat_of(r.nlm.call(peer(A.client), 4, procs::LOCK, &s.buf).await), Stat::StaleFh);
 }
+
+/// A node out of sync (cut off, or taking over leadership) gives its NLM clients' locks back
+/// on the volume at once; in sync again, it sets those the cluster's table still holds again.
+#[tokio::test]
+async fn volume_locks_follow_the_nodes_standing_in_the_cluster() {
+    use crate::locks::machine::{HaInput, Input};
+    let r = rig().await;
+    assert_eq!(r.lock(A, true, 0, 100).await, Stat::Granted);
+    // Another client of the volume (its own owner) sees the lock.
+    let seen = async || r.nlm.volume.test(r.file, 0x4242, true, 10, 1).await.is_some();
+    assert!(seen().await, "set on the volume after the grant");
+    let wait = async |want: bool, what: &str| {
+        for _ in 0..500 {
+            if seen().await == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what}");
+    };
+    r.locks.feed(Input::Ha(HaInput { leader: None, ok: false }));
+    r.locks.feed(Input::Tick);
+    wait(false, "the lock stayed on the volume of a node out of sync").await;
+    r.locks.feed(Input::Ha(HaInput { leader: Some(0), ok: true }));
+    r.locks.feed(Input::Tick);
+    wait(true, "the lock was not set on the volume again once in sync").await;
+    assert_eq!(r.unlock(A, 0, 100).await, Stat::Granted);
+    assert!(!seen().await, "released on the volume by the unlock");
+}

@@ -108,6 +108,10 @@ async fn start(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outc
             let recursive = req.flags & WATCH_TREE != 0;
             let path = if recursive { server.ns.path_of(id).await.ok() } else { None };
             let w = server.ns.changes().watch(id, path, recursive, req.filter & FILTER_ALL);
+            if let Some(local) = &server.local_events {
+                // Names changed on the volume by local programs, too (inotify).
+                local.watch(key, id).await;
+            }
             server.watches.insert(key, Arc::new(w))
         }
     };

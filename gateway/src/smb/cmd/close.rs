@@ -33,7 +33,7 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         OpenKind::Pipe(_) | OpenKind::QuotaFake => return Ok(()),
     };
     if let Some(l) = &f.lease {
-        server.breaks.release(l);
+        server.breaks.release_open(l, Some(f.key));
     }
     let flushed = if f.wrote { server.ns.flush(crate::smb::fs::file_of(&f)).await } else { Ok(()) };
     if let Err(e) = flushed {
@@ -44,6 +44,9 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
     server.resume_keys.forget(f.key);
     if f.is_dir {
         server.watches.forget(f.key);
+        if let Some(local) = &server.local_events {
+            local.forget(f.key);
+        }
     } else if f.wrote {
         // Written through this handle: watchers see the new size and write time now (as
         // Windows and Samba report a write, once, when the handle closes).

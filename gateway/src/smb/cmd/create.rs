@@ -377,7 +377,7 @@ impl Drop for ShareModeGuard {
         if self.armed {
             self.server.locks.close_detached(&self.id, self.key);
             if let Some(l) = &self.lease {
-                self.server.breaks.release(l);
+                self.server.breaks.release_open(l, Some(self.key));
             }
         }
     }
@@ -570,7 +570,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     let pid = server.durable.new_persistent_id();
     if let Some(l) = lease {
         let oplock_fid = matches!(caching, CachingRequest::Oplock(_)).then_some((pid, vol));
-        server.breaks.hold(l, id, oplock_fid, conn.link.notices.clone());
+        server.breaks.hold_open(l, id, oplock_fid, conn.link.notices.clone(), Some(key));
     }
     let opening = Opening {
         server: server.clone(),
@@ -744,7 +744,7 @@ impl Opening {
             Ok(g) => g,
             Err(c) => {
                 if let Some(l) = &self.lease {
-                    server.breaks.release(l);
+                    server.breaks.release_open(l, Some(self.key));
                 }
                 return Err(match c {
                     Conflict::DeletePending => NtStatus::DELETE_PENDING,
@@ -757,7 +757,7 @@ impl Opening {
         // (the client may upgrade it through another open).
         let lease = match (self.lease, self.lease_req.is_some()) {
             (Some(l), false) if g.state == 0 => {
-                server.breaks.release(&l);
+                server.breaks.release_open(&l, Some(key));
                 None
             }
             (l, _) => l,
@@ -796,7 +796,9 @@ impl Opening {
         b.allocation = b.allocation.max(initial_allocation);
         server.track_path(key, Some((self.root, self.comps.clone())));
         let (oplock, lease_ctx) = match &self.lease_req {
-            Some(l) => (leases::level::LEASE, Some(leases::lease_response(l, g.state, g.epoch, g.breaking))),
+            Some(l) => {
+                (leases::level::LEASE, Some(leases::lease_response_as(l, g.version, g.state, g.epoch, g.breaking)))
+            }
             None => (leases::state_level(g.state), None),
         };
         let mut made_durable =
