@@ -119,3 +119,48 @@ impl SmbVolumeLocks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::locks::{OpenRecord, ORPHAN};
+    use crate::vfs::posix::{PosixBackend, PosixOptions};
+    use crate::vfs::{CreateHow, Credentials, SetAttr};
+
+    /// Out of sync, an open's locks leave the volume; in sync again, those of opens the
+    /// cluster still holds for this node come back, those of opens it no longer holds do not.
+    #[tokio::test]
+    async fn locks_leave_the_volume_out_of_sync_and_come_back_in_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Namespace::new(Arc::new(PosixBackend::open(dir.path(), PosixOptions::new("t")).unwrap()));
+        let (id, _) = ns
+            .create(&Credentials::root(), ns.root(), b"f", 0o644, CreateHow::Unchecked(SetAttr::default()))
+            .await
+            .unwrap();
+        let (kept, gone) = (OpenKey { node: 1, seq: 1 }, OpenKey { node: 1, seq: 2 });
+        let m = SmbVolumeLocks::new(ns.clone());
+        m.lock(id, kept, WinLock { offset: 0, len: 10, exclusive: true }).await.unwrap();
+        m.lock(id, gone, WinLock { offset: 100, len: 10, exclusive: true }).await.unwrap();
+        // Another client of the volume (an owner of its own) sees both.
+        let outside = VolumeLocks::new(ns);
+        let seen = async |off: u64| outside.test(id, ORPHAN as u128, true, off, 1).await.is_some();
+        assert!(seen(5).await && seen(105).await);
+        m.release_all();
+        assert!(!seen(5).await && !seen(105).await, "given back out of sync");
+        let open = |key| OpenRecord {
+            key,
+            access: 3,
+            share: 7,
+            lease: None,
+            flags: crate::locks::flags::HANDLE,
+            durable_ms: 0,
+            orphan: false,
+        };
+        let held = BTreeMap::from([(id, FileRecord { opens: vec![open(kept)], ..Default::default() })]);
+        assert_eq!(m.restore(&held).await, (1, 0));
+        assert!(seen(5).await, "the held open's lock is on the volume again");
+        assert!(!seen(105).await, "an open the cluster no longer holds gets nothing back");
+        m.close(id, kept);
+        assert!(!seen(5).await, "released with its open");
+    }
+}
