@@ -5,7 +5,8 @@ Usage: notify_copy_check.py HOST PORT SHARE [--user USER PASSWORD] [--nfs NFS_UR
                             [--other HOST2 PORT2]
 - a watcher on one connection sees what another connection creates, renames, writes, deletes
   (names and actions), recursively with WATCH_TREE, NOTIFY_ENUM_DIR on overflow, cancel;
-- with --nfs: a file created through NFS (nfs-cp into the share's `notify` folder) is seen;
+- with --nfs: a file created through NFS (nfs-cp into the share's `notify` folder) is seen, and
+  an NFS WRITE is reported as a modification;
 - with --local: names created, renamed, removed directly in the share's folder on this host are
   seen, and an SMB change is reported once (not again as its inotify echo);
 - with --other: only the cross-node check runs: a file created through HOST2 (another node)
@@ -252,6 +253,18 @@ if nfs_url is not None:
         subprocess.run(["nfs-cp", tmp.name, nfs_url.replace("{name}", "nfs.txt")], check=True)
     got = events(w)
     check("a file created through NFS is reported ADDED nfs.txt", got is not None and (FileAction.FILE_ACTION_ADDED, "nfs.txt") in got, got)
+    # NFS WRITE (no open, no close) reaches a watcher of sizes and write times (a handle of its
+    # own: a handle's watch keeps the filter of its first request).
+    d2 = open_dir(tree, top)
+    w = watch(d2, CompletionFilter.FILE_NOTIFY_CHANGE_SIZE | CompletionFilter.FILE_NOTIFY_CHANGE_LAST_WRITE)
+    with tempfile.NamedTemporaryFile() as tmp:
+        tmp.write(b"written through nfs")
+        tmp.flush()
+        subprocess.run(["nfs-cp", tmp.name, nfs_url.replace("{name}", "nfs-write.txt")], check=True)
+    got = events(w)
+    check("an NFS write is reported MODIFIED nfs-write.txt",
+          got is not None and (FileAction.FILE_ACTION_MODIFIED, "nfs-write.txt") in got, got)
+    d2.close()
 
 if local is not None:
     # A program on the node changes names directly in the watched folder (inotify).

@@ -10,7 +10,29 @@ use super::budget::Reservation;
 use super::dirlist::{self, EntryList};
 use super::handle::HandleCodec;
 use super::server::{NfsServer, Request};
+use crate::vfs::changes::what;
 use crate::vfs::{access, Attr, CreateHow, FileId, ReadData, ReadDir, SpecialFile, Stability};
+
+/// The change-notification bits of an NFS SETATTR (what SMB watchers filter on).
+fn changed_bits(s: &crate::vfs::SetAttr) -> u32 {
+    let mut bits = 0;
+    if s.size.is_some() {
+        bits |= what::SIZE | what::LAST_WRITE;
+    }
+    if s.mode.is_some() {
+        bits |= what::ATTRIBUTES | what::SECURITY;
+    }
+    if s.uid.is_some() || s.gid.is_some() {
+        bits |= what::SECURITY;
+    }
+    if !matches!(s.mtime, crate::vfs::SetTime::DontChange) {
+        bits |= what::LAST_WRITE;
+    }
+    if !matches!(s.atime, crate::vfs::SetTime::DontChange) {
+        bits |= what::LAST_ACCESS;
+    }
+    bits
+}
 
 type R<T> = Result<T, nfsstat3>;
 
@@ -107,7 +129,10 @@ impl NfsServer {
             if set.size.is_some() && pre.ftype == crate::vfs::FileType::Regular {
                 self.sharing.may_resize(id).await?;
             }
-            let after = self.ns.setattr(&req.cred, id, set_attr(&set)).await.map_err(status)?;
+            let asked = set_attr(&set);
+            let after = self.ns.setattr(&req.cred, id, asked).await.map_err(status)?;
+            // SMB clients watching the file's directory see the change (CHANGE_NOTIFY).
+            self.ns.modified_by_id(id, changed_bits(&asked)).await;
             Ok(SETATTR3resok { obj_wcc: wcc(Some(&pre), Some(&after)) })
         }
         .await;
@@ -216,6 +241,8 @@ impl NfsServer {
                 StableHow::FileSync => Stability::FileSync,
             };
             let (n, got, a) = self.ns.write_from(&req.cred, id, offset, data, how).await.map_err(status)?;
+            // SMB clients watching the file's directory see the write (at most once a second).
+            self.ns.modified_by_id(id, what::SIZE | what::LAST_WRITE).await;
             let committed = match got {
                 Stability::Unstable => stable_how::UNSTABLE,
                 Stability::DataSync => stable_how::DATA_SYNC,

@@ -292,7 +292,13 @@ pub struct ChangeHub {
     next: AtomicU64,
     remote: OnceLock<RemoteSink>,
     listeners: Mutex<Vec<Arc<Listener>>>,
+    /// When each file's last modification by handle was published ([`ChangeHub::throttle_modified`]).
+    modified_at: Mutex<HashMap<FileId, std::time::Instant>>,
 }
+
+/// How often a file changed through a protocol without opens or closes (NFS WRITE, SETATTR)
+/// is reported at most: watchers see a stream of writes once a second, not once per write.
+pub const MODIFIED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for ChangeHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -335,6 +341,26 @@ impl ChangeHub {
     /// Adds a listener that gets every change delivered here (never removed).
     pub fn listen(&self, l: Listener) {
         self.listeners.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::new(l));
+    }
+
+    /// Whether a change made now would reach a watcher, here or (through the cluster) on
+    /// another node: listeners alone do not count.
+    pub fn watched(&self) -> bool {
+        self.remote.get().is_some() || self.watch_count() > 0
+    }
+
+    /// Whether a modification of `file` at `now` should be published: not when one was less
+    /// than [`MODIFIED_EVERY`] ago.
+    pub fn throttle_modified(&self, file: FileId, now: std::time::Instant) -> bool {
+        let mut m = self.modified_at.lock().unwrap_or_else(|e| e.into_inner());
+        if m.get(&file).is_some_and(|t| now.duration_since(*t) < MODIFIED_EVERY) {
+            return false;
+        }
+        if m.len() >= 4096 {
+            m.retain(|_, t| now.duration_since(*t) < MODIFIED_EVERY);
+        }
+        m.insert(file, now);
+        true
     }
 
     /// Whether a change made now would reach anyone (publishers skip the work otherwise).
@@ -477,6 +503,17 @@ pub fn decode(bytes: &[u8]) -> Result<Change, BadChange> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn modifications_by_handle_are_published_once_a_second_per_file() {
+        let hub = super::ChangeHub::default();
+        let (a, b) = (super::FileId::new(&[1]).unwrap(), super::FileId::new(&[2]).unwrap());
+        let t = std::time::Instant::now();
+        assert!(hub.throttle_modified(a, t));
+        assert!(!hub.throttle_modified(a, t + std::time::Duration::from_millis(500)));
+        assert!(hub.throttle_modified(b, t + std::time::Duration::from_millis(500)), "per file");
+        assert!(hub.throttle_modified(a, t + super::MODIFIED_EVERY));
+    }
+
     use super::*;
 
     fn id(n: u8) -> FileId {

@@ -152,6 +152,34 @@ impl Namespace {
         self.changes.publish(&Change { kind: Kind::Modified, what: bits, at, to: None });
     }
 
+    /// Publishes that file `id` changed (`bits`), for protocols that know a file only by its
+    /// handle (NFS WRITE and SETATTR): only while someone watches, at most once per
+    /// [`super::changes::MODIFIED_EVERY`] per file, under the name its path gives (a backend
+    /// that cannot tell a file's path publishes nothing).
+    pub async fn modified_by_id(&self, id: FileId, bits: u32) {
+        if bits == 0 || !self.changes.watched() || !self.changes.throttle_modified(id, std::time::Instant::now()) {
+            return;
+        }
+        let Ok(path) = self.path_of(id).await else { return };
+        let (dir_path, name) = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (&path[..0], &path[..]),
+        };
+        if name.is_empty() {
+            return;
+        }
+        let dir = if dir_path.is_empty() {
+            self.root()
+        } else {
+            match self.walk(&Credentials::root(), self.root(), dir_path, true).await {
+                Ok((d, _)) => d,
+                Err(_) => return,
+            }
+        };
+        let at = Place { dir, dir_path: Some(dir_path.to_vec()), name: name.to_vec() };
+        self.changes.publish(&Change { kind: Kind::Modified, what: bits, at, to: None });
+    }
+
     /// Attributes of a live file; `Stale` when it was deleted.
     pub async fn getattr(&self, id: FileId) -> VfsResult<Attr> {
         let b = self.backend.clone();
