@@ -5,6 +5,7 @@ Without USER the session is a guest one (no signing, no secure negotiate, as Sam
 with `encrypt` the user's session is encrypted (SMB 3 TRANSFORM) instead of signed.
 Prints one line per check and exits non-zero on the first failure.
 """
+import datetime
 import hashlib
 import ntpath
 import os
@@ -132,6 +133,20 @@ smbclient.setxattr(base + r"\ea.txt", b"Colour", b"blue", **kw)
 sizes = {e.name: e.smb_info.ea_size for e in smbclient.scandir(base, **kw)}
 check("a listing reports a file's EaSize", sizes.get("ea.txt") == 8 + len("Colour") + 1 + len("blue"))
 check("a listing reports EaSize 0 for a file without EAs", sizes.get("plain.txt") == 0)
+
+# A file written through an open handle: its listing shows the write time its information
+# shows (the write time SMB shows moves later than the volume's: smbtorture timestamps.delayed-*).
+wt = base + r"\wt.txt"
+with smbclient.open_file(wt, mode="wb", **kw) as f:
+    f.write(b"a")
+with smbclient.open_file(wt, mode="r+b", **kw) as f:
+    f.write(b"b")
+    f.flush()
+    dt = {e.name: e.smb_info.last_write_time for e in smbclient.scandir(base, **kw)}["wt.txt"]
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=dt.tzinfo)
+    listed = (dt - epoch) // datetime.timedelta(microseconds=1)  # smbprotocol keeps microseconds
+    info = smbclient.stat(wt, **kw).st_mtime_ns // 1000
+    check(f"a listing shows the write time the file's information shows ({listed} == {info})", listed == info)
 
 smbclient.shutil.rmtree(base, **kw)
 check("rmtree", not smbclient.path.exists(base, **kw))

@@ -60,6 +60,11 @@ impl WriteTimes {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether no file is tracked (a listing then skips the lookups).
+    pub fn is_empty(&self) -> bool {
+        self.map().is_empty()
+    }
+
     /// Whether `file` is tracked already (a write through `handle` needs no base time then).
     pub fn tracks(&self, file: &FileId) -> bool {
         self.map().contains_key(file)

@@ -76,6 +76,9 @@ pub struct Entry {
     /// The size of its EAs as one FILE_FULL_EA_INFORMATION list (the EaSize of the classes
     /// that carry one; 0 without EAs, or when the listing's class has no EaSize).
     pub ea_size: u32,
+    /// Its identity, when the listing knows it (the write time SMB shows may be kept apart
+    /// from the volume's, see [`crate::smb::write_time`]).
+    pub id: Option<FileId>,
 }
 
 /// Whether `class` carries an EaSize (FileFullDirectory, FileBothDirectory and their Id forms).
@@ -171,8 +174,8 @@ async fn dots(
     let parent = if is_root { id } else { parent };
     let up = if is_root { me } else { ns.getattr(parent).await.unwrap_or(me) };
     Ok(vec![
-        Entry { name: ".".into(), attr: me, dos: fs::dos_of(ns, cred, id).await, ea_size: 0 },
-        Entry { name: "..".into(), attr: up, dos: fs::dos_of(ns, cred, parent).await, ea_size: 0 },
+        Entry { name: ".".into(), attr: me, dos: fs::dos_of(ns, cred, id).await, ea_size: 0, id: None },
+        Entry { name: "..".into(), attr: up, dos: fs::dos_of(ns, cred, parent).await, ea_size: 0, id: None },
     ])
 }
 
@@ -192,7 +195,7 @@ async fn window(
         next = e.cookie;
         if let (Ok(name), Some((fid, a))) = (std::str::from_utf8(&e.name), e.plus) {
             let (dos, ea_size) = entry_meta(ns, cred, id, name, fid, a.ftype, with_ea).await;
-            out.push(Entry { name: name.to_string(), attr: a, dos, ea_size });
+            out.push(Entry { name: name.to_string(), attr: a, dos, ea_size, id: Some(fid) });
         }
     }
     let more = !page.eof && !page.entries.is_empty();
@@ -243,7 +246,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
                 Ok((real, fid, attr)) => {
                     let (dos, ea_size) =
                         entry_meta(ns, &cred, id, &real, fid, attr.ftype, has_ea_size(req.class)).await;
-                    vec![Entry { dos, name: real, attr, ea_size }]
+                    vec![Entry { dos, name: real, attr, ea_size, id: Some(fid) }]
                 }
                 Err(crate::vfs::VfsError::NotFound) => Vec::new(),
                 Err(crate::vfs::VfsError::BadName | crate::vfs::VfsError::NameTooLong) => Vec::new(),
@@ -262,6 +265,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
     let mut w = Writer::with_capacity(max.min(1 << 20));
     let mut last_start: Option<usize> = None;
     let mut count = 0;
+    let (tracking, now) = (!server.write_times.is_empty(), crate::smb::filetime_now());
     'fill: loop {
         while listing.next < listing.entries.len() {
             let listed = &listing.entries[listing.next];
@@ -269,7 +273,17 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
                 listing.next += 1;
                 continue;
             }
-            let Some(e) = entry(req.class, 0, listed) else { return Err(NtStatus::INVALID_INFO_CLASS) };
+            // A file written through an open handle shows the write time SMB shows for it.
+            let shown = if tracking { listed.id.and_then(|id| server.write_times.shown(&id, now)) } else { None };
+            let e = match shown {
+                Some(t) => {
+                    let mut l = listed.clone();
+                    l.attr.mtime = fs::from_filetime(t);
+                    entry(req.class, 0, &l)
+                }
+                None => entry(req.class, 0, listed),
+            };
+            let Some(e) = e else { return Err(NtStatus::INVALID_INFO_CLASS) };
             let start = (w.len() + 7) & !7;
             if start + e.len() > max {
                 if count == 0 {
