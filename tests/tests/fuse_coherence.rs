@@ -49,6 +49,27 @@ fn start(dir: &Path, passthrough: bool) -> (Daemon, u16, Unmount) {
     (d, smb, Unmount(dir.join("mnt")))
 }
 
+/// An SMB open right after a local `close(2)`: the kernel sends FUSE RELEASE after close
+/// returns, so the local open may still be in the cluster for a moment; the open is retried
+/// while it meets SHARING_VIOLATION (what a Windows client retries on too), and the wait printed.
+fn open_after_local_close(c: &mut SmbClient, req: serde_json::Value) {
+    let start = Instant::now();
+    loop {
+        let r = c.call(req.clone());
+        if r.ok {
+            println!("SMB open after the local close: {:?}", start.elapsed());
+            return;
+        }
+        assert!(
+            r.status == "STATUS_SHARING_VIOLATION" && start.elapsed() < Duration::from_secs(10),
+            "{req} failed {:?} after the local close: {}",
+            start.elapsed(),
+            r.v
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
     match r {
         Ok(_) => 0,
@@ -69,7 +90,10 @@ fn share_modes_and_lease_breaks_hold_between_local_programs_and_smb_clients() {
 
     // SMB first: an open that denies write and delete refuses the local open for writing, a
     // truncate, an unlink and a rename (EACCES); reading is shared.
-    c.ok(json!({"op": "open", "c": "a", "h": "r", "path": "f.txt", "access": READ, "share": SHARE_READ}));
+    open_after_local_close(
+        &mut c,
+        json!({"op": "open", "c": "a", "h": "r", "path": "f.txt", "access": READ, "share": SHARE_READ}),
+    );
     assert_eq!(errno_of(OpenOptions::new().write(true).open(&f)), libc::EACCES, "open for writing");
     assert_eq!(errno_of(OpenOptions::new().read(true).write(true).open(&f)), libc::EACCES, "open O_RDWR");
     let cpath = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
@@ -90,7 +114,10 @@ fn share_modes_and_lease_breaks_hold_between_local_programs_and_smb_clients() {
     c.ok(json!({"op": "open", "c": "a", "h": "r", "path": "f.txt", "access": READ, "share": SHARE_ALL}));
     c.ok(json!({"op": "close", "h": "r"}));
     drop(w);
-    c.ok(json!({"op": "open", "c": "a", "h": "r", "path": "f.txt", "access": READ, "share": SHARE_READ}));
+    open_after_local_close(
+        &mut c,
+        json!({"op": "open", "c": "a", "h": "r", "path": "f.txt", "access": READ, "share": SHARE_READ}),
+    );
     c.ok(json!({"op": "close", "h": "r"}));
 
     // A local open for writing breaks an RWH lease and returns only after the client's
