@@ -111,3 +111,22 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Lower-case hex of `b`, as `tests/smb/cluster_client.py` takes and gives data.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Detaches a mount point when a test ends, however it ends (a failed assertion after a
+/// `kill -9`, or a node sharing the test's mount namespace, would otherwise leave a dead mount
+/// behind).
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if let Ok(c) = std::ffi::CString::new(self.0.to_str().unwrap_or_default()) {
+            // SAFETY: umount2 with a valid path; MNT_DETACH never blocks.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}

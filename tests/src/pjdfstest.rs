@@ -7,7 +7,10 @@
 //! [`DEFAULT_PATH`]; `$PJDFSTEST` overrides the location.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
 
 /// Where `scripts/install-deps` installs the static pjdfstest binary.
 pub const DEFAULT_PATH: &str = "/opt/nasgw-test-tools/bin/pjdfstest";
@@ -152,6 +155,33 @@ pub fn regressions(ours: &Report, anchor: &Report) -> Vec<String> {
 /// The cases `ours` passes and `anchor` does not.
 pub fn improvements(ours: &Report, anchor: &Report) -> Vec<String> {
     regressions(anchor, ours)
+}
+
+/// Runs pjdfstest as root in `dir` (made 0755), with its second file system for EXDEV cases.
+pub fn run_in(dir: &Path, secondary: &Path) -> Report {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = secondary.parent().unwrap().join("pjd.toml");
+    std::fs::write(
+        &conf,
+        "[features]\nposix_fallocate = {}\nrename_ctime = {}\nutimensat = {}\nutime_now = {}\n[settings]\nnaptime = 0.001\nallow_remount = false\nexpected_failures = []\n[dummy_auth]\nentries = [[\"nobody\", \"nogroup\"], [\"daemon\", \"daemon\"]]\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    let out = Command::new(binary())
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir)
+        .arg("-s")
+        .arg(secondary)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let r = parse(&String::from_utf8_lossy(&out.stdout));
+    println!("pjdfstest in {}: {} in {:?}", dir.display(), r.summary(), t.elapsed());
+    assert!(r.finished, "pjdfstest did not finish:\n{}", String::from_utf8_lossy(&out.stderr));
+    r
 }
 
 #[cfg(test)]

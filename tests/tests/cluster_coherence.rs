@@ -20,6 +20,7 @@ mod nfs_common;
 use std::time::Duration;
 
 use nasgw_tests::cluster::{SmbClient, SmbCluster, NFS_PORT, NODES};
+use nasgw_tests::hex;
 use nasgw_tests::wait_for;
 use serde_json::json;
 
@@ -300,8 +301,4 @@ fn nfs_write_into_smb_lock(c: &SmbCluster, d: &mut SmbClient) {
     assert_eq!(r.s("data"), hex(b"SSSSSSSSSSNFSSSS"));
     println!("nfs vs smb: JUKEBOX inside the SMB lock, written {:.1} ms after the unlock", took.as_secs_f64() * 1e3);
     d.ok(json!({"op": "close", "h": "na"}));
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -15,6 +15,7 @@
 use std::time::{Duration, Instant};
 
 use nasgw_tests::cluster::{SmbClient, SmbCluster, NODES};
+use nasgw_tests::hex;
 use nasgw_tests::wait_for;
 use serde_json::json;
 
@@ -212,8 +213,4 @@ fn describe(r: &Option<nasgw_tests::cluster::Reply>) -> String {
         Some(r) if r.ok => "SUCCEEDED".to_string(),
         Some(r) => r.status.clone(),
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -7,30 +7,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nasgw_tests::cluster::{SmbClient, SmbCluster, ADDRS, SMB_PORT};
+use nasgw_tests::{hex, Unmount};
 use serde_json::json;
 
 const SHARE_ALL: u32 = 7;
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Detaches a mount point when a test ends, however it ends (the nodes share the test's mount
-/// namespace, so a killed node's mount would outlive it).
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if let Ok(c) = std::ffi::CString::new(self.0.to_str().unwrap_or_default()) {
-            // SAFETY: umount2 with a valid path; MNT_DETACH never blocks.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
-}
 
 /// The kernel's view of `f` through a descriptor opened earlier and through a fresh open.
 fn seen(held: &File, f: &Path, len: usize) -> (Vec<u8>, Vec<u8>) {

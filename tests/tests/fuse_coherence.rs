@@ -9,32 +9,16 @@
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nasgw_tests::cluster::SmbClient;
-use nasgw_tests::{free_port, Daemon};
+use nasgw_tests::{free_port, hex, Daemon, Unmount};
 use serde_json::json;
 
 const READ: u32 = 0x0012_0089;
 const SHARE_READ: u32 = 1;
 const SHARE_ALL: u32 = 7;
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Detaches a mount point when a test ends, however it ends.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if let Ok(c) = std::ffi::CString::new(self.0.to_str().unwrap_or_default()) {
-            // SAFETY: umount2 with a valid path; MNT_DETACH never blocks.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
-}
 
 /// One node on loopback serving `dir/data` over SMB (guest share `pub`, writing as root) with
 /// its mount at `dir/mnt`.

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nasgw_tests::pjdfstest::{self, Outcome, Report};
-use nasgw_tests::{free_port, nasgw_bin, wait_for, Daemon};
+use nasgw_tests::pjdfstest::{self, Outcome};
+use nasgw_tests::{free_port, nasgw_bin, wait_for, Daemon, Unmount};
 
 fn config(passthrough: bool) -> String {
     config_on(passthrough, free_port())
@@ -22,19 +22,6 @@ fn config_on(passthrough: bool, smb: u16) -> String {
         free_port(),
         smb
     )
-}
-
-/// Detaches a mount point when a test ends, however it ends (a failed assertion after a
-/// `kill -9` would otherwise leave a dead mount behind).
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if let Ok(c) = std::ffi::CString::new(self.0.to_str().unwrap_or_default()) {
-            // SAFETY: umount2 with a valid path; MNT_DETACH never blocks.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
 }
 
 /// Starts nasgw with its mount at `dir/mnt` (made first: the mount point must exist).
@@ -200,39 +187,12 @@ fn check_places_an_unusable_mountpoint_at_its_line() {
     assert!(ok, "{err}");
 }
 
-/// Runs pjdfstest as root in `dir` (made 0755), with its second file system for EXDEV cases.
-fn pjdfstest_in(dir: &Path, secondary: &Path) -> Report {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = secondary.parent().unwrap().join("pjd.toml");
-    std::fs::write(
-        &conf,
-        "[features]\nposix_fallocate = {}\nrename_ctime = {}\nutimensat = {}\nutime_now = {}\n[settings]\nnaptime = 0.001\nallow_remount = false\nexpected_failures = []\n[dummy_auth]\nentries = [[\"nobody\", \"nogroup\"], [\"daemon\", \"daemon\"]]\n",
-    )
-    .unwrap();
-    let t = Instant::now();
-    let out = Command::new(pjdfstest::binary())
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir)
-        .arg("-s")
-        .arg(secondary)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let r = pjdfstest::parse(&String::from_utf8_lossy(&out.stdout));
-    println!("pjdfstest in {}: {} in {:?}", dir.display(), r.summary(), t.elapsed());
-    assert!(r.finished, "pjdfstest did not finish:\n{}", String::from_utf8_lossy(&out.stderr));
-    r
-}
-
 #[test]
 fn pjdfstest_passes_on_the_mount_wherever_it_passes_on_the_backing_directory() {
     let dir = tempfile::tempdir().unwrap();
     let secondary = dir.path().join("secondary");
     std::fs::create_dir_all(&secondary).unwrap();
-    let backing = pjdfstest_in(&dir.path().join("backing"), &secondary);
+    let backing = pjdfstest::run_in(&dir.path().join("backing"), &secondary);
     let committed: Vec<String> =
         std::fs::read_to_string(nasgw_tests::workspace_root().join("tests/fuse/pjdfstest-passes.txt"))
             .unwrap()
@@ -242,7 +202,7 @@ fn pjdfstest_passes_on_the_mount_wherever_it_passes_on_the_backing_directory() {
             .collect();
     for passthrough in [true, false] {
         let (d, _unmount) = start(&dir.path().join(format!("node-{passthrough}")), passthrough);
-        let mount = pjdfstest_in(&d.dir.join("mnt/pjd"), &secondary);
+        let mount = pjdfstest::run_in(&d.dir.join("mnt/pjd"), &secondary);
         // A case the mount skips is not a failure: `link::link_count_max` needs the file
         // system's LINK_MAX, which pathconf cannot tell for FUSE (printed, not counted).
         let (skipped, worse): (Vec<String>, Vec<String>) = pjdfstest::regressions(&mount, &backing)

@@ -9,14 +9,12 @@
 //! default run; the README's command runs it
 //! (`cargo nextest run -p nasgw-tests --test gluster_mount_pjdfstest --run-ignored only`).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nasgw_tests::gluster::{GlusterCluster, GlusterSpec};
-use nasgw_tests::pjdfstest::{self, Outcome, Report};
-use nasgw_tests::{wait_for, Daemon};
+use nasgw_tests::pjdfstest::{self, Outcome};
+use nasgw_tests::{wait_for, Daemon, Unmount};
 
 /// (configuration, case): passes on GlusterFS's own mount, fails on nasgw's mount. Still to fix;
 /// a case listed here that passes again is printed, to be taken off.
@@ -29,48 +27,9 @@ const KNOWN: &[(&str, &str)] = &[
     ("gfapi-false", "unlink::open_file_not_freed"),
 ];
 
-/// Runs pjdfstest as root in `dir` (made 0755), with its second file system for EXDEV cases.
-fn pjdfstest_in(dir: &Path, secondary: &Path) -> Report {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let conf = secondary.parent().unwrap().join("pjd.toml");
-    std::fs::write(
-        &conf,
-        "[features]\nposix_fallocate = {}\nrename_ctime = {}\nutimensat = {}\nutime_now = {}\n[settings]\nnaptime = 0.001\nallow_remount = false\nexpected_failures = []\n[dummy_auth]\nentries = [[\"nobody\", \"nogroup\"], [\"daemon\", \"daemon\"]]\n",
-    )
-    .unwrap();
-    let t = Instant::now();
-    let out = Command::new(pjdfstest::binary())
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir)
-        .arg("-s")
-        .arg(secondary)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let r = pjdfstest::parse(&String::from_utf8_lossy(&out.stdout));
-    println!("pjdfstest in {}: {} in {:?}", dir.display(), r.summary(), t.elapsed());
-    assert!(r.finished, "pjdfstest did not finish:\n{}", String::from_utf8_lossy(&out.stderr));
-    r
-}
-
 fn mounted(p: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     info.lines().any(|l| l.split(' ').nth(4) == p.to_str() && l.contains(" - fuse nasgw:"))
-}
-
-/// Detaches a mount point when the test ends, however it ends.
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if let Ok(c) = std::ffi::CString::new(self.0.to_str().unwrap_or_default()) {
-            // SAFETY: umount2 with a valid path; MNT_DETACH never blocks.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
 }
 
 #[test]
@@ -82,7 +41,7 @@ fn pjdfstest_passes_on_the_mount_over_glusterfs_wherever_it_passes_on_glusterfs_
     let secondary = root.path().join("secondary");
     std::fs::create_dir_all(&secondary).unwrap();
     let raw = cluster.mount("n1", &root.path().join("raw"));
-    let anchor = pjdfstest_in(&raw.join("pjd-raw"), &secondary);
+    let anchor = pjdfstest::run_in(&raw.join("pjd-raw"), &secondary);
     let committed: Vec<String> =
         std::fs::read_to_string(nasgw_tests::workspace_root().join("tests/fuse/pjdfstest-gluster-passes.txt"))
             .unwrap_or_default()
@@ -106,7 +65,7 @@ fn pjdfstest_passes_on_the_mount_over_glusterfs_wherever_it_passes_on_glusterfs_
         wait_for("the volume to answer through the mount", Duration::from_secs(30), Duration::from_millis(100), || {
             std::fs::create_dir_all(dir.join("mnt").join(format!("pjd-{name}"))).ok()
         });
-        let mount = pjdfstest_in(&dir.join("mnt").join(format!("pjd-{name}")), &secondary);
+        let mount = pjdfstest::run_in(&dir.join("mnt").join(format!("pjd-{name}")), &secondary);
         let (skipped, worse): (Vec<String>, Vec<String>) = pjdfstest::regressions(&mount, &anchor)
             .into_iter()
             .partition(|c| mount.cases.get(c) == Some(&Outcome::Skipped));

@@ -24,6 +24,7 @@
 use std::time::{Duration, Instant};
 
 use nasgw_tests::cluster::{SmbClient, SmbCluster, CA_SHARE, NODES, SMB_PORT, VIP};
+use nasgw_tests::hex;
 use nasgw_tests::wait_for;
 use serde_json::json;
 
@@ -252,10 +253,6 @@ fn volume_locked(path: &std::path::Path, off: u64, len: u64) -> bool {
 /// The persistent half of a FileId as the client prints it (32 hex digits, little-endian).
 fn persistent_of(file_id: &str) -> u64 {
     (0..8).map(|i| u64::from_str_radix(&file_id[2 * i..2 * i + 2], 16).unwrap() << (8 * i)).sum()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The address moves while its node lives (`nasgw disable`): the client's durable open is
