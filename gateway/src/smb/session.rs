@@ -146,11 +146,12 @@ impl OpenTable {
         self.opens.len() >= MAX_OPENS
     }
 
-    /// Stores `open` under a fresh volatile id and returns it.
-    pub fn insert(&mut self, make: impl FnOnce(u64) -> Open) -> u64 {
+    /// Stores an open of `kind` under a fresh volatile id, which is also its persistent id
+    /// (a pipe, a pseudo-file, a stream: nothing a durable handle names), and returns it.
+    pub fn insert(&mut self, session_id: u64, tree_id: u32, channel_sequence: u16, kind: OpenKind) -> u64 {
         self.next += 1;
         let id = self.next;
-        self.opens.insert(id, make(id));
+        self.opens.insert(id, Open { volatile: id, persistent: id, session_id, tree_id, channel_sequence, kind });
         id
     }
 
@@ -268,7 +269,7 @@ mod tests {
         };
         for _ in 0..MAX_OPENS {
             assert!(!t.is_full());
-            t.insert(pipe);
+            t.insert(1, 1, 0, OpenKind::Pipe(Default::default()));
         }
         assert!(t.is_full(), "{} opens", MAX_OPENS);
         let first = t.all_ids().into_iter().min().unwrap();

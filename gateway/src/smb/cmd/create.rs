@@ -147,14 +147,8 @@ async fn create(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Out
                 return Err(NtStatus::OBJECT_NAME_NOT_FOUND);
             }
             let session_id = hdr.session_id;
-            let vol = conn.opens.insert(|v| Open {
-                volatile: v,
-                persistent: v,
-                session_id,
-                tree_id: tree.id,
-                channel_sequence: hdr.status as u16,
-                kind: OpenKind::Pipe(srvsvc::Pipe::default()),
-            });
+            let vol =
+                conn.opens.insert(session_id, tree.id, hdr.status as u16, OpenKind::Pipe(srvsvc::Pipe::default()));
             conn.compound_fid = Some((vol, vol));
             let b = FileBasics { attributes: 0x80, ..Default::default() };
             Ok(Outcome::Now(Reply::ok(response(FILE_OPENED, &b, (vol, vol), &[], leases::level::NONE))))
@@ -169,14 +163,7 @@ fn open_quota_fake(conn: &mut Connection, hdr: &Header, tree: &Tree) -> Result<R
         return Err(NtStatus::ACCESS_DENIED);
     }
     let session_id = hdr.session_id;
-    let vol = conn.opens.insert(|v| Open {
-        volatile: v,
-        persistent: v,
-        session_id,
-        tree_id: tree.id,
-        channel_sequence: hdr.status as u16,
-        kind: OpenKind::QuotaFake,
-    });
+    let vol = conn.opens.insert(session_id, tree.id, hdr.status as u16, OpenKind::QuotaFake);
     conn.compound_fid = Some((vol, vol));
     let b = crate::smb::quota_fake::basics();
     Ok(Reply::ok(response(FILE_OPENED, &b, (vol, vol), &[], leases::level::NONE)))

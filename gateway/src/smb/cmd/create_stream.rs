@@ -7,7 +7,7 @@ use super::create::{
     check_unix_access, disposition, options, response, response_contexts, FileBasics, Request, ShareModeGuard,
     FILE_CREATED, FILE_OPENED, FILE_OVERWRITTEN, FILE_SUPERSEDED,
 };
-use super::open::{access, FileOpen, Open, OpenKind};
+use super::open::{access, FileOpen, OpenKind};
 use super::Reply;
 use crate::locks::{flags, CachingRequest, Conflict, OpenRequest};
 use crate::smb::conn::Connection;
@@ -182,14 +182,7 @@ pub async fn open(
         listing: None,
         state: FileState { stream: Some(stream), ..Default::default() },
     };
-    let vol = conn.opens.insert(|v| Open {
-        volatile: v,
-        persistent: v,
-        session_id,
-        tree_id: tree.id,
-        channel_sequence: hdr.status as u16,
-        kind: OpenKind::File(Box::new(file)),
-    });
+    let vol = conn.opens.insert(session_id, tree.id, hdr.status as u16, OpenKind::File(Box::new(file)));
     conn.compound_fid = Some((vol, vol));
     let contexts = response_contexts(&req.contexts, granted, &base_attr, None, None);
     Ok(Reply::ok(response(action, &b, (vol, vol), &contexts, crate::smb::leases::level::NONE)))
