@@ -455,8 +455,7 @@ impl GfapiBackend {
         &self,
         vol: &Volume,
         cred: &Credentials,
-        dir: &FileId,
-        cookie: u64,
+        (dir, cookie): (&FileId, u64),
         max_entries: usize,
         plus: bool,
         epoch: u64,
@@ -1016,7 +1015,7 @@ impl Backend for GfapiBackend {
         let d = self.dir_node(&vol, dir)?;
         let epoch = self.coherence.epoch();
         if epoch != 0 {
-            if let Some(page) = self.remembered_page(&vol, cred, dir, cookie, max_entries, plus, epoch)? {
+            if let Some(page) = self.remembered_page(&vol, cred, (dir, cookie), max_entries, plus, epoch)? {
                 return Ok(page);
             }
             // A listing read from its start (or on from where memory ends) is remembered as it
@@ -1024,12 +1023,16 @@ impl Backend for GfapiBackend {
             let resume = self.names.lock().expect("lock").resume_at(dir, cookie, epoch, Instant::now());
             if let Some(tail) = resume {
                 self.extend_listing(&vol, cred, (dir, &d), tail, max_entries, epoch)?;
-                if let Some(page) = self.remembered_page(&vol, cred, dir, cookie, max_entries, plus, epoch)? {
+                if let Some(page) = self.remembered_page(&vol, cred, (dir, cookie), max_entries, plus, epoch)? {
                     return Ok(page);
                 }
             }
         }
         self.readdir_live(&vol, cred, &d, cookie, max_entries, plus)
+    }
+
+    fn forget_names(&self, dir: &FileId) {
+        self.names.lock().expect("lock").invalidate(dir);
     }
 
     fn cookie_verifier(&self, _dir: &FileId) -> u64 {
