@@ -233,7 +233,20 @@ fn prepare_dirs(cfg: &Config) -> Result<()> {
 /// Opens the volume both protocols serve.
 fn open_namespace(cfg: &Config, gluster: Option<&GlusterService>) -> Result<Namespace> {
     if let Some(g) = gluster {
-        return Ok(Namespace::new(g.backend(&cfg.volume.name)));
+        let backend = g.backend(&cfg.volume.name);
+        let ns = Namespace::new(backend.clone());
+        // Names another nasgw node changes reach the backend's name cache through the cluster's
+        // change broadcast as well as through the volume's upcalls (whichever comes first; a
+        // change made here is forgotten twice, which costs nothing).
+        ns.changes().listen(Box::new(move |c: &crate::vfs::changes::Change| {
+            if c.kind != crate::vfs::changes::Kind::Modified {
+                backend.forget_names(&c.at.dir);
+                if let Some(to) = &c.to {
+                    backend.forget_names(&to.dir);
+                }
+            }
+        }));
+        return Ok(ns);
     }
     let path = cfg.volume.path.as_ref().context("the local backend needs [volume] path")?;
     let backend = PosixBackend::open(path, PosixOptions::new(&cfg.volume.name))

@@ -1,12 +1,14 @@
-//! nasgw's attribute cache over libgfapi on a real replica 3 volume with
+//! nasgw's attribute, name and listing caches over libgfapi on a real replica 3 volume with
 //! `features.cache-invalidation on`: once the node has proved that the bricks' upcalls reach it
-//! (log: "attribute cache on"), repeated GETATTRs of an unchanged file are answered without the
-//! bricks (their own FOP counters, `gluster volume profile`, stay near zero), while a size
-//! change, a rename and an unlink made through a plain FUSE client on another node, and a write
-//! through another nasgw node, are seen by nasgw's next GETATTR and READDIRPLUS (the delay from
-//! the change to nasgw seeing it is printed; the bound asserted is generous). A write through
-//! the node itself is seen at once. (Volumes without upcalls: `gluster_listing.rs` checks the
-//! cache stays off and says so.)
+//! (log: "attribute cache on"), repeated GETATTRs of an unchanged file, repeated LOOKUPs of a
+//! name (found or not) and repeated READDIRPLUS listings (one page or several) are answered
+//! without the bricks (their own FOP counters, `gluster volume profile`, stay near zero), while
+//! a create, a size change, a rename and an unlink made through a plain FUSE client on another
+//! node, and a write through another nasgw node, are seen by nasgw's GETATTR, LOOKUP and
+//! READDIRPLUS as soon as the bricks' upcall arrives (polled; the delay from the change to nasgw
+//! seeing it is printed; the bound asserted is generous). A write through the node itself is
+//! seen at once. (Volumes without upcalls: `gluster_listing.rs` checks the cache stays off and
+//! says so.)
 //!
 //! nasgw listens on 127.0.0.1:2049 inside nodes 2 and 3's namespaces; the test client reaches
 //! each by moving its (single) thread into the namespace before connecting.
@@ -24,6 +26,10 @@ use nfs_common::*;
 
 /// Repeated GETATTRs of one unchanged file.
 const REPEATS: u64 = 200;
+/// Files in the directory listed in several pages.
+const MANY: usize = 150;
+/// Repeated listings of an unchanged directory.
+const LISTINGS: u64 = 20;
 /// How long a change may take to reach nasgw (measured: milliseconds; the machine is shared).
 const SEEN_WITHIN: Duration = Duration::from_secs(3);
 
@@ -39,13 +45,67 @@ fn config(servers: &[String]) -> String {
 /// FOPs named `fop` the bricks answered since the last `info incremental` (one "Interval"
 /// section per brick; the count is the column before the FOP's name).
 fn brick_fops(cluster: &GlusterCluster, fop: &str) -> u64 {
+    brick_fop_counts(cluster).get(fop).copied().unwrap_or(0)
+}
+
+/// Every FOP the bricks answered since the last `info incremental`, by name.
+fn brick_fop_counts(cluster: &GlusterCluster) -> std::collections::BTreeMap<String, u64> {
     let text = cluster.gluster_ok(0, &["volume", "profile", "smb", "info", "incremental"]);
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.last() == Some(&fop) && f.len() >= 2).then(|| f[f.len() - 2].parse::<u64>().ok()).flatten()
+    let mut counts = std::collections::BTreeMap::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() >= 2 && f[f.len() - 1].chars().all(|c| c.is_ascii_uppercase()) {
+            if let Ok(n) = f[f.len() - 2].parse::<u64>() {
+                *counts.entry(f[f.len() - 1].to_string()).or_insert(0) += n;
+            }
+        }
+    }
+    counts
+}
+
+/// Polls `$probe` (an async expression) until `$ok` holds for its value; prints how long the
+/// change took to be seen through nasgw (panics after [`SEEN_WITHIN`]).
+macro_rules! until {
+    ($what:expr, $probe:expr, $ok:expr) => {{
+        let t = Instant::now();
+        let mut calls = 0u32;
+        loop {
+            calls += 1;
+            let got = $probe;
+            if $ok(&got) {
+                eprintln!("{}: seen by call number {calls} through nasgw, {:?} after the change", $what, t.elapsed());
+                break;
+            }
+            assert!(t.elapsed() < SEEN_WITHIN, "{}: nasgw still answers {got:?} after {SEEN_WITHIN:?}", $what);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }};
+}
+
+/// The size LOOKUP gives for `name` in `dir`, or its error.
+async fn looked_up(c: &mut Conn, dir: &nfs_fh3, name: &str) -> Result<u64, nfsstat3> {
+    lookup(c, dir, name.as_bytes()).await.map(|(_, a)| a.size)
+}
+
+/// Names and sizes READDIRPLUS gives for `dir`, sorted.
+async fn listed(c: &mut Conn, dir: &nfs_fh3) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> =
+        listing(c, dir).await.into_iter().map(|(n, a, _)| (String::from_utf8_lossy(&n).into_owned(), a.size)).collect();
+    v.sort();
+    v
+}
+
+/// Names and sizes in `dir` as the FUSE client sees them, sorted.
+fn fuse_listed(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len())
         })
-        .sum()
+        .collect();
+    v.sort();
+    v
 }
 
 /// Calls `getattr` until `ok` holds for its answer; returns how many calls and how long it took
@@ -115,6 +175,12 @@ async fn cached_attributes_are_dropped_on_upcalls_and_served_while_unchanged() {
     for (n, len) in [("a", 100), ("b", 200), ("c", 300), ("d", 400)] {
         std::fs::write(dir.join(n), vec![b'x'; len]).unwrap();
     }
+    // A directory listed in several READDIRPLUS pages.
+    let many = fuse.join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..MANY {
+        std::fs::write(many.join(format!("file-{i:03}")), vec![b'm'; i]).unwrap();
+    }
 
     let topo = cluster.topo();
     let n2 = Daemon::start("n2", &cluster.dir().join("d2"), &config(&cluster.servers_for(1)), Some(topo.ns("n2")));
@@ -147,12 +213,64 @@ async fn cached_attributes_are_dropped_on_upcalls_and_served_while_unchanged() {
     // a few per second.
     assert!(stats + lookups < REPEATS / 4, "{stats} STATs and {lookups} LOOKUPs for {REPEATS} GETATTRs");
 
+    // Repeated listings and LOOKUPs of unchanged directories: from memory. The first listing
+    // of each directory reads the bricks and is remembered as it goes.
+    let (dm, _) = lookup(&mut c, &root, b"many").await.unwrap();
+    brick_fop_counts(&cluster);
+    let t = Instant::now();
+    let first = listed(&mut c, &dm).await;
+    let first_took = t.elapsed();
+    let fops = brick_fop_counts(&cluster);
+    eprintln!("brick FOPs during the first listing: {fops:?}");
+    // The counters work, and a directory nasgw has not listed yet is read from the bricks.
+    assert!(fops.get("READDIRP").copied().unwrap_or(0) > 0, "no READDIRP counted for a first listing: {fops:?}");
+    assert_eq!(first, fuse_listed(&many), "READDIRPLUS of {MANY} entries against the FUSE client's view");
+    assert_eq!(listed(&mut c, &d).await.len(), 4);
+    assert_eq!(looked_up(&mut c, &d, "new").await, Err(nfsstat3::NFS3ERR_NOENT));
+    brick_fop_counts(&cluster);
+    let t = Instant::now();
+    for _ in 0..LISTINGS {
+        assert_eq!(listed(&mut c, &dm).await, first);
+        assert_eq!(listed(&mut c, &d).await.len(), 4);
+    }
+    let listings_took = t.elapsed();
+    let t = Instant::now();
+    for _ in 0..REPEATS {
+        assert_eq!(looked_up(&mut c, &d, "a").await, Ok(100));
+        assert_eq!(looked_up(&mut c, &d, "new").await, Err(nfsstat3::NFS3ERR_NOENT));
+    }
+    let lookups_took = t.elapsed();
+    let fops = brick_fop_counts(&cluster);
+    eprintln!(
+        "first listing of {MANY} entries {first_took:?}; {LISTINGS} x 2 listings {listings_took:?}; \
+         {REPEATS} x 2 LOOKUPs (found and not) {lookups_took:?}; brick FOPs meanwhile: {fops:?}"
+    );
+    let fop = |n: &str| fops.get(n).copied().unwrap_or(0);
+    // Without the caches every listing opens the directory and reads it (several pages); a
+    // remembered listing is read again only once its lifetime (10 s) is over.
+    assert!(fop("READDIRP") + fop("OPENDIR") < LISTINGS, "{fops:?} for {} listings", LISTINGS * 2);
+    // The health probes of two nodes add a few LOOKUPs and STATs per second.
+    assert!(fop("LOOKUP") + fop("STAT") < REPEATS / 4, "{fops:?} for {} LOOKUPs", REPEATS * 2);
+
+    // A name created through the FUSE client: the negative entry nasgw kept goes, the listing
+    // too (the upcall names the directory).
+    std::fs::write(dir.join("new"), b"hello").unwrap();
+    until!("new created through FUSE (LOOKUP)", looked_up(&mut c, &d, "new").await, |r: &Result<u64, _>| *r == Ok(5));
+    until!("new created through FUSE (READDIRPLUS)", listed(&mut c, &d).await, |v: &Vec<(String, u64)>| v
+        .contains(&("new".to_string(), 5)));
+    std::fs::write(many.join("file-new"), b"x").unwrap();
+    until!("file-new created through FUSE (paged READDIRPLUS)", listed(&mut c, &dm).await, |v: &Vec<(String, u64)>| v
+        .len()
+        == MANY + 1);
+    assert_eq!(listed(&mut c, &dm).await, fuse_listed(&many));
+
     // A size change through the FUSE client on node 1.
     let mut f = std::fs::OpenOptions::new().append(true).open(dir.join("a")).unwrap();
     f.write_all(&[b'y'; 5000]).unwrap();
     drop(f); // close: the FUSE client's flush sends the write to the bricks
     until_seen("a grown through FUSE", &mut c, &fa, |r| r.as_ref().is_ok_and(|a| a.size == 5100)).await;
     assert_eq!(size_in(&listing(&mut c, &d).await, "a"), Some(5100), "READDIRPLUS after a FUSE client grew a");
+    assert_eq!(looked_up(&mut c, &d, "a").await, Ok(5100), "LOOKUP after a FUSE client grew a");
 
     // A file known to nasgw only from a listing (attributes cached from READDIRPLUS, never
     // looked up or stat'ed by name): the bricks registered nasgw for it during the READDIRP.
@@ -169,10 +287,15 @@ async fn cached_attributes_are_dropped_on_upcalls_and_served_while_unchanged() {
     // (same GFID) still answers.
     let (fb, _) = lookup(&mut c, &d, b"b").await.unwrap();
     getattr(&mut c, &fb).await.unwrap();
+    assert_eq!(looked_up(&mut c, &d, "b2").await, Err(nfsstat3::NFS3ERR_NOENT));
     std::fs::rename(dir.join("b"), dir.join("b2")).unwrap();
-    assert_eq!(lookup(&mut c, &d, b"b").await.err(), Some(nfsstat3::NFS3ERR_NOENT), "old name after a FUSE rename");
-    let entries = listing(&mut c, &d).await;
-    assert_eq!((size_in(&entries, "b"), size_in(&entries, "b2")), (None, Some(200)));
+    until!("b renamed through FUSE (old name)", looked_up(&mut c, &d, "b").await, |r: &Result<u64, _>| *r
+        == Err(nfsstat3::NFS3ERR_NOENT));
+    assert_eq!(looked_up(&mut c, &d, "b2").await, Ok(200), "new name after a FUSE rename");
+    until!("b renamed through FUSE (READDIRPLUS)", listing(&mut c, &d).await, |e: &Vec<Entry>| (
+        size_in(e, "b"),
+        size_in(e, "b2")
+    ) == (None, Some(200)));
     assert_eq!(getattr(&mut c, &fb).await.unwrap().size, 200);
 
     // An unlink through FUSE: the handle goes stale.
@@ -180,7 +303,10 @@ async fn cached_attributes_are_dropped_on_upcalls_and_served_while_unchanged() {
     assert_eq!(getattr(&mut c, &fc).await.unwrap().size, 300);
     std::fs::remove_file(dir.join("c")).unwrap();
     until_seen("c removed through FUSE", &mut c, &fc, |r| r.as_ref().err() == Some(&nfsstat3::NFS3ERR_STALE)).await;
-    assert_eq!(size_in(&listing(&mut c, &d).await, "c"), None, "READDIRPLUS after a FUSE client removed c");
+    until!("c removed through FUSE (LOOKUP)", looked_up(&mut c, &d, "c").await, |r: &Result<u64, _>| *r
+        == Err(nfsstat3::NFS3ERR_NOENT));
+    until!("c removed through FUSE (READDIRPLUS)", listing(&mut c, &d).await, |e: &Vec<Entry>| size_in(e, "c")
+        .is_none());
 
     // A write through another nasgw node.
     let root3 = c3.root_nfs_fh3();

@@ -224,7 +224,7 @@ async fn gfapi_readdirplus_matches_a_fuse_client_and_sees_its_changes_at_once() 
     // This volume leaves features.cache-invalidation off (the default): the bricks send no
     // upcalls, so nasgw caches no attributes (every GETATTR above reached the bricks) and
     // its log says why.
-    wait_for("node 2 says its attribute cache is off", Duration::from_secs(60), Duration::from_millis(200), || {
+    wait_for("node 2 says its attribute cache is off", Duration::from_secs(120), Duration::from_millis(200), || {
         n2.logs().contains("attribute cache off").then_some(())
     });
     drop(n2);

@@ -17,10 +17,12 @@
 
 use std::time::{Duration, Instant};
 
-/// How long attributes stay cached without any news: well below the bricks' default
-/// `features.cache-invalidation-timeout` (60 s). The coherence proof checks that the volume still
-/// tells a client that last used a file this long ago.
-pub const LIFETIME: Duration = Duration::from_secs(10);
+/// How long attributes (and names and listings, `name_cache.rs`) stay cached without any news:
+/// half the bricks' default `features.cache-invalidation-timeout` (60 s). The coherence proof
+/// checks that the volume still tells a client that last used a file this long ago. (10 s made
+/// a listing expire between two rounds of the bench on a loaded machine, where another
+/// server's listing took 14 s.)
+pub const LIFETIME: Duration = Duration::from_secs(30);
 
 /// A fill permit: the file's generation when the fetch began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,6 +22,7 @@ use super::attr_cache::CachedAttr;
 use super::coherence::Coherence;
 use super::fuse_backend::{gfid_file_id, volume_id, ROOT_GFID};
 use super::gfapi::{self, DirEntryPlus, File, Object, Volume};
+use super::name_cache::{Grant, Known, Listed, NameCache};
 use crate::vfs::posix::identity::Identity;
 use crate::vfs::{
     access, Attr, Backend, CreateHow, Credentials, DirEntry, FileId, FileType, FsStat, Name, ReadDir, SetAttr, SetTime,
@@ -40,6 +41,19 @@ const WRITE_CHECK: Duration = Duration::from_secs(1);
 
 /// At most this many pieces (threads) per read.
 const MAX_PIECES: usize = 8;
+
+/// At most this many objects (GFID handles with their cached attributes, ~500 bytes each) are
+/// kept; least recently used first out. Large enough for the listings the name cache holds to
+/// keep their entries' attributes.
+const MAX_OBJECTS: usize = 65_536;
+
+/// A listing read from the bricks to be remembered takes at least this many entries at a time:
+/// a READDIRP answers a buffer of many entries, and each extension opens the directory again.
+const MIN_EXTEND: usize = 1024;
+
+/// A page served from a remembered listing may stat at most this many entries whose attributes
+/// are no longer cached; with more, the page is read from the bricks (one READDIRP).
+const MAX_RESTATS: usize = 16;
 
 /// A read into a buffer that need not be initialised: returns how many of its first bytes it
 /// filled, 0 at end of file ([`File::read_uninit`]).
@@ -143,12 +157,16 @@ struct Node {
 /// The cached objects, by id: shared with the upcall callback, which invalidates them.
 type Nodes = Mutex<LruCache<FileId, Arc<Node>>>;
 
+/// Directory names and listings (`name_cache.rs`): shared with the upcall callback too.
+type Names = Mutex<NameCache>;
+
 /// The namespace over a libgfapi connection.
 pub struct GfapiBackend {
     slot: Arc<Mutex<Option<Volume>>>,
     name: String,
     fsid: u64,
     nodes: Arc<Nodes>,
+    names: Arc<Names>,
     coherence: Arc<Coherence>,
 }
 
@@ -175,16 +193,23 @@ impl GfapiBackend {
     /// A backend for volume `name` over the connection the health probe makes (`slot`),
     /// caching attributes while `coherence` says the volume's upcalls reach this node.
     pub fn new(slot: Arc<Mutex<Option<Volume>>>, name: &str, coherence: Arc<Coherence>) -> Self {
-        let nodes: Arc<Nodes> = Arc::new(Mutex::new(LruCache::new(NonZeroUsize::new(8192).expect("non-zero"))));
-        let weak = Arc::downgrade(&nodes);
+        let nodes: Arc<Nodes> = Arc::new(Mutex::new(LruCache::new(NonZeroUsize::new(MAX_OBJECTS).expect("non-zero"))));
+        let names: Arc<Names> = Arc::new(Mutex::new(NameCache::default()));
+        let (weak, weak_names) = (Arc::downgrade(&nodes), Arc::downgrade(&names));
         coherence.set_sink(Arc::new(move |g: &gfapi::Gfid| {
+            let id = gfid_file_id(g);
+            // An upcall names the changed file and, for a change of names, its directory and a
+            // rename's old directory: each one's attributes go, and a directory's names too.
+            if let Some(names) = weak_names.upgrade() {
+                names.lock().expect("lock").invalidate(&id);
+            }
             let Some(nodes) = weak.upgrade() else { return };
-            let node = nodes.lock().expect("lock").peek(&gfid_file_id(g)).cloned();
+            let node = nodes.lock().expect("lock").peek(&id).cloned();
             if let Some(n) = node {
                 n.attr.lock().expect("lock").invalidate();
             }
         }));
-        Self { slot, name: name.to_string(), fsid: u64::from_le_bytes(volume_id(name).0), nodes, coherence }
+        Self { slot, name: name.to_string(), fsid: u64::from_le_bytes(volume_id(name).0), nodes, names, coherence }
     }
 
     /// Attributes of a cached object: from the cache while it is coherent, else from the bricks
@@ -212,6 +237,8 @@ impl GfapiBackend {
     /// attributes go.
     fn invalidate(&self, id: &FileId) {
         self.coherence.note_change();
+        // A directory's names too (a create, remove or link in it; its mode for the grants).
+        self.names.lock().expect("lock").invalidate(id);
         let node = self.nodes.lock().expect("lock").peek(id).cloned();
         if let Some(n) = node {
             n.attr.lock().expect("lock").invalidate();
@@ -401,6 +428,188 @@ impl GfapiBackend {
         Ok(())
     }
 
+    /// A file a remembered name or listing denotes, with its attributes (cached, or one stat).
+    fn known_child(&self, vol: &Volume, id: &FileId) -> VfsResult<(FileId, Attr)> {
+        let node = self.node(vol, id)?;
+        Ok((*id, self.attr(&self.cached_stat(vol, id, &node)?)))
+    }
+
+    /// Makes sure the bricks will tell this node of names created in `dir` (a LOOKUP that
+    /// finds nothing registers nothing): a stat of the directory, once per remembered entries.
+    fn register_dir(&self, vol: &Volume, dir: &FileId, d: &Node, epoch: u64) {
+        if self.names.lock().expect("lock").registered(dir, epoch, Instant::now()) {
+            return;
+        }
+        let fetch = self.names.lock().expect("lock").begin(dir, epoch, Instant::now());
+        let attr_ticket = d.attr.lock().expect("lock").ticket();
+        if let Ok(st) = self.live_stat(vol, dir, d) {
+            d.attr.lock().expect("lock").fill(attr_ticket, epoch, fetch.at, st);
+            self.names.lock().expect("lock").note_registered(dir, fetch);
+        }
+    }
+
+    /// A page of `dir` from its remembered listing, when memory holds it all and the caller
+    /// may list the directory; entries whose attributes are no longer cached are stat'ed (at
+    /// most [`MAX_RESTATS`]).
+    fn remembered_page(
+        &self,
+        vol: &Volume,
+        cred: &Credentials,
+        (dir, cookie): (&FileId, u64),
+        max_entries: usize,
+        plus: bool,
+        epoch: u64,
+    ) -> VfsResult<Option<ReadDir>> {
+        let now = Instant::now();
+        let Some((listed, eof)) = self.names.lock().expect("lock").page(dir, cookie, max_entries, cred, epoch, now)
+        else {
+            return Ok(None);
+        };
+        let mut entries = Vec::with_capacity(listed.len());
+        if !plus {
+            entries.extend(listed.into_iter().map(|l| DirEntry {
+                name: l.name,
+                cookie: l.cookie,
+                fileid: l.fileid,
+                plus: None,
+            }));
+            return Ok(Some(ReadDir { entries, eof, dir_attr: None }));
+        }
+        let mut attrs: Vec<Option<libc::stat>> = {
+            let mut nodes = self.nodes.lock().expect("lock");
+            listed.iter().map(|l| nodes.get(&l.id).and_then(|n| n.attr.lock().expect("lock").get(epoch, now))).collect()
+        };
+        if attrs.iter().filter(|a| a.is_none()).count() > MAX_RESTATS {
+            return Ok(None);
+        }
+        for (l, a) in listed.iter().zip(attrs.iter_mut()) {
+            if a.is_none() {
+                match self.node(vol, &l.id).and_then(|n| self.cached_stat(vol, &l.id, &n)) {
+                    Ok(st) => *a = Some(st),
+                    Err(_) => {
+                        // Gone, though nothing said so: the listing is not trusted any more.
+                        self.names.lock().expect("lock").invalidate(dir);
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        self.coherence.count(true);
+        for (l, a) in listed.into_iter().zip(attrs) {
+            let attr = self.attr(&a.expect("filled above"));
+            entries.push(DirEntry { name: l.name, cookie: l.cookie, fileid: attr.fileid, plus: Some((l.id, attr)) });
+        }
+        Ok(Some(ReadDir { entries, eof, dir_attr: None }))
+    }
+
+    /// Reads `dir` from the bricks on from `tail` (the remembered listing's last cookie, 0 for
+    /// the start), at least `max_entries` (and [`MIN_EXTEND`]) entries or to the end, and
+    /// remembers them.
+    fn extend_listing(
+        &self,
+        vol: &Volume,
+        cred: &Credentials,
+        (dir, d): (&FileId, &Node),
+        tail: u64,
+        max_entries: usize,
+        epoch: u64,
+    ) -> VfsResult<()> {
+        let fetch = self.names.lock().expect("lock").begin(dir, epoch, Instant::now());
+        let mark = self.coherence.changes();
+        let listing = {
+            let _as = AsCaller::switch(cred)?;
+            vol.open_dir(&d.obj).map_err(stale)?
+        };
+        if tail != 0 {
+            listing.seek_dir(tail as i64);
+        }
+        let mut got = Vec::new();
+        let eof = loop {
+            if got.len() >= max_entries.max(MIN_EXTEND) {
+                break false;
+            }
+            let next = {
+                let _as = AsCaller::switch(cred)?;
+                listing.next_entry_plus()?
+            };
+            let Some(e) = next else { break true };
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            let (id, attr) = match (e.object, e.stat) {
+                (Some(obj), Some(st)) => self.found(obj, &st, mark)?,
+                // The volume gave no object or attributes for this one: nothing is remembered.
+                _ => return Ok(()),
+            };
+            got.push(Listed { name: e.name, cookie: e.cookie as u64, fileid: attr.fileid, id });
+        };
+        let mut names = self.names.lock().expect("lock");
+        names.grant(dir, fetch, Grant::Read, cred);
+        names.fill_listing(dir, fetch, tail, got, eof);
+        Ok(())
+    }
+
+    /// A page of `dir` read from the bricks, nothing remembered but the entries' attributes.
+    fn readdir_live(
+        &self,
+        vol: &Volume,
+        cred: &Credentials,
+        d: &Node,
+        cookie: u64,
+        max_entries: usize,
+        plus: bool,
+    ) -> VfsResult<ReadDir> {
+        let listing = {
+            let _as = AsCaller::switch(cred)?;
+            // A directory removed since it was last seen: its handle is stale.
+            vol.open_dir(&d.obj).map_err(stale)?
+        };
+        if cookie != 0 {
+            listing.seek_dir(cookie as i64);
+        }
+        let mut entries = Vec::new();
+        loop {
+            let mark = self.coherence.changes();
+            // One READDIRP gives every entry's attributes and (plus) its object: no lookup per
+            // entry, and the attributes are the bricks' own at listing time.
+            let next = {
+                let _as = AsCaller::switch(cred)?;
+                if plus {
+                    listing.next_entry_plus()?
+                } else {
+                    listing.next_entry()?.map(|e| DirEntryPlus {
+                        name: e.name,
+                        cookie: e.cookie,
+                        stat: Some(e.stat),
+                        object: None,
+                    })
+                }
+            };
+            let Some(e) = next else { return Ok(ReadDir { entries, eof: true, dir_attr: None }) };
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            if entries.len() >= max_entries {
+                return Ok(ReadDir { entries, eof: false, dir_attr: None });
+            }
+            let found = match (plus, e.object, e.stat) {
+                (false, _, _) => None,
+                (true, Some(obj), Some(st)) => Some(self.found(obj, &st, mark)?),
+                // The volume gave no object or attributes for this one: look it up.
+                (true, _, _) => match self.lookup_obj(vol, cred, d, &e.name) {
+                    Ok((obj, st)) => Some(self.found(obj, &st, mark)?),
+                    Err(_) => continue, // removed meanwhile
+                },
+            };
+            let fileid = match (&found, e.stat) {
+                (Some((_, attr)), _) => attr.fileid,
+                (None, Some(st)) => st.st_ino,
+                (None, None) => 0,
+            };
+            entries.push(DirEntry { name: e.name, cookie: e.cookie as u64, fileid, plus: found });
+        }
+    }
+
     /// A POSIX byte-range lock call on `id` for lock owner `owner` (`F_SETLK`, `F_SETLKW`,
     /// `F_GETLK`), enforced by the bricks for every node: the base of the cluster-wide lock
     /// table and of the recovery lock over gfapi. Each owner gets its own descriptor.
@@ -459,9 +668,36 @@ impl Backend for GfapiBackend {
     fn lookup(&self, cred: &Credentials, dir: &FileId, name: &Name) -> VfsResult<(FileId, Attr)> {
         let vol = self.vol()?;
         let d = self.dir_node(&vol, dir)?;
+        let epoch = self.coherence.epoch();
+        if epoch == 0 {
+            let mark = self.coherence.changes();
+            let (obj, st) = self.lookup_obj(&vol, cred, &d, name.as_bytes())?;
+            return self.found(obj, &st, mark);
+        }
+        let known = self.names.lock().expect("lock").lookup(dir, name.as_bytes(), cred, epoch, Instant::now());
+        match known {
+            Some(Known::Absent) => return Err(VfsError::NotFound),
+            Some(Known::Is(id)) => match self.known_child(&vol, &id) {
+                Ok(found) => return Ok(found),
+                // Gone, though nothing said so: ask the bricks.
+                Err(_) => self.names.lock().expect("lock").invalidate(dir),
+            },
+            None => {}
+        }
+        self.register_dir(&vol, dir, &d, epoch);
+        let fetch = self.names.lock().expect("lock").begin(dir, epoch, Instant::now());
         let mark = self.coherence.changes();
-        let (obj, st) = self.lookup_obj(&vol, cred, &d, name.as_bytes())?;
-        self.found(obj, &st, mark)
+        let looked = self.lookup_obj(&vol, cred, &d, name.as_bytes());
+        let found = match looked {
+            Ok((obj, st)) => Some(self.found(obj, &st, mark)?),
+            Err(VfsError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        // The bricks let this caller search the directory (a refusal is EACCES, not ENOENT).
+        let mut names = self.names.lock().expect("lock");
+        names.grant(dir, fetch, Grant::Search, cred);
+        names.fill_name(dir, fetch, name.as_bytes(), found.map(|(id, _)| id));
+        found.ok_or(VfsError::NotFound)
     }
 
     fn parent(&self, cred: &Credentials, dir: &FileId) -> VfsResult<(FileId, Attr)> {
@@ -777,55 +1013,26 @@ impl Backend for GfapiBackend {
     ) -> VfsResult<ReadDir> {
         let vol = self.vol()?;
         let d = self.dir_node(&vol, dir)?;
-        let listing = {
-            let _as = AsCaller::switch(cred)?;
-            // A directory removed since it was last seen: its handle is stale.
-            vol.open_dir(&d.obj).map_err(stale)?
-        };
-        if cookie != 0 {
-            listing.seek_dir(cookie as i64);
-        }
-        let mut entries = Vec::new();
-        loop {
-            let mark = self.coherence.changes();
-            // One READDIRP gives every entry's attributes and (plus) its object: no lookup per
-            // entry, and the attributes are the bricks' own at listing time.
-            let next = {
-                let _as = AsCaller::switch(cred)?;
-                if plus {
-                    listing.next_entry_plus()?
-                } else {
-                    listing.next_entry()?.map(|e| DirEntryPlus {
-                        name: e.name,
-                        cookie: e.cookie,
-                        stat: Some(e.stat),
-                        object: None,
-                    })
+        let epoch = self.coherence.epoch();
+        if epoch != 0 {
+            if let Some(page) = self.remembered_page(&vol, cred, (dir, cookie), max_entries, plus, epoch)? {
+                return Ok(page);
+            }
+            // A listing read from its start (or on from where memory ends) is remembered as it
+            // goes, then served from memory.
+            let resume = self.names.lock().expect("lock").resume_at(dir, cookie, epoch, Instant::now());
+            if let Some(tail) = resume {
+                self.extend_listing(&vol, cred, (dir, &d), tail, max_entries, epoch)?;
+                if let Some(page) = self.remembered_page(&vol, cred, (dir, cookie), max_entries, plus, epoch)? {
+                    return Ok(page);
                 }
-            };
-            let Some(e) = next else { return Ok(ReadDir { entries, eof: true, dir_attr: None }) };
-            if e.name == b"." || e.name == b".." {
-                continue;
             }
-            if entries.len() >= max_entries {
-                return Ok(ReadDir { entries, eof: false, dir_attr: None });
-            }
-            let found = match (plus, e.object, e.stat) {
-                (false, _, _) => None,
-                (true, Some(obj), Some(st)) => Some(self.found(obj, &st, mark)?),
-                // The volume gave no object or attributes for this one: look it up.
-                (true, _, _) => match self.lookup_obj(&vol, cred, &d, &e.name) {
-                    Ok((obj, st)) => Some(self.found(obj, &st, mark)?),
-                    Err(_) => continue, // removed meanwhile
-                },
-            };
-            let fileid = match (&found, e.stat) {
-                (Some((_, attr)), _) => attr.fileid,
-                (None, Some(st)) => st.st_ino,
-                (None, None) => 0,
-            };
-            entries.push(DirEntry { name: e.name, cookie: e.cookie as u64, fileid, plus: found });
         }
+        self.readdir_live(&vol, cred, &d, cookie, max_entries, plus)
+    }
+
+    fn forget_names(&self, dir: &FileId) {
+        self.names.lock().expect("lock").invalidate(dir);
     }
 
     fn cookie_verifier(&self, _dir: &FileId) -> u64 {

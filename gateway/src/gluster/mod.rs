@@ -17,6 +17,7 @@ pub mod gfapi;
 pub mod gfapi_backend;
 pub mod health;
 pub mod mount;
+pub mod name_cache;
 pub mod recovery_lock;
 
 use std::io::Write;

@@ -297,6 +297,10 @@ pub trait Backend: Send + Sync + 'static {
         Err(VfsError::NotSupported)
     }
 
+    /// Names in `dir` were changed elsewhere (another node's change broadcast): whatever the
+    /// backend remembers of the directory's names goes. Default: it remembers none.
+    fn forget_names(&self, _dir: &FileId) {}
+
     /// Drops cached descriptors of files whose last name is gone (removed by another node, or
     /// behind the server's back): a descriptor keeps a removed file's space allocated, so
     /// without this a quiet server would hold deleted data until its cache evicts it. Called
