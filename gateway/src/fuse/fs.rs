@@ -28,13 +28,18 @@ use super::inodes::{generation, Inodes};
 use super::sharing::{bounded, Invalidator, MountSharing};
 use crate::locks::{Conflict, LockService, OpenKey, Owner, RangeLock};
 use crate::vfs::{
-    access, Attr, CreateHow, Credentials, FileId, FileType, Namespace, SetAttr, SpecialFile, Stability, VfsError,
+    access, Attr, CreateHow, Credentials, FileId, FileType, Namespace, SetAttr, SpecialFile, Stability, Timestamp,
+    VfsError,
 };
 
 /// How long the kernel may trust a name or attributes without asking again. Changes made
-/// through the mount itself update the kernel's view at once; changes made by SMB, NFS or
-/// another node are seen after at most this long.
-pub const TTL: Duration = Duration::from_secs(1);
+/// through the mount itself update the kernel's view at once; changes made through SMB or NFS
+/// on this node invalidate it before they are answered, and on another node when the cluster's
+/// broadcast arrives (`sharing.rs`). This bounds what no event announces: a broadcast lost
+/// (a node cut off, a mesh link that dropped), a write on another node to a file the mount
+/// has not open, until that node flushes or closes it, and changes made beside nasgw (another
+/// GlusterFS client, a program in a local volume's folder).
+pub const TTL: Duration = Duration::from_secs(10);
 
 /// Entries one READDIR asks the backend for (the kernel's buffer takes what fits).
 const READDIR_BATCH: usize = 256;
@@ -67,6 +72,30 @@ struct Backing {
     id: Arc<BackingId>,
     file: Arc<File>,
     opens: usize,
+    /// Registered open for writing (the server could open it read-write).
+    writable: bool,
+}
+
+/// How an open's reads and writes are served.
+enum Route {
+    /// By the kernel, on this backing file (passthrough).
+    Passthrough(Arc<BackingId>, Arc<File>),
+    /// Through nasgw, with the kernel's page cache (passthrough off or not possible here).
+    Cached,
+    /// Through nasgw without the page cache: passthrough is on, but not for this open (the
+    /// backing file cannot be opened with its access). Direct I/O is the one mode the kernel
+    /// lets an inode mix with passthrough opens of it; a cached open beside them fails (EIO).
+    Direct,
+}
+
+impl Route {
+    /// The open flags of an open served through nasgw.
+    fn flags(&self) -> FopenFlags {
+        match self {
+            Route::Direct => FopenFlags::FOPEN_DIRECT_IO,
+            _ => FopenFlags::empty(),
+        }
+    }
 }
 
 /// One open of a file through the mount.
@@ -84,6 +113,9 @@ struct OpenFile {
     key: Option<OpenKey>,
     /// Opened for writing.
     write: bool,
+    /// The file's size and modification time when last seen by this open (at open, then at
+    /// each flush): a flush that finds them changed reports the file modified.
+    seen: Mutex<(u64, Timestamp)>,
 }
 
 /// The volume as the node's FUSE mount serves it.
@@ -143,6 +175,11 @@ impl VolumeFs {
         let known = inodes.clone();
         ns.changes().listen(super::sharing::listener(inval.clone(), move |dir| {
             known.lock().unwrap_or_else(|p| p.into_inner()).ino_of(dir)
+        }));
+        // Attributes changed by SMB, NFS or another node: the kernel forgets its copy.
+        let known = inodes.clone();
+        ns.changes().listen_attributes(super::sharing::attribute_listener(inval.clone(), move |file| {
+            known.lock().unwrap_or_else(|p| p.into_inner()).ino_of(file)
         }));
         let rt = tokio::runtime::Handle::try_current().ok();
         let sharing = match (&locks, &rt) {
@@ -221,9 +258,11 @@ impl VolumeFs {
         passthrough: bool,
         key: Option<OpenKey>,
         write: bool,
+        a: &Attr,
     ) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let open = OpenFile { file, data, passthrough, wrote: AtomicBool::new(false), key, write };
+        let seen = Mutex::new((a.size, a.mtime));
+        let open = OpenFile { file, data, passthrough, wrote: AtomicBool::new(false), key, write, seen };
         self.opens.lock().expect("opens lock").insert(fh, Arc::new(open));
         FileHandle(fh)
     }
@@ -241,33 +280,55 @@ impl VolumeFs {
     /// The inode's backing file for passthrough, opened on its first open (read-write when
     /// the file system allows, so every open of the inode can share it). `None`: serve the
     /// open through nasgw.
+    ///
+    /// The kernel opens its own backing file for each open, by the registered file's path,
+    /// with the access the open asks and nasgw's credentials, and fails the open with EIO when
+    /// that is refused. A file whose mode refuses nasgw that access (GlusterFS refuses even
+    /// root a write open of a file created with mode 0, which its creator may still write
+    /// through the descriptor the create returned) gets no passthrough for an open asking
+    /// for it (`write`): that open is served through nasgw ([`Route::Direct`]), whose own
+    /// descriptor of a file it created is the create's.
     fn backing(
         &self,
         file: FileId,
+        write: bool,
         open_backing: impl FnOnce(&File) -> std::io::Result<BackingId>,
-    ) -> Option<(Arc<BackingId>, Arc<File>)> {
+    ) -> Route {
         if !self.passthrough.load(Ordering::Relaxed) {
-            return None;
-        }
-        let mut b = self.backings.lock().expect("backings lock");
-        if let Some(x) = b.get_mut(&file) {
-            x.opens += 1;
-            return Some((x.id.clone(), x.file.clone()));
+            return Route::Cached;
         }
         let backend = self.ns.backend();
-        let fd = backend.open_data(&file, true).or_else(|_| backend.open_data(&file, false)).ok()?;
+        let mut b = self.backings.lock().expect("backings lock");
+        if let Some(x) = b.get_mut(&file) {
+            if write && !x.writable && backend.open_data(&file, true).is_err() {
+                return Route::Direct;
+            }
+            x.opens += 1;
+            return Route::Passthrough(x.id.clone(), x.file.clone());
+        }
+        let opened = match backend.open_data(&file, true) {
+            Ok(fd) => Ok((fd, true)),
+            Err(e) if write => Err(e),
+            Err(_) => backend.open_data(&file, false).map(|fd| (fd, false)),
+        };
+        let (fd, writable) = match opened {
+            Ok(x) => x,
+            // No backing file on this backend (gfapi): every open goes through nasgw.
+            Err(VfsError::NotSupported) => return Route::Cached,
+            Err(_) => return Route::Direct,
+        };
         let f = Arc::new(File::from(fd));
         match open_backing(&f) {
             Ok(id) => {
                 let id = Arc::new(id);
-                b.insert(file, Backing { id: id.clone(), file: f.clone(), opens: 1 });
-                Some((id, f))
+                b.insert(file, Backing { id: id.clone(), file: f.clone(), opens: 1, writable });
+                Route::Passthrough(id, f)
             }
             Err(e) => {
                 // EPERM without CAP_SYS_ADMIN, EOPNOTSUPP where the kernel lacks it: stop trying.
                 tracing::warn!(error = %e, "FUSE passthrough refused by the kernel; serving reads and writes through nasgw");
                 self.passthrough.store(false, Ordering::Relaxed);
-                None
+                Route::Cached
             }
         }
     }
@@ -295,6 +356,26 @@ impl VolumeFs {
     fn owner(&self, lock_owner: LockOwner) -> Owner {
         let node = self.locks.as_ref().map_or(0, |l| l.node());
         Owner::Posix { node, id: self.owner_base | u128::from(lock_owner.0) }
+    }
+
+    /// At a close of `open` (opened for writing): when the file's size or modification time
+    /// changed since the open last looked, its change is reported as an SMB client's close
+    /// reports it: CHANGE_NOTIFY watchers on every node hear that it was modified, and other
+    /// nodes' mounts forget its attributes. (Passthrough writes never reach nasgw: this is
+    /// when it learns of them, as smbd reports a handle's writes at its close.)
+    fn report_written(&self, open: &OpenFile) {
+        let Ok(a) = run(self.ns.getattr(open.file)) else { return };
+        let now = (a.size, a.mtime);
+        let before = std::mem::replace(&mut *open.seen.lock().expect("seen lock"), now);
+        if before == now {
+            return;
+        }
+        let mut bits = crate::vfs::changes::what::LAST_WRITE;
+        if before.0 != now.0 {
+            bits |= crate::vfs::changes::what::SIZE;
+        }
+        self.ns.changes().attributes_changed(&open.file, true);
+        run(self.ns.modified_file(open.file, bits));
     }
 
     fn name<'a>(&self, name: &'a OsStr) -> &'a [u8] {
@@ -567,11 +648,11 @@ impl Filesystem for VolumeFs {
             Err(e) => return reply.error(e),
         };
         let key = shared.map(|s| s.key);
-        match self.backing(id, |f| reply.open_backing(f)) {
-            Some((b, f)) => {
-                reply.opened_passthrough(self.new_fh(id, Some(f), true, key, write), FopenFlags::empty(), &b)
+        match self.backing(id, write, |f| reply.open_backing(f)) {
+            Route::Passthrough(b, f) => {
+                reply.opened_passthrough(self.new_fh(id, Some(f), true, key, write, &a), FopenFlags::empty(), &b)
             }
-            None => {
+            route => {
                 let data = self.ns.backend().open_data(&id, write).ok().map(|fd| Arc::new(File::from(fd)));
                 // The page cache stays only while the mount's read lease held since it was filled.
                 let keep = if shared.is_some_and(|s| s.keep_cache) {
@@ -579,7 +660,7 @@ impl Filesystem for VolumeFs {
                 } else {
                     FopenFlags::empty()
                 };
-                reply.opened(self.new_fh(id, data, false, key, write), keep)
+                reply.opened(self.new_fh(id, data, false, key, write, &a), keep | route.flags())
             }
         }
     }
@@ -676,6 +757,9 @@ impl Filesystem for VolumeFs {
             if let Err(e) = run(self.ns.flush(open.file)) {
                 return reply.error(errno(e));
             }
+        }
+        if open.write {
+            self.report_written(&open);
         }
         reply.ok()
     }
@@ -1033,18 +1117,18 @@ impl Filesystem for VolumeFs {
                 return reply.error(e);
             }
         };
-        match self.backing(id, |f| reply.open_backing(f)) {
-            Some((b, f)) => reply.created_passthrough(
+        match self.backing(id, write, |f| reply.open_backing(f)) {
+            Route::Passthrough(b, f) => reply.created_passthrough(
                 &TTL,
                 &fa,
                 g,
-                self.new_fh(id, Some(f), true, key, write),
+                self.new_fh(id, Some(f), true, key, write, &a),
                 FopenFlags::empty(),
                 &b,
             ),
-            None => {
+            route => {
                 let data = self.ns.backend().open_data(&id, write).ok().map(|fd| Arc::new(File::from(fd)));
-                reply.created(&TTL, &fa, g, self.new_fh(id, data, false, key, write), FopenFlags::empty())
+                reply.created(&TTL, &fa, g, self.new_fh(id, data, false, key, write, &a), route.flags())
             }
         }
     }
