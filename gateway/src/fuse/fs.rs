@@ -72,30 +72,6 @@ struct Backing {
     id: Arc<BackingId>,
     file: Arc<File>,
     opens: usize,
-    /// Registered open for writing (the server could open it read-write).
-    writable: bool,
-}
-
-/// How an open's reads and writes are served.
-enum Route {
-    /// By the kernel, on this backing file (passthrough).
-    Passthrough(Arc<BackingId>, Arc<File>),
-    /// Through nasgw, with the kernel's page cache (passthrough off or not possible here).
-    Cached,
-    /// Through nasgw without the page cache: passthrough is on, but not for this open (the
-    /// backing file cannot be opened with its access). Direct I/O is the one mode the kernel
-    /// lets an inode mix with passthrough opens of it; a cached open beside them fails (EIO).
-    Direct,
-}
-
-impl Route {
-    /// The open flags of an open served through nasgw.
-    fn flags(&self) -> FopenFlags {
-        match self {
-            Route::Direct => FopenFlags::FOPEN_DIRECT_IO,
-            _ => FopenFlags::empty(),
-        }
-    }
 }
 
 /// One open of a file through the mount.
@@ -280,55 +256,33 @@ impl VolumeFs {
     /// The inode's backing file for passthrough, opened on its first open (read-write when
     /// the file system allows, so every open of the inode can share it). `None`: serve the
     /// open through nasgw.
-    ///
-    /// The kernel opens its own backing file for each open, by the registered file's path,
-    /// with the access the open asks and nasgw's credentials, and fails the open with EIO when
-    /// that is refused. A file whose mode refuses nasgw that access (GlusterFS refuses even
-    /// root a write open of a file created with mode 0, which its creator may still write
-    /// through the descriptor the create returned) gets no passthrough for an open asking
-    /// for it (`write`): that open is served through nasgw ([`Route::Direct`]), whose own
-    /// descriptor of a file it created is the create's.
     fn backing(
         &self,
         file: FileId,
-        write: bool,
         open_backing: impl FnOnce(&File) -> std::io::Result<BackingId>,
-    ) -> Route {
+    ) -> Option<(Arc<BackingId>, Arc<File>)> {
         if !self.passthrough.load(Ordering::Relaxed) {
-            return Route::Cached;
+            return None;
         }
-        let backend = self.ns.backend();
         let mut b = self.backings.lock().expect("backings lock");
         if let Some(x) = b.get_mut(&file) {
-            if write && !x.writable && backend.open_data(&file, true).is_err() {
-                return Route::Direct;
-            }
             x.opens += 1;
-            return Route::Passthrough(x.id.clone(), x.file.clone());
+            return Some((x.id.clone(), x.file.clone()));
         }
-        let opened = match backend.open_data(&file, true) {
-            Ok(fd) => Ok((fd, true)),
-            Err(e) if write => Err(e),
-            Err(_) => backend.open_data(&file, false).map(|fd| (fd, false)),
-        };
-        let (fd, writable) = match opened {
-            Ok(x) => x,
-            // No backing file on this backend (gfapi): every open goes through nasgw.
-            Err(VfsError::NotSupported) => return Route::Cached,
-            Err(_) => return Route::Direct,
-        };
+        let backend = self.ns.backend();
+        let fd = backend.open_data(&file, true).or_else(|_| backend.open_data(&file, false)).ok()?;
         let f = Arc::new(File::from(fd));
         match open_backing(&f) {
             Ok(id) => {
                 let id = Arc::new(id);
-                b.insert(file, Backing { id: id.clone(), file: f.clone(), opens: 1, writable });
-                Route::Passthrough(id, f)
+                b.insert(file, Backing { id: id.clone(), file: f.clone(), opens: 1 });
+                Some((id, f))
             }
             Err(e) => {
                 // EPERM without CAP_SYS_ADMIN, EOPNOTSUPP where the kernel lacks it: stop trying.
                 tracing::warn!(error = %e, "FUSE passthrough refused by the kernel; serving reads and writes through nasgw");
                 self.passthrough.store(false, Ordering::Relaxed);
-                Route::Cached
+                None
             }
         }
     }
@@ -648,11 +602,11 @@ impl Filesystem for VolumeFs {
             Err(e) => return reply.error(e),
         };
         let key = shared.map(|s| s.key);
-        match self.backing(id, write, |f| reply.open_backing(f)) {
-            Route::Passthrough(b, f) => {
+        match self.backing(id, |f| reply.open_backing(f)) {
+            Some((b, f)) => {
                 reply.opened_passthrough(self.new_fh(id, Some(f), true, key, write, &a), FopenFlags::empty(), &b)
             }
-            route => {
+            None => {
                 let data = self.ns.backend().open_data(&id, write).ok().map(|fd| Arc::new(File::from(fd)));
                 // The page cache stays only while the mount's read lease held since it was filled.
                 let keep = if shared.is_some_and(|s| s.keep_cache) {
@@ -660,7 +614,7 @@ impl Filesystem for VolumeFs {
                 } else {
                     FopenFlags::empty()
                 };
-                reply.opened(self.new_fh(id, data, false, key, write, &a), keep | route.flags())
+                reply.opened(self.new_fh(id, data, false, key, write, &a), keep)
             }
         }
     }
@@ -1117,8 +1071,8 @@ impl Filesystem for VolumeFs {
                 return reply.error(e);
             }
         };
-        match self.backing(id, write, |f| reply.open_backing(f)) {
-            Route::Passthrough(b, f) => reply.created_passthrough(
+        match self.backing(id, |f| reply.open_backing(f)) {
+            Some((b, f)) => reply.created_passthrough(
                 &TTL,
                 &fa,
                 g,
@@ -1126,9 +1080,9 @@ impl Filesystem for VolumeFs {
                 FopenFlags::empty(),
                 &b,
             ),
-            route => {
+            None => {
                 let data = self.ns.backend().open_data(&id, write).ok().map(|fd| Arc::new(File::from(fd)));
-                reply.created(&TTL, &fa, g, self.new_fh(id, data, false, key, write, &a), route.flags())
+                reply.created(&TTL, &fa, g, self.new_fh(id, data, false, key, write, &a), FopenFlags::empty())
             }
         }
     }
