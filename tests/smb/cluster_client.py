@@ -403,6 +403,32 @@ def op_delete(r):
     return {}
 
 
+def set_info(r, info_class, buf):
+    cname, o, _ = handles[r["h"]]
+    c = clients[cname]
+    req = SMB2SetInfoRequest()
+    req["info_type"] = InfoType.SMB2_0_INFO_FILE
+    req["file_info_class"] = info_class
+    req["file_id"] = o.file_id
+    req["buffer"] = buf
+    sent = c.conn.send(req, sid=c.session.session_id, tid=c.tree.tree_connect_id)
+    c.conn.receive(sent)
+    return {}
+
+
+def op_setbasic(r):
+    """FileBasicInformation: FILETIME values (0 = unchanged) and DOS attributes (0 = unchanged;
+    READONLY = 1, NORMAL = 0x80)."""
+    buf = struct.pack("<QQQQII", int(r.get("created", 0)), int(r.get("accessed", 0)), int(r.get("written", 0)),
+                      int(r.get("changed", 0)), int(r.get("attributes", 0)), 0)
+    return set_info(r, 4, buf)
+
+
+def op_eof(r):
+    """FileEndOfFileInformation: the file's new size."""
+    return set_info(r, 20, struct.pack("<Q", int(r["size"])))
+
+
 pending = {}  # tag -> smbprotocol Request still waiting for its final answer
 
 

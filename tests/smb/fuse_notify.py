@@ -5,7 +5,9 @@ Usage: fuse_notify.py HOST PORT SHARE MOUNTPOINT
 
 The share is the volume root, mounted at MOUNTPOINT. A guest watches the root for name
 changes; this script then renames and creates files *locally* through the mount (os.rename,
-open) and expects the watcher to report them. Prints "ALL OK" at the end.
+open) and expects the watcher to report them; then it watches for writes and size changes and
+writes a file locally (open, write, close: reported at the close, as smbd reports an SMB
+client's writes). Prints "ALL OK" at the end.
 """
 
 import os
@@ -27,17 +29,33 @@ s = Session(c, "guest", "guest", require_encryption=False, auth_protocol="ntlm")
 s.connect()
 t = TreeConnect(s, rf"\\{host}\{share}")
 t.connect(require_secure_negotiate=False)
-d = Open(t, "")
-d.create(ImpersonationLevel.Impersonation, DirectoryAccessMask.FILE_LIST_DIRECTORY | DirectoryAccessMask.SYNCHRONIZE, 0,
-         ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE,
-         CreateDisposition.FILE_OPEN, CreateOptions.FILE_DIRECTORY_FILE)
+
+
+def open_root():
+    h = Open(t, "")
+    h.create(ImpersonationLevel.Impersonation, DirectoryAccessMask.FILE_LIST_DIRECTORY | DirectoryAccessMask.SYNCHRONIZE,
+             0, ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE,
+             CreateDisposition.FILE_OPEN, CreateOptions.FILE_DIRECTORY_FILE)
+    return h
+
+
+# A handle's first CHANGE_NOTIFY fixes its filter (as on Windows): one handle per filter.
+d = open_root()
 
 NAMES = CompletionFilter.FILE_NOTIFY_CHANGE_FILE_NAME | CompletionFilter.FILE_NOTIFY_CHANGE_DIR_NAME
 
 
-def watch():
-    w = FileSystemWatcher(d)
-    w.start(NAMES, output_buffer_length=65536)
+WRITES = CompletionFilter.FILE_NOTIFY_CHANGE_LAST_WRITE | CompletionFilter.FILE_NOTIFY_CHANGE_SIZE
+
+
+handles = {NAMES: d}
+
+
+def watch(what=NAMES):
+    if what not in handles:
+        handles[what] = open_root()
+    w = FileSystemWatcher(handles[what])
+    w.start(what, output_buffer_length=65536)
     deadline = time.time() + 10
     while w._request.async_id is None and not w.response_event.is_set() and time.time() < deadline:
         time.sleep(0.005)
@@ -53,9 +71,9 @@ def events(w, timeout=10):
     return [(e["action"].get_value(), e["file_name"].get_value()) for e in (w.result or [])]
 
 
-def until(want, act, timeout=10):
+def until(want, act, timeout=10, what=NAMES):
     seen = []
-    w = watch()
+    w = watch(what)
     t0 = time.monotonic()
     act()
     deadline = time.time() + timeout
@@ -66,7 +84,7 @@ def until(want, act, timeout=10):
         seen += got
         if all(x in seen for x in want):
             return seen, time.monotonic() - t0
-        w = watch()
+        w = watch(what)
     return seen, None
 
 
@@ -83,4 +101,17 @@ if took is None:
     print(f"FAIL a local mkdir through the mount was not reported: {seen}")
     sys.exit(1)
 print(f"ok   a local mkdir through the mount reached the SMB watcher in {took * 1000:.1f} ms")
+
+
+def local_write():
+    with open(os.path.join(mnt, "local-b.txt"), "r+b") as f:
+        f.seek(100)
+        f.write(b"written through the mount")
+
+
+seen, took = until([(FileAction.FILE_ACTION_MODIFIED, "local-b.txt")], local_write, what=WRITES)
+if took is None:
+    print(f"FAIL a local write through the mount was not reported: {seen}")
+    sys.exit(1)
+print(f"ok   a local write through the mount reached the SMB watcher in {took * 1000:.1f} ms (at its close)")
 print("ALL OK")

@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nasgw_tests::cluster::{SmbClient, SmbCluster, ADDRS, SMB_PORT};
+use nasgw_tests::cluster::{SmbClient, SmbCluster, ADDRS, NFS_PORT, SMB_PORT};
 use nasgw_tests::{hex, Unmount};
 use serde_json::json;
 
@@ -164,5 +164,148 @@ fn a_node_cut_off_from_the_cluster_fails_local_opens_and_locks_with_eio_within_t
     drop(held);
     // The cut-off node goes as a cut-off host would (its dead mount is detached at the end).
     cluster.daemons[0].take().expect("node 1").kill();
+    stop_all(&mut cluster);
+}
+
+/// A `struct flock` for fcntl.
+fn flock(kind: i32, start: i64, len: i64) -> libc::flock {
+    // SAFETY: a zeroed flock is valid.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    fl.l_start = start;
+    fl.l_len = len;
+    fl
+}
+
+fn fcntl(f: &File, cmd: i32, fl: &mut libc::flock) -> Result<(), i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor and flock.
+    match unsafe { libc::fcntl(f.as_raw_fd(), cmd, fl as *mut libc::flock) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (the NLM client's sockets live there).
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        nasgw_tests::netns::enter(&ns);
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// Waits in F_SETLKW for `range` on a thread of its own; joined, how long after `released` it
+/// was granted.
+fn wait_in_setlkw(f: &Path, start: i64, len: i64) -> std::thread::JoinHandle<(Result<(), i32>, Instant, File)> {
+    let g = OpenOptions::new().read(true).write(true).open(f).unwrap();
+    std::thread::spawn(move || {
+        let r = fcntl(&g, libc::F_SETLKW, &mut flock(libc::F_WRLCK, start, len));
+        (r, Instant::now(), g)
+    })
+}
+
+#[test]
+fn local_fcntl_locks_meet_nlm_locks_on_this_and_another_node_and_smb_locks_through_another_node() {
+    use nasgw_tests::nlm::{file_handle, stat, NlmClient};
+    use std::net::SocketAddr;
+    let mut cluster = SmbCluster::start("[fuse]\nmountpoint = \"{dir}/mnt\"\n");
+    let _unmount: Vec<Unmount> = (0..3).map(|i| Unmount(cluster.dir(i).join("mnt"))).collect();
+    let mnt = cluster.dir(0).join("mnt");
+    assert!(is_nasgw_mount(&mnt), "node 1's mount is not in the test's mount namespace");
+    let f = mnt.join("locks.txt");
+    std::fs::write(&f, [b'x'; 100]).unwrap();
+    let local = OpenOptions::new().read(true).write(true).open(&f).unwrap();
+    let c1 = cluster.topo.ns("c1").to_string();
+    // NLM owners of the client host through node 1 (the mount's own node) and node 2.
+    let nlm = |node: usize, svid: i32| {
+        let server: SocketAddr = format!("{}:{NFS_PORT}", ADDRS[node]).parse().unwrap();
+        (NlmClient::new(server, "c1-host", svid), server)
+    };
+    let (g, dn) = (Some(stat::GRANTED), Some(stat::DENIED));
+    for node in [0, 1] {
+        let where_ = if node == 0 { "node 1 (the mount's)" } else { "node 2" };
+        let (owner, server) = nlm(node, 7 + node as i32);
+        let fh = in_ns(&c1, move || file_handle(server, "smb", "locks.txt"));
+
+        // A local lock refuses the NLM lock and its TEST.
+        fcntl(&local, libc::F_SETLK, &mut flock(libc::F_WRLCK, 0, 10)).expect("local lock");
+        let (o, h) = (owner.clone(), fh.clone());
+        let r = in_ns(&c1, move || {
+            (o.lock(&h, true, 5, 1, false), o.test(&h, false, 0, 10), o.lock(&h, true, 50, 10, false))
+        });
+        assert_eq!(r, (dn, dn, g), "NLM through {where_} against a local fcntl lock (lock, test, lock outside)");
+        fcntl(&local, libc::F_SETLK, &mut flock(libc::F_UNLCK, 0, 0)).unwrap();
+
+        // An NLM lock refuses a local lock; F_GETLK names it; a local F_SETLKW waits for the
+        // NLM unlock.
+        let (o, h) = (owner.clone(), fh.clone());
+        assert_eq!(in_ns(&c1, move || o.lock(&h, true, 0, 10, false)), g, "NLM lock through {where_}");
+        assert_eq!(
+            fcntl(&local, libc::F_SETLK, &mut flock(libc::F_RDLCK, 5, 1)),
+            Err(libc::EAGAIN),
+            "local lock under an NLM lock through {where_}"
+        );
+        let mut probe = flock(libc::F_WRLCK, 0, 100);
+        fcntl(&local, libc::F_GETLK, &mut probe).unwrap();
+        assert_eq!((i32::from(probe.l_type), probe.l_start), (libc::F_WRLCK, 0), "F_GETLK names the NLM lock");
+        fcntl(&local, libc::F_SETLK, &mut flock(libc::F_WRLCK, 20, 10)).expect("a local lock beside the NLM lock");
+        let waiter = wait_in_setlkw(&f, 0, 10);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "F_SETLKW returned while NLM through {where_} held the range");
+        let (o, h) = (owner.clone(), fh.clone());
+        let unlocked = Instant::now();
+        assert_eq!(in_ns(&c1, move || o.unlock(&h, 0, 10)), g);
+        let (r, at, g2) = waiter.join().unwrap();
+        assert_eq!(r, Ok(()), "F_SETLKW after the NLM unlock through {where_}");
+        println!("a local F_SETLKW was granted {:?} after the NLM unlock through {where_}", at - unlocked);
+        drop(g2); // its close drops its lock
+        let (o, h) = (owner.clone(), fh.clone());
+        assert_eq!(
+            in_ns(&c1, move || (o.unlock(&h, 50, 10), o.lock(&h, true, 0, 10, false), o.unlock(&h, 0, 10))),
+            (g, g, g)
+        );
+        fcntl(&local, libc::F_SETLK, &mut flock(libc::F_UNLCK, 0, 0)).unwrap();
+    }
+
+    // SMB byte-range locks through node 2, both ways.
+    let mut c = SmbClient::spawn(cluster.topo.ns("c1"));
+    c.ok(json!({"op": "connect", "c": "b", "host": ADDRS[1], "port": SMB_PORT}));
+    c.ok(json!({"op": "open", "c": "b", "h": "l", "path": "locks.txt", "share": SHARE_ALL}));
+    fcntl(&local, libc::F_SETLK, &mut flock(libc::F_WRLCK, 0, 10)).expect("local lock");
+    let r = c.call(json!({"op": "lock", "h": "l", "off": 5, "len": 1}));
+    assert!(
+        !r.ok && (r.status == "STATUS_LOCK_NOT_GRANTED" || r.status == "STATUS_FILE_LOCK_CONFLICT"),
+        "an SMB lock through node 2 inside a local fcntl lock: {}",
+        r.v
+    );
+    c.ok(json!({"op": "lock", "h": "l", "off": 50, "len": 10}));
+    fcntl(&local, libc::F_SETLK, &mut flock(libc::F_UNLCK, 0, 0)).unwrap();
+    c.ok(json!({"op": "lock", "h": "l", "off": 0, "len": 10}));
+    assert_eq!(
+        fcntl(&local, libc::F_SETLK, &mut flock(libc::F_WRLCK, 0, 10)),
+        Err(libc::EAGAIN),
+        "local lock under an SMB lock through node 2"
+    );
+    // Byte-range locks are advisory to local programs (as smbd's are with `posix locking`): a
+    // program that does not lock reads and writes the range; one that locks waits.
+    local.write_all_at(b"LOCAL", 0).expect("a local write into an SMB-locked range (advisory)");
+    let r = c.ok(json!({"op": "read", "h": "l", "off": 0, "len": 5}));
+    assert_eq!(r.s("data"), hex(b"LOCAL"), "the SMB lock holder reads what the local program wrote");
+    let waiter = wait_in_setlkw(&f, 0, 10);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!waiter.is_finished(), "F_SETLKW returned while an SMB client of node 2 held the range");
+    let unlocked = Instant::now();
+    c.ok(json!({"op": "unlock", "h": "l", "off": 0, "len": 10}));
+    let (r, at, g2) = waiter.join().unwrap();
+    assert_eq!(r, Ok(()), "F_SETLKW after the SMB unlock through node 2");
+    println!("a local F_SETLKW was granted {:?} after the SMB unlock through node 2", at - unlocked);
+    drop(g2);
+    c.ok(json!({"op": "close", "h": "l"}));
+    drop(local);
+    drop(c);
     stop_all(&mut cluster);
 }

@@ -28,13 +28,18 @@ use super::inodes::{generation, Inodes};
 use super::sharing::{bounded, Invalidator, MountSharing};
 use crate::locks::{Conflict, LockService, OpenKey, Owner, RangeLock};
 use crate::vfs::{
-    access, Attr, CreateHow, Credentials, FileId, FileType, Namespace, SetAttr, SpecialFile, Stability, VfsError,
+    access, Attr, CreateHow, Credentials, FileId, FileType, Namespace, SetAttr, SpecialFile, Stability, Timestamp,
+    VfsError,
 };
 
 /// How long the kernel may trust a name or attributes without asking again. Changes made
-/// through the mount itself update the kernel's view at once; changes made by SMB, NFS or
-/// another node are seen after at most this long.
-pub const TTL: Duration = Duration::from_secs(1);
+/// through the mount itself update the kernel's view at once; changes made through SMB or NFS
+/// on this node invalidate it before they are answered, and on another node when the cluster's
+/// broadcast arrives (`sharing.rs`). This bounds what no event announces: a broadcast lost
+/// (a node cut off, a mesh link that dropped), a write on another node to a file the mount
+/// has not open, until that node flushes or closes it, and changes made beside nasgw (another
+/// GlusterFS client, a program in a local volume's folder).
+pub const TTL: Duration = Duration::from_secs(10);
 
 /// Entries one READDIR asks the backend for (the kernel's buffer takes what fits).
 const READDIR_BATCH: usize = 256;
@@ -84,6 +89,9 @@ struct OpenFile {
     key: Option<OpenKey>,
     /// Opened for writing.
     write: bool,
+    /// The file's size and modification time when last seen by this open (at open, then at
+    /// each flush): a flush that finds them changed reports the file modified.
+    seen: Mutex<(u64, Timestamp)>,
 }
 
 /// The volume as the node's FUSE mount serves it.
@@ -143,6 +151,11 @@ impl VolumeFs {
         let known = inodes.clone();
         ns.changes().listen(super::sharing::listener(inval.clone(), move |dir| {
             known.lock().unwrap_or_else(|p| p.into_inner()).ino_of(dir)
+        }));
+        // Attributes changed by SMB, NFS or another node: the kernel forgets its copy.
+        let known = inodes.clone();
+        ns.changes().listen_attributes(super::sharing::attribute_listener(inval.clone(), move |file| {
+            known.lock().unwrap_or_else(|p| p.into_inner()).ino_of(file)
         }));
         let rt = tokio::runtime::Handle::try_current().ok();
         let sharing = match (&locks, &rt) {
@@ -221,9 +234,11 @@ impl VolumeFs {
         passthrough: bool,
         key: Option<OpenKey>,
         write: bool,
+        a: &Attr,
     ) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let open = OpenFile { file, data, passthrough, wrote: AtomicBool::new(false), key, write };
+        let seen = Mutex::new((a.size, a.mtime));
+        let open = OpenFile { file, data, passthrough, wrote: AtomicBool::new(false), key, write, seen };
         self.opens.lock().expect("opens lock").insert(fh, Arc::new(open));
         FileHandle(fh)
     }
@@ -295,6 +310,26 @@ impl VolumeFs {
     fn owner(&self, lock_owner: LockOwner) -> Owner {
         let node = self.locks.as_ref().map_or(0, |l| l.node());
         Owner::Posix { node, id: self.owner_base | u128::from(lock_owner.0) }
+    }
+
+    /// At a close of `open` (opened for writing): when the file's size or modification time
+    /// changed since the open last looked, its change is reported as an SMB client's close
+    /// reports it: CHANGE_NOTIFY watchers on every node hear that it was modified, and other
+    /// nodes' mounts forget its attributes. (Passthrough writes never reach nasgw: this is
+    /// when it learns of them, as smbd reports a handle's writes at its close.)
+    fn report_written(&self, open: &OpenFile) {
+        let Ok(a) = run(self.ns.getattr(open.file)) else { return };
+        let now = (a.size, a.mtime);
+        let before = std::mem::replace(&mut *open.seen.lock().expect("seen lock"), now);
+        if before == now {
+            return;
+        }
+        let mut bits = crate::vfs::changes::what::LAST_WRITE;
+        if before.0 != now.0 {
+            bits |= crate::vfs::changes::what::SIZE;
+        }
+        self.ns.changes().attributes_changed(&open.file, true);
+        run(self.ns.modified_file(open.file, bits));
     }
 
     fn name<'a>(&self, name: &'a OsStr) -> &'a [u8] {
@@ -569,7 +604,7 @@ impl Filesystem for VolumeFs {
         let key = shared.map(|s| s.key);
         match self.backing(id, |f| reply.open_backing(f)) {
             Some((b, f)) => {
-                reply.opened_passthrough(self.new_fh(id, Some(f), true, key, write), FopenFlags::empty(), &b)
+                reply.opened_passthrough(self.new_fh(id, Some(f), true, key, write, &a), FopenFlags::empty(), &b)
             }
             None => {
                 let data = self.ns.backend().open_data(&id, write).ok().map(|fd| Arc::new(File::from(fd)));
@@ -579,7 +614,7 @@ impl Filesystem for VolumeFs {
                 } else {
                     FopenFlags::empty()
                 };
-                reply.opened(self.new_fh(id, data, false, key, write), keep)
+                reply.opened(self.new_fh(id, data, false, key, write, &a), keep)
             }
         }
     }
@@ -676,6 +711,9 @@ impl Filesystem for VolumeFs {
             if let Err(e) = run(self.ns.flush(open.file)) {
                 return reply.error(errno(e));
             }
+        }
+        if open.write {
+            self.report_written(&open);
         }
         reply.ok()
     }
@@ -1038,13 +1076,13 @@ impl Filesystem for VolumeFs {
                 &TTL,
                 &fa,
                 g,
-                self.new_fh(id, Some(f), true, key, write),
+                self.new_fh(id, Some(f), true, key, write, &a),
                 FopenFlags::empty(),
                 &b,
             ),
             None => {
                 let data = self.ns.backend().open_data(&id, write).ok().map(|fd| Arc::new(File::from(fd)));
-                reply.created(&TTL, &fa, g, self.new_fh(id, data, false, key, write), FopenFlags::empty())
+                reply.created(&TTL, &fa, g, self.new_fh(id, data, false, key, write, &a), FopenFlags::empty())
             }
         }
     }

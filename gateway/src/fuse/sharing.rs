@@ -21,7 +21,13 @@
 //!   again). An open made
 //!   while the lease was held, unbroken, keeps the kernel's page cache (`FOPEN_KEEP_CACHE`).
 //! - Names created, removed or renamed through SMB, NFS or another node invalidate the kernel's
-//!   cached entry (`notify_inval_entry`, from the namespace's change events).
+//!   cached entry and its directory's attributes (`notify_inval_entry`, from the namespace's
+//!   change events); attributes changed through SMB, NFS or another node (SETATTR: mode, owner,
+//!   times, size; a write here; a write elsewhere once flushed, synced or closed there)
+//!   invalidate the kernel's attributes of the file (`notify_inval_inode` without pages, from
+//!   the namespace's attribute changes), whether the mount has it open or only looked it up.
+//!   Other nodes' changes arrive on the cluster's best-effort broadcast (milliseconds later); one
+//!   that is lost is seen after the kernel's timeout ([`super::fs::TTL`]).
 //!
 //! The kernel is told by the thread that made the change, before the change is answered
 //! ([`Invalidator`]), so a local `cat` that starts after an SMB WRITE was acknowledged reads
@@ -85,6 +91,15 @@ impl Invalidator {
         if let Some(n) = self.notifier.get() {
             // ENOENT: the kernel no longer knows it, nothing to forget.
             let _ = n.inval_inode(INodeNo(ino), 0, -1);
+        }
+    }
+
+    /// The kernel forgets node `ino`'s attributes (its pages stay: a change of their data
+    /// breaks the mount's read lease, which drops them).
+    pub fn attributes(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            // A negative offset: attributes only (no page is touched, nothing waits).
+            let _ = n.inval_inode(INodeNo(ino), -1, 0);
         }
     }
 
@@ -382,7 +397,9 @@ impl Holders for MountSharing {
 }
 
 /// Listens to the namespace's change events: every name changed elsewhere is forgotten by the
-/// kernel (`known` maps a directory to its node id, if the kernel knows it).
+/// kernel, and so are the attributes of its directory (times, link count; the kernel touches
+/// them only when it holds the name) (`known` maps a file to its node id, if the kernel knows
+/// it).
 pub fn listener(
     inval: Invalidator,
     known: impl Fn(&FileId) -> Option<u64> + Send + Sync + 'static,
@@ -395,7 +412,27 @@ pub fn listener(
         for (dir, name) in places_of(c) {
             if let Some(ino) = known(dir) {
                 inval.entry(ino, name);
+                inval.attributes(ino);
             }
+        }
+    })
+}
+
+/// Listens to the namespace's attribute changes (SETATTR, writes, and what other nodes
+/// flushed): the kernel forgets the file's cached attributes, if it knows the file, before the
+/// change is answered when it was made on this node. Whether the file is open through the
+/// mount or only looked up does not matter: the kernel caches attributes per inode either way.
+pub fn attribute_listener(
+    inval: Invalidator,
+    known: impl Fn(&FileId) -> Option<u64> + Send + Sync + 'static,
+) -> crate::vfs::changes::AttrListener {
+    Box::new(move |file: &FileId| {
+        if on_fuse_thread() {
+            // Made through the mount: the kernel has the new attributes from the reply.
+            return;
+        }
+        if let Some(ino) = known(file) {
+            inval.attributes(ino);
         }
     })
 }

@@ -15,6 +15,16 @@
 //! volume root, which the publisher adds when a backend can tell it
 //! ([`Backend::path_of`](super::Backend::path_of)).
 //!
+//! Besides name changes, the hub carries **attribute changes** ([`ChangeHub::attributes_changed`]):
+//! a file, by identity, whose attributes (mode, owner, times, size) changed, for caches of
+//! attributes that a file's name does not reach (the node's own FUSE mount, whose kernel caches
+//! attributes per inode). The namespace publishes one after every SETATTR, and after a flush or
+//! sync of written data (a close of a handle that wrote, SMB FLUSH, NFS COMMIT), to listeners on
+//! this node and to the other nodes; after each WRITE to listeners on this node only (a write
+//! reaches other nodes' caches at its close, flush or commit, or through their read leases).
+//! Nothing is published on a node without such a listener (the nodes share one config: no
+//! node of its cluster has one either).
+//!
 //! Invariants: publishing never blocks on a watcher (a full watch drops its queue and reports an
 //! overflow instead); [`decode`] is a pure function that never panics on any input.
 
@@ -105,6 +115,33 @@ pub struct Change {
     pub at: Place,
     /// The new place of a rename.
     pub to: Option<Place>,
+}
+
+/// Gets every attribute change, made here or on another node (the file's identity). Must not
+/// block.
+pub type AttrListener = Box<dyn Fn(&FileId) + Send + Sync>;
+
+/// First byte of an encoded attribute change.
+pub const ATTR_TAG: u8 = b'A';
+
+/// Encodes the attribute change of `file` for another node.
+pub fn encode_attributes(file: &FileId) -> Vec<u8> {
+    let mut out = vec![ATTR_TAG];
+    put(&mut out, file.as_bytes());
+    out
+}
+
+/// Decodes an attribute change another node encoded; never panics.
+pub fn decode_attributes(bytes: &[u8]) -> Result<FileId, BadChange> {
+    let mut r = Cursor(bytes);
+    if r.u8()? != ATTR_TAG {
+        return Err(BadChange);
+    }
+    let id = FileId::new(r.bytes()?).ok_or(BadChange)?;
+    if !r.0.is_empty() {
+        return Err(BadChange);
+    }
+    Ok(id)
 }
 
 /// The name of `p` relative to a watch of `dir` (at `dir_path`), if the watch sees it.
@@ -292,6 +329,9 @@ pub struct ChangeHub {
     next: AtomicU64,
     remote: OnceLock<RemoteSink>,
     listeners: Mutex<Vec<Arc<Listener>>>,
+    /// Listeners of attribute changes, and whether there is any (checked on every WRITE).
+    attr_listeners: Mutex<Vec<Arc<AttrListener>>>,
+    has_attr_listeners: AtomicBool,
     /// When each file's last modification by handle was published ([`ChangeHub::throttle_modified`]).
     modified_at: Mutex<HashMap<FileId, std::time::Instant>>,
 }
@@ -343,6 +383,35 @@ impl ChangeHub {
         self.listeners.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::new(l));
     }
 
+    /// Adds a listener of attribute changes (never removed).
+    pub fn listen_attributes(&self, l: AttrListener) {
+        self.attr_listeners.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::new(l));
+        self.has_attr_listeners.store(true, Ordering::Relaxed);
+    }
+
+    /// The attributes of `file` changed here: listeners here are told before this returns,
+    /// and, with `remote`, the other nodes (best effort, as every change). Only a node with
+    /// listeners of its own sends: the nodes of a cluster share one config, so a node without
+    /// a mount has no peers with one, and its SMB and NFS traffic costs the mesh nothing.
+    pub fn attributes_changed(&self, file: &FileId, remote: bool) {
+        if !self.has_attr_listeners.load(Ordering::Relaxed) {
+            return;
+        }
+        self.deliver_attributes(file);
+        if remote {
+            if let Some(sink) = self.remote.get() {
+                sink(encode_attributes(file));
+            }
+        }
+    }
+
+    fn deliver_attributes(&self, file: &FileId) {
+        let listeners: Vec<Arc<AttrListener>> = self.attr_listeners.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for l in listeners {
+            l(file);
+        }
+    }
+
     /// Whether a change made now would reach a watcher, here or (through the cluster) on
     /// another node: listeners alone do not count.
     pub fn watched(&self) -> bool {
@@ -392,8 +461,18 @@ impl ChangeHub {
     /// A change another node sent (bytes from its [`ChangeHub::set_remote`] sink); garbage is
     /// ignored.
     pub fn receive(&self, bytes: &[u8]) {
-        if let Ok(c) = decode(bytes) {
-            self.deliver(&c);
+        match bytes.first() {
+            Some(&TAG) => {
+                if let Ok(c) = decode(bytes) {
+                    self.deliver(&c);
+                }
+            }
+            Some(&ATTR_TAG) => {
+                if let Ok(id) = decode_attributes(bytes) {
+                    self.deliver_attributes(&id);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -630,6 +709,39 @@ mod tests {
                 (0..len).map(|i| (x >> (i % 8 * 8)) as u8 ^ good.get(i).copied().unwrap_or(0)).collect();
             let _ = decode(&bytes);
         }
+    }
+
+    #[test]
+    fn attribute_changes_round_trip_reach_listeners_and_other_nodes() {
+        let hub = ChangeHub::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let o = sent.clone();
+        hub.set_remote(Box::new(move |b| o.lock().unwrap().push(b)));
+        // Without listeners here nothing is delivered, nor sent (no node of this cluster
+        // mounts).
+        hub.attributes_changed(&id(9), true);
+        assert!(sent.lock().unwrap().is_empty());
+        let s = seen.clone();
+        hub.listen_attributes(Box::new(move |f| s.lock().unwrap().push(*f)));
+        hub.attributes_changed(&id(1), false);
+        assert!(sent.lock().unwrap().is_empty(), "a local-only change stays here");
+        hub.attributes_changed(&id(2), true);
+        let wire = sent.lock().unwrap().clone();
+        assert_eq!(wire.len(), 1);
+        assert_eq!(decode_attributes(&wire[0]), Ok(id(2)));
+        assert!(decode(&wire[0]).is_err(), "not a name change");
+        // Another node's change reaches the listeners; garbage and name changes do not.
+        hub.receive(&encode_attributes(&id(3)));
+        hub.receive(&wire[0][..wire[0].len() - 1]);
+        hub.receive(b"");
+        assert_eq!(*seen.lock().unwrap(), vec![id(1), id(2), id(3)]);
+        for n in 0..wire[0].len() {
+            assert!(decode_attributes(&wire[0][..n]).is_err(), "truncated at {n}");
+        }
+        let mut longer = wire[0].clone();
+        longer.push(0);
+        assert!(decode_attributes(&longer).is_err());
     }
 
     #[tokio::test]

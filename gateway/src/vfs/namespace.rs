@@ -160,6 +160,16 @@ impl Namespace {
         if bits == 0 || !self.changes.watched() || !self.changes.throttle_modified(id, std::time::Instant::now()) {
             return;
         }
+        self.modified_file(id, bits).await;
+    }
+
+    /// Publishes that file `id` changed (`bits`) under the name its path gives, while someone
+    /// watches, unthrottled: for a close that wrote through a handle known only by its file
+    /// (the node's own mount), reported once per close as smbd does.
+    pub async fn modified_file(&self, id: FileId, bits: u32) {
+        if bits == 0 || !self.changes.watched() {
+            return;
+        }
         let Ok(path) = self.path_of(id).await else { return };
         let (dir_path, name) = match path.iter().rposition(|&b| b == b'/') {
             Some(i) => (&path[..i], &path[i + 1..]),
@@ -186,10 +196,15 @@ impl Namespace {
         quick(self.local, move || b.getattr(&id)).await
     }
 
-    /// Changes attributes as `cred`.
+    /// Changes attributes as `cred`. Caches of the file's attributes here and on the other
+    /// nodes are told (see [`ChangeHub::attributes_changed`]).
     pub async fn setattr(&self, cred: &Credentials, id: FileId, set: SetAttr) -> VfsResult<Attr> {
         let (b, cred) = (self.backend.clone(), cred.clone());
-        quick(self.local, move || b.setattr(&cred, &id, &set)).await
+        let r = quick(self.local, move || b.setattr(&cred, &id, &set)).await;
+        if r.is_ok() {
+            self.changes.attributes_changed(&id, true);
+        }
+        r
     }
 
     /// Looks up one name in `dir`. `.` is `dir` itself and `..` its parent (the root's parent
@@ -347,7 +362,17 @@ impl Namespace {
         stable: Stability,
     ) -> VfsResult<(u32, Stability, Option<Attr>)> {
         let (b, cred) = (self.backend.clone(), cred.clone());
-        blocking(move || b.write(&cred, &id, offset, &data, stable)).await
+        let r = blocking(move || b.write(&cred, &id, offset, &data, stable)).await;
+        self.written(&id, &r);
+        r
+    }
+
+    /// After a write: this node's caches of the file's size and times forget them (other
+    /// nodes hear of it at the flush, sync or close that follows).
+    fn written<T>(&self, id: &FileId, r: &VfsResult<T>) {
+        if r.is_ok() {
+            self.changes.attributes_changed(id, false);
+        }
     }
 
     /// [`Namespace::write`] of borrowed data (a protocol's receive buffer): not copied when
@@ -362,13 +387,15 @@ impl Namespace {
     ) -> VfsResult<(u32, Stability, Option<Attr>)> {
         use tokio::runtime::{Handle, RuntimeFlavor};
         let b = &self.backend;
-        if super::in_place::calls_run_in_place() {
+        let r = if super::in_place::calls_run_in_place() {
             b.write(cred, &id, offset, data, stable)
         } else if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
             tokio::task::block_in_place(|| b.write(cred, &id, offset, data, stable))
         } else {
-            self.write(cred, id, offset, data.to_vec(), stable).await
-        }
+            return self.write(cred, id, offset, data.to_vec(), stable).await;
+        };
+        self.written(&id, &r);
+        r
     }
 
     /// Creates a regular file `dir/name`.
@@ -523,16 +550,31 @@ impl Namespace {
     }
 
     /// Makes a file stable (COMMIT, FLUSH).
+    /// Other nodes' caches of the file's size and times forget them (what was written through
+    /// this node is now what they read).
     pub async fn fsync(&self, id: FileId) -> VfsResult<()> {
         let b = self.backend.clone();
-        blocking(move || b.fsync(&id)).await
+        let r = blocking(move || b.fsync(&id)).await;
+        self.synced(&id, &r);
+        r
+    }
+
+    /// After a flush or sync of written data: every node's caches of the file's attributes
+    /// forget them.
+    fn synced(&self, id: &FileId, r: &VfsResult<()>) {
+        if r.is_ok() {
+            self.changes.attributes_changed(id, true);
+        }
     }
 
     /// Makes data written through this server visible to the volume's other clients (the
     /// close of a file that was written; see [`Backend::flush`]).
+    /// Every node's caches of the file's attributes forget them.
     pub async fn flush(&self, id: FileId) -> VfsResult<()> {
         let b = self.backend.clone();
-        blocking(move || b.flush(&id)).await
+        let r = blocking(move || b.flush(&id)).await;
+        self.synced(&id, &r);
+        r
     }
 
     /// File-system statistics.
@@ -691,7 +733,9 @@ impl Namespace {
         len: u64,
     ) -> VfsResult<u64> {
         let (b, cred) = (self.backend.clone(), cred.clone());
-        blocking(move || b.copy_range(&cred, &src, src_offset, &dst, dst_offset, len)).await
+        let r = blocking(move || b.copy_range(&cred, &src, src_offset, &dst, dst_offset, len)).await;
+        self.written(&dst, &r);
+        r
     }
 
     /// Drops cached descriptors of removed files (see [`Backend::release_removed`]).
