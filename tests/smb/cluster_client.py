@@ -27,6 +27,10 @@ Requests (every one has "id" and "op"):
   close    h          read h off len       write h off data(hex)
   lock     h off len [excl=true wait=false]  unlock h off len
   delete   h          (SET_INFO FileDispositionInformation DeletePending=1)
+  rename   h to [replace tag]   SET_INFO FileRenameInformation of h to `to`; with "tag" the
+           request can be cancelled by "cancel" while it waits (run it with "bg")
+  cancel   tag        sends CANCEL for the pending request "rename" registered as `tag`
+  name     h          -> "name": the handle's name in its FileAllInformation (as the server knows it)
   breaks   c n timeout  -> the first n break notifications c received (waits up to timeout s)
   ack      c h state    -> answers the last lease break on c's handle h with `state` (R/RH/RW...)
   ack_oplock h level
@@ -67,7 +71,7 @@ import smbprotocol.session
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 from smbprotocol.file_info import FileInformationClass, InfoType
-from smbprotocol.open import LockFlags, SMB2LockElement, SMB2SetInfoRequest
+from smbprotocol.open import LockFlags, SMB2LockElement, SMB2QueryInfoRequest, SMB2QueryInfoResponse, SMB2SetInfoRequest
 
 STATUS_NAMES = {v: k for k, v in vars(NtStatus).items() if k.startswith("STATUS_")}
 STATUS_NAMES.setdefault(0xC0000054, "STATUS_FILE_LOCK_CONFLICT")
@@ -397,6 +401,61 @@ def op_delete(r):
     sent = c.conn.send(req, sid=c.session.session_id, tid=c.tree.tree_connect_id)
     c.conn.receive(sent)
     return {}
+
+
+pending = {}  # tag -> smbprotocol Request still waiting for its final answer
+
+
+def rename_buffer(to, replace):
+    name = to.encode("utf-16-le")
+    # FILE_RENAME_INFORMATION (SMB2 form): ReplaceIfExists, 7 reserved, RootDirectory (8), length, name.
+    return struct.pack("<B7xQI", 1 if replace else 0, 0, len(name)) + name
+
+
+def op_rename(r):
+    cname, o, _ = handles[r["h"]]
+    c = clients[cname]
+    req = SMB2SetInfoRequest()
+    req["info_type"] = InfoType.SMB2_0_INFO_FILE
+    req["file_info_class"] = FileInformationClass.FILE_RENAME_INFORMATION
+    req["file_id"] = o.file_id
+    req["buffer"] = rename_buffer(r["to"], r.get("replace", False))
+    sent = c.conn.send(req, sid=c.session.session_id, tid=c.tree.tree_connect_id)
+    if r.get("tag"):
+        pending[r["tag"]] = sent
+    try:
+        c.conn.receive(sent)
+    finally:
+        pending.pop(r.get("tag"), None)
+    return {}
+
+
+def op_cancel(r):
+    # The request is registered, and its interim answer (STATUS_PENDING, with the AsyncId
+    # CANCEL names) in, within moments of the break it caused.
+    deadline = time.monotonic() + 10
+    while (r["tag"] not in pending or pending[r["tag"]].async_id is None) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    req = pending[r["tag"]]
+    req.cancel()
+    return {"async": req.async_id is not None}
+
+
+def op_name(r):
+    cname, o, _ = handles[r["h"]]
+    c = clients[cname]
+    req = SMB2QueryInfoRequest()
+    req["info_type"] = InfoType.SMB2_0_INFO_FILE
+    # FileAllInformation: its FileNameInformation part starts at byte 96.
+    req["file_info_class"] = FileInformationClass.FILE_ALL_INFORMATION
+    req["output_buffer_length"] = 4096
+    req["file_id"] = o.file_id
+    sent = c.conn.send(req, sid=c.session.session_id, tid=c.tree.tree_connect_id)
+    resp = SMB2QueryInfoResponse()
+    resp.unpack(c.conn.receive(sent)["data"].get_value())
+    buf = resp["buffer"].get_value()
+    n = struct.unpack_from("<I", buf, 96)[0]
+    return {"name": buf[100:100 + n].decode("utf-16-le")}
 
 
 def op_breaks(r):

@@ -244,7 +244,8 @@ impl GlusterCluster {
         GlusterNode { name: name.into(), ns, addr: addr.into(), dir: d, brick, glusterd: Some(child) }
     }
 
-    fn wait_glusterd(&mut self, i: usize) {
+    /// Waits until node `i`'s glusterd answers the CLI (panics with its log if it exits).
+    pub fn wait_glusterd(&mut self, i: usize) {
         let start = Instant::now();
         loop {
             let node = &mut self.nodes[i];
@@ -325,6 +326,40 @@ impl GlusterCluster {
     pub fn restart_bricks(&self) {
         self.gluster_ok(0, &["volume", "start", &self.volume, "force"]);
         self.wait_bricks_online();
+    }
+
+    /// A power cut of node `i`: its link goes down (the others hear nothing more, not even a
+    /// reset), then every process in its namespace dies at once: glusterd, its brick and
+    /// self-heal daemon, and any nasgw or FUSE client the test started there.
+    pub fn power_cut(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        self.topo.cut(&node.name);
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &node.ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                // SAFETY: kill(2) on a process inside a namespace this cluster created.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if let Some(mut c) = node.glusterd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Powers node `i` on again after [`GlusterCluster::power_cut`]: `/run` starts empty (its
+    /// stale PID files gone, as after a boot), the link comes up, and glusterd starts on its old
+    /// state, which starts the node's brick and self-heal daemon. Returns at once, as systemd
+    /// goes on once glusterd has forked: [`GlusterCluster::wait_glusterd`] waits for it.
+    pub fn power_on(&mut self, i: usize) {
+        let (name, addr, run) = {
+            let n = &self.nodes[i];
+            (n.name.clone(), n.addr.clone(), n.dir.join("run"))
+        };
+        let _ = std::fs::remove_dir_all(&run);
+        std::fs::create_dir_all(run.join("gluster")).expect("glusterd run dir");
+        self.topo.heal(&name);
+        let node = self.spawn_glusterd(&name, &addr);
+        self.nodes[i] = node;
     }
 
     /// Waits until self-heal has nothing left to heal on any brick; returns how long it took.

@@ -1,5 +1,10 @@
-//! Appliance VMs: builds the image once (`image/build`), boots copies of it in qemu (TCG: KVM is
-//! not usable on these machines) on copy-on-write overlays, and stops them by PID.
+//! Appliance VMs: builds the image once (`image/build`), boots copies of it in qemu on
+//! copy-on-write overlays, and stops them by PID.
+//!
+//! qemu runs under TCG (software emulation). These machines have a `/dev/kvm`, but it is
+//! `kvm_pvm` (a nested "PVM" KVM, no vmx flag in cpuinfo), which runs only guests built for PVM:
+//! the image under `-accel kvm` stops in SeaBIOS's 32-bit code ("KVM internal error. Suberror: 1,
+//! emulation failure" at an `iret`), and Debian 12's kernel booted directly prints nothing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -217,7 +217,7 @@ impl Cluster {
                     .filter(|i| self.vms[*i].is_some())
                     .map(|i| format!("--- node{} console:\n{}\n", i + 1, self.console(i, 40)))
                     .collect();
-                panic!("{what}: not within {} s\n{consoles}", limit.as_secs());
+                panic!("{what}: not within {} s\n{consoles}{}", limit.as_secs(), self.diagnose());
             }
             std::thread::sleep(Duration::from_secs(2));
         }
@@ -288,9 +288,13 @@ impl Cluster {
         (0..3)
             .filter(|i| self.vms[*i].is_some())
             .map(|i| {
+                // The volume as this node's FUSE client and glusterd see it, too: a node that
+                // stays UNHEALTHY is most often its own mount's trouble.
                 let cmd =
                     "systemctl show nasgw -p NRestarts -p ActiveEnterTimestampMonotonic; ip -br addr show dev eth0; \
-                           nasgw status; nasgw ip; journalctl -b -u nasgw --no-pager -o short-monotonic | tail -n 80";
+                           nasgw status; nasgw ip; journalctl -b -u nasgw --no-pager -o short-monotonic | tail -n 80; \
+                           echo '--- glusterfs-fuse.log'; tail -n 40 /var/lib/nasgw/glusterfs-fuse.log; \
+                           echo '--- volume status'; gluster volume status smb; gluster volume heal smb info summary";
                 let out = self.ssh(i, cmd).unwrap_or_else(|| format!("(ssh failed)\n{}", self.console(i, 30)));
                 format!("--- node{}:\n{out}\n", i + 1)
             })

@@ -196,25 +196,25 @@ async fn mount_once(spec: &MountSpec, stop: &CancellationToken) -> Result<Child>
             bail!("glusterfs exited ({status}) before mounting; see {}", spec.log_file.display());
         }
         if top_mount_is_glusterfs(&spec.mount_point) {
-            // The kernel has the mount; the volume must answer too (stat on a blocking thread
-            // with a timeout: a mount that hangs is not a mount).
-            let p = spec.mount_point.clone();
-            let answered = tokio::time::timeout(
-                spec.mount_timeout,
-                tokio::task::spawn_blocking(move || std::fs::metadata(&p).map(|_| ())),
-            )
-            .await;
-            match answered {
-                Ok(Ok(Ok(()))) => return Ok(child),
-                Ok(Ok(Err(e))) => {
-                    stop_client(&spec.mount_point, child).await;
-                    bail!("mounted, but the volume does not answer: {e}");
+            // The kernel has the mount. Wait for the volume to answer, but keep the client even
+            // if it does not: see `first_answer`.
+            match first_answer(spec, &mut child, start, stop).await {
+                FirstAnswer::Answered => {}
+                FirstAnswer::NotYet(why) => tracing::warn!(
+                    volume = %spec.volume,
+                    reason = %why,
+                    "mounted; the volume does not answer yet: keeping the client, which connects to the bricks by itself"
+                ),
+                FirstAnswer::Exited(status) => {
+                    detach_top_fuse(&spec.mount_point);
+                    bail!("glusterfs exited ({status}) after mounting; see {}", spec.log_file.display());
                 }
-                _ => {
+                FirstAnswer::Stopping => {
                     stop_client(&spec.mount_point, child).await;
-                    bail!("mounted, but the volume did not answer within {:?}", spec.mount_timeout);
+                    bail!("stopping");
                 }
             }
+            return Ok(child);
         }
         if start.elapsed() > spec.mount_timeout {
             stop_client(&spec.mount_point, child).await;
@@ -226,6 +226,56 @@ async fn mount_once(spec: &MountSpec, stop: &CancellationToken) -> Result<Child>
                 stop_client(&spec.mount_point, child).await;
                 bail!("stopping");
             }
+        }
+    }
+}
+
+/// How a fresh mount's first stat of the volume root went.
+enum FirstAnswer {
+    /// The root answered.
+    Answered,
+    /// The client lives but the volume has not answered by the mount timeout (why).
+    NotYet(String),
+    /// The client exited (no such volume, bad volfile): a failed mount.
+    Exited(std::process::ExitStatus),
+    /// nasgw is stopping.
+    Stopping,
+}
+
+/// Stats the new mount's root until it answers, the client exits, or `spec.mount_timeout`
+/// (counted from `start`) passes.
+///
+/// A client that has just mounted answers ENOTCONN until it has connected to enough bricks for
+/// quorum, and a stat can hang meanwhile: on a node coming back from a power cut its own brick
+/// starts after glusterd answers and the other nodes' bricks are busy healing it, and on a slow
+/// machine connecting takes many seconds. That is the volume's health, which the probe reports,
+/// not a failed mount: GlusterFS reconnects by itself, while killing the client would only start
+/// its connecting over (on a slow node, every attempt could be killed before it had connected).
+async fn first_answer(spec: &MountSpec, child: &mut Child, start: Instant, stop: &CancellationToken) -> FirstAnswer {
+    let mut last = String::from("no answer yet");
+    loop {
+        let left = spec.mount_timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return FirstAnswer::NotYet(last);
+        }
+        let p = spec.mount_point.clone();
+        // On a blocking thread with a timeout: a stat may hang in the client.
+        let stat = tokio::time::timeout(left, tokio::task::spawn_blocking(move || std::fs::metadata(&p).map(|_| ())));
+        tokio::select! {
+            r = stat => match r {
+                Ok(Ok(Ok(()))) => return FirstAnswer::Answered,
+                Ok(Ok(Err(e))) => last = e.to_string(),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => return FirstAnswer::NotYet(format!("a stat of the root hung for {left:?}")),
+            },
+            _ = stop.cancelled() => return FirstAnswer::Stopping,
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return FirstAnswer::Exited(status);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.cancelled() => return FirstAnswer::Stopping,
         }
     }
 }

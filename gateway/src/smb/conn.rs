@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::cmd::{self, Reply};
 use super::compound::{self, ReplyChain};
 use super::encryption;
+use super::open_updates::OpenUpdates;
 use super::sequence::SequenceWindow;
 use super::session::{OpenTable, Session};
 use super::signing::{self, dialect, SigningAlgorithm};
@@ -94,6 +95,9 @@ pub struct Connection {
     pub compound_fid: Option<(u64, u64)>,
     /// The framing side: where replies go and which async replies are still owed.
     pub link: Link,
+    /// Changes async work made to opens of this connection (a rename that waited), applied
+    /// before the next message runs ([`Connection::apply_open_updates`]).
+    pub open_updates: OpenUpdates,
     /// Where breaks of this connection's detached durable opens go (made at the first one).
     ghost: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
     /// Ends this connection as lost: a new session named one of its sessions as its
@@ -105,7 +109,7 @@ pub struct Connection {
 
 /// Async operations one connection may have outstanding (as Windows' default
 /// `Smb2MaxAsyncCredits`): each holds a task and its state until it completes. A
-/// CHANGE_NOTIFY or blocking LOCK that would go past it is answered
+/// CHANGE_NOTIFY, blocking LOCK or waiting SET_INFO that would go past it is answered
 /// STATUS_INSUFFICIENT_RESOURCES at once.
 pub const MAX_PENDING: usize = 512;
 
@@ -234,6 +238,13 @@ impl Connection {
         cmd::close::release(&server, open).await.ok(); // logged there
     }
 
+    /// Applies what async work changed about this connection's opens (see
+    /// [`crate::smb::open_updates`]): before a message runs, so a request that follows the
+    /// answer of a rename sees the open renamed.
+    pub fn apply_open_updates(&mut self) {
+        self.open_updates.apply(&mut self.opens);
+    }
+
     /// Cancels pending operations waiting on open `volatile` (its handle is closing).
     pub fn cancel_pending_on(&self, volatile: u64) {
         let p = self.link.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -314,6 +325,7 @@ async fn serve_here(
         opens: OpenTable::default(),
         compound_fid: None,
         link: Link::new(FrameWriter::new(wr)),
+        open_updates: OpenUpdates::default(),
         ghost: None,
         end: crate::smb::previous_session::ConnectionEnd::new(),
         next_session: 0,
@@ -355,6 +367,8 @@ async fn serve_here(
     for id in conn.sessions.keys() {
         server.sessions.unregister(*id);
     }
+    // A rename that finished as the connection ended: its open closes under its new name.
+    conn.apply_open_updates();
     for id in conn.opens.all_ids() {
         let Some(open) = conn.opens.remove(id) else { continue };
         if lost {
@@ -381,6 +395,7 @@ async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadH
         let keep = match next {
             Ok(Frame::SessionRequest) => conn.link.out.raw(&SESSION_GRANTED).await.map_err(|_| "send failed"),
             Ok(Frame::Message) => {
+                conn.apply_open_updates();
                 let msg = frames.message();
                 match &msg[..4] {
                     p if p == header::PROTOCOL_ID => handle_smb2(conn, msg, None).await,
@@ -565,13 +580,22 @@ async fn handle_smb2(
             }
             Outcome::Now(r) => (r, None),
             Outcome::Later(_)
-                if matches!(hdr.command, command::CHANGE_NOTIFY | command::LOCK)
+                if matches!(hdr.command, command::CHANGE_NOTIFY | command::LOCK | command::SET_INFO)
                     && conn.link.pending_count() + later.len() >= MAX_PENDING =>
             {
-                // The work is dropped unstarted. (A CREATE waiting for a break is not refused
-                // here: its open is already reserved; CREATEs are bounded by MAX_OPENS.)
+                // The work is dropped unstarted (a SET_INFO: in its wait, before it changed
+                // anything). (A CREATE waiting for a break is not refused here: its open is
+                // already reserved; CREATEs are bounded by MAX_OPENS.)
                 tracing::info!(client = %conn.tcp.client, command = hdr.command, "SMB: too many pending requests");
                 (Reply::err(NtStatus::INSUFFICIENT_RESOURCES), None)
+            }
+            Outcome::Later(_) if more && hdr.command == command::SET_INFO => {
+                // Only a CREATE may go async before the end of a chain (MS-SMB2 3.3.5.2.7
+                // note <206>; smbd cancels the request and answers INTERNAL_ERROR): dropping
+                // the work gives up its wait. (Only a rename already past its wait, on a task
+                // of its own, still finishes.)
+                tracing::info!(client = %conn.tcp.client, "SMB: SET_INFO in the middle of a compound would wait for a break: refused");
+                (Reply::err(NtStatus::INTERNAL_ERROR), None)
             }
             Outcome::Later(work) => (Reply { status: NtStatus::PENDING, ..Reply::err(NtStatus::PENDING) }, Some(work)),
         };

@@ -41,6 +41,7 @@ pub mod leases;
 pub mod notify;
 pub mod notify_local;
 pub mod object_id;
+pub mod open_updates;
 pub mod passwd;
 pub mod previous_session;
 pub mod quota_fake;

@@ -221,6 +221,12 @@ impl OpenTable {
         self.opens.get_mut(&id).ok_or(NtStatus::FILE_CLOSED)
     }
 
+    /// Open `id`, whoever's it is (for updates its connection's async work made, see
+    /// [`crate::smb::open_updates`]).
+    pub fn any_mut(&mut self, id: u64) -> Option<&mut Open> {
+        self.opens.get_mut(&id)
+    }
+
     /// The persistent FileId of open `id`.
     pub fn persistent_of(&self, id: u64) -> Option<u64> {
         self.opens.get(&id).map(|o| o.persistent)

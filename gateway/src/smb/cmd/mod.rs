@@ -271,7 +271,7 @@ async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
         Request::QueryDirectory(r) => now(query_directory::handle(conn, hdr, r).await),
         Request::QueryInfo(r) => now(query_info::handle(conn, hdr, r).await),
         Request::SetInfo(r) => match channel_sequence(conn, hdr, r.file_id) {
-            Ok(()) => now(set_info::handle(conn, hdr, r).await),
+            Ok(()) => set_info::handle(conn, hdr, r).await,
             Err(s) => Outcome::Now(Reply::err(s)),
         },
         Request::Lock(r) => {

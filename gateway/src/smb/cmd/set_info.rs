@@ -2,18 +2,33 @@
 //! (delete-on-close), end of file, allocation, position, mode, full EA (see
 //! [`crate::smb::eas`]). Renames and deletes go through
 //! the lock table's share modes.
+//!
+//! A rename, disposition, allocation or end-of-file set asks the file-sharing state first and
+//! may wait there for other clients' breaks (a rename for their handle caching): it runs as
+//! owned work on a copy of its open's facts, in place for [`WAIT_INLINE`] and then
+//! asynchronously (STATUS_PENDING), as a CREATE does; a rename that finishes later hands its
+//! open's new path back through [`crate::smb::open_updates`].
 
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use super::create::WAIT_INLINE;
 use super::open::{access, read_file_id};
 use super::query_info::{INFO_FILE, INFO_FILESYSTEM, INFO_SECURITY};
 use super::Reply;
-use crate::smb::conn::Connection;
+use crate::locks::types::{LeaseId, OpenKey};
+use crate::smb::conn::{AsyncWork, Connection, Outcome};
 use crate::smb::fs;
+use crate::smb::open_updates::{Change, OpenUpdate};
 use crate::smb::streams;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
 use crate::smb::wire::{from_utf16le, slice_at, Reader, WireError, WireResult, Writer};
+use crate::smb::SmbServer;
 use crate::vfs::changes::what;
-use crate::vfs::{FileType, SetAttr, SetTime, VfsError};
+use crate::vfs::{Credentials, FileId, FileType, SetAttr, SetTime, VfsError};
 
 /// A decoded SET_INFO request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,12 +181,17 @@ async fn rename_stream(
 
 /// Tells change watchers that the file of `f` changed (`bits`: [`what`]); a stream's change
 /// is reported as its file's stream bits.
-async fn changed(ns: &crate::vfs::Namespace, f: &super::open::FileOpen, mut bits: u32) {
-    if f.state.stream.is_some() {
+async fn changed(ns: &crate::vfs::Namespace, f: &super::open::FileOpen, bits: u32) {
+    changed_at(ns, f.parent, f.path.last(), f.state.stream.is_some(), bits).await;
+}
+
+/// [`changed`] for the file named `name` in `parent` (`stream`: one of its streams changed).
+async fn changed_at(ns: &crate::vfs::Namespace, parent: FileId, name: Option<&String>, stream: bool, mut bits: u32) {
+    if stream {
         bits = if bits & what::SIZE != 0 { what::STREAM_SIZE } else { 0 };
     }
-    if let Some(name) = f.path.last() {
-        ns.modified(f.parent, name.as_bytes(), bits).await;
+    if let Some(name) = name {
+        ns.modified(parent, name.as_bytes(), bits).await;
     }
 }
 
@@ -207,8 +227,19 @@ async fn set_security(
     Ok(ok())
 }
 
-/// Handles SET_INFO.
-pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Result<Reply, NtStatus> {
+/// Handles SET_INFO. The classes that ask the file-sharing state first (a rename or a delete
+/// may wait for other clients' handle caching to go, a size change for read caching) run as
+/// [`Waiting`] work: answered in place when it finishes within [`WAIT_INLINE`], else answered
+/// STATUS_PENDING and finished later, so the connection goes on reading meanwhile (the break's
+/// acknowledgement may come on this very connection).
+pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Outcome {
+    match set(conn, hdr, req).await {
+        Ok(o) => o,
+        Err(s) => Outcome::Now(Reply::err(s)),
+    }
+}
+
+async fn set(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Result<Outcome, NtStatus> {
     conn.session(hdr.session_id)?;
     let tree = conn.session(hdr.session_id)?.tree(hdr.tree_id)?;
     let writable = tree.writable;
@@ -218,7 +249,6 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
     };
     let vol = conn.file_id(req.file_id.0, req.file_id.1)?;
     let server = conn.server.clone();
-    let ns = &server.ns;
     let f = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?.file()?;
     match req.info_type {
         INFO_FILE => {}
@@ -226,7 +256,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             if !writable {
                 return Err(NtStatus::ACCESS_DENIED);
             }
-            return set_security(ns, f, req.additional, req.data).await;
+            return Ok(Outcome::Now(set_security(&server.ns, f, req.additional, req.data).await?));
         }
         INFO_FILESYSTEM => return Err(NtStatus::NOT_SUPPORTED),
         _ => return Err(NtStatus::INVALID_PARAMETER),
@@ -234,6 +264,37 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
     if !writable && req.class != 14 {
         return Err(NtStatus::ACCESS_DENIED);
     }
+    let Some(op) = Waiting::parse(f, req.class, req.data)? else {
+        return Ok(Outcome::Now(set_now(&server, f, &req, case).await?));
+    };
+    let snapshot = Snapshot::of(f);
+    let updates = conn.open_updates.sender();
+    let mut work = Box::pin(op.run(server, snapshot, case, vol, updates));
+    match tokio::time::timeout(WAIT_INLINE, &mut work).await {
+        Ok(reply) => {
+            // A rename done in place queued its open's new path: apply it before answering.
+            conn.apply_open_updates();
+            Ok(Outcome::Now(reply))
+        }
+        Err(_) => Ok(Outcome::Later(AsyncWork {
+            cancel: CancellationToken::new(),
+            work,
+            // Closing the handle ends the wait (CANCELLED, as a CANCEL does).
+            waits_on: Some(vol),
+            closed: CancellationToken::new(),
+            close_status: NtStatus::CANCELLED,
+        })),
+    }
+}
+
+/// SET_INFO classes that never wait for another client: done in place on the open.
+async fn set_now(
+    server: &crate::smb::SmbServer,
+    f: &mut super::open::FileOpen,
+    req: &Request<'_>,
+    case: fs::Case,
+) -> Result<Reply, NtStatus> {
+    let ns = &server.ns;
     let mut r = Reader::new(req.data);
     let short = |_| NtStatus::INFO_LENGTH_MISMATCH;
     match req.class {
@@ -245,7 +306,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             let mtime = r.u64().map_err(short)?;
             let _change = r.u64().map_err(short)?;
             let attrs = r.u32().map_err(short)?;
-            set_basic(&server, f, fs::BasicInfo { create, atime, mtime, attributes: attrs }).await?;
+            set_basic(server, f, fs::BasicInfo { create, atime, mtime, attributes: attrs }).await?;
             let set = |t: u64, bit: u32| if matches!(t, 0 | fs::TIME_FREEZE | fs::TIME_THAW) { 0 } else { bit };
             let bits = set(create, what::CREATION)
                 | set(atime, what::LAST_ACCESS)
@@ -254,87 +315,12 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             changed(ns, f, bits).await;
             Ok(ok())
         }
-        // FileRenameInformation
+        // FileRenameInformation of a stream to another stream of its file (`:new[:$DATA]`);
+        // a file's rename is [`Waiting::Rename`].
         10 => {
-            f.require(access::DELETE)?;
-            let replace = r.u8().map_err(short)? != 0;
-            r.skip(7 + 8).map_err(short)?;
-            let len = r.u32().map_err(short)? as usize;
-            let name = from_utf16le(r.bytes(len).map_err(short)?).map_err(|_| NtStatus::OBJECT_NAME_INVALID)?;
-            if let Some(to) = name.strip_prefix(':') {
-                // A stream renamed to another stream of its file (`:new` or `:new:$DATA`).
-                return rename_stream(&server, f, to, replace, case).await;
-            }
-            if f.state.stream.is_some() {
-                return Err(NtStatus::INVALID_PARAMETER);
-            }
-            let name = name.trim_start_matches('\\');
-            let mut comps = fs::split_name(name)?;
-            let Some(old_name) = f.path.last().cloned() else { return Err(NtStatus::ACCESS_DENIED) };
-            // Other clients' handle caching goes first (they may close), then share modes decide.
-            server.locks.may_also(&f.id, Some(f.key), access::DELETE, true, f.lease).await?;
-            if server.locks.record(&f.parent).await?.blocks_child_rename() {
-                return Err(NtStatus::SHARING_VIOLATION);
-            }
-            if f.is_dir && server.has_open_below(f.root, &f.path, f.key) {
-                return Err(NtStatus::ACCESS_DENIED);
-            }
-            let to_dir = fs::parent_of(ns, &f.cred, f.root, &mut comps, case).await?;
-            let Some(new_name) = comps.last().cloned() else { return Err(NtStatus::INVALID_PARAMETER) };
-            if to_dir == f.parent && new_name == old_name {
-                return Ok(ok());
-            }
-            // The target by the share's case rule: on a case-insensitive share `B.txt` is the
-            // existing `b.txt` (replaced, or a collision), and renaming a file to its own name
-            // in another case changes only the case.
-            let replaced = match fs::lookup(ns, &f.cred, to_dir, &new_name, case).await {
-                Ok((real, tid, ta)) if tid != f.id => {
-                    if !replace {
-                        return Err(NtStatus::OBJECT_NAME_COLLISION);
-                    }
-                    if ta.ftype == FileType::Directory || server.locks.record(&tid).await?.has_other_opens(f.key) {
-                        return Err(NtStatus::ACCESS_DENIED);
-                    }
-                    Some(real)
-                }
-                Ok(_) | Err(VfsError::NotFound) => None,
-                Err(e) => return Err(e.into()),
-            };
-            match replaced {
-                Some(real) if real != new_name => {
-                    // Replace the file under its own name, then give ours the name asked for.
-                    ns.rename(&f.cred, f.parent, old_name.as_bytes(), to_dir, real.as_bytes()).await?;
-                    ns.rename(&f.cred, to_dir, real.as_bytes(), to_dir, new_name.as_bytes()).await?;
-                }
-                _ => ns.rename(&f.cred, f.parent, old_name.as_bytes(), to_dir, new_name.as_bytes()).await?,
-            }
-            f.parent = to_dir;
-            f.path = comps;
-            server.track_path(f.key, Some((f.root, f.path.clone())));
-            Ok(ok())
-        }
-        // FileDispositionInformation / FileDispositionInformationEx
-        13 | 64 => {
-            let on = if req.class == 13 { r.u8().map_err(short)? != 0 } else { r.u32().map_err(short)? & 1 != 0 };
-            f.require(access::DELETE)?;
-            if on && f.state.stream.is_none() {
-                if f.path.is_empty() {
-                    return Err(NtStatus::ACCESS_DENIED);
-                }
-                let a = ns.getattr(f.id).await?;
-                if a.ftype == FileType::Directory {
-                    if !super::create::dir_is_empty(ns, &f.cred, f.id).await {
-                        return Err(NtStatus::DIRECTORY_NOT_EMPTY);
-                    }
-                } else if fs::attributes(&a, &fs::dos_of(ns, &f.cred, f.id).await, "") & fs::ATTR_READONLY != 0 {
-                    return Err(NtStatus::CANNOT_DELETE);
-                }
-            }
-            server.locks.set_delete_pending(&f.id, on).await?;
-            if on && f.is_dir && f.state.stream.is_none() {
-                server.watches.delete_pending(&f.id);
-            }
-            Ok(ok())
+            let (replace, name) = rename_info(req.data)?;
+            let Some(to) = name.strip_prefix(':') else { return Err(NtStatus::INVALID_PARAMETER) };
+            rename_stream(server, f, to, replace, case).await
         }
         // FilePositionInformation
         14 => {
@@ -347,47 +333,6 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
             f.write_through = mode & 2 != 0;
             Ok(ok())
         }
-        // FileAllocationInformation
-        19 => {
-            f.require(access::WRITE_DATA)?;
-            let alloc = r.u64().map_err(short)?;
-            if let Some(s) = &f.state.stream {
-                let len = streams::read_all(ns, &f.cred, s).await?.len() as u64;
-                if alloc < len {
-                    streams::set_size(ns, &f.cred, s, alloc).await?;
-                }
-                return Ok(ok());
-            }
-            // Growing or shrinking, the allocation changes: other opens' read caching goes
-            // (smbd breaks level II oplocks either way).
-            server.locks.contend_if_needed(&f.id, f.lease).await?;
-            let a = ns.getattr(f.id).await?;
-            if alloc < a.size {
-                ns.setattr(&f.cred, f.id, SetAttr { size: Some(alloc), ..Default::default() }).await?;
-                changed(ns, f, what::SIZE).await;
-            }
-            Ok(ok())
-        }
-        // FileEndOfFileInformation
-        20 => {
-            f.require(access::WRITE_DATA)?;
-            let size = r.u64().map_err(short)?;
-            if size > i64::MAX as u64 {
-                return Err(NtStatus::INVALID_PARAMETER);
-            }
-            if let Some(s) = &f.state.stream {
-                streams::set_size(ns, &f.cred, s, size).await?;
-                return Ok(ok());
-            }
-            if f.is_dir {
-                return Err(NtStatus::INVALID_PARAMETER);
-            }
-            server.locks.contend_if_needed(&f.id, f.lease).await?;
-            ns.setattr(&f.cred, f.id, SetAttr { size: Some(size), ..Default::default() }).await?;
-            server.write_times.flush(&f.id, crate::smb::filetime_now());
-            changed(ns, f, what::SIZE).await;
-            Ok(ok())
-        }
         // FileFullEaInformation: set (or, with an empty value, remove) EAs.
         15 => {
             f.require(access::WRITE_EA)?;
@@ -398,4 +343,256 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
         }
         _ => Err(NtStatus::INVALID_INFO_CLASS),
     }
+}
+
+/// FileRenameInformation's ReplaceIfExists and FileName.
+fn rename_info(data: &[u8]) -> Result<(bool, String), NtStatus> {
+    let short = |_| NtStatus::INFO_LENGTH_MISMATCH;
+    let mut r = Reader::new(data);
+    let replace = r.u8().map_err(short)? != 0;
+    r.skip(7 + 8).map_err(short)?;
+    let len = r.u32().map_err(short)? as usize;
+    let name = from_utf16le(r.bytes(len).map_err(short)?).map_err(|_| NtStatus::OBJECT_NAME_INVALID)?;
+    Ok((replace, name))
+}
+
+/// A SET_INFO that asks the file-sharing state first, and so may wait for other clients'
+/// breaks: decoded and access-checked against the open before it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Waiting {
+    /// FileRenameInformation of the file (not a stream): to these share-relative components.
+    Rename { to: Vec<String>, replace: bool },
+    /// FileDispositionInformation(Ex): delete-pending on or off.
+    Disposition(bool),
+    /// FileAllocationInformation.
+    Allocation(u64),
+    /// FileEndOfFileInformation.
+    EndOfFile(u64),
+}
+
+/// What a [`Waiting`] SET_INFO needs of its open, copied: its work may outlive the request's
+/// borrow of the connection. What it changes about the open comes back as an
+/// [`OpenUpdate`](crate::smb::open_updates::OpenUpdate).
+#[derive(Debug, Clone)]
+struct Snapshot {
+    id: FileId,
+    parent: FileId,
+    path: Vec<String>,
+    root: FileId,
+    is_dir: bool,
+    key: OpenKey,
+    lease: Option<LeaseId>,
+    cred: Credentials,
+    stream: Option<streams::StreamOpen>,
+}
+
+impl Snapshot {
+    fn of(f: &super::open::FileOpen) -> Self {
+        Self {
+            id: f.id,
+            parent: f.parent,
+            path: f.path.clone(),
+            root: f.root,
+            is_dir: f.is_dir,
+            key: f.key,
+            lease: f.lease,
+            cred: f.cred.clone(),
+            stream: f.state.stream.clone(),
+        }
+    }
+
+    async fn changed(&self, ns: &crate::vfs::Namespace, bits: u32) {
+        changed_at(ns, self.parent, self.path.last(), self.stream.is_some(), bits).await;
+    }
+}
+
+impl Waiting {
+    /// The waiting work SET_INFO `class` of `data` asks of open `f`, checked against its
+    /// access; `None` for a class done in place ([`set_now`]).
+    fn parse(f: &super::open::FileOpen, class: u8, data: &[u8]) -> Result<Option<Self>, NtStatus> {
+        let mut r = Reader::new(data);
+        let short = |_| NtStatus::INFO_LENGTH_MISMATCH;
+        Ok(Some(match class {
+            10 => {
+                f.require(access::DELETE)?;
+                let (replace, name) = rename_info(data)?;
+                if name.starts_with(':') {
+                    return Ok(None);
+                }
+                if f.state.stream.is_some() {
+                    return Err(NtStatus::INVALID_PARAMETER);
+                }
+                let to = fs::split_name(name.trim_start_matches('\\'))?;
+                Self::Rename { to, replace }
+            }
+            13 | 64 => {
+                let on = if class == 13 { r.u8().map_err(short)? != 0 } else { r.u32().map_err(short)? & 1 != 0 };
+                f.require(access::DELETE)?;
+                Self::Disposition(on)
+            }
+            19 => {
+                f.require(access::WRITE_DATA)?;
+                Self::Allocation(r.u64().map_err(short)?)
+            }
+            20 => {
+                f.require(access::WRITE_DATA)?;
+                let size = r.u64().map_err(short)?;
+                if size > i64::MAX as u64 {
+                    return Err(NtStatus::INVALID_PARAMETER);
+                }
+                Self::EndOfFile(size)
+            }
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Runs the work on open `h` (volatile id `vol`) and gives its reply; a rename queues its
+    /// open's new path on `updates` before it returns, so the path is there before the reply.
+    async fn run(
+        self,
+        server: Arc<SmbServer>,
+        h: Snapshot,
+        case: fs::Case,
+        vol: u64,
+        updates: UnboundedSender<OpenUpdate>,
+    ) -> Reply {
+        let r = match self {
+            Self::Rename { to, replace } => rename(server, h, to, replace, case, vol, updates).await,
+            Self::Disposition(on) => disposition(&server, &h, on).await,
+            Self::Allocation(alloc) => allocation(&server, &h, alloc).await,
+            Self::EndOfFile(size) => end_of_file(&server, &h, size).await,
+        };
+        r.unwrap_or_else(Reply::err)
+    }
+}
+
+/// Renames the file of open `h` to `comps` (MS-FSA 2.1.5.14.11). Other clients' handle
+/// caching of it goes first (they may close: this is where a rename waits), then share modes
+/// decide; the rename itself then runs to its end on a task of its own, whatever happens to
+/// the request.
+async fn rename(
+    server: Arc<SmbServer>,
+    h: Snapshot,
+    mut comps: Vec<String>,
+    replace: bool,
+    case: fs::Case,
+    vol: u64,
+    updates: UnboundedSender<OpenUpdate>,
+) -> Result<Reply, NtStatus> {
+    let ns = &server.ns;
+    let Some(old_name) = h.path.last().cloned() else { return Err(NtStatus::ACCESS_DENIED) };
+    server.locks.may_also(&h.id, Some(h.key), access::DELETE, true, h.lease).await?;
+    if server.locks.record(&h.parent).await?.blocks_child_rename() {
+        return Err(NtStatus::SHARING_VIOLATION);
+    }
+    if h.is_dir && server.has_open_below(h.root, &h.path, h.key) {
+        return Err(NtStatus::ACCESS_DENIED);
+    }
+    let to_dir = fs::parent_of(ns, &h.cred, h.root, &mut comps, case).await?;
+    let Some(new_name) = comps.last().cloned() else { return Err(NtStatus::INVALID_PARAMETER) };
+    if to_dir == h.parent && new_name == old_name {
+        return Ok(ok());
+    }
+    // The target by the share's case rule: on a case-insensitive share `B.txt` is the
+    // existing `b.txt` (replaced, or a collision), and renaming a file to its own name
+    // in another case changes only the case.
+    let replaced = match fs::lookup(ns, &h.cred, to_dir, &new_name, case).await {
+        Ok((real, tid, ta)) if tid != h.id => {
+            if !replace {
+                return Err(NtStatus::OBJECT_NAME_COLLISION);
+            }
+            if ta.ftype == FileType::Directory || server.locks.record(&tid).await?.has_other_opens(h.key) {
+                return Err(NtStatus::ACCESS_DENIED);
+            }
+            Some(real)
+        }
+        Ok(_) | Err(VfsError::NotFound) => None,
+        Err(e) => return Err(e.into()),
+    };
+    // From here on nothing waits, and a cancel or close must not cut the work between its two
+    // renames or before the open learns its new path.
+    let done = tokio::spawn(async move {
+        let ns = &server.ns;
+        match replaced {
+            Some(real) if real != new_name => {
+                // Replace the file under its own name, then give ours the name asked for.
+                ns.rename(&h.cred, h.parent, old_name.as_bytes(), to_dir, real.as_bytes()).await?;
+                ns.rename(&h.cred, to_dir, real.as_bytes(), to_dir, new_name.as_bytes()).await?;
+            }
+            _ => ns.rename(&h.cred, h.parent, old_name.as_bytes(), to_dir, new_name.as_bytes()).await?,
+        }
+        server.track_path(h.key, Some((h.root, comps.clone())));
+        // Queued before the reply leaves: the connection applies it before the client's next
+        // request (see `open_updates`).
+        let _ = updates.send(OpenUpdate {
+            volatile: vol,
+            key: h.key,
+            change: Change::Moved { parent: to_dir, path: comps },
+        });
+        Ok::<_, NtStatus>(ok())
+    });
+    done.await.unwrap_or(Err(NtStatus::INTERNAL_ERROR))
+}
+
+/// FileDispositionInformation(Ex): sets or clears the file's delete-pending state (a
+/// non-empty directory or a read-only file cannot be deleted).
+async fn disposition(server: &SmbServer, h: &Snapshot, on: bool) -> Result<Reply, NtStatus> {
+    let ns = &server.ns;
+    if on && h.stream.is_none() {
+        if h.path.is_empty() {
+            return Err(NtStatus::ACCESS_DENIED);
+        }
+        let a = ns.getattr(h.id).await?;
+        if a.ftype == FileType::Directory {
+            if !super::create::dir_is_empty(ns, &h.cred, h.id).await {
+                return Err(NtStatus::DIRECTORY_NOT_EMPTY);
+            }
+        } else if fs::attributes(&a, &fs::dos_of(ns, &h.cred, h.id).await, "") & fs::ATTR_READONLY != 0 {
+            return Err(NtStatus::CANNOT_DELETE);
+        }
+    }
+    server.locks.set_delete_pending(&h.id, on).await?;
+    if on && h.is_dir && h.stream.is_none() {
+        server.watches.delete_pending(&h.id);
+    }
+    Ok(ok())
+}
+
+/// FileAllocationInformation: only a smaller allocation than the size changes the file (it
+/// is truncated); a stream's value likewise.
+async fn allocation(server: &SmbServer, h: &Snapshot, alloc: u64) -> Result<Reply, NtStatus> {
+    let ns = &server.ns;
+    if let Some(s) = &h.stream {
+        let len = streams::read_all(ns, &h.cred, s).await?.len() as u64;
+        if alloc < len {
+            streams::set_size(ns, &h.cred, s, alloc).await?;
+        }
+        return Ok(ok());
+    }
+    // Growing or shrinking, the allocation changes: other opens' read caching goes
+    // (smbd breaks level II oplocks either way).
+    server.locks.contend_if_needed(&h.id, h.lease).await?;
+    let a = ns.getattr(h.id).await?;
+    if alloc < a.size {
+        ns.setattr(&h.cred, h.id, SetAttr { size: Some(alloc), ..Default::default() }).await?;
+        h.changed(ns, what::SIZE).await;
+    }
+    Ok(ok())
+}
+
+/// FileEndOfFileInformation: the file's (or stream's) new size.
+async fn end_of_file(server: &SmbServer, h: &Snapshot, size: u64) -> Result<Reply, NtStatus> {
+    let ns = &server.ns;
+    if let Some(s) = &h.stream {
+        streams::set_size(ns, &h.cred, s, size).await?;
+        return Ok(ok());
+    }
+    if h.is_dir {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    server.locks.contend_if_needed(&h.id, h.lease).await?;
+    ns.setattr(&h.cred, h.id, SetAttr { size: Some(size), ..Default::default() }).await?;
+    server.write_times.flush(&h.id, crate::smb::filetime_now());
+    h.changed(ns, what::SIZE).await;
+    Ok(ok())
 }
