@@ -7,7 +7,9 @@
 //!   home; no delegation), on nasgw and on Samba + CTDB; and, for nasgw, both through one node
 //!   (the file is delegated to that node: no messages between nodes).
 //! - The SMB rows again on the 3-node cluster (`smbclient`, as the SMB table runs them), plus
-//!   the small files through two nodes at once.
+//!   the small files through two nodes at once; beside them the same rows against one nasgw
+//!   without `[cluster]` on n1's address and the same directory, so the cluster's own cost is
+//!   measured in the same run, network and disk.
 //!
 //! Before any row, each system must show it is one file-sharing state: B's open through n2 of
 //! a file A holds through n1 with no sharing must fail with a sharing violation; a system that
@@ -31,11 +33,13 @@ use crate::table::{Group, Unit};
 /// Samba + CTDB, and both through n1 on nasgw.
 const SHARED_COLUMNS: [&str; 3] = ["nasgw, two nodes", "Samba+CTDB, two nodes", "nasgw, one node"];
 /// Columns of the SMB-rows table.
-const ROWS_COLUMNS: [&str; 2] = ["nasgw", "Samba+CTDB"];
+const ROWS_COLUMNS: [&str; 3] = ["nasgw", "Samba+CTDB", "nasgw, single node"];
 /// The systems, by column of the SMB-rows table (and the first two of the shared-file table).
-const PORTS: [u16; 2] = [SMB_PORT, ctdb::SMB_PORT];
+const PORTS: [u16; 3] = [SMB_PORT, ctdb::SMB_PORT, SINGLE_PORT];
 /// Short names for files and client names.
-const LABELS: [&str; 2] = ["nasgw", "samba"];
+const LABELS: [&str; 3] = ["nasgw", "samba", "single"];
+/// Where the single nasgw (no `[cluster]`) of the SMB-rows table listens on n1.
+const SINGLE_PORT: u16 = 4451;
 
 /// Runs both cluster tables; `work` holds the local sources and the anchor's state.
 pub fn run(work: &Path, sizes: Sizes) -> Vec<Group> {
@@ -44,8 +48,11 @@ pub fn run(work: &Path, sizes: Sizes) -> Vec<Group> {
         &SHARED_COLUMNS,
         &[(0, 1), (0, 2)],
     );
-    let mut rows =
-        Group::new("Cluster: the SMB rows on 3 nodes: nasgw vs Samba 4.17 + CTDB 4.17", &ROWS_COLUMNS, &[(0, 1)]);
+    let mut rows = Group::new(
+        "Cluster: the SMB rows on 3 nodes: nasgw vs Samba 4.17 + CTDB 4.17 (and one nasgw without a cluster)",
+        &ROWS_COLUMNS,
+        &[(0, 1), (0, 2)],
+    );
     let n = if sizes.small_files >= 1000 { 2000 } else { 100 };
     shared.notes.push(format!(
         "Three nodes in network namespaces on one shared directory (nasgw: local backend; Samba: `clustering = yes`, \
@@ -58,7 +65,9 @@ pub fn run(work: &Path, sizes: Sizes) -> Vec<Group> {
     rows.notes.push(
         "The same cluster; every row is `smbclient -m SMB3 -O 'SO_RCVBUF=4194304 SO_SNDBUF=4194304'` from the \
          client namespace, timed as a whole (connect included), through n1; the last row runs one such session \
-         through n1 and one through n2 at once (the figure: both sessions' files over the wall time of both)."
+         through n1 and one through n2 at once (the figure: both sessions' files over the wall time of both). \
+         \"nasgw, single node\": one nasgw without `[cluster]` in n1's namespace (port 4451) serving the same \
+         directory, the same client (its last row: both sessions through it); its CPU is that one daemon's."
             .into(),
     );
 
@@ -87,7 +96,11 @@ pub fn run(work: &Path, sizes: Sizes) -> Vec<Group> {
     let hosts: Vec<Host<'_>> = (0..3).map(|i| Host { ns: cluster.topo.ns(NODES[i]), addr: ADDRS[i] }).collect();
     let started = Instant::now();
     let samba = SambaCtdb::start(&hosts, &cluster.volume(), &cluster.volume(), &work.join("ctdb"));
-    let mut avail: Vec<Result<(), String>> = vec![Ok(()), Ok(())];
+    let mut avail: Vec<Result<(), String>> = vec![Ok(()), Ok(()), Ok(())];
+    let single = std::panic::catch_unwind(|| single_node(&cluster));
+    if single.is_err() {
+        avail[2] = Err("the single nasgw did not start (see the panic above)".into());
+    }
     match &samba {
         Ok(_) => eprintln!("bench: Samba + CTDB serving on 3 nodes after {:.1} s", started.elapsed().as_secs_f64()),
         Err(e) => {
@@ -108,8 +121,12 @@ pub fn run(work: &Path, sizes: Sizes) -> Vec<Group> {
         Ok(s) => sum(s.pids().into_iter().map(|(what, pid)| cpu::track(what, pid)).collect()),
         Err(_) => Meter::missing("Samba + CTDB did not start"),
     };
+    let single_cpu = match &single {
+        Ok(d) => cpu::track("nasgw-single", d.pid()),
+        Err(_) => Meter::missing("the single nasgw did not start"),
+    };
     shared.meters = vec![nasgw_cpu.clone(), samba_cpu.clone(), nasgw_cpu.clone()];
-    rows.meters = vec![nasgw_cpu, samba_cpu];
+    rows.meters = vec![nasgw_cpu, samba_cpu, single_cpu];
     // Clients (name, node, driver): A (A0, A1) through n1 and B (B0, B1) through n2 of each
     // system; C0 through n1 of nasgw. A clients run in driver 0, the others in driver 1.
     for s in 0..2 {
@@ -182,9 +199,38 @@ pub fn run(work: &Path, sizes: Sizes) -> Vec<Group> {
     drop(d);
 
     run_smb_rows(&mut rows, &fx, cluster.topo.ns("c1"), &avail);
+    drop(single);
     drop(samba);
     drop(cluster);
     vec![shared, rows]
+}
+
+/// One nasgw without `[cluster]` in n1's namespace on [`SINGLE_PORT`], serving the cluster's
+/// directory: the single-node column of the SMB-rows table.
+fn single_node(cluster: &SmbCluster) -> nasgw_tests::Daemon {
+    let config = format!(
+        r#"[volume]
+name = "smb"
+backend = "local"
+path = "{vol}"
+[nfs]
+enabled = false
+[smb]
+listen = "0.0.0.0:{SINGLE_PORT}"
+[[smb.share]]
+name = "pub"
+path = "/"
+writable = true
+guest_ok = true
+guest_only = true
+force_user = "root"
+[node]
+control_socket = "{{dir}}/ctl.sock"
+state_dir = "{{dir}}/state"
+"#,
+        vol = cluster.volume().display()
+    );
+    nasgw_tests::Daemon::start("single", &cluster.root.path().join("single"), &config, Some(cluster.topo.ns(NODES[0])))
 }
 
 /// The clients (A, B) of shared-table column `i`.
@@ -340,10 +386,12 @@ fn run_smb_rows(group: &mut Group, fx: &Fixture, ns: &str, avail: &[Result<(), S
         s.rounds,
         avail,
         Box::new(|i, r| {
+            // The single node has no second node: both sessions go to it.
+            let node_b = if i == 2 { 0 } else { 1 };
             let start = Instant::now();
             let (first, second) = std::thread::scope(|scope| {
                 let a = scope.spawn(|| mput(fx, ns, i, 0, &format!("c2-{}-{r}-n1", LABELS[i])));
-                let b = scope.spawn(|| mput(fx, ns, i, 1, &format!("c2-{}-{r}-n2", LABELS[i])));
+                let b = scope.spawn(|| mput(fx, ns, i, node_b, &format!("c2-{}-{r}-n2", LABELS[i])));
                 (a.join(), b.join())
             });
             let elapsed = start.elapsed();

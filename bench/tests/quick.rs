@@ -95,7 +95,8 @@ fn quick_run_prints_a_table_per_group_with_figures() {
         // encrypted (the kernel-client group, `--only smb-kernel`, is not in this run)
         ("### SMB3: nasgw vs Samba smbd", 9, 2, 1),
         ("### Cluster: one shared file", 2, 3, 2),
-        ("### Cluster: the SMB rows on 3 nodes", 4, 2, 1),
+        // nasgw, Samba + CTDB, and one nasgw without a cluster on the same node and directory.
+        ("### Cluster: the SMB rows on 3 nodes", 4, 3, 2),
         // 2 client counts x (creates, reads), GETATTR with and without idle connections, list
         // and search of the huge directory.
         ("### Scale (NFSv3): nasgw vs NFS-Ganesha", 8, 2, 1),
@@ -134,7 +135,7 @@ fn quick_run_prints_a_table_per_group_with_figures() {
     }
     assert!(
         report.contains("| nasgw, two nodes | Samba+CTDB, two nodes | nasgw, one node |")
-            && report.contains("| nasgw | Samba+CTDB | nasgw / Samba+CTDB |"),
+            && report.contains("| nasgw | Samba+CTDB | nasgw, single node | nasgw / Samba+CTDB |"),
         "the cluster tables have their Samba + CTDB column:\n{report}"
     );
     // Torn down: every daemon (smbd, Ganesha, rpcbind, nasgw, each ctdbd and its helpers) held

@@ -70,11 +70,25 @@ async fn run(loaded: Loaded) -> Result<()> {
         }
     };
     if cfg.cluster.is_some() {
-        // Change notifications cross nodes on the lock mesh's broadcast (best effort).
+        // Change notifications cross nodes on the lock mesh (best effort), only to the nodes
+        // that want them (`locks::interest`).
         let l = Arc::downgrade(&locks);
         namespace.changes().set_remote(Box::new(move |b| {
             if let Some(l) = l.upgrade() {
-                l.broadcast(b);
+                l.notify(b);
+            }
+        }));
+        namespace.changes().set_remote_interest(locks.remote_interest());
+        let hub = Arc::downgrade(namespace.changes());
+        locks.on_interest_acked(Box::new(move |seq| {
+            if let Some(h) = hub.upgrade() {
+                h.interest_acked(seq);
+            }
+        }));
+        let l = Arc::downgrade(&locks);
+        namespace.changes().set_interest_sink(Box::new(move |level, seq| {
+            if let Some(l) = l.upgrade() {
+                l.set_interest(level, seq);
             }
         }));
         let hub = namespace.changes().clone();

@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::interest::{EventInterest, Level};
 use super::record::{BreakNotice, CloseOutcome, FileRecord, Granted, Lease, OpenRecord, OpenRequest, OpenVerdict};
 use super::types::{Conflict, LeaseId, OpenKey, Owner, RangeLock, ORPHAN};
 
@@ -263,6 +264,9 @@ pub enum Msg<K> {
         /// The record after it, with its version, for a requester that holds (or held)
         /// something on the file: its copy changes together with its answer.
         record: Option<(u64, FileRecord)>,
+        /// A [`Msg::Delegate`] to the requester carried in the same frame (the first open of a
+        /// file only its node uses: answer and hand-over in one message).
+        then: Option<Box<Delegation<K>>>,
     },
     /// Home -> requester: you hold the file's record now (sent before you were told): decide it yourself.
     Redirect {
@@ -333,6 +337,23 @@ pub enum Msg<K> {
         /// What happened, encoded by the protocol that sent it.
         payload: Vec<u8>,
     },
+    /// Any node -> every other member: how much of the others' change events it wants
+    /// (see [`super::interest`]); sent when that changes and in every new view.
+    Interest {
+        /// View.
+        view: u64,
+        /// The level.
+        level: Level,
+        /// Its number (acknowledged).
+        seq: u64,
+    },
+    /// The answer to [`Msg::Interest`]: from now on the sender sends accordingly.
+    InterestAck {
+        /// View.
+        view: u64,
+        /// The number acknowledged.
+        seq: u64,
+    },
     /// Home -> lease holder's node: tell the client.
     Break {
         /// View.
@@ -362,9 +383,20 @@ impl<K> Msg<K> {
             | Msg::Drop { view, .. }
             | Msg::Event { view, .. }
             | Msg::EndGrace { view }
+            | Msg::Interest { view, .. }
+            | Msg::InterestAck { view, .. }
             | Msg::Break { view, .. } => Some(*view),
         }
     }
+}
+
+/// The content of a [`Msg::Delegate`] riding on a [`Msg::Resp`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegation<K> {
+    /// File.
+    pub file: K,
+    /// The record.
+    pub record: FileRecord,
 }
 
 /// What happened.
@@ -388,6 +420,17 @@ pub enum Input<K> {
     },
     /// Tell every other member about an event (best effort: lost with a view change).
     Broadcast(Vec<u8>),
+    /// Tell the other members that want them (see [`super::interest`]) about a change event
+    /// (best effort, as [`Input::Broadcast`]).
+    Notify(Vec<u8>),
+    /// How much of the other nodes' change events this node's watchers want now; `seq` grows
+    /// with every change and comes back in [`Output::InterestAcked`].
+    Interest {
+        /// The level.
+        level: Level,
+        /// Its number.
+        seq: u64,
+    },
     /// The grace for reclaiming POSIX locks ended: drop their orphans everywhere.
     EndGrace,
     /// The mesh link to a peer is up.
@@ -443,6 +486,11 @@ pub enum Output<K> {
     Evicted,
     /// An event another node broadcast.
     Event(Vec<u8>),
+    /// Every other member of the view knows this node's interest up to this number: the
+    /// changes they make from now on reach it as it asked.
+    InterestAcked(u64),
+    /// The highest interest among the other members changed (publishers skip what nobody wants).
+    RemoteInterest(Level),
 }
 
 /// Timing knobs.
@@ -678,6 +726,8 @@ pub struct Machine<K: RecordKey> {
     clock: u64,
     /// POSIX locks outlive their node for this long (NLM's grace); zero: they die with it.
     posix_grace: Duration,
+    /// Who wants this node's change events, and what it told them.
+    interest: EventInterest,
 }
 
 fn fnv(bytes: &[u8], seed: u16) -> u64 {
@@ -723,6 +773,7 @@ impl<K: RecordKey> Machine<K> {
             carried: HashMap::new(),
             clock: 0,
             posix_grace: Duration::ZERO,
+            interest: EventInterest::default(),
         }
     }
 
@@ -961,6 +1012,17 @@ impl<K: RecordKey> Machine<K> {
                         out.push(Output::Send { to: *m, msg: Msg::Event { view: v.id(), payload: payload.clone() } });
                     }
                 }
+            }
+            Input::Notify(payload) => {
+                if let Some(v) = &self.view {
+                    for m in v.members.iter().filter(|m| **m != self.cfg.me && self.interest.wants(**m)) {
+                        out.push(Output::Send { to: *m, msg: Msg::Event { view: v.id(), payload: payload.clone() } });
+                    }
+                }
+            }
+            Input::Interest { level, seq } => {
+                let e = self.interest.set_mine(level, seq, &self.others());
+                self.interest_effects(e, &mut out);
             }
             Input::EndGrace => {
                 if let Some(v) = &self.view {
@@ -1210,6 +1272,9 @@ impl<K: RecordKey> Machine<K> {
         self.view = Some(view.clone());
         self.ready = false;
         self.broken = false;
+        let e =
+            if view.members.contains(&me) { self.interest.new_view(&self.others()) } else { self.interest.no_view() };
+        self.interest_effects(e, out);
         if !view.members.contains(&me) {
             self.collecting = None;
             self.carried.clear();
@@ -1426,7 +1491,7 @@ impl<K: RecordKey> Machine<K> {
         if to == self.cfg.me {
             self.answered(rid, outcome, out);
         } else {
-            out.push(Output::Send { to, msg: Msg::Resp { view: self.view_id(), rid, outcome, record } });
+            out.push(Output::Send { to, msg: Msg::Resp { view: self.view_id(), rid, outcome, record, then: None } });
         }
     }
 
@@ -1483,12 +1548,16 @@ impl<K: RecordKey> Machine<K> {
                 self.maybe_ready(now, out);
             }
             Msg::Req { rid, file, op, .. } => self.home_request(now, from, rid, file, op, out),
-            Msg::Resp { rid, outcome, record, .. } => {
+            Msg::Resp { view, rid, outcome, record, then } => {
                 if let Some((file, (version, record))) = self.outstanding.get(&rid).map(|o| o.file.clone()).zip(record)
                 {
                     self.set_replica(file, version, record);
                 }
                 self.answered(rid, outcome, out);
+                if let Some(d) = then {
+                    let Delegation { file, record } = *d;
+                    self.message(now, from, Msg::Delegate { view, file, record }, out);
+                }
             }
             Msg::Redirect { rid, file, .. } => {
                 let Some(o) = self.outstanding.get(&rid).cloned() else { return };
@@ -1559,6 +1628,39 @@ impl<K: RecordKey> Machine<K> {
             }
             Msg::Break { file, notice, .. } => out.push(Output::Break { file, notice }),
             Msg::Event { payload, .. } => out.push(Output::Event(payload)),
+            Msg::Interest { view, level, seq } => {
+                let e = self.interest.told(from, level, &self.others());
+                self.interest_effects(e, out);
+                out.push(Output::Send { to: from, msg: Msg::InterestAck { view, seq } });
+            }
+            Msg::InterestAck { seq, .. } => {
+                let e = self.interest.ack(from, seq, &self.others());
+                self.interest_effects(e, out);
+            }
+        }
+    }
+
+    /// The other members of the current view (none when this node is not a member).
+    fn others(&self) -> Vec<u16> {
+        match &self.view {
+            Some(v) if v.members.contains(&self.cfg.me) => {
+                v.members.iter().copied().filter(|m| *m != self.cfg.me).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn interest_effects(&self, e: super::interest::Effects, out: &mut Vec<Output<K>>) {
+        let (level, seq) = self.interest.mine();
+        let view = self.view_id();
+        for to in e.tell {
+            out.push(Output::Send { to, msg: Msg::Interest { view, level, seq } });
+        }
+        if let Some(s) = e.acked {
+            out.push(Output::InterestAcked(s));
+        }
+        if let Some(l) = e.remote {
+            out.push(Output::RemoteInterest(l));
         }
     }
 
@@ -1755,7 +1857,14 @@ impl<K: RecordKey> Machine<K> {
             if let Some(n) = sole {
                 let record = record.clone();
                 h.state = HomeState::Delegated(n);
-                out.push(Output::Send { to: n, msg: Msg::Delegate { view, file: file.clone(), record } });
+                // When the last message to `n` is an answer (the common case: the open just
+                // granted), the hand-over rides on it: the same order, one frame less.
+                match out.iter_mut().rev().find(|o| matches!(o, Output::Send { to, .. } if *to == n)) {
+                    Some(Output::Send { msg: Msg::Resp { then: then @ None, .. }, .. }) => {
+                        *then = Some(Box::new(Delegation { file: file.clone(), record }));
+                    }
+                    _ => out.push(Output::Send { to: n, msg: Msg::Delegate { view, file: file.clone(), record } }),
+                }
             } else if users.is_empty() && record.is_empty() {
                 self.homes.remove(file);
             }

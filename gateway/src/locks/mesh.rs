@@ -276,7 +276,10 @@ async fn peer_loop(
         // Messages queued while the link was down belong to a view that is over: drop them.
         while out.try_recv().is_ok() {}
         let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = stream.into_split();
+        // Frames come in bursts (a request and the update or delegation behind it): read them
+        // from a buffer, not two system calls each.
+        let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
         service.link(peer, true);
         tracing::info!(peer, "lock mesh: link up");
         let svc = service.clone();
@@ -303,9 +306,18 @@ async fn peer_loop(
         };
         let writer = async {
             let mut seq = send_seq;
+            let mut batch = Vec::new();
             while let Some(b) = out.recv().await {
-                wr.write_all(&seal_frame(&send_key, seq, &b)).await?;
+                // Everything queued meanwhile goes out in the same write.
+                batch.clear();
+                batch.extend_from_slice(&seal_frame(&send_key, seq, &b));
                 seq += 1;
+                while batch.len() < 256 << 10 {
+                    let Ok(b) = out.try_recv() else { break };
+                    batch.extend_from_slice(&seal_frame(&send_key, seq, &b));
+                    seq += 1;
+                }
+                wr.write_all(&batch).await?;
             }
             Ok::<(), anyhow::Error>(())
         };

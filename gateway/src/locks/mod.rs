@@ -11,12 +11,14 @@
 //! - [`machine`]: which node applies the rules to which file (a home per file, delegation to the
 //!   only node using it, replicas, views rebuilt from every node's holdings, fencing): a pure
 //!   state machine, exercised by `sim` (tests) under loss, partitions, crashes and restarts;
+//! - [`interest`]: which nodes want the change events the others make (pure);
 //! - [`mesh`]: authenticated TCP links between nodes;
 //! - [`service`]: the async facade over the machine that the protocols call.
 //!
 //! Keys are persistent file identities ([`crate::vfs::FileId`]), never paths: a rename does not
 //! lose a lock, and every node names a file the same way.
 
+pub mod interest;
 pub mod machine;
 pub mod mesh;
 pub mod posix_view;

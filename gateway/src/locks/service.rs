@@ -7,7 +7,7 @@
 //! views) and feeds it what HA says.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +32,10 @@ pub trait Holders: Send + Sync {
 /// every event; each takes the payloads whose first byte is its own tag and ignores the rest.
 pub type EventSink = Box<dyn Fn(&[u8]) + Send + Sync>;
 
+/// Gets the numbers of this node's interest changes once every other member knows them (see
+/// [`LockService::set_interest`]).
+pub type InterestAckSink = Box<dyn Fn(u64) + Send + Sync>;
+
 /// Holders of the leases of one client GUID (see [`LockService::add_lease_holder`]).
 type LeaseHolder = ([u8; 16], Arc<dyn Holders>);
 
@@ -55,6 +59,11 @@ pub struct LockService {
     /// Holders of leases whose client GUID is the key (the node's own mount), besides SMB's.
     lease_holders: Mutex<Vec<LeaseHolder>>,
     events: Mutex<Vec<Arc<EventSink>>>,
+    /// The highest interest of the other members in this node's change events (see
+    /// [`super::interest`]), stored in the order of the machine's outputs: before the
+    /// acknowledgement that lets a watcher elsewhere rely on it is sent.
+    remote_interest: Arc<AtomicU8>,
+    interest_acked: OnceLock<InterestAckSink>,
 }
 
 impl std::fmt::Debug for LockService {
@@ -87,6 +96,7 @@ impl LockService {
     }
 
     fn new(cfg: Config, net: Option<mpsc::UnboundedSender<(u16, Msg<FileId>)>>) -> Arc<LockService> {
+        let clustered = net.is_some();
         // Open keys start at this run's start time in microseconds: a restarted node never
         // reuses one its previous run handed out.
         let start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64;
@@ -105,6 +115,9 @@ impl LockService {
             holders: OnceLock::new(),
             lease_holders: Mutex::new(Vec::new()),
             events: Mutex::new(Vec::new()),
+            // Until the others tell, they want everything.
+            remote_interest: Arc::new(AtomicU8::new(if clustered { super::interest::PATHS } else { 0 })),
+            interest_acked: OnceLock::new(),
         })
     }
 
@@ -131,6 +144,31 @@ impl LockService {
         if self.net.is_some() {
             self.feed(Input::Broadcast(payload));
         }
+    }
+
+    /// Sends a change event to the other members that want them (see [`super::interest`]);
+    /// best effort, as [`LockService::broadcast`].
+    pub fn notify(&self, payload: Vec<u8>) {
+        if self.net.is_some() {
+            self.feed(Input::Notify(payload));
+        }
+    }
+
+    /// Tells the other members how much of their change events this node wants now (`seq`
+    /// grows with every change); `acked` (registered once) gets `seq` when every one of them
+    /// knows it.
+    pub fn set_interest(&self, level: super::interest::Level, seq: u64) {
+        self.feed(Input::Interest { level, seq });
+    }
+
+    /// Registers where acknowledged interest numbers go (once).
+    pub fn on_interest_acked(&self, acked: InterestAckSink) {
+        let _ = self.interest_acked.set(acked);
+    }
+
+    /// The highest interest of the other members in this node's change events, kept current.
+    pub fn remote_interest(&self) -> Arc<AtomicU8> {
+        self.remote_interest.clone()
     }
 
     /// This node's number.
@@ -202,7 +240,10 @@ impl LockService {
                         tracing::warn!("file-sharing state: this node is not in sync with the cluster; requests wait");
                     }
                 }
-                other @ (Output::Break { .. } | Output::Evicted | Output::Event(_)) => later.push(other),
+                Output::RemoteInterest(level) => self.remote_interest.store(level, Ordering::SeqCst),
+                other @ (Output::Break { .. } | Output::Evicted | Output::Event(_) | Output::InterestAcked(_)) => {
+                    later.push(other)
+                }
             }
         }
         later
@@ -210,6 +251,12 @@ impl LockService {
 
     fn after(&self, later: Vec<Output<FileId>>) {
         for o in later {
+            if let Output::InterestAcked(seq) = &o {
+                if let Some(sink) = self.interest_acked.get() {
+                    sink(*seq);
+                }
+                continue;
+            }
             if let Output::Event(p) = &o {
                 // Called outside the lock: a sink may broadcast in turn.
                 let sinks = self.events.lock().unwrap_or_else(|p| p.into_inner()).clone();

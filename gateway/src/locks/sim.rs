@@ -95,6 +95,8 @@ pub struct World {
     /// Statistics.
     pub stats: Stats,
     cfg: Config,
+    /// The latest interest number each node's peers acknowledged.
+    pub interest_acked: BTreeMap<u16, u64>,
     /// The recovery lock: holder and since when.
     lock: Option<(u16, Duration)>,
     lock_free_since: Option<Duration>,
@@ -113,6 +115,10 @@ pub struct Stats {
     pub breaks: u64,
     /// Messages delivered.
     pub messages: u64,
+    /// Of those, messages about files (all but pings, pongs and events).
+    pub file_messages: u64,
+    /// Events delivered to nodes (change notifications and broadcasts).
+    pub events: u64,
     /// Views adopted (summed over nodes).
     pub evictions: u64,
     /// Durable opens reclaimed after their node was gone.
@@ -152,6 +158,7 @@ impl World {
             posix_grace: Duration::ZERO,
             stats: Stats::default(),
             cfg,
+            interest_acked: BTreeMap::new(),
             lock: None,
             lock_free_since: None,
         };
@@ -372,7 +379,11 @@ impl World {
                         }
                     }
                 }
-                Output::Changed(_) | Output::Licensed(_) | Output::Event(_) => {}
+                Output::Event(_) => self.stats.events += 1,
+                Output::InterestAcked(seq) => {
+                    self.interest_acked.insert(n, seq);
+                }
+                Output::Changed(_) | Output::Licensed(_) | Output::RemoteInterest(_) => {}
                 Output::Evicted => {
                     self.stats.evictions += 1;
                     self.orphan_opens_of(n);
@@ -403,6 +414,16 @@ impl World {
     pub fn flap_leadership(&mut self, n: u16) {
         self.feed(n, Input::Ha(HaInput { leader: None, ok: true }));
         self.feed(n, Input::Ha(HaInput { leader: Some(n), ok: true }));
+    }
+
+    /// Node `n`'s watchers want `level` of the others' change events now (number `seq`).
+    pub fn interest(&mut self, n: u16, level: u8, seq: u64) {
+        self.feed(n, Input::Interest { level, seq });
+    }
+
+    /// Node `n` publishes a change event.
+    pub fn notify(&mut self, n: u16, payload: Vec<u8>) {
+        self.feed(n, Input::Notify(payload));
     }
 
     /// Node `n` says the POSIX grace ended.
@@ -504,6 +525,9 @@ impl World {
             } else if let Some((_, (from, to))) = next_msg {
                 let (_, msg) = self.wire.get_mut(&(from, to)).and_then(|q| q.pop_front()).expect("front");
                 self.stats.messages += 1;
+                if !matches!(msg, Msg::Ping { .. } | Msg::Pong { .. } | Msg::Event { .. }) {
+                    self.stats.file_messages += 1;
+                }
                 self.feed(to, Input::Message { from, msg });
             }
             self.check();

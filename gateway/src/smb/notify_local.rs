@@ -279,7 +279,8 @@ impl LocalEvents {
             };
             *self.inotify.lock().unwrap_or_else(|p| p.into_inner()) = Some(inotify.watches());
             let echoes = self.echoes.clone();
-            self.ns.changes().listen(Box::new(move |c: &Change| {
+            // Only while this node has watches: it asks the other nodes for nothing itself.
+            self.ns.changes().listen_while_watched(Box::new(move |c: &Change| {
                 if PUBLISHING.with(|p| p.get()) {
                     return;
                 }

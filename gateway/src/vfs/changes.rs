@@ -24,12 +24,18 @@
 //! reaches other nodes' caches at its close, flush or commit, or through their read leases).
 //! Nothing is published on a node without such a listener (the nodes share one config: no
 //! node of its cluster has one either).
+//! In a cluster only the nodes that want changes get them: the hub tells the others how much
+//! this node wants (its *interest*: nothing; the changes, for a watch or the node's own mount;
+//! or the changes with their paths, for a recursive watch) through [`ChangeHub::set_interest_sink`],
+//! and learns theirs through [`ChangeHub::set_remote_interest`]; with nobody watching anywhere, a
+//! create costs no message and no path lookup. A watch made while this node wanted less relies
+//! on the others only after [`ChangeHub::settled`] (every other node acknowledged the new level).
 //!
 //! Invariants: publishing never blocks on a watcher (a full watch drops its queue and reports an
 //! overflow instead); [`decode`] is a pure function that never panics on any input.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
@@ -63,6 +69,17 @@ pub mod what {
     pub const STREAM_SIZE: u32 = 0x400;
     /// A named stream's data.
     pub const STREAM_WRITE: u32 = 0x800;
+}
+
+/// How much of the other nodes' changes a node wants (its *interest*, see the module doc).
+pub mod level {
+    /// Nothing: no watch, no listener.
+    pub const NONE: u8 = 0;
+    /// The changes (a watch of a directory, the node's own mount).
+    pub const NAMES: u8 = 1;
+    /// The changes with their directories' paths from the volume root (a recursive watch
+    /// matches deeper directories by path).
+    pub const PATHS: u8 = 2;
 }
 
 /// How a name changed (MS-FSCC FILE_NOTIFY_INFORMATION actions, in their order).
@@ -305,12 +322,15 @@ impl std::ops::Deref for WatchHandle {
 
 impl Drop for WatchHandle {
     fn drop(&mut self) {
-        let mut w = self.hub.watches.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(gone) = w.remove(&self.id) {
-            if gone.recursive {
-                self.hub.recursive.fetch_sub(1, Ordering::Relaxed);
+        {
+            let mut w = self.hub.watches.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(gone) = w.remove(&self.id) {
+                if gone.recursive {
+                    self.hub.recursive.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
+        self.hub.announce();
     }
 }
 
@@ -320,6 +340,23 @@ pub type RemoteSink = Box<dyn Fn(Vec<u8>) + Send + Sync>;
 /// Gets every change, made here or on another node, as it is delivered (the node's own mount
 /// invalidates the kernel's cached names with it). Must not block.
 pub type Listener = Box<dyn Fn(&Change) + Send + Sync>;
+
+/// Where this node's interest in the other nodes' changes goes: the [`level`] and its number.
+pub type InterestSink = Box<dyn Fn(u8, u64) + Send + Sync>;
+
+/// This node's interest as told to the other nodes, and how far they acknowledged it.
+#[derive(Default)]
+struct Interest {
+    sink: OnceLock<InterestSink>,
+    /// The level told and its number (held while telling, so levels go out in order).
+    told: Mutex<(u8, u64)>,
+    acked: AtomicU64,
+    acked_now: Notify,
+    /// The other nodes' highest interest in this node's changes (absent: a single node).
+    remote: OnceLock<Arc<AtomicU8>>,
+    /// Listeners that need the other nodes' changes too.
+    remote_listeners: AtomicUsize,
+}
 
 /// The change events of one namespace: its watches and where its changes go.
 #[derive(Default)]
@@ -332,6 +369,7 @@ pub struct ChangeHub {
     /// Listeners of attribute changes, and whether there is any (checked on every WRITE).
     attr_listeners: Mutex<Vec<Arc<AttrListener>>>,
     has_attr_listeners: AtomicBool,
+    interest: Interest,
     /// When each file's last modification by handle was published ([`ChangeHub::throttle_modified`]).
     modified_at: Mutex<HashMap<FileId, std::time::Instant>>,
 }
@@ -370,7 +408,82 @@ impl ChangeHub {
             self.recursive.fetch_add(1, Ordering::Relaxed);
         }
         self.watches.lock().unwrap_or_else(|e| e.into_inner()).insert(id, watch.clone());
+        self.announce();
         WatchHandle { hub: self.clone(), id, watch }
+    }
+
+    /// How much of the other nodes' changes this node wants now (see the module doc).
+    fn level(&self) -> u8 {
+        use level::{NAMES, NONE, PATHS};
+        if self.recursive.load(Ordering::Relaxed) > 0 {
+            PATHS
+        } else if self.watch_count() > 0 || self.interest.remote_listeners.load(Ordering::Relaxed) > 0 {
+            NAMES
+        } else {
+            NONE
+        }
+    }
+
+    /// Tells the other nodes this node's interest if it changed.
+    fn announce(&self) {
+        let Some(sink) = self.interest.sink.get() else { return };
+        let mut told = self.interest.told.lock().unwrap_or_else(|e| e.into_inner());
+        let level = self.level();
+        if level != told.0 {
+            *told = (level, told.1 + 1);
+            sink(told.0, told.1);
+        }
+    }
+
+    /// Registers where this node's interest in the other nodes' changes goes (once), and tells
+    /// it the current one.
+    pub fn set_interest_sink(&self, sink: InterestSink) {
+        if self.interest.sink.set(sink).is_ok() {
+            let mut told = self.interest.told.lock().unwrap_or_else(|e| e.into_inner());
+            *told = (self.level(), told.1 + 1);
+            if let Some(s) = self.interest.sink.get() {
+                s(told.0, told.1);
+            }
+        }
+    }
+
+    /// The other nodes acknowledged this node's interest up to number `seq`.
+    pub fn interest_acked(&self, seq: u64) {
+        self.interest.acked.fetch_max(seq, Ordering::SeqCst);
+        self.interest.acked_now.notify_waiters();
+    }
+
+    /// Where the other nodes' highest interest in this node's changes is kept (once; without it,
+    /// with a remote sink, every change goes out).
+    pub fn set_remote_interest(&self, level: Arc<AtomicU8>) {
+        let _ = self.interest.remote.set(level);
+    }
+
+    /// Waits until every other node knows this node's current interest (at once without a
+    /// cluster): a watch registered before this returns gets every change they make after it.
+    pub async fn settled(&self) {
+        if self.interest.sink.get().is_none() {
+            return;
+        }
+        let want = self.interest.told.lock().unwrap_or_else(|e| e.into_inner()).1;
+        loop {
+            let n = self.interest.acked_now.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.interest.acked.load(Ordering::SeqCst) >= want {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    /// The other nodes' highest interest (everything while unknown, nothing without a cluster).
+    fn remote_level(&self) -> u8 {
+        match (self.remote.get(), self.interest.remote.get()) {
+            (None, _) => level::NONE,
+            (Some(_), None) => level::PATHS,
+            (Some(_), Some(l)) => l.load(Ordering::SeqCst),
+        }
     }
 
     /// Registers the sink every change made here is sent to, encoded (once).
@@ -378,8 +491,17 @@ impl ChangeHub {
         let _ = self.remote.set(sink);
     }
 
-    /// Adds a listener that gets every change delivered here (never removed).
+    /// Adds a listener that gets every change delivered here, the other nodes' too (never
+    /// removed).
     pub fn listen(&self, l: Listener) {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::new(l));
+        self.interest.remote_listeners.fetch_add(1, Ordering::Relaxed);
+        self.announce();
+    }
+
+    /// Adds a listener that needs the other nodes' changes only while this node has watches
+    /// (it does not ask them for theirs; never removed).
+    pub fn listen_while_watched(&self, l: Listener) {
         self.listeners.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::new(l));
     }
 
@@ -415,7 +537,7 @@ impl ChangeHub {
     /// Whether a change made now would reach a watcher, here or (through the cluster) on
     /// another node: listeners alone do not count.
     pub fn watched(&self) -> bool {
-        self.remote.get().is_some() || self.watch_count() > 0
+        self.remote_level() > level::NONE || self.watch_count() > 0
     }
 
     /// Whether a modification of `file` at `now` should be published: not when one was less
@@ -434,7 +556,7 @@ impl ChangeHub {
 
     /// Whether a change made now would reach anyone (publishers skip the work otherwise).
     pub fn wanted(&self) -> bool {
-        self.remote.get().is_some()
+        self.remote_level() > level::NONE
             || self.watch_count() > 0
             || !self.listeners.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
@@ -442,7 +564,7 @@ impl ChangeHub {
     /// Whether publishers should add directory paths (a recursive watch here, or other nodes
     /// that may have one).
     pub fn wants_paths(&self) -> bool {
-        self.remote.get().is_some() || self.recursive.load(Ordering::Relaxed) > 0
+        self.remote_level() >= level::PATHS || self.recursive.load(Ordering::Relaxed) > 0
     }
 
     /// Number of registered watches.
@@ -453,7 +575,7 @@ impl ChangeHub {
     /// A change made here: to local watchers and to the other nodes.
     pub fn publish(&self, c: &Change) {
         self.deliver(c);
-        if let Some(sink) = self.remote.get() {
+        if let Some(sink) = self.remote.get().filter(|_| self.remote_level() > level::NONE) {
             sink(encode(c));
         }
     }

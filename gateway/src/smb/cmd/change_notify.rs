@@ -108,6 +108,10 @@ async fn start(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outc
             let recursive = req.flags & WATCH_TREE != 0;
             let path = if recursive { server.ns.path_of(id).await.ok() } else { None };
             let w = server.ns.changes().watch(id, path, recursive, req.filter & FILTER_ALL);
+            // The other nodes send this node their changes only once they know it watches: wait
+            // for that before the client is told the watch is in place (bounded: a node that
+            // does not answer is being dropped from the view, and the changes are best effort).
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server.ns.changes().settled()).await;
             if let Some(local) = &server.local_events {
                 // Names changed on the volume by local programs, too (inotify).
                 local.watch(key, id).await;
