@@ -169,7 +169,8 @@ fn smbtorture_subtests_as_a_user_still_pass() {
     require_tool("smbtorture");
     // The guest share `pub` without `guest only`, so alice's session is hers.
     let share = "[[smb.share]]\nname = \"pub\"\nwritable = true\nguest_ok = true\nforce_user = \"root\"\n\n";
-    let s = smb_common::start_shares("torture-user", "", share);
+    // Multichannel on: the `bind*` subtests bind a second connection to a session.
+    let s = smb_common::start_shares("torture-user", "multichannel = true", share);
     let cred = format!("alice%{}", smb_common::ALICE_PASSWORD);
     let start = Instant::now();
     let run = |suites: &[&str]| -> BTreeSet<String> {
