@@ -168,6 +168,14 @@ fn bind(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8]) -> Re
     }
     let is311 = conn.dialect == dialect::SMB311;
     if !binding {
+        // Channels count against the connection's session limits: each holds keys, and one
+        // in setup an NTLM exchange.
+        let setting_up = conn.sessions.values().filter(|s| !s.is_valid()).count()
+            + conn.channels.values().filter(|c| c.binding.is_some()).count();
+        if setting_up >= MAX_SESSIONS_IN_SETUP || conn.sessions.len() + conn.channels.len() >= MAX_SESSIONS {
+            tracing::info!(client = %conn.tcp.client, channels = conn.channels.len(), "SMB: too many sessions and channels on one connection");
+            return Err(NtStatus::INSUFFICIENT_RESOURCES);
+        }
         let (ex, out) = auth::start(req.blob, &server.server_name, filetime_now())?;
         let mut preauth = conn.preauth;
         if is311 {
