@@ -1304,10 +1304,17 @@ impl<K: RecordKey> Machine<K> {
 
     /// Sends again (or runs here) every local request not yet sent in this view.
     fn resend(&mut self, now: Duration, out: &mut Vec<Output<K>>) {
+        self.send_unsent(now, out, |_| true);
+    }
+
+    /// Sends (or runs here) the requests not yet sent in this view whose id `pick` accepts, in
+    /// the order they were made.
+    fn send_unsent(&mut self, now: Duration, out: &mut Vec<Output<K>>, pick: impl Fn(u64) -> bool) {
         if !self.licensed || self.view.is_none() {
             return;
         }
-        let mut rids: Vec<u64> = self.outstanding.iter().filter(|(_, o)| !o.sent).map(|(r, _)| *r).collect();
+        let mut rids: Vec<u64> =
+            self.outstanding.iter().filter(|(r, o)| pick(**r) && !o.sent).map(|(r, _)| *r).collect();
         rids.sort_unstable();
         for rid in rids {
             if let Some(o) = self.outstanding.get(&rid).cloned() {
@@ -1360,17 +1367,7 @@ impl<K: RecordKey> Machine<K> {
 
     /// Sends this machine's own requests (undos) not sent in this view yet.
     fn send_internal(&mut self, now: Duration, out: &mut Vec<Output<K>>) {
-        if !self.licensed || self.view.is_none() {
-            return;
-        }
-        let mut rids: Vec<u64> =
-            self.outstanding.iter().filter(|(r, o)| **r > 1 << 63 && !o.sent).map(|(r, _)| *r).collect();
-        rids.sort_unstable();
-        for rid in rids {
-            if let Some(o) = self.outstanding.get(&rid).cloned() {
-                self.route(now, rid, o.file, o.op, out);
-            }
-        }
+        self.send_unsent(now, out, |r| r > 1 << 63);
     }
 
     fn request(&mut self, now: Duration, rid: u64, file: K, op: Op, out: &mut Vec<Output<K>>) {

@@ -178,12 +178,24 @@ impl VolumeLocks {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::os::fd::AsRawFd;
 
     use super::*;
     use crate::vfs::posix::{PosixBackend, PosixOptions};
     use crate::vfs::{CreateHow, Credentials, SetAttr};
+
+    /// A namespace over a fresh directory holding one file `f`, for the volume-lock tests here
+    /// and in `smb/volume_locks.rs`.
+    pub(crate) async fn posix_file() -> (tempfile::TempDir, Namespace, FileId) {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Namespace::new(Arc::new(PosixBackend::open(dir.path(), PosixOptions::new("t")).unwrap()));
+        let (id, _) = ns
+            .create(&Credentials::root(), ns.root(), b"f", 0o644, CreateHow::Unchecked(SetAttr::default()))
+            .await
+            .unwrap();
+        (dir, ns, id)
+    }
 
     /// What a local process sees with F_GETLK on the file.
     fn outside_view(path: &std::path::Path, exclusive: bool) -> Option<i16> {
@@ -196,12 +208,7 @@ mod tests {
 
     #[tokio::test]
     async fn locks_are_seen_by_local_processes_and_refused_when_they_hold_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let ns = Namespace::new(Arc::new(PosixBackend::open(dir.path(), PosixOptions::new("t")).unwrap()));
-        let (id, _) = ns
-            .create(&Credentials::root(), ns.root(), b"f", 0o644, CreateHow::Unchecked(SetAttr::default()))
-            .await
-            .unwrap();
+        let (dir, ns, id) = posix_file().await;
         let path = dir.path().join("f");
         let v = VolumeLocks::new(ns);
         v.lock(id, 1, true, 0, 10).await.unwrap();

@@ -123,20 +123,14 @@ impl SmbVolumeLocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::locks::volume::tests::posix_file;
     use crate::locks::{OpenRecord, ORPHAN};
-    use crate::vfs::posix::{PosixBackend, PosixOptions};
-    use crate::vfs::{CreateHow, Credentials, SetAttr};
 
     /// Out of sync, an open's locks leave the volume; in sync again, those of opens the
     /// cluster still holds for this node come back, those of opens it no longer holds do not.
     #[tokio::test]
     async fn locks_leave_the_volume_out_of_sync_and_come_back_in_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let ns = Namespace::new(Arc::new(PosixBackend::open(dir.path(), PosixOptions::new("t")).unwrap()));
-        let (id, _) = ns
-            .create(&Credentials::root(), ns.root(), b"f", 0o644, CreateHow::Unchecked(SetAttr::default()))
-            .await
-            .unwrap();
+        let (_dir, ns, id) = posix_file().await;
         let (kept, gone) = (OpenKey { node: 1, seq: 1 }, OpenKey { node: 1, seq: 2 });
         let m = SmbVolumeLocks::new(ns.clone());
         m.lock(id, kept, WinLock { offset: 0, len: 10, exclusive: true }).await.unwrap();

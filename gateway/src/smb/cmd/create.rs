@@ -608,6 +608,9 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
     let session_id = hdr.session_id;
     let tree_id = tree.id;
     let channel_sequence = hdr.status as u16;
+    // The table entry of this open, once its kind is known (granted now, pending, or granted
+    // after its handle was closed).
+    let entry = move |kind| Open { volatile: vol, persistent: pid, session_id, tree_id, channel_sequence, kind };
     match tokio::time::timeout(WAIT_INLINE, &mut decided).await {
         Ok(d) => {
             waiting.kept();
@@ -615,25 +618,14 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
             if let Some(p) = replay_pending {
                 p.done(pid, action);
             }
-            conn.opens.insert_at(
-                vol,
-                Open {
-                    volatile: vol,
-                    persistent: pid,
-                    session_id,
-                    tree_id,
-                    channel_sequence,
-                    kind: OpenKind::File(file),
-                },
-            );
+            conn.opens.insert_at(vol, entry(OpenKind::File(file)));
             conn.compound_fid = Some((pid, vol));
             Ok(Outcome::Now(reply))
         }
         Err(_) => {
             let slot = Arc::new(std::sync::Mutex::new(PendingOpen::Waiting));
             let kind = OpenKind::Pending(slot.clone());
-            conn.opens
-                .insert_at(vol, Open { volatile: vol, persistent: pid, session_id, tree_id, channel_sequence, kind });
+            conn.opens.insert_at(vol, entry(kind));
             // A related request later in the same compound (CREATE + CLOSE, as smbprotocol's
             // mkdir sends) names this open too.
             conn.compound_fid = Some((pid, vol));
@@ -662,15 +654,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
                     }
                 };
                 if let Some(PendingOpen::Ready(file)) = closed {
-                    let open = Open {
-                        volatile: vol,
-                        persistent: pid,
-                        session_id,
-                        tree_id,
-                        channel_sequence,
-                        kind: OpenKind::File(file),
-                    };
-                    let _ = super::close::release(&server, open).await;
+                    let _ = super::close::release(&server, entry(OpenKind::File(file))).await;
                 }
                 reply
             };
