@@ -59,11 +59,13 @@ fn read_list(name: &str) -> BTreeSet<String> {
 #[test]
 fn smbtorture_subtests_that_passed_still_pass() {
     require_tool("smbtorture");
+    // Multichannel on, as smbd 4.17's default: lock sequences are then checked on every
+    // open (`lock.replay_smb3_specification_multi`).
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = format!(
         "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{{dir}}/data\"\n\n[nfs]\nenabled = false\n\n\
-         [smb]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [smb]\nlisten = \"127.0.0.1:{port}\"\nmultichannel = true\n\n\
          [[smb.share]]\nname = \"pub\"\nwritable = true\nguest_ok = true\nguest_only = true\nforce_user = \"root\"\n\n\
          [node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n"
     );
@@ -169,7 +171,8 @@ fn smbtorture_subtests_as_a_user_still_pass() {
     require_tool("smbtorture");
     // The guest share `pub` without `guest only`, so alice's session is hers.
     let share = "[[smb.share]]\nname = \"pub\"\nwritable = true\nguest_ok = true\nforce_user = \"root\"\n\n";
-    let s = smb_common::start_shares("torture-user", "", share);
+    // Multichannel on: the `bind*` subtests bind a second connection to a session.
+    let s = smb_common::start_shares("torture-user", "multichannel = true", share);
     let cred = format!("alice%{}", smb_common::ALICE_PASSWORD);
     let start = Instant::now();
     let run = |suites: &[&str]| -> BTreeSet<String> {

@@ -313,6 +313,11 @@ pub struct SmbConfig {
     /// Most simultaneous client connections; more wait in the kernel's backlog.
     #[serde(default = "default_smb_max_connections")]
     pub max_connections: usize,
+    /// Multichannel on SMB 3.x: the MULTI_CHANNEL capability, this node's interfaces in
+    /// FSCTL_QUERY_NETWORK_INTERFACE_INFO, and session binding (a client's further
+    /// connections to this node become channels of its session).
+    #[serde(default)]
+    pub multichannel: bool,
 }
 
 impl Default for SmbConfig {
@@ -326,6 +331,7 @@ impl Default for SmbConfig {
             encryption: SmbEncryption::default(),
             users: Vec::new(),
             max_connections: default_smb_max_connections(),
+            multichannel: false,
         }
     }
 }

@@ -223,12 +223,16 @@ pub fn pad8(v: &mut Vec<u8>) {
     v.resize(v.len().next_multiple_of(8), 0);
 }
 
+/// One response of a chain: its bytes, the key that signs it, and the algorithm when not
+/// the chain's.
+type Part = (Vec<u8>, Option<[u8; 16]>, Option<SigningAlgorithm>);
+
 /// The responses of one compound chain, assembled into one message: each but the last is
 /// padded to 8 bytes and gets its NextCommand, and signed ones are signed once their bytes
 /// are final.
 #[derive(Debug, Default)]
 pub struct ReplyChain {
-    parts: Vec<(Vec<u8>, Option<[u8; 16]>)>,
+    parts: Vec<Part>,
 }
 
 impl ReplyChain {
@@ -238,11 +242,17 @@ impl ReplyChain {
     }
 
     /// Appends one response (header and body); `key` signs it; `more` says another follows.
-    pub fn push(&mut self, mut part: Vec<u8>, key: Option<[u8; 16]>, more: bool) {
+    pub fn push(&mut self, part: Vec<u8>, key: Option<[u8; 16]>, more: bool) {
+        self.push_with(part, key, None, more);
+    }
+
+    /// [`ReplyChain::push`], signed with `alg` rather than the chain's algorithm when given
+    /// (a refused channel binding is signed as its session signs, on another connection).
+    pub fn push_with(&mut self, mut part: Vec<u8>, key: Option<[u8; 16]>, alg: Option<SigningAlgorithm>, more: bool) {
         if more {
             pad8(&mut part);
         }
-        self.parts.push((part, key));
+        self.parts.push((part, key, alg));
     }
 
     /// No response (a lone CANCEL).
@@ -257,7 +267,7 @@ impl ReplyChain {
 
     /// Bytes of the assembled message so far.
     pub fn bytes(&self) -> usize {
-        self.parts.iter().map(|(p, _)| p.len()).sum()
+        self.parts.iter().map(|(p, _, _)| p.len()).sum()
     }
 
     /// The assembled message: NextCommand set on every part but the last, then each signed
@@ -267,13 +277,13 @@ impl ReplyChain {
     pub fn finish(self, sign: Option<SigningAlgorithm>) -> Vec<u8> {
         let n = self.parts.len();
         let mut all = Vec::with_capacity(if n == 1 { 0 } else { self.bytes() });
-        for (i, (mut part, key)) in self.parts.into_iter().enumerate() {
+        for (i, (mut part, key, own)) in self.parts.into_iter().enumerate() {
             if i + 1 < n && part.len() >= HEADER_LEN {
                 let at = offset::NEXT_COMMAND;
                 let len = part.len() as u32;
                 part[at..at + 4].copy_from_slice(&len.to_le_bytes());
             }
-            if let (Some(alg), Some(k)) = (sign, key) {
+            if let (Some(alg), Some(k)) = (sign.map(|a| own.unwrap_or(a)), key) {
                 signing::sign(alg, &k, &mut part);
             }
             if n == 1 {
@@ -464,6 +474,21 @@ mod tests {
                 assert!(signing::verify(SigningAlgorithm::AesCmac, &key, &all[e.range.clone()]));
             }
         }
+    }
+
+    #[test]
+    fn a_part_pushed_with_its_own_algorithm_is_signed_with_it() {
+        // A refused binding answered on a CMAC connection for a session that signs with GMAC.
+        let key = [3u8; 16];
+        let mut chain = ReplyChain::new();
+        let part = elem(command::SESSION_SETUP, FLAG_SERVER_TO_REDIR, 0, 1, 0, 9);
+        chain.push_with(part.clone(), Some(key), Some(SigningAlgorithm::AesGmac), false);
+        let all = chain.finish(Some(SigningAlgorithm::AesCmac));
+        assert!(signing::verify(SigningAlgorithm::AesGmac, &key, &all));
+        assert!(!signing::verify(SigningAlgorithm::AesCmac, &key, &all));
+        let mut chain = ReplyChain::new();
+        chain.push_with(part, Some(key), Some(SigningAlgorithm::AesGmac), false);
+        assert!(!Header::parse(&chain.finish(None)).unwrap().is_signed(), "encrypted: nothing signed");
     }
 
     #[test]

@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use super::cmd::{self, Reply};
 use super::compound::{self, ReplyChain};
 use super::encryption;
+use super::node_sessions::{ConnectionEnd, Inbound};
 use super::open_updates::OpenUpdates;
 use super::sequence::SequenceWindow;
-use super::session::{OpenTable, Session};
+use super::session::{Channel, OpenTable, Session};
 use super::signing::{self, dialect, SigningAlgorithm};
 use super::transform::{self, Cipher, SessionCipher, TransformHeader};
 use super::transport::{Frame, FrameReader, FrameWriter, ReadError, SESSION_GRANTED};
@@ -89,6 +90,9 @@ pub struct Connection {
     pub preauth: [u8; 64],
     /// Sessions by SessionId.
     pub sessions: HashMap<u64, Session>,
+    /// Sessions of other connections of this node this connection is a channel of (or is
+    /// binding to), by SessionId.
+    pub channels: HashMap<u64, Channel>,
     /// Opens by volatile id.
     pub opens: OpenTable,
     /// The FileId a CREATE earlier in the current compound chain returned.
@@ -100,9 +104,10 @@ pub struct Connection {
     pub open_updates: OpenUpdates,
     /// Where breaks of this connection's detached durable opens go (made at the first one).
     ghost: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
-    /// Ends this connection as lost: a new session named one of its sessions as its
-    /// PreviousSessionId ([`crate::smb::previous_session`]).
-    pub end: crate::smb::previous_session::ConnectionEnd,
+    /// How other connections of this node reach this one ([`crate::smb::node_sessions`]).
+    pub end: ConnectionEnd,
+    /// What they ask of it; taken while it is being waited on.
+    inbox: Option<tokio::sync::mpsc::UnboundedReceiver<Inbound>>,
     next_session: u64,
     next_tree: u32,
 }
@@ -308,6 +313,7 @@ async fn serve_here(
 ) {
     let (rd, wr) = stream.into_split();
     let mut frames = FrameReader::new(rd);
+    let (end, inbox) = ConnectionEnd::new();
     let mut conn = Connection {
         server,
         tcp,
@@ -322,12 +328,14 @@ async fn serve_here(
         cipher: None,
         preauth: [0; 64],
         sessions: HashMap::new(),
+        channels: HashMap::new(),
         opens: OpenTable::default(),
         compound_fid: None,
         link: Link::new(FrameWriter::new(wr)),
         open_updates: OpenUpdates::default(),
         ghost: None,
-        end: crate::smb::previous_session::ConnectionEnd::new(),
+        end,
+        inbox: Some(inbox),
         next_session: 0,
         next_tree: 0,
     };
@@ -381,17 +389,27 @@ async fn serve_here(
     conn.link.out.shutdown().await;
 }
 
-/// Serves requests until the client goes away (`None`) or must be cut off (why).
+/// Serves requests until the client goes away (`None`) or must be cut off (why); between
+/// requests, what other connections of the node ask of this one ([`Inbound`]).
 async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadHalf>) -> Option<&'static str> {
     loop {
-        let next = if conn.sessions.values().any(|s| s.is_valid()) {
-            frames.next().await
-        } else {
-            match tokio::time::timeout(conn.server.idle_without_session, frames.next()).await {
-                Ok(r) => r,
-                Err(_) => return Some("idle without an authenticated session"),
-            }
+        let idle = !conn.sessions.values().any(|s| s.is_valid()) && conn.channels.is_empty();
+        let deadline = tokio::time::Instant::now() + conn.server.idle_without_session;
+        // Wait for the client's next frame (only waiting is cancel-safe, so the frame is read
+        // after) or for another connection's request, whichever comes first.
+        let Some(mut inbox) = conn.inbox.take() else { return Some("inbox lost") };
+        let inbound = tokio::select! {
+            biased;
+            Some(m) = inbox.recv() => Some(m),
+            _ = frames.ready() => None,
+            _ = tokio::time::sleep_until(deadline), if idle => return Some("idle without an authenticated session"),
         };
+        conn.inbox = Some(inbox);
+        if let Some(m) = inbound {
+            run_inbound(conn, m).await;
+            continue;
+        }
+        let next = frames.next().await;
         let keep = match next {
             Ok(Frame::SessionRequest) => conn.link.out.raw(&SESSION_GRANTED).await.map_err(|_| "send failed"),
             Ok(Frame::Message) => {
@@ -413,6 +431,71 @@ async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadH
         crate::vfs::in_place::drop_deferred();
         if let Err(why) = keep {
             return Some(why);
+        }
+    }
+}
+
+/// Does what another connection of this node asked: ends one of this connection's sessions,
+/// or runs a request that came in on a channel bound to one of them.
+async fn run_inbound(conn: &mut Connection, m: Inbound) {
+    match m {
+        Inbound::EndSession { id, done } => {
+            if conn.sessions.contains_key(&id) {
+                tracing::info!(client = %conn.tcp.client, session = id, "SMB: the client's previous session ends (PreviousSessionId)");
+                cmd::logoff::end_session(conn, id).await;
+            }
+            drop(done);
+        }
+        Inbound::Dispatch { hdr, elem, compound_fid, reply } => {
+            // This connection may be in the middle of a chain of its own (waiting on a
+            // channel's answer in `forward`): its chain's FileId is kept.
+            let own = std::mem::replace(&mut conn.compound_fid, compound_fid);
+            conn.apply_open_updates();
+            let out = dispatch(conn, &hdr, &elem).await;
+            let _ = reply.send((out, conn.compound_fid));
+            conn.compound_fid = own;
+        }
+    }
+}
+
+/// Runs request `hdr` of a session this connection is a bound channel of on the connection
+/// holding the session, which answers with its outcome; the channel's own sequence window,
+/// signing and pending table frame it. `None`: not such a request.
+async fn forward(conn: &mut Connection, hdr: &Header, elem: &[u8]) -> Option<Outcome> {
+    // Setup and connection-level commands stay on the channel.
+    if matches!(hdr.command, command::NEGOTIATE | command::SESSION_SETUP | command::ECHO | command::CANCEL) {
+        return None;
+    }
+    let c = conn.channels.get(&hdr.session_id).filter(|c| c.binding.is_none())?;
+    let inbox = c.session.connection.inbox.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sent =
+        inbox.send(Inbound::Dispatch { hdr: *hdr, elem: elem.to_vec(), compound_fid: conn.compound_fid, reply: tx });
+    // While waiting, this connection still runs what others ask of it: two connections that
+    // are each a channel of the other's session must not wait on each other.
+    let mut rx = rx;
+    let answer = loop {
+        let Some(mut mine) = conn.inbox.take() else { break (&mut rx).await };
+        let inbound = tokio::select! {
+            biased;
+            r = &mut rx => Err(r),
+            Some(m) = mine.recv() => Ok(m),
+        };
+        conn.inbox = Some(mine);
+        match inbound {
+            Ok(m) => Box::pin(run_inbound(conn, m)).await,
+            Err(r) => break r,
+        }
+    };
+    match (sent, answer) {
+        (Ok(()), Ok((out, fid))) => {
+            conn.compound_fid = fid;
+            Some(out)
+        }
+        _ => {
+            // The session's connection is gone, and the session with it.
+            conn.channels.remove(&hdr.session_id);
+            Some(Outcome::Now(Reply::err(NtStatus::USER_SESSION_DELETED)))
         }
     }
 }
@@ -462,7 +545,19 @@ async fn handle_encrypted(conn: &mut Connection, msg: &mut [u8]) -> Result<(), &
         _ => "malformed transform header",
     })?;
     let Some(session) = conn.sessions.get_mut(&hdr.session_id) else {
-        return Err("encrypted message for an unknown session");
+        // A channel of a session of another connection decrypts with the session's keys.
+        let cipher = conn.channels.get(&hdr.session_id).filter(|c| c.binding.is_none());
+        let Some(cipher) = cipher.and_then(|c| c.session.session_cipher.clone()) else {
+            return Err("encrypted message for an unknown session");
+        };
+        if cipher.open(msg).is_err() {
+            return Err("decryption failed");
+        }
+        let plain = &msg[transform::HEADER_LEN..];
+        if plain.len() < 4 || plain[..4] != header::PROTOCOL_ID {
+            return Err("the encrypted message is not an SMB2 message");
+        }
+        return handle_smb2(conn, plain, Some(cipher)).await;
     };
     let Some(cipher) = session.cipher.clone() else {
         return Err("encrypted message for a session without keys (guest, anonymous or in setup)");
@@ -497,9 +592,22 @@ fn refresh_notice_seal(conn: &Connection) {
 }
 
 /// What the request of session `id` on tree `tree_id` must satisfy, and who seals its reply.
+/// A bound channel answers by its session's own settings (its trees are on the connection
+/// holding it, which refuses or seals nothing for the channel).
 fn encryption_facts(conn: &Connection, id: u64, tree_id: u32) -> (encryption::Facts, Option<Arc<SessionCipher>>) {
-    match conn.sessions.get(&id) {
-        Some(s) => (s.encryption_facts(tree_id), s.cipher.clone()),
+    if let Some(s) = conn.sessions.get(&id) {
+        return (s.encryption_facts(tree_id), s.cipher.clone());
+    }
+    match conn.channels.get(&id).filter(|c| c.binding.is_none()) {
+        Some(c) => {
+            let f = &c.session;
+            let facts = encryption::Facts {
+                session_encrypts: f.encrypt_data,
+                session_requires: f.require_encryption,
+                ..encryption::Facts::default()
+            };
+            (facts, f.session_cipher.clone())
+        }
         None => (encryption::Facts::default(), None),
     }
 }
@@ -566,7 +674,10 @@ async fn handle_smb2(
             Err(s) => Outcome::Now(Reply::err(s)),
             Ok(()) => match compound::inherited_failure(&hdr, related, prev.as_ref()) {
                 Some(st) => Outcome::Now(Reply::err(st)),
-                None => dispatch(conn, &hdr, elem).await,
+                None => match forward(conn, &hdr, elem).await {
+                    Some(out) => out,
+                    None => dispatch(conn, &hdr, elem).await,
+                },
             },
         };
         if hdr.command == command::CANCEL {
@@ -632,8 +743,17 @@ async fn handle_smb2(
             && conn.dialect == dialect::SMB311
             && reply.status == NtStatus::MORE_PROCESSING_REQUIRED
         {
+            let binding_alg = signing_alg_of(conn, session_id).unwrap_or(conn.signing_alg);
             if let Some(s) = conn.sessions.get_mut(&session_id) {
                 signing::preauth_update(&mut s.preauth, &resp);
+            } else if let Some((_, preauth)) = conn.channels.get_mut(&session_id).and_then(|c| c.binding.as_mut()) {
+                // A binding leg's answer goes out signed with the session's key, and the
+                // client hashes it as it receives it.
+                let mut sent = resp.clone();
+                if let Some(k) = key {
+                    signing::sign(binding_alg, &k, &mut sent);
+                }
+                signing::preauth_update(preauth, &sent);
             }
         }
         prev = Some(compound::Previous { session_id, tree_id: rh.tree_id, status: reply.status });
@@ -641,7 +761,7 @@ async fn handle_smb2(
             let key = compound::response_key(signing_facts(conn, session_id), signed_in, false, conn.dialect);
             later.push(Later { rh, async_id, work, key, seal: seal_this.clone() });
         }
-        out.push(resp, key, more);
+        out.push_with(resp, key, signing_alg_of(conn, session_id), more);
     }
     if out.is_empty() {
         return Ok(());
@@ -676,18 +796,50 @@ struct Later {
     seal: Option<Arc<SessionCipher>>,
 }
 
-/// The signing facts of session `id` on this connection, for [`compound`]'s rules.
+/// The signing facts of session `id` on this connection, for [`compound`]'s rules: a
+/// session of its own; a channel (bound: its own key, every request signed; binding: the
+/// session's key signs the legs, MS-SMB2 3.3.5.2.4); or another connection's session of this
+/// node, whose key checks a signed request and signs its answer (a refused binding, or a
+/// SESSION_SETUP naming a session of another channel: smbtorture expects those signed), and
+/// requires nothing.
 fn signing_facts(conn: &Connection, id: u64) -> Option<compound::SessionSigning> {
-    conn.sessions.get(&id).map(|s| compound::SessionSigning {
-        key: s.signing_key,
-        required: s.signing_required,
-        valid: s.is_valid(),
-    })
+    if let Some(s) = conn.sessions.get(&id) {
+        return Some(compound::SessionSigning {
+            key: s.signing_key,
+            required: s.signing_required,
+            valid: s.is_valid(),
+        });
+    }
+    if let Some(c) = conn.channels.get(&id) {
+        return Some(match c.binding {
+            Some(_) => compound::SessionSigning { key: c.session.signing_key, required: false, valid: true },
+            None => compound::SessionSigning { key: c.signing_key, required: true, valid: true },
+        });
+    }
+    if id == 0 {
+        return None;
+    }
+    let f = conn.server.sessions.lookup(id)?;
+    Some(compound::SessionSigning { key: f.signing_key, required: false, valid: true })
+}
+
+/// The algorithm that signs for session `id` when it is not the connection's: a binding in
+/// progress and a session of another connection sign as that session signs on its own
+/// connection (the client signs with the session's key as it was made there).
+fn signing_alg_of(conn: &Connection, id: u64) -> Option<SigningAlgorithm> {
+    if id == 0 || conn.sessions.contains_key(&id) {
+        return None;
+    }
+    match conn.channels.get(&id) {
+        Some(c) => c.binding.as_ref().map(|_| c.session.signing_alg),
+        None => conn.server.sessions.lookup(id).map(|f| f.signing_alg),
+    }
 }
 
 /// Verifies a signed request; refuses an unsigned one where signing is required.
 fn check_signature(conn: &Connection, hdr: &Header, elem: &[u8]) -> Result<(), NtStatus> {
-    let r = compound::verify(conn.signing_alg, hdr, elem, signing_facts(conn, hdr.session_id));
+    let alg = signing_alg_of(conn, hdr.session_id).unwrap_or(conn.signing_alg);
+    let r = compound::verify(alg, hdr, elem, signing_facts(conn, hdr.session_id));
     if r.is_err() && hdr.is_signed() {
         tracing::info!(client = %conn.tcp.client, command = hdr.command, "SMB: bad signature");
     }

@@ -23,4 +23,8 @@ pub struct FileState {
     /// overwrote the file: this handle's CREATE answers (a durable reconnect's included) report
     /// at least that much allocated, as smbd's `initial_allocation_size`.
     pub initial_allocation: u64,
+    /// Lock-sequence buckets of a handle that is not durable, on a connection that offered
+    /// multichannel (a durable open's live in [`crate::smb::durable::DurableTable`]): a LOCK
+    /// may then be replayed on another channel (MS-SMB2 3.3.5.14, as smbd checks it).
+    pub lock_sequences: crate::smb::durable_replay::LockSequences,
 }

@@ -24,6 +24,7 @@
 
 pub mod aapl;
 pub mod auth;
+pub mod binding;
 pub mod cmd;
 pub mod compound;
 pub mod conn;
@@ -37,13 +38,14 @@ pub mod eas;
 pub mod encryption;
 pub mod file_state;
 pub mod fs;
+pub mod interfaces;
 pub mod leases;
+pub mod node_sessions;
 pub mod notify;
 pub mod notify_local;
 pub mod object_id;
 pub mod open_updates;
 pub mod passwd;
-pub mod previous_session;
 pub mod quota_fake;
 pub mod security;
 pub mod sequence;
@@ -85,6 +87,10 @@ pub struct SmbServer {
     pub require_signing: bool,
     /// `[smb] encryption`: offered at all, and asked of every session or not.
     pub encryption: SmbEncryption,
+    /// `[smb] multichannel`: session binding and the MULTI_CHANNEL capability on 3.x.
+    pub multichannel: bool,
+    /// `[smb] listen`: the interfaces multichannel clients are told of.
+    pub listen: std::net::SocketAddr,
     /// Our GUID, stable for the process.
     pub guid: [u8; 16],
     /// When the process started, as a FILETIME.
@@ -129,8 +135,8 @@ pub struct SmbServer {
     pub replay_cache: durable_replay::ReplayCache,
     /// Durable opens of the cluster (what a reconnect here may reclaim from another node).
     pub cluster_opens: durable_cluster::ClusterOpens,
-    /// This node's valid sessions (PreviousSessionId).
-    pub sessions: previous_session::SessionDirectory,
+    /// This node's valid sessions (PreviousSessionId, session binding).
+    pub sessions: node_sessions::SessionDirectory,
     /// This node is part of a `[cluster]` (every node serves every share).
     pub clustered: bool,
 }
@@ -193,6 +199,8 @@ impl SmbServer {
             users,
             require_signing: cfg.smb.require_signing,
             encryption: cfg.smb.encryption,
+            multichannel: cfg.smb.multichannel,
+            listen: cfg.smb.listen,
             guid: rand::random(),
             start_time: filetime_now(),
             guest_allowed: cfg.smb.shares.iter().any(|s| s.guest_ok),
@@ -208,7 +216,7 @@ impl SmbServer {
             durable: durable::DurableTable::new(locks.node()),
             replay_cache: durable_replay::ReplayCache::default(),
             cluster_opens: durable_cluster::ClusterOpens::default(),
-            sessions: previous_session::SessionDirectory::default(),
+            sessions: node_sessions::SessionDirectory::default(),
             clustered: cfg.cluster.is_some(),
             locks,
         }

@@ -98,6 +98,23 @@ impl Session {
     }
 }
 
+/// This connection as a channel of a session that another connection of the node holds
+/// (multichannel session binding, [`super::binding`]). The session's trees and opens stay
+/// with that connection, which runs the channel's requests; the channel signs with a key
+/// of its own.
+#[derive(Debug)]
+pub struct Channel {
+    /// Between the legs of the binding's authentication: the exchange and this channel's
+    /// SMB 3.1.1 preauth hash. `None` once bound.
+    pub binding: Option<(NtlmExchange, [u8; 64])>,
+    /// This channel's signing key once bound (MS-SMB2 3.3.5.5.3: derived from the binding's
+    /// own session key and, on 3.1.1, this channel's preauth hash).
+    pub signing_key: Option<[u8; 16]>,
+    /// The session's facts: its first channel's key signs the binding legs, its connection
+    /// runs the requests.
+    pub session: super::node_sessions::SessionFacts,
+}
+
 /// What a tree connect reaches.
 #[derive(Debug, Clone)]
 pub enum TreeKind {

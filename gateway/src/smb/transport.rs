@@ -46,6 +46,20 @@ pub struct FrameReader<R> {
     buf: Vec<u8>,
 }
 
+impl FrameReader<tokio::net::tcp::OwnedReadHalf> {
+    /// Returns once a frame can be read: bytes are buffered, or the socket is readable (or
+    /// closed). Cancel-safe, so a connection can wait for its client and for other work at
+    /// once; [`FrameReader::next`] then reads the frame.
+    pub async fn ready(&mut self) {
+        if self.rd.buffer().is_empty() {
+            // A peek, not `readable()`: readiness can be stale once the buffer drained the
+            // socket, and a stale one would leave the caller blocked in `next`. An error or
+            // 0 is a closed socket, which `next` reports.
+            let _ = self.rd.get_mut().peek(&mut [0u8; 1]).await;
+        }
+    }
+}
+
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads frames from `rd`.
     pub fn new(rd: R) -> Self {
@@ -62,7 +76,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &mut self.buf
     }
 
-    /// Reads the next frame; NetBIOS keep-alives are skipped.
+    /// Reads the next frame; NetBIOS keep-alives are skipped. Not cancel-safe (a frame half
+    /// read is lost): wait with [`FrameReader::ready`] first where something else may win.
     pub async fn next(&mut self) -> Result<Frame, ReadError> {
         loop {
             let mut hdr = [0u8; 4];

@@ -1,13 +1,15 @@
 //! IOCTL (MS-SMB2 2.2.31/2.2.32): FSCTL_VALIDATE_NEGOTIATE_INFO (answered signed, so a
 //! man in the middle cannot downgrade the dialect or strip signing), pipe transceive for
 //! srvsvc, server-side copy ([`crate::smb::copychunk`]), file object ids
-//! ([`crate::smb::object_id`]), and a clean "not supported" for the
-//! rest.
+//! ([`crate::smb::object_id`]), this node's interfaces for multichannel clients
+//! ([`crate::smb::interfaces`], with `[smb] multichannel`), and a clean "not supported" for
+//! the rest.
 
 use super::open::{access, read_file_id, OpenKind};
 use super::Reply;
 use crate::smb::conn::Connection;
 use crate::smb::copychunk::{self, CopyRequest, Refused, Source};
+use crate::smb::interfaces;
 use crate::smb::object_id;
 use crate::smb::srvsvc;
 use crate::smb::wire::header::Header;
@@ -91,6 +93,14 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Re
         copychunk::FSCTL_SRV_REQUEST_RESUME_KEY => resume_key(conn, hdr, &req),
         copychunk::FSCTL_SRV_COPYCHUNK | copychunk::FSCTL_SRV_COPYCHUNK_WRITE => copy_chunks(conn, hdr, &req).await,
         object_id::FSCTL_CREATE_OR_GET_OBJECT_ID => get_object_id(conn, hdr, &req),
+        interfaces::FSCTL_QUERY_NETWORK_INTERFACE_INFO if conn.server.multichannel => {
+            let listen = conn.server.listen;
+            let out = interfaces::encode(&interfaces::local(listen), listen.port());
+            if out.len() > req.max_output as usize {
+                return Err(NtStatus::BUFFER_TOO_SMALL);
+            }
+            Ok(Reply::ok(response(req.ctl_code, req.file_id, &out)))
+        }
         _ => Err(NtStatus::NOT_SUPPORTED),
     }
 }

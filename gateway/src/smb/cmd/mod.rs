@@ -287,16 +287,45 @@ async fn run(conn: &mut Connection, hdr: &Header, msg: &[u8]) -> Outcome {
                 },
                 _ => None,
             };
+            // Any open of a connection that offered multichannel keeps its own buckets.
+            let multichannel = conn.server_capabilities & negotiate::CAP_MULTI_CHANNEL != 0;
+            let on_handle = match seq.filter(|_| tracked.is_none() && multichannel) {
+                Some(seq) => match handle_lock_sequences(conn, hdr, r.file_id).map(|b| b.replayed(seq)) {
+                    Some(true) => return Outcome::Now(Reply::ok(logoff::empty_body())),
+                    Some(false) => Some(seq),
+                    None => None,
+                },
+                None => None,
+            };
+            let file_id = r.file_id;
             let out = lock::handle(conn, hdr, r).await;
-            if let (Some((pid, seq)), Outcome::Now(reply)) = (tracked, &out) {
+            if let Outcome::Now(reply) = &out {
                 if reply.status == NtStatus::SUCCESS {
-                    conn.server.durable.lock_succeeded(pid, seq);
+                    if let Some((pid, seq)) = tracked {
+                        conn.server.durable.lock_succeeded(pid, seq);
+                    }
+                    if let Some(seq) = on_handle {
+                        if let Some(b) = handle_lock_sequences(conn, hdr, file_id) {
+                            b.succeeded(seq);
+                        }
+                    }
                 }
             }
             out
         }
         Request::ChangeNotify(r) => change_notify::handle(conn, hdr, r).await,
     }
+}
+
+/// The lock-sequence buckets of the file open `fid` names, if it is one.
+fn handle_lock_sequences<'a>(
+    conn: &'a mut Connection,
+    hdr: &Header,
+    fid: (u64, u64),
+) -> Option<&'a mut crate::smb::durable_replay::LockSequences> {
+    let v = conn.file_id(fid.0, fid.1).ok()?;
+    let open = conn.opens.get_mut(v, hdr.session_id, hdr.tree_id).ok()?;
+    open.file().ok().map(|f| &mut f.state.lock_sequences)
 }
 
 /// SMB 3.x: a WRITE, SET_INFO or IOCTL whose channel sequence is older than its open's is

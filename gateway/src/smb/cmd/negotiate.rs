@@ -38,6 +38,8 @@ pub const CAP_ENCRYPTION: u32 = 0x40;
 /// Global capability: persistent handles (offered on SMB 3.0+ when a share is continuously
 /// available; clients ask for them only then).
 pub const CAP_PERSISTENT_HANDLES: u32 = 0x10;
+/// Global capability: multichannel (SMB 3.x with `[smb] multichannel`).
+pub const CAP_MULTI_CHANNEL: u32 = 0x8;
 /// SecurityMode: signing enabled.
 pub const SIGNING_ENABLED: u16 = 1;
 /// SecurityMode: signing required.
@@ -177,6 +179,9 @@ pub fn response_body(
         && conn.server.shares.iter().any(|s| s.continuously_available)
     {
         caps |= CAP_PERSISTENT_HANDLES;
+    }
+    if chosen >= dialect::SMB300 && chosen != dialect::WILDCARD && conn.server.multichannel {
+        caps |= CAP_MULTI_CHANNEL;
     }
     let (max, max_write) = if chosen >= dialect::SMB210 { (MAX_IO, MAX_WRITE) } else { (MAX_IO_202, MAX_IO_202) };
     conn.server_capabilities = caps;

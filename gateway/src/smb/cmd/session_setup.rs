@@ -2,6 +2,8 @@
 //! (3.1.1 derives it from the session's preauth hash) and, when the connection negotiated a
 //! cipher, its encryption keys. Guests and anonymous sessions get no keys and are flagged so
 //! clients know they cannot sign or encrypt; `[smb] encryption = "required"` refuses them.
+//! With the BINDING flag, the same two legs make this connection a channel of a session of
+//! another connection of the node ([`bind`]).
 
 use std::sync::Arc;
 
@@ -10,7 +12,8 @@ use crate::config::SmbEncryption;
 use crate::smb::auth::{self, Identity};
 use crate::smb::conn::Connection;
 use crate::smb::filetime_now;
-use crate::smb::session::{Session, SessionState};
+use crate::smb::node_sessions::{Inbound, SessionFacts};
+use crate::smb::session::{Channel, Session, SessionState};
 use crate::smb::signing::{self, dialect};
 use crate::smb::transform::SessionCipher;
 use crate::smb::wire::header::Header;
@@ -23,8 +26,12 @@ const IS_GUEST: u16 = 1;
 const IS_NULL: u16 = 2;
 /// SessionFlags: the client must encrypt all of the session's traffic.
 pub const ENCRYPT_DATA: u16 = 4;
-/// Request flag: bind an existing session to this connection (multichannel; not offered).
+/// Request flag: bind an existing session to this connection (multichannel).
 const BINDING: u8 = 1;
+
+/// How long a new session waits for the connection holding its PreviousSessionId to end that
+/// session (it does so between two of its requests).
+const END_PREVIOUS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A decoded SESSION_SETUP request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,12 +95,126 @@ enum Step {
 /// the same, and smbtorture notify.invalid-reauth expects the watch to end).
 pub async fn run(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8]) -> Result<Reply, NtStatus> {
     let finishing_reauth = conn.sessions.get(&hdr.session_id).is_some_and(|s| s.is_valid() && s.reauth.is_some());
-    let r = handle(conn, hdr, req, msg);
+    let finishing_new = conn.sessions.get(&hdr.session_id).is_some_and(|s| !s.is_valid());
+    let previous = req.previous_session_id;
+    let r = if req.flags & BINDING != 0 { bind(conn, hdr, req, msg) } else { handle(conn, hdr, req, msg) };
     if finishing_reauth && r.is_err() {
         tracing::info!(client = %conn.tcp.client, session = hdr.session_id, "SMB: re-authentication failed: the session ends");
         super::logoff::end_session(conn, hdr.session_id).await;
     }
+    if finishing_new
+        && previous != 0
+        && previous != hdr.session_id
+        && r.as_ref().is_ok_and(|r| r.status == NtStatus::SUCCESS)
+    {
+        end_previous(conn, hdr.session_id, previous).await;
+    }
     r
+}
+
+/// MS-SMB2 3.3.5.5.3: the new session `id` names `previous` as the client's old session, which
+/// ends (only that session, as smbd ends it: its plain opens close, its durable opens wait for
+/// their reconnect), whichever connection of this node holds it, before the new session is
+/// answered (smbtorture `smb2.session.reconnect1`/`2` use the old handle right after).
+async fn end_previous(conn: &mut Connection, id: u64, previous: u64) {
+    let Some(identity) = conn.sessions.get(&id).and_then(|s| s.identity.clone()) else { return };
+    let Some(holder) = conn.server.sessions.previous(previous, &identity, conn.client_guid) else { return };
+    tracing::info!(client = %conn.tcp.client, previous, "SMB: the client's previous session ends");
+    if holder.serial == conn.end.serial {
+        super::logoff::end_session(conn, previous).await;
+        return;
+    }
+    let (done, ended) = tokio::sync::oneshot::channel();
+    if holder.inbox.send(Inbound::EndSession { id: previous, done }).is_ok()
+        && tokio::time::timeout(END_PREVIOUS_WAIT, ended).await.is_err()
+    {
+        tracing::warn!(client = %conn.tcp.client, previous, "SMB: the previous session's connection did not end it in time");
+    }
+}
+
+/// SESSION_SETUP with the BINDING flag (MS-SMB2 3.3.5.5.2): this connection asks to become a
+/// channel of session `hdr.session_id`, held by another connection of this node. The checks
+/// are [`binding::refusal`]'s; then the two NTLMSSP legs, which must prove the session's own
+/// user, give the channel its signing key. Refusals are answered signed with the session's key
+/// (the connection's signing rules find it in the node's table).
+///
+/// [`binding::refusal`]: crate::smb::binding::refusal
+fn bind(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8]) -> Result<Reply, NtStatus> {
+    use crate::smb::binding::{refusal, ChannelSide, SessionSide};
+    let id = hdr.session_id;
+    if id == 0 {
+        return Err(NtStatus::INVALID_PARAMETER);
+    }
+    let server = conn.server.clone();
+    let Some(facts) = server.sessions.lookup(id) else { return Err(NtStatus::USER_SESSION_DELETED) };
+    let binding = conn.channels.get(&id).is_some_and(|c| c.binding.is_some());
+    let session = SessionSide {
+        dialect: facts.dialect,
+        signing_alg: facts.signing_alg,
+        cipher: facts.cipher,
+        guest_like: facts.identity.is_guest_like(),
+    };
+    let channel = ChannelSide {
+        dialect: conn.dialect,
+        signing_alg: conn.signing_alg,
+        cipher: conn.cipher,
+        multichannel: server.multichannel,
+        signed: hdr.is_signed(),
+        already_bound: conn.sessions.contains_key(&id) || (conn.channels.contains_key(&id) && !binding),
+    };
+    if let Some(st) = refusal(session, channel) {
+        tracing::info!(client = %conn.tcp.client, session = id, status = ?st, "SMB: session binding refused");
+        return Err(st);
+    }
+    let is311 = conn.dialect == dialect::SMB311;
+    if !binding {
+        // Channels count against the connection's session limits: each holds keys, and one
+        // in setup an NTLM exchange.
+        let setting_up = conn.sessions.values().filter(|s| !s.is_valid()).count()
+            + conn.channels.values().filter(|c| c.binding.is_some()).count();
+        if setting_up >= MAX_SESSIONS_IN_SETUP || conn.sessions.len() + conn.channels.len() >= MAX_SESSIONS {
+            tracing::info!(client = %conn.tcp.client, channels = conn.channels.len(), "SMB: too many sessions and channels on one connection");
+            return Err(NtStatus::INSUFFICIENT_RESOURCES);
+        }
+        let (ex, out) = auth::start(req.blob, &server.server_name, filetime_now())?;
+        let mut preauth = conn.preauth;
+        if is311 {
+            signing::preauth_update(&mut preauth, msg);
+        }
+        conn.channels.insert(id, Channel { binding: Some((ex, preauth)), signing_key: None, session: facts });
+        let mut r = Reply::with(NtStatus::MORE_PROCESSING_REQUIRED, body(0, &out));
+        r.session_id = Some(id);
+        return Ok(r);
+    }
+    let Some((ex, mut preauth)) = conn.channels.get_mut(&id).and_then(|c| c.binding.take()) else {
+        return Err(NtStatus::INVALID_PARAMETER);
+    };
+    if is311 {
+        signing::preauth_update(&mut preauth, msg);
+    }
+    let proved = auth::finish(&ex, req.blob, &server.users, server.guest_allowed).and_then(|a| {
+        if a.identity != facts.identity {
+            tracing::info!(client = %conn.tcp.client, session = id, asked = ?a.identity, "SMB: session binding as another user refused");
+            return Err(NtStatus::ACCESS_DENIED);
+        }
+        // MS-SMB2 3.3.5.5.3: a binding without a session key cannot sign its channel.
+        let key = a.session_key.ok_or(NtStatus::NOT_SUPPORTED)?;
+        Ok((a.blob, key))
+    });
+    let (blob, key) = match proved {
+        Ok(p) => p,
+        Err(st) => {
+            conn.channels.remove(&id);
+            return Err(st);
+        }
+    };
+    let c = conn.channels.get_mut(&id).ok_or(NtStatus::USER_SESSION_DELETED)?;
+    c.signing_key = Some(signing::signing_key(conn.dialect, &key, &preauth));
+    tracing::info!(client = %conn.tcp.client, session = id, holder = c.session.connection.serial, "SMB: connection bound to a session as a channel");
+    let mut r = Reply::ok(body(0, &blob));
+    r.session_id = Some(id);
+    r.sign_final = true;
+    Ok(r)
 }
 
 /// A re-authentication proved another identity than the session's: the session becomes
@@ -133,16 +254,13 @@ fn reidentify(conn: &mut Connection, session: u64, new: &Identity) -> Result<(),
         }
     }
     s.identity = Some(new.clone());
-    conn.server.sessions.register(session, new.clone(), conn.client_guid, conn.end.clone());
+    conn.server.sessions.set_identity(session, new.clone());
     Ok(())
 }
 
 /// Handles SESSION_SETUP.
 /// `msg` is the whole request, for the SMB 3.1.1 preauth hash.
 pub fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8]) -> Result<Reply, NtStatus> {
-    if req.flags & BINDING != 0 {
-        return Err(NtStatus::REQUEST_NOT_ACCEPTED);
-    }
     let is311 = conn.dialect == dialect::SMB311;
     let server = conn.server.clone();
     let step = match conn.sessions.get(&hdr.session_id) {
@@ -254,16 +372,21 @@ pub fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>, msg: &[u8])
         && (server.require_signing || req.security_mode & 2 != 0 || conn.client_security_mode & 2 != 0);
     let cipher = s.cipher.as_ref().map(|c| c.cipher().name());
     tracing::info!(client = %conn.tcp.client, identity = ?a.identity, signing = s.signing_required, cipher, encrypt_data = s.encrypt_data, "SMB session established");
-    let previous = req.previous_session_id;
-    if previous != 0
-        && previous != id
-        && server.sessions.end_previous(previous, &a.identity, conn.client_guid, conn.end.serial)
-    {
-        // MS-SMB2 3.3.5.5.3: the client's old session ends (here: its connection, as lost, so
-        // its durable opens wait for their reconnect and the others close).
-        tracing::info!(client = %conn.tcp.client, previous, "SMB: the client's previous session ends");
-    }
-    server.sessions.register(id, a.identity.clone(), conn.client_guid, conn.end.clone());
+    // The client's PreviousSessionId ends in `run`, once this session is valid.
+    let facts = SessionFacts {
+        identity: a.identity.clone(),
+        client_guid: conn.client_guid,
+        dialect: conn.dialect,
+        signing_alg: conn.signing_alg,
+        cipher: conn.cipher,
+        signing_key: s.signing_key,
+        signing_required: s.signing_required,
+        session_cipher: s.cipher.clone(),
+        encrypt_data: s.encrypt_data,
+        require_encryption: s.require_encryption,
+        connection: conn.end.clone(),
+    };
+    server.sessions.register(id, facts);
     s.identity = Some(a.identity);
     s.state = SessionState::Valid;
     let mut r = Reply::ok(body(flags, &a.blob));

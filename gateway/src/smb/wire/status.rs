@@ -52,6 +52,8 @@ impl NtStatus {
     pub const NETWORK_NAME_DELETED: Self = Self(0xC000_00C9);
     pub const BAD_NETWORK_NAME: Self = Self(0xC000_00CC);
     pub const REQUEST_NOT_ACCEPTED: Self = Self(0xC000_00D0);
+    /// A binding whose session signs with another algorithm than GMAC-only rules allow.
+    pub const REQUEST_OUT_OF_SEQUENCE: Self = Self(0xC000_042A);
     pub const INTERNAL_ERROR: Self = Self(0xC000_00E5);
     pub const DIRECTORY_NOT_EMPTY: Self = Self(0xC000_0101);
     pub const NOT_A_DIRECTORY: Self = Self(0xC000_0103);
