@@ -3,7 +3,7 @@
 //! cipher, its encryption keys. Guests and anonymous sessions get no keys and are flagged so
 //! clients know they cannot sign or encrypt; `[smb] encryption = "required"` refuses them.
 //! With the BINDING flag, the same two legs make this connection a channel of a session of
-//! another connection of the node ([`bind`]).
+//! another connection of the node (`bind`).
 
 use std::sync::Arc;
 

@@ -229,7 +229,7 @@ async fn set_security(
 
 /// Handles SET_INFO. The classes that ask the file-sharing state first (a rename or a delete
 /// may wait for other clients' handle caching to go, a size change for read caching) run as
-/// [`Waiting`] work: answered in place when it finishes within [`WAIT_INLINE`], else answered
+/// `Waiting` work: answered in place when it finishes within [`WAIT_INLINE`], else answered
 /// STATUS_PENDING and finished later, so the connection goes on reading meanwhile (the break's
 /// acknowledgement may come on this very connection).
 pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Outcome {
