@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use nasgw_tests::cluster::{SmbClient, SmbCluster, ADDRS, NODES, SMB_PORT};
+use nasgw_tests::cluster::{SmbClient, SmbCluster, ADDRS, NODES, NODE_DIRS, PUB_SHARE, SMB_PORT};
 use serde_json::json;
 
 use crate::cpu::{self, Meter};
@@ -217,17 +217,7 @@ path = "{vol}"
 enabled = false
 [smb]
 listen = "0.0.0.0:{SINGLE_PORT}"
-[[smb.share]]
-name = "pub"
-path = "/"
-writable = true
-guest_ok = true
-guest_only = true
-force_user = "root"
-[node]
-control_socket = "{{dir}}/ctl.sock"
-state_dir = "{{dir}}/state"
-"#,
+{PUB_SHARE}{NODE_DIRS}"#,
         vol = cluster.volume().display()
     );
     nasgw_tests::Daemon::start("single", &cluster.root.path().join("single"), &config, Some(cluster.topo.ns(NODES[0])))

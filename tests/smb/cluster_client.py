@@ -391,19 +391,10 @@ def op_unlock(r):
 
 
 def op_delete(r):
-    cname, o, _ = handles[r["h"]]
-    c = clients[cname]
-    req = SMB2SetInfoRequest()
-    req["info_type"] = InfoType.SMB2_0_INFO_FILE
-    req["file_info_class"] = FileInformationClass.FILE_DISPOSITION_INFORMATION
-    req["file_id"] = o.file_id
-    req["buffer"] = b"\x01"
-    sent = c.conn.send(req, sid=c.session.session_id, tid=c.tree.tree_connect_id)
-    c.conn.receive(sent)
-    return {}
+    return set_info(r, FileInformationClass.FILE_DISPOSITION_INFORMATION, b"\x01")
 
 
-def set_info(r, info_class, buf):
+def set_info(r, info_class, buf, tag=None):
     cname, o, _ = handles[r["h"]]
     c = clients[cname]
     req = SMB2SetInfoRequest()
@@ -412,7 +403,12 @@ def set_info(r, info_class, buf):
     req["file_id"] = o.file_id
     req["buffer"] = buf
     sent = c.conn.send(req, sid=c.session.session_id, tid=c.tree.tree_connect_id)
-    c.conn.receive(sent)
+    if tag:
+        pending[tag] = sent  # for op_cancel
+    try:
+        c.conn.receive(sent)
+    finally:
+        pending.pop(tag, None)
     return {}
 
 
@@ -439,21 +435,8 @@ def rename_buffer(to, replace):
 
 
 def op_rename(r):
-    cname, o, _ = handles[r["h"]]
-    c = clients[cname]
-    req = SMB2SetInfoRequest()
-    req["info_type"] = InfoType.SMB2_0_INFO_FILE
-    req["file_info_class"] = FileInformationClass.FILE_RENAME_INFORMATION
-    req["file_id"] = o.file_id
-    req["buffer"] = rename_buffer(r["to"], r.get("replace", False))
-    sent = c.conn.send(req, sid=c.session.session_id, tid=c.tree.tree_connect_id)
-    if r.get("tag"):
-        pending[r["tag"]] = sent
-    try:
-        c.conn.receive(sent)
-    finally:
-        pending.pop(r.get("tag"), None)
-    return {}
+    buf = rename_buffer(r["to"], r.get("replace", False))
+    return set_info(r, FileInformationClass.FILE_RENAME_INFORMATION, buf, tag=r.get("tag"))
 
 
 def op_cancel(r):

@@ -42,6 +42,23 @@ continuously_available = true
 /// The public address of a cluster started with [`SmbCluster::start_with_public_address`].
 pub const VIP: &str = "198.18.0.100";
 
+/// The guest share the cluster tests (and the cluster bench) serve: the whole volume as `pub`,
+/// written as root.
+pub const PUB_SHARE: &str = r#"[[smb.share]]
+name = "pub"
+path = "/"
+writable = true
+guest_ok = true
+guest_only = true
+force_user = "root"
+"#;
+
+/// A node's control socket and state in its own directory (`{dir}`, which `Daemon` fills in).
+pub const NODE_DIRS: &str = r#"[node]
+control_socket = "{dir}/ctl.sock"
+state_dir = "{dir}/state"
+"#;
+
 /// Three nodes on one shared volume and a client host.
 pub struct SmbCluster {
     /// The namespaces.
@@ -100,21 +117,11 @@ listen = "0.0.0.0:{NFS_PORT}"
 root_squash = false
 [smb]
 listen = "0.0.0.0:{SMB_PORT}"
-[[smb.share]]
-name = "pub"
-path = "/"
-writable = true
-guest_ok = true
-guest_only = true
-force_user = "root"
-[cluster]
+{PUB_SHARE}[cluster]
 nodes = ["{}", "{}", "{}"]
 recovery_lock = "/lock/lockfile"
 secret_file = "{key}"
-{cluster}[node]
-control_socket = "{{dir}}/ctl.sock"
-state_dir = "{{dir}}/state"
-{extra}"#,
+{cluster}{NODE_DIRS}{extra}"#,
             ADDRS[0],
             ADDRS[1],
             ADDRS[2],

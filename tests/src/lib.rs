@@ -11,6 +11,7 @@ pub mod kclient;
 pub mod netns;
 pub mod nlm;
 pub mod pjdfstest;
+pub mod posix_lock;
 pub mod process;
 pub mod smb_locker;
 pub mod vm;

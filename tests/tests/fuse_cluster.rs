@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nasgw_tests::cluster::{SmbClient, SmbCluster, ADDRS, NFS_PORT, SMB_PORT};
+use nasgw_tests::posix_lock::{fcntl, flock};
 use nasgw_tests::{hex, Unmount};
 use serde_json::json;
 
@@ -165,26 +166,6 @@ fn a_node_cut_off_from_the_cluster_fails_local_opens_and_locks_with_eio_within_t
     // The cut-off node goes as a cut-off host would (its dead mount is detached at the end).
     cluster.daemons[0].take().expect("node 1").kill();
     stop_all(&mut cluster);
-}
-
-/// A `struct flock` for fcntl.
-fn flock(kind: i32, start: i64, len: i64) -> libc::flock {
-    // SAFETY: a zeroed flock is valid.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as _;
-    fl.l_whence = libc::SEEK_SET as _;
-    fl.l_start = start;
-    fl.l_len = len;
-    fl
-}
-
-fn fcntl(f: &File, cmd: i32, fl: &mut libc::flock) -> Result<(), i32> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid descriptor and flock.
-    match unsafe { libc::fcntl(f.as_raw_fd(), cmd, fl as *mut libc::flock) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
-    }
 }
 
 /// Runs `f` on a thread inside network namespace `ns` (the NLM client's sockets live there).

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nasgw_tests::pjdfstest::{self, Outcome};
+use nasgw_tests::posix_lock::{fcntl, flock};
 use nasgw_tests::{free_port, nasgw_bin, wait_for, Daemon, Unmount};
 
 fn config(passthrough: bool) -> String {
@@ -254,26 +255,6 @@ fn the_mount_answers_while_smb_and_nfs_serve() {
             .count();
         (n == 2000).then_some(())
     });
-}
-
-/// A `struct flock` for fcntl.
-fn flock(kind: i32, start: i64, len: i64) -> libc::flock {
-    // SAFETY: a zeroed flock is valid.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as _;
-    fl.l_whence = libc::SEEK_SET as _;
-    fl.l_start = start;
-    fl.l_len = len;
-    fl
-}
-
-fn fcntl(f: &std::fs::File, cmd: i32, fl: &mut libc::flock) -> Result<(), i32> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid descriptor and flock.
-    match unsafe { libc::fcntl(f.as_raw_fd(), cmd, fl as *mut libc::flock) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
-    }
 }
 
 #[test]

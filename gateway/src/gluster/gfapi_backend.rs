@@ -516,13 +516,7 @@ impl GfapiBackend {
     ) -> VfsResult<()> {
         let fetch = self.names.lock().expect("lock").begin(dir, epoch, Instant::now());
         let mark = self.coherence.changes();
-        let listing = {
-            let _as = AsCaller::switch(cred)?;
-            vol.open_dir(&d.obj).map_err(stale)?
-        };
-        if tail != 0 {
-            listing.seek_dir(tail as i64);
-        }
+        let listing = open_listing(vol, cred, d, tail)?;
         let mut got = Vec::new();
         let eof = loop {
             if got.len() >= max_entries.max(MIN_EXTEND) {
@@ -559,14 +553,7 @@ impl GfapiBackend {
         max_entries: usize,
         plus: bool,
     ) -> VfsResult<ReadDir> {
-        let listing = {
-            let _as = AsCaller::switch(cred)?;
-            // A directory removed since it was last seen: its handle is stale.
-            vol.open_dir(&d.obj).map_err(stale)?
-        };
-        if cookie != 0 {
-            listing.seek_dir(cookie as i64);
-        }
+        let listing = open_listing(vol, cred, d, cookie)?;
         let mut entries = Vec::new();
         loop {
             let mark = self.coherence.changes();
@@ -1276,6 +1263,19 @@ impl crate::vfs::backend::OwnerLocks for GfapiOwnerLocks {
         self.0.posix_lock(libc::F_GETLK, &mut fl)?;
         Ok(crate::vfs::backend::conflict_of(&fl))
     }
+}
+
+/// `dir` opened for listing as the caller (the bricks check its permission), positioned at
+/// `cookie` (0: the start). A directory removed since it was last seen has a stale handle.
+fn open_listing(vol: &Volume, cred: &Credentials, dir: &Node, cookie: u64) -> VfsResult<File> {
+    let listing = {
+        let _as = AsCaller::switch(cred)?;
+        vol.open_dir(&dir.obj).map_err(stale)?
+    };
+    if cookie != 0 {
+        listing.seek_dir(cookie as i64);
+    }
+    Ok(listing)
 }
 
 #[cfg(test)]
