@@ -45,6 +45,9 @@ pub struct AsyncWork {
     pub closed: CancellationToken,
     /// The status it completes with then (NOTIFY_CLEANUP for CHANGE_NOTIFY).
     pub close_status: NtStatus,
+    /// Fired by the work once it has begun what a cancel must not cut (a rename under way):
+    /// from then on a CANCEL or a close waits for the work's own reply, which tells the truth.
+    pub committed: CancellationToken,
 }
 
 /// A pending async operation, findable by CANCEL.
@@ -853,12 +856,7 @@ fn spawn_async(conn: &Connection, later: Later) {
     let pending = conn.link.pending.clone();
     let alg = conn.signing_alg;
     tokio::spawn(async move {
-        let AsyncWork { cancel, work, closed, close_status, .. } = work;
-        let reply = tokio::select! {
-            r = work => r,
-            _ = cancel.cancelled() => Reply::err(NtStatus::CANCELLED),
-            _ = closed.cancelled() => Reply::err(close_status),
-        };
+        let reply = final_reply(work).await;
         pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&async_id);
         rh.status = reply.status.0;
         rh.credits = 0;
@@ -883,6 +881,23 @@ fn spawn_async(conn: &Connection, later: Later) {
     });
 }
 
+/// The final reply of async work: its own, or CANCELLED (or the close status) when a CANCEL
+/// (or a close of its handle) comes first, unless the work has committed by then.
+async fn final_reply(w: AsyncWork) -> Reply {
+    let AsyncWork { cancel, mut work, closed, close_status, committed, .. } = w;
+    let cut = tokio::select! {
+        r = &mut work => return r,
+        _ = cancel.cancelled() => NtStatus::CANCELLED,
+        _ = closed.cancelled() => close_status,
+    };
+    // Checked on the task that polls the work, so it cannot commit after this check.
+    if committed.is_cancelled() {
+        work.await
+    } else {
+        Reply::err(cut)
+    }
+}
+
 /// Result of a command: now, or later (async).
 pub enum Outcome {
     /// Answer now.
@@ -905,6 +920,61 @@ mod tests {
     use crate::locks::LockService;
     use crate::vfs::posix::{PosixBackend, PosixOptions};
     use crate::vfs::Namespace;
+
+    /// Async work whose body waits on `go`; it fires its `committed` token first when `commits`.
+    fn work(commits: bool, go: tokio::sync::oneshot::Receiver<()>) -> AsyncWork {
+        let committed = CancellationToken::new();
+        let c = committed.clone();
+        AsyncWork {
+            cancel: CancellationToken::new(),
+            work: Box::pin(async move {
+                if commits {
+                    c.cancel();
+                }
+                let _ = go.await;
+                Reply::err(NtStatus::OBJECT_NAME_COLLISION)
+            }),
+            waits_on: None,
+            closed: CancellationToken::new(),
+            close_status: NtStatus::FILE_CLOSED,
+            committed,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancel_before_the_work_commits_answers_cancelled_and_drops_it() {
+        let (_go, rx) = tokio::sync::oneshot::channel();
+        let w = work(false, rx);
+        w.cancel.cancel();
+        assert_eq!(final_reply(w).await.status, NtStatus::CANCELLED);
+        let (_go, rx) = tokio::sync::oneshot::channel();
+        let w = work(false, rx);
+        w.closed.cancel();
+        assert_eq!(final_reply(w).await.status, NtStatus::FILE_CLOSED);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_or_close_after_the_work_commits_gets_the_works_own_reply() {
+        for close in [false, true] {
+            let (go, rx) = tokio::sync::oneshot::channel();
+            let w = work(true, rx);
+            let (cancel, closed, committed) = (w.cancel.clone(), w.closed.clone(), w.committed.clone());
+            let reply = tokio::spawn(final_reply(w));
+            // Let the work start and commit, then cut it, then let it finish.
+            while !committed.is_cancelled() {
+                tokio::task::yield_now().await;
+            }
+            if close {
+                closed.cancel()
+            } else {
+                cancel.cancel()
+            }
+            tokio::task::yield_now().await;
+            assert!(!reply.is_finished(), "answered before the work finished");
+            go.send(()).unwrap();
+            assert_eq!(reply.await.unwrap().status, NtStatus::OBJECT_NAME_COLLISION);
+        }
+    }
 
     fn server(dir: &std::path::Path) -> Arc<SmbServer> {
         let text = format!(

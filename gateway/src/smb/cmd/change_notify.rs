@@ -137,5 +137,6 @@ async fn start(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outc
         waits_on: Some(vol),
         closed: CancellationToken::new(),
         close_status: NtStatus::NOTIFY_CLEANUP,
+        committed: CancellationToken::new(),
     }))
 }

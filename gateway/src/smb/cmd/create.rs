@@ -664,6 +664,7 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
                 waits_on: None,
                 closed: CancellationToken::new(),
                 close_status: NtStatus::CANCELLED,
+                committed: CancellationToken::new(),
             }))
         }
     }

@@ -140,6 +140,7 @@ async fn run(conn: &mut Connection, hdr: &Header, req: Request) -> Result<Outcom
                     waits_on: Some(vol),
                     closed: CancellationToken::new(),
                     close_status: NtStatus::RANGE_NOT_LOCKED,
+                    committed: CancellationToken::new(),
                 }));
             }
             Err(c) => {

@@ -268,8 +268,9 @@ async fn set(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Result<Ou
         return Ok(Outcome::Now(set_now(&server, f, &req, case).await?));
     };
     let snapshot = Snapshot::of(f);
-    let updates = conn.open_updates.sender();
-    let mut work = Box::pin(op.run(server, snapshot, case, vol, updates));
+    let report = Report { vol, updates: conn.open_updates.sender(), committed: CancellationToken::new() };
+    let committed = report.committed.clone();
+    let mut work = Box::pin(op.run(server, snapshot, case, report));
     match tokio::time::timeout(WAIT_INLINE, &mut work).await {
         Ok(reply) => {
             // A rename done in place queued its open's new path: apply it before answering.
@@ -283,6 +284,7 @@ async fn set(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Result<Ou
             waits_on: Some(vol),
             closed: CancellationToken::new(),
             close_status: NtStatus::CANCELLED,
+            committed,
         })),
     }
 }
@@ -446,24 +448,28 @@ impl Waiting {
         }))
     }
 
-    /// Runs the work on open `h` (volatile id `vol`) and gives its reply; a rename queues its
-    /// open's new path on `updates` before it returns, so the path is there before the reply.
-    async fn run(
-        self,
-        server: Arc<SmbServer>,
-        h: Snapshot,
-        case: fs::Case,
-        vol: u64,
-        updates: UnboundedSender<OpenUpdate>,
-    ) -> Reply {
+    /// Runs the work on open `h` and gives its reply; a rename reports to its connection
+    /// through `report`.
+    async fn run(self, server: Arc<SmbServer>, h: Snapshot, case: fs::Case, report: Report) -> Reply {
         let r = match self {
-            Self::Rename { to, replace } => rename(server, h, to, replace, case, vol, updates).await,
+            Self::Rename { to, replace } => rename(server, h, to, replace, case, report).await,
             Self::Disposition(on) => disposition(&server, &h, on).await,
             Self::Allocation(alloc) => allocation(&server, &h, alloc).await,
             Self::EndOfFile(size) => end_of_file(&server, &h, size).await,
         };
         r.unwrap_or_else(Reply::err)
     }
+}
+
+/// What a waiting SET_INFO tells its connection.
+struct Report {
+    /// The open's volatile id.
+    vol: u64,
+    /// Where a rename queues its open's new path before it returns, so the path is there
+    /// before the reply.
+    updates: UnboundedSender<OpenUpdate>,
+    /// Fired when a rename begins, after its waits: a CANCEL then no longer cuts it.
+    committed: CancellationToken,
 }
 
 /// Renames the file of open `h` to `comps` (MS-FSA 2.1.5.14.11). Other clients' handle
@@ -476,8 +482,7 @@ async fn rename(
     mut comps: Vec<String>,
     replace: bool,
     case: fs::Case,
-    vol: u64,
-    updates: UnboundedSender<OpenUpdate>,
+    report: Report,
 ) -> Result<Reply, NtStatus> {
     let ns = &server.ns;
     let Some(old_name) = h.path.last().cloned() else { return Err(NtStatus::ACCESS_DENIED) };
@@ -510,7 +515,9 @@ async fn rename(
         Err(e) => return Err(e.into()),
     };
     // From here on nothing waits, and a cancel or close must not cut the work between its two
-    // renames or before the open learns its new path.
+    // renames or before the open learns its new path: the client gets this work's reply.
+    report.committed.cancel();
+    let Report { vol, updates, .. } = report;
     let done = tokio::spawn(async move {
         let ns = &server.ns;
         match replaced {
