@@ -163,6 +163,9 @@ impl<K: Hash + Eq + Copy> DataCache<K> {
     /// File `key` changed (or may have): its chunks go, and fills begun before now are
     /// refused.
     pub fn invalidate(&mut self, key: K) {
+        if !self.enabled() {
+            return; // nothing is stored, nothing to refuse
+        }
         self.seq += 1;
         let seq = self.seq;
         let stale = match self.files.get_mut(&key) {
