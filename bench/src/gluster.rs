@@ -125,9 +125,10 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
          small files written from one process through the FUSE mount; its list and stat rows are `readdir` + `lstat` \
          of each entry, and `lstat` of each name, through the FUSE mount. Plain reads through a FUSE mount (raw `dd`, \
          smbd, nasgw FUSE) may come from the kernel's page cache of that mount (the file was written through \
-         it), while gfapi readers (Ganesha, nasgw gfapi) always fetch from the bricks; the \"caches dropped\" rows \
-         empty every cache first (`sync; echo 3 > /proc/sys/vm/drop_caches`), so every reader fetches from \
-         the bricks' disk. CPU time: the raw column counts the FUSE client process, nasgw's columns the daemon \
+         it), Ganesha always fetches from the bricks, and nasgw gfapi from its own data cache once it read the \
+         file (while the volume's upcalls reach it); the \"caches dropped\" rows empty every cache first \
+         (`sync; echo 3 > /proc/sys/vm/drop_caches`, after setting the file's times again through the FUSE mount so \
+         that nasgw gfapi's data cache hears of a change), so every reader fetches from the bricks' disk. CPU time: the raw column counts the FUSE client process, nasgw's columns the daemon \
          with its children (its own FUSE client), smbd's column smbd and the FUSE client it serves from, Ganesha's \
          ganesha.nfsd (libgfapi runs inside it); the bricks (glusterfsd) are in no column. {} round(s) per row.",
         sizes.rounds

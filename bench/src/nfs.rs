@@ -98,7 +98,7 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
     let seen = RefCell::new(ReadPaths::default());
     let read = |i: usize, cold: bool| {
         if cold {
-            target::drop_caches()?;
+            target::drop_caches_of(fx)?;
         } else if rows == Rows::Directory {
             // The rows before may have evicted it: every server starts from the page cache.
             seen.borrow_mut().resident.push(fixture::preload(&fx.data.join(fx.read_name))?);

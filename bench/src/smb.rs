@@ -124,7 +124,7 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
     let resident = std::cell::Cell::new(None::<f64>);
     let download = |i: usize, cold: bool| {
         if cold {
-            target::drop_caches()?;
+            target::drop_caches_of(fx)?;
         } else if rows == Rows::Directory {
             // The rows before may have evicted it: every server starts from the page cache.
             let share = fixture::preload(&fx.data.join(fx.read_name))?;

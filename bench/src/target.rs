@@ -72,6 +72,19 @@ pub fn drop_caches() -> Result<()> {
     Ok(())
 }
 
+/// Empties every cache of the read file before a "caches dropped" round: the kernel's
+/// ([`drop_caches`]) and that of a server which keeps file data itself while the volume tells
+/// it of changes (nasgw over libgfapi): the file's times are set again to their own values
+/// through the served directory, which changes its ctime, so a GlusterFS volume's upcalls tell
+/// every client that read it. This runs before the sync, which gives the upcall time to land.
+pub fn drop_caches_of(fx: &Fixture) -> Result<()> {
+    let f = std::fs::File::open(fx.data.join(fx.read_name))?;
+    let m = f.metadata()?;
+    f.set_times(std::fs::FileTimes::new().set_accessed(m.accessed()?).set_modified(m.modified()?))?;
+    drop(f);
+    drop_caches()
+}
+
 pub fn local_read(fx: &Fixture) -> Result<Done> {
     let input = format!("if={}", fx.data.join(fx.read_name).display());
     let (elapsed, _) = timed(Command::new("dd").args([&input, "of=/dev/null", "bs=1M"]))?;

@@ -8,7 +8,9 @@
 //! READDIRPLUS as soon as the bricks' upcall arrives (polled; the delay from the change to nasgw
 //! seeing it is printed; the bound asserted is generous). A write through the node itself is
 //! seen at once. (Volumes without upcalls: `gluster_listing.rs` checks the cache stays off and
-//! says so.)
+//! says so.) File data is cached on the same terms: a warm re-read costs no brick READ, and an
+//! overwrite through FUSE or another nasgw node, a truncate, and the node's own writes are seen
+//! by its next READs.
 //!
 //! nasgw listens on 127.0.0.1:2049 inside nodes 2 and 3's namespaces; the test client reaches
 //! each by moving its (single) thread into the namespace before connecting.
@@ -161,6 +163,145 @@ async fn listing(c: &mut Conn, dir: &nfs_fh3) -> Vec<Entry> {
             Nfs3Result::Err((s, _)) => panic!("READDIRPLUS failed: {s}"),
         }
     }
+}
+
+/// Bytes of the file whose data node 2 caches: five 1 MiB chunks, the last one short.
+const DATA_LEN: usize = (4 << 20) + 4321;
+/// Whole re-reads of it that must not reach the bricks.
+const WARM_PASSES: u64 = 10;
+/// Bytes per NFS READ (one chunk of nasgw's data cache).
+const READ_SIZE: u32 = 1 << 20;
+
+/// The whole file by READs of [`READ_SIZE`], or the first error.
+async fn read_all(c: &mut Conn, fh: &nfs_fh3) -> Result<Vec<u8>, nfsstat3> {
+    let mut out = Vec::new();
+    loop {
+        let (data, eof) = read(c, fh, out.len() as u64, READ_SIZE).await?;
+        let got = data.len();
+        out.extend_from_slice(&data);
+        if eof || got == 0 {
+            return Ok(out);
+        }
+    }
+}
+
+/// SETATTR of the size.
+async fn truncate(c: &mut Conn, fh: &nfs_fh3, size: u64) {
+    use nfs3_types::nfs3::{sattr3, Nfs3Option, Nfs3Result, SETATTR3args};
+    let attrs = sattr3 { size: Nfs3Option::Some(size), ..Default::default() };
+    let args = SETATTR3args { object: fh.clone(), new_attributes: attrs, guard: Nfs3Option::None };
+    if let Nfs3Result::Err((s, _)) = c.setattr(&args).await.expect("rpc") {
+        panic!("SETATTR size {size}: {s}");
+    }
+}
+
+/// How a read differs from what the file holds, briefly (megabytes of bytes are unreadable);
+/// `None` when it does not.
+fn differs(got: &Result<Vec<u8>, nfsstat3>, want: &[u8]) -> Option<String> {
+    match got {
+        Err(s) => Some(format!("error {s}")),
+        Ok(g) if g.as_slice() == want => None,
+        Ok(g) => Some(format!(
+            "{} bytes (want {}), first difference at byte {:?}",
+            g.len(),
+            want.len(),
+            g.iter().zip(want).position(|(a, b)| a != b)
+        )),
+    }
+}
+
+/// Panics unless `got` is `want`.
+fn check(what: &str, got: Result<Vec<u8>, nfsstat3>, want: &[u8]) {
+    if let Some(d) = differs(&got, want) {
+        panic!("{what}: {d}");
+    }
+}
+
+/// Reads the whole file through `c` until it is `want`; prints how long the change took to be
+/// seen (panics after [`SEEN_WITHIN`]).
+async fn until_read(what: &str, c: &mut Conn, fh: &nfs_fh3, want: &[u8]) {
+    let t = Instant::now();
+    let mut reads = 0u32;
+    loop {
+        reads += 1;
+        let got = read_all(c, fh).await;
+        let Some(d) = differs(&got, want) else {
+            eprintln!(
+                "{what}: seen by whole-file read number {reads} through nasgw, {:?} after the change",
+                t.elapsed()
+            );
+            return;
+        };
+        assert!(t.elapsed() < SEEN_WITHIN, "{what}: nasgw still answers {d} after {SEEN_WITHIN:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// File data through node 2 (`data_cache.rs`): a warm re-read costs no brick READ, while a
+/// same-size overwrite through the FUSE client and through node 3, and a truncate through the
+/// FUSE client, are seen by node 2's next READs as soon as the upcall arrives (polled, the delay
+/// printed), and a write and a truncate through node 2 itself by the very next READ.
+async fn data_is_cached_and_dropped(cluster: &GlusterCluster, fuse: &std::path::Path, c: &mut Conn, c3: &mut Conn) {
+    use std::os::unix::fs::FileExt as _;
+    let path = fuse.join("data");
+    let mut content: Vec<u8> = (0..DATA_LEN).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &content).unwrap();
+    let root = c.root_nfs_fh3();
+    let (fh, _) = lookup(c, &root, b"data").await.unwrap();
+
+    // The first read comes from the bricks (which proves the counter counts), the next ones
+    // from memory. The health probes of two nodes add a READ every few seconds.
+    brick_fop_counts(cluster);
+    check("first read through node 2", read_all(c, &fh).await, &content);
+    let cold = brick_fops(cluster, "READ");
+    let t = Instant::now();
+    for _ in 0..WARM_PASSES {
+        check("warm read through node 2", read_all(c, &fh).await, &content);
+    }
+    let took = t.elapsed();
+    let warm = brick_fops(cluster, "READ");
+    let nfs_reads = WARM_PASSES * DATA_LEN.div_ceil(READ_SIZE as usize) as u64;
+    eprintln!(
+        "data cache: first read of {DATA_LEN} bytes {cold} brick READs; {WARM_PASSES} re-reads ({nfs_reads} NFS \
+         READs, {took:?}) {warm} brick READs"
+    );
+    assert!(cold > 0, "no brick READ counted for a first read");
+    assert!(warm < nfs_reads / 10, "{warm} brick READs for {nfs_reads} NFS READs of an unchanged file");
+
+    // A same-size overwrite through the FUSE client on node 1: only the times change.
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&[b'F'; 1000], (3 << 20) / 2).unwrap();
+    drop(f); // the FUSE client's flush sends the write to the bricks
+    content[(3 << 20) / 2..(3 << 20) / 2 + 1000].fill(b'F');
+    until_read("data overwritten through FUSE", c, &fh, &content).await;
+
+    // A same-size overwrite through node 3.
+    let root3 = c3.root_nfs_fh3();
+    let (fh3, _) = lookup(c3, &root3, b"data").await.unwrap();
+    check("read through node 2", read_all(c, &fh).await, &content);
+    write(c3, &fh3, 3 << 20, &[b'3'; 2000], stable_how::FILE_SYNC).await.unwrap();
+    content[3 << 20..(3 << 20) + 2000].fill(b'3');
+    until_read("data overwritten through node 3", c, &fh, &content).await;
+
+    // A truncate through the FUSE client.
+    check("read through node 2", read_all(c, &fh).await, &content);
+    content.truncate(DATA_LEN - (1 << 20));
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(content.len() as u64).unwrap();
+    until_read("data truncated through FUSE", c, &fh, &content).await;
+
+    // A write and a truncate through node 2 itself: the bricks do not tell it of its own
+    // changes; it drops the data before it answers, so the very next READ sees them.
+    check("read through node 2", read_all(c, &fh).await, &content);
+    write(c, &fh, 100, b"own write", stable_how::UNSTABLE).await.unwrap();
+    content[100..109].copy_from_slice(b"own write");
+    check("READ right after a WRITE through node 2", read_all(c, &fh).await, &content);
+    content.truncate((1 << 20) + 10);
+    truncate(c, &fh, content.len() as u64).await;
+    check("READ right after a truncate through node 2", read_all(c, &fh).await, &content);
+    content.resize(3 << 20, 0);
+    truncate(c, &fh, content.len() as u64).await;
+    check("READ right after an extension through node 2", read_all(c, &fh).await, &content);
+    check("the FUSE client's view", Ok(std::fs::read(&path).unwrap()), &content);
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -322,5 +463,7 @@ async fn cached_attributes_are_dropped_on_upcalls_and_served_while_unchanged() {
     write(&mut c, &fa, 6000, &[b'w'; 1000], stable_how::UNSTABLE).await.unwrap();
     assert_eq!(getattr(&mut c, &fa).await.unwrap().size, 7000, "GETATTR right after a WRITE through this node");
     assert_eq!(std::fs::metadata(dir.join("a")).unwrap().len(), 7000);
+
+    data_is_cached_and_dropped(&cluster, &fuse, &mut c, &mut c3).await;
     drop((n2, n3));
 }

@@ -175,6 +175,10 @@ pub struct VolumeConfig {
     /// above the volume's `network.ping-timeout` if brief brick losses must not move addresses.
     #[serde(default = "default_volume_health_timeout_ms")]
     pub health_timeout_ms: u64,
+    /// MiB of file data kept in memory over libgfapi (`access = "gfapi"`) while the volume's
+    /// upcalls are proved to reach the node; 0 turns the data cache off.
+    #[serde(default = "default_data_cache_mib")]
+    pub data_cache_mib: u64,
     /// Bricks of a GlusterFS volume the nodes create themselves (`HOST:/PATH`, in GlusterFS's
     /// order: each run of `replica` bricks is one replica set). Empty: the volume exists already.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -202,6 +206,10 @@ fn default_volume_health_interval_ms() -> u64 {
 
 fn default_volume_health_timeout_ms() -> u64 {
     10_000
+}
+
+fn default_data_cache_mib() -> u64 {
+    1024
 }
 
 /// `[nfs]`: NFSv3, MOUNT and (optionally) the portmapper.

@@ -20,6 +20,7 @@ use lru::LruCache;
 
 use super::attr_cache::CachedAttr;
 use super::coherence::Coherence;
+use super::data_cache::{chunks_of, DataCache, Stamp, Ticket, CHUNK};
 use super::fuse_backend::{gfid_file_id, volume_id, ROOT_GFID};
 use super::gfapi::{self, DirEntryPlus, File, Object, Volume};
 use super::name_cache::{Grant, Known, Listed, NameCache};
@@ -112,6 +113,65 @@ fn read_new(read_at: &ReadAt<'_>, want: usize, offset: u64) -> std::io::Result<V
     Ok(buf)
 }
 
+/// Reads chunks `indexes` of a file (chunk `i` is `len_of(i)` bytes at `i * CHUNK`) with
+/// `read_at`, at most [`MAX_PIECES`] at a time on parallel threads; each buffer is short only at
+/// end of file.
+fn read_chunks(
+    read_at: &ReadAt<'_>,
+    indexes: &[u64],
+    len_of: &(dyn Fn(u64) -> usize + Sync),
+) -> std::io::Result<Vec<Vec<u8>>> {
+    if let [i] = indexes {
+        return Ok(vec![read_new(read_at, len_of(*i), i * CHUNK)?]);
+    }
+    let mut out = Vec::with_capacity(indexes.len());
+    for group in indexes.chunks(MAX_PIECES) {
+        let results: Vec<std::io::Result<Vec<u8>>> = std::thread::scope(|s| {
+            let reads: Vec<_> = group
+                .iter()
+                .map(|&i| {
+                    let len = len_of(i);
+                    s.spawn(move || read_new(read_at, len, i * CHUNK))
+                })
+                .collect();
+            reads
+                .into_iter()
+                .map(|r| r.join().unwrap_or_else(|_| Err(std::io::Error::other("read thread panicked"))))
+                .collect()
+        });
+        for r in results {
+            out.push(r?);
+        }
+    }
+    Ok(out)
+}
+
+/// Appends bytes `offset..offset + want` of a file to `out` from its chunks `first..` in order
+/// (`chunks[k]` holds the bytes at `(first + k) * CHUNK`); a chunk shorter than the range needs
+/// ends the data there (end of file). Returns how many bytes were appended.
+fn gather(chunks: &[Arc<Vec<u8>>], first: u64, offset: u64, want: usize, out: &mut Vec<u8>) -> usize {
+    let end = offset + want as u64;
+    let before = out.len();
+    out.reserve(want);
+    for (k, c) in chunks.iter().enumerate() {
+        let at = (first + k as u64) * CHUNK;
+        let from = offset.saturating_sub(at).min(c.len() as u64) as usize;
+        let need = (end.min(at + CHUNK) - at) as usize;
+        let to = need.min(c.len());
+        out.extend_from_slice(&c[from..to]);
+        if to < need {
+            break;
+        }
+    }
+    out.len() - before
+}
+
+/// What a file's cached data is checked against.
+fn stamp_of(a: &Attr) -> Stamp {
+    let ns = |t: Timestamp| i128::from(t.secs) * 1_000_000_000 + i128::from(t.nanos);
+    Stamp { size: a.size, mtime: ns(a.mtime), ctime: ns(a.ctime) }
+}
+
 /// Errors of extended attribute calls: a value too large for the bricks is `NoSpace`.
 fn xattr_error(e: std::io::Error) -> VfsError {
     match e.raw_os_error() {
@@ -160,6 +220,14 @@ type Nodes = Mutex<LruCache<FileId, Arc<Node>>>;
 /// Directory names and listings (`name_cache.rs`): shared with the upcall callback too.
 type Names = Mutex<NameCache>;
 
+/// File data (`data_cache.rs`): shared with the upcall callback too.
+type Data = Mutex<DataCache<FileId>>;
+
+/// A read asking for less than this is not widened to whole chunks when they are missing (a
+/// small random read would otherwise fetch a whole chunk); it is still served from chunks
+/// held. Sequential readers ask far more (NFS 1 MiB, SMB up to 8 MiB).
+const MIN_FILL_READ: u32 = 64 << 10;
+
 /// The namespace over a libgfapi connection.
 pub struct GfapiBackend {
     slot: Arc<Mutex<Option<Volume>>>,
@@ -167,6 +235,7 @@ pub struct GfapiBackend {
     fsid: u64,
     nodes: Arc<Nodes>,
     names: Arc<Names>,
+    data: Arc<Data>,
     coherence: Arc<Coherence>,
 }
 
@@ -191,13 +260,20 @@ fn stale(e: std::io::Error) -> VfsError {
 
 impl GfapiBackend {
     /// A backend for volume `name` over the connection the health probe makes (`slot`),
-    /// caching attributes while `coherence` says the volume's upcalls reach this node.
-    pub fn new(slot: Arc<Mutex<Option<Volume>>>, name: &str, coherence: Arc<Coherence>) -> Self {
+    /// caching attributes, and up to `data_cache_bytes` of file data, while `coherence` says
+    /// the volume's upcalls reach this node.
+    pub fn new(slot: Arc<Mutex<Option<Volume>>>, name: &str, coherence: Arc<Coherence>, data_cache_bytes: u64) -> Self {
         let nodes: Arc<Nodes> = Arc::new(Mutex::new(LruCache::new(NonZeroUsize::new(MAX_OBJECTS).expect("non-zero"))));
         let names: Arc<Names> = Arc::new(Mutex::new(NameCache::default()));
-        let (weak, weak_names) = (Arc::downgrade(&nodes), Arc::downgrade(&names));
+        let data: Arc<Data> = Arc::new(Mutex::new(DataCache::new(data_cache_bytes)));
+        let (weak, weak_names, weak_data) = (Arc::downgrade(&nodes), Arc::downgrade(&names), Arc::downgrade(&data));
         coherence.set_sink(Arc::new(move |g: &gfapi::Gfid| {
             let id = gfid_file_id(g);
+            // The file's data first: a read that finds its attributes gone and stats again
+            // must not then find the old data.
+            if let Some(data) = weak_data.upgrade() {
+                data.lock().expect("lock").invalidate(id);
+            }
             // An upcall names the changed file and, for a change of names, its directory and a
             // rename's old directory: each one's attributes go, and a directory's names too.
             if let Some(names) = weak_names.upgrade() {
@@ -209,7 +285,20 @@ impl GfapiBackend {
                 n.attr.lock().expect("lock").invalidate();
             }
         }));
-        Self { slot, name: name.to_string(), fsid: u64::from_le_bytes(volume_id(name).0), nodes, names, coherence }
+        Self {
+            slot,
+            name: name.to_string(),
+            fsid: u64::from_le_bytes(volume_id(name).0),
+            nodes,
+            names,
+            data,
+            coherence,
+        }
+    }
+
+    /// The data cache's counters.
+    pub fn data_stats(&self) -> super::data_cache::DataStats {
+        self.data.lock().expect("lock").stats()
     }
 
     /// Attributes of a cached object: from the cache while it is coherent, else from the bricks
@@ -237,6 +326,7 @@ impl GfapiBackend {
     /// attributes go.
     fn invalidate(&self, id: &FileId) {
         self.coherence.note_change();
+        self.data.lock().expect("lock").invalidate(*id);
         // A directory's names too (a create, remove or link in it; its mode for the grants).
         self.names.lock().expect("lock").invalidate(id);
         let node = self.nodes.lock().expect("lock").peek(id).cloned();
@@ -597,6 +687,86 @@ impl GfapiBackend {
         }
     }
 
+    /// Reads up to `count` bytes at `offset` of `id` for `cred` and appends them to `out`:
+    /// from the data cache while it is coherent and holds them, else from the bricks (whole
+    /// chunks then kept, see [`MIN_FILL_READ`]). Returns (bytes appended, eof, attributes).
+    fn read_to(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+        out: &mut Vec<u8>,
+    ) -> VfsResult<(u32, bool, Attr)> {
+        let vol = self.vol()?;
+        // Taken before the attributes are: whatever changes the file from here on (an upcall, a
+        // write through this node) keeps this read's data out of the cache.
+        let (ticket, cached) = {
+            let d = self.data.lock().expect("lock");
+            (d.ticket(), d.enabled())
+        };
+        let (node, attr) = self.regular(&vol, id)?;
+        if cred.uid != attr.uid && access::granted(&attr, cred, access::READ) == 0 {
+            return Err(VfsError::Access);
+        }
+        let want = (count as u64).min(attr.size.saturating_sub(offset)) as usize;
+        let epoch = self.coherence.epoch();
+        if cached && epoch != 0 && want > 0 {
+            let fill = count >= MIN_FILL_READ;
+            if let Some(n) =
+                self.read_through(&vol, (id, &node), (ticket, epoch, stamp_of(&attr)), offset, want, fill, out)?
+            {
+                return Ok((n as u32, offset + n as u64 >= attr.size, attr));
+            }
+        }
+        let f = self.io(&vol, &node)?;
+        let start = out.len();
+        out.reserve(want);
+        let n = read_pieces(&|b, at| f.read_uninit(b, at), &mut out.spare_capacity_mut()[..want], offset)?;
+        // SAFETY: read_pieces initialised the first `n` bytes after the old length.
+        unsafe { out.set_len(start + n) };
+        Ok((n as u32, offset + n as u64 >= attr.size, attr))
+    }
+
+    /// Bytes `offset..offset + want` of the file (all inside it by `stamp`) appended to `out`
+    /// from its cached chunks, the missing ones read from the bricks and kept (under `ticket`,
+    /// taken before `stamp` was), unless they are missing and `fill` is false: then `None`.
+    #[allow(clippy::too_many_arguments)]
+    fn read_through(
+        &self,
+        vol: &Volume,
+        (id, node): (&FileId, &Node),
+        (ticket, epoch, stamp): (Ticket, u64, Stamp),
+        offset: u64,
+        want: usize,
+        fill: bool,
+        out: &mut Vec<u8>,
+    ) -> VfsResult<Option<usize>> {
+        let range = chunks_of(offset, want as u64);
+        let mut held: Vec<Option<Arc<Vec<u8>>>> = {
+            let mut d = self.data.lock().expect("lock");
+            range.clone().map(|i| d.get(*id, i, epoch, stamp)).collect()
+        };
+        let missing: Vec<u64> = range.clone().zip(&held).filter(|(_, c)| c.is_none()).map(|(i, _)| i).collect();
+        if !missing.is_empty() {
+            if !fill {
+                return Ok(None);
+            }
+            let f = self.io(vol, node)?;
+            let len_of = |i: u64| CHUNK.min(stamp.size.saturating_sub(i * CHUNK)) as usize;
+            let read = read_chunks(&|b, at| f.read_uninit(b, at), &missing, &len_of)?;
+            let mut d = self.data.lock().expect("lock");
+            for (i, buf) in missing.into_iter().zip(read) {
+                let buf = Arc::new(buf);
+                // A short chunk (the file shrank meanwhile) is refused by the cache.
+                d.fill(*id, ticket, epoch, stamp, i, buf.clone());
+                held[(i - range.start) as usize] = Some(buf);
+            }
+        }
+        let chunks: Vec<Arc<Vec<u8>>> = held.into_iter().map(|c| c.expect("held or read")).collect();
+        Ok(Some(gather(&chunks, range.start, offset, want, out)))
+    }
+
     /// A POSIX byte-range lock call on `id` for lock owner `owner` (`F_SETLK`, `F_SETLKW`,
     /// `F_GETLK`), enforced by the bricks for every node: the base of the cluster-wide lock
     /// table and of the recovery lock over gfapi. Each owner gets its own descriptor.
@@ -699,16 +869,20 @@ impl Backend for GfapiBackend {
     }
 
     fn read(&self, cred: &Credentials, id: &FileId, offset: u64, count: u32) -> VfsResult<(Vec<u8>, bool, Attr)> {
-        let vol = self.vol()?;
-        let (node, attr) = self.regular(&vol, id)?;
-        if cred.uid != attr.uid && access::granted(&attr, cred, access::READ) == 0 {
-            return Err(VfsError::Access);
-        }
-        let f = self.io(&vol, &node)?;
-        let want = (count as u64).min(attr.size.saturating_sub(offset)) as usize;
-        let buf = read_new(&|b, at| f.read_uninit(b, at), want, offset)?;
-        let eof = offset + buf.len() as u64 >= attr.size;
+        let mut buf = Vec::new();
+        let (_, eof, attr) = self.read_to(cred, id, offset, count, &mut buf)?;
         Ok((buf, eof, attr))
+    }
+
+    fn read_append(
+        &self,
+        cred: &Credentials,
+        id: &FileId,
+        offset: u64,
+        count: u32,
+        out: &mut Vec<u8>,
+    ) -> VfsResult<(u32, bool, Attr)> {
+        self.read_to(cred, id, offset, count, out)
     }
 
     fn write(
@@ -1312,5 +1486,26 @@ mod tests {
             }
         };
         assert!(read_new(&failing, 8 << 20, 1 << 20).is_err(), "an error in any piece fails the read");
+    }
+
+    #[test]
+    fn chunks_gather_into_exactly_the_range_asked() {
+        let len = 3 * CHUNK as usize + 500;
+        let byte = |at: usize| (at % 251) as u8;
+        let chunk = |i: usize| Arc::new((i * CHUNK as usize..len.min((i + 1) * CHUNK as usize)).map(byte).collect());
+        let all: Vec<Arc<Vec<u8>>> = (0..4).map(chunk).collect();
+        for (offset, want) in
+            [(0, len), (10, 100), (CHUNK as usize - 3, 7), (CHUNK as usize + 9, 2 * CHUNK as usize), (len - 1, 1)]
+        {
+            let range = chunks_of(offset as u64, want as u64);
+            let mut out = b"head".to_vec();
+            let n = gather(&all[range.start as usize..range.end as usize], range.start, offset as u64, want, &mut out);
+            assert_eq!(n, want, "offset {offset} want {want}");
+            assert!(out[4..].iter().enumerate().all(|(i, b)| *b == byte(offset + i)), "offset {offset}");
+        }
+        // A chunk read short (the file shrank meanwhile): the data ends there.
+        let short = vec![all[0].clone(), Arc::new(vec![7; 10]), all[2].clone()];
+        let mut out = Vec::new();
+        assert_eq!(gather(&short, 0, 5, 3 * CHUNK as usize, &mut out), CHUNK as usize - 5 + 10);
     }
 }

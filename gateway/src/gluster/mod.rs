@@ -12,6 +12,7 @@
 
 pub mod attr_cache;
 pub mod coherence;
+pub mod data_cache;
 pub mod fuse_backend;
 pub mod gfapi;
 pub mod gfapi_backend;
@@ -52,6 +53,8 @@ pub struct GlusterService {
     stop: CancellationToken,
     /// Whether attributes may be cached over libgfapi (upcalls proved), and the cache's counters.
     coherence: Arc<coherence::Coherence>,
+    /// Bytes of file data the gfapi backend may keep (`[volume] data_cache_mib`).
+    data_cache_bytes: u64,
 }
 
 impl GlusterService {
@@ -105,7 +108,8 @@ impl GlusterService {
                 VolumeAccess::Gfapi(slot)
             }
         };
-        Ok(GlusterService { access, health, lapses, stop, coherence })
+        let data_cache_bytes = v.data_cache_mib.saturating_mul(1 << 20);
+        Ok(GlusterService { access, health, lapses, stop, coherence, data_cache_bytes })
     }
 
     /// The attribute cache's counters (gfapi access; all zero over FUSE).
@@ -144,9 +148,12 @@ impl GlusterService {
     pub fn backend(&self, volume_name: &str) -> Arc<dyn crate::vfs::Backend> {
         match &self.access {
             VolumeAccess::Fuse(m) => Arc::new(fuse_backend::FuseBackend::new(m.clone(), volume_name)),
-            VolumeAccess::Gfapi(slot) => {
-                Arc::new(gfapi_backend::GfapiBackend::new(slot.clone(), volume_name, self.coherence.clone()))
-            }
+            VolumeAccess::Gfapi(slot) => Arc::new(gfapi_backend::GfapiBackend::new(
+                slot.clone(),
+                volume_name,
+                self.coherence.clone(),
+                self.data_cache_bytes,
+            )),
         }
     }
 
