@@ -271,11 +271,13 @@ impl Cluster {
             .filter(|i| self.vms[*i].is_some())
             .map(|i| {
                 let console = self.console(i, 200);
-                let last = console
-                    .lines()
-                    .rev()
-                    .map(plain)
-                    .find(|l| !l.trim().is_empty())
+                // The banner's provisioning line once the node is up (its last line is then
+                // the login prompt), else the last thing the boot printed.
+                let mut lines = console.lines().rev().map(plain);
+                let last = lines
+                    .clone()
+                    .find(|l| l.trim_start().starts_with("provision:"))
+                    .or_else(|| lines.find(|l| !l.trim().is_empty() && !l.ends_with("login: ")))
                     .unwrap_or_else(|| "(nothing yet)".into());
                 // Only through an open connection: a new SSH handshake costs a TCG node a
                 // minute of CPU, which a progress line must not take from its boot.
