@@ -39,6 +39,10 @@ const VIPS: [&str; 3] = ["198.18.0.201", "198.18.0.202", "198.18.0.203"];
 const PROBE: &str = "198.18.0.100";
 const CLIENT: &str = "198.18.0.20/24";
 const PHASE_PORT: u16 = 7000;
+/// How often a long wait says how the nodes stand.
+const PROGRESS: Duration = Duration::from_secs(60);
+/// The poll of a check that runs `gluster volume heal info` (a whole volume client on a node).
+const HEAVY_POLL: Duration = Duration::from_secs(15);
 
 fn mac(i: usize) -> String {
     format!("52:54:00:4e:47:{:02x}", i + 1)
@@ -154,8 +158,13 @@ impl Cluster {
     /// connection per node is kept open and reused (`ControlMaster`): a new SSH handshake took
     /// 40 s on a TCG node of the loaded host, and the test runs dozens of commands.
     fn ssh(&self, i: usize, cmd: &str) -> Option<String> {
+        self.ssh_within(i, cmd, 120)
+    }
+
+    /// [`Cluster::ssh`] bounded to `secs` in all (connecting included).
+    fn ssh_within(&self, i: usize, cmd: &str, secs: u32) -> Option<String> {
         let out = Command::new("ip")
-            .args(["netns", "exec", self.probe(), "timeout", "120", "ssh", "-i"])
+            .args(["netns", "exec", self.probe(), "timeout", &secs.to_string(), "ssh", "-i"])
             .arg(&self.key)
             .args(["-o", "ControlMaster=auto", "-o", "ControlPersist=600", "-o"])
             .arg(format!("ControlPath={}/ssh-%h", self.dir.display()))
@@ -169,7 +178,7 @@ impl Cluster {
                 "-o",
                 "LogLevel=ERROR",
                 "-o",
-                "ConnectTimeout=60",
+                &format!("ConnectTimeout={}", secs.min(60)),
                 "-o",
                 "ServerAliveInterval=10",
                 "-o",
@@ -199,10 +208,31 @@ impl Cluster {
         tail(&String::from_utf8_lossy(&text), lines)
     }
 
-    /// Polls `check` every 2 s until it returns `Some`, or fails after `limit` with every
-    /// running node's console.
-    fn wait<T>(&self, what: &str, limit: Duration, mut check: impl FnMut(&Cluster) -> Option<T>) -> T {
+    /// Polls `check` every 5 s until it returns `Some`, or fails after `limit` with every
+    /// running node's console. Says what it waits for when it starts, and how each node stands
+    /// every [`PROGRESS`] while it waits.
+    fn wait<T>(&self, what: &str, limit: Duration, check: impl FnMut(&Cluster) -> Option<T>) -> T {
+        self.wait_every(what, limit, Duration::from_secs(5), check)
+    }
+
+    /// [`Cluster::wait`] polling every `every`: 2 s where the time is the figure (failover),
+    /// longer where a check runs GlusterFS's CLI on a node (each costs a TCG node seconds of CPU,
+    /// and `heal info` starts a whole volume client).
+    fn wait_every<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        every: Duration,
+        mut check: impl FnMut(&Cluster) -> Option<T>,
+    ) -> T {
         let t = Instant::now();
+        eprintln!(
+            "image_cluster: waiting for {what} (at most {} s, polled every {} s; at {:.0} s)",
+            limit.as_secs(),
+            every.as_secs(),
+            self.t0.elapsed().as_secs_f64()
+        );
+        let mut next_progress = PROGRESS;
         loop {
             if let Some(v) = check(self) {
                 eprintln!(
@@ -219,8 +249,50 @@ impl Cluster {
                     .collect();
                 panic!("{what}: not within {} s\n{consoles}{}", limit.as_secs(), self.diagnose());
             }
-            std::thread::sleep(Duration::from_secs(2));
+            if t.elapsed() >= next_progress {
+                next_progress += PROGRESS;
+                eprintln!(
+                    "image_cluster: still waiting for {what}: {:.0} s of {} s (at {:.0} s){}",
+                    t.elapsed().as_secs_f64(),
+                    limit.as_secs(),
+                    self.t0.elapsed().as_secs_f64(),
+                    self.progress()
+                );
+            }
+            std::thread::sleep(every);
         }
+    }
+
+    /// One line per running node for a wait's progress: its console's last line (the banner
+    /// or the boot step it is at) and, once SSH answers, its provisioning state and what
+    /// `nasgw status` says of each node.
+    fn progress(&self) -> String {
+        (0..3)
+            .filter(|i| self.vms[*i].is_some())
+            .map(|i| {
+                let console = self.console(i, 200);
+                // The banner's provisioning line once the node is up (its last line is then
+                // the login prompt), else the last thing the boot printed.
+                let mut lines = console.lines().rev().map(plain);
+                let last = lines
+                    .clone()
+                    .find(|l| l.trim_start().starts_with("provision:"))
+                    .or_else(|| lines.find(|l| !l.trim().is_empty() && !l.ends_with("login: ")))
+                    .unwrap_or_else(|| "(nothing yet)".into());
+                // Only through an open connection: a new SSH handshake costs a TCG node a
+                // minute of CPU, which a progress line must not take from its boot.
+                let state = if self.dir.join(format!("ssh-{}", NODES[i])).exists() {
+                    self.ssh_within(i, "cat /run/nasgw/provision 2>/dev/null; nasgw status 2>&1 | grep '^pnn:'", 20)
+                        .map_or_else(
+                            || "ssh: no answer".to_string(),
+                            |s| s.split_whitespace().collect::<Vec<_>>().join(" "),
+                        )
+                } else {
+                    "no SSH connection yet".to_string()
+                };
+                format!("\n  node{}: console `{}`; {state}", i + 1, last.trim())
+            })
+            .collect()
     }
 
     /// Whether `addr:port` accepts a TCP connection from the probe namespace.
@@ -294,7 +366,9 @@ impl Cluster {
                     "systemctl show nasgw -p NRestarts -p ActiveEnterTimestampMonotonic; ip -br addr show dev eth0; \
                            nasgw status; nasgw ip; journalctl -b -u nasgw --no-pager -o short-monotonic | tail -n 80; \
                            echo '--- glusterfs-fuse.log'; tail -n 40 /var/lib/nasgw/glusterfs-fuse.log; \
-                           echo '--- volume status'; gluster volume status smb; gluster volume heal smb info summary";
+                           echo '--- volume status'; gluster volume status smb; gluster volume heal smb info summary; \
+                           echo '--- provisioning'; journalctl -b -u nasgw-provision --no-pager -o short-monotonic | tail -n 15; \
+                           echo '--- brick log'; tail -n 20 /var/log/glusterfs/bricks/*.log";
                 let out = self.ssh(i, cmd).unwrap_or_else(|| format!("(ssh failed)\n{}", self.console(i, 30)));
                 format!("--- node{}:\n{out}\n", i + 1)
             })
@@ -326,9 +400,8 @@ impl Cluster {
     /// Whether `gluster volume status smb` on node `i` shows every brick online and the
     /// self-heal has nothing left (`heal info` counts 0 on every brick).
     fn bricks_online_and_healed(&self, i: usize) -> bool {
-        let Some(status) = self.ssh(i, "gluster volume status smb detail") else { return false };
-        let online = status.lines().filter(|l| l.starts_with("Online") && l.trim_end().ends_with(": Y")).count();
-        if online != 3 {
+        let Some(status) = self.ssh(i, "gluster volume status smb") else { return false };
+        if bricks(&status).iter().filter(|b| b.online).count() != 3 {
             return false;
         }
         let Some(heal) = self.ssh(i, "gluster volume heal smb info") else { return false };
@@ -348,6 +421,55 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// A brick's line of `gluster volume status VOL`.
+#[derive(Debug, PartialEq)]
+struct BrickStatus {
+    /// Its TCP port (`None`: N/A, the brick is down).
+    port: Option<u16>,
+    /// The Online column says Y.
+    online: bool,
+}
+
+/// The bricks `gluster volume status VOL` lists (`Brick HOST:PATH  PORT  RDMA  Y|N  PID`; a
+/// name too long for its column puts the figures on the next line).
+fn bricks(status: &str) -> Vec<BrickStatus> {
+    let mut out = Vec::new();
+    let mut lines = status.lines();
+    while let Some(l) = lines.next() {
+        let Some(rest) = l.strip_prefix("Brick ") else { continue };
+        let mut f: Vec<&str> = rest.split_whitespace().skip(1).collect();
+        if f.is_empty() {
+            f = lines.next().unwrap_or("").split_whitespace().collect();
+        }
+        if f.len() >= 3 {
+            out.push(BrickStatus { port: f[0].parse().ok(), online: f[2] == "Y" });
+        }
+    }
+    out
+}
+
+/// A console line as text: without terminal escape sequences (the boot menu's, the banner's),
+/// control characters and undecodable bytes.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, then one final letter.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if !c.is_control() && c != char::REPLACEMENT_CHARACTER {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Answers the phase the test is in to the client VM (`wget -qO- http://PROBE:7000/`).
@@ -512,6 +634,18 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
             .filter(|i| i.contains("server.tcp-user-timeout: 3") && i.contains("network.ping-timeout: 20"))
     });
     assert!(info.contains("Status: Started") && info.contains("Number of Bricks: 1 x 3 = 3"), "{info}");
+    // One max-port line in glusterd.vol, and brick ports in the range the firewall opens.
+    let max_ports = c.ssh_ok(0, "grep -c max-port /etc/glusterfs/glusterd.vol || true");
+    assert_eq!(max_ports.trim(), "1", "glusterd.vol's max-port lines");
+    let ports = c.wait("three brick ports", Duration::from_secs(300), |c| {
+        let ports: Vec<u16> =
+            bricks(&c.ssh(0, "gluster volume status smb")?).into_iter().filter_map(|b| b.port).collect();
+        (ports.len() == 3).then_some(ports)
+    });
+    assert!(
+        ports.iter().all(|p| (49152..=49251).contains(p)),
+        "brick ports outside the firewall's 49152-49251: {ports:?}"
+    );
     let created: Vec<usize> = (0..3)
         .map(|i| {
             c.ssh_ok(i, "journalctl -b -u nasgw-provision --no-pager -o cat | grep -c 'creating the volume$' || true")
@@ -545,11 +679,12 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
     c.expect(&mut client, "COPYING", Duration::from_secs(300));
     let kill_at = Instant::now();
     c.kill(killed);
-    let failover = c.wait(&format!("{vip} served by a survivor"), Duration::from_secs(300), |c| {
-        let o = c.owners(0)?;
-        let moved = o.iter().any(|(a, n)| *a == vip && n.is_some() && *n != Some(killed));
-        (moved && c.answers(&vip, 445) && c.answers(&vip, 2049)).then(|| kill_at.elapsed())
-    });
+    let failover =
+        c.wait_every(&format!("{vip} served by a survivor"), Duration::from_secs(300), Duration::from_secs(2), |c| {
+            let o = c.owners(0)?;
+            let moved = o.iter().any(|(a, n)| *a == vip && n.is_some() && *n != Some(killed));
+            (moved && c.answers(&vip, 445) && c.answers(&vip, 2049)).then(|| kill_at.elapsed())
+        });
     phase.store(2, Ordering::SeqCst);
     let copied = c.expect(&mut client, "COPIED", Duration::from_secs(1200));
     c.expect(&mut client, "PHASE2 OK", Duration::from_secs(900));
@@ -559,9 +694,10 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
     let update = update_disk(dir.path());
     let reboot_at = Instant::now();
     c.boot(killed, vec![update]);
-    let rejoin = c.wait(
+    let rejoin = c.wait_every(
         &format!("node{} back: three nodes OK, bricks online and healed", killed + 1),
         Duration::from_secs(1800),
+        HEAVY_POLL,
         |c| (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| reboot_at.elapsed()),
     );
     assert_eq!(c.known_volume_id(killed), founding_id, "the volume changed");
@@ -586,9 +722,12 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
     c.wait(&format!("node{} running slot b", killed + 1), Duration::from_secs(1200), |c| {
         c.ssh(killed, "cat /proc/cmdline").filter(|l| l.contains("root=PARTLABEL=nasgw-root-b"))
     });
-    let updated = c.wait("three nodes OK after the update, bricks online and healed", Duration::from_secs(1200), |c| {
-        (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| update_at.elapsed())
-    });
+    let updated = c.wait_every(
+        "three nodes OK after the update, bricks online and healed",
+        Duration::from_secs(1200),
+        HEAVY_POLL,
+        |c| (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| update_at.elapsed()),
+    );
     assert_eq!(c.known_uuid(killed), uuids[killed], "the update lost glusterd's state");
     assert_eq!(
         c.ssh_ok(killed, "ls /var/lib/nasgw | sort | tr '\\n' ' '"),
@@ -605,9 +744,10 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
     }
     let replace_at = Instant::now();
     c.boot(replaced, Vec::new());
-    let replacement = c.wait(
+    let replacement = c.wait_every(
         "the replaced node3: three nodes OK, its blank brick reset and healed",
         Duration::from_secs(2400),
+        HEAVY_POLL,
         |c| (c.ok_nodes(0) == 3 && c.bricks_online_and_healed(0)).then(|| replace_at.elapsed()),
     );
     assert_eq!(c.known_uuid(replaced), uuids[replaced], "the new node3 did not take its UUID");
@@ -631,4 +771,37 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
         replacement.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The progress lines show a console's text, not its escape sequences (fast: runs in CI).
+#[test]
+fn console_lines_lose_their_escapes() {
+    assert_eq!(plain("\x1b[2J\x1b[01;01H\x1b[0m\x1b[30m\x1b[47m  nasgw (slot a) \u{fffd}\r"), "  nasgw (slot a) ");
+    assert_eq!(plain("boot:"), "boot:");
+    assert_eq!(plain("\x1b"), "");
+    assert_eq!(plain("a\x1b[12"), "a");
+}
+
+/// `gluster volume status` as GlusterFS 10 prints it, an offline brick and a wrapped name
+/// included (fast: runs in CI).
+#[test]
+fn brick_lines_of_volume_status() {
+    let status = "Status of volume: smb
+Gluster process                             TCP Port  RDMA Port  Online  Pid
+------------------------------------------------------------------------------
+Brick 198.18.0.1:/data/b0/smb               49152     0          Y       1034
+Brick 198.18.0.2:/data/b0/smb               N/A       N/A        N       N/A
+Brick 198.18.0.3:/data/b0/a-very-long-brick-directory-name
+                                            49153     0          Y       998
+Self-heal Daemon on localhost               N/A       N/A        Y       1101
+";
+    assert_eq!(
+        bricks(status),
+        vec![
+            BrickStatus { port: Some(49152), online: true },
+            BrickStatus { port: None, online: false },
+            BrickStatus { port: Some(49153), online: true },
+        ]
+    );
+    assert!(bricks("Volume smb is not started").is_empty());
 }

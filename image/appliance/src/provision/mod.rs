@@ -295,6 +295,9 @@ pub fn run(cfg: &Config, watch: bool, status_file: &Path) -> Result<()> {
                 }
                 Step::Wait(why) => report(status_file, &format!("waiting: {why}")),
                 _ => {
+                    // The console banner shows this while a slow CLI call runs (a create and
+                    // the options took minutes on an emulated node), not the last wait.
+                    report(status_file, &format!("running: {line}"));
                     if let Err(e) = execute(&want, step) {
                         eprintln!("provision: {line} failed: {e:#}");
                         report(status_file, &format!("retrying: {line} failed: {e:#}"));
