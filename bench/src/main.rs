@@ -43,6 +43,9 @@ enum Only {
     Smb,
     /// GlusterFS: raw FUSE mount, nasgw (FUSE, gfapi), Samba on FUSE, Ganesha FSAL_GLUSTER.
     Gluster,
+    /// GlusterFS, the listing rows alone: a 10k-entry directory listed through nasgw gfapi and
+    /// Ganesha FSAL_GLUSTER (part of `gluster` too).
+    GlusterList,
     /// Cluster: 3 nasgw nodes vs Samba + CTDB on 3 nodes: one shared file from two clients, the SMB rows.
     Cluster,
     /// NFS locks (NLM 4): nasgw vs NFS-Ganesha with NLM and rpc.statd.
@@ -142,6 +145,9 @@ fn main() -> Result<()> {
     }
     if only.contains(&Only::Gluster) {
         groups.extend(gluster::run(&work, sizes, &rt)?);
+    }
+    if only.contains(&Only::GlusterList) && !only.contains(&Only::Gluster) {
+        groups.extend(gluster::run_listing(&work, sizes, &rt)?);
     }
     if only.contains(&Only::Cluster) {
         groups.extend(cluster::run(&work, sizes));

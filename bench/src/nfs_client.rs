@@ -155,6 +155,18 @@ impl<IO: AsyncRead + AsyncWrite + Send> Session<IO> {
         Ok(count as u64)
     }
 
+    /// Creates an empty file (CREATE UNCHECKED, mode 0644) for each of `names` in `dir`, one
+    /// request at a time; returns how many. What makes a big directory fast: no data, no COMMIT.
+    pub async fn create_empty(&mut self, dir: &nfs_fh3, names: &[String]) -> Result<u64> {
+        for n in names {
+            let how = createhow3::UNCHECKED(sattr3 { mode: Nfs3Option::Some(0o644), ..Default::default() });
+            let r =
+                self.conn.create(&CREATE3args { where_: diropargs3 { dir: dir.clone(), name: name(n) }, how }).await?;
+            ok(&format!("CREATE {n}"), r)?;
+        }
+        Ok(names.len() as u64)
+    }
+
     /// Lists `dir` with READDIRPLUS in 64 KiB pages (what `ls -l` makes a kernel client send)
     /// and returns the names, without `.` and `..`.
     pub async fn list(&mut self, dir: &nfs_fh3) -> Result<Vec<String>> {
