@@ -82,6 +82,16 @@ impl Scale {
 /// Connections per loopback source address (below nasgw's 128 per client address).
 const PER_ADDRESS: usize = 100;
 
+/// The most connections Ganesha 4.3 accepts as its `RPC_Max_Connections` (a larger value is
+/// refused as out of range and Ganesha exits at start).
+const GANESHA_MAX_CONNECTIONS: usize = 10_000;
+
+/// Idle connections Ganesha gets when `idle` are asked: what its ceiling leaves, less room
+/// for the active client's NFS and MOUNT connections.
+fn ganesha_idle(idle: usize) -> usize {
+    idle.min(GANESHA_MAX_CONNECTIONS - 16)
+}
+
 /// The huge directory's entry names.
 fn huge_entry(i: usize) -> String {
     format!("h{i:07}")
@@ -186,7 +196,7 @@ pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Vec<
     let ganesha = Ganesha::start_with_core(
         &root.join("ganesha"),
         GaneshaFsal::Vfs(&fx.data),
-        &format!("RPC_Max_Connections = {max};"),
+        &format!("RPC_Max_Connections = {};", max.min(GANESHA_MAX_CONNECTIONS)),
     );
     let mut group = Group::new(
         "Scale (NFSv3): nasgw vs NFS-Ganesha 4.3 (FSAL_VFS), many clients",
@@ -237,16 +247,23 @@ pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Vec<
     }
 
     let memory = RefCell::new(Vec::<String>::new());
-    for idle in [0, scale.idle] {
+    for asked in [0, scale.idle] {
+        let label = crate::fixture::Sizes::count_label(asked);
+        let title = if ganesha_idle(asked) < asked {
+            format!("1 client: GETATTR, {label} idle connections open (Ganesha: {})", ganesha_idle(asked))
+        } else {
+            format!("1 client: GETATTR, {label} idle connections open")
+        };
         run_row(
             &mut group,
-            &format!("1 client: GETATTR, {} idle connections open", crate::fixture::Sizes::count_label(idle)),
+            &title,
             Unit::Operations,
             s.rounds,
             &avail,
             Box::new(|i, _| {
                 let ep = ep(i)?;
                 let pid = pids[i].context("no server process")?;
+                let idle = if i == 1 { ganesha_idle(asked) } else { asked };
                 let before = rss_kib(pid)?;
                 let conns = open_idle(ep.nfs_port, idle)?;
                 let after = rss_kib(pid)?;
@@ -419,4 +436,17 @@ async fn concurrent_reads(ep: &NfsEndpoint, file: &str, n: usize, total: u64, si
         bail!("read {bytes} of {} bytes", share * n as u64);
     }
     Ok(Done { amount: bytes, elapsed: start.elapsed() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ganesha_gets_what_its_connection_ceiling_leaves() {
+        assert_eq!(ganesha_idle(300), 300);
+        assert_eq!(ganesha_idle(10_000), GANESHA_MAX_CONNECTIONS - 16);
+        // Room for the active client's NFS and MOUNT connections below the ceiling.
+        assert!(ganesha_idle(1_000_000) + 2 <= GANESHA_MAX_CONNECTIONS);
+    }
 }
