@@ -178,7 +178,7 @@ const MAKERS: usize = 16;
 const CACHE_ON_WITHIN: Duration = Duration::from_secs(90);
 
 /// Makes [`LISTED`] with `entries` empty files through a nasgw gfapi of its own ([`MAKERS`]
-/// NFS connections at once), stopped before the measured servers start, so neither has seen
+/// NFS connections at once), killed before the measured servers start, so neither has seen
 /// the files before its first listing. Returns how long it took.
 fn make_listed(work: &Path, servers: &[String], entries: usize, rt: &Runtime) -> Result<Duration> {
     let maker = nasgw::start(&work.join("nasgw-maker"), &volume(servers, "gfapi"));
@@ -306,7 +306,7 @@ fn listing_group(
     };
     group.notes.push(format!(
         "The directory's {entries} empty files were made {made} by a nasgw gfapi of its own ({MAKERS} NFS connections \
-         creating at once), stopped before the measured servers' first listing: neither had seen them. Ganesha runs \
+         creating at once), killed before the measured servers started: neither had seen them. Ganesha runs \
          with its cache settings at their defaults (no MDCACHE block, no Attr_Expiration_Time: attributes kept 60 s, \
          Dir_Chunk 128, Entries_HWMark 100000) and the volume's `features.cache-invalidation on`; nasgw's gfapi cache \
          was {} when the rows began. Each listing is one connection's READDIRPLUS in 64 KiB pages (a cold client); \
