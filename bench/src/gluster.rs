@@ -1,20 +1,26 @@
 //! GlusterFS group (issue 6): on one real replica-3 volume (three glusterd in namespaces, built
 //! by the test harness), the raw FUSE mount (`dd`: what any FUSE-based server can reach at
 //! best), nasgw over its own FUSE mount, nasgw over libgfapi, Samba's smbd sharing the FUSE
-//! mount and NFS-Ganesha with FSAL_GLUSTER, in one run.
+//! mount and NFS-Ganesha with FSAL_GLUSTER, in one run. A third table lists a directory of
+//! `Sizes::list_entries` (10k) entries through the two gfapi servers (issue 17's listing goal);
+//! its files are made through a nasgw gfapi of its own, many NFS connections at once, since
+//! one FUSE create at a time on replica 3 is too slow for it.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use nasgw_tests::anchors::{self, Ganesha, GaneshaFsal, Smbd};
 use nasgw_tests::gluster::{GlusterCluster, GlusterSpec};
 use tokio::runtime::Runtime;
 
 use crate::cpu::{self, Meter};
-use crate::fixture::{Fixture, Sizes};
+use crate::fixture::{list_entry, Fixture, Sizes};
+use crate::measure::{run_row, Done};
 use crate::nasgw;
-use crate::nfs_client::NfsEndpoint;
-use crate::table::Group;
+use crate::nfs_client::{self, NfsEndpoint};
+use crate::table::{Group, Unit};
 use crate::target::{Rows, Target};
 use crate::{nfs, smb};
 
@@ -39,14 +45,32 @@ fn smb_target(n: &nasgw::Nasgw) -> Target {
 
 /// Builds the volume, runs both tables, tears everything down. Moves the calling thread into
 /// the cluster's client namespace for the run, and back.
-pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
+/// The replica-3 volume and its client host `c1`.
+fn start_cluster() -> GlusterCluster {
     // Upcalls on, as the README tells admins and the appliance sets it: nasgw's gfapi attribute
     // cache and Ganesha's cache invalidation both use them.
-    let cluster = GlusterCluster::start(GlusterSpec {
+    GlusterCluster::start(GlusterSpec {
         clients: vec![("c1".into(), "198.18.0.10".into())],
         options: vec![("features.cache-invalidation".into(), "on".into())],
         ..Default::default()
-    });
+    })
+}
+
+/// Ganesha with FSAL_GLUSTER on the cluster's volume, every setting but the export's at its
+/// default; the reason when it did not start.
+fn start_ganesha(work: &Path, cluster: &GlusterCluster) -> Result<Ganesha, String> {
+    nasgw::quietly(|| {
+        Ganesha::start(
+            &work.join("ganesha-gluster"),
+            GaneshaFsal::Gluster { server: &cluster.nodes[0].addr, volume: &cluster.volume },
+        )
+    })
+}
+
+pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
+    let cluster = start_cluster();
+    // The big listed directory is made fast (not through FUSE), so it keeps the full size.
+    let listed_entries = sizes.list_entries;
     let client_ns = anchors::enter_netns(cluster.topo().ns("c1")).context("enter the client namespace")?;
     let mnt = cluster.mount("c1", &work.join("gluster-mnt"));
     // Replica 3 on one disk is slow (tens of small files per second through FUSE): at most 500
@@ -62,14 +86,11 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
     let fx = Fixture::create_serving(&work.join("gluster-src"), &mnt, sizes)?;
 
     let servers = cluster.servers();
+    let made = make_listed(work, &servers, listed_entries, rt).map_err(|e| format!("{e:#}"));
+    eprintln!("bench: the {listed_entries}-entry directory: {made:?}");
     let fuse = nasgw::start(&work.join("nasgw-fuse"), &volume(&servers, "fuse"));
     let gfapi = nasgw::start(&work.join("nasgw-gfapi"), &volume(&servers, "gfapi"));
-    let ganesha = nasgw::quietly(|| {
-        Ganesha::start(
-            &work.join("ganesha-gluster"),
-            GaneshaFsal::Gluster { server: &cluster.nodes[0].addr, volume: &cluster.volume },
-        )
-    });
+    let ganesha = start_ganesha(work, &cluster);
     let smbd = Smbd::start(&work.join("smbd-gluster"), &mnt);
 
     let mut nfs_group = Group::new(
@@ -77,14 +98,9 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
         &["raw FUSE (dd)", "nasgw FUSE", "nasgw gfapi", "Ganesha GLUSTER"],
         &[(2, 0), (2, 3), (1, 0)],
     );
-    let ganesha_target = match &ganesha {
-        Ok(g) => Target::Nfs(NfsEndpoint {
-            export: g.export_path.clone(),
-            nfs_port: g.nfs_port,
-            mount_port: g.mount_port,
-            metrics_port: None,
-        }),
-        Err(e) => Target::Absent(format!("Ganesha did not start: {}", e.lines().next().unwrap_or(""))),
+    let ganesha_target = match ganesha_endpoint(&ganesha) {
+        Ok(ep) => Target::Nfs(ep),
+        Err(why) => Target::Absent(why),
     };
     let fuse_client = match cluster.mount_pid(&mnt) {
         Some(pid) => cpu::track("fuse-client", pid),
@@ -100,6 +116,7 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
         &[Target::Local, nfs_target(&fuse), nfs_target(&gfapi), ganesha_target],
         Rows::Gluster,
     );
+    let listing = listing_group(listed_entries, sizes.rounds, &made, &gfapi, &ganesha, rt);
     let mut smb_group = Group::new(
         "GlusterFS replica 3 over SMB3",
         &["raw FUSE (dd)", "nasgw FUSE", "nasgw gfapi", "smbd on FUSE"],
@@ -150,5 +167,192 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
     // Out of the client namespace before the cluster's teardown kills what is left in it.
     drop(client_ns);
     cluster.teardown();
-    Ok(vec![nfs_group, smb_group])
+    Ok(vec![nfs_group, listing, smb_group])
+}
+
+/// The big listed directory's name, beside the fixture's.
+const LISTED: &str = "list-big";
+/// Connections making it at once: the bricks answer several clients' creates in parallel,
+/// where one FUSE create at a time is what makes a big directory slow to build on replica 3.
+const MAKERS: usize = 16;
+/// How long nasgw gfapi may take to prove the volume's upcalls (its cache is off until then).
+const CACHE_ON_WITHIN: Duration = Duration::from_secs(90);
+
+/// Makes [`LISTED`] with `entries` empty files through a nasgw gfapi of its own ([`MAKERS`]
+/// NFS connections at once), killed before the measured servers start, so neither has seen
+/// the files before its first listing. Returns how long it took.
+fn make_listed(work: &Path, servers: &[String], entries: usize, rt: &Runtime) -> Result<Duration> {
+    let maker = nasgw::start(&work.join("nasgw-maker"), &volume(servers, "gfapi"));
+    let made = match &maker.nfs {
+        Ok(ep) => rt.block_on(make_entries(ep, entries)),
+        Err(why) => Err(anyhow!("nasgw (maker) does not serve NFS: {why}")),
+    };
+    // Killed, not stopped: its creates were answered (on the bricks), and its clean stop once
+    // took over the harness's 40 s under load 50 (the bench then died there).
+    if let Some(d) = maker.daemon {
+        d.kill();
+    }
+    made
+}
+
+async fn make_entries(ep: &NfsEndpoint, entries: usize) -> Result<Duration> {
+    let start = Instant::now();
+    let mut s = nfs_client::connect(ep).await?;
+    let root = s.root();
+    let dir = s.mkdir(&root, LISTED).await?;
+    s.close().await?;
+    let mut set = tokio::task::JoinSet::new();
+    for m in 0..MAKERS {
+        let (ep, dir) = (ep.clone(), dir.clone());
+        let names: Vec<String> = (m..entries).step_by(MAKERS).map(list_entry).collect();
+        set.spawn(async move {
+            let mut s = nfs_client::connect(&ep).await?;
+            let n = s.create_empty(&dir, &names).await?;
+            s.close().await?;
+            anyhow::Ok(n)
+        });
+    }
+    let mut made = 0;
+    while let Some(r) = set.join_next().await {
+        made += r??;
+    }
+    if made != entries as u64 {
+        bail!("made {made} of {entries} entries");
+    }
+    Ok(start.elapsed())
+}
+
+/// Waits until `n`'s log says its gfapi attribute cache is on (upcalls proved); `false` if
+/// it did not say so within [`CACHE_ON_WITHIN`].
+fn wait_cache_on(n: &nasgw::Nasgw) -> bool {
+    let Some(d) = &n.daemon else { return false };
+    let deadline = Instant::now() + CACHE_ON_WITHIN;
+    loop {
+        if d.logs().contains("attribute cache on") {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Issue 17's listing goal: the [`LISTED`] directory listed with READDIRPLUS through nasgw
+/// gfapi and through Ganesha FSAL_GLUSTER (its cache settings left at their defaults): the
+/// first listing of each (nothing cached), then listed again `rounds` times.
+fn listing_group(
+    entries: usize,
+    rounds: usize,
+    made: &Result<Duration, String>,
+    gfapi: &nasgw::Nasgw,
+    ganesha: &Result<Ganesha, String>,
+    rt: &Runtime,
+) -> Group {
+    let label = Sizes::count_label(entries);
+    let mut group = Group::new(
+        &format!("GlusterFS replica 3: a {label}-entry directory over NFSv3"),
+        &["nasgw gfapi", "Ganesha GLUSTER"],
+        &[(0, 1)],
+    );
+    group.meters = vec![
+        gfapi.cpu.clone(),
+        ganesha.as_ref().map_or_else(|_| Meter::missing("Ganesha did not start"), nfs::ganesha_meter),
+    ];
+    let eps: Vec<Result<NfsEndpoint, String>> = vec![gfapi.nfs.clone(), ganesha_endpoint(ganesha)];
+    let avail: Vec<Result<(), String>> = eps
+        .iter()
+        .map(|e| match (made, e) {
+            (Err(why), _) => Err(format!("the directory was not made: {why}")),
+            (_, Err(why)) => Err(why.clone()),
+            _ => Ok(()),
+        })
+        .collect();
+    let cache_on = wait_cache_on(gfapi);
+    let list = |i: usize| -> Result<Done> {
+        let ep = eps[i].as_ref().map_err(|e| anyhow!("{e}"))?;
+        rt.block_on(async {
+            let mut sess = nfs_client::connect(ep).await?;
+            let root = sess.root();
+            let d = sess.lookup(&root, LISTED).await?;
+            let start = Instant::now();
+            let names = sess.list(&d).await?;
+            let elapsed = start.elapsed();
+            sess.close().await?;
+            if names.len() != entries {
+                bail!("listed {} of {entries} entries", names.len());
+            }
+            Ok(Done { amount: names.len() as u64, elapsed })
+        })
+    };
+    run_row(
+        &mut group,
+        &format!("list {label} entries, first time (READDIRPLUS)"),
+        Unit::Entries,
+        1,
+        &avail,
+        Box::new(|i, _| list(i)),
+    );
+    run_row(
+        &mut group,
+        &format!("list {label} entries again (READDIRPLUS)"),
+        Unit::Entries,
+        rounds,
+        &avail,
+        Box::new(|i, _| list(i)),
+    );
+    let made = match made {
+        Ok(t) => format!("in {:.1} s", t.as_secs_f64()),
+        Err(why) => format!("(failed: {why})"),
+    };
+    group.notes.push(format!(
+        "The directory's {entries} empty files were made {made} by a nasgw gfapi of its own ({MAKERS} NFS connections \
+         creating at once), killed before the measured servers started: neither had seen them. Ganesha runs \
+         with its cache settings at their defaults (no MDCACHE block, no Attr_Expiration_Time: attributes kept 60 s, \
+         Dir_Chunk 128, Entries_HWMark 100000) and the volume's `features.cache-invalidation on`; nasgw's gfapi cache \
+         was {} when the rows began. Each listing is one connection's READDIRPLUS in 64 KiB pages (a cold client); \
+         the first row is one listing per server, the second {rounds} round(s), interleaved.",
+        if cache_on { "on (upcalls proved)" } else { "NOT on (its log never said the upcalls were proved)" }
+    ));
+    group
+}
+
+/// Ganesha's NFS endpoint, or why there is none.
+fn ganesha_endpoint(g: &Result<Ganesha, String>) -> Result<NfsEndpoint, String> {
+    match g {
+        Ok(g) => Ok(NfsEndpoint {
+            export: g.export_path.clone(),
+            nfs_port: g.nfs_port,
+            mount_port: g.mount_port,
+            metrics_port: None,
+        }),
+        Err(e) => Err(format!("Ganesha did not start: {}", e.lines().next().unwrap_or(""))),
+    }
+}
+
+/// `--only gluster-list`: the volume, the big directory and the listing rows alone (a few
+/// minutes, where the whole GlusterFS group takes about ten).
+pub fn run_listing(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
+    let cluster = start_cluster();
+    let client_ns = anchors::enter_netns(cluster.topo().ns("c1")).context("enter the client namespace")?;
+    let mnt = cluster.mount("c1", &work.join("gluster-mnt"));
+    // The bench's NFS clients are uid 1000: they make the directory in the volume's root.
+    let opened =
+        std::fs::set_permissions(&mnt, std::fs::Permissions::from_mode(0o777)).context("chmod the volume root");
+    let servers = cluster.servers();
+    let made = opened.and_then(|()| make_listed(work, &servers, sizes.list_entries, rt)).map_err(|e| format!("{e:#}"));
+    eprintln!("bench: the {}-entry directory: {made:?}", sizes.list_entries);
+    let gfapi = nasgw::start(&work.join("nasgw-gfapi"), &volume(&servers, "gfapi"));
+    let ganesha = start_ganesha(work, &cluster);
+    let group = listing_group(sizes.list_entries, sizes.rounds, &made, &gfapi, &ganesha, rt);
+    if let Ok(g) = ganesha {
+        g.stop();
+    }
+    if let Some(d) = gfapi.daemon {
+        d.stop();
+    }
+    cluster.unmount(&mnt);
+    drop(client_ns);
+    cluster.teardown();
+    Ok(vec![group])
 }

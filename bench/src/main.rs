@@ -43,6 +43,9 @@ enum Only {
     Smb,
     /// GlusterFS: raw FUSE mount, nasgw (FUSE, gfapi), Samba on FUSE, Ganesha FSAL_GLUSTER.
     Gluster,
+    /// GlusterFS, the listing rows alone: a 10k-entry directory listed through nasgw gfapi and
+    /// Ganesha FSAL_GLUSTER (part of `gluster` too).
+    GlusterList,
     /// Cluster: 3 nasgw nodes vs Samba + CTDB on 3 nodes: one shared file from two clients, the SMB rows.
     Cluster,
     /// NFS locks (NLM 4): nasgw vs NFS-Ganesha with NLM and rpc.statd.
@@ -81,6 +84,11 @@ struct Args {
     /// Where results are saved (one markdown file per run).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     out: PathBuf,
+    /// Idle connections of the scale group's idle rows (default 10,000, or 300 with --quick):
+    /// each SMB connection costs nasgw several file descriptors, so a machine whose open-file
+    /// limit cannot be raised may hold fewer.
+    #[arg(long)]
+    scale_idle: Option<usize>,
     /// The nasgw binary; default: $NASGW_BIN, else `nasgw` next to this binary, else built.
     #[arg(long)]
     nasgw: Option<PathBuf>,
@@ -143,6 +151,9 @@ fn main() -> Result<()> {
     if only.contains(&Only::Gluster) {
         groups.extend(gluster::run(&work, sizes, &rt)?);
     }
+    if only.contains(&Only::GlusterList) && !only.contains(&Only::Gluster) {
+        groups.extend(gluster::run_listing(&work, sizes, &rt)?);
+    }
     if only.contains(&Only::Cluster) {
         groups.extend(cluster::run(&work, sizes));
     }
@@ -153,7 +164,10 @@ fn main() -> Result<()> {
         groups.extend(fuse_mount::run(&work, sizes)?);
     }
     if only.contains(&Only::Scale) {
-        let scale = if args.quick { scale::Scale::quick(&sizes) } else { scale::Scale::full(&sizes) };
+        let mut scale = if args.quick { scale::Scale::quick(&sizes) } else { scale::Scale::full(&sizes) };
+        if let Some(n) = args.scale_idle {
+            scale.idle = n;
+        }
         groups.extend(scale::run(&work, sizes, scale, &rt)?);
     }
 

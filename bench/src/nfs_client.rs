@@ -3,6 +3,7 @@
 //! single-threaded application on a kernel client would issue them (with a cold attribute cache).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use nfs3_client::io::{AsyncRead, AsyncWrite};
@@ -71,10 +72,20 @@ impl Connector for NoDelay {
     }
 }
 
+/// How long a client waits before sending a call again that was answered NFS3ERR_JUKEBOX
+/// ("busy, try later"): the Linux client's `NFS_JUKEBOX_RETRY_TIME`.
+pub const JUKEBOX_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether a call was answered NFS3ERR_JUKEBOX.
+fn is_jukebox<T, E>(r: &Nfs3Result<T, E>) -> bool {
+    matches!(r, Nfs3Result::Err((nfs3::nfsstat3::NFS3ERR_JUKEBOX, _)))
+}
+
 /// One mounted NFSv3 connection.
 pub struct Session<IO> {
     conn: Nfs3Connection<IO>,
     root: nfs_fh3,
+    jukebox_waits: u64,
 }
 
 /// Mounts `ep` as uid/gid [`UID`]/[`GID`] from a privileged port, as a kernel client does.
@@ -88,7 +99,7 @@ pub async fn connect(ep: &NfsEndpoint) -> Result<Session<TokioIo<TcpStream>>> {
         .await
         .map_err(|e| anyhow!("mount {}: {e}", ep.export))?;
     let root = conn.root_nfs_fh3();
-    Ok(Session { conn, root })
+    Ok(Session { conn, root, jukebox_waits: 0 })
 }
 
 fn name(s: &str) -> filename3<'static> {
@@ -125,17 +136,42 @@ impl<IO: AsyncRead + AsyncWrite + Send> Session<IO> {
         }
     }
 
+    /// Calls answered NFS3ERR_JUKEBOX and sent again after [`JUKEBOX_WAIT`] so far.
+    pub fn jukebox_waits(&self) -> u64 {
+        self.jukebox_waits
+    }
+
+    /// Waits [`JUKEBOX_WAIT`] after a JUKEBOX answer, as a kernel client does, and counts it.
+    async fn wait_jukebox(&mut self) {
+        self.jukebox_waits += 1;
+        tokio::time::sleep(JUKEBOX_WAIT).await;
+    }
+
     /// Creates `count` files of `data` in `dir` as `cp` on a kernel client does: CREATE
-    /// (GUARDED), WRITE (UNSTABLE), COMMIT at close. Returns the number of files.
+    /// (GUARDED), WRITE (UNSTABLE), COMMIT at close. A call answered NFS3ERR_JUKEBOX is sent
+    /// again after [`JUKEBOX_WAIT`], as the Linux client does. Returns the number of files.
     pub async fn create_files(&mut self, dir: &nfs_fh3, count: usize, data: &[u8]) -> Result<u64> {
         for i in 0..count {
             let n = format!("c{i:05}");
-            let how = createhow3::GUARDED(sattr3 { mode: Nfs3Option::Some(0o644), ..Default::default() });
-            let r =
-                self.conn.create(&CREATE3args { where_: diropargs3 { dir: dir.clone(), name: name(&n) }, how }).await?;
-            let fh = match ok(&format!("CREATE {n}"), r)?.obj {
-                Nfs3Option::Some(fh) => fh,
-                Nfs3Option::None => self.lookup(dir, &n).await?,
+            let mut waited = false;
+            let made = loop {
+                let how = createhow3::GUARDED(sattr3 { mode: Nfs3Option::Some(0o644), ..Default::default() });
+                let args = CREATE3args { where_: diropargs3 { dir: dir.clone(), name: name(&n) }, how };
+                let r = self.conn.create(&args).await?;
+                if is_jukebox(&r) {
+                    self.wait_jukebox().await;
+                    waited = true;
+                    continue;
+                }
+                break r;
+            };
+            let fh = match made {
+                // The busy answer may have come after the file was made.
+                Nfs3Result::Err((nfs3::nfsstat3::NFS3ERR_EXIST, _)) if waited => self.lookup(dir, &n).await?,
+                r => match ok(&format!("CREATE {n}"), r)?.obj {
+                    Nfs3Option::Some(fh) => fh,
+                    Nfs3Option::None => self.lookup(dir, &n).await?,
+                },
             };
             let w = WRITE3args {
                 file: fh.clone(),
@@ -144,15 +180,40 @@ impl<IO: AsyncRead + AsyncWrite + Send> Session<IO> {
                 stable: stable_how::UNSTABLE,
                 data: Opaque::borrowed(data),
             };
-            let r = self.conn.write(&w).await?;
+            let r = loop {
+                let r = self.conn.write(&w).await?;
+                if !is_jukebox(&r) {
+                    break r;
+                }
+                self.wait_jukebox().await;
+            };
             let done = ok(&format!("WRITE {n}"), r)?.count as usize;
             if done != data.len() {
                 bail!("WRITE {n}: short write {done} of {}", data.len());
             }
-            let r = self.conn.commit(&COMMIT3args { file: fh, offset: 0, count: 0 }).await?;
+            let c = COMMIT3args { file: fh, offset: 0, count: 0 };
+            let r = loop {
+                let r = self.conn.commit(&c).await?;
+                if !is_jukebox(&r) {
+                    break r;
+                }
+                self.wait_jukebox().await;
+            };
             ok(&format!("COMMIT {n}"), r)?;
         }
         Ok(count as u64)
+    }
+
+    /// Creates an empty file (CREATE UNCHECKED, mode 0644) for each of `names` in `dir`, one
+    /// request at a time; returns how many. What makes a big directory fast: no data, no COMMIT.
+    pub async fn create_empty(&mut self, dir: &nfs_fh3, names: &[String]) -> Result<u64> {
+        for n in names {
+            let how = createhow3::UNCHECKED(sattr3 { mode: Nfs3Option::Some(0o644), ..Default::default() });
+            let r =
+                self.conn.create(&CREATE3args { where_: diropargs3 { dir: dir.clone(), name: name(n) }, how }).await?;
+            ok(&format!("CREATE {n}"), r)?;
+        }
+        Ok(names.len() as u64)
     }
 
     /// Lists `dir` with READDIRPLUS in 64 KiB pages (what `ls -l` makes a kernel client send)
@@ -230,5 +291,19 @@ impl<IO: AsyncRead + AsyncWrite + Send> Session<IO> {
     pub async fn close(self) -> Result<()> {
         self.conn.unmount().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_jukebox_is_waited_out() {
+        assert!(is_jukebox(&Nfs3Result::<(), ()>::Err((nfs3::nfsstat3::NFS3ERR_JUKEBOX, ()))));
+        assert!(!is_jukebox(&Nfs3Result::<(), ()>::Err((nfs3::nfsstat3::NFS3ERR_EXIST, ()))));
+        assert!(!is_jukebox(&Nfs3Result::<(), ()>::Ok(())));
+        // The Linux client's NFS_JUKEBOX_RETRY_TIME.
+        assert_eq!(JUKEBOX_WAIT, Duration::from_secs(5));
     }
 }

@@ -82,6 +82,16 @@ impl Scale {
 /// Connections per loopback source address (below nasgw's 128 per client address).
 const PER_ADDRESS: usize = 100;
 
+/// The most connections Ganesha 4.3 accepts as its `RPC_Max_Connections` (a larger value is
+/// refused as out of range and Ganesha exits at start).
+const GANESHA_MAX_CONNECTIONS: usize = 10_000;
+
+/// Idle connections Ganesha gets when `idle` are asked: what its ceiling leaves, less room
+/// for the active client's NFS and MOUNT connections.
+fn ganesha_idle(idle: usize) -> usize {
+    idle.min(GANESHA_MAX_CONNECTIONS - 16)
+}
+
 /// The huge directory's entry names.
 fn huge_entry(i: usize) -> String {
     format!("h{i:07}")
@@ -165,16 +175,32 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
-/// Raises this process's open-file limit (inherited by the servers it starts).
-fn raise_nofile(want: u64) {
+/// Raises this process's open-file limit (inherited by the servers it starts) and returns the
+/// limit in force afterwards: raising the hard limit needs CAP_SYS_RESOURCE, which a container
+/// may withhold.
+fn raise_nofile(want: u64) -> u64 {
     let lim = libc::rlimit { rlim_cur: want, rlim_max: want };
-    // SAFETY: setrlimit reads a valid struct.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    // SAFETY: setrlimit and getrlimit read and write a valid struct.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut now);
+            // Up to the hard limit at least.
+            now.rlim_cur = now.rlim_max.min(want);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &now);
+            return now.rlim_cur;
+        }
+    }
+    want
 }
 
 /// Runs the scale group under `work`: the NFS table, then the SMB one.
 pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Vec<Group>> {
-    raise_nofile((scale.idle as u64 * 2 + 4096).max(65_536));
+    let want = (scale.idle as u64 * 2 + 4096).max(65_536);
+    let nofile = raise_nofile(want);
+    if nofile < want {
+        eprintln!("bench: scale: open files limited to {nofile} (wanted {want}): servers may run out of descriptors");
+    }
     let root = work.join("scale");
     let fx = Fixture::create(&root, sizes)?;
     let huge = "huge";
@@ -186,7 +212,7 @@ pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Vec<
     let ganesha = Ganesha::start_with_core(
         &root.join("ganesha"),
         GaneshaFsal::Vfs(&fx.data),
-        &format!("RPC_Max_Connections = {max};"),
+        &format!("RPC_Max_Connections = {};", max.min(GANESHA_MAX_CONNECTIONS)),
     );
     let mut group = Group::new(
         "Scale (NFSv3): nasgw vs NFS-Ganesha 4.3 (FSAL_VFS), many clients",
@@ -206,47 +232,26 @@ pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Vec<
     let ep = |i: usize| eps[i].as_ref().map_err(|e| anyhow::anyhow!("{e}"));
     let s = sizes;
 
-    for n in scale.clients {
-        run_row(
-            &mut group,
-            &format!("{n} clients: 4 KiB creates, {} each", scale.files_per_client),
-            Unit::Files,
-            s.rounds,
-            &avail,
-            Box::new(|i, r| {
-                let ep = ep(i)?.clone();
-                let dirs: Vec<String> = (0..n).map(|c| format!("s{n}-{i}-{r}-{c}")).collect();
-                let out = rt.block_on(concurrent_creates(&ep, &dirs, scale.files_per_client, s.small_size));
-                for d in &dirs {
-                    fx.remove(d);
-                }
-                out
-            }),
-        );
-        run_row(
-            &mut group,
-            &format!("{n} clients: read {} MiB together (1 MiB READs)", scale.read_total >> 20),
-            Unit::Megabytes,
-            s.rounds,
-            &avail,
-            Box::new(|i, _| {
-                crate::fixture::preload(&fx.data.join(fx.read_name))?;
-                rt.block_on(concurrent_reads(ep(i)?, fx.read_name, n, scale.read_total, s.bulk_bytes))
-            }),
-        );
-    }
-
+    // The idle rows first: on a machine whose open-file ceiling is low, Ganesha's cache of
+    // descriptors of the files the many-client rows write would leave no room for the sockets.
     let memory = RefCell::new(Vec::<String>::new());
-    for idle in [0, scale.idle] {
+    for asked in [0, scale.idle] {
+        let label = crate::fixture::Sizes::count_label(asked);
+        let title = if ganesha_idle(asked) < asked {
+            format!("1 client: GETATTR, {label} idle connections open (Ganesha: {})", ganesha_idle(asked))
+        } else {
+            format!("1 client: GETATTR, {label} idle connections open")
+        };
         run_row(
             &mut group,
-            &format!("1 client: GETATTR, {} idle connections open", crate::fixture::Sizes::count_label(idle)),
+            &title,
             Unit::Operations,
             s.rounds,
             &avail,
             Box::new(|i, _| {
                 let ep = ep(i)?;
                 let pid = pids[i].context("no server process")?;
+                let idle = if i == 1 { ganesha_idle(asked) } else { asked };
                 let before = rss_kib(pid)?;
                 let conns = open_idle(ep.nfs_port, idle)?;
                 let after = rss_kib(pid)?;
@@ -276,6 +281,48 @@ pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Vec<
         );
     }
     group.notes.extend(memory.into_inner());
+    let jukebox = RefCell::new(Vec::<String>::new());
+    for n in scale.clients {
+        run_row(
+            &mut group,
+            &format!("{n} clients: 4 KiB creates, {} each", scale.files_per_client),
+            Unit::Files,
+            s.rounds,
+            &avail,
+            Box::new(|i, r| {
+                let ep = ep(i)?.clone();
+                let dirs: Vec<String> = (0..n).map(|c| format!("s{n}-{i}-{r}-{c}")).collect();
+                let out = rt.block_on(concurrent_creates(&ep, &dirs, scale.files_per_client, s.small_size));
+                for d in &dirs {
+                    fx.remove(d);
+                }
+                let (done, waits) = out?;
+                if waits > 0 {
+                    jukebox.borrow_mut().push(format!(
+                        "{n} clients' creates, round {}: {} answered NFS3ERR_JUKEBOX {waits} time(s); each time the client \
+                         waited {} s and sent the call again, as the Linux client does (the row's time includes it).",
+                        r + 1,
+                        ["nasgw", "Ganesha"][i],
+                        nfs_client::JUKEBOX_WAIT.as_secs()
+                    ));
+                }
+                Ok(done)
+            }),
+        );
+        run_row(
+            &mut group,
+            &format!("{n} clients: read {} MiB together (1 MiB READs)", scale.read_total >> 20),
+            Unit::Megabytes,
+            s.rounds,
+            &avail,
+            Box::new(|i, _| {
+                crate::fixture::preload(&fx.data.join(fx.read_name))?;
+                rt.block_on(concurrent_reads(ep(i)?, fx.read_name, n, scale.read_total, s.bulk_bytes))
+            }),
+        );
+    }
+
+    group.notes.extend(jukebox.into_inner());
 
     let label = crate::fixture::Sizes::count_label(scale.huge_entries);
     run_row(
@@ -342,6 +389,12 @@ pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Vec<
         d.stop();
     }
     smb_rows?;
+    if nofile < want {
+        group.notes.push(format!(
+            "Open files: the bench could not raise its limit to {want} (no CAP_SYS_RESOURCE here); it and every server \
+             ran with {nofile}, counting sockets and open files together."
+        ));
+    }
     group.notes.push(
         "All clients are `nfs3_client` connections (AUTH_UNIX uid 1000) driven by one thread of the bench, \
          one request in flight per connection: with many clients the client side may bound the aggregate rows \
@@ -353,8 +406,9 @@ pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Vec<
     Ok(vec![group, smb_group])
 }
 
-/// `dirs.len()` clients at once, each creating `per` files of `size` bytes in its own directory.
-async fn concurrent_creates(ep: &NfsEndpoint, dirs: &[String], per: usize, size: usize) -> Result<Done> {
+/// `dirs.len()` clients at once, each creating `per` files of `size` bytes in its own directory;
+/// also returns how many calls the server answered NFS3ERR_JUKEBOX (each waited out).
+async fn concurrent_creates(ep: &NfsEndpoint, dirs: &[String], per: usize, size: usize) -> Result<(Done, u64)> {
     let mut sessions = Vec::new();
     for d in dirs {
         let mut sess = nfs_client::connect(ep).await?;
@@ -369,15 +423,18 @@ async fn concurrent_creates(ep: &NfsEndpoint, dirs: &[String], per: usize, size:
         let block = block.clone();
         set.spawn(async move {
             let n = sess.create_files(&fh, per, &block).await?;
+            let waits = sess.jukebox_waits();
             sess.close().await?;
-            anyhow::Ok(n)
+            anyhow::Ok((n, waits))
         });
     }
-    let mut total = 0;
+    let (mut total, mut waits) = (0, 0);
     while let Some(r) = set.join_next().await {
-        total += r??;
+        let (n, w) = r??;
+        total += n;
+        waits += w;
     }
-    Ok(Done { amount: total, elapsed: start.elapsed() })
+    Ok((Done { amount: total, elapsed: start.elapsed() }, waits))
 }
 
 /// `n` clients at once reading `total` bytes of `file` together (each its share, from its own
@@ -419,4 +476,17 @@ async fn concurrent_reads(ep: &NfsEndpoint, file: &str, n: usize, total: u64, si
         bail!("read {bytes} of {} bytes", share * n as u64);
     }
     Ok(Done { amount: bytes, elapsed: start.elapsed() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ganesha_gets_what_its_connection_ceiling_leaves() {
+        assert_eq!(ganesha_idle(300), 300);
+        assert_eq!(ganesha_idle(10_000), GANESHA_MAX_CONNECTIONS - 16);
+        // Room for the active client's NFS and MOUNT connections below the ceiling.
+        assert!(ganesha_idle(1_000_000) + 2 <= GANESHA_MAX_CONNECTIONS);
+    }
 }
