@@ -206,7 +206,7 @@ mod tests {
     use super::*;
     use crate::locks::mesh::{decode_msg, open_frame};
     use tokio::io::AsyncReadExt;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::{TcpSocket, TcpStream};
 
     /// Reads `n` frames sealed with `key` from `seq` 0 and returns their views, in order.
     async fn read_views(rd: &mut TcpStream, key: &[u8; 32], n: usize) -> Vec<u64> {
@@ -226,9 +226,15 @@ mod tests {
         views
     }
 
+    /// A connected pair on loopback with small buffers, so a few hundred KiB fill them.
     async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let ls = TcpSocket::new_v4().unwrap();
+        ls.set_recv_buffer_size(4096).unwrap();
+        ls.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l = ls.listen(8).unwrap();
+        let s = TcpSocket::new_v4().unwrap();
+        s.set_send_buffer_size(4096).unwrap();
+        let a = s.connect(l.local_addr().unwrap()).await.unwrap();
         let (b, _) = l.accept().await.unwrap();
         (a, b)
     }
@@ -247,8 +253,8 @@ mod tests {
             tokio::spawn(async move { out.drive(1, &wr).await })
         };
         // Four threads queue under one lock (the service's), as the machine's outputs are, and
-        // write after releasing it; 64 KiB payloads fill the socket long before the reader
-        // starts, so most bytes go out through the link's task.
+        // write after releasing it; 8 KiB payloads fill the small socket buffers long before
+        // the reader starts, so most bytes go out through the link's task.
         let order = Arc::new(Mutex::new(0u64));
         let threads: Vec<_> = (0..4)
             .map(|_| {
@@ -258,7 +264,7 @@ mod tests {
                         let mut dirty = Dirty::default();
                         {
                             let mut n = order.lock().unwrap();
-                            out.queue(1, Msg::Event { view: *n, payload: vec![7; 64 << 10] }, &mut dirty);
+                            out.queue(1, Msg::Event { view: *n, payload: vec![7; 8 << 10] }, &mut dirty);
                             *n += 1;
                         }
                         out.flush(dirty);
