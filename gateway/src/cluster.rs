@@ -151,8 +151,8 @@ pub async fn lock_service(cluster: &ClusterConfig, life: &Lifecycle) -> Result<A
         request_timeout: Duration::from_secs(10),
         max_idle_delegations: 65_536,
     };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let svc = LockService::clustered(cfg, tx);
+    let outbox = crate::locks::outbox::Outbox::new(cfg.me, cfg.nodes);
+    let svc = LockService::clustered(cfg, outbox.clone());
     let mesh = MeshConfig {
         me: s.me as u16,
         nodes: s.nodes.clone(),
@@ -160,7 +160,7 @@ pub async fn lock_service(cluster: &ClusterConfig, life: &Lifecycle) -> Result<A
         key: s.key.derive(b"lock-mesh"),
         incarnation,
     };
-    crate::locks::mesh::start(mesh, svc.clone(), rx, life.stop.clone()).await?;
+    crate::locks::mesh::start(mesh, svc.clone(), outbox, life.stop.clone()).await?;
     Ok(svc)
 }
 

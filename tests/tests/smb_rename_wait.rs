@@ -130,3 +130,29 @@ fn a_cancel_or_a_close_ends_a_waiting_rename_with_nothing_renamed() {
     drop((c, c2));
     assert!(d.stop().success());
 }
+
+/// Another open of a renamed file deletes it under its new name: `h2` (DELETE access) set
+/// delete-pending after `h1` renamed the file, and `h2`'s close is the last. A file made
+/// under the old name meanwhile is not the one deleted (the binary before the fix looked the
+/// old name up at that close: it deleted that other file and left the renamed one).
+#[test]
+fn the_last_close_of_another_open_deletes_a_renamed_file_under_its_new_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, smb) = start(dir.path());
+    let data = dir.path().join("data");
+    let mut c = SmbClient::spawn_local();
+    c.ok(json!({"op": "connect", "c": "a", "host": "127.0.0.1", "port": smb}));
+    c.ok(json!({"op": "open", "c": "a", "h": "h1", "path": "old.txt", "access": RW_DELETE}));
+    c.ok(json!({"op": "open", "c": "a", "h": "h2", "path": "old.txt", "access": RW_DELETE, "disposition": OPEN}));
+    c.ok(json!({"op": "rename", "h": "h1", "to": "new.txt"}));
+    c.ok(json!({"op": "open", "c": "a", "h": "h3", "path": "old.txt", "access": RW_DELETE}));
+    c.ok(json!({"op": "close", "h": "h3"}));
+    c.ok(json!({"op": "delete", "h": "h2"}));
+    c.ok(json!({"op": "close", "h": "h1"}));
+    assert!(data.join("new.txt").exists(), "delete-pending until the last close");
+    c.ok(json!({"op": "close", "h": "h2"}));
+    assert!(!data.join("new.txt").exists(), "the renamed file was deleted at its last close");
+    assert!(data.join("old.txt").exists(), "the file made under the old name stays");
+    drop(c);
+    assert!(d.stop().success());
+}

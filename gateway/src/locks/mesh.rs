@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::machine::Msg;
+use super::outbox::Outbox;
 use super::service::LockService;
 use crate::vfs::FileId;
 
@@ -113,21 +114,47 @@ pub fn session_keys(key: &[u8], dialer: &[u8; HELLO_LEN], acceptor: &[u8; HELLO_
     (mac(&k, &[b"dialer->acceptor"]), mac(&k, &[b"acceptor->dialer"]))
 }
 
+/// A direction key made ready for tagging frames (the key's HMAC blocks computed once, cloned
+/// for each frame).
+#[derive(Clone)]
+pub struct FrameMac(HmacSha256);
+
+impl FrameMac {
+    /// For direction key `key`.
+    pub fn new(key: &[u8; 32]) -> FrameMac {
+        FrameMac(<HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes any key length"))
+    }
+
+    fn tagger(&self, seq: u64, payload: &[u8]) -> HmacSha256 {
+        let mut m = self.0.clone();
+        m.update(&seq.to_le_bytes());
+        m.update(payload);
+        m
+    }
+}
+
 /// Frames `payload` as the `seq`th frame of a direction.
 pub fn seal_frame(key: &[u8; 32], seq: u64, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(4 + payload.len() + TAG);
-    v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    v.extend_from_slice(payload);
-    v.extend_from_slice(&mac(key, &[&seq.to_le_bytes(), payload])[..TAG]);
+    seal_into(&mut v, &FrameMac::new(key), seq, payload);
     v
+}
+
+/// Appends `payload` to `out` framed as the `seq`th frame of a direction.
+pub fn seal_into(out: &mut Vec<u8>, mac: &FrameMac, seq: u64, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&mac.tagger(seq, payload).finalize().into_bytes()[..TAG]);
 }
 
 /// Checks the tag of the `seq`th frame's `payload` (constant time).
 pub fn open_frame(key: &[u8; 32], seq: u64, payload: &[u8], tag: &[u8]) -> bool {
-    let mut m = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
-    m.update(&seq.to_le_bytes());
-    m.update(payload);
-    m.verify_truncated_left(tag).is_ok()
+    open_frame_with(&FrameMac::new(key), seq, payload, tag)
+}
+
+/// [`open_frame`] with the key made ready once.
+pub fn open_frame_with(mac: &FrameMac, seq: u64, payload: &[u8], tag: &[u8]) -> bool {
+    mac.tagger(seq, payload).verify_truncated_left(tag).is_ok()
 }
 
 /// Decodes a message payload (bounded by the frame limit; never panics).
@@ -150,11 +177,12 @@ pub struct MeshConfig {
     pub incarnation: u64,
 }
 
-/// Starts the mesh: listens, dials the higher-numbered nodes, and carries `outgoing` to them.
+/// Starts the mesh: listens, dials the higher-numbered nodes, and sends what the service
+/// queues in `outbox`.
 pub async fn start(
     cfg: MeshConfig,
     service: Arc<LockService>,
-    mut outgoing: mpsc::UnboundedReceiver<(u16, Msg<FileId>)>,
+    outbox: Arc<Outbox>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let me_addr = SocketAddr::new(cfg.nodes[cfg.me as usize], cfg.port);
@@ -163,62 +191,43 @@ pub async fn start(
         .map_err(|e| anyhow::anyhow!("cannot listen for the lock mesh on {me_addr} (TCP): {e}"))?;
     let cfg = Arc::new(cfg);
     let n = cfg.nodes.len();
-    let mut to_peer: Vec<Option<mpsc::UnboundedSender<Vec<u8>>>> = vec![None; n];
     let mut inbound: Vec<Option<mpsc::UnboundedSender<Inbound>>> = vec![None; n];
     for p in 0..n as u16 {
         if p == cfg.me {
             continue;
         }
-        let (tx, rx) = mpsc::unbounded_channel();
         let (itx, irx) = mpsc::unbounded_channel();
-        to_peer[p as usize] = Some(tx);
         inbound[p as usize] = Some(itx);
-        tokio::spawn(peer_loop(cfg.clone(), p, service.clone(), rx, irx, stop.clone()));
+        tokio::spawn(peer_loop(cfg.clone(), p, service.clone(), outbox.clone(), irx, stop.clone()));
     }
     // Accept: identify the peer by its hello and address, hand the stream to its loop.
-    {
-        let cfg = cfg.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, from) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-                };
-                let cfg = cfg.clone();
-                let inbound = inbound.clone();
-                tokio::spawn(async move {
-                    let mut b = [0u8; HELLO_LEN];
-                    let read = tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut b)).await;
-                    if !matches!(read, Ok(Ok(_))) {
-                        return;
-                    }
-                    let Some(h) = decode_hello(&b, &cfg.key, None) else {
-                        tracing::warn!(%from, "lock mesh: connection with a bad hello refused (wrong cluster secret?)");
-                        return;
-                    };
-                    let known = cfg.nodes.get(h.from as usize).is_some_and(|a| *a == from.ip());
-                    if h.to != cfg.me || h.from >= cfg.me || !known {
-                        tracing::warn!(%from, claimed = h.from, "lock mesh: hello from an address that is not that node's; refused");
-                        return;
-                    }
-                    if let Some(Some(tx)) = inbound.get(h.from as usize) {
-                        let _ = tx.send((s, b));
-                    }
-                });
-            }
-        });
-    }
-    // Route outgoing messages to their peer's loop.
     tokio::spawn(async move {
-        while let Some((to, msg)) = outgoing.recv().await {
-            let Some(Some(tx)) = to_peer.get(to as usize) else { continue };
-            match postcard::to_allocvec(&msg) {
-                Ok(b) if b.len() <= MAX_FRAME => {
-                    let _ = tx.send(b);
+        loop {
+            let (mut s, from) = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            };
+            let cfg = cfg.clone();
+            let inbound = inbound.clone();
+            tokio::spawn(async move {
+                let mut b = [0u8; HELLO_LEN];
+                let read = tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut b)).await;
+                if !matches!(read, Ok(Ok(_))) {
+                    return;
                 }
-                _ => tracing::error!(to, "lock mesh: message too large to send; dropped"),
-            }
+                let Some(h) = decode_hello(&b, &cfg.key, None) else {
+                    tracing::warn!(%from, "lock mesh: connection with a bad hello refused (wrong cluster secret?)");
+                    return;
+                };
+                let known = cfg.nodes.get(h.from as usize).is_some_and(|a| *a == from.ip());
+                if h.to != cfg.me || h.from >= cfg.me || !known {
+                    tracing::warn!(%from, claimed = h.from, "lock mesh: hello from an address that is not that node's; refused");
+                    return;
+                }
+                if let Some(Some(tx)) = inbound.get(h.from as usize) {
+                    let _ = tx.send((s, b));
+                }
+            });
         }
     });
     Ok(())
@@ -242,7 +251,7 @@ async fn peer_loop(
     cfg: Arc<MeshConfig>,
     peer: u16,
     service: Arc<LockService>,
-    mut out: mpsc::UnboundedReceiver<Vec<u8>>,
+    outbox: Arc<Outbox>,
     mut inbound: mpsc::UnboundedReceiver<Inbound>,
     stop: CancellationToken,
 ) {
@@ -273,16 +282,19 @@ async fn peer_loop(
             }
             continue;
         };
-        // Messages queued while the link was down belong to a view that is over: drop them.
-        while out.try_recv().is_ok() {}
         let _ = stream.set_nodelay(true);
-        let (rd, mut wr) = stream.into_split();
+        let (rd, wr) = stream.into_split();
+        let wr = Arc::new(wr);
+        // From here on callers write their frames themselves (see `outbox`); what was queued
+        // while the link was down belongs to a view that is over and is dropped.
+        outbox.attach(peer, wr.clone(), FrameMac::new(&send_key), send_seq);
         // Frames come in bursts (a request and the update or delegation behind it): read them
         // from a buffer, not two system calls each.
         let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
         service.link(peer, true);
         tracing::info!(peer, "lock mesh: link up");
         let svc = service.clone();
+        let recv_mac = FrameMac::new(&recv_key);
         let reader = async move {
             let mut seq = recv_seq;
             loop {
@@ -294,7 +306,7 @@ async fn peer_loop(
                 }
                 let mut buf = vec![0u8; len + TAG];
                 rd.read_exact(&mut buf).await?;
-                if !open_frame(&recv_key, seq, &buf[..len], &buf[len..]) {
+                if !open_frame_with(&recv_mac, seq, &buf[..len], &buf[len..]) {
                     anyhow::bail!("frame failed authentication");
                 }
                 seq += 1;
@@ -304,27 +316,12 @@ async fn peer_loop(
             #[allow(unreachable_code)]
             Ok::<(), anyhow::Error>(())
         };
-        let writer = async {
-            let mut seq = send_seq;
-            let mut batch = Vec::new();
-            while let Some(b) = out.recv().await {
-                // Everything queued meanwhile goes out in the same write.
-                batch.clear();
-                batch.extend_from_slice(&seal_frame(&send_key, seq, &b));
-                seq += 1;
-                while batch.len() < 256 << 10 {
-                    let Ok(b) = out.try_recv() else { break };
-                    batch.extend_from_slice(&seal_frame(&send_key, seq, &b));
-                    seq += 1;
-                }
-                wr.write_all(&batch).await?;
-            }
-            Ok::<(), anyhow::Error>(())
-        };
+        // What callers could not write at once (a full socket) is written here.
+        let writer = outbox.drive(peer, &wr);
         let why: Option<anyhow::Error> = tokio::select! {
             _ = stop.cancelled() => None,
             r = reader => Some(r.err().unwrap_or_else(|| anyhow::anyhow!("closed"))),
-            r = writer => Some(r.err().unwrap_or_else(|| anyhow::anyhow!("closed"))),
+            r = writer => Some(r.err().map_or_else(|| anyhow::anyhow!("closed"), anyhow::Error::from)),
             // A peer that restarted dials again: once its new connection authenticates, it
             // replaces this one.
             a = inbound.recv(), if !dial => match a {
@@ -335,6 +332,7 @@ async fn peer_loop(
                 None => None,
             },
         };
+        outbox.detach(peer);
         service.link(peer, false);
         match why {
             None => return,

@@ -12,7 +12,8 @@
 //!   only node using it, replicas, views rebuilt from every node's holdings, fencing): a pure
 //!   state machine, exercised by `sim` (tests) under loss, partitions, crashes and restarts;
 //! - [`interest`]: which nodes want the change events the others make (pure);
-//! - [`mesh`]: authenticated TCP links between nodes;
+//! - [`mesh`]: authenticated TCP links between nodes; [`outbox`]: their sending side, written
+//!   by the caller that produced a message;
 //! - [`service`]: the async facade over the machine that the protocols call.
 //!
 //! Keys are persistent file identities ([`crate::vfs::FileId`]), never paths: a rename does not
@@ -21,6 +22,7 @@
 pub mod interest;
 pub mod machine;
 pub mod mesh;
+pub mod outbox;
 pub mod posix_view;
 pub mod record;
 pub mod service;

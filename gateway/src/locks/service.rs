@@ -2,8 +2,9 @@
 //! own mount) call, asynchronous and fallible because a decision may be made on another node. It
 //! wraps one [`Machine`] behind a mutex: a request runs the machine in place, so when this node
 //! decides (a single node, a file whose home is here, a file delegated here) the answer is ready
-//! before the call returns, with no hand-off to another task; otherwise the call waits for the
-//! answer the mesh brings back. A background task ticks the machine (break timeouts, pings,
+//! before the call returns, with no hand-off to another task; otherwise the call writes its
+//! request to the home's link itself ([`super::outbox`]) and waits for the answer the mesh
+//! brings back (the home's link reader decides and writes the answer the same way). A background task ticks the machine (break timeouts, pings,
 //! views) and feeds it what HA says.
 
 use std::collections::HashMap;
@@ -11,10 +12,11 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::machine::{Answer, Config, HaInput, Input, Machine, Msg, Op, OpenEntry, Outcome, Output};
+use super::outbox::{Dirty, Outbox};
 use super::record::{BreakNotice, CloseOutcome, FileRecord, Granted, OpenRequest};
 use super::types::{Conflict, LeaseId, OpenKey, Owner, RangeLock};
 use crate::vfs::FileId;
@@ -39,6 +41,15 @@ pub type InterestAckSink = Box<dyn Fn(u64) + Send + Sync>;
 /// Holders of the leases of one client GUID (see [`LockService::add_lease_holder`]).
 type LeaseHolder = ([u8; 16], Arc<dyn Holders>);
 
+/// What a call does once it has released the machine's lock.
+#[derive(Default)]
+struct Later {
+    /// Peers to write to.
+    dirty: Dirty,
+    /// Breaks, evictions and events to hand on.
+    outputs: Vec<Output<FileId>>,
+}
+
 struct State {
     m: Machine<FileId>,
     next_rid: u64,
@@ -53,7 +64,7 @@ pub struct LockService {
     t0: Instant,
     me: u16,
     next_seq: AtomicU64,
-    net: Option<mpsc::UnboundedSender<(u16, Msg<FileId>)>>,
+    net: Option<Arc<Outbox>>,
     licensed: watch::Sender<bool>,
     holders: OnceLock<Arc<dyn Holders>>,
     /// Holders of leases whose client GUID is the key (the node's own mount), besides SMB's.
@@ -89,13 +100,14 @@ impl LockService {
         s
     }
 
-    /// A node of a cluster: `net` takes the messages for peers (the mesh), which call
-    /// [`LockService::receive`] and [`LockService::link`] with what arrives.
-    pub fn clustered(cfg: Config, net: mpsc::UnboundedSender<(u16, Msg<FileId>)>) -> Arc<LockService> {
+    /// A node of a cluster: `net` takes the messages for peers (the mesh, which calls
+    /// [`LockService::receive`] and [`LockService::link`] with what arrives); a call writes
+    /// its own messages once it has released the machine.
+    pub fn clustered(cfg: Config, net: Arc<Outbox>) -> Arc<LockService> {
         Self::new(cfg, Some(net))
     }
 
-    fn new(cfg: Config, net: Option<mpsc::UnboundedSender<(u16, Msg<FileId>)>>) -> Arc<LockService> {
+    fn new(cfg: Config, net: Option<Arc<Outbox>>) -> Arc<LockService> {
         let clustered = net.is_some();
         // Open keys start at this run's start time in microseconds: a restarted node never
         // reuses one its previous run handed out.
@@ -210,8 +222,10 @@ impl LockService {
         self.feed(if up { Input::LinkUp(peer) } else { Input::LinkDown(peer) });
     }
 
-    fn apply(&self, st: &mut State, outs: Vec<Output<FileId>>) -> Vec<Output<FileId>> {
-        let mut later = Vec::new();
+    /// Carries out what must happen under the machine's lock (answers, queuing messages in the
+    /// machine's order); the rest, and writing the queued messages, is for [`Self::after`].
+    fn apply(&self, st: &mut State, outs: Vec<Output<FileId>>) -> Later {
+        let mut later = Later::default();
         for o in outs {
             match o {
                 Output::Reply { rid, outcome } => {
@@ -221,7 +235,7 @@ impl LockService {
                 }
                 Output::Send { to, msg } => {
                     if let Some(net) = &self.net {
-                        let _ = net.send((to, msg));
+                        net.queue(to, msg, &mut later.dirty);
                     }
                 }
                 Output::Changed(f) => {
@@ -242,15 +256,18 @@ impl LockService {
                 }
                 Output::RemoteInterest(level) => self.remote_interest.store(level, Ordering::SeqCst),
                 other @ (Output::Break { .. } | Output::Evicted | Output::Event(_) | Output::InterestAcked(_)) => {
-                    later.push(other)
+                    later.outputs.push(other)
                 }
             }
         }
         later
     }
 
-    fn after(&self, later: Vec<Output<FileId>>) {
-        for o in later {
+    fn after(&self, later: Later) {
+        if let Some(net) = &self.net {
+            net.flush(later.dirty);
+        }
+        for o in later.outputs {
             if let Output::InterestAcked(seq) = &o {
                 if let Some(sink) = self.interest_acked.get() {
                     sink(*seq);

@@ -75,6 +75,19 @@ use crate::vfs::{FileId, Namespace};
 /// Default of [`SmbServer::idle_without_session`].
 pub const IDLE_WITHOUT_SESSION: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Where an open file is, as the opens of this node know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenPath {
+    /// The open's file (a stream open: the stream).
+    pub file: FileId,
+    /// The share's root.
+    pub root: FileId,
+    /// The directory holding it.
+    pub parent: FileId,
+    /// Its share-relative path.
+    pub path: Vec<String>,
+}
+
 /// Server-wide SMB state shared by every connection.
 pub struct SmbServer {
     /// Name clients see (NTLMSSP target, srvsvc).
@@ -114,9 +127,10 @@ pub struct SmbServer {
     /// closed (a client that connects and sends nothing, or stops half way through logon,
     /// holds a descriptor and a thread).
     pub idle_without_session: std::time::Duration,
-    /// Share-relative path of every open file, by share root: a directory with open files
-    /// below it cannot be renamed.
-    pub open_paths: std::sync::Mutex<std::collections::HashMap<OpenKey, (FileId, Vec<String>)>>,
+    /// Where every open file is now (a directory with open files below it cannot be renamed;
+    /// a rename moves every open of the file on this node, so the last close deletes a
+    /// delete-on-close file under its new name).
+    pub open_paths: std::sync::Mutex<std::collections::HashMap<OpenKey, OpenPath>>,
     /// Alternate data streams open on this node, per file (deletion rules between a file and
     /// its streams).
     pub open_streams: streams::OpenStreams,
@@ -223,7 +237,7 @@ impl SmbServer {
     }
 
     /// Records (or with `None` forgets) where open `key` is.
-    pub fn track_path(&self, key: OpenKey, at: Option<(FileId, Vec<String>)>) {
+    pub fn track_path(&self, key: OpenKey, at: Option<OpenPath>) {
         let mut m = self.open_paths.lock().unwrap_or_else(|e| e.into_inner());
         match at {
             Some(v) => {
@@ -235,10 +249,26 @@ impl SmbServer {
         }
     }
 
+    /// Forgets where open `key` is, and says where it was last (after any rename of its file
+    /// through this node, by whichever open).
+    pub fn untrack_path(&self, key: OpenKey) -> Option<OpenPath> {
+        self.open_paths.lock().unwrap_or_else(|e| e.into_inner()).remove(&key)
+    }
+
+    /// `file` was renamed through share `root` to `path` in directory `parent`: every open of
+    /// it through that share on this node is there now.
+    pub fn moved(&self, file: FileId, root: FileId, parent: FileId, path: &[String]) {
+        let mut m = self.open_paths.lock().unwrap_or_else(|e| e.into_inner());
+        for at in m.values_mut().filter(|at| at.file == file && at.root == root) {
+            at.parent = parent;
+            at.path = path.to_vec();
+        }
+    }
+
     /// Whether some open other than `except` is below directory `dir` of share `root`.
     pub fn has_open_below(&self, root: FileId, dir: &[String], except: OpenKey) -> bool {
         let m = self.open_paths.lock().unwrap_or_else(|e| e.into_inner());
-        m.iter().any(|(k, (r, p))| *k != except && *r == root && p.len() > dir.len() && p.starts_with(dir))
+        m.iter().any(|(k, at)| *k != except && at.root == root && at.path.len() > dir.len() && at.path.starts_with(dir))
     }
 
     /// A fresh identity for a new open, unique in the cluster.

@@ -40,7 +40,11 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         tracing::warn!(error = %e, file = %crate::logging::untrusted(f.name()), "SMB: data written through a closed handle failed to reach the volume");
     }
     crate::smb::write_time::closed(server, &f).await;
-    server.track_path(f.key, None);
+    // Where the file is now: another open of it on this node may have renamed it.
+    let (parent, path) = match server.untrack_path(f.key) {
+        Some(at) => (at.parent, at.path),
+        None => (f.parent, f.path.clone()),
+    };
     server.resume_keys.forget(f.key);
     if f.is_dir {
         server.watches.forget(f.key);
@@ -55,8 +59,8 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         } else {
             crate::vfs::changes::what::SIZE | crate::vfs::changes::what::LAST_WRITE
         };
-        if let Some(name) = f.path.last() {
-            server.ns.modified(f.parent, name.as_bytes(), bits).await;
+        if let Some(name) = path.last() {
+            server.ns.modified(parent, name.as_bytes(), bits).await;
         }
     }
     let out = match server.locks.close(&f.id, f.key).await {
@@ -88,20 +92,20 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
             }
         }
     } else if out.delete {
-        let deferred = match f.path.last() {
+        let deferred = match path.last() {
             Some(name) if !f.is_dir => server.open_streams.defer_delete(
                 &f.id,
-                crate::smb::streams::DeferredDelete { parent: f.parent, name: name.clone(), cred: f.cred.clone() },
+                crate::smb::streams::DeferredDelete { parent, name: name.clone(), cred: f.cred.clone() },
             ),
             _ => false,
         };
         if deferred {
             // Its streams are still open: it is deleted when the last of them closes.
-        } else if let Some(name) = f.path.last() {
+        } else if let Some(name) = path.last() {
             let r = if f.is_dir {
-                server.ns.rmdir(&f.cred, f.parent, name.as_bytes()).await
+                server.ns.rmdir(&f.cred, parent, name.as_bytes()).await
             } else {
-                server.ns.remove(&f.cred, f.parent, name.as_bytes()).await
+                server.ns.remove(&f.cred, parent, name.as_bytes()).await
             };
             if let Err(e) = r {
                 tracing::info!(error = %e, "SMB: delete-on-close failed");

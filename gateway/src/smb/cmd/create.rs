@@ -766,7 +766,10 @@ impl Opening {
             _ => 0,
         };
         b.allocation = b.allocation.max(initial_allocation);
-        server.track_path(key, Some((self.root, self.comps.clone())));
+        server.track_path(
+            key,
+            Some(crate::smb::OpenPath { file: id, root: self.root, parent: self.parent, path: self.comps.clone() }),
+        );
         let (oplock, lease_ctx) = match &self.lease_req {
             Some(l) => {
                 (leases::level::LEASE, Some(leases::lease_response_as(l, g.version, g.state, g.epoch, g.breaking)))

@@ -132,7 +132,10 @@ pub(super) async fn reclaim(
         let oplock_fid = leases::is_oplock(&l).then_some((pid, vol));
         server.breaks.hold(l, held.file, oplock_fid, conn.link.notices.clone());
     }
-    server.track_path(new, Some((held.root, held.path.clone())));
+    server.track_path(
+        new,
+        Some(crate::smb::OpenPath { file: held.file, root: held.root, parent: held.parent, path: held.path.clone() }),
+    );
     let file = FileOpen {
         id: held.file,
         parent: held.parent,

@@ -164,7 +164,7 @@ pub async fn open(
         eof: size,
         attributes: stream_attributes(fs::attributes(&base_attr, &dos, comps.last().map_or("", String::as_str))),
     };
-    server.track_path(key, Some((root, comps.clone())));
+    server.track_path(key, Some(crate::smb::OpenPath { file: id, root, parent, path: comps.clone() }));
     let session_id = hdr.session_id;
     let file = FileOpen {
         id,

@@ -528,7 +528,9 @@ async fn rename(
             }
             _ => ns.rename(&h.cred, h.parent, old_name.as_bytes(), to_dir, new_name.as_bytes()).await?,
         }
-        server.track_path(h.key, Some((h.root, comps.clone())));
+        // Every open of the file on this node is there now (another open's delete-on-close
+        // removes the new name).
+        server.moved(h.id, h.root, to_dir, &comps);
         // Queued before the reply leaves: the connection applies it before the client's next
         // request (see `open_updates`).
         let _ = updates.send(OpenUpdate {
