@@ -102,6 +102,9 @@ fn opens_over_glusterfs_behave_as_on_a_local_file_system() {
         let dir = root.path().join(&name);
         std::fs::create_dir_all(dir.join("mnt")).unwrap();
         let _unmount = Unmount(dir.join("mnt"));
+        // nasgw's read-only guard under its GlusterFS mount was seen left behind in the
+        // shared mount namespace after a stop; never leave it to the machine.
+        let _guard = Unmount(dir.join("state/mnt"));
         let config = format!(
             "{}[nfs]\nenabled = false\n[smb]\nenabled = false\n[fuse]\nmountpoint = \"{{dir}}/mnt\"\npassthrough = {passthrough}\n[node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n",
             cluster.nasgw_volume_toml(0, access)
