@@ -3,7 +3,7 @@
 //! GlusterFS-FUSE backend (passthrough on and off) and with gfapi; the cases that pass on the
 //! mount must include the committed list `tests/fuse/pjdfstest-gluster-passes.txt` (what
 //! passed in all three; `NASGW_WRITE_PASSES=1` rewrites it). [`KNOWN`] names the cases that
-//! pass on GlusterFS's own mount and not yet on nasgw's (README, FUSE row).
+//! pass on GlusterFS's own mount and not yet on nasgw's (none now).
 //!
 //! Several minutes on the 2-core CI machine (four pjdfstest runs on a volume): ignored by the
 //! default run; the README's command runs it
@@ -17,15 +17,10 @@ use nasgw_tests::pjdfstest::{self, Outcome};
 use nasgw_tests::{wait_for, Daemon, Unmount};
 
 /// (configuration, case): passes on GlusterFS's own mount, fails on nasgw's mount. Still to fix;
-/// a case listed here that passes again is printed, to be taken off.
-const KNOWN: &[(&str, &str)] = &[
-    // EIO from ftruncate/posix_fallocate on a descriptor of a file created with mode 0 when the
-    // open has a passthrough backing file on the GlusterFS-FUSE backend.
-    ("fuse-true", "ftruncate::affected_create_flags_only"),
-    ("fuse-true", "posix_fallocate::affected_only_create_flags"),
-    // gfapi: the space of a file unlinked while open is not seen freed by statvfs at close.
-    ("gfapi-false", "unlink::open_file_not_freed"),
-];
+/// a case listed here that passes again is printed, to be taken off. None now: the last three
+/// (a mode-0 file's creator refused the kernel's passthrough reopen, an unlinked open file on
+/// gfapi) have their own quick test, `gluster_mount_opens`.
+const KNOWN: &[(&str, &str)] = &[];
 
 fn mounted(p: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

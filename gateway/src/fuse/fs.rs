@@ -25,8 +25,10 @@ use fuser::{
 
 use super::convert::{attr as fuse_attr, errno, groups_of_status, kind, set_attr};
 use super::inodes::{generation, Inodes};
+use super::passthrough;
 use super::sharing::{bounded, Invalidator, MountSharing};
 use crate::locks::{Conflict, LockService, OpenKey, Owner, RangeLock};
+use crate::vfs::backend::HeldFile;
 use crate::vfs::{
     access, Attr, CreateHow, Credentials, FileId, FileType, Namespace, SetAttr, SpecialFile, Stability, Timestamp,
     VfsError,
@@ -81,6 +83,10 @@ struct OpenFile {
     /// through nasgw use it, and it keeps a file removed while open readable, as on any
     /// local file system. `None` on backends without one (gfapi): the namespace is used.
     data: Option<Arc<File>>,
+    /// Where `data` is `None` (gfapi): the backend's hold on the file, so that the file stays
+    /// readable and writable through this open after its last name is removed (reads and
+    /// writes go through the namespace while the file has a name).
+    held: Option<Arc<dyn HeldFile>>,
     /// Reads and writes go straight to `data` in the kernel (passthrough).
     passthrough: bool,
     /// Written through nasgw since the last flush.
@@ -227,10 +233,12 @@ impl VolumeFs {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn new_fh(
         &self,
         file: FileId,
         data: Option<Arc<File>>,
+        held: Option<Arc<dyn HeldFile>>,
         passthrough: bool,
         key: Option<OpenKey>,
         write: bool,
@@ -238,15 +246,28 @@ impl VolumeFs {
     ) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let seen = Mutex::new((a.size, a.mtime));
-        let open = OpenFile { file, data, passthrough, wrote: AtomicBool::new(false), key, write, seen };
+        let open = OpenFile { file, data, held, passthrough, wrote: AtomicBool::new(false), key, write, seen };
         self.opens.lock().expect("opens lock").insert(fh, Arc::new(open));
         FileHandle(fh)
     }
 
-    /// A descriptor of `file` some open still holds: what is left of a file removed while
-    /// open (the kernel asks for its attributes by inode, without the handle).
-    fn held(&self, file: &FileId) -> Option<Arc<File>> {
-        self.opens.lock().expect("opens lock").values().find(|o| o.file == *file).and_then(|o| o.data.clone())
+    /// The open `fh`, else an open of `file` that still holds it: what is left of a file
+    /// removed while open (the kernel asks for its attributes by inode, without the handle).
+    fn holder(&self, fh: Option<FileHandle>, file: &FileId) -> Option<Arc<OpenFile>> {
+        let holds = |o: &OpenFile| o.data.is_some() || o.held.is_some();
+        fh.and_then(|fh| self.open_of(fh))
+            .filter(|o| holds(o))
+            .or_else(|| self.opens.lock().expect("opens lock").values().find(|o| o.file == *file && holds(o)).cloned())
+    }
+
+    /// An open served through nasgw: its own descriptor where the backend has one, else the
+    /// backend's hold on the file.
+    fn through_nasgw(&self, id: &FileId, write: bool) -> (Option<Arc<File>>, Option<Arc<dyn HeldFile>>) {
+        let backend = self.ns.backend();
+        match backend.open_data(id, write) {
+            Ok(fd) => (Some(Arc::new(File::from(fd))), None),
+            Err(_) => (None, backend.hold(id).ok()),
+        }
     }
 
     fn open_of(&self, fh: FileHandle) -> Option<Arc<OpenFile>> {
@@ -284,6 +305,25 @@ impl VolumeFs {
                 self.passthrough.store(false, Ordering::Relaxed);
                 None
             }
+        }
+    }
+
+    /// Whether the kernel's reopen of the backing file as the opener will succeed
+    /// (`passthrough.rs`): always on a local file system; on others (GlusterFS's FUSE client)
+    /// where the file's mode bits grant `cred` (`None`: read from the request when needed)
+    /// the open's access.
+    fn reopen_ok(&self, req: &Request, cred: Option<&Credentials>, a: &Attr, oflags: i32) -> bool {
+        if !self.passthrough.load(Ordering::Relaxed) || self.ns.backend().is_local() || req.uid() == 0 {
+            return true;
+        }
+        match cred {
+            Some(c) => passthrough::reopen_allowed(a, c, oflags),
+            // The owner's bits decide for the owner, whatever its groups: no /proc read.
+            None if req.uid() == a.uid => {
+                let owner = Credentials { uid: a.uid, gid: req.gid(), groups: Vec::new() };
+                passthrough::reopen_allowed(a, &owner, oflags)
+            }
+            None => passthrough::reopen_allowed(a, &caller(req), oflags),
         }
     }
 
@@ -382,13 +422,17 @@ impl Filesystem for VolumeFs {
         }
         match run(self.ns.getattr(id)) {
             // A file removed while open (`fstat` of its descriptor): its own descriptor.
-            Err(VfsError::Stale | VfsError::NotFound) => {
-                let held = fh.and_then(|fh| self.open_of(fh)).and_then(|o| o.data.clone()).or_else(|| self.held(&id));
-                match held.map(|f| f.metadata()) {
-                    Some(Ok(m)) => reply.attr(&TTL, &super::convert::attr_of_metadata(&m, ino.0)),
-                    _ => reply.error(Errno::ENOENT),
-                }
-            }
+            Err(VfsError::Stale | VfsError::NotFound) => match self.holder(fh, &id) {
+                Some(o) => match (&o.data, &o.held) {
+                    (Some(f), _) => match f.metadata() {
+                        Ok(m) => reply.attr(&TTL, &super::convert::attr_of_metadata(&m, ino.0)),
+                        Err(e) => reply.error(io_errno(&e)),
+                    },
+                    (None, Some(h)) => self.attr_reply(reply, ino, h.getattr()),
+                    (None, None) => reply.error(Errno::ENOENT),
+                },
+                None => reply.error(Errno::ENOENT),
+            },
             r => self.attr_reply(reply, ino, r),
         }
     }
@@ -431,14 +475,15 @@ impl Filesystem for VolumeFs {
         match run(self.ns.setattr(&cred, id, set)) {
             // `ftruncate` of a file removed while open: through its descriptor.
             Err(VfsError::Stale | VfsError::NotFound) if set == (SetAttr { size, ..SetAttr::default() }) => {
-                let Some(f) =
-                    fh.and_then(|fh| self.open_of(fh)).and_then(|o| o.data.clone()).or_else(|| self.held(&id))
-                else {
-                    return reply.error(Errno::ENOENT);
-                };
-                match f.set_len(size.unwrap_or(0)).and_then(|()| f.metadata()) {
-                    Ok(m) => reply.attr(&TTL, &super::convert::attr_of_metadata(&m, ino.0)),
-                    Err(e) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))),
+                let Some(o) = self.holder(fh, &id) else { return reply.error(Errno::ENOENT) };
+                let size = size.unwrap_or(0);
+                match (&o.data, &o.held) {
+                    (Some(f), _) => match f.set_len(size).and_then(|()| f.metadata()) {
+                        Ok(m) => reply.attr(&TTL, &super::convert::attr_of_metadata(&m, ino.0)),
+                        Err(e) => reply.error(io_errno(&e)),
+                    },
+                    (None, Some(h)) => self.attr_reply(reply, ino, h.set_len(size).and_then(|()| h.getattr())),
+                    (None, None) => reply.error(Errno::ENOENT),
                 }
             }
             r => self.attr_reply(reply, ino, r),
@@ -583,7 +628,7 @@ impl Filesystem for VolumeFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let id = match self.id(ino) {
             Ok(id) => id,
             Err(e) => return reply.error(e),
@@ -602,19 +647,26 @@ impl Filesystem for VolumeFs {
             Err(e) => return reply.error(e),
         };
         let key = shared.map(|s| s.key);
-        match self.backing(id, |f| reply.open_backing(f)) {
+        // An open refused passthrough (by the reopen's permission check) is direct I/O: the
+        // kernel refuses (EIO) an open using the page cache while the inode has passthrough
+        // opens, and one refused passthrough while it has such opens.
+        let pass = self.reopen_ok(req, None, &a, flags.0);
+        let backing = if pass { self.backing(id, |f| reply.open_backing(f)) } else { None };
+        match backing {
             Some((b, f)) => {
-                reply.opened_passthrough(self.new_fh(id, Some(f), true, key, write, &a), FopenFlags::empty(), &b)
+                reply.opened_passthrough(self.new_fh(id, Some(f), None, true, key, write, &a), FopenFlags::empty(), &b)
             }
             None => {
-                let data = self.ns.backend().open_data(&id, write).ok().map(|fd| Arc::new(File::from(fd)));
+                let (data, held) = self.through_nasgw(&id, write);
                 // The page cache stays only while the mount's read lease held since it was filled.
-                let keep = if shared.is_some_and(|s| s.keep_cache) {
+                let keep = if !pass {
+                    FopenFlags::FOPEN_DIRECT_IO
+                } else if shared.is_some_and(|s| s.keep_cache) {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
                 };
-                reply.opened(self.new_fh(id, data, false, key, write, &a), keep)
+                reply.opened(self.new_fh(id, data, held, false, key, write, &a), keep)
             }
         }
     }
@@ -651,6 +703,14 @@ impl Filesystem for VolumeFs {
         // The kernel checked the descriptor's access mode at open.
         match run(self.ns.read(&Credentials::root(), open.file, offset, size)) {
             Ok((data, _, _)) => reply.data(&data),
+            // Removed while open: through the backend's hold on it.
+            Err(VfsError::Stale | VfsError::NotFound) if open.held.is_some() => {
+                match open.held.as_ref().map(|h| h.read(offset, size)) {
+                    Some(Ok(data)) => reply.data(&data),
+                    Some(Err(e)) => reply.error(errno(e)),
+                    None => reply.error(Errno::ENOENT),
+                }
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -689,6 +749,18 @@ impl Filesystem for VolumeFs {
         }
         match run(self.ns.write_from(&Credentials::root(), open.file, offset, data, stable)) {
             Ok((n, _, _)) => reply.written(n),
+            // Removed while open: through the backend's hold on it.
+            Err(VfsError::Stale | VfsError::NotFound) if open.held.is_some() => {
+                let h = open.held.as_ref().expect("held");
+                let r = h.write(offset, data).and_then(|()| match stable {
+                    Stability::Unstable => Ok(()),
+                    _ => h.sync(),
+                });
+                match r {
+                    Ok(()) => reply.written(data.len() as u32),
+                    Err(e) => reply.error(errno(e)),
+                }
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -708,8 +780,11 @@ impl Filesystem for VolumeFs {
                 return reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)));
             }
         } else if open.wrote.swap(false, Ordering::Relaxed) {
-            if let Err(e) = run(self.ns.flush(open.file)) {
-                return reply.error(errno(e));
+            match run(self.ns.flush(open.file)) {
+                // Removed while open: nobody else can open it to see the writes.
+                Ok(()) | Err(VfsError::Stale | VfsError::NotFound) if open.held.is_some() => {}
+                Ok(()) => {}
+                Err(e) => return reply.error(errno(e)),
             }
         }
         if open.write {
@@ -744,9 +819,24 @@ impl Filesystem for VolumeFs {
         reply.ok()
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         match self.id(ino).map(|id| run(self.ns.fsync(id))) {
             Ok(Ok(())) => reply.ok(),
+            // Removed while open: through the open's descriptor or the backend's hold on it.
+            Ok(Err(VfsError::Stale | VfsError::NotFound)) => match self.open_of(fh) {
+                Some(o) => match (&o.data, &o.held) {
+                    (Some(f), _) => match f.sync_all() {
+                        Ok(()) => reply.ok(),
+                        Err(e) => reply.error(io_errno(&e)),
+                    },
+                    (None, Some(h)) => match h.sync() {
+                        Ok(()) => reply.ok(),
+                        Err(e) => reply.error(errno(e)),
+                    },
+                    (None, None) => reply.error(Errno::ENOENT),
+                },
+                None => reply.error(Errno::ENOENT),
+            },
             Ok(Err(e)) => reply.error(errno(e)),
             Err(e) => reply.error(e),
         }
@@ -1071,18 +1161,23 @@ impl Filesystem for VolumeFs {
                 return reply.error(e);
             }
         };
-        match self.backing(id, |f| reply.open_backing(f)) {
+        // The creator of a file whose mode refuses it (`open(O_CREAT | O_RDWR, 0)`) may use
+        // it, but the kernel's reopen of a backing file on GlusterFS would be refused.
+        let pass = self.reopen_ok(req, Some(&cred), &a, flags);
+        let backing = if pass { self.backing(id, |f| reply.open_backing(f)) } else { None };
+        match backing {
             Some((b, f)) => reply.created_passthrough(
                 &TTL,
                 &fa,
                 g,
-                self.new_fh(id, Some(f), true, key, write, &a),
+                self.new_fh(id, Some(f), None, true, key, write, &a),
                 FopenFlags::empty(),
                 &b,
             ),
             None => {
-                let data = self.ns.backend().open_data(&id, write).ok().map(|fd| Arc::new(File::from(fd)));
-                reply.created(&TTL, &fa, g, self.new_fh(id, data, false, key, write, &a), FopenFlags::empty())
+                let (data, held) = self.through_nasgw(&id, write);
+                let direct = if pass { FopenFlags::empty() } else { FopenFlags::FOPEN_DIRECT_IO };
+                reply.created(&TTL, &fa, g, self.new_fh(id, data, held, false, key, write, &a), direct)
             }
         }
     }
@@ -1122,6 +1217,11 @@ async fn lock_bounded(
             Err(Conflict::Unavailable)
         }
     }
+}
+
+/// The errno of a failed system call on a descriptor.
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 fn lock_errno(c: Conflict) -> Errno {

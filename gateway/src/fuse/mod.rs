@@ -6,6 +6,8 @@
 //!   leaves, replaced at the next start.
 //! - `inodes.rs`: FUSE node ids = the files' inode numbers (NFS `fileid`), with lookup counts.
 //! - `convert.rs`: attributes, errors and attribute changes between FUSE and the namespace.
+//! - `passthrough.rs`: whether an open may get a passthrough backing file (the kernel reopens
+//!   it as the opener; a backing file system that checks permissions may refuse that).
 //! - `sharing.rs`: the mount in the cluster's file-sharing state (share modes, lease breaks both
 //!   ways) and the kernel told of changes made elsewhere (`notify_inval_*`).
 //! - `fs.rs`: the file system: one namespace call per kernel request, as the calling process,
@@ -19,6 +21,7 @@ pub mod convert;
 pub mod fs;
 pub mod inodes;
 pub mod mountpoint;
+pub mod passthrough;
 pub mod sharing;
 
 use std::path::PathBuf;

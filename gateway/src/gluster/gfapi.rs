@@ -697,6 +697,23 @@ impl File {
         Ok(())
     }
 
+    /// The open file's attributes (`glfs_fstat`): still answered after its last name is gone
+    /// (link count 0), as long as this descriptor holds it.
+    pub fn stat(&self) -> io::Result<libc::stat> {
+        let mut st = MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: fd open; st is a valid buffer libgfapi fills on success.
+        check(unsafe { self.conn.lib.glfs_fstat(self.fd, st.as_mut_ptr()) })?;
+        // SAFETY: zeroed and filled by a successful glfs_fstat.
+        Ok(unsafe { st.assume_init() })
+    }
+
+    /// Sets the open file's size (`glfs_ftruncate`).
+    pub fn set_len(&self, size: u64) -> io::Result<()> {
+        let len = i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+        // SAFETY: fd open; stats not wanted (NULL).
+        check(unsafe { self.conn.lib.glfs_ftruncate(self.fd, len, std::ptr::null_mut(), std::ptr::null_mut()) })
+    }
+
     /// Makes written data stable on the bricks (NFS COMMIT, SMB FLUSH).
     pub fn fsync(&self) -> io::Result<()> {
         // SAFETY: fd open; stats not wanted.

@@ -24,6 +24,7 @@ use super::data_cache::{chunks_of, DataCache, Stamp, Ticket, CHUNK};
 use super::fuse_backend::{gfid_file_id, volume_id, ROOT_GFID};
 use super::gfapi::{self, DirEntryPlus, File, Object, Volume};
 use super::name_cache::{Grant, Known, Listed, NameCache};
+use crate::vfs::backend::HeldFile;
 use crate::vfs::posix::identity::Identity;
 use crate::vfs::{
     access, Attr, Backend, CreateHow, Credentials, DirEntry, FileId, FileType, FsStat, Name, ReadDir, SetAttr, SetTime,
@@ -178,6 +179,27 @@ fn xattr_error(e: std::io::Error) -> VfsError {
         Some(libc::E2BIG | libc::ERANGE | libc::ENOSPC) => VfsError::NoSpace,
         Some(libc::ENODATA) => VfsError::NotFound,
         _ => e.into(),
+    }
+}
+
+/// A file's attributes from libgfapi's `stat`, on the volume of file-system id `fsid`.
+fn attr_of(st: &libc::stat, fsid: u64) -> Attr {
+    let mode = st.st_mode;
+    Attr {
+        ftype: FileType::from_mode(mode),
+        mode: mode & 0o7777,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: st.st_size as u64,
+        used: st.st_blocks as u64 * 512,
+        rdev: (libc::major(st.st_rdev), libc::minor(st.st_rdev)),
+        fsid,
+        fileid: st.st_ino,
+        atime: ts(st.st_atime, st.st_atime_nsec),
+        mtime: ts(st.st_mtime, st.st_mtime_nsec),
+        ctime: ts(st.st_ctime, st.st_ctime_nsec),
+        btime: None,
     }
 }
 
@@ -349,23 +371,7 @@ impl GfapiBackend {
     }
 
     fn attr(&self, st: &libc::stat) -> Attr {
-        let mode = st.st_mode;
-        Attr {
-            ftype: FileType::from_mode(mode),
-            mode: mode & 0o7777,
-            nlink: st.st_nlink as u32,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            size: st.st_size as u64,
-            used: st.st_blocks as u64 * 512,
-            rdev: (libc::major(st.st_rdev), libc::minor(st.st_rdev)),
-            fsid: self.fsid,
-            fileid: st.st_ino,
-            atime: ts(st.st_atime, st.st_atime_nsec),
-            mtime: ts(st.st_mtime, st.st_mtime_nsec),
-            ctime: ts(st.st_ctime, st.st_ctime_nsec),
-            btime: None,
-        }
+        attr_of(st, self.fsid)
     }
 
     /// The cached object of `id`, or the object made from its GFID (no lookup by path).
@@ -783,6 +789,15 @@ impl GfapiBackend {
 use std::os::unix::ffi::OsStrExt;
 
 impl Backend for GfapiBackend {
+    fn hold(&self, id: &FileId) -> VfsResult<Arc<dyn HeldFile>> {
+        let vol = self.vol()?;
+        // The file's cached I/O descriptor (one per file, shared with SMB and NFS): held here,
+        // it outlives the cache's entry, which a remove drops.
+        let node = self.node(&vol, id)?;
+        let file = self.io(&vol, &node)?;
+        Ok(Arc::new(GfapiHeld { file, fsid: self.fsid }))
+    }
+
     fn owner_locks(&self, id: &FileId, owner: &[u8]) -> VfsResult<Box<dyn crate::vfs::backend::OwnerLocks>> {
         let vol = self.vol()?;
         let (node, _) = self.regular(&vol, id)?;
@@ -1409,6 +1424,35 @@ impl Backend for GfapiBackend {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// A file held open for an open through the node's FUSE mount ([`Backend::hold`]): a glfs_fd
+/// keeps the file in the brick's unlink directory after its last name is removed.
+struct GfapiHeld {
+    file: Arc<File>,
+    fsid: u64,
+}
+
+impl HeldFile for GfapiHeld {
+    fn getattr(&self) -> VfsResult<Attr> {
+        Ok(attr_of(&self.file.stat()?, self.fsid))
+    }
+
+    fn read(&self, offset: u64, count: u32) -> VfsResult<Vec<u8>> {
+        Ok(read_new(&|b, at| self.file.read_uninit(b, at), count as usize, offset)?)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> VfsResult<()> {
+        Ok(self.file.write_all_at(data, offset)?)
+    }
+
+    fn set_len(&self, size: u64) -> VfsResult<()> {
+        Ok(self.file.set_len(size)?)
+    }
+
+    fn sync(&self) -> VfsResult<()> {
+        Ok(self.file.fsync()?)
     }
 }
 

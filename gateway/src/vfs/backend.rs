@@ -297,6 +297,15 @@ pub trait Backend: Send + Sync + 'static {
         Err(VfsError::NotSupported)
     }
 
+    /// Holds regular file `id` open for one open through the node's FUSE mount, on backends
+    /// without descriptors of their own ([`Backend::open_data`]; gfapi): while the result
+    /// lives, the file stays on the volume after its last name is removed, and it answers for
+    /// the file then, as a local file system keeps an unlinked open file. The caller checked
+    /// the opener's permission already. [`VfsError::NotSupported`] (the default) elsewhere.
+    fn hold(&self, _id: &FileId) -> VfsResult<std::sync::Arc<dyn HeldFile>> {
+        Err(VfsError::NotSupported)
+    }
+
     /// Names in `dir` were changed elsewhere (another node's change broadcast): whatever the
     /// backend remembers of the directory's names goes. Default: it remembers none.
     fn forget_names(&self, _dir: &FileId) {}
@@ -308,6 +317,25 @@ pub trait Backend: Send + Sync + 'static {
     fn release_removed(&self) -> usize {
         0
     }
+}
+
+/// A regular file a backend holds open for an open through the node's FUSE mount
+/// ([`Backend::hold`]): what still reaches the file once its last name is gone.
+pub trait HeldFile: Send + Sync {
+    /// The file's attributes (link count 0 once its last name is gone).
+    fn getattr(&self) -> VfsResult<Attr>;
+
+    /// Up to `count` bytes at `offset` (fewer at the end of the file).
+    fn read(&self, offset: u64, count: u32) -> VfsResult<Vec<u8>>;
+
+    /// Writes all of `data` at `offset`.
+    fn write(&self, offset: u64, data: &[u8]) -> VfsResult<()>;
+
+    /// Sets the file's size.
+    fn set_len(&self, size: u64) -> VfsResult<()>;
+
+    /// Makes the file's written data stable.
+    fn sync(&self) -> VfsResult<()>;
 }
 
 /// One lock owner's locks on one file of the volume ([`Backend::owner_locks`]). Dropping it
