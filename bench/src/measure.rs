@@ -2,6 +2,7 @@
 //! group in each round (A, B, then B, A next round...), so drift of the machine hits all alike.
 
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -33,9 +34,24 @@ impl Done {
 /// One row: what to run against server `i` in round `r`.
 pub type Workload<'a> = Box<dyn FnMut(usize, usize) -> Result<Done> + 'a>;
 
+/// The `--rows` patterns: a row runs when its name contains one of them (all when empty).
+static ROWS: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Runs only the rows whose name contains one of `patterns` (`--rows`; empty: every row).
+/// Set once, before any row runs.
+pub fn select_rows(patterns: Vec<String>) {
+    let _ = ROWS.set(patterns);
+}
+
+/// Whether row `name` runs under `--rows`.
+fn selected(name: &str) -> bool {
+    ROWS.get().is_none_or(|p| p.is_empty() || p.iter().any(|p| name.contains(p.as_str())))
+}
+
 /// Runs `workload` for every round, interleaving the servers, and records each figure and the
 /// CPU time the server of the column spent meanwhile (read from `group.meters`).
-/// `available[i]` is `Err(reason)` for a server that cannot run this row at all.
+/// `available[i]` is `Err(reason)` for a server that cannot run this row at all. A row that
+/// `--rows` leaves out is neither run nor shown.
 pub fn run_row(
     group: &mut Group,
     name: &str,
@@ -44,6 +60,9 @@ pub fn run_row(
     available: &[Result<(), String>],
     mut workload: Workload<'_>,
 ) {
+    if !selected(name) {
+        return;
+    }
     let row = group.add_row(name, unit);
     let n = group.servers.len();
     for r in 0..rounds {
