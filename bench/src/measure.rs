@@ -45,7 +45,12 @@ pub fn select_rows(patterns: Vec<String>) {
 
 /// Whether row `name` runs under `--rows`.
 fn selected(name: &str) -> bool {
-    ROWS.get().is_none_or(|p| p.is_empty() || p.iter().any(|p| name.contains(p.as_str())))
+    ROWS.get().is_none_or(|p| matches(p, name))
+}
+
+/// Whether `name` contains one of `patterns` (any name when there are none).
+fn matches(patterns: &[String], name: &str) -> bool {
+    patterns.is_empty() || patterns.iter().any(|p| name.contains(p.as_str()))
 }
 
 /// Runs `workload` for every round, interleaving the servers, and records each figure and the
@@ -124,4 +129,22 @@ pub fn timed(cmd: &mut Command) -> Result<(Duration, Output)> {
         bail!("{} failed ({}): {tail}", cmd.get_program().to_string_lossy(), out.status);
     }
     Ok((elapsed, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn rows_run_when_their_name_contains_a_pattern() {
+        let rows = ["1 GiB download (get)", "1 GiB download, encrypted AES-128-GCM (get)"];
+        let pick = |p: &[&str]| {
+            let p: Vec<String> = p.iter().map(|s| s.to_string()).collect();
+            rows.iter().filter(|r| matches(&p, r)).count()
+        };
+        assert_eq!(pick(&[]), 2);
+        assert_eq!(pick(&["encrypted"]), 1);
+        assert_eq!(pick(&["nothing", "download"]), 2);
+        assert_eq!(pick(&["nothing"]), 0);
+    }
 }
