@@ -74,6 +74,10 @@ struct Args {
     /// cluster, nlm, failover and fuse.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Only>,
+    /// Run only the rows whose name contains one of these (repeat or comma-separate), e.g.
+    /// `--only smb --rows encrypted` for the encrypted put and get; the groups' set-up still runs.
+    #[arg(long, value_delimiter = ',')]
+    rows: Vec<String>,
     /// Rounds per workload (the median is reported); default 5, or 1 with --quick.
     #[arg(long)]
     rounds: Option<usize>,
@@ -101,6 +105,7 @@ fn main() -> Result<()> {
         bail!("bench needs root (private network namespace, rpcbind for Ganesha)");
     }
     select_nasgw_binary(args.nasgw.clone());
+    measure::select_rows(args.rows.clone());
     // Before any thread or child exists: everything started from here on inherits it.
     nasgw_tests::anchors::isolate_network().context("private network namespace")?;
 

@@ -2,6 +2,7 @@
 //! group in each round (A, B, then B, A next round...), so drift of the machine hits all alike.
 
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -33,9 +34,29 @@ impl Done {
 /// One row: what to run against server `i` in round `r`.
 pub type Workload<'a> = Box<dyn FnMut(usize, usize) -> Result<Done> + 'a>;
 
+/// The `--rows` patterns: a row runs when its name contains one of them (all when empty).
+static ROWS: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Runs only the rows whose name contains one of `patterns` (`--rows`; empty: every row).
+/// Set once, before any row runs.
+pub fn select_rows(patterns: Vec<String>) {
+    let _ = ROWS.set(patterns);
+}
+
+/// Whether row `name` runs under `--rows`.
+fn selected(name: &str) -> bool {
+    ROWS.get().is_none_or(|p| matches(p, name))
+}
+
+/// Whether `name` contains one of `patterns` (any name when there are none).
+fn matches(patterns: &[String], name: &str) -> bool {
+    patterns.is_empty() || patterns.iter().any(|p| name.contains(p.as_str()))
+}
+
 /// Runs `workload` for every round, interleaving the servers, and records each figure and the
 /// CPU time the server of the column spent meanwhile (read from `group.meters`).
-/// `available[i]` is `Err(reason)` for a server that cannot run this row at all.
+/// `available[i]` is `Err(reason)` for a server that cannot run this row at all. A row that
+/// `--rows` leaves out is neither run nor shown.
 pub fn run_row(
     group: &mut Group,
     name: &str,
@@ -44,6 +65,9 @@ pub fn run_row(
     available: &[Result<(), String>],
     mut workload: Workload<'_>,
 ) {
+    if !selected(name) {
+        return;
+    }
     let row = group.add_row(name, unit);
     let n = group.servers.len();
     for r in 0..rounds {
@@ -105,4 +129,22 @@ pub fn timed(cmd: &mut Command) -> Result<(Duration, Output)> {
         bail!("{} failed ({}): {tail}", cmd.get_program().to_string_lossy(), out.status);
     }
     Ok((elapsed, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn rows_run_when_their_name_contains_a_pattern() {
+        let rows = ["1 GiB download (get)", "1 GiB download, encrypted AES-128-GCM (get)"];
+        let pick = |p: &[&str]| {
+            let p: Vec<String> = p.iter().map(|s| s.to_string()).collect();
+            rows.iter().filter(|r| matches(&p, r)).count()
+        };
+        assert_eq!(pick(&[]), 2);
+        assert_eq!(pick(&["encrypted"]), 1);
+        assert_eq!(pick(&["nothing", "download"]), 2);
+        assert_eq!(pick(&["nothing"]), 0);
+    }
 }

@@ -135,6 +135,12 @@ for dialect, cipher in runs:
     while len(back) < len(data):
         back += f.read(len(back), min(len(data) - len(back), conn.max_read_size))
     check(f"{what}: 2 MiB written and read back", back == data)
+    # Two READs in one encrypted compound: the reply chain (data of both) is sealed as one.
+    reads = [f.read(at, 300 * 1024 + 7, send=False) for at in (0, 1024 * 1024 + 3)]
+    sent = conn.send_compound([r[0] for r in reads], sess.session_id, tree.tree_connect_id)
+    got = [recv_fn(req) for (_, recv_fn), req in zip(reads, sent)]
+    want = [data[:300 * 1024 + 7], data[1024 * 1024 + 3 : 1324 * 1024 + 10]]
+    check(f"{what}: two READs in one compound", got == want)
     f.close(get_attributes=True)
     f = Open(tree, name)
     f.create(

@@ -100,6 +100,9 @@ pub struct Connection {
     pub opens: OpenTable,
     /// The FileId a CREATE earlier in the current compound chain returned.
     pub compound_fid: Option<(u64, u64)>,
+    /// The reply to the request being run goes out encrypted (set before each command): READ
+    /// then leaves room for the reply's header before its data ([`crate::smb::bulk`]).
+    pub sealing: bool,
     /// The framing side: where replies go and which async replies are still owed.
     pub link: Link,
     /// Changes async work made to opens of this connection (a rename that waited), applied
@@ -334,6 +337,7 @@ async fn serve_here(
         channels: HashMap::new(),
         opens: OpenTable::default(),
         compound_fid: None,
+        sealing: false,
         link: Link::new(FrameWriter::new(wr)),
         open_updates: OpenUpdates::default(),
         ghost: None,
@@ -669,6 +673,7 @@ async fn handle_smb2(
         if seal.is_none() {
             seal = seal_this.clone();
         }
+        conn.sealing = seal_this.is_some();
         // Inside an encrypted message, the decryption authenticated every element.
         let signed_in = hdr.is_signed() && encrypted.is_none();
         let checked = if encrypted.is_some() { Ok(()) } else { check_signature(conn, &hdr, elem) };
@@ -732,11 +737,22 @@ async fn handle_smb2(
             compound::response_key(signing_facts(conn, session_id), signed_in, reply.sign_final, conn.dialect)
         };
         if !reply.tail.is_empty() {
-            if count == 1 && key.is_none() && seal.is_none() {
-                // A lone unsigned reply with bulk data (READ): send header and data as they are.
-                return conn.link.out.message(&[&resp, &reply.tail]).await.map_err(|_| "send failed");
+            if count == 1 && key.is_none() {
+                // A lone reply with bulk data (READ), sent without copying the data again:
+                // unsigned, the header in a slice of its own; encrypted, the header put in the
+                // room before the data and the whole sealed where it lies.
+                let mut tail = reply.tail;
+                let sent = match &seal {
+                    None => conn.link.out.message(&[&resp, tail.bytes()]).await,
+                    Some(cipher) => {
+                        tail.prepend(&resp);
+                        let th = cipher.seal(tail.bytes_mut()).map_err(|_| "cannot encrypt the reply")?;
+                        conn.link.out.message(&[&th, tail.bytes()]).await
+                    }
+                };
+                return sent.map_err(|_| "send failed");
             }
-            resp.extend_from_slice(&reply.tail);
+            resp.extend_from_slice(reply.tail.bytes());
         }
         if hdr.command == command::NEGOTIATE && conn.dialect == dialect::SMB311 {
             signing::preauth_update(&mut conn.preauth, elem);

@@ -7,6 +7,8 @@
 //! - [`transform`]: SMB 3 encryption: the TRANSFORM header, sealing and opening messages;
 //! - [`encryption`]: which requests must come encrypted and which replies are encrypted;
 //! - [`transport`]: transport frames in (one reused buffer), framed messages out;
+//! - [`bulk`]: READ data read into a buffer with room for the reply's header in front of it,
+//!   so an encrypted reply is sealed where the data lies;
 //! - [`compound`]: the message rules around commands as pure functions: chain splitting,
 //!   related operations, which signatures are checked and made, reply assembly;
 //! - [`conn`]: one client connection on its own thread: its [`conn::Link`] (framing, async
@@ -25,6 +27,7 @@
 pub mod aapl;
 pub mod auth;
 pub mod binding;
+pub mod bulk;
 pub mod cmd;
 pub mod compound;
 pub mod conn;

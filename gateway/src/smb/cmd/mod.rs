@@ -25,6 +25,7 @@ pub mod tree_connect;
 pub mod tree_disconnect;
 pub mod write;
 
+use super::bulk::Bulk;
 use super::conn::{Connection, Outcome};
 use super::wire::header::{command, Header};
 use super::wire::status::NtStatus;
@@ -44,18 +45,25 @@ pub struct Reply {
     /// TreeId to answer with (TREE_CONNECT).
     pub tree_id: Option<u32>,
     /// Bulk data that follows `body` (READ), kept apart so it is not copied again.
-    pub tail: Vec<u8>,
+    pub tail: Bulk,
 }
 
 impl Reply {
     /// A successful reply with `body`.
     pub fn ok(body: Vec<u8>) -> Self {
-        Self { status: NtStatus::SUCCESS, body, session_id: None, sign_final: false, tree_id: None, tail: Vec::new() }
+        Self {
+            status: NtStatus::SUCCESS,
+            body,
+            session_id: None,
+            sign_final: false,
+            tree_id: None,
+            tail: Bulk::default(),
+        }
     }
 
     /// A reply with `status` and `body`.
     pub fn with(status: NtStatus, body: Vec<u8>) -> Self {
-        Self { status, body, session_id: None, sign_final: false, tree_id: None, tail: Vec::new() }
+        Self { status, body, session_id: None, sign_final: false, tree_id: None, tail: Bulk::default() }
     }
 
     /// An error reply (SMB2 ERROR body, MS-SMB2 2.2.2).

@@ -3,6 +3,7 @@
 use super::negotiate::{MAX_IO, MAX_IO_202};
 use super::open::{access, read_file_id, OpenKind};
 use super::Reply;
+use crate::smb::bulk::Bulk;
 use crate::smb::conn::Connection;
 use crate::smb::wire::header::Header;
 use crate::smb::wire::status::NtStatus;
@@ -53,6 +54,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
         return Err(NtStatus::INVALID_PARAMETER);
     }
     let server = conn.server.clone();
+    let sealing = conn.sealing;
     let open = conn.opens.get_mut(vol, hdr.session_id, hdr.tree_id)?;
     let f = match &mut open.kind {
         OpenKind::Pipe(p) => {
@@ -74,8 +76,15 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
         return Err(NtStatus::FILE_LOCK_CONFLICT);
     }
     let data = match &f.state.stream {
-        Some(s) => crate::smb::streams::read_at(&server.ns, &f.cred, s, req.offset, req.length).await?,
-        None => server.ns.read(&f.cred, f.id, req.offset, req.length).await?.0,
+        Some(s) => Bulk::from(crate::smb::streams::read_at(&server.ns, &f.cred, s, req.offset, req.length).await?),
+        None if sealing => {
+            // Room for the header before the data: the reply is sealed where the data lies.
+            let room = Bulk::room_for(req.length as usize);
+            let (buf, read) = server.ns.read_append(&f.cred, f.id, req.offset, req.length, room).await;
+            read?;
+            Bulk::after_room(buf)
+        }
+        None => Bulk::from(server.ns.read(&f.cred, f.id, req.offset, req.length).await?.0),
     };
     if (data.is_empty() && req.length > 0) || (data.len() as u32) < req.minimum {
         return Err(NtStatus::END_OF_FILE);
