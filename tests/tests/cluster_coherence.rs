@@ -47,6 +47,7 @@ fn two_clients_on_two_nodes_share_one_state() {
         share_modes(&mut d, &c, &ca, &cb, &format!("share-{a}{b}"));
         delete_pending(&mut d, &c, &ca, &cb, &format!("doc-{a}{b}"));
         locks(&mut d, &ca, &cb, &format!("lock-{a}{b}"));
+        delete_after_a_rename_through_another_node(&mut d, &c, &ca, &cb, &format!("mv-{a}{b}"));
     }
     d.connect("LA", 0);
     d.connect("LB", 1);
@@ -301,4 +302,22 @@ fn nfs_write_into_smb_lock(c: &SmbCluster, d: &mut SmbClient) {
     assert_eq!(r.s("data"), hex(b"SSSSSSSSSSNFSSSS"));
     println!("nfs vs smb: JUKEBOX inside the SMB lock, written {:.1} ms after the unlock", took.as_secs_f64() * 1e3);
     d.ok(json!({"op": "close", "h": "na"}));
+}
+
+/// A renames a file through its node while B (through the other node) has it open; a new file
+/// is then made under the old name, and B's delete-on-close close comes last. B's open still
+/// knows the file by its old name: the new file there is not the one to delete (the binary
+/// before the fix deleted it).
+fn delete_after_a_rename_through_another_node(d: &mut SmbClient, c: &SmbCluster, ca: &str, cb: &str, name: &str) {
+    let (old, new) = (format!("{name}-old"), format!("{name}-new"));
+    d.ok(json!({"op": "open", "c": ca, "h": "mv-a", "path": old, "access": RW | DELETE}));
+    d.ok(json!({"op": "open", "c": cb, "h": "mv-b", "path": old, "access": RW | DELETE, "disposition": 1}));
+    d.ok(json!({"op": "rename", "h": "mv-a", "to": new}));
+    d.ok(json!({"op": "close", "h": "mv-a"}));
+    d.ok(json!({"op": "open", "c": ca, "h": "mv-c", "path": old, "access": RW}));
+    d.ok(json!({"op": "close", "h": "mv-c"}));
+    d.ok(json!({"op": "delete", "h": "mv-b"}));
+    d.ok(json!({"op": "close", "h": "mv-b"}));
+    assert!(c.volume().join(&old).exists(), "another open's delete-on-close removed the file made under the old name");
+    println!("after B's delete-on-close close: renamed file still there: {}", c.volume().join(&new).exists());
 }

@@ -102,6 +102,18 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         if deferred {
             // Its streams are still open: it is deleted when the last of them closes.
         } else if let Some(name) = path.last() {
+            // An open through another node or share keeps the path it was opened by; if the
+            // file was renamed meanwhile, that name may now be another file's, which is not
+            // this delete's to remove (a symlink the open came through still goes, as before).
+            if let Ok((now, a)) = server.ns.lookup(&f.cred, parent, name.as_bytes()).await {
+                if now != f.id && a.ftype != crate::vfs::FileType::Symlink {
+                    tracing::info!(
+                        file = %crate::logging::untrusted(name),
+                        "SMB: delete-on-close skipped: the file was renamed elsewhere and its old name is another file's now"
+                    );
+                    return flushed.map_err(NtStatus::from);
+                }
+            }
             let r = if f.is_dir {
                 server.ns.rmdir(&f.cred, parent, name.as_bytes()).await
             } else {
