@@ -693,47 +693,6 @@ impl GfapiBackend {
         }
     }
 
-    /// Reads up to `count` bytes at `offset` of `id` for `cred` and appends them to `out`:
-    /// from the data cache while it is coherent and holds them, else from the bricks (whole
-    /// chunks then kept, see [`MIN_FILL_READ`]). Returns (bytes appended, eof, attributes).
-    fn read_to(
-        &self,
-        cred: &Credentials,
-        id: &FileId,
-        offset: u64,
-        count: u32,
-        out: &mut Vec<u8>,
-    ) -> VfsResult<(u32, bool, Attr)> {
-        let vol = self.vol()?;
-        // Taken before the attributes are: whatever changes the file from here on (an upcall, a
-        // write through this node) keeps this read's data out of the cache.
-        let (ticket, cached) = {
-            let d = self.data.lock().expect("lock");
-            (d.ticket(), d.enabled())
-        };
-        let (node, attr) = self.regular(&vol, id)?;
-        if cred.uid != attr.uid && access::granted(&attr, cred, access::READ) == 0 {
-            return Err(VfsError::Access);
-        }
-        let want = (count as u64).min(attr.size.saturating_sub(offset)) as usize;
-        let epoch = self.coherence.epoch();
-        if cached && epoch != 0 && want > 0 {
-            let fill = count >= MIN_FILL_READ;
-            if let Some(n) =
-                self.read_through(&vol, (id, &node), (ticket, epoch, stamp_of(&attr)), offset, want, fill, out)?
-            {
-                return Ok((n as u32, offset + n as u64 >= attr.size, attr));
-            }
-        }
-        let f = self.io(&vol, &node)?;
-        let start = out.len();
-        out.reserve(want);
-        let n = read_pieces(&|b, at| f.read_uninit(b, at), &mut out.spare_capacity_mut()[..want], offset)?;
-        // SAFETY: read_pieces initialised the first `n` bytes after the old length.
-        unsafe { out.set_len(start + n) };
-        Ok((n as u32, offset + n as u64 >= attr.size, attr))
-    }
-
     /// Bytes `offset..offset + want` of the file (all inside it by `stamp`) appended to `out`
     /// from its cached chunks, the missing ones read from the bricks and kept (under `ticket`,
     /// taken before `stamp` was), unless they are missing and `fill` is false: then `None`.
@@ -885,10 +844,13 @@ impl Backend for GfapiBackend {
 
     fn read(&self, cred: &Credentials, id: &FileId, offset: u64, count: u32) -> VfsResult<(Vec<u8>, bool, Attr)> {
         let mut buf = Vec::new();
-        let (_, eof, attr) = self.read_to(cred, id, offset, count, &mut buf)?;
+        let (_, eof, attr) = self.read_append(cred, id, offset, count, &mut buf)?;
         Ok((buf, eof, attr))
     }
 
+    /// Reads up to `count` bytes at `offset` of `id` for `cred` and appends them to `out`:
+    /// from the data cache while it is coherent and holds them, else from the bricks (whole
+    /// chunks then kept, see [`MIN_FILL_READ`]). Returns (bytes appended, eof, attributes).
     fn read_append(
         &self,
         cred: &Credentials,
@@ -897,7 +859,34 @@ impl Backend for GfapiBackend {
         count: u32,
         out: &mut Vec<u8>,
     ) -> VfsResult<(u32, bool, Attr)> {
-        self.read_to(cred, id, offset, count, out)
+        let vol = self.vol()?;
+        // Taken before the attributes are: whatever changes the file from here on (an upcall, a
+        // write through this node) keeps this read's data out of the cache.
+        let (ticket, cached) = {
+            let d = self.data.lock().expect("lock");
+            (d.ticket(), d.enabled())
+        };
+        let (node, attr) = self.regular(&vol, id)?;
+        if cred.uid != attr.uid && access::granted(&attr, cred, access::READ) == 0 {
+            return Err(VfsError::Access);
+        }
+        let want = (count as u64).min(attr.size.saturating_sub(offset)) as usize;
+        let epoch = self.coherence.epoch();
+        if cached && epoch != 0 && want > 0 {
+            let fill = count >= MIN_FILL_READ;
+            if let Some(n) =
+                self.read_through(&vol, (id, &node), (ticket, epoch, stamp_of(&attr)), offset, want, fill, out)?
+            {
+                return Ok((n as u32, offset + n as u64 >= attr.size, attr));
+            }
+        }
+        let f = self.io(&vol, &node)?;
+        let start = out.len();
+        out.reserve(want);
+        let n = read_pieces(&|b, at| f.read_uninit(b, at), &mut out.spare_capacity_mut()[..want], offset)?;
+        // SAFETY: read_pieces initialised the first `n` bytes after the old length.
+        unsafe { out.set_len(start + n) };
+        Ok((n as u32, offset + n as u64 >= attr.size, attr))
     }
 
     fn write(
