@@ -89,27 +89,6 @@ pub fn effective_guest(share: &ShareConfig) -> Result<UnixUser, String> {
     }
 }
 
-/// Attributes carrying only what the decisions here read: type, owner and mode.
-fn owner_attr(ftype: FileType, uid: u32, gid: u32, mode: u32) -> Attr {
-    let t = crate::vfs::Timestamp::default();
-    Attr {
-        ftype,
-        mode,
-        nlink: 1,
-        uid,
-        gid,
-        size: 0,
-        used: 0,
-        rdev: (0, 0),
-        fsid: 0,
-        fileid: 0,
-        atime: t,
-        mtime: t,
-        ctime: t,
-        btime: None,
-    }
-}
-
 /// nasgw's own entries at the volume root, which do not make a root "used".
 fn reserved_names(cfg: &Config) -> Vec<String> {
     let mut r = vec![".nasgw".to_string()];
@@ -286,7 +265,7 @@ pub fn host_warnings(cfg: &Config) -> Vec<String> {
         let folder = root.join(share.path.trim_start_matches('/'));
         let Ok(meta) = std::fs::metadata(&folder) else { continue }; // created by serve
         let ftype = if meta.is_dir() { FileType::Directory } else { FileType::Regular };
-        let attr = owner_attr(ftype, meta.uid(), meta.gid(), meta.mode() & 0o7777);
+        let attr = Attr::with_owner(ftype, meta.mode() & 0o7777, meta.uid(), meta.gid());
         if share.path == "/" && accounts::privileged() && root_writers.len() == 1 {
             let names: Vec<Vec<u8>> = std::fs::read_dir(&folder)
                 .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().into_encoded_bytes()).collect())
@@ -313,7 +292,7 @@ mod tests {
     use super::*;
 
     fn dir(uid: u32, gid: u32, mode: u32) -> Attr {
-        owner_attr(FileType::Directory, uid, gid, mode)
+        Attr::with_owner(FileType::Directory, mode, uid, gid)
     }
 
     fn share(text: &str) -> ShareConfig {

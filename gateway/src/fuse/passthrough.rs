@@ -33,26 +33,10 @@ pub fn reopen_allowed(attr: &Attr, cred: &Credentials, oflags: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vfs::{FileType, Timestamp};
+    use crate::vfs::FileType;
 
     fn file(mode: u32, uid: u32, gid: u32) -> Attr {
-        let t = Timestamp::default();
-        Attr {
-            ftype: FileType::Regular,
-            mode,
-            nlink: 1,
-            uid,
-            gid,
-            size: 0,
-            used: 0,
-            rdev: (0, 0),
-            fsid: 1,
-            fileid: 2,
-            atime: t,
-            mtime: t,
-            ctime: t,
-            btime: None,
-        }
+        Attr::with_owner(FileType::Regular, mode, uid, gid)
     }
 
     fn user(uid: u32, gid: u32, groups: &[u32]) -> Credentials {

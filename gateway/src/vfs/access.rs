@@ -72,26 +72,9 @@ pub fn granted(attr: &Attr, cred: &Credentials, wanted: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vfs::types::Timestamp;
 
     fn attr(ftype: FileType, mode: u32, uid: u32, gid: u32) -> Attr {
-        let t = Timestamp::default();
-        Attr {
-            ftype,
-            mode,
-            nlink: 1,
-            uid,
-            gid,
-            size: 0,
-            used: 0,
-            rdev: (0, 0),
-            fsid: 0,
-            fileid: 1,
-            atime: t,
-            mtime: t,
-            ctime: t,
-            btime: None,
-        }
+        Attr::with_owner(ftype, mode, uid, gid)
     }
 
     const ALL: u32 = READ | LOOKUP | MODIFY | EXTEND | DELETE | EXECUTE;

@@ -176,6 +176,30 @@ pub struct Attr {
     pub btime: Option<Timestamp>,
 }
 
+impl Attr {
+    /// Attributes carrying only a type, permission bits and an owner, everything else zero:
+    /// what decisions on access rights read.
+    pub fn with_owner(ftype: FileType, mode: u32, uid: u32, gid: u32) -> Attr {
+        let t = Timestamp::default();
+        Attr {
+            ftype,
+            mode,
+            nlink: 1,
+            uid,
+            gid,
+            size: 0,
+            used: 0,
+            rdev: (0, 0),
+            fsid: 0,
+            fileid: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            btime: None,
+        }
+    }
+}
+
 /// How to change a timestamp in [`SetAttr`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum SetTime {
