@@ -850,7 +850,7 @@ impl Backend for GfapiBackend {
 
     /// Reads up to `count` bytes at `offset` of `id` for `cred` and appends them to `out`:
     /// from the data cache while it is coherent and holds them, else from the bricks (whole
-    /// chunks then kept, see [`MIN_FILL_READ`]). Returns (bytes appended, eof, attributes).
+    /// chunks then kept, see `MIN_FILL_READ`). Returns (bytes appended, eof, attributes).
     fn read_append(
         &self,
         cred: &Credentials,
