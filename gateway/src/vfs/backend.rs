@@ -297,6 +297,13 @@ pub trait Backend: Send + Sync + 'static {
         Err(VfsError::NotSupported)
     }
 
+    /// An `O_PATH` descriptor of directory `dir` of its own, for following the directory's
+    /// changes on a local volume (inotify; see [`crate::vfs::local_folded`]).
+    /// [`VfsError::NotSupported`] (the default) where the volume has no such directory (gfapi).
+    fn open_dir_path(&self, _dir: &FileId) -> VfsResult<std::os::fd::OwnedFd> {
+        Err(VfsError::NotSupported)
+    }
+
     /// Holds regular file `id` open for one open through the node's FUSE mount, on backends
     /// without descriptors of their own ([`Backend::open_data`]; gfapi): while the result
     /// lives, the file stays on the volume after its last name is removed, and it answers for

@@ -6,19 +6,44 @@
 //! Folding is Windows' (and Samba's) simple upper-case mapping, one character to one character:
 //! `ß` stays `ß`, `ﬀ` stays `ﬀ`; names that are not UTF-8 never match another name.
 //!
-//! Finding the entry costs a listing of the directory. [`FoldedIndexes`] remembers, per
-//! directory, its names by folded form under the directory's change stamp, by the rule the
-//! remembered listings follow ([`crate::vfs::posix::listings`]): only on a local file system
-//! (its time stamps come from this kernel's clock), only for a stamp old enough that no later
-//! change can carry it, and only when the directory had that stamp before and after it was
-//! read. A directory that changed is listed again. Pure data: the namespace does the calls.
+//! Finding the entry costs a listing of the directory. On a local volume [`FoldedIndexes`]
+//! keeps, per directory, its names by folded form, current without listing again, so a folder
+//! being filled (every CREATE of a new name asks) costs one listing, not one per file.
+//!
+//! **Why not the directory's change stamp.** A stamp (ctime, mtime) vouches for a listing only
+//! once its time-stamp tick is over ([`crate::vfs::posix::listings`]), which a folder being
+//! filled never is. Updating the names in place for nasgw's own create does not fix that:
+//! another program's change made between the stat before and the stat after that create, or
+//! later within the same tick, leaves the stamp exactly as nasgw saw it after its own change,
+//! so the stamps can never tell that the names miss one.
+//!
+//! **The rule: the kernel tells.** On a local file system every change of a directory's
+//! entries, by any process through any mount (nasgw itself, another namespace, a local
+//! program), queues an inotify event before the system call that made it returns
+//! ([`crate::vfs::local_folded`] does the calls). For a directory:
+//!
+//! 1. its watch is added before it is listed;
+//! 2. every event of the watch since then is applied in order to what was listed: a name an
+//!    event mentions is then present (created, moved in) or absent (deleted, moved out),
+//!    whatever the listing said; a name no event mentions did not change while the directory
+//!    was listed, so the listing has it right;
+//! 3. before each answer every queued event is applied, so a change whose system call returned
+//!    before the question was asked is in the answer (a change still under way may or may not
+//!    be, as with any listing);
+//! 4. a queue that overflowed forgets every directory, a watch that ended (the directory was
+//!    removed, its file system unmounted) its own; they are listed again when next asked.
+//!
+//! nasgw's own creates, renames and removes need no special case: they come back as events like
+//! anyone's. Never on a network file system (a change through another client raises no event
+//! here); GlusterFS answers by itself ([`crate::vfs::backend::Backend::find_name_nocase`]).
+//! Pure data: the caller does the calls and hands over the events.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 
 use lru::LruCache;
 
-use super::posix::listings::DirStamp;
-use super::types::{FileId, Timestamp};
+use super::types::FileId;
 
 /// Windows' folded (upper-case) form of `name`: each character mapped to its upper case when
 /// that is a single character.
@@ -47,9 +72,10 @@ fn fold_char(c: char) -> char {
 /// A directory's names by folded form.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FoldedNames {
-    /// Folded form -> the first name (in listing order) that folds to it.
-    by_folded: HashMap<String, Vec<u8>>,
-    /// Total names read (for the memory bound).
+    /// Folded form -> the names that fold to it, in the order they were added (listing order,
+    /// then creation order).
+    by_folded: HashMap<String, Vec<Vec<u8>>>,
+    /// Names held (for the memory bound).
     names: usize,
 }
 
@@ -59,25 +85,42 @@ impl FoldedNames {
         Self::default()
     }
 
-    /// Adds one directory entry's name (non-UTF-8 names are skipped: they never match).
+    /// Adds one directory entry's name; a name already there is not added twice, and names
+    /// that are not UTF-8 are skipped (they never match).
     pub fn add(&mut self, name: &[u8]) {
-        self.names += 1;
-        if let Ok(s) = std::str::from_utf8(name) {
-            self.by_folded.entry(fold(s)).or_insert_with(|| name.to_vec());
+        let Ok(s) = std::str::from_utf8(name) else { return };
+        let same = self.by_folded.entry(fold(s)).or_default();
+        if !same.iter().any(|n| n == name) {
+            same.push(name.to_vec());
+            self.names += 1;
         }
     }
 
-    /// The entry that folds like `name`, if any.
-    pub fn find(&self, name: &str) -> Option<&[u8]> {
-        self.by_folded.get(&fold(name)).map(Vec::as_slice)
+    /// Removes one name (nothing when it is not there).
+    pub fn remove(&mut self, name: &[u8]) {
+        let Ok(s) = std::str::from_utf8(name) else { return };
+        let key = fold(s);
+        let Some(same) = self.by_folded.get_mut(&key) else { return };
+        if let Some(i) = same.iter().position(|n| n == name) {
+            same.remove(i);
+            self.names -= 1;
+            if same.is_empty() {
+                self.by_folded.remove(&key);
+            }
+        }
     }
 
-    /// How many names were added.
+    /// The entry that folds like `name`, if any (the first added when several do).
+    pub fn find(&self, name: &str) -> Option<&[u8]> {
+        self.by_folded.get(&fold(name)).and_then(|v| v.first()).map(Vec::as_slice)
+    }
+
+    /// How many names are held.
     pub fn len(&self) -> usize {
         self.names
     }
 
-    /// True when no name was added.
+    /// True when no name is held.
     pub fn is_empty(&self) -> bool {
         self.names == 0
     }
@@ -86,95 +129,216 @@ impl FoldedNames {
 /// Most names remembered over all directories (about 100 bytes each).
 pub const REMEMBERED_NAMES: usize = 262_144;
 
-/// Folded names of recently searched directories, each valid while its directory keeps the
-/// stamp it was read under.
-pub struct FoldedIndexes {
-    dirs: LruCache<FileId, (DirStamp, std::sync::Arc<FoldedNames>)>,
-    names: usize,
+/// Most directories followed at once (each holds an inotify watch, a little kernel memory).
+pub const FOLLOWED_DIRS: usize = 4096;
+
+/// What the kernel said about a followed directory (`W`: its watch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameEvent<W> {
+    /// A name appeared in the directory (created, linked, moved in).
+    Added(W, Vec<u8>),
+    /// A name left the directory (removed, moved out).
+    Removed(W, Vec<u8>),
+    /// The watch ended: the directory was removed or its file system unmounted.
+    Ended(W),
+    /// Events were lost: nothing followed can be trusted.
+    Overflow,
+}
+
+/// A followed directory's names, or the changes seen since its watch began while it is being
+/// listed.
+#[derive(Debug)]
+enum Known {
+    /// Listed: its names now.
+    Names(FoldedNames),
+    /// Being listed: (appeared, name) in the order the events came.
+    Listing(Vec<(bool, Vec<u8>)>),
+}
+
+#[derive(Debug)]
+struct Followed<W> {
+    watch: W,
+    known: Known,
+}
+
+impl<W> Followed<W> {
+    /// Names (or changes) held, for the memory bound.
+    fn size(&self) -> usize {
+        match &self.known {
+            Known::Names(n) => n.len(),
+            Known::Listing(c) => c.len(),
+        }
+    }
+}
+
+/// What [`FoldedIndexes::find`] knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The directory's names are known: the entry that folds like the name, if any.
+    Known(Option<Vec<u8>>),
+    /// Followed, but not listed yet (or by another search right now): list it, then
+    /// [`FoldedIndexes::listed`].
+    Listing,
+    /// Not followed: add a watch, [`FoldedIndexes::follow`], list, [`FoldedIndexes::listed`].
+    Unfollowed,
+}
+
+/// The followed directories' names by folded form, kept current by the kernel's events (see
+/// the module doc for the rule). `W` is a watch (an inotify watch descriptor).
+pub struct FoldedIndexes<W> {
+    dirs: LruCache<FileId, Followed<W>>,
+    by_watch: HashMap<W, FileId>,
+    /// Names and pending changes held over all directories.
+    held: usize,
     limit: usize,
+    max_dirs: usize,
 }
 
-impl Default for FoldedIndexes {
+impl<W: Clone + Eq + Hash> Default for FoldedIndexes<W> {
     fn default() -> Self {
-        Self::with_limit(REMEMBERED_NAMES)
+        Self::with_limits(REMEMBERED_NAMES, FOLLOWED_DIRS)
     }
 }
 
-impl FoldedIndexes {
-    /// Remembers at most `limit` names in total.
-    pub fn with_limit(limit: usize) -> Self {
-        Self { dirs: LruCache::unbounded(), names: 0, limit }
+impl<W: Clone + Eq + Hash> FoldedIndexes<W> {
+    /// Holds at most `names` names (and pending changes) and `dirs` directories in total.
+    pub fn with_limits(names: usize, dirs: usize) -> Self {
+        Self { dirs: LruCache::unbounded(), by_watch: HashMap::new(), held: 0, limit: names, max_dirs: dirs.max(1) }
     }
 
-    /// The names of `dir` if they were read under `stamp` (the directory's stamp now).
-    pub fn get(&mut self, dir: &FileId, stamp: DirStamp) -> Option<std::sync::Arc<FoldedNames>> {
+    /// What is known of the entry of `dir` that folds like `name`. Apply the queued events
+    /// first ([`FoldedIndexes::apply`]).
+    pub fn find(&mut self, dir: &FileId, name: &str) -> Lookup {
         match self.dirs.get(dir) {
-            Some((s, names)) if *s == stamp => Some(names.clone()),
-            Some(_) => {
-                self.forget(dir);
-                None
-            }
-            None => None,
+            Some(Followed { known: Known::Names(n), .. }) => Lookup::Known(n.find(name).map(<[u8]>::to_vec)),
+            Some(_) => Lookup::Listing,
+            None => Lookup::Unfollowed,
         }
     }
 
-    /// Records `names`, read between the stamps `before` and `after` of `dir`, if that may be
-    /// trusted later: the directory did not change meanwhile and its stamp is settled at `now`.
-    /// Returns whether it was recorded.
-    pub fn record(
-        &mut self,
-        dir: FileId,
-        before: DirStamp,
-        after: DirStamp,
-        now: Timestamp,
-        names: std::sync::Arc<FoldedNames>,
-    ) -> bool {
-        self.forget(&dir);
-        if before != after || !after.settled(now) || names.len() > self.limit {
-            return false;
-        }
-        self.names += names.len();
-        self.dirs.put(dir, (after, names));
-        while self.names > self.limit {
-            match self.dirs.pop_lru() {
-                Some((_, (_, n))) => self.names -= n.len(),
+    /// True when `dir` is followed (listed or being listed).
+    pub fn follows(&self, dir: &FileId) -> bool {
+        self.dirs.contains(dir)
+    }
+
+    /// True when `watch` already follows a directory (a second directory id of the same
+    /// directory gets the same watch from the kernel: it is not followed twice).
+    pub fn is_watching(&self, watch: &W) -> bool {
+        self.by_watch.contains_key(watch)
+    }
+
+    /// `watch` was just added for `dir`, which is not followed and is about to be listed:
+    /// events of `watch` are kept from now on. Returns the watches of directories forgotten to
+    /// make room (the caller removes them).
+    pub fn follow(&mut self, dir: FileId, watch: W) -> Vec<W> {
+        let mut gone = self.forget(&dir).into_iter().collect::<Vec<_>>();
+        while self.dirs.len() >= self.max_dirs {
+            match self.pop_lru() {
+                Some(w) => gone.push(w),
                 None => break,
             }
         }
-        true
+        self.by_watch.insert(watch.clone(), dir);
+        self.dirs.put(dir, Followed { watch, known: Known::Listing(Vec::new()) });
+        gone
     }
 
-    /// Drops what is remembered of `dir`.
-    pub fn forget(&mut self, dir: &FileId) {
-        if let Some((_, n)) = self.dirs.pop(dir) {
-            self.names -= n.len();
+    /// `listed`: the names of `dir` read after its watch was added, and before the events
+    /// applied last. Applies the changes seen meanwhile and keeps the result. Returns the
+    /// watches of directories forgotten to bound memory (the caller removes them); when `dir`
+    /// is no longer followed (forgotten meanwhile) or was listed by another search first,
+    /// nothing changes.
+    pub fn listed(&mut self, dir: &FileId, mut listed: FoldedNames) -> Vec<W> {
+        let Some(f) = self.dirs.peek_mut(dir) else { return Vec::new() };
+        let Known::Listing(changes) = &mut f.known else { return Vec::new() };
+        for (appeared, name) in changes.drain(..) {
+            if appeared {
+                listed.add(&name);
+            } else {
+                listed.remove(&name);
+            }
         }
+        let held = listed.len();
+        f.known = Known::Names(listed);
+        self.held += held;
+        self.bound()
     }
 
-    /// How many directories are remembered.
+    /// Applies the kernel's events, in the order they came. Returns the watches of
+    /// directories forgotten (overflow, memory bound) that the caller removes.
+    pub fn apply(&mut self, events: impl IntoIterator<Item = NameEvent<W>>) -> Vec<W> {
+        let mut gone = Vec::new();
+        for e in events {
+            let (watch, appeared, name) = match e {
+                NameEvent::Added(w, n) => (w, true, n),
+                NameEvent::Removed(w, n) => (w, false, n),
+                NameEvent::Ended(w) => {
+                    if let Some(dir) = self.by_watch.get(&w).copied() {
+                        // The kernel dropped the watch already.
+                        self.forget(&dir);
+                    }
+                    continue;
+                }
+                NameEvent::Overflow => {
+                    while let Some(w) = self.pop_lru() {
+                        gone.push(w);
+                    }
+                    continue;
+                }
+            };
+            let Some(dir) = self.by_watch.get(&watch) else { continue };
+            let Some(f) = self.dirs.peek_mut(dir) else { continue };
+            let before = f.size();
+            match &mut f.known {
+                Known::Names(n) if appeared => n.add(&name),
+                Known::Names(n) => n.remove(&name),
+                Known::Listing(c) => c.push((appeared, name)),
+            }
+            self.held = self.held + f.size() - before;
+        }
+        gone.extend(self.bound());
+        gone
+    }
+
+    /// Stops following `dir`; returns its watch (for the caller to remove).
+    pub fn forget(&mut self, dir: &FileId) -> Option<W> {
+        let f = self.dirs.pop(dir)?;
+        self.held -= f.size();
+        self.by_watch.remove(&f.watch);
+        Some(f.watch)
+    }
+
+    /// Directories followed.
     pub fn len(&self) -> usize {
         self.dirs.len()
     }
 
-    /// True when nothing is remembered.
+    /// True when no directory is followed.
     pub fn is_empty(&self) -> bool {
         self.dirs.is_empty()
+    }
+
+    fn pop_lru(&mut self) -> Option<W> {
+        let dir = *self.dirs.peek_lru()?.0;
+        self.forget(&dir)
+    }
+
+    /// Forgets directories, least recently asked first, until the names held fit the limit.
+    fn bound(&mut self) -> Vec<W> {
+        let mut gone = Vec::new();
+        while self.held > self.limit {
+            match self.pop_lru() {
+                Some(w) => gone.push(w),
+                None => break,
+            }
+        }
+        gone
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-
-    fn ts(secs: i64) -> Timestamp {
-        Timestamp { secs, nanos: 0 }
-    }
-
-    fn stamp(secs: i64) -> DirStamp {
-        DirStamp { ino: 7, ctime: ts(secs), mtime: ts(secs) }
-    }
 
     #[test]
     fn folds_to_agrees_with_fold() {
@@ -203,42 +367,160 @@ mod tests {
         let mut n = FoldedNames::new();
         n.add(b"Report.TXT");
         n.add(b"report.txt");
+        n.add(b"report.txt");
         n.add(&[0xff, b'a']);
         assert_eq!(n.find("REPORT.txt"), Some(&b"Report.TXT"[..]));
         assert_eq!(n.find("other"), None);
-        assert_eq!(n.len(), 3);
+        assert_eq!(n.len(), 2, "a name is held once, a non-UTF-8 one never");
+        n.remove(b"Report.TXT");
+        assert_eq!(n.find("REPORT.txt"), Some(&b"report.txt"[..]), "the other case is still there");
+        n.remove(b"report.txt");
+        n.remove(b"report.txt");
+        assert_eq!(n.find("REPORT.txt"), None);
+        assert!(n.is_empty());
+    }
+
+    fn dir(n: u8) -> FileId {
+        FileId::new(&[n]).unwrap()
+    }
+
+    fn names(list: &[&str]) -> FoldedNames {
+        let mut n = FoldedNames::new();
+        for s in list {
+            n.add(s.as_bytes());
+        }
+        n
+    }
+
+    fn added(w: u32, n: &str) -> NameEvent<u32> {
+        NameEvent::Added(w, n.as_bytes().to_vec())
+    }
+
+    fn removed(w: u32, n: &str) -> NameEvent<u32> {
+        NameEvent::Removed(w, n.as_bytes().to_vec())
+    }
+
+    fn known(n: &str) -> Lookup {
+        Lookup::Known(Some(n.as_bytes().to_vec()))
     }
 
     #[test]
-    fn only_settled_unchanged_stamps_are_remembered() {
-        let dir = FileId::new(b"d").unwrap();
-        let names = Arc::new(FoldedNames::new());
+    fn a_followed_directory_is_answered_from_its_names_and_its_events() {
         let mut idx = FoldedIndexes::default();
-        assert!(!idx.record(dir, stamp(10), stamp(11), ts(20), names.clone()), "changed while read");
-        assert!(!idx.record(dir, stamp(10), stamp(10), ts(10), names.clone()), "not settled");
-        assert!(idx.record(dir, stamp(10), stamp(10), ts(12), names.clone()));
-        assert!(idx.get(&dir, stamp(10)).is_some());
-        assert!(idx.get(&dir, stamp(13)).is_none(), "the directory changed");
-        assert!(idx.get(&dir, stamp(10)).is_none(), "and was forgotten");
+        assert_eq!(idx.find(&dir(1), "a"), Lookup::Unfollowed);
+        assert!(idx.follow(dir(1), 7).is_empty());
+        assert_eq!(idx.find(&dir(1), "a"), Lookup::Listing, "not listed yet: no answer");
+        idx.listed(&dir(1), names(&["Report.TXT"]));
+        assert_eq!(idx.find(&dir(1), "report.txt"), known("Report.TXT"));
+        // A folder being filled: each create comes back as an event, no listing.
+        for i in 0..1000 {
+            idx.apply([added(7, &format!("File{i}"))]);
+            assert_eq!(idx.find(&dir(1), &format!("FILE{i}")), known(&format!("File{i}")));
+        }
+        assert_eq!(idx.find(&dir(1), "file1000"), Lookup::Known(None));
+        idx.apply([removed(7, "File3"), removed(7, "File4"), added(7, "file4")]);
+        assert_eq!(idx.find(&dir(1), "FILE3"), Lookup::Known(None));
+        assert_eq!(idx.find(&dir(1), "FILE4"), known("file4"));
+        idx.apply([added(8, "Stray")]);
+        assert_eq!(idx.find(&dir(1), "stray"), Lookup::Known(None), "another watch's event");
+    }
+
+    /// The race the stamps cannot see: a change by someone else right after one of ours
+    /// (same time-stamp tick) is an event like ours, so it is never hidden.
+    #[test]
+    fn a_change_by_someone_else_right_after_ours_is_seen() {
+        let mut idx = FoldedIndexes::default();
+        idx.follow(dir(1), 7);
+        idx.listed(&dir(1), names(&[]));
+        idx.apply([added(7, "ours.txt"), added(7, "Theirs.txt")]);
+        assert_eq!(idx.find(&dir(1), "THEIRS.TXT"), known("Theirs.txt"));
+        idx.apply([removed(7, "ours.txt"), added(7, "OURS.TXT")]);
+        assert_eq!(idx.find(&dir(1), "ours.txt"), known("OURS.TXT"), "removed and made again in another case");
+    }
+
+    /// Changes while the directory is being listed: the listing may or may not show them; the
+    /// events, applied after it in order, decide.
+    #[test]
+    fn changes_during_the_listing_win_over_what_it_read() {
+        // Every combination of (the listing saw the name, what happened to it meanwhile).
+        let cases: [(bool, &[bool], bool); 8] = [
+            (false, &[], false),
+            (true, &[], true),
+            (false, &[true], true),
+            (true, &[true], true),
+            (true, &[false], false),
+            (false, &[false], false),
+            (true, &[true, false], false),
+            (false, &[false, true], true),
+        ];
+        for (seen, events, want) in cases {
+            let mut idx = FoldedIndexes::default();
+            idx.follow(dir(1), 7);
+            idx.apply(events.iter().map(|&a| if a { added(7, "X") } else { removed(7, "X") }));
+            idx.listed(&dir(1), names(if seen { &["X", "y"] } else { &["y"] }));
+            let got = idx.find(&dir(1), "x");
+            assert_eq!(got, if want { known("X") } else { Lookup::Known(None) }, "{seen} {events:?}");
+            assert_eq!(idx.find(&dir(1), "Y"), known("y"));
+        }
+    }
+
+    #[test]
+    fn a_second_listing_does_not_replace_the_first() {
+        let mut idx = FoldedIndexes::default();
+        idx.follow(dir(1), 7);
+        idx.listed(&dir(1), names(&["a"]));
+        idx.apply([added(7, "b")]);
+        idx.listed(&dir(1), names(&["a"]));
+        assert_eq!(idx.find(&dir(1), "B"), known("b"));
+        assert!(idx.listed(&dir(2), names(&["z"])).is_empty(), "not followed: ignored");
+        assert_eq!(idx.find(&dir(2), "z"), Lookup::Unfollowed);
+    }
+
+    #[test]
+    fn lost_events_and_ended_watches_forget() {
+        let mut idx = FoldedIndexes::default();
+        for (d, w) in [(1, 7), (2, 8), (3, 9)] {
+            idx.follow(dir(d), w);
+            idx.listed(&dir(d), names(&["n"]));
+        }
+        assert!(idx.is_watching(&8));
+        assert!(idx.apply([NameEvent::Ended(8)]).is_empty(), "an ended watch needs no removal");
+        assert!(!idx.is_watching(&8));
+        assert_eq!(idx.find(&dir(2), "N"), Lookup::Unfollowed);
+        idx.apply([added(8, "late")]);
+        let mut gone = idx.apply([added(7, "m"), NameEvent::Overflow, added(9, "o")]);
+        gone.sort();
+        assert_eq!(gone, [7, 9]);
+        assert!(idx.is_empty());
+        assert_eq!(idx.find(&dir(1), "N"), Lookup::Unfollowed);
+        // Following again after an overflow starts from a new listing.
+        idx.follow(dir(1), 10);
+        idx.listed(&dir(1), names(&["n", "m"]));
+        assert_eq!(idx.find(&dir(1), "M"), known("m"));
     }
 
     #[test]
     fn memory_is_bounded() {
-        let mut idx = FoldedIndexes::with_limit(5);
-        let mut three = FoldedNames::new();
-        for n in ["a", "b", "c"] {
-            three.add(n.as_bytes());
+        let mut idx = FoldedIndexes::with_limits(5, 3);
+        for d in 0..4u8 {
+            let gone = idx.follow(dir(d), u32::from(d));
+            assert_eq!(gone, if d == 3 { vec![0] } else { vec![] }, "at most three directories");
+            idx.listed(&dir(d), names(&["a"]));
         }
-        let three = Arc::new(three);
-        for i in 0..4u8 {
-            assert!(idx.record(FileId::new(&[i]).unwrap(), stamp(1), stamp(1), ts(5), three.clone()));
-        }
-        assert_eq!(idx.len(), 1, "older directories forgotten first");
-        assert!(idx.get(&FileId::new(&[3]).unwrap(), stamp(1)).is_some());
-        let mut big = FoldedNames::new();
-        for i in 0..6 {
-            big.add(format!("n{i}").as_bytes());
-        }
-        assert!(!idx.record(FileId::new(b"x").unwrap(), stamp(1), stamp(1), ts(5), Arc::new(big)));
+        assert_eq!(idx.len(), 3);
+        assert_eq!(idx.find(&dir(1), "A"), known("a"));
+        // Growing past the names limit forgets the least recently asked directories.
+        let gone = idx.apply([added(3, "b"), added(3, "c"), added(3, "d")]);
+        assert_eq!(gone, [2]);
+        assert_eq!(idx.find(&dir(3), "D"), known("d"));
+        let gone = idx.apply((0..5).map(|i| added(3, &format!("n{i}"))));
+        assert_eq!(gone, [1, 3], "a directory larger than the limit is not followed");
+        assert!(idx.is_empty());
+        // A listing too large is dropped as well, and so are changes piling up meanwhile.
+        idx.follow(dir(5), 5);
+        assert_eq!(idx.listed(&dir(5), names(&["1", "2", "3", "4", "5", "6"])), [5]);
+        idx.follow(dir(6), 6);
+        assert_eq!(idx.apply((0..6).map(|i| added(6, &format!("n{i}")))), [6]);
+        assert!(idx.is_empty());
     }
 }

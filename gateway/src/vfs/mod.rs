@@ -21,6 +21,7 @@ pub mod cred;
 pub mod error;
 pub mod folding;
 pub mod in_place;
+pub mod local_folded;
 pub mod name;
 pub mod namespace;
 pub mod posix;

@@ -2,17 +2,17 @@
 //! runs each backend call on a blocking thread (backends block and switch per-thread
 //! identities), and adds path walking with symlinks confined to the root.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::backend::Backend;
 use super::changes::{what, Change, ChangeHub, Kind, Place};
 use super::cred::Credentials;
 use super::error::{VfsError, VfsResult};
-use super::folding::{self, FoldedIndexes, FoldedNames};
+use super::folding::{self, FoldedNames, Lookup};
+use super::local_folded::LocalFoldedNames;
 use super::name::Name;
-use super::posix::listings::DirStamp;
 use super::types::{
-    Attr, CreateHow, FileId, FileType, FsStat, ReadData, ReadDir, SetAttr, SpecialFile, Stability, Timestamp, VolumeId,
+    Attr, CreateHow, FileId, FileType, FsStat, ReadData, ReadDir, SetAttr, SpecialFile, Stability, VolumeId,
 };
 
 /// Most symlinks one [`Namespace::walk`] follows (Linux's `MAXSYMLINKS`).
@@ -25,7 +25,7 @@ pub struct Namespace {
     /// Metadata calls run in place (see [`quick`]).
     local: bool,
     /// Directories' names by folded form, for case-insensitive lookups (local volumes only).
-    folded: Arc<Mutex<FoldedIndexes>>,
+    folded: Arc<LocalFoldedNames>,
     /// Change events: watchers and where changes go (see [`super::changes`]).
     changes: Arc<ChangeHub>,
 }
@@ -40,17 +40,6 @@ fn xattr_name(name: &[u8]) -> VfsResult<()> {
         return Err(VfsError::Invalid);
     }
     Ok(())
-}
-
-/// The change stamp of a directory from its attributes.
-fn stamp(a: &Attr) -> DirStamp {
-    DirStamp { ino: a.fileid, ctime: a.ctime, mtime: a.mtime }
-}
-
-/// This kernel's clock now.
-fn now() -> Timestamp {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() }
 }
 
 /// Runs a blocking backend call without stalling other tasks. On the multi-threaded runtime
@@ -87,12 +76,7 @@ impl Namespace {
     /// Serves `backend`.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
         let local = backend.is_local();
-        Self {
-            backend,
-            local,
-            folded: Arc::new(Mutex::new(FoldedIndexes::default())),
-            changes: Arc::new(ChangeHub::default()),
-        }
+        Self { backend, local, folded: Arc::new(LocalFoldedNames::default()), changes: Arc::new(ChangeHub::default()) }
     }
 
     /// True when the volume is a local file system (see [`Backend::is_local`]).
@@ -605,9 +589,10 @@ impl Namespace {
         }
     }
 
-    /// The name of the entry of `dir` whose name folds like `name` (the first in listing order
-    /// when several do), if any. Asks the backend when it can answer by itself, else lists the
-    /// directory, or answers from the names remembered while the directory is unchanged.
+    /// The name of the entry of `dir` whose name folds like `name` (the first listed or made
+    /// when several do), if any. Asks the backend when it can answer by itself; on a local
+    /// volume answers from the directory's folded names, listed once and kept current by the
+    /// kernel's change events ([`crate::vfs::folding`]); else lists the directory.
     pub async fn find_nocase(&self, cred: &Credentials, dir: FileId, name: &str) -> VfsResult<Option<Vec<u8>>> {
         let checked = Name::new(name.as_bytes())?;
         let (b, c) = (self.backend.clone(), cred.clone());
@@ -615,54 +600,58 @@ impl Namespace {
             Err(VfsError::NotSupported) => {}
             other => return other,
         }
-        let before = stamp(&self.getattr(dir).await?);
         if self.local {
-            let known = self.folded.lock().unwrap_or_else(|e| e.into_inner()).get(&dir, before);
-            if let Some(names) = known {
-                return Ok(names.find(name).map(<[u8]>::to_vec));
+            let followed = match self.folded.find(&dir, name) {
+                Lookup::Known(found) => return Ok(found),
+                Lookup::Listing => true,
+                Lookup::Unfollowed => match self.backend.open_dir_path(&dir) {
+                    Ok(fd) => self.folded.follow(dir, fd),
+                    Err(_) => false,
+                },
+            };
+            if followed {
+                // Listed after the watch began (see the rule in `folding`).
+                self.folded.count_listing();
+                let mut names = FoldedNames::new();
+                let mut cookie = 0;
+                loop {
+                    let page = self.readdir(cred, dir, cookie, 4096, false).await?;
+                    for e in &page.entries {
+                        names.add(&e.name);
+                        cookie = e.cookie;
+                    }
+                    if page.eof || page.entries.is_empty() {
+                        break;
+                    }
+                }
+                return Ok(self.folded.listed(&dir, names, name));
             }
         }
-        if !self.local || !before.settled(now()) {
-            // Nothing read now will be remembered (see FoldedIndexes::record), as while a
-            // folder is being filled: compare each entry as it comes, building nothing, and
-            // stop at the first match (the first in listing order, as a remembered index
-            // answers).
-            let folded = folding::fold(name);
-            let mut cookie = 0;
-            loop {
-                let page = self.readdir(cred, dir, cookie, 4096, false).await?;
-                if let Some(e) = page.entries.iter().find(|e| folding::folds_to(&e.name, &folded)) {
-                    return Ok(Some(e.name.clone()));
-                }
-                match page.entries.last() {
-                    Some(last) if !page.eof => cookie = last.cookie,
-                    _ => return Ok(None),
-                }
-            }
-        }
-        let mut names = FoldedNames::new();
+        // Nothing read now will be remembered: compare each entry as it comes, building
+        // nothing, and stop at the first match (the first in listing order).
+        self.folded.count_listing();
+        let folded = folding::fold(name);
         let mut cookie = 0;
         loop {
             let page = self.readdir(cred, dir, cookie, 4096, false).await?;
-            for e in &page.entries {
-                names.add(&e.name);
-                cookie = e.cookie;
+            if let Some(e) = page.entries.iter().find(|e| folding::folds_to(&e.name, &folded)) {
+                return Ok(Some(e.name.clone()));
             }
-            if page.eof || page.entries.is_empty() {
-                break;
+            match page.entries.last() {
+                Some(last) if !page.eof => cookie = last.cookie,
+                _ => return Ok(None),
             }
         }
-        let found = names.find(name).map(<[u8]>::to_vec);
-        if self.local {
-            let after = stamp(&self.getattr(dir).await?);
-            self.folded.lock().unwrap_or_else(|e| e.into_inner()).record(dir, before, after, now(), Arc::new(names));
-        }
-        Ok(found)
     }
 
-    /// How many directories' folded names are remembered (tests, diagnostics).
+    /// How many directories' folded names are followed (tests, diagnostics).
     pub fn remembered_folded_dirs(&self) -> usize {
-        self.folded.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.folded.followed()
+    }
+
+    /// How many listings case-insensitive searches made so far (tests, diagnostics).
+    pub fn nocase_listings(&self) -> u64 {
+        self.folded.listings()
     }
 
     /// Extended attribute `name` (`user.` namespace) of `id`; `None` when it has none.

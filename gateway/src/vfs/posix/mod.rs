@@ -989,6 +989,10 @@ impl Backend for PosixBackend {
         rest.strip_prefix(b"/").map(<[u8]>::to_vec).ok_or(VfsError::NotSupported)
     }
 
+    fn open_dir_path(&self, dir: &FileId) -> VfsResult<OwnedFd> {
+        self.dir_node(dir)?.path_fd.try_clone().map_err(|e| VfsError::Io(e.raw_os_error().unwrap_or(libc::EIO)))
+    }
+
     fn open_data(&self, id: &FileId, write: bool) -> VfsResult<OwnedFd> {
         let node = self.node(id)?;
         match node.ftype {

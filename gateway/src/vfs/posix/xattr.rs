@@ -368,50 +368,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn names_are_found_in_any_case_and_directories_are_remembered_only_when_settled() {
-        let tmp = tempfile::tempdir().unwrap();
-        let ns = ns(tmp.path());
-        let (me, root) = (Credentials::root(), ns.root());
-        std::fs::write(tmp.path().join("Report.TXT"), b"r").unwrap();
-        let (real, id, _) = ns.lookup_nocase(&me, root, "report.txt").await.unwrap();
-        assert_eq!(real, b"Report.TXT");
-        assert_eq!(id, ns.lookup(&me, root, b"Report.TXT").await.unwrap().0);
-        assert_eq!(ns.lookup_nocase(&me, root, "nothing").await.unwrap_err(), VfsError::NotFound);
-        // A name added behind the namespace's back is found: the directory's stamp moved.
-        std::fs::write(tmp.path().join("Other"), b"o").unwrap();
-        assert_eq!(ns.find_nocase(&me, root, "OTHER").await.unwrap().as_deref(), Some(&b"Other"[..]));
-        // Once the stamp is settled (its ctime 1 s old), the names come from memory; a change
-        // moves the stamp, so it is still seen.
-        let start = std::time::Instant::now();
-        while ns.remembered_folded_dirs() == 0 {
-            assert!(start.elapsed() < std::time::Duration::from_secs(10), "never remembered");
-            assert_eq!(ns.find_nocase(&me, root, "other").await.unwrap().as_deref(), Some(&b"Other"[..]));
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        assert_eq!(ns.find_nocase(&me, root, "REPORT.txt").await.unwrap().as_deref(), Some(&b"Report.TXT"[..]));
-        std::fs::remove_file(tmp.path().join("Other")).unwrap();
-        assert_eq!(ns.find_nocase(&me, root, "other").await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn a_directory_being_filled_is_searched_page_by_page() {
-        // While the stamp is fresh (the directory changed less than a second ago) nothing is
-        // remembered and every search reads the listing, here more than one page of 4096
-        // entries (on a slow machine the later searches may find the stamp settled: the
-        // answers are the same either way).
-        let tmp = tempfile::tempdir().unwrap();
-        let ns = ns(tmp.path());
-        let (me, root) = (Credentials::root(), ns.root());
-        for i in 0..5000 {
-            std::fs::write(tmp.path().join(format!("f{i:05}")), b"").unwrap();
-        }
-        std::fs::write(tmp.path().join("Late.Name"), b"").unwrap();
-        assert_eq!(ns.find_nocase(&me, root, "LATE.name").await.unwrap().as_deref(), Some(&b"Late.Name"[..]));
-        assert_eq!(ns.find_nocase(&me, root, "F04999").await.unwrap().as_deref(), Some(&b"f04999"[..]));
-        assert_eq!(ns.find_nocase(&me, root, "absent").await.unwrap(), None);
-    }
-
-    #[tokio::test]
     async fn ranges_are_copied_inside_the_volume() {
         let tmp = tempfile::tempdir().unwrap();
         let b = PosixBackend::open(tmp.path(), PosixOptions::new("smb")).unwrap();
