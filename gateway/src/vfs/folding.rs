@@ -158,6 +158,9 @@ enum Known {
 #[derive(Debug)]
 struct Followed<W> {
     watch: W,
+    /// Which following of the directory this is (a directory forgotten and followed again
+    /// gets a new one, so a listing begun under the old watch is not taken for the new).
+    generation: u64,
     known: Known,
 }
 
@@ -176,9 +179,9 @@ impl<W> Followed<W> {
 pub enum Lookup {
     /// The directory's names are known: the entry that folds like the name, if any.
     Known(Option<Vec<u8>>),
-    /// Followed, but not listed yet (or by another search right now): list it, then
-    /// [`FoldedIndexes::listed`].
-    Listing,
+    /// Followed (this generation), but not listed yet (or by another search right now): list
+    /// it, then [`FoldedIndexes::listed`].
+    Listing(u64),
     /// Not followed: add a watch, [`FoldedIndexes::follow`], list, [`FoldedIndexes::listed`].
     Unfollowed,
 }
@@ -192,6 +195,7 @@ pub struct FoldedIndexes<W> {
     held: usize,
     limit: usize,
     max_dirs: usize,
+    generations: u64,
 }
 
 impl<W: Clone + Eq + Hash> Default for FoldedIndexes<W> {
@@ -203,7 +207,14 @@ impl<W: Clone + Eq + Hash> Default for FoldedIndexes<W> {
 impl<W: Clone + Eq + Hash> FoldedIndexes<W> {
     /// Holds at most `names` names (and pending changes) and `dirs` directories in total.
     pub fn with_limits(names: usize, dirs: usize) -> Self {
-        Self { dirs: LruCache::unbounded(), by_watch: HashMap::new(), held: 0, limit: names, max_dirs: dirs.max(1) }
+        Self {
+            dirs: LruCache::unbounded(),
+            by_watch: HashMap::new(),
+            held: 0,
+            limit: names,
+            max_dirs: dirs.max(1),
+            generations: 0,
+        }
     }
 
     /// What is known of the entry of `dir` that folds like `name`. Apply the queued events
@@ -211,14 +222,14 @@ impl<W: Clone + Eq + Hash> FoldedIndexes<W> {
     pub fn find(&mut self, dir: &FileId, name: &str) -> Lookup {
         match self.dirs.get(dir) {
             Some(Followed { known: Known::Names(n), .. }) => Lookup::Known(n.find(name).map(<[u8]>::to_vec)),
-            Some(_) => Lookup::Listing,
+            Some(f) => Lookup::Listing(f.generation),
             None => Lookup::Unfollowed,
         }
     }
 
-    /// True when `dir` is followed (listed or being listed).
-    pub fn follows(&self, dir: &FileId) -> bool {
-        self.dirs.contains(dir)
+    /// The generation of `dir`'s following, when it is followed (listed or being listed).
+    pub fn follows(&self, dir: &FileId) -> Option<u64> {
+        self.dirs.peek(dir).map(|f| f.generation)
     }
 
     /// True when `watch` already follows a directory (a second directory id of the same
@@ -228,9 +239,10 @@ impl<W: Clone + Eq + Hash> FoldedIndexes<W> {
     }
 
     /// `watch` was just added for `dir`, which is not followed and is about to be listed:
-    /// events of `watch` are kept from now on. Returns the watches of directories forgotten to
-    /// make room (the caller removes them).
-    pub fn follow(&mut self, dir: FileId, watch: W) -> Vec<W> {
+    /// events of `watch` are kept from now on. Returns the generation of this following (for
+    /// [`FoldedIndexes::listed`]) and the watches of directories forgotten to make room (the
+    /// caller removes them).
+    pub fn follow(&mut self, dir: FileId, watch: W) -> (u64, Vec<W>) {
         let mut gone = self.forget(&dir).into_iter().collect::<Vec<_>>();
         while self.dirs.len() >= self.max_dirs {
             match self.pop_lru() {
@@ -238,18 +250,20 @@ impl<W: Clone + Eq + Hash> FoldedIndexes<W> {
                 None => break,
             }
         }
+        self.generations += 1;
+        let generation = self.generations;
         self.by_watch.insert(watch.clone(), dir);
-        self.dirs.put(dir, Followed { watch, known: Known::Listing(Vec::new()) });
-        gone
+        self.dirs.put(dir, Followed { watch, generation, known: Known::Listing(Vec::new()) });
+        (generation, gone)
     }
 
-    /// `listed`: the names of `dir` read after its watch was added, and before the events
-    /// applied last. Applies the changes seen meanwhile and keeps the result. Returns the
-    /// watches of directories forgotten to bound memory (the caller removes them); when `dir`
-    /// is no longer followed (forgotten meanwhile) or was listed by another search first,
-    /// nothing changes.
-    pub fn listed(&mut self, dir: &FileId, mut listed: FoldedNames) -> Vec<W> {
-        let Some(f) = self.dirs.peek_mut(dir) else { return Vec::new() };
+    /// `listed`: the names of `dir` read after its following `generation` began, and before
+    /// the events applied last. Applies the changes seen meanwhile and keeps the result.
+    /// Returns the watches of directories forgotten to bound memory (the caller removes them);
+    /// when `dir` is no longer followed under `generation` (forgotten meanwhile, perhaps
+    /// followed again) or was listed by another search first, nothing changes.
+    pub fn listed(&mut self, dir: &FileId, generation: u64, mut listed: FoldedNames) -> Vec<W> {
+        let Some(f) = self.dirs.peek_mut(dir).filter(|f| f.generation == generation) else { return Vec::new() };
         let Known::Listing(changes) = &mut f.known else { return Vec::new() };
         for (appeared, name) in changes.drain(..) {
             if appeared {
@@ -408,9 +422,10 @@ mod tests {
     fn a_followed_directory_is_answered_from_its_names_and_its_events() {
         let mut idx = FoldedIndexes::default();
         assert_eq!(idx.find(&dir(1), "a"), Lookup::Unfollowed);
-        assert!(idx.follow(dir(1), 7).is_empty());
-        assert_eq!(idx.find(&dir(1), "a"), Lookup::Listing, "not listed yet: no answer");
-        idx.listed(&dir(1), names(&["Report.TXT"]));
+        let (g, gone) = idx.follow(dir(1), 7);
+        assert!(gone.is_empty());
+        assert_eq!(idx.find(&dir(1), "a"), Lookup::Listing(g), "not listed yet: no answer");
+        idx.listed(&dir(1), g, names(&["Report.TXT"]));
         assert_eq!(idx.find(&dir(1), "report.txt"), known("Report.TXT"));
         // A folder being filled: each create comes back as an event, no listing.
         for i in 0..1000 {
@@ -430,8 +445,8 @@ mod tests {
     #[test]
     fn a_change_by_someone_else_right_after_ours_is_seen() {
         let mut idx = FoldedIndexes::default();
-        idx.follow(dir(1), 7);
-        idx.listed(&dir(1), names(&[]));
+        let (g, _) = idx.follow(dir(1), 7);
+        idx.listed(&dir(1), g, names(&[]));
         idx.apply([added(7, "ours.txt"), added(7, "Theirs.txt")]);
         assert_eq!(idx.find(&dir(1), "THEIRS.TXT"), known("Theirs.txt"));
         idx.apply([removed(7, "ours.txt"), added(7, "OURS.TXT")]);
@@ -455,9 +470,9 @@ mod tests {
         ];
         for (seen, events, want) in cases {
             let mut idx = FoldedIndexes::default();
-            idx.follow(dir(1), 7);
+            let (g, _) = idx.follow(dir(1), 7);
             idx.apply(events.iter().map(|&a| if a { added(7, "X") } else { removed(7, "X") }));
-            idx.listed(&dir(1), names(if seen { &["X", "y"] } else { &["y"] }));
+            idx.listed(&dir(1), g, names(if seen { &["X", "y"] } else { &["y"] }));
             let got = idx.find(&dir(1), "x");
             assert_eq!(got, if want { known("X") } else { Lookup::Known(None) }, "{seen} {events:?}");
             assert_eq!(idx.find(&dir(1), "Y"), known("y"));
@@ -467,21 +482,37 @@ mod tests {
     #[test]
     fn a_second_listing_does_not_replace_the_first() {
         let mut idx = FoldedIndexes::default();
-        idx.follow(dir(1), 7);
-        idx.listed(&dir(1), names(&["a"]));
+        let (g, _) = idx.follow(dir(1), 7);
+        idx.listed(&dir(1), g, names(&["a"]));
         idx.apply([added(7, "b")]);
-        idx.listed(&dir(1), names(&["a"]));
+        idx.listed(&dir(1), g, names(&["a"]));
         assert_eq!(idx.find(&dir(1), "B"), known("b"));
-        assert!(idx.listed(&dir(2), names(&["z"])).is_empty(), "not followed: ignored");
+        assert!(idx.listed(&dir(2), g, names(&["z"])).is_empty(), "not followed: ignored");
         assert_eq!(idx.find(&dir(2), "z"), Lookup::Unfollowed);
+    }
+
+    /// A listing begun under a watch that was dropped (memory bound, overflow) and replaced
+    /// missed the changes made between the two watches: it must not fill the new following.
+    #[test]
+    fn a_listing_from_an_older_following_is_not_taken() {
+        let mut idx = FoldedIndexes::default();
+        let (old, _) = idx.follow(dir(1), 7);
+        assert_eq!(idx.apply([NameEvent::Overflow]), [7]);
+        // Made while nothing followed the directory: no event anywhere.
+        let (new, _) = idx.follow(dir(1), 8);
+        assert_ne!(old, new);
+        idx.listed(&dir(1), old, names(&[]));
+        assert_eq!(idx.find(&dir(1), "lost"), Lookup::Listing(new), "the old listing is not an answer");
+        idx.listed(&dir(1), new, names(&["Lost"]));
+        assert_eq!(idx.find(&dir(1), "lost"), known("Lost"));
     }
 
     #[test]
     fn lost_events_and_ended_watches_forget() {
         let mut idx = FoldedIndexes::default();
         for (d, w) in [(1, 7), (2, 8), (3, 9)] {
-            idx.follow(dir(d), w);
-            idx.listed(&dir(d), names(&["n"]));
+            let (g, _) = idx.follow(dir(d), w);
+            idx.listed(&dir(d), g, names(&["n"]));
         }
         assert!(idx.is_watching(&8));
         assert!(idx.apply([NameEvent::Ended(8)]).is_empty(), "an ended watch needs no removal");
@@ -494,8 +525,8 @@ mod tests {
         assert!(idx.is_empty());
         assert_eq!(idx.find(&dir(1), "N"), Lookup::Unfollowed);
         // Following again after an overflow starts from a new listing.
-        idx.follow(dir(1), 10);
-        idx.listed(&dir(1), names(&["n", "m"]));
+        let (g, _) = idx.follow(dir(1), 10);
+        idx.listed(&dir(1), g, names(&["n", "m"]));
         assert_eq!(idx.find(&dir(1), "M"), known("m"));
     }
 
@@ -503,9 +534,9 @@ mod tests {
     fn memory_is_bounded() {
         let mut idx = FoldedIndexes::with_limits(5, 3);
         for d in 0..4u8 {
-            let gone = idx.follow(dir(d), u32::from(d));
+            let (g, gone) = idx.follow(dir(d), u32::from(d));
             assert_eq!(gone, if d == 3 { vec![0] } else { vec![] }, "at most three directories");
-            idx.listed(&dir(d), names(&["a"]));
+            idx.listed(&dir(d), g, names(&["a"]));
         }
         assert_eq!(idx.len(), 3);
         assert_eq!(idx.find(&dir(1), "A"), known("a"));
@@ -517,8 +548,8 @@ mod tests {
         assert_eq!(gone, [1, 3], "a directory larger than the limit is not followed");
         assert!(idx.is_empty());
         // A listing too large is dropped as well, and so are changes piling up meanwhile.
-        idx.follow(dir(5), 5);
-        assert_eq!(idx.listed(&dir(5), names(&["1", "2", "3", "4", "5", "6"])), [5]);
+        let (g, _) = idx.follow(dir(5), 5);
+        assert_eq!(idx.listed(&dir(5), g, names(&["1", "2", "3", "4", "5", "6"])), [5]);
         idx.follow(dir(6), 6);
         assert_eq!(idx.apply((0..6).map(|i| added(6, &format!("n{i}")))), [6]);
         assert!(idx.is_empty());

@@ -58,14 +58,15 @@ impl LocalFoldedNames {
     }
 
     /// Follows directory `dir` (`fd`: its `O_PATH` descriptor) from now on, before it is
-    /// listed. False when it cannot be (no inotify, the kernel's watch limit, another id of
-    /// the same directory followed already): then nothing is remembered and each search lists.
-    pub fn follow(&self, dir: FileId, fd: OwnedFd) -> bool {
+    /// listed; returns the generation to hand to [`LocalFoldedNames::listed`]. `None` when it
+    /// cannot be (no inotify, the kernel's watch limit, another id of the same directory
+    /// followed already): then nothing is remembered and each search lists.
+    pub fn follow(&self, dir: FileId, fd: OwnedFd) -> Option<u64> {
         let mut guard = self.state();
         let st = &mut *guard;
         st.drain();
-        if st.index.follows(&dir) {
-            return true;
+        if let Some(generation) = st.index.follows(&dir) {
+            return Some(generation);
         }
         let inotify = st.inotify.get_or_insert_with(|| match Inotify::init() {
             Ok(i) => Some(i),
@@ -74,7 +75,7 @@ impl LocalFoldedNames {
                 None
             }
         });
-        let Some(inotify) = inotify else { return false };
+        let Some(inotify) = inotify else { return None };
         // The descriptor's magic link reaches exactly its directory, whatever its path is now.
         let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let mask =
@@ -83,29 +84,31 @@ impl LocalFoldedNames {
             Ok(wd) => wd,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot follow a directory for case-insensitive searches");
-                return false;
+                return None;
             }
         };
         drop(fd);
         if st.index.is_watching(&wd) {
-            return false;
+            return None;
         }
-        let gone = st.index.follow(dir, wd);
+        let (generation, gone) = st.index.follow(dir, wd);
         st.remove(gone);
-        true
+        Some(generation)
     }
 
-    /// `names`: the entries of `dir`, listed after [`LocalFoldedNames::follow`]. Applies the
-    /// changes made meanwhile, keeps the result and answers the entry that folds like `name`.
-    pub fn listed(&self, dir: &FileId, names: FoldedNames, name: &str) -> Option<Vec<u8>> {
+    /// `names`: the entries of `dir`, listed after its following `generation` began (see
+    /// [`LocalFoldedNames::follow`]). Applies the changes made meanwhile, keeps the result and
+    /// answers the entry that folds like `name`.
+    pub fn listed(&self, dir: &FileId, generation: u64, names: FoldedNames, name: &str) -> Option<Vec<u8>> {
+        // Forgotten meanwhile (memory bound, overflow): the listing itself is as fresh.
+        let listed = names.find(name).map(<[u8]>::to_vec);
         let mut st = self.state();
         st.drain();
-        let gone = st.index.listed(dir, names.clone());
+        let gone = st.index.listed(dir, generation, names);
         st.remove(gone);
         match st.index.find(dir, name) {
             Lookup::Known(found) => found,
-            // Forgotten meanwhile (memory bound, overflow): the listing itself is as fresh.
-            _ => names.find(name).map(<[u8]>::to_vec),
+            _ => listed,
         }
     }
 

@@ -603,13 +603,13 @@ impl Namespace {
         if self.local {
             let followed = match self.folded.find(&dir, name) {
                 Lookup::Known(found) => return Ok(found),
-                Lookup::Listing => true,
+                Lookup::Listing(generation) => Some(generation),
                 Lookup::Unfollowed => match self.backend.open_dir_path(&dir) {
                     Ok(fd) => self.folded.follow(dir, fd),
-                    Err(_) => false,
+                    Err(_) => None,
                 },
             };
-            if followed {
+            if let Some(generation) = followed {
                 // Listed after the watch began (see the rule in `folding`).
                 self.folded.count_listing();
                 let mut names = FoldedNames::new();
@@ -624,7 +624,7 @@ impl Namespace {
                         break;
                     }
                 }
-                return Ok(self.folded.listed(&dir, names, name));
+                return Ok(self.folded.listed(&dir, generation, names, name));
             }
         }
         // Nothing read now will be remembered: compare each entry as it comes, building
