@@ -24,13 +24,16 @@
 //!
 //! 1. its watch is added before it is listed;
 //! 2. every event of the watch since then is applied in order to what was listed: a name an
-//!    event mentions is then present (created, moved in) or absent (deleted, moved out),
-//!    whatever the listing said; a name no event mentions did not change while the directory
-//!    was listed, so the listing has it right;
-//! 3. before each answer every queued event is applied, so a change whose system call returned
+//!    event mentions is then present (created, moved in) or absent (deleted), whatever the
+//!    listing said; a name no event mentions did not change while the directory was listed, so
+//!    the listing has it right;
+//! 3. a name moved out forgets the directory instead: an exchange (`RENAME_EXCHANGE`) reports
+//!    its second name as moved out after moving it in, though both names stay, so "moved out"
+//!    does not say the name is gone;
+//! 4. before each answer every queued event is applied, so a change whose system call returned
 //!    before the question was asked is in the answer (a change still under way may or may not
 //!    be, as with any listing);
-//! 4. a queue that overflowed forgets every directory, a watch that ended (the directory was
+//! 5. a queue that overflowed forgets every directory, a watch that ended (the directory was
 //!    removed, its file system unmounted) its own; they are listed again when next asked.
 //!
 //! nasgw's own creates, renames and removes need no special case: they come back as events like
@@ -137,8 +140,11 @@ pub const FOLLOWED_DIRS: usize = 4096;
 pub enum NameEvent<W> {
     /// A name appeared in the directory (created, linked, moved in).
     Added(W, Vec<u8>),
-    /// A name left the directory (removed, moved out).
+    /// A name was removed from the directory (unlinked).
     Removed(W, Vec<u8>),
+    /// A name was moved out of the directory: it may still be there (the second name of an
+    /// exchange is reported moved out too).
+    MovedOut(W),
     /// The watch ended: the directory was removed or its file system unmounted.
     Ended(W),
     /// Events were lost: nothing followed can be trusted.
@@ -286,6 +292,12 @@ impl<W: Clone + Eq + Hash> FoldedIndexes<W> {
             let (watch, appeared, name) = match e {
                 NameEvent::Added(w, n) => (w, true, n),
                 NameEvent::Removed(w, n) => (w, false, n),
+                NameEvent::MovedOut(w) => {
+                    if let Some(dir) = self.by_watch.get(&w).copied() {
+                        gone.extend(self.forget(&dir));
+                    }
+                    continue;
+                }
                 NameEvent::Ended(w) => {
                     if let Some(dir) = self.by_watch.get(&w).copied() {
                         // The kernel dropped the watch already.
@@ -477,6 +489,23 @@ mod tests {
             assert_eq!(got, if want { known("X") } else { Lookup::Known(None) }, "{seen} {events:?}");
             assert_eq!(idx.find(&dir(1), "Y"), known("y"));
         }
+    }
+
+    /// `RENAME_EXCHANGE` of `a` and `b` reports: a moved out, b moved in, b moved out, a moved
+    /// in; both names stay. Moved out cannot be trusted to mean gone.
+    #[test]
+    fn a_name_moved_out_forgets_the_directory() {
+        let mut idx = FoldedIndexes::default();
+        let (g, _) = idx.follow(dir(1), 7);
+        idx.listed(&dir(1), g, names(&["a", "b"]));
+        let gone = idx.apply([NameEvent::MovedOut(7), added(7, "b"), NameEvent::MovedOut(7), added(7, "a")]);
+        assert_eq!(gone, [7]);
+        assert_eq!(idx.find(&dir(1), "B"), Lookup::Unfollowed, "listed again when next asked");
+        // While the directory is being listed, too.
+        let (g, _) = idx.follow(dir(1), 8);
+        assert_eq!(idx.apply([NameEvent::MovedOut(8)]), [8]);
+        idx.listed(&dir(1), g, names(&["a"]));
+        assert_eq!(idx.find(&dir(1), "A"), Lookup::Unfollowed);
     }
 
     #[test]

@@ -172,8 +172,10 @@ fn name_event(e: inotify::Event<&std::ffi::OsStr>) -> Option<NameEvent<WatchDesc
     let name = e.name?.as_bytes().to_vec();
     if m.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
         Some(NameEvent::Added(e.wd, name))
-    } else if m.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
+    } else if m.contains(EventMask::DELETE) {
         Some(NameEvent::Removed(e.wd, name))
+    } else if m.contains(EventMask::MOVED_FROM) {
+        Some(NameEvent::MovedOut(e.wd))
     } else {
         None
     }
@@ -201,28 +203,46 @@ mod tests {
         assert_eq!(id, ns.lookup(&me, root, b"Report.TXT").await.unwrap().0);
         assert_eq!(ns.lookup_nocase(&me, root, "nothing").await.unwrap_err(), VfsError::NotFound);
         assert_eq!(ns.remembered_folded_dirs(), 1, "remembered at once, no settling");
-        // Made, renamed and removed by a local program, with no pause: each seen by the next
-        // search, which does not list the directory again.
+        assert_eq!(ns.nocase_listings(), 1);
+        // Made and removed by a local program, with no pause: each seen by the next search,
+        // which does not list the directory again.
         let p = |n: &str| tmp.path().join(n);
         std::fs::write(p("Other"), b"o").unwrap();
         assert_eq!(ns.find_nocase(&me, root, "OTHER").await.unwrap().as_deref(), Some(&b"Other"[..]));
-        std::fs::rename(p("Report.TXT"), p("rePORT.txt")).unwrap();
-        assert_eq!(ns.find_nocase(&me, root, "REPORT.TXT").await.unwrap().as_deref(), Some(&b"rePORT.txt"[..]));
         std::fs::remove_file(p("Other")).unwrap();
         assert_eq!(ns.find_nocase(&me, root, "other").await.unwrap(), None);
         std::fs::create_dir(p("Sub")).unwrap();
+        assert_eq!(ns.find_nocase(&me, root, "SUB").await.unwrap().as_deref(), Some(&b"Sub"[..]));
+        assert_eq!(ns.nocase_listings(), 1);
+        // Renamed: seen too, by listing the directory once more.
+        std::fs::rename(p("Report.TXT"), p("rePORT.txt")).unwrap();
+        assert_eq!(ns.find_nocase(&me, root, "REPORT.TXT").await.unwrap().as_deref(), Some(&b"rePORT.txt"[..]));
+        assert_eq!(ns.find_nocase(&me, root, "other").await.unwrap(), None);
+        assert_eq!(ns.nocase_listings(), 2);
         std::fs::rename(p("rePORT.txt"), p("Sub/Moved.txt")).unwrap();
         assert_eq!(ns.find_nocase(&me, root, "report.txt").await.unwrap(), None, "moved out");
         let (sub, _) = ns.lookup_nocase(&me, root, "sub").await.map(|(_, id, a)| (id, a)).unwrap();
         assert_eq!(ns.find_nocase(&me, sub, "MOVED.TXT").await.unwrap().as_deref(), Some(&b"Moved.txt"[..]));
-        assert_eq!(ns.nocase_listings(), 2, "one listing per directory");
+        assert_eq!(ns.nocase_listings(), 4);
         assert_eq!(ns.remembered_folded_dirs(), 2);
+        // Two names exchanged (renameat2 RENAME_EXCHANGE): both stay.
+        std::fs::write(p("Sub/Other.txt"), b"").unwrap();
+        let (a, b) = (
+            std::ffi::CString::new(p("Sub/Moved.txt").into_os_string().into_encoded_bytes()).unwrap(),
+            std::ffi::CString::new(p("Sub/Other.txt").into_os_string().into_encoded_bytes()).unwrap(),
+        );
+        // SAFETY: two valid NUL-terminated paths.
+        let r =
+            unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        assert_eq!(ns.find_nocase(&me, sub, "moved.TXT").await.unwrap().as_deref(), Some(&b"Moved.txt"[..]));
+        assert_eq!(ns.find_nocase(&me, sub, "other.TXT").await.unwrap().as_deref(), Some(&b"Other.txt"[..]));
         // A removed directory (its watch ends once nothing holds it open) answers nothing.
         std::fs::remove_dir_all(p("Sub")).unwrap();
         assert_eq!(ns.find_nocase(&me, root, "sub").await.unwrap(), None);
         let gone = ns.find_nocase(&me, sub, "moved.txt").await;
         assert!(matches!(gone, Ok(None) | Err(VfsError::Stale)), "{gone:?}");
-        assert_eq!(ns.nocase_listings(), 2);
+        assert_eq!(ns.nocase_listings(), 5, "the exchange listed Sub again; removals list nothing");
     }
 
     #[tokio::test]
@@ -257,9 +277,10 @@ mod tests {
         assert_eq!(ns.nocase_listings(), 1, "the folder was listed once, not once per file");
         ns.remove(&me, dir, b"File0001.txt").await.unwrap();
         assert_eq!(ns.find_nocase(&me, dir, "FILE0001.TXT").await.unwrap(), None);
+        assert_eq!(ns.nocase_listings(), 1);
         ns.rename(&me, dir, b"File0002.txt", dir, b"FILE0002.TXT").await.unwrap();
         assert_eq!(ns.find_nocase(&me, dir, "file0002.txt").await.unwrap().as_deref(), Some(&b"FILE0002.TXT"[..]));
-        assert_eq!(ns.nocase_listings(), 1);
+        assert_eq!(ns.nocase_listings(), 2, "a rename costs one listing more");
     }
 
     #[tokio::test]
