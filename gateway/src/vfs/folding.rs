@@ -34,7 +34,9 @@
 //!    before the question was asked is in the answer (a change still under way may or may not
 //!    be, as with any listing);
 //! 5. a queue that overflowed forgets every directory, a watch that ended (the directory was
-//!    removed, its file system unmounted) its own; they are listed again when next asked.
+//!    removed, its file system unmounted) its own; they are listed again when next asked, and
+//!    a listing begun before they were forgotten answers only its own search (each following
+//!    has a generation), since changes made while nothing followed raised no event.
 //!
 //! nasgw's own creates, renames and removes need no special case: they come back as events like
 //! anyone's. Never on a network file system (a change through another client raises no event
