@@ -714,6 +714,11 @@ pub struct Machine<K: RecordKey> {
     leading: Option<Leading>,
     homes: HashMap<K, HomeFile>,
     local: HashMap<K, LocalFile>,
+    /// Every file this node decides that has break timers or orphans running (and maybe some
+    /// that no longer have: `periodic` drops those): the tick looks at these alone, not at
+    /// every record kept, which grow with every file opened and would make an idle tick cost
+    /// as much as the files ever used.
+    timed: BTreeSet<K>,
     outstanding: HashMap<u64, Outstanding<K>>,
     /// Ids of the requests this machine makes itself (undoing late grants), above any caller's.
     internal_rid: u64,
@@ -768,6 +773,7 @@ impl<K: RecordKey> Machine<K> {
             leading: None,
             homes: HashMap::new(),
             local: HashMap::new(),
+            timed: BTreeSet::new(),
             outstanding: HashMap::new(),
             internal_rid: 1 << 63,
             carried: HashMap::new(),
@@ -775,6 +781,35 @@ impl<K: RecordKey> Machine<K> {
             posix_grace: Duration::ZERO,
             interest: EventInterest::default(),
         }
+    }
+
+    /// Panics unless every file with break timers or orphans running where this node decides is
+    /// among those the tick looks at (the simulator checks it after every step).
+    #[cfg(test)]
+    pub(crate) fn check_timed(&self) {
+        for (f, h) in &self.homes {
+            let running = !h.timers.is_empty() || h.orphans_since.is_some();
+            assert!(
+                !running || self.timed.contains(f),
+                "node {}: home of {f:?} has timers or orphans unwatched",
+                self.cfg.me
+            );
+        }
+        for (f, l) in &self.local {
+            if let LocalFile::Delegated { timers, .. } = l {
+                assert!(
+                    timers.is_empty() || self.timed.contains(f),
+                    "node {}: delegated {f:?} has timers unwatched",
+                    self.cfg.me
+                );
+            }
+        }
+    }
+
+    /// How many files the tick looks at (see `timed`).
+    #[cfg(test)]
+    pub(crate) fn watched(&self) -> usize {
+        self.timed.len()
     }
 
     /// How long POSIX-owner locks outlive their node, as orphans their owner may reclaim
@@ -1112,11 +1147,20 @@ impl<K: RecordKey> Machine<K> {
         };
         let mut expired: Vec<(K, LeaseId)> = Vec::new();
         if self.licensed && self.ready {
-            for (f, h) in &self.homes {
-                expired.extend(late(&h.timers).into_iter().map(|l| (f.clone(), l)));
-            }
-            for (f, l) in &self.local {
-                if let LocalFile::Delegated { timers, .. } = l {
+            let (homes, local) = (&self.homes, &self.local);
+            self.timed.retain(|f| {
+                let home = homes.get(f).filter(|h| !h.timers.is_empty() || h.orphans_since.is_some());
+                let delegated = match local.get(f) {
+                    Some(LocalFile::Delegated { timers, .. }) if !timers.is_empty() => Some(timers),
+                    _ => None,
+                };
+                home.is_some() || delegated.is_some()
+            });
+            for f in &self.timed {
+                if let Some(h) = self.homes.get(f) {
+                    expired.extend(late(&h.timers).into_iter().map(|l| (f.clone(), l)));
+                }
+                if let Some(LocalFile::Delegated { timers, .. }) = self.local.get(f) {
                     expired.extend(late(timers).into_iter().map(|l| (f.clone(), l)));
                 }
             }
@@ -1132,7 +1176,7 @@ impl<K: RecordKey> Machine<K> {
         // Orphans whose time ran out.
         let mut ended: Vec<(K, Vec<OpenKey>, bool)> = Vec::new();
         if self.licensed && self.ready {
-            for (f, h) in &self.homes {
+            for (f, h) in self.timed.iter().filter_map(|f| Some((f, self.homes.get(f)?))) {
                 let (Some(since), HomeState::Owned { record, .. }) = (h.orphans_since, &h.state) else { continue };
                 if h.queue.iter().any(|p| matches!(p.op, Op::Expire { .. })) {
                     continue;
@@ -1359,6 +1403,9 @@ impl<K: RecordKey> Machine<K> {
             let mut h = HomeFile::new(HomeState::Owned { record, version: 1 });
             h.timers = timers;
             h.orphans_since = orphans_since;
+            if !h.timers.is_empty() || h.orphans_since.is_some() {
+                self.timed.insert(f.clone());
+            }
             self.carried.remove(&f);
             self.homes.insert(f, h);
         }
@@ -1586,7 +1633,10 @@ impl<K: RecordKey> Machine<K> {
             Msg::Delegate { file, record, .. } => {
                 self.carried.remove(&file);
                 self.clock += 1;
-                let timers = record.breaking().map(|l| (l.id, now)).collect();
+                let timers: BTreeMap<LeaseId, Duration> = record.breaking().map(|l| (l.id, now)).collect();
+                if !timers.is_empty() {
+                    self.timed.insert(file.clone());
+                }
                 self.local.insert(
                     file.clone(),
                     LocalFile::Delegated { record, timers, queue: VecDeque::new(), used: self.clock },
@@ -1616,6 +1666,9 @@ impl<K: RecordKey> Machine<K> {
                 if matches!(h.state, HomeState::Recalling(n) if n == from) {
                     h.timers = record.breaking().map(|l| (l.id, now)).collect();
                     h.orphans_since = record.has_orphans().then_some(now);
+                    if !h.timers.is_empty() || h.orphans_since.is_some() {
+                        self.timed.insert(file.clone());
+                    }
                     h.state = HomeState::Owned { record, version: 1 };
                     self.run_home(now, &file, out);
                 }
@@ -1797,6 +1850,9 @@ impl<K: RecordKey> Machine<K> {
             let mut done: Vec<(u16, u64, Outcome)> = Vec::new();
             let mut notices: Vec<BreakNotice> = Vec::new();
             let progressed = run_queue(&mut next, &mut h.queue, &mut h.timers, now, true, &mut done, &mut notices);
+            if !h.timers.is_empty() {
+                self.timed.insert(file.clone());
+            }
             let changed = next != *record;
             let version_now = if changed { *version + 1 } else { *version };
             // A record that must survive a node keeps a copy on its backup node too.
@@ -1909,6 +1965,9 @@ impl<K: RecordKey> Machine<K> {
         let mut replies = Vec::new();
         let mut notices = Vec::new();
         run_queue(record, queue, timers, now, false, &mut replies, &mut notices);
+        if !timers.is_empty() {
+            self.timed.insert(file.clone());
+        }
         let changed = *record != before;
         for n in notices {
             self.deliver_break(view, file, n, out);
@@ -1934,6 +1993,10 @@ impl<K: RecordKey> Machine<K> {
 
     fn evict_idle(&mut self, out: &mut Vec<Output<K>>) {
         let cap = self.cfg.max_idle_delegations;
+        if self.local.len() <= cap {
+            // Fewer records than the cap, idle or not: nothing to count every tick.
+            return;
+        }
         let mut idle: Vec<(u64, K)> = self
             .local
             .iter()

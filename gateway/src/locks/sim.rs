@@ -546,6 +546,9 @@ impl World {
         // Orphans are held by the cluster, not by a node: several nodes may show the same one.
         let mut orphans: BTreeMap<SimKey, FileRecord> = BTreeMap::new();
         for (i, node) in self.nodes.iter().enumerate() {
+            if node.alive {
+                node.m.check_timed();
+            }
             if !node.alive || !node.m.is_licensed() {
                 continue;
             }

@@ -132,6 +132,41 @@ fn a_file_used_through_one_node_costs_one_round_trip_then_none() {
     assert_eq!(w.stats.refused, before + 1, "node 0 reads the file: node 2's open sharing nothing is refused");
 }
 
+/// Records kept after their files were closed (delegated, idle) cost the tick nothing: it looks
+/// only at files with break timers or orphans running, which a break adds until its
+/// acknowledgement.
+#[test]
+fn the_tick_looks_only_at_files_with_timers_running() {
+    let mut w = World::new(3);
+    settle(&mut w);
+    for b in 0..60u8 {
+        let r = open_req(&mut w, 0, access::READ_DATA | access::WRITE_DATA, share::ALL, CachingRequest::None);
+        let key = r.key;
+        w.ask(0, SimKey([b]), Op::Open(r));
+        drain(&mut w);
+        w.ask(0, SimKey([b]), Op::Close(key));
+        drain(&mut w);
+    }
+    w.step(ms(50));
+    assert!(w.machine(0).record_count().1 > 0, "node 0 keeps the delegated records: {:?}", w.machine(0).record_count());
+    assert!((0..3).all(|n| w.machine(n).watched() == 0), "no file has a timer running");
+    // A lease break starts a timer where the file is decided, until its acknowledgement.
+    let f = SimKey([200]);
+    let lease = LeaseId { client: [1; 16], key: [2; 16] };
+    let caching = CachingRequest::Lease { id: lease, state: caching::RWH, version: 2, epoch: 0, parent: None };
+    let a = open_req(&mut w, 0, access::READ_DATA | access::WRITE_DATA, share::ALL, caching);
+    w.ask(0, f.clone(), Op::Open(a));
+    drain(&mut w);
+    let b = open_req(&mut w, 1, access::READ_DATA | access::WRITE_DATA, share::ALL, CachingRequest::None);
+    w.ask(1, f.clone(), Op::Open(b));
+    w.step(ms(5));
+    let watching = (0..3).map(|n| w.machine(n).watched()).sum::<usize>();
+    assert_eq!(watching, 1, "the break's timer is watched where the file is decided");
+    drain(&mut w);
+    w.step(ms(50));
+    assert!((0..3).all(|n| w.machine(n).watched() == 0), "acknowledged: nothing to watch");
+}
+
 /// Change events go only to the nodes whose watchers want them; a node relies on that only
 /// after every other member acknowledged its interest, and a new view asks again.
 #[test]
