@@ -370,7 +370,7 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
     loop {
         let left = match on_thread(start, &stop, &moved) {
             Ok(done) => done.await.unwrap_or(Left::Ended),
-            Err(start) => Left::NoThread(start),
+            Err(start) => Left::NoThread(*start),
         };
         let dormant = match left {
             Left::Ended => return,
@@ -409,7 +409,7 @@ enum Start {
     /// A new client.
     Fresh { server: Arc<SmbServer>, stream: std::net::TcpStream, tcp: TcpConnection },
     /// A dormant connection, woken by what comes first.
-    Resume(Dormant, First),
+    Resume(Box<Dormant>, First),
 }
 
 /// How a connection's thread ended.
@@ -417,7 +417,7 @@ enum Left {
     /// The connection is over.
     Ended,
     /// The connection went dormant.
-    Dormant(Dormant),
+    Dormant(Box<Dormant>),
     /// No thread or runtime could be started for it.
     NoThread(Start),
 }
@@ -428,7 +428,7 @@ fn on_thread(
     start: Start,
     stop: &CancellationToken,
     moved: &CancellationToken,
-) -> Result<tokio::sync::oneshot::Receiver<Left>, Start> {
+) -> Result<tokio::sync::oneshot::Receiver<Left>, Box<Start>> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Left>();
     // Kept here too, so that a thread that cannot be spawned gives it back.
     let slot = Arc::new(Mutex::new(Some(start)));
@@ -451,16 +451,18 @@ fn on_thread(
         threads.connection_threads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let left = rt.block_on(Box::pin(serve_here(start, stop, moved)));
         threads.connection_threads.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        // Its descriptors and memory go before the connection sleeps.
-        drop(rt);
-        let _ = done_tx.send(left);
+        // `serve` was dropped as the connection went dormant (HA moved its address): end it
+        // here, its client lost.
+        if let Err(Left::Dormant(mut d)) = done_tx.send(left) {
+            rt.block_on(Box::pin(finish(&mut d.conn, true)));
+        }
     });
     match spawned {
         Ok(_) => Ok(done_rx),
         Err(e) => {
             tracing::warn!(error = %e, "SMB: cannot start the connection's thread");
             match slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                Some(start) => Err(start),
+                Some(start) => Err(Box::new(start)),
                 None => Ok(done_rx),
             }
         }
@@ -533,7 +535,7 @@ impl Dormant {
 
 /// Holds a dormant connection; if the future holding it is dropped (HA moved the address its
 /// client came in on), the connection ends on the daemon's runtime, its client lost.
-struct Asleep(Option<Dormant>);
+struct Asleep(Option<Box<Dormant>>);
 
 impl Drop for Asleep {
     fn drop(&mut self) {
@@ -572,7 +574,8 @@ async fn serve_here(start: Start, stop: CancellationToken, moved: CancellationTo
     let mut first_inbound = None;
     let mut conn = match conn {
         Err((server, tcp)) => Connection::new(server, tcp, Link::new(FrameWriter::new(wr))),
-        Ok(Dormant { mut conn, notices, .. }) => {
+        Ok(d) => {
+            let Dormant { mut conn, notices, .. } = *d;
             conn.link.out.put(wr).await;
             let notice = match first {
                 First::Notice(m) => Some(m),
@@ -621,7 +624,7 @@ async fn serve_here(start: Start, stop: CancellationToken, moved: CancellationTo
         // Off the runtime that ends with this thread: the halves become the socket again.
         let stream = frames.into_inner().reunite(wr).ok().and_then(|s| s.into_std().ok());
         match stream {
-            Some(stream) => return Left::Dormant(Dormant { conn, stream: Some(stream), notices, deadline }),
+            Some(stream) => return Left::Dormant(Box::new(Dormant { conn, stream: Some(stream), notices, deadline })),
             None => {
                 tracing::warn!(client = %conn.tcp.client, "SMB: closing connection: its socket cannot be set aside");
                 lost = true;
@@ -1583,12 +1586,13 @@ mod tests {
         let (d, wake) = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").unwrap();
         let Wake::Client(first) = wake else { panic!("the break ended the connection") };
         assert!(matches!(first, First::Notice(_)), "woken by the break");
-        let done = on_thread(Start::Resume(d, first), &stop, &moved).ok().expect("a thread");
-        let got = tokio::task::spawn_blocking(move || reply(&mut client)).await.unwrap();
+        let done = on_thread(Start::Resume(Box::new(d), first), &stop, &moved).ok().expect("a thread");
+        let (got, client) = tokio::task::spawn_blocking(move || (reply(&mut client), client)).await.unwrap();
         assert_eq!(got.as_deref(), Some(&b"\xfeSMB a break"[..]), "the break went out");
-        // With nothing else to do it goes dormant again.
+        // With nothing else to do (its client still connected) it goes dormant again.
         let left = tokio::time::timeout(Duration::from_secs(5), done).await.expect("the thread ends").unwrap();
-        assert!(matches!(left, Left::Dormant(_)));
+        assert!(matches!(left, Left::Dormant(_)), "dormant again");
+        drop(client);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
