@@ -230,6 +230,10 @@ pub fn run_rows(
                 let made = std::fs::read_dir(fx.data.join(&dir)).map(|e| e.count()).unwrap_or(0);
                 fx.remove(&dir);
                 let elapsed = out?;
+                // Again once they have been idle for the whole row: a server may shed what
+                // an idle connection does not need only after a while (nasgw's dormant
+                // connections give their threads back after a second).
+                let settled = pss_tree_kib(pid)?;
                 let lost = closed(&conns);
                 drop(conns);
                 if lost > 0 {
@@ -240,11 +244,13 @@ pub fn run_rows(
                 }
                 if count > 0 {
                     let per = after.saturating_sub(before) as f64 / count as f64;
+                    let per_settled = settled.saturating_sub(before) as f64 / count as f64;
                     memory.borrow_mut().push(format!(
-                        "SMB {}: memory (Pss of its processes) {} MiB -> {} MiB with {count} idle connections: {per:.1} KiB per connection",
+                        "SMB {}: memory (Pss of its processes) {} MiB -> {} MiB with {count} idle connections: {per:.1} KiB per connection just after opening them; {} MiB, {per_settled:.1} KiB per connection, after the row",
                         ["nasgw", "smbd"][i],
                         before / 1024,
-                        after / 1024
+                        after / 1024,
+                        settled / 1024
                     ));
                 }
                 Ok(Done { amount: scale.files_per_client as u64, elapsed })

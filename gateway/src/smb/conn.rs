@@ -139,38 +139,83 @@ pub struct Link {
     /// The keys that encrypt those notices: a session of this connection that encrypts
     /// (MS-SMB2 3.3.4.6/3.3.4.7), kept current by [`refresh_notice_seal`].
     notice_seal: Arc<Mutex<Option<Arc<SessionCipher>>>>,
+    /// The task sending notices: fire `.0` and it hands back its queue (the connection goes
+    /// dormant); `None` while dormant.
+    notice_task: Option<(CancellationToken, tokio::task::JoinHandle<Option<NoticeQueue>>)>,
     next_async: u64,
 }
+
+/// Where a connection's notices wait to be sent.
+type NoticeQueue = tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>;
 
 impl Link {
     /// A link that writes to `out`.
     pub fn new(out: FrameWriter<OwnedWriteHalf>) -> Self {
-        let (notices, mut queued) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-        let writer = out.clone();
-        let notice_seal: Arc<Mutex<Option<Arc<SessionCipher>>>> = Arc::default();
-        let seal = notice_seal.clone();
-        tokio::spawn(async move {
-            while let Some(mut m) = queued.recv().await {
-                let cipher = seal.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let sent = match cipher {
-                    Some(c) => match c.seal(&mut m) {
-                        Ok(th) => writer.message(&[&th, &m]).await,
-                        Err(_) => return,
-                    },
-                    None => writer.message(&[&m]).await,
-                };
-                if sent.is_err() {
-                    return;
-                }
-            }
-        });
-        Self {
+        let (notices, queued) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let mut link = Self {
             out,
             pending: Arc::new(Mutex::new(HashMap::new())),
             sequence: SequenceWindow::new(),
             notices,
-            notice_seal,
+            notice_seal: Arc::default(),
+            notice_task: None,
             next_async: 0,
+        };
+        link.send_notices(queued, None);
+        link
+    }
+
+    /// Starts the task that sends the notices of `queued` (`first` before them), on the
+    /// connection's runtime.
+    fn send_notices(&mut self, mut queued: NoticeQueue, first: Option<Vec<u8>>) {
+        let writer = self.out.clone();
+        let seal = self.notice_seal.clone();
+        let park = CancellationToken::new();
+        let parked = park.clone();
+        let task = tokio::spawn(async move {
+            let mut next = first;
+            loop {
+                let mut m = match next.take() {
+                    Some(m) => m,
+                    None => tokio::select! {
+                        biased;
+                        m = queued.recv() => m?,
+                        _ = parked.cancelled() => return Some(queued),
+                    },
+                };
+                let cipher = seal.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let sent = match cipher {
+                    Some(c) => match c.seal(&mut m) {
+                        Ok(th) => writer.message(&[&th, &m]).await,
+                        Err(_) => return None,
+                    },
+                    None => writer.message(&[&m]).await,
+                };
+                if sent.is_err() {
+                    return None;
+                }
+            }
+        });
+        self.notice_task = Some((park, task));
+    }
+
+    /// Stops the notice task and takes the writer out, for a connection going dormant.
+    /// `Err`: a send failed (the client is gone); `Ok(None)`: something still writes, the
+    /// connection stays awake.
+    async fn quiesce(&mut self) -> Result<Option<(OwnedWriteHalf, NoticeQueue)>, ()> {
+        if self.out.busy() {
+            // A send under way (the notice task's, to a client slow to read) would hold us.
+            return Ok(None);
+        }
+        let (park, task) = self.notice_task.take().ok_or(())?;
+        park.cancel();
+        let notices = task.await.ok().flatten().ok_or(())?;
+        match self.out.take() {
+            Some(wr) => Ok(Some((wr, notices))),
+            None => {
+                self.send_notices(notices, None);
+                Ok(None)
+            }
         }
     }
 
@@ -195,6 +240,37 @@ impl Link {
 }
 
 impl Connection {
+    /// A connection that has not negotiated yet, sending through `link`.
+    fn new(server: Arc<SmbServer>, tcp: TcpConnection, link: Link) -> Self {
+        let (end, inbox) = ConnectionEnd::new();
+        Connection {
+            server,
+            tcp,
+            dialect: 0,
+            client_guid: [0; 16],
+            client_security_mode: 0,
+            client_capabilities: 0,
+            client_dialects: Vec::new(),
+            server_capabilities: 0,
+            server_security_mode: 0,
+            signing_alg: SigningAlgorithm::HmacSha256,
+            cipher: None,
+            preauth: [0; 64],
+            sessions: HashMap::new(),
+            channels: HashMap::new(),
+            opens: OpenTable::default(),
+            compound_fid: None,
+            sealing: false,
+            link,
+            open_updates: OpenUpdates::default(),
+            ghost: None,
+            end,
+            inbox: Some(inbox),
+            next_session: 0,
+            next_tree: 0,
+        }
+    }
+
     /// A fresh SessionId.
     pub fn new_session_id(&mut self) -> u64 {
         self.next_session += 1;
@@ -271,7 +347,11 @@ impl Connection {
 /// The connection runs on a thread of its own with a single-threaded runtime, and backend
 /// calls run in place on it (like smbd's process per client): a request is read, executed
 /// and answered by one thread, with no hand-off between threads, and a slow backend call
-/// stalls only this client.
+/// stalls only this client. A connection with nothing in flight whose client says nothing
+/// for [`SmbServer::dormant_after`] goes dormant: its thread and runtime end (they cost
+/// most of an idle connection's memory and descriptors) and this future, on the daemon's
+/// runtime, holds its state until the client speaks again, a break must go out, or another
+/// connection asks something of it; then a thread takes the connection up again.
 pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection, stop: CancellationToken) {
     // Dropping this future (connection reset by HA: the address moved) stops the thread too;
     // the client is then lost, not sent away: its durable opens wait for it.
@@ -284,67 +364,230 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
             return;
         }
     };
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut start = Start::Fresh { server, stream, tcp };
+    // Holds a dormant connection; ends it if this future is dropped meanwhile.
+    let mut asleep = Asleep(None);
+    loop {
+        let left = match on_thread(start, &stop, &moved) {
+            Ok(done) => done.await.unwrap_or(Left::Ended),
+            Err(start) => Left::NoThread(*start),
+        };
+        let dormant = match left {
+            Left::Ended => return,
+            Left::Dormant(d) => asleep.0.insert(d),
+            Left::NoThread(Start::Fresh { .. }) => return,
+            Left::NoThread(Start::Resume(d, first)) => {
+                // It cannot be taken up again: end it here (a request another connection
+                // sent it is dropped, which that connection takes as the session gone).
+                drop(first);
+                let d = asleep.0.insert(d);
+                tracing::warn!(client = %d.conn.tcp.client, "SMB: closing a dormant connection: no thread to wake it on");
+                finish(&mut d.conn, true).await;
+                asleep.0 = None;
+                return;
+            }
+        };
+        match dormant.wait(&stop).await {
+            Wake::Client(first) => {
+                let Some(d) = asleep.0.take() else { return };
+                start = Start::Resume(d, first);
+            }
+            Wake::Ended { lost, why } => {
+                if let Some(why) = why {
+                    tracing::info!(client = %dormant.conn.tcp.client, why, "SMB: closing connection");
+                }
+                finish(&mut dormant.conn, lost).await;
+                asleep.0 = None;
+                return;
+            }
+        }
+    }
+}
+
+/// How a connection's thread starts.
+enum Start {
+    /// A new client.
+    Fresh { server: Arc<SmbServer>, stream: std::net::TcpStream, tcp: TcpConnection },
+    /// A dormant connection, woken by what comes first.
+    Resume(Box<Dormant>, First),
+}
+
+/// How a connection's thread ended.
+enum Left {
+    /// The connection is over.
+    Ended,
+    /// The connection went dormant.
+    Dormant(Box<Dormant>),
+    /// No thread or runtime could be started for it.
+    NoThread(Start),
+}
+
+/// Starts `start`'s thread with its single-threaded runtime; what it left comes on the
+/// receiver. `Err`: no thread or runtime (out of descriptors), `start` given back.
+fn on_thread(
+    start: Start,
+    stop: &CancellationToken,
+    moved: &CancellationToken,
+) -> Result<tokio::sync::oneshot::Receiver<Left>, Box<Start>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Left>();
+    // Kept here too, so that a thread that cannot be spawned gives it back.
+    let slot = Arc::new(Mutex::new(Some(start)));
+    let (stop, moved, taken) = (stop.clone(), moved.clone(), slot.clone());
     let spawned = std::thread::Builder::new().name("nasgw-smb".into()).spawn(move || {
+        let Some(start) = taken.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
-                tracing::warn!(client = %tcp.client, error = %e, "SMB: cannot start the connection's runtime");
+                tracing::warn!(error = %e, "SMB: cannot start the connection's runtime");
+                let _ = done_tx.send(Left::NoThread(start));
                 return;
             }
         };
         crate::vfs::in_place::run_calls_in_place();
-        rt.block_on(Box::pin(async move {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => serve_here(server, stream, tcp, stop, moved).await,
-                Err(e) => tracing::warn!(client = %tcp.client, error = %e, "SMB: cannot register the connection"),
-            }
-        }));
-        drop(done_tx);
+        let threads = match &start {
+            Start::Fresh { server, .. } => server.clone(),
+            Start::Resume(d, _) => d.conn.server.clone(),
+        };
+        threads.connection_threads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let left = rt.block_on(Box::pin(serve_here(start, stop, moved)));
+        threads.connection_threads.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        // `serve` was dropped as the connection went dormant (HA moved its address): end it
+        // here, its client lost.
+        if let Err(Left::Dormant(mut d)) = done_tx.send(left) {
+            rt.block_on(Box::pin(finish(&mut d.conn, true)));
+        }
     });
-    if let Err(e) = spawned {
-        tracing::warn!(client = %tcp.client, error = %e, "SMB: cannot start the connection's thread");
-        return;
+    match spawned {
+        Ok(_) => Ok(done_rx),
+        Err(e) => {
+            tracing::warn!(error = %e, "SMB: cannot start the connection's thread");
+            match slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                Some(start) => Err(Box::new(start)),
+                None => Ok(done_rx),
+            }
+        }
     }
-    let _ = done_rx.await;
 }
 
-/// The connection's command loop, on its own thread: read a message, run its chain, answer.
-async fn serve_here(
-    server: Arc<SmbServer>,
-    stream: TcpStream,
-    tcp: TcpConnection,
-    stop: CancellationToken,
-    moved: CancellationToken,
-) {
+/// A connection without a thread: its state, its socket (registered with no runtime), the
+/// notices queued for it, and when it is closed if it stays without a session.
+struct Dormant {
+    conn: Connection,
+    stream: Option<std::net::TcpStream>,
+    notices: NoticeQueue,
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// What woke a dormant connection.
+enum Wake {
+    /// It goes on, on a thread, starting with this.
+    Client(First),
+    /// It ends (`lost`: its client may come back for its durable opens).
+    Ended { lost: bool, why: Option<&'static str> },
+}
+
+/// What a woken connection does first.
+enum First {
+    /// Its client sent something (or closed the connection).
+    Client,
+    /// Another connection of the node asked something of it.
+    Inbound(Inbound),
+    /// A break to send.
+    Notice(Vec<u8>),
+}
+
+impl Dormant {
+    /// Waits, on the daemon's runtime, for whatever needs the connection again.
+    async fn wait(&mut self, stop: &CancellationToken) -> Wake {
+        let ended = |why| Wake::Ended { lost: true, why: Some(why) };
+        let Some(socket) = self.stream.take() else { return ended("dormant connection without its socket") };
+        let Ok(socket) = TcpStream::from_std(socket) else { return ended("cannot register the dormant connection") };
+        let Some(mut inbox) = self.conn.inbox.take() else { return ended("inbox lost") };
+        let evict = self.conn.server.evict.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let superseded = self.conn.end.token.clone();
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86400 * 365);
+        let wake = tokio::select! {
+            biased;
+            _ = stop.cancelled() => Wake::Ended { lost: false, why: None },
+            _ = superseded.cancelled() => {
+                Wake::Ended { lost: true, why: Some("its client set up a new session in place of one of its sessions (PreviousSessionId)") }
+            }
+            _ = evict.cancelled() => {
+                tracing::warn!(client = %self.conn.tcp.client, "SMB: closing connection: this node left the cluster's file-sharing view");
+                Wake::Ended { lost: false, why: None }
+            }
+            Some(m) = inbox.recv() => Wake::Client(First::Inbound(m)),
+            Some(m) = self.notices.recv() => Wake::Client(First::Notice(m)),
+            _ = socket.readable() => Wake::Client(First::Client),
+            _ = tokio::time::sleep_until(self.deadline.unwrap_or(far)), if self.deadline.is_some() => {
+                ended("idle without an authenticated session")
+            }
+        };
+        self.conn.inbox = Some(inbox);
+        match socket.into_std() {
+            Ok(s) => self.stream = Some(s),
+            Err(_) if matches!(wake, Wake::Client(_)) => return ended("cannot take the dormant connection back"),
+            Err(_) => {}
+        }
+        wake
+    }
+}
+
+/// Holds a dormant connection; if the future holding it is dropped (HA moved the address its
+/// client came in on), the connection ends on the daemon's runtime, its client lost.
+struct Asleep(Option<Box<Dormant>>);
+
+impl Drop for Asleep {
+    fn drop(&mut self) {
+        let Some(mut d) = self.0.take() else { return };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { finish(&mut d.conn, true).await });
+        }
+    }
+}
+
+/// The connection's thread: takes up `start`, then serves until the connection ends or goes
+/// dormant.
+async fn serve_here(start: Start, stop: CancellationToken, moved: CancellationToken) -> Left {
+    let (stream, conn, first) = match start {
+        Start::Fresh { server, stream, tcp } => (stream, Err((server, tcp)), First::Client),
+        Start::Resume(mut d, first) => match d.stream.take() {
+            Some(stream) => (stream, Ok(d), first),
+            None => {
+                finish(&mut d.conn, true).await;
+                return Left::Ended;
+            }
+        },
+    };
+    let stream = match TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "SMB: cannot register the connection");
+            if let Ok(mut d) = conn {
+                finish(&mut d.conn, true).await;
+            }
+            return Left::Ended;
+        }
+    };
     let (rd, wr) = stream.into_split();
     let mut frames = FrameReader::new(rd);
-    let (end, inbox) = ConnectionEnd::new();
-    let mut conn = Connection {
-        server,
-        tcp,
-        dialect: 0,
-        client_guid: [0; 16],
-        client_security_mode: 0,
-        client_capabilities: 0,
-        client_dialects: Vec::new(),
-        server_capabilities: 0,
-        server_security_mode: 0,
-        signing_alg: SigningAlgorithm::HmacSha256,
-        cipher: None,
-        preauth: [0; 64],
-        sessions: HashMap::new(),
-        channels: HashMap::new(),
-        opens: OpenTable::default(),
-        compound_fid: None,
-        sealing: false,
-        link: Link::new(FrameWriter::new(wr)),
-        open_updates: OpenUpdates::default(),
-        ghost: None,
-        end,
-        inbox: Some(inbox),
-        next_session: 0,
-        next_tree: 0,
+    let mut first_inbound = None;
+    let mut conn = match conn {
+        Err((server, tcp)) => Connection::new(server, tcp, Link::new(FrameWriter::new(wr))),
+        Ok(d) => {
+            let Dormant { mut conn, notices, .. } = *d;
+            conn.link.out.put(wr).await;
+            let notice = match first {
+                First::Notice(m) => Some(m),
+                First::Inbound(m) => {
+                    first_inbound = Some(m);
+                    None
+                }
+                First::Client => None,
+            };
+            conn.link.send_notices(notices, notice);
+            conn
+        }
     };
     let evict = conn.server.evict.lock().unwrap_or_else(|p| p.into_inner()).clone();
     // Stop interrupts the loop wherever it waits, including a reply to a client that does not
@@ -355,6 +598,7 @@ async fn serve_here(
     // everything.
     let mut lost = false;
     let superseded = conn.end.token.clone();
+    let mut dormant = None;
     tokio::select! {
         biased;
         _ = stop.cancelled() => {}
@@ -366,15 +610,35 @@ async fn serve_here(
         _ = evict.cancelled() => {
             tracing::warn!(client = %conn.tcp.client, "SMB: closing connection: this node left the cluster's file-sharing view");
         }
-        why = command_loop(&mut conn, &mut frames) => {
-            lost = true;
-            if let Some(why) = why {
-                tracing::info!(client = %conn.tcp.client, why, "SMB: closing connection");
+        end = command_loop(&mut conn, &mut frames, first_inbound) => match end {
+            End::Closed(why) => {
+                lost = true;
+                if let Some(why) = why {
+                    tracing::info!(client = %conn.tcp.client, why, "SMB: closing connection");
+                }
+            }
+            End::Dormant { wr, notices, deadline } => dormant = Some((wr, notices, deadline)),
+        }
+    }
+    if let Some((wr, notices, deadline)) = dormant {
+        // Off the runtime that ends with this thread: the halves become the socket again.
+        let stream = frames.into_inner().reunite(wr).ok().and_then(|s| s.into_std().ok());
+        match stream {
+            Some(stream) => return Left::Dormant(Box::new(Dormant { conn, stream: Some(stream), notices, deadline })),
+            None => {
+                tracing::warn!(client = %conn.tcp.client, "SMB: closing connection: its socket cannot be set aside");
+                lost = true;
             }
         }
     }
-    // Disconnect: cancel waiters, close every open (delete-on-close and locks are released)
-    // but the durable ones, which wait for their client's reconnect.
+    finish(&mut conn, lost).await;
+    Left::Ended
+}
+
+/// Ends a connection: cancels its waiters, ends its sessions and closes every open
+/// (delete-on-close and locks are released) but, when its client is `lost`, the durable ones,
+/// which wait for the client's reconnect.
+async fn finish(conn: &mut Connection, lost: bool) {
     for op in conn.link.pending.lock().unwrap_or_else(|e| e.into_inner()).values() {
         op.cancel.cancel();
     }
@@ -396,20 +660,53 @@ async fn serve_here(
     conn.link.out.shutdown().await;
 }
 
-/// Serves requests until the client goes away (`None`) or must be cut off (why); between
-/// requests, what other connections of the node ask of this one ([`Inbound`]).
-async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadHalf>) -> Option<&'static str> {
+/// Why [`command_loop`] returned.
+enum End {
+    /// The client went away (`None`) or must be cut off (why).
+    Closed(Option<&'static str>),
+    /// Nothing in flight and nothing heard for [`SmbServer::dormant_after`]: the connection
+    /// gives its thread up; the notice task has stopped and handed back its queue, and the
+    /// writer is out of the link.
+    Dormant { wr: OwnedWriteHalf, notices: NoticeQueue, deadline: Option<tokio::time::Instant> },
+}
+
+/// Serves requests until the client goes away or must be cut off, or the connection goes
+/// dormant; between requests, what other connections of the node ask of this one
+/// ([`Inbound`]), `first` before anything.
+async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadHalf>, first: Option<Inbound>) -> End {
+    if let Some(m) = first {
+        run_inbound(conn, m).await;
+    }
     loop {
         let idle = !conn.sessions.values().any(|s| s.is_valid()) && conn.channels.is_empty();
         let deadline = tokio::time::Instant::now() + conn.server.idle_without_session;
+        // Only a connection that owes no async reply may go dormant (its thread's runtime
+        // runs the tasks that send them).
+        let may_rest = conn.link.pending_count() == 0;
         // Wait for the client's next frame (only waiting is cancel-safe, so the frame is read
         // after) or for another connection's request, whichever comes first.
-        let Some(mut inbox) = conn.inbox.take() else { return Some("inbox lost") };
+        let Some(mut inbox) = conn.inbox.take() else { return End::Closed(Some("inbox lost")) };
         let inbound = tokio::select! {
             biased;
             Some(m) = inbox.recv() => Some(m),
             _ = frames.ready() => None,
-            _ = tokio::time::sleep_until(deadline), if idle => return Some("idle without an authenticated session"),
+            _ = tokio::time::sleep_until(deadline), if idle => return End::Closed(Some("idle without an authenticated session")),
+            _ = tokio::time::sleep(conn.server.dormant_after), if may_rest => {
+                conn.inbox = Some(inbox);
+                // No task but the notice sender may be alive on this runtime: a task
+                // finishing an async reply, or one a backend started, would die with it.
+                let alone = tokio::runtime::Handle::current().metrics().num_alive_tasks() <= 1;
+                if alone && frames.drained() {
+                    match conn.link.quiesce().await {
+                        Err(()) => return End::Closed(Some("send failed")),
+                        Ok(Some((wr, notices))) => {
+                            return End::Dormant { wr, notices, deadline: idle.then_some(deadline) };
+                        }
+                        Ok(None) => {}
+                    }
+                }
+                continue;
+            }
         };
         conn.inbox = Some(inbox);
         if let Some(m) = inbound {
@@ -430,14 +727,14 @@ async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadH
                 }
                 .inspect(|_| refresh_notice_seal(conn))
             }
-            Err(ReadError::Closed) => return None,
+            Err(ReadError::Closed) => return End::Closed(None),
             Err(ReadError::BadFrame) => Err("bad transport frame"),
         };
         // The answer is out: now the work backends left for later (a removed file's last
         // close, where ext4 may wait on a discard) overlaps with the client's next step.
         crate::vfs::in_place::drop_deferred();
         if let Err(why) = keep {
-            return Some(why);
+            return End::Closed(Some(why));
         }
     }
 }
@@ -1170,6 +1467,132 @@ mod tests {
         assert!(closed, "the server closed the idle connection");
         assert!(took < Duration::from_secs(4), "closed after {took:?}, the read timeout is 5 s");
         tokio::time::timeout(Duration::from_secs(5), task).await.expect("serve returned").unwrap();
+    }
+
+    /// A server whose connections go dormant after `after` without a word from their client.
+    fn dozing(dir: &std::path::Path, after: Duration) -> Arc<SmbServer> {
+        let mut s = server(dir);
+        Arc::get_mut(&mut s).unwrap().dormant_after = after;
+        s
+    }
+
+    /// Polls until `server` has `n` connection threads.
+    async fn threads_become(server: &SmbServer, n: usize) {
+        let threads = || server.connection_threads.load(std::sync::atomic::Ordering::Relaxed);
+        let start = std::time::Instant::now();
+        while threads() != n {
+            assert!(start.elapsed() < Duration::from_secs(10), "{} connection threads, not {n}", threads());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_connection_gives_its_thread_back_and_wakes_when_its_client_speaks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = dozing(tmp.path(), Duration::from_millis(100));
+        let stop = CancellationToken::new();
+        let (mut client, task) = connect(s.clone(), stop.clone()).await;
+        let mut client = tokio::task::spawn_blocking(move || {
+            answers_negotiate(&mut client);
+            client
+        })
+        .await
+        .unwrap();
+        threads_become(&s, 0).await;
+        assert!(!task.is_finished(), "a dormant connection is still served");
+        // Woken by its client, twice: each ECHO is answered (only a thread answers).
+        for id in [1, 2] {
+            client = tokio::task::spawn_blocking(move || {
+                client.write_all(&echoes(&[id], false)).unwrap();
+                let r = reply(&mut client).expect("the dormant connection answers");
+                let h = Header::parse(&r).unwrap();
+                assert_eq!((h.command, h.status, h.message_id), (command::ECHO, 0, id));
+                client
+            })
+            .await
+            .unwrap();
+            threads_become(&s, 0).await;
+        }
+        // Stop ends a dormant connection too.
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("serve returns on stop").unwrap();
+        assert!(tokio::task::spawn_blocking(move || closed_by_server(&mut client)).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dormant_connection_without_a_session_is_still_closed_in_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = dozing(tmp.path(), Duration::from_millis(50));
+        Arc::get_mut(&mut s).unwrap().idle_without_session = Duration::from_millis(800);
+        let (mut client, task) = connect(s.clone(), CancellationToken::new()).await;
+        let start = std::time::Instant::now();
+        let mut client = tokio::task::spawn_blocking(move || {
+            answers_negotiate(&mut client);
+            client
+        })
+        .await
+        .unwrap();
+        threads_become(&s, 0).await;
+        assert!(!task.is_finished(), "dormant, not closed yet");
+        assert!(tokio::task::spawn_blocking(move || closed_by_server(&mut client)).await.unwrap());
+        let took = start.elapsed();
+        println!("closed after {took:?}");
+        assert!(took < Duration::from_secs(4), "closed after {took:?}, the read timeout is 5 s");
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("serve returned").unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dormant_connection_whose_server_task_is_dropped_is_closed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = dozing(tmp.path(), Duration::from_millis(50));
+        let (mut client, task) = connect(s.clone(), CancellationToken::new()).await;
+        let mut client = tokio::task::spawn_blocking(move || {
+            answers_negotiate(&mut client);
+            client
+        })
+        .await
+        .unwrap();
+        threads_become(&s, 0).await;
+        // What HA does when the address the client came in on moves.
+        task.abort();
+        assert!(tokio::task::spawn_blocking(move || closed_by_server(&mut client)).await.unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dormant_connection_wakes_for_a_break_and_sends_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = dozing(tmp.path(), Duration::from_millis(50));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (server_end, peer) = listener.accept().unwrap();
+        server_end.set_nonblocking(true).unwrap();
+        let tcp = TcpConnection { client: peer, server: listener.local_addr().unwrap() };
+        // A connection put to sleep as its command loop does, a break's sender still out (a
+        // lease holds one).
+        let (rd, wr) = TcpStream::from_std(server_end).unwrap().into_split();
+        let mut conn = Connection::new(s.clone(), tcp, Link::new(FrameWriter::new(wr)));
+        let (wr, notices) = conn.link.quiesce().await.unwrap().unwrap();
+        let breaks = conn.link.notices.clone();
+        let stream = rd.reunite(wr).unwrap().into_std().unwrap();
+        let mut d = Dormant { conn, stream: Some(stream), notices, deadline: None };
+        let stop = CancellationToken::new();
+        let moved = CancellationToken::new();
+        let waiting = tokio::spawn(async move {
+            let wake = d.wait(&CancellationToken::new()).await;
+            (d, wake)
+        });
+        breaks.send(b"\xfeSMB a break".to_vec()).unwrap();
+        let (d, wake) = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").unwrap();
+        let Wake::Client(first) = wake else { panic!("the break ended the connection") };
+        assert!(matches!(first, First::Notice(_)), "woken by the break");
+        let done = on_thread(Start::Resume(Box::new(d), first), &stop, &moved).ok().expect("a thread");
+        let (got, client) = tokio::task::spawn_blocking(move || (reply(&mut client), client)).await.unwrap();
+        assert_eq!(got.as_deref(), Some(&b"\xfeSMB a break"[..]), "the break went out");
+        // With nothing else to do (its client still connected) it goes dormant again.
+        let left = tokio::time::timeout(Duration::from_secs(5), done).await.expect("the thread ends").unwrap();
+        assert!(matches!(left, Left::Dormant(_)), "dormant again");
+        drop(client);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,6 +75,11 @@ use crate::daemon::Lifecycle;
 use crate::locks::{LockService, OpenKey};
 use crate::vfs::{FileId, Namespace};
 
+/// Default of [`SmbServer::dormant_after`]: long against the gaps inside a client's work
+/// (a bulk transfer or a directory walk never waits that long), short enough that
+/// connections opened in a burst give their threads back before they pile up.
+pub const DORMANT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Default of [`SmbServer::idle_without_session`].
 pub const IDLE_WITHOUT_SESSION: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -130,6 +135,12 @@ pub struct SmbServer {
     /// closed (a client that connects and sends nothing, or stops half way through logon,
     /// holds a descriptor and a thread).
     pub idle_without_session: std::time::Duration,
+    /// How long a connection with nothing in flight waits on its client before it gives its
+    /// thread back (see [`conn::serve`]): an idle connection then costs its state and its
+    /// socket, not a thread, a runtime and their descriptors.
+    pub dormant_after: std::time::Duration,
+    /// SMB connections on a thread of their own now (the others are dormant).
+    pub connection_threads: std::sync::atomic::AtomicUsize,
     /// Where every open file is now (a directory with open files below it cannot be renamed;
     /// a rename moves every open of the file on this node, so the last close deletes a
     /// delete-on-close file under its new name).
@@ -224,6 +235,8 @@ impl SmbServer {
             unix_users,
             ns,
             idle_without_session: IDLE_WITHOUT_SESSION,
+            dormant_after: DORMANT_AFTER,
+            connection_threads: std::sync::atomic::AtomicUsize::new(0),
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
             open_streams: streams::OpenStreams::default(),
             watches: notify::Watches::default(),

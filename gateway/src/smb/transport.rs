@@ -58,6 +58,18 @@ impl FrameReader<tokio::net::tcp::OwnedReadHalf> {
             let _ = self.rd.get_mut().peek(&mut [0u8; 1]).await;
         }
     }
+
+    /// Nothing read from the socket is waiting in the buffer: the reader can be given up
+    /// ([`FrameReader::into_inner`]) without losing bytes.
+    pub fn drained(&self) -> bool {
+        self.rd.buffer().is_empty()
+    }
+
+    /// The socket half, its buffers freed (a dormant connection keeps neither); what was
+    /// buffered is lost, so check [`FrameReader::drained`] first.
+    pub fn into_inner(self) -> tokio::net::tcp::OwnedReadHalf {
+        self.rd.into_inner()
+    }
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -122,9 +134,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
 /// The sending side of a connection, shared by the command loop and the tasks that finish
 /// async work: each message goes out whole, with its transport header, in one gathered write
-/// where possible (no copy of READ data).
+/// where possible (no copy of READ data). A dormant connection's writer is taken out
+/// ([`FrameWriter::take`]); a send then fails until it is put back.
 pub struct FrameWriter<W> {
-    wr: Arc<Mutex<W>>,
+    wr: Arc<Mutex<Option<W>>>,
 }
 
 impl<W> Clone for FrameWriter<W> {
@@ -136,7 +149,22 @@ impl<W> Clone for FrameWriter<W> {
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Writes to `wr`.
     pub fn new(wr: W) -> Self {
-        Self { wr: Arc::new(Mutex::new(wr)) }
+        Self { wr: Arc::new(Mutex::new(Some(wr))) }
+    }
+
+    /// Takes the writer out, unless a send holds it now.
+    pub fn take(&self) -> Option<W> {
+        self.wr.try_lock().ok()?.take()
+    }
+
+    /// A send holds the writer now.
+    pub fn busy(&self) -> bool {
+        self.wr.try_lock().is_err()
+    }
+
+    /// Puts a writer (back) in.
+    pub async fn put(&self, wr: W) {
+        *self.wr.lock().await = Some(wr);
     }
 
     /// Sends one SMB message made of `parts` (header and body, then bulk data).
@@ -149,21 +177,27 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         slices.push(IoSlice::new(&hdr));
         slices.extend(parts.iter().map(|p| IoSlice::new(p)));
         let mut wr = self.wr.lock().await;
-        write_all_vectored(&mut *wr, &mut slices).await
+        write_all_vectored(wr.as_mut().ok_or_else(taken)?, &mut slices).await
     }
 
     /// Sends bytes as they are (NetBIOS session answers).
     pub async fn raw(&self, bytes: &[u8]) -> io::Result<()> {
-        self.wr.lock().await.write_all(bytes).await
+        self.wr.lock().await.as_mut().ok_or_else(taken)?.write_all(bytes).await
     }
 
     /// Closes the sending direction, unless a send is stuck on a client that does not read
     /// (the socket then closes when the connection's thread ends).
     pub async fn shutdown(&self) {
         if let Ok(mut wr) = self.wr.try_lock() {
-            let _ = wr.shutdown().await;
+            if let Some(wr) = wr.as_mut() {
+                let _ = wr.shutdown().await;
+            }
         }
     }
+}
+
+fn taken() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the connection is dormant: its writer is taken out")
 }
 
 async fn write_all_vectored<W: AsyncWrite + Unpin>(wr: &mut W, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
