@@ -712,10 +712,14 @@ fn three_appliance_nodes_form_a_cluster_fail_over_rejoin_update_and_replace() {
 
     // 5. Update that node to the image in its other slot, reboot into it.
     let update_at = Instant::now();
-    let out = c.ssh_ok(
-        killed,
-        "mkdir -p /mnt/u && mount -o ro LABEL=nasgw-update /mnt/u && nasgw-update /mnt/u/nasgw.img && umount /mnt/u",
-    );
+    // One try with a long bound: writing a root slot takes many minutes on a TCG node, and a
+    // command cut off by ssh's bound goes on remotely (the connection's master holds it), so a
+    // retry would only start a second update behind the first.
+    let cmd =
+        "mkdir -p /mnt/u && mount -o ro LABEL=nasgw-update /mnt/u && nasgw-update /mnt/u/nasgw.img && umount /mnt/u";
+    let out = c
+        .ssh_within(killed, cmd, 3600)
+        .unwrap_or_else(|| panic!("ssh node{} `{cmd}` failed; its console:\n{}", killed + 1, c.console(killed, 60)));
     eprintln!("image_cluster: {}", out.trim());
     let state_before = c.ssh_ok(killed, "ls /var/lib/nasgw | sort | tr '\\n' ' '");
     let _ = c.ssh(killed, "systemctl reboot");
