@@ -138,10 +138,23 @@ impl Fixture {
         Ok(dir)
     }
 
-    /// Removes `data/name` (file or tree) after a round, so the disk does not fill up.
+    /// Removes `data/name` (file or tree) after a round, so the disk does not fill up. A file
+    /// is truncated first: its pages are then freed here, not by a server that still holds it
+    /// open when it lets go of it later (see [`crate::page_cache`]).
     pub fn remove(&self, name: &str) {
         let p = self.data.join(name);
-        let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {
+                let _ = fs::remove_dir_all(&p);
+            }
+            Ok(m) => {
+                if m.is_file() {
+                    let _ = fs::OpenOptions::new().write(true).open(&p).and_then(|f| f.set_len(0));
+                }
+                let _ = fs::remove_file(&p);
+            }
+            Err(_) => {}
+        }
     }
 }
 

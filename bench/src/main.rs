@@ -19,6 +19,7 @@ mod nasgw;
 mod nfs;
 mod nfs_client;
 mod nlm;
+mod page_cache;
 mod scale;
 mod scale_smb;
 mod smb;

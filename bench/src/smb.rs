@@ -3,6 +3,7 @@
 //! same directory as `[sealed]`, which requires encryption, for the encrypted rows (a user's
 //! session, AES-128-GCM).
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::process::Command;
 
@@ -12,6 +13,7 @@ use nasgw_tests::anchors::Smbd;
 use crate::cpu::{self, Meter};
 use crate::fixture::{self, Fixture, Sizes};
 use crate::measure::{run_row, timed, Done};
+use crate::page_cache::{self, VmEvents};
 use crate::table::{Group, Unit};
 use crate::target::{self, Rows, Target};
 
@@ -41,24 +43,21 @@ fn run_encrypted_rows(
 ) {
     let s = fx.sizes;
     let port = |i: usize| targets[i].smb_port();
+    let met = RefCell::new(vec![VmEvents::default(); labels.len()]);
+    let put = format!("{} upload, encrypted AES-128-GCM (put)", s.bulk_label());
     run_row(
         group,
-        &format!("{} upload, encrypted AES-128-GCM (put)", s.bulk_label()),
+        &put,
         Unit::Megabytes,
         s.rounds,
         avail,
         Box::new(|i, r| {
             let name = format!("e-{}-{r}", labels[i]);
             let cmd = format!("put \"{}\" {name}", fx.big_source.display());
-            let (elapsed, _) = timed(&mut smbclient_sealed(port(i)?, &cmd))?;
-            let got = std::fs::metadata(fx.data.join(&name)).map(|m| m.len()).unwrap_or(0);
-            fx.remove(&name);
-            if got != s.bulk_bytes {
-                bail!("uploaded {got} bytes of {}", s.bulk_bytes);
-            }
-            Ok(Done { amount: s.bulk_bytes, elapsed })
+            upload(fx, &name, smbclient_sealed(port(i)?, &cmd), &mut met.borrow_mut()[i])
         }),
     );
+    note_upload_memory(group, &put, labels, &met.borrow());
     run_row(
         group,
         &format!("{} download, encrypted AES-128-GCM (get)", s.bulk_label()),
@@ -76,6 +75,45 @@ fn run_encrypted_rows(
             Ok(Done { amount: s.bulk_bytes, elapsed })
         }),
     );
+}
+
+/// One upload round: `client` (an smbclient `put` of the bulk source as `name`) timed from
+/// the memory state of [`page_cache::settle_for_upload`], the file checked and removed;
+/// the direct reclaim and compaction stalls of the timed part are added to `met`.
+fn upload(fx: &Fixture, name: &str, mut client: Command, met: &mut VmEvents) -> Result<Done> {
+    fx.remove(name);
+    page_cache::settle_for_upload(&fx.big_source)?;
+    let before = VmEvents::now();
+    let res = timed(&mut client);
+    let during = VmEvents::now().since(&before);
+    met.reclaim_stalls += during.reclaim_stalls;
+    met.compaction_stalls += during.compaction_stalls;
+    let got = std::fs::metadata(fx.data.join(name)).map(|m| m.len()).unwrap_or(0);
+    fx.remove(name);
+    let (elapsed, _) = res?;
+    if got != fx.sizes.bulk_bytes {
+        bail!("uploaded {got} bytes of {}", fx.sizes.bulk_bytes);
+    }
+    Ok(Done { amount: fx.sizes.bulk_bytes, elapsed })
+}
+
+/// The note of upload row `row` (when it ran) on how its rounds started and what memory work
+/// the servers still met while timed (per column, summed over rounds).
+fn note_upload_memory(group: &mut Group, row: &str, labels: &[&str], met: &[VmEvents]) {
+    if !group.rows.iter().any(|r| r.workload == row) {
+        return;
+    }
+    let per: Vec<String> = labels
+        .iter()
+        .zip(met)
+        .map(|(l, m)| format!("{l} {} reclaim, {} compaction", m.reclaim_stalls, m.compaction_stalls))
+        .collect();
+    group.notes.push(format!(
+        "{row}: before every round the bench syncs, drops the clean page cache, compacts free memory and \
+         reads the source back in (outside the timed part), and it truncates each uploaded file before removing it; \
+         direct reclaim/compaction stalls still met while timed, all rounds: {}.",
+        per.join("; ")
+    ));
 }
 
 /// One smbclient session against `port` running `commands` (a `-c` list).
@@ -98,10 +136,12 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
     let avail: Vec<Result<(), String>> = targets.iter().map(Target::available).collect();
     let port = |i: usize| targets[i].smb_port();
     let local = |i: usize| matches!(targets[i], Target::Local);
+    let met = RefCell::new(vec![VmEvents::default(); labels.len()]);
 
+    let put = format!("{} upload (put)", s.bulk_label());
     run_row(
         group,
-        &format!("{} upload (put)", s.bulk_label()),
+        &put,
         Unit::Megabytes,
         s.rounds,
         &avail,
@@ -111,15 +151,10 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
                 return target::local_write(fx, &name);
             }
             let cmd = format!("put \"{}\" {name}", fx.big_source.display());
-            let (elapsed, _) = timed(&mut smbclient(port(i)?, &cmd))?;
-            let got = std::fs::metadata(fx.data.join(&name)).map(|m| m.len()).unwrap_or(0);
-            fx.remove(&name);
-            if got != s.bulk_bytes {
-                bail!("uploaded {got} bytes of {}", s.bulk_bytes);
-            }
-            Ok(Done { amount: s.bulk_bytes, elapsed })
+            upload(fx, &name, smbclient(port(i)?, &cmd), &mut met.borrow_mut()[i])
         }),
     );
+    note_upload_memory(group, &put, labels, &met.borrow());
     // The least share of the file found in the page cache before a warm download round.
     let resident = std::cell::Cell::new(None::<f64>);
     let download = |i: usize, cold: bool| {

@@ -4,7 +4,7 @@
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::Mutex;
 
 use super::wire::header;
@@ -16,6 +16,11 @@ const READ_BUFFER: usize = 256 * 1024;
 /// A frame buffer grown beyond this (by a large WRITE) is given back once small frames
 /// follow, so an idle connection does not pin megabytes.
 const KEEP_FRAME_BUFFER: usize = 1024 * 1024;
+/// Frames at least this long (bulk WRITEs) are read from the socket straight into the frame
+/// buffer, and so is the header of the frame after one: through the receive buffer, up to
+/// [`READ_BUFFER`] bytes of each would be copied once more in user space (perf of an
+/// encrypted upload: 3% of the server's CPU, a fifth of what decrypting costs).
+const BULK_FRAME: usize = 64 * 1024;
 
 /// What [`FrameReader::next`] found.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,6 +49,9 @@ pub enum ReadError {
 pub struct FrameReader<R> {
     rd: BufReader<R>,
     buf: Vec<u8>,
+    /// The last frame was a bulk one ([`BULK_FRAME`]): the next header is read on its own,
+    /// so the receive buffer does not fill with the start of another bulk frame.
+    after_bulk: bool,
 }
 
 impl FrameReader<tokio::net::tcp::OwnedReadHalf> {
@@ -75,7 +83,7 @@ impl FrameReader<tokio::net::tcp::OwnedReadHalf> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads frames from `rd`.
     pub fn new(rd: R) -> Self {
-        Self { rd: BufReader::with_capacity(READ_BUFFER, rd), buf: Vec::new() }
+        Self { rd: BufReader::with_capacity(READ_BUFFER, rd), buf: Vec::new(), after_bulk: false }
     }
 
     /// The message of the last [`Frame::Message`].
@@ -93,7 +101,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn next(&mut self) -> Result<Frame, ReadError> {
         loop {
             let mut hdr = [0u8; 4];
-            self.rd.read_exact(&mut hdr).await.map_err(|_| ReadError::Closed)?;
+            let read = if self.after_bulk && self.rd.buffer().is_empty() {
+                self.rd.get_mut().read_exact(&mut hdr).await
+            } else {
+                self.rd.read_exact(&mut hdr).await
+            };
+            read.map_err(|_| ReadError::Closed)?;
             if hdr[0] == 0x81 || hdr[0] == 0x85 {
                 let n = ((hdr[1] as u64 & 1) << 16) | ((hdr[2] as u64) << 8) | hdr[3] as u64;
                 let skipped = tokio::io::copy(&mut (&mut self.rd).take(n), &mut tokio::io::sink()).await;
@@ -114,16 +127,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Reads exactly `len` bytes into the buffer, without zero-filling it first.
+    /// Reads exactly `len` bytes into the buffer, without zero-filling it first: what the
+    /// receive buffer already holds, then a bulk frame's rest straight from the socket.
     async fn fill(&mut self, len: usize) -> Result<(), ReadError> {
         if self.buf.capacity() > KEEP_FRAME_BUFFER && len <= KEEP_FRAME_BUFFER {
             self.buf = Vec::new();
         }
         self.buf.clear();
         self.buf.reserve_exact(len);
+        self.after_bulk = len >= BULK_FRAME;
+        let held = self.rd.buffer();
+        let n = held.len().min(len);
+        self.buf.extend_from_slice(&held[..n]);
+        self.rd.consume(n);
         while self.buf.len() < len {
             let want = (len - self.buf.len()) as u64;
-            match (&mut self.rd).take(want).read_buf(&mut self.buf).await {
+            // The receive buffer is empty here: reading around it loses nothing.
+            let read = if self.after_bulk {
+                self.rd.get_mut().take(want).read_buf(&mut self.buf).await
+            } else {
+                (&mut self.rd).take(want).read_buf(&mut self.buf).await
+            };
+            match read {
                 Ok(0) | Err(_) => return Err(ReadError::Closed),
                 Ok(_) => {}
             }
@@ -240,6 +265,56 @@ mod tests {
         // The big buffer was given back after the small frame.
         assert!(r.buf.capacity() <= KEEP_FRAME_BUFFER);
         assert!(matches!(r.next().await, Err(ReadError::Closed)));
+    }
+
+    /// A stream that serves at most `chunk` bytes per read and records, per read, where it
+    /// started and how much the reader asked for.
+    struct Recorder {
+        data: Vec<u8>,
+        pos: usize,
+        chunk: usize,
+        reads: Vec<(usize, usize)>,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            let (pos, asked) = (self.pos, buf.remaining());
+            self.reads.push((pos, asked));
+            let n = asked.min(self.chunk).min(self.data.len() - pos);
+            buf.put_slice(&self.data[pos..pos + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn bulk_frames_bypass_the_receive_buffer() {
+        let big = |b: u8| frame(&vec![b; 1 << 20]);
+        let (first, second) = (big(1), big(2));
+        let mut input = first.clone();
+        input.extend_from_slice(&second);
+        input.extend(frame(b"\xfeSMBsmall-1"));
+        input.extend(frame(b"\xfeSMBsmall-2"));
+        let rec = Recorder { data: input, pos: 0, chunk: 100_000, reads: Vec::new() };
+        let mut r = FrameReader::new(rec);
+        for want in [&first[4..], &second[4..], b"\xfeSMBsmall-1", b"\xfeSMBsmall-2"] {
+            assert_eq!(r.next().await.unwrap(), Frame::Message);
+            assert_eq!(r.message(), want);
+        }
+        assert!(matches!(r.next().await, Err(ReadError::Closed)));
+        // Every read of the second frame, its header included, asked for no more than was
+        // left of it, and none filled the receive buffer (that asks for all of READ_BUFFER).
+        let (start, end) = (first.len(), first.len() + second.len());
+        let rec = r.rd.into_inner();
+        let of_second: Vec<_> = rec.reads.iter().filter(|(at, _)| (start..end).contains(at)).collect();
+        assert!(of_second.len() >= (1 << 20) / 100_000, "{of_second:?}");
+        assert!(of_second.iter().all(|(at, asked)| at + asked <= end && *asked != READ_BUFFER), "{of_second:?}");
+        // The small frames after it are read ahead together, as before.
+        assert!(rec.reads.iter().any(|(at, asked)| *at >= end && *asked == READ_BUFFER));
     }
 
     #[tokio::test]
