@@ -72,7 +72,13 @@ impl Pipe {
         let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // SAFETY: fcntl on a descriptor this function owns.
         let size = unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES as libc::c_int) };
-        (size >= PIPE_BYTES as libc::c_int).then_some(Pipe { rd, wr })
+        Pipe::if_big(rd, wr, size)
+    }
+
+    /// A `Pipe` of the two ends if the kernel gave it `size` >= [`PIPE_BYTES`] (a `Pipe` only
+    /// once it is one: its drop uncounts it, and `take` uncounts a failure itself).
+    fn if_big(rd: OwnedFd, wr: OwnedFd, size: libc::c_int) -> Option<Pipe> {
+        (size >= PIPE_BYTES as libc::c_int).then(|| Pipe { rd, wr })
     }
 
     /// Gives an empty pipe back for reuse (closes it when enough are idle).
@@ -277,6 +283,17 @@ mod tests {
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got.len(), 4 + 1000, "the head and what the file had, then nothing");
+    }
+
+    #[test]
+    fn a_pipe_the_kernel_kept_small_is_refused_and_not_counted() {
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let before = LIVE.load(Ordering::Relaxed);
+        // An unprivileged user past its big-pipe allowance gets 2 pages.
+        assert!(Pipe::if_big(rd, wr, 8192).is_none());
+        assert_eq!(LIVE.load(Ordering::Relaxed), before, "a refused pipe is not uncounted by a drop");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
