@@ -108,12 +108,20 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
     };
     let ganesha_cpu = ganesha.as_ref().map_or_else(|_| Meter::missing("Ganesha did not start"), nfs::ganesha_meter);
     nfs_group.meters = vec![fuse_client.clone(), fuse.cpu.clone(), gfapi.cpu.clone(), ganesha_cpu];
+    // nasgw gfapi caches only once it proved that the volume's upcalls reach it: rows measured
+    // before that would measure a server with its cache off.
+    let cache_on = wait_cache_on(&gfapi);
+    eprintln!("bench: nasgw gfapi's attribute cache: {cache_on:?}");
+    let gfapi_target = |t: Target| match &cache_on {
+        Ok(_) => t,
+        Err(why) => Target::Absent(why.clone()),
+    };
     nfs::run_rows(
         &mut nfs_group,
         &fx,
         rt,
         &["raw", "fuse", "gfapi", "ganesha"],
-        &[Target::Local, nfs_target(&fuse), nfs_target(&gfapi), ganesha_target],
+        &[Target::Local, nfs_target(&fuse), gfapi_target(nfs_target(&gfapi)), ganesha_target],
         Rows::Gluster,
     );
     let listing = listing_group(listed_entries, sizes.rounds, &made, &gfapi, &ganesha, rt);
@@ -133,7 +141,7 @@ pub fn run(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>> {
         &mut smb_group,
         &fx,
         &["raw", "fuse", "gfapi", "smbd"],
-        &[Target::Local, smb_target(&fuse), smb_target(&gfapi), Target::Smb(smbd.port)],
+        &[Target::Local, smb_target(&fuse), gfapi_target(smb_target(&gfapi)), Target::Smb(smbd.port)],
         Rows::Gluster,
     );
     let note = format!(
@@ -222,17 +230,34 @@ async fn make_entries(ep: &NfsEndpoint, entries: usize) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// Waits until `n`'s log says its gfapi attribute cache is on (upcalls proved); `false` if
-/// it did not say so within [`CACHE_ON_WITHIN`].
-fn wait_cache_on(n: &nasgw::Nasgw) -> bool {
-    let Some(d) = &n.daemon else { return false };
-    let deadline = Instant::now() + CACHE_ON_WITHIN;
+/// Whether nasgw's log `text` says its gfapi attribute cache is on now: the last of its
+/// "attribute cache on" and "attribute cache off" lines decides (`None`: neither yet).
+fn cache_state(text: &str) -> Option<bool> {
+    match (text.rfind("attribute cache on"), text.rfind("attribute cache off")) {
+        (Some(on), Some(off)) => Some(on > off),
+        (on, off) => on.map(|_| true).or(off.map(|_| false)),
+    }
+}
+
+/// Waits until `n`'s log says its gfapi attribute cache is on (upcalls proved); how long that
+/// took, or why not within [`CACHE_ON_WITHIN`].
+fn wait_cache_on(n: &nasgw::Nasgw) -> Result<Duration, String> {
+    let Some(d) = &n.daemon else { return Err("nasgw gfapi did not start".into()) };
+    let start = Instant::now();
     loop {
-        if d.logs().contains("attribute cache on") {
-            return true;
+        if cache_state(&d.logs()) == Some(true) {
+            return Ok(start.elapsed());
         }
-        if Instant::now() > deadline {
-            return false;
+        if start.elapsed() > CACHE_ON_WITHIN {
+            return Err(format!(
+                "nasgw gfapi's attribute cache was not on {} s after the rows were due (its log: {}): its rows \
+                 would measure a cache-off server",
+                CACHE_ON_WITHIN.as_secs(),
+                match cache_state(&d.logs()) {
+                    Some(_) => "\"attribute cache off\"",
+                    None => "neither \"attribute cache on\" nor \"off\"",
+                }
+            ));
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -312,7 +337,10 @@ fn listing_group(
          Dir_Chunk 128, Entries_HWMark 100000) and the volume's `features.cache-invalidation on`; nasgw's gfapi cache \
          was {} when the rows began. Each listing is one connection's READDIRPLUS in 64 KiB pages (a cold client); \
          the first row is one listing per server, the second {rounds} round(s), interleaved.",
-        if cache_on { "on (upcalls proved)" } else { "NOT on (its log never said the upcalls were proved)" }
+        match cache_on {
+            Ok(_) => "on (upcalls proved)".to_string(),
+            Err(why) => format!("NOT on ({why})"),
+        }
     ));
     group
 }
@@ -355,4 +383,19 @@ pub fn run_listing(work: &Path, sizes: Sizes, rt: &Runtime) -> Result<Vec<Group>
     drop(client_ns);
     cluster.teardown();
     Ok(vec![group])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_state;
+
+    #[test]
+    fn the_last_cache_line_of_the_log_decides() {
+        assert_eq!(cache_state("starting\nNFS listening"), None);
+        assert_eq!(cache_state("x attribute cache off: every GETATTR asks the bricks"), Some(false));
+        let on = "attribute cache off: ... run `gluster volume set smb features.cache-invalidation on`\n\
+                  attribute cache on: the volume's upcalls reach this node";
+        assert_eq!(cache_state(on), Some(true));
+        assert_eq!(cache_state(&format!("{on}\nattribute cache off: lost")), Some(false));
+    }
 }

@@ -43,8 +43,8 @@ pub fn select_rows(patterns: Vec<String>) {
     let _ = ROWS.set(patterns);
 }
 
-/// Whether row `name` runs under `--rows`.
-fn selected(name: &str) -> bool {
+/// Whether row `name` runs under `--rows` (a group skips set-up that only unselected rows need).
+pub fn selected(name: &str) -> bool {
     ROWS.get().is_none_or(|p| matches(p, name))
 }
 

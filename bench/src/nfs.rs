@@ -53,7 +53,7 @@ impl ReadPaths {
                 })
                 .collect();
             notes.push(format!(
-                "{l} read: share of nasgw's READ bytes sent with sendfile (the rest copied), per round: {}.",
+                "{l} read: share of nasgw's READ bytes sent from the page cache without a copy (splice or sendfile; the rest copied), per round: {}.",
                 shares.join(", ")
             ));
         }

@@ -65,6 +65,10 @@ impl Connector for NoDelay {
 
     async fn connect_with_port(&self, addr: SocketAddr, local_port: u16) -> std::io::Result<Self::Connection> {
         let socket = TcpSocket::new_v4()?;
+        // The privileged ports (300-1023) are few: 64 clients' MOUNT and NFS connections to two
+        // servers leave them in TIME_WAIT for a minute, and the third round found none left.
+        // Loopback reuses a TIME_WAIT port for a new connection (`tcp_tw_reuse`) once bind allows it.
+        socket.set_reuseaddr(true)?;
         socket.bind(SocketAddr::from(([0, 0, 0, 0], local_port)))?;
         let s = socket.connect(addr).await?;
         s.set_nodelay(true)?;

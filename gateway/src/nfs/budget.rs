@@ -5,7 +5,7 @@
 //! A call's request bytes are counted when its record is read (connection, then server). A
 //! READ's reply is counted only after its handle was checked (a forged or stale handle holds
 //! nothing), by the client address and the server, and shrunk to what the reply really keeps
-//! in memory once the data is read: nothing for a file slice sent with `sendfile`, the bytes
+//! in memory once the data is read: nothing for a file slice spliced from the page cache, the bytes
 //! read otherwise, none at all when the read failed (permission denied, not a file). A
 //! connection holds at most [`super::server::MAX_IN_FLIGHT`] replies of at most
 //! [`super::args::MAX_IO`] each. Waiters queue on their own connection's and address's share

@@ -6,7 +6,8 @@
 //! [`crate::vfs::Namespace`]. Replies are encoded with `nfs3_types`. Handles are minted and
 //! checked by `handle`; who may do what is `export`. Locks: `nlm` (NLM on the cluster's lock
 //! table, grace per address, the monitor list on the volume) and `nsm`; `portmap` says where
-//! each program is; `udp` serves datagrams; `rpc_client` makes the few calls the server sends.
+//! each program is; `udp` serves datagrams; `rpc_client` makes the few calls the server sends;
+//! `splice` sends READ data from the page cache without a copy.
 
 pub mod args;
 pub mod attr;
@@ -23,6 +24,7 @@ pub mod rpc;
 pub mod rpc_client;
 pub mod server;
 pub mod sharing;
+pub mod splice;
 pub mod udp;
 pub mod xdr;
 

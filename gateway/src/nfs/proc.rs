@@ -182,10 +182,10 @@ impl NfsServer {
     }
 
     /// READ: the result's head in `out`; the data returned for the caller to send after `out`
-    /// (never copied into it: from memory as it is, or from the file with `sendfile`), followed
+    /// (never copied into it: from memory as it is, or spliced from the file), followed
     /// by its XDR padding. The reply's memory is reserved only once the handle is known good, and shrunk to
     /// what the reply keeps once the backend (which checks the caller's permission) answered:
-    /// nothing for a file slice sent with `sendfile`, nothing for an error.
+    /// nothing for a file slice spliced from the page cache, nothing for an error.
     async fn read(
         &self,
         req: &Request,

@@ -186,7 +186,7 @@ pub fn finish_reply(out: Vec<u8>) -> Vec<u8> {
 }
 
 /// Like [`finish_reply`] for a record whose last `more` bytes are sent after `out` (file data
-/// sent with `sendfile`).
+/// spliced from the page cache).
 pub fn finish_reply_followed(mut out: Vec<u8>, more: usize) -> Vec<u8> {
     let len = (out.len() - 4 + more) as u32 | 0x8000_0000;
     out[..4].copy_from_slice(&len.to_be_bytes());

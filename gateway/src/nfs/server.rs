@@ -12,7 +12,6 @@
 
 use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,7 +20,7 @@ use ha::connections::{ConnectionTable, TcpConnection};
 use nfs3_types::mount::{dirpath, export_node, exports, fhandle3, mountres3, mountres3_ok, mountstat3, name};
 use nfs3_types::xdr_codec::{List, Opaque, Pack};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
@@ -38,7 +37,7 @@ use super::rpc::{self, AuthFailure, Call, CallError, ReplyStatus};
 use crate::config::Config;
 use crate::daemon::Lifecycle;
 use crate::locks::LockService;
-use crate::vfs::{Credentials, FileId, FileSlice, FileType, Namespace, ReadData};
+use crate::vfs::{Credentials, FileId, FileType, Namespace, ReadData};
 
 /// RPC program numbers served.
 const NFS_PROGRAM: u32 = 100_003;
@@ -413,8 +412,8 @@ impl NfsServer {
 pub struct Reply {
     /// Record mark, reply header and result; the record mark also counts `data` and its padding.
     pub bytes: Vec<u8>,
-    /// READ data sent after `bytes` (from memory as it is, or from the file with `sendfile`),
-    /// then its XDR padding.
+    /// READ data sent after `bytes` (from memory as it is, or from the file without a copy:
+    /// see [`super::splice`]), then its XDR padding.
     pub data: Option<ReadData>,
     /// The budget `data` holds until it is sent.
     pub hold: Option<Reservation>,
@@ -458,9 +457,8 @@ impl ReplySink {
                     write_all_vectored(&mut wr.half, &mut parts).await?;
                 }
                 Some(ReadData::File(f)) => {
-                    wr.half.write_all(&reply.bytes).await?;
-                    send_file(&wr.half, f).await?;
-                    wr.half.write_all(&pad[..proc::xdr_pad(f.len as usize)]).await?;
+                    let sock: &TcpStream = wr.half.as_ref();
+                    super::splice::send_file(sock, &reply.bytes, f, &pad[..proc::xdr_pad(f.len as usize)]).await?;
                 }
             }
             std::io::Result::Ok(())
@@ -489,35 +487,6 @@ async fn write_all_vectored(half: &mut OwnedWriteHalf, mut parts: &mut [IoSlice<
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         IoSlice::advance_slices(&mut parts, n);
-    }
-    Ok(())
-}
-
-/// Sends a file slice on the socket with `sendfile` (the data goes from the page cache to the
-/// socket without a copy through user space). Fails if the file ends before the slice does.
-async fn send_file(half: &OwnedWriteHalf, f: &FileSlice) -> std::io::Result<()> {
-    let sock: &TcpStream = half.as_ref();
-    let end = f.offset + u64::from(f.len);
-    let mut at = f.offset as libc::off_t;
-    while (at as u64) < end {
-        sock.writable().await?;
-        let left = (end - at as u64) as usize;
-        let sent = sock.try_io(Interest::WRITABLE, || {
-            let n = unsafe { libc::sendfile(sock.as_raw_fd(), f.fd.as_raw_fd(), &mut at, left) };
-            if n < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(n)
-            }
-        });
-        match sent {
-            Ok(0) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank while being sent"))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
     }
     Ok(())
 }
@@ -716,6 +685,7 @@ mod tests {
     use super::*;
     use crate::locks::LockService;
     use crate::vfs::posix::{PosixBackend, PosixOptions};
+    use crate::vfs::FileSlice;
 
     /// A server exporting `dir` (local backend, default `[nfs]` policy).
     fn server(dir: &Path) -> NfsServer {

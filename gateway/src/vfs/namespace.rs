@@ -314,7 +314,7 @@ impl Namespace {
         .unwrap_or_else(|| (Vec::new(), Err(VfsError::Io(libc::EIO))))
     }
 
-    /// Reads up to `count` bytes, possibly leaving them in the file for `sendfile`: (data, eof,
+    /// Reads up to `count` bytes, possibly leaving them in the file to be spliced to the socket: (data, eof,
     /// attributes).
     pub async fn read_slice(
         &self,

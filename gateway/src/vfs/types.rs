@@ -285,7 +285,7 @@ pub struct ReadDir {
     pub dir_attr: Option<Attr>,
 }
 
-/// Bytes of an open file, left there for the caller to send with `sendfile` (no copy through
+/// Bytes of an open file, left there for the caller to send with `splice` or `sendfile` (no copy through
 /// user space).
 #[derive(Clone, Debug)]
 pub struct FileSlice {
