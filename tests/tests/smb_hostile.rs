@@ -6,8 +6,6 @@
 
 mod smb_common;
 
-use std::process::Command;
-
 use smb_common::{start, ALICE_PASSWORD};
 
 #[test]
@@ -19,19 +17,7 @@ fn hostile_smb_clients_are_refused() {
     for i in 0..700 {
         std::fs::write(big.join(format!("f{i:04}")), b"").unwrap();
     }
-    let script = nasgw_tests::workspace_root().join("tests/smb/hostile.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .args(["127.0.0.1", &s.port.to_string(), "alice", ALICE_PASSWORD])
-        .output()
-        .expect("run python3");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    assert!(
-        out.status.success() && text.contains("ALL OK"),
-        "hostile clients got through:\n{text}\n--- server log:\n{}",
-        s.daemon.logs()
-    );
+    s.python_checks("hostile.py", &["alice", ALICE_PASSWORD], "hostile clients");
     assert!(!s.daemon.logs().contains(ALICE_PASSWORD));
 }
 

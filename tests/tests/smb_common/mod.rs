@@ -85,6 +85,26 @@ impl SmbServer {
         Command::new("smbclient").arg(&unc).args(["-p", &port]).args(args).output().expect("run smbclient")
     }
 
+    /// Runs `tests/smb/SCRIPT 127.0.0.1 PORT ARGS` (smbprotocol checks) and asserts it ended
+    /// well and printed `ALL OK`; `what` names the checks in the failure. Returns its output.
+    pub fn python_checks(&self, script: &str, args: &[&str], what: &str) -> String {
+        let script = nasgw_tests::workspace_root().join("tests/smb").join(script);
+        let out = Command::new("python3")
+            .arg(&script)
+            .args(["127.0.0.1", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run python3");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        println!("{text}");
+        assert!(
+            out.status.success() && text.contains("ALL OK"),
+            "{what} failed:\n{text}\n--- server log:\n{}",
+            self.daemon.logs()
+        );
+        text
+    }
+
     /// Runs smbclient and asserts it succeeded, returning stdout+stderr.
     pub fn smbclient_ok(&self, share: &str, args: &[&str]) -> String {
         let out = self.smbclient(share, args);
