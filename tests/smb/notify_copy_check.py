@@ -298,6 +298,20 @@ if local is not None:
         more = []
     n = [e for e in got + more if e == (ADDED, "once.txt")]
     check("a file created through SMB is reported once (its inotify echo is dropped)", len(n) == 1, got + more)
+    # The connection whose watch started the node's inotify reader ends: another connection's
+    # watch still hears local changes (the reader runs on the daemon's runtime, not on the
+    # first watcher's connection, whose runtime ends with it or when it goes dormant).
+    d.close()
+    conn.disconnect(True)
+    conn, sess, tree = session(host, port)
+    d = open_dir(tree, top)
+    w = watch(d)
+    open(os.path.join(ldir, "after.txt"), "wb").close()
+    got = events(w) or []
+    if (ADDED, "after.txt") not in got:
+        got += until(d, [(ADDED, "after.txt")])
+    check("after the first watcher's connection ended, a local create is still reported",
+          (ADDED, "after.txt") in got, got)
 d.close()
 
 # macOS: the AAPL create context on the first CREATE, then Finder's metadata streams.

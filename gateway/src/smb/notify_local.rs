@@ -155,6 +155,10 @@ pub struct LocalEvents {
     echoes: Arc<Mutex<Echoes>>,
     inotify: Mutex<Option<inotify::Watches>>,
     started: std::sync::Once,
+    /// Where the reader runs: the daemon's runtime, current when this was made. A
+    /// connection's own runtime ends with its thread (when it closes or goes dormant), and
+    /// the reader with it.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for LocalEvents {
@@ -183,6 +187,7 @@ impl LocalEvents {
             echoes: Arc::new(Mutex::new(Echoes::default())),
             inotify: Mutex::new(None),
             started: std::sync::Once::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -299,13 +304,21 @@ impl LocalEvents {
                 }
             }));
             let me = Arc::downgrade(self);
-            // SAFETY: the Inotify owns its descriptor until it is dropped (with the AsyncFd)
-            // and always returns that one from as_raw_fd.
-            match unsafe { tokio::io::unix::AsyncFd::register(inotify) } {
-                Ok(fd) => {
-                    tokio::spawn(read_loop(fd, me));
+            let reader = async move {
+                // Registered from inside the task: an AsyncFd belongs to the reactor of the
+                // runtime that registers it.
+                // SAFETY: the Inotify owns its descriptor until it is dropped (with the
+                // AsyncFd) and always returns that one from as_raw_fd.
+                match unsafe { tokio::io::unix::AsyncFd::register(inotify) } {
+                    Ok(fd) => read_loop(fd, me).await,
+                    Err(_) => tracing::warn!(
+                        "SMB: inotify cannot be polled: local changes of watched directories are not reported"
+                    ),
                 }
-                Err(_) => tracing::warn!("SMB: inotify cannot be polled: local changes of watched directories are not reported"),
+            };
+            match &self.runtime {
+                Some(rt) => drop(rt.spawn(reader)),
+                None => drop(tokio::spawn(reader)),
             }
         });
     }
