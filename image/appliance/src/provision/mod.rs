@@ -216,6 +216,13 @@ pub fn execute(want: &Desired, step: &Step) -> Result<()> {
         }
         Step::ResetBrick(b) => {
             std::fs::create_dir_all(path_of(b)).with_context(|| format!("cannot create brick directory {b}"))?;
+            // A replaced node's glusterd took the volume from the pool before this directory
+            // existed, and holds no real path for its own brick: reset-brick's check then takes
+            // the brick for a new one ("When destination brick is new, please use ...
+            // replace-brick"), on every retry. Restarted, glusterd reads the brick back from its
+            // store with the directory there (seen on the appliance's replaced node 3).
+            systemctl("restart", "glusterd.service")?;
+            wait_for_pool(Duration::from_secs(300))?;
             gluster::run(&["volume", "reset-brick", vol, b, "start"])?;
             gluster::run(&["volume", "reset-brick", vol, b, b, "commit", "force"])?;
             // Copy everything onto the rebuilt brick, not only what changed while it was away.
@@ -245,6 +252,21 @@ fn layout_args(want: &Desired) -> Vec<String> {
         args.extend(["arbiter".to_string(), "1".to_string()]);
     }
     args
+}
+
+/// Waits until this node's glusterd answers and sees every pool member connected.
+fn wait_for_pool(bound: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        match gluster::pool_list(None) {
+            Ok((_, peers)) if !peers.is_empty() && peers.iter().all(|p| p.connected) => return Ok(()),
+            Ok(_) | Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_secs(2)),
+            Ok(_) => bail!("glusterd restarted, but the pool was not all connected after {} s", bound.as_secs()),
+            Err(e) => {
+                return Err(e.context(format!("glusterd did not answer within {} s of its restart", bound.as_secs())))
+            }
+        }
+    }
 }
 
 fn systemctl(verb: &str, unit: &str) -> Result<()> {
