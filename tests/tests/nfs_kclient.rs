@@ -9,6 +9,8 @@
 //!   checked in the guest and on the volume;
 //!   then `O_DIRECT` reads of a file the host truncates and rewrites meanwhile through NFS (another
 //!   client): short reads and end of file, never a byte that is not the file's, never a hang.
+//!   (A truncate still zeroes in place the pages of a reply that sits in the socket's queue, as
+//!   with any zero-copy send; the guest's user-mode network drains it too fast to see: README.)
 
 mod nfs_common;
 
