@@ -3,8 +3,8 @@
 # random file through nasgw with 1 MiB WRITEs and reads it back through fresh caches with 1 MiB
 # READs (spliced from the server's page cache), with 4 KiB READs, and with O_DIRECT READs at
 # odd offsets and sizes; then reads a file another client (the host) truncates and rewrites meanwhile.
-#   KC_PORT   nasgw's NFS+MOUNT port   KC_MB  size of the large file in MiB
-#   KC_RACE_SECS  how long to read the racing file   KC_RACE_BYTES  its size when whole
+#   KC_PORT   nasgw's NFS+MOUNT port   KC_MB  size of the large file in MiB (0: none)
+#   KC_RACE_SECS  how long to read the racing file (0: not)   KC_RACE_BYTES  its size when whole
 # Prints "CHECK name ok|FAILED", "SHA256 ..." of what it wrote and "MBPS ..." figures.
 set -u
 O=vers=3,proto=tcp,nolock,port=$KC_PORT,mountport=$KC_PORT
@@ -22,7 +22,8 @@ grep ' /mnt/' /proc/mounts
 grep -q ' /mnt/big .*rsize=1048576,wsize=1048576' /proc/mounts; check rsize_1m $?
 grep -q ' /mnt/small .*rsize=4096,' /proc/mounts; check rsize_4k $?
 
-# The large file: random bytes, written with 1 MiB WRITEs and a COMMIT at the end.
+# The large file (when KC_MB > 0): random bytes, written with 1 MiB WRITEs and a COMMIT at the end.
+if [ "$KC_MB" -gt 0 ]; then
 N=$((KC_MB * 1048576))
 dd if=/dev/urandom of=/tmp/src bs=1M count="$KC_MB" 2>/dev/null
 echo "SHA256 $(sha256sum < /tmp/src | cut -d' ' -f1)"
@@ -51,13 +52,16 @@ done
 n=$(dd if=/mnt/big/big iflag=direct,skip_bytes skip=$((N + 5)) bs=1M 2>/dev/null | wc -c)
 check read_past_end $([ "$n" = 0 ]; echo $?)
 rm /tmp/src
+fi
 
-# Reads racing another client's truncates: the host truncates /race to odd sizes and writes
-# the pattern back while this client reads it with O_DIRECT; "race-go" starts it, "race-done"
-# ends it.
+# Reads racing another client's truncates (when KC_RACE_SECS > 0): the host truncates /race to
+# odd sizes and writes the pattern back while this client reads it with O_DIRECT; "race-go"
+# starts it, "race-done" ends it.
+if [ "$KC_RACE_SECS" -gt 0 ]; then
 : > /mnt/big/race-go
 $P check /mnt/big/race "$KC_RACE_SECS" "$KC_RACE_BYTES"; check race_reads $?
 : > /mnt/big/race-done
+fi
 umount /mnt/small; check umount_4k $?
 umount /mnt/big; check umount_1m $?
 exit $fail
