@@ -15,7 +15,7 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use nasgw_tests::cluster::{SmbCluster, CA_SHARE, NODES, VIP};
@@ -46,7 +46,7 @@ struct Guest {
 impl Guest {
     fn spawn(tap: &str, switch: &str, env: &[(&str, String)]) -> Guest {
         let job = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(kclient::kclient_bin());
+        let mut cmd = kclient::command();
         cmd.args(["run", "-t", "900"]);
         for (k, v) in env {
             cmd.arg("-e").arg(format!("{k}={v}"));

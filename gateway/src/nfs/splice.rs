@@ -138,33 +138,21 @@ pub async fn send_file(sock: &TcpStream, head: &[u8], f: &FileSlice, pad: &[u8])
         }
         let more = !shrank && ((at as u64) < end || !pad.is_empty());
         let flags = libc::SPLICE_F_NONBLOCK | if more { libc::SPLICE_F_MORE } else { 0 };
-        while in_pipe > 0 {
-            sock.writable().await?;
-            let sent = sock.try_io(Interest::WRITABLE, || {
-                // SAFETY: splice from the pipe this function holds to the socket it borrows.
-                let n = unsafe {
-                    libc::splice(
-                        pipe.rd.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        sock.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        in_pipe,
-                        flags,
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            match sent {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => in_pipe -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
+        write_fully(sock, in_pipe, |left| {
+            // SAFETY: splice from the pipe this function holds to the socket it borrows.
+            syscall(unsafe {
+                libc::splice(
+                    pipe.rd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    sock.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    left,
+                    flags,
+                )
+            })
+        })
+        .await?;
+        in_pipe = 0;
     }
     pipe.put_back();
     if shrank {
@@ -175,22 +163,46 @@ pub async fn send_file(sock: &TcpStream, head: &[u8], f: &FileSlice, pad: &[u8])
 
 /// Writes all of `buf` (`MSG_MORE` when `more`: TCP holds a partial segment back for what
 /// follows).
-async fn send_all(sock: &TcpStream, mut buf: &[u8], more: bool) -> io::Result<()> {
+async fn send_all(sock: &TcpStream, buf: &[u8], more: bool) -> io::Result<()> {
     let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
-    while !buf.is_empty() {
+    write_fully(sock, buf.len(), |left| {
+        let rest = &buf[buf.len() - left..];
+        // SAFETY: send from a live buffer of `rest.len()` bytes on a socket this function borrows.
+        syscall(unsafe { libc::send(sock.as_raw_fd(), rest.as_ptr().cast(), rest.len(), flags) })
+    })
+    .await
+}
+
+/// `sendfile` of the slice (when no pipe is to be had).
+async fn sendfile(sock: &TcpStream, f: &FileSlice) -> io::Result<()> {
+    let mut at = f.offset as libc::off_t;
+    write_fully(sock, f.len as usize, |left| {
+        // SAFETY: sendfile between descriptors the caller holds open; `at` is a valid offset.
+        match syscall(unsafe { libc::sendfile(sock.as_raw_fd(), f.fd.as_raw_fd(), &mut at, left) })? {
+            0 => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being sent")),
+            n => Ok(n),
+        }
+    })
+    .await
+}
+
+/// Writes `len` bytes to the non-blocking `sock` with `write`, one system call that writes at
+/// most the `left` bytes it is given and says how many it wrote, called again for the rest and
+/// after each wait for the socket to take more. A write of nothing is an error (`WriteZero`),
+/// as are `write`'s own errors other than `WouldBlock`.
+async fn write_fully(
+    sock: &TcpStream,
+    len: usize,
+    mut write: impl FnMut(usize) -> io::Result<usize>,
+) -> io::Result<()> {
+    let mut left = len;
+    while left > 0 {
         sock.writable().await?;
-        let sent = sock.try_io(Interest::WRITABLE, || {
-            // SAFETY: send from a live buffer of `buf.len()` bytes on a socket this function borrows.
-            let n = unsafe { libc::send(sock.as_raw_fd(), buf.as_ptr().cast(), buf.len(), flags) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        match sent {
+        // `try_io` clears the socket's readiness on `WouldBlock`: the next `writable` waits.
+        match sock.try_io(Interest::WRITABLE, || write(left)) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
+            // A system call never writes more than it was given; saturating all the same.
+            Ok(n) => left = left.saturating_sub(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
@@ -198,30 +210,9 @@ async fn send_all(sock: &TcpStream, mut buf: &[u8], more: bool) -> io::Result<()
     Ok(())
 }
 
-/// `sendfile` of the slice (when no pipe is to be had).
-async fn sendfile(sock: &TcpStream, f: &FileSlice) -> io::Result<()> {
-    let end = f.offset + u64::from(f.len);
-    let mut at = f.offset as libc::off_t;
-    while (at as u64) < end {
-        sock.writable().await?;
-        let left = (end - at as u64) as usize;
-        let sent = sock.try_io(Interest::WRITABLE, || {
-            // SAFETY: sendfile between descriptors the caller holds open; `at` is a valid offset.
-            let n = unsafe { libc::sendfile(sock.as_raw_fd(), f.fd.as_raw_fd(), &mut at, left) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n)
-            }
-        });
-        match sent {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being sent")),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+/// The result of a system call that returns a count or -1 with `errno`.
+fn syscall(n: isize) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 #[cfg(test)]
@@ -285,6 +276,74 @@ mod tests {
         assert_eq!(got.len(), 4 + 1000, "the head and what the file had, then nothing");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_fully_resumes_after_partial_writes_and_a_full_socket() {
+        let (server, mut client) = pair().await;
+        // Small buffers, so the socket is full long before 8 MiB.
+        for fd in [server.as_raw_fd(), client.as_raw_fd()] {
+            for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+                let size: libc::c_int = 64 << 10;
+                // SAFETY: setsockopt on a live socket with a c_int option of its size.
+                let r = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&size as *const libc::c_int).cast(), 4) };
+                assert_eq!(r, 0);
+            }
+        }
+        let data: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 253) as u8).collect();
+        let blocked = Arc::new(AtomicUsize::new(0));
+        let calls = AtomicUsize::new(0);
+        // The reader starts once the writer found the socket full (polls: it cannot be told).
+        let b = blocked.clone();
+        let reader = tokio::spawn(async move {
+            while b.load(Ordering::Relaxed) == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        // At most 100 kB a call: the rest is asked for again.
+        write_fully(&server, data.len(), |left| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            let rest = &data[data.len() - left..];
+            let n = rest.len().min(100_000);
+            // SAFETY: send from a live buffer on the test's socket.
+            let r = syscall(unsafe { libc::send(server.as_raw_fd(), rest.as_ptr().cast(), n, libc::MSG_NOSIGNAL) });
+            if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                blocked.fetch_add(1, Ordering::Relaxed);
+            }
+            r
+        })
+        .await
+        .unwrap();
+        drop(server);
+        let got = reader.await.unwrap();
+        assert!(got == data, "every byte once, in order ({} of {} bytes)", got.len(), data.len());
+        let (calls, blocked) = (calls.into_inner(), blocked.load(Ordering::Relaxed));
+        println!("{calls} calls, {blocked} found the socket full");
+        assert!(blocked > 0 && calls > data.len() / 100_000 + blocked - 1, "{calls} calls, {blocked} blocked");
+    }
+
+    #[tokio::test]
+    async fn write_fully_fails_on_a_write_of_nothing_and_on_errors() {
+        let (server, _client) = pair().await;
+        let e = write_fully(&server, 10, |_| Ok(0)).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WriteZero);
+        let mut calls = 0;
+        let e = write_fully(&server, 10, |left| {
+            calls += 1;
+            if left == 10 {
+                Ok(4)
+            } else {
+                Err(io::Error::from_raw_os_error(libc::EPIPE))
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!((e.raw_os_error(), calls), (Some(libc::EPIPE), 2), "the error after the partial write");
+        // Nothing to write: no call at all.
+        write_fully(&server, 0, |_| panic!("called for nothing")).await.unwrap();
+    }
+
     #[test]
     fn a_pipe_the_kernel_kept_small_is_refused_and_not_counted() {
         let mut fds = [0; 2];
@@ -310,10 +369,29 @@ mod tests {
             assert_eq!(got.len(), 1 << 16);
         }
         assert!(LIVE.load(Ordering::Relaxed) <= MAX_IDLE, "sequential replies reuse pipes");
-        // Past the ceiling there is no pipe (the reply uses sendfile).
+        // Past the ceiling there is no pipe: the reply goes out with sendfile, whole, and a
+        // file that shrank is an error after what it had there too.
         let held: Vec<Pipe> = std::iter::from_fn(Pipe::take).take(MAX_PIPES + 1).collect();
         assert!(held.len() <= MAX_PIPES);
         assert!(Pipe::take().is_none());
+        let content: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 249) as u8).collect();
+        for (offset, len, sent) in
+            [(4095u64, 5u32 << 19, Ok(())), (1 << 20, 3 << 20, Err(io::ErrorKind::UnexpectedEof))]
+        {
+            let (server, mut client) = pair().await;
+            let f = slice(&dir, &content, offset, len);
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).await.unwrap();
+                got
+            });
+            assert_eq!(send_file(&server, b"h", &f, &[0]).await.map_err(|e| e.kind()), sent);
+            drop(server);
+            let got = reader.await.unwrap();
+            let had = &content[offset as usize..content.len().min((offset + u64::from(len)) as usize)];
+            let want = [&b"h"[..], had, if sent.is_ok() { &[0][..] } else { &[][..] }].concat();
+            assert!(got == want, "offset {offset} len {len}: {} bytes, {} wanted", got.len(), want.len());
+        }
         drop(held);
     }
 }
