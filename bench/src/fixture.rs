@@ -111,7 +111,7 @@ impl Fixture {
             sizes,
         };
         write_pattern(&fx.big_source, sizes.bulk_bytes, 1)?;
-        write_pattern(&fx.data.join(fx.read_name), sizes.bulk_bytes, 2)?;
+        write_pattern(&fx.data.join(fx.read_name), sizes.bulk_bytes, READ_SEED)?;
         fs::create_dir_all(&fx.small_source)?;
         let block = pattern_block(sizes.small_size, 3);
         for i in 0..sizes.small_files {
@@ -183,9 +183,37 @@ fn pattern_block(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// The pattern seed of the read rows' file (`Fixture::read_name`).
+pub const READ_SEED: u64 = 2;
+
+/// What [`write_pattern`] wrote, to check bytes read back from any offset of such a file.
+pub struct Pattern {
+    block: Vec<u8>,
+}
+
+impl Pattern {
+    /// The pattern of seed `seed`.
+    pub fn new(seed: u64) -> Pattern {
+        Pattern { block: pattern_block(PATTERN_BLOCK, seed) }
+    }
+
+    /// Whether `bytes` are what a file of this pattern holds at `offset`. Pure.
+    pub fn matches(&self, offset: u64, bytes: &[u8]) -> bool {
+        let block = PATTERN_BLOCK as u64;
+        bytes.iter().enumerate().all(|(k, b)| {
+            let at = offset + k as u64;
+            let want = if at % block == 0 { (at / block) as u8 } else { self.block[(at % block) as usize] };
+            *b == want
+        })
+    }
+}
+
+/// The pattern repeats every this many bytes (the first byte of each repeat counts them).
+const PATTERN_BLOCK: usize = 1 << 20;
+
 /// Writes `bytes` of a deterministic pattern (from `seed`) to a new file at `path`.
 pub fn write_pattern(path: &Path, bytes: u64, seed: u64) -> Result<()> {
-    let mut block = pattern_block(1 << 20, seed);
+    let mut block = pattern_block(PATTERN_BLOCK, seed);
     let mut f = fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
     let mut left = bytes;
     let mut i = 0u8;
@@ -235,4 +263,29 @@ pub fn resident_share(f: &fs::File) -> Result<f64> {
         return Err(err).context("mincore");
     }
     Ok(vec.iter().filter(|b| **b & 1 == 1).count() as f64 / vec.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pattern_file_matches_its_pattern_at_every_offset_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        let size = 3 * PATTERN_BLOCK as u64 + 100;
+        write_pattern(&path, size, 7).unwrap();
+        let data = fs::read(&path).unwrap();
+        let p = Pattern::new(7);
+        for at in [0u64, 1, 4095, PATTERN_BLOCK as u64 - 10, PATTERN_BLOCK as u64, 2 * PATTERN_BLOCK as u64 + 3] {
+            let end = (at as usize + 4096).min(data.len());
+            assert!(p.matches(at, &data[at as usize..end]), "offset {at}");
+        }
+        // Another offset, another seed, or one changed byte do not match.
+        assert!(!p.matches(PATTERN_BLOCK as u64, &data[..4096]));
+        assert!(!Pattern::new(8).matches(0, &data[..4096]));
+        let mut bad = data[..4096].to_vec();
+        bad[100] ^= 1;
+        assert!(!p.matches(0, &bad));
+    }
 }

@@ -18,6 +18,7 @@ mod measure;
 mod nasgw;
 mod nfs;
 mod nfs_client;
+mod nfs_reader;
 mod nlm;
 mod page_cache;
 mod scale;

@@ -115,6 +115,59 @@ pub fn run_row(
     }
 }
 
+/// CPU time (user + system) of this process's children that have ended and been waited for:
+/// the difference around a [`timed`] client command is that client's CPU time.
+pub fn children_cpu() -> Duration {
+    // SAFETY: getrusage writes a valid struct.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Per round of a bulk row: each server's wall-clock time and its client's CPU time, so a
+/// slow round says whether it waited for a core (CPU well under the wall-clock time) or did
+/// more work.
+#[derive(Default)]
+pub struct ClientRounds {
+    rounds: Vec<(String, f64, f64)>,
+}
+
+impl ClientRounds {
+    /// Records one round of `label`: `wall` and client `cpu` seconds.
+    pub fn push(&mut self, label: &str, wall: Duration, cpu: Duration) {
+        self.rounds.push((label.to_string(), wall.as_secs_f64(), cpu.as_secs_f64()));
+    }
+
+    /// One note per label: "{label} {what}, per round, wall-clock / {client} CPU seconds: ...". Pure.
+    pub fn notes(&self, what: &str, client: &str) -> Vec<String> {
+        let mut labels: Vec<&str> = Vec::new();
+        for (l, _, _) in &self.rounds {
+            if !labels.contains(&l.as_str()) {
+                labels.push(l);
+            }
+        }
+        labels
+            .into_iter()
+            .map(|l| {
+                let rounds: Vec<String> = self
+                    .rounds
+                    .iter()
+                    .filter(|(x, _, _)| x == l)
+                    .map(|(_, wall, cpu)| format!("{wall:.2}/{cpu:.2}"))
+                    .collect();
+                format!(
+                    "{l} {what}, per round, wall-clock / {client} CPU seconds (the server's CPU is in the CPU table): {}.",
+                    rounds.join(", ")
+                )
+            })
+            .collect()
+    }
+}
+
 /// Runs a client command to completion, timing it; fails with its output when it fails or
 /// prints an NT_STATUS error (smbclient exits 0 after some failed commands).
 pub fn timed(cmd: &mut Command) -> Result<(Duration, Output)> {
@@ -133,7 +186,23 @@ pub fn timed(cmd: &mut Command) -> Result<(Duration, Output)> {
 
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use super::{matches, ClientRounds, Duration};
+
+    #[test]
+    fn client_rounds_are_noted_per_label_in_round_order() {
+        let mut c = ClientRounds::default();
+        c.push("nasgw warm", Duration::from_millis(500), Duration::from_millis(250));
+        c.push("ganesha warm", Duration::from_secs(1), Duration::from_millis(300));
+        c.push("nasgw warm", Duration::from_millis(2000), Duration::from_millis(260));
+        assert_eq!(
+            c.notes("read", "nfs-cat"),
+            [
+                "nasgw warm read, per round, wall-clock / nfs-cat CPU seconds (the server's CPU is in the CPU table): 0.50/0.25, 2.00/0.26.",
+                "ganesha warm read, per round, wall-clock / nfs-cat CPU seconds (the server's CPU is in the CPU table): 1.00/0.30."
+            ]
+        );
+        assert!(ClientRounds::default().notes("read", "x").is_empty());
+    }
 
     #[test]
     fn rows_run_when_their_name_contains_a_pattern() {

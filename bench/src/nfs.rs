@@ -12,7 +12,7 @@ use tokio::runtime::Runtime;
 
 use crate::cpu::{self, Meter};
 use crate::fixture::{self, list_entry, Fixture, Sizes};
-use crate::measure::{run_row, timed, Done};
+use crate::measure::{children_cpu, run_row, timed, ClientRounds, Done};
 use crate::nasgw;
 use crate::nfs_client::{self, NfsEndpoint};
 use crate::table::{Group, Unit};
@@ -23,9 +23,11 @@ use crate::target::{self, Rows, Target};
 struct ReadPaths {
     /// The share of the file in the page cache after the preload of each warm round.
     resident: Vec<f64>,
-    /// Per nasgw read round: "label warm|cold" and the share of READ bytes sent with sendfile,
-    /// or why it is unknown.
-    sendfile: Vec<(String, Result<f64, String>)>,
+    /// Per nasgw read round: "label warm|cold" and the paths its READ bytes took
+    /// ([`nasgw::ReadCounters::paths_since`]), or why they are unknown.
+    paths: Vec<(String, Result<String, String>)>,
+    /// Per read round of any server ("label warm|cold"): wall-clock and `nfs-cat` CPU time.
+    client: ClientRounds,
 }
 
 impl ReadPaths {
@@ -40,21 +42,23 @@ impl ReadPaths {
                 min * 100.0
             ));
         }
-        let mut labels: Vec<&str> = self.sendfile.iter().map(|(l, _)| l.as_str()).collect();
+        notes.extend(self.client.notes("read", "nfs-cat"));
+        let mut labels: Vec<&str> = self.paths.iter().map(|(l, _)| l.as_str()).collect();
         labels.dedup();
         for l in labels {
             let shares: Vec<String> = self
-                .sendfile
+                .paths
                 .iter()
                 .filter(|(x, _)| x == l)
-                .map(|(_, v)| match v {
-                    Ok(v) => format!("{:.0}%", v * 100.0),
-                    Err(e) => format!("unknown ({e})"),
+                .enumerate()
+                .map(|(r, (_, v))| match v {
+                    Ok(v) => format!("round {}: {v}", r + 1),
+                    Err(e) => format!("round {}: unknown ({e})", r + 1),
                 })
                 .collect();
             notes.push(format!(
-                "{l} read: share of nasgw's READ bytes sent from the page cache without a copy (splice or sendfile; the rest copied), per round: {}.",
-                shares.join(", ")
+                "{l} read: how nasgw's READ bytes went out (spliced through a 1 MiB pipe, sendfile when no pipe was free, or copied when not all in the page cache): {}.",
+                shares.join("; ")
             ));
         }
         notes
@@ -93,8 +97,8 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
             Ok(Done { amount: s.bulk_bytes, elapsed })
         }),
     );
-    // What served each read round: the file's page-cache state before it, and the share of
-    // nasgw's READ bytes that went out with sendfile (from its metrics).
+    // What served each read round: the file's page-cache state before it, and how nasgw's
+    // READ bytes went out (from its metrics).
     let seen = RefCell::new(ReadPaths::default());
     let read = |i: usize, cold: bool| {
         if cold {
@@ -109,16 +113,14 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
         let ep = ep(i)?;
         let before = ep.metrics_port.map(nasgw::nfs_read_counters);
         let sink = std::fs::File::create("/dev/null")?;
+        let client_before = children_cpu();
         let (elapsed, _) = timed(Command::new("nfs-cat").arg(ep.url(fx.read_name)).stdout(sink))?;
+        let client = children_cpu().saturating_sub(client_before);
+        let label = format!("{} {}", labels[i], if cold { "cold" } else { "warm" });
+        seen.borrow_mut().client.push(&label, elapsed, client);
         if let (Some(port), Some(before)) = (ep.metrics_port, before) {
-            // An older nasgw (a comparison run with --nasgw) may lack the counter: the row
-            // still counts, the note says the path is unknown.
-            let share = before.and_then(|(read0, sf0)| {
-                let (read1, sf1) = nasgw::nfs_read_counters(port)?;
-                Ok(sf1.saturating_sub(sf0) as f64 / read1.saturating_sub(read0).max(1) as f64)
-            });
-            let label = format!("{} {}", labels[i], if cold { "cold" } else { "warm" });
-            seen.borrow_mut().sendfile.push((label, share.map_err(|e| format!("{e:#}"))));
+            let paths = before.and_then(|b| Ok(nasgw::nfs_read_counters(port)?.paths_since(&b)));
+            seen.borrow_mut().paths.push((label, paths.map_err(|e| format!("{e:#}"))));
         }
         Ok(Done { amount: s.bulk_bytes, elapsed })
     };

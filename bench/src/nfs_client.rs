@@ -10,7 +10,7 @@ use nfs3_client::io::{AsyncRead, AsyncWrite};
 use nfs3_client::net::Connector;
 use nfs3_client::nfs3_types::nfs3::{
     self, createhow3, diropargs3, filename3, nfs_fh3, sattr3, stable_how, COMMIT3args, CREATE3args, GETATTR3args,
-    LOOKUP3args, MKDIR3args, Nfs3Option, Nfs3Result, READ3args, READDIRPLUS3args, WRITE3args,
+    LOOKUP3args, MKDIR3args, Nfs3Option, Nfs3Result, READDIRPLUS3args, WRITE3args,
 };
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
@@ -273,22 +273,6 @@ impl<IO: AsyncRead + AsyncWrite + Send> Session<IO> {
         let r = self.conn.getattr(&GETATTR3args { object: fh.clone() }).await?;
         ok("GETATTR", r)?;
         Ok(())
-    }
-
-    /// READs `len` bytes of `fh` from `offset` on in `chunk`-byte calls, one at a time;
-    /// returns the bytes read (less only at end of file).
-    pub async fn read_range(&mut self, fh: &nfs_fh3, offset: u64, len: u64, chunk: u32) -> Result<u64> {
-        let mut done = 0;
-        while done < len {
-            let count = (len - done).min(u64::from(chunk)) as u32;
-            let r = self.conn.read(&READ3args { file: fh.clone(), offset: offset + done, count }).await?;
-            let got = ok("READ", r)?;
-            done += got.data.len() as u64;
-            if got.eof || got.data.is_empty() {
-                break;
-            }
-        }
-        Ok(done)
     }
 
     /// Unmounts (MOUNT UMNT) and closes.

@@ -5,11 +5,13 @@
 //! 1,000,000 entries listed and searched. `--quick` makes everything far smaller. The same
 //! nasgw then meets Samba's smbd in a second table (see [`crate::scale_smb`]).
 //!
-//! Every client is an `nfs3_client` connection of this process, all driven by one thread: the
-//! client side is the same for both servers, and may be what bounds the aggregate rows (the
-//! note says so). Idle connections come from many loopback source addresses (nasgw admits 128
-//! connections per client address), each having made one NULL call, as a mounted but quiet
-//! kernel client would have.
+//! The create rows' clients are `nfs3_client` connections of this process, all driven by one
+//! thread; each read row's client is a thread of its own with one connection
+//! ([`crate::nfs_reader`]: one READ in flight, the data dropped unread but for a checked
+//! sample), so the servers, not the bench, bound the aggregate reads. The client side is the
+//! same for both servers. Idle connections come from many loopback source addresses (nasgw
+//! admits 128 connections per client address), each having made one NULL call, as a mounted
+//! but quiet kernel client would have.
 
 use std::cell::RefCell;
 use std::io::{Read as _, Write as _};
@@ -21,11 +23,12 @@ use anyhow::{bail, Context as _, Result};
 use nasgw_tests::anchors::{Ganesha, GaneshaFsal, Smbd};
 use tokio::runtime::Runtime;
 
-use crate::fixture::{Fixture, Sizes};
+use crate::fixture::{Fixture, Pattern, Sizes};
 use crate::measure::{run_row, Done};
 use crate::nasgw;
 use crate::nfs::ganesha_meter;
 use crate::nfs_client::{self, NfsEndpoint};
+use crate::nfs_reader;
 use crate::table::{Group, Unit};
 
 /// How big the scale rows are.
@@ -288,6 +291,7 @@ pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Vec<
     }
     group.notes.extend(memory.into_inner());
     let jukebox = RefCell::new(Vec::<String>::new());
+    let read_paths = RefCell::new(Vec::<String>::new());
     for n in scale.clients {
         run_row(
             &mut group,
@@ -321,14 +325,26 @@ pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Vec<
             Unit::Megabytes,
             s.rounds,
             &avail,
-            Box::new(|i, _| {
+            Box::new(|i, r| {
                 crate::fixture::preload(&fx.data.join(fx.read_name))?;
-                rt.block_on(concurrent_reads(ep(i)?, fx.read_name, n, scale.read_total, s.bulk_bytes))
+                let ep = ep(i)?;
+                let before = ep.metrics_port.map(nasgw::nfs_read_counters);
+                let done = concurrent_reads(rt, ep, fx.read_name, n, scale.read_total, s.bulk_bytes)?;
+                if let (Some(port), Some(before)) = (ep.metrics_port, before) {
+                    let paths = before.and_then(|b| Ok(nasgw::nfs_read_counters(port)?.paths_since(&b)));
+                    read_paths.borrow_mut().push(format!(
+                        "{n} clients' reads, round {}: nasgw's READ bytes {}.",
+                        r + 1,
+                        paths.unwrap_or_else(|e| format!("took an unknown path ({e:#})"))
+                    ));
+                }
+                Ok(done)
             }),
         );
     }
 
     group.notes.extend(jukebox.into_inner());
+    group.notes.extend(read_paths.into_inner());
 
     run_row(
         &mut group,
@@ -401,9 +417,11 @@ pub fn run(work: &Path, sizes: Sizes, scale: Scale, rt: &Runtime) -> Result<Vec<
         ));
     }
     group.notes.push(
-        "All clients are `nfs3_client` connections (AUTH_UNIX uid 1000) driven by one thread of the bench, \
-         one request in flight per connection: with many clients the client side may bound the aggregate rows \
-         for both servers. Idle connections each made one NULL call, from loopback source addresses 127.1.x.y \
+        "Clients use AUTH_UNIX uid 1000, one request in flight per connection. The create rows' clients are \
+         `nfs3_client` connections driven by one thread of the bench (with many clients that thread may bound both \
+         servers alike); each read row's client is a thread of its own with one connection, which checks every \
+         reply's status, length and first 4 KiB against the file's pattern and lets the kernel drop the rest \
+         unread (`recv` with `MSG_TRUNC`), so the servers send every byte and the clients cost little. Idle connections each made one NULL call, from loopback source addresses 127.1.x.y \
          (100 per address). Memory per idle connection is the growth of the server's resident set (VmRSS) \
          after opening them, divided by their number."
             .into(),
@@ -443,44 +461,61 @@ async fn concurrent_creates(ep: &NfsEndpoint, dirs: &[String], per: usize, size:
 }
 
 /// `n` clients at once reading `total` bytes of `file` together (each its share, from its own
-/// offset, wrapping at the file's end `size`).
-async fn concurrent_reads(ep: &NfsEndpoint, file: &str, n: usize, total: u64, size: u64) -> Result<Done> {
-    let mut sessions = Vec::new();
-    for _ in 0..n {
+/// offset, wrapping at the file's end `size`), each a thread of its own with one connection
+/// ([`nfs_reader`]): the handle comes from one mounted session, then every client connects,
+/// and the clock runs from when all may start to when the last is done.
+fn concurrent_reads(rt: &Runtime, ep: &NfsEndpoint, file: &str, n: usize, total: u64, size: u64) -> Result<Done> {
+    let fh = rt.block_on(async {
         let mut sess = nfs_client::connect(ep).await?;
         let root = sess.root();
         let fh = sess.lookup(&root, file).await?;
-        sessions.push((sess, fh));
-    }
+        sess.close().await?;
+        anyhow::Ok(fh)
+    })?;
+    let readers: Vec<nfs_reader::Reader> =
+        (0..n).map(|c| nfs_reader::Reader::connect(ep.nfs_port, (c as u32) << 24)).collect::<Result<_>>()?;
+    let pattern = Pattern::new(crate::fixture::READ_SEED);
     let share = total / n as u64;
-    let start = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for (c, (mut sess, fh)) in sessions.into_iter().enumerate() {
-        let from = (c as u64 * size / n as u64) & !((1 << 20) - 1);
-        set.spawn(async move {
-            let mut done = 0;
-            let mut at = from;
-            while done < share {
-                let want = (share - done).min(size - at);
-                let got = sess.read_range(&fh, at, want, 1 << 20).await?;
-                if got == 0 {
-                    bail!("READ at {at} returned nothing");
-                }
-                done += got;
-                at = (at + got) % size;
-            }
-            sess.close().await?;
-            anyhow::Ok(done)
-        });
-    }
+    let go = std::sync::Barrier::new(n + 1);
+    let (start, results) = std::thread::scope(|s| {
+        let workers: Vec<_> = readers
+            .into_iter()
+            .enumerate()
+            .map(|(c, mut reader)| {
+                let (fh, pattern, go) = (&fh, &pattern, &go);
+                s.spawn(move || {
+                    let from = (c as u64 * size / n as u64) & !((1 << 20) - 1);
+                    go.wait();
+                    let mut done = 0;
+                    let mut at = from;
+                    while done < share {
+                        let want = (share - done).min(size - at);
+                        let got = reader.read_range(fh, at, want, 1 << 20, pattern)?;
+                        if got == 0 {
+                            bail!("READ at {at} returned nothing");
+                        }
+                        done += got;
+                        at = (at + got) % size;
+                    }
+                    anyhow::Ok(done)
+                })
+            })
+            .collect();
+        go.wait();
+        let start = Instant::now();
+        let results: Vec<Result<u64>> =
+            workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(anyhow::anyhow!("client panicked")))).collect();
+        (start, results)
+    });
+    let elapsed = start.elapsed();
     let mut bytes = 0;
-    while let Some(r) = set.join_next().await {
-        bytes += r??;
+    for r in results {
+        bytes += r?;
     }
     if bytes != share * n as u64 {
         bail!("read {bytes} of {} bytes", share * n as u64);
     }
-    Ok(Done { amount: bytes, elapsed: start.elapsed() })
+    Ok(Done { amount: bytes, elapsed })
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use nasgw_tests::anchors::Smbd;
 
 use crate::cpu::{self, Meter};
 use crate::fixture::{self, Fixture, Sizes};
-use crate::measure::{run_row, timed, Done};
+use crate::measure::{children_cpu, run_row, timed, ClientRounds, Done};
 use crate::page_cache::{self, VmEvents};
 use crate::table::{Group, Unit};
 use crate::target::{self, Rows, Target};
@@ -157,6 +157,7 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
     note_upload_memory(group, &put, labels, &met.borrow());
     // The least share of the file found in the page cache before a warm download round.
     let resident = std::cell::Cell::new(None::<f64>);
+    let clients = std::cell::RefCell::new(ClientRounds::default());
     let download = |i: usize, cold: bool| {
         if cold {
             target::drop_caches_of(fx)?;
@@ -168,7 +169,10 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
         if local(i) {
             return target::local_read(fx);
         }
+        let client_before = children_cpu();
         let (elapsed, out) = timed(&mut smbclient(port(i)?, &format!("get {} /dev/null", fx.read_name)))?;
+        let label = format!("{} {}", labels[i], if cold { "cold" } else { "warm" });
+        clients.borrow_mut().push(&label, elapsed, children_cpu().saturating_sub(client_before));
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         if !text.contains(&format!("of size {} as", s.bulk_bytes)) {
             bail!("unexpected get output: {}", text.trim());
@@ -187,6 +191,7 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, labels: &[&str], targets: &[Tar
             Box::new(move |i, _| download(i, cold)),
         );
     }
+    group.notes.extend(clients.into_inner().notes("download", "smbclient"));
     if let Some(r) = resident.get() {
         group.notes.push(format!(
             "Download rows: before every round the bench reads the file once locally, so each server starts with it \

@@ -147,6 +147,14 @@ fn quick_run_prints_a_table_per_group_with_figures() {
     let ours: Vec<&str> = netns.lines().filter(|l| l.starts_with(&format!("t{bench_pid}x"))).collect();
     assert!(ours.is_empty(), "network namespaces of the run are left: {ours:?}");
     assert!(report.contains("Measured ") && report.contains(" cores"), "the machine is described:\n{report}");
+    // Which path served nasgw's NFS reads, and each read round's client CPU (issue 17).
+    assert!(
+        report.contains("clients' reads, round 1: nasgw's READ bytes spliced ")
+            && report.contains("nasgw warm read: how nasgw's READ bytes went out")
+            && report.contains("warm read, per round, wall-clock / nfs-cat CPU seconds")
+            && report.contains("warm download, per round, wall-clock / smbclient CPU seconds"),
+        "the read rows say which path served them and what the client spent:\n{report}"
+    );
     for server in ["nasgw", "Ganesha"] {
         assert!(
             report.contains(&format!("{server}: resident set ")) && report.contains("KiB per connection"),

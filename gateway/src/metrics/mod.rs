@@ -36,6 +36,9 @@ pub struct ProtocolStats {
     /// The part of `read_bytes` sent with `sendfile`, from the page cache straight to the
     /// socket (the rest was copied through memory): says which path served a read workload.
     pub sendfile_bytes: AtomicU64,
+    /// The part of `sendfile_bytes` that went through a pooled 1 MiB pipe in one piece (the
+    /// rest of it, by `sendfile`, reached TCP 64 KiB at a time): says whether the pool ran dry.
+    pub spliced_bytes: AtomicU64,
 }
 
 impl ProtocolStats {
@@ -47,6 +50,7 @@ impl ProtocolStats {
             read_bytes: AtomicU64::new(0),
             written_bytes: AtomicU64::new(0),
             sendfile_bytes: AtomicU64::new(0),
+            spliced_bytes: AtomicU64::new(0),
         }
     }
 
@@ -71,6 +75,13 @@ impl ProtocolStats {
     #[inline]
     pub fn read_by_sendfile(&self, bytes: usize) {
         self.sendfile_bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// Counts file data read for a client that went out through a pooled pipe (also counted
+    /// by [`ProtocolStats::read_by_sendfile`]).
+    #[inline]
+    pub fn read_by_splice(&self, bytes: usize) {
+        self.spliced_bytes.fetch_add(bytes as u64, Relaxed);
     }
 
     /// Counts file data a client wrote.

@@ -458,7 +458,11 @@ impl ReplySink {
                 }
                 Some(ReadData::File(f)) => {
                     let sock: &TcpStream = wr.half.as_ref();
-                    super::splice::send_file(sock, &reply.bytes, f, &pad[..proc::xdr_pad(f.len as usize)]).await?;
+                    let by =
+                        super::splice::send_file(sock, &reply.bytes, f, &pad[..proc::xdr_pad(f.len as usize)]).await?;
+                    if by == super::splice::SentBy::Splice {
+                        crate::metrics::NFS.read_by_splice(f.len as usize);
+                    }
                 }
             }
             std::io::Result::Ok(())

@@ -99,15 +99,25 @@ impl Drop for Pipe {
     }
 }
 
+/// How [`send_file`] sent the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentBy {
+    /// Through a pooled pipe.
+    Splice,
+    /// With `sendfile`: no pipe was free.
+    Sendfile,
+}
+
 /// Sends `head`, then `f`'s bytes from the file, then `pad`, all or an error; the data reaches
 /// TCP in as few pieces as a 1 MiB pipe allows (one for a READ of at most 1 MiB that starts on
 /// a page boundary). Fails with `UnexpectedEof` if the file ends before the slice does (the
 /// stream is then cut: the caller must close the connection).
-pub async fn send_file(sock: &TcpStream, head: &[u8], f: &FileSlice, pad: &[u8]) -> io::Result<()> {
+pub async fn send_file(sock: &TcpStream, head: &[u8], f: &FileSlice, pad: &[u8]) -> io::Result<SentBy> {
     let Some(pipe) = Pipe::take() else {
         send_all(sock, head, false).await?;
         sendfile(sock, f).await?;
-        return send_all(sock, pad, false).await;
+        send_all(sock, pad, false).await?;
+        return Ok(SentBy::Sendfile);
     };
     // Held back until the data joins it: the client sees head and data arrive together.
     send_all(sock, head, true).await?;
@@ -158,7 +168,8 @@ pub async fn send_file(sock: &TcpStream, head: &[u8], f: &FileSlice, pad: &[u8])
     if shrank {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being sent"));
     }
-    send_all(sock, pad, false).await
+    send_all(sock, pad, false).await?;
+    Ok(SentBy::Splice)
 }
 
 /// Writes all of `buf` (`MSG_MORE` when `more`: TCP holds a partial segment back for what
@@ -250,7 +261,7 @@ mod tests {
                 client.read_to_end(&mut got).await.unwrap();
                 got
             });
-            send_file(&server, b"head", &f, &[0, 0, 0]).await.unwrap();
+            assert_eq!(send_file(&server, b"head", &f, &[0, 0, 0]).await.unwrap(), SentBy::Splice);
             send_all(&server, b"next", false).await.unwrap();
             drop(server);
             let got = reader.await.unwrap();
@@ -385,7 +396,8 @@ mod tests {
                 client.read_to_end(&mut got).await.unwrap();
                 got
             });
-            assert_eq!(send_file(&server, b"h", &f, &[0]).await.map_err(|e| e.kind()), sent);
+            let by = send_file(&server, b"h", &f, &[0]).await.map_err(|e| e.kind());
+            assert_eq!(by.map(|by| assert_eq!(by, SentBy::Sendfile)), sent);
             drop(server);
             let got = reader.await.unwrap();
             let had = &content[offset as usize..content.len().min((offset + u64::from(len)) as usize)];
