@@ -233,7 +233,7 @@ pub struct CloseOutcome {
     /// With `delete`: where the file is now, if a rename through any node said so (the closer's
     /// own idea of the name may be older: the rename may have come through another node).
     #[serde(default)]
-    pub name: Option<FileName>,
+    pub name: Option<Box<FileName>>,
 }
 
 /// Where a file is on the volume, as the last rename through nasgw (SMB, NFS or the node's
@@ -271,7 +271,7 @@ pub struct FileRecord {
     /// Where the file is, once it was renamed through nasgw while held (see [`FileName`]).
     /// Kept only while the record is: it holds nothing by itself.
     #[serde(default)]
-    pub name: Option<FileName>,
+    pub name: Option<Box<FileName>>,
 }
 
 fn share_conflict(a_access: u32, a_share: u32, b_access: u32, b_share: u32) -> bool {
@@ -501,7 +501,7 @@ impl FileRecord {
     /// The file was renamed on the volume to `to` (its `renames` is ignored: counted here).
     pub fn renamed(&mut self, to: FileName) {
         let renames = self.name.as_ref().map_or(0, |n| n.renames) + 1;
-        self.name = Some(FileName { renames, ..to });
+        self.name = Some(Box::new(FileName { renames, ..to }));
     }
 
     /// Drops everything `node` held (its node died or left).

@@ -457,7 +457,7 @@ impl LockService {
     /// Where the file is, as the last rename through nasgw left it, when this node has the
     /// record at hand (it holds something on the file); `None` otherwise or if never renamed.
     pub fn current_name(&self, file: &FileId) -> Option<FileName> {
-        self.local(file, |r| r.name.clone()).flatten()
+        self.local(file, |r| r.name.as_deref().cloned()).flatten()
     }
 
     /// Sets or clears the file's delete-pending state.

@@ -621,7 +621,7 @@ impl World {
         }
         // And every node holding something on a file knows it by the name its home has (a
         // rename reached every holder, through view changes too).
-        let mut named: BTreeMap<SimKey, Option<FileName>> = BTreeMap::new();
+        let mut named: BTreeMap<SimKey, Option<Box<FileName>>> = BTreeMap::new();
         for node in self.nodes.iter().filter(|n| n.alive) {
             for (f, r) in node.m.decided() {
                 named.insert(f, r.name);

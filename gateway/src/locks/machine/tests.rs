@@ -751,8 +751,9 @@ fn the_latest_rename_wins_on_every_holder() {
         let name = r.name.expect("named");
         assert_eq!((name.name, name.renames), (sim_name(&f, 2).name, 2), "node {n}");
     }
-    let mut older = FileRecord { name: Some(FileName { renames: 1, ..sim_name(&f, 1) }), ..Default::default() };
-    older.merge(FileRecord { name: Some(FileName { renames: 2, ..sim_name(&f, 2) }), ..Default::default() });
+    let named = |g: u64| Some(Box::new(FileName { renames: g, ..sim_name(&f, g) }));
+    let mut older = FileRecord { name: named(1), ..Default::default() };
+    older.merge(FileRecord { name: named(2), ..Default::default() });
     assert_eq!(older.name.map(|n| n.name), Some(sim_name(&f, 2).name));
     w.check_opens_match();
 }
