@@ -48,13 +48,19 @@ fn two_clients_on_two_nodes_share_one_state() {
         delete_pending(&mut d, &c, &ca, &cb, &format!("doc-{a}{b}"));
         locks(&mut d, &ca, &cb, &format!("lock-{a}{b}"));
         delete_after_a_rename_through_another_node(&mut d, &c, &ca, &cb, &format!("mv-{a}{b}"));
+        directory_rename_with_an_open_below(&mut d, &c, &ca, &cb, &format!("dir-{a}{b}"));
     }
+    // The same with both clients on one node.
+    d.connect("SA", 0);
+    d.connect("SB", 0);
+    directory_rename_with_an_open_below(&mut d, &c, "SA", "SB", "dir-00");
     d.connect("LA", 0);
     d.connect("LB", 1);
     lease_break(&mut d, "LA", "LB", "lease");
     batch_oplock(&mut d, "LB", "LA", "batch");
     waiter_on_the_releasers_node(&mut d);
     nfs_write_into_smb_lock(&c, &mut d);
+    delete_after_an_nfs_rename(&c, &mut d);
     for d in c.daemons.iter().flatten() {
         let logs = d.logs();
         assert!(!logs.contains("panicked"), "{logs}");
@@ -305,19 +311,89 @@ fn nfs_write_into_smb_lock(c: &SmbCluster, d: &mut SmbClient) {
 }
 
 /// A renames a file through its node while B (through the other node) has it open; a new file
-/// is then made under the old name, and B's delete-on-close close comes last. B's open still
-/// knows the file by its old name: the new file there is not the one to delete (the binary
-/// before the fix deleted it).
+/// is then made under the old name, and B's delete-on-close close comes last. B's node learned
+/// the new name from the cluster's record before A's rename was answered: B's handle shows it,
+/// and its close deletes the renamed file, not the new one under the old name (issue 12's
+/// rename gap: the binary before the record carried names left the renamed file, and the one
+/// before that deleted the new file).
 fn delete_after_a_rename_through_another_node(d: &mut SmbClient, c: &SmbCluster, ca: &str, cb: &str, name: &str) {
     let (old, new) = (format!("{name}-old"), format!("{name}-new"));
     d.ok(json!({"op": "open", "c": ca, "h": "mv-a", "path": old, "access": RW | DELETE}));
     d.ok(json!({"op": "open", "c": cb, "h": "mv-b", "path": old, "access": RW | DELETE, "disposition": 1}));
     d.ok(json!({"op": "rename", "h": "mv-a", "to": new}));
+    assert_eq!(d.ok(json!({"op": "name", "h": "mv-b"})).s("name"), format!("\\{new}"), "B's handle has the new name");
     d.ok(json!({"op": "close", "h": "mv-a"}));
     d.ok(json!({"op": "open", "c": ca, "h": "mv-c", "path": old, "access": RW}));
     d.ok(json!({"op": "close", "h": "mv-c"}));
     d.ok(json!({"op": "delete", "h": "mv-b"}));
     d.ok(json!({"op": "close", "h": "mv-b"}));
     assert!(c.volume().join(&old).exists(), "another open's delete-on-close removed the file made under the old name");
-    println!("after B's delete-on-close close: renamed file still there: {}", c.volume().join(&new).exists());
+    assert!(!c.volume().join(&new).exists(), "B's delete-on-close left the file renamed through the other node");
+
+    // A rename by handle after a rename through the other node starts from the new name, and
+    // the first renamer's handle follows the second rename.
+    let third = format!("{name}-third");
+    d.ok(json!({"op": "open", "c": ca, "h": "mv-a", "path": old, "access": RW | DELETE}));
+    d.ok(json!({"op": "open", "c": cb, "h": "mv-b", "path": old, "access": RW | DELETE, "disposition": 1}));
+    d.ok(json!({"op": "rename", "h": "mv-a", "to": new}));
+    d.ok(json!({"op": "rename", "h": "mv-b", "to": third}));
+    assert_eq!(d.ok(json!({"op": "name", "h": "mv-a"})).s("name"), format!("\\{third}"));
+    assert!(c.volume().join(&third).exists() && !c.volume().join(&new).exists() && !c.volume().join(&old).exists());
+    d.ok(json!({"op": "delete", "h": "mv-a"}));
+    d.ok(json!({"op": "close", "h": "mv-b"}));
+    d.ok(json!({"op": "close", "h": "mv-a"}));
+    assert!(!c.volume().join(&third).exists(), "A's delete-on-close left the file B renamed");
+    println!("rename through another node: the other node's handle follows it ({ca} renames, {cb} deletes): ok");
+}
+
+/// A client renames a directory while another client (through the other node, or the same
+/// one) has a file open below it: allowed, as smbd 4.17 allows it without `strict rename`
+/// (measured: smbd refuses only the renaming client's own opens below, as here). The open below
+/// follows the rename: its delete-on-close removes the file in the renamed directory (smbd's
+/// close fails there with OBJECT_NAME_NOT_FOUND and leaves the file). The renaming client's
+/// own open below refuses the rename (ACCESS_DENIED, as smbd).
+fn directory_rename_with_an_open_below(d: &mut SmbClient, c: &SmbCluster, ca: &str, cb: &str, name: &str) {
+    let (dir, moved) = (name.to_string(), format!("{name}-moved"));
+    d.ok(json!({"op": "open", "c": ca, "h": "dir", "path": dir, "access": RW, "disposition": 2, "options": 1}));
+    d.ok(json!({"op": "close", "h": "dir"}));
+    let below = format!("{dir}\\f");
+    d.ok(json!({"op": "open", "c": ca, "h": "below", "path": below, "access": RW | DELETE, "disposition": 2}));
+    d.ok(json!({"op": "open", "c": cb, "h": "dir", "path": dir, "access": RW | DELETE, "options": 1}));
+    d.ok(json!({"op": "rename", "h": "dir", "to": moved}));
+    d.ok(json!({"op": "close", "h": "dir"}));
+    d.ok(json!({"op": "delete", "h": "below"}));
+    d.ok(json!({"op": "close", "h": "below"}));
+    assert!(c.volume().join(&moved).is_dir());
+    assert!(!c.volume().join(&moved).join("f").exists(), "the open below's delete-on-close left its file");
+    // The renaming client's own open below refuses the rename.
+    let mine = format!("{moved}\\g");
+    d.ok(json!({"op": "open", "c": cb, "h": "below", "path": mine, "access": RW, "disposition": 2}));
+    d.ok(json!({"op": "open", "c": cb, "h": "dir", "path": moved, "access": RW | DELETE, "options": 1}));
+    d.fails(json!({"op": "rename", "h": "dir", "to": dir}), "STATUS_ACCESS_DENIED");
+    d.ok(json!({"op": "close", "h": "dir"}));
+    d.ok(json!({"op": "close", "h": "below"}));
+    println!("directory rename with another client's open below ({ca} holds, {cb} renames): ok");
+}
+
+/// An SMB client holds a file open through node 1 and marks it delete-on-close; an NFS client
+/// renames it through node 2 (NFS has no opens, but its RENAME tells the file's record); the
+/// SMB client's close deletes the file under its new name.
+fn delete_after_an_nfs_rename(c: &SmbCluster, d: &mut SmbClient) {
+    d.ok(json!({"op": "open", "c": "LA", "h": "nr", "path": "nfs-mv-old", "access": RW | DELETE, "share": SHARE_ALL}));
+    let ns = c.topo.ns("n2").to_string();
+    let renamed = std::thread::spawn(move || {
+        nasgw_tests::netns::enter(&ns);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let mut conn = nfs_common::mount(NFS_PORT, 0, 0).await;
+            let root = conn.root_nfs_fh3();
+            nfs_common::rename(&mut conn, &root, "nfs-mv-old", &root, "nfs-mv-new").await
+        })
+    });
+    renamed.join().unwrap().expect("NFS RENAME through node 2");
+    assert_eq!(d.ok(json!({"op": "name", "h": "nr"})).s("name"), "\\nfs-mv-new");
+    d.ok(json!({"op": "delete", "h": "nr"}));
+    d.ok(json!({"op": "close", "h": "nr"}));
+    assert!(!c.volume().join("nfs-mv-new").exists(), "the SMB delete-on-close left the file NFS renamed");
+    println!("rename through NFS on another node, SMB delete-on-close: ok");
 }

@@ -202,12 +202,12 @@ impl VolumeFs {
 
     /// Before an unlink, rmdir or rename of `dir/name` (when it exists): share modes and
     /// handle-caching breaks.
-    fn may_remove(&self, cred: &Credentials, dir: FileId, name: &[u8]) -> Result<(), Errno> {
-        let Some(s) = &self.sharing else { return Ok(()) };
+    fn may_remove(&self, cred: &Credentials, dir: FileId, name: &[u8]) -> Result<Option<FileId>, Errno> {
+        let Some(s) = &self.sharing else { return Ok(None) };
         match run(self.ns.lookup(cred, dir, name)) {
-            Ok((id, _)) => run(s.may_remove(id)),
+            Ok((id, _)) => run(s.may_remove(id)).map(|()| Some(id)),
             // The operation itself says what is wrong.
-            Err(_) => Ok(()),
+            Err(_) => Ok(None),
         }
     }
 
@@ -605,13 +605,21 @@ impl Filesystem for VolumeFs {
             return reply.error(Errno::EINVAL);
         }
         // The file renamed and the one it replaces: neither may be denied delete.
-        if let Err(e) =
-            self.may_remove(&cred, from, self.name(name)).and_then(|()| self.may_remove(&cred, to, self.name(newname)))
-        {
+        let renamed = match self.may_remove(&cred, from, self.name(name)) {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        if let Err(e) = self.may_remove(&cred, to, self.name(newname)) {
             return reply.error(e);
         }
         match run(self.ns.rename(&cred, from, self.name(name), to, self.name(newname))) {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                // SMB opens of the file on any node act on its new name from now on.
+                if let (Some(s), Some(file)) = (&self.sharing, renamed) {
+                    run(s.renamed(file, to, self.name(newname)));
+                }
+                reply.ok()
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -317,6 +317,16 @@ impl MountSharing {
         bounded(self.limit, ask).await.map_err(errno_of)
     }
 
+    /// After a rename of `file` to `name` in directory `dir`: the cluster's record of it learns
+    /// the new name, so SMB opens of it on any node act on that name (logged if the cluster
+    /// does not confirm it within the mount's bound; the lock service still carries it out).
+    pub async fn renamed(&self, file: FileId, dir: FileId, name: &[u8]) {
+        let to = crate::locks::FileName::new(dir.as_bytes(), name);
+        if let Err(e) = bounded(self.limit, self.locks.renamed(&file, to)).await {
+            tracing::warn!(error = %e, "local mount: the cluster did not confirm a rename's new name");
+        }
+    }
+
     /// Before the kernel caches what it asks for (a READ, attributes) of a file the mount has
     /// open: takes the read lease again if a break took it, so the next change is told too.
     pub async fn ensure_cached(&self, file: FileId) {

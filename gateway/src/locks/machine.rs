@@ -41,7 +41,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::interest::{EventInterest, Level};
-use super::record::{BreakNotice, CloseOutcome, FileRecord, Granted, Lease, OpenRecord, OpenRequest, OpenVerdict};
+use super::record::{
+    BreakNotice, CloseOutcome, FileName, FileRecord, Granted, Lease, OpenRecord, OpenRequest, OpenVerdict,
+};
 use super::types::{Conflict, LeaseId, OpenKey, Owner, RangeLock, ORPHAN};
 
 /// A file's identity as the cluster state sees it: its bytes decide its home.
@@ -128,6 +130,9 @@ pub enum Op {
         /// Its key from now on.
         new: OpenKey,
     },
+    /// The file was renamed on the volume (through any protocol, by a client with or without
+    /// an open): every node holding it acts on the new name from the answer on.
+    Renamed(Box<FileName>),
     /// Internal: orphan opens whose time ran out, and (with `posix`) the orphaned POSIX locks.
     Expire {
         /// The opens.
@@ -614,8 +619,9 @@ impl Op {
     /// A release (close, unlock, acknowledgement): the client has given the state up whatever the
     /// answer, so it is carried out even after its caller stopped waiting; dropping it would
     /// leave the cluster keeping, for a handle nobody has any more, an open that refuses others.
+    /// A rename is done on the volume whatever the answer: the record must learn it too.
     fn releases(&self) -> bool {
-        matches!(self, Op::Close(_) | Op::Unlock { .. } | Op::UnlockAll(_) | Op::AckBreak { .. })
+        matches!(self, Op::Close(_) | Op::Unlock { .. } | Op::UnlockAll(_) | Op::AckBreak { .. } | Op::Renamed(_))
     }
 
     /// What gives back what this request was granted, for a grant that arrives after its caller
@@ -921,6 +927,7 @@ impl<K: RecordKey> Machine<K> {
                     Op::AckBreak { lease, state } => {
                         let _ = r.ack_break(lease, *state);
                     }
+                    Op::Renamed(to) => r.renamed((**to).clone()),
                     _ => {}
                 }
                 if r.is_empty() {
@@ -2184,6 +2191,10 @@ fn execute(record: &mut FileRecord, op: &Op, first: bool, notices: &mut Vec<Brea
         }
         Op::Expire { opens, posix } => {
             record.expire(opens, *posix);
+            Ok(Answer::Done)
+        }
+        Op::Renamed(to) => {
+            record.renamed((**to).clone());
             Ok(Answer::Done)
         }
     })

@@ -33,7 +33,7 @@ pub mod volume;
 
 pub use machine::OpenEntry;
 pub use record::{
-    flags, BreakNotice, CachingRequest, CloseOutcome, FileRecord, Granted, Lease, OpenRecord, OpenRequest,
+    flags, BreakNotice, CachingRequest, CloseOutcome, FileName, FileRecord, Granted, Lease, OpenRecord, OpenRequest,
 };
 pub use service::{Holders, LockService};
 pub use types::{access, caching, share, Conflict, LeaseId, OpenKey, Owner, RangeLock, ORPHAN};

@@ -146,6 +146,14 @@ pub struct BreakNotice {
     pub ack_required: bool,
 }
 
+impl FileName {
+    /// Entry `name` of the directory whose identity bytes are `parent`, renamed to by a client
+    /// without a share (NFS, the node's own mount).
+    pub fn new(parent: &[u8], name: &[u8]) -> FileName {
+        FileName { parent: parent.to_vec(), name: name.to_vec(), root: Vec::new(), path: Vec::new(), renames: 0 }
+    }
+}
+
 /// What an open asks for besides access and share mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CachingRequest {
@@ -216,12 +224,37 @@ pub enum OpenVerdict {
 }
 
 /// What closing an open left behind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CloseOutcome {
     /// It was the file's last open that pins it.
     pub last: bool,
     /// The file must now be deleted (delete-on-close was set by some open and this is the last).
     pub delete: bool,
+    /// With `delete`: where the file is now, if a rename through any node said so (the closer's
+    /// own idea of the name may be older: the rename may have come through another node).
+    #[serde(default)]
+    pub name: Option<Box<FileName>>,
+}
+
+/// Where a file is on the volume, as the last rename through nasgw (SMB, NFS or the node's
+/// own mount, on any node) left it: what smbd keeps as a share-mode record's base name. An
+/// open acts on this name (delete-on-close, a rename by handle) rather than on the name it was
+/// opened by. The directory is named by identity, so renaming a directory above the file does
+/// not make it stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileName {
+    /// The directory's identity bytes ([`crate::vfs::FileId::as_bytes`]).
+    pub parent: Vec<u8>,
+    /// The entry's name in that directory.
+    pub name: Vec<u8>,
+    /// The identity bytes of the share root the rename came through (empty: not through SMB).
+    pub root: Vec<u8>,
+    /// The share-relative components of the new name through that share (what SMB clients of
+    /// the same share are shown).
+    pub path: Vec<String>,
+    /// Renames recorded so far: of two copies (a record rebuilt from several nodes' holdings),
+    /// the higher is the newer.
+    pub renames: u64,
 }
 
 /// One file's state.
@@ -235,6 +268,10 @@ pub struct FileRecord {
     pub leases: Vec<Lease>,
     /// No new opens; the last close deletes it.
     pub delete_pending: bool,
+    /// Where the file is, once it was renamed through nasgw while held (see [`FileName`]).
+    /// Kept only while the record is: it holds nothing by itself.
+    #[serde(default)]
+    pub name: Option<Box<FileName>>,
 }
 
 fn share_conflict(a_access: u32, a_share: u32, b_access: u32, b_share: u32) -> bool {
@@ -284,6 +321,7 @@ impl FileRecord {
             ranges: self.ranges.iter().filter(|r| self.lock_node(r) == node).copied().collect(),
             leases: self.leases.iter().filter(|l| l.node == node).cloned().collect(),
             delete_pending: self.delete_pending && has_opens,
+            name: self.name.clone(),
         }
     }
 
@@ -345,7 +383,7 @@ impl FileRecord {
             })
             .collect();
         let pins = opens.iter().any(|o| o.flags & flags::PINS != 0);
-        FileRecord { opens, ranges, leases, delete_pending: self.delete_pending && pins }
+        FileRecord { opens, ranges, leases, delete_pending: self.delete_pending && pins, name: self.name.clone() }
     }
 
     /// Makes orphan (or this node's own disconnected) open `old` the open `new`, held through
@@ -455,6 +493,15 @@ impl FileRecord {
         self.ranges.extend(other.ranges);
         self.leases.extend(other.leases);
         self.delete_pending |= other.delete_pending;
+        if other.name.as_ref().map(|n| n.renames) > self.name.as_ref().map(|n| n.renames) {
+            self.name = other.name;
+        }
+    }
+
+    /// The file was renamed on the volume to `to` (its `renames` is ignored: counted here).
+    pub fn renamed(&mut self, to: FileName) {
+        let renames = self.name.as_ref().map_or(0, |n| n.renames) + 1;
+        self.name = Some(Box::new(FileName { renames, ..to }));
     }
 
     /// Drops everything `node` held (its node died or left).
@@ -818,7 +865,8 @@ impl FileRecord {
         if last {
             self.delete_pending = false;
         }
-        Some(CloseOutcome { last, delete })
+        let name = if delete { self.name.clone() } else { None };
+        Some(CloseOutcome { last, delete, name })
     }
 
     /// Whether the file has an open besides `except` (that pins it).

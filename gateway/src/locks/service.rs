@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::machine::{Answer, Config, HaInput, Input, Machine, Msg, Op, OpenEntry, Outcome, Output};
 use super::outbox::{Dirty, Outbox};
-use super::record::{BreakNotice, CloseOutcome, FileRecord, Granted, OpenRequest};
+use super::record::{BreakNotice, CloseOutcome, FileName, FileRecord, Granted, OpenRequest};
 use super::types::{Conflict, LeaseId, OpenKey, Owner, RangeLock};
 use crate::vfs::FileId;
 
@@ -444,6 +444,20 @@ impl LockService {
     /// The grace for reclaiming POSIX locks is over: every node drops their orphans now.
     pub fn end_grace(&self) {
         self.feed(Input::EndGrace);
+    }
+
+    /// The file was renamed on the volume to `to`: every node holding something on it has the
+    /// new name when this returns (an open's delete-on-close or rename by handle then acts on
+    /// it, wherever the open is). Call it after every successful rename of a file, before its
+    /// client hears of it; it is carried out even if the caller stops waiting.
+    pub async fn renamed(&self, file: &FileId, to: FileName) -> Result<(), Conflict> {
+        self.done(file, Op::Renamed(Box::new(to))).await
+    }
+
+    /// Where the file is, as the last rename through nasgw left it, when this node has the
+    /// record at hand (it holds something on the file); `None` otherwise or if never renamed.
+    pub fn current_name(&self, file: &FileId) -> Option<FileName> {
+        self.local(file, |r| r.name.as_deref().cloned()).flatten()
     }
 
     /// Sets or clears the file's delete-pending state.

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use super::machine::{Answer, Config, HaInput, Input, Machine, Msg, Op, Output, RecordKey};
-use super::record::{flags, CachingRequest, FileRecord, OpenRequest};
+use super::record::{flags, CachingRequest, CloseOutcome, FileName, FileRecord, OpenRequest};
 use super::types::{access, caching, share, LeaseId, OpenKey, Owner, RangeLock};
 
 /// A file of the simulation.
@@ -94,6 +94,8 @@ pub struct World {
     posix_grace: Duration,
     /// Statistics.
     pub stats: Stats,
+    /// Every close answered: node, file, outcome (what the closer deletes, and by which name).
+    pub closes: Vec<(u16, SimKey, CloseOutcome)>,
     cfg: Config,
     /// The latest interest number each node's peers acknowledged.
     pub interest_acked: BTreeMap<u16, u64>,
@@ -157,6 +159,7 @@ impl World {
             orphaned: Vec::new(),
             posix_grace: Duration::ZERO,
             stats: Stats::default(),
+            closes: Vec::new(),
             cfg,
             interest_acked: BTreeMap::new(),
             lock: None,
@@ -337,6 +340,9 @@ impl World {
                                     CachingRequest::None => None,
                                 };
                                 self.opens.entry(n).or_default().push((a.file.clone(), req.key, lease));
+                            }
+                            if let Answer::Closed(c) = &ans {
+                                self.closes.push((n, a.file.clone(), c.clone()));
                             }
                             if let Op::SetDurable { key, ms } = &a.op {
                                 let lease = self
@@ -613,6 +619,28 @@ impl World {
                 self.now
             );
         }
+        // And every node holding something on a file knows it by the name its home has (a
+        // rename reached every holder, through view changes too).
+        let mut named: BTreeMap<SimKey, Option<Box<FileName>>> = BTreeMap::new();
+        for node in self.nodes.iter().filter(|n| n.alive) {
+            for (f, r) in node.m.decided() {
+                named.insert(f, r.name);
+            }
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !node.alive || !node.m.is_licensed() || !node.m.is_ready() {
+                continue;
+            }
+            for (f, r) in node.m.holdings() {
+                if let Some(home) = named.get(&f) {
+                    assert_eq!(
+                        &r.name, home,
+                        "t={:?} node {i}, file {f:?}: its name differs from its home's",
+                        self.now
+                    );
+                }
+            }
+        }
         // And the homes keep no open that no client holds (nor waits to reclaim).
         let held: BTreeSet<OpenKey> =
             self.opens.values().flatten().map(|(_, k, _)| *k).chain(self.orphaned.iter().map(|(_, k, _)| *k)).collect();
@@ -765,12 +793,21 @@ impl World {
                 let lease = mine.first().and_then(|m| m.2);
                 self.ask(
                     n,
-                    file,
+                    file.clone(),
                     Op::MayAlso { key: mine.first().map(|m| m.1), access: access::DELETE, handle_breaks: true, lease },
                 );
+                // Then renames it (the answer to the check is not waited for: a rename through
+                // another client may race it).
+                let to = sim_name(&file, self.next_seq);
+                self.ask(n, file, Op::Renamed(Box::new(to)));
             }
         }
     }
+}
+
+/// A name for a rename of `file` in the simulation: generation `g` in directory `file`.
+pub fn sim_name(file: &SimKey, g: u64) -> FileName {
+    FileName { parent: file.0.to_vec(), name: g.to_be_bytes().to_vec(), root: Vec::new(), path: Vec::new(), renames: 0 }
 }
 
 /// Whether a record (all nodes' holdings together) breaks a rule: two opens whose share modes

@@ -391,12 +391,21 @@ impl NfsServer {
             let (fd, td) = (self.id(from.dir)?, self.id(to.dir)?);
             self.writable()?;
             // The file renamed, and the one the new name replaces, must both allow it.
-            for (d, n) in [(fd, from.name), (td, to.name)] {
+            let mut renamed = None;
+            for (d, n, source) in [(fd, from.name, true), (td, to.name, false)] {
                 if let Ok((target, _)) = self.ns.lookup(&req.cred, d, n).await {
                     self.sharing.may_remove(target).await?;
+                    if source {
+                        renamed = Some(target);
+                    }
                 }
             }
-            self.ns.rename(&req.cred, fd, from.name, td, to.name).await.map_err(status)
+            self.ns.rename(&req.cred, fd, from.name, td, to.name).await.map_err(status)?;
+            // SMB opens of the file on any node act on its new name from now on.
+            if let Some(file) = renamed {
+                self.sharing.renamed(file, td, to.name).await;
+            }
+            Ok(())
         }
         .await;
         let fa = match fd {

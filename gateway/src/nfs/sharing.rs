@@ -90,6 +90,21 @@ impl NfsSharing {
         }
     }
 
+    /// After a RENAME of `file` to `name` in directory `dir`: the cluster's record of it learns
+    /// the new name, so SMB opens of it on any node act on that name. The rename is done
+    /// whatever happens here; a record that cannot be told in time is told later (the lock
+    /// service carries it out) and the delay is logged.
+    pub async fn renamed(&self, file: FileId, dir: FileId, name: &[u8]) {
+        let to = crate::locks::FileName::new(dir.as_bytes(), name);
+        let locks = self.locks.clone();
+        let told = tokio::spawn(async move { locks.renamed(&file, to).await });
+        match tokio::time::timeout(WAIT, told).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "NFS: the cluster did not confirm a rename's new name"),
+            _ => tracing::warn!("NFS: the cluster has not confirmed a rename's new name yet"),
+        }
+    }
+
     /// Before a size change of `file`: opens that deny write refuse it; other clients' read
     /// caching is broken.
     pub async fn may_resize(&self, file: FileId) -> Result<(), nfsstat3> {

@@ -32,6 +32,7 @@ pub mod cmd;
 pub mod compound;
 pub mod conn;
 pub mod copychunk;
+pub mod current_name;
 pub mod dosattrib;
 pub mod durable;
 pub mod durable_cluster;
@@ -141,9 +142,9 @@ pub struct SmbServer {
     pub dormant_after: std::time::Duration,
     /// SMB connections on a thread of their own now (the others are dormant).
     pub connection_threads: std::sync::atomic::AtomicUsize,
-    /// Where every open file is now (a directory with open files below it cannot be renamed;
-    /// a rename moves every open of the file on this node, so the last close deletes a
-    /// delete-on-close file under its new name).
+    /// Where every open file is now (a rename moves every open of the file through the same
+    /// share on this node; renames through other nodes, shares and protocols reach opens
+    /// through the file's record, see [`current_name`]).
     pub open_paths: std::sync::Mutex<std::collections::HashMap<OpenKey, OpenPath>>,
     /// Alternate data streams open on this node, per file (deletion rules between a file and
     /// its streams).
@@ -279,12 +280,6 @@ impl SmbServer {
             at.parent = parent;
             at.path = path.to_vec();
         }
-    }
-
-    /// Whether some open other than `except` is below directory `dir` of share `root`.
-    pub fn has_open_below(&self, root: FileId, dir: &[String], except: OpenKey) -> bool {
-        let m = self.open_paths.lock().unwrap_or_else(|e| e.into_inner());
-        m.iter().any(|(k, at)| *k != except && at.root == root && at.path.len() > dir.len() && at.path.starts_with(dir))
     }
 
     /// A fresh identity for a new open, unique in the cluster.

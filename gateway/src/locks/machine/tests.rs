@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::locks::record::{flags, CachingRequest};
-use crate::locks::sim::{Rng, SimKey, World};
+use crate::locks::sim::{sim_name, Rng, SimKey, World};
 use crate::locks::types::{access, caching, share};
 
 fn ms(n: u64) -> Duration {
@@ -673,4 +673,87 @@ fn a_write_waits_until_a_sync_breaks_lease_acknowledged_its_break() {
     m.handle(ms(5), Input::Request { rid: 4, file: f.clone(), op: Op::Open(req) });
     let out = m.handle(ms(6), Input::Request { rid: 5, file: f, op: Op::Contend { by: None } });
     assert!(out.iter().any(|o| matches!(o, Output::Reply { rid: 5, outcome: Ok(Answer::Done) })), "{out:?}");
+}
+
+/// Issue 12's rename gap: a file renamed through one node while a client of another node has it
+/// open. The other node's copy of the record names the file anew before the rename is
+/// answered, and the last close there, with delete-on-close, is told to delete the file by its
+/// new name; also when the file's home died in between and the record was rebuilt from what the
+/// holders reported.
+#[test]
+fn a_rename_through_one_node_names_the_file_for_every_holder() {
+    for home_dies in [false, true] {
+        let mut w = World::new(3);
+        settle(&mut w);
+        // The home is node 2: neither the renamer (1) nor the deleter (0).
+        let f = (0..=255u8).map(|b| SimKey([b])).find(|k| home_of(k, &[0, 1, 2]) == Some(2)).unwrap();
+        let a = open_req(&mut w, 0, access::READ_DATA | access::DELETE, share::ALL, CachingRequest::None);
+        let ka = a.key;
+        w.ask(0, f.clone(), Op::Open(a));
+        let b = open_req(&mut w, 1, access::READ_DATA | access::DELETE, share::ALL, CachingRequest::None);
+        let kb = b.key;
+        w.ask(1, f.clone(), Op::Open(b));
+        drain(&mut w);
+        w.ask(1, f.clone(), Op::MayAlso { key: Some(kb), access: access::DELETE, handle_breaks: true, lease: None });
+        let to = sim_name(&f, 42);
+        w.ask(1, f.clone(), Op::Renamed(Box::new(to.clone())));
+        // At the moment the renamer hears the answer, node 0 already knows the new name.
+        let mut answered = false;
+        for _ in 0..2000 {
+            w.step(ms(1));
+            if w.pending() == 0 {
+                answered = true;
+                break;
+            }
+        }
+        assert!(answered, "the rename was never answered");
+        let seen = w.machine(0).local_record(&f).and_then(|r| r.name.clone());
+        assert_eq!(seen.map(|n| n.name), Some(to.name.clone()), "node 0 has the new name by the answer");
+        if home_dies {
+            w.crash(2);
+            settle_without(&mut w, 2);
+            let seen = w.machine(0).local_record(&f).and_then(|r| r.name.clone());
+            assert_eq!(seen.map(|n| n.name), Some(to.name.clone()), "the rebuilt record keeps the name");
+        }
+        w.ask(1, f.clone(), Op::Close(kb));
+        drain(&mut w);
+        w.ask(0, f.clone(), Op::SetDeleteOnClose { key: ka, on: true });
+        w.ask(0, f.clone(), Op::Close(ka));
+        drain(&mut w);
+        let (n, file, out) = w.closes.last().cloned().expect("closes answered");
+        assert_eq!((n, file), (0, f.clone()), "home_dies={home_dies}");
+        assert!(out.delete && out.last, "home_dies={home_dies}: {out:?}");
+        assert_eq!(out.name.map(|n| n.name), Some(to.name.clone()), "home_dies={home_dies}: deleted by its new name");
+        w.check_opens_match();
+    }
+}
+
+/// Two renames in a row through two different nodes: the later one wins on every holder, and a
+/// copy rebuilt from holders that saw different renames keeps the later (more renames counted).
+#[test]
+fn the_latest_rename_wins_on_every_holder() {
+    let mut w = World::new(3);
+    settle(&mut w);
+    let f = file_away_from(0, &[0, 1, 2]);
+    let mut keys = Vec::new();
+    for n in 0..3u16 {
+        let r = open_req(&mut w, n, access::READ_DATA, share::ALL, CachingRequest::None);
+        keys.push(r.key);
+        w.ask(n, f.clone(), Op::Open(r));
+    }
+    drain(&mut w);
+    w.ask(1, f.clone(), Op::Renamed(Box::new(sim_name(&f, 1))));
+    drain(&mut w);
+    w.ask(0, f.clone(), Op::Renamed(Box::new(sim_name(&f, 2))));
+    drain(&mut w);
+    for n in 0..3u16 {
+        let r = w.machine(n).holdings().remove(&f).expect("held");
+        let name = r.name.expect("named");
+        assert_eq!((name.name, name.renames), (sim_name(&f, 2).name, 2), "node {n}");
+    }
+    let named = |g: u64| Some(Box::new(FileName { renames: g, ..sim_name(&f, g) }));
+    let mut older = FileRecord { name: named(1), ..Default::default() };
+    older.merge(FileRecord { name: named(2), ..Default::default() });
+    assert_eq!(older.name.map(|n| n.name), Some(sim_name(&f, 2).name));
+    w.check_opens_match();
 }

@@ -74,8 +74,12 @@ fn nfs_use_neither_checks_nor_trips_share_modes_but_never_pins() {
     // the SMB open denying everything still stands and new SMB opens are judged without NFS
     assert_eq!(f.may_also(None, access::DELETE), Err(Conflict::Sharing), "NFS remove refused by the deny-delete open");
     f.set_delete_on_close(k(1), true).unwrap();
-    assert_eq!(f.close(k(1)), Some(CloseOutcome { last: true, delete: true }), "NFS use does not keep it alive");
-    assert_eq!(f.close(k(2)), Some(CloseOutcome { last: false, delete: false }));
+    assert_eq!(
+        f.close(k(1)),
+        Some(CloseOutcome { last: true, delete: true, name: None }),
+        "NFS use does not keep it alive"
+    );
+    assert_eq!(f.close(k(2)), Some(CloseOutcome { last: false, delete: false, name: None }));
 }
 
 #[test]
@@ -86,16 +90,16 @@ fn delete_on_close_fires_on_the_last_close_and_blocks_new_opens() {
     f.set_delete_on_close(k(1), true).unwrap();
     // The create option only takes effect when that open closes.
     granted(&open(&mut f, &req(3, RD, 7)).0);
-    assert_eq!(f.close(k(1)), Some(CloseOutcome { last: false, delete: false }));
+    assert_eq!(f.close(k(1)), Some(CloseOutcome { last: false, delete: false, name: None }));
     assert_eq!(open(&mut f, &req(4, RD, 7)).0, OpenVerdict::Refuse(Conflict::DeletePending));
-    assert_eq!(f.close(k(3)), Some(CloseOutcome { last: false, delete: false }));
-    assert_eq!(f.close(k(2)), Some(CloseOutcome { last: true, delete: true }));
+    assert_eq!(f.close(k(3)), Some(CloseOutcome { last: false, delete: false, name: None }));
+    assert_eq!(f.close(k(2)), Some(CloseOutcome { last: true, delete: true, name: None }));
     assert!(f.is_empty());
     // A disposition change is immediate and can be undone.
     granted(&open(&mut f, &req(5, access::DELETE, 7)).0);
     f.delete_pending = true;
     f.delete_pending = false;
-    assert_eq!(f.close(k(5)), Some(CloseOutcome { last: true, delete: false }));
+    assert_eq!(f.close(k(5)), Some(CloseOutcome { last: true, delete: false, name: None }));
 }
 
 fn wl(o: u64, off: u64, len: u64, ex: bool) -> RangeLock {

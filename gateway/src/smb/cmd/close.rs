@@ -40,11 +40,17 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         tracing::warn!(error = %e, file = %crate::logging::untrusted(f.name()), "SMB: data written through a closed handle failed to reach the volume");
     }
     crate::smb::write_time::closed(server, &f).await;
-    // Where the file is now: another open of it on this node may have renamed it.
-    let (parent, path) = match server.untrack_path(f.key) {
+    // Where the file is now: another open of it on this node may have renamed it, or a
+    // client through another node, share or protocol (the cluster's record says).
+    let (mut parent, mut path) = match server.untrack_path(f.key) {
         Some(at) => (at.parent, at.path),
         None => (f.parent, f.path.clone()),
     };
+    if f.state.stream.is_none() {
+        if let Some(n) = server.locks.current_name(&f.id) {
+            (parent, path) = crate::smb::current_name::apply(&n, f.root, parent, &path);
+        }
+    }
     server.resume_keys.forget(f.key);
     if f.is_dir {
         server.watches.forget(f.key);
@@ -71,6 +77,10 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         }
     };
     server.volume_locks.close(f.id, f.key);
+    if let (Some(n), None) = (&out.name, &f.state.stream) {
+        // The name the deciding node had at the last close: a rename may have come since.
+        (parent, path) = crate::smb::current_name::apply(n, f.root, parent, &path);
+    }
     if f.is_dir && !out.delete && server.watches.watching(&f.id) {
         // A delete-on-close handle closed while watchers keep the directory open: it is
         // delete-pending now, and their requests end.
@@ -102,14 +112,15 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         if deferred {
             // Its streams are still open: it is deleted when the last of them closes.
         } else if let Some(name) = path.last() {
-            // An open through another node or share keeps the path it was opened by; if the
-            // file was renamed meanwhile, that name may now be another file's, which is not
-            // this delete's to remove (a symlink the open came through still goes, as before).
+            // The name is the one the last rename through nasgw left; a rename beside nasgw
+            // (a plain GlusterFS client, a local program on a local volume) is not known, and
+            // the old name may now be another file's, which is not this delete's to remove (a
+            // symlink the open came through still goes, as before).
             if let Ok((now, a)) = server.ns.lookup(&f.cred, parent, name.as_bytes()).await {
                 if now != f.id && a.ftype != crate::vfs::FileType::Symlink {
                     tracing::info!(
                         file = %crate::logging::untrusted(name),
-                        "SMB: delete-on-close skipped: the file was renamed elsewhere and its old name is another file's now"
+                        "SMB: delete-on-close skipped: the file was renamed beside nasgw and its old name is another file's now"
                     );
                     return flushed.map_err(NtStatus::from);
                 }

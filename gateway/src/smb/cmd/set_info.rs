@@ -267,7 +267,24 @@ async fn set(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Result<Ou
     let Some(op) = Waiting::parse(f, req.class, req.data)? else {
         return Ok(Outcome::Now(set_now(&server, f, &req, case).await?));
     };
-    let snapshot = Snapshot::of(f);
+    // A rename by handle starts from the file's name now, wherever it was renamed last.
+    crate::smb::current_name::refresh(&server.locks, f);
+    let mut snapshot = Snapshot::of(f);
+    if snapshot.is_dir && !snapshot.path.is_empty() {
+        // smbd (without `strict rename`) refuses to rename a directory only while the renaming
+        // client itself has a file open below it: another client's opens below follow the
+        // rename, since they are known by their directory's identity. Doing the same keeps the
+        // answer the same whichever node the other client uses.
+        snapshot.own_open_below = conn.opens.iter().any(|o| match &o.kind {
+            super::open::OpenKind::File(g) => {
+                g.key != snapshot.key
+                    && g.root == snapshot.root
+                    && g.path.len() > snapshot.path.len()
+                    && g.path.starts_with(&snapshot.path)
+            }
+            _ => false,
+        });
+    }
     let report = Report { vol, updates: conn.open_updates.sender(), committed: CancellationToken::new() };
     let committed = report.committed.clone();
     let mut work = Box::pin(op.run(server, snapshot, case, report));
@@ -386,6 +403,8 @@ struct Snapshot {
     lease: Option<LeaseId>,
     cred: Credentials,
     stream: Option<streams::StreamOpen>,
+    /// A directory with another open of the same connection below it.
+    own_open_below: bool,
 }
 
 impl Snapshot {
@@ -400,6 +419,7 @@ impl Snapshot {
             lease: f.lease,
             cred: f.cred.clone(),
             stream: f.state.stream.clone(),
+            own_open_below: false,
         }
     }
 
@@ -478,19 +498,26 @@ struct Report {
 /// the request.
 async fn rename(
     server: Arc<SmbServer>,
-    h: Snapshot,
+    mut h: Snapshot,
     mut comps: Vec<String>,
     replace: bool,
     case: fs::Case,
     report: Report,
 ) -> Result<Reply, NtStatus> {
     let ns = &server.ns;
-    let Some(old_name) = h.path.last().cloned() else { return Err(NtStatus::ACCESS_DENIED) };
+    if h.path.is_empty() {
+        return Err(NtStatus::ACCESS_DENIED);
+    }
     server.locks.may_also(&h.id, Some(h.key), access::DELETE, true, h.lease).await?;
+    // Another client may have renamed the file while this one waited for the breaks.
+    if let Some(n) = server.locks.current_name(&h.id) {
+        (h.parent, h.path) = crate::smb::current_name::apply(&n, h.root, h.parent, &h.path);
+    }
+    let Some(old_name) = h.path.last().cloned() else { return Err(NtStatus::ACCESS_DENIED) };
     if server.locks.record(&h.parent).await?.blocks_child_rename() {
         return Err(NtStatus::SHARING_VIOLATION);
     }
-    if h.is_dir && server.has_open_below(h.root, &h.path, h.key) {
+    if h.own_open_below {
         return Err(NtStatus::ACCESS_DENIED);
     }
     let to_dir = fs::parent_of(ns, &h.cred, h.root, &mut comps, case).await?;
@@ -528,8 +555,14 @@ async fn rename(
             }
             _ => ns.rename(&h.cred, h.parent, old_name.as_bytes(), to_dir, new_name.as_bytes()).await?,
         }
-        // Every open of the file on this node is there now (another open's delete-on-close
-        // removes the new name).
+        // Every open of the file on every node acts on the new name from now on (another
+        // open's delete-on-close removes it): the cluster's record says so before the client
+        // hears of the rename, and this node's opens through the share are moved.
+        if let Some(n) = crate::smb::current_name::of_rename(h.root, to_dir, &comps) {
+            if let Err(e) = server.locks.renamed(&h.id, n).await {
+                tracing::warn!(error = %e, "SMB: the cluster did not confirm a rename's new name");
+            }
+        }
         server.moved(h.id, h.root, to_dir, &comps);
         // Queued before the reply leaves: the connection applies it before the client's next
         // request (see `open_updates`).
