@@ -654,7 +654,7 @@ fn a_listing_without_attributes_tells_each_entry_type() {
         let b = backend(tmp.path(), kind);
         let page = b.readdir(&Credentials::root(), &b.root(), 0, 100, false).unwrap();
         let mut got: Vec<_> = page.entries.iter().map(|e| (e.name.clone(), e.kind, e.plus.is_some())).collect();
-        got.sort();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
             got,
             [
