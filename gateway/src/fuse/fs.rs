@@ -24,6 +24,7 @@ use fuser::{
 };
 
 use super::convert::{attr as fuse_attr, errno, groups_of_status, kind, set_attr};
+use super::dir_stream::{self, DirStream, Start};
 use super::inodes::{generation, Inodes};
 use super::passthrough;
 use super::sharing::{bounded, Invalidator, MountSharing};
@@ -43,9 +44,6 @@ use crate::vfs::{
 /// GlusterFS client, a program in a local volume's folder).
 pub const TTL: Duration = Duration::from_secs(10);
 
-/// Entries one READDIR asks the backend for (the kernel's buffer takes what fits).
-const READDIR_BATCH: usize = 256;
-
 thread_local! {
     /// This FUSE thread's runtime: namespace calls run in place on it.
     static RUNTIME: tokio::runtime::Runtime = {
@@ -60,13 +58,23 @@ fn run<F: std::future::Future>(f: F) -> F::Output {
     RUNTIME.with(|rt| rt.block_on(f))
 }
 
-/// The caller of a request: its uid, gid and supplementary groups.
+/// The caller of a request: its uid, gid and supplementary groups (root's do not matter:
+/// it passes every permission check, and a new file's group is its gid or the directory's).
 fn caller(req: &Request) -> Credentials {
-    let groups = match req.pid() {
-        0 => Vec::new(),
-        pid => std::fs::read_to_string(format!("/proc/{pid}/status")).map(|s| groups_of_status(&s)).unwrap_or_default(),
+    let groups = match (req.uid(), req.pid()) {
+        (0, _) | (_, 0) => Vec::new(),
+        (_, pid) => status_of(pid).map(|s| groups_of_status(&s)).unwrap_or_default(),
     };
     Credentials { uid: req.uid(), gid: req.gid(), groups }
+}
+
+/// `/proc/PID/status` in one read (about 1.5 KiB; `fs::read_to_string` would probe its size
+/// with a `statx` and several small reads).
+fn status_of(pid: u32) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut s = String::with_capacity(4096);
+    File::open(format!("/proc/{pid}/status"))?.read_to_string(&mut s)?;
+    Ok(s)
 }
 
 /// A backing file shared by every open of one inode (the kernel wants one per inode).
@@ -105,6 +113,8 @@ pub struct VolumeFs {
     ns: Namespace,
     inodes: Arc<Mutex<Inodes>>,
     opens: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>>,
+    /// Open directories: what their listing read so far.
+    dirs: Mutex<HashMap<u64, Arc<Mutex<DirStream>>>>,
     backings: Mutex<HashMap<FileId, Backing>>,
     next_fh: AtomicU64,
     /// Passthrough asked for by the config.
@@ -172,6 +182,7 @@ impl VolumeFs {
             inodes,
             ns,
             opens: Arc::new(Mutex::new(HashMap::new())),
+            dirs: Mutex::new(HashMap::new()),
             backings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             want_passthrough: passthrough,
@@ -290,9 +301,9 @@ impl VolumeFs {
             x.opens += 1;
             return Some((x.id.clone(), x.file.clone()));
         }
-        let backend = self.ns.backend();
-        let fd = backend.open_data(&file, true).or_else(|_| backend.open_data(&file, false)).ok()?;
-        let f = Arc::new(File::from(fd));
+        // The backend's cached descriptor, not a new one: on GlusterFS-FUSE a new descriptor
+        // costs an OPEN and, when it is closed, a FLUSH and a RELEASE on the bricks.
+        let f = self.ns.backend().shared_data(&file).ok()?;
         match open_backing(&f) {
             Ok(id) => {
                 let id = Arc::new(id);
@@ -370,6 +381,30 @@ impl VolumeFs {
         }
         self.ns.changes().attributes_changed(&open.file, true);
         run(self.ns.modified_file(open.file, bits));
+    }
+
+    /// A batch of `dir`'s entries from position `offset`, as `cred`: without attributes
+    /// where the directory entries tell the types (the kernel needs nothing else), else with.
+    fn read_batch(
+        &self,
+        cred: &Credentials,
+        dir: FileId,
+        offset: u64,
+    ) -> Result<(Vec<dir_stream::Entry>, bool), VfsError> {
+        let mut page = run(self.ns.readdir(cred, dir, offset, dir_stream::BATCH, false))?;
+        if page.entries.iter().any(|e| e.kind.is_none() && e.plus.is_none()) {
+            page = run(self.ns.readdir(cred, dir, offset, dir_stream::BATCH, true))?;
+        }
+        let entries = page
+            .entries
+            .into_iter()
+            .filter_map(|e| {
+                // An entry gone before its type was read is left out, as a later listing would.
+                let t = e.kind.or_else(|| e.plus.as_ref().map(|(_, a)| a.ftype))?;
+                Some(dir_stream::Entry { name: e.name, cookie: e.cookie, ino: e.fileid, kind: kind(t) })
+            })
+            .collect();
+        Ok((entries, page.eof))
     }
 
     fn name<'a>(&self, name: &'a OsStr) -> &'a [u8] {
@@ -850,26 +885,46 @@ impl Filesystem for VolumeFs {
         }
     }
 
-    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let cred = caller(req);
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().expect("dirs lock").insert(fh, Arc::default());
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.dirs.lock().expect("dirs lock").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let dir = match self.id(ino) {
             Ok(d) => d,
             Err(e) => return reply.error(e),
         };
+        // (A handle the mount did not hand out gets a stream of its own for this page.)
+        let stream = self.dirs.lock().expect("dirs lock").get(&fh.0).cloned().unwrap_or_default();
+        let mut stream = stream.lock().expect("dir stream lock");
+        let start = match stream.start(offset) {
+            Start::At(i) => i,
+            Start::Read => match self.read_batch(&caller(req), dir, offset) {
+                Ok((entries, eof)) => {
+                    stream.fill(offset, entries, eof);
+                    0
+                }
+                Err(e) => return reply.error(errno(e)),
+            },
+        };
         // `.` and `..` are not listed by the namespace; programs do not need them from here
         // (the kernel resolves both itself).
-        match run(self.ns.readdir(&cred, dir, offset, READDIR_BATCH, true)) {
-            Ok(page) => {
-                for e in page.entries {
-                    let t = e.plus.as_ref().map_or(fuser::FileType::RegularFile, |(_, a)| kind(a.ftype));
-                    if reply.add(INodeNo(e.fileid), e.cookie, t, OsStr::from_bytes(&e.name)) {
-                        break;
-                    }
-                }
-                reply.ok()
+        let mut end = start;
+        for e in stream.entries_from(start) {
+            if reply.add(INodeNo(e.ino), e.cookie, e.kind, OsStr::from_bytes(&e.name)) {
+                break;
             }
-            Err(e) => reply.error(errno(e)),
+            end += 1;
         }
+        stream.served_to(end);
+        reply.ok()
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -1127,6 +1182,22 @@ impl Filesystem for VolumeFs {
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start a lock waiter");
         }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No file of the volume answers an ioctl (programs ask `isatty` of every file they
+        // open: TCGETS), as on a local file system: ENOTTY, quietly.
+        reply.error(Errno::from_i32(libc::ENOTTY));
     }
 
     fn create(

@@ -6,6 +6,8 @@
 //!   leaves, replaced at the next start.
 //! - `inodes.rs`: FUSE node ids = the files' inode numbers (NFS `fileid`), with lookup counts.
 //! - `convert.rs`: attributes, errors and attribute changes between FUSE and the namespace.
+//! - `dir_stream.rs`: an open directory's entries, read in large batches without attributes
+//!   and handed to the kernel a page at a time.
 //! - `passthrough.rs`: whether an open may get a passthrough backing file (the kernel reopens
 //!   it as the opener; a backing file system that checks permissions may refuse that).
 //! - `sharing.rs`: the mount in the cluster's file-sharing state (share modes, lease breaks both
@@ -18,6 +20,7 @@
 //! descriptor each): a FUSE request never occupies a runtime worker that SMB, NFS or HA use.
 
 pub mod convert;
+pub mod dir_stream;
 pub mod fs;
 pub mod inodes;
 pub mod mountpoint;

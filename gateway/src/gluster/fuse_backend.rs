@@ -272,6 +272,10 @@ impl Backend for FuseBackend {
         self.backend()?.open_data(id, write)
     }
 
+    fn shared_data(&self, id: &FileId) -> VfsResult<Arc<std::fs::File>> {
+        self.backend()?.shared_data(id)
+    }
+
     fn statfs(&self, id: &FileId) -> VfsResult<FsStat> {
         self.backend()?.statfs(id)
     }

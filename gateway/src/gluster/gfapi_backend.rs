@@ -567,6 +567,7 @@ impl GfapiBackend {
                 name: l.name,
                 cookie: l.cookie,
                 fileid: l.fileid,
+                kind: None,
                 plus: None,
             }));
             return Ok(Some(ReadDir { entries, eof, dir_attr: None }));
@@ -593,7 +594,13 @@ impl GfapiBackend {
         self.coherence.count(true);
         for (l, a) in listed.into_iter().zip(attrs) {
             let attr = self.attr(&a.expect("filled above"));
-            entries.push(DirEntry { name: l.name, cookie: l.cookie, fileid: attr.fileid, plus: Some((l.id, attr)) });
+            entries.push(DirEntry {
+                name: l.name,
+                cookie: l.cookie,
+                fileid: attr.fileid,
+                kind: None,
+                plus: Some((l.id, attr)),
+            });
         }
         Ok(Some(ReadDir { entries, eof, dir_attr: None }))
     }
@@ -689,7 +696,9 @@ impl GfapiBackend {
                 (None, Some(st)) => st.st_ino,
                 (None, None) => 0,
             };
-            entries.push(DirEntry { name: e.name, cookie: e.cookie as u64, fileid, plus: found });
+            // READDIRP's attributes tell the type even without `plus` (a zero mode: not given).
+            let kind = e.stat.filter(|st| st.st_mode != 0).map(|st| FileType::from_mode(st.st_mode));
+            entries.push(DirEntry { name: e.name, cookie: e.cookie as u64, fileid, kind, plus: found });
         }
     }
 

@@ -680,7 +680,6 @@ impl NfsServer {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::OwnedFd;
     use std::time::Duration;
 
     use tokio::io::AsyncReadExt;
@@ -832,7 +831,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, content).unwrap();
-        let fd = OwnedFd::from(std::fs::File::open(&path).unwrap());
+        let fd = std::fs::File::open(&path).unwrap();
         (dir, FileSlice { fd: Arc::new(fd), offset, len })
     }
 

@@ -257,7 +257,7 @@ mod tests {
     fn slice(dir: &tempfile::TempDir, content: &[u8], offset: u64, len: u32) -> FileSlice {
         let path = dir.path().join("f");
         std::fs::write(&path, content).unwrap();
-        FileSlice { fd: Arc::new(OwnedFd::from(std::fs::File::open(&path).unwrap())), offset, len }
+        FileSlice { fd: Arc::new(std::fs::File::open(&path).unwrap()), offset, len }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -297,6 +297,17 @@ pub trait Backend: Send + Sync + 'static {
         Err(VfsError::NotSupported)
     }
 
+    /// The backend's own cached I/O descriptor of regular file `id` (read-write where the
+    /// server may write it), shared rather than a new open: the node's FUSE mount registers it
+    /// as the file's passthrough backing file. The caller never closes it through a duplicate
+    /// it does not need: on a network file system's mount (GlusterFS-FUSE) every open and every
+    /// close is a round trip to the servers. The caller checked the opener's permission.
+    /// Defaults to a new descriptor from [`Backend::open_data`].
+    fn shared_data(&self, id: &FileId) -> VfsResult<std::sync::Arc<std::fs::File>> {
+        let fd = self.open_data(id, true).or_else(|_| self.open_data(id, false))?;
+        Ok(std::sync::Arc::new(std::fs::File::from(fd)))
+    }
+
     /// An `O_PATH` descriptor of directory `dir` of its own, for following the directory's
     /// changes on a local volume (inotify; see [`crate::vfs::local_folded`]).
     /// [`VfsError::NotSupported`] (the default) where the volume has no such directory (gfapi).

@@ -2,7 +2,6 @@
 //! entries and file-system statistics. Plain data, shared by every backend and protocol.
 
 use std::fmt;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 /// Longest persistent identity a backend may hand out, in bytes. An NFSv3 handle (64 bytes)
@@ -81,6 +80,21 @@ impl FileType {
             libc::S_IFSOCK => Self::Socket,
             _ => Self::Regular,
         }
+    }
+
+    /// From a directory entry's `d_type`; `None` for `DT_UNKNOWN` (the file system did not
+    /// say) and anything unexpected.
+    pub fn from_dtype(dtype: u8) -> Option<Self> {
+        Some(match dtype {
+            libc::DT_REG => Self::Regular,
+            libc::DT_DIR => Self::Directory,
+            libc::DT_LNK => Self::Symlink,
+            libc::DT_BLK => Self::BlockDevice,
+            libc::DT_CHR => Self::CharDevice,
+            libc::DT_FIFO => Self::Fifo,
+            libc::DT_SOCK => Self::Socket,
+            _ => return None,
+        })
     }
 }
 
@@ -269,6 +283,9 @@ pub struct DirEntry {
     pub cookie: u64,
     /// The entry's `fileid` (inode number), as [`Attr::fileid`] reports it.
     pub fileid: u64,
+    /// Its type when the listing tells it without attributes (`d_type`), else `None` (a
+    /// `plus` entry's type is in its attributes).
+    pub kind: Option<FileType>,
     /// Identity and attributes, present when the listing asked for them (`plus`).
     pub plus: Option<(FileId, Attr)>,
 }
@@ -290,7 +307,7 @@ pub struct ReadDir {
 #[derive(Clone, Debug)]
 pub struct FileSlice {
     /// The file, open for reading.
-    pub fd: Arc<OwnedFd>,
+    pub fd: Arc<std::fs::File>,
     /// Where the bytes start.
     pub offset: u64,
     /// How many bytes: the file had at least this many there when the read was answered (if it

@@ -11,7 +11,7 @@ use super::listings::{DirStamp, Listed, Seen};
 use super::{sys, PosixBackend};
 use crate::vfs::cred::Credentials;
 use crate::vfs::error::{VfsError, VfsResult};
-use crate::vfs::types::{Attr, DirEntry, FileId, ReadDir, Timestamp};
+use crate::vfs::types::{Attr, DirEntry, FileId, FileType, ReadDir, Timestamp};
 
 /// Bytes of `getdents64` buffer for about `entries` entries with short names: 32 bytes per
 /// record (names up to 12 bytes), at least room for the longest possible record, at most 64 KiB.
@@ -44,7 +44,13 @@ fn read_entries(dfd: BorrowedFd<'_>, max_entries: usize) -> VfsResult<(Vec<Liste
             if entries.len() >= max_entries {
                 return Ok((entries, false));
             }
-            entries.push(Listed { name: e.name.into(), cookie: e.off, ino: e.ino, seen: None });
+            entries.push(Listed {
+                name: e.name.into(),
+                cookie: e.off,
+                ino: e.ino,
+                kind: FileType::from_dtype(e.dtype),
+                seen: None,
+            });
         }
     }
 }
@@ -105,7 +111,13 @@ impl PosixBackend {
             } else {
                 None
             };
-            entries.push(DirEntry { name: l.name.to_bytes().to_vec(), cookie: l.cookie, fileid: l.ino, plus });
+            entries.push(DirEntry {
+                name: l.name.to_bytes().to_vec(),
+                cookie: l.cookie,
+                fileid: l.ino,
+                kind: l.kind,
+                plus,
+            });
         }
         let after = sys::fstatx(d.path_fd.as_fd())?;
         if stamp_of(&after) == stamp {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use lru::LruCache;
 
-use crate::vfs::types::{FileId, Timestamp};
+use crate::vfs::types::{FileId, FileType, Timestamp};
 
 /// How old a directory's ctime must be before a listing under it is recorded.
 pub const SETTLE: Timestamp = Timestamp { secs: 1, nanos: 0 };
@@ -72,6 +72,8 @@ pub struct Listed {
     pub cookie: u64,
     /// Inode number as the directory entry gives it.
     pub ino: u64,
+    /// Its type as the directory entry gives it (`None`: the file system did not say).
+    pub kind: Option<FileType>,
     /// What the name denoted, when its identity could be taken.
     pub seen: Option<Seen>,
 }
@@ -206,6 +208,7 @@ mod tests {
             name: std::ffi::CString::new(format!("n{i}")).unwrap().into(),
             cookie: 10 * i,
             ino: i,
+            kind: Some(FileType::Regular),
             seen: Some(Seen { dev: (8, 1), ino: i, id }),
         }
     }

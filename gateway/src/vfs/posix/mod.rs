@@ -21,6 +21,7 @@ mod xattr;
 
 use std::collections::VecDeque;
 use std::ffi::CStr;
+use std::fs::File;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -70,7 +71,7 @@ struct Node {
     ftype: FileType,
     /// Descriptor for data I/O of a regular file, opened on first use (shared with replies
     /// that send from it).
-    io: OnceLock<Arc<OwnedFd>>,
+    io: OnceLock<Arc<File>>,
     /// When a WRITE last asked the file system for fresh attributes (see `write` in
     /// [`PosixBackend`]'s `Backend` impl).
     checked: Mutex<Option<Instant>>,
@@ -400,7 +401,7 @@ impl PosixBackend {
     }
 
     /// The I/O descriptor of a regular file, opened (as the server) on first use.
-    fn io_fd<'a>(&self, node: &'a Node) -> VfsResult<&'a Arc<OwnedFd>> {
+    fn io_fd<'a>(&self, node: &'a Node) -> VfsResult<&'a Arc<File>> {
         if let Some(fd) = node.io.get() {
             return Ok(fd);
         }
@@ -411,12 +412,12 @@ impl PosixBackend {
             }
             Err(e) => return Err(e),
         };
-        let _ = node.io.set(Arc::new(fd));
+        let _ = node.io.set(Arc::new(File::from(fd)));
         Ok(node.io.get().expect("just set"))
     }
 
     /// The I/O descriptor and live attributes of a regular file the caller may read.
-    fn readable(&self, cred: &Credentials, id: &FileId) -> VfsResult<(Arc<OwnedFd>, Attr)> {
+    fn readable(&self, cred: &Credentials, id: &FileId) -> VfsResult<(Arc<File>, Attr)> {
         let node = self.node(id)?;
         match node.ftype {
             FileType::Regular => {}
@@ -466,7 +467,7 @@ impl PosixBackend {
         let attr = self.attr(&stx);
         let path_fd = sys::reopen(fd.as_fd(), libc::O_PATH)?;
         let node = self.insert(id, Arc::new(Node::new(path_fd, FileType::Regular)));
-        let _ = node.io.set(Arc::new(fd));
+        let _ = node.io.set(Arc::new(File::from(fd)));
         Ok((id, attr))
     }
 
@@ -745,6 +746,9 @@ impl Backend for PosixBackend {
             CreateHow::Guarded(_) if !created => Err(VfsError::Exists),
             CreateHow::Unchecked(_) | CreateHow::Guarded(_) if attr.ftype != FileType::Regular => Err(VfsError::Exists),
             CreateHow::Unchecked(set) | CreateHow::Guarded(set) => {
+                // A file this call made is empty already: truncating it again would cost a
+                // SETATTR (on GlusterFS a round trip to the bricks) and change nothing.
+                let set = if created && set.size == Some(0) { SetAttr { size: None, ..set } } else { set };
                 if set.is_empty() {
                     Ok((id, attr))
                 } else {
@@ -1002,6 +1006,17 @@ impl Backend for PosixBackend {
         }
         self.live_stat(id, &node)?;
         sys::reopen(node.path_fd.as_fd(), if write { libc::O_RDWR } else { libc::O_RDONLY })
+    }
+
+    fn shared_data(&self, id: &FileId) -> VfsResult<Arc<File>> {
+        let node = self.node(id)?;
+        match node.ftype {
+            FileType::Regular => {}
+            FileType::Directory => return Err(VfsError::IsDir),
+            _ => return Err(VfsError::Invalid),
+        }
+        self.live_stat(id, &node)?;
+        self.io_fd(&node).cloned()
     }
 
     fn statfs(&self, _id: &FileId) -> VfsResult<FsStat> {

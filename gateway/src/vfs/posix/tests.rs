@@ -612,3 +612,56 @@ fn times_of_a_symlink_are_its_own() {
         assert_ne!(std::fs::metadata(tmp.path().join("target")).unwrap().mtime(), 1_234_567, "not the target's");
     }
 }
+
+#[test]
+fn the_mount_shares_the_descriptor_a_create_opened() {
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = backend(tmp.path(), kind);
+        let me = Credentials::root();
+        let (f, _) = b.create(&me, &b.root(), &name("new"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
+        let opened = b.nodes.lock().unwrap().get(&f).and_then(|n| n.io.get().cloned()).unwrap();
+        // The passthrough backing file is that descriptor, not a new open of the file.
+        assert!(Arc::ptr_eq(&opened, &b.shared_data(&f).unwrap()));
+        assert!(Arc::ptr_eq(&b.shared_data(&f).unwrap(), &b.shared_data(&f).unwrap()));
+        assert_eq!(b.shared_data(&b.root()).unwrap_err(), VfsError::IsDir);
+    }
+}
+
+#[test]
+fn an_open_with_o_trunc_truncates_an_existing_file_and_leaves_a_new_one_alone() {
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = backend(tmp.path(), kind);
+        let me = Credentials::root();
+        let trunc = || CreateHow::Unchecked(SetAttr { size: Some(0), ..SetAttr::default() });
+        let (f, a) = b.create(&me, &b.root(), &name("t"), 0o644, trunc()).unwrap();
+        assert_eq!(a.size, 0);
+        b.write(&me, &f, 0, b"data", Stability::FileSync).unwrap();
+        let (g, a) = b.create(&me, &b.root(), &name("t"), 0o644, trunc()).unwrap();
+        assert_eq!((g, a.size), (f, 0), "the existing file is truncated");
+        assert_eq!(std::fs::metadata(tmp.path().join("t")).unwrap().len(), 0);
+    }
+}
+
+#[test]
+fn a_listing_without_attributes_tells_each_entry_type() {
+    for kind in kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        std::fs::write(tmp.path().join("f"), b"").unwrap();
+        std::os::unix::fs::symlink("f", tmp.path().join("l")).unwrap();
+        let b = backend(tmp.path(), kind);
+        let page = b.readdir(&Credentials::root(), &b.root(), 0, 100, false).unwrap();
+        let mut got: Vec<_> = page.entries.iter().map(|e| (e.name.clone(), e.kind, e.plus.is_some())).collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            [
+                (b"d".to_vec(), Some(FileType::Directory), false),
+                (b"f".to_vec(), Some(FileType::Regular), false),
+                (b"l".to_vec(), Some(FileType::Symlink), false),
+            ]
+        );
+    }
+}
