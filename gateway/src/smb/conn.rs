@@ -456,6 +456,9 @@ fn on_thread(
         if let Err(Left::Dormant(mut d)) = done_tx.send(left) {
             rt.block_on(Box::pin(finish(&mut d.conn, true)));
         }
+        // What the thread and its runtime held is free now, but resident until trimmed.
+        drop(rt);
+        crate::heap::thread_ended();
     });
     match spawned {
         Ok(_) => Ok(done_rx),
