@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::cmd::{self, Reply};
 use super::compound::{self, ReplyChain};
 use super::encryption;
-use super::node_sessions::{ConnectionEnd, Inbound};
+use super::node_sessions::{ChannelRequest, ConnectionEnd, Inbound};
 use super::open_updates::OpenUpdates;
 use super::sequence::SequenceWindow;
 use super::session::{Channel, OpenTable, Session};
@@ -753,7 +753,8 @@ async fn run_inbound(conn: &mut Connection, m: Inbound) {
             }
             drop(done);
         }
-        Inbound::Dispatch { hdr, elem, compound_fid, reply } => {
+        Inbound::Dispatch(req) => {
+            let ChannelRequest { hdr, elem, compound_fid, reply } = *req;
             // This connection may be in the middle of a chain of its own (waiting on a
             // channel's answer in `forward`): its chain's FileId is kept.
             let own = std::mem::replace(&mut conn.compound_fid, compound_fid);
@@ -776,8 +777,12 @@ async fn forward(conn: &mut Connection, hdr: &Header, elem: &[u8]) -> Option<Out
     let c = conn.channels.get(&hdr.session_id).filter(|c| c.binding.is_none())?;
     let inbox = c.session.connection.inbox.clone();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let sent =
-        inbox.send(Inbound::Dispatch { hdr: *hdr, elem: elem.to_vec(), compound_fid: conn.compound_fid, reply: tx });
+    let sent = inbox.send(Inbound::Dispatch(Box::new(ChannelRequest {
+        hdr: *hdr,
+        elem: elem.to_vec(),
+        compound_fid: conn.compound_fid,
+        reply: tx,
+    })));
     // While waiting, this connection still runs what others ask of it: two connections that
     // are each a channel of the other's session must not wait on each other.
     let mut rx = rx;
