@@ -15,12 +15,13 @@
 
 use std::cell::RefCell;
 use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use nasgw_tests::anchors::{Ganesha, GaneshaFsal, Smbd};
+use nasgw_tests::idle_clients::{connect_from, source_address};
 use tokio::runtime::Runtime;
 
 use crate::fixture::{Fixture, Pattern, Sizes};
@@ -82,9 +83,6 @@ impl Scale {
     }
 }
 
-/// Connections per loopback source address (below nasgw's 128 per client address).
-const PER_ADDRESS: usize = 100;
-
 /// The most connections Ganesha 4.3 accepts as its `RPC_Max_Connections` (a larger value is
 /// refused as out of range and Ganesha exits at start).
 const GANESHA_MAX_CONNECTIONS: usize = 10_000;
@@ -124,7 +122,7 @@ fn open_idle(port: u16, n: usize) -> Result<Vec<TcpStream>> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let src = source_address(i);
-        let sock = socket2_connect_from(src, port).with_context(|| format!("idle connection {i} from {src}"))?;
+        let sock = connect_from(src, port).with_context(|| format!("idle connection {i} from {src}"))?;
         let mut s = sock;
         s.write_all(&null_call(i as u32 + 1))?;
         let mut reply = [0u8; 28];
@@ -132,42 +130,6 @@ fn open_idle(port: u16, n: usize) -> Result<Vec<TcpStream>> {
         out.push(s);
     }
     Ok(out)
-}
-
-/// The loopback source address of idle connection `i`: [`PER_ADDRESS`] connections each
-/// from 127.1.0.1, 127.1.0.2...
-pub fn source_address(i: usize) -> Ipv4Addr {
-    let a = i / PER_ADDRESS;
-    Ipv4Addr::new(127, 1, (a / 250) as u8, (a % 250 + 1) as u8)
-}
-
-/// A TCP connection to `127.0.0.1:port` from source address `src` (any port).
-pub fn socket2_connect_from(src: Ipv4Addr, port: u16) -> Result<TcpStream> {
-    // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let s = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
-        let sin = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
-            sin_zero: [0; 8],
-        };
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let local = sin(src, 0);
-        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        let remote = sin(Ipv4Addr::LOCALHOST, port);
-        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(s)
-    }
 }
 
 /// Resident memory of process `pid` in KiB (`VmRSS`).

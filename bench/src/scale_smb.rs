@@ -8,92 +8,16 @@
 //! give. Memory is the proportional set size (`Pss` of `/proc/PID/smaps_rollup`) summed over
 //! each server's process tree, so smbd's shared pages are not counted once per process.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use nasgw_tests::idle_clients::{closed, open_smb};
 
 use crate::fixture::Fixture;
 use crate::measure::{run_row, Done};
-use crate::scale::{socket2_connect_from, source_address, Scale};
+use crate::scale::Scale;
 use crate::table::{Group, Unit};
-
-/// An SMB2 NEGOTIATE (dialects 2.0.2 and 2.1, signing enabled), as a client's first request
-/// on a new connection; with its NetBIOS session header. `client` makes the ClientGuid: it
-/// must differ between connections meant as different clients (smbd hands every connection
-/// of one ClientGuid to the same process).
-pub fn negotiate_request(message_id: u64, client: u64) -> Vec<u8> {
-    let mut smb = Vec::with_capacity(104);
-    smb.extend_from_slice(b"\xfeSMB");
-    smb.extend_from_slice(&64u16.to_le_bytes()); // StructureSize
-    smb.extend_from_slice(&0u16.to_le_bytes()); // CreditCharge
-    smb.extend_from_slice(&0u32.to_le_bytes()); // Status
-    smb.extend_from_slice(&0u16.to_le_bytes()); // Command: NEGOTIATE
-    smb.extend_from_slice(&1u16.to_le_bytes()); // CreditRequest
-    smb.extend_from_slice(&0u32.to_le_bytes()); // Flags
-    smb.extend_from_slice(&0u32.to_le_bytes()); // NextCommand
-    smb.extend_from_slice(&message_id.to_le_bytes());
-    smb.extend_from_slice(&[0; 4 + 4 + 8 + 16]); // Reserved, TreeId, SessionId, Signature
-    smb.extend_from_slice(&36u16.to_le_bytes()); // StructureSize
-    smb.extend_from_slice(&2u16.to_le_bytes()); // DialectCount
-    smb.extend_from_slice(&1u16.to_le_bytes()); // SecurityMode: signing enabled
-    smb.extend_from_slice(&[0; 2 + 4]); // Reserved, Capabilities
-    smb.extend_from_slice(&(0x6e61_7367_7700_0000_0000_0000_0000_0000_u128 | u128::from(client)).to_le_bytes()); // ClientGuid
-    smb.extend_from_slice(&[0; 8]); // ClientStartTime
-    smb.extend_from_slice(&0x0202u16.to_le_bytes());
-    smb.extend_from_slice(&0x0210u16.to_le_bytes());
-    let mut out = (smb.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&smb);
-    out
-}
-
-/// Checks a NEGOTIATE response (NetBIOS header stripped): an SMB2 header with status 0.
-/// Pure.
-pub fn negotiate_succeeded(reply: &[u8]) -> bool {
-    reply.len() >= 64 && reply[..4] == *b"\xfeSMB" && reply[8..12] == [0, 0, 0, 0] && reply[12..14] == [0, 0]
-}
-
-/// Opens `n` connections to SMB `port`, each having negotiated (what a client does before it
-/// logs on), from loopback source addresses 127.1.x.y.
-fn open_idle(port: u16, n: usize) -> Result<Vec<TcpStream>> {
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let src = source_address(i);
-        let mut s = socket2_connect_from(src, port).with_context(|| format!("idle connection {i} from {src}"))?;
-        s.write_all(&negotiate_request(0, i as u64)).context("send NEGOTIATE")?;
-        let mut head = [0u8; 4];
-        s.read_exact(&mut head).with_context(|| format!("NEGOTIATE reply on idle connection {i}"))?;
-        let len = u32::from_be_bytes(head) as usize & 0x00ff_ffff;
-        let mut reply = vec![0u8; len.min(1 << 16)];
-        s.read_exact(&mut reply)?;
-        if !negotiate_succeeded(&reply) {
-            bail!("NEGOTIATE refused on idle connection {i}");
-        }
-        out.push(s);
-    }
-    Ok(out)
-}
-
-/// How many of `conns` the server has closed (end of stream or an error where a read would
-/// otherwise block).
-fn closed(conns: &[TcpStream]) -> usize {
-    let mut buf = [0u8; 1];
-    conns
-        .iter()
-        .filter(|s| {
-            let _ = s.set_nonblocking(true);
-            let r = s.peek(&mut buf);
-            let _ = s.set_nonblocking(false);
-            match r {
-                Ok(0) => true,
-                Ok(_) => false,
-                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-            }
-        })
-        .count()
-}
 
 /// Proportional set size of `pid` and all its descendants, in KiB.
 fn pss_tree_kib(pid: u32) -> Result<u64> {
@@ -108,6 +32,23 @@ fn pss_tree_kib(pid: u32) -> Result<u64> {
             .context("no Pss in smaps_rollup")?;
     }
     Ok(total)
+}
+
+/// [`pss_tree_kib`] once it has not fallen for a second (polled every 250 ms, at most 10 s).
+fn settled_pss_kib(pid: u32) -> Result<u64> {
+    let start = Instant::now();
+    let mut low = pss_tree_kib(pid)?;
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_secs(1) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = pss_tree_kib(pid)?;
+        // A fall of more than 1% (or 256 KiB) is still settling.
+        if now + (low / 100).max(256) < low {
+            since = Instant::now();
+        }
+        low = low.min(now);
+    }
+    Ok(low)
 }
 
 /// A guest `smbclient` session on `[pub]` at `port` running `commands`.
@@ -222,7 +163,7 @@ pub fn run_rows(
                 let pid = pids[i].context("no server process")?;
                 let count = if i == 1 { smbd_idle } else { idle };
                 let before = pss_tree_kib(pid)?;
-                let conns = open_idle(port, count)?;
+                let conns = open_smb(port, count)?;
                 let after = pss_tree_kib(pid)?;
                 let dir = format!("i{idle}-{i}-{r}");
                 let cmd = format!("prompt OFF; lcd \"{}\"; mkdir {dir}; cd {dir}; mput *", src.display());
@@ -230,10 +171,12 @@ pub fn run_rows(
                 let made = std::fs::read_dir(fx.data.join(&dir)).map(|e| e.count()).unwrap_or(0);
                 fx.remove(&dir);
                 let elapsed = out?;
-                // Again once they have been idle for the whole row: a server may shed what
-                // an idle connection does not need only after a while (nasgw's dormant
-                // connections give their threads back after a second).
-                let settled = pss_tree_kib(pid)?;
+                // Again once they have been idle for the whole row and the server's memory
+                // has stopped falling: a server may shed what an idle connection does not
+                // need only after a while (nasgw's dormant connections give their threads back
+                // after a second, and the heap is trimmed within the next), and a short row
+                // can end before that.
+                let settled = settled_pss_kib(pid)?;
                 let lost = closed(&conns);
                 drop(conns);
                 if lost > 0 {
@@ -246,7 +189,7 @@ pub fn run_rows(
                     let per = after.saturating_sub(before) as f64 / count as f64;
                     let per_settled = settled.saturating_sub(before) as f64 / count as f64;
                     memory.borrow_mut().push(format!(
-                        "SMB {}: memory (Pss of its processes) {} MiB -> {} MiB with {count} idle connections: {per:.1} KiB per connection just after opening them; {} MiB, {per_settled:.1} KiB per connection, after the row",
+                        "SMB {}: memory (Pss of its processes) {} MiB -> {} MiB with {count} idle connections: {per:.1} KiB per connection just after opening them; {} MiB, {per_settled:.1} KiB per connection, after the row once it stopped falling",
                         ["nasgw", "smbd"][i],
                         before / 1024,
                         after / 1024,
@@ -269,25 +212,4 @@ pub fn run_rows(
         scale.smbd_idle
     ));
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn negotiate_request_is_a_well_formed_smb2_negotiate() {
-        let r = negotiate_request(7, 1);
-        assert_ne!(r[80..96], negotiate_request(7, 2)[80..96], "one ClientGuid per client");
-        assert_eq!(u32::from_be_bytes(r[..4].try_into().unwrap()) as usize, r.len() - 4);
-        assert_eq!(&r[4..8], b"\xfeSMB");
-        assert_eq!(r.len() - 4, 64 + 36 + 4);
-        assert_eq!(u64::from_le_bytes(r[28..36].try_into().unwrap()), 7);
-        let mut ok = vec![0u8; 64];
-        ok[..4].copy_from_slice(b"\xfeSMB");
-        assert!(negotiate_succeeded(&ok));
-        ok[8] = 0x22; // STATUS_ACCESS_DENIED's low byte
-        assert!(!negotiate_succeeded(&ok));
-        assert!(!negotiate_succeeded(&ok[..10]));
-    }
 }

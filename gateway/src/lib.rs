@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dns;
 pub mod fuse;
 pub mod gluster;
+pub mod heap;
 pub mod listener;
 pub mod locks;
 pub mod logging;

@@ -7,6 +7,7 @@
 pub mod anchors;
 pub mod cluster;
 pub mod gluster;
+pub mod idle_clients;
 pub mod kclient;
 pub mod netns;
 pub mod nlm;

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::cmd::{self, Reply};
 use super::compound::{self, ReplyChain};
 use super::encryption;
-use super::node_sessions::{ConnectionEnd, Inbound};
+use super::node_sessions::{ChannelRequest, ConnectionEnd, Inbound};
 use super::open_updates::OpenUpdates;
 use super::sequence::SequenceWindow;
 use super::session::{Channel, OpenTable, Session};
@@ -382,7 +382,7 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
                 drop(first);
                 let d = asleep.0.insert(d);
                 tracing::warn!(client = %d.conn.tcp.client, "SMB: closing a dormant connection: no thread to wake it on");
-                finish(&mut d.conn, true).await;
+                Box::pin(finish(&mut d.conn, true)).await;
                 asleep.0 = None;
                 return;
             }
@@ -396,7 +396,9 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
                 if let Some(why) = why {
                     tracing::info!(client = %dormant.conn.tcp.client, why, "SMB: closing connection");
                 }
-                finish(&mut dormant.conn, lost).await;
+                // Boxed: inline, the closing work (releasing opens) would make every idle
+                // connection's task as large as its largest step.
+                Box::pin(finish(&mut dormant.conn, lost)).await;
                 asleep.0 = None;
                 return;
             }
@@ -435,7 +437,9 @@ fn on_thread(
     let (stop, moved, taken) = (stop.clone(), moved.clone(), slot.clone());
     let spawned = std::thread::Builder::new().name("nasgw-smb".into()).spawn(move || {
         let Some(start) = taken.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        // One socket (and the notice task's writes) is all this runtime waits on: a few
+        // events per tick, not the default 1024 (12 KiB per connection thread).
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().max_io_events_per_tick(64).build() {
             Ok(rt) => rt,
             Err(e) => {
                 tracing::warn!(error = %e, "SMB: cannot start the connection's runtime");
@@ -456,6 +460,9 @@ fn on_thread(
         if let Err(Left::Dormant(mut d)) = done_tx.send(left) {
             rt.block_on(Box::pin(finish(&mut d.conn, true)));
         }
+        // What the thread and its runtime held is free now, but resident until trimmed.
+        drop(rt);
+        crate::heap::thread_ended();
     });
     match spawned {
         Ok(_) => Ok(done_rx),
@@ -750,7 +757,8 @@ async fn run_inbound(conn: &mut Connection, m: Inbound) {
             }
             drop(done);
         }
-        Inbound::Dispatch { hdr, elem, compound_fid, reply } => {
+        Inbound::Dispatch(req) => {
+            let ChannelRequest { hdr, elem, compound_fid, reply } = *req;
             // This connection may be in the middle of a chain of its own (waiting on a
             // channel's answer in `forward`): its chain's FileId is kept.
             let own = std::mem::replace(&mut conn.compound_fid, compound_fid);
@@ -773,8 +781,12 @@ async fn forward(conn: &mut Connection, hdr: &Header, elem: &[u8]) -> Option<Out
     let c = conn.channels.get(&hdr.session_id).filter(|c| c.binding.is_none())?;
     let inbox = c.session.connection.inbox.clone();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let sent =
-        inbox.send(Inbound::Dispatch { hdr: *hdr, elem: elem.to_vec(), compound_fid: conn.compound_fid, reply: tx });
+    let sent = inbox.send(Inbound::Dispatch(Box::new(ChannelRequest {
+        hdr: *hdr,
+        elem: elem.to_vec(),
+        compound_fid: conn.compound_fid,
+        reply: tx,
+    })));
     // While waiting, this connection still runs what others ask of it: two connections that
     // are each a channel of the other's session must not wait on each other.
     let mut rx = rx;
@@ -1447,6 +1459,46 @@ mod tests {
         })
         .await
         .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dormant_connection_keeps_a_small_task_and_no_buffers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = dozing(tmp.path(), Duration::from_millis(50));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let tcp = TcpConnection { client: peer, server: listener.local_addr().unwrap() };
+        // The task every connection keeps on the daemon's runtime, dormant or not.
+        let task = serve(s.clone(), stream, tcp, CancellationToken::new());
+        println!("serve future: {} bytes", std::mem::size_of_val(&task));
+        assert!(std::mem::size_of_val(&task) <= 1024, "{} bytes", std::mem::size_of_val(&task));
+        drop((task, client));
+        // What a connection keeps once dormant: no receive or frame buffer (the reader is
+        // gone: `Dormant` has none), no queue for async work's updates (none asked for one),
+        // no notice task; its writer is back in its socket.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (server_end, peer) = listener.accept().unwrap();
+        server_end.set_nonblocking(true).unwrap();
+        let tcp = TcpConnection { client: peer, server: listener.local_addr().unwrap() };
+        let (stop, moved) = (CancellationToken::new(), CancellationToken::new());
+        let start = Start::Fresh { server: s.clone(), stream: server_end, tcp };
+        let done = on_thread(start, &stop, &moved).ok().expect("a thread");
+        let client = tokio::task::spawn_blocking(move || {
+            answers_negotiate(&mut client);
+            client
+        })
+        .await
+        .unwrap();
+        let left = tokio::time::timeout(Duration::from_secs(5), done).await.expect("dormant in time").unwrap();
+        let Left::Dormant(d) = left else { panic!("the connection did not go dormant") };
+        assert!(d.conn.open_updates.is_unused(), "no update queue");
+        assert!(d.conn.link.notice_task.is_none(), "no notice task");
+        assert!(d.conn.link.out.take().is_none(), "the writer is out of the link");
+        assert!(d.stream.is_some(), "the socket is kept");
+        drop((d, client));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -354,6 +354,8 @@ pub async fn start(
         });
     }
     tracing::info!(listen = %cfg.smb.listen, shares = server.shares.len(), "SMB service listening");
+    // Connection threads end as their connections go dormant: give back what they freed.
+    life.tasks.spawn(crate::heap::trim_when_due(life.stop.clone()));
     let stop = life.stop.clone();
     life.tasks.spawn(crate::listener::accept_loop(
         "smb",

@@ -29,7 +29,8 @@ use super::signing::SigningAlgorithm;
 use super::transform::{Cipher, SessionCipher};
 use super::wire::header::Header;
 
-/// What another connection of this node asks a connection's loop to do.
+/// What another connection of this node asks a connection's loop to do. Small (a request
+/// is boxed): every connection's inbox allocates room for 32 of these up front.
 pub enum Inbound {
     /// End session `id` as lost (a new session named it as its PreviousSessionId); `done`
     /// is dropped once it has ended.
@@ -41,16 +42,19 @@ pub enum Inbound {
     },
     /// Run one request of a session of this connection that came in on a bound channel
     /// (signature checked there); the outcome goes back to the channel, which answers.
-    Dispatch {
-        /// The request's header (related operations already inherited).
-        hdr: Header,
-        /// The request element.
-        elem: Vec<u8>,
-        /// The FileId a CREATE earlier in the channel's compound chain returned.
-        compound_fid: Option<(u64, u64)>,
-        /// Where the outcome goes, with the chain's FileId after the request.
-        reply: oneshot::Sender<(Outcome, Option<(u64, u64)>)>,
-    },
+    Dispatch(Box<ChannelRequest>),
+}
+
+/// A request of a bound channel, run by the connection holding its session.
+pub struct ChannelRequest {
+    /// The request's header (related operations already inherited).
+    pub hdr: Header,
+    /// The request element.
+    pub elem: Vec<u8>,
+    /// The FileId a CREATE earlier in the channel's compound chain returned.
+    pub compound_fid: Option<(u64, u64)>,
+    /// Where the outcome goes, with the chain's FileId after the request.
+    pub reply: oneshot::Sender<(Outcome, Option<(u64, u64)>)>,
 }
 
 /// How to reach one connection: its number on this node, the token that ends it, and its
@@ -194,6 +198,13 @@ mod tests {
             require_encryption: false,
             connection: connection.clone(),
         }
+    }
+
+    #[test]
+    fn an_inbox_message_stays_small() {
+        // Every connection's inbox allocates room for 32 messages when it is made, and an idle
+        // connection keeps it: 3.9 KiB with the request inline, under 1 KiB boxed.
+        assert!(std::mem::size_of::<Inbound>() <= 24, "{} bytes", std::mem::size_of::<Inbound>());
     }
 
     #[test]
