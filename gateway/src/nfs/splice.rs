@@ -237,15 +237,7 @@ mod tests {
 
     /// The pool is one per process and tests run in parallel: a test that holds every pipe or
     /// counts the live ones takes this for writing, one that expects a pipe for reading.
-    static POOL: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-    fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
-        POOL.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
-        POOL.write().unwrap_or_else(|e| e.into_inner())
-    }
+    static POOL: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -262,7 +254,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn head_data_and_pad_arrive_in_order_for_any_alignment_and_size() {
-        let _pool = shared();
+        let _pool = POOL.read().await;
         let content: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
         let dir = tempfile::tempdir().unwrap();
         // Page-aligned 1 MiB, unaligned (one page more than the pipe holds), small, empty, 2.5 MiB.
@@ -289,7 +281,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_that_shrank_is_an_error_after_what_it_had() {
-        let _pool = shared();
+        let _pool = POOL.read().await;
         let dir = tempfile::tempdir().unwrap();
         let (server, mut client) = pair().await;
         let f = slice(&dir, &[1; 1000], 0, 2000);
@@ -371,7 +363,7 @@ mod tests {
 
     #[test]
     fn a_pipe_the_kernel_kept_small_is_refused_and_not_counted() {
-        let _pool = exclusive();
+        let _pool = POOL.blocking_write();
         let mut fds = [0; 2];
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
@@ -383,7 +375,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pipes_are_reused_and_bounded() {
-        let _pool = exclusive();
+        let _pool = POOL.write().await;
         let dir = tempfile::tempdir().unwrap();
         let content = vec![9u8; 1 << 16];
         for _ in 0..3 * MAX_IDLE {
