@@ -401,6 +401,19 @@ impl PosixBackend {
     }
 
     /// The I/O descriptor of a regular file, opened (as the server) on first use.
+    /// The node of a regular file that is still there (a directory is `IsDir`, anything else
+    /// `Invalid`): what a data descriptor may be opened on.
+    fn live_regular(&self, id: &FileId) -> VfsResult<Arc<Node>> {
+        let node = self.node(id)?;
+        match node.ftype {
+            FileType::Regular => {}
+            FileType::Directory => return Err(VfsError::IsDir),
+            _ => return Err(VfsError::Invalid),
+        }
+        self.live_stat(id, &node)?;
+        Ok(node)
+    }
+
     fn io_fd<'a>(&self, node: &'a Node) -> VfsResult<&'a Arc<File>> {
         if let Some(fd) = node.io.get() {
             return Ok(fd);
@@ -998,24 +1011,12 @@ impl Backend for PosixBackend {
     }
 
     fn open_data(&self, id: &FileId, write: bool) -> VfsResult<OwnedFd> {
-        let node = self.node(id)?;
-        match node.ftype {
-            FileType::Regular => {}
-            FileType::Directory => return Err(VfsError::IsDir),
-            _ => return Err(VfsError::Invalid),
-        }
-        self.live_stat(id, &node)?;
+        let node = self.live_regular(id)?;
         sys::reopen(node.path_fd.as_fd(), if write { libc::O_RDWR } else { libc::O_RDONLY })
     }
 
     fn shared_data(&self, id: &FileId) -> VfsResult<Arc<File>> {
-        let node = self.node(id)?;
-        match node.ftype {
-            FileType::Regular => {}
-            FileType::Directory => return Err(VfsError::IsDir),
-            _ => return Err(VfsError::Invalid),
-        }
-        self.live_stat(id, &node)?;
+        let node = self.live_regular(id)?;
         self.io_fd(&node).cloned()
     }
 
