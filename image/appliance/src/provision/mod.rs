@@ -311,13 +311,23 @@ pub fn reset_brick(node: &mut dyn Glusterd, vol: &str, brick: &str, pool_wait: D
     Ok(())
 }
 
-/// Waits until `node`'s glusterd answers and sees every pool member connected.
+/// Waits until `node`'s glusterd answers, sees every pool member connected, and every member
+/// sees it connected: the others notice a restarted glusterd later than it notices them, and a
+/// reset-brick commit in between fails ("Pre Validation failed on ... not connected").
 fn wait_for_pool(node: &dyn Glusterd, bound: Duration) -> Result<()> {
     let deadline = std::time::Instant::now() + bound;
     loop {
         let seen = node.cli(None, &["pool", "list", "--xml"]).and_then(|a| gluster::pool_answer(&a));
         match seen {
-            Ok((_, peers)) if !peers.is_empty() && peers.iter().all(|p| p.connected) => return Ok(()),
+            Ok((me, peers)) if !peers.is_empty() && peers.iter().all(|p| p.connected) => {
+                if peers.iter().all(|p| sees_connected(node, p, &me)) {
+                    return Ok(());
+                }
+                if std::time::Instant::now() >= deadline {
+                    bail!("glusterd restarted, but not every pool member saw it after {} s", bound.as_secs());
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
             Ok(_) | Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_secs(2)),
             Ok(_) => bail!("glusterd restarted, but the pool was not all connected after {} s", bound.as_secs()),
             Err(e) => {
@@ -325,6 +335,13 @@ fn wait_for_pool(node: &dyn Glusterd, bound: Duration) -> Result<()> {
             }
         }
     }
+}
+
+/// Whether pool member `peer`'s glusterd sees the member `uuid` connected.
+fn sees_connected(node: &dyn Glusterd, peer: &plan::Peer, uuid: &str) -> bool {
+    let Some(host) = peer.hostnames.first() else { return false };
+    let seen = node.cli(Some(host), &["pool", "list", "--xml"]).and_then(|a| gluster::pool_answer(&a));
+    seen.is_ok_and(|(_, theirs)| theirs.iter().any(|p| p.uuid == uuid && p.connected))
 }
 
 fn systemctl(verb: &str, unit: &str) -> Result<()> {
