@@ -362,6 +362,30 @@ impl GlusterCluster {
         self.nodes[i] = node;
     }
 
+    /// Stops node `i`'s glusterd alone, as `systemctl stop glusterd` does (`KillMode=process`):
+    /// its brick and self-heal daemon run on.
+    pub fn stop_glusterd(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].glusterd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i`'s glusterd on whatever state its directory holds now (after
+    /// [`GlusterCluster::stop_glusterd`], or on a wiped one: a blank node). Returns at once:
+    /// [`GlusterCluster::wait_glusterd`] waits for it.
+    pub fn start_glusterd(&mut self, i: usize) {
+        assert!(self.nodes[i].glusterd.is_none(), "glusterd on {} still runs", self.nodes[i].name);
+        let (name, addr) = (self.nodes[i].name.clone(), self.nodes[i].addr.clone());
+        let node = self.spawn_glusterd(&name, &addr);
+        self.nodes[i] = node;
+    }
+
+    /// Whether node `i`'s glusterd process runs (the harness started it and did not stop it).
+    pub fn glusterd_running(&self, i: usize) -> bool {
+        self.nodes[i].glusterd.is_some()
+    }
+
     /// Waits until self-heal has nothing left to heal on any brick; returns how long it took.
     pub fn wait_healed(&self, timeout: Duration) -> Duration {
         let t0 = Instant::now();

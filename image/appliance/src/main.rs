@@ -8,10 +8,7 @@
 //! - `issue`: the console's login banner: addresses, provisioning, `nasgw status`.
 //! - `update`: writes a new image into the root slot not running ([`update`]).
 
-mod disks;
-mod provision;
-mod system;
-mod update;
+use nasgw_appliance::{disks, provision, system, update};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};

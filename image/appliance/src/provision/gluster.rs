@@ -83,7 +83,11 @@ pub fn volume_info(remote: Option<&str>, name: &str) -> Result<Option<VolumeInfo
 
 /// This node's UUID and its pool's other members.
 pub fn pool_list(remote: Option<&str>) -> Result<(String, Vec<Peer>)> {
-    let a = cli(remote, &["pool", "list", "--xml"])?;
+    pool_answer(&cli(remote, &["pool", "list", "--xml"])?)
+}
+
+/// What `gluster pool list --xml` answered: the asked glusterd's UUID and its peers.
+pub fn pool_answer(a: &Answer) -> Result<(String, Vec<Peer>)> {
     if !a.ok && a.stdout.is_empty() {
         bail!("gluster pool list: {}", a.stderr.trim());
     }

@@ -214,32 +214,8 @@ pub fn execute(want: &Desired, step: &Step) -> Result<()> {
             args.extend(bricks.iter().cloned());
             gluster::run(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
         }
-        Step::ResetBrick(b) => {
-            std::fs::create_dir_all(path_of(b)).with_context(|| format!("cannot create brick directory {b}"))?;
-            // A replaced node's glusterd took the volume from the pool before this directory
-            // existed, and holds no real path for its own brick: reset-brick's check then takes
-            // the brick for a new one ("When destination brick is new, please use ...
-            // replace-brick"), on every retry. Restarted, glusterd reads the brick back from its
-            // store with the directory there (seen on the appliance's replaced node 3).
-            systemctl("restart", "glusterd.service")?;
-            wait_for_pool(Duration::from_secs(300))?;
-            gluster::run(&["volume", "reset-brick", vol, b, "start"])?;
-            gluster::run(&["volume", "reset-brick", vol, b, b, "commit", "force"])?;
-            // Copy everything onto the rebuilt brick, not only what changed while it was away.
-            gluster::run(&["volume", "heal", vol, "full"])?;
-        }
-        Step::AdoptUuid { uuid, from } => {
-            let (their_uuid, peers) = gluster::pool_list(Some(from))?;
-            let mut files = vec![(their_uuid, from.clone())];
-            for p in peers {
-                if let Some(h) = p.hostnames.first() {
-                    files.push((p.uuid, h.clone()));
-                }
-            }
-            systemctl("stop", "glusterd.service")?;
-            gluster::write_identity(Path::new(GLUSTERD_DIR), uuid, &files)?;
-            systemctl("start", "glusterd.service")?;
-        }
+        Step::ResetBrick(b) => reset_brick(&mut Systemd, vol, b, POOL_WAIT)?,
+        Step::AdoptUuid { uuid, from } => adopt_uuid(&mut Systemd, Path::new(GLUSTERD_DIR), uuid, from)?,
         Step::Wait(_) | Step::Conflict(_) | Step::Done => {}
     }
     Ok(())
@@ -254,12 +230,104 @@ fn layout_args(want: &Desired) -> Vec<String> {
     args
 }
 
-/// Waits until this node's glusterd answers and sees every pool member connected.
-fn wait_for_pool(bound: Duration) -> Result<()> {
+/// How long a restarted glusterd may take to answer and see its pool again.
+const POOL_WAIT: Duration = Duration::from_secs(300);
+
+/// This node's glusterd: how its CLI is run and how it is stopped and started. The appliance's
+/// is the local `gluster` CLI and systemd ([`Systemd`]); a test drives a namespaced one.
+pub trait Glusterd {
+    /// Runs `gluster --mode=script ARGS` on this node (against `remote`'s glusterd when given).
+    fn cli(&self, remote: Option<&str>, args: &[&str]) -> Result<gluster::Answer>;
+    /// Stops glusterd (its bricks may run on, as with systemd's `KillMode=process`).
+    fn stop(&mut self) -> Result<()>;
+    /// Starts glusterd; it may not answer yet when this returns.
+    fn start(&mut self) -> Result<()>;
+    /// Restarts glusterd.
+    fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.start()
+    }
+}
+
+/// The appliance's own glusterd: the `gluster` CLI on this host and `glusterd.service`.
+#[derive(Debug)]
+pub struct Systemd;
+
+impl Glusterd for Systemd {
+    fn cli(&self, remote: Option<&str>, args: &[&str]) -> Result<gluster::Answer> {
+        gluster::cli(remote, args)
+    }
+    fn stop(&mut self) -> Result<()> {
+        systemctl("stop", "glusterd.service")
+    }
+    fn start(&mut self) -> Result<()> {
+        systemctl("start", "glusterd.service")
+    }
+    fn restart(&mut self) -> Result<()> {
+        systemctl("restart", "glusterd.service")
+    }
+}
+
+/// Runs a changing command on `node`; an error carries gluster's own words.
+fn run_on(node: &dyn Glusterd, args: &[&str]) -> Result<String> {
+    let a = node.cli(None, args)?;
+    if !a.ok {
+        bail!("gluster {}: {}{}", args.join(" "), a.stdout.trim(), a.stderr.trim());
+    }
+    Ok(a.stdout)
+}
+
+/// `Step::AdoptUuid`: a blank node at a dead node's address takes the UUID the pool knows that
+/// address by, and the pool's members as its peers (`from` is one of them); glusterd in `dir`
+/// is stopped for the rewrite and started again, and then takes the volume from the pool.
+pub fn adopt_uuid(node: &mut dyn Glusterd, dir: &Path, uuid: &str, from: &str) -> Result<()> {
+    let (their_uuid, peers) = gluster::pool_answer(&node.cli(Some(from), &["pool", "list", "--xml"])?)?;
+    let mut files = vec![(their_uuid, from.to_string())];
+    for p in peers {
+        if let Some(h) = p.hostnames.first() {
+            files.push((p.uuid, h.clone()));
+        }
+    }
+    node.stop()?;
+    gluster::write_identity(dir, uuid, &files)?;
+    node.start()
+}
+
+/// `Step::ResetBrick`: rebuilds this node's blank brick `brick` of `vol` (reset-brick, then a
+/// full heal), waiting up to `pool_wait` for the pool after glusterd's restart.
+pub fn reset_brick(node: &mut dyn Glusterd, vol: &str, brick: &str, pool_wait: Duration) -> Result<()> {
+    std::fs::create_dir_all(path_of(brick)).with_context(|| format!("cannot create brick directory {brick}"))?;
+    // A replaced node's glusterd took the volume from the pool before this directory existed,
+    // and holds no real path for its own brick: reset-brick's check then takes the brick for a
+    // new one ("When destination brick is new, please use ... replace-brick"), on every retry.
+    // Restarted, glusterd reads the brick back from its store with the directory there (seen
+    // on the appliance's replaced node 3; tests/tests/gluster_replace.rs).
+    node.restart()?;
+    wait_for_pool(node, pool_wait)?;
+    run_on(node, &["volume", "reset-brick", vol, brick, "start"])?;
+    run_on(node, &["volume", "reset-brick", vol, brick, brick, "commit", "force"])?;
+    // Copy everything onto the rebuilt brick, not only what changed while it was away.
+    run_on(node, &["volume", "heal", vol, "full"])?;
+    Ok(())
+}
+
+/// Waits until `node`'s glusterd answers, sees every pool member connected, and every member
+/// sees it connected: the others notice a restarted glusterd later than it notices them, and a
+/// reset-brick commit in between fails ("Pre Validation failed on ... not connected").
+fn wait_for_pool(node: &dyn Glusterd, bound: Duration) -> Result<()> {
     let deadline = std::time::Instant::now() + bound;
     loop {
-        match gluster::pool_list(None) {
-            Ok((_, peers)) if !peers.is_empty() && peers.iter().all(|p| p.connected) => return Ok(()),
+        let seen = node.cli(None, &["pool", "list", "--xml"]).and_then(|a| gluster::pool_answer(&a));
+        match seen {
+            Ok((me, peers)) if !peers.is_empty() && peers.iter().all(|p| p.connected) => {
+                if peers.iter().all(|p| sees_connected(node, p, &me)) {
+                    return Ok(());
+                }
+                if std::time::Instant::now() >= deadline {
+                    bail!("glusterd restarted, but not every pool member saw it after {} s", bound.as_secs());
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
             Ok(_) | Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_secs(2)),
             Ok(_) => bail!("glusterd restarted, but the pool was not all connected after {} s", bound.as_secs()),
             Err(e) => {
@@ -267,6 +335,13 @@ fn wait_for_pool(bound: Duration) -> Result<()> {
             }
         }
     }
+}
+
+/// Whether pool member `peer`'s glusterd sees the member `uuid` connected.
+fn sees_connected(node: &dyn Glusterd, peer: &plan::Peer, uuid: &str) -> bool {
+    let Some(host) = peer.hostnames.first() else { return false };
+    let seen = node.cli(Some(host), &["pool", "list", "--xml"]).and_then(|a| gluster::pool_answer(&a));
+    seen.is_ok_and(|(_, theirs)| theirs.iter().any(|p| p.uuid == uuid && p.connected))
 }
 
 fn systemctl(verb: &str, unit: &str) -> Result<()> {
