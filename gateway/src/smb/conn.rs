@@ -1351,6 +1351,16 @@ mod tests {
         (client, tokio::spawn(serve(server, stream, tcp, stop)))
     }
 
+    /// [`answers_negotiate`] off the runtime (the client's socket blocks), handing the socket back.
+    async fn after_negotiate(mut client: std::net::TcpStream) -> std::net::TcpStream {
+        tokio::task::spawn_blocking(move || {
+            answers_negotiate(&mut client);
+            client
+        })
+        .await
+        .unwrap()
+    }
+
     fn answers_negotiate(client: &mut std::net::TcpStream) {
         client.write_all(&negotiate()).unwrap();
         let mut hdr = [0u8; 4];
@@ -1374,13 +1384,8 @@ mod tests {
     async fn a_connection_runs_on_its_own_thread_until_the_daemon_stops() {
         let tmp = tempfile::tempdir().unwrap();
         let stop = CancellationToken::new();
-        let (mut client, task) = connect(server(tmp.path()), stop.clone()).await;
-        let mut client = tokio::task::spawn_blocking(move || {
-            answers_negotiate(&mut client);
-            client
-        })
-        .await
-        .unwrap();
+        let (client, task) = connect(server(tmp.path()), stop.clone()).await;
+        let mut client = after_negotiate(client).await;
         let threads = std::fs::read_dir("/proc/self/task").unwrap().filter_map(|t| {
             std::fs::read_to_string(t.ok()?.path().join("comm")).ok().filter(|c| c.trim() == "nasgw-smb")
         });
@@ -1452,13 +1457,8 @@ mod tests {
     }
 
     async fn negotiated(tmp: &std::path::Path) -> std::net::TcpStream {
-        let (mut client, _task) = connect(server(tmp), CancellationToken::new()).await;
-        tokio::task::spawn_blocking(move || {
-            answers_negotiate(&mut client);
-            client
-        })
-        .await
-        .unwrap()
+        let (client, _task) = connect(server(tmp), CancellationToken::new()).await;
+        after_negotiate(client).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1478,7 +1478,7 @@ mod tests {
         // gone: `Dormant` has none), no queue for async work's updates (none asked for one),
         // no notice task; its writer is back in its socket.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let (server_end, peer) = listener.accept().unwrap();
         server_end.set_nonblocking(true).unwrap();
@@ -1486,12 +1486,7 @@ mod tests {
         let (stop, moved) = (CancellationToken::new(), CancellationToken::new());
         let start = Start::Fresh { server: s.clone(), stream: server_end, tcp };
         let done = on_thread(start, &stop, &moved).ok().expect("a thread");
-        let client = tokio::task::spawn_blocking(move || {
-            answers_negotiate(&mut client);
-            client
-        })
-        .await
-        .unwrap();
+        let client = after_negotiate(client).await;
         let left = tokio::time::timeout(Duration::from_secs(5), done).await.expect("dormant in time").unwrap();
         let Left::Dormant(d) = left else { panic!("the connection did not go dormant") };
         assert!(d.conn.open_updates.is_unused(), "no update queue");
@@ -1543,13 +1538,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = dozing(tmp.path(), Duration::from_millis(100));
         let stop = CancellationToken::new();
-        let (mut client, task) = connect(s.clone(), stop.clone()).await;
-        let mut client = tokio::task::spawn_blocking(move || {
-            answers_negotiate(&mut client);
-            client
-        })
-        .await
-        .unwrap();
+        let (client, task) = connect(s.clone(), stop.clone()).await;
+        let mut client = after_negotiate(client).await;
         threads_become(&s, 0).await;
         assert!(!task.is_finished(), "a dormant connection is still served");
         // Woken by its client, twice: each ECHO is answered (only a thread answers).
@@ -1576,14 +1566,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = dozing(tmp.path(), Duration::from_millis(50));
         Arc::get_mut(&mut s).unwrap().idle_without_session = Duration::from_millis(800);
-        let (mut client, task) = connect(s.clone(), CancellationToken::new()).await;
+        let (client, task) = connect(s.clone(), CancellationToken::new()).await;
         let start = std::time::Instant::now();
-        let mut client = tokio::task::spawn_blocking(move || {
-            answers_negotiate(&mut client);
-            client
-        })
-        .await
-        .unwrap();
+        let mut client = after_negotiate(client).await;
         threads_become(&s, 0).await;
         assert!(!task.is_finished(), "dormant, not closed yet");
         assert!(tokio::task::spawn_blocking(move || closed_by_server(&mut client)).await.unwrap());
@@ -1597,13 +1582,8 @@ mod tests {
     async fn a_dormant_connection_whose_server_task_is_dropped_is_closed() {
         let tmp = tempfile::tempdir().unwrap();
         let s = dozing(tmp.path(), Duration::from_millis(50));
-        let (mut client, task) = connect(s.clone(), CancellationToken::new()).await;
-        let mut client = tokio::task::spawn_blocking(move || {
-            answers_negotiate(&mut client);
-            client
-        })
-        .await
-        .unwrap();
+        let (client, task) = connect(s.clone(), CancellationToken::new()).await;
+        let mut client = after_negotiate(client).await;
         threads_become(&s, 0).await;
         // What HA does when the address the client came in on moves.
         task.abort();
@@ -1708,13 +1688,8 @@ mod tests {
     async fn dropping_the_connection_future_closes_the_client() {
         // What the listener does when HA releases the address the client came in on.
         let tmp = tempfile::tempdir().unwrap();
-        let (mut client, task) = connect(server(tmp.path()), CancellationToken::new()).await;
-        let mut client = tokio::task::spawn_blocking(move || {
-            answers_negotiate(&mut client);
-            client
-        })
-        .await
-        .unwrap();
+        let (client, task) = connect(server(tmp.path()), CancellationToken::new()).await;
+        let mut client = after_negotiate(client).await;
         task.abort();
         assert!(tokio::task::spawn_blocking(move || closed_by_server(&mut client)).await.unwrap());
     }
