@@ -33,6 +33,9 @@ Requests (every one has "id" and "op"):
   name     h          -> "name": the handle's name in its FileAllInformation (as the server knows it)
   breaks   c n timeout  -> the first n break notifications c received (waits up to timeout s)
   ack      c h state    -> answers the last lease break on c's handle h with `state` (R/RH/RW...)
+  stat_compound c path [access share]   CREATE + QUERY_INFO (FileStandardInformation) + CLOSE as
+           one related compound, as the Linux kernel client stats a path -> "create", "query",
+           "close": each one's NTSTATUS name, and "size": the end of file the query answered
   ack_oplock h level
   loop     c what(openclose|lockunlock) n [path | h off len]   a benchmark loop, timed
   drop     c          closes c's TCP connection without logging off
@@ -348,6 +351,39 @@ def op_reconnect(r):
     for c2 in resp or []:
         if hasattr(c2, "fields") and "lease_state" in c2.fields:
             out["lease"] = lease_name(c2["lease_state"].get_value())
+    return out
+
+
+def op_stat_compound(r):
+    c = clients[r["c"]]
+    o = Open(c.tree, r["path"])
+    create, _ = o.create(
+        ImpersonationLevel.Impersonation,
+        int(r.get("access", 0x0012019F)),
+        FileAttributes.FILE_ATTRIBUTE_NORMAL,
+        int(r.get("share", 7)),
+        CreateDisposition.FILE_OPEN,
+        CreateOptions.FILE_NON_DIRECTORY_FILE,
+        send=False,
+    )
+    query = SMB2QueryInfoRequest()
+    query["info_type"] = InfoType.SMB2_0_INFO_FILE
+    query["file_info_class"] = FileInformationClass.FILE_STANDARD_INFORMATION
+    query["output_buffer_length"] = 1024
+    query["file_id"] = o.file_id  # all ones: the FileId the CREATE returns
+    close, _ = o.close(send=False)
+    sent = c.conn.send_compound([create, query, close], c.session.session_id, c.tree.tree_connect_id, related=True)
+    out = {}
+    for name, req in zip(("create", "query", "close"), sent):
+        try:
+            resp = c.conn.receive(req)
+            out[name] = "STATUS_SUCCESS"
+            if name == "query":
+                q = SMB2QueryInfoResponse()
+                q.unpack(resp["data"].get_value())
+                out["size"] = struct.unpack_from("<Q", q["buffer"].get_value(), 8)[0]
+        except SMBResponseException as e:
+            out[name] = status_name(e.status)
     return out
 
 

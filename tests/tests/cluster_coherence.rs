@@ -57,6 +57,7 @@ fn two_clients_on_two_nodes_share_one_state() {
     d.connect("LA", 0);
     d.connect("LB", 1);
     lease_break(&mut d, "LA", "LB", "lease");
+    compound_waiting_for_a_break(&mut d, "LA", "LB", "lease-compound");
     batch_oplock(&mut d, "LB", "LA", "batch");
     waiter_on_the_releasers_node(&mut d);
     nfs_write_into_smb_lock(&c, &mut d);
@@ -239,6 +240,31 @@ fn lease_break(d: &mut SmbClient, ca: &str, cb: &str, f: &str) {
     assert_eq!(d.ok(json!({"op": "read", "h": "lb", "off": 0, "len": 6})).s("data"), hex(b"cached"));
     d.ok(json!({"op": "close", "h": "lb"}));
     d.ok(json!({"op": "close", "h": "la"}));
+}
+
+/// The Linux kernel client stats a path with CREATE + QUERY_INFO + CLOSE in one related
+/// compound. When the CREATE must wait for a lease break, the QUERY_INFO and CLOSE run after
+/// it completes, on the file it opened (they used to fail with FILE_CLOSED beside the interim
+/// response, which the kernel could not even parse: `kclient_failover` checks that side).
+fn compound_waiting_for_a_break(d: &mut SmbClient, ca: &str, cb: &str, f: &str) {
+    let r = d.ok(json!({"op": "open", "c": ca, "h": "ca", "path": f, "lease": "RWH", "share": SHARE_ALL}));
+    assert_eq!(r.s("lease"), "RHW", "A's lease: {}", r.v);
+    d.ok(json!({"op": "write", "h": "ca", "off": 0, "data": hex(b"cached")}));
+    d.ok(json!({"op": "breaks", "c": ca, "n": 1, "timeout": 0}));
+    let stat = d.start(json!({"op": "stat_compound", "c": cb, "path": f, "share": SHARE_ALL}));
+    let b = d.ok(json!({"op": "breaks", "c": ca, "n": 1, "timeout": 10}));
+    let to = b.v["breaks"][0]["to"].as_str().unwrap_or_default().to_string();
+    assert!(to == "RH" || to == "R", "A's lease broken to {to}: {}", b.v);
+    assert!(d.try_wait(stat, Duration::from_millis(200)).is_none(), "B's compound completed before A acknowledged");
+    d.ok(json!({"op": "ack", "h": "ca", "state": to}));
+    let done = d.wait(stat, Duration::from_secs(10));
+    assert!(done.ok, "B's compound: {}", done.v);
+    for part in ["create", "query", "close"] {
+        assert_eq!(done.s(part), "STATUS_SUCCESS", "B's compound {part}: {}", done.v);
+    }
+    assert_eq!(done.v["size"], 6, "the query answered for the file the CREATE opened: {}", done.v);
+    println!("compound CREATE + QUERY_INFO + CLOSE waiting for a break: {}", done.v);
+    d.ok(json!({"op": "close", "h": "ca"}));
 }
 
 fn batch_oplock(d: &mut SmbClient, ca: &str, cb: &str, f: &str) {

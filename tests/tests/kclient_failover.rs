@@ -248,6 +248,14 @@ fn copy_across_a_node_kill(share: &str, opts: &str, mode: Mode, reclaim_log: &st
     assert!(stall < STALL_BOUND.as_secs_f64(), "stall {stall} s");
     let klog: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("KLOG ")).collect();
     assert!(klog.iter().any(|l| l.contains("reconnect")), "the kernel log shows no reconnect:\n{}", klog.join("\n"));
+    // Every answer framed as the kernel reads it: a response chained after an interim one (a
+    // CREATE waiting in a compound) was read as the next frame ("RFC 1002 unknown response
+    // type 0xfe"), and the client reconnected again and again.
+    assert!(
+        !klog.iter().any(|l| l.contains("unknown response type")),
+        "the kernel could not read a response:\n{}",
+        klog.join("\n")
+    );
     // `cifs_reopen_file` returning 0 for the file (the debug message prints the local `rc`,
     // which the early return for an already reopened handle leaves at -EACCES: not an error),
     // and the lease granted again on the reopened handle.

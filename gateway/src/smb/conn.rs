@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::cmd::{self, Reply};
 use super::compound::{self, ReplyChain};
 use super::encryption;
-use super::node_sessions::{ChannelRequest, ConnectionEnd, Inbound};
+use super::node_sessions::{ChainRest, ChannelRequest, ConnectionEnd, Inbound};
 use super::open_updates::OpenUpdates;
 use super::sequence::SequenceWindow;
 use super::session::{Channel, OpenTable, Session};
@@ -682,7 +682,9 @@ enum End {
 /// ([`Inbound`]), `first` before anything.
 async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadHalf>, first: Option<Inbound>) -> End {
     if let Some(m) = first {
-        run_inbound(conn, m).await;
+        if let Err(why) = run_inbound(conn, m).await {
+            return End::Closed(Some(why));
+        }
     }
     loop {
         let idle = !conn.sessions.values().any(|s| s.is_valid()) && conn.channels.is_empty();
@@ -717,7 +719,9 @@ async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadH
         };
         conn.inbox = Some(inbox);
         if let Some(m) = inbound {
-            run_inbound(conn, m).await;
+            if let Err(why) = run_inbound(conn, m).await {
+                return End::Closed(Some(why));
+            }
             continue;
         }
         let next = frames.next().await;
@@ -748,7 +752,7 @@ async fn command_loop(conn: &mut Connection, frames: &mut FrameReader<OwnedReadH
 
 /// Does what another connection of this node asked: ends one of this connection's sessions,
 /// or runs a request that came in on a channel bound to one of them.
-async fn run_inbound(conn: &mut Connection, m: Inbound) {
+async fn run_inbound(conn: &mut Connection, m: Inbound) -> Result<(), &'static str> {
     match m {
         Inbound::EndSession { id, done } => {
             if conn.sessions.contains_key(&id) {
@@ -767,7 +771,19 @@ async fn run_inbound(conn: &mut Connection, m: Inbound) {
             let _ = reply.send((out, conn.compound_fid));
             conn.compound_fid = own;
         }
+        Inbound::Resume(rest) => {
+            let ChainRest { msg, prev, fid, encrypted } = *rest;
+            // This connection may be in the middle of another chain (waiting on a channel's
+            // answer in `forward`): that chain's FileId and sealing are kept.
+            let own = (conn.compound_fid, conn.sealing);
+            conn.apply_open_updates();
+            let done = run_chain(conn, &msg, encrypted, Some((prev, fid))).await;
+            (conn.compound_fid, conn.sealing) = own;
+            refresh_notice_seal(conn);
+            return done;
+        }
     }
+    Ok(())
 }
 
 /// Runs request `hdr` of a session this connection is a bound channel of on the connection
@@ -799,7 +815,12 @@ async fn forward(conn: &mut Connection, hdr: &Header, elem: &[u8]) -> Option<Out
         };
         conn.inbox = Some(mine);
         match inbound {
-            Ok(m) => Box::pin(run_inbound(conn, m)).await,
+            Ok(m) => {
+                if let Err(why) = Box::pin(run_inbound(conn, m)).await {
+                    // The connection's own loop sees the socket fail next, or goes on.
+                    tracing::info!(client = %conn.tcp.client, why, "SMB: the rest of a compound failed while a channel's request ran");
+                }
+            }
             Err(r) => break r,
         }
     };
@@ -936,16 +957,33 @@ async fn handle_smb2(
     msg: &[u8],
     encrypted: Option<Arc<SessionCipher>>,
 ) -> Result<(), &'static str> {
+    run_chain(conn, msg, encrypted, None).await
+}
+
+/// Runs the elements of `msg` in order and sends their replies as one message. `resumed`:
+/// `msg` is the rest of an earlier chain ([`ChainRest`]), whose first element inherits from
+/// the CREATE before it. A CREATE that goes async with elements after it ends the message
+/// with its interim response; the rest waits for its final answer.
+async fn run_chain(
+    conn: &mut Connection,
+    msg: &[u8],
+    encrypted: Option<Arc<SessionCipher>>,
+    resumed: Option<(compound::Previous, Option<(u64, u64)>)>,
+) -> Result<(), &'static str> {
     let elements = compound::split(msg).map_err(compound::ChainError::why)?;
     let mut out = ReplyChain::new();
     // Async work starts once its interim response is on the wire, so its final response
     // can never overtake it.
     let mut later: Vec<Later> = Vec::new();
-    let mut prev: Option<compound::Previous> = None;
+    let (mut prev, fid) = match resumed {
+        Some((p, fid)) => (Some(p), fid),
+        None => (None, None),
+    };
     // The session whose keys seal the whole reply, once an element needs it.
     let mut seal: Option<Arc<SessionCipher>> = encrypted.clone();
-    conn.compound_fid = None;
+    conn.compound_fid = fid;
     let count = elements.len();
+    let starts: Vec<usize> = elements.iter().map(|e| e.range.start).collect();
     for (i, element) in elements.into_iter().enumerate() {
         let more = i + 1 < count;
         let mut hdr = element.header;
@@ -1085,11 +1123,23 @@ async fn handle_smb2(
             }
         }
         prev = Some(compound::Previous { session_id, tree_id: rh.tree_id, status: reply.status });
+        // A CREATE waiting with requests after it: its interim response ends this message,
+        // and the rest runs once its final answer is out.
+        let rest = (pending.is_some() && more && hdr.command == command::CREATE).then(|| ChainRest {
+            msg: msg[starts[i + 1]..].to_vec(),
+            prev: compound::Previous { session_id, tree_id: rh.tree_id, status: NtStatus::SUCCESS },
+            fid: conn.compound_fid,
+            encrypted: encrypted.clone(),
+        });
+        let stop = rest.is_some();
         if let Some(work) = pending {
             let key = compound::response_key(signing_facts(conn, session_id), signed_in, false, conn.dialect);
-            later.push(Later { rh, async_id, work, key, seal: seal_this.clone() });
+            later.push(Later { rh, async_id, work, key, seal: seal_this.clone(), rest });
         }
-        out.push_with(resp, key, signing_alg_of(conn, session_id), more);
+        out.push_with(resp, key, signing_alg_of(conn, session_id), more && !stop);
+        if stop {
+            break;
+        }
     }
     if out.is_empty() {
         return Ok(());
@@ -1122,6 +1172,8 @@ struct Later {
     /// Encrypts the final reply instead (the request came encrypted, or its session or tree
     /// encrypts).
     seal: Option<Arc<SessionCipher>>,
+    /// The rest of its chain, run by the connection after the final reply.
+    rest: Option<ChainRest>,
 }
 
 /// The signing facts of session `id` on this connection, for [`compound`]'s rules: a
@@ -1176,8 +1228,9 @@ fn check_signature(conn: &Connection, hdr: &Header, elem: &[u8]) -> Result<(), N
 
 /// Sends the final reply of async work when it completes or is cancelled.
 fn spawn_async(conn: &Connection, later: Later) {
-    let Later { mut rh, async_id, work, key, seal } = later;
+    let Later { mut rh, async_id, work, key, seal, rest } = later;
     let out = conn.link.out.clone();
+    let inbox = conn.end.inbox.clone();
     let pending = conn.link.pending.clone();
     let alg = conn.signing_alg;
     tokio::spawn(async move {
@@ -1202,6 +1255,11 @@ fn spawn_async(conn: &Connection, later: Later) {
                 }
                 let _ = out.message(&[&msg]).await;
             }
+        }
+        // Sent while this task is alive, so the connection cannot go dormant without it.
+        if let Some(mut rest) = rest {
+            rest.prev.status = reply.status;
+            let _ = inbox.send(Inbound::Resume(Box::new(rest)));
         }
     });
 }

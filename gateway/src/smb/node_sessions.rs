@@ -43,6 +43,26 @@ pub enum Inbound {
     /// Run one request of a session of this connection that came in on a bound channel
     /// (signature checked there); the outcome goes back to the channel, which answers.
     Dispatch(Box<ChannelRequest>),
+    /// Run the rest of one of this connection's own compound chains: a CREATE in it went
+    /// async, and its final answer is out.
+    Resume(Box<ChainRest>),
+}
+
+/// The requests of a compound chain after a CREATE that went async, held until that CREATE's
+/// final answer is out, then run as a chain of their own (as smbd does, MS-SMB2 3.3.5.2.7
+/// note <206>). Answering them at once, beside the interim response, failed them with
+/// FILE_CLOSED, and the Linux kernel client cannot even read responses chained after an
+/// interim one: it took the rest of the message for the next transport frame and reconnected.
+pub struct ChainRest {
+    /// The remaining elements, from the first one after the CREATE to the end of the message
+    /// (decrypted, if the message came encrypted).
+    pub msg: Vec<u8>,
+    /// What a related element inherits: the CREATE's session, tree and final status.
+    pub prev: super::compound::Previous,
+    /// The FileId the CREATE returned, for related elements.
+    pub fid: Option<(u64, u64)>,
+    /// The message came encrypted by this session's keys: the replies go out so too.
+    pub encrypted: Option<Arc<SessionCipher>>,
 }
 
 /// A request of a bound channel, run by the connection holding its session.
