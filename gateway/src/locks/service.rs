@@ -46,6 +46,12 @@ type LeaseHolder = ([u8; 16], Arc<dyn Holders>);
 struct Later {
     /// Peers to write to.
     dirty: Dirty,
+    /// Answers for the callers waiting on them. Sent once the lock is released: a caller woken
+    /// under it would find the lock held and sleep again (a futex wait and wake, and a context
+    /// switch, per remote answer).
+    replies: Vec<(oneshot::Sender<Outcome>, Outcome)>,
+    /// Waiters to wake (files whose state changed), for the same reason after the lock.
+    wake: Vec<Arc<Notify>>,
     /// Breaks, evictions and events to hand on.
     outputs: Vec<Output<FileId>>,
 }
@@ -230,7 +236,7 @@ impl LockService {
             match o {
                 Output::Reply { rid, outcome } => {
                     if let Some(tx) = st.waiting.remove(&rid) {
-                        let _ = tx.send(outcome);
+                        later.replies.push((tx, outcome));
                     }
                 }
                 Output::Send { to, msg } => {
@@ -240,9 +246,11 @@ impl LockService {
                 }
                 Output::Changed(f) => {
                     if let Some(n) = st.changes.get(&f) {
-                        n.notify_waiters();
                         if Arc::strong_count(n) == 1 {
+                            // Nobody waits on it: nothing to wake.
                             st.changes.remove(&f);
+                        } else {
+                            later.wake.push(n.clone());
                         }
                     }
                 }
@@ -264,6 +272,12 @@ impl LockService {
     }
 
     fn after(&self, later: Later) {
+        for (tx, outcome) in later.replies {
+            let _ = tx.send(outcome);
+        }
+        for n in later.wake {
+            n.notify_waiters();
+        }
         if let Some(net) = &self.net {
             net.flush(later.dirty);
         }
@@ -367,7 +381,8 @@ impl LockService {
     /// which wakes nobody: a blocking lock of another client of this node would otherwise wait
     /// for its one-second retry.
     fn released(&self, file: &FileId) {
-        if let Some(n) = self.lock().changes.get(file) {
+        let n = self.lock().changes.get(file).cloned();
+        if let Some(n) = n {
             n.notify_waiters();
         }
     }
@@ -580,6 +595,8 @@ impl LockService {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use super::*;
     use crate::locks::record::{flags, CachingRequest};
     use crate::locks::types::{access, caching, share};
@@ -594,6 +611,28 @@ mod tests {
             self.0.lock().unwrap().push(notice);
         }
         fn evicted(&self) {}
+    }
+
+    #[test]
+    fn answers_and_wake_ups_go_out_only_once_the_lock_is_released() {
+        let s = LockService::single();
+        let (tx, mut rx) = oneshot::channel();
+        let waiter = s.changes(&fid(3));
+        let notified = waiter.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let mut st = s.lock();
+        st.waiting.insert(99, tx);
+        let outs = vec![Output::Reply { rid: 99, outcome: Ok(Answer::Done) }, Output::Changed(fid(3))];
+        let later = s.apply(&mut st, outs);
+        // Still under the lock: a caller woken now would only find it held and sleep again.
+        assert!(rx.try_recv().is_err(), "no answer while the lock is held");
+        let cx = &mut std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(notified.as_mut().poll(cx).is_pending(), "no wake-up while the lock is held");
+        drop(st);
+        s.after(later);
+        assert_eq!(rx.try_recv().unwrap(), Ok(Answer::Done));
+        assert!(notified.as_mut().poll(cx).is_ready());
     }
 
     #[tokio::test]
