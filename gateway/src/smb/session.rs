@@ -183,8 +183,6 @@ impl OpenTable {
         self.opens.insert(id, open);
     }
 
-    /// The open `id` if it belongs to `session`/`tree`. A CREATE that finished while waiting
-    /// becomes an ordinary open here; one that failed is forgotten.
     /// Closes open `id` if it is a CREATE still waiting for its answer: it leaves the table, and
     /// the CREATE gives back what it is granted when the answer comes. `false` if it is not one.
     pub fn close_waiting(&mut self, id: u64, session: u64, tree: u32) -> bool {
@@ -208,6 +206,8 @@ impl OpenTable {
         waiting
     }
 
+    /// The open `id` if it belongs to `session`/`tree`. A CREATE that finished while waiting
+    /// becomes an ordinary open here; one that failed is forgotten.
     pub fn get_mut(&mut self, id: u64, session: u64, tree: u32) -> Result<&mut Open, NtStatus> {
         let settled = match self.opens.get(&id) {
             Some(o) if o.session_id == session && o.tree_id == tree => match &o.kind {
