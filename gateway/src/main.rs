@@ -11,6 +11,13 @@ const EXIT_BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve) {
+        // A command's output cut short by its reader (`nasgw status | head -1`) ends it quietly,
+        // as it does other Unix tools, instead of a panic in `println!`. The daemon keeps Rust's
+        // ignored SIGPIPE: its sockets report EPIPE as an error.
+        // SAFETY: restoring a signal's default disposition, before any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     if let Command::Passwd { user } = &cli.command {
         let path = cli.config.clone().unwrap_or_else(|| config::DEFAULT_PATH.into());
         return match nasgw::smb::passwd::run(&path, user) {

@@ -8,6 +8,15 @@ use std::time::Duration;
 
 use nasgw_tests::{free_port, require_tool, wait_for, Daemon};
 
+/// A pipe's two ends.
+fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills two new descriptors, owned from here on.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both were just created and are owned by nothing else.
+    unsafe { (std::os::fd::FromRawFd::from_raw_fd(fds[0]), std::os::fd::FromRawFd::from_raw_fd(fds[1])) }
+}
+
 const HOLDER: &str = r#"
 import sys, smbclient
 host, port = "127.0.0.1", int(sys.argv[1])
@@ -59,6 +68,22 @@ fn connections_lists_users_and_open_files_and_unknown_forced_users_are_refused()
     let text = String::from_utf8_lossy(&d.ctl(&["connections"]).stdout).into_owned();
     println!("{text}");
     assert!(text.starts_with("PROTO") && text.contains("guest") && text.contains("\n      pub/held.txt"), "{text}");
+
+    // Output read by a reader that stops early (`nasgw connections | head -1`): the command
+    // ends by SIGPIPE like other tools, with no panic.
+    let (read_end, write_end) = pipe();
+    drop(read_end);
+    let cut = Command::new(nasgw_tests::nasgw_bin())
+        .arg("--config")
+        .arg(&d.config)
+        .arg("connections")
+        .stdout(Stdio::from(write_end))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&cut.stderr);
+    println!("nasgw connections into a closed pipe: {:?}, stderr {err:?}", cut.status);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&cut.status), Some(libc::SIGPIPE), "{:?}", cut.status);
 
     drop(holder.stdin.take());
     assert!(holder.wait().unwrap().success());
