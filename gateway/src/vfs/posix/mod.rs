@@ -92,6 +92,11 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// caches, and time stamps come from its clock, which [`listings`] relies on.
 const LOCAL_FS: [i64; 4] = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994];
 
+/// Most descriptors one sweep for removed files stats on a network mount: each is a round
+/// trip to its client and often to the servers (a full cache of 8192 open files was 800 a
+/// second at one sweep every 10 s); a whole cache is covered in a few minutes.
+const SWEEP_SLICE: usize = 1024;
+
 /// Most GFIDs remembered by inode number (24 bytes each, beside the cache's own).
 const KNOWN_GFIDS: usize = 131_072;
 
@@ -123,6 +128,9 @@ pub struct PosixBackend {
     /// for [`STALE_MEMORY`], so a client retrying a deleted file's handle cannot make the server
     /// walk the whole volume on every request.
     recently_stale: Mutex<LruCache<FileId, Instant>>,
+    /// Where the next sweep for removed files starts on a network mount (see
+    /// [`Backend::release_removed`]).
+    sweep_at: Mutex<usize>,
     /// GFIDs already read (GFID identities only), by the inode number the GlusterFS client
     /// derives from each (see [`PosixBackend::gfid_of`]).
     gfids: Mutex<LruCache<u64, gfid::Gfid>>,
@@ -169,6 +177,7 @@ impl PosixBackend {
             hints: Mutex::new(LruCache::new(NonZeroUsize::new(65536).expect("non-zero"))),
             recently_stale: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("non-zero"))),
             scanning: Mutex::new(()),
+            sweep_at: Mutex::new(0),
             gfids: Mutex::new(LruCache::new(NonZeroUsize::new(KNOWN_GFIDS).expect("non-zero"))),
             listings: (kind == IdentityKind::Kernel && LOCAL_FS.contains(&fs_type))
                 .then(|| Mutex::new(Listings::new(LISTED_ENTRIES))),
@@ -570,6 +579,20 @@ impl PosixBackend {
         }
         Ok(())
     }
+}
+
+/// The `slice` items of `all` from position `*at` on (wrapping around), and `*at` moved past
+/// them: successive calls cover every item in turn, whatever the length. A pure function.
+fn sweep_slice<T>(mut all: Vec<T>, at: &mut usize, slice: usize) -> Vec<T> {
+    if all.len() <= slice {
+        *at = 0;
+        return all;
+    }
+    let start = *at % all.len();
+    all.rotate_left(start);
+    all.truncate(slice);
+    *at = start + slice;
+    all
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1074,7 +1097,7 @@ impl Backend for PosixBackend {
         // client) only an open one does (the bricks keep a file open there), while an `O_PATH`
         // one holds nothing on the servers and each stat of it would be a round trip to the
         // client (and often the bricks): with a full cache, thousands every sweep.
-        let nodes: Vec<(FileId, Arc<Node>)> = self
+        let mut nodes: Vec<(FileId, Arc<Node>)> = self
             .nodes
             .lock()
             .expect("nodes lock")
@@ -1082,6 +1105,11 @@ impl Backend for PosixBackend {
             .filter(|(id, n)| **id != self.root_id && (self.local || n.io.get().is_some()))
             .map(|(id, n)| (*id, n.clone()))
             .collect();
+        if !self.local {
+            // A slice per sweep, the next one at the next: the bricks see a bounded rate.
+            let mut at = lock(&self.sweep_at);
+            nodes = sweep_slice(nodes, &mut at, SWEEP_SLICE);
+        }
         let removed: Vec<FileId> = nodes
             .into_iter()
             .filter(|(_, n)| match sys::fstatx(n.path_fd.as_fd()) {
