@@ -26,6 +26,13 @@ pub fn format(g: &Gfid) -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
+/// The inode number GlusterFS's FUSE client reports for a file with GFID `g` (its last 8 bytes,
+/// big-endian, as `gfid_to_ino` computes it; the root's is 1). A mount made with
+/// `enable-ino32` reports others: [`super::PosixBackend`] checks this before relying on it.
+pub fn ino_of(g: &Gfid) -> u64 {
+    u64::from_be_bytes(g[8..16].try_into().expect("8 bytes"))
+}
+
 /// Parses `8-4-4-4-12` hex (surrounding NULs or whitespace ignored); `None` if malformed.
 pub fn parse(s: &[u8]) -> Option<Gfid> {
     let s = std::str::from_utf8(s).ok()?.trim_matches(|c: char| c == '\0' || c.is_whitespace());
@@ -112,6 +119,8 @@ mod tests {
         let g = parse(s.as_bytes()).unwrap();
         assert_eq!(format(&g), s);
         assert_eq!(parse(b"00000000-0000-0000-0000-000000000001\0").unwrap()[15], 1);
+        assert_eq!(ino_of(&parse(b"00000000-0000-0000-0000-000000000001").unwrap()), 1, "the root");
+        assert_eq!(ino_of(&g), 0xb4b1_92c1_90d5_8087);
         for bad in ["", "xyz", "532de1d3f251460db4b192c190d58087", "532de1d3-f251-460d-b4b1-92c190d5808g", "é"] {
             assert_eq!(parse(bad.as_bytes()), None, "{bad}");
         }

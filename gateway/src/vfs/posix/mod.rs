@@ -92,6 +92,14 @@ const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 /// caches, and time stamps come from its clock, which [`listings`] relies on.
 const LOCAL_FS: [i64; 4] = [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994];
 
+/// Most descriptors one sweep for removed files stats on a network mount: each is a round
+/// trip to its client and often to the servers (a full cache of 8192 open files was 800 a
+/// second at one sweep every 10 s); a whole cache is covered in a few minutes.
+const SWEEP_SLICE: usize = 1024;
+
+/// Most GFIDs remembered by inode number (24 bytes each, beside the cache's own).
+const KNOWN_GFIDS: usize = 131_072;
+
 /// Most directory entries remembered (about 100 bytes each).
 const LISTED_ENTRIES: usize = 131_072;
 
@@ -120,6 +128,12 @@ pub struct PosixBackend {
     /// for [`STALE_MEMORY`], so a client retrying a deleted file's handle cannot make the server
     /// walk the whole volume on every request.
     recently_stale: Mutex<LruCache<FileId, Instant>>,
+    /// Where the next sweep for removed files starts on a network mount (see
+    /// [`Backend::release_removed`]).
+    sweep_at: Mutex<usize>,
+    /// GFIDs already read (GFID identities only), by the inode number the GlusterFS client
+    /// derives from each (see [`PosixBackend::gfid_of`]).
+    gfids: Mutex<LruCache<u64, gfid::Gfid>>,
     /// Held by the one tree scan that may run at a time: handles of deleted files (MACed, so
     /// only ones this volume gave out) can keep one thread scanning, never every thread.
     scanning: Mutex<()>,
@@ -163,6 +177,8 @@ impl PosixBackend {
             hints: Mutex::new(LruCache::new(NonZeroUsize::new(65536).expect("non-zero"))),
             recently_stale: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("non-zero"))),
             scanning: Mutex::new(()),
+            sweep_at: Mutex::new(0),
+            gfids: Mutex::new(LruCache::new(NonZeroUsize::new(KNOWN_GFIDS).expect("non-zero"))),
             listings: (kind == IdentityKind::Kernel && LOCAL_FS.contains(&fs_type))
                 .then(|| Mutex::new(Listings::new(LISTED_ENTRIES))),
         };
@@ -185,9 +201,32 @@ impl PosixBackend {
                 Identity::Kernel { handle_type, bytes }
             }
             IdentityKind::Inode => Identity::Inode { ino: stx.stx_ino, btime: sys::btime(stx).unwrap_or_default() },
-            IdentityKind::Gfid => Identity::Gfid(gfid::gfid_of(dir, name)?),
+            IdentityKind::Gfid => Identity::Gfid(self.gfid_of(dir, name, stx)?),
         };
         id.encode().ok_or(VfsError::Io(libc::EOVERFLOW))
+    }
+
+    /// The GFID of `dir/name` whose `statx` is `stx`. GlusterFS's FUSE client derives a file's
+    /// inode number from its GFID ([`gfid::ino_of`]), so a GFID read once is known again by
+    /// the inode number alone: a lookup of a file seen before costs no `getxattr` (a round trip
+    /// to the GlusterFS client) beside its `openat` and `statx`. Only GFIDs whose inode number
+    /// is the derived one are remembered (not on an `enable-ino32` mount). Two files sharing
+    /// their GFID's last 64 bits (62 of them random) would be taken for one another, as smbd
+    /// and the kernel's NFS server take a GlusterFS mount's files by inode number.
+    fn gfid_of(&self, dir: BorrowedFd<'_>, name: &CStr, stx: &libc::statx) -> VfsResult<gfid::Gfid> {
+        if let Some(g) = lock(&self.gfids).get(&stx.stx_ino) {
+            return Ok(*g);
+        }
+        let g = gfid::gfid_of(dir, name)?;
+        self.know_gfid(g, stx.stx_ino);
+        Ok(g)
+    }
+
+    /// Remembers GFID `g` of a file whose inode number is `ino` (see [`PosixBackend::gfid_of`]).
+    fn know_gfid(&self, g: gfid::Gfid, ino: u64) {
+        if gfid::ino_of(&g) == ino {
+            lock(&self.gfids).put(ino, g);
+        }
     }
 
     fn hint(&self, ino: u64, path: Vec<u8>) {
@@ -225,6 +264,9 @@ impl PosixBackend {
         }
         let fd = self.resolve(id)?;
         let stx = sys::fstatx(fd.as_fd())?;
+        if let Some(Identity::Gfid(g)) = Identity::decode(id) {
+            self.know_gfid(g, stx.stx_ino);
+        }
         let node = Arc::new(Node::new(fd, FileType::from_mode(u32::from(stx.stx_mode))));
         Ok(self.insert(*id, node))
     }
@@ -537,6 +579,20 @@ impl PosixBackend {
         }
         Ok(())
     }
+}
+
+/// The `slice` items of `all` from position `*at` on (wrapping around), and `*at` moved past
+/// them: successive calls cover every item in turn, whatever the length. A pure function.
+fn sweep_slice<T>(mut all: Vec<T>, at: &mut usize, slice: usize) -> Vec<T> {
+    if all.len() <= slice {
+        *at = 0;
+        return all;
+    }
+    let start = *at % all.len();
+    all.rotate_left(start);
+    all.truncate(slice);
+    *at = start + slice;
+    all
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1036,12 +1092,31 @@ impl Backend for PosixBackend {
     }
 
     fn release_removed(&self) -> usize {
-        // Stat outside the lock: the cache keeps serving meanwhile.
-        let nodes: Vec<(FileId, Arc<Node>)> =
-            self.nodes.lock().expect("nodes lock").iter().map(|(id, n)| (*id, n.clone())).collect();
+        // Stat outside the lock: the cache keeps serving meanwhile. On a local file system any
+        // descriptor keeps a removed file's blocks; on a network mount (GlusterFS's FUSE
+        // client) only an open one does (the bricks keep a file open there), while an `O_PATH`
+        // one holds nothing on the servers and each stat of it would be a round trip to the
+        // client (and often the bricks): with a full cache, thousands every sweep.
+        let mut nodes: Vec<(FileId, Arc<Node>)> = self
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .iter()
+            .filter(|(id, n)| **id != self.root_id && (self.local || n.io.get().is_some()))
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        if !self.local {
+            // A slice per sweep, the next one at the next: the bricks see a bounded rate.
+            let mut at = lock(&self.sweep_at);
+            nodes = sweep_slice(nodes, &mut at, SWEEP_SLICE);
+        }
         let removed: Vec<FileId> = nodes
             .into_iter()
-            .filter(|(id, n)| *id != self.root_id && sys::fstatx(n.path_fd.as_fd()).is_ok_and(|st| st.stx_nlink == 0))
+            .filter(|(_, n)| match sys::fstatx(n.path_fd.as_fd()) {
+                Ok(st) => st.stx_nlink == 0,
+                // A network mount may answer a removed file's stat with an error instead.
+                Err(e) => matches!(e, VfsError::Stale | VfsError::NotFound),
+            })
             .map(|(id, _)| id)
             .collect();
         let mut cache = self.nodes.lock().expect("nodes lock");

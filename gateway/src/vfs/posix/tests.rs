@@ -665,3 +665,19 @@ fn a_listing_without_attributes_tells_each_entry_type() {
         );
     }
 }
+
+#[test]
+fn sweep_slices_cover_every_node_in_turn() {
+    let mut at = 0;
+    // Short enough: all of it, every time.
+    assert_eq!(super::sweep_slice(vec![1, 2, 3], &mut at, 4), vec![1, 2, 3]);
+    assert_eq!(at, 0);
+    // 10 items, 4 at a time: every item within three sweeps, then around again.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.extend(super::sweep_slice((0..10).collect(), &mut at, 4));
+    }
+    assert_eq!(seen, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
+    // The list shrank meanwhile (files evicted): still a full slice, from where it wraps.
+    assert_eq!(super::sweep_slice((0..5).collect(), &mut at, 4), vec![2, 3, 4, 0]);
+}
