@@ -73,6 +73,10 @@ async fn syncing(f: impl FnOnce() -> VfsResult<()> + Send + 'static) -> VfsResul
     disk_pool::SYNCS.run(f).await.unwrap_or(Err(VfsError::Io(libc::EIO)))
 }
 
+/// Largest UNSTABLE write to a local file system that runs on the calling thread (see
+/// [`Namespace::write_from`]); larger ones may wait for the kernel's dirty-page throttling.
+const INLINE_WRITE_MAX: usize = 64 * 1024;
+
 /// Runs a metadata call: in place on a local file system, where it takes microseconds and a
 /// thread hand-off would cost more than the call; otherwise like [`blocking`].
 async fn quick<T: Send + 'static>(local: bool, f: impl FnOnce() -> VfsResult<T> + Send + 'static) -> VfsResult<T> {
@@ -382,7 +386,10 @@ impl Namespace {
     ) -> VfsResult<(u32, Stability, Option<Attr>)> {
         use tokio::runtime::{Handle, RuntimeFlavor};
         let b = &self.backend;
-        let r = if super::in_place::calls_run_in_place() {
+        // A small UNSTABLE write to a local file system only copies into the page cache
+        // (microseconds): a thread hand-off would cost more than the call.
+        let small = self.local && stable == Stability::Unstable && data.len() <= INLINE_WRITE_MAX;
+        let r = if small || super::in_place::calls_run_in_place() {
             b.write(cred, &id, offset, data, stable)
         } else if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
             tokio::task::block_in_place(|| b.write(cred, &id, offset, data, stable))
