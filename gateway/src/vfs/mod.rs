@@ -18,6 +18,7 @@ pub mod access;
 pub mod backend;
 pub mod changes;
 pub mod cred;
+pub mod disk_pool;
 pub mod error;
 pub mod folding;
 pub mod in_place;

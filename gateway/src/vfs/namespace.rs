@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::backend::Backend;
 use super::changes::{what, Change, ChangeHub, Kind, Place};
 use super::cred::Credentials;
+use super::disk_pool;
 use super::error::{VfsError, VfsResult};
 use super::folding::{self, FoldedNames, Lookup};
 use super::local_folded::LocalFoldedNames;
@@ -61,6 +62,20 @@ async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
         tokio::task::spawn_blocking(f).await.ok()
     }
 }
+
+/// Runs a call that waits for the disk (an `fsync`) on [`disk_pool::SYNCS`], so that neither a
+/// runtime worker nor tokio's blocking pool waits with it; in place on a thread that runs
+/// its calls in place.
+async fn syncing(f: impl FnOnce() -> VfsResult<()> + Send + 'static) -> VfsResult<()> {
+    if super::in_place::calls_run_in_place() {
+        return f();
+    }
+    disk_pool::SYNCS.run(f).await.unwrap_or(Err(VfsError::Io(libc::EIO)))
+}
+
+/// Largest UNSTABLE write to a local file system that runs on the calling thread (see
+/// [`Namespace::write_from`]); larger ones may wait for the kernel's dirty-page throttling.
+const INLINE_WRITE_MAX: usize = 64 * 1024;
 
 /// Runs a metadata call: in place on a local file system, where it takes microseconds and a
 /// thread hand-off would cost more than the call; otherwise like [`blocking`].
@@ -371,7 +386,10 @@ impl Namespace {
     ) -> VfsResult<(u32, Stability, Option<Attr>)> {
         use tokio::runtime::{Handle, RuntimeFlavor};
         let b = &self.backend;
-        let r = if super::in_place::calls_run_in_place() {
+        // A small UNSTABLE write to a local file system only copies into the page cache
+        // (microseconds): a thread hand-off would cost more than the call.
+        let small = self.local && stable == Stability::Unstable && data.len() <= INLINE_WRITE_MAX;
+        let r = if small || super::in_place::calls_run_in_place() {
             b.write(cred, &id, offset, data, stable)
         } else if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
             tokio::task::block_in_place(|| b.write(cred, &id, offset, data, stable))
@@ -533,12 +551,12 @@ impl Namespace {
         self.backend.cookie_verifier(dir)
     }
 
-    /// Makes a file stable (COMMIT, FLUSH).
+    /// Makes a file stable (COMMIT, FLUSH), on a thread of the sync pool.
     /// Other nodes' caches of the file's size and times forget them (what was written through
     /// this node is now what they read).
     pub async fn fsync(&self, id: FileId) -> VfsResult<()> {
         let b = self.backend.clone();
-        let r = blocking(move || b.fsync(&id)).await;
+        let r = syncing(move || b.fsync(&id)).await;
         self.synced(&id, &r);
         r
     }

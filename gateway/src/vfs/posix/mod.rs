@@ -37,7 +37,9 @@ use self::sys::{ThreadIdentity, UtimeArg};
 use super::access;
 use super::backend::{conflict_of, flock_of, Backend, OwnerLocks};
 use super::cred::Credentials;
+use super::disk_pool;
 use super::error::{VfsError, VfsResult};
+use super::in_place;
 use super::name::Name;
 use super::types::{
     Attr, CreateHow, FileId, FileSlice, FileType, FsStat, ReadData, ReadDir, SetAttr, SetTime, SpecialFile, Stability,
@@ -80,6 +82,19 @@ struct Node {
 impl Node {
     fn new(path_fd: OwnedFd, ftype: FileType) -> Node {
         Node { path_fd, ftype, io: OnceLock::new(), checked: Mutex::new(None) }
+    }
+}
+
+/// Lets go of a node the cache dropped, away from the cache's lock and from the calling
+/// request: its descriptors' last close is where the file system frees a removed file (on ext4
+/// mounted with `discard`, a synchronous discard, milliseconds), and through a network mount
+/// where the close waits for the file's written data to reach the servers. A thread serving
+/// one client closes it after its reply; others leave it to [`disk_pool::CLOSES`].
+fn retire(node: Arc<Node>) {
+    if in_place::calls_run_in_place() {
+        in_place::drop_after_reply(node);
+    } else {
+        disk_pool::CLOSES.detach(move || drop(node));
     }
 }
 
@@ -272,16 +287,24 @@ impl PosixBackend {
     }
 
     fn insert(&self, id: FileId, node: Arc<Node>) -> Arc<Node> {
-        let mut nodes = self.nodes.lock().expect("nodes lock");
-        if let Some(existing) = nodes.get(&id) {
-            return existing.clone();
+        let evicted = {
+            let mut nodes = self.nodes.lock().expect("nodes lock");
+            if let Some(existing) = nodes.get(&id) {
+                return existing.clone();
+            }
+            nodes.push(id, node.clone())
+        };
+        if let Some((_, old)) = evicted {
+            retire(old);
         }
-        nodes.put(id, node.clone());
         node
     }
 
     fn evict(&self, id: &FileId) {
-        self.nodes.lock().expect("nodes lock").pop(id);
+        let node = self.nodes.lock().expect("nodes lock").pop(id);
+        if let Some(node) = node {
+            retire(node);
+        }
     }
 
     /// Evicts a file whose name was just removed. Our descriptor may be its last reference,
@@ -1119,11 +1142,14 @@ impl Backend for PosixBackend {
             })
             .map(|(id, _)| id)
             .collect();
-        let mut cache = self.nodes.lock().expect("nodes lock");
-        for id in &removed {
-            cache.pop(id);
-        }
-        removed.len()
+        // Closed after the lock is released (see [`retire`]); this thread waits for it.
+        let released: Vec<Arc<Node>> = {
+            let mut cache = self.nodes.lock().expect("nodes lock");
+            removed.iter().filter_map(|id| cache.pop(id)).collect()
+        };
+        let n = released.len();
+        drop(released);
+        n
     }
 
     fn sync_all(&self) -> VfsResult<()> {

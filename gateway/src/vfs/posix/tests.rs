@@ -681,3 +681,34 @@ fn sweep_slices_cover_every_node_in_turn() {
     // The list shrank meanwhile (files evicted): still a full slice, from where it wraps.
     assert_eq!(super::sweep_slice((0..5).collect(), &mut at, 4), vec![2, 3, 4, 0]);
 }
+
+#[test]
+fn a_removed_file_the_cache_evicts_is_closed_off_the_callers_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = PosixOptions::new("smb");
+    opts.identity = Some(IdentityKind::Inode);
+    opts.cache_entries = 16;
+    let b = PosixBackend::open(tmp.path(), opts).expect("open backend");
+    let me = Credentials::root();
+    let root = b.root();
+    let (f, _) = b.create(&me, &root, &name("evicted.bin"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
+    b.write(&me, &f, 0, &[1u8; 4096], Stability::Unstable).unwrap();
+    std::fs::remove_file(tmp.path().join("evicted.bin")).unwrap();
+    assert!(open_on_removed("evicted.bin") >= 1, "the cached descriptors pin the removed file");
+    // Newer files push it out of the cache; its last close happens on the close pool.
+    for i in 0..32 {
+        b.create(&me, &root, &name(&format!("n{i}")), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
+    }
+    let start = std::time::Instant::now();
+    while open_on_removed("evicted.bin") > 0 && start.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::yield_now();
+    }
+    assert_eq!(open_on_removed("evicted.bin"), 0, "its space is free once the eviction's close ran");
+    let closers = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "nasgw-close")
+        .count();
+    assert!(closers >= 1, "closed by the close pool, not under the cache's lock on the caller's thread");
+    assert!(matches!(b.getattr(&f), Err(VfsError::Stale)));
+}
