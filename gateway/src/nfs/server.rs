@@ -79,7 +79,7 @@ pub struct NfsServer {
     /// NFS's part in the cluster's file-sharing state (SMB opens, locks and leases).
     pub(super) sharing: Arc<super::sharing::NfsSharing>,
     /// `[nfs] zero_copy_reads`: READ data the page cache holds is sent from it by reference
-    /// (true, the default) or copied into the reply first (false; see [`NfsServer::read`]).
+    /// (true, the default) or copied into memory first (false: [`Namespace::read_copied`]).
     pub zero_copy_reads: bool,
 }
 
