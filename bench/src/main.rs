@@ -95,6 +95,11 @@ struct Args {
     /// limit cannot be raised may hold fewer.
     #[arg(long)]
     scale_idle: Option<usize>,
+    /// A line added to the `[nfs]` table of the nasgw that serves the nfs, smb, smb-kernel
+    /// and nlm groups (repeat for more), e.g. `--nasgw-nfs 'zero_copy_reads = false'`; the
+    /// report's command line records it.
+    #[arg(long)]
+    nasgw_nfs: Vec<String>,
     /// The nasgw binary; default: $NASGW_BIN, else `nasgw` next to this binary, else built.
     #[arg(long)]
     nasgw: Option<PathBuf>,
@@ -138,7 +143,7 @@ fn main() -> Result<()> {
     if [Only::Nfs, Only::Smb, Only::SmbKernel, Only::Nlm].iter().any(|o| only.contains(o)) {
         eprintln!("bench: preparing data under {}", work.display());
         let fx = Fixture::create(&work, sizes)?;
-        let server = nasgw::start(&work.join("nasgw"), &nasgw::local_volume(&fx.data));
+        let server = nasgw::start_with(&work.join("nasgw"), &nasgw::local_volume(&fx.data), &args.nasgw_nfs.join("\n"));
         if only.contains(&Only::Nfs) {
             groups.push(nfs::run(&fx, &work, &rt, &server.nfs, &server.cpu));
         }

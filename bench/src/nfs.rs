@@ -57,7 +57,7 @@ impl ReadPaths {
                 })
                 .collect();
             notes.push(format!(
-                "{l} read: how nasgw's READ bytes went out (spliced through a 1 MiB pipe, sendfile when no pipe was free, or copied when not all in the page cache): {}.",
+                "{l} read: how nasgw's READ bytes went out (spliced through a 1 MiB pipe, sendfile when no pipe was free, or copied when not all in the page cache or with zero_copy_reads = false): {}.",
                 shares.join("; ")
             ));
         }

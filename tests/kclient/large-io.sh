@@ -5,6 +5,7 @@
 # odd offsets and sizes; then reads a file another client (the host) truncates and rewrites meanwhile.
 #   KC_PORT   nasgw's NFS+MOUNT port   KC_MB  size of the large file in MiB (0: none)
 #   KC_RACE_SECS  how long to read the racing file (0: not)   KC_RACE_BYTES  its size when whole
+#   KC_RACE_ALLOW  wrong bytes the race check accepts: nothing, or zeros (a zero-copy server)
 # Prints "CHECK name ok|FAILED", "SHA256 ..." of what it wrote and "MBPS ..." figures.
 set -u
 O=vers=3,proto=tcp,nolock,port=$KC_PORT,mountport=$KC_PORT
@@ -59,7 +60,7 @@ fi
 # starts it, "race-done" ends it.
 if [ "$KC_RACE_SECS" -gt 0 ]; then
 : > /mnt/big/race-go
-$P check /mnt/big/race "$KC_RACE_SECS" "$KC_RACE_BYTES"; check race_reads $?
+$P check /mnt/big/race "$KC_RACE_SECS" "$KC_RACE_BYTES" "$KC_RACE_ALLOW"; check race_reads $?
 : > /mnt/big/race-done
 fi
 umount /mnt/small; check umount_4k $?

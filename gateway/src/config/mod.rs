@@ -289,6 +289,20 @@ mod tests {
     }
 
     #[test]
+    fn zero_copy_reads_is_on_by_default_and_a_mistyped_value_is_located() {
+        let base = "[volume]\nname=\"smb\"\nbackend=\"local\"\npath=\"/x\"\n[nfs]\n";
+        let p = |extra: &str| parse(&format!("{base}{extra}"), "t.toml", Path::new("/etc/nasgw"));
+        assert!(p("").unwrap().nfs.zero_copy_reads);
+        assert!(!p("zero_copy_reads = false\n").unwrap().nfs.zero_copy_reads);
+        let e = p("listen = \"0.0.0.0:2049\"\nzero_copy_reads = \"no\"\n").unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].line, 7, "{}", e[0]);
+        assert!(e[0].message.contains("invalid type") && e[0].message.contains("bool"), "{}", e[0]);
+        let e = p("zero_copy_read = false\n").unwrap_err();
+        assert!(e[0].hint.as_deref().unwrap_or("").contains("zero_copy_reads"), "{}", e[0]);
+    }
+
+    #[test]
     fn bad_public_address_is_located() {
         let text = "[volume]\nname=\"smb\"\nbackend=\"local\"\npath=\"/x\"\n[cluster]\nnodes=[\"10.0.0.1\"]\nrecovery_lock=\"/lock\"\nsecret_file=\"k\"\npublic_addresses=[{address=\"10.0.0.300/24\", interface=\"eth0\"}]\n";
         let e = errors(text);

@@ -251,6 +251,11 @@ pub struct NfsConfig {
     /// only reclaims are granted meanwhile.
     #[serde(default = "default_nfs_grace_period_ms")]
     pub grace_period_ms: u64,
+    /// READ replies send the file's page-cache pages by reference (`splice`/`sendfile`), as
+    /// the kernel's nfsd does; `false` copies every reply's data first (more CPU), so a READ
+    /// racing a truncate is old data or short, never the zeros the truncate left in the pages.
+    #[serde(default = "yes")]
+    pub zero_copy_reads: bool,
 }
 
 impl Default for NfsConfig {
@@ -267,6 +272,7 @@ impl Default for NfsConfig {
             allow_auth_none: false,
             max_connections: default_nfs_max_connections(),
             grace_period_ms: default_nfs_grace_period_ms(),
+            zero_copy_reads: true,
         }
     }
 }

@@ -186,6 +186,10 @@ impl NfsServer {
     /// by its XDR padding. The reply's memory is reserved only once the handle is known good, and shrunk to
     /// what the reply keeps once the backend (which checks the caller's permission) answered:
     /// nothing for a file slice spliced from the page cache, nothing for an error.
+    ///
+    /// Without [`NfsServer::zero_copy_reads`] the data is always read into memory: a spliced
+    /// reply's pages are the file's until the client has them, so a truncate meanwhile zeroes
+    /// data the reply already promised; a copy is taken once and stays what was read.
     async fn read(
         &self,
         req: &Request,
@@ -207,7 +211,12 @@ impl NfsServer {
             return None;
         }
         let mut hold = self.budget.reply(req.client, count as usize).await;
-        match self.ns.read_slice(&req.cred, id, offset, count).await {
+        let read = if self.zero_copy_reads {
+            self.ns.read_slice(&req.cred, id, offset, count).await
+        } else {
+            self.ns.read_copied(&req.cred, id, offset, count).await
+        };
+        match read {
             Ok((data, eof, a)) => {
                 if let Some(h) = &mut hold {
                     h.shrink_to(match &data {

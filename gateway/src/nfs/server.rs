@@ -78,6 +78,9 @@ pub struct NfsServer {
     pub first_call_timeout: std::time::Duration,
     /// NFS's part in the cluster's file-sharing state (SMB opens, locks and leases).
     pub(super) sharing: Arc<super::sharing::NfsSharing>,
+    /// `[nfs] zero_copy_reads`: READ data the page cache holds is sent from it by reference
+    /// (true, the default) or copied into memory first (false: [`Namespace::read_copied`]).
+    pub zero_copy_reads: bool,
 }
 
 /// Default of [`NfsServer::first_call_timeout`]: a client sends its first call right after
@@ -114,6 +117,7 @@ impl NfsServer {
             budget: ReplyBudget::default(),
             first_call_timeout: FIRST_CALL_TIMEOUT,
             sharing: super::sharing::NfsSharing::new(locks),
+            zero_copy_reads: true,
         }
     }
 
@@ -575,15 +579,10 @@ pub async fn start(
         None => None,
     };
     let key = handle_key(cfg)?;
-    let server = Arc::new(NfsServer::new(
-        ns,
-        &cfg.volume.name,
-        ExportPolicy::from_config(nfs),
-        &key,
-        port,
-        pmap_port,
-        locks.clone(),
-    ));
+    let mut server =
+        NfsServer::new(ns, &cfg.volume.name, ExportPolicy::from_config(nfs), &key, port, pmap_port, locks.clone());
+    server.zero_copy_reads = nfs.zero_copy_reads;
+    let server = Arc::new(server);
     life.tasks.spawn(server.sharing.clone().run(life.stop.clone()));
     let public =
         cfg.cluster.as_ref().map_or_else(Vec::new, |c| c.public_addresses.iter().map(|p| p.address.addr()).collect());
@@ -816,6 +815,34 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(s.budget.available(), budget::SERVER_UNITS, "nothing left held");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_zero_copy_a_read_reply_holds_a_copy_a_later_truncate_cannot_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8 + 1).collect();
+        std::fs::write(tmp.path().join("f"), &content).unwrap();
+        let mut s = server(tmp.path());
+        let cred = Credentials::new(0, 0);
+        let (id, _) = s.ns.lookup(&cred, s.ns.root(), b"f").await.unwrap();
+        let fh = s.handles.encode(&id);
+        let record = nfs_call(1, 6, &read_args(&fh, 1 << 20));
+        let call = rpc::parse_call(&record[4..]).unwrap();
+        let (client, local) = ("127.0.0.1:1000".parse().unwrap(), "127.0.0.1".parse().unwrap());
+        // The default: the data the page cache holds stays in the file until it is sent.
+        let spliced = s.dispatch(&call, &record[4..], client, local).await;
+        assert!(matches!(spliced.data, Some(ReadData::File(ref f)) if f.len == 100_000), "{:?}", spliced.data);
+        s.zero_copy_reads = false;
+        let copied = s.dispatch(&call, &record[4..], client, local).await;
+        assert_eq!(copied.bytes, spliced.bytes, "the same reply head");
+        std::fs::File::options().write(true).open(tmp.path().join("f")).unwrap().set_len(10).unwrap();
+        match copied.data {
+            Some(ReadData::Bytes(b)) => assert!(b == content, "what was read, whatever the file became"),
+            other => panic!("not copied: {other:?}"),
+        }
+        // After the truncate: the short file, copied, and end of file.
+        let short = s.dispatch(&call, &record[4..], client, local).await;
+        assert!(matches!(short.data, Some(ReadData::Bytes(ref b)) if b[..] == content[..10]), "{:?}", short.data);
     }
 
     /// A connected pair: the server's write half (in a [`ReplySink`]) and the client's stream.

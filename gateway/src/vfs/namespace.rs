@@ -13,8 +13,18 @@ use super::folding::{self, FoldedNames, Lookup};
 use super::local_folded::LocalFoldedNames;
 use super::name::Name;
 use super::types::{
-    Attr, CreateHow, FileId, FileType, FsStat, ReadData, ReadDir, SetAttr, SpecialFile, Stability, VolumeId,
+    Attr, CreateHow, FileId, FileSlice, FileType, FsStat, ReadData, ReadDir, SetAttr, SpecialFile, Stability, VolumeId,
 };
+
+/// The bytes of `f` read into memory (fewer if the file shrank since the slice was taken).
+fn copy_slice(f: &FileSlice) -> VfsResult<Vec<u8>> {
+    use std::os::fd::AsFd;
+    let mut buf = Vec::with_capacity(f.len as usize);
+    let n = super::posix::sys::pread_uninit(f.fd.as_fd(), &mut buf.spare_capacity_mut()[..f.len as usize], f.offset)?;
+    // SAFETY: pread_uninit initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(n) };
+    Ok(buf)
+}
 
 /// Most symlinks one [`Namespace::walk`] follows (Linux's `MAXSYMLINKS`).
 pub const MAX_SYMLINKS: usize = 40;
@@ -347,6 +357,30 @@ impl Namespace {
         }
         let (b, cred) = (self.backend.clone(), cred.clone());
         blocking(move || b.read_slice(&cred, &id, offset, count)).await
+    }
+
+    /// Like [`Namespace::read_slice`] but the data is always copied into memory
+    /// ([`ReadData::Bytes`]): what a later change to the file does to its pages (a truncate
+    /// zeroes them in place) cannot reach a reply that is still being sent.
+    pub async fn read_copied(
+        &self,
+        cred: &Credentials,
+        id: FileId,
+        offset: u64,
+        count: u32,
+    ) -> VfsResult<(ReadData, bool, Attr)> {
+        if self.local {
+            // Cached data is copied in place, as `read_slice` sends it in place.
+            if let Some((f, eof, attr)) = self.backend.read_cached(cred, &id, offset, count)? {
+                let data = copy_slice(&f)?;
+                // Shorter than the slice: the file shrank meanwhile; the client asks again.
+                let eof = eof && data.len() == f.len as usize;
+                return Ok((ReadData::Bytes(data), eof, attr));
+            }
+        }
+        let (b, cred) = (self.backend.clone(), cred.clone());
+        let (data, eof, attr) = blocking(move || b.read(&cred, &id, offset, count)).await?;
+        Ok((ReadData::Bytes(data), eof, attr))
     }
 
     /// Writes `data` with at least `stable` stability: (bytes written, stability, attributes
