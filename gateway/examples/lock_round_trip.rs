@@ -184,17 +184,8 @@ fn ping_pong_runtime(n: u64) {
 
 fn node(me: u16, port: u16, stop: &CancellationToken) -> (tokio::runtime::Runtime, Arc<LockService>) {
     let rt = runtime(&format!("n{me}-rt"));
-    let cfg = Config {
-        me,
-        nodes: 2,
-        incarnation: 1 + u64::from(me),
-        heartbeat: Duration::from_millis(100),
-        dead: Duration::from_millis(1000),
-        license: Duration::from_millis(800),
-        break_timeout: Duration::from_secs(35),
-        request_timeout: Duration::from_secs(10),
-        max_idle_delegations: 65_536,
-    };
+    // The daemon's timings (as a single node has them), for one node of two.
+    let cfg = Config { me, nodes: 2, incarnation: 1 + u64::from(me), ..Config::single() };
     let outbox = Outbox::new(me, 2);
     let svc = LockService::clustered(cfg, outbox.clone());
     let mesh = MeshConfig {
