@@ -166,8 +166,9 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
     conn.session(hdr.session_id)?;
     let vol = conn.file_id(fid.0, fid.1)?;
     if conn.opens.close_waiting(vol, hdr.session_id, hdr.tree_id) {
-        // A CREATE still waiting (a related CREATE + CLOSE compound whose CREATE went async):
-        // closed now; the CREATE gives back what it is granted.
+        // A CREATE still waiting, named by its FileId (a compound's own CLOSE now runs after its
+        // CREATE's answer, so only a client that guesses the id gets here): closed now; the
+        // CREATE gives back what it is granted.
         let mut w = Writer::with_capacity(60);
         w.u16(60).u16(0).u32(0).zeros(6 * 8).u32(0);
         return Ok(Reply::ok(w.buf));

@@ -626,8 +626,8 @@ async fn open_file(conn: &mut Connection, hdr: &Header, req: &Request, tree: &Tr
             let slot = Arc::new(std::sync::Mutex::new(PendingOpen::Waiting));
             let kind = OpenKind::Pending(slot.clone());
             conn.opens.insert_at(vol, entry(kind));
-            // A related request later in the same compound (CREATE + CLOSE, as smbprotocol's
-            // mkdir sends) names this open too.
+            // The rest of its compound (CREATE + CLOSE, as smbprotocol's mkdir sends) runs once
+            // the answer is out, and names this open ([`crate::smb::node_sessions::ChainRest`]).
             conn.compound_fid = Some((pid, vol));
             let server = server.clone();
             let work = async move {
