@@ -35,6 +35,26 @@ const MAGIC: [u8; 4] = *b"NGL1";
 /// Bytes in a hello.
 pub const HELLO_LEN: usize = 4 + 2 + 2 + 8 + 16 + 32;
 const TAG: usize = 16;
+/// An idle link is probed by TCP keepalive after this long. Only the lower-numbered node
+/// dials, so when the higher one vanishes without closing its connections (a power cut) and
+/// comes back with the same address, the dialer's link looks up until it sends something; and
+/// nothing may be sent to a node that is not in sync (it pings the leader, over the link that
+/// is missing): the new node waited for ever, out of sync and so unhealthy (seen in
+/// image_cluster's blank replacement of node 3). The first probe draws the new kernel's RST.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(3);
+/// Between keepalive probes, and how many go unanswered before a silent peer's link is down.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// Turns on the keepalive probes of a link ([`KEEPALIVE_IDLE`]).
+fn keep_alive(stream: &TcpStream) -> std::io::Result<()> {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&ka)
+}
+
 /// Largest frame payload accepted.
 pub const MAX_FRAME: usize = 16 << 20;
 
@@ -283,6 +303,9 @@ async fn peer_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        if let Err(e) = keep_alive(&stream) {
+            tracing::warn!(peer, error = %e, "lock mesh: cannot turn on keepalive probes");
+        }
         let (rd, wr) = stream.into_split();
         let wr = Arc::new(wr);
         // From here on callers write their frames themselves (see `outbox`); what was queued
@@ -378,6 +401,18 @@ async fn answer_peer(cfg: &MeshConfig, mut s: TcpStream, dialer: [u8; HELLO_LEN]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_link_probes_its_peer_once_idle() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        keep_alive(&s).unwrap();
+        let r = socket2::SockRef::from(&s);
+        assert!(r.keepalive().unwrap());
+        assert_eq!(r.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(r.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(r.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+    }
 
     #[test]
     fn hellos_and_frames_authenticate_and_refuse_tampering() {
