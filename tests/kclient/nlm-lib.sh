@@ -20,10 +20,11 @@ await() {
 	done
 }
 signal() { : > "/mnt/sig/$1"; }
-# saw FILE WORD [tenths]: wait until a lock holder printed WORD
+# saw FILE WORD [tenths]: wait until a lock holder printed WORD (a whole word: "locked" is
+# not seen in "unlocked", which a holder that used the same file before printed)
 saw() {
 	n=0
-	until grep -q "$2" "$1" 2>/dev/null; do
+	until grep -qw "$2" "$1" 2>/dev/null; do
 		sleep 0.1; n=$((n+1))
 		[ $n -lt "${3:-600}" ] || return 1
 	done

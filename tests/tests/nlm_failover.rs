@@ -251,7 +251,8 @@ fn failover(strict_everywhere: bool) {
     assert_eq!(smb.cmd("unlock 0 1"), "unlocked");
     std::fs::write(vol.join("smb-released"), b"").unwrap();
     wait_marker(&vol, "held3", &mut guest, &|| c.logs());
-    assert!(smb.cmd("lock 50 1").starts_with("denied"), "SMB sees the VM's range lock");
+    let answer = smb.cmd("lock 50 1");
+    assert!(answer.starts_with("denied"), "SMB sees the VM's range lock: {answer}\n{}", c.logs());
     assert_eq!(smb.cmd("lock 100 1"), "granted", "but not past it");
     let (o, f) = (other.clone(), fh.clone());
     assert_eq!(in_netns(&c1, move || o.test(&f, false, 99, 1)), Some(stat::DENIED));
