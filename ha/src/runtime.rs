@@ -325,7 +325,7 @@ pub fn start(
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut conn_changes = u64::MAX;
         let mut last_probe: Option<(Duration, Result<(), String>)> = None;
-        let mut healthy: Option<bool> = None;
+        let mut health: Option<Result<(), String>> = None;
         let mut lock_pending: Option<(LockOp, Duration)> = None;
         let mut refused_logged: Option<Instant> = None;
         let mut info_sent: Option<(Instant, String)> = None;
@@ -344,13 +344,18 @@ pub fn start(
                         events.push(Event::LocalConnections(connections.snapshot()));
                     }
                     let v = verdict(last_probe.clone(), now, s.health_interval, s.health_timeout, &listeners);
-                    if healthy != Some(v.is_ok()) {
-                        healthy = Some(v.is_ok());
+                    // A new reason while still unhealthy is passed on too: `nasgw status` shows
+                    // why the node is unhealthy now, not why it first was.
+                    if health.as_ref() != Some(&v) {
                         match &v {
                             Ok(()) => tracing::info!("node healthy"),
+                            Err(why) if health.as_ref().is_some_and(Result::is_err) => {
+                                tracing::warn!(reason = %why, "node still unhealthy, for another reason")
+                            }
                             Err(why) => tracing::warn!(reason = %why, "node unhealthy: releasing public addresses"),
                         }
-                        events.push(Event::Health { healthy: v.is_ok(), reason: v.err().unwrap_or_default() });
+                        events.push(Event::Health { healthy: v.is_ok(), reason: v.clone().err().unwrap_or_default() });
+                        health = Some(v);
                     }
                     if let Some((op, at)) = lock_pending {
                         if now.saturating_sub(at) > lock_timeout {

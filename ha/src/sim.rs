@@ -451,6 +451,11 @@ mod tests {
         assert_eq!(c.world.worst_overlap, 1, "enable");
         c.feed(2, Event::Health { healthy: false, reason: "volume probe timed out".into() });
         c.run_until(S(2000), |c| c.load(2) == 0 && c.all_served_by(&[0, 1])).expect("unhealthy node drained");
+        // Still unhealthy for another reason: the node says the new one and stays drained.
+        c.feed(2, Event::Health { healthy: false, reason: "listener down: file-state".into() });
+        c.run(S(500));
+        assert_eq!(c.nodes[2].as_ref().unwrap().health_reason(), "listener down: file-state");
+        assert_eq!(c.load(2), 0);
         c.feed(2, Event::Health { healthy: true, reason: String::new() });
         c.run_until(S(2000), |c| c.load(2) == 1).expect("healthy again");
         assert_eq!(c.world.worst_overlap, 1, "health");
