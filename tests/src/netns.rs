@@ -11,7 +11,8 @@ use crate::run;
 pub struct Topology {
     /// The switch namespace holding `br0`.
     pub switch: String,
-    hosts: Vec<(String, String)>,
+    /// (name, namespace, address) of every host.
+    hosts: Vec<(String, String, String)>,
 }
 
 impl Topology {
@@ -27,21 +28,39 @@ impl Topology {
         run("ip", &["-n", &switch, "link", "set", "br0", "up"]);
         for (name, addr) in hosts {
             let ns = format!("{tag}-{name}");
-            run("ip", &["netns", "add", &ns]);
-            topo.hosts.push((name.to_string(), ns.clone()));
-            let port = format!("v{name}");
-            run("ip", &["link", "add", &port, "netns", &switch, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
-            run("ip", &["-n", &switch, "link", "set", &port, "master", "br0", "up"]);
-            run("ip", &["-n", &ns, "addr", "add", &format!("{addr}/16"), "dev", "eth0"]);
-            run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
-            run("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+            topo.hosts.push((name.to_string(), ns.clone(), addr.to_string()));
+            topo.plug(name, &ns, addr);
         }
         topo
     }
 
+    /// Makes host `name`'s namespace and plugs it into the bridge with address `addr`.
+    fn plug(&self, name: &str, ns: &str, addr: &str) {
+        run("ip", &["netns", "add", ns]);
+        let port = format!("v{name}");
+        run("ip", &["link", "add", &port, "netns", &self.switch, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+        run("ip", &["-n", &self.switch, "link", "set", &port, "master", "br0", "up"]);
+        run("ip", &["-n", ns, "addr", "add", &format!("{addr}/16"), "dev", "eth0"]);
+        run("ip", &["-n", ns, "link", "set", "eth0", "up"]);
+        run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+    }
+
+    /// Host `name` loses power and boots again: every process in its namespace is killed while
+    /// its link is down, and the namespace is made anew with the same name, address and port.
+    /// Its kernel's connections are gone without a FIN or a RST reaching anyone, so its peers'
+    /// connections to it stay open until they send on them, as after a real power cut.
+    pub fn power_cycle(&self, name: &str) {
+        let (_, ns, addr) = self.hosts.iter().find(|(n, _, _)| n == name).unwrap_or_else(|| panic!("no host {name}"));
+        self.cut(name);
+        kill_all(ns);
+        run("ip", &["-n", &self.switch, "link", "del", &format!("v{name}")]);
+        run("ip", &["netns", "del", ns]);
+        self.plug(name, ns, addr);
+    }
+
     /// The namespace of host `name`.
     pub fn ns(&self, name: &str) -> &str {
-        &self.hosts.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no host {name}")).1
+        &self.hosts.iter().find(|(n, _, _)| n == name).unwrap_or_else(|| panic!("no host {name}")).1
     }
 
     /// Cuts `name` off the bridge (a partition: its processes live on).
@@ -70,18 +89,34 @@ pub fn enter(ns: &str) {
     assert_eq!(r, 0, "setns {ns}: {}", std::io::Error::last_os_error());
 }
 
+/// SIGKILLs every process in namespace `ns` and waits (up to 5 s) until none is left.
+fn kill_all(ns: &str) {
+    let pids = || -> Vec<i32> {
+        Command::new("ip")
+            .args(["netns", "pids", ns])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let left = pids();
+        if left.is_empty() || start.elapsed() > std::time::Duration::from_secs(5) {
+            return;
+        }
+        for pid in left {
+            // SAFETY: kill(2) on a process of a namespace this test created.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
-        for (_, ns) in self.hosts.iter().chain(std::iter::once(&(String::new(), self.switch.clone()))) {
+        for ns in self.hosts.iter().map(|h| &h.1).chain(std::iter::once(&self.switch)) {
             // Kill anything left in the namespace, then delete it.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<i32>() {
-                        // SAFETY: kill(2) on a process of a namespace this test created.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
-            }
+            kill_all(ns);
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }

@@ -190,6 +190,41 @@ fn state_held_through_a_dead_or_cut_off_node_is_released_and_fenced() {
     }
 }
 
+/// A power cut (the appliance's replaced node): n3 vanishes without a FIN or a RST and comes
+/// back with a fresh kernel at the same address. n1 and n2 dial their lock-mesh links to n3
+/// (the lower-numbered node dials), so they must find out that their old connections lead
+/// nowhere; until they do, n3 is never in sync with the file-sharing state and grants nothing.
+#[test]
+fn a_node_back_from_a_power_cut_is_dialed_again_and_serves() {
+    let mut c = SmbCluster::start("");
+    let mut d = SmbClient::spawn(c.topo.ns("c1"));
+    d.connect("A", 2);
+    d.connect("B", 1);
+    d.ok(json!({"op": "open", "c": "A", "h": "a", "path": "excl", "share": 0}));
+    d.fails(json!({"op": "open", "c": "B", "h": "b", "path": "excl"}), "STATUS_SHARING_VIOLATION");
+    let t0 = Instant::now();
+    c.kill(2);
+    // The survivors have dropped n3 once its exclusive open is released.
+    let released = wait_for("n3's open to be released", RELEASE_BOUND, Duration::from_millis(50), || {
+        d.call(json!({"op": "open", "c": "B", "h": "b", "path": "excl"})).ok.then(|| t0.elapsed())
+    });
+    d.ok(json!({"op": "close", "h": "b"}));
+    c.topo.power_cycle(NODES[2]);
+    let t1 = Instant::now();
+    let n3 = c.start_node(2);
+    c.daemons[2] = Some(n3);
+    c.wait_serving(&[2], Duration::from_secs(30));
+    println!(
+        "n3 lost power: its open released after {:.3} s; back with a fresh kernel, it grants opens {:.3} s after its start",
+        released.as_secs_f64(),
+        t1.elapsed().as_secs_f64()
+    );
+    d.connect("A", 2);
+    d.ok(json!({"op": "open", "c": "A", "h": "a", "path": "excl", "share": 0}));
+    d.fails(json!({"op": "open", "c": "B", "h": "b", "path": "excl"}), "STATUS_SHARING_VIOLATION");
+    d.ok(json!({"op": "close", "h": "a"}));
+}
+
 /// B retries the lock on "held" and the exclusive open of "excl" until both are granted;
 /// returns when each was.
 fn retry_until_granted(d: &mut SmbClient, t0: Instant, c: &SmbCluster) -> (Duration, Duration) {
