@@ -194,6 +194,7 @@ fn node(me: u16, port: u16, stop: &CancellationToken) -> (tokio::runtime::Runtim
         port,
         key: [5; 32],
         incarnation: 1 + u64::from(me),
+        dead: cfg.dead,
     };
     let s2 = svc.clone();
     let stop2 = stop.clone();

@@ -159,6 +159,7 @@ pub async fn lock_service(cluster: &ClusterConfig, life: &Lifecycle) -> Result<A
         port: s.port,
         key: s.key.derive(b"lock-mesh"),
         incarnation,
+        dead: s.timings.dead,
     };
     crate::locks::mesh::start(mesh, svc.clone(), outbox, life.stop.clone()).await?;
     Ok(svc)

@@ -35,21 +35,29 @@ const MAGIC: [u8; 4] = *b"NGL1";
 /// Bytes in a hello.
 pub const HELLO_LEN: usize = 4 + 2 + 2 + 8 + 16 + 32;
 const TAG: usize = 16;
-/// An idle link is probed by TCP keepalive after this long. Only the lower-numbered node
-/// dials, so when the higher one vanishes without closing its connections (a power cut) and
-/// comes back with the same address, the dialer's link looks up until it sends something; and
-/// nothing may be sent to a node that is not in sync (it pings the leader, over the link that
-/// is missing): the new node waited for ever, out of sync and so unhealthy (seen in
-/// image_cluster's blank replacement of node 3). The first probe draws the new kernel's RST.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(3);
+/// An idle link is probed by TCP keepalive after HA's dead interval, and no sooner than this.
+/// Only the lower-numbered node dials, so when the higher one vanishes without closing its
+/// connections (a power cut) and comes back with the same address, the dialer's link looks up
+/// until it sends something; and nothing may be sent to a node that is not in sync (it pings
+/// the leader, over the link that is missing): the new node waited for ever, out of sync and so
+/// unhealthy (seen in image_cluster's blank replacement of node 3). The first probe draws the
+/// new kernel's RST. Not sooner than the dead interval: a link must not be given up on a peer
+/// that HA still counts alive (a stalled VM on a slow LAN with `dead_interval_ms = 10000`).
+const KEEPALIVE_MIN_IDLE: Duration = Duration::from_secs(3);
 /// Between keepalive probes, and how many go unanswered before a silent peer's link is down.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_PROBES: u32 = 3;
 
-/// Turns on the keepalive probes of a link ([`KEEPALIVE_IDLE`]).
-fn keep_alive(stream: &TcpStream) -> std::io::Result<()> {
+/// How long a link is idle before its first keepalive probe, for HA's dead interval `dead`
+/// (whole seconds: what the kernel counts in).
+fn keepalive_idle(dead: Duration) -> Duration {
+    Duration::from_secs(dead.as_millis().div_ceil(1000) as u64).max(KEEPALIVE_MIN_IDLE)
+}
+
+/// Turns on the keepalive probes of a link ([`KEEPALIVE_MIN_IDLE`]).
+fn keep_alive(stream: &TcpStream, dead: Duration) -> std::io::Result<()> {
     let ka = socket2::TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
+        .with_time(keepalive_idle(dead))
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_PROBES);
     socket2::SockRef::from(stream).set_tcp_keepalive(&ka)
@@ -195,6 +203,8 @@ pub struct MeshConfig {
     pub key: [u8; 32],
     /// This run.
     pub incarnation: u64,
+    /// HA's dead interval: an idle link is probed no sooner ([`KEEPALIVE_MIN_IDLE`]).
+    pub dead: Duration,
 }
 
 /// Starts the mesh: listens, dials the higher-numbered nodes, and sends what the service
@@ -303,7 +313,7 @@ async fn peer_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        if let Err(e) = keep_alive(&stream) {
+        if let Err(e) = keep_alive(&stream, cfg.dead) {
             tracing::warn!(peer, error = %e, "lock mesh: cannot turn on keepalive probes");
         }
         let (rd, wr) = stream.into_split();
@@ -406,10 +416,13 @@ mod tests {
     async fn a_link_probes_its_peer_once_idle() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        keep_alive(&s).unwrap();
+        keep_alive(&s, Duration::from_millis(1000)).unwrap();
         let r = socket2::SockRef::from(&s);
         assert!(r.keepalive().unwrap());
-        assert_eq!(r.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(r.tcp_keepalive_time().unwrap(), KEEPALIVE_MIN_IDLE);
+        // A slow LAN's dead interval: not given up sooner.
+        keep_alive(&s, Duration::from_millis(10_500)).unwrap();
+        assert_eq!(r.tcp_keepalive_time().unwrap(), Duration::from_secs(11));
         assert_eq!(r.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
         assert_eq!(r.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
     }
