@@ -203,7 +203,7 @@ pub struct MeshConfig {
     pub key: [u8; 32],
     /// This run.
     pub incarnation: u64,
-    /// HA's dead interval: an idle link is probed no sooner ([`KEEPALIVE_MIN_IDLE`]).
+    /// HA's dead interval: an idle link is probed no sooner (and after 3 s at least).
     pub dead: Duration,
 }
 
