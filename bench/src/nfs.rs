@@ -85,6 +85,11 @@ pub fn run_rows(group: &mut Group, fx: &Fixture, rt: &Runtime, labels: &[&str], 
         &avail,
         Box::new(|i, r| {
             let name = format!("w-{}-{r}", labels[i]);
+            // Every round starts from the same memory state, as the SMB upload rows do: the
+            // rows before leave GiBs of dirty and cached pages, and whichever server met their
+            // writeback paid 3-7x the CPU per GiB of the next round (both servers, 12-07 16:00).
+            fx.remove(&name);
+            crate::page_cache::settle_for_upload(&fx.big_source)?;
             if local(i) {
                 return target::local_write(fx, &name);
             }
@@ -241,7 +246,8 @@ pub fn run(fx: &Fixture, work: &Path, rt: &Runtime, nasgw: &Result<NfsEndpoint, 
     group.notes.push(
         "Both serve the same directory; clients use AUTH_UNIX uid 1000 over TCP on loopback. Bulk rows time a whole \
          `nfs-cp`/`nfs-cat` process (mount included); the other rows time the operations on one mounted connection, one request \
-         at a time."
+         at a time. Before every write round the bench syncs, drops the clean page cache, compacts free memory and reads \
+         the source back in (outside the timed part)."
             .into(),
     );
     group
