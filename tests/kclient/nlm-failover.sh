@@ -8,7 +8,7 @@ F=/mnt/n/db
 echo data > $F
 
 # Hold a whole-file write lock across the failover.
-rm -f /tmp/a; $L hold fcntl $F w 0 0 nowait /tmp/r1 > /tmp/a 2>&1 &
+hold /tmp/a fcntl $F w 0 0 nowait /tmp/r1
 saw /tmp/a locked && check first-lock ok || check first-lock FAIL "$(cat /tmp/a)"
 signal held
 await host-checked 3000
@@ -23,7 +23,7 @@ $L hold fcntl $F w 0 0 nowait /tmp/r9 > /tmp/d 2>&1
 grep -q "denied 11" /tmp/d && check smb-lock-seen ok || check smb-lock-seen FAIL "$(cat /tmp/d)"
 signal smb-seen
 await smb-released
-rm -f /tmp/a; $L hold fcntl $F w 0 100 nowait /tmp/r1 > /tmp/a 2>&1 &
+hold /tmp/a fcntl $F w 0 100 nowait /tmp/r1
 saw /tmp/a locked 100 && check after-smb ok || check after-smb FAIL "$(cat /tmp/a)"
 signal held3
 await host-checked3

@@ -20,6 +20,10 @@ await() {
 	done
 }
 signal() { : > "/mnt/sig/$1"; }
+# hold OUT ARGS...: a lock holder (`$L hold ARGS`) in the background, printing into OUT, which
+# starts empty: `saw OUT WORD` must never read what an earlier holder printed there before this
+# one's shell has truncated it
+hold() { out=$1; shift; rm -f "$out"; $L hold "$@" > "$out" 2>&1 & }
 # saw FILE WORD [tenths]: wait until a lock holder printed WORD (a whole word: "locked" is
 # not seen in "unlocked", which a holder that used the same file before printed)
 saw() {

@@ -9,9 +9,9 @@ F=/mnt/n/locked.db
 echo data > $F
 
 # 1. fcntl from two processes: one holds, the other waits and gets it on release.
-rm -f /tmp/a; $L hold fcntl $F w 0 0 nowait /tmp/r1 > /tmp/a 2>&1 &
+hold /tmp/a fcntl $F w 0 0 nowait /tmp/r1
 saw /tmp/a locked && check fcntl-first ok || check fcntl-first FAIL "$(cat /tmp/a)"
-rm -f /tmp/b; $L hold fcntl $F w 0 0 wait /tmp/r2 > /tmp/b 2>&1 &
+hold /tmp/b fcntl $F w 0 0 wait /tmp/r2
 sleep 1
 grep -qw locked /tmp/b && check fcntl-waits FAIL "granted while held" || check fcntl-waits ok
 T=$(now); touch /tmp/r1
@@ -22,11 +22,11 @@ else check fcntl-handoff FAIL "never granted"; fi
 touch /tmp/r2; saw /tmp/b unlocked; rm -f /tmp/r1 /tmp/r2
 
 # 2. flock (the client turns it into a whole-file lock on the server) from two processes.
-rm -f /tmp/a; $L hold flock $F w 0 0 nowait /tmp/r1 > /tmp/a 2>&1 &
+hold /tmp/a flock $F w 0 0 nowait /tmp/r1
 saw /tmp/a locked && check flock-first ok || check flock-first FAIL "$(cat /tmp/a)"
 $L hold flock $F w 0 0 nowait /tmp/r9 > /tmp/c 2>&1
 grep -q "denied 11" /tmp/c && check flock-nowait-denied ok || check flock-nowait-denied FAIL "$(cat /tmp/c)"
-rm -f /tmp/b; $L hold flock $F w 0 0 wait /tmp/r2 > /tmp/b 2>&1 &
+hold /tmp/b flock $F w 0 0 wait /tmp/r2
 sleep 1
 T=$(now); touch /tmp/r1
 if saw /tmp/b locked 600; then
@@ -36,16 +36,16 @@ else check flock-handoff FAIL "never granted"; fi
 touch /tmp/r2; saw /tmp/b unlocked; rm -f /tmp/r1 /tmp/r2
 
 # 3. Byte ranges: disjoint ranges coexist, overlapping ones conflict.
-rm -f /tmp/a; $L hold fcntl $F w 0 10 nowait /tmp/r1 > /tmp/a 2>&1 &
+hold /tmp/a fcntl $F w 0 10 nowait /tmp/r1
 saw /tmp/a locked
-rm -f /tmp/c; $L hold fcntl $F w 10 10 nowait /tmp/r3 > /tmp/c 2>&1 &
+hold /tmp/c fcntl $F w 10 10 nowait /tmp/r3
 saw /tmp/c locked 100 && check ranges-disjoint ok || check ranges-disjoint FAIL "$(cat /tmp/c)"
 $L hold fcntl $F r 5 1 nowait /tmp/r9 > /tmp/d 2>&1
 grep -q "denied 11" /tmp/d && check ranges-overlap-denied ok || check ranges-overlap-denied FAIL "$(cat /tmp/d)"
 touch /tmp/r1 /tmp/r3; saw /tmp/a unlocked; saw /tmp/c unlocked; rm -f /tmp/r1 /tmp/r3
 
 # 4. Another client (the host's NLM client) sees this client's lock, and the reverse.
-rm -f /tmp/a; $L hold fcntl $F w 0 0 nowait /tmp/r1 > /tmp/a 2>&1 &
+hold /tmp/a fcntl $F w 0 0 nowait /tmp/r1
 saw /tmp/a locked
 signal held
 await host-checked
@@ -54,7 +54,7 @@ signal released
 await host-holds
 $L hold fcntl $F w 0 0 nowait /tmp/r9 > /tmp/d 2>&1
 grep -q "denied 11" /tmp/d && check host-lock-seen ok || check host-lock-seen FAIL "$(cat /tmp/d)"
-rm -f /tmp/b; $L hold fcntl $F w 0 0 wait /tmp/r2 > /tmp/b 2>&1 &
+hold /tmp/b fcntl $F w 0 0 wait /tmp/r2
 sleep 1
 T=$(now)
 signal waiting
@@ -66,7 +66,7 @@ touch /tmp/r2; saw /tmp/b unlocked; rm -f /tmp/r2
 
 # 5. The server restarts while this client holds a lock: told by SM_NOTIFY, the client
 #    reclaims it (the host checks nobody else gets it meanwhile).
-rm -f /tmp/a; $L hold fcntl $F w 0 0 nowait /tmp/r1 > /tmp/a 2>&1 &
+hold /tmp/a fcntl $F w 0 0 nowait /tmp/r1
 saw /tmp/a locked
 signal held2
 await host-checked2 3000
