@@ -50,7 +50,7 @@ impl Topology {
     /// Its kernel's connections are gone without a FIN or a RST reaching anyone, so its peers'
     /// connections to it stay open until they send on them, as after a real power cut.
     pub fn power_cycle(&self, name: &str) {
-        let (_, ns, addr) = self.hosts.iter().find(|(n, _, _)| n == name).unwrap_or_else(|| panic!("no host {name}"));
+        let (_, ns, addr) = self.host(name);
         self.cut(name);
         kill_all(ns);
         run("ip", &["-n", &self.switch, "link", "del", &format!("v{name}")]);
@@ -60,7 +60,12 @@ impl Topology {
 
     /// The namespace of host `name`.
     pub fn ns(&self, name: &str) -> &str {
-        &self.hosts.iter().find(|(n, _, _)| n == name).unwrap_or_else(|| panic!("no host {name}")).1
+        &self.host(name).1
+    }
+
+    /// Host `name`'s (name, namespace, address).
+    fn host(&self, name: &str) -> &(String, String, String) {
+        self.hosts.iter().find(|h| h.0 == name).unwrap_or_else(|| panic!("no host {name}"))
     }
 
     /// Cuts `name` off the bridge (a partition: its processes live on).

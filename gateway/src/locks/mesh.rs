@@ -54,7 +54,8 @@ fn keepalive_idle(dead: Duration) -> Duration {
     Duration::from_secs(dead.as_millis().div_ceil(1000) as u64).max(KEEPALIVE_MIN_IDLE)
 }
 
-/// Turns on the keepalive probes of a link ([`KEEPALIVE_MIN_IDLE`]).
+/// Turns on the keepalive probes of a link: the first after [`keepalive_idle`], then every
+/// [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_PROBES`] unanswered ones ending it.
 fn keep_alive(stream: &TcpStream, dead: Duration) -> std::io::Result<()> {
     let ka = socket2::TcpKeepalive::new()
         .with_time(keepalive_idle(dead))
