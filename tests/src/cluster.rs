@@ -22,6 +22,8 @@ use crate::{is_root, require_tool, wait_for, workspace_root, Daemon, Topology};
 pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
 /// Their addresses (clients reach node `i` at `ADDRS[i]`).
 pub const ADDRS: [&str; 3] = ["198.18.0.1", "198.18.0.2", "198.18.0.3"];
+/// The client host c1's address.
+pub const CLIENT_ADDR: &str = "198.18.0.10";
 /// SMB port on every node.
 pub const SMB_PORT: u16 = 445;
 /// NFS (and MOUNT) port on every node.
@@ -101,9 +103,15 @@ impl SmbCluster {
 
     /// As [`SmbCluster::start`], with `cluster` added to the `[cluster]` section.
     pub fn start_with(cluster: &str, extra: &str) -> SmbCluster {
+        Self::start_configured("", cluster, extra)
+    }
+
+    /// As [`SmbCluster::start_with`], with `smb` added to the `[smb]` section
+    /// (`multichannel = true\n`).
+    pub fn start_configured(smb: &str, cluster: &str, extra: &str) -> SmbCluster {
         assert!(is_root(), "network namespace tests need root (the README's test command runs as root)");
         require_tool("python3");
-        let topo = Topology::new(&[("n1", ADDRS[0]), ("n2", ADDRS[1]), ("n3", ADDRS[2]), ("c1", "198.18.0.10")]);
+        let topo = Topology::new(&[("n1", ADDRS[0]), ("n2", ADDRS[1]), ("n3", ADDRS[2]), ("c1", CLIENT_ADDR)]);
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("vol")).unwrap();
         std::fs::write(root.path().join("key"), "nasgw-coherence-test-secret-0123456789\n").unwrap();
@@ -117,7 +125,7 @@ listen = "0.0.0.0:{NFS_PORT}"
 root_squash = false
 [smb]
 listen = "0.0.0.0:{SMB_PORT}"
-{PUB_SHARE}[cluster]
+{smb}{PUB_SHARE}[cluster]
 nodes = ["{}", "{}", "{}"]
 recovery_lock = "/lock/lockfile"
 secret_file = "{key}"

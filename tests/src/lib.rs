@@ -6,6 +6,7 @@
 
 pub mod anchors;
 pub mod cluster;
+pub mod forwarder;
 pub mod gluster;
 pub mod idle_clients;
 pub mod kclient;

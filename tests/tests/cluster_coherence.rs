@@ -9,7 +9,8 @@
 //!   range (mandatory); a blocking lock on one node is granted when the holder on the other
 //!   unlocks or closes (latency printed);
 //! - an RWH lease broken across nodes to RH, the second open completing after the ack; a batch
-//!   oplock broken by an open through another node (times printed);
+//!   oplock broken by an open through another node (times printed); a lease one client holds
+//!   through two nodes, broken on the node where it is still open once it closed the other;
 //! - an NFS WRITE through node 2 into a range locked through SMB on node 1: NFS3ERR_JUKEBOX
 //!   until the lock goes;
 //! - a blocking lock waiting on the node its holder unlocks through, on files homed elsewhere
@@ -19,7 +20,7 @@ mod nfs_common;
 
 use std::time::Duration;
 
-use nasgw_tests::cluster::{SmbClient, SmbCluster, NFS_PORT, NODES};
+use nasgw_tests::cluster::{SmbClient, SmbCluster, ADDRS, NFS_PORT, NODES, SMB_PORT};
 use nasgw_tests::hex;
 use nasgw_tests::wait_for;
 use serde_json::json;
@@ -59,6 +60,7 @@ fn two_clients_on_two_nodes_share_one_state() {
     lease_break(&mut d, "LA", "LB", "lease");
     compound_waiting_for_a_break(&mut d, "LA", "LB", "lease-compound");
     batch_oplock(&mut d, "LB", "LA", "batch");
+    a_lease_one_client_holds_through_two_nodes(&mut d, "shared-lease");
     waiter_on_the_releasers_node(&mut d);
     nfs_write_into_smb_lock(&c, &mut d);
     delete_after_an_nfs_rename(&c, &mut d);
@@ -265,6 +267,43 @@ fn compound_waiting_for_a_break(d: &mut SmbClient, ca: &str, cb: &str, f: &str) 
     assert_eq!(done.v["size"], 6, "the query answered for the file the CREATE opened: {}", done.v);
     println!("compound CREATE + QUERY_INFO + CLOSE waiting for a break: {}", done.v);
     d.ok(json!({"op": "close", "h": "ca"}));
+}
+
+/// One client (one ClientGuid) holds one lease through node 1 and node 2, and closes its open
+/// on node 1: another client's open through node 3 breaks the lease, and the break reaches the
+/// client on node 2 (before the fix it went to node 1, which no longer held the lease, and was
+/// dropped: the open waited out the 35 s break timeout while the holder kept write caching).
+fn a_lease_one_client_holds_through_two_nodes(d: &mut SmbClient, f: &str) {
+    let guid = "5a5a5a5a000011112222333344445555";
+    let key = "6b6b6b6b000011112222333344445555";
+    for (c, node) in [("GA", 0), ("GB", 1)] {
+        d.ok(json!({"op": "connect", "c": c, "host": ADDRS[node], "port": SMB_PORT, "guid": guid}));
+    }
+    d.connect("GC", 2);
+    for (c, h) in [("GA", "ga"), ("GB", "gb")] {
+        let r = d
+            .ok(json!({"op": "open", "c": c, "h": h, "path": f, "lease": "RWH", "lease_key": key, "share": SHARE_ALL}));
+        assert_eq!(r.s("lease"), "RHW", "{c}: {}", r.v);
+    }
+    d.ok(json!({"op": "close", "h": "ga"}));
+    let open = d.start(json!({"op": "open", "c": "GC", "h": "gc", "path": f, "lease": "RWH", "share": SHARE_ALL}));
+    let b = d.ok(json!({"op": "breaks", "c": "GB", "n": 1, "timeout": 10}));
+    let brk = b.v["breaks"][0].clone();
+    assert_eq!(brk["kind"], "lease", "no lease break reached the client through node 2: {}", b.v);
+    assert_eq!((brk["from"].as_str(), brk["to"].as_str()), (Some("RHW"), Some("RH")), "{brk}");
+    let acked = d.ok(json!({"op": "ack", "h": "gb", "state": "RH"}));
+    let opened = d.wait(open, Duration::from_secs(60));
+    assert!(opened.ok, "the third client's open: {}", opened.v);
+    println!(
+        "a lease held through two nodes: broken on node 2 {:.1} ms after the open through node 3 was sent, \
+         the open completed {:.1} ms after the ack",
+        (brk["t"].as_f64().unwrap() - opened.t0) * 1e3,
+        (opened.t - acked.t0) * 1e3
+    );
+    assert!(opened.t >= acked.t0, "the open completed before the acknowledgement");
+    for h in ["gb", "gc"] {
+        d.ok(json!({"op": "close", "h": h}));
+    }
 }
 
 fn batch_oplock(d: &mut SmbClient, ca: &str, cb: &str, f: &str) {

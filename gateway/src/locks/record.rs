@@ -471,9 +471,26 @@ impl FileRecord {
         if let Some(id) = o.lease {
             if !self.opens.iter().any(|x| x.lease == Some(id)) {
                 self.leases.retain(|l| l.id != id);
+            } else {
+                self.rehome_lease(id);
             }
         }
         Some(o)
+    }
+
+    /// Keeps lease `id`'s breaks going to a node one of its opens is on: one client (one
+    /// ClientGuid) can use a lease through two nodes, and when its opens on the lease's node
+    /// are gone, the breaks must reach the other (they were sent to a node whose client no
+    /// longer held it, and lost: the breaker waited out the break timeout while the holder
+    /// kept caching).
+    fn rehome_lease(&mut self, id: LeaseId) {
+        let users: Vec<u16> =
+            self.opens.iter().filter(|o| o.lease == Some(id) && !o.orphan).map(|o| o.key.node).collect();
+        if let Some(l) = self.leases.iter_mut().find(|l| l.id == id) {
+            if let Some(&latest) = users.last().filter(|_| !users.contains(&l.node)) {
+                l.node = latest;
+            }
+        }
     }
 
     /// Removes open `key`, its locks, and its lease if no other open uses it, with none of a
@@ -508,6 +525,16 @@ impl FileRecord {
     pub fn drop_node(&mut self, node: u16) {
         self.opens.retain(|o| o.key.node != node);
         self.ranges.retain(|r| r.owner.node() != node);
+        // A lease its client also uses through another node stays, held there.
+        let shared: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|l| l.node == node && self.opens.iter().any(|o| o.lease == Some(l.id) && !o.orphan))
+            .map(|l| l.id)
+            .collect();
+        for id in shared {
+            self.rehome_lease(id);
+        }
         self.leases.retain(|l| l.node != node);
         if !self.opens.iter().any(|o| o.flags & flags::PINS != 0) {
             self.delete_pending = false;

@@ -244,6 +244,55 @@ fn same_lease_key_shares_and_upgrades_the_lease() {
     assert!(f.leases.is_empty());
 }
 
+/// One client's lease used through two nodes (one ClientGuid connected to both): a lease
+/// on node 1 (its first open), the client's other open on node 2.
+fn a_lease_on_two_nodes(f: &mut FileRecord) -> (OpenRequest, OpenRequest) {
+    let mut a = with_lease(req(1, RD | WR, share::ALL), 1, RWH);
+    a.key.node = 1;
+    let mut b = with_lease(req(2, RD | WR, share::ALL), 1, RWH);
+    b.key.node = 2;
+    assert_eq!(granted(&open(f, &a).0), RWH);
+    assert_eq!(granted(&open(f, &b).0), RWH, "one lease: no break");
+    (a, b)
+}
+
+/// Another client's open that must break lease 1's W: where does the break go?
+fn break_from_another_client(f: &mut FileRecord) -> BreakNotice {
+    let mut c = with_lease(req(3, RD, share::ALL), 2, RWH);
+    c.key.node = 0;
+    let (v, breaks) = open(f, &c);
+    assert_eq!(v, OpenVerdict::Wait);
+    assert_eq!(breaks.len(), 1);
+    breaks[0]
+}
+
+/// The client closes its open on the lease's node: the lease's breaks go to node 2, where it
+/// still has it open (they went to node 1, whose client no longer held it, and were lost: the
+/// breaker waited out the break timeout while the holder kept caching). The holdings follow.
+#[test]
+fn a_lease_used_through_two_nodes_breaks_where_it_is_still_open() {
+    let mut f = FileRecord::default();
+    let (a, _) = a_lease_on_two_nodes(&mut f);
+    f.close(a.key);
+    assert!(f.holdings_of(1).leases.is_empty());
+    assert_eq!(f.holdings_of(2).leases.len(), 1);
+    let n = break_from_another_client(&mut f);
+    assert_eq!((n.node, n.from, n.to, n.ack_required), (2, RWH, R | H, true));
+}
+
+/// The lease's node dies: the lease stays, held on node 2, where its client still has it open.
+#[test]
+fn a_dead_nodes_share_of_a_lease_leaves_it_to_the_other_node() {
+    let mut f = FileRecord::default();
+    a_lease_on_two_nodes(&mut f);
+    f.drop_node(1);
+    assert_eq!(f.lease(&lease_id(1)).map(|l| l.node), Some(2));
+    assert_eq!(break_from_another_client(&mut f).node, 2);
+    // Unshared, a dead node's lease goes with it.
+    f.drop_node(2);
+    assert!(f.leases.is_empty());
+}
+
 #[test]
 fn oplocks_map_to_levels_and_break_to_level_ii() {
     let mut f = FileRecord::default();
