@@ -162,6 +162,15 @@ pub fn out_of_resources(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
+/// For accept loops of fixed, few peers (control socket, metrics, the lock mesh): after a
+/// failed `accept`, pauses 100 ms when the process ran out of something, so the loop does not
+/// spin on a listener that stays readable.
+pub async fn pause_if_out_of_resources(e: &std::io::Error) {
+    if out_of_resources(e) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,8 @@ use std::time::Duration;
 /// Descriptors kept for what does not grow with clients: listeners (SMB, NFS, MOUNT, NLM,
 /// portmapper, metrics, DNS: TCP and UDP), the control socket, stdio and logs, the cluster
 /// mesh (a link per peer) and HA's sockets (heartbeats, netlink, raw ARP and TCP), inotify,
-/// the FUSE device, and gfapi's connections to glusterd and each brick.
+/// the FUSE mount's threads (4, each with its clone of the device and a runtime: 20), and
+/// gfapi's connections to glusterd and each brick.
 pub const FIXED_RESERVE: usize = 128;
 
 /// The files share is 1/this of the limit (see [`files_share`]).

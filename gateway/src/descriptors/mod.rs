@@ -30,8 +30,8 @@ pub struct Descriptors {
     sockets: Arc<Semaphore>,
     /// What sockets and threads share ([`Budget::pool`]).
     pool: Arc<Semaphore>,
-    /// When running short was last logged.
-    logged: Mutex<Option<Instant>>,
+    /// When sockets, and threads, last ran short in the log.
+    logged: [Mutex<Option<Instant>>; 2],
 }
 
 /// A connection's socket counted in the budget; given back when dropped.
@@ -53,7 +53,7 @@ impl Descriptors {
             budget,
             sockets: Arc::new(Semaphore::new(budget.sockets)),
             pool: Arc::new(Semaphore::new(budget.pool)),
-            logged: Mutex::new(None),
+            logged: [Mutex::new(None), Mutex::new(None)],
         }
     }
 
@@ -67,7 +67,7 @@ impl Descriptors {
         let socket = match self.sockets.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                self.short(service, "connection sockets at their most: new connections wait in the backlog");
+                self.short(0, service, "connection sockets at their most: new connections wait in the backlog");
                 self.sockets.clone().acquire_owned().await.expect("never closed")
             }
         };
@@ -81,15 +81,19 @@ impl Descriptors {
         match self.pool.clone().try_acquire_many_owned(n) {
             Ok(p) => ThreadPermit(p),
             Err(_) => {
-                self.short("smb", "every connection thread the descriptors allow is taken: connections wait for one");
+                self.short(
+                    1,
+                    "smb",
+                    "every connection thread the descriptors allow is taken: connections wait for one",
+                );
                 ThreadPermit(self.pool.clone().acquire_many_owned(n).await.expect("never closed"))
             }
         }
     }
 
-    /// Logs (at most once per [`LOG_EVERY`]) that connections wait for `what`.
-    fn short(&self, service: &str, what: &str) {
-        let mut last = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+    /// Logs (at most once per [`LOG_EVERY`] for each `kind`) that connections wait: `what`.
+    fn short(&self, kind: usize, service: &str, what: &str) {
+        let mut last = self.logged[kind].lock().unwrap_or_else(|e| e.into_inner());
         if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
             *last = Some(Instant::now());
             let b = &self.budget;
