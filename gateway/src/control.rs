@@ -107,6 +107,7 @@ pub async fn serve(listener: UnixListener, handler: std::sync::Arc<dyn Handler>,
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept failed");
+                crate::listener::pause_if_out_of_resources(&e).await;
                 continue;
             }
         };

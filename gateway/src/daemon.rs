@@ -46,6 +46,16 @@ async fn run(loaded: Loaded) -> Result<()> {
     let cfg = Arc::new(loaded.config);
     tracing::info!(config = %loaded.source.display_name(), volume = %cfg.volume.name, "nasgw starting");
     prepare_dirs(&cfg)?;
+    // The open-files limit raised and shared out before anything opens much.
+    let budget = crate::descriptors::process().budget();
+    tracing::info!(
+        open_files_limit = budget.limit,
+        reserved = budget.reserved,
+        connection_sockets = budget.sockets,
+        smb_threads_idle = budget.threads_beside(0),
+        smb_threads_at_least = budget.min_threads(),
+        "descriptor budget"
+    );
     let life = Lifecycle::default();
     // The GlusterFS backend mounts (or connects to) the volume in the background and reports
     // its health; while the volume is not usable this node is UNHEALTHY.

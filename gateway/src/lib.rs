@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod descriptors;
 pub mod dns;
 pub mod fuse;
 pub mod gluster;

@@ -63,9 +63,12 @@ impl Drop for ClientSlot {
 }
 
 /// Accepts on `listener` until the daemon stops, running `handle` for each connection as a
-/// tracked task. `service` names the protocol in logs. Beyond `max_connections` new clients
-/// wait in the kernel's backlog instead of exhausting memory; one address gets at most
-/// [`MAX_PER_CLIENT`] of them.
+/// tracked task. `service` names the protocol in logs. Beyond `max_connections`, or the
+/// sockets the process's descriptor budget allows ([`crate::descriptors`]), new clients wait
+/// in the kernel's backlog instead of exhausting memory or descriptors; one address gets at
+/// most [`MAX_PER_CLIENT`] of them. An `accept` that fails for want of a resource (the
+/// process or the system out of descriptors or memory) is retried after a pause that grows
+/// to a second, not at once: the listener stays readable, so retrying at once would spin.
 pub async fn accept_loop<F, Fut>(
     service: &'static str,
     listener: TcpListener,
@@ -80,20 +83,40 @@ pub async fn accept_loop<F, Fut>(
     let slots = Arc::new(Semaphore::new(max_connections));
     let per_client = PerClient::new(MAX_PER_CLIENT);
     let mut refused_logged: Option<std::time::Instant> = None;
+    let mut failed_logged: Option<std::time::Instant> = None;
+    let mut failures = 0;
+    let descriptors = crate::descriptors::process();
     let handle = Arc::new(handle);
     loop {
         let permit = tokio::select! {
             _ = life.stop.cancelled() => return,
             p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
         };
+        let socket = tokio::select! {
+            _ = life.stop.cancelled() => return,
+            p = descriptors.socket(service) => p,
+        };
         let accepted = tokio::select! {
             _ = life.stop.cancelled() => return,
             a = listener.accept() => a,
         };
         let (stream, client) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                failures = 0;
+                a
+            }
             Err(e) => {
-                tracing::warn!(service, error = %e, "accept failed");
+                if failed_logged.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+                    tracing::warn!(service, error = %e, "accept failed");
+                    failed_logged = Some(std::time::Instant::now());
+                }
+                if out_of_resources(&e) {
+                    failures += 1;
+                    tokio::select! {
+                        _ = life.stop.cancelled() => return,
+                        _ = tokio::time::sleep(crate::descriptors::budget::retry_pause(failures)) => {}
+                    }
+                }
                 continue;
             }
         };
@@ -126,10 +149,25 @@ pub async fn accept_loop<F, Fut>(
             }
             tracing::debug!(service, %client, "connection closed");
             drop(guard);
-drop(counted);
+            drop(counted);
             drop(listed);
-            drop((permit, slot));
+            drop((permit, slot, socket));
         });
+    }
+}
+
+/// `accept` failed for want of a resource (the process's or the system's descriptors, socket
+/// buffers, memory) rather than because of one connection (reset before it was accepted).
+pub fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// For accept loops of fixed, few peers (control socket, metrics, the lock mesh): after a
+/// failed `accept`, pauses 100 ms when the process ran out of something, so the loop does not
+/// spin on a listener that stays readable.
+pub async fn pause_if_out_of_resources(e: &std::io::Error) {
+    if out_of_resources(e) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -148,5 +186,17 @@ mod tests {
         let _other = t.admit(b).expect("another address is not affected");
         drop(first);
         assert!(t.admit(a).is_some(), "a closed connection frees its slot");
+    }
+
+    #[test]
+    fn only_running_out_of_something_pauses_accept() {
+        let e = std::io::Error::from_raw_os_error;
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(out_of_resources(&e(code)), "{code}");
+        }
+        for code in [libc::ECONNABORTED, libc::EPROTO, libc::EPERM, libc::EINTR] {
+            assert!(!out_of_resources(&e(code)), "{code}");
+        }
+        assert!(!out_of_resources(&std::io::Error::other("no errno")));
     }
 }

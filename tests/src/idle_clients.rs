@@ -1,7 +1,8 @@
 //! Many idle clients on one machine: TCP connections from loopback source addresses
 //! 127.1.x.y (a server allows only so many connections per client address), and SMB
 //! connections that have negotiated and then say nothing, as a client between NEGOTIATE and
-//! logon. Used by the bench's scale rows and by the idle-memory test.
+//! logon, or that have gone as far as a guest TREE_CONNECT (raw SMB2, unsigned). Used by the
+//! bench's scale rows and by the idle-memory and connection-storm tests.
 
 use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpStream};
@@ -74,6 +75,133 @@ pub fn negotiate_request(message_id: u64, client: u64) -> Vec<u8> {
     let mut out = (smb.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(&smb);
     out
+}
+
+/// An SMB2 request for `command` with `body`, in its NetBIOS session header: MessageId
+/// `message_id`, asking 8 credits, unsigned.
+pub fn smb2_request(command: u16, message_id: u64, session_id: u64, tree_id: u32, body: &[u8]) -> Vec<u8> {
+    let mut smb = Vec::with_capacity(64 + body.len());
+    smb.extend_from_slice(b"\xfeSMB");
+    smb.extend_from_slice(&64u16.to_le_bytes()); // StructureSize
+    smb.extend_from_slice(&1u16.to_le_bytes()); // CreditCharge
+    smb.extend_from_slice(&0u32.to_le_bytes()); // Status
+    smb.extend_from_slice(&command.to_le_bytes());
+    smb.extend_from_slice(&8u16.to_le_bytes()); // CreditRequest
+    smb.extend_from_slice(&[0; 4 + 4]); // Flags, NextCommand
+    smb.extend_from_slice(&message_id.to_le_bytes());
+    smb.extend_from_slice(&[0; 4]); // Reserved
+    smb.extend_from_slice(&tree_id.to_le_bytes());
+    smb.extend_from_slice(&session_id.to_le_bytes());
+    smb.extend_from_slice(&[0; 16]); // Signature
+    smb.extend_from_slice(body);
+    let mut out = (smb.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&smb);
+    out
+}
+
+/// A SESSION_SETUP request body carrying the raw NTLMSSP `token`.
+pub fn session_setup_body(token: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24 + token.len());
+    b.extend_from_slice(&25u16.to_le_bytes()); // StructureSize
+    b.extend_from_slice(&[0, 1]); // Flags, SecurityMode: signing enabled
+    b.extend_from_slice(&[0; 4 + 4]); // Capabilities, Channel
+    b.extend_from_slice(&(64u16 + 24).to_le_bytes()); // SecurityBufferOffset
+    b.extend_from_slice(&(token.len() as u16).to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes()); // PreviousSessionId
+    b.extend_from_slice(token);
+    b
+}
+
+/// NTLMSSP flags of the guest logon: Unicode, NTLM, extended session security.
+const NTLMSSP_FLAGS: u32 = 0x0000_0001 | 0x0000_0200 | 0x0008_0000;
+
+/// The first leg of an NTLMSSP logon: NEGOTIATE, no domain or workstation.
+pub fn ntlmssp_negotiate() -> Vec<u8> {
+    let mut t = b"NTLMSSP\0".to_vec();
+    t.extend_from_slice(&1u32.to_le_bytes());
+    t.extend_from_slice(&(NTLMSSP_FLAGS | 0x0000_0004).to_le_bytes()); // + REQUEST_TARGET
+    t.extend_from_slice(&[0; 16]); // DomainName, Workstation fields
+    t
+}
+
+/// The second leg of a logon as `user`, unknown to the server, so mapped to its guest: an
+/// AUTHENTICATE with an empty 24-byte NT response (nothing to prove for a guest).
+pub fn ntlmssp_guest_authenticate(user: &str) -> Vec<u8> {
+    let user: Vec<u8> = user.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let nt = [0u8; 24];
+    let mut t = b"NTLMSSP\0".to_vec();
+    t.extend_from_slice(&3u32.to_le_bytes());
+    let mut at = 64u32;
+    // LmChallengeResponse, NtChallengeResponse, DomainName, UserName, Workstation,
+    // EncryptedRandomSessionKey: length, length, offset; the payload follows the header.
+    for len in [0, nt.len(), 0, user.len(), 0, 0] {
+        t.extend_from_slice(&(len as u16).to_le_bytes());
+        t.extend_from_slice(&(len as u16).to_le_bytes());
+        t.extend_from_slice(&at.to_le_bytes());
+        at += len as u32;
+    }
+    t.extend_from_slice(&NTLMSSP_FLAGS.to_le_bytes());
+    t.extend_from_slice(&nt);
+    t.extend_from_slice(&user);
+    t
+}
+
+/// A TREE_CONNECT request body for UNC `path` (`\\server\share`).
+pub fn tree_connect_body(path: &str) -> Vec<u8> {
+    let path: Vec<u8> = path.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let mut b = Vec::with_capacity(8 + path.len());
+    b.extend_from_slice(&9u16.to_le_bytes()); // StructureSize
+    b.extend_from_slice(&0u16.to_le_bytes()); // Flags
+    b.extend_from_slice(&(64u16 + 8).to_le_bytes()); // PathOffset
+    b.extend_from_slice(&(path.len() as u16).to_le_bytes());
+    b.extend_from_slice(&path);
+    b
+}
+
+/// Reads one SMB2 reply (NetBIOS header stripped).
+pub fn read_reply(s: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head)?;
+    let len = u32::from_be_bytes(head) as usize & 0x00ff_ffff;
+    let mut reply = vec![0u8; len.min(1 << 16)];
+    s.read_exact(&mut reply)?;
+    if reply.len() < 64 || reply[..4] != *b"\xfeSMB" {
+        return Err(io::Error::other("not an SMB2 reply"));
+    }
+    Ok(reply)
+}
+
+/// The NTSTATUS of an SMB2 reply (NetBIOS header stripped). Pure.
+pub fn reply_status(reply: &[u8]) -> u32 {
+    u32::from_le_bytes(reply[8..12].try_into().expect("an SMB2 header"))
+}
+
+/// On `s`, a fresh connection: NEGOTIATE, a guest logon as `user` (SESSION_SETUP twice) and
+/// a TREE_CONNECT to `unc`, as a client does before its first file; each step must succeed.
+/// Returns the session's id and the tree's.
+pub fn guest_tree_connect(s: &mut TcpStream, client: u64, user: &str, unc: &str) -> io::Result<(u64, u32)> {
+    let step = |s: &mut TcpStream, what: &str, req: Vec<u8>, want: u32| -> io::Result<Vec<u8>> {
+        let fail = |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+        s.write_all(&req).map_err(fail)?;
+        let reply = read_reply(s).map_err(fail)?;
+        match reply_status(&reply) {
+            got if got == want => Ok(reply),
+            got => Err(io::Error::other(format!("{what}: status {got:#010x}"))),
+        }
+    };
+    step(s, "NEGOTIATE", negotiate_request(0, client), 0)?;
+    const MORE_PROCESSING_REQUIRED: u32 = 0xc000_0016;
+    let challenge = step(
+        s,
+        "SESSION_SETUP (NEGOTIATE)",
+        smb2_request(1, 1, 0, 0, &session_setup_body(&ntlmssp_negotiate())),
+        MORE_PROCESSING_REQUIRED,
+    )?;
+    let session = u64::from_le_bytes(challenge[40..48].try_into().expect("an SMB2 header"));
+    let auth = session_setup_body(&ntlmssp_guest_authenticate(user));
+    step(s, "SESSION_SETUP (AUTHENTICATE)", smb2_request(1, 2, session, 0, &auth), 0)?;
+    let tree = step(s, "TREE_CONNECT", smb2_request(3, 3, session, 0, &tree_connect_body(unc)), 0)?;
+    Ok((session, u32::from_le_bytes(tree[36..40].try_into().expect("an SMB2 header"))))
 }
 
 /// Checks a NEGOTIATE response (NetBIOS header stripped): an SMB2 header with status 0.

@@ -36,6 +36,23 @@ impl Daemon {
         Self::spawn(name, dir, config_toml, netns, cmd)
     }
 
+    /// [`Daemon::start`] (in no namespace) with an open-files limit of `nofile`, soft and hard,
+    /// as on a machine that allows a process no more.
+    pub fn start_with_open_files(name: &str, dir: &Path, config_toml: &str, nofile: u64) -> Daemon {
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = Command::new(nasgw_bin());
+        let limit = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+        // SAFETY: runs in the child between fork and exec: setrlimit is async-signal-safe and
+        // the closure touches nothing but its copy of `limit`.
+        unsafe {
+            cmd.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+        Self::spawn(name, dir, config_toml, None, cmd)
+    }
+
     /// [`Daemon::start`] in network namespace `netns` but in the test's own mount namespace
     /// (`nsenter --net`, not `ip netns exec`, which gives each process a fresh one): mounts
     /// nasgw makes outlive it, as under systemd on a node.

@@ -236,7 +236,13 @@ pub async fn start(
         loop {
             let (mut s, from) = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        crate::listener::pause_if_out_of_resources(&e).await;
+                        continue;
+                    }
+                },
             };
             let cfg = cfg.clone();
             let inbound = inbound.clone();

@@ -54,6 +54,7 @@ pub async fn start(listen: SocketAddr, registry: Registry, life: &Lifecycle) -> 
                     Ok(a) => a,
                     Err(e) => {
                         tracing::warn!(error = %e, "metrics: accept failed");
+                        crate::listener::pause_if_out_of_resources(&e).await;
                         continue;
                     }
                 },

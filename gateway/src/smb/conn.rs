@@ -30,6 +30,7 @@ use super::wire::header::{
 use super::wire::status::NtStatus;
 use super::wire::{Reader, Writer};
 use super::SmbServer;
+use crate::descriptors::ThreadPermit;
 
 /// Work a command finishes later (a blocking lock, a change notification): the connection
 /// answers STATUS_PENDING at once and sends this future's reply when it completes or is
@@ -352,6 +353,11 @@ impl Connection {
 /// most of an idle connection's memory and descriptors) and this future, on the daemon's
 /// runtime, holds its state until the client speaks again, a break must go out, or another
 /// connection asks something of it; then a thread takes the connection up again.
+///
+/// A thread costs descriptors ([`crate::descriptors`]): a new or waking connection waits
+/// here, on the daemon's runtime, until the budget has room for one (its client's bytes
+/// wait in the socket), and a thread or runtime that cannot be made is tried again after a
+/// pause: a storm of connections is answered in turn, never reset.
 pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection, stop: CancellationToken) {
     // Dropping this future (connection reset by HA: the address moved) stops the thread too;
     // the client is then lost, not sent away: its durable opens wait for it.
@@ -364,34 +370,70 @@ pub async fn serve(server: Arc<SmbServer>, stream: TcpStream, tcp: TcpConnection
             return;
         }
     };
-    let mut start = Start::Fresh { server, stream, tcp };
-    // Holds a dormant connection; ends it if this future is dropped meanwhile.
+    let descriptors = server.descriptors.clone();
+    // A new connection until its first thread takes it up (boxed: the task of every idle
+    // connection would keep room for it otherwise).
+    let mut fresh = Some(Box::new((server, stream, tcp)));
+    // Holds a dormant connection (also while it waits for a thread); ends it if this future
+    // is dropped meanwhile.
     let mut asleep = Asleep(None);
+    // What woke the dormant connection.
+    let mut first = First::Client;
+    let mut failures = 0;
     loop {
-        let left = match on_thread(start, &stop, &moved) {
+        // Boxed, like the pause below: only a waiting connection pays for its future.
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => None,
+            p = Box::pin(descriptors.thread()) => Some(p),
+        };
+        let Some(permit) = permit else {
+            if let Some(mut d) = asleep.0.take() {
+                Box::pin(finish(&mut d.conn, false)).await;
+            }
+            return;
+        };
+        let start = match fresh.take() {
+            Some(f) => {
+                let (server, stream, tcp) = *f;
+                Start::Fresh { server, stream, tcp }
+            }
+            None => {
+                let Some(d) = asleep.0.take() else { return };
+                Start::Resume(d, std::mem::replace(&mut first, First::Client))
+            }
+        };
+        let left = match on_thread(start, permit, &stop, &moved) {
             Ok(done) => done.await.unwrap_or(Left::Ended),
             Err(start) => Left::NoThread(*start),
         };
         let dormant = match left {
             Left::Ended => return,
-            Left::Dormant(d) => asleep.0.insert(d),
-            Left::NoThread(Start::Fresh { .. }) => return,
-            Left::NoThread(Start::Resume(d, first)) => {
-                // It cannot be taken up again: end it here (a request another connection
-                // sent it is dropped, which that connection takes as the session gone).
-                drop(first);
-                let d = asleep.0.insert(d);
-                tracing::warn!(client = %d.conn.tcp.client, "SMB: closing a dormant connection: no thread to wake it on");
-                Box::pin(finish(&mut d.conn, true)).await;
-                asleep.0 = None;
-                return;
+            Left::Dormant(d) => {
+                failures = 0;
+                asleep.0.insert(d)
+            }
+            Left::NoThread(start) => {
+                // Out of threads or descriptors after all (something beside the budget took
+                // them): the connection waits as it is and tries again.
+                match start {
+                    Start::Fresh { server, stream, tcp } => fresh = Some(Box::new((server, stream, tcp))),
+                    Start::Resume(d, f) => {
+                        asleep.0 = Some(d);
+                        first = f;
+                    }
+                }
+                failures += 1;
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => {}
+                    _ = Box::pin(tokio::time::sleep(crate::descriptors::budget::retry_pause(failures))) => {}
+                }
+                continue;
             }
         };
         match dormant.wait(&stop).await {
-            Wake::Client(first) => {
-                let Some(d) = asleep.0.take() else { return };
-                start = Start::Resume(d, first);
-            }
+            Wake::Client(f) => first = f,
             Wake::Ended { lost, why } => {
                 if let Some(why) = why {
                     tracing::info!(client = %dormant.conn.tcp.client, why, "SMB: closing connection");
@@ -424,10 +466,19 @@ enum Left {
     NoThread(Start),
 }
 
-/// Starts `start`'s thread with its single-threaded runtime; what it left comes on the
-/// receiver. `Err`: no thread or runtime (out of descriptors), `start` given back.
+/// The runtime a connection's thread runs: one socket (and the notice task's writes) is all
+/// it waits on, so a few events per tick, not the default 1024 (12 KiB per connection
+/// thread). It holds [`crate::descriptors::budget::THREAD_DESCRIPTORS`] descriptors.
+fn connection_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().max_io_events_per_tick(64).build()
+}
+
+/// Starts `start`'s thread with its single-threaded runtime, holding `permit` (its
+/// descriptors) until the runtime is gone; what it left comes on the receiver. `Err`: no
+/// thread, `start` given back.
 fn on_thread(
     start: Start,
+    permit: ThreadPermit,
     stop: &CancellationToken,
     moved: &CancellationToken,
 ) -> Result<tokio::sync::oneshot::Receiver<Left>, Box<Start>> {
@@ -437,12 +488,10 @@ fn on_thread(
     let (stop, moved, taken) = (stop.clone(), moved.clone(), slot.clone());
     let spawned = std::thread::Builder::new().name("nasgw-smb".into()).spawn(move || {
         let Some(start) = taken.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
-        // One socket (and the notice task's writes) is all this runtime waits on: a few
-        // events per tick, not the default 1024 (12 KiB per connection thread).
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().max_io_events_per_tick(64).build() {
+        let rt = match connection_runtime() {
             Ok(rt) => rt,
             Err(e) => {
-                tracing::warn!(error = %e, "SMB: cannot start the connection's runtime");
+                warn_no_thread("runtime", &e);
                 let _ = done_tx.send(Left::NoThread(start));
                 return;
             }
@@ -462,17 +511,29 @@ fn on_thread(
         }
         // What the thread and its runtime held is free now, but resident until trimmed.
         drop(rt);
+        drop(permit);
         crate::heap::thread_ended();
     });
     match spawned {
         Ok(_) => Ok(done_rx),
         Err(e) => {
-            tracing::warn!(error = %e, "SMB: cannot start the connection's thread");
+            warn_no_thread("thread", &e);
             match slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 Some(start) => Err(Box::new(start)),
                 None => Ok(done_rx),
             }
         }
+    }
+}
+
+/// Logs that a connection's `what` (thread, runtime) could not be made, at most once a
+/// minute: a storm tries many connections again every second.
+fn warn_no_thread(what: &'static str, e: &std::io::Error) {
+    static LOGGED: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+    let mut last = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+        *last = Some(std::time::Instant::now());
+        tracing::warn!(what, error = %e, "SMB: cannot start a connection's thread: its connection waits and tries again");
     }
 }
 
@@ -1543,7 +1604,8 @@ mod tests {
         let tcp = TcpConnection { client: peer, server: listener.local_addr().unwrap() };
         let (stop, moved) = (CancellationToken::new(), CancellationToken::new());
         let start = Start::Fresh { server: s.clone(), stream: server_end, tcp };
-        let done = on_thread(start, &stop, &moved).ok().expect("a thread");
+        let permit = s.descriptors.thread().await;
+        let done = on_thread(start, permit, &stop, &moved).ok().expect("a thread");
         let client = after_negotiate(client).await;
         let left = tokio::time::timeout(Duration::from_secs(5), done).await.expect("dormant in time").unwrap();
         let Left::Dormant(d) = left else { panic!("the connection did not go dormant") };
@@ -1619,6 +1681,53 @@ mod tests {
         assert!(tokio::task::spawn_blocking(move || closed_by_server(&mut client)).await.unwrap());
     }
 
+    #[test]
+    fn a_connection_runtime_holds_the_descriptors_its_thread_is_budgeted() {
+        let open = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        // The first runtime also makes tokio's process-wide signal pipe: not a thread's cost.
+        drop(connection_runtime().unwrap());
+        let before = open();
+        let rt = connection_runtime().unwrap();
+        let held = open() - before;
+        drop(rt);
+        assert_eq!(held, crate::descriptors::budget::THREAD_DESCRIPTORS, "descriptors of one connection runtime");
+        assert_eq!(open(), before, "all given back with the runtime");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_waits_for_a_thread_the_descriptors_allow_and_is_then_answered() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A budget whose sockets are all taken leaves room for exactly one thread.
+        let budget = crate::descriptors::Budget::new(64);
+        assert_eq!(budget.min_threads(), 1);
+        let descriptors = Arc::new(crate::descriptors::Descriptors::new(budget));
+        let mut sockets = Vec::new();
+        for _ in 0..budget.sockets {
+            sockets.push(descriptors.socket("test").await);
+        }
+        // Connections that never go dormant: only a closed one gives its thread back.
+        let mut s = dozing(tmp.path(), Duration::from_secs(3600));
+        Arc::get_mut(&mut s).unwrap().descriptors = descriptors;
+        let (first, _a) = connect(s.clone(), CancellationToken::new()).await;
+        let first = after_negotiate(first).await;
+        let (mut second, _b) = connect(s.clone(), CancellationToken::new()).await;
+        second.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let mut second = tokio::task::spawn_blocking(move || {
+            second.write_all(&negotiate()).unwrap();
+            assert!(reply(&mut second).is_none(), "answered without a thread to answer on");
+            second
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.connection_threads.load(std::sync::atomic::Ordering::Relaxed), 1);
+        drop(first);
+        second.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let got = tokio::task::spawn_blocking(move || reply(&mut second)).await.unwrap();
+        let h = Header::parse(&got.expect("answered once the first connection's thread ended")).unwrap();
+        assert_eq!((h.command, h.status), (command::NEGOTIATE, 0));
+        drop(sockets);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dormant_connection_without_a_session_is_still_closed_in_time() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1676,7 +1785,8 @@ mod tests {
         let (d, wake) = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").unwrap();
         let Wake::Client(first) = wake else { panic!("the break ended the connection") };
         assert!(matches!(first, First::Notice(_)), "woken by the break");
-        let done = on_thread(Start::Resume(Box::new(d), first), &stop, &moved).ok().expect("a thread");
+        let permit = s.descriptors.thread().await;
+        let done = on_thread(Start::Resume(Box::new(d), first), permit, &stop, &moved).ok().expect("a thread");
         let (got, client) = tokio::task::spawn_blocking(move || (reply(&mut client), client)).await.unwrap();
         assert_eq!(got.as_deref(), Some(&b"\xfeSMB a break"[..]), "the break went out");
         // With nothing else to do (its client still connected) it goes dormant again.

@@ -142,6 +142,9 @@ pub struct SmbServer {
     pub dormant_after: std::time::Duration,
     /// SMB connections on a thread of their own now (the others are dormant).
     pub connection_threads: std::sync::atomic::AtomicUsize,
+    /// The descriptors connection threads take theirs from (the process's, see
+    /// [`crate::descriptors`]): past them, connections wait for a thread.
+    pub descriptors: Arc<crate::descriptors::Descriptors>,
     /// Where every open file is now (a rename moves every open of the file through the same
     /// share on this node; renames through other nodes, shares and protocols reach opens
     /// through the file's record, see [`current_name`]).
@@ -238,6 +241,7 @@ impl SmbServer {
             idle_without_session: IDLE_WITHOUT_SESSION,
             dormant_after: DORMANT_AFTER,
             connection_threads: std::sync::atomic::AtomicUsize::new(0),
+            descriptors: crate::descriptors::process().clone(),
             open_paths: std::sync::Mutex::new(std::collections::HashMap::new()),
             open_streams: streams::OpenStreams::default(),
             watches: notify::Watches::default(),

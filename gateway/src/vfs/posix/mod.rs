@@ -175,8 +175,9 @@ impl PosixBackend {
         };
         let digest = Sha256::digest(format!("nasgw-posix-volume:{}", opts.volume_name).as_bytes());
         let volume_id = VolumeId(digest[..8].try_into().expect("8 bytes"));
-        let nofile = sys::raise_nofile() as usize;
-        let cap = opts.cache_entries.min(nofile / 3).max(16);
+        // At most the descriptor budget's share for files (the open-files limit raised first).
+        let nofile = crate::descriptors::process().budget().limit;
+        let cap = opts.cache_entries.min(crate::descriptors::budget::files_share(nofile)).max(16);
         let mut me = Self {
             root: Arc::new(Node::new(root_fd, FileType::Directory)),
             mount_fd,

@@ -448,23 +448,6 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// `RLIMIT_NOFILE` raised to its hard limit; returns the new soft limit.
-pub fn raise_nofile() -> u64 {
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                return want.rlim_cur;
-            }
-        }
-        lim.rlim_cur
-    }
-}
-
 /// Converts a slice of bytes to a C string, refusing interior NULs.
 pub fn cstring(bytes: &[u8]) -> VfsResult<CString> {
     CString::new(bytes.to_vec()).map_err(|_| VfsError::BadName)
