@@ -74,6 +74,7 @@ impl ListedAttrs {
     }
 
     /// How many objects are remembered or claimed.
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.attrs.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
