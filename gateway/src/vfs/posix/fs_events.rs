@@ -13,14 +13,14 @@
 //! Events are queued synchronously inside the system call that makes the change, after the
 //! change: every change completed before a request arrived is in the queue (or was read
 //! already) when the request drains it. The mask: `FAN_MODIFY` (write, truncate, fallocate,
-//! copy and clone ranges), `FAN_ATTRIB` (chmod, chown, times, xattrs and ACLs, link count),
-//! `FAN_CLOSE_WRITE`, the directory-entry events (they name the directory) and the self
-//! events, for directories too (`FAN_ONDIR`). Not followed:
+//! copy and clone ranges), `FAN_ATTRIB` (chmod, chown, times, xattrs and ACLs, file flags,
+//! link count), `FAN_CLOSE_WRITE`, the directory-entry events (they name the directory) and
+//! the self events, for directories too (`FAN_ONDIR`). Not followed:
 //! - access times: `FAN_ACCESS` would fire on every read, nasgw's own included, so atime in
 //!   remembered attributes can lag (as it does on `relatime` mounts and in NFS-Ganesha's
 //!   60 s attribute cache);
-//! - a write through a shared `mmap` changes mtime with no event until the writer closes the
-//!   file (`FAN_CLOSE_WRITE`);
+//! - a write through a shared `mmap` changes mtime with no event (only a later close of a
+//!   descriptor opened for writing is reported, `FAN_CLOSE_WRITE`);
 //! - space used (`st_blocks`) that a file system changes later on its own (XFS trimming
 //!   speculative preallocation, Btrfs compressing at writeback).
 //!

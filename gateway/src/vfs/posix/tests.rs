@@ -786,6 +786,11 @@ fn remembered_attributes_follow_every_change_at_once() {
     check("a subdirectory's own entries");
     xattr_set(&f("f08"));
     check("an extended attribute");
+    // File flags change ctime (reported since `FS_IOC_SETFLAGS` goes through fsnotify).
+    if let Ok(st) = std::process::Command::new("chattr").arg("+d").arg(f("f10")).status() {
+        assert!(st.success());
+        check("file flags (chattr)");
+    }
     // nasgw's own writes and SETATTRs, through descriptors opened by handle.
     let id = before.entries.iter().find(|e| e.name == b"f09").unwrap().plus.unwrap().0;
     b.write(&me, &id, 0, b"through nasgw", Stability::Unstable).unwrap();
