@@ -13,14 +13,16 @@
 //! Events are queued synchronously inside the system call that makes the change, after the
 //! change: every change completed before a request arrived is in the queue (or was read
 //! already) when the request drains it. The mask: `FAN_MODIFY` (write, truncate, fallocate,
-//! copy and clone ranges), `FAN_ATTRIB` (chmod, chown, times, xattrs and ACLs, file flags,
-//! link count), `FAN_CLOSE_WRITE`, the directory-entry events (they name the directory) and
+//! copy and clone ranges), `FAN_ATTRIB` (chmod, chown, times, xattrs and ACLs, link
+//! count), `FAN_CLOSE_WRITE`, the directory-entry events (they name the directory) and
 //! the self events, for directories too (`FAN_ONDIR`). Not followed:
 //! - access times: `FAN_ACCESS` would fire on every read, nasgw's own included, so atime in
 //!   remembered attributes can lag (as it does on `relatime` mounts and in NFS-Ganesha's
 //!   60 s attribute cache);
 //! - a write through a shared `mmap` changes mtime with no event (only a later close of a
 //!   descriptor opened for writing is reported, `FAN_CLOSE_WRITE`);
+//! - file flags set with `chattr` (`FS_IOC_SETFLAGS`): the ctime they move comes with no event
+//!   (seen on Linux 6.18);
 //! - space used (`st_blocks`) that a file system changes later on its own (XFS trimming
 //!   speculative preallocation, Btrfs compressing at writeback).
 //!
@@ -115,9 +117,13 @@ fn event(buf: &[u8]) -> Option<FsEvent<'_>> {
     Some(FsEvent::Lost)
 }
 
-/// A fanotify group marking one whole file system, read without blocking.
+/// A fanotify group marking one whole file system, read without blocking, and this process's
+/// mount table: a file system mounted or unmounted inside the volume changes what a name
+/// denotes with no event on the marked one (`/proc/self/mountinfo` polls `POLLPRI` after a
+/// change of the table, made inside the `mount` or `umount` call).
 pub struct FsEvents {
     fd: OwnedFd,
+    mounts: OwnedFd,
 }
 
 impl FsEvents {
@@ -146,12 +152,25 @@ impl FsEvents {
         if r < 0 {
             return Err(VfsError::last_os());
         }
-        Ok(Self { fd })
+        let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+        let mounts = super::sys::openat(cwd, c"/proc/self/mountinfo", libc::O_RDONLY, 0)?;
+        Ok(Self { fd, mounts })
+    }
+
+    /// True when the mount table changed since the last call.
+    fn mounts_changed(&self) -> bool {
+        let mut p = libc::pollfd { fd: self.mounts.as_raw_fd(), events: libc::POLLPRI, revents: 0 };
+        // SAFETY: one valid pollfd, no waiting.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n != 0 && (n < 0 || p.revents & (libc::POLLPRI | libc::POLLERR) != 0)
     }
 
     /// Reads every queued event and hands each to `apply`; returns when the queue is empty.
-    /// A read error counts as lost events.
+    /// A read error, or a change of the mount table, counts as lost events.
     pub fn drain(&self, mut apply: impl FnMut(FsEvent<'_>)) {
+        if self.mounts_changed() {
+            apply(FsEvent::Lost);
+        }
         let mut buf = [0u8; 16 * 1024];
         loop {
             // SAFETY: `buf` is writable for its length.

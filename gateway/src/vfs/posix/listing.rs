@@ -172,7 +172,11 @@ impl PosixBackend {
                     self.hint_child(dino, stx.stx_ino, l.name.to_bytes());
                 }
                 let attr = self.attr(&stx);
+                // Only objects on the marked file system: another one mounted inside the volume
+                // reports its changes to no mark of ours.
+                let on_volume = (stx.stx_dev_major, stx.stx_dev_minor) == self.root_dev;
                 match lookup {
+                    _ if !on_volume => {}
                     Some(Lookup::Claimed(c)) if l.seen.is_some_and(|s| s.id == id) => claimed.push((id, c, attr)),
                     _ if watched.is_some() => first_seen.push((id, attr)),
                     _ => {}

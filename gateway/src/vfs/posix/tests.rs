@@ -738,7 +738,7 @@ fn remembered_attributes_follow_every_change_at_once() {
     std::fs::create_dir(dir.join("sub")).unwrap();
     let elsewhere = tmp.path().join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    settle(&dir);
     let b = backend(tmp.path(), IdentityKind::Kernel);
     let Some(watched) = b.listed_attrs.as_ref() else {
         eprintln!("no fanotify file-system mark here: nothing to test");
@@ -780,23 +780,53 @@ fn remembered_attributes_follow_every_change_at_once() {
     check("a hard link made in another directory");
     std::fs::remove_file(elsewhere.join("link")).unwrap();
     check("that link removed");
-    std::fs::rename(f("f06"), f("f07")).unwrap();
-    check("a rename over another file");
     std::fs::create_dir(dir.join("sub/inner")).unwrap();
     check("a subdirectory's own entries");
     xattr_set(&f("f08"));
     check("an extended attribute");
-    // File flags change ctime (reported since `FS_IOC_SETFLAGS` goes through fsnotify).
-    if let Ok(st) = std::process::Command::new("chattr").arg("+d").arg(f("f10")).status() {
-        assert!(st.success());
-        check("file flags (chattr)");
+    // A file system mounted over a remembered subdirectory: the name now denotes its root.
+    let mnt = dir.join("sub");
+    let cmnt = sys::cstring(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    let r = unsafe { libc::mount(c"t".as_ptr(), cmnt.as_ptr(), c"tmpfs".as_ptr(), 0, c"mode=0750".as_ptr().cast()) };
+    assert_eq!(r, 0, "mount: {}", std::io::Error::last_os_error());
+    struct Unmount(std::ffi::CString);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+        }
     }
+    let unmount = Unmount(cmnt);
+    check("a file system mounted inside");
+    std::fs::set_permissions(&mnt, std::fs::Permissions::from_mode(0o700)).unwrap();
+    check("a chmod of its root");
+    // Remembered with the mount in place (the directory changed, then settled): the mounted
+    // root's changes reach no mark of ours, so it is stat'ed every time.
+    std::fs::write(f("x"), b"").unwrap();
+    std::fs::remove_file(f("x")).unwrap();
+    settle(&dir);
+    check("listed with the mount in place");
+    check("listed again");
+    std::fs::set_permissions(&mnt, std::fs::Permissions::from_mode(0o750)).unwrap();
+    check("another chmod of the mounted root");
+    drop(unmount);
+    check("unmounted");
     // nasgw's own writes and SETATTRs, through descriptors opened by handle.
     let id = before.entries.iter().find(|e| e.name == b"f09").unwrap().plus.unwrap().0;
     b.write(&me, &id, 0, b"through nasgw", Stability::Unstable).unwrap();
     check("a write through the backend");
     b.setattr(&me, &id, &SetAttr { mode: Some(0o640), ..SetAttr::default() }).unwrap();
     check("a SETATTR through the backend");
+    // Last: a change of the directory's entries forgets its remembered listing for a second.
+    std::fs::rename(f("f06"), f("f07")).unwrap();
+    check("a rename over another file");
+}
+
+/// Polls the clock until `dir`'s ctime is old enough for its listing to be remembered.
+fn settle(dir: &std::path::Path) {
+    let ctime = std::fs::metadata(dir).unwrap().ctime();
+    while sys::now().secs < ctime + 2 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 fn xattr_set(p: &std::path::Path) {
