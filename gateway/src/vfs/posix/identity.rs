@@ -72,6 +72,19 @@ impl Identity {
         FileId::new(&b)
     }
 
+    /// The identity of kernel handle (`handle_type`, `bytes`), as [`Identity::encode`] gives it,
+    /// without allocating; `None` if the handle is too long.
+    pub fn kernel_id(handle_type: i32, bytes: &[u8]) -> Option<FileId> {
+        if bytes.len() > MAX_KERNEL_HANDLE {
+            return None;
+        }
+        let mut b = [0u8; MAX_FILE_ID_LEN];
+        b[0] = KERNEL;
+        b[1..5].copy_from_slice(&handle_type.to_le_bytes());
+        b[5..5 + bytes.len()].copy_from_slice(bytes);
+        FileId::new(&b[..5 + bytes.len()])
+    }
+
     /// Decodes a [`FileId`]; `None` when it is not one of ours.
     pub fn decode(id: &FileId) -> Option<Self> {
         let b = id.as_bytes();
@@ -99,7 +112,9 @@ mod tests {
     #[test]
     fn identities_round_trip_and_garbage_is_refused() {
         let k = Identity::Kernel { handle_type: 1, bytes: vec![1, 2, 3, 4, 5, 6, 7, 8] };
+        assert_eq!(Identity::kernel_id(1, &[1, 2, 3, 4, 5, 6, 7, 8]), k.encode());
         assert_eq!(Identity::decode(&k.encode().unwrap()), Some(k));
+        assert_eq!(Identity::kernel_id(1, &[0; 36]), None);
         let i = Identity::Inode { ino: 42, btime: Timestamp { secs: 1_700_000_000, nanos: 5 } };
         assert_eq!(Identity::decode(&i.encode().unwrap()), Some(i));
         assert!(Identity::Kernel { handle_type: 1, bytes: vec![0; 36] }.encode().is_none());

@@ -2,12 +2,18 @@
 //! entry's identity and fresh attributes when asked (`plus`).
 //!
 //! Entries come from `getdents64`, or from memory when the directory is unchanged since they
-//! were read (see [`super::listings`]); either way each entry of a `plus` page is stat'ed.
+//! were read (see [`super::listings`]). Each entry of a `plus` page is stat'ed, unless the
+//! file system's change events prove its remembered attributes current (see
+//! [`super::watched_attrs`]): then one `statx` of the directory per page stands for the search
+//! permission each entry's `statx` would have checked.
 
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::{Mutex, MutexGuard};
 
-use super::identity::IdentityKind;
+use super::fs_events::{FsEvent, FsEvents};
+use super::identity::{Identity, IdentityKind};
 use super::listings::{DirStamp, Listed, Seen};
+use super::watched_attrs::{Claim, Epoch, Lookup, WatchedAttrs};
 use super::{sys, PosixBackend};
 use crate::vfs::cred::Credentials;
 use crate::vfs::error::{VfsError, VfsResult};
@@ -55,6 +61,49 @@ fn read_entries(dfd: BorrowedFd<'_>, max_entries: usize) -> VfsResult<(Vec<Liste
     }
 }
 
+/// Remembered attributes of listed objects and the events that keep them current.
+pub(super) struct ListedAttrs {
+    events: FsEvents,
+    attrs: Mutex<WatchedAttrs>,
+}
+
+impl ListedAttrs {
+    /// At most `max` objects remembered, kept current by `events`.
+    pub(super) fn new(events: FsEvents, max: usize) -> Self {
+        Self { events, attrs: Mutex::new(WatchedAttrs::new(max)) }
+    }
+
+    /// How many objects are remembered or claimed.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.attrs.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The remembered attributes, with every event queued so far applied.
+    fn current(&self) -> MutexGuard<'_, WatchedAttrs> {
+        let mut attrs = self.attrs.lock().unwrap_or_else(|e| e.into_inner());
+        self.events.drain(|ev| match ev {
+            FsEvent::Changed { handle_type, bytes } => {
+                // A handle too long to be an identity names nothing remembered.
+                if let Some(id) = Identity::kernel_id(handle_type, bytes) {
+                    attrs.changed(&id);
+                }
+            }
+            FsEvent::Lost => attrs.lost_events(),
+        });
+        attrs
+    }
+
+    /// Stores what a listing stat'ed: claimed objects, and first-seen ones under `epoch`.
+    fn store(&self, claimed: Vec<(FileId, Claim, Attr)>, first_seen: Vec<(FileId, Attr)>, epoch: Epoch) {
+        let mut attrs = self.attrs.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, claim, attr) in claimed {
+            attrs.store(&id, claim, attr);
+        }
+        attrs.store_first_seen(epoch, first_seen);
+    }
+}
+
 impl PosixBackend {
     /// [`crate::vfs::Backend::readdir`]: lists `dir` from `cookie` as the caller.
     pub(super) fn list(
@@ -85,11 +134,26 @@ impl PosixBackend {
             }
         };
         let dir_ino = (self.kind == IdentityKind::Inode).then_some(before.stx_ino);
+        // Remembered attributes, where the caller may search the directory (what each entry's
+        // `statx` checks): for each entry whose identity is known, its attributes or a claim.
+        let watched = self.listed_attrs.as_ref().filter(|_| plus && sys::statx(dfd.as_fd(), c".").is_ok());
+        let mut lookups = Vec::new();
+        let mut epoch = None;
+        if let Some(w) = watched {
+            let mut attrs = w.current();
+            epoch = Some(attrs.epoch());
+            lookups = listed.iter().map(|l| l.seen.map(|s| attrs.lookup(&s.id))).collect();
+        }
+        let (mut claimed, mut first_seen) = (Vec::new(), Vec::new());
         let mut entries = Vec::with_capacity(listed.len());
         // Entries whose identity came from memory: rechecked should the directory change.
         let mut recalled_ids = Vec::new();
-        for l in &mut listed {
-            let plus = if plus {
+        for (i, l) in listed.iter_mut().enumerate() {
+            let lookup = lookups.get(i).copied().flatten();
+            let plus = if let (Some(Lookup::Known(attr)), Some(s)) = (lookup, l.seen) {
+                recalled_ids.push(entries.len());
+                Some((s.id, attr))
+            } else if plus {
                 let cname = &*l.name;
                 let Ok(stx) = sys::statx(dfd.as_fd(), cname) else { continue };
                 let id = match l.seen {
@@ -107,7 +171,17 @@ impl PosixBackend {
                 if let Some(dino) = dir_ino {
                     self.hint_child(dino, stx.stx_ino, l.name.to_bytes());
                 }
-                Some((id, self.attr(&stx)))
+                let attr = self.attr(&stx);
+                // Only objects on the marked file system: another one mounted inside the volume
+                // reports its changes to no mark of ours.
+                let on_volume = (stx.stx_dev_major, stx.stx_dev_minor) == self.root_dev;
+                match lookup {
+                    _ if !on_volume => {}
+                    Some(Lookup::Claimed(c)) if l.seen.is_some_and(|s| s.id == id) => claimed.push((id, c, attr)),
+                    _ if watched.is_some() => first_seen.push((id, attr)),
+                    _ => {}
+                }
+                Some((id, attr))
             } else {
                 None
             };
@@ -121,6 +195,9 @@ impl PosixBackend {
         }
         let after = sys::fstatx(d.path_fd.as_fd())?;
         if stamp_of(&after) == stamp {
+            if let (Some(w), Some(epoch)) = (watched, epoch) {
+                w.store(claimed, first_seen, epoch);
+            }
             if let (Some(m), false, true) = (memory, from_memory, plus) {
                 m.lock().expect("listings lock").record(*dir, stamp, sys::now(), cookie, listed, eof);
             }

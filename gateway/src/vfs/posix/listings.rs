@@ -14,7 +14,9 @@
 //! - the owner uses this only on local file systems, whose time stamps come from this
 //!   kernel's clock (not a network file system's server, nor other nodes of a cluster);
 //! - each entry is still stat'ed for every listing with attributes, and its device and inode
-//!   number must be the ones recorded with its identity.
+//!   number must be the ones recorded with its identity; unless the file system's change
+//!   events prove its remembered attributes current ([`super::watched_attrs`]), which no
+//!   rename, link or unlink in the directory leaves unreported either.
 //!
 //! Pure data: the caller does the system calls and passes the stamps and the current time.
 

@@ -12,11 +12,13 @@
 //!   override knfsd applies). Unprivileged, everything runs as the server's user.
 //! - Identities: see [`identity`].
 
+pub mod fs_events;
 pub mod gfid;
 pub mod identity;
 mod listing;
 pub mod listings;
 pub mod sys;
+pub mod watched_attrs;
 mod xattr;
 
 use std::collections::VecDeque;
@@ -139,6 +141,10 @@ pub struct PosixBackend {
     /// Listings of recently listed directories, while those are unchanged: only with kernel
     /// handles on a local file system (see [`listings`]).
     listings: Option<Mutex<Listings>>,
+    /// Attributes of listed objects while the file system's change events prove them current:
+    /// only where listings are remembered and the kernel reports those events (see
+    /// [`fs_events`]).
+    listed_attrs: Option<listing::ListedAttrs>,
     /// Inode identities a tree scan just failed to find: answered `Stale` without another scan
     /// for [`STALE_MEMORY`], so a client retrying a deleted file's handle cannot make the server
     /// walk the whole volume on every request.
@@ -197,10 +203,21 @@ impl PosixBackend {
             gfids: Mutex::new(LruCache::new(NonZeroUsize::new(KNOWN_GFIDS).expect("non-zero"))),
             listings: (kind == IdentityKind::Kernel && LOCAL_FS.contains(&fs_type))
                 .then(|| Mutex::new(Listings::new(LISTED_ENTRIES))),
+            listed_attrs: None,
         };
+        if me.listings.is_some() {
+            me.listed_attrs = match fs_events::FsEvents::watch(me.mount_fd.as_fd()) {
+                Ok(events) => Some(listing::ListedAttrs::new(events, LISTED_ENTRIES)),
+                Err(e) => {
+                    tracing::info!(error = %e, "no file-system events: listings stat every entry");
+                    None
+                }
+            };
+        }
         me.root_id = me.identity_of(me.root.path_fd.as_fd(), c"", &stx)?;
         me.hint(stx.stx_ino, Vec::new());
-        tracing::info!(root = %root.display(), identity = ?kind, privileged, cache = cap, "POSIX backend opened");
+        let watched = me.listed_attrs.is_some();
+        tracing::info!(root = %root.display(), identity = ?kind, privileged, cache = cap, watched, "POSIX backend opened");
         Ok(me)
     }
 

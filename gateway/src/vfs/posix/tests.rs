@@ -1,6 +1,7 @@
 //! Unit tests of the POSIX backend on a temporary directory. Kernel-handle cases need root
 //! (CI runs as root) and are skipped with a message otherwise.
 
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
 
@@ -711,4 +712,125 @@ fn a_removed_file_the_cache_evicts_is_closed_off_the_callers_thread() {
         .count();
     assert!(closers >= 1, "closed by the close pool, not under the cache's lock on the caller's thread");
     assert!(matches!(b.getattr(&f), Err(VfsError::Stale)));
+}
+
+/// What the kernel says of `p` now, as the backend would list it (atime aside: not followed).
+fn on_disk(b: &PosixBackend, p: &std::path::Path) -> Attr {
+    let c = sys::cstring(p.as_os_str().as_encoded_bytes()).unwrap();
+    let cwd = unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+    let mut a = b.attr(&sys::statx(cwd, &c).unwrap());
+    a.atime = Timestamp::default();
+    a
+}
+
+#[test]
+fn remembered_attributes_follow_every_change_at_once() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: remembered attributes need kernel handles and fanotify");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..20 {
+        std::fs::write(dir.join(format!("f{i:02}")), b"").unwrap();
+    }
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    settle(&dir);
+    let b = backend(tmp.path(), IdentityKind::Kernel);
+    let Some(watched) = b.listed_attrs.as_ref() else {
+        eprintln!("no fanotify file-system mark here: nothing to test");
+        return;
+    };
+    let me = Credentials::root();
+    let (d, _) = b.lookup(&me, &b.root(), &name("d")).unwrap();
+    // Every listed attribute is what the kernel says now.
+    let check = |what: &str| {
+        let listed = list_plus(&b, &me, &d).unwrap();
+        let names: Vec<_> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_encoded_bytes()).collect();
+        assert_eq!(listed.len(), names.len(), "{what}: every name");
+        for (n, _, mut a) in listed {
+            a.atime = Timestamp::default();
+            let p = dir.join(std::ffi::OsStr::from_bytes(&n));
+            assert_eq!(a, on_disk(&b, &p), "{what}: {}", p.display());
+        }
+    };
+    check("first listing");
+    check("second listing");
+    let known = watched.len();
+    assert!(known >= 21, "the entries' attributes are remembered ({known})");
+    let before = b.readdir(&me, &d, 0, 100, true).unwrap();
+    let f = |n: &str| dir.join(n);
+
+    std::fs::write(f("f01"), b"hello").unwrap();
+    check("a write");
+    std::fs::OpenOptions::new().write(true).open(f("f01")).unwrap().set_len(2).unwrap();
+    check("a truncate");
+    std::fs::set_permissions(f("f02"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    check("a chmod");
+    std::os::unix::fs::chown(f("f03"), Some(1234), Some(5678)).unwrap();
+    check("a chown");
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    std::fs::File::options().write(true).open(f("f04")).unwrap().set_modified(old).unwrap();
+    check("times set");
+    std::fs::hard_link(f("f05"), elsewhere.join("link")).unwrap();
+    check("a hard link made in another directory");
+    std::fs::remove_file(elsewhere.join("link")).unwrap();
+    check("that link removed");
+    std::fs::create_dir(dir.join("sub/inner")).unwrap();
+    check("a subdirectory's own entries");
+    xattr_set(&f("f08"));
+    check("an extended attribute");
+    // A file system mounted over a remembered subdirectory: the name now denotes its root.
+    let mnt = dir.join("sub");
+    let cmnt = sys::cstring(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    let r = unsafe { libc::mount(c"t".as_ptr(), cmnt.as_ptr(), c"tmpfs".as_ptr(), 0, c"mode=0750".as_ptr().cast()) };
+    assert_eq!(r, 0, "mount: {}", std::io::Error::last_os_error());
+    struct Unmount(std::ffi::CString);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let unmount = Unmount(cmnt);
+    check("a file system mounted inside");
+    std::fs::set_permissions(&mnt, std::fs::Permissions::from_mode(0o700)).unwrap();
+    check("a chmod of its root");
+    // Remembered with the mount in place (the directory changed, then settled): the mounted
+    // root's changes reach no mark of ours, so it is stat'ed every time.
+    std::fs::write(f("x"), b"").unwrap();
+    std::fs::remove_file(f("x")).unwrap();
+    settle(&dir);
+    check("listed with the mount in place");
+    check("listed again");
+    std::fs::set_permissions(&mnt, std::fs::Permissions::from_mode(0o750)).unwrap();
+    check("another chmod of the mounted root");
+    drop(unmount);
+    check("unmounted");
+    // nasgw's own writes and SETATTRs, through descriptors opened by handle.
+    let id = before.entries.iter().find(|e| e.name == b"f09").unwrap().plus.unwrap().0;
+    b.write(&me, &id, 0, b"through nasgw", Stability::Unstable).unwrap();
+    check("a write through the backend");
+    b.setattr(&me, &id, &SetAttr { mode: Some(0o640), ..SetAttr::default() }).unwrap();
+    check("a SETATTR through the backend");
+    // Last: a change of the directory's entries forgets its remembered listing for a second.
+    std::fs::rename(f("f06"), f("f07")).unwrap();
+    check("a rename over another file");
+}
+
+/// Polls the clock until `dir`'s ctime is old enough for its listing to be remembered.
+fn settle(dir: &std::path::Path) {
+    let ctime = std::fs::metadata(dir).unwrap().ctime();
+    while sys::now().secs < ctime + 2 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn xattr_set(p: &std::path::Path) {
+    let c = sys::cstring(p.as_os_str().as_encoded_bytes()).unwrap();
+    let r = unsafe { libc::setxattr(c.as_ptr(), c"user.t".as_ptr(), b"v".as_ptr().cast(), 1, 0) };
+    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
 }
