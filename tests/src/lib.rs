@@ -96,6 +96,18 @@ pub fn wait_for_opt<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -
     }
 }
 
+/// A one-node config serving only SMB on loopback `port`: the seed's guest share `pub`
+/// (writable, guests only, as root) on a local volume in `{dir}/data` (`{dir}` is replaced by
+/// [`Daemon::start`] with the daemon's directory).
+pub fn guest_smb_config(port: u16) -> String {
+    format!(
+        "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{{dir}}/data\"\n\n[nfs]\nenabled = false\n\n\
+         [smb]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [[smb.share]]\nname = \"pub\"\nwritable = true\nguest_ok = true\nguest_only = true\nforce_user = \"root\"\n\n\
+         [node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n"
+    )
+}
+
 /// A loopback TCP port that was free a moment ago (the kernel picked it).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");

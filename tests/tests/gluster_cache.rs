@@ -142,27 +142,7 @@ fn size_in(entries: &[Entry], name: &str) -> Option<u64> {
 
 /// Every entry of `dir` with its attributes and handle, by READDIRPLUS.
 async fn listing(c: &mut Conn, dir: &nfs_fh3) -> Vec<Entry> {
-    use nfs3_types::nfs3::{cookieverf3, Nfs3Option, Nfs3Result, READDIRPLUS3args};
-    let mut out = Vec::new();
-    let (mut cookie, mut verf) = (0u64, cookieverf3([0; 8]));
-    loop {
-        let args = READDIRPLUS3args { dir: dir.clone(), cookie, cookieverf: verf, dircount: 8192, maxcount: 8192 };
-        match c.readdirplus(&args).await.expect("rpc") {
-            Nfs3Result::Ok(ok) => {
-                verf = ok.cookieverf;
-                for e in ok.reply.entries.0 {
-                    cookie = e.cookie;
-                    let Nfs3Option::Some(a) = e.name_attributes else { panic!("no attributes") };
-                    let Nfs3Option::Some(fh) = e.name_handle else { panic!("no handle") };
-                    out.push((e.name.0.to_vec(), a, fh));
-                }
-                if ok.reply.eof {
-                    return out;
-                }
-            }
-            Nfs3Result::Err((s, _)) => panic!("READDIRPLUS failed: {s}"),
-        }
-    }
+    readdirplus_all(c, dir, 8192, 8192).await
 }
 
 /// Bytes of the file whose data node 2 caches: five 1 MiB chunks, the last one short.

@@ -14,31 +14,13 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use nasgw_tests::wait_for;
-use nfs3_types::nfs3::{cookieverf3, fattr3, nfs_fh3, stable_how, Nfs3Option, Nfs3Result, READDIRPLUS3args};
+use nfs3_types::nfs3::{fattr3, nfs_fh3, stable_how};
 use nfs_common::*;
 
 /// Every entry of `dir` with its attributes and handle, by READDIRPLUS in small pages.
 async fn listing(c: &mut Conn, dir: &nfs_fh3) -> Vec<(String, fattr3, nfs_fh3)> {
-    let mut out = Vec::new();
-    let (mut cookie, mut verf) = (0u64, cookieverf3([0; 8]));
-    loop {
-        let args = READDIRPLUS3args { dir: dir.clone(), cookie, cookieverf: verf, dircount: 1024, maxcount: 2048 };
-        match c.readdirplus(&args).await.expect("rpc") {
-            Nfs3Result::Ok(ok) => {
-                verf = ok.cookieverf;
-                for e in ok.reply.entries.0 {
-                    cookie = e.cookie;
-                    let Nfs3Option::Some(a) = e.name_attributes else { panic!("no attributes") };
-                    let Nfs3Option::Some(fh) = e.name_handle else { panic!("no handle") };
-                    out.push((String::from_utf8(e.name.0.to_vec()).unwrap(), a, fh));
-                }
-                if ok.reply.eof {
-                    return out;
-                }
-            }
-            Nfs3Result::Err((s, _)) => panic!("READDIRPLUS failed: {s}"),
-        }
-    }
+    let entries = readdirplus_all(c, dir, 1024, 2048).await;
+    entries.into_iter().map(|(n, a, fh)| (String::from_utf8(n).unwrap(), a, fh)).collect()
 }
 
 /// Lists `dir` through nasgw and checks each entry's attributes against the file system's.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use nasgw_tests::idle_clients::{closed, connect_from, guest_tree_connect, source_address};
-use nasgw_tests::{free_port, Daemon};
+use nasgw_tests::{free_port, guest_smb_config, Daemon};
 
 /// The daemon's open-files limit (soft and hard).
 const OPEN_FILES: u64 = 512;
@@ -31,12 +31,7 @@ fn a_storm_of_smb_connections_is_answered_in_turn_not_reset() {
     nasgw_tests::require_tool("smbclient");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = format!(
-        "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{{dir}}/data\"\n\n[nfs]\nenabled = false\n\n\
-         [smb]\nlisten = \"127.0.0.1:{port}\"\n\n\
-         [[smb.share]]\nname = \"pub\"\nwritable = true\nguest_ok = true\nguest_only = true\nforce_user = \"root\"\n\n\
-         [node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n"
-    );
+    let cfg = guest_smb_config(port);
     let d = Daemon::start_with_open_files("storm", dir.path(), &cfg, OPEN_FILES);
     let logs = d.logs();
     let budget = logs.lines().find(|l| l.contains("descriptor budget")).unwrap_or("(no budget logged)");

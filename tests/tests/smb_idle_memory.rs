@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use nasgw_tests::idle_clients::{closed, open_smb, pss_kib};
-use nasgw_tests::{free_port, wait_for_opt, Daemon};
+use nasgw_tests::{free_port, guest_smb_config, wait_for_opt, Daemon};
 
 /// Idle connections opened.
 const IDLE: usize = 1000;
@@ -19,12 +19,7 @@ const LIMIT_KIB: u64 = 25;
 fn an_idle_smb_connection_costs_under_its_limit_once_dormant() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = format!(
-        "[volume]\nname = \"smb\"\nbackend = \"local\"\npath = \"{{dir}}/data\"\n\n[nfs]\nenabled = false\n\n\
-         [smb]\nlisten = \"127.0.0.1:{port}\"\n\n\
-         [[smb.share]]\nname = \"pub\"\nwritable = true\nguest_ok = true\nguest_only = true\nforce_user = \"root\"\n\n\
-         [node]\ncontrol_socket = \"{{dir}}/ctl.sock\"\nstate_dir = \"{{dir}}/state\"\n"
-    );
+    let cfg = guest_smb_config(port);
     let d = Daemon::start("idle", dir.path(), &cfg, None);
     let before = pss_kib(d.pid()).unwrap();
     let conns = open_smb(port, IDLE).unwrap_or_else(|e| panic!("{e}: {}", d.logs()));

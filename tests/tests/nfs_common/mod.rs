@@ -316,3 +316,34 @@ pub fn owner(p: &Path) -> (u32, u32) {
     let m = std::fs::symlink_metadata(p).unwrap();
     (m.uid(), m.gid())
 }
+
+/// Every entry of `dir` with its attributes and handle, by READDIRPLUS in pages of `maxcount`
+/// bytes (`dircount` of them names and cookies); an entry without attributes or a handle
+/// fails the test.
+pub async fn readdirplus_all(
+    c: &mut Conn,
+    dir: &nfs_fh3,
+    dircount: u32,
+    maxcount: u32,
+) -> Vec<(Vec<u8>, fattr3, nfs_fh3)> {
+    let mut out = Vec::new();
+    let (mut cookie, mut verf) = (0u64, cookieverf3([0; 8]));
+    loop {
+        let args = READDIRPLUS3args { dir: dir.clone(), cookie, cookieverf: verf, dircount, maxcount };
+        match c.readdirplus(&args).await.expect("rpc") {
+            Nfs3Result::Ok(ok) => {
+                verf = ok.cookieverf;
+                for e in ok.reply.entries.0 {
+                    cookie = e.cookie;
+                    let Nfs3Option::Some(a) = e.name_attributes else { panic!("no attributes") };
+                    let Nfs3Option::Some(fh) = e.name_handle else { panic!("no handle") };
+                    out.push((e.name.0.to_vec(), a, fh));
+                }
+                if ok.reply.eof {
+                    return out;
+                }
+            }
+            Nfs3Result::Err((s, _)) => panic!("READDIRPLUS failed: {s}"),
+        }
+    }
+}
