@@ -179,6 +179,11 @@ pub struct VolumeConfig {
     /// upcalls are proved to reach the node; 0 turns the data cache off.
     #[serde(default = "default_data_cache_mib")]
     pub data_cache_mib: u64,
+    /// Most files this node keeps open on the GlusterFS volume at once (each is an open file
+    /// on its bricks, whose open-files limit every client shares); beyond it the least
+    /// recently used is closed, and opened again when used.
+    #[serde(default = "default_open_files")]
+    pub open_files: usize,
     /// Bricks of a GlusterFS volume the nodes create themselves (`HOST:/PATH`, in GlusterFS's
     /// order: each run of `replica` bricks is one replica set). Empty: the volume exists already.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -210,6 +215,10 @@ fn default_volume_health_timeout_ms() -> u64 {
 
 fn default_data_cache_mib() -> u64 {
     1024
+}
+
+fn default_open_files() -> usize {
+    crate::vfs::open_files::DEFAULT_OPEN_FILES
 }
 
 /// `[nfs]`: NFSv3, MOUNT and (optionally) the portmapper.

@@ -136,6 +136,13 @@ fn volume(cfg: &Config, out: &mut Vec<Problem>) {
                     "e.g. health_interval_ms = 2000, health_timeout_ms = 10000",
                 ));
             }
+            if v.open_files < 16 {
+                out.push(problem(
+                    "volume.open_files",
+                    format!("open_files = {} is too few: every file being read or written needs one", v.open_files),
+                    "use at least 16; the default is 4096",
+                ));
+            }
             if v.mount_point.is_some() && v.access == GlusterAccess::Gfapi {
                 out.push(problem(
                     "volume.mount_point",

@@ -46,12 +46,15 @@ pub struct FuseBackend {
     name: String,
     /// The backend opened on the current mount, with the client PID it was opened for.
     current: Mutex<Option<(u32, Arc<PosixBackend>)>>,
+    /// `[volume] open_files`.
+    open_files: usize,
 }
 
 impl FuseBackend {
-    /// A backend for volume `name` served from `mount` (opened lazily, once mounted).
-    pub fn new(mount: Arc<ManagedMount>, name: &str) -> Self {
-        Self { mount, name: name.to_string(), current: Mutex::new(None) }
+    /// A backend for volume `name` served from `mount` (opened lazily, once mounted), keeping
+    /// at most `open_files` files open on the volume.
+    pub fn new(mount: Arc<ManagedMount>, name: &str, open_files: usize) -> Self {
+        Self { mount, name: name.to_string(), current: Mutex::new(None), open_files }
     }
 
     /// The POSIX backend of the live mount, opening it when the mount is new.
@@ -68,6 +71,7 @@ impl FuseBackend {
                 if mount::top_mount_is_glusterfs(self.mount.path()) {
                     let mut opts = PosixOptions::new(&self.name);
                     opts.identity = Some(IdentityKind::Gfid);
+                    opts.open_files = self.open_files;
                     let b = Arc::new(PosixBackend::open(self.mount.path(), opts)?);
                     *cur = Some((pid, b.clone()));
                     return Ok(b);

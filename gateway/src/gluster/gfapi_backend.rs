@@ -25,6 +25,8 @@ use super::fuse_backend::{gfid_file_id, volume_id, ROOT_GFID};
 use super::gfapi::{self, DirEntryPlus, File, Object, Volume};
 use super::name_cache::{Grant, Known, Listed, NameCache};
 use crate::vfs::backend::HeldFile;
+use crate::vfs::disk_pool::retire;
+use crate::vfs::open_files::OpenFiles;
 use crate::vfs::posix::identity::Identity;
 use crate::vfs::{
     access, Attr, Backend, CreateHow, Credentials, DirEntry, FileId, FileType, FsStat, Name, ReadDir, SetAttr, SetTime,
@@ -250,6 +252,15 @@ type Data = Mutex<DataCache<FileId>>;
 /// held. Sequential readers ask far more (NFS 1 MiB, SMB up to 8 MiB).
 const MIN_FILL_READ: u32 = 64 << 10;
 
+/// What a [`GfapiBackend`] may keep.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Bytes of file data (`[volume] data_cache_mib`).
+    pub data_bytes: u64,
+    /// Descriptors open on the bricks (`[volume] open_files`).
+    pub open_files: usize,
+}
+
 /// The namespace over a libgfapi connection.
 pub struct GfapiBackend {
     slot: Arc<Mutex<Option<Volume>>>,
@@ -259,6 +270,8 @@ pub struct GfapiBackend {
     names: Arc<Names>,
     data: Arc<Data>,
     coherence: Arc<Coherence>,
+    /// The objects holding a descriptor, within `[volume] open_files`.
+    open_files: OpenFiles<FileId>,
 }
 
 fn ts(secs: i64, nanos: i64) -> Timestamp {
@@ -282,12 +295,12 @@ fn stale(e: std::io::Error) -> VfsError {
 
 impl GfapiBackend {
     /// A backend for volume `name` over the connection the health probe makes (`slot`),
-    /// caching attributes, and up to `data_cache_bytes` of file data, while `coherence` says
-    /// the volume's upcalls reach this node.
-    pub fn new(slot: Arc<Mutex<Option<Volume>>>, name: &str, coherence: Arc<Coherence>, data_cache_bytes: u64) -> Self {
+    /// caching attributes, and file data within `limits`, while `coherence` says the volume's
+    /// upcalls reach this node.
+    pub fn new(slot: Arc<Mutex<Option<Volume>>>, name: &str, coherence: Arc<Coherence>, limits: Limits) -> Self {
         let nodes: Arc<Nodes> = Arc::new(Mutex::new(LruCache::new(NonZeroUsize::new(MAX_OBJECTS).expect("non-zero"))));
         let names: Arc<Names> = Arc::new(Mutex::new(NameCache::default()));
-        let data: Arc<Data> = Arc::new(Mutex::new(DataCache::new(data_cache_bytes)));
+        let data: Arc<Data> = Arc::new(Mutex::new(DataCache::new(limits.data_bytes)));
         let (weak, weak_names, weak_data) = (Arc::downgrade(&nodes), Arc::downgrade(&names), Arc::downgrade(&data));
         coherence.set_sink(Arc::new(move |g: &gfapi::Gfid| {
             let id = gfid_file_id(g);
@@ -315,6 +328,7 @@ impl GfapiBackend {
             names,
             data,
             coherence,
+            open_files: OpenFiles::new(limits.open_files),
         }
     }
 
@@ -455,11 +469,11 @@ impl GfapiBackend {
         Ok(vol.lookup(&dir.obj, std::ffi::OsStr::from_bytes(name))?)
     }
 
-    /// The I/O descriptor of a regular file, opened as root on first use.
-    fn io(&self, vol: &Volume, node: &Node) -> VfsResult<Arc<File>> {
-        let mut io = node.io.lock().expect("lock");
-        if let Some(f) = io.as_ref() {
-            return Ok(f.clone());
+    /// The I/O descriptor of regular file `id`, opened as root on first use.
+    fn io(&self, vol: &Volume, id: &FileId, node: &Node) -> VfsResult<Arc<File>> {
+        if let Some(f) = node.io.lock().expect("lock").clone() {
+            self.open_files.used(id);
+            return Ok(f);
         }
         let f = match vol.open(&node.obj, libc::O_RDWR) {
             Ok(f) => f,
@@ -468,9 +482,22 @@ impl GfapiBackend {
             }
             Err(e) => return Err(e.into()),
         };
-        let f = Arc::new(f);
-        *io = Some(f.clone());
-        Ok(f)
+        Ok(self.keep_io(id, node, f))
+    }
+
+    /// Makes `f` the I/O descriptor of `node` (file `id`), unless another thread set one
+    /// first, and closes the least recently used one beyond `[volume] open_files`: each is an
+    /// open file on the bricks (see [`crate::vfs::open_files`]).
+    fn keep_io(&self, id: &FileId, node: &Node, f: File) -> Arc<File> {
+        let file = node.io.lock().expect("lock").get_or_insert_with(|| Arc::new(f)).clone();
+        if let Some(old) = self.open_files.opened(*id) {
+            let gone = self.nodes.lock().expect("lock").peek(&old).cloned();
+            if let Some(f) = gone.and_then(|n| n.io.lock().expect("lock").take()) {
+                // Its close waits for libgfapi's write-behind to reach the bricks.
+                retire(f);
+            }
+        }
+        file
     }
 
     fn regular(&self, vol: &Volume, id: &FileId) -> VfsResult<(Arc<Node>, Attr)> {
@@ -726,7 +753,7 @@ impl GfapiBackend {
             if !fill {
                 return Ok(None);
             }
-            let f = self.io(vol, node)?;
+            let f = self.io(vol, id, node)?;
             let len_of = |i: u64| CHUNK.min(stamp.size.saturating_sub(i * CHUNK)) as usize;
             let read = read_chunks(&|b, at| f.read_uninit(b, at), &missing, &len_of)?;
             let mut d = self.data.lock().expect("lock");
@@ -762,7 +789,7 @@ impl Backend for GfapiBackend {
         // The file's cached I/O descriptor (one per file, shared with SMB and NFS): held here,
         // it outlives the cache's entry, which a remove drops.
         let node = self.node(&vol, id)?;
-        let file = self.io(&vol, &node)?;
+        let file = self.io(&vol, id, &node)?;
         Ok(Arc::new(GfapiHeld { file, fsid: self.fsid }))
     }
 
@@ -889,7 +916,7 @@ impl Backend for GfapiBackend {
                 return Ok((n as u32, offset + n as u64 >= attr.size, attr));
             }
         }
-        let f = self.io(&vol, &node)?;
+        let f = self.io(&vol, id, &node)?;
         let start = out.len();
         out.reserve(want);
         let n = read_pieces(&|b, at| f.read_uninit(b, at), &mut out.spare_capacity_mut()[..want], offset)?;
@@ -927,7 +954,7 @@ impl Backend for GfapiBackend {
             return Err(VfsError::Access);
         }
         offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
-        let f = self.io(&vol, &node)?;
+        let f = self.io(&vol, id, &node)?;
         let written = f.write_all_at(data, offset);
         // Size and times changed (or may have, if the write failed half way).
         self.invalidate(id);
@@ -987,7 +1014,7 @@ impl Backend for GfapiBackend {
             Some((obj, st, file)) => {
                 let id = gfid_file_id(&obj.gfid()?);
                 let node = self.insert(id, obj);
-                node.io.lock().expect("lock").get_or_insert_with(|| Arc::new(file));
+                self.keep_io(&id, &node, file);
                 (id, self.attr(&st))
             }
             None => {
@@ -1221,7 +1248,10 @@ impl Backend for GfapiBackend {
         let Some(node) = self.nodes.lock().expect("lock").peek(id).cloned() else { return Ok(()) };
         let Some(f) = node.io.lock().expect("lock").take() else { return Ok(()) };
         match Arc::try_unwrap(f) {
-            Ok(f) => f.close().map_err(stale),
+            Ok(f) => {
+                self.open_files.closed(id);
+                f.close().map_err(stale)
+            }
             Err(shared) => {
                 node.io.lock().expect("lock").get_or_insert_with(|| shared.clone());
                 shared.fsync().map_err(stale)
@@ -1243,7 +1273,7 @@ impl Backend for GfapiBackend {
         }
         let st = self.live_stat(&vol, id, &node)?;
         if FileType::from_mode(st.st_mode) == FileType::Regular {
-            self.io(&vol, &node)?.fsync()?;
+            self.io(&vol, id, &node)?.fsync()?;
         }
         Ok(())
     }
@@ -1328,7 +1358,7 @@ impl Backend for GfapiBackend {
         *dnode.checked.lock().expect("lock") = None;
         // However the copy ends, the destination's attributes changed.
         let _changed = InvalidateOnDrop(self, dst);
-        let (sf, df) = (self.io(&vol, &snode)?, self.io(&vol, &dnode)?);
+        let (sf, df) = (self.io(&vol, src, &snode)?, self.io(&vol, dst, &dnode)?);
         let len = len.min(sattr.size.saturating_sub(src_offset));
         let mut done = 0u64;
         while done < len {

@@ -53,8 +53,8 @@ pub struct GlusterService {
     stop: CancellationToken,
     /// Whether attributes may be cached over libgfapi (upcalls proved), and the cache's counters.
     coherence: Arc<coherence::Coherence>,
-    /// Bytes of file data the gfapi backend may keep (`[volume] data_cache_mib`).
-    data_cache_bytes: u64,
+    /// What the gfapi backend may keep (`[volume] data_cache_mib`, `open_files`).
+    limits: gfapi_backend::Limits,
 }
 
 impl GlusterService {
@@ -108,8 +108,9 @@ impl GlusterService {
                 VolumeAccess::Gfapi(slot)
             }
         };
-        let data_cache_bytes = v.data_cache_mib.saturating_mul(1 << 20);
-        Ok(GlusterService { access, health, lapses, stop, coherence, data_cache_bytes })
+        let limits =
+            gfapi_backend::Limits { data_bytes: v.data_cache_mib.saturating_mul(1 << 20), open_files: v.open_files };
+        Ok(GlusterService { access, health, lapses, stop, coherence, limits })
     }
 
     /// The attribute cache's counters (gfapi access; all zero over FUSE).
@@ -147,12 +148,14 @@ impl GlusterService {
     /// identities, reopened after a remount) or the gfapi backend.
     pub fn backend(&self, volume_name: &str) -> Arc<dyn crate::vfs::Backend> {
         match &self.access {
-            VolumeAccess::Fuse(m) => Arc::new(fuse_backend::FuseBackend::new(m.clone(), volume_name)),
+            VolumeAccess::Fuse(m) => {
+                Arc::new(fuse_backend::FuseBackend::new(m.clone(), volume_name, self.limits.open_files))
+            }
             VolumeAccess::Gfapi(slot) => Arc::new(gfapi_backend::GfapiBackend::new(
                 slot.clone(),
                 volume_name,
                 self.coherence.clone(),
-                self.data_cache_bytes,
+                self.limits,
             )),
         }
     }

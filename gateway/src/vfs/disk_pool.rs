@@ -28,6 +28,20 @@ pub static SYNCS: LazyLock<DiskPool> = LazyLock::new(|| DiskPool::new("nasgw-syn
 /// removed files queue at the disk anyway.
 pub static CLOSES: LazyLock<DiskPool> = LazyLock::new(|| DiskPool::new("nasgw-close", 4, KEEP_ALIVE));
 
+/// Lets go of what a backend's cache dropped (a cached node, a descriptor), away from the
+/// cache's lock and from the calling request: a descriptor's last close is where the file
+/// system frees a removed file (on ext4 mounted with `discard`, a synchronous discard,
+/// milliseconds), and through a network mount or libgfapi where the close waits for the
+/// file's written data to reach the servers. A thread serving one client closes it after its
+/// reply; others leave it to [`CLOSES`].
+pub fn retire<T: Send + 'static>(held: T) {
+    if super::in_place::calls_run_in_place() {
+        super::in_place::drop_after_reply(held);
+    } else {
+        CLOSES.detach(move || drop(held));
+    }
+}
+
 /// How long an idle thread of [`SYNCS`] or [`CLOSES`] stays.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 

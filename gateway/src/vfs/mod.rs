@@ -25,6 +25,7 @@ pub mod in_place;
 pub mod local_folded;
 pub mod name;
 pub mod namespace;
+pub mod open_files;
 pub mod posix;
 pub mod types;
 

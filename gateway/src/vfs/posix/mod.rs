@@ -27,7 +27,7 @@ use std::fs::File;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
@@ -39,10 +39,10 @@ use self::sys::{ThreadIdentity, UtimeArg};
 use super::access;
 use super::backend::{conflict_of, flock_of, Backend, OwnerLocks};
 use super::cred::Credentials;
-use super::disk_pool;
+use super::disk_pool::retire;
 use super::error::{VfsError, VfsResult};
-use super::in_place;
 use super::name::Name;
+use super::open_files::OpenFiles;
 use super::types::{
     Attr, CreateHow, FileId, FileSlice, FileType, FsStat, ReadData, ReadDir, SetAttr, SetTime, SpecialFile, Stability,
     Timestamp, VolumeId,
@@ -59,12 +59,20 @@ pub struct PosixOptions {
     pub identity: Option<IdentityKind>,
     /// Most objects kept open at once.
     pub cache_entries: usize,
+    /// On a network mount (not a [`LOCAL_FS`]), most data descriptors kept open at once: each
+    /// is an open file on the servers (see [`crate::vfs::open_files`]).
+    pub open_files: usize,
 }
 
 impl PosixOptions {
     /// Defaults for volume `name`.
     pub fn new(name: &str) -> Self {
-        Self { volume_name: name.to_string(), identity: None, cache_entries: 8192 }
+        Self {
+            volume_name: name.to_string(),
+            identity: None,
+            cache_entries: 8192,
+            open_files: crate::vfs::open_files::DEFAULT_OPEN_FILES,
+        }
     }
 }
 
@@ -74,8 +82,8 @@ struct Node {
     path_fd: OwnedFd,
     ftype: FileType,
     /// Descriptor for data I/O of a regular file, opened on first use (shared with replies
-    /// that send from it).
-    io: OnceLock<Arc<File>>,
+    /// that send from it); on a network mount closed again beyond `[volume] open_files`.
+    io: Mutex<Option<Arc<File>>>,
     /// When a WRITE last asked the file system for fresh attributes (see `write` in
     /// [`PosixBackend`]'s `Backend` impl).
     checked: Mutex<Option<Instant>>,
@@ -83,20 +91,12 @@ struct Node {
 
 impl Node {
     fn new(path_fd: OwnedFd, ftype: FileType) -> Node {
-        Node { path_fd, ftype, io: OnceLock::new(), checked: Mutex::new(None) }
+        Node { path_fd, ftype, io: Mutex::new(None), checked: Mutex::new(None) }
     }
-}
 
-/// Lets go of a node the cache dropped, away from the cache's lock and from the calling
-/// request: its descriptors' last close is where the file system frees a removed file (on ext4
-/// mounted with `discard`, a synchronous discard, milliseconds), and through a network mount
-/// where the close waits for the file's written data to reach the servers. A thread serving
-/// one client closes it after its reply; others leave it to [`disk_pool::CLOSES`].
-fn retire(node: Arc<Node>) {
-    if in_place::calls_run_in_place() {
-        in_place::drop_after_reply(node);
-    } else {
-        disk_pool::CLOSES.detach(move || drop(node));
+    /// The data descriptor, if one is open.
+    fn io(&self) -> Option<Arc<File>> {
+        lock(&self.io).clone()
     }
 }
 
@@ -136,6 +136,8 @@ pub struct PosixBackend {
     local: bool,
     umask: u32,
     nodes: Mutex<LruCache<FileId, Arc<Node>>>,
+    /// On a network mount, the nodes holding a data descriptor, within `open_files`.
+    open_files: Option<OpenFiles<FileId>>,
     /// Inode identities: inode number -> path (relative to the root) where it was last seen.
     hints: Mutex<LruCache<u64, Vec<u8>>>,
     /// Listings of recently listed directories, while those are unchanged: only with kernel
@@ -196,6 +198,7 @@ impl PosixBackend {
             local: LOCAL_FS.contains(&fs_type),
             umask: sys::current_umask(),
             nodes: Mutex::new(LruCache::new(NonZeroUsize::new(cap).expect("non-zero"))),
+            open_files: (!LOCAL_FS.contains(&fs_type)).then(|| OpenFiles::new(opts.open_files.min(cap))),
             hints: Mutex::new(LruCache::new(NonZeroUsize::new(65536).expect("non-zero"))),
             recently_stale: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("non-zero"))),
             scanning: Mutex::new(()),
@@ -497,8 +500,11 @@ impl PosixBackend {
         Ok(node)
     }
 
-    fn io_fd<'a>(&self, node: &'a Node) -> VfsResult<&'a Arc<File>> {
-        if let Some(fd) = node.io.get() {
+    fn io_fd(&self, id: &FileId, node: &Node) -> VfsResult<Arc<File>> {
+        if let Some(fd) = node.io() {
+            if let Some(open) = &self.open_files {
+                open.used(id);
+            }
             return Ok(fd);
         }
         let fd = match sys::reopen(node.path_fd.as_fd(), libc::O_RDWR) {
@@ -508,8 +514,22 @@ impl PosixBackend {
             }
             Err(e) => return Err(e),
         };
-        let _ = node.io.set(Arc::new(File::from(fd)));
-        Ok(node.io.get().expect("just set"))
+        Ok(self.keep_io(id, node, fd))
+    }
+
+    /// Makes `fd` the I/O descriptor of `node` (file `id`), unless another thread set one
+    /// first; on a network mount closes the least recently used one beyond `open_files`.
+    fn keep_io(&self, id: &FileId, node: &Node, fd: OwnedFd) -> Arc<File> {
+        let file = lock(&node.io).get_or_insert_with(|| Arc::new(File::from(fd))).clone();
+        let Some(open) = &self.open_files else { return file };
+        if let Some(old) = open.opened(*id) {
+            let gone = lock(&self.nodes).peek(&old).cloned();
+            if let Some(f) = gone.and_then(|n| lock(&n.io).take()) {
+                // Its close waits for the file's written data to reach the servers.
+                retire(f);
+            }
+        }
+        file
     }
 
     /// The I/O descriptor and live attributes of a regular file the caller may read.
@@ -525,7 +545,7 @@ impl PosixBackend {
         if self.privileged && cred.uid != attr.uid && access::granted(&attr, cred, access::READ) == 0 {
             return Err(VfsError::Access);
         }
-        Ok((self.io_fd(&node)?.clone(), attr))
+        Ok((self.io_fd(id, &node)?, attr))
     }
 
     /// Looks up `dir/name` as the caller and caches it.
@@ -563,7 +583,7 @@ impl PosixBackend {
         let attr = self.attr(&stx);
         let path_fd = sys::reopen(fd.as_fd(), libc::O_PATH)?;
         let node = self.insert(id, Arc::new(Node::new(path_fd, FileType::Regular)));
-        let _ = node.io.set(Arc::new(File::from(fd)));
+        self.keep_io(&id, &node, fd);
         Ok((id, attr))
     }
 
@@ -800,7 +820,7 @@ impl Backend for PosixBackend {
         if self.privileged && cred.uid != attr.uid && access::granted(&attr, cred, access::MODIFY) == 0 {
             return Err(VfsError::Access);
         }
-        let fd = self.io_fd(&node)?;
+        let fd = self.io_fd(id, &node)?;
         offset.checked_add(data.len() as u64).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
         sys::pwrite_all(fd.as_fd(), data, offset).map_err(|e| match e {
             // The server itself could only open the file read-only (unprivileged server).
@@ -1019,7 +1039,7 @@ impl Backend for PosixBackend {
     fn fsync(&self, id: &FileId) -> VfsResult<()> {
         let node = self.node(id)?;
         match node.ftype {
-            FileType::Regular => sys::sync(self.io_fd(&node)?.as_fd(), false),
+            FileType::Regular => sys::sync(self.io_fd(id, &node)?.as_fd(), false),
             FileType::Directory => {
                 let fd = sys::openat(node.path_fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
                 sys::sync(fd.as_fd(), false)
@@ -1038,7 +1058,7 @@ impl Backend for PosixBackend {
         // descriptor itself stays cached for the next open.
         // A node no longer cached had its descriptors closed (and so flushed) when it left.
         let Some(node) = self.nodes.lock().expect("nodes lock").peek(id).cloned() else { return Ok(()) };
-        match node.io.get() {
+        match node.io() {
             Some(fd) => sys::flush(fd.as_fd()),
             None => Ok(()),
         }
@@ -1114,7 +1134,7 @@ impl Backend for PosixBackend {
 
     fn shared_data(&self, id: &FileId) -> VfsResult<Arc<File>> {
         let node = self.live_regular(id)?;
-        self.io_fd(&node).cloned()
+        self.io_fd(id, &node)
     }
 
     fn statfs(&self, _id: &FileId) -> VfsResult<FsStat> {
@@ -1143,7 +1163,7 @@ impl Backend for PosixBackend {
             .lock()
             .expect("nodes lock")
             .iter()
-            .filter(|(id, n)| **id != self.root_id && (self.local || n.io.get().is_some()))
+            .filter(|(id, n)| **id != self.root_id && (self.local || lock(&n.io).is_some()))
             .map(|(id, n)| (*id, n.clone()))
             .collect();
         if !self.local {
@@ -1179,7 +1199,7 @@ impl Backend for PosixBackend {
         };
         let mut first_err = None;
         for n in nodes {
-            if let Some(fd) = n.io.get() {
+            if let Some(fd) = n.io() {
                 if let Err(e) = sys::sync(fd.as_fd(), false) {
                     first_err.get_or_insert(e);
                 }

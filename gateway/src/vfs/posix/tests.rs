@@ -128,9 +128,9 @@ fn a_created_file_is_written_through_the_descriptor_that_created_it() {
         // Read-only for everyone, yet written through the creating descriptor (as open(2)
         // with O_CREAT allows), as an NFS client writes a file it just created with mode 0444.
         let (f, _) = b.create(&me, &b.root(), &name("ro"), 0o444, CreateHow::Guarded(SetAttr::default())).unwrap();
-        let opened = b.nodes.lock().unwrap().get(&f).and_then(|n| n.io.get().cloned()).expect("creation kept its fd");
+        let opened = b.nodes.lock().unwrap().get(&f).and_then(|n| n.io()).expect("creation kept its fd");
         b.write(&me, &f, 0, b"data", Stability::FileSync).unwrap();
-        let used = b.nodes.lock().unwrap().get(&f).and_then(|n| n.io.get().cloned()).unwrap();
+        let used = b.nodes.lock().unwrap().get(&f).and_then(|n| n.io()).unwrap();
         assert!(Arc::ptr_eq(&opened, &used), "no second open");
         assert_eq!(std::fs::read(tmp.path().join("ro")).unwrap(), b"data");
         assert_eq!(std::fs::metadata(tmp.path().join("ro")).unwrap().permissions().mode() & 0o777, 0o444);
@@ -621,7 +621,7 @@ fn the_mount_shares_the_descriptor_a_create_opened() {
         let b = backend(tmp.path(), kind);
         let me = Credentials::root();
         let (f, _) = b.create(&me, &b.root(), &name("new"), 0o644, CreateHow::Guarded(SetAttr::default())).unwrap();
-        let opened = b.nodes.lock().unwrap().get(&f).and_then(|n| n.io.get().cloned()).unwrap();
+        let opened = b.nodes.lock().unwrap().get(&f).and_then(|n| n.io()).unwrap();
         // The passthrough backing file is that descriptor, not a new open of the file.
         assert!(Arc::ptr_eq(&opened, &b.shared_data(&f).unwrap()));
         assert!(Arc::ptr_eq(&b.shared_data(&f).unwrap(), &b.shared_data(&f).unwrap()));

@@ -260,7 +260,7 @@ impl PosixBackend {
         if self.privileged && cred.uid != dattr.uid && access::granted(&dattr, cred, access::MODIFY) == 0 {
             return Err(VfsError::Access);
         }
-        let dfd = self.io_fd(&dnode)?.clone();
+        let dfd = self.io_fd(dst, &dnode)?;
         dst_offset.checked_add(len).filter(|&end| end <= i64::MAX as u64).ok_or(VfsError::TooBig)?;
         let len = len.min(sattr.size.saturating_sub(src_offset));
         let mut done = 0u64;
