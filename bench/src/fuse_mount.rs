@@ -77,7 +77,13 @@ pub fn run(work: &Path, sizes: Sizes) -> Result<Vec<Group>> {
     let local = crate::nasgw::local_volume(&backing);
     let pt = start(&work.join("fuse-pt"), &local, true, None);
     let plain = start(&work.join("fuse-plain"), &local, false, None);
-    let cluster = GlusterCluster::start(GlusterSpec { nodes: 1, replica: 1, ..Default::default() });
+    // Upcalls on, as in the GlusterFS group: nasgw's gfapi access caches only under them.
+    let cluster = GlusterCluster::start(GlusterSpec {
+        nodes: 1,
+        replica: 1,
+        options: vec![("features.cache-invalidation".into(), "on".into())],
+        ..Default::default()
+    });
     let raw = cluster.mount("n1", &work.join("fuse-gluster-raw"));
     let on_gluster = start(
         &work.join("fuse-gluster-nasgw"),
@@ -85,11 +91,23 @@ pub fn run(work: &Path, sizes: Sizes) -> Result<Vec<Group>> {
         true,
         Some(cluster.topo().ns("n1")),
     );
+    let on_gfapi = start(
+        &work.join("fuse-gluster-gfapi"),
+        &cluster.nasgw_volume_toml(0, "gfapi"),
+        true,
+        Some(cluster.topo().ns("n1")),
+    );
     let raw_cpu = cluster.mount_pid(&raw).map_or_else(|| Meter::missing("no FUSE client"), |p| cpu::track("fuse", p));
 
     // Each column's directory for the workloads (a sub-directory of each mount's root).
-    let places: Vec<Result<PathBuf, String>> =
-        vec![Ok(backing.clone()), pt.at.clone(), plain.at.clone(), Ok(raw.clone()), on_gluster.at.clone()];
+    let places: Vec<Result<PathBuf, String>> = vec![
+        Ok(backing.clone()),
+        pt.at.clone(),
+        plain.at.clone(),
+        Ok(raw.clone()),
+        on_gluster.at.clone(),
+        on_gfapi.at.clone(),
+    ];
     let places: Vec<Result<PathBuf, String>> = places
         .into_iter()
         .enumerate()
@@ -113,10 +131,18 @@ pub fn run(work: &Path, sizes: Sizes) -> Result<Vec<Group>> {
             "nasgw mount no passthrough",
             "GlusterFS FUSE",
             "nasgw mount on GlusterFS",
+            "nasgw mount on GlusterFS gfapi",
         ],
-        &[(1, 0), (2, 0), (4, 3)],
+        &[(1, 0), (2, 0), (4, 3), (5, 3)],
     );
-    g.meters = vec![Meter::missing("no server"), pt.cpu.clone(), plain.cpu.clone(), raw_cpu, on_gluster.cpu.clone()];
+    g.meters = vec![
+        Meter::missing("no server"),
+        pt.cpu.clone(),
+        plain.cpu.clone(),
+        raw_cpu,
+        on_gluster.cpu.clone(),
+        on_gfapi.cpu.clone(),
+    ];
     let label = sizes.bulk_label();
     run_row(&mut g, &format!("sequential write {label} (fsync)"), Unit::Megabytes, sizes.rounds, &available, {
         let size = size.clone();
@@ -198,7 +224,7 @@ pub fn run(work: &Path, sizes: Sizes) -> Result<Vec<Group>> {
         sizes.rounds
     ));
 
-    for m in [pt, plain, on_gluster] {
+    for m in [pt, plain, on_gluster, on_gfapi] {
         if let Some(d) = m.daemon {
             d.stop();
         }
