@@ -168,7 +168,8 @@ impl VolumeFs {
         ns.changes().listen(super::sharing::listener(inval.clone(), move |dir| {
             known.lock().unwrap_or_else(|p| p.into_inner()).ino_of(dir)
         }));
-        // Attributes changed by SMB, NFS or another node: the kernel forgets its copy.
+        // Attributes changed by SMB, NFS or another node (a link, unlink or rename: the file's
+        // link count and ctime): the kernel forgets its copy.
         let known = inodes.clone();
         ns.changes().listen_attributes(super::sharing::attribute_listener(inval.clone(), move |file| {
             known.lock().unwrap_or_else(|p| p.into_inner()).ino_of(file)
@@ -577,10 +578,11 @@ impl Filesystem for VolumeFs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let cred = caller(req);
-        if let Err(e) = self.id(parent).and_then(|dir| self.may_remove(&cred, dir, self.name(name))) {
-            return reply.error(e);
-        }
-        match self.id(parent).map(|dir| run(self.ns.remove(&cred, dir, self.name(name)))) {
+        let file = match self.id(parent).and_then(|dir| self.may_remove(&cred, dir, self.name(name))) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        match self.id(parent).map(|dir| run(self.ns.remove(&cred, dir, self.name(name), file))) {
             Ok(Ok(())) => reply.ok(),
             Ok(Err(e)) => reply.error(errno(e)),
             Err(e) => reply.error(e),
@@ -644,10 +646,11 @@ impl Filesystem for VolumeFs {
             Ok(r) => r,
             Err(e) => return reply.error(e),
         };
-        if let Err(e) = self.may_remove(&cred, to, self.name(newname)) {
-            return reply.error(e);
-        }
-        match run(self.ns.rename(&cred, from, self.name(name), to, self.name(newname))) {
+        let replaced = match self.may_remove(&cred, to, self.name(newname)) {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        match run(self.ns.rename(&cred, from, self.name(name), to, self.name(newname), replaced)) {
             Ok(()) => {
                 // SMB opens of the file on any node act on its new name from now on.
                 if let (Some(s), Some(file)) = (&self.sharing, renamed) {

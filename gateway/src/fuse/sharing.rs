@@ -26,6 +26,9 @@
 //!   times, size; a write here; a write elsewhere once flushed, synced or closed there)
 //!   invalidate the kernel's attributes of the file (`notify_inval_inode` without pages, from
 //!   the namespace's attribute changes), whether the mount has it open or only looked it up.
+//!   A hard link, unlink or rename changes the file's link count and ctime, which every other
+//!   name of it shows: the name change carries the file's identity (and a rename's replaced
+//!   file's), and its attributes are invalidated the same way.
 //!   Other nodes' changes arrive on the cluster's best-effort broadcast (milliseconds later); one
 //!   that is lost is seen after the kernel's timeout ([`super::fs::TTL`]).
 //!
@@ -428,9 +431,10 @@ pub fn listener(
     })
 }
 
-/// Listens to the namespace's attribute changes (SETATTR, writes, and what other nodes
-/// flushed): the kernel forgets the file's cached attributes, if it knows the file, before the
-/// change is answered when it was made on this node. Whether the file is open through the
+/// Listens to the namespace's attribute changes (SETATTR, writes, what other nodes flushed,
+/// and the files a link, unlink or rename named): the kernel forgets the file's cached
+/// attributes, if it knows the file, before the change is answered when it was made on this
+/// node. Whether the file is open through the
 /// mount or only looked up does not matter: the kernel caches attributes per inode either way.
 pub fn attribute_listener(
     inval: Invalidator,

@@ -371,13 +371,14 @@ impl NfsServer {
         let r: R<()> = async {
             let dir = self.id(at.dir)?;
             self.writable()?;
-            if let Ok((target, _)) = self.ns.lookup(&req.cred, dir, at.name).await {
-                self.sharing.may_remove(target).await?;
+            let target = self.ns.lookup(&req.cred, dir, at.name).await.ok().map(|(t, _)| t);
+            if let Some(t) = target {
+                self.sharing.may_remove(t).await?;
             }
             if dir_only {
                 self.ns.rmdir(&req.cred, dir, at.name).await.map_err(status)
             } else {
-                self.ns.remove(&req.cred, dir, at.name).await.map_err(status)
+                self.ns.remove(&req.cred, dir, at.name, target).await.map_err(status)
             }
         }
         .await;
@@ -400,16 +401,14 @@ impl NfsServer {
             let (fd, td) = (self.id(from.dir)?, self.id(to.dir)?);
             self.writable()?;
             // The file renamed, and the one the new name replaces, must both allow it.
-            let mut renamed = None;
+            let (mut renamed, mut replaced) = (None, None);
             for (d, n, source) in [(fd, from.name, true), (td, to.name, false)] {
                 if let Ok((target, _)) = self.ns.lookup(&req.cred, d, n).await {
                     self.sharing.may_remove(target).await?;
-                    if source {
-                        renamed = Some(target);
-                    }
+                    *(if source { &mut renamed } else { &mut replaced }) = Some(target);
                 }
             }
-            self.ns.rename(&req.cred, fd, from.name, td, to.name).await.map_err(status)?;
+            self.ns.rename(&req.cred, fd, from.name, td, to.name, replaced).await.map_err(status)?;
             // SMB opens of the file on any node act on its new name from now on.
             if let Some(file) = renamed {
                 self.sharing.renamed(file, td, to.name).await;

@@ -366,14 +366,18 @@ impl LocalEvents {
             let bit = |is_dir: bool| if is_dir { what::DIR_NAME } else { what::FILE_NAME };
             let c = match n {
                 Named::Added(dir, name, d) => {
-                    Change { kind: Kind::Added, what: bit(d), at: place(dir, name), to: None }
+                    Change { kind: Kind::Added, what: bit(d), at: place(dir, name), to: None, files: Vec::new() }
                 }
                 Named::Removed(dir, name, d) => {
-                    Change { kind: Kind::Removed, what: bit(d), at: place(dir, name), to: None }
+                    Change { kind: Kind::Removed, what: bit(d), at: place(dir, name), to: None, files: Vec::new() }
                 }
-                Named::Renamed((fd, fname), (td, tname), d) => {
-                    Change { kind: Kind::Renamed, what: bit(d), at: place(fd, fname), to: Some(place(td, tname)) }
-                }
+                Named::Renamed((fd, fname), (td, tname), d) => Change {
+                    kind: Kind::Renamed,
+                    what: bit(d),
+                    at: place(fd, fname),
+                    to: Some(place(td, tname)),
+                    files: Vec::new(),
+                },
             };
             hub.publish(&c);
         }

@@ -23,7 +23,10 @@
 //! this node and to the other nodes; after each WRITE to listeners on this node only (a write
 //! reaches other nodes' caches at its close, flush or commit, or through their read leases).
 //! Nothing is published on a node without such a listener (the nodes share one config: no
-//! node of its cluster has one either).
+//! node of its cluster has one either). A link, unlink or rename changes the link count and
+//! ctime of a file that its directories do not name: while such listeners exist the name
+//! change carries that file's identity ([`Change::files`]), and delivering it here or on
+//! another node tells the attribute listeners too (one message, no separate attribute change).
 //! In a cluster only the nodes that want changes get them: the hub tells the others how much
 //! this node wants (its *interest*: nothing; the changes, for a watch or the node's own mount;
 //! or the changes with their paths, for a recursive watch) through [`ChangeHub::set_interest_sink`],
@@ -132,7 +135,16 @@ pub struct Change {
     pub at: Place,
     /// The new place of a rename.
     pub to: Option<Place>,
+    /// The files whose link count and ctime the change altered, when the node that made it
+    /// knows them (a name change only names directories): the file linked, unlinked or
+    /// renamed, and the one a rename replaced. Delivered to the attribute listeners, as
+    /// [`ChangeHub::attributes_changed`]; at most [`MAX_FILES`].
+    pub files: Vec<FileId>,
 }
+
+/// Most files one [`Change`] names (a rename names two: the renamed file and the one it
+/// replaced).
+pub const MAX_FILES: usize = 2;
 
 /// Gets every attribute change, made here or on another node (the file's identity). Must not
 /// block.
@@ -534,6 +546,14 @@ impl ChangeHub {
         }
     }
 
+    /// Whether name changes should name the files whose link count and ctime they alter
+    /// ([`Change::files`]; publishers may have to look a name up for it): only while something
+    /// caches attributes per file (the node's own mount; the nodes share one config, so the
+    /// other nodes have one too).
+    pub fn wants_files(&self) -> bool {
+        self.has_attr_listeners.load(Ordering::Relaxed)
+    }
+
     /// Whether a change made now would reach a watcher, here or (through the cluster) on
     /// another node: listeners alone do not count.
     pub fn watched(&self) -> bool {
@@ -603,6 +623,9 @@ impl ChangeHub {
         for l in listeners {
             l(c);
         }
+        for f in &c.files {
+            self.deliver_attributes(f);
+        }
         let watches: Vec<Arc<Watch>> =
             self.watches.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for w in watches {
@@ -638,6 +661,14 @@ pub fn encode(c: &Change) -> Vec<u8> {
     put_place(&mut out, &c.at);
     if let Some(to) = &c.to {
         put_place(&mut out, to);
+    }
+    // Absent when there are none: a change without files is encoded as before them.
+    if !c.files.is_empty() {
+        let files = &c.files[..c.files.len().min(MAX_FILES)];
+        out.push(files.len() as u8);
+        for f in files {
+            put(&mut out, f.as_bytes());
+        }
     }
     out
 }
@@ -696,10 +727,20 @@ pub fn decode(bytes: &[u8]) -> Result<Change, BadChange> {
     let what = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
     let at = r.place()?;
     let to = if kind == Kind::Renamed { Some(r.place()?) } else { None };
+    let mut files = Vec::new();
+    if !r.0.is_empty() {
+        let n = r.u8()? as usize;
+        if n == 0 || n > MAX_FILES {
+            return Err(BadChange);
+        }
+        for _ in 0..n {
+            files.push(FileId::new(r.bytes()?).ok_or(BadChange)?);
+        }
+    }
     if !r.0.is_empty() {
         return Err(BadChange);
     }
-    Ok(Change { kind, what, at, to })
+    Ok(Change { kind, what, at, to, files })
 }
 
 #[cfg(test)]
@@ -726,7 +767,7 @@ mod tests {
     }
 
     fn ch(kind: Kind, what: u32, at: Place, to: Option<Place>) -> Change {
-        Change { kind, what, at, to }
+        Change { kind, what, at, to, files: Vec::new() }
     }
 
     fn names(v: Vec<(Action, Vec<u8>)>) -> Vec<(Action, String)> {
@@ -816,9 +857,60 @@ mod tests {
     }
 
     #[test]
+    fn name_changes_carry_the_files_whose_link_count_they_changed() {
+        let with =
+            |kind, to, files: Vec<FileId>| Change { files, ..ch(kind, what::FILE_NAME, place(1, None, "b"), to) };
+        let cs = [
+            with(Kind::Added, None, vec![id(7)]),
+            with(Kind::Removed, None, vec![id(7)]),
+            with(Kind::Renamed, Some(place(2, Some("d"), "c")), vec![id(7), id(8)]),
+        ];
+        for c in cs {
+            let wire = encode(&c);
+            assert_eq!(decode(&wire), Ok(c.clone()));
+            // Without files the bytes are what they were before files existed.
+            let bare = Change { files: Vec::new(), ..c };
+            assert_eq!(&wire[..encode(&bare).len()], &encode(&bare)[..]);
+        }
+        // A count of 0 or more than MAX_FILES is not a change (one encoding per change).
+        let mut zero = encode(&ch(Kind::Added, what::FILE_NAME, place(1, None, "b"), None));
+        zero.push(0);
+        assert_eq!(decode(&zero), Err(BadChange));
+        let mut three = encode(&with(Kind::Removed, None, vec![id(7), id(8)]));
+        let at = encode(&ch(Kind::Removed, what::FILE_NAME, place(1, None, "b"), None)).len();
+        three[at] = 3;
+        put(&mut three, id(9).as_bytes());
+        assert_eq!(decode(&three), Err(BadChange));
+
+        // Delivered here or received from another node, the files reach the attribute
+        // listeners (the mount's kernel forgets their link count and ctime).
+        let hub = ChangeHub::default();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let o = sent.clone();
+        hub.set_remote(Box::new(move |b| o.lock().unwrap().push(b)));
+        assert!(!hub.wants_files(), "nothing caches attributes: publishers need not look files up");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        hub.listen_attributes(Box::new(move |f| s.lock().unwrap().push(*f)));
+        assert!(hub.wants_files());
+        hub.publish(&with(Kind::Added, None, vec![id(4)]));
+        hub.receive(&encode(&with(Kind::Renamed, Some(place(1, None, "c")), vec![id(5), id(6)])));
+        assert_eq!(*seen.lock().unwrap(), vec![id(4), id(5), id(6)]);
+        let wire = sent.lock().unwrap().clone();
+        assert_eq!(wire.len(), 1, "one message: the name change with its file");
+        assert_eq!(decode(&wire[0]).map(|c| c.files), Ok(vec![id(4)]));
+    }
+
+    #[test]
     fn decode_never_panics() {
-        let good = encode(&ch(Kind::Renamed, 3, place(1, Some("a"), "x"), Some(place(2, Some("b"), "y"))));
+        let bare = ch(Kind::Renamed, 3, place(1, Some("a"), "x"), Some(place(2, Some("b"), "y")));
+        let good = encode(&Change { files: vec![id(3), id(4)], ..bare.clone() });
         for n in 0..good.len() {
+            if n == encode(&bare).len() {
+                // Cut right before its files: the change without them.
+                assert_eq!(decode(&good[..n]), Ok(bare.clone()));
+                continue;
+            }
             assert!(decode(&good[..n]).is_err(), "truncated at {n}");
         }
         let mut x: u64 = 1;

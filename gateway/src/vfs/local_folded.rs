@@ -275,10 +275,10 @@ mod tests {
             assert_eq!(found, Some(format!("File{i:04}.txt").into_bytes()));
         }
         assert_eq!(ns.nocase_listings(), 1, "the folder was listed once, not once per file");
-        ns.remove(&me, dir, b"File0001.txt").await.unwrap();
+        ns.remove(&me, dir, b"File0001.txt", None).await.unwrap();
         assert_eq!(ns.find_nocase(&me, dir, "FILE0001.TXT").await.unwrap(), None);
         assert_eq!(ns.nocase_listings(), 1);
-        ns.rename(&me, dir, b"File0002.txt", dir, b"FILE0002.TXT").await.unwrap();
+        ns.rename(&me, dir, b"File0002.txt", dir, b"FILE0002.TXT", None).await.unwrap();
         assert_eq!(ns.find_nocase(&me, dir, "file0002.txt").await.unwrap().as_deref(), Some(&b"FILE0002.TXT"[..]));
         assert_eq!(ns.nocase_listings(), 2, "a rename costs one listing more");
     }

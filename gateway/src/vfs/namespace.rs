@@ -141,14 +141,16 @@ impl Namespace {
         Place { dir, dir_path, name: name.to_vec() }
     }
 
-    /// Publishes that `dir/name` appeared or went.
-    async fn named(&self, kind: Kind, dir: FileId, name: &[u8], is_dir: bool) {
+    /// Publishes that `dir/name` appeared or went; `file`: the file whose link count it
+    /// changed (a link or an unlink), named while [`ChangeHub::wants_files`].
+    async fn named(&self, kind: Kind, dir: FileId, name: &[u8], is_dir: bool, file: Option<FileId>) {
         if !self.changes.wanted() {
             return;
         }
         let what = if is_dir { what::DIR_NAME } else { what::FILE_NAME };
         let at = self.place(dir, name).await;
-        self.changes.publish(&Change { kind, what, at, to: None });
+        let files = file.filter(|_| self.changes.wants_files()).into_iter().collect();
+        self.changes.publish(&Change { kind, what, at, to: None, files });
     }
 
     /// Publishes that the file at `dir/name` changed (`bits`: [`super::changes::what`]): for
@@ -158,7 +160,7 @@ impl Namespace {
             return;
         }
         let at = self.place(dir, name).await;
-        self.changes.publish(&Change { kind: Kind::Modified, what: bits, at, to: None });
+        self.changes.publish(&Change { kind: Kind::Modified, what: bits, at, to: None, files: Vec::new() });
     }
 
     /// Publishes that file `id` changed (`bits`), for protocols that know a file only by its
@@ -196,7 +198,7 @@ impl Namespace {
             }
         };
         let at = Place { dir, dir_path: Some(dir_path.to_vec()), name: name.to_vec() };
-        self.changes.publish(&Change { kind: Kind::Modified, what: bits, at, to: None });
+        self.changes.publish(&Change { kind: Kind::Modified, what: bits, at, to: None, files: Vec::new() });
     }
 
     /// Attributes of a live file; `Stale` when it was deleted.
@@ -447,7 +449,7 @@ impl Namespace {
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
         let r = quick(self.local, move || b.create(&cred, &dir, &name, mode, how)).await;
         if r.is_ok() {
-            self.named(Kind::Added, dir, &raw, false).await;
+            self.named(Kind::Added, dir, &raw, false, None).await;
         }
         r
     }
@@ -458,7 +460,7 @@ impl Namespace {
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
         let r = quick(self.local, move || b.mkdir(&cred, &dir, &name, mode)).await;
         if r.is_ok() {
-            self.named(Kind::Added, dir, &raw, true).await;
+            self.named(Kind::Added, dir, &raw, true, None).await;
         }
         r
     }
@@ -476,7 +478,7 @@ impl Namespace {
         let (b, cred, name, target) = (self.backend.clone(), cred.clone(), Name::new(name)?, target.to_vec());
         let r = quick(self.local, move || b.symlink(&cred, &dir, &name, &target)).await;
         if r.is_ok() {
-            self.named(Kind::Added, dir, &raw, false).await;
+            self.named(Kind::Added, dir, &raw, false, None).await;
         }
         r
     }
@@ -500,7 +502,7 @@ impl Namespace {
         let (b, cred) = (self.backend.clone(), cred.clone());
         let r = quick(self.local, move || b.mknod(&cred, &dir, &name, kind, mode & 0o7777)).await;
         if r.is_ok() {
-            self.named(Kind::Added, dir, &raw, false).await;
+            self.named(Kind::Added, dir, &raw, false, None).await;
         }
         r
     }
@@ -511,13 +513,15 @@ impl Namespace {
         quick(self.local, move || b.readlink(&cred, &id)).await
     }
 
-    /// Removes non-directory `dir/name`.
-    pub async fn remove(&self, cred: &Credentials, dir: FileId, name: &[u8]) -> VfsResult<()> {
+    /// Removes non-directory `dir/name`; `file` is the file the caller found there (every
+    /// protocol looks it up first for its sharing checks): its other names' link count and
+    /// ctime change, and caches of its attributes are told (none when `None`).
+    pub async fn remove(&self, cred: &Credentials, dir: FileId, name: &[u8], file: Option<FileId>) -> VfsResult<()> {
         let raw = name.to_vec();
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
         let r = quick(self.local, move || b.remove(&cred, &dir, &name)).await;
         if r.is_ok() {
-            self.named(Kind::Removed, dir, &raw, false).await;
+            self.named(Kind::Removed, dir, &raw, false, file).await;
         }
         r
     }
@@ -528,12 +532,14 @@ impl Namespace {
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
         let r = quick(self.local, move || b.rmdir(&cred, &dir, &name)).await;
         if r.is_ok() {
-            self.named(Kind::Removed, dir, &raw, true).await;
+            self.named(Kind::Removed, dir, &raw, true, None).await;
         }
         r
     }
 
-    /// Renames `from_dir/from` to `to_dir/to`.
+    /// Renames `from_dir/from` to `to_dir/to`; `replaced` is the file the caller found at
+    /// `to_dir/to`, which loses a link. Caches of its attributes and of the renamed file's
+    /// (whose ctime changes) are told.
     pub async fn rename(
         &self,
         cred: &Credentials,
@@ -541,17 +547,24 @@ impl Namespace {
         from: &[u8],
         to_dir: FileId,
         to: &[u8],
+        replaced: Option<FileId>,
     ) -> VfsResult<()> {
         let (raw_from, raw_to) = (from.to_vec(), to.to_vec());
         let (b, c, from, to) = (self.backend.clone(), cred.clone(), Name::new(from)?, Name::new(to)?);
         quick(self.local, move || b.rename(&c, &from_dir, &from, &to_dir, &to)).await?;
         if self.changes.wanted() {
-            let is_dir =
-                matches!(self.lookup(cred, to_dir, &raw_to).await, Ok((_, a)) if a.ftype == FileType::Directory);
+            let moved = self.lookup(cred, to_dir, &raw_to).await.ok();
+            let is_dir = moved.is_some_and(|(_, a)| a.ftype == FileType::Directory);
             let what = if is_dir { what::DIR_NAME } else { what::FILE_NAME };
             let at = self.place(from_dir, &raw_from).await;
             let to = Some(self.place(to_dir, &raw_to).await);
-            self.changes.publish(&Change { kind: Kind::Renamed, what, at, to });
+            // The renamed file's ctime changed (every name of it shows that).
+            let mut files: Vec<FileId> = Vec::new();
+            if self.changes.wants_files() {
+                files.extend(moved.map(|(id, _)| id));
+                files.extend(replaced.filter(|r| !files.contains(r)));
+            }
+            self.changes.publish(&Change { kind: Kind::Renamed, what, at, to, files });
         }
         Ok(())
     }
@@ -562,7 +575,8 @@ impl Namespace {
         let (b, cred, name) = (self.backend.clone(), cred.clone(), Name::new(name)?);
         let r = quick(self.local, move || b.link(&cred, &id, &dir, &name)).await;
         if r.is_ok() {
-            self.named(Kind::Added, dir, &raw, false).await;
+            // Every other name of the file shows its new link count and ctime.
+            self.named(Kind::Added, dir, &raw, false, Some(id)).await;
         }
         r
     }

@@ -222,6 +222,15 @@ pub async fn remove(c: &mut Conn, dir: &nfs_fh3, n: &str) -> Result<(), nfsstat3
     }
 }
 
+/// LINK: `file` gets the name `dir/n` too.
+pub async fn link(c: &mut Conn, file: &nfs_fh3, dir: &nfs_fh3, n: &str) -> Result<(), nfsstat3> {
+    let args = LINK3args { file: file.clone(), link: diropargs3 { dir: dir.clone(), name: name(n) } };
+    match c.link(&args).await.expect("rpc") {
+        Nfs3Result::Ok(_) => Ok(()),
+        Nfs3Result::Err((s, _)) => Err(s),
+    }
+}
+
 /// RENAME.
 pub async fn rename(c: &mut Conn, from_dir: &nfs_fh3, from: &str, to_dir: &nfs_fh3, to: &str) -> Result<(), nfsstat3> {
     let args = RENAME3args {

@@ -99,7 +99,7 @@ impl MonitorStore {
     /// Forgets `client` of `server`.
     pub async fn remove(&self, server: IpAddr, client: IpAddr) -> VfsResult<()> {
         let Some(dir) = self.server_dir(server, Some("clients"), false).await? else { return Ok(()) };
-        match self.ns.remove(&self.cred, dir, address_name(client).as_bytes()).await {
+        match self.ns.remove(&self.cred, dir, address_name(client).as_bytes(), None).await {
             Ok(()) | Err(VfsError::NotFound) => Ok(()),
             Err(e) => Err(e),
         }

@@ -97,7 +97,7 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         }
         // The file was deleted while this stream was open: it goes now.
         if let Some(d) = server.open_streams.closed(&s.base, &f.id) {
-            if let Err(e) = server.ns.remove(&d.cred, d.parent, d.name.as_bytes()).await {
+            if let Err(e) = server.ns.remove(&d.cred, d.parent, d.name.as_bytes(), Some(s.base)).await {
                 tracing::info!(error = %e, "SMB: deferred delete of a file with streams failed");
             }
         }
@@ -116,8 +116,9 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
             // (a plain GlusterFS client, a local program on a local volume) is not known, and
             // the old name may now be another file's, which is not this delete's to remove (a
             // symlink the open came through still goes, as before).
-            if let Ok((now, a)) = server.ns.lookup(&f.cred, parent, name.as_bytes()).await {
-                if now != f.id && a.ftype != crate::vfs::FileType::Symlink {
+            let found = server.ns.lookup(&f.cred, parent, name.as_bytes()).await.ok();
+            if let Some((now, a)) = &found {
+                if *now != f.id && a.ftype != crate::vfs::FileType::Symlink {
                     tracing::info!(
                         file = %crate::logging::untrusted(name),
                         "SMB: delete-on-close skipped: the file was renamed beside nasgw and its old name is another file's now"
@@ -128,7 +129,8 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
             let r = if f.is_dir {
                 server.ns.rmdir(&f.cred, parent, name.as_bytes()).await
             } else {
-                server.ns.remove(&f.cred, parent, name.as_bytes()).await
+                // The file found there (a symlink the open came through is what goes).
+                server.ns.remove(&f.cred, parent, name.as_bytes(), found.map(|(now, _)| now)).await
             };
             if let Err(e) = r {
                 tracing::info!(error = %e, "SMB: delete-on-close failed");

@@ -536,7 +536,7 @@ async fn rename(
             if ta.ftype == FileType::Directory || server.locks.record(&tid).await?.has_other_opens(h.key) {
                 return Err(NtStatus::ACCESS_DENIED);
             }
-            Some(real)
+            Some((real, tid))
         }
         Ok(_) | Err(VfsError::NotFound) => None,
         Err(e) => return Err(e.into()),
@@ -548,12 +548,15 @@ async fn rename(
     let done = tokio::spawn(async move {
         let ns = &server.ns;
         match replaced {
-            Some(real) if real != new_name => {
+            Some((real, tid)) if real != new_name => {
                 // Replace the file under its own name, then give ours the name asked for.
-                ns.rename(&h.cred, h.parent, old_name.as_bytes(), to_dir, real.as_bytes()).await?;
-                ns.rename(&h.cred, to_dir, real.as_bytes(), to_dir, new_name.as_bytes()).await?;
+                ns.rename(&h.cred, h.parent, old_name.as_bytes(), to_dir, real.as_bytes(), Some(tid)).await?;
+                ns.rename(&h.cred, to_dir, real.as_bytes(), to_dir, new_name.as_bytes(), None).await?;
             }
-            _ => ns.rename(&h.cred, h.parent, old_name.as_bytes(), to_dir, new_name.as_bytes()).await?,
+            _ => {
+                let tid = replaced.map(|(_, tid)| tid);
+                ns.rename(&h.cred, h.parent, old_name.as_bytes(), to_dir, new_name.as_bytes(), tid).await?
+            }
         }
         // Every open of the file on every node acts on the new name from now on (another
         // open's delete-on-close removes it): the cluster's record says so before the client

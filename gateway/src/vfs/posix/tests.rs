@@ -834,3 +834,36 @@ fn xattr_set(p: &std::path::Path) {
     let r = unsafe { libc::setxattr(c.as_ptr(), c"user.t".as_ptr(), b"v".as_ptr().cast(), 1, 0) };
     assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
 }
+
+/// A link, unlink or rename names the files whose link count and ctime it changed (the mount's
+/// kernel caches those per inode), once something listens to attribute changes, and is
+/// published as one message to the other nodes.
+#[tokio::test]
+async fn name_changes_name_the_files_whose_link_count_they_changed() {
+    use std::sync::Mutex;
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = Namespace::new(Arc::new(backend(tmp.path(), *kinds().last().unwrap())));
+    let (me, root) = (Credentials::root(), ns.root());
+    let how = || CreateHow::Guarded(SetAttr::default());
+    let (a, _) = ns.create(&me, root, b"a", 0o644, how()).await.unwrap();
+    let (o, _) = ns.create(&me, root, b"o", 0o644, how()).await.unwrap();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let s = sent.clone();
+    ns.changes().set_remote(Box::new(move |b| s.lock().unwrap().push(b)));
+    let files = |sent: &Mutex<Vec<Vec<u8>>>| -> Vec<Vec<FileId>> {
+        sent.lock().unwrap().drain(..).map(|b| crate::vfs::changes::decode(&b).unwrap().files).collect()
+    };
+    // Nothing caches attributes: no files named.
+    ns.link(&me, a, root, b"b").await.unwrap();
+    assert_eq!(files(&sent), vec![vec![]]);
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let t = told.clone();
+    ns.changes().listen_attributes(Box::new(move |f| t.lock().unwrap().push(*f)));
+    ns.remove(&me, root, b"b", Some(a)).await.unwrap();
+    ns.link(&me, a, root, b"b").await.unwrap();
+    ns.rename(&me, root, b"o", root, b"b", Some(a)).await.unwrap();
+    ns.rename(&me, root, b"a", root, b"c", None).await.unwrap();
+    assert_eq!(files(&sent), vec![vec![a], vec![a], vec![o, a], vec![a]], "one message per change");
+    assert_eq!(*told.lock().unwrap(), vec![a, a, o, a, a], "this node's listeners are told too");
+    assert_eq!(ns.getattr(a).await.unwrap().nlink, 1);
+}
