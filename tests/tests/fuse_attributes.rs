@@ -107,29 +107,45 @@ fn nfs_setattr(
     mounted: &Path,
     set: impl FnOnce(&mut sattr3) + Send + 'static,
 ) {
-    let ns = c.topo.ns(nasgw_tests::cluster::NODES[node]).to_string();
     let name = name.to_string();
     let mounted = mounted.to_path_buf();
+    with_nfs_on(c, node, move |mut conn, root| async move {
+        let (fh, _) = nfs_common::lookup(&mut conn, &root, name.as_bytes()).await.expect("lookup");
+        let mut attrs = sattr3::default();
+        set(&mut attrs);
+        fresh(&mounted);
+        let args = SETATTR3args { object: fh, new_attributes: attrs, guard: Nfs3Option::None };
+        match conn.setattr(&args).await.expect("rpc") {
+            Nfs3Result::Ok(_) => {}
+            Nfs3Result::Err((s, _)) => panic!("SETATTR {name}: {s:?}"),
+        }
+        let _ = conn.unmount().await;
+    });
+}
+
+/// Runs `f` with an NFS connection to node `node`'s server and its root handle, from inside
+/// that node's namespace (on loopback), on a thread of its own; returns what `f` returns.
+fn with_nfs_on<T, F>(
+    c: &SmbCluster,
+    node: usize,
+    f: impl FnOnce(nfs_common::Conn, nfs3_types::nfs3::nfs_fh3) -> F + Send + 'static,
+) -> T
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T>,
+{
+    let ns = c.topo.ns(nasgw_tests::cluster::NODES[node]).to_string();
     std::thread::spawn(move || {
         nasgw_tests::netns::enter(&ns);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
-            let mut conn = nfs_common::mount(NFS_PORT, 0, 0).await;
+            let conn = nfs_common::mount(NFS_PORT, 0, 0).await;
             let root = conn.root_nfs_fh3();
-            let (fh, _) = nfs_common::lookup(&mut conn, &root, name.as_bytes()).await.expect("lookup");
-            let mut attrs = sattr3::default();
-            set(&mut attrs);
-            fresh(&mounted);
-            let args = SETATTR3args { object: fh, new_attributes: attrs, guard: Nfs3Option::None };
-            match conn.setattr(&args).await.expect("rpc") {
-                Nfs3Result::Ok(_) => {}
-                Nfs3Result::Err((s, _)) => panic!("SETATTR {name}: {s:?}"),
-            }
-            let _ = conn.unmount().await;
+            f(conn, root).await
         })
     })
     .join()
-    .expect("the NFS client");
+    .expect("the NFS client")
 }
 
 /// A name change through one node's NFS server; the file keeps its identity, its link count
@@ -147,29 +163,20 @@ enum NameOp {
 /// Makes name change `op` in the volume root through node `node`'s NFS server (from inside its
 /// namespace, on loopback); returns when the client had the answer.
 fn nfs_name_op(c: &SmbCluster, node: usize, op: NameOp) -> Instant {
-    let ns = c.topo.ns(nasgw_tests::cluster::NODES[node]).to_string();
-    std::thread::spawn(move || {
-        nasgw_tests::netns::enter(&ns);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let mut conn = nfs_common::mount(NFS_PORT, 0, 0).await;
-            let root = conn.root_nfs_fh3();
-            let r = match op {
-                NameOp::Link(from, to) => {
-                    let (fh, _) = nfs_common::lookup(&mut conn, &root, from.as_bytes()).await.expect("lookup");
-                    nfs_common::link(&mut conn, &fh, &root, to).await
-                }
-                NameOp::Remove(name) => nfs_common::remove(&mut conn, &root, name).await,
-                NameOp::Rename(from, to) => nfs_common::rename(&mut conn, &root, from, &root, to).await,
-            };
-            r.unwrap_or_else(|s| panic!("{op:?}: {s:?}"));
-            let answered = Instant::now();
-            let _ = conn.unmount().await;
-            answered
-        })
+    with_nfs_on(c, node, move |mut conn, root| async move {
+        let r = match op {
+            NameOp::Link(from, to) => {
+                let (fh, _) = nfs_common::lookup(&mut conn, &root, from.as_bytes()).await.expect("lookup");
+                nfs_common::link(&mut conn, &fh, &root, to).await
+            }
+            NameOp::Remove(name) => nfs_common::remove(&mut conn, &root, name).await,
+            NameOp::Rename(from, to) => nfs_common::rename(&mut conn, &root, from, &root, to).await,
+        };
+        r.unwrap_or_else(|s| panic!("{op:?}: {s:?}"));
+        let answered = Instant::now();
+        let _ = conn.unmount().await;
+        answered
     })
-    .join()
-    .expect("the NFS client")
 }
 
 /// [`fresh`] for an open descriptor (an `O_PATH` one included).
