@@ -28,6 +28,7 @@ use super::dir_stream::{self, DirStream, Start};
 use super::inodes::{generation, Inodes};
 use super::passthrough;
 use super::sharing::{bounded, Invalidator, MountSharing};
+use crate::cut_off::CutOff;
 use crate::locks::{Conflict, LockService, OpenKey, Owner, RangeLock};
 use crate::vfs::backend::HeldFile;
 use crate::vfs::{
@@ -82,6 +83,8 @@ struct Backing {
     id: Arc<BackingId>,
     file: Arc<File>,
     opens: usize,
+    /// The backend's [`crate::vfs::Backend::data_epoch`] `file` belongs to.
+    epoch: u64,
 }
 
 /// One open of a file through the mount.
@@ -97,6 +100,8 @@ struct OpenFile {
     held: Option<Arc<dyn HeldFile>>,
     /// Reads and writes go straight to `data` in the kernel (passthrough).
     passthrough: bool,
+    /// The backend's data epoch when the open was made (its `data` belongs to it).
+    epoch: u64,
     /// Written through nasgw since the last flush.
     wrote: AtomicBool,
     /// Its open in the cluster's file-sharing state (none without a lock service).
@@ -137,6 +142,10 @@ pub struct VolumeFs {
     /// The daemon's runtime (none in tests without one): what must still happen after a
     /// caller got its answer (giving back a lock granted too late) runs there.
     rt: Option<tokio::runtime::Handle>,
+    /// Whether this node is cut off from the cluster (none without a lock service).
+    cut_off: Option<tokio::sync::watch::Receiver<Option<CutOff>>>,
+    /// The data epoch whose descriptors were revoked in the current cut-off (`fence_writers`).
+    fenced: Arc<Mutex<Option<u64>>>,
 }
 
 /// How often a waiting lock (F_SETLKW) retries besides every change of the file's record.
@@ -160,6 +169,7 @@ impl VolumeFs {
         let owner_base =
             (u128::from(0x4655_5345u32) << 96) | (u128::from(node) << 80) | (u128::from(nonce >> 16) << 64);
         let granted = Arc::new(AtomicBool::new(false));
+        let opens = Arc::new(Mutex::new(HashMap::new()));
         let inodes = Arc::new(Mutex::new(Inodes::new(ns.root(), root_fileid)));
         let notifier = Arc::new(OnceLock::new());
         let inval = Invalidator::new(notifier.clone());
@@ -178,10 +188,18 @@ impl VolumeFs {
             (Some(l), Some(rt)) => Some(MountSharing::new(l.clone(), inval, rt.clone(), limit)),
             _ => None,
         };
+        let cut_off = locks.as_ref().map(|l| l.cut_off());
+        let fenced = Arc::new(Mutex::new(None));
+        if let (Some(rx), Some(rt)) = (&cut_off, &rt) {
+            rt.spawn(fence_on_cut_off(
+                rx.clone(),
+                Fencer { ns: ns.clone(), opens: opens.clone(), fenced: fenced.clone() },
+            ));
+        }
         let fs = Self {
             inodes,
             ns,
-            opens: Arc::new(Mutex::new(HashMap::new())),
+            opens,
             dirs: Mutex::new(HashMap::new()),
             backings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -194,6 +212,8 @@ impl VolumeFs {
             notifier,
             limit,
             rt,
+            cut_off,
+            fenced,
         };
         (fs, granted)
     }
@@ -257,8 +277,13 @@ impl VolumeFs {
     ) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let seen = Mutex::new((a.size, a.mtime));
-        let open = OpenFile { file, data, held, passthrough, wrote: AtomicBool::new(false), key, write, seen };
+        let epoch = self.ns.backend().data_epoch();
+        let open = OpenFile { file, data, held, passthrough, epoch, wrote: AtomicBool::new(false), key, write, seen };
         self.opens.lock().expect("opens lock").insert(fh, Arc::new(open));
+        if passthrough && write && self.is_cut_off() {
+            // Granted just before the cut and answered after it: this one is fenced too.
+            self.fencer().fence("a passthrough open for writing answered after the cut");
+        }
         FileHandle(fh)
     }
 
@@ -297,7 +322,12 @@ impl VolumeFs {
             return None;
         }
         let mut b = self.backings.lock().expect("backings lock");
+        let epoch = self.ns.backend().data_epoch();
         if let Some(x) = b.get_mut(&file) {
+            if x.epoch != epoch {
+                // Callers check `stale_backing` first; never hand out a dead descriptor.
+                return None;
+            }
             x.opens += 1;
             return Some((x.id.clone(), x.file.clone()));
         }
@@ -307,7 +337,7 @@ impl VolumeFs {
         match open_backing(&f) {
             Ok(id) => {
                 let id = Arc::new(id);
-                b.insert(file, Backing { id: id.clone(), file: f.clone(), opens: 1 });
+                b.insert(file, Backing { id: id.clone(), file: f.clone(), opens: 1, epoch });
                 Some((id, f))
             }
             Err(e) => {
@@ -336,6 +366,24 @@ impl VolumeFs {
             }
             None => passthrough::reopen_allowed(a, &caller(req), oflags),
         }
+    }
+
+    /// Whether the inode's backing file belongs to an earlier data epoch (a GlusterFS client
+    /// since replaced: it fails every call) while older opens still use it. The kernel allows
+    /// one backing file per inode and no cached open beside passthrough ones, so a new open
+    /// of it is served through nasgw with direct I/O until those opens are closed.
+    fn stale_backing(&self, file: &FileId) -> bool {
+        let b = self.backings.lock().expect("backings lock");
+        b.get(file).is_some_and(|x| x.epoch != self.ns.backend().data_epoch())
+    }
+
+    /// Whether this node is cut off from the cluster now.
+    fn is_cut_off(&self) -> bool {
+        self.cut_off.as_ref().is_some_and(|c| c.borrow().is_some())
+    }
+
+    fn fencer(&self) -> Fencer {
+        Fencer { ns: self.ns.clone(), opens: self.opens.clone(), fenced: self.fenced.clone() }
     }
 
     fn release_backing(&self, file: &FileId) {
@@ -693,7 +741,7 @@ impl Filesystem for VolumeFs {
         // An open refused passthrough (by the reopen's permission check) is direct I/O: the
         // kernel refuses (EIO) an open using the page cache while the inode has passthrough
         // opens, and one refused passthrough while it has such opens.
-        let pass = self.reopen_ok(req, None, &a, flags.0);
+        let pass = self.reopen_ok(req, None, &a, flags.0) && !self.stale_backing(&id);
         let backing = if pass { self.backing(id, |f| reply.open_backing(f)) } else { None };
         match backing {
             Some((b, f)) => {
@@ -771,6 +819,10 @@ impl Filesystem for VolumeFs {
         reply: ReplyWrite,
     ) {
         let Some(open) = self.open_of(fh) else { return reply.error(Errno::EBADF) };
+        if self.is_cut_off() {
+            // Other nodes may have given the file to their clients: nothing more of this node's.
+            return reply.error(Errno::EIO);
+        }
         let stable = if flags.0 & libc::O_SYNC == libc::O_SYNC {
             Stability::FileSync
         } else if flags.0 & libc::O_DSYNC != 0 {
@@ -1242,7 +1294,7 @@ impl Filesystem for VolumeFs {
         };
         // The creator of a file whose mode refuses it (`open(O_CREAT | O_RDWR, 0)`) may use
         // it, but the kernel's reopen of a backing file on GlusterFS would be refused.
-        let pass = self.reopen_ok(req, Some(&cred), &a, flags);
+        let pass = self.reopen_ok(req, Some(&cred), &a, flags) && !self.stale_backing(&id);
         let backing = if pass { self.backing(id, |f| reply.open_backing(f)) } else { None };
         match backing {
             Some((b, f)) => reply.created_passthrough(
@@ -1258,6 +1310,73 @@ impl Filesystem for VolumeFs {
                 let direct = if pass { FopenFlags::empty() } else { FopenFlags::FOPEN_DIRECT_IO };
                 reply.created(&TTL, &fa, g, self.new_fh(id, data, held, false, key, write, &a), direct)
             }
+        }
+    }
+}
+
+/// What fences the mount's passthrough writers when the node is cut off from the cluster.
+///
+/// A passthrough open's reads and writes go from the kernel straight to the backend's file,
+/// never through nasgw, so refusing requests cannot stop them: the backend revokes its data
+/// descriptors instead ([`crate::vfs::Backend::revoke_data`]; GlusterFS-FUSE: its client is
+/// killed, which aborts the connection every backing file is on). Only when it matters: some
+/// open for writing uses a backing file of the current data epoch (readers are left alone,
+/// and so is a mount nobody writes through), once per data epoch.
+#[derive(Clone)]
+struct Fencer {
+    ns: Namespace,
+    opens: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>>,
+    fenced: Arc<Mutex<Option<u64>>>,
+}
+
+impl Fencer {
+    /// Revokes the backend's data descriptors if passthrough writers use them (blocks until
+    /// the backend has done so).
+    fn fence(&self, why: &str) {
+        let backend = self.ns.backend();
+        let epoch = backend.data_epoch();
+        let mut fenced = self.fenced.lock().expect("fenced lock");
+        if *fenced == Some(epoch) {
+            return;
+        }
+        let writers = self
+            .opens
+            .lock()
+            .expect("opens lock")
+            .values()
+            .filter(|o| o.passthrough && o.write && o.epoch == epoch)
+            .count();
+        if writers == 0 {
+            tracing::info!(reason = %why, "cut off from the cluster; no local program writes through passthrough");
+            return;
+        }
+        *fenced = Some(epoch);
+        if backend.revoke_data(&format!("{why}; {writers} local descriptor(s) open for writing through passthrough")) {
+            return;
+        }
+        tracing::error!(
+            reason = %why,
+            writers,
+            "cut off from the cluster, but this backend cannot revoke passthrough descriptors: local programs may still write"
+        );
+    }
+}
+
+/// Fences the mount's passthrough writers each time the node is cut off (`crate::cut_off`).
+async fn fence_on_cut_off(mut cut_off: tokio::sync::watch::Receiver<Option<CutOff>>, fencer: Fencer) {
+    loop {
+        let cut = *cut_off.borrow_and_update();
+        match cut {
+            Some(why) => {
+                let f = fencer.clone();
+                // The backend waits for its client to exit: off the runtime's workers.
+                let _ = tokio::task::spawn_blocking(move || f.fence(&why.to_string())).await;
+            }
+            // A new cut-off fences whatever is written through by then.
+            None => *fencer.fenced.lock().expect("fenced lock") = None,
+        }
+        if cut_off.changed().await.is_err() {
+            return;
         }
     }
 }
