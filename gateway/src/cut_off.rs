@@ -5,11 +5,13 @@
 //! The file-sharing state's license alone does not say it: every node loses its license for a
 //! moment when the leader dies or a new leader takes over (the new leader waits one license
 //! before its first view), and nobody gives a node's files away then. What tells them apart:
-//! - **Minority**: unlicensed while HA hears no strict majority of the nodes and no leader.
-//!   The majority side excludes the node one license after its last ping at the earliest; the
-//!   node's own license ran out before that (`locks::machine`, "Fencing"). A node whose leader
-//!   died still hears the majority electing the next one. (Two nodes cannot tell their peer's
-//!   death from their own cut: the survivor is fenced too, then takes over.)
+//! - **Minority**: HA hears no strict majority of the nodes and no leader, which holds half of
+//!   `[cluster] dead_interval_ms` after the cut. The majority side excludes the node one
+//!   license (`dead - 2 x heartbeat`) after it last confirmed it at the earliest
+//!   (`locks::machine`, "Fencing"), so this comes first (300 ms ahead with the default
+//!   timings); it does not wait for the node's own license to run out, which is later. A node
+//!   whose leader died still hears the majority electing the next one. (Two nodes cannot tell
+//!   their peer's death from their own cut: the survivor is fenced too, then takes over.)
 //! - **Excluded**: unlicensed for [`EXCLUDED_AFTER`] although HA hears quorum and a leader: the
 //!   leader leaves the node out of its views (its lock mesh links are down while heartbeats
 //!   still flow). A new leader licenses its members within about a license; this much longer
@@ -33,7 +35,7 @@ pub enum CutOff {
 impl std::fmt::Display for CutOff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            CutOff::Minority => "this node hears no majority of the cluster's nodes and has lost its license",
+            CutOff::Minority => "this node hears no majority of the cluster's nodes and no leader",
             CutOff::Excluded => "the cluster's file-sharing state has left this node out although HA hears quorum",
         })
     }
@@ -57,11 +59,11 @@ pub struct Seen {
 
 /// Whether the node is cut off, and why.
 pub fn verdict(s: Seen) -> Option<CutOff> {
-    if s.licensed || !s.was_licensed {
+    if !s.was_licensed {
         None
     } else if !s.in_quorum && !s.majority {
         Some(CutOff::Minority)
-    } else if s.in_quorum && s.excluded_for >= EXCLUDED_AFTER {
+    } else if !s.licensed && s.in_quorum && s.excluded_for >= EXCLUDED_AFTER {
         Some(CutOff::Excluded)
     } else {
         None
@@ -79,8 +81,8 @@ mod tests {
         let cases: &[(bool, bool, bool, Duration, Option<CutOff>)] = &[
             // In sync.
             (true, true, true, ms(0), None),
-            // Licensed still (its license outlives the cut a little): not yet.
-            (true, false, false, ms(0), None),
+            // Cut off, its license not run out yet: the others wait for more than that.
+            (true, false, false, ms(0), Some(CutOff::Minority)),
             // Cut off: hears nobody, its license ran out.
             (false, false, false, ms(0), Some(CutOff::Minority)),
             // Its leader died: the majority elects the next one (no leader heard yet).

@@ -116,8 +116,9 @@ impl ManagedMount {
     pub fn abort(&self, reason: &str) -> bool {
         let MountState::Mounted { pid } = self.state() else { return false };
         let t = Instant::now();
-        // SAFETY: kill(2) on our own child, which the supervisor has not reaped (it is in
-        // state Mounted until the supervisor saw it exit, and only then reaps it).
+        // SAFETY: kill(2) on our own child. Its PID cannot be reused before the supervisor
+        // reaps it, which it does only on seeing it exit, microseconds before leaving state
+        // Mounted; a client that exited by itself in that window is what we want dead anyway.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         // Its descriptors close as it exits; a zombie (or a reaped child) has none.
         while t.elapsed() < Duration::from_secs(2) && !exited(pid) {
