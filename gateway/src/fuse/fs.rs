@@ -325,7 +325,7 @@ impl VolumeFs {
         let epoch = self.ns.backend().data_epoch();
         if let Some(x) = b.get_mut(&file) {
             if x.epoch != epoch {
-                // Callers check `stale_backing` first; never hand out a dead descriptor.
+                // Callers refuse such opens first (`stale_backing`); never a dead descriptor.
                 return None;
             }
             x.opens += 1;
@@ -369,9 +369,10 @@ impl VolumeFs {
     }
 
     /// Whether the inode's backing file belongs to an earlier data epoch (a GlusterFS client
-    /// since replaced: it fails every call) while older opens still use it. The kernel allows
-    /// one backing file per inode and no cached open beside passthrough ones, so a new open
-    /// of it is served through nasgw with direct I/O until those opens are closed.
+    /// since replaced, or killed to fence a cut-off node: it fails every call) while older
+    /// opens still use it. The kernel takes only passthrough opens of an inode that has a
+    /// backing file, and only with that same backing file, which would fail every read and
+    /// write: such an open is refused (EIO) until the program holding the old ones closes them.
     fn stale_backing(&self, file: &FileId) -> bool {
         let b = self.backings.lock().expect("backings lock");
         b.get(file).is_some_and(|x| x.epoch != self.ns.backend().data_epoch())
@@ -732,6 +733,9 @@ impl Filesystem for VolumeFs {
             // The kernel never opens a directory here; special files are not served.
             return reply.error(Errno::from_i32(libc::ENXIO));
         }
+        if self.stale_backing(&id) {
+            return reply.error(Errno::EIO);
+        }
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let shared = match self.share_open(id, ino.0, flags.0) {
             Ok(s) => s,
@@ -741,7 +745,7 @@ impl Filesystem for VolumeFs {
         // An open refused passthrough (by the reopen's permission check) is direct I/O: the
         // kernel refuses (EIO) an open using the page cache while the inode has passthrough
         // opens, and one refused passthrough while it has such opens.
-        let pass = self.reopen_ok(req, None, &a, flags.0) && !self.stale_backing(&id);
+        let pass = self.reopen_ok(req, None, &a, flags.0);
         let backing = if pass { self.backing(id, |f| reply.open_backing(f)) } else { None };
         match backing {
             Some((b, f)) => {
@@ -1281,6 +1285,11 @@ impl Filesystem for VolumeFs {
             Some(ino) => ino,
             None => return reply.error(Errno::EIO),
         };
+        if self.stale_backing(&id) {
+            // An existing file (not excluded) whose old opens hold a dead backing file.
+            self.inodes.lock().expect("inodes lock").forget(ino, 1);
+            return reply.error(Errno::EIO);
+        }
         let fa = fuse_attr(&a, ino);
         let g = Generation(generation(&id));
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -1294,7 +1303,7 @@ impl Filesystem for VolumeFs {
         };
         // The creator of a file whose mode refuses it (`open(O_CREAT | O_RDWR, 0)`) may use
         // it, but the kernel's reopen of a backing file on GlusterFS would be refused.
-        let pass = self.reopen_ok(req, Some(&cred), &a, flags) && !self.stale_backing(&id);
+        let pass = self.reopen_ok(req, Some(&cred), &a, flags);
         let backing = if pass { self.backing(id, |f| reply.open_backing(f)) } else { None };
         match backing {
             Some((b, f)) => reply.created_passthrough(
