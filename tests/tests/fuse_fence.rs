@@ -1,17 +1,18 @@
-//! A node cut off from the cluster while a local program writes through its own mount with
-//! FUSE passthrough (issue 19, items 4 and 5): three nasgw nodes over a real replica 3
-//! GlusterFS volume (`access = "fuse"`), node 1 mounting it for local programs with passthrough
-//! on. A program on node 1 writes numbered records through a descriptor opened before the cut;
-//! node 1 is then cut off from the other nasgw nodes (HA heartbeats and the lock mesh run on
-//! addresses of their own, 198.18.1.x, which routes on every node then discard) while it still
-//! reaches the bricks. An SMB client of node 2 opens the file exclusively as soon as the
-//! cluster lets it.
+//! A node cut off from the cluster while a local program writes through its own mount
+//! (issue 19, items 4 and 5): three nasgw nodes over a real replica 3 GlusterFS volume
+//! (`access = "fuse"`), one of them mounting it for local programs. A program there writes
+//! numbered records through a descriptor opened before the cut; the node is then cut off from
+//! the other nasgw nodes (HA heartbeats and the lock mesh run on addresses of their own,
+//! 198.18.1.x, which routes on every node then discard) while it still reaches the bricks. An
+//! SMB client of another node opens the file exclusively as soon as the cluster lets it.
 //!
-//! Asserted: the old descriptor's writes fail (the errno and the delay after the cut are
-//! printed), node 1 had fenced its mount before node 2's client got the file, and the file as
-//! node 2 reads it holds no record whose write began after node 1 logged the fence. With
-//! main's binary before the fix the descriptor kept writing into the volume after node 2's
-//! client had the file exclusively.
+//! Three cases: the cut node leads, with passthrough (its client killed); it follows, with
+//! passthrough (the tighter case: the others exclude a follower one license after they last
+//! confirmed it); it follows, passthrough off (writes through nasgw refused). Asserted: the
+//! old descriptor's writes fail (errno and delay printed), the cut node had fenced before the
+//! other node's client got the file, and the file as that node reads it holds no record whose
+//! write began after the fence. With main's binary before the fix the passthrough descriptor
+//! kept writing into the volume after the other node's client had the file exclusively.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -38,9 +39,12 @@ struct Written {
     errno: Option<i32>,
 }
 
-fn config(cluster: &GlusterCluster, i: usize, key: &Path) -> String {
+fn config(cluster: &GlusterCluster, i: usize, key: &Path, mounts: Option<bool>) -> String {
     let nodes = CLUSTER_ADDRS.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
-    let fuse = if i == 0 { "[fuse]\nmountpoint = \"{dir}/mnt\"\npassthrough = true\ntimeout_ms = 3000\n" } else { "" };
+    let fuse = match mounts {
+        Some(p) => format!("[fuse]\nmountpoint = \"{{dir}}/mnt\"\npassthrough = {p}\ntimeout_ms = 3000\n"),
+        None => String::new(),
+    };
     format!(
         "{volume}[nfs]\nenabled = false\n[smb]\nlisten = \"0.0.0.0:{SMB_PORT}\"\n{PUB_SHARE}\
          [cluster]\nnodes = [{nodes}]\nrecovery_lock = \"/lock/lockfile\"\nsecret_file = \"{key}\"\n\
@@ -50,9 +54,9 @@ fn config(cluster: &GlusterCluster, i: usize, key: &Path) -> String {
     )
 }
 
-/// Discards (or, `false`, lets through again) every packet between node 1's cluster address
+/// Discards (or, `false`, lets through again) every packet between node `m`'s cluster address
 /// and the others', on every node; the GlusterFS addresses are untouched.
-fn cut_cluster_links(cluster: &GlusterCluster, cut: bool) {
+fn cut_cluster_links(cluster: &GlusterCluster, m: usize, cut: bool) {
     let verb = if cut { "add" } else { "del" };
     let route = |node: usize, to: usize| {
         let out = cluster.topo().exec(
@@ -62,9 +66,9 @@ fn cut_cluster_links(cluster: &GlusterCluster, cut: bool) {
         );
         assert!(out.status.success() || !cut, "ip route {verb}: {}", String::from_utf8_lossy(&out.stderr));
     };
-    for other in 1..3 {
-        route(0, other);
-        route(other, 0);
+    for other in (0..3).filter(|o| *o != m) {
+        route(m, other);
+        route(other, m);
     }
 }
 
@@ -86,7 +90,24 @@ fn after(a: SystemTime, b: SystemTime) -> String {
 }
 
 #[test]
-fn a_cut_off_node_fences_a_passthrough_descriptor_before_another_node_gets_the_file() {
+fn a_cut_off_leader_fences_a_passthrough_descriptor_before_another_node_gets_the_file() {
+    fence_case(0, true);
+}
+
+#[test]
+fn a_cut_off_follower_fences_a_passthrough_descriptor_before_another_node_gets_the_file() {
+    fence_case(2, true);
+}
+
+#[test]
+fn a_cut_off_node_refuses_writes_through_nasgw_before_another_node_gets_the_file() {
+    fence_case(2, false);
+}
+
+/// Node `m` (0: the first node, which leads; 2: a follower) mounts the volume for local
+/// programs, with `passthrough`, and is cut off; an SMB client of another node wants the file.
+fn fence_case(m: usize, passthrough: bool) {
+    let o = (m + 1) % 3;
     let cluster =
         GlusterCluster::start(GlusterSpec { clients: vec![("c1".into(), "198.18.0.10".into())], ..Default::default() });
     for (i, a) in CLUSTER_ADDRS.iter().enumerate() {
@@ -98,20 +119,20 @@ fn a_cut_off_node_fences_a_passthrough_descriptor_before_another_node_gets_the_f
     let key = root.join("cluster.key");
     nasgw_tests::process::write_private(&key, "nasgw-fuse-fence-test-secret-0123456789\n");
     let dirs: Vec<_> = (0..3).map(|i| root.join(format!("d{i}"))).collect();
-    std::fs::create_dir_all(dirs[0].join("mnt")).unwrap();
+    std::fs::create_dir_all(dirs[m].join("mnt")).unwrap();
     // Node 1 shares the test's mount namespace (its mount is the local programs'): whatever
     // it mounted is detached at the end, however the test ends (guard, volume, mount).
-    let _unmount: Vec<Unmount> = [dirs[0].join("mnt")]
+    let _unmount: Vec<Unmount> = [dirs[m].join("mnt")]
         .into_iter()
-        .chain(std::iter::repeat_n(dirs[0].join("state/mnt"), 3))
+        .chain(std::iter::repeat_n(dirs[m].join("state/mnt"), 3))
         .map(Unmount)
         .collect();
     let mut daemons: Vec<Option<Daemon>> = (0..3)
         .map(|i| {
             let name = cluster.nodes[i].name.clone();
             let ns = cluster.topo().ns(&name).to_string();
-            let cfg = config(&cluster, i, &key);
-            Some(if i == 0 {
+            let cfg = config(&cluster, i, &key, (i == m).then_some(passthrough));
+            Some(if i == m {
                 Daemon::start_sharing_mounts(&name, &dirs[i], &cfg, &ns)
             } else {
                 Daemon::start(&name, &dirs[i], &cfg, Some(&ns))
@@ -119,16 +140,16 @@ fn a_cut_off_node_fences_a_passthrough_descriptor_before_another_node_gets_the_f
         })
         .collect();
     let logs = |daemons: &[Option<Daemon>]| daemons.iter().flatten().map(Daemon::logs).collect::<Vec<_>>().join("\n");
-    let d0 = |daemons: &[Option<Daemon>]| daemons[0].as_ref().expect("node 1").logs();
+    let d0 = |daemons: &[Option<Daemon>]| daemons[m].as_ref().expect("the cut node").logs();
     wait_for("every node in sync with the cluster", Duration::from_secs(60), POLL, || {
         daemons.iter().flatten().all(|d| d.logs().contains("this node is in sync with the cluster")).then_some(())
     });
 
-    // The local program on node 1: numbered 16-byte records, one every few milliseconds,
+    // The local program on the cut node: numbered 16-byte records, one every few milliseconds,
     // through one descriptor, until a write fails (or 20 s).
-    let mnt = dirs[0].join("mnt");
+    let mnt = dirs[m].join("mnt");
     let path = mnt.join("fenced.bin");
-    let file = wait_for("node 1's mount to take a new file", Duration::from_secs(30), POLL, || {
+    let file = wait_for("the cut node's mount to take a new file", Duration::from_secs(30), POLL, || {
         OpenOptions::new().write(true).create(true).truncate(true).open(&path).ok()
     });
     let stop = Arc::new(AtomicBool::new(false));
@@ -158,23 +179,23 @@ fn a_cut_off_node_fences_a_passthrough_descriptor_before_another_node_gets_the_f
     });
 
     let mut smb = nasgw_tests::cluster::SmbClient::spawn(cluster.topo().ns("c1"));
-    smb.ok(json!({"op": "connect", "c": "b", "host": cluster.nodes[1].addr, "port": SMB_PORT}));
-    // While node 1's program has the file open for writing, an open denying writers fails.
+    smb.ok(json!({"op": "connect", "c": "b", "host": cluster.nodes[o].addr, "port": SMB_PORT}));
+    // While the local program has the file open for writing, an open denying writers fails.
     smb.fails(json!({"op": "open", "c": "b", "h": "x", "path": "fenced.bin", "share": 0}), "STATUS_SHARING_VIOLATION");
 
     let cut_at = SystemTime::now();
     let cut = Instant::now();
-    cut_cluster_links(&cluster, true);
+    cut_cluster_links(&cluster, m, true);
     // Node 2's client takes the file as soon as the cluster gives it.
     let granted = loop {
         let r = smb.call(json!({"op": "open", "c": "b", "h": "x", "path": "fenced.bin", "share": 0}));
         if r.ok {
             break SystemTime::now();
         }
-        // SHARING_VIOLATION while node 1's open counts; a timeout while the views change.
+        // SHARING_VIOLATION while the local open counts; a timeout while the views change.
         assert!(
             cut.elapsed() < Duration::from_secs(30),
-            "node 2's client never got the file ({}):\n{}",
+            "the other node's client never got the file ({}):\n{}",
             r.v,
             logs(&daemons)
         );
@@ -194,10 +215,14 @@ fn a_cut_off_node_fences_a_passthrough_descriptor_before_another_node_gets_the_f
     let failed = written.iter().find(|w| w.errno.is_some());
     let log0 = d0(&daemons);
     let cut_off = logged_at(&log0, "this node is cut off from the cluster");
-    let fenced = logged_at(&log0, "killed the volume's FUSE client");
-    println!("node 1 knew it was cut off at {}", cut_off.map_or("never".into(), |t| after(cut_at, t)));
-    println!("node 1 fenced its mount's passthrough files at {}", fenced.map_or("never".into(), |t| after(cut_at, t)));
-    println!("node 2's client got the file exclusively at {} (reply seen)", after(cut_at, granted));
+    // Passthrough writers are fenced by killing the GlusterFS client; writes through nasgw
+    // are refused from the moment the node knows.
+    let fenced = if passthrough { logged_at(&log0, "killed the volume's FUSE client") } else { cut_off };
+    let leader = log0.lines().rev().find(|l| l.contains("event=\"leader\"")).unwrap_or("none");
+    println!("node {} (passthrough {passthrough}) was cut off; the last leader it saw: {leader}", m + 1);
+    println!("the cut node knew it was cut off at {}", cut_off.map_or("never".into(), |t| after(cut_at, t)));
+    println!("the cut node fenced its mount at {}", fenced.map_or("never".into(), |t| after(cut_at, t)));
+    println!("the other node's client got the file exclusively at {} (reply seen)", after(cut_at, granted));
     match failed {
         Some(w) => println!(
             "the local program's write of record {} failed at {} with errno {} ({})",
@@ -211,21 +236,26 @@ fn a_cut_off_node_fences_a_passthrough_descriptor_before_another_node_gets_the_f
     let late = written.iter().filter(|w| w.errno.is_none() && w.began > granted).count();
     let failed = failed.unwrap_or_else(|| {
         panic!(
-            "the descriptor opened before the cut kept writing ({late} writes succeeded after node 2's client got the \
+            "the descriptor opened before the cut kept writing ({late} writes succeeded after the other node's client got the \
              file, {} records in all):\n{}",
             written.len(),
             logs(&daemons)
         )
     });
     let errno = failed.errno.unwrap_or(0);
-    // ENOTCONN once the connection is gone, ECONNABORTED for a write it aborted in flight,
+    // ENOTCONN once the connection is gone, ECONNABORTED for a write it aborted in flight;
     // EIO through nasgw.
-    assert!([libc::ENOTCONN, libc::ECONNABORTED, libc::EIO].contains(&errno), "unexpected errno {errno}");
-    let fenced = fenced.unwrap_or_else(|| panic!("node 1 never logged its fence:\n{log0}"));
-    assert!(fenced < granted, "node 2's client got the file before node 1 had fenced its mount:\n{}", logs(&daemons));
-    assert_eq!(late, 0, "writes succeeded after node 2's client got the file");
+    let expected: &[i32] = if passthrough { &[libc::ENOTCONN, libc::ECONNABORTED] } else { &[libc::EIO] };
+    assert!(expected.contains(&errno), "unexpected errno {errno}");
+    let fenced = fenced.unwrap_or_else(|| panic!("the cut node never logged its fence:\n{log0}"));
+    assert!(
+        fenced < granted,
+        "the other node's client got the file before the cut node had fenced its mount:\n{}",
+        logs(&daemons)
+    );
+    assert_eq!(late, 0, "writes succeeded after the other node's client got the file");
 
-    // What node 2 reads: no record whose write began after node 1 logged the fence.
+    // What the other node reads: no record whose write began after the fence.
     let size = written.len() * RECORD + RECORD;
     let data =
         smb.ok(json!({"op": "read", "h": "x", "off": 0, "len": size})).v["data"].as_str().unwrap_or("").to_string();
@@ -238,7 +268,7 @@ fn a_cut_off_node_fences_a_passthrough_descriptor_before_another_node_gets_the_f
         .collect();
     let before_cut = written.iter().filter(|w| w.began < cut_at).count();
     println!(
-        "node 2 reads {} of {} records ({} began before the cut; the last present is {:?})",
+        "the other node reads {} of {} records ({} began before the cut; the last present is {:?})",
         present.len(),
         written.len(),
         before_cut,
@@ -247,7 +277,7 @@ fn a_cut_off_node_fences_a_passthrough_descriptor_before_another_node_gets_the_f
     assert!(present.len() >= 40, "the records written long before the cut are not on the volume");
     let after_fence: Vec<usize> =
         written.iter().filter(|w| w.began > fenced && present.contains(&w.seq)).map(|w| w.seq).collect();
-    assert!(after_fence.is_empty(), "records written after node 1's fence reached the volume: {after_fence:?}");
+    assert!(after_fence.is_empty(), "records written after the cut node's fence reached the volume: {after_fence:?}");
     // Between knowing and fencing the client is being killed (milliseconds): printed, not
     // asserted (a write GlusterFS took just before its client died may reach the bricks).
     if let Some(knew) = cut_off {
@@ -259,33 +289,37 @@ fn a_cut_off_node_fences_a_passthrough_descriptor_before_another_node_gets_the_f
     smb.ok(json!({"op": "close", "h": "x"}));
     drop(smb);
 
+    // Fenced once, and only where it matters (a passthrough writer).
     let log0 = d0(&daemons);
-    assert_eq!(log0.matches("killed the volume's FUSE client").count(), 1, "fenced more than once:\n{log0}");
+    let kills = log0.matches("killed the volume's FUSE client").count();
+    assert_eq!(kills, usize::from(passthrough), "the GlusterFS client was killed {kills} times:\n{log0}");
 
-    // Healed: node 1 is in sync again on its new GlusterFS mount. While the old descriptor
-    // holds the dead mount's backing file (the kernel takes only that one for the inode), a
+    // Healed: the cut node is in sync again (on a new GlusterFS mount, with passthrough).
+    // While the old descriptor holds the dead mount's backing file (the kernel takes only that one for the inode), a
     // new open of the file fails; once it is closed, a new open reads and writes.
-    cut_cluster_links(&cluster, false);
-    wait_for("node 1 in sync again", Duration::from_secs(60), POLL, || {
+    cut_cluster_links(&cluster, m, false);
+    wait_for("the cut node in sync again", Duration::from_secs(60), POLL, || {
         let log = d0(&daemons);
         let back = log.rfind("this node is in sync with the cluster")?;
         (back > log.rfind("this node is cut off from the cluster")?).then_some(())
     });
-    let refused = OpenOptions::new().read(true).open(&path).map(drop).map_err(|e| e.raw_os_error());
-    assert_eq!(refused, Err(Some(libc::EIO)), "an open beside the fenced descriptor");
-    assert!(old.write_all_at(b"x", 0).is_err(), "the old descriptor writes again after the heal");
+    if passthrough {
+        let refused = OpenOptions::new().read(true).open(&path).map(drop).map_err(|e| e.raw_os_error());
+        assert_eq!(refused, Err(Some(libc::EIO)), "an open beside the fenced descriptor");
+        assert!(old.write_all_at(b"x", 0).is_err(), "the old descriptor writes again after the heal");
+    }
     drop(old);
     let t = Instant::now();
     let again = loop {
         match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => break f,
             Err(e) if t.elapsed() > Duration::from_secs(30) => {
-                panic!("no new open on node 1 after the heal: {e}\n{}", d0(&daemons))
+                panic!("no new open on the cut node after the heal: {e}\n{}", d0(&daemons))
             }
             Err(_) => std::thread::sleep(POLL),
         }
     };
-    println!("a new open on node 1 succeeded {:?} after the old descriptor was closed", t.elapsed());
+    println!("a new open on the cut node succeeded {:?} after the old descriptor was closed", t.elapsed());
     let mut first = [0u8; RECORD];
     again.read_exact_at(&mut first, 0).expect("a read through the new open");
     assert_eq!(&first, format!("{:015}\n", 0).as_bytes());
