@@ -72,6 +72,15 @@ fn cut_cluster_links(cluster: &GlusterCluster, m: usize, cut: bool) {
     }
 }
 
+/// The numbers of the well-formed records in `data` (record `n` at offset `16 n`).
+fn records(data: &[u8]) -> Vec<usize> {
+    data.chunks(RECORD)
+        .enumerate()
+        .filter(|(seq, r)| *r == format!("{seq:015}\n").as_bytes())
+        .map(|(seq, _)| seq)
+        .collect()
+}
+
 /// When the last line of `log` containing `what` was written (its RFC 3339 timestamp).
 fn logged_at(log: &str, what: &str) -> Option<SystemTime> {
     let line = log.lines().rev().find(|l| l.contains(what))?;
@@ -260,30 +269,35 @@ fn fence_case(m: usize, passthrough: bool) {
     let data =
         smb.ok(json!({"op": "read", "h": "x", "off": 0, "len": size})).v["data"].as_str().unwrap_or("").to_string();
     let data: Vec<u8> = (0..data.len() / 2).map(|i| u8::from_str_radix(&data[2 * i..2 * i + 2], 16).unwrap()).collect();
-    let present: Vec<usize> = data
-        .chunks(RECORD)
-        .enumerate()
-        .filter(|(seq, r)| *r == format!("{seq:015}\n").as_bytes())
-        .map(|(seq, _)| seq)
-        .collect();
+    let served = records(&data);
     let before_cut = written.iter().filter(|w| w.began < cut_at).count();
     println!(
         "the other node reads {} of {} records ({} began before the cut; the last present is {:?})",
-        present.len(),
+        served.len(),
         written.len(),
         before_cut,
-        present.last()
+        served.last()
     );
-    assert!(present.len() >= 40, "the records written long before the cut are not on the volume");
-    let after_fence: Vec<usize> =
-        written.iter().filter(|w| w.began > fenced && present.contains(&w.seq)).map(|w| w.seq).collect();
-    assert!(after_fence.is_empty(), "records written after the cut node's fence reached the volume: {after_fence:?}");
+    // And what each brick holds (the volume itself: no client's cache between; the other
+    // node's GlusterFS client may still answer the file's size it cached up to 1 s ago).
+    let mut views = vec![("the other node's SMB read".to_string(), served)];
+    for n in &cluster.nodes {
+        let on_brick = records(&std::fs::read(n.brick.join("fenced.bin")).unwrap_or_default());
+        println!("{}'s brick holds {} records (the last {:?})", n.name, on_brick.len(), on_brick.last());
+        views.push((format!("{}'s brick", n.name), on_brick));
+    }
+    for (what, present) in &views {
+        assert!(present.len() >= 40, "{what}: the records written long before the cut are not there");
+        let after_fence: Vec<usize> =
+            written.iter().filter(|w| w.began > fenced && present.contains(&w.seq)).map(|w| w.seq).collect();
+        assert!(after_fence.is_empty(), "{what}: records written after the cut node's fence: {after_fence:?}");
+    }
     // Between knowing and fencing the client is being killed (milliseconds): printed, not
     // asserted (a write GlusterFS took just before its client died may reach the bricks).
     if let Some(knew) = cut_off {
         let window: Vec<usize> =
             written.iter().filter(|w| w.began > knew && w.began <= fenced).map(|w| w.seq).collect();
-        let landed = window.iter().filter(|s| present.contains(s)).count();
+        let landed = window.iter().filter(|s| views.iter().any(|(_, p)| p.contains(s))).count();
         println!("{} record(s) began between knowing and the fence, {landed} of them on the volume", window.len());
     }
     smb.ok(json!({"op": "close", "h": "x"}));
