@@ -129,7 +129,7 @@ const BREAK_TIMEOUT: Duration = Duration::from_secs(35);
 
 /// How long a node may stay out of sync with the cluster's file-sharing state (not licensed
 /// although HA sees quorum) before it reports itself unhealthy so its addresses move.
-const OUT_OF_SYNC_UNHEALTHY: Duration = Duration::from_secs(5);
+const OUT_OF_SYNC_UNHEALTHY: Duration = crate::cut_off::EXCLUDED_AFTER;
 
 /// Starts this node's part of the cluster-wide file-sharing state: its machine and the
 /// authenticated mesh to the other nodes (TCP on `[cluster] port`). HA's verdict is fed to it
@@ -167,7 +167,9 @@ pub async fn lock_service(cluster: &ClusterConfig, life: &Lifecycle) -> Result<A
 
 /// Reports the node unhealthy (so HA moves its addresses) while it has been out of sync with
 /// the cluster's file-sharing state for [`OUT_OF_SYNC_UNHEALTHY`] although HA sees quorum: its
-/// clients could do nothing that needs the state (opens, locks, I/O checks) meanwhile.
+/// clients could do nothing that needs the state (opens, locks, I/O checks) meanwhile. Tells the
+/// lock service when the node is cut off (`crate::cut_off`), so what would still reach the
+/// volume without asking the cluster (the node's own mount) is stopped.
 async fn watch_sync(locks: Arc<LockService>, ha: HaHandle, listeners: ListenerHealth, stop: CancellationToken) {
     const NAME: &str = "file-state";
     let mut licensed = locks.licensed();
@@ -177,10 +179,28 @@ async fn watch_sync(locks: Arc<LockService>, ha: HaHandle, listeners: ListenerHe
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = licensed.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            // HA's view is read, not waited on: often enough to follow its quorum closely.
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
-        let ok = *licensed.borrow() || !ha.view().in_quorum;
+        let view = ha.view();
+        let is_licensed = *licensed.borrow();
+        let ok = is_licensed || !view.in_quorum;
         since = if ok { None } else { since.or(Some(std::time::Instant::now())) };
+        let seen = crate::cut_off::Seen {
+            was_licensed: locks.was_licensed(),
+            licensed: is_licensed,
+            in_quorum: view.in_quorum,
+            majority: view.majority,
+            excluded_for: since.map_or(Duration::ZERO, |t| t.elapsed()),
+        };
+        let cut = crate::cut_off::verdict(seen);
+        if cut != *locks.cut_off().borrow() {
+            match cut {
+                Some(why) => tracing::warn!(reason = %why, "this node is cut off from the cluster"),
+                None => tracing::info!("this node is no longer cut off from the cluster"),
+            }
+            locks.set_cut_off(cut);
+        }
         let bad = since.is_some_and(|t| t.elapsed() >= OUT_OF_SYNC_UNHEALTHY);
         if bad != down {
             down = bad;

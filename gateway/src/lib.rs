@@ -10,6 +10,7 @@ pub mod clients;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod cut_off;
 pub mod daemon;
 pub mod descriptors;
 pub mod dns;

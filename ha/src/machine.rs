@@ -779,6 +779,13 @@ impl Machine {
         (majority || tie) && leader_ok
     }
 
+    /// This node heard a strict majority of the nodes (itself included) within the fence
+    /// interval: what tells a node cut off from the others (which hears none) from one whose
+    /// leader died (which still hears the majority electing the next one).
+    pub fn hears_majority(&self, now: Duration) -> bool {
+        self.quorum(now).0
+    }
+
     /// Addresses this node holds.
     pub fn held(&self) -> &BTreeSet<IpAddr> {
         &self.held
@@ -888,6 +895,20 @@ mod tests {
                 seen,
             }),
         })
+    }
+
+    #[test]
+    fn a_majority_is_heard_only_within_the_fence_interval() {
+        let ms = Duration::from_millis;
+        let mut m = machine(0, 500);
+        // Alone: 1 of 3.
+        assert!(!m.hears_majority(ms(0)));
+        m.handle(ms(10), heartbeat(1, 7, 100, vec![(0, 500)]));
+        // Itself and node 1: 2 of 3, while node 1 was heard within the fence (500 ms).
+        assert!(m.hears_majority(ms(10)));
+        assert!(m.hears_majority(ms(509)));
+        // Cut off: node 1 not heard for the fence interval.
+        assert!(!m.hears_majority(ms(510)));
     }
 
     #[test]

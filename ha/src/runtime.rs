@@ -140,6 +140,9 @@ pub struct HaView {
     pub ip: IpReport,
     /// This node sees quorum and a fresh leader ([`Machine::in_quorum`]).
     pub in_quorum: bool,
+    /// This node hears a strict majority of the nodes ([`Machine::hears_majority`]): false on
+    /// the minority side of a partition, true on the majority side while it elects a leader.
+    pub majority: bool,
 }
 
 /// A running HA node: admin requests in, its view out.
@@ -231,7 +234,12 @@ fn view_of(m: &Machine, s: &HaSettings, now: Duration, facts: &mut Facts) -> HaV
             last_move: facts.moves.get(&p.address).copied(),
         })
         .collect();
-    HaView { status, ip: IpReport { this_node: s.me, addresses, now: wall }, in_quorum: m.in_quorum(now) }
+    HaView {
+        status,
+        ip: IpReport { this_node: s.me, addresses, now: wall },
+        in_quorum: m.in_quorum(now),
+        majority: m.hears_majority(now),
+    }
 }
 
 /// The other nodes' cluster sockets.

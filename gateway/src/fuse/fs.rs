@@ -28,6 +28,7 @@ use super::dir_stream::{self, DirStream, Start};
 use super::inodes::{generation, Inodes};
 use super::passthrough;
 use super::sharing::{bounded, Invalidator, MountSharing};
+use crate::cut_off::CutOff;
 use crate::locks::{Conflict, LockService, OpenKey, Owner, RangeLock};
 use crate::vfs::backend::HeldFile;
 use crate::vfs::{
@@ -82,6 +83,8 @@ struct Backing {
     id: Arc<BackingId>,
     file: Arc<File>,
     opens: usize,
+    /// The backend's [`crate::vfs::Backend::data_epoch`] `file` belongs to.
+    epoch: u64,
 }
 
 /// One open of a file through the mount.
@@ -97,6 +100,8 @@ struct OpenFile {
     held: Option<Arc<dyn HeldFile>>,
     /// Reads and writes go straight to `data` in the kernel (passthrough).
     passthrough: bool,
+    /// The backend's data epoch when the open was made (its `data` belongs to it).
+    epoch: u64,
     /// Written through nasgw since the last flush.
     wrote: AtomicBool,
     /// Its open in the cluster's file-sharing state (none without a lock service).
@@ -137,6 +142,10 @@ pub struct VolumeFs {
     /// The daemon's runtime (none in tests without one): what must still happen after a
     /// caller got its answer (giving back a lock granted too late) runs there.
     rt: Option<tokio::runtime::Handle>,
+    /// Whether this node is cut off from the cluster (none without a lock service).
+    cut_off: Option<tokio::sync::watch::Receiver<Option<CutOff>>>,
+    /// The data epoch whose descriptors were revoked in the current cut-off (`fence_writers`).
+    fenced: Arc<Mutex<Option<u64>>>,
 }
 
 /// How often a waiting lock (F_SETLKW) retries besides every change of the file's record.
@@ -160,6 +169,7 @@ impl VolumeFs {
         let owner_base =
             (u128::from(0x4655_5345u32) << 96) | (u128::from(node) << 80) | (u128::from(nonce >> 16) << 64);
         let granted = Arc::new(AtomicBool::new(false));
+        let opens = Arc::new(Mutex::new(HashMap::new()));
         let inodes = Arc::new(Mutex::new(Inodes::new(ns.root(), root_fileid)));
         let notifier = Arc::new(OnceLock::new());
         let inval = Invalidator::new(notifier.clone());
@@ -179,10 +189,18 @@ impl VolumeFs {
             (Some(l), Some(rt)) => Some(MountSharing::new(l.clone(), inval, rt.clone(), limit)),
             _ => None,
         };
+        let cut_off = locks.as_ref().map(|l| l.cut_off());
+        let fenced = Arc::new(Mutex::new(None));
+        if let (Some(rx), Some(rt)) = (&cut_off, &rt) {
+            rt.spawn(fence_on_cut_off(
+                rx.clone(),
+                Fencer { ns: ns.clone(), opens: opens.clone(), fenced: fenced.clone() },
+            ));
+        }
         let fs = Self {
             inodes,
             ns,
-            opens: Arc::new(Mutex::new(HashMap::new())),
+            opens,
             dirs: Mutex::new(HashMap::new()),
             backings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -195,6 +213,8 @@ impl VolumeFs {
             notifier,
             limit,
             rt,
+            cut_off,
+            fenced,
         };
         (fs, granted)
     }
@@ -258,8 +278,13 @@ impl VolumeFs {
     ) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let seen = Mutex::new((a.size, a.mtime));
-        let open = OpenFile { file, data, held, passthrough, wrote: AtomicBool::new(false), key, write, seen };
+        let epoch = self.ns.backend().data_epoch();
+        let open = OpenFile { file, data, held, passthrough, epoch, wrote: AtomicBool::new(false), key, write, seen };
         self.opens.lock().expect("opens lock").insert(fh, Arc::new(open));
+        if passthrough && write && self.is_cut_off() {
+            // Granted just before the cut and answered after it: this one is fenced too.
+            self.fencer().fence("a passthrough open for writing answered after the cut");
+        }
         FileHandle(fh)
     }
 
@@ -298,7 +323,12 @@ impl VolumeFs {
             return None;
         }
         let mut b = self.backings.lock().expect("backings lock");
+        let epoch = self.ns.backend().data_epoch();
         if let Some(x) = b.get_mut(&file) {
+            if x.epoch != epoch {
+                // Callers refuse such opens first (`stale_backing`); never a dead descriptor.
+                return None;
+            }
             x.opens += 1;
             return Some((x.id.clone(), x.file.clone()));
         }
@@ -308,7 +338,7 @@ impl VolumeFs {
         match open_backing(&f) {
             Ok(id) => {
                 let id = Arc::new(id);
-                b.insert(file, Backing { id: id.clone(), file: f.clone(), opens: 1 });
+                b.insert(file, Backing { id: id.clone(), file: f.clone(), opens: 1, epoch });
                 Some((id, f))
             }
             Err(e) => {
@@ -337,6 +367,25 @@ impl VolumeFs {
             }
             None => passthrough::reopen_allowed(a, &caller(req), oflags),
         }
+    }
+
+    /// Whether the inode's backing file belongs to an earlier data epoch (a GlusterFS client
+    /// since replaced, or killed to fence a cut-off node: it fails every call) while older
+    /// opens still use it. The kernel takes only passthrough opens of an inode that has a
+    /// backing file, and only with that same backing file, which would fail every read and
+    /// write: such an open is refused (EIO) until the program holding the old ones closes them.
+    fn stale_backing(&self, file: &FileId) -> bool {
+        let b = self.backings.lock().expect("backings lock");
+        b.get(file).is_some_and(|x| x.epoch != self.ns.backend().data_epoch())
+    }
+
+    /// Whether this node is cut off from the cluster now.
+    fn is_cut_off(&self) -> bool {
+        self.cut_off.as_ref().is_some_and(|c| c.borrow().is_some())
+    }
+
+    fn fencer(&self) -> Fencer {
+        Fencer { ns: self.ns.clone(), opens: self.opens.clone(), fenced: self.fenced.clone() }
     }
 
     fn release_backing(&self, file: &FileId) {
@@ -687,6 +736,9 @@ impl Filesystem for VolumeFs {
             // The kernel never opens a directory here; special files are not served.
             return reply.error(Errno::from_i32(libc::ENXIO));
         }
+        if self.stale_backing(&id) {
+            return reply.error(Errno::EIO);
+        }
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let shared = match self.share_open(id, ino.0, flags.0) {
             Ok(s) => s,
@@ -774,6 +826,10 @@ impl Filesystem for VolumeFs {
         reply: ReplyWrite,
     ) {
         let Some(open) = self.open_of(fh) else { return reply.error(Errno::EBADF) };
+        if self.is_cut_off() {
+            // Other nodes may have given the file to their clients: nothing more of this node's.
+            return reply.error(Errno::EIO);
+        }
         let stable = if flags.0 & libc::O_SYNC == libc::O_SYNC {
             Stability::FileSync
         } else if flags.0 & libc::O_DSYNC != 0 {
@@ -1232,6 +1288,11 @@ impl Filesystem for VolumeFs {
             Some(ino) => ino,
             None => return reply.error(Errno::EIO),
         };
+        if self.stale_backing(&id) {
+            // An existing file (not excluded) whose old opens hold a dead backing file.
+            self.inodes.lock().expect("inodes lock").forget(ino, 1);
+            return reply.error(Errno::EIO);
+        }
         let fa = fuse_attr(&a, ino);
         let g = Generation(generation(&id));
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -1261,6 +1322,73 @@ impl Filesystem for VolumeFs {
                 let direct = if pass { FopenFlags::empty() } else { FopenFlags::FOPEN_DIRECT_IO };
                 reply.created(&TTL, &fa, g, self.new_fh(id, data, held, false, key, write, &a), direct)
             }
+        }
+    }
+}
+
+/// What fences the mount's passthrough writers when the node is cut off from the cluster.
+///
+/// A passthrough open's reads and writes go from the kernel straight to the backend's file,
+/// never through nasgw, so refusing requests cannot stop them: the backend revokes its data
+/// descriptors instead ([`crate::vfs::Backend::revoke_data`]; GlusterFS-FUSE: its client is
+/// killed, which aborts the connection every backing file is on). Only when it matters: some
+/// open for writing uses a backing file of the current data epoch (readers are left alone,
+/// and so is a mount nobody writes through), once per data epoch.
+#[derive(Clone)]
+struct Fencer {
+    ns: Namespace,
+    opens: Arc<Mutex<HashMap<u64, Arc<OpenFile>>>>,
+    fenced: Arc<Mutex<Option<u64>>>,
+}
+
+impl Fencer {
+    /// Revokes the backend's data descriptors if passthrough writers use them (blocks until
+    /// the backend has done so).
+    fn fence(&self, why: &str) {
+        let backend = self.ns.backend();
+        let epoch = backend.data_epoch();
+        let mut fenced = self.fenced.lock().expect("fenced lock");
+        if *fenced == Some(epoch) {
+            return;
+        }
+        let writers = self
+            .opens
+            .lock()
+            .expect("opens lock")
+            .values()
+            .filter(|o| o.passthrough && o.write && o.epoch == epoch)
+            .count();
+        if writers == 0 {
+            tracing::info!(reason = %why, "cut off from the cluster; no local program writes through passthrough");
+            return;
+        }
+        *fenced = Some(epoch);
+        if backend.revoke_data(&format!("{why}; {writers} local descriptor(s) open for writing through passthrough")) {
+            return;
+        }
+        tracing::error!(
+            reason = %why,
+            writers,
+            "cut off from the cluster, but this backend cannot revoke passthrough descriptors: local programs may still write"
+        );
+    }
+}
+
+/// Fences the mount's passthrough writers each time the node is cut off (`crate::cut_off`).
+async fn fence_on_cut_off(mut cut_off: tokio::sync::watch::Receiver<Option<CutOff>>, fencer: Fencer) {
+    loop {
+        let cut = *cut_off.borrow_and_update();
+        match cut {
+            Some(why) => {
+                let f = fencer.clone();
+                // The backend waits for its client to exit: off the runtime's workers.
+                let _ = tokio::task::spawn_blocking(move || f.fence(&why.to_string())).await;
+            }
+            // A new cut-off fences whatever is written through by then.
+            None => *fencer.fenced.lock().expect("fenced lock") = None,
+        }
+        if cut_off.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -284,6 +284,14 @@ impl Backend for FuseBackend {
         self.backend()?.statfs(id)
     }
 
+    fn data_epoch(&self) -> u64 {
+        self.mount.mount_count()
+    }
+
+    fn revoke_data(&self, reason: &str) -> bool {
+        self.mount.abort(reason)
+    }
+
     fn release_removed(&self) -> usize {
         // The backend of the current mount only: never wait for a mount to sweep a cache.
         let cur = self.current.lock().expect("lock").as_ref().map(|(_, b)| b.clone());

@@ -8,7 +8,7 @@
 //! views) and feeds it what HA says.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -72,6 +72,11 @@ pub struct LockService {
     next_seq: AtomicU64,
     net: Option<Arc<Outbox>>,
     licensed: watch::Sender<bool>,
+    /// Whether this node is cut off from the cluster (set by `cluster.rs` from HA and the
+    /// license; never on a single node).
+    cut_off: watch::Sender<Option<crate::cut_off::CutOff>>,
+    /// The node was licensed at some time since it started.
+    was_licensed: AtomicBool,
     holders: OnceLock<Arc<dyn Holders>>,
     /// Holders of leases whose client GUID is the key (the node's own mount), besides SMB's.
     lease_holders: Mutex<Vec<LeaseHolder>>,
@@ -130,6 +135,8 @@ impl LockService {
             next_seq: AtomicU64::new(start),
             net,
             licensed: watch::channel(false).0,
+            cut_off: watch::channel(None).0,
+            was_licensed: AtomicBool::new(false),
             holders: OnceLock::new(),
             lease_holders: Mutex::new(Vec::new()),
             events: Mutex::new(Vec::new()),
@@ -204,6 +211,23 @@ impl LockService {
         self.licensed.subscribe()
     }
 
+    /// Whether this node is cut off from the cluster (`crate::cut_off`), and its changes:
+    /// what it still lets through must not reach the volume.
+    pub fn cut_off(&self) -> watch::Receiver<Option<crate::cut_off::CutOff>> {
+        self.cut_off.subscribe()
+    }
+
+    /// Whether this node was licensed at any time since it started (a license shorter than
+    /// anyone's look at [`LockService::licensed`] counts too).
+    pub fn was_licensed(&self) -> bool {
+        self.was_licensed.load(Ordering::SeqCst)
+    }
+
+    /// Records whether this node is cut off (the cluster's watcher calls it).
+    pub fn set_cut_off(&self, c: Option<crate::cut_off::CutOff>) {
+        self.cut_off.send_if_modified(|old| std::mem::replace(old, c) != c);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -255,6 +279,9 @@ impl LockService {
                     }
                 }
                 Output::Licensed(on) => {
+                    if on {
+                        self.was_licensed.store(true, Ordering::SeqCst);
+                    }
                     self.licensed.send_replace(on);
                     if on {
                         tracing::info!("file-sharing state: this node is in sync with the cluster");

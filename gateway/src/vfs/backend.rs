@@ -308,6 +308,23 @@ pub trait Backend: Send + Sync + 'static {
         Ok(std::sync::Arc::new(std::fs::File::from(fd)))
     }
 
+    /// Which generation of data descriptors [`Backend::open_data`] and [`Backend::shared_data`]
+    /// hand out now: it changes when earlier ones stopped working (GlusterFS-FUSE: the client
+    /// was replaced, its mount's descriptors answer ENOTCONN for ever). Default: always 0.
+    fn data_epoch(&self) -> u64 {
+        0
+    }
+
+    /// Makes every data descriptor handed out so far fail from now on, including the kernel's
+    /// passthrough files opened on them, which reach the volume without nasgw: a node cut off
+    /// from the cluster calls it (`reason`, for the log) so no local program's write lands after
+    /// other nodes may have given its files away. New descriptors (a new
+    /// [`Backend::data_epoch`]) work again. False where the backend cannot (a local directory:
+    /// nothing revokes a descriptor of a local file), the default.
+    fn revoke_data(&self, _reason: &str) -> bool {
+        false
+    }
+
     /// An `O_PATH` descriptor of directory `dir` of its own, for following the directory's
     /// changes on a local volume (inotify; see [`crate::vfs::local_folded`]).
     /// [`VfsError::NotSupported`] (the default) where the volume has no such directory (gfapi).
