@@ -1026,6 +1026,9 @@ impl Backend for GfapiBackend {
             CreateHow::Guarded(_) if !created => Err(VfsError::Exists),
             CreateHow::Unchecked(_) | CreateHow::Guarded(_) if attr.ftype != FileType::Regular => Err(VfsError::Exists),
             CreateHow::Unchecked(set) | CreateHow::Guarded(set) => {
+                // A file this call made is empty already: truncating it again (an
+                // `open(O_CREAT | O_TRUNC)`) would cost the bricks a TRUNCATE and two STATs.
+                let set = if created && set.size == Some(0) { SetAttr { size: None, ..set } } else { set };
                 if set.is_empty() {
                     Ok((id, attr))
                 } else {
