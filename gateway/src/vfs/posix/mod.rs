@@ -59,7 +59,7 @@ pub struct PosixOptions {
     pub identity: Option<IdentityKind>,
     /// Most objects kept open at once.
     pub cache_entries: usize,
-    /// On a network mount (not a [`LOCAL_FS`]), most data descriptors kept open at once: each
+    /// On a network mount (not a `LOCAL_FS`), most data descriptors kept open at once: each
     /// is an open file on the servers (see [`crate::vfs::open_files`]).
     pub open_files: usize,
 }
