@@ -276,11 +276,13 @@ impl SmbServer {
         self.open_paths.lock().unwrap_or_else(|e| e.into_inner()).remove(&key)
     }
 
-    /// `file` was renamed through share `root` to `path` in directory `parent`: every open of
-    /// it through that share on this node is there now.
-    pub fn moved(&self, file: FileId, root: FileId, parent: FileId, path: &[String]) {
+    /// `file` was renamed from entry `from` (directory, name) through share `root` to `path` in
+    /// directory `parent`: every open of it through that share and name on this node is there
+    /// now (an open through another hard link of the file keeps its own name).
+    pub fn moved(&self, file: FileId, root: FileId, from: (FileId, &str), parent: FileId, path: &[String]) {
         let mut m = self.open_paths.lock().unwrap_or_else(|e| e.into_inner());
-        for at in m.values_mut().filter(|at| at.file == file && at.root == root) {
+        let through = |at: &OpenPath| at.parent == from.0 && at.path.last().map(String::as_str) == Some(from.1);
+        for at in m.values_mut().filter(|at| at.file == file && at.root == root && through(at)) {
             at.parent = parent;
             at.path = path.to_vec();
         }
