@@ -146,7 +146,7 @@ pub struct SmbServer {
     /// [`crate::descriptors`]): past them, connections wait for a thread.
     pub descriptors: Arc<crate::descriptors::Descriptors>,
     /// Where every open file is now (a rename moves every open of the file through the same
-    /// share on this node; renames through other nodes, shares and protocols reach opens
+    /// share and name on this node; renames through other nodes, shares and protocols reach opens
     /// through the file's record, see [`current_name`]).
     pub open_paths: std::sync::Mutex<std::collections::HashMap<OpenKey, OpenPath>>,
     /// Alternate data streams open on this node, per file (deletion rules between a file and

@@ -561,9 +561,10 @@ async fn rename(
                 ns.rename(&h.cred, h.parent, old_name.as_bytes(), to_dir, new_name.as_bytes(), tid).await?
             }
         }
-        // Every open of the file on every node acts on the new name from now on (another
-        // open's delete-on-close removes it): the cluster's record says so before the client
-        // hears of the rename, and this node's opens through the share are moved.
+        // Every open of the file on every node acts on the new name from now on, unless it
+        // came through another hard link of the file (another open's delete-on-close removes
+        // it): the cluster's record says so before the client hears of the rename, and this
+        // node's opens through the share and the old name are moved.
         if let Some(n) = crate::smb::current_name::of_rename(h.root, to_dir, &comps) {
             if let Err(e) = server.locks.renamed(&h.id, n).await {
                 tracing::warn!(error = %e, "SMB: the cluster did not confirm a rename's new name");
