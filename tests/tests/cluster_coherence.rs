@@ -13,6 +13,9 @@
 //!   through two nodes, broken on the node where it is still open once it closed the other;
 //! - an NFS WRITE through node 2 into a range locked through SMB on node 1: NFS3ERR_JUKEBOX
 //!   until the lock goes;
+//! - a file with two names (hard links), one renamed through NFS: an SMB open through the other
+//!   name acts on that name (delete-on-close, rename, name query), on the renamer's node and
+//!   on the other;
 //! - a blocking lock waiting on the node its holder unlocks through, on files homed elsewhere
 //!   and open on a third node, is granted at once (not after its one-second retry).
 
@@ -64,6 +67,9 @@ fn two_clients_on_two_nodes_share_one_state() {
     waiter_on_the_releasers_node(&mut d);
     nfs_write_into_smb_lock(&c, &mut d);
     delete_after_an_nfs_rename(&c, &mut d);
+    for client in ["LA", "LB"] {
+        hard_link_names(&c, &mut d, client);
+    }
     for d in c.daemons.iter().flatten() {
         let logs = d.logs();
         assert!(!logs.contains("panicked"), "{logs}");
@@ -461,4 +467,92 @@ fn delete_after_an_nfs_rename(c: &SmbCluster, d: &mut SmbClient) {
     d.ok(json!({"op": "close", "h": "nr"}));
     assert!(!c.volume().join("nfs-mv-new").exists(), "the SMB delete-on-close left the file NFS renamed");
     println!("rename through NFS on another node, SMB delete-on-close: ok");
+}
+
+/// Through node 2's NFS: renames `from` to `to` in the root, then links `to` as `link` too.
+fn nfs_rename_and_link(c: &SmbCluster, from: &str, to: &str, link: &str) {
+    let ns = c.topo.ns("n2").to_string();
+    let (from, to, link) = (from.to_string(), to.to_string(), link.to_string());
+    std::thread::spawn(move || {
+        nasgw_tests::netns::enter(&ns);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let mut conn = nfs_common::mount(NFS_PORT, 0, 0).await;
+            let root = conn.root_nfs_fh3();
+            nfs_common::rename(&mut conn, &root, &from, &root, &to).await.expect("NFS RENAME through node 2");
+            let (fh, _) = nfs_common::lookup(&mut conn, &root, to.as_bytes()).await.expect("NFS LOOKUP");
+            nfs_common::link(&mut conn, &fh, &root, &link).await.expect("NFS LINK through node 2");
+        })
+    })
+    .join()
+    .unwrap();
+}
+
+/// What the open through the second name of a hard-linked file does in [`hard_link_names`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LinkCase {
+    /// It was opened delete-on-close.
+    DeleteOnClose,
+    /// It is renamed by handle, then set delete-pending.
+    Rename,
+    /// The holder's handle (the other name) is renamed, then this one set delete-pending.
+    OtherRenamed,
+}
+
+/// A file with two names: LA (node 1) holds it as `l`, an NFS client renames `l` to `n` through
+/// node 2 (the file's record now names `n`) and links it as `s` too; `client` (through node 1,
+/// or node 2) opens `s`. That open acts on `s`, the name it came through, which is still the
+/// file's: its delete-on-close removes `s` and leaves the other name with its data, its name
+/// query shows `s`, a rename by its handle moves `s`, and a rename through LA's handle (which
+/// follows the record to `n`) leaves it at `s` (main's binary before this removed or moved `n`).
+fn hard_link_names(c: &SmbCluster, d: &mut SmbClient, client: &str) {
+    let vol = c.volume();
+    for case in [LinkCase::DeleteOnClose, LinkCase::Rename, LinkCase::OtherRenamed] {
+        let [l, n, s, t] = ["l", "n", "s", "t"].map(|x| format!("hl-{client}-{case:?}-{x}"));
+        d.ok(json!({"op": "open", "c": "LA", "h": "hl", "path": l, "access": RW | DELETE, "share": SHARE_ALL}));
+        d.ok(json!({"op": "write", "h": "hl", "off": 0, "data": hex(b"two names")}));
+        nfs_rename_and_link(c, &l, &n, &s);
+        let opts = match case {
+            LinkCase::DeleteOnClose => FILE_NON_DIRECTORY_FILE | FILE_DELETE_ON_CLOSE,
+            _ => FILE_NON_DIRECTORY_FILE,
+        };
+        let open = json!({"op": "open", "c": client, "h": "hs", "path": s, "access": RW | DELETE, "share": SHARE_ALL,
+                          "disposition": 1, "options": opts});
+        d.ok(open);
+        // (the name deleted, the name left)
+        let (gone, kept) = match case {
+            LinkCase::DeleteOnClose => (&s, &n),
+            LinkCase::Rename => {
+                assert_eq!(
+                    d.ok(json!({"op": "name", "h": "hs"})).s("name"),
+                    format!("\\{s}"),
+                    "the link's open's name"
+                );
+                d.ok(json!({"op": "rename", "h": "hs", "to": t}));
+                assert!(vol.join(&t).exists() && !vol.join(&s).exists(), "the rename by handle moved another name");
+                assert!(vol.join(&n).exists(), "the rename by handle moved another name");
+                assert_eq!(d.ok(json!({"op": "name", "h": "hs"})).s("name"), format!("\\{t}"));
+                d.ok(json!({"op": "delete", "h": "hs"}));
+                (&t, &n)
+            }
+            LinkCase::OtherRenamed => {
+                d.ok(json!({"op": "rename", "h": "hl", "to": t}));
+                assert!(vol.join(&t).exists() && !vol.join(&n).exists() && vol.join(&s).exists());
+                assert_eq!(
+                    d.ok(json!({"op": "name", "h": "hs"})).s("name"),
+                    format!("\\{s}"),
+                    "the link's open's name"
+                );
+                d.ok(json!({"op": "delete", "h": "hs"}));
+                (&s, &t)
+            }
+        };
+        d.ok(json!({"op": "close", "h": "hl"}));
+        d.ok(json!({"op": "close", "h": "hs"}));
+        assert!(!vol.join(gone).exists(), "the delete-on-close left the name its open came through ({case:?})");
+        let data = std::fs::read(vol.join(kept)).ok();
+        assert_eq!(data.as_deref(), Some(&b"two names"[..]), "the other name lost its file ({case:?})");
+        std::fs::remove_file(vol.join(kept)).unwrap();
+    }
+    println!("hard links: an open through one name acts on it (through {client}, NFS renamed the other): ok");
 }

@@ -146,7 +146,7 @@ pub struct SmbServer {
     /// [`crate::descriptors`]): past them, connections wait for a thread.
     pub descriptors: Arc<crate::descriptors::Descriptors>,
     /// Where every open file is now (a rename moves every open of the file through the same
-    /// share on this node; renames through other nodes, shares and protocols reach opens
+    /// share and name on this node; renames through other nodes, shares and protocols reach opens
     /// through the file's record, see [`current_name`]).
     pub open_paths: std::sync::Mutex<std::collections::HashMap<OpenKey, OpenPath>>,
     /// Alternate data streams open on this node, per file (deletion rules between a file and
@@ -276,11 +276,13 @@ impl SmbServer {
         self.open_paths.lock().unwrap_or_else(|e| e.into_inner()).remove(&key)
     }
 
-    /// `file` was renamed through share `root` to `path` in directory `parent`: every open of
-    /// it through that share on this node is there now.
-    pub fn moved(&self, file: FileId, root: FileId, parent: FileId, path: &[String]) {
+    /// `file` was renamed from entry `from` (directory, name) through share `root` to `path` in
+    /// directory `parent`: every open of it through that share and name on this node is there
+    /// now (an open through another hard link of the file keeps its own name).
+    pub fn moved(&self, file: FileId, root: FileId, from: (FileId, &str), parent: FileId, path: &[String]) {
         let mut m = self.open_paths.lock().unwrap_or_else(|e| e.into_inner());
-        for at in m.values_mut().filter(|at| at.file == file && at.root == root) {
+        let through = |at: &OpenPath| at.parent == from.0 && at.path.last().map(String::as_str) == Some(from.1);
+        for at in m.values_mut().filter(|at| at.file == file && at.root == root && through(at)) {
             at.parent = parent;
             at.path = path.to_vec();
         }

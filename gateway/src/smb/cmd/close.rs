@@ -40,17 +40,17 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         tracing::warn!(error = %e, file = %crate::logging::untrusted(f.name()), "SMB: data written through a closed handle failed to reach the volume");
     }
     crate::smb::write_time::closed(server, &f).await;
-    // Where the file is now: another open of it on this node may have renamed it, or a
-    // client through another node, share or protocol (the cluster's record says).
-    let (mut parent, mut path) = match server.untrack_path(f.key) {
-        Some(at) => (at.parent, at.path),
-        None => (f.parent, f.path.clone()),
+    // Where the file is now: another open of it on this node may have renamed it through
+    // this open's name, or a client through another node, share or protocol (the cluster's
+    // record says, for one of the file's names).
+    let tracked = server.untrack_path(f.key).map(|at| (at.parent, at.path));
+    let before = if f.state.stream.is_none() { server.locks.current_name(&f.id) } else { None };
+    let (parent, path) = tracked.clone().unwrap_or_else(|| (f.parent, f.path.clone()));
+    // Only where change notifications go: nothing is done to this name.
+    let (shown_parent, shown_path) = match &before {
+        Some(n) => crate::smb::current_name::apply(n, f.root, parent, &path),
+        None => (parent, path),
     };
-    if f.state.stream.is_none() {
-        if let Some(n) = server.locks.current_name(&f.id) {
-            (parent, path) = crate::smb::current_name::apply(&n, f.root, parent, &path);
-        }
-    }
     server.resume_keys.forget(f.key);
     if f.is_dir {
         server.watches.forget(f.key);
@@ -65,8 +65,8 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         } else {
             crate::vfs::changes::what::SIZE | crate::vfs::changes::what::LAST_WRITE
         };
-        if let Some(name) = path.last() {
-            server.ns.modified(parent, name.as_bytes(), bits).await;
+        if let Some(name) = shown_path.last() {
+            server.ns.modified(shown_parent, name.as_bytes(), bits).await;
         }
     }
     let out = match server.locks.close(&f.id, f.key).await {
@@ -77,10 +77,6 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
         }
     };
     server.volume_locks.close(f.id, f.key);
-    if let (Some(n), None) = (&out.name, &f.state.stream) {
-        // The name the deciding node had at the last close: a rename may have come since.
-        (parent, path) = crate::smb::current_name::apply(n, f.root, parent, &path);
-    }
     if f.is_dir && !out.delete && server.watches.watching(&f.id) {
         // A delete-on-close handle closed while watchers keep the directory open: it is
         // delete-pending now, and their requests end.
@@ -102,35 +98,32 @@ pub async fn release(server: &SmbServer, open: Open) -> Result<(), NtStatus> {
             }
         }
     } else if out.delete {
-        let deferred = match path.last() {
-            Some(name) if !f.is_dir => server.open_streams.defer_delete(
-                &f.id,
-                crate::smb::streams::DeferredDelete { parent, name: name.clone(), cred: f.cred.clone() },
-            ),
-            _ => false,
+        // The name the deciding node had at the last close (a rename may have come since the
+        // one this node had), followed only when the open's own name is no longer the file's.
+        let record = out.name.as_deref().or(before.as_ref());
+        let own: Vec<_> = tracked.into_iter().chain([(f.parent, f.path.clone())]).collect();
+        let Some(at) = crate::smb::current_name::locate(&server.ns, &f.cred, (f.id, f.root), &own, record).await else {
+            // Renamed beside nasgw (a plain GlusterFS client, a local program on a local volume):
+            // the names known may be other files' now, which are not this delete's to remove.
+            tracing::info!(
+                file = %crate::logging::untrusted(f.name()),
+                "SMB: delete-on-close skipped: no name nasgw knows is the file's any more"
+            );
+            return flushed.map_err(NtStatus::from);
         };
-        if deferred {
-            // Its streams are still open: it is deleted when the last of them closes.
-        } else if let Some(name) = path.last() {
-            // The name is the one the last rename through nasgw left; a rename beside nasgw
-            // (a plain GlusterFS client, a local program on a local volume) is not known, and
-            // the old name may now be another file's, which is not this delete's to remove (a
-            // symlink the open came through still goes, as before).
-            let found = server.ns.lookup(&f.cred, parent, name.as_bytes()).await.ok();
-            if let Some((now, a)) = &found {
-                if *now != f.id && a.ftype != crate::vfs::FileType::Symlink {
-                    tracing::info!(
-                        file = %crate::logging::untrusted(name),
-                        "SMB: delete-on-close skipped: the file was renamed beside nasgw and its old name is another file's now"
-                    );
-                    return flushed.map_err(NtStatus::from);
-                }
-            }
+        let Some(name) = at.path.last() else { return flushed.map_err(NtStatus::from) };
+        let deferred = !f.is_dir
+            && server.open_streams.defer_delete(
+                &f.id,
+                crate::smb::streams::DeferredDelete { parent: at.parent, name: name.clone(), cred: f.cred.clone() },
+            );
+        if !deferred {
+            // (When its streams are still open, it is deleted as the last of them closes.)
             let r = if f.is_dir {
-                server.ns.rmdir(&f.cred, parent, name.as_bytes()).await
+                server.ns.rmdir(&f.cred, at.parent, name.as_bytes()).await
             } else {
                 // The file found there (a symlink the open came through is what goes).
-                server.ns.remove(&f.cred, parent, name.as_bytes(), found.map(|(now, _)| now)).await
+                server.ns.remove(&f.cred, at.parent, name.as_bytes(), Some(at.found)).await
             };
             if let Err(e) = r {
                 tracing::info!(error = %e, "SMB: delete-on-close failed");

@@ -277,7 +277,7 @@ pub async fn handle(conn: &mut Connection, hdr: &Header, req: Request) -> Result
     let data = match req.info_type {
         INFO_FILE => {
             // Names answered are the file's now (a rename through another node may have moved it).
-            crate::smb::current_name::refresh(&server.locks, f);
+            crate::smb::current_name::refresh(&server, f).await;
             if matches!(req.class, 4 | 18 | 34 | 35) {
                 f.require(super::open::access::READ_ATTRIBUTES)?;
             }

@@ -268,7 +268,7 @@ async fn set(conn: &mut Connection, hdr: &Header, req: Request<'_>) -> Result<Ou
         return Ok(Outcome::Now(set_now(&server, f, &req, case).await?));
     };
     // A rename by handle starts from the file's name now, wherever it was renamed last.
-    crate::smb::current_name::refresh(&server.locks, f);
+    crate::smb::current_name::refresh(&server, f).await;
     let mut snapshot = Snapshot::of(f);
     if snapshot.is_dir && !snapshot.path.is_empty() {
         // smbd (without `strict rename`) refuses to rename a directory only while the renaming
@@ -509,10 +509,13 @@ async fn rename(
         return Err(NtStatus::ACCESS_DENIED);
     }
     server.locks.may_also(&h.id, Some(h.key), access::DELETE, true, h.lease).await?;
-    // Another client may have renamed the file while this one waited for the breaks.
-    if let Some(n) = server.locks.current_name(&h.id) {
-        (h.parent, h.path) = crate::smb::current_name::apply(&n, h.root, h.parent, &h.path);
-    }
+    // Another client may have renamed the file while this one waited for the breaks: the
+    // open's own name while it is the file's, else the record's; never another file's name.
+    let own = [(h.parent, h.path.clone())];
+    let record = server.locks.current_name(&h.id);
+    let at = crate::smb::current_name::locate(ns, &h.cred, (h.id, h.root), &own, record.as_ref()).await;
+    let Some(at) = at else { return Err(NtStatus::OBJECT_NAME_NOT_FOUND) };
+    (h.parent, h.path) = (at.parent, at.path);
     let Some(old_name) = h.path.last().cloned() else { return Err(NtStatus::ACCESS_DENIED) };
     if server.locks.record(&h.parent).await?.blocks_child_rename() {
         return Err(NtStatus::SHARING_VIOLATION);
@@ -558,15 +561,16 @@ async fn rename(
                 ns.rename(&h.cred, h.parent, old_name.as_bytes(), to_dir, new_name.as_bytes(), tid).await?
             }
         }
-        // Every open of the file on every node acts on the new name from now on (another
-        // open's delete-on-close removes it): the cluster's record says so before the client
-        // hears of the rename, and this node's opens through the share are moved.
+        // Every open of the file on every node acts on the new name from now on, unless it
+        // came through another hard link of the file (another open's delete-on-close removes
+        // it): the cluster's record says so before the client hears of the rename, and this
+        // node's opens through the share and the old name are moved.
         if let Some(n) = crate::smb::current_name::of_rename(h.root, to_dir, &comps) {
             if let Err(e) = server.locks.renamed(&h.id, n).await {
                 tracing::warn!(error = %e, "SMB: the cluster did not confirm a rename's new name");
             }
         }
-        server.moved(h.id, h.root, to_dir, &comps);
+        server.moved(h.id, h.root, (h.parent, &old_name), to_dir, &comps);
         // Queued before the reply leaves: the connection applies it before the client's next
         // request (see `open_updates`).
         let _ = updates.send(OpenUpdate {
