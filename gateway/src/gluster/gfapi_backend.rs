@@ -350,10 +350,18 @@ impl GfapiBackend {
             a.ticket()
         };
         let at = Instant::now();
+        // A stat of a directory registers it with the bricks as `register_dir`'s does: the
+        // kernel's GETATTR of a directory before each create in it (the create invalidated
+        // it) then spares the next lookup's own stat.
+        let names =
+            (epoch != 0 && node.is_dir.get().is_some()).then(|| self.names.lock().expect("lock").begin(id, epoch, at));
         let st = self.live_stat(vol, id, node)?;
         if epoch != 0 {
             self.coherence.count(false);
             node.attr.lock().expect("lock").fill(ticket, epoch, at, st);
+        }
+        if let Some(fetch) = names {
+            self.names.lock().expect("lock").note_registered(id, fetch);
         }
         Ok(st)
     }
