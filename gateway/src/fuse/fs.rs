@@ -104,6 +104,10 @@ struct OpenFile {
     epoch: u64,
     /// Written through nasgw since the last flush.
     wrote: AtomicBool,
+    /// Its size or times may have changed through nasgw (a write, a truncate, a utimes) since
+    /// the last flush; without `data` (gfapi) nothing else can change them through this open,
+    /// so a flush without it skips the stat that looks for a change to report.
+    changed: AtomicBool,
     /// Its open in the cluster's file-sharing state (none without a lock service).
     key: Option<OpenKey>,
     /// Opened for writing.
@@ -279,7 +283,18 @@ impl VolumeFs {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let seen = Mutex::new((a.size, a.mtime));
         let epoch = self.ns.backend().data_epoch();
-        let open = OpenFile { file, data, held, passthrough, epoch, wrote: AtomicBool::new(false), key, write, seen };
+        let open = OpenFile {
+            file,
+            data,
+            held,
+            passthrough,
+            epoch,
+            wrote: AtomicBool::new(false),
+            changed: AtomicBool::new(false),
+            key,
+            write,
+            seen,
+        };
         self.opens.lock().expect("opens lock").insert(fh, Arc::new(open));
         if passthrough && write && self.is_cut_off() {
             // Granted just before the cut and answered after it: this one is fenced too.
@@ -545,6 +560,12 @@ impl Filesystem for VolumeFs {
             Err(e) => return reply.error(e),
         };
         let set = set_attr(mode, uid, gid, size, atime, mtime);
+        if size.is_some() || mtime.is_some() {
+            // What each open's close reports as a modification (see `flush`).
+            for o in self.opens.lock().expect("opens lock").values().filter(|o| o.file == id) {
+                o.changed.store(true, Ordering::Relaxed);
+            }
+        }
         if let (Some(_), Some(s)) = (size, &self.sharing) {
             if let Err(e) = run(s.may_resize(id)) {
                 return reply.error(e);
@@ -838,6 +859,7 @@ impl Filesystem for VolumeFs {
             Stability::Unstable
         };
         open.wrote.store(true, Ordering::Relaxed);
+        open.changed.store(true, Ordering::Relaxed);
         if let Some(f) = &open.data {
             let r = f.write_all_at(data, offset).and_then(|()| match stable {
                 Stability::FileSync => f.sync_all(),
@@ -889,7 +911,8 @@ impl Filesystem for VolumeFs {
                 Err(e) => return reply.error(errno(e)),
             }
         }
-        if open.write {
+        // Writes through `data` bypass nasgw (passthrough): look every time.
+        if open.write && (open.data.is_some() || open.changed.swap(false, Ordering::Relaxed)) {
             self.report_written(&open);
         }
         reply.ok()
