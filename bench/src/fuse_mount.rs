@@ -1,7 +1,7 @@
 //! The node's own mount (issue 19, Benchmark): the same workloads, run by a local process, on
 //! the backing directory, on nasgw's mount of it with FUSE passthrough and without, on
 //! GlusterFS's own FUSE mount of a one-brick volume whose brick is on the same disk, and on
-//! nasgw's mount of that volume (GlusterFS-FUSE backend, passthrough). fio for the data rows
+//! nasgw's mount of that volume (GlusterFS-FUSE backend with passthrough, and gfapi). fio for the data rows
 //! (sequential write with a final fsync, sequential read, 4 KiB random reads with every cache
 //! dropped first and warm), plain system calls for the metadata rows (create, stat, readdir
 //! of `list_entries` files). CPU time: nasgw with its children (its own GlusterFS client),
@@ -218,7 +218,8 @@ pub fn run(work: &Path, sizes: Sizes) -> Result<Vec<Group>> {
         "A local process on the node: fio (psync; writes end with fsync) for the data rows, create/lstat/readdir \
          system calls for the metadata rows; \"caches dropped\" = `sync; echo 3 > /proc/sys/vm/drop_caches` first. \
          The backing directory is the local backend's folder; GlusterFS is a one-brick volume with its brick on \
-         the same disk, mounted by its own FUSE client, and served by nasgw through its managed FUSE mount. \
+         the same disk (`features.cache-invalidation on`), mounted by its own FUSE client, and served by nasgw \
+         through its managed FUSE mount (passthrough) and through libgfapi (no passthrough). \
          Targets (issue 19): passthrough >= 0.95x the backing directory for data, metadata >= 1.0x GlusterFS's \
          own mount. {} round(s) per row.",
         sizes.rounds
