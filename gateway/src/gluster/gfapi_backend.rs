@@ -25,7 +25,6 @@ use super::fuse_backend::{gfid_file_id, volume_id, ROOT_GFID};
 use super::gfapi::{self, DirEntryPlus, File, Object, Volume};
 use super::name_cache::{Grant, Known, Listed, NameCache};
 use crate::vfs::backend::HeldFile;
-use crate::vfs::disk_pool::retire;
 use crate::vfs::open_files::OpenFiles;
 use crate::vfs::posix::identity::Identity;
 use crate::vfs::{
@@ -498,13 +497,10 @@ impl GfapiBackend {
     /// open file on the bricks (see [`crate::vfs::open_files`]).
     fn keep_io(&self, id: &FileId, node: &Node, f: File) -> Arc<File> {
         let file = node.io.lock().expect("lock").get_or_insert_with(|| Arc::new(f)).clone();
-        if let Some(old) = self.open_files.opened(*id) {
+        self.open_files.keep(*id, |old| {
             let gone = self.nodes.lock().expect("lock").peek(&old).cloned();
-            if let Some(f) = gone.and_then(|n| n.io.lock().expect("lock").take()) {
-                // Its close waits for libgfapi's write-behind to reach the bricks.
-                retire(f);
-            }
-        }
+            gone.and_then(|n| n.io.lock().expect("lock").take())
+        });
         file
     }
 

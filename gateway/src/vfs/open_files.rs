@@ -10,8 +10,9 @@
 //! beyond that; the next I/O to that file opens it again.
 //!
 //! The list may also name files whose descriptor is already gone (their cache entry was
-//! dropped): such an entry only holds a place until it ages out, so the number of descriptors
-//! really open never exceeds the limit.
+//! dropped): such an entry only holds a place until it ages out, so the cache never holds more
+//! descriptors than the limit. One it let go still open in a request or an open of the node's
+//! own mount closes when that lets go of it.
 
 use std::hash::Hash;
 use std::num::NonZeroUsize;
@@ -36,7 +37,7 @@ impl<K: Hash + Eq + Copy> OpenFiles<K> {
 
     /// Records that `id` holds a descriptor now (or used it again). Returns the file whose
     /// descriptor must be closed to stay within the limit, if any.
-    pub fn opened(&self, id: K) -> Option<K> {
+    fn opened(&self, id: K) -> Option<K> {
         let mut lru = self.lru.lock().expect("open files lock");
         match lru.push(id, ()) {
             Some((old, ())) if old != id => Some(old),
@@ -49,19 +50,26 @@ impl<K: Hash + Eq + Copy> OpenFiles<K> {
         self.lru.lock().expect("open files lock").promote(id);
     }
 
+    /// Records that `id` holds a descriptor now, and closes the least recently used one beyond
+    /// the limit: `take` takes that file's descriptor out of its cache entry (if it still has
+    /// one), and its last close runs off the request path ([`super::disk_pool::retire`]: through
+    /// a network mount or libgfapi, a close waits for the file's written data to reach the
+    /// servers).
+    pub fn keep<T: Send + 'static>(&self, id: K, take: impl FnOnce(K) -> Option<T>) {
+        if let Some(held) = self.opened(id).and_then(take) {
+            super::disk_pool::retire(held);
+        }
+    }
+
     /// Records that `id`'s descriptor was closed.
     pub fn closed(&self, id: &K) {
         self.lru.lock().expect("open files lock").pop(id);
     }
 
-    /// How many files are listed (an upper bound of the descriptors open).
-    pub fn len(&self) -> usize {
+    /// How many files are listed (an upper bound of the descriptors the cache holds).
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lru.lock().expect("open files lock").len()
-    }
-
-    /// Whether no file is listed.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -98,6 +106,5 @@ mod tests {
         open.closed(&1);
         assert_eq!(open.opened(3), None);
         assert_eq!(open.len(), 2);
-        assert!(!open.is_empty());
     }
 }

@@ -521,13 +521,8 @@ impl PosixBackend {
     /// first; on a network mount closes the least recently used one beyond `open_files`.
     fn keep_io(&self, id: &FileId, node: &Node, fd: OwnedFd) -> Arc<File> {
         let file = lock(&node.io).get_or_insert_with(|| Arc::new(File::from(fd))).clone();
-        let Some(open) = &self.open_files else { return file };
-        if let Some(old) = open.opened(*id) {
-            let gone = lock(&self.nodes).peek(&old).cloned();
-            if let Some(f) = gone.and_then(|n| lock(&n.io).take()) {
-                // Its close waits for the file's written data to reach the servers.
-                retire(f);
-            }
+        if let Some(open) = &self.open_files {
+            open.keep(*id, |old| lock(&self.nodes).peek(&old).cloned().and_then(|n| lock(&n.io).take()));
         }
         file
     }
