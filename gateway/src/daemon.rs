@@ -260,9 +260,10 @@ fn open_namespace(cfg: &Config, gluster: Option<&GlusterService>) -> Result<Name
         let backend = g.backend(&cfg.volume.name);
         let ns = Namespace::new(backend.clone());
         // Names another nasgw node changes reach the backend's name cache through the cluster's
-        // change broadcast as well as through the volume's upcalls (whichever comes first; a
-        // change made here is forgotten twice, which costs nothing).
-        ns.changes().listen(Box::new(move |c: &crate::vfs::changes::Change| {
+        // change broadcast as well as through the volume's upcalls (whichever comes first). A
+        // change made here is written into that cache by the backend itself (`name_cache.rs`):
+        // told of it again, the cache would forget the directory.
+        ns.changes().listen_to_others(Box::new(move |c: &crate::vfs::changes::Change| {
             if c.kind != crate::vfs::changes::Kind::Modified {
                 backend.forget_names(&c.at.dir);
                 if let Some(to) = &c.to {

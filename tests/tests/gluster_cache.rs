@@ -444,6 +444,92 @@ async fn cached_attributes_are_dropped_on_upcalls_and_served_while_unchanged() {
     assert_eq!(getattr(&mut c, &fa).await.unwrap().size, 7000, "GETATTR right after a WRITE through this node");
     assert_eq!(std::fs::metadata(dir.join("a")).unwrap().len(), 7000);
 
+    names_made_through_the_node_are_kept(&cluster, &fuse, &mut c, &mut c3).await;
     data_is_cached_and_dropped(&cluster, &fuse, &mut c, &mut c3).await;
     drop((n2, n3));
+}
+
+/// Files made in one directory through node 2.
+const MADE: u64 = 40;
+
+/// A directory made and filled through node 2 (`c`), as `mkdir` and `touch` do (each create
+/// after a LOOKUP of its new name): the bricks never tell a client of its own changes, so the
+/// node writes them into what it remembers, and the LOOKUPs of new names, then of the made
+/// ones, need no brick LOOKUP. A name made through the FUSE client or node 3 (`c3`) is still
+/// seen once the upcall arrives, and a remove through node 2 at once.
+async fn names_made_through_the_node_are_kept(
+    cluster: &GlusterCluster,
+    fuse: &std::path::Path,
+    c: &mut Conn,
+    c3: &mut Conn,
+) {
+    let root = c.root_nfs_fh3();
+    brick_fop_counts(cluster);
+    let made = mkdir(c, &root, "made").await.unwrap();
+    for i in 0..MADE {
+        let name = format!("f{i:03}");
+        assert_eq!(looked_up(c, &made, &name).await, Err(nfsstat3::NFS3ERR_NOENT), "{name} before its create");
+        create(c, &made, &name, 0o644).await.unwrap();
+    }
+    let fops = brick_fop_counts(cluster);
+    eprintln!("brick FOPs for a MKDIR and {MADE} x (LOOKUP of a new name, CREATE) through node 2: {fops:?}");
+    let fop = |n: &str| fops.get(n).copied().unwrap_or(0);
+    assert!(fop("CREATE") >= MADE, "the creates reached the bricks: {fops:?}");
+    // A LOOKUP through nasgw is one on each of the 3 bricks. Forgetting the directory at each
+    // create costs one per new name (3 x MADE); the first one (no caller was granted a search
+    // yet) and the health probes add a few.
+    assert!(fop("LOOKUP") < MADE, "{} brick LOOKUPs for {MADE} new names: {fops:?}", fop("LOOKUP"));
+    // Each CREATE's reply carries the directory's attributes after it: on a volume that stamps
+    // times on the client (`features.ctime`, the default) node 2 works them out from the new
+    // file's, for a second after a stat (one STAT per create without it).
+    assert!(fop("STAT") < MADE / 2, "{} brick STATs for {MADE} creates: {fops:?}", fop("STAT"));
+    // ... and they are the bricks' own: node 3 stats the directory afresh.
+    let root3 = c3.root_nfs_fh3();
+    let (made3, fresh) = lookup(c3, &root3, b"made").await.unwrap();
+    let worked_out = getattr(c, &made).await.unwrap();
+    let times = |a: &fattr3| (a.nlink, a.mtime, a.ctime, a.mode);
+    assert_eq!(times(&worked_out), times(&fresh), "the directory's attributes on node 2 and as the bricks have them");
+    // A directory made in it through node 2 adds a link (its `..`).
+    mkdir(c, &made, "sub").await.unwrap();
+    let worked_out = getattr(c, &made).await.unwrap();
+    assert_eq!(worked_out.nlink, fresh.nlink + 1);
+    until!("sub made through node 2 (node 3's GETATTR)", getattr(c3, &made3).await, |r: &Result<fattr3, _>| r
+        .as_ref()
+        .is_ok_and(|a| a.nlink == fresh.nlink + 1));
+    assert_eq!(times(&worked_out), times(&getattr(c3, &made3).await.unwrap()), "after a MKDIR in it");
+    rmdir(c, &made, "sub").await.unwrap();
+    for i in 0..MADE {
+        assert_eq!(looked_up(c, &made, &format!("f{i:03}")).await, Ok(0));
+    }
+    let fops = brick_fop_counts(cluster);
+    eprintln!("brick FOPs for {MADE} LOOKUPs of the made names: {fops:?}");
+    let fop = |n: &str| fops.get(n).copied().unwrap_or(0);
+    assert!(fop("LOOKUP") + fop("STAT") < MADE, "{fops:?} for {MADE} LOOKUPs of made names");
+    // What the node remembers is the bricks' view.
+    let mut names: Vec<String> = (0..MADE).map(|i| format!("f{i:03}")).collect();
+    let mut on_fuse: Vec<String> = fuse_listed(&fuse.join("made")).into_iter().map(|(n, _)| n).collect();
+    on_fuse.sort();
+    assert_eq!(on_fuse, names, "the FUSE client's listing");
+    let mut on_nfs: Vec<String> = listed(c, &made).await.into_iter().map(|(n, _)| n).collect();
+    on_nfs.sort();
+    assert_eq!(on_nfs, names, "node 2's listing after its own creates");
+
+    // A remove through node 2: gone at once, for LOOKUP and listing.
+    remove(c, &made, "f000").await.unwrap();
+    assert_eq!(looked_up(c, &made, "f000").await, Err(nfsstat3::NFS3ERR_NOENT));
+    names.remove(0);
+    let mut on_nfs: Vec<String> = listed(c, &made).await.into_iter().map(|(n, _)| n).collect();
+    on_nfs.sort();
+    assert_eq!(on_nfs, names, "node 2's listing after its own remove");
+    // Names made by others: the FUSE client, then node 3.
+    assert_eq!(looked_up(c, &made, "by-fuse").await, Err(nfsstat3::NFS3ERR_NOENT));
+    std::fs::write(fuse.join("made").join("by-fuse"), b"abc").unwrap();
+    until!("by-fuse created through FUSE (LOOKUP)", looked_up(c, &made, "by-fuse").await, |r: &Result<u64, _>| *r
+        == Ok(3));
+    assert_eq!(looked_up(c, &made, "by-n3").await, Err(nfsstat3::NFS3ERR_NOENT));
+    create(c3, &made3, "by-n3", 0o644).await.unwrap();
+    until!("by-n3 created through node 3 (LOOKUP)", looked_up(c, &made, "by-n3").await, |r: &Result<u64, _>| *r
+        == Ok(0));
+    until!("by-n3 created through node 3 (READDIRPLUS)", listed(c, &made).await, |v: &Vec<(String, u64)>| v.len()
+        == names.len() + 2);
 }

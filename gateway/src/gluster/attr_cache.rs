@@ -13,7 +13,13 @@
 //! - an invalidation (an upcall for the file, or a change this node made: the bricks never tell
 //!   a client of its own changes) drops the entry and bumps the file's generation;
 //! - a fill is a [`Ticket`] taken *before* asking the bricks, stored only if no invalidation came
-//!   in between: attributes fetched while a change was being announced never outlive it.
+//!   in between: attributes fetched while a change was being announced never outlive it;
+//! - a change this node made whose effect on the attributes is known (a create in a directory
+//!   on a volume that stamps times on the client: the directory's mtime and ctime become the
+//!   new entry's ctime) is written into the entry instead ([`CachedAttr::follow`]), if nothing
+//!   else happened to it since the change began. What is not known (a directory's size) may
+//!   then lag, so such an entry is served only [`FOLLOWED_LIFETIME`] from the bricks' answer
+//!   it came from, GlusterFS's own md-cache lifetime.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +30,10 @@ use std::time::{Duration, Instant};
 /// server's listing took 14 s.)
 pub const LIFETIME: Duration = Duration::from_secs(30);
 
+/// How long an entry that this node's own changes were written into ([`CachedAttr::follow`])
+/// is served after the bricks' answer it came from: md-cache's default `md-cache-timeout`.
+pub const FOLLOWED_LIFETIME: Duration = Duration::from_secs(1);
+
 /// A fill permit: the file's generation when the fetch began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket(u64);
@@ -32,7 +42,9 @@ pub struct Ticket(u64);
 #[derive(Debug, Clone)]
 pub struct CachedAttr<T> {
     generation: u64,
-    entry: Option<(u64, Instant, T)>,
+    /// Epoch, when the bricks answered, the attributes, and whether this node's own changes
+    /// were written into them since.
+    entry: Option<(u64, Instant, T, bool)>,
 }
 
 impl<T> Default for CachedAttr<T> {
@@ -46,7 +58,10 @@ impl<T: Copy> CachedAttr<T> {
     /// [`LIFETIME`] before `now`.
     pub fn get(&self, epoch: u64, now: Instant) -> Option<T> {
         match self.entry {
-            Some((e, at, v)) if epoch != 0 && e == epoch && now.saturating_duration_since(at) < LIFETIME => Some(v),
+            Some((e, at, v, followed)) if epoch != 0 && e == epoch => {
+                let lifetime = if followed { FOLLOWED_LIFETIME } else { LIFETIME };
+                (now.saturating_duration_since(at) < lifetime).then_some(v)
+            }
             _ => None,
         }
     }
@@ -63,8 +78,29 @@ impl<T: Copy> CachedAttr<T> {
         if epoch == 0 || ticket.0 != self.generation {
             return false;
         }
-        self.entry = Some((epoch, at, value));
+        self.entry = Some((epoch, at, value, false));
         true
+    }
+
+    /// This node made a change, begun under `ticket`, whose effect `change` writes into the
+    /// attributes: done if they were good in `epoch` at `now` and nothing invalidated or
+    /// followed them since the ticket (else they go). Either way fills begun before are
+    /// refused. Returns whether the entry was kept.
+    pub fn follow(&mut self, ticket: Ticket, epoch: u64, now: Instant, change: impl FnOnce(&mut T)) -> bool {
+        let unchanged = ticket.0 == self.generation;
+        let good = self.get(epoch, now).is_some();
+        self.generation = self.generation.wrapping_add(1);
+        match &mut self.entry {
+            Some((_, _, v, followed)) if unchanged && good => {
+                change(v);
+                *followed = true;
+                true
+            }
+            _ => {
+                self.entry = None;
+                false
+            }
+        }
     }
 
     /// The file changed (or may have): drop the entry; fills begun before now are refused.
@@ -115,6 +151,42 @@ mod tests {
     }
 
     #[test]
+    fn this_nodes_own_change_is_followed_for_a_second_if_nothing_else_happened() {
+        let t0 = Instant::now();
+        let mut c = CachedAttr::<u32>::default();
+        let t = c.ticket();
+        assert!(c.fill(t, 1, t0, 7));
+        // A create begun, a stat begun during it, the create done.
+        let change = c.ticket();
+        let stat = c.ticket();
+        assert!(c.follow(change, 1, t0, |v| *v += 1));
+        assert!(!c.fill(stat, 1, t0, 7), "a stat begun before the change was written is refused");
+        assert_eq!(c.get(1, t0 + Duration::from_millis(900)), Some(8));
+        assert_eq!(c.get(1, t0 + FOLLOWED_LIFETIME), None, "what was written in lags the bricks: 1 s");
+        // Two changes at once: which came last is not known, the entry goes.
+        let t = c.ticket();
+        assert!(c.fill(t, 1, t0, 7));
+        let (a, b) = (c.ticket(), c.ticket());
+        assert!(c.follow(a, 1, t0, |v| *v += 1));
+        assert!(!c.follow(b, 1, t0, |v| *v += 1));
+        assert_eq!(c.get(1, t0), None);
+        // An upcall during the change.
+        let t = c.ticket();
+        assert!(c.fill(t, 1, t0, 7));
+        let change = c.ticket();
+        c.invalidate();
+        assert!(!c.follow(change, 1, t0, |v| *v += 1));
+        assert_eq!(c.get(1, t0), None);
+        // Nothing cached, or another epoch: nothing to follow.
+        let change = c.ticket();
+        assert!(!c.follow(change, 1, t0, |v| *v += 1));
+        let t = c.ticket();
+        assert!(c.fill(t, 1, t0, 7));
+        let change = c.ticket();
+        assert!(!c.follow(change, 2, t0, |v| *v += 1));
+    }
+
+    #[test]
     fn tickets_interleave_like_the_backend_threads() {
         // Random interleavings of fetch-begin, fetch-end, invalidate: a stored value is never
         // one whose fetch began before the last invalidation.
@@ -128,16 +200,32 @@ mod tests {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                match seed % 3 {
+                match seed % 4 {
                     0 => inflight.push((c.ticket(), version)),
                     1 => {
                         if let Some((t, v)) = inflight.pop() {
                             c.fill(t, 1, now, v);
                         }
                     }
-                    _ => {
+                    2 => {
                         version += 1;
                         c.invalidate();
+                    }
+                    _ => {
+                        // This node's own change, whose effect is known: begun, then maybe a
+                        // fetch ends and another change lands, then it is written in.
+                        let change = c.ticket();
+                        if seed & 0x100 != 0 {
+                            if let Some((t, v)) = inflight.pop() {
+                                c.fill(t, 1, now, v);
+                            }
+                        }
+                        if seed & 0x200 != 0 {
+                            version += 1;
+                            c.invalidate();
+                        }
+                        version += 1;
+                        c.follow(change, 1, now, |v| *v += 1);
                     }
                 }
                 if let Some(v) = c.get(1, now) {

@@ -106,6 +106,8 @@ struct Connection {
     name: String,
     /// Told the GFIDs of every cache-invalidation upcall ([`Volume::watch_invalidations`]).
     upcalls: OnceLock<Box<InvalidationSink>>,
+    /// [`Volume::stamps_times`], read once.
+    stamps_times: OnceLock<bool>,
 }
 
 /// What [`Volume::watch_invalidations`] calls: the GFIDs an upcall names (the file, and for a
@@ -147,8 +149,15 @@ impl Volume {
             return Err(last_err());
         }
         // From here the Volume owns `fs`: an early return finalises it.
-        let vol =
-            Volume { inner: Arc::new(Connection { lib, fs, name: volume.to_string(), upcalls: OnceLock::new() }) };
+        let vol = Volume {
+            inner: Arc::new(Connection {
+                lib,
+                fs,
+                name: volume.to_string(),
+                upcalls: OnceLock::new(),
+                stamps_times: OnceLock::new(),
+            }),
+        };
         let tcp = cstr("tcp")?;
         for s in servers {
             let host = cstr(s)?;
@@ -188,6 +197,35 @@ impl Volume {
             self.lib().glfs_upcall_register(self.fs(), gfapi_sys::GLFS_EVENT_INODE_INVALIDATE, Some(upcall), data)
         };
         check(rc)
+    }
+
+    /// Whether the volume stamps times on the client (`features.ctime`, on by default: the
+    /// `features/utime` translator in the graph this connection got), so that a create, mkdir,
+    /// symlink or mknod gives its directory exactly the new entry's ctime as mtime and ctime.
+    /// Read once per connection.
+    pub fn stamps_times(&self) -> bool {
+        *self.inner.stamps_times.get_or_init(|| {
+            self.volfile().is_some_and(|v| v.lines().any(|l| l.split_whitespace().eq(["type", "features/utime"])))
+        })
+    }
+
+    /// The volume file (graph) this connection runs, if libgfapi has one.
+    pub fn volfile(&self) -> Option<String> {
+        let mut buf = vec![0u8; 64 << 10];
+        for _ in 0..4 {
+            // SAFETY: fs is live; buf has buf.len() writable bytes.
+            let n = unsafe { self.lib().glfs_get_volfile(self.fs(), buf.as_mut_ptr().cast(), buf.len()) };
+            match n {
+                0 => return None,
+                n if n > 0 => {
+                    buf.truncate(n as usize);
+                    return Some(String::from_utf8_lossy(&buf).into_owned());
+                }
+                // Short by -n bytes.
+                n => buf.resize(buf.len() + n.unsigned_abs(), 0),
+            }
+        }
+        None
     }
 
     /// The volume's name.

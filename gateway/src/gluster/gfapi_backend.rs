@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
-use super::attr_cache::CachedAttr;
+use super::attr_cache::{CachedAttr, Ticket as AttrTicket};
 use super::coherence::Coherence;
 use super::data_cache::{chunks_of, DataCache, Stamp, Ticket, CHUNK};
 use super::fuse_backend::{gfid_file_id, volume_id, ROOT_GFID};
 use super::gfapi::{self, DirEntryPlus, File, Object, Volume};
-use super::name_cache::{Grant, Known, Listed, NameCache};
+use super::name_cache::{Fetch, Grant, Known, Listed, NameCache};
 use crate::vfs::backend::HeldFile;
 use crate::vfs::open_files::OpenFiles;
 use crate::vfs::posix::identity::Identity;
@@ -184,6 +184,37 @@ fn xattr_error(e: std::io::Error) -> VfsError {
 }
 
 /// A file's attributes from libgfapi's `stat`, on the volume of file-system id `fsid`.
+/// What a new entry made through this node did to its directory's attributes on a volume that
+/// stamps times on the client ([`Volume::stamps_times`]): the directory's mtime and ctime become
+/// the entry's ctime, and a new directory's `..` links to it.
+#[derive(Debug, Clone, Copy)]
+struct DirStamp {
+    /// The directory's attribute ticket, taken before the change began.
+    ticket: AttrTicket,
+    /// The new entry's ctime, as the call that made it returned it.
+    ctime: (libc::time_t, i64),
+    /// Whether the new entry is a directory.
+    subdir: bool,
+}
+
+impl DirStamp {
+    fn new(ticket: AttrTicket, made: &libc::stat) -> DirStamp {
+        DirStamp {
+            ticket,
+            ctime: (made.st_ctime, made.st_ctime_nsec),
+            subdir: made.st_mode & libc::S_IFMT == libc::S_IFDIR,
+        }
+    }
+
+    fn apply(&self, dir: &mut libc::stat) {
+        (dir.st_mtime, dir.st_mtime_nsec) = self.ctime;
+        (dir.st_ctime, dir.st_ctime_nsec) = self.ctime;
+        if self.subdir {
+            dir.st_nlink += 1;
+        }
+    }
+}
+
 fn attr_of(st: &libc::stat, fsid: u64) -> Attr {
     let mode = st.st_mode;
     Attr {
@@ -378,6 +409,43 @@ impl GfapiBackend {
         }
     }
 
+    /// `name` in `dir` (object `d`) now denotes `file` (or nothing) by this node's own call
+    /// for `cred`, begun with `fetch`: what `dir` remembers is brought up to date instead of
+    /// dropped (`name_cache.rs`). Its attributes changed: with `stamp` (a new entry's) on a
+    /// volume that stamps times on the client they are followed (`attr_cache.rs`), else they go.
+    fn changed_name(
+        &self,
+        vol: &Volume,
+        (dir, d): (&FileId, &Node),
+        fetch: Fetch,
+        (name, file): (&Name, Option<FileId>),
+        cred: &Credentials,
+        stamp: Option<DirStamp>,
+    ) {
+        self.coherence.note_change();
+        self.names.lock().expect("lock").note_name(dir, fetch, name.as_bytes(), file, cred);
+        {
+            let mut a = d.attr.lock().expect("lock");
+            match stamp.filter(|_| vol.stamps_times()) {
+                Some(s) => {
+                    a.follow(s.ticket, fetch.epoch, Instant::now(), |st| s.apply(st));
+                }
+                None => a.invalidate(),
+            }
+        }
+        // The cached object of `dir` may have been replaced meanwhile: that one just goes.
+        let node = self.nodes.lock().expect("lock").peek(dir).cloned();
+        if let Some(n) = node.filter(|n| !std::ptr::eq(Arc::as_ptr(n), d)) {
+            n.attr.lock().expect("lock").invalidate();
+        }
+    }
+
+    /// A fetch about `dir`'s names, begun before a change this node makes in it.
+    fn begin_change(&self, dir: &FileId) -> Fetch {
+        let epoch = self.coherence.epoch();
+        self.names.lock().expect("lock").begin(dir, epoch, Instant::now())
+    }
+
     fn vol(&self) -> VfsResult<Volume> {
         let start = Instant::now();
         loop {
@@ -457,6 +525,11 @@ impl GfapiBackend {
     /// [`Coherence::changes`] from before the call that found it: the attributes are cached
     /// too if nothing was invalidated since.
     fn found(&self, obj: Object, st: &libc::stat, mark: u64) -> VfsResult<(FileId, Attr)> {
+        self.found_node(obj, st, mark).map(|(id, _, attr)| (id, attr))
+    }
+
+    /// [`Self::found`], with the file's cached object.
+    fn found_node(&self, obj: Object, st: &libc::stat, mark: u64) -> VfsResult<(FileId, Arc<Node>, Attr)> {
         let at = Instant::now();
         let id = gfid_file_id(&obj.gfid()?);
         let node = self.insert(id, obj);
@@ -468,7 +541,7 @@ impl GfapiBackend {
                 a.fill(t, epoch, at, *st);
             }
         }
-        Ok((id, self.attr(st)))
+        Ok((id, node, self.attr(st)))
     }
 
     fn lookup_obj(&self, vol: &Volume, cred: &Credentials, dir: &Node, name: &[u8]) -> VfsResult<(Object, libc::stat)> {
@@ -992,6 +1065,8 @@ impl Backend for GfapiBackend {
         let d = self.dir_node(&vol, dir)?;
         let mode = mode & 0o7777;
         let os = std::ffi::OsStr::from_bytes(name.as_bytes());
+        let fetch = self.begin_change(dir);
+        let dir_ticket = d.attr.lock().expect("lock").ticket();
         let mark = self.coherence.changes();
         // Created and opened in one request: the descriptor becomes the file's cached I/O
         // descriptor (libgfapi checks permissions at open only, as the POSIX backend's root fd).
@@ -999,31 +1074,57 @@ impl Backend for GfapiBackend {
             let _as = AsCaller::switch(cred)?;
             match vol.create_open(&d.obj, os, libc::O_RDWR | libc::O_EXCL, mode) {
                 Ok((obj, mut st, file)) => {
-                    if st.st_mode & 0o7777 != mode {
+                    let stamp = DirStamp::new(dir_ticket, &st);
+                    let umasked = st.st_mode & 0o7777 != mode;
+                    if umasked {
                         // libgfapi applied a umask: the protocol asked for exactly `mode`.
                         st.st_mode = (st.st_mode & !0o7777) | mode;
-                        vol.setattr(&obj, &st, gfapi::GFAPI_SET_ATTR_MODE)?;
+                        if let Err(e) = vol.setattr(&obj, &st, gfapi::GFAPI_SET_ATTR_MODE) {
+                            self.invalidate(dir);
+                            return Err(e.into());
+                        }
                     }
-                    Some((obj, st, file))
+                    Some((obj, st, file, umasked, stamp))
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => None,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    self.invalidate(dir);
+                    return Err(e.into());
+                }
             }
         };
         let created = made.is_some();
-        if created {
-            self.invalidate(dir);
-        }
         let (id, attr) = match made {
-            Some((obj, st, file)) => {
-                let id = gfid_file_id(&obj.gfid()?);
-                let node = self.insert(id, obj);
+            Some((obj, st, file, umasked, stamp)) => {
+                // The bricks registered this node with the new file: its attributes are
+                // cached as any lookup's (but not after the chmod, which changed its ctime).
+                let (id, node, attr) = match self.found_node(obj, &st, mark) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.invalidate(dir);
+                        return Err(e);
+                    }
+                };
+                if umasked {
+                    node.attr.lock().expect("lock").invalidate();
+                }
+                self.changed_name(&vol, (dir, &d), fetch, (name, Some(id)), cred, Some(stamp));
                 self.keep_io(&id, &node, file);
-                (id, self.attr(&st))
+                (id, attr)
             }
             None => {
-                let (obj, st) = self.lookup_obj(&vol, cred, &d, name.as_bytes())?;
-                self.found(obj, &st, mark)?
+                // The name exists, though memory may have said it did not (the upcall for
+                // another client's create still on its way): what the bricks said is kept.
+                let looked = self.lookup_obj(&vol, cred, &d, name.as_bytes());
+                let (id, attr) = match looked.and_then(|(obj, st)| self.found(obj, &st, mark)) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.invalidate(dir);
+                        return Err(e);
+                    }
+                };
+                self.names.lock().expect("lock").fill_name(dir, fetch, name.as_bytes(), Some(id));
+                (id, attr)
             }
         };
         match how {
@@ -1058,19 +1159,42 @@ impl Backend for GfapiBackend {
         let vol = self.vol()?;
         let d = self.dir_node(&vol, dir)?;
         let mode = mode & 0o7777;
-        let (obj, mut st) = {
-            let _as = AsCaller::switch(cred)?;
-            vol.mkdir(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), mode)?
-        };
-        self.invalidate(dir);
+        let fetch = self.begin_change(dir);
+        let dir_ticket = d.attr.lock().expect("lock").ticket();
         let mark = self.coherence.changes();
-        if st.st_mode & 0o7777 != mode {
+        let made = {
+            let _as = AsCaller::switch(cred)?;
+            vol.mkdir(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), mode)
+        };
+        let (obj, mut st) = match made {
+            Ok(m) => m,
+            Err(e) => {
+                self.invalidate(dir);
+                return Err(e.into());
+            }
+        };
+        // The new directory is empty and this node registered with it, unless anything was
+        // invalidated since the call began (an upcall about it would have been lost).
+        if let Ok(g) = obj.gfid() {
+            let new = gfid_file_id(&g);
+            let mut names = self.names.lock().expect("lock");
+            let made = names.begin(&new, fetch.epoch, Instant::now());
+            names.note_made(&new, made, self.coherence.changes() == mark);
+        }
+        let stamp = DirStamp::new(dir_ticket, &st);
+        let fixed = if st.st_mode & 0o7777 != mode {
             let mut s = st;
             s.st_mode = mode;
-            vol.setattr(&obj, &s, gfapi::GFAPI_SET_ATTR_MODE)?;
-            st = vol.stat(&obj)?;
+            vol.setattr(&obj, &s, gfapi::GFAPI_SET_ATTR_MODE).and_then(|()| vol.stat(&obj)).map(|s| st = s)
+        } else {
+            Ok(())
+        };
+        let found = fixed.map_err(VfsError::from).and_then(|()| self.found(obj, &st, mark));
+        match &found {
+            Ok((id, _)) => self.changed_name(&vol, (dir, &d), fetch, (name, Some(*id)), cred, Some(stamp)),
+            Err(_) => self.invalidate(dir),
         }
-        self.found(obj, &st, mark)
+        found
     }
 
     fn symlink(&self, cred: &Credentials, dir: &FileId, name: &Name, target: &[u8]) -> VfsResult<(FileId, Attr)> {
@@ -1079,12 +1203,26 @@ impl Backend for GfapiBackend {
         }
         let vol = self.vol()?;
         let d = self.dir_node(&vol, dir)?;
-        let (obj, st) = {
+        let fetch = self.begin_change(dir);
+        let dir_ticket = d.attr.lock().expect("lock").ticket();
+        let mark = self.coherence.changes();
+        let made = {
             let _as = AsCaller::switch(cred)?;
-            vol.symlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), std::ffi::OsStr::from_bytes(target))?
+            vol.symlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), std::ffi::OsStr::from_bytes(target))
         };
-        self.invalidate(dir);
-        self.found(obj, &st, self.coherence.changes())
+        let found = made
+            .map_err(VfsError::from)
+            .and_then(|(obj, st)| Ok((self.found(obj, &st, mark)?, DirStamp::new(dir_ticket, &st))));
+        match found {
+            Ok((found, stamp)) => {
+                self.changed_name(&vol, (dir, &d), fetch, (name, Some(found.0)), cred, Some(stamp));
+                Ok(found)
+            }
+            Err(e) => {
+                self.invalidate(dir);
+                Err(e)
+            }
+        }
     }
 
     fn mknod(
@@ -1103,20 +1241,34 @@ impl Backend for GfapiBackend {
         let vol = self.vol()?;
         let d = self.dir_node(&vol, dir)?;
         let mode = mode & 0o7777;
-        let (obj, mut st) = {
-            let _as = AsCaller::switch(cred)?;
-            vol.mknod(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), kind.mode_type() | mode, kind.dev())?
-        };
-        self.invalidate(dir);
+        let fetch = self.begin_change(dir);
+        let dir_ticket = d.attr.lock().expect("lock").ticket();
         let mark = self.coherence.changes();
-        if st.st_mode & 0o7777 != mode {
-            // libgfapi applied a umask: the protocol asked for exactly `mode`.
-            let mut s = st;
-            s.st_mode = mode;
-            vol.setattr(&obj, &s, gfapi::GFAPI_SET_ATTR_MODE)?;
-            st = vol.stat(&obj)?;
+        let made = {
+            let _as = AsCaller::switch(cred)?;
+            vol.mknod(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), kind.mode_type() | mode, kind.dev())
+        };
+        let found = made.map_err(VfsError::from).and_then(|(obj, mut st)| {
+            let stamp = DirStamp::new(dir_ticket, &st);
+            if st.st_mode & 0o7777 != mode {
+                // libgfapi applied a umask: the protocol asked for exactly `mode`.
+                let mut s = st;
+                s.st_mode = mode;
+                vol.setattr(&obj, &s, gfapi::GFAPI_SET_ATTR_MODE)?;
+                st = vol.stat(&obj)?;
+            }
+            Ok((self.found(obj, &st, mark)?, stamp))
+        });
+        match found {
+            Ok((found, stamp)) => {
+                self.changed_name(&vol, (dir, &d), fetch, (name, Some(found.0)), cred, Some(stamp));
+                Ok(found)
+            }
+            Err(e) => {
+                self.invalidate(dir);
+                Err(e)
+            }
         }
-        self.found(obj, &st, mark)
     }
 
     fn readlink(&self, _cred: &Credentials, id: &FileId) -> VfsResult<Vec<u8>> {
@@ -1137,11 +1289,16 @@ impl Backend for GfapiBackend {
             return Err(VfsError::IsDir);
         }
         let victim = obj.gfid().ok().map(|g| gfid_file_id(&g));
-        {
+        let fetch = self.begin_change(dir);
+        let removed = {
             let _as = AsCaller::switch(cred)?;
-            vol.unlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))?;
+            vol.unlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))
+        };
+        if let Err(e) = removed {
+            self.invalidate(dir);
+            return Err(e.into());
         }
-        self.invalidate(dir);
+        self.changed_name(&vol, (dir, &d), fetch, (name, None), cred, None);
         if let Some(v) = victim {
             self.invalidate(&v); // its link count changed
             if st.st_nlink <= 1 {
@@ -1159,11 +1316,16 @@ impl Backend for GfapiBackend {
             return Err(VfsError::NotDir);
         }
         let victim = obj.gfid().ok().map(|g| gfid_file_id(&g));
-        {
+        let fetch = self.begin_change(dir);
+        let removed = {
             let _as = AsCaller::switch(cred)?;
-            vol.unlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))?;
+            vol.unlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))
+        };
+        if let Err(e) = removed {
+            self.invalidate(dir);
+            return Err(e.into());
         }
-        self.invalidate(dir);
+        self.changed_name(&vol, (dir, &d), fetch, (name, None), cred, None);
         if let Some(v) = victim {
             self.evict(&v);
         }
@@ -1202,11 +1364,18 @@ impl Backend for GfapiBackend {
             return Err(VfsError::IsDir);
         }
         let d = self.dir_node(&vol, dir)?;
-        {
+        let fetch = self.begin_change(dir);
+        let linked = {
             let _as = AsCaller::switch(cred)?;
-            vol.link(&node.obj, &d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))?;
+            vol.link(&node.obj, &d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))
+        };
+        match linked {
+            Ok(()) => self.changed_name(&vol, (dir, &d), fetch, (name, Some(*id)), cred, None),
+            Err(e) => {
+                self.invalidate(dir);
+                return Err(e.into());
+            }
         }
-        self.invalidate(dir);
         self.invalidate(id);
         Ok(self.attr(&self.cached_stat(&vol, id, &node)?))
     }

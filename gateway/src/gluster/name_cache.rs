@@ -17,9 +17,18 @@
 //!   `coherence.rs` proves upcalls reach the node, and a rename through this node starts a new
 //!   epoch) and only for [`LIFETIME`] from its *first* fill: later fills joined it and were
 //!   registered later, so nothing is served longer than [`LIFETIME`] after its registration;
-//! - an invalidation of the directory (an upcall naming it, or a change this node made in it)
-//!   drops all it holds, and fills begun before are refused ([`Ticket`]: generations are drawn
-//!   from one counter, so an entry forgotten and made again never takes an older ticket);
+//! - an invalidation of the directory (an upcall naming it, or a change this node could not
+//!   follow) drops all it holds, and fills begun before are refused ([`Ticket`]: generations
+//!   are drawn from one counter, so an entry forgotten and made again never takes an older
+//!   ticket);
+//! - a name this node itself made or removed in the directory (the bricks never tell a client
+//!   of its own changes) is written into what it holds instead, as GlusterFS's md-cache does
+//!   with a reply's parent attributes ([`NameCache::note_name`]): the names stay complete, so
+//!   the next create's lookup of a new name needs no LOOKUP, while the listing's order (where
+//!   the bricks put the entry is not known) goes, and fills begun before are refused. If an
+//!   invalidation came since the change began, the directory is dropped instead;
+//! - a directory this node just made is known empty and registered (the bricks register the
+//!   client that made it), unless any invalidation came meanwhile ([`NameCache::note_made`]);
 //! - a caller is answered from memory only if the bricks already let that same caller (uid,
 //!   gid, groups) search (lookup) or read (list) the directory since its entries began: the
 //!   bricks apply ACLs this module cannot see, and a change of the directory's mode, owner or
@@ -101,7 +110,11 @@ struct Filled {
     names: HashMap<Vec<u8>, Option<FileId>>,
     listing: Vec<Listed>,
     by_cookie: HashMap<u64, usize>,
+    /// The listing reached the end.
     complete: bool,
+    /// `names` holds every name (a complete listing, or a directory this node made, and the
+    /// names this node made or removed since).
+    all_names: bool,
     search: Vec<Credentials>,
     read: Vec<Credentials>,
 }
@@ -122,11 +135,28 @@ impl Filled {
         };
         list.iter().any(|c| c == cred)
     }
+
+    fn push_grant(&mut self, kind: Grant, cred: &Credentials) {
+        if self.granted(kind, cred) {
+            return;
+        }
+        let list = match kind {
+            Grant::Search => &mut self.search,
+            Grant::Read => &mut self.read,
+        };
+        if list.len() >= MAX_GRANTS {
+            list.remove(0);
+        }
+        list.push(cred.clone());
+    }
 }
 
 #[derive(Debug)]
 struct Dir {
     generation: u64,
+    /// The generation of the last invalidation (or of the entry's making): a change of this
+    /// node's begun before it cannot be written into what the directory holds.
+    dropped: u64,
     filled: Filled,
 }
 
@@ -197,7 +227,8 @@ impl NameCache {
         match f.names.get(name) {
             Some(Some(id)) => Some(Known::Is(*id)),
             Some(None) => Some(Known::Absent),
-            None if f.complete => Some(Known::Absent),
+            // `.` and `..` are never in the names (nor in a listing).
+            None if f.all_names && name != b"." && name != b".." => Some(Known::Absent),
             None => None,
         }
     }
@@ -248,7 +279,7 @@ impl NameCache {
             return Ticket(d.generation);
         }
         let generation = self.generation();
-        self.dirs.put(*dir, Dir { generation, filled: Filled::default() });
+        self.dirs.put(*dir, Dir { generation, dropped: generation, filled: Filled::default() });
         self.shrink();
         Ticket(generation)
     }
@@ -278,18 +309,9 @@ impl NameCache {
 
     /// The bricks let `cred` do `kind` in `dir` (by `fetch`).
     pub fn grant(&mut self, dir: &FileId, fetch: Fetch, kind: Grant, cred: &Credentials) {
-        let Some(f) = self.fillable(dir, fetch) else { return };
-        if f.granted(kind, cred) {
-            return;
+        if let Some(f) = self.fillable(dir, fetch) {
+            f.push_grant(kind, cred);
         }
-        let list = match kind {
-            Grant::Search => &mut f.search,
-            Grant::Read => &mut f.read,
-        };
-        if list.len() >= MAX_GRANTS {
-            list.remove(0);
-        }
-        list.push(cred.clone());
     }
 
     /// `dir` itself was registered with the bricks (a stat or a listing page of it) by a fetch
@@ -345,6 +367,7 @@ impl NameCache {
         }
         if ok {
             f.complete = eof;
+            f.all_names |= eof;
             // A listing page registers the directory with the bricks.
             f.registered = true;
         }
@@ -363,7 +386,61 @@ impl NameCache {
         let generation = self.generation();
         if let Some(d) = self.dirs.peek_mut(dir) {
             self.total -= d.filled.size();
-            *d = Dir { generation, filled: Filled::default() };
+            *d = Dir { generation, dropped: generation, filled: Filled::default() };
+        }
+    }
+
+    /// This node made `name` in `dir` denote `file` (`Some`: a create, mkdir, symlink, mknod
+    /// or link) or removed it (`None`), for `cred`, by a call begun with `fetch`. The bricks
+    /// never tell a client of its own changes, so the change is written into what `dir` holds
+    /// (see the module doc); the listing goes, fills begun before are refused, and `cred`,
+    /// whom the bricks let change the directory, may search it. If an invalidation came since
+    /// `fetch` began, or what `dir` holds is stale, it all goes.
+    pub fn note_name(&mut self, dir: &FileId, fetch: Fetch, name: &[u8], file: Option<FileId>, cred: &Credentials) {
+        let generation = self.generation();
+        let Some(d) = self.dirs.peek_mut(dir) else { return };
+        let followed = fetch.epoch != 0 && d.dropped <= fetch.ticket.0 && d.filled.valid(fetch.epoch, fetch.at);
+        if !followed {
+            self.total -= d.filled.size();
+            *d = Dir { generation, dropped: generation, filled: Filled::default() };
+            return;
+        }
+        d.generation = generation;
+        let f = &mut d.filled;
+        let before = f.size();
+        f.listing.clear();
+        f.by_cookie.clear();
+        f.complete = false;
+        match file {
+            Some(id) => {
+                f.names.insert(name.to_vec(), Some(id));
+                f.push_grant(Grant::Search, cred);
+            }
+            // A negative entry needs the directory registered (the module doc).
+            None if f.registered => {
+                f.names.insert(name.to_vec(), None);
+            }
+            None => {
+                f.names.remove(name);
+            }
+        }
+        self.total = self.total - before + f.size();
+        self.shrink();
+    }
+
+    /// `dir` was just made by this node, empty; `fetch` was begun right after, and `mark_held`
+    /// says that no invalidation of any file came since before the call that made it (an
+    /// upcall about it before `fetch` began would have been lost). The bricks registered this
+    /// node with the new directory, so it holds no names, all of them known, from `fetch.at`.
+    pub fn note_made(&mut self, dir: &FileId, fetch: Fetch, mark_held: bool) {
+        if !mark_held {
+            return;
+        }
+        if let Some(f) = self.fillable(dir, fetch) {
+            if f.names.is_empty() && f.listing.is_empty() {
+                f.registered = true;
+                f.all_names = true;
+            }
         }
     }
 
@@ -486,6 +563,61 @@ mod tests {
     }
 
     #[test]
+    fn this_nodes_own_changes_keep_the_names_complete() {
+        let (d, t0, me) = (id(1), Instant::now(), cred(5));
+        let f = |t| Fetch { ticket: t, epoch: 1, at: t0 };
+        let mut c = NameCache::default();
+        let t = c.ticket(&d);
+        assert!(c.fill_listing(&d, f(t), 0, (0..3).map(listed).collect(), true));
+        c.grant(&d, f(t), Grant::Read, &me);
+        // A create through this node, begun before a lookup's fetch ends.
+        let create = c.begin(&d, 1, t0);
+        let lookup = c.ticket(&d);
+        c.note_name(&d, create, b"new", Some(id(9)), &me);
+        assert!(!c.fill_name(&d, f(lookup), b"new", None), "a fill begun before the change is refused");
+        assert_eq!(c.lookup(&d, b"new", &me, 1, t0), Some(Known::Is(id(9))), "the creator may search");
+        assert_eq!(c.lookup(&d, b"a", &me, 1, t0), Some(Known::Is(id(0))));
+        assert_eq!(c.lookup(&d, b"zz", &me, 1, t0), Some(Known::Absent), "the names are still complete");
+        assert_eq!(c.lookup(&d, b"..", &me, 1, t0), None, "never said absent");
+        assert_eq!(c.page(&d, 0, 10, &me, 1, t0), None, "the listing's order is not known");
+        assert_eq!(c.resume_at(&d, 0, 1, t0), Some(0));
+        // A remove through this node: the directory is registered (a listing), so the name
+        // is known absent.
+        let remove = c.begin(&d, 1, t0);
+        c.note_name(&d, remove, b"a", None, &me);
+        assert_eq!(c.lookup(&d, b"a", &me, 1, t0), Some(Known::Absent));
+        assert_eq!(c.len(), 4, "names only: b, c, new and the absent a");
+        // An upcall between the change's start and its end: all of it goes.
+        let late = c.begin(&d, 1, t0);
+        c.invalidate(&d);
+        c.note_name(&d, late, b"later", Some(id(10)), &me);
+        assert_eq!(c.lookup(&d, b"b", &me, 1, t0), None);
+        assert_eq!(c.lookup(&d, b"later", &me, 1, t0), None);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_directory_this_node_made_is_known_empty_unless_anything_changed_meanwhile() {
+        let (d, t0, me) = (id(1), Instant::now(), cred(5));
+        let mut c = NameCache::default();
+        let made = c.begin(&d, 1, t0);
+        c.note_made(&d, made, true);
+        assert!(c.registered(&d, 1, t0));
+        assert_eq!(c.lookup(&d, b"x", &me, 1, t0), None, "no caller was granted a search yet");
+        let t = c.ticket(&d);
+        c.grant(&d, Fetch { ticket: t, epoch: 1, at: t0 }, Grant::Search, &me);
+        assert_eq!(c.lookup(&d, b"x", &me, 1, t0), Some(Known::Absent));
+        assert_eq!(c.lookup(&d, b".", &me, 1, t0), None);
+        let other = id(2);
+        let made = c.begin(&other, 1, t0);
+        c.note_made(&other, made, false);
+        assert!(!c.registered(&other, 1, t0), "an invalidation came: nothing is known");
+        let made = c.begin(&other, 0, t0);
+        c.note_made(&other, made, true);
+        assert!(!c.registered(&other, 0, t0), "cache off");
+    }
+
+    #[test]
     fn the_lifetime_counts_from_the_first_fill() {
         let (d, t0, me) = (id(1), Instant::now(), cred(5));
         let mut c = NameCache::default();
@@ -514,8 +646,8 @@ mod tests {
 
     #[test]
     fn random_interleavings_never_serve_a_name_filled_before_its_last_change() {
-        // Fetch-begin, fetch-end, change (invalidate) on two directories, random order: a name
-        // served always has the latest version.
+        // Fetch-begin, fetch-end, change (invalidate) and this node's own change on two
+        // directories, random order: a name served always has the latest version.
         let t0 = Instant::now();
         let me = cred(0);
         let mut seed = 0x9E3779B97F4A7C15u64;
@@ -529,8 +661,22 @@ mod tests {
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
                 let k = (seed >> 8) as usize % 2;
-                match seed % 3 {
+                match seed % 4 {
                     0 => inflight.push((k, c.ticket(&dirs[k]), version[k])),
+                    3 => {
+                        // A change through this node, begun now, acknowledged at once or
+                        // after a later step's fills and invalidations.
+                        let change = c.begin(&dirs[k], 1, t0);
+                        if let Some((j, t, v)) = inflight.pop() {
+                            c.grant(&dirs[j], Fetch { ticket: t, epoch: 1, at: t0 }, Grant::Search, &me);
+                            c.fill_name(&dirs[j], Fetch { ticket: t, epoch: 1, at: t0 }, b"n", Some(id(100 + v)));
+                        }
+                        if seed & 0x100 != 0 {
+                            c.invalidate(&dirs[k]);
+                        }
+                        version[k] = version[k].wrapping_add(1) % 100;
+                        c.note_name(&dirs[k], change, b"n", Some(id(100 + version[k])), &me);
+                    }
                     1 => {
                         if let Some((k, t, v)) = inflight.pop() {
                             c.grant(&dirs[k], Fetch { ticket: t, epoch: 1, at: t0 }, Grant::Search, &me);

@@ -378,6 +378,8 @@ pub struct ChangeHub {
     next: AtomicU64,
     remote: OnceLock<RemoteSink>,
     listeners: Mutex<Vec<Arc<Listener>>>,
+    /// Listeners of the other nodes' changes only ([`ChangeHub::listen_to_others`]).
+    others: Mutex<Vec<Arc<Listener>>>,
     /// Listeners of attribute changes, and whether there is any (checked on every WRITE).
     attr_listeners: Mutex<Vec<Arc<AttrListener>>>,
     has_attr_listeners: AtomicBool,
@@ -511,6 +513,15 @@ impl ChangeHub {
         self.announce();
     }
 
+    /// Adds a listener that gets only the changes other nodes send (never removed): a cache
+    /// that follows this node's own changes itself, and would lose what it learnt if told of
+    /// them again. It asks the other nodes for their changes, as [`ChangeHub::listen`].
+    pub fn listen_to_others(&self, l: Listener) {
+        self.others.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::new(l));
+        self.interest.remote_listeners.fetch_add(1, Ordering::Relaxed);
+        self.announce();
+    }
+
     /// Adds a listener that needs the other nodes' changes only while this node has watches
     /// (it does not ask them for theirs; never removed).
     pub fn listen_while_watched(&self, l: Listener) {
@@ -607,6 +618,10 @@ impl ChangeHub {
             Some(&TAG) => {
                 if let Ok(c) = decode(bytes) {
                     self.deliver(&c);
+                    let others: Vec<Arc<Listener>> = self.others.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    for l in others {
+                        l(&c);
+                    }
                 }
             }
             Some(&ATTR_TAG) => {
@@ -842,6 +857,18 @@ mod tests {
             let want: Vec<(Action, String)> = want.into_iter().map(|(a, n)| (a, n.to_string())).collect();
             assert_eq!(got, want, "row {i}");
         }
+    }
+
+    #[test]
+    fn listeners_of_others_hear_only_what_other_nodes_send() {
+        let hub = ChangeHub::default();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let h = heard.clone();
+        hub.listen_to_others(Box::new(move |c: &Change| h.lock().unwrap().push(c.at.name.clone())));
+        assert!(!hub.wanted(), "nothing here needs this node's own changes");
+        hub.publish(&ch(Kind::Added, what::FILE_NAME, place(1, None, "here"), None));
+        hub.receive(&encode(&ch(Kind::Added, what::FILE_NAME, place(1, None, "there"), None)));
+        assert_eq!(*heard.lock().unwrap(), vec![b"there".to_vec()]);
     }
 
     #[test]

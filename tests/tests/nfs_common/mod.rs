@@ -222,6 +222,14 @@ pub async fn remove(c: &mut Conn, dir: &nfs_fh3, n: &str) -> Result<(), nfsstat3
     }
 }
 
+/// RMDIR of `dir/n`.
+pub async fn rmdir(c: &mut Conn, dir: &nfs_fh3, n: &str) -> Result<(), nfsstat3> {
+    match c.rmdir(&RMDIR3args { object: diropargs3 { dir: dir.clone(), name: name(n) } }).await.expect("rpc") {
+        Nfs3Result::Ok(_) => Ok(()),
+        Nfs3Result::Err((s, _)) => Err(s),
+    }
+}
+
 /// LINK: `file` gets the name `dir/n` too.
 pub async fn link(c: &mut Conn, file: &nfs_fh3, dir: &nfs_fh3, n: &str) -> Result<(), nfsstat3> {
     let args = LINK3args { file: file.clone(), link: diropargs3 { dir: dir.clone(), name: name(n) } };
