@@ -77,11 +77,16 @@ pub fn run(work: &Path, sizes: Sizes) -> Result<Vec<Group>> {
     let local = crate::nasgw::local_volume(&backing);
     let pt = start(&work.join("fuse-pt"), &local, true, None);
     let plain = start(&work.join("fuse-plain"), &local, false, None);
-    // Upcalls on, as in the GlusterFS group: nasgw's gfapi access caches only under them.
+    // The upcall options the appliance sets on its volumes: nasgw's gfapi access caches only
+    // under upcalls, and the GlusterFS client (GlusterFS's own mount and nasgw's managed one)
+    // keeps metadata as long as the bricks keep telling it (md-cache 600 s).
     let cluster = GlusterCluster::start(GlusterSpec {
         nodes: 1,
         replica: 1,
-        options: vec![("features.cache-invalidation".into(), "on".into())],
+        options: nasgw::gluster::mount::UPCALL_CACHE_OPTIONS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         ..Default::default()
     });
     let raw = cluster.mount("n1", &work.join("fuse-gluster-raw"));
@@ -218,7 +223,7 @@ pub fn run(work: &Path, sizes: Sizes) -> Result<Vec<Group>> {
         "A local process on the node: fio (psync; writes end with fsync) for the data rows, create/lstat/readdir \
          system calls for the metadata rows; \"caches dropped\" = `sync; echo 3 > /proc/sys/vm/drop_caches` first. \
          The backing directory is the local backend's folder; GlusterFS is a one-brick volume with its brick on \
-         the same disk (`features.cache-invalidation on`), mounted by its own FUSE client, and served by nasgw \
+         the same disk (the appliance's upcall options: `features.cache-invalidation on`, md-cache and quick-read dropped by upcalls, md-cache 600 s), mounted by its own FUSE client, and served by nasgw \
          through its managed FUSE mount (passthrough) and through libgfapi (no passthrough). \
          Targets (issue 19): passthrough >= 0.95x the backing directory for data, metadata >= 1.0x GlusterFS's \
          own mount. {} round(s) per row.",

@@ -19,7 +19,9 @@ use nasgw::config::Config;
 use plan::{host_of, path_of, BrickDir, Desired, Observed, Step};
 
 /// The volume options fast failover needs (README, "HA on GlusterFS"), and the upcalls that
-/// let nasgw cache attributes over gfapi; the file's `[volume] options` override them.
+/// let nasgw cache attributes over gfapi and keep its managed mount's caches true
+/// ([`nasgw::gluster::mount::UPCALL_CACHE_OPTIONS`]); the file's `[volume] options` override
+/// them.
 pub fn failover_options() -> BTreeMap<String, String> {
     [
         ("network.ping-timeout", "5"),
@@ -28,10 +30,9 @@ pub fn failover_options() -> BTreeMap<String, String> {
         ("server.keepalive-count", "2"),
         ("server.tcp-user-timeout", "3"),
         ("cluster.quorum-type", "auto"),
-        // Upcalls: nasgw's gfapi attribute cache is on only while they reach the node.
-        ("features.cache-invalidation", "on"),
     ]
     .into_iter()
+    .chain(nasgw::gluster::mount::UPCALL_CACHE_OPTIONS.iter().copied())
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }
@@ -465,6 +466,7 @@ mod tests {
         assert_eq!(d.me.as_deref(), Some("127.0.0.1"));
         assert_eq!(d.options["network.ping-timeout"], "5");
         assert_eq!(d.options["features.cache-invalidation"], "on");
+        assert_eq!(d.options["performance.cache-invalidation"], "on");
         assert_eq!(cfg.volume.servers, vec!["10.9.0.1", "127.0.0.1", "10.9.0.3"]);
         assert_eq!(layout_args(&d), vec!["replica", "3"]);
         assert!(!d.options.contains_key("storage.owner-uid"));
