@@ -440,6 +440,29 @@ impl GfapiBackend {
         }
     }
 
+    /// Ends a mkdir, symlink or mknod of `name` in `dir` for `cred`, begun with `fetch`: the new
+    /// entry and what it did to `dir` are written into the caches, or, if it failed, `dir`'s go
+    /// (a failure may still have changed it, or shown a name memory said was absent).
+    fn made(
+        &self,
+        vol: &Volume,
+        (dir, d): (&FileId, &Node),
+        fetch: Fetch,
+        (name, cred): (&Name, &Credentials),
+        result: VfsResult<((FileId, Attr), DirStamp)>,
+    ) -> VfsResult<(FileId, Attr)> {
+        match result {
+            Ok((found, stamp)) => {
+                self.changed_name(vol, (dir, d), fetch, (name, Some(found.0)), cred, Some(stamp));
+                Ok(found)
+            }
+            Err(e) => {
+                self.invalidate(dir);
+                Err(e)
+            }
+        }
+    }
+
     /// A fetch about `dir`'s names, begun before a change this node makes in it.
     fn begin_change(&self, dir: &FileId) -> Fetch {
         let epoch = self.coherence.epoch();
@@ -1189,12 +1212,8 @@ impl Backend for GfapiBackend {
         } else {
             Ok(())
         };
-        let found = fixed.map_err(VfsError::from).and_then(|()| self.found(obj, &st, mark));
-        match &found {
-            Ok((id, _)) => self.changed_name(&vol, (dir, &d), fetch, (name, Some(*id)), cred, Some(stamp)),
-            Err(_) => self.invalidate(dir),
-        }
-        found
+        let found = fixed.map_err(VfsError::from).and_then(|()| Ok((self.found(obj, &st, mark)?, stamp)));
+        self.made(&vol, (dir, &d), fetch, (name, cred), found)
     }
 
     fn symlink(&self, cred: &Credentials, dir: &FileId, name: &Name, target: &[u8]) -> VfsResult<(FileId, Attr)> {
@@ -1213,16 +1232,7 @@ impl Backend for GfapiBackend {
         let found = made
             .map_err(VfsError::from)
             .and_then(|(obj, st)| Ok((self.found(obj, &st, mark)?, DirStamp::new(dir_ticket, &st))));
-        match found {
-            Ok((found, stamp)) => {
-                self.changed_name(&vol, (dir, &d), fetch, (name, Some(found.0)), cred, Some(stamp));
-                Ok(found)
-            }
-            Err(e) => {
-                self.invalidate(dir);
-                Err(e)
-            }
-        }
+        self.made(&vol, (dir, &d), fetch, (name, cred), found)
     }
 
     fn mknod(
@@ -1259,16 +1269,7 @@ impl Backend for GfapiBackend {
             }
             Ok((self.found(obj, &st, mark)?, stamp))
         });
-        match found {
-            Ok((found, stamp)) => {
-                self.changed_name(&vol, (dir, &d), fetch, (name, Some(found.0)), cred, Some(stamp));
-                Ok(found)
-            }
-            Err(e) => {
-                self.invalidate(dir);
-                Err(e)
-            }
-        }
+        self.made(&vol, (dir, &d), fetch, (name, cred), found)
     }
 
     fn readlink(&self, _cred: &Credentials, id: &FileId) -> VfsResult<Vec<u8>> {
