@@ -183,7 +183,6 @@ fn xattr_error(e: std::io::Error) -> VfsError {
     }
 }
 
-/// A file's attributes from libgfapi's `stat`, on the volume of file-system id `fsid`.
 /// What a new entry made through this node did to its directory's attributes on a volume that
 /// stamps times on the client ([`Volume::stamps_times`]): the directory's mtime and ctime become
 /// the entry's ctime, and a new directory's `..` links to it.
@@ -195,6 +194,23 @@ struct DirStamp {
     ctime: (libc::time_t, i64),
     /// Whether the new entry is a directory.
     subdir: bool,
+}
+
+/// What a change this node makes in a directory takes before it begins: the directory's names
+/// fetch and attribute ticket (see `changed_name`), and [`Coherence::changes`] for the new
+/// entry's attributes.
+#[derive(Debug, Clone, Copy)]
+struct Begun {
+    fetch: Fetch,
+    dir_ticket: AttrTicket,
+    mark: u64,
+}
+
+impl Begun {
+    /// What the new entry `made` did to the directory.
+    fn stamp(&self, made: &libc::stat) -> DirStamp {
+        DirStamp::new(self.dir_ticket, made)
+    }
 }
 
 impl DirStamp {
@@ -215,6 +231,7 @@ impl DirStamp {
     }
 }
 
+/// A file's attributes from libgfapi's `stat`, on the volume of file-system id `fsid`.
 fn attr_of(st: &libc::stat, fsid: u64) -> Attr {
     let mode = st.st_mode;
     Attr {
@@ -467,6 +484,29 @@ impl GfapiBackend {
     fn begin_change(&self, dir: &FileId) -> Fetch {
         let epoch = self.coherence.epoch();
         self.names.lock().expect("lock").begin(dir, epoch, Instant::now())
+    }
+
+    /// What a create, mkdir, symlink or mknod in `dir` (object `d`) takes before it begins.
+    fn begin_making(&self, dir: &FileId, d: &Node) -> Begun {
+        let fetch = self.begin_change(dir);
+        let dir_ticket = d.attr.lock().expect("lock").ticket();
+        Begun { fetch, dir_ticket, mark: self.coherence.changes() }
+    }
+
+    /// Removes `name` (a file, or a directory for rmdir) from `dir` (object `d`) as `cred`, and
+    /// writes that into `dir`'s names, or drops them if the unlink failed.
+    fn unlink_name(&self, vol: &Volume, (dir, d): (&FileId, &Node), name: &Name, cred: &Credentials) -> VfsResult<()> {
+        let fetch = self.begin_change(dir);
+        let removed = {
+            let _as = AsCaller::switch(cred)?;
+            vol.unlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))
+        };
+        if let Err(e) = removed {
+            self.invalidate(dir);
+            return Err(e.into());
+        }
+        self.changed_name(vol, (dir, d), fetch, (name, None), cred, None);
+        Ok(())
     }
 
     fn vol(&self) -> VfsResult<Volume> {
@@ -1088,16 +1128,14 @@ impl Backend for GfapiBackend {
         let d = self.dir_node(&vol, dir)?;
         let mode = mode & 0o7777;
         let os = std::ffi::OsStr::from_bytes(name.as_bytes());
-        let fetch = self.begin_change(dir);
-        let dir_ticket = d.attr.lock().expect("lock").ticket();
-        let mark = self.coherence.changes();
+        let begun = self.begin_making(dir, &d);
         // Created and opened in one request: the descriptor becomes the file's cached I/O
         // descriptor (libgfapi checks permissions at open only, as the POSIX backend's root fd).
         let made = {
             let _as = AsCaller::switch(cred)?;
             match vol.create_open(&d.obj, os, libc::O_RDWR | libc::O_EXCL, mode) {
                 Ok((obj, mut st, file)) => {
-                    let stamp = DirStamp::new(dir_ticket, &st);
+                    let stamp = begun.stamp(&st);
                     let umasked = st.st_mode & 0o7777 != mode;
                     if umasked {
                         // libgfapi applied a umask: the protocol asked for exactly `mode`.
@@ -1121,7 +1159,7 @@ impl Backend for GfapiBackend {
             Some((obj, st, file, umasked, stamp)) => {
                 // The bricks registered this node with the new file: its attributes are
                 // cached as any lookup's (but not after the chmod, which changed its ctime).
-                let (id, node, attr) = match self.found_node(obj, &st, mark) {
+                let (id, node, attr) = match self.found_node(obj, &st, begun.mark) {
                     Ok(f) => f,
                     Err(e) => {
                         self.invalidate(dir);
@@ -1131,7 +1169,7 @@ impl Backend for GfapiBackend {
                 if umasked {
                     node.attr.lock().expect("lock").invalidate();
                 }
-                self.changed_name(&vol, (dir, &d), fetch, (name, Some(id)), cred, Some(stamp));
+                self.changed_name(&vol, (dir, &d), begun.fetch, (name, Some(id)), cred, Some(stamp));
                 self.keep_io(&id, &node, file);
                 (id, attr)
             }
@@ -1139,14 +1177,14 @@ impl Backend for GfapiBackend {
                 // The name exists, though memory may have said it did not (the upcall for
                 // another client's create still on its way): what the bricks said is kept.
                 let looked = self.lookup_obj(&vol, cred, &d, name.as_bytes());
-                let (id, attr) = match looked.and_then(|(obj, st)| self.found(obj, &st, mark)) {
+                let (id, attr) = match looked.and_then(|(obj, st)| self.found(obj, &st, begun.mark)) {
                     Ok(f) => f,
                     Err(e) => {
                         self.invalidate(dir);
                         return Err(e);
                     }
                 };
-                self.names.lock().expect("lock").fill_name(dir, fetch, name.as_bytes(), Some(id));
+                self.names.lock().expect("lock").fill_name(dir, begun.fetch, name.as_bytes(), Some(id));
                 (id, attr)
             }
         };
@@ -1182,9 +1220,7 @@ impl Backend for GfapiBackend {
         let vol = self.vol()?;
         let d = self.dir_node(&vol, dir)?;
         let mode = mode & 0o7777;
-        let fetch = self.begin_change(dir);
-        let dir_ticket = d.attr.lock().expect("lock").ticket();
-        let mark = self.coherence.changes();
+        let begun = self.begin_making(dir, &d);
         let made = {
             let _as = AsCaller::switch(cred)?;
             vol.mkdir(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), mode)
@@ -1201,10 +1237,10 @@ impl Backend for GfapiBackend {
         if let Ok(g) = obj.gfid() {
             let new = gfid_file_id(&g);
             let mut names = self.names.lock().expect("lock");
-            let made = names.begin(&new, fetch.epoch, Instant::now());
-            names.note_made(&new, made, self.coherence.changes() == mark);
+            let made = names.begin(&new, begun.fetch.epoch, Instant::now());
+            names.note_made(&new, made, self.coherence.changes() == begun.mark);
         }
-        let stamp = DirStamp::new(dir_ticket, &st);
+        let stamp = begun.stamp(&st);
         let fixed = if st.st_mode & 0o7777 != mode {
             let mut s = st;
             s.st_mode = mode;
@@ -1212,8 +1248,8 @@ impl Backend for GfapiBackend {
         } else {
             Ok(())
         };
-        let found = fixed.map_err(VfsError::from).and_then(|()| Ok((self.found(obj, &st, mark)?, stamp)));
-        self.made(&vol, (dir, &d), fetch, (name, cred), found)
+        let found = fixed.map_err(VfsError::from).and_then(|()| Ok((self.found(obj, &st, begun.mark)?, stamp)));
+        self.made(&vol, (dir, &d), begun.fetch, (name, cred), found)
     }
 
     fn symlink(&self, cred: &Credentials, dir: &FileId, name: &Name, target: &[u8]) -> VfsResult<(FileId, Attr)> {
@@ -1222,17 +1258,15 @@ impl Backend for GfapiBackend {
         }
         let vol = self.vol()?;
         let d = self.dir_node(&vol, dir)?;
-        let fetch = self.begin_change(dir);
-        let dir_ticket = d.attr.lock().expect("lock").ticket();
-        let mark = self.coherence.changes();
+        let begun = self.begin_making(dir, &d);
         let made = {
             let _as = AsCaller::switch(cred)?;
             vol.symlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), std::ffi::OsStr::from_bytes(target))
         };
         let found = made
             .map_err(VfsError::from)
-            .and_then(|(obj, st)| Ok((self.found(obj, &st, mark)?, DirStamp::new(dir_ticket, &st))));
-        self.made(&vol, (dir, &d), fetch, (name, cred), found)
+            .and_then(|(obj, st)| Ok((self.found(obj, &st, begun.mark)?, begun.stamp(&st))));
+        self.made(&vol, (dir, &d), begun.fetch, (name, cred), found)
     }
 
     fn mknod(
@@ -1251,15 +1285,13 @@ impl Backend for GfapiBackend {
         let vol = self.vol()?;
         let d = self.dir_node(&vol, dir)?;
         let mode = mode & 0o7777;
-        let fetch = self.begin_change(dir);
-        let dir_ticket = d.attr.lock().expect("lock").ticket();
-        let mark = self.coherence.changes();
+        let begun = self.begin_making(dir, &d);
         let made = {
             let _as = AsCaller::switch(cred)?;
             vol.mknod(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()), kind.mode_type() | mode, kind.dev())
         };
         let found = made.map_err(VfsError::from).and_then(|(obj, mut st)| {
-            let stamp = DirStamp::new(dir_ticket, &st);
+            let stamp = begun.stamp(&st);
             if st.st_mode & 0o7777 != mode {
                 // libgfapi applied a umask: the protocol asked for exactly `mode`.
                 let mut s = st;
@@ -1267,9 +1299,9 @@ impl Backend for GfapiBackend {
                 vol.setattr(&obj, &s, gfapi::GFAPI_SET_ATTR_MODE)?;
                 st = vol.stat(&obj)?;
             }
-            Ok((self.found(obj, &st, mark)?, stamp))
+            Ok((self.found(obj, &st, begun.mark)?, stamp))
         });
-        self.made(&vol, (dir, &d), fetch, (name, cred), found)
+        self.made(&vol, (dir, &d), begun.fetch, (name, cred), found)
     }
 
     fn readlink(&self, _cred: &Credentials, id: &FileId) -> VfsResult<Vec<u8>> {
@@ -1290,16 +1322,7 @@ impl Backend for GfapiBackend {
             return Err(VfsError::IsDir);
         }
         let victim = obj.gfid().ok().map(|g| gfid_file_id(&g));
-        let fetch = self.begin_change(dir);
-        let removed = {
-            let _as = AsCaller::switch(cred)?;
-            vol.unlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))
-        };
-        if let Err(e) = removed {
-            self.invalidate(dir);
-            return Err(e.into());
-        }
-        self.changed_name(&vol, (dir, &d), fetch, (name, None), cred, None);
+        self.unlink_name(&vol, (dir, &d), name, cred)?;
         if let Some(v) = victim {
             self.invalidate(&v); // its link count changed
             if st.st_nlink <= 1 {
@@ -1317,16 +1340,7 @@ impl Backend for GfapiBackend {
             return Err(VfsError::NotDir);
         }
         let victim = obj.gfid().ok().map(|g| gfid_file_id(&g));
-        let fetch = self.begin_change(dir);
-        let removed = {
-            let _as = AsCaller::switch(cred)?;
-            vol.unlink(&d.obj, std::ffi::OsStr::from_bytes(name.as_bytes()))
-        };
-        if let Err(e) = removed {
-            self.invalidate(dir);
-            return Err(e.into());
-        }
-        self.changed_name(&vol, (dir, &d), fetch, (name, None), cred, None);
+        self.unlink_name(&vol, (dir, &d), name, cred)?;
         if let Some(v) = victim {
             self.evict(&v);
         }
