@@ -210,7 +210,7 @@ impl Volume {
     }
 
     /// The volume file (graph) this connection runs, if libgfapi has one.
-    pub fn volfile(&self) -> Option<String> {
+    fn volfile(&self) -> Option<String> {
         let mut buf = vec![0u8; 64 << 10];
         for _ in 0..4 {
             // SAFETY: fs is live; buf has buf.len() writable bytes.

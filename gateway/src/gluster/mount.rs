@@ -26,9 +26,10 @@ use super::health::{HealthMonitor, VolumeHealth};
 /// Volume options under which the managed mount's GlusterFS client keeps metadata and small
 /// files only as long as they are true: the bricks' upcalls (`features.cache-invalidation`)
 /// drop md-cache's entries (`performance.cache-invalidation`) and quick-read's
-/// (`performance.quick-read-cache-invalidation`), so an open's forced stat
-/// (`Backend::open_attr`) sees another client's change once its upcall arrived (milliseconds),
-/// where by default md-cache and quick-read keep what they saw for 1 s. md-cache may then keep
+/// (`performance.quick-read-cache-invalidation`), and the client drops the kernel's copy with
+/// md-cache's, so an open through nasgw sees another client's change once its upcall arrived
+/// (milliseconds, `gluster_fresh_open`), where by default md-cache and quick-read keep what they
+/// saw for 1 s. md-cache may then keep
 /// an entry as long as the bricks keep telling (both 600 s, GlusterFS's `metadata-cache`
 /// group). The appliance sets them on the volumes it makes.
 pub const UPCALL_CACHE_OPTIONS: &[(&str, &str)] = &[
